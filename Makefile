@@ -1,0 +1,58 @@
+# Two commands do all the set-up on a fresh machine: `make run` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+BIND ?= 127.0.0.1:8000
+ROOM ?= lobby
+
+.PHONY: run test lint typecheck unit system-deps bench bench-quick settings clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Runtime install (what `make run` needs).
+$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[fast]'
+	touch $@
+
+# Everything the tests, linters and benchmarks need.
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@ $(VENV)/.run-installed
+
+run: $(VENV)/.run-installed
+	@echo
+	@echo "roomchat: open this link to join room '$(ROOM)' as the demo user (valid 12 h):"
+	@echo
+	@$(BIN)/roomchat token --user demo --name "Demo User" --room $(ROOM) --ttl 12h --link http://$(BIND)
+	@echo
+	@echo "More users: $(BIN)/roomchat token --user bob --room $(ROOM) --link http://$(BIND)"
+	@echo
+	exec $(BIN)/roomchat serve --bind $(BIND)
+
+system-deps:
+	scripts/install-system-deps.sh
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+
+typecheck: $(VENV)/.dev-installed
+	$(BIN)/mypy
+
+unit: $(VENV)/.dev-installed system-deps
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+bench: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.run
+
+bench-quick: $(VENV)/.dev-installed
+	$(BIN)/python -m bench.run --quick
+
+settings: $(VENV)/.run-installed
+	$(BIN)/roomchat settings
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache test-artefacts dist build

@@ -1,0 +1,214 @@
+"""``create_app(config)``: the Quart app, and ``Gateway``, the state it serves from.
+
+The store and the room registry open in ``before_serving`` and close in ``after_serving``;
+``Gateway.drain()`` (called by the server's shutdown trigger, *before* Hypercorn stops) closes
+every socket with 1012 so shutdown never hangs on open WebSockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+from importlib import resources
+from pathlib import Path
+
+from quart import Quart, Response, request, send_file
+
+from gateway import ws
+from gateway.auth import make_issuer, make_verifier, valid_room_name
+from gateway.config import Config
+from gateway.errors import Rejection
+from gateway.metrics import CONTENT_TYPE, Metrics
+from rooms.errors import StoreError
+from rooms.registry import RoomRegistry
+from rooms.store import SqliteStore
+
+log = logging.getLogger("roomchat.gateway")
+
+PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; "
+            "object-src 'none'")
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+    "Cross-Origin-Opener-Policy": "same-origin",
+    "Permissions-Policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+def static_dir() -> Path:
+    """The browser client: packaged as ``gateway/static`` in a wheel, ``static/`` in a checkout."""
+    packaged = Path(str(resources.files("gateway"))) / "static"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "static"
+
+
+def is_loopback_bind(bind: str) -> bool:
+    host = bind.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Gateway:
+    """What the routes share: config, auth, store, rooms, metrics, connection count."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.verifier = make_verifier(config)
+        self.issuer = make_issuer(config) if config.dev_login else None
+        self.observer = Metrics()
+        self.draining = False
+        self.connections = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._store: SqliteStore | None = None
+        self._registry: RoomRegistry | None = None
+
+    @property
+    def store(self) -> SqliteStore:
+        if self._store is None:
+            raise StoreError("the store is not open (server not started)")
+        return self._store
+
+    @property
+    def registry(self) -> RoomRegistry:
+        if self._registry is None:
+            raise StoreError("rooms are not running (server not started)")
+        return self._registry
+
+    async def start(self) -> None:
+        self._store = await SqliteStore.open(
+            self.config.db_path, synchronous=self.config.store_synchronous,
+            on_commit=self._committed)
+        self._registry = RoomRegistry(self.config.room, self._store, observer=self.observer)
+
+    def _committed(self, seconds: float, count: int) -> None:
+        self.observer.messages_stored(count, seconds)  # prometheus_client is thread-safe
+
+    def connection_opened(self) -> None:
+        self.connections += 1
+        self.observer.connections.inc()
+        self._idle.clear()
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
+        self.observer.connections.dec()
+        if self.connections == 0:
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> None:
+        """Refuse new connections, close every socket with 1012, wait up to ``timeout`` s."""
+        if self.draining:
+            return
+        self.draining = True
+        if self._registry is not None:
+            self._registry.drain_nowait()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("drain: %d connections still open after %.1fs", self.connections,
+                        timeout)
+
+    async def stop(self) -> None:
+        if self._registry is not None:
+            await self._registry.aclose(self.config.drain_timeout)
+        if self._store is not None:
+            await self._store.close()
+
+
+def create_app(config: Config) -> Quart:
+    """The roomchat ASGI app. ``app.extensions["roomchat"]`` is its ``Gateway``."""
+    if config.dev_login and not config.dev_login_force and not is_loopback_bind(config.bind):
+        raise ValueError("dev login is refused on a non-loopback bind "
+                         "(set ROOMCHAT_DEV_LOGIN_FORCE=1 if you really mean it)")
+    static = static_dir()
+    app = Quart(__name__, static_folder=str(static), static_url_path="/static")
+    gw = Gateway(config)
+    app.extensions["roomchat"] = gw
+
+    @app.before_serving
+    async def _start() -> None:
+        await gw.start()
+
+    @app.after_serving
+    async def _stop() -> None:
+        await gw.drain(config.drain_timeout)
+        await gw.stop()
+
+    @app.after_request
+    async def _headers(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @app.errorhandler(Rejection)
+    async def _rejected(exc: Rejection) -> Response:
+        return exc.response()
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return Response('{"status":"ok"}', content_type="application/json")
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        if gw.draining or gw._registry is None:
+            return Response('{"status":"draining"}', status=503,
+                            content_type="application/json")
+        return Response('{"status":"ready"}', content_type="application/json")
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        gw.observer.rooms.set(len(gw.registry) if gw._registry is not None else 0)
+        return Response(gw.observer.render(), content_type=CONTENT_TYPE)
+
+    @app.get("/")
+    async def index() -> Response:
+        return Response("", status=302, headers={"Location": "/rooms/lobby"})
+
+    @app.get("/rooms/<room>")
+    async def room_page(room: str) -> Response:
+        if not valid_room_name(room):
+            raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
+        response = await send_file(static / "index.html", mimetype="text/html")
+        response.headers["Content-Security-Policy"] = PAGE_CSP
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.get("/api/info")
+    async def info() -> Response:
+        return Response(f'{{"dev_login":{"true" if config.dev_login else "false"}}}',
+                        content_type="application/json")
+
+    @app.post("/api/dev-login")
+    async def dev_login() -> Response:
+        if gw.issuer is None:
+            raise Rejection(404, "not_found", "dev login is disabled")
+        body = await request.get_json(silent=True)
+        name = body.get("name") if isinstance(body, dict) else None
+        room = body.get("room") if isinstance(body, dict) else None
+        if not isinstance(name, str) or not 1 <= len(name.strip()) <= 64:
+            raise Rejection(400, "bad_request", "name must be 1 to 64 characters")
+        if not isinstance(room, str) or not valid_room_name(room):
+            raise Rejection(400, "bad_request", "room must be a valid room name")
+        user = f"guest-{secrets.token_hex(4)}"
+        token = gw.issuer.issue(user, name=name, rooms=[room], ttl=config.dev_login_ttl)
+        from rooms.protocol import dumps
+
+        return Response(dumps({"token": token, "user": user,
+                               "expires_in": int(config.dev_login_ttl)}),
+                        content_type="application/json", headers={"Cache-Control": "no-store"})
+
+    @app.websocket("/rooms/<room>/ws")
+    async def room_socket(room: str) -> Response | None:
+        return await ws.room_socket(gw, room)
+
+    return app

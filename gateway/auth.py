@@ -1,0 +1,196 @@
+"""Issue and verify roomchat JWTs. Pure apart from reading key files in ``load_keys``.
+
+A token carries ``sub`` (user id), optional ``name`` (display name, defaults to ``sub``),
+``rooms`` (room names, or ``["*"]`` for all), optional ``admin`` (bool), and the registered
+claims ``exp``, ``iat``, ``aud``, ``iss`` (all required). The algorithm is pinned by config: a
+token signed with any other algorithm (``none`` included) is refused, which also closes the
+HS/RS key-confusion hole.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from gateway.config import Config
+
+log = logging.getLogger("roomchat.auth")
+ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+ALL_ROOMS = "*"
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"})
+MIN_SECRET_CHARS = 32
+MAX_USER_CHARS = 64
+MAX_NAME_CHARS = 64
+_TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class AuthError(Exception):
+    """A token was refused. ``reason`` is the wire code (``missing_token``, ``invalid_token``,
+    ``token_expired``, ``room_forbidden``)."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    user: str
+    name: str
+    rooms: frozenset[str]
+    expires_at: float  # Unix seconds
+    admin: bool = False
+
+    def may_join(self, room: str) -> bool:
+        return ALL_ROOMS in self.rooms or room in self.rooms
+
+
+def parse_ttl(text: str) -> float:
+    """``90s``, ``15m``, ``1h``, ``7d`` (or plain seconds) to seconds. Raises ``ValueError``."""
+    match = _TTL.fullmatch(text.strip())
+    if match is None or float(match.group(1)) <= 0:
+        raise ValueError(f"invalid duration {text!r}: use e.g. 90s, 15m, 1h or 7d")
+    return float(match.group(1)) * _TTL_UNITS[match.group(2)]
+
+
+def valid_room_name(room: str) -> bool:
+    return ROOM_NAME.fullmatch(room) is not None
+
+
+class TokenVerifier:
+    def __init__(self, algorithm: str, key: Any, *, audience: str, issuer: str,
+                 leeway: float) -> None:
+        self.algorithm = algorithm
+        self._key = key
+        self._audience = audience
+        self._issuer = issuer
+        self._leeway = leeway
+
+    def verify(self, token: str | None) -> Claims:
+        """The token's claims. Raises ``AuthError`` (never anything else) when it is refused."""
+        if not token:
+            raise AuthError("missing_token", "a token is required (?token=...)")
+        try:
+            payload = jwt.decode(
+                token, self._key, algorithms=[self.algorithm], audience=self._audience,
+                issuer=self._issuer, leeway=self._leeway,
+                options={"require": ["exp", "iat", "sub", "aud", "iss"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise AuthError("token_expired", "the token has expired") from None
+        except jwt.PyJWTError as exc:
+            raise AuthError("invalid_token", f"invalid token: {exc}") from None
+        return _claims(payload)
+
+
+def _claims(payload: dict[str, Any]) -> Claims:
+    user = payload["sub"]
+    name = payload.get("name", user)
+    rooms = payload.get("rooms")
+    admin = payload.get("admin", False)
+    if not isinstance(user, str) or not 1 <= len(user) <= MAX_USER_CHARS:
+        raise AuthError("invalid_token", f"sub must be a string of 1 to {MAX_USER_CHARS} chars")
+    if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_NAME_CHARS:
+        raise AuthError("invalid_token", f"name must be a string of 1 to {MAX_NAME_CHARS} chars")
+    if not isinstance(rooms, list) or not all(
+        isinstance(r, str) and (r == ALL_ROOMS or valid_room_name(r)) for r in rooms
+    ):
+        raise AuthError("invalid_token", "rooms must be a list of room names or [\"*\"]")
+    if not isinstance(admin, bool):
+        raise AuthError("invalid_token", "admin must be a boolean")
+    return Claims(user=user, name=name.strip(), rooms=frozenset(rooms),
+                  expires_at=float(payload["exp"]), admin=admin)
+
+
+class TokenIssuer:
+    def __init__(self, algorithm: str, key: Any, *, audience: str, issuer: str) -> None:
+        self.algorithm = algorithm
+        self._key = key
+        self._audience = audience
+        self._issuer = issuer
+
+    def issue(self, user: str, *, rooms: list[str], ttl: float, name: str | None = None,
+              admin: bool = False, now: float | None = None) -> str:
+        """A signed token. Raises ``ValueError`` for a bad user, name or room."""
+        now = time.time() if now is None else now
+        if not 1 <= len(user) <= MAX_USER_CHARS:
+            raise ValueError(f"user must be 1 to {MAX_USER_CHARS} characters")
+        if name is not None and not 1 <= len(name.strip()) <= MAX_NAME_CHARS:
+            raise ValueError(f"name must be 1 to {MAX_NAME_CHARS} characters")
+        for room in rooms:
+            if room != ALL_ROOMS and not valid_room_name(room):
+                raise ValueError(f"invalid room name {room!r}: 1-64 of [A-Za-z0-9_-]")
+        payload: dict[str, Any] = {"sub": user, "rooms": rooms, "aud": self._audience,
+                                   "iss": self._issuer, "iat": int(now), "exp": int(now + ttl)}
+        if name is not None:
+            payload["name"] = name.strip()
+        if admin:
+            payload["admin"] = True
+        return jwt.encode(payload, self._key, algorithm=self.algorithm)
+
+
+def _secret(config: Config) -> str:
+    if config.jwt_secret:
+        secret = config.jwt_secret
+    else:
+        path = config.data_dir / "jwt-secret"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            generated = secrets.token_urlsafe(48)
+            # O_EXCL: two processes starting at once must not overwrite each other's secret.
+            try:
+                with path.open("x", encoding="utf-8") as out:
+                    out.write(generated)
+                path.chmod(0o600)
+                log.info(
+                    "generated a new JWT secret in %s (tokens issued with another secret "
+                    "are now refused)", path)
+            except FileExistsError:
+                pass
+        secret = path.read_text(encoding="utf-8").strip()
+    if len(secret) < MIN_SECRET_CHARS:
+        raise ValueError(f"ROOMCHAT_JWT_SECRET must be at least {MIN_SECRET_CHARS} characters")
+    return secret
+
+
+def _read(path: Path | None, what: str, setting: str) -> bytes:
+    if path is None:
+        raise ValueError(f"{what} requires {setting}")
+    return Path(path).read_bytes()
+
+
+def make_verifier(config: Config) -> TokenVerifier:
+    """The verifier for ``config``. Raises ``ValueError`` for an unusable key setup."""
+    alg = config.jwt_algorithm
+    key: Any
+    if alg in HMAC_ALGORITHMS:
+        key = _secret(config)
+    elif alg in ASYMMETRIC_ALGORITHMS:
+        key = _read(config.jwt_public_key_file, alg, "ROOMCHAT_JWT_PUBLIC_KEY_FILE")
+    else:
+        raise ValueError(f"unsupported ROOMCHAT_JWT_ALGORITHM {alg!r}")
+    return TokenVerifier(alg, key, audience=config.jwt_audience, issuer=config.jwt_issuer,
+                         leeway=config.jwt_leeway)
+
+
+def make_issuer(config: Config) -> TokenIssuer:
+    """The issuer for ``config`` (same key resolution as ``make_verifier``)."""
+    alg = config.jwt_algorithm
+    key: Any
+    if alg in HMAC_ALGORITHMS:
+        key = _secret(config)
+    elif alg in ASYMMETRIC_ALGORITHMS:
+        key = _read(config.jwt_private_key_file, alg, "ROOMCHAT_JWT_PRIVATE_KEY_FILE")
+    else:
+        raise ValueError(f"unsupported ROOMCHAT_JWT_ALGORITHM {alg!r}")
+    return TokenIssuer(alg, key, audience=config.jwt_audience, issuer=config.jwt_issuer)

@@ -1,0 +1,85 @@
+"""``roomchat serve | token | settings``: the command line (a stable interface)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gateway.auth import make_issuer, parse_ttl
+from gateway.config import load_config, settings_table
+from gateway.logs import setup_logging
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="roomchat", description="Real-time chat rooms. Every setting also has a "
+        "ROOMCHAT_<NAME> environment variable (see `roomchat settings`).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--bind", help="HOST:PORT to listen on (default 127.0.0.1:8000)")
+    serve.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+    serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve HTTPS + h2")
+    serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
+    serve.add_argument("--dev-login", action="store_true", default=None,
+                       help="let the page get a short-lived token by name (loopback only)")
+    serve.add_argument("--compression", action="store_true", default=None,
+                       help="accept permessage-deflate (off by default: CPU per recipient)")
+    serve.add_argument("--log-json", action="store_true", default=None,
+                       help="log one JSON object per line")
+    serve.add_argument("--log-level", help="debug, info, warning or error")
+
+    token = sub.add_parser("token", help="print a signed JWT")
+    token.add_argument("--user", required=True, help="user id (the `sub` claim)")
+    token.add_argument("--name", help="display name (default: the user id)")
+    token.add_argument("--room", action="append", default=[], help="a room it may join "
+                       "(repeatable)")
+    token.add_argument("--all-rooms", action="store_true", help="any room (rooms: [\"*\"])")
+    token.add_argument("--admin", action="store_true", help="add the admin claim")
+    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    token.add_argument("--data-dir", type=Path, help="data directory (for the generated secret)")
+    token.add_argument("--link", metavar="BASE_URL",
+                       help="print BASE_URL/rooms/<first room>#token=<jwt> instead")
+
+    sub.add_parser("settings", help="print every setting as a Markdown table")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "settings":
+            print(settings_table())
+            return 0
+        if args.command == "token":
+            return _token(args)
+        config = load_config(bind=args.bind, data_dir=args.data_dir, certfile=args.certfile,
+                             keyfile=args.keyfile, dev_login=args.dev_login,
+                             compression=args.compression, log_json=args.log_json,
+                             log_level=args.log_level)
+        setup_logging(config.log_level, config.log_json)
+        from gateway.server import run
+
+        run(config)
+        return 0
+    except ValueError as exc:
+        print(f"roomchat: {exc}", file=sys.stderr)
+        return 2
+
+
+def _token(args: argparse.Namespace) -> int:
+    if not args.room and not args.all_rooms:
+        raise ValueError("give at least one --room, or --all-rooms")
+    if args.link and not args.room:
+        raise ValueError("--link needs a --room to link to")
+    config = load_config(data_dir=args.data_dir)
+    setup_logging("warning", False)
+    rooms = ["*"] if args.all_rooms else list(dict.fromkeys(args.room))
+    token = make_issuer(config).issue(args.user, name=args.name, rooms=rooms,
+                                      ttl=parse_ttl(args.ttl), admin=args.admin)
+    if args.link:
+        print(f"{args.link.rstrip('/')}/rooms/{args.room[0]}#token={token}")
+    else:
+        print(token)
+    return 0

@@ -1,0 +1,138 @@
+"""One frozen ``Config`` for the whole server, from defaults, ``ROOMCHAT_*`` environment
+variables and command-line flags (in increasing priority).
+
+Every field of ``Config`` and of ``rooms.config.RoomConfig`` is a setting named
+``ROOMCHAT_<FIELD>`` in upper case; ``settings_table()`` renders them all for the README.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+from rooms.config import RoomConfig
+
+_T = TypeVar("_T")
+
+
+def _setting(default: _T, help: str) -> _T:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Gateway settings; ``room`` holds every room limit."""
+
+    bind: str = _setting("127.0.0.1:8000", "Address to listen on, HOST:PORT.")
+    data_dir: Path = _setting(Path("./var"),
+                              "Where the database and the generated JWT secret live.")
+    jwt_secret: str | None = _setting(
+        None, "HMAC secret (HS* algorithms), at least 32 characters. Unset: generated once "
+              "into DATA_DIR/jwt-secret.")
+    jwt_algorithm: str = _setting(
+        "HS256", "The only JWT algorithm accepted: HS256/384/512, RS256, ES256 or EdDSA.")
+    jwt_public_key_file: Path | None = _setting(
+        None, "PEM public key that verifies tokens (RS256/ES256/EdDSA).")
+    jwt_private_key_file: Path | None = _setting(
+        None, "PEM private key `roomchat token` signs with (RS256/ES256/EdDSA).")
+    jwt_audience: str = _setting("roomchat", "Required `aud` claim.")
+    jwt_issuer: str = _setting("roomchat", "Required `iss` claim.")
+    jwt_leeway: float = _setting(10.0, "Seconds of clock skew allowed on `exp`/`iat`.")
+    allowed_origins: tuple[str, ...] = _setting(
+        (), "Comma-separated extra origins allowed to open WebSockets (the server's own "
+            "origin always is).")
+    max_connections: int = _setting(10_000, "Open WebSockets per process; more get HTTP 503.")
+    max_message_bytes: int = _setting(
+        65_536, "Largest WebSocket message accepted; larger closes with 1009.")
+    drain_timeout: float = _setting(
+        10.0, "Seconds a shutdown waits for sockets to close and rooms to store.")
+    store_synchronous: str = _setting(
+        "FULL", "SQLite `synchronous`: FULL survives power loss, NORMAL only a process crash.")
+    compression: bool = _setting(
+        False, "Accept permessage-deflate when clients offer it (costs CPU per recipient).")
+    dev_login: bool = _setting(
+        False, "Let the page get a short-lived token by name (`POST /api/dev-login`); refused "
+               "on a non-loopback bind unless `dev_login_force`.")
+    dev_login_force: bool = _setting(False, "Allow `dev_login` on a non-loopback bind.")
+    dev_login_ttl: float = _setting(3600.0, "Lifetime of dev-login tokens, seconds.")
+    certfile: Path | None = _setting(None, "TLS certificate (PEM); with KEYFILE serves HTTPS/h2.")
+    keyfile: Path | None = _setting(None, "TLS private key (PEM).")
+    log_json: bool = _setting(False, "Log one JSON object per line.")
+    log_level: str = _setting("info", "debug, info, warning or error.")
+    room: RoomConfig = field(default_factory=RoomConfig)
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "roomchat.sqlite3"
+
+
+def env_name(name: str) -> str:
+    return f"ROOMCHAT_{name.upper()}"
+
+
+def _parse(kind: Any, raw: str, name: str) -> Any:
+    if kind is bool:
+        value = raw.strip().lower()
+        if value in {"1", "true", "yes", "on"}:
+            return True
+        if value in {"0", "false", "no", "off", ""}:
+            return False
+        raise ValueError(f"{env_name(name)}: expected true/false, got {raw!r}")
+    try:
+        if kind is int:
+            return int(raw.replace("_", ""))
+        if kind is float:
+            return float(raw)
+    except ValueError:
+        raise ValueError(f"{env_name(name)}: expected a number, got {raw!r}") from None
+    if kind in (Path, Path | None):
+        return Path(raw) if raw else None
+    if kind == tuple[str, ...]:
+        return tuple(part.strip().rstrip("/") for part in raw.split(",") if part.strip())
+    if kind in (str | None,):
+        return raw or None
+    return raw
+
+
+def _apply(obj: _T, values: Mapping[str, str]) -> _T:
+    hints = get_type_hints(type(obj))
+    changes = {f.name: _parse(hints[f.name], values[f.name], f.name)
+               for f in fields(obj) if f.name in values and f.name != "room"}  # type: ignore[arg-type]
+    return replace(obj, **changes)  # type: ignore[type-var]
+
+
+def load_config(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
+    """Defaults, then ``ROOMCHAT_*`` from ``env`` (default ``os.environ``), then ``overrides``
+    (flag values; ``None`` means "not given"). Raises ``ValueError`` with the setting's name."""
+    env = os.environ if env is None else env
+    from_env = {f.name: env[env_name(f.name)]
+                for f in (*fields(Config), *fields(RoomConfig)) if env_name(f.name) in env}
+    room = _apply(RoomConfig(), from_env)
+    config = _apply(Config(), from_env)
+    room_overrides = {k: v for k, v in overrides.items()
+                      if v is not None and k in {f.name for f in fields(RoomConfig)}}
+    gateway_overrides = {k: v for k, v in overrides.items()
+                         if v is not None and k not in room_overrides}
+    return replace(config, room=replace(room, **room_overrides), **gateway_overrides)
+
+
+def settings_table() -> str:
+    """The README's settings table (Markdown), generated from the dataclasses."""
+    rows = ["| environment variable | default | meaning |", "|---|---|---|"]
+    for obj in (Config(), RoomConfig()):
+        for f in fields(obj):
+            if f.name == "room":
+                continue
+            default = getattr(obj, f.name)
+            if isinstance(default, tuple):
+                default = ",".join(default) or "(none)"
+            shown = "(unset)" if default is None else f"`{default}`"
+            rows.append(f"| `{env_name(f.name)}` | {shown} | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+__all__ = ["Config", "RoomConfig", "dataclasses", "env_name", "load_config", "settings_table"]

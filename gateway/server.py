@@ -1,0 +1,85 @@
+"""Run the app under Hypercorn with our own shutdown: close sockets first, then stop.
+
+Hypercorn alone hangs on shutdown while WebSockets are open (hypercorn #308) and Quart's
+after_serving runs too late to send close frames, so ``serve`` passes a ``shutdown_trigger`` that,
+on SIGTERM/SIGINT (or ``shutdown``), drains the gateway (1012 to every socket, rooms store what
+they hold) and only then lets Hypercorn stop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Any
+
+from hypercorn.asyncio import serve as hypercorn_serve
+from hypercorn.config import Config as HyperConfig
+from quart import Quart
+
+from gateway.app import Gateway, create_app
+from gateway.compression import set_compression
+from gateway.config import Config
+from gateway.logs import ACCESS_LOG_FORMAT
+
+log = logging.getLogger("roomchat.server")
+
+
+def hypercorn_config(config: Config, fd: int | None = None) -> HyperConfig:
+    hc = HyperConfig()
+    hc.bind = [f"fd://{fd}"] if fd is not None else [config.bind]
+    hc.websocket_max_message_size = config.max_message_bytes
+    hc.graceful_timeout = config.drain_timeout
+    hc.accesslog = logging.getLogger("roomchat.access")
+    hc.access_log_format = ACCESS_LOG_FORMAT
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    if config.certfile is not None or config.keyfile is not None:
+        if config.certfile is None or config.keyfile is None:
+            raise ValueError("TLS needs both ROOMCHAT_CERTFILE and ROOMCHAT_KEYFILE")
+        hc.certfile = str(config.certfile)
+        hc.keyfile = str(config.keyfile)
+    return hc
+
+
+async def serve(
+    config: Config, *, app: Quart | None = None, fd: int | None = None,
+    shutdown: asyncio.Event | None = None, handle_signals: bool = True,
+) -> None:
+    """Serve until SIGTERM/SIGINT (when ``handle_signals``) or ``shutdown`` is set; then drain
+    and return. ``fd``: an already bound, listening socket that Hypercorn takes over (tests
+    bind port 0)."""
+    set_compression(config.compression)
+    app = app or create_app(config)
+    gw: Gateway = app.extensions["roomchat"]
+    shutdown = shutdown or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if handle_signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, shutdown.set)
+
+    async def trigger() -> None:
+        await shutdown.wait()
+        log.info("shutting down: closing %d connections with 1012", gw.connections)
+        await gw.drain(config.drain_timeout)
+
+    try:
+        await hypercorn_serve(app, hypercorn_config(config, fd),
+                              shutdown_trigger=trigger)
+    finally:
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+    log.info("stopped")
+
+
+def run(config: Config) -> None:
+    """Blocking entry point of ``roomchat serve``: uvloop when installed."""
+    loop_factory: Any = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(serve(config))

@@ -1,0 +1,85 @@
+"""Every limit and timeout a room enforces, in one frozen dataclass.
+
+Each field's ``metadata["help"]`` is the text of the settings table in the README; the gateway
+reads ``ROOMCHAT_<FIELD NAME>`` environment variables for each field (see ``gateway.config``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+_T = TypeVar("_T")
+
+
+def _setting(default: _T, help: str) -> _T:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class RoomConfig:
+    """Limits and timeouts of every room. Times are seconds; sizes are counts."""
+
+    rate_burst: int = _setting(10, "Per-connection token bucket size (messages).")
+    rate_per_sec: float = _setting(2.0, "Per-connection refill rate (messages/second).")
+    rate_abuse_strikes: int = _setting(
+        20, "Rate-limited messages in a row (none accepted between) that close with 4008."
+    )
+    max_text_chars: int = _setting(2000, "Longest message text after trimming (characters).")
+    max_id_chars: int = _setting(64, "Longest client message id (characters).")
+    max_invalid_frames: int = _setting(
+        5, "Invalid frames on one connection that close it with 1008."
+    )
+    history_on_join: int = _setting(50, "Messages replayed on a join without `after`.")
+    history_page: int = _setting(500, "Messages read from storage per replay page.")
+    history_retention: int = _setting(
+        100_000, "Messages kept per room; older ones are pruned (0 keeps all)."
+    )
+    dedup_window: int = _setting(
+        10_000, "Latest messages per room whose (user, id) are deduplicated, across restarts."
+    )
+    ping_interval: float = _setting(25.0, "Seconds between heartbeat pings.")
+    ping_timeout: float = _setting(
+        10.0, "Extra seconds of silence after a ping interval before closing with 4010."
+    )
+    outbox_limit: int = _setting(
+        1024, "Messages queued for one connection before it is closed with 4009 (slow consumer)."
+    )
+    inbox_limit: int = _setting(
+        4096, "Client frames queued for one room before senders get `busy` errors."
+    )
+    max_batch: int = _setting(
+        512, "Most inbox frames a room handles (and stores in one commit) per wake-up."
+    )
+    max_frame_messages: int = _setting(
+        256, "Most protocol objects the server coalesces into one WebSocket frame."
+    )
+    max_room_connections: int = _setting(
+        2000, "Connections one room accepts; more get HTTP 503 room_full."
+    )
+    room_idle_ttl: float = _setting(
+        30.0, "Seconds a room with no members stays loaded before its actor stops."
+    )
+    send_timeout: float = _setting(
+        10.0, "Seconds one frame may take to send before the client is closed with 4009."
+    )
+    close_timeout: float = _setting(
+        2.0, "Seconds to wait for a close frame to be written before giving up on it."
+    )
+    tick_interval: float = _setting(
+        1.0, "Seconds between a room's housekeeping ticks (heartbeats, token expiry, idle stop)."
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("rate_burst", "max_text_chars", "max_id_chars", "max_invalid_frames",
+                     "history_page", "outbox_limit", "inbox_limit", "max_batch",
+                     "max_frame_messages", "max_room_connections", "rate_abuse_strikes"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        for name in ("rate_per_sec", "ping_interval", "ping_timeout", "tick_interval",
+                     "send_timeout", "close_timeout"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        for name in ("history_on_join", "history_retention", "dedup_window", "room_idle_ttl"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative")

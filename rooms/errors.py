@@ -1,0 +1,29 @@
+"""Errors raised by the rooms package.
+
+The tree::
+
+    RoomError
+    ├── RoomStopped       the room's actor stopped (crash, idle stop, shutdown) before answering
+    ├── RoomFull          the room holds ``max_room_connections`` connections already
+    └── StoreError        the message store failed or is closed
+
+Only the gateway turns these into HTTP statuses and WebSocket close codes.
+"""
+
+from __future__ import annotations
+
+
+class RoomError(Exception):
+    """Base class of every error of the rooms package."""
+
+
+class RoomStopped(RoomError):
+    """The room's actor is not running (it crashed, went idle or the server is draining)."""
+
+
+class RoomFull(RoomError):
+    """The room already holds its maximum number of connections."""
+
+
+class StoreError(RoomError):
+    """The message store failed or was used after ``close()``."""

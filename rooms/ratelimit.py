@@ -1,0 +1,27 @@
+"""Token bucket with an injected clock. Pure: pass ``now`` (seconds, monotonic)."""
+
+from __future__ import annotations
+
+
+class TokenBucket:
+    """``burst`` tokens, refilled at ``rate`` per second; one message costs one token."""
+
+    __slots__ = ("_stamp", "_tokens", "burst", "rate")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = burst
+        self._tokens = float(burst)
+        self._stamp = now
+
+    def take(self, now: float) -> float:
+        """Take one token. Returns 0.0 on success, else the seconds until one is available."""
+        elapsed = max(0.0, now - self._stamp)
+        self._stamp = max(self._stamp, now)
+        self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return 0.0
+        return (1.0 - self._tokens) / self.rate

@@ -1,0 +1,82 @@
+"""RoomRegistry: starts a room's actor on first use, forgets it when it stops, drains on shutdown.
+
+The registry owns every actor task: it keeps them and ``aclose()`` awaits them all. A crashed or
+idle room is removed from the registry by the actor itself (``on_exit``) and revived, with its
+history, by the next ``get()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from rooms.actor import RoomActor, RoomLifecycle
+from rooms.config import RoomConfig
+from rooms.errors import RoomStopped
+from rooms.observer import NullObserver, RoomObserver
+from rooms.protocol import CloseCode
+from rooms.state import RoomState
+from rooms.store import MessageStore
+
+log = logging.getLogger("roomchat.registry")
+
+
+class RoomRegistry:
+    def __init__(
+        self, config: RoomConfig, store: MessageStore, *, observer: RoomObserver | None = None,
+        state_factory: Callable[..., RoomState] = RoomState,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.observer = observer or NullObserver()
+        self._state_factory = state_factory
+        self._rooms: dict[str, RoomActor] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    def get(self, room: str) -> RoomActor:
+        """The running actor of ``room``, started if needed. Raises ``RoomStopped`` once
+        draining."""
+        if self._closing:
+            raise RoomStopped("server is draining")
+        actor = self._rooms.get(room)
+        if actor is not None and actor.lifecycle is not RoomLifecycle.STOPPED:
+            return actor
+        actor = RoomActor(room, self.config, self.store, observer=self.observer,
+                          on_exit=self._forget, state_factory=self._state_factory)
+        self._rooms[room] = actor
+        task = asyncio.create_task(actor.run(), name=f"room:{room}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return actor
+
+    def _forget(self, actor: RoomActor) -> None:
+        if self._rooms.get(actor.room) is actor:
+            del self._rooms[actor.room]
+
+    def __len__(self) -> int:
+        return len(self._rooms)
+
+    def rooms(self) -> list[RoomActor]:
+        return list(self._rooms.values())
+
+    def drain_nowait(self, code: CloseCode = CloseCode.SERVICE_RESTART,
+                     reason: str = "server restarting") -> None:
+        """Refuse new joins and ask every room to close its sessions with ``code`` and stop."""
+        self._closing = True
+        for actor in list(self._rooms.values()):
+            actor.drain_nowait(code, reason)
+
+    async def aclose(self, timeout: float) -> None:
+        """Drain (if not yet), then wait up to ``timeout`` s for every actor; cancel stragglers."""
+        self.drain_nowait()
+        tasks = set(self._tasks)
+        if not tasks:
+            return
+        _, pending = await asyncio.wait(tasks, timeout=timeout)
+        for task in pending:
+            log.warning("room task %s did not stop in %.1fs; cancelling", task.get_name(), timeout)
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending)

@@ -1,0 +1,149 @@
+"""One connection's side of a room: a bounded outbox and the writer that empties it.
+
+The room actor puts server objects into ``Session.offer()`` without ever awaiting; the session's
+writer (``run_writer``, run by the connection's own handler) sends everything pending as one frame
+(objects joined by ``\\n``), so a busy room costs one send per recipient per wake-up instead of
+one per message. A full outbox means the client reads slower than the room talks: ``offer()``
+returns False and the actor closes the session with 4009; the client resumes from history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections import deque
+from typing import Protocol
+
+from rooms.protocol import CloseCode, join_frame
+from rooms.state import JoinPlan
+from rooms.store import MessageStore
+
+log = logging.getLogger("roomchat.session")
+
+
+class Transport(Protocol):
+    """The socket, as the session sees it. Raising from ``send`` means the peer is gone."""
+
+    async def send(self, data: str) -> None: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class SessionState(enum.Enum):
+    JOINING = "joining"  # created; welcome not yet sent
+    ACTIVE = "active"  # writer running
+    CLOSING = "closing"  # close requested; the writer sends what is left (if flushing) and closes
+    CLOSED = "closed"
+
+
+class Session:
+    """A connection in a room. ``offer`` and ``close_nowait`` are for the room actor only."""
+
+    def __init__(
+        self, session_id: int, user: str, name: str, transport: Transport, *,
+        outbox_limit: int, max_frame_messages: int, send_timeout: float, close_timeout: float,
+    ) -> None:
+        self.id = session_id
+        self.user = user
+        self.name = name
+        self.state = SessionState.JOINING
+        self.close_code: int | None = None
+        self.close_reason = ""
+        self.sent_objects = 0
+        self._transport = transport
+        self._outbox: deque[str] = deque()
+        self._outbox_limit = outbox_limit
+        self._max_frame = max_frame_messages
+        self._send_timeout = send_timeout
+        self._close_timeout = close_timeout
+        self._wake = asyncio.Event()
+
+    def offer(self, payload: str) -> bool:
+        """Queue one server object. False if the outbox is full (the caller closes with 4009)."""
+        if self.state in (SessionState.CLOSING, SessionState.CLOSED):
+            return True  # nothing more is sent; not a reason to evict again
+        if len(self._outbox) >= self._outbox_limit:
+            return False
+        self._outbox.append(payload)
+        self._wake.set()
+        return True
+
+    def close_nowait(self, code: int, reason: str, *, flush: bool = True) -> None:
+        """Ask the writer to close with ``code`` (after sending what is queued when ``flush``)."""
+        if self.state in (SessionState.CLOSING, SessionState.CLOSED):
+            return
+        self.state = SessionState.CLOSING
+        self.close_code = code
+        self.close_reason = reason
+        if not flush:
+            self._outbox.clear()
+        self._wake.set()
+
+    @property
+    def queued(self) -> int:
+        return len(self._outbox)
+
+    async def run_writer(self, plan: JoinPlan, room: str, store: MessageStore,
+                         history_page: int) -> None:
+        """Send the welcome, the replay in ``plan``, then live objects until the session closes.
+
+        Returns when the socket was closed (by ``close_nowait``, a send timeout or a failed send).
+        The caller owns this coroutine and runs it for the whole life of the connection.
+        """
+        if self.state is SessionState.JOINING:
+            self.state = SessionState.ACTIVE
+        try:
+            if not await self._send(plan.welcome):
+                return
+            after = plan.replay_after
+            while after < plan.replay_upto and self.state is SessionState.ACTIVE:
+                page = await store.read(room, after, plan.replay_upto,
+                                        min(history_page, self._max_frame))
+                if not page:
+                    break
+                if not await self._send(join_frame([m.to_wire() for m in page])):
+                    return
+                after = page[-1].seq
+            while True:
+                if self._outbox:
+                    count = min(len(self._outbox), self._max_frame)
+                    batch = [self._outbox.popleft() for _ in range(count)]
+                    if not await self._send(join_frame(batch)):
+                        return
+                elif self.state is SessionState.CLOSING:
+                    break
+                else:
+                    self._wake.clear()
+                    await self._wake.wait()
+            await self._close()
+        finally:
+            self.state = SessionState.CLOSED
+
+    async def _send(self, frame: str) -> bool:
+        """Send one frame. False when the peer is gone or too slow (then the session is done)."""
+        try:
+            async with asyncio.timeout(self._send_timeout):
+                await self._transport.send(frame)
+        except TimeoutError:
+            # The client stopped reading: same verdict as an outbox overflow.
+            self.close_nowait(CloseCode.SLOW_CONSUMER, "slow consumer", flush=False)
+            await self._close()
+            return False
+        except Exception as exc:  # peer gone: ClientDisconnectedError, UnexpectedMessageError...
+            log.debug("session %s: send failed: %r", self.id, exc)
+            self.state = SessionState.CLOSED
+            return False
+        self.sent_objects += frame.count("\n") + 1
+        return True
+
+    async def _close(self) -> None:
+        code = self.close_code if self.close_code is not None else CloseCode.NORMAL
+        try:
+            async with asyncio.timeout(self._close_timeout):
+                await self._transport.close(code, self.close_reason)
+        except TimeoutError:
+            log.info("session %s: close frame not sent within %.1fs", self.id,
+                     self._close_timeout)
+        except Exception as exc:
+            log.debug("session %s: close failed: %r", self.id, exc)

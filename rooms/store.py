@@ -1,0 +1,249 @@
+"""Durable message storage: the interface every engine implements, and the embedded SQLite one.
+
+``SqliteStore`` keeps one database (WAL) for all rooms. Writes go through one writer thread that
+commits every append pending at that moment in one transaction (group commit): under load, many
+rooms' batches share one fsync, so storing does not cap throughput. Reads run on a small pool of
+reader threads with their own connections (WAL readers never block the writer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, TypeVar
+
+from rooms.errors import StoreError
+from rooms.state import RoomSnapshot, StoredMessage
+
+_T = TypeVar("_T")
+
+CommitObserver = Callable[[float, int], None]
+"""Called from the writer thread after each commit with (seconds, messages)."""
+
+
+class MessageStore(Protocol):
+    """What a room needs from storage. Every method may raise ``StoreError``."""
+
+    async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
+        """The room's latest seq, lowest stored seq and its last ``dedup_window`` client ids."""
+        ...
+
+    async def append(self, messages: Sequence[StoredMessage], retention: int) -> None:
+        """Store ``messages`` durably (all or none); keep at most ``retention`` per room (0: all).
+
+        Returns only once they survive a crash of this process.
+        """
+        ...
+
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+        """Stored messages with ``after < seq <= upto``, oldest first, at most ``limit``."""
+        ...
+
+    async def close(self) -> None:
+        """Finish pending writes and release resources. Further calls raise ``StoreError``."""
+        ...
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    name TEXT NOT NULL,
+    client_id TEXT,
+    text TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+"""
+_INSERT = "INSERT INTO messages (room, seq, user, name, client_id, text, ts) VALUES (?,?,?,?,?,?,?)"
+
+
+@dataclass(slots=True)
+class _Append:
+    messages: Sequence[StoredMessage]
+    retention: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[None]
+
+
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():  # the awaiting room was cancelled; the write happened anyway
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+class SqliteStore:
+    """The embedded engine: ``SqliteStore.open(path)``; ``synchronous`` is SQLite's pragma.
+
+    ``FULL`` (default) survives power loss; ``NORMAL`` survives a crash of the process only.
+    """
+
+    def __init__(self, path: Path, synchronous: str, on_commit: CommitObserver | None) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._on_commit = on_commit
+        # Unbounded by type, bounded by use: each room actor awaits its append before the next,
+        # so at most one item per loaded room is ever queued.
+        self._writes: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="roomchat-store-writer",
+                                        daemon=True)
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="roomchat-store-read")
+        self._local = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "FULL",
+                   on_commit: CommitObserver | None = None) -> SqliteStore:
+        if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
+        store = cls(path, synchronous.upper(), on_commit)
+        await asyncio.to_thread(store._open_writer)
+        store._writer.start()
+        return store
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return conn
+
+    def _open_writer(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = self._connect()
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.executescript(_SCHEMA)
+        self._conn = conn
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def append(self, messages: Sequence[StoredMessage], retention: int) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+        if not messages:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._writes.put(_Append(messages, retention, loop, future))
+        await future
+
+    def _write_loop(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            first = self._writes.get()
+            if first is None:
+                break
+            batch = [first]
+            stop = False
+            while True:  # take everything already queued: one transaction for all of it
+                try:
+                    item = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(conn, batch)
+            if stop:
+                break
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Append]) -> None:
+        started = time.perf_counter()
+        count = 0
+        error: BaseException | None = None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for item in batch:
+                    conn.executemany(_INSERT, [(m.room, m.seq, m.user, m.name, m.id, m.text, m.ts)
+                                               for m in item.messages])
+                    count += len(item.messages)
+                    last = item.messages[-1]
+                    if item.retention:
+                        conn.execute("DELETE FROM messages WHERE room = ? AND seq <= ?",
+                                     (last.room, last.seq - item.retention))
+                conn.execute("COMMIT")
+            except Exception:
+                conn.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            error = StoreError(f"commit failed: {exc}")
+        for item in batch:
+            item.loop.call_soon_threadsafe(_resolve, item.future, error)
+        if error is None and self._on_commit is not None:
+            self._on_commit(time.perf_counter() - started, count)
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._conns_lock:
+                self._read_conns.append(conn)
+        return conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+        except sqlite3.Error as exc:
+            raise StoreError(f"read failed: {exc}") from exc
+
+    async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
+        def query(conn: sqlite3.Connection) -> RoomSnapshot:
+            row = conn.execute("SELECT max(seq), min(seq) FROM messages WHERE room = ?",
+                               (room,)).fetchone()
+            last = row[0] or 0
+            oldest = row[1] or last + 1
+            ids: list[tuple[str, str, int]] = []
+            if dedup_window:
+                ids = conn.execute(
+                    "SELECT user, client_id, seq FROM messages WHERE room = ? AND seq > ? "
+                    "AND client_id IS NOT NULL ORDER BY seq", (room, last - dedup_window),
+                ).fetchall()
+            return RoomSnapshot(last_seq=last, oldest_seq=oldest, recent_ids=tuple(ids))
+
+        return await self._run(query)
+
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+        def query(conn: sqlite3.Connection) -> list[StoredMessage]:
+            rows = conn.execute(
+                "SELECT seq, user, name, client_id, text, ts FROM messages "
+                "WHERE room = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (room, after, upto, limit),
+            ).fetchall()
+            return [StoredMessage(room, *row) for row in rows]
+
+        return await self._run(query)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writes.put(None)
+        await asyncio.to_thread(self._writer.join)
+        self._readers.shutdown(wait=True)
+        with self._conns_lock:
+            for conn in self._read_conns:
+                conn.close()
+            self._read_conns.clear()

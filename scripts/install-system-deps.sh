@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install the system packages the test suite needs, with apt, only when they are missing.
+# Tests never skip for a missing tool: if this fails, `make test` fails loudly.
+set -euo pipefail
+
+need=()
+[ -x /usr/bin/chromium ] || need+=(chromium)
+
+if [ ${#need[@]} -eq 0 ]; then
+    exit 0
+fi
+
+echo "installing system packages: ${need[*]}" >&2
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "need root (or sudo) to install: ${need[*]}" >&2; exit 1; }
+    sudo="sudo"
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${need[@]}"

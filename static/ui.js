@@ -1,0 +1,709 @@
+// ui.js: the page. Reads the room and token, drives a ChatClient (chat.js) and renders what it reports.
+//
+// Safety rule for this file: text that came from anyone (messages, names, server errors) reaches the DOM only
+// through textContent / createTextNode / attribute setters, never through HTML parsing.
+
+import {
+  ChatClient,
+  State,
+  StopReason,
+  decodeToken,
+  tokenExpiresAt,
+  codePointLength,
+  MAX_TEXT_CHARS,
+} from '/static/chat.js';
+
+const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
+const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages of one person within this are grouped
+const NEAR_BOTTOM_PX = 80;
+const HUES = 12;
+
+const $ = (id) => document.getElementById(id);
+
+// ---- small DOM helpers ---------------------------------------------------------------------------------------
+
+/** Create an element with classes, text and attributes; children are nodes or strings (as text nodes). */
+function el(tag, { cls = '', text = null, attrs = {} } = {}, ...children) {
+  const node = document.createElement(tag);
+  if (cls) node.className = cls;
+  if (text !== null) node.textContent = text;
+  for (const [k, v] of Object.entries(attrs)) {
+    if (v === false || v === null || v === undefined) continue;
+    node.setAttribute(k, v === true ? '' : String(v));
+  }
+  for (const child of children) {
+    if (child === null || child === undefined) continue;
+    node.append(typeof child === 'string' ? document.createTextNode(child) : child);
+  }
+  return node;
+}
+
+function hueClass(user) {
+  let h = 0;
+  for (const ch of String(user)) h = (h * 31 + ch.codePointAt(0)) >>> 0;
+  return `hue-${h % HUES}`;
+}
+
+function initials(name) {
+  const words = String(name || '?').trim().split(/\s+/).filter(Boolean);
+  const first = Array.from(words[0] || '?')[0] || '?';
+  const second = words.length > 1 ? Array.from(words[words.length - 1])[0] : '';
+  return (first + (second || '')).toUpperCase();
+}
+
+function avatar(user, name, extra = '') {
+  return el('span', { cls: `avatar ${hueClass(user)} ${extra}`.trim(), text: initials(name), attrs: { 'aria-hidden': 'true' } });
+}
+
+const timeFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'medium' });
+const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric' });
+
+function dayKey(ts) {
+  const d = new Date(ts);
+  return `${d.getFullYear()}-${d.getMonth()}-${d.getDate()}`;
+}
+
+function dayLabel(ts) {
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (dayKey(ts) === dayKey(today.getTime())) return 'Today';
+  if (dayKey(ts) === dayKey(yesterday.getTime())) return 'Yesterday';
+  return dayFmt.format(new Date(ts));
+}
+
+function timeElement(ts) {
+  const d = new Date(ts);
+  return el('time', { cls: 'time', text: timeFmt.format(d), attrs: { datetime: d.toISOString(), title: fullFmt.format(d) } });
+}
+
+const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
+
+/** Append `text` to `parent` as text nodes, with http(s) URLs as links. Never parses HTML. */
+function appendRichText(parent, text) {
+  let last = 0;
+  for (const match of text.matchAll(URL_RE)) {
+    let url = match[0];
+    // A sentence often ends right after a link: keep the closing punctuation out of it.
+    const trail = /[.,;:!?)\]}]+$/.exec(url);
+    if (trail) url = url.slice(0, url.length - trail[0].length);
+    let href = null;
+    try {
+      const parsed = new URL(url);
+      if (parsed.protocol === 'http:' || parsed.protocol === 'https:') href = parsed.href;
+    } catch {
+      href = null;
+    }
+    if (!href) continue;
+    parent.append(document.createTextNode(text.slice(last, match.index)));
+    parent.append(el('a', { text: url, attrs: { href, target: '_blank', rel: 'noopener noreferrer nofollow' } }));
+    last = match.index + url.length;
+  }
+  parent.append(document.createTextNode(text.slice(last)));
+}
+
+// ---- page setup: room and token --------------------------------------------------------------------------------
+
+function roomFromPath(pathname) {
+  const m = /^\/rooms\/([^/]+)\/?$/.exec(pathname);
+  if (!m) return null;
+  let room;
+  try {
+    room = decodeURIComponent(m[1]);
+  } catch {
+    return null;
+  }
+  return ROOM_RE.test(room) ? room : null;
+}
+
+const tokenKey = (room) => `roomchat:token:${room}`;
+
+function storageGet(key) {
+  try {
+    return sessionStorage.getItem(key);
+  } catch {
+    return null;
+  }
+}
+
+function storageSet(key, value) {
+  try {
+    if (value === null) sessionStorage.removeItem(key);
+    else sessionStorage.setItem(key, value);
+  } catch {
+    // storage disabled: the token lives only in memory for this page
+  }
+}
+
+/**
+ * Take `#token=...` out of the address bar (so it is not bookmarked, shared or kept in history) and return it.
+ */
+function takeTokenFromFragment() {
+  const hash = location.hash.startsWith('#') ? location.hash.slice(1) : '';
+  if (!hash) return null;
+  const params = new URLSearchParams(hash);
+  const token = params.get('token');
+  if (!token) return null;
+  params.delete('token');
+  const rest = params.toString();
+  history.replaceState(history.state, '', location.pathname + location.search + (rest ? `#${rest}` : ''));
+  return token;
+}
+
+async function fetchInfo() {
+  try {
+    const res = await fetch('/api/info', { headers: { accept: 'application/json' }, cache: 'no-store' });
+    if (!res.ok) return { dev_login: false };
+    const info = await res.json();
+    return info && typeof info === 'object' ? info : { dev_login: false };
+  } catch {
+    return { dev_login: false };
+  }
+}
+
+async function devLogin(name, room) {
+  let res;
+  try {
+    res = await fetch('/api/dev-login', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json' },
+      body: JSON.stringify({ name, room }),
+    });
+  } catch {
+    throw new Error('Could not reach the server. Try again in a moment.');
+  }
+  let body = null;
+  try {
+    body = await res.json();
+  } catch {
+    body = null;
+  }
+  if (!res.ok || !body || typeof body.token !== 'string') {
+    const detail = body && (body.detail || body.error);
+    throw new Error(detail ? String(detail) : `Sign-in failed (HTTP ${res.status}).`);
+  }
+  return body.token;
+}
+
+// ---- the view ---------------------------------------------------------------------------------------------------
+
+class ChatView {
+  constructor(room) {
+    this.room = room;
+    this.client = null;
+    this.info = null; // /api/info, fetched when first needed
+    this.me = null;
+    this.members = new Map();
+    this.lastEntry = null; // {user, ts} of the last message line, for grouping
+    this.lastDay = null;
+    this.unread = 0;
+    this.newBelow = 0;
+    this.countdown = null;
+    this.noteTimer = null;
+    this.historyTimer = null;
+    this.everLive = false;
+
+    this.log = $('log');
+    this.pending = $('pending');
+    this.scroller = $('scroller');
+    this.input = $('message-input');
+    this.baseTitle = `#${room} · roomchat`;
+
+    document.title = this.baseTitle;
+    $('room-name').textContent = room;
+    this.input.placeholder = `Message #${room}`;
+    this.log.setAttribute('aria-label', `Messages in #${room}`);
+    this.bindControls();
+  }
+
+  // ---- wiring
+
+  bindControls() {
+    document.querySelector('.skip-link').addEventListener('click', (ev) => {
+      ev.preventDefault(); // focus without putting "#message-input" in the address bar
+      this.input.focus();
+    });
+    $('composer').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      this.submit();
+    });
+    this.input.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+        ev.preventDefault();
+        this.submit();
+      }
+    });
+    this.input.addEventListener('input', () => {
+      const n = codePointLength(this.input.value);
+      if (n > MAX_TEXT_CHARS - 200) this.note(`${n} / ${MAX_TEXT_CHARS} characters`, 0);
+      else if (this.noteIsCounter) this.note('', 0);
+      this.noteIsCounter = n > MAX_TEXT_CHARS - 200;
+    });
+    this.scroller.addEventListener('scroll', () => {
+      if (this.isNearBottom()) this.clearNewBelow();
+    }, { passive: true });
+    $('jump').addEventListener('click', () => {
+      this.scrollToBottom(true);
+      this.input.focus();
+    });
+    $('reconnect-now').addEventListener('click', () => this.client?.reconnectNow());
+    document.addEventListener('visibilitychange', () => {
+      if (!document.hidden) {
+        this.unread = 0;
+        this.updateTitle();
+        if (this.client?.state === State.WAITING) this.client.reconnectNow();
+      }
+    });
+    window.addEventListener('online', () => this.client?.reconnectNow());
+
+    const toggle = $('members-toggle');
+    const wide = window.matchMedia('(min-width: 820px)');
+    const applyDefault = () => this.showMembers(wide.matches);
+    wide.addEventListener('change', applyDefault);
+    applyDefault();
+    toggle.addEventListener('click', () => this.showMembers($('members').hidden));
+    document.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape' && !wide.matches && !$('members').hidden) {
+        this.showMembers(false);
+        toggle.focus();
+      }
+    });
+
+    $('login-form').addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      this.login();
+    });
+    const copy = $('copy-command');
+    if (navigator.clipboard && window.isSecureContext) {
+      copy.addEventListener('click', async () => {
+        try {
+          await navigator.clipboard.writeText($('howto-command').textContent);
+          copy.textContent = 'Copied';
+        } catch {
+          copy.textContent = 'Copy failed';
+        }
+      });
+    } else {
+      copy.hidden = true;
+    }
+  }
+
+  showMembers(show) {
+    $('members').hidden = !show;
+    const toggle = $('members-toggle');
+    toggle.setAttribute('aria-expanded', String(show));
+    toggle.setAttribute('aria-label', show ? 'Hide online members' : 'Show online members');
+  }
+
+  /** Start a client with `token` (or hand the new token to the running one). */
+  connect(token) {
+    storageSet(tokenKey(this.room), token);
+    this.hideAuth();
+    const claims = decodeToken(token);
+    if (claims && !this.me) this.setSubtitle(claims.name || claims.sub || '');
+    const exp = tokenExpiresAt(token);
+    $('status').title = exp ? `Your token is valid until ${fullFmt.format(new Date(exp))}` : '';
+    if (this.client) {
+      this.client.setToken(token);
+      return;
+    }
+    const client = new ChatClient({ room: this.room, token, location: window.location, storage: sessionStorage });
+    this.client = client;
+    client.addEventListener('state', (ev) => this.onState(ev.detail));
+    client.addEventListener('welcome', (ev) => this.onWelcome(ev.detail));
+    client.addEventListener('message', (ev) => this.onMessage(ev.detail));
+    client.addEventListener('history-end', () => this.onHistoryEnd());
+    client.addEventListener('presence', (ev) => this.onPresence(ev.detail.presence));
+    client.addEventListener('outbox', (ev) => this.renderPending(ev.detail.entries));
+    client.addEventListener('problem', (ev) => this.onProblem(ev.detail.error));
+    client.start();
+  }
+
+  // ---- auth panel
+
+  async needAuth(kind, detail = '') {
+    const title = {
+      none: 'Join this room',
+      expired: 'Your session expired',
+      forbidden: 'This link is for another room',
+      badroom: 'This is not a room',
+    }[kind];
+    const text = {
+      none: 'You need an invitation link (with a token) to join this room.',
+      expired: 'Your token expired, so the connection was closed. Get a new link to continue; messages you type meanwhile are kept.',
+      forbidden: `Your token does not give access to #${this.room}.`,
+      badroom: 'Room names are 1 to 64 letters, digits, "-" or "_". Check the address.',
+    }[kind];
+    $('auth-title').textContent = title;
+    $('auth-text').textContent = detail ? `${text} ${detail}` : text;
+    $('auth').hidden = false;
+    $('app').classList.add('needs-auth');
+    $('app').classList.toggle('signed-out', !this.client);
+    if (kind === 'badroom') return;
+
+    this.info = this.info || (await fetchInfo());
+    const devLoginOn = this.info.dev_login === true;
+    $('login-form').hidden = !devLoginOn;
+    $('howto').hidden = devLoginOn;
+    if (devLoginOn) {
+      $('auth-text').textContent = kind === 'none' ? 'Pick a display name to join.' : `${text} Sign in again below.`;
+      const name = $('login-name');
+      if (!name.value && this.me?.name) name.value = this.me.name;
+      name.focus();
+    } else {
+      $('howto-command').textContent =
+        `roomchat token --user ID --room ${this.room} --link ${location.protocol}//${location.host}`;
+    }
+  }
+
+  hideAuth() {
+    $('auth').hidden = true;
+    $('app').classList.remove('needs-auth', 'signed-out');
+  }
+
+  async login() {
+    const nameInput = $('login-name');
+    const name = nameInput.value.trim();
+    const error = $('login-error');
+    if (!name) {
+      error.textContent = 'Please enter a name.';
+      nameInput.focus();
+      return;
+    }
+    $('login-submit').disabled = true;
+    error.textContent = '';
+    try {
+      const token = await devLogin(name, this.room);
+      this.connect(token);
+      this.input.focus();
+    } catch (err) {
+      error.textContent = err.message;
+    } finally {
+      $('login-submit').disabled = false;
+    }
+  }
+
+  // ---- connection status
+
+  onState(s) {
+    const status = $('status');
+    const text = $('status-text');
+    const again = $('reconnect-now');
+    clearInterval(this.countdown);
+    this.countdown = null;
+    again.hidden = true;
+    // The close code behind the current state, for the curious (and for tests).
+    if (s.code) status.dataset.code = String(s.code);
+    else delete status.dataset.code;
+
+    if (s.state === State.CONNECTING) {
+      status.dataset.state = 'connecting';
+      text.textContent = this.everLive ? 'Reconnecting…' : 'Connecting…';
+    } else if (s.state === State.LIVE) {
+      status.dataset.state = 'live';
+      text.textContent = 'Live';
+      this.everLive = true;
+    } else if (s.state === State.WAITING) {
+      status.dataset.state = 'reconnecting';
+      again.hidden = false;
+      const tick = () => {
+        const secs = Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000));
+        const lead = s.refused ? 'Can’t connect' : 'Offline';
+        text.textContent = `${lead} · reconnecting in ${secs}s`;
+      };
+      tick();
+      this.countdown = setInterval(tick, 1000);
+      status.title = s.refused
+        ? 'The server keeps refusing the connection. It may be down, or your link may no longer be valid.'
+        : `Disconnected: ${s.detail || 'connection lost'}`;
+    } else if (s.state === State.OFFLINE) {
+      this.onOffline(s);
+    }
+  }
+
+  onOffline(s) {
+    const status = $('status');
+    const text = $('status-text');
+    if (s.reason === StopReason.EXPIRED) {
+      status.dataset.state = 'expired';
+      text.textContent = 'Offline · token expired';
+      this.needAuth('expired');
+      storageSet(tokenKey(this.room), null); // never reuse it, not even after a reload
+    } else if (s.reason === StopReason.FORBIDDEN) {
+      status.dataset.state = 'offline';
+      text.textContent = 'Offline · no access to this room';
+      this.needAuth('forbidden');
+      storageSet(tokenKey(this.room), null);
+    } else {
+      status.dataset.state = 'offline';
+      text.textContent = s.reason === StopReason.POLICY
+        ? `Offline · ${s.detail || 'closed by the server'}`
+        : 'Offline';
+      status.title = s.detail || '';
+      $('reconnect-now').hidden = false;
+    }
+  }
+
+  // ---- conversation
+
+  onWelcome({ welcome, reset }) {
+    this.me = { user: welcome.user, name: welcome.name };
+    if (reset) this.clearLog();
+    this.members = new Map();
+    for (const m of welcome.members || []) this.members.set(m.user, m.name);
+    this.renderMembers();
+    this.setSubtitle(welcome.name);
+    this.log.setAttribute('aria-busy', 'true');
+    clearTimeout(this.historyTimer);
+    // If the server sends less history than the welcome promised, do not stay busy forever.
+    this.historyTimer = setTimeout(() => this.onHistoryEnd(), 3000);
+    this.updateEmpty();
+  }
+
+  onHistoryEnd() {
+    clearTimeout(this.historyTimer);
+    this.log.setAttribute('aria-busy', 'false');
+    this.updateEmpty();
+  }
+
+  setSubtitle(name) {
+    const online = this.members.size;
+    const parts = [];
+    if (name) parts.push(`You are ${name}`);
+    if (online) parts.push(`${online} online`);
+    $('room-sub').textContent = parts.join(' · ') || '\u00a0';
+  }
+
+  clearLog() {
+    this.log.replaceChildren();
+    this.lastEntry = null;
+    this.lastDay = null;
+    this.clearNewBelow();
+  }
+
+  onMessage({ message: m, own, kind }) {
+    const stick = own || kind === 'history' || this.isNearBottom();
+    const ts = typeof m.ts === 'number' ? m.ts : Date.now();
+    this.addDaySeparator(ts);
+    const continued = this.lastEntry && this.lastEntry.user === m.user && ts - this.lastEntry.ts < GROUP_WINDOW_MS;
+    const name = typeof m.name === 'string' && m.name ? m.name : String(m.user);
+    const text = el('p', { cls: 'text' });
+    appendRichText(text, String(m.text ?? ''));
+    const item = el(
+      'li',
+      {
+        cls: `msg ${own ? 'own' : 'other'}${continued ? ' continued' : ''}`,
+        attrs: { 'data-seq': m.seq, 'data-user': m.user },
+      },
+      own ? null : avatar(m.user, name),
+      el(
+        'div',
+        { cls: 'bubble' },
+        el('div', { cls: 'meta' }, el('span', { cls: 'author', text: own ? 'You' : name }), ' ', timeElement(ts)),
+        text,
+      ),
+    );
+    this.log.append(item);
+    this.lastEntry = { user: m.user, ts };
+    this.updateEmpty();
+    if (kind !== 'history' && !own && document.hidden) {
+      this.unread += 1;
+      this.updateTitle();
+    }
+    if (stick) this.scrollToBottom();
+    else if (kind !== 'history') this.bumpNewBelow();
+  }
+
+  onPresence(p) {
+    const name = typeof p.name === 'string' && p.name ? p.name : String(p.user);
+    if (p.event === 'join') this.members.set(p.user, name);
+    else if (p.event === 'leave') this.members.delete(p.user);
+    else return;
+    this.renderMembers();
+    this.setSubtitle(this.me?.name);
+    const stick = this.isNearBottom();
+    const ts = typeof p.ts === 'number' ? p.ts : Date.now();
+    this.addDaySeparator(ts);
+    this.log.append(
+      el(
+        'li',
+        { cls: `system presence ${p.event}` },
+        el('span', { cls: 'system-text', text: `${name} ${p.event === 'join' ? 'joined' : 'left'}` }),
+        ' ',
+        timeElement(ts),
+      ),
+    );
+    this.lastEntry = null; // a presence line breaks a group of messages
+    if (stick) this.scrollToBottom();
+  }
+
+  addDaySeparator(ts) {
+    const key = dayKey(ts);
+    if (key === this.lastDay) return;
+    this.lastDay = key;
+    this.log.append(el('li', { cls: 'day', attrs: { 'aria-hidden': 'true' } }, el('span', { text: dayLabel(ts) })));
+    this.lastEntry = null;
+  }
+
+  onProblem(err) {
+    const text = err && (err.message || err.code) ? String(err.message || err.code) : 'The server refused a message.';
+    this.note(text);
+  }
+
+  note(text, ms = 6000) {
+    const note = $('composer-note');
+    note.textContent = text;
+    clearTimeout(this.noteTimer);
+    if (text && ms) this.noteTimer = setTimeout(() => { note.textContent = ''; }, ms);
+  }
+
+  updateEmpty() {
+    const hasMessages = this.log.querySelector('li.msg') !== null || this.pending.childElementCount > 0;
+    $('empty').hidden = hasMessages || !this.me;
+  }
+
+  updateTitle() {
+    document.title = this.unread > 0 ? `(${this.unread}) ${this.baseTitle}` : this.baseTitle;
+  }
+
+  renderMembers() {
+    const list = $('member-list');
+    const sorted = [...this.members.entries()].sort((a, b) => a[1].localeCompare(b[1]));
+    list.replaceChildren(
+      ...sorted.map(([user, name]) => {
+        const you = this.me && user === this.me.user;
+        return el(
+          'li',
+          { cls: `member${you ? ' you' : ''}`, attrs: { 'data-user': user } },
+          avatar(user, name, 'avatar-small'),
+          el('span', { cls: 'member-name', text: name }),
+          you ? el('span', { cls: 'member-you', text: '(you)' }) : null,
+        );
+      }),
+    );
+    $('member-count').textContent = String(this.members.size);
+    $('members-total').textContent = `· ${this.members.size}`;
+  }
+
+  // ---- outbox
+
+  submit() {
+    if (!this.client) {
+      this.note('Join the room first.');
+      return;
+    }
+    let entry;
+    try {
+      entry = this.client.send(this.input.value);
+    } catch (err) {
+      this.note(err.message);
+      return;
+    }
+    if (entry) {
+      this.input.value = '';
+      this.note('', 0);
+      this.scrollToBottom(true);
+    }
+    this.input.focus();
+  }
+
+  renderPending(entries) {
+    const stick = this.isNearBottom();
+    const live = this.client?.state === State.LIVE;
+    this.pending.replaceChildren(
+      ...entries.map((e) => {
+        let status;
+        if (e.state === 'failed') status = `Not sent: ${e.error}`;
+        else if (e.state === 'sent') status = 'Sent';
+        else if (e.state === 'retrying') status = 'Server busy, retrying…';
+        else if (e.state === 'sending') status = 'Sending…';
+        else status = live ? 'Sending…' : 'Waiting for connection';
+        const state = e.state === 'queued' && !live ? 'waiting' : e.state;
+        const actions = e.state === 'failed'
+          ? el(
+            'span',
+            { cls: 'pending-actions' },
+            this.actionButton('Edit', () => {
+              this.input.value = e.text;
+              this.client.discard(e.id);
+              this.input.focus();
+            }),
+            this.actionButton('Dismiss', () => this.client.discard(e.id)),
+          )
+          : null;
+        const text = el('p', { cls: 'text' });
+        appendRichText(text, e.text);
+        return el(
+          'li',
+          { cls: `msg own pending ${state}`, attrs: { 'data-id': e.id, 'data-state': state } },
+          el(
+            'div',
+            { cls: 'bubble' },
+            el('div', { cls: 'meta' }, el('span', { cls: 'author', text: 'You' }), ' ', timeElement(e.createdAt)),
+            text,
+          ),
+          el('p', { cls: 'pending-status' }, el('span', { cls: 'pending-icon', attrs: { 'aria-hidden': 'true' } }), status, actions),
+        );
+      }),
+    );
+    this.updateEmpty();
+    if (stick) this.scrollToBottom();
+  }
+
+  actionButton(label, onClick) {
+    const b = el('button', { cls: 'link-button', text: label, attrs: { type: 'button' } });
+    b.addEventListener('click', onClick);
+    return b;
+  }
+
+  // ---- scrolling
+
+  isNearBottom() {
+    const s = this.scroller;
+    return s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_BOTTOM_PX;
+  }
+
+  scrollToBottom(smooth = false) {
+    const s = this.scroller;
+    const reduce = window.matchMedia('(prefers-reduced-motion: reduce)').matches;
+    s.scrollTo({ top: s.scrollHeight, behavior: smooth && !reduce ? 'smooth' : 'auto' });
+    this.clearNewBelow();
+  }
+
+  bumpNewBelow() {
+    this.newBelow += 1;
+    $('jump-text').textContent = this.newBelow === 1 ? '1 new message' : `${this.newBelow} new messages`;
+    $('jump').hidden = false;
+  }
+
+  clearNewBelow() {
+    this.newBelow = 0;
+    $('jump').hidden = true;
+  }
+}
+
+// ---- boot ----------------------------------------------------------------------------------------------------------
+
+function boot() {
+  const fragmentToken = takeTokenFromFragment(); // first, so the token leaves the address bar at once
+  const room = roomFromPath(location.pathname);
+  if (!room) {
+    const view = new ChatView('?');
+    view.needAuth('badroom');
+    $('status').dataset.state = 'offline';
+    $('status-text').textContent = 'Offline';
+    return;
+  }
+  const view = new ChatView(room);
+  window.roomchat = view; // handy in the console; the page works without it
+  const token = fragmentToken || storageGet(tokenKey(room));
+  if (token) {
+    view.connect(token);
+  } else {
+    $('status').dataset.state = 'offline';
+    $('status-text').textContent = 'Not signed in';
+    view.needAuth('none');
+  }
+}
+
+boot();

@@ -1,0 +1,204 @@
+"""RoomState is pure: these tests step time by hand, no sockets, no sleeps."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import orjson
+import pytest
+
+from rooms.config import RoomConfig
+from rooms.errors import RoomFull
+from rooms.protocol import CloseCode, ErrorCode, FrameError, Pong, SendMessage
+from rooms.state import Broadcast, Close, Effect, RoomSnapshot, RoomState, Send
+
+CFG = RoomConfig(rate_burst=2, rate_per_sec=1.0, rate_abuse_strikes=3, max_invalid_frames=2,
+                 history_on_join=3, ping_interval=10, ping_timeout=5, dedup_window=4,
+                 max_room_connections=3)
+
+
+def objs(effects: list[Effect]) -> list[tuple[str, Any, dict[str, Any]]]:
+    out: list[tuple[str, Any, dict[str, Any]]] = []
+    for e in effects:
+        if isinstance(e, Send):
+            out.append(("send", e.session, orjson.loads(e.payload)))
+        elif isinstance(e, Broadcast):
+            out.append(("all", e.exclude, orjson.loads(e.payload)))
+        else:
+            out.append(("close", e.session, {"code": e.code, "flush": e.flush}))
+    return out
+
+
+def joined(state: RoomState, session: int, user: str, now: float = 0.0,
+           after: int | None = None) -> Any:
+    plan, effects = state.join(session, user, user.title(), after=after, expires_at=1e9,
+                               now=now, wall_ms=1)
+    return plan, effects
+
+
+def send(state: RoomState, session: int, text: str, id: str | None = None,
+         now: float = 0.0) -> list[Effect]:
+    return state.receive(session, SendMessage(text, id), now, 1000)
+
+
+def commit(state: RoomState) -> list[Effect]:
+    return state.committed(state.take_pending())
+
+
+def test_join_welcomes_and_announces_only_first_connection() -> None:
+    state = RoomState("r", CFG)
+    plan, effects = joined(state, 1, "alice")
+    assert orjson.loads(plan.welcome)["members"] == [{"user": "alice", "name": "Alice"}]
+    assert objs(effects)[0][:2] == ("all", 1)
+    _, effects = joined(state, 2, "alice")
+    assert effects == []
+    assert state.leave(1, 5) == []
+    (leave,) = objs(state.leave(2, 5))
+    assert leave[2] == {"type": "presence", "event": "leave", "user": "alice", "name": "Alice",
+                        "ts": 5}
+
+
+def test_messages_are_broadcast_only_after_commit_with_consecutive_seqs() -> None:
+    state = RoomState("r", CFG)
+    joined(state, 1, "alice")
+    assert send(state, 1, "a", "x") == []
+    assert send(state, 1, "b") == []
+    assert state.delivered_seq == 0
+    effects = objs(commit(state))
+    assert [(k, o["type"], o.get("seq")) for k, _, o in effects] == [
+        ("all", "message", 1), ("all", "message", 2), ("send", "ack", 1), ("send", "ack", 2)]
+    assert state.delivered_seq == 2
+
+
+def test_rate_limit_then_abuse_eviction() -> None:
+    state = RoomState("r", CFG)
+    joined(state, 1, "alice")
+    send(state, 1, "1")
+    send(state, 1, "2")
+    (refusal,) = objs(send(state, 1, "3", "c"))
+    assert refusal[2]["code"] == "rate_limited" and refusal[2]["retry_after"] == 1.0
+    send(state, 1, "4")
+    kinds = objs(send(state, 1, "5"))
+    assert [k for k, _, _ in kinds] == ["send", "close", "all"]
+    assert kinds[1][2]["code"] == CloseCode.RATE_ABUSE
+    assert not state.has_session(1)
+
+
+def test_accepted_message_resets_strikes() -> None:
+    state = RoomState("r", CFG)
+    joined(state, 1, "alice")
+    for t in (0, 0, 0, 0):
+        send(state, 1, "x", now=t)
+    assert send(state, 1, "ok", now=1.0) == []  # refilled: accepted, strikes back to 0
+    send(state, 1, "x", now=1.0)
+    send(state, 1, "x", now=1.0)
+    assert state.has_session(1)
+
+
+def test_invalid_frames_close_with_1008_at_the_limit() -> None:
+    state = RoomState("r", CFG)
+    joined(state, 1, "alice")
+    bad = FrameError(ErrorCode.INVALID_JSON, "bad")
+    assert [k for k, _, _ in objs(state.receive(1, bad, 0, 0))] == ["send"]
+    effects = objs(state.receive(1, bad, 0, 0))
+    assert effects[1] == ("close", 1, {"code": CloseCode.POLICY_VIOLATION, "flush": True})
+
+
+def test_dedup_acks_original_seq_pending_and_committed() -> None:
+    state = RoomState("r", replace(CFG, rate_burst=100))
+    joined(state, 1, "alice")
+    send(state, 1, "a", "same")
+    assert send(state, 1, "a", "same") == []  # original not stored yet: ack after commit
+    effects = objs(commit(state))
+    acks = [o for k, _, o in effects if o["type"] == "ack"]
+    assert acks == [{"type": "ack", "id": "same", "seq": 1},
+                    {"type": "ack", "id": "same", "seq": 1, "duplicate": True}]
+    assert len([o for _, _, o in effects if o["type"] == "message"]) == 1
+    (dup,) = objs(send(state, 1, "a", "same"))
+    assert dup[2] == {"type": "ack", "id": "same", "seq": 1, "duplicate": True}
+
+
+def test_dedup_is_per_user_and_windowed() -> None:
+    state = RoomState("r", replace(CFG, rate_burst=100))
+    joined(state, 1, "alice")
+    joined(state, 2, "bob")
+    send(state, 1, "a", "id")
+    assert send(state, 2, "b", "id") == []  # bob's "id" is not alice's
+    commit(state)
+    for i in range(4):
+        send(state, 1, "n", f"n{i}")
+    commit(state)
+    send(state, 1, "a again", "id")  # pushed out of the 4-entry window: accepted again
+    assert len(state.pending) == 1
+
+
+def test_dedup_window_is_loaded_from_snapshot() -> None:
+    snapshot = RoomSnapshot(last_seq=9, oldest_seq=1, recent_ids=(("alice", "old", 7),))
+    state = RoomState("r", CFG, snapshot)
+    joined(state, 1, "alice")
+    (ack,) = objs(send(state, 1, "x", "old"))
+    assert ack[2]["seq"] == 7
+    send(state, 1, "new")
+    assert state.pending[0].seq == 10
+
+
+@pytest.mark.parametrize(
+    ("after", "replay_after", "recovered"),
+    [(None, 7, False), (8, 8, True), (10, 10, True), (4, 4, True), (2, 3, False),
+     (11, 7, False)],
+)
+def test_join_plan(after: int | None, replay_after: int, recovered: bool) -> None:
+    state = RoomState("r", CFG, RoomSnapshot(last_seq=10, oldest_seq=4))
+    plan, _ = joined(state, 1, "alice", after=after)
+    assert (plan.replay_after, plan.replay_upto, plan.recovered) == (replay_after, 10, recovered)
+    assert orjson.loads(plan.welcome)["recovered"] is recovered
+
+
+def test_retention_moves_oldest_seq() -> None:
+    state = RoomState("r", replace(CFG, history_retention=2, rate_burst=100))
+    joined(state, 1, "alice")
+    for i in range(5):
+        send(state, 1, str(i))
+    commit(state)
+    assert state.oldest_seq == 4
+    plan, _ = joined(state, 2, "bob", after=1)
+    assert (plan.replay_after, plan.recovered) == (3, False)
+
+
+def test_room_full() -> None:
+    state = RoomState("r", CFG)
+    for i in range(3):
+        joined(state, i, f"u{i}")
+    with pytest.raises(RoomFull):
+        joined(state, 9, "late")
+
+
+def test_heartbeat_pings_and_evicts_silent_sessions() -> None:
+    state = RoomState("r", CFG)
+    joined(state, 1, "alice", now=0)
+    joined(state, 2, "bob", now=0)
+    assert state.tick(5, 0) == []
+    (ping,) = objs(state.tick(10, 0))
+    assert ping[2]["type"] == "ping"
+    state.receive(2, Pong(), 12, 0)
+    effects = objs(state.tick(15.5, 0))
+    assert effects[0] == ("close", 1, {"code": CloseCode.HEARTBEAT_TIMEOUT, "flush": True})
+    assert effects[1][2]["event"] == "leave"
+    assert state.has_session(2)
+
+
+def test_token_expiry_closes_4001() -> None:
+    state = RoomState("r", CFG)
+    state.join(1, "alice", "Alice", after=None, expires_at=3.0, now=0, wall_ms=0)
+    assert state.tick(2.9, 0) == []
+    effects = state.tick(3.0, 0)
+    assert isinstance(effects[0], Close) and effects[0].code == CloseCode.TOKEN_EXPIRED
+
+
+def test_frames_from_evicted_sessions_are_ignored() -> None:
+    state = RoomState("r", CFG)
+    joined(state, 1, "alice")
+    state.evict(1, CloseCode.SLOW_CONSUMER, "slow", 0, flush=False)
+    assert send(state, 1, "late") == []
+    assert state.pending == []

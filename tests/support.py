@@ -1,0 +1,202 @@
+"""Shared test helpers: a real roomchat server on a free port, tokens, a WebSocket client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import jwt
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from gateway.app import Gateway, create_app
+from gateway.config import Config, load_config
+from gateway.server import serve
+from rooms.config import RoomConfig
+
+# One factor for slow machines (python-websockets does the same): scale every wait by it.
+SLOW = float(os.environ.get("ROOMCHAT_TEST_SLOW", "1"))
+SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(512)
+    sock.set_inheritable(True)
+    return sock
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def make_token(user: str = "alice", rooms: list[str] | None = None, *, name: str | None = None,
+               ttl: float = 3600, secret: str = SECRET, **extra: Any) -> str:
+    now = int(time.time())
+    claims: dict[str, Any] = {"sub": user, "rooms": rooms if rooms is not None else ["*"],
+                              "aud": "roomchat", "iss": "roomchat", "iat": now,
+                              "exp": now + ttl}
+    if name is not None:
+        claims["name"] = name
+    claims.update(extra)
+    return jwt.encode(claims, secret, algorithm="HS256")
+
+
+def make_config(tmp: Path, **room: Any) -> Config:
+    return replace(load_config({}, data_dir=tmp, jwt_secret=SECRET),
+                   room=replace(RoomConfig(), **room))
+
+
+@dataclass
+class Server:
+    """A roomchat app served by Hypercorn in this event loop."""
+
+    config: Config
+    port: int
+    gateway: Gateway
+    shutdown: asyncio.Event
+    task: asyncio.Task[None]
+    clients: list[ClientConnection] = field(default_factory=list)
+
+    def url(self, room: str = "lobby", token: str | None = None, **query: Any) -> str:
+        token = make_token() if token is None else token
+        extra = "".join(f"&{k}={v}" for k, v in query.items())
+        return f"ws://127.0.0.1:{self.port}/rooms/{room}/ws?token={token}{extra}"
+
+    async def connect(self, room: str = "lobby", user: str = "alice", **kw: Any) -> Client:
+        token = kw.pop("token", None) or make_token(user, name=kw.pop("name", None))
+        headers = kw.pop("headers", None)
+        ws = await websockets.connect(self.url(room, token, **kw), additional_headers=headers,
+                                      open_timeout=10 * SLOW, max_size=2**24,
+                                      compression=None)
+        self.clients.append(ws)
+        return Client(ws)
+
+
+@dataclass
+class Client:
+    """A real WebSocket client that splits server frames into protocol objects."""
+
+    ws: ClientConnection
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    frames: int = 0
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        while not self.pending:
+            async with asyncio.timeout(timeout * SLOW):
+                data = await self.ws.recv()
+            assert isinstance(data, str), "server frames are text"
+            self.frames += 1
+            self.pending.extend(orjson.loads(line) for line in data.split("\n"))
+        return self.pending.pop(0)
+
+    async def recv_type(self, kind: str, timeout: float = 5.0) -> dict[str, Any]:
+        """The next object of ``kind``, skipping pings and presence of other kinds."""
+        while True:
+            obj = await self.recv(timeout)
+            if obj["type"] == kind:
+                return obj
+
+    async def send(self, obj: dict[str, Any] | str | bytes) -> None:
+        await self.ws.send(obj if isinstance(obj, str | bytes) else orjson.dumps(obj).decode())
+
+    async def say(self, text: str, id: str | None = None) -> None:
+        await self.send({"type": "message", "text": text, "id": id})
+
+    async def closed(self, timeout: float = 5.0) -> int | None:
+        """Wait for the server to close; the close code it sent."""
+        async with asyncio.timeout(timeout * SLOW):
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:
+                    await self.ws.recv()
+        return self.ws.close_code
+
+
+@contextlib.asynccontextmanager
+async def running_server(config: Config, app: Any = None) -> AsyncIterator[Server]:
+    sock = free_socket()
+    app = app or create_app(config)
+    shutdown = asyncio.Event()
+    port = sock.getsockname()[1]
+    task = asyncio.create_task(serve(config, app=app, fd=sock.detach(), shutdown=shutdown,
+                                     handle_signals=False))
+    gw: Gateway = app.extensions["roomchat"]
+    server = Server(config, port, gw, shutdown, task)
+    try:
+        async with asyncio.timeout(10 * SLOW):
+            while gw._registry is None:
+                if task.done():
+                    task.result()
+                await asyncio.sleep(0.01)
+        yield server
+    finally:
+        for ws in server.clients:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2)
+        shutdown.set()
+        await asyncio.wait_for(task, 20 * SLOW)
+
+
+@dataclass
+class Process:
+    """``roomchat serve`` in a child process."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log: Path
+
+    def url(self, room: str, token: str, **query: Any) -> str:
+        extra = "".join(f"&{k}={v}" for k, v in query.items())
+        return f"ws://127.0.0.1:{self.port}/rooms/{room}/ws?token={token}{extra}"
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_process(data_dir: Path, port: int | None = None, env: dict[str, str] | None = None,
+                  args: list[str] | None = None) -> Process:
+    port = port or free_port()
+    log = data_dir / f"server-{port}-{time.monotonic_ns()}.log"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, "ROOMCHAT_JWT_SECRET": SECRET, **(env or {})}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "serve", "--bind", f"127.0.0.1:{port}",
+             "--data-dir", str(data_dir), *(args or [])],
+            stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=data_dir)
+    deadline = time.monotonic() + 20 * SLOW
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{log.read_text()}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return Process(proc, port, log)
+        time.sleep(0.05)
+    proc.kill()
+    raise RuntimeError(f"server did not start:\n{log.read_text()}")
+
+
+@contextlib.contextmanager
+def server_process(data_dir: Path, **kw: Any) -> Iterator[Process]:
+    process = start_process(data_dir, **kw)
+    try:
+        yield process
+    finally:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait()
