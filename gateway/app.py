@@ -16,12 +16,13 @@ from pathlib import Path
 
 from quart import Quart, Response, request, send_file
 
-from gateway import ws
+from gateway import admin, ws
 from gateway.auth import make_issuer, make_verifier, valid_room_name
 from gateway.config import Config
 from gateway.errors import Rejection
 from gateway.metrics import CONTENT_TYPE, Metrics
 from rooms.errors import StoreError
+from rooms.protocol import dumps
 from rooms.registry import RoomRegistry
 from rooms.store import SqliteStore
 
@@ -201,11 +202,24 @@ def create_app(config: Config) -> Quart:
             raise Rejection(400, "bad_request", "room must be a valid room name")
         user = f"guest-{secrets.token_hex(4)}"
         token = gw.issuer.issue(user, name=name, rooms=[room], ttl=config.dev_login_ttl)
-        from rooms.protocol import dumps
-
         return Response(dumps({"token": token, "user": user,
                                "expires_in": int(config.dev_login_ttl)}),
                         content_type="application/json", headers={"Cache-Control": "no-store"})
+
+    @app.get("/admin")
+    async def admin_page() -> Response:
+        response = await send_file(static / "admin.html", mimetype="text/html")
+        response.headers["Content-Security-Policy"] = PAGE_CSP
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @app.websocket("/admin/ws")
+    async def admin_socket() -> Response | None:
+        gw.connection_opened()
+        try:
+            return await admin.admin_socket(gw)
+        finally:
+            gw.connection_closed()
 
     @app.websocket("/rooms/<room>/ws")
     async def room_socket(room: str) -> Response | None:

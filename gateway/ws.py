@@ -42,7 +42,7 @@ class QuartTransport:
         await self._ws.close(code, reason)
 
 
-def _check_origin(gw: Gateway) -> None:
+def check_origin(gw: Gateway) -> None:
     origin = websocket.headers.get("Origin")
     if origin is None:
         return  # not a browser: Origin is a browser protection, tokens protect the rest
@@ -71,7 +71,7 @@ async def room_socket(gw: Gateway, room: str) -> Response | None:
     try:
         if not valid_room_name(room):
             raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
-        _check_origin(gw)
+        check_origin(gw)
         try:
             claims = gw.verifier.verify(websocket.args.get("token"))
             if not claims.may_join(room):

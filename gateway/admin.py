@@ -1,0 +1,81 @@
+"""The live admin view: ``/admin`` (page) and ``/admin/ws`` (a stats stream for admin tokens).
+
+The stream reuses the rooms' session machinery: a ``Session`` with a bounded outbox and its
+writer, fed once per ``ADMIN_INTERVAL`` by a ticker. A slow admin client is closed with 4009 like
+any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from typing import TYPE_CHECKING, Any
+
+from quart import Response, websocket
+
+from gateway.auth import AuthError
+from gateway.errors import Rejection, rejection_for
+from gateway.ws import QuartTransport, check_origin
+from rooms import protocol
+from rooms.session import Session
+from rooms.state import JoinPlan
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+ADMIN_INTERVAL = 1.0
+MAX_ROOMS_SHOWN = 200
+_ids = itertools.count(1)
+
+
+def snapshot(gw: Gateway) -> dict[str, Any]:
+    """Stats of the process and its busiest rooms (by connections), as one protocol object."""
+    rooms = [actor.statistics() for actor in gw.registry.rooms()]
+    rooms.sort(key=lambda r: (-int(str(r.get("sessions", 0))), str(r["room"])))
+    return {"type": "stats", "ts": int(time.time() * 1000), "connections": gw.connections,
+            "rooms_active": len(rooms), "rooms": rooms[:MAX_ROOMS_SHOWN]}
+
+
+async def admin_socket(gw: Gateway) -> Response | None:
+    try:
+        check_origin(gw)
+        try:
+            claims = gw.verifier.verify(websocket.args.get("token"))
+        except AuthError as exc:
+            raise rejection_for(exc) from None
+        if not claims.admin:
+            raise Rejection(403, "admin_required", "this token has no admin claim")
+    except Rejection as refused:
+        gw.observer.handshake_rejected(refused.error)
+        return refused.response()
+    cfg = gw.config.room
+    session = Session(-next(_ids), claims.user, claims.name,
+                      QuartTransport(websocket._get_current_object()),  # type: ignore[attr-defined]
+                      outbox_limit=16, max_frame_messages=16, send_timeout=cfg.send_timeout,
+                      close_timeout=cfg.close_timeout)
+    hello = protocol.dumps({"type": "hello", "user": claims.user, "interval": ADMIN_INTERVAL})
+    await websocket.accept()
+
+    async def tick() -> None:
+        while True:
+            if not session.offer(protocol.dumps(snapshot(gw))):
+                session.close_nowait(protocol.CloseCode.SLOW_CONSUMER, "slow consumer",
+                                     flush=False)
+                return
+            if gw.draining:
+                session.close_nowait(protocol.CloseCode.SERVICE_RESTART, "server restarting")
+                return
+            await asyncio.sleep(ADMIN_INTERVAL)
+
+    async def read() -> None:
+        while True:  # nothing to read; receiving notices the client going away
+            await websocket.receive()
+
+    async with asyncio.TaskGroup() as tg:
+        ticker = tg.create_task(tick())
+        reader = tg.create_task(read())
+        await session.run_writer(JoinPlan(hello, 0, 0, False), "", gw.store, 1)
+        ticker.cancel()
+        reader.cancel()
+    return None

@@ -1,0 +1,124 @@
+// Live admin view: rooms, members and message rates, from /admin/ws (admin tokens only).
+// Renders with DOM APIs and textContent only.
+const SVG = "http://www.w3.org/2000/svg";
+const HISTORY = 60;
+
+function takeToken() {
+  const hash = new URLSearchParams(location.hash.slice(1));
+  const fromHash = hash.get("token");
+  if (fromHash) {
+    sessionStorage.setItem("roomchat.admin.token", fromHash);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem("roomchat.admin.token");
+}
+
+function spark(svg, values) {
+  const max = Math.max(1, ...values);
+  const step = 120 / Math.max(1, HISTORY - 1);
+  const offset = HISTORY - values.length;
+  const points = values.map((v, i) => `${((offset + i) * step).toFixed(1)},${(29 - (v / max) * 28).toFixed(1)}`);
+  let line = svg.querySelector("polyline");
+  if (!line) {
+    line = document.createElementNS(SVG, "polyline");
+    svg.append(line);
+  }
+  line.setAttribute("points", points.join(" "));
+}
+
+function push(series, value) {
+  series.push(value);
+  if (series.length > HISTORY) series.shift();
+}
+
+const totals = { conn: [], rooms: [], rate: [] };
+const perRoom = new Map(); // room -> {seq, ts, rates: []}
+const status = document.getElementById("status");
+const rows = document.getElementById("room-rows");
+
+function setStatus(state, text) {
+  status.dataset.state = state;
+  status.textContent = text;
+}
+
+function render(stats) {
+  let totalRate = 0;
+  const seen = new Set();
+  const fragment = document.createDocumentFragment();
+  for (const room of stats.rooms) {
+    seen.add(room.room);
+    let entry = perRoom.get(room.room);
+    if (!entry) {
+      entry = { seq: room.seq ?? 0, ts: stats.ts, rates: [] };
+      perRoom.set(room.room, entry);
+    }
+    const dt = Math.max(0.001, (stats.ts - entry.ts) / 1000);
+    const rate = entry.ts === stats.ts ? 0 : Math.max(0, ((room.seq ?? 0) - entry.seq) / dt);
+    entry.seq = room.seq ?? 0;
+    entry.ts = stats.ts;
+    push(entry.rates, rate);
+    totalRate += rate;
+
+    const tr = document.createElement("tr");
+    const cells = [room.room, room.members ?? 0, room.sessions ?? 0, room.seq ?? 0, room.inbox ?? 0,
+      rate.toFixed(1)];
+    for (const value of cells) {
+      const td = document.createElement("td");
+      td.textContent = String(value);
+      tr.append(td);
+    }
+    const td = document.createElement("td");
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", "0 0 120 30");
+    svg.setAttribute("preserveAspectRatio", "none");
+    svg.classList.add("spark");
+    spark(svg, entry.rates);
+    td.append(svg);
+    tr.append(td);
+    fragment.append(tr);
+  }
+  for (const name of perRoom.keys()) if (!seen.has(name)) perRoom.delete(name);
+  rows.replaceChildren(fragment);
+
+  push(totals.conn, stats.connections);
+  push(totals.rooms, stats.rooms_active);
+  push(totals.rate, totalRate);
+  document.getElementById("t-conn").textContent = String(stats.connections);
+  document.getElementById("t-rooms").textContent = String(stats.rooms_active);
+  document.getElementById("t-rate").textContent = totalRate.toFixed(1);
+  spark(document.getElementById("s-conn"), totals.conn);
+  spark(document.getElementById("s-rooms"), totals.rooms);
+  spark(document.getElementById("s-rate"), totals.rate);
+}
+
+function connect(token, attempt = 0) {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${scheme}://${location.host}/admin/ws?token=${encodeURIComponent(token)}`);
+  ws.onopen = () => setStatus("live", "Live");
+  ws.onmessage = (event) => {
+    for (const line of String(event.data).split("\n")) {
+      const obj = JSON.parse(line);
+      if (obj.type === "stats") render(obj);
+    }
+    attempt = 0;
+  };
+  ws.onclose = (event) => {
+    if (event.code === 4001) {
+      setStatus("offline", "Token expired: get a new admin token (roomchat token --admin ...)");
+      return;
+    }
+    const delay = Math.min(30000, 1000 * 2 ** attempt) * (0.5 + Math.random() / 2);
+    setStatus("offline", `Disconnected; retrying in ${Math.round(delay / 1000)} s`);
+    setTimeout(() => connect(token, attempt + 1), delay);
+  };
+}
+
+const token = takeToken();
+if (token) {
+  connect(token);
+} else {
+  setStatus("offline", "No token");
+  const hint = document.getElementById("hint");
+  hint.hidden = false;
+  hint.textContent = "Open this page with an admin token: roomchat token --user you --all-rooms --admin --link http://HOST:PORT prints the link.";
+}
