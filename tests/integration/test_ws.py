@@ -419,3 +419,21 @@ async def test_compression_can_be_turned_on(server_with: ServerFactory) -> None:
         assert ws.response is not None
         assert "permessage-deflate" in ws.response.headers["Sec-WebSocket-Extensions"]
         assert '"welcome"' in str(await ws.recv())
+
+
+async def test_idle_room_stops_and_revives_with_history(server_with: ServerFactory) -> None:
+    async with server_with(room_idle_ttl=0.2, tick_interval=0.05) as srv:
+        alice = await srv.connect("sleepy")
+        await alice.recv()
+        await alice.say("remember me", id="r")
+        await alice.recv_type("ack")
+        await alice.ws.close()
+        async with asyncio.timeout(5 * SLOW):
+            while len(srv.gateway.registry):
+                await asyncio.sleep(0.02)
+        bob = await srv.connect("sleepy", user="bob")
+        welcome = await bob.recv()
+        assert welcome["seq"] == 1
+        assert (await bob.recv())["text"] == "remember me"
+        await bob.say("again", id="a")
+        assert (await bob.recv_type("ack"))["seq"] == 2
