@@ -24,7 +24,7 @@ from gateway.metrics import CONTENT_TYPE, Metrics
 from rooms.errors import StoreError
 from rooms.protocol import dumps
 from rooms.registry import RoomRegistry
-from rooms.store import SqliteStore
+from rooms.store import MessageStore, open_store
 
 log = logging.getLogger("roomchat.gateway")
 
@@ -70,11 +70,11 @@ class Gateway:
         self.connections = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._store: SqliteStore | None = None
+        self._store: MessageStore | None = None
         self._registry: RoomRegistry | None = None
 
     @property
-    def store(self) -> SqliteStore:
+    def store(self) -> MessageStore:
         if self._store is None:
             raise StoreError("the store is not open (server not started)")
         return self._store
@@ -86,9 +86,9 @@ class Gateway:
         return self._registry
 
     async def start(self) -> None:
-        self._store = await SqliteStore.open(
-            self.config.db_path, synchronous=self.config.store_synchronous,
-            on_commit=self._committed)
+        self._store = await open_store(
+            self.config.resolved_store_url, on_commit=self._committed,
+            sqlite_synchronous=self.config.store_synchronous)
         self._registry = RoomRegistry(self.config.room, self._store, observer=self.observer)
 
     def _committed(self, seconds: float, count: int) -> None:

@@ -20,6 +20,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--bind", help="HOST:PORT to listen on (default 127.0.0.1:8000)")
     serve.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+    serve.add_argument("--store-url", help="sqlite:///path or redis://host:port/db "
+                       "(default: SQLite in the data directory)")
     serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve HTTPS + h2")
     serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
     serve.add_argument("--dev-login", action="store_true", default=None,
@@ -40,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
     token.add_argument("--data-dir", type=Path, help="data directory (for the generated secret)")
     token.add_argument("--link", metavar="BASE_URL",
-                       help="print BASE_URL/rooms/<first room>#token=<jwt> instead")
+                       help="print BASE_URL/rooms/<first room>#token=<jwt> instead "
+                       "(BASE_URL/admin#token=<jwt> for --admin without --room)")
 
     sub.add_parser("settings", help="print every setting as a Markdown table")
     return parser
@@ -54,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "token":
             return _token(args)
-        config = load_config(bind=args.bind, data_dir=args.data_dir, certfile=args.certfile,
+        config = load_config(bind=args.bind, data_dir=args.data_dir, store_url=args.store_url,
+                             certfile=args.certfile,
                              keyfile=args.keyfile, dev_login=args.dev_login,
                              compression=args.compression, log_json=args.log_json,
                              log_level=args.log_level)
@@ -71,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 def _token(args: argparse.Namespace) -> int:
     if not args.room and not args.all_rooms:
         raise ValueError("give at least one --room, or --all-rooms")
-    if args.link and not args.room:
+    if args.link and not args.room and not args.admin:
         raise ValueError("--link needs a --room to link to")
     config = load_config(data_dir=args.data_dir)
     setup_logging("warning", False)
@@ -79,7 +83,8 @@ def _token(args: argparse.Namespace) -> int:
     token = make_issuer(config).issue(args.user, name=args.name, rooms=rooms,
                                       ttl=parse_ttl(args.ttl), admin=args.admin)
     if args.link:
-        print(f"{args.link.rstrip('/')}/rooms/{args.room[0]}#token={token}")
+        path = f"rooms/{args.room[0]}" if args.room else "admin"
+        print(f"{args.link.rstrip('/')}/{path}#token={token}")
     else:
         print(token)
     return 0

@@ -50,6 +50,9 @@ class Config:
         65_536, "Largest WebSocket message accepted; larger closes with 1009.")
     drain_timeout: float = _setting(
         10.0, "Seconds a shutdown waits for sockets to close and rooms to store.")
+    store_url: str = _setting(
+        "", "Message store: empty for SQLite in DATA_DIR, `sqlite:///path`, or "
+            "`redis://host:port/db` (Redis with `appendonly yes`, `appendfsync always`).")
     store_synchronous: str = _setting(
         "FULL", "SQLite `synchronous`: FULL survives power loss, NORMAL only a process crash.")
     compression: bool = _setting(
@@ -68,6 +71,10 @@ class Config:
     @property
     def db_path(self) -> Path:
         return self.data_dir / "roomchat.sqlite3"
+
+    @property
+    def resolved_store_url(self) -> str:
+        return self.store_url or f"sqlite://{self.db_path.absolute()}"
 
 
 def env_name(name: str) -> str:

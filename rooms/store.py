@@ -51,6 +51,20 @@ class MessageStore(Protocol):
         ...
 
 
+async def open_store(url: str, *, on_commit: CommitObserver | None = None,
+                     sqlite_synchronous: str = "FULL") -> MessageStore:
+    """The store a URL names: ``sqlite:///path/to/db`` or ``redis://host:port/db``
+    (``rediss://`` for TLS). Engines are imported only when used."""
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from rooms.redis_store import RedisStore
+
+        return await RedisStore.open(url, on_commit=on_commit)
+    if url.startswith("sqlite://"):
+        return await SqliteStore.open(Path(url.removeprefix("sqlite://")),
+                                      synchronous=sqlite_synchronous, on_commit=on_commit)
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path or redis://host:port")
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
     room TEXT NOT NULL,

@@ -429,7 +429,7 @@ async def test_idle_room_stops_and_revives_with_history(server_with: ServerFacto
         await alice.recv_type("ack")
         await alice.ws.close()
         async with asyncio.timeout(5 * SLOW):
-            while len(srv.gateway.registry):
+            while len(srv.gateway.registry):  # noqa: ASYNC110 (polling the server from outside)
                 await asyncio.sleep(0.02)
         bob = await srv.connect("sleepy", user="bob")
         welcome = await bob.recv()

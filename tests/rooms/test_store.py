@@ -1,15 +1,18 @@
-"""SqliteStore against a real database file."""
+"""The message store contract, run against every engine: SQLite (file) and Redis (a real
+redis-server started per test)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from rooms.errors import StoreError
 from rooms.state import StoredMessage
-from rooms.store import SqliteStore
+from rooms.store import MessageStore, SqliteStore, open_store
+from tests.redis_server import redis_server
 
 
 def msgs(room: str, first: int, count: int, user: str = "u") -> list[StoredMessage]:
@@ -17,37 +20,79 @@ def msgs(room: str, first: int, count: int, user: str = "u") -> list[StoredMessa
             for seq in range(first, first + count)]
 
 
-async def test_append_read_load_roundtrip(tmp_path: Path) -> None:
-    commits: list[int] = []
-    store = await SqliteStore.open(tmp_path / "db", on_commit=lambda s, n: commits.append(n))
+@pytest.fixture(params=["sqlite", "redis"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite://{tmp_path / 'db.sqlite3'}"
+    else:
+        with redis_server(tmp_path / "redis") as url:
+            yield url
+
+
+@pytest.fixture
+async def store(store_url: str) -> AsyncIterator[MessageStore]:
+    opened = await open_store(store_url)
     try:
-        await store.append(msgs("a", 1, 5), retention=0)
-        await store.append(msgs("b", 1, 2), retention=0)
-        assert [m.seq for m in await store.read("a", 1, 4, 10)] == [2, 3, 4]
-        assert [m.text for m in await store.read("a", 0, 5, 2)] == ["t1", "t2"]
-        snap = await store.load("a", dedup_window=3)
-        assert (snap.last_seq, snap.oldest_seq) == (5, 1)
-        assert snap.recent_ids == (("u", "id3", 3), ("u", "id5", 5))
-        empty = await store.load("nobody", dedup_window=3)
-        assert (empty.last_seq, empty.oldest_seq, empty.recent_ids) == (0, 1, ())
-        assert sum(commits) == 7
+        yield opened
     finally:
-        await store.close()
+        await opened.close()
+
+
+async def test_append_read_load_roundtrip(store: MessageStore) -> None:
+    await store.append(msgs("a", 1, 5), retention=0)
+    await store.append(msgs("b", 1, 2), retention=0)
+    assert [m.seq for m in await store.read("a", 1, 4, 10)] == [2, 3, 4]
+    assert [m.text for m in await store.read("a", 0, 5, 2)] == ["t1", "t2"]
+    assert await store.read("a", 5, 5, 10) == []
+    assert (await store.read("b", 0, 9, 9))[1] == msgs("b", 2, 1)[0]
+    snap = await store.load("a", dedup_window=3)
+    assert (snap.last_seq, snap.oldest_seq) == (5, 1)
+    assert snap.recent_ids == (("u", "id3", 3), ("u", "id5", 5))
+    empty = await store.load("nobody", dedup_window=3)
+    assert (empty.last_seq, empty.oldest_seq, empty.recent_ids) == (0, 1, ())
+
+
+async def test_text_roundtrips_exactly(store: MessageStore) -> None:
+    text = "<b>é🙂\n\t\"quotes\"</b> ' ; DROP TABLE messages; --"
+    await store.append([StoredMessage("r", 1, "ü", "Ünïcode", "i", text, 1)], retention=0)
+    (back,) = await store.read("r", 0, 1, 1)
+    assert (back.text, back.user, back.name) == (text, "ü", "Ünïcode")
+
+
+async def test_retention_prunes_oldest(store: MessageStore) -> None:
+    await store.append(msgs("a", 1, 10), retention=4)
+    snap = await store.load("a", dedup_window=0)
+    assert (snap.last_seq, snap.oldest_seq) == (10, 7)
+    assert [m.seq for m in await store.read("a", 0, 10, 100)] == [7, 8, 9, 10]
+
+
+async def test_conflicting_append_fails_and_stores_nothing(store: MessageStore) -> None:
+    await store.append(msgs("a", 1, 2), retention=0)
     with pytest.raises(StoreError):
-        await store.read("a", 0, 5, 5)
+        await store.append([*msgs("a", 3, 2), *msgs("a", 2, 1)], retention=0)  # seq 2 again
+    assert [m.seq for m in await store.read("a", 0, 10, 10)] == [1, 2]
 
 
-async def test_retention_prunes_oldest(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db")
+async def test_concurrent_rooms(store: MessageStore) -> None:
+    await asyncio.gather(*(store.append(msgs(f"r{i}", 1, 3), retention=0) for i in range(50)))
+    snaps = await asyncio.gather(*(store.load(f"r{i}", 0) for i in range(50)))
+    assert {s.last_seq for s in snaps} == {3}
+
+
+async def test_data_survives_reopen(store_url: str) -> None:
+    first = await open_store(store_url)
+    await first.append(msgs("a", 1, 3), retention=0)
+    await first.close()
+    with pytest.raises(StoreError):
+        await first.read("a", 0, 5, 5)
+    again = await open_store(store_url)
     try:
-        await store.append(msgs("a", 1, 10), retention=4)
-        snap = await store.load("a", dedup_window=0)
-        assert (snap.last_seq, snap.oldest_seq) == (10, 7)
+        assert (await again.load("a", 10)).last_seq == 3
     finally:
-        await store.close()
+        await again.close()
 
 
-async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
+async def test_sqlite_group_commit_spans_rooms(tmp_path: Path) -> None:
     commits: list[int] = []
     store = await SqliteStore.open(tmp_path / "db", synchronous="NORMAL",
                                    on_commit=lambda s, n: commits.append(n))
@@ -55,33 +100,15 @@ async def test_concurrent_appends_share_commits(tmp_path: Path) -> None:
         await asyncio.gather(*(store.append(msgs(f"r{i}", 1, 3), retention=0)
                                for i in range(50)))
         assert sum(commits) == 150
-        assert len(commits) < 50  # group commit: several rooms per transaction
+        assert len(commits) < 50  # several rooms per transaction
     finally:
         await store.close()
 
 
-async def test_failed_commit_raises_and_stores_nothing(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db")
-    try:
-        await store.append(msgs("a", 1, 2), retention=0)
-        with pytest.raises(StoreError):
-            await store.append([*msgs("a", 3, 2), *msgs("a", 2, 1)], retention=0)  # seq 2 again
-        assert [m.seq for m in await store.read("a", 0, 10, 10)] == [1, 2]
-    finally:
-        await store.close()
-
-
-async def test_data_survives_reopen(tmp_path: Path) -> None:
-    store = await SqliteStore.open(tmp_path / "db")
-    await store.append(msgs("a", 1, 3), retention=0)
-    await store.close()
-    again = await SqliteStore.open(tmp_path / "db")
-    try:
-        assert (await again.load("a", 10)).last_seq == 3
-    finally:
-        await again.close()
-
-
-async def test_bad_synchronous_setting(tmp_path: Path) -> None:
+async def test_bad_store_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         await SqliteStore.open(tmp_path / "db", synchronous="OFF")
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        await open_store("mongodb://nope")
+    with pytest.raises(StoreError, match="cannot reach Redis"):
+        await open_store("redis://127.0.0.1:1/0")
