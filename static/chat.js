@@ -146,7 +146,8 @@ class Outbox {
       if (Array.isArray(saved)) {
         for (const e of saved) {
           if (e && typeof e.id === 'string' && typeof e.text === 'string') {
-            this.entries.push({ id: e.id, text: e.text, createdAt: e.createdAt || Date.now(), state: 'queued' });
+            const createdAt = e.createdAt || Date.now();
+            this.entries.push({ id: e.id, text: e.text, createdAt, state: 'queued' });
           }
         }
       }
@@ -199,7 +200,7 @@ export class ChatClient extends EventTarget {
    * @param {object} opts
    * @param {string} opts.room      the room name
    * @param {string} opts.token     the JWT
-   * @param {{protocol: string, host: string}} opts.location  where the server is (window.location)
+   * @param {{protocol: string, host: string}} opts.location  where the server is (the page's location)
    * @param {Storage} [opts.storage] where the outbox is kept (sessionStorage)
    * @param {typeof WebSocket} [opts.WebSocketImpl]
    */
@@ -212,6 +213,7 @@ export class ChatClient extends EventTarget {
     this.outbox = new Outbox(storage, `roomchat:outbox:${room}`);
 
     this.state = null;
+    this.reason = null; // a StopReason while OFFLINE
     this.user = null; // from welcome
     this.name = null;
     this.members = [];
@@ -231,7 +233,7 @@ export class ChatClient extends EventTarget {
     this.stopped = false;
   }
 
-  // ---- public API --------------------------------------------------------------------------------------
+  // ---- public API ------------------------------------------------------------------------------
 
   /** Start connecting (once). */
   start() {
@@ -291,7 +293,7 @@ export class ChatClient extends EventTarget {
     }
   }
 
-  // ---- connection lifecycle ------------------------------------------------------------------------------
+  // ---- connection lifecycle --------------------------------------------------------------------
 
   url() {
     const scheme = this.location.protocol === 'https:' ? 'wss' : 'ws';
@@ -309,8 +311,8 @@ export class ChatClient extends EventTarget {
       this.setState(State.OFFLINE, { reason: StopReason.EXPIRED, code: 4001 });
       return;
     }
-    const claims = decodeToken(this.token);
-    if (claims && Array.isArray(claims.rooms) && !claims.rooms.includes(this.room) && !claims.rooms.includes('*')) {
+    const rooms = decodeToken(this.token)?.rooms;
+    if (Array.isArray(rooms) && !rooms.includes(this.room) && !rooms.includes('*')) {
       this.setState(State.OFFLINE, { reason: StopReason.FORBIDDEN });
       return;
     }
@@ -428,7 +430,7 @@ export class ChatClient extends EventTarget {
     }, 5000);
   }
 
-  // ---- inbound objects --------------------------------------------------------------------------------------
+  // ---- inbound objects -------------------------------------------------------------------------
 
   handle(obj) {
     switch (obj.type) {
@@ -533,7 +535,7 @@ export class ChatClient extends EventTarget {
     this.emitOutbox();
   }
 
-  // ---- outbound ---------------------------------------------------------------------------------------------
+  // ---- outbound --------------------------------------------------------------------------------
 
   sendFrame(obj) {
     if (!this.ws || this.ws.readyState !== 1) return false;
@@ -574,7 +576,7 @@ export class ChatClient extends EventTarget {
     }
   }
 
-  // ---- plumbing ----------------------------------------------------------------------------------------------
+  // ---- plumbing --------------------------------------------------------------------------------
 
   setState(state, extra = {}) {
     this.state = state;

@@ -20,7 +20,7 @@ const HUES = 12;
 
 const $ = (id) => document.getElementById(id);
 
-// ---- small DOM helpers ---------------------------------------------------------------------------------------
+// ---- small DOM helpers -------------------------------------------------------------------------
 
 /** Create an element with classes, text and attributes; children are nodes or strings (as text nodes). */
 function el(tag, { cls = '', text = null, attrs = {} } = {}, ...children) {
@@ -45,17 +45,22 @@ function hueClass(user) {
 }
 
 function initials(name) {
-  const words = String(name || '?').trim().split(/\s+/).filter(Boolean);
-  const first = Array.from(words[0] || '?')[0] || '?';
-  const second = words.length > 1 ? Array.from(words[words.length - 1])[0] : '';
-  return (first + (second || '')).toUpperCase();
+  // First letter (or digit) of the first and last words; punctuation does not make a good avatar.
+  const firstChar = (word) => (word.match(/[\p{L}\p{N}]/u) || [''])[0];
+  const words = String(name || '').trim().split(/\s+/).map(firstChar).filter(Boolean);
+  if (!words.length) return '?';
+  return (words[0] + (words.length > 1 ? words[words.length - 1] : '')).toUpperCase();
 }
 
 function avatar(user, name, extra = '') {
-  return el('span', { cls: `avatar ${hueClass(user)} ${extra}`.trim(), text: initials(name), attrs: { 'aria-hidden': 'true' } });
+  return el('span', {
+    cls: `avatar ${hueClass(user)} ${extra}`.trim(),
+    text: initials(name),
+    attrs: { 'aria-hidden': 'true' },
+  });
 }
 
-const timeFmt = new Intl.DateTimeFormat(undefined, { hour: '2-digit', minute: '2-digit' });
+const timeFmt = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
 const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'medium' });
 const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric' });
 
@@ -74,7 +79,16 @@ function dayLabel(ts) {
 
 function timeElement(ts) {
   const d = new Date(ts);
-  return el('time', { cls: 'time', text: timeFmt.format(d), attrs: { datetime: d.toISOString(), title: fullFmt.format(d) } });
+  return el('time', {
+    cls: 'time',
+    text: timeFmt.format(d),
+    attrs: { datetime: d.toISOString(), title: fullFmt.format(d) },
+  });
+}
+
+/** The author line of a bubble: name and time. */
+function meta(author, ts) {
+  return el('div', { cls: 'meta' }, el('span', { cls: 'author', text: author }), ' ', timeElement(ts));
 }
 
 const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
@@ -96,13 +110,14 @@ function appendRichText(parent, text) {
     }
     if (!href) continue;
     parent.append(document.createTextNode(text.slice(last, match.index)));
-    parent.append(el('a', { text: url, attrs: { href, target: '_blank', rel: 'noopener noreferrer nofollow' } }));
+    const rel = 'noopener noreferrer nofollow';
+    parent.append(el('a', { text: url, attrs: { href, target: '_blank', rel } }));
     last = match.index + url.length;
   }
   parent.append(document.createTextNode(text.slice(last)));
 }
 
-// ---- page setup: room and token --------------------------------------------------------------------------------
+// ---- page setup: room and token ----------------------------------------------------------------
 
 function roomFromPath(pathname) {
   const m = /^\/rooms\/([^/]+)\/?$/.exec(pathname);
@@ -136,7 +151,8 @@ function storageSet(key, value) {
 }
 
 /**
- * Take `#token=...` out of the address bar (so it is not bookmarked, shared or kept in history) and return it.
+ * Take `#token=...` out of the address bar (so it is not bookmarked, shared or kept in history)
+ * and return it.
  */
 function takeTokenFromFragment() {
   const hash = location.hash.startsWith('#') ? location.hash.slice(1) : '';
@@ -185,7 +201,7 @@ async function devLogin(name, room) {
   return body.token;
 }
 
-// ---- the view ---------------------------------------------------------------------------------------------------
+// ---- the view ----------------------------------------------------------------------------------
 
 class ChatView {
   constructor(room) {
@@ -202,6 +218,8 @@ class ChatView {
     this.noteTimer = null;
     this.historyTimer = null;
     this.everLive = false;
+    this.tokenNote = '';
+    this.noteIsCounter = false;
 
     this.log = $('log');
     this.pending = $('pending');
@@ -302,12 +320,18 @@ class ChatView {
     const claims = decodeToken(token);
     if (claims && !this.me) this.setSubtitle(claims.name || claims.sub || '');
     const exp = tokenExpiresAt(token);
-    $('status').title = exp ? `Your token is valid until ${fullFmt.format(new Date(exp))}` : '';
+    this.tokenNote = exp ? `Your token is valid until ${fullFmt.format(new Date(exp))}` : '';
+    $('status').title = this.tokenNote;
     if (this.client) {
       this.client.setToken(token);
       return;
     }
-    const client = new ChatClient({ room: this.room, token, location: window.location, storage: sessionStorage });
+    const client = new ChatClient({
+      room: this.room,
+      token,
+      location: window.location,
+      storage: sessionStorage,
+    });
     this.client = client;
     client.addEventListener('state', (ev) => this.onState(ev.detail));
     client.addEventListener('welcome', (ev) => this.onWelcome(ev.detail));
@@ -330,7 +354,8 @@ class ChatView {
     }[kind];
     const text = {
       none: 'You need an invitation link (with a token) to join this room.',
-      expired: 'Your token expired, so the connection was closed. Get a new link to continue; messages you type meanwhile are kept.',
+      expired: 'Your token expired, so the connection was closed. Get a new link to continue; '
+        + 'messages you type meanwhile are kept.',
       forbidden: `Your token does not give access to #${this.room}.`,
       badroom: 'Room names are 1 to 64 letters, digits, "-" or "_". Check the address.',
     }[kind];
@@ -346,7 +371,8 @@ class ChatView {
     $('login-form').hidden = !devLoginOn;
     $('howto').hidden = devLoginOn;
     if (devLoginOn) {
-      $('auth-text').textContent = kind === 'none' ? 'Pick a display name to join.' : `${text} Sign in again below.`;
+      $('auth-text').textContent =
+        kind === 'none' ? 'Pick a display name to join.' : `${text} Sign in again below.`;
       const name = $('login-name');
       if (!name.value && this.me?.name) name.value = this.me.name;
       name.focus();
@@ -392,6 +418,8 @@ class ChatView {
     clearInterval(this.countdown);
     this.countdown = null;
     again.hidden = true;
+    // Who is online is only known while connected: grey the list out meanwhile.
+    $('app').classList.toggle('disconnected', s.state !== State.LIVE);
     // The close code behind the current state, for the curious (and for tests).
     if (s.code) status.dataset.code = String(s.code);
     else delete status.dataset.code;
@@ -402,6 +430,7 @@ class ChatView {
     } else if (s.state === State.LIVE) {
       status.dataset.state = 'live';
       text.textContent = 'Live';
+      status.title = this.tokenNote || '';
       this.everLive = true;
     } else if (s.state === State.WAITING) {
       status.dataset.state = 'reconnecting';
@@ -485,7 +514,8 @@ class ChatView {
     const stick = own || kind === 'history' || this.isNearBottom();
     const ts = typeof m.ts === 'number' ? m.ts : Date.now();
     this.addDaySeparator(ts);
-    const continued = this.lastEntry && this.lastEntry.user === m.user && ts - this.lastEntry.ts < GROUP_WINDOW_MS;
+    const prev = this.lastEntry;
+    const continued = prev !== null && prev.user === m.user && ts - prev.ts < GROUP_WINDOW_MS;
     const name = typeof m.name === 'string' && m.name ? m.name : String(m.user);
     const text = el('p', { cls: 'text' });
     appendRichText(text, String(m.text ?? ''));
@@ -499,7 +529,7 @@ class ChatView {
       el(
         'div',
         { cls: 'bubble' },
-        el('div', { cls: 'meta' }, el('span', { cls: 'author', text: own ? 'You' : name }), ' ', timeElement(ts)),
+        meta(own ? 'You' : name, ts),
         text,
       ),
     );
@@ -541,12 +571,14 @@ class ChatView {
     const key = dayKey(ts);
     if (key === this.lastDay) return;
     this.lastDay = key;
-    this.log.append(el('li', { cls: 'day', attrs: { 'aria-hidden': 'true' } }, el('span', { text: dayLabel(ts) })));
+    const label = el('span', { text: dayLabel(ts) });
+    this.log.append(el('li', { cls: 'day', attrs: { 'aria-hidden': 'true' } }, label));
     this.lastEntry = null;
   }
 
   onProblem(err) {
-    const text = err && (err.message || err.code) ? String(err.message || err.code) : 'The server refused a message.';
+    const said = err && (err.message || err.code);
+    const text = said ? String(said) : 'The server refused a message.';
     this.note(text);
   }
 
@@ -639,10 +671,16 @@ class ChatView {
           el(
             'div',
             { cls: 'bubble' },
-            el('div', { cls: 'meta' }, el('span', { cls: 'author', text: 'You' }), ' ', timeElement(e.createdAt)),
+            meta('You', e.createdAt),
             text,
           ),
-          el('p', { cls: 'pending-status' }, el('span', { cls: 'pending-icon', attrs: { 'aria-hidden': 'true' } }), status, actions),
+          el(
+            'p',
+            { cls: 'pending-status' },
+            el('span', { cls: 'pending-icon', attrs: { 'aria-hidden': 'true' } }),
+            status,
+            actions,
+          ),
         );
       }),
     );
@@ -682,7 +720,7 @@ class ChatView {
   }
 }
 
-// ---- boot ----------------------------------------------------------------------------------------------------------
+// ---- boot --------------------------------------------------------------------------------------
 
 function boot() {
   const fragmentToken = takeTokenFromFragment(); // first, so the token leaves the address bar at once

@@ -1,0 +1,55 @@
+"""What the tests do with the chat page, in one place (so a markup change is one edit)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from playwright.sync_api import Locator, Page, expect
+
+
+def status(page: Page) -> Locator:
+    return page.locator("#status")
+
+
+def expect_live(page: Page) -> None:
+    expect(status(page)).to_have_attribute("data-state", "live")
+
+
+def message_box(page: Page) -> Locator:
+    """The composer, found the way a person using a screen reader finds it: by its label."""
+    return page.get_by_label("Message", exact=True)
+
+
+def send(page: Page, text: str) -> None:
+    box = message_box(page)
+    box.fill(text)
+    box.press("Enter")
+    expect(box).to_have_value("")
+
+
+def texts(page: Page) -> Locator:
+    """The text of every delivered message, in page order."""
+    return page.locator("#log li.msg .text")
+
+
+def seqs(page: Page) -> list[int]:
+    return [
+        int(s or 0)
+        for s in page.locator("#log li.msg").evaluate_all(
+            "items => items.map(li => li.dataset.seq)"
+        )
+    ]
+
+
+def pending(page: Page) -> Locator:
+    return page.locator("#pending li")
+
+
+def wait_until(page: Page, predicate: Callable[[], bool], what: str, timeout_s: float = 30) -> None:
+    """Poll a Python-side condition (e.g. what a mocked socket received) while Playwright runs."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+        page.wait_for_timeout(50)  # lets Playwright deliver events to our handlers
