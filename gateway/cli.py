@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="print BASE_URL/rooms/<first room>#token=<jwt> instead "
                        "(BASE_URL/admin#token=<jwt> for --admin without --room)")
 
+    cert = sub.add_parser("dev-cert", help="create a local CA and a localhost certificate")
+    cert.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+
     sub.add_parser("settings", help="print every setting as a Markdown table")
     return parser
 
@@ -57,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "token":
             return _token(args)
+        if args.command == "dev-cert":
+            from gateway.tls import make_dev_cert
+
+            print(make_dev_cert(load_config(data_dir=args.data_dir).data_dir).instructions())
+            return 0
         config = load_config(bind=args.bind, data_dir=args.data_dir, store_url=args.store_url,
                              certfile=args.certfile,
                              keyfile=args.keyfile, dev_login=args.dev_login,

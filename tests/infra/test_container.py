@@ -1,0 +1,242 @@
+"""infra/Dockerfile, infra/compose.yaml and infra/roomchat.env.example, checked without a Docker
+engine: they parse, name only real flags, settings, files and services, and the image's
+entrypoint and health check work against a wheel installed in a plain venv."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import fields
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gateway.config import Config, env_name, load_config
+from rooms.config import RoomConfig
+from tests.infra.harness import CADDYFILE, INFRA, get, stop
+from tests.support import REPO, SECRET, SLOW, free_port
+
+DOCKERFILE = INFRA / "Dockerfile"
+COMPOSE = INFRA / "compose.yaml"
+ENV_EXAMPLE = INFRA / "roomchat.env.example"
+SETTINGS = {env_name(f.name) for f in (*fields(Config), *fields(RoomConfig)) if f.name != "room"}
+
+
+@cache
+def serve_flags() -> frozenset[str]:
+    """The long options of ``roomchat serve``, from its own ``--help``."""
+    result = subprocess.run([sys.executable, "-m", "gateway", "serve", "--help"],
+                            capture_output=True, text=True, check=True, timeout=30 * SLOW)
+    return frozenset(re.findall(r"(--[a-z][a-z0-9-]*)", result.stdout))
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """The Dockerfile's instructions as (KEYWORD, arguments), continuations joined."""
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
+    instructions = []
+    for raw in text.splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            keyword, _, args = line.partition(" ")
+            instructions.append((keyword.upper(), args.strip()))
+    return instructions
+
+
+def exec_form(keyword: str) -> list[str]:
+    """The JSON (exec form) argument list of the last ``keyword`` (HEALTHCHECK: after CMD)."""
+    (*_, args) = [a for k, a in dockerfile() if k == keyword]
+    if keyword == "HEALTHCHECK":
+        args = args[args.index("CMD ") + 4:]
+    argv: list[str] = json.loads(args)
+    return argv
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
+
+
+# ---- Dockerfile ------------------------------------------------------------------------------
+
+def test_dockerfile_is_multi_stage_non_root_and_holds_no_secret() -> None:
+    steps = dockerfile()
+    stages = [args for k, args in steps if k == "FROM"]
+    assert len(stages) == 2 and stages[0].endswith(" AS build"), stages
+    assert ("ARG", "PYTHON_IMAGE=python:3.11-slim") in steps
+    final = steps[max(i for i, (k, _) in enumerate(steps) if k == "FROM"):]
+    assert ("COPY", "--from=build /opt/roomchat /opt/roomchat") in final
+    (user,) = [args for k, args in final if k == "USER"]
+    assert user.split(":")[0] not in {"root", "0"}
+    assert ("VOLUME", "/data") in final and ("EXPOSE", "8000") in final
+    assert exec_form("ENTRYPOINT") == ["roomchat", "serve", "--bind", "0.0.0.0:8000",
+                                       "--data-dir", "/data"]
+    assert exec_form("CMD") == []
+    for keyword, args in steps:
+        if keyword in {"ENV", "ARG"}:
+            assert not re.search(r"SECRET|PASSWORD|TOKEN|PRIVATE", args, re.I), args
+        if keyword == "COPY" and not args.startswith("--from"):
+            *sources, _ = shlex.split(args)
+            for source in sources:
+                assert (REPO / source).exists(), f"COPY {source}: not in the repository"
+                assert not source.startswith(("var", ".env", ".venv")), source
+
+
+def test_dockerfile_entrypoint_flags_are_real() -> None:
+    flags = {arg for arg in exec_form("ENTRYPOINT") if arg.startswith("--")}
+    assert flags <= serve_flags(), flags - serve_flags()
+
+
+def _plain_venv(tmp_path: Path) -> Path:
+    """A venv with the roomchat wheel installed (not the editable checkout); third-party
+    dependencies are borrowed from this venv through a .pth line (no download)."""
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(wheels), str(REPO)], check=True, timeout=120 * SLOW)
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=60 * SLOW)
+    python = venv / "bin" / "python"
+    (wheel,) = wheels.glob("roomchat-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q",
+                    "--no-deps", "--no-index", str(wheel)], check=True, timeout=120 * SLOW)
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; "
+                              "print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    # A plain path line: the dev venv's own .pth files (the editable install) are not run.
+    (Path(purelib) / "deps-from-dev-venv.pth").write_text(sysconfig.get_paths()["purelib"])
+    where = subprocess.run([str(python), "-c", "import gateway; print(gateway.__file__)"],
+                           capture_output=True, text=True, check=True, cwd=tmp_path).stdout
+    assert where.startswith(str(venv)), f"gateway imported from {where}, not the wheel"
+    return venv
+
+
+def test_entrypoint_and_healthcheck_work_from_a_wheel(tmp_path: Path) -> None:
+    venv = _plain_venv(tmp_path)
+    port = free_port()
+    data = tmp_path / "data"
+    data.mkdir()
+    # The entrypoint as Docker runs it, plus compose's appended command, with the container's
+    # address and volume mapped to this machine.
+    container = {"0.0.0.0:8000": f"127.0.0.1:{port}", "/data": str(data)}
+    entrypoint = [container.get(arg, arg) for arg in exec_form("ENTRYPOINT")]
+    entrypoint[0] = str(venv / "bin" / entrypoint[0])
+    command = entrypoint + compose()["x-roomchat"]["command"]
+
+    help_run = subprocess.run([*entrypoint[:2], "--help"], capture_output=True, text=True,
+                              timeout=30 * SLOW, check=False)
+    assert help_run.returncode == 0 and "--data-dir" in help_run.stdout, help_run.stderr
+
+    healthcheck = [arg.replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+                   for arg in exec_form("HEALTHCHECK")]
+    assert healthcheck[0] == "python"
+    healthcheck[0] = str(venv / "bin" / "python")
+
+    def healthy() -> bool:
+        return subprocess.run(healthcheck, capture_output=True, timeout=30 * SLOW,
+                              check=False).returncode == 0
+
+    assert not healthy(), "the health check must fail while nothing listens"
+    log = tmp_path / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=data,
+                                env={"PATH": str(venv / "bin"), "ROOMCHAT_JWT_SECRET": SECRET})
+    try:
+        deadline = time.monotonic() + 20 * SLOW
+        while not healthy():
+            assert proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the health check never passed\n" + log.read_text()
+            time.sleep(0.2)
+        status, headers, _ = get(f"http://127.0.0.1:{port}/rooms/lobby")
+        assert status == 200 and headers["content-type"].startswith("text/html")  # packaged
+        assert (data / "roomchat.sqlite3").exists()
+        proc.send_signal(signal.SIGTERM)  # `docker stop`
+        assert proc.wait(timeout=15 * SLOW) == 0
+    finally:
+        stop(proc)
+    lines = log.read_text().splitlines()
+    assert lines and all(json.loads(line)["level"] for line in lines)  # --log-json
+
+
+# ---- compose.yaml ----------------------------------------------------------------------------
+
+def test_compose_services_flags_files_and_volumes_are_real() -> None:
+    spec = compose()
+    services = spec["services"]
+    assert set(services) == {"roomchat-a", "roomchat-b", "caddy", "redis"}
+    declared_volumes = set(spec["volumes"])
+    data_volumes = []
+    entry_bind = exec_form("ENTRYPOINT")[exec_form("ENTRYPOINT").index("--bind") + 1]
+    for name in ("roomchat-a", "roomchat-b"):
+        service = services[name]
+        context = (INFRA / service["build"]["context"]).resolve()
+        assert context == REPO
+        assert (context / service["build"]["dockerfile"]).resolve() == DOCKERFILE
+        flags = {arg for arg in service["command"] if arg.startswith("--")}
+        assert flags <= serve_flags(), flags - serve_flags()
+        env = service["environment"]
+        assert env["ROOMCHAT_JWT_SECRET"] == "${ROOMCHAT_JWT_SECRET:?set it}"
+        assert set(env) <= SETTINGS, set(env) - SETTINGS
+        assert [e["path"] for e in service["env_file"]] == ["./roomchat.env"]
+        (volume,) = service["volumes"]
+        source, target = volume.split(":")
+        assert target == "/data" and source in declared_volumes
+        data_volumes.append(source)
+        assert service["expose"] == [entry_bind.rsplit(":", 1)[1]]
+        # History is shared through Redis, so a room that fails over keeps it.
+        assert env["ROOMCHAT_STORE_URL"] == "redis://redis:6379/0"
+        assert service["depends_on"] == {"redis": {"condition": "service_healthy"}}
+    assert len(set(data_volumes)) == 2, "each instance needs its own data directory"
+
+    caddy = services["caddy"]
+    assert caddy["image"].startswith("caddy:2.11")
+    upstreams = caddy["environment"]["ROOMCHAT_UPSTREAMS"].split()
+    assert upstreams == ["roomchat-a:8000", "roomchat-b:8000"]
+    assert {u.rsplit(":", 1)[1] for u in upstreams} == {entry_bind.rsplit(":", 1)[1]}
+    caddyfile = CADDYFILE.read_text()
+    for variable in caddy["environment"]:
+        assert "{$" + variable in caddyfile, f"the Caddyfile does not read {variable}"
+    mounts = dict(v.split(":", 1) for v in caddy["volumes"])
+    assert (INFRA / "Caddyfile").samefile(INFRA / next(
+        src for src, dst in mounts.items() if dst.startswith("/etc/caddy/Caddyfile")))
+    assert {"caddy-data", "caddy-config"} <= set(mounts) <= declared_volumes | {"./Caddyfile"}
+    assert {"80:80", "443:443", "443:443/udp"} <= set(caddy["ports"])
+    assert caddy["depends_on"] == {name: {"condition": "service_healthy"}
+                                   for name in ("roomchat-a", "roomchat-b")}
+
+    redis = services["redis"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"  # acked = durable
+    assert redis["volumes"] == ["redis-data:/data"] and "ports" not in redis
+
+
+def test_compose_holds_no_secret_value() -> None:
+    text = COMPOSE.read_text()
+    for match in re.finditer(r"(\w*(?:SECRET|PASSWORD|KEY)\w*):\s*(\S+)", text):
+        assert match.group(2).startswith("${"), match.group(0)
+
+
+# ---- roomchat.env.example --------------------------------------------------------------------
+
+def test_env_example_names_real_settings_that_load() -> None:
+    values: dict[str, str] = {}
+    for raw in ENV_EXAMPLE.read_text().splitlines():
+        line = raw.strip()
+        setting = re.match(r"#\s*(ROOMCHAT_[A-Z_]+)=", line)
+        if setting:  # commented-out examples must name real settings too
+            assert setting.group(1) in SETTINGS, setting.group(1)
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            assert name in SETTINGS, f"{name} is not a roomchat setting"
+            values[name] = value
+    assert values["ROOMCHAT_JWT_SECRET"] == "", "the example must not ship a secret"
+    config = load_config(values)  # every value parses
+    assert config.log_json and not config.dev_login and config.jwt_secret is None
