@@ -16,13 +16,26 @@ from quart import Response, websocket
 
 from gateway.auth import AuthError
 from gateway.errors import Rejection, rejection_for
-from gateway.ws import QuartTransport, check_origin
+from gateway.ws import origin_allowed
 from rooms import protocol
 from rooms.session import Session
 from rooms.state import JoinPlan
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
+
+class QuartTransport:
+    """``rooms.session.Transport`` over Quart's websocket object (usable from any task)."""
+
+    def __init__(self, ws: Any) -> None:
+        self._ws = ws
+
+    async def send(self, data: str) -> None:
+        await self._ws.send(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        await self._ws.close(code, reason)
+
 
 ADMIN_INTERVAL = 1.0
 MAX_ROOMS_SHOWN = 200
@@ -39,7 +52,9 @@ def snapshot(gw: Gateway) -> dict[str, Any]:
 
 async def admin_socket(gw: Gateway) -> Response | None:
     try:
-        check_origin(gw)
+        if not origin_allowed(websocket.headers.get("Origin"), websocket.headers.get("Host"),
+                              gw.config.allowed_origins):
+            raise Rejection(403, "origin_forbidden", "this page's origin is not allowed")
         try:
             claims = gw.verifier.verify(websocket.args.get("token"))
         except AuthError as exc:

@@ -221,8 +221,6 @@ def create_app(config: Config) -> Quart:
         finally:
             gw.connection_closed()
 
-    @app.websocket("/rooms/<room>/ws")
-    async def room_socket(room: str) -> Response | None:
-        return await ws.room_socket(gw, room)
-
+    # /rooms/<room>/ws is plain ASGI in front of Quart (see gateway.ws for why).
+    app.asgi_app = ws.RoomSockets(app.asgi_app, gw)  # type: ignore[method-assign,assignment]
     return app

@@ -50,14 +50,24 @@ class Session:
         self.state = SessionState.JOINING
         self.close_code: int | None = None
         self.close_reason = ""
-        self.sent_objects = 0
         self._transport = transport
         self._outbox: deque[str] = deque()
         self._outbox_limit = outbox_limit
         self._max_frame = max_frame_messages
         self._send_timeout = send_timeout
         self._close_timeout = close_timeout
-        self._wake = asyncio.Event()
+        # A future only while the writer is idle (cheaper per idle connection than an Event).
+        self._waiter: asyncio.Future[None] | None = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def open(self) -> bool:
+        """Neither closing nor closed."""
+        return self.state in (SessionState.JOINING, SessionState.ACTIVE)
 
     def offer(self, payload: str) -> bool:
         """Queue one server object. False if the outbox is full (the caller closes with 4009)."""
@@ -66,7 +76,7 @@ class Session:
         if len(self._outbox) >= self._outbox_limit:
             return False
         self._outbox.append(payload)
-        self._wake.set()
+        self._wake()
         return True
 
     def close_nowait(self, code: int, reason: str, *, flush: bool = True) -> None:
@@ -78,7 +88,13 @@ class Session:
         self.close_reason = reason
         if not flush:
             self._outbox.clear()
-        self._wake.set()
+        self._wake()
+
+    def transport_lost(self) -> None:
+        """The peer is gone: the writer stops without sending anything more."""
+        self.state = SessionState.CLOSED
+        self._outbox.clear()
+        self._wake()
 
     @property
     def queued(self) -> int:
@@ -96,27 +112,34 @@ class Session:
         try:
             if not await self._send(plan.welcome):
                 return
-            after = plan.replay_after
-            while after < plan.replay_upto and self.state is SessionState.ACTIVE:
-                page = await store.read(room, after, plan.replay_upto,
-                                        min(history_page, self._max_frame))
+            after, upto = plan.replay_after, plan.replay_upto
+            del plan  # the welcome text is not kept for the life of the connection
+            while after < upto and self.state is SessionState.ACTIVE:
+                page = await store.read(room, after, upto, min(history_page, self._max_frame))
                 if not page:
                     break
                 if not await self._send(join_frame([m.to_wire() for m in page])):
                     return
                 after = page[-1].seq
-            while True:
-                if self._outbox:
-                    count = min(len(self._outbox), self._max_frame)
-                    batch = [self._outbox.popleft() for _ in range(count)]
-                    if not await self._send(join_frame(batch)):
+            outbox = self._outbox
+            while self.state is not SessionState.CLOSED:
+                if outbox:
+                    if len(outbox) == 1:
+                        frame = outbox.popleft()
+                    else:
+                        count = min(len(outbox), self._max_frame)
+                        frame = join_frame([outbox.popleft() for _ in range(count)])
+                    if not await self._send(frame):
                         return
                 elif self.state is SessionState.CLOSING:
-                    break
+                    await self._close()
+                    return
                 else:
-                    self._wake.clear()
-                    await self._wake.wait()
-            await self._close()
+                    self._waiter = asyncio.get_running_loop().create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
         finally:
             self.state = SessionState.CLOSED
 
@@ -134,7 +157,6 @@ class Session:
             log.debug("session %s: send failed: %r", self.id, exc)
             self.state = SessionState.CLOSED
             return False
-        self.sent_objects += frame.count("\n") + 1
         return True
 
     async def _close(self) -> None:
