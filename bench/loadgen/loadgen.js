@@ -1,0 +1,573 @@
+'use strict';
+// WebSocket load generator for the roomchat benchmark.
+//
+// One process, one clock: senders put their (scheduled) send time from performance.now() in the
+// message text, receivers in the same process subtract it on arrival, so latency needs no clock
+// sync. Clients behave like browsers: `ws` client defaults, which offer permessage-deflate.
+//
+// Driven by the Python runner (bench/run.py): the spec file given as argv[2] says where to connect
+// and how clients are laid out in rooms; commands arrive as JSON lines on stdin and every answer
+// is one JSON line on stdout (logs go to stderr). At each measurement window's edges the loadgen
+// itself reads /proc/<pid>/stat of the server processes and /proc/self/stat, so CPU and delivery
+// counts cover exactly the same interval.
+//
+// Commands:
+//   {"cmd":"connect"}                          open every client of the spec, then wait until quiet
+//   {"cmd":"closed","window":W,"warmup_s":..,"measure_s":..}   closed loop: each sender keeps W
+//                                              messages outstanding (its own echo completes one)
+//   {"cmd":"open","rate":R,"warmup_s":..,"measure_s":..}       open loop: R messages/s in total,
+//                                              round-robin over senders, on a fixed schedule
+//   {"cmd":"handshakes","count":N,"concurrency":C,"room_size":S}  open N extra raw-socket clients
+//                                              as fast as C in flight allow (kept open), time them
+//   {"cmd":"close"}                            close every client
+//   {"cmd":"quit"}
+
+const crypto = require('crypto');
+const fs = require('fs');
+const net = require('net');
+const readline = require('readline');
+const { performance } = require('perf_hooks');
+const { WebSocket } = require('ws');
+
+const spec = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
+// spec: {url, rooms: [{name, size, senders}], tokens: [..], cpu_pids: [..], clk_tck,
+//        text_pad, connect_concurrency, settle_quiet_ms, settle_max_ms, drain_max_ms}
+
+const CLIENT_OPTS = {
+  // Browser-like: permessage-deflate is offered (the ws client default, spelled out here).
+  perMessageDeflate: true,
+  // Chat text is ours and ASCII: skip validating it again on the receiving side (client CPU only).
+  skipUTF8Validation: true,
+  handshakeTimeout: 60000,
+  maxPayload: 64 * 1024 * 1024,
+};
+
+// ---------------------------------------------------------------- output
+
+function emit(obj) {
+  process.stdout.write(JSON.stringify(obj) + '\n');
+}
+
+function log(...args) {
+  process.stderr.write(`[loadgen] ${args.join(' ')}\n`);
+}
+
+// ---------------------------------------------------------------- CPU accounting
+
+function pidCpuTicks(pid) {
+  try {
+    const s = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+    // f[0] is field 3 (state); utime is field 14, stime field 15.
+    return Number(f[11]) + Number(f[12]);
+  } catch {
+    return NaN;
+  }
+}
+
+function cpuBusyTicks() {
+  // Busy ticks (all but idle and iowait) of every cpuN line in /proc/stat.
+  const out = {};
+  for (const line of fs.readFileSync('/proc/stat', 'latin1').split('\n')) {
+    const m = /^cpu(\d+) (.*)$/.exec(line);
+    if (!m) continue;
+    const v = m[2].trim().split(/\s+/).map(Number);
+    const total = v.slice(0, 8).reduce((a, b) => a + b, 0);
+    out[m[1]] = total - v[3] - v[4];
+  }
+  return out;
+}
+
+function cpuSnapshot() {
+  let server = 0;
+  for (const pid of spec.cpu_pids) server += pidCpuTicks(pid);
+  return { t: performance.now(), server, self: pidCpuTicks(process.pid), cores: cpuBusyTicks() };
+}
+
+function cpuDelta(a, b) {
+  const tck = spec.clk_tck;
+  const cores = {};
+  for (const k of Object.keys(b.cores)) cores[k] = (b.cores[k] - (a.cores[k] ?? 0)) / tck;
+  return {
+    wall_s: (b.t - a.t) / 1000,
+    server_cpu_s: (b.server - a.server) / tck,
+    loadgen_cpu_s: (b.self - a.self) / tck,
+    core_busy_s: cores,
+  };
+}
+
+// ---------------------------------------------------------------- latency histogram
+
+// 10 µs buckets up to 20 s, exact max kept aside.
+const BUCKET_MS = 0.01;
+const NBUCKETS = 2000000;
+const hist = new Uint32Array(NBUCKETS);
+let histCount = 0;
+let histMax = 0;
+
+function histReset() {
+  hist.fill(0);
+  histCount = 0;
+  histMax = 0;
+}
+
+function histRecord(ms) {
+  if (!(ms >= 0)) ms = 0;
+  let b = Math.floor(ms / BUCKET_MS);
+  if (b >= NBUCKETS) b = NBUCKETS - 1;
+  hist[b] += 1;
+  histCount += 1;
+  if (ms > histMax) histMax = ms;
+}
+
+function histSummary() {
+  const qs = [0.5, 0.9, 0.99, 0.999];
+  const out = { count: histCount, max_ms: histMax };
+  if (histCount === 0) {
+    for (const q of qs) out[`p${q * 100}`] = null;
+    return out;
+  }
+  let qi = 0;
+  let seen = 0;
+  const targets = qs.map((q) => Math.max(1, Math.ceil(q * histCount)));
+  for (let b = 0; b < NBUCKETS && qi < qs.length; b++) {
+    seen += hist[b];
+    while (qi < qs.length && seen >= targets[qi]) {
+      out[`p${qs[qi] * 100}`] = Math.min((b + 1) * BUCKET_MS, histMax);
+      qi += 1;
+    }
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------- clients
+
+const rooms = spec.rooms.map((r, i) => ({ idx: i, name: r.name, size: r.size, senders: r.senders }));
+/** every connected client */
+const clients = [];
+/** the subset that send */
+const senders = [];
+
+const stats = {
+  deliveriesTotal: 0, // message objects received, since start
+  expectedTotal: 0, // sum over sent messages of the room size
+  sentTotal: 0,
+  measuring: false,
+  winDeliveries: 0,
+  winSent: 0,
+  errors: {}, // server error codes and client-side failures
+  closes: {}, // close code -> count (unexpected closes only)
+  lastRecv: 0,
+};
+
+let mode = 'idle'; // idle | closed | open
+let closedWindow = 1;
+let closing = false;
+let handshakeSeq = 0; // extra clients opened by `handshakes`, for distinct users
+
+const TEXT_PAD = spec.text_pad || 'lorem ipsum dolor sit amet, consectetur adipiscing elit';
+const MSG_RE = /"type"\s*:\s*"message"/;
+
+function countError(code) {
+  stats.errors[code] = (stats.errors[code] || 0) + 1;
+}
+
+function sendMessage(c, schedMs) {
+  c.counter += 1;
+  c.outstanding += 1;
+  const room = rooms[c.room];
+  stats.sentTotal += 1;
+  stats.expectedTotal += room.size;
+  if (stats.measuring) stats.winSent += 1;
+  const text = `${schedMs.toFixed(3)}|${c.senderIdx}|${TEXT_PAD}`;
+  c.ws.send(`{"type":"message","text":"${text}","id":"${c.senderIdx}-${c.counter}"}`);
+}
+
+function completeOne(c) {
+  c.outstanding -= 1;
+  if (mode === 'closed' && c.outstanding < closedWindow && c.ws.readyState === WebSocket.OPEN) {
+    sendMessage(c, performance.now());
+  }
+}
+
+function handleMessageLine(c, line, now) {
+  stats.deliveriesTotal += 1;
+  stats.lastRecv = now;
+  let ti = line.indexOf('"text":');
+  if (ti < 0) return;
+  ti += 7;
+  if (line.charCodeAt(ti) === 32) ti += 1;
+  ti += 1; // opening quote
+  const bar = line.indexOf('|', ti);
+  if (bar < 0) return;
+  const t0 = Number(line.slice(ti, bar));
+  if (stats.measuring) {
+    stats.winDeliveries += 1;
+    histRecord(now - t0);
+  }
+  if (c.senderIdx >= 0) {
+    const bar2 = line.indexOf('|', bar + 1);
+    if (bar2 > 0 && Number(line.slice(bar + 1, bar2)) === c.senderIdx) completeOne(c);
+  }
+}
+
+function handleOtherLine(c, line, now) {
+  stats.lastRecv = now;
+  let obj;
+  try {
+    obj = JSON.parse(line);
+  } catch {
+    countError('client_bad_json');
+    return;
+  }
+  switch (obj.type) {
+    case 'ping':
+      c.ws.send('{"type":"pong"}');
+      break;
+    case 'welcome':
+      c.welcomed = true;
+      break;
+    case 'error': {
+      countError(`server_${obj.code}`);
+      if (c.senderIdx >= 0 && typeof obj.id === 'string' && obj.id.startsWith(`${c.senderIdx}-`)) {
+        // The message was refused: nothing will be delivered for it.
+        stats.expectedTotal -= rooms[c.room].size;
+        completeOne(c);
+      }
+      break;
+    }
+    default:
+      break; // ack, presence, unknown types: ignored, as the protocol asks
+  }
+}
+
+function onData(c, data) {
+  const now = performance.now();
+  const s = typeof data === 'string' ? data : data.toString();
+  let start = 0;
+  for (;;) {
+    const nl = s.indexOf('\n', start);
+    const line = nl < 0 ? (start === 0 ? s : s.slice(start)) : s.slice(start, nl);
+    if (line.length > 0) {
+      if (line.startsWith('{"type":"message"') || MSG_RE.test(line)) handleMessageLine(c, line, now);
+      else handleOtherLine(c, line, now);
+    }
+    if (nl < 0) break;
+    start = nl + 1;
+  }
+}
+
+function roomUrl(roomName, token) {
+  return `${spec.url}/rooms/${roomName}/ws?token=${encodeURIComponent(token)}`;
+}
+
+function openClient(c) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(roomUrl(rooms[c.room].name, c.token), CLIENT_OPTS);
+    c.ws = ws;
+    let opened = false;
+    ws.on('open', () => {
+      opened = true;
+      resolve(true);
+    });
+    ws.on('message', (data) => onData(c, data));
+    ws.on('error', (err) => {
+      countError(`client_${err.code || err.message}`.slice(0, 80));
+      if (!opened) resolve(false);
+    });
+    ws.on('unexpected-response', (req, res) => {
+      countError(`http_${res.statusCode}`);
+      res.resume();
+      ws.terminate();
+      if (!opened) resolve(false);
+    });
+    ws.on('close', (code) => {
+      if (!closing) stats.closes[code] = (stats.closes[code] || 0) + 1;
+      if (!opened) resolve(false);
+    });
+  });
+}
+
+async function runPool(items, concurrency, fn) {
+  let next = 0;
+  const results = new Array(items.length);
+  async function worker() {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i]);
+    }
+  }
+  await Promise.all(Array.from({ length: Math.min(concurrency, items.length) }, worker));
+  return results;
+}
+
+function sleep(ms) {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+async function waitQuiet(quietMs, maxMs) {
+  // Wait until nothing has arrived for quietMs (presence storms, welcomes), at most maxMs.
+  const t0 = performance.now();
+  for (;;) {
+    const now = performance.now();
+    if (now - stats.lastRecv >= quietMs || now - t0 >= maxMs) return now - t0;
+    await sleep(Math.min(50, quietMs));
+  }
+}
+
+async function cmdConnect() {
+  closing = false;
+  const t0 = performance.now();
+  const todo = [];
+  let tokenIdx = 0;
+  for (const room of rooms.slice(0, spec.rooms.length)) {
+    for (let k = 0; k < room.size; k++) {
+      const c = {
+        room: room.idx, token: spec.tokens[tokenIdx % spec.tokens.length], ws: null,
+        senderIdx: -1, counter: 0, outstanding: 0, welcomed: false,
+      };
+      tokenIdx += 1;
+      if (k < room.senders) {
+        c.senderIdx = senders.length;
+        senders.push(c);
+      }
+      todo.push(c);
+    }
+  }
+  const ok = await runPool(todo, spec.connect_concurrency || 100, openClient);
+  let failed = 0;
+  const opened = [];
+  for (let i = 0; i < todo.length; i++) {
+    if (ok[i]) opened.push(todo[i]);
+    else failed += 1;
+  }
+  clients.push(...opened);
+  const connectMs = performance.now() - t0;
+  stats.lastRecv = performance.now();
+  const settleMs = await waitQuiet(spec.settle_quiet_ms || 500, spec.settle_max_ms || 60000);
+  const welcomed = opened.filter((c) => c.welcomed).length;
+  // How many connections the server let compress (it accepted the permessage-deflate offer).
+  const deflate = opened.filter((c) => /permessage-deflate/.test(c.ws.extensions)).length;
+  emit({
+    event: 'connected', ok: opened.length, failed, connect_ms: connectMs, settle_ms: settleMs,
+    welcomed, deflate, errors: stats.errors, closes: stats.closes,
+  });
+}
+
+async function drain(maxMs) {
+  const t0 = performance.now();
+  while (stats.deliveriesTotal < stats.expectedTotal && performance.now() - t0 < maxMs) {
+    await sleep(20);
+  }
+  return { drain_ms: performance.now() - t0, undelivered: stats.expectedTotal - stats.deliveriesTotal };
+}
+
+function liveSenders() {
+  return senders.filter((c) => c.ws && c.ws.readyState === WebSocket.OPEN);
+}
+
+async function measured(warmupS, measureS, phase, extra) {
+  stats.measuring = false;
+  await sleep(warmupS * 1000);
+  histReset();
+  stats.winDeliveries = 0;
+  stats.winSent = 0;
+  const a = cpuSnapshot();
+  stats.measuring = true;
+  await sleep(measureS * 1000);
+  const b = cpuSnapshot();
+  stats.measuring = false;
+  const windowDeliveries = stats.winDeliveries;
+  const windowSent = stats.winSent;
+  const lat = histSummary();
+  mode = 'idle';
+  const d = await drain(spec.drain_max_ms || 20000);
+  const cpu = cpuDelta(a, b);
+  emit({
+    event: 'result', phase, ...extra, ...cpu, sent: windowSent, deliveries: windowDeliveries,
+    deliveries_per_s: windowDeliveries / cpu.wall_s, sent_per_s: windowSent / cpu.wall_s,
+    latency: lat, ...d, errors: stats.errors, closes: stats.closes,
+  });
+}
+
+async function cmdClosed(cmd) {
+  closedWindow = cmd.window;
+  mode = 'closed';
+  for (const c of liveSenders()) {
+    while (c.outstanding < closedWindow) sendMessage(c, performance.now());
+  }
+  await measured(cmd.warmup_s, cmd.measure_s, 'closed', { window: cmd.window });
+}
+
+async function cmdOpen(cmd) {
+  const live = liveSenders();
+  if (live.length === 0) {
+    emit({ event: 'result', phase: 'open', error: 'no live senders' });
+    return;
+  }
+  mode = 'open';
+  const rate = cmd.rate;
+  const start = performance.now();
+  let k = 0;
+  const tick = () => {
+    if (mode !== 'open') return;
+    const now = performance.now();
+    const due = Math.floor(((now - start) * rate) / 1000);
+    while (k < due) {
+      const c = live[k % live.length];
+      // Latency counts from the scheduled time, so a late loop shows up (no coordinated omission).
+      if (c.ws.readyState === WebSocket.OPEN) sendMessage(c, start + (k * 1000) / rate);
+      k += 1;
+    }
+    setTimeout(tick, 1);
+  };
+  tick();
+  await measured(cmd.warmup_s, cmd.measure_s, 'open', { rate });
+}
+
+function tokenFromEnd(k) {
+  // Handshake clients take tokens from the end, connect() from the start: distinct users.
+  const n = spec.tokens.length;
+  return (((n - k) % n) + n) % n;
+}
+
+// Handshake clients are raw TCP sockets that send a browser-like upgrade request (offering
+// permessage-deflate) and wait for the 101: the ws client's own handshake costs ~350 µs of CPU,
+// enough to make the load generator, not the server, the limit of this test.
+const rawSockets = [];
+const serverUrl = new URL(spec.url);
+// A masked close frame with code 1000 (an all-zero mask leaves the payload as it is).
+const CLOSE_FRAME = Buffer.from([0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8]);
+
+function rawHandshake(c) {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: serverUrl.hostname, port: Number(serverUrl.port) });
+    const key = crypto.randomBytes(16).toString('base64');
+    const path = `/rooms/${rooms[c.room].name}/ws?token=${encodeURIComponent(c.token)}`;
+    let done = false;
+    let head = '';
+    const finish = (ok) => {
+      if (done) return;
+      done = true;
+      if (ok) rawSockets.push(sock);
+      else sock.destroy();
+      resolve(ok);
+    };
+    sock.setNoDelay(true);
+    sock.on('connect', () => {
+      sock.write(
+        `GET ${path} HTTP/1.1\r\nHost: ${serverUrl.host}\r\nUpgrade: websocket\r\n` +
+        `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n` +
+        'Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n',
+      );
+    });
+    sock.on('data', (chunk) => {
+      // After the 101 the socket stays open and whatever the server sends is read and dropped.
+      if (done) return;
+      head += chunk.toString('latin1');
+      if (head.indexOf('\r\n\r\n') < 0) return;
+      if (head.startsWith('HTTP/1.1 101')) finish(true);
+      else {
+        countError(`http_${head.slice(9, 12)}`);
+        finish(false);
+      }
+    });
+    sock.on('error', (err) => {
+      countError(`client_${err.code || err.message}`.slice(0, 80));
+      finish(false);
+    });
+    sock.on('close', () => finish(false));
+  });
+}
+
+async function cmdHandshakes(cmd) {
+  // Open `count` raw clients, `concurrency` in flight, in rooms of `room_size`; keep them open.
+  const size = cmd.room_size || 10;
+  const base = rooms.length;
+  const todo = [];
+  for (let i = 0; i < cmd.count; i++) {
+    const r = base + Math.floor(i / size);
+    if (rooms.length <= r) rooms.push({ idx: r, name: `hs-${r}`, size: 0, senders: 0 });
+    rooms[r].size += 1;
+    handshakeSeq += 1;
+    todo.push({ room: r, token: spec.tokens[tokenFromEnd(handshakeSeq)] });
+  }
+  const a = cpuSnapshot();
+  const ok = await runPool(todo, cmd.concurrency, rawHandshake);
+  const b = cpuSnapshot();
+  const failed = ok.filter((x) => !x).length;
+  const cpu = cpuDelta(a, b);
+  const okCount = todo.length - failed;
+  emit({
+    event: 'result', phase: 'handshakes', ...cpu, ok: okCount, failed,
+    handshakes_per_s: okCount / cpu.wall_s, errors: stats.errors,
+  });
+}
+
+function closeRawSockets() {
+  const socks = rawSockets.splice(0);
+  return Promise.all(socks.map((sock) => new Promise((resolve) => {
+    if (sock.destroyed) return resolve();
+    const timer = setTimeout(() => { sock.destroy(); resolve(); }, 5000);
+    sock.once('close', () => { clearTimeout(timer); resolve(); });
+    sock.end(CLOSE_FRAME);
+  })));
+}
+
+async function cmdClose() {
+  closing = true;
+  mode = 'idle';
+  const n = clients.length;
+  await Promise.all(clients.map((c) => new Promise((resolve) => {
+    if (!c.ws || c.ws.readyState === WebSocket.CLOSED) return resolve();
+    const timer = setTimeout(() => { c.ws.terminate(); resolve(); }, 5000);
+    c.ws.once('close', () => { clearTimeout(timer); resolve(); });
+    c.ws.close(1000);
+  })));
+  clients.length = 0;
+  senders.length = 0;
+  const raw = rawSockets.length;
+  await closeRawSockets();
+  emit({ event: 'closed', count: n + raw });
+}
+
+const handlers = {
+  connect: cmdConnect,
+  closed: cmdClosed,
+  open: cmdOpen,
+  handshakes: cmdHandshakes,
+  close: cmdClose,
+  quit: async () => {
+    for (const c of clients) if (c.ws) c.ws.terminate();
+    for (const sock of rawSockets) sock.destroy();
+    emit({ event: 'bye' });
+    process.exit(0);
+  },
+};
+
+// Commands run one at a time, in order.
+let chain = Promise.resolve();
+readline.createInterface({ input: process.stdin }).on('line', (line) => {
+  if (!line.trim()) return;
+  let cmd;
+  try {
+    cmd = JSON.parse(line);
+  } catch {
+    emit({ event: 'error', error: `bad command: ${line}` });
+    return;
+  }
+  const h = handlers[cmd.cmd];
+  if (!h) {
+    emit({ event: 'error', error: `unknown command ${cmd.cmd}` });
+    return;
+  }
+  chain = chain.then(() => h(cmd)).catch((err) => {
+    emit({ event: 'error', error: String(err && err.stack ? err.stack : err) });
+  });
+}).on('close', () => {
+  // The runner went away: do not linger.
+  for (const c of clients) if (c.ws) c.ws.terminate();
+  process.exit(0);
+});
+
+emit({ event: 'ready', pid: process.pid });

@@ -1,0 +1,99 @@
+"""What a benchmark run measures: room scenarios, window lengths and sizes, full or quick."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RoomScenario:
+    """``rooms`` rooms of ``size`` members; ``senders_per_room`` of them send.
+
+    In the closed-loop (saturation) phase each sender keeps ``window`` messages outstanding: a
+    message is complete when the sender receives its own broadcast copy.
+    """
+
+    key: str
+    title: str
+    rooms: int
+    size: int
+    senders_per_room: int
+    window: int
+
+    @property
+    def members(self) -> int:
+        """Connections in the scenario."""
+        return self.rooms * self.size
+
+
+ROOM10 = RoomScenario("room10", "1 room of 10", 1, 10, 10, 8)
+ROOM100 = RoomScenario("room100", "1 room of 100", 1, 100, 10, 8)
+ROOM1000 = RoomScenario("room1000", "1 room of 1,000", 1, 1000, 10, 2)
+ROOMS1000X10 = RoomScenario("rooms1000x10", "1,000 rooms of 10", 1000, 10, 1, 1)
+ALL_SCENARIOS = (ROOM10, ROOM100, ROOM1000, ROOMS1000X10)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Every size and duration of one run."""
+
+    name: str
+    scenarios: tuple[RoomScenario, ...]
+    # Open-loop offered loads as fractions of the same server's measured saturation.
+    fractions: tuple[float, ...]
+    # Plus one load offered to every server alike: this fraction of the lowest saturation.
+    common_fraction: float
+    warmup_s: float
+    measure_s: float
+    open_warmup_s: float
+    open_measure_s: float
+    idle_connections: int
+    idle_room_size: int
+    handshakes: int
+    handshake_concurrency: int
+    handshake_room_size: int
+    store_seconds: float
+    # Before each measurement, wait up to this long for other people's load to go away.
+    quiet_wait_s: float
+    # A window during which other processes used more than 10% of either core is measured again
+    # (after waiting for quiet) up to this many times; the least disturbed attempt is kept.
+    retries: int
+
+
+FULL = Plan(
+    name="full",
+    scenarios=ALL_SCENARIOS,
+    fractions=(0.25, 0.5, 0.75),
+    common_fraction=0.5,
+    warmup_s=2.0,
+    measure_s=6.0,
+    open_warmup_s=1.0,
+    open_measure_s=5.0,
+    idle_connections=10_000,
+    idle_room_size=100,
+    handshakes=4_000,
+    handshake_concurrency=64,
+    handshake_room_size=10,
+    store_seconds=5.0,
+    quiet_wait_s=120.0,
+    retries=2,
+)
+
+QUICK = Plan(
+    name="quick",
+    scenarios=(ROOM100,),
+    fractions=(0.5,),
+    common_fraction=0.5,
+    warmup_s=0.5,
+    measure_s=2.5,
+    open_warmup_s=0.5,
+    open_measure_s=2.5,
+    idle_connections=1_000,
+    idle_room_size=100,
+    handshakes=1_000,
+    handshake_concurrency=64,
+    handshake_room_size=10,
+    store_seconds=1.5,
+    quiet_wait_s=3.0,
+    retries=1,
+)

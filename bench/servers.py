@@ -1,0 +1,190 @@
+"""The servers under test: roomchat and the two baseline peers, how to install and start each.
+
+Each server runs pinned to the server core with its own free port and (for roomchat) its own
+temporary data directory; :func:`start_server` waits until its port accepts connections.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.procs import Child, ChildError, Children, free_port, process_tree, wait_port
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
+VENV_BIN = REPO / ".venv" / "bin"
+NODE_WS_DIR = BENCH / "peers" / "node-ws"
+LOADGEN_DIR = BENCH / "loadgen"
+
+JWT_SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
+
+# Limits raised so that the benchmark measures the fan-out path, not the protective limits.
+ROOMCHAT_ENV = {
+    "ROOMCHAT_JWT_SECRET": JWT_SECRET,
+    "ROOMCHAT_RATE_BURST": "1000000",
+    "ROOMCHAT_RATE_PER_SEC": "1000000",
+    "ROOMCHAT_MAX_CONNECTIONS": "20000",
+    "ROOMCHAT_MAX_ROOM_CONNECTIONS": "20000",
+    "ROOMCHAT_OUTBOX_LIMIT": "100000",
+    "ROOMCHAT_HISTORY_ON_JOIN": "0",
+    "ROOMCHAT_INBOX_LIMIT": "100000",
+}
+
+
+@dataclass(frozen=True)
+class ServerKind:
+    """How to start one kind of server.
+
+    ``argv(port, data_dir)`` builds the command line; ``verifies_jwt`` says whether its
+    handshakes include JWT verification; ``sends_welcome`` whether clients get a ``welcome``.
+    """
+
+    key: str
+    label: str
+    argv: Callable[[int, Path], list[str]]
+    env: dict[str, str]
+    verifies_jwt: bool
+    sends_welcome: bool
+    notes: str
+
+
+def _roomchat_argv(port: int, data_dir: Path) -> list[str]:
+    return [
+        str(VENV_BIN / "roomchat"),
+        "serve",
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--data-dir",
+        str(data_dir),
+    ]
+
+
+def _node_ws_argv(port: int, data_dir: Path) -> list[str]:
+    return ["/usr/bin/node", str(NODE_WS_DIR / "server.js"), "--port", str(port)]
+
+
+def _py_websockets_argv(port: int, data_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "bench.peers.py_websockets.server", "--port", str(port)]
+
+
+ROOMCHAT = ServerKind(
+    key="roomchat",
+    label="roomchat",
+    argv=_roomchat_argv,
+    env=ROOMCHAT_ENV,
+    verifies_jwt=True,
+    sends_welcome=True,
+    notes="Quart + Hypercorn, room actors, SQLite store; JWT checked on upgrade",
+)
+NODE_WS = ServerKind(
+    key="node-ws",
+    label="Node ws",
+    argv=_node_ws_argv,
+    env={},
+    verifies_jwt=False,
+    sends_welcome=False,
+    notes="Node 20 + ws 8, perMessageDeflate off, payload Buffer built once per broadcast, "
+    "bufferutil",
+)
+PY_WEBSOCKETS = ServerKind(
+    key="py-websockets",
+    label="Python websockets",
+    argv=_py_websockets_argv,
+    env={},
+    verifies_jwt=False,
+    sends_welcome=False,
+    notes="websockets 17 asyncio + broadcast(), compression=None, uvloop, orjson, bytes as text",
+)
+KINDS: dict[str, ServerKind] = {k.key: k for k in (ROOMCHAT, NODE_WS, PY_WEBSOCKETS)}
+
+
+@dataclass
+class RunningServer:
+    """A started server: its process, port and data directory (removed on stop)."""
+
+    kind: ServerKind
+    child: Child
+    port: int
+    data_dir: Path
+
+    def pids(self) -> list[int]:
+        """The server's process tree now (workers included)."""
+        return process_tree(self.child.pid)
+
+    @property
+    def url(self) -> str:
+        """Base WebSocket URL."""
+        return f"ws://127.0.0.1:{self.port}"
+
+
+def npm_ci(directory: Path) -> None:
+    """Install ``directory``'s locked dependencies unless node_modules is already current.
+
+    Raises:
+        ChildError: npm failed.
+    """
+    marker = directory / "node_modules" / ".package-lock.json"
+    lock = directory / "package-lock.json"
+    if marker.exists() and marker.stat().st_mtime >= lock.stat().st_mtime:
+        return
+    proc = subprocess.run(
+        ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise ChildError(f"npm ci in {directory} failed:\n{proc.stdout}\n{proc.stderr}")
+
+
+def roomchat_available() -> str | None:
+    """None when ``roomchat serve --help`` works, else why not."""
+    exe = VENV_BIN / "roomchat"
+    if not exe.exists():
+        return f"{exe} does not exist (pip install -e {REPO}?)"
+    try:
+        proc = subprocess.run(
+            [str(exe), "serve", "--help"], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"`roomchat serve --help` failed: {exc}"
+    if proc.returncode != 0:
+        return f"`roomchat serve --help` exited {proc.returncode}: {proc.stderr.strip()[-500:]}"
+    return None
+
+
+def start_server(kids: Children, kind: ServerKind, name: str, cpu: int | None) -> RunningServer:
+    """Start ``kind`` on a free port pinned to ``cpu`` and wait until it accepts connections.
+
+    The caller must stop it with :func:`stop_server` (``kids`` kills it anyway on exit).
+
+    Raises:
+        ChildError: it exited or did not open its port within 60 s.
+    """
+    port = free_port()
+    data_dir = Path(tempfile.mkdtemp(prefix=f"bench-{kind.key}-"))
+    child = kids.start(name, kind.argv(port, data_dir), cpu=cpu, env=kind.env, cwd=REPO)
+    try:
+        wait_port(port, child, 60)
+    except ChildError:
+        kids.stop(child)
+        shutil.rmtree(data_dir, ignore_errors=True)
+        raise
+    # Let worker processes (if any) appear before anyone snapshots the process tree.
+    time.sleep(0.3)
+    return RunningServer(kind, child, port, data_dir)
+
+
+def stop_server(kids: Children, server: RunningServer) -> None:
+    """Stop the server's process group and remove its data directory."""
+    kids.stop(server.child)
+    shutil.rmtree(server.data_dir, ignore_errors=True)
