@@ -26,9 +26,9 @@ class RoomScenario:
         return self.rooms * self.size
 
 
-ROOM10 = RoomScenario("room10", "1 room of 10", 1, 10, 10, 8)
-ROOM100 = RoomScenario("room100", "1 room of 100", 1, 100, 10, 8)
-ROOM1000 = RoomScenario("room1000", "1 room of 1,000", 1, 1000, 10, 2)
+ROOM10 = RoomScenario("room10", "1 room of 10", 1, 10, 10, 32)
+ROOM100 = RoomScenario("room100", "1 room of 100", 1, 100, 10, 32)
+ROOM1000 = RoomScenario("room1000", "1 room of 1,000", 1, 1000, 10, 4)
 ROOMS1000X10 = RoomScenario("rooms1000x10", "1,000 rooms of 10", 1000, 10, 1, 1)
 ALL_SCENARIOS = (ROOM10, ROOM100, ROOM1000, ROOMS1000X10)
 

@@ -78,6 +78,9 @@ async def admin_socket(gw: Gateway) -> Response | None:
                 session.close_nowait(protocol.CloseCode.SLOW_CONSUMER, "slow consumer",
                                      flush=False)
                 return
+            if session.stalled(time.monotonic()):
+                session.abort(protocol.CloseCode.SLOW_CONSUMER, "slow consumer")
+                return
             if gw.draining:
                 session.close_nowait(protocol.CloseCode.SERVICE_RESTART, "server restarting")
                 return

@@ -9,6 +9,7 @@ they hold) and only then lets Hypercorn stop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 from typing import Any
@@ -72,8 +73,23 @@ async def serve(
     log.info("stopped")
 
 
+def tune_gc(gen0_threshold: int) -> None:
+    """Fewer, cheaper garbage collections for a server holding many long-lived objects.
+
+    With 10,000 connections, CPython's default thresholds (700, 10, 10) ran full collections
+    that took ~0.5 s each: in 1,000 rooms of 10, 30% of the CPU and the p99 latency tail
+    (bench/). Objects alive at start-up (modules, app) are frozen out of every scan; young
+    garbage is still collected, just in larger, rarer sweeps.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0_threshold, max(gen1, 20), gen2)
+
+
 def run(config: Config) -> None:
     """Blocking entry point of ``roomchat serve``: uvloop when installed."""
+    tune_gc(config.gc_gen0_threshold)
     loop_factory: Any = None
     try:
         import uvloop

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from rooms.config import RoomConfig
 from rooms.errors import RoomStopped
 from rooms.observer import NullObserver, RoomObserver
-from rooms.protocol import ClientFrame, CloseCode
+from rooms.protocol import ClientFrame, CloseCode, join_frame
 from rooms.session import Session
 from rooms.state import Broadcast, Close, Effect, JoinPlan, RoomState, Send
 from rooms.store import MessageStore
@@ -102,6 +102,30 @@ class Inbox:
                 await self._event.wait()
         except TimeoutError:
             pass
+
+
+def _merge_broadcasts(effects: list[Effect]) -> list[tuple[Effect, int]]:
+    """Effects with runs of broadcasts to the same audience joined into one (payload, count):
+    a committed batch of n messages is queued to each member once, not n times."""
+    merged: list[tuple[Effect, int]] = []
+    run: list[str] = []
+    exclude: int | None = None
+    for effect in effects:
+        if isinstance(effect, Broadcast) and (not run or effect.exclude == exclude):
+            run.append(effect.payload)
+            exclude = effect.exclude
+            continue
+        if run:
+            merged.append((Broadcast(join_frame(run), exclude), len(run)))
+            run = []
+        if isinstance(effect, Broadcast):
+            run.append(effect.payload)
+            exclude = effect.exclude
+        else:
+            merged.append((effect, 1))
+    if run:
+        merged.append((Broadcast(join_frame(run), exclude), len(run)))
+    return merged
 
 
 class RoomActor:
@@ -196,6 +220,10 @@ class RoomActor:
         idle_since: float | None = loop.time()
         while True:
             await self._inbox.wait(max(0.0, next_tick - loop.time()))
+            if cfg.batch_delay and 0 < len(self._inbox.frames) < cfg.max_batch:
+                # Let a burst gather: every message costs one frame per member, and a batch of
+                # n costs one frame per member too (and one commit).
+                await asyncio.sleep(cfg.batch_delay)
             now = loop.time()
             wall_ms = int(time.time() * 1000)
             effects: list[Effect] = []
@@ -228,6 +256,7 @@ class RoomActor:
             if now >= next_tick:
                 next_tick = now + cfg.tick_interval
                 self._deliver(state, state.tick(now, wall_ms), wall_ms)
+                self._abort_stalled(state, wall_ms)
 
             if drain is not None:
                 for session_id in list(self._sessions):
@@ -269,13 +298,13 @@ class RoomActor:
         """Put effects into outboxes. Never awaits; overflowing sessions are closed with 4009."""
         overflow: list[int] = []
         delivered = 0
-        for effect in effects:
+        for effect, count in _merge_broadcasts(effects):
             if isinstance(effect, Broadcast):
                 payload, exclude = effect.payload, effect.exclude
                 for session in self._sessions.values():
                     if session.id != exclude:
-                        if session.offer(payload):
-                            delivered += 1
+                        if session.offer(payload, count):
+                            delivered += count
                         else:
                             overflow.append(session.id)
             elif isinstance(effect, Send):
@@ -295,6 +324,16 @@ class RoomActor:
                          session_id)
                 self._deliver(state, state.evict(session_id, CloseCode.SLOW_CONSUMER,
                                                  "slow consumer", wall_ms, flush=False), wall_ms)
+
+    def _abort_stalled(self, state: RoomState, wall_ms: int) -> None:
+        """Close sessions whose writer has been stuck in one send for ``send_timeout``."""
+        mono = time.monotonic()
+        for session in [s for s in self._sessions.values() if s.stalled(mono)]:
+            log.info("room %s: session %s stalled in a send; closing with 4009", self.room,
+                     session.id)
+            self._deliver(state, state.evict(session.id, CloseCode.SLOW_CONSUMER,
+                                             "slow consumer", wall_ms, flush=False), wall_ms)
+            session.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
 
     def _fail_pending_joins(self) -> None:
         while self._inbox.control:

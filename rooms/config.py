@@ -51,8 +51,11 @@ class RoomConfig:
     max_batch: int = _setting(
         512, "Most inbox frames a room handles (and stores in one commit) per wake-up."
     )
+    batch_delay: float = _setting(
+        0.005, "Seconds a room waits after a frame arrives to gather more into one batch "
+               "(one commit, one frame per member); 0 disables.")
     max_frame_messages: int = _setting(
-        256, "Most protocol objects the server coalesces into one WebSocket frame."
+        256, "Most protocol objects coalesced into one WebSocket frame (a batch is not split)."
     )
     max_room_connections: int = _setting(
         2000, "Connections one room accepts; more get HTTP 503 room_full."
@@ -80,6 +83,7 @@ class RoomConfig:
                      "send_timeout", "close_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
-        for name in ("history_on_join", "history_retention", "dedup_window", "room_idle_ttl"):
+        for name in ("history_on_join", "history_retention", "dedup_window", "room_idle_ttl",
+                     "batch_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

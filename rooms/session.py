@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import time
 from collections import deque
 from typing import Protocol
 
@@ -51,13 +52,21 @@ class Session:
         self.close_code: int | None = None
         self.close_reason = ""
         self._transport = transport
-        self._outbox: deque[str] = deque()
+        # (text, objects): a room broadcasts a whole batch as one entry (objects joined by \n).
+        self._outbox: deque[tuple[str, int]] = deque()
+        self._queued = 0  # objects in the outbox
         self._outbox_limit = outbox_limit
         self._max_frame = max_frame_messages
         self._send_timeout = send_timeout
         self._close_timeout = close_timeout
         # A future only while the writer is idle (cheaper per idle connection than an Event).
         self._waiter: asyncio.Future[None] | None = None
+        # Send timeouts are checked from outside (``stalled``/``abort``, by the room's tick)
+        # instead of arming a timer around every send: one frame per recipient per broadcast
+        # is the hot path, and a timer per frame was a measurable part of it.
+        self.sending_since: float | None = None
+        self._writer_task: asyncio.Task[object] | None = None
+        self._aborting = False
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -69,13 +78,18 @@ class Session:
         """Neither closing nor closed."""
         return self.state in (SessionState.JOINING, SessionState.ACTIVE)
 
-    def offer(self, payload: str) -> bool:
-        """Queue one server object. False if the outbox is full (the caller closes with 4009)."""
+    def offer(self, payload: str, count: int = 1) -> bool:
+        """Queue ``count`` server objects (``payload``: their texts joined by ``\n``).
+
+        False if that would take the outbox past ``outbox_limit`` objects (the caller closes
+        with 4009). An empty outbox always takes one batch, however large.
+        """
         if self.state in (SessionState.CLOSING, SessionState.CLOSED):
             return True  # nothing more is sent; not a reason to evict again
-        if len(self._outbox) >= self._outbox_limit:
+        if self._queued and self._queued + count > self._outbox_limit:
             return False
-        self._outbox.append(payload)
+        self._outbox.append((payload, count))
+        self._queued += count
         self._wake()
         return True
 
@@ -88,17 +102,31 @@ class Session:
         self.close_reason = reason
         if not flush:
             self._outbox.clear()
+            self._queued = 0
         self._wake()
 
     def transport_lost(self) -> None:
         """The peer is gone: the writer stops without sending anything more."""
         self.state = SessionState.CLOSED
         self._outbox.clear()
+        self._queued = 0
         self._wake()
 
     @property
     def queued(self) -> int:
-        return len(self._outbox)
+        """Server objects waiting to be sent."""
+        return self._queued
+
+    def stalled(self, now: float) -> bool:
+        """Whether one send has been blocked for more than ``send_timeout`` (``time.monotonic``)."""
+        return self.sending_since is not None and now - self.sending_since > self._send_timeout
+
+    def abort(self, code: int, reason: str) -> None:
+        """Interrupt a stalled send and close with ``code`` (nothing more is sent first)."""
+        self.close_nowait(code, reason, flush=False)
+        if self.sending_since is not None and self._writer_task is not None:
+            self._aborting = True
+            self._writer_task.cancel()
 
     async def run_writer(self, plan: JoinPlan, room: str, store: MessageStore,
                          history_page: int) -> None:
@@ -109,6 +137,7 @@ class Session:
         """
         if self.state is SessionState.JOINING:
             self.state = SessionState.ACTIVE
+        self._writer_task = asyncio.current_task()
         try:
             if not await self._send(plan.welcome):
                 return
@@ -124,11 +153,15 @@ class Session:
             outbox = self._outbox
             while self.state is not SessionState.CLOSED:
                 if outbox:
-                    if len(outbox) == 1:
-                        frame = outbox.popleft()
-                    else:
-                        count = min(len(outbox), self._max_frame)
-                        frame = join_frame([outbox.popleft() for _ in range(count)])
+                    frame, taken = outbox.popleft()
+                    if outbox and taken < self._max_frame:
+                        parts = [frame]
+                        while outbox and taken < self._max_frame:
+                            text, count = outbox.popleft()
+                            parts.append(text)
+                            taken += count
+                        frame = join_frame(parts)
+                    self._queued -= taken
                     if not await self._send(frame):
                         return
                 elif self.state is SessionState.CLOSING:
@@ -145,18 +178,24 @@ class Session:
 
     async def _send(self, frame: str) -> bool:
         """Send one frame. False when the peer is gone or too slow (then the session is done)."""
+        self.sending_since = time.monotonic()
         try:
-            async with asyncio.timeout(self._send_timeout):
-                await self._transport.send(frame)
-        except TimeoutError:
-            # The client stopped reading: same verdict as an outbox overflow.
-            self.close_nowait(CloseCode.SLOW_CONSUMER, "slow consumer", flush=False)
-            await self._close()
-            return False
+            await self._transport.send(frame)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if self._aborting and task is not None and task.uncancel() == 0:
+                # Our own abort (the client stopped reading), not a cancellation from outside.
+                self._aborting = False
+                self.sending_since = None
+                await self._close()
+                return False
+            raise
         except Exception as exc:  # peer gone: ClientDisconnectedError, UnexpectedMessageError...
             log.debug("session %s: send failed: %r", self.id, exc)
             self.state = SessionState.CLOSED
             return False
+        finally:
+            self.sending_since = None
         return True
 
     async def _close(self) -> None:

@@ -437,3 +437,26 @@ async def test_idle_room_stops_and_revives_with_history(server_with: ServerFacto
         assert (await bob.recv())["text"] == "remember me"
         await bob.say("again", id="a")
         assert (await bob.recv_type("ack"))["seq"] == 2
+
+
+async def test_stalled_send_is_aborted_with_4009(server_with: ServerFactory) -> None:
+    # The outbox is big enough never to overflow here: only the send watchdog can act.
+    async with server_with(outbox_limit=100_000, rate_burst=100_000, rate_per_sec=100_000,
+                           send_timeout=0.5, tick_interval=0.1) as srv:
+        stuck = await srv.connect(user="stuck")
+        await stuck.recv()
+        sender = await srv.connect(user="sender")
+        await sender.recv()
+        stuck.ws.transport.pause_reading()
+        sent = 0
+        while srv.gateway.registry.get("lobby").statistics().get("sessions") == 2:
+            for _ in range(50):
+                sent += 1
+                await sender.say("w" * 1900, id=f"w{sent}")
+            while (await sender.recv_type("ack", timeout=30))["id"] != f"w{sent}":
+                pass
+            assert sent < 20_000, "the stalled session was never aborted"
+        stuck.ws.transport.resume_reading()
+        assert await stuck.closed(timeout=30) == 4009
+        await sender.say("after", id="after")
+        assert (await sender.recv_type("ack"))["id"] == "after"
