@@ -128,6 +128,35 @@ class Client:
         return self.ws.close_code
 
 
+async def send_and_ack(url: str, texts: list[str]) -> list[int]:
+    """Connect, send each text (with itself as the client id), return the acked seqs in order."""
+    acked: list[int] = []
+    async with websockets.connect(url, compression=None) as ws:
+        await ws.recv()
+        for text in texts:
+            await ws.send(orjson.dumps({"type": "message", "text": text, "id": text}).decode())
+        while len(acked) < len(texts):
+            for line in str(await asyncio.wait_for(ws.recv(), 10 * SLOW)).split("\n"):
+                obj = orjson.loads(line)
+                if obj["type"] == "ack":
+                    acked.append(obj["seq"])
+    return acked
+
+
+async def collect_messages(url: str, count: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Connect; return the welcome and the first ``count`` message objects (replay, then live)."""
+    messages: list[dict[str, Any]] = []
+    async with websockets.connect(url, compression=None) as ws:
+        objects = [orjson.loads(x) for x in str(await ws.recv()).split("\n")]
+        welcome = objects.pop(0)
+        while True:
+            messages += [o for o in objects if o["type"] == "message"]
+            if len(messages) >= count:
+                return welcome, messages[:count]
+            objects = [orjson.loads(x) for x in
+                       str(await asyncio.wait_for(ws.recv(), 10 * SLOW)).split("\n")]
+
+
 @contextlib.asynccontextmanager
 async def running_server(config: Config, app: Any = None) -> AsyncIterator[Server]:
     sock = free_socket()

@@ -14,7 +14,15 @@ from pathlib import Path
 import orjson
 import websockets
 
-from tests.support import REPO, SLOW, make_token, server_process, start_process
+from tests.support import (
+    REPO,
+    SLOW,
+    collect_messages,
+    make_token,
+    send_and_ack,
+    server_process,
+    start_process,
+)
 
 
 async def test_sigterm_closes_sockets_with_1012_and_exits(tmp_path: Path) -> None:
@@ -36,44 +44,22 @@ async def test_sigterm_closes_sockets_with_1012_and_exits(tmp_path: Path) -> Non
         assert "token=" not in srv.output()
 
 
-async def _chat(url: str, count: int, prefix: str) -> list[int]:
-    """Send ``count`` messages, return the seqs of those acked."""
-    acked: list[int] = []
-    async with websockets.connect(url, compression=None) as ws:
-        await ws.recv()
-        for i in range(count):
-            await ws.send(orjson.dumps({"type": "message", "text": f"{prefix}{i}",
-                                        "id": f"{prefix}{i}"}).decode())
-        while len(acked) < count:
-            for line in str(await asyncio.wait_for(ws.recv(), 10 * SLOW)).split("\n"):
-                obj = orjson.loads(line)
-                if obj["type"] == "ack":
-                    acked.append(obj["seq"])
-    return acked
-
-
 async def test_kill_9_keeps_every_acked_message(tmp_path: Path) -> None:
     env = {"ROOMCHAT_RATE_BURST": "1000", "ROOMCHAT_RATE_PER_SEC": "1000"}
     token = make_token("writer")
     srv = start_process(tmp_path, env=env)
     try:
-        acked = await _chat(srv.url("durable", token), 200, "k")
+        acked = await send_and_ack(srv.url("durable", token), [f"k{i}" for i in range(200)])
     finally:
         srv.proc.send_signal(signal.SIGKILL)
         srv.proc.wait()
     assert sorted(acked) == list(range(1, 201))
     with server_process(tmp_path, port=srv.port, env=env) as again:
-        async with websockets.connect(again.url("durable", make_token("reader"), after="0"),
-                                      compression=None) as ws:
-            seen: dict[int, str] = {}
-            welcome = orjson.loads(str(await ws.recv()).split("\n")[0])
-            assert welcome["seq"] >= 200
-            while len(seen) < 200:
-                for line in str(await asyncio.wait_for(ws.recv(), 10 * SLOW)).split("\n"):
-                    obj = orjson.loads(line)
-                    if obj["type"] == "message":
-                        seen[obj["seq"]] = obj["text"]
-            assert [seen[seq] for seq in acked] == [f"k{i}" for i in range(200)]
+        welcome, replay = await collect_messages(
+            again.url("durable", make_token("reader"), after="0"), 200)
+        assert welcome["seq"] == 200
+        seen = {m["seq"]: m["text"] for m in replay}
+        assert [seen[seq] for seq in acked] == [f"k{i}" for i in range(200)]
         # Dedup survives the restart: resending an acked id gets the original seq.
         async with websockets.connect(again.url("durable", token), compression=None) as ws:
             await ws.recv()

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import signal
 from dataclasses import replace
 from pathlib import Path
 
-import orjson
-import websockets
-
 from tests.redis_server import redis_server
-from tests.support import SLOW, make_config, make_token, running_server, server_process
+from tests.support import (
+    collect_messages,
+    make_config,
+    make_token,
+    running_server,
+    send_and_ack,
+    server_process,
+)
 
 
 async def test_chat_resume_and_dedup_on_redis(tmp_path: Path) -> None:
@@ -36,40 +39,20 @@ async def test_chat_resume_and_dedup_on_redis(tmp_path: Path) -> None:
             assert [(await late.recv())["seq"] for _ in range(2)] == [4, 5]
 
 
-async def _send_and_ack(url: str, texts: list[str]) -> list[int]:
-    async with websockets.connect(url, compression=None) as ws:
-        await ws.recv()
-        for text in texts:
-            await ws.send(orjson.dumps({"type": "message", "text": text, "id": text}).decode())
-        acks: list[int] = []
-        while len(acks) < len(texts):
-            for line in str(await asyncio.wait_for(ws.recv(), 10 * SLOW)).split("\n"):
-                obj = orjson.loads(line)
-                if obj["type"] == "ack":
-                    acks.append(obj["seq"])
-        return acks
-
-
 async def test_room_moves_to_another_process_and_kill_9_loses_nothing(tmp_path: Path) -> None:
     env = {"ROOMCHAT_RATE_BURST": "1000", "ROOMCHAT_RATE_PER_SEC": "1000"}
     with redis_server(tmp_path / "redis", aof=True) as url:
         args = ["--store-url", url]
         with server_process(tmp_path / "a", env=env, args=args) as first:
-            acked = await _send_and_ack(first.url("moving", make_token()),
+            acked = await send_and_ack(first.url("moving", make_token()),
                                         [f"a{i}" for i in range(50)])
             first.proc.send_signal(signal.SIGKILL)
             first.proc.wait()
         assert acked == list(range(1, 51))
         # Another process, with its own data dir, takes the room over from Redis.
         with server_process(tmp_path / "b", env=env, args=args) as second:
-            more = await _send_and_ack(second.url("moving", make_token()), ["b0", "b1"])
+            more = await send_and_ack(second.url("moving", make_token()), ["b0", "b1"])
             assert more == [51, 52]
-            async with websockets.connect(second.url("moving", make_token("r"), after="0"),
-                                          compression=None) as ws:
-                seen: list[str] = []
-                while len(seen) < 52:
-                    for line in str(await asyncio.wait_for(ws.recv(), 10 * SLOW)).split("\n"):
-                        obj = orjson.loads(line)
-                        if obj["type"] == "message":
-                            seen.append(obj["text"])
-                assert seen == [f"a{i}" for i in range(50)] + ["b0", "b1"]
+            _, replay = await collect_messages(second.url("moving", make_token("r"), after="0"),
+                                               52)
+            assert [m["text"] for m in replay] == [f"a{i}" for i in range(50)] + ["b0", "b1"]
