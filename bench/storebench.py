@@ -84,7 +84,8 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str) -> di
 
 async def run_all(seconds: float, synchronous: str) -> dict[str, Any]:
     """Every shape for ``seconds`` each."""
-    shapes = [(1, 1), (1, 32), (100, 1)]
+    # (1, 512): what one saturated room appends per commit (max_batch); (100, 32): busy rooms.
+    shapes = [(1, 1), (1, 32), (1, 512), (100, 1), (100, 32)]
     results = [await _shape(r, b, seconds, synchronous) for r, b in shapes]
     return {"status": "ok", "shapes": results}
 
