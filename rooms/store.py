@@ -118,6 +118,7 @@ class SqliteStore:
         self._conns_lock = threading.Lock()
         self._closed = False
         self._conn: sqlite3.Connection | None = None
+        self._pruned: dict[str, int] = {}  # writer thread only: room -> seq pruned up to
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "FULL",
@@ -178,30 +179,51 @@ class SqliteStore:
         conn.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Append]) -> None:
+        """One transaction for every append in ``batch``; each append in its own savepoint, so
+        a failing one (say, a seq written by another process) fails alone, not its neighbours'
+        rooms."""
         started = time.perf_counter()
         count = 0
-        error: BaseException | None = None
+        errors: list[BaseException | None] = [None] * len(batch)
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for item in batch:
-                    conn.executemany(_INSERT, [(m.room, m.seq, m.user, m.name, m.id, m.text, m.ts)
-                                               for m in item.messages])
-                    count += len(item.messages)
-                    last = item.messages[-1]
-                    if item.retention:
-                        conn.execute("DELETE FROM messages WHERE room = ? AND seq <= ?",
-                                     (last.room, last.seq - item.retention))
+                for index, item in enumerate(batch):
+                    conn.execute("SAVEPOINT item")
+                    try:
+                        conn.executemany(_INSERT, [
+                            (m.room, m.seq, m.user, m.name, m.id, m.text, m.ts)
+                            for m in item.messages])
+                        self._prune(conn, item)
+                    except sqlite3.Error as exc:
+                        conn.execute("ROLLBACK TO item")
+                        errors[index] = StoreError(f"append failed: {exc}")
+                    else:
+                        count += len(item.messages)
+                    conn.execute("RELEASE item")
                 conn.execute("COMMIT")
             except Exception:
                 conn.execute("ROLLBACK")
                 raise
         except Exception as exc:
-            error = StoreError(f"commit failed: {exc}")
-        for item in batch:
+            errors = [StoreError(f"commit failed: {exc}")] * len(batch)
+            count = 0
+        for item, error in zip(batch, errors, strict=True):
             item.loop.call_soon_threadsafe(_resolve, item.future, error)
-        if error is None and self._on_commit is not None:
+        if count and self._on_commit is not None:
             self._on_commit(time.perf_counter() - started, count)
+
+    def _prune(self, conn: sqlite3.Connection, item: _Append) -> None:
+        """Keep ``retention`` messages per room, deleting in steps of ~1% of it: a DELETE per
+        commit was a visible part of small commits."""
+        if not item.retention:
+            return
+        last = item.messages[-1]
+        cutoff = last.seq - item.retention
+        step = max(1, item.retention // 100)
+        if cutoff >= self._pruned.get(last.room, 0) + step:
+            conn.execute("DELETE FROM messages WHERE room = ? AND seq <= ?", (last.room, cutoff))
+            self._pruned[last.room] = cutoff
 
     # -- reads ------------------------------------------------------------------------------
 

@@ -112,3 +112,14 @@ async def test_bad_store_settings(tmp_path: Path) -> None:
         await open_store("mongodb://nope")
     with pytest.raises(StoreError, match="cannot reach Redis"):
         await open_store("redis://127.0.0.1:1/0")
+
+
+async def test_a_failing_append_does_not_fail_its_neighbours(store: MessageStore) -> None:
+    await store.append(msgs("bad", 1, 1), retention=0)
+    results = await asyncio.gather(
+        store.append(msgs("bad", 1, 1), retention=0),  # seq 1 again: refused
+        *(store.append(msgs(f"ok{i}", 1, 2), retention=0) for i in range(50)),
+        return_exceptions=True)
+    assert isinstance(results[0], StoreError)
+    assert results[1:] == [None] * 50  # SQLite commits them in the same transactions
+    assert (await store.load("ok49", 0)).last_seq == 2
