@@ -80,6 +80,11 @@ class Gateway:
         return self._store
 
     @property
+    def started(self) -> bool:
+        """``start()`` has run: the store is open and rooms can start."""
+        return self._registry is not None
+
+    @property
     def registry(self) -> RoomRegistry:
         if self._registry is None:
             raise StoreError("rooms are not running (server not started)")
@@ -155,20 +160,26 @@ def create_app(config: Config) -> Quart:
     async def _rejected(exc: Rejection) -> Response:
         return exc.response()
 
+    async def page(name: str) -> Response:
+        """An HTML page of static/, with the strict CSP and never cached (it is tiny)."""
+        response = await send_file(static / name, mimetype="text/html")
+        response.headers["Content-Security-Policy"] = PAGE_CSP
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
     @app.get("/healthz")
     async def healthz() -> Response:
         return Response('{"status":"ok"}', content_type="application/json")
 
     @app.get("/readyz")
     async def readyz() -> Response:
-        if gw.draining or gw._registry is None:
+        if gw.draining or not gw.started:
             return Response('{"status":"draining"}', status=503,
                             content_type="application/json")
         return Response('{"status":"ready"}', content_type="application/json")
 
     @app.get("/metrics")
     async def metrics() -> Response:
-        gw.observer.rooms.set(len(gw.registry) if gw._registry is not None else 0)
         return Response(gw.observer.render(), content_type=CONTENT_TYPE)
 
     @app.get("/")
@@ -179,10 +190,7 @@ def create_app(config: Config) -> Quart:
     async def room_page(room: str) -> Response:
         if not valid_room_name(room):
             raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
-        response = await send_file(static / "index.html", mimetype="text/html")
-        response.headers["Content-Security-Policy"] = PAGE_CSP
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return await page("index.html")
 
     @app.get("/api/info")
     async def info() -> Response:
@@ -208,10 +216,7 @@ def create_app(config: Config) -> Quart:
 
     @app.get("/admin")
     async def admin_page() -> Response:
-        response = await send_file(static / "admin.html", mimetype="text/html")
-        response.headers["Content-Security-Policy"] = PAGE_CSP
-        response.headers["Cache-Control"] = "no-store"
-        return response
+        return await page("admin.html")
 
     @app.websocket("/admin/ws")
     async def admin_socket() -> Response | None:

@@ -18,9 +18,12 @@ class Rejection(Exception):
         self.error = error
         self.detail = detail
 
+    def body(self) -> bytes:
+        """The JSON body every refusal carries: ``{"error": ..., "detail": ...}``."""
+        return dumps({"error": self.error, "detail": self.detail}).encode()
+
     def response(self) -> Response:
-        return Response(dumps({"error": self.error, "detail": self.detail}), status=self.status,
-                        content_type="application/json")
+        return Response(self.body(), status=self.status, content_type="application/json")
 
 
 def rejection_for(exc: AuthError | RoomError) -> Rejection:

@@ -130,7 +130,7 @@ class RoomSockets:
 
     async def _refuse(self, rejection: Rejection, send: Send) -> None:
         self.gw.observer.handshake_rejected(rejection.error)
-        body = protocol.dumps({"error": rejection.error, "detail": rejection.detail}).encode()
+        body = rejection.body()
         await send({"type": "websocket.http.response.start", "status": rejection.status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode())]})

@@ -169,7 +169,7 @@ async def running_server(config: Config, app: Any = None) -> AsyncIterator[Serve
     server = Server(config, port, gw, shutdown, task)
     try:
         async with asyncio.timeout(10 * SLOW):
-            while gw._registry is None:
+            while not gw.started:
                 if task.done():
                     task.result()
                 await asyncio.sleep(0.01)
