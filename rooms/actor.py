@@ -203,7 +203,8 @@ class RoomActor:
             crashed = True
             log.exception("room %s crashed; closing its sessions with 1011", self.room)
             for session in self._sessions.values():
-                session.close_nowait(CloseCode.INTERNAL_ERROR, "room restarting", flush=False)
+                # abort: no tick will ever check this room's sends again
+                session.abort(CloseCode.INTERNAL_ERROR, "room restarting")
                 self._observer.session_closed(CloseCode.INTERNAL_ERROR)
         finally:
             self.lifecycle = RoomLifecycle.STOPPED
