@@ -27,6 +27,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from gateway.auth import AuthError, valid_room_name
 from gateway.errors import Rejection, rejection_for
+from gateway.fastsend import FrameWriter
 from rooms import protocol
 from rooms.actor import RoomActor
 from rooms.errors import RoomError, RoomStopped
@@ -68,21 +69,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key == name:
             return bytes(value).decode("latin-1")
     return None
-
-
-class AsgiTransport:
-    """``rooms.session.Transport`` over an ASGI ``send``."""
-
-    __slots__ = ("_send",)
-
-    def __init__(self, send: Send) -> None:
-        self._send = send
-
-    async def send(self, data: str) -> None:
-        await self._send({"type": "websocket.send", "text": data})
-
-    async def close(self, code: int, reason: str) -> None:
-        await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
 
 class RoomSockets:
@@ -150,7 +136,7 @@ class RoomSockets:
 
         cfg = gw.config.room
         session = Session(
-            next(_session_ids), claims.user, claims.name, AsgiTransport(send),
+            next(_session_ids), claims.user, claims.name, FrameWriter(send),
             outbox_limit=cfg.outbox_limit, max_frame_messages=cfg.max_frame_messages,
             send_timeout=cfg.send_timeout, close_timeout=cfg.close_timeout,
         )

@@ -1,0 +1,59 @@
+"""Direct frame writes: the bytes are valid frames, and the fast path is used exactly when it
+may be."""
+
+from __future__ import annotations
+
+import pytest
+from wsproto.connection import Connection, ConnectionType
+from wsproto.events import TextMessage
+
+from gateway.fastsend import FrameWriter, text_frame
+from tests.conftest import ServerFactory
+from tests.support import Server
+
+
+# Payload sizes (bytes) around the 7-bit, 16-bit and 64-bit length encodings.
+@pytest.mark.parametrize("text", ["", "x", "x" * 125, "x" * 126, "x" * 65_535, "x" * 65_536,
+                                  "é🙂" * 40_000])
+def test_text_frames_parse_as_one_whole_message(text: str) -> None:
+    client = Connection(ConnectionType.CLIENT)
+    client.receive_data(text_frame(text.encode()))
+    events = list(client.events())
+    assert len(events) == 1 and isinstance(events[0], TextMessage)
+    assert events[0].data == text and events[0].message_finished
+
+
+def _writers(server: Server) -> list[FrameWriter]:
+    (actor,) = server.gateway.registry.rooms()
+    writers = [s._transport for s in actor._sessions.values()]
+    assert all(isinstance(w, FrameWriter) for w in writers)
+    return writers  # type: ignore[return-value]
+
+
+async def test_http11_sockets_take_the_direct_path(server_with: ServerFactory) -> None:
+    async with server_with(rate_burst=1000, max_text_chars=1900, history_on_join=100) as srv:
+        alice = await srv.connect()
+        await alice.recv()
+        for i in range(60):
+            await alice.say(f"{i:02d}" + "y" * 1890, id=f"m{i}")
+        for _ in range(60):
+            await alice.recv_type("ack")
+        assert all(w.direct for w in _writers(srv))
+        # A late joiner's replay is one frame of 60 x ~2 KB: a 64-bit length header.
+        bob = await srv.connect(user="bob")
+        assert (await bob.recv())["type"] == "welcome"
+        replay = [await bob.recv() for _ in range(60)]
+        assert [m["text"][:2] for m in replay] == [f"{i:02d}" for i in range(60)]
+        assert bob.frames == 2
+
+
+async def test_compression_takes_the_asgi_path(server_with: ServerFactory) -> None:
+    import websockets
+
+    async with (server_with({"compression": True}) as srv,
+                websockets.connect(srv.url()) as ws):  # offers deflate, which is accepted
+        assert '"welcome"' in str(await ws.recv())
+        await ws.send('{"type":"message","text":"squeeze me","id":"z"}')
+        assert "squeeze me" in str(await ws.recv())
+        (writer,) = _writers(srv)
+        assert writer._target is not None and not writer.direct
