@@ -19,6 +19,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -51,7 +52,7 @@ from bench.servers import (
 )
 from bench.tokens import mint_tokens
 
-SERVER_ORDER = ("roomchat", "node-ws", "py-websockets")
+SERVER_ORDER = ("roomchat", "roomchat-redis", "node-ws", "py-websockets")
 _T0 = time.monotonic()
 
 
@@ -232,10 +233,13 @@ def main(argv: list[str] | None = None) -> int:
             npm_ci(NODE_WS_DIR)
         except ChildError as exc:
             unavailable["node-ws"] = str(exc)
-    if "roomchat" in servers:
-        why = roomchat_available()
-        if why:
-            unavailable["roomchat"] = why
+    for key in ("roomchat", "roomchat-redis"):
+        if key in servers:
+            why = roomchat_available()
+            if why:
+                unavailable[key] = why
+    if "roomchat-redis" in servers and not shutil.which("redis-server"):
+        unavailable["roomchat-redis"] = "redis-server is not installed (make system-deps)"
     for key, why in unavailable.items():
         log(f"{key} unavailable: {why}")
 

@@ -66,6 +66,21 @@ def _roomchat_argv(port: int, data_dir: Path) -> list[str]:
     ]
 
 
+def _roomchat_redis_argv(port: int, data_dir: Path) -> list[str]:
+    """roomchat on the Redis engine. A shell starts redis-server (AOF, fsync on every write:
+    the same durability promise as SQLite FULL) and then *becomes* roomchat (exec), so Redis
+    is a child of the measured process: its CPU counts in the server's, and it dies with it."""
+    redis_port = free_port()
+    roomchat = " ".join(_roomchat_argv(port, data_dir))
+    script = (
+        f"redis-server --port {redis_port} --bind 127.0.0.1 --dir {data_dir} --save '' "
+        f"--appendonly yes --appendfsync always --daemonize no >/dev/null 2>&1 &\n"
+        f"until redis-cli -p {redis_port} ping >/dev/null 2>&1; do sleep 0.05; done\n"
+        f"exec {roomchat} --store-url redis://127.0.0.1:{redis_port}/0\n"
+    )
+    return ["/bin/sh", "-c", script]
+
+
 def _node_ws_argv(port: int, data_dir: Path) -> list[str]:
     return ["/usr/bin/node", str(NODE_WS_DIR / "server.js"), "--port", str(port)]
 
@@ -82,6 +97,16 @@ ROOMCHAT = ServerKind(
     verifies_jwt=True,
     sends_welcome=True,
     notes="Quart + Hypercorn, room actors, SQLite store; JWT checked on upgrade",
+)
+ROOMCHAT_REDIS = ServerKind(
+    key="roomchat-redis",
+    label="roomchat on Redis",
+    argv=_roomchat_redis_argv,
+    env=ROOMCHAT_ENV,
+    verifies_jwt=True,
+    sends_welcome=True,
+    notes="roomchat with ROOMCHAT_STORE_URL=redis://... (Redis 7, appendfsync always, pinned "
+    "to the server core; its CPU counted with roomchat's)",
 )
 NODE_WS = ServerKind(
     key="node-ws",
@@ -102,7 +127,9 @@ PY_WEBSOCKETS = ServerKind(
     sends_welcome=False,
     notes="websockets 17 asyncio + broadcast(), compression=None, uvloop, orjson, bytes as text",
 )
-KINDS: dict[str, ServerKind] = {k.key: k for k in (ROOMCHAT, NODE_WS, PY_WEBSOCKETS)}
+KINDS: dict[str, ServerKind] = {
+    k.key: k for k in (ROOMCHAT, ROOMCHAT_REDIS, NODE_WS, PY_WEBSOCKETS)
+}
 
 
 @dataclass
