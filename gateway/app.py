@@ -93,7 +93,8 @@ class Gateway:
     async def start(self) -> None:
         self._store = await open_store(
             self.config.resolved_store_url, on_commit=self._committed,
-            sqlite_synchronous=self.config.store_synchronous)
+            sqlite_synchronous=self.config.store_synchronous,
+            max_connections=self.config.store_connections)
         self._registry = RoomRegistry(self.config.room, self._store, observer=self.observer)
 
     def _committed(self, seconds: float, count: int) -> None:

@@ -53,6 +53,8 @@ class Config:
     store_url: str = _setting(
         "", "Message store: empty for SQLite in DATA_DIR, `sqlite:///path`, or "
             "`redis://host:port/db` (Redis with `appendonly yes`, `appendfsync always`).")
+    store_connections: int = _setting(
+        32, "Connections to a networked store (Redis), shared by all rooms; rooms wait for one.")
     store_synchronous: str = _setting(
         "FULL", "SQLite `synchronous`: FULL survives power loss, NORMAL only a process crash.")
     compression: bool = _setting(

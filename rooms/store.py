@@ -52,13 +52,14 @@ class MessageStore(Protocol):
 
 
 async def open_store(url: str, *, on_commit: CommitObserver | None = None,
-                     sqlite_synchronous: str = "FULL") -> MessageStore:
+                     sqlite_synchronous: str = "FULL", max_connections: int = 32) -> MessageStore:
     """The store a URL names: ``sqlite:///path/to/db`` or ``redis://host:port/db``
-    (``rediss://`` for TLS). Engines are imported only when used."""
+    (``rediss://`` for TLS). Engines are imported only when used. ``max_connections`` bounds
+    the connections to a networked engine (rooms wait for a free one)."""
     if url.startswith(("redis://", "rediss://", "unix://")):
         from rooms.redis_store import RedisStore
 
-        return await RedisStore.open(url, on_commit=on_commit)
+        return await RedisStore.open(url, on_commit=on_commit, max_connections=max_connections)
     if url.startswith("sqlite://"):
         return await SqliteStore.open(Path(url.removeprefix("sqlite://")),
                                       synchronous=sqlite_synchronous, on_commit=on_commit)

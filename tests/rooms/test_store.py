@@ -92,6 +92,18 @@ async def test_data_survives_reopen(store_url: str) -> None:
         await again.close()
 
 
+async def test_redis_rooms_wait_for_a_pooled_connection(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url:
+        store = await open_store(url, max_connections=2)
+        try:
+            await asyncio.gather(*(store.append(msgs(f"r{i}", 1, 3), retention=0)
+                                   for i in range(200)))
+            snaps = await asyncio.gather(*(store.load(f"r{i}", 0) for i in range(200)))
+            assert {s.last_seq for s in snaps} == {3}
+        finally:
+            await store.close()
+
+
 async def test_sqlite_group_commit_spans_rooms(tmp_path: Path) -> None:
     commits: list[int] = []
     store = await SqliteStore.open(tmp_path / "db", synchronous="NORMAL",
