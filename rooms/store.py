@@ -209,10 +209,11 @@ class SqliteStore:
         except Exception as exc:
             errors = [StoreError(f"commit failed: {exc}")] * len(batch)
             count = 0
-        for item, error in zip(batch, errors, strict=True):
-            item.loop.call_soon_threadsafe(_resolve, item.future, error)
+        # Report before resolving: whoever awaited the append may look at the numbers at once.
         if count and self._on_commit is not None:
             self._on_commit(time.perf_counter() - started, count)
+        for item, error in zip(batch, errors, strict=True):
+            item.loop.call_soon_threadsafe(_resolve, item.future, error)
 
     def _prune(self, conn: sqlite3.Connection, item: _Append) -> None:
         """Keep ``retention`` messages per room, deleting in steps of ~1% of it: a DELETE per
