@@ -7,8 +7,10 @@ other servers and the report says what broke.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +116,38 @@ class OpenLoad:
     rate: float
 
 
+def _on_fresh_server(
+    kids: Children, kind: ServerKind, name: str, plan: Plan, log: Any,
+    body: Callable[[RunningServer, dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Run one measurement, ``body(server, out)``, on a fresh server, stopped afterwards, and
+    return ``out``. A failure (the server's start included) is recorded in ``out`` with the
+    server's log tail instead of raised: the run goes on without it."""
+    out: dict[str, Any] = {"status": "ok"}
+    server: RunningServer | None = None
+    try:
+        out["quiet"] = wait_for_quiet(plan.quiet_wait_s, log)
+        server = start_server(kids, kind, f"{name}-{kind.key}-server", SERVER_CPU)
+        body(server, out)
+    except FAILURES as exc:
+        out.update(_failed(exc, server))
+        log(f"  {kind.key}: FAILED {out['error']}")
+    finally:
+        if server is not None:
+            stop_server(kids, server)
+    return out
+
+
+@contextlib.contextmanager
+def _loadgen(kids: Children, name: str, spec: dict[str, Any]) -> Iterator[Loadgen]:
+    """The load generator on its own core; always told to quit."""
+    lg = Loadgen(kids, name, spec, LOADGEN_CPU)
+    try:
+        yield lg
+    finally:
+        lg.quit()
+
+
 def run_room_scenario(
     kids: Children,
     kind: ServerKind,
@@ -126,18 +160,14 @@ def run_room_scenario(
 ) -> dict[str, Any]:
     """One fresh server in one room scenario: the saturation pass (``loads`` None: closed loop)
     or the latency pass (each of ``loads``, open loop)."""
-    server: RunningServer | None = None
-    out: dict[str, Any] = {"status": "ok"}
-    try:
-        out["quiet"] = wait_for_quiet(plan.quiet_wait_s, log)
-        server = start_server(kids, kind, f"{sc.key}-{kind.key}-server", SERVER_CPU)
+
+    def body(server: RunningServer, out: dict[str, Any]) -> None:
         rooms = [
             {"name": f"{sc.key}-{i}", "size": sc.size, "senders": sc.senders_per_room}
             for i in range(sc.rooms)
         ]
         spec = _spec(server, tokens[: sc.members], rooms)
-        lg = Loadgen(kids, f"{sc.key}-{kind.key}-loadgen", spec, LOADGEN_CPU)
-        try:
+        with _loadgen(kids, f"{sc.key}-{kind.key}-loadgen", spec) as lg:
             connected = lg.command({"cmd": "connect"}, "connected", 300)
             out["connect"] = connected
             log(
@@ -156,15 +186,7 @@ def run_room_scenario(
             else:
                 out["open"] = [_open_loop(lg, sc, kind, plan, log, load) for load in loads]
             lg.command({"cmd": "close"}, "closed", 60)
-        finally:
-            lg.quit()
-    except FAILURES as exc:
-        out.update(_failed(exc, server))
-        log(f"  {kind.key}: FAILED {out['error']}")
-    finally:
-        if server is not None:
-            stop_server(kids, server)
-    return out
+    return _on_fresh_server(kids, kind, sc.key, plan, log, body)
 
 
 def _saturate(
@@ -225,19 +247,15 @@ def run_idle_memory(
     kids: Children, kind: ServerKind, *, plan: Plan, tokens: list[str], log: Any
 ) -> dict[str, Any]:
     """RSS of the server tree before and after ``plan.idle_connections`` idle connections."""
-    server: RunningServer | None = None
-    out: dict[str, Any] = {"status": "ok"}
     n = plan.idle_connections
-    try:
-        out["quiet"] = wait_for_quiet(plan.quiet_wait_s, log)
-        server = start_server(kids, kind, f"memory-{kind.key}-server", SERVER_CPU)
+
+    def body(server: RunningServer, out: dict[str, Any]) -> None:
         size = plan.idle_room_size
         rooms = [
             {"name": f"idle-{i}", "size": min(size, n - i * size), "senders": 0}
             for i in range((n + size - 1) // size)
         ]
-        lg = Loadgen(kids, f"memory-{kind.key}-loadgen", _spec(server, tokens, rooms), LOADGEN_CPU)
-        try:
+        with _loadgen(kids, f"memory-{kind.key}-loadgen", _spec(server, tokens, rooms)) as lg:
             # Warm up (lazy imports, first-connection allocations): 20 connections kept open, so
             # they are in both the before and the after figure.
             lg.command(
@@ -264,28 +282,16 @@ def run_idle_memory(
                 f"{after / 2**20:.1f} MiB = {(after - before) / max(ok, 1) / 1024:.1f} KiB each"
             )
             lg.command({"cmd": "close"}, "closed", 120)
-        finally:
-            lg.quit()
-    except FAILURES as exc:
-        out.update(_failed(exc, server))
-        log(f"  {kind.key}: FAILED {out['error']}")
-    finally:
-        if server is not None:
-            stop_server(kids, server)
-    return out
+    return _on_fresh_server(kids, kind, "memory", plan, log, body)
 
 
 def run_handshakes(
     kids: Children, kind: ServerKind, *, plan: Plan, tokens: list[str], log: Any
 ) -> dict[str, Any]:
     """WebSocket handshakes per second (kept open, ``plan.handshake_concurrency`` in flight)."""
-    server: RunningServer | None = None
-    out: dict[str, Any] = {"status": "ok"}
-    try:
-        out["quiet"] = wait_for_quiet(plan.quiet_wait_s, log)
-        server = start_server(kids, kind, f"handshakes-{kind.key}-server", SERVER_CPU)
-        lg = Loadgen(kids, f"handshakes-{kind.key}-loadgen", _spec(server, tokens, []), LOADGEN_CPU)
-        try:
+
+    def body(server: RunningServer, out: dict[str, Any]) -> None:
+        with _loadgen(kids, f"handshakes-{kind.key}-loadgen", _spec(server, tokens, [])) as lg:
             lg.command({"cmd": "handshakes", "count": 20, "concurrency": 4}, "result", 60)
             # A repeat (when disturbed) opens another set; the earlier ones stay open.
             res = measure_phase(
@@ -316,12 +322,4 @@ def run_handshakes(
                 f"{res['failed']} failed"
             )
             lg.command({"cmd": "close"}, "closed", 120)
-        finally:
-            lg.quit()
-    except FAILURES as exc:
-        out.update(_failed(exc, server))
-        log(f"  {kind.key}: FAILED {out['error']}")
-    finally:
-        if server is not None:
-            stop_server(kids, server)
-    return out
+    return _on_fresh_server(kids, kind, "handshakes", plan, log, body)
