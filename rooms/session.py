@@ -84,7 +84,7 @@ class Session:
         False if that would take the outbox past ``outbox_limit`` objects (the caller closes
         with 4009). An empty outbox always takes one batch, however large.
         """
-        if self.state in (SessionState.CLOSING, SessionState.CLOSED):
+        if not self.open:
             return True  # nothing more is sent; not a reason to evict again
         if self._queued and self._queued + count > self._outbox_limit:
             return False
@@ -95,22 +95,24 @@ class Session:
 
     def close_nowait(self, code: int, reason: str, *, flush: bool = True) -> None:
         """Ask the writer to close with ``code`` (after sending what is queued when ``flush``)."""
-        if self.state in (SessionState.CLOSING, SessionState.CLOSED):
+        if not self.open:
             return
         self.state = SessionState.CLOSING
         self.close_code = code
         self.close_reason = reason
         if not flush:
-            self._outbox.clear()
-            self._queued = 0
+            self._drop_queued()
         self._wake()
 
     def transport_lost(self) -> None:
         """The peer is gone: the writer stops without sending anything more."""
         self.state = SessionState.CLOSED
+        self._drop_queued()
+        self._wake()
+
+    def _drop_queued(self) -> None:
         self._outbox.clear()
         self._queued = 0
-        self._wake()
 
     @property
     def queued(self) -> int:
