@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from rooms.config import RoomConfig
 from rooms.errors import RoomStopped
 from rooms.observer import NullObserver, RoomObserver
-from rooms.protocol import ClientFrame, CloseCode, join_frame
+from rooms.protocol import ClientFrame, CloseCode
 from rooms.session import Session
 from rooms.state import Broadcast, Close, Effect, JoinPlan, RoomState, Send
 from rooms.store import MessageStore
@@ -102,30 +102,6 @@ class Inbox:
                 await self._event.wait()
         except TimeoutError:
             pass
-
-
-def _merge_broadcasts(effects: list[Effect]) -> list[tuple[Effect, int]]:
-    """Effects with runs of broadcasts to the same audience joined into one (payload, count):
-    a committed batch of n messages is queued to each member once, not n times."""
-    merged: list[tuple[Effect, int]] = []
-    run: list[str] = []
-    exclude: int | None = None
-    for effect in effects:
-        if isinstance(effect, Broadcast) and (not run or effect.exclude == exclude):
-            run.append(effect.payload)
-            exclude = effect.exclude
-            continue
-        if run:
-            merged.append((Broadcast(join_frame(run), exclude), len(run)))
-            run = []
-        if isinstance(effect, Broadcast):
-            run.append(effect.payload)
-            exclude = effect.exclude
-        else:
-            merged.append((effect, 1))
-    if run:
-        merged.append((Broadcast(join_frame(run), exclude), len(run)))
-    return merged
 
 
 class RoomActor:
@@ -299,9 +275,9 @@ class RoomActor:
         """Put effects into outboxes. Never awaits; overflowing sessions are closed with 4009."""
         overflow: list[int] = []
         delivered = 0
-        for effect, count in _merge_broadcasts(effects):
+        for effect in effects:
             if isinstance(effect, Broadcast):
-                payload, exclude = effect.payload, effect.exclude
+                payload, exclude, count = effect.payload, effect.exclude, effect.count
                 for session in self._sessions.values():
                     if session.id != exclude:
                         if session.offer(payload, count):

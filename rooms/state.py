@@ -62,10 +62,12 @@ class Send:
 
 @dataclass(frozen=True, slots=True)
 class Broadcast:
-    """Deliver ``payload`` to every session of the room except ``exclude``."""
+    """Deliver ``payload`` (``count`` objects joined by ``\n``) to every session of the room
+    except ``exclude``."""
 
     payload: str
     exclude: int | None = None
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,9 +272,14 @@ class RoomState:
         return batch
 
     def committed(self, batch: list[StoredMessage]) -> list[Effect]:
-        """``batch`` (from ``take_pending``) is durably stored: broadcast it and ack the senders."""
-        effects: list[Effect] = [Broadcast(m.to_wire()) for m in batch]
+        """``batch`` (from ``take_pending``) is durably stored: broadcast it and ack the senders.
+
+        The whole batch is one broadcast, so each member's outbox takes it as one entry.
+        """
+        effects: list[Effect] = []
         if batch:
+            effects.append(Broadcast(protocol.join_frame([m.to_wire() for m in batch]),
+                                     count=len(batch)))
             self.delivered_seq = batch[-1].seq
             retention = self.config.history_retention
             if retention:

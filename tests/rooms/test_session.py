@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-from rooms.actor import _merge_broadcasts
-from rooms.protocol import CloseCode
+import orjson
+
+from rooms.config import RoomConfig
+from rooms.protocol import CloseCode, SendMessage
 from rooms.session import Session, SessionState
-from rooms.state import Broadcast, Close, Effect, JoinPlan, Send
+from rooms.state import Broadcast, JoinPlan, RoomState, Send
 
 
 class MemoryTransport:
@@ -41,13 +43,15 @@ def make(transport: MemoryTransport, **kw: float) -> Session:
                    send_timeout=kw.get("send_timeout", 10.0), close_timeout=1.0)
 
 
-def test_merge_broadcasts_joins_runs_with_the_same_audience() -> None:
-    effects: list[Effect] = [Broadcast("a"), Broadcast("b"), Send(1, "ack"), Broadcast("c", 2),
-               Broadcast("d", 2), Broadcast("e"), Close(3, CloseCode.NORMAL, "")]
-    merged = [(type(e).__name__, getattr(e, "payload", None), n)
-              for e, n in _merge_broadcasts(effects)]
-    assert merged == [("Broadcast", "a\nb", 2), ("Send", "ack", 1), ("Broadcast", "c\nd", 2),
-                      ("Broadcast", "e", 1), ("Close", None, 1)]
+def test_a_committed_batch_is_one_broadcast() -> None:
+    state = RoomState("r", RoomConfig(rate_burst=10))
+    state.join(1, "u", "U", after=None, expires_at=1e9, now=0, wall_ms=0)
+    for text in ("a", "b", "c"):
+        state.receive(1, SendMessage(text, None), 0, 0)
+    broadcast, *acks = state.committed(state.take_pending())
+    assert isinstance(broadcast, Broadcast) and broadcast.count == 3
+    assert [orjson.loads(x)["text"] for x in broadcast.payload.split("\n")] == ["a", "b", "c"]
+    assert [type(a) for a in acks] == [Send] * 3
 
 
 async def test_outbox_counts_objects_and_coalesces_frames() -> None:

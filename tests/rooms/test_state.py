@@ -24,7 +24,9 @@ def objs(effects: list[Effect]) -> list[tuple[str, Any, dict[str, Any]]]:
         if isinstance(e, Send):
             out.append(("send", e.session, orjson.loads(e.payload)))
         elif isinstance(e, Broadcast):
-            out.append(("all", e.exclude, orjson.loads(e.payload)))
+            parts = e.payload.split("\n")
+            assert len(parts) == e.count
+            out += [("all", e.exclude, orjson.loads(part)) for part in parts]
         else:
             out.append(("close", e.session, {"code": e.code, "flush": e.flush}))
     return out
