@@ -13,6 +13,7 @@ import logging
 import re
 import secrets
 import time
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,24 @@ class TokenVerifier:
         return _claims(payload)
 
 
+def unsafe_text(text: str) -> str | None:
+    """Why ``text`` can't be a user id or display name, or None when it can.
+
+    Refused: lone surrogates (JSON's ``"\\ud800"`` decodes to one; it can't be encoded as UTF-8,
+    so every frame carrying it fails to serialise) and control characters (category Cc: NUL,
+    newlines, ESC, DEL, C1), which forge lines in logs and terminals and have no place in a name.
+    Format characters (Cf: the joiners inside emoji sequences, bidi marks) stay allowed: real
+    names and emoji need them.
+    """
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cs":
+            return "a lone surrogate"
+        if category == "Cc":
+            return "a control character"
+    return None
+
+
 def _claims(payload: dict[str, Any]) -> Claims:
     user = payload["sub"]
     name = payload.get("name", user)
@@ -102,6 +121,10 @@ def _claims(payload: dict[str, Any]) -> Claims:
         raise AuthError("invalid_token", f"sub must be a string of 1 to {MAX_USER_CHARS} chars")
     if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_NAME_CHARS:
         raise AuthError("invalid_token", f"name must be a string of 1 to {MAX_NAME_CHARS} chars")
+    for claim, value in (("sub", user), ("name", name)):
+        problem = unsafe_text(value)
+        if problem is not None:
+            raise AuthError("invalid_token", f"{claim} must not contain {problem}")
     if not isinstance(rooms, list) or not all(
         isinstance(r, str) and (r == ALL_ROOMS or valid_room_name(r)) for r in rooms
     ):

@@ -152,3 +152,21 @@ def test_parse_ttl(text: str, seconds: float) -> None:
 def test_parse_ttl_rejects(text: str) -> None:
     with pytest.raises(ValueError):
         parse_ttl(text)
+
+
+@pytest.mark.parametrize("claim", ["sub", "name"])
+@pytest.mark.parametrize("bad", ["\ud800", "x\udfffy", "a\x00b", "line\nbreak", "\x1b[31mred",
+                                 "del\x7f", "c1\x85"])
+def test_lone_surrogates_and_control_characters_are_refused(claim: str, bad: str) -> None:
+    # jwt.encode escapes them as \\uXXXX, so the signature is valid: only our check refuses.
+    token = jwt.encode(claims(**{claim: bad}), SECRET, algorithm="HS256")
+    with pytest.raises(AuthError) as info:
+        VERIFY.verify(token)
+    assert info.value.reason == "invalid_token"
+    assert claim in info.value.detail
+
+
+@pytest.mark.parametrize("good", ["Zoë", "李小龍", "👩\u200d👩\u200d👧", "a b", "𝔘𝔫𝔦"])
+def test_names_with_any_printable_unicode_are_accepted(good: str) -> None:
+    c = VERIFY.verify(jwt.encode(claims(sub=good, name=good), SECRET, algorithm="HS256"))
+    assert (c.user, c.name) == (good, good)
