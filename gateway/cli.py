@@ -65,19 +65,26 @@ def main(argv: list[str] | None = None) -> int:
 
             print(make_dev_cert(load_config(data_dir=args.data_dir).data_dir).instructions())
             return 0
-        config = load_config(bind=args.bind, data_dir=args.data_dir, store_url=args.store_url,
-                             certfile=args.certfile,
-                             keyfile=args.keyfile, dev_login=args.dev_login,
-                             compression=args.compression, log_json=args.log_json,
-                             log_level=args.log_level)
-        setup_logging(config.log_level, config.log_json)
-        from gateway.server import run
-
-        run(config)
-        return 0
-    except ValueError as exc:
+        return _serve(args)
+    except ValueError as exc:  # bad settings and every preflight StartupError: one line
         print(f"roomchat: {exc}", file=sys.stderr)
         return 2
+
+
+def _serve(args: argparse.Namespace) -> int:
+    config = load_config(bind=args.bind, data_dir=args.data_dir,
+                         store_url=args.store_url, certfile=args.certfile,
+                         keyfile=args.keyfile, dev_login=args.dev_login,
+                         compression=args.compression, log_json=args.log_json,
+                         log_level=args.log_level)
+    setup_logging(config.log_level, config.log_json)
+    from gateway.preflight import preflight
+
+    sock = preflight(config)
+    from gateway.server import run
+
+    run(config, fd=sock.detach())
+    return 0
 
 
 def _token(args: argparse.Namespace) -> int:

@@ -87,8 +87,9 @@ def tune_gc(gen0_threshold: int) -> None:
     gc.set_threshold(gen0_threshold, max(gen1, 20), gen2)
 
 
-def run(config: Config) -> None:
-    """Blocking entry point of ``roomchat serve``: uvloop when installed."""
+def run(config: Config, *, fd: int | None = None) -> None:
+    """Blocking entry point of ``roomchat serve``: uvloop when installed. ``fd``: an already
+    bound, listening socket to serve on (see ``serve``)."""
     tune_gc(config.gc_gen0_threshold)
     loop_factory: Any = None
     try:
@@ -98,4 +99,4 @@ def run(config: Config) -> None:
     except ImportError:
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config))
+        runner.run(serve(config, fd=fd))

@@ -1,0 +1,189 @@
+"""Start-up checks run by ``roomchat serve`` before Hypercorn starts: each mistake (bad bind, port
+in use, unusable data directory, unknown or unusable store URL, Redis unreachable) becomes one
+``StartupError`` whose message is the single line the CLI prints, instead of a traceback.
+
+``preflight()`` also binds the listening socket: that is where bind mistakes show up, and the
+bound socket is what the server then serves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from hypercorn.config import Config as HyperConfig
+
+from gateway.config import Config
+
+SHARED_SCHEMES = ("redis", "rediss", "unix")
+"""Store URL schemes of the Redis engine (shared by every process)."""
+
+REDIS_PING_TIMEOUT = 3.0
+
+
+class StartupError(ValueError):
+    """The server cannot start as configured; ``str()`` is one line saying why and what to do.
+
+    A ``ValueError`` so the CLI's existing handler prints it like any bad setting (exit 2).
+    """
+
+
+def preflight(config: Config) -> socket.socket:
+    """Check everything a start-up commonly gets wrong; return the bound, listening socket.
+
+    The caller owns the socket (hands its fd to Hypercorn). Raises
+    ``StartupError``; nothing is left open when it does.
+    """
+    scheme = store_scheme(config.resolved_store_url)
+    if scheme in SHARED_SCHEMES:
+        try:
+            import redis  # noqa: F401
+        except ImportError:
+            raise StartupError("the Redis store needs the redis package: "
+                               "pip install 'roomchat[redis]'") from None
+    for path, purpose in _needed_dirs(config):
+        check_dir(path, purpose)
+    if scheme in SHARED_SCHEMES:
+        asyncio.run(ping_redis(config.resolved_store_url))
+    return bind_socket(config.bind)
+
+
+def redact(url: str) -> str:
+    """``url`` without its user and password (safe to print)."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return parts._replace(netloc=host).geturl()
+
+
+def store_scheme(url: str) -> str:
+    """The store URL's scheme, if roomchat has an engine for it; ``StartupError`` otherwise."""
+    scheme = urlsplit(url).scheme if "://" in url else ""
+    if scheme not in ("sqlite", *SHARED_SCHEMES):
+        shown = redact(url)
+        raise StartupError(f"unknown store URL {shown!r} (--store-url / ROOMCHAT_STORE_URL): "
+                           "use sqlite:///path/to/db or redis://host:port/db")
+    return scheme
+
+
+def _needed_dirs(config: Config) -> list[tuple[Path, str]]:
+    dirs: list[tuple[Path, str]] = []
+    if not config.jwt_secret and config.jwt_algorithm.upper().startswith("HS"):
+        dirs.append((config.data_dir, "the generated JWT secret"))
+    url = config.resolved_store_url
+    if url.startswith("sqlite://"):
+        dirs.append((Path(url.removeprefix("sqlite://")).parent, "the SQLite database"))
+    return dirs
+
+
+def check_dir(path: Path, purpose: str) -> None:
+    """Make sure ``path`` is (or can be made) a writable directory, as the server will need."""
+    shown = f"{path} (for {purpose}; --data-dir / ROOMCHAT_DATA_DIR)"
+    if path.exists() and not path.is_dir():
+        raise StartupError(f"data directory {shown} is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create data directory {shown}: {exc.strerror}") from None
+    try:
+        # A real write, not os.access(): root passes access() checks on read-only mounts.
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".roomchat-write-check-")
+    except OSError as exc:
+        raise StartupError(f"data directory {shown} is not writable: {exc.strerror}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def parse_bind(bind: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) as ``(host, port)``; ``StartupError`` if not."""
+    host, sep, port_text = bind.rpartition(":")
+    usage = "expected HOST:PORT, e.g. 127.0.0.1:8000 or [::1]:8000"
+    if not sep or not port_text.isdigit():
+        raise StartupError(f"bad --bind {bind!r}: {usage}")
+    port = int(port_text)
+    if port > 65535:
+        raise StartupError(f"bad --bind {bind!r}: port {port} is out of range (0-65535)")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise StartupError(f"bad --bind {bind!r}: put an IPv6 address in brackets, [::1]:8000")
+    return host, port
+
+
+def bind_socket(bind: str) -> socket.socket:
+    """Bind and listen on ``bind`` like Hypercorn would (``unix:PATH`` and ``fd://N`` too)."""
+    if bind.startswith("fd://"):
+        # Already bound by whoever started us (systemd, a test): just check it is a socket.
+        try:
+            sock = socket.socket(fileno=int(bind.removeprefix("fd://")))
+        except (ValueError, OSError) as exc:
+            raise StartupError(f"bad --bind {bind!r}: not an open socket ({exc})") from None
+    elif bind.startswith("unix:"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        _bind(sock, bind.removeprefix("unix:"), bind)
+    else:
+        host, port = parse_bind(bind)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        try:
+            infos = socket.getaddrinfo(host or None, port, family, socket.SOCK_STREAM,
+                                       flags=socket.AI_PASSIVE)
+        except socket.gaierror as exc:
+            raise StartupError(f"bad --bind {bind!r}: cannot resolve {host!r} "
+                               f"({exc.strerror})") from None
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        # As Hypercorn does: a restart may rebind while old connections sit in TIME_WAIT.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _bind(sock, infos[0][4], bind)
+    try:
+        sock.listen(HyperConfig.backlog)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot listen on {bind}: {exc.strerror}") from None
+    return sock
+
+
+def _bind(sock: socket.socket, address: str | tuple[object, ...], bind: str) -> None:
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise StartupError(f"cannot listen on {bind}: the address is already in use "
+                               "(is another server running?)") from None
+        raise StartupError(f"cannot listen on {bind}: {exc.strerror}") from None
+
+
+async def ping_redis(url: str, timeout: float = REDIS_PING_TIMEOUT) -> None:
+    """Connect to the Redis ``url`` names and PING it once; ``StartupError`` if that fails.
+
+    Messages name the host and port (or socket path), never the password in the URL.
+    """
+    from redis import asyncio as aioredis
+    from redis.exceptions import AuthenticationError, RedisError
+
+    parts = urlsplit(url)
+    where = parts.path if parts.scheme == "unix" else parts.netloc.rsplit("@", 1)[-1]
+    try:
+        client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout,
+                                         socket_timeout=timeout)
+    except ValueError as exc:
+        raise StartupError(f"bad store URL {redact(url)!r}: {exc}") from None
+    try:
+        await client.ping()
+    except AuthenticationError:
+        raise StartupError(f"Redis at {where} refused the credentials in the store URL "
+                           "(--store-url / ROOMCHAT_STORE_URL)") from None
+    except (RedisError, OSError) as exc:
+        reason = " ".join(str(exc).split())  # one line, whatever the driver says
+        if parts.password:
+            reason = reason.replace(parts.password, "***")
+        raise StartupError(f"cannot reach Redis at {where} (--store-url / ROOMCHAT_STORE_URL):"
+                           f" {reason}") from None
+    finally:
+        await client.aclose()
