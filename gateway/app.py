@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import os
 import secrets
 from importlib import resources
 from pathlib import Path
@@ -170,7 +171,9 @@ def create_app(config: Config) -> Quart:
 
     @app.get("/healthz")
     async def healthz() -> Response:
-        return Response('{"status":"ok"}', content_type="application/json")
+        # The pid tells which worker of `serve --workers N` answered.
+        return Response(f'{{"status":"ok","pid":{os.getpid()}}}',
+                        content_type="application/json")
 
     @app.get("/readyz")
     async def readyz() -> Response:

@@ -157,7 +157,8 @@ async def test_roomchat_serves_https_h2_and_wss_with_the_dev_cert(tmp_path: Path
         context = client_context(dev.ca_cert)
         wait_for_status(f"https://localhost:{process.port}/healthz", 200, context)
         status, _, body = get(f"https://127.0.0.1:{process.port}/healthz", context)
-        assert (status, body) == (200, b'{"status":"ok"}')  # the IP SAN verifies too
+        # By IP the certificate verifies too (its IP SAN); one process answers, with its pid.
+        assert (status, body) == (200, f'{{"status":"ok","pid":{process.proc.pid}}}'.encode())
 
         assert negotiated_alpn(process.port, client_context(dev.ca_cert)) == "h2"
         # Any other CA is refused: the client really verifies against ours.
