@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from gateway.auth import make_issuer, parse_ttl
@@ -19,6 +20,10 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the server")
     serve.add_argument("--bind", help="HOST:PORT to listen on (default 127.0.0.1:8000)")
+    serve.add_argument("--workers", type=int, help="processes serving the port (default 1; "
+                       "more than 1 needs a Redis store); SIGHUP replaces them one at a time")
+    # Internal: how the supervisor starts a worker (listening fd, control socket fd).
+    serve.add_argument("--worker-fds", help=argparse.SUPPRESS)
     serve.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
     serve.add_argument("--store-url", help="sqlite:///path or redis://host:port/db "
                        "(default: SQLite in the data directory)")
@@ -52,7 +57,8 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
     try:
         if args.command == "settings":
@@ -65,22 +71,32 @@ def main(argv: list[str] | None = None) -> int:
 
             print(make_dev_cert(load_config(data_dir=args.data_dir).data_dir).instructions())
             return 0
-        return _serve(args)
+        return _serve(args, argv)
     except ValueError as exc:  # bad settings and every preflight StartupError: one line
         print(f"roomchat: {exc}", file=sys.stderr)
         return 2
 
 
-def _serve(args: argparse.Namespace) -> int:
-    config = load_config(bind=args.bind, data_dir=args.data_dir,
+def _serve(args: argparse.Namespace, argv: list[str]) -> int:
+    config = load_config(bind=args.bind, workers=args.workers, data_dir=args.data_dir,
                          store_url=args.store_url, certfile=args.certfile,
                          keyfile=args.keyfile, dev_login=args.dev_login,
                          compression=args.compression, log_json=args.log_json,
                          log_level=args.log_level)
     setup_logging(config.log_level, config.log_json)
+    if args.worker_fds:
+        from gateway.supervisor import run_worker
+
+        listen_fd, control_fd = (int(fd) for fd in args.worker_fds.split(","))
+        run_worker(config, listen_fd, control_fd)
+        return 0
     from gateway.preflight import preflight
 
     sock = preflight(config)
+    if config.workers > 1:
+        from gateway.supervisor import Supervisor
+
+        return Supervisor(config, sock, argv).run()
     from gateway.server import run
 
     run(config, fd=sock.detach())

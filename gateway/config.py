@@ -28,6 +28,9 @@ class Config:
     """Gateway settings; ``room`` holds every room limit."""
 
     bind: str = _setting("127.0.0.1:8000", "Address to listen on, HOST:PORT.")
+    workers: int = _setting(
+        1, "Processes serving the one port (`serve --workers`), restarted if they die; SIGHUP "
+           "replaces them one at a time. More than 1 needs a shared store (Redis).")
     data_dir: Path = _setting(Path("./var"),
                               "Where the database and the generated JWT secret live.")
     jwt_secret: str | None = _setting(

@@ -3,7 +3,7 @@ in use, unusable data directory, unknown or unusable store URL, Redis unreachabl
 ``StartupError`` whose message is the single line the CLI prints, instead of a traceback.
 
 ``preflight()`` also binds the listening socket: that is where bind mistakes show up, and the
-bound socket is what the server then serves on.
+bound socket is what the server (or every worker of ``--workers N``) then serves on.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from hypercorn.config import Config as HyperConfig
 from gateway.config import Config
 
 SHARED_SCHEMES = ("redis", "rediss", "unix")
-"""Store URL schemes of the Redis engine (shared by every process)."""
+"""Store URL schemes whose engine every process can share (``--workers`` > 1 needs one)."""
 
 REDIS_PING_TIMEOUT = 3.0
 
@@ -36,10 +36,17 @@ class StartupError(ValueError):
 def preflight(config: Config) -> socket.socket:
     """Check everything a start-up commonly gets wrong; return the bound, listening socket.
 
-    The caller owns the socket (hands its fd to Hypercorn). Raises
+    The caller owns the socket (hand its fd to Hypercorn, or share it with workers). Raises
     ``StartupError``; nothing is left open when it does.
     """
     scheme = store_scheme(config.resolved_store_url)
+    if config.workers < 1:
+        raise StartupError(f"--workers must be at least 1, got {config.workers}")
+    if config.workers > 1 and scheme not in SHARED_SCHEMES:
+        raise StartupError(
+            f"--workers {config.workers} needs a shared store: each worker is its own process, "
+            "and with SQLite a room's members would be split between them (set --store-url "
+            "redis://host:port/db, or run one worker)")
     if scheme in SHARED_SCHEMES:
         try:
             import redis  # noqa: F401
@@ -117,7 +124,8 @@ def parse_bind(bind: str) -> tuple[str, int]:
 
 
 def bind_socket(bind: str) -> socket.socket:
-    """Bind and listen on ``bind`` like Hypercorn would (``unix:PATH`` and ``fd://N`` too)."""
+    """Bind and listen on ``bind`` like Hypercorn would (``unix:PATH`` and ``fd://N`` too);
+    the socket is inheritable so workers can share it."""
     if bind.startswith("fd://"):
         # Already bound by whoever started us (systemd, a test): just check it is a socket.
         try:
@@ -145,6 +153,7 @@ def bind_socket(bind: str) -> socket.socket:
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot listen on {bind}: {exc.strerror}") from None
+    sock.set_inheritable(True)
     return sock
 
 

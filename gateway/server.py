@@ -12,6 +12,7 @@ import asyncio
 import gc
 import logging
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -45,12 +46,18 @@ def hypercorn_config(config: Config, fd: int | None = None) -> HyperConfig:
 async def serve(
     config: Config, *, app: Quart | None = None, fd: int | None = None,
     shutdown: asyncio.Event | None = None, handle_signals: bool = True,
+    ready: Callable[[], None] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT (when ``handle_signals``) or ``shutdown`` is set; then drain
     and return. ``fd``: an already bound, listening socket that Hypercorn takes over (tests
-    bind port 0)."""
+    bind port 0). ``ready``: called in the loop once the store is open and rooms can start."""
     set_compression(config.compression)
     app = app or create_app(config)
+    if ready is not None:
+        # before_serving hooks run in order, so this one runs after the Gateway's start().
+        # Hypercorn starts accepting right after these hooks; on an already listening socket
+        # a connection arriving in between waits in the backlog, it is not refused.
+        app.before_serving(_as_hook(ready))
     gw: Gateway = app.extensions["roomchat"]
     shutdown = shutdown or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,6 +80,13 @@ async def serve(
     log.info("stopped")
 
 
+def _as_hook(callback: Callable[[], None]) -> Callable[[], Any]:
+    async def hook() -> None:
+        callback()
+
+    return hook
+
+
 def tune_gc(gen0_threshold: int) -> None:
     """Fewer, cheaper garbage collections for a server holding many long-lived objects.
 
@@ -87,9 +101,10 @@ def tune_gc(gen0_threshold: int) -> None:
     gc.set_threshold(gen0_threshold, max(gen1, 20), gen2)
 
 
-def run(config: Config, *, fd: int | None = None) -> None:
-    """Blocking entry point of ``roomchat serve``: uvloop when installed. ``fd``: an already
-    bound, listening socket to serve on (see ``serve``)."""
+def run(config: Config, *, fd: int | None = None,
+        ready: Callable[[], None] | None = None) -> None:
+    """Blocking entry point of ``roomchat serve``: uvloop when installed. ``fd`` and
+    ``ready`` as for ``serve``."""
     tune_gc(config.gc_gen0_threshold)
     loop_factory: Any = None
     try:
@@ -99,4 +114,4 @@ def run(config: Config, *, fd: int | None = None) -> None:
     except ImportError:
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config, fd=fd))
+        runner.run(serve(config, fd=fd, ready=ready))

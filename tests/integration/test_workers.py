@@ -1,0 +1,318 @@
+"""``roomchat serve --workers N``: one port, N supervised worker processes on a real Redis.
+
+Rooms are not yet shared between processes, so every room here has its members on one worker
+(one client per room); what is tested is the supervision: both workers serve, SIGTERM drains
+all, a killed worker comes back, SIGHUP replaces them all without a client losing anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import InvalidHandshake
+
+from tests.redis_server import redis_server
+from tests.support import SECRET, SLOW, Client, Process, make_token, start_process
+
+DRAIN_TIMEOUT = 5.0
+KILL_MARGIN = 5.0  # gateway.supervisor.KILL_MARGIN
+ENV = {"ROOMCHAT_RATE_BURST": "1000", "ROOMCHAT_RATE_PER_SEC": "1000",
+       "ROOMCHAT_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT)}
+
+
+@contextlib.contextmanager
+def supervised(tmp: Path, workers: int = 2) -> Iterator[Process]:
+    """``roomchat serve --workers N`` on a fresh Redis; stopped with SIGTERM afterwards."""
+    with redis_server(tmp / "redis") as url:
+        srv = start_process(tmp / "data", env=ENV,
+                            args=["--workers", str(workers), "--store-url", url])
+        try:
+            yield srv
+        finally:
+            if srv.proc.poll() is None:
+                srv.proc.send_signal(signal.SIGTERM)
+                try:
+                    srv.proc.wait(timeout=(DRAIN_TIMEOUT + KILL_MARGIN + 5) * SLOW)
+                except subprocess.TimeoutExpired:
+                    srv.proc.kill()
+                    srv.proc.wait()
+
+
+def children(pid: int) -> set[int]:
+    """The worker pids: the supervisor's child processes."""
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return {int(child) for child in text.split()}
+
+
+def alive(pid: int) -> bool:
+    return Path(f"/proc/{pid}").exists()
+
+
+async def healthz_pid(port: int) -> int:
+    """GET /healthz on a new connection: the pid of the worker that answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        data = await asyncio.wait_for(reader.read(), 5 * SLOW)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), data
+    pid: int = orjson.loads(body)["pid"]
+    return pid
+
+
+async def wait_serving(srv: Process, workers: set[int] | None = None) -> set[int]:
+    """Wait until /healthz answers, from every pid in ``workers`` if given; the pids seen."""
+    seen: set[int] = set()
+    deadline = time.monotonic() + 30 * SLOW
+    while time.monotonic() < deadline:
+        assert srv.proc.poll() is None, srv.output()
+        with contextlib.suppress(OSError, AssertionError, TimeoutError):
+            seen.add(await healthz_pid(srv.port))
+            if workers is None or workers <= seen:
+                return seen
+            continue
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"workers {workers} never all answered (saw {seen}):\n{srv.output()}")
+
+
+def serving_pid(ws: ClientConnection, pids: set[int]) -> int:
+    """Which of ``pids`` holds the server side of this client's TCP connection (/proc)."""
+    server_port, client_port = ws.remote_address[1], ws.local_address[1]
+    inode = None
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if (int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16)) == (
+                server_port, client_port):
+            inode = fields[9]
+    assert inode is not None, "the server side of the connection is not in /proc/net/tcp"
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) == f"socket:[{inode}]":
+                    return pid
+    raise AssertionError(f"no worker of {pids} holds the connection")
+
+
+async def connect(srv: Process, room: str, user: str) -> Client:
+    ws = await websockets.connect(srv.url(room, make_token(user)), compression=None,
+                                  open_timeout=10 * SLOW)
+    client = Client(ws)
+    assert (await client.recv())["type"] == "welcome"
+    return client
+
+
+async def say_and_ack(client: Client, text: str) -> int:
+    await client.say(text, id=text)
+    ack = await client.recv_type("ack")
+    assert ack["id"] == text
+    seq: int = ack["seq"]
+    return seq
+
+
+async def clients_on_every_worker(srv: Process, pids: set[int], per_worker: int) -> dict[
+        int, list[Client]]:
+    """Connect clients (each to its own room) until every worker holds ``per_worker``."""
+    placed: dict[int, list[Client]] = {pid: [] for pid in pids}
+    for i in range(60):
+        client = await connect(srv, f"room{i}", f"user{i}")
+        placed[serving_pid(client.ws, pids)].append(client)
+        if all(len(cs) >= per_worker for cs in placed.values()):
+            return placed
+    raise AssertionError(f"clients did not reach every worker: {placed}")
+
+
+def test_two_workers_on_sqlite_are_refused_in_one_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "serve", "--workers", "2", "--bind", "127.0.0.1:0"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=30 * SLOW, check=False,
+        env={**os.environ, "ROOMCHAT_JWT_SECRET": SECRET})
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    (line,) = out.stderr.strip().splitlines()
+    assert "--workers 2 needs a shared store" in line and "redis://" in line
+
+
+async def test_both_workers_serve_and_sigterm_drains_them_all(tmp_path: Path) -> None:
+    with supervised(tmp_path) as srv:
+        pids = children(srv.proc.pid)
+        assert len(pids) == 2
+        assert await wait_serving(srv, pids) == pids  # both answer on the one port
+        placed = await clients_on_every_worker(srv, pids, per_worker=2)
+        clients = [client for cs in placed.values() for client in cs]
+        for i, client in enumerate(clients):
+            assert await say_and_ack(client, f"hello-{i}") == 1
+
+        started = time.monotonic()
+        srv.proc.send_signal(signal.SIGTERM)
+        codes = await asyncio.gather(*(c.closed(timeout=DRAIN_TIMEOUT + 5) for c in clients))
+        assert codes == [1012] * len(clients)
+        code = await asyncio.to_thread(srv.proc.wait, (DRAIN_TIMEOUT + KILL_MARGIN) * SLOW)
+        elapsed = time.monotonic() - started
+        assert code == 0
+        assert elapsed < (DRAIN_TIMEOUT + KILL_MARGIN) * SLOW
+        for pid in pids:
+            assert not alive(pid), f"worker {pid} outlived the supervisor"
+        output = srv.output()
+        assert "Traceback" not in output and "killing" not in output
+        print(f"\nSIGTERM: {len(clients)} clients on 2 workers closed with 1012; "
+              f"supervisor exited 0 after {elapsed:.2f}s")
+
+
+async def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(tmp_path: Path) -> None:
+    with supervised(tmp_path) as srv:
+        pids = children(srv.proc.pid)
+        await wait_serving(srv, pids)
+        placed = await clients_on_every_worker(srv, pids, per_worker=1)
+        victim, survivor = sorted(pids)
+        client = placed[survivor][0]
+        assert await say_and_ack(client, "before") == 1
+
+        killed = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        answers: list[int] = []
+        replacement = None
+        while replacement is None:
+            assert time.monotonic() - killed < 20 * SLOW, srv.output()
+            answers.append(await healthz_pid(srv.port))  # raises if the port stops serving
+            replacement = next(iter({answers[-1]} - pids), None)
+            await asyncio.sleep(0.01)
+        restart = time.monotonic() - killed
+        assert children(srv.proc.pid) == {survivor, replacement}
+        # The survivor's client never noticed.
+        assert await say_and_ack(client, "after") == 2
+        assert f"(pid {victim}) was killed by SIGKILL" in srv.output()
+        assert "restarting it in" in srv.output()
+        print(f"\nkill -9: replacement worker answering {restart:.2f}s after the kill; "
+              f"{len(answers)} health checks meanwhile, all answered")
+
+
+@dataclass
+class Writer:
+    """One client alone in its room, sending one message at a time and resuming with ``after``
+    whenever the server closes it, the way the browser client does."""
+
+    port: int
+    room: str
+    seqs: list[int] = field(default_factory=list)
+    acked: dict[str, int] = field(default_factory=dict)
+    closes: list[int | None] = field(default_factory=list)
+    resume_seconds: list[float] = field(default_factory=list)
+    refused: int = 0
+
+    def url(self) -> str:
+        after = f"&after={self.seqs[-1]}" if self.seqs else ""
+        return (f"ws://127.0.0.1:{self.port}/rooms/{self.room}/ws"
+                f"?token={make_token(f'writer-{self.room}')}{after}")
+
+    async def _connect(self) -> ClientConnection:
+        deadline = time.monotonic() + 20 * SLOW
+        while True:
+            try:
+                return await websockets.connect(self.url(), compression=None,
+                                                open_timeout=5 * SLOW)
+            except (InvalidHandshake, OSError, TimeoutError):
+                # e.g. 503 "draining" from the worker being replaced: retry, as clients do
+                if time.monotonic() > deadline:
+                    raise
+                self.refused += 1
+                await asyncio.sleep(0.05)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        pending: str | None = None
+        count = 0
+        closed_at: float | None = None
+        while True:
+            ws = await self._connect()
+            try:
+                objects = [orjson.loads(x) for x in str(await ws.recv()).split("\n")]
+                welcome = objects.pop(0)
+                assert welcome["type"] == "welcome"
+                if closed_at is not None:
+                    assert welcome["recovered"] is True
+                    self.resume_seconds.append(time.monotonic() - closed_at)
+                if pending is not None:  # never acked: resend, the (user, id) dedups it
+                    await ws.send(orjson.dumps({"type": "message", "text": pending,
+                                                "id": pending}).decode())
+                while True:
+                    for obj in objects:
+                        if obj["type"] == "message":
+                            self.seqs.append(obj["seq"])
+                        elif obj["type"] == "ack" and pending is not None and obj["id"] == pending:
+                            self.acked[pending] = obj["seq"]
+                            pending = None
+                    if pending is None:
+                        if stop.is_set():
+                            await ws.close()
+                            return
+                        await asyncio.sleep(0.02)
+                        count += 1
+                        pending = f"{self.room}-{count}"
+                        await ws.send(orjson.dumps({"type": "message", "text": pending,
+                                                    "id": pending}).decode())
+                    objects = [orjson.loads(x) for x in str(await ws.recv()).split("\n")]
+            except websockets.ConnectionClosed:
+                self.closes.append(ws.close_code)
+                closed_at = time.monotonic()
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout * SLOW
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_sighup_replaces_every_worker_and_clients_resume_without_a_gap(
+        tmp_path: Path) -> None:
+    with supervised(tmp_path) as srv:
+        old = children(srv.proc.pid)
+        await wait_serving(srv, old)
+        writers = [Writer(srv.port, f"deploy{i}") for i in range(4)]
+        stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tasks:
+            for writer in writers:
+                tasks.create_task(writer.run(stop))
+            await until(lambda: all(len(w.acked) >= 5 for w in writers), 20, "first acks")
+
+            started = time.monotonic()
+            srv.proc.send_signal(signal.SIGHUP)
+            await until(lambda: "all workers replaced" in srv.output(), 30, "the replacement")
+            replaced = time.monotonic() - started
+            before = {w.room: len(w.acked) for w in writers}
+            await until(lambda: all(len(w.acked) >= before[w.room] + 5 for w in writers), 20,
+                        "acks after the replacement")
+            stop.set()
+
+        new = children(srv.proc.pid)
+        assert len(new) == 2 and not new & old
+        assert await wait_serving(srv, new) == new
+        for writer in writers:
+            # Every worker was replaced, so every client was closed (1012) and resumed...
+            assert writer.closes and set(writer.closes) == {1012}, writer.closes
+            # ...and saw every message of its room exactly once, in order: no gap.
+            assert writer.seqs == list(range(1, len(writer.seqs) + 1)), writer.seqs
+            assert sorted(writer.acked.values()) == writer.seqs
+        resumes = [s for w in writers for s in w.resume_seconds]
+        assert max(resumes) < 5 * SLOW
+        assert "Traceback" not in srv.output()
+        print(f"\nSIGHUP: 2 workers replaced in {replaced:.2f}s; {len(resumes)} resumes, "
+              f"slowest {max(resumes) * 1000:.0f} ms, {sum(w.refused for w in writers)} "
+              f"handshakes refused and retried; "
+              f"{sum(len(w.acked) for w in writers)} messages acked, none lost")
