@@ -316,3 +316,19 @@ async def test_sighup_replaces_every_worker_and_clients_resume_without_a_gap(
               f"slowest {max(resumes) * 1000:.0f} ms, {sum(w.refused for w in writers)} "
               f"handshakes refused and retried; "
               f"{sum(len(w.acked) for w in writers)} messages acked, none lost")
+
+
+async def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    with supervised(tmp_path) as srv:
+        pids = children(srv.proc.pid)
+        await wait_serving(srv, pids)
+        placed = await clients_on_every_worker(srv, pids, per_worker=1)
+        srv.proc.kill()  # no SIGTERM to forward: the workers must notice by themselves
+        srv.proc.wait()
+        for clients in placed.values():
+            assert await clients[0].closed(timeout=DRAIN_TIMEOUT + 5) == 1012
+        deadline = time.monotonic() + (DRAIN_TIMEOUT + 5) * SLOW
+        while any(alive(pid) for pid in pids):
+            assert time.monotonic() < deadline, "orphaned workers kept running"
+            await asyncio.sleep(0.05)
+        assert srv.output().count("the supervisor is gone") == 2
