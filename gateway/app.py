@@ -22,10 +22,10 @@ from gateway.auth import make_issuer, make_verifier, valid_room_name
 from gateway.config import Config
 from gateway.errors import Rejection
 from gateway.metrics import CONTENT_TYPE, Metrics
+from rooms.engine import Engine, open_engine
 from rooms.errors import StoreError
 from rooms.protocol import dumps
 from rooms.registry import RoomRegistry
-from rooms.store import MessageStore, open_store
 
 log = logging.getLogger("roomchat.gateway")
 
@@ -71,11 +71,12 @@ class Gateway:
         self.connections = 0
         self._idle = asyncio.Event()
         self._idle.set()
-        self._store: MessageStore | None = None
+        self._store: Engine | None = None
         self._registry: RoomRegistry | None = None
 
     @property
-    def store(self) -> MessageStore:
+    def store(self) -> Engine:
+        """The engine: the shared log, live feed and presence of every room."""
         if self._store is None:
             raise StoreError("the store is not open (server not started)")
         return self._store
@@ -92,7 +93,7 @@ class Gateway:
         return self._registry
 
     async def start(self) -> None:
-        self._store = await open_store(
+        self._store = await open_engine(
             self.config.resolved_store_url, on_commit=self._committed,
             sqlite_synchronous=self.config.store_synchronous,
             max_connections=self.config.store_connections)

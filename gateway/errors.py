@@ -5,7 +5,7 @@ from __future__ import annotations
 from quart import Response
 
 from gateway.auth import AuthError
-from rooms.errors import RoomError, RoomFull, RoomStopped
+from rooms.errors import RoomError, RoomFull, RoomStopped, StoreError
 from rooms.protocol import dumps
 
 
@@ -33,6 +33,8 @@ def rejection_for(exc: AuthError | RoomError) -> Rejection:
         return Rejection(status, exc.reason, exc.detail)
     if isinstance(exc, RoomFull):
         return Rejection(503, "room_full", str(exc))
+    if isinstance(exc, StoreError):
+        return Rejection(503, "unavailable", "storage is unavailable; try again shortly")
     if isinstance(exc, RoomStopped):
         return Rejection(503, "draining", "the server is restarting; try again shortly")
     return Rejection(500, "internal", "internal error")

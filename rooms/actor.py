@@ -1,9 +1,20 @@
-"""RoomActor: the one task that owns a room.
+"""RoomActor: the one task that owns a room (in this process).
 
 Callers talk to it only through its inbox: ``join`` (an ask: awaits the actor's answer),
 ``leave_nowait`` and ``frame_nowait`` (tells). The actor wakes when something arrives or a tick is
-due, handles up to ``max_batch`` frames, stores the messages they produced in one commit, then
-delivers the results to the sessions' outboxes without awaiting any client.
+due, handles up to ``max_batch`` frames, stores the messages they produced in one engine append,
+then delivers the results to the sessions' outboxes without awaiting any client.
+
+With a shared engine (Redis) other processes serve members of the same room: the engine hands
+the actor their messages (``remote_messages``, a bounded lane: overflow is repaired from the log)
+and presence changes; the actor delivers strictly in seq order, reads any gap from the log, and
+syncs with the engine every ``sync_interval`` (presence, and the log's top seq as a check that
+nothing published was missed).
+
+Storage outages: a failed append is retried with backoff; meanwhile members get an
+``unavailable`` error and their new messages are refused (not acked: they resend). After
+``store_outage_timeout`` the room closes its sessions with 1013 and stops; clients reconnect
+and resume once storage is back.
 
 Supervision: an exception inside the actor is logged, the room's sessions are closed with 1011,
 pending asks fail with ``RoomStopped``, and the registry forgets the room; the next join starts a
@@ -20,13 +31,14 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from rooms import protocol
 from rooms.config import RoomConfig
-from rooms.errors import RoomStopped
+from rooms.engine import Engine
+from rooms.errors import RoomError, RoomStopped, StoreError
 from rooms.observer import NullObserver, RoomObserver
-from rooms.protocol import ClientFrame, CloseCode
+from rooms.protocol import ClientFrame, CloseCode, ErrorCode
 from rooms.session import Session
-from rooms.state import Broadcast, Close, Effect, JoinPlan, RoomState, Send
-from rooms.store import MessageStore
+from rooms.state import Broadcast, Close, Draft, Effect, JoinPlan, RoomState, Send, StoredMessage
 
 log = logging.getLogger("roomchat.room")
 
@@ -65,18 +77,34 @@ class RoomLifecycle(enum.Enum):
 
 
 class Inbox:
-    """A room's inbox: bounded client frames, plus control commands.
+    """A room's inbox: bounded client frames, control commands, and what other processes did.
 
     Frames beyond ``limit`` are refused (``put_frame`` returns False; the sender is told ``busy``).
     Control commands (join, leave, drain) are never refused: each connection sends at most one
-    join and one leave, so their number is bounded by the connection limit.
+    join and one leave, so their number is bounded by the connection limit. Remote batches beyond
+    ``limit`` are dropped and ``repair`` is set: the actor then reads the log instead.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.frames: deque[_Frame] = deque()
         self.control: deque[_Join | _Leave | _Drain] = deque()
+        self.remote: deque[list[StoredMessage]] = deque()
+        self.repair = False  # remote batches were dropped, or the feed was interrupted
+        self.presence = False  # another process's members changed
         self._event = asyncio.Event()
+
+    def put_remote(self, messages: list[StoredMessage]) -> None:
+        if len(self.remote) >= self.limit:
+            self.repair = True
+        else:
+            self.remote.append(messages)
+        self._event.set()
+
+    def flag(self, *, repair: bool = False, presence: bool = False) -> None:
+        self.repair |= repair
+        self.presence |= presence
+        self._event.set()
 
     def put_frame(self, item: _Frame) -> bool:
         if len(self.frames) >= self.limit:
@@ -90,7 +118,7 @@ class Inbox:
         self._event.set()
 
     def __bool__(self) -> bool:
-        return bool(self.frames or self.control)
+        return bool(self.frames or self.control or self.remote or self.repair or self.presence)
 
     async def wait(self, timeout: float) -> None:
         """Return when something is queued or after ``timeout`` seconds."""
@@ -108,7 +136,7 @@ class RoomActor:
     """One room. Create with the registry (``rooms.registry.RoomRegistry``), not directly."""
 
     def __init__(
-        self, room: str, config: RoomConfig, store: MessageStore, *,
+        self, room: str, config: RoomConfig, engine: Engine, *,
         observer: RoomObserver | None = None,
         on_exit: Callable[[RoomActor], None] | None = None,
         state_factory: Callable[..., RoomState] = RoomState,
@@ -116,21 +144,28 @@ class RoomActor:
         self.room = room
         self.config = config
         self.lifecycle = RoomLifecycle.STARTING
-        self._store = store
+        self._engine = engine
         self._observer = observer or NullObserver()
         self._on_exit = on_exit
         self._state_factory = state_factory
         self._inbox = Inbox(config.inbox_limit)
         self._sessions: dict[int, Session] = {}
         self._state: RoomState | None = None
+        self._failure: RoomError = RoomStopped(f"room {room} stopped")
+        # Storage outage: the batch being retried, since when, and the next attempt.
+        self._retry: list[Draft] | None = None
+        self._outage_since: float | None = None
+        self._next_attempt = 0.0
+        self._backoff = 0.0
 
     # -- the handle callers use -------------------------------------------------------------
 
     async def join(self, session: Session, *, after: int | None, expires_at: float) -> JoinPlan:
         """Admit ``session``; returns what it must send first (welcome, replay).
 
-        Raises ``RoomFull`` or ``RoomStopped``. Whatever happens, the caller must later call
-        ``leave_nowait(session.id)`` (it is a no-op for a session that never joined).
+        Raises ``RoomFull``, ``RoomStopped`` or ``StoreError`` (storage unavailable). Whatever
+        happens, the caller must later call ``leave_nowait(session.id)`` (it is a no-op for a
+        session that never joined).
         """
         if self.lifecycle in (RoomLifecycle.DRAINING, RoomLifecycle.STOPPED):
             raise RoomStopped(f"room {self.room} is stopping")
@@ -162,14 +197,37 @@ class RoomActor:
             stats.update(self._state.statistics())
         return stats
 
+    # -- rooms.engine.RoomListener: called by the engine, never blocks ----------------------
+
+    def remote_messages(self, messages: list[StoredMessage]) -> None:
+        if self.lifecycle is not RoomLifecycle.STOPPED:
+            self._inbox.put_remote(messages)
+
+    def remote_presence(self) -> None:
+        if self.lifecycle is not RoomLifecycle.STOPPED:
+            self._inbox.flag(presence=True)
+
+    def resync(self) -> None:
+        if self.lifecycle is not RoomLifecycle.STOPPED:
+            self._inbox.flag(repair=True, presence=True)
+
     # -- the task ---------------------------------------------------------------------------
 
     async def run(self) -> None:
         """The actor's body; the registry runs it as a task and awaits it. Never raises
         ``Exception`` (a crash is contained here); cancellation propagates."""
         crashed = False
+        engine = self._engine
         try:
-            snapshot = await self._store.load(self.room, self.config.dedup_window)
+            # Subscribe before loading: whatever is published from now on reaches us, and
+            # anything published in between shows up as a gap, repaired from the log.
+            engine.subscribe(self.room, self)
+            try:
+                snapshot = await engine.load(self.room, self.config.dedup_window)
+            except StoreError as exc:
+                log.warning("room %s: cannot load: %s", self.room, exc)
+                self._failure = exc
+                return
             self._state = self._state_factory(self.room, self.config, snapshot)
             if self.lifecycle is RoomLifecycle.STARTING:
                 self.lifecycle = RoomLifecycle.RUNNING
@@ -184,6 +242,7 @@ class RoomActor:
                 self._observer.session_closed(CloseCode.INTERNAL_ERROR)
         finally:
             self.lifecycle = RoomLifecycle.STOPPED
+            engine.unsubscribe(self.room, self)
             self._fail_pending_joins()
             self._sessions.clear()
             if self._on_exit is not None:
@@ -192,12 +251,18 @@ class RoomActor:
 
     async def _loop(self, state: RoomState) -> None:
         cfg = self.config
+        shared = self._engine.shared
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + cfg.tick_interval
+        next_sync = loop.time() if shared else float("inf")
         idle_since: float | None = loop.time()
+        inbox = self._inbox
         while True:
-            await self._inbox.wait(max(0.0, next_tick - loop.time()))
-            if cfg.batch_delay and 0 < len(self._inbox.frames) < cfg.max_batch:
+            wake = min(next_tick, next_sync)
+            if self._retry is not None:
+                wake = min(wake, self._next_attempt)
+            await inbox.wait(max(0.0, wake - loop.time()))
+            if cfg.batch_delay and 0 < len(inbox.frames) < cfg.max_batch:
                 # Let a burst gather: every message costs one frame per member, and a batch of
                 # n costs one frame per member too (and one commit).
                 await asyncio.sleep(cfg.batch_delay)
@@ -205,8 +270,8 @@ class RoomActor:
             wall_ms = int(time.time() * 1000)
             effects: list[Effect] = []
             drain: _Drain | None = None
-            while self._inbox.control:
-                cmd = self._inbox.control.popleft()
+            while inbox.control:
+                cmd = inbox.control.popleft()
                 if isinstance(cmd, _Join):
                     effects += self._admit(state, cmd, now, wall_ms)
                 elif isinstance(cmd, _Leave):
@@ -214,35 +279,52 @@ class RoomActor:
                         effects += state.leave(cmd.session_id, wall_ms)
                 else:
                     drain = cmd
-            frames = self._inbox.frames
+            while inbox.remote:
+                effects += state.feed(inbox.remote.popleft())
+            frames = inbox.frames
             count = min(len(frames), cfg.max_batch)
             oldest = frames[0].received_at if count else 0.0
+            refuse = None if self._outage_since is None else (
+                "storage is unavailable; resend after retry_after seconds")
             for _ in range(count):
                 item = frames.popleft()
-                effects += state.receive(item.session_id, item.frame, now, wall_ms)
+                effects += state.receive(item.session_id, item.frame, now, wall_ms,
+                                         refuse=refuse)
             if count:
                 self._observer.frames_received(count)
             self._deliver(state, effects, wall_ms)
 
-            batch = state.take_pending()
-            if batch:
-                await self._store.append(batch, cfg.history_retention)
-                self._deliver(state, state.committed(batch), wall_ms)
+            if await self._store(state, now, wall_ms) and count:
                 self._observer.broadcast_latency(time.monotonic() - oldest)
+            due = (inbox.repair or inbox.presence or state.presence_changed
+                   or now >= next_sync or state.gap() is not None)
+            if shared and due and await self._sync(state, wall_ms,
+                                                   full=inbox.repair or now >= next_sync):
+                next_sync = now + cfg.sync_interval
 
             if now >= next_tick:
                 next_tick = now + cfg.tick_interval
                 self._deliver(state, state.tick(now, wall_ms), wall_ms)
                 self._abort_stalled(state, wall_ms)
 
+            if self._outage_since is not None and now - self._outage_since >= \
+                    cfg.store_outage_timeout:
+                log.warning("room %s: storage unavailable for %.0fs; closing its sessions with "
+                            "1013", self.room, now - self._outage_since)
+                state.abandon()
+                self._retry = None
+                self._close_all(state, CloseCode.TRY_AGAIN_LATER, "storage unavailable",
+                                wall_ms)
+                self._failure = StoreError("storage unavailable")
+                return
+
             if drain is not None:
-                for session_id in list(self._sessions):
-                    self._deliver(state, state.evict(session_id, drain.code, drain.reason,
-                                                     wall_ms), wall_ms)
+                self._close_all(state, drain.code, drain.reason, wall_ms)
                 # Frames still queued come from sessions just closed: their messages were never
                 # acked, so their clients resend them after reconnecting.
+                await self._withdraw(state)
                 return
-            if self._sessions or self._inbox:
+            if self._sessions or inbox or self._retry is not None:
                 idle_since = None
             elif idle_since is None:
                 idle_since = now
@@ -251,6 +333,101 @@ class RoomActor:
                 log.debug("room %s idle for %.0fs; stopping", self.room, now - idle_since)
                 self.lifecycle = RoomLifecycle.STOPPED
                 return
+
+    async def _store(self, state: RoomState, now: float, wall_ms: int) -> bool:
+        """Append what the room accepted (or retry the batch an outage left); deliver it.
+        True when a batch was stored."""
+        if self._retry is not None:
+            if now < self._next_attempt:
+                return False
+            batch = self._retry
+        else:
+            batch = state.take_pending()
+            if not batch:
+                return False
+        cfg = self.config
+        try:
+            results = await self._engine.append(self.room, batch, retention=cfg.history_retention,
+                                                dedup_window=cfg.dedup_window)
+        except StoreError as exc:
+            self._retry = batch
+            self._storage_failed(state, now, wall_ms, exc)
+            return False
+        self._retry = None
+        self._storage_back(now)
+        self._deliver(state, state.committed(batch, results), wall_ms)
+        return True
+
+    async def _sync(self, state: RoomState, wall_ms: int, *, full: bool) -> bool:
+        """Publish presence, learn others', and make sure nothing stored was missed: fill a gap,
+        or catch up with the log's top. True when it reached the engine."""
+        cfg = self.config
+        inbox = self._inbox
+        now = asyncio.get_running_loop().time()
+        try:
+            if inbox.presence or state.presence_changed or full:
+                inbox.presence = False
+                state.presence_changed = False
+                result = await self._engine.sync(self.room, state.local_members(),
+                                                 cfg.presence_ttl)
+                self._deliver(state, state.synced(result.others, wall_ms), wall_ms)
+                if state.behind(result.top):
+                    await self._repair(state, state.delivered_seq, result.top, wall_ms)
+                inbox.repair = False
+            gap = state.gap()
+            if gap is not None:
+                await self._repair(state, *gap, wall_ms)
+        except StoreError as exc:
+            state.presence_changed = True  # publish again once it works
+            self._storage_failed(state, now, wall_ms, exc)
+            return False
+        return True
+
+    async def _repair(self, state: RoomState, after: int, upto: int, wall_ms: int) -> None:
+        """Read ``after < seq <= upto`` from the log and deliver it (pub/sub lost it)."""
+        while after < upto:
+            page = await self._engine.read(self.room, after, upto, self.config.history_page)
+            if not page:
+                # Pruned from the log before we got to it: nothing left to deliver there.
+                self._deliver(state, state.skip(upto), wall_ms)
+                return
+            if page[0].seq > after + 1:
+                self._deliver(state, state.skip(page[0].seq - 1), wall_ms)
+            self._deliver(state, state.feed(page), wall_ms)
+            after = page[-1].seq
+        log.debug("room %s: repaired up to seq %d from the log", self.room, upto)
+
+    def _storage_failed(self, state: RoomState, now: float, wall_ms: int,
+                        exc: StoreError) -> None:
+        self._backoff = min(max(self._backoff * 2, 0.1), 2.0)
+        self._next_attempt = now + self._backoff
+        if self._outage_since is None:
+            self._outage_since = now
+            log.warning("room %s: storage failed (%s); retrying", self.room, exc)
+            self._deliver(state, [Broadcast(protocol.error(
+                ErrorCode.UNAVAILABLE, "storage is unavailable; messages are not accepted "
+                "until it is back", retry_after=1.0))], wall_ms)
+
+    def _storage_back(self, now: float) -> None:
+        if self._outage_since is not None:
+            log.info("room %s: storage is back after %.1fs", self.room, now - self._outage_since)
+        self._outage_since = None
+        self._backoff = 0.0
+
+    def _close_all(self, state: RoomState, code: CloseCode, reason: str, wall_ms: int) -> None:
+        for session_id in list(self._sessions):
+            self._deliver(state, state.evict(session_id, code, reason, wall_ms), wall_ms)
+
+    async def _withdraw(self, state: RoomState) -> None:
+        """Take this process's members out of the shared presence (best effort: they expire
+        by themselves otherwise)."""
+        if not self._engine.shared:
+            return
+        try:
+            async with asyncio.timeout(self.config.close_timeout):
+                await self._engine.sync(self.room, {}, self.config.presence_ttl)
+        except (StoreError, TimeoutError):
+            pass
 
     def _admit(self, state: RoomState, cmd: _Join, now: float, wall_ms: int) -> list[Effect]:
         if cmd.reply.done():  # the caller gave up (disconnected) before we got to it
@@ -264,8 +441,8 @@ class RoomActor:
                 session.id, session.user, session.name, after=cmd.after,
                 expires_at=now + (cmd.expires_at - wall_ms / 1000), now=now, wall_ms=wall_ms,
             )
-        except Exception as exc:  # RoomFull: the caller's problem, not the room's
-            cmd.reply.set_exception(exc)
+        except Exception as exc:  # RoomFull, or a join that cannot be served: the caller's
+            cmd.reply.set_exception(exc)  # problem, not the room's (the join left no state)
             return []
         self._sessions[session.id] = session
         cmd.reply.set_result(plan)
@@ -316,5 +493,6 @@ class RoomActor:
         while self._inbox.control:
             cmd = self._inbox.control.popleft()
             if isinstance(cmd, _Join) and not cmd.reply.done():
-                cmd.reply.set_exception(RoomStopped(f"room {self.room} stopped"))
+                cmd.reply.set_exception(self._failure)
         self._inbox.frames.clear()
+        self._inbox.remote.clear()

@@ -72,6 +72,15 @@ class RoomConfig:
     tick_interval: float = _setting(
         1.0, "Seconds between a room's housekeeping ticks (heartbeats, token expiry, idle stop)."
     )
+    sync_interval: float = _setting(
+        5.0, "Shared engine (Redis): seconds between a room's syncs with it (presence refresh, "
+             "and a check that nothing published was missed).")
+    presence_ttl: float = _setting(
+        20.0, "Shared engine: seconds a process's presence entries live unless refreshed; a "
+              "killed process's members leave within about this plus `sync_interval`.")
+    store_outage_timeout: float = _setting(
+        15.0, "Seconds a room keeps its sockets open while storage is unreachable (clients get "
+              "`unavailable` errors) before closing them with 1013.")
 
     def __post_init__(self) -> None:
         for name in ("rate_burst", "max_text_chars", "max_id_chars", "max_invalid_frames",
@@ -80,10 +89,13 @@ class RoomConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("rate_per_sec", "ping_interval", "ping_timeout", "tick_interval",
-                     "send_timeout", "close_timeout"):
+                     "send_timeout", "close_timeout", "sync_interval", "presence_ttl",
+                     "store_outage_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         for name in ("history_on_join", "history_retention", "dedup_window", "room_idle_ttl",
                      "batch_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
+        if self.presence_ttl <= self.sync_interval:
+            raise ValueError("presence_ttl must be longer than sync_interval")

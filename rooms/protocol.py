@@ -23,6 +23,7 @@ class CloseCode(enum.IntEnum):
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011  # the room crashed
     SERVICE_RESTART = 1012  # server drain
+    TRY_AGAIN_LATER = 1013  # storage unavailable for longer than store_outage_timeout
     TOKEN_EXPIRED = 4001
     RATE_ABUSE = 4008
     SLOW_CONSUMER = 4009
@@ -38,6 +39,7 @@ class ErrorCode(enum.StrEnum):
     TEXT_TOO_LONG = "text_too_long"
     RATE_LIMITED = "rate_limited"
     BUSY = "busy"
+    UNAVAILABLE = "unavailable"  # storage unreachable: the message was not accepted
 
 
 @dataclass(frozen=True, slots=True)

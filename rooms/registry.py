@@ -13,22 +13,22 @@ from collections.abc import Callable
 
 from rooms.actor import RoomActor, RoomLifecycle
 from rooms.config import RoomConfig
-from rooms.errors import RoomStopped
+from rooms.engine import Engine
+from rooms.errors import RoomStopped, StoreError
 from rooms.observer import NullObserver, RoomObserver
 from rooms.protocol import CloseCode
 from rooms.state import RoomState
-from rooms.store import MessageStore
 
 log = logging.getLogger("roomchat.registry")
 
 
 class RoomRegistry:
     def __init__(
-        self, config: RoomConfig, store: MessageStore, *, observer: RoomObserver | None = None,
+        self, config: RoomConfig, engine: Engine, *, observer: RoomObserver | None = None,
         state_factory: Callable[..., RoomState] = RoomState,
     ) -> None:
         self.config = config
-        self.store = store
+        self.engine = engine
         self.observer = observer or NullObserver()
         self._state_factory = state_factory
         self._rooms: dict[str, RoomActor] = {}
@@ -37,13 +37,15 @@ class RoomRegistry:
 
     def get(self, room: str) -> RoomActor:
         """The running actor of ``room``, started if needed. Raises ``RoomStopped`` once
-        draining."""
+        draining, ``StoreError`` while the engine is known to be unreachable."""
         if self._closing:
             raise RoomStopped("server is draining")
+        if not self.engine.healthy:
+            raise StoreError("storage is unavailable")
         actor = self._rooms.get(room)
         if actor is not None and actor.lifecycle is not RoomLifecycle.STOPPED:
             return actor
-        actor = RoomActor(room, self.config, self.store, observer=self.observer,
+        actor = RoomActor(room, self.config, self.engine, observer=self.observer,
                           on_exit=self._forget, state_factory=self._state_factory)
         self._rooms[room] = actor
         task = asyncio.create_task(actor.run(), name=f"room:{room}")

@@ -16,9 +16,9 @@ import time
 from collections import deque
 from typing import Protocol
 
+from rooms.engine import HistoryReader
 from rooms.protocol import CloseCode, join_frame
 from rooms.state import JoinPlan
-from rooms.store import MessageStore
 
 log = logging.getLogger("roomchat.session")
 
@@ -130,7 +130,7 @@ class Session:
             self._aborting = True
             self._writer_task.cancel()
 
-    async def run_writer(self, plan: JoinPlan, room: str, store: MessageStore,
+    async def run_writer(self, plan: JoinPlan, room: str, store: HistoryReader,
                          history_page: int) -> None:
         """Send the welcome, the replay in ``plan``, then live objects until the session closes.
 

@@ -4,9 +4,15 @@ The actor (``rooms.actor``) feeds it events with the current time and carries ou
 
 - ``join`` / ``leave`` / ``receive`` / ``tick`` return a list of effects (``Send``, ``Broadcast``,
   ``Close``) for the actor to deliver, in order.
-- Accepted messages wait in ``pending`` until the actor has stored them durably; the actor then
-  calls ``committed(batch)``, which returns the broadcasts and acks. Nothing is broadcast before
-  it is stored.
+- Accepted messages are ``Draft``s without a seq: they wait in ``pending`` until the actor has
+  stored them through the engine, which allocates their seqs; the actor then calls
+  ``committed(results)``. Nothing is broadcast before it is stored.
+- Messages reach members strictly in seq order, with no gap and no duplicate, whichever process
+  stored them: the room's own (``committed``) and other processes' (``feed``) go through one
+  ordering buffer; ``gap()`` tells the actor which range to read from the log when a seq is
+  missing (pub/sub is at-most-once), ``behind(top)`` when the log is ahead of what was delivered.
+- Presence is the union of this process's members and ``others`` (``synced``), announced to this
+  process's sessions as it changes.
 
 Times: ``now`` is a monotonic clock in seconds (rate limits, heartbeats, token expiry deadlines);
 ``wall_ms`` is the Unix time in milliseconds (message and presence timestamps).
@@ -44,12 +50,36 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True)
+class Draft:
+    """An accepted message not yet stored: the engine gives it its seq."""
+
+    user: str
+    name: str
+    id: str | None
+    text: str
+    ts: int
+
+    def stored(self, room: str, seq: int) -> StoredMessage:
+        return StoredMessage(room, seq, self.user, self.name, self.id, self.text, self.ts)
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """What the engine did with one draft: its seq, and whether it was stored before (a retried
+    ``(user, id)``; then ``seq`` is the original's)."""
+
+    seq: int
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RoomSnapshot:
     """What the store knows of a room when its actor starts."""
 
     last_seq: int = 0
     oldest_seq: int = 1  # lowest seq still stored; last_seq + 1 when nothing is stored
     recent_ids: tuple[tuple[str, str, int], ...] = ()  # (user, client id, seq), oldest first
+    """Empty when the engine deduplicates itself (Redis): the room's map is then only a cache."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,12 +145,22 @@ class _Member:
     connections: int = 1
 
 
+
 @dataclass(slots=True)
 class _PendingAck:
     session: int
     client_id: str | None
     seq: int
     duplicate: bool
+
+
+@dataclass(slots=True)
+class _Waiting:
+    """A draft in ``pending`` or in flight: who to ack once the engine gives it a seq."""
+
+    session: int
+    client_id: str | None
+    retries: list[int] = field(default_factory=list)  # sessions that resent the same id meanwhile
 
 
 @dataclass(slots=True)
@@ -131,20 +171,26 @@ class RoomState:
     config: RoomConfig
     snapshot: RoomSnapshot = field(default_factory=RoomSnapshot)
     delivered_seq: int = 0
-    """Highest seq stored and broadcast; what ``welcome.seq`` says."""
-    next_seq: int = 1
+    """Highest seq broadcast to this process's sessions; every lower stored seq was too, in
+    order. What ``welcome.seq`` says and where a joining session's replay ends."""
     oldest_seq: int = 1
-    pending: list[StoredMessage] = field(default_factory=list)
+    pending: list[Draft] = field(default_factory=list)
     """Accepted, not yet stored; the actor takes them with ``take_pending``."""
+    presence_changed: bool = False
+    """This process's member list changed since the actor last published it (``synced``)."""
     _sessions: dict[int, _Session] = field(default_factory=dict)
     _members: dict[str, _Member] = field(default_factory=dict)
+    _others: dict[str, str] = field(default_factory=dict)  # members on other processes
     _dedup: OrderedDict[tuple[str, str], int] = field(default_factory=OrderedDict)
-    _acks: list[_PendingAck] = field(default_factory=list)
+    _waiting: list[_Waiting] = field(default_factory=list)  # aligned with ``pending``
+    _inflight: list[_Waiting] = field(default_factory=list)  # aligned with the taken batch
+    _inflight_ids: dict[tuple[str, str], _Waiting] = field(default_factory=dict)
+    _acks: list[_PendingAck] = field(default_factory=list)  # stored, not yet delivered here
+    _buffer: dict[int, StoredMessage] = field(default_factory=dict)  # stored, beyond a gap
     _next_ping: float | None = None
 
     def __post_init__(self) -> None:
         self.delivered_seq = self.snapshot.last_seq
-        self.next_seq = self.snapshot.last_seq + 1
         self.oldest_seq = self.snapshot.oldest_seq
         for user, client_id, seq in self.snapshot.recent_ids:
             self._remember(user, client_id, seq)
@@ -156,10 +202,29 @@ class RoomState:
         return len(self._sessions)
 
     def members(self) -> list[dict[str, str]]:
-        return [{"user": user, "name": m.name} for user, m in self._members.items()]
+        """Everyone in the room, wherever connected: this process's members first."""
+        out = [{"user": user, "name": m.name} for user, m in self._members.items()]
+        out += [{"user": user, "name": name} for user, name in self._others.items()
+                if user not in self._members]
+        return out
+
+    def local_members(self) -> dict[str, str]:
+        """Members connected to this process (user -> name): what the engine publishes."""
+        return {user: m.name for user, m in self._members.items()}
 
     def has_session(self, session: int) -> bool:
         return session in self._sessions
+
+    def gap(self) -> tuple[int, int] | None:
+        """``(after, upto)``: stored seqs missing before the ones waiting in the buffer; the
+        actor reads them from the log and ``feed``s them (or ``skip``s if the log lost them)."""
+        if not self._buffer:
+            return None
+        return self.delivered_seq, min(self._buffer) - 1
+
+    def behind(self, top: int) -> bool:
+        """Whether the log holds messages (up to ``top``) that nothing here is waiting for."""
+        return top > self.delivered_seq and not self._buffer and not self._inflight
 
     # -- events -----------------------------------------------------------------------------
 
@@ -167,26 +232,21 @@ class RoomState:
         self, session: int, user: str, name: str, *, after: int | None, expires_at: float,
         now: float, wall_ms: int,
     ) -> tuple[JoinPlan, list[Effect]]:
-        """Admit a session. Raises ``RoomFull`` at ``max_room_connections``."""
+        """Admit a session. Raises ``RoomFull`` at ``max_room_connections``.
+
+        All or nothing: everything that can fail (serialising the welcome and the presence
+        event) happens before the state changes, so a failed join leaves nothing behind.
+        """
         if len(self._sessions) >= self.config.max_room_connections:
             raise RoomFull(f"room {self.room} is full")
         if session in self._sessions:
             raise ValueError(f"session {session} already joined")
         cfg = self.config
-        self._sessions[session] = _Session(
-            user=user, name=name, bucket=TokenBucket(cfg.rate_per_sec, cfg.rate_burst, now),
-            last_seen=now, expires_at=expires_at,
-        )
-        if self._next_ping is None:
-            self._next_ping = now + cfg.ping_interval
-        effects: list[Effect] = []
         member = self._members.get(user)
-        if member is None:
-            self._members[user] = _Member(name=name)
-            effects.append(Broadcast(protocol.presence("join", user, name, wall_ms), session))
-        else:
-            member.connections += 1
-
+        announce = member is None and user not in self._others
+        members = self.members()
+        if announce:
+            members.append({"user": user, "name": name})
         upto = self.delivered_seq
         fresh_after = max(0, upto - cfg.history_on_join)
         if after is None or after > upto:
@@ -195,7 +255,23 @@ class RoomState:
             replay_after, recovered = after, True
         else:
             replay_after, recovered = self.oldest_seq - 1, False
-        welcome = protocol.welcome(self.room, user, name, upto, self.members(), recovered)
+        welcome = protocol.welcome(self.room, user, name, upto, members, recovered)
+        effects: list[Effect] = []
+        if announce:
+            effects.append(Broadcast(protocol.presence("join", user, name, wall_ms), session))
+
+        # Nothing below can fail.
+        self._sessions[session] = _Session(
+            user=user, name=name, bucket=TokenBucket(cfg.rate_per_sec, cfg.rate_burst, now),
+            last_seen=now, expires_at=expires_at,
+        )
+        if self._next_ping is None:
+            self._next_ping = now + cfg.ping_interval
+        if member is None:
+            self._members[user] = _Member(name=name)
+            self.presence_changed = True
+        else:
+            member.connections += 1
         return JoinPlan(welcome, replay_after, upto, recovered), effects
 
     def leave(self, session: int, wall_ms: int) -> list[Effect]:
@@ -208,6 +284,9 @@ class RoomState:
         if member.connections > 0:
             return []
         del self._members[info.user]
+        self.presence_changed = True
+        if info.user in self._others:
+            return []  # still connected elsewhere: still a member
         return [Broadcast(protocol.presence("leave", info.user, member.name, wall_ms))]
 
     def evict(self, session: int, code: CloseCode, reason: str, wall_ms: int,
@@ -217,10 +296,18 @@ class RoomState:
             return []
         return [Close(session, code, reason, flush), *self.leave(session, wall_ms)]
 
+    def touch(self, session: int, now: float) -> None:
+        """The session's socket is making progress (a long replay): it is not a zombie."""
+        info = self._sessions.get(session)
+        if info is not None:
+            info.last_seen = max(info.last_seen, now)
+
     def receive(
-        self, session: int, frame: SendMessage | Pong | FrameError, now: float, wall_ms: int
+        self, session: int, frame: SendMessage | Pong | FrameError, now: float, wall_ms: int,
+        *, refuse: str | None = None,
     ) -> list[Effect]:
-        """Handle one client frame."""
+        """Handle one client frame. ``refuse``: storage is unavailable; answer a message with an
+        ``unavailable`` error (saying this) instead of accepting it."""
         info = self._sessions.get(session)
         if info is None:
             return []  # already evicted; frames still in flight are dropped
@@ -237,14 +324,22 @@ class RoomState:
             return [reply]
 
         if frame.id is not None:
-            seq = self._dedup.get((info.user, frame.id))
+            key = (info.user, frame.id)
+            seq = self._dedup.get(key)
             if seq is not None:
                 if seq <= self.delivered_seq:
                     return [Send(session, protocol.ack(frame.id, seq, duplicate=True))]
-                # The original is still waiting to be stored: ack once it is.
+                # Stored, not yet delivered here: ack once it is.
                 self._acks.append(_PendingAck(session, frame.id, seq, duplicate=True))
                 return []
+            waiting = self._inflight_ids.get(key)
+            if waiting is not None:  # the original is being stored: ack it with the same seq
+                waiting.retries.append(session)
+                return []
 
+        if refuse is not None:
+            return [Send(session, protocol.error(ErrorCode.UNAVAILABLE, refuse,
+                                                 client_id=frame.id, retry_after=1.0))]
         retry_after = info.bucket.take(now)
         if retry_after > 0:
             info.strikes += 1
@@ -257,37 +352,76 @@ class RoomState:
             return [reply]
         info.strikes = 0
 
-        seq = self.next_seq
-        self.next_seq += 1
-        self.pending.append(StoredMessage(self.room, seq, info.user, info.name, frame.id,
-                                          frame.text, wall_ms))
-        self._acks.append(_PendingAck(session, frame.id, seq, duplicate=False))
+        self.pending.append(Draft(info.user, info.name, frame.id, frame.text, wall_ms))
+        waiting = _Waiting(session, frame.id)
+        self._waiting.append(waiting)
         if frame.id is not None:
-            self._remember(info.user, frame.id, seq)
+            self._inflight_ids[(info.user, frame.id)] = waiting
         return []
 
-    def take_pending(self) -> list[StoredMessage]:
-        """Hand the accepted messages to the actor for storing; call ``committed`` after."""
+    def take_pending(self) -> list[Draft]:
+        """Hand the accepted drafts to the actor for storing; then call ``committed`` with the
+        engine's answer (or ``abandon`` if it never comes). One batch at a time."""
+        if self._inflight:
+            raise RuntimeError("a batch is already being stored")
         batch, self.pending = self.pending, []
+        self._inflight, self._waiting = self._waiting, []
         return batch
 
-    def committed(self, batch: list[StoredMessage]) -> list[Effect]:
-        """``batch`` (from ``take_pending``) is durably stored: broadcast it and ack the senders.
+    def committed(self, batch: list[Draft], results: list[Appended]) -> list[Effect]:
+        """``batch`` (from ``take_pending``) is durably stored with these seqs: deliver what is
+        now contiguous, ack the senders once their message has been delivered here."""
+        if len(results) != len(batch) or len(batch) != len(self._inflight):
+            raise ValueError("results do not match the batch in flight")
+        fresh: list[StoredMessage] = []
+        for draft, result, waiting in zip(batch, results, self._inflight, strict=True):
+            if draft.id is not None:
+                self._inflight_ids.pop((draft.user, draft.id), None)
+                self._remember(draft.user, draft.id, result.seq)
+            self._acks.append(_PendingAck(waiting.session, waiting.client_id, result.seq,
+                                          result.duplicate))
+            self._acks.extend(_PendingAck(s, waiting.client_id, result.seq, True)
+                              for s in waiting.retries)
+            if not result.duplicate:
+                fresh.append(draft.stored(self.room, result.seq))
+        self._inflight = []
+        return self.feed(fresh)
 
-        The whole batch is one broadcast, so each member's outbox takes it as one entry.
-        """
+    def abandon(self) -> None:
+        """The batch in flight will never be acked (storage gave up): its senders resend after
+        they reconnect, deduplicated by id if it was stored after all."""
+        gone = {id(w) for w in self._inflight}
+        self._inflight_ids = {k: w for k, w in self._inflight_ids.items() if id(w) not in gone}
+        self._inflight = []
+
+    def feed(self, messages: list[StoredMessage]) -> list[Effect]:
+        """Stored messages (this room's or another process's, any order, repeats allowed):
+        broadcast every one that is now contiguous with what was delivered, in seq order."""
+        for m in messages:
+            if m.seq > self.delivered_seq and m.seq not in self._buffer:
+                self._buffer[m.seq] = m
+                if m.id is not None:
+                    self._remember(m.user, m.id, m.seq)
+        return self._advance()
+
+    def skip(self, upto: int) -> list[Effect]:
+        """Seqs up to ``upto`` are gone from the log (pruned): deliver from after them."""
+        if upto > self.delivered_seq:
+            self.delivered_seq = upto
+            for seq in [s for s in self._buffer if s <= upto]:
+                del self._buffer[seq]
+        return self._advance()
+
+    def synced(self, others: dict[str, str], wall_ms: int) -> list[Effect]:
+        """The engine's view of members connected elsewhere: announce who came and went."""
         effects: list[Effect] = []
-        if batch:
-            effects.append(Broadcast(protocol.join_frame([m.to_wire() for m in batch]),
-                                     count=len(batch)))
-            self.delivered_seq = batch[-1].seq
-            retention = self.config.history_retention
-            if retention:
-                self.oldest_seq = max(self.oldest_seq, self.delivered_seq - retention + 1)
-        ready = [a for a in self._acks if a.seq <= self.delivered_seq]
-        self._acks = [a for a in self._acks if a.seq > self.delivered_seq]
-        effects.extend(Send(a.session, protocol.ack(a.client_id, a.seq, duplicate=a.duplicate))
-                       for a in ready if a.session in self._sessions)
+        for user, name in others.items():
+            if user not in self._others and user not in self._members:
+                effects.append(Broadcast(protocol.presence("join", user, name, wall_ms)))
+        for user, name in self._others.items():
+            if user not in others and user not in self._members:
+                effects.append(Broadcast(protocol.presence("leave", user, name, wall_ms)))
+        self._others = dict(others)
         return effects
 
     def tick(self, now: float, wall_ms: int) -> list[Effect]:
@@ -308,10 +442,37 @@ class RoomState:
 
     def statistics(self) -> dict[str, Any]:
         return {"room": self.room, "sessions": len(self._sessions),
-                "members": len(self._members), "seq": self.delivered_seq,
-                "pending": len(self.pending)}
+                "members": len(self._members), "others": len(self._others),
+                "seq": self.delivered_seq, "pending": len(self.pending),
+                "buffered": len(self._buffer)}
 
     # -- internals --------------------------------------------------------------------------
+
+    def _advance(self) -> list[Effect]:
+        ready: list[StoredMessage] = []
+        buffer = self._buffer
+        while buffer:
+            message = buffer.pop(self.delivered_seq + 1, None)
+            if message is None:
+                break
+            ready.append(message)
+            self.delivered_seq = message.seq
+        effects: list[Effect] = []
+        if ready:
+            effects.append(Broadcast(protocol.join_frame([m.to_wire() for m in ready]),
+                                     count=len(ready)))
+            retention = self.config.history_retention
+            if retention:
+                self.oldest_seq = max(self.oldest_seq, self.delivered_seq - retention + 1)
+        if self._acks:
+            delivered = self.delivered_seq
+            ready_acks = [a for a in self._acks if a.seq <= delivered]
+            if ready_acks:
+                self._acks = [a for a in self._acks if a.seq > delivered]
+                effects.extend(
+                    Send(a.session, protocol.ack(a.client_id, a.seq, duplicate=a.duplicate))
+                    for a in ready_acks if a.session in self._sessions)
+        return effects
 
     def _remember(self, user: str, client_id: str, seq: int) -> None:
         if self.config.dedup_window == 0:

@@ -1,4 +1,4 @@
-"""Durable message storage: the interface every engine implements, and the embedded SQLite one.
+"""The embedded engine's durable log: ``SqliteStore``, and the interface it implements.
 
 ``SqliteStore`` keeps one database (WAL) for all rooms. Writes go through one writer thread that
 commits every append pending at that moment in one transaction (group commit): under load, many
@@ -19,17 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from rooms.engine import CommitObserver
 from rooms.errors import StoreError
 from rooms.state import RoomSnapshot, StoredMessage
 
 _T = TypeVar("_T")
 
-CommitObserver = Callable[[float, int], None]
-"""Called from the writer thread after each commit with (seconds, messages)."""
-
-
 class MessageStore(Protocol):
-    """What a room needs from storage. Every method may raise ``StoreError``."""
+    """A durable log of already-sequenced messages (``rooms.engines.embedded`` allocates the
+    seqs). Every method may raise ``StoreError``."""
 
     async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
         """The room's latest seq, lowest stored seq and its last ``dedup_window`` client ids."""
@@ -49,21 +47,6 @@ class MessageStore(Protocol):
     async def close(self) -> None:
         """Finish pending writes and release resources. Further calls raise ``StoreError``."""
         ...
-
-
-async def open_store(url: str, *, on_commit: CommitObserver | None = None,
-                     sqlite_synchronous: str = "FULL", max_connections: int = 32) -> MessageStore:
-    """The store a URL names: ``sqlite:///path/to/db`` or ``redis://host:port/db``
-    (``rediss://`` for TLS). Engines are imported only when used. ``max_connections`` bounds
-    the connections to a networked engine (rooms wait for a free one)."""
-    if url.startswith(("redis://", "rediss://", "unix://")):
-        from rooms.redis_store import RedisStore
-
-        return await RedisStore.open(url, on_commit=on_commit, max_connections=max_connections)
-    if url.startswith("sqlite://"):
-        return await SqliteStore.open(Path(url.removeprefix("sqlite://")),
-                                      synchronous=sqlite_synchronous, on_commit=on_commit)
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path or redis://host:port")
 
 
 _SCHEMA = """

@@ -1,8 +1,8 @@
 """``roomchat serve --workers N``: one port, N supervised worker processes on a real Redis.
 
-Rooms are not yet shared between processes, so every room here has its members on one worker
-(one client per room); what is tested is the supervision: both workers serve, SIGTERM drains
-all, a killed worker comes back, SIGHUP replaces them all without a client losing anything.
+The supervision: both workers serve, SIGTERM drains all, a killed worker comes back, SIGHUP
+replaces them all without a client losing anything; and members of one room landing on
+different workers (the kernel picks) still share one room.
 """
 
 from __future__ import annotations
@@ -332,3 +332,26 @@ async def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Pa
             assert time.monotonic() < deadline, "orphaned workers kept running"
             await asyncio.sleep(0.05)
         assert srv.output().count("the supervisor is gone") == 2
+
+
+async def test_clients_on_different_workers_share_one_room(tmp_path: Path) -> None:
+    with supervised(tmp_path) as srv:
+        pids = children(srv.proc.pid)
+        await wait_serving(srv, pids)
+        placed: dict[int, list[Client]] = {pid: [] for pid in pids}
+        for i in range(60):  # the kernel picks the worker: connect until both hold members
+            client = await connect(srv, "shared", f"user{i}")
+            placed[serving_pid(client.ws, pids)].append(client)
+            if all(placed.values()):
+                break
+        assert all(placed.values()), f"clients did not reach every worker: {placed}"
+        members = [c for cs in placed.values() for c in cs]
+        writers = [cs[0] for cs in placed.values()]  # one writer on each worker
+        for i in range(10):
+            for n, writer in enumerate(writers):
+                await writer.say(f"w{n}-{i}", id=f"w{n}-{i}")
+        for client in members:
+            got: list[int] = []
+            while len(got) < 10 * len(writers):
+                got.append((await client.recv_type("message"))["seq"])
+            assert got == list(range(1, 10 * len(writers) + 1))  # live, one order, everywhere

@@ -321,10 +321,11 @@ async def test_crash_in_one_room_leaves_others_working(
         server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
     original = RoomState.receive
 
-    def receive(self: RoomState, session: int, frame: Any, now: float, wall_ms: int) -> Any:
+    def receive(self: RoomState, session: int, frame: Any, now: float, wall_ms: int,
+                **kw: Any) -> Any:
         if self.room == "doomed" and getattr(frame, "text", "") == "crash":
             raise RuntimeError("injected fault")
-        return original(self, session, frame, now, wall_ms)
+        return original(self, session, frame, now, wall_ms, **kw)
 
     monkeypatch.setattr(RoomState, "receive", receive)
     doomed = await server.connect("doomed")

@@ -10,7 +10,7 @@ import orjson
 from rooms.config import RoomConfig
 from rooms.protocol import CloseCode, SendMessage
 from rooms.session import Session, SessionState
-from rooms.state import Broadcast, JoinPlan, RoomState, Send
+from rooms.state import Appended, Broadcast, JoinPlan, RoomState, Send
 
 
 class MemoryTransport:
@@ -48,7 +48,8 @@ def test_a_committed_batch_is_one_broadcast() -> None:
     state.join(1, "u", "U", after=None, expires_at=1e9, now=0, wall_ms=0)
     for text in ("a", "b", "c"):
         state.receive(1, SendMessage(text, None), 0, 0)
-    broadcast, *acks = state.committed(state.take_pending())
+    batch = state.take_pending()
+    broadcast, *acks = state.committed(batch, [Appended(seq) for seq in (1, 2, 3)])
     assert isinstance(broadcast, Broadcast) and broadcast.count == 3
     assert [orjson.loads(x)["text"] for x in broadcast.payload.split("\n")] == ["a", "b", "c"]
     assert [type(a) for a in acks] == [Send] * 3

@@ -11,7 +11,16 @@ import pytest
 from rooms.config import RoomConfig
 from rooms.errors import RoomFull
 from rooms.protocol import CloseCode, ErrorCode, FrameError, Pong, SendMessage
-from rooms.state import Broadcast, Close, Effect, RoomSnapshot, RoomState, Send
+from rooms.state import (
+    Appended,
+    Broadcast,
+    Close,
+    Effect,
+    RoomSnapshot,
+    RoomState,
+    Send,
+    StoredMessage,
+)
 
 CFG = RoomConfig(rate_burst=2, rate_per_sec=1.0, rate_abuse_strikes=3, max_invalid_frames=2,
                  history_on_join=3, ping_interval=10, ping_timeout=5, dedup_window=4,
@@ -44,8 +53,11 @@ def send(state: RoomState, session: int, text: str, id: str | None = None,
     return state.receive(session, SendMessage(text, id), now, 1000)
 
 
-def commit(state: RoomState) -> list[Effect]:
-    return state.committed(state.take_pending())
+def commit(state: RoomState, first: int | None = None) -> list[Effect]:
+    """Store the pending drafts as the embedded engine does: consecutive seqs after the last."""
+    batch = state.take_pending()
+    first = state.delivered_seq + 1 if first is None else first
+    return state.committed(batch, [Appended(first + i) for i in range(len(batch))])
 
 
 def test_join_welcomes_and_announces_only_first_connection() -> None:
@@ -142,7 +154,8 @@ def test_dedup_window_is_loaded_from_snapshot() -> None:
     (ack,) = objs(send(state, 1, "x", "old"))
     assert ack[2]["seq"] == 7
     send(state, 1, "new")
-    assert state.pending[0].seq == 10
+    (message, _) = objs(commit(state))
+    assert message[2]["seq"] == 10
 
 
 @pytest.mark.parametrize(
@@ -204,3 +217,109 @@ def test_frames_from_evicted_sessions_are_ignored() -> None:
     state.evict(1, CloseCode.SLOW_CONSUMER, "slow", 0, flush=False)
     assert send(state, 1, "late") == []
     assert state.pending == []
+
+
+def stored(seq: int, user: str = "bob", id: str | None = None) -> StoredMessage:
+    return StoredMessage("r", seq, user, user.title(), id, f"t{seq}", seq)
+
+
+def test_messages_from_other_processes_are_delivered_in_order_and_gaps_reported() -> None:
+    state = RoomState("r", CFG)
+    joined(state, 1, "alice")
+    assert objs(state.feed([stored(3)])) == []  # 1 and 2 are missing: hold 3 back
+    assert state.gap() == (0, 2)
+    assert state.behind(3) is False  # something is already waiting: the gap read covers it
+    delivered = objs(state.feed([stored(2), stored(1), stored(1)]))
+    assert [o["seq"] for _, _, o in delivered] == [1, 2, 3]  # one broadcast, in order, once
+    assert state.gap() is None and state.delivered_seq == 3
+    assert objs(state.feed([stored(2)])) == []  # a late pub/sub copy: dropped
+    assert state.behind(4) is True
+
+
+def test_own_batch_waits_for_a_lower_seq_stored_by_another_process() -> None:
+    state = RoomState("r", replace(CFG, rate_burst=100))
+    joined(state, 1, "alice")
+    send(state, 1, "mine", "m1")
+    effects = objs(commit(state, first=2))  # another process took seq 1 meanwhile
+    assert effects == []  # not delivered, not acked: seq 1 comes first
+    effects = objs(state.feed([stored(1)]))
+    assert [(k, o["type"], o["seq"]) for k, _, o in effects] == [
+        ("all", "message", 1), ("all", "message", 2), ("send", "ack", 2)]
+
+
+def test_a_retry_stored_by_another_process_is_acked_as_duplicate() -> None:
+    state = RoomState("r", replace(CFG, rate_burst=100))
+    joined(state, 1, "alice")
+    send(state, 1, "again", "x")
+    batch = state.take_pending()
+    effects = objs(state.committed(batch, [Appended(7, duplicate=True)]))
+    assert effects == []  # seq 7 not delivered here yet
+    effects = objs(state.feed([stored(i, "alice", "x" if i == 7 else None)
+                               for i in range(1, 8)]))
+    assert effects[-1] == ("send", 1, {"type": "ack", "id": "x", "seq": 7, "duplicate": True})
+    assert [o["seq"] for k, _, o in effects if k == "all"] == list(range(1, 8))
+
+
+def test_resend_while_the_original_is_in_flight_gets_the_same_seq() -> None:
+    state = RoomState("r", replace(CFG, rate_burst=100))
+    joined(state, 1, "alice")
+    joined(state, 2, "alice")
+    send(state, 1, "a", "same")
+    batch = state.take_pending()
+    assert send(state, 2, "a", "same") == []  # in flight: wait for its seq
+    effects = objs(state.committed(batch, [Appended(1)]))
+    acks = [(k, s, o) for k, s, o in effects if o["type"] == "ack"]
+    assert acks == [("send", 1, {"type": "ack", "id": "same", "seq": 1}),
+                    ("send", 2, {"type": "ack", "id": "same", "seq": 1, "duplicate": True})]
+
+
+def test_abandoned_batch_is_not_acked_and_its_ids_are_accepted_again() -> None:
+    state = RoomState("r", replace(CFG, rate_burst=100))
+    joined(state, 1, "alice")
+    send(state, 1, "a", "id1")
+    state.take_pending()
+    state.abandon()
+    send(state, 1, "a", "id1")
+    assert len(state.pending) == 1
+
+
+def test_unavailable_storage_refuses_messages_without_accepting_them() -> None:
+    state = RoomState("r", CFG)
+    joined(state, 1, "alice")
+    (reply,) = objs(state.receive(1, SendMessage("x", "i"), 0, 0, refuse="down"))
+    assert reply[2]["code"] == "unavailable" and reply[2]["id"] == "i"
+    assert state.pending == []
+
+
+def test_presence_is_the_union_over_processes() -> None:
+    state = RoomState("r", CFG)
+    _, effects = joined(state, 1, "alice")
+    assert state.presence_changed and state.local_members() == {"alice": "Alice"}
+    effects = objs(state.synced({"bob": "Bob", "alice": "Alice"}, 5))
+    assert effects == [("all", None, {"type": "presence", "event": "join", "user": "bob",
+                                      "name": "Bob", "ts": 5})]  # alice is already here
+    plan, effects = joined(state, 2, "bob")
+    assert effects == []  # bob is already a member (elsewhere)
+    assert [m["user"] for m in orjson.loads(plan.welcome)["members"]] == ["alice", "bob"]
+    assert state.leave(2, 6) == []  # still connected elsewhere
+    assert state.leave(1, 6) == []  # alice is connected to the other process too
+    gone = objs(state.synced({}, 7))
+    assert [(o["event"], o["user"]) for _, _, o in gone] == [("leave", "bob"), ("leave", "alice")]
+
+
+def test_a_join_that_cannot_be_serialised_leaves_nothing_behind() -> None:
+    state = RoomState("r", CFG)
+    joined(state, 1, "alice")
+    with pytest.raises(orjson.JSONEncodeError):
+        state.join(2, "\ud800", "ghost", after=None, expires_at=1e9, now=0, wall_ms=0)
+    assert not state.has_session(2)
+    assert state.members() == [{"user": "alice", "name": "Alice"}]
+    assert state.tick(100, 0)  # the heartbeat tick still works (and evicts alice)
+
+
+def test_touch_keeps_a_replaying_session_alive() -> None:
+    state = RoomState("r", CFG)
+    joined(state, 1, "alice", now=0)
+    state.touch(1, 14)
+    assert [e for e in state.tick(16, 0) if isinstance(e, Close)] == []
+    assert [e for e in state.tick(30, 0) if isinstance(e, Close)] != []

@@ -1,5 +1,4 @@
-"""The message store contract, run against every engine: SQLite (file) and Redis (a real
-redis-server started per test)."""
+"""The embedded engine's SQLite log (the engine contract itself is in test_engine.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +10,7 @@ import pytest
 
 from rooms.errors import StoreError
 from rooms.state import StoredMessage
-from rooms.store import MessageStore, SqliteStore, open_store
-from tests.redis_server import redis_server
+from rooms.store import MessageStore, SqliteStore
 
 
 def msgs(room: str, first: int, count: int, user: str = "u") -> list[StoredMessage]:
@@ -20,18 +18,14 @@ def msgs(room: str, first: int, count: int, user: str = "u") -> list[StoredMessa
             for seq in range(first, first + count)]
 
 
-@pytest.fixture(params=["sqlite", "redis"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite://{tmp_path / 'db.sqlite3'}"
-    else:
-        with redis_server(tmp_path / "redis") as url:
-            yield url
+@pytest.fixture
+def store_url(tmp_path: Path) -> Iterator[Path]:
+    yield tmp_path / "db.sqlite3"
 
 
 @pytest.fixture
-async def store(store_url: str) -> AsyncIterator[MessageStore]:
-    opened = await open_store(store_url)
+async def store(store_url: Path) -> AsyncIterator[MessageStore]:
+    opened = await SqliteStore.open(store_url)
     try:
         yield opened
     finally:
@@ -79,29 +73,17 @@ async def test_concurrent_rooms(store: MessageStore) -> None:
     assert {s.last_seq for s in snaps} == {3}
 
 
-async def test_data_survives_reopen(store_url: str) -> None:
-    first = await open_store(store_url)
+async def test_data_survives_reopen(store_url: Path) -> None:
+    first = await SqliteStore.open(store_url)
     await first.append(msgs("a", 1, 3), retention=0)
     await first.close()
     with pytest.raises(StoreError):
         await first.read("a", 0, 5, 5)
-    again = await open_store(store_url)
+    again = await SqliteStore.open(store_url)
     try:
         assert (await again.load("a", 10)).last_seq == 3
     finally:
         await again.close()
-
-
-async def test_redis_rooms_wait_for_a_pooled_connection(tmp_path: Path) -> None:
-    with redis_server(tmp_path / "redis") as url:
-        store = await open_store(url, max_connections=2)
-        try:
-            await asyncio.gather(*(store.append(msgs(f"r{i}", 1, 3), retention=0)
-                                   for i in range(200)))
-            snaps = await asyncio.gather(*(store.load(f"r{i}", 0) for i in range(200)))
-            assert {s.last_seq for s in snaps} == {3}
-        finally:
-            await store.close()
 
 
 async def test_sqlite_group_commit_spans_rooms(tmp_path: Path) -> None:
@@ -122,10 +104,6 @@ async def test_sqlite_group_commit_spans_rooms(tmp_path: Path) -> None:
 async def test_bad_store_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         await SqliteStore.open(tmp_path / "db", synchronous="OFF")
-    with pytest.raises(ValueError, match="unsupported store URL"):
-        await open_store("mongodb://nope")
-    with pytest.raises(StoreError, match="cannot reach Redis"):
-        await open_store("redis://127.0.0.1:1/0")
 
 
 async def test_a_failing_append_does_not_fail_its_neighbours(store: MessageStore) -> None:

@@ -1,0 +1,139 @@
+"""The one small interface through which everything shared by a room's processes goes.
+
+A room's actor owns its own process's sockets, heartbeats and rate-limit buckets; an ``Engine``
+owns what every process serving the room must agree on: the message log (seq allocation,
+deduplication by ``(user, id)``, durable append, history reads), the live feed of messages
+appended by other processes, and the presence of members connected to other processes.
+
+Two engines, chosen by URL with ``open_engine`` (each imported only when used):
+
+- ``sqlite:///path`` — ``rooms.engines.embedded.EmbeddedEngine``: SQLite, one process, nothing
+  to share (the default).
+- ``redis://host:port/db`` (``rediss://``, ``unix://``) — ``rooms.engines.redis.RedisEngine``:
+  a stream per room, Lua scripts for atomic append-and-publish, sharded pub/sub for live fan-out,
+  a presence hash per room. Any process can serve any member of any room.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
+
+__all__ = ["Appended", "Engine", "HistoryReader", "RoomListener", "RoomSync", "open_engine"]
+
+CommitObserver = Callable[[float, int], None]
+"""Called after each durable append with (seconds, messages); must not block."""
+
+
+@dataclass(frozen=True, slots=True)
+class RoomSync:
+    """A periodic comparison of a room with the shared state (``Engine.sync``)."""
+
+    top: int
+    """The highest seq stored for the room."""
+    others: dict[str, str]
+    """Members connected to *other* processes (user -> name); the room's members are the union
+    of these and this process's own."""
+
+
+class HistoryReader(Protocol):
+    """What a session needs to replay history."""
+
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+        """Stored messages with ``after < seq <= upto``, oldest first, at most ``limit``."""
+        ...
+
+
+class RoomListener(Protocol):
+    """How an engine hands a room's actor what other processes did. Every method is called on
+    the event loop, must not block and must not raise."""
+
+    def remote_messages(self, messages: list[StoredMessage]) -> None:
+        """Messages appended by another process (in seq order within one call; calls may arrive
+        out of order or not at all: pub/sub is at-most-once)."""
+
+    def remote_presence(self) -> None:
+        """Another process's members of this room changed: sync presence soon."""
+
+    def resync(self) -> None:
+        """The live feed was interrupted (reconnect to the engine): compare with the log."""
+
+
+class Engine(Protocol):
+    """The shared side of rooms. Async methods may raise ``StoreError`` (engine unavailable or
+    failing); the others never raise."""
+
+    shared: bool
+    """Whether other processes may serve the same rooms (then the feed and presence matter)."""
+    node: str
+    """This process's identity in the engine (presence entries, published batches)."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while the engine is known to be unreachable (new joins are refused)."""
+        ...
+
+    async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
+        """The room's latest seq, lowest stored seq, and (where the engine needs the room's
+        actor to deduplicate) its last ``dedup_window`` client ids."""
+        ...
+
+    async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
+                     dedup_window: int) -> list[Appended]:
+        """Store ``drafts`` durably, in order, all or none, allocating consecutive seqs; a draft
+        whose ``(user, id)`` is among the room's last ``dedup_window`` ids gets that message's
+        seq and ``duplicate`` (engines that leave dedup to the room's actor ignore it). Keeps
+        ``retention`` messages per room (0: all). Other processes serving the room receive the
+        new messages through their listeners."""
+        ...
+
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+        """Stored messages with ``after < seq <= upto``, oldest first, at most ``limit``."""
+        ...
+
+    async def sync(self, room: str, members: dict[str, str], ttl: float) -> RoomSync:
+        """Publish this process's ``members`` of ``room`` (valid ``ttl`` seconds unless synced
+        again; an empty dict withdraws them) and return the room's shared state."""
+        ...
+
+    def subscribe(self, room: str, listener: RoomListener) -> None:
+        """Start feeding ``listener`` what other processes do in ``room`` (no-op if unshared)."""
+        ...
+
+    def unsubscribe(self, room: str, listener: RoomListener) -> None:
+        """Stop feeding ``listener`` (only if it is still the room's listener)."""
+        ...
+
+    async def close(self) -> None:
+        """Finish pending writes and release resources. Further calls raise ``StoreError``."""
+        ...
+
+
+SHARED_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def is_shared_url(url: str) -> bool:
+    """Whether ``url`` names an engine several processes can share."""
+    return url.startswith(SHARED_SCHEMES)
+
+
+async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
+                      sqlite_synchronous: str = "FULL", max_connections: int = 32) -> Engine:
+    """The engine a URL names: ``sqlite:///path/to/db`` or ``redis://host:port/db``.
+
+    Raises ``ValueError`` for an unknown scheme and ``StoreError`` when the engine cannot be
+    reached or opened. ``max_connections`` bounds the connections to a networked engine.
+    """
+    if is_shared_url(url):
+        from rooms.engines.redis import RedisEngine
+
+        return await RedisEngine.open(url, on_commit=on_commit, max_connections=max_connections)
+    if url.startswith("sqlite://"):
+        from rooms.engines.embedded import EmbeddedEngine
+
+        return await EmbeddedEngine.open(url.removeprefix("sqlite://"),
+                                         synchronous=sqlite_synchronous, on_commit=on_commit)
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path or redis://host:port")

@@ -1,0 +1,1 @@
+"""The engines behind ``rooms.engine.Engine``: embedded (SQLite) and Redis."""

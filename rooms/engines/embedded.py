@@ -1,0 +1,70 @@
+"""``EmbeddedEngine``: the default engine, for one process: SQLite, and nothing to share.
+
+Seqs are allocated here from each room's last stored seq (loaded when its actor starts): with
+one process and one actor per room there is one writer per room, so a counter is enough, and
+the room's own dedup map (loaded from the log) is authoritative. Running a second process on
+the same database is refused by the CLI (``--workers`` needs a shared engine).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from rooms.engine import CommitObserver, RoomListener, RoomSync
+from rooms.errors import StoreError
+from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
+from rooms.store import SqliteStore
+
+
+class EmbeddedEngine:
+    """``await EmbeddedEngine.open(path)``; implements ``rooms.engine.Engine``."""
+
+    shared = False
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store = store
+        self.node = f"embedded-{os.getpid()}"
+        self._last: dict[str, int] = {}
+
+    @classmethod
+    async def open(cls, path: str | Path, *, synchronous: str = "FULL",
+                   on_commit: CommitObserver | None = None) -> EmbeddedEngine:
+        return cls(await SqliteStore.open(Path(path), synchronous=synchronous,
+                                          on_commit=on_commit))
+
+    @property
+    def healthy(self) -> bool:
+        return True
+
+    async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
+        snapshot = await self.store.load(room, dedup_window)
+        self._last[room] = snapshot.last_seq
+        return snapshot
+
+    async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
+                     dedup_window: int = 0) -> list[Appended]:
+        if room not in self._last:
+            raise StoreError(f"room {room} was not loaded")
+        first = self._last[room] + 1
+        messages = [d.stored(room, first + i) for i, d in enumerate(drafts)]
+        await self.store.append(messages, retention)
+        # Only after the commit: a failed append leaves the counter where the log is.
+        self._last[room] = first + len(drafts) - 1
+        return [Appended(m.seq) for m in messages]
+
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+        return await self.store.read(room, after, upto, limit)
+
+    async def sync(self, room: str, members: dict[str, str], ttl: float) -> RoomSync:
+        return RoomSync(top=self._last.get(room, 0), others={})
+
+    def subscribe(self, room: str, listener: RoomListener) -> None:
+        pass
+
+    def unsubscribe(self, room: str, listener: RoomListener) -> None:
+        pass
+
+    async def close(self) -> None:
+        await self.store.close()

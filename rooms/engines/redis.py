@@ -1,0 +1,333 @@
+"""``RedisEngine``: rooms shared by any number of processes, on Redis's own primitives.
+
+Per room, keys sharing one hash tag (one Redis Cluster slot): ``roomchat:{<room>}:log`` (a
+stream, entry ids ``0-<seq>``), ``:seq`` (the last allocated seq), ``:ids`` and ``:idq`` (the
+dedup window: ``user\\0id -> seq`` and its insertion order), ``:presence`` (``node\\0user ->
+expires\\0name``), and the shard channel ``roomchat:{<room>}:ch``.
+
+- Append (``append.lua``): dedup, seq allocation, ``XADD``, trim and ``SPUBLISH`` in one script,
+  so a batch is stored and announced atomically, whichever process sends it.
+- Live fan-out: one ``SSUBSCRIBE`` connection per process, subscribed to the rooms that have an
+  actor here. Pub/sub is at-most-once: the room's state spots a seq jump and reads the gap from
+  the stream; after any reconnect every room resyncs. A connection that goes silently stale
+  (centrifugo#1189) is probed with ``PING`` when idle and replaced when the probe goes
+  unanswered; each room also compares its last delivered seq with the log's top on every sync
+  (``sync.lua``), repairing any difference without ever disconnecting a client.
+- Presence (``sync.lua``): each process's members of a room, with an expiry it refreshes; a
+  killed process's entries expire and are removed by the next sync of any other process.
+
+Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an acked message
+survives a crash of Redis too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+import orjson
+from redis import asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from rooms.engine import CommitObserver, RoomListener, RoomSync
+from rooms.errors import StoreError
+from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
+
+log = logging.getLogger("roomchat.redis")
+
+PROBE_IDLE = 5.0
+"""Seconds without any pub/sub traffic before the subscription is probed with PING."""
+PROBE_TIMEOUT = 3.0
+"""Seconds a probe may go unanswered before the subscription connection is replaced."""
+POLL = 0.1
+"""Seconds the listen task waits for a message before applying subscription changes."""
+RECONNECT_MAX = 5.0
+"""Longest wait between two attempts to re-establish the subscription."""
+
+
+def _keys(room: str) -> tuple[str, str, str, str, str, str]:
+    base = f"roomchat:{{{room}}}"
+    return (f"{base}:log", f"{base}:seq", f"{base}:ids", f"{base}:idq", f"{base}:presence",
+            f"{base}:ch")
+
+
+def _room_of(channel: bytes) -> str:
+    text = channel.decode()
+    return text[text.index("{") + 1:text.rindex("}")]
+
+
+def _seq(entry_id: bytes | str) -> int:
+    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    return int(text.split("-", 1)[1])
+
+
+def _message(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredMessage:
+    client_id = fields.get(b"id", b"").decode()
+    return StoredMessage(room=room, seq=_seq(entry_id), user=fields[b"user"].decode(),
+                         name=fields[b"name"].decode(), id=client_id or None,
+                         text=fields[b"text"].decode(), ts=int(fields[b"ts"]))
+
+
+def _script(name: str) -> str:
+    return (resources.files("rooms.engines") / name).read_text(encoding="utf-8")
+
+
+def _where(url: str) -> str:
+    return url.rsplit("@", maxsplit=1)[-1]  # never log a password in the URL
+
+
+class RedisEngine:
+    """``await RedisEngine.open("redis://host:port/db")``; implements ``rooms.engine.Engine``."""
+
+    shared = True
+
+    def __init__(self, url: str, client: Any, on_commit: CommitObserver | None) -> None:
+        self._url = url
+        self._redis = client
+        self._append = client.register_script(_script("append.lua"))
+        self._sync = client.register_script(_script("sync.lua"))
+        self._on_commit = on_commit
+        self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._listeners: dict[str, RoomListener] = {}
+        self._healthy = True
+        self._closed = False
+        self._listen_task: asyncio.Task[None] | None = None
+        self._changes: set[str] = set()  # rooms whose subscription the listen task must fix
+        self.reconnects = 0
+
+    @classmethod
+    async def open(cls, url: str, *, on_commit: CommitObserver | None = None,
+                   max_connections: int = 32) -> RedisEngine:
+        """Connect with a pool of at most ``max_connections`` shared by all rooms (rooms wait
+        for a free one), plus one subscription connection. Raises ``StoreError`` if Redis
+        cannot be reached."""
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=None, decode_responses=False,
+            health_check_interval=30)
+        client = aioredis.Redis(connection_pool=pool)
+        try:
+            await client.ping()
+        except (RedisError, OSError) as exc:
+            await client.aclose()
+            raise StoreError(f"cannot reach Redis at {_where(url)}: {exc}") from exc
+        engine = cls(url, client, on_commit)
+        engine._listen_task = asyncio.create_task(engine._listen(), name="redis-subscriber")
+        return engine
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy and not self._closed
+
+    def _check(self) -> None:
+        if self._closed:
+            raise StoreError("store is closed")
+
+    def _failed(self, what: str, exc: Exception) -> StoreError:
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+            self._healthy = False
+        return StoreError(f"{what} failed: {exc}")
+
+    # -- the log ----------------------------------------------------------------------------
+
+    async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
+        # Redis deduplicates in append.lua: the room's own map is only a cache, left empty.
+        self._check()
+        log_key, seq_key, *_ = _keys(room)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(seq_key)
+                pipe.xrevrange(log_key, count=1)
+                pipe.xrange(log_key, count=1)
+                counter, last, first = await pipe.execute()
+        except RedisError as exc:
+            raise self._failed("load", exc) from exc
+        self._healthy = True
+        last_seq = int(counter or 0) or (_seq(last[0][0]) if last else 0)
+        oldest = _seq(first[0][0]) if first else last_seq + 1
+        return RoomSnapshot(last_seq=last_seq, oldest_seq=oldest)
+
+    async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
+                     dedup_window: int) -> list[Appended]:
+        self._check()
+        if not drafts:
+            return []
+        started = time.perf_counter()
+        log_key, seq_key, ids_key, idq_key, _, channel = _keys(room)
+        args: list[str | int] = [retention, dedup_window, channel, self.node]
+        for d in drafts:
+            args += [d.user, d.name, d.id or "", d.text, d.ts]
+        try:
+            raw = await self._append(keys=[log_key, seq_key, ids_key, idq_key], args=args)
+        except RedisError as exc:
+            raise self._failed("append", exc) from exc
+        self._healthy = True
+        results = [Appended(-r, True) if r < 0 else Appended(r) for r in raw]
+        fresh = sum(not r.duplicate for r in results)
+        if fresh and self._on_commit is not None:
+            self._on_commit(time.perf_counter() - started, fresh)
+        return results
+
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+        self._check()
+        if after >= upto:
+            return []
+        try:
+            entries = await self._redis.xrange(_keys(room)[0], min=f"0-{after + 1}",
+                                               max=f"0-{upto}", count=limit)
+        except RedisError as exc:
+            raise self._failed("read", exc) from exc
+        return [_message(room, eid, fields) for eid, fields in entries]
+
+    async def sync(self, room: str, members: dict[str, str], ttl: float) -> RoomSync:
+        self._check()
+        log_key, seq_key, _, _, presence_key, channel = _keys(room)
+        now_ms = int(time.time() * 1000)
+        args: list[str | int] = [self.node, now_ms, now_ms + int(ttl * 1000), channel,
+                                 int(ttl * 2000)]
+        for user, name in members.items():
+            args += [user, name]
+        try:
+            top, flat = await self._sync(keys=[presence_key, seq_key, log_key], args=args)
+        except RedisError as exc:
+            raise self._failed("sync", exc) from exc
+        self._healthy = True
+        others = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
+        return RoomSync(top=int(top), others=others)
+
+    # -- the live feed ----------------------------------------------------------------------
+
+    def subscribe(self, room: str, listener: RoomListener) -> None:
+        # The listen task sends the SSUBSCRIBE (one task owns the connection); once Redis
+        # confirms it the listener is told to resync, which covers anything published before.
+        self._listeners[room] = listener
+        self._changes.add(room)
+
+    def unsubscribe(self, room: str, listener: RoomListener) -> None:
+        if self._listeners.get(room) is listener:
+            del self._listeners[room]
+            self._changes.add(room)
+
+    async def _listen(self) -> None:
+        """Keep one subscription connection alive and dispatch what arrives; owned by the
+        engine (``close`` cancels and awaits it)."""
+        backoff = 0.1
+        first = True
+        while not self._closed:
+            pubsub = None
+            try:
+                # No retries inside redis-py: a silent reconnect would hide lost messages.
+                client = aioredis.Redis.from_url(self._url, decode_responses=False,
+                                                 retry=Retry(NoBackoff(), 0))
+                pubsub = client.pubsub()
+                await pubsub.connect()  # type: ignore[no-untyped-call]
+                self._changes = set(self._listeners)  # (re)subscribe every room we serve
+                self._healthy = True
+                if not first:
+                    self.reconnects += 1
+                    log.info("pub/sub reconnected; resubscribing %d rooms", len(self._changes))
+                first = False
+                backoff = 0.1
+                await self._dispatch_loop(pubsub)
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, RuntimeError) as exc:
+                self._healthy = False
+                log.warning("pub/sub connection to Redis at %s lost (%s); retrying in %.1fs",
+                            _where(self._url), exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, RECONNECT_MAX)
+            finally:
+                if pubsub is not None:
+                    await _quietly_close(pubsub)
+
+    async def _apply_changes(self, pubsub: Any) -> None:
+        changes, self._changes = self._changes, set()
+        add = [_keys(room)[5] for room in changes if room in self._listeners]
+        drop = [_keys(room)[5] for room in changes if room not in self._listeners]
+        if add:
+            await pubsub.ssubscribe(*add)
+        if drop:
+            await pubsub.sunsubscribe(*drop)
+
+    async def _dispatch_loop(self, pubsub: Any) -> None:
+        last_rx = time.monotonic()
+        probe_sent: float | None = None
+        while not self._closed:
+            if self._changes:
+                await self._apply_changes(pubsub)
+            if not pubsub.subscribed:
+                # Nothing to read until a room subscribes; get_message needs a subscription.
+                await asyncio.sleep(POLL)
+                last_rx = time.monotonic()
+                continue
+            message = await pubsub.get_message(timeout=POLL)
+            now = time.monotonic()
+            if message is None:
+                if probe_sent is not None:
+                    if now - probe_sent > PROBE_TIMEOUT:
+                        raise RedisConnectionError("pub/sub probe unanswered: stale connection")
+                elif now - last_rx > PROBE_IDLE:
+                    await pubsub.ping()
+                    probe_sent = now
+                continue
+            last_rx, probe_sent = now, None
+            kind = message["type"]
+            if kind == "smessage":
+                self._dispatch(message["channel"], message["data"])
+            elif kind == "ssubscribe":
+                listener = self._listeners.get(_room_of(message["channel"]))
+                if listener is not None:
+                    listener.resync()  # anything published before this is in the log
+
+    def _dispatch(self, channel: bytes, data: bytes) -> None:
+        listener = self._listeners.get(_room_of(channel))
+        if listener is None or not data:
+            return
+        kind = data[:1]
+        if kind == b"m":
+            node, _, payload = data[1:].partition(b"\n")
+            if node.decode() == self.node:
+                return  # our own batch: the room delivered it when append returned
+            room = _room_of(channel)
+            try:
+                messages = [StoredMessage(room, int(seq), user, name, client_id or None, text,
+                                          int(ts))
+                            for seq, user, name, client_id, text, ts in orjson.loads(payload)]
+            except (ValueError, TypeError) as exc:
+                log.warning("room %s: undecodable batch from %s: %r", room, node, exc)
+                listener.resync()
+                return
+            listener.remote_messages(messages)
+        elif kind == b"p" and data[1:].decode() != self.node:
+            listener.remote_presence()
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._listen_task is not None:
+            # Repeated: redis-py can turn a cancellation that lands while it connects into an
+            # error of its own, which the listen loop treats as a lost connection.
+            while not self._listen_task.done():
+                self._listen_task.cancel()
+                await asyncio.wait([self._listen_task], timeout=0.5)
+        await self._redis.aclose()
+
+
+async def _quietly_close(pubsub: Any) -> None:
+    try:
+        await pubsub.aclose()
+        await pubsub.connection_pool.disconnect()
+    except (RedisError, OSError, RuntimeError):
+        pass

@@ -1,0 +1,52 @@
+-- Publish this process's members of a room and read the room's shared state, atomically.
+-- KEYS: 1 presence hash ("node\0user" -> "expires_ms\0name"), 2 seq counter, 3 stream (log)
+-- ARGV: 1 node id, 2 now (ms), 3 expiry of this node's entries (ms), 4 shard channel,
+--       5 key lifetime (ms), then user, name pairs (this node's members; none withdraws them)
+-- Returns {top seq, {user, name, user, name, ...}} with the live members of other nodes.
+-- Entries of a node that stopped syncing (killed) expire and are removed here by any node.
+local node, now = ARGV[1], tonumber(ARGV[2])
+local mine = {}
+for i = 6, #ARGV, 2 do
+  mine[ARGV[i]] = ARGV[i + 1]
+end
+local changed = false
+local others = {}
+local entries = redis.call('HGETALL', KEYS[1])
+for i = 1, #entries, 2 do
+  local field, value = entries[i], entries[i + 1]
+  local sep = string.find(field, '\0', 1, true)
+  local owner, user = string.sub(field, 1, sep - 1), string.sub(field, sep + 1)
+  local vsep = string.find(value, '\0', 1, true)
+  local expires = tonumber(string.sub(value, 1, vsep - 1))
+  if owner == node then
+    if mine[user] == nil then
+      redis.call('HDEL', KEYS[1], field)
+      changed = true
+    end
+  elseif expires <= now then
+    redis.call('HDEL', KEYS[1], field)
+    changed = true
+  else
+    others[#others + 1] = user
+    others[#others + 1] = string.sub(value, vsep + 1)
+  end
+end
+for user, name in pairs(mine) do
+  if redis.call('HSET', KEYS[1], node .. '\0' .. user, ARGV[3] .. '\0' .. name) == 1 then
+    changed = true
+  end
+end
+if next(mine) ~= nil then
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+end
+if changed then
+  redis.call('SPUBLISH', ARGV[4], 'p' .. node)
+end
+local top = tonumber(redis.call('GET', KEYS[2]) or '0')
+if top == 0 then
+  local last = redis.call('XREVRANGE', KEYS[3], '+', '-', 'COUNT', 1)
+  if #last > 0 then
+    top = tonumber(string.match(last[1][1], '-(%d+)$'))
+  end
+end
+return {top, others}

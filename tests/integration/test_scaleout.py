@@ -1,0 +1,127 @@
+"""One room across processes on Redis: every member sees every message live, in one order,
+presence agrees everywhere, and a dead process's members leave."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import websockets
+
+from tests.redis_server import redis_server
+from tests.support import SLOW, Client, Process, make_token, server_process
+
+FAST = {"ROOMCHAT_RATE_BURST": "1000", "ROOMCHAT_RATE_PER_SEC": "1000",
+        "ROOMCHAT_SYNC_INTERVAL": "0.5", "ROOMCHAT_PRESENCE_TTL": "2",
+        "ROOMCHAT_PING_INTERVAL": "2", "ROOMCHAT_PING_TIMEOUT": "2"}
+
+
+class Member(Client):
+    """A client that answers heartbeat pings, as the page does, and follows the member list."""
+
+    members: set[str]
+
+    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
+        obj = await super().recv(timeout)
+        if obj["type"] == "ping":
+            await self.send({"type": "pong"})
+        elif obj["type"] == "presence":
+            (self.members.add if obj["event"] == "join" else self.members.discard)(obj["user"])
+        return obj
+
+
+async def member(proc: Process, user: str, room: str = "split", **query: Any) -> Member:
+    ws = await websockets.connect(proc.url(room, make_token(user), **query), compression=None,
+                                  open_timeout=10 * SLOW, max_size=2**24)
+    return Member(ws)
+
+
+async def messages(client: Client, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    while len(got) < count:
+        got.append(await client.recv_type("message", timeout))
+    return got
+
+
+async def members_seen(client: Member, want: set[str], timeout: float = 10.0) -> None:
+    """Follow presence events until the member set is ``want``."""
+    async with asyncio.timeout(timeout * SLOW):
+        while client.members != want:
+            await client.recv_type("presence", timeout)
+
+
+async def joined(proc: Process, user: str, **query: Any) -> Member:
+    client = await member(proc, user, **query)
+    welcome = await client.recv()
+    assert welcome["type"] == "welcome"
+    client.welcome = welcome  # type: ignore[attr-defined]
+    client.members = {m["user"] for m in welcome["members"]}
+    return client
+
+
+async def test_two_processes_one_room_live_order_and_presence(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url, \
+            server_process(tmp_path / "a", env=FAST, args=["--store-url", url]) as a, \
+            server_process(tmp_path / "b", env=FAST, args=["--store-url", url]) as b:
+        alice = await joined(a, "alice")
+        dave = await joined(a, "dave")  # only listens, on alice's process
+        bob = await joined(b, "bob")
+        carol = await joined(b, "carol")  # only listens, on bob's process
+        everyone = {"alice", "bob", "carol", "dave"}
+        for client in (alice, dave, bob, carol):
+            await members_seen(client, everyone)
+
+        for i in range(20):  # interleaved writes from both sides
+            await alice.say(f"a{i}", id=f"a{i}")
+            await bob.say(f"b{i}", id=f"b{i}")
+        lists = [await messages(c, 40) for c in (alice, dave, bob, carol)]
+        seqs = [[m["seq"] for m in got] for got in lists]
+        assert seqs[0] == list(range(1, 41)), seqs[0]
+        assert all(s == seqs[0] for s in seqs)
+        texts = [[m["text"] for m in got] for got in lists]
+        assert all(t == texts[0] for t in texts)
+        assert sorted(texts[0]) == sorted([f"a{i}" for i in range(20)] +
+                                          [f"b{i}" for i in range(20)])
+
+        # A retry of alice's message through the other process: deduplicated.
+        alice_on_b = await joined(b, "alice", after="40")
+        await alice_on_b.say("a3", id="a3")
+        dup = await alice_on_b.recv_type("ack")
+        assert dup["duplicate"] is True and dup["seq"] == seqs[0][texts[0].index("a3")]
+
+        # Presence agrees on both sides when a member leaves.
+        await carol.ws.close()
+        for client in (alice, dave, bob):
+            await members_seen(client, everyone - {"carol"})
+
+
+async def test_kill_9_one_process_others_keep_chatting_and_its_members_leave(
+        tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url, \
+            server_process(tmp_path / "a", env=FAST, args=["--store-url", url]) as a, \
+            server_process(tmp_path / "b", env=FAST, args=["--store-url", url]) as b:
+        alice = await joined(a, "alice")
+        bob = await joined(b, "bob")
+        await members_seen(alice, {"alice", "bob"})
+        for i in range(5):
+            await bob.say(f"b{i}", id=f"b{i}")
+        await messages(alice, 5)
+        seen_by_bob = [m["seq"] for m in await messages(bob, 5)]
+
+        b.proc.send_signal(signal.SIGKILL)
+        b.proc.wait()
+        loop = asyncio.get_running_loop()
+        killed_at = loop.time()
+        # bob's entry expires (presence_ttl 2 s) and a's next sync (0.5 s) announces it.
+        await members_seen(alice, {"alice"}, timeout=10)
+        assert loop.time() - killed_at <= 2 * 2 + 1  # within ~2 heartbeat intervals (2 s)
+
+        # bob reconnects to the survivor with `after`: no gap, no duplicate.
+        for i in range(5, 8):
+            await alice.say(f"a{i}", id=f"a{i}")
+        bob_again = await joined(a, "bob", after=str(seen_by_bob[-1]))
+        assert bob_again.welcome["recovered"] is True  # type: ignore[attr-defined]
+        resumed = [m["seq"] for m in await messages(bob_again, 3)]
+        assert seen_by_bob + resumed == list(range(1, 9))

@@ -1,0 +1,190 @@
+"""The engine contract, run against both engines (embedded SQLite, and Redis on a real
+redis-server started per test), plus what only a shared engine does."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from rooms.engine import Engine, open_engine
+from rooms.engines.redis import RedisEngine
+from rooms.errors import StoreError
+from rooms.state import Appended, Draft, StoredMessage
+from tests.redis_server import redis_server
+
+
+def drafts(count: int, user: str = "u", ids: bool = True, start: int = 0) -> list[Draft]:
+    return [Draft(user, user.upper(), f"id{i}" if ids else None, f"t{i}", 1000 + i)
+            for i in range(start, start + count)]
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "embedded":
+        yield f"sqlite://{tmp_path / 'db.sqlite3'}"
+    else:
+        with redis_server(tmp_path / "redis") as url:
+            yield url
+
+
+@pytest.fixture
+async def engine(engine_url: str) -> AsyncIterator[Engine]:
+    opened = await open_engine(engine_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def test_append_allocates_consecutive_seqs_and_reads_back(engine: Engine) -> None:
+    assert (await engine.load("a", 10)).last_seq == 0
+    assert await engine.append("a", drafts(3), retention=0, dedup_window=10) == [
+        Appended(1), Appended(2), Appended(3)]
+    assert await engine.append("a", drafts(2, ids=False), retention=0, dedup_window=10) == [
+        Appended(4), Appended(5)]
+    page = await engine.read("a", 1, 4, 10)
+    assert [m.seq for m in page] == [2, 3, 4]
+    assert page[0] == StoredMessage("a", 2, "u", "U", "id1", "t1", 1001)
+    snapshot = await engine.load("a", 10)
+    assert (snapshot.last_seq, snapshot.oldest_seq) == (5, 1)
+    assert (await engine.sync("a", {}, 10)).top == 5
+
+
+async def test_text_roundtrips_exactly(engine: Engine) -> None:
+    text = 'quotes " \\ newline\n tab\t emoji \U0001f600 bidi \u202e nul-free <b>'
+    await engine.load("t", 0)
+    await engine.append("t", [Draft("ü", "Ünïcode \U0001f600", "x", text, 1)], retention=0,
+                        dedup_window=10)
+    (m,) = await engine.read("t", 0, 1, 1)
+    assert (m.user, m.name, m.text) == ("ü", "Ünïcode \U0001f600", text)
+
+
+async def test_retention_prunes_oldest(engine: Engine) -> None:
+    await engine.load("r", 0)
+    for _ in range(4):
+        await engine.append("r", drafts(50, ids=False), retention=100, dedup_window=0)
+    snapshot = await engine.load("r", 0)
+    assert snapshot.last_seq == 200
+    assert 100 <= 200 - snapshot.oldest_seq + 1 <= 200  # SQLite prunes in ~1% steps
+
+
+async def test_data_survives_reopen(engine_url: str) -> None:
+    first = await open_engine(engine_url)
+    await first.load("a", 10)
+    await first.append("a", drafts(3), retention=0, dedup_window=10)
+    await first.close()
+    with pytest.raises(StoreError):
+        await first.read("a", 0, 3, 3)
+    again = await open_engine(engine_url)
+    try:
+        assert (await again.load("a", 10)).last_seq == 3
+        assert [m.seq for m in await again.read("a", 0, 3, 10)] == [1, 2, 3]
+    finally:
+        await again.close()
+
+
+async def test_bad_urls(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unsupported store URL"):
+        await open_engine("mongodb://nope")
+    with pytest.raises(StoreError, match="cannot reach Redis"):
+        await open_engine("redis://127.0.0.1:1/0")
+
+
+# -- only a shared engine ------------------------------------------------------------------
+
+
+class Listener:
+    def __init__(self) -> None:
+        self.messages: list[StoredMessage] = []
+        self.presence = 0
+        self.resyncs = 0
+        self.arrived = asyncio.Event()
+
+    def remote_messages(self, messages: list[StoredMessage]) -> None:
+        self.messages += messages
+        self.arrived.set()
+
+    def remote_presence(self) -> None:
+        self.presence += 1
+        self.arrived.set()
+
+    def resync(self) -> None:
+        self.resyncs += 1
+        self.arrived.set()
+
+
+async def wait_for(listener: Listener, predicate: object, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():  # type: ignore[operator]
+            listener.arrived.clear()
+            await listener.arrived.wait()
+
+
+@pytest.fixture
+async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[RedisEngine, RedisEngine]]:
+    with redis_server(tmp_path / "redis") as url:
+        a = await RedisEngine.open(url)
+        b = await RedisEngine.open(url)
+        try:
+            yield a, b
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def test_two_nodes_share_seqs_dedup_and_the_live_feed(
+        two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
+    a, b = two_nodes
+    heard = Listener()
+    b.subscribe("room", heard)
+    await asyncio.sleep(0.2)  # the SSUBSCRIBE is sent asynchronously
+    await a.load("room", 10)
+    await b.load("room", 10)
+    assert await a.append("room", drafts(2), retention=0, dedup_window=10) == [
+        Appended(1), Appended(2)]
+    assert await b.append("room", drafts(1, user="v"), retention=0, dedup_window=10) == [
+        Appended(3)]
+    # The same (user, id) retried through the other node: the original's seq.
+    assert await b.append("room", drafts(1), retention=0, dedup_window=10) == [
+        Appended(1, duplicate=True)]
+    await wait_for(heard, lambda: len(heard.messages) == 2)
+    assert [m.seq for m in heard.messages] == [1, 2]  # b's own batch is not echoed to b
+    assert heard.messages[0].text == "t0"
+
+
+async def test_dedup_window_forgets_old_ids(two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
+    a, _ = two_nodes
+    await a.load("w", 3)
+    await a.append("w", drafts(5), retention=0, dedup_window=3)
+    again = await a.append("w", drafts(1) + drafts(1, start=4), retention=0, dedup_window=3)
+    assert again == [Appended(6), Appended(5, duplicate=True)]
+
+
+async def test_presence_is_shared_and_expires(two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
+    a, b = two_nodes
+    heard = Listener()
+    b.subscribe("p", heard)
+    await asyncio.sleep(0.2)
+    assert (await a.sync("p", {"alice": "Alice"}, 0.5)).others == {}
+    await wait_for(heard, lambda: heard.presence >= 1)
+    assert (await b.sync("p", {"bob": "Bob"}, 10)).others == {"alice": "Alice"}
+    assert (await a.sync("p", {"alice": "Alice"}, 0.5)).others == {"bob": "Bob"}
+    await asyncio.sleep(0.7)  # a stops refreshing (as if killed): its entry expires
+    assert (await b.sync("p", {"bob": "Bob"}, 10)).others == {}
+    assert (await a.sync("p", {}, 10)).others == {"bob": "Bob"}
+
+
+async def test_rooms_wait_for_a_pooled_connection(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url:
+        engine = await RedisEngine.open(url, max_connections=2)
+        try:
+            await asyncio.gather(*(engine.load(f"r{i}", 0) for i in range(200)))
+            await asyncio.gather(*(engine.append(f"r{i}", drafts(3), retention=0,
+                                                 dedup_window=10) for i in range(200)))
+            snaps = await asyncio.gather(*(engine.load(f"r{i}", 0) for i in range(200)))
+            assert {s.last_seq for s in snaps} == {3}
+        finally:
+            await engine.close()
