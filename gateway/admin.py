@@ -1,8 +1,9 @@
 """The live admin view: ``/admin`` (page) and ``/admin/ws`` (a stats stream for admin tokens).
 
 The stream reuses the rooms' session machinery: a ``Session`` with a bounded outbox and its
-writer, fed once per ``ADMIN_INTERVAL`` by a ticker. A slow admin client is closed with 4009 like
-any other.
+writer, fed once per ``ADMIN_INTERVAL`` by a ticker. It follows the rooms' rules: a slow admin
+client is closed with 4009, an expired token with 4001, and a client that stops answering the
+heartbeat ``ping`` (every ``ping_interval``) for ``ping_timeout`` more seconds with 4010.
 """
 
 from __future__ import annotations
@@ -72,8 +73,22 @@ async def admin_socket(gw: Gateway) -> Response | None:
     hello = protocol.dumps({"type": "hello", "user": claims.user, "interval": ADMIN_INTERVAL})
     await websocket.accept()
 
+    last_seen = time.monotonic()
+    next_ping = last_seen + cfg.ping_interval
+
     async def tick() -> None:
+        nonlocal next_ping
         while True:
+            now = time.monotonic()
+            if time.time() >= claims.expires_at:
+                session.close_nowait(protocol.CloseCode.TOKEN_EXPIRED, "token expired")
+                return
+            if now - last_seen > cfg.ping_interval + cfg.ping_timeout:
+                session.close_nowait(protocol.CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+                return
+            if now >= next_ping:
+                next_ping = now + cfg.ping_interval
+                session.offer(protocol.ping(int(time.time() * 1000)))
             if not session.offer(protocol.dumps(snapshot(gw))):
                 session.close_nowait(protocol.CloseCode.SLOW_CONSUMER, "slow consumer",
                                      flush=False)
@@ -84,11 +99,13 @@ async def admin_socket(gw: Gateway) -> Response | None:
             if gw.draining:
                 session.close_nowait(protocol.CloseCode.SERVICE_RESTART, "server restarting")
                 return
-            await asyncio.sleep(ADMIN_INTERVAL)
+            await asyncio.sleep(min(ADMIN_INTERVAL, cfg.tick_interval))
 
     async def read() -> None:
-        while True:  # nothing to read; receiving notices the client going away
+        nonlocal last_seen
+        while True:  # any frame (a pong, in practice) shows the client is alive
             await websocket.receive()
+            last_seen = time.monotonic()
 
     async with asyncio.TaskGroup() as tg:
         ticker = tg.create_task(tick())

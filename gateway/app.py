@@ -157,6 +157,11 @@ def create_app(config: Config) -> Quart:
     async def _headers(response: Response) -> Response:
         for name, value in SECURITY_HEADERS.items():
             response.headers.setdefault(name, value)
+        if response.mimetype == "text/html":
+            # Every HTML response, including the pages reached through /static/, carries the
+            # pages' CSP and is never cached (the CSP protects only the responses that send it).
+            response.headers["Content-Security-Policy"] = PAGE_CSP
+            response.headers["Cache-Control"] = "no-store"
         return response
 
     @app.errorhandler(Rejection)

@@ -6,10 +6,43 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import MutableMapping
+from urllib.parse import quote
 
 import orjson
 
 ACCESS_LOG_FORMAT = '%(h)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(D)sus'
+ACCESS_LOGGER = "roomchat.access"
+
+# RFC 3986 characters that may stay as they are in a logged path; everything else (control
+# characters, spaces, quotes, non-ASCII) is percent-encoded again.
+_PATH_SAFE = "/:@!$&'()*+,;=-._~"
+
+
+def escape_path(path: str) -> str:
+    """The request path as it can be safely logged: a decoded ``%0a`` or ``%1b`` must not forge
+    a log line or inject terminal escapes, so they are percent-encoded again."""
+    return quote(path, safe=_PATH_SAFE, errors="backslashreplace")
+
+
+class EscapedPathFilter(logging.Filter):
+    """Escapes the path atoms of Hypercorn's access log records (``%(U)s`` and friends)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        atoms = record.args
+        if isinstance(atoms, MutableMapping):
+            for key in ("U", "r", "R", "Uq"):
+                value = atoms.get(key)
+                if isinstance(value, str):
+                    atoms[key] = escape_path(value) if key == "U" else value.translate(_CONTROL)
+        return True
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127)}
+
+# The access logger exists once per process; attaching here means every server (CLI, tests,
+# workers) logs escaped paths, whoever configured logging.
+logging.getLogger(ACCESS_LOGGER).addFilter(EscapedPathFilter())
 
 
 class JsonFormatter(logging.Formatter):

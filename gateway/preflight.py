@@ -95,7 +95,7 @@ def check_dir(path: Path, purpose: str) -> None:
     if path.exists() and not path.is_dir():
         raise StartupError(f"data directory {shown} is not a directory")
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)  # the secret and database live here
     except OSError as exc:
         raise StartupError(f"cannot create data directory {shown}: {exc.strerror}") from None
     try:

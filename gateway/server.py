@@ -19,6 +19,7 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HyperConfig
 from quart import Quart
 
+from gateway import wsfixes
 from gateway.app import Gateway, create_app
 from gateway.compression import set_compression
 from gateway.config import Config
@@ -51,7 +52,8 @@ async def serve(
     """Serve until SIGTERM/SIGINT (when ``handle_signals``) or ``shutdown`` is set; then drain
     and return. ``fd``: an already bound, listening socket that Hypercorn takes over (tests
     bind port 0). ``ready``: called in the loop once the store is open and rooms can start."""
-    set_compression(config.compression)
+    set_compression(config.compression, config.max_message_bytes)
+    wsfixes.install()
     app = app or create_app(config)
     if ready is not None:
         # before_serving hooks run in order, so this one runs after the Gateway's start().

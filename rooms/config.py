@@ -22,6 +22,8 @@ class RoomConfig:
 
     rate_burst: int = _setting(10, "Per-connection token bucket size (messages).")
     rate_per_sec: float = _setting(2.0, "Per-connection refill rate (messages/second).")
+    pong_cost: float = _setting(
+        0.1, "Tokens of the per-connection bucket a `pong` costs (every other frame costs 1).")
     rate_abuse_strikes: int = _setting(
         20, "Rate-limited messages in a row (none accepted between) that close with 4008."
     )
@@ -93,6 +95,8 @@ class RoomConfig:
                      "store_outage_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
+        if not 0 < self.pong_cost <= 1:
+            raise ValueError("pong_cost must be in (0, 1]")
         for name in ("history_on_join", "history_retention", "dedup_window", "room_idle_ttl",
                      "batch_delay"):
             if getattr(self, name) < 0:

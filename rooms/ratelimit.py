@@ -16,12 +16,13 @@ class TokenBucket:
         self._tokens = float(burst)
         self._stamp = now
 
-    def take(self, now: float) -> float:
-        """Take one token. Returns 0.0 on success, else the seconds until one is available."""
+    def take(self, now: float, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens. Returns 0.0 on success, else the seconds until they are
+        available (nothing is taken then)."""
         elapsed = max(0.0, now - self._stamp)
         self._stamp = max(self._stamp, now)
         self._tokens = min(float(self.burst), self._tokens + elapsed * self.rate)
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= cost:
+            self._tokens -= cost
             return 0.0
-        return (1.0 - self._tokens) / self.rate
+        return (cost - self._tokens) / self.rate

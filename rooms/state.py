@@ -313,6 +313,20 @@ class RoomState:
             return []  # already evicted; frames still in flight are dropped
         info.last_seen = now
         cfg = self.config
+        # Every frame costs tokens, whatever it is (a flood of pongs, invalid frames or resent
+        # duplicates is still a flood); a pong costs a fraction.
+        retry_after = info.bucket.take(now, cfg.pong_cost if isinstance(frame, Pong) else 1.0)
+        if retry_after > 0:
+            info.strikes += 1
+            effects: list[Effect] = []
+            if not isinstance(frame, Pong):
+                effects.append(Send(session, protocol.error(
+                    ErrorCode.RATE_LIMITED, "too many messages; resend after retry_after seconds",
+                    client_id=frame.id, retry_after=retry_after)))
+            if info.strikes >= cfg.rate_abuse_strikes:
+                effects += self.evict(session, CloseCode.RATE_ABUSE, "rate limit abuse", wall_ms)
+            return effects
+        info.strikes = 0
         if isinstance(frame, Pong):
             return []
         if isinstance(frame, FrameError):
@@ -340,17 +354,6 @@ class RoomState:
         if refuse is not None:
             return [Send(session, protocol.error(ErrorCode.UNAVAILABLE, refuse,
                                                  client_id=frame.id, retry_after=1.0))]
-        retry_after = info.bucket.take(now)
-        if retry_after > 0:
-            info.strikes += 1
-            reply = Send(session, protocol.error(
-                ErrorCode.RATE_LIMITED, "too many messages; resend after retry_after seconds",
-                client_id=frame.id, retry_after=retry_after))
-            if info.strikes >= cfg.rate_abuse_strikes:
-                return [reply, *self.evict(session, CloseCode.RATE_ABUSE,
-                                           "rate limit abuse", wall_ms)]
-            return [reply]
-        info.strikes = 0
 
         self.pending.append(Draft(info.user, info.name, frame.id, frame.text, wall_ms))
         waiting = _Waiting(session, frame.id)

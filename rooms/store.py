@@ -9,6 +9,7 @@ reader threads with their own connections (WAL readers never block the writer).
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import sqlite3
 import threading
@@ -121,7 +122,10 @@ class SqliteStore:
         return conn
 
     def _open_writer(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Private from the start: the directory 0700, the database 0600 (SQLite gives its -wal
+        # and -shm files the database file's mode), never readable in between.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         conn = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
         conn.executescript(_SCHEMA)

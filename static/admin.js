@@ -99,6 +99,7 @@ function connect(token, attempt = 0) {
     for (const line of String(event.data).split("\n")) {
       const obj = JSON.parse(line);
       if (obj.type === "stats") render(obj);
+      else if (obj.type === "ping") ws.send(JSON.stringify({ type: "pong" }));
     }
     attempt = 0;
   };

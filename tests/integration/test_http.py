@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import signal
@@ -16,7 +17,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from tests.conftest import ServerFactory
-from tests.support import SLOW, Server, make_token, server_process
+from tests.support import SLOW, Server, make_config, make_token, running_server, server_process
 
 
 def get(url: str, data: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
@@ -153,3 +154,33 @@ def test_no_token_in_default_access_log_format() -> None:
     for atom in ("%(R)s", "%(q)s", "%(Uq)s"):
         assert atom not in ACCESS_LOG_FORMAT
     logging.getLogger(__name__).debug("ok")
+
+
+async def test_admin_stream_honours_expiry_and_heartbeat(tmp_path: Path) -> None:
+    config = make_config(tmp_path, ping_interval=0.5, ping_timeout=0.5, tick_interval=0.1)
+    async with running_server(config) as srv:
+        url = f"ws://127.0.0.1:{srv.port}/admin/ws?token="
+        async with websockets.connect(url + make_token("root", admin=True, ttl=1.5)) as ws:
+            kinds: list[str] = []
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:  # answer pings: only the token's expiry ends the stream
+                    for line in str(await asyncio.wait_for(ws.recv(), 5 * SLOW)).split("\n"):
+                        kinds.append(orjson.loads(line)["type"])
+                        if kinds[-1] == "ping":
+                            await ws.send('{"type":"pong"}')
+            assert ws.close_code == 4001 and "ping" in kinds
+        async with websockets.connect(url + make_token("root", admin=True)) as ws:
+            with contextlib.suppress(websockets.ConnectionClosed):
+                while True:  # never answer: heartbeat timeout
+                    await asyncio.wait_for(ws.recv(), 5 * SLOW)
+            assert ws.close_code == 4010
+
+
+@pytest.mark.parametrize("path", ["/static/index.html", "/static/admin.html", "/rooms/lobby",
+                                  "/admin"])
+async def test_every_html_response_carries_the_csp_and_is_not_cached(
+        server: Server, path: str) -> None:
+    status, headers, _ = await aget(f"http://127.0.0.1:{server.port}{path}")
+    assert status == 200
+    assert "script-src 'self'" in headers["content-security-policy"]
+    assert headers["cache-control"] == "no-store"

@@ -323,3 +323,22 @@ def test_touch_keeps_a_replaying_session_alive() -> None:
     state.touch(1, 14)
     assert [e for e in state.tick(16, 0) if isinstance(e, Close)] == []
     assert [e for e in state.tick(30, 0) if isinstance(e, Close)] != []
+
+
+def test_every_frame_costs_tokens_duplicates_and_pongs_included() -> None:
+    state = RoomState("r", replace(CFG, rate_burst=2, rate_abuse_strikes=3, pong_cost=0.5))
+    joined(state, 1, "alice")
+    send(state, 1, "a", "same")
+    send(state, 1, "b")
+    commit(state)
+    (limited,) = objs(send(state, 1, "a", "same"))  # a resend costs a token like any frame
+    assert limited[2]["code"] == "rate_limited"
+    assert [k for k, _, _ in objs(state.receive(1, Pong(), 0, 0))] == []  # limited, no reply
+    effects = objs(state.receive(1, Pong(), 0, 0))  # third strike in a row: 4008
+    assert effects[0] == ("close", 1, {"code": CloseCode.RATE_ABUSE, "flush": True})
+    state2 = RoomState("r", replace(CFG, rate_burst=2, pong_cost=0.5))
+    joined(state2, 1, "bob")
+    for _ in range(4):  # four pongs at 0.5 = the whole burst; a message then waits
+        assert state2.receive(1, Pong(), 0, 0) == []
+    (wait,) = objs(send(state2, 1, "x"))
+    assert wait[2]["code"] == "rate_limited"

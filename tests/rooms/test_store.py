@@ -115,3 +115,15 @@ async def test_a_failing_append_does_not_fail_its_neighbours(store: MessageStore
     assert isinstance(results[0], StoreError)
     assert results[1:] == [None] * 50  # SQLite commits them in the same transactions
     assert (await store.load("ok49", 0)).last_seq == 2
+
+
+async def test_database_files_are_private_from_the_start(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "db.sqlite3"
+    store = await SqliteStore.open(path)
+    try:
+        await store.append(msgs("p", 1, 3), retention=0)
+        modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
+        assert path.parent.stat().st_mode & 0o777 == 0o700
+        assert modes and all(mode == 0o600 for mode in modes.values()), modes
+    finally:
+        await store.close()
