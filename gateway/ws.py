@@ -46,6 +46,8 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[..., Awaitable[None]]  # Quart's asgi_app, typed with hypercorn's scopes
 
 ROUTE = re.compile(r"/rooms/([^/]*)/ws")
+# ASCII digits only: str.isdigit() accepts "²" or "٣", which int() then rejects or reads.
+AFTER = re.compile(r"[0-9]{1,18}")
 _session_ids = itertools.count(1)
 
 
@@ -105,7 +107,7 @@ class RoomSockets:
         raw_after = (query.get("after") or [""])[-1]
         after = None
         if raw_after:
-            if not raw_after.isdigit() or len(raw_after) > 18:
+            if AFTER.fullmatch(raw_after) is None:
                 raise Rejection(400, "bad_request", "after must be a non-negative integer")
             after = int(raw_after)
         if gw.draining:
