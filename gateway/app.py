@@ -2,18 +2,22 @@
 
 The store and the room registry open in ``before_serving`` and close in ``after_serving``;
 ``Gateway.drain()`` (called by the server's shutdown trigger, *before* Hypercorn stops) closes
-every socket with 1012 so shutdown never hangs on open WebSockets.
+every socket with 1012 so shutdown never hangs on open WebSockets, and drops (aborts) whatever is
+still open at its deadline: a client that stopped reading must not hold the process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
 import secrets
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
+from typing import Protocol
 
 from quart import Quart, Response, request, send_file
 
@@ -28,6 +32,16 @@ from rooms.protocol import dumps
 from rooms.registry import RoomRegistry
 
 log = logging.getLogger("roomchat.gateway")
+
+# After the drain's deadline has aborted the stragglers, how long their handlers get to unwind
+# (an abort completes on the next loop iterations; this only bounds a surprise).
+ABORT_GRACE = 1.0
+
+
+class Abortable(Protocol):
+    """A connection the drain can drop at its deadline (``gateway.fastsend.FrameWriter``)."""
+
+    def abort(self) -> None: ...
 
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; "
@@ -69,6 +83,8 @@ class Gateway:
         self.observer = Metrics()
         self.draining = False
         self.connections = 0
+        # Every open WebSocket the drain can drop; bounded by the sockets Hypercorn accepted.
+        self._abortable: set[Abortable] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self._store: Engine | None = None
@@ -102,19 +118,37 @@ class Gateway:
     def _committed(self, seconds: float, count: int) -> None:
         self.observer.messages_stored(count, seconds)  # prometheus_client is thread-safe
 
-    def connection_opened(self) -> None:
+    def connection_opened(self, transport: Abortable | None = None) -> None:
+        """A WebSocket counts from here until ``connection_closed``: call that only once its
+        socket is really gone (room sockets: ``gateway.ws``), so closing sockets count toward
+        ``max_connections`` too. ``transport``: what the drain may abort at its deadline."""
         self.connections += 1
         self.observer.connections.inc()
         self._idle.clear()
+        if transport is not None:
+            self._abortable.add(transport)
 
-    def connection_closed(self) -> None:
+    def connection_closed(self, transport: Abortable | None = None) -> None:
         self.connections -= 1
         self.observer.connections.dec()
+        if transport is not None:
+            self._abortable.discard(transport)
         if self.connections == 0:
             self._idle.set()
 
+    @contextlib.contextmanager
+    def abortable(self, transport: Abortable) -> Iterator[None]:
+        """Let the drain abort ``transport`` while inside (for sockets counted elsewhere)."""
+        self._abortable.add(transport)
+        try:
+            yield
+        finally:
+            self._abortable.discard(transport)
+
     async def drain(self, timeout: float) -> None:
-        """Refuse new connections, close every socket with 1012, wait up to ``timeout`` s."""
+        """Refuse new connections, close every socket with 1012, wait up to ``timeout`` s, then
+        abort what is left and give it ``ABORT_GRACE`` s to unwind. Returns within about
+        ``timeout + ABORT_GRACE`` whatever the clients do."""
         if self.draining:
             return
         self.draining = True
@@ -123,9 +157,17 @@ class Gateway:
         try:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()
+            return
         except TimeoutError:
-            log.warning("drain: %d connections still open after %.1fs", self.connections,
-                        timeout)
+            log.warning("drain: %d connections still open after %.1fs; aborting them",
+                        self.connections, timeout)
+        for transport in list(self._abortable):
+            transport.abort()
+        try:
+            async with asyncio.timeout(ABORT_GRACE):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning("drain: %d connections still counted after aborting", self.connections)
 
     async def stop(self) -> None:
         if self._registry is not None:

@@ -20,11 +20,19 @@ Frames are written whole with one ``transport.write``, so they cannot interleave
 Hypercorn writes itself (pongs, close). Backpressure is kept: when the transport buffers data we
 await ``drain()``, as Hypercorn would. Tested against Hypercorn 0.17-0.18 (pinned in
 pyproject.toml); ``_locate`` returns None for any other shape, which means the ASGI path.
+
+The same handle on the TCP transport lets the gateway free a connection whose peer stopped
+reading: ``abort`` drops it (RST) instead of waiting forever for buffers to drain, and
+``wait_closed`` tells when the socket is really gone. On other shapes (HTTP/2 streams share
+their connection) neither is possible: the stream ends when the handler returns.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -34,6 +42,10 @@ from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from wsproto.connection import ConnectionState
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+# SO_LINGER on with a zero timeout: close() resets the connection and discards unsent data,
+# instead of leaving an orphaned socket that keeps retrying a peer with a zero window.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -81,6 +93,9 @@ class FrameWriter:
         target = self._target
         if target is not None:
             stream, writer = target
+            if writer.transport.is_closing():
+                # Aborted (or being closed by Hypercorn): writes would vanish silently.
+                raise ConnectionResetError("the connection is closed")
             if stream.state is ASGIWebsocketState.CONNECTED and not stream.closed:
                 connection = stream.connection
                 if connection.state is ConnectionState.OPEN:
@@ -96,3 +111,31 @@ class FrameWriter:
 
     async def close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def abort(self) -> None:
+        """Drop the TCP connection now (RST), whatever is buffered. Never blocks.
+
+        HTTP/1.1: the transport is aborted, so every pending ``drain()`` (ours and Hypercorn's)
+        returns and the socket is closed on the next loop iteration. Other shapes: nothing can
+        be dropped from here (an HTTP/2 connection carries other streams); the caller's bounded
+        ASGI close and returning from the handler is the best available.
+        """
+        if self._target is None:
+            return
+        transport = self._target[1].transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        transport.abort()
+
+    async def wait_closed(self) -> None:
+        """Return once the TCP connection is closed (at once on shapes without one of our own).
+
+        Hypercorn closes it when the close handshake ends or the peer goes away; a peer that
+        stops reading can delay that forever, so bound this and ``abort()`` after.
+        """
+        if self._target is None:
+            return
+        with contextlib.suppress(OSError):  # closed by a reset: closed all the same
+            await self._target[1].wait_closed()

@@ -13,6 +13,11 @@ Every check runs before the upgrade is accepted; a refusal is a real HTTP respon
 ``websocket.http.response`` extension, which Hypercorn always offers). After the upgrade a
 connection is two coroutines owned by this handler: the reader (parse each frame, hand it to the
 room without waiting) and the session's writer (send what the room queued).
+
+A connection counts toward ``max_connections`` until its TCP socket is gone, not merely until its
+close frame is queued: after the writer ends, the handler waits up to ``close_timeout`` for the
+close handshake to end the connection, then aborts it. A client that stops reading can hold a
+socket for at most the closing phase (``close_timeout``) plus that wait.
 """
 
 from __future__ import annotations
@@ -86,6 +91,11 @@ class RoomSockets:
             if match is not None:
                 await self.room_socket(match.group(1), scope, receive, send)
                 return
+            # Other sockets (the admin stream) are counted by their route; known here too so a
+            # drain that runs out of time can still drop them.
+            with self.gw.abortable(FrameWriter(send)):
+                await self.app(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
     def _admit(self, room: str, scope: Scope) -> tuple[Any, int | None]:
@@ -137,13 +147,15 @@ class RoomSockets:
             return
 
         cfg = gw.config.room
+        transport = FrameWriter(send)
         session = Session(
-            next(_session_ids), claims.user, claims.name, FrameWriter(send),
+            next(_session_ids), claims.user, claims.name, transport,
             outbox_limit=cfg.outbox_limit, max_frame_messages=cfg.max_frame_messages,
             send_timeout=cfg.send_timeout, close_timeout=cfg.close_timeout,
         )
-        gw.connection_opened()
+        gw.connection_opened(transport)
         actor: RoomActor | None = None
+        accepted = released = False
         try:
             try:
                 for attempt in range(2):
@@ -161,14 +173,41 @@ class RoomSockets:
                 return
             assert actor is not None
             await send({"type": "websocket.accept"})
+            accepted = True
             async with asyncio.TaskGroup() as tg:
+                # The reader runs until the socket is gone: Hypercorn's app queue is bounded, and
+                # the client's close frame is only seen once the frames before it are taken.
                 reader = tg.create_task(self._read_loop(actor, session, receive))
                 await session.run_writer(plan, room, gw.store, cfg.history_page)
+                released = await self._release(transport, cfg.close_timeout)
                 reader.cancel()
         finally:
             if actor is not None:
                 actor.leave_nowait(session.id)
-            gw.connection_closed()
+            if accepted and not released:
+                # Failed or cancelled: drop whatever is left of the connection.
+                transport.abort()
+            gw.connection_closed(transport)
+
+    async def _release(self, transport: FrameWriter, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the TCP connection to end, then abort it. True when gone.
+
+        A client that answers our close frame ends it at once; one that stopped reading never
+        would, and its socket and buffers would stay with us forever (issue 13, bug 4).
+        """
+        try:
+            async with asyncio.timeout(timeout):
+                await transport.wait_closed()
+            return True
+        except TimeoutError:
+            log.info("connection not closed within %.1fs of its close frame; aborting", timeout)
+        transport.abort()
+        try:  # the abort closes the socket on the next loop iteration
+            async with asyncio.timeout(timeout):
+                await transport.wait_closed()
+        except TimeoutError:
+            return False
+        return True
 
     async def _read_loop(self, actor: RoomActor, session: Session, receive: Receive) -> None:
         cfg = self.gw.config.room
