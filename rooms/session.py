@@ -5,6 +5,15 @@ writer (``run_writer``, run by the connection's own handler) sends everything pe
 (objects joined by ``\\n``), so a busy room costs one send per recipient per wake-up instead of
 one per message. A full outbox means the client reads slower than the room talks: ``offer()``
 returns False and the actor closes the session with 4009; the client resumes from history.
+
+Two promises hold on every close path (1012 drain, 4001, 4009, 4010, a failed send):
+
+- Nothing is sent past a gap. Live objects queued behind an unfinished replay carry seqs beyond
+  it, so a close during the replay drops them: the client sees a contiguous prefix and resumes
+  with ``after=<last seq it got>``.
+- The closing phase (flush, then the close frame) lasts at most ``close_timeout`` from the close
+  request; then the transport is aborted, so a client that stopped reading can hold neither the
+  writer nor its TCP socket.
 """
 
 from __future__ import annotations
@@ -14,7 +23,7 @@ import enum
 import logging
 import time
 from collections import deque
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from rooms.engine import HistoryReader
 from rooms.protocol import CloseCode, join_frame
@@ -31,10 +40,23 @@ class Transport(Protocol):
     async def close(self, code: int, reason: str) -> None: ...
 
 
+@runtime_checkable
+class AbortableTransport(Transport, Protocol):
+    """A transport that can also be dropped at once (e.g. ``gateway.fastsend.FrameWriter``).
+
+    ``abort`` must not block: it drops the connection without a close frame, and pending or
+    later sends fail or return. A transport without it (the admin stream's) cannot be freed by
+    the session when its close frame is stuck; its owner must do it.
+    """
+
+    def abort(self) -> None: ...
+
+
 class SessionState(enum.Enum):
     JOINING = "joining"  # created; welcome not yet sent
     ACTIVE = "active"  # writer running
-    CLOSING = "closing"  # close requested; the writer sends what is left (if flushing) and closes
+    CLOSING = "closing"  # close requested; the writer sends what is left (if flushing) and closes,
+    # within close_timeout of the request
     CLOSED = "closed"
 
 
@@ -66,7 +88,14 @@ class Session:
         # is the hot path, and a timer per frame was a measurable part of it.
         self.sending_since: float | None = None
         self._writer_task: asyncio.Task[object] | None = None
-        self._aborting = False
+        # Our own cancellations of the writer (abort of a stalled send, close deadline) are told
+        # apart from a cancellation from outside by this flag plus Task.uncancel().
+        self._interrupting = False
+        self._replay_done = False  # until then the outbox may lie beyond a gap (see close_nowait)
+        self._replay_progress: float | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._expired = False  # the closing phase ran out of time; the transport was aborted
+        self._abortable = transport if isinstance(transport, AbortableTransport) else None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -93,15 +122,40 @@ class Session:
         self._wake()
         return True
 
+    @property
+    def progress_at(self) -> float | None:
+        """While the join replay is being sent: ``time.monotonic()`` of the last frame the socket
+        took (the welcome, then each replay page). None before the writer starts and once the
+        replay is done.
+
+        A client can't answer a ping queued behind its replay, so a room's heartbeat should
+        treat this as "seen at": a replay that keeps moving is a live client, not a zombie. A
+        replay that stops moving is caught by ``stalled`` (send_timeout) instead.
+        """
+        return self._replay_progress
+
+    @property
+    def replaying(self) -> bool:
+        """The join replay is in progress (the writer started it and has not finished it)."""
+        return self._replay_progress is not None
+
     def close_nowait(self, code: int, reason: str, *, flush: bool = True) -> None:
-        """Ask the writer to close with ``code`` (after sending what is queued when ``flush``)."""
+        """Ask the writer to close with ``code`` (after sending what is queued when ``flush``).
+
+        Whatever happens, the socket is closed or aborted within ``close_timeout`` from now.
+        """
         if not self.open:
             return
         self.state = SessionState.CLOSING
         self.close_code = code
         self.close_reason = reason
-        if not flush:
+        if not flush or not self._replay_done:
+            # Mid-replay, the outbox holds live objects with seqs beyond the part of the replay
+            # not sent yet: sending them would leave a gap the client could never see (it
+            # resumes after the last seq it got). Stop at the last contiguous seq instead.
             self._drop_queued()
+        self._close_timer = asyncio.get_running_loop().call_later(
+            self._close_timeout, self._close_expired)
         self._wake()
 
     def transport_lost(self) -> None:
@@ -126,72 +180,119 @@ class Session:
     def abort(self, code: int, reason: str) -> None:
         """Interrupt a stalled send and close with ``code`` (nothing more is sent first)."""
         self.close_nowait(code, reason, flush=False)
-        if self.sending_since is not None and self._writer_task is not None:
-            self._aborting = True
-            self._writer_task.cancel()
+        if self.sending_since is not None:
+            self._interrupt()
+
+    def _interrupt(self) -> None:
+        """Cancel whatever the writer is awaiting (a send, a replay read, the close frame)."""
+        task = self._writer_task
+        if task is not None and self._waiter is None and not self._interrupting:
+            self._interrupting = True
+            task.cancel()
+
+    def _close_expired(self) -> None:
+        """The closing phase took ``close_timeout``: drop the connection."""
+        self._close_timer = None
+        if self.state is SessionState.CLOSED:
+            return
+        log.info("session %s: not closed within %.1fs; aborting the connection", self.id,
+                 self._close_timeout)
+        self._expired = True
+        self._drop_queued()
+        if self._abortable is not None:
+            self._abortable.abort()
+        self._interrupt()
+        self._wake()
+
+    def _own_cancellation(self) -> bool:
+        """In an ``except CancelledError``: whether it came from ``_interrupt`` alone."""
+        if not self._interrupting:
+            return False
+        self._interrupting = False
+        task = asyncio.current_task()
+        return task is not None and task.uncancel() == 0
 
     async def run_writer(self, plan: JoinPlan, room: str, store: HistoryReader,
                          history_page: int) -> None:
         """Send the welcome, the replay in ``plan``, then live objects until the session closes.
 
-        Returns when the socket was closed (by ``close_nowait``, a send timeout or a failed send).
-        The caller owns this coroutine and runs it for the whole life of the connection.
+        Returns when the socket was closed (by ``close_nowait``, a send timeout or a failed send)
+        or aborted (the closing phase outlived ``close_timeout``). The caller owns this coroutine
+        and runs it for the whole life of the connection; the close frame being written does not
+        mean the TCP connection is gone (the caller waits for that).
         """
         if self.state is SessionState.JOINING:
             self.state = SessionState.ACTIVE
         self._writer_task = asyncio.current_task()
         try:
-            if not await self._send(plan.welcome):
-                return
-            after, upto = plan.replay_after, plan.replay_upto
-            del plan  # the welcome text is not kept for the life of the connection
-            while after < upto and self.state is SessionState.ACTIVE:
-                page = await store.read(room, after, upto, min(history_page, self._max_frame))
-                if not page:
-                    break
-                if not await self._send(join_frame([m.to_wire() for m in page])):
-                    return
-                after = page[-1].seq
-            outbox = self._outbox
-            while self.state is not SessionState.CLOSED:
-                if outbox:
-                    frame, taken = outbox.popleft()
-                    if outbox and taken < self._max_frame:
-                        parts = [frame]
-                        while outbox and taken < self._max_frame:
-                            text, count = outbox.popleft()
-                            parts.append(text)
-                            taken += count
-                        frame = join_frame(parts)
-                    self._queued -= taken
-                    if not await self._send(frame):
-                        return
-                elif self.state is SessionState.CLOSING:
+            try:
+                await self._write(plan, room, store, history_page)
+            except asyncio.CancelledError:
+                if not self._own_cancellation():
+                    raise
+            if self.state is SessionState.CLOSING:
+                try:
                     await self._close()
-                    return
-                else:
-                    self._waiter = asyncio.get_running_loop().create_future()
-                    try:
-                        await self._waiter
-                    finally:
-                        self._waiter = None
+                except asyncio.CancelledError:
+                    if not self._own_cancellation():
+                        raise
         finally:
+            self._writer_task = None
+            self._replay_progress = None
+            if self._close_timer is not None:
+                self._close_timer.cancel()
+                self._close_timer = None
             self.state = SessionState.CLOSED
 
+    async def _write(self, plan: JoinPlan, room: str, store: HistoryReader,
+                     history_page: int) -> None:
+        """Everything before the close frame. Returns when closing or when the peer is gone."""
+        if self._expired or not await self._send(plan.welcome):
+            return
+        after, upto = plan.replay_after, plan.replay_upto
+        del plan  # the welcome text is not kept for the life of the connection
+        if after < upto:
+            self._replay_progress = time.monotonic()
+        while after < upto and self.state is SessionState.ACTIVE:
+            page = await store.read(room, after, upto, min(history_page, self._max_frame))
+            if not page:
+                break  # pruned by retention meanwhile: nothing older can be sent any more
+            if not await self._send(join_frame([m.to_wire() for m in page])):
+                return
+            after = page[-1].seq
+            self._replay_progress = time.monotonic()
+        if not self.open:
+            return  # closed mid-replay: close_nowait dropped the live outbox (no gap)
+        self._replay_done = True
+        self._replay_progress = None
+        outbox = self._outbox
+        while self.state is not SessionState.CLOSED:
+            if outbox:
+                frame, taken = outbox.popleft()
+                if outbox and taken < self._max_frame:
+                    parts = [frame]
+                    while outbox and taken < self._max_frame:
+                        text, count = outbox.popleft()
+                        parts.append(text)
+                        taken += count
+                    frame = join_frame(parts)
+                self._queued -= taken
+                if not await self._send(frame):
+                    return
+            elif self.state is SessionState.CLOSING:
+                return
+            else:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+
     async def _send(self, frame: str) -> bool:
-        """Send one frame. False when the peer is gone or too slow (then the session is done)."""
+        """Send one frame. False when the peer is gone (then the session is done)."""
         self.sending_since = time.monotonic()
         try:
             await self._transport.send(frame)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            if self._aborting and task is not None and task.uncancel() == 0:
-                # Our own abort (the client stopped reading), not a cancellation from outside.
-                self._aborting = False
-                self.sending_since = None
-                await self._close()
-                return False
-            raise
         except Exception as exc:  # peer gone: ClientDisconnectedError, UnexpectedMessageError...
             log.debug("session %s: send failed: %r", self.id, exc)
             self.state = SessionState.CLOSED
@@ -201,12 +302,11 @@ class Session:
         return True
 
     async def _close(self) -> None:
+        """Send the close frame; bounded by the close deadline armed in ``close_nowait``."""
+        if self._expired:
+            return
         code = self.close_code if self.close_code is not None else CloseCode.NORMAL
         try:
-            async with asyncio.timeout(self._close_timeout):
-                await self._transport.close(code, self.close_reason)
-        except TimeoutError:
-            log.info("session %s: close frame not sent within %.1fs", self.id,
-                     self._close_timeout)
+            await self._transport.close(code, self.close_reason)
         except Exception as exc:
             log.debug("session %s: close failed: %r", self.id, exc)

@@ -6,11 +6,12 @@ import asyncio
 import time
 
 import orjson
+import pytest
 
 from rooms.config import RoomConfig
 from rooms.protocol import CloseCode, SendMessage
 from rooms.session import Session, SessionState
-from rooms.state import Appended, Broadcast, JoinPlan, RoomState, Send
+from rooms.state import Appended, Broadcast, JoinPlan, RoomState, Send, StoredMessage
 
 
 class MemoryTransport:
@@ -19,13 +20,22 @@ class MemoryTransport:
         self.closed: tuple[int, str] | None = None
         self.gate = asyncio.Event()
         self.gate.set()
+        self.close_gate = asyncio.Event()  # closed: the close frame can't be written
+        self.close_gate.set()
+        self.aborted = False
 
     async def send(self, data: str) -> None:
         await self.gate.wait()
         self.frames.append(data)
 
     async def close(self, code: int, reason: str) -> None:
+        await self.close_gate.wait()
         self.closed = (code, reason)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.gate.set()  # like a dropped socket: nothing blocks any more
+        self.close_gate.set()
 
 
 class NoStore:
@@ -40,7 +50,29 @@ async def start(session: Session) -> None:
 def make(transport: MemoryTransport, **kw: float) -> Session:
     return Session(1, "u", "U", transport, outbox_limit=int(kw.get("limit", 5)),
                    max_frame_messages=int(kw.get("frame", 3)),
-                   send_timeout=kw.get("send_timeout", 10.0), close_timeout=1.0)
+                   send_timeout=kw.get("send_timeout", 10.0),
+                   close_timeout=kw.get("close_timeout", 1.0))
+
+
+class History:
+    """Stored messages 1..count, as a store's ``read`` returns them."""
+
+    def __init__(self, count: int) -> None:
+        self.messages = [StoredMessage("r", seq, "w", "W", None, f"m{seq}", 0)
+                         for seq in range(1, count + 1)]
+
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+        await asyncio.sleep(0)
+        return [m for m in self.messages if after < m.seq <= upto][:limit]
+
+
+def seqs(frames: list[str]) -> list[int]:
+    objects = [orjson.loads(line) for frame in frames[1:] for line in frame.split("\n")]
+    return [o["seq"] for o in objects if o["type"] == "message"]
+
+
+def live(seq: int) -> str:
+    return StoredMessage("r", seq, "w", "W", None, f"m{seq}", 0).to_wire()
 
 
 def test_a_committed_batch_is_one_broadcast() -> None:
@@ -106,3 +138,103 @@ async def test_outside_cancellation_is_not_swallowed() -> None:
     except asyncio.CancelledError:
         pass
     assert writer.cancelled()
+
+
+@pytest.mark.parametrize(("code", "flush"), [
+    (CloseCode.SERVICE_RESTART, True), (CloseCode.HEARTBEAT_TIMEOUT, True),
+    (CloseCode.TOKEN_EXPIRED, True), (CloseCode.SLOW_CONSUMER, False)])
+async def test_a_close_during_the_replay_sends_nothing_past_the_gap(
+        code: CloseCode, flush: bool) -> None:
+    # Issue 13, bug 1: 600 stored, a slow reader replaying with after=0, 20 live messages, a
+    # close. The client must see a contiguous prefix; it resumes after its last seq.
+    transport = MemoryTransport()
+    session = make(transport, limit=100, frame=256, close_timeout=5.0)
+    writer = asyncio.create_task(session.run_writer(
+        JoinPlan("W", 0, 600, True), "r", History(600), 256))
+    while not transport.frames:  # noqa: ASYNC110 (stepping the writer)
+        await asyncio.sleep(0)
+    transport.gate.clear()  # the client stops reading during the first replay page
+    await asyncio.sleep(0.01)
+    assert session.replaying
+    for seq in range(601, 621):
+        assert session.offer(live(seq))
+    session.close_nowait(code, "bye", flush=flush)
+    transport.gate.set()  # ...and reads again
+    await asyncio.wait_for(writer, 2)
+    got = seqs(transport.frames)
+    assert got == list(range(1, len(got) + 1)) and len(got) < 600
+    assert transport.closed == (code, "bye") and not transport.aborted
+
+
+async def test_a_close_after_the_replay_still_flushes() -> None:
+    transport = MemoryTransport()
+    session = make(transport, limit=100, frame=256)
+    writer = asyncio.create_task(session.run_writer(
+        JoinPlan("W", 0, 5, True), "r", History(5), 256))
+    while session.replaying or len(transport.frames) < 2:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    assert session.progress_at is None
+    session.offer(live(6))
+    session.close_nowait(CloseCode.SERVICE_RESTART, "bye")
+    await asyncio.wait_for(writer, 2)
+    assert seqs(transport.frames) == [1, 2, 3, 4, 5, 6]
+
+
+async def test_progress_at_moves_with_each_replay_page() -> None:
+    transport = MemoryTransport()
+    session = make(transport, frame=10)
+    assert session.progress_at is None and not session.replaying
+    transport.gate.clear()
+    writer = asyncio.create_task(session.run_writer(
+        JoinPlan("W", 0, 30, True), "r", History(30), 10))
+    marks: list[float] = []
+    for _ in range(4):  # the welcome, then 3 pages of 10
+        await asyncio.sleep(0.01)
+        transport.gate.set()
+        while len(transport.frames) == len(marks):  # noqa: ASYNC110
+            await asyncio.sleep(0)
+        transport.gate.clear()
+        progress = session.progress_at
+        if len(marks) < 3:
+            assert progress is not None and session.replaying
+            assert not marks or progress > marks[-1]
+            marks.append(progress)
+        else:
+            assert progress is None and not session.replaying
+    transport.gate.set()
+    session.close_nowait(CloseCode.NORMAL, "bye")
+    await asyncio.wait_for(writer, 2)
+
+
+@pytest.mark.parametrize("flush", [True, False])
+async def test_the_closing_phase_is_bounded_then_aborts(flush: bool) -> None:
+    # Issues 13, bugs 2 and 4: a client that stopped reading holds neither the flush nor the
+    # close frame beyond close_timeout; the transport is then dropped.
+    transport = MemoryTransport()
+    session = make(transport, limit=100, close_timeout=0.2)
+    writer = asyncio.create_task(start(session))
+    while not transport.frames:  # noqa: ASYNC110
+        await asyncio.sleep(0)
+    transport.gate.clear()
+    transport.close_gate.clear()
+    session.offer("stuck")
+    await asyncio.sleep(0.01)
+    session.offer("queued")
+    started = time.monotonic()
+    session.close_nowait(CloseCode.SERVICE_RESTART, "restart", flush=flush)
+    await asyncio.wait_for(writer, 2)
+    assert time.monotonic() - started < 0.5
+    assert transport.aborted and transport.closed is None
+    assert not writer.cancelled()
+
+
+async def test_an_unsent_close_frame_is_bounded_after_an_abort() -> None:
+    transport = MemoryTransport()
+    session = make(transport, send_timeout=0.05, close_timeout=0.2)
+    transport.gate.clear()
+    transport.close_gate.clear()
+    writer = asyncio.create_task(start(session))
+    await asyncio.sleep(0.1)
+    session.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
+    await asyncio.wait_for(writer, 1)
+    assert transport.aborted and not writer.cancelled()
