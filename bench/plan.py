@@ -31,6 +31,9 @@ ROOM100 = RoomScenario("room100", "1 room of 100", 1, 100, 10, 32)
 ROOM1000 = RoomScenario("room1000", "1 room of 1,000", 1, 1000, 10, 4)
 ROOMS1000X10 = RoomScenario("rooms1000x10", "1,000 rooms of 10", 1000, 10, 1, 1)
 ALL_SCENARIOS = (ROOM10, ROOM100, ROOM1000, ROOMS1000X10)
+# Many small rooms, light enough for the quick run's `--workers` comparison (window 1 with 200
+# senders still keeps far more messages in flight than a 5 ms batch round trip drains).
+ROOMS200X10 = RoomScenario("rooms200x10", "200 rooms of 10", 200, 10, 1, 1)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,13 @@ class Plan:
     # A window during which other processes used more than 10% of either core is measured again
     # (after waiting for quiet) up to this many times; the least disturbed attempt is kept.
     retries: int
+    # Scale-out (bench/scaleout.py): this room split over two processes on one Redis against
+    # the same room in one process on Redis...
+    split_scenario: RoomScenario
+    # ...and `serve --workers 1` against `--workers 2` in this many-small-rooms scenario, with
+    # one fixed load offered to both: this fraction of the `--workers 1` saturation.
+    workers_scenario: RoomScenario
+    workers_fixed_fraction: float
 
 
 FULL = Plan(
@@ -77,6 +87,9 @@ FULL = Plan(
     store_seconds=5.0,
     quiet_wait_s=120.0,
     retries=2,
+    split_scenario=ROOM100,
+    workers_scenario=ROOMS1000X10,
+    workers_fixed_fraction=0.5,
 )
 
 QUICK = Plan(
@@ -96,4 +109,7 @@ QUICK = Plan(
     store_seconds=1.5,
     quiet_wait_s=3.0,
     retries=1,
+    split_scenario=ROOM100,
+    workers_scenario=ROOMS200X10,
+    workers_fixed_fraction=0.5,
 )

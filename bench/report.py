@@ -5,7 +5,8 @@ Layout of ``results`` (as built by :mod:`bench.run`)::
     {"meta": {...}, "plan": {...}, "servers": [keys in column order],
      "scenarios": {key: {"title", "size", "rooms",
                          "servers": {server: measure.run_room_scenario()}}},
-     "memory": {server: ...}, "handshakes": {server: ...}, "store": {...}}
+     "memory": {server: ...}, "handshakes": {server: ...}, "store": {...},
+     "split": scaleout.run_split(), "workers": scaleout.run_workers()}
 """
 
 from __future__ import annotations
@@ -104,6 +105,9 @@ def _flags(entry: dict[str, Any]) -> str:
         foreign = ph.get("foreign_util_server_core") or 0.0
         if foreign > 0.05:
             notes.append(f"other load on server core {foreign:.0%} ({name})")
+        machine = ph.get("foreign_util_machine") or 0.0
+        if machine > 0.1:
+            notes.append(f"other load on the machine {machine:.2f} cores ({name})")
     for ph in phases:
         if ph and ph.get("errors"):
             notes.append(f"errors {ph['errors']}")
@@ -308,9 +312,263 @@ def targets_section(results: dict[str, Any]) -> list[str]:
                 verdict(None if r is None else r >= 10),
             )
         )
+    rows += split_target_rows(results, verdict)
     lines = ["## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines.append("")
+    return lines
+
+
+SPLIT_CPU_LIMIT = 1.3
+SPLIT_P99_LIMIT = 1.5
+
+
+def _deps(section: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+    if not section or "deployments" not in section:
+        return {}
+    deps: dict[str, dict[str, Any]] = section["deployments"]
+    return deps
+
+
+def _phase(entry: dict[str, Any] | None, which: str) -> dict[str, Any] | None:
+    """``which``: "sat" (the closed loop) or "common" (the open-loop common/fixed load)."""
+    if not _ok(entry) or entry is None:
+        return None
+    if which == "sat":
+        sat: dict[str, Any] | None = entry.get("saturation")
+        return sat
+    return _open_at(entry, None)
+
+
+def _cpu_parts(ph: dict[str, Any] | None) -> tuple[float | None, float | None, float | None]:
+    """(roomchat processes, Redis, both) server CPU µs per delivery in one phase."""
+    if not ph:
+        return None, None, None
+    groups = ph.get("group_cpu_us_per_delivery") or {}
+    return groups.get("roomchat"), groups.get("redis"), ph.get("cpu_us_per_delivery")
+
+
+def _cpu_parts_s(ph: dict[str, Any] | None) -> str:
+    rc, redis, total = _cpu_parts(ph)
+    return f"{_num(rc, '{:.2f}')} / {_num(redis, '{:.2f}')} / {_num(total, '{:.2f}')}"
+
+
+def _p(ph: dict[str, Any] | None, q: str, key: str = "latency") -> float | None:
+    if not ph:
+        return None
+    value: float | None = (ph.get(key) or {}).get(q)
+    return value
+
+
+def _clients_s(entry: dict[str, Any]) -> str:
+    per = entry.get("clients_per_process") or {}
+    return " + ".join(str(n) for n in per.values()) or "-"
+
+
+def split_target_rows(
+    results: dict[str, Any], verdict: Callable[[bool | None], str]
+) -> list[tuple[str, str, str]]:
+    """The scale-out targets: the split room's CPU per delivery and p99 against one process."""
+    split = results.get("split")
+    deps = _deps(split)
+    if split is None:
+        return []
+    base = deps.get(split.get("baseline", ""))
+    two = deps.get(split.get("split", ""))
+    rows: list[tuple[str, str, str]] = []
+    for which, where in (("common", "at the common load"), ("sat", "at saturation")):
+        b, t = _cpu_parts(_phase(base, which)), _cpu_parts(_phase(two, which))
+        r = _ratio(t[2], b[2])
+        rows.append(
+            (
+                f"room of 100 split across 2 processes on Redis: CPU per delivery {where} "
+                f"≤ {SPLIT_CPU_LIMIT}x one process on Redis (roomchat processes + Redis)",
+                f"{_num(t[2], '{:.2f}')} vs {_num(b[2], '{:.2f}')} µs = {_ratio_s(r)} "
+                f"(roomchat processes alone {_ratio_s(_ratio(t[0], b[0]))}, "
+                f"Redis alone {_ratio_s(_ratio(t[1], b[1]))})",
+                verdict(None if r is None else r <= SPLIT_CPU_LIMIT),
+            )
+        )
+    b99, t99 = _p(_phase(base, "common"), "p99"), _p(_phase(two, "common"), "p99")
+    r = _ratio(t99, b99)
+    rows.append(
+        (
+            f"room of 100 split across 2 processes on Redis: p99 at the common load "
+            f"≤ {SPLIT_P99_LIMIT}x one process on Redis",
+            f"{_num(t99, '{:.1f}')} vs {_num(b99, '{:.1f}')} ms = {_ratio_s(r)}",
+            verdict(None if r is None else r <= SPLIT_P99_LIMIT),
+        )
+    )
+    return rows
+
+
+def split_section(results: dict[str, Any]) -> list[str]:
+    """One room of 100 on one process against the same room split over two, both on Redis."""
+    split = results.get("split")
+    if not split:
+        return []
+    lines = ["## One room across processes (Redis)", ""]
+    if "deployments" not in split:
+        return [*lines, f"Not measured: {split.get('error', 'unknown')}", ""]
+    fractions = list(results["plan"]["fractions"])
+    common = split.get("common_msgs_per_s")
+    lines += [
+        f"{split['title']}: the same room and load as the {split['scenario']} scenario, once "
+        "on one `roomchat serve` process and once on two, each on its own port, both on one "
+        "Redis (AOF, `appendfsync always`). In the split, member k connects to process k % 2: "
+        "half the members and half the senders on each side, so every message reaches half its "
+        "recipients through Redis pub/sub. Redis runs as a process of its own here, so its CPU "
+        "is measured apart: CPU columns give **roomchat processes / Redis / both** in µs per "
+        "delivery; the server core's busy share in parentheses is all of them together. Redis "
+        "and every roomchat process are pinned to core 0, the load generator to core 1, as in "
+        "the room scenarios, so both variants get the same one core. Common load: "
+        f"{_num(common)} msg/s ({split.get('common_source', '-')}). 'Other side' latency counts "
+        "only deliveries to members on the other process than the sender's.",
+        "",
+    ]
+    head = [
+        "deployment",
+        "clients per process",
+        "deliveries/s at saturation",
+        "core busy at saturation: server / loadgen",
+        "CPU µs / delivery at saturation: roomchat / Redis / both",
+        "CPU µs / delivery at the common load: roomchat / Redis / both (server core busy)",
+        *[f"latency ms p50 / p99 / max @ {f:.0%} of own saturation" for f in fractions],
+        "latency ms p50 / p99 / max @ common load",
+        "other side only: p50 / p99 @ common load",
+        "notes",
+    ]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for key, entry in _deps(split).items():
+        label = f"{key} ({split.get('notes', {}).get(key, '')})"
+        if not _ok(entry):
+            row = [label] + ["failed"] * (len(head) - 2) + [entry.get("error", "")]
+        else:
+            sat, com = _phase(entry, "sat"), _phase(entry, "common")
+            row = [
+                label,
+                _clients_s(entry),
+                _num((sat or {}).get("deliveries_per_s")),
+                _sat_util(entry),
+                _cpu_parts_s(sat),
+                f"{_cpu_parts_s(com)} ({_num((com or {}).get('server_util'), '{:.0%}')})",
+                *[_lat_s(_open_at(entry, f)) for f in fractions],
+                _lat_s(com),
+                f"{_num(_p(com, 'p50', 'latency_cross'), '{:.1f}')} / "
+                f"{_num(_p(com, 'p99', 'latency_cross'), '{:.1f}')}",
+                _flags(entry),
+            ]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in row) + " |")
+    lines.append("")
+    base = _deps(split).get(split["baseline"])
+    two = _deps(split).get(split["split"])
+    lines += [
+        "Split ÷ one process (same run; CPU and latency: lower is better):",
+        "",
+        "| figure | at saturation | at the common load |",
+        "|---|---|---|",
+    ]
+    for i, what in enumerate(("roomchat processes' CPU", "Redis's CPU", "both (the target)")):
+        cells = [
+            _ratio_s(_ratio(_cpu_parts(_phase(two, w))[i], _cpu_parts(_phase(base, w))[i]))
+            for w in ("sat", "common")
+        ]
+        lines.append(f"| CPU µs / delivery, {what} | {cells[0]} | {cells[1]} |")
+    thr = _ratio(
+        (_phase(two, "sat") or {}).get("deliveries_per_s"),
+        (_phase(base, "sat") or {}).get("deliveries_per_s"),
+    )
+    lines.append(f"| deliveries/s (higher is better) | {_ratio_s(thr)} | |")
+    for q in ("p50", "p99"):
+        r = _ratio(_p(_phase(two, "common"), q), _p(_phase(base, "common"), q))
+        lines.append(f"| {q} latency | | {_ratio_s(r)} |")
+    lines.append("")
+    return lines
+
+
+def workers_section(results: dict[str, Any]) -> list[str]:
+    """``serve --workers 1`` against ``--workers 2``: throughput, CPU, who used which core."""
+    wk = results.get("workers")
+    if not wk:
+        return []
+    lines = ["## `serve --workers 1` vs `--workers 2` (Redis)", ""]
+    if "deployments" not in wk:
+        return [*lines, f"Not measured: {wk.get('error', 'unknown')}", ""]
+    fixed = wk.get("fixed_msgs_per_s")
+    lines += [
+        f"{wk['rooms']:,} rooms of {wk['size']}, one sender per room (the {wk['scenario']} "
+        "scenario), against `roomchat serve --workers 1` (one process: no supervisor below 2) "
+        "and `--workers 2` (a supervisor and two workers accepting on one shared socket), both "
+        "on one Redis (AOF, `appendfsync always`). **Nothing is pinned here**: two workers "
+        "cannot share one core meaningfully and the machine has two, so Redis, roomchat and the "
+        "load generator share both cores as the scheduler likes. 'Cores used' is each group's "
+        "CPU seconds per second of the window (2.00 = both cores); 'other' is what the rest of "
+        "the machine used meanwhile (other people's work). The load generator's share is CPU "
+        "the server could not have: with it near a full core, --workers 2 has about one core "
+        "left, and the throughput ratio is a floor for what a machine with a separate load "
+        "generator would show. The kernel gives each connection to whichever worker accepts "
+        "first, so most rooms have members on both workers and their messages cross Redis "
+        "pub/sub. The fixed load is "
+        f"{wk['fixed_fraction']:.0%} of the --workers 1 saturation: {_num(fixed)} msg/s, run "
+        "on the same server right after its saturation phase.",
+        "",
+    ]
+    head = [
+        "deployment",
+        "clients per worker",
+        "deliveries/s at saturation",
+        "CPU µs / delivery at saturation: roomchat / Redis / both",
+        "cores used at saturation: roomchat / Redis / loadgen / other",
+        "CPU µs / delivery at the fixed load: roomchat / Redis / both",
+        "cores used at the fixed load: roomchat / Redis / loadgen / other",
+        "latency ms p50 / p99 / max @ fixed load",
+        "notes",
+    ]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+    def cores(ph: dict[str, Any] | None) -> str:
+        if not ph:
+            return "-"
+        g = ph.get("group_util") or {}
+        return (
+            f"{_num(g.get('roomchat'), '{:.2f}')} / {_num(g.get('redis'), '{:.2f}')} / "
+            f"{_num(ph.get('loadgen_util'), '{:.2f}')} / "
+            f"{_num(ph.get('foreign_util_machine'), '{:.2f}')}"
+        )
+
+    for key, entry in _deps(wk).items():
+        label = f"{key} ({wk.get('notes', {}).get(key, '')})"
+        if not _ok(entry):
+            row = [label] + ["failed"] * (len(head) - 2) + [entry.get("error", "")]
+        else:
+            sat, fix = _phase(entry, "sat"), _phase(entry, "common")
+            row = [
+                label,
+                _clients_s(entry),
+                _num((sat or {}).get("deliveries_per_s")),
+                _cpu_parts_s(sat),
+                cores(sat),
+                _cpu_parts_s(fix),
+                cores(fix),
+                _lat_s(fix),
+                _flags(entry),
+            ]
+        lines.append("| " + " | ".join(str(c).replace("|", "/") for c in row) + " |")
+    lines.append("")
+    one, two = _deps(wk).get("workers-1"), _deps(wk).get("workers-2")
+    thr = _ratio(
+        (_phase(two, "sat") or {}).get("deliveries_per_s"),
+        (_phase(one, "sat") or {}).get("deliveries_per_s"),
+    )
+    cpu_sat = _ratio(_cpu_parts(_phase(two, "sat"))[2], _cpu_parts(_phase(one, "sat"))[2])
+    cpu_fix = _ratio(_cpu_parts(_phase(two, "common"))[2], _cpu_parts(_phase(one, "common"))[2])
+    p99 = _ratio(_p(_phase(two, "common"), "p99"), _p(_phase(one, "common"), "p99"))
+    lines += [
+        f"From 1 to 2 workers: throughput at saturation **{_ratio_s(thr)}**; CPU per delivery "
+        f"(roomchat + Redis) {_ratio_s(cpu_sat)} at saturation and {_ratio_s(cpu_fix)} at the "
+        f"fixed load; p99 at the fixed load {_ratio_s(p99)}.",
+        "",
+    ]
     return lines
 
 
@@ -462,6 +720,10 @@ def failures_section(results: dict[str, Any]) -> list[str]:
         for server, entry in results.get(section, {}).items():
             if entry.get("status") == "failed":
                 items.append((f"{section} / {_label(server)}", entry))
+    for section in ("split", "workers"):
+        for key, entry in _deps(results.get(section)).items():
+            if entry.get("status") in ("failed", "partial") and entry.get("error"):
+                items.append((f"{section} / {key}", entry))
     if not items:
         return []
     lines = ["## Failures", ""]
@@ -610,7 +872,8 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
         f"Mode: **{plan['name']}**{quick_note}. Duration {meta.get('duration_s', 0):.0f} s. "
         f"Command: `{meta['command']}`.",
         "",
-        "Every server ran pinned to core 0 (`taskset -c 0`), the Node load generator to core 1; "
+        "Every server ran pinned to core 0 (`taskset -c 0`), the Node load generator to core 1 "
+        "(except in the `--workers` comparison, which runs unpinned: see its section); "
         "each measurement used a fresh server process. Server CPU is utime+stime of the whole "
         "server process tree read from /proc at the window's edges, divided by the message "
         "objects counted at the clients in the same window. Saturation: closed loop, each sender "
@@ -628,6 +891,8 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
     for key in results["scenarios"]:
         lines += scenario_section(results, key, fractions)
     lines += ratio_section(results)
+    lines += split_section(results)
+    lines += workers_section(results)
     lines += memory_section(results)
     lines += handshake_section(results)
     lines += store_section(results)

@@ -4,10 +4,12 @@ Usage::
 
     python -m bench.run [--quick] [--servers roomchat,node-ws,py-websockets]
                         [--scenarios room10,room100,room1000,rooms1000x10]
-                        [--skip memory,handshakes,store] [--report-dir bench/reports]
+                        [--skip rooms,split,workers,memory,handshakes,store]
+                        [--report-dir bench/reports]
 
-Each server runs pinned to core 0, the Node load generator to core 1. Every child process is
-killed when this exits (``Children``); a server that fails is reported, not fatal. The report is
+Each server runs pinned to core 0, the Node load generator to core 1 (except ``workers``, which
+runs unpinned: see :mod:`bench.scaleout`). Every child process is killed when this exits
+(``Children``); a server that fails is reported, not fatal. The report is
 ``<report-dir>/<YYYY-MM-DD-HHMM>.md`` with PNG plots and the raw ``.json`` beside it.
 """
 
@@ -41,6 +43,7 @@ from bench.measure import (
 from bench.plan import ALL_SCENARIOS, FULL, QUICK, Plan, RoomScenario
 from bench.procs import CLK_TCK, ChildError, Children, pinned
 from bench.report import write_report
+from bench.scaleout import DEPLOYMENTS, run_split, run_workers
 from bench.servers import (
     BENCH,
     KINDS,
@@ -53,6 +56,7 @@ from bench.servers import (
 from bench.tokens import mint_tokens
 
 SERVER_ORDER = ("roomchat", "roomchat-redis", "node-ws", "py-websockets")
+SKIPPABLE = ("rooms", "split", "workers", "memory", "handshakes", "store")
 _T0 = time.monotonic()
 
 
@@ -192,10 +196,17 @@ def run_scenario(
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="room of 100 only, short windows (<2 min)")
+    p.add_argument(
+        "--quick", action="store_true", help="room of 100 (+ scale-out), short windows (~3 min)"
+    )
     p.add_argument("--servers", default=",".join(SERVER_ORDER), help="comma-separated")
     p.add_argument("--scenarios", default="", help="comma-separated scenario keys (default: plan)")
-    p.add_argument("--skip", default="", help="comma-separated: memory, handshakes, store")
+    p.add_argument(
+        "--skip",
+        default="",
+        help="comma-separated: rooms (the room scenarios), split (a room split over 2 "
+        "processes on Redis), workers (--workers 1 vs 2), memory, handshakes, store",
+    )
     p.add_argument("--report-dir", type=Path, default=BENCH / "reports")
     return p.parse_args(argv)
 
@@ -215,6 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     servers = [s for s in SERVER_ORDER if s in set(args.servers.split(","))]
     skip = set(filter(None, args.skip.split(",")))
+    if skip - set(SKIPPABLE):
+        log(f"unknown --skip {sorted(skip - set(SKIPPABLE))}; choose from {', '.join(SKIPPABLE)}")
+        return 2
+    if "rooms" in skip:
+        plan = Plan(**{**plan.__dict__, "scenarios": ()})
     signal.signal(signal.SIGTERM, _terminate)
 
     started = dt.datetime.now()
@@ -240,6 +256,13 @@ def main(argv: list[str] | None = None) -> int:
                 unavailable[key] = why
     if "roomchat-redis" in servers and not shutil.which("redis-server"):
         unavailable["roomchat-redis"] = "redis-server is not installed (make system-deps)"
+    scaleout = [s for s in ("split", "workers") if s not in skip]
+    if scaleout:
+        why = roomchat_available() or (
+            None if shutil.which("redis-server") else "redis-server is not installed"
+        )
+        if why:
+            unavailable["scale-out"] = why
     for key, why in unavailable.items():
         log(f"{key} unavailable: {why}")
 
@@ -250,14 +273,25 @@ def main(argv: list[str] | None = None) -> int:
             "machine": machine_info(),
             "log_dir": str(log_dir),
         },
-        "plan": {**plan.__dict__, "scenarios": [s.key for s in plan.scenarios]},
+        "plan": {
+            **plan.__dict__,
+            "scenarios": [s.key for s in plan.scenarios],
+            "split_scenario": plan.split_scenario.key,
+            "workers_scenario": plan.workers_scenario.key,
+        },
         "servers": servers,
         "server_notes": {k: KINDS[k].notes for k in servers},
+        "deployment_notes": {k: d.notes for k, d in DEPLOYMENTS.items()},
         "scenarios": {},
         "memory": {},
         "handshakes": {},
     }
-    n_tokens = max(plan.idle_connections, max((s.members for s in plan.scenarios), default=0))
+    n_tokens = max(
+        plan.idle_connections,
+        plan.split_scenario.members,
+        plan.workers_scenario.members,
+        max((s.members for s in plan.scenarios), default=0),
+    )
     tokens = mint_tokens(n_tokens + plan.handshakes + 100)
 
     def skipped(key: str) -> dict[str, Any] | None:
@@ -277,6 +311,18 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 results["scenarios"][sc.key] = entry
                 run_scenario(kids, sc, plan, servers, tokens, skipped, entry)
+            for what in scaleout:
+                if "scale-out" in unavailable:
+                    results[what] = skipped("scale-out")
+                elif what == "split":
+                    log(f"split: {plan.split_scenario.title} on 1 and on 2 processes on Redis")
+                    room = results["scenarios"].get(plan.split_scenario.key, {})
+                    results["split"] = run_split(
+                        kids, plan, tokens, log, room.get("common_msgs_per_s")
+                    )
+                else:
+                    log(f"workers: --workers 1 and 2 on Redis, {plan.workers_scenario.title}")
+                    results["workers"] = run_workers(kids, plan, tokens, log)
             if "memory" not in skip:
                 log(f"memory: {plan.idle_connections:,} idle connections")
                 for key in servers:

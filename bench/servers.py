@@ -150,6 +150,19 @@ class RunningServer:
         """Base WebSocket URL."""
         return f"ws://127.0.0.1:{self.port}"
 
+    @property
+    def urls(self) -> list[str]:
+        """Every client connects to the one URL."""
+        return [self.url]
+
+    def cpu_groups(self) -> dict[str, list[int]]:
+        """No CPU reported apart: the whole tree is the server."""
+        return {}
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the server's log."""
+        return self.child.log_tail(lines)
+
 
 def npm_ci(directory: Path) -> None:
     """Install ``directory``'s locked dependencies unless node_modules is already current.

@@ -31,7 +31,13 @@ const { WebSocket } = require('ws');
 
 const spec = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 // spec: {url, rooms: [{name, size, senders}], tokens: [..], cpu_pids: [..], clk_tck,
-//        text_pad, connect_concurrency, settle_quiet_ms, settle_max_ms, drain_max_ms}
+//        text_pad, connect_concurrency, settle_quiet_ms, settle_max_ms, drain_max_ms,
+//        urls?: [..], cpu_groups?: {name: [pids]}}
+// With `urls` (several server processes), member k of every room connects to urls[k % n], so a
+// room's members and its senders are spread evenly; latency is also recorded apart for
+// deliveries that crossed from the sender's process to another one. `cpu_groups` are reported
+// as group_cpu_s beside server_cpu_s (which stays the sum over cpu_pids).
+const URLS = spec.urls && spec.urls.length ? spec.urls : [spec.url];
 
 const CLIENT_OPTS = {
   // Browser-like: permessage-deflate is offered (the ws client default, spelled out here).
@@ -81,16 +87,26 @@ function cpuBusyTicks() {
 function cpuSnapshot() {
   let server = 0;
   for (const pid of spec.cpu_pids) server += pidCpuTicks(pid);
-  return { t: performance.now(), server, self: pidCpuTicks(process.pid), cores: cpuBusyTicks() };
+  const groups = {};
+  for (const [name, pids] of Object.entries(spec.cpu_groups || {})) {
+    groups[name] = 0;
+    for (const pid of pids) groups[name] += pidCpuTicks(pid);
+  }
+  return {
+    t: performance.now(), server, groups, self: pidCpuTicks(process.pid), cores: cpuBusyTicks(),
+  };
 }
 
 function cpuDelta(a, b) {
   const tck = spec.clk_tck;
   const cores = {};
   for (const k of Object.keys(b.cores)) cores[k] = (b.cores[k] - (a.cores[k] ?? 0)) / tck;
+  const groups = {};
+  for (const k of Object.keys(b.groups)) groups[k] = (b.groups[k] - a.groups[k]) / tck;
   return {
     wall_s: (b.t - a.t) / 1000,
     server_cpu_s: (b.server - a.server) / tck,
+    group_cpu_s: groups,
     loadgen_cpu_s: (b.self - a.self) / tck,
     core_busy_s: cores,
   };
@@ -101,44 +117,47 @@ function cpuDelta(a, b) {
 // 10 µs buckets up to 20 s, exact max kept aside.
 const BUCKET_MS = 0.01;
 const NBUCKETS = 2000000;
-const hist = new Uint32Array(NBUCKETS);
-let histCount = 0;
-let histMax = 0;
 
-function histReset() {
-  hist.fill(0);
-  histCount = 0;
-  histMax = 0;
-}
-
-function histRecord(ms) {
-  if (!(ms >= 0)) ms = 0;
-  let b = Math.floor(ms / BUCKET_MS);
-  if (b >= NBUCKETS) b = NBUCKETS - 1;
-  hist[b] += 1;
-  histCount += 1;
-  if (ms > histMax) histMax = ms;
-}
-
-function histSummary() {
-  const qs = [0.5, 0.9, 0.99, 0.999];
-  const out = { count: histCount, max_ms: histMax };
-  if (histCount === 0) {
-    for (const q of qs) out[`p${q * 100}`] = null;
-    return out;
-  }
-  let qi = 0;
-  let seen = 0;
-  const targets = qs.map((q) => Math.max(1, Math.ceil(q * histCount)));
-  for (let b = 0; b < NBUCKETS && qi < qs.length; b++) {
-    seen += hist[b];
-    while (qi < qs.length && seen >= targets[qi]) {
-      out[`p${qs[qi] * 100}`] = Math.min((b + 1) * BUCKET_MS, histMax);
-      qi += 1;
+function makeHist() {
+  const h = { buckets: new Uint32Array(NBUCKETS), count: 0, max: 0 };
+  h.reset = () => {
+    h.buckets.fill(0);
+    h.count = 0;
+    h.max = 0;
+  };
+  h.record = (ms) => {
+    if (!(ms >= 0)) ms = 0;
+    let b = Math.floor(ms / BUCKET_MS);
+    if (b >= NBUCKETS) b = NBUCKETS - 1;
+    h.buckets[b] += 1;
+    h.count += 1;
+    if (ms > h.max) h.max = ms;
+  };
+  h.summary = () => {
+    const qs = [0.5, 0.9, 0.99, 0.999];
+    const out = { count: h.count, max_ms: h.max };
+    if (h.count === 0) {
+      for (const q of qs) out[`p${q * 100}`] = null;
+      return out;
     }
-  }
-  return out;
+    let qi = 0;
+    let seen = 0;
+    const targets = qs.map((q) => Math.max(1, Math.ceil(q * h.count)));
+    for (let b = 0; b < NBUCKETS && qi < qs.length; b++) {
+      seen += h.buckets[b];
+      while (qi < qs.length && seen >= targets[qi]) {
+        out[`p${qs[qi] * 100}`] = Math.min((b + 1) * BUCKET_MS, h.max);
+        qi += 1;
+      }
+    }
+    return out;
+  };
+  return h;
 }
+
+const hist = makeHist();
+// Only with several urls: deliveries to a member on another process than the sender's.
+const histCross = URLS.length > 1 ? makeHist() : null;
 
 // ---------------------------------------------------------------- clients
 
@@ -201,14 +220,16 @@ function handleMessageLine(c, line, now) {
   const bar = line.indexOf('|', ti);
   if (bar < 0) return;
   const t0 = Number(line.slice(ti, bar));
+  const bar2 = line.indexOf('|', bar + 1);
+  const from = bar2 > 0 ? Number(line.slice(bar + 1, bar2)) : -1;
   if (stats.measuring) {
     stats.winDeliveries += 1;
-    histRecord(now - t0);
+    hist.record(now - t0);
+    if (histCross !== null && from >= 0 && from < senders.length && senders[from].urlIdx !== c.urlIdx) {
+      histCross.record(now - t0);
+    }
   }
-  if (c.senderIdx >= 0) {
-    const bar2 = line.indexOf('|', bar + 1);
-    if (bar2 > 0 && Number(line.slice(bar + 1, bar2)) === c.senderIdx) completeOne(c);
-  }
+  if (c.senderIdx >= 0 && from === c.senderIdx) completeOne(c);
 }
 
 function handleOtherLine(c, line, now) {
@@ -257,13 +278,13 @@ function onData(c, data) {
   }
 }
 
-function roomUrl(roomName, token) {
-  return `${spec.url}/rooms/${roomName}/ws?token=${encodeURIComponent(token)}`;
+function roomUrl(base, roomName, token) {
+  return `${base}/rooms/${roomName}/ws?token=${encodeURIComponent(token)}`;
 }
 
 function openClient(c) {
   return new Promise((resolve) => {
-    const ws = new WebSocket(roomUrl(rooms[c.room].name, c.token), CLIENT_OPTS);
+    const ws = new WebSocket(roomUrl(URLS[c.urlIdx], rooms[c.room].name, c.token), CLIENT_OPTS);
     c.ws = ws;
     let opened = false;
     ws.on('open', () => {
@@ -324,7 +345,7 @@ async function cmdConnect() {
     for (let k = 0; k < room.size; k++) {
       const c = {
         room: room.idx, token: spec.tokens[tokenIdx % spec.tokens.length], ws: null,
-        senderIdx: -1, counter: 0, outstanding: 0, welcomed: false,
+        urlIdx: k % URLS.length, senderIdx: -1, counter: 0, outstanding: 0, welcomed: false,
       };
       tokenIdx += 1;
       if (k < room.senders) {
@@ -348,9 +369,10 @@ async function cmdConnect() {
   const welcomed = opened.filter((c) => c.welcomed).length;
   // How many connections the server let compress (it accepted the permessage-deflate offer).
   const deflate = opened.filter((c) => /permessage-deflate/.test(c.ws.extensions)).length;
+  const perUrl = URLS.map((_, i) => opened.filter((c) => c.urlIdx === i).length);
   emit({
     event: 'connected', ok: opened.length, failed, connect_ms: connectMs, settle_ms: settleMs,
-    welcomed, deflate, errors: stats.errors, closes: stats.closes,
+    welcomed, deflate, per_url: perUrl, errors: stats.errors, closes: stats.closes,
   });
 }
 
@@ -369,7 +391,8 @@ function liveSenders() {
 async function measured(warmupS, measureS, phase, extra) {
   stats.measuring = false;
   await sleep(warmupS * 1000);
-  histReset();
+  hist.reset();
+  if (histCross !== null) histCross.reset();
   stats.winDeliveries = 0;
   stats.winSent = 0;
   const a = cpuSnapshot();
@@ -379,14 +402,15 @@ async function measured(warmupS, measureS, phase, extra) {
   stats.measuring = false;
   const windowDeliveries = stats.winDeliveries;
   const windowSent = stats.winSent;
-  const lat = histSummary();
+  const lat = hist.summary();
+  const extraLat = histCross !== null ? { latency_cross: histCross.summary() } : {};
   mode = 'idle';
   const d = await drain(spec.drain_max_ms || 20000);
   const cpu = cpuDelta(a, b);
   emit({
     event: 'result', phase, ...extra, ...cpu, sent: windowSent, deliveries: windowDeliveries,
     deliveries_per_s: windowDeliveries / cpu.wall_s, sent_per_s: windowSent / cpu.wall_s,
-    latency: lat, ...d, errors: stats.errors, closes: stats.closes,
+    latency: lat, ...extraLat, ...d, errors: stats.errors, closes: stats.closes,
   });
 }
 
