@@ -31,8 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import socket
 import struct
+import sys
+import termios
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -46,6 +49,10 @@ Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 # SO_LINGER on with a zero timeout: close() resets the connection and discards unsent data,
 # instead of leaving an orphaned socket that keeps retrying a peer with a zero window.
 _LINGER_RESET = struct.pack("ii", 1, 0)
+# struct tcp_info (linux/tcp.h): u64 tcpi_bytes_acked sits at byte 120 (after 8 bytes of u8
+# fields, 24 u32 and 2 u64); present since Linux 4.1.
+_BYTES_ACKED_OFFSET = 120
+_TCP_INFO_LEN = 128
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -128,6 +135,35 @@ class FrameWriter:
             with contextlib.suppress(OSError):  # already closed
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         transport.abort()
+
+    def bytes_acked(self) -> int | None:
+        """While data waits to reach the peer (a backlog here or in the kernel's send queue):
+        the bytes its TCP stack has acknowledged (Linux ``tcpi_bytes_acked``). None when
+        nothing is waiting or it can't be read.
+
+        With a backlog, the count grows only while the peer *reads*: a stopped client (a zombie)
+        stops acking once its receive window is full, even the window probes it answers.
+        Without one, a zombie's kernel still acks the odd small frame (a ping) into its buffer,
+        so nothing can be concluded: None.
+        """
+        if self._target is None:
+            return None
+        transport = self._target[1].transport
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return None
+        try:
+            if not transport.get_write_buffer_size():
+                queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+                if not int.from_bytes(queued, sys.byteorder):
+                    return None
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+        except OSError:
+            return None
+        if len(info) < _TCP_INFO_LEN:
+            return None
+        acked: int = struct.unpack_from("Q", info, _BYTES_ACKED_OFFSET)[0]
+        return acked
 
     async def wait_closed(self) -> None:
         """Return once the TCP connection is closed (at once on shapes without one of our own).

@@ -57,6 +57,11 @@ class _Leave:
 
 
 @dataclass(slots=True)
+class _Revoke:
+    user: str
+
+
+@dataclass(slots=True)
 class _Drain:
     code: CloseCode
     reason: str
@@ -88,7 +93,7 @@ class Inbox:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.frames: deque[_Frame] = deque()
-        self.control: deque[_Join | _Leave | _Drain] = deque()
+        self.control: deque[_Join | _Leave | _Drain | _Revoke] = deque()
         self.remote: deque[list[StoredMessage]] = deque()
         self.repair = False  # remote batches were dropped, or the feed was interrupted
         self.presence = False  # another process's members changed
@@ -113,7 +118,7 @@ class Inbox:
         self._event.set()
         return True
 
-    def put_control(self, item: _Join | _Leave | _Drain) -> None:
+    def put_control(self, item: _Join | _Leave | _Drain | _Revoke) -> None:
         self.control.append(item)
         self._event.set()
 
@@ -183,6 +188,11 @@ class RoomActor:
         if self.lifecycle is RoomLifecycle.STOPPED:
             return True  # its sessions are being closed; the frame has nowhere to go
         return self._inbox.put_frame(_Frame(session_id, frame, time.monotonic()))
+
+    def revoke_nowait(self, user: str) -> None:
+        """Close every session of ``user`` with 4003 (their access was revoked)."""
+        if self.lifecycle is not RoomLifecycle.STOPPED:
+            self._inbox.put_control(_Revoke(user))
 
     def drain_nowait(self, code: CloseCode, reason: str) -> None:
         """Close every session with ``code``, refuse joins, store what is pending, then stop."""
@@ -270,6 +280,17 @@ class RoomActor:
             wall_ms = int(time.time() * 1000)
             effects: list[Effect] = []
             drain: _Drain | None = None
+            # Other processes' messages first (a join's `after` may already count them), and
+            # delivered before any join below: a joining session gets everything up to
+            # `delivered_seq` from its replay, so it must not get it from this broadcast too.
+            while inbox.remote:
+                self._deliver(state, state.feed(inbox.remote.popleft()), wall_ms)
+            if shared and any(isinstance(c, _Join) and c.after is not None
+                              and c.after > state.delivered_seq for c in inbox.control):
+                # A client resuming here after seeing a seq on another process that this one
+                # has not delivered yet: catch up from the log first, or its `after` would look
+                # like a reset (a replay from the start: duplicates).
+                await self._sync(state, wall_ms, full=True)
             while inbox.control:
                 cmd = inbox.control.popleft()
                 if isinstance(cmd, _Join):
@@ -277,10 +298,11 @@ class RoomActor:
                 elif isinstance(cmd, _Leave):
                     if self._sessions.pop(cmd.session_id, None) is not None:
                         effects += state.leave(cmd.session_id, wall_ms)
+                elif isinstance(cmd, _Revoke):
+                    effects += state.evict_user(cmd.user, CloseCode.REVOKED, "access revoked",
+                                                wall_ms)
                 else:
                     drain = cmd
-            while inbox.remote:
-                effects += state.feed(inbox.remote.popleft())
             frames = inbox.frames
             count = min(len(frames), cfg.max_batch)
             oldest = frames[0].received_at if count else 0.0
@@ -304,6 +326,18 @@ class RoomActor:
 
             if now >= next_tick:
                 next_tick = now + cfg.tick_interval
+                mono = time.monotonic()
+                for session in self._sessions.values():
+                    progress = session.progress_at
+                    if progress is not None:
+                        # A replay still moving is alive, though its pongs wait behind it.
+                        state.touch(session.id, now - (mono - progress))
+                for session_id in state.overdue(now):
+                    # Silent, but still reading what was sent (its pongs are queued behind
+                    # it): alive. A stopped client acks nothing and is evicted.
+                    overdue = self._sessions.get(session_id)
+                    if overdue is not None and overdue.reading():
+                        state.touch(session_id, now)
                 self._deliver(state, state.tick(now, wall_ms), wall_ms)
                 self._abort_stalled(state, wall_ms)
 

@@ -25,6 +25,7 @@ class CloseCode(enum.IntEnum):
     SERVICE_RESTART = 1012  # server drain
     TRY_AGAIN_LATER = 1013  # storage unavailable for longer than store_outage_timeout
     TOKEN_EXPIRED = 4001
+    REVOKED = 4003  # the user's access was revoked (roomchat revoke)
     RATE_ABUSE = 4008
     SLOW_CONSUMER = 4009
     HEARTBEAT_TIMEOUT = 4010

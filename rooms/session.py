@@ -52,6 +52,13 @@ class AbortableTransport(Transport, Protocol):
     def abort(self) -> None: ...
 
 
+@runtime_checkable
+class ProgressTransport(Transport, Protocol):
+    """A transport that can tell whether the peer is still reading (``gateway.fastsend``)."""
+
+    def bytes_acked(self) -> int | None: ...
+
+
 class SessionState(enum.Enum):
     JOINING = "joining"  # created; welcome not yet sent
     ACTIVE = "active"  # writer running
@@ -93,6 +100,7 @@ class Session:
         self._interrupting = False
         self._replay_done = False  # until then the outbox may lie beyond a gap (see close_nowait)
         self._replay_progress: float | None = None
+        self._acked_seen: int | None = None  # ``reading``'s last look at the peer's TCP acks
         self._close_timer: asyncio.TimerHandle | None = None
         self._expired = False  # the closing phase ran out of time; the transport was aborted
         self._abortable = transport if isinstance(transport, AbortableTransport) else None
@@ -133,6 +141,21 @@ class Session:
         replay that stops moving is caught by ``stalled`` (send_timeout) instead.
         """
         return self._replay_progress
+
+    def reading(self) -> bool:
+        """Whether the peer has read anything since the last call (its TCP stack acked more
+        bytes); False where that can't be known. For the heartbeat: a client whose pongs are
+        stuck behind data it is still reading is alive."""
+        transport = self._transport
+        if not isinstance(transport, ProgressTransport):
+            return False
+        acked = transport.bytes_acked()
+        if acked is None:  # nothing waiting for the peer: its silence means what it says
+            self._acked_seen = None
+            return False
+        moved = self._acked_seen is not None and acked > self._acked_seen
+        self._acked_seen = acked
+        return moved
 
     @property
     def replaying(self) -> bool:

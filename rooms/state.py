@@ -296,6 +296,19 @@ class RoomState:
             return []
         return [Close(session, code, reason, flush), *self.leave(session, wall_ms)]
 
+    def evict_user(self, user: str, code: CloseCode, reason: str, wall_ms: int) -> list[Effect]:
+        """Close every session of ``user`` (their access was revoked)."""
+        effects: list[Effect] = []
+        for session in [s for s, info in self._sessions.items() if info.user == user]:
+            effects += self.evict(session, code, reason, wall_ms)
+        return effects
+
+    def overdue(self, now: float) -> list[int]:
+        """Sessions silent for more than half the heartbeat deadline: the actor checks whether
+        their sockets are still being read (and ``touch``es them if so) before ``tick``."""
+        limit = (self.config.ping_interval + self.config.ping_timeout) / 2
+        return [s for s, info in self._sessions.items() if now - info.last_seen > limit]
+
     def touch(self, session: int, now: float) -> None:
         """The session's socket is making progress (a long replay): it is not a zombie."""
         info = self._sessions.get(session)

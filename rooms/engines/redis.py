@@ -50,6 +50,10 @@ PROBE_IDLE = 5.0
 """Seconds without any pub/sub traffic before the subscription is probed with PING."""
 PROBE_TIMEOUT = 3.0
 """Seconds a probe may go unanswered before the subscription connection is replaced."""
+REVOCATIONS = "roomchat:revocations"
+"""Sorted set: user -> Unix time of their latest revocation (shared by every room)."""
+HEALTH_PROBE = 1.0
+"""Seconds between checks that Redis is back, while the engine is marked unhealthy."""
 POLL = 0.1
 """Seconds the listen task waits for a message before applying subscription changes."""
 RECONNECT_MAX = 5.0
@@ -205,6 +209,39 @@ class RedisEngine:
         others = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
         return RoomSync(top=int(top), others=others)
 
+    # -- small keyed records: single-use tickets, revocations -------------------------------
+
+    async def stash(self, key: str, value: bytes, ttl: float) -> None:
+        self._check()
+        try:
+            await self._redis.set(f"roomchat:stash:{key}", value, px=max(1, int(ttl * 1000)))
+        except RedisError as exc:
+            raise self._failed("stash", exc) from exc
+
+    async def take(self, key: str) -> bytes | None:
+        self._check()
+        try:
+            value = await self._redis.getdel(f"roomchat:stash:{key}")
+        except RedisError as exc:
+            raise self._failed("take", exc) from exc
+        return bytes(value) if value is not None else None
+
+    async def revoke(self, user: str, at: float) -> None:
+        self._check()
+        try:
+            await self._redis.zadd(REVOCATIONS, {user: at}, gt=True)
+        except RedisError as exc:
+            raise self._failed("revoke", exc) from exc
+
+    async def revocations(self, since: float) -> list[tuple[str, float]]:
+        self._check()
+        try:
+            rows = await self._redis.zrangebyscore(REVOCATIONS, f"({since!r}", "+inf",
+                                                   withscores=True)
+        except RedisError as exc:
+            raise self._failed("revocations", exc) from exc
+        return [(user.decode(), float(at)) for user, at in rows]
+
     # -- the live feed ----------------------------------------------------------------------
 
     def subscribe(self, room: str, listener: RoomListener) -> None:
@@ -263,7 +300,18 @@ class RedisEngine:
     async def _dispatch_loop(self, pubsub: Any) -> None:
         last_rx = time.monotonic()
         probe_sent: float | None = None
+        last_health_probe = 0.0
         while not self._closed:
+            if not self._healthy and time.monotonic() - last_health_probe >= HEALTH_PROBE:
+                # Marked unhealthy by a failed command, and nothing may run another one (new
+                # rooms are refused meanwhile): find out ourselves when Redis is back.
+                last_health_probe = time.monotonic()
+                try:
+                    await self._redis.ping()
+                    self._healthy = True
+                    log.info("Redis at %s is reachable again", _where(self._url))
+                except (RedisError, OSError):
+                    pass
             if self._changes:
                 await self._apply_changes(pubsub)
             if not pubsub.subscribed:

@@ -254,3 +254,31 @@ async def test_a_signed_token_with_a_lone_surrogate_is_401(
 async def test_after_must_be_ascii_digits(server: Server, after: str) -> None:
     status, body = await _refusal(server.url("lobby", make_token(), after=after))
     assert status == 400 and b"bad_request" in body
+
+
+# -- a client whose replay is still draining is alive ------------------------------------------
+
+async def test_a_slow_replay_that_is_moving_is_not_evicted_as_a_zombie(
+        server_with: ServerFactory) -> None:
+    limits = {**FLOOD, "send_timeout": 60.0, "ping_interval": 0.5, "ping_timeout": 0.5,
+              "tick_interval": 0.1}
+    async with server_with(**limits) as srv:
+        await store_messages(srv.url("lobby", make_token("writer")), 200)
+        slow = await RawClient.connect(srv.port, room_path("lobby", make_token("slow"),
+                                                           after="0"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        try:
+            async with asyncio.timeout(60 * SLOW):
+                while len(slow.seqs) < 200 and slow.close_code is None:
+                    data = await loop.sock_recv(slow.sock, 1 << 16)  # ~1 MB/s: slow, moving
+                    if not data:
+                        break
+                    slow._feed(data)
+                    await asyncio.sleep(0.05)
+        finally:
+            slow.close()
+        # ~3 MB at that pace outlasts ping_interval + ping_timeout (1 s) several times over,
+        # and the client never answers a ping: only its progress keeps it in.
+        assert loop.time() - started > 1.5
+        assert slow.seqs == list(range(1, 201)), (len(slow.seqs), slow.close_code)
