@@ -21,11 +21,12 @@ from typing import Protocol
 
 from quart import Quart, Response, request, send_file
 
-from gateway import admin, ws
-from gateway.auth import make_issuer, make_verifier, valid_room_name
+from gateway import admin, tickets, ws
+from gateway.auth import AuthError, make_issuer, make_verifier, valid_room_name
 from gateway.config import Config
-from gateway.errors import Rejection
+from gateway.errors import Rejection, rejection_for
 from gateway.metrics import CONTENT_TYPE, Metrics
+from gateway.revocation import Revocations
 from rooms.engine import Engine, open_engine
 from rooms.errors import StoreError
 from rooms.protocol import dumps
@@ -80,6 +81,8 @@ class Gateway:
         self.config = config
         self.verifier = make_verifier(config)
         self.issuer = make_issuer(config) if config.dev_login else None
+        self.revocations = Revocations()
+        self._watcher: asyncio.Task[None] | None = None
         self.observer = Metrics()
         self.draining = False
         self.connections = 0
@@ -114,6 +117,11 @@ class Gateway:
             sqlite_synchronous=self.config.store_synchronous,
             max_connections=self.config.store_connections)
         self._registry = RoomRegistry(self.config.room, self._store, observer=self.observer)
+        await self.revocations.load(self._store)
+        # Owned here: cancelled and awaited in stop().
+        self._watcher = asyncio.create_task(self.revocations.watch(
+            self._store, self.config.revocation_poll, self._registry.revoke_nowait),
+            name="revocations")
 
     def _committed(self, seconds: float, count: int) -> None:
         self.observer.messages_stored(count, seconds)  # prometheus_client is thread-safe
@@ -170,6 +178,9 @@ class Gateway:
             log.warning("drain: %d connections still counted after aborting", self.connections)
 
     async def stop(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.wait([self._watcher])
         if self._registry is not None:
             await self._registry.aclose(self.config.drain_timeout)
         if self._store is not None:
@@ -248,6 +259,25 @@ def create_app(config: Config) -> Quart:
     async def info() -> Response:
         return Response(f'{{"dev_login":{"true" if config.dev_login else "false"}}}',
                         content_type="application/json")
+
+    @app.post("/rooms/<room>/ticket")
+    async def ticket(room: str) -> Response:
+        """A single-use ticket for one connection to ``room`` (gateway.tickets)."""
+        if not valid_room_name(room):
+            raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        try:
+            if scheme.lower() != "bearer" or not token:
+                raise AuthError("missing_token", "send Authorization: Bearer <token>")
+            claims = gw.verifier.verify(token.strip())
+            gw.revocations.check(claims)
+            if not claims.may_join(room):
+                raise AuthError("room_forbidden", f"the token does not allow room {room}")
+            issued = await tickets.issue(gw.store, claims, room, config.ticket_ttl)
+        except (AuthError, StoreError) as exc:
+            raise rejection_for(exc) from None
+        return Response(dumps({"ticket": issued, "expires_in": int(config.ticket_ttl)}),
+                        content_type="application/json", headers={"Cache-Control": "no-store"})
 
     @app.post("/api/dev-login")
     async def dev_login() -> Response:

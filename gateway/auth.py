@@ -10,6 +10,7 @@ HS/RS key-confusion hole.
 from __future__ import annotations
 
 import logging
+import os
 import re
 import secrets
 import time
@@ -51,6 +52,7 @@ class Claims:
     rooms: frozenset[str]
     expires_at: float  # Unix seconds
     admin: bool = False
+    issued_at: float = 0.0  # Unix seconds (``iat``): revocations refuse tokens issued before
 
     def may_join(self, room: str) -> bool:
         return ALL_ROOMS in self.rooms or room in self.rooms
@@ -69,10 +71,14 @@ def valid_room_name(room: str) -> bool:
 
 
 class TokenVerifier:
+    """Verifies tokens signed with the pinned algorithm, by ``key`` or, for a token whose
+    header names a ``kid``, by that entry of ``keys`` (several at once: key rotation)."""
+
     def __init__(self, algorithm: str, key: Any, *, audience: str, issuer: str,
-                 leeway: float) -> None:
+                 leeway: float, keys: dict[str, Any] | None = None) -> None:
         self.algorithm = algorithm
         self._key = key
+        self._keys = keys or {}
         self._audience = audience
         self._issuer = issuer
         self._leeway = leeway
@@ -82,8 +88,15 @@ class TokenVerifier:
         if not token:
             raise AuthError("missing_token", "a token is required (?token=...)")
         try:
+            kid = jwt.get_unverified_header(token).get("kid")
+            if kid is None:
+                key = self._key
+            elif isinstance(kid, str) and kid in self._keys:
+                key = self._keys[kid]
+            else:
+                raise AuthError("invalid_token", "invalid token: unknown key id (kid)")
             payload = jwt.decode(
-                token, self._key, algorithms=[self.algorithm], audience=self._audience,
+                token, key, algorithms=[self.algorithm], audience=self._audience,
                 issuer=self._issuer, leeway=self._leeway,
                 options={"require": ["exp", "iat", "sub", "aud", "iss"]},
             )
@@ -132,15 +145,18 @@ def _claims(payload: dict[str, Any]) -> Claims:
     if not isinstance(admin, bool):
         raise AuthError("invalid_token", "admin must be a boolean")
     return Claims(user=user, name=name.strip(), rooms=frozenset(rooms),
-                  expires_at=float(payload["exp"]), admin=admin)
+                  expires_at=float(payload["exp"]), admin=admin,
+                  issued_at=float(payload["iat"]))
 
 
 class TokenIssuer:
-    def __init__(self, algorithm: str, key: Any, *, audience: str, issuer: str) -> None:
+    def __init__(self, algorithm: str, key: Any, *, audience: str, issuer: str,
+                 kid: str | None = None) -> None:
         self.algorithm = algorithm
         self._key = key
         self._audience = audience
         self._issuer = issuer
+        self._kid = kid
 
     def issue(self, user: str, *, rooms: list[str], ttl: float, name: str | None = None,
               admin: bool = False, now: float | None = None) -> str:
@@ -159,7 +175,8 @@ class TokenIssuer:
             payload["name"] = name.strip()
         if admin:
             payload["admin"] = True
-        return jwt.encode(payload, self._key, algorithm=self.algorithm)
+        headers = {"kid": self._kid} if self._kid is not None else None
+        return jwt.encode(payload, self._key, algorithm=self.algorithm, headers=headers)
 
 
 def _secret(config: Config) -> str:
@@ -168,13 +185,14 @@ def _secret(config: Config) -> str:
     else:
         path = config.data_dir / "jwt-secret"
         if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             generated = secrets.token_urlsafe(48)
-            # O_EXCL: two processes starting at once must not overwrite each other's secret.
+            # O_EXCL: two processes starting at once must not overwrite each other's secret;
+            # mode 0600 from creation: never readable by others, not even for a moment.
             try:
-                with path.open("x", encoding="utf-8") as out:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w", encoding="utf-8") as out:
                     out.write(generated)
-                path.chmod(0o600)
                 log.info(
                     "generated a new JWT secret in %s (tokens issued with another secret "
                     "are now refused)", path)
@@ -192,6 +210,23 @@ def _read(path: Path | None, what: str, setting: str) -> bytes:
     return Path(path).read_bytes()
 
 
+def _keys(config: Config) -> dict[str, Any]:
+    """``ROOMCHAT_JWT_KEYS``: ``kid=secret`` (HS*) or ``kid=/path/to/key.pem`` entries."""
+    keys: dict[str, Any] = {}
+    for entry in config.jwt_keys:
+        kid, sep, value = entry.partition("=")
+        if not sep or not kid or not value:
+            raise ValueError("ROOMCHAT_JWT_KEYS entries must be kid=secret or kid=/path/to/pem")
+        if config.jwt_algorithm in HMAC_ALGORITHMS:
+            if len(value) < MIN_SECRET_CHARS:
+                raise ValueError(f"ROOMCHAT_JWT_KEYS: the secret of {kid!r} must be at least "
+                                 f"{MIN_SECRET_CHARS} characters")
+            keys[kid] = value
+        else:
+            keys[kid] = Path(value).read_bytes()
+    return keys
+
+
 def make_verifier(config: Config) -> TokenVerifier:
     """The verifier for ``config``. Raises ``ValueError`` for an unusable key setup."""
     alg = config.jwt_algorithm
@@ -203,13 +238,22 @@ def make_verifier(config: Config) -> TokenVerifier:
     else:
         raise ValueError(f"unsupported ROOMCHAT_JWT_ALGORITHM {alg!r}")
     return TokenVerifier(alg, key, audience=config.jwt_audience, issuer=config.jwt_issuer,
-                         leeway=config.jwt_leeway)
+                         leeway=config.jwt_leeway, keys=_keys(config))
 
 
 def make_issuer(config: Config) -> TokenIssuer:
     """The issuer for ``config`` (same key resolution as ``make_verifier``)."""
     alg = config.jwt_algorithm
     key: Any
+    if config.jwt_kid is not None:
+        keys = _keys(config)
+        if config.jwt_kid not in keys:
+            raise ValueError(f"ROOMCHAT_JWT_KID {config.jwt_kid!r} is not in ROOMCHAT_JWT_KEYS")
+        if alg in ASYMMETRIC_ALGORITHMS:
+            raise ValueError("with an asymmetric algorithm `roomchat token` signs with "
+                             "ROOMCHAT_JWT_PRIVATE_KEY_FILE; unset ROOMCHAT_JWT_KID")
+        return TokenIssuer(alg, keys[config.jwt_kid], audience=config.jwt_audience,
+                           issuer=config.jwt_issuer, kid=config.jwt_kid)
     if alg in HMAC_ALGORITHMS:
         key = _secret(config)
     elif alg in ASYMMETRIC_ALGORITHMS:

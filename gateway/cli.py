@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     cert = sub.add_parser("dev-cert", help="create a local CA and a localhost certificate")
     cert.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
 
+    revoke = sub.add_parser(
+        "revoke", help="close every connection of a user, on every process, and refuse their "
+        "tokens issued before now (run beside the server: same data dir or store URL)")
+    revoke.add_argument("--user", required=True, help="the user id (the tokens' `sub`)")
+    revoke.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+    revoke.add_argument("--store-url", help="the server's store URL (default: its SQLite)")
+
     sub.add_parser("settings", help="print every setting as a Markdown table")
     return parser
 
@@ -66,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "token":
             return _token(args)
+        if args.command == "revoke":
+            return _revoke(args)
         if args.command == "dev-cert":
             from gateway.tls import make_dev_cert
 
@@ -100,6 +109,32 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     from gateway.server import run
 
     run(config, fd=sock.detach())
+    return 0
+
+
+def _revoke(args: argparse.Namespace) -> int:
+    import asyncio
+    import time
+
+    from rooms.engine import open_engine
+    from rooms.errors import StoreError
+
+    config = load_config(data_dir=args.data_dir, store_url=args.store_url)
+    setup_logging("warning", False)
+
+    async def record() -> None:
+        engine = await open_engine(config.resolved_store_url)
+        try:
+            await engine.revoke(args.user, time.time())
+        finally:
+            await engine.close()
+
+    try:
+        asyncio.run(record())
+    except StoreError as exc:
+        raise ValueError(f"cannot record the revocation: {exc}") from None
+    print(f"revoked {args.user!r}: their connections close within "
+          f"{config.revocation_poll:g} s; tokens issued before now are refused")
     return 0
 
 

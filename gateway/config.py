@@ -42,6 +42,12 @@ class Config:
         None, "PEM public key that verifies tokens (RS256/ES256/EdDSA).")
     jwt_private_key_file: Path | None = _setting(
         None, "PEM private key `roomchat token` signs with (RS256/ES256/EdDSA).")
+    jwt_keys: tuple[str, ...] = _setting(
+        (), "Extra verification keys chosen by a token's `kid` header (key rotation): "
+            "comma-separated `kid=secret` (HS*) or `kid=/path/to/public.pem`. Tokens without "
+            "`kid` use the main key.")
+    jwt_kid: str | None = _setting(
+        None, "The `kid` (an entry of `jwt_keys`) `roomchat token` signs with (HS* only).")
     jwt_audience: str = _setting("roomchat", "Required `aud` claim.")
     jwt_issuer: str = _setting("roomchat", "Required `iss` claim.")
     jwt_leeway: float = _setting(10.0, "Seconds of clock skew allowed on `exp`/`iat`.")
@@ -51,6 +57,10 @@ class Config:
     max_connections: int = _setting(10_000, "Open WebSockets per process; more get HTTP 503.")
     max_message_bytes: int = _setting(
         65_536, "Largest WebSocket message accepted; larger closes with 1009.")
+    ticket_ttl: float = _setting(
+        30.0, "Seconds a ticket from `POST /rooms/<room>/ticket` stays valid (single use).")
+    revocation_poll: float = _setting(
+        1.0, "Seconds between checks for `roomchat revoke` (its sockets close within this).")
     drain_timeout: float = _setting(
         10.0, "Seconds a shutdown waits for sockets to close and rooms to store.")
     store_url: str = _setting(

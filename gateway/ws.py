@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from gateway import tickets
 from gateway.auth import AuthError, valid_room_name
 from gateway.errors import Rejection, rejection_for
 from gateway.fastsend import FrameWriter
@@ -98,8 +99,9 @@ class RoomSockets:
             return
         await self.app(scope, receive, send)
 
-    def _admit(self, room: str, scope: Scope) -> tuple[Any, int | None]:
-        """Every check before the upgrade: the token's claims and ``after``. Raises Rejection."""
+    async def _admit(self, room: str, scope: Scope) -> tuple[Any, int | None]:
+        """Every check before the upgrade: the credentials (a ticket or a token), the origin and
+        ``after``. Raises Rejection."""
         gw = self.gw
         if not valid_room_name(room):
             raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
@@ -108,11 +110,16 @@ class RoomSockets:
             raise Rejection(403, "origin_forbidden", "this page's origin is not allowed")
         query = parse_qs(bytes(scope["query_string"]).decode("latin-1"))
         try:
-            tokens = query.get("token")
-            claims = gw.verifier.verify(tokens[-1] if tokens else None)
+            ticket = query.get("ticket")
+            if ticket:
+                claims = await tickets.redeem(gw.store, ticket[-1], room)
+            else:
+                tokens = query.get("token")
+                claims = gw.verifier.verify(tokens[-1] if tokens else None)
+            gw.revocations.check(claims)
             if not claims.may_join(room):
                 raise AuthError("room_forbidden", f"the token does not allow room {room}")
-        except AuthError as exc:
+        except (AuthError, RoomError) as exc:
             raise rejection_for(exc) from None
         raw_after = (query.get("after") or [""])[-1]
         after = None
@@ -141,7 +148,7 @@ class RoomSockets:
         if connect["type"] != "websocket.connect":
             return
         try:
-            claims, after = self._admit(room, scope)
+            claims, after = await self._admit(room, scope)
         except Rejection as refused:
             await self._refuse(refused, send)
             return

@@ -107,6 +107,25 @@ class Engine(Protocol):
         """Stop feeding ``listener`` (only if it is still the room's listener)."""
         ...
 
+    async def stash(self, key: str, value: bytes, ttl: float) -> None:
+        """Keep ``value`` under ``key`` for ``ttl`` seconds, for one ``take`` by any process
+        (single-use tickets). Durable across restarts of the engine's processes."""
+        ...
+
+    async def take(self, key: str) -> bytes | None:
+        """The value stashed under ``key`` if it has not expired, removing it: of concurrent
+        ``take``s of one key, in any processes, exactly one gets it."""
+        ...
+
+    async def revoke(self, user: str, at: float) -> None:
+        """Record that ``user``'s access was revoked at ``at`` (Unix seconds)."""
+        ...
+
+    async def revocations(self, since: float) -> list[tuple[str, float]]:
+        """Revocations recorded after ``since`` (``(user, at)``, oldest first); every process
+        polls this to close the user's sockets and refuse their older tokens."""
+        ...
+
     async def close(self) -> None:
         """Finish pending writes and release resources. Further calls raise ``StoreError``."""
         ...

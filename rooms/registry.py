@@ -63,6 +63,11 @@ class RoomRegistry:
     def rooms(self) -> list[RoomActor]:
         return list(self._rooms.values())
 
+    def revoke_nowait(self, user: str) -> None:
+        """Close every session of ``user`` in every room of this process (4003)."""
+        for actor in list(self._rooms.values()):
+            actor.revoke_nowait(user)
+
     def drain_nowait(self, code: CloseCode = CloseCode.SERVICE_RESTART,
                      reason: str = "server restarting") -> None:
         """Refuse new joins and ask every room to close its sessions with ``code`` and stop."""

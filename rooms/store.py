@@ -61,6 +61,16 @@ CREATE TABLE IF NOT EXISTS messages (
     ts INTEGER NOT NULL,
     PRIMARY KEY (room, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stash (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS revocations (
+    user TEXT PRIMARY KEY,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS revocations_at ON revocations (at);
 """
 _INSERT = "INSERT INTO messages (room, seq, user, name, client_id, text, ts) VALUES (?,?,?,?,?,?,?)"
 
@@ -260,6 +270,38 @@ class SqliteStore:
             return [StoredMessage(room, *row) for row in rows]
 
         return await self._run(query)
+
+    # -- small keyed records: single-use tickets, revocations -------------------------------
+    # Rare and tiny next to messages: written from the reader pool in autocommit (WAL lets them
+    # interleave with the writer thread's transactions; busy_timeout covers the overlap).
+
+    async def stash(self, key: str, value: bytes, ttl: float) -> None:
+        now = time.time()
+
+        def query(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM stash WHERE expires <= ?", (now,))
+            conn.execute("INSERT OR REPLACE INTO stash (key, value, expires) VALUES (?,?,?)",
+                         (key, value, now + ttl))
+
+        await self._run(query)
+
+    async def take(self, key: str) -> bytes | None:
+        def query(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("DELETE FROM stash WHERE key = ? RETURNING value, expires",
+                               (key,)).fetchone()
+            return bytes(row[0]) if row is not None and row[1] > time.time() else None
+
+        return await self._run(query)
+
+    async def revoke(self, user: str, at: float) -> None:
+        await self._run(lambda conn: conn.execute(
+            "INSERT INTO revocations (user, at) VALUES (?, ?) "
+            "ON CONFLICT (user) DO UPDATE SET at = max(at, excluded.at)", (user, at)))
+
+    async def revocations(self, since: float) -> list[tuple[str, float]]:
+        return await self._run(lambda conn: [
+            (str(user), float(at)) for user, at in conn.execute(
+                "SELECT user, at FROM revocations WHERE at > ? ORDER BY at", (since,))])
 
     async def close(self) -> None:
         if self._closed:

@@ -66,5 +66,17 @@ class EmbeddedEngine:
     def unsubscribe(self, room: str, listener: RoomListener) -> None:
         pass
 
+    async def stash(self, key: str, value: bytes, ttl: float) -> None:
+        await self.store.stash(key, value, ttl)
+
+    async def take(self, key: str) -> bytes | None:
+        return await self.store.take(key)
+
+    async def revoke(self, user: str, at: float) -> None:
+        await self.store.revoke(user, at)
+
+    async def revocations(self, since: float) -> list[tuple[str, float]]:
+        return await self.store.revocations(since)
+
     async def close(self) -> None:
         await self.store.close()

@@ -188,3 +188,33 @@ async def test_rooms_wait_for_a_pooled_connection(tmp_path: Path) -> None:
             assert {s.last_seq for s in snaps} == {3}
         finally:
             await engine.close()
+
+
+async def test_stash_is_single_use_and_expires(engine: Engine) -> None:
+    await engine.stash("t1", b"claims", 30)
+    await engine.stash("t2", b"short", 0.2)
+    results = await asyncio.gather(*(engine.take("t1") for _ in range(5)))
+    assert results.count(b"claims") == 1 and results.count(None) == 4
+    await asyncio.sleep(0.3)
+    assert await engine.take("t2") is None
+    assert await engine.take("never") is None
+
+
+async def test_revocations_are_listed_since_a_time(engine: Engine) -> None:
+    await engine.revoke("alice", 100.0)
+    await engine.revoke("bob", 200.0)
+    await engine.revoke("alice", 50.0)  # an older revocation never moves it back
+    assert await engine.revocations(0) == [("alice", 100.0), ("bob", 200.0)]
+    assert await engine.revocations(100.0) == [("bob", 200.0)]
+
+
+async def test_a_stash_survives_reopening(engine_url: str) -> None:
+    first = await open_engine(engine_url)
+    await first.stash("t", b"v", 30)
+    await first.close()
+    again = await open_engine(engine_url)
+    try:
+        assert await again.take("t") == b"v"
+        assert await again.take("t") is None
+    finally:
+        await again.close()
