@@ -26,3 +26,9 @@ class TokenBucket:
             self._tokens -= cost
             return 0.0
         return (cost - self._tokens) / self.rate
+
+    def full(self, now: float) -> bool:
+        """Whether the bucket holds ``burst`` tokens at ``now``: it is then indistinguishable
+        from a new one, and a keeper of many buckets may forget it. Changes nothing."""
+        elapsed = max(0.0, now - self._stamp)
+        return self._tokens + elapsed * self.rate >= self.burst

@@ -2,7 +2,9 @@
 
 The registry owns every actor task: it keeps them and ``aclose()`` awaits them all. A crashed or
 idle room is removed from the registry by the actor itself (``on_exit``) and revived, with its
-history, by the next ``get()``.
+history, by the next ``get()``. At most ``max_rooms`` rooms are loaded at once (running, or
+stopping but not yet gone): ``get()`` refuses to start one more, so a client that may join any
+room cannot fill memory with empty ones.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 from rooms.actor import RoomActor, RoomLifecycle
 from rooms.config import RoomConfig
 from rooms.engine import Engine
-from rooms.errors import RoomStopped, StoreError
+from rooms.errors import RoomStopped, StoreError, TooManyRooms
 from rooms.observer import NullObserver, RoomObserver
 from rooms.protocol import CloseCode
 from rooms.state import RoomState
@@ -25,9 +27,12 @@ log = logging.getLogger("roomchat.registry")
 class RoomRegistry:
     def __init__(
         self, config: RoomConfig, engine: Engine, *, observer: RoomObserver | None = None,
-        state_factory: Callable[..., RoomState] = RoomState,
+        state_factory: Callable[..., RoomState] = RoomState, max_rooms: int = 5_000,
     ) -> None:
+        if max_rooms < 1:
+            raise ValueError("max_rooms must be at least 1")
         self.config = config
+        self.max_rooms = max_rooms
         self.engine = engine
         self.observer = observer or NullObserver()
         self._state_factory = state_factory
@@ -37,7 +42,8 @@ class RoomRegistry:
 
     def get(self, room: str) -> RoomActor:
         """The running actor of ``room``, started if needed. Raises ``RoomStopped`` once
-        draining, ``StoreError`` while the engine is known to be unreachable."""
+        draining, ``StoreError`` while the engine is known to be unreachable, ``TooManyRooms``
+        when ``room`` would be started beyond ``max_rooms``."""
         if self._closing:
             raise RoomStopped("server is draining")
         if not self.engine.healthy:
@@ -45,6 +51,10 @@ class RoomRegistry:
         actor = self._rooms.get(room)
         if actor is not None and actor.lifecycle is not RoomLifecycle.STOPPED:
             return actor
+        # A stopped actor still listed is replaced in place: that starts no extra room.
+        if actor is None and len(self._rooms) >= self.max_rooms:
+            raise TooManyRooms(f"this server already runs {self.max_rooms} rooms; "
+                               "try again later")
         actor = RoomActor(room, self.config, self.engine, observer=self.observer,
                           on_exit=self._forget, state_factory=self._state_factory)
         self._rooms[room] = actor
