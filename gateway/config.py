@@ -55,6 +55,37 @@ class Config:
         (), "Comma-separated extra origins allowed to open WebSockets (the server's own "
             "origin always is).")
     max_connections: int = _setting(10_000, "Open WebSockets per process; more get HTTP 503.")
+    max_connections_per_user: int = _setting(
+        20, "Open room sockets of one user (token `sub`) per process; more get HTTP 429 "
+            "`too_many_user_connections`.")
+    max_connections_per_ip: int = _setting(
+        200, "Open room sockets from one client IP per process; more get HTTP 429 "
+             "`too_many_ip_connections`.")
+    handshake_rate: float = _setting(
+        10.0, "Upgrade requests per second from one client IP (refill of its token bucket); "
+              "over it: HTTP 429 `too_many_handshakes`.")
+    handshake_burst: int = _setting(
+        50, "Upgrade requests one client IP may make at once (its bucket's size).")
+    user_rate_connections: float = _setting(
+        3.0, "Frames one user may send across all their sockets in this process, in connections' "
+             "worth: a per-user bucket of this times `rate_burst`, refilled at this times "
+             "`rate_per_sec`; over it: `rate_limited` errors. At least 1. Pongs are exempt (the "
+             "per-connection bucket charges them).")
+    user_joins_per_minute: int = _setting(
+        60, "Room sockets one user may open per minute (all at once, then one every 60/N s); "
+            "more get HTTP 429 `too_many_joins`.")
+    max_live_rooms: int = _setting(
+        5_000, "Rooms loaded in this process at once (members or not yet idle); a join that "
+               "would start another gets HTTP 503 `too_many_rooms`.")
+    trusted_proxies: tuple[str, ...] = _setting(
+        ("127.0.0.1", "::1"),
+        "Comma-separated IPs or CIDRs of reverse proxies whose `client_ip_header` gives the "
+        "client IP (for the per-IP caps); from any other peer the header is ignored. Add a proxy "
+        "that is not on this host (compose: Caddy's network), or every client looks like it.")
+    client_ip_header: str = _setting(
+        "x-forwarded-for", "Header a trusted proxy puts the client IP in: `x-forwarded-for` "
+                           "(Caddy, nginx) or `forwarded` (RFC 7239). Only the one your proxy "
+                           "overwrites: a client can send the other.")
     max_message_bytes: int = _setting(
         65_536, "Largest WebSocket message accepted; larger closes with 1009.")
     ticket_ttl: float = _setting(

@@ -2,37 +2,57 @@
 
 from __future__ import annotations
 
+import math
+
 from quart import Response
 
 from gateway.auth import AuthError
-from rooms.errors import RoomError, RoomFull, RoomStopped, StoreError
+from gateway.limits import LimitExceeded
+from rooms.errors import RoomError, RoomFull, RoomStopped, StoreError, TooManyRooms
 from rooms.protocol import dumps
 
 
 class Rejection(Exception):
-    """Refuse an HTTP request or WebSocket upgrade with ``status`` and a JSON body."""
+    """Refuse an HTTP request or WebSocket upgrade with ``status`` and a JSON body.
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    ``retry_after``: seconds after which a retry can succeed, when known; sent as a
+    ``Retry-After`` header (whole seconds, rounded up).
+    """
+
+    def __init__(self, status: int, error: str, detail: str,
+                 retry_after: float | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.error = error
         self.detail = detail
+        self.retry_after = retry_after
 
     def body(self) -> bytes:
         """The JSON body every refusal carries: ``{"error": ..., "detail": ...}``."""
         return dumps({"error": self.error, "detail": self.detail}).encode()
 
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """The response's headers but ``content-type`` and ``content-length``."""
+        if self.retry_after is None:
+            return []
+        return [(b"retry-after", str(max(1, math.ceil(self.retry_after))).encode())]
+
     def response(self) -> Response:
-        return Response(self.body(), status=self.status, content_type="application/json")
+        return Response(self.body(), status=self.status, content_type="application/json",
+                        headers={k.decode(): v.decode() for k, v in self.headers()})
 
 
-def rejection_for(exc: AuthError | RoomError) -> Rejection:
+def rejection_for(exc: AuthError | RoomError | LimitExceeded) -> Rejection:
     """The HTTP answer for an error raised while admitting a connection."""
     if isinstance(exc, AuthError):
         status = 403 if exc.reason == "room_forbidden" else 401
         return Rejection(status, exc.reason, exc.detail)
+    if isinstance(exc, LimitExceeded):
+        return Rejection(429, exc.limit.value, exc.detail, exc.retry_after)
     if isinstance(exc, RoomFull):
         return Rejection(503, "room_full", str(exc))
+    if isinstance(exc, TooManyRooms):
+        return Rejection(503, "too_many_rooms", str(exc))
     if isinstance(exc, StoreError):
         return Rejection(503, "unavailable", "storage is unavailable; try again shortly")
     if isinstance(exc, RoomStopped):

@@ -1,0 +1,295 @@
+"""Abuse caps of one process: who the client is, connections per user and per IP, and rates.
+
+Pure bookkeeping: nothing here awaits, reads a clock or touches a socket; callers pass ``now``
+(monotonic seconds). ``gateway.ws`` consults ``Limits`` before an upgrade (``handshake``, then
+``admit``), counts a connection for its whole life (``opened`` / ``closed``) and asks ``message``
+before a frame goes to its room. ``gateway.errors`` turns ``LimitExceeded`` into HTTP 429.
+
+Memory stays bounded by the clients active recently, not by every client ever seen: a
+connection count is forgotten when it reaches zero, and a token bucket once it is full again
+(a full bucket is indistinguishable from a new one, so forgetting it loses nothing).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Hashable, Iterable
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from rooms.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+K = TypeVar("K", bound=Hashable)
+
+# How often (seconds of ``now``) a map of buckets looks for full ones to forget. Between two
+# looks it holds at most the keys seen in that second plus those not yet refilled.
+PRUNE_INTERVAL = 1.0
+UNKNOWN_PEER = "unknown"  # no TCP peer address (not an IP socket)
+CLIENT_IP_HEADERS = ("x-forwarded-for", "forwarded")
+
+
+class Limit(enum.StrEnum):
+    """Which cap refused a connection; the value is the refusal's ``error`` on the wire."""
+
+    HANDSHAKES = "too_many_handshakes"
+    USER_CONNECTIONS = "too_many_user_connections"
+    IP_CONNECTIONS = "too_many_ip_connections"
+    JOINS = "too_many_joins"
+
+
+class LimitExceeded(Exception):
+    """A cap refused a connection. ``retry_after``: seconds until a retry can succeed, when
+    known (rates); ``None`` for counts (they free up when a connection closes)."""
+
+    def __init__(self, limit: Limit, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.limit = limit
+        self.detail = detail
+        self.retry_after = retry_after
+
+
+# --- who the client is --------------------------------------------------------------------
+
+def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
+    """``trusted_proxies`` entries (IPs or CIDRs) as networks. Raises ``ValueError``."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"ROOMCHAT_TRUSTED_PROXIES: not an IP address or CIDR: "
+                             f"{entry!r}") from None
+    return tuple(networks)
+
+
+def parse_address(text: str) -> Address | None:
+    """An address as proxies write it (``1.2.3.4``, ``1.2.3.4:5678``, ``[::1]:5678``,
+    ``"[::1]"``), IPv4-mapped IPv6 as IPv4; ``None`` for anything else (``unknown``,
+    obfuscated ``_hidden`` identifiers, garbage)."""
+    text = text.strip().strip('"')
+    if text.startswith("["):
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:
+        text = text.partition(":")[0]  # IPv4 with a port
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def forwarded_chain(header: str, values: Iterable[str]) -> list[str]:
+    """The client addresses a proxy chain reported, nearest client first, as raw strings.
+
+    ``header``: ``x-forwarded-for`` (``client, proxy1, proxy2``) or ``forwarded`` (RFC 7239:
+    ``for=client;proto=https, for=proxy1``). ``values``: every occurrence of that header, in
+    order (several headers are one comma-separated list).
+    """
+    hops: list[str] = []
+    for value in values:
+        for element in value.split(","):
+            if header == "x-forwarded-for":
+                hops.append(element.strip())
+                continue
+            for pair in element.split(";"):
+                key, _, raw = pair.partition("=")
+                if key.strip().lower() == "for":
+                    hops.append(raw.strip())
+    return hops
+
+
+class ClientAddresses:
+    """Finds a connection's client IP: its TCP peer, or what trusted proxies say it was."""
+
+    def __init__(self, trusted: tuple[Network, ...], header: str) -> None:
+        header = header.strip().lower()
+        if header not in CLIENT_IP_HEADERS:
+            raise ValueError(f"ROOMCHAT_CLIENT_IP_HEADER: expected one of "
+                             f"{', '.join(CLIENT_IP_HEADERS)}, got {header!r}")
+        self.trusted = trusted
+        self.header = header
+
+    def is_trusted(self, address: Address) -> bool:
+        return any(address in network for network in self.trusted)
+
+    def client_ip(self, peer: str | None, header_values: Iterable[str]) -> str:
+        """The client's IP as a key. ``peer``: the TCP peer's address; ``header_values``: the
+        configured header's values in the request.
+
+        The header counts only when the peer is a trusted proxy, and then it is read from the
+        right: each proxy appends the address it saw, so the rightmost hop that is not itself a
+        trusted proxy is the client. Anything left of it was written by the client and could be
+        anything. A hop that is not an address (``unknown``) stops the walk at the proxy that
+        reported it.
+        """
+        address = parse_address(peer) if peer else None
+        if address is None:
+            return peer or UNKNOWN_PEER
+        if not self.trusted or not self.is_trusted(address):
+            return str(address)
+        for hop in reversed(forwarded_chain(self.header, header_values)):
+            reported = parse_address(hop)
+            if reported is None:
+                break
+            address = reported
+            if not self.is_trusted(address):
+                break
+        return str(address)
+
+
+# --- counts and rates ---------------------------------------------------------------------
+
+class ConnectionCounts(Generic[K]):
+    """Open connections per key, at most ``cap`` each. A key at zero is forgotten."""
+
+    def __init__(self, cap: int) -> None:
+        if cap < 1:
+            raise ValueError("a connection cap must be at least 1")
+        self.cap = cap
+        self._open: dict[K, int] = {}
+
+    def allows(self, key: K) -> bool:
+        """Whether one more connection of ``key`` fits. Reserves nothing: call ``open`` before
+        the next ``await`` so no other connection slips in between."""
+        return self._open.get(key, 0) < self.cap
+
+    def open(self, key: K) -> None:
+        self._open[key] = self._open.get(key, 0) + 1
+
+    def close(self, key: K) -> None:
+        """One connection of ``key`` is gone (call once per ``open``)."""
+        left = self._open.get(key, 0) - 1
+        if left > 0:
+            self._open[key] = left
+        else:
+            self._open.pop(key, None)
+
+    def count(self, key: K) -> int:
+        return self._open.get(key, 0)
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+
+class KeyedBuckets(Generic[K]):
+    """One ``TokenBucket(rate, burst)`` per key, created full on first use and forgotten once
+    full again (checked every ``PRUNE_INTERVAL`` seconds of ``now``)."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        TokenBucket(rate, burst, 0.0)  # validates: raises ValueError
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[K, TokenBucket] = {}
+        self._pruned_at: float | None = None
+
+    def take(self, key: K, now: float, cost: float = 1.0) -> float:
+        """Take ``cost`` tokens of ``key``'s bucket: 0.0 on success, else the seconds until
+        they are there (nothing is taken then)."""
+        self.prune(now)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket.take(now, cost)
+
+    def prune(self, now: float, *, force: bool = False) -> None:
+        """Forget every full bucket, at most once per ``PRUNE_INTERVAL`` unless ``force``."""
+        if not force and self._pruned_at is not None and now - self._pruned_at < PRUNE_INTERVAL:
+            return
+        self._pruned_at = now
+        for key in [key for key, bucket in self._buckets.items() if bucket.full(now)]:
+            del self._buckets[key]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class Limits:
+    """Every per-user and per-IP cap of this process (see the settings in ``gateway.config``).
+
+    ``user`` is a token's ``sub``; ``ip`` a ``ClientAddresses.client_ip`` key.
+    """
+
+    def __init__(self, *, connections_per_user: int, connections_per_ip: int,
+                 handshake_rate: float, handshake_burst: int, user_rate: float,
+                 user_burst: int, joins_per_minute: int) -> None:
+        self.user_connections: ConnectionCounts[str] = ConnectionCounts(connections_per_user)
+        self.ip_connections: ConnectionCounts[str] = ConnectionCounts(connections_per_ip)
+        self.handshakes: KeyedBuckets[str] = KeyedBuckets(handshake_rate, handshake_burst)
+        self.messages: KeyedBuckets[str] = KeyedBuckets(user_rate, user_burst)
+        if joins_per_minute < 1:
+            raise ValueError("ROOMCHAT_USER_JOINS_PER_MINUTE must be at least 1")
+        # "N per minute" as a bucket: N at once, then one every 60/N s.
+        self.joins: KeyedBuckets[str] = KeyedBuckets(joins_per_minute / 60.0, joins_per_minute)
+
+    @classmethod
+    def from_config(cls, config: Config) -> Limits:
+        """Raises ``ValueError`` naming the bad setting."""
+        # A user's bucket is a number of connections' worth of the per-connection one, so that
+        # raising the per-connection rate raises it too and it can never be the tighter of the
+        # two for a user with one connection.
+        worth = config.user_rate_connections
+        try:
+            if not worth >= 1:
+                raise ValueError("ROOMCHAT_USER_RATE_CONNECTIONS must be at least 1")
+            return cls(connections_per_user=config.max_connections_per_user,
+                       connections_per_ip=config.max_connections_per_ip,
+                       handshake_rate=config.handshake_rate, handshake_burst=config.handshake_burst,
+                       user_rate=worth * config.room.rate_per_sec,
+                       user_burst=max(1, round(worth * config.room.rate_burst)),
+                       joins_per_minute=config.user_joins_per_minute)
+        except ValueError as exc:
+            raise ValueError(f"abuse caps (ROOMCHAT_MAX_CONNECTIONS_PER_*, ROOMCHAT_HANDSHAKE_*, "
+                             f"ROOMCHAT_USER_*): {exc}") from None
+
+    def handshake(self, ip: str, now: float) -> None:
+        """Charge one upgrade request to ``ip``, before any other check (they cost more).
+        Raises ``LimitExceeded(HANDSHAKES)``."""
+        wait = self.handshakes.take(ip, now)
+        if wait > 0:
+            raise LimitExceeded(Limit.HANDSHAKES, "too many connection attempts from this "
+                                "address; retry after Retry-After seconds", wait)
+
+    def admit(self, user: str, ip: str, now: float) -> None:
+        """Whether ``user`` from ``ip`` may open one more connection (a join of a room); takes
+        a join token if so. The caller must call ``opened`` before its next ``await``.
+        Raises ``LimitExceeded``."""
+        if not self.user_connections.allows(user):
+            raise LimitExceeded(Limit.USER_CONNECTIONS,
+                                f"this user already has {self.user_connections.cap} connections "
+                                f"open; close one first")
+        if not self.ip_connections.allows(ip):
+            raise LimitExceeded(Limit.IP_CONNECTIONS,
+                                f"this address already has {self.ip_connections.cap} connections "
+                                f"open; close one first")
+        wait = self.joins.take(user, now)
+        if wait > 0:
+            raise LimitExceeded(Limit.JOINS, "this user joined too many rooms in the last "
+                                "minute; retry after Retry-After seconds", wait)
+
+    def opened(self, user: str, ip: str) -> None:
+        """Count a connection admitted by ``admit`` until ``closed`` (its socket is gone)."""
+        self.user_connections.open(user)
+        self.ip_connections.open(ip)
+
+    def closed(self, user: str, ip: str) -> None:
+        self.user_connections.close(user)
+        self.ip_connections.close(ip)
+
+    def message(self, user: str, now: float, cost: float = 1.0) -> float:
+        """Charge one inbound frame to ``user``'s bucket, shared by all their connections in
+        this process: 0.0 if it may go to its room, else ``retry_after`` seconds."""
+        return self.messages.take(user, now, cost)
+
+    def statistics(self) -> dict[str, int]:
+        """How many keys each cap remembers (what bounds this object's memory)."""
+        return {"users_connected": len(self.user_connections),
+                "ips_connected": len(self.ip_connections),
+                "handshake_buckets": len(self.handshakes),
+                "message_buckets": len(self.messages), "join_buckets": len(self.joins)}
