@@ -25,6 +25,7 @@ from gateway import admin, tickets, ws
 from gateway.auth import AuthError, make_issuer, make_verifier, valid_room_name
 from gateway.config import Config
 from gateway.errors import Rejection, rejection_for
+from gateway.limits import ClientAddresses, Limits, parse_networks
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.revocation import Revocations
 from rooms.engine import Engine, open_engine
@@ -82,6 +83,10 @@ class Gateway:
         self.verifier = make_verifier(config)
         self.issuer = make_issuer(config) if config.dev_login else None
         self.revocations = Revocations()
+        # Abuse caps (raise ValueError on a bad setting, before anything starts).
+        self.limits = Limits.from_config(config)
+        self.addresses = ClientAddresses(parse_networks(config.trusted_proxies),
+                                         config.client_ip_header)
         self._watcher: asyncio.Task[None] | None = None
         self.observer = Metrics()
         self.draining = False
@@ -116,7 +121,8 @@ class Gateway:
             self.config.resolved_store_url, on_commit=self._committed,
             sqlite_synchronous=self.config.store_synchronous,
             max_connections=self.config.store_connections)
-        self._registry = RoomRegistry(self.config.room, self._store, observer=self.observer)
+        self._registry = RoomRegistry(self.config.room, self._store, observer=self.observer,
+                                      max_rooms=self.config.max_live_rooms)
         await self.revocations.load(self._store)
         # Owned here: cancelled and awaited in stop().
         self._watcher = asyncio.create_task(self.revocations.watch(
@@ -126,17 +132,25 @@ class Gateway:
     def _committed(self, seconds: float, count: int) -> None:
         self.observer.messages_stored(count, seconds)  # prometheus_client is thread-safe
 
-    def connection_opened(self, transport: Abortable | None = None) -> None:
+    def connection_opened(self, transport: Abortable | None = None,
+                          owner: tuple[str, str] | None = None) -> None:
         """A WebSocket counts from here until ``connection_closed``: call that only once its
         socket is really gone (room sockets: ``gateway.ws``), so closing sockets count toward
-        ``max_connections`` too. ``transport``: what the drain may abort at its deadline."""
+        ``max_connections`` too. ``transport``: what the drain may abort at its deadline.
+        ``owner``: ``(user, client ip)`` admitted by ``limits.admit``, counted toward the
+        per-user and per-IP caps as long; give the same to ``connection_closed``."""
+        if owner is not None:
+            self.limits.opened(*owner)
         self.connections += 1
         self.observer.connections.inc()
         self._idle.clear()
         if transport is not None:
             self._abortable.add(transport)
 
-    def connection_closed(self, transport: Abortable | None = None) -> None:
+    def connection_closed(self, transport: Abortable | None = None,
+                          owner: tuple[str, str] | None = None) -> None:
+        if owner is not None:
+            self.limits.closed(*owner)
         self.connections -= 1
         self.observer.connections.dec()
         if transport is not None:

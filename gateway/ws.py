@@ -10,11 +10,15 @@ on the hot path and at the edge:
   handshake skips Quart's request context; an idle connection costs less memory.
 
 Every check runs before the upgrade is accepted; a refusal is a real HTTP response (ASGI's
-``websocket.http.response`` extension, which Hypercorn always offers). After the upgrade a
+``websocket.http.response`` extension, which Hypercorn always offers). The abuse caps of
+``gateway.limits`` come first (the handshake rate of the client IP, before any token is
+verified) and last (connections per user and per IP, joins per user); frames then pass the
+user's message bucket, shared by all their sockets, before they reach a room. After the upgrade a
 connection is two coroutines owned by this handler: the reader (parse each frame, hand it to the
 room without waiting) and the session's writer (send what the room queued).
 
-A connection counts toward ``max_connections`` until its TCP socket is gone, not merely until its
+A connection counts toward ``max_connections`` (and the per-user and per-IP caps) until its TCP
+socket is gone, not merely until its
 close frame is queued: after the writer ends, the handler waits up to ``close_timeout`` for the
 close handshake to end the connection, then aborts it. A client that stops reading can hold a
 socket for at most the closing phase (``close_timeout``) plus that wait.
@@ -26,6 +30,7 @@ import asyncio
 import itertools
 import logging
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
@@ -34,6 +39,7 @@ from gateway import tickets
 from gateway.auth import AuthError, valid_room_name
 from gateway.errors import Rejection, rejection_for
 from gateway.fastsend import FrameWriter
+from gateway.limits import LimitExceeded
 from rooms import protocol
 from rooms.actor import RoomActor
 from rooms.errors import RoomError, RoomStopped
@@ -79,6 +85,11 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+def _headers(scope: Scope, name: bytes) -> list[str]:
+    """Every value of header ``name``, in order."""
+    return [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == name]
+
+
 class RoomSockets:
     """ASGI middleware: serves ``/rooms/<room>/ws``; everything else goes to ``app``."""
 
@@ -99,10 +110,25 @@ class RoomSockets:
             return
         await self.app(scope, receive, send)
 
-    async def _admit(self, room: str, scope: Scope) -> tuple[Any, int | None]:
-        """Every check before the upgrade: the credentials (a ticket or a token), the origin and
-        ``after``. Raises Rejection."""
+    def client_ip(self, scope: Scope) -> str:
+        """The connection's client IP: the TCP peer, or what a trusted proxy says it is."""
+        client = scope.get("client")
+        peer = str(client[0]) if client else None
+        addresses = self.gw.addresses
+        return addresses.client_ip(peer, _headers(scope, addresses.header.encode()))
+
+    async def _admit(self, room: str, scope: Scope, ip: str) -> tuple[Any, int | None]:
+        """Every check before the upgrade: the handshake rate of ``ip``, the credentials (a
+        ticket or a token), the origin, ``after``, then the connection caps. Raises Rejection.
+
+        When it returns, the caller must count the connection (``connection_opened`` with its
+        owner) before its next ``await``: the caps were checked, not reserved.
+        """
         gw = self.gw
+        try:
+            gw.limits.handshake(ip, time.monotonic())
+        except LimitExceeded as exc:
+            raise rejection_for(exc) from None
         if not valid_room_name(room):
             raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
         host = _header(scope, b"host") or _header(scope, b":authority")
@@ -131,6 +157,10 @@ class RoomSockets:
             raise Rejection(503, "draining", "the server is restarting; try again shortly")
         if gw.connections >= gw.config.max_connections:
             raise Rejection(503, "server_full", "too many connections; try again later")
+        try:
+            gw.limits.admit(claims.user, ip, time.monotonic())
+        except LimitExceeded as exc:
+            raise rejection_for(exc) from None
         return claims, after
 
     async def _refuse(self, rejection: Rejection, send: Send) -> None:
@@ -138,7 +168,8 @@ class RoomSockets:
         body = rejection.body()
         await send({"type": "websocket.http.response.start", "status": rejection.status,
                     "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+                                (b"content-length", str(len(body)).encode()),
+                                *rejection.headers()]})
         await send({"type": "websocket.http.response.body", "body": body})
 
     async def room_socket(self, room: str, scope: Scope, receive: Receive, send: Send) -> None:
@@ -147,8 +178,9 @@ class RoomSockets:
         connect = await receive()
         if connect["type"] != "websocket.connect":
             return
+        ip = self.client_ip(scope)
         try:
-            claims, after = await self._admit(room, scope)
+            claims, after = await self._admit(room, scope, ip)
         except Rejection as refused:
             await self._refuse(refused, send)
             return
@@ -160,7 +192,8 @@ class RoomSockets:
             outbox_limit=cfg.outbox_limit, max_frame_messages=cfg.max_frame_messages,
             send_timeout=cfg.send_timeout, close_timeout=cfg.close_timeout,
         )
-        gw.connection_opened(transport)
+        owner = (claims.user, ip)
+        gw.connection_opened(transport, owner)
         actor: RoomActor | None = None
         accepted = released = False
         try:
@@ -194,7 +227,7 @@ class RoomSockets:
             if accepted and not released:
                 # Failed or cancelled: drop whatever is left of the connection.
                 transport.abort()
-            gw.connection_closed(transport)
+            gw.connection_closed(transport, owner)
 
     async def _release(self, transport: FrameWriter, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the TCP connection to end, then abort it. True when gone.
@@ -218,6 +251,10 @@ class RoomSockets:
 
     async def _read_loop(self, actor: RoomActor, session: Session, receive: Receive) -> None:
         cfg = self.gw.config.room
+        limits = self.gw.limits
+        # Frames refused by the user's bucket in a row, on this connection: they never reach
+        # the room, so the room's own strike count cannot see this flood.
+        strikes = 0
         while True:
             message = await receive()
             kind = message["type"]
@@ -234,7 +271,21 @@ class RoomSockets:
                 continue
             frame = protocol.parse_client_frame(text, max_text_chars=cfg.max_text_chars,
                                                 max_id_chars=cfg.max_id_chars)
+            client_id = None if isinstance(frame, protocol.Pong) else frame.id
+            # Pongs skip the user's bucket: refusing one would break the heartbeat, and the
+            # room's per-connection bucket already charges them (connections per user are
+            # capped, so a user's pong rate is bounded too).
+            if not isinstance(frame, protocol.Pong):
+                retry_after = limits.message(session.user, time.monotonic())
+                if retry_after > 0:
+                    strikes += 1
+                    session.offer(protocol.error(
+                        ErrorCode.RATE_LIMITED, "too many messages from this user; resend "
+                        "after retry_after seconds", client_id=client_id, retry_after=retry_after))
+                    if strikes >= cfg.rate_abuse_strikes:
+                        session.close_nowait(CloseCode.RATE_ABUSE, "rate limit abuse")
+                    continue
+                strikes = 0
             if not actor.frame_nowait(session.id, frame):
-                client_id = frame.id if isinstance(frame, protocol.SendMessage) else None
                 session.offer(protocol.error(ErrorCode.BUSY, "the room is busy; resend later",
                                              client_id=client_id, retry_after=1.0))
