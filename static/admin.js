@@ -91,10 +91,53 @@ function render(stats) {
   spark(document.getElementById("s-rate"), totals.rate);
 }
 
-function connect(token, attempt = 0) {
+// A refused upgrade (a bad, expired or non-admin token gets HTTP 401/403 before it) reaches a browser only
+// as close code 1006, indistinguishable from a server that is down: after this many connects in a row that
+// never opened, stop and say what is most likely wrong instead of retrying forever.
+const GIVE_UP_AFTER = 3;
+const NOT_ADMIN = "Not an admin token, or it expired";
+
+/** The token's claims, decoded without verifying (the server verifies), or null if it is not a JWT. */
+function claimsOf(token) {
+  try {
+    const part = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
+    const bytes = Uint8Array.from(atob(part + "=".repeat((4 - (part.length % 4)) % 4)), (c) => c.charCodeAt(0));
+    const claims = JSON.parse(new TextDecoder().decode(bytes));
+    return claims && typeof claims === "object" ? claims : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Why this token cannot open the admin view, judged from its claims alone, or null if it might. */
+function obviousRefusal(token) {
+  const claims = claimsOf(token);
+  if (!claims) return "Not a valid token: check the link";
+  if (typeof claims.exp === "number" && claims.exp * 1000 <= Date.now()) {
+    return "Token expired: get a new admin token (roomchat token --admin ...)";
+  }
+  if (claims.admin !== true) return "Not an admin token: get one with roomchat token --admin ...";
+  return null;
+}
+
+function stop(text) {
+  setStatus("offline", text);
+  sessionStorage.removeItem("roomchat.admin.token");
+}
+
+function connect(token, attempt = 0, refusedInARow = 0) {
+  const obvious = obviousRefusal(token);
+  if (obvious) {
+    stop(obvious);
+    return;
+  }
   const scheme = location.protocol === "https:" ? "wss" : "ws";
   const ws = new WebSocket(`${scheme}://${location.host}/admin/ws?token=${encodeURIComponent(token)}`);
-  ws.onopen = () => setStatus("live", "Live");
+  let opened = false;
+  ws.onopen = () => {
+    opened = true;
+    setStatus("live", "Live");
+  };
   ws.onmessage = (event) => {
     for (const line of String(event.data).split("\n")) {
       const obj = JSON.parse(line);
@@ -105,12 +148,22 @@ function connect(token, attempt = 0) {
   };
   ws.onclose = (event) => {
     if (event.code === 4001) {
-      setStatus("offline", "Token expired: get a new admin token (roomchat token --admin ...)");
+      stop("Token expired: get a new admin token (roomchat token --admin ...)");
+      return;
+    }
+    if (event.code === 4003) {
+      stop("Access revoked: get a new admin token (roomchat token --admin ...)");
+      return;
+    }
+    const refused = opened ? 0 : refusedInARow + 1;
+    if (refused >= GIVE_UP_AFTER) {
+      setStatus("offline", `${NOT_ADMIN} (or the server is down): stopped retrying; reload to try again`);
       return;
     }
     const delay = Math.min(30000, 1000 * 2 ** attempt) * (0.5 + Math.random() / 2);
-    setStatus("offline", `Disconnected; retrying in ${Math.round(delay / 1000)} s`);
-    setTimeout(() => connect(token, attempt + 1), delay);
+    const lead = refused ? NOT_ADMIN : "Disconnected";
+    setStatus("offline", `${lead}; retrying in ${Math.round(delay / 1000)} s`);
+    setTimeout(() => connect(token, attempt + 1, refused), delay);
   };
 }
 

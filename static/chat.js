@@ -1,7 +1,8 @@
 // chat.js: the roomchat wire protocol (docs/protocol.md) from the browser's side.
 //
-// One ChatClient owns one WebSocket to one room: it connects, answers pings, splits coalesced server
-// frames, resumes with `after=<last seq>` after every drop, drops duplicates by seq, and keeps an outbox of
+// One ChatClient owns one WebSocket to one room: before every connect it trades its token for a single-use
+// ticket (POST /rooms/<room>/ticket, so the token never travels in a URL and a refusal comes back with a
+// reason it can read), connects with `?ticket=`, answers pings, splits coalesced server frames, resumes with `after=<last seq>` after every drop, drops duplicates by seq, and keeps an outbox of
 // typed messages in sessionStorage until the server acknowledges them. It knows nothing about the DOM:
 // the page listens to its events (see ChatClient) and calls send()/reconnectNow()/setToken().
 
@@ -26,8 +27,23 @@ export const State = Object.freeze({
 export const StopReason = Object.freeze({
   EXPIRED: 'token_expired', // 4001, or the token's exp has passed: a new token is needed
   FORBIDDEN: 'room_forbidden', // the token does not list this room
+  INVALID: 'invalid_token', // the server cannot read or verify the token (or there is none)
+  REVOKED: 'token_revoked', // 4003, or the ticket request said so: the user's access was withdrawn
+  BAD_ROOM: 'bad_room', // the room name is not one the server accepts
   POLICY: 'policy', // 1008 / 1003: the server refused our frames; do not loop
   CLOSED: 'closed', // 1000, or stop() was called
+});
+
+/** Stop reasons that no retry can fix: only a new token (setToken) gets the page going again. */
+export const FINAL_REASONS = Object.freeze(new Set([
+  StopReason.EXPIRED, StopReason.FORBIDDEN, StopReason.INVALID, StopReason.REVOKED, StopReason.BAD_ROOM,
+]));
+
+/** While WAITING: why the server is not taking us right now, when it told us (else null). */
+export const WaitReason = Object.freeze({
+  BUSY: 'busy', // 503 server_full / room_full, 429: the server is full or we asked too often
+  UNAVAILABLE: 'unavailable', // 503 unavailable or close 1013: its storage is down for now
+  RESTARTING: 'restarting', // 503 draining or close 1012
 });
 
 /**
@@ -102,6 +118,10 @@ export function closeAction(code) {
       return { action: 'soon' };
     case 4001:
       return { action: 'stop', reason: StopReason.EXPIRED };
+    case 4003:
+      return { action: 'stop', reason: StopReason.REVOKED };
+    case 1013: // storage unavailable: the handshake is refused with 503 until it is back
+      return { action: 'backoff', wait: WaitReason.UNAVAILABLE };
     case 1003:
     case 1008:
       return { action: 'stop', reason: StopReason.POLICY };
@@ -120,7 +140,9 @@ const CLOSE_TEXT = {
   1009: 'a message was too large',
   1011: 'the room had an internal error',
   1012: 'the server is restarting',
-  4001: 'your token expired',
+  1013: 'the service is temporarily unavailable',
+  4001: 'your link expired',
+  4003: 'your access was revoked',
   4008: 'too many messages too fast',
   4009: 'the connection fell behind',
   4010: 'the connection went quiet',
@@ -130,6 +152,40 @@ const CLOSE_TEXT = {
 export function describeClose(code, reason) {
   if (reason) return reason;
   return CLOSE_TEXT[code] || (code === 1006 ? 'the connection dropped' : `closed (${code})`);
+}
+
+/**
+ * What to do when `POST /rooms/<room>/ticket` answered `status` with the JSON body `body` (docs/protocol.md,
+ * "Connecting"). Returns a plan like closeAction's; `retryAfterMs` is the server's own wait, if it gave one.
+ */
+export function ticketRefusalAction(status, body, retryAfterMs = null) {
+  const error = body && typeof body.error === 'string' ? body.error : '';
+  const final = (reason) => ({ action: 'stop', reason });
+  const transient = (wait, extra = {}) => ({ action: 'backoff', wait, retryAfterMs, ...extra });
+  if (status === 401) {
+    if (error === 'token_expired') return final(StopReason.EXPIRED);
+    if (error === 'token_revoked') return final(StopReason.REVOKED);
+    return final(StopReason.INVALID); // missing_token, invalid_token and anything unknown
+  }
+  if (status === 403) {
+    if (error === 'room_forbidden') return final(StopReason.FORBIDDEN);
+    return final(StopReason.POLICY); // origin_forbidden: this page may not connect from where it is
+  }
+  if (status === 404) return error === 'bad_room' ? final(StopReason.BAD_ROOM) : final(StopReason.POLICY);
+  if (status === 400) return final(StopReason.POLICY);
+  if (status === 429) return transient(WaitReason.BUSY, { minAttempt: 2 });
+  if (status === 503) {
+    if (error === 'draining') return { action: 'soon', wait: WaitReason.RESTARTING, retryAfterMs };
+    if (error === 'unavailable') return transient(WaitReason.UNAVAILABLE);
+    return transient(WaitReason.BUSY); // server_full, room_full
+  }
+  return transient(null); // 5xx from a proxy, or anything unexpected: try again later
+}
+
+/** The server's `Retry-After` header (seconds) in ms, or null. */
+function retryAfterHeader(response) {
+  const secs = Number(response.headers?.get?.('retry-after'));
+  return Number.isFinite(secs) && secs > 0 ? Math.min(BACKOFF_MAX_MS, secs * 1000) : null;
 }
 
 /**
@@ -183,8 +239,10 @@ class Outbox {
  * A connection to one room.
  *
  * Events (CustomEvent, payload in `detail`):
- * - `state`    {state, retryAt, attempt, code, reason, detail, refused}: status changes; `refused` is true
- *              when several connects in a row never opened (the server may be refusing this token).
+ * - `state`    {state, retryAt, attempt, code, reason, detail, refused, wait, status, error}: status changes.
+ *              `reason` is a StopReason while OFFLINE (FINAL_REASONS need a new token); `wait` a WaitReason
+ *              while WAITING when the server said why; `status`/`error` the ticket refusal, if that was it;
+ *              `refused` is true when several connects in a row never opened.
  * - `welcome`  {welcome, resumed, reset}: a connection went live. `reset` means the server could not
  *              replay gaplessly: the page must drop what it shows and treat what follows as fresh history.
  * - `message`  {message, own, kind}: a new message, in seq order, never twice. `kind` is 'history'
@@ -192,7 +250,8 @@ class Outbox {
  * - `history-end` {}: every message up to the welcome's seq has been delivered.
  * - `presence` {presence}: a member joined or left.
  * - `outbox`   {entries}: the pending messages changed; entries have {id, text, createdAt, state, error?,
- *              retryAt?} with state 'queued' | 'sending' | 'retrying' | 'sent' | 'failed'.
+ *              retryAt?, code?} with state 'queued' | 'sending' | 'retrying' | 'sent' | 'failed'; a
+ *              'retrying' entry's `code` says why (rate_limited, busy, unavailable).
  * - `problem`  {error}: an `error` frame that did not belong to a pending message.
  */
 export class ChatClient extends EventTarget {
@@ -203,9 +262,13 @@ export class ChatClient extends EventTarget {
    * @param {{protocol: string, host: string}} opts.location  where the server is (the page's location)
    * @param {Storage} [opts.storage] where the outbox is kept (sessionStorage)
    * @param {typeof WebSocket} [opts.WebSocketImpl]
+   * @param {typeof fetch} [opts.fetchImpl]  used for the ticket request
    */
-  constructor({ room, token, location, storage = null, WebSocketImpl = WebSocket }) {
+  constructor({
+    room, token, location, storage = null, WebSocketImpl = WebSocket, fetchImpl = (...a) => fetch(...a),
+  }) {
     super();
+    this.fetchImpl = fetchImpl;
     this.room = room;
     this.token = token;
     this.location = location;
@@ -223,6 +286,7 @@ export class ChatClient extends EventTarget {
     this.historyKind = 'history';
 
     this.ws = null;
+    this.ticketing = null; // an AbortController while a ticket request is in flight
     this.opened = false;
     this.attempt = 0;
     this.refusedInARow = 0;
@@ -246,6 +310,7 @@ export class ChatClient extends EventTarget {
   stop() {
     this.stopped = true;
     this.clearTimers();
+    this.abortTicket();
     this.dropSocket(1000);
     this.setState(State.OFFLINE, { reason: StopReason.CLOSED });
   }
@@ -253,7 +318,7 @@ export class ChatClient extends EventTarget {
   /** Skip the backoff wait (the person pressed "Reconnect now", or the network came back). */
   reconnectNow() {
     if (this.state === State.LIVE || this.state === State.CONNECTING) return;
-    if (this.state === State.OFFLINE && this.reason === StopReason.EXPIRED) return;
+    if (this.state === State.OFFLINE && FINAL_REASONS.has(this.reason)) return; // a new token is needed
     this.stopped = false;
     this.connect();
   }
@@ -264,7 +329,9 @@ export class ChatClient extends EventTarget {
     this.refusedInARow = 0;
     this.attempt = 0;
     this.stopped = false;
-    if (this.state !== State.LIVE && this.state !== State.CONNECTING) this.connect();
+    if (this.state === State.LIVE) return;
+    this.abortTicket(); // a ticket being asked for with the old token is of no use now
+    if (!this.ws) this.connect();
   }
 
   /**
@@ -295,38 +362,96 @@ export class ChatClient extends EventTarget {
 
   // ---- connection lifecycle --------------------------------------------------------------------
 
-  url() {
+  url(ticket) {
     const scheme = this.location.protocol === 'https:' ? 'wss' : 'ws';
-    const params = new URLSearchParams({ token: this.token });
+    const params = new URLSearchParams({ ticket });
     if (this.resumable) params.set('after', String(this.lastSeq));
     return `${scheme}://${this.location.host}/rooms/${encodeURIComponent(this.room)}/ws?${params}`;
   }
 
+  ticketUrl() {
+    const scheme = this.location.protocol === 'https:' ? 'https' : 'http';
+    return `${scheme}://${this.location.host}/rooms/${encodeURIComponent(this.room)}/ticket`;
+  }
+
+  abortTicket() {
+    if (this.ticketing) this.ticketing.abort();
+    this.ticketing = null;
+  }
+
+  /**
+   * Ask for a ticket with the token we hold. Resolves to {ticket} or {plan, code, detail, status, error}
+   * (what to do instead of connecting), or null when the request was aborted (stop() or a new token).
+   */
+  async requestTicket(signal) {
+    let res;
+    try {
+      res = await this.fetchImpl(this.ticketUrl(), {
+        method: 'POST',
+        headers: { authorization: `Bearer ${this.token}`, accept: 'application/json' },
+        cache: 'no-store',
+        credentials: 'omit',
+        signal,
+      });
+    } catch {
+      if (signal.aborted) return null;
+      return { plan: { action: 'backoff' }, code: 1006, detail: 'the server could not be reached' };
+    }
+    let body = null;
+    try {
+      body = await res.json();
+    } catch {
+      body = null;
+    }
+    if (signal.aborted) return null;
+    if (res.ok && body && typeof body.ticket === 'string' && body.ticket) return { ticket: body.ticket };
+    const plan = res.ok
+      ? { action: 'backoff' } // 200 without a ticket: a proxy answering for the server?
+      : ticketRefusalAction(res.status, body, retryAfterHeader(res));
+    const said = body && typeof body.detail === 'string' ? body.detail : '';
+    return {
+      plan,
+      code: null,
+      detail: said || `the server refused the connection (HTTP ${res.status})`,
+      status: res.status,
+      error: body && typeof body.error === 'string' ? body.error : null,
+    };
+  }
+
+  /** Get a ticket, then open the socket with it. Every connect, first or not, goes through here. */
   connect() {
     this.clearTimer('reconnect');
-    if (this.ws) return;
-    // An expired token is refused before the upgrade, which a browser only sees as 1006; say so up front.
-    const exp = tokenExpiresAt(this.token);
-    if (exp !== null && exp <= Date.now()) {
-      this.setState(State.OFFLINE, { reason: StopReason.EXPIRED, code: 4001 });
-      return;
-    }
-    const rooms = decodeToken(this.token)?.rooms;
-    if (Array.isArray(rooms) && !rooms.includes(this.room) && !rooms.includes('*')) {
-      this.setState(State.OFFLINE, { reason: StopReason.FORBIDDEN });
-      return;
-    }
+    if (this.ws || this.ticketing) return;
+    // No guessing from the token's claims (the browser's clock may be wrong, the rules may change): the
+    // ticket request says whether the server takes this token, and why not.
+    const ticketing = new AbortController();
+    this.ticketing = ticketing;
+    this.opened = false;
+    this.setState(State.CONNECTING);
+    this.requestTicket(ticketing.signal).then((got) => {
+      if (this.ticketing !== ticketing) return; // aborted or superseded
+      this.ticketing = null;
+      if (got === null || this.stopped) return;
+      if (got.ticket) {
+        this.openSocket(got.ticket);
+        return;
+      }
+      if (got.plan.action === 'stop') this.refusedInARow = 0;
+      else this.refusedInARow += 1;
+      this.scheduleReconnect(got.plan, got.code, got.detail, { status: got.status, error: got.error });
+    });
+  }
 
+  openSocket(ticket) {
     let ws;
     try {
-      ws = new this.WebSocketImpl(this.url());
+      ws = new this.WebSocketImpl(this.url(ticket));
     } catch (err) {
       this.scheduleReconnect({ action: 'backoff' }, 1006, String(err));
       return;
     }
     this.ws = ws;
     this.opened = false;
-    this.setState(State.CONNECTING);
     ws.onopen = () => {
       if (ws !== this.ws) return;
       this.opened = true;
@@ -388,6 +513,7 @@ export class ChatClient extends EventTarget {
       if (e.state === 'sending' || e.state === 'retrying') {
         e.state = 'queued';
         delete e.retryAt;
+        delete e.code;
       }
     }
     this.emitOutbox();
@@ -395,10 +521,10 @@ export class ChatClient extends EventTarget {
     this.scheduleReconnect(closeAction(code), code, reason);
   }
 
-  scheduleReconnect(plan, code, reason) {
-    const detail = describeClose(code, reason);
+  scheduleReconnect(plan, code, reason, refusal = {}) {
+    const detail = code === null ? reason : describeClose(code, reason);
     if (plan.action === 'stop') {
-      this.setState(State.OFFLINE, { reason: plan.reason, code, detail });
+      this.setState(State.OFFLINE, { reason: plan.reason, code, detail, ...refusal });
       return;
     }
     let delay;
@@ -409,13 +535,17 @@ export class ChatClient extends EventTarget {
       this.attempt = Math.max(this.attempt, plan.minAttempt || 0);
       delay = backoffDelay(this.attempt);
     }
+    // The server's own wait, when it gave one, is a floor (never wait less than it asked).
+    if (plan.retryAfterMs) delay = Math.max(delay, plan.retryAfterMs);
     this.attempt += 1;
     const retryAt = Date.now() + delay;
     this.setState(State.WAITING, {
       retryAt,
       code,
       detail,
+      wait: plan.wait || null,
       refused: this.refusedInARow >= REFUSED_HINT_AFTER,
+      ...refusal,
     });
     this.timers.reconnect = setTimeout(() => {
       this.timers.reconnect = null;
@@ -520,11 +650,12 @@ export class ChatClient extends EventTarget {
       this.dispatch('problem', { error: err });
       return;
     }
-    if (err.code === 'rate_limited' || err.code === 'busy') {
+    if (err.code === 'rate_limited' || err.code === 'busy' || err.code === 'unavailable') {
       // Not stored: send it again, same id, once the server says we may.
       const waitMs = Math.max(100, (Number(err.retry_after) || 1) * 1000);
       entry.state = 'retrying';
       entry.retryAt = Date.now() + waitMs;
+      entry.code = err.code;
       this.pauseSending(waitMs);
     } else {
       entry.state = 'failed';
@@ -559,6 +690,7 @@ export class ChatClient extends EventTarget {
         if (e.state === 'retrying') {
           e.state = 'queued';
           delete e.retryAt;
+          delete e.code;
         }
       }
       this.flush();
@@ -590,6 +722,9 @@ export class ChatClient extends EventTarget {
       reason: null,
       detail: null,
       refused: false,
+      wait: null,
+      status: null,
+      error: null,
       ...extra,
     });
   }

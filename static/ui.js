@@ -7,6 +7,8 @@ import {
   ChatClient,
   State,
   StopReason,
+  WaitReason,
+  FINAL_REASONS,
   decodeToken,
   tokenExpiresAt,
   codePointLength,
@@ -220,6 +222,8 @@ class ChatView {
     this.everLive = false;
     this.tokenNote = '';
     this.noteIsCounter = false;
+    this.pendingEntries = [];
+    this.pendingTick = null;
 
     this.log = $('log');
     this.pending = $('pending');
@@ -345,34 +349,51 @@ class ChatView {
 
   // ---- auth panel
 
+  /**
+   * Show the panel that explains why the person is not in the room and what they can do. `kind` is
+   * 'none' (no link), 'invalid', 'expired', 'revoked', 'forbidden' or 'badroom'. Only 'none' shows the
+   * operator's command for making a link: everyone else is told, in plain words, whom to ask.
+   */
   async needAuth(kind, detail = '') {
+    const wasIn = this.everLive;
+    const ask = 'Ask whoever sent it to you for a new link.';
     const title = {
       none: 'Join this room',
-      expired: 'Your session expired',
-      forbidden: 'This link is for another room',
+      invalid: 'This link is not valid',
+      expired: wasIn ? 'Your session expired' : 'This link has expired',
+      revoked: 'Your access was revoked',
+      forbidden: 'Not allowed in this room',
       badroom: 'This is not a room',
     }[kind];
     const text = {
-      none: 'You need an invitation link (with a token) to join this room.',
-      expired: 'Your token expired, so the connection was closed. Get a new link to continue; '
-        + 'messages you type meanwhile are kept.',
-      forbidden: `Your token does not give access to #${this.room}.`,
+      none: 'You need an invitation link to join this room.',
+      invalid: `This link is not valid: it may be incomplete, or made for another server. ${ask}`,
+      expired: wasIn
+        ? `This link has expired, so you were disconnected. ${ask} Messages you type meanwhile are kept.`
+        : `This link has expired. ${ask}`,
+      revoked: 'Your access to this room was revoked, so you were disconnected. If you think this is a '
+        + 'mistake, ask whoever runs this room for a new link.',
+      forbidden: `This link does not allow you into #${this.room}: you are not allowed in this room. `
+        + 'Ask for a link to this room.',
       badroom: 'Room names are 1 to 64 letters, digits, "-" or "_". Check the address.',
     }[kind];
+    $('auth').dataset.kind = kind;
     $('auth-title').textContent = title;
     $('auth-text').textContent = detail ? `${text} ${detail}` : text;
     $('auth').hidden = false;
     $('app').classList.add('needs-auth');
     $('app').classList.toggle('signed-out', !this.client);
+    $('howto').hidden = true;
     if (kind === 'badroom') return;
 
     this.info = this.info || (await fetchInfo());
+    if ($('auth').hidden || $('auth').dataset.kind !== kind) return; // moved on while we asked
     const devLoginOn = this.info.dev_login === true;
     $('login-form').hidden = !devLoginOn;
-    $('howto').hidden = devLoginOn;
+    $('howto').hidden = devLoginOn || kind !== 'none';
     if (devLoginOn) {
       $('auth-text').textContent =
-        kind === 'none' ? 'Pick a display name to join.' : `${text} Sign in again below.`;
+        kind === 'none' ? 'Pick a display name to join.' : `${text} Or join by name below.`;
       const name = $('login-name');
       if (!name.value && this.me?.name) name.value = this.me.name;
       name.focus();
@@ -423,6 +444,9 @@ class ChatView {
     // The close code behind the current state, for the curious (and for tests).
     if (s.code) status.dataset.code = String(s.code);
     else delete status.dataset.code;
+    if (s.state === State.OFFLINE && s.reason) status.dataset.reason = s.reason;
+    else delete status.dataset.reason;
+    if (s.state !== State.WAITING) delete status.dataset.wait;
 
     if (s.state === State.CONNECTING) {
       status.dataset.state = 'connecting';
@@ -435,14 +459,23 @@ class ChatView {
     } else if (s.state === State.WAITING) {
       status.dataset.state = 'reconnecting';
       again.hidden = false;
+      if (s.wait) status.dataset.wait = s.wait;
+      else delete status.dataset.wait;
       const tick = () => {
         const secs = Math.max(0, Math.ceil((s.retryAt - Date.now()) / 1000));
-        const lead = s.refused ? 'Can’t connect' : 'Offline';
-        text.textContent = `${lead} · reconnecting in ${secs}s`;
+        if (s.wait === WaitReason.BUSY) text.textContent = `Server busy; retrying in ${secs}s`;
+        else if (s.wait === WaitReason.UNAVAILABLE) {
+          text.textContent = `Service temporarily unavailable; retrying in ${secs}s`;
+        } else if (s.wait === WaitReason.RESTARTING) {
+          text.textContent = `Server restarting · reconnecting in ${secs}s`;
+        } else {
+          const lead = s.refused ? 'Can’t connect' : 'Offline';
+          text.textContent = `${lead} · reconnecting in ${secs}s`;
+        }
       };
       tick();
       this.countdown = setInterval(tick, 1000);
-      status.title = s.refused
+      status.title = s.refused && !s.wait
         ? 'The server keeps refusing the connection. It may be down, or your link may no longer be valid.'
         : `Disconnected: ${s.detail || 'connection lost'}`;
     } else if (s.state === State.OFFLINE) {
@@ -453,16 +486,20 @@ class ChatView {
   onOffline(s) {
     const status = $('status');
     const text = $('status-text');
-    if (s.reason === StopReason.EXPIRED) {
-      status.dataset.state = 'expired';
-      text.textContent = 'Offline · token expired';
-      this.needAuth('expired');
+    status.title = '';
+    if (FINAL_REASONS.has(s.reason)) {
+      // Retrying cannot help: say why in the person's words and what they can do.
+      const [kind, said] = {
+        [StopReason.EXPIRED]: ['expired', 'link expired'],
+        [StopReason.INVALID]: ['invalid', 'link not valid'],
+        [StopReason.REVOKED]: ['revoked', 'access revoked'],
+        [StopReason.FORBIDDEN]: ['forbidden', 'not allowed in this room'],
+        [StopReason.BAD_ROOM]: ['badroom', 'no such room'],
+      }[s.reason];
+      status.dataset.state = s.reason === StopReason.EXPIRED ? 'expired' : 'offline';
+      text.textContent = `Offline · ${said}`;
+      this.needAuth(kind);
       storageSet(tokenKey(this.room), null); // never reuse it, not even after a reload
-    } else if (s.reason === StopReason.FORBIDDEN) {
-      status.dataset.state = 'offline';
-      text.textContent = 'Offline · no access to this room';
-      this.needAuth('forbidden');
-      storageSet(tokenKey(this.room), null);
     } else {
       status.dataset.state = 'offline';
       text.textContent = s.reason === StopReason.POLICY
@@ -577,6 +614,10 @@ class ChatView {
   }
 
   onProblem(err) {
+    if (err && err.code === 'unavailable') {
+      this.note('Service temporarily unavailable; will resend');
+      return;
+    }
     const said = err && (err.message || err.code);
     const text = said ? String(said) : 'The server refused a message.';
     this.note(text);
@@ -639,15 +680,31 @@ class ChatView {
     this.input.focus();
   }
 
+  /** Why a message waits to be resent, in words: too fast (with a countdown), busy room, storage down. */
+  retryingText(e) {
+    if (e.code === 'rate_limited') {
+      const secs = Math.max(1, Math.ceil(((e.retryAt || 0) - Date.now()) / 1000));
+      return `You're sending too fast; sending in ${secs}s`;
+    }
+    if (e.code === 'unavailable') return 'Service temporarily unavailable; will resend';
+    return 'Server busy, retrying…';
+  }
+
   renderPending(entries) {
     const stick = this.isNearBottom();
     const live = this.client?.state === State.LIVE;
+    this.pendingEntries = entries;
+    clearTimeout(this.pendingTick);
+    // Keep a countdown on screen current (the client re-renders anyway when the wait ends).
+    if (entries.some((e) => e.state === 'retrying' && e.code === 'rate_limited')) {
+      this.pendingTick = setTimeout(() => this.renderPending(this.pendingEntries), 1000);
+    }
     this.pending.replaceChildren(
       ...entries.map((e) => {
         let status;
         if (e.state === 'failed') status = `Not sent: ${e.error}`;
         else if (e.state === 'sent') status = 'Sent';
-        else if (e.state === 'retrying') status = 'Server busy, retrying…';
+        else if (e.state === 'retrying') status = this.retryingText(e);
         else if (e.state === 'sending') status = 'Sending…';
         else status = live ? 'Sending…' : 'Waiting for connection';
         const state = e.state === 'queued' && !live ? 'waiting' : e.state;
@@ -667,7 +724,10 @@ class ChatView {
         appendRichText(text, e.text);
         return el(
           'li',
-          { cls: `msg own pending ${state}`, attrs: { 'data-id': e.id, 'data-state': state } },
+          {
+            cls: `msg own pending ${state}`,
+            attrs: { 'data-id': e.id, 'data-state': state, 'data-code': e.state === 'retrying' && e.code },
+          },
           el(
             'div',
             { cls: 'bubble' },

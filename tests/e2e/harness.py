@@ -191,6 +191,21 @@ class RoomchatServer:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
 
+    def revoke(self, user: str) -> str:
+        """`roomchat revoke --user USER` beside the running server (same data dir); its stdout."""
+        env = dict(os.environ)
+        env["ROOMCHAT_JWT_SECRET"] = self.secret
+        result = subprocess.run(
+            [*roomchat_command(), "revoke", "--user", user, "--data-dir", str(self.data_dir)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=START_TIMEOUT_S,
+            check=False,
+        )
+        assert result.returncode == 0, f"roomchat revoke failed:\n{result.stderr}"
+        return result.stdout
+
     def get_json(self, path: str) -> Any:
         with urllib.request.urlopen(f"{self.base_url}{path}", timeout=10) as res:
             return json.loads(res.read())
