@@ -35,6 +35,14 @@ ROOMCHAT_ENV = {
     "ROOMCHAT_OUTBOX_LIMIT": "100000",
     "ROOMCHAT_HISTORY_ON_JOIN": "0",
     "ROOMCHAT_INBOX_LIMIT": "100000",
+    # Every load-generator socket comes from 127.0.0.1: lift the per-IP and per-user abuse
+    # caps (they are measured by tests, not here).
+    "ROOMCHAT_MAX_CONNECTIONS_PER_IP": "100000",
+    "ROOMCHAT_MAX_CONNECTIONS_PER_USER": "100000",
+    "ROOMCHAT_HANDSHAKE_RATE": "100000",
+    "ROOMCHAT_HANDSHAKE_BURST": "100000",
+    "ROOMCHAT_USER_JOINS_PER_MINUTE": "1000000",
+    "ROOMCHAT_MAX_LIVE_ROOMS": "100000",
 }
 
 

@@ -38,7 +38,7 @@ from rooms.errors import RoomError, RoomStopped, StoreError
 from rooms.observer import NullObserver, RoomObserver
 from rooms.protocol import ClientFrame, CloseCode, ErrorCode
 from rooms.session import Session
-from rooms.state import Broadcast, Close, Draft, Effect, JoinPlan, RoomState, Send, StoredMessage
+from rooms.state import Broadcast, Close, Draft, Effect, JoinPlan, RoomState, Send, WireMessage
 
 log = logging.getLogger("roomchat.room")
 
@@ -94,12 +94,12 @@ class Inbox:
         self.limit = limit
         self.frames: deque[_Frame] = deque()
         self.control: deque[_Join | _Leave | _Drain | _Revoke] = deque()
-        self.remote: deque[list[StoredMessage]] = deque()
+        self.remote: deque[list[WireMessage]] = deque()
         self.repair = False  # remote batches were dropped, or the feed was interrupted
         self.presence = False  # another process's members changed
         self._event = asyncio.Event()
 
-    def put_remote(self, messages: list[StoredMessage]) -> None:
+    def put_remote(self, messages: list[WireMessage]) -> None:
         if len(self.remote) >= self.limit:
             self.repair = True
         else:
@@ -209,7 +209,7 @@ class RoomActor:
 
     # -- rooms.engine.RoomListener: called by the engine, never blocks ----------------------
 
-    def remote_messages(self, messages: list[StoredMessage]) -> None:
+    def remote_messages(self, messages: list[WireMessage]) -> None:
         if self.lifecycle is not RoomLifecycle.STOPPED:
             self._inbox.put_remote(messages)
 
@@ -266,30 +266,32 @@ class RoomActor:
         next_tick = loop.time() + cfg.tick_interval
         next_sync = loop.time() if shared else float("inf")
         idle_since: float | None = loop.time()
+        gap_since: float | None = None
         inbox = self._inbox
         while True:
             wake = min(next_tick, next_sync)
             if self._retry is not None:
                 wake = min(wake, self._next_attempt)
+            if gap_since is not None:
+                wake = min(wake, gap_since + cfg.gap_repair_delay)
             await inbox.wait(max(0.0, wake - loop.time()))
-            if cfg.batch_delay and 0 < len(inbox.frames) < cfg.max_batch:
+            if cfg.batch_delay and (inbox.frames or inbox.remote) and \
+                    len(inbox.frames) < cfg.max_batch:
                 # Let a burst gather: every message costs one frame per member, and a batch of
-                # n costs one frame per member too (and one commit).
+                # n costs one frame per member too (and one commit). Other processes' batches
+                # gather too, and go out in the same frame as this process's.
                 await asyncio.sleep(cfg.batch_delay)
             now = loop.time()
             wall_ms = int(time.time() * 1000)
             effects: list[Effect] = []
             drain: _Drain | None = None
-            # Other processes' messages first (a join's `after` may already count them), and
-            # delivered before any join below: a joining session gets everything up to
-            # `delivered_seq` from its replay, so it must not get it from this broadcast too.
-            while inbox.remote:
-                self._deliver(state, state.feed(inbox.remote.popleft()), wall_ms)
             if shared and any(isinstance(c, _Join) and c.after is not None
                               and c.after > state.delivered_seq for c in inbox.control):
                 # A client resuming here after seeing a seq on another process that this one
-                # has not delivered yet: catch up from the log first, or its `after` would look
-                # like a reset (a replay from the start: duplicates).
+                # has not delivered yet: catch up first (what arrived, then the log), or its
+                # `after` would look like a reset (a replay from the start: duplicates).
+                while inbox.remote:
+                    self._deliver(state, state.feed(inbox.remote.popleft()), wall_ms)
                 await self._sync(state, wall_ms, full=True)
             while inbox.control:
                 cmd = inbox.control.popleft()
@@ -315,14 +317,31 @@ class RoomActor:
             if count:
                 self._observer.frames_received(count)
             self._deliver(state, effects, wall_ms)
+            # Other processes' messages after the joins (a session admitted above replays up
+            # to the `delivered_seq` it was admitted at, and gets these live) and after the
+            # frames (a duplicate is acked only once its original was delivered). Held until
+            # this process's own batch is stored, so members get both in one frame.
+            held: list[Effect] = []
+            while inbox.remote:
+                held += state.feed(inbox.remote.popleft())
 
-            if await self._store(state, now, wall_ms) and count:
+            if await self._store(state, now, wall_ms, held) and count:
                 self._observer.broadcast_latency(time.monotonic() - oldest)
+            # A gap usually closes by itself: this process's batch was stored just after
+            # another's whose pub/sub message is still in flight. Read it from the log only if
+            # it is still open after gap_repair_delay (pub/sub lost it).
+            if state.gap() is None:
+                gap_since = None
+            elif gap_since is None:
+                gap_since = now
+            gap_due = gap_since is not None and now - gap_since >= cfg.gap_repair_delay
             due = (inbox.repair or inbox.presence or state.presence_changed
-                   or now >= next_sync or state.gap() is not None)
+                   or now >= next_sync or gap_due)
             if shared and due and await self._sync(state, wall_ms,
                                                    full=inbox.repair or now >= next_sync):
                 next_sync = now + cfg.sync_interval
+                if state.gap() is None:
+                    gap_since = None
 
             if now >= next_tick:
                 next_tick = now + cfg.tick_interval
@@ -368,28 +387,30 @@ class RoomActor:
                 self.lifecycle = RoomLifecycle.STOPPED
                 return
 
-    async def _store(self, state: RoomState, now: float, wall_ms: int) -> bool:
-        """Append what the room accepted (or retry the batch an outage left); deliver it.
-        True when a batch was stored."""
+    async def _store(self, state: RoomState, now: float, wall_ms: int,
+                     held: list[Effect]) -> bool:
+        """Append what the room accepted (or retry the batch an outage left); deliver ``held``
+        (effects already decided, earlier in seq order) and the batch. True when a batch was
+        stored."""
         if self._retry is not None:
-            if now < self._next_attempt:
-                return False
-            batch = self._retry
+            batch = self._retry if now >= self._next_attempt else []
         else:
             batch = state.take_pending()
-            if not batch:
-                return False
+        if not batch:
+            self._deliver(state, held, wall_ms)
+            return False
         cfg = self.config
         try:
             results = await self._engine.append(self.room, batch, retention=cfg.history_retention,
                                                 dedup_window=cfg.dedup_window)
         except StoreError as exc:
+            self._deliver(state, held, wall_ms)
             self._retry = batch
             self._storage_failed(state, now, wall_ms, exc)
             return False
         self._retry = None
         self._storage_back(now)
-        self._deliver(state, state.committed(batch, results), wall_ms)
+        self._deliver(state, held + state.committed(batch, results), wall_ms)
         return True
 
     async def _sync(self, state: RoomState, wall_ms: int, *, full: bool) -> bool:
@@ -408,6 +429,8 @@ class RoomActor:
                 if state.behind(result.top):
                     await self._repair(state, state.delivered_seq, result.top, wall_ms)
                 inbox.repair = False
+                if self._retry is None:
+                    self._storage_back(now)  # reachable again: accept messages again
             gap = state.gap()
             if gap is not None:
                 await self._repair(state, *gap, wall_ms)

@@ -77,6 +77,9 @@ class RoomConfig:
     sync_interval: float = _setting(
         5.0, "Shared engine (Redis): seconds between a room's syncs with it (presence refresh, "
              "and a check that nothing published was missed).")
+    gap_repair_delay: float = _setting(
+        0.02, "Shared engine: seconds a seq gap may wait for the pub/sub message in flight "
+              "before it is read from the log.")
     presence_ttl: float = _setting(
         20.0, "Shared engine: seconds a process's presence entries live unless refreshed; a "
               "killed process's members leave within about this plus `sync_interval`.")
@@ -97,7 +100,8 @@ class RoomConfig:
                 raise ValueError(f"{name} must be positive")
         if not 0 < self.pong_cost <= 1:
             raise ValueError("pong_cost must be in (0, 1]")
-        for name in ("history_on_join", "history_retention", "dedup_window", "room_idle_ttl",
+        for name in ("gap_repair_delay", "history_on_join", "history_retention", "dedup_window",
+                     "room_idle_ttl",
                      "batch_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")

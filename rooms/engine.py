@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
+from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
 __all__ = ["Appended", "Engine", "HistoryReader", "RoomListener", "RoomSync", "open_engine"]
 
@@ -51,7 +51,7 @@ class RoomListener(Protocol):
     """How an engine hands a room's actor what other processes did. Every method is called on
     the event loop, must not block and must not raise."""
 
-    def remote_messages(self, messages: list[StoredMessage]) -> None:
+    def remote_messages(self, messages: list[WireMessage]) -> None:
         """Messages appended by another process (in seq order within one call; calls may arrive
         out of order or not at all: pub/sub is at-most-once)."""
 

@@ -21,6 +21,7 @@ Times: ``now`` is a monotonic clock in seconds (rate limits, heartbeats, token e
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,21 @@ class StoredMessage:
         return protocol.dumps({"type": "message", "room": self.room, "seq": self.seq,
                                "id": self.id, "user": self.user, "name": self.name,
                                "text": self.text, "ts": self.ts})
+
+
+@dataclass(frozen=True, slots=True)
+class WireMessage:
+    """A stored message known by its seq and its wire form only: another process's, as the
+    engine's live feed carries it (serialised once, where it was stored)."""
+
+    seq: int
+    wire: str
+
+    def to_wire(self) -> str:
+        return self.wire
+
+
+Delivered = StoredMessage | WireMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +202,7 @@ class RoomState:
     _inflight: list[_Waiting] = field(default_factory=list)  # aligned with the taken batch
     _inflight_ids: dict[tuple[str, str], _Waiting] = field(default_factory=dict)
     _acks: list[_PendingAck] = field(default_factory=list)  # stored, not yet delivered here
-    _buffer: dict[int, StoredMessage] = field(default_factory=dict)  # stored, beyond a gap
+    _buffer: dict[int, Delivered] = field(default_factory=dict)  # stored, beyond a gap
     _next_ping: float | None = None
 
     def __post_init__(self) -> None:
@@ -410,13 +426,14 @@ class RoomState:
         self._inflight_ids = {k: w for k, w in self._inflight_ids.items() if id(w) not in gone}
         self._inflight = []
 
-    def feed(self, messages: list[StoredMessage]) -> list[Effect]:
+    def feed(self, messages: Sequence[Delivered]) -> list[Effect]:
         """Stored messages (this room's or another process's, any order, repeats allowed):
         broadcast every one that is now contiguous with what was delivered, in seq order."""
         for m in messages:
             if m.seq > self.delivered_seq and m.seq not in self._buffer:
                 self._buffer[m.seq] = m
-                if m.id is not None:
+                if isinstance(m, StoredMessage) and m.id is not None:
+                    # (Another process's ids are deduplicated by the engine itself.)
                     self._remember(m.user, m.id, m.seq)
         return self._advance()
 
@@ -465,7 +482,7 @@ class RoomState:
     # -- internals --------------------------------------------------------------------------
 
     def _advance(self) -> list[Effect]:
-        ready: list[StoredMessage] = []
+        ready: list[Delivered] = []
         buffer = self._buffer
         while buffer:
             message = buffer.pop(self.delivered_seq + 1, None)

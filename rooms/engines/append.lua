@@ -1,8 +1,10 @@
 -- Append a batch of drafts to a room, atomically: deduplicate by (user, id), allocate seqs,
 -- add to the room's stream, remember the ids, trim, and publish the new messages.
 -- KEYS: 1 stream (log), 2 seq counter, 3 ids hash ("user\0id" -> seq), 4 ids order (list)
--- ARGV: 1 retention (0: keep all), 2 dedup window, 3 shard channel, 4 node id,
+-- ARGV: 1 retention (0: keep all), 2 dedup window, 3 shard channel, 4 node id, 5 room,
 --       then 5 per draft: user, name, id ('' for none), text, ts
+-- Publishes "m<node>\n<first seq>\n<message object>\n<message object>..." with each new
+-- message already in its wire form (docs/protocol.md), so receivers pass it on as it is.
 -- Returns one integer per draft: its new seq, or minus the original's seq for a duplicate.
 local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
 if seq == 0 then
@@ -15,7 +17,8 @@ end
 local window = tonumber(ARGV[2])
 local results = {}
 local fresh = {}
-for i = 5, #ARGV, 5 do
+local first = nil
+for i = 6, #ARGV, 5 do
   local user, id = ARGV[i], ARGV[i + 2]
   local field = nil
   local original = nil
@@ -34,7 +37,12 @@ for i = 5, #ARGV, 5 do
       redis.call('RPUSH', KEYS[4], field)
     end
     results[#results + 1] = seq
-    fresh[#fresh + 1] = {seq, user, ARGV[i + 1], id, ARGV[i + 3], tonumber(ARGV[i + 4])}
+    first = first or seq
+    local client_id = cjson.null
+    if id ~= '' then client_id = id end
+    fresh[#fresh + 1] = cjson.encode({type = 'message', room = ARGV[5], seq = seq,
+                                      id = client_id, user = user, name = ARGV[i + 1],
+                                      text = ARGV[i + 3], ts = tonumber(ARGV[i + 4])})
   end
 end
 if #fresh > 0 then
@@ -49,6 +57,7 @@ if #fresh > 0 then
   if retention > 0 then
     redis.call('XTRIM', KEYS[1], 'MAXLEN', retention)
   end
-  redis.call('SPUBLISH', ARGV[3], 'm' .. ARGV[4] .. '\n' .. cjson.encode(fresh))
+  redis.call('SPUBLISH', ARGV[3], 'm' .. ARGV[4] .. '\n' .. first .. '\n' ..
+             table.concat(fresh, '\n'))
 end
 return results

@@ -32,7 +32,6 @@ from collections.abc import Sequence
 from importlib import resources
 from typing import Any
 
-import orjson
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -42,7 +41,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rooms.engine import CommitObserver, RoomListener, RoomSync
 from rooms.errors import StoreError
-from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
+from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
 log = logging.getLogger("roomchat.redis")
 
@@ -168,7 +167,7 @@ class RedisEngine:
             return []
         started = time.perf_counter()
         log_key, seq_key, ids_key, idq_key, _, channel = _keys(room)
-        args: list[str | int] = [retention, dedup_window, channel, self.node]
+        args: list[str | int] = [retention, dedup_window, channel, self.node, room]
         for d in drafts:
             args += [d.user, d.name, d.id or "", d.text, d.ts]
         try:
@@ -344,16 +343,19 @@ class RedisEngine:
             return
         kind = data[:1]
         if kind == b"m":
-            node, _, payload = data[1:].partition(b"\n")
+            node, _, rest = data[1:].partition(b"\n")
             if node.decode() == self.node:
                 return  # our own batch: the room delivered it when append returned
-            room = _room_of(channel)
+            first, _, body = rest.partition(b"\n")
             try:
-                messages = [StoredMessage(room, int(seq), user, name, client_id or None, text,
-                                          int(ts))
-                            for seq, user, name, client_id, text, ts in orjson.loads(payload)]
-            except (ValueError, TypeError) as exc:
-                log.warning("room %s: undecodable batch from %s: %r", room, node, exc)
+                seq = int(first)
+                # Each line is a message object as clients get it, built by append.lua: passed
+                # on without parsing or serialising it again.
+                messages = [WireMessage(seq + i, line.decode())
+                            for i, line in enumerate(body.split(b"\n"))]
+            except (ValueError, UnicodeDecodeError) as exc:
+                log.warning("room %s: undecodable batch from %s: %r", _room_of(channel), node,
+                            exc)
                 listener.resync()
                 return
             listener.remote_messages(messages)

@@ -56,6 +56,16 @@ def children(pid: int) -> set[int]:
     return {int(child) for child in text.split()}
 
 
+def workers_of(srv: Process, count: int = 2) -> set[int]:
+    """The supervisor's worker pids, once it has started ``count`` of them."""
+    deadline = time.monotonic() + 20 * SLOW
+    while True:
+        pids = children(srv.proc.pid)
+        if len(pids) >= count or time.monotonic() > deadline:
+            return pids
+        time.sleep(0.05)
+
+
 def alive(pid: int) -> bool:
     return Path(f"/proc/{pid}").exists()
 
@@ -151,7 +161,7 @@ def test_two_workers_on_sqlite_are_refused_in_one_line(tmp_path: Path) -> None:
 
 async def test_both_workers_serve_and_sigterm_drains_them_all(tmp_path: Path) -> None:
     with supervised(tmp_path) as srv:
-        pids = children(srv.proc.pid)
+        pids = workers_of(srv)
         assert len(pids) == 2
         assert await wait_serving(srv, pids) == pids  # both answer on the one port
         placed = await clients_on_every_worker(srv, pids, per_worker=2)
@@ -177,7 +187,7 @@ async def test_both_workers_serve_and_sigterm_drains_them_all(tmp_path: Path) ->
 
 async def test_a_killed_worker_is_restarted_and_the_port_keeps_serving(tmp_path: Path) -> None:
     with supervised(tmp_path) as srv:
-        pids = children(srv.proc.pid)
+        pids = workers_of(srv)
         await wait_serving(srv, pids)
         placed = await clients_on_every_worker(srv, pids, per_worker=1)
         victim, survivor = sorted(pids)
@@ -282,7 +292,7 @@ async def until(condition: Callable[[], bool], timeout: float, what: str) -> Non
 async def test_sighup_replaces_every_worker_and_clients_resume_without_a_gap(
         tmp_path: Path) -> None:
     with supervised(tmp_path) as srv:
-        old = children(srv.proc.pid)
+        old = workers_of(srv)
         await wait_serving(srv, old)
         writers = [Writer(srv.port, f"deploy{i}") for i in range(4)]
         stop = asyncio.Event()
@@ -320,7 +330,7 @@ async def test_sighup_replaces_every_worker_and_clients_resume_without_a_gap(
 
 async def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Path) -> None:
     with supervised(tmp_path) as srv:
-        pids = children(srv.proc.pid)
+        pids = workers_of(srv)
         await wait_serving(srv, pids)
         placed = await clients_on_every_worker(srv, pids, per_worker=1)
         srv.proc.kill()  # no SIGTERM to forward: the workers must notice by themselves
@@ -336,7 +346,7 @@ async def test_workers_drain_and_exit_when_the_supervisor_is_killed(tmp_path: Pa
 
 async def test_clients_on_different_workers_share_one_room(tmp_path: Path) -> None:
     with supervised(tmp_path) as srv:
-        pids = children(srv.proc.pid)
+        pids = workers_of(srv)
         await wait_serving(srv, pids)
         placed: dict[int, list[Client]] = {pid: [] for pid in pids}
         for i in range(60):  # the kernel picks the worker: connect until both hold members

@@ -7,12 +7,13 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 
 from rooms.engine import Engine, open_engine
 from rooms.engines.redis import RedisEngine
 from rooms.errors import StoreError
-from rooms.state import Appended, Draft, StoredMessage
+from rooms.state import Appended, Draft, StoredMessage, WireMessage
 from tests.redis_server import redis_server
 
 
@@ -98,12 +99,12 @@ async def test_bad_urls(tmp_path: Path) -> None:
 
 class Listener:
     def __init__(self) -> None:
-        self.messages: list[StoredMessage] = []
+        self.messages: list[WireMessage] = []
         self.presence = 0
         self.resyncs = 0
         self.arrived = asyncio.Event()
 
-    def remote_messages(self, messages: list[StoredMessage]) -> None:
+    def remote_messages(self, messages: list[WireMessage]) -> None:
         self.messages += messages
         self.arrived.set()
 
@@ -152,7 +153,10 @@ async def test_two_nodes_share_seqs_dedup_and_the_live_feed(
         Appended(1, duplicate=True)]
     await wait_for(heard, lambda: len(heard.messages) == 2)
     assert [m.seq for m in heard.messages] == [1, 2]  # b's own batch is not echoed to b
-    assert heard.messages[0].text == "t0"
+    # Serialised once, by append.lua, exactly as the protocol's `message` object.
+    assert orjson.loads(heard.messages[0].wire) == {
+        "type": "message", "room": "room", "seq": 1, "id": "id0", "user": "u", "name": "U",
+        "text": "t0", "ts": 1000}
 
 
 async def test_dedup_window_forgets_old_ids(two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
@@ -218,3 +222,22 @@ async def test_a_stash_survives_reopening(engine_url: str) -> None:
         assert await again.take("t") is None
     finally:
         await again.close()
+
+
+async def test_the_feed_carries_exact_wire_objects(
+        two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
+    a, b = two_nodes
+    heard = Listener()
+    b.subscribe("w", heard)
+    await asyncio.sleep(0.2)
+    await a.load("w", 10)
+    texts = ['quotes " \\ and / slash', "line\nbreak\ttab \x01", "emoji \U0001f600 ü 李",
+             "\u202e bidi", "<b>not html</b>"]
+    await a.append("w", [Draft("ü", "Ünï \U0001f600", None if i % 2 else f"x{i}", t, 17 + i)
+                         for i, t in enumerate(texts)], retention=0, dedup_window=10)
+    await wait_for(heard, lambda: len(heard.messages) == len(texts))
+    got = [orjson.loads(m.wire) for m in heard.messages]
+    want = [StoredMessage("w", i + 1, "ü", "Ünï \U0001f600", None if i % 2 else f"x{i}", t,
+                          17 + i).to_wire() for i, t in enumerate(texts)]
+    assert got == [orjson.loads(w) for w in want]
+    assert all("\n" not in m.wire for m in heard.messages)
