@@ -14,6 +14,7 @@ import ipaddress
 import logging
 import os
 import secrets
+import time
 from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
@@ -25,7 +26,7 @@ from gateway import admin, tickets, ws
 from gateway.auth import AuthError, make_issuer, make_verifier, valid_room_name
 from gateway.config import Config
 from gateway.errors import Rejection, rejection_for
-from gateway.limits import ClientAddresses, Limits, parse_networks
+from gateway.limits import ClientAddresses, Limit, LimitExceeded, Limits, parse_networks
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.revocation import Revocations
 from rooms.engine import Engine, open_engine
@@ -279,16 +280,35 @@ def create_app(config: Config) -> Quart:
         """A single-use ticket for one connection to ``room`` (gateway.tickets)."""
         if not valid_room_name(room):
             raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
+        # The upgrade's checks, answered here where a page can read them (a browser sees a
+        # refused upgrade only as 1006): charged as a handshake, then the credentials, origin,
+        # drain, capacity and connection caps (checked, not reserved: the upgrade counts).
+        ip = gw.addresses.client_ip(request.remote_addr,
+                                    request.headers.getlist(gw.addresses.header))
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         try:
+            gw.limits.handshake(ip, time.monotonic())
+            if not ws.origin_allowed(request.headers.get("Origin"), request.headers.get("Host"),
+                                     config.allowed_origins):
+                raise Rejection(403, "origin_forbidden", "this page's origin is not allowed")
             if scheme.lower() != "bearer" or not token:
                 raise AuthError("missing_token", "send Authorization: Bearer <token>")
             claims = gw.verifier.verify(token.strip())
             gw.revocations.check(claims)
             if not claims.may_join(room):
                 raise AuthError("room_forbidden", f"the token does not allow room {room}")
+            if gw.draining:
+                raise Rejection(503, "draining", "the server is restarting; try again shortly")
+            if gw.connections >= config.max_connections:
+                raise Rejection(503, "server_full", "too many connections; try again later")
+            if not gw.limits.user_connections.allows(claims.user):
+                raise LimitExceeded(Limit.USER_CONNECTIONS, "this user already has "
+                                    f"{gw.limits.user_connections.cap} connections open")
+            if not gw.limits.ip_connections.allows(ip):
+                raise LimitExceeded(Limit.IP_CONNECTIONS, "this address already has "
+                                    f"{gw.limits.ip_connections.cap} connections open")
             issued = await tickets.issue(gw.store, claims, room, config.ticket_ttl)
-        except (AuthError, StoreError) as exc:
+        except (AuthError, StoreError, LimitExceeded) as exc:
             raise rejection_for(exc) from None
         return Response(dumps({"ticket": issued, "expires_in": int(config.ticket_ttl)}),
                         content_type="application/json", headers={"Cache-Control": "no-store"})

@@ -178,3 +178,17 @@ async def test_key_rotation_by_kid(tmp_path: Path) -> None:
     async with running_server(config) as srv:
         assert await upgrade_status(srv.port, "lobby", f"token={rotated}") == 101
         assert await upgrade_status(srv.port, "lobby", f"token={unknown}") == 401
+
+
+async def test_the_ticket_answers_what_the_upgrade_would_refuse(tmp_path: Path) -> None:
+    config = replace(make_config(tmp_path), max_connections_per_user=1)
+    async with running_server(config) as srv:
+        token = make_token("alice")
+        first = await ticket_for(srv.port, "lobby", token)
+        async with websockets.connect(f"ws://127.0.0.1:{srv.port}/rooms/lobby/ws?ticket={first}"):
+            status, body = await asyncio.to_thread(post_ticket, srv.port, "lobby", token)
+            assert (status, body["error"]) == (429, "too_many_user_connections")
+        srv.gateway.draining = True  # as during a shutdown
+        status, body = await asyncio.to_thread(post_ticket, srv.port, "lobby", token)
+        assert (status, body["error"]) == (503, "draining")
+        srv.gateway.draining = False
