@@ -1,0 +1,77 @@
+"""Nothing widens the page: long URLs and unbroken text wrap in the message box and in messages,
+on a phone (390x844) and on a desktop (1280 wide)."""
+
+from __future__ import annotations
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from .conftest import PageOpener, Shooter
+from .harness import ChatPeer, RoomchatServer
+from .pages import expect_live, message_box, send, texts
+
+LONG_URL = "https://example.org/" + "/".join(f"seg{i:03d}" for i in range(40)) + "?q=" + "x" * 60
+UNBROKEN = "W" * 2000  # the longest message the server takes, with nowhere to break
+SIZES = {"phone": (390, 844), "desktop": (1280, 800)}
+
+
+def overflow(page: Page) -> dict[str, int]:
+    sizes: dict[str, int] = page.evaluate(
+        "() => ({scroll: document.documentElement.scrollWidth,"
+        " client: document.documentElement.clientWidth,"
+        " body: document.body.scrollWidth})"
+    )
+    return sizes
+
+
+def assert_no_overflow(page: Page, when: str) -> None:
+    sizes = overflow(page)
+    assert sizes["scroll"] <= sizes["client"], f"{when}: page is wider than the screen {sizes}"
+    assert sizes["body"] <= sizes["client"], f"{when}: body is wider than the screen {sizes}"
+
+
+def assert_inside(page: Page, selector: str, when: str) -> None:
+    """Every element matching `selector` ends within the viewport."""
+    width = page.evaluate("document.documentElement.clientWidth")
+    rights = page.locator(selector).evaluate_all(
+        "els => els.map(e => Math.round(e.getBoundingClientRect().right))"
+    )
+    assert rights, f"{when}: nothing matches {selector}"
+    assert max(rights) <= width, f"{when}: {selector} reaches {max(rights)} px of {width}"
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_long_urls_and_unbroken_text_never_widen_the_page(
+    server: RoomchatServer, open_page: PageOpener, shoot: Shooter, size: str
+) -> None:
+    width, height = SIZES[size]
+    with ChatPeer(server, "lobby", "bob", name="Bob") as bob:
+        bob.send(LONG_URL, "b-1")
+        bob.send(UNBROKEN, "b-2")
+        page = open_page(
+            server.link("lobby", server.token("alice", ["lobby"], name="Alice")),
+            width=width,
+            height=height,
+        )
+        expect_live(page)
+        expect(texts(page)).to_have_count(2)
+        assert_no_overflow(page, "history with a long URL and 2,000 unbroken characters")
+
+        # Typing them in the box: the box wraps, Send stays on screen.
+        box = message_box(page)
+        for text in (LONG_URL, UNBROKEN, "a" * 300 + " " + LONG_URL):
+            box.fill(text)
+            assert_no_overflow(page, f"message box holding {text[:20]}…")
+            assert_inside(page, "#send", "the Send button")
+            assert_inside(page, "#message-input", "the message box")
+
+        # Sending them: own bubbles (pending, then delivered) wrap too.
+        box.fill("")
+        send(page, LONG_URL)
+        send(page, UNBROKEN)
+        expect(texts(page)).to_have_count(4)
+        assert_no_overflow(page, "own long messages")
+        assert_inside(page, "#log li.msg .bubble", "message bubbles")
+        link = page.locator("#log a").last
+        expect(link).to_have_attribute("href", LONG_URL)
+        shoot(page, f"layout-long-text-{size}")
