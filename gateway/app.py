@@ -22,7 +22,7 @@ from typing import Protocol
 
 from quart import Quart, Response, request, send_file
 
-from gateway import admin, tickets, ws
+from gateway import admin, history, tickets, ws
 from gateway.auth import AuthError, make_issuer, make_verifier, valid_room_name
 from gateway.config import Config
 from gateway.errors import Rejection, rejection_for
@@ -211,6 +211,7 @@ def create_app(config: Config) -> Quart:
     app = Quart(__name__, static_folder=str(static), static_url_path="/static")
     gw = Gateway(config)
     app.extensions["roomchat"] = gw
+    app.register_blueprint(history.blueprint)
 
     @app.before_serving
     async def _start() -> None:

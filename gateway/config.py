@@ -90,6 +90,9 @@ class Config:
         65_536, "Largest WebSocket message accepted; larger closes with 1009.")
     ticket_ttl: float = _setting(
         30.0, "Seconds a ticket from `POST /rooms/<room>/ticket` stays valid (single use).")
+    history_fetch_limit: int = _setting(
+        200, "Most messages one `GET /rooms/<room>/history` answers (a page's `limit` is capped "
+             "to it).")
     revocation_poll: float = _setting(
         1.0, "Seconds between checks for `roomchat revoke` (its sockets close within this).")
     drain_timeout: float = _setting(

@@ -352,6 +352,40 @@ export class ChatClient extends EventTarget {
     return entry;
   }
 
+  /**
+   * Older stored messages: those with seq < `before`, the newest `limit` of them, oldest first
+   * (`GET /rooms/<room>/history`, with the token we hold). Resolves to {messages, oldest}: `oldest` is
+   * the lowest seq the server still stores (when we hold it, we have the room's beginning). Rejects
+   * with an Error whose `status` is the HTTP status (0 when the server could not be reached).
+   */
+  async fetchOlder(before, limit = 50) {
+    const scheme = this.location.protocol === 'https:' ? 'https' : 'http';
+    const params = new URLSearchParams({ before: String(before), limit: String(limit) });
+    const url = `${scheme}://${this.location.host}/rooms/${encodeURIComponent(this.room)}/history?${params}`;
+    let res;
+    try {
+      res = await this.fetchImpl(url, {
+        headers: { authorization: `Bearer ${this.token}`, accept: 'application/json' },
+        cache: 'no-store',
+        credentials: 'omit',
+      });
+    } catch {
+      throw Object.assign(new Error('the server could not be reached'), { status: 0 });
+    }
+    let body = null;
+    try {
+      body = await res.json();
+    } catch {
+      body = null;
+    }
+    if (!res.ok || !body || !Array.isArray(body.messages) || typeof body.oldest !== 'number') {
+      const said = body && typeof body.detail === 'string' ? body.detail : `HTTP ${res.status}`;
+      throw Object.assign(new Error(said), { status: res.status });
+    }
+    const messages = body.messages.filter((m) => m && typeof m.seq === 'number' && m.seq < before);
+    return { messages, oldest: body.oldest };
+  }
+
   /** Forget a failed (or still pending) message. */
   discard(id) {
     if (this.outbox.remove(id)) {

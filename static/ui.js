@@ -18,6 +18,9 @@ import {
 const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages of one person within this are grouped
 const NEAR_BOTTOM_PX = 80;
+const LOAD_OLDER_PX = 200; // scrolled this close to the top: load the page of messages before
+const OLDER_PAGE = 50;
+const OLDER_RETRY_MS = 5000; // after a failed load, scrolling up tries again no sooner than this
 const HUES = 12;
 
 const $ = (id) => document.getElementById(id);
@@ -86,6 +89,12 @@ function timeElement(ts) {
     text: timeFmt.format(d),
     attrs: { datetime: d.toISOString(), title: fullFmt.format(d) },
   });
+}
+
+/** A day separator line ("Today", "Yesterday", a date); decorative for screen readers. */
+function daySeparator(ts) {
+  return el('li', { cls: 'day', attrs: { 'aria-hidden': 'true', 'data-day': dayKey(ts) } },
+    el('span', { text: dayLabel(ts) }));
 }
 
 /** The author line of a bubble: name and time. */
@@ -224,6 +233,12 @@ class ChatView {
     this.noteIsCounter = false;
     this.pendingEntries = [];
     this.pendingTick = null;
+    this.oldestSeq = null; // the lowest seq in the log
+    this.atBeginning = false; // the log starts at the room's first stored message
+    this.loadingOlder = false;
+    this.olderRetryAt = 0;
+    this.historyReady = false; // the join's history is in: older pages may be loaded
+    this.logGeneration = 0; // bumped when the log is cleared, so a late page is dropped
 
     this.log = $('log');
     this.pending = $('pending');
@@ -263,6 +278,7 @@ class ChatView {
     });
     this.scroller.addEventListener('scroll', () => {
       if (this.isNearBottom()) this.clearNewBelow();
+      if (this.scroller.scrollTop < LOAD_OLDER_PX) this.loadOlder();
     }, { passive: true });
     $('jump').addEventListener('click', () => {
       this.scrollToBottom(true);
@@ -529,7 +545,9 @@ class ChatView {
   onHistoryEnd() {
     clearTimeout(this.historyTimer);
     this.log.setAttribute('aria-busy', 'false');
+    this.historyReady = true;
     this.updateEmpty();
+    this.loadOlderIfShort();
   }
 
   setSubtitle(name) {
@@ -544,23 +562,23 @@ class ChatView {
     this.log.replaceChildren();
     this.lastEntry = null;
     this.lastDay = null;
+    this.oldestSeq = null;
+    this.atBeginning = false;
+    this.historyReady = false;
+    this.logGeneration += 1;
     this.clearNewBelow();
   }
 
-  onMessage({ message: m, own, kind }) {
-    const stick = own || kind === 'history' || this.isNearBottom();
-    const ts = typeof m.ts === 'number' ? m.ts : Date.now();
-    this.addDaySeparator(ts);
-    const prev = this.lastEntry;
-    const continued = prev !== null && prev.user === m.user && ts - prev.ts < GROUP_WINDOW_MS;
+  /** One message line; `continued` when it follows the same person's within GROUP_WINDOW_MS. */
+  messageItem(m, own, continued, ts) {
     const name = typeof m.name === 'string' && m.name ? m.name : String(m.user);
     const text = el('p', { cls: 'text' });
     appendRichText(text, String(m.text ?? ''));
-    const item = el(
+    return el(
       'li',
       {
         cls: `msg ${own ? 'own' : 'other'}${continued ? ' continued' : ''}`,
-        attrs: { 'data-seq': m.seq, 'data-user': m.user },
+        attrs: { 'data-seq': m.seq, 'data-user': m.user, 'data-ts': ts },
       },
       own ? null : avatar(m.user, name),
       el(
@@ -570,8 +588,18 @@ class ChatView {
         text,
       ),
     );
-    this.log.append(item);
+  }
+
+  onMessage({ message: m, own, kind }) {
+    const stick = own || kind === 'history' || this.isNearBottom();
+    const ts = typeof m.ts === 'number' ? m.ts : Date.now();
+    this.addDaySeparator(ts);
+    const prev = this.lastEntry;
+    const continued = prev !== null && prev.user === m.user && ts - prev.ts < GROUP_WINDOW_MS;
+    this.log.append(this.messageItem(m, own, continued, ts));
     this.lastEntry = { user: m.user, ts };
+    if (this.oldestSeq === null || m.seq < this.oldestSeq) this.oldestSeq = m.seq;
+    if (m.seq === 1) this.showBeginning();
     this.updateEmpty();
     if (kind !== 'history' && !own && document.hidden) {
       this.unread += 1;
@@ -608,9 +636,94 @@ class ChatView {
     const key = dayKey(ts);
     if (key === this.lastDay) return;
     this.lastDay = key;
-    const label = el('span', { text: dayLabel(ts) });
-    this.log.append(el('li', { cls: 'day', attrs: { 'aria-hidden': 'true' } }, label));
+    this.log.append(daySeparator(ts));
     this.lastEntry = null;
+  }
+
+  // ---- older history (GET /rooms/<room>/history, docs/protocol.md)
+
+  /** Put the "beginning of the room" marker at the top of the log (once). */
+  showBeginning() {
+    this.atBeginning = true;
+    if (!this.log.querySelector('li.beginning')) this.log.prepend(this.beginningItem());
+  }
+
+  beginningItem() {
+    return el(
+      'li',
+      { cls: 'beginning' },
+      el('span', { cls: 'beginning-title', text: `This is the beginning of #${this.room}` }),
+    );
+  }
+
+  /** When the log does not fill the screen (no scrollbar to scroll up with), load more now. */
+  loadOlderIfShort() {
+    const s = this.scroller;
+    if (s.scrollHeight <= s.clientHeight + LOAD_OLDER_PX) this.loadOlder();
+  }
+
+  /** Load the page of messages before the oldest shown and put it on top, the view kept still. */
+  async loadOlder() {
+    if (this.loadingOlder || this.atBeginning || !this.historyReady || !this.client) return;
+    if (this.oldestSeq === null || Date.now() < this.olderRetryAt) return;
+    this.loadingOlder = true;
+    const generation = this.logGeneration;
+    const before = this.oldestSeq;
+    let got = null;
+    try {
+      got = await this.client.fetchOlder(before, OLDER_PAGE);
+    } catch {
+      this.olderRetryAt = Date.now() + OLDER_RETRY_MS;
+    } finally {
+      this.loadingOlder = false;
+    }
+    if (!got || generation !== this.logGeneration || before !== this.oldestSeq) return;
+    const older = got.messages.filter((m) => m.seq < before);
+    const start = older.length ? older[0].seq : before;
+    if (got.oldest >= start) this.atBeginning = true;
+    this.prependMessages(older, this.atBeginning);
+    if (this.atBeginning) this.showBeginning();
+    else this.loadOlderIfShort();
+  }
+
+  /**
+   * Put `messages` (oldest first, all older than the log's first) above the log's first line, under
+   * the "beginning" marker when `beginning`.
+   */
+  prependMessages(messages, beginning) {
+    if (!messages.length) return;
+    const s = this.scroller;
+    // Keep what the person was reading where it was (scroll anchoring is off for the scroller).
+    const anchor = this.log.querySelector('li.msg');
+    const anchorTop = anchor ? anchor.getBoundingClientRect().top : 0;
+    const block = document.createDocumentFragment();
+    if (beginning) block.append(this.beginningItem());
+    let prev = null;
+    let day = null;
+    for (const m of messages) {
+      const ts = typeof m.ts === 'number' ? m.ts : 0;
+      if (dayKey(ts) !== day) {
+        day = dayKey(ts);
+        block.append(daySeparator(ts));
+        prev = null;
+      }
+      const continued = prev !== null && prev.user === m.user && ts - prev.ts < GROUP_WINDOW_MS;
+      block.append(this.messageItem(m, this.me !== null && m.user === this.me.user, continued, ts));
+      prev = { user: m.user, ts };
+    }
+    // Join the two blocks: one day separator per day, and a group may continue across the join.
+    let first = this.log.firstElementChild;
+    if (first && first.classList.contains('day') && first.dataset.day === day) {
+      first.remove();
+      first = this.log.firstElementChild;
+      if (first && first.classList.contains('msg') && prev && first.dataset.user === prev.user
+          && Number(first.dataset.ts) - prev.ts < GROUP_WINDOW_MS) {
+        first.classList.add('continued');
+      }
+    }
+    this.log.prepend(block);
+    this.oldestSeq = messages[0].seq;
+    if (anchor) s.scrollTop += anchor.getBoundingClientRect().top - anchorTop;
   }
 
   onProblem(err) {

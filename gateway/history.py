@@ -1,0 +1,70 @@
+"""``GET /rooms/<room>/history?before=<seq>&limit=<n>``: older messages for a page scrolling up."""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from quart import Blueprint, Response, current_app, request
+
+from gateway.auth import AuthError, valid_room_name
+from gateway.errors import Rejection, rejection_for
+from gateway.limits import LimitExceeded
+from rooms.errors import StoreError
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+DEFAULT_LIMIT = 50
+
+blueprint = Blueprint("history", __name__)
+
+
+def _positive_int(raw: str | None, name: str) -> int | None:
+    """``raw`` as an integer >= 1 (ASCII digits only), ``None`` when absent; else a 400."""
+    if raw is None:
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
+        raise Rejection(400, "bad_request", f"{name} must be a positive integer")
+    return int(raw)
+
+
+@blueprint.get("/rooms/<room>/history")
+async def history(room: str) -> Response:
+    """Stored messages with ``seq < before``, the newest ``limit`` of them, oldest first, and the
+    lowest seq still stored (``oldest``: when the page holds it, it has the room's beginning).
+
+    Authenticated like ``POST /rooms/<room>/ticket``: ``Authorization: Bearer <jwt>`` for this
+    room, not revoked; charged to the client IP's handshake bucket (each page costs a read).
+    """
+    gw: Gateway = current_app.extensions["roomchat"]
+    if not valid_room_name(room):
+        raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
+    before = _positive_int(request.args.get("before"), "before")
+    if before is None:
+        raise Rejection(400, "bad_request", "give before=<seq>: the lowest seq you hold")
+    cap = gw.config.history_fetch_limit
+    limit = min(_positive_int(request.args.get("limit"), "limit") or DEFAULT_LIMIT, cap)
+    ip = gw.addresses.client_ip(request.remote_addr,
+                                request.headers.getlist(gw.addresses.header))
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    try:
+        gw.limits.handshake(ip, time.monotonic())
+        if scheme.lower() != "bearer" or not token:
+            raise AuthError("missing_token", "send Authorization: Bearer <token>")
+        claims = gw.verifier.verify(token.strip())
+        gw.revocations.check(claims)
+        if not claims.may_join(room):
+            raise AuthError("room_forbidden", f"the token does not allow room {room}")
+        upto = before - 1
+        after = max(0, upto - limit)
+        messages = await gw.store.read(room, after, upto, limit) if upto > 0 else []
+        if after == 0:
+            oldest = messages[0].seq if messages else before
+        else:  # the lowest seq still stored (history retention trims the start)
+            first = await gw.store.read(room, 0, upto, 1)
+            oldest = first[0].seq if first else before
+    except (AuthError, StoreError, LimitExceeded) as exc:
+        raise rejection_for(exc) from None
+    body = '{"messages":[' + ",".join(m.to_wire() for m in messages) + f'],"oldest":{oldest}}}'
+    return Response(body, content_type="application/json", headers={"Cache-Control": "no-store"})
