@@ -57,6 +57,18 @@ class Pong:
 
 
 @dataclass(frozen=True, slots=True)
+class Typing:
+    """A client's ``typing``: its person is composing a message. Relayed to the room's other
+    members at most once per ``TYPING_INTERVAL`` per user; never stored, never acknowledged."""
+
+    id: None = None  # like every non-pong frame (the gateway reads ``frame.id``); always None
+
+
+TYPING_INTERVAL = 3.0
+"""Seconds between two ``typing`` relays of one user; clients show one for about 5 s."""
+
+
+@dataclass(frozen=True, slots=True)
 class FrameError:
     """A refused client frame: what to tell the client."""
 
@@ -65,7 +77,7 @@ class FrameError:
     id: str | None = None
 
 
-ClientFrame = SendMessage | Pong | FrameError
+ClientFrame = SendMessage | Pong | Typing | FrameError
 
 
 def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int) -> ClientFrame:
@@ -79,6 +91,8 @@ def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int) -> 
     kind = obj.get("type")
     if kind == "pong":
         return Pong()
+    if kind == "typing":
+        return Typing()
     if kind != "message":
         return FrameError(ErrorCode.INVALID_MESSAGE, f"unknown type {str(kind)[:32]!r}")
     client_id = obj.get("id")
@@ -127,6 +141,10 @@ def ack(client_id: str | None, seq: int, *, duplicate: bool = False) -> str:
 
 def presence(event: str, user: str, name: str, ts: int) -> str:
     return dumps({"type": "presence", "event": event, "user": user, "name": name, "ts": ts})
+
+
+def typing(user: str, name: str) -> str:
+    return dumps({"type": "typing", "user": user, "name": name})
 
 
 def ping(ts: int) -> str:

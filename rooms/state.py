@@ -28,7 +28,7 @@ from typing import Any
 from rooms import protocol
 from rooms.config import RoomConfig
 from rooms.errors import RoomFull
-from rooms.protocol import CloseCode, ErrorCode, FrameError, Pong, SendMessage
+from rooms.protocol import CloseCode, ErrorCode, FrameError, Pong, SendMessage, Typing
 from rooms.ratelimit import TokenBucket
 
 
@@ -203,6 +203,7 @@ class RoomState:
     _inflight_ids: dict[tuple[str, str], _Waiting] = field(default_factory=dict)
     _acks: list[_PendingAck] = field(default_factory=list)  # stored, not yet delivered here
     _buffer: dict[int, Delivered] = field(default_factory=dict)  # stored, beyond a gap
+    _typing_at: dict[str, float] = field(default_factory=dict)  # member -> last typing relayed
     _next_ping: float | None = None
 
     def __post_init__(self) -> None:
@@ -300,6 +301,7 @@ class RoomState:
         if member.connections > 0:
             return []
         del self._members[info.user]
+        self._typing_at.pop(info.user, None)
         self.presence_changed = True
         if info.user in self._others:
             return []  # still connected elsewhere: still a member
@@ -332,7 +334,8 @@ class RoomState:
             info.last_seen = max(info.last_seen, now)
 
     def receive(
-        self, session: int, frame: SendMessage | Pong | FrameError, now: float, wall_ms: int,
+        self, session: int, frame: SendMessage | Pong | Typing | FrameError, now: float,
+        wall_ms: int,
         *, refuse: str | None = None,
     ) -> list[Effect]:
         """Handle one client frame. ``refuse``: storage is unavailable; answer a message with an
@@ -344,11 +347,14 @@ class RoomState:
         cfg = self.config
         # Every frame costs tokens, whatever it is (a flood of pongs, invalid frames or resent
         # duplicates is still a flood); a pong costs a fraction.
-        retry_after = info.bucket.take(now, cfg.pong_cost if isinstance(frame, Pong) else 1.0)
+        # A typing frame costs what a pong does, and is dropped without a word when over the rate
+        # (it is only a hint, and the client did not ask for an answer).
+        light = isinstance(frame, (Pong, Typing))
+        retry_after = info.bucket.take(now, cfg.pong_cost if light else 1.0)
         if retry_after > 0:
             info.strikes += 1
             effects: list[Effect] = []
-            if not isinstance(frame, Pong):
+            if not isinstance(frame, (Pong, Typing)):
                 effects.append(Send(session, protocol.error(
                     ErrorCode.RATE_LIMITED, "too many messages; resend after retry_after seconds",
                     client_id=frame.id, retry_after=retry_after)))
@@ -358,6 +364,8 @@ class RoomState:
         info.strikes = 0
         if isinstance(frame, Pong):
             return []
+        if isinstance(frame, Typing):
+            return self._typing(session, info.user, info.name, now)
         if isinstance(frame, FrameError):
             info.invalid += 1
             reply = Send(session, protocol.error(frame.code, frame.message, client_id=frame.id))
@@ -390,6 +398,16 @@ class RoomState:
         if frame.id is not None:
             self._inflight_ids[(info.user, frame.id)] = waiting
         return []
+
+    def _typing(self, session: int, user: str, name: str, now: float) -> list[Effect]:
+        """Relay "``user`` is typing" to everyone else in the room, at most once per
+        ``TYPING_INTERVAL`` per user (whatever their number of sockets). Ephemeral: this
+        process's sessions only (the engine carries stored messages, not this)."""
+        last = self._typing_at.get(user)
+        if last is not None and now - last < protocol.TYPING_INTERVAL:
+            return []
+        self._typing_at[user] = now
+        return [Broadcast(protocol.typing(user, name), exclude=session)]
 
     def take_pending(self) -> list[Draft]:
         """Hand the accepted drafts to the actor for storing; then call ``committed`` with the

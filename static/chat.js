@@ -15,6 +15,7 @@ const CONNECT_TIMEOUT_MS = 15000; // a connect that neither opens nor fails by t
 const STALE_AFTER_MS = 60000;
 const STABLE_AFTER_MS = 10000; // a connection live this long resets the backoff
 const REFUSED_HINT_AFTER = 3; // consecutive connects that never opened before we suspect the token
+const TYPING_EVERY_MS = 3000; // the server relays one `typing` per user per 3 s: no use sending more
 
 export const State = Object.freeze({
   CONNECTING: 'connecting', // a socket is being opened, or is open and waiting for `welcome`
@@ -253,6 +254,7 @@ class Outbox {
  *              retryAt?, code?} with state 'queued' | 'sending' | 'retrying' | 'sent' | 'failed'; a
  *              'retrying' entry's `code` says why (rate_limited, busy, unavailable).
  * - `problem`  {error}: an `error` frame that did not belong to a pending message.
+ * - `typing`   {user, name}: someone else in the room is typing (ephemeral: show it for ~5 s).
  */
 export class ChatClient extends EventTarget {
   /**
@@ -293,6 +295,7 @@ export class ChatClient extends EventTarget {
     this.liveSince = 0;
     this.lastHeard = 0;
     this.pausedUntil = 0; // sending paused after rate_limited/busy
+    this.typingSentAt = 0;
     this.timers = { reconnect: null, connect: null, flush: null, watchdog: null };
     this.stopped = false;
   }
@@ -384,6 +387,13 @@ export class ChatClient extends EventTarget {
     }
     const messages = body.messages.filter((m) => m && typeof m.seq === 'number' && m.seq < before);
     return { messages, oldest: body.oldest };
+  }
+
+  /** The person is typing: tell the room (at most every TYPING_EVERY_MS, and only while live). */
+  typing() {
+    const now = Date.now();
+    if (this.state !== State.LIVE || now - this.typingSentAt < TYPING_EVERY_MS) return;
+    if (this.sendFrame({ type: 'typing' })) this.typingSentAt = now;
   }
 
   /** Forget a failed (or still pending) message. */
@@ -610,6 +620,12 @@ export class ChatClient extends EventTarget {
         return this.sendFrame({ type: 'pong' });
       case 'error':
         return this.onError(obj);
+      case 'typing':
+        if (typeof obj.user !== 'string' || obj.user === this.user) return undefined; // our other tab
+        return this.dispatch('typing', {
+          user: obj.user,
+          name: typeof obj.name === 'string' && obj.name ? obj.name : obj.user,
+        });
       default:
         return undefined; // unknown types are ignored (the server may add some)
     }

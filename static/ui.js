@@ -22,6 +22,7 @@ const LOAD_OLDER_PX = 200; // scrolled this close to the top: load the page of m
 const OLDER_PAGE = 50;
 const OLDER_RETRY_MS = 5000; // after a failed load, scrolling up tries again no sooner than this
 const HUES = 12;
+const TYPING_SHOWN_MS = 5000; // "Alice is typing…" stays this long after her last typing signal
 
 const $ = (id) => document.getElementById(id);
 
@@ -239,6 +240,7 @@ class ChatView {
     this.olderRetryAt = 0;
     this.historyReady = false; // the join's history is in: older pages may be loaded
     this.logGeneration = 0; // bumped when the log is cleared, so a late page is dropped
+    this.typists = new Map(); // user -> {name, timer}: who is typing now
 
     this.log = $('log');
     this.pending = $('pending');
@@ -271,6 +273,7 @@ class ChatView {
       }
     });
     this.input.addEventListener('input', () => {
+      if (this.input.value.trim()) this.client?.typing();
       const n = codePointLength(this.input.value);
       if (n > MAX_TEXT_CHARS - 200) this.note(`${n} / ${MAX_TEXT_CHARS} characters`, 0);
       else if (this.noteIsCounter) this.note('', 0);
@@ -360,6 +363,7 @@ class ChatView {
     client.addEventListener('presence', (ev) => this.onPresence(ev.detail.presence));
     client.addEventListener('outbox', (ev) => this.renderPending(ev.detail.entries));
     client.addEventListener('problem', (ev) => this.onProblem(ev.detail.error));
+    client.addEventListener('typing', (ev) => this.onTyping(ev.detail));
     client.start();
   }
 
@@ -598,6 +602,7 @@ class ChatView {
     const continued = prev !== null && prev.user === m.user && ts - prev.ts < GROUP_WINDOW_MS;
     this.log.append(this.messageItem(m, own, continued, ts));
     this.lastEntry = { user: m.user, ts };
+    if (kind === 'live') this.stopTyping(m.user); // their message is here: no longer typing
     if (this.oldestSeq === null || m.seq < this.oldestSeq) this.oldestSeq = m.seq;
     if (m.seq === 1) this.showBeginning();
     this.updateEmpty();
@@ -609,7 +614,36 @@ class ChatView {
     else if (kind !== 'history') this.bumpNewBelow();
   }
 
+  // ---- typing indicators
+
+  onTyping({ user, name }) {
+    const known = this.typists.get(user);
+    if (known) clearTimeout(known.timer);
+    const timer = setTimeout(() => this.stopTyping(user), TYPING_SHOWN_MS);
+    this.typists.set(user, { name, timer });
+    this.renderTyping();
+  }
+
+  stopTyping(user) {
+    const known = this.typists.get(user);
+    if (!known) return;
+    clearTimeout(known.timer);
+    this.typists.delete(user);
+    this.renderTyping();
+  }
+
+  renderTyping() {
+    const names = [...this.typists.values()].map((t) => t.name);
+    const line = $('typing');
+    if (names.length === 0) line.textContent = '';
+    else if (names.length === 1) line.textContent = `${names[0]} is typing…`;
+    else if (names.length === 2) line.textContent = `${names[0]} and ${names[1]} are typing…`;
+    else line.textContent = 'Several people are typing…';
+    line.hidden = names.length === 0;
+  }
+
   onPresence(p) {
+    if (p.event === 'leave') this.stopTyping(p.user);
     const name = typeof p.name === 'string' && p.name ? p.name : String(p.user);
     if (p.event === 'join') this.members.set(p.user, name);
     else if (p.event === 'leave') this.members.delete(p.user);
