@@ -267,6 +267,7 @@ class RoomActor:
         next_sync = loop.time() if shared else float("inf")
         idle_since: float | None = loop.time()
         gap_since: float | None = None
+        last_arrival = float("-inf")
         inbox = self._inbox
         while True:
             wake = min(next_tick, next_sync)
@@ -275,12 +276,16 @@ class RoomActor:
             if gap_since is not None:
                 wake = min(wake, gap_since + cfg.gap_repair_delay)
             await inbox.wait(max(0.0, wake - loop.time()))
-            if cfg.batch_delay and (inbox.frames or inbox.remote) and \
-                    len(inbox.frames) < cfg.max_batch:
-                # Let a burst gather: every message costs one frame per member, and a batch of
-                # n costs one frame per member too (and one commit). Other processes' batches
-                # gather too, and go out in the same frame as this process's.
+            arrived = bool(inbox.frames or inbox.remote)
+            if arrived and cfg.batch_delay and len(inbox.frames) < cfg.max_batch and \
+                    loop.time() - last_arrival < cfg.batch_delay:
+                # Busy (the previous message came less than batch_delay ago): let a burst
+                # gather, since every batch costs one frame per member and one commit. A quiet
+                # room does not wait: its message goes out at once (what arrives while that
+                # commit is in flight forms the next batch by itself).
                 await asyncio.sleep(cfg.batch_delay)
+            if arrived:
+                last_arrival = loop.time()
             now = loop.time()
             wall_ms = int(time.time() * 1000)
             effects: list[Effect] = []

@@ -54,8 +54,9 @@ class RoomConfig:
         512, "Most inbox frames a room handles (and stores in one commit) per wake-up."
     )
     batch_delay: float = _setting(
-        0.005, "Seconds a room waits after a frame arrives to gather more into one batch "
-               "(one commit, one frame per member); 0 disables.")
+        0.005, "Seconds a busy room (a message less than this after the previous one) waits to "
+               "gather more into one batch (one commit, one frame per member); a quiet room "
+               "sends at once; 0 never waits.")
     max_frame_messages: int = _setting(
         256, "Most protocol objects coalesced into one WebSocket frame (a batch is not split)."
     )
