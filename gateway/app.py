@@ -175,8 +175,23 @@ class Gateway:
         if self.draining:
             return
         self.draining = True
+        stager: asyncio.Task[None] | None = None
         if self._registry is not None:
-            self._registry.drain_nowait()
+            # Staged: drain_batch connections every drain_step seconds, but all of them within
+            # half the timeout, so the last wave still has time to close.
+            open_now = max(1, self.connections)
+            waves = -(-open_now // max(1, self.config.drain_batch))
+            step = min(self.config.drain_step, timeout / 2 / max(1, waves - 1))
+            stager = asyncio.create_task(self._registry.drain_staged(self.config.drain_batch,
+                                                                     step))
+        try:
+            await self._wait_closed(timeout)
+        finally:
+            if stager is not None:  # owned here: finished or cancelled before returning
+                stager.cancel()
+                await asyncio.wait([stager])
+
+    async def _wait_closed(self, timeout: float) -> None:
         try:
             async with asyncio.timeout(timeout):
                 await self._idle.wait()

@@ -95,6 +95,12 @@ class Config:
              "to it).")
     revocation_poll: float = _setting(
         1.0, "Seconds between checks for `roomchat revoke` (its sockets close within this).")
+    drain_batch: int = _setting(
+        10_000, "On shutdown, connections closed (1012) per wave: more than this are closed in "
+                "waves `drain_step` apart, so clients reconnect in waves, not all at once.")
+    drain_step: float = _setting(
+        2.0, "Seconds between drain waves (shortened so every wave fits in half of "
+             "`drain_timeout`).")
     drain_timeout: float = _setting(
         10.0, "Seconds a shutdown waits for sockets to close and rooms to store.")
     store_url: str = _setting(

@@ -78,6 +78,26 @@ class RoomRegistry:
         for actor in list(self._rooms.values()):
             actor.revoke_nowait(user)
 
+    async def drain_staged(self, batch: int, step: float,
+                           code: CloseCode = CloseCode.SERVICE_RESTART,
+                           reason: str = "server restarting") -> None:
+        """Refuse new joins, then drain rooms in groups of about ``batch`` sessions, ``step``
+        seconds apart (a whole room at a time): clients reconnect in waves instead of all at
+        once (Phoenix's socket drainer does the same). Cancel it to drain the rest at once."""
+        self._closing = True
+        try:
+            pending = sorted(self._rooms.values(), key=lambda a: a.room)
+            while pending:
+                taken = 0
+                while pending and (taken == 0 or taken < batch):
+                    actor = pending.pop()
+                    taken += int(str(actor.statistics().get("sessions", 0)))
+                    actor.drain_nowait(code, reason)
+                if pending:
+                    await asyncio.sleep(step)
+        finally:
+            self.drain_nowait(code, reason)  # whatever is left, and rooms started meanwhile
+
     def drain_nowait(self, code: CloseCode = CloseCode.SERVICE_RESTART,
                      reason: str = "server restarting") -> None:
         """Refuse new joins and ask every room to close its sessions with ``code`` and stop."""
