@@ -296,6 +296,7 @@ export class ChatClient extends EventTarget {
     this.lastHeard = 0;
     this.pausedUntil = 0; // sending paused after rate_limited/busy
     this.typingSentAt = 0;
+    this.socketToken = null; // the token the current (or last) socket's ticket was asked with
     this.timers = { reconnect: null, connect: null, flush: null, watchdog: null };
     this.stopped = false;
   }
@@ -326,7 +327,11 @@ export class ChatClient extends EventTarget {
     this.connect();
   }
 
-  /** Use a new token (e.g. after the old one expired) and connect with it, resuming where we were. */
+  /**
+   * Use a new token (e.g. after the old one expired, or renewed before it does) and connect with it,
+   * resuming where we were. A live socket is kept: when the server closes it because the old token
+   * expired (4001), we reconnect at once with this one and resume with `after` (no gap).
+   */
   setToken(token) {
     this.token = token;
     this.refusedInARow = 0;
@@ -469,6 +474,7 @@ export class ChatClient extends EventTarget {
     // No guessing from the token's claims (the browser's clock may be wrong, the rules may change): the
     // ticket request says whether the server takes this token, and why not.
     const ticketing = new AbortController();
+    const token = this.token;
     this.ticketing = ticketing;
     this.opened = false;
     this.setState(State.CONNECTING);
@@ -477,6 +483,7 @@ export class ChatClient extends EventTarget {
       this.ticketing = null;
       if (got === null || this.stopped) return;
       if (got.ticket) {
+        this.socketToken = token;
         this.openSocket(got.ticket);
         return;
       }
@@ -562,6 +569,11 @@ export class ChatClient extends EventTarget {
     }
     this.emitOutbox();
     if (this.stopped) return;
+    if (code === 4001 && this.token !== this.socketToken && !this.tokenExpired(this.token)) {
+      // The old token ran out, but we already hold a newer one (renewed): carry on with it now.
+      this.scheduleReconnect({ action: 'now' }, code, reason);
+      return;
+    }
     this.scheduleReconnect(closeAction(code), code, reason);
   }
 
@@ -572,7 +584,9 @@ export class ChatClient extends EventTarget {
       return;
     }
     let delay;
-    if (plan.action === 'soon') {
+    if (plan.action === 'now') {
+      delay = 0;
+    } else if (plan.action === 'soon') {
       this.attempt = 0;
       delay = 500 + Math.round(Math.random() * 1000);
     } else {
@@ -595,6 +609,11 @@ export class ChatClient extends EventTarget {
       this.timers.reconnect = null;
       this.connect();
     }, delay);
+  }
+
+  tokenExpired(token) {
+    const exp = tokenExpiresAt(token);
+    return exp !== null && exp <= Date.now();
   }
 
   startWatchdog() {

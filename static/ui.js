@@ -144,6 +144,46 @@ function roomFromPath(pathname) {
 }
 
 const tokenKey = (room) => `roomchat:token:${room}`;
+const refreshKey = (room) => `roomchat:refresh:${room}`;
+const REFRESH_LEAD_MAX_MS = 60_000; // renew this long before `exp` (a third of the lifetime if shorter)
+const REFRESH_RETRY_MS = 5_000;
+
+/** A refresh URL as given in the fragment, if it is a path on this page's own origin; else null. */
+function sameOriginPath(raw) {
+  if (!raw || !raw.startsWith('/') || raw.startsWith('//')) return null;
+  try {
+    const url = new URL(raw, location.origin);
+    return url.origin === location.origin ? url.pathname + url.search : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Ask the embedding app for a new token: `window.roomchatRefresh()` when the app set that hook (it
+ * returns a token or a promise of one), else `POST <refresh URL>` with the app's cookies, answered with
+ * `{"token": "..."}`. Resolves to the token, or null when there is no way to renew or it failed.
+ */
+async function renewToken(refreshUrl) {
+  try {
+    if (typeof window.roomchatRefresh === 'function') {
+      const token = await window.roomchatRefresh();
+      return typeof token === 'string' && token ? token : null;
+    }
+    if (!refreshUrl) return null;
+    const res = await fetch(refreshUrl, {
+      method: 'POST',
+      headers: { accept: 'application/json' },
+      credentials: 'same-origin',
+      cache: 'no-store',
+    });
+    if (!res.ok) return null;
+    const body = await res.json();
+    return body && typeof body.token === 'string' && body.token ? body.token : null;
+  } catch {
+    return null;
+  }
+}
 
 function storageGet(key) {
   try {
@@ -163,19 +203,22 @@ function storageSet(key, value) {
 }
 
 /**
- * Take `#token=...` out of the address bar (so it is not bookmarked, shared or kept in history)
- * and return it.
+ * Take `#token=...&refresh=...` out of the address bar (so it is not bookmarked, shared or kept in
+ * history) and return {token, refresh}: `refresh` is the embedding app's same-origin path that renews
+ * the token (see docs/integration.md), or null.
  */
 function takeTokenFromFragment() {
   const hash = location.hash.startsWith('#') ? location.hash.slice(1) : '';
-  if (!hash) return null;
+  if (!hash) return { token: null, refresh: null };
   const params = new URLSearchParams(hash);
   const token = params.get('token');
-  if (!token) return null;
+  if (!token) return { token: null, refresh: null };
+  const refresh = sameOriginPath(params.get('refresh'));
   params.delete('token');
+  params.delete('refresh');
   const rest = params.toString();
   history.replaceState(history.state, '', location.pathname + location.search + (rest ? `#${rest}` : ''));
-  return token;
+  return { token, refresh };
 }
 
 async function fetchInfo() {
@@ -241,6 +284,8 @@ class ChatView {
     this.historyReady = false; // the join's history is in: older pages may be loaded
     this.logGeneration = 0; // bumped when the log is cleared, so a late page is dropped
     this.typists = new Map(); // user -> {name, timer}: who is typing now
+    this.refreshUrl = null; // the embedding app's renewal path (or window.roomchatRefresh), if any
+    this.refreshTimer = null;
 
     this.log = $('log');
     this.pending = $('pending');
@@ -345,6 +390,7 @@ class ChatView {
     const exp = tokenExpiresAt(token);
     this.tokenNote = exp ? `Your token is valid until ${fullFmt.format(new Date(exp))}` : '';
     $('status').title = this.tokenNote;
+    this.scheduleRefresh(token);
     if (this.client) {
       this.client.setToken(token);
       return;
@@ -367,6 +413,42 @@ class ChatView {
     client.start();
   }
 
+  // ---- token renewal (docs/integration.md, "Refreshing tokens")
+
+  canRefresh() {
+    return Boolean(this.refreshUrl) || typeof window.roomchatRefresh === 'function';
+  }
+
+  /** Renew `token` a little before its `exp` (nothing to do without a refresh URL or hook). */
+  scheduleRefresh(token) {
+    clearTimeout(this.refreshTimer);
+    this.refreshTimer = null;
+    const exp = tokenExpiresAt(token);
+    if (!exp || !this.canRefresh()) return;
+    const claims = decodeToken(token);
+    const life = typeof claims?.iat === 'number' ? exp - claims.iat * 1000 : exp - Date.now();
+    const lead = Math.min(REFRESH_LEAD_MAX_MS, Math.max(0, life) / 3);
+    const delay = Math.max(0, exp - lead - Date.now());
+    this.refreshTimer = setTimeout(() => this.refresh(exp), delay);
+  }
+
+  /**
+   * Get a new token from the embedding app and carry on with it. Until the old one's `exp` a failure is
+   * retried; returns whether we got one.
+   */
+  async refresh(exp) {
+    this.refreshTimer = null;
+    const token = await renewToken(this.refreshUrl);
+    if (token) {
+      this.connect(token);
+      return true;
+    }
+    if (exp && exp - Date.now() > REFRESH_RETRY_MS) {
+      this.refreshTimer = setTimeout(() => this.refresh(exp), REFRESH_RETRY_MS);
+    }
+    return false;
+  }
+
   // ---- auth panel
 
   /**
@@ -380,7 +462,8 @@ class ChatView {
     const title = {
       none: 'Join this room',
       invalid: 'This link is not valid',
-      expired: wasIn ? 'Your session expired' : 'This link has expired',
+      expired: wasIn ? 'Your session ended' : 'This link has expired',
+      ended: 'Your session ended',
       revoked: 'Your access was revoked',
       forbidden: 'Not allowed in this room',
       badroom: 'This is not a room',
@@ -389,8 +472,11 @@ class ChatView {
       none: 'You need an invitation link to join this room.',
       invalid: `This link is not valid: it may be incomplete, or made for another server. ${ask}`,
       expired: wasIn
-        ? `This link has expired, so you were disconnected. ${ask} Messages you type meanwhile are kept.`
+        ? 'Your session ended because your link expired. To get back in, ask whoever sent it to you '
+          + 'for a new link and open it. Messages you type meanwhile are kept.'
         : `This link has expired. ${ask}`,
+      ended: 'Your session ended and could not be renewed. To get back in, reload the page you opened '
+        + 'this chat from (you may have to sign in there again). Messages you type meanwhile are kept.',
       revoked: 'Your access to this room was revoked, so you were disconnected. If you think this is a '
         + 'mistake, ask whoever runs this room for a new link.',
       forbidden: `This link does not allow you into #${this.room}: you are not allowed in this room. `
@@ -517,9 +603,20 @@ class ChatView {
         [StopReason.BAD_ROOM]: ['badroom', 'no such room'],
       }[s.reason];
       status.dataset.state = s.reason === StopReason.EXPIRED ? 'expired' : 'offline';
+      storageSet(tokenKey(this.room), null); // never reuse it, not even after a reload
+      if (s.reason === StopReason.EXPIRED && this.canRefresh()) {
+        // The embedding app can renew it: one last try before telling the person.
+        text.textContent = 'Renewing your session…';
+        clearTimeout(this.refreshTimer);
+        this.refresh(null).then((ok) => {
+          if (ok || this.client?.state !== State.OFFLINE) return;
+          text.textContent = 'Offline · session ended';
+          this.needAuth('ended');
+        });
+        return;
+      }
       text.textContent = `Offline · ${said}`;
       this.needAuth(kind);
-      storageSet(tokenKey(this.room), null); // never reuse it, not even after a reload
     } else {
       status.dataset.state = 'offline';
       text.textContent = s.reason === StopReason.POLICY
@@ -930,7 +1027,7 @@ class ChatView {
 // ---- boot --------------------------------------------------------------------------------------
 
 function boot() {
-  const fragmentToken = takeTokenFromFragment(); // first, so the token leaves the address bar at once
+  const fragment = takeTokenFromFragment(); // first, so the token leaves the address bar at once
   const room = roomFromPath(location.pathname);
   if (!room) {
     const view = new ChatView('?');
@@ -941,7 +1038,9 @@ function boot() {
   }
   const view = new ChatView(room);
   window.roomchat = view; // handy in the console; the page works without it
-  const token = fragmentToken || storageGet(tokenKey(room));
+  if (fragment.token) storageSet(refreshKey(room), fragment.refresh);
+  view.refreshUrl = fragment.token ? fragment.refresh : storageGet(refreshKey(room));
+  const token = fragment.token || storageGet(tokenKey(room));
   if (token) {
     view.connect(token);
   } else {
