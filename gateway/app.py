@@ -22,8 +22,8 @@ from typing import Protocol
 
 from quart import Quart, Response, request, send_file
 
-from gateway import admin, history, tickets, ws
-from gateway.auth import AuthError, make_issuer, make_verifier, valid_room_name
+from gateway import admin, api, history, tickets, ws
+from gateway.auth import API_SCOPE, AuthError, make_issuer, make_verifier, valid_room_name
 from gateway.config import Config
 from gateway.errors import Rejection, rejection_for
 from gateway.limits import ClientAddresses, Limit, LimitExceeded, Limits, parse_networks
@@ -227,6 +227,7 @@ def create_app(config: Config) -> Quart:
     gw = Gateway(config)
     app.extensions["roomchat"] = gw
     app.register_blueprint(history.blueprint)
+    app.register_blueprint(api.blueprint)
 
     @app.before_serving
     async def _start() -> None:
@@ -311,6 +312,8 @@ def create_app(config: Config) -> Quart:
                 raise AuthError("missing_token", "send Authorization: Bearer <token>")
             claims = gw.verifier.verify(token.strip())
             gw.revocations.check(claims)
+            if claims.scope == API_SCOPE:
+                raise Rejection(403, "api_credential", "an API credential cannot open a socket")
             if not claims.may_join(room):
                 raise AuthError("room_forbidden", f"the token does not allow room {room}")
             if gw.draining:

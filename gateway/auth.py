@@ -1,7 +1,8 @@
 """Issue and verify roomchat JWTs. Pure apart from reading key files in ``load_keys``.
 
 A token carries ``sub`` (user id), optional ``name`` (display name, defaults to ``sub``),
-``rooms`` (room names, or ``["*"]`` for all), optional ``admin`` (bool), and the registered
+``rooms`` (room names, or ``["*"]`` for all), optional ``admin`` (bool), optional ``scope``
+(``"api"``: a service credential for ``/api/v1``, never a chat socket), and the registered
 claims ``exp``, ``iat``, ``aud``, ``iss`` (all required). The algorithm is pinned by config: a
 token signed with any other algorithm (``none`` included) is refused, which also closes the
 HS/RS key-confusion hole.
@@ -26,6 +27,8 @@ from gateway.config import Config
 log = logging.getLogger("roomchat.auth")
 ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ALL_ROOMS = "*"
+API_SCOPE = "api"
+"""The ``scope`` claim of a service credential: it calls ``/api/v1`` and opens no chat socket."""
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"})
 MIN_SECRET_CHARS = 32
@@ -53,6 +56,7 @@ class Claims:
     expires_at: float  # Unix seconds
     admin: bool = False
     issued_at: float = 0.0  # Unix seconds (``iat``): revocations refuse tokens issued before
+    scope: str | None = None  # ``API_SCOPE``: a service credential (gateway.api), not a user
 
     def may_join(self, room: str) -> bool:
         return ALL_ROOMS in self.rooms or room in self.rooms
@@ -144,9 +148,12 @@ def _claims(payload: dict[str, Any]) -> Claims:
         raise AuthError("invalid_token", "rooms must be a list of room names or [\"*\"]")
     if not isinstance(admin, bool):
         raise AuthError("invalid_token", "admin must be a boolean")
+    scope = payload.get("scope")
+    if scope is not None and not isinstance(scope, str):
+        raise AuthError("invalid_token", "scope must be a string")
     return Claims(user=user, name=name.strip(), rooms=frozenset(rooms),
                   expires_at=float(payload["exp"]), admin=admin,
-                  issued_at=float(payload["iat"]))
+                  issued_at=float(payload["iat"]), scope=scope)
 
 
 class TokenIssuer:
@@ -159,8 +166,9 @@ class TokenIssuer:
         self._kid = kid
 
     def issue(self, user: str, *, rooms: list[str], ttl: float, name: str | None = None,
-              admin: bool = False, now: float | None = None) -> str:
-        """A signed token. Raises ``ValueError`` for a bad user, name or room."""
+              admin: bool = False, now: float | None = None, scope: str | None = None) -> str:
+        """A signed token (``scope="api"``: a service credential). Raises ``ValueError`` for a
+        bad user, name or room."""
         now = time.time() if now is None else now
         if not 1 <= len(user) <= MAX_USER_CHARS:
             raise ValueError(f"user must be 1 to {MAX_USER_CHARS} characters")
@@ -175,6 +183,8 @@ class TokenIssuer:
             payload["name"] = name.strip()
         if admin:
             payload["admin"] = True
+        if scope is not None:
+            payload["scope"] = scope
         headers = {"kid": self._kid} if self._kid is not None else None
         return jwt.encode(payload, self._key, algorithm=self.algorithm, headers=headers)
 

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from gateway.auth import make_issuer, parse_ttl
+from gateway.auth import API_SCOPE, make_issuer, parse_ttl
 from gateway.config import load_config, settings_table
 from gateway.logs import setup_logging
 
@@ -38,12 +38,16 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", help="debug, info, warning or error")
 
     token = sub.add_parser("token", help="print a signed JWT")
-    token.add_argument("--user", required=True, help="user id (the `sub` claim)")
+    token.add_argument("--user", help="user id (the `sub` claim; required but with --api, "
+                       "where it defaults to `api`)")
     token.add_argument("--name", help="display name (default: the user id)")
     token.add_argument("--room", action="append", default=[], help="a room it may join "
                        "(repeatable)")
     token.add_argument("--all-rooms", action="store_true", help="any room (rooms: [\"*\"])")
     token.add_argument("--admin", action="store_true", help="add the admin claim")
+    token.add_argument("--api", action="store_true",
+                       help="a service credential for /api/v1 (\"scope\": \"api\"; all rooms "
+                       "unless --room); it cannot open a chat socket")
     token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
     token.add_argument("--data-dir", type=Path, help="data directory (for the generated secret)")
     token.add_argument("--link", metavar="BASE_URL",
@@ -139,6 +143,11 @@ def _revoke(args: argparse.Namespace) -> int:
 
 
 def _token(args: argparse.Namespace) -> int:
+    if args.api:
+        args.user = args.user or "api"
+        args.all_rooms = args.all_rooms or not args.room
+    if not args.user:
+        raise ValueError("give --user")
     if not args.room and not args.all_rooms:
         raise ValueError("give at least one --room, or --all-rooms")
     if args.link and not args.room and not args.admin:
@@ -147,7 +156,8 @@ def _token(args: argparse.Namespace) -> int:
     setup_logging("warning", False)
     rooms = ["*"] if args.all_rooms else list(dict.fromkeys(args.room))
     token = make_issuer(config).issue(args.user, name=args.name, rooms=rooms,
-                                      ttl=parse_ttl(args.ttl), admin=args.admin)
+                                      ttl=parse_ttl(args.ttl), admin=args.admin,
+                                      scope=API_SCOPE if args.api else None)
     if args.link:
         path = f"rooms/{args.room[0]}" if args.room else "admin"
         print(f"{args.link.rstrip('/')}/{path}#token={token}")

@@ -101,6 +101,14 @@ class Config:
     drain_step: float = _setting(
         2.0, "Seconds between drain waves (shortened so every wave fits in half of "
              "`drain_timeout`).")
+    api_key: str | None = _setting(
+        None, "A static key for the server API (`/api/v1`, `Authorization: Bearer <key>`), "
+              "compared in constant time; unset: only JWTs with `\"scope\": \"api\"` "
+              "(`roomchat token --api`). At least 32 characters.")
+    api_rate: float = _setting(
+        50.0, "Server API requests per second per credential (refill of its token bucket); "
+              "over it: HTTP 429 `rate_limited`.")
+    api_burst: int = _setting(100, "Server API requests one credential may make at once.")
     drain_timeout: float = _setting(
         10.0, "Seconds a shutdown waits for sockets to close and rooms to store.")
     store_url: str = _setting(

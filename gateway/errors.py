@@ -8,7 +8,15 @@ from quart import Response
 
 from gateway.auth import AuthError
 from gateway.limits import LimitExceeded
-from rooms.errors import RoomError, RoomFull, RoomStopped, StoreError, TooManyRooms
+from rooms.errors import (
+    Banned,
+    RoomBusy,
+    RoomError,
+    RoomFull,
+    RoomStopped,
+    StoreError,
+    TooManyRooms,
+)
 from rooms.protocol import dumps
 
 
@@ -49,6 +57,12 @@ def rejection_for(exc: AuthError | RoomError | LimitExceeded) -> Rejection:
         return Rejection(status, exc.reason, exc.detail)
     if isinstance(exc, LimitExceeded):
         return Rejection(429, exc.limit.value, exc.detail, exc.retry_after)
+    if isinstance(exc, Banned):
+        until = "" if exc.until is None else f" until {exc.until:.0f} (Unix time)"
+        return Rejection(403, "banned", f"banned from this room{until}"
+                         + (f": {exc.reason}" if exc.reason else ""))
+    if isinstance(exc, RoomBusy):
+        return Rejection(503, "busy", str(exc), retry_after=1.0)
     if isinstance(exc, RoomFull):
         return Rejection(503, "room_full", str(exc))
     if isinstance(exc, TooManyRooms):

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
 from gateway import tickets
-from gateway.auth import AuthError, valid_room_name
+from gateway.auth import API_SCOPE, AuthError, valid_room_name
 from gateway.errors import Rejection, rejection_for
 from gateway.fastsend import FrameWriter
 from gateway.limits import LimitExceeded
@@ -143,6 +143,8 @@ class RoomSockets:
                 tokens = query.get("token")
                 claims = gw.verifier.verify(tokens[-1] if tokens else None)
             gw.revocations.check(claims)
+            if claims.scope == API_SCOPE:  # a service credential (gateway.api) chats nowhere
+                raise Rejection(403, "api_credential", "an API credential cannot open a socket")
             if not claims.may_join(room):
                 raise AuthError("room_forbidden", f"the token does not allow room {room}")
         except (AuthError, RoomError) as exc:

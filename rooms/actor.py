@@ -1,7 +1,8 @@
 """RoomActor: the one task that owns a room (in this process).
 
-Callers talk to it only through its inbox: ``join`` (an ask: awaits the actor's answer),
-``leave_nowait`` and ``frame_nowait`` (tells). The actor wakes when something arrives or a tick is
+Callers talk to it only through its inbox: ``join`` and ``publish`` (asks: await the actor's
+answer), ``leave_nowait``, ``frame_nowait`` and the moderation tells ``ban_nowait`` and
+``deleted_nowait``. The actor wakes when something arrives or a tick is
 due, handles up to ``max_batch`` frames, stores the messages they produced in one engine append,
 then delivers the results to the sessions' outboxes without awaiting any client.
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 import time
 from collections import deque
@@ -34,11 +36,21 @@ from dataclasses import dataclass
 from rooms import protocol
 from rooms.config import RoomConfig
 from rooms.engine import Engine
-from rooms.errors import RoomError, RoomStopped, StoreError
+from rooms.errors import Banned, RoomBusy, RoomError, RoomStopped, StoreError
 from rooms.observer import NullObserver, RoomObserver
 from rooms.protocol import ClientFrame, CloseCode, ErrorCode
 from rooms.session import Session
-from rooms.state import Broadcast, Close, Draft, Effect, JoinPlan, RoomState, Send, WireMessage
+from rooms.state import (
+    Appended,
+    Broadcast,
+    Close,
+    Draft,
+    Effect,
+    JoinPlan,
+    RoomState,
+    Send,
+    WireMessage,
+)
 
 log = logging.getLogger("roomchat.room")
 
@@ -59,6 +71,35 @@ class _Leave:
 @dataclass(slots=True)
 class _Revoke:
     user: str
+
+
+@dataclass(slots=True)
+class _Publish:
+    """A message from the server API (``RoomActor.publish``)."""
+
+    user: str
+    name: str
+    id: str | None
+    text: str
+    reply: asyncio.Future[Appended]
+
+
+@dataclass(slots=True)
+class _Ban:
+    """Close ``user``'s sessions with 4004 (the ban itself is in the engine)."""
+
+    user: str
+    reason: str
+
+
+@dataclass(slots=True)
+class _Deleted:
+    """Tell every member that message ``seq`` was deleted (its tombstone is stored)."""
+
+    seq: int
+
+
+_Moderation = _Publish | _Ban | _Deleted
 
 
 @dataclass(slots=True)
@@ -93,7 +134,7 @@ class Inbox:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.frames: deque[_Frame] = deque()
-        self.control: deque[_Join | _Leave | _Drain | _Revoke] = deque()
+        self.control: deque[_Join | _Leave | _Drain | _Revoke | _Moderation] = deque()
         self.remote: deque[list[WireMessage]] = deque()
         self.repair = False  # remote batches were dropped, or the feed was interrupted
         self.presence = False  # another process's members changed
@@ -118,7 +159,7 @@ class Inbox:
         self._event.set()
         return True
 
-    def put_control(self, item: _Join | _Leave | _Drain | _Revoke) -> None:
+    def put_control(self, item: _Join | _Leave | _Drain | _Revoke | _Moderation) -> None:
         self.control.append(item)
         self._event.set()
 
@@ -162,21 +203,67 @@ class RoomActor:
         self._outage_since: float | None = None
         self._next_attempt = 0.0
         self._backoff = 0.0
+        # Server-API publishes waiting for their seq, by ticket (bounded by ``inbox_limit``).
+        self._publishing: dict[int, asyncio.Future[Appended]] = {}
+        self._tickets = itertools.count(1)
 
     # -- the handle callers use -------------------------------------------------------------
 
     async def join(self, session: Session, *, after: int | None, expires_at: float) -> JoinPlan:
         """Admit ``session``; returns what it must send first (welcome, replay).
 
-        Raises ``RoomFull``, ``RoomStopped`` or ``StoreError`` (storage unavailable). Whatever
+        Raises ``RoomFull``, ``RoomStopped``, ``Banned`` or ``StoreError`` (storage
+        unavailable). Whatever
         happens, the caller must later call ``leave_nowait(session.id)`` (it is a no-op for a
         session that never joined).
         """
         if self.lifecycle in (RoomLifecycle.DRAINING, RoomLifecycle.STOPPED):
             raise RoomStopped(f"room {self.room} is stopping")
+        await self.check_ban(session.user)
         reply: asyncio.Future[JoinPlan] = asyncio.get_running_loop().create_future()
         self._inbox.put_control(_Join(session, after, expires_at, reply))
         return await reply
+
+    async def publish(self, user: str, name: str, client_id: str | None,
+                      text: str) -> Appended:
+        """Store a message from the server API (not from a member) and deliver it like a
+        socket message: same seq allocation, dedup by ``(user, client_id)`` and durability.
+        Returns once it is stored (and delivered to this process's members).
+
+        Raises ``RoomStopped``, ``RoomBusy`` (too many publishes waiting: retry shortly) or
+        ``StoreError`` (storage unavailable: not stored; retry with the same id).
+        """
+        if self.lifecycle in (RoomLifecycle.DRAINING, RoomLifecycle.STOPPED):
+            raise RoomStopped(f"room {self.room} is stopping")
+        waiting = len(self._publishing) + sum(isinstance(c, _Publish)
+                                              for c in self._inbox.control)
+        if waiting >= self.config.inbox_limit:
+            raise RoomBusy(f"room {self.room} is busy; retry shortly")
+        reply: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
+        self._inbox.put_control(_Publish(user, name, client_id, text, reply))
+        return await reply
+
+    async def check_ban(self, user: str) -> None:
+        """Raise ``Banned`` if ``user`` is banned from this room now (``StoreError`` if the
+        engine cannot tell)."""
+        ban = await self._engine.banned(self.room, user)
+        if ban is not None:
+            raise Banned(user, ban.until, ban.reason)
+
+    def ban_nowait(self, user: str, reason: str) -> None:
+        """Close every session of ``user`` with 4004 (banned); the ban is already stored."""
+        if self.lifecycle is not RoomLifecycle.STOPPED:
+            self._inbox.put_control(_Ban(user, reason))
+
+    def deleted_nowait(self, seq: int) -> None:
+        """Tell every member that message ``seq`` was deleted (the tombstone is stored)."""
+        if self.lifecycle is not RoomLifecycle.STOPPED:
+            self._inbox.put_control(_Deleted(seq))
+
+    def presence(self) -> list[dict[str, str]]:
+        """Everyone in the room as this process knows it (its members, then other processes'
+        as of the last sync). Changes nothing."""
+        return self._state.members() if self._state is not None else []
 
     def leave_nowait(self, session_id: int) -> None:
         """The session's socket is gone. Never fails."""
@@ -220,6 +307,12 @@ class RoomActor:
     def resync(self) -> None:
         if self.lifecycle is not RoomLifecycle.STOPPED:
             self._inbox.flag(repair=True, presence=True)
+
+    def remote_deleted(self, seq: int) -> None:
+        self.deleted_nowait(seq)
+
+    def remote_banned(self, user: str, reason: str) -> None:
+        self.ban_nowait(user, reason)
 
     # -- the task ---------------------------------------------------------------------------
 
@@ -308,6 +401,8 @@ class RoomActor:
                 elif isinstance(cmd, _Revoke):
                     effects += state.evict_user(cmd.user, CloseCode.REVOKED, "access revoked",
                                                 wall_ms)
+                elif isinstance(cmd, _Publish | _Ban | _Deleted):
+                    effects += self._moderate(state, cmd, wall_ms)
                 else:
                     drain = cmd
             frames = inbox.frames
@@ -510,8 +605,37 @@ class RoomActor:
         cmd.reply.set_result(plan)
         return effects
 
+    def _moderate(self, state: RoomState, cmd: _Moderation, wall_ms: int) -> list[Effect]:
+        """The server API's commands: a publish joins the pending batch; a ban closes the
+        user's sessions; a delete is announced to every member."""
+        if isinstance(cmd, _Ban):
+            return state.evict_user(cmd.user, CloseCode.BANNED, "banned", wall_ms)
+        if isinstance(cmd, _Deleted):
+            return [Broadcast(protocol.deleted(cmd.seq))]
+        if cmd.reply.done():
+            return []
+        if self._outage_since is not None:
+            cmd.reply.set_exception(StoreError("storage is unavailable"))
+            return []
+        ticket = next(self._tickets)
+        answer = state.publish(ticket, Draft(cmd.user, cmd.name, cmd.id, cmd.text, wall_ms))
+        if answer is not None:
+            cmd.reply.set_result(answer)
+        else:
+            self._publishing[ticket] = cmd.reply
+        return []
+
+    def _answer_published(self, state: RoomState) -> None:
+        for ticket, result in state.published:
+            reply = self._publishing.pop(ticket, None)
+            if reply is not None and not reply.done():
+                reply.set_result(result)
+        state.published.clear()
+
     def _deliver(self, state: RoomState, effects: list[Effect], wall_ms: int) -> None:
         """Put effects into outboxes. Never awaits; overflowing sessions are closed with 4009."""
+        if state.published:
+            self._answer_published(state)
         overflow: list[int] = []
         delivered = 0
         for effect in effects:
@@ -552,9 +676,13 @@ class RoomActor:
             session.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
 
     def _fail_pending_joins(self) -> None:
+        for reply in self._publishing.values():
+            if not reply.done():
+                reply.set_exception(self._failure)
+        self._publishing.clear()
         while self._inbox.control:
             cmd = self._inbox.control.popleft()
-            if isinstance(cmd, _Join) and not cmd.reply.done():
+            if isinstance(cmd, _Join | _Publish) and not cmd.reply.done():
                 cmd.reply.set_exception(self._failure)
         self._inbox.frames.clear()
         self._inbox.remote.clear()

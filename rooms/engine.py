@@ -22,7 +22,8 @@ from typing import Protocol
 
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
-__all__ = ["Appended", "Engine", "HistoryReader", "RoomListener", "RoomSync", "open_engine"]
+__all__ = ["Appended", "Ban", "Engine", "HistoryReader", "RoomListener", "RoomSync",
+           "open_engine"]
 
 CommitObserver = Callable[[float, int], None]
 """Called after each durable append with (seconds, messages); must not block."""
@@ -37,6 +38,16 @@ class RoomSync:
     others: dict[str, str]
     """Members connected to *other* processes (user -> name); the room's members are the union
     of these and this process's own."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """A moderator's ban of ``user`` from a room (``Engine.ban``)."""
+
+    user: str
+    until: float | None
+    """Unix seconds when it ends; ``None``: until lifted."""
+    reason: str
 
 
 class HistoryReader(Protocol):
@@ -60,6 +71,12 @@ class RoomListener(Protocol):
 
     def resync(self) -> None:
         """The live feed was interrupted (reconnect to the engine): compare with the log."""
+
+    def remote_deleted(self, seq: int) -> None:
+        """Another process deleted message ``seq`` (its tombstone is stored): tell members."""
+
+    def remote_banned(self, user: str, reason: str) -> None:
+        """Another process banned ``user`` from the room: close their sessions here."""
 
 
 class Engine(Protocol):
@@ -124,6 +141,30 @@ class Engine(Protocol):
     async def revocations(self, since: float) -> list[tuple[str, float]]:
         """Revocations recorded after ``since`` (``(user, at)``, oldest first); every process
         polls this to close the user's sockets and refuse their older tokens."""
+        ...
+
+    async def delete(self, room: str, seq: int) -> bool:
+        """Replace stored message ``seq`` by its tombstone (same seq, user, name, id and ts;
+        empty text: ``read`` returns it with ``deleted``) and tell the other processes serving
+        the room (``remote_deleted``). False when no message ``seq`` is stored."""
+        ...
+
+    async def ban(self, room: str, ban: Ban) -> None:
+        """Record ``ban`` (replacing any earlier ban of the user in ``room``; it lapses by
+        itself at ``until``) and tell the other processes serving the room (``remote_banned``)."""
+        ...
+
+    async def unban(self, room: str, user: str) -> bool:
+        """Lift ``user``'s ban from ``room``; False when there was none in force."""
+        ...
+
+    async def banned(self, room: str, user: str) -> Ban | None:
+        """``user``'s ban from ``room`` if one is in force now."""
+        ...
+
+    async def presence(self, room: str) -> dict[str, str]:
+        """Members of ``room`` connected to *other* processes as the engine knows them (user ->
+        name); read-only ({} for an engine that is not shared)."""
         ...
 
     async def close(self) -> None:

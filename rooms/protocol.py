@@ -26,6 +26,7 @@ class CloseCode(enum.IntEnum):
     TRY_AGAIN_LATER = 1013  # storage unavailable for longer than store_outage_timeout
     TOKEN_EXPIRED = 4001
     REVOKED = 4003  # the user's access was revoked (roomchat revoke)
+    BANNED = 4004  # a moderator banned the user from this room (server API)
     RATE_ABUSE = 4008
     SLOW_CONSUMER = 4009
     HEARTBEAT_TIMEOUT = 4010
@@ -145,6 +146,11 @@ def presence(event: str, user: str, name: str, ts: int) -> str:
 
 def typing(user: str, name: str) -> str:
     return dumps({"type": "typing", "user": user, "name": name})
+
+
+def deleted(seq: int) -> str:
+    """A moderator deleted message ``seq``: clients replace it by a tombstone."""
+    return dumps({"type": "delete", "seq": seq})
 
 
 def ping(ts: int) -> str:

@@ -34,7 +34,8 @@ from rooms.ratelimit import TokenBucket
 
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
-    """One chat message as stored and broadcast."""
+    """One chat message as stored and broadcast. A deleted one (tombstone) keeps its seq,
+    user, name, id and ts, with ``text`` empty; its wire form adds ``"deleted": true``."""
 
     room: str
     seq: int
@@ -44,10 +45,17 @@ class StoredMessage:
     text: str
     ts: int
 
+    @property
+    def deleted(self) -> bool:
+        """A moderator's tombstone: a message's text is never empty otherwise."""
+        return not self.text
+
     def to_wire(self) -> str:
-        return protocol.dumps({"type": "message", "room": self.room, "seq": self.seq,
-                               "id": self.id, "user": self.user, "name": self.name,
-                               "text": self.text, "ts": self.ts})
+        obj = {"type": "message", "room": self.room, "seq": self.seq, "id": self.id,
+               "user": self.user, "name": self.name, "text": self.text, "ts": self.ts}
+        if not self.text:
+            obj["deleted"] = True
+        return protocol.dumps(obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +202,9 @@ class RoomState:
     """Accepted, not yet stored; the actor takes them with ``take_pending``."""
     presence_changed: bool = False
     """This process's member list changed since the actor last published it (``synced``)."""
+    published: list[tuple[int, Appended]] = field(default_factory=list)
+    """Answers to ``publish``: ``(ticket, result)`` once the message was delivered here; the
+    actor takes them."""
     _sessions: dict[int, _Session] = field(default_factory=dict)
     _members: dict[str, _Member] = field(default_factory=dict)
     _others: dict[str, str] = field(default_factory=dict)  # members on other processes
@@ -409,6 +420,28 @@ class RoomState:
         self._typing_at[user] = now
         return [Broadcast(protocol.typing(user, name), exclude=session)]
 
+    def publish(self, ticket: int, draft: Draft) -> Appended | None:
+        """Accept a message from outside any session (the server API; ``ticket`` > 0 names the
+        caller): the same dedup by ``(user, id)`` and the same pending/commit path as a socket
+        message, so members get it in seq order. Returns the answer at once for a duplicate
+        already stored; otherwise ``None``, and ``(ticket, Appended)`` appears in ``published``
+        once the message is stored and delivered here."""
+        if draft.id is not None:
+            key = (draft.user, draft.id)
+            seq = self._dedup.get(key)
+            if seq is not None:
+                return Appended(seq, duplicate=True)
+            waiting = self._inflight_ids.get(key)
+            if waiting is not None:  # the original is being stored: answer with its seq
+                waiting.retries.append(-ticket)
+                return None
+        self.pending.append(draft)
+        waiting = _Waiting(-ticket, draft.id)  # negative: never a session
+        self._waiting.append(waiting)
+        if draft.id is not None:
+            self._inflight_ids[(draft.user, draft.id)] = waiting
+        return None
+
     def take_pending(self) -> list[Draft]:
         """Hand the accepted drafts to the actor for storing; then call ``committed`` with the
         engine's answer (or ``abandon`` if it never comes). One batch at a time."""
@@ -523,6 +556,8 @@ class RoomState:
                 effects.extend(
                     Send(a.session, protocol.ack(a.client_id, a.seq, duplicate=a.duplicate))
                     for a in ready_acks if a.session in self._sessions)
+                self.published.extend((-a.session, Appended(a.seq, a.duplicate))
+                                      for a in ready_acks if a.session < 0)
         return effects
 
     def _remember(self, user: str, client_id: str, seq: int) -> None:

@@ -71,6 +71,13 @@ CREATE TABLE IF NOT EXISTS revocations (
     at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS revocations_at ON revocations (at);
+CREATE TABLE IF NOT EXISTS bans (
+    room TEXT NOT NULL,
+    user TEXT NOT NULL,
+    until REAL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (room, user)
+) WITHOUT ROWID;
 """
 _INSERT = "INSERT INTO messages (room, seq, user, name, client_id, text, ts) VALUES (?,?,?,?,?,?,?)"
 
@@ -302,6 +309,39 @@ class SqliteStore:
         return await self._run(lambda conn: [
             (str(user), float(at)) for user, at in conn.execute(
                 "SELECT user, at FROM revocations WHERE at > ? ORDER BY at", (since,))])
+
+    # -- moderation: tombstones and bans (rare; written like the records above) ---------------
+
+    async def delete(self, room: str, seq: int) -> bool:
+        """Make message ``seq`` a tombstone: its text becomes empty (a message's text never is
+        otherwise), everything else stays. False when it is not stored."""
+        def query(conn: sqlite3.Connection) -> bool:
+            return conn.execute("UPDATE messages SET text = '' WHERE room = ? AND seq = ?",
+                                (room, seq)).rowcount > 0
+
+        return await self._run(query)
+
+    async def ban(self, room: str, user: str, until: float | None, reason: str) -> None:
+        await self._run(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO bans (room, user, until, reason) VALUES (?,?,?,?)",
+            (room, user, until, reason)))
+
+    async def unban(self, room: str, user: str) -> bool:
+        now = time.time()
+        return await self._run(lambda conn: conn.execute(
+            "DELETE FROM bans WHERE room = ? AND user = ? AND (until IS NULL OR until > ?)",
+            (room, user, now)).rowcount > 0)
+
+    async def banned(self, room: str, user: str) -> tuple[float | None, str] | None:
+        """``(until, reason)`` of ``user``'s ban from ``room`` if one is in force."""
+        now = time.time()
+
+        def query(conn: sqlite3.Connection) -> tuple[float | None, str] | None:
+            row = conn.execute("SELECT until, reason FROM bans WHERE room = ? AND user = ? "
+                               "AND (until IS NULL OR until > ?)", (room, user, now)).fetchone()
+            return None if row is None else (row[0], str(row[1]))
+
+        return await self._run(query)
 
     async def close(self) -> None:
         if self._closed:

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from rooms.engine import CommitObserver, RoomListener, RoomSync
+from rooms.engine import Ban, CommitObserver, RoomListener, RoomSync
 from rooms.errors import StoreError
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
 from rooms.store import SqliteStore
@@ -77,6 +77,22 @@ class EmbeddedEngine:
 
     async def revocations(self, since: float) -> list[tuple[str, float]]:
         return await self.store.revocations(since)
+
+    async def delete(self, room: str, seq: int) -> bool:
+        return await self.store.delete(room, seq)
+
+    async def ban(self, room: str, ban: Ban) -> None:
+        await self.store.ban(room, ban.user, ban.until, ban.reason)
+
+    async def unban(self, room: str, user: str) -> bool:
+        return await self.store.unban(room, user)
+
+    async def banned(self, room: str, user: str) -> Ban | None:
+        row = await self.store.banned(room, user)
+        return None if row is None else Ban(user, *row)
+
+    async def presence(self, room: str) -> dict[str, str]:
+        return {}
 
     async def close(self) -> None:
         await self.store.close()

@@ -3,7 +3,9 @@
 Per room, keys sharing one hash tag (one Redis Cluster slot): ``roomchat:{<room>}:log`` (a
 stream, entry ids ``0-<seq>``), ``:seq`` (the last allocated seq), ``:ids`` and ``:idq`` (the
 dedup window: ``user\\0id -> seq`` and its insertion order), ``:presence`` (``node\\0user ->
-expires\\0name``), and the shard channel ``roomchat:{<room>}:ch``.
+expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0id\\0ts``),
+``:ban:<user>`` (``until\\0reason``, expiring at ``until``), and the shard channel
+``roomchat:{<room>}:ch``.
 
 - Append (``append.lua``): dedup, seq allocation, ``XADD``, trim and ``SPUBLISH`` in one script,
   so a batch is stored and announced atomically, whichever process sends it.
@@ -15,6 +17,12 @@ expires\\0name``), and the shard channel ``roomchat:{<room>}:ch``.
   (``sync.lua``), repairing any difference without ever disconnecting a client.
 - Presence (``sync.lua``): each process's members of a room, with an expiry it refreshes; a
   killed process's entries expire and are removed by the next sync of any other process.
+
+- Moderation: a deleted message leaves the stream (``delete.lua``: its text is gone from Redis)
+  and its tombstone goes to ``:deleted``, which ``read`` merges in (stream ids only grow, so an
+  entry can neither be rewritten nor re-added). Deletes and bans are announced on the room's
+  channel like batches (``d`` and ``b`` messages): at-most-once, like every pub/sub message; a
+  lost ban announcement leaves a banned user's open socket until it reconnects (and is refused).
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an acked message
 survives a crash of Redis too.
@@ -39,7 +47,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from rooms.engine import CommitObserver, RoomListener, RoomSync
+from rooms.engine import Ban, CommitObserver, RoomListener, RoomSync
 from rooms.errors import StoreError
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
@@ -100,6 +108,7 @@ class RedisEngine:
         self._redis = client
         self._append = client.register_script(_script("append.lua"))
         self._sync = client.register_script(_script("sync.lua"))
+        self._delete = client.register_script(_script("delete.lua"))
         self._on_commit = on_commit
         self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._listeners: dict[str, RoomListener] = {}
@@ -185,12 +194,92 @@ class RedisEngine:
         self._check()
         if after >= upto:
             return []
+        deleted_key = f"roomchat:{{{room}}}:deleted"
         try:
-            entries = await self._redis.xrange(_keys(room)[0], min=f"0-{after + 1}",
-                                               max=f"0-{upto}", count=limit)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xrange(_keys(room)[0], min=f"0-{after + 1}", max=f"0-{upto}", count=limit)
+                pipe.exists(deleted_key)
+                entries, any_deleted = await pipe.execute()
+            tombstones: dict[bytes, bytes] = {}
+            if any_deleted:
+                tombstones = await self._redis.hgetall(deleted_key)
         except RedisError as exc:
             raise self._failed("read", exc) from exc
-        return [_message(room, eid, fields) for eid, fields in entries]
+        messages = [_message(room, eid, fields) for eid, fields in entries]
+        if tombstones:
+            # Deleted messages are not in the stream: merge theirs in, within what this page
+            # covers (up to its last entry when the stream filled the page).
+            end = messages[-1].seq if len(messages) == limit else upto
+            for raw_seq, value in tombstones.items():
+                seq = int(raw_seq)
+                if after < seq <= end:
+                    user, name, client_id, ts = value.decode().split("\0")
+                    messages.append(StoredMessage(room, seq, user, name, client_id or None,
+                                                  "", int(ts)))
+            messages.sort(key=lambda m: m.seq)
+            del messages[limit:]
+        return messages
+
+    # -- moderation ---------------------------------------------------------------------------
+
+    async def delete(self, room: str, seq: int) -> bool:
+        self._check()
+        log_key, *_, channel = _keys(room)
+        try:
+            done = await self._delete(keys=[log_key, f"roomchat:{{{room}}}:deleted"],
+                                      args=[seq, channel, self.node])
+        except RedisError as exc:
+            raise self._failed("delete", exc) from exc
+        return bool(done)
+
+    async def ban(self, room: str, ban: Ban) -> None:
+        self._check()
+        key = f"roomchat:{{{room}}}:ban:{ban.user}"
+        value = f"{'' if ban.until is None else repr(ban.until)}\0{ban.reason}"
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if ban.until is None:
+                    pipe.set(key, value)
+                else:
+                    pipe.set(key, value, pxat=max(1, int(ban.until * 1000)))
+                pipe.spublish(_keys(room)[5],
+                              f"b{self.node}\n{ban.user}\n{ban.reason}".encode())
+                await pipe.execute()
+        except RedisError as exc:
+            raise self._failed("ban", exc) from exc
+
+    async def unban(self, room: str, user: str) -> bool:
+        self._check()
+        try:
+            return bool(await self._redis.delete(f"roomchat:{{{room}}}:ban:{user}"))
+        except RedisError as exc:
+            raise self._failed("unban", exc) from exc
+
+    async def banned(self, room: str, user: str) -> Ban | None:
+        self._check()
+        try:
+            value = await self._redis.get(f"roomchat:{{{room}}}:ban:{user}")
+        except RedisError as exc:
+            raise self._failed("banned", exc) from exc
+        if value is None:
+            return None
+        until, _, reason = bytes(value).decode().partition("\0")
+        return Ban(user, float(until) if until else None, reason)
+
+    async def presence(self, room: str) -> dict[str, str]:
+        self._check()
+        try:
+            entries = await self._redis.hgetall(_keys(room)[4])
+        except RedisError as exc:
+            raise self._failed("presence", exc) from exc
+        now_ms = time.time() * 1000
+        members: dict[str, str] = {}
+        for field, value in entries.items():
+            user = bytes(field).split(b"\0", 1)[1].decode()
+            expires, _, name = bytes(value).partition(b"\0")
+            if float(expires) > now_ms:
+                members[user] = name.decode()
+        return members
 
     async def sync(self, room: str, members: dict[str, str], ttl: float) -> RoomSync:
         self._check()
@@ -361,6 +450,15 @@ class RedisEngine:
             listener.remote_messages(messages)
         elif kind == b"p" and data[1:].decode() != self.node:
             listener.remote_presence()
+        elif kind in (b"d", b"b"):
+            origin, _, tail = data[1:].decode(errors="replace").partition("\n")
+            if origin == self.node:
+                return  # ours: this process's rooms were told directly
+            if kind == b"d" and tail.isdigit():
+                listener.remote_deleted(int(tail))
+            elif kind == b"b":
+                user, _, reason = tail.partition("\n")
+                listener.remote_banned(user, reason)
 
     async def close(self) -> None:
         if self._closed:

@@ -94,6 +94,48 @@ async def test_bad_urls(tmp_path: Path) -> None:
         await open_engine("redis://127.0.0.1:1/0")
 
 
+async def test_delete_leaves_a_tombstone_in_reads(engine: Engine) -> None:
+    await engine.load("d", 10)
+    await engine.append("d", drafts(5), retention=0, dedup_window=10)
+    assert await engine.delete("d", 2)
+    assert await engine.delete("d", 2)  # again: still a tombstone
+    assert await engine.delete("d", 5)
+    assert not await engine.delete("d", 9)
+    page = await engine.read("d", 0, 5, 10)
+    assert [(m.seq, m.text, m.deleted) for m in page] == [
+        (1, "t0", False), (2, "", True), (3, "t2", False), (4, "t3", False), (5, "", True)]
+    assert page[1] == StoredMessage("d", 2, "u", "U", "id1", "", 1001)
+    assert orjson.loads(page[1].to_wire())["deleted"] is True
+    assert "deleted" not in orjson.loads(page[0].to_wire())
+    # Pages that end at or before a tombstone, or start after one.
+    assert [m.seq for m in await engine.read("d", 0, 5, 2)] == [1, 2]
+    assert [m.seq for m in await engine.read("d", 2, 5, 2)] == [3, 4]
+    assert [m.seq for m in await engine.read("d", 3, 5, 5)] == [4, 5]
+    # The deleted message's id is still known (embedded: to the room's snapshot), and seqs go on.
+    assert ("u", "id1", 2) in (await engine.load("d", 10)).recent_ids or engine.shared
+    assert await engine.append("d", drafts(1, start=7), retention=0,
+                               dedup_window=10) == [Appended(6)]
+
+
+async def test_bans_are_kept_until_lifted_or_over(engine: Engine) -> None:
+    import time
+
+    from rooms.engine import Ban
+
+    assert await engine.banned("b", "eve") is None
+    await engine.ban("b", Ban("eve", None, "spam"))
+    await engine.ban("b", Ban("mallory", time.time() + 0.3, ""))
+    assert await engine.banned("b", "eve") == Ban("eve", None, "spam")
+    assert (await engine.banned("b", "mallory")) is not None
+    assert await engine.banned("other", "eve") is None
+    assert await engine.unban("b", "eve")
+    assert not await engine.unban("b", "eve")
+    assert await engine.banned("b", "eve") is None
+    await asyncio.sleep(0.4)
+    assert await engine.banned("b", "mallory") is None
+    assert not await engine.unban("b", "mallory")
+
+
 # -- only a shared engine ------------------------------------------------------------------
 
 
@@ -102,6 +144,8 @@ class Listener:
         self.messages: list[WireMessage] = []
         self.presence = 0
         self.resyncs = 0
+        self.deleted: list[int] = []
+        self.banned: list[tuple[str, str]] = []
         self.arrived = asyncio.Event()
 
     def remote_messages(self, messages: list[WireMessage]) -> None:
@@ -114,6 +158,14 @@ class Listener:
 
     def resync(self) -> None:
         self.resyncs += 1
+
+    def remote_deleted(self, seq: int) -> None:
+        self.deleted.append(seq)
+        self.arrived.set()
+
+    def remote_banned(self, user: str, reason: str) -> None:
+        self.banned.append((user, reason))
+        self.arrived.set()
         self.arrived.set()
 
 

@@ -1,0 +1,368 @@
+"""``/api/v1``: the server API an application's backend calls (publish, history, presence, live
+rooms, disconnect, moderation), behind a service credential and a rate limit per credential.
+
+A service credential is ``Authorization: Bearer <credential>`` where the credential is either a
+JWT with ``"scope": "api"`` (verified like user tokens: same keys, pinned algorithm; its ``rooms``
+claim limits the rooms it acts on) or the static ``ROOMCHAT_API_KEY`` (compared in constant time;
+any room). A user token is refused (403 ``api_scope_required``), and an API credential opens no
+chat socket (``gateway.ws``). Every request costs one token of its credential's bucket
+(``api_rate``/``api_burst``; 429 ``rate_limited`` with ``Retry-After``).
+
+Messages published here go through the room's actor like a member's (``RoomActor.publish``):
+same seq, dedup by ``(user, id)``, durability, and live delivery in seq order. docs/api.md is
+the reference; ``gateway.openapi`` the machine-readable form.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from quart import Blueprint, Response, current_app, request
+from quart.blueprints import BlueprintSetupState
+
+from gateway.auth import (
+    ALL_ROOMS,
+    API_SCOPE,
+    MAX_NAME_CHARS,
+    MAX_USER_CHARS,
+    MIN_SECRET_CHARS,
+    AuthError,
+    unsafe_text,
+    valid_room_name,
+)
+from gateway.errors import Rejection, rejection_for
+from gateway.openapi import document
+from rooms.actor import RoomActor
+from rooms.engine import Ban
+from rooms.errors import RoomError, RoomStopped
+from rooms.protocol import dumps
+from rooms.ratelimit import TokenBucket
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 1000
+MAX_SEQ = 2**53  # beyond any seq (and a valid Redis stream id)
+MAX_REASON_CHARS = 200
+KEY_CALLER = "api-key"
+
+
+class ApiRates:
+    """One token bucket per credential. Bounded: past ``max_buckets`` the full ones (which are
+    as good as new) are forgotten; if none is, the oldest half goes."""
+
+    def __init__(self, rate: float, burst: int, max_buckets: int = 10_000) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.max_buckets = max_buckets
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def take(self, key: str, now: float) -> float:
+        """0.0 when the request may go ahead, else the seconds to wait."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self.max_buckets:
+                self._forget(now)
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket.take(now)
+
+    def _forget(self, now: float) -> None:
+        full = [k for k, b in self._buckets.items() if b.full(now)]
+        for key in full or list(self._buckets)[: len(self._buckets) // 2]:
+            del self._buckets[key]
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    """Who is calling: ``key`` names its rate bucket, ``user`` is the default author of what it
+    publishes, ``rooms`` the rooms it may act on (``None``: every room)."""
+
+    key: str
+    user: str
+    rooms: frozenset[str] | None
+
+    def may_act_on(self, room: str) -> bool:
+        return self.rooms is None or room in self.rooms
+
+
+@blueprint.record_once
+def _setup(state: BlueprintSetupState) -> None:
+    gw: Gateway = state.app.extensions["roomchat"]
+    key = gw.config.api_key
+    if key is not None and len(key) < MIN_SECRET_CHARS:
+        raise ValueError(f"ROOMCHAT_API_KEY must be at least {MIN_SECRET_CHARS} characters")
+    state.app.extensions["roomchat.api"] = ApiRates(gw.config.api_rate, gw.config.api_burst)
+
+
+def _json(obj: dict[str, Any], status: int = 200) -> Response:
+    return Response(dumps(obj), status=status, content_type="application/json",
+                    headers={"Cache-Control": "no-store"})
+
+
+def _identify(gw: Gateway) -> Caller:
+    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    credential = credential.strip()
+    if scheme.lower() != "bearer" or not credential:
+        raise Rejection(401, "missing_token",
+                        "send Authorization: Bearer <API token or ROOMCHAT_API_KEY>")
+    key = gw.config.api_key
+    if key is not None and hmac.compare_digest(credential.encode(), key.encode()):
+        return Caller(KEY_CALLER, "api", None)
+    try:
+        claims = gw.verifier.verify(credential)
+        gw.revocations.check(claims)
+    except AuthError as exc:
+        raise rejection_for(exc) from None
+    if claims.scope != API_SCOPE:
+        raise Rejection(403, "api_scope_required", "a user token cannot call the server API: "
+                        "use a token with \"scope\": \"api\" (roomchat token --api) or the API key")
+    rooms = None if ALL_ROOMS in claims.rooms else claims.rooms
+    return Caller(f"jwt:{claims.user}", claims.user, rooms)
+
+
+def _authorize(room: str | None = None) -> tuple[Gateway, Caller]:
+    """The gateway and the caller, once the credential, its rate and ``room`` are checked.
+    Raises ``Rejection``."""
+    gw: Gateway = current_app.extensions["roomchat"]
+    caller = _identify(gw)
+    rates: ApiRates = current_app.extensions["roomchat.api"]
+    retry_after = rates.take(caller.key, time.monotonic())
+    if retry_after > 0:
+        raise Rejection(429, "rate_limited", "too many API requests for this credential",
+                        retry_after)
+    if room is not None:
+        if not valid_room_name(room):
+            raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
+        if not caller.may_act_on(room):
+            raise Rejection(403, "room_forbidden", f"the credential does not allow room {room}")
+    return gw, caller
+
+
+def _live(gw: Gateway, room: str) -> RoomActor | None:
+    """The room's actor in this process, if it runs (never starts one)."""
+    for actor in gw.registry.rooms():
+        if actor.room == room:
+            return actor
+    return None
+
+
+def _int_arg(name: str, minimum: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < minimum:
+        raise Rejection(400, "bad_request", f"{name} must be an integer >= {minimum}")
+    return int(raw)
+
+
+def _text_field(body: dict[str, Any], name: str, default: str | None, max_chars: int,
+                *, strip: bool = False) -> str | None:
+    value = body.get(name, default)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise Rejection(400, "bad_request", f"{name} must be a string")
+    if strip:
+        value = value.strip()
+    if not 1 <= len(value) <= max_chars:
+        raise Rejection(400, "bad_request", f"{name} must be 1 to {max_chars} characters")
+    problem = unsafe_text(value)
+    if problem is not None:
+        raise Rejection(400, "bad_request", f"{name} must not contain {problem}")
+    return value
+
+
+async def _body() -> dict[str, Any]:
+    body = await request.get_json(force=True, silent=True)
+    if not isinstance(body, dict):
+        raise Rejection(400, "bad_request", "the body must be one JSON object")
+    return body
+
+
+# -- the document -----------------------------------------------------------------------------
+
+@blueprint.get("/openapi.json")
+async def openapi() -> Response:
+    """The OpenAPI 3.1 description of this API (public: it holds no secret)."""
+    return _json(document())
+
+
+# -- rooms --------------------------------------------------------------------------------------
+
+@blueprint.post("/rooms/<room>/messages")
+async def publish(room: str) -> Response:
+    """Publish ``{"text", "id"?, "user"?, "name"?}``; answers ``{"seq", "duplicate"}`` once
+    stored."""
+    gw, caller = _authorize(room)
+    body = await _body()
+    cfg = gw.config.room
+    text = body.get("text")
+    if not isinstance(text, str):
+        raise Rejection(400, "bad_request", "text must be a string")
+    text = text.strip()
+    if not text:
+        raise Rejection(400, "empty_text", "text is empty")
+    if len(text) > cfg.max_text_chars:
+        raise Rejection(400, "text_too_long", f"text is longer than {cfg.max_text_chars} "
+                        "characters")
+    client_id = _text_field(body, "id", None, cfg.max_id_chars)
+    user = _text_field(body, "user", caller.user, MAX_USER_CHARS)
+    name = _text_field(body, "name", user, MAX_NAME_CHARS, strip=True)
+    assert user is not None and name is not None
+    try:
+        for attempt in range(2):
+            try:
+                result = await gw.registry.get(room).publish(user, name, client_id, text)
+                break
+            except RoomStopped:
+                # The room just went idle: the next get() starts a fresh one.
+                if attempt or gw.draining:
+                    raise
+    except RoomError as exc:
+        raise rejection_for(exc) from None
+    return _json({"seq": result.seq, "duplicate": result.duplicate})
+
+
+@blueprint.get("/rooms/<room>/messages")
+async def messages(room: str) -> Response:
+    """Stored messages, oldest first, as on the socket: ``after`` (default 0) < seq <
+    ``before``; with ``before`` alone, the newest ``limit`` before it."""
+    gw, _ = _authorize(room)
+    after = _int_arg("after", 0)
+    before = _int_arg("before", 1)
+    limit = min(_int_arg("limit", 1) or DEFAULT_LIMIT, MAX_LIMIT)
+    upto = MAX_SEQ if before is None else before - 1
+    start = max(0, upto - limit) if after is None and before is not None else (after or 0)
+    try:
+        found = await gw.store.read(room, start, upto, limit) if upto > start else []
+    except RoomError as exc:
+        raise rejection_for(exc) from None
+    return Response('{"messages":[' + ",".join(m.to_wire() for m in found) + "]}",
+                    content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+@blueprint.get("/rooms/<room>/presence")
+async def presence(room: str) -> Response:
+    """Who is in ``room``: this process's members, then other processes' (shared engine)."""
+    gw, _ = _authorize(room)
+    actor = _live(gw, room)
+    members = actor.presence() if actor is not None else []
+    try:
+        others = await gw.store.presence(room)
+    except RoomError as exc:
+        raise rejection_for(exc) from None
+    known = {m["user"] for m in members}
+    members += [{"user": u, "name": n} for u, n in others.items() if u not in known]
+    return _json({"room": room, "members": members})
+
+
+@blueprint.get("/rooms")
+async def rooms() -> Response:
+    """The rooms live in this process, most connections first."""
+    gw, caller = _authorize()
+    listed = []
+    for actor in gw.registry.rooms():
+        if not caller.may_act_on(actor.room):
+            continue
+        stats = actor.statistics()
+        listed.append({"room": actor.room, "members": len(actor.presence()),
+                       "connections": stats.get("sessions", 0), "seq": stats.get("seq", 0)})
+    listed.sort(key=lambda r: (-int(str(r["connections"])), str(r["room"])))
+    return _json({"rooms": listed})
+
+
+# -- users ---------------------------------------------------------------------------------------
+
+@blueprint.post("/users/<user>/disconnect")
+async def disconnect(user: str) -> Response:
+    """Close every socket of ``user`` on every process (4003) and refuse their tokens issued
+    before now: a revocation (``gateway.revocation``)."""
+    gw, caller = _authorize()
+    if caller.rooms is not None:
+        raise Rejection(403, "room_forbidden", "disconnecting a user needs an all-rooms "
+                        "credential")
+    at = time.time()
+    try:
+        await gw.store.revoke(user, at)
+    except RoomError as exc:
+        raise rejection_for(exc) from None
+    for revoked in gw.revocations.apply([(user, at)]):
+        gw.registry.revoke_nowait(revoked)  # here at once; other processes at their next poll
+    return _json({"user": user, "revoked_at": at})
+
+
+# -- moderation ----------------------------------------------------------------------------------
+
+@blueprint.delete("/rooms/<room>/messages/<int:seq>")
+async def delete_message(room: str, seq: int) -> Response:
+    """Replace message ``seq`` by its tombstone; every member gets ``{"type":"delete"}``."""
+    gw, _ = _authorize(room)
+    try:
+        found = await gw.store.delete(room, seq)
+    except RoomError as exc:
+        raise rejection_for(exc) from None
+    if not found:
+        raise Rejection(404, "not_found", f"no message {seq} is stored in room {room}")
+    actor = _live(gw, room)
+    if actor is not None:
+        actor.deleted_nowait(seq)  # other processes hear it from the engine
+    return _json({"room": room, "seq": seq, "deleted": True})
+
+
+@blueprint.post("/rooms/<room>/bans")
+async def ban(room: str) -> Response:
+    """Ban ``{"user", "until"?, "reason"?}`` from ``room``: their sockets there close with 4004
+    and their joins are refused (403 ``banned``) until ``until`` (Unix seconds) or unbanned."""
+    gw, _ = _authorize(room)
+    body = await _body()
+    user = _text_field(body, "user", None, MAX_USER_CHARS)
+    if user is None:
+        raise Rejection(400, "bad_request", "user is required")
+    reason = _text_field(body, "reason", None, MAX_REASON_CHARS) or ""
+    until = body.get("until")
+    if until is not None:
+        if isinstance(until, bool) or not isinstance(until, int | float):
+            raise Rejection(400, "bad_request", "until must be a Unix time in seconds")
+        if until <= time.time():
+            raise Rejection(400, "bad_request", "until is in the past")
+        until = float(until)
+    try:
+        await gw.store.ban(room, Ban(user, until, reason))
+    except RoomError as exc:
+        raise rejection_for(exc) from None
+    actor = _live(gw, room)
+    if actor is not None:
+        actor.ban_nowait(user, reason)
+    return _json({"room": room, "user": user, "until": until, "reason": reason})
+
+
+@blueprint.get("/rooms/<room>/bans/<user>")
+async def get_ban(room: str, user: str) -> Response:
+    """``user``'s ban from ``room`` if one is in force (else 404 ``not_banned``)."""
+    gw, _ = _authorize(room)
+    try:
+        found = await gw.store.banned(room, user)
+    except RoomError as exc:
+        raise rejection_for(exc) from None
+    if found is None:
+        raise Rejection(404, "not_banned", f"{user} is not banned from {room}")
+    return _json({"room": room, "user": user, "until": found.until, "reason": found.reason})
+
+
+@blueprint.delete("/rooms/<room>/bans/<user>")
+async def unban(room: str, user: str) -> Response:
+    """Lift ``user``'s ban from ``room`` (404 ``not_banned`` when none is in force)."""
+    gw, _ = _authorize(room)
+    try:
+        lifted = await gw.store.unban(room, user)
+    except RoomError as exc:
+        raise rejection_for(exc) from None
+    if not lifted:
+        raise Rejection(404, "not_banned", f"{user} is not banned from {room}")
+    return _json({"room": room, "user": user, "banned": False})

@@ -1,0 +1,167 @@
+"""The OpenAPI 3.1 description of ``/api/v1`` (``gateway.api``), served at
+``/api/v1/openapi.json`` and validated by the tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _ok(schema: str, description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": _ref(schema)}}}
+
+
+def _refusals(*statuses: str) -> dict[str, Any]:
+    texts = {"400": "Bad request (`bad_request`, `empty_text`, `text_too_long`)",
+             "401": "Missing or invalid credential (`missing_token`, `invalid_token`, "
+                    "`token_expired`, `token_revoked`)",
+             "403": "A user token (`api_scope_required`) or a room the credential does not "
+                    "allow (`room_forbidden`)",
+             "404": "Not found (`bad_room`, `not_found`, `not_banned`)",
+             "429": "Over the credential's rate (`rate_limited`; see `Retry-After`)",
+             "503": "Storage unavailable, draining, busy or too many rooms (`unavailable`, "
+                    "`draining`, `busy`, `too_many_rooms`)"}
+    return {s: {"description": texts[s], "content": {"application/json": {
+        "schema": _ref("Error")}}} for s in ("401", "403", "429", *statuses)}
+
+
+_ROOM = {"name": "room", "in": "path", "required": True,
+         "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
+_USER = {"name": "user", "in": "path", "required": True,
+         "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
+
+
+def _query(name: str, minimum: int, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "description": description,
+            "schema": {"type": "integer", "minimum": minimum}}
+
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": {"type": "object", "required": ["error", "detail"], "properties": {
+        "error": {"type": "string"}, "detail": {"type": "string"}}},
+    "Message": {
+        "type": "object", "description": "A message exactly as on the socket "
+        "(docs/protocol.md); a deleted one has empty text and `deleted: true`.",
+        "required": ["type", "room", "seq", "id", "user", "name", "text", "ts"],
+        "properties": {
+            "type": {"const": "message"}, "room": {"type": "string"},
+            "seq": {"type": "integer", "minimum": 1}, "id": {"type": ["string", "null"]},
+            "user": {"type": "string"}, "name": {"type": "string"}, "text": {"type": "string"},
+            "ts": {"type": "integer"}, "deleted": {"type": "boolean"}}},
+    "Publish": {"type": "object", "required": ["text"], "properties": {
+        "text": {"type": "string", "minLength": 1},
+        "id": {"type": "string", "minLength": 1, "maxLength": 64,
+               "description": "Client id: a retry with the same (user, id) is not stored twice"},
+        "user": {"type": "string", "minLength": 1, "maxLength": 64,
+                 "description": "Author's user id (default: the token's sub, or `api`)"},
+        "name": {"type": "string", "minLength": 1, "maxLength": 64}}},
+    "Published": {"type": "object", "required": ["seq", "duplicate"], "properties": {
+        "seq": {"type": "integer", "minimum": 1}, "duplicate": {"type": "boolean"}}},
+    "Messages": {"type": "object", "required": ["messages"], "properties": {
+        "messages": {"type": "array", "items": _ref("Message")}}},
+    "Member": {"type": "object", "required": ["user", "name"], "properties": {
+        "user": {"type": "string"}, "name": {"type": "string"}}},
+    "Presence": {"type": "object", "required": ["room", "members"], "properties": {
+        "room": {"type": "string"}, "members": {"type": "array", "items": _ref("Member")}}},
+    "Rooms": {"type": "object", "required": ["rooms"], "properties": {"rooms": {
+        "type": "array", "items": {"type": "object", "required": [
+            "room", "members", "connections", "seq"], "properties": {
+            "room": {"type": "string"}, "members": {"type": "integer"},
+            "connections": {"type": "integer"}, "seq": {"type": "integer"}}}}}},
+    "Disconnected": {"type": "object", "required": ["user", "revoked_at"], "properties": {
+        "user": {"type": "string"}, "revoked_at": {"type": "number"}}},
+    "Deleted": {"type": "object", "required": ["room", "seq", "deleted"], "properties": {
+        "room": {"type": "string"}, "seq": {"type": "integer"}, "deleted": {"const": True}}},
+    "BanRequest": {"type": "object", "required": ["user"], "properties": {
+        "user": {"type": "string", "minLength": 1, "maxLength": 64},
+        "until": {"type": "number", "description": "Unix seconds when it ends (default: "
+                                                   "until lifted)"},
+        "reason": {"type": "string", "maxLength": 200}}},
+    "Ban": {"type": "object", "required": ["room", "user", "until", "reason"], "properties": {
+        "room": {"type": "string"}, "user": {"type": "string"},
+        "until": {"type": ["number", "null"]}, "reason": {"type": "string"}}},
+    "Unbanned": {"type": "object", "required": ["room", "user", "banned"], "properties": {
+        "room": {"type": "string"}, "user": {"type": "string"}, "banned": {"const": False}}},
+}
+
+
+def document() -> dict[str, Any]:
+    """The whole document (a fresh dict each call)."""
+    room_messages = {
+        "post": {"operationId": "publish", "summary": "Publish a message into a room",
+                 "description": "Same seq, dedup by (user, id) and durability as a socket "
+                 "message; answers once stored. Members get it live, in seq order.",
+                 "parameters": [_ROOM],
+                 "requestBody": {"required": True, "content": {
+                     "application/json": {"schema": _ref("Publish")}}},
+                 "responses": {"200": _ok("Published", "Stored (or a duplicate's original)"),
+                               **_refusals("400", "404", "503")}},
+        "get": {"operationId": "history", "summary": "A page of stored messages, oldest first",
+                "parameters": [_ROOM,
+                               _query("after", 0, "Only messages with a higher seq (default 0)"),
+                               _query("before", 1, "Only messages with a lower seq; alone: "
+                                      "the newest `limit` before it"),
+                               _query("limit", 1, "At most this many (default 50, cap 1000)")],
+                "responses": {"200": _ok("Messages", "The page"),
+                              **_refusals("400", "404", "503")}},
+    }
+    paths: dict[str, Any] = {
+        "/rooms/{room}/messages": room_messages,
+        "/rooms/{room}/messages/{seq}": {"delete": {
+            "operationId": "deleteMessage", "summary": "Replace a message by its tombstone",
+            "description": "Every member gets {\"type\":\"delete\",\"seq\":n}; history and "
+                           "resume return the tombstone.",
+            "parameters": [_ROOM, {"name": "seq", "in": "path", "required": True,
+                                   "schema": {"type": "integer", "minimum": 1}}],
+            "responses": {"200": _ok("Deleted", "Deleted"), **_refusals("404", "503")}}},
+        "/rooms/{room}/presence": {"get": {
+            "operationId": "presence", "summary": "Who is in a room", "parameters": [_ROOM],
+            "responses": {"200": _ok("Presence", "Members"), **_refusals("404", "503")}}},
+        "/rooms": {"get": {
+            "operationId": "rooms", "summary": "Rooms live in this process",
+            "responses": {"200": _ok("Rooms", "Live rooms, most connections first"),
+                          **_refusals()}}},
+        "/rooms/{room}/bans": {"post": {
+            "operationId": "ban", "summary": "Ban a user from a room",
+            "description": "Their sockets in the room close with 4004; joins get 403 `banned`.",
+            "parameters": [_ROOM], "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("BanRequest")}}},
+            "responses": {"200": _ok("Ban", "Banned"), **_refusals("400", "404", "503")}}},
+        "/rooms/{room}/bans/{user}": {
+            "get": {"operationId": "getBan", "summary": "A user's ban, if in force",
+                    "parameters": [_ROOM, _USER],
+                    "responses": {"200": _ok("Ban", "In force"), **_refusals("404", "503")}},
+            "delete": {"operationId": "unban", "summary": "Lift a ban",
+                       "parameters": [_ROOM, _USER],
+                       "responses": {"200": _ok("Unbanned", "Lifted"),
+                                     **_refusals("404", "503")}}},
+        "/users/{user}/disconnect": {"post": {
+            "operationId": "disconnect", "summary": "Close all of a user's sockets everywhere",
+            "description": "A revocation: sockets close with 4003 on every process and the "
+                           "user's tokens issued before now are refused.",
+            "parameters": [_USER],
+            "responses": {"200": _ok("Disconnected", "Revoked"), **_refusals("503")}}},
+        "/openapi.json": {"get": {
+            "operationId": "openapi", "summary": "This document", "security": [],
+            "responses": {"200": {"description": "OpenAPI 3.1",
+                                  "content": {"application/json": {"schema": {
+                                      "type": "object"}}}}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "roomchat server API", "version": "1",
+                 "description": "See docs/api.md."},
+        "servers": [{"url": "/api/v1"}],
+        "security": [{"bearer": []}],
+        "paths": paths,
+        "components": {
+            "schemas": _SCHEMAS,
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "A JWT with \"scope\": \"api\" (`roomchat token --api`) or "
+                               "ROOMCHAT_API_KEY"}}},
+    }

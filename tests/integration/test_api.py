@@ -1,0 +1,267 @@
+"""The server API (/api/v1) against a real server: each endpoint's success and refusal paths,
+the credential rules both ways, the rate limit, and the OpenAPI document."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import websockets
+from openapi_spec_validator import validate
+from websockets.exceptions import InvalidStatus
+
+from tests.apicall import API_KEY, api_token, call, call_sync
+from tests.redis_server import redis_server
+from tests.support import (
+    REPO,
+    SECRET,
+    SLOW,
+    Client,
+    Server,
+    make_config,
+    make_token,
+    running_server,
+    server_process,
+)
+
+
+@pytest.fixture
+async def srv(tmp_path: Path) -> AsyncIterator[Server]:
+    config = replace(make_config(tmp_path), api_key=API_KEY)
+    async with running_server(config) as server:
+        yield server
+
+
+async def test_publish_is_stored_and_seen_live_with_the_next_seq(srv: Server) -> None:
+    alice = await srv.connect(user="alice")
+    assert (await alice.recv())["type"] == "welcome"
+    await alice.say("hello", id="a1")
+    assert (await alice.recv_type("message"))["seq"] == 1
+    status, body = await call(srv.port, "POST", "/rooms/lobby/messages",
+                              {"text": "  system notice ", "id": "n1", "user": "system",
+                               "name": "System"})
+    assert (status, body) == (200, {"seq": 2, "duplicate": False})
+    live = await alice.recv_type("message")
+    assert live["seq"] == 2
+    assert (live["text"], live["user"], live["name"], live["id"]) == (
+        "system notice", "system", "System", "n1")
+    # A retry with the same (user, id) is not stored again.
+    status, body = await call(srv.port, "POST", "/rooms/lobby/messages",
+                              {"text": "system notice", "id": "n1", "user": "system"})
+    assert (status, body) == (200, {"seq": 2, "duplicate": True})
+    # The default author is the credential's (the API key: "api"); a room nobody is in works.
+    status, body = await call(srv.port, "POST", "/rooms/empty/messages", {"text": "x"},
+                              token=api_token("backend"))
+    assert (status, body) == (200, {"seq": 1, "duplicate": False})
+    status, page = await call(srv.port, "GET", "/rooms/empty/messages")
+    assert page["messages"][0]["user"] == "backend"
+
+
+async def test_publish_refusals(srv: Server) -> None:
+    cases = [({"text": "   "}, 400, "empty_text"), ({"text": "x" * 2001}, 400, "text_too_long"),
+             ({"text": 5}, 400, "bad_request"), ({"text": "x", "id": ""}, 400, "bad_request"),
+             ({"text": "x", "user": "a\nb"}, 400, "bad_request"), ([1], 400, "bad_request")]
+    for body, want_status, want_error in cases:
+        status, answer = await call(srv.port, "POST", "/rooms/lobby/messages", body)
+        assert (status, answer["error"]) == (want_status, want_error), body
+    status, answer = await call(srv.port, "POST", "/rooms/bad.room/messages", {"text": "x"})
+    assert (status, answer["error"]) == (404, "bad_room")
+
+
+async def test_history_pages_oldest_first(srv: Server) -> None:
+    for i in range(1, 8):
+        status, _ = await call(srv.port, "POST", "/rooms/lobby/messages", {"text": f"m{i}"})
+        assert status == 200
+    _, page = await call(srv.port, "GET", "/rooms/lobby/messages?limit=3")
+    assert [m["seq"] for m in page["messages"]] == [1, 2, 3]
+    assert page["messages"][0] == {**page["messages"][0], "type": "message", "room": "lobby",
+                                   "text": "m1", "user": "api", "id": None}
+    _, page = await call(srv.port, "GET", "/rooms/lobby/messages?after=3&limit=3")
+    assert [m["seq"] for m in page["messages"]] == [4, 5, 6]
+    _, page = await call(srv.port, "GET", "/rooms/lobby/messages?before=7&limit=2")
+    assert [m["seq"] for m in page["messages"]] == [5, 6]
+    _, page = await call(srv.port, "GET", "/rooms/lobby/messages?after=2&before=5")
+    assert [m["seq"] for m in page["messages"]] == [3, 4]
+    _, page = await call(srv.port, "GET", "/rooms/lobby/messages?after=7")
+    assert page == {"messages": []}
+    for bad in ("after=-1", "before=0", "limit=x", "after=%C2%B2"):
+        status, answer = await call(srv.port, "GET", f"/rooms/lobby/messages?{bad}")
+        assert (status, answer["error"]) == (400, "bad_request"), bad
+
+
+async def test_presence_and_live_rooms(srv: Server) -> None:
+    alice = await srv.connect(user="alice", name="Alice")
+    bob = await srv.connect(user="bob", name="Bob")
+    bob2 = await srv.connect(user="bob", name="Bob")
+    for client in (alice, bob, bob2):
+        assert (await client.recv())["type"] == "welcome"
+    carol = await srv.connect(room="other", user="carol")
+    assert (await carol.recv())["type"] == "welcome"
+    _, body = await call(srv.port, "GET", "/rooms/lobby/presence")
+    assert body == {"room": "lobby", "members": [{"user": "alice", "name": "Alice"},
+                                                 {"user": "bob", "name": "Bob"}]}
+    _, body = await call(srv.port, "GET", "/rooms/nobody/presence")
+    assert body == {"room": "nobody", "members": []}
+    _, body = await call(srv.port, "GET", "/rooms")
+    assert body["rooms"] == [{"room": "lobby", "members": 2, "connections": 3, "seq": 0},
+                             {"room": "other", "members": 1, "connections": 1, "seq": 0}]
+    # A credential limited to some rooms sees and acts on those only.
+    limited = api_token(rooms=["other"])
+    _, body = await call(srv.port, "GET", "/rooms", token=limited)
+    assert [r["room"] for r in body["rooms"]] == ["other"]
+    status, body = await call(srv.port, "GET", "/rooms/lobby/presence", token=limited)
+    assert (status, body["error"]) == (403, "room_forbidden")
+
+
+async def test_disconnect_closes_every_socket_of_the_user(srv: Server) -> None:
+    bob1 = await srv.connect(user="bob")
+    bob2 = await srv.connect(room="other", user="bob")
+    alice = await srv.connect(user="alice")
+    for client in (bob1, bob2, alice):
+        assert (await client.recv())["type"] == "welcome"
+    status, body = await call(srv.port, "POST", "/users/bob/disconnect")
+    assert status == 200 and body["user"] == "bob"
+    assert await bob1.closed() == 4003
+    assert await bob2.closed() == 4003
+    # Tokens issued before it are refused; alice is untouched.
+    with pytest.raises(InvalidStatus) as refused:
+        await srv.connect(user="bob", token=make_token("bob", iat=int(time.time()) - 5))
+    assert refused.value.response.status_code == 401
+    await alice.say("still here", id="x")
+    assert (await alice.recv_type("ack"))["seq"] == 1
+    status, body = await call(srv.port, "POST", "/users/bob/disconnect",
+                              token=api_token(rooms=["lobby"]))
+    assert (status, body["error"]) == (403, "room_forbidden")
+
+
+@pytest.mark.parametrize(("token", "status", "error"), [
+    (None, 401, "missing_token"),
+    ("wrong-key", 401, "invalid_token"),
+    (make_token("alice"), 403, "api_scope_required"),
+    (make_token("alice", admin=True), 403, "api_scope_required"),
+    (api_token(ttl=-60), 401, "token_expired"),
+    (api_token(secret="another-secret-that-is-also-long-enough-000"), 401, "invalid_token"),
+])
+async def test_user_tokens_and_bad_credentials_cannot_call_the_api(
+        srv: Server, token: str | None, status: int, error: str) -> None:
+    for method, path, body in [("GET", "/rooms", None),
+                               ("POST", "/rooms/lobby/messages", {"text": "x"}),
+                               ("POST", "/users/bob/disconnect", None)]:
+        got, answer = await call(srv.port, method, path, body, token=token)
+        assert (got, answer["error"]) == (status, error), path
+        assert answer["detail"]
+
+
+async def test_api_credentials_cannot_open_a_chat_socket(srv: Server) -> None:
+    for token in (api_token(), API_KEY):
+        with pytest.raises(InvalidStatus) as refused:
+            await websockets.connect(srv.url("lobby", token), open_timeout=5 * SLOW)
+        assert refused.value.response.status_code == (403 if token != API_KEY else 401)
+    with pytest.raises(InvalidStatus) as refused:
+        await websockets.connect(srv.url("lobby", api_token()), open_timeout=5 * SLOW)
+    assert b"api_credential" in (refused.value.response.body or b"")
+    # Nor get a ticket for one.
+    status, body, _ = await asyncio.to_thread(_ticket, srv.port, api_token())
+    assert (status, body["error"]) == (403, "api_credential")
+
+
+def _ticket(port: int, token: str) -> tuple[int, dict[str, str], dict[str, str]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/rooms/lobby/ticket", data=b"",
+                                     method="POST", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read()), {}
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), {}
+
+
+async def test_each_credential_is_rate_limited(tmp_path: Path) -> None:
+    config = replace(make_config(tmp_path), api_key=API_KEY, api_rate=0.5, api_burst=3)
+    async with running_server(config) as srv:
+        for _ in range(3):
+            assert (await call(srv.port, "GET", "/rooms"))[0] == 200
+        status, body, headers = await asyncio.to_thread(call_sync, srv.port, "GET", "/rooms")
+        assert (status, body["error"]) == (429, "rate_limited")
+        retry = {k.lower(): v for k, v in headers.items()}["retry-after"]
+        assert int(retry) >= 1
+        # Another credential has its own bucket.
+        assert (await call(srv.port, "GET", "/rooms", token=api_token()))[0] == 200
+
+
+async def test_a_short_api_key_is_refused_at_startup(tmp_path: Path) -> None:
+    from gateway.app import create_app
+
+    with pytest.raises(ValueError, match="ROOMCHAT_API_KEY"):
+        create_app(replace(make_config(tmp_path), api_key="short"))
+
+
+async def test_openapi_document_is_valid_and_lists_every_route(
+        srv: Server, tmp_path: Path) -> None:
+    status, document = await call(srv.port, "GET", "/openapi.json", token=None)
+    assert status == 200
+    validate(document)  # OpenAPI 3.1, by openapi-spec-validator
+    from gateway.app import create_app
+
+    app = create_app(replace(make_config(tmp_path / "other"), api_key=API_KEY))
+    served = {(method, re.sub(r"<(?:int:)?(\w+)>", r"{\1}", rule.rule.removeprefix("/api/v1")))
+              for rule in app.url_map.iter_rules() if rule.rule.startswith("/api/v1/")
+              for method in rule.methods or () if method not in {"HEAD", "OPTIONS"}}
+    documented = {(method.upper(), path) for path, methods in document["paths"].items()
+                  for method in methods}
+    assert served == documented
+
+
+def test_token_api_mints_a_service_credential(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "gateway", "token", "--api", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, check=True, cwd=REPO,
+        env={"ROOMCHAT_JWT_SECRET": SECRET, "PYTHONPATH": str(REPO), "PATH": "/usr/bin"})
+    import jwt
+
+    claims = jwt.decode(out.stdout.strip(), SECRET, algorithms=["HS256"], audience="roomchat")
+    assert (claims["scope"], claims["sub"], claims["rooms"]) == ("api", "api", ["*"])
+
+
+async def test_redis_publish_on_one_process_is_live_on_another(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url:
+        env = {"ROOMCHAT_STORE_URL": url, "ROOMCHAT_API_KEY": API_KEY,
+               "PYTHONPATH": str(REPO)}
+        with server_process(tmp_path / "a", env=env) as a, \
+                server_process(tmp_path / "b", env=env) as b:
+            ws = await websockets.connect(b.url("split", make_token("bob")), compression=None,
+                                          open_timeout=10 * SLOW)
+            bob = Client(ws)
+            try:
+                assert (await bob.recv())["type"] == "welcome"
+                status, body = await call(a.port, "POST", "/rooms/split/messages",
+                                          {"text": "from A", "id": "r1"})
+                assert (status, body) == (200, {"seq": 1, "duplicate": False})
+                live = await bob.recv_type("message", timeout=10)
+                assert (live["seq"], live["text"]) == (1, "from A")
+                # Same dedup across processes: the retry on B is the original.
+                status, body = await call(b.port, "POST", "/rooms/split/messages",
+                                          {"text": "from A", "id": "r1"})
+                assert (status, body) == (200, {"seq": 1, "duplicate": True})
+                # Presence on A knows B's member (through the engine).
+                async with asyncio.timeout(10 * SLOW):
+                    while True:
+                        _, body = await call(a.port, "GET", "/rooms/split/presence")
+                        if body["members"]:
+                            break
+                        await asyncio.sleep(0.2)
+                assert body["members"] == [{"user": "bob", "name": "bob"}]
+                _, page = await call(a.port, "GET", "/rooms/split/messages")
+                assert [m["text"] for m in page["messages"]] == ["from A"]
+            finally:
+                await ws.close()

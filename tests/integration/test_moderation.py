@@ -1,0 +1,171 @@
+"""Moderation through the server API against real servers: deletes become tombstones that
+members see live and in history and resume; bans close and refuse, on one process and across
+processes on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import websockets
+from websockets.exceptions import InvalidStatus
+
+from tests.apicall import API_KEY, call
+from tests.redis_server import redis_server
+from tests.support import (
+    REPO,
+    SLOW,
+    Client,
+    Server,
+    make_config,
+    make_token,
+    running_server,
+    server_process,
+)
+
+
+@pytest.fixture
+async def srv(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(replace(make_config(tmp_path), api_key=API_KEY)) as server:
+        yield server
+
+
+async def _refused(url: str) -> tuple[int, bytes]:
+    with pytest.raises(InvalidStatus) as info:
+        await websockets.connect(url, open_timeout=5 * SLOW)
+    return info.value.response.status_code, bytes(info.value.response.body or b"")
+
+
+async def test_delete_reaches_members_history_and_resume(srv: Server) -> None:
+    alice = await srv.connect(user="alice")
+    bob = await srv.connect(user="bob")
+    for client in (alice, bob):
+        assert (await client.recv())["type"] == "welcome"
+    for i in range(3):
+        await alice.say(f"m{i}", id=f"m{i}")
+    for client in (alice, bob):
+        assert [(await client.recv_type("message"))["seq"] for _ in range(3)] == [1, 2, 3]
+    status, body = await call(srv.port, "DELETE", "/rooms/lobby/messages/2")
+    assert (status, body) == (200, {"room": "lobby", "seq": 2, "deleted": True})
+    for client in (alice, bob):
+        assert await client.recv_type("delete") == {"type": "delete", "seq": 2}
+    _, page = await call(srv.port, "GET", "/rooms/lobby/messages")
+    tomb = page["messages"][1]
+    assert (tomb["seq"], tomb["text"], tomb["deleted"], tomb["user"], tomb["id"]) == (
+        2, "", True, "alice", "m1")
+    assert "deleted" not in page["messages"][0]
+    # Resume and a fresh join replay the tombstone.
+    carol = await srv.connect(user="carol", after="1")
+    assert (await carol.recv())["type"] == "welcome"
+    replay = [await carol.recv_type("message") for _ in range(2)]
+    assert [(m["seq"], m["text"], m.get("deleted")) for m in replay] == [
+        (2, "", True), (3, "m2", None)]
+    # The page's history endpoint returns it too.
+    status, answer = await call(srv.port, "GET", "/rooms/lobby/messages?after=1&limit=1")
+    assert answer["messages"][0]["deleted"] is True
+    # A retry of the deleted message's id is still a duplicate.
+    await alice.say("m1", id="m1")
+    ack = await alice.recv_type("ack")
+    assert (ack["seq"], ack.get("duplicate")) == (2, True)
+
+
+async def test_delete_refusals(srv: Server) -> None:
+    status, body = await call(srv.port, "DELETE", "/rooms/lobby/messages/7")
+    assert (status, body["error"]) == (404, "not_found")
+    status, body = await call(srv.port, "DELETE", "/rooms/lobby/messages/1",
+                              token=make_token("mod"))
+    assert (status, body["error"]) == (403, "api_scope_required")
+    status, body = await call(srv.port, "DELETE", "/rooms/lobby/messages/1", token=None)
+    assert (status, body["error"]) == (401, "missing_token")
+
+
+async def test_ban_closes_refuses_and_ends(srv: Server) -> None:
+    eve = await srv.connect(user="eve")
+    eve_elsewhere = await srv.connect(room="other", user="eve")
+    alice = await srv.connect(user="alice")
+    for client in (eve, eve_elsewhere, alice):
+        assert (await client.recv())["type"] == "welcome"
+    status, body = await call(srv.port, "POST", "/rooms/lobby/bans",
+                              {"user": "eve", "reason": "spam"})
+    assert (status, body) == (200, {"room": "lobby", "user": "eve", "until": None,
+                                    "reason": "spam"})
+    assert await eve.closed() == 4004
+    assert eve.ws.close_reason == "banned"
+    status, answer = await _refused(srv.url("lobby", make_token("eve")))
+    assert status == 403 and b'"error":"banned"' in answer and b"spam" in answer
+    # Only that room; others stay.
+    await eve_elsewhere.say("still here", id="e1")
+    assert (await eve_elsewhere.recv_type("ack"))["seq"] == 1
+    await alice.say("hi", id="a1")
+    assert (await alice.recv_type("ack"))["seq"] == 1
+    status, body = await call(srv.port, "GET", "/rooms/lobby/bans/eve")
+    assert (status, body["reason"]) == (200, "spam")
+    # Lifted: joins work again.
+    status, body = await call(srv.port, "DELETE", "/rooms/lobby/bans/eve")
+    assert (status, body) == (200, {"room": "lobby", "user": "eve", "banned": False})
+    back = await srv.connect(user="eve")
+    assert (await back.recv())["type"] == "welcome"
+    # A ban with an end lapses by itself.
+    status, _ = await call(srv.port, "POST", "/rooms/lobby/bans",
+                           {"user": "mallory", "until": time.time() + 1})
+    assert status == 200
+    status, _ = await _refused(srv.url("lobby", make_token("mallory")))
+    assert status == 403
+    await asyncio.sleep(1.2)
+    later = await srv.connect(user="mallory")
+    assert (await later.recv())["type"] == "welcome"
+
+
+async def test_ban_refusals(srv: Server) -> None:
+    for body in ({}, {"user": ""}, {"user": "eve", "until": "tomorrow"},
+                 {"user": "eve", "until": time.time() - 10}, {"user": "eve", "until": True},
+                 {"user": "eve", "reason": "x" * 201}):
+        status, answer = await call(srv.port, "POST", "/rooms/lobby/bans", body)
+        assert (status, answer["error"]) == (400, "bad_request"), body
+    status, answer = await call(srv.port, "DELETE", "/rooms/lobby/bans/nobody")
+    assert (status, answer["error"]) == (404, "not_banned")
+    status, answer = await call(srv.port, "GET", "/rooms/lobby/bans/nobody")
+    assert (status, answer["error"]) == (404, "not_banned")
+    status, answer = await call(srv.port, "POST", "/rooms/lobby/bans", {"user": "eve"},
+                                token=make_token("alice"))
+    assert (status, answer["error"]) == (403, "api_scope_required")
+
+
+async def test_redis_delete_and_ban_reach_other_processes(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url:
+        env = {"ROOMCHAT_STORE_URL": url, "ROOMCHAT_API_KEY": API_KEY,
+               "PYTHONPATH": str(REPO)}
+        with server_process(tmp_path / "a", env=env) as a, \
+                server_process(tmp_path / "b", env=env) as b:
+            sockets = []
+            try:
+                for user in ("bob", "eve"):
+                    ws = await websockets.connect(b.url("split", make_token(user)),
+                                                  compression=None, open_timeout=10 * SLOW)
+                    sockets.append(ws)
+                bob, eve = Client(sockets[0]), Client(sockets[1])
+                for client in (bob, eve):
+                    assert (await client.recv())["type"] == "welcome"
+                status, body = await call(a.port, "POST", "/rooms/split/messages",
+                                          {"text": "oops"})
+                assert body["seq"] == 1
+                assert (await bob.recv_type("message", timeout=10))["seq"] == 1
+                status, _ = await call(a.port, "DELETE", "/rooms/split/messages/1")
+                assert status == 200
+                assert await bob.recv_type("delete", timeout=10) == {"type": "delete", "seq": 1}
+                for proc in (a, b):
+                    _, page = await call(proc.port, "GET", "/rooms/split/messages")
+                    assert [(m["text"], m.get("deleted")) for m in page["messages"]] == [
+                        ("", True)]
+                status, _ = await call(a.port, "POST", "/rooms/split/bans", {"user": "eve"})
+                assert status == 200
+                assert await eve.closed(timeout=10) == 4004
+                status, answer = await _refused(b.url("split", make_token("eve")))
+                assert status == 403 and b"banned" in answer
+            finally:
+                for ws in sockets:
+                    await ws.close()
