@@ -25,7 +25,7 @@ VERIFY = make_verifier(CONFIG)
 def claims(**over: Any) -> dict[str, Any]:
     now = int(time.time())
     base: dict[str, Any] = {"sub": "alice", "rooms": ["lobby"], "aud": "roomchat",
-                            "iss": "roomchat", "iat": now, "exp": now + 60}
+                            "iss": "roomchat", "iat": now, "exp": now + 3600}
     base.update(over)
     return {k: v for k, v in base.items() if v is not None}
 
