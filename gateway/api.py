@@ -238,8 +238,12 @@ async def messages(room: str) -> Response:
     before = _int_arg("before", 1)
     limit = min(_int_arg("limit", 1) or DEFAULT_LIMIT, MAX_LIMIT)
     upto = MAX_SEQ if before is None else before - 1
-    start = max(0, upto - limit) if after is None and before is not None else (after or 0)
     try:
+        if after is None and before is not None:  # backward: the newest `limit` below before
+            upto = min(upto, await gw.store.top(room))
+            start = max(0, upto - limit)
+        else:
+            start = after or 0
         found = await gw.store.read(room, start, upto, limit) if upto > start else []
     except RoomError as exc:
         raise rejection_for(exc) from None

@@ -1,4 +1,5 @@
-"""``roomchat serve | token | settings``: the command line (a stable interface)."""
+"""``roomchat serve | token | revoke | export | backup | restore | settings``: the command
+line (a stable interface)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,26 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
     revoke.add_argument("--store-url", help="the server's store URL (default: its SQLite)")
 
+    export = sub.add_parser("export", help="print a room's stored history as NDJSON (one "
+                            "wire object per line, oldest first)")
+    export.add_argument("--room", required=True, help="the room")
+    export.add_argument("--after", type=int, default=0, help="only messages with a higher seq")
+    export.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+    export.add_argument("--store-url", help="the server's store URL (default: its SQLite)")
+
+    backup = sub.add_parser("backup", help="copy the embedded store consistently while the "
+                            "server runs (SQLite online backup)")
+    backup.add_argument("--to", required=True, type=Path, help="the new backup file")
+    backup.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+
+    restore = sub.add_parser("restore", help="check a backup and put it in place of the "
+                             "embedded store (stop the server first)")
+    restore.add_argument("--from", dest="source", required=True, type=Path,
+                         help="the backup file")
+    restore.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+    restore.add_argument("--force", action="store_true",
+                         help="replace an existing database")
+
     sub.add_parser("settings", help="print every setting as a Markdown table")
     return parser
 
@@ -79,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token(args)
         if args.command == "revoke":
             return _revoke(args)
+        if args.command in ("export", "backup", "restore"):
+            return _data(args)
         if args.command == "dev-cert":
             from gateway.tls import make_dev_cert
 
@@ -139,6 +162,30 @@ def _revoke(args: argparse.Namespace) -> int:
         raise ValueError(f"cannot record the revocation: {exc}") from None
     print(f"revoked {args.user!r}: their connections close within "
           f"{config.revocation_poll:g} s; tokens issued before now are refused")
+    return 0
+
+
+def _data(args: argparse.Namespace) -> int:
+    """``export``, ``backup`` and ``restore`` (gateway.backup)."""
+    import asyncio
+
+    from gateway import backup
+    from rooms.errors import StoreError
+
+    config = load_config(data_dir=args.data_dir, store_url=getattr(args, "store_url", None))
+    setup_logging("warning", False)
+    if args.command == "export":
+        try:
+            count = asyncio.run(backup.export(config, args.room, args.after, sys.stdout.write))
+        except StoreError as exc:
+            raise ValueError(f"cannot read the store: {exc}") from None
+        print(f"exported {count} messages of {args.room!r}", file=sys.stderr)
+    elif args.command == "backup":
+        count = backup.backup(config, args.to)
+        print(f"backed up {count} messages to {args.to}")
+    else:
+        count = backup.restore(config, args.source, force=args.force)
+        print(f"restored {count} messages into {config.db_path}")
     return 0
 
 

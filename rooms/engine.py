@@ -162,6 +162,10 @@ class Engine(Protocol):
         """``user``'s ban from ``room`` if one is in force now."""
         ...
 
+    async def top(self, room: str) -> int:
+        """The highest seq stored for ``room`` (0 for none); read-only."""
+        ...
+
     async def presence(self, room: str) -> dict[str, str]:
         """Members of ``room`` connected to *other* processes as the engine knows them (user ->
         name); read-only ({} for an engine that is not shared)."""

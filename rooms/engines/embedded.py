@@ -91,6 +91,10 @@ class EmbeddedEngine:
         row = await self.store.banned(room, user)
         return None if row is None else Ban(user, *row)
 
+    async def top(self, room: str) -> int:
+        # The store's, not ``load``: that one resets the room's seq counter.
+        return max(self._last.get(room, 0), (await self.store.load(room, 0)).last_seq)
+
     async def presence(self, room: str) -> dict[str, str]:
         return {}
 

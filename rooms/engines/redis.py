@@ -266,6 +266,18 @@ class RedisEngine:
         until, _, reason = bytes(value).decode().partition("\0")
         return Ban(user, float(until) if until else None, reason)
 
+    async def top(self, room: str) -> int:
+        self._check()
+        log_key, seq_key, *_ = _keys(room)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(seq_key)
+                pipe.xrevrange(log_key, count=1)
+                counter, last = await pipe.execute()
+        except RedisError as exc:
+            raise self._failed("top", exc) from exc
+        return int(counter or 0) or (_seq(last[0][0]) if last else 0)
+
     async def presence(self, room: str) -> dict[str, str]:
         self._check()
         try:

@@ -87,6 +87,8 @@ async def test_history_pages_oldest_first(srv: Server) -> None:
     assert [m["seq"] for m in page["messages"]] == [4, 5, 6]
     _, page = await call(srv.port, "GET", "/rooms/lobby/messages?before=7&limit=2")
     assert [m["seq"] for m in page["messages"]] == [5, 6]
+    _, page = await call(srv.port, "GET", "/rooms/lobby/messages?before=1000&limit=2")
+    assert [m["seq"] for m in page["messages"]] == [6, 7]  # before beyond the end: the newest
     _, page = await call(srv.port, "GET", "/rooms/lobby/messages?after=2&before=5")
     assert [m["seq"] for m in page["messages"]] == [3, 4]
     _, page = await call(srv.port, "GET", "/rooms/lobby/messages?after=7")

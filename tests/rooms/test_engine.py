@@ -52,6 +52,8 @@ async def test_append_allocates_consecutive_seqs_and_reads_back(engine: Engine) 
     snapshot = await engine.load("a", 10)
     assert (snapshot.last_seq, snapshot.oldest_seq) == (5, 1)
     assert (await engine.sync("a", {}, 10)).top == 5
+    assert await engine.top("a") == 5
+    assert await engine.top("nothing") == 0
 
 
 async def test_text_roundtrips_exactly(engine: Engine) -> None:
