@@ -100,7 +100,8 @@ function daySeparator(ts) {
 
 /** The author line of a bubble: name and time. */
 function meta(author, ts) {
-  return el('div', { cls: 'meta' }, el('span', { cls: 'author', text: author }), ' ', timeElement(ts));
+  return el('div', { cls: 'meta' }, el('span', { cls: 'author', text: author, attrs: { dir: 'auto' } }),
+    ' ', timeElement(ts));
 }
 
 const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
@@ -538,6 +539,12 @@ class ChatView {
 
   // ---- connection status
 
+  /** Tell screen readers about a change of state (never about a countdown's tick). */
+  announce(text) {
+    const live = $('status-live');
+    if (live.textContent !== text) live.textContent = text;
+  }
+
   onState(s) {
     const status = $('status');
     const text = $('status-text');
@@ -557,9 +564,11 @@ class ChatView {
     if (s.state === State.CONNECTING) {
       status.dataset.state = 'connecting';
       text.textContent = this.everLive ? 'Reconnecting…' : 'Connecting…';
+      this.announce(text.textContent);
     } else if (s.state === State.LIVE) {
       status.dataset.state = 'live';
       text.textContent = 'Live';
+      this.announce('Connected');
       status.title = this.tokenNote || '';
       this.everLive = true;
     } else if (s.state === State.WAITING) {
@@ -581,6 +590,11 @@ class ChatView {
       };
       tick();
       this.countdown = setInterval(tick, 1000);
+      this.announce({
+        [WaitReason.BUSY]: 'Server busy; will retry',
+        [WaitReason.UNAVAILABLE]: 'Service temporarily unavailable; will retry',
+        [WaitReason.RESTARTING]: 'Server restarting; will reconnect',
+      }[s.wait] || (s.refused ? 'Can’t connect; will retry' : 'Offline; will reconnect'));
       status.title = s.refused && !s.wait
         ? 'The server keeps refusing the connection. It may be down, or your link may no longer be valid.'
         : `Disconnected: ${s.detail || 'connection lost'}`;
@@ -593,6 +607,7 @@ class ChatView {
     const status = $('status');
     const text = $('status-text');
     status.title = '';
+    queueMicrotask(() => this.announce(text.textContent));
     if (FINAL_REASONS.has(s.reason)) {
       // Retrying cannot help: say why in the person's words and what they can do.
       const [kind, said] = {
@@ -636,7 +651,7 @@ class ChatView {
     for (const m of welcome.members || []) this.members.set(m.user, m.name);
     this.renderMembers();
     this.setSubtitle(welcome.name);
-    this.log.setAttribute('aria-busy', 'true');
+    $('log-region').setAttribute('aria-busy', 'true');
     clearTimeout(this.historyTimer);
     // If the server sends less history than the welcome promised, do not stay busy forever.
     this.historyTimer = setTimeout(() => this.onHistoryEnd(), 3000);
@@ -645,7 +660,7 @@ class ChatView {
 
   onHistoryEnd() {
     clearTimeout(this.historyTimer);
-    this.log.setAttribute('aria-busy', 'false');
+    $('log-region').setAttribute('aria-busy', 'false');
     this.historyReady = true;
     this.updateEmpty();
     this.loadOlderIfShort();
@@ -673,7 +688,8 @@ class ChatView {
   /** One message line; `continued` when it follows the same person's within GROUP_WINDOW_MS. */
   messageItem(m, own, continued, ts) {
     const name = typeof m.name === 'string' && m.name ? m.name : String(m.user);
-    const text = el('p', { cls: 'text' });
+    // dir=auto: Arabic or Hebrew text lays out right to left, whatever the page's direction.
+    const text = el('p', { cls: 'text', attrs: { dir: 'auto' } });
     appendRichText(text, String(m.text ?? ''));
     return el(
       'li',
@@ -964,7 +980,7 @@ class ChatView {
             this.actionButton('Dismiss', () => this.client.discard(e.id)),
           )
           : null;
-        const text = el('p', { cls: 'text' });
+        const text = el('p', { cls: 'text', attrs: { dir: 'auto' } });
         appendRichText(text, e.text);
         return el(
           'li',
@@ -1043,6 +1059,7 @@ function boot() {
   const token = fragment.token || storageGet(tokenKey(room));
   if (token) {
     view.connect(token);
+    view.input.focus(); // ready to type (the auth panel takes the focus instead when it shows)
   } else {
     $('status').dataset.state = 'offline';
     $('status-text').textContent = 'Not signed in';

@@ -140,7 +140,13 @@ def test_phone_sized_dark_layout_is_usable_by_keyboard(
         color_scheme="dark",
     )
     expect_live(page)
-    # Keyboard only, from a fresh page: the skip link leads to the message box, Enter sends.
+    # Keyboard only: the message box has the focus on load; from the top of the page, the skip
+    # link comes first and leads to the message box, Enter sends.
+    expect(message_box(page)).to_be_focused()
+    page.evaluate(  # back to the top of the page, as after a click on its background
+        "() => { const b = document.body; b.tabIndex = -1; b.focus();"
+        " b.removeAttribute('tabindex'); }"
+    )
     page.keyboard.press("Tab")
     expect(page.locator(".skip-link")).to_be_focused()
     page.keyboard.press("Enter")
@@ -172,7 +178,7 @@ def test_phone_sized_dark_layout_is_usable_by_keyboard(
     light_bg = page.evaluate("getComputedStyle(document.body).backgroundColor")
     assert dark_bg != light_bg
     page.emulate_media(color_scheme="dark")
-    expect(page.locator("#log")).to_have_attribute("aria-live", "polite")
+    expect(page.locator("#log-region")).to_have_attribute("aria-live", "polite")
     expect(page.locator("#send")).to_have_accessible_name("Send message")
     shoot(page, "phone-dark")
 

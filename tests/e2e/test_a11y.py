@@ -1,0 +1,154 @@
+"""Accessibility: axe-core finds nothing serious or critical in light and dark mode; the status
+countdown does not tick inside a live region; grouped messages keep their author for screen
+readers and show their time on hover or focus; the message box has the focus on load; messages
+lay out right to left when written so.
+
+axe-core comes from npm into tests/e2e/axe/ (package.json + package-lock.json are committed): the
+first test run does `npm ci` there; Node's npm must be on PATH."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Page, expect
+
+from .conftest import PageOpener
+from .harness import ChatPeer, RoomchatServer
+from .pages import expect_live, message_box, send, status, texts
+
+AXE_DIR = Path(__file__).resolve().parent / "axe"
+AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+
+
+@pytest.fixture(scope="module")
+def axe_source() -> str:
+    if not AXE_JS.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is missing: the accessibility tests install axe-core with `npm ci`")
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=AXE_DIR, check=True,
+                       timeout=300)
+    return AXE_JS.read_text()
+
+
+def axe_problems(page: Page) -> list[str]:
+    """axe-core's serious and critical violations on the page as it is now."""
+    violations: list[dict[str, Any]] = page.evaluate(
+        """async () => {
+          const result = await axe.run(document, { resultTypes: ['violations'] });
+          return result.violations.map((v) => ({
+            id: v.id, impact: v.impact, help: v.help,
+            nodes: v.nodes.map((n) => n.target.join(' ') + ' :: ' + n.failureSummary),
+          }));
+        }"""
+    )
+    return [
+        f"{v['id']} ({v['impact']}): {v['help']}\n    " + "\n    ".join(v["nodes"][:5])
+        for v in violations
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def busy_room(server: RoomchatServer, page: Page) -> None:
+    """A conversation with everything a page draws: other people's and own messages, a group, a
+    presence line, right-to-left text, a link, the typing line."""
+    with ChatPeer(server, "lobby", "bob", name="Bob") as bob:
+        bob.send("Hi Alice! Notes at https://example.org/notes", "b-1")
+        bob.send("A second line from Bob (grouped)", "b-2")
+        bob.send("مرحبا بالجميع", "b-3")
+        expect_live(page)
+        expect(texts(page)).to_have_count(3)
+        send(page, "Hello Bob")
+        send(page, "And again (grouped)")
+        bob.ws.send('{"type":"typing"}')
+        expect(page.locator("#typing")).to_have_text("Bob is typing…")
+        expect(texts(page)).to_have_count(5)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_axe_finds_nothing_serious_in_a_conversation(
+    server: RoomchatServer, open_page: PageOpener, axe_source: str, scheme: str
+) -> None:
+    page = open_page(color_scheme=scheme, init_script=axe_source)
+    page.goto(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
+    busy_room(server, page)
+    problems = axe_problems(page)
+    assert not problems, "\n".join(problems)
+    # A grouped message's time, shown on hover, is readable too.
+    page.locator("#log li.msg.continued").first.hover()
+    problems = axe_problems(page)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_axe_finds_nothing_serious_on_the_refusal_panel(
+    server: RoomchatServer, open_page: PageOpener, axe_source: str, scheme: str
+) -> None:
+    page = open_page(color_scheme=scheme, init_script=axe_source)
+    page.goto(server.link("lobby", server.token("al", ["lobby"], ttl=-120)))
+    expect(page.locator("#auth-title")).to_have_text("This link has expired")
+    problems = axe_problems(page)
+    assert not problems, "\n".join(problems)
+
+
+def test_screen_readers_hear_state_changes_not_countdown_ticks(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    page = open_page(server.link("lobby", server.token("alice", ["lobby"])))
+    expect_live(page)
+    # The pill that counts down is not a live region; a hidden one says what changed.
+    live_regions = page.locator("[role=status], [role=alert], [aria-live]")
+    assert status(page).get_attribute("role") is None
+    assert status(page).get_attribute("aria-live") is None
+    assert page.locator("#status [role=status], #status [aria-live]").count() == 0
+    announcer = page.locator("#status-live")
+    expect(announcer).to_have_text("Connected")
+    assert live_regions.count() >= 1
+
+    server.stop()  # the page waits and counts down to its next try
+    expect(status(page)).to_have_attribute("data-state", "reconnecting")
+    said = announcer.inner_text()
+    ticks = {page.locator("#status-text").inner_text()}
+    for _ in range(4):
+        page.wait_for_timeout(700)
+        ticks.add(page.locator("#status-text").inner_text())
+        if page.locator("#status").get_attribute("data-state") == "reconnecting":
+            assert announcer.inner_text() == said
+    assert len(ticks) > 1, "the visible countdown should still tick"
+    server.start()
+    expect_live(page)
+    expect(announcer).to_have_text("Connected")
+
+
+def test_grouped_messages_keep_their_author_and_show_their_time_on_hover(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    with ChatPeer(server, "lobby", "bob", name="Bob") as bob:
+        bob.send("first", "b-1")
+        bob.send("second", "b-2")
+        bob.send("שלום לכולם", "b-3")
+    page = open_page(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
+    expect_live(page)
+    # The message box has the focus: type right away.
+    expect(message_box(page)).to_be_focused()
+    grouped = page.locator("#log li.msg.continued")
+    expect(grouped).to_have_count(2)
+    second = grouped.first
+    # Screen readers still get the author (in the accessibility tree, not display: none).
+    author = second.locator(".author")
+    expect(author).to_have_text("Bob")
+    assert author.evaluate("e => getComputedStyle(e).display") != "none"
+    assert "Bob" in second.evaluate("li => li.innerText") or author.is_visible() is False
+    # The time appears on hover (and on focus within), hidden otherwise.
+    time_ = second.locator("time")
+    assert float(time_.evaluate("e => getComputedStyle(e).opacity")) == 0
+    second.hover()
+    expect(time_).to_have_css("opacity", "1")
+    # Right-to-left text lays out right to left.
+    rtl = texts(page).last
+    expect(rtl).to_have_attribute("dir", "auto")
+    assert rtl.evaluate("e => getComputedStyle(e).direction") == "rtl"
