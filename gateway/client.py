@@ -1,0 +1,272 @@
+"""``RoomClient``: a small async client of one room for bots, scripts and tests (on the
+``websockets`` library). It connects with a token (through a single-use ticket by default),
+yields what the room sends, sends messages with ids and awaits their acks, and across dropped
+connections reconnects with backoff, resumes with ``after`` and drops what it already saw (by
+seq), resending unacknowledged messages with their ids (the server deduplicates them).
+
+    async with RoomClient("http://127.0.0.1:8000", "lobby", token=jwt) as client:
+        seq = await client.send("hello")
+        async for event in client:          # message, delete, presence, typing objects
+            ...
+
+It needs nothing of the server's code (only ``websockets``): copy it into a bot's project.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import secrets
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import websockets
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+FINAL_CLOSE_CODES = frozenset({1000, 1003, 1008, 4001, 4003, 4004})
+"""Close codes after which reconnecting cannot help (docs/protocol.md, "Close codes")."""
+FINAL_STATUSES = frozenset({400, 401, 403, 404})
+"""Refused upgrades (or ticket requests) that a retry would not change."""
+RETRY_ERRORS = frozenset({"rate_limited", "busy", "unavailable"})
+
+
+class ClientError(Exception):
+    """The server refused something for good: ``code`` is its wire code (an HTTP refusal's
+    ``error``, a close code as a string, or an ``error`` object's ``code``)."""
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class RoomClient:
+    """One room's connection, kept up until ``aclose`` (or the end of ``async with``).
+
+    ``base_url``: ``http(s)://host:port``. ``token``: the user's JWT. ``tickets``: connect with
+    a fresh ticket each time (``POST /rooms/<room>/ticket``) rather than the JWT in the URL.
+    ``after``: resume after this seq; ``history``: without ``after``, whether to yield the
+    replayed history (else only what happens from the first connection on). ``queue_size``
+    bounds what waits to be iterated (when full, reading the socket pauses). Backoff between
+    reconnects: 0.5 s doubling to ``max_backoff``, with jitter.
+    """
+
+    def __init__(self, base_url: str, room: str, *, token: str, tickets: bool = True,
+                 after: int | None = None, history: bool = True, queue_size: int = 1024,
+                 max_backoff: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.room = room
+        self.user: str | None = None
+        self.welcome: dict[str, Any] | None = None
+        self.last_seq = after  # highest seq yielded (or skipped as history); resumes from it
+        self.connections = 0
+        self._token = token
+        self._tickets = tickets
+        self._history = history
+        self._max_backoff = max_backoff
+        self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(queue_size)
+        self._unacked: dict[str, tuple[str, asyncio.Future[int]]] = {}
+        self._ids = itertools.count(1)
+        self._prefix = secrets.token_hex(4)
+        self._ws: ClientConnection | None = None
+        self._ready = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> RoomClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Connect; returns after the first ``welcome``. Raises ``ClientError`` if refused."""
+        self._task = asyncio.create_task(self._run(), name=f"roomchat-client:{self.room}")
+        ready = asyncio.create_task(self._ready.wait())
+        await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        ready.cancel()
+        if not self._ready.is_set():
+            await self.aclose()
+            if self._failure is not None:
+                raise self._failure
+
+    async def aclose(self) -> None:
+        """Close the connection and stop reconnecting; unacknowledged sends fail."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for _, future in self._unacked.values():
+            if not future.done():
+                future.set_exception(ClientError("closed", "the client was closed"))
+        self._unacked.clear()
+
+    # -- what a bot calls ---------------------------------------------------------------------
+
+    async def send(self, text: str, id: str | None = None) -> int:
+        """Send a message and return its seq once the server has stored it (resent after a
+        reconnect until then; a retry is deduplicated by ``id``). Raises ``ClientError``."""
+        client_id = id or f"{self._prefix}-{next(self._ids)}"
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._unacked[client_id] = (text, future)
+        await self._transmit(client_id)
+        return await future
+
+    async def recv(self) -> dict[str, Any]:
+        """The next object from the room (``message`` deduplicated by seq, ``delete``,
+        ``presence``, ``typing``). Raises ``ClientError`` once the connection ended for good."""
+        event = await self._events.get()
+        if event is None:
+            self._events.put_nowait(None)  # every later call ends the same way
+            raise self._failure or ClientError("closed", "the client was closed")
+        return event
+
+    async def __aiter__(self) -> AsyncIterator[dict[str, Any]]:
+        while True:
+            try:
+                yield await self.recv()
+            except ClientError:
+                if self._task is None:
+                    return  # closed by us
+                raise
+
+    # -- the connection -------------------------------------------------------------------------
+
+    async def _ticket(self) -> str:
+        def post() -> str:
+            request = urllib.request.Request(
+                f"{self.base_url}/rooms/{quote(self.room)}/ticket", data=b"", method="POST",
+                headers={"Authorization": f"Bearer {self._token}"})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    return str(json.loads(response.read())["ticket"])
+            except urllib.error.HTTPError as exc:
+                body = json.loads(exc.read() or b"{}")
+                raise _Refused(exc.code, body.get("error", str(exc.code)),
+                               body.get("detail", "")) from None
+
+        return await asyncio.to_thread(post)
+
+    async def _url(self) -> str:
+        parts = urlsplit(self.base_url)
+        scheme = "wss" if parts.scheme == "https" else "ws"
+        credential = (f"ticket={await self._ticket()}" if self._tickets
+                      else f"token={quote(self._token)}")
+        after = "" if self.last_seq is None else f"&after={self.last_seq}"
+        return f"{scheme}://{parts.netloc}/rooms/{quote(self.room)}/ws?{credential}{after}"
+
+    async def _run(self) -> None:
+        attempt = 0
+        try:
+            while True:
+                try:
+                    url = await self._url()
+                    async with websockets.connect(url, compression=None, max_size=2**24,
+                                                  open_timeout=10) as ws:
+                        self._ws = ws
+                        attempt = 0
+                        await self._session(ws)
+                    code, reason = ws.close_code, ws.close_reason
+                    if code in FINAL_CLOSE_CODES:
+                        raise ClientError(str(code), reason or "closed by the server")
+                except InvalidStatus as exc:
+                    status = exc.response.status_code
+                    body = json.loads(exc.response.body or b"{}")
+                    if status in FINAL_STATUSES:
+                        raise ClientError(body.get("error", str(status)),
+                                          body.get("detail", "")) from None
+                except _Refused as exc:
+                    if exc.status in FINAL_STATUSES:
+                        raise ClientError(exc.error, exc.detail) from None
+                except (OSError, TimeoutError, ConnectionClosed):
+                    pass
+                finally:
+                    self._ws = None
+                delay = min(self._max_backoff, 0.5 * 2 ** min(attempt, 10))
+                attempt += 1
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+        except ClientError as exc:
+            self._failure = exc
+            for _, future in self._unacked.values():
+                if not future.done():
+                    future.set_exception(exc)
+            self._unacked.clear()
+            await self._events.put(None)
+
+    async def _session(self, ws: ClientConnection) -> None:
+        async with asyncio.TaskGroup() as tg:  # owns the delayed resends of this connection
+            with contextlib.suppress(ConnectionClosed):  # a drop: _run reconnects
+                async for frame in ws:
+                    if not isinstance(frame, str):
+                        continue
+                    for line in frame.split("\n"):
+                        await self._handle(json.loads(line), ws, tg)
+
+    async def _handle(self, obj: dict[str, Any], ws: ClientConnection,
+                      tg: asyncio.TaskGroup) -> None:
+        kind = obj.get("type")
+        if kind == "welcome":
+            self.welcome = obj
+            self.user = obj["user"]
+            self.connections += 1
+            if self.last_seq is None and not self._history:
+                self.last_seq = obj["seq"]  # only what happens from now on
+            self._ready.set()
+            for client_id in list(self._unacked):  # resend what was never acked
+                await self._transmit(client_id)
+        elif kind == "message":
+            if self.last_seq is not None and obj["seq"] <= self.last_seq:
+                return  # seen before this reconnect (or history not wanted)
+            self.last_seq = obj["seq"]
+            await self._events.put(obj)
+        elif kind == "ack":
+            entry = self._unacked.pop(obj.get("id") or "", None)
+            if entry is not None and not entry[1].done():
+                entry[1].set_result(obj["seq"])
+        elif kind == "ping":
+            await ws.send('{"type":"pong"}')
+        elif kind == "error":
+            entry = self._unacked.get(obj.get("id") or "")
+            if entry is None:
+                return
+            if obj["code"] in RETRY_ERRORS:
+                tg.create_task(self._transmit(obj["id"], delay=obj.get("retry_after", 1.0)))
+            else:
+                del self._unacked[obj["id"]]
+                if not entry[1].done():
+                    entry[1].set_exception(ClientError(obj["code"], obj.get("message", "")))
+        elif kind is not None:
+            await self._events.put(obj)
+
+    async def _transmit(self, client_id: str, delay: float = 0.0) -> None:
+        """Send (or resend) an unacknowledged message if connected; after a reconnect the
+        welcome resends it anyway."""
+        if delay:
+            await asyncio.sleep(delay)
+        entry = self._unacked.get(client_id)
+        ws = self._ws
+        if entry is None or ws is None or not self._ready.is_set():
+            return
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(json.dumps({"type": "message", "text": entry[0], "id": client_id}))
+
+
+class _Refused(Exception):
+    """A ticket request was refused (HTTP ``status``)."""
+
+    def __init__(self, status: int, error: str, detail: str) -> None:
+        super().__init__(f"{status} {error}: {detail}")
+        self.status = status
+        self.error = error
+        self.detail = detail
