@@ -255,6 +255,7 @@ class Outbox {
  *              'retrying' entry's `code` says why (rate_limited, busy, unavailable).
  * - `problem`  {error}: an `error` frame that did not belong to a pending message.
  * - `typing`   {user, name}: someone else in the room is typing (ephemeral: show it for ~5 s).
+ * - `delete`   {seq}: a moderator deleted message `seq`: show it as deleted.
  */
 export class ChatClient extends EventTarget {
   /**
@@ -639,6 +640,8 @@ export class ChatClient extends EventTarget {
         return this.sendFrame({ type: 'pong' });
       case 'error':
         return this.onError(obj);
+      case 'delete': // a moderator deleted message `seq` (docs/protocol.md): show its tombstone
+        return Number.isInteger(obj.seq) ? this.dispatch('delete', { seq: obj.seq }) : undefined;
       case 'typing':
         if (typeof obj.user !== 'string' || obj.user === this.user) return undefined; // our other tab
         return this.dispatch('typing', {

@@ -107,6 +107,12 @@ function meta(author, ts) {
 const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
 
 /** Append `text` to `parent` as text nodes, with http(s) URLs as links. Never parses HTML. */
+/** A deleted message's text (its tombstone): "message deleted", in the text's place. */
+function markDeleted(text) {
+  text.replaceChildren('message deleted');
+  text.classList.add('deleted');
+}
+
 function appendRichText(parent, text) {
   let last = 0;
   for (const match of text.matchAll(URL_RE)) {
@@ -411,6 +417,7 @@ class ChatView {
     client.addEventListener('outbox', (ev) => this.renderPending(ev.detail.entries));
     client.addEventListener('problem', (ev) => this.onProblem(ev.detail.error));
     client.addEventListener('typing', (ev) => this.onTyping(ev.detail));
+    client.addEventListener('delete', (ev) => this.onDelete(ev.detail.seq));
     client.start();
   }
 
@@ -685,12 +692,19 @@ class ChatView {
     this.clearNewBelow();
   }
 
+  /** A moderator deleted message `seq`: its text gives way to "message deleted". */
+  onDelete(seq) {
+    const item = this.log.querySelector(`li[data-seq="${Number(seq)}"] .text`);
+    if (item) markDeleted(item);
+  }
+
   /** One message line; `continued` when it follows the same person's within GROUP_WINDOW_MS. */
   messageItem(m, own, continued, ts) {
     const name = typeof m.name === 'string' && m.name ? m.name : String(m.user);
     // dir=auto: Arabic or Hebrew text lays out right to left, whatever the page's direction.
     const text = el('p', { cls: 'text', attrs: { dir: 'auto' } });
-    appendRichText(text, String(m.text ?? ''));
+    if (m.deleted === true) markDeleted(text);
+    else appendRichText(text, String(m.text ?? ''));
     return el(
       'li',
       {
