@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 from quart import Blueprint, Response, current_app, request
 
-from gateway.auth import AuthError, valid_room_name
+from gateway.auth import API_SCOPE, AuthError, valid_room_name
 from gateway.errors import Rejection, rejection_for
 from gateway.limits import LimitExceeded
-from rooms.errors import StoreError
+from rooms.errors import Banned, StoreError
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -54,8 +54,13 @@ async def history(room: str) -> Response:
             raise AuthError("missing_token", "send Authorization: Bearer <token>")
         claims = gw.verifier.verify(token.strip())
         gw.revocations.check(claims)
+        if claims.scope == API_SCOPE:  # the API has its own history endpoint
+            raise Rejection(403, "api_credential", "use GET /api/v1/rooms/<room>/messages")
         if not claims.may_join(room):
             raise AuthError("room_forbidden", f"the token does not allow room {room}")
+        ban = await gw.store.banned(room, claims.user)
+        if ban is not None:  # a banned user can't read the room either
+            raise rejection_for(Banned(claims.user, ban.until, ban.reason))
         upto = before - 1
         after = max(0, upto - limit)
         messages = await gw.store.read(room, after, upto, limit) if upto > 0 else []

@@ -169,3 +169,33 @@ async def test_redis_delete_and_ban_reach_other_processes(tmp_path: Path) -> Non
             finally:
                 for ws in sockets:
                     await ws.close()
+
+
+def _page_history(port: int, room: str, token: str) -> tuple[int, dict[str, object]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/rooms/{room}/history?before=2&limit=10")
+    request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+async def test_the_page_history_refuses_banned_users_and_api_credentials(srv: Server) -> None:
+    writer = await srv.connect(user="alice")
+    await writer.recv()
+    await writer.say("hello", id="h1")
+    await writer.recv_type("ack")
+    status, body = await asyncio.to_thread(_page_history, srv.port, "lobby", make_token("eve"))
+    assert status == 200 and len(body["messages"]) == 1  # type: ignore[arg-type]
+    await call(srv.port, "POST", "/rooms/lobby/bans", {"user": "eve", "reason": "spam"})
+    status, body = await asyncio.to_thread(_page_history, srv.port, "lobby", make_token("eve"))
+    assert (status, body["error"]) == (403, "banned")
+    status, body = await asyncio.to_thread(_page_history, srv.port, "lobby",
+                                           make_token("svc", scope="api"))
+    assert (status, body["error"]) == (403, "api_credential")
