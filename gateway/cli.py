@@ -4,13 +4,68 @@ line (a stable interface)."""
 from __future__ import annotations
 
 import argparse
+import difflib
+import os
+import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import fields
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from gateway.auth import API_SCOPE, make_issuer, parse_ttl
-from gateway.config import load_config, settings_table
+from gateway.auth import API_SCOPE, HMAC_ALGORITHMS, make_issuer, parse_ttl
+from gateway.config import (
+    Config,
+    RoomConfig,
+    env_name,
+    load_config,
+    settings_in_effect,
+    settings_table,
+)
 from gateway.logs import setup_logging
+
+# ROOMCHAT_* variables that are not settings of the server but are read by its tests and tools
+# (tests/support.py, tests/chaos, infra/compose.yaml, infra/Caddyfile, scripts/): no warning.
+_TOOL_VARIABLES = frozenset({"ROOMCHAT_TLS", "ROOMCHAT_DOMAIN", "ROOMCHAT_UPSTREAMS",
+                             "ROOMCHAT_IMAGE", "ROOMCHAT_REDIS_IMAGE", "ROOMCHAT_HTTP_PORT",
+                             "ROOMCHAT_HTTPS_PORT"})
+_TOOL_PREFIXES = ("ROOMCHAT_TEST_", "ROOMCHAT_SOAK_", "ROOMCHAT_CHAOS_", "ROOMCHAT_CADDY_",
+                  "ROOMCHAT_PUBLISH_")
+_TTL_WITHOUT_UNIT = re.compile(r"\s*\d+(?:\.\d+)?\s*")
+# The serve flags that are settings (flag name = Config field name); `settings` takes them too.
+_CONFIG_FLAGS = ("bind", "workers", "data_dir", "store_url", "certfile", "keyfile", "dev_login",
+                 "compression", "log_json", "log_level")
+
+
+def _version() -> str:
+    try:
+        return version("roomchat")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", help="HOST:PORT to listen on (default 127.0.0.1:8000)")
+    parser.add_argument("--workers", type=int, help="processes serving the port (default 1; "
+                        "more than 1 needs a Redis store); SIGHUP replaces them one at a time")
+    parser.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+    parser.add_argument("--store-url", help="sqlite:///path or redis://host:port/db "
+                        "(default: SQLite in the data directory)")
+    parser.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve HTTPS + h2")
+    parser.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
+    parser.add_argument("--dev-login", action="store_true", default=None,
+                        help="let the page get a short-lived token by name (loopback only)")
+    parser.add_argument("--compression", action="store_true", default=None,
+                        help="accept permessage-deflate (off by default: CPU per recipient)")
+    parser.add_argument("--log-json", action="store_true", default=None,
+                        help="log one JSON object per line")
+    parser.add_argument("--log-level", help="debug, info, warning or error")
+
+
+def _config_flags(args: argparse.Namespace) -> dict[str, Any]:
+    return {name: getattr(args, name) for name in _CONFIG_FLAGS}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -19,24 +74,11 @@ def _parser() -> argparse.ArgumentParser:
         "ROOMCHAT_<NAME> environment variable (see `roomchat settings`).")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    parser.add_argument("--version", action="version", version=f"roomchat {_version()}")
     serve = sub.add_parser("serve", help="run the server")
-    serve.add_argument("--bind", help="HOST:PORT to listen on (default 127.0.0.1:8000)")
-    serve.add_argument("--workers", type=int, help="processes serving the port (default 1; "
-                       "more than 1 needs a Redis store); SIGHUP replaces them one at a time")
+    _add_config_flags(serve)
     # Internal: how the supervisor starts a worker (listening fd, control socket fd).
     serve.add_argument("--worker-fds", help=argparse.SUPPRESS)
-    serve.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
-    serve.add_argument("--store-url", help="sqlite:///path or redis://host:port/db "
-                       "(default: SQLite in the data directory)")
-    serve.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve HTTPS + h2")
-    serve.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
-    serve.add_argument("--dev-login", action="store_true", default=None,
-                       help="let the page get a short-lived token by name (loopback only)")
-    serve.add_argument("--compression", action="store_true", default=None,
-                       help="accept permessage-deflate (off by default: CPU per recipient)")
-    serve.add_argument("--log-json", action="store_true", default=None,
-                       help="log one JSON object per line")
-    serve.add_argument("--log-level", help="debug, info, warning or error")
 
     token = sub.add_parser("token", help="print a signed JWT")
     token.add_argument("--user", help="user id (the `sub` claim; required but with --api, "
@@ -49,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     token.add_argument("--api", action="store_true",
                        help="a service credential for /api/v1 (\"scope\": \"api\"; all rooms "
                        "unless --room); it cannot open a chat socket")
-    token.add_argument("--ttl", default="1h", help="lifetime: 90s, 15m, 1h, 7d (default 1h)")
+    token.add_argument("--ttl", default="1h", help="lifetime with its unit: 90s, 15m, 1h, 7d "
+                       "(default 1h)")
     token.add_argument("--data-dir", type=Path, help="data directory (for the generated secret)")
     token.add_argument("--link", metavar="BASE_URL",
                        help="print BASE_URL/rooms/<first room>#token=<jwt> instead "
@@ -85,17 +128,41 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--force", action="store_true",
                          help="replace an existing database")
 
-    sub.add_parser("settings", help="print every setting as a Markdown table")
+    settings = sub.add_parser(
+        "settings", help="print every setting's value in effect (environment and these flags "
+        "applied) beside its default; --markdown: the README's table")
+    settings.add_argument("--markdown", action="store_true",
+                          help="print the defaults as the README's Markdown table")
+    _add_config_flags(settings)
     return parser
+
+
+def warn_unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One warning line for each ``ROOMCHAT_*`` variable of ``env`` that is no setting (nor one
+    the tests and tools read), suggesting the closest setting's name."""
+    known = [env_name(f.name) for f in (*fields(Config), *fields(RoomConfig)) if f.name != "room"]
+    lines = []
+    for name in sorted(env):
+        if (not name.startswith("ROOMCHAT_") or name in known or name in _TOOL_VARIABLES
+                or name.startswith(_TOOL_PREFIXES)):
+            continue
+        # Compared without the common prefix, which would make every name look close.
+        close = difflib.get_close_matches(name.removeprefix("ROOMCHAT_"),
+                                          [k.removeprefix("ROOMCHAT_") for k in known], n=1)
+        hint = (f" (did you mean ROOMCHAT_{close[0]}?)" if close
+                else " (`roomchat settings` lists them)")
+        lines.append(f"roomchat: warning: {name} is not a setting and is ignored{hint}")
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _parser().parse_args(argv)
+    for line in warn_unknown_variables(os.environ):
+        print(line, file=sys.stderr)
     try:
         if args.command == "settings":
-            print(settings_table())
-            return 0
+            return _settings(args)
         if args.command == "token":
             return _token(args)
         if args.command == "revoke":
@@ -114,11 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
-    config = load_config(bind=args.bind, workers=args.workers, data_dir=args.data_dir,
-                         store_url=args.store_url, certfile=args.certfile,
-                         keyfile=args.keyfile, dev_login=args.dev_login,
-                         compression=args.compression, log_json=args.log_json,
-                         log_level=args.log_level)
+    config = load_config(**_config_flags(args))
     setup_logging(config.log_level, config.log_json)
     if args.worker_fds:
         from gateway.supervisor import run_worker
@@ -136,6 +199,24 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     from gateway.server import run
 
     run(config, fd=sock.detach())
+    return 0
+
+
+def _settings(args: argparse.Namespace) -> int:
+    if args.markdown:
+        print(settings_table())
+        return 0
+    flags = _config_flags(args)
+    config = load_config(**flags)
+    rows = settings_in_effect(config, os.environ,
+                              frozenset(k for k, v in flags.items() if v is not None))
+    header = ("setting", "in effect", "default", "from")
+    table = [header, *((r.env, r.value, r.default, r.source) for r in rows)]
+    # The long values (trusted proxies...) would push every column right: cap the widths.
+    widths = [min(40, max(len(row[i]) for row in table)) for i in range(3)]
+    for row in table:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[3]]).rstrip())
     return 0
 
 
@@ -199,12 +280,26 @@ def _token(args: argparse.Namespace) -> int:
         raise ValueError("give at least one --room, or --all-rooms")
     if args.link and not args.room and not args.admin:
         raise ValueError("--link needs a --room to link to")
+    if args.link:
+        parts = urlsplit(args.link)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"--link {args.link!r}: give the server's base URL with its "
+                             "scheme, e.g. http://127.0.0.1:8000 or https://chat.example.com")
+    if _TTL_WITHOUT_UNIT.fullmatch(args.ttl):  # seconds? minutes? say which
+        raise ValueError(f"--ttl {args.ttl!r} has no unit: use e.g. 90s, 15m, 1h or 7d")
+    ttl = parse_ttl(args.ttl)  # before the issuer: a refused command creates no secret
     config = load_config(data_dir=args.data_dir)
     setup_logging("warning", False)
     rooms = ["*"] if args.all_rooms else list(dict.fromkeys(args.room))
+    secret_file = config.data_dir / "jwt-secret"
+    generates_secret = (config.jwt_algorithm in HMAC_ALGORITHMS and not config.jwt_secret
+                        and not secret_file.exists())
     token = make_issuer(config).issue(args.user, name=args.name, rooms=rooms,
-                                      ttl=parse_ttl(args.ttl), admin=args.admin,
+                                      ttl=ttl, admin=args.admin,
                                       scope=API_SCOPE if args.api else None)
+    if generates_secret:
+        print(f"roomchat: no secret in {config.data_dir.absolute()}: created one; a running "
+              "server with another data dir will refuse these tokens", file=sys.stderr)
     if args.link:
         path = f"rooms/{args.room[0]}" if args.room else "admin"
         print(f"{args.link.rstrip('/')}/{path}#token={token}")

@@ -2,7 +2,8 @@
 variables and command-line flags (in increasing priority).
 
 Every field of ``Config`` and of ``rooms.config.RoomConfig`` is a setting named
-``ROOMCHAT_<FIELD>`` in upper case; ``settings_table()`` renders them all for the README.
+``ROOMCHAT_<FIELD>`` in upper case; ``settings_table()`` renders them all for the README and
+``settings_in_effect()`` beside the values in effect (``roomchat settings``).
 """
 
 from __future__ import annotations
@@ -208,4 +209,49 @@ def settings_table() -> str:
     return "\n".join(rows)
 
 
-__all__ = ["Config", "RoomConfig", "dataclasses", "env_name", "load_config", "settings_table"]
+SECRET_SETTINGS = frozenset({"jwt_secret", "api_key", "jwt_keys"})
+"""Settings whose values are never printed (``roomchat settings`` shows only that they are set)."""
+
+
+def _shown(name: str, value: Any) -> str:
+    if value is None:
+        return "(unset)"
+    if name in SECRET_SETTINGS:
+        if name == "jwt_keys":  # kid=secret: the kids are safe to show, the secrets are not
+            return ",".join(f"{entry.partition('=')[0]}=***" for entry in value) or "(none)"
+        return "(set, hidden)"
+    if isinstance(value, tuple):
+        return ",".join(value) or "(none)"
+    return str(value) if value != "" else "(empty)"
+
+
+@dataclass(frozen=True, slots=True)
+class SettingInEffect:
+    """One row of ``roomchat settings``: the value in effect, the default, and where it came
+    from (``"default"``, ``"env"`` or ``"flag"``). Secret values are already hidden."""
+
+    env: str
+    value: str
+    default: str
+    source: str
+
+
+def settings_in_effect(config: Config, env: Mapping[str, str] | None = None,
+                       flags: frozenset[str] = frozenset()) -> list[SettingInEffect]:
+    """Every setting of ``config`` (as built by ``load_config(env, **flags)``) beside its
+    default; ``flags`` names the settings a command-line flag set."""
+    env = os.environ if env is None else env
+    rows = []
+    for obj, default_obj in ((config, Config()), (config.room, RoomConfig())):
+        for f in fields(obj):
+            if f.name == "room":
+                continue
+            source = ("flag" if f.name in flags
+                      else "env" if env_name(f.name) in env else "default")
+            rows.append(SettingInEffect(env_name(f.name), _shown(f.name, getattr(obj, f.name)),
+                                        _shown(f.name, getattr(default_obj, f.name)), source))
+    return rows
+
+
+__all__ = ["Config", "RoomConfig", "SettingInEffect", "dataclasses", "env_name", "load_config",
+           "settings_in_effect", "settings_table"]

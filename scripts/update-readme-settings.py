@@ -1,4 +1,4 @@
-"""Rewrite the settings table in README.md from the code (`roomchat settings`)."""
+"""Rewrite the settings table in README.md from the code (`roomchat settings --markdown`)."""
 
 import re
 import subprocess
@@ -6,7 +6,8 @@ import sys
 from pathlib import Path
 
 readme = Path(__file__).resolve().parent.parent / "README.md"
-table = subprocess.run([sys.executable, "-m", "gateway", "settings"], capture_output=True,
+table = subprocess.run([sys.executable, "-m", "gateway", "settings",
+                        "--markdown"], capture_output=True,
                        text=True, check=True).stdout.strip()
 text = readme.read_text()
 start = text.index("| environment variable |")

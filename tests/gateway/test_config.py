@@ -33,7 +33,7 @@ def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
 
 def test_readme_lists_every_setting() -> None:
     readme = (REPO / "README.md").read_text()
-    assert settings_table() in readme, "run `roomchat settings` and paste it into the README"
+    assert settings_table() in readme, "run scripts/update-readme-settings.py"
 
 
 @pytest.mark.parametrize(("bind", "loopback"), [

@@ -1,0 +1,121 @@
+"""The command line as a user meets it: `roomchat` run as a process from a fresh folder, its exit
+code and its exact one-line messages (never a traceback)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import jwt
+import pytest
+
+from gateway.config import settings_table
+from tests.support import REPO, SECRET
+
+
+def roomchat(tmp: Path, *args: str, env: dict[str, str] | None = None,
+             ) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}
+    base["PYTHONPATH"] = str(REPO)
+    done = subprocess.run([sys.executable, "-m", "gateway", *args], cwd=tmp, check=False,
+                          capture_output=True, text=True, timeout=30,
+                          env={**base, **(env or {})})
+    assert "Traceback" not in done.stderr
+    return done
+
+
+def test_version(tmp_path: Path) -> None:
+    done = roomchat(tmp_path, "--version")
+    assert done.returncode == 0
+    assert done.stdout == f"roomchat {version('roomchat')}\n"
+
+
+def test_settings_show_values_in_effect_beside_defaults(tmp_path: Path) -> None:
+    done = roomchat(tmp_path, "settings", "--bind", "127.0.0.1:9001",
+                    env={"ROOMCHAT_RATE_BURST": "7", "ROOMCHAT_JWT_SECRET": SECRET,
+                         "ROOMCHAT_JWT_KEYS": f"old={SECRET}"})
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    rows = {line.split()[0]: line.split() for line in done.stdout.splitlines()}
+    assert rows["setting"] == ["setting", "in", "effect", "default", "from"]
+    assert rows["ROOMCHAT_BIND"][1:] == ["127.0.0.1:9001", "127.0.0.1:8000", "flag"]
+    assert rows["ROOMCHAT_RATE_BURST"][1:] == ["7", "10", "env"]
+    assert rows["ROOMCHAT_WORKERS"][1:] == ["1", "1", "default"]
+    # Secrets are never printed: only that they are set (and the kids of the rotation keys).
+    assert SECRET not in done.stdout
+    assert rows["ROOMCHAT_JWT_SECRET"][1:] == ["(set,", "hidden)", "(unset)", "env"]
+    assert rows["ROOMCHAT_JWT_KEYS"][1:] == ["old=***", "(none)", "env"]
+    assert len(rows) == 1 + settings_table().count("\n| `ROOMCHAT_")
+
+
+def test_settings_markdown_is_the_readme_table(tmp_path: Path) -> None:
+    done = roomchat(tmp_path, "settings", "--markdown", env={"ROOMCHAT_RATE_BURST": "7"})
+    assert done.returncode == 0
+    assert done.stdout == settings_table() + "\n"
+    assert done.stdout in (REPO / "README.md").read_text()
+
+
+def test_misspelt_variable_is_warned_about_in_one_line(tmp_path: Path) -> None:
+    done = roomchat(tmp_path, "settings", "--markdown",
+                    env={"ROOMCHAT_RATE_BRUST": "3", "ROOMCHAT_TEST_SLOW": "2",
+                         "ROOMCHAT_SOAK_SECONDS": "1", "ROOMCHAT_CHAOS_SEED": "1",
+                         "ROOMCHAT_DOMAIN": "chat.example.com"})
+    assert done.returncode == 0
+    assert done.stderr == ("roomchat: warning: ROOMCHAT_RATE_BRUST is not a setting and is "
+                           "ignored (did you mean ROOMCHAT_RATE_BURST?)\n")
+
+
+def test_unknown_variable_without_a_close_name(tmp_path: Path) -> None:
+    done = roomchat(tmp_path, "--version", env={"ROOMCHAT_ZZZ": "1"})
+    assert done.returncode == 0
+    # argparse's --version exits while parsing: the check runs after, so only for commands.
+    done = roomchat(tmp_path, "settings", "--markdown", env={"ROOMCHAT_ZZZ": "1"})
+    assert done.stderr == ("roomchat: warning: ROOMCHAT_ZZZ is not a setting and is ignored "
+                           "(`roomchat settings` lists them)\n")
+
+
+def test_token_warns_when_it_creates_the_secret(tmp_path: Path) -> None:
+    first = roomchat(tmp_path, "token", "--user", "bob", "--room", "lobby")
+    assert first.returncode == 0
+    assert first.stderr == (f"roomchat: no secret in {tmp_path / 'var'}: created one; a running "
+                            "server with another data dir will refuse these tokens\n")
+    secret = (tmp_path / "var" / "jwt-secret").read_text().strip()
+    claims = jwt.decode(first.stdout.strip(), secret, algorithms=["HS256"], audience="roomchat")
+    assert claims["sub"] == "bob" and claims["rooms"] == ["lobby"]
+    again = roomchat(tmp_path, "token", "--user", "bob", "--room", "lobby")
+    assert again.returncode == 0 and again.stderr == ""
+    given = roomchat(tmp_path / "var", "token", "--user", "bob", "--room", "lobby",
+                     env={"ROOMCHAT_JWT_SECRET": SECRET})
+    assert given.returncode == 0 and given.stderr == ""
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--link", "localhost:8000"], "roomchat: --link 'localhost:8000': give the server's base "
+     "URL with its scheme, e.g. http://127.0.0.1:8000 or https://chat.example.com\n"),
+    (["--link", "127.0.0.1:8000"], "roomchat: --link '127.0.0.1:8000': give the server's base "
+     "URL with its scheme, e.g. http://127.0.0.1:8000 or https://chat.example.com\n"),
+    (["--ttl", "10"], "roomchat: --ttl '10' has no unit: use e.g. 90s, 15m, 1h or 7d\n"),
+    (["--ttl", "1w"], "roomchat: invalid duration '1w': use e.g. 90s, 15m, 1h or 7d\n"),
+])
+def test_token_refuses_link_without_scheme_and_ttl_without_unit(
+        tmp_path: Path, args: list[str], message: str) -> None:
+    done = roomchat(tmp_path, "token", "--user", "bob", "--room", "lobby", *args,
+                    env={"ROOMCHAT_JWT_SECRET": SECRET})
+    assert done.returncode == 2
+    assert done.stderr == message
+    assert done.stdout == ""
+    assert not (tmp_path / "var").exists()  # refused before anything was created
+
+
+def test_token_link_with_scheme(tmp_path: Path) -> None:
+    done = roomchat(tmp_path, "token", "--user", "bob", "--room", "lobby", "--ttl", "15m",
+                    "--link", "https://chat.example.com/", env={"ROOMCHAT_JWT_SECRET": SECRET})
+    assert done.returncode == 0, done.stderr
+    prefix = "https://chat.example.com/rooms/lobby#token="
+    assert done.stdout.startswith(prefix)
+    claims = jwt.decode(done.stdout.strip()[len(prefix):], SECRET, algorithms=["HS256"],
+                        audience="roomchat")
+    assert claims["exp"] - claims["iat"] == 900
