@@ -1,0 +1,414 @@
+"""Scenario 5: property-based fuzzing (hypothesis) of client frames and token claims.
+
+Pure level: ``rooms.protocol.parse_client_frame`` and ``gateway.auth.TokenVerifier`` (tokens we
+sign) never raise, give every input its documented answer (docs/protocol.md), and whatever they
+accept can be serialised onto the wire. Real server: hypothesis-generated frames and tokens over
+real sockets to a ``roomchat serve``; each gets its documented answer (an ``error`` with the
+documented code, an ``ack``, nothing for a ``pong``, close 1003/1007/1008/1009, HTTP 401), a
+bystander in the same room keeps chatting with a gapless seq list, and the server logs no
+traceback."""
+
+from __future__ import annotations
+
+import json
+import time
+import unicodedata
+from collections.abc import Iterator
+from typing import Any
+
+import jwt
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import ClientConnection, connect
+
+from gateway.auth import AuthError, TokenVerifier, valid_room_name
+from rooms import protocol
+from rooms.protocol import FrameError, Pong, SendMessage
+from tests.chaos.harness import ENV, pick, record
+from tests.support import SECRET, Process, make_token, server_process
+
+MAX_TEXT, MAX_ID, MAX_NAME = 2000, 64, 64
+EXAMPLES = int(pick(150, 2000))
+WIRE_EXAMPLES = int(pick(100, 1000))
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+WIRE_SETTINGS = settings(SETTINGS, max_examples=WIRE_EXAMPLES,
+                         suppress_health_check=[*SETTINGS.suppress_health_check,
+                                                HealthCheck.function_scoped_fixture])
+
+# -- strategies -------------------------------------------------------------------------------
+
+EDGE_CHARS = ["\ud800", "\udfff", "\x00", "\u202e", "\u2066", "\u200f", "\ufeff", "\u2028",
+              "\U0001f600", "\U0010ffff", "\x1b", "\x7f", "\x85", " ", "\t", "\n", "é", "e\u0301"]
+edge_text = st.one_of(
+    st.text(),
+    st.lists(st.sampled_from(EDGE_CHARS), max_size=20).map("".join),
+    # 4-byte characters (and others) exactly at, just under and just over the length limits.
+    st.builds(lambda c, n: c * n, st.sampled_from(["\U0001f600", "a", "\u202e", "\x00"]),
+              st.sampled_from([1, MAX_ID - 1, MAX_ID, MAX_ID + 1, MAX_TEXT - 1, MAX_TEXT,
+                               MAX_TEXT + 1])),
+    st.builds(lambda pad, s: pad + s + pad, st.sampled_from([" ", "\u3000", "\n\t"]),
+              st.text(max_size=5)),
+)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=2**63),
+                    st.floats(), edge_text)
+json_values = st.recursive(scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=8), inner, max_size=4)),
+    max_leaves=12)
+
+
+def deep(n: int) -> str:
+    return "[" * n + "]" * n
+
+
+message_objects = st.fixed_dictionaries(
+    {"type": st.sampled_from(["message", "pong", "Message", "", "ping"])},
+    optional={"text": st.one_of(edge_text, json_values), "id": st.one_of(edge_text, json_values),
+              "extra": json_values})
+
+
+@st.composite
+def frames(draw: st.DrawFn) -> str:
+    """A client text frame: JSON written several ways, or not JSON at all."""
+    kind = draw(st.sampled_from(["object", "object", "object", "value", "raw", "deep", "plain"]))
+    if kind == "plain":  # a well-formed message, maybe with odd text or id
+        return json.dumps({"type": "message", "text": draw(st.one_of(st.text(), edge_text)),
+                           "id": draw(st.one_of(st.none(), st.text(max_size=70)))})
+    if kind == "raw":
+        return draw(edge_text)
+    if kind == "deep":
+        return deep(draw(st.sampled_from([1, 100, 1023, 1024, 1025, 5000])))
+    value: Any = draw(message_objects if kind == "object" else json_values)
+    try:  # stdlib json: writes NaN/Infinity and escapes lone surrogates ("\ud800")
+        return json.dumps(value, ensure_ascii=draw(st.booleans()))
+    except (ValueError, TypeError, RecursionError):
+        return str(value)
+
+
+def documented(data: str) -> str:
+    """What docs/protocol.md says the server answers to ``data``: ``pong``, ``message`` (stored
+    and acked) or an error code."""
+    try:
+        obj = orjson.loads(data)  # the strict JSON the server speaks (no NaN, no lone surrogates)
+    except orjson.JSONDecodeError:
+        return "invalid_json"
+    if not isinstance(obj, dict):
+        return "invalid_json"
+    if obj.get("type") == "pong":
+        return "pong"
+    if obj.get("type") != "message":
+        return "invalid_message"
+    cid = obj.get("id")
+    if cid is not None and not (isinstance(cid, str) and 1 <= len(cid) <= MAX_ID):
+        return "invalid_message"
+    text = obj.get("text")
+    if not isinstance(text, str):
+        return "invalid_message"
+    if not text.strip():
+        return "empty_text"
+    if len(text.strip()) > MAX_TEXT:
+        return "text_too_long"
+    return "message"
+
+
+# -- pure: frames -----------------------------------------------------------------------------
+
+@SETTINGS
+@given(frames())
+def test_every_frame_gets_its_documented_answer(data: str) -> None:
+    parsed = protocol.parse_client_frame(data, max_text_chars=MAX_TEXT, max_id_chars=MAX_ID)
+    want = documented(data)
+    if isinstance(parsed, Pong):
+        assert want == "pong"
+    elif isinstance(parsed, SendMessage):
+        assert want == "message"
+        assert 1 <= len(parsed.text) <= MAX_TEXT and parsed.text == parsed.text.strip()
+        # What is accepted can be stored and broadcast: it serialises, on one line.
+        line = protocol.dumps({"type": "message", "seq": 1, "id": parsed.id,
+                               "text": parsed.text})
+        assert "\n" not in line
+        protocol.ack(parsed.id, 1)
+    else:
+        assert isinstance(parsed, FrameError)
+        assert parsed.code.value == want, (parsed, want)
+        assert "\n" not in protocol.error(parsed.code, parsed.message, client_id=parsed.id)
+
+
+# -- pure: token claims -----------------------------------------------------------------------
+
+def verifier() -> TokenVerifier:
+    return TokenVerifier("HS256", SECRET, audience="roomchat", issuer="roomchat", leeway=10)
+
+
+def safe(text: str) -> bool:
+    return not any(unicodedata.category(c) in ("Cs", "Cc") for c in text)
+
+
+def claims_documented(payload: dict[str, Any]) -> bool:
+    """Whether the README's token rules accept these identity claims (exp/iat valid)."""
+    sub = payload["sub"]
+    name = payload.get("name", sub)
+    rooms = payload.get("rooms")
+    return (isinstance(sub, str) and 1 <= len(sub) <= MAX_NAME and safe(sub)
+            and isinstance(name, str) and 1 <= len(name.strip()) <= MAX_NAME and safe(name)
+            and isinstance(rooms, list)
+            and all(isinstance(r, str) and (r == "*" or valid_room_name(r)) for r in rooms)
+            and isinstance(payload.get("admin", False), bool))
+
+
+room_lists = st.one_of(st.just(["*"]), st.lists(st.one_of(
+    st.sampled_from(["lobby", "*", "a" * 64, "a" * 65, "", "lob by", "l\u00f6bby"]), edge_text),
+    max_size=3), json_values)
+identity = st.fixed_dictionaries(
+    {"sub": st.one_of(edge_text, json_values), "rooms": room_lists},
+    optional={"name": st.one_of(edge_text, json_values), "admin": json_values})
+times = st.one_of(st.integers(), st.floats(), st.integers(min_value=2**63), json_values)
+
+
+def sign(payload: dict[str, Any]) -> str:
+    return jwt.encode(payload, SECRET, algorithm="HS256")
+
+
+def base(now: int) -> dict[str, Any]:
+    return {"aud": "roomchat", "iss": "roomchat", "iat": now, "exp": now + 3600}
+
+
+@SETTINGS
+@given(identity)
+def test_every_claim_set_gets_its_documented_answer(claims: dict[str, Any]) -> None:
+    payload = {**base(int(time.time())), **claims}
+    try:
+        accepted = verifier().verify(sign(payload))
+    except AuthError as exc:
+        assert exc.reason == "invalid_token"
+        assert not claims_documented(payload), (payload, exc.detail)
+        return
+    assert claims_documented(payload), payload
+    # Accepted claims can go on the wire (welcome, presence): bug 3 of issue 13.
+    member = {"user": accepted.user, "name": accepted.name}
+    protocol.welcome("lobby", accepted.user, accepted.name, 0, [member], recovered=False)
+    protocol.presence("join", accepted.user, accepted.name, 0)
+
+
+@SETTINGS
+@given(identity, st.dictionaries(st.sampled_from(["exp", "iat", "aud", "iss"]), times,
+                                 max_size=3))
+def test_any_registered_claims_are_refused_cleanly_or_accepted(
+        claims: dict[str, Any], registered: dict[str, Any]) -> None:
+    payload = {**base(int(time.time())), **claims, **registered}
+    try:
+        token = sign(payload)
+    except (TypeError, ValueError, OverflowError):
+        return  # PyJWT refuses to sign it: nothing to send
+    try:
+        accepted = verifier().verify(token)
+    except AuthError as exc:
+        assert exc.reason in ("invalid_token", "token_expired")
+        return
+    protocol.welcome("lobby", accepted.user, accepted.name, 0, [], recovered=False)
+
+
+# -- the same over real sockets -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
+    with server_process(tmp_path_factory.mktemp("fuzz"), env=ENV) as proc, \
+            connect(proc.url("fuzz", make_token("bystander")), compression=None,
+                    max_size=2**24) as ws:
+        BYSTANDER[proc.port] = Bystander(ws)
+        yield proc
+
+
+class Bystander:
+    """A member of the fuzzed room that chats after every example: its message must be acked
+    quickly and its seq list stay gapless, whatever the fuzzer did."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.seqs: list[int] = []
+        self.count = 0
+        welcome = orjson.loads(str(self.ws.recv(5)).split("\n")[0])
+        self.last = welcome["seq"]
+
+    def chat(self) -> float:
+        self.count += 1
+        cid = f"b{self.count}"
+        started = time.monotonic()
+        self.ws.send(orjson.dumps({"type": "message", "text": "still here", "id": cid}).decode())
+        while True:
+            for line in str(self.ws.recv(5)).split("\n"):
+                obj = orjson.loads(line)
+                if obj["type"] == "ping":
+                    self.ws.send('{"type":"pong"}')
+                elif obj["type"] == "message":
+                    assert obj["seq"] == self.last + 1, (obj["seq"], self.last)
+                    self.last = obj["seq"]
+                elif obj["type"] == "ack" and obj["id"] == cid:
+                    return time.monotonic() - started
+
+
+def wire_frames() -> st.SearchStrategy[str | bytes]:
+    return st.one_of(
+        frames(), frames(), frames(),
+        st.binary(max_size=16),  # binary frames, empty included: 1003
+        st.just(b"\xff\xfe"), st.just(b'{"type":"message","text":"\xed\xa0\x80"}'),
+        st.just("x" * 70_000),  # over max_message_bytes: 1009
+    )
+
+
+def answer_of(frame: str | bytes) -> str:
+    """The documented answer to a frame sent as is: a close code or ``documented``."""
+    if isinstance(frame, bytes):
+        return "close 1003"
+    if len(frame.encode("utf-8", "surrogatepass")) > 65_536:
+        return "close 1009"
+    try:
+        frame.encode()
+    except UnicodeEncodeError:
+        return "close 1007"  # sent as the (invalid) UTF-8 bytes it has
+    return documented(frame)
+
+
+def send(ws: ClientConnection, frame: str | bytes, as_text: bool) -> None:
+    if isinstance(frame, bytes) and as_text:
+        ws.send(frame, text=True)  # text frame with whatever bytes: invalid UTF-8 maybe
+    elif isinstance(frame, str):
+        try:
+            ws.send(frame.encode(), text=True)
+        except UnicodeEncodeError:
+            ws.send(frame.encode("utf-8", "surrogatepass"), text=True)
+    else:
+        ws.send(frame)
+
+
+STATS: dict[str, Any] = {"frames": 0, "answers": {}, "bystander_max_ms": 0.0,
+                         "answers_cut_by_close": 0, "sentinels": 0}
+
+
+def expect_replies(ws: ClientConnection, want: list[str], sentinel: str) -> None:
+    """Read what the server answers until the sentinel's ack (or a close); compare with the
+    documented answers ``want``, in order."""
+    got: list[str] = []
+    try:
+        while True:
+            for line in str(ws.recv(5)).split("\n"):
+                obj = orjson.loads(line)
+                if obj["type"] == "error":
+                    got.append(obj["code"])
+                elif obj["type"] == "ack":
+                    if obj["id"] == sentinel:
+                        assert got == want, (got, want)
+                        return
+                    got.append("message")
+    except ConnectionClosed:
+        got.append(f"close {ws.close_code}")
+    # An ack is sent once the message is stored (after the room's batch delay and a commit);
+    # errors are immediate. So acks may come after the errors to later frames: compare errors
+    # (and closes) in order, and acks by count.
+    got = [x for x in got if x != "message"] + ["message"] * got.count("message")
+    got.sort(key=lambda x: x.startswith("close"))
+    want = [x for x in want if x != "message"] + ["message"] * want.count("message")
+    want.sort(key=lambda x: x.startswith("close"))
+    if got != want and want[-1].startswith("close"):
+        # The answers to the frames before a close may not have been written yet when the
+        # close comes, and are dropped (a finding, noted in docs/reliability.md; safe, since a
+        # client resends unacked messages by id, but the 1008 arrives without its errors).
+        assert got[-1] == want[-1] and got[:-1] == want[:len(got) - 1], (got, want)
+        STATS["answers_cut_by_close"] += len(want) - len(got)
+        return
+    assert got == want, (got, want)
+
+
+@WIRE_SETTINGS
+@given(frames=st.lists(st.tuples(wire_frames(), st.booleans()), min_size=1, max_size=6))
+def test_fuzzed_frames_over_a_real_socket(fuzz_server: Process,
+                                          frames: list[tuple[str | bytes, bool]]) -> None:
+    bystander = BYSTANDER[fuzz_server.port]
+    want: list[str] = []
+    invalid = 0
+    with connect(fuzz_server.url("fuzz", make_token("fuzzer")), compression=None,
+                 max_size=2**24) as ws:
+        ws.recv(5)  # welcome
+        for frame, as_text in frames:
+            answer = "close 1007" if isinstance(frame, bytes) and as_text and not _utf8(frame) \
+                else (documented(frame.decode()) if isinstance(frame, bytes) and as_text
+                      else answer_of(frame))
+            send(ws, frame, as_text)
+            STATS["frames"] += 1
+            STATS["answers"][answer] = STATS["answers"].get(answer, 0) + 1
+            if answer != "pong":
+                want.append(answer)
+            if answer.startswith("close"):
+                break
+            if answer not in ("message", "pong"):
+                invalid += 1
+                if invalid == 5:  # max_invalid_frames
+                    want.append("close 1008")
+                    break
+        else:
+            # A new id each time: a duplicate is acked at once, before earlier new messages.
+            STATS["sentinels"] += 1
+            ws.send(orjson.dumps({"type": "message", "text": "sentinel",
+                                  "id": f"sentinel-{STATS['sentinels']}"}).decode())
+        expect_replies(ws, want, f"sentinel-{STATS['sentinels']}")
+    assert fuzz_server.proc.poll() is None, "the server died"
+    elapsed = bystander.chat()
+    STATS["bystander_max_ms"] = max(STATS["bystander_max_ms"], elapsed * 1000)
+    assert elapsed < 1.0, f"the bystander waited {elapsed:.2f}s"
+
+
+BYSTANDER: dict[int, Bystander] = {}
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@settings(WIRE_SETTINGS, max_examples=int(pick(40, 400)))
+@given(identity)
+def test_fuzzed_claims_over_a_real_handshake(fuzz_server: Process,
+                                             claims: dict[str, Any]) -> None:
+    payload = {**base(int(time.time())), **claims}
+    ok = claims_documented(payload)
+    token = sign(payload)
+    try:
+        with connect(fuzz_server.url("fuzz", token), compression=None,
+                     open_timeout=5) as ws:
+            welcome = orjson.loads(str(ws.recv(5)).split("\n")[0])
+            assert welcome["type"] == "welcome"
+        accepted = True
+    except InvalidStatus as exc:
+        if exc.response.status_code == 431:  # Hypercorn: request line + headers over 16 KiB
+            assert len(token) > 15_000, len(token)
+            return
+        assert exc.response.status_code in (401, 403), exc.response.status_code
+        body = orjson.loads(exc.response.body or b"{}")
+        assert body["error"] in ("invalid_token", "room_forbidden"), body
+        accepted = False
+        ok = ok and body["error"] == "room_forbidden"  # a valid token, not for this room
+        if body["error"] == "room_forbidden":
+            accepted = ok = True
+    assert accepted == ok, payload
+    assert fuzz_server.proc.poll() is None, "the server died"
+    bystander = BYSTANDER[fuzz_server.port]
+    assert bystander.chat() < 1.0
+
+
+def test_the_fuzzed_server_logged_no_traceback(fuzz_server: Process) -> None:
+    """Runs after the two wire tests (same module-scoped server)."""
+    log = fuzz_server.output()
+    assert fuzz_server.proc.poll() is None
+    assert "Traceback" not in log, log[log.find("Traceback") - 2000:][:6000]
+    bystander = BYSTANDER.pop(fuzz_server.port, None)
+    record("fuzz", pure_examples_each=EXAMPLES, wire_examples_each=WIRE_EXAMPLES,
+           wire_frames=STATS["frames"], wire_answers=STATS["answers"],
+           answers_cut_by_close=STATS["answers_cut_by_close"],
+           bystander_messages=bystander.count if bystander else 0,
+           bystander_max_ack_ms=round(STATS["bystander_max_ms"], 1))

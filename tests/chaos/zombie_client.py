@@ -1,0 +1,30 @@
+"""A real client process for the zombie scenario: ``python -m tests.chaos.zombie_client URL``.
+
+It joins, prints ``ready``, answers every ping (so it is alive until it is SIGSTOPped), and when
+the server closes the connection prints ``closed <code>`` and exits.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import orjson
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+
+def main(url: str) -> None:
+    with connect(url, compression=None, max_size=2**24) as ws:
+        print("ready", flush=True)
+        try:
+            while True:
+                for line in str(ws.recv()).split("\n"):
+                    if orjson.loads(line)["type"] == "ping":
+                        ws.send('{"type":"pong"}')
+        except ConnectionClosed:
+            pass
+        print(f"closed {ws.close_code}", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
