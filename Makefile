@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 BIND ?= 127.0.0.1:8000
 ROOM ?= lobby
 
-.PHONY: run test lint typecheck unit system-deps bench bench-quick settings clean chaos chaos-short
+.PHONY: run test lint typecheck unit system-deps bench bench-quick settings clean chaos chaos-short \
+	container-deps container-images test-containers
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +55,25 @@ chaos: $(VENV)/.dev-installed system-deps
 
 chaos-short: $(VENV)/.dev-installed system-deps
 	$(BIN)/pytest tests/chaos -s -ra
+
+# Containers for real (podman, no image registry needed): installs podman/runc/debootstrap
+# with apt if missing, builds the images (base images cached in podman's store), then tests
+# the image and the compose deployment. See README, "Containers".
+PODMAN_COMPOSE_VERSION ?= 1.6.0
+
+$(VENV)/.containers-installed: $(VENV)/.dev-installed
+	$(BIN)/python -m pip install -q 'podman-compose==$(PODMAN_COMPOSE_VERSION)'
+	touch $@
+
+container-deps:
+	scripts/install-container-deps.sh
+
+container-images: $(VENV)/.dev-installed container-deps
+	PYTHON=$(BIN)/python scripts/build-container-images.sh
+
+test-containers: $(VENV)/.containers-installed container-images
+	ROOMCHAT_TEST_CONTAINERS=1 $(BIN)/pytest -s \
+		tests/infra/test_container_image.py tests/infra/test_compose.py
 
 bench: $(VENV)/.dev-installed
 	$(BIN)/python -m bench.run

@@ -1,6 +1,8 @@
 """infra/Dockerfile, infra/compose.yaml and infra/roomchat.env.example, checked without a Docker
 engine: they parse, name only real flags, settings, files and services, and the image's
-entrypoint and health check work against a wheel installed in a plain venv."""
+entrypoint and health check work against a wheel installed in a plain venv. The image and the
+compose deployment built and run for real: test_container_image.py and test_compose.py
+(``make test-containers``)."""
 
 from __future__ import annotations
 
@@ -57,6 +59,13 @@ def exec_form(keyword: str) -> list[str]:
         args = args[args.index("CMD ") + 4:]
     argv: list[str] = json.loads(args)
     return argv
+
+
+def default(value: str, variable: str) -> str:
+    """The default of ``${VARIABLE:-default}``: compose's value when VARIABLE is unset."""
+    match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", value)
+    assert match and match.group(1) == variable, (value, variable)
+    return match.group(2)
 
 
 def compose() -> dict[str, Any]:
@@ -193,10 +202,12 @@ def test_compose_services_flags_files_and_volumes_are_real() -> None:
         # History is shared through Redis, so a room that fails over keeps it.
         assert env["ROOMCHAT_STORE_URL"] == "redis://redis:6379/0"
         assert service["depends_on"] == {"redis": {"condition": "service_healthy"}}
+        # The image's HEALTHCHECK, repeated for engines and image formats that drop it.
+        assert service["healthcheck"]["test"] == ["CMD", *exec_form("HEALTHCHECK")]
     assert len(set(data_volumes)) == 2, "each instance needs its own data directory"
 
     caddy = services["caddy"]
-    assert caddy["image"].startswith("caddy:2.11")
+    assert default(caddy["image"], "ROOMCHAT_CADDY_IMAGE").startswith("caddy:2.11")
     upstreams = caddy["environment"]["ROOMCHAT_UPSTREAMS"].split()
     assert upstreams == ["roomchat-a:8000", "roomchat-b:8000"]
     assert {u.rsplit(":", 1)[1] for u in upstreams} == {entry_bind.rsplit(":", 1)[1]}
@@ -207,11 +218,13 @@ def test_compose_services_flags_files_and_volumes_are_real() -> None:
     assert (INFRA / "Caddyfile").samefile(INFRA / next(
         src for src, dst in mounts.items() if dst.startswith("/etc/caddy/Caddyfile")))
     assert {"caddy-data", "caddy-config"} <= set(mounts) <= declared_volumes | {"./Caddyfile"}
-    assert {"80:80", "443:443", "443:443/udp"} <= set(caddy["ports"])
+    assert {"${ROOMCHAT_PUBLISH_HTTP:-80}:80", "${ROOMCHAT_PUBLISH_HTTPS:-443}:443",
+            "${ROOMCHAT_PUBLISH_HTTPS:-443}:443/udp"} <= set(caddy["ports"])
     assert caddy["depends_on"] == {name: {"condition": "service_healthy"}
                                    for name in ("roomchat-a", "roomchat-b")}
 
     redis = services["redis"]
+    assert default(redis["image"], "ROOMCHAT_REDIS_IMAGE").startswith("redis:7")
     command = redis["command"]
     assert command[command.index("--appendonly") + 1] == "yes"
     assert command[command.index("--appendfsync") + 1] == "always"  # acked = durable
