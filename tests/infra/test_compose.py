@@ -234,10 +234,10 @@ async def test_compose_kill_and_restart_an_instance_keeps_one_room(tmp_path: Pat
         podman("kill", deployment.container(home))
         codes = await asyncio.gather(*(closed(c) for c in first))
         assert set(codes) == {1006}, codes
-        # Usually ~0.4 s. With aardvark-dns < 1.11 (Debian 12: 1.4) the kill's network
+        # Usually ~0.4 s. With aardvark-dns 1.4 (Debian 12) the kill's network
         # teardown can stall podman's DNS for the other containers too (containers/aardvark-dns
         # #389): Caddy then fails to resolve the survivor, marks it down for fail_duration,
-        # and clients get back after ~15 s. Docker's DNS does not do this.
+        # and clients get back after ~15 s (1 run in 7 here).
         deadline = time.monotonic() + 45 * SLOW
         second = [await join(deployment, c.user, deadline, after=c.last_seq) for c in first]
         resumed = time.monotonic() - killed_at
