@@ -72,9 +72,10 @@ def logs(name: str) -> str:
 
 
 def remove(*names: str) -> None:
-    """Remove containers (running or not) by name, ignoring ones that do not exist."""
+    """Remove containers (running or not) by name, ignoring ones that do not exist, with
+    their anonymous volumes (the images declare VOLUME /data)."""
     if names:
-        podman("rm", "--force", "--ignore", "--time", "0", *names, check=False)
+        podman("rm", "--force", "--ignore", "--volumes", "--time", "0", *names, check=False)
 
 
 def healthcheck(name: str) -> bool:
