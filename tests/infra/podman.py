@@ -1,7 +1,7 @@
 """Podman for the container tests: the images scripts/build-container-images.sh builds, and
 small wrappers around the ``podman`` command line. The container tests run with
 ``make test-containers`` (which sets ROOMCHAT_TEST_CONTAINERS=1, installs the engine and builds
-the images); a plain ``pytest`` collects them and reports them skipped with that hint."""
+the images); a plain ``pytest`` does not collect them (tests/infra/conftest.py)."""
 
 from __future__ import annotations
 
