@@ -148,7 +148,10 @@ def safe(text: str) -> bool:
 
 
 def claims_documented(payload: dict[str, Any]) -> bool:
-    """Whether the README's token rules accept these identity claims (exp/iat valid)."""
+    """Whether the README's token rules accept these identity claims (exp/iat valid), as the
+    server sees them: after the token's JSON round trip (an escaped surrogate pair becomes one
+    character)."""
+    payload = json.loads(json.dumps(payload))
     sub = payload["sub"]
     name = payload.get("name", sub)
     rooms = payload.get("rooms")
@@ -300,26 +303,31 @@ def expect_replies(ws: ClientConnection, want: list[str], sentinel: str) -> None
                     got.append(obj["code"])
                 elif obj["type"] == "ack":
                     if obj["id"] == sentinel:
-                        assert got == want, (got, want)
-                        return
+                        break
                     got.append("message")
+            else:
+                continue
+            break
     except ConnectionClosed:
         got.append(f"close {ws.close_code}")
     # An ack is sent once the message is stored (after the room's batch delay and a commit);
     # errors are immediate. So acks may come after the errors to later frames: compare errors
-    # (and closes) in order, and acks by count.
-    got = [x for x in got if x != "message"] + ["message"] * got.count("message")
-    got.sort(key=lambda x: x.startswith("close"))
-    want = [x for x in want if x != "message"] + ["message"] * want.count("message")
-    want.sort(key=lambda x: x.startswith("close"))
-    if got != want and want[-1].startswith("close"):
+    # and the close in order, and acks by count.
+    def split(answers: list[str]) -> tuple[list[str], int, list[str]]:
+        return ([x for x in answers if x != "message" and not x.startswith("close")],
+                answers.count("message"), [x for x in answers if x.startswith("close")])
+
+    got_errors, got_acks, got_close = split(got)
+    want_errors, want_acks, want_close = split(want)
+    assert got_close == want_close, (got, want)
+    if want_close and (got_errors, got_acks) != (want_errors, want_acks):
         # The answers to the frames before a close may not have been written yet when the
-        # close comes, and are dropped (a finding, noted in docs/reliability.md; safe, since a
-        # client resends unacked messages by id, but the 1008 arrives without its errors).
-        assert got[-1] == want[-1] and got[:-1] == want[:len(got) - 1], (got, want)
+        # close comes, and are dropped (finding C in docs/reliability.md; safe, since a client
+        # resends unacked messages by id, but a 1008 can arrive without its errors).
+        assert got_errors == want_errors[:len(got_errors)] and got_acks <= want_acks, (got, want)
         STATS["answers_cut_by_close"] += len(want) - len(got)
         return
-    assert got == want, (got, want)
+    assert (got_errors, got_acks) == (want_errors, want_acks), (got, want)
 
 
 @WIRE_SETTINGS
