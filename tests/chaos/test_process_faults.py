@@ -29,59 +29,61 @@ async def _traffic_then(tmp_path: Path, sig: signal.Signals) -> None:
     with server_process(data, env=ENV) as first:
         proc = first
         # StallingChatter: only for its connect, which also retries a handshake cut by the fault.
-        chatters: list[Chatter] = [StallingChatter(f"c{i}", ROOMS[i % 2])
-                                   for i in range(CLIENTS)]
-        target: Target = proc
-        for c in chatters:
-            await c.connect(target)
-        before = pick(3, 15)
-        after_restart = pick(3, 15)
-        stop_event = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        async with asyncio.TaskGroup() as tg:
+        try:
+            chatters: list[Chatter] = [StallingChatter(f"c{i}", ROOMS[i % 2])
+                                       for i in range(CLIENTS)]
+            target: Target = proc
             for c in chatters:
-                tg.create_task(chat(c, target, stop_event, 0.2))
-            await asyncio.sleep(before)
-            acked_before = {c.user: dict(c.acked) for c in chatters}
-            assert all(acked_before.values()), "no traffic before the fault"
-            exit_seconds = await asyncio.to_thread(stop, proc, sig)
-            returncode = proc.proc.returncode
-            killed_at = loop.time()
-            proc = await asyncio.to_thread(restart, proc, data, ENV)
-            restarted_in = loop.time() - killed_at
-            async with asyncio.timeout(30 * SLOW):  # every client is back on the new process
-                while not all(c.connects >= 2 and c.open for c in chatters):  # noqa: ASYNC110
-                    await asyncio.sleep(0.05)
-            resumed_in = loop.time() - killed_at
-            await asyncio.sleep(after_restart)
-            stop_event.set()
-        await settle(chatters, [target], timeout=30)
+                await c.connect(target)
+            before = pick(3, 15)
+            after_restart = pick(3, 15)
+            stop_event = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            async with asyncio.TaskGroup() as tg:
+                for c in chatters:
+                    tg.create_task(chat(c, target, stop_event, 0.2))
+                await asyncio.sleep(before)
+                acked_before = {c.user: dict(c.acked) for c in chatters}
+                assert all(acked_before.values()), "no traffic before the fault"
+                exit_seconds = await asyncio.to_thread(stop, proc, sig)
+                returncode = proc.proc.returncode
+                killed_at = loop.time()
+                proc = await asyncio.to_thread(restart, proc, data, ENV)
+                restarted_in = loop.time() - killed_at
+                async with asyncio.timeout(30 * SLOW):  # every client is back on the new process
+                    while not all(c.connects >= 2 and c.open for c in chatters):  # noqa: ASYNC110
+                        await asyncio.sleep(0.05)
+                resumed_in = loop.time() - killed_at
+                await asyncio.sleep(after_restart)
+                stop_event.set()
+            await settle(chatters, [target], timeout=30)
 
-        closes = [c.server_closes for c in chatters]
-        if sig == signal.SIGTERM:
-            drain = float(ENV["ROOMCHAT_DRAIN_TIMEOUT"])
-            assert returncode == 0, proc.output()
-            assert exit_seconds <= drain + 1.0 * SLOW, f"exit took {exit_seconds:.1f}s"
-            assert all(c[:1] == [1012] for c in closes), f"not 1012 first: {closes}"
-        else:
-            assert returncode == -signal.SIGKILL
-            assert all(c[:1] == [1006] for c in closes), closes
-        for c in chatters:  # what was acked before the fault keeps its seq
-            for cid, seq in acked_before[c.user].items():
-                assert c.acked[cid] == seq
-        tops = [await audit_embedded(target, data, room, chatters) for room in ROOMS]
-        record(f"{sig.name.lower()}-during-traffic", clients=CLIENTS, rooms=len(ROOMS),
-               messages=sum(len(c.sent) for c in chatters), stored=sum(tops),
-               deliveries=sum(len(c.seqs) for c in chatters),
-               duplicate_acks=sum(c.duplicate_acks for c in chatters),
-               exit_seconds=round(exit_seconds, 3), restart_seconds=round(restarted_in, 2),
-               all_resumed_seconds=round(resumed_in, 2),
-               traffic_seconds=before + after_restart)
-        for c in chatters:
-            await c.disconnect()
-        if proc is not first:  # the restarted process is ours to stop
-            proc.proc.kill()
-            proc.proc.wait()
+            closes = [c.server_closes for c in chatters]
+            if sig == signal.SIGTERM:
+                drain = float(ENV["ROOMCHAT_DRAIN_TIMEOUT"])
+                assert returncode == 0, proc.output()
+                assert exit_seconds <= drain + 1.0 * SLOW, f"exit took {exit_seconds:.1f}s"
+                assert all(c[:1] == [1012] for c in closes), f"not 1012 first: {closes}"
+            else:
+                assert returncode == -signal.SIGKILL
+                assert all(c[:1] == [1006] for c in closes), closes
+            for c in chatters:  # what was acked before the fault keeps its seq
+                for cid, seq in acked_before[c.user].items():
+                    assert c.acked[cid] == seq
+            tops = [await audit_embedded(target, data, room, chatters) for room in ROOMS]
+            record(f"{sig.name.lower()}-during-traffic", clients=CLIENTS, rooms=len(ROOMS),
+                   messages=sum(len(c.sent) for c in chatters), stored=sum(tops),
+                   deliveries=sum(len(c.seqs) for c in chatters),
+                   duplicate_acks=sum(c.duplicate_acks for c in chatters),
+                   exit_seconds=round(exit_seconds, 3), restart_seconds=round(restarted_in, 2),
+                   all_resumed_seconds=round(resumed_in, 2),
+                   traffic_seconds=before + after_restart)
+            for c in chatters:
+                await c.disconnect()
+        finally:
+            if proc is not first and proc.proc.poll() is None:  # restarted: ours to stop
+                proc.proc.kill()
+                proc.proc.wait()
 
 
 async def test_kill_9_during_traffic_restart_and_resume(tmp_path: Path) -> None:

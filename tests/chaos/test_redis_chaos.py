@@ -76,25 +76,27 @@ async def test_redis_crashes_and_process_kills_at_random(tmp_path: Path) -> None
                     procs[name] = await asyncio.to_thread(
                         restart, procs[name], tmp_path / name, REDIS_ENV, args(redis))
 
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(havoc())
-            for i, c in enumerate(chatters):
-                tg.create_task(wander(c, targets, random.Random(value * 100 + i), until))
-        if not redis.running:
-            redis.start()
-        await settle(chatters, targets, timeout=60)
-        for room in rooms:
-            await audit(redis.url, targets[0], room, chatters, context=f"[seed {value}] ")
-        record("redis-chaos", seed=value, seconds=seconds, clients=len(chatters),
-               faults=faults, messages=sum(len(c.sent) for c in chatters),
-               connects=sum(c.connects for c in chatters),
-               deliveries=sum(len(c.seqs) for c in chatters),
-               duplicate_acks=sum(c.duplicate_acks for c in chatters),
-               unavailable_errors=sum(c.errors["unavailable"] for c in chatters))
-        assert faults, "no fault happened"
-        for c in chatters:
-            await c.disconnect()
-        for proc in procs.values():  # the restarted ones are ours to stop
-            if proc.proc.poll() is None:
-                proc.proc.kill()
-                proc.proc.wait()
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(havoc())
+                for i, c in enumerate(chatters):
+                    tg.create_task(wander(c, targets, random.Random(value * 100 + i), until))
+            if not redis.running:
+                redis.start()
+            await settle(chatters, targets, timeout=60)
+            for room in rooms:
+                await audit(redis.url, targets[0], room, chatters, context=f"[seed {value}] ")
+            record("redis-chaos", seed=value, seconds=seconds, clients=len(chatters),
+                   faults=faults, messages=sum(len(c.sent) for c in chatters),
+                   connects=sum(c.connects for c in chatters),
+                   deliveries=sum(len(c.seqs) for c in chatters),
+                   duplicate_acks=sum(c.duplicate_acks for c in chatters),
+                   unavailable_errors=sum(c.errors["unavailable"] for c in chatters))
+            assert faults, "no fault happened"
+            for c in chatters:
+                await c.disconnect()
+        finally:
+            for proc in procs.values():  # restarted ones are ours to stop, even on a failure
+                if proc.proc.poll() is None:
+                    proc.proc.kill()
+                    proc.proc.wait()
