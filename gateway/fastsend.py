@@ -130,40 +130,40 @@ class FrameWriter:
         if self._target is None:
             return
         transport = self._target[1].transport
+        if transport.is_closing():
+            return  # closed or being aborted already: nothing to drop
         sock = transport.get_extra_info("socket")
         if sock is not None:
-            with contextlib.suppress(OSError):  # already closed
+            # Already closed: OSError, or under uvloop ValueError (a socket whose fd is -1).
+            with contextlib.suppress(OSError, ValueError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
         transport.abort()
 
-    def bytes_acked(self) -> int | None:
-        """While data waits to reach the peer (a backlog here or in the kernel's send queue):
-        the bytes its TCP stack has acknowledged (Linux ``tcpi_bytes_acked``). None when
-        nothing is waiting or it can't be read.
+    def tcp_progress(self) -> tuple[int, int] | None:
+        """``(acked, pending)``: bytes the peer's TCP stack has acknowledged (Linux
+        ``tcpi_bytes_acked``) and bytes written but not yet acknowledged (our buffer and the
+        kernel's send queue); None where that can't be read.
 
-        With a backlog, the count grows only while the peer *reads*: a stopped client (a zombie)
-        stops acking once its receive window is full, even the window probes it answers.
-        Without one, a zombie's kernel still acks the odd small frame (a ping) into its buffer,
-        so nothing can be concluded: None.
+        ``acked`` grows only while the peer reads, until its receive buffer is full: a stopped
+        client (a zombie) still acks what fits in its buffer, so this proves progress only
+        through a known stretch of data (a replay), not liveness in general.
         """
         if self._target is None:
             return None
         transport = self._target[1].transport
         sock = transport.get_extra_info("socket")
-        if sock is None:
+        if sock is None or transport.is_closing():
             return None
         try:
-            if not transport.get_write_buffer_size():
-                queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
-                if not int.from_bytes(queued, sys.byteorder):
-                    return None
+            queued = fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
             info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
-        except OSError:
+        except (OSError, ValueError):  # closed meanwhile (uvloop: ValueError, fd -1)
             return None
         if len(info) < _TCP_INFO_LEN:
             return None
         acked: int = struct.unpack_from("Q", info, _BYTES_ACKED_OFFSET)[0]
-        return acked
+        pending = int.from_bytes(queued, sys.byteorder) + transport.get_write_buffer_size()
+        return acked, pending
 
     async def wait_closed(self) -> None:
         """Return once the TCP connection is closed (at once on shapes without one of our own).

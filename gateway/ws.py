@@ -224,12 +224,16 @@ class RoomSockets:
                 released = await self._release(transport, cfg.close_timeout)
                 reader.cancel()
         finally:
-            if actor is not None:
-                actor.leave_nowait(session.id)
-            if accepted and not released:
-                # Failed or cancelled: drop whatever is left of the connection.
-                transport.abort()
-            gw.connection_closed(transport, owner)
+            try:
+                if actor is not None:
+                    actor.leave_nowait(session.id)
+                if accepted and not released:
+                    # Failed or cancelled: drop whatever is left of the connection.
+                    transport.abort()
+            finally:
+                # Whatever happened above: a connection never uncounted holds a drain open for
+                # its whole timeout (and exits 1).
+                gw.connection_closed(transport, owner)
 
     async def _release(self, transport: FrameWriter, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the TCP connection to end, then abort it. True when gone.

@@ -390,10 +390,20 @@ class RoomActor:
                 # `after` would look like a reset (a replay from the start: duplicates).
                 while inbox.remote:
                     self._deliver(state, state.feed(inbox.remote.popleft()), wall_ms)
-                await self._sync(state, wall_ms, full=True)
+                behind_ok = await self._sync(state, wall_ms, full=True)
+            else:
+                behind_ok = True
             while inbox.control:
                 cmd = inbox.control.popleft()
                 if isinstance(cmd, _Join):
+                    if not behind_ok and cmd.after is not None and \
+                            cmd.after > state.delivered_seq:
+                        # Could not catch up (storage unreachable): its `after` would look like
+                        # a reset. Refuse (503 unavailable); the client retries and resumes.
+                        if not cmd.reply.done():
+                            cmd.reply.set_exception(StoreError(
+                                "storage unavailable: cannot resume here yet"))
+                        continue
                     effects += self._admit(state, cmd, now, wall_ms)
                 elif isinstance(cmd, _Leave):
                     if self._sessions.pop(cmd.session_id, None) is not None:

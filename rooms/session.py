@@ -54,9 +54,10 @@ class AbortableTransport(Transport, Protocol):
 
 @runtime_checkable
 class ProgressTransport(Transport, Protocol):
-    """A transport that can tell whether the peer is still reading (``gateway.fastsend``)."""
+    """A transport that can tell how far the peer has read (``gateway.fastsend``):
+    ``(acked, pending)`` bytes, or None."""
 
-    def bytes_acked(self) -> int | None: ...
+    def tcp_progress(self) -> tuple[int, int] | None: ...
 
 
 class SessionState(enum.Enum):
@@ -101,6 +102,7 @@ class Session:
         self._replay_done = False  # until then the outbox may lie beyond a gap (see close_nowait)
         self._replay_progress: float | None = None
         self._acked_seen: int | None = None  # ``reading``'s last look at the peer's TCP acks
+        self._replay_tail: int | None = None  # acked bytes at which the whole replay is read
         self._close_timer: asyncio.TimerHandle | None = None
         self._expired = False  # the closing phase ran out of time; the transport was aborted
         self._abortable = transport if isinstance(transport, AbortableTransport) else None
@@ -143,15 +145,23 @@ class Session:
         return self._replay_progress
 
     def reading(self) -> bool:
-        """Whether the peer has read anything since the last call (its TCP stack acked more
-        bytes); False where that can't be known. For the heartbeat: a client whose pongs are
-        stuck behind data it is still reading is alive."""
-        transport = self._transport
-        if not isinstance(transport, ProgressTransport):
+        """Whether the peer is still reading the join replay and has read more of it since the
+        last call (also in the middle of one large page's send). The replay counts as read only
+        once the peer's TCP stack has acknowledged
+        all of it: after the writer hands over the last page, megabytes may still sit in socket
+        buffers, and the client's pongs wait behind them. False once it is all acknowledged,
+        and for live traffic: a stopped client's kernel still acks what fits in its buffer, so
+        only the heartbeat can tell a zombie there."""
+        replaying = self._replay_progress is not None
+        if not replaying and self._replay_tail is None:
             return False
-        acked = transport.bytes_acked()
-        if acked is None:  # nothing waiting for the peer: its silence means what it says
-            self._acked_seen = None
+        transport = self._transport
+        progress = transport.tcp_progress() if isinstance(transport, ProgressTransport) else None
+        if progress is None:
+            return False
+        acked, _ = progress
+        if not replaying and self._replay_tail is not None and acked >= self._replay_tail:
+            self._replay_tail = None
             return False
         moved = self._acked_seen is not None and acked > self._acked_seen
         self._acked_seen = acked
@@ -287,6 +297,12 @@ class Session:
         if not self.open:
             return  # closed mid-replay: close_nowait dropped the live outbox (no gap)
         self._replay_done = True
+        if self._replay_progress is not None:
+            transport = self._transport
+            progress = (transport.tcp_progress() if isinstance(transport, ProgressTransport)
+                        else None)
+            if progress is not None:
+                self._replay_tail = progress[0] + progress[1]
         self._replay_progress = None
         outbox = self._outbox
         while self.state is not SessionState.CLOSED:

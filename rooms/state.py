@@ -252,7 +252,9 @@ class RoomState:
 
     def behind(self, top: int) -> bool:
         """Whether the log holds messages (up to ``top``) that nothing here is waiting for."""
-        return top > self.delivered_seq and not self._buffer and not self._inflight
+        # (A batch of ours waiting for a retry does not count: if it was stored after all, the
+        # read delivers it and ``committed`` later finds it delivered; its acks follow then.)
+        return top > self.delivered_seq and not self._buffer
 
     # -- events -----------------------------------------------------------------------------
 

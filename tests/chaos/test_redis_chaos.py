@@ -11,10 +11,7 @@ import random
 import signal
 from pathlib import Path
 
-import pytest
-
 from tests.chaos.harness import (
-    FULL,
     LIFT_CAPS,
     StallingChatter,
     pick,
@@ -39,11 +36,6 @@ from tests.support import server_process
 REDIS_ENV = {**ENV, **LIFT_CAPS}
 
 
-# Known bug (docs/reliability.md, "Bugs found"): a resume right after a Redis crash can get
-# `recovered: false` and a replay from seq 1. Strict under `make chaos`; tolerated (it's random)
-# under `make test` until it is fixed.
-@pytest.mark.xfail(not FULL, reason="resume after a Redis crash: recovered false, replay from 1",
-                   strict=False)
 async def test_redis_crashes_and_process_kills_at_random(tmp_path: Path) -> None:
     value = seed("redis-chaos")
     rng = random.Random(value)
