@@ -16,14 +16,19 @@ import random
 import signal
 import sqlite3
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidMessage
 
 from tests.integration.test_scaleout import Member
-from tests.integration.test_scaleout_faults import Chatter, Stored, Target, anomalies, read_back
+from tests.integration.test_scaleout_faults import (
+    Chatter,
+    Stored,
+    Target,
+    check_room,
+    read_back,
+)
 from tests.support import REPO, SLOW, Process, start_process
 
 FULL = os.environ.get("ROOMCHAT_CHAOS_FULL", "") == "1"
@@ -162,28 +167,5 @@ async def audit_embedded(target: Target, data_dir: Path, room: str, chatters: li
     1..top (no gap, no duplicate across its reconnects), what it saw is what is stored,
     everything it sent was acked and is stored exactly once at its acked seq; the read-back
     (``after=0``) equals the SQLite file. Returns the room's top seq."""
-    mine = [c for c in chatters if c.room == room]
     wire = await read_back(target, room)
-    on_wire = {m["seq"]: (m["user"], m["id"], m["text"]) for m in wire}
-    seqs = [m["seq"] for m in wire]
-    assert seqs == list(range(1, len(seqs) + 1)), f"{context}{room} read back: {anomalies(seqs)}"
-    in_db = stored(data_dir, room)
-    assert in_db == sorted(on_wire.items()), f"{context}{room}: SQLite differs from read back"
-    twice = [k for k, n in Counter((u, i) for u, i, _ in on_wire.values()).items() if n > 1]
-    assert not twice, f"{context}{room}: stored more than once: {twice[:10]}"
-    top = len(seqs)
-    for c in mine:
-        assert not c.problems, f"{context}{c}: {c.problems[:10]}"
-        assert c.seqs == list(range(1, top + 1)), f"{context}{c}: {anomalies(c.seqs)}"
-        wrong = [s for s in c.seqs if c.seen[s] != on_wire[s]]
-        assert not wrong, f"{context}{c}: saw other messages than stored at {wrong[:10]}"
-        assert not c.unacked, f"{context}{c}: never acked: {sorted(c.unacked)[:10]}"
-        assert set(c.acked) == set(c.sent)
-        misplaced = [cid for cid, seq in c.acked.items()
-                     if on_wire.get(seq) != (c.user, cid, c.sent[cid])]
-        assert not misplaced, f"{context}{c}: acked but not stored at their seq: {misplaced[:10]}"
-        assert 1011 not in c.server_closes, f"{context}{c}: closed with 1011"
-    ids = {(u, i) for u, i, _ in on_wire.values()}
-    sent = {(c.user, cid) for c in mine for cid in c.sent}
-    assert ids == sent, f"{context}{room}: stored messages nobody sent"
-    return top
+    return check_room(room, wire, stored(data_dir, room), "SQLite", chatters, context=context)

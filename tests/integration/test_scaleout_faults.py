@@ -278,16 +278,17 @@ async def settle(chatters: list[Chatter], targets: list[Target], timeout: float 
                 await c.connect(targets[i % len(targets)])
 
 
-async def audit(url: str, target: Target, room: str, chatters: list[Chatter],
-                *, context: str = "") -> None:
-    """The checks every test ends with (see the module docstring)."""
+def check_room(room: str, wire: list[dict[str, Any]], backing: list[tuple[int, Stored]],
+               backing_name: str, chatters: list[Chatter], *, context: str = "") -> int:
+    """The checks every test ends with (see the module docstring), given the room's read-back
+    (``after=0``) and what its engine holds (``backing``, named ``backing_name`` in messages).
+    Returns the room's top seq."""
     mine = [c for c in chatters if c.room == room]
-    wire = await read_back(target, room)
     stored = {m["seq"]: (m["user"], m["id"], m["text"]) for m in wire}
     seqs = [m["seq"] for m in wire]
     assert seqs == list(range(1, len(seqs) + 1)), f"{context}{room} read back: {anomalies(seqs)}"
-    in_redis = await stream_of(url, room)
-    assert in_redis == sorted(stored.items()), f"{context}{room}: stream differs from read back"
+    assert backing == sorted(stored.items()), \
+        f"{context}{room}: {backing_name} differs from read back"
     twice = [k for k, n in Counter((u, i) for u, i, _ in stored.values()).items() if n > 1]
     assert not twice, f"{context}{room}: stored more than once: {twice[:10]}"
     top = len(seqs)
@@ -305,6 +306,14 @@ async def audit(url: str, target: Target, room: str, chatters: list[Chatter],
     stored_ids = {(u, i) for u, i, _ in stored.values()}
     sent = {(c.user, cid) for c in mine for cid in c.sent}
     assert stored_ids == sent, f"{context}{room}: stored messages nobody sent"
+    return top
+
+
+async def audit(url: str, target: Target, room: str, chatters: list[Chatter],
+                *, context: str = "") -> None:
+    """``check_room`` against the room's Redis stream."""
+    wire = await read_back(target, room)
+    check_room(room, wire, await stream_of(url, room), "stream", chatters, context=context)
 
 
 async def chat(c: Chatter, target: Target, stop: asyncio.Event, pause: float) -> None:
