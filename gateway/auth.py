@@ -1,11 +1,12 @@
 """Issue and verify roomchat JWTs. Pure apart from reading key files in ``load_keys``.
 
 A token carries ``sub`` (user id), optional ``name`` (display name, defaults to ``sub``),
-``rooms`` (room names, or ``["*"]`` for all), optional ``admin`` (bool), optional ``scope``
-(``"api"``: a service credential for ``/api/v1``, never a chat socket), and the registered
-claims ``exp``, ``iat``, ``aud``, ``iss`` (all required). The algorithm is pinned by config: a
-token signed with any other algorithm (``none`` included) is refused, which also closes the
-HS/RS key-confusion hole.
+``rooms`` (room names, or ``["*"]`` for all), optional ``admin`` (bool), optional ``moderator``
+(bool: moderates every room the token may join) or ``mod`` (the room names it moderates),
+optional ``scope`` (``"api"``: a service credential for ``/api/v1``, never a chat socket), and
+the registered claims ``exp``, ``iat``, ``aud``, ``iss`` (all required). The algorithm is pinned
+by config: a token signed with any other algorithm (``none`` included) is refused, which also
+closes the HS/RS key-confusion hole.
 """
 
 from __future__ import annotations
@@ -57,9 +58,17 @@ class Claims:
     admin: bool = False
     issued_at: float = 0.0  # Unix seconds (``iat``): revocations refuse tokens issued before
     scope: str | None = None  # ``API_SCOPE``: a service credential (gateway.api), not a user
+    moderator: bool = False  # ``"moderator": true``: moderates every room it may join
+    mod: frozenset[str] = frozenset()  # ``"mod": [...]``: the rooms it moderates
 
     def may_join(self, room: str) -> bool:
         return ALL_ROOMS in self.rooms or room in self.rooms
+
+    def moderates(self, room: str) -> bool:
+        """Whether this user may delete messages and ban users in ``room`` (from the page)."""
+        if not self.may_join(room):
+            return False
+        return self.moderator or ALL_ROOMS in self.mod or room in self.mod
 
 
 def parse_ttl(text: str) -> float:
@@ -151,9 +160,18 @@ def _claims(payload: dict[str, Any]) -> Claims:
     scope = payload.get("scope")
     if scope is not None and not isinstance(scope, str):
         raise AuthError("invalid_token", "scope must be a string")
+    moderator = payload.get("moderator", False)
+    if not isinstance(moderator, bool):
+        raise AuthError("invalid_token", "moderator must be a boolean")
+    mod = payload.get("mod", [])
+    if not isinstance(mod, list) or not all(
+        isinstance(r, str) and (r == ALL_ROOMS or valid_room_name(r)) for r in mod
+    ):
+        raise AuthError("invalid_token", "mod must be a list of room names or [\"*\"]")
     return Claims(user=user, name=name.strip(), rooms=frozenset(rooms),
                   expires_at=float(payload["exp"]), admin=admin,
-                  issued_at=float(payload["iat"]), scope=scope)
+                  issued_at=float(payload["iat"]), scope=scope, moderator=moderator,
+                  mod=frozenset(mod))
 
 
 class TokenIssuer:
@@ -166,7 +184,8 @@ class TokenIssuer:
         self._kid = kid
 
     def issue(self, user: str, *, rooms: list[str], ttl: float, name: str | None = None,
-              admin: bool = False, now: float | None = None, scope: str | None = None) -> str:
+              admin: bool = False, now: float | None = None, scope: str | None = None,
+              moderator: bool = False, mod: list[str] | None = None) -> str:
         """A signed token (``scope="api"``: a service credential). Raises ``ValueError`` for a
         bad user, name or room."""
         now = time.time() if now is None else now
@@ -185,6 +204,13 @@ class TokenIssuer:
             payload["admin"] = True
         if scope is not None:
             payload["scope"] = scope
+        if moderator:
+            payload["moderator"] = True
+        if mod:
+            for room in mod:
+                if room != ALL_ROOMS and not valid_room_name(room):
+                    raise ValueError(f"invalid room name {room!r}: 1-64 of [A-Za-z0-9_-]")
+            payload["mod"] = mod
         headers = {"kid": self._kid} if self._kid is not None else None
         return jwt.encode(payload, self._key, algorithm=self.algorithm, headers=headers)
 

@@ -29,7 +29,7 @@ async def issue(engine: Engine, claims: Claims, room: str, ttl: float) -> str:
     ticket = secrets.token_urlsafe(24)
     payload = orjson.dumps({"user": claims.user, "name": claims.name, "room": room,
                             "exp": claims.expires_at, "iat": claims.issued_at,
-                            "admin": claims.admin})
+                            "admin": claims.admin, "moderator": claims.moderates(room)})
     await engine.stash(_key(ticket), payload, ttl)
     return ticket
 
@@ -47,4 +47,4 @@ async def redeem(engine: Engine, ticket: str, room: str) -> Claims:
         raise AuthError("room_forbidden", f"the ticket is for room {data['room']}")
     return Claims(user=data["user"], name=data["name"], rooms=frozenset([room]),
                   expires_at=float(data["exp"]), admin=bool(data["admin"]),
-                  issued_at=float(data["iat"]))
+                  issued_at=float(data["iat"]), moderator=bool(data.get("moderator", False)))

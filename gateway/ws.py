@@ -193,6 +193,7 @@ class RoomSockets:
             next(_session_ids), claims.user, claims.name, transport,
             outbox_limit=cfg.outbox_limit, max_frame_messages=cfg.max_frame_messages,
             send_timeout=cfg.send_timeout, close_timeout=cfg.close_timeout,
+            moderator=claims.moderates(room),
         )
         owner = (claims.user, ip)
         gw.connection_opened(transport, owner)

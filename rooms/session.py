@@ -74,10 +74,12 @@ class Session:
     def __init__(
         self, session_id: int, user: str, name: str, transport: Transport, *,
         outbox_limit: int, max_frame_messages: int, send_timeout: float, close_timeout: float,
+        moderator: bool = False,
     ) -> None:
         self.id = session_id
         self.user = user
         self.name = name
+        self.moderator = moderator  # may delete messages and ban users in this room
         self.state = SessionState.JOINING
         self.close_code: int | None = None
         self.close_reason = ""

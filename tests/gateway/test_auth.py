@@ -171,3 +171,20 @@ def test_lone_surrogates_and_control_characters_are_refused(claim: str, bad: str
 def test_names_with_any_printable_unicode_are_accepted(good: str) -> None:
     c = VERIFY.verify(jwt.encode(claims(sub=good, name=good), SECRET, algorithm="HS256"))
     assert (c.user, c.name) == (good, good)
+
+
+
+def test_moderator_claims_name_the_rooms_a_user_moderates() -> None:
+    def verified(**over: Any) -> Any:
+        return VERIFY.verify(jwt.encode(claims(rooms=["a", "b"], **over), SECRET,
+                                        algorithm="HS256"))
+
+    assert not verified().moderates("a")
+    assert verified(moderator=True).moderates("a")
+    assert not verified(moderator=True).moderates("c")  # only rooms the token may join
+    assert verified(mod=["b"]).moderates("b")
+    assert not verified(mod=["b"]).moderates("a")
+    assert verified(mod=["*"]).moderates("a")
+    for bad in ({"moderator": "yes"}, {"mod": "b"}, {"mod": ["bad room"]}):
+        with pytest.raises(AuthError):
+            verified(**bad)
