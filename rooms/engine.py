@@ -149,6 +149,15 @@ class Engine(Protocol):
         the room (``remote_deleted``). False when no message ``seq`` is stored."""
         ...
 
+    async def erase(self, user: str) -> dict[str, list[int]]:
+        """Replace every stored message of ``user``, in every room, by its tombstone (as
+        ``delete`` does) and tell the other processes serving each room (``remote_deleted``).
+        Returns what it erased now: room -> seqs, ascending; messages that already were
+        tombstones are not in it (a second erase returns ``{}``). Messages the user stores while
+        it runs may be missed: revoke or ban them first. The caller tells this process's live
+        rooms."""
+        ...
+
     async def ban(self, room: str, ban: Ban) -> None:
         """Record ``ban`` (replacing any earlier ban of the user in ``room``; it lapses by
         itself at ``until``) and tell the other processes serving the room (``remote_banned``)."""

@@ -321,6 +321,40 @@ class SqliteStore:
 
         return await self._run(query)
 
+    async def erase(self, user: str) -> dict[str, list[int]]:
+        """Make every stored message of ``user`` a tombstone; room -> seqs erased (ascending),
+        leaving out those that already were. All or none: one transaction."""
+        def query(conn: sqlite3.Connection) -> dict[str, list[int]]:
+            # Found by a scan of a read snapshot (WAL: the writer thread is not held up by it;
+            # an index on user would cost every append for a rare request), then tombstoned by
+            # primary key in one short write transaction that re-checks each row, so a row a
+            # concurrent delete or erase got first is not counted twice.
+            found = conn.execute("SELECT room, seq FROM messages WHERE user = ? AND text != '' "
+                                 "ORDER BY room, seq", (user,)).fetchall()
+            erased: dict[str, list[int]] = {}
+            if not found:
+                return erased
+            # secure_delete zeroes the freed bytes of each rewritten row: the text leaves the
+            # database's pages, not only its rows (docs/operations.md, erasure requests).
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    for room, seq in found:
+                        if conn.execute("UPDATE messages SET text = '' WHERE room = ? AND seq = ? "
+                                        "AND user = ? AND text != ''",
+                                        (room, seq, user)).rowcount:
+                            erased.setdefault(str(room), []).append(int(seq))
+                    conn.execute("COMMIT")
+                except Exception:
+                    conn.execute("ROLLBACK")
+                    raise
+            finally:
+                conn.execute("PRAGMA secure_delete = OFF")
+            return erased
+
+        return await self._run(query)
+
     async def ban(self, room: str, user: str, until: float | None, reason: str) -> None:
         await self._run(lambda conn: conn.execute(
             "INSERT OR REPLACE INTO bans (room, user, until, reason) VALUES (?,?,?,?)",

@@ -81,6 +81,9 @@ class EmbeddedEngine:
     async def delete(self, room: str, seq: int) -> bool:
         return await self.store.delete(room, seq)
 
+    async def erase(self, user: str) -> dict[str, list[int]]:
+        return await self.store.erase(user)
+
     async def ban(self, room: str, ban: Ban) -> None:
         await self.store.ban(room, ban.user, ban.until, ban.reason)
 

@@ -23,6 +23,11 @@ expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0
   entry can neither be rewritten nor re-added). Deletes and bans are announced on the room's
   channel like batches (``d`` and ``b`` messages): at-most-once, like every pub/sub message; a
   lost ban announcement leaves a banned user's open socket until it reconnects (and is refused).
+- Erasure requests (``erase``): there is no index from users to rooms (it would cost every
+  append, and a key outside the room's hash tag), so ``erase`` finds the room logs with ``SCAN``
+  and walks each in pages of ``ERASE_PAGE`` entries with ``erase.lua``, which tombstones the
+  user's entries like ``delete.lua`` and announces them in one ``d`` message per page. Its cost
+  is one pass over every stored message, in short steps (Redis serves others between them).
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an acked message
 survives a crash of Redis too.
@@ -65,6 +70,9 @@ POLL = 0.1
 """Seconds the listen task waits for a message before applying subscription changes."""
 RECONNECT_MAX = 5.0
 """Longest wait between two attempts to re-establish the subscription."""
+ERASE_PAGE = 1000
+"""Log entries one step of ``erase`` examines (one script call: Redis serves other clients
+between steps), and the ``COUNT`` hint of its ``SCAN`` for room logs."""
 
 
 def _keys(room: str) -> tuple[str, str, str, str, str, str]:
@@ -109,6 +117,7 @@ class RedisEngine:
         self._append = client.register_script(_script("append.lua"))
         self._sync = client.register_script(_script("sync.lua"))
         self._delete = client.register_script(_script("delete.lua"))
+        self._erase = client.register_script(_script("erase.lua"))
         self._on_commit = on_commit
         self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._listeners: dict[str, RoomListener] = {}
@@ -231,6 +240,28 @@ class RedisEngine:
         except RedisError as exc:
             raise self._failed("delete", exc) from exc
         return bool(done)
+
+    async def erase(self, user: str) -> dict[str, list[int]]:
+        self._check()
+        erased: dict[str, list[int]] = {}
+        try:
+            rooms = {_room_of(key) async for key in self._redis.scan_iter(
+                match="roomchat:{*}:log", count=ERASE_PAGE, _type="stream")}
+            for room in sorted(rooms):
+                log_key, *_, channel = _keys(room)
+                first = 1
+                while True:
+                    examined, last, *seqs = await self._erase(
+                        keys=[log_key, f"roomchat:{{{room}}}:deleted"],
+                        args=[user, first, ERASE_PAGE, channel, self.node])
+                    if seqs:
+                        erased.setdefault(room, []).extend(int(seq) for seq in seqs)
+                    if int(examined) < ERASE_PAGE:
+                        break
+                    first = int(last) + 1
+        except RedisError as exc:
+            raise self._failed("erase", exc) from exc
+        return erased
 
     async def ban(self, room: str, ban: Ban) -> None:
         self._check()
@@ -466,8 +497,10 @@ class RedisEngine:
             origin, _, tail = data[1:].decode(errors="replace").partition("\n")
             if origin == self.node:
                 return  # ours: this process's rooms were told directly
-            if kind == b"d" and tail.isdigit():
-                listener.remote_deleted(int(tail))
+            if kind == b"d":  # one seq (delete.lua) or several (erase.lua), one a line
+                for line in tail.split("\n"):
+                    if line.isdigit():
+                        listener.remote_deleted(int(line))
             elif kind == b"b":
                 user, _, reason = tail.partition("\n")
                 listener.remote_banned(user, reason)

@@ -119,6 +119,32 @@ async def test_delete_leaves_a_tombstone_in_reads(engine: Engine) -> None:
                                dedup_window=10) == [Appended(6)]
 
 
+async def test_erase_tombstones_every_message_of_a_user_in_every_room(engine: Engine) -> None:
+    for room in ("e1", "e2", "e3"):
+        await engine.load(room, 10)
+    await engine.append("e1", drafts(3, user="u") + drafts(2, user="v"), retention=0,
+                        dedup_window=10)  # u: 1-3, v: 4-5
+    await engine.append("e1", drafts(1, user="u", start=3), retention=0, dedup_window=10)  # 6
+    await engine.append("e2", drafts(2, user="v") + drafts(2, user="u"), retention=0,
+                        dedup_window=10)  # v: 1-2, u: 3-4
+    await engine.append("e3", drafts(2, user="v"), retention=0, dedup_window=10)
+    assert await engine.delete("e1", 2)  # a moderator got one first: not erased twice
+    assert await engine.erase("u") == {"e1": [1, 3, 6], "e2": [3, 4]}
+    e1 = await engine.read("e1", 0, 6, 10)
+    assert [(m.seq, m.user, m.text, m.deleted) for m in e1] == [
+        (1, "u", "", True), (2, "u", "", True), (3, "u", "", True), (4, "v", "t0", False),
+        (5, "v", "t1", False), (6, "u", "", True)]
+    assert e1[5] == StoredMessage("e1", 6, "u", "U", "id3", "", 1003)  # all but the text kept
+    assert [(m.seq, m.text) for m in await engine.read("e2", 0, 4, 10)] == [
+        (1, "t0"), (2, "t1"), (3, ""), (4, "")]
+    assert [m.text for m in await engine.read("e3", 0, 2, 10)] == ["t0", "t1"]
+    assert await engine.erase("u") == {}  # idempotent
+    assert await engine.erase("nobody") == {}
+    assert await engine.top("e1") == 6  # seqs go on after the erased ones
+    assert await engine.append("e1", drafts(1, user="u", start=9), retention=0,
+                               dedup_window=10) == [Appended(7)]
+
+
 async def test_bans_are_kept_until_lifted_or_over(engine: Engine) -> None:
     import time
 
@@ -211,6 +237,27 @@ async def test_two_nodes_share_seqs_dedup_and_the_live_feed(
     assert orjson.loads(heard.messages[0].wire) == {
         "type": "message", "room": "room", "seq": 1, "id": "id0", "user": "u", "name": "U",
         "text": "t0", "ts": 1000}
+
+
+async def test_erase_is_announced_to_other_nodes_in_pages(
+        two_nodes: tuple[RedisEngine, RedisEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+    from rooms.engines import redis as redis_engine
+
+    monkeypatch.setattr(redis_engine, "ERASE_PAGE", 4)  # several pages, and a SCAN in steps
+    a, b = two_nodes
+    heard = Listener()
+    b.subscribe("x", heard)
+    await asyncio.sleep(0.2)
+    for room in ("x", *(f"y{i}" for i in range(10))):
+        await a.load(room, 0)
+        await a.append(room, [Draft("u" if i % 3 else "v", "N", None, f"t{i}", i)
+                              for i in range(11)], retention=0, dedup_window=0)
+    erased = await a.erase("u")
+    want = [i + 1 for i in range(11) if i % 3]  # seqs 2, 3, 5, 6, 8, 9, 11
+    assert erased == {room: want for room in ("x", *(f"y{i}" for i in range(10)))}
+    await wait_for(heard, lambda: len(heard.deleted) == len(want))
+    assert heard.deleted == want  # only x's: b serves x alone
+    assert [m.seq for m in await b.read("x", 0, 11, 20) if not m.deleted] == [1, 4, 7, 10]
 
 
 async def test_dedup_window_forgets_old_ids(two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
