@@ -12,6 +12,13 @@ and presence changes; the actor delivers strictly in seq order, reads any gap fr
 syncs with the engine every ``sync_interval`` (presence, and the log's top seq as a check that
 nothing published was missed).
 
+Moderators (``Session.moderator``) may send ``delete`` and ``ban`` frames: ``RoomState`` applies
+the rules and queues what passes; after each batch is stored the actor carries those out through
+the engine (the same calls as the server API: a tombstone, a stored ban) and delivers what
+follows (the ``delete`` event, the banned user's 4004 closes, the moderator's answer). Other
+processes hear of both from the engine. A storage failure there answers the moderator
+``unavailable``; nothing else changes.
+
 Storage outages: a failed append is retried with backoff; meanwhile members get an
 ``unavailable`` error and their new messages are refused (not acked: they resend). After
 ``store_outage_timeout`` the room closes its sessions with 1013 and stops; clients reconnect
@@ -35,10 +42,10 @@ from dataclasses import dataclass
 
 from rooms import protocol
 from rooms.config import RoomConfig
-from rooms.engine import Engine
+from rooms.engine import Ban, Engine
 from rooms.errors import Banned, RoomBusy, RoomError, RoomStopped, StoreError
 from rooms.observer import NullObserver, RoomObserver
-from rooms.protocol import ClientFrame, CloseCode, ErrorCode
+from rooms.protocol import ClientFrame, CloseCode, DeleteMessage, ErrorCode
 from rooms.session import Session
 from rooms.state import (
     Appended,
@@ -47,6 +54,8 @@ from rooms.state import (
     Draft,
     Effect,
     JoinPlan,
+    Moderation,
+    ModerationOutcome,
     RoomState,
     Send,
     WireMessage,
@@ -437,6 +446,9 @@ class RoomActor:
 
             if await self._store(state, now, wall_ms, held) and count:
                 self._observer.broadcast_latency(time.monotonic() - oldest)
+            if state.moderation:
+                # After the batch: the room's messages never wait for a moderator's request.
+                await self._carry_out(state, wall_ms)
             # A gap usually closes by itself: this process's batch was stored just after
             # another's whose pub/sub message is still in flight. Read it from the log only if
             # it is still open after gap_repair_delay (pub/sub lost it).
@@ -523,6 +535,35 @@ class RoomActor:
         self._deliver(state, held + state.committed(batch, results), wall_ms)
         return True
 
+    async def _carry_out(self, state: RoomState, wall_ms: int) -> None:
+        """Moderators' deletes and bans accepted in this wake-up, one engine call (or two) each,
+        awaited here like ``_store``'s append: what arrives meanwhile forms the next batch. They
+        are rare (each costs its sender a rate-limit token), so doing them in order is enough."""
+        for request in state.take_moderation():
+            try:
+                outcome = await self._perform(request)
+            except StoreError as exc:
+                log.warning("room %s: moderation failed: %s", self.room, exc)
+                outcome = ModerationOutcome.UNAVAILABLE
+            self._deliver(state, state.moderated(request, outcome, wall_ms), wall_ms)
+
+    async def _perform(self, request: Moderation) -> ModerationOutcome:
+        """Carry out one moderation request through the engine. Raises ``StoreError``."""
+        frame = request.frame
+        if isinstance(frame, DeleteMessage):
+            # The engine's delete says True for a tombstone too: read first, to tell the
+            # moderator that someone (another moderator, the API) deleted it already.
+            found = await self._engine.read(self.room, frame.seq - 1, frame.seq, 1)
+            if not found or found[0].seq != frame.seq:
+                return ModerationOutcome.NOT_FOUND
+            if found[0].deleted:
+                return ModerationOutcome.ALREADY_DELETED
+            if not await self._engine.delete(self.room, frame.seq):
+                return ModerationOutcome.NOT_FOUND
+            return ModerationOutcome.DONE
+        await self._engine.ban(self.room, Ban(frame.user, request.until, frame.reason))
+        return ModerationOutcome.DONE
+
     async def _sync(self, state: RoomState, wall_ms: int, *, full: bool) -> bool:
         """Publish presence, learn others', and make sure nothing stored was missed: fill a gap,
         or catch up with the log's top. True when it reached the engine."""
@@ -607,6 +648,7 @@ class RoomActor:
             plan, effects = state.join(
                 session.id, session.user, session.name, after=cmd.after,
                 expires_at=now + (cmd.expires_at - wall_ms / 1000), now=now, wall_ms=wall_ms,
+                moderator=session.moderator,
             )
         except Exception as exc:  # RoomFull, or a join that cannot be served: the caller's
             cmd.reply.set_exception(exc)  # problem, not the room's (the join left no state)

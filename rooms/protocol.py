@@ -1,8 +1,10 @@
 """Wire protocol v1 (docs/protocol.md): parse client frames, serialize server objects. No I/O.
 
 Client frames are parsed into frozen dataclasses or a ``FrameError`` describing why the frame was
-refused. Server objects are serialized once to ``str`` so a broadcast shares one encoding among
-all recipients; a server frame is several of them joined by ``\\n`` (see ``join_frame``).
+refused. ``DeleteMessage`` and ``BanUser`` are a moderator's (whether the sender is one is the
+room's rule, ``rooms.state``; parsing checks only the frame's shape). Server objects are
+serialized once to ``str`` so a broadcast shares one encoding among all recipients; a server
+frame is several of them joined by ``\\n`` (see ``join_frame``).
 """
 
 from __future__ import annotations
@@ -42,6 +44,10 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     BUSY = "busy"
     UNAVAILABLE = "unavailable"  # storage unreachable: the message was not accepted
+    FORBIDDEN = "forbidden"  # a moderation frame from a connection that does not moderate the room
+    NOT_FOUND = "not_found"  # delete: no message with that seq is stored in the room
+    ALREADY_DELETED = "already_deleted"  # delete: that message is a tombstone already
+    SELF_BAN = "self_ban"  # ban: a moderator cannot ban themself
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +84,37 @@ class FrameError:
     id: str | None = None
 
 
-ClientFrame = SendMessage | Pong | Typing | FrameError
+@dataclass(frozen=True, slots=True)
+class DeleteMessage:
+    """A moderator's ``delete``: replace message ``seq`` by its tombstone, for everyone."""
+
+    seq: int
+    id: str | None = None  # echoed in the ``moderated`` answer or the ``error``
+
+
+@dataclass(frozen=True, slots=True)
+class BanUser:
+    """A moderator's ``ban``: close ``user``'s sockets in the room (4004) and refuse their joins,
+    for ``minutes`` or until ``until`` (Unix seconds), or until lifted when both are ``None``
+    (never both set)."""
+
+    user: str
+    reason: str = ""
+    minutes: float | None = None
+    until: float | None = None
+    id: str | None = None
+
+
+ModerationFrame = DeleteMessage | BanUser
+
+MAX_USER_CHARS = 64
+"""Longest user id (a token's ``sub``) a ``ban`` may name."""
+MAX_REASON_CHARS = 200
+"""Longest ``reason`` of a ``ban`` (the server API's limit too)."""
+MAX_BAN_MINUTES = 100 * 366 * 24 * 60
+"""Longest timed ban a ``ban`` frame may ask for (about a century); longer: leave both out."""
+
+ClientFrame = SendMessage | Pong | Typing | DeleteMessage | BanUser | FrameError
 
 
 def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int) -> ClientFrame:
@@ -94,7 +130,7 @@ def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int) -> 
         return Pong()
     if kind == "typing":
         return Typing()
-    if kind != "message":
+    if kind not in ("message", "delete", "ban"):
         return FrameError(ErrorCode.INVALID_MESSAGE, f"unknown type {str(kind)[:32]!r}")
     client_id = obj.get("id")
     if client_id is not None and (
@@ -103,6 +139,10 @@ def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int) -> 
         return FrameError(
             ErrorCode.INVALID_MESSAGE, f"id must be a string of 1 to {max_id_chars} characters"
         )
+    if kind == "delete":
+        return _parse_delete(obj, client_id)
+    if kind == "ban":
+        return _parse_ban(obj, client_id)
     text = obj.get("text")
     if not isinstance(text, str):
         return FrameError(ErrorCode.INVALID_MESSAGE, "text must be a string", client_id)
@@ -116,6 +156,39 @@ def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int) -> 
     return SendMessage(text=text, id=client_id)
 
 
+def _parse_delete(obj: dict[str, Any], client_id: str | None) -> DeleteMessage | FrameError:
+    seq = obj.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
+        return FrameError(ErrorCode.INVALID_MESSAGE, "seq must be a positive integer", client_id)
+    return DeleteMessage(seq, client_id)
+
+
+def _parse_ban(obj: dict[str, Any], client_id: str | None) -> BanUser | FrameError:
+    def refuse(message: str) -> FrameError:
+        return FrameError(ErrorCode.INVALID_MESSAGE, message, client_id)
+
+    user = obj.get("user")
+    if not isinstance(user, str) or not 1 <= len(user) <= MAX_USER_CHARS:
+        return refuse(f"user must be a string of 1 to {MAX_USER_CHARS} characters")
+    reason = obj.get("reason")
+    if reason is None:
+        reason = ""
+    if not isinstance(reason, str) or len(reason.strip()) > MAX_REASON_CHARS:
+        return refuse(f"reason must be a string of at most {MAX_REASON_CHARS} characters")
+    minutes, until = obj.get("minutes"), obj.get("until")
+    for value, field in ((minutes, "minutes"), (until, "until")):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                  or not 0 < value < float("inf")):
+            return refuse(f"{field} must be a positive number")
+    if minutes is not None and until is not None:
+        return refuse("give minutes or until, not both")
+    if minutes is not None and minutes > MAX_BAN_MINUTES:
+        return refuse(f"minutes must be at most {MAX_BAN_MINUTES}; leave it out for a ban "
+                      "until lifted")
+    return BanUser(user, reason.strip(), None if minutes is None else float(minutes),
+                   None if until is None else float(until), client_id)
+
+
 def dumps(obj: dict[str, Any]) -> str:
     """Serialize one server object (compact JSON, never containing a raw newline)."""
     return orjson.dumps(obj).decode()
@@ -127,10 +200,15 @@ def join_frame(objects: list[str]) -> str:
 
 
 def welcome(
-    room: str, user: str, name: str, seq: int, members: list[dict[str, str]], recovered: bool
+    room: str, user: str, name: str, seq: int, members: list[dict[str, str]], recovered: bool,
+    *, moderator: bool = False,
 ) -> str:
-    return dumps({"type": "welcome", "room": room, "user": user, "name": name, "seq": seq,
-                  "members": members, "recovered": recovered})
+    """``moderator`` (only present when true): this connection may send ``delete`` and ``ban``."""
+    obj: dict[str, Any] = {"type": "welcome", "room": room, "user": user, "name": name,
+                           "seq": seq, "members": members, "recovered": recovered}
+    if moderator:
+        obj["moderator"] = True
+    return dumps(obj)
 
 
 def ack(client_id: str | None, seq: int, *, duplicate: bool = False) -> str:
@@ -151,6 +229,17 @@ def typing(user: str, name: str) -> str:
 def deleted(seq: int) -> str:
     """A moderator deleted message ``seq``: clients replace it by a tombstone."""
     return dumps({"type": "delete", "seq": seq})
+
+
+def moderated_delete(seq: int, client_id: str | None) -> str:
+    """The answer to a moderator's ``delete``: done (every member was told)."""
+    return dumps({"type": "moderated", "action": "delete", "seq": seq, "id": client_id})
+
+
+def moderated_ban(user: str, until: float | None, reason: str, client_id: str | None) -> str:
+    """The answer to a moderator's ``ban``: stored, and the user's sockets here are closing."""
+    return dumps({"type": "moderated", "action": "ban", "user": user, "until": until,
+                  "reason": reason, "id": client_id})
 
 
 def ping(ts: int) -> str:

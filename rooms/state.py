@@ -13,6 +13,11 @@ The actor (``rooms.actor``) feeds it events with the current time and carries ou
   missing (pub/sub is at-most-once), ``behind(top)`` when the log is ahead of what was delivered.
 - Presence is the union of this process's members and ``others`` (``synced``), announced to this
   process's sessions as it changes.
+- Moderation from the page (``delete`` and ``ban`` frames): ``receive`` applies the rules (the
+  sender moderates the room, pays rate-limit tokens like any frame, cannot ban themself, names a
+  message the room has delivered) and queues what passes in ``moderation``; the actor carries
+  each out through the engine and hands the outcome to ``moderated``, which says what members
+  and the moderator get.
 
 Times: ``now`` is a monotonic clock in seconds (rate limits, heartbeats, token expiry deadlines);
 ``wall_ms`` is the Unix time in milliseconds (message and presence timestamps).
@@ -20,6 +25,7 @@ Times: ``now`` is a monotonic clock in seconds (rate limits, heartbeats, token e
 
 from __future__ import annotations
 
+import enum
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +34,16 @@ from typing import Any
 from rooms import protocol
 from rooms.config import RoomConfig
 from rooms.errors import RoomFull
-from rooms.protocol import CloseCode, ErrorCode, FrameError, Pong, SendMessage, Typing
+from rooms.protocol import (
+    BanUser,
+    ClientFrame,
+    CloseCode,
+    DeleteMessage,
+    ErrorCode,
+    FrameError,
+    Pong,
+    Typing,
+)
 from rooms.ratelimit import TokenBucket
 
 
@@ -152,6 +167,26 @@ class JoinPlan:
     recovered: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Moderation:
+    """A moderator's ``delete`` or ``ban`` that passed the room's rules: the actor carries it
+    out through the engine, then passes the outcome to ``RoomState.moderated``."""
+
+    session: int
+    frame: DeleteMessage | BanUser
+    until: float | None = None
+    """A ban's end in Unix seconds (``minutes`` resolved at acceptance); ``None``: until lifted."""
+
+
+class ModerationOutcome(enum.Enum):
+    """What the engine did with a ``Moderation``."""
+
+    DONE = "done"
+    NOT_FOUND = "not_found"  # delete: no message with that seq is stored
+    ALREADY_DELETED = "already_deleted"  # delete: it is a tombstone already
+    UNAVAILABLE = "unavailable"  # the engine failed (StoreError): nothing is known to be done
+
+
 @dataclass(slots=True)
 class _Session:
     user: str
@@ -159,6 +194,7 @@ class _Session:
     bucket: TokenBucket
     last_seen: float
     expires_at: float
+    moderator: bool = False
     strikes: int = 0
     invalid: int = 0
 
@@ -205,6 +241,9 @@ class RoomState:
     published: list[tuple[int, Appended]] = field(default_factory=list)
     """Answers to ``publish``: ``(ticket, result)`` once the message was delivered here; the
     actor takes them."""
+    moderation: list[Moderation] = field(default_factory=list)
+    """Moderators' requests accepted by ``receive``, for the actor to carry out (it takes them
+    with ``take_moderation`` every wake-up, so they are bounded by ``max_batch``)."""
     _sessions: dict[int, _Session] = field(default_factory=dict)
     _members: dict[str, _Member] = field(default_factory=dict)
     _others: dict[str, str] = field(default_factory=dict)  # members on other processes
@@ -260,9 +299,10 @@ class RoomState:
 
     def join(
         self, session: int, user: str, name: str, *, after: int | None, expires_at: float,
-        now: float, wall_ms: int,
+        now: float, wall_ms: int, moderator: bool = False,
     ) -> tuple[JoinPlan, list[Effect]]:
-        """Admit a session. Raises ``RoomFull`` at ``max_room_connections``.
+        """Admit a session (``moderator``: it may delete messages and ban users here; its
+        welcome says so). Raises ``RoomFull`` at ``max_room_connections``.
 
         All or nothing: everything that can fail (serialising the welcome and the presence
         event) happens before the state changes, so a failed join leaves nothing behind.
@@ -285,7 +325,8 @@ class RoomState:
             replay_after, recovered = after, True
         else:
             replay_after, recovered = self.oldest_seq - 1, False
-        welcome = protocol.welcome(self.room, user, name, upto, members, recovered)
+        welcome = protocol.welcome(self.room, user, name, upto, members, recovered,
+                                   moderator=moderator)
         effects: list[Effect] = []
         if announce:
             effects.append(Broadcast(protocol.presence("join", user, name, wall_ms), session))
@@ -293,7 +334,7 @@ class RoomState:
         # Nothing below can fail.
         self._sessions[session] = _Session(
             user=user, name=name, bucket=TokenBucket(cfg.rate_per_sec, cfg.rate_burst, now),
-            last_seen=now, expires_at=expires_at,
+            last_seen=now, expires_at=expires_at, moderator=moderator,
         )
         if self._next_ping is None:
             self._next_ping = now + cfg.ping_interval
@@ -347,12 +388,11 @@ class RoomState:
             info.last_seen = max(info.last_seen, now)
 
     def receive(
-        self, session: int, frame: SendMessage | Pong | Typing | FrameError, now: float,
-        wall_ms: int,
+        self, session: int, frame: ClientFrame, now: float, wall_ms: int,
         *, refuse: str | None = None,
     ) -> list[Effect]:
-        """Handle one client frame. ``refuse``: storage is unavailable; answer a message with an
-        ``unavailable`` error (saying this) instead of accepting it."""
+        """Handle one client frame. ``refuse``: storage is unavailable; answer a message (or a
+        moderation frame) with an ``unavailable`` error (saying this) instead of accepting it."""
         info = self._sessions.get(session)
         if info is None:
             return []  # already evicted; frames still in flight are dropped
@@ -386,6 +426,8 @@ class RoomState:
                 return [reply, *self.evict(session, CloseCode.POLICY_VIOLATION,
                                            "too many invalid frames", wall_ms)]
             return [reply]
+        if isinstance(frame, DeleteMessage | BanUser):
+            return self._moderation_rules(session, info, frame, wall_ms, refuse)
 
         if frame.id is not None:
             key = (info.user, frame.id)
@@ -411,6 +453,63 @@ class RoomState:
         if frame.id is not None:
             self._inflight_ids[(info.user, frame.id)] = waiting
         return []
+
+    def _moderation_rules(self, session: int, info: _Session, frame: DeleteMessage | BanUser,
+                          wall_ms: int, refuse: str | None) -> list[Effect]:
+        """Accept a moderation frame into ``moderation``, or refuse it with an ``error``."""
+        def error(code: ErrorCode, message: str, retry_after: float | None = None) -> list[Effect]:
+            return [Send(session, protocol.error(code, message, client_id=frame.id,
+                                                 retry_after=retry_after))]
+
+        if not info.moderator:
+            return error(ErrorCode.FORBIDDEN, "only a moderator of this room may delete messages "
+                         "or ban users")
+        if refuse is not None:
+            return error(ErrorCode.UNAVAILABLE, refuse, 1.0)
+        if isinstance(frame, DeleteMessage):
+            if not self.oldest_seq <= frame.seq <= self.delivered_seq:
+                return error(ErrorCode.NOT_FOUND, f"no message {frame.seq} is stored in this room")
+            self.moderation.append(Moderation(session, frame))
+            return []
+        if frame.user == info.user:
+            return error(ErrorCode.SELF_BAN, "you cannot ban yourself")
+        now_s = wall_ms / 1000
+        until = frame.until if frame.minutes is None else now_s + frame.minutes * 60
+        if until is not None and until <= now_s:
+            return error(ErrorCode.INVALID_MESSAGE, "until is in the past")
+        self.moderation.append(Moderation(session, frame, until))
+        return []
+
+    def take_moderation(self) -> list[Moderation]:
+        """The accepted moderation requests, oldest first, for the actor to carry out; it then
+        calls ``moderated`` with each one's outcome."""
+        taken, self.moderation = self.moderation, []
+        return taken
+
+    def moderated(self, request: Moderation, outcome: ModerationOutcome,
+                  wall_ms: int) -> list[Effect]:
+        """What follows the engine's ``outcome`` of ``request``: a delete is announced to every
+        member, a ban closes the user's sessions here with 4004 (other processes hear of both
+        from the engine); the moderator gets ``moderated``, or an ``error`` saying why not."""
+        frame, session = request.frame, request.session
+
+        def error(code: ErrorCode, message: str, retry_after: float | None = None) -> list[Effect]:
+            return [Send(session, protocol.error(code, message, client_id=frame.id,
+                                                 retry_after=retry_after))]
+
+        if outcome is ModerationOutcome.UNAVAILABLE:
+            return error(ErrorCode.UNAVAILABLE, "storage is unavailable; nothing was changed: "
+                         "try again after retry_after seconds", 1.0)
+        if isinstance(frame, DeleteMessage):
+            if outcome is ModerationOutcome.NOT_FOUND:
+                return error(ErrorCode.NOT_FOUND, f"no message {frame.seq} is stored in this room")
+            if outcome is ModerationOutcome.ALREADY_DELETED:
+                return error(ErrorCode.ALREADY_DELETED, f"message {frame.seq} is already deleted")
+            return [Broadcast(protocol.deleted(frame.seq)),
+                    Send(session, protocol.moderated_delete(frame.seq, frame.id))]
+        return [*self.evict_user(frame.user, CloseCode.BANNED, "banned", wall_ms),
+                Send(session, protocol.moderated_ban(frame.user, request.until, frame.reason,
+                                                     frame.id))]
 
     def _typing(self, session: int, user: str, name: str, now: float) -> list[Effect]:
         """Relay "``user`` is typing" to everyone else in the room, at most once per

@@ -199,3 +199,135 @@ async def test_the_page_history_refuses_banned_users_and_api_credentials(srv: Se
     status, body = await asyncio.to_thread(_page_history, srv.port, "lobby",
                                            make_token("svc", scope="api"))
     assert (status, body["error"]) == (403, "api_credential")
+
+
+# -- moderators on the page's own socket (delete and ban frames) --------------------------------
+
+async def test_a_moderator_deletes_from_a_socket_members_and_history_see_it(srv: Server) -> None:
+    mod = await srv.connect(user="alice", token=make_token("alice", moderator=True))
+    bob = await srv.connect(user="bob")
+    assert (await mod.recv())["moderator"] is True
+    assert "moderator" not in await bob.recv()
+    for i in range(2):
+        await bob.say(f"m{i}", id=f"m{i}")
+    for client in (mod, bob):
+        assert [(await client.recv_type("message"))["seq"] for _ in range(2)] == [1, 2]
+    await mod.send({"type": "delete", "seq": 1, "id": "d1"})
+    for client in (mod, bob):
+        assert await client.recv_type("delete") == {"type": "delete", "seq": 1}
+    assert await mod.recv_type("moderated") == {"type": "moderated", "action": "delete",
+                                                "seq": 1, "id": "d1"}
+    _, page = await call(srv.port, "GET", "/rooms/lobby/messages")
+    assert [(m["seq"], m["text"], m.get("deleted")) for m in page["messages"]] == [
+        (1, "", True), (2, "m1", None)]
+    # Again: already a tombstone. Beyond the room's last seq: not found. Neither is announced.
+    await mod.send({"type": "delete", "seq": 1, "id": "d2"})
+    error = await mod.recv_type("error")
+    assert (error["code"], error["id"]) == ("already_deleted", "d2")
+    await mod.send({"type": "delete", "seq": 9, "id": "d3"})
+    error = await mod.recv_type("error")
+    assert (error["code"], error["id"]) == ("not_found", "d3")
+    await bob.say("after", id="m2")
+    assert (await bob.recv())["type"] == "message"  # no second delete event came before it
+
+
+async def test_a_member_who_is_no_moderator_cannot_delete_or_ban(srv: Server) -> None:
+    bob = await srv.connect(user="bob")
+    eve = await srv.connect(user="eve")
+    for client in (bob, eve):
+        await client.recv()
+    await eve.say("hello", id="e1")
+    assert (await eve.recv_type("ack"))["seq"] == 1
+    await bob.send({"type": "delete", "seq": 1, "id": "d"})
+    await bob.send({"type": "ban", "user": "eve", "id": "b"})
+    for want in ("d", "b"):
+        error = await bob.recv_type("error")
+        assert (error["code"], error["id"]) == ("forbidden", want)
+    _, page = await call(srv.port, "GET", "/rooms/lobby/messages")
+    assert page["messages"][0]["text"] == "hello"
+    await eve.say("still here", id="e2")
+    assert (await eve.recv_type("ack"))["seq"] == 2
+    status, _ = await call(srv.port, "GET", "/rooms/lobby/bans/eve")
+    assert status == 404
+
+
+async def test_a_moderator_bans_from_a_socket_the_user_is_closed_and_refused(srv: Server) -> None:
+    mod = await srv.connect(user="alice", token=make_token("alice", moderator=True))
+    eve = await srv.connect(user="eve")
+    eve_elsewhere = await srv.connect(room="other", user="eve")
+    for client in (mod, eve, eve_elsewhere):
+        await client.recv()
+    await mod.send({"type": "ban", "user": "alice", "id": "self"})
+    error = await mod.recv_type("error")
+    assert (error["code"], error["id"]) == ("self_ban", "self")
+    await mod.send({"type": "ban", "user": "eve", "reason": "spam", "minutes": 60, "id": "b1"})
+    assert await eve.closed() == 4004
+    assert eve.ws.close_reason == "banned"
+    left = await mod.recv_type("presence")  # eve's sockets close first, then the answer
+    assert (left["event"], left["user"]) == ("leave", "eve")
+    answer = await mod.recv_type("moderated")
+    assert (answer["action"], answer["user"], answer["reason"], answer["id"]) == (
+        "ban", "eve", "spam", "b1")
+    assert time.time() + 59 * 60 < answer["until"] < time.time() + 61 * 60
+    status, body = await _refused(srv.url("lobby", make_token("eve")))
+    assert status == 403 and b'"error":"banned"' in body and b"spam" in body
+    status, ban = await call(srv.port, "GET", "/rooms/lobby/bans/eve")
+    assert (status, ban["reason"]) == (200, "spam")
+    # Only that room.
+    await eve_elsewhere.say("fine here", id="x")
+    assert (await eve_elsewhere.recv_type("ack"))["seq"] == 1
+
+
+async def test_the_mod_claim_is_honoured_room_by_room(srv: Server) -> None:
+    token = make_token("alice", mod=["lobby"])
+    in_lobby = await srv.connect(room="lobby", token=token)
+    in_other = await srv.connect(room="other", token=token)
+    bob_other = await srv.connect(room="other", user="bob")
+    assert (await in_lobby.recv())["moderator"] is True
+    assert "moderator" not in await in_other.recv()
+    await bob_other.recv()
+    await bob_other.say("hi", id="b1")
+    assert (await bob_other.recv_type("ack"))["seq"] == 1
+    await in_other.send({"type": "delete", "seq": 1, "id": "d"})
+    error = await in_other.recv_type("error")
+    assert (error["code"], error["id"]) == ("forbidden", "d")
+    await in_other.send({"type": "ban", "user": "bob", "id": "b"})
+    assert (await in_other.recv_type("error"))["code"] == "forbidden"
+    # A mod list names rooms the token may join: moderating one it may not join means nothing.
+    outsider = make_token("carol", rooms=["other"], mod=["lobby"])
+    carol = await srv.connect(room="other", token=outsider)
+    assert "moderator" not in await carol.recv()
+
+
+async def test_redis_a_moderators_delete_and_ban_reach_other_processes(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url:
+        env = {"ROOMCHAT_STORE_URL": url, "ROOMCHAT_API_KEY": API_KEY,
+               "PYTHONPATH": str(REPO)}
+        with server_process(tmp_path / "a", env=env) as a, \
+                server_process(tmp_path / "b", env=env) as b:
+            sockets = []
+            try:
+                for proc, token in ((a, make_token("alice", moderator=True)),
+                                    (b, make_token("bob")), (b, make_token("eve"))):
+                    sockets.append(await websockets.connect(
+                        proc.url("split", token), compression=None, open_timeout=10 * SLOW))
+                mod, bob, eve = (Client(ws) for ws in sockets)
+                assert (await mod.recv())["moderator"] is True
+                for client in (bob, eve):
+                    await client.recv()
+                await bob.say("oops", id="o1")
+                assert (await bob.recv_type("ack", timeout=10))["seq"] == 1
+                assert (await mod.recv_type("message", timeout=10))["seq"] == 1
+                await mod.send({"type": "delete", "seq": 1, "id": "d"})
+                assert (await mod.recv_type("moderated", timeout=10))["seq"] == 1
+                assert await bob.recv_type("delete", timeout=10) == {"type": "delete", "seq": 1}
+                _, page = await call(b.port, "GET", "/rooms/split/messages")
+                assert [m.get("deleted") for m in page["messages"]] == [True]
+                await mod.send({"type": "ban", "user": "eve", "id": "b"})
+                assert (await mod.recv_type("moderated", timeout=10))["user"] == "eve"
+                assert await eve.closed(timeout=10) == 4004
+                status, answer = await _refused(b.url("split", make_token("eve")))
+                assert status == 403 and b"banned" in answer
+            finally:
+                for ws in sockets:
+                    await ws.close()

@@ -10,12 +10,21 @@ import pytest
 
 from rooms.config import RoomConfig
 from rooms.errors import RoomFull
-from rooms.protocol import CloseCode, ErrorCode, FrameError, Pong, SendMessage
+from rooms.protocol import (
+    BanUser,
+    CloseCode,
+    DeleteMessage,
+    ErrorCode,
+    FrameError,
+    Pong,
+    SendMessage,
+)
 from rooms.state import (
     Appended,
     Broadcast,
     Close,
     Effect,
+    ModerationOutcome,
     RoomSnapshot,
     RoomState,
     Send,
@@ -342,3 +351,129 @@ def test_every_frame_costs_tokens_duplicates_and_pongs_included() -> None:
         assert state2.receive(1, Pong(), 0, 0) == []
     (wait,) = objs(send(state2, 1, "x"))
     assert wait[2]["code"] == "rate_limited"
+
+
+# -- moderation from the page (delete and ban frames) ------------------------------------------
+
+def moderated_room() -> RoomState:
+    """alice (session 1) moderates; bob (2, 3: two sockets) and eve (4) do not; seqs 1-3 stored."""
+    state = RoomState("r", replace(CFG, rate_burst=100, max_room_connections=10))
+    state.join(1, "alice", "Alice", after=None, expires_at=1e9, now=0, wall_ms=1,
+               moderator=True)
+    for session, user in ((2, "bob"), (3, "bob"), (4, "eve")):
+        joined(state, session, user)
+    for text in ("a", "b", "c"):
+        send(state, 2, text)
+    commit(state)
+    return state
+
+
+def test_the_welcome_tells_a_moderator_it_is_one() -> None:
+    state = RoomState("r", CFG)
+    plan, _ = state.join(1, "alice", "Alice", after=None, expires_at=1e9, now=0, wall_ms=1,
+                         moderator=True)
+    assert orjson.loads(plan.welcome)["moderator"] is True
+    plan, _ = joined(state, 2, "bob")
+    assert "moderator" not in orjson.loads(plan.welcome)
+
+
+@pytest.mark.parametrize("frame", [DeleteMessage(2, "d"), BanUser("eve", id="d")])
+def test_a_non_moderator_is_refused_and_nothing_is_queued(frame: DeleteMessage | BanUser) -> None:
+    state = moderated_room()
+    (refusal,) = objs(state.receive(2, frame, 0, 1000))
+    assert refusal[:2] == ("send", 2)
+    assert (refusal[2]["code"], refusal[2]["id"]) == ("forbidden", "d")
+    assert state.moderation == [] and state.has_session(4)
+
+
+def test_a_moderator_delete_is_queued_then_announced_to_everyone() -> None:
+    state = moderated_room()
+    assert state.receive(1, DeleteMessage(2, "d1"), 0, 1000) == []
+    (request,) = state.take_moderation()
+    assert state.moderation == []
+    assert (request.session, request.frame) == (1, DeleteMessage(2, "d1"))
+    effects = objs(state.moderated(request, ModerationOutcome.DONE, 1000))
+    assert effects == [
+        ("all", None, {"type": "delete", "seq": 2}),
+        ("send", 1, {"type": "moderated", "action": "delete", "seq": 2, "id": "d1"}),
+    ]
+
+
+@pytest.mark.parametrize(("outcome", "code"), [
+    (ModerationOutcome.NOT_FOUND, "not_found"),
+    (ModerationOutcome.ALREADY_DELETED, "already_deleted"),
+    (ModerationOutcome.UNAVAILABLE, "unavailable"),
+])
+def test_a_delete_the_engine_could_not_do_answers_only_the_moderator(
+    outcome: ModerationOutcome, code: str
+) -> None:
+    state = moderated_room()
+    state.receive(1, DeleteMessage(3, "d"), 0, 1000)
+    (request,) = state.take_moderation()
+    (answer,) = objs(state.moderated(request, outcome, 1000))
+    assert answer[:2] == ("send", 1)
+    assert (answer[2]["type"], answer[2]["code"], answer[2]["id"]) == ("error", code, "d")
+    assert ("retry_after" in answer[2]) is (outcome is ModerationOutcome.UNAVAILABLE)
+
+
+@pytest.mark.parametrize("seq", [4, 99])
+def test_deleting_a_seq_the_room_never_delivered_is_not_found_at_once(seq: int) -> None:
+    state = moderated_room()
+    (refusal,) = objs(state.receive(1, DeleteMessage(seq), 0, 1000))
+    assert refusal[2]["code"] == "not_found" and str(seq) in refusal[2]["message"]
+    assert state.moderation == []
+
+
+def test_a_ban_closes_every_socket_of_the_user_with_4004_and_answers_the_moderator() -> None:
+    state = moderated_room()
+    assert state.receive(1, BanUser("bob", "spam", minutes=2, id="b1"), 0, 1_000_000) == []
+    (request,) = state.take_moderation()
+    assert request.until == 1000 + 120
+    effects = objs(state.moderated(request, ModerationOutcome.DONE, 1_000_000))
+    closes = [(s, o["code"]) for k, s, o in effects if k == "close"]
+    assert closes == [(2, CloseCode.BANNED), (3, CloseCode.BANNED)]
+    assert effects[-2][:2] == ("all", None) and effects[-2][2]["event"] == "leave"
+    assert effects[-1] == ("send", 1, {"type": "moderated", "action": "ban", "user": "bob",
+                                       "until": 1120.0, "reason": "spam", "id": "b1"})
+    assert not state.has_session(2) and not state.has_session(3) and state.has_session(4)
+
+
+def test_a_ban_until_lifted_and_one_until_a_time() -> None:
+    state = moderated_room()
+    state.receive(1, BanUser("eve"), 0, 1_000_000)
+    state.receive(1, BanUser("bob", until=5000.0), 0, 1_000_000)
+    assert [r.until for r in state.take_moderation()] == [None, 5000.0]
+    (past,) = objs(state.receive(1, BanUser("bob", until=999.0, id="p"), 0, 1_000_000))
+    assert (past[2]["code"], past[2]["id"]) == ("invalid_message", "p")
+
+
+def test_a_moderator_cannot_ban_themself() -> None:
+    state = moderated_room()
+    (refusal,) = objs(state.receive(1, BanUser("alice", id="me"), 0, 1000))
+    assert (refusal[2]["code"], refusal[2]["id"]) == ("self_ban", "me")
+    assert state.moderation == [] and state.has_session(1)
+
+
+def test_a_ban_of_someone_not_here_still_answers_the_moderator() -> None:
+    state = moderated_room()
+    state.receive(1, BanUser("mallory"), 0, 1000)
+    (request,) = state.take_moderation()
+    effects = objs(state.moderated(request, ModerationOutcome.DONE, 1000))
+    assert [(k, s, o["type"]) for k, s, o in effects] == [("send", 1, "moderated")]
+
+
+def test_moderation_frames_pay_rate_limit_tokens_and_are_refused_during_an_outage() -> None:
+    state = RoomState("r", CFG)  # burst 2
+    state.join(1, "alice", "Alice", after=None, expires_at=1e9, now=0, wall_ms=1,
+               moderator=True)
+    joined(state, 2, "bob")
+    send(state, 2, "x")
+    commit(state)
+    state.receive(1, DeleteMessage(1), 0, 1000)
+    state.receive(1, BanUser("bob"), 0, 1000)
+    (limited,) = objs(state.receive(1, DeleteMessage(1, "third"), 0, 1000))
+    assert (limited[2]["code"], limited[2]["id"]) == ("rate_limited", "third")
+    assert len(state.take_moderation()) == 2
+    (refused,) = objs(state.receive(1, DeleteMessage(1, "o"), 5.0, 1000, refuse="storage down"))
+    assert (refused[2]["code"], refused[2]["message"]) == ("unavailable", "storage down")
+    assert state.moderation == []
