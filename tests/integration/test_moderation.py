@@ -15,7 +15,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from tests.apicall import API_KEY, call
-from tests.redis_server import redis_server
+from tests.redis_server import RedisServer, redis_server
 from tests.support import (
     REPO,
     SLOW,
@@ -331,3 +331,43 @@ async def test_redis_a_moderators_delete_and_ban_reach_other_processes(tmp_path:
             finally:
                 for ws in sockets:
                     await ws.close()
+
+
+async def test_storage_down_answers_the_moderator_unavailable_and_the_room_carries_on(
+        tmp_path: Path) -> None:
+    with RedisServer(tmp_path / "redis", aof=True) as redis:
+        env = {"ROOMCHAT_STORE_URL": redis.url, "ROOMCHAT_STORE_OUTAGE_TIMEOUT": "30",
+               "PYTHONPATH": str(REPO)}
+        with server_process(tmp_path / "a", env=env) as a:
+            ws = await websockets.connect(a.url("down", make_token("alice", moderator=True)),
+                                          compression=None, open_timeout=10 * SLOW)
+            try:
+                mod = Client(ws)
+                await mod.recv()
+                await mod.say("doomed", id="m1")
+                assert (await mod.recv_type("ack", timeout=10))["seq"] == 1
+                redis.stop(crash=True)
+
+                async def answer(frame_id: str) -> dict[str, object]:
+                    """The ``moderated`` or ``error`` that answers ``frame_id``."""
+                    while True:
+                        obj = await mod.recv(timeout=10)
+                        if obj.get("id") == frame_id and obj["type"] in ("moderated", "error"):
+                            return obj
+
+                await mod.send({"type": "delete", "seq": 1, "id": "d1"})
+                refused = await answer("d1")
+                assert (refused["type"], refused["code"]) == ("error", "unavailable")
+                redis.start()
+                # The socket stayed open: once storage is back, the same request goes through.
+                deadline = asyncio.get_running_loop().time() + 15 * SLOW
+                for attempt in range(1000):
+                    await mod.send({"type": "delete", "seq": 1, "id": f"r{attempt}"})
+                    got = await answer(f"r{attempt}")
+                    if got["type"] == "moderated":
+                        break
+                    assert got["code"] == "unavailable", got
+                    assert asyncio.get_running_loop().time() < deadline, "storage never back"
+                    await asyncio.sleep(0.5)
+            finally:
+                await ws.close()
