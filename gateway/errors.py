@@ -7,7 +7,7 @@ import math
 from quart import Response
 
 from gateway.auth import AuthError
-from gateway.limits import LimitExceeded
+from gateway.limits import Limit, LimitExceeded
 from rooms.errors import (
     Banned,
     RoomBusy,
@@ -56,7 +56,9 @@ def rejection_for(exc: AuthError | RoomError | LimitExceeded) -> Rejection:
         status = 403 if exc.reason == "room_forbidden" else 401
         return Rejection(status, exc.reason, exc.detail)
     if isinstance(exc, LimitExceeded):
-        return Rejection(429, exc.limit.value, exc.detail, exc.retry_after)
+        # The process-wide connection rate is the server's load, not this client's doing.
+        status = 503 if exc.limit is Limit.CONNECTION_RATE else 429
+        return Rejection(status, exc.limit.value, exc.detail, exc.retry_after)
     if isinstance(exc, Banned):
         until = "" if exc.until is None else f" until {exc.until:.0f} (Unix time)"
         return Rejection(403, "banned", f"banned from this room{until}"

@@ -1,9 +1,12 @@
 """Abuse caps of one process: who the client is, connections per user and per IP, and rates.
 
 Pure bookkeeping: nothing here awaits, reads a clock or touches a socket; callers pass ``now``
-(monotonic seconds). ``gateway.ws`` consults ``Limits`` before an upgrade (``handshake``, then
-``admit``), counts a connection for its whole life (``opened`` / ``closed``) and asks ``message``
-before a frame goes to its room. ``gateway.errors`` turns ``LimitExceeded`` into HTTP 429.
+(monotonic seconds) and, where a refusal's retry hint is jittered, a ``random()`` function.
+``gateway.ws`` consults ``Limits`` before an upgrade (``handshake``, then ``admit``), counts a
+connection for its whole life (``opened`` / ``closed``) and asks ``message`` before a frame goes
+to its room. ``gateway.errors`` turns ``LimitExceeded`` into HTTP 429, except the process-wide
+connection rate (``ConnectionRate``), which is 503 ``busy``: the server, not this client, is
+asking for patience.
 
 Memory stays bounded by the clients active recently, not by every client ever seen: a
 connection count is forgotten when it reaches zero, and a token bucket once it is full again
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import enum
 import ipaddress
-from collections.abc import Hashable, Iterable
+import random as _random
+import re
+from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from rooms.ratelimit import TokenBucket
@@ -31,6 +36,14 @@ K = TypeVar("K", bound=Hashable)
 PRUNE_INTERVAL = 1.0
 UNKNOWN_PEER = "unknown"  # no TCP peer address (not an IP socket)
 CLIENT_IP_HEADERS = ("x-forwarded-for", "forwarded")
+# The longest retry hint the process-wide connection rate gives: the page's longest backoff
+# (static/chat.js BACKOFF_MAX_MS), which also caps what it takes from Retry-After.
+RETRY_HINT_MAX = 30.0
+# Refused clients are spread over at least this many seconds, so that even a few of them do not
+# come back at the same instant (Retry-After has whole seconds: hints of 1 or 2).
+RETRY_SPREAD_MIN = 1.0
+# A non-empty ``ticket`` parameter: the upgrade redeems a ticket (and ignores any ``token``).
+_TICKET_PARAM = re.compile(rb"(?:^|&)ticket=[^&]")
 
 
 class Limit(enum.StrEnum):
@@ -40,6 +53,7 @@ class Limit(enum.StrEnum):
     USER_CONNECTIONS = "too_many_user_connections"
     IP_CONNECTIONS = "too_many_ip_connections"
     JOINS = "too_many_joins"
+    CONNECTION_RATE = "busy"
 
 
 class LimitExceeded(Exception):
@@ -210,6 +224,52 @@ class KeyedBuckets(Generic[K]):
         return len(self._buckets)
 
 
+class ConnectionRate:
+    """New connections per second for the whole process (Centrifugo's ``connection_rate_limit``).
+
+    A token bucket of ``burst`` refilled at ``rate`` per second, charged before any credential
+    is verified: in a reconnect storm the clients over the rate cost an HTTP parse and a short
+    503 instead of a signature check, a room join and a replay, and the event loop keeps serving
+    the connections it already has. A refusal carries a retry hint that spreads the refused
+    clients over the time the bucket needs to admit all of them (those refused recently, counted
+    down at ``rate`` per second as they are expected back), each at a random point of that span:
+    they return at about ``rate`` per second instead of all together a second later.
+    """
+
+    def __init__(self, rate: float, burst: int, random: Callable[[], float]) -> None:
+        """``random()``: uniform in [0, 1) (``random.random``; tests pass a fixed one).
+        Raises ``ValueError`` for a rate that is not positive or a burst below 1."""
+        self.bucket = TokenBucket(rate, burst, 0.0)  # full: monotonic ``now`` is past 0
+        self.rate = rate
+        self.random = random
+        self._backlog = 0.0  # refused clients not yet expected to have been admitted
+        self._backlog_at = 0.0
+        self.refused = 0  # since start, for statistics
+
+    def take(self, now: float) -> float:
+        """Admit one connection: 0.0, or the seconds a refused client should wait (jittered,
+        at most ``RETRY_HINT_MAX``); nothing is taken then."""
+        wait = self.bucket.take(now)
+        if wait == 0.0:
+            return 0.0
+        self.refused += 1
+        elapsed = max(0.0, now - self._backlog_at)
+        self._backlog = max(0.0, self._backlog - elapsed * self.rate) + 1.0
+        self._backlog_at = max(self._backlog_at, now)
+        spread = max(RETRY_SPREAD_MIN, self._backlog / self.rate)
+        return min(RETRY_HINT_MAX, wait + self.random() * spread)
+
+    def backlog(self, now: float) -> float:
+        """Refused clients still expected back at ``now`` (what the next hint is spread over)."""
+        return max(0.0, self._backlog - max(0.0, now - self._backlog_at) * self.rate)
+
+
+def redeems_ticket(query: bytes) -> bool:
+    """Whether an upgrade's query string carries a non-empty ``ticket`` (``gateway.ws`` then
+    redeems it and never looks at a ``token``)."""
+    return _TICKET_PARAM.search(query) is not None
+
+
 class Limits:
     """Every per-user and per-IP cap of this process (see the settings in ``gateway.config``).
 
@@ -218,7 +278,8 @@ class Limits:
 
     def __init__(self, *, connections_per_user: int, connections_per_ip: int,
                  handshake_rate: float, handshake_burst: int, user_rate: float,
-                 user_burst: int, joins_per_minute: int) -> None:
+                 user_burst: int, joins_per_minute: int, connection_rate: float,
+                 connection_burst: int, random: Callable[[], float]) -> None:
         self.user_connections: ConnectionCounts[str] = ConnectionCounts(connections_per_user)
         self.ip_connections: ConnectionCounts[str] = ConnectionCounts(connections_per_ip)
         self.handshakes: KeyedBuckets[str] = KeyedBuckets(handshake_rate, handshake_burst)
@@ -227,9 +288,11 @@ class Limits:
             raise ValueError("ROOMCHAT_USER_JOINS_PER_MINUTE must be at least 1")
         # "N per minute" as a bucket: N at once, then one every 60/N s.
         self.joins: KeyedBuckets[str] = KeyedBuckets(joins_per_minute / 60.0, joins_per_minute)
+        self.connection_rate = ConnectionRate(connection_rate, connection_burst, random)
 
     @classmethod
-    def from_config(cls, config: Config) -> Limits:
+    def from_config(cls, config: Config,
+                    random: Callable[[], float] = _random.random) -> Limits:
         """Raises ``ValueError`` naming the bad setting."""
         # A user's bucket is a number of connections' worth of the per-connection one, so that
         # raising the per-connection rate raises it too and it can never be the tighter of the
@@ -243,18 +306,31 @@ class Limits:
                        handshake_rate=config.handshake_rate, handshake_burst=config.handshake_burst,
                        user_rate=worth * config.room.rate_per_sec,
                        user_burst=max(1, round(worth * config.room.rate_burst)),
-                       joins_per_minute=config.user_joins_per_minute)
+                       joins_per_minute=config.user_joins_per_minute,
+                       connection_rate=config.connection_rate,
+                       connection_burst=config.connection_burst, random=random)
         except ValueError as exc:
             raise ValueError(f"abuse caps (ROOMCHAT_MAX_CONNECTIONS_PER_*, ROOMCHAT_HANDSHAKE_*, "
-                             f"ROOMCHAT_USER_*): {exc}") from None
+                             f"ROOMCHAT_USER_*, ROOMCHAT_CONNECTION_*): {exc}") from None
 
-    def handshake(self, ip: str, now: float) -> None:
-        """Charge one upgrade request to ``ip``, before any other check (they cost more).
-        Raises ``LimitExceeded(HANDSHAKES)``."""
+    def handshake(self, ip: str, now: float, query: bytes = b"") -> None:
+        """Charge one request that verifies a credential (an upgrade, a ticket or a history
+        page) before any other check (they cost more): first to ``ip``'s bucket, so one
+        address's flood never spends the process's budget, then to the process-wide connection
+        rate, unless ``query`` (an upgrade's query string) redeems a ticket: its ticket request
+        was charged already, and refusing it now would waste the ticket where the page cannot
+        read why (a browser sees a refused upgrade as 1006).
+        Raises ``LimitExceeded(HANDSHAKES)`` or ``LimitExceeded(CONNECTION_RATE)``."""
         wait = self.handshakes.take(ip, now)
         if wait > 0:
             raise LimitExceeded(Limit.HANDSHAKES, "too many connection attempts from this "
                                 "address; retry after Retry-After seconds", wait)
+        if redeems_ticket(query):
+            return
+        wait = self.connection_rate.take(now)
+        if wait > 0:
+            raise LimitExceeded(Limit.CONNECTION_RATE, "the server is taking too many new "
+                                "connections at once; retry after Retry-After seconds", wait)
 
     def admit(self, user: str, ip: str, now: float) -> None:
         """Whether ``user`` from ``ip`` may open one more connection (a join of a room); takes
@@ -292,4 +368,5 @@ class Limits:
         return {"users_connected": len(self.user_connections),
                 "ips_connected": len(self.ip_connections),
                 "handshake_buckets": len(self.handshakes),
-                "message_buckets": len(self.messages), "join_buckets": len(self.joins)}
+                "message_buckets": len(self.messages), "join_buckets": len(self.joins),
+                "connection_rate_refused": self.connection_rate.refused}

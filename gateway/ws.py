@@ -126,7 +126,7 @@ class RoomSockets:
         """
         gw = self.gw
         try:
-            gw.limits.handshake(ip, time.monotonic())
+            gw.limits.handshake(ip, time.monotonic(), bytes(scope["query_string"]))
         except LimitExceeded as exc:
             raise rejection_for(exc) from None
         if not valid_room_name(room):

@@ -11,6 +11,8 @@ from gateway.config import Config
 from gateway.errors import rejection_for
 from gateway.limits import (
     PRUNE_INTERVAL,
+    RETRY_HINT_MAX,
+    RETRY_SPREAD_MIN,
     ClientAddresses,
     ConnectionCounts,
     KeyedBuckets,
@@ -20,6 +22,7 @@ from gateway.limits import (
     forwarded_chain,
     parse_address,
     parse_networks,
+    redeems_ticket,
 )
 from rooms.ratelimit import TokenBucket
 
@@ -27,7 +30,8 @@ from rooms.ratelimit import TokenBucket
 def limits(**kw: Any) -> Limits:
     settings: dict[str, Any] = {
         "connections_per_user": 3, "connections_per_ip": 5, "handshake_rate": 1.0,
-        "handshake_burst": 4, "user_rate": 2.0, "user_burst": 6, "joins_per_minute": 10}
+        "handshake_burst": 4, "user_rate": 2.0, "user_burst": 6, "joins_per_minute": 10,
+        "connection_rate": 1000.0, "connection_burst": 1000, "random": lambda: 0.5}
     return Limits(**(settings | kw))
 
 
@@ -105,6 +109,70 @@ def test_handshakes_burst_then_refuse_with_retry_after_then_refill() -> None:
     caps.handshake("192.0.2.1", now=10.5)  # one token back after 1/rate s
 
 
+# --- the process-wide connection rate ------------------------------------------------------
+
+def test_connection_rate_burst_then_503_busy_with_a_jittered_retry_after_then_refill() -> None:
+    caps = limits(connection_rate=2.0, connection_burst=3, handshake_burst=100,
+                  random=lambda: 0.75)
+    for i in range(3):  # from different addresses: the cap is the whole process's
+        caps.handshake(f"192.0.2.{i}", now=10.0)
+    with pytest.raises(LimitExceeded) as refused:
+        caps.handshake("192.0.2.9", now=10.0)
+    assert refused.value.limit is Limit.CONNECTION_RATE
+    # The token is 1/rate = 0.5 s away; one client refused is spread over RETRY_SPREAD_MIN.
+    assert refused.value.retry_after == pytest.approx(0.5 + 0.75 * RETRY_SPREAD_MIN)
+    rejection = rejection_for(refused.value)
+    assert (rejection.status, rejection.error) == (503, "busy")
+    assert rejection.headers() == [(b"retry-after", b"2")]
+    with pytest.raises(LimitExceeded):
+        caps.handshake("192.0.2.9", now=10.49)
+    caps.handshake("192.0.2.9", now=10.5)
+
+
+def test_retry_hints_spread_the_refused_over_the_time_the_rate_needs_for_them() -> None:
+    draws = iter([0.0, 0.999, 0.999, 0.999])
+    rate = limits(connection_rate=10.0, connection_burst=1, random=lambda: next(draws))
+    gate = rate.connection_rate
+    assert gate.take(0.0) == 0.0
+    hints = [gate.take(0.0) for _ in range(4)]
+    assert hints[0] == pytest.approx(0.1)  # drawn at the start of its span: the token's wait
+    assert hints[1] == pytest.approx(0.1 + 0.999 * RETRY_SPREAD_MIN)  # 2 refused: still 1 s
+    assert gate.backlog(0.0) == pytest.approx(4.0)
+    assert gate.backlog(0.2) == pytest.approx(2.0)  # expected back and admitted at the rate
+    # Many refused at once: spread over backlog / rate seconds, capped at RETRY_HINT_MAX.
+    many = limits(connection_rate=10.0, connection_burst=1, random=lambda: 0.999)
+    many.connection_rate.take(0.0)
+    hints = [many.connection_rate.take(0.0) for _ in range(400)]
+    assert hints[99] == pytest.approx(0.1 + 0.999 * 100 / 10.0)
+    assert max(hints) == RETRY_HINT_MAX
+    assert many.statistics()["connection_rate_refused"] == 400
+
+
+def test_a_refusal_takes_nothing_and_the_per_ip_bucket_refuses_first() -> None:
+    caps = limits(connection_rate=1.0, connection_burst=2, handshake_burst=1)
+    caps.handshake("192.0.2.1", now=0.0)
+    for _ in range(5):  # refused by its own address: the process's budget is untouched
+        with pytest.raises(LimitExceeded) as refused:
+            caps.handshake("192.0.2.1", now=0.0)
+        assert refused.value.limit is Limit.HANDSHAKES
+    caps.handshake("192.0.2.2", now=0.0)
+    with pytest.raises(LimitExceeded) as refused:
+        caps.handshake("192.0.2.3", now=0.0)
+    assert refused.value.limit is Limit.CONNECTION_RATE
+
+
+def test_an_upgrade_redeeming_a_ticket_is_not_charged_again() -> None:
+    caps = limits(connection_rate=1.0, connection_burst=1, handshake_burst=100)
+    caps.handshake("192.0.2.1", now=0.0)  # the ticket request
+    caps.handshake("192.0.2.1", now=0.0, query=b"ticket=abc&after=41")  # its upgrade
+    with pytest.raises(LimitExceeded):
+        caps.handshake("192.0.2.1", now=0.0, query=b"token=eyJ&after=41")
+    assert redeems_ticket(b"after=1&ticket=x")
+    # An empty ticket, or another parameter ending in "ticket", falls back to the token: charged.
+    assert not redeems_ticket(b"ticket=&token=eyJ")
+    assert not redeems_ticket(b"xticket=1&token=eyJ")
+
+
 def test_joins_per_minute_allow_n_at_once_then_one_every_60_over_n_seconds() -> None:
     caps = limits(joins_per_minute=6, connections_per_user=100)
     for _ in range(6):
@@ -176,6 +244,7 @@ def test_token_bucket_full_changes_nothing() -> None:
 @pytest.mark.parametrize("kw", [
     {"connections_per_user": 0}, {"connections_per_ip": 0}, {"handshake_rate": 0.0},
     {"handshake_burst": 0}, {"user_rate": -1.0}, {"user_burst": 0}, {"joins_per_minute": 0},
+    {"connection_rate": 0.0}, {"connection_burst": 0},
 ])
 def test_caps_below_one_are_refused(kw: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
@@ -186,6 +255,8 @@ def test_from_config_reads_the_settings_and_names_them_on_error() -> None:
     caps = Limits.from_config(Config())
     assert caps.user_connections.cap == Config().max_connections_per_user
     assert caps.ip_connections.cap == Config().max_connections_per_ip
+    assert caps.connection_rate.rate == Config().connection_rate
+    assert caps.connection_rate.bucket.burst == Config().connection_burst
     with pytest.raises(ValueError, match="ROOMCHAT_"):
         Limits.from_config(replace(Config(), handshake_burst=0))
 

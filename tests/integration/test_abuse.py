@@ -1,12 +1,15 @@
 """Abuse caps at their edges (issue 13): a real server, real clients.
 
 Connections per user and per client IP (trusted proxies' X-Forwarded-For), handshakes per IP,
-messages per user across connections, live rooms per process, joins per user per minute.
+messages per user across connections, live rooms per process, joins per user per minute, and
+the process-wide connection rate (503 `busy`, issue 11).
 """
 
 from __future__ import annotations
 
 import asyncio
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -126,6 +129,47 @@ async def test_handshakes_per_ip_burst_then_429_with_retry_after_then_refill(
         await joined(srv)
         status, body, _ = await refused(srv)
         assert body["error"] == "too_many_handshakes"
+
+
+def post_ticket(port: int, user: str) -> tuple[int, dict[str, Any], str | None]:
+    """``POST /rooms/lobby/ticket`` as the page does: status, JSON body, Retry-After."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/rooms/lobby/ticket", data=b"",
+                                     method="POST",
+                                     headers={"Authorization": f"Bearer {make_token(user)}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10 * SLOW) as response:
+            return response.status, orjson.loads(response.read()), None
+    except urllib.error.HTTPError as exc:
+        return exc.code, orjson.loads(exc.read()), exc.headers.get("Retry-After")
+
+
+async def test_connection_rate_burst_then_503_busy_with_retry_after_then_admitted(
+        tmp_path: Path) -> None:
+    # Slow refill (one per second) so that nothing comes back while the test looks.
+    cfg = config(tmp_path, connection_burst=3, connection_rate=1.0)
+    async with running_server(cfg) as srv:
+        await joined(srv)
+        await joined(srv, user="bob")
+        status, body, _ = await asyncio.to_thread(post_ticket, srv.port, "carol")  # the third
+        assert status == 200
+        ticket = body["ticket"]
+
+        status, body, headers = await refused(srv, user="dave", headers=forwarded("203.0.113.1"))
+        assert (status, body["error"]) == (503, "busy")  # whatever the address: process-wide
+        retry_after = int(headers["Retry-After"])
+        assert 1 <= retry_after <= 3  # a token in <= 1 s, then a random point of >= 1 s
+        status, body, hint = await asyncio.to_thread(post_ticket, srv.port, "erin")
+        assert (status, body["error"]) == (503, "busy")  # what the page reads
+        assert hint is not None and int(hint) >= 1
+
+        # The ticket's request paid: its upgrade is not refused for the rate.
+        async with websockets.connect(f"ws://127.0.0.1:{srv.port}/rooms/lobby/ws?ticket={ticket}",
+                                      open_timeout=5 * SLOW) as ws:
+            first = await ws.recv()
+            assert orjson.loads(str(first).split("\n")[0])["user"] == "carol"
+
+        await asyncio.sleep(retry_after)
+        await joined(srv, user="dave")
 
 
 async def test_message_rate_per_user_spans_two_connections_in_different_rooms(
