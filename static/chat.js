@@ -9,6 +9,10 @@
 export const MAX_TEXT_CHARS = 2000; // the server's default max_text_chars, counted in code points
 const BACKOFF_BASE_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
+// After 1012 (server restart) every client of the server reconnects at a random point of this window: spread
+// so they don't arrive together, short so a small server's restart still feels like a blip. A server the
+// whole window would overload refuses the excess with 503 and a Retry-After spread over the time it needs.
+const RESTART_SPREAD_MS = 2000;
 const CONNECT_TIMEOUT_MS = 15000; // a connect that neither opens nor fails by then is abandoned
 // The server pings every 25 s and drops us after 35 s of silence; if we hear nothing for longer than that,
 // the connection is dead even if the browser has not noticed yet.
@@ -91,10 +95,39 @@ export function splitFrame(data) {
   return out;
 }
 
-/** Exponential backoff with jitter: 1 s doubling to 30 s, each delay drawn from [d/2, d]. */
+/**
+ * Exponential backoff with full jitter: d is 1 s doubling to 30 s, each delay drawn from [0, d] (AWS's "full
+ * jitter": clients that failed together spread over the whole window instead of its second half).
+ */
 export function backoffDelay(attempt, random = Math.random) {
   const full = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.max(0, attempt));
-  return Math.round(full / 2 + (random() * full) / 2);
+  return Math.round(random() * full);
+}
+
+/** The wait before reconnecting after 1012 (server restart): drawn from [0, RESTART_SPREAD_MS]. */
+export function restartDelay(random = Math.random) {
+  return Math.round(random() * RESTART_SPREAD_MS);
+}
+
+/**
+ * How long to wait before the next connect, for a plan from closeAction or ticketRefusalAction, when
+ * `attempt` connects have failed since the last stable one. Returns {delay, attempt}: the attempt count to
+ * keep for next time. The server's `retryAfterMs`, when it gave one, is a floor (never wait less than asked).
+ */
+export function reconnectDelay(plan, attempt, random = Math.random) {
+  let delay;
+  let next = attempt;
+  if (plan.action === 'now') {
+    delay = 0;
+  } else if (plan.action === 'soon') {
+    next = 0;
+    delay = restartDelay(random);
+  } else {
+    next = Math.max(next, plan.minAttempt || 0);
+    delay = backoffDelay(next, random);
+  }
+  if (plan.retryAfterMs) delay = Math.max(delay, plan.retryAfterMs);
+  return { delay, attempt: next + 1 };
 }
 
 /** The number of Unicode code points in a string (what the server's length limit counts). */
@@ -584,19 +617,8 @@ export class ChatClient extends EventTarget {
       this.setState(State.OFFLINE, { reason: plan.reason, code, detail, ...refusal });
       return;
     }
-    let delay;
-    if (plan.action === 'now') {
-      delay = 0;
-    } else if (plan.action === 'soon') {
-      this.attempt = 0;
-      delay = 500 + Math.round(Math.random() * 1000);
-    } else {
-      this.attempt = Math.max(this.attempt, plan.minAttempt || 0);
-      delay = backoffDelay(this.attempt);
-    }
-    // The server's own wait, when it gave one, is a floor (never wait less than it asked).
-    if (plan.retryAfterMs) delay = Math.max(delay, plan.retryAfterMs);
-    this.attempt += 1;
+    const { delay, attempt } = reconnectDelay(plan, this.attempt);
+    this.attempt = attempt;
     const retryAt = Date.now() + delay;
     this.setState(State.WAITING, {
       retryAt,
