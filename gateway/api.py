@@ -1,5 +1,6 @@
 """``/api/v1``: the server API an application's backend calls (publish, history, presence, live
-rooms, disconnect, moderation), behind a service credential and a rate limit per credential.
+rooms, disconnect, erasure, moderation), behind a service credential and a rate limit per
+credential.
 
 A service credential is ``Authorization: Bearer <credential>`` where the credential is either a
 JWT with ``"scope": "api"`` (verified like user tokens: same keys, pinned algorithm; its ``rooms``
@@ -299,6 +300,31 @@ async def disconnect(user: str) -> Response:
     for revoked in gw.revocations.apply([(user, at)]):
         gw.registry.revoke_nowait(revoked)  # here at once; other processes at their next poll
     return _json({"user": user, "revoked_at": at})
+
+
+@blueprint.post("/users/<user>/erase")
+async def erase(user: str) -> Response:
+    """An erasure request: every stored message of ``user``, in every room, becomes a tombstone
+    (``Engine.erase``), and members online get ``{"type":"delete"}`` for each (this process's
+    rooms at once, other processes' through the engine). Answers ``{"user", "erased",
+    "rooms": {room: [seq, ...]}}`` with what this call erased (``0``/``{}`` when nothing was
+    left: a retry is harmless)."""
+    gw, caller = _authorize()
+    if caller.rooms is not None:
+        raise Rejection(403, "room_forbidden", "erasing a user needs an all-rooms credential")
+    if not 1 <= len(user) <= MAX_USER_CHARS:
+        raise Rejection(400, "bad_request", f"user must be 1 to {MAX_USER_CHARS} characters")
+    try:
+        erased = await gw.store.erase(user)
+    except RoomError as exc:
+        raise rejection_for(exc) from None
+    live = {actor.room: actor for actor in gw.registry.rooms()}
+    for room, seqs in erased.items():
+        actor = live.get(room)
+        if actor is not None:
+            for seq in seqs:
+                actor.deleted_nowait(seq)
+    return _json({"user": user, "erased": sum(map(len, erased.values())), "rooms": erased})
 
 
 # -- moderation ----------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""``roomchat serve | token | revoke | export | backup | restore | settings``: the command
-line (a stable interface)."""
+"""``roomchat serve | token | revoke | erase | export | backup | restore | settings``: the
+command line (a stable interface)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.auth import API_SCOPE, HMAC_ALGORITHMS, make_issuer, parse_ttl
+from gateway.auth import API_SCOPE, HMAC_ALGORITHMS, MAX_USER_CHARS, make_issuer, parse_ttl
 from gateway.config import (
     Config,
     RoomConfig,
@@ -37,6 +37,12 @@ _TTL_WITHOUT_UNIT = re.compile(r"\s*\d+(?:\.\d+)?\s*")
 # The serve flags that are settings (flag name = Config field name); `settings` takes them too.
 _CONFIG_FLAGS = ("bind", "workers", "data_dir", "store_url", "certfile", "keyfile", "dev_login",
                  "compression", "log_json", "log_level")
+ERASE_TIMEOUT = 300.0
+"""Seconds `erase` waits for the server's answer (it walks every stored message once)."""
+ERASE_TOKEN_TTL = 600.0
+"""Lifetime of the service credential `erase` mints for its one request, seconds."""
+ERASE_TOKEN_USER = "roomchat-erase"
+"""The `sub` of that credential (what the server's logs and rate buckets see)."""
 
 
 def _version() -> str:
@@ -108,6 +114,20 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
     revoke.add_argument("--store-url", help="the server's store URL (default: its SQLite)")
 
+    erase = sub.add_parser(
+        "erase", help="erasure request: every message of a user, in every room, becomes a "
+        "tombstone, and members online see the deletes (asks the running server)")
+    erase.add_argument("--user", required=True, help="the user id (the tokens' `sub`)")
+    erase.add_argument("--url", metavar="BASE_URL",
+                       help="the running server's base URL (default: from ROOMCHAT_BIND, "
+                       "https with ROOMCHAT_CERTFILE)")
+    erase.add_argument("--data-dir", type=Path,
+                       help="data directory (default ./var): the keys to sign the request")
+    erase.add_argument("--store-url", help="the server's store URL (with --offline)")
+    erase.add_argument("--offline", action="store_true",
+                       help="erase in the store directly, without a server (on SQLite, members "
+                       "online are not told; on Redis, every process is)")
+
     export = sub.add_parser("export", help="print a room's stored history as NDJSON (one "
                             "wire object per line, oldest first)")
     export.add_argument("--room", required=True, help="the room")
@@ -167,6 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _token(args)
         if args.command == "revoke":
             return _revoke(args)
+        if args.command == "erase":
+            return _erase(args)
         if args.command in ("export", "backup", "restore"):
             return _data(args)
         if args.command == "dev-cert":
@@ -244,6 +266,129 @@ def _revoke(args: argparse.Namespace) -> int:
     print(f"revoked {args.user!r}: their connections close within "
           f"{config.revocation_poll:g} s; tokens issued before now are refused")
     return 0
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _erase(args: argparse.Namespace) -> int:
+    """``erase --user U``: through the running server's ``POST /api/v1/users/U/erase`` (the
+    server tells its live rooms, the engine the other processes), or with ``--offline`` in the
+    store directly."""
+    config = load_config(data_dir=args.data_dir, store_url=args.store_url)
+    setup_logging("warning", False)
+    if not 1 <= len(args.user) <= MAX_USER_CHARS:
+        raise ValueError(f"--user must be 1 to {MAX_USER_CHARS} characters")
+    if args.offline and args.url:
+        raise ValueError("give --url or --offline, not both")
+    erased = (_erase_offline(config, args.user) if args.offline
+              else _erase_online(config, args.user, args.url))
+    if erased is None:
+        return 1
+    count = sum(map(len, erased.values()))
+    print(f"erased {_plural(count, 'message')} of {args.user} in "
+          f"{_plural(len(erased), 'room')}")
+    return 0
+
+
+def _erase_offline(config: Config, user: str) -> dict[str, list[int]]:
+    import asyncio
+
+    from rooms.engine import is_shared_url, open_engine
+    from rooms.errors import StoreError
+
+    url = config.resolved_store_url
+    shared = is_shared_url(url)
+    if not shared and url.startswith("sqlite://") and \
+            not Path(url.removeprefix("sqlite://")).exists():
+        # Opening would create an empty database: a mistyped data dir must not look "done".
+        raise ValueError(f"no database at {url.removeprefix('sqlite://')}: give the "
+                         "server's --data-dir or --store-url")
+
+    async def run() -> dict[str, list[int]]:
+        engine = await open_engine(url)
+        try:
+            return await engine.erase(user)
+        finally:
+            await engine.close()
+
+    try:
+        erased = asyncio.run(run())
+    except StoreError as exc:
+        raise ValueError(f"cannot erase in the store: {exc}") from None
+    if not shared and erased:
+        print("roomchat: erased in the store directly: members online (if a server runs on "
+              "it) were not told; they see the tombstones when they rejoin", file=sys.stderr)
+    return erased
+
+
+def _erase_online(config: Config, user: str, url: str | None) -> dict[str, list[int]] | None:
+    """What the server erased; ``None`` (after one line on stderr) when it failed on its side.
+    Raises ``ValueError`` for what the operator can fix."""
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+    from urllib.parse import quote
+
+    if url is None:
+        host, _, port = config.bind.rpartition(":")
+        if host in ("", "0.0.0.0", "::", "[::]"):  # listening everywhere: ask over loopback
+            host = "127.0.0.1"
+        url = f"{'https' if config.certfile else 'http'}://{host}:{port}"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"--url {url!r}: give the server's base URL with its scheme, e.g. "
+                         "http://127.0.0.1:8000")
+    base = url.rstrip("/")
+    request = urllib.request.Request(f"{base}/api/v1/users/{quote(user, safe='')}/erase",
+                                     data=b"", method="POST")
+    request.add_header("Authorization", f"Bearer {_service_credential(config)}")
+    context = None
+    if parts.scheme == "https":
+        context = ssl.create_default_context()
+        dev_ca = config.data_dir / "ca.pem"  # roomchat dev-cert's CA, if that is in use
+        if dev_ca.exists():
+            context.load_verify_locations(dev_ca)
+    try:
+        with urllib.request.urlopen(request, timeout=ERASE_TIMEOUT, context=context) as answer:
+            body = json.loads(answer.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            refusal = json.loads(exc.read())
+            reason = f"{exc.code} {refusal['error']}: {refusal['detail']}"
+        except (ValueError, KeyError, TypeError):
+            reason = f"{exc.code} {exc.reason}"
+        if exc.code >= 500:
+            print(f"roomchat: the server at {base} could not erase ({reason}); nothing or "
+                  "part of it was erased: run the command again", file=sys.stderr)
+            return None
+        raise ValueError(f"the server at {base} refused: {reason}") from None
+    except TimeoutError:
+        print(f"roomchat: no answer from {base} within {ERASE_TIMEOUT:g} s; the erasure may "
+              "still be running: run the command again to finish it", file=sys.stderr)
+        return None
+    except (urllib.error.URLError, OSError) as exc:
+        why = getattr(exc, "reason", exc)
+        raise ValueError(f"no server answered at {base} ({why}): start it, give its --url, or "
+                         "--offline to erase in the store directly (on SQLite, members online "
+                         "are then not told)") from None
+    return {str(room): [int(seq) for seq in seqs] for room, seqs in body["rooms"].items()}
+
+
+def _service_credential(config: Config) -> str:
+    """``ROOMCHAT_API_KEY`` if set, else a short-lived ``scope: api`` JWT signed with the same
+    keys as ``roomchat token --api``. Never creates a secret: one made here would be one the
+    server does not know."""
+    if config.api_key:
+        return config.api_key
+    if (config.jwt_algorithm in HMAC_ALGORITHMS and not config.jwt_secret
+            and not (config.data_dir / "jwt-secret").exists()):
+        raise ValueError(f"no JWT secret in {config.data_dir.absolute()}: give the server's "
+                         "--data-dir (or set ROOMCHAT_JWT_SECRET or ROOMCHAT_API_KEY as it has)")
+    return make_issuer(config).issue(ERASE_TOKEN_USER, rooms=["*"], ttl=ERASE_TOKEN_TTL,
+                                     scope=API_SCOPE)
 
 
 def _data(args: argparse.Namespace) -> int:

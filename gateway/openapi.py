@@ -74,6 +74,13 @@ _SCHEMAS: dict[str, Any] = {
             "connections": {"type": "integer"}, "seq": {"type": "integer"}}}}}},
     "Disconnected": {"type": "object", "required": ["user", "revoked_at"], "properties": {
         "user": {"type": "string"}, "revoked_at": {"type": "number"}}},
+    "Erased": {"type": "object", "required": ["user", "erased", "rooms"], "properties": {
+        "user": {"type": "string"},
+        "erased": {"type": "integer", "minimum": 0,
+                   "description": "Messages this call made tombstones (0 when none was left)"},
+        "rooms": {"type": "object", "description": "Room -> the seqs erased there, ascending",
+                  "additionalProperties": {"type": "array", "items": {
+                      "type": "integer", "minimum": 1}}}}},
     "Deleted": {"type": "object", "required": ["room", "seq", "deleted"], "properties": {
         "room": {"type": "string"}, "seq": {"type": "integer"}, "deleted": {"const": True}}},
     "BanRequest": {"type": "object", "required": ["user"], "properties": {
@@ -145,6 +152,14 @@ def document() -> dict[str, Any]:
                            "user's tokens issued before now are refused.",
             "parameters": [_USER],
             "responses": {"200": _ok("Disconnected", "Revoked"), **_refusals("503")}}},
+        "/users/{user}/erase": {"post": {
+            "operationId": "erase", "summary": "Erase every message of a user (erasure request)",
+            "description": "Every stored message of the user, in every room, becomes a "
+                           "tombstone; members online get {\"type\":\"delete\",\"seq\":n} "
+                           "for each, on every process. Idempotent. Needs an all-rooms "
+                           "credential.",
+            "parameters": [_USER],
+            "responses": {"200": _ok("Erased", "Erased"), **_refusals("400", "503")}}},
         "/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This document", "security": [],
             "responses": {"200": {"description": "OpenAPI 3.1",

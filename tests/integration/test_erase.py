@@ -1,0 +1,278 @@
+"""Erasure requests against live servers: ``POST /api/v1/users/<user>/erase`` and ``roomchat
+erase --user U`` (run as a process) turn every message of the user into a tombstone, members
+online see exactly those deletes, history shows the tombstones, other users' messages stay, and
+a second run erases nothing; on Redis across processes too."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+
+from tests.apicall import API_KEY, api_token, call
+from tests.redis_server import redis_server
+from tests.support import (
+    REPO,
+    SLOW,
+    Client,
+    Process,
+    Server,
+    make_config,
+    make_token,
+    running_server,
+    server_process,
+)
+
+
+@pytest.fixture
+async def srv(tmp_path: Path) -> AsyncIterator[Server]:
+    async with running_server(replace(make_config(tmp_path), api_key=API_KEY)) as server:
+        yield server
+
+
+def roomchat(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``roomchat`` as an operator runs it: a process, with no ROOMCHAT_* of the tests' own."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}
+    done = subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True,
+                          text=True, timeout=60 * SLOW, check=False,
+                          env={**base, "PYTHONPATH": str(REPO), **(env or {})})
+    assert "Traceback" not in done.stderr, done.stderr
+    return done
+
+
+async def deletes(client: Client, count: int) -> list[int]:
+    """The seqs of the next ``count`` ``delete`` events ``client`` gets (other objects
+    skipped)."""
+    return [(await client.recv_type("delete", timeout=10))["seq"] for _ in range(count)]
+
+
+async def deletes_until(client: Client, marker: str) -> list[int]:
+    """The seqs of the ``delete`` events ``client`` gets before the message ``marker`` (sent
+    after the erasure: with ``deletes`` first, it shows that nothing more was announced)."""
+    seqs: list[int] = []
+    while True:
+        obj = await client.recv(timeout=10)
+        if obj["type"] == "delete":
+            seqs.append(obj["seq"])
+        elif obj["type"] == "message" and obj["text"] == marker:
+            return seqs
+
+
+async def say(client: Client, text: str) -> int:
+    """Send ``text`` (as its own id) and return its seq once acked; what arrives before the
+    ack stays for the next ``recv``."""
+    await client.say(text, id=text)
+    skipped: list[dict[str, Any]] = []
+    while True:
+        obj = await client.recv(timeout=10)
+        if obj["type"] == "ack" and obj["id"] == text:
+            client.pending[:0] = skipped
+            seq: int = obj["seq"]
+            return seq
+        skipped.append(obj)
+
+
+async def welcomed(client: Client) -> Client:
+    assert (await client.recv())["type"] == "welcome"
+    return client
+
+
+async def history(port: int, room: str) -> list[tuple[int, str, str, bool]]:
+    """``(seq, user, text, deleted)`` of every stored message, through the server API."""
+    status, page = await call(port, "GET", f"/rooms/{room}/messages?limit=1000")
+    assert status == 200
+    return [(m["seq"], m["user"], m["text"], m.get("deleted", False))
+            for m in page["messages"]]
+
+
+async def test_erase_reaches_online_members_and_history(srv: Server) -> None:
+    alice = {room: await welcomed(await srv.connect(room, "alice")) for room in ("lobby", "side")}
+    bob = {room: await welcomed(await srv.connect(room, "bob")) for room in ("lobby", "side")}
+    assert [await say(alice["lobby"], "a1"), await say(bob["lobby"], "b1"),
+            await say(alice["lobby"], "a2")] == [1, 2, 3]
+    assert [await say(bob["side"], "b2"), await say(alice["side"], "a3")] == [1, 2]
+
+    status, body = await call(srv.port, "POST", "/users/alice/erase")
+    assert (status, body) == (200, {"user": "alice", "erased": 3,
+                                    "rooms": {"lobby": [1, 3], "side": [2]}})
+    # Online members (the author's own sockets too) get exactly the erased seqs.
+    for member in (bob, alice):
+        assert await deletes(member["lobby"], 2) == [1, 3]
+        assert await deletes(member["side"], 1) == [2]
+    for room in ("lobby", "side"):
+        await call(srv.port, "POST", f"/rooms/{room}/messages", {"text": "marker"})
+    for member in (bob, alice):
+        assert await deletes_until(member["lobby"], "marker") == []
+        assert await deletes_until(member["side"], "marker") == []
+    assert await history(srv.port, "lobby") == [
+        (1, "alice", "", True), (2, "bob", "b1", False), (3, "alice", "", True),
+        (4, "api", "marker", False)]
+    assert await history(srv.port, "side") == [
+        (1, "bob", "b2", False), (2, "alice", "", True), (3, "api", "marker", False)]
+    # The page's history endpoint returns the tombstones too.
+    page = await asyncio.to_thread(_page_history, srv.port, "lobby", make_token("bob"))
+    assert [(m["seq"], m["text"], m.get("deleted")) for m in page["messages"]] == [
+        (1, "", True), (2, "b1", None), (3, "", True), (4, "marker", None)]
+    # A late joiner's replay too.
+    carol = await welcomed(await srv.connect("lobby", "carol"))
+    replay = [await carol.recv_type("message") for _ in range(4)]
+    assert [(m["seq"], m["text"], m.get("deleted")) for m in replay] == [
+        (1, "", True), (2, "b1", None), (3, "", True), (4, "marker", None)]
+
+    # Again: nothing left to erase, nobody told anything.
+    status, body = await call(srv.port, "POST", "/users/alice/erase")
+    assert (status, body) == (200, {"user": "alice", "erased": 0, "rooms": {}})
+    await call(srv.port, "POST", "/rooms/lobby/messages", {"text": "marker2"})
+    assert await deletes_until(bob["lobby"], "marker2") == []
+
+
+def _page_history(port: int, room: str, token: str) -> dict[str, Any]:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/rooms/{room}/history?before=100&limit=100")
+    request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        page: dict[str, Any] = json.loads(response.read())
+        return page
+
+
+async def test_erase_refusals(srv: Server) -> None:
+    status, body = await call(srv.port, "POST", "/users/alice/erase",
+                              token=api_token(rooms=["lobby"]))
+    assert (status, body["error"]) == (403, "room_forbidden")
+    status, body = await call(srv.port, "POST", "/users/alice/erase", token=make_token("mod"))
+    assert (status, body["error"]) == (403, "api_scope_required")
+    status, body = await call(srv.port, "POST", "/users/alice/erase", token=None)
+    assert (status, body["error"]) == (401, "missing_token")
+    status, body = await call(srv.port, "POST", f"/users/{'x' * 65}/erase")
+    assert (status, body["error"]) == (400, "bad_request")
+
+
+async def _connect(proc: Process, room: str, user: str, secret: str | None = None) -> Client:
+    token = make_token(user) if secret is None else make_token(user, secret=secret)
+    ws = await websockets.connect(proc.url(room, token), compression=None,
+                                  open_timeout=10 * SLOW)
+    return await welcomed(Client(ws))
+
+
+def _generated_secret(path: Path) -> str:
+    """The secret the server writes once it starts up (after its port already accepts)."""
+    deadline = time.monotonic() + 10 * SLOW
+    while not (path.exists() and path.read_text()):
+        assert time.monotonic() < deadline, f"no {path}"
+        time.sleep(0.05)
+    return path.read_text()
+
+
+async def test_cli_erase_against_a_live_server_process(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    # No secret in the environment: the server generates DATA_DIR/jwt-secret, and the CLI must
+    # sign its request with that one.
+    with server_process(data, env={"ROOMCHAT_JWT_SECRET": ""}) as proc:
+        secret = await asyncio.to_thread(_generated_secret, data / "jwt-secret")
+        sockets: list[Client] = []
+        try:
+            alice = {room: await _connect(proc, room, "alice", secret) for room in ("r1", "r2")}
+            bob = {room: await _connect(proc, room, "bob", secret) for room in ("r1", "r2")}
+            sockets = [*alice.values(), *bob.values()]
+            await say(alice["r1"], "a1")
+            await say(bob["r1"], "b1")
+            await say(alice["r2"], "a2")
+            await say(alice["r2"], "a3")
+
+            base = f"http://127.0.0.1:{proc.port}"
+            done = await asyncio.to_thread(roomchat, "erase", "--user", "alice", "--url", base,
+                                           "--data-dir", str(data))
+            assert (done.returncode, done.stdout, done.stderr) == (
+                0, "erased 3 messages of alice in 2 rooms\n", "")
+            assert await deletes(bob["r1"], 1) == [1]
+            assert await deletes(bob["r2"], 2) == [1, 2]
+            await say(bob["r1"], "marker")
+            assert await deletes_until(bob["r1"], "marker") == []
+
+            done = await asyncio.to_thread(roomchat, "erase", "--user", "alice", "--url", base,
+                                           "--data-dir", str(data))
+            assert (done.returncode, done.stdout) == (0, "erased 0 messages of alice in 0 rooms\n")
+            # A wrong data dir signs with no known key: one line, exit 2, nothing created.
+            done = await asyncio.to_thread(roomchat, "erase", "--user", "alice", "--url", base,
+                                           "--data-dir", str(tmp_path / "elsewhere"))
+            assert done.returncode == 2
+            assert done.stderr.startswith("roomchat: no JWT secret in ")
+            assert done.stderr.count("\n") == 1 and not (tmp_path / "elsewhere").exists()
+            # With a secret the server does not know: its refusal, in one line.
+            done = await asyncio.to_thread(roomchat, "erase", "--user", "alice", "--url", base,
+                                           "--data-dir", str(tmp_path / "other"),
+                                           env={"ROOMCHAT_JWT_SECRET": "z" * 40})
+            assert done.returncode == 2
+            assert done.stderr == (f"roomchat: the server at {base} refused: 401 invalid_token: "
+                                   "invalid token: Signature verification failed\n")
+        finally:
+            for client in sockets:
+                await client.ws.close()
+    # No server now: --offline erases in the SQLite file, and says nobody online was told.
+    done = await asyncio.to_thread(roomchat, "erase", "--user", "bob", "--offline",
+                                   "--data-dir", str(data))
+    assert done.returncode == 0
+    assert done.stdout == "erased 2 messages of bob in 1 room\n"  # b1 and the marker
+    assert "members online" in done.stderr and "were not told" in done.stderr
+    export = await asyncio.to_thread(roomchat, "export", "--room", "r1", "--data-dir", str(data))
+    assert '"text":"b1"' not in export.stdout and export.stdout.count('"deleted":true') == 3
+
+
+async def test_redis_erase_reaches_members_on_every_process(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url:
+        env = {"ROOMCHAT_STORE_URL": url, "ROOMCHAT_API_KEY": API_KEY}
+        with server_process(tmp_path / "a", env=env) as a, \
+                server_process(tmp_path / "b", env=env) as b:
+            sockets: list[Client] = []
+            try:
+                alice = await _connect(a, "r1", "alice")
+                alice2 = await _connect(b, "r2", "alice")
+                bob = {room: await _connect(b, room, "bob") for room in ("r1", "r2")}
+                carol = await _connect(a, "r1", "carol")
+                sockets = [alice, alice2, *bob.values(), carol]
+                assert [await say(alice, "a1"), await say(bob["r1"], "b1"),
+                        await say(alice, "a2")] == [1, 2, 3]
+                assert await say(alice2, "a3") == 1
+
+                # Through process a's API: bob on b hears it from the engine, carol on a
+                # from a itself.
+                status, body = await call(a.port, "POST", "/users/alice/erase")
+                assert (status, body) == (200, {"user": "alice", "erased": 3,
+                                                "rooms": {"r1": [1, 3], "r2": [1]}})
+                assert await deletes(bob["r1"], 2) == [1, 3]
+                assert await deletes(bob["r2"], 1) == [1]
+                assert await deletes(carol, 2) == [1, 3]
+                await say(bob["r1"], "m1")
+                assert await deletes_until(bob["r1"], "m1") == []
+                assert await deletes_until(carol, "m1") == []
+                for proc in (a, b):
+                    assert await history(proc.port, "r1") == [
+                        (1, "alice", "", True), (2, "bob", "b1", False),
+                        (3, "alice", "", True), (4, "bob", "m1", False)]
+                status, body = await call(b.port, "POST", "/users/alice/erase")
+                assert (status, body["erased"]) == (200, 0)
+
+                # The CLI with --offline on Redis: it is one more process on the engine, so
+                # the members on both servers are told.
+                assert await say(alice, "a4") == 5
+                done = await asyncio.to_thread(roomchat, "erase", "--user", "alice",
+                                               "--offline", "--store-url", url)
+                assert (done.returncode, done.stdout, done.stderr) == (
+                    0, "erased 1 message of alice in 1 room\n", "")
+                assert await deletes(bob["r1"], 1) == [5]
+                assert await deletes(carol, 1) == [5]
+            finally:
+                for client in sockets:
+                    await client.ws.close()
