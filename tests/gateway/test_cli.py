@@ -13,7 +13,7 @@ import jwt
 import pytest
 
 from gateway.config import settings_table
-from tests.support import REPO, SECRET
+from tests.support import REPO, SECRET, free_port
 
 
 def roomchat(tmp: Path, *args: str, env: dict[str, str] | None = None,
@@ -119,3 +119,41 @@ def test_token_link_with_scheme(tmp_path: Path) -> None:
     claims = jwt.decode(done.stdout.strip()[len(prefix):], SECRET, algorithms=["HS256"],
                         audience="roomchat")
     assert claims["exp"] - claims["iat"] == 900
+
+
+def test_erase_with_no_server_says_what_to_do_in_one_line(tmp_path: Path) -> None:
+    port = free_port()  # nothing listens there
+    done = roomchat(tmp_path, "erase", "--user", "alice", "--url", f"http://127.0.0.1:{port}",
+                    env={"ROOMCHAT_JWT_SECRET": SECRET})
+    assert done.returncode == 2
+    assert done.stderr == (
+        f"roomchat: no server answered at http://127.0.0.1:{port} ([Errno 111] Connection "
+        "refused): start it, give its --url, or --offline to erase in the store directly (on "
+        "SQLite, members online are then not told)\n")
+    assert done.stdout == ""
+    # Without --url it asks where the server's settings say it listens.
+    done = roomchat(tmp_path, "erase", "--user", "alice",
+                    env={"ROOMCHAT_JWT_SECRET": SECRET, "ROOMCHAT_BIND": f"0.0.0.0:{port}"})
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"roomchat: no server answered at http://127.0.0.1:{port} ")
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--url", "127.0.0.1:8000"], "roomchat: --url '127.0.0.1:8000': give the server's base "
+     "URL with its scheme, e.g. http://127.0.0.1:8000\n"),
+    (["--url", "http://127.0.0.1:8000", "--offline"],
+     "roomchat: give --url or --offline, not both\n"),
+    (["--offline"], "roomchat: no database at {tmp}/var/roomchat.sqlite3: give the server's "
+     "--data-dir or --store-url\n"),
+    (["--offline", "--store-url", "redis://127.0.0.1:1/0"], "roomchat: cannot erase in the "
+     "store: cannot reach Redis at redis://127.0.0.1:1/0: "),  # then redis-py's words
+])
+def test_erase_refuses_operator_mistakes_in_one_line(
+        tmp_path: Path, args: list[str], message: str) -> None:
+    done = roomchat(tmp_path, "erase", "--user", "alice", *args,
+                    env={"ROOMCHAT_JWT_SECRET": SECRET})
+    assert done.returncode == 2
+    assert done.stderr.startswith(message.format(tmp=tmp_path.absolute()))
+    assert done.stderr.count("\n") == 1 and done.stderr.endswith("\n")
+    assert done.stdout == ""
+    assert not (tmp_path / "var").exists()  # no database or secret created by a refusal
