@@ -30,7 +30,7 @@ from gateway.limits import ClientAddresses, Limit, LimitExceeded, Limits, parse_
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.revocation import Revocations
 from rooms.engine import Engine, open_engine
-from rooms.errors import StoreError
+from rooms.errors import Banned, StoreError
 from rooms.protocol import dumps
 from rooms.registry import RoomRegistry
 
@@ -326,6 +326,9 @@ def create_app(config: Config) -> Quart:
             if not gw.limits.ip_connections.allows(ip):
                 raise LimitExceeded(Limit.IP_CONNECTIONS, "this address already has "
                                     f"{gw.limits.ip_connections.cap} connections open")
+            ban = await gw.store.banned(room, claims.user)
+            if ban is not None:  # the upgrade would be refused: say why where a page can read it
+                raise rejection_for(Banned(claims.user, ban.until, ban.reason))
             issued = await tickets.issue(gw.store, claims, room, config.ticket_ttl)
         except (AuthError, StoreError, LimitExceeded) as exc:
             raise rejection_for(exc) from None

@@ -20,6 +20,9 @@ const STALE_AFTER_MS = 60000;
 const STABLE_AFTER_MS = 10000; // a connection live this long resets the backoff
 const REFUSED_HINT_AFTER = 3; // consecutive connects that never opened before we suspect the token
 const TYPING_EVERY_MS = 3000; // the server relays one `typing` per user per 3 s: no use sending more
+// A moderator's delete or ban not answered by then is reported as failed (the server answers in well under 1 s
+// unless its storage is stuck; the request may still be done: the page sees the delete or the leave if it is).
+const MODERATION_TIMEOUT_MS = 15000;
 
 export const State = Object.freeze({
   CONNECTING: 'connecting', // a socket is being opened, or is open and waiting for `welcome`
@@ -36,6 +39,7 @@ export const StopReason = Object.freeze({
   REVOKED: 'token_revoked', // 4003, or the ticket request said so: the user's access was withdrawn
   BAD_ROOM: 'bad_room', // the room name is not one the server accepts
   POLICY: 'policy', // 1008 / 1003: the server refused our frames; do not loop
+  BANNED: 'banned', // 4004, or 403 banned: a moderator banned this user from the room (maybe for a while)
   CLOSED: 'closed', // 1000, or stop() was called
 });
 
@@ -154,6 +158,8 @@ export function closeAction(code) {
       return { action: 'stop', reason: StopReason.EXPIRED };
     case 4003:
       return { action: 'stop', reason: StopReason.REVOKED };
+    case 4004: // banned: every join is refused until the ban ends, so do not retry
+      return { action: 'stop', reason: StopReason.BANNED };
     case 1013: // storage unavailable: the handshake is refused with 503 until it is back
       return { action: 'backoff', wait: WaitReason.UNAVAILABLE };
     case 1003:
@@ -177,6 +183,7 @@ const CLOSE_TEXT = {
   1013: 'the service is temporarily unavailable',
   4001: 'your link expired',
   4003: 'your access was revoked',
+  4004: 'a moderator banned you from this room',
   4008: 'too many messages too fast',
   4009: 'the connection fell behind',
   4010: 'the connection went quiet',
@@ -203,6 +210,7 @@ export function ticketRefusalAction(status, body, retryAfterMs = null) {
   }
   if (status === 403) {
     if (error === 'room_forbidden') return final(StopReason.FORBIDDEN);
+    if (error === 'banned') return final(StopReason.BANNED);
     return final(StopReason.POLICY); // origin_forbidden: this page may not connect from where it is
   }
   if (status === 404) return error === 'bad_room' ? final(StopReason.BAD_ROOM) : final(StopReason.POLICY);
@@ -289,6 +297,10 @@ class Outbox {
  * - `problem`  {error}: an `error` frame that did not belong to a pending message.
  * - `typing`   {user, name}: someone else in the room is typing (ephemeral: show it for ~5 s).
  * - `delete`   {seq}: a moderator deleted message `seq`: show it as deleted.
+ *
+ * `moderator` is true while the server says (in `welcome`) that this connection moderates the room; then
+ * deleteMessage() and ban() send the moderation frames and resolve with the server's `moderated` answer (or
+ * reject with an Error carrying the server's `code`).
  */
 export class ChatClient extends EventTarget {
   /**
@@ -314,6 +326,8 @@ export class ChatClient extends EventTarget {
     this.state = null;
     this.reason = null; // a StopReason while OFFLINE
     this.user = null; // from welcome
+    this.moderator = false; // from welcome: this connection may delete messages and ban users
+    this.moderating = new Map(); // frame id -> {resolve, reject, timer}: moderation awaiting its answer
     this.name = null;
     this.members = [];
     this.lastSeq = 0; // the highest seq delivered to the page
@@ -433,6 +447,53 @@ export class ChatClient extends EventTarget {
     const now = Date.now();
     if (this.state !== State.LIVE || now - this.typingSentAt < TYPING_EVERY_MS) return;
     if (this.sendFrame({ type: 'typing' })) this.typingSentAt = now;
+  }
+
+  /** Moderator only: delete message `seq` for everyone. Resolves with the server's `moderated` answer. */
+  deleteMessage(seq) {
+    return this.moderate({ type: 'delete', seq });
+  }
+
+  /**
+   * Moderator only: ban `user` from this room (their sockets close, their joins are refused) for `minutes`, or
+   * until lifted when `minutes` is null. Resolves with the server's `moderated` answer.
+   */
+  ban(user, reason = '', minutes = null) {
+    const frame = { type: 'ban', user };
+    if (reason) frame.reason = reason;
+    if (minutes) frame.minutes = minutes;
+    return this.moderate(frame);
+  }
+
+  moderate(frame) {
+    return new Promise((resolve, reject) => {
+      const fail = (message, code) => reject(Object.assign(new Error(message), { code }));
+      if (!this.moderator) return fail('You are not a moderator of this room.', 'forbidden');
+      if (this.state !== State.LIVE) return fail('Not connected; try again once connected.', 'offline');
+      const id = newMessageId();
+      const timer = setTimeout(() => {
+        this.moderating.delete(id);
+        fail('The server did not answer in time; check whether it was done and try again.', 'timeout');
+      }, MODERATION_TIMEOUT_MS);
+      this.moderating.set(id, { resolve, reject, timer });
+      if (!this.sendFrame({ ...frame, id })) this.settleModeration(id, null, { message: 'Not connected.' });
+      return undefined;
+    });
+  }
+
+  /** Settle the moderation request `id` with the server's answer, or its error object. */
+  settleModeration(id, answer, error = null) {
+    const pending = this.moderating.get(id);
+    if (!pending) return false;
+    this.moderating.delete(id);
+    clearTimeout(pending.timer);
+    if (error) {
+      const said = typeof error.message === 'string' && error.message ? error.message : 'refused';
+      pending.reject(Object.assign(new Error(said), { code: error.code || null }));
+    } else {
+      pending.resolve(answer);
+    }
+    return true;
   }
 
   /** Forget a failed (or still pending) message. */
@@ -590,6 +651,10 @@ export class ChatClient extends EventTarget {
     this.clearTimer('watchdog');
     this.clearTimer('flush');
     this.pausedUntil = 0;
+    // Moderation in flight has no answer coming on this socket: say so (it may or may not have been done).
+    for (const id of [...this.moderating.keys()]) {
+      this.settleModeration(id, null, { message: 'The connection dropped before the server answered.' });
+    }
     if (!this.opened) this.refusedInARow += 1;
     if (this.liveSince && Date.now() - this.liveSince >= STABLE_AFTER_MS) this.attempt = 0;
     this.liveSince = 0;
@@ -662,6 +727,8 @@ export class ChatClient extends EventTarget {
         return this.sendFrame({ type: 'pong' });
       case 'error':
         return this.onError(obj);
+      case 'moderated': // the answer to our delete or ban
+        return typeof obj.id === 'string' ? this.settleModeration(obj.id, obj) : undefined;
       case 'delete': // a moderator deleted message `seq` (docs/protocol.md): show its tombstone
         return Number.isInteger(obj.seq) ? this.dispatch('delete', { seq: obj.seq }) : undefined;
       case 'typing':
@@ -685,6 +752,7 @@ export class ChatClient extends EventTarget {
     this.resumable = true;
     this.user = w.user;
     this.name = w.name;
+    this.moderator = w.moderator === true;
     this.members = Array.isArray(w.members) ? w.members.slice() : [];
     this.welcomeSeq = typeof w.seq === 'number' ? w.seq : 0;
     this.historyKind = resumed && !reset ? 'missed' : 'history';
@@ -739,6 +807,7 @@ export class ChatClient extends EventTarget {
   }
 
   onError(err) {
+    if (typeof err.id === 'string' && this.settleModeration(err.id, null, err)) return;
     const entry = err.id ? this.outbox.find(err.id) : null;
     if (!entry) {
       this.dispatch('problem', { error: err });

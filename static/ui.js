@@ -23,6 +23,8 @@ const OLDER_PAGE = 50;
 const OLDER_RETRY_MS = 5000; // after a failed load, scrolling up tries again no sooner than this
 const HUES = 12;
 const TYPING_SHOWN_MS = 5000; // "Alice is typing…" stays this long after her last typing signal
+const QUOTE_CHARS = 140; // how much of a message the moderation dialog quotes
+const MOD_STEPS = ['mod-choose', 'mod-confirm-delete', 'mod-confirm-ban'];
 
 const $ = (id) => document.getElementById(id);
 
@@ -107,10 +109,25 @@ function meta(author, ts) {
 const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
 
 /** Append `text` to `parent` as text nodes, with http(s) URLs as links. Never parses HTML. */
-/** A deleted message's text (its tombstone): "message deleted", in the text's place. */
+/** A deleted message's text (its tombstone): "message deleted", in the text's place (nothing to moderate). */
 function markDeleted(text) {
   text.replaceChildren('message deleted');
   text.classList.add('deleted');
+  text.closest('li.msg')?.querySelector('.msg-menu')?.remove();
+}
+
+/** Three dots, drawn without parsing markup. */
+function dotsIcon() {
+  const NS = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(NS, 'svg');
+  for (const [k, v] of [['viewBox', '0 0 24 24'], ['width', '18'], ['height', '18'], ['aria-hidden', 'true'],
+    ['focusable', 'false']]) svg.setAttribute(k, v);
+  for (const cx of [5, 12, 19]) {
+    const dot = document.createElementNS(NS, 'circle');
+    for (const [k, v] of [['cx', cx], ['cy', 12], ['r', 2], ['fill', 'currentColor']]) dot.setAttribute(k, String(v));
+    svg.append(dot);
+  }
+  return svg;
 }
 
 function appendRichText(parent, text) {
@@ -293,6 +310,9 @@ class ChatView {
     this.typists = new Map(); // user -> {name, timer}: who is typing now
     this.refreshUrl = null; // the embedding app's renewal path (or window.roomchatRefresh), if any
     this.refreshTimer = null;
+    this.moderator = false; // the welcome said this connection moderates the room: messages get a menu
+    this.modTarget = null; // {seq, user, name} of the message the moderation dialog is open for
+    this.modOpener = null; // the menu button that opened it (focus returns there)
 
     this.log = $('log');
     this.pending = $('pending');
@@ -305,6 +325,7 @@ class ChatView {
     this.input.placeholder = `Message #${room}`;
     this.log.setAttribute('aria-label', `Messages in #${room}`);
     this.bindControls();
+    this.bindModeration();
   }
 
   // ---- wiring
@@ -475,6 +496,7 @@ class ChatView {
       revoked: 'Your access was revoked',
       forbidden: 'Not allowed in this room',
       badroom: 'This is not a room',
+      banned: wasIn ? 'You were banned from this room' : 'You are banned from this room',
     }[kind];
     const text = {
       none: 'You need an invitation link to join this room.',
@@ -490,6 +512,8 @@ class ChatView {
       forbidden: `This link does not allow you into #${this.room}: you are not allowed in this room. `
         + 'Ask for a link to this room.',
       badroom: 'Room names are 1 to 64 letters, digits, "-" or "_". Check the address.',
+      banned: `A moderator banned you from #${this.room}, so you cannot take part here until the ban ends. `
+        + 'If you think this is a mistake, ask whoever runs this room.',
     }[kind];
     $('auth').dataset.kind = kind;
     $('auth-title').textContent = title;
@@ -498,7 +522,8 @@ class ChatView {
     $('app').classList.add('needs-auth');
     $('app').classList.toggle('signed-out', !this.client);
     $('howto').hidden = true;
-    if (kind === 'badroom') return;
+    $('login-form').hidden = true;
+    if (kind === 'badroom' || kind === 'banned') return; // no link or name can help here
 
     this.info = this.info || (await fetchInfo());
     if ($('auth').hidden || $('auth').dataset.kind !== kind) return; // moved on while we asked
@@ -615,6 +640,14 @@ class ChatView {
     const text = $('status-text');
     status.title = '';
     queueMicrotask(() => this.announce(text.textContent));
+    if (s.reason === StopReason.BANNED) {
+      // Not a token problem (it stays: a ban may end), and retrying is refused until the ban ends.
+      status.dataset.state = 'offline';
+      text.textContent = 'Offline · banned from this room';
+      this.closeModeration();
+      this.needAuth('banned', s.status ? `The server said: ${s.detail}.` : '');
+      return;
+    }
     if (FINAL_REASONS.has(s.reason)) {
       // Retrying cannot help: say why in the person's words and what they can do.
       const [kind, said] = {
@@ -654,6 +687,7 @@ class ChatView {
   onWelcome({ welcome, reset }) {
     this.me = { user: welcome.user, name: welcome.name };
     if (reset) this.clearLog();
+    this.setModerator(welcome.moderator === true);
     this.members = new Map();
     for (const m of welcome.members || []) this.members.set(m.user, m.name);
     this.renderMembers();
@@ -703,13 +737,14 @@ class ChatView {
     const name = typeof m.name === 'string' && m.name ? m.name : String(m.user);
     // dir=auto: Arabic or Hebrew text lays out right to left, whatever the page's direction.
     const text = el('p', { cls: 'text', attrs: { dir: 'auto' } });
-    if (m.deleted === true) markDeleted(text);
+    const deleted = m.deleted === true;
+    if (deleted) markDeleted(text);
     else appendRichText(text, String(m.text ?? ''));
-    return el(
+    const item = el(
       'li',
       {
         cls: `msg ${own ? 'own' : 'other'}${continued ? ' continued' : ''}`,
-        attrs: { 'data-seq': m.seq, 'data-user': m.user, 'data-ts': ts },
+        attrs: { 'data-seq': m.seq, 'data-user': m.user, 'data-name': name, 'data-ts': ts },
       },
       own ? null : avatar(m.user, name),
       el(
@@ -718,6 +753,137 @@ class ChatView {
         meta(own ? 'You' : name, ts),
         text,
       ),
+    );
+    if (this.moderator && !deleted) item.append(this.modButton(item));
+    return item;
+  }
+
+  // ---- moderation (docs/protocol.md, "Moderators"): a menu on each message, for moderators only
+
+  /** The welcome says whether we moderate this room: add or take away every message's menu. */
+  setModerator(on) {
+    if (on === this.moderator) return;
+    this.moderator = on;
+    if (!on) this.closeModeration();
+    for (const item of this.log.querySelectorAll('li.msg')) {
+      item.querySelector('.msg-menu')?.remove();
+      if (on && !item.querySelector('.text.deleted')) item.append(this.modButton(item));
+    }
+  }
+
+  /** A message's menu button: a real button, named for the message it acts on. */
+  modButton(item) {
+    const own = this.me !== null && item.dataset.user === this.me.user;
+    const when = timeFmt.format(new Date(Number(item.dataset.ts)));
+    const whose = own ? 'your message' : `message from ${item.dataset.name}`;
+    const button = el('button', {
+      cls: 'msg-menu',
+      attrs: { type: 'button', 'aria-haspopup': 'dialog', 'aria-label': `Moderate ${whose} at ${when}` },
+    }, dotsIcon());
+    button.addEventListener('click', () => this.openModeration(item, button));
+    return button;
+  }
+
+  bindModeration() {
+    const dialog = $('mod-dialog');
+    $('mod-delete').addEventListener('click', () => this.modStep('mod-confirm-delete'));
+    $('mod-ban').addEventListener('click', () => this.modStep('mod-confirm-ban'));
+    for (const back of dialog.querySelectorAll('.mod-back')) {
+      back.addEventListener('click', () => this.modStep('mod-choose'));
+    }
+    $('mod-cancel').addEventListener('click', () => dialog.close());
+    $('mod-delete-confirm').addEventListener('click', () => this.confirmDelete());
+    $('mod-ban-confirm').addEventListener('click', () => this.confirmBan());
+    $('mod-reason').addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && !ev.isComposing) {
+        ev.preventDefault();
+        this.confirmBan();
+      }
+    });
+    // Escape closes a modal dialog by itself; focus then goes back to the menu button it came from.
+    dialog.addEventListener('close', () => {
+      const opener = this.modOpener;
+      this.modTarget = null;
+      this.modOpener = null;
+      if (opener && opener.isConnected) opener.focus();
+      else this.input.focus();
+    });
+    // Up and Down move between the first step's choices, as in a menu.
+    $('mod-choose').addEventListener('keydown', (ev) => {
+      if (ev.key !== 'ArrowDown' && ev.key !== 'ArrowUp') return;
+      const choices = [...$('mod-choose').querySelectorAll('button:not([hidden])')];
+      const at = choices.indexOf(document.activeElement);
+      const next = choices[(at + (ev.key === 'ArrowDown' ? 1 : choices.length - 1)) % choices.length];
+      if (next) {
+        ev.preventDefault();
+        next.focus();
+      }
+    });
+  }
+
+  openModeration(item, opener) {
+    const dialog = $('mod-dialog');
+    if (dialog.open || !this.moderator) return;
+    const text = item.querySelector('.text');
+    if (!text || text.classList.contains('deleted')) return;
+    const own = this.me !== null && item.dataset.user === this.me.user;
+    const name = item.dataset.name || item.dataset.user;
+    this.modTarget = { seq: Number(item.dataset.seq), user: item.dataset.user, name };
+    this.modOpener = opener;
+    $('mod-title').textContent = own ? 'Your message' : `Message from ${name}`;
+    const said = text.textContent || '';
+    $('mod-quote').textContent = said.length > QUOTE_CHARS ? `${said.slice(0, QUOTE_CHARS)}…` : said;
+    $('mod-ban').textContent = `Ban ${name} from this room`;
+    $('mod-ban').hidden = own; // a moderator cannot ban themself
+    $('mod-ban-question').textContent = `Ban ${name} from #${this.room}? Their connections to this room `
+      + 'close, and they cannot come back until the ban ends.';
+    $('mod-reason').value = '';
+    $('mod-duration').value = '1440';
+    this.modStep('mod-choose');
+    dialog.showModal();
+    $('mod-delete').focus();
+  }
+
+  modStep(step) {
+    for (const id of MOD_STEPS) $(id).hidden = id !== step;
+    $('mod-error').textContent = '';
+    if (step === 'mod-choose') $('mod-delete').focus();
+    else if (step === 'mod-confirm-delete') $('mod-delete-confirm').focus();
+    else $('mod-reason').focus();
+  }
+
+  closeModeration() {
+    const dialog = $('mod-dialog');
+    if (dialog.open) dialog.close();
+  }
+
+  /** Send one moderation request from the dialog; close it when done, show the server's refusal if not. */
+  async moderate(button, request, done) {
+    const target = this.modTarget;
+    if (!target || !this.client) return;
+    button.disabled = true;
+    try {
+      await request(target);
+      if (this.modTarget === target) this.closeModeration();
+      this.note(done(target));
+    } catch (err) {
+      if (this.modTarget === target) $('mod-error').textContent = err.message || 'Refused by the server.';
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  confirmDelete() {
+    return this.moderate($('mod-delete-confirm'), (t) => this.client.deleteMessage(t.seq), () => 'Message deleted');
+  }
+
+  confirmBan() {
+    const reason = $('mod-reason').value.trim();
+    const minutes = Number($('mod-duration').value) || null;
+    return this.moderate(
+      $('mod-ban-confirm'),
+      (t) => this.client.ban(t.user, reason, minutes),
+      (t) => `${t.name} was banned from #${this.room}`,
     );
   }
 

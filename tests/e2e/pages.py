@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable
 
@@ -53,3 +54,28 @@ def wait_until(page: Page, predicate: Callable[[], bool], what: str, timeout_s: 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         page.wait_for_timeout(50)  # lets Playwright deliver events to our handlers
+
+
+# -- moderation (a moderator's menu on each message) ---------------------------------------------
+
+def message_item(page: Page, text: str) -> Locator:
+    """The message line whose text is ``text``."""
+    return page.locator("#log li.msg").filter(
+        has=page.locator(".text", has_text=re.compile(f"^{re.escape(text)}$")))
+
+
+def menu_buttons(page: Page) -> Locator:
+    """Every message's moderation menu button (moderators only)."""
+    return page.locator("#log li.msg button.msg-menu")
+
+
+def open_menu(page: Page, text: str) -> Locator:
+    """Open the moderation menu of the message ``text``; the dialog it opened."""
+    message_item(page, text).get_by_role("button", name=re.compile("^Moderate ")).click()
+    dialog = moderation_dialog(page)
+    expect(dialog).to_be_visible()
+    return dialog
+
+
+def moderation_dialog(page: Page) -> Locator:
+    return page.get_by_role("dialog")

@@ -16,9 +16,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.support import make_token
+
 from .conftest import PageOpener
 from .harness import ChatPeer, RoomchatServer
-from .pages import expect_live, message_box, send, status, texts
+from .pages import expect_live, menu_buttons, message_box, open_menu, send, status, texts
 
 AXE_DIR = Path(__file__).resolve().parent / "axe"
 AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
@@ -80,6 +82,26 @@ def test_axe_finds_nothing_serious_in_a_conversation(
     assert not problems, "\n".join(problems)
     # A grouped message's time, shown on hover, is readable too.
     page.locator("#log li.msg.continued").first.hover()
+    problems = axe_problems(page)
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_axe_finds_nothing_serious_in_a_moderators_view(
+    server: RoomchatServer, open_page: PageOpener, axe_source: str, scheme: str
+) -> None:
+    page = open_page(color_scheme=scheme, init_script=axe_source)
+    token = make_token("alice", ["lobby"], name="Alice", secret=server.secret, moderator=True)
+    page.goto(server.link("lobby", token))
+    busy_room(server, page)
+    expect(menu_buttons(page)).to_have_count(5)
+    page.locator("#log li.msg.other").first.hover()
+    problems = axe_problems(page)
+    assert not problems, "\n".join(problems)
+    dialog = open_menu(page, "A second line from Bob (grouped)")
+    problems = axe_problems(page)
+    assert not problems, "\n".join(problems)
+    dialog.get_by_role("button", name="Ban Bob from this room").click()
     problems = axe_problems(page)
     assert not problems, "\n".join(problems)
 

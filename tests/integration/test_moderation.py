@@ -186,6 +186,21 @@ def _page_history(port: int, room: str, token: str) -> tuple[int, dict[str, obje
         return exc.code, json.loads(exc.read())
 
 
+def _ticket(port: int, room: str, token: str) -> tuple[int, dict[str, str]]:
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/rooms/{room}/ticket",
+                                     method="POST")
+    request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
 async def test_the_page_history_refuses_banned_users_and_api_credentials(srv: Server) -> None:
     writer = await srv.connect(user="alice")
     await writer.recv()
@@ -273,6 +288,9 @@ async def test_a_moderator_bans_from_a_socket_the_user_is_closed_and_refused(srv
     assert status == 403 and b'"error":"banned"' in body and b"spam" in body
     status, ban = await call(srv.port, "GET", "/rooms/lobby/bans/eve")
     assert (status, ban["reason"]) == (200, "spam")
+    # The page's ticket request says so too (a browser sees a refused upgrade only as 1006).
+    code, refusal = await asyncio.to_thread(_ticket, srv.port, "lobby", make_token("eve"))
+    assert (code, refusal["error"]) == (403, "banned") and "spam" in refusal["detail"]
     # Only that room.
     await eve_elsewhere.say("fine here", id="x")
     assert (await eve_elsewhere.recv_type("ack"))["seq"] == 1
