@@ -116,6 +116,21 @@ class FrameWriter:
                         return
         await self._send({"type": "websocket.send", "text": data})
 
+    def take_inbound(self, handler: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> bool:
+        """Have Hypercorn pass each inbound ASGI message (``websocket.receive``,
+        ``websocket.disconnect``) to ``handler`` from its own reading task, instead of putting
+        it on the connection's app queue for ``receive()``. Call it before accepting.
+
+        True on the HTTP/1.1 shape: the caller must not call ``receive()`` again, and
+        ``handler`` must not block (Hypercorn reads nothing more from the socket until it
+        returns, which keeps TCP backpressure) nor raise. False on other shapes: keep reading
+        ``receive()``. Saves a reader task and a queue hop per frame (bench/profiles/).
+        """
+        if self._target is None:
+            return False
+        self._target[0].app_put = handler
+        return True
+
     async def close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
 

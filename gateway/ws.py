@@ -13,9 +13,11 @@ Every check runs before the upgrade is accepted; a refusal is a real HTTP respon
 ``websocket.http.response`` extension, which Hypercorn always offers). The abuse caps of
 ``gateway.limits`` come first (the handshake rate of the client IP, before any token is
 verified) and last (connections per user and per IP, joins per user); frames then pass the
-user's message bucket, shared by all their sockets, before they reach a room. After the upgrade a
-connection is two coroutines owned by this handler: the reader (parse each frame, hand it to the
-room without waiting) and the session's writer (send what the room queued).
+user's message bucket, shared by all their sockets, before they reach a room. After the upgrade
+the handler runs the session's writer (send what the room queued); inbound frames are parsed and
+handed to the room without waiting (``_Inbound``), on HTTP/1.1 by Hypercorn's own reading task
+(``FrameWriter.take_inbound``: no reader task, no app queue hop), elsewhere by a reader task
+owned by this handler.
 
 A connection counts toward ``max_connections`` (and the per-user and per-IP caps) until its TCP
 socket is gone, not merely until its
@@ -90,6 +92,83 @@ def _headers(scope: Scope, name: bytes) -> list[str]:
     return [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == name]
 
 
+def _room_of(path: str) -> str | None:
+    """The room of a room socket's path, else None. (A function: a match object left in the
+    caller's frame would live as long as the connection.)"""
+    match = ROUTE.fullmatch(path)
+    return None if match is None else match.group(1)
+
+
+def _forget_handshake(scope: Scope) -> None:
+    """Drop what only the handshake needed from an accepted connection's scope (the request
+    headers, the query string with its token): Hypercorn reads the scope again only for the
+    access log of a refused or failed handshake, and we read it only before accepting."""
+    scope["headers"] = []
+    scope["query_string"] = b""
+
+
+class _Inbound:
+    """A room connection's inbound frames: each is checked and handed to the room without
+    waiting. Fed by ``put``, either from our own reader loop or by Hypercorn directly
+    (``FrameWriter.take_inbound``)."""
+
+    __slots__ = ("_actor", "_limits", "_room_config", "_session", "_strikes")
+
+    def __init__(self, gw: Gateway, actor: RoomActor, session: Session) -> None:
+        self._actor = actor
+        self._session = session
+        self._limits = gw.limits
+        self._room_config = gw.config.room
+        # Frames refused by the user's bucket in a row, on this connection: they never reach
+        # the room, so the room's own strike count cannot see this flood.
+        self._strikes = 0
+
+    async def put(self, message: Message) -> None:
+        """Handle one ASGI message. Never blocks and never raises: a bug here closes this
+        connection with 1011 instead of breaking Hypercorn's reading task."""
+        try:
+            self.handle(message)
+        except Exception:
+            log.exception("session %s: inbound frame failed", self._session.id)
+            self._session.close_nowait(CloseCode.INTERNAL_ERROR, "internal error")
+
+    def handle(self, message: Message) -> None:
+        session = self._session
+        kind = message["type"]
+        if kind == "websocket.disconnect":
+            session.transport_lost()
+            return
+        if kind != "websocket.receive":
+            return
+        text = message.get("text")
+        if text is None:  # a binary frame (possibly empty)
+            session.close_nowait(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
+            return  # the writer closes; frames keep coming until Hypercorn reports the end
+        if not session.open:
+            return
+        cfg = self._room_config
+        frame = protocol.parse_client_frame(text, max_text_chars=cfg.max_text_chars,
+                                            max_id_chars=cfg.max_id_chars)
+        client_id = None if isinstance(frame, protocol.Pong) else frame.id
+        # Pongs skip the user's bucket: refusing one would break the heartbeat, and the
+        # room's per-connection bucket already charges them (connections per user are
+        # capped, so a user's pong rate is bounded too).
+        if not isinstance(frame, protocol.Pong):
+            retry_after = self._limits.message(session.user, time.monotonic())
+            if retry_after > 0:
+                self._strikes += 1
+                session.offer(protocol.error(
+                    ErrorCode.RATE_LIMITED, "too many messages from this user; resend "
+                    "after retry_after seconds", client_id=client_id, retry_after=retry_after))
+                if self._strikes >= cfg.rate_abuse_strikes:
+                    session.close_nowait(CloseCode.RATE_ABUSE, "rate limit abuse")
+                return
+            self._strikes = 0
+        if not self._actor.frame_nowait(session.id, frame):
+            session.offer(protocol.error(ErrorCode.BUSY, "the room is busy; resend later",
+                                         client_id=client_id, retry_after=1.0))
+
+
 class RoomSockets:
     """ASGI middleware: serves ``/rooms/<room>/ws``; everything else goes to ``app``."""
 
@@ -99,9 +178,9 @@ class RoomSockets:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            match = ROUTE.fullmatch(scope["path"])
-            if match is not None:
-                await self.room_socket(match.group(1), scope, receive, send)
+            room = _room_of(scope["path"])
+            if room is not None:
+                await self.room_socket(room, scope, receive, send)
                 return
             # Other sockets (the admin stream) are counted by their route; known here too so a
             # drain that runs out of time can still drop them.
@@ -177,8 +256,7 @@ class RoomSockets:
     async def room_socket(self, room: str, scope: Scope, receive: Receive, send: Send) -> None:
         """One connection, from the upgrade request to its end."""
         gw = self.gw
-        connect = await receive()
-        if connect["type"] != "websocket.connect":
+        if (await receive())["type"] != "websocket.connect":
             return
         ip = self.client_ip(scope)
         try:
@@ -196,6 +274,8 @@ class RoomSockets:
             moderator=claims.moderates(room),
         )
         owner = (claims.user, ip)
+        expires_at = claims.expires_at
+        del claims  # not needed past the join: this frame lives as long as the connection
         gw.connection_opened(transport, owner)
         actor: RoomActor | None = None
         accepted = released = False
@@ -204,8 +284,7 @@ class RoomSockets:
                 for attempt in range(2):
                     actor = gw.registry.get(room)
                     try:
-                        plan = await actor.join(session, after=after,
-                                                expires_at=claims.expires_at)
+                        plan = await actor.join(session, after=after, expires_at=expires_at)
                         break
                     except RoomStopped:
                         # The room just went idle or crashed: the next get() starts a fresh one.
@@ -215,15 +294,28 @@ class RoomSockets:
                 await self._refuse(rejection_for(exc), send)
                 return
             assert actor is not None
+            inbound = _Inbound(gw, actor, session)
+            # HTTP/1.1: Hypercorn hands us each frame itself, so no reader task and no queue
+            # hop per frame (and an idle connection has one task of ours, not two).
+            inline = transport.take_inbound(inbound.put)
             await send({"type": "websocket.accept"})
             accepted = True
-            async with asyncio.TaskGroup() as tg:
-                # The reader runs until the socket is gone: Hypercorn's app queue is bounded, and
-                # the client's close frame is only seen once the frames before it are taken.
-                reader = tg.create_task(self._read_loop(actor, session, receive))
-                await session.run_writer(plan, room, gw.store, cfg.history_page)
+            _forget_handshake(scope)
+            # The session keeps the plan only until its welcome is sent.
+            writer = session.run_writer(plan, room, gw.store, cfg.history_page)
+            del plan
+            if inline:
+                await writer
                 released = await self._release(transport, cfg.close_timeout)
-                reader.cancel()
+            else:
+                async with asyncio.TaskGroup() as tg:
+                    # The reader runs until the socket is gone: Hypercorn's app queue is
+                    # bounded, and the client's close frame is only seen once the frames
+                    # before it are taken.
+                    reader = tg.create_task(self._read_loop(inbound, receive))
+                    await writer
+                    released = await self._release(transport, cfg.close_timeout)
+                    reader.cancel()
         finally:
             try:
                 if actor is not None:
@@ -256,43 +348,11 @@ class RoomSockets:
             return False
         return True
 
-    async def _read_loop(self, actor: RoomActor, session: Session, receive: Receive) -> None:
-        cfg = self.gw.config.room
-        limits = self.gw.limits
-        # Frames refused by the user's bucket in a row, on this connection: they never reach
-        # the room, so the room's own strike count cannot see this flood.
-        strikes = 0
+    async def _read_loop(self, inbound: _Inbound, receive: Receive) -> None:
+        """Feed ``inbound`` from ``receive()`` until the socket is gone (shapes where
+        Hypercorn cannot call it directly: HTTP/2)."""
         while True:
             message = await receive()
-            kind = message["type"]
-            if kind == "websocket.disconnect":
-                session.transport_lost()
+            await inbound.put(message)
+            if message["type"] == "websocket.disconnect":
                 return
-            if kind != "websocket.receive":
-                continue
-            text = message.get("text")
-            if text is None:  # a binary frame (possibly empty)
-                session.close_nowait(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
-                continue  # the writer closes; keep reading until Hypercorn reports the end
-            if not session.open:
-                continue
-            frame = protocol.parse_client_frame(text, max_text_chars=cfg.max_text_chars,
-                                                max_id_chars=cfg.max_id_chars)
-            client_id = None if isinstance(frame, protocol.Pong) else frame.id
-            # Pongs skip the user's bucket: refusing one would break the heartbeat, and the
-            # room's per-connection bucket already charges them (connections per user are
-            # capped, so a user's pong rate is bounded too).
-            if not isinstance(frame, protocol.Pong):
-                retry_after = limits.message(session.user, time.monotonic())
-                if retry_after > 0:
-                    strikes += 1
-                    session.offer(protocol.error(
-                        ErrorCode.RATE_LIMITED, "too many messages from this user; resend "
-                        "after retry_after seconds", client_id=client_id, retry_after=retry_after))
-                    if strikes >= cfg.rate_abuse_strikes:
-                        session.close_nowait(CloseCode.RATE_ABUSE, "rate limit abuse")
-                    continue
-                strikes = 0
-            if not actor.frame_nowait(session.id, frame):
-                session.offer(protocol.error(ErrorCode.BUSY, "the room is busy; resend later",
-                                             client_id=client_id, retry_after=1.0))

@@ -85,7 +85,10 @@ class Session:
         self.close_reason = ""
         self._transport = transport
         # (text, objects): a room broadcasts a whole batch as one entry (objects joined by \n).
-        self._outbox: deque[tuple[str, int]] = deque()
+        # Created on demand and dropped once drained: an empty deque still holds a 64-slot
+        # block (760 bytes), and most connections are idle most of the time.
+        self._outbox: deque[tuple[str, int]] | None = None
+        self._plan: JoinPlan | None = None  # handed to the writer; dropped once the welcome is sent
         self._queued = 0  # objects in the outbox
         self._outbox_limit = outbox_limit
         self._max_frame = max_frame_messages
@@ -129,7 +132,10 @@ class Session:
             return True  # nothing more is sent; not a reason to evict again
         if self._queued and self._queued + count > self._outbox_limit:
             return False
-        self._outbox.append((payload, count))
+        outbox = self._outbox
+        if outbox is None:
+            outbox = self._outbox = deque()
+        outbox.append((payload, count))
         self._queued += count
         self._wake()
         return True
@@ -200,7 +206,7 @@ class Session:
         self._wake()
 
     def _drop_queued(self) -> None:
-        self._outbox.clear()
+        self._outbox = None
         self._queued = 0
 
     @property
@@ -259,9 +265,14 @@ class Session:
         if self.state is SessionState.JOINING:
             self.state = SessionState.ACTIVE
         self._writer_task = asyncio.current_task()
+        # Kept by the session, not by this frame, so that the welcome (the member list: kilobytes
+        # in a big room) is freed once sent instead of living as long as the connection. The
+        # caller must not keep ``plan`` either.
+        self._plan = plan
+        del plan
         try:
             try:
-                await self._write(plan, room, store, history_page)
+                await self._write(room, store, history_page)
             except asyncio.CancelledError:
                 if not self._own_cancellation():
                     raise
@@ -273,29 +284,26 @@ class Session:
                         raise
         finally:
             self._writer_task = None
+            self._plan = None
             self._replay_progress = None
             if self._close_timer is not None:
                 self._close_timer.cancel()
                 self._close_timer = None
             self.state = SessionState.CLOSED
 
-    async def _write(self, plan: JoinPlan, room: str, store: HistoryReader,
-                     history_page: int) -> None:
+    async def _write(self, room: str, store: HistoryReader, history_page: int) -> None:
         """Everything before the close frame. Returns when closing or when the peer is gone."""
-        if self._expired or not await self._send(plan.welcome):
+        plan, self._plan = self._plan, None
+        assert plan is not None
+        welcome, after, upto = plan.welcome, plan.replay_after, plan.replay_upto
+        del plan
+        if self._expired or not await self._send(welcome):
             return
-        after, upto = plan.replay_after, plan.replay_upto
-        del plan  # the welcome text is not kept for the life of the connection
+        del welcome  # not kept for the life of the connection
         if after < upto:
             self._replay_progress = time.monotonic()
-        while after < upto and self.state is SessionState.ACTIVE:
-            page = await store.read(room, after, upto, min(history_page, self._max_frame))
-            if not page:
-                break  # pruned by retention meanwhile: nothing older can be sent any more
-            if not await self._send(join_frame([m.to_wire() for m in page])):
+            if not await self._replay(room, store, history_page, after, upto):
                 return
-            after = page[-1].seq
-            self._replay_progress = time.monotonic()
         if not self.open:
             return  # closed mid-replay: close_nowait dropped the live outbox (no gap)
         self._replay_done = True
@@ -306,19 +314,10 @@ class Session:
             if progress is not None:
                 self._replay_tail = progress[0] + progress[1]
         self._replay_progress = None
-        outbox = self._outbox
         while self.state is not SessionState.CLOSED:
-            if outbox:
-                frame, taken = outbox.popleft()
-                if outbox and taken < self._max_frame:
-                    parts = [frame]
-                    while outbox and taken < self._max_frame:
-                        text, count = outbox.popleft()
-                        parts.append(text)
-                        taken += count
-                    frame = join_frame(parts)
-                self._queued -= taken
-                if not await self._send(frame):
+            if self._outbox:
+                # Sent from a call, so no local keeps the last frame alive while idle.
+                if not await self._send(self._take_frame()):
                     return
             elif self.state is SessionState.CLOSING:
                 return
@@ -328,6 +327,38 @@ class Session:
                     await self._waiter
                 finally:
                     self._waiter = None
+
+    async def _replay(self, room: str, store: HistoryReader, history_page: int, after: int,
+                      upto: int) -> bool:
+        """Send the stored messages in (after, upto], page by page, while active. False when
+        the peer is gone. (Its own frame, so the last page is not kept once it is sent.)"""
+        while after < upto and self.state is SessionState.ACTIVE:
+            page = await store.read(room, after, upto, min(history_page, self._max_frame))
+            if not page:
+                break  # pruned by retention meanwhile: nothing older can be sent any more
+            if not await self._send(join_frame([m.to_wire() for m in page])):
+                return False
+            after = page[-1].seq
+            self._replay_progress = time.monotonic()
+        return True
+
+    def _take_frame(self) -> str:
+        """Take the next frame from the (non-empty) outbox: queued batches joined, up to
+        ``max_frame_messages`` objects unless the first batch alone is larger."""
+        outbox = self._outbox
+        assert outbox
+        frame, taken = outbox.popleft()
+        if outbox and taken < self._max_frame:
+            parts = [frame]
+            while outbox and taken < self._max_frame:
+                text, count = outbox.popleft()
+                parts.append(text)
+                taken += count
+            frame = join_frame(parts)
+        if not outbox:
+            self._outbox = None
+        self._queued -= taken
+        return frame
 
     async def _send(self, frame: str) -> bool:
         """Send one frame. False when the peer is gone (then the session is done)."""

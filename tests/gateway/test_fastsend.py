@@ -3,6 +3,8 @@ may be."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
@@ -57,3 +59,27 @@ async def test_compression_takes_the_asgi_path(server_with: ServerFactory) -> No
         assert "squeeze me" in str(await ws.recv())
         (writer,) = _writers(srv)
         assert writer._target is not None and not writer.direct
+
+
+async def test_http11_frames_reach_the_room_without_a_reader_task(
+        server_with: ServerFactory) -> None:
+    # Hypercorn hands each inbound frame to the connection's handler itself (take_inbound):
+    # frames keep their order, refusals still come back, and a client's close ends it all.
+    async with server_with(rate_burst=1000) as srv:
+        alice = await srv.connect()
+        await alice.recv()
+        (writer,) = _writers(srv)
+        assert writer._target is not None
+        assert getattr(writer._target[0].app_put, "__qualname__", "") == "_Inbound.put"
+        for i in range(20):
+            await alice.say(f"m{i}", id=f"m{i}")
+        acks = [await alice.recv_type("ack") for _ in range(20)]
+        assert [a["id"] for a in acks] == [f"m{i}" for i in range(20)]
+        await alice.send("not json")
+        assert (await alice.recv_type("error"))["code"] == "invalid_json"
+        await alice.ws.close()
+        for _ in range(200):
+            if srv.gateway.connections == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert srv.gateway.connections == 0

@@ -238,3 +238,24 @@ async def test_an_unsent_close_frame_is_bounded_after_an_abort() -> None:
     session.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
     await asyncio.wait_for(writer, 1)
     assert transport.aborted and not writer.cancelled()
+
+
+async def test_an_idle_session_keeps_neither_its_welcome_nor_an_outbox() -> None:
+    # Memory per idle connection (bench/profiles/): the welcome (a room's member list) is sent
+    # once, and an empty outbox is dropped, not kept allocated.
+    transport = MemoryTransport()
+    session = make(transport, limit=5, frame=3)
+    writer = asyncio.create_task(session.run_writer(
+        JoinPlan("W" * 5000, 0, 0, False), "r", NoStore(), 10))  # type: ignore[arg-type]
+    assert session.offer("a")
+    while session.queued or not transport.frames:  # noqa: ASYNC110 (stepping the writer)
+        await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert transport.frames == ["W" * 5000, "a"]
+    assert session._plan is None and session._outbox is None
+    assert session.offer("b") and session.offer("c")  # a new burst gets an outbox again
+    while session.queued:  # noqa: ASYNC110 (stepping the writer)
+        await asyncio.sleep(0)
+    session.close_nowait(CloseCode.NORMAL, "bye")
+    await writer
+    assert transport.frames[2:] == ["b\nc"]
