@@ -119,7 +119,14 @@ async def test_delete_leaves_a_tombstone_in_reads(engine: Engine) -> None:
                                dedup_window=10) == [Appended(6)]
 
 
-async def test_erase_tombstones_every_message_of_a_user_in_every_room(engine: Engine) -> None:
+async def test_erase_tombstones_every_message_of_a_user_in_every_room(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rooms import store
+    from rooms.engines import redis as redis_engine
+
+    # Steps of two: every erasure below takes several, on both engines.
+    monkeypatch.setattr(store, "ERASE_BATCH", 2)
+    monkeypatch.setattr(redis_engine, "ERASE_PAGE", 2)
     for room in ("e1", "e2", "e3"):
         await engine.load(room, 10)
     await engine.append("e1", drafts(3, user="u") + drafts(2, user="v"), retention=0,
@@ -143,6 +150,26 @@ async def test_erase_tombstones_every_message_of_a_user_in_every_room(engine: En
     assert await engine.top("e1") == 6  # seqs go on after the erased ones
     assert await engine.append("e1", drafts(1, user="u", start=9), retention=0,
                                dedup_window=10) == [Appended(7)]
+
+
+async def test_erased_text_leaves_the_sqlite_files(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite3"
+    engine = await open_engine(f"sqlite://{path}")
+    try:
+        await engine.load("s", 0)
+        for step in range(10):  # long texts too: rows that spill into overflow pages
+            await engine.append("s", [
+                Draft("u" if i % 2 else "v", "N", None, f"secret-{step}-{i}-" + "z" * 3000 * i,
+                      1) for i in range(4)], retention=0, dedup_window=0)
+        erased = await engine.erase("u")
+        assert len(erased["s"]) == 20
+        files = await asyncio.to_thread(
+            lambda: b"".join(p.read_bytes() for p in tmp_path.glob("db.sqlite3*")))
+        assert b"secret-9-0-" in files  # what was kept is there (a check of the check)
+        assert not [f"secret-{s}-{i}-" for s in range(10) for i in (1, 3)
+                    if f"secret-{s}-{i}-".encode() in files]
+    finally:
+        await engine.close()
 
 
 async def test_bans_are_kept_until_lifted_or_over(engine: Engine) -> None:
