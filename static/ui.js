@@ -377,7 +377,8 @@ class ChatView {
     applyDefault();
     toggle.addEventListener('click', () => this.showMembers($('members').hidden));
     document.addEventListener('keydown', (ev) => {
-      if (ev.key === 'Escape' && !wide.matches && !$('members').hidden) {
+      // (An open moderation dialog takes its own Escape.)
+      if (ev.key === 'Escape' && !wide.matches && !$('members').hidden && !$('mod-dialog').open) {
         this.showMembers(false);
         toggle.focus();
       }

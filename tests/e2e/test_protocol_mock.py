@@ -15,7 +15,16 @@ from playwright.sync_api import Page, WebSocketRoute, expect
 
 from .conftest import PageOpener, Shooter
 from .harness import RoomchatServer
-from .pages import expect_live, pending, send, status, texts, wait_until
+from .pages import (
+    expect_live,
+    menu_buttons,
+    open_menu,
+    pending,
+    send,
+    status,
+    texts,
+    wait_until,
+)
 
 ME = {"user": "alice", "name": "Alice"}
 BOB = {"user": "bob", "name": "Bob"}
@@ -216,3 +225,61 @@ def test_slow_consumer_close_reconnects_with_backoff_and_resumes(
     room.send(welcome(2, [ME], recovered=True), message(1, BOB, "first"), message(2, BOB, "second"))
     expect_live(page)
     expect(texts(page)).to_have_text(["first", "second"])
+
+
+def test_moderation_frames_their_answers_and_a_lost_moderator_flag(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    page, room = open_scripted(server, open_page)
+    room.send({**welcome(2, [ME, BOB]), "moderator": True}, message(1, BOB, "one"),
+              message(2, BOB, "two"))
+    expect(texts(page)).to_have_text(["one", "two"])
+    expect(menu_buttons(page)).to_have_count(2)
+
+    def moderation_frames() -> list[dict[str, Any]]:
+        return [f for f in room.received[-1] if f.get("type") in ("delete", "ban")]
+
+    dialog = open_menu(page, "one")
+    dialog.get_by_role("button", name="Delete message").click()
+    dialog.get_by_role("button", name="Delete", exact=True).click()
+    wait_until(page, lambda: len(moderation_frames()) == 1, "the delete frame")
+    frame = moderation_frames()[0]
+    assert frame["seq"] == 1 and isinstance(frame["id"], str)
+    # The refusal shows in the dialog (not as a composer note), which stays open.
+    room.send({"type": "error", "code": "not_found", "message": "no message 1 is stored",
+               "id": frame["id"]})
+    expect(dialog.get_by_role("alert")).to_have_text("no message 1 is stored")
+    expect(page.locator("#composer-note")).to_have_text("")
+
+    dialog.get_by_role("button", name="Back").click()
+    dialog.get_by_role("button", name="Ban Bob from this room").click()
+    dialog.get_by_label("For").select_option(label="Until lifted")
+    dialog.get_by_role("button", name="Ban", exact=True).click()
+    wait_until(page, lambda: len(moderation_frames()) == 2, "the ban frame")
+    ban = moderation_frames()[1]
+    assert {k: v for k, v in ban.items() if k != "id"} == {"type": "ban", "user": "bob"}
+    room.send({"type": "moderated", "action": "ban", "user": "bob", "until": None,
+               "reason": "", "id": ban["id"]})
+    expect(dialog).to_be_hidden()
+    expect(page.locator("#composer-note")).to_have_text("Bob was banned from #lobby")
+
+    # The next connection's welcome does not say moderator (a new token): the menus go.
+    room.sockets[0].close(code=1012, reason="server restart")
+    wait_until(page, lambda: len(room.sockets) == 2, "a reconnect after 1012", timeout_s=10)
+    room.send(welcome(2, [ME, BOB], recovered=True))
+    expect_live(page)
+    expect(menu_buttons(page)).to_have_count(0)
+
+
+def test_a_ban_close_stops_the_page_and_says_why(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    page, room = open_scripted(server, open_page)
+    room.send(welcome(1, [ME]), message(1, BOB, "hi"))
+    expect(texts(page)).to_have_text(["hi"])
+    room.sockets[0].close(code=4004, reason="banned")
+    expect(status(page)).to_have_attribute("data-reason", "banned")
+    expect(page.locator("#auth-title")).to_have_text("You were banned from this room")
+    expect(page.locator("#reconnect-now")).to_be_hidden()
+    page.wait_for_timeout(2000)  # the first backoff would be over by now
+    assert len(room.sockets) == 1
