@@ -25,8 +25,10 @@ class LoadgenError(RuntimeError):
 class Loadgen:
     """A running load generator process for one server and one client layout."""
 
-    def __init__(self, kids: Children, name: str, spec: dict[str, Any], cpu: int | None) -> None:
-        """Write ``spec`` next to the logs and start the loadgen pinned to ``cpu``.
+    def __init__(self, kids: Children, name: str, spec: dict[str, Any], cpu: int | None,
+                 script: str = "loadgen.js") -> None:
+        """Write ``spec`` next to the logs and start ``script`` (in ``bench/loadgen/``: the load
+        generator, or ``storm.js``) pinned to ``cpu``.
 
         Raises:
             LoadgenError: it did not say ``ready``.
@@ -35,7 +37,7 @@ class Loadgen:
         spec_path.write_text(json.dumps(spec))
         self.child: Child = kids.start(
             name,
-            [NODE, "--max-old-space-size=4096", str(LOADGEN_DIR / "loadgen.js"), str(spec_path)],
+            [NODE, "--max-old-space-size=4096", str(LOADGEN_DIR / script), str(spec_path)],
             cpu=cpu,
             cwd=LOADGEN_DIR,
             pipes=True,

@@ -37,6 +37,42 @@ ROOMS200X10 = RoomScenario("rooms200x10", "200 rooms of 10", 200, 10, 1, 1)
 
 
 @dataclass(frozen=True)
+class StormVariant:
+    """Which storm protections are on (roomchat); the baselines run ``jitter`` only."""
+
+    key: str
+    title: str
+    staged_drain: bool
+    jitter: bool
+    rate_limit: bool
+
+
+PROTECTED = StormVariant("protected", "all on", True, True, True)
+UNPROTECTED = StormVariant("unprotected", "all off", False, False, False)
+NO_STAGING = StormVariant("no-staging", "drain at once", False, True, True)
+NO_JITTER = StormVariant("no-jitter", "no jitter", True, False, True)
+NO_RATE = StormVariant("no-rate-limit", "no rate limit", True, True, False)
+ALL_VARIANTS = (PROTECTED, UNPROTECTED, NO_STAGING, NO_JITTER, NO_RATE)
+BASELINE = StormVariant("baseline", "page's jitter, no resume", False, True, False)
+
+
+@dataclass(frozen=True)
+class StormPlan:
+    """Sizes and durations of the storm section of a run."""
+
+    clients: int
+    room_size: int
+    send_interval_ms: int  # per room: one sender sends this often while it is live
+    traffic_s: float  # traffic before the SIGTERM
+    after_s: float  # traffic after every client is back, before the checks
+    drain_waves: int  # staged drain: the clients close in this many waves...
+    drain_step_s: float  # ...this far apart
+    timeout_s: float  # the most a storm may take from ready to the last client back
+    variants: tuple[StormVariant, ...]
+    baselines: bool
+
+
+@dataclass(frozen=True)
 class Plan:
     """Every size and duration of one run."""
 
@@ -68,6 +104,8 @@ class Plan:
     # one fixed load offered to both: this fraction of the `--workers 1` saturation.
     workers_scenario: RoomScenario
     workers_fixed_fraction: float
+    # The reconnect storm (bench/storm.py).
+    storm: StormPlan
 
 
 FULL = Plan(
@@ -90,6 +128,9 @@ FULL = Plan(
     split_scenario=ROOM100,
     workers_scenario=ROOMS1000X10,
     workers_fixed_fraction=0.5,
+    storm=StormPlan(clients=10_000, room_size=10, send_interval_ms=2000, traffic_s=2.0,
+                    after_s=1.0, drain_waves=5, drain_step_s=1.0, timeout_s=120.0,
+                    variants=ALL_VARIANTS, baselines=True),
 )
 
 QUICK = Plan(
@@ -112,4 +153,7 @@ QUICK = Plan(
     split_scenario=ROOM100,
     workers_scenario=ROOMS200X10,
     workers_fixed_fraction=0.5,
+    storm=StormPlan(clients=1_000, room_size=10, send_interval_ms=1000, traffic_s=1.0,
+                    after_s=0.5, drain_waves=4, drain_step_s=0.5, timeout_s=60.0,
+                    variants=(PROTECTED, UNPROTECTED), baselines=True),
 )

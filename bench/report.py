@@ -632,6 +632,94 @@ def handshake_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _secs(value: float | None) -> str:
+    return _num(value, "{:.2f}")
+
+
+def _q(stats: dict[str, Any] | None, key: str) -> float | None:
+    if not stats or not stats.get("count"):
+        return None
+    value = stats.get(key)
+    return float(value) if value is not None else None
+
+
+def _refusals_s(storm: dict[str, Any]) -> str:
+    parts = [f"{n:,} {k}" for k, n in sorted(storm.get("refusals", {}).items())]
+    parts += [f"{n:,} {k}" for k, n in sorted(storm.get("errors", {}).items())]
+    if storm.get("timeouts"):
+        parts.append(f"{storm['timeouts']:,} timed out")
+    return ", ".join(parts) or "none"
+
+
+def storm_section(results: dict[str, Any]) -> list[str]:
+    """The reconnect storm (bench/storm.py): one row per server and variant."""
+    st = results.get("storm")
+    if not st or not st.get("runs"):
+        return []
+    plan = st["plan"]
+    lines = [
+        "## Reconnect storm",
+        "",
+        f"{plan['clients']:,} clients in rooms of {plan['room_size']} (one sender per room, a "
+        f"message every {plan['send_interval_ms'] / 1000:g} s while it is connected), the server "
+        "SIGTERMed, a new process started on the same port and data directory as soon as the "
+        "old one exited; the clients reconnect with static/chat.js's own `reconnectDelay` (token "
+        "in the URL: one request per connect) and, on roomchat, resume with `after=`. Times are "
+        "seconds from the new process being ready (`/readyz` 200; baselines: port open). "
+        "*Replayed*: the client holds every seq up to its welcome's. Variants: staged drain "
+        f"({plan['drain_waves']} waves {plan['drain_step_s']:g} s apart, else all at once), "
+        "jitter (the page's full jitter, else a constant draw: everyone waits the same), "
+        "connection-rate limit (`connection_rate` default, else none).",
+        "",
+        "| server | variant | SIGTERM→exit | exit→ready | ready→last 101 | ready→last welcome | "
+        "ready→last replayed | client downtime p50 / p99 / max | connects per client (max) | "
+        "refused or failed connects | seq check | server CPU s (ready→last) | loadgen core |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    notes: list[str] = []
+    for run in st["runs"]:
+        server = _label(run["server"])
+        title = run.get("title", run.get("variant", ""))
+        if run.get("status") not in ("ok", "partial"):
+            lines.append(f"| {server} | {title} | failed | | | | | | | "
+                         f"{run.get('error', '')[:200]} | | | |")
+            continue
+        storm = run["storm"]
+        check = run["check"]
+        down = storm.get("downtime_s")
+        per = storm.get("connects_per_client") or {}
+        if check.get("checked"):
+            seq = (f"{check['gaps']} gaps, {check['duplicates']} dups, "
+                   f"{check['behind_at_end']} behind; {check['replayed']:,} replayed")
+            if check.get("not_recovered"):
+                seq += f", {check['not_recovered']} not recovered"
+        else:
+            seq = "no resume"
+        cpu = storm.get("cpu_from_ready") or {}
+        arm = storm.get("loadgen_since_arm") or {}
+        core = arm.get("loadgen_core")
+        lines.append(
+            f"| {server} | {title} | {_secs(run.get('drain_s'))} | "
+            f"{_secs(run.get('exit_to_ready_s'))} | {_secs(_q(storm.get('open_s'), 'max'))} | "
+            f"{_secs(_q(storm.get('welcome_s'), 'max'))} | "
+            f"{_secs(_q(storm.get('caught_up_s'), 'max'))} | "
+            f"{_secs(_q(down, 'p50'))} / {_secs(_q(down, 'p99'))} / {_secs(_q(down, 'max'))} | "
+            f"{_num(storm['connects'] / max(1, storm['clients']), '{:.2f}')} "
+            f"({per.get('max', '-')}) | {_refusals_s(storm)} | {seq} | "
+            f"{_num(cpu.get('server_cpu_s'), '{:.2f}')} | {_num(core, '{:.0%}')} |"
+        )
+        if run.get("status") == "partial":
+            notes.append(f"{server} {title}: {run.get('error')}")
+        if core is not None and core > 0.85:
+            notes.append(f"{server} {title}: the load generator used {core:.0%} of its core: "
+                         "it, not the server, may have set the pace")
+    lines.append("")
+    lines += [f"- {n}" for n in notes]
+    if notes:
+        lines.append("")
+    return lines
+
+
 def store_section(results: dict[str, Any]) -> list[str]:
     """Storage throughput paragraph."""
     st = results.get("store")
@@ -895,6 +983,7 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
     lines += workers_section(results)
     lines += memory_section(results)
     lines += handshake_section(results)
+    lines += storm_section(results)
     lines += store_section(results)
     lines += loadgen_section(results)
     plots: list[str] = []

@@ -4,7 +4,7 @@ Usage::
 
     python -m bench.run [--quick] [--servers roomchat,node-ws,py-websockets]
                         [--scenarios room10,room100,room1000,rooms1000x10]
-                        [--skip rooms,split,workers,memory,handshakes,store]
+                        [--skip rooms,split,workers,memory,handshakes,storm,store]
                         [--report-dir bench/reports]
 
 Each server runs pinned to core 0, the Node load generator to core 1 (except ``workers``, which
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -53,10 +54,11 @@ from bench.servers import (
     npm_ci,
     roomchat_available,
 )
+from bench.storm import run_storms
 from bench.tokens import mint_tokens
 
 SERVER_ORDER = ("roomchat", "roomchat-redis", "node-ws", "py-websockets")
-SKIPPABLE = ("rooms", "split", "workers", "memory", "handshakes", "store")
+SKIPPABLE = ("rooms", "split", "workers", "memory", "handshakes", "storm", "store")
 _T0 = time.monotonic()
 
 
@@ -205,7 +207,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--skip",
         default="",
         help="comma-separated: rooms (the room scenarios), split (a room split over 2 "
-        "processes on Redis), workers (--workers 1 vs 2), memory, handshakes, store",
+        "processes on Redis), workers (--workers 1 vs 2), memory, handshakes, storm (the "
+        "reconnect storm), store",
     )
     p.add_argument("--report-dir", type=Path, default=BENCH / "reports")
     return p.parse_args(argv)
@@ -278,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             "scenarios": [s.key for s in plan.scenarios],
             "split_scenario": plan.split_scenario.key,
             "workers_scenario": plan.workers_scenario.key,
+            "storm": dataclasses.asdict(plan.storm),
         },
         "servers": servers,
         "server_notes": {k: KINDS[k].notes for k in servers},
@@ -292,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         plan.workers_scenario.members,
         max((s.members for s in plan.scenarios), default=0),
     )
-    tokens = mint_tokens(n_tokens + plan.handshakes + 100)
+    tokens = mint_tokens(max(n_tokens + plan.handshakes, plan.storm.clients) + 100)
 
     def skipped(key: str) -> dict[str, Any] | None:
         if key in unavailable:
@@ -335,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
                     results["handshakes"][key] = skipped(key) or run_handshakes(
                         kids, KINDS[key], plan=plan, tokens=tokens, log=log
                     )
+            if "storm" not in skip:
+                log(f"storm: {plan.storm.clients:,} clients reconnecting after a restart")
+                storm_servers = [k for k in servers if k not in unavailable]
+                results["storm"] = run_storms(kids, KINDS, storm_servers, plan.storm, tokens,
+                                              log, min(plan.quiet_wait_s, 30.0))
             if "store" not in skip and "roomchat" in servers:
                 log("store throughput")
                 results["store"] = run_store(plan, kids)
