@@ -67,6 +67,17 @@ async def deletes_until(client: Client, marker: str) -> list[int]:
             return seqs
 
 
+async def seen(client: Client, seq: int) -> None:
+    """Wait until ``client`` got message ``seq`` (what arrives with it stays for ``recv``)."""
+    kept: list[dict[str, Any]] = []
+    while True:
+        obj = await client.recv(timeout=10)
+        kept.append(obj)
+        if obj["type"] == "message" and obj["seq"] == seq:
+            client.pending[:0] = kept
+            return
+
+
 async def say(client: Client, text: str) -> int:
     """Send ``text`` (as its own id) and return its seq once acked; what arrives before the
     ack stays for the next ``recv``."""
@@ -245,6 +256,10 @@ async def test_redis_erase_reaches_members_on_every_process(tmp_path: Path) -> N
                 assert [await say(alice, "a1"), await say(bob["r1"], "b1"),
                         await say(alice, "a2")] == [1, 2, 3]
                 assert await say(alice2, "a3") == 1
+                # Deletes ride pub/sub, at most once: wait until b's rooms get the live feed
+                # (a subscription confirmed after a message also replays it from the log).
+                await seen(bob["r1"], 3)
+                await seen(bob["r2"], 1)
 
                 # Through process a's API: bob on b hears it from the engine, carol on a
                 # from a itself.
@@ -267,6 +282,7 @@ async def test_redis_erase_reaches_members_on_every_process(tmp_path: Path) -> N
                 # The CLI with --offline on Redis: it is one more process on the engine, so
                 # the members on both servers are told.
                 assert await say(alice, "a4") == 5
+                await seen(bob["r1"], 5)
                 done = await asyncio.to_thread(roomchat, "erase", "--user", "alice",
                                                "--offline", "--store-url", url)
                 assert (done.returncode, done.stdout, done.stderr) == (
