@@ -23,7 +23,7 @@ from gateway import wsfixes
 from gateway.app import Gateway, create_app
 from gateway.compression import set_compression
 from gateway.config import Config
-from gateway.logs import ACCESS_LOG_FORMAT
+from gateway.logs import ACCESS_LOG_FORMAT, AccessLogger
 
 log = logging.getLogger("roomchat.server")
 
@@ -35,6 +35,7 @@ def hypercorn_config(config: Config, fd: int | None = None) -> HyperConfig:
     hc.graceful_timeout = config.drain_timeout
     hc.accesslog = logging.getLogger("roomchat.access")
     hc.access_log_format = ACCESS_LOG_FORMAT
+    hc.logger_class = AccessLogger
     hc.errorlog = logging.getLogger("hypercorn.error")
     if config.certfile is not None or config.keyfile is not None:
         if config.certfile is None or config.keyfile is None:
