@@ -348,7 +348,7 @@ def _erase_online(config: Config, user: str, url: str | None) -> dict[str, list[
     context = None
     if parts.scheme == "https":
         context = ssl.create_default_context()
-        dev_ca = config.data_dir / "ca.pem"  # roomchat dev-cert's CA, if that is in use
+        dev_ca = config.data_dir / "tls" / "ca.pem"  # roomchat dev-cert's CA, if in use
         if dev_ca.exists():
             context.load_verify_locations(dev_ca)
     try:

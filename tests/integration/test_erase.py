@@ -22,10 +22,12 @@ from tests.apicall import API_KEY, api_token, call
 from tests.redis_server import redis_server
 from tests.support import (
     REPO,
+    SECRET,
     SLOW,
     Client,
     Process,
     Server,
+    free_port,
     make_config,
     make_token,
     running_server,
@@ -239,6 +241,22 @@ async def test_cli_erase_against_a_live_server_process(tmp_path: Path) -> None:
     assert "members online" in done.stderr and "were not told" in done.stderr
     export = await asyncio.to_thread(roomchat, "export", "--room", "r1", "--data-dir", str(data))
     assert '"text":"b1"' not in export.stdout and export.stdout.count('"deleted":true') == 3
+
+
+def test_cli_finds_the_server_from_its_settings_over_https(tmp_path: Path) -> None:
+    from gateway.tls import make_dev_cert
+
+    data = tmp_path / "data"
+    cert = make_dev_cert(data)
+    port = free_port()
+    settings = {"ROOMCHAT_BIND": f"127.0.0.1:{port}", "ROOMCHAT_CERTFILE": str(cert.cert),
+                "ROOMCHAT_KEYFILE": str(cert.key)}
+    with server_process(data, port=port, env=settings):
+        # No --url: where the server's settings say it listens, trusting the dev CA.
+        done = roomchat("erase", "--user", "alice", "--data-dir", str(data),
+                        env={**settings, "ROOMCHAT_JWT_SECRET": SECRET})
+    assert (done.returncode, done.stdout, done.stderr) == (
+        0, "erased 0 messages of alice in 0 rooms\n", "")
 
 
 async def test_redis_erase_reaches_members_on_every_process(tmp_path: Path) -> None:
