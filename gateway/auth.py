@@ -101,18 +101,23 @@ class TokenVerifier:
         if not token:
             raise AuthError("missing_token", "a token is required (?token=...)")
         try:
-            kid = jwt.get_unverified_header(token).get("kid")
-            if kid is None:
-                key = self._key
-            elif isinstance(kid, str) and kid in self._keys:
-                key = self._keys[kid]
-            else:
-                raise AuthError("invalid_token", "invalid token: unknown key id (kid)")
-            payload = jwt.decode(
+            key = self._key
+            if self._keys:  # key rotation: the header's kid picks the key
+                kid = jwt.get_unverified_header(token).get("kid")
+                if kid is not None:
+                    if not isinstance(kid, str) or kid not in self._keys:
+                        raise AuthError("invalid_token", "invalid token: unknown key id (kid)")
+                    key = self._keys[kid]
+            # Without rotation the header is read once, by decode_complete (parsing it
+            # beforehand as well was a quarter of a verification); a kid is then refused after.
+            decoded = jwt.api_jwt.decode_complete(
                 token, key, algorithms=[self.algorithm], audience=self._audience,
                 issuer=self._issuer, leeway=self._leeway,
                 options={"require": ["exp", "iat", "sub", "aud", "iss"]},
             )
+            if not self._keys and decoded["header"].get("kid") is not None:
+                raise AuthError("invalid_token", "invalid token: unknown key id (kid)")
+            payload = decoded["payload"]
         except jwt.ExpiredSignatureError:
             raise AuthError("token_expired", "the token has expired") from None
         except jwt.PyJWTError as exc:
