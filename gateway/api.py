@@ -314,16 +314,19 @@ async def erase(user: str) -> Response:
         raise Rejection(403, "room_forbidden", "erasing a user needs an all-rooms credential")
     if not 1 <= len(user) <= MAX_USER_CHARS:
         raise Rejection(400, "bad_request", f"user must be 1 to {MAX_USER_CHARS} characters")
-    try:
-        erased = await gw.store.erase(user)
-    except RoomError as exc:
-        raise rejection_for(exc) from None
-    live = {actor.room: actor for actor in gw.registry.rooms()}
-    for room, seqs in erased.items():
-        actor = live.get(room)
+
+    def tell(room: str, seqs: list[int]) -> None:
+        # Step by step, as the engine paces them: thousands at once would overflow members'
+        # outboxes (4009). Looked up each time: a room may start or stop meanwhile.
+        actor = _live(gw, room)
         if actor is not None:
             for seq in seqs:
                 actor.deleted_nowait(seq)
+
+    try:
+        erased = await gw.store.erase(user, tell)
+    except RoomError as exc:
+        raise rejection_for(exc) from None
     return _json({"user": user, "erased": sum(map(len, erased.values())), "rooms": erased})
 
 

@@ -22,11 +22,22 @@ from typing import Protocol
 
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
-__all__ = ["Appended", "Ban", "Engine", "HistoryReader", "RoomListener", "RoomSync",
-           "open_engine"]
+__all__ = ["ERASE_PAUSE", "ERASE_STEP", "Appended", "Ban", "Engine", "ErasedObserver",
+           "HistoryReader", "RoomListener", "RoomSync", "open_engine"]
 
 CommitObserver = Callable[[float, int], None]
 """Called after each durable append with (seconds, messages); must not block."""
+ErasedObserver = Callable[[str, list[int]], None]
+"""Called by ``Engine.erase`` after each step with (room, seqs it tombstoned); must not block."""
+
+ERASE_STEP = 256
+"""Most tombstones one step of ``Engine.erase`` makes in one room, announced together. Every
+member gets one ``delete`` object per tombstone, and a session's outbox holds
+``outbox_limit`` (1024) objects before it is closed as too slow: an erasure of thousands of
+messages at once would close every member of the room (measured: 5,000 in one go did)."""
+ERASE_PAUSE = 0.05
+"""Seconds ``Engine.erase`` waits after a step that tombstoned something, so members' outboxes
+drain (``ERASE_STEP`` per pause: 5,120 deletes a second at most)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,13 +160,17 @@ class Engine(Protocol):
         the room (``remote_deleted``). False when no message ``seq`` is stored."""
         ...
 
-    async def erase(self, user: str) -> dict[str, list[int]]:
+    async def erase(self, user: str,
+                    erased: ErasedObserver | None = None) -> dict[str, list[int]]:
         """Replace every stored message of ``user``, in every room, by its tombstone (as
-        ``delete`` does) and tell the other processes serving each room (``remote_deleted``).
-        Returns what it erased now: room -> seqs, ascending; messages that already were
-        tombstones are not in it (a second erase returns ``{}``). Messages the user stores while
-        it runs may be missed: revoke or ban them first. The caller tells this process's live
-        rooms."""
+        ``delete`` does). Works in steps of at most ``ERASE_STEP`` tombstones in one room,
+        ``ERASE_PAUSE`` apart; after each, tells the other processes serving the room
+        (``remote_deleted``) and calls ``erased(room, seqs)``, through which the caller tells
+        this process's live room. Returns everything it erased: room -> seqs, ascending;
+        messages that already were tombstones are not in it (a second erase returns ``{}``).
+        Not atomic: if it raises ``StoreError`` half way, the steps before stay done (run it
+        again for the rest). Messages the user stores while it runs may be missed: revoke or
+        ban them first."""
         ...
 
     async def ban(self, room: str, ban: Ban) -> None:

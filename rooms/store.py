@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from rooms.engine import CommitObserver
+from rooms import engine as contract
+from rooms.engine import CommitObserver, ErasedObserver
 from rooms.errors import StoreError
 from rooms.state import RoomSnapshot, StoredMessage
 
@@ -80,12 +81,6 @@ CREATE TABLE IF NOT EXISTS bans (
 ) WITHOUT ROWID;
 """
 _INSERT = "INSERT INTO messages (room, seq, user, name, client_id, text, ts) VALUES (?,?,?,?,?,?,?)"
-
-
-ERASE_BATCH = 1000
-"""Messages one step of ``erase`` tombstones, in one of the writer thread's transactions: the
-rooms' appends, which share that thread, wait for at most one step (~20 ms here), not for the
-whole erasure (1.4 s for 142,000 messages in one transaction)."""
 
 
 @dataclass(slots=True)
@@ -358,10 +353,12 @@ class SqliteStore:
 
         return await self._run(query)
 
-    async def erase(self, user: str) -> dict[str, list[int]]:
-        """Make every stored message of ``user`` a tombstone; room -> seqs erased (ascending),
-        leaving out those that already were. In steps of ``ERASE_BATCH`` messages, each one
-        transaction: a failure leaves the steps before it done (run it again for the rest)."""
+    async def erase(self, user: str,
+                    erased: ErasedObserver | None = None) -> dict[str, list[int]]:
+        """Make every stored message of ``user`` a tombstone (``rooms.engine.Engine.erase``):
+        each step is one of the writer thread's transactions, so the rooms' appends, which
+        share that thread, wait for one step at most (~20 ms here; 1.4 s for 142,000 messages
+        in one transaction)."""
         if self._closed:
             raise StoreError("store is closed")
         # Found by a scan of a read snapshot (WAL: the writer is not held up by it; an index on
@@ -370,22 +367,32 @@ class SqliteStore:
             (str(room), int(seq)) for room, seq in conn.execute(
                 "SELECT room, seq FROM messages WHERE user = ? AND text != '' "
                 "ORDER BY room, seq", (user,))])
-        erased: dict[str, list[int]] = {}
+        rooms: dict[str, list[int]] = {}
+        for room, seq in found:
+            rooms.setdefault(room, []).append(seq)
+        done: dict[str, list[int]] = {}
         loop = asyncio.get_running_loop()
-        for start in range(0, len(found), ERASE_BATCH):
-            if self._closed:  # the writer thread is gone: nothing would answer
-                raise StoreError("store is closed")
-            future: asyncio.Future[list[tuple[str, int]]] = loop.create_future()
-            self._writes.put(_Erase(user, found[start:start + ERASE_BATCH], loop, future))
-            for room, seq in await future:
-                erased.setdefault(room, []).append(seq)
-        if erased:
+        step = contract.ERASE_STEP
+        for room, seqs in rooms.items():
+            for start in range(0, len(seqs), step):
+                if self._closed:  # the writer thread is gone: nothing would answer
+                    raise StoreError("store is closed")
+                future: asyncio.Future[list[tuple[str, int]]] = loop.create_future()
+                self._writes.put(_Erase(user, [(room, seq) for seq in seqs[start:start + step]],
+                                        loop, future))
+                changed = [seq for _, seq in await future]
+                if changed:
+                    done.setdefault(room, []).extend(changed)
+                    if erased is not None:
+                        erased(room, changed)
+                    await asyncio.sleep(contract.ERASE_PAUSE)
+        if done:
             # The WAL still holds the pages as they were when the text was written: copy the
             # new ones into the database and empty it. Best effort: while a read is running it
             # stops short (SQLITE_BUSY), and later checkpoints overwrite those pages.
             await self._run(lambda conn: conn.execute(
                 "PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
-        return erased
+        return done
 
     async def ban(self, room: str, user: str, until: float | None, reason: str) -> None:
         await self._run(lambda conn: conn.execute(

@@ -12,7 +12,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-from rooms.engine import Ban, CommitObserver, RoomListener, RoomSync
+from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.errors import StoreError
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
 from rooms.store import SqliteStore
@@ -81,8 +81,9 @@ class EmbeddedEngine:
     async def delete(self, room: str, seq: int) -> bool:
         return await self.store.delete(room, seq)
 
-    async def erase(self, user: str) -> dict[str, list[int]]:
-        return await self.store.erase(user)
+    async def erase(self, user: str,
+                    erased: ErasedObserver | None = None) -> dict[str, list[int]]:
+        return await self.store.erase(user, erased)
 
     async def ban(self, room: str, ban: Ban) -> None:
         await self.store.ban(room, ban.user, ban.until, ban.reason)

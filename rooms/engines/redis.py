@@ -26,8 +26,9 @@ expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0
 - Erasure requests (``erase``): there is no index from users to rooms (it would cost every
   append, and a key outside the room's hash tag), so ``erase`` finds the room logs with ``SCAN``
   and walks each in pages of ``ERASE_PAGE`` entries with ``erase.lua``, which tombstones the
-  user's entries like ``delete.lua`` and announces them in one ``d`` message per page. Its cost
-  is one pass over every stored message, in short steps (Redis serves others between them).
+  user's entries like ``delete.lua`` (at most ``rooms.engine.ERASE_STEP`` per step) and
+  announces them in one ``d`` message per step. Its cost is one pass over every stored
+  message, in short steps (Redis serves others between them).
 
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an acked message
 survives a crash of Redis too.
@@ -52,7 +53,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from rooms.engine import Ban, CommitObserver, RoomListener, RoomSync
+from rooms import engine as contract
+from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.errors import StoreError
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
@@ -241,9 +243,10 @@ class RedisEngine:
             raise self._failed("delete", exc) from exc
         return bool(done)
 
-    async def erase(self, user: str) -> dict[str, list[int]]:
+    async def erase(self, user: str,
+                    erased: ErasedObserver | None = None) -> dict[str, list[int]]:
         self._check()
-        erased: dict[str, list[int]] = {}
+        done: dict[str, list[int]] = {}
         try:
             rooms = {_room_of(key) async for key in self._redis.scan_iter(
                 match="roomchat:{*}:log", count=ERASE_PAGE, _type="stream")}
@@ -251,17 +254,22 @@ class RedisEngine:
                 log_key, *_, channel = _keys(room)
                 first = 1
                 while True:
-                    examined, last, *seqs = await self._erase(
+                    examined, last, *raw = await self._erase(
                         keys=[log_key, f"roomchat:{{{room}}}:deleted"],
-                        args=[user, first, ERASE_PAGE, channel, self.node])
-                    if seqs:
-                        erased.setdefault(room, []).extend(int(seq) for seq in seqs)
-                    if int(examined) < ERASE_PAGE:
-                        break
+                        args=[user, first, ERASE_PAGE, channel, self.node, contract.ERASE_STEP])
+                    if raw:
+                        seqs = [int(seq) for seq in raw]
+                        done.setdefault(room, []).extend(seqs)
+                        if erased is not None:
+                            erased(room, seqs)
+                    if int(examined) < ERASE_PAGE and len(raw) < contract.ERASE_STEP:
+                        break  # the end of the log
                     first = int(last) + 1
+                    if raw:
+                        await asyncio.sleep(contract.ERASE_PAUSE)
         except RedisError as exc:
             raise self._failed("erase", exc) from exc
-        return erased
+        return done
 
     async def ban(self, room: str, ban: Ban) -> None:
         self._check()

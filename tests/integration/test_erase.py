@@ -18,6 +18,8 @@ from typing import Any
 import pytest
 import websockets
 
+from rooms.engine import open_engine
+from rooms.state import Draft
 from tests.apicall import API_KEY, api_token, call
 from tests.redis_server import redis_server
 from tests.support import (
@@ -148,6 +150,37 @@ async def test_erase_reaches_online_members_and_history(srv: Server) -> None:
     assert await deletes_until(bob["lobby"], "marker2") == []
 
 
+BIG = 3000
+"""Messages of one user in one room: well past a member's outbox (``outbox_limit``, 1024)."""
+
+
+async def prefill(store_url: str, room: str, count: int) -> None:
+    """Store ``count`` messages of alice in ``room`` before any server runs (quicker than
+    sending them, and no rate limit to raise)."""
+    engine = await open_engine(store_url)
+    try:
+        await engine.load(room, 0)
+        for start in range(0, count, 500):
+            await engine.append(room, [Draft("alice", "Alice", None, f"t{start + i}", 1)
+                                       for i in range(min(500, count - start))],
+                                retention=0, dedup_window=0)
+    finally:
+        await engine.close()
+
+
+async def test_erasing_thousands_in_one_room_keeps_its_members(tmp_path: Path) -> None:
+    config = replace(make_config(tmp_path), api_key=API_KEY)
+    await prefill(config.resolved_store_url, "lobby", BIG)
+    async with running_server(config) as srv:
+        bob = await welcomed(await srv.connect("lobby", "bob", after=str(BIG)))
+        status, body = await call(srv.port, "POST", "/users/alice/erase")
+        assert (status, body["erased"]) == (200, BIG)
+        # Announced in steps (rooms.engine.ERASE_STEP): every one arrives, none closes bob as
+        # a slow consumer (all at once, 5,000 did).
+        assert await deletes(bob, BIG) == list(range(1, BIG + 1))
+        assert await say(bob, "still here") == BIG + 1
+
+
 def _page_history(port: int, room: str, token: str) -> dict[str, Any]:
     import json
     import urllib.request
@@ -172,9 +205,10 @@ async def test_erase_refusals(srv: Server) -> None:
     assert (status, body["error"]) == (400, "bad_request")
 
 
-async def _connect(proc: Process, room: str, user: str, secret: str | None = None) -> Client:
+async def _connect(proc: Process, room: str, user: str, secret: str | None = None,
+                   **query: Any) -> Client:
     token = make_token(user) if secret is None else make_token(user, secret=secret)
-    ws = await websockets.connect(proc.url(room, token), compression=None,
+    ws = await websockets.connect(proc.url(room, token, **query), compression=None,
                                   open_timeout=10 * SLOW)
     return await welcomed(Client(ws))
 
@@ -307,6 +341,29 @@ async def test_redis_erase_reaches_members_on_every_process(tmp_path: Path) -> N
                     0, "erased 1 message of alice in 1 room\n", "")
                 assert await deletes(bob["r1"], 1) == [5]
                 assert await deletes(carol, 1) == [5]
+            finally:
+                for client in sockets:
+                    await client.ws.close()
+
+
+async def test_redis_erasing_thousands_keeps_members_on_every_process(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url:
+        await prefill(url, "big", BIG)
+        env = {"ROOMCHAT_STORE_URL": url, "ROOMCHAT_API_KEY": API_KEY}
+        with server_process(tmp_path / "a", env=env) as a, \
+                server_process(tmp_path / "b", env=env) as b:
+            sockets: list[Client] = []
+            try:
+                carol = await _connect(a, "big", "carol", after=str(BIG))
+                bob = await _connect(b, "big", "bob", after=str(BIG))
+                sockets = [carol, bob]
+                await say(carol, "live")  # b's room has the live feed once bob sees it
+                await seen(bob, BIG + 1)
+                status, body = await call(a.port, "POST", "/users/alice/erase")
+                assert (status, body["erased"]) == (200, BIG)
+                for member in (carol, bob):
+                    assert await deletes(member, BIG) == list(range(1, BIG + 1))
+                assert await say(bob, "still here") == BIG + 2
             finally:
                 for client in sockets:
                     await client.ws.close()

@@ -121,12 +121,13 @@ async def test_delete_leaves_a_tombstone_in_reads(engine: Engine) -> None:
 
 async def test_erase_tombstones_every_message_of_a_user_in_every_room(
         engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
-    from rooms import store
+    from rooms import engine as contract
     from rooms.engines import redis as redis_engine
 
-    # Steps of two: every erasure below takes several, on both engines.
-    monkeypatch.setattr(store, "ERASE_BATCH", 2)
-    monkeypatch.setattr(redis_engine, "ERASE_PAGE", 2)
+    # Steps of two (pages of three on Redis): every erasure below takes several.
+    monkeypatch.setattr(contract, "ERASE_STEP", 2)
+    monkeypatch.setattr(contract, "ERASE_PAUSE", 0.0)
+    monkeypatch.setattr(redis_engine, "ERASE_PAGE", 3)
     for room in ("e1", "e2", "e3"):
         await engine.load(room, 10)
     await engine.append("e1", drafts(3, user="u") + drafts(2, user="v"), retention=0,
@@ -136,7 +137,13 @@ async def test_erase_tombstones_every_message_of_a_user_in_every_room(
                         dedup_window=10)  # v: 1-2, u: 3-4
     await engine.append("e3", drafts(2, user="v"), retention=0, dedup_window=10)
     assert await engine.delete("e1", 2)  # a moderator got one first: not erased twice
-    assert await engine.erase("u") == {"e1": [1, 3, 6], "e2": [3, 4]}
+    steps: list[tuple[str, list[int]]] = []
+    assert await engine.erase("u", lambda room, seqs: steps.append((room, seqs))) == {
+        "e1": [1, 3, 6], "e2": [3, 4]}
+    # Told step by step, each step one room and at most ERASE_STEP seqs.
+    assert sorted(seq for room, seqs in steps if room == "e1" for seq in seqs) == [1, 3, 6]
+    assert sorted(seq for room, seqs in steps if room == "e2" for seq in seqs) == [3, 4]
+    assert all(1 <= len(seqs) <= 2 for _, seqs in steps) and len(steps) >= 3
     e1 = await engine.read("e1", 0, 6, 10)
     assert [(m.seq, m.user, m.text, m.deleted) for m in e1] == [
         (1, "u", "", True), (2, "u", "", True), (3, "u", "", True), (4, "v", "t0", False),
@@ -270,7 +277,10 @@ async def test_erase_is_announced_to_other_nodes_in_pages(
         two_nodes: tuple[RedisEngine, RedisEngine], monkeypatch: pytest.MonkeyPatch) -> None:
     from rooms.engines import redis as redis_engine
 
+    from rooms import engine as contract
+
     monkeypatch.setattr(redis_engine, "ERASE_PAGE", 4)  # several pages, and a SCAN in steps
+    monkeypatch.setattr(contract, "ERASE_STEP", 3)  # several announcements per page
     a, b = two_nodes
     heard = Listener()
     b.subscribe("x", heard)
