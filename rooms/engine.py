@@ -36,8 +36,8 @@ member gets one ``delete`` object per tombstone, and a session's outbox holds
 ``outbox_limit`` (1024) objects before it is closed as too slow: an erasure of thousands of
 messages at once would close every member of the room (measured: 5,000 in one go did)."""
 ERASE_PAUSE = 0.05
-"""Seconds ``Engine.erase`` waits after a step that tombstoned something, so members' outboxes
-drain (``ERASE_STEP`` per pause: 5,120 deletes a second at most)."""
+"""Seconds ``Engine.erase`` waits between two steps in one room that tombstone something, so
+its members' outboxes drain (at most 5,120 deletes a second per room; other rooms don't wait)."""
 
 
 @dataclass(frozen=True, slots=True)

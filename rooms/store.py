@@ -373,8 +373,13 @@ class SqliteStore:
         done: dict[str, list[int]] = {}
         loop = asyncio.get_running_loop()
         step = contract.ERASE_STEP
-        for room, seqs in rooms.items():
-            for start in range(0, len(seqs), step):
+        # Round robin: one step in each room per round, one pause per round (it is for each
+        # room's members; rooms need not wait for each other).
+        for start in range(0, max(map(len, rooms.values()), default=0), step):
+            told = False
+            for room, seqs in rooms.items():
+                if start >= len(seqs):
+                    continue
                 if self._closed:  # the writer thread is gone: nothing would answer
                     raise StoreError("store is closed")
                 future: asyncio.Future[list[tuple[str, int]]] = loop.create_future()
@@ -385,7 +390,9 @@ class SqliteStore:
                     done.setdefault(room, []).extend(changed)
                     if erased is not None:
                         erased(room, changed)
-                    await asyncio.sleep(contract.ERASE_PAUSE)
+                    told = told or start + step < len(seqs)
+            if told:
+                await asyncio.sleep(contract.ERASE_PAUSE)
         if done:
             # The WAL still holds the pages as they were when the text was written: copy the
             # new ones into the database and empty it. Best effort: while a read is running it

@@ -250,10 +250,13 @@ class RedisEngine:
         try:
             rooms = {_room_of(key) async for key in self._redis.scan_iter(
                 match="roomchat:{*}:log", count=ERASE_PAGE, _type="stream")}
-            for room in sorted(rooms):
-                log_key, *_, channel = _keys(room)
-                first = 1
-                while True:
+            # Round robin: one step in each room per round, one pause per round (it is for each
+            # room's members; rooms need not wait for each other). room -> next seq to examine.
+            cursors = dict.fromkeys(sorted(rooms), 1)
+            while cursors:
+                told = False
+                for room, first in list(cursors.items()):
+                    log_key, *_, channel = _keys(room)
                     examined, last, *raw = await self._erase(
                         keys=[log_key, f"roomchat:{{{room}}}:deleted"],
                         args=[user, first, ERASE_PAGE, channel, self.node, contract.ERASE_STEP])
@@ -263,10 +266,12 @@ class RedisEngine:
                         if erased is not None:
                             erased(room, seqs)
                     if int(examined) < ERASE_PAGE and len(raw) < contract.ERASE_STEP:
-                        break  # the end of the log
-                    first = int(last) + 1
-                    if raw:
-                        await asyncio.sleep(contract.ERASE_PAUSE)
+                        del cursors[room]  # the end of its log
+                    else:
+                        cursors[room] = int(last) + 1
+                        told = told or bool(raw)
+                if told:
+                    await asyncio.sleep(contract.ERASE_PAUSE)
         except RedisError as exc:
             raise self._failed("erase", exc) from exc
         return done
