@@ -122,7 +122,8 @@ class SqliteStore:
         self._synchronous = synchronous
         self._on_commit = on_commit
         # Unbounded by type, bounded by use: each room actor awaits its append before the next,
-        # so at most one item per loaded room is ever queued.
+        # and each erasure its step, so at most one item per loaded room or running erasure is
+        # ever queued.
         self._writes: queue.SimpleQueue[_Append | _Erase | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="roomchat-store-writer",
                                         daemon=True)
