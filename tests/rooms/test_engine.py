@@ -275,9 +275,8 @@ async def test_two_nodes_share_seqs_dedup_and_the_live_feed(
 
 async def test_erase_is_announced_to_other_nodes_in_pages(
         two_nodes: tuple[RedisEngine, RedisEngine], monkeypatch: pytest.MonkeyPatch) -> None:
-    from rooms.engines import redis as redis_engine
-
     from rooms import engine as contract
+    from rooms.engines import redis as redis_engine
 
     monkeypatch.setattr(redis_engine, "ERASE_PAGE", 4)  # several pages, and a SCAN in steps
     monkeypatch.setattr(contract, "ERASE_STEP", 3)  # several announcements per page
