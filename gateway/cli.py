@@ -319,7 +319,8 @@ def _erase_offline(config: Config, user: str) -> dict[str, list[int]]:
         raise ValueError(f"cannot erase in the store: {exc}") from None
     if not shared and erased:
         print("roomchat: erased in the store directly: members online (if a server runs on "
-              "it) were not told; they see the tombstones when they rejoin", file=sys.stderr)
+              "it) were not told; they see the tombstones when they next load the history",
+              file=sys.stderr)
     return erased
 
 
