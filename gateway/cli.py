@@ -94,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
                        "(repeatable)")
     token.add_argument("--all-rooms", action="store_true", help="any room (rooms: [\"*\"])")
     token.add_argument("--admin", action="store_true", help="add the admin claim")
+    token.add_argument("--moderator", action="store_true", help="moderates every room it may "
+                       "join: deletes messages and bans users from the page (\"moderator\": "
+                       "true)")
+    token.add_argument("--mod", action="append", default=[], metavar="ROOM",
+                       help="a room it moderates (repeatable; the \"mod\" claim)")
     token.add_argument("--api", action="store_true",
                        help="a service credential for /api/v1 (\"scope\": \"api\"; all rooms "
                        "unless --room); it cannot open a chat socket")
@@ -426,6 +431,8 @@ def _token(args: argparse.Namespace) -> int:
         raise ValueError("give at least one --room, or --all-rooms")
     if args.link and not args.room and not args.admin:
         raise ValueError("--link needs a --room to link to")
+    if args.api and (args.moderator or args.mod):
+        raise ValueError("an API credential moderates through /api/v1: drop --moderator/--mod")
     if args.link:
         parts = urlsplit(args.link)
         if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -442,7 +449,9 @@ def _token(args: argparse.Namespace) -> int:
                         and not secret_file.exists())
     token = make_issuer(config).issue(args.user, name=args.name, rooms=rooms,
                                       ttl=ttl, admin=args.admin,
-                                      scope=API_SCOPE if args.api else None)
+                                      scope=API_SCOPE if args.api else None,
+                                      moderator=args.moderator,
+                                      mod=list(dict.fromkeys(args.mod)))
     if generates_secret:
         print(f"roomchat: no secret in {config.data_dir.absolute()}: created one; a running "
               "server with another data dir will refuse these tokens", file=sys.stderr)

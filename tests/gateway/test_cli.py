@@ -121,6 +121,22 @@ def test_token_link_with_scheme(tmp_path: Path) -> None:
     assert claims["exp"] - claims["iat"] == 900
 
 
+def test_token_moderator_flags(tmp_path: Path) -> None:
+    env = {"ROOMCHAT_JWT_SECRET": SECRET}
+    done = roomchat(tmp_path, "token", "--user", "mo", "--room", "a", "--room", "b",
+                    "--mod", "b", env=env)
+    assert done.returncode == 0, done.stderr
+    claims = jwt.decode(done.stdout.strip(), SECRET, algorithms=["HS256"], audience="roomchat")
+    assert claims["mod"] == ["b"] and "moderator" not in claims
+    done = roomchat(tmp_path, "token", "--user", "mo", "--all-rooms", "--moderator", env=env)
+    claims = jwt.decode(done.stdout.strip(), SECRET, algorithms=["HS256"], audience="roomchat")
+    assert claims["moderator"] is True and "mod" not in claims
+    done = roomchat(tmp_path, "token", "--api", "--moderator", env=env)
+    assert done.returncode == 2
+    assert done.stderr == ("roomchat: an API credential moderates through /api/v1: drop "
+                           "--moderator/--mod\n")
+
+
 def test_erase_with_no_server_says_what_to_do_in_one_line(tmp_path: Path) -> None:
     port = free_port()  # nothing listens there
     done = roomchat(tmp_path, "erase", "--user", "alice", "--url", f"http://127.0.0.1:{port}",
