@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from wsproto.connection import ConnectionState
 
@@ -130,6 +130,17 @@ class FrameWriter:
             return False
         self._target[0].app_put = handler
         return True
+
+    def forget_handshake(self) -> None:
+        """Once accepted (HTTP/1.1 shape): drop the HTTP/1.1 parser Hypercorn keeps behind the
+        WebSocket (``H11WSConnection.h11_connection``, ~1 KB of h11 state per connection). It
+        only writes the handshake's response; afterwards frames bypass it. Elsewhere: nothing.
+        """
+        if self._target is None:
+            return
+        protocol = getattr(self._target[0].send, "__self__", None)
+        if isinstance(protocol, H11Protocol) and isinstance(protocol.connection, H11WSConnection):
+            protocol.connection.h11_connection = None  # type: ignore[assignment]
 
     async def close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})

@@ -301,6 +301,7 @@ class RoomSockets:
             await send({"type": "websocket.accept"})
             accepted = True
             _forget_handshake(scope)
+            transport.forget_handshake()
             # The session keeps the plan only until its welcome is sent.
             writer = session.run_writer(plan, room, gw.store, cfg.history_page)
             del plan

@@ -192,21 +192,34 @@ def main() -> int:
     p.add_argument("--settle", type=float, default=2.0)
     p.add_argument("--top", type=int, default=30)
     p.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    p.add_argument("--floor", action="store_true",
+                   help="serve bench.profiles.floor (bare Hypercorn) instead of roomchat")
+    p.add_argument("--source", type=Path, default=None,
+                   help="run the server from this checkout (e.g. `git archive` of a commit)")
     args = p.parse_args()
     out = Path(tempfile.mkdtemp(prefix="idle-memory-"))
     data = Path(tempfile.mkdtemp(prefix="idle-memory-data-"))
     port = free_port()
-    env = {**os.environ, **ROOMCHAT_ENV, "ROOMCHAT_MEMDUMP_DIR": str(out)}
+    # No heartbeat during the run: these raw clients never answer pings, and a traced server
+    # takes longer than ping_interval + ping_timeout to connect 10,000 of them.
+    env = {**os.environ, **ROOMCHAT_ENV, "ROOMCHAT_MEMDUMP_DIR": str(out),
+           "ROOMCHAT_PING_INTERVAL": "3600"}
+    if args.source is not None:  # another checkout (with bench/profiles/ copied into it)
+        env["PYTHONPATH"] = str(args.source)
     for item in args.env:
         key, _, value = item.partition("=")
         env[key] = value
     argv = [str(VENV_BIN / "python")]
     if args.tracemalloc:
         argv.append(f"-Xtracemalloc={args.tracemalloc}")
-    argv += ["-m", "bench.profiles.memserver", "serve", "--bind", f"127.0.0.1:{port}",
-             "--data-dir", str(data)]
+    if args.floor:
+        argv += ["-m", "bench.profiles.floor", "--bind", f"127.0.0.1:{port}"]
+    else:
+        argv += ["-m", "bench.profiles.memserver", "serve", "--bind", f"127.0.0.1:{port}",
+                 "--data-dir", str(data)]
     with (out / "server.log").open("w") as log:
-        proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(argv, env=env, cwd=args.source or REPO, stdout=log,
+                                stderr=subprocess.STDOUT)
         try:
             _wait_port(port, proc)
             asyncio.run(_measure(args, proc, port, out))
