@@ -413,16 +413,13 @@ class SqliteStore:
             "DELETE FROM bans WHERE room = ? AND user = ? AND (until IS NULL OR until > ?)",
             (room, user, now)).rowcount > 0)
 
-    async def banned(self, room: str, user: str) -> tuple[float | None, str] | None:
-        """``(until, reason)`` of ``user``'s ban from ``room`` if one is in force."""
+    async def bans(self, room: str) -> dict[str, tuple[float | None, str]]:
+        """Every ban from ``room`` in force now: ``user -> (until, reason)``."""
         now = time.time()
-
-        def query(conn: sqlite3.Connection) -> tuple[float | None, str] | None:
-            row = conn.execute("SELECT until, reason FROM bans WHERE room = ? AND user = ? "
-                               "AND (until IS NULL OR until > ?)", (room, user, now)).fetchone()
-            return None if row is None else (row[0], str(row[1]))
-
-        return await self._run(query)
+        return dict(await self._run(lambda conn: [
+            (str(user), (until, str(reason))) for user, until, reason in conn.execute(
+                "SELECT user, until, reason FROM bans WHERE room = ? "
+                "AND (until IS NULL OR until > ?)", (room, now))]))
 
     async def close(self) -> None:
         if self._closed:

@@ -9,6 +9,8 @@ the same database is refused by the CLI (``--workers`` needs a shared engine).
 from __future__ import annotations
 
 import os
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +18,10 @@ from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, Room
 from rooms.errors import StoreError
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
 from rooms.store import SqliteStore
+
+# Rooms whose bans are kept in memory (least recently asked for are dropped first): one join
+# asks once per connection, and a SQLite read handed to a thread was ~8% of a handshake's CPU.
+BAN_CACHE_ROOMS = 10_000
 
 
 class EmbeddedEngine:
@@ -27,6 +33,10 @@ class EmbeddedEngine:
         self.store = store
         self.node = f"embedded-{os.getpid()}"
         self._last: dict[str, int] = {}
+        # room -> its bans in force when loaded (expiry is checked when read). Authoritative:
+        # bans are written only through this engine, by the one process on this database.
+        self._bans: OrderedDict[str, dict[str, Ban]] = OrderedDict()
+        self._ban_writes = 0  # bumped by every ban/unban: a load that raced one is not kept
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
@@ -86,14 +96,37 @@ class EmbeddedEngine:
         return await self.store.erase(user, erased)
 
     async def ban(self, room: str, ban: Ban) -> None:
-        await self.store.ban(room, ban.user, ban.until, ban.reason)
+        try:
+            await self.store.ban(room, ban.user, ban.until, ban.reason)
+        finally:
+            self._forget_bans(room)
 
     async def unban(self, room: str, user: str) -> bool:
-        return await self.store.unban(room, user)
+        try:
+            return await self.store.unban(room, user)
+        finally:
+            self._forget_bans(room)
 
     async def banned(self, room: str, user: str) -> Ban | None:
-        row = await self.store.banned(room, user)
-        return None if row is None else Ban(user, *row)
+        bans = self._bans.get(room)
+        if bans is None:
+            writes = self._ban_writes
+            rows = await self.store.bans(room)
+            bans = {u: Ban(u, until, reason) for u, (until, reason) in rows.items()}
+            if writes == self._ban_writes:
+                self._bans[room] = bans
+                if len(self._bans) > BAN_CACHE_ROOMS:
+                    self._bans.popitem(last=False)
+        else:
+            self._bans.move_to_end(room)
+        ban = bans.get(user)
+        if ban is None or (ban.until is not None and ban.until <= time.time()):
+            return None
+        return ban
+
+    def _forget_bans(self, room: str) -> None:
+        self._ban_writes += 1
+        self._bans.pop(room, None)
 
     async def top(self, room: str) -> int:
         # The store's, not ``load``: that one resets the room's seq counter.

@@ -378,3 +378,23 @@ async def test_the_feed_carries_exact_wire_objects(
                           17 + i).to_wire() for i, t in enumerate(texts)]
     assert got == [orjson.loads(w) for w in want]
     assert all("\n" not in m.wire for m in heard.messages)
+
+
+async def test_a_ban_written_while_bans_load_is_not_lost(engine: Engine) -> None:
+    """A room's bans read while a ban is being written must not hide it afterwards (the
+    embedded engine keeps each room's bans in memory)."""
+    import time
+
+    from rooms.engine import Ban
+
+    await engine.banned("race", "nobody")  # the room's bans, loaded
+    lookup = asyncio.ensure_future(engine.banned("race", "eve"))
+    await engine.ban("race", Ban("eve", None, "spam"))
+    await lookup  # whichever answer it got, the next one is the truth
+    assert await engine.banned("race", "eve") == Ban("eve", None, "spam")
+    loading = asyncio.ensure_future(engine.banned("race2", "x"))  # a first load, racing
+    await engine.ban("race2", Ban("eve", time.time() + 0.2, ""))
+    await loading
+    assert await engine.banned("race2", "eve") is not None
+    await asyncio.sleep(0.3)
+    assert await engine.banned("race2", "eve") is None  # over, without any write
