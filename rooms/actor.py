@@ -577,6 +577,12 @@ class RoomActor:
                 result = await self._engine.sync(self.room, state.local_members(),
                                                  cfg.presence_ttl)
                 self._deliver(state, state.synced(result.others, wall_ms), wall_ms)
+                # Deletes and bans whose announcement pub/sub lost: caught up here.
+                for user, reason in result.banned:
+                    self.ban_nowait(user, reason)
+                if result.tombstones is not None and state.tombstones_changed(result.tombstones):
+                    seqs = await self._engine.tombstones(self.room)
+                    self._deliver(state, state.reconcile_tombstones(seqs), wall_ms)
                 if state.behind(result.top):
                     await self._repair(state, state.delivered_seq, result.top, wall_ms)
                 inbox.repair = False
@@ -663,7 +669,7 @@ class RoomActor:
         if isinstance(cmd, _Ban):
             return state.evict_user(cmd.user, CloseCode.BANNED, "banned", wall_ms)
         if isinstance(cmd, _Deleted):
-            return [Broadcast(protocol.deleted(cmd.seq))]
+            return state.deleted(cmd.seq)
         if cmd.reply.done():
             return []
         if self._outage_since is not None:

@@ -49,6 +49,13 @@ class RoomSync:
     others: dict[str, str]
     """Members connected to *other* processes (user -> name); the room's members are the union
     of these and this process's own."""
+    tombstones: int | None = None
+    """How many tombstones the room has, from an engine whose delete announcements can be lost
+    (pub/sub is at-most-once): when it changes, the room reads ``Engine.tombstones`` and tells
+    its members of the deletes it missed. None: every delete reaches the room (one process)."""
+    banned: tuple[tuple[str, str], ...] = ()
+    """This process's members (of those ``sync`` was given) banned from the room now, with the
+    ban's reason: the room closes them even when the ban's announcement was lost."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +195,10 @@ class Engine(Protocol):
 
     async def top(self, room: str) -> int:
         """The highest seq stored for ``room`` (0 for none); read-only."""
+        ...
+
+    async def tombstones(self, room: str) -> list[int]:
+        """The seqs of ``room``'s tombstones, ascending; read-only."""
         ...
 
     async def presence(self, room: str) -> dict[str, str]:

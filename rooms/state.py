@@ -255,6 +255,9 @@ class RoomState:
     _buffer: dict[int, Delivered] = field(default_factory=dict)  # stored, beyond a gap
     _typing_at: dict[str, float] = field(default_factory=dict)  # member -> last typing relayed
     _next_ping: float | None = None
+    # Tombstones members were told of (None: not tracked yet; see ``tombstones_changed``).
+    _tombstoned: set[int] | None = None
+    _tombstone_count: int | None = None
 
     def __post_init__(self) -> None:
         self.delivered_seq = self.snapshot.last_seq
@@ -505,11 +508,37 @@ class RoomState:
                 return error(ErrorCode.NOT_FOUND, f"no message {frame.seq} is stored in this room")
             if outcome is ModerationOutcome.ALREADY_DELETED:
                 return error(ErrorCode.ALREADY_DELETED, f"message {frame.seq} is already deleted")
-            return [Broadcast(protocol.deleted(frame.seq)),
+            return [*self.deleted(frame.seq),
                     Send(session, protocol.moderated_delete(frame.seq, frame.id))]
         return [*self.evict_user(frame.user, CloseCode.BANNED, "banned", wall_ms),
                 Send(session, protocol.moderated_ban(frame.user, request.until, frame.reason,
                                                      frame.id))]
+
+    def deleted(self, seq: int) -> list[Effect]:
+        """Message ``seq`` became a tombstone: every member is told, once."""
+        if self._tombstoned is not None:
+            if seq in self._tombstoned:
+                return []
+            self._tombstoned.add(seq)
+        return [Broadcast(protocol.deleted(seq))]
+
+    def tombstones_changed(self, count: int) -> bool:
+        """Whether the room's tombstone count (``RoomSync.tombstones``) differs from the one
+        last given to ``reconcile_tombstones``: then the actor reads the tombstones."""
+        return count != self._tombstone_count
+
+    def reconcile_tombstones(self, seqs: list[int]) -> list[Effect]:
+        """The room's tombstones as the engine holds them: tell members of the ones they were
+        not told of (an announcement pub/sub lost). The first call only takes note: members
+        joined since the room started, and their replay carried the tombstones then."""
+        first = self._tombstoned is None
+        known = self._tombstoned or set()
+        self._tombstoned = set(seqs)
+        self._tombstone_count = len(seqs)
+        if first:
+            return []
+        return [Broadcast(protocol.deleted(seq)) for seq in seqs
+                if seq not in known and seq <= self.delivered_seq]
 
     def _typing(self, session: int, user: str, name: str, now: float) -> list[Effect]:
         """Relay "``user`` is typing" to everyone else in the room, at most once per

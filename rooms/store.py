@@ -413,6 +413,11 @@ class SqliteStore:
             "DELETE FROM bans WHERE room = ? AND user = ? AND (until IS NULL OR until > ?)",
             (room, user, now)).rowcount > 0)
 
+    async def tombstones(self, room: str) -> list[int]:
+        """The seqs of ``room``'s tombstones (messages whose text is empty), ascending."""
+        return await self._run(lambda conn: [int(seq) for (seq,) in conn.execute(
+            "SELECT seq FROM messages WHERE room = ? AND text = '' ORDER BY seq", (room,))])
+
     async def bans(self, room: str) -> dict[str, tuple[float | None, str]]:
         """Every ban from ``room`` in force now: ``user -> (until, reason)``."""
         now = time.time()

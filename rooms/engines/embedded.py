@@ -128,6 +128,9 @@ class EmbeddedEngine:
         self._ban_writes += 1
         self._bans.pop(room, None)
 
+    async def tombstones(self, room: str) -> list[int]:
+        return await self.store.tombstones(room)
+
     async def top(self, room: str) -> int:
         # The store's, not ``load``: that one resets the room's seq counter.
         return max(self._last.get(room, 0), (await self.store.load(room, 0)).last_seq)

@@ -343,15 +343,27 @@ class RedisEngine:
         now_ms = int(time.time() * 1000)
         args: list[str | int] = [self.node, now_ms, now_ms + int(ttl * 1000), channel,
                                  int(ttl * 2000)]
+        keys = [presence_key, seq_key, log_key, f"roomchat:{{{room}}}:deleted"]
         for user, name in members.items():
             args += [user, name]
+            keys.append(f"roomchat:{{{room}}}:ban:{user}")
         try:
-            top, flat = await self._sync(keys=[presence_key, seq_key, log_key], args=args)
+            top, flat, tombstones, bans = await self._sync(keys=keys, args=args)
         except RedisError as exc:
             raise self._failed("sync", exc) from exc
         self._healthy = True
         others = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
-        return RoomSync(top=int(top), others=others)
+        banned = tuple((bans[i].decode(), bytes(bans[i + 1]).partition(b"\0")[2].decode())
+                       for i in range(0, len(bans), 2))
+        return RoomSync(top=int(top), others=others, tombstones=int(tombstones), banned=banned)
+
+    async def tombstones(self, room: str) -> list[int]:
+        self._check()
+        try:
+            seqs = await self._redis.hkeys(f"roomchat:{{{room}}}:deleted")
+        except RedisError as exc:
+            raise self._failed("tombstones", exc) from exc
+        return sorted(int(seq) for seq in seqs)
 
     # -- small keyed records: single-use tickets, revocations -------------------------------
 

@@ -1,8 +1,11 @@
 -- Publish this process's members of a room and read the room's shared state, atomically.
--- KEYS: 1 presence hash ("node\0user" -> "expires_ms\0name"), 2 seq counter, 3 stream (log)
+-- KEYS: 1 presence hash ("node\0user" -> "expires_ms\0name"), 2 seq counter, 3 stream (log),
+--       4 tombstones hash, then one ban key per member pair of ARGV, in the same order
 -- ARGV: 1 node id, 2 now (ms), 3 expiry of this node's entries (ms), 4 shard channel,
 --       5 key lifetime (ms), then user, name pairs (this node's members; none withdraws them)
--- Returns {top seq, {user, name, user, name, ...}} with the live members of other nodes.
+-- Returns {top seq, {user, name, ...} of the live members of other nodes, tombstone count,
+-- {user, ban value, ...} of this node's members banned now}: the last two let a room catch
+-- up with delete and ban announcements that pub/sub (at-most-once) lost.
 -- Entries of a node that stopped syncing (killed) expire and are removed here by any node.
 local node, now = ARGV[1], tonumber(ARGV[2])
 local mine = {}
@@ -49,4 +52,12 @@ if top == 0 then
     top = tonumber(string.match(last[1][1], '-(%d+)$'))
   end
 end
-return {top, others}
+local banned = {}
+for i = 6, #ARGV, 2 do
+  local ban = redis.call('GET', KEYS[5 + (i - 6) / 2])
+  if ban then
+    banned[#banned + 1] = ARGV[i]
+    banned[#banned + 1] = ban
+  end
+end
+return {top, others, redis.call('HLEN', KEYS[4]), banned}

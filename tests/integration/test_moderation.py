@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
@@ -389,3 +390,56 @@ async def test_storage_down_answers_the_moderator_unavailable_and_the_room_carri
                     await asyncio.sleep(0.5)
             finally:
                 await ws.close()
+
+
+async def test_redis_deletes_and_bans_whose_announcement_was_lost_still_arrive(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pub/sub is at-most-once: a process that misses a delete or ban announcement catches up
+    at its next sync (tombstone count, and its own members' bans) instead of never."""
+    from rooms.engines.redis import RedisEngine
+
+    lost: list[bytes] = []
+    original = RedisEngine._dispatch
+
+    def deaf(self: RedisEngine, channel: bytes, data: bytes) -> None:
+        if data[:1] in (b"d", b"b"):
+            lost.append(data[:1])  # every delete and ban announcement, lost
+            return
+        original(self, channel, data)
+
+    monkeypatch.setattr(RedisEngine, "_dispatch", deaf)
+    with redis_server(tmp_path / "redis") as url:
+        env = {"ROOMCHAT_STORE_URL": url, "ROOMCHAT_API_KEY": API_KEY, "PYTHONPATH": str(REPO)}
+        config = replace(make_config(tmp_path / "victim", sync_interval=0.5), store_url=url,
+                         api_key=API_KEY)
+        with server_process(tmp_path / "a", env=env) as a:
+            async with running_server(config) as victim:
+                bob = Client(await websockets.connect(victim.url("deaf", make_token("bob")),
+                                                      compression=None))
+                eve = Client(await websockets.connect(victim.url("deaf", make_token("eve")),
+                                                      compression=None))
+                for client in (bob, eve):
+                    assert (await client.recv())["type"] == "welcome"
+                for text in ("one", "two"):
+                    await call(a.port, "POST", "/rooms/deaf/messages", {"text": text})
+                assert (await bob.recv_type("message", timeout=10))["seq"] == 1
+                assert (await bob.recv_type("message", timeout=10))["seq"] == 2
+                status, _ = await call(a.port, "DELETE", "/rooms/deaf/messages/2")
+                assert status == 200
+                started = time.monotonic()
+                assert await bob.recv_type("delete", timeout=10) == {"type": "delete", "seq": 2}
+                assert time.monotonic() - started < 5  # a sync or two, not a reconnect
+                status, _ = await call(a.port, "POST", "/rooms/deaf/bans",
+                                       {"user": "eve", "reason": "spam"})
+                assert status == 200
+                assert await eve.closed(timeout=10) == 4004
+                assert sorted(set(lost)) == [b"b", b"d"]  # they really were lost
+                # Told once: the next syncs don't repeat the delete.
+                await asyncio.sleep(1.5)
+                await call(a.port, "POST", "/rooms/deaf/messages", {"text": "three"})
+                seen: list[dict[str, Any]] = []
+                while not seen or seen[-1]["type"] != "message":
+                    seen.append(await bob.recv(timeout=10))
+                assert seen[-1]["seq"] == 3
+                assert [o for o in seen if o["type"] == "delete"] == []
+                await bob.ws.close()

@@ -398,3 +398,22 @@ async def test_a_ban_written_while_bans_load_is_not_lost(engine: Engine) -> None
     assert await engine.banned("race2", "eve") is not None
     await asyncio.sleep(0.3)
     assert await engine.banned("race2", "eve") is None  # over, without any write
+
+
+async def test_tombstones_and_the_syncs_catch_up_data(engine: Engine) -> None:
+    """``tombstones`` lists a room's deletes; a shared engine's ``sync`` counts them and names
+    the given members who are banned (so lost announcements are caught up)."""
+    from rooms.engine import Ban
+
+    await engine.load("t", 10)
+    await engine.append("t", drafts(4), retention=0, dedup_window=10)
+    assert await engine.tombstones("t") == []
+    for seq in (3, 1):
+        assert await engine.delete("t", seq)
+    assert await engine.tombstones("t") == [1, 3]
+    await engine.ban("t", Ban("eve", None, "spam"))
+    synced = await engine.sync("t", {"eve": "Eve", "bob": "Bob"}, 10)
+    if engine.shared:
+        assert (synced.tombstones, synced.banned) == (2, (("eve", "spam"),))
+    else:  # one process: every delete and ban reaches the room directly
+        assert (synced.tombstones, synced.banned) == (None, ())

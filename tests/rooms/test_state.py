@@ -477,3 +477,19 @@ def test_moderation_frames_pay_rate_limit_tokens_and_are_refused_during_an_outag
     (refused,) = objs(state.receive(1, DeleteMessage(1, "o"), 5.0, 1000, refuse="storage down"))
     assert (refused[2]["code"], refused[2]["message"]) == ("unavailable", "storage down")
     assert state.moderation == []
+
+
+def test_tombstones_missed_are_told_once_and_first_sight_only_takes_note() -> None:
+    state = RoomState("r", CFG)
+    state.delivered_seq = 10
+    assert state.tombstones_changed(2)
+    assert state.reconcile_tombstones([3, 4]) == []  # first sight: replays carried them
+    assert not state.tombstones_changed(2)
+    assert state.deleted(5) == [Broadcast('{"type":"delete","seq":5}')]  # an announcement
+    assert state.deleted(5) == []  # the same one again (a page's and the engine's)
+    assert state.tombstones_changed(4)
+    # 5 was told; 7 was lost; 12 is not delivered here yet (it will come as a tombstone).
+    assert state.reconcile_tombstones([3, 4, 5, 7, 12]) == [
+        Broadcast('{"type":"delete","seq":7}')]
+    assert state.reconcile_tombstones([3, 4, 5, 7, 12]) == []
+    assert not state.tombstones_changed(5)
