@@ -36,6 +36,7 @@ import socket
 import struct
 import sys
 import termios
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -53,6 +54,25 @@ _LINGER_RESET = struct.pack("ii", 1, 0)
 # fields, 24 u32 and 2 u64); present since Linux 4.1.
 _BYTES_ACKED_OFFSET = 120
 _TCP_INFO_LEN = 128
+
+
+class _AcceptedHandshake:
+    """What Hypercorn reads of an accepted handshake (``WSStream.handshake.accepted``)."""
+
+    __slots__ = ()
+    accepted = True
+
+
+_ACCEPTED = _AcceptedHandshake()
+
+
+class _Events(list[Any]):
+    """wsproto's pending events (``append``, ``popleft``, truth) without a deque's block."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
 
 
 def text_frame(payload: bytes) -> bytes:
@@ -132,15 +152,35 @@ class FrameWriter:
         return True
 
     def forget_handshake(self) -> None:
-        """Once accepted (HTTP/1.1 shape): drop the HTTP/1.1 parser Hypercorn keeps behind the
-        WebSocket (``H11WSConnection.h11_connection``, ~1 KB of h11 state per connection). It
-        only writes the handshake's response; afterwards frames bypass it. Elsewhere: nothing.
+        """Once accepted (HTTP/1.1 shape), shrink what an idle connection keeps (bytes per
+        connection measured in bench/profiles/2026-11-26-idle-memory.md):
+
+        - the HTTP/1.1 parser behind the WebSocket (``H11WSConnection.h11_connection``, ~1 KB):
+          it only wrote the handshake's response; frames bypass it;
+        - the parsed handshake (``WSStream.handshake``, ~0.5 KB): afterwards Hypercorn reads
+          only its ``accepted`` flag;
+        - two empty deques, 760 bytes each however empty: the stream writer's drain waiters
+          and wsproto's pending events, used with ``append``, ``remove``, ``popleft`` and
+          iteration only, become lists.
+
+        Elsewhere (HTTP/2, or a shape not known): nothing.
         """
         if self._target is None:
             return
-        protocol = getattr(self._target[0].send, "__self__", None)
+        stream, writer = self._target
+        protocol = getattr(stream.send, "__self__", None)
         if isinstance(protocol, H11Protocol) and isinstance(protocol.connection, H11WSConnection):
             protocol.connection.h11_connection = None  # type: ignore[assignment]
+        if getattr(stream.handshake, "accepted", False):
+            stream.handshake = _ACCEPTED  # type: ignore[assignment]
+        flow: Any = writer.transport.get_protocol()  # asyncio.StreamReaderProtocol
+        waiters = getattr(flow, "_drain_waiters", None)
+        if type(waiters) is deque and not waiters:
+            flow._drain_waiters = []
+        connection: Any = stream.connection
+        events = getattr(connection, "_events", None)
+        if type(events) is deque and not events:
+            connection._events = _Events()
 
     async def close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})

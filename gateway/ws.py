@@ -176,18 +176,21 @@ class RoomSockets:
         self.app = app
         self.gw = gw
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def __call__(self, scope: Scope, receive: Receive, send: Send) -> Awaitable[None]:
+        """The coroutine serving this connection. (Not itself a coroutine: it would be one more
+        frame kept for the whole life of every connection.)"""
         if scope["type"] == "websocket":
             room = _room_of(scope["path"])
             if room is not None:
-                await self.room_socket(room, scope, receive, send)
-                return
-            # Other sockets (the admin stream) are counted by their route; known here too so a
-            # drain that runs out of time can still drop them.
-            with self.gw.abortable(FrameWriter(send)):
-                await self.app(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
+                return self.room_socket(room, scope, receive, send)
+            return self._other_socket(scope, receive, send)
+        return self.app(scope, receive, send)
+
+    async def _other_socket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Other sockets (the admin stream) are counted by their route; known here too so a
+        # drain that runs out of time can still drop them.
+        with self.gw.abortable(FrameWriter(send)):
+            await self.app(scope, receive, send)
 
     def client_ip(self, scope: Scope) -> str:
         """The connection's client IP: the TCP peer, or what a trusted proxy says it is."""

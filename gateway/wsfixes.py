@@ -13,7 +13,9 @@ process-wide:
   ``join()`` event's waiters), 760 bytes each: ~3.2 KB of an idle WebSocket's ~22 KB in bare
   Hypercorn (measured, bench/profiles/2026-11-26-idle-memory.md). ``AppQueue`` keeps the same
   contract (bounded ``put`` that waits, ``get`` that waits, both cancellable) in a few slots.
-  ``TaskGroup.spawn_app`` is replaced with Hypercorn's own code using it.
+  ``TaskGroup.spawn_app`` is replaced with Hypercorn's own code using it. Likewise Hypercorn's
+  events (``WorkerContext.event_class``, its extension point: one per HTTP/1.1 connection, three
+  per HTTP/2 one) become ``LeanEvent``, which allocates nothing until someone waits.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from hypercorn.asyncio import task_group as hypercorn_task_group
+from hypercorn.asyncio import worker_context
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.ws_stream import FrameTooLargeError
@@ -119,6 +122,44 @@ class AppQueue(Generic[_T]):
         return item
 
 
+class LeanEvent:
+    """Hypercorn's ``Event`` (async ``set``/``clear``/``wait``, ``is_set``) with asyncio.Event's
+    semantics: ``set`` wakes every waiter, ``wait`` returns at once while set. Its waiter list
+    exists only while someone waits."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self) -> None:
+        self._set = False
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    async def clear(self) -> None:
+        self._set = False
+
+    async def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self) -> None:
+        if self._set:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 async def _spawn_app(self: Any, app: Any, config: Any, scope: Any,
                      send: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
     """``hypercorn.asyncio.task_group.TaskGroup.spawn_app`` (0.17-0.18) with an ``AppQueue``."""
@@ -145,3 +186,4 @@ def install() -> None:
     """Process-wide; idempotent."""
     ws_stream.WSStream._handle_events = _handle_events  # type: ignore[method-assign]
     hypercorn_task_group.TaskGroup.spawn_app = _spawn_app  # type: ignore[method-assign]
+    worker_context.WorkerContext.event_class = LeanEvent

@@ -272,7 +272,22 @@ class Session:
         del plan
         try:
             try:
-                await self._write(room, store, history_page)
+                if await self._start(room, store, history_page):
+                    # The live loop runs in this frame: an idle connection keeps one writer
+                    # frame, not two.
+                    while self.state is not SessionState.CLOSED:
+                        if self._outbox:
+                            # Sent from a call: no local keeps the last frame alive while idle.
+                            if not await self._send(self._take_frame()):
+                                break
+                        elif self.state is SessionState.CLOSING:
+                            break
+                        else:
+                            self._waiter = asyncio.get_running_loop().create_future()
+                            try:
+                                await self._waiter
+                            finally:
+                                self._waiter = None
             except asyncio.CancelledError:
                 if not self._own_cancellation():
                     raise
@@ -291,21 +306,22 @@ class Session:
                 self._close_timer = None
             self.state = SessionState.CLOSED
 
-    async def _write(self, room: str, store: HistoryReader, history_page: int) -> None:
-        """Everything before the close frame. Returns when closing or when the peer is gone."""
+    async def _start(self, room: str, store: HistoryReader, history_page: int) -> bool:
+        """The welcome and the replay. True when live objects may follow; False when closing
+        or the peer is gone."""
         plan, self._plan = self._plan, None
         assert plan is not None
         welcome, after, upto = plan.welcome, plan.replay_after, plan.replay_upto
         del plan
         if self._expired or not await self._send(welcome):
-            return
-        del welcome  # not kept for the life of the connection
+            return False
+        del welcome
         if after < upto:
             self._replay_progress = time.monotonic()
             if not await self._replay(room, store, history_page, after, upto):
-                return
+                return False
         if not self.open:
-            return  # closed mid-replay: close_nowait dropped the live outbox (no gap)
+            return False  # closed mid-replay: close_nowait dropped the live outbox (no gap)
         self._replay_done = True
         if self._replay_progress is not None:
             transport = self._transport
@@ -314,19 +330,7 @@ class Session:
             if progress is not None:
                 self._replay_tail = progress[0] + progress[1]
         self._replay_progress = None
-        while self.state is not SessionState.CLOSED:
-            if self._outbox:
-                # Sent from a call, so no local keeps the last frame alive while idle.
-                if not await self._send(self._take_frame()):
-                    return
-            elif self.state is SessionState.CLOSING:
-                return
-            else:
-                self._waiter = asyncio.get_running_loop().create_future()
-                try:
-                    await self._waiter
-                finally:
-                    self._waiter = None
+        return True
 
     async def _replay(self, room: str, store: HistoryReader, history_page: int, after: int,
                       upto: int) -> bool:

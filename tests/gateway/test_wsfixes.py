@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from gateway.wsfixes import AppQueue
+from gateway.wsfixes import AppQueue, LeanEvent
 
 
 async def test_items_come_out_in_order_and_put_waits_while_full() -> None:
@@ -57,3 +57,23 @@ async def test_a_cancelled_producer_passes_its_turn_on() -> None:
     first.cancel()  # ...which gives its slot to `second`
     await second
     assert await queue.get() == 2 and queue.qsize() == 0
+
+
+async def test_lean_event_wakes_every_waiter_and_stays_set_until_cleared() -> None:
+    event = LeanEvent()
+    waiters = [asyncio.create_task(event.wait()) for _ in range(3)]
+    cancelled = asyncio.create_task(event.wait())
+    await asyncio.sleep(0)
+    assert not any(w.done() for w in waiters) and not event.is_set()
+    cancelled.cancel()  # a waiter that leaves is forgotten
+    await asyncio.sleep(0)
+    await event.set()
+    await asyncio.gather(*waiters)
+    assert event.is_set()
+    await event.wait()  # set: returns at once
+    await event.clear()
+    late = asyncio.create_task(event.wait())
+    await asyncio.sleep(0)
+    assert not late.done()
+    await event.set()
+    await late
