@@ -69,7 +69,7 @@ class StormPlan:
     drain_step_s: float  # ...this far apart
     timeout_s: float  # the most a storm may take from ready to the last client back
     variants: tuple[StormVariant, ...]
-    baselines: bool
+    baselines: tuple[str, ...]  # server keys stormed without resume
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ FULL = Plan(
     workers_fixed_fraction=0.5,
     storm=StormPlan(clients=10_000, room_size=10, send_interval_ms=2000, traffic_s=2.0,
                     after_s=1.0, drain_waves=5, drain_step_s=1.0, timeout_s=120.0,
-                    variants=ALL_VARIANTS, baselines=True),
+                    variants=ALL_VARIANTS, baselines=("node-ws", "py-websockets")),
 )
 
 QUICK = Plan(
@@ -155,5 +155,5 @@ QUICK = Plan(
     workers_fixed_fraction=0.5,
     storm=StormPlan(clients=1_000, room_size=10, send_interval_ms=1000, traffic_s=1.0,
                     after_s=0.5, drain_waves=4, drain_step_s=0.5, timeout_s=60.0,
-                    variants=(PROTECTED, UNPROTECTED), baselines=True),
+                    variants=(PROTECTED, UNPROTECTED), baselines=("node-ws",)),
 )

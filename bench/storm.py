@@ -192,10 +192,9 @@ def run_storms(kids: Children, kinds: dict[str, ServerKind], servers: list[str],
             out["runs"].append({"server": "roomchat",
                                 **run_storm(kids, kinds["roomchat"], variant, plan, tokens, log,
                                             quiet_wait_s)})
-    if plan.baselines:
-        for key in ("node-ws", "py-websockets"):
-            if key in servers:
-                out["runs"].append({"server": key,
-                                    **run_storm(kids, kinds[key], BASELINE, plan, tokens, log,
-                                                quiet_wait_s)})
+    for key in plan.baselines:
+        if key in servers:
+            out["runs"].append({"server": key,
+                                **run_storm(kids, kinds[key], BASELINE, plan, tokens, log,
+                                            quiet_wait_s)})
     return out

@@ -413,6 +413,9 @@ async function cmdConnect() {
     }
   }
   await Promise.all(Array.from({ length: spec.connect_concurrency || 100 }, worker));
+  // A client that was not in within its 15 s keeps retrying with the page's backoff: wait for it.
+  const deadline = wall() + 60000;
+  while (clients.some((c) => !ready(c) && c.phase !== 'stopped') && wall() < deadline) await sleep(20);
   const ok = clients.filter(ready).length;
   emit({ event: 'connected', ok, failed: clients.length - ok, connect_ms: wall() - t0 });
 }

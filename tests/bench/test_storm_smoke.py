@@ -14,7 +14,7 @@ from bench.tokens import mint_tokens
 
 TINY = StormPlan(clients=40, room_size=10, send_interval_ms=100, traffic_s=0.5, after_s=0.2,
                  drain_waves=2, drain_step_s=0.3, timeout_s=30.0, variants=(PROTECTED,),
-                 baselines=False)
+                 baselines=())
 
 
 def test_a_tiny_storm_brings_every_client_back_with_every_message(tmp_path: Path) -> None:
