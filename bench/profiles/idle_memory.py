@@ -112,6 +112,42 @@ def _kib(value: float) -> str:
     return f"{value / 1024:,.2f}"
 
 
+_STDLIB = ("/lib/python3.", "<frozen")
+_PACKAGES = ("hypercorn", "h11", "wsproto", "quart", "jwt")
+_EVENT_LOOP = "event loop (uvloop, asyncio streams and tasks)"
+# Frames that only start the event loop: an allocation with nothing closer to it than these was
+# made by the loop's C code or the asyncio machinery it calls back.
+_LOOP_STARTERS = ("uvloop", "gateway/server.py", "gateway/cli.py", "bench/profiles/")
+
+
+def owner(traceback: tracemalloc.Traceback) -> str:
+    """Who an allocation is for: the innermost frame outside the standard library, by package
+    (roomchat by module); "event loop" when only the loop's C code and the stdlib are on the
+    stack (uvloop transports, asyncio streams and tasks made for accepted connections)."""
+    for frame in reversed(list(traceback)):
+        path = frame.filename
+        relative = path.replace(str(REPO) + "/", "")
+        for root in ("/gateway/", "/rooms/", "/bench/"):  # also in another checkout (--source)
+            if root in path and "site-packages/" not in path:
+                relative = root[1:] + path.rsplit(root, 1)[1]
+        if "site-packages/uvloop" in path or relative.startswith(_LOOP_STARTERS):
+            return _EVENT_LOOP
+        if "site-packages/" in path:
+            package = path.split("site-packages/", 1)[1].split("/", 1)[0]
+            if package in _PACKAGES:
+                if package == "hypercorn":
+                    sub = path.split("hypercorn/", 1)[1].removesuffix(".py")
+                    return f"hypercorn/{sub}"
+                return package
+            continue
+        if any(marker in path for marker in _STDLIB):
+            continue
+        if relative.startswith(("gateway/", "rooms/")):
+            return f"roomchat {relative}"
+        return relative
+    return _EVENT_LOOP
+
+
 def summarize(before: dict[str, Any], after: dict[str, Any], n: int, out: Path,
               top: int) -> str:
     lines = [f"connections: {n:,}", "", "| measure | bytes per connection |", "|---|---|"]
@@ -148,6 +184,17 @@ def summarize(before: dict[str, Any], after: dict[str, Any], n: int, out: Path,
     if first.exists() and last.exists():
         old = tracemalloc.Snapshot.load(str(first))
         new = tracemalloc.Snapshot.load(str(last))
+        owners: dict[str, list[float]] = {}
+        for stat in new.compare_to(old, "traceback"):
+            entry = owners.setdefault(owner(stat.traceback), [0.0, 0.0])
+            entry[0] += stat.size_diff
+            entry[1] += stat.count_diff
+        lines += ["", "tracemalloc by owner (the innermost caller outside the standard library; "
+                  "needs --tracemalloc > 1 to tell):", "", "| owner | bytes | blocks |",
+                  "|---|---|---|"]
+        for name, (size, count) in sorted(owners.items(), key=lambda kv: -kv[1][0]):
+            if abs(size) / n >= 8:
+                lines.append(f"| {name} | {size / n:,.0f} | {count / n:.2f} |")
         for key in ("filename", "lineno"):
             lines += ["", f"tracemalloc by {key} (delta per connection):", "",
                       "| where | bytes | blocks |", "|---|---|---|"]
