@@ -25,6 +25,11 @@ The same handle on the TCP transport lets the gateway free a connection whose pe
 reading: ``abort`` drops it (RST) instead of waiting forever for buffers to drain, and
 ``wait_closed`` tells when the socket is really gone. On other shapes (HTTP/2 streams share
 their connection) neither is possible: the stream ends when the handler returns.
+
+On the same shape, ``take_inbound`` has Hypercorn hand inbound frames to the handler directly
+(no reader task, no app-queue hop) and ``forget_handshake`` drops what an accepted connection
+no longer needs: together about half of an idle connection's memory
+(bench/profiles/2026-11-26-idle-memory.md).
 """
 
 from __future__ import annotations
