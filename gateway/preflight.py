@@ -57,7 +57,7 @@ def preflight(config: Config) -> socket.socket:
         check_dir(path, purpose)
     if scheme in SHARED_SCHEMES:
         asyncio.run(ping_redis(config.resolved_store_url))
-    return bind_socket(config.bind)
+    return bind_socket(config.bind, config.listen_backlog)
 
 
 def redact(url: str) -> str:
@@ -123,9 +123,9 @@ def parse_bind(bind: str) -> tuple[str, int]:
     return host, port
 
 
-def bind_socket(bind: str) -> socket.socket:
-    """Bind and listen on ``bind`` like Hypercorn would (``unix:PATH`` and ``fd://N`` too);
-    the socket is inheritable so workers can share it."""
+def bind_socket(bind: str, backlog: int = HyperConfig.backlog) -> socket.socket:
+    """Bind and listen on ``bind`` like Hypercorn would (``unix:PATH`` and ``fd://N`` too),
+    with ``backlog`` (``listen_backlog``); the socket is inheritable so workers can share it."""
     if bind.startswith("fd://"):
         # Already bound by whoever started us (systemd, a test): just check it is a socket.
         try:
@@ -149,7 +149,7 @@ def bind_socket(bind: str) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         _bind(sock, infos[0][4], bind)
     try:
-        sock.listen(HyperConfig.backlog)
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise StartupError(f"cannot listen on {bind}: {exc.strerror}") from None

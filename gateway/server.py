@@ -33,6 +33,7 @@ def hypercorn_config(config: Config, fd: int | None = None) -> HyperConfig:
     hc.bind = [f"fd://{fd}"] if fd is not None else [config.bind]
     hc.websocket_max_message_size = config.max_message_bytes
     hc.graceful_timeout = config.drain_timeout
+    hc.backlog = config.listen_backlog  # asyncio listens again on a socket it is handed
     hc.accesslog = logging.getLogger("roomchat.access")
     hc.access_log_format = ACCESS_LOG_FORMAT
     hc.logger_class = AccessLogger
