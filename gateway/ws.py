@@ -200,8 +200,9 @@ class RoomSockets:
         return addresses.client_ip(peer, _headers(scope, addresses.header.encode()))
 
     async def _admit(self, room: str, scope: Scope, ip: str) -> tuple[Any, int | None]:
-        """Every check before the upgrade: the handshake rate of ``ip``, the credentials (a
-        ticket or a token), the origin, ``after``, then the connection caps. Raises Rejection.
+        """Every check before the upgrade: the handshake rate of ``ip``, the origin, draining,
+        the credentials (a ticket or a token), ``after``, then the connection caps. Raises
+        Rejection.
 
         When it returns, the caller must count the connection (``connection_opened`` with its
         owner) before its next ``await``: the caps were checked, not reserved.
@@ -216,6 +217,9 @@ class RoomSockets:
         host = _header(scope, b"host") or _header(scope, b":authority")
         if not origin_allowed(_header(scope, b"origin"), host, gw.config.allowed_origins):
             raise Rejection(403, "origin_forbidden", "this page's origin is not allowed")
+        if gw.draining:  # before the credentials: a reconnect storm against a draining process
+            # costs no token verification, and a ticket is not spent on a refusal
+            raise Rejection(503, "draining", "the server is restarting; try again shortly")
         query = parse_qs(bytes(scope["query_string"]).decode("latin-1"))
         try:
             ticket = query.get("ticket")
@@ -237,8 +241,6 @@ class RoomSockets:
             if AFTER.fullmatch(raw_after) is None:
                 raise Rejection(400, "bad_request", "after must be a non-negative integer")
             after = int(raw_after)
-        if gw.draining:
-            raise Rejection(503, "draining", "the server is restarting; try again shortly")
         if gw.connections >= gw.config.max_connections:
             raise Rejection(503, "server_full", "too many connections; try again later")
         try:

@@ -192,3 +192,17 @@ async def test_the_ticket_answers_what_the_upgrade_would_refuse(tmp_path: Path) 
         status, body = await asyncio.to_thread(post_ticket, srv.port, "lobby", token)
         assert (status, body["error"]) == (503, "draining")
         srv.gateway.draining = False
+
+
+async def test_a_draining_server_refuses_before_spending_a_ticket(tmp_path: Path) -> None:
+    """While draining, an upgrade is refused (503 ``draining``) before its credentials are
+    looked at: no token verified, and a ticket stays unspent for the retry."""
+    async with running_server(make_config(tmp_path)) as srv:
+        ticket = await ticket_for(srv.port, "lobby", make_token("alice"))
+        srv.gateway.draining = True
+        assert await upgrade_status(srv.port, "lobby", f"ticket={ticket}") == 503
+        assert await upgrade_status(srv.port, "lobby", "token=not-a-jwt") == 503
+        srv.gateway.draining = False
+        async with websockets.connect(
+                f"ws://127.0.0.1:{srv.port}/rooms/lobby/ws?ticket={ticket}") as ws:
+            assert json.loads(await ws.recv())["type"] == "welcome"
