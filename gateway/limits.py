@@ -119,6 +119,10 @@ def forwarded_chain(header: str, values: Iterable[str]) -> list[str]:
     return hops
 
 
+PEER_CACHE = 4096
+"""TCP peers whose parsed address ``ClientAddresses`` remembers (oldest forgotten first)."""
+
+
 class ClientAddresses:
     """Finds a connection's client IP: its TCP peer, or what trusted proxies say it was."""
 
@@ -129,6 +133,9 @@ class ClientAddresses:
                              f"{', '.join(CLIENT_IP_HEADERS)}, got {header!r}")
         self.trusted = trusted
         self.header = header
+        # TCP peer -> (its address, as a key, whether it is a trusted proxy): a peer's answer
+        # never changes, and most connections come from few peers (a proxy) or come back.
+        self._peers: dict[str, tuple[Address | None, str, bool]] = {}
 
     def is_trusted(self, address: Address) -> bool:
         return any(address in network for network in self.trusted)
@@ -143,11 +150,19 @@ class ClientAddresses:
         anything. A hop that is not an address (``unknown``) stops the walk at the proxy that
         reported it.
         """
-        address = parse_address(peer) if peer else None
-        if address is None:
-            return peer or UNKNOWN_PEER
-        if not self.trusted or not self.is_trusted(address):
-            return str(address)
+        if not peer:
+            return UNKNOWN_PEER
+        known = self._peers.get(peer)
+        if known is None:  # parsing and matching networks was ~3% of a handshake's CPU
+            parsed = parse_address(peer)
+            known = (parsed, peer if parsed is None else str(parsed),
+                     parsed is not None and self.is_trusted(parsed))
+            if len(self._peers) >= PEER_CACHE:
+                del self._peers[next(iter(self._peers))]  # the oldest entry
+            self._peers[peer] = known
+        address, text, trusted = known
+        if address is None or not trusted:
+            return text
         for hop in reversed(forwarded_chain(self.header, header_values)):
             reported = parse_address(hop)
             if reported is None:

@@ -349,3 +349,18 @@ def test_no_peer_and_bad_settings() -> None:
         parse_networks(["10.0.0.0/33"])
     with pytest.raises(ValueError, match="ROOMCHAT_CLIENT_IP_HEADER"):
         ClientAddresses((), "x-real-ip")
+
+
+def test_client_ip_remembers_peers_within_a_bound() -> None:
+    from gateway.limits import PEER_CACHE
+
+    addresses = ClientAddresses(parse_networks(["10.0.0.0/24"]), "X-Forwarded-For")
+    for _ in range(2):  # the second time from memory: same answers
+        assert addresses.client_ip("10.0.0.5", ["203.0.113.9"]) == "203.0.113.9"
+        assert addresses.client_ip("10.0.0.5", []) == "10.0.0.5"
+        assert addresses.client_ip("198.51.100.1", ["203.0.113.9"]) == "198.51.100.1"
+        assert addresses.client_ip("::ffff:198.51.100.2", []) == "198.51.100.2"
+        assert addresses.client_ip("not-an-ip", []) == "not-an-ip"
+    for i in range(PEER_CACHE + 10):
+        addresses.client_ip(f"192.0.2.{i % 250}:{i}", [])
+    assert len(addresses._peers) == PEER_CACHE
