@@ -141,6 +141,23 @@ class FrameWriter:
                         return
         await self._send({"type": "websocket.send", "text": data})
 
+    def send_now(self, data: str) -> bool:
+        """Write one text frame at once if that cannot block: the direct path's shape, open,
+        and nothing already buffered for the peer. False when nothing was written (the caller
+        then queues it for ``send``, which waits for the buffer to drain)."""
+        target = self._target
+        if target is None or not self._plain:
+            return False
+        stream, writer = target
+        transport = writer.transport
+        if transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        if (stream.state is not ASGIWebsocketState.CONNECTED or stream.closed
+                or stream.connection.state is not ConnectionState.OPEN):
+            return False
+        transport.write(text_frame(data.encode()))
+        return True
+
     def take_inbound(self, handler: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> bool:
         """Have Hypercorn pass each inbound ASGI message (``websocket.receive``,
         ``websocket.disconnect``) to ``handler`` from its own reading task, instead of putting

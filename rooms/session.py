@@ -53,6 +53,14 @@ class AbortableTransport(Transport, Protocol):
 
 
 @runtime_checkable
+class ImmediateTransport(Transport, Protocol):
+    """A transport that can write a frame at once when that cannot block
+    (``gateway.fastsend``): True when written, False when the caller must ``send`` it."""
+
+    def send_now(self, data: str) -> bool: ...
+
+
+@runtime_checkable
 class ProgressTransport(Transport, Protocol):
     """A transport that can tell how far the peer has read (``gateway.fastsend``):
     ``(acked, pending)`` bytes, or None."""
@@ -63,16 +71,17 @@ class ProgressTransport(Transport, Protocol):
 # What each transport class can do: isinstance() against a runtime-checkable Protocol inspects
 # every member each time (~2 µs each, 2% of a handshake's CPU in a py-spy profile). Keyed by
 # class, so it holds one entry per transport class in the program.
-_CAPABILITIES: dict[type, tuple[bool, bool]] = {}
+_CAPABILITIES: dict[type, tuple[bool, bool, bool]] = {}
 
 
-def _capabilities(transport: Transport) -> tuple[bool, bool]:
-    """``(abortable, reports progress)`` of ``transport``'s class."""
+def _capabilities(transport: Transport) -> tuple[bool, bool, bool]:
+    """``(abortable, reports progress, writes at once)`` of ``transport``'s class."""
     kind = type(transport)
     known = _CAPABILITIES.get(kind)
     if known is None:
         known = _CAPABILITIES[kind] = (isinstance(transport, AbortableTransport),
-                                       isinstance(transport, ProgressTransport))
+                                       isinstance(transport, ProgressTransport),
+                                       isinstance(transport, ImmediateTransport))
     return known
 
 
@@ -126,7 +135,7 @@ class Session:
         self._replay_tail: int | None = None  # acked bytes at which the whole replay is read
         self._close_timer: asyncio.TimerHandle | None = None
         self._expired = False  # the closing phase ran out of time; the transport was aborted
-        abortable, progress = _capabilities(transport)
+        abortable, progress, self._immediate = _capabilities(transport)
         self._abortable = cast(AbortableTransport, transport) if abortable else None
         self._progress = cast(ProgressTransport, transport) if progress else None
 
@@ -150,6 +159,15 @@ class Session:
             return True  # nothing more is sent; not a reason to evict again
         if self._queued and self._queued + count > self._outbox_limit:
             return False
+        waiter = self._waiter
+        if (self._immediate and waiter is not None and not waiter.done()
+                and self.state is SessionState.ACTIVE and count <= self._max_frame
+                and cast(ImmediateTransport, self._transport).send_now(payload)):
+            # The writer is idle in its live loop (so nothing is queued before this) and the
+            # socket took the frame without buffering: written here, without waking the writer
+            # task. In small rooms that wake-up, one per member per message, was a large part
+            # of a delivery's cost. Anything else (a backlog, a closing socket) is queued.
+            return True
         outbox = self._outbox
         if outbox is None:
             outbox = self._outbox = deque()

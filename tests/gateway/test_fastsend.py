@@ -4,6 +4,7 @@ may be."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 from wsproto.connection import Connection, ConnectionType
@@ -83,3 +84,35 @@ async def test_http11_frames_reach_the_room_without_a_reader_task(
                 break
             await asyncio.sleep(0.01)
         assert srv.gateway.connections == 0
+
+
+async def test_live_frames_to_an_idle_reader_are_written_without_the_writer_task(
+        server_with: ServerFactory) -> None:
+    """A session whose writer is idle and whose socket has nothing buffered gets live frames
+    written by the room itself (``send_now``): the writer task is not woken for them. A closed
+    socket refuses the immediate path."""
+    async with server_with(rate_burst=1000) as srv:
+        alice = await srv.connect()
+        bob = await srv.connect(user="bob")
+        for client in (alice, bob):
+            await client.recv_type("welcome")
+        (actor,) = srv.gateway.registry.rooms()
+        sessions = list(actor._sessions.values())
+        wakes = 0
+        for session in sessions:
+            original = session._wake
+
+            def counted(original: Any = original) -> None:
+                nonlocal wakes
+                wakes += 1
+                original()
+
+            session._wake = counted
+        for i in range(20):
+            await alice.say(f"m{i}", id=f"m{i}")
+            assert (await bob.recv_type("message"))["text"] == f"m{i}"
+            await alice.recv_type("ack")
+        assert wakes == 0
+        (writer, *_) = _writers(srv)
+        writer.abort()
+        assert writer.send_now("x") is False
