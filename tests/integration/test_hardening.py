@@ -271,11 +271,11 @@ async def test_a_slow_replay_that_is_moving_is_not_evicted_as_a_zombie(
         try:
             async with asyncio.timeout(60 * SLOW):
                 while len(slow.seqs) < 200 and slow.close_code is None:
-                    data = await loop.sock_recv(slow.sock, 1 << 16)  # ~1 MB/s: slow, moving
+                    data = await loop.sock_recv(slow.sock, 1 << 16)  # <= 64 KiB per 20 ms: slow
                     if not data:
                         break
                     slow._feed(data)
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.02)
         finally:
             slow.close()
         # ~3 MB at that pace outlasts ping_interval + ping_timeout (1 s) several times over,
