@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,13 +29,6 @@ from tests.support import (
     running_server,
     server_process,
 )
-
-
-@pytest.fixture
-async def srv(tmp_path: Path) -> AsyncIterator[Server]:
-    config = replace(make_config(tmp_path), api_key=API_KEY)
-    async with running_server(config) as server:
-        yield server
 
 
 async def test_publish_is_stored_and_seen_live_with_the_next_seq(srv: Server) -> None:

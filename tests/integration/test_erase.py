@@ -10,12 +10,10 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import pytest
 import websockets
 
 from rooms.engine import open_engine
@@ -35,12 +33,6 @@ from tests.support import (
     running_server,
     server_process,
 )
-
-
-@pytest.fixture
-async def srv(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(replace(make_config(tmp_path), api_key=API_KEY)) as server:
-        yield server
 
 
 def roomchat(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,12 +26,6 @@ from tests.support import (
     running_server,
     server_process,
 )
-
-
-@pytest.fixture
-async def srv(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running_server(replace(make_config(tmp_path), api_key=API_KEY)) as server:
-        yield server
 
 
 async def _refused(url: str) -> tuple[int, bytes]:
