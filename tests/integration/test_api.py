@@ -67,6 +67,23 @@ async def test_publish_refusals(srv: Server) -> None:
     assert (status, answer["error"]) == (404, "bad_room")
 
 
+async def test_storage_errors_get_the_upgrades_answer_on_every_endpoint(srv: Server) -> None:
+    """An engine error in any endpoint is 503 ``unavailable`` with its JSON reason, as a
+    socket upgrade would get, never a 500."""
+    await srv.gateway.store.close()  # every later engine call raises StoreError
+    for method, path, body in [
+        ("POST", "/rooms/lobby/messages", {"text": "hi"}),
+        ("GET", "/rooms/lobby/messages", None),
+        ("DELETE", "/rooms/lobby/messages/1", None),
+        ("POST", "/rooms/lobby/bans", {"user": "eve"}),
+        ("GET", "/rooms/lobby/bans/eve", None),
+        ("DELETE", "/rooms/lobby/bans/eve", None),
+        ("POST", "/users/eve/erase", None),
+    ]:
+        status, answer = await call(srv.port, method, path, body)
+        assert (status, answer["error"]) == (503, "unavailable"), (method, path, answer)
+
+
 async def test_history_pages_oldest_first(srv: Server) -> None:
     for i in range(1, 8):
         status, _ = await call(srv.port, "POST", "/rooms/lobby/messages", {"text": f"m{i}"})
