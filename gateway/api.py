@@ -47,6 +47,14 @@ if TYPE_CHECKING:
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 
+
+@blueprint.errorhandler(RoomError)
+async def _room_error(exc: RoomError) -> Response:
+    """Any endpoint's engine or room error (storage down, room busy or stopping, banned...)
+    gets the HTTP answer a socket upgrade would (``gateway.errors.rejection_for``)."""
+    return rejection_for(exc).response()
+
+
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_SEQ = 2**53  # beyond any seq (and a valid Redis stream id)
@@ -216,17 +224,14 @@ async def publish(room: str) -> Response:
     user = _text_field(body, "user", caller.user, MAX_USER_CHARS)
     name = _text_field(body, "name", user, MAX_NAME_CHARS, strip=True)
     assert user is not None and name is not None
-    try:
-        for attempt in range(2):
-            try:
-                result = await gw.registry.get(room).publish(user, name, client_id, text)
-                break
-            except RoomStopped:
-                # The room just went idle: the next get() starts a fresh one.
-                if attempt or gw.draining:
-                    raise
-    except RoomError as exc:
-        raise rejection_for(exc) from None
+    for attempt in range(2):
+        try:
+            result = await gw.registry.get(room).publish(user, name, client_id, text)
+            break
+        except RoomStopped:
+            # The room just went idle: the next get() starts a fresh one.
+            if attempt or gw.draining:
+                raise
     return _json({"seq": result.seq, "duplicate": result.duplicate})
 
 
@@ -239,15 +244,12 @@ async def messages(room: str) -> Response:
     before = _int_arg("before", 1)
     limit = min(_int_arg("limit", 1) or DEFAULT_LIMIT, MAX_LIMIT)
     upto = MAX_SEQ if before is None else before - 1
-    try:
-        if after is None and before is not None:  # backward: the newest `limit` below before
-            upto = min(upto, await gw.store.top(room))
-            start = max(0, upto - limit)
-        else:
-            start = after or 0
-        found = await gw.store.read(room, start, upto, limit) if upto > start else []
-    except RoomError as exc:
-        raise rejection_for(exc) from None
+    if after is None and before is not None:  # backward: the newest `limit` below before
+        upto = min(upto, await gw.store.top(room))
+        start = max(0, upto - limit)
+    else:
+        start = after or 0
+    found = await gw.store.read(room, start, upto, limit) if upto > start else []
     return Response('{"messages":[' + ",".join(m.to_wire() for m in found) + "]}",
                     content_type="application/json", headers={"Cache-Control": "no-store"})
 
@@ -258,10 +260,7 @@ async def presence(room: str) -> Response:
     gw, _ = _authorize(room)
     actor = _live(gw, room)
     members = actor.presence() if actor is not None else []
-    try:
-        others = await gw.store.presence(room)
-    except RoomError as exc:
-        raise rejection_for(exc) from None
+    others = await gw.store.presence(room)
     known = {m["user"] for m in members}
     members += [{"user": u, "name": n} for u, n in others.items() if u not in known]
     return _json({"room": room, "members": members})
@@ -293,10 +292,7 @@ async def disconnect(user: str) -> Response:
         raise Rejection(403, "room_forbidden", "disconnecting a user needs an all-rooms "
                         "credential")
     at = time.time()
-    try:
-        await gw.store.revoke(user, at)
-    except RoomError as exc:
-        raise rejection_for(exc) from None
+    await gw.store.revoke(user, at)
     for revoked in gw.revocations.apply([(user, at)]):
         gw.registry.revoke_nowait(revoked)  # here at once; other processes at their next poll
     return _json({"user": user, "revoked_at": at})
@@ -323,10 +319,7 @@ async def erase(user: str) -> Response:
             for seq in seqs:
                 actor.deleted_nowait(seq)
 
-    try:
-        erased = await gw.store.erase(user, tell)
-    except RoomError as exc:
-        raise rejection_for(exc) from None
+    erased = await gw.store.erase(user, tell)
     return _json({"user": user, "erased": sum(map(len, erased.values())), "rooms": erased})
 
 
@@ -336,10 +329,7 @@ async def erase(user: str) -> Response:
 async def delete_message(room: str, seq: int) -> Response:
     """Replace message ``seq`` by its tombstone; every member gets ``{"type":"delete"}``."""
     gw, _ = _authorize(room)
-    try:
-        found = await gw.store.delete(room, seq)
-    except RoomError as exc:
-        raise rejection_for(exc) from None
+    found = await gw.store.delete(room, seq)
     if not found:
         raise Rejection(404, "not_found", f"no message {seq} is stored in room {room}")
     actor = _live(gw, room)
@@ -365,10 +355,7 @@ async def ban(room: str) -> Response:
         if until <= time.time():
             raise Rejection(400, "bad_request", "until is in the past")
         until = float(until)
-    try:
-        await gw.store.ban(room, Ban(user, until, reason))
-    except RoomError as exc:
-        raise rejection_for(exc) from None
+    await gw.store.ban(room, Ban(user, until, reason))
     actor = _live(gw, room)
     if actor is not None:
         actor.ban_nowait(user, reason)
@@ -379,10 +366,7 @@ async def ban(room: str) -> Response:
 async def get_ban(room: str, user: str) -> Response:
     """``user``'s ban from ``room`` if one is in force (else 404 ``not_banned``)."""
     gw, _ = _authorize(room)
-    try:
-        found = await gw.store.banned(room, user)
-    except RoomError as exc:
-        raise rejection_for(exc) from None
+    found = await gw.store.banned(room, user)
     if found is None:
         raise Rejection(404, "not_banned", f"{user} is not banned from {room}")
     return _json({"room": room, "user": user, "until": found.until, "reason": found.reason})
@@ -392,10 +376,7 @@ async def get_ban(room: str, user: str) -> Response:
 async def unban(room: str, user: str) -> Response:
     """Lift ``user``'s ban from ``room`` (404 ``not_banned`` when none is in force)."""
     gw, _ = _authorize(room)
-    try:
-        lifted = await gw.store.unban(room, user)
-    except RoomError as exc:
-        raise rejection_for(exc) from None
+    lifted = await gw.store.unban(room, user)
     if not lifted:
         raise Rejection(404, "not_banned", f"{user} is not banned from {room}")
     return _json({"room": room, "user": user, "banned": False})
