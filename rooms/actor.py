@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from rooms import protocol
+from rooms.batching import BatchPacer
 from rooms.config import RoomConfig
 from rooms.engine import Ban, Engine
 from rooms.errors import Banned, RoomBusy, RoomError, RoomStopped, StoreError
@@ -147,44 +148,60 @@ class Inbox:
         self.remote: deque[list[WireMessage]] = deque()
         self.repair = False  # remote batches were dropped, or the feed was interrupted
         self.presence = False  # another process's members changed
-        self._event = asyncio.Event()
+        self._waiter: asyncio.Future[None] | None = None  # only while the actor waits
 
     def put_remote(self, messages: list[WireMessage]) -> None:
         if len(self.remote) >= self.limit:
             self.repair = True
         else:
             self.remote.append(messages)
-        self._event.set()
+        self._wake()
 
     def flag(self, *, repair: bool = False, presence: bool = False) -> None:
         self.repair |= repair
         self.presence |= presence
-        self._event.set()
+        self._wake()
 
     def put_frame(self, item: _Frame) -> bool:
         if len(self.frames) >= self.limit:
             return False
         self.frames.append(item)
-        self._event.set()
+        self._wake()
         return True
 
     def put_control(self, item: _Join | _Leave | _Drain | _Revoke | _Moderation) -> None:
         self.control.append(item)
-        self._event.set()
+        self._wake()
 
     def __bool__(self) -> bool:
         return bool(self.frames or self.control or self.remote or self.repair or self.presence)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def wait(self, timeout: float) -> None:
         """Return when something is queued or after ``timeout`` seconds."""
         if self:
             return
-        self._event.clear()
+        # One future and one timer handle per wait. ``asyncio.timeout`` around an ``Event``
+        # allocated three more objects per wait and cancelled through the task; with a
+        # thousand rooms each waking for every message and every tick, those short-lived
+        # objects were a visible part of a message's cost and of every GC pass.
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
         try:
-            async with asyncio.timeout(timeout):
-                await self._event.wait()
-        except TimeoutError:
-            pass
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class RoomActor:
@@ -209,6 +226,7 @@ class RoomActor:
         self._failure: RoomError = RoomStopped(f"room {room} stopped")
         # Storage outage: the batch being retried, since when, and the next attempt.
         self._retry: list[Draft] | None = None
+        self._pacer = BatchPacer(config.batch_cost_factor, config.batch_delay)
         self._outage_since: float | None = None
         self._next_attempt = 0.0
         self._backoff = 0.0
@@ -371,6 +389,7 @@ class RoomActor:
         gap_since: float | None = None
         last_arrival = float("-inf")
         inbox = self._inbox
+        pacer = self._pacer
         while True:
             wake = min(next_tick, next_sync)
             if self._retry is not None:
@@ -379,13 +398,14 @@ class RoomActor:
                 wake = min(wake, gap_since + cfg.gap_repair_delay)
             await inbox.wait(max(0.0, wake - loop.time()))
             arrived = bool(inbox.frames or inbox.remote)
-            if arrived and cfg.batch_delay and len(inbox.frames) < cfg.max_batch and \
-                    loop.time() - last_arrival < cfg.batch_delay:
-                # Busy (the previous message came less than batch_delay ago): let a burst
-                # gather, since every batch costs one frame per member and one commit. A quiet
-                # room does not wait: its message goes out at once (what arrives while that
-                # commit is in flight forms the next batch by itself).
-                await asyncio.sleep(cfg.batch_delay)
+            if arrived and len(inbox.frames) < cfg.max_batch:
+                # Busy: let a burst gather, since every batch costs one frame per member and
+                # one commit; how long depends on what this room's broadcasts cost (see
+                # BatchPacer). A quiet room does not wait: its message goes out at once (what
+                # arrives while that commit is in flight forms the next batch by itself).
+                pause = pacer.wait(loop.time() - last_arrival)
+                if pause:
+                    await asyncio.sleep(pause)
             if arrived:
                 last_arrival = loop.time()
             now = loop.time()
@@ -532,7 +552,9 @@ class RoomActor:
             return False
         self._retry = None
         self._storage_back(now)
+        started = time.perf_counter()
         self._deliver(state, held + state.committed(batch, results), wall_ms)
+        self._pacer.observe(time.perf_counter() - started)
         return True
 
     async def _carry_out(self, state: RoomState, wall_ms: int) -> None:

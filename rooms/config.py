@@ -54,9 +54,12 @@ class RoomConfig:
         512, "Most inbox frames a room handles (and stores in one commit) per wake-up."
     )
     batch_delay: float = _setting(
-        0.005, "Seconds a busy room (a message less than this after the previous one) waits to "
-               "gather more into one batch (one commit, one frame per member); a quiet room "
-               "sends at once; 0 never waits.")
+        0.005, "Longest wait, in seconds, of a busy room gathering more into one batch (one "
+               "commit, one frame per member); 0 never waits. See batch_cost_factor.")
+    batch_cost_factor: float = _setting(
+        2.0, "A busy room (a message less than its wait after the previous one) waits this "
+             "many times what one broadcast to its members recently cost, up to batch_delay; "
+             "a quiet room sends at once (rooms/batching.py).")
     max_frame_messages: int = _setting(
         256, "Most protocol objects coalesced into one WebSocket frame (a batch is not split)."
     )
@@ -103,7 +106,7 @@ class RoomConfig:
             raise ValueError("pong_cost must be in (0, 1]")
         for name in ("gap_repair_delay", "history_on_join", "history_retention", "dedup_window",
                      "room_idle_ttl",
-                     "batch_delay"):
+                     "batch_delay", "batch_cost_factor"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.presence_ttl <= self.sync_interval:

@@ -1,0 +1,42 @@
+"""How long a busy room waits to gather a batch, scaled to what its broadcasts cost (pure)."""
+
+from __future__ import annotations
+
+
+class BatchPacer:
+    """Chooses the wait before a room handles what arrived in its inbox.
+
+    Every batch costs one frame per member (a socket write each) however many messages it
+    holds, so gathering a burst into one batch saves CPU in proportion to the room's fan-out
+    cost, while every wait is latency its members feel. The pacer therefore waits ``factor``
+    times what one broadcast recently cost (a moving average of measured fan-outs), never more
+    than ``ceiling``, and only while the room is busy: the previous message came less than that
+    wait ago. A quiet room never waits. A room of 10 fans out in about 0.1 ms and hardly waits
+    (less than a millisecond rounds to one turn of the event loop, which still picks up what
+    the sockets hold); a room of 100 takes about 1 ms and waits a few; at saturation the room is
+    behind anyway and its batches form while the previous commit is in flight.
+
+    No clock and no I/O: the actor measures and passes the numbers in.
+    """
+
+    __slots__ = ("ceiling", "cost", "factor", "smoothing")
+
+    def __init__(self, factor: float, ceiling: float, smoothing: float = 0.2) -> None:
+        """``factor``: the wait as a multiple of one broadcast's cost (0: never wait);
+        ``ceiling``: the longest wait in seconds; ``smoothing``: weight of the newest sample."""
+        if factor < 0 or ceiling < 0 or not 0 < smoothing <= 1:
+            raise ValueError("factor and ceiling must not be negative; 0 < smoothing <= 1")
+        self.factor = factor
+        self.ceiling = ceiling
+        self.smoothing = smoothing
+        self.cost = 0.0  # seconds one broadcast took, smoothed
+
+    def observe(self, seconds: float) -> None:
+        """One broadcast of a batch to the room's members took ``seconds``."""
+        self.cost += self.smoothing * (max(0.0, seconds) - self.cost)
+
+    def wait(self, since_previous: float) -> float:
+        """Seconds to wait before handling what arrived, given the seconds between this
+        arrival and the previous one: 0 for a quiet room."""
+        wait = min(self.ceiling, self.factor * self.cost)
+        return wait if since_previous < wait else 0.0
