@@ -9,9 +9,10 @@ class BatchPacer:
     Every batch costs one frame per member (a socket write each) however many messages it
     holds, so gathering a burst into one batch saves CPU in proportion to the room's fan-out
     cost, while every wait is latency its members feel. The pacer therefore waits ``factor``
-    times what one broadcast recently cost (a moving average of measured fan-outs), never more
-    than ``ceiling``, and only while the room is busy: the previous message came less than that
-    wait ago. A quiet room never waits. A room of 10 fans out in about 0.1 ms and hardly waits
+    times what one batch recently cost (a moving average of measured fan-outs; the actor adds
+    the append on a shared engine, where it is CPU of Redis and of the other processes), never
+    more than ``ceiling``, and only while the room is busy: the previous message came less than
+    that wait ago. A quiet room never waits. A room of 10 fans out in about 0.1 ms and hardly waits
     (less than a millisecond rounds to one turn of the event loop, which still picks up what
     the sockets hold); a room of 100 takes about 1 ms and waits a few; at saturation the room is
     behind anyway and its batches form while the previous commit is in flight.
@@ -29,10 +30,10 @@ class BatchPacer:
         self.factor = factor
         self.ceiling = ceiling
         self.smoothing = smoothing
-        self.cost = 0.0  # seconds one broadcast took, smoothed
+        self.cost = 0.0  # seconds one batch cost, smoothed
 
     def observe(self, seconds: float) -> None:
-        """One broadcast of a batch to the room's members took ``seconds``."""
+        """One batch cost ``seconds`` (see the class docstring for what counts)."""
         self.cost += self.smoothing * (max(0.0, seconds) - self.cost)
 
     def wait(self, since_previous: float) -> float:
