@@ -2,7 +2,7 @@
 
 Usage::
 
-    python -m bench.run [--quick] [--servers roomchat,node-ws,py-websockets]
+    python -m bench.run [--quick] [--servers roomchat,roomchat-redis,node-ws,py-websockets]
                         [--scenarios room10,room100,room1000,rooms1000x10]
                         [--skip rooms,split,workers,memory,handshakes,storm,store]
                         [--report-dir bench/reports]
@@ -201,7 +201,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--quick", action="store_true", help="room of 100 (+ scale-out), short windows (~3 min)"
     )
-    p.add_argument("--servers", default=",".join(SERVER_ORDER), help="comma-separated")
+    p.add_argument("--servers", default="",
+                   help="comma-separated (default: the plan's; full: all of "
+                        f"{','.join(SERVER_ORDER)}; quick: roomchat,node-ws)")
     p.add_argument("--scenarios", default="", help="comma-separated scenario keys (default: plan)")
     p.add_argument(
         "--skip",
@@ -227,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         plan = Plan(
             **{**plan.__dict__, "scenarios": tuple(s for s in ALL_SCENARIOS if s.key in wanted)}
         )
-    servers = [s for s in SERVER_ORDER if s in set(args.servers.split(","))]
+    wanted_servers = set(args.servers.split(",")) if args.servers else set(plan.servers)
+    servers = [s for s in SERVER_ORDER if s in wanted_servers]
     skip = set(filter(None, args.skip.split(",")))
     if skip - set(SKIPPABLE):
         log(f"unknown --skip {sorted(skip - set(SKIPPABLE))}; choose from {', '.join(SKIPPABLE)}")
