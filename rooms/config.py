@@ -58,8 +58,8 @@ class RoomConfig:
                "commit, one frame per member); 0 never waits. See batch_cost_factor.")
     batch_cost_factor: float = _setting(
         2.0, "A busy room (a message less than its wait after the previous one) waits this "
-             "many times what one broadcast to its members recently cost, up to batch_delay; "
-             "a quiet room sends at once (rooms/batching.py).")
+             "many times what one broadcast to its members recently cost, up to batch_delay "
+             "(on Redis: batch_delay); a quiet room sends at once (rooms/batching.py).")
     max_frame_messages: int = _setting(
         256, "Most protocol objects coalesced into one WebSocket frame (a batch is not split)."
     )

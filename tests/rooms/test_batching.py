@@ -53,7 +53,8 @@ def test_the_cost_is_a_moving_average() -> None:
 @pytest.mark.parametrize("kwargs", [{"factor": -1, "ceiling": 0.005},
                                     {"factor": 1, "ceiling": -0.1},
                                     {"factor": 1, "ceiling": 0.1, "smoothing": 0.0},
-                                    {"factor": 1, "ceiling": 0.1, "smoothing": 1.5}])
+                                    {"factor": 1, "ceiling": 0.1, "smoothing": 1.5},
+                                    {"factor": 1, "ceiling": 0.1, "floor": -1.0}])
 def test_bad_parameters_are_refused(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         BatchPacer(**kwargs)
@@ -63,3 +64,13 @@ def test_config_refuses_a_negative_factor_and_takes_zero() -> None:
     with pytest.raises(ValueError, match="batch_cost_factor"):
         RoomConfig(batch_cost_factor=-1)
     assert RoomConfig(batch_cost_factor=0).batch_cost_factor == 0
+
+
+def test_a_floor_equal_to_the_ceiling_is_a_fixed_wait_for_a_busy_room() -> None:
+    # What a room on a shared engine asks for: the cost it can measure is not all it causes.
+    pacer = BatchPacer(factor=2, ceiling=0.005, smoothing=1.0, floor=0.005)
+    assert pacer.wait(since_previous=0.001) == 0.005  # before any batch was measured too
+    pacer.observe(0.0001)
+    assert pacer.wait(since_previous=0.001) == 0.005
+    assert pacer.wait(since_previous=0.01) == 0.0  # a quiet room still sends at once
+    assert BatchPacer(factor=2, ceiling=0.001, floor=0.005).floor == 0.001
