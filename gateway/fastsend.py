@@ -50,6 +50,8 @@ from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from wsproto.connection import ConnectionState
 
+from gateway.fastread import DirectReader
+
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 # SO_LINGER on with a zero timeout: close() resets the connection and discards unsent data,
@@ -171,6 +173,41 @@ class FrameWriter:
         if self._target is None:
             return False
         self._target[0].app_put = handler
+        return True
+
+    def read_directly(self, on_text: Callable[[str], None]) -> bool:
+        """Read the client's frames ourselves from now on (``gateway.fastread``): ``on_text``
+        gets each simple text frame's text, in order; anything else, from the first frame of
+        another kind on, still reaches the ``take_inbound`` handler through Hypercorn.
+
+        Only on the HTTP/1.1 shape over plain TCP, accepted and open, with no extension
+        negotiated, and while Hypercorn's reading task is idle, waiting for data (nothing it
+        read is left unparsed). False, and nothing changed, otherwise.
+        """
+        target = self._target
+        if target is None:
+            return False
+        stream, writer = target
+        transport = writer.transport
+        connection: Any = stream.connection
+        if (transport.is_closing() or writer.get_extra_info("ssl_object") is not None
+                or stream.state is not ASGIWebsocketState.CONNECTED or stream.closed
+                or connection.state is not ConnectionState.OPEN
+                or any(ext.enabled() for ext in connection._proto.extensions)):
+            return False
+        inner = transport.get_protocol()
+        reader: Any = getattr(inner, "_stream_reader", None)
+        if (not isinstance(inner, asyncio.StreamReaderProtocol) or reader is None
+                or reader._buffer or reader._waiter is None):
+            return False  # Hypercorn's reader has data in hand, or is not waiting for more
+        protocol = getattr(stream.send, "__self__", None)
+        if isinstance(protocol, H11Protocol) and isinstance(protocol.connection, H11WSConnection) \
+                and protocol.connection.buffer:
+            return False  # bytes that came with the handshake, not yet parsed
+        if not isinstance(transport, asyncio.Transport):
+            return False
+        transport.set_protocol(DirectReader(transport, inner, on_text,
+                                            stream.config.websocket_max_message_size))
         return True
 
     def forget_handshake(self) -> None:

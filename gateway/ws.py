@@ -132,6 +132,15 @@ class _Inbound:
             log.exception("session %s: inbound frame failed", self._session.id)
             self._session.close_nowait(CloseCode.INTERNAL_ERROR, "internal error")
 
+    def text(self, text: str) -> None:
+        """One client text frame, from ``gateway.fastread``'s reader. Never raises (as
+        ``put``)."""
+        try:
+            self._text(text)
+        except Exception:
+            log.exception("session %s: inbound frame failed", self._session.id)
+            self._session.close_nowait(CloseCode.INTERNAL_ERROR, "internal error")
+
     def handle(self, message: Message) -> None:
         session = self._session
         kind = message["type"]
@@ -144,6 +153,10 @@ class _Inbound:
         if text is None:  # a binary frame (possibly empty)
             session.close_nowait(CloseCode.UNSUPPORTED_DATA, "binary frames are not supported")
             return  # the writer closes; frames keep coming until Hypercorn reports the end
+        self._text(text)
+
+    def _text(self, text: str) -> None:
+        session = self._session
         if not session.open:
             return
         cfg = self._room_config
@@ -307,6 +320,11 @@ class RoomSockets:
             accepted = True
             _forget_handshake(scope)
             transport.forget_handshake()
+            if inline:
+                # One loop turn: Hypercorn's reading task, woken by the accept, goes back to
+                # waiting for data, and only then can the transport's reading be taken over.
+                await asyncio.sleep(0)
+                transport.read_directly(inbound.text)
             # The session keeps the plan only until its welcome is sent.
             writer = session.run_writer(plan, room, gw.store, cfg.history_page)
             del plan
