@@ -1,0 +1,123 @@
+"""Where small rooms spend their time: one server, many rooms, an open-loop load, and optional
+probes (py-spy, event-loop lag, garbage collections).
+
+    python -m bench.profiles.small_rooms [--server roomchat] [--rooms 1000] [--size 10]
+        [--senders 1] [--rate 623] [--seconds 15] [--py-spy OUT.txt] [--lag OUT.json]
+
+Starts the server pinned to core 0 and the bench's load generator on core 1 (as ``bench.run``
+does), connects ``rooms`` x ``size`` clients, reads the server's CPU at 1 message/s (the cost of
+keeping the rooms and their heartbeats), then offers ``rate`` messages/s for ``seconds`` and
+prints CPU per delivery and latency. ``--py-spy`` records the server meanwhile (raw collapsed
+stacks; ``--py-spy-gil`` samples only the thread holding the GIL); ``--lag`` runs roomchat under
+``bench.profiles.lagprobe`` and prints the loop lag and the collections inside the window.
+Summaries of what this found are the ``*.md`` files next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from bench.driver import Loadgen
+from bench.measure import LOADGEN_CPU, SERVER_CPU, _spec, enrich
+from bench.procs import Children
+from bench.servers import KINDS, VENV_BIN, start_server, stop_server
+from bench.tokens import mint_tokens
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--server", default="roomchat", choices=sorted(KINDS))
+    p.add_argument("--rooms", type=int, default=1000)
+    p.add_argument("--size", type=int, default=10)
+    p.add_argument("--senders", type=int, default=1, help="per room")
+    p.add_argument("--rate", type=float, default=623.0, help="messages/s, all rooms together")
+    p.add_argument("--seconds", type=float, default=15.0)
+    p.add_argument("--py-spy", metavar="OUT", help="record the server with py-spy (raw format)")
+    p.add_argument("--py-spy-gil", action="store_true", help="only the GIL holder")
+    p.add_argument("--lag", metavar="OUT", help="run roomchat under bench.profiles.lagprobe")
+    return p.parse_args(argv)
+
+
+def _lag_summary(path: Path, start: float, end: float) -> str:
+    data = json.loads(path.read_text())
+    lags = sorted(ms for at, ms in data["lags"] if start <= at <= end)
+    if not lags:
+        return "no lag samples in the window"
+
+    def q(p: float) -> float:
+        return float(lags[min(len(lags) - 1, int(p * len(lags)))])
+
+    lines = [f"loop lag ms: p50 {q(0.5):.1f} p99 {q(0.99):.1f} p99.9 {q(0.999):.1f} "
+             f"max {lags[-1]:.1f} ({len(lags)} samples)"]
+    by_gen: dict[int, list[float]] = defaultdict(list)
+    for at, gen, ms, _ in data["gcs"]:
+        if start <= at <= end:
+            by_gen[gen].append(ms)
+    for gen, pauses in sorted(by_gen.items()):
+        lines.append(f"gc generation {gen}: {len(pauses)} collections, mean "
+                     f"{sum(pauses) / len(pauses):.1f} ms, max {max(pauses):.1f} ms")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _args(argv)
+    kind = KINDS[args.server]
+    lag_out = Path(args.lag) if args.lag else None
+    if lag_out is not None:
+        if not args.server.startswith("roomchat"):
+            print("--lag needs a roomchat server", file=sys.stderr)
+            return 2
+
+        def probed(port: int, data_dir: Path) -> list[str]:
+            return [str(VENV_BIN / "python"), "-m", "bench.profiles.lagprobe", str(lag_out),
+                    "serve", "--bind", f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+
+        kind = dataclasses.replace(kind, argv=probed)
+    members = args.rooms * args.size
+    tokens = mint_tokens(members + 10)
+    with Children(Path(tempfile.mkdtemp(prefix="small-rooms-"))) as kids:
+        server = start_server(kids, kind, "server", SERVER_CPU)
+        rooms = [{"name": f"r-{i}", "size": args.size, "senders": args.senders}
+                 for i in range(args.rooms)]
+        lg = Loadgen(kids, "loadgen", _spec(server, tokens[:members], rooms), LOADGEN_CPU)
+        connected = lg.command({"cmd": "connect"}, "connected", 300)
+        print(f"{connected['ok']} connected in {connected['connect_ms'] / 1000:.1f} s")
+        time.sleep(2)
+        idle = enrich(lg.command({"cmd": "open", "rate": 1, "warmup_s": 0.5, "measure_s": 5},
+                                 "result", 60))
+        print(f"at 1 message/s: server core {idle['server_util']:.1%} busy")
+        spy = None
+        if args.py_spy:
+            spy = subprocess.Popen(
+                [str(VENV_BIN / "py-spy"), "record", *(["--gil"] if args.py_spy_gil else []),
+                 "-r", "200", "-d", str(int(args.seconds)), "-f", "raw", "-o", args.py_spy,
+                 "-p", str(server.child.pid)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        start = time.time() + 1  # after the warm-up
+        res = enrich(lg.command({"cmd": "open", "rate": args.rate, "warmup_s": 1,
+                                 "measure_s": args.seconds}, "result", args.seconds + 120))
+        end = time.time()
+        lat = res["latency"]
+        print(f"at {args.rate:,.0f} messages/s: {res['cpu_us_per_delivery']:.2f} us/delivery, "
+              f"server core {res['server_util']:.1%} busy, latency p50 {lat['p50']:.2f} "
+              f"p99 {lat['p99']:.2f} ms")
+        if spy is not None:
+            spy.wait()
+        lg.command({"cmd": "close"}, "closed", 60)
+        lg.quit()
+        stop_server(kids, server)
+    if lag_out is not None:
+        print(_lag_summary(lag_out, start, end))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
