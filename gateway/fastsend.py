@@ -43,7 +43,7 @@ import sys
 import termios
 from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, cast
 
 from hypercorn.asyncio.tcp_server import TCPServer
 from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
@@ -204,9 +204,8 @@ class FrameWriter:
         if isinstance(protocol, H11Protocol) and isinstance(protocol.connection, H11WSConnection) \
                 and protocol.connection.buffer:
             return False  # bytes that came with the handshake, not yet parsed
-        if not isinstance(transport, asyncio.Transport):
-            return False
-        transport.set_protocol(DirectReader(transport, inner, on_text,
+        # (uvloop's transports have the interface without subclassing asyncio.Transport.)
+        transport.set_protocol(DirectReader(cast(asyncio.Transport, transport), inner, on_text,
                                             stream.config.websocket_max_message_size))
         return True
 
