@@ -722,15 +722,37 @@ class RoomActor:
             self._answer_published(state)
         overflow: list[int] = []
         delivered = 0
-        for effect in effects:
+        index, end = 0, len(effects)
+        while index < end:
+            effect = effects[index]
+            index += 1
             if isinstance(effect, Broadcast):
                 payload, exclude, count = effect.payload, effect.exclude, effect.count
+                # The sends right after a broadcast (the acks of the messages in it) go in the
+                # same frame as the broadcast to their session: in a room of 10 that is one
+                # socket write in eleven saved per message. Same order per session as before.
+                riders: dict[int, list[str]] | None = None
+                while index < end:
+                    rider = effects[index]
+                    if not isinstance(rider, Send) or rider.session == exclude:
+                        break
+                    if riders is None:
+                        riders = {}
+                    riders.setdefault(rider.session, []).append(rider.payload)
+                    index += 1
                 for session in self._sessions.values():
-                    if session.id != exclude:
-                        if session.offer(payload, count):
-                            delivered += count
-                        else:
-                            overflow.append(session.id)
+                    if session.id == exclude:
+                        continue
+                    extra = riders.get(session.id) if riders else None
+                    if extra is None:
+                        accepted = session.offer(payload, count)
+                    else:
+                        accepted = session.offer("\n".join((payload, *extra)),
+                                                 count + len(extra))
+                    if accepted:
+                        delivered += count
+                    else:
+                        overflow.append(session.id)
             elif isinstance(effect, Send):
                 target = self._sessions.get(effect.session)
                 if target is not None and not target.offer(effect.payload):

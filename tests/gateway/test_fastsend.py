@@ -116,3 +116,23 @@ async def test_live_frames_to_an_idle_reader_are_written_without_the_writer_task
         (writer, *_) = _writers(srv)
         writer.abort()
         assert writer.send_now("x") is False
+
+
+async def test_a_senders_ack_rides_in_the_frame_of_its_message(
+        server_with: ServerFactory) -> None:
+    """The room sends a message and its ack to the sender as one frame (one socket write),
+    message first; the other members get the message alone."""
+    async with server_with(rate_burst=1000) as srv:
+        alice, bob = await srv.connect(), await srv.connect(user="bob")
+        for client in (alice, bob):
+            await client.recv_type("welcome")
+        await alice.recv_type("presence")  # bob's join
+        for i in range(5):
+            frames_before = alice.frames
+            await alice.say(f"m{i}", id=f"m{i}")
+            message = await alice.recv()
+            ack = await alice.recv()
+            assert (message["type"], message["text"]) == ("message", f"m{i}")
+            assert (ack["type"], ack["id"], ack["seq"]) == ("ack", f"m{i}", message["seq"])
+            assert alice.frames == frames_before + 1
+            assert (await bob.recv_type("message"))["text"] == f"m{i}"
