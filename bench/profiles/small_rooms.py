@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 
@@ -43,6 +44,12 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--py-spy", metavar="OUT", help="record the server with py-spy (raw format)")
     p.add_argument("--py-spy-gil", action="store_true", help="only the GIL holder")
     p.add_argument("--lag", metavar="OUT", help="run roomchat under bench.profiles.lagprobe")
+    p.add_argument("--settle", type=float, default=2.0,
+                   help="seconds between the last connect and the load (bench.run: ~0.5)")
+    p.add_argument("--metrics", action="store_true",
+                   help="print roomchat's broadcast-latency and commit histograms at the end")
+    p.add_argument("--skip-idle", action="store_true",
+                   help="no 1 message/s reading before the load (as bench.run)")
     return p.parse_args(argv)
 
 
@@ -64,6 +71,20 @@ def _lag_summary(path: Path, start: float, end: float) -> str:
     for gen, pauses in sorted(by_gen.items()):
         lines.append(f"gc generation {gen}: {len(pauses)} collections, mean "
                      f"{sum(pauses) / len(pauses):.1f} ms, max {max(pauses):.1f} ms")
+    return "\n".join(lines)
+
+
+def _histograms(port: int) -> str:
+    """The broadcast-latency and commit histograms from ``/metrics``, as shares per bucket."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    lines = []
+    for name in ("roomchat_broadcast_latency_seconds", "roomchat_store_commit_seconds"):
+        buckets = [(line.split('le="')[1].split('"')[0], float(line.rsplit(" ", 1)[1]))
+                   for line in text.splitlines() if line.startswith(name + "_bucket{")]
+        total = buckets[-1][1] if buckets else 0
+        shares = ", ".join(f"<={le}s {count / total:.2%}" for le, count in buckets if total)
+        lines.append(f"{name} ({total:.0f}): {shares}")
     return "\n".join(lines)
 
 
@@ -90,10 +111,12 @@ def main(argv: list[str] | None = None) -> int:
         lg = Loadgen(kids, "loadgen", _spec(server, tokens[:members], rooms), LOADGEN_CPU)
         connected = lg.command({"cmd": "connect"}, "connected", 300)
         print(f"{connected['ok']} connected in {connected['connect_ms'] / 1000:.1f} s")
-        time.sleep(2)
-        idle = enrich(lg.command({"cmd": "open", "rate": 1, "warmup_s": 0.5, "measure_s": 5},
-                                 "result", 60))
-        print(f"at 1 message/s: server core {idle['server_util']:.1%} busy")
+        connected_at = time.time()
+        time.sleep(args.settle)
+        if not args.skip_idle:
+            idle = enrich(lg.command({"cmd": "open", "rate": 1, "warmup_s": 0.5,
+                                      "measure_s": 5}, "result", 60))
+            print(f"at 1 message/s: server core {idle['server_util']:.1%} busy")
         spy = None
         if args.py_spy:
             spy = subprocess.Popen(
@@ -111,11 +134,17 @@ def main(argv: list[str] | None = None) -> int:
               f"p99 {lat['p99']:.2f} ms")
         if spy is not None:
             spy.wait()
+        if args.metrics:
+            print(_histograms(server.port))
         lg.command({"cmd": "close"}, "closed", 60)
         lg.quit()
         stop_server(kids, server)
     if lag_out is not None:
         print(_lag_summary(lag_out, start, end))
+        data = json.loads(lag_out.read_text())
+        pauses = [f"+{at - connected_at:.1f}s gen{gen} {ms:.0f}ms"
+                  for at, gen, ms, _ in data["gcs"] if at >= connected_at and ms >= 5]
+        print("collections of 5 ms or more after the last connect:", ", ".join(pauses) or "none")
     return 0
 
 
