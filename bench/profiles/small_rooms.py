@@ -129,9 +129,11 @@ def main(argv: list[str] | None = None) -> int:
                                  "measure_s": args.seconds}, "result", args.seconds + 120))
         end = time.time()
         lat = res["latency"]
+        own = res.get("loadgen_loop_delay") or {}
         print(f"at {args.rate:,.0f} messages/s: {res['cpu_us_per_delivery']:.2f} us/delivery, "
               f"server core {res['server_util']:.1%} busy, latency p50 {lat['p50']:.2f} "
-              f"p99 {lat['p99']:.2f} ms")
+              f"p99 {lat['p99']:.2f} ms; load generator's own loop delay p99 "
+              f"{own.get('p99_ms', float('nan')):.1f} max {own.get('max_ms', float('nan')):.1f} ms")
         if spy is not None:
             spy.wait()
         if args.metrics:
