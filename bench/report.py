@@ -262,6 +262,8 @@ def targets_section(results: dict[str, Any]) -> list[str]:
     for what, where in (("cpu", "at saturation"), ("cpu@common", "at the common load")):
         rc = _metric(results, "room100", "roomchat", what)
         for peer in PEERS:
+            if peer not in results.get("servers", PEERS):
+                continue  # a baseline this run left out (the quick run has Node ws only)
             pv = _metric(results, "room100", peer, what)
             r = _ratio(rc, pv)
             rows.append(
