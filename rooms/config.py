@@ -76,7 +76,8 @@ class RoomConfig:
         2.0, "Seconds to wait for a close frame to be written before giving up on it."
     )
     tick_interval: float = _setting(
-        1.0, "Seconds between a room's housekeeping ticks (heartbeats, token expiry, idle stop)."
+        1.0, "Seconds between a room's housekeeping ticks (heartbeats, token expiry, idle stop, "
+             "stalled sends); a room whose sockets are all idle ticks only when one is due."
     )
     sync_interval: float = _setting(
         5.0, "Shared engine (Redis): seconds between a room's syncs with it (presence refresh, "

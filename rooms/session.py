@@ -210,6 +210,15 @@ class Session:
         self._acked_seen = acked
         return moved
 
+    def quiet(self) -> bool:
+        """Live and idle: the writer waits for something to send, nothing is queued or being
+        sent, and the join replay is done and fully acknowledged. A room whose sessions are all
+        quiet has nothing for its housekeeping tick to watch but deadlines
+        (``RoomState.next_due``)."""
+        waiter = self._waiter
+        return (self.state is SessionState.ACTIVE and waiter is not None and not waiter.done()
+                and not self._queued and self._replay_done and self._replay_tail is None)
+
     @property
     def replaying(self) -> bool:
         """The join replay is in progress (the writer started it and has not finished it)."""

@@ -26,6 +26,7 @@ Times: ``now`` is a monotonic clock in seconds (rate limits, heartbeats, token e
 from __future__ import annotations
 
 import enum
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -637,6 +638,16 @@ class RoomState:
                 effects.append(Broadcast(protocol.presence("leave", user, name, wall_ms)))
         self._others = dict(others)
         return effects
+
+    def next_due(self) -> float:
+        """The earliest time (on the clock ``tick`` is given) at which ``tick`` has something to
+        do: a token expiring, a heartbeat deadline passing, the next ping. Infinity when nothing
+        is scheduled."""
+        deadline = self.config.ping_interval + self.config.ping_timeout
+        due = math.inf if self._next_ping is None else self._next_ping
+        for info in self._sessions.values():
+            due = min(due, info.expires_at, info.last_seen + deadline)
+        return due
 
     def tick(self, now: float, wall_ms: int) -> list[Effect]:
         """Housekeeping: expired tokens (4001), silent connections (4010), heartbeat pings."""

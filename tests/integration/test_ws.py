@@ -461,3 +461,32 @@ async def test_stalled_send_is_aborted_with_4009(server_with: ServerFactory) -> 
         assert await stuck.closed(timeout=30) == 4009
         await sender.say("after", id="after")
         assert (await sender.recv_type("ack"))["id"] == "after"
+
+
+async def test_a_quiet_room_ticks_only_when_something_is_due(
+        server_with: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An idle room whose sockets are all idle sleeps until its next deadline (ping, token
+    expiry, heartbeat) instead of ticking every tick_interval; any activity brings the usual
+    cadence back."""
+    ticks = 0
+    original = RoomState.tick
+
+    def counted(self: RoomState, now: float, wall_ms: int) -> Any:
+        nonlocal ticks
+        ticks += 1
+        return original(self, now, wall_ms)
+
+    monkeypatch.setattr(RoomState, "tick", counted)
+    async with server_with(tick_interval=0.05, ping_interval=30.0) as srv:
+        alice, bob = await srv.connect(), await srv.connect(user="bob")
+        for client in (alice, bob):
+            await client.recv_type("welcome")
+        await asyncio.sleep(0.3)  # the joins' activity settles
+        ticks = 0
+        await asyncio.sleep(1.0)
+        assert ticks <= 2  # 20 at one per tick_interval
+        await alice.say("wake up", id="w")
+        assert (await bob.recv_type("message"))["text"] == "wake up"
+        ticks = 0
+        await asyncio.sleep(0.3)
+        assert ticks >= 1  # the usual cadence after activity, until quiet again

@@ -493,3 +493,20 @@ def test_tombstones_missed_are_told_once_and_first_sight_only_takes_note() -> No
         Broadcast('{"type":"delete","seq":7}')]
     assert state.reconcile_tombstones([3, 4, 5, 7, 12]) == []
     assert not state.tombstones_changed(5)
+
+
+def test_next_due_is_the_earliest_expiry_heartbeat_deadline_or_ping() -> None:
+    state = RoomState("r", CFG)  # ping_interval 10, ping_timeout 5
+    assert state.next_due() == float("inf")
+    state.join(1, "alice", "Alice", after=None, expires_at=1e9, now=0.0, wall_ms=1)
+    assert state.next_due() == 10.0  # the first ping
+    state.tick(10.0, 1)  # pings; next at 20
+    state.receive(1, Pong(), 10.5, 1)  # alice answered: her deadline moves to 25.5
+    assert state.next_due() == 20.0
+    state.join(2, "bob", "Bob", after=None, expires_at=12.0, now=11.0, wall_ms=1)
+    assert state.next_due() == 12.0  # bob's token expires first
+    state.leave(2, 1)
+    state.tick(20.0, 1)  # pings; next at 30; alice silent since 10.5
+    assert state.next_due() == 25.5  # her heartbeat deadline comes before the ping
+    assert [e.code for e in state.tick(25.6, 1) if isinstance(e, Close)] == \
+        [CloseCode.HEARTBEAT_TIMEOUT]
