@@ -94,6 +94,12 @@ def text_frame(payload: bytes) -> bytes:
     return header + payload
 
 
+def _open(stream: WSStream) -> bool:
+    """Accepted and open, on Hypercorn's side and on wsproto's."""
+    return (stream.state is ASGIWebsocketState.CONNECTED and not stream.closed
+            and stream.connection.state is ConnectionState.OPEN)
+
+
 def _locate(send: Send) -> tuple[WSStream, asyncio.StreamWriter] | None:
     """Hypercorn's stream and writer behind an ASGI ``send``, if it is the HTTP/1.1 shape."""
     stream = getattr(send, "__self__", None)
@@ -130,18 +136,19 @@ class FrameWriter:
             if writer.transport.is_closing():
                 # Aborted (or being closed by Hypercorn): writes would vanish silently.
                 raise ConnectionResetError("the connection is closed")
-            if stream.state is ASGIWebsocketState.CONNECTED and not stream.closed:
-                connection = stream.connection
-                if connection.state is ConnectionState.OPEN:
-                    if self._plain is None:
-                        self._plain = not any(
-                            ext.enabled() for ext in connection._proto.extensions)
-                    if self._plain:
-                        writer.write(text_frame(data.encode()))
-                        if writer.transport.get_write_buffer_size():
-                            await writer.drain()
-                        return
+            if _open(stream) and self._no_extension(stream):
+                writer.write(text_frame(data.encode()))
+                if writer.transport.get_write_buffer_size():
+                    await writer.drain()
+                return
         await self._send({"type": "websocket.send", "text": data})
+
+    def _no_extension(self, stream: WSStream) -> bool:
+        """No extension was negotiated on the (open) connection; learnt once, then kept."""
+        if self._plain is None:
+            connection: Any = stream.connection
+            self._plain = not any(ext.enabled() for ext in connection._proto.extensions)
+        return self._plain
 
     def send_now(self, data: str) -> bool:
         """Write one text frame at once if that cannot block: the direct path's shape, open,
@@ -154,8 +161,7 @@ class FrameWriter:
         transport = writer.transport
         if transport.is_closing() or transport.get_write_buffer_size():
             return False
-        if (stream.state is not ASGIWebsocketState.CONNECTED or stream.closed
-                or stream.connection.state is not ConnectionState.OPEN):
+        if not _open(stream):
             return False
         transport.write(text_frame(data.encode()))
         return True
@@ -189,11 +195,8 @@ class FrameWriter:
             return False
         stream, writer = target
         transport = writer.transport
-        connection: Any = stream.connection
         if (transport.is_closing() or writer.get_extra_info("ssl_object") is not None
-                or stream.state is not ASGIWebsocketState.CONNECTED or stream.closed
-                or connection.state is not ConnectionState.OPEN
-                or any(ext.enabled() for ext in connection._proto.extensions)):
+                or not _open(stream) or not self._no_extension(stream)):
             return False
         inner = transport.get_protocol()
         reader: Any = getattr(inner, "_stream_reader", None)

@@ -191,17 +191,12 @@ class Inbox:
         # objects were a visible part of a message's cost and of every GC pass.
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter)
+        timer = loop.call_later(timeout, self._wake)  # cancelled below before a next wait
         try:
             await waiter
         finally:
             timer.cancel()
             self._waiter = None
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 class RoomActor:
