@@ -21,6 +21,7 @@ from websockets.asyncio.client import ClientConnection
 
 from gateway.app import Gateway, create_app
 from gateway.config import Config, load_config
+from gateway.fastsend import FrameWriter
 from gateway.server import serve
 from rooms.config import RoomConfig
 
@@ -155,6 +156,23 @@ async def collect_messages(url: str, count: int) -> tuple[dict[str, Any], list[d
                 return welcome, messages[:count]
             objects = [orjson.loads(x) for x in
                        str(await asyncio.wait_for(ws.recv(), 10 * SLOW)).split("\n")]
+
+
+def frame_writers(server: Server) -> list[FrameWriter]:
+    """The transports of the sessions in ``server``'s only room."""
+    (actor,) = server.gateway.registry.rooms()
+    writers = [s._transport for s in actor._sessions.values()]
+    assert all(isinstance(w, FrameWriter) for w in writers)
+    return writers  # type: ignore[return-value]
+
+
+async def wait_connections(server: Server, count: int, seconds: float = 3.0) -> None:
+    """Wait (up to ``seconds``) until ``server`` counts ``count`` open sockets; assert it does."""
+    for _ in range(int(seconds * 100)):
+        if server.gateway.connections == count:
+            break
+        await asyncio.sleep(0.01)
+    assert server.gateway.connections == count
 
 
 @contextlib.asynccontextmanager

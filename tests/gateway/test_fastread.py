@@ -15,9 +15,8 @@ from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
 from gateway.fastread import DirectReader, parse_text_frames, unmask
-from gateway.fastsend import FrameWriter
 from tests.conftest import ServerFactory
-from tests.support import Server, make_config, running_server
+from tests.support import Server, frame_writers, make_config, running_server, wait_connections
 
 
 def _client_frames(*events: Any) -> bytes:
@@ -124,13 +123,9 @@ def test_a_reader_fed_byte_by_byte_hands_over_at_the_first_foreign_frame() -> No
 
 
 def _direct(server: Server) -> list[bool]:
-    (actor,) = server.gateway.registry.rooms()
-    writers = [s._transport for s in actor._sessions.values()]
-    assert all(isinstance(w, FrameWriter) for w in writers)
-    return [w._target is not None  # type: ignore[attr-defined]
-            and isinstance(w._target[1].transport.get_protocol(),  # type: ignore[attr-defined]
-                           DirectReader)
-            for w in writers]
+    return [w._target is not None
+            and isinstance(w._target[1].transport.get_protocol(), DirectReader)
+            for w in frame_writers(server)]
 
 
 async def test_room_sockets_are_read_directly_and_messages_flow(
@@ -147,11 +142,7 @@ async def test_room_sockets_are_read_directly_and_messages_flow(
         await alice.send("not json")
         assert (await alice.recv_type("error"))["code"] == "invalid_json"
         await alice.ws.close()
-        for _ in range(300):
-            if srv.gateway.connections == 1:
-                break
-            await asyncio.sleep(0.01)
-        assert srv.gateway.connections == 1
+        await wait_connections(srv, 1)
 
 
 async def test_a_ping_hands_the_socket_back_and_it_keeps_working(

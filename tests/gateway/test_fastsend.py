@@ -3,16 +3,15 @@ may be."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
-from gateway.fastsend import FrameWriter, text_frame
+from gateway.fastsend import text_frame
 from tests.conftest import ServerFactory
-from tests.support import Server
+from tests.support import frame_writers, wait_connections
 
 
 # Payload sizes (bytes) around the 7-bit, 16-bit and 64-bit length encodings.
@@ -26,13 +25,6 @@ def test_text_frames_parse_as_one_whole_message(text: str) -> None:
     assert events[0].data == text and events[0].message_finished
 
 
-def _writers(server: Server) -> list[FrameWriter]:
-    (actor,) = server.gateway.registry.rooms()
-    writers = [s._transport for s in actor._sessions.values()]
-    assert all(isinstance(w, FrameWriter) for w in writers)
-    return writers  # type: ignore[return-value]
-
-
 async def test_http11_sockets_take_the_direct_path(server_with: ServerFactory) -> None:
     async with server_with(rate_burst=1000, max_text_chars=1900, history_on_join=100) as srv:
         alice = await srv.connect()
@@ -41,7 +33,7 @@ async def test_http11_sockets_take_the_direct_path(server_with: ServerFactory) -
             await alice.say(f"{i:02d}" + "y" * 1890, id=f"m{i}")
         for _ in range(60):
             await alice.recv_type("ack")
-        assert all(w.direct for w in _writers(srv))
+        assert all(w.direct for w in frame_writers(srv))
         # A late joiner's replay is one frame of 60 x ~2 KB: a 64-bit length header.
         bob = await srv.connect(user="bob")
         assert (await bob.recv())["type"] == "welcome"
@@ -58,7 +50,7 @@ async def test_compression_takes_the_asgi_path(server_with: ServerFactory) -> No
         assert '"welcome"' in str(await ws.recv())
         await ws.send('{"type":"message","text":"squeeze me","id":"z"}')
         assert "squeeze me" in str(await ws.recv())
-        (writer,) = _writers(srv)
+        (writer,) = frame_writers(srv)
         assert writer._target is not None and not writer.direct
 
 
@@ -69,7 +61,7 @@ async def test_http11_frames_reach_the_room_without_a_reader_task(
     async with server_with(rate_burst=1000) as srv:
         alice = await srv.connect()
         await alice.recv()
-        (writer,) = _writers(srv)
+        (writer,) = frame_writers(srv)
         assert writer._target is not None
         assert getattr(writer._target[0].app_put, "__qualname__", "") == "_Inbound.put"
         for i in range(20):
@@ -79,11 +71,7 @@ async def test_http11_frames_reach_the_room_without_a_reader_task(
         await alice.send("not json")
         assert (await alice.recv_type("error"))["code"] == "invalid_json"
         await alice.ws.close()
-        for _ in range(200):
-            if srv.gateway.connections == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert srv.gateway.connections == 0
+        await wait_connections(srv, 0, seconds=2.0)
 
 
 async def test_live_frames_to_an_idle_reader_are_written_without_the_writer_task(
@@ -113,7 +101,7 @@ async def test_live_frames_to_an_idle_reader_are_written_without_the_writer_task
             assert (await bob.recv_type("message"))["text"] == f"m{i}"
             await alice.recv_type("ack")
         assert wakes == 0
-        (writer, *_) = _writers(srv)
+        (writer, *_) = frame_writers(srv)
         writer.abort()
         assert writer.send_now("x") is False
 
