@@ -91,6 +91,21 @@ def _cpu_at(res: dict[str, Any] | None) -> str:
     )
 
 
+def _client_stall(ph: dict[str, Any]) -> str:
+    """A note when the load generator's own event loop stopped for at least half the phase's
+    p99 (and 10 ms): deliveries that arrive meanwhile wait in its sockets, and its scheduled
+    sends go out late, so that part of the tail is the client's, whatever the server. Empty
+    otherwise (and for results from before the load generator reported its loop)."""
+    own = ph.get("loadgen_loop_delay") or {}
+    stalled = own.get("max_ms")
+    p99 = (ph.get("latency") or {}).get("p99")
+    if stalled is None or p99 is None or stalled < max(10.0, 0.5 * p99):
+        return ""
+    gc = own.get("gc") or {}
+    gc_note = f", its longest GC {gc['max_ms']:.0f} ms" if gc.get("max_ms") is not None else ""
+    return f"load generator's loop stalled up to {stalled:.0f} ms{gc_note}: p99 partly client-side"
+
+
 def _flags(entry: dict[str, Any]) -> str:
     notes: list[str] = []
     phases = [entry.get("saturation"), *entry.get("open", [])]
@@ -108,6 +123,9 @@ def _flags(entry: dict[str, Any]) -> str:
         machine = ph.get("foreign_util_machine") or 0.0
         if machine > 0.1:
             notes.append(f"other load on the machine {machine:.2f} cores ({name})")
+        stall = _client_stall(ph)
+        if stall:
+            notes.append(f"{stall} ({name})")
     for ph in phases:
         if ph and ph.get("errors"):
             notes.append(f"errors {ph['errors']}")

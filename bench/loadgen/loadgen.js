@@ -26,7 +26,7 @@ const crypto = require('crypto');
 const fs = require('fs');
 const net = require('net');
 const readline = require('readline');
-const { performance, monitorEventLoopDelay } = require('perf_hooks');
+const { performance, monitorEventLoopDelay, PerformanceObserver } = require('perf_hooks');
 const { WebSocket } = require('ws');
 
 const spec = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
@@ -400,13 +400,25 @@ async function measured(warmupS, measureS, phase, extra) {
   // here is the client side's, not the server's.
   const loopDelay = monitorEventLoopDelay({ resolution: 1 });
   loopDelay.enable();
+  // ... and its own garbage collections (V8 pauses the loop for each).
+  const gc = { count: 0, total_ms: 0, max_ms: 0, over_10ms: 0 };
+  const gcObserver = new PerformanceObserver((list) => {
+    for (const e of list.getEntries()) {
+      gc.count += 1;
+      gc.total_ms += e.duration;
+      gc.max_ms = Math.max(gc.max_ms, e.duration);
+      if (e.duration >= 10) gc.over_10ms += 1;
+    }
+  });
+  gcObserver.observe({ entryTypes: ['gc'] });
   stats.measuring = true;
   await sleep(measureS * 1000);
   const b = cpuSnapshot();
   stats.measuring = false;
   loopDelay.disable();
+  gcObserver.disconnect();
   const loadgenLoop = {
-    p99_ms: loopDelay.percentile(99) / 1e6, max_ms: loopDelay.max / 1e6,
+    p99_ms: loopDelay.percentile(99) / 1e6, max_ms: loopDelay.max / 1e6, gc,
   };
   const windowDeliveries = stats.winDeliveries;
   const windowSent = stats.winSent;

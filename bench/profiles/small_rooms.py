@@ -134,6 +134,14 @@ def main(argv: list[str] | None = None) -> int:
               f"server core {res['server_util']:.1%} busy, latency p50 {lat['p50']:.2f} "
               f"p99 {lat['p99']:.2f} ms; load generator's own loop delay p99 "
               f"{own.get('p99_ms', float('nan')):.1f} max {own.get('max_ms', float('nan')):.1f} ms")
+        print(f"other load: server core {res.get('foreign_util_server_core', 0):.1%}, "
+              f"load generator core {res.get('foreign_util_loadgen_core', 0):.1%}; "
+              f"load generator core {res['loadgen_util']:.1%} busy")
+        gc = own.get("gc") or {}
+        if gc:
+            print(f"load generator's garbage collections: {gc['count']}, "
+                  f"{gc['total_ms']:.0f} ms in all, max {gc['max_ms']:.1f} ms, "
+                  f"{gc['over_10ms']} of 10 ms or more")
         if spy is not None:
             spy.wait()
         if args.metrics:
