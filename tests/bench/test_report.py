@@ -37,3 +37,6 @@ def test_a_phase_whose_load_generator_stalled_says_its_tail_may_be_the_clients()
     assert _flags(entry(stall_ms=9.0, p99=8.0)) == ""  # under 10 ms: ordinary
     assert _flags(entry(stall_ms=12.0, p99=40.0)) == ""  # small next to the tail: the server's
     assert _flags(entry(stall_ms=None, p99=40.0)) == ""  # results from before the field existed
+    saturated = entry(stall_ms=62.0, p99=40.0)
+    saturated["saturation"], saturated["open"] = {**saturated["open"][0], "phase": "closed"}, []  # type: ignore[index]
+    assert _flags(saturated) == ""  # closed loop: the load generator is meant to be busy
