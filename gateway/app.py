@@ -88,10 +88,16 @@ class Gateway:
         self.limits = Limits.from_config(config)
         self.addresses = ClientAddresses(parse_networks(config.trusted_proxies),
                                          config.client_ip_header)
+        if config.gc_freeze_after < 0:
+            raise ValueError("ROOMCHAT_GC_FREEZE_AFTER must be 0 (never freeze) or more")
+        if config.gc_thaw_share <= 0:
+            raise ValueError("ROOMCHAT_GC_THAW_SHARE must be more than 0")
         self._watcher: asyncio.Task[None] | None = None
         self.observer = Metrics()
         self.draining = False
         self.connections = 0
+        self.opened_total = 0  # since start: what gateway.gcsteward reads
+        self.closed_total = 0
         # Every open WebSocket the drain can drop; bounded by the sockets Hypercorn accepted.
         self._abortable: set[Abortable] = set()
         self._idle = asyncio.Event()
@@ -143,6 +149,7 @@ class Gateway:
         if owner is not None:
             self.limits.opened(*owner)
         self.connections += 1
+        self.opened_total += 1
         self.observer.connections.inc()
         self._idle.clear()
         if transport is not None:
@@ -153,6 +160,7 @@ class Gateway:
         if owner is not None:
             self.limits.closed(*owner)
         self.connections -= 1
+        self.closed_total += 1
         self.observer.connections.dec()
         if transport is not None:
             self._abortable.discard(transport)

@@ -146,6 +146,12 @@ class Config:
     gc_gen0_threshold: int = _setting(
         20_000, "Python's first GC threshold (default 700). With thousands of connections "
                 "each full collection scans every object: measured 0.5 s pauses.")
+    gc_freeze_after: int = _setting(
+        1000, "Connections opened since the last GC freeze that make the next one: everything "
+              "alive then is skipped by every later collection (0: never freeze).")
+    gc_thaw_share: float = _setting(
+        0.5, "Share of the connections open at the last freeze that, once closed, make the "
+             "GC thaw: one full collection frees the cycles they left, then freezes again.")
     log_json: bool = _setting(False, "Log one JSON object per line.")
     log_level: str = _setting("info", "debug, info, warning or error.")
     room: RoomConfig = field(default_factory=RoomConfig)

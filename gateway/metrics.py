@@ -31,6 +31,9 @@ class Metrics:
                                   registry=r)
         self.closes = Counter("roomchat_session_closes",
                               "Server-initiated closes by close code.", ["code"], registry=r)
+        self.gc_frozen = Gauge("roomchat_gc_frozen_objects",
+                               "Objects the garbage collector skips (gateway.gcsteward).",
+                               registry=r)
         self.room_crashes = Counter("roomchat_room_crashes", "Room actors that crashed.",
                                     registry=r)
         self.broadcast_latency_seconds = Histogram(

@@ -23,6 +23,7 @@ from gateway import wsfixes
 from gateway.app import Gateway, create_app
 from gateway.compression import set_compression
 from gateway.config import Config
+from gateway.gcsteward import Counts, FreezePolicy, GcSteward
 from gateway.logs import ACCESS_LOG_FORMAT, AccessLogger
 
 log = logging.getLogger("roomchat.server")
@@ -49,11 +50,13 @@ def hypercorn_config(config: Config, fd: int | None = None) -> HyperConfig:
 async def serve(
     config: Config, *, app: Quart | None = None, fd: int | None = None,
     shutdown: asyncio.Event | None = None, handle_signals: bool = True,
-    ready: Callable[[], None] | None = None,
+    ready: Callable[[], None] | None = None, manage_gc: bool = False,
 ) -> None:
     """Serve until SIGTERM/SIGINT (when ``handle_signals``) or ``shutdown`` is set; then drain
     and return. ``fd``: an already bound, listening socket that Hypercorn takes over (tests
-    bind port 0). ``ready``: called in the loop once the store is open and rooms can start."""
+    bind port 0). ``ready``: called in the loop once the store is open and rooms can start.
+    ``manage_gc``: freeze and thaw the process's garbage collector as connections come and go
+    (``gateway.gcsteward``; process-wide, so only for a process that only serves)."""
     set_compression(config.compression, config.max_message_bytes)
     wsfixes.install()
     app = app or create_app(config)
@@ -69,15 +72,32 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, shutdown.set)
 
+    def counts() -> Counts:
+        return Counts(gw.opened_total, gw.closed_total, gw.connections)
+
+    steward = GcSteward(FreezePolicy(config.gc_freeze_after, config.gc_thaw_share), counts,
+                        on_change=gw.observer.gc_frozen.set)
+    # Owned here: cancelled and awaited once Hypercorn has stopped. (Not a TaskGroup: that
+    # would wrap Hypercorn's own errors, say a port in use, in an ExceptionGroup.)
+    stewarding = asyncio.create_task(steward.run(), name="gc-steward") \
+        if manage_gc and config.gc_freeze_after else None
+
     async def trigger() -> None:
         await shutdown.wait()
         log.info("shutting down: closing %d connections with 1012", gw.connections)
+        if stewarding is not None:
+            # A thaw's full collection would only hold up the drain of an exiting process.
+            stewarding.cancel()
         await gw.drain(config.drain_timeout)
-
     try:
         await hypercorn_serve(app, hypercorn_config(config, fd),
                               shutdown_trigger=trigger)
     finally:
+        if stewarding is not None:
+            stewarding.cancel()
+            await asyncio.wait([stewarding])
+            if not stewarding.cancelled() and stewarding.exception() is not None:
+                log.error("the GC steward failed", exc_info=stewarding.exception())
         if handle_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -118,4 +138,4 @@ def run(config: Config, *, fd: int | None = None,
     except ImportError:
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        runner.run(serve(config, fd=fd, ready=ready))
+        runner.run(serve(config, fd=fd, ready=ready, manage_gc=True))

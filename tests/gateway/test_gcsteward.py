@@ -1,0 +1,122 @@
+"""The GC steward: when the policy freezes and thaws, what a thaw frees, and a real server that
+freezes after connects and thaws after closes."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import re
+import urllib.request
+import weakref
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import websockets
+
+from gateway.app import Gateway
+from gateway.gcsteward import Counts, FreezePolicy, GcSteward
+from tests.support import SECRET, make_config, make_token, server_process
+
+
+def test_the_policy_freezes_after_each_burst_of_connects() -> None:
+    policy = FreezePolicy(burst=100, thaw_share=0.5)
+    assert policy.step(Counts(opened=99, closed=0, open=99)) is None
+    assert policy.step(Counts(opened=100, closed=0, open=100)) == "freeze"
+    assert policy.step(Counts(opened=150, closed=0, open=150)) is None  # 50 since the freeze
+    assert policy.step(Counts(opened=200, closed=10, open=190)) == "freeze"
+
+
+def test_the_policy_thaws_once_half_of_what_it_froze_has_closed() -> None:
+    policy = FreezePolicy(burst=100, thaw_share=0.5)
+    assert policy.step(Counts(opened=1000, closed=0, open=1000)) == "freeze"
+    assert policy.step(Counts(opened=1000, closed=499, open=501)) is None
+    assert policy.step(Counts(opened=1000, closed=500, open=500)) == "thaw"
+    # After a thaw the survivors are frozen again: the marks start over from here.
+    assert policy.step(Counts(opened=1050, closed=700, open=350)) is None
+    assert policy.step(Counts(opened=1050, closed=750, open=300)) == "thaw"  # half of 500
+
+
+def test_closes_alone_never_thaw_what_was_never_frozen() -> None:
+    policy = FreezePolicy(burst=100, thaw_share=0.5)
+    assert policy.step(Counts(opened=50, closed=50, open=0)) is None
+
+
+def test_burst_zero_turns_the_policy_off_and_bad_settings_are_refused(tmp_path: Path) -> None:
+    policy = FreezePolicy(burst=0, thaw_share=0.5)
+    assert policy.step(Counts(opened=10**6, closed=10**6, open=0)) is None
+    with pytest.raises(ValueError):
+        FreezePolicy(burst=-1, thaw_share=0.5)
+    with pytest.raises(ValueError):
+        FreezePolicy(burst=10, thaw_share=0)
+    config = make_config(tmp_path)
+    with pytest.raises(ValueError, match="ROOMCHAT_GC_FREEZE_AFTER"):
+        Gateway(replace(config, gc_freeze_after=-1))
+    with pytest.raises(ValueError, match="ROOMCHAT_GC_THAW_SHARE"):
+        Gateway(replace(config, gc_thaw_share=0.0))
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+@pytest.fixture
+def thawed_afterwards() -> Iterator[None]:
+    """This test freezes the test process's collector: leave it as found."""
+    frozen = gc.get_freeze_count()
+    try:
+        yield
+    finally:
+        if gc.get_freeze_count() > frozen:
+            gc.unfreeze()
+
+
+@pytest.mark.usefixtures("thawed_afterwards")
+def test_a_frozen_cycle_survives_collections_until_the_thaw_frees_it() -> None:
+    seen: list[int] = []
+    steward = GcSteward(FreezePolicy(1, 0.5), lambda: Counts(0, 0, 0), on_change=seen.append)
+    cycle = _Cycle()
+    alive = weakref.ref(cycle)
+    steward.apply("freeze")
+    del cycle
+    gc.collect()
+    assert alive() is not None, "a frozen cycle is skipped by every collection"
+    steward.apply("thaw")
+    assert alive() is None, "the thaw's full collection frees it"
+    assert gc.get_freeze_count() > 0, "and what survived is frozen again"
+    assert len(seen) == 2 and seen[-1] == gc.get_freeze_count()
+
+
+def _frozen_objects(port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as res:
+        text = res.read().decode()
+    match = re.search(r"^roomchat_gc_frozen_objects (\S+)$", text, re.M)
+    assert match is not None, "the metric is exported"
+    return float(match.group(1))
+
+
+async def _until(check: object, seconds: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not check():  # type: ignore[operator]
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.1)
+
+
+async def test_a_server_freezes_after_a_burst_of_connects_and_thaws_after_closes(
+    tmp_path: Path,
+) -> None:
+    env = {"ROOMCHAT_GC_FREEZE_AFTER": "3", "ROOMCHAT_JWT_SECRET": SECRET}
+    with server_process(tmp_path, env=env) as proc:
+        assert _frozen_objects(proc.port) == 0
+        sockets = [await websockets.connect(proc.url("lobby", make_token(f"u{i}", ["lobby"])),
+                                            compression=None) for i in range(3)]
+        await _until(lambda: _frozen_objects(proc.port) > 0)
+        assert "gc: thawed" not in proc.output()
+        for ws in sockets[:2]:  # two of the three frozen: past the default share of 0.5
+            await ws.close()
+        await _until(lambda: "gc: thawed after connection churn" in proc.output())
+        assert _frozen_objects(proc.port) > 0, "what survived the thaw is frozen again"
+        await sockets[2].close()
