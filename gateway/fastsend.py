@@ -114,6 +114,10 @@ def _locate(send: Send) -> tuple[WSStream, asyncio.StreamWriter] | None:
     return stream, server.writer
 
 
+async def _discard(message: MutableMapping[str, Any]) -> None:
+    """What a detached ``FrameWriter`` sends with: nothing."""
+
+
 class FrameWriter:
     """``rooms.session.Transport`` for a Hypercorn WebSocket: direct frames when possible."""
 
@@ -242,6 +246,14 @@ class FrameWriter:
         events = getattr(connection, "_events", None)
         if type(events) is deque and not events:
             connection._events = _Events()
+
+    def detach(self) -> None:
+        """The connection is over: forget Hypercorn's stream. It refers to the connection's
+        inbound handler, which refers to its session, which refers to this writer: without
+        this, a closed connection is a reference cycle that only the garbage collector frees.
+        Sends after this do nothing."""
+        self._target = None
+        self._send = _discard
 
     async def close(self, code: int, reason: str) -> None:
         await self._send({"type": "websocket.close", "code": code, "reason": reason})

@@ -351,6 +351,7 @@ class RoomSockets:
                 # Whatever happened above: a connection never uncounted holds a drain open for
                 # its whole timeout (and exits 1).
                 gw.connection_closed(transport, owner)
+                transport.detach()
 
     async def _release(self, transport: FrameWriter, timeout: float) -> bool:
         """Wait up to ``timeout`` s for the TCP connection to end, then abort it. True when gone.

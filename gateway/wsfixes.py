@@ -1,4 +1,4 @@
-"""Hypercorn behaviour corrected for a server of many WebSockets. ``install()`` applies both fixes,
+"""Hypercorn behaviour corrected for a server of many WebSockets. ``install()`` applies these fixes,
 process-wide:
 
 - **A frame that fails to parse gets its close frame.** wsproto reports a frame it cannot accept
@@ -16,6 +16,11 @@ process-wide:
   ``TaskGroup.spawn_app`` is replaced with Hypercorn's own code using it. Likewise Hypercorn's
   events (``WorkerContext.event_class``, its extension point: one per HTTP/1.1 connection, three
   per HTTP/2 one) become ``LeanEvent``, which allocates nothing until someone waits.
+- **A closed connection is freed at once.** ``TCPServer`` keeps its protocol, and the protocol
+  keeps ``TCPServer.protocol_send``: a reference cycle, so every closed connection's objects
+  waited for the garbage collector (~44 of them in cycles per connection, with ours; 441,590
+  freed by one full collection after 10,000 closes). ``TCPServer.run`` now drops the protocol
+  when it returns. (Our own cycle, through the ASGI send, is broken by ``FrameWriter.detach``.)
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from functools import partial
 from typing import Any, Generic, TypeVar
 
 from hypercorn.asyncio import task_group as hypercorn_task_group
-from hypercorn.asyncio import worker_context
+from hypercorn.asyncio import tcp_server, worker_context
 from hypercorn.protocol import ws_stream
 from hypercorn.protocol.events import StreamClosed
 from hypercorn.protocol.ws_stream import FrameTooLargeError
@@ -182,8 +187,22 @@ async def _spawn_app(self: Any, app: Any, config: Any, scope: Any,
     return app_queue.put
 
 
+_hypercorn_run = tcp_server.TCPServer.run
+
+
+async def _run(self: Any) -> None:
+    """Hypercorn's ``TCPServer.run``, then the connection's protocol dropped: it refers back to
+    this server through its ``send`` (a bound ``protocol_send``), a reference cycle that kept
+    every closed connection's objects for the garbage collector to find."""
+    try:
+        await _hypercorn_run(self)
+    finally:
+        self.__dict__.pop("protocol", None)
+
+
 def install() -> None:
     """Process-wide; idempotent."""
     ws_stream.WSStream._handle_events = _handle_events  # type: ignore[method-assign]
+    tcp_server.TCPServer.run = _run  # type: ignore[method-assign]
     hypercorn_task_group.TaskGroup.spawn_app = _spawn_app  # type: ignore[method-assign]
     worker_context.WorkerContext.event_class = LeanEvent
