@@ -38,8 +38,11 @@ class FreezePolicy:
     Frozen objects are still freed by reference counting when they die; only reference
     cycles among them are never collected. Those are what the connections that close leave
     behind, so once closes since the last thaw reach ``thaw_share`` of the connections open at
-    the last freeze, thaw: unfreeze, collect everything once (one full pause, which the
-    default collector would have taken sooner and more often), and freeze what survived.
+    the last freeze (and at least ``thaw_share`` of a ``burst``), thaw: unfreeze, collect
+    everything once (one full pause, which the default collector would have taken sooner and
+    more often), and freeze what survived. Since ``gateway.wsfixes`` and
+    ``FrameWriter.detach`` break the cycles a closed connection used to leave, a thaw finds
+    little to free: it remains as the safety net for cycles made elsewhere.
 
     ``burst`` 0 turns the policy off.
     """
@@ -59,8 +62,10 @@ class FreezePolicy:
         """What to do now, given ``counts``; the caller does it before the next step."""
         if not self.burst:
             return None
+        # Never for fewer closes than a share of a burst: after a thaw of a small population,
+        # every few closes would thaw again, and each thaw scans everything alive.
         if self._population and (counts.closed - self._closed_mark
-                                 >= self.thaw_share * self._population):
+                                 >= self.thaw_share * max(self._population, self.burst)):
             self._opened_mark = counts.opened
             self._closed_mark = counts.closed
             self._population = counts.open

@@ -43,6 +43,15 @@ def test_closes_alone_never_thaw_what_was_never_frozen() -> None:
     assert policy.step(Counts(opened=50, closed=50, open=0)) is None
 
 
+def test_a_small_population_thaws_only_after_half_a_burst_of_closes() -> None:
+    policy = FreezePolicy(burst=100, thaw_share=0.5)
+    assert policy.step(Counts(opened=1000, closed=0, open=1000)) == "freeze"
+    assert policy.step(Counts(opened=1000, closed=990, open=10)) == "thaw"
+    # 10 left frozen: not a thaw per 5 closes, but per 50 (half a burst).
+    assert policy.step(Counts(opened=1000, closed=1039, open=10)) is None
+    assert policy.step(Counts(opened=1050, closed=1040, open=10)) == "thaw"
+
+
 def test_burst_zero_turns_the_policy_off_and_bad_settings_are_refused(tmp_path: Path) -> None:
     policy = FreezePolicy(burst=0, thaw_share=0.5)
     assert policy.step(Counts(opened=10**6, closed=10**6, open=0)) is None
