@@ -9,7 +9,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,25 @@ def frame_writers(server: Server) -> list[FrameWriter]:
     writers = [s._transport for s in actor._sessions.values()]
     assert all(isinstance(w, FrameWriter) for w in writers)
     return writers  # type: ignore[return-value]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 5.0,
+                what: str = "the condition") -> None:
+    """Poll ``condition`` (a server seen from outside) until it holds; fail after ``timeout``
+    seconds (times SLOW) naming ``what``."""
+    deadline = time.monotonic() + timeout * SLOW
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def metric(port: int, name: str) -> float:
+    """One unlabelled sample from the server's ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        for line in response.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
 
 
 async def wait_connections(server: Server, count: int, seconds: float = 3.0) -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 from websockets.exceptions import ConnectionClosed
 
 from tests.chaos.harness import ENV, percentile, pick, record, rss_mb
-from tests.integration.test_hardening import TCP_ESTABLISHED, RawClient, _metric, room_path
+from tests.integration.test_hardening import TCP_ESTABLISHED, RawClient, room_path
 from tests.integration.test_scaleout import Member
 from tests.integration.test_scaleout_faults import anomalies, connect
-from tests.support import SLOW, make_token, server_process
+from tests.support import SLOW, make_token, metric, server_process
 
 LISTENERS, WRITERS = 6, 2
 # 2.4 MB/s: the slow consumer's share outgrows the kernel's socket buffers (up to ~4 MB on the
@@ -89,7 +89,7 @@ async def phase(port: int, pid: int, room: str, seconds: float, slow: bool) -> d
         async with asyncio.timeout(30 * SLOW):  # every listener gets every message
             while any(len(s) < sent for s in seqs):  # noqa: ASYNC110
                 await asyncio.sleep(0.02)
-        connections = await asyncio.to_thread(_metric, port, "roomchat_connections")
+        connections = await asyncio.to_thread(metric, port, "roomchat_connections")
         for c in (*listeners, *writers):
             await c.ws.close()
         closes = [r.result() for r in (*readers, *drains)]

@@ -3,10 +3,7 @@ freezes after connects and thaws after closes."""
 
 from __future__ import annotations
 
-import asyncio
 import gc
-import re
-import urllib.request
 import weakref
 from collections.abc import Iterator
 from dataclasses import replace
@@ -17,7 +14,9 @@ import websockets
 
 from gateway.app import Gateway
 from gateway.gcsteward import Counts, FreezePolicy, GcSteward
-from tests.support import SECRET, make_config, make_token, server_process
+from tests.support import SECRET, make_config, make_token, metric, server_process, until
+
+FROZEN = "roomchat_gc_frozen_objects"
 
 
 def test_the_policy_freezes_after_each_burst_of_connects() -> None:
@@ -98,34 +97,18 @@ def test_a_frozen_cycle_survives_collections_until_the_thaw_frees_it() -> None:
     assert len(seen) == 2 and seen[-1] == gc.get_freeze_count()
 
 
-def _frozen_objects(port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as res:
-        text = res.read().decode()
-    match = re.search(r"^roomchat_gc_frozen_objects (\S+)$", text, re.M)
-    assert match is not None, "the metric is exported"
-    return float(match.group(1))
-
-
-async def _until(check: object, seconds: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not check():  # type: ignore[operator]
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("timed out")
-        await asyncio.sleep(0.1)
-
-
 async def test_a_server_freezes_after_a_burst_of_connects_and_thaws_after_closes(
     tmp_path: Path,
 ) -> None:
     env = {"ROOMCHAT_GC_FREEZE_AFTER": "3", "ROOMCHAT_JWT_SECRET": SECRET}
     with server_process(tmp_path, env=env) as proc:
-        assert _frozen_objects(proc.port) == 0
+        assert metric(proc.port, FROZEN) == 0
         sockets = [await websockets.connect(proc.url("lobby", make_token(f"u{i}", ["lobby"])),
                                             compression=None) for i in range(3)]
-        await _until(lambda: _frozen_objects(proc.port) > 0)
+        await until(lambda: metric(proc.port, FROZEN) > 0, 10, "a freeze")
         assert "gc: thawed" not in proc.output()
         for ws in sockets[:2]:  # two of the three frozen: past the default share of 0.5
             await ws.close()
-        await _until(lambda: "gc: thawed after connection churn" in proc.output())
-        assert _frozen_objects(proc.port) > 0, "what survived the thaw is frozen again"
+        await until(lambda: "gc: thawed after connection churn" in proc.output(), 10, "a thaw")
+        assert metric(proc.port, FROZEN) > 0, "what survived the thaw is frozen again"
         await sockets[2].close()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from gateway.config import Config
-from tests.support import SLOW, Client, Server, make_config, make_token, running_server
+from tests.support import SLOW, Client, Server, make_config, make_token, running_server, until
 
 
 def config(tmp: Path, room: dict[str, Any] | None = None, **gateway: Any) -> Config:
@@ -45,12 +44,6 @@ async def joined(srv: Server, room: str = "lobby", user: str = "alice",
     client = await srv.connect(room, user, headers=headers)
     assert (await client.recv())["type"] == "welcome"
     return client
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout * SLOW):
-        while not condition():  # noqa: ASYNC110 (polling the server from outside)
-            await asyncio.sleep(0.01)
 
 
 def forwarded(ip: str) -> dict[str, str]:

@@ -8,7 +8,6 @@ import contextlib
 import signal
 import socket
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from tests.conftest import ServerFactory
-from tests.support import SLOW, Server, collect_messages, make_token, server_process
+from tests.support import SLOW, Server, collect_messages, make_token, metric, server_process
 
 TCP_ESTABLISHED = 1
 BIG = 16_000  # characters per stored message: 600 of them (~10 MB) outgrow any socket buffer
@@ -158,14 +157,6 @@ async def test_a_close_during_a_replay_leaves_no_gap(
 
 # -- bug 4: a slow consumer's socket is freed and counted until it is ------------------------
 
-def _metric(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        for line in response.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
-
-
 async def test_a_slow_consumer_socket_is_dropped_and_counted_until_then(
         server_with: ServerFactory) -> None:
     close_timeout = 0.5
@@ -188,7 +179,7 @@ async def test_a_slow_consumer_socket_is_dropped_and_counted_until_then(
             async with asyncio.timeout(2 * SLOW):
                 while gw.connections:  # noqa: ASYNC110 (polling the server from outside)
                     await asyncio.sleep(0.01)
-            assert await asyncio.to_thread(_metric, srv.port, "roomchat_connections") == 0
+            assert await asyncio.to_thread(metric, srv.port, "roomchat_connections") == 0
             await stuck.read_to_end(5)
             assert stuck.reset  # dropped, not left half-open
         finally:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +24,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidHandshake
 
 from tests.redis_server import redis_server
-from tests.support import SECRET, SLOW, Client, Process, make_token, start_process
+from tests.support import SECRET, SLOW, Client, Process, make_token, start_process, until
 
 DRAIN_TIMEOUT = 5.0
 KILL_MARGIN = 5.0  # gateway.supervisor.KILL_MARGIN
@@ -280,13 +280,6 @@ class Writer:
             except websockets.ConnectionClosed:
                 self.closes.append(ws.close_code)
                 closed_at = time.monotonic()
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout * SLOW
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.05)
 
 
 async def test_sighup_replaces_every_worker_and_clients_resume_without_a_gap(
