@@ -72,15 +72,15 @@ async def serve(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, shutdown.set)
 
-    def counts() -> Counts:
-        return Counts(gw.opened_total, gw.closed_total, gw.connections)
-
-    steward = GcSteward(FreezePolicy(config.gc_freeze_after, config.gc_thaw_share), counts,
-                        on_change=gw.observer.gc_frozen.set)
     # Owned here: cancelled and awaited once Hypercorn has stopped. (Not a TaskGroup: that
     # would wrap Hypercorn's own errors, say a port in use, in an ExceptionGroup.)
-    stewarding = asyncio.create_task(steward.run(), name="gc-steward") \
-        if manage_gc and config.gc_freeze_after else None
+    stewarding: asyncio.Task[None] | None = None
+    if manage_gc and config.gc_freeze_after:
+        steward = GcSteward(
+            FreezePolicy(config.gc_freeze_after, config.gc_thaw_share),
+            lambda: Counts(gw.opened_total, gw.closed_total, gw.connections),
+            on_change=gw.observer.gc_frozen.set)
+        stewarding = asyncio.create_task(steward.run(), name="gc-steward")
 
     async def trigger() -> None:
         await shutdown.wait()

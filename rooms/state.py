@@ -643,20 +643,25 @@ class RoomState:
         """The earliest time (on the clock ``tick`` is given) at which ``tick`` has something to
         do: a token expiring, a heartbeat deadline passing, the next ping. Infinity when nothing
         is scheduled."""
-        deadline = self.config.ping_interval + self.config.ping_timeout
+        silence = self._longest_silence
         due = math.inf if self._next_ping is None else self._next_ping
         for info in self._sessions.values():
-            due = min(due, info.expires_at, info.last_seen + deadline)
+            due = min(due, info.expires_at, info.last_seen + silence)
         return due
+
+    @property
+    def _longest_silence(self) -> float:
+        """How long a connection may send nothing (not even a pong) before ``tick`` evicts it."""
+        return self.config.ping_interval + self.config.ping_timeout
 
     def tick(self, now: float, wall_ms: int) -> list[Effect]:
         """Housekeeping: expired tokens (4001), silent connections (4010), heartbeat pings."""
         effects: list[Effect] = []
-        deadline = self.config.ping_interval + self.config.ping_timeout
+        silence = self._longest_silence
         for session, info in list(self._sessions.items()):
             if now >= info.expires_at:
                 effects += self.evict(session, CloseCode.TOKEN_EXPIRED, "token expired", wall_ms)
-            elif now - info.last_seen > deadline:
+            elif now - info.last_seen > silence:
                 effects += self.evict(session, CloseCode.HEARTBEAT_TIMEOUT,
                                       "heartbeat timeout", wall_ms)
         if self._next_ping is not None and now >= self._next_ping:
