@@ -199,7 +199,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line flags."""
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
     p.add_argument(
-        "--quick", action="store_true", help="room of 100 (+ scale-out), short windows (~3 min)"
+        "--quick", action="store_true", help="room of 100 (+ scale-out), short windows (< 2 min)"
     )
     p.add_argument("--servers", default="",
                    help="comma-separated (default: the plan's; full: all of "
