@@ -457,11 +457,10 @@ class RoomActor:
             # to the `delivered_seq` it was admitted at, and gets these live) and after the
             # frames (a duplicate is acked only once its original was delivered). Held until
             # this process's own batch is stored, so members get both in one frame.
-            held: list[Effect] = []
             while inbox.remote:
-                held += state.feed(inbox.remote.popleft())
+                state.hold(inbox.remote.popleft())
 
-            if await self._store(state, now, wall_ms, held) and count:
+            if await self._store(state, now, wall_ms) and count:
                 self._observer.broadcast_latency(time.monotonic() - oldest)
             if state.moderation:
                 # After the batch: the room's messages never wait for a moderator's request.
@@ -538,31 +537,30 @@ class RoomActor:
                 self.lifecycle = RoomLifecycle.STOPPED
                 return
 
-    async def _store(self, state: RoomState, now: float, wall_ms: int,
-                     held: list[Effect]) -> bool:
-        """Append what the room accepted (or retry the batch an outage left); deliver ``held``
-        (effects already decided, earlier in seq order) and the batch. True when a batch was
-        stored."""
+    async def _store(self, state: RoomState, now: float, wall_ms: int) -> bool:
+        """Append what the room accepted (or retry the batch an outage left); deliver what is
+        contiguous: the batch and what ``state`` holds (other processes' messages), in one
+        broadcast. True when a batch was stored."""
         if self._retry is not None:
             batch = self._retry if now >= self._next_attempt else []
         else:
             batch = state.take_pending()
         if not batch:
-            self._deliver(state, held, wall_ms)
+            self._deliver(state, state.feed(()), wall_ms)
             return False
         cfg = self.config
         try:
             results = await self._engine.append(self.room, batch, retention=cfg.history_retention,
                                                 dedup_window=cfg.dedup_window)
         except StoreError as exc:
-            self._deliver(state, held, wall_ms)
+            self._deliver(state, state.feed(()), wall_ms)
             self._retry = batch
             self._storage_failed(state, now, wall_ms, exc)
             return False
         self._retry = None
         self._storage_back(now)
         started = time.perf_counter()
-        self._deliver(state, held + state.committed(batch, results), wall_ms)
+        self._deliver(state, state.committed(batch, results), wall_ms)
         # What this batch cost the room, for the pacer: its fan-out. (The embedded engine's
         # append is mostly a disk flush waited for off the event loop: time, not CPU.)
         self._pacer.observe(time.perf_counter() - started)

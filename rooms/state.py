@@ -611,13 +611,19 @@ class RoomState:
     def feed(self, messages: Sequence[Delivered]) -> list[Effect]:
         """Stored messages (this room's or another process's, any order, repeats allowed):
         broadcast every one that is now contiguous with what was delivered, in seq order."""
+        self.hold(messages)
+        return self._advance()
+
+    def hold(self, messages: Sequence[Delivered]) -> None:
+        """Take stored messages as ``feed`` does, but broadcast them only with what the next
+        ``feed`` or ``committed`` delivers: one broadcast (one frame per member) for both
+        instead of two. Their ids count for deduplication at once."""
         for m in messages:
             if m.seq > self.delivered_seq and m.seq not in self._buffer:
                 self._buffer[m.seq] = m
                 if isinstance(m, StoredMessage) and m.id is not None:
                     # (Another process's ids are deduplicated by the engine itself.)
                     self._remember(m.user, m.id, m.seq)
-        return self._advance()
 
     def skip(self, upto: int) -> list[Effect]:
         """Seqs up to ``upto`` are gone from the log (pruned): deliver from after them."""

@@ -4,7 +4,7 @@ redis-server started per test), plus what only a shared engine does."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import orjson
@@ -417,3 +417,89 @@ async def test_tombstones_and_the_syncs_catch_up_data(engine: Engine) -> None:
         assert (synced.tombstones, synced.banned) == (2, (("eve", "spam"),))
     else:  # one process: every delete and ban reaches the room directly
         assert (synced.tombstones, synced.banned) == (None, ())
+
+
+class _Socket:
+    """A transport that writes each frame at once, as ``gateway.fastsend`` does for a socket
+    with room in its buffer: every ``offer`` is a frame of its own, so frames count offers."""
+
+    def __init__(self) -> None:
+        self.frames: list[list[dict[str, object]]] = []
+        self.wrote = asyncio.Event()
+
+    def send_now(self, data: str) -> bool:
+        self.frames.append([orjson.loads(line) for line in data.split("\n")])
+        self.wrote.set()
+        return True
+
+    async def written(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            self.wrote.clear()
+            await self.wrote.wait()
+
+    async def send(self, data: str) -> None:
+        self.send_now(data)
+
+    async def close(self, code: int, reason: str) -> None:
+        pass
+
+
+async def test_other_processes_messages_share_the_frame_of_this_process_batch(
+        two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
+    """A member gets the messages another process stored and its own process's next batch in
+    one frame, not one frame each (in a room split across two processes that halves the
+    frames: one per member per batch)."""
+    import time
+
+    from rooms.actor import RoomActor
+    from rooms.config import RoomConfig
+    from rooms.protocol import SendMessage
+    from rooms.session import Session
+
+    a, b = two_nodes
+    gate, in_flight = asyncio.Event(), asyncio.Event()
+    real_append = a.append
+    calls = 0
+
+    async def append(*args: object, **kw: object) -> list[Appended]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # hold this process's first batch in flight
+            in_flight.set()
+            await gate.wait()
+        return await real_append(*args, **kw)  # type: ignore[arg-type]
+
+    a.append = append  # type: ignore[method-assign]
+    actor = RoomActor("mix", RoomConfig(rate_burst=100), a)
+    running = asyncio.create_task(actor.run())
+    socket = _Socket()
+    ann = Session(1, "ann", "Ann", socket, outbox_limit=100, max_frame_messages=100,
+                  send_timeout=10, close_timeout=1)
+    plan = await actor.join(ann, after=None, expires_at=time.time() + 3600)
+    writer = asyncio.create_task(ann.run_writer(plan, "mix", a, 10))
+    try:
+        async with asyncio.timeout(10):
+            await socket.written(lambda: bool(socket.frames))  # the welcome
+            actor.frame_nowait(1, SendMessage("mine-0", "m0"))
+            await in_flight.wait()
+            # Meanwhile another process stores a message (seq 1, before ours) and its pub/sub
+            # copy reaches this room (handed over as the engine's listener does), and ann sends
+            # again: both wait in the actor's inbox for the batch in flight.
+            await b.load("mix", 10)
+            theirs = Draft("bob", "Bob", None, "theirs", 1)
+            assert await b.append("mix", [theirs], retention=0, dedup_window=10) == [
+                Appended(1)]
+            actor.remote_messages([WireMessage(1, theirs.stored("mix", 1).to_wire())])
+            actor.frame_nowait(1, SendMessage("mine-1", "m1"))
+            gate.set()
+            await socket.written(
+                lambda: sum(o["type"] == "message" for f in socket.frames for o in f) >= 3)
+    finally:
+        running.cancel()
+        writer.cancel()
+        await asyncio.gather(running, writer, return_exceptions=True)
+    frames = [[(o["type"], o.get("seq")) for o in f] for f in socket.frames[1:]]
+    # mine-0 (seq 2) waits behind bob's seq 1, which arrives by pub/sub while it is in flight:
+    # the next iteration delivers 1 and 2 with mine-1 (seq 3), then the acks, in one frame.
+    assert frames == [[("message", 1), ("message", 2), ("message", 3), ("ack", 2),
+                       ("ack", 3)]], frames
