@@ -114,6 +114,30 @@ def test_asymmetric_algorithms_issue_and_verify(tmp_path: Path, alg: str, key: A
         make_verifier(cfg).verify(forged)
 
 
+def test_public_keys_are_loaded_once_and_checked_at_startup(tmp_path: Path) -> None:
+    priv, pub = _pem_pair(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    (tmp_path / "priv.pem").write_bytes(priv)
+    (tmp_path / "pub.pem").write_bytes(pub)
+    _, other = _pem_pair(ec.generate_private_key(ec.SECP256R1()))
+    (tmp_path / "ec.pem").write_bytes(other)
+    cfg = replace(CONFIG, jwt_algorithm="RS256", jwt_public_key_file=tmp_path / "pub.pem",
+                  jwt_private_key_file=tmp_path / "priv.pem",
+                  jwt_keys=(f"k1={tmp_path / 'pub.pem'}",))
+    verifier = make_verifier(cfg)
+    # Loaded key objects, not PEM bytes that PyJWT would parse again for every token.
+    assert not isinstance(verifier._key, bytes)
+    assert not isinstance(verifier._keys["k1"], bytes)
+    token = make_issuer(cfg).issue("dana", rooms=["x"], ttl=60)
+    assert verifier.verify(token).user == "dana"
+    rotated = jwt.encode(claims(), priv, algorithm="RS256", headers={"kid": "k1"})
+    assert verifier.verify(rotated).user == "alice"
+    # An EC key for RS256, in either setting: refused when the verifier is made.
+    with pytest.raises(ValueError, match="ROOMCHAT_JWT_PUBLIC_KEY_FILE: not a usable RS256"):
+        make_verifier(replace(cfg, jwt_public_key_file=tmp_path / "ec.pem"))
+    with pytest.raises(ValueError, match=r"ROOMCHAT_JWT_KEYS \(k2\): not a usable RS256"):
+        make_verifier(replace(cfg, jwt_keys=(f"k2={tmp_path / 'ec.pem'}",)))
+
+
 def test_rs_hs_key_confusion_with_public_key_as_hmac_secret(tmp_path: Path) -> None:
     _, pub = _pem_pair(rsa.generate_private_key(public_exponent=65537, key_size=2048))
     (tmp_path / "pub.pem").write_bytes(pub)

@@ -101,3 +101,13 @@ def test_data_dir_not_writable(tmp_path: Path) -> None:
     # root, and these tests run as root in containers).
     code, err = serve(tmp_path, "--bind", f"127.0.0.1:{free_port()}", "--data-dir", "/proc")
     assert_one_line(code, err, "/proc", "is not writable")
+
+
+def test_unusable_public_key_file(tmp_path: Path) -> None:
+    # Refused at startup, not by refusing every token afterwards.
+    (tmp_path / "pub.pem").write_text("-----BEGIN PUBLIC KEY-----\nnot a key\n"
+                                      "-----END PUBLIC KEY-----\n")
+    code, err = serve(tmp_path, "--bind", f"127.0.0.1:{free_port()}",
+                      env={"ROOMCHAT_JWT_ALGORITHM": "RS256",
+                           "ROOMCHAT_JWT_PUBLIC_KEY_FILE": str(tmp_path / "pub.pem")})
+    assert_one_line(code, err, "ROOMCHAT_JWT_PUBLIC_KEY_FILE", "not a usable RS256 public key")
