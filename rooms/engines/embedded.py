@@ -8,6 +8,7 @@ the same database is refused by the CLI (``--workers`` needs a shared engine).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import OrderedDict
@@ -37,6 +38,11 @@ class EmbeddedEngine:
         # bans are written only through this engine, by the one process on this database.
         self._bans: OrderedDict[str, dict[str, Ban]] = OrderedDict()
         self._ban_writes = 0  # bumped by every ban/unban: a load that raced one is not kept
+        # room -> (_ban_writes when it started, its result): the load in flight, which every
+        # join arriving meanwhile awaits instead of reading too. Members of a room come back
+        # together (a reconnect storm, the handshake bench: 10 at once), and each used to miss
+        # the cache and read for itself. At most one entry per room, removed when it ends.
+        self._ban_loads: dict[str, tuple[int, asyncio.Future[dict[str, Ban]]]] = {}
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
@@ -110,19 +116,47 @@ class EmbeddedEngine:
     async def banned(self, room: str, user: str) -> Ban | None:
         bans = self._bans.get(room)
         if bans is None:
-            writes = self._ban_writes
-            rows = await self.store.bans(room)
-            bans = {u: Ban(u, until, reason) for u, (until, reason) in rows.items()}
-            if writes == self._ban_writes:
-                self._bans[room] = bans
-                if len(self._bans) > BAN_CACHE_ROOMS:
-                    self._bans.popitem(last=False)
+            bans = await self._load_bans(room)
         else:
             self._bans.move_to_end(room)
         ban = bans.get(user)
         if ban is None or (ban.until is not None and ban.until <= time.time()):
             return None
         return ban
+
+    async def _load_bans(self, room: str) -> dict[str, Ban]:
+        """The room's bans, read once however many joins ask at the same time. A join waits
+        only for a read that started after the last ban write it could have missed."""
+        while True:
+            writes = self._ban_writes
+            loading = self._ban_loads.get(room)
+            if loading is None or loading[0] != writes:
+                break
+            try:
+                # Shielded: a waiter cancelled (its client left) leaves the read to the others.
+                return await asyncio.shield(loading[1])
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not loading[1].cancelled() or (task is not None and task.cancelling()):
+                    raise
+                # The reader failed or was cancelled itself: read ourselves (next turn).
+        future: asyncio.Future[dict[str, Ban]] = asyncio.get_running_loop().create_future()
+        self._ban_loads[room] = (writes, future)
+        try:
+            rows = await self.store.bans(room)
+            bans = {u: Ban(u, until, reason) for u, (until, reason) in rows.items()}
+            if writes == self._ban_writes:
+                self._bans[room] = bans
+                if len(self._bans) > BAN_CACHE_ROOMS:
+                    self._bans.popitem(last=False)
+            future.set_result(bans)
+            return bans
+        finally:
+            # On failure the waiters are cancelled and each reads for itself: one error is not
+            # handed to joins that might succeed, and no exception is left unretrieved.
+            future.cancel()
+            if self._ban_loads.get(room) == (writes, future):
+                del self._ban_loads[room]
 
     def _forget_bans(self, room: str) -> None:
         self._ban_writes += 1

@@ -503,3 +503,57 @@ async def test_other_processes_messages_share_the_frame_of_this_process_batch(
     # the next iteration delivers 1 and 2 with mine-1 (seq 3), then the acks, in one frame.
     assert frames == [[("message", 1), ("message", 2), ("message", 3), ("ack", 2),
                        ("ack", 3)]], frames
+
+
+# -- only the embedded engine ----------------------------------------------------------------
+
+
+async def test_joins_arriving_together_read_a_rooms_bans_once(tmp_path: Path) -> None:
+    """The members of a room come back together (a reconnect storm): one read of its bans
+    serves all of them; a ban written meanwhile is seen by a join that asks after it; a read
+    that fails or is cancelled leaves the others to read for themselves."""
+    from rooms.engine import Ban
+    from rooms.engines.embedded import EmbeddedEngine
+
+    engine = await EmbeddedEngine.open(tmp_path / "db.sqlite3")
+    try:
+        real_bans = engine.store.bans
+        reads: list[str] = []
+        gate = asyncio.Event()
+
+        async def bans(room: str) -> dict[str, tuple[float | None, str]]:
+            reads.append(room)
+            await gate.wait()
+            return await real_bans(room)
+
+        engine.store.bans = bans  # type: ignore[method-assign]
+        await engine.ban("r", Ban("eve", None, "spam"))
+        asking = [asyncio.ensure_future(engine.banned("r", user))
+                  for user in ("ann", "bob", "eve", "cy")]
+        await asyncio.sleep(0.05)
+        assert reads == ["r"]  # one read in flight, the others wait for it
+        # A ban written now: a join asking after it must not take the read begun before it.
+        await engine.ban("r", Ban("mallory", None, "flood"))
+        later = asyncio.ensure_future(engine.banned("r", "mallory"))
+        await asyncio.sleep(0.05)
+        assert reads == ["r", "r"]
+        gate.set()
+        results = await asyncio.gather(*asking)
+        assert [b.user if b else None for b in results] == [None, None, "eve", None]
+        assert (await later) == Ban("mallory", None, "flood")
+
+        # The reader is cancelled (its client left): a waiter reads for itself.
+        gate.clear()
+        await engine.ban("s", Ban("eve", None, "x"))
+        first = asyncio.ensure_future(engine.banned("s", "ann"))
+        await asyncio.sleep(0.05)
+        second = asyncio.ensure_future(engine.banned("s", "eve"))
+        await asyncio.sleep(0.05)
+        first.cancel()
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert (await second) == Ban("eve", None, "x")
+        assert first.cancelled()
+        assert reads.count("s") == 2
+    finally:
+        await engine.close()
