@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from jwt.algorithms import HMACAlgorithm
 
 from gateway.config import Config
 
@@ -83,6 +84,31 @@ def valid_room_name(room: str) -> bool:
     return ROOM_NAME.fullmatch(room) is not None
 
 
+class _PreparedHMAC(HMACAlgorithm):
+    """PyJWT's HMAC, with our own secrets' checks done once.
+
+    PyJWT's ``prepare_key`` checks the secret on every verification (that it is not a PEM, SSH
+    or DER key, nor JWK JSON: the key-confusion defence), trying to parse it each way: about 30
+    µs of a handshake's CPU here (bench/profiles/2026-11-26-handshake-py-spy.md). The secrets
+    are ours and fixed, so they pass the same checks once, when the verifier is made; any other
+    key still goes through them.
+    """
+
+    def __init__(self, algorithm: str, secrets: list[Any]) -> None:
+        """Raises ``ValueError`` for a secret PyJWT refuses (an asymmetric key, say)."""
+        base = jwt.get_algorithm_by_name(algorithm)
+        assert isinstance(base, HMACAlgorithm)
+        super().__init__(base.hash_alg)
+        try:
+            self._prepared = {secret: base.prepare_key(secret) for secret in secrets}
+        except jwt.InvalidKeyError as exc:
+            raise ValueError(f"the {algorithm} secret is not usable: {exc}") from None
+
+    def prepare_key(self, key: str | bytes) -> bytes:
+        prepared = self._prepared.get(key) if isinstance(key, str | bytes) else None
+        return prepared if prepared is not None else super().prepare_key(key)
+
+
 class TokenVerifier:
     """Verifies tokens signed with the pinned algorithm, by ``key`` or, for a token whose
     header names a ``kid``, by that entry of ``keys`` (several at once: key rotation)."""
@@ -95,6 +121,14 @@ class TokenVerifier:
         self._audience = audience
         self._issuer = issuer
         self._leeway = leeway
+        self._jwt = jwt.PyJWT()
+        if algorithm in HMAC_ALGORITHMS:
+            # PyJWT's decoder verifies with the algorithm objects of its PyJWS (``_jws``): ours
+            # replaces its HMAC for the one algorithm accepted.
+            signatures = self._jwt._jws
+            signatures.unregister_algorithm(algorithm)
+            signatures.register_algorithm(
+                algorithm, _PreparedHMAC(algorithm, [key, *self._keys.values()]))
 
     def verify(self, token: str | None) -> Claims:
         """The token's claims. Raises ``AuthError`` (never anything else) when it is refused."""
@@ -110,7 +144,7 @@ class TokenVerifier:
                     key = self._keys[kid]
             # Without rotation the header is read once, by decode_complete (parsing it
             # beforehand as well was a quarter of a verification); a kid is then refused after.
-            decoded = jwt.api_jwt.decode_complete(
+            decoded = self._jwt.decode_complete(
                 token, key, algorithms=[self.algorithm], audience=self._audience,
                 issuer=self._issuer, leeway=self._leeway,
                 options={"require": ["exp", "iat", "sub", "aud", "iss"]},

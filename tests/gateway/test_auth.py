@@ -114,6 +114,34 @@ def test_asymmetric_algorithms_issue_and_verify(tmp_path: Path, alg: str, key: A
         make_verifier(cfg).verify(forged)
 
 
+def test_hmac_secrets_are_checked_once_and_other_keys_every_time(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from jwt.algorithms import HMACAlgorithm
+
+    rotated = "r" * 40
+    verifier = make_verifier(replace(CONFIG, jwt_keys=(f"k1={rotated}",)))
+    tokens = [jwt.encode(claims(), SECRET, algorithm="HS256"),
+              jwt.encode(claims(), rotated, algorithm="HS256", headers={"kid": "k1"})]
+    checks: list[object] = []
+    real = HMACAlgorithm.prepare_key
+
+    def counted(self: HMACAlgorithm, key: str | bytes) -> bytes:
+        checks.append(key)
+        return real(self, key)
+
+    monkeypatch.setattr(HMACAlgorithm, "prepare_key", counted)
+    assert [verifier.verify(token).user for token in tokens] == ["alice", "alice"]
+    assert checks == []  # our secrets were checked when the verifier was made
+    # Any other key is still checked (and refused, here: a public key as an HMAC secret).
+    _, pub = _pem_pair(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    with pytest.raises(jwt.InvalidKeyError):
+        verifier._jwt._jws.get_algorithm_by_name("HS256").prepare_key(pub)
+    assert checks == [pub]
+    # A secret that is really a public key is refused when the verifier is made (ValueError).
+    with pytest.raises(ValueError, match="HS256 secret is not usable"):
+        make_verifier(replace(CONFIG, jwt_secret=pub.decode()))
+
+
 def test_public_keys_are_loaded_once_and_checked_at_startup(tmp_path: Path) -> None:
     priv, pub = _pem_pair(rsa.generate_private_key(public_exponent=65537, key_size=2048))
     (tmp_path / "priv.pem").write_bytes(priv)
