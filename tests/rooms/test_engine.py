@@ -231,11 +231,13 @@ class Listener:
         self.arrived.set()
 
 
-async def wait_for(listener: Listener, predicate: object, timeout: float = 5.0) -> None:
+async def wait_for(arrived: asyncio.Event, predicate: Callable[[], bool],
+                   timeout: float = 5.0) -> None:
+    """Until ``predicate()`` holds, checked each time ``arrived`` is set."""
     async with asyncio.timeout(timeout):
-        while not predicate():  # type: ignore[operator]
-            listener.arrived.clear()
-            await listener.arrived.wait()
+        while not predicate():
+            arrived.clear()
+            await arrived.wait()
 
 
 @pytest.fixture
@@ -265,7 +267,7 @@ async def test_two_nodes_share_seqs_dedup_and_the_live_feed(
     # The same (user, id) retried through the other node: the original's seq.
     assert await b.append("room", drafts(1), retention=0, dedup_window=10) == [
         Appended(1, duplicate=True)]
-    await wait_for(heard, lambda: len(heard.messages) == 2)
+    await wait_for(heard.arrived, lambda: len(heard.messages) == 2)
     assert [m.seq for m in heard.messages] == [1, 2]  # b's own batch is not echoed to b
     # Serialised once, by append.lua, exactly as the protocol's `message` object.
     assert orjson.loads(heard.messages[0].wire) == {
@@ -291,7 +293,7 @@ async def test_erase_is_announced_to_other_nodes_in_pages(
     erased = await a.erase("u")
     want = [i + 1 for i in range(11) if i % 3]  # seqs 2, 3, 5, 6, 8, 9, 11
     assert erased == {room: want for room in ("x", *(f"y{i}" for i in range(10)))}
-    await wait_for(heard, lambda: len(heard.deleted) == len(want))
+    await wait_for(heard.arrived, lambda: len(heard.deleted) == len(want))
     assert heard.deleted == want  # only x's: b serves x alone
     assert [m.seq for m in await b.read("x", 0, 11, 20) if not m.deleted] == [1, 4, 7, 10]
 
@@ -310,7 +312,7 @@ async def test_presence_is_shared_and_expires(two_nodes: tuple[RedisEngine, Redi
     b.subscribe("p", heard)
     await asyncio.sleep(0.2)
     assert (await a.sync("p", {"alice": "Alice"}, 0.5)).others == {}
-    await wait_for(heard, lambda: heard.presence >= 1)
+    await wait_for(heard.arrived, lambda: heard.presence >= 1)
     assert (await b.sync("p", {"bob": "Bob"}, 10)).others == {"alice": "Alice"}
     assert (await a.sync("p", {"alice": "Alice"}, 0.5)).others == {"bob": "Bob"}
     await asyncio.sleep(0.7)  # a stops refreshing (as if killed): its entry expires
@@ -372,7 +374,7 @@ async def test_the_feed_carries_exact_wire_objects(
              "\u202e bidi", "<b>not html</b>"]
     await a.append("w", [Draft("ü", "Ünï \U0001f600", None if i % 2 else f"x{i}", t, 17 + i)
                          for i, t in enumerate(texts)], retention=0, dedup_window=10)
-    await wait_for(heard, lambda: len(heard.messages) == len(texts))
+    await wait_for(heard.arrived, lambda: len(heard.messages) == len(texts))
     got = [orjson.loads(m.wire) for m in heard.messages]
     want = [StoredMessage("w", i + 1, "ü", "Ünï \U0001f600", None if i % 2 else f"x{i}", t,
                           17 + i).to_wire() for i, t in enumerate(texts)]
@@ -432,11 +434,6 @@ class _Socket:
         self.wrote.set()
         return True
 
-    async def written(self, predicate: Callable[[], bool]) -> None:
-        while not predicate():
-            self.wrote.clear()
-            await self.wrote.wait()
-
     async def send(self, data: str) -> None:
         self.send_now(data)
 
@@ -479,7 +476,7 @@ async def test_other_processes_messages_share_the_frame_of_this_process_batch(
     writer = asyncio.create_task(ann.run_writer(plan, "mix", a, 10))
     try:
         async with asyncio.timeout(10):
-            await socket.written(lambda: bool(socket.frames))  # the welcome
+            await wait_for(socket.wrote, lambda: bool(socket.frames))  # the welcome
             actor.frame_nowait(1, SendMessage("mine-0", "m0"))
             await in_flight.wait()
             # Meanwhile another process stores a message (seq 1, before ours) and its pub/sub
@@ -492,7 +489,8 @@ async def test_other_processes_messages_share_the_frame_of_this_process_batch(
             actor.remote_messages([WireMessage(1, theirs.stored("mix", 1).to_wire())])
             actor.frame_nowait(1, SendMessage("mine-1", "m1"))
             gate.set()
-            await socket.written(
+            await wait_for(
+                socket.wrote,
                 lambda: sum(o["type"] == "message" for f in socket.frames for o in f) >= 3)
     finally:
         running.cancel()
