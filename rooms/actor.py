@@ -504,10 +504,15 @@ class RoomActor:
                     # 10 wakes a few times per ping interval instead of 25 (with a thousand
                     # rooms, most of a server's idle CPU).
                     next_tick = max(next_tick, min(state.next_due(), now + cfg.ping_interval))
-            else:
-                # Woken for anything else (frames, joins, other processes' messages, a sync):
-                # back to the usual cadence, so a session that starts sending or replaying is
-                # watched again within tick_interval.
+            elif not (self._sessions and all(s.quiet() for s in self._sessions.values())):
+                # Woken for anything else (frames, joins, other processes' messages, a sync) and
+                # left a session with something to watch (a join or replay under way, a queued
+                # or stuck send): back to the usual cadence, so it is watched within
+                # tick_interval. While every session stays quiet (each message written straight
+                # to an idle socket) the deadlines set at the last tick still hold, so a room
+                # that gets a message now and then does not tick every second: 1,000 rooms of 10
+                # at 848 msg/s made ~850 ticks/s, now none (CPU: within the bench's noise;
+                # bench/profiles/2026-11-26-small-rooms.md, section 14).
                 next_tick = min(next_tick, now + cfg.tick_interval)
 
             if self._outage_since is not None and now - self._outage_since >= \

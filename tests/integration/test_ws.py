@@ -465,9 +465,9 @@ async def test_stalled_send_is_aborted_with_4009(server_with: ServerFactory) -> 
 
 async def test_a_quiet_room_ticks_only_when_something_is_due(
         server_with: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """An idle room whose sockets are all idle sleeps until its next deadline (ping, token
-    expiry, heartbeat) instead of ticking every tick_interval; any activity brings the usual
-    cadence back."""
+    """A room whose sockets are all idle sleeps until its next deadline (ping, token expiry,
+    heartbeat) instead of ticking every tick_interval, also between messages written straight to
+    idle sockets; activity that leaves a socket to watch (a join) brings the usual cadence back."""
     ticks = 0
     original = RoomState.tick
 
@@ -485,8 +485,14 @@ async def test_a_quiet_room_ticks_only_when_something_is_due(
         ticks = 0
         await asyncio.sleep(1.0)
         assert ticks <= 2  # 20 at one per tick_interval
-        await alice.say("wake up", id="w")
-        assert (await bob.recv_type("message"))["text"] == "wake up"
         ticks = 0
+        for n in range(10):  # a message every 0.1 s: every socket idle between them
+            await alice.say(f"hello {n}", id=f"m{n}")
+            assert (await bob.recv_type("message"))["text"] == f"hello {n}"
+            await asyncio.sleep(0.1)
+        assert ticks <= 2  # 20 at one per tick_interval
+        carol = await srv.connect(user="carol")
+        ticks = 0
+        await carol.recv_type("welcome")
         await asyncio.sleep(0.3)
-        assert ticks >= 1  # the usual cadence after activity, until quiet again
+        assert ticks >= 1  # the join: the usual cadence, until quiet again
