@@ -491,8 +491,8 @@ async def test_a_quiet_room_ticks_only_when_something_is_due(
             assert (await bob.recv_type("message"))["text"] == f"hello {n}"
             await asyncio.sleep(0.1)
         assert ticks <= 2  # 20 at one per tick_interval
-        carol = await srv.connect(user="carol")
         ticks = 0
+        carol = await srv.connect(user="carol")
         await carol.recv_type("welcome")
         await asyncio.sleep(0.3)
         assert ticks >= 1  # the join: the usual cadence, until quiet again
