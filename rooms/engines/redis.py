@@ -8,7 +8,10 @@ expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0
 ``roomchat:{<room>}:ch``.
 
 - Append (``append.lua``): dedup, seq allocation, ``XADD``, trim and ``SPUBLISH`` in one script,
-  so a batch is stored and announced atomically, whichever process sends it.
+  so a batch is stored and announced atomically, whichever process sends it. The appends that
+  rooms issue in one turn of the event loop go to Redis as one pipeline (``_Appends``): in many
+  small rooms each room appends alone, and one round trip per room was most of what a message
+  cost this process.
 - Live fan-out: one ``SSUBSCRIBE`` connection per process, subscribed to the rooms that have an
   actor here. Pub/sub is at-most-once: the room's state spots a seq jump and reads the gap from
   the stream; after any reconnect every room resyncs. A connection that goes silently stale
@@ -50,7 +53,7 @@ from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rooms import engine as contract
@@ -108,6 +111,93 @@ def _where(url: str) -> str:
     return url.rsplit("@", maxsplit=1)[-1]  # never log a password in the URL
 
 
+_Pending = tuple[list[str], list[str | int], "asyncio.Future[list[int]]"]
+
+
+class _Appends:
+    """Sends the append scripts issued in one turn of the event loop as one pipeline.
+
+    ``submit`` queues a script call and returns the future of its result; the first call of a
+    turn schedules the flush for the end of that turn (``call_soon``). Each flush is a task of
+    its own, owned here (``close`` cancels and awaits them), so a slow round trip does not hold
+    back the next turn's appends: flushes overlap like the single calls they replace, each on a
+    connection of the pool. The queue needs no bound of its own: every room awaits its append
+    before the next, so it holds at most one entry per room with an actor here.
+
+    A script call that fails alone (an error from the script or from Redis) fails only its own
+    future; a lost connection fails every future of its flush. After a Redis restart the
+    script is unknown there: those calls are retried one by one through ``script``, which loads
+    it. Results and errors are Redis's own (``RedisError``): the engine turns them into
+    ``StoreError`` as it did for single calls. A call whose waiter was cancelled may still be
+    carried out, as a single call in flight could be.
+    """
+
+    def __init__(self, client: Any, script: Any) -> None:
+        self._redis = client
+        self._script = script  # redis-py's registered AsyncScript (its sha, and the reload)
+        self._queued: list[_Pending] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+        self.round_trips = 0  # pipelines sent (a statistic; tests read it)
+
+    def submit(self, keys: list[str], args: list[str | int]) -> asyncio.Future[list[int]]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[int]] = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._flush)
+        self._queued.append((keys, args, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._queued = self._queued, []
+        if batch:
+            task = asyncio.create_task(self._send(batch), name="redis-appends")
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _send(self, batch: list[_Pending]) -> None:
+        self.round_trips += 1
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args, _ in batch:
+                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+                results = await pipe.execute(raise_on_error=False)
+        except asyncio.CancelledError:
+            _fail(batch, StoreError("store is closed"))
+            raise
+        except Exception as exc:  # handed to every waiter, which raises it
+            _fail(batch, exc)
+            return
+        for (keys, args, future), sent in zip(batch, results, strict=True):
+            outcome = sent
+            if isinstance(sent, NoScriptError) and not future.done():
+                # Redis restarted and lost the script: this call loads it and runs again.
+                try:
+                    outcome = await self._script(keys=keys, args=args)
+                except Exception as exc:  # handed to the waiter
+                    outcome = exc
+            if future.done():
+                continue  # its room stopped waiting
+            if isinstance(outcome, Exception):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    async def close(self) -> None:
+        """Cancel the flushes in flight and wait for them; their waiters get ``StoreError``."""
+        _fail(self._queued, StoreError("store is closed"))
+        self._queued = []
+        for task in list(self._flushes):
+            task.cancel()
+        if self._flushes:
+            await asyncio.wait(list(self._flushes))
+
+
+def _fail(batch: list[_Pending], error: BaseException) -> None:
+    for _, _, future in batch:
+        if not future.done():
+            future.set_exception(error)
+
+
 class RedisEngine:
     """``await RedisEngine.open("redis://host:port/db")``; implements ``rooms.engine.Engine``."""
 
@@ -116,7 +206,7 @@ class RedisEngine:
     def __init__(self, url: str, client: Any, on_commit: CommitObserver | None) -> None:
         self._url = url
         self._redis = client
-        self._append = client.register_script(_script("append.lua"))
+        self._appends = _Appends(client, client.register_script(_script("append.lua")))
         self._sync = client.register_script(_script("sync.lua"))
         self._delete = client.register_script(_script("delete.lua"))
         self._erase = client.register_script(_script("erase.lua"))
@@ -191,7 +281,7 @@ class RedisEngine:
         for d in drafts:
             args += [d.user, d.name, d.id or "", d.text, d.ts]
         try:
-            raw = await self._append(keys=[log_key, seq_key, ids_key, idq_key], args=args)
+            raw = await self._appends.submit([log_key, seq_key, ids_key, idq_key], args)
         except RedisError as exc:
             raise self._failed("append", exc) from exc
         self._healthy = True
@@ -540,6 +630,7 @@ class RedisEngine:
             while not self._listen_task.done():
                 self._listen_task.cancel()
                 await asyncio.wait([self._listen_task], timeout=0.5)
+        await self._appends.close()
         await self._redis.aclose()
 
 

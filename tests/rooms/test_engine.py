@@ -9,6 +9,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+from redis import asyncio as aioredis
 
 from rooms.engine import Engine, open_engine
 from rooms.engines.redis import RedisEngine
@@ -331,6 +332,70 @@ async def test_rooms_wait_for_a_pooled_connection(tmp_path: Path) -> None:
             assert {s.last_seq for s in snaps} == {3}
         finally:
             await engine.close()
+
+
+async def test_appends_of_one_loop_turn_share_one_round_trip(tmp_path: Path) -> None:
+    """Many small rooms each append alone: what they issue in one turn of the event loop goes to
+    Redis as one pipeline, and each room still gets its own results."""
+    with redis_server(tmp_path / "redis") as url:
+        engine = await RedisEngine.open(url)
+        try:
+            rooms = [f"r{i}" for i in range(50)]
+            await asyncio.gather(*(engine.load(room, 10) for room in rooms))
+            before = engine._appends.round_trips
+            first = await asyncio.gather(*(engine.append(room, drafts(2), retention=0,
+                                                         dedup_window=10) for room in rooms))
+            assert engine._appends.round_trips == before + 1
+            assert first == [[Appended(1), Appended(2)]] * 50
+            again = await asyncio.gather(*(engine.append(room, drafts(3), retention=0,
+                                                         dedup_window=10) for room in rooms))
+            assert engine._appends.round_trips == before + 2
+            # id0 and id1 were stored by the first round: duplicates; id2 is new.
+            assert again == [[Appended(1, True), Appended(2, True), Appended(3)]] * 50
+        finally:
+            await engine.close()
+
+
+async def test_a_failing_append_fails_alone_and_a_lost_script_is_reloaded(
+        tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url:
+        engine = await RedisEngine.open(url)
+        raw = aioredis.from_url(url)
+        try:
+            for room in ("good1", "bad", "good2"):
+                await engine.load(room, 10)
+            # A seq counter that is not a number: append.lua fails for this room only.
+            await raw.set("roomchat:{bad}:seq", "not a number")
+            results = await asyncio.gather(
+                *(engine.append(room, drafts(1), retention=0, dedup_window=10)
+                  for room in ("good1", "bad", "good2")), return_exceptions=True)
+            assert results[0] == [Appended(1)] and results[2] == [Appended(1)]
+            assert isinstance(results[1], StoreError)
+            # As after a restart of Redis: the script is gone; every call of the next pipeline
+            # gets NOSCRIPT, and each is run again through a call that loads it.
+            await raw.script_flush()
+            again = await asyncio.gather(*(engine.append(room, drafts(1, start=1), retention=0,
+                                                         dedup_window=10)
+                                           for room in ("good1", "good2")))
+            assert again == [[Appended(2)], [Appended(2)]]
+            assert [m.seq for m in await engine.read("good1", 0, 10, 10)] == [1, 2]
+        finally:
+            await engine.close()
+            await raw.aclose()
+
+
+async def test_close_fails_the_appends_in_flight(tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url:
+        engine = await RedisEngine.open(url)
+        await asyncio.gather(*(engine.load(f"r{i}", 10) for i in range(20)))
+        pending = [asyncio.create_task(engine.append(f"r{i}", drafts(1), retention=0,
+                                                     dedup_window=10)) for i in range(20)]
+        await asyncio.sleep(0)  # submitted: the flush is scheduled, its round trip not done
+        await engine.close()
+        async with asyncio.timeout(5):  # none is left waiting for a reply that never comes
+            results = await asyncio.gather(*pending, return_exceptions=True)
+        assert all(r == [Appended(1)] or isinstance(r, StoreError) for r in results), results
+        assert engine._appends._flushes == set()
 
 
 async def test_stash_is_single_use_and_expires(engine: Engine) -> None:
