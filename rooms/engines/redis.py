@@ -155,32 +155,33 @@ class _Appends:
             task.add_done_callback(self._flushes.discard)
 
     async def _send(self, batch: list[_Pending]) -> None:
+        """One pipeline for ``batch``; every future of it is resolved on every path, also when
+        this is cancelled during a reload after ``NOSCRIPT`` (``_fail`` skips resolved ones)."""
         self.round_trips += 1
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for keys, args, _ in batch:
                     pipe.evalsha(self._script.sha, len(keys), *keys, *args)
                 results = await pipe.execute(raise_on_error=False)
+            for (keys, args, future), sent in zip(batch, results, strict=True):
+                outcome = sent
+                if isinstance(sent, NoScriptError) and not future.done():
+                    # Redis restarted and lost the script: this call loads it and runs again.
+                    try:
+                        outcome = await self._script(keys=keys, args=args)
+                    except Exception as exc:  # handed to the waiter
+                        outcome = exc
+                if future.done():
+                    continue  # its room stopped waiting
+                if isinstance(outcome, Exception):
+                    future.set_exception(outcome)
+                else:
+                    future.set_result(outcome)
         except asyncio.CancelledError:
             _fail(batch, StoreError("store is closed"))
             raise
-        except Exception as exc:  # handed to every waiter, which raises it
+        except Exception as exc:  # handed to every waiter not yet answered, which raises it
             _fail(batch, exc)
-            return
-        for (keys, args, future), sent in zip(batch, results, strict=True):
-            outcome = sent
-            if isinstance(sent, NoScriptError) and not future.done():
-                # Redis restarted and lost the script: this call loads it and runs again.
-                try:
-                    outcome = await self._script(keys=keys, args=args)
-                except Exception as exc:  # handed to the waiter
-                    outcome = exc
-            if future.done():
-                continue  # its room stopped waiting
-            if isinstance(outcome, Exception):
-                future.set_exception(outcome)
-            else:
-                future.set_result(outcome)
 
     async def close(self) -> None:
         """Cancel the flushes in flight and wait for them; their waiters get ``StoreError``."""

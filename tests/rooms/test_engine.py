@@ -12,7 +12,7 @@ import pytest
 from redis import asyncio as aioredis
 
 from rooms.engine import Engine, open_engine
-from rooms.engines.redis import RedisEngine
+from rooms.engines.redis import RedisEngine, _Appends
 from rooms.errors import StoreError
 from rooms.state import Appended, Draft, StoredMessage, WireMessage
 from tests.redis_server import redis_server
@@ -382,6 +382,33 @@ async def test_a_failing_append_fails_alone_and_a_lost_script_is_reloaded(
         finally:
             await engine.close()
             await raw.aclose()
+
+
+async def test_close_during_a_script_reload_answers_every_waiter(tmp_path: Path) -> None:
+    """Cancelled while one call of a flush reloads its script: the calls after it are answered
+    too (StoreError), not left waiting."""
+    reloading = asyncio.Event()
+
+    class StuckScript:
+        sha = "0" * 40  # unknown to Redis: every call of the pipeline gets NOSCRIPT
+
+        async def __call__(self, keys: list[str], args: list[str | int]) -> list[int]:
+            reloading.set()
+            await asyncio.Event().wait()  # the reload never ends
+            raise AssertionError("unreachable")
+
+    with redis_server(tmp_path / "redis") as url:
+        client = aioredis.from_url(url)
+        appends = _Appends(client, StuckScript())
+        try:
+            futures = [appends.submit([f"k{i}"], [i]) for i in range(3)]
+            await asyncio.wait_for(reloading.wait(), 5)
+            await appends.close()
+            for future in futures:
+                with pytest.raises(StoreError, match="store is closed"):
+                    await asyncio.wait_for(future, 1)
+        finally:
+            await client.aclose()
 
 
 async def test_close_fails_the_appends_in_flight(tmp_path: Path) -> None:
