@@ -498,13 +498,13 @@ class RoomActor:
                         state.touch(session_id, now)
                 self._deliver(state, state.tick(now, wall_ms), wall_ms)
                 self._abort_stalled(state, wall_ms)
-                if self._sessions and all(s.quiet() for s in self._sessions.values()):
+                if self._all_quiet():
                     # Nothing to watch but deadlines (no send, queue or replay in progress):
                     # sleep until the next one instead of every tick_interval. An idle room of
                     # 10 wakes a few times per ping interval instead of 25 (with a thousand
                     # rooms, most of a server's idle CPU).
                     next_tick = max(next_tick, min(state.next_due(), now + cfg.ping_interval))
-            elif not (self._sessions and all(s.quiet() for s in self._sessions.values())):
+            elif not self._all_quiet():
                 # Woken for anything else (frames, joins, other processes' messages, a sync) and
                 # left a session with something to watch (a join or replay under way, a queued
                 # or stuck send): back to the usual cadence, so it is watched within
@@ -541,6 +541,11 @@ class RoomActor:
                 log.debug("room %s idle for %.0fs; stopping", self.room, now - idle_since)
                 self.lifecycle = RoomLifecycle.STOPPED
                 return
+
+    def _all_quiet(self) -> bool:
+        """The room has sessions and each is quiet (``Session.quiet``): its tick has nothing
+        to watch but the deadlines in ``RoomState.next_due``."""
+        return bool(self._sessions) and all(s.quiet() for s in self._sessions.values())
 
     async def _store(self, state: RoomState, now: float, wall_ms: int) -> bool:
         """Append what the room accepted (or retry the batch an outage left); deliver what is
