@@ -60,9 +60,16 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
 def get(url: str, context: ssl.SSLContext | None = None, timeout: float = 5.0,
         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
     """GET ``url``: (status, headers with lower-case names, body); HTTP errors are returned."""
-    request = urllib.request.Request(url, headers=headers or {})
+    return request("GET", url, context, timeout, headers)
+
+
+def request(method: str, url: str, context: ssl.SSLContext | None = None, timeout: float = 5.0,
+            headers: dict[str, str] | None = None, body: bytes | None = None,
+            ) -> tuple[int, dict[str, str], bytes]:
+    """``method`` ``url`` (with ``body``): as ``get``."""
+    req = urllib.request.Request(url, data=body, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(request, timeout=timeout * SLOW, context=context) as resp:
+        with urllib.request.urlopen(req, timeout=timeout * SLOW, context=context) as resp:
             return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read()
     except urllib.error.HTTPError as exc:
         return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read()

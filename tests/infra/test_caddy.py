@@ -24,6 +24,7 @@ from tests.infra.harness import (
     get,
     join,
     negotiated_alpn,
+    request,
     run_caddy,
     stop,
     wait_healthy,
@@ -171,32 +172,45 @@ def test_edge_negotiates_h2_and_sets_headers(edge: Edge) -> None:
     assert get(f"http://127.0.0.1:{direct}/metrics")[0] == 200
 
 
-async def test_page_and_socket_of_a_room_reach_the_same_upstream(edge: Edge) -> None:
+async def test_every_request_of_a_room_reaches_the_same_upstream(edge: Edge) -> None:
+    """The page, its ticket, the socket the ticket opens, the history and the API of a room all
+    go to the room's upstream: with per-instance storage a ticket issued by one instance is
+    unknown to the other (the page's first connection failed at random, then retried)."""
     rooms = [f"sticky-{i:02d}" for i in range(16)]
     context = edge.caddy.context()
     for room in rooms:
-        status, _, _ = get(edge.caddy.url(f"/rooms/{room}"), context)
-        assert status == 200
-        ws, _ = await join(edge.ws_url(room, make_token("bob")), context)
+        bearer = {"Authorization": f"Bearer {make_token('bob')}"}
+        assert get(edge.caddy.url(f"/rooms/{room}"), context)[0] == 200
+        status, _, body = request("POST", edge.caddy.url(f"/rooms/{room}/ticket"), context,
+                                  headers=bearer, body=b"")
+        assert status == 200, body
+        ticket = json.loads(body)["ticket"]
+        url = f"wss://localhost:{edge.caddy.https_port}/rooms/{room}/ws?ticket={ticket}"
+        ws, _ = await join(url, context)  # fails if the ticket went to the other instance
         await ws.close()
+        for path in (f"/rooms/{room}/history?before=1", f"/api/v1/rooms/{room}/messages"):
+            status, _, body = get(edge.caddy.url(path), context, headers=bearer)
+            assert status in (200, 403), (path, status, body)  # reached roomchat, not Caddy
 
-    def served(room: str) -> list[int]:
-        """Indexes of the upstreams whose access log shows the room's page and socket."""
-        hits = []
-        for i, process in enumerate(edge.upstreams):
-            out = process.output()
-            page = f'"GET /rooms/{room} 1.1" 200' in out
-            socket = f'"GET /rooms/{room}/ws 1.1" 101' in out
-            if page or socket:
-                hits.append(i if page and socket else -1)
-        return hits
+    kinds = ["GET /rooms/{} ", "POST /rooms/{}/ticket ", "GET /rooms/{}/ws ",
+             "GET /rooms/{}/history", "GET /api/v1/rooms/{}/messages"]
 
-    _wait_for(lambda: all(len(served(r)) == 1 and served(r)[0] >= 0 for r in rooms),
-              "each room's page and socket on one upstream")
-    where = {room: served(room) for room in rooms}
-    assert all(hits in ([0], [1]) for hits in where.values()), where
+    def served(room: str) -> dict[str, list[int]]:
+        """For each kind of request, the upstreams whose access log shows it for ``room``."""
+        outputs = [process.output() for process in edge.upstreams]
+        return {kind: [i for i, out in enumerate(outputs) if f'"{kind.format(room)}' in out]
+                for kind in kinds}
+
+    def one_upstream(room: str) -> bool:
+        hits = served(room)
+        return all(len(where) == 1 for where in hits.values()) and len(
+            {where[0] for where in hits.values()}) == 1
+
+    _wait_for(lambda: all(one_upstream(r) for r in rooms),
+              "each room's requests, all on one upstream")
+    where = {room: served(room)["GET /rooms/{} "][0] for room in rooms}
     # 16 rooms on 2 upstreams: both are used (all on one: probability 2**-15).
-    assert {hits[0] for hits in where.values()} == {0, 1}, where
+    assert set(where.values()) == {0, 1}, where
 
 
 async def test_token_is_in_no_log(edge: Edge) -> None:
@@ -234,8 +248,20 @@ async def test_browser_page_goes_live_through_caddy(edge: Edge) -> None:
         try:
             context = await browser.new_context(ignore_https_errors=True)
             page = await context.new_page()
+            seen: list[str] = []  # what the page did, for the failure message
+            page.on("console", lambda m: seen.append(f"console {m.type}: {m.text}"))
+            page.on("pageerror", lambda e: seen.append(f"uncaught: {e}"))
+            page.on("requestfailed", lambda r: seen.append(f"failed: {r.url} {r.failure}"))
+            page.on("response", lambda r: seen.append(f"{r.status} {r.url}"))
+            page.on("websocket", lambda ws: seen.append(f"websocket {ws.url}"))
             await page.goto(edge.caddy.url(f"/rooms/{room}#token={make_token('web')}"))
-            await page.wait_for_selector('#status[data-state="live"]', timeout=10_000 * SLOW)
+            try:
+                await page.wait_for_selector('#status[data-state="live"]', timeout=10_000 * SLOW)
+            except Exception as exc:
+                status = await page.evaluate(
+                    "(() => { const s = document.querySelector('#status');"
+                    " return s ? `${s.dataset.state}: ${s.textContent}` : 'no #status' })()")
+                raise AssertionError(_not_live(edge, status, seen)) from exc
         finally:
             await browser.close()
 
@@ -246,6 +272,16 @@ async def test_browser_page_goes_live_through_caddy(edge: Edge) -> None:
     _wait_for(page_entries, "the page's access log entry")
     assert page_entries()[0]["request"]["proto"] == "HTTP/2.0"
     assert "token=" not in edge.caddy.access_log.read_text()  # the page's socket is logged too
+
+
+def _not_live(edge: Edge, status: str, seen: list[str]) -> str:
+    """Why the page did not go live: its status, what it did, and the servers' last lines."""
+    tail = "\n".join
+    return (f"the page did not go live; #status is {status!r}\n"
+            f"the page:\n{tail(seen)}\n"
+            f"caddy:\n{tail(edge.caddy.output().splitlines()[-20:])}\n"
+            + "".join(f"roomchat {i}:\n{tail(p.output().splitlines()[-20:])}\n"
+                      for i, p in enumerate(edge.upstreams)))
 
 
 async def test_config_reload_keeps_open_sockets(edge: Edge) -> None:
