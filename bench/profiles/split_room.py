@@ -3,7 +3,7 @@ process or by two (member k on process k % 2), an open-loop load, socket writes 
 optional py-spy.
 
     python -m bench.profiles.split_room [--split] [--size 100] [--rate 739] [--seconds 8]
-        [--py-spy OUT]
+        [--py-spy OUT [--py-spy-gil]]
 
 Starts the scale-out bench's deployment (``bench.scaleout``: Redis and every roomchat process
 pinned to core 0, the load generator on core 1), connects ``size`` members who all send, offers
@@ -38,6 +38,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=739.0, help="messages/s")
     p.add_argument("--seconds", type=float, default=8.0)
     p.add_argument("--py-spy", metavar="OUT", help="record each serving process to OUT.PID")
+    p.add_argument("--py-spy-gil", action="store_true", help="only the GIL holder")
     return p.parse_args(argv)
 
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.Popen(
                 [str(VENV_BIN / "py-spy"), "record", "-r", "200", "-d",
                  str(int(args.seconds) + 1), "-f", "raw", "-o", f"{args.py_spy}.{pid}",
-                 "-p", str(pid)],
+                 "-p", str(pid), *(["--gil"] if args.py_spy_gil else [])],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for pid in (pids if args.py_spy else [])
         ]
