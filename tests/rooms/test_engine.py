@@ -4,14 +4,14 @@ redis-server started per test), plus what only a shared engine does."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from redis import asyncio as aioredis
 
-from rooms.engine import Engine, open_engine
+from rooms.engine import Ban, Engine, open_engine
 from rooms.engines.redis import RedisEngine, _Appends
 from rooms.errors import StoreError
 from rooms.state import Appended, Draft, StoredMessage, WireMessage
@@ -423,6 +423,62 @@ async def test_close_fails_the_appends_in_flight(tmp_path: Path) -> None:
             results = await asyncio.gather(*pending, return_exceptions=True)
         assert all(r == [Appended(1)] or isinstance(r, StoreError) for r in results), results
         assert engine._appends._flushes == set()
+
+
+def _calls(engine: RedisEngine) -> dict[str, Callable[[], Awaitable[object]]]:
+    """One call of each of the engine's operations that talk to Redis."""
+    return {
+        "load": lambda: engine.load("r", 10),
+        "append": lambda: engine.append("r", drafts(1), retention=0, dedup_window=10),
+        "read": lambda: engine.read("r", 0, 10, 10),
+        "delete": lambda: engine.delete("r", 1),
+        "erase": lambda: engine.erase("nobody"),
+        "ban": lambda: engine.ban("r", Ban("eve", None, "spam")),
+        "unban": lambda: engine.unban("r", "eve"),
+        "banned": lambda: engine.banned("r", "eve"),
+        "top": lambda: engine.top("r"),
+        "presence": lambda: engine.presence("r"),
+        "sync": lambda: engine.sync("r", {"u": "U"}, 20),
+        "tombstones": lambda: engine.tombstones("r"),
+        "stash": lambda: engine.stash("k", b"v", 10),
+        "take": lambda: engine.take("k"),
+        "revoke": lambda: engine.revoke("mallory", 1.0),
+        "revocations": lambda: engine.revocations(0.0),
+    }
+
+
+def test_a_connection_closed_under_redis_py_is_a_store_error_on_uvloop(tmp_path: Path) -> None:
+    """The server runs on uvloop, where a write on a transport that closed under redis-py (Redis
+    crashing while it connects) raises ``RuntimeError``, not a ``RedisError``: each operation
+    must still fail with ``StoreError`` (a room retries that), never crash its room (1011, seen
+    in tests/integration/test_scaleout_faults.py), and the next call must work."""
+    import uvloop
+
+    async def main(url: str) -> None:
+        engine = await RedisEngine.open(url, max_connections=1)  # the one a call must use
+        wrong = []
+        try:
+            for name, call in _calls(engine).items():
+                pool = engine._redis.connection_pool
+                connection = await pool.get_connection()
+                connection._writer.transport.abort()  # closed under redis-py, which is not told
+                await asyncio.sleep(0.01)
+                await pool.release(connection)
+                try:
+                    await call()
+                except StoreError:
+                    pass
+                except Exception as exc:  # listed below
+                    wrong.append(f"{name}: {exc!r}")
+                else:
+                    wrong.append(f"{name}: no error on a dead connection")
+                await call()  # redis-py dropped the dead connection: the next one works
+        finally:
+            await engine.close()
+        assert not wrong, wrong
+
+    with redis_server(tmp_path / "redis") as url:
+        uvloop.run(main(url))
 
 
 async def test_stash_is_single_use_and_expires(engine: Engine) -> None:
