@@ -188,7 +188,7 @@ async def ping_redis(url: str, timeout: float = REDIS_PING_TIMEOUT) -> None:
     except AuthenticationError:
         raise StartupError(f"Redis at {where} refused the credentials in the store URL "
                            "(--store-url / ROOMCHAT_STORE_URL)") from None
-    except (RedisError, OSError) as exc:
+    except (RedisError, OSError, RuntimeError) as exc:  # RuntimeError: uvloop, see the engine
         reason = " ".join(str(exc).split())  # one line, whatever the driver says
         if parts.password:
             reason = reason.replace(parts.password, "***")
