@@ -4,9 +4,11 @@ and after Hypercorn listens on it again."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
 
@@ -31,6 +33,11 @@ def test_preflight_listens_with_the_configured_backlog() -> None:
 async def test_the_serving_socket_keeps_the_configured_backlog(tmp_path: Path) -> None:
     config = replace(make_config(tmp_path), listen_backlog=333)
     async with running_server(config) as srv:
+        # Answered only once Hypercorn serves, so after it listened again: the server counts as
+        # started a little before that, while the socket still has the test's own backlog.
+        url = f"http://127.0.0.1:{srv.port}/healthz"
+        with await asyncio.to_thread(urllib.request.urlopen, url, timeout=10) as response:
+            assert response.status == 200
         backlogs = set()  # of every fd on the listening socket (Hypercorn dups the one it gets)
         for fd in os.listdir("/proc/self/fd"):
             try:
