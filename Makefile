@@ -23,11 +23,10 @@ $(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.run-installed
 
 run: $(VENV)/.run-installed
-	@echo
-	@echo "roomchat: open this link to join room '$(ROOM)' as the demo user (valid 12 h):"
-	@echo
-	@$(BIN)/roomchat token --user demo --name "Demo User" --room $(ROOM) --ttl 12h --link http://$(BIND)
-	@echo
+	@link=$$($(BIN)/roomchat token --user demo --name "Demo User" --room $(ROOM) --ttl 12h \
+		--link http://$(BIND)) && echo && \
+	echo "roomchat: open this link to join room '$(ROOM)' as the demo user (valid 12 h):" && \
+	echo && echo "$$link" && echo
 	@echo "More users: $(BIN)/roomchat token --user bob --room $(ROOM) --link http://$(BIND)"
 	@echo
 	exec $(BIN)/roomchat serve --bind $(BIND)
