@@ -174,7 +174,9 @@ async def ping_redis(url: str, timeout: float = REDIS_PING_TIMEOUT) -> None:
     Messages name the host and port (or socket path), never the password in the URL.
     """
     from redis import asyncio as aioredis
-    from redis.exceptions import AuthenticationError, RedisError
+    from redis.exceptions import AuthenticationError
+
+    from rooms.engines.redis import FAILURES
 
     parts = urlsplit(url)
     where = parts.path if parts.scheme == "unix" else parts.netloc.rsplit("@", 1)[-1]
@@ -188,7 +190,7 @@ async def ping_redis(url: str, timeout: float = REDIS_PING_TIMEOUT) -> None:
     except AuthenticationError:
         raise StartupError(f"Redis at {where} refused the credentials in the store URL "
                            "(--store-url / ROOMCHAT_STORE_URL)") from None
-    except (RedisError, OSError, RuntimeError) as exc:  # RuntimeError: uvloop, see the engine
+    except FAILURES as exc:
         reason = " ".join(str(exc).split())  # one line, whatever the driver says
         if parts.password:
             reason = reason.replace(parts.password, "***")

@@ -71,10 +71,11 @@ REVOCATIONS = "roomchat:revocations"
 """Sorted set: user -> Unix time of their latest revocation (shared by every room)."""
 HEALTH_PROBE = 1.0
 """Seconds between checks that Redis is back, while the engine is marked unhealthy."""
-# What a call to Redis raises when it fails, all turned into ``StoreError``: redis-py's errors,
-# the socket's, and uvloop's ``RuntimeError`` for a write on a transport that closed under it
-# ("the handler is closed": Redis crashing while redis-py connects), which redis-py passes on.
-_FAILURES = (RedisError, OSError, RuntimeError)
+FAILURES = (RedisError, OSError, RuntimeError)
+"""What a call to Redis raises when it fails (the engine turns each into ``StoreError``):
+redis-py's errors, the socket's, and uvloop's ``RuntimeError`` for a write on a transport that
+closed under it ("the handler is closed": Redis crashing while redis-py connects), which
+redis-py passes on."""
 POLL = 0.1
 """Seconds the listen task waits for a message before applying subscription changes."""
 RECONNECT_MAX = 5.0
@@ -236,7 +237,7 @@ class RedisEngine:
         client = aioredis.Redis(connection_pool=pool)
         try:
             await client.ping()
-        except _FAILURES as exc:
+        except FAILURES as exc:
             await client.aclose()
             raise StoreError(f"cannot reach Redis at {_where(url)}: {exc}") from exc
         engine = cls(url, client, on_commit)
@@ -268,7 +269,7 @@ class RedisEngine:
                 pipe.xrevrange(log_key, count=1)
                 pipe.xrange(log_key, count=1)
                 counter, last, first = await pipe.execute()
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("load", exc) from exc
         self._healthy = True
         last_seq = int(counter or 0) or (_seq(last[0][0]) if last else 0)
@@ -287,7 +288,7 @@ class RedisEngine:
             args += [d.user, d.name, d.id or "", d.text, d.ts]
         try:
             raw = await self._appends.submit([log_key, seq_key, ids_key, idq_key], args)
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("append", exc) from exc
         self._healthy = True
         results = [Appended(-r, True) if r < 0 else Appended(r) for r in raw]
@@ -309,7 +310,7 @@ class RedisEngine:
             tombstones: dict[bytes, bytes] = {}
             if any_deleted:
                 tombstones = await self._redis.hgetall(deleted_key)
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("read", exc) from exc
         messages = [_message(room, eid, fields) for eid, fields in entries]
         if tombstones:
@@ -334,7 +335,7 @@ class RedisEngine:
         try:
             done = await self._delete(keys=[log_key, f"roomchat:{{{room}}}:deleted"],
                                       args=[seq, channel, self.node])
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("delete", exc) from exc
         return bool(done)
 
@@ -367,7 +368,7 @@ class RedisEngine:
                         told = told or bool(raw)
                 if told:
                     await asyncio.sleep(contract.ERASE_PAUSE)
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("erase", exc) from exc
         return done
 
@@ -384,21 +385,21 @@ class RedisEngine:
                 pipe.spublish(_keys(room)[5],
                               f"b{self.node}\n{ban.user}\n{ban.reason}".encode())
                 await pipe.execute()
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("ban", exc) from exc
 
     async def unban(self, room: str, user: str) -> bool:
         self._check()
         try:
             return bool(await self._redis.delete(f"roomchat:{{{room}}}:ban:{user}"))
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("unban", exc) from exc
 
     async def banned(self, room: str, user: str) -> Ban | None:
         self._check()
         try:
             value = await self._redis.get(f"roomchat:{{{room}}}:ban:{user}")
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("banned", exc) from exc
         if value is None:
             return None
@@ -413,7 +414,7 @@ class RedisEngine:
                 pipe.get(seq_key)
                 pipe.xrevrange(log_key, count=1)
                 counter, last = await pipe.execute()
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("top", exc) from exc
         return int(counter or 0) or (_seq(last[0][0]) if last else 0)
 
@@ -421,7 +422,7 @@ class RedisEngine:
         self._check()
         try:
             entries = await self._redis.hgetall(_keys(room)[4])
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("presence", exc) from exc
         now_ms = time.time() * 1000
         members: dict[str, str] = {}
@@ -444,7 +445,7 @@ class RedisEngine:
             keys.append(f"roomchat:{{{room}}}:ban:{user}")
         try:
             top, flat, tombstones, bans = await self._sync(keys=keys, args=args)
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("sync", exc) from exc
         self._healthy = True
         others = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
@@ -456,7 +457,7 @@ class RedisEngine:
         self._check()
         try:
             seqs = await self._redis.hkeys(f"roomchat:{{{room}}}:deleted")
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("tombstones", exc) from exc
         return sorted(int(seq) for seq in seqs)
 
@@ -466,14 +467,14 @@ class RedisEngine:
         self._check()
         try:
             await self._redis.set(f"roomchat:stash:{key}", value, px=max(1, int(ttl * 1000)))
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("stash", exc) from exc
 
     async def take(self, key: str) -> bytes | None:
         self._check()
         try:
             value = await self._redis.getdel(f"roomchat:stash:{key}")
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("take", exc) from exc
         return bytes(value) if value is not None else None
 
@@ -481,7 +482,7 @@ class RedisEngine:
         self._check()
         try:
             await self._redis.zadd(REVOCATIONS, {user: at}, gt=True)
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("revoke", exc) from exc
 
     async def revocations(self, since: float) -> list[tuple[str, float]]:
@@ -489,7 +490,7 @@ class RedisEngine:
         try:
             rows = await self._redis.zrangebyscore(REVOCATIONS, f"({since!r}", "+inf",
                                                    withscores=True)
-        except _FAILURES as exc:
+        except FAILURES as exc:
             raise self._failed("revocations", exc) from exc
         return [(user.decode(), float(at)) for user, at in rows]
 
@@ -529,7 +530,7 @@ class RedisEngine:
                 await self._dispatch_loop(pubsub)
             except asyncio.CancelledError:
                 raise
-            except _FAILURES as exc:
+            except FAILURES as exc:
                 self._healthy = False
                 log.warning("pub/sub connection to Redis at %s lost (%s); retrying in %.1fs",
                             _where(self._url), exc, backoff)
@@ -561,7 +562,7 @@ class RedisEngine:
                     await self._redis.ping()
                     self._healthy = True
                     log.info("Redis at %s is reachable again", _where(self._url))
-                except _FAILURES:
+                except FAILURES:
                     pass
             if self._changes:
                 await self._apply_changes(pubsub)
@@ -643,5 +644,5 @@ async def _quietly_close(pubsub: Any) -> None:
     try:
         await pubsub.aclose()
         await pubsub.connection_pool.disconnect()
-    except _FAILURES:
+    except FAILURES:
         pass
