@@ -132,9 +132,9 @@ class _Appends:
     A script call that fails alone (an error from the script or from Redis) fails only its own
     future; a lost connection fails every future of its flush. After a Redis restart the
     script is unknown there: those calls are retried one by one through ``script``, which loads
-    it. Results and errors are Redis's own (``RedisError``): the engine turns them into
-    ``StoreError`` as it did for single calls. A call whose waiter was cancelled may still be
-    carried out, as a single call in flight could be.
+    it. Results and errors are what redis-py gave (errors: ``FAILURES``): the engine turns the
+    errors into ``StoreError`` as it did for single calls. A call whose waiter was cancelled
+    may still be carried out, as a single call in flight could be.
     """
 
     def __init__(self, client: Any, script: Any) -> None:
