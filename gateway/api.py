@@ -31,7 +31,6 @@ from gateway.auth import (
     MAX_USER_CHARS,
     MIN_SECRET_CHARS,
     AuthError,
-    unsafe_text,
     valid_room_name,
 )
 from gateway.errors import Rejection, rejection_for
@@ -41,6 +40,7 @@ from rooms.engine import Ban
 from rooms.errors import RoomError, RoomStopped
 from rooms.protocol import dumps
 from rooms.ratelimit import TokenBucket
+from rooms.text import TextProblem, message_text, unsafe_text
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -211,15 +211,10 @@ async def publish(room: str) -> Response:
     gw, caller = _authorize(room)
     body = await _body()
     cfg = gw.config.room
-    text = body.get("text")
-    if not isinstance(text, str):
-        raise Rejection(400, "bad_request", "text must be a string")
-    text = text.strip()
-    if not text:
-        raise Rejection(400, "empty_text", "text is empty")
-    if len(text) > cfg.max_text_chars:
-        raise Rejection(400, "text_too_long", f"text is longer than {cfg.max_text_chars} "
-                        "characters")
+    text = message_text(body.get("text"), cfg.max_text_chars)
+    if isinstance(text, TextProblem):
+        code = "bad_request" if text.code == "invalid_message" else text.code
+        raise Rejection(400, code, text.message)
     client_id = _text_field(body, "id", None, cfg.max_id_chars)
     user = _text_field(body, "user", caller.user, MAX_USER_CHARS)
     name = _text_field(body, "name", user, MAX_NAME_CHARS, strip=True)

@@ -16,7 +16,6 @@ import os
 import re
 import secrets
 import time
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import jwt
 from jwt.algorithms import HMACAlgorithm
 
 from gateway.config import Config
+from rooms.text import unsafe_text
 
 log = logging.getLogger("roomchat.auth")
 ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -157,24 +157,6 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise AuthError("invalid_token", f"invalid token: {exc}") from None
         return _claims(payload)
-
-
-def unsafe_text(text: str) -> str | None:
-    """Why ``text`` can't be a user id or display name, or None when it can.
-
-    Refused: lone surrogates (JSON's ``"\\ud800"`` decodes to one; it can't be encoded as UTF-8,
-    so every frame carrying it fails to serialise) and control characters (category Cc: NUL,
-    newlines, ESC, DEL, C1), which forge lines in logs and terminals and have no place in a name.
-    Format characters (Cf: the joiners inside emoji sequences, bidi marks) stay allowed: real
-    names and emoji need them.
-    """
-    for char in text:
-        category = unicodedata.category(char)
-        if category == "Cs":
-            return "a lone surrogate"
-        if category == "Cc":
-            return "a control character"
-    return None
 
 
 def _claims(payload: dict[str, Any]) -> Claims:

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from rooms.text import TextProblem, message_text
+
 
 class CloseCode(enum.IntEnum):
     """WebSocket close codes the server sends (docs/protocol.md, "Close codes")."""
@@ -143,16 +145,9 @@ def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int) -> 
         return _parse_delete(obj, client_id)
     if kind == "ban":
         return _parse_ban(obj, client_id)
-    text = obj.get("text")
-    if not isinstance(text, str):
-        return FrameError(ErrorCode.INVALID_MESSAGE, "text must be a string", client_id)
-    text = text.strip()
-    if not text:
-        return FrameError(ErrorCode.EMPTY_TEXT, "text is empty", client_id)
-    if len(text) > max_text_chars:
-        return FrameError(
-            ErrorCode.TEXT_TOO_LONG, f"text is longer than {max_text_chars} characters", client_id
-        )
+    text = message_text(obj.get("text"), max_text_chars)
+    if isinstance(text, TextProblem):
+        return FrameError(ErrorCode(text.code), text.message, client_id)
     return SendMessage(text=text, id=client_id)
 
 

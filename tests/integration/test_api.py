@@ -67,6 +67,23 @@ async def test_publish_refusals(srv: Server) -> None:
     assert (status, answer["error"]) == (404, "bad_room")
 
 
+async def test_a_lone_surrogate_is_refused_and_the_room_keeps_working(srv: Server) -> None:
+    """Round-3 high finding: ``{"text": "poison \\ud800"}`` (what ``JSON.stringify`` writes for
+    a lone surrogate) failed the group commit and closed the room. It is a 400, and the room's
+    members and the next message are unharmed."""
+    alice = await srv.connect(user="alice")
+    assert (await alice.recv())["type"] == "welcome"
+    for text in ["poison \ud800", "\udfff", "a\ud83d"]:
+        status, answer = await call(srv.port, "POST", "/rooms/lobby/messages", {"text": text})
+        assert (status, answer["error"]) == (400, "bad_request"), text
+        assert "surrogate" in answer["detail"], answer
+    status, body = await call(srv.port, "POST", "/rooms/lobby/messages",
+                              {"text": "fine \U0001f600"})
+    assert (status, body) == (200, {"seq": 1, "duplicate": False})
+    live = await alice.recv_type("message")
+    assert (live["seq"], live["text"]) == (1, "fine \U0001f600")
+
+
 async def test_storage_errors_get_the_upgrades_answer_on_every_endpoint(srv: Server) -> None:
     """An engine error in any endpoint is 503 ``unavailable`` with its JSON reason, as a
     socket upgrade would get, never a 500."""
