@@ -5,22 +5,40 @@ BIN := $(VENV)/bin
 BIND ?= 127.0.0.1:8000
 ROOM ?= lobby
 
-.PHONY: run test lint typecheck unit system-deps bench bench-quick settings clean chaos chaos-short \
+.PHONY: run test check suite lock lint typecheck system-deps bench bench-quick settings clean chaos chaos-short \
 	container-deps container-images test-containers
+
+# Versions of the installers themselves; everything else comes from requirements/*.lock.
+PIP_VERSION ?= 26.3
+UV_VERSION ?= 0.13.9
+LOCKED_INSTALL = $(BIN)/python -m pip install -q --require-hashes --no-deps -r
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q 'pip==$(PIP_VERSION)'
 
-# Runtime install (what `make run` needs).
-$(VENV)/.run-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[fast]'
+# Runtime install (what `make run` needs): the locked versions, then roomchat itself. `pip
+# check` fails if the lock no longer covers what pyproject.toml asks for (run `make lock`).
+$(VENV)/.run-installed: requirements/run.lock pyproject.toml | $(BIN)/python
+	$(LOCKED_INSTALL) requirements/run.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@
 
-# Everything the tests, linters and benchmarks need.
-$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e '.[dev]'
+# Everything the tests, linters and benchmarks need (requirements/dev.lock).
+$(VENV)/.dev-installed: requirements/dev.lock pyproject.toml | $(BIN)/python
+	$(LOCKED_INSTALL) requirements/dev.lock
+	$(BIN)/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip check
 	touch $@ $(VENV)/.run-installed
+
+# Regenerate both lock files from pyproject.toml's ranges (newest versions that fit). A change
+# of its own: commit the new locks only with a `make test` that passed on them.
+LOCK = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -q
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install -q 'uv==$(UV_VERSION)'
+	$(LOCK) --extra fast --extra redis --extra client --group dev -o requirements/dev.lock
+	$(LOCK) --extra fast --group build -o requirements/run.lock
 
 run: $(VENV)/.run-installed
 	@link=$$($(BIN)/roomchat token --user demo --name "Demo User" --room $(ROOM) --ttl 12h \
@@ -40,10 +58,16 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
-unit: $(VENV)/.dev-installed system-deps
+# The developer's loop after each edit: lint, types and the unit tier (tests/rooms,
+# tests/gateway), well under a minute.
+check: lint typecheck $(VENV)/.dev-installed system-deps
+	$(BIN)/pytest -q -m unit
+
+# Every tier of the suite (the chaos suite's short form included).
+suite: $(VENV)/.dev-installed system-deps
 	$(BIN)/pytest
 
-test: lint typecheck unit
+test: lint typecheck suite
 
 # The fault suite (tests/chaos, docs/reliability.md). `make test` already runs its short form
 # (plain pytest collects it: ~2 minutes, a 30 s soak); `make chaos` runs the long one (more

@@ -33,3 +33,19 @@ def server_with(tmp_path: Path) -> ServerFactory:
         return running_server(config)
 
     return make
+
+
+TIERS = {"rooms": "unit", "gateway": "unit", "integration": "integration", "e2e": "e2e",
+         "chaos": "chaos", "infra": "infra", "bench": "bench"}
+"""Each test's tier, by the folder under tests/ it lives in (pyproject.toml lists the markers)."""
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+    for item in items:
+        folder = item.path.relative_to(here).parts[0]
+        tier = TIERS.get(folder)
+        if tier is None:
+            raise pytest.UsageError(f"{item.nodeid}: tests/{folder} has no tier in TIERS "
+                                    "(tests/conftest.py)")
+        item.add_marker(getattr(pytest.mark, tier))
