@@ -87,7 +87,8 @@ class Gateway:
         # Abuse caps (raise ValueError on a bad setting, before anything starts).
         self.limits = Limits.from_config(config)
         self.addresses = ClientAddresses(parse_networks(config.trusted_proxies),
-                                         config.client_ip_header)
+                                         config.client_ip_header,
+                                         ipv6_prefix=config.client_ipv6_prefix)
         if config.gc_freeze_after < 0:
             raise ValueError("ROOMCHAT_GC_FREEZE_AFTER must be 0 (never freeze) or more")
         if config.gc_thaw_share <= 0:
