@@ -237,7 +237,7 @@ class RoomSockets:
         try:
             ticket = query.get("ticket")
             if ticket:
-                claims = await tickets.redeem(gw.store, ticket[-1], room)
+                claims = await tickets.redeem(gw.store, ticket[-1], room, time.time())
             else:
                 tokens = query.get("token")
                 claims = gw.verifier.verify(tokens[-1] if tokens else None)
