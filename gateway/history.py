@@ -53,7 +53,9 @@ async def history(room: str) -> Response:
         ban = await gw.store.banned(room, claims.user)
         if ban is not None:  # a banned user can't read the room either
             raise rejection_for(Banned(claims.user, ban.until, ban.reason))
-        upto = before - 1
+        # Capped at the newest seq: a page above it would come back empty, which says "you
+        # have the beginning" (the API caps the same way).
+        upto = min(before - 1, await gw.store.top(room))
         after = max(0, upto - limit)
         messages = await gw.store.read(room, after, upto, limit) if upto > 0 else []
         if after == 0:

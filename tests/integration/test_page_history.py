@@ -1,5 +1,5 @@
-"""``GET /rooms/<room>/history`` (the page's older history) against a real server: integers out
-of range."""
+"""``GET /rooms/<room>/history`` (the page's older history) against a real server: pages above
+the newest seq, and integers out of range."""
 
 from __future__ import annotations
 
@@ -31,6 +31,22 @@ async def publish(srv: Server, count: int) -> None:
     for i in range(1, count + 1):
         status, _ = await call(srv.port, "POST", "/rooms/lobby/messages", {"text": f"m{i}"})
         assert status == 200
+
+
+async def test_before_beyond_the_newest_seq_is_the_newest_page(srv: Server) -> None:
+    """Round-3 finding: ``before`` above the newest seq answered an empty page, which the
+    protocol says means "you have the beginning". It is capped at the newest seq, as the API's
+    history is."""
+    await publish(srv, 7)
+    for before in (8, 9, 1000, 2**63 - 1):
+        status, body = await page(srv.port, f"before={before}&limit=3")
+        assert status == 200, body
+        assert ([m["seq"] for m in body["messages"]], body["oldest"]) == ([5, 6, 7], 1), before
+    _, body = await page(srv.port, "before=3&limit=3")
+    assert ([m["seq"] for m in body["messages"]], body["oldest"]) == ([1, 2], 1)
+    # A room with nothing stored: empty, which is its beginning.
+    assert await page(srv.port, "before=1000", room="empty") == (
+        200, {"messages": [], "oldest": 1000})
 
 
 async def test_out_of_range_integers_are_400s(srv: Server) -> None:
