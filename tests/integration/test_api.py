@@ -148,6 +148,28 @@ def _raw(port: int, method: str, path: str, data: bytes | None = None,
 async def test_out_of_range_integers_are_400s_at_their_edges(srv: Server) -> None:
     """Round-3 finding: ``before``/``after``/seq of 99999999999999999999 raised OverflowError
     in SQLite (a 500 with a traceback). Every integer a request gives is 0 or 1 to 2**63-1."""
+    await _integer_edges(srv)
+
+
+async def test_the_edges_hold_on_redis(tmp_path: Path) -> None:
+    """The same edges on Redis, where a seq is a stream id's part (an unsigned 64-bit one), and
+    a ban's end a key's expiry (a NaN or 1e300 ``until`` failed there: 500 and 503)."""
+    with redis_server(tmp_path / "redis") as url:
+        config = replace(make_config(tmp_path), api_key=API_KEY, store_url=url)
+        async with running_server(config) as srv:
+            await _integer_edges(srv)
+            for until in (1e300, 253_402_300_800):
+                status, answer = await call(srv.port, "POST", "/rooms/lobby/bans",
+                                            {"user": "eve", "until": until})
+                assert (status, answer["error"]) == (400, "bad_request"), until
+            status, body = await call(srv.port, "POST", "/rooms/lobby/bans",
+                                      {"user": "eve", "until": 253_402_300_799})
+            assert (status, body["until"]) == (200, 253_402_300_799)
+            status, body = await call(srv.port, "GET", "/rooms/lobby/bans/eve")
+            assert (status, body["until"]) == (200, 253_402_300_799)
+
+
+async def _integer_edges(srv: Server) -> None:
     for i in range(3):
         await call(srv.port, "POST", "/rooms/lobby/messages", {"text": f"m{i}"})
     top = 2**63 - 1
