@@ -28,17 +28,17 @@ from gateway.auth import (
     ALL_ROOMS,
     API_SCOPE,
     MAX_NAME_CHARS,
-    MAX_USER_CHARS,
     MIN_SECRET_CHARS,
     AuthError,
     valid_room_name,
 )
 from gateway.errors import Rejection, rejection_for
+from gateway.inputs import MAX_INT, int_param, json_object, user_id
 from gateway.openapi import document
 from rooms.actor import RoomActor
 from rooms.engine import Ban
 from rooms.errors import RoomError, RoomStopped
-from rooms.protocol import dumps
+from rooms.protocol import MAX_BAN_UNTIL, dumps, positive_number
 from rooms.ratelimit import TokenBucket
 from rooms.text import TextProblem, message_text, unsafe_text
 
@@ -57,7 +57,6 @@ async def _room_error(exc: RoomError) -> Response:
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
-MAX_SEQ = 2**53  # beyond any seq (and a valid Redis stream id)
 MAX_REASON_CHARS = 200
 KEY_CALLER = "api-key"
 
@@ -161,15 +160,6 @@ def _live(gw: Gateway, room: str) -> RoomActor | None:
     return None
 
 
-def _int_arg(name: str, minimum: int) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return None
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < minimum:
-        raise Rejection(400, "bad_request", f"{name} must be an integer >= {minimum}")
-    return int(raw)
-
-
 def _text_field(body: dict[str, Any], name: str, default: str | None, max_chars: int,
                 *, strip: bool = False) -> str | None:
     value = body.get(name, default)
@@ -188,10 +178,8 @@ def _text_field(body: dict[str, Any], name: str, default: str | None, max_chars:
 
 
 async def _body() -> dict[str, Any]:
-    body = await request.get_json(force=True, silent=True)
-    if not isinstance(body, dict):
-        raise Rejection(400, "bad_request", "the body must be one JSON object")
-    return body
+    """The request's JSON object, whatever its content type (``gateway.inputs.json_object``)."""
+    return json_object(await request.get_data())
 
 
 # -- the document -----------------------------------------------------------------------------
@@ -216,9 +204,9 @@ async def publish(room: str) -> Response:
         code = "bad_request" if text.code == "invalid_message" else text.code
         raise Rejection(400, code, text.message)
     client_id = _text_field(body, "id", None, cfg.max_id_chars)
-    user = _text_field(body, "user", caller.user, MAX_USER_CHARS)
+    user = user_id(body.get("user", caller.user))
     name = _text_field(body, "name", user, MAX_NAME_CHARS, strip=True)
-    assert user is not None and name is not None
+    assert name is not None
     for attempt in range(2):
         try:
             result = await gw.registry.get(room).publish(user, name, client_id, text)
@@ -235,10 +223,11 @@ async def messages(room: str) -> Response:
     """Stored messages, oldest first, as on the socket: ``after`` (default 0) < seq <
     ``before``; with ``before`` alone, the newest ``limit`` before it."""
     gw, _ = _authorize(room)
-    after = _int_arg("after", 0)
-    before = _int_arg("before", 1)
-    limit = min(_int_arg("limit", 1) or DEFAULT_LIMIT, MAX_LIMIT)
-    upto = MAX_SEQ if before is None else before - 1
+    after = int_param(request.args.get("after"), "after", minimum=0)
+    before = int_param(request.args.get("before"), "before", minimum=1)
+    limit = min(int_param(request.args.get("limit"), "limit", minimum=1) or DEFAULT_LIMIT,
+                MAX_LIMIT)
+    upto = MAX_INT if before is None else before - 1
     if after is None and before is not None:  # backward: the newest `limit` below before
         upto = min(upto, await gw.store.top(room))
         start = max(0, upto - limit)
@@ -286,6 +275,7 @@ async def disconnect(user: str) -> Response:
     if caller.rooms is not None:
         raise Rejection(403, "room_forbidden", "disconnecting a user needs an all-rooms "
                         "credential")
+    user = user_id(user)
     at = time.time()
     await gw.store.revoke(user, at)
     for revoked in gw.revocations.apply([(user, at)]):
@@ -303,8 +293,7 @@ async def erase(user: str) -> Response:
     gw, caller = _authorize()
     if caller.rooms is not None:
         raise Rejection(403, "room_forbidden", "erasing a user needs an all-rooms credential")
-    if not 1 <= len(user) <= MAX_USER_CHARS:
-        raise Rejection(400, "bad_request", f"user must be 1 to {MAX_USER_CHARS} characters")
+    user = user_id(user)
 
     def tell(room: str, seqs: list[int]) -> None:
         # Step by step, as the engine paces them: thousands at once would overflow members'
@@ -320,17 +309,21 @@ async def erase(user: str) -> Response:
 
 # -- moderation ----------------------------------------------------------------------------------
 
-@blueprint.delete("/rooms/<room>/messages/<int:seq>")
-async def delete_message(room: str, seq: int) -> Response:
+@blueprint.delete("/rooms/<room>/messages/<seq>")
+async def delete_message(room: str, seq: str) -> Response:
     """Replace message ``seq`` by its tombstone; every member gets ``{"type":"delete"}``."""
     gw, _ = _authorize(room)
-    found = await gw.store.delete(room, seq)
+    # Parsed here, not by an ``int:`` converter: that one passes any length of digits to the
+    # store (an OverflowError in SQLite, a 500) and answers a malformed seq with a bare 404.
+    number = int_param(seq, "seq", minimum=1)
+    assert number is not None  # a path segment is never empty
+    found = await gw.store.delete(room, number)
     if not found:
-        raise Rejection(404, "not_found", f"no message {seq} is stored in room {room}")
+        raise Rejection(404, "not_found", f"no message {number} is stored in room {room}")
     actor = _live(gw, room)
     if actor is not None:
-        actor.deleted_nowait(seq)  # other processes hear it from the engine
-    return _json({"room": room, "seq": seq, "deleted": True})
+        actor.deleted_nowait(number)  # other processes hear it from the engine
+    return _json({"room": room, "seq": number, "deleted": True})
 
 
 @blueprint.post("/rooms/<room>/bans")
@@ -339,17 +332,18 @@ async def ban(room: str) -> Response:
     and their joins are refused (403 ``banned``) until ``until`` (Unix seconds) or unbanned."""
     gw, _ = _authorize(room)
     body = await _body()
-    user = _text_field(body, "user", None, MAX_USER_CHARS)
-    if user is None:
+    if body.get("user") is None:
         raise Rejection(400, "bad_request", "user is required")
+    user = user_id(body["user"])
     reason = _text_field(body, "reason", None, MAX_REASON_CHARS) or ""
-    until = body.get("until")
-    if until is not None:
-        if isinstance(until, bool) or not isinstance(until, int | float):
-            raise Rejection(400, "bad_request", "until must be a Unix time in seconds")
+    raw_until, until = body.get("until"), None
+    if raw_until is not None:
+        until = positive_number(raw_until, MAX_BAN_UNTIL)
+        if until is None:
+            raise Rejection(400, "bad_request", f"until must be a Unix time in seconds, at most "
+                            f"{MAX_BAN_UNTIL:.0f}; leave it out for a ban until lifted")
         if until <= time.time():
             raise Rejection(400, "bad_request", "until is in the past")
-        until = float(until)
     await gw.store.ban(room, Ban(user, until, reason))
     actor = _live(gw, room)
     if actor is not None:
@@ -361,6 +355,7 @@ async def ban(room: str) -> Response:
 async def get_ban(room: str, user: str) -> Response:
     """``user``'s ban from ``room`` if one is in force (else 404 ``not_banned``)."""
     gw, _ = _authorize(room)
+    user = user_id(user)
     found = await gw.store.banned(room, user)
     if found is None:
         raise Rejection(404, "not_banned", f"{user} is not banned from {room}")
@@ -371,6 +366,7 @@ async def get_ban(room: str, user: str) -> Response:
 async def unban(room: str, user: str) -> Response:
     """Lift ``user``'s ban from ``room`` (404 ``not_banned`` when none is in force)."""
     gw, _ = _authorize(room)
+    user = user_id(user)
     lifted = await gw.store.unban(room, user)
     if not lifted:
         raise Rejection(404, "not_banned", f"{user} is not banned from {room}")

@@ -26,6 +26,7 @@ from gateway import admin, api, history, tickets, ws
 from gateway.auth import API_SCOPE, AuthError, make_issuer, make_verifier, valid_room_name
 from gateway.config import Config
 from gateway.errors import Rejection, rejection_for
+from gateway.inputs import json_object
 from gateway.limits import ClientAddresses, Limit, LimitExceeded, Limits, parse_networks
 from gateway.metrics import CONTENT_TYPE, Metrics
 from gateway.revocation import Revocations
@@ -87,7 +88,8 @@ class Gateway:
         # Abuse caps (raise ValueError on a bad setting, before anything starts).
         self.limits = Limits.from_config(config)
         self.addresses = ClientAddresses(parse_networks(config.trusted_proxies),
-                                         config.client_ip_header)
+                                         config.client_ip_header,
+                                         ipv6_prefix=config.client_ipv6_prefix)
         if config.gc_freeze_after < 0:
             raise ValueError("ROOMCHAT_GC_FREEZE_AFTER must be 0 (never freeze) or more")
         if config.gc_thaw_share <= 0:
@@ -347,9 +349,8 @@ def create_app(config: Config) -> Quart:
     async def dev_login() -> Response:
         if gw.issuer is None:
             raise Rejection(404, "not_found", "dev login is disabled")
-        body = await request.get_json(silent=True)
-        name = body.get("name") if isinstance(body, dict) else None
-        room = body.get("room") if isinstance(body, dict) else None
+        body = json_object(await request.get_data())
+        name, room = body.get("name"), body.get("room")
         if not isinstance(name, str) or not 1 <= len(name.strip()) <= 64:
             raise Rejection(400, "bad_request", "name must be 1 to 64 characters")
         if not isinstance(room, str) or not valid_room_name(room):

@@ -24,7 +24,8 @@ import jwt
 from jwt.algorithms import HMACAlgorithm
 
 from gateway.config import Config
-from rooms.text import unsafe_text
+from rooms import text as room_text
+from rooms.text import unsafe_text, user_id_problem
 
 log = logging.getLogger("roomchat.auth")
 ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -34,7 +35,7 @@ API_SCOPE = "api"
 HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
 ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"})
 MIN_SECRET_CHARS = 32
-MAX_USER_CHARS = 64
+MAX_USER_CHARS = room_text.MAX_USER_CHARS  # the rule for user ids is rooms.text.user_id_problem
 MAX_NAME_CHARS = 64
 _TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -164,14 +165,14 @@ def _claims(payload: dict[str, Any]) -> Claims:
     name = payload.get("name", user)
     rooms = payload.get("rooms")
     admin = payload.get("admin", False)
-    if not isinstance(user, str) or not 1 <= len(user) <= MAX_USER_CHARS:
-        raise AuthError("invalid_token", f"sub must be a string of 1 to {MAX_USER_CHARS} chars")
+    problem = user_id_problem(user)
+    if problem is not None:
+        raise AuthError("invalid_token", f"sub {problem}")
     if not isinstance(name, str) or not 1 <= len(name.strip()) <= MAX_NAME_CHARS:
         raise AuthError("invalid_token", f"name must be a string of 1 to {MAX_NAME_CHARS} chars")
-    for claim, value in (("sub", user), ("name", name)):
-        problem = unsafe_text(value)
-        if problem is not None:
-            raise AuthError("invalid_token", f"{claim} must not contain {problem}")
+    problem = unsafe_text(name)
+    if problem is not None:
+        raise AuthError("invalid_token", f"name must not contain {problem}")
     if not isinstance(rooms, list) or not all(
         isinstance(r, str) and (r == ALL_ROOMS or valid_room_name(r)) for r in rooms
     ):
@@ -210,8 +211,9 @@ class TokenIssuer:
         """A signed token (``scope="api"``: a service credential). Raises ``ValueError`` for a
         bad user, name or room."""
         now = time.time() if now is None else now
-        if not 1 <= len(user) <= MAX_USER_CHARS:
-            raise ValueError(f"user must be 1 to {MAX_USER_CHARS} characters")
+        problem = user_id_problem(user)
+        if problem is not None:  # verify() would refuse the token
+            raise ValueError(f"user {problem}")
         if name is not None and not 1 <= len(name.strip()) <= MAX_NAME_CHARS:
             raise ValueError(f"name must be 1 to {MAX_NAME_CHARS} characters")
         for room in rooms:

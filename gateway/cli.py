@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.auth import API_SCOPE, HMAC_ALGORITHMS, MAX_USER_CHARS, make_issuer, parse_ttl
+from gateway.auth import API_SCOPE, HMAC_ALGORITHMS, make_issuer, parse_ttl
 from gateway.config import (
     Config,
     RoomConfig,
@@ -25,6 +25,7 @@ from gateway.config import (
     settings_table,
 )
 from gateway.logs import setup_logging
+from rooms.text import user_id_problem
 
 # ROOMCHAT_* variables that are not settings of the server but are read by its tests and tools
 # (tests/support.py, tests/chaos, infra/compose.yaml, infra/Caddyfile, scripts/): no warning.
@@ -283,8 +284,9 @@ def _erase(args: argparse.Namespace) -> int:
     store directly."""
     config = load_config(data_dir=args.data_dir, store_url=args.store_url)
     setup_logging("warning", False)
-    if not 1 <= len(args.user) <= MAX_USER_CHARS:
-        raise ValueError(f"--user must be 1 to {MAX_USER_CHARS} characters")
+    problem = user_id_problem(args.user)  # the rule a token's sub is held to
+    if problem is not None:
+        raise ValueError(f"--user {problem}")
     if args.offline and args.url:
         raise ValueError("give --url or --offline, not both")
     erased = (_erase_offline(config, args.user) if args.offline

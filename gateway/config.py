@@ -97,11 +97,19 @@ class Config:
         ("127.0.0.1", "::1"),
         "Comma-separated IPs or CIDRs of reverse proxies whose `client_ip_header` gives the "
         "client IP (for the per-IP caps); from any other peer the header is ignored. Add a proxy "
-        "that is not on this host (compose: Caddy's network), or every client looks like it.")
+        "that is not on this host (compose: Caddy's network), or every client looks like it. "
+        "Anything on this host that relays TCP to roomchat (socat, `ssh -L`, a layer-4 load "
+        "balancer) connects from loopback and inherits this trust: the header its clients send "
+        "passes untouched, so each can pick the IP it is counted as. With such a forwarder, "
+        "list only your real proxy's address (empty: trust no peer).")
     client_ip_header: str = _setting(
         "x-forwarded-for", "Header a trusted proxy puts the client IP in: `x-forwarded-for` "
                            "(Caddy, nginx) or `forwarded` (RFC 7239). Only the one your proxy "
                            "overwrites: a client can send the other.")
+    client_ipv6_prefix: int = _setting(
+        64, "Prefix length an IPv6 client is counted by for the per-IP caps "
+            "(`max_connections_per_ip`, `handshake_rate`): one subscriber usually holds a /64 "
+            "or more and can use any address of it. 128: each address alone; 1 to 128.")
     max_message_bytes: int = _setting(
         65_536, "Largest WebSocket message accepted; larger closes with 1009.")
     ticket_ttl: float = _setting(
@@ -155,6 +163,12 @@ class Config:
     log_json: bool = _setting(False, "Log one JSON object per line.")
     log_level: str = _setting("info", "debug, info, warning or error.")
     room: RoomConfig = field(default_factory=RoomConfig)
+
+    def __post_init__(self) -> None:
+        """Raises ``ValueError`` naming the setting (``load_config`` and ``replace`` run it)."""
+        if not 1 <= self.client_ipv6_prefix <= 128:
+            raise ValueError(f"{env_name('client_ipv6_prefix')} must be a prefix length from 1 "
+                             f"to 128, got {self.client_ipv6_prefix}")
 
     @property
     def db_path(self) -> Path:

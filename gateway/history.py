@@ -9,6 +9,7 @@ from quart import Blueprint, Response, current_app, request
 
 from gateway.auth import API_SCOPE, AuthError, valid_room_name
 from gateway.errors import Rejection, rejection_for
+from gateway.inputs import int_param
 from gateway.limits import LimitExceeded
 from rooms.errors import Banned, StoreError
 
@@ -18,15 +19,6 @@ if TYPE_CHECKING:
 DEFAULT_LIMIT = 50
 
 blueprint = Blueprint("history", __name__)
-
-
-def _positive_int(raw: str | None, name: str) -> int | None:
-    """``raw`` as an integer >= 1 (ASCII digits only), ``None`` when absent; else a 400."""
-    if raw is None:
-        return None
-    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
-        raise Rejection(400, "bad_request", f"{name} must be a positive integer")
-    return int(raw)
 
 
 @blueprint.get("/rooms/<room>/history")
@@ -40,11 +32,11 @@ async def history(room: str) -> Response:
     gw: Gateway = current_app.extensions["roomchat"]
     if not valid_room_name(room):
         raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
-    before = _positive_int(request.args.get("before"), "before")
+    before = int_param(request.args.get("before"), "before", minimum=1)
     if before is None:
         raise Rejection(400, "bad_request", "give before=<seq>: the lowest seq you hold")
     cap = gw.config.history_fetch_limit
-    limit = min(_positive_int(request.args.get("limit"), "limit") or DEFAULT_LIMIT, cap)
+    limit = min(int_param(request.args.get("limit"), "limit", minimum=1) or DEFAULT_LIMIT, cap)
     ip = gw.addresses.client_ip(request.remote_addr,
                                 request.headers.getlist(gw.addresses.header))
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
@@ -61,7 +53,9 @@ async def history(room: str) -> Response:
         ban = await gw.store.banned(room, claims.user)
         if ban is not None:  # a banned user can't read the room either
             raise rejection_for(Banned(claims.user, ban.until, ban.reason))
-        upto = before - 1
+        # Capped at the newest seq: a page above it would come back empty, which says "you
+        # have the beginning" (the API caps the same way).
+        upto = min(before - 1, await gw.store.top(room))
         after = max(0, upto - limit)
         messages = await gw.store.read(room, after, upto, limit) if upto > 0 else []
         if after == 0:

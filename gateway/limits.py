@@ -83,13 +83,17 @@ def parse_networks(entries: Iterable[str]) -> tuple[Network, ...]:
 
 def parse_address(text: str) -> Address | None:
     """An address as proxies write it (``1.2.3.4``, ``1.2.3.4:5678``, ``[::1]:5678``,
-    ``"[::1]"``), IPv4-mapped IPv6 as IPv4; ``None`` for anything else (``unknown``,
-    obfuscated ``_hidden`` identifiers, garbage)."""
+    ``"[::1]"``), IPv4-mapped IPv6 as IPv4, without an IPv6 zone id (``fe80::1%eth0`` is
+    ``fe80::1``); ``None`` for anything else (``unknown``, obfuscated ``_hidden`` identifiers,
+    garbage)."""
     text = text.strip().strip('"')
     if text.startswith("["):
         text = text[1:].partition("]")[0]
     elif text.count(":") == 1:
         text = text.partition(":")[0]  # IPv4 with a port
+    # A zone names the interface a link-local address is reached by, not another client: kept,
+    # ``fe80::1%a`` and ``fe80::1%b`` would be two keys (and the zone is free text).
+    text = text.partition("%")[0]
     try:
         address = ipaddress.ip_address(text)
     except ValueError:
@@ -124,15 +128,23 @@ PEER_CACHE = 4096
 
 
 class ClientAddresses:
-    """Finds a connection's client IP: its TCP peer, or what trusted proxies say it was."""
+    """Finds a connection's client IP: its TCP peer, or what trusted proxies say it was, as the
+    key the per-IP caps count by: an IPv4 address, or an IPv6 address's network of
+    ``ipv6_prefix`` bits (``client_ipv6_prefix``, validated by ``Config``).
 
-    def __init__(self, trusted: tuple[Network, ...], header: str) -> None:
+    Why a network: one IPv6 subscriber usually holds a whole /64 (often a /56 or /48) and can
+    use any address of it, so counted one by one, 60 addresses of one /64 each had a fresh cap.
+    """
+
+    def __init__(self, trusted: tuple[Network, ...], header: str, *,
+                 ipv6_prefix: int) -> None:
         header = header.strip().lower()
         if header not in CLIENT_IP_HEADERS:
             raise ValueError(f"ROOMCHAT_CLIENT_IP_HEADER: expected one of "
                              f"{', '.join(CLIENT_IP_HEADERS)}, got {header!r}")
         self.trusted = trusted
         self.header = header
+        self.ipv6_prefix = ipv6_prefix
         # TCP peer -> (its address, as a key, whether it is a trusted proxy): a peer's answer
         # never changes, and most connections come from few peers (a proxy) or come back.
         self._peers: dict[str, tuple[Address | None, str, bool]] = {}
@@ -140,9 +152,16 @@ class ClientAddresses:
     def is_trusted(self, address: Address) -> bool:
         return any(address in network for network in self.trusted)
 
+    def key(self, address: Address) -> str:
+        """What the per-IP caps count ``address`` as: itself (IPv4, or IPv6 with a /128
+        prefix), else its IPv6 network (``2001:db8::/64``)."""
+        if isinstance(address, ipaddress.IPv6Address) and self.ipv6_prefix < 128:
+            return str(ipaddress.IPv6Network((address, self.ipv6_prefix), strict=False))
+        return str(address)
+
     def client_ip(self, peer: str | None, header_values: Iterable[str]) -> str:
-        """The client's IP as a key. ``peer``: the TCP peer's address; ``header_values``: the
-        configured header's values in the request.
+        """The client's IP as a key (``key``). ``peer``: the TCP peer's address;
+        ``header_values``: the configured header's values in the request.
 
         The header counts only when the peer is a trusted proxy, and then it is read from the
         right: each proxy appends the address it saw, so the rightmost hop that is not itself a
@@ -155,7 +174,7 @@ class ClientAddresses:
         known = self._peers.get(peer)
         if known is None:  # parsing and matching networks was ~3% of a handshake's CPU
             parsed = parse_address(peer)
-            known = (parsed, peer if parsed is None else str(parsed),
+            known = (parsed, peer if parsed is None else self.key(parsed),
                      parsed is not None and self.is_trusted(parsed))
             if len(self._peers) >= PEER_CACHE:
                 del self._peers[next(iter(self._peers))]  # the oldest entry
@@ -170,7 +189,7 @@ class ClientAddresses:
             address = reported
             if not self.is_trusted(address):
                 break
-        return str(address)
+        return self.key(address)
 
 
 # --- counts and rates ---------------------------------------------------------------------

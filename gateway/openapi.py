@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.inputs import MAX_INT
+from rooms.protocol import MAX_BAN_UNTIL
+
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
@@ -32,12 +35,13 @@ def _refusals(*statuses: str) -> dict[str, Any]:
 _ROOM = {"name": "room", "in": "path", "required": True,
          "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}}
 _USER = {"name": "user", "in": "path", "required": True,
+         "description": "A user id: 1 to 64 characters, no control character (as a token's sub)",
          "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
 
 
 def _query(name: str, minimum: int, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": description,
-            "schema": {"type": "integer", "minimum": minimum}}
+            "schema": {"type": "integer", "minimum": minimum, "maximum": MAX_INT}}
 
 
 _SCHEMAS: dict[str, Any] = {
@@ -85,8 +89,9 @@ _SCHEMAS: dict[str, Any] = {
         "room": {"type": "string"}, "seq": {"type": "integer"}, "deleted": {"const": True}}},
     "BanRequest": {"type": "object", "required": ["user"], "properties": {
         "user": {"type": "string", "minLength": 1, "maxLength": 64},
-        "until": {"type": "number", "description": "Unix seconds when it ends (default: "
-                                                   "until lifted)"},
+        "until": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_BAN_UNTIL,
+                  "description": "Unix seconds when it ends, in the future (default: until "
+                                 "lifted)"},
         "reason": {"type": "string", "maxLength": 200}}},
     "Ban": {"type": "object", "required": ["room", "user", "until", "reason"], "properties": {
         "room": {"type": "string"}, "user": {"type": "string"},
@@ -123,8 +128,9 @@ def document() -> dict[str, Any]:
             "description": "Every member gets {\"type\":\"delete\",\"seq\":n}; history and "
                            "resume return the tombstone.",
             "parameters": [_ROOM, {"name": "seq", "in": "path", "required": True,
-                                   "schema": {"type": "integer", "minimum": 1}}],
-            "responses": {"200": _ok("Deleted", "Deleted"), **_refusals("404", "503")}}},
+                                   "schema": {"type": "integer", "minimum": 1,
+                                              "maximum": MAX_INT}}],
+            "responses": {"200": _ok("Deleted", "Deleted"), **_refusals("400", "404", "503")}}},
         "/rooms/{room}/presence": {"get": {
             "operationId": "presence", "summary": "Who is in a room", "parameters": [_ROOM],
             "responses": {"200": _ok("Presence", "Members"), **_refusals("404", "503")}}},
@@ -141,17 +147,18 @@ def document() -> dict[str, Any]:
         "/rooms/{room}/bans/{user}": {
             "get": {"operationId": "getBan", "summary": "A user's ban, if in force",
                     "parameters": [_ROOM, _USER],
-                    "responses": {"200": _ok("Ban", "In force"), **_refusals("404", "503")}},
+                    "responses": {"200": _ok("Ban", "In force"),
+                                  **_refusals("400", "404", "503")}},
             "delete": {"operationId": "unban", "summary": "Lift a ban",
                        "parameters": [_ROOM, _USER],
                        "responses": {"200": _ok("Unbanned", "Lifted"),
-                                     **_refusals("404", "503")}}},
+                                     **_refusals("400", "404", "503")}}},
         "/users/{user}/disconnect": {"post": {
             "operationId": "disconnect", "summary": "Close all of a user's sockets everywhere",
             "description": "A revocation: sockets close with 4003 on every process and the "
                            "user's tokens issued before now are refused.",
             "parameters": [_USER],
-            "responses": {"200": _ok("Disconnected", "Revoked"), **_refusals("503")}}},
+            "responses": {"200": _ok("Disconnected", "Revoked"), **_refusals("400", "503")}}},
         "/users/{user}/erase": {"post": {
             "operationId": "erase", "summary": "Erase every message of a user (erasure request)",
             "description": "Every stored message of the user, in every room, becomes a "

@@ -34,9 +34,13 @@ async def issue(engine: Engine, claims: Claims, room: str, ttl: float) -> str:
     return ticket
 
 
-async def redeem(engine: Engine, ticket: str, room: str) -> Claims:
-    """The claims a ticket was issued for, consuming it. Raises ``AuthError`` (unknown, used,
-    expired, or for another room) or ``StoreError``."""
+async def redeem(engine: Engine, ticket: str, room: str, now: float) -> Claims:
+    """The claims a ticket was issued for, consuming it. ``now``: Unix seconds.
+
+    Raises ``AuthError``: ``invalid_ticket`` (unknown, used or past ``ticket_ttl``),
+    ``room_forbidden`` (for another room) or ``token_expired`` (the token it was issued for has
+    expired since: a ticket never outlives its token); or ``StoreError``. A refused ticket is
+    spent all the same."""
     if not 16 <= len(ticket) <= 64:
         raise AuthError("invalid_ticket", "the ticket is unknown, used or expired")
     payload = await engine.take(_key(ticket))
@@ -45,6 +49,10 @@ async def redeem(engine: Engine, ticket: str, room: str) -> Claims:
     data = orjson.loads(payload)
     if data["room"] != room:
         raise AuthError("room_forbidden", f"the ticket is for room {data['room']}")
+    if now >= float(data["exp"]):
+        # The room closes a socket at its token's ``exp`` (4001); without this check it was
+        # admitted first, and got its welcome and history before the next tick closed it.
+        raise AuthError("token_expired", "the token this ticket was issued for has expired")
     return Claims(user=data["user"], name=data["name"], rooms=frozenset([room]),
                   expires_at=float(data["exp"]), admin=bool(data["admin"]),
                   issued_at=float(data["iat"]), moderator=bool(data.get("moderator", False)))

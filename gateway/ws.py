@@ -41,6 +41,7 @@ from gateway import tickets
 from gateway.auth import API_SCOPE, AuthError, valid_room_name
 from gateway.errors import Rejection, rejection_for
 from gateway.fastsend import FrameWriter
+from gateway.inputs import int_param
 from gateway.limits import LimitExceeded
 from rooms import protocol
 from rooms.actor import RoomActor
@@ -60,8 +61,6 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[..., Awaitable[None]]  # Quart's asgi_app, typed with hypercorn's scopes
 
 ROUTE = re.compile(r"/rooms/([^/]*)/ws")
-# ASCII digits only: str.isdigit() accepts "²" or "٣", which int() then rejects or reads.
-AFTER = re.compile(r"[0-9]{1,18}")
 _session_ids = itertools.count(1)
 
 
@@ -237,7 +236,7 @@ class RoomSockets:
         try:
             ticket = query.get("ticket")
             if ticket:
-                claims = await tickets.redeem(gw.store, ticket[-1], room)
+                claims = await tickets.redeem(gw.store, ticket[-1], room, time.time())
             else:
                 tokens = query.get("token")
                 claims = gw.verifier.verify(tokens[-1] if tokens else None)
@@ -248,12 +247,7 @@ class RoomSockets:
                 raise AuthError("room_forbidden", f"the token does not allow room {room}")
         except (AuthError, RoomError) as exc:
             raise rejection_for(exc) from None
-        raw_after = (query.get("after") or [""])[-1]
-        after = None
-        if raw_after:
-            if AFTER.fullmatch(raw_after) is None:
-                raise Rejection(400, "bad_request", "after must be a non-negative integer")
-            after = int(raw_after)
+        after = int_param((query.get("after") or [""])[-1], "after", minimum=0)
         if gw.connections >= gw.config.max_connections:
             raise Rejection(503, "server_full", "too many connections; try again later")
         try:

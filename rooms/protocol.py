@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from rooms.text import TextProblem, message_text
+from rooms.text import TextProblem, message_text, user_id_problem
 
 
 class CloseCode(enum.IntEnum):
@@ -109,12 +109,14 @@ class BanUser:
 
 ModerationFrame = DeleteMessage | BanUser
 
-MAX_USER_CHARS = 64
-"""Longest user id (a token's ``sub``) a ``ban`` may name."""
 MAX_REASON_CHARS = 200
 """Longest ``reason`` of a ``ban`` (the server API's limit too)."""
 MAX_BAN_MINUTES = 100 * 366 * 24 * 60
 """Longest timed ban a ``ban`` frame may ask for (about a century); longer: leave both out."""
+MAX_BAN_UNTIL = 253_402_300_799.0
+"""Latest end of a timed ban, Unix seconds (9999-12-31 23:59:59 UTC: the last second Python's
+``datetime`` can show); later: leave ``until`` out for a ban until lifted. The server API's
+bans are held to it too."""
 
 ClientFrame = SendMessage | Pong | Typing | DeleteMessage | BanUser | FrameError
 
@@ -163,25 +165,42 @@ def _parse_ban(obj: dict[str, Any], client_id: str | None) -> BanUser | FrameErr
         return FrameError(ErrorCode.INVALID_MESSAGE, message, client_id)
 
     user = obj.get("user")
-    if not isinstance(user, str) or not 1 <= len(user) <= MAX_USER_CHARS:
-        return refuse(f"user must be a string of 1 to {MAX_USER_CHARS} characters")
+    problem = user_id_problem(user)
+    if problem is not None:
+        return refuse(f"user {problem}")
+    assert isinstance(user, str)
     reason = obj.get("reason")
     if reason is None:
         reason = ""
     if not isinstance(reason, str) or len(reason.strip()) > MAX_REASON_CHARS:
         return refuse(f"reason must be a string of at most {MAX_REASON_CHARS} characters")
-    minutes, until = obj.get("minutes"), obj.get("until")
-    for value, field in ((minutes, "minutes"), (until, "until")):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
-                                  or not 0 < value < float("inf")):
-            return refuse(f"{field} must be a positive number")
+    raw_minutes, raw_until = obj.get("minutes"), obj.get("until")
+    minutes = until = None
+    if raw_minutes is not None:
+        minutes = positive_number(raw_minutes, MAX_BAN_MINUTES)
+        if minutes is None:
+            return refuse(f"minutes must be a number above 0 and at most {MAX_BAN_MINUTES}; "
+                          "leave it out for a ban until lifted")
+    if raw_until is not None:
+        until = positive_number(raw_until, MAX_BAN_UNTIL)
+        if until is None:
+            return refuse(f"until must be a Unix time in seconds, at most {MAX_BAN_UNTIL:.0f}; "
+                          "leave it out for a ban until lifted")
     if minutes is not None and until is not None:
         return refuse("give minutes or until, not both")
-    if minutes is not None and minutes > MAX_BAN_MINUTES:
-        return refuse(f"minutes must be at most {MAX_BAN_MINUTES}; leave it out for a ban "
-                      "until lifted")
-    return BanUser(user, reason.strip(), None if minutes is None else float(minutes),
-                   None if until is None else float(until), client_id)
+    return BanUser(user, reason.strip(), minutes, until, client_id)
+
+
+def positive_number(value: object, maximum: float) -> float | None:
+    """``value`` as a float if it is a number (not a bool) above 0 and at most ``maximum``,
+    else ``None``. NaN and the infinities are refused (they fail every comparison or the
+    bound): the one check of a number a client or an API caller gives, socket frame or HTTP
+    body. (A NaN ``until`` once became a permanent ban, ``1e300`` a 503 on Redis.)"""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 < value <= maximum:  # False for NaN; compared before float(): a huge int overflows
+        return None
+    return float(value)
 
 
 def dumps(obj: dict[str, Any]) -> str:

@@ -9,12 +9,18 @@ through these functions before a room sees them, so the rules live in one place:
   Control characters stay allowed in messages (rendered as text, never as markup).
 - ``unsafe_text``: the stricter rule for identifiers and names (user ids, display names,
   reasons, client message ids): no lone surrogate and no control character.
+- ``user_id_problem``: a user id (a token's ``sub``), wherever one enters (tokens, API paths
+  and bodies, ``ban`` frames, the CLI): 1 to ``MAX_USER_CHARS`` characters, ``unsafe_text``'s
+  rule.
 """
 
 from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
+
+MAX_USER_CHARS = 64
+"""Longest user id (a token's ``sub``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +57,21 @@ def unsafe_text(text: str) -> str | None:
         if unicodedata.category(char) == "Cc":
             return "a control character"
     return None
+
+
+def user_id_problem(value: object) -> str | None:
+    """Why ``value`` can't be a user id, or None when it can: the one rule for every user id
+    that enters (a token's ``sub``, an API path or body, a ``ban`` frame, ``roomchat erase``).
+
+    The answer ends a sentence that the caller starts with the field's name (``"sub "``,
+    ``"user "``, ``"--user "``): ``must be a string of 1 to 64 characters``, ``must not contain
+    a control character``. A user id is stored (revocations every process loads, bans) and
+    shown, so nothing else may slip in by another door.
+    """
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_USER_CHARS:
+        return f"must be a string of 1 to {MAX_USER_CHARS} characters"
+    problem = unsafe_text(value)
+    return None if problem is None else f"must not contain {problem}"
 
 
 def message_text(value: object, max_chars: int) -> str | TextProblem:

@@ -240,3 +240,13 @@ def test_moderator_claims_name_the_rooms_a_user_moderates() -> None:
     for bad in ({"moderator": "yes"}, {"mod": "b"}, {"mod": ["bad room"]}):
         with pytest.raises(AuthError):
             verified(**bad)
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 65, "a\x07b", "line\nbreak", "\ud800"])
+def test_the_issuer_refuses_a_user_id_the_verifier_would(bad: str) -> None:
+    """``roomchat token --user`` is held to the rule ``verify`` applies to ``sub``
+    (``rooms.text.user_id_problem``): it never mints a token no server accepts."""
+    issuer = make_issuer(load_config({}, jwt_secret=SECRET))
+    with pytest.raises(ValueError, match=r"^user must"):
+        issuer.issue(bad, rooms=["lobby"], ttl=60)
+    assert VERIFY.verify(issuer.issue("u" * 64, rooms=["lobby"], ttl=60)).user == "u" * 64

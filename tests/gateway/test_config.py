@@ -25,10 +25,18 @@ def test_env_then_flags() -> None:
     ({"ROOMCHAT_RATE_BURST": "lots"}, "ROOMCHAT_RATE_BURST"),
     ({"ROOMCHAT_RATE_BURST": "0"}, "rate_burst"),
     ({"ROOMCHAT_LOG_JSON": "maybe"}, "ROOMCHAT_LOG_JSON"),
+    ({"ROOMCHAT_CLIENT_IPV6_PREFIX": "0"}, "ROOMCHAT_CLIENT_IPV6_PREFIX"),
+    ({"ROOMCHAT_CLIENT_IPV6_PREFIX": "129"}, "ROOMCHAT_CLIENT_IPV6_PREFIX"),
 ])
 def test_bad_values_name_the_setting(env: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         load_config(env)
+
+
+def test_the_ipv6_prefix_takes_its_whole_range() -> None:
+    assert load_config({}).client_ipv6_prefix == 64
+    for edge in ("1", "128"):
+        assert load_config({"ROOMCHAT_CLIENT_IPV6_PREFIX": edge}).client_ipv6_prefix == int(edge)
 
 
 def test_readme_lists_every_setting() -> None:

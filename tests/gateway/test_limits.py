@@ -271,7 +271,9 @@ def test_the_user_bucket_is_connections_worth_of_the_per_connection_one() -> Non
 
 
 def test_by_default_only_a_proxy_on_this_host_is_trusted() -> None:
-    default = ClientAddresses(parse_networks(Config().trusted_proxies), Config().client_ip_header)
+    cfg = Config()
+    default = ClientAddresses(parse_networks(cfg.trusted_proxies), cfg.client_ip_header,
+                              ipv6_prefix=cfg.client_ipv6_prefix)
     assert default.client_ip("127.0.0.1", ["203.0.113.7"]) == "203.0.113.7"
     assert default.client_ip("::1", ["203.0.113.7"]) == "203.0.113.7"
     assert default.client_ip("192.168.1.10", ["203.0.113.7"]) == "192.168.1.10"
@@ -287,6 +289,8 @@ def test_by_default_only_a_proxy_on_this_host_is_trusted() -> None:
     ('"[2001:db8:cafe::17]:4711"', "2001:db8:cafe::17"),
     ("[2001:db8::1]", "2001:db8::1"),
     ("::ffff:192.0.2.1", "192.0.2.1"),
+    ("fe80::1%eth0", "fe80::1"),
+    ('"[fe80::1%25eth0]:4711"', "fe80::1"),
     ("unknown", None),
     ("_hidden", None),
     ("", None),
@@ -307,12 +311,14 @@ def test_forwarded_chain_reads_both_headers_across_several_lines() -> None:
 
 
 PROXY = "10.0.0.2"
-XFF = ClientAddresses(parse_networks(["10.0.0.0/24", "127.0.0.1"]), "X-Forwarded-For")
+# Each IPv6 address alone (/128) here: these tests are about which hop is the client.
+XFF = ClientAddresses(parse_networks(["10.0.0.0/24", "127.0.0.1"]), "X-Forwarded-For",
+                      ipv6_prefix=128)
 
 
 def test_an_untrusted_peer_is_the_client_whatever_it_sends() -> None:
     assert XFF.client_ip("198.51.100.1", ["203.0.113.7"]) == "198.51.100.1"
-    nobody = ClientAddresses((), "x-forwarded-for")
+    nobody = ClientAddresses((), "x-forwarded-for", ipv6_prefix=128)
     assert nobody.client_ip("127.0.0.1", ["203.0.113.7"]) == "127.0.0.1"
 
 
@@ -336,11 +342,32 @@ def test_a_trusted_peer_without_a_usable_header_is_the_client() -> None:
 
 
 def test_the_forwarded_header_is_read_only_when_configured() -> None:
-    rfc = ClientAddresses(parse_networks(["10.0.0.0/24"]), "forwarded")
+    rfc = ClientAddresses(parse_networks(["10.0.0.0/24"]), "forwarded", ipv6_prefix=128)
     assert rfc.client_ip(PROXY, ['for="[2001:db8::1]:80";proto=https']) == "2001:db8::1"
     # Not configured: the X-Forwarded-For values the caller passes are read as Forwarded,
     # i.e. a proxy that sets only Forwarded cannot be fooled by a client's X-Forwarded-For.
     assert rfc.client_ip(PROXY, ["203.0.113.7"]) == PROXY
+
+
+def test_ipv6_clients_count_by_their_network_and_zone_ids_are_dropped() -> None:
+    """Round-3 finding: behind a trusted proxy 60 addresses of one /64 each had their own caps
+    (one subscriber holds the whole /64), and a zone id made one address several keys."""
+    by64 = ClientAddresses(parse_networks(["10.0.0.0/24"]), "x-forwarded-for", ipv6_prefix=64)
+    keys = {by64.client_ip(PROXY, [f"2001:db8:1:2::{i:x}"]) for i in range(1, 61)}
+    assert keys == {"2001:db8:1:2::/64"}
+    assert by64.client_ip(PROXY, ["2001:db8:1:3::1"]) == "2001:db8:1:3::/64"  # another /64
+    assert by64.client_ip("2001:db8:9:9::5", []) == "2001:db8:9:9::/64"  # a direct peer too
+    assert by64.client_ip(PROXY, ["203.0.113.7"]) == "203.0.113.7"  # IPv4: the address
+    assert {by64.client_ip(PROXY, [f"fe80::1%eth{i}"]) for i in range(3)} == {"fe80::/64"}
+    by56 = ClientAddresses((), "x-forwarded-for", ipv6_prefix=56)
+    assert by56.client_ip("2001:db8:1:2ff::1", []) == "2001:db8:1:200::/56"
+    alone = ClientAddresses((), "x-forwarded-for", ipv6_prefix=128)
+    assert alone.client_ip("2001:db8::1", []) == "2001:db8::1"
+    assert alone.client_ip("fe80::1%eth0", []) == alone.client_ip("fe80::1%eth1", []) == "fe80::1"
+    # A trusted proxy is still matched by its full address, not its network.
+    picky = ClientAddresses(parse_networks(["2001:db8::1"]), "x-forwarded-for", ipv6_prefix=64)
+    assert picky.client_ip("2001:db8::1", ["203.0.113.7"]) == "203.0.113.7"
+    assert picky.client_ip("2001:db8::2", ["203.0.113.7"]) == "2001:db8::/64"
 
 
 def test_no_peer_and_bad_settings() -> None:
@@ -348,13 +375,14 @@ def test_no_peer_and_bad_settings() -> None:
     with pytest.raises(ValueError, match="ROOMCHAT_TRUSTED_PROXIES"):
         parse_networks(["10.0.0.0/33"])
     with pytest.raises(ValueError, match="ROOMCHAT_CLIENT_IP_HEADER"):
-        ClientAddresses((), "x-real-ip")
+        ClientAddresses((), "x-real-ip", ipv6_prefix=64)
 
 
 def test_client_ip_remembers_peers_within_a_bound() -> None:
     from gateway.limits import PEER_CACHE
 
-    addresses = ClientAddresses(parse_networks(["10.0.0.0/24"]), "X-Forwarded-For")
+    addresses = ClientAddresses(parse_networks(["10.0.0.0/24"]), "X-Forwarded-For",
+                                ipv6_prefix=64)
     for _ in range(2):  # the second time from memory: same answers
         assert addresses.client_ip("10.0.0.5", ["203.0.113.9"]) == "203.0.113.9"
         assert addresses.client_ip("10.0.0.5", []) == "10.0.0.5"

@@ -89,6 +89,24 @@ async def test_connections_per_forwarded_ip_behind_a_trusted_proxy(tmp_path: Pat
         await joined(srv, user="u5", headers=forwarded("203.0.113.1"))
 
 
+@pytest.mark.parametrize("prefix", [64, 128])
+async def test_ipv6_clients_behind_a_proxy_count_per_network(tmp_path: Path, prefix: int) -> None:
+    """Round-3 finding: 60 addresses of one /64 got no refusal where one address got 40 of 60.
+    With the default prefix (64) the third address of one /64 is refused; with 128 it is not."""
+    cfg = config(tmp_path, max_connections_per_ip=2)  # the default trusted_proxies: loopback
+    assert cfg.client_ipv6_prefix == 64
+    async with running_server(replace(cfg, client_ipv6_prefix=prefix)) as srv:
+        await joined(srv, user="u1", headers=forwarded("2001:db8:1:2::1"))
+        await joined(srv, user="u2", headers=forwarded("2001:db8:1:2::2"))
+        if prefix == 64:
+            status, body, _ = await refused(srv, user="u3", headers=forwarded("2001:db8:1:2::3"))
+            assert (status, body["error"]) == (429, "too_many_ip_connections")
+            assert srv.gateway.limits.ip_connections.count("2001:db8:1:2::/64") == 2
+        else:
+            await joined(srv, user="u3", headers=forwarded("2001:db8:1:2::3"))
+        await joined(srv, user="u4", headers=forwarded("2001:db8:1:3::1"))  # another /64
+
+
 async def test_forwarded_headers_are_ignored_from_an_untrusted_peer(tmp_path: Path) -> None:
     # Only 10.0.0.0/8 is trusted: the test client's 127.0.0.1 is the client, whatever it says.
     cfg = config(tmp_path, max_connections_per_ip=2, trusted_proxies=("10.0.0.0/8",))

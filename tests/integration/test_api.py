@@ -4,12 +4,17 @@ the credential rules both ways, the rate limit, and the OpenAPI document."""
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 import websockets
@@ -124,6 +129,86 @@ async def test_history_pages_oldest_first(srv: Server) -> None:
         assert (status, answer["error"]) == (400, "bad_request"), bad
 
 
+def _raw(port: int, method: str, path: str, data: bytes | None = None,
+         token: str = API_KEY, content_type: str = "application/json") -> tuple[int, Any]:
+    """One API request with a body of exactly ``data`` (``call`` sends JSON it encodes)."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/v1{path}", data=data,
+                                     method=method)
+    request.add_header("Authorization", f"Bearer {token}")
+    if data is not None:
+        request.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(request, timeout=10 * SLOW) as response:
+            status, raw = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    return status, json.loads(raw)  # every answer, refusals included, is JSON
+
+
+async def test_out_of_range_integers_are_400s_at_their_edges(srv: Server) -> None:
+    """Round-3 finding: ``before``/``after``/seq of 99999999999999999999 raised OverflowError
+    in SQLite (a 500 with a traceback). Every integer a request gives is 0 or 1 to 2**63-1."""
+    await _integer_edges(srv)
+
+
+async def test_the_edges_hold_on_redis(tmp_path: Path) -> None:
+    """The same edges on Redis, where a seq is a stream id's part (an unsigned 64-bit one), and
+    a ban's end a key's expiry (a NaN or 1e300 ``until`` failed there: 500 and 503)."""
+    with redis_server(tmp_path / "redis") as url:
+        config = replace(make_config(tmp_path), api_key=API_KEY, store_url=url)
+        async with running_server(config) as srv:
+            await _integer_edges(srv)
+            for until in (1e300, 253_402_300_800):
+                status, answer = await call(srv.port, "POST", "/rooms/lobby/bans",
+                                            {"user": "eve", "until": until})
+                assert (status, answer["error"]) == (400, "bad_request"), until
+            status, body = await call(srv.port, "POST", "/rooms/lobby/bans",
+                                      {"user": "eve", "until": 253_402_300_799})
+            assert (status, body["until"]) == (200, 253_402_300_799)
+            status, body = await call(srv.port, "GET", "/rooms/lobby/bans/eve")
+            assert (status, body["until"]) == (200, 253_402_300_799)
+
+
+async def _integer_edges(srv: Server) -> None:
+    for i in range(3):
+        await call(srv.port, "POST", "/rooms/lobby/messages", {"text": f"m{i}"})
+    top = 2**63 - 1
+    for query in (f"before={top + 1}", f"after={top + 1}", f"limit={top + 1}",
+                  "before=99999999999999999999", "after=" + "9" * 5000, "after=1e3"):
+        status, answer = await call(srv.port, "GET", f"/rooms/lobby/messages?{query}")
+        assert (status, answer["error"]) == (400, "bad_request"), query
+        assert "an integer from" in answer["detail"]
+    # At the edge: taken, and as far beyond the last seq as a seq can be.
+    _, page = await call(srv.port, "GET", f"/rooms/lobby/messages?before={top}&limit={top}")
+    assert [m["seq"] for m in page["messages"]] == [1, 2, 3]
+    _, page = await call(srv.port, "GET", f"/rooms/lobby/messages?after={top}")
+    assert page == {"messages": []}
+    for seq in (f"{top + 1}", "99999999999999999999", "0", "-1", "x", "1.0", "%C2%B2"):
+        status, answer = await call(srv.port, "DELETE", f"/rooms/lobby/messages/{seq}")
+        assert (status, answer["error"]) == (400, "bad_request"), seq
+    status, answer = await call(srv.port, "DELETE", f"/rooms/lobby/messages/{top}")
+    assert (status, answer["error"]) == (404, "not_found")
+    status, answer = await call(srv.port, "DELETE", "/rooms/lobby/messages/03")
+    assert (status, answer) == (200, {"room": "lobby", "seq": 3, "deleted": True})
+
+
+async def test_bodies_that_are_not_json_objects_are_400s(srv: Server) -> None:
+    """Round-3 finding: a body that was not UTF-8 (UnicodeDecodeError) or nested deeply
+    (RecursionError) was a 500. Bodies parse as socket frames do (orjson)."""
+    bodies = [b"\xff\xfe", b'{"text":"caf\xe9"}', b"[" * 100_000 + b"]" * 100_000,
+              b'{"text":' + b"[" * 2000 + b"]" * 2000 + b"}", b"", b"null", b'"text"',
+              b'{"text":"x"', b'{"text":NaN}']
+    for body in bodies:
+        status, answer = await asyncio.to_thread(_raw, srv.port, "POST",
+                                                 "/rooms/lobby/messages", body)
+        assert (status, answer["error"]) == (400, "bad_request"), body[:20]
+        assert "\n" not in answer["detail"]
+    # Whatever the content type says, a JSON object is read as one (as before).
+    status, answer = await asyncio.to_thread(_raw, srv.port, "POST", "/rooms/lobby/messages",
+                                             '{"text":"café"}'.encode(), content_type="text/plain")
+    assert (status, answer) == (200, {"seq": 1, "duplicate": False})
+
+
 async def test_presence_and_live_rooms(srv: Server) -> None:
     alice = await srv.connect(user="alice", name="Alice")
     bob = await srv.connect(user="bob", name="Bob")
@@ -167,6 +252,36 @@ async def test_disconnect_closes_every_socket_of_the_user(srv: Server) -> None:
     status, body = await call(srv.port, "POST", "/users/bob/disconnect",
                               token=api_token(rooms=["lobby"]))
     assert (status, body["error"]) == (403, "room_forbidden")
+
+
+BAD_USERS = ["a\x07b", "line\nbreak", "c1\x85", "x" * 65, "a\x07" * 2500]
+
+
+async def test_user_ids_in_paths_and_bodies_are_held_to_the_sub_rule(srv: Server) -> None:
+    """Round-3 finding: ``POST /users/<5,000 characters with control characters>/disconnect``
+    was stored as a revocation every process loads. Every user id an API route takes follows
+    a token's ``sub``: 1 to 64 characters, no control character (400 ``bad_request``)."""
+    routes = [("POST", "/users/{}/disconnect"), ("POST", "/users/{}/erase"),
+              ("GET", "/rooms/lobby/bans/{}"), ("DELETE", "/rooms/lobby/bans/{}")]
+    for method, route in routes:
+        for user in BAD_USERS:
+            path = route.format(urllib.parse.quote(user, safe=""))
+            status, answer = await call(srv.port, method, path)
+            assert (status, answer["error"]) == (400, "bad_request"), (method, route, user[:9])
+            assert answer["detail"].startswith("user must"), answer
+    for user in BAD_USERS:
+        for path, body in (("/rooms/lobby/bans", {"user": user}),
+                           ("/rooms/lobby/messages", {"text": "x", "user": user})):
+            status, answer = await call(srv.port, "POST", path, body)
+            assert (status, answer["error"]) == (400, "bad_request"), (path, user[:9])
+    assert await srv.gateway.store.revocations(0) == []  # nothing was stored
+    # At the edge: 64 characters, and what a sub may hold (Cf format characters, emoji).
+    for user in ("u" * 64, "zoë\u200d🙂"):
+        quoted = urllib.parse.quote(user, safe="")
+        status, body = await call(srv.port, "POST", f"/users/{quoted}/disconnect")
+        assert (status, body["user"]) == (200, user)
+        status, body = await call(srv.port, "GET", f"/rooms/lobby/bans/{quoted}")
+        assert (status, body["error"]) == (404, "not_banned")
 
 
 @pytest.mark.parametrize(("token", "status", "error"), [

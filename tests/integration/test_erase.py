@@ -197,6 +197,18 @@ async def test_erase_refusals(srv: Server) -> None:
     assert (status, body["error"]) == (400, "bad_request")
 
 
+def test_cli_erase_holds_user_to_the_sub_rule(tmp_path: Path) -> None:
+    """``erase --user`` checked only the length: a control character went to the server (or
+    the store, with --offline). Refused in one line before anything is opened, exit 2."""
+    for user in ("a\x07b", "x" * 65):
+        done = roomchat("erase", "--user", user, "--offline", "--data-dir", str(tmp_path),
+                        env={"ROOMCHAT_JWT_SECRET": SECRET})
+        assert done.returncode == 2, done
+        assert done.stderr in ("roomchat: --user must not contain a control character\n",
+                               "roomchat: --user must be a string of 1 to 64 characters\n")
+    assert list(tmp_path.iterdir()) == []  # no database or secret created by a refusal
+
+
 async def _connect(proc: Process, room: str, user: str, secret: str | None = None,
                    **query: Any) -> Client:
     token = make_token(user) if secret is None else make_token(user, secret=secret)

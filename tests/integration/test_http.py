@@ -91,8 +91,11 @@ async def test_dev_login_issues_short_lived_room_token(server_with: ServerFactor
         client = await srv.connect(token=answer["token"])
         welcome = await client.recv()
         assert (welcome["name"], welcome["user"]) == ("Zoe", answer["user"])
-        for bad in (b'{"name":"","room":"lobby"}', b'{"name":"x","room":"a b"}', b"nope"):
-            assert (await aget(f"{base}/api/dev-login", bad))[0] == 400
+        # Not UTF-8 and nested deeply were 500s (UnicodeDecodeError, RecursionError).
+        for bad in (b'{"name":"","room":"lobby"}', b'{"name":"x","room":"a b"}', b"nope",
+                    b'{"name":"\xff","room":"lobby"}', b"[" * 100_000 + b"]" * 100_000):
+            status, _, body = await aget(f"{base}/api/dev-login", bad)
+            assert (status, json.loads(body)["error"]) == (400, "bad_request"), bad[:20]
 
 
 def test_dev_login_is_refused_on_public_bind(tmp_path: Path) -> None:

@@ -120,6 +120,26 @@ async def test_ban_refusals(srv: Server) -> None:
                  {"user": "eve", "reason": "x" * 201}):
         status, answer = await call(srv.port, "POST", "/rooms/lobby/bans", body)
         assert (status, answer["error"]) == (400, "bad_request"), body
+
+
+async def test_a_ban_until_must_be_a_finite_time_up_to_year_9999(srv: Server) -> None:
+    """Round-3 finding: ``until`` NaN was stored as a permanent ban (SQLite), NaN or Infinity
+    failed on Redis, and 1e300 was a 503. Refused, and nothing is stored; the last second of
+    9999 is the latest end taken (``rooms.protocol.MAX_BAN_UNTIL``)."""
+    latest = 253_402_300_799
+    for until in (float("nan"), float("inf"), float("-inf"), 1e300, latest + 1, 10**30):
+        status, answer = await call(srv.port, "POST", "/rooms/lobby/bans",
+                                    {"user": "eve", "until": until})
+        assert (status, answer["error"]) == (400, "bad_request"), until
+        # NaN and the infinities are not JSON: refused by the parser; the others by the bound.
+        assert str(latest) in answer["detail"] or "not valid JSON" in answer["detail"], answer
+        status, _ = await call(srv.port, "GET", "/rooms/lobby/bans/eve")
+        assert status == 404, until  # nothing was stored
+    status, body = await call(srv.port, "POST", "/rooms/lobby/bans",
+                              {"user": "eve", "until": latest})
+    assert (status, body["until"]) == (200, latest)
+    status, answer = await _refused(srv.url("lobby", make_token("eve")))
+    assert status == 403 and b"253402300799" in answer
     status, answer = await call(srv.port, "DELETE", "/rooms/lobby/bans/nobody")
     assert (status, answer["error"]) == (404, "not_banned")
     status, answer = await call(srv.port, "GET", "/rooms/lobby/bans/nobody")

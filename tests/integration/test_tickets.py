@@ -206,3 +206,39 @@ async def test_a_draining_server_refuses_before_spending_a_ticket(tmp_path: Path
         async with websockets.connect(
                 f"ws://127.0.0.1:{srv.port}/rooms/lobby/ws?ticket={ticket}") as ws:
             assert json.loads(await ws.recv())["type"] == "welcome"
+
+
+async def refusal(port: int, room: str, query: str) -> tuple[int, dict[str, Any]]:
+    """The refused upgrade's status and JSON body (an accepted one fails the test)."""
+    with pytest.raises(InvalidStatus) as refused:
+        async with websockets.connect(f"ws://127.0.0.1:{port}/rooms/{room}/ws?{query}",
+                                      open_timeout=10 * SLOW) as ws:
+            pytest.fail(f"admitted: {await ws.recv()!r}")
+    response = refused.value.response
+    return response.status_code, json.loads(response.body or b"")
+
+
+async def test_a_ticket_is_refused_once_its_token_has_expired(tmp_path: Path) -> None:
+    """Round-3 finding: ``redeem`` never looked at ``exp``, so a ticket outlived its token (the
+    socket got its welcome and history before the room's next tick closed it with 4001)."""
+    async with running_server(make_config(tmp_path)) as srv:
+        # Expired 5 s ago: within jwt_leeway (10 s) the ticket request still takes the token.
+        now = int(time.time())
+        stale = make_token("alice", iat=now - 60, exp=now - 5)
+        ticket = await ticket_for(srv.port, "lobby", stale)
+        assert await refusal(srv.port, "lobby", f"ticket={ticket}") == (401, {
+            "error": "token_expired",
+            "detail": "the token this ticket was issued for has expired"})
+        assert await upgrade_status(srv.port, "lobby", f"ticket={ticket}") == 401  # spent
+
+        # Valid when the ticket was issued, expired by the upgrade (within ticket_ttl): the
+        # token's exp is the next whole second at least half a second away.
+        clock = time.time()
+        exp = int(clock) + (1 if clock % 1 < 0.5 else 2)
+        ticket = await ticket_for(srv.port, "lobby", make_token("alice", exp=exp))
+        await asyncio.sleep(exp - time.time() + 0.05)
+        status, body = await refusal(srv.port, "lobby", f"ticket={ticket}")
+        assert (status, body["error"]) == (401, "token_expired")
+        # A ticket of a token still valid opens its socket, as before.
+        fresh = await ticket_for(srv.port, "lobby", make_token("alice"))
+        assert await upgrade_status(srv.port, "lobby", f"ticket={fresh}") == 101

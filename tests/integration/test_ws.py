@@ -47,8 +47,12 @@ async def test_upgrade_is_refused_with_http_status(
 
 
 async def test_bad_after_is_400(server: Server) -> None:
-    got, body = await _status(server, server.url("lobby", make_token(), after="-1"))
-    assert (got, b"bad_request" in body) == (400, True)
+    for bad in ("-1", "x", "%C2%B2", str(2**63), "9" * 5000):
+        got, body = await _status(server, server.url("lobby", make_token(), after=bad))
+        assert (got, b"bad_request" in body) == (400, True), bad
+    # The largest `after` (gateway.inputs.MAX_INT) is ahead of the room: a fresh history.
+    client = await server.connect(after=str(2**63 - 1))
+    assert (await client.recv())["recovered"] is False
 
 
 async def test_same_origin_and_allowlisted_origins_are_accepted(
