@@ -1,5 +1,5 @@
 """A closed connection is freed by reference counting: no reference cycle of Hypercorn's or ours
-keeps it for the garbage collector (gateway.wsfixes, FrameWriter.detach)."""
+keeps it for the garbage collector (gateway.hypercorn_ext.wsfixes, FrameWriter.detach)."""
 
 from __future__ import annotations
 

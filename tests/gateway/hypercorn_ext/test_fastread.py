@@ -14,7 +14,7 @@ import websockets
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from gateway.fastread import DirectReader, parse_text_frames, unmask
+from gateway.hypercorn_ext.fastread import DirectReader, parse_text_frames, unmask
 from tests.conftest import ServerFactory
 from tests.support import Server, frame_writers, make_config, running_server, wait_connections
 

@@ -9,7 +9,7 @@ import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
-from gateway.fastsend import text_frame
+from gateway.hypercorn_ext.fastsend import text_frame
 from tests.conftest import ServerFactory
 from tests.support import frame_writers, wait_connections
 
