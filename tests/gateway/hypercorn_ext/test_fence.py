@@ -105,6 +105,7 @@ def _serving_state() -> dict[str, object]:
     return {name: getattr(owner, attr) for name, (owner, attr) in HYPERCORNS.items()}
 
 
+@pytest.mark.fast_paths
 async def test_a_changed_target_leaves_its_part_out_and_the_server_serves(
         tmp_path: Path, changed_handle_events: str,
         caplog: pytest.LogCaptureFixture) -> None:
