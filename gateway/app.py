@@ -43,7 +43,7 @@ ABORT_GRACE = 1.0
 
 
 class Abortable(Protocol):
-    """A connection the drain can drop at its deadline (``gateway.fastsend.FrameWriter``)."""
+    """A connection the drain can drop at its deadline (``gateway.hypercorn_ext.FrameWriter``)."""
 
     def abort(self) -> None: ...
 

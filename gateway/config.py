@@ -144,6 +144,13 @@ class Config:
         "FULL", "SQLite `synchronous`: FULL survives power loss, NORMAL only a process crash.")
     compression: bool = _setting(
         False, "Accept permessage-deflate when clients offer it (costs CPU per recipient).")
+    fast_paths: bool = _setting(
+        True, "Our replacements for parts of Hypercorn, wsproto and asyncio (direct frame "
+              "reads and writes, lean per-connection state, close frames, deflate declined and "
+              "bounded), each installed only where the library is the version it was verified "
+              "against (docs/upstream.md). `0`: none, Hypercorn's plain ASGI path (more CPU "
+              "and memory per connection; permessage-deflate then accepted whenever offered, "
+              "unbounded; no dropping of peers that stopped reading).")
     dev_login: bool = _setting(
         False, "Let the page get a short-lived token by name (`POST /api/dev-login`); refused "
                "on a non-loopback bind unless `dev_login_force`.")

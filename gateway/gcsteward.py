@@ -40,7 +40,7 @@ class FreezePolicy:
     behind, so once closes since the last thaw reach ``thaw_share`` of the connections open at
     the last freeze (and at least ``thaw_share`` of a ``burst``), thaw: unfreeze, collect
     everything once (one full pause, which the default collector would have taken sooner and
-    more often), and freeze what survived. Since ``gateway.wsfixes`` and
+    more often), and freeze what survived. Since ``gateway.hypercorn_ext.wsfixes`` and
     ``FrameWriter.detach`` break the cycles a closed connection used to leave, a thaw finds
     little to free: it remains as the safety net for cycles made elsewhere.
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from gateway.hypercorn_ext.parts import PARTS, Installed
+
 __all__ = ["CONTENT_TYPE", "Metrics"]
 
 
@@ -36,6 +38,15 @@ class Metrics:
                                registry=r)
         self.room_crashes = Counter("roomchat_room_crashes", "Room actors that crashed.",
                                     registry=r)
+        self.fast_path_mismatches = Counter(
+            "roomchat_fast_path_mismatches",
+            "Parts of gateway.hypercorn_ext left out at start-up because the library they "
+            "reach into is not what they were verified against (docs/upstream.md).", ["part"],
+            registry=r)
+        self.fast_paths_active = Gauge(
+            "roomchat_fast_paths_active",
+            "1 for each part of gateway.hypercorn_ext in place, 0 where Hypercorn's plain "
+            "ASGI path serves instead.", ["part"], registry=r)
         self.broadcast_latency_seconds = Histogram(
             "roomchat_broadcast_latency_seconds",
             "From a frame entering a room's inbox to its broadcast being queued (incl. storage).",
@@ -79,3 +90,10 @@ class Metrics:
 
     def handshake_rejected(self, reason: str) -> None:
         self.rejections.labels(reason=reason).inc()
+
+    def fast_paths(self, installed: Installed) -> None:
+        """What ``gateway.hypercorn_ext.install`` put in place (once, at start-up)."""
+        for part in PARTS:
+            self.fast_paths_active.labels(part=part.name).set(part.name in installed.active)
+        for name in installed.mismatched:
+            self.fast_path_mismatches.labels(part=name).inc()

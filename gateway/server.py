@@ -19,9 +19,8 @@ from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HyperConfig
 from quart import Quart
 
-from gateway import wsfixes
+from gateway import hypercorn_ext
 from gateway.app import Gateway, create_app
-from gateway.compression import set_compression
 from gateway.config import Config
 from gateway.gcsteward import Counts, FreezePolicy, GcSteward
 from gateway.logs import ACCESS_LOG_FORMAT, AccessLogger
@@ -57,8 +56,6 @@ async def serve(
     bind port 0). ``ready``: called in the loop once the store is open and rooms can start.
     ``manage_gc``: freeze and thaw the process's garbage collector as connections come and go
     (``gateway.gcsteward``; process-wide, so only for a process that only serves)."""
-    set_compression(config.compression, config.max_message_bytes)
-    wsfixes.install()
     app = app or create_app(config)
     if ready is not None:
         # before_serving hooks run in order, so this one runs after the Gateway's start().
@@ -66,6 +63,9 @@ async def serve(
         # a connection arriving in between waits in the backlog, it is not refused.
         app.before_serving(_as_hook(ready))
     gw: Gateway = app.extensions["roomchat"]
+    gw.observer.fast_paths(hypercorn_ext.install(
+        enabled=config.fast_paths, compression_on=config.compression,
+        max_message_bytes=config.max_message_bytes))
     shutdown = shutdown or asyncio.Event()
     loop = asyncio.get_running_loop()
     if handle_signals:

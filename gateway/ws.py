@@ -40,7 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 from gateway import tickets
 from gateway.auth import API_SCOPE, AuthError, valid_room_name
 from gateway.errors import Rejection, rejection_for
-from gateway.fastsend import FrameWriter
+from gateway.hypercorn_ext import FrameWriter
 from gateway.inputs import int_param
 from gateway.limits import LimitExceeded
 from rooms import protocol
@@ -132,7 +132,7 @@ class _Inbound:
             self._session.close_nowait(CloseCode.INTERNAL_ERROR, "internal error")
 
     def text(self, text: str) -> None:
-        """One client text frame, from ``gateway.fastread``'s reader. Never raises (as
+        """One client text frame, from ``gateway.hypercorn_ext.fastread``'s reader. Never raises (as
         ``put``)."""
         try:
             self._text(text)

@@ -42,7 +42,7 @@ class Transport(Protocol):
 
 @runtime_checkable
 class AbortableTransport(Transport, Protocol):
-    """A transport that can also be dropped at once (e.g. ``gateway.fastsend.FrameWriter``).
+    """A transport that can also be dropped at once (e.g. ``gateway.hypercorn_ext.FrameWriter``).
 
     ``abort`` must not block: it drops the connection without a close frame, and pending or
     later sends fail or return. A transport without it (the admin stream's) cannot be freed by
@@ -55,14 +55,15 @@ class AbortableTransport(Transport, Protocol):
 @runtime_checkable
 class ImmediateTransport(Transport, Protocol):
     """A transport that can write a frame at once when that cannot block
-    (``gateway.fastsend``): True when written, False when the caller must ``send`` it."""
+    (``gateway.hypercorn_ext.fastsend``): True when written, False when the caller must
+    ``send`` it."""
 
     def send_now(self, data: str) -> bool: ...
 
 
 @runtime_checkable
 class ProgressTransport(Transport, Protocol):
-    """A transport that can tell how far the peer has read (``gateway.fastsend``):
+    """A transport that can tell how far the peer has read (``gateway.hypercorn_ext.fastsend``):
     ``(acked, pending)`` bytes, or None."""
 
     def tcp_progress(self) -> tuple[int, int] | None: ...

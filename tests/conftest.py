@@ -9,6 +9,13 @@ import pytest
 from tests.support import Server, make_config, running_server
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "fast_paths: asserts what gateway.hypercorn_ext's fast paths do (direct "
+        "frames, the transport handle, close frames, deflate declined, lean state); "
+        "`make test-plain-asgi` (ROOMCHAT_FAST_PATHS=0) leaves these out")
+
+
 @pytest.fixture
 async def server(tmp_path: Path) -> AsyncIterator[Server]:
     """A real server with default limits, in this event loop."""

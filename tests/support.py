@@ -22,7 +22,7 @@ from websockets.asyncio.client import ClientConnection
 
 from gateway.app import Gateway, create_app
 from gateway.config import Config, load_config
-from gateway.fastsend import FrameWriter
+from gateway.hypercorn_ext import FrameWriter
 from gateway.server import serve
 from rooms.config import RoomConfig
 
@@ -195,8 +195,25 @@ async def wait_connections(server: Server, count: int, seconds: float = 3.0) -> 
     assert server.gateway.connections == count
 
 
+def fast_paths_from_env(config: Config) -> Config:
+    """``config`` with ``ROOMCHAT_FAST_PATHS`` from the environment when it is set: the
+    WebSocket suites run with the fast paths off too (``make test-plain-asgi``). Servers in
+    child processes (``start_process``) read it themselves."""
+    value = os.environ.get("ROOMCHAT_FAST_PATHS")
+    if value is None:
+        return config
+    return replace(config, fast_paths=load_config({"ROOMCHAT_FAST_PATHS": value}).fast_paths)
+
+
+FAST_PATHS = fast_paths_from_env(Config()).fast_paths
+"""Whether this run's servers use the fast paths (``ROOMCHAT_FAST_PATHS``, default on)."""
+
+
 @contextlib.asynccontextmanager
 async def running_server(config: Config, app: Any = None) -> AsyncIterator[Server]:
+    """``config`` (fast paths as ``ROOMCHAT_FAST_PATHS`` says, when set) served by Hypercorn
+    in this event loop on a free port, until the block ends."""
+    config = fast_paths_from_env(config)
     sock = free_socket()
     app = app or create_app(config)
     shutdown = asyncio.Event()

@@ -1,5 +1,5 @@
 """A closed connection is freed by reference counting: no reference cycle of Hypercorn's or ours
-keeps it for the garbage collector (gateway.wsfixes, FrameWriter.detach)."""
+keeps it for the garbage collector (gateway.hypercorn_ext.wsfixes, FrameWriter.detach)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import asyncio
 import gc
 from pathlib import Path
 
+import pytest
 import websockets
 from hypercorn.asyncio.tcp_server import TCPServer
 
@@ -17,6 +18,7 @@ SERVER_SIDE = {"TCPServer", "ProtocolWrapper", "H11Protocol", "WSStream", "Frame
                "Session", "_Inbound"}
 
 
+@pytest.mark.fast_paths
 async def test_a_closed_connection_leaves_no_cycle_for_the_collector(tmp_path: Path) -> None:
     async with running_server(make_config(tmp_path)) as srv:
         warm = await websockets.connect(srv.url("lobby", make_token("w", ["lobby"])),

@@ -157,6 +157,7 @@ async def test_a_close_during_a_replay_leaves_no_gap(
 
 # -- bug 4: a slow consumer's socket is freed and counted until it is ------------------------
 
+@pytest.mark.fast_paths
 async def test_a_slow_consumer_socket_is_dropped_and_counted_until_then(
         server_with: ServerFactory) -> None:
     close_timeout = 0.5
@@ -189,6 +190,7 @@ async def test_a_slow_consumer_socket_is_dropped_and_counted_until_then(
 # -- bug 2: SIGTERM exits within the drain bound whatever the clients do ---------------------
 
 @pytest.mark.parametrize(("drain_timeout", "close_timeout"), [(4.0, 30.0), (30.0, 1.0)])
+@pytest.mark.fast_paths
 async def test_sigterm_exits_in_time_with_a_client_that_stopped_reading(
         tmp_path: Path, drain_timeout: float, close_timeout: float) -> None:
     # (4, 30): only the gateway's deadline can free the socket; (30, 1): the session's own
@@ -249,6 +251,7 @@ async def test_after_must_be_ascii_digits(server: Server, after: str) -> None:
 
 # -- a client whose replay is still draining is alive ------------------------------------------
 
+@pytest.mark.fast_paths
 async def test_a_slow_replay_that_is_moving_is_not_evicted_as_a_zombie(
         server_with: ServerFactory) -> None:
     limits = {**FLOOD, "send_timeout": 60.0, "ping_interval": 0.5, "ping_timeout": 0.5,

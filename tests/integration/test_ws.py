@@ -411,6 +411,7 @@ async def test_server_connection_limit_is_503(server_with: ServerFactory) -> Non
         assert (got, b"server_full" in body) == (503, True)
 
 
+@pytest.mark.fast_paths
 async def test_compression_is_declined_by_default(server: Server) -> None:
     async with websockets.connect(server.url(), open_timeout=5 * SLOW) as ws:  # offers deflate
         assert ws.response is not None
@@ -467,6 +468,7 @@ async def test_stalled_send_is_aborted_with_4009(server_with: ServerFactory) -> 
         assert (await sender.recv_type("ack"))["id"] == "after"
 
 
+@pytest.mark.fast_paths
 async def test_a_quiet_room_ticks_only_when_something_is_due(
         server_with: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """A room whose sockets are all idle sleeps until its next deadline (ping, token expiry,

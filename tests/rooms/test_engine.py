@@ -610,8 +610,9 @@ async def test_tombstones_and_the_syncs_catch_up_data(engine: Engine) -> None:
 
 
 class _Socket:
-    """A transport that writes each frame at once, as ``gateway.fastsend`` does for a socket
-    with room in its buffer: every ``offer`` is a frame of its own, so frames count offers."""
+    """A transport that writes each frame at once, as ``gateway.hypercorn_ext.fastsend`` does for
+    a socket with room in its buffer: every ``offer`` is a frame of its own, so frames count
+    offers."""
 
     def __init__(self) -> None:
         self.frames: list[list[dict[str, object]]] = []

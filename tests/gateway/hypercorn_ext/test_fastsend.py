@@ -9,7 +9,7 @@ import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
-from gateway.fastsend import text_frame
+from gateway.hypercorn_ext.fastsend import text_frame
 from tests.conftest import ServerFactory
 from tests.support import frame_writers, wait_connections
 
@@ -25,6 +25,7 @@ def test_text_frames_parse_as_one_whole_message(text: str) -> None:
     assert events[0].data == text and events[0].message_finished
 
 
+@pytest.mark.fast_paths
 async def test_http11_sockets_take_the_direct_path(server_with: ServerFactory) -> None:
     async with server_with(rate_burst=1000, max_text_chars=1900, history_on_join=100) as srv:
         alice = await srv.connect()
@@ -42,6 +43,7 @@ async def test_http11_sockets_take_the_direct_path(server_with: ServerFactory) -
         assert bob.frames == 2
 
 
+@pytest.mark.fast_paths
 async def test_compression_takes_the_asgi_path(server_with: ServerFactory) -> None:
     import websockets
 
@@ -54,6 +56,7 @@ async def test_compression_takes_the_asgi_path(server_with: ServerFactory) -> No
         assert writer._target is not None and not writer.direct
 
 
+@pytest.mark.fast_paths
 async def test_http11_frames_reach_the_room_without_a_reader_task(
         server_with: ServerFactory) -> None:
     # Hypercorn hands each inbound frame to the connection's handler itself (take_inbound):
@@ -74,6 +77,7 @@ async def test_http11_frames_reach_the_room_without_a_reader_task(
         await wait_connections(srv, 0, seconds=2.0)
 
 
+@pytest.mark.fast_paths
 async def test_live_frames_to_an_idle_reader_are_written_without_the_writer_task(
         server_with: ServerFactory) -> None:
     """A session whose writer is idle and whose socket has nothing buffered gets live frames

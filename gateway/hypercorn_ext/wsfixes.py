@@ -1,26 +1,29 @@
-"""Hypercorn behaviour corrected for a server of many WebSockets. ``install()`` applies these fixes,
-process-wide:
+"""Hypercorn behaviour corrected for a server of many WebSockets: four parts
+(``gateway.hypercorn_ext.parts``), each switched on or off process-wide by ``patch``:
 
-- **A frame that fails to parse gets its close frame.** wsproto reports a frame it cannot accept
-  (invalid UTF-8 in a text frame, a protocol violation, a message inflating past the limit) as a
-  ``CloseConnection`` event while its own state stays OPEN; Hypercorn 0.17-0.18 answers a
-  ``CloseConnection`` only in the REMOTE_CLOSING state, so it dropped the TCP connection without
-  the close frame RFC 6455 (section 7.1.7) requires: clients saw 1006 instead of 1007, 1002 or
-  1009. ``WSStream._handle_events`` is replaced with the same loop plus that close frame.
-- **A lean app queue.** Hypercorn gives every connection (and every HTTP/2 stream) an
-  ``asyncio.Queue(max_app_queue_size)`` between its reading task and the app's ``receive()``.
-  An ``asyncio.Queue`` allocates four deques up front (items, getters, putters, and its
-  ``join()`` event's waiters), 760 bytes each: ~3.2 KB of an idle WebSocket's ~22 KB in bare
-  Hypercorn (measured, bench/profiles/2026-11-26-idle-memory.md). ``AppQueue`` keeps the same
-  contract (bounded ``put`` that waits, ``get`` that waits, both cancellable) in a few slots.
-  ``TaskGroup.spawn_app`` is replaced with Hypercorn's own code using it. Likewise Hypercorn's
-  events (``WorkerContext.event_class``, its extension point: one per HTTP/1.1 connection, three
-  per HTTP/2 one) become ``LeanEvent``, which allocates nothing until someone waits.
-- **A closed connection is freed at once.** ``TCPServer`` keeps its protocol, and the protocol
-  keeps ``TCPServer.protocol_send``: a reference cycle, so every closed connection's objects
-  waited for the garbage collector (~44 of them in cycles per connection, with ours; 441,590
-  freed by one full collection after 10,000 closes). ``TCPServer.run`` now drops the protocol
-  when it returns. (Our own cycle, through the ASGI send, is broken by ``FrameWriter.detach``.)
+- **close_frames: a frame that fails to parse gets its close frame.** wsproto reports a frame
+  it cannot accept (invalid UTF-8 in a text frame, a protocol violation, a message inflating
+  past the limit) as a ``CloseConnection`` event while its own state stays OPEN; Hypercorn
+  0.17-0.18 answers a ``CloseConnection`` only in the REMOTE_CLOSING state, so it dropped the
+  TCP connection without the close frame RFC 6455 (section 7.1.7) requires: clients saw 1006
+  instead of 1007, 1002 or 1009. ``WSStream._handle_events`` is replaced with the same loop
+  plus that close frame.
+- **lean_app_queue and lean_events.** Hypercorn gives every connection (and every HTTP/2
+  stream) an ``asyncio.Queue(max_app_queue_size)`` between its reading task and the app's
+  ``receive()``. An ``asyncio.Queue`` allocates four deques up front (items, getters,
+  putters, and its ``join()`` event's waiters), 760 bytes each: ~3.2 KB of an idle WebSocket's
+  ~22 KB in bare Hypercorn (measured, bench/profiles/2026-11-26-idle-memory.md). ``AppQueue``
+  keeps the same contract (bounded ``put`` that waits, ``get`` that waits, both cancellable)
+  in a few slots. ``TaskGroup.spawn_app`` is replaced with Hypercorn's own code using it.
+  Likewise Hypercorn's events (``WorkerContext.event_class``, its extension point: one per
+  HTTP/1.1 connection, three per HTTP/2 one) become ``LeanEvent``, which allocates nothing
+  until someone waits.
+- **free_closed: a closed connection is freed at once.** ``TCPServer`` keeps its protocol,
+  and the protocol keeps ``TCPServer.protocol_send``: a reference cycle, so every closed
+  connection's objects waited for the garbage collector (~44 of them in cycles per connection,
+  with ours; 441,590 freed by one full collection after 10,000 closes). ``TCPServer.run`` now
+  drops the protocol when it returns. (Our own cycle, through the ASGI send, is broken by
+  ``FrameWriter.detach``.)
 """
 
 from __future__ import annotations
@@ -200,9 +203,20 @@ async def _run(self: Any) -> None:
         self.__dict__.pop("protocol", None)
 
 
-def install() -> None:
-    """Process-wide; idempotent."""
-    ws_stream.WSStream._handle_events = _handle_events  # type: ignore[method-assign]
-    tcp_server.TCPServer.run = _run  # type: ignore[method-assign]
-    hypercorn_task_group.TaskGroup.spawn_app = _spawn_app  # type: ignore[method-assign]
-    worker_context.WorkerContext.event_class = LeanEvent
+_HYPERCORNS = {
+    "close_frames": (ws_stream.WSStream, "_handle_events", ws_stream.WSStream._handle_events,
+                     _handle_events),
+    "lean_app_queue": (hypercorn_task_group.TaskGroup, "spawn_app",
+                       hypercorn_task_group.TaskGroup.spawn_app, _spawn_app),
+    "lean_events": (worker_context.WorkerContext, "event_class",
+                    worker_context.WorkerContext.event_class, LeanEvent),
+    "free_closed": (tcp_server.TCPServer, "run", _hypercorn_run, _run),
+}
+PARTS = tuple(_HYPERCORNS)
+
+
+def patch(part: str, on: bool) -> None:
+    """Process-wide: put ours (``on``) or Hypercorn's own back in place of ``part``'s
+    attribute. Idempotent; connections opened afterwards see the change."""
+    owner, name, hypercorns, ours = _HYPERCORNS[part]
+    setattr(owner, name, ours if on else hypercorns)

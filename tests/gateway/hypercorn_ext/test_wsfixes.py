@@ -1,11 +1,11 @@
-"""The lean app queue Hypercorn gets from ``gateway.wsfixes``: asyncio.Queue's contract for
-``put``/``get`` (bounded, FIFO, cancellable without losing items or wake-ups)."""
+"""The lean app queue Hypercorn gets from ``gateway.hypercorn_ext.wsfixes``: asyncio.Queue's
+contract for ``put``/``get`` (bounded, FIFO, cancellable without losing items or wake-ups)."""
 
 from __future__ import annotations
 
 import asyncio
 
-from gateway.wsfixes import AppQueue, LeanEvent
+from gateway.hypercorn_ext.wsfixes import AppQueue, LeanEvent
 
 
 async def test_items_come_out_in_order_and_put_waits_while_full() -> None:

@@ -14,7 +14,7 @@ import websockets
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
 
-from gateway.fastread import DirectReader, parse_text_frames, unmask
+from gateway.hypercorn_ext.fastread import DirectReader, parse_text_frames, unmask
 from tests.conftest import ServerFactory
 from tests.support import Server, frame_writers, make_config, running_server, wait_connections
 
@@ -128,6 +128,7 @@ def _direct(server: Server) -> list[bool]:
             for w in frame_writers(server)]
 
 
+@pytest.mark.fast_paths
 async def test_room_sockets_are_read_directly_and_messages_flow(
         server_with: ServerFactory) -> None:
     async with server_with(rate_burst=1000) as srv:
@@ -145,6 +146,7 @@ async def test_room_sockets_are_read_directly_and_messages_flow(
         await wait_connections(srv, 1)
 
 
+@pytest.mark.fast_paths
 async def test_a_ping_hands_the_socket_back_and_it_keeps_working(
         server_with: ServerFactory) -> None:
     async with (server_with(rate_burst=1000) as srv,
@@ -170,6 +172,7 @@ async def test_a_ping_hands_the_socket_back_and_it_keeps_working(
     (b"\x81\x82\0\0\0\0\xc3\x28", 1007),  # invalid UTF-8
     (b"\x82\x82\0\0\0\0\x00\x01", 1003),  # binary: roomchat refuses it
 ], ids=["bad-utf8", "binary"])
+@pytest.mark.fast_paths
 async def test_frames_the_reader_cannot_take_close_with_hypercorns_codes(
         server_with: ServerFactory, frame: bytes, code: int) -> None:
     async with (server_with() as srv,
@@ -183,6 +186,7 @@ async def test_frames_the_reader_cannot_take_close_with_hypercorns_codes(
         assert closed.value.rcvd is not None and closed.value.rcvd.code == code
 
 
+@pytest.mark.fast_paths
 async def test_a_frame_over_the_size_limit_closes_1009(server_with: ServerFactory) -> None:
     async with (server_with({"max_message_bytes": 1000}) as srv,
                 websockets.connect(srv.url(), compression=None) as ws):
@@ -195,6 +199,7 @@ async def test_a_frame_over_the_size_limit_closes_1009(server_with: ServerFactor
         assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
 
 
+@pytest.mark.fast_paths
 def test_under_uvloop_too(tmp_path: Path) -> None:
     """``roomchat serve`` runs on uvloop, whose transports are not ``asyncio.Transport``
     subclasses (a check on that once kept the reader off there): read directly, handed back

@@ -14,7 +14,8 @@ reads); anything else goes through the ASGI ``send`` unchanged:
 - Hypercorn's HTTP/1.1 stack (``WSStream`` over ``H11Protocol`` over ``TCPServer``); HTTP/2
   streams share a connection and its flow control, so they always take the ASGI path;
 - the WebSocket is accepted and open on both Hypercorn's and wsproto's side;
-- no extension was negotiated (permessage-deflate is off by default, ``gateway.compression``).
+- no extension was negotiated (permessage-deflate is off by default,
+  ``gateway.hypercorn_ext.compression``).
 
 Frames are written whole with one ``transport.write``, so they cannot interleave with the frames
 Hypercorn writes itself (pongs, close). Backpressure is kept: when the transport buffers data we
@@ -30,6 +31,12 @@ On the same shape, ``take_inbound`` has Hypercorn hand inbound frames to the han
 (no reader task, no app-queue hop) and ``forget_handshake`` drops what an accepted connection
 no longer needs: together about half of an idle connection's memory
 (bench/profiles/2026-11-26-idle-memory.md).
+
+All of this is the part ``direct_send``, and reading (``read_directly``) the part
+``direct_read`` (``gateway.hypercorn_ext.parts``): ``enable`` switches them for the connections
+opened afterwards. Off, a ``FrameWriter`` is a plain ASGI transport: sends and closes go
+through ``send``, ``take_inbound`` and ``read_directly`` decline, and the transport handle is
+gone (``abort`` does nothing, ``wait_closed`` returns at once, ``tcp_progress`` is None).
 """
 
 from __future__ import annotations
@@ -50,7 +57,7 @@ from hypercorn.protocol.h11 import H11Protocol, H11WSConnection
 from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from wsproto.connection import ConnectionState
 
-from gateway.fastread import DirectReader
+from gateway.hypercorn_ext.fastread import DirectReader
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -71,6 +78,18 @@ class _AcceptedHandshake:
 
 
 _ACCEPTED = _AcceptedHandshake()
+
+# Process-wide, set by ``enable`` (the parts installed by ``gateway.hypercorn_ext.install``).
+_sending = False
+_reading = False
+
+
+def enable(*, direct_send: bool, direct_read: bool) -> None:
+    """Process-wide: whether ``FrameWriter``s created from now on reach Hypercorn's HTTP/1.1
+    transport (``direct_send``) and may read from it (``direct_read``, only with the first)."""
+    global _sending, _reading
+    _sending = direct_send
+    _reading = direct_send and direct_read
 
 
 class _Events(list[Any]):
@@ -125,7 +144,7 @@ class FrameWriter:
 
     def __init__(self, send: Send) -> None:
         self._send = send
-        self._target = _locate(send)
+        self._target = _locate(send) if _sending else None
         self._plain: bool | None = None  # no extension negotiated; known once accepted
 
     @property
@@ -186,16 +205,16 @@ class FrameWriter:
         return True
 
     def read_directly(self, on_text: Callable[[str], None]) -> bool:
-        """Read the client's frames ourselves from now on (``gateway.fastread``): ``on_text``
-        gets each simple text frame's text, in order; anything else, from the first frame of
-        another kind on, still reaches the ``take_inbound`` handler through Hypercorn.
+        """Read the client's frames ourselves from now on (``gateway.hypercorn_ext.fastread``):
+        ``on_text`` gets each simple text frame's text, in order; anything else, from the first
+        frame of another kind on, still reaches the ``take_inbound`` handler through Hypercorn.
 
         Only on the HTTP/1.1 shape over plain TCP, accepted and open, with no extension
         negotiated, and while Hypercorn's reading task is idle, waiting for data (nothing it
         read is left unparsed). False, and nothing changed, otherwise.
         """
         target = self._target
-        if target is None:
+        if target is None or not _reading:
             return False
         stream, writer = target
         transport = writer.transport
