@@ -25,6 +25,7 @@ from gateway.config import (
     settings_table,
 )
 from gateway.logs import setup_logging
+from rooms.text import unsafe_text
 
 # ROOMCHAT_* variables that are not settings of the server but are read by its tests and tools
 # (tests/support.py, tests/chaos, infra/compose.yaml, infra/Caddyfile, scripts/): no warning.
@@ -247,6 +248,33 @@ def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_id(user: str) -> str:
+    """``--user`` checked as a user id (a token's ``sub``): 1 to ``MAX_USER_CHARS`` characters,
+    no control character or lone surrogate (``rooms.text.unsafe_text``). Raises ``ValueError``
+    (one line): call it before anything is opened or created."""
+    if not 1 <= len(user) <= MAX_USER_CHARS:
+        raise ValueError(f"--user must be 1 to {MAX_USER_CHARS} characters")
+    problem = unsafe_text(user)
+    if problem is not None:
+        # repr(): the line shows the offending character escaped, never raw on the terminal.
+        raise ValueError(f"--user {user!r} contains {problem}: no user id does")
+    return user
+
+
+def _existing_store(config: Config) -> str:
+    """The store URL a command that changes stored data opens. An embedded (SQLite) store must
+    already exist: opening would create an empty database, and a mistyped ``--data-dir`` would
+    then look "done" while the server's store was never touched. Raises ``ValueError``."""
+    from rooms.engine import is_shared_url
+
+    url = config.resolved_store_url
+    if not is_shared_url(url) and url.startswith("sqlite://") and \
+            not Path(url.removeprefix("sqlite://")).exists():
+        raise ValueError(f"no database at {url.removeprefix('sqlite://')}: give the "
+                         "server's --data-dir or --store-url")
+    return url
+
+
 def _revoke(args: argparse.Namespace) -> int:
     import asyncio
     import time
@@ -254,13 +282,15 @@ def _revoke(args: argparse.Namespace) -> int:
     from rooms.engine import open_engine
     from rooms.errors import StoreError
 
+    user = _user_id(args.user)
     config = load_config(data_dir=args.data_dir, store_url=args.store_url)
     setup_logging("warning", False)
+    url = _existing_store(config)
 
     async def record() -> None:
-        engine = await open_engine(config.resolved_store_url)
+        engine = await open_engine(url)
         try:
-            await engine.revoke(args.user, time.time())
+            await engine.revoke(user, time.time())
         finally:
             await engine.close()
 
@@ -268,7 +298,7 @@ def _revoke(args: argparse.Namespace) -> int:
         asyncio.run(record())
     except StoreError as exc:
         raise ValueError(f"cannot record the revocation: {exc}") from None
-    print(f"revoked {args.user!r}: their connections close within "
+    print(f"revoked {user!r}: their connections close within "
           f"{config.revocation_poll:g} s; tokens issued before now are refused")
     return 0
 
@@ -281,10 +311,9 @@ def _erase(args: argparse.Namespace) -> int:
     """``erase --user U``: through the running server's ``POST /api/v1/users/U/erase`` (the
     server tells its live rooms, the engine the other processes), or with ``--offline`` in the
     store directly."""
+    _user_id(args.user)
     config = load_config(data_dir=args.data_dir, store_url=args.store_url)
     setup_logging("warning", False)
-    if not 1 <= len(args.user) <= MAX_USER_CHARS:
-        raise ValueError(f"--user must be 1 to {MAX_USER_CHARS} characters")
     if args.offline and args.url:
         raise ValueError("give --url or --offline, not both")
     erased = (_erase_offline(config, args.user) if args.offline
@@ -303,13 +332,8 @@ def _erase_offline(config: Config, user: str) -> dict[str, list[int]]:
     from rooms.engine import is_shared_url, open_engine
     from rooms.errors import StoreError
 
-    url = config.resolved_store_url
+    url = _existing_store(config)
     shared = is_shared_url(url)
-    if not shared and url.startswith("sqlite://") and \
-            not Path(url.removeprefix("sqlite://")).exists():
-        # Opening would create an empty database: a mistyped data dir must not look "done".
-        raise ValueError(f"no database at {url.removeprefix('sqlite://')}: give the "
-                         "server's --data-dir or --store-url")
 
     async def run() -> dict[str, list[int]]:
         engine = await open_engine(url)

@@ -173,3 +173,42 @@ def test_erase_refuses_operator_mistakes_in_one_line(
     assert done.stderr.count("\n") == 1 and done.stderr.endswith("\n")
     assert done.stdout == ""
     assert not (tmp_path / "var").exists()  # no database or secret created by a refusal
+
+
+@pytest.mark.parametrize(("command", "extra"), [("revoke", []), ("erase", ["--offline"])])
+@pytest.mark.parametrize(("user", "message"), [
+    ("", "roomchat: --user must be 1 to 64 characters\n"),
+    ("x" * 65, "roomchat: --user must be 1 to 64 characters\n"),
+    ("bob\nroomchat: revoked 'alice'", "roomchat: --user \"bob\\nroomchat: revoked 'alice'\" "
+     "contains a control character: no user id does\n"),
+    ("bob\x1b[2J", "roomchat: --user 'bob\\x1b[2J' contains a control character: no user id "
+     "does\n"),
+], ids=["empty", "65-chars", "newline", "escape"])
+def test_user_ids_are_checked_before_anything_is_touched(
+        tmp_path: Path, command: str, extra: list[str], user: str, message: str) -> None:
+    done = roomchat(tmp_path, command, "--user", user, *extra,
+                    env={"ROOMCHAT_JWT_SECRET": SECRET})
+    assert (done.returncode, done.stderr, done.stdout) == (2, message, "")
+    assert not (tmp_path / "var").exists()
+
+
+def test_a_user_id_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    # Bytes that are not UTF-8 reach Python's argv as lone surrogates (surrogateescape).
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}
+    done = subprocess.run([sys.executable, "-m", "gateway", "revoke", "--user", b"bob\xff"],
+                          cwd=tmp_path, check=False, capture_output=True, timeout=30,
+                          env={**base, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 2
+    assert done.stderr == (b"roomchat: --user 'bob\\udcff' contains a lone surrogate: no user "
+                           b"id does\n")
+    assert not (tmp_path / "var").exists()
+
+
+def test_revoke_refuses_a_data_dir_with_no_database(tmp_path: Path) -> None:
+    # A mistyped --data-dir used to get an empty database created there and "revoked", exit 0,
+    # while the server's own store never heard of it (issue 20, 4).
+    done = roomchat(tmp_path, "revoke", "--user", "mallory", "--data-dir", "dta")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"roomchat: no database at {tmp_path.absolute()}/dta/roomchat.sqlite3"
+                           ": give the server's --data-dir or --store-url\n")
+    assert not (tmp_path / "dta").exists()
