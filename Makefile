@@ -40,7 +40,10 @@ lock: | $(BIN)/python
 	$(LOCK) --extra fast --extra redis --extra client --group dev -o requirements/dev.lock
 	$(LOCK) --extra fast --group build -o requirements/run.lock
 
+# `make run BIND=127.0.0.1:9000 ROOM=team`: another address or first room. The check comes first,
+# so a taken port (or any other start-up mistake) is the one line you see, not after a link.
 run: $(VENV)/.run-installed
+	@$(BIN)/roomchat serve --bind $(BIND) --check >/dev/null
 	@link=$$($(BIN)/roomchat token --user demo --name "Demo User" --room $(ROOM) --ttl 12h \
 		--link http://$(BIND)) && echo && \
 	echo "roomchat: open this link to join room '$(ROOM)' as the demo user (valid 12 h):" && \

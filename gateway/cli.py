@@ -25,7 +25,7 @@ from gateway.config import (
     settings_table,
 )
 from gateway.logs import setup_logging
-from rooms.text import user_id_problem
+from rooms.text import MAX_USER_CHARS, unsafe_text
 
 # ROOMCHAT_* variables that are not settings of the server but are read by its tests and tools
 # (tests/support.py, tests/chaos, infra/compose.yaml, infra/Caddyfile, scripts/): no warning.
@@ -35,6 +35,10 @@ _TOOL_VARIABLES = frozenset({"ROOMCHAT_TLS", "ROOMCHAT_DOMAIN", "ROOMCHAT_UPSTRE
 _TOOL_PREFIXES = ("ROOMCHAT_TEST_", "ROOMCHAT_SOAK_", "ROOMCHAT_CHAOS_", "ROOMCHAT_CADDY_",
                   "ROOMCHAT_PUBLISH_")
 _TTL_WITHOUT_UNIT = re.compile(r"\s*\d+(?:\.\d+)?\s*")
+# Flags other servers take for what --bind says (`roomchat serve --port 9000`).
+_BIND_LOOKALIKES = frozenset({"--port", "-p", "--host", "-H", "--listen", "--address"})
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""The values ``--log-level`` / ``ROOMCHAT_LOG_LEVEL`` take (any case)."""
 # The serve flags that are settings (flag name = Config field name); `settings` takes them too.
 _CONFIG_FLAGS = ("bind", "workers", "data_dir", "store_url", "certfile", "keyfile", "dev_login",
                  "compression", "log_json", "log_level")
@@ -68,14 +72,16 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="accept permessage-deflate (off by default: CPU per recipient)")
     parser.add_argument("--log-json", action="store_true", default=None,
                         help="log one JSON object per line")
-    parser.add_argument("--log-level", help="debug, info, warning or error")
+    parser.add_argument("--log-level", help=", ".join(LOG_LEVELS[:-1]) + f" or {LOG_LEVELS[-1]}")
 
 
 def _config_flags(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in _CONFIG_FLAGS}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser]]:
+    """The top-level parser, and each command's parser by name (for the hints on unknown
+    arguments)."""
     parser = argparse.ArgumentParser(
         prog="roomchat", description="Real-time chat rooms. Every setting also has a "
         "ROOMCHAT_<NAME> environment variable (see `roomchat settings`).")
@@ -84,6 +90,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"roomchat {_version()}")
     serve = sub.add_parser("serve", help="run the server")
     _add_config_flags(serve)
+    serve.add_argument("--check", action="store_true",
+                       help="check everything a start checks (settings, keys, data directory, "
+                       "store, TLS files, the bind) and exit: 0 if it would start")
     # Internal: how the supervisor starts a worker (listening fd, control socket fd).
     serve.add_argument("--worker-fds", help=argparse.SUPPRESS)
 
@@ -160,7 +169,7 @@ def _parser() -> argparse.ArgumentParser:
     settings.add_argument("--markdown", action="store_true",
                           help="print the defaults as the README's Markdown table")
     _add_config_flags(settings)
-    return parser
+    return parser, dict(sub.choices)
 
 
 def warn_unknown_variables(env: Mapping[str, str]) -> list[str]:
@@ -181,9 +190,32 @@ def warn_unknown_variables(env: Mapping[str, str]) -> list[str]:
     return lines
 
 
+def unknown_arguments(command: str, options: Sequence[str], extra: Sequence[str]) -> str:
+    """The one line for arguments ``command`` does not take (``extra``, as argparse left them),
+    saying what to give instead: ``--bind`` for the usual port and host flags, else the
+    closest of ``options`` or where the list is."""
+    flag, _, value = extra[0].partition("=")
+    if flag in _BIND_LOOKALIKES and "--bind" in options:
+        value = value or (extra[1] if len(extra) > 1 else "")
+        example = (f"127.0.0.1:{value}" if value.isdigit() else f"{value}:8000" if value
+                   else "127.0.0.1:8000")
+        return f"{command} has no {flag}: use --bind HOST:PORT, e.g. --bind {example}"
+    close = difflib.get_close_matches(flag, options, n=1) if flag.startswith("-") else []
+    hint = (f"did you mean {close[0]}?" if close
+            else f"`roomchat {command} --help` lists what it takes")
+    return f"{command}: unrecognized argument{'s' if len(extra) > 1 else ''}: " \
+           f"{' '.join(extra)} ({hint})"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = _parser().parse_args(argv)
+    parser, commands = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # argparse would print the top-level usage and a bare "unrecognized arguments"
+        # argparse lists a parser's flags only in this attribute (unchanged since 2.7).
+        options = list(commands[args.command]._option_string_actions)
+        print(f"roomchat: {unknown_arguments(args.command, options, extra)}", file=sys.stderr)
+        return 2
     for line in warn_unknown_variables(os.environ):
         print(line, file=sys.stderr)
     try:
@@ -210,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
     config = load_config(**_config_flags(args))
+    if config.log_level.lower() not in LOG_LEVELS:
+        raise ValueError(f"--log-level {config.log_level!r} (ROOMCHAT_LOG_LEVEL): use "
+                         f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")
     setup_logging(config.log_level, config.log_json)
     if args.worker_fds:
         from gateway.supervisor import run_worker
@@ -217,9 +252,17 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
         listen_fd, control_fd = (int(fd) for fd in args.worker_fds.split(","))
         run_worker(config, listen_fd, control_fd)
         return 0
-    from gateway.preflight import preflight
+    from gateway.preflight import preflight, redact
 
     sock = preflight(config)
+    if args.check:
+        sock.close()
+        from gateway.app import create_app
+
+        create_app(config)  # what the app checks as it is built: keys, dev login, limits
+        print(f"roomchat: ready to serve on {config.bind} (store "
+              f"{redact(config.resolved_store_url)})")
+        return 0
     if config.workers > 1:
         from gateway.supervisor import Supervisor
 
@@ -248,6 +291,33 @@ def _settings(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_id(user: str) -> str:
+    """``--user`` checked as a user id (a token's ``sub``): 1 to ``MAX_USER_CHARS`` characters,
+    no control character or lone surrogate (``rooms.text.unsafe_text``). Raises ``ValueError``
+    (one line): call it before anything is opened or created."""
+    if not 1 <= len(user) <= MAX_USER_CHARS:
+        raise ValueError(f"--user must be 1 to {MAX_USER_CHARS} characters")
+    problem = unsafe_text(user)
+    if problem is not None:
+        # repr(): the line shows the offending character escaped, never raw on the terminal.
+        raise ValueError(f"--user {user!r} contains {problem}: no user id does")
+    return user
+
+
+def _existing_store(config: Config) -> str:
+    """The store URL a command that changes stored data opens. An embedded (SQLite) store must
+    already exist: opening would create an empty database, and a mistyped ``--data-dir`` would
+    then look "done" while the server's store was never touched. Raises ``ValueError``."""
+    from rooms.engine import is_shared_url
+
+    url = config.resolved_store_url
+    if not is_shared_url(url) and url.startswith("sqlite://") and \
+            not Path(url.removeprefix("sqlite://")).exists():
+        raise ValueError(f"no database at {url.removeprefix('sqlite://')}: give the "
+                         "server's --data-dir or --store-url")
+    return url
+
+
 def _revoke(args: argparse.Namespace) -> int:
     import asyncio
     import time
@@ -255,13 +325,15 @@ def _revoke(args: argparse.Namespace) -> int:
     from rooms.engine import open_engine
     from rooms.errors import StoreError
 
+    user = _user_id(args.user)
     config = load_config(data_dir=args.data_dir, store_url=args.store_url)
     setup_logging("warning", False)
+    url = _existing_store(config)
 
     async def record() -> None:
-        engine = await open_engine(config.resolved_store_url)
+        engine = await open_engine(url)
         try:
-            await engine.revoke(args.user, time.time())
+            await engine.revoke(user, time.time())
         finally:
             await engine.close()
 
@@ -269,7 +341,7 @@ def _revoke(args: argparse.Namespace) -> int:
         asyncio.run(record())
     except StoreError as exc:
         raise ValueError(f"cannot record the revocation: {exc}") from None
-    print(f"revoked {args.user!r}: their connections close within "
+    print(f"revoked {user!r}: their connections close within "
           f"{config.revocation_poll:g} s; tokens issued before now are refused")
     return 0
 
@@ -282,11 +354,9 @@ def _erase(args: argparse.Namespace) -> int:
     """``erase --user U``: through the running server's ``POST /api/v1/users/U/erase`` (the
     server tells its live rooms, the engine the other processes), or with ``--offline`` in the
     store directly."""
+    _user_id(args.user)
     config = load_config(data_dir=args.data_dir, store_url=args.store_url)
     setup_logging("warning", False)
-    problem = user_id_problem(args.user)  # the rule a token's sub is held to
-    if problem is not None:
-        raise ValueError(f"--user {problem}")
     if args.offline and args.url:
         raise ValueError("give --url or --offline, not both")
     erased = (_erase_offline(config, args.user) if args.offline
@@ -305,13 +375,8 @@ def _erase_offline(config: Config, user: str) -> dict[str, list[int]]:
     from rooms.engine import is_shared_url, open_engine
     from rooms.errors import StoreError
 
-    url = config.resolved_store_url
+    url = _existing_store(config)
     shared = is_shared_url(url)
-    if not shared and url.startswith("sqlite://") and \
-            not Path(url.removeprefix("sqlite://")).exists():
-        # Opening would create an empty database: a mistyped data dir must not look "done".
-        raise ValueError(f"no database at {url.removeprefix('sqlite://')}: give the "
-                         "server's --data-dir or --store-url")
 
     async def run() -> dict[str, list[int]]:
         engine = await open_engine(url)

@@ -1,6 +1,7 @@
 """Start-up checks run by ``roomchat serve`` before Hypercorn starts: each mistake (bad bind, port
-in use, unusable data directory, unknown or unusable store URL, Redis unreachable) becomes one
-``StartupError`` whose message is the single line the CLI prints, instead of a traceback.
+in use, unusable data directory, unknown or unusable store URL, Redis unreachable, TLS files that
+are missing, unreadable, not PEM, encrypted or not a pair) becomes one ``StartupError`` whose
+message is the single line the CLI prints, instead of a traceback.
 
 ``preflight()`` also binds the listening socket: that is where bind mistakes show up, and the
 bound socket is what the server (or every worker of ``--workers N``) then serves on.
@@ -12,6 +13,7 @@ import asyncio
 import errno
 import os
 import socket
+import ssl
 import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -53,6 +55,7 @@ def preflight(config: Config) -> socket.socket:
         except ImportError:
             raise StartupError("the Redis store needs the redis package: "
                                "pip install 'roomchat[redis]'") from None
+    check_tls(config.certfile, config.keyfile)
     for path, purpose in _needed_dirs(config):
         check_dir(path, purpose)
     if scheme in SHARED_SCHEMES:
@@ -105,6 +108,64 @@ def check_dir(path: Path, purpose: str) -> None:
         raise StartupError(f"data directory {shown} is not writable: {exc.strerror}") from None
     os.close(fd)
     os.unlink(probe)
+
+
+_CERTFILE = "--certfile {} (ROOMCHAT_CERTFILE)"
+_KEYFILE = "--keyfile {} (ROOMCHAT_KEYFILE)"
+_DEV_CERT = "`roomchat dev-cert` makes a pair for localhost"
+
+
+def check_tls(certfile: Path | None, keyfile: Path | None) -> None:
+    """With TLS configured (either path given), check what Hypercorn will load: both files,
+    readable, a PEM certificate and an unencrypted PEM private key of that certificate; then
+    load them as Hypercorn does (``ssl.SSLContext.load_cert_chain``) for anything else OpenSSL
+    refuses. ``StartupError`` naming the file and what to give instead; ssl's own errors name
+    neither file nor which of the two is wrong."""
+    if certfile is None and keyfile is None:
+        return
+    if certfile is None or keyfile is None:
+        given, missing = (("--certfile", "--keyfile (ROOMCHAT_KEYFILE)") if keyfile is None
+                          else ("--keyfile", "--certfile (ROOMCHAT_CERTFILE)"))
+        raise StartupError(f"{given} without {missing}: TLS needs the certificate and its "
+                           f"private key ({_DEV_CERT})")
+    from cryptography import x509
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives import serialization
+
+    cert_text = _CERTFILE.format(certfile)
+    key_text = _KEYFILE.format(keyfile)
+    cert_pem = _read_tls_file(certfile, cert_text)  # outside the try: StartupError is a
+    key_pem = _read_tls_file(keyfile, key_text)  # ValueError, as cryptography's errors are
+    try:
+        certs = x509.load_pem_x509_certificates(cert_pem)
+    except ValueError:
+        raise StartupError(f"{cert_text} holds no PEM certificate: give the server's "
+                           "certificate (-----BEGIN CERTIFICATE-----), its chain after it"
+                           ) from None
+    try:
+        key = serialization.load_pem_private_key(key_pem, password=None)
+    except TypeError:  # cryptography's word for "encrypted, and no password given"
+        raise StartupError(f"{key_text} is encrypted and the server cannot ask for its "
+                           f"passphrase: decrypt it (openssl pkey -in {keyfile} -out key.pem)"
+                           ) from None
+    except (ValueError, UnsupportedAlgorithm):
+        raise StartupError(f"{key_text} holds no PEM private key: give the certificate's key "
+                           "(-----BEGIN PRIVATE KEY-----)") from None
+    if certs[0].public_key() != key.public_key():
+        raise StartupError(f"{key_text} is not the key of {cert_text}: give the key the "
+                           "certificate was issued for (the first certificate in the file)")
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(certfile, keyfile)
+    except (ssl.SSLError, OSError) as exc:
+        raise StartupError(f"OpenSSL refuses {cert_text} with {key_text}: "
+                           f"{' '.join(str(exc).split())}") from None
+
+
+def _read_tls_file(path: Path, shown: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise StartupError(f"cannot read {shown}: {exc.strerror} ({_DEV_CERT})") from None
 
 
 def parse_bind(bind: str) -> tuple[str, int]:

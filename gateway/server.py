@@ -1,18 +1,27 @@
-"""Run the app under Hypercorn with our own shutdown: close sockets first, then stop.
+"""Run the app under Hypercorn with our own shutdown: stop accepting, close sockets, then stop.
 
 Hypercorn alone hangs on shutdown while WebSockets are open (hypercorn #308) and Quart's
 after_serving runs too late to send close frames, so ``serve`` passes a ``shutdown_trigger`` that,
-on SIGTERM/SIGINT (or ``shutdown``), drains the gateway (1012 to every socket, rooms store what
-they hold) and only then lets Hypercorn stop.
+on SIGTERM/SIGINT (or ``shutdown``), first closes this process's listeners, then drains the
+gateway (1012 to every socket, rooms store what they hold) and only then lets Hypercorn stop.
+
+Hypercorn itself closes its listeners only after the trigger returns, so without the first step a
+draining process kept accepting: on a port shared by ``--workers`` (gateway.supervisor) the kernel
+went on handing it connections during a SIGHUP replacement, which it could only refuse (503
+``draining``) or, once Hypercorn marked itself terminated, close unanswered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import gc
 import logging
+import math
 import signal
+import weakref
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from hypercorn.asyncio import serve as hypercorn_serve
@@ -26,6 +35,76 @@ from gateway.gcsteward import Counts, FreezePolicy, GcSteward
 from gateway.logs import ACCESS_LOG_FORMAT, AccessLogger
 
 log = logging.getLogger("roomchat.server")
+
+ACCEPT_GRACE = 0.1
+"""Seconds a connection accepted just before the listeners closed gets for its request to reach
+the app before the drain starts refusing (503 ``draining``). A loopback, LAN or same-host proxy
+client's request is already in the socket or follows within a millisecond; it then waits only
+for the event loop (without the grace, 1 of ~8,000 requests in three SIGHUP replacements under
+a steady stream was refused). The shutdown waits only for what is left of it since the last
+accept, so a server that accepted nothing lately starts its drain at once."""
+
+
+@dataclass(eq=False)
+class Listeners:
+    """The listening servers Hypercorn started for one ``serve()``, and when (``loop.time()``)
+    they last accepted a connection.
+
+    Hypercorn keeps its servers to itself and closes them only after the shutdown trigger has
+    returned; ``serve()`` catches them on their way through the loop's ``create_server`` (which
+    ``asyncio.start_server``, Hypercorn's call, uses): see ``_catch_listeners``."""
+
+    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    last_accept: float = -math.inf
+
+    def close(self) -> None:
+        """Stop accepting (idempotent): close this process's copies of the listening sockets.
+
+        Connections already accepted are untouched. On the socket ``--workers`` share, the
+        kernel hands queued and new connections to the other workers from now on; when this
+        process held the last copy, new connections are refused, which a proxy retries on
+        another instance."""
+        for server in self.servers:
+            server.close()
+
+    async def settle(self, grace: float = ACCEPT_GRACE) -> None:
+        """Wait until ``grace`` seconds have passed since the last accept (at once if they
+        have): the requests of connections accepted before ``close()`` have reached the app."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, self.last_accept + grace - loop.time()))
+
+
+# The Listeners of the serve() running in this context. A context variable, not a global: each
+# serve() (tests run several on one loop) catches only the servers its own task starts.
+_listeners: contextvars.ContextVar[Listeners | None] = contextvars.ContextVar(
+    "roomchat_listeners", default=None)
+_catching: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def _catch_listeners(loop: asyncio.AbstractEventLoop) -> None:
+    """Wrap ``loop.create_server`` (this loop only, once): a server started while the caller's
+    context holds a ``Listeners`` is added to it and stamps its accepts; otherwise nothing
+    changes. The cost per accepted connection is one call and a clock read."""
+    if loop in _catching:
+        return
+    create_server = loop.create_server
+
+    async def recording_create_server(protocol_factory: Callable[[], asyncio.BaseProtocol],
+                                      *args: Any, **kwargs: Any) -> asyncio.AbstractServer:
+        caught = _listeners.get()
+        if caught is None:
+            return await create_server(protocol_factory, *args, **kwargs)
+
+        def stamped_factory() -> asyncio.BaseProtocol:
+            caught.last_accept = loop.time()
+            return protocol_factory()
+
+        server = await create_server(stamped_factory, *args, **kwargs)
+        caught.servers.append(server)
+        return server
+
+    loop.create_server = recording_create_server  # type: ignore[method-assign,assignment]
+    _catching.add(loop)
 
 
 def hypercorn_config(config: Config, fd: int | None = None) -> HyperConfig:
@@ -82,17 +161,30 @@ async def serve(
             on_change=gw.observer.gc_frozen.set)
         stewarding = asyncio.create_task(steward.run(), name="gc-steward")
 
+    listeners = Listeners()
+    _catch_listeners(loop)
+
     async def trigger() -> None:
         await shutdown.wait()
-        log.info("shutting down: closing %d connections with 1012", gw.connections)
+        # Before the drain: a connection accepted during it could only be refused.
+        if listeners.servers:
+            listeners.close()
+            await listeners.settle()
+        else:
+            log.warning("shutting down without closing the listeners first: Hypercorn started "
+                        "none through the loop's create_server (a changed Hypercorn?)")
+        log.info("shutting down: stopped accepting; closing %d connections with 1012",
+                 gw.connections)
         if stewarding is not None:
             # A thaw's full collection would only hold up the drain of an exiting process.
             stewarding.cancel()
         await gw.drain(config.drain_timeout)
+    caught = _listeners.set(listeners)
     try:
         await hypercorn_serve(app, hypercorn_config(config, fd),
                               shutdown_trigger=trigger)
     finally:
+        _listeners.reset(caught)
         if stewarding is not None:
             stewarding.cancel()
             await asyncio.wait([stewarding])

@@ -4,7 +4,10 @@ drain); ``run_worker`` is the worker's side of that contract.
 
 The supervisor binds the socket once (in ``gateway.preflight``) and every worker inherits it, so
 the kernel spreads connections over whichever workers are accepting, and a worker that stops or
-restarts never closes the port: connections wait in the shared backlog. Each worker is the
+restarts never closes the port: connections wait in the shared backlog. A stopping worker closes
+its copy of the socket before it drains (gateway.server), so a SIGHUP replacement hands every new
+connection to a worker that serves it; on SIGTERM the supervisor closes its copy too, and the
+port refuses connections while the workers drain. Each worker is the
 normal single-process server (``python -m gateway serve ... --worker-fds L,C``). It reports
 readiness by writing a line on its end of a socket pair (fd C); when the supervisor disappears,
 the worker sees EOF on that socket and shuts down instead of serving unsupervised.
@@ -161,8 +164,12 @@ class Supervisor:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
-            await self._stop_all()
+            # No worker starts any more: drop our copy of the socket before the drain. Each
+            # worker closes its own as it starts draining, so the port stops taking connections
+            # (they are refused, and a proxy retries them elsewhere) instead of queueing them
+            # in a backlog nobody accepts from until we exit, then resetting them.
             self.sock.close()
+            await self._stop_all()
         log.info("supervisor %d: stopped", os.getpid())
         return 0
 

@@ -21,7 +21,8 @@ def roomchat_token(user_id: str, display_name: str, rooms: list[str], *, ttl: in
 
     Signed like the server verifies (same setting names): ``ROOMCHAT_JWT_ALGORITHM`` HS256 (the
     default) with ``ROOMCHAT_JWT_SECRET``, or EdDSA/RS256 with ``ROOMCHAT_JWT_PRIVATE_KEY_FILE``
-    (the server holds only the public key).
+    (the server holds only the public key). Raises ``RuntimeError`` naming the variable to set
+    when the key's variable is unset.
     """
     now = int(time.time())
     claims: dict[str, object] = {
@@ -36,13 +37,22 @@ def roomchat_token(user_id: str, display_name: str, rooms: list[str], *, ttl: in
         claims["admin"] = True     # may open the /admin page (live stats)
     headers = {"kid": kid} if kid else None  # a key of ROOMCHAT_JWT_KEYS (rotation)
     algorithm = os.environ.get("ROOMCHAT_JWT_ALGORITHM", "HS256")
-    if algorithm.startswith("HS"):
-        key: str | bytes = os.environ["ROOMCHAT_JWT_SECRET"]
-    else:
-        key = Path(os.environ["ROOMCHAT_JWT_PRIVATE_KEY_FILE"]).read_bytes()
+    hmac = algorithm.startswith("HS")
+    variable = "ROOMCHAT_JWT_SECRET" if hmac else "ROOMCHAT_JWT_PRIVATE_KEY_FILE"
+    setting = os.environ.get(variable)
+    if not setting:
+        raise RuntimeError(f"set {variable} to sign {algorithm} tokens: " + (
+            "the secret the roomchat server has" if hmac else
+            "your private key file (the roomchat server has its public half)"))
+    key: str | bytes = setting if hmac else Path(setting).read_bytes()
     return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
 
 
 if __name__ == "__main__":
-    user, room = sys.argv[1], sys.argv[2]
-    print(roomchat_token(user, user.capitalize(), [room]))
+    if len(sys.argv) != 3:
+        sys.exit("usage: python mint_token.py USER ROOM")
+    user, room = sys.argv[1:]
+    try:
+        print(roomchat_token(user, user.capitalize(), [room]))
+    except (RuntimeError, OSError) as exc:  # a variable unset, a key file unreadable
+        sys.exit(f"mint_token.py: {exc}")

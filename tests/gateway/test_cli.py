@@ -4,8 +4,12 @@ code and its exact one-line messages (never a traceback)."""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from importlib.metadata import version
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import jwt
 import pytest
 
 from gateway.config import settings_table
-from tests.support import REPO, SECRET, free_port
+from tests.support import REPO, SECRET, SLOW, free_port
 
 
 def roomchat(tmp: Path, *args: str, env: dict[str, str] | None = None,
@@ -173,3 +177,132 @@ def test_erase_refuses_operator_mistakes_in_one_line(
     assert done.stderr.count("\n") == 1 and done.stderr.endswith("\n")
     assert done.stdout == ""
     assert not (tmp_path / "var").exists()  # no database or secret created by a refusal
+
+
+@pytest.mark.parametrize(("command", "extra"), [("revoke", []), ("erase", ["--offline"])])
+@pytest.mark.parametrize(("user", "message"), [
+    ("", "roomchat: --user must be 1 to 64 characters\n"),
+    ("x" * 65, "roomchat: --user must be 1 to 64 characters\n"),
+    ("bob\nroomchat: revoked 'alice'", "roomchat: --user \"bob\\nroomchat: revoked 'alice'\" "
+     "contains a control character: no user id does\n"),
+    ("bob\x1b[2J", "roomchat: --user 'bob\\x1b[2J' contains a control character: no user id "
+     "does\n"),
+], ids=["empty", "65-chars", "newline", "escape"])
+def test_user_ids_are_checked_before_anything_is_touched(
+        tmp_path: Path, command: str, extra: list[str], user: str, message: str) -> None:
+    done = roomchat(tmp_path, command, "--user", user, *extra,
+                    env={"ROOMCHAT_JWT_SECRET": SECRET})
+    assert (done.returncode, done.stderr, done.stdout) == (2, message, "")
+    assert not (tmp_path / "var").exists()
+
+
+def test_a_user_id_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
+    # Bytes that are not UTF-8 reach Python's argv as lone surrogates (surrogateescape).
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}
+    done = subprocess.run([sys.executable, "-m", "gateway", "revoke", "--user", b"bob\xff"],
+                          cwd=tmp_path, check=False, capture_output=True, timeout=30,
+                          env={**base, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 2
+    assert done.stderr == (b"roomchat: --user 'bob\\udcff' contains a lone surrogate: no user "
+                           b"id does\n")
+    assert not (tmp_path / "var").exists()
+
+
+def test_revoke_refuses_a_data_dir_with_no_database(tmp_path: Path) -> None:
+    # A mistyped --data-dir used to get an empty database created there and "revoked", exit 0,
+    # while the server's own store never heard of it (issue 20, 4).
+    done = roomchat(tmp_path, "revoke", "--user", "mallory", "--data-dir", "dta")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == (f"roomchat: no database at {tmp_path.absolute()}/dta/roomchat.sqlite3"
+                           ": give the server's --data-dir or --store-url\n")
+    assert not (tmp_path / "dta").exists()
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["serve", "--port", "9000"],
+     "roomchat: serve has no --port: use --bind HOST:PORT, e.g. --bind 127.0.0.1:9000\n"),
+    (["serve", "--host=0.0.0.0"],
+     "roomchat: serve has no --host: use --bind HOST:PORT, e.g. --bind 0.0.0.0:8000\n"),
+    (["serve", "--wrokers", "2"],
+     "roomchat: serve: unrecognized arguments: --wrokers 2 (did you mean --workers?)\n"),
+    (["token", "8000"], "roomchat: token: unrecognized argument: 8000 (`roomchat token --help` "
+     "lists what it takes)\n"),
+    (["serve", "--log-level", "loud"], "roomchat: --log-level 'loud' (ROOMCHAT_LOG_LEVEL): use "
+     "debug, info, warning or error\n"),
+], ids=["port", "host", "typo", "positional", "log-level"])
+def test_unknown_flags_and_values_get_one_line_saying_what_to_use(
+        tmp_path: Path, args: list[str], message: str) -> None:
+    # argparse printed the top-level usage and "unrecognized arguments: --port 9000"; a bad
+    # log level said only "Unknown level: 'LOUD'" (issue 20, 16).
+    done = roomchat(tmp_path, *args, env={"ROOMCHAT_JWT_SECRET": SECRET})
+    assert (done.returncode, done.stderr, done.stdout) == (2, message, "")
+
+
+def test_serve_check_runs_the_start_up_checks_and_exits(tmp_path: Path) -> None:
+    port = free_port()
+    done = roomchat(tmp_path, "serve", "--check", "--bind", f"127.0.0.1:{port}",
+                    env={"ROOMCHAT_JWT_SECRET": SECRET})
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == (f"roomchat: ready to serve on 127.0.0.1:{port} (store sqlite://"
+                           f"{tmp_path.absolute()}/var/roomchat.sqlite3)\n")
+    # What the app checks as it is built, not only the preflight's own checks.
+    done = roomchat(tmp_path, "serve", "--check", "--bind", f"0.0.0.0:{port}", "--dev-login",
+                    env={"ROOMCHAT_JWT_SECRET": SECRET})
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.startswith("roomchat: dev login is refused on a non-loopback bind")
+
+
+def make_run(tmp: Path, *variables: str) -> subprocess.Popen[str]:
+    """``make run`` with this interpreter's venv (nothing to install), data in ``tmp``."""
+    venv = Path(sys.executable).parent.parent
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}
+    return subprocess.Popen(
+        ["make", "--no-print-directory", "-C", str(REPO), f"VENV={venv}",
+         "-o", f"{venv}/.run-installed", "run", *variables],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+        env={**base, "ROOMCHAT_DATA_DIR": str(tmp / "data")})
+
+
+def test_make_run_with_a_taken_port_fails_before_printing_a_link(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with make_run(tmp_path, f"BIND=127.0.0.1:{port}") as make:
+            out, _ = make.communicate(timeout=60)
+    assert make.returncode != 0
+    assert "#token=" not in out and "open this link" not in out, out
+    assert out.splitlines()[0] == (f"roomchat: cannot listen on 127.0.0.1:{port}: the address "
+                                   "is already in use (is another server running?)")
+
+
+def test_make_run_serves_the_bind_and_room_it_is_given(tmp_path: Path) -> None:
+    port = free_port()
+    with make_run(tmp_path, f"BIND=127.0.0.1:{port}", "ROOM=team") as make:
+        try:
+            assert make.stdout is not None
+            lines: list[str] = []
+            while not any("#token=" in line for line in lines):
+                line = make.stdout.readline()
+                assert line, "".join(lines)
+                lines.append(line)
+            link = next(line.strip() for line in lines if "#token=" in line)
+            assert link.startswith(f"http://127.0.0.1:{port}/rooms/team#token=")
+            deadline = time.monotonic() + 20 * SLOW
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz",
+                                                timeout=5) as answer:
+                        assert answer.status == 200
+                        break
+                except OSError:
+                    assert time.monotonic() < deadline, "make run did not start serving"
+                    time.sleep(0.1)
+        finally:
+            os.killpg(make.pid, signal.SIGTERM)  # make's group: make and the server it runs
+            make.communicate(timeout=30 * SLOW)
+
+
+def test_readme_documents_make_run_variables() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert "make run BIND=127.0.0.1:9000 ROOM=team" in readme

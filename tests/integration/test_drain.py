@@ -6,7 +6,10 @@ import asyncio
 from dataclasses import replace
 from pathlib import Path
 
-from tests.support import make_config, running_server
+import pytest
+
+from gateway.server import ACCEPT_GRACE
+from tests.support import make_config, make_token, running_server
 
 
 async def test_sockets_close_in_waves_within_the_drain_timeout(tmp_path: Path) -> None:
@@ -42,3 +45,24 @@ async def test_few_connections_close_at_once(tmp_path: Path) -> None:
         srv.shutdown.set()
         codes = await asyncio.gather(*(c.closed(timeout=10) for c in clients))
         assert codes == [1012] * 5 and loop.time() - started < 0.5
+
+
+async def test_the_listener_closes_before_the_drain(tmp_path: Path) -> None:
+    # Stop accepting, then drain: while a client that never answers the close frame holds the
+    # drain open, a new connection is refused (a proxy retries it elsewhere), not accepted only
+    # to be refused with 503 "draining" or closed unanswered (issue 20, 13). The default event
+    # loop here; tests/integration/test_workers.py checks uvloop and a shared port.
+    config = replace(make_config(tmp_path), drain_timeout=3.0)
+    async with running_server(config) as srv:
+        reader, stalled = await asyncio.open_connection("127.0.0.1", srv.port)
+        stalled.write(b"GET /rooms/lobby/ws?token=" + make_token().encode() + b" HTTP/1.1\r\n"
+                        b"Host: test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        b"Sec-WebSocket-Version: 13\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 101")
+        srv.shutdown.set()
+        await asyncio.sleep(ACCEPT_GRACE + 0.2)
+        assert srv.gateway.draining and not srv.task.done()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection("127.0.0.1", srv.port)
+        stalled.close()

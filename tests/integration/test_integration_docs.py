@@ -8,8 +8,10 @@ import asyncio
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -17,12 +19,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import jwt
 import orjson
 import pytest
 import websockets
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
+from gateway.auth import make_issuer
 from tests.support import REPO, SECRET, SLOW, make_config, running_server
 
 DOC = REPO / "docs" / "integration.md"
@@ -146,3 +150,44 @@ async def test_node_example(tmp_path: Path, kind: str) -> None:
         assert "# fail 0" in done.stdout and "# skipped 0" in done.stdout, done.stdout
         welcome = await join(srv.port, await asyncio.to_thread(node_mint, env))
         assert (welcome["user"], welcome["name"]) == ("node-user", "node-user")
+
+
+def test_the_claims_table_lists_every_claim_the_server_reads(tmp_path: Path) -> None:
+    # The page said "There is no `moderator` claim" while the server took `moderator` and `mod`
+    # (issue 20, 16). Every claim roomchat's own issuer can write has a row.
+    issuer = make_issuer(make_config(tmp_path))
+    token = issuer.issue("u1", rooms=["lobby"], ttl=60, name="U", admin=True, scope="api",
+                         moderator=True, mod=["lobby"])
+    claims = set(jwt.decode(token, options={"verify_signature": False}))
+    section = DOC.read_text().partition("## The claims")[2].partition("\n## ")[0]
+    rows = {claim for line in section.splitlines() if line.startswith("| `")
+            for claim in re.findall(r"`(\w+)`", line.split("|")[1])}
+    assert claims <= rows, f"claims without a row in docs/integration.md: {claims - rows}"
+
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({}, "ROOMCHAT_JWT_SECRET"),
+    ({"ROOMCHAT_JWT_ALGORITHM": "EdDSA"}, "ROOMCHAT_JWT_PRIVATE_KEY_FILE"),
+], ids=["hs256", "eddsa"])
+def test_python_example_says_which_variable_to_set(env: dict[str, str], variable: str) -> None:
+    # It died with a KeyError traceback when the variable was unset (issue 20, 16).
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_JWT")}
+    done = subprocess.run([sys.executable, str(EXAMPLES / "mint_token.py"), "alice", "lobby"],
+                          capture_output=True, text=True, timeout=30 * SLOW, check=False,
+                          env={**base, **env})
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr.startswith(f"mint_token.py: set {variable} to sign ")
+    assert done.stderr.count("\n") == 1
+
+
+def test_node_example_says_which_variable_to_set() -> None:
+    if shutil.which("node") is None:
+        pytest.fail("the Node example needs node on PATH (Node 18+)")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_JWT")}
+    done = subprocess.run(["node", "mint.mjs", "alice", "lobby"], cwd=NODE_DIR,
+                          capture_output=True, text=True, timeout=30 * SLOW, check=False,
+                          env=base)
+    assert (done.returncode, done.stdout) == (1, "")
+    assert done.stderr == ("mint.mjs: set ROOMCHAT_JWT_SECRET (the secret the roomchat server "
+                           "has) or ROOMCHAT_JWT_PRIVATE_KEY_FILE (your private key; the server "
+                           "has its public half)\n")

@@ -111,3 +111,66 @@ def test_unusable_public_key_file(tmp_path: Path) -> None:
                       env={"ROOMCHAT_JWT_ALGORITHM": "RS256",
                            "ROOMCHAT_JWT_PUBLIC_KEY_FILE": str(tmp_path / "pub.pem")})
     assert_one_line(code, err, "ROOMCHAT_JWT_PUBLIC_KEY_FILE", "not a usable RS256 public key")
+
+
+def _tls_files(tmp: Path) -> dict[str, Path]:
+    """A good pair (``roomchat dev-cert``'s), and every way the files can be wrong."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    from gateway.tls import make_dev_cert
+
+    pair = make_dev_cert(tmp / "data")
+    files = {"cert": pair.cert, "key": pair.key, "other-key": pair.ca_key}
+    (tmp / "garbage.pem").write_text("not a PEM file\n")
+    files["garbage"] = tmp / "garbage.pem"
+    key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+    files["encrypted"] = tmp / "encrypted.pem"
+    files["encrypted"].write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase")))
+    # A pair that parses and matches but OpenSSL refuses at its default security level.
+    weak = rsa.generate_private_key(public_exponent=65537, key_size=1024)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(weak.public_key()).serial_number(1).not_valid_before(now)
+            .not_valid_after(now + datetime.timedelta(days=1)).sign(weak, hashes.SHA256()))
+    files["weak-cert"] = tmp / "weak-cert.pem"
+    files["weak-cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    files["weak-key"] = tmp / "weak-key.pem"
+    files["weak-key"].write_bytes(weak.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    return files
+
+
+@pytest.mark.parametrize(("certfile", "keyfile", "expected"), [
+    ("/nope.pem", "key", ["cannot read --certfile /nope.pem (ROOMCHAT_CERTFILE): No such file "
+                          "or directory", "roomchat dev-cert"]),
+    ("cert", "/nope-key.pem", ["cannot read --keyfile /nope-key.pem", "No such file"]),
+    ("garbage", "key", ["--certfile {garbage}", "holds no PEM certificate"]),
+    ("key", "key", ["--certfile {key}", "holds no PEM certificate"]),
+    ("cert", "garbage", ["--keyfile {garbage}", "holds no PEM private key"]),
+    ("cert", "encrypted", ["--keyfile {encrypted}", "is encrypted", "openssl pkey"]),
+    ("cert", "other-key", ["--keyfile {other-key} (ROOMCHAT_KEYFILE) is not the key of "
+                           "--certfile {cert}"]),
+    ("cert", None, ["--certfile without --keyfile"]),
+    (None, "key", ["--keyfile without --certfile"]),
+    ("weak-cert", "weak-key", ["OpenSSL refuses --certfile {weak-cert}", "{weak-key}"]),
+], ids=["no-cert", "no-key", "garbage-cert", "key-as-cert", "garbage-key", "encrypted-key",
+        "mismatch", "cert-alone", "key-alone", "refused-by-openssl"])
+def test_tls_files_are_checked_before_start(
+        tmp_path: Path, certfile: str | None, keyfile: str | None, expected: list[str]) -> None:
+    files = {name: str(path) for name, path in _tls_files(tmp_path).items()}
+    args = ["--bind", f"127.0.0.1:{free_port()}"]
+    if certfile is not None:
+        args += ["--certfile", files.get(certfile, certfile)]
+    if keyfile is not None:
+        args += ["--keyfile", files.get(keyfile, keyfile)]
+    code, err = serve(tmp_path, *args)
+    assert_one_line(code, err, *(text.format_map(files) for text in expected))

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,10 +34,12 @@ ENV = {"ROOMCHAT_RATE_BURST": "1000", "ROOMCHAT_RATE_PER_SEC": "1000",
 
 
 @contextlib.contextmanager
-def supervised(tmp: Path, workers: int = 2) -> Iterator[Process]:
-    """``roomchat serve --workers N`` on a fresh Redis; stopped with SIGTERM afterwards."""
+def supervised(tmp: Path, workers: int = 2, env: dict[str, str] | None = None,
+               ) -> Iterator[Process]:
+    """``roomchat serve --workers N`` on a fresh Redis (``env``: settings on top of ``ENV``);
+    stopped with SIGTERM afterwards."""
     with redis_server(tmp / "redis") as url:
-        srv = start_process(tmp / "data", env=ENV,
+        srv = start_process(tmp / "data", env={**ENV, **(env or {})},
                             args=["--workers", str(workers), "--store-url", url])
         try:
             yield srv
@@ -358,3 +361,108 @@ async def test_clients_on_different_workers_share_one_room(tmp_path: Path) -> No
             while len(got) < 10 * len(writers):
                 got.append((await client.recv_type("message"))["seq"])
             assert got == list(range(1, 10 * len(writers) + 1))  # live, one order, everywhere
+
+
+@dataclass
+class Traffic:
+    """A steady stream of fresh connections, each one request: ``GET /healthz`` or a WebSocket
+    handshake. Counts each answer by its status line; ``b""`` is a connection the server closed
+    (or reset) without answering."""
+
+    port: int
+    answers: dict[bytes, int] = field(default_factory=dict)
+
+    def request(self, n: int) -> bytes:
+        """Request ``n``: a WebSocket handshake (as user ``probe<n>``) if even, else /healthz."""
+        if n % 2:
+            return b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+        token = make_token(f"probe{n}").encode()
+        return (b"GET /rooms/probes/ws?token=" + token + b" HTTP/1.1\r\nHost: test\r\n"
+                b"Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+
+    async def one(self, n: int) -> bytes:
+        """Make request ``n`` on a new connection; count its status line and return it."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.port)
+        try:
+            writer.write(self.request(n))
+            try:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10 * SLOW)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                head = b""
+            status = b" ".join(head.split(b"\r\n", 1)[0].split()[:2])
+            if status in (b"HTTP/1.1 503", b"HTTP/1.1 429"):  # which refusal: from the body
+                length = int(head.lower().partition(b"content-length:")[2].split()[0])
+                status += b" " + await asyncio.wait_for(reader.readexactly(length), 5 * SLOW)
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        self.answers[status] = self.answers.get(status, 0) + 1
+        return status
+
+    async def run(self, stop: asyncio.Event, lanes: int = 4) -> None:
+        async def lane(first: int) -> None:
+            n = first
+            while not stop.is_set():
+                await self.one(n)
+                n += lanes
+                await asyncio.sleep(0.005)
+        async with asyncio.TaskGroup() as tasks:
+            for first in range(lanes):
+                tasks.create_task(lane(first))
+
+
+async def test_sighup_leaves_no_request_unanswered(tmp_path: Path) -> None:
+    # The draining worker stops accepting before it drains, so every connection the kernel
+    # queues on the shared port reaches a worker that serves it: no 503 "draining", no
+    # connection closed without an answer (issue 20, 13).
+    # One client IP makes every handshake here: lift the per-IP handshake bucket.
+    with supervised(tmp_path, env={"ROOMCHAT_HANDSHAKE_RATE": "100000",
+                                   "ROOMCHAT_HANDSHAKE_BURST": "100000",
+                                   "ROOMCHAT_MAX_CONNECTIONS_PER_IP": "100000"}) as srv:
+        old = workers_of(srv)
+        await wait_serving(srv, old)
+        traffic = Traffic(srv.port)
+        stop = asyncio.Event()
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(traffic.run(stop))
+            await until(lambda: sum(traffic.answers.values()) >= 50, 20, "first answers")
+            before = sum(traffic.answers.values())
+            srv.proc.send_signal(signal.SIGHUP)
+            await until(lambda: "all workers replaced" in srv.output(), 60, "the replacement")
+            during = sum(traffic.answers.values()) - before
+            await until(lambda: sum(traffic.answers.values()) >= before + during + 50, 20,
+                        "more answers")
+            stop.set()
+        assert not children(srv.proc.pid) & old
+        assert set(traffic.answers) <= {b"HTTP/1.1 200", b"HTTP/1.1 101"}, traffic.answers
+        print(f"\nSIGHUP under traffic: {during} requests during the replacement, "
+              f"{sum(traffic.answers.values())} in all, all answered: {traffic.answers}")
+
+
+async def test_a_stopping_supervisor_refuses_new_connections_while_workers_drain(
+        tmp_path: Path) -> None:
+    # SIGTERM: every worker stops accepting, and so does the supervisor's copy of the socket,
+    # so a connection during the drain is refused at once (a proxy retries it elsewhere)
+    # instead of waiting in a backlog nobody accepts from until the supervisor exits.
+    with supervised(tmp_path) as srv:
+        pids = workers_of(srv)
+        await wait_serving(srv, pids)
+        # A client that never answers the close frame keeps its worker draining.
+        stalled = socket.create_connection(("127.0.0.1", srv.port), timeout=10 * SLOW)
+        stalled.sendall(Traffic(srv.port).request(0))
+        assert stalled.recv(4096).startswith(b"HTTP/1.1 101")
+        srv.proc.send_signal(signal.SIGTERM)
+        await until(lambda: "stopping 2 workers" in srv.output(), 10, "the stop")
+        await asyncio.sleep(0.5)  # past the workers' ACCEPT_GRACE
+        assert srv.proc.poll() is None, "the drain should still be waiting for the client"
+        started = time.monotonic()
+        try:
+            status = await asyncio.wait_for(Traffic(srv.port).one(1), DRAIN_TIMEOUT + 5)
+        except ConnectionRefusedError:
+            status = b"refused"
+        elapsed = time.monotonic() - started
+        assert srv.proc.poll() is None, "the drain should still be waiting for the client"
+        stalled.close()
+        assert (status, elapsed < 1) == (b"refused", True), (status, elapsed)

@@ -44,8 +44,20 @@ export function roomchatToken({ user, name, rooms, ttlSeconds = 15 * 60, admin =
 if (import.meta.url === pathToFileURL(process.argv[1]).href) {
   const [user, room] = process.argv.slice(2);
   const keyFile = process.env.ROOMCHAT_JWT_PRIVATE_KEY_FILE;
+  const secret = process.env.ROOMCHAT_JWT_SECRET;
+  const fail = (line) => { console.error(`mint.mjs: ${line}`); process.exit(1); };
+  if (!user || !room) fail('usage: node mint.mjs USER ROOM');
+  if (!keyFile && !secret) {
+    fail('set ROOMCHAT_JWT_SECRET (the secret the roomchat server has) or '
+      + 'ROOMCHAT_JWT_PRIVATE_KEY_FILE (your private key; the server has its public half)');
+  }
+  let privateKey;
+  try {
+    privateKey = keyFile && readFileSync(keyFile);
+  } catch (error) {
+    fail(`cannot read ROOMCHAT_JWT_PRIVATE_KEY_FILE ${keyFile}: ${error.code}`);
+  }
   console.log(roomchatToken({
-    user, name: user, rooms: [room],
-    ...(keyFile ? { privateKey: readFileSync(keyFile) } : { secret: process.env.ROOMCHAT_JWT_SECRET }),
+    user, name: user, rooms: [room], ...(privateKey ? { privateKey } : { secret }),
   }));
 }
