@@ -23,7 +23,7 @@ from rooms.session import Session
 from rooms.state import JoinPlan
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.gateway import Gateway
 
 class QuartTransport:
     """``rooms.session.Transport`` over Quart's websocket object (usable from any task)."""

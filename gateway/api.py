@@ -43,7 +43,7 @@ from rooms.ratelimit import TokenBucket
 from rooms.text import TextProblem, message_text, unsafe_text
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.gateway import Gateway
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
 

@@ -14,7 +14,7 @@ from gateway.limits import LimitExceeded
 from rooms.errors import Banned, StoreError
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.gateway import Gateway
 
 DEFAULT_LIMIT = 50
 

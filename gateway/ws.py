@@ -50,7 +50,7 @@ from rooms.protocol import CloseCode, ErrorCode
 from rooms.session import Session
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.gateway import Gateway
 
 log = logging.getLogger("roomchat.ws")
 
