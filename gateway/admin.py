@@ -15,9 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Response, websocket
 
-from gateway.auth import AuthError
-from gateway.errors import Rejection, rejection_for
-from gateway.ws import origin_allowed
+from gateway.access import Purpose, QuartKnock
+from gateway.errors import REFUSALS, rejection_for
 from rooms import protocol
 from rooms.session import Session
 from rooms.state import JoinPlan
@@ -52,19 +51,15 @@ def snapshot(gw: Gateway) -> dict[str, Any]:
 
 
 async def admin_socket(gw: Gateway) -> Response | None:
+    """Serve one admin stream, once the front door admitted it (``Purpose.ADMIN_STREAM``: an
+    admin token in ``?token=``); a refusal is the HTTP answer to the upgrade."""
     try:
-        if not origin_allowed(websocket.headers.get("Origin"), websocket.headers.get("Host"),
-                              gw.config.allowed_origins):
-            raise Rejection(403, "origin_forbidden", "this page's origin is not allowed")
-        try:
-            claims = gw.verifier.verify(websocket.args.get("token"))
-        except AuthError as exc:
-            raise rejection_for(exc) from None
-        if not claims.admin:
-            raise Rejection(403, "admin_required", "this token has no admin claim")
-    except Rejection as refused:
+        admission = await gw.door.admit(QuartKnock(websocket), Purpose.ADMIN_STREAM)
+    except REFUSALS as exc:
+        refused = rejection_for(exc)
         gw.observer.handshake_rejected(refused.error)
         return refused.response()
+    claims = admission.claims
     cfg = gw.config.room
     session = Session(-next(_ids), claims.user, claims.name,
                       QuartTransport(websocket._get_current_object()),  # type: ignore[attr-defined]

@@ -9,21 +9,19 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-import time
 from importlib import resources
 from pathlib import Path
 
 from quart import Quart, Response, request, send_file
 
 from gateway import admin, api, history, tickets, ws
-from gateway.auth import API_SCOPE, AuthError, valid_room_name
+from gateway.access import Purpose, QuartKnock
+from gateway.auth import valid_room_name
 from gateway.config import Config
-from gateway.errors import Rejection, rejection_for
+from gateway.errors import REFUSALS, Refusal, Rejection, rejection_for
 from gateway.gateway import Gateway
 from gateway.inputs import json_object
-from gateway.limits import Limit, LimitExceeded
 from gateway.metrics import CONTENT_TYPE
-from rooms.errors import Banned, StoreError
 from rooms.protocol import dumps
 
 # Gateway is imported from here too (gateway.server, tests): its home is gateway.gateway.
@@ -96,6 +94,13 @@ def create_app(config: Config) -> Quart:
     async def _rejected(exc: Rejection) -> Response:
         return exc.response()
 
+    async def _refused(exc: Refusal) -> Response:
+        """Any route's typed refusal (the front door's, an engine's): its HTTP answer."""
+        return rejection_for(exc).response()
+
+    for refusal in REFUSALS:
+        app.register_error_handler(refusal, _refused)
+
     async def page(name: str) -> Response:
         """An HTML page of static/, with the strict CSP and never cached (it is tiny)."""
         response = await send_file(static / name, mimetype="text/html")
@@ -137,44 +142,11 @@ def create_app(config: Config) -> Quart:
 
     @app.post("/rooms/<room>/ticket")
     async def ticket(room: str) -> Response:
-        """A single-use ticket for one connection to ``room`` (gateway.tickets)."""
-        if not valid_room_name(room):
-            raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
-        # The upgrade's checks, answered here where a page can read them (a browser sees a
-        # refused upgrade only as 1006): charged as a handshake, then the credentials, origin,
-        # drain, capacity and connection caps (checked, not reserved: the upgrade counts).
-        ip = gw.addresses.client_ip(request.remote_addr,
-                                    request.headers.getlist(gw.addresses.header))
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        try:
-            gw.limits.handshake(ip, time.monotonic())
-            if not ws.origin_allowed(request.headers.get("Origin"), request.headers.get("Host"),
-                                     config.allowed_origins):
-                raise Rejection(403, "origin_forbidden", "this page's origin is not allowed")
-            if scheme.lower() != "bearer" or not token:
-                raise AuthError("missing_token", "send Authorization: Bearer <token>")
-            claims = gw.verifier.verify(token.strip())
-            gw.revocations.check(claims)
-            if claims.scope == API_SCOPE:
-                raise Rejection(403, "api_credential", "an API credential cannot open a socket")
-            if not claims.may_join(room):
-                raise AuthError("room_forbidden", f"the token does not allow room {room}")
-            if gw.draining:
-                raise Rejection(503, "draining", "the server is restarting; try again shortly")
-            if gw.connections >= config.max_connections:
-                raise Rejection(503, "server_full", "too many connections; try again later")
-            if not gw.limits.user_connections.allows(claims.user):
-                raise LimitExceeded(Limit.USER_CONNECTIONS, "this user already has "
-                                    f"{gw.limits.user_connections.cap} connections open")
-            if not gw.limits.ip_connections.allows(ip):
-                raise LimitExceeded(Limit.IP_CONNECTIONS, "this address already has "
-                                    f"{gw.limits.ip_connections.cap} connections open")
-            ban = await gw.store.banned(room, claims.user)
-            if ban is not None:  # the upgrade would be refused: say why where a page can read it
-                raise rejection_for(Banned(claims.user, ban.until, ban.reason))
-            issued = await tickets.issue(gw.store, claims, room, config.ticket_ttl)
-        except (AuthError, StoreError, LimitExceeded) as exc:
-            raise rejection_for(exc) from None
+        """A single-use ticket for one connection to ``room`` (gateway.tickets), once the front
+        door has checked what the upgrade would (a browser sees a refused upgrade only as 1006;
+        here a page can read why): the caps are checked, not reserved (the upgrade counts)."""
+        admission = await gw.door.admit(QuartKnock(request), Purpose.TICKET, room)
+        issued = await tickets.issue(gw.store, admission.claims, room, config.ticket_ttl)
         return Response(dumps({"ticket": issued, "expires_in": int(config.ticket_ttl)}),
                         content_type="application/json", headers={"Cache-Control": "no-store"})
 

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Iterator
 from typing import Protocol
 
+from gateway.access import FrontDoor
 from gateway.auth import make_issuer, make_verifier
 from gateway.config import Config
 from gateway.limits import ClientAddresses, Limits, parse_networks
@@ -41,7 +42,8 @@ class Abortable(Protocol):
 
 
 class Gateway:
-    """What the routes share: config, auth, store, rooms, metrics, connection count."""
+    """What the routes share: config, the front door (``door``: every credential is checked
+    there), store, rooms, metrics, connection count."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -69,6 +71,11 @@ class Gateway:
         self._idle.set()
         self._store: Engine | None = None
         self._registry: RoomRegistry | None = None
+        # Raises ValueError for a short API key.
+        self.door = FrontDoor(self, verifier=self.verifier, revocations=self.revocations,
+                              limits=self.limits, addresses=self.addresses,
+                              allowed_origins=config.allowed_origins,
+                              max_connections=config.max_connections, api_key=config.api_key)
 
     @property
     def store(self) -> Engine:
