@@ -44,10 +44,10 @@ _ids = itertools.count(1)
 
 def snapshot(gw: Gateway) -> dict[str, Any]:
     """Stats of the process and its busiest rooms (by connections), as one protocol object."""
-    rooms = [actor.statistics() for actor in gw.registry.rooms()]
-    rooms.sort(key=lambda r: (-int(str(r.get("sessions", 0))), str(r["room"])))
+    actors = sorted(gw.registry.rooms(), key=lambda a: (-a.counts().sessions, a.room))
     return {"type": "stats", "ts": int(time.time() * 1000), "connections": gw.connections,
-            "rooms_active": len(rooms), "rooms": rooms[:MAX_ROOMS_SHOWN]}
+            "rooms_active": len(actors),
+            "rooms": [actor.statistics() for actor in actors[:MAX_ROOMS_SHOWN]]}
 
 
 async def admin_socket(gw: Gateway) -> Response | None:

@@ -161,15 +161,10 @@ async def presence(room: str) -> Response:
 async def rooms() -> Response:
     """The rooms live in this process, most connections first."""
     gw, caller = await _authorize()
-    listed = []
-    for actor in gw.registry.rooms():
-        if not caller.may_act_on(actor.room):
-            continue
-        stats = actor.statistics()
-        listed.append({"room": actor.room, "members": len(actor.presence()),
-                       "connections": stats.get("sessions", 0), "seq": stats.get("seq", 0)})
-    listed.sort(key=lambda r: (-int(str(r["connections"])), str(r["room"])))
-    return _json({"rooms": listed})
+    counts = [actor.counts() for actor in gw.registry.rooms() if caller.may_act_on(actor.room)]
+    counts.sort(key=lambda c: (-c.sessions, c.room))
+    return _json({"rooms": [{"room": c.room, "members": c.members, "connections": c.sessions,
+                             "seq": c.seq} for c in counts]})
 
 
 # -- users ---------------------------------------------------------------------------------------
