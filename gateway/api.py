@@ -6,8 +6,10 @@ A service credential is ``Authorization: Bearer <credential>`` where the credent
 JWT with ``"scope": "api"`` (verified like user tokens: same keys, pinned algorithm; its ``rooms``
 claim limits the rooms it acts on) or the static ``ROOMCHAT_API_KEY`` (compared in constant time;
 any room). A user token is refused (403 ``api_scope_required``), and an API credential opens no
-chat socket (``gateway.ws``). Every request costs one token of its credential's bucket
-(``api_rate``/``api_burst``; 429 ``rate_limited`` with ``Retry-After``).
+chat socket. Every request costs one token of its credential's bucket (``api_rate``/
+``api_burst``; 429 ``rate_limited`` with ``Retry-After``). All of it is checked by the front
+door (``gateway.access``: ``Purpose.API``, and ``Purpose.API_USERS`` for what touches every
+room).
 
 Messages published here go through the room's actor like a member's (``RoomActor.publish``):
 same seq, dedup by ``(user, id)``, durability, and live delivery in seq order. docs/api.md is

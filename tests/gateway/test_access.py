@@ -255,7 +255,6 @@ async def api_rate(d: Door, purpose: Purpose) -> tuple[int, str] | str:
 
 
 ADMITTED = "admitted"
-EVERYWHERE = {p: p for p in Purpose}
 USER_ROOMS = (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.HISTORY)
 
 # What each purpose answers to each case: the spec, in one table.
