@@ -15,15 +15,14 @@ from typing import TYPE_CHECKING, Any
 
 from quart import Response, websocket
 
-from gateway.auth import AuthError
-from gateway.errors import Rejection, rejection_for
-from gateway.ws import origin_allowed
+from gateway.access import Purpose, QuartKnock
+from gateway.errors import REFUSALS, rejection_for
 from rooms import protocol
 from rooms.session import Session
 from rooms.state import JoinPlan
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.gateway import Gateway
 
 class QuartTransport:
     """``rooms.session.Transport`` over Quart's websocket object (usable from any task)."""
@@ -45,26 +44,22 @@ _ids = itertools.count(1)
 
 def snapshot(gw: Gateway) -> dict[str, Any]:
     """Stats of the process and its busiest rooms (by connections), as one protocol object."""
-    rooms = [actor.statistics() for actor in gw.registry.rooms()]
-    rooms.sort(key=lambda r: (-int(str(r.get("sessions", 0))), str(r["room"])))
+    actors = sorted(gw.registry.rooms(), key=lambda a: (-a.counts().sessions, a.room))
     return {"type": "stats", "ts": int(time.time() * 1000), "connections": gw.connections,
-            "rooms_active": len(rooms), "rooms": rooms[:MAX_ROOMS_SHOWN]}
+            "rooms_active": len(actors),
+            "rooms": [actor.statistics() for actor in actors[:MAX_ROOMS_SHOWN]]}
 
 
 async def admin_socket(gw: Gateway) -> Response | None:
+    """Serve one admin stream, once the front door admitted it (``Purpose.ADMIN_STREAM``: an
+    admin token in ``?token=``); a refusal is the HTTP answer to the upgrade."""
     try:
-        if not origin_allowed(websocket.headers.get("Origin"), websocket.headers.get("Host"),
-                              gw.config.allowed_origins):
-            raise Rejection(403, "origin_forbidden", "this page's origin is not allowed")
-        try:
-            claims = gw.verifier.verify(websocket.args.get("token"))
-        except AuthError as exc:
-            raise rejection_for(exc) from None
-        if not claims.admin:
-            raise Rejection(403, "admin_required", "this token has no admin claim")
-    except Rejection as refused:
+        admission = await gw.door.admit(QuartKnock(websocket), Purpose.ADMIN_STREAM)
+    except REFUSALS as exc:
+        refused = rejection_for(exc)
         gw.observer.handshake_rejected(refused.error)
         return refused.response()
+    claims = admission.claims
     cfg = gw.config.room
     session = Session(-next(_ids), claims.user, claims.name,
                       QuartTransport(websocket._get_current_object()),  # type: ignore[attr-defined]

@@ -6,8 +6,10 @@ A service credential is ``Authorization: Bearer <credential>`` where the credent
 JWT with ``"scope": "api"`` (verified like user tokens: same keys, pinned algorithm; its ``rooms``
 claim limits the rooms it acts on) or the static ``ROOMCHAT_API_KEY`` (compared in constant time;
 any room). A user token is refused (403 ``api_scope_required``), and an API credential opens no
-chat socket (``gateway.ws``). Every request costs one token of its credential's bucket
-(``api_rate``/``api_burst``; 429 ``rate_limited`` with ``Retry-After``).
+chat socket. Every request costs one token of its credential's bucket (``api_rate``/
+``api_burst``; 429 ``rate_limited`` with ``Retry-After``). All of it is checked by the front
+door (``gateway.access``: ``Purpose.API``, and ``Purpose.API_USERS`` for what touches every
+room).
 
 Messages published here go through the room's actor like a member's (``RoomActor.publish``):
 same seq, dedup by ``(user, id)``, durability, and live delivery in seq order. docs/api.md is
@@ -16,96 +18,31 @@ the reference; ``gateway.openapi`` the machine-readable form.
 
 from __future__ import annotations
 
-import hmac
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from quart import Blueprint, Response, current_app, request
-from quart.blueprints import BlueprintSetupState
 
-from gateway.auth import (
-    ALL_ROOMS,
-    API_SCOPE,
-    MAX_NAME_CHARS,
-    MIN_SECRET_CHARS,
-    AuthError,
-    valid_room_name,
-)
-from gateway.errors import Rejection, rejection_for
+from gateway.access import Caller, Purpose, QuartKnock
+from gateway.auth import MAX_NAME_CHARS
+from gateway.errors import Rejection
 from gateway.inputs import MAX_INT, int_param, json_object, user_id
 from gateway.openapi import document
 from rooms.actor import RoomActor
 from rooms.engine import Ban
-from rooms.errors import RoomError, RoomStopped
+from rooms.errors import RoomStopped
 from rooms.protocol import MAX_BAN_UNTIL, dumps, positive_number
-from rooms.ratelimit import TokenBucket
 from rooms.text import TextProblem, message_text, unsafe_text
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.gateway import Gateway
 
 blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
-
-
-@blueprint.errorhandler(RoomError)
-async def _room_error(exc: RoomError) -> Response:
-    """Any endpoint's engine or room error (storage down, room busy or stopping, banned...)
-    gets the HTTP answer a socket upgrade would (``gateway.errors.rejection_for``)."""
-    return rejection_for(exc).response()
 
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 1000
 MAX_REASON_CHARS = 200
-KEY_CALLER = "api-key"
-
-
-class ApiRates:
-    """One token bucket per credential. Bounded: past ``max_buckets`` the full ones (which are
-    as good as new) are forgotten; if none is, the oldest half goes."""
-
-    def __init__(self, rate: float, burst: int, max_buckets: int = 10_000) -> None:
-        self.rate = rate
-        self.burst = burst
-        self.max_buckets = max_buckets
-        self._buckets: dict[str, TokenBucket] = {}
-
-    def take(self, key: str, now: float) -> float:
-        """0.0 when the request may go ahead, else the seconds to wait."""
-        bucket = self._buckets.get(key)
-        if bucket is None:
-            if len(self._buckets) >= self.max_buckets:
-                self._forget(now)
-            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
-        return bucket.take(now)
-
-    def _forget(self, now: float) -> None:
-        full = [k for k, b in self._buckets.items() if b.full(now)]
-        for key in full or list(self._buckets)[: len(self._buckets) // 2]:
-            del self._buckets[key]
-
-
-@dataclass(frozen=True, slots=True)
-class Caller:
-    """Who is calling: ``key`` names its rate bucket, ``user`` is the default author of what it
-    publishes, ``rooms`` the rooms it may act on (``None``: every room)."""
-
-    key: str
-    user: str
-    rooms: frozenset[str] | None
-
-    def may_act_on(self, room: str) -> bool:
-        return self.rooms is None or room in self.rooms
-
-
-@blueprint.record_once
-def _setup(state: BlueprintSetupState) -> None:
-    gw: Gateway = state.app.extensions["roomchat"]
-    key = gw.config.api_key
-    if key is not None and len(key) < MIN_SECRET_CHARS:
-        raise ValueError(f"ROOMCHAT_API_KEY must be at least {MIN_SECRET_CHARS} characters")
-    state.app.extensions["roomchat.api"] = ApiRates(gw.config.api_rate, gw.config.api_burst)
 
 
 def _json(obj: dict[str, Any], status: int = 200) -> Response:
@@ -113,43 +50,15 @@ def _json(obj: dict[str, Any], status: int = 200) -> Response:
                     headers={"Cache-Control": "no-store"})
 
 
-def _identify(gw: Gateway) -> Caller:
-    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-    credential = credential.strip()
-    if scheme.lower() != "bearer" or not credential:
-        raise Rejection(401, "missing_token",
-                        "send Authorization: Bearer <API token or ROOMCHAT_API_KEY>")
-    key = gw.config.api_key
-    if key is not None and hmac.compare_digest(credential.encode(), key.encode()):
-        return Caller(KEY_CALLER, "api", None)
-    try:
-        claims = gw.verifier.verify(credential)
-        gw.revocations.check(claims)
-    except AuthError as exc:
-        raise rejection_for(exc) from None
-    if claims.scope != API_SCOPE:
-        raise Rejection(403, "api_scope_required", "a user token cannot call the server API: "
-                        "use a token with \"scope\": \"api\" (roomchat token --api) or the API key")
-    rooms = None if ALL_ROOMS in claims.rooms else claims.rooms
-    return Caller(f"jwt:{claims.user}", claims.user, rooms)
-
-
-def _authorize(room: str | None = None) -> tuple[Gateway, Caller]:
-    """The gateway and the caller, once the credential, its rate and ``room`` are checked.
-    Raises ``Rejection``."""
+async def _authorize(room: str | None = None, purpose: Purpose = Purpose.API
+                     ) -> tuple[Gateway, Caller]:
+    """The gateway and the caller, once the front door let the request in for ``purpose`` on
+    ``room`` (credential, its rate, the room). Its refusals, and any engine or room error of
+    the endpoint after it (storage down, room busy or stopping...), get the answer a socket
+    upgrade would (the app's handlers: ``gateway.errors.rejection_for``)."""
     gw: Gateway = current_app.extensions["roomchat"]
-    caller = _identify(gw)
-    rates: ApiRates = current_app.extensions["roomchat.api"]
-    retry_after = rates.take(caller.key, time.monotonic())
-    if retry_after > 0:
-        raise Rejection(429, "rate_limited", "too many API requests for this credential",
-                        retry_after)
-    if room is not None:
-        if not valid_room_name(room):
-            raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
-        if not caller.may_act_on(room):
-            raise Rejection(403, "room_forbidden", f"the credential does not allow room {room}")
-    return gw, caller
+    admission = await gw.door.admit(QuartKnock(request), purpose, room)
+    return gw, admission.caller
 
 
 def _live(gw: Gateway, room: str) -> RoomActor | None:
@@ -196,7 +105,7 @@ async def openapi() -> Response:
 async def publish(room: str) -> Response:
     """Publish ``{"text", "id"?, "user"?, "name"?}``; answers ``{"seq", "duplicate"}`` once
     stored."""
-    gw, caller = _authorize(room)
+    gw, caller = await _authorize(room)
     body = await _body()
     cfg = gw.config.room
     text = message_text(body.get("text"), cfg.max_text_chars)
@@ -222,7 +131,7 @@ async def publish(room: str) -> Response:
 async def messages(room: str) -> Response:
     """Stored messages, oldest first, as on the socket: ``after`` (default 0) < seq <
     ``before``; with ``before`` alone, the newest ``limit`` before it."""
-    gw, _ = _authorize(room)
+    gw, _ = await _authorize(room)
     after = int_param(request.args.get("after"), "after", minimum=0)
     before = int_param(request.args.get("before"), "before", minimum=1)
     limit = min(int_param(request.args.get("limit"), "limit", minimum=1) or DEFAULT_LIMIT,
@@ -241,7 +150,7 @@ async def messages(room: str) -> Response:
 @blueprint.get("/rooms/<room>/presence")
 async def presence(room: str) -> Response:
     """Who is in ``room``: this process's members, then other processes' (shared engine)."""
-    gw, _ = _authorize(room)
+    gw, _ = await _authorize(room)
     actor = _live(gw, room)
     members = actor.presence() if actor is not None else []
     others = await gw.store.presence(room)
@@ -253,16 +162,11 @@ async def presence(room: str) -> Response:
 @blueprint.get("/rooms")
 async def rooms() -> Response:
     """The rooms live in this process, most connections first."""
-    gw, caller = _authorize()
-    listed = []
-    for actor in gw.registry.rooms():
-        if not caller.may_act_on(actor.room):
-            continue
-        stats = actor.statistics()
-        listed.append({"room": actor.room, "members": len(actor.presence()),
-                       "connections": stats.get("sessions", 0), "seq": stats.get("seq", 0)})
-    listed.sort(key=lambda r: (-int(str(r["connections"])), str(r["room"])))
-    return _json({"rooms": listed})
+    gw, caller = await _authorize()
+    counts = [actor.counts() for actor in gw.registry.rooms() if caller.may_act_on(actor.room)]
+    counts.sort(key=lambda c: (-c.sessions, c.room))
+    return _json({"rooms": [{"room": c.room, "members": c.members, "connections": c.sessions,
+                             "seq": c.seq} for c in counts]})
 
 
 # -- users ---------------------------------------------------------------------------------------
@@ -271,10 +175,7 @@ async def rooms() -> Response:
 async def disconnect(user: str) -> Response:
     """Close every socket of ``user`` on every process (4003) and refuse their tokens issued
     before now: a revocation (``gateway.revocation``)."""
-    gw, caller = _authorize()
-    if caller.rooms is not None:
-        raise Rejection(403, "room_forbidden", "disconnecting a user needs an all-rooms "
-                        "credential")
+    gw, _ = await _authorize(purpose=Purpose.API_USERS)
     user = user_id(user)
     at = time.time()
     await gw.store.revoke(user, at)
@@ -290,9 +191,7 @@ async def erase(user: str) -> Response:
     rooms at once, other processes' through the engine). Answers ``{"user", "erased",
     "rooms": {room: [seq, ...]}}`` with what this call erased (``0``/``{}`` when nothing was
     left: a retry is harmless)."""
-    gw, caller = _authorize()
-    if caller.rooms is not None:
-        raise Rejection(403, "room_forbidden", "erasing a user needs an all-rooms credential")
+    gw, _ = await _authorize(purpose=Purpose.API_USERS)
     user = user_id(user)
 
     def tell(room: str, seqs: list[int]) -> None:
@@ -312,7 +211,7 @@ async def erase(user: str) -> Response:
 @blueprint.delete("/rooms/<room>/messages/<seq>")
 async def delete_message(room: str, seq: str) -> Response:
     """Replace message ``seq`` by its tombstone; every member gets ``{"type":"delete"}``."""
-    gw, _ = _authorize(room)
+    gw, _ = await _authorize(room)
     # Parsed here, not by an ``int:`` converter: that one passes any length of digits to the
     # store (an OverflowError in SQLite, a 500) and answers a malformed seq with a bare 404.
     number = int_param(seq, "seq", minimum=1)
@@ -330,7 +229,7 @@ async def delete_message(room: str, seq: str) -> Response:
 async def ban(room: str) -> Response:
     """Ban ``{"user", "until"?, "reason"?}`` from ``room``: their sockets there close with 4004
     and their joins are refused (403 ``banned``) until ``until`` (Unix seconds) or unbanned."""
-    gw, _ = _authorize(room)
+    gw, _ = await _authorize(room)
     body = await _body()
     if body.get("user") is None:
         raise Rejection(400, "bad_request", "user is required")
@@ -354,7 +253,7 @@ async def ban(room: str) -> Response:
 @blueprint.get("/rooms/<room>/bans/<user>")
 async def get_ban(room: str, user: str) -> Response:
     """``user``'s ban from ``room`` if one is in force (else 404 ``not_banned``)."""
-    gw, _ = _authorize(room)
+    gw, _ = await _authorize(room)
     user = user_id(user)
     found = await gw.store.banned(room, user)
     if found is None:
@@ -365,7 +264,7 @@ async def get_ban(room: str, user: str) -> Response:
 @blueprint.delete("/rooms/<room>/bans/<user>")
 async def unban(room: str, user: str) -> Response:
     """Lift ``user``'s ban from ``room`` (404 ``not_banned`` when none is in force)."""
-    gw, _ = _authorize(room)
+    gw, _ = await _authorize(room)
     user = user_id(user)
     lifted = await gw.store.unban(room, user)
     if not lifted:

@@ -1,4 +1,6 @@
-"""Where typed errors become wire codes: HTTP statuses for refused upgrades (one place)."""
+"""Where typed errors become wire codes: HTTP statuses for refused requests and upgrades (one
+place). ``REFUSALS``: every typed error the front door (``gateway.access``) and the rooms raise
+for a client; ``rejection_for`` maps each."""
 
 from __future__ import annotations
 
@@ -6,6 +8,7 @@ import math
 
 from quart import Response
 
+from gateway.access import AccessDenied, Denial
 from gateway.auth import AuthError
 from gateway.limits import Limit, LimitExceeded
 from rooms.errors import (
@@ -50,14 +53,24 @@ class Rejection(Exception):
                         headers={k.decode(): v.decode() for k, v in self.headers()})
 
 
-def rejection_for(exc: AuthError | RoomError | LimitExceeded) -> Rejection:
-    """The HTTP answer for an error raised while admitting a connection."""
+Refusal = AuthError | AccessDenied | LimitExceeded | RoomError
+REFUSALS = (AuthError, AccessDenied, LimitExceeded, RoomError)
+"""The typed errors a client is refused with (catch these, answer ``rejection_for``)."""
+
+# The process's limits: the server's load, not this client's doing.
+_SERVER_LIMITS = frozenset({Limit.CONNECTION_RATE, Limit.SERVER_CONNECTIONS})
+
+
+def rejection_for(exc: Refusal) -> Rejection:
+    """The HTTP answer for an error raised while admitting or serving a request."""
     if isinstance(exc, AuthError):
         status = 403 if exc.reason == "room_forbidden" else 401
         return Rejection(status, exc.reason, exc.detail)
+    if isinstance(exc, AccessDenied):
+        status = 404 if exc.reason is Denial.BAD_ROOM else 403
+        return Rejection(status, exc.reason.value, exc.detail)
     if isinstance(exc, LimitExceeded):
-        # The process-wide connection rate is the server's load, not this client's doing.
-        status = 503 if exc.limit is Limit.CONNECTION_RATE else 429
+        status = 503 if exc.limit in _SERVER_LIMITS else 429
         return Rejection(status, exc.limit.value, exc.detail, exc.retry_after)
     if isinstance(exc, Banned):
         until = "" if exc.until is None else f" until {exc.until:.0f} (Unix time)"

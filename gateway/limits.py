@@ -2,11 +2,12 @@
 
 Pure bookkeeping: nothing here awaits, reads a clock or touches a socket; callers pass ``now``
 (monotonic seconds) and, where a refusal's retry hint is jittered, a ``random()`` function.
-``gateway.ws`` consults ``Limits`` before an upgrade (``handshake``, then ``admit``), counts a
-connection for its whole life (``opened`` / ``closed``) and asks ``message`` before a frame goes
-to its room. ``gateway.errors`` turns ``LimitExceeded`` into HTTP 429, except the process-wide
-connection rate (``ConnectionRate``), which is 503 ``busy``: the server, not this client, is
-asking for patience.
+The front door (``gateway.access``) charges a request (``handshake``, ``api_call``) and checks
+the connection caps (``check``, or ``admit`` for an upgrade); ``gateway.ws`` counts a connection
+for its whole life (``opened`` / ``closed``) and asks ``message`` before a frame goes to its
+room. ``gateway.errors`` turns ``LimitExceeded`` into HTTP 429, except the process's own limits
+(the connection rate, ``ConnectionRate``: 503 ``busy``; ``max_connections``: 503
+``server_full``): the server, not this client, is asking for patience.
 
 Memory stays bounded by the clients active recently, not by every client ever seen: a
 connection count is forgotten when it reaches zero, and a token bucket once it is full again
@@ -54,6 +55,8 @@ class Limit(enum.StrEnum):
     IP_CONNECTIONS = "too_many_ip_connections"
     JOINS = "too_many_joins"
     CONNECTION_RATE = "busy"
+    SERVER_CONNECTIONS = "server_full"  # max_connections: this process's, not a client's
+    API_CALLS = "rate_limited"  # a server API credential's requests (api_rate, api_burst)
 
 
 class LimitExceeded(Exception):
@@ -228,7 +231,9 @@ class ConnectionCounts(Generic[K]):
 
 class KeyedBuckets(Generic[K]):
     """One ``TokenBucket(rate, burst)`` per key, created full on first use and forgotten once
-    full again (checked every ``PRUNE_INTERVAL`` seconds of ``now``)."""
+    full again (checked every ``PRUNE_INTERVAL`` seconds of ``now``). Every per-key rate of the
+    gateway is one: handshakes per IP, messages and joins per user, server API requests per
+    credential."""
 
     def __init__(self, rate: float, burst: int) -> None:
         TokenBucket(rate, burst, 0.0)  # validates: raises ValueError
@@ -299,7 +304,7 @@ class ConnectionRate:
 
 
 def redeems_ticket(query: bytes) -> bool:
-    """Whether an upgrade's query string carries a non-empty ``ticket`` (``gateway.ws`` then
+    """Whether an upgrade's query string carries a non-empty ``ticket`` (the front door then
     redeems it and never looks at a ``token``)."""
     return _TICKET_PARAM.search(query) is not None
 
@@ -313,7 +318,8 @@ class Limits:
     def __init__(self, *, connections_per_user: int, connections_per_ip: int,
                  handshake_rate: float, handshake_burst: int, user_rate: float,
                  user_burst: int, joins_per_minute: int, connection_rate: float,
-                 connection_burst: int, random: Callable[[], float]) -> None:
+                 connection_burst: int, api_rate: float, api_burst: int,
+                 random: Callable[[], float]) -> None:
         self.user_connections: ConnectionCounts[str] = ConnectionCounts(connections_per_user)
         self.ip_connections: ConnectionCounts[str] = ConnectionCounts(connections_per_ip)
         self.handshakes: KeyedBuckets[str] = KeyedBuckets(handshake_rate, handshake_burst)
@@ -323,6 +329,11 @@ class Limits:
         # "N per minute" as a bucket: N at once, then one every 60/N s.
         self.joins: KeyedBuckets[str] = KeyedBuckets(joins_per_minute / 60.0, joins_per_minute)
         self.connection_rate = ConnectionRate(connection_rate, connection_burst, random)
+        try:
+            self.api_calls: KeyedBuckets[str] = KeyedBuckets(api_rate, api_burst)
+        except ValueError:
+            raise ValueError("ROOMCHAT_API_RATE must be more than 0 and ROOMCHAT_API_BURST at "
+                             "least 1") from None
 
     @classmethod
     def from_config(cls, config: Config,
@@ -342,10 +353,12 @@ class Limits:
                        user_burst=max(1, round(worth * config.room.rate_burst)),
                        joins_per_minute=config.user_joins_per_minute,
                        connection_rate=config.connection_rate,
-                       connection_burst=config.connection_burst, random=random)
+                       connection_burst=config.connection_burst, api_rate=config.api_rate,
+                       api_burst=config.api_burst, random=random)
         except ValueError as exc:
             raise ValueError(f"abuse caps (ROOMCHAT_MAX_CONNECTIONS_PER_*, ROOMCHAT_HANDSHAKE_*, "
-                             f"ROOMCHAT_USER_*, ROOMCHAT_CONNECTION_*): {exc}") from None
+                             f"ROOMCHAT_USER_*, ROOMCHAT_CONNECTION_*, ROOMCHAT_API_*): "
+                             f"{exc}") from None
 
     def handshake(self, ip: str, now: float, query: bytes = b"") -> None:
         """Charge one request that verifies a credential (an upgrade, a ticket or a history
@@ -366,10 +379,9 @@ class Limits:
             raise LimitExceeded(Limit.CONNECTION_RATE, "the server is taking too many new "
                                 "connections at once; retry after Retry-After seconds", wait)
 
-    def admit(self, user: str, ip: str, now: float) -> None:
-        """Whether ``user`` from ``ip`` may open one more connection (a join of a room); takes
-        a join token if so. The caller must call ``opened`` before its next ``await``.
-        Raises ``LimitExceeded``."""
+    def check(self, user: str, ip: str) -> None:
+        """Whether ``user`` from ``ip`` may open one more connection now; takes nothing (a
+        ticket's request asks what its upgrade would be told). Raises ``LimitExceeded``."""
         if not self.user_connections.allows(user):
             raise LimitExceeded(Limit.USER_CONNECTIONS,
                                 f"this user already has {self.user_connections.cap} connections "
@@ -378,6 +390,12 @@ class Limits:
             raise LimitExceeded(Limit.IP_CONNECTIONS,
                                 f"this address already has {self.ip_connections.cap} connections "
                                 f"open; close one first")
+
+    def admit(self, user: str, ip: str, now: float) -> None:
+        """Whether ``user`` from ``ip`` may open one more connection (a join of a room); takes
+        a join token if so. The caller must call ``opened`` before its next ``await``.
+        Raises ``LimitExceeded``."""
+        self.check(user, ip)
         wait = self.joins.take(user, now)
         if wait > 0:
             raise LimitExceeded(Limit.JOINS, "this user joined too many rooms in the last "
@@ -397,10 +415,19 @@ class Limits:
         this process: 0.0 if it may go to its room, else ``retry_after`` seconds."""
         return self.messages.take(user, now, cost)
 
+    def api_call(self, key: str, now: float) -> None:
+        """Charge one server API request to the bucket of credential ``key``. Raises
+        ``LimitExceeded(API_CALLS)`` with the seconds to wait."""
+        wait = self.api_calls.take(key, now)
+        if wait > 0:
+            raise LimitExceeded(Limit.API_CALLS, "too many API requests for this credential",
+                                wait)
+
     def statistics(self) -> dict[str, int]:
         """How many keys each cap remembers (what bounds this object's memory)."""
         return {"users_connected": len(self.user_connections),
                 "ips_connected": len(self.ip_connections),
                 "handshake_buckets": len(self.handshakes),
                 "message_buckets": len(self.messages), "join_buckets": len(self.joins),
+                "api_buckets": len(self.api_calls),
                 "connection_rate_refused": self.connection_rate.refused}

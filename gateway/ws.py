@@ -9,11 +9,10 @@ on the hot path and at the edge:
 - a send is one ASGI call, without Quart's per-send ``sleep(0)`` and signal dispatch, and a
   handshake skips Quart's request context; an idle connection costs less memory.
 
-Every check runs before the upgrade is accepted; a refusal is a real HTTP response (ASGI's
-``websocket.http.response`` extension, which Hypercorn always offers). The abuse caps of
-``gateway.limits`` come first (the handshake rate of the client IP, before any token is
-verified) and last (connections per user and per IP, joins per user); frames then pass the
-user's message bucket, shared by all their sockets, before they reach a room. After the upgrade
+Every check runs before the upgrade is accepted, at the front door (``gateway.access``,
+``Purpose.ROOM_SOCKET``); a refusal is a real HTTP response (ASGI's ``websocket.http.response``
+extension, which Hypercorn always offers). Frames then pass the user's message bucket
+(``gateway.limits``), shared by all their sockets, before they reach a room. After the upgrade
 the handler runs the session's writer (send what the room queued); inbound frames are parsed and
 handed to the room without waiting (``_Inbound``), on HTTP/1.1 by Hypercorn's own reading task
 (``FrameWriter.take_inbound``: no reader task, no app queue hop), elsewhere by a reader task
@@ -35,14 +34,11 @@ import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
 
-from gateway import tickets
-from gateway.auth import API_SCOPE, AuthError, valid_room_name
-from gateway.errors import Rejection, rejection_for
+from gateway.access import Admission, AsgiKnock, Purpose
+from gateway.errors import REFUSALS, Rejection, rejection_for
 from gateway.hypercorn_ext import FrameWriter
 from gateway.inputs import int_param
-from gateway.limits import LimitExceeded
 from rooms import protocol
 from rooms.actor import RoomActor
 from rooms.errors import RoomError, RoomStopped
@@ -50,7 +46,7 @@ from rooms.protocol import CloseCode, ErrorCode
 from rooms.session import Session
 
 if TYPE_CHECKING:
-    from gateway.app import Gateway
+    from gateway.gateway import Gateway
 
 log = logging.getLogger("roomchat.ws")
 
@@ -62,33 +58,6 @@ ASGIApp = Callable[..., Awaitable[None]]  # Quart's asgi_app, typed with hyperco
 
 ROUTE = re.compile(r"/rooms/([^/]*)/ws")
 _session_ids = itertools.count(1)
-
-
-def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
-    """Whether a WebSocket with this ``Origin`` header may connect to ``host``.
-
-    No Origin: not a browser (Origin is a browser protection; tokens protect the rest). Same
-    origin compares host[:port] only: behind a TLS proxy the scheme we see (ws) differs from the
-    page's (https) while the host is the one the browser connected to.
-    """
-    if origin is None:
-        return True
-    origin = origin.rstrip("/")
-    if origin in allowed:
-        return True
-    return bool(host) and urlsplit(origin).netloc.lower() == str(host).lower()
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
-def _headers(scope: Scope, name: bytes) -> list[str]:
-    """Every value of header ``name``, in order."""
-    return [bytes(value).decode("latin-1") for key, value in scope["headers"] if key == name]
 
 
 def _room_of(path: str) -> str | None:
@@ -204,57 +173,20 @@ class RoomSockets:
         with self.gw.abortable(FrameWriter(send)):
             await self.app(scope, receive, send)
 
-    def client_ip(self, scope: Scope) -> str:
-        """The connection's client IP: the TCP peer, or what a trusted proxy says it is."""
-        client = scope.get("client")
-        peer = str(client[0]) if client else None
-        addresses = self.gw.addresses
-        return addresses.client_ip(peer, _headers(scope, addresses.header.encode()))
-
-    async def _admit(self, room: str, scope: Scope, ip: str) -> tuple[Any, int | None]:
-        """Every check before the upgrade: the handshake rate of ``ip``, the origin, draining,
-        the credentials (a ticket or a token), ``after``, then the connection caps. Raises
-        Rejection.
+    async def _admit(self, room: str, scope: Scope) -> tuple[Admission, int | None]:
+        """The front door's checks (``Purpose.ROOM_SOCKET``) and ``after``. Raises Rejection.
 
         When it returns, the caller must count the connection (``connection_opened`` with its
         owner) before its next ``await``: the caps were checked, not reserved.
         """
-        gw = self.gw
+        knock = AsgiKnock(scope)
         try:
-            gw.limits.handshake(ip, time.monotonic(), bytes(scope["query_string"]))
-        except LimitExceeded as exc:
+            admission = await self.gw.door.admit(knock, Purpose.ROOM_SOCKET, room)
+        except REFUSALS as exc:
             raise rejection_for(exc) from None
-        if not valid_room_name(room):
-            raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
-        host = _header(scope, b"host") or _header(scope, b":authority")
-        if not origin_allowed(_header(scope, b"origin"), host, gw.config.allowed_origins):
-            raise Rejection(403, "origin_forbidden", "this page's origin is not allowed")
-        if gw.draining:  # before the credentials: a reconnect storm against a draining process
-            # costs no token verification, and a ticket is not spent on a refusal
-            raise Rejection(503, "draining", "the server is restarting; try again shortly")
-        query = parse_qs(bytes(scope["query_string"]).decode("latin-1"))
-        try:
-            ticket = query.get("ticket")
-            if ticket:
-                claims = await tickets.redeem(gw.store, ticket[-1], room, time.time())
-            else:
-                tokens = query.get("token")
-                claims = gw.verifier.verify(tokens[-1] if tokens else None)
-            gw.revocations.check(claims)
-            if claims.scope == API_SCOPE:  # a service credential (gateway.api) chats nowhere
-                raise Rejection(403, "api_credential", "an API credential cannot open a socket")
-            if not claims.may_join(room):
-                raise AuthError("room_forbidden", f"the token does not allow room {room}")
-        except (AuthError, RoomError) as exc:
-            raise rejection_for(exc) from None
-        after = int_param((query.get("after") or [""])[-1], "after", minimum=0)
-        if gw.connections >= gw.config.max_connections:
-            raise Rejection(503, "server_full", "too many connections; try again later")
-        try:
-            gw.limits.admit(claims.user, ip, time.monotonic())
-        except LimitExceeded as exc:
-            raise rejection_for(exc) from None
-        return claims, after
+        # After the door: its handshake charge answers first, even a malformed request (a
+        # malformed ``after`` then costs the join the door took, and nothing else).
+        return admission, int_param(knock.param("after"), "after", minimum=0)
 
     async def _refuse(self, rejection: Rejection, send: Send) -> None:
         self.gw.observer.handshake_rejected(rejection.error)
@@ -270,12 +202,12 @@ class RoomSockets:
         gw = self.gw
         if (await receive())["type"] != "websocket.connect":
             return
-        ip = self.client_ip(scope)
         try:
-            claims, after = await self._admit(room, scope, ip)
+            admission, after = await self._admit(room, scope)
         except Rejection as refused:
             await self._refuse(refused, send)
             return
+        claims = admission.claims
 
         cfg = gw.config.room
         transport = FrameWriter(send)
@@ -285,9 +217,10 @@ class RoomSockets:
             send_timeout=cfg.send_timeout, close_timeout=cfg.close_timeout,
             moderator=claims.moderates(room),
         )
-        owner = (claims.user, ip)
+        owner = (claims.user, admission.ip)
         expires_at = claims.expires_at
-        del claims  # not needed past the join: this frame lives as long as the connection
+        # Not needed past the join: this frame lives as long as the connection.
+        del claims, admission
         gw.connection_opened(transport, owner)
         actor: RoomActor | None = None
         accepted = released = False

@@ -125,6 +125,18 @@ class _Frame:
     received_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class RoomCounts:
+    """What a room holds now (``RoomActor.counts``): ``sessions``, this process's connections
+    to it; ``members``, the users present on any process (as of the last sync); ``seq``, the
+    newest message delivered."""
+
+    room: str
+    sessions: int
+    members: int
+    seq: int
+
+
 class RoomLifecycle(enum.Enum):
     STARTING = "starting"
     RUNNING = "running"
@@ -310,6 +322,14 @@ class RoomActor:
         if self.lifecycle is not RoomLifecycle.STOPPED:
             self.lifecycle = RoomLifecycle.DRAINING
             self._inbox.put_control(_Drain(code, reason))
+
+    def counts(self) -> RoomCounts:
+        """The room's counts, typed (``statistics()`` is the free-form view). Changes nothing."""
+        state = self._state
+        if state is None:  # not loaded yet
+            return RoomCounts(self.room, 0, 0, 0)
+        return RoomCounts(self.room, state.session_count, len(state.members()),
+                          state.delivered_seq)
 
     def statistics(self) -> dict[str, object]:
         stats: dict[str, object] = {"room": self.room, "lifecycle": self.lifecycle.value,

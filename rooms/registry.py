@@ -91,7 +91,7 @@ class RoomRegistry:
                 taken = 0
                 while pending and (taken == 0 or taken < batch):
                     actor = pending.pop()
-                    taken += int(str(actor.statistics().get("sessions", 0)))
+                    taken += actor.counts().sessions
                     actor.drain_nowait(code, reason)
                 if pending:
                     await asyncio.sleep(step)

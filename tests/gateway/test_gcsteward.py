@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import websockets
 
-from gateway.app import Gateway
+from gateway.gateway import Gateway
 from gateway.gcsteward import Counts, FreezePolicy, GcSteward
 from tests.support import SECRET, make_config, make_token, metric, server_process, until
 

@@ -31,7 +31,8 @@ def limits(**kw: Any) -> Limits:
     settings: dict[str, Any] = {
         "connections_per_user": 3, "connections_per_ip": 5, "handshake_rate": 1.0,
         "handshake_burst": 4, "user_rate": 2.0, "user_burst": 6, "joins_per_minute": 10,
-        "connection_rate": 1000.0, "connection_burst": 1000, "random": lambda: 0.5}
+        "connection_rate": 1000.0, "connection_burst": 1000, "api_rate": 5.0, "api_burst": 10,
+        "random": lambda: 0.5}
     return Limits(**(settings | kw))
 
 
