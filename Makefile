@@ -92,7 +92,7 @@ test-plain-asgi: $(VENV)/.dev-installed system-deps
 
 # Containers for real (podman, no image registry needed): installs podman/runc/debootstrap
 # with apt if missing, builds the images (base images cached in podman's store), then tests
-# the image and the compose deployment. See README, "Containers".
+# the image and the compose deployment. See docs/production.md, "Containers".
 PODMAN_COMPOSE_VERSION ?= 1.6.0
 
 $(VENV)/.containers-installed: $(VENV)/.dev-installed

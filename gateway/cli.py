@@ -165,9 +165,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     settings = sub.add_parser(
         "settings", help="print every setting's value in effect (environment and these flags "
-        "applied) beside its default; --markdown: the README's table")
+        "applied) beside its default; --markdown: the table of docs/configuration.md")
     settings.add_argument("--markdown", action="store_true",
-                          help="print the defaults as the README's Markdown table")
+                          help="print the defaults as docs/configuration.md's Markdown table")
     _add_config_flags(settings)
     return parser, dict(sub.choices)
 

@@ -2,8 +2,9 @@
 variables and command-line flags (in increasing priority).
 
 Every field of ``Config`` and of ``rooms.config.RoomConfig`` is a setting named
-``ROOMCHAT_<FIELD>`` in upper case; ``settings_table()`` renders them all for the README and
-``settings_in_effect()`` beside the values in effect (``roomchat settings``).
+``ROOMCHAT_<FIELD>`` in upper case; ``settings_table()`` renders them all for
+docs/configuration.md and ``settings_in_effect()`` beside the values in effect
+(``roomchat settings``).
 """
 
 from __future__ import annotations
@@ -58,9 +59,8 @@ class Config:
     max_connections: int = _setting(10_000, "Open WebSockets per process; more get HTTP 503.")
     listen_backlog: int = _setting(
         4096, "Connections the kernel queues before the server accepts them (`listen()` "
-              "backlog; capped by net.core.somaxconn). Hypercorn's 100 made a reconnect storm "
-              "of 10,000 clients overflow it: dropped SYNs wait for TCP's retries (1, 3, 7 s) "
-              "(storm bench: 41 s to the last client back with 100, 14 s with 4,096).")
+              "backlog; capped by net.core.somaxconn). When a reconnect storm overflows it the "
+              "kernel drops SYNs, which clients retry only after 1, 3, 7 s.")
     max_connections_per_user: int = _setting(
         20, "Open room sockets of one user (token `sub`) per process; more get HTTP 429 "
             "`too_many_user_connections`.")
@@ -76,9 +76,8 @@ class Config:
         1000.0, "New connections per second for the whole process (refill of one token bucket "
                 "charged by token upgrades, ticket requests and history pages, before the token "
                 "is verified; an upgrade with a ticket is not charged again); over it: HTTP 503 "
-                "`busy` with a jittered `Retry-After`. About one core's handshake capacity "
-                "(~1,100/s measured): a jittered storm does not meet it, a flood is refused "
-                "cheaply. At 500/s a 10,000-client storm took 3x longer (bench/storm.py).")
+                "`busy` with a jittered `Retry-After`. Keep it near what one process can "
+                "verify: a jittered reconnect storm stays under it, a flood is refused cheaply.")
     connection_burst: int = _setting(
         2_000, "New connections the process takes at once before `connection_rate` applies "
                "(its bucket's size).")
@@ -159,8 +158,9 @@ class Config:
     certfile: Path | None = _setting(None, "TLS certificate (PEM); with KEYFILE serves HTTPS/h2.")
     keyfile: Path | None = _setting(None, "TLS private key (PEM).")
     gc_gen0_threshold: int = _setting(
-        20_000, "Python's first GC threshold (default 700). With thousands of connections "
-                "each full collection scans every object: measured 0.5 s pauses.")
+        20_000, "Python's first GC threshold (Python's default: 700). Higher: rarer "
+                "collections, and far rarer full ones, which scan every open connection's "
+                "objects.")
     gc_freeze_after: int = _setting(
         1000, "Connections opened since the last GC freeze that make the next one: everything "
               "alive then is skipped by every later collection (0: never freeze).")
@@ -237,7 +237,7 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: Any) -> Confi
 
 
 def settings_table() -> str:
-    """The README's settings table (Markdown), generated from the dataclasses."""
+    """The settings table of docs/configuration.md (Markdown), generated from the dataclasses."""
     rows = ["| environment variable | default | meaning |", "|---|---|---|"]
     for obj in (Config(), RoomConfig()):
         for f in fields(obj):

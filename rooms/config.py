@@ -59,9 +59,8 @@ class RoomConfig:
     batch_cost_factor: float = _setting(
         2.0, "A busy room (a message less than its wait after the previous one) waits this "
              "many times what one broadcast to its members recently cost, up to batch_delay "
-             "(on Redis: batch_delay); a quiet room sends at once (rooms/batching.py). 1 trades "
-             "CPU for latency: in a room of 100, p50 ~1.1x Node ws instead of ~1.5x, CPU per "
-             "delivery ~1.2x instead of ~0.8x (bench/profiles).")
+             "(on Redis: batch_delay); a quiet room sends at once (rooms/batching.py). Lower "
+             "trades CPU for latency: smaller batches, sent sooner.")
     max_frame_messages: int = _setting(
         256, "Most protocol objects coalesced into one WebSocket frame (a batch is not split)."
     )

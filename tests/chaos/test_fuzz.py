@@ -148,9 +148,9 @@ def safe(text: str) -> bool:
 
 
 def claims_documented(payload: dict[str, Any]) -> bool:
-    """Whether the README's token rules accept these identity claims (exp/iat valid), as the
-    server sees them: after the token's JSON round trip (an escaped surrogate pair becomes one
-    character)."""
+    """Whether the documented token rules (docs/integration.md, "The claims") accept these
+    identity claims (exp/iat valid), as the server sees them: after the token's JSON round trip
+    (an escaped surrogate pair becomes one character)."""
     payload = json.loads(json.dumps(payload))
     sub = payload["sub"]
     name = payload.get("name", sub)

@@ -287,6 +287,57 @@ def _unfilter(filt: int, line: bytearray, prev: bytearray, bpp: int) -> None:
         raise ValueError(f"bad PNG filter {filt}")
 
 
+@dataclass(frozen=True)
+class PngPixels:
+    """A decoded PNG: ``rows`` holds ``height`` rows of ``width * channels`` bytes, no filters."""
+
+    width: int
+    height: int
+    channels: int
+    rows: bytes
+
+
+def png_pixels(data: bytes) -> PngPixels:
+    """Decode a PNG as Chromium writes them (8-bit RGB or RGBA, not interlaced).
+
+    Two PNGs with equal ``png_pixels`` show the same picture even when their bytes differ (another
+    zlib level or filter choice). Raises ``ValueError`` for anything else.
+    """
+    if data[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    pos = 8
+    width = height = 0
+    bit_depth = colour_type = interlace = -1
+    idat = bytearray()
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        body = data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height, bit_depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        elif kind == b"IEND":
+            break
+    channels = {2: 3, 6: 4}.get(colour_type)
+    if bit_depth != 8 or channels is None or interlace != 0:
+        raise ValueError(f"unsupported PNG: depth {bit_depth}, colour type {colour_type}")
+    raw = zlib.decompress(bytes(idat))
+    stride = width * channels
+    if len(raw) != height * (stride + 1):
+        raise ValueError(f"PNG data is {len(raw)} bytes, expected {height * (stride + 1)}")
+    out = bytearray()
+    prev = bytearray(stride)
+    for row in range(height):
+        start = row * (stride + 1)
+        line = bytearray(raw[start + 1 : start + 1 + stride])
+        _unfilter(raw[start], line, prev, channels)
+        out += line
+        prev = line
+    return PngPixels(width, height, channels, bytes(out))
+
+
 def check_screenshot(path: Path) -> None:
     """Assert that `path` is a real screenshot: written, not tiny, not a single colour."""
     assert path.exists(), f"screenshot {path} was not written"

@@ -55,11 +55,11 @@ def test_settings_show_values_in_effect_beside_defaults(tmp_path: Path) -> None:
     assert len(rows) == 1 + settings_table().count("\n| `ROOMCHAT_")
 
 
-def test_settings_markdown_is_the_readme_table(tmp_path: Path) -> None:
+def test_settings_markdown_is_the_configuration_doc_table(tmp_path: Path) -> None:
     done = roomchat(tmp_path, "settings", "--markdown", env={"ROOMCHAT_RATE_BURST": "7"})
     assert done.returncode == 0
     assert done.stdout == settings_table() + "\n"
-    assert done.stdout in (REPO / "README.md").read_text()
+    assert done.stdout in (REPO / "docs" / "configuration.md").read_text()
 
 
 def test_misspelt_variable_is_warned_about_in_one_line(tmp_path: Path) -> None:
