@@ -85,6 +85,11 @@ function dayLabel(ts) {
   return dayFmt.format(new Date(ts));
 }
 
+/** Whole seconds (at least 1) until `at`, ms since the epoch: for countdowns. */
+function secondsUntil(at) {
+  return Math.max(1, Math.ceil((at - Date.now()) / 1000));
+}
+
 function timeElement(ts) {
   const d = new Date(ts);
   return el('time', {
@@ -298,8 +303,10 @@ class ChatView {
     this.historyTimer = null;
     this.everLive = false;
     this.tokenNote = '';
+    this.stickyNote = false; // the composer note stays until the connection is live again
     this.noteIsCounter = false;
-    this.pendingEntries = [];
+    this.queue = { waiting: 0, nextAt: null }; // the outbox's messages waiting their turn
+    this.headStatus = null; // {node, entry}: the status text of the next message to go (it counts down)
     this.pendingTick = null;
     this.oldestSeq = null; // the lowest seq in the log
     this.atBeginning = false; // the log starts at the room's first stored message
@@ -436,7 +443,7 @@ class ChatView {
     client.addEventListener('message', (ev) => this.onMessage(ev.detail));
     client.addEventListener('history-end', () => this.onHistoryEnd());
     client.addEventListener('presence', (ev) => this.onPresence(ev.detail.presence));
-    client.addEventListener('outbox', (ev) => this.renderPending(ev.detail.entries));
+    client.addEventListener('outbox', (ev) => this.renderPending(ev.detail));
     client.addEventListener('problem', (ev) => this.onProblem(ev.detail.error));
     client.addEventListener('typing', (ev) => this.onTyping(ev.detail));
     client.addEventListener('delete', (ev) => this.onDelete(ev.detail.seq));
@@ -593,6 +600,7 @@ class ChatView {
     if (s.state === State.OFFLINE && s.reason) status.dataset.reason = s.reason;
     else delete status.dataset.reason;
     if (s.state !== State.WAITING) delete status.dataset.wait;
+    this.renderQueue(); // the queue's line is for a live connection only
 
     if (s.state === State.CONNECTING) {
       status.dataset.state = 'connecting';
@@ -601,6 +609,7 @@ class ChatView {
     } else if (s.state === State.LIVE) {
       status.dataset.state = 'live';
       text.textContent = 'Live';
+      if (this.stickyNote) this.note('', 0);
       this.announce('Connected');
       status.title = this.tokenNote || '';
       this.everLive = true;
@@ -616,6 +625,8 @@ class ChatView {
           text.textContent = `Service temporarily unavailable; retrying in ${secs}s`;
         } else if (s.wait === WaitReason.RESTARTING) {
           text.textContent = `Server restarting · reconnecting in ${secs}s`;
+        } else if (s.wait === WaitReason.TOO_FAST) {
+          text.textContent = `Sent too fast · reconnecting in ${secs}s`;
         } else {
           const lead = s.refused ? 'Can’t connect' : 'Offline';
           text.textContent = `${lead} · reconnecting in ${secs}s`;
@@ -627,10 +638,18 @@ class ChatView {
         [WaitReason.BUSY]: 'Server busy; will retry',
         [WaitReason.UNAVAILABLE]: 'Service temporarily unavailable; will retry',
         [WaitReason.RESTARTING]: 'Server restarting; will reconnect',
+        [WaitReason.TOO_FAST]: 'Disconnected for sending too fast; will reconnect',
       }[s.wait] || (s.refused ? 'Can’t connect; will retry' : 'Offline; will reconnect'));
       status.title = s.refused && !s.wait
         ? 'The server keeps refusing the connection. It may be down, or your link may no longer be valid.'
         : `Disconnected: ${s.detail || 'connection lost'}`;
+      if (s.wait === WaitReason.TOO_FAST) {
+        // The page paces its sends, so this is another tab of ours, or a server set stricter than the
+        // defaults: say what happened and what becomes of the messages.
+        this.note('The server disconnected this page for sending too many messages too fast. Messages not '
+          + 'sent yet are kept and go out, at the pace the room allows, once reconnected.', 0);
+        this.stickyNote = true;
+      }
     } else if (s.state === State.OFFLINE) {
       this.onOffline(s);
     }
@@ -1066,6 +1085,7 @@ class ChatView {
 
   note(text, ms = 6000) {
     const note = $('composer-note');
+    this.stickyNote = false;
     note.textContent = text;
     clearTimeout(this.noteTimer);
     if (text && ms) this.noteTimer = setTimeout(() => { note.textContent = ''; }, ms);
@@ -1121,33 +1141,34 @@ class ChatView {
     this.input.focus();
   }
 
-  /** Why a message waits to be resent, in words: too fast (with a countdown), busy room, storage down. */
-  retryingText(e) {
-    if (e.code === 'rate_limited') {
-      const secs = Math.max(1, Math.ceil(((e.retryAt || 0) - Date.now()) / 1000));
-      return `You're sending too fast; sending in ${secs}s`;
-    }
-    if (e.code === 'unavailable') return 'Service temporarily unavailable; will resend';
-    return 'Server busy, retrying…';
+  /**
+   * What a pending bubble says. Only the `head` (the next to go) tells a countdown: the queue goes one at a
+   * time at the server's pace, so nobody else's would be true.
+   */
+  pendingStatus(e, live, head, nextAt) {
+    if (e.state === 'failed') return `Not sent: ${e.error}`;
+    if (e.state === 'sent') return 'Sent';
+    if (e.state === 'sending') return 'Sending…';
+    if (!live) return 'Waiting for connection';
+    if (e.state === 'retrying' && e.code === 'unavailable') return 'Service temporarily unavailable; will resend';
+    if (e.state === 'retrying' && e.code === 'busy') return 'Server busy, retrying…';
+    if (!head || nextAt === null) return 'Queued';
+    const secs = secondsUntil(nextAt);
+    return e.state === 'retrying' ? `You're sending too fast; sending in ${secs}s` : `Sending in ${secs}s`;
   }
 
-  renderPending(entries) {
+  /** The outbox changed: draw its bubbles, and the line saying how many wait and when the next goes. */
+  renderPending({ entries, waiting = 0, nextAt = null }) {
     const stick = this.isNearBottom();
     const live = this.client?.state === State.LIVE;
-    this.pendingEntries = entries;
-    clearTimeout(this.pendingTick);
-    // Keep a countdown on screen current (the client re-renders anyway when the wait ends).
-    if (entries.some((e) => e.state === 'retrying' && e.code === 'rate_limited')) {
-      this.pendingTick = setTimeout(() => this.renderPending(this.pendingEntries), 1000);
-    }
+    this.queue = { waiting, nextAt };
+    const head = live && nextAt !== null
+      ? entries.find((e) => e.state === 'queued' || e.state === 'retrying') : null;
+    this.headStatus = null;
     this.pending.replaceChildren(
       ...entries.map((e) => {
-        let status;
-        if (e.state === 'failed') status = `Not sent: ${e.error}`;
-        else if (e.state === 'sent') status = 'Sent';
-        else if (e.state === 'retrying') status = this.retryingText(e);
-        else if (e.state === 'sending') status = 'Sending…';
-        else status = live ? 'Sending…' : 'Waiting for connection';
+        const status = document.createTextNode(this.pendingStatus(e, live, e === head, nextAt));
+        if (e === head) this.headStatus = { node: status, entry: e };
         const state = e.state === 'queued' && !live ? 'waiting' : e.state;
         const actions = e.state === 'failed'
           ? el(
@@ -1185,8 +1206,27 @@ class ChatView {
         );
       }),
     );
+    this.renderQueue();
     this.updateEmpty();
     if (stick) this.scrollToBottom();
+  }
+
+  /** "N queued, next in Xs" while messages wait their turn; ticks each second (not a live region). */
+  renderQueue() {
+    clearTimeout(this.pendingTick);
+    const line = $('queue-status');
+    const { waiting, nextAt } = this.queue;
+    const show = this.client?.state === State.LIVE && waiting > 0 && nextAt !== null;
+    line.hidden = !show;
+    if (!show) {
+      line.textContent = '';
+      return;
+    }
+    line.textContent = `${waiting} queued, next in ${secondsUntil(nextAt)}s`;
+    if (this.headStatus) {
+      this.headStatus.node.data = this.pendingStatus(this.headStatus.entry, true, true, nextAt);
+    }
+    this.pendingTick = setTimeout(() => this.renderQueue(), 1000);
   }
 
   actionButton(label, onClick) {
