@@ -286,6 +286,20 @@ export function ticketRefusalAction(status, body, retryAfterMs = null) {
   return transient(null); // 5xx from a proxy, or anything unexpected: try again later
 }
 
+/**
+ * The end and reason of a ban, read from the `detail` of a 403 `banned` (gateway/errors.py writes "banned from
+ * this room[ until <Unix seconds> (Unix time)][: <reason>]"; tests/e2e/test_dead_ends.py holds the two to each
+ * other). Returns {until: ms since the epoch or null (until lifted), reason: string}, or null when the detail
+ * has another form (show it as it is then).
+ */
+export function parseBanDetail(detail) {
+  const m = /^banned from this room(?: until (\d+(?:\.\d+)?) \(Unix time\))?(?:: ([\s\S]+))?$/.exec(
+    typeof detail === 'string' ? detail : '',
+  );
+  if (!m) return null;
+  return { until: m[1] ? Number(m[1]) * 1000 : null, reason: m[2] || '' };
+}
+
 /** The server's `Retry-After` header (seconds) in ms, or null. */
 function retryAfterHeader(response) {
   const secs = Number(response.headers?.get?.('retry-after'));
@@ -869,11 +883,21 @@ export class ChatClient extends EventTarget {
     this.emitOutbox();
   }
 
+  /**
+   * Presence is per user, not per connection: a join of someone already listed (their other connection, or
+   * two processes telling it) and a leave of someone not listed change nothing, and are not passed on.
+   */
   onPresence(p) {
-    if (p.event === 'join' && !this.members.some((m) => m.user === p.user)) {
+    if (typeof p.user !== 'string') return;
+    const listed = this.members.some((m) => m.user === p.user);
+    if (p.event === 'join') {
+      if (listed) return;
       this.members.push({ user: p.user, name: p.name });
     } else if (p.event === 'leave') {
+      if (!listed) return;
       this.members = this.members.filter((m) => m.user !== p.user);
+    } else {
+      return;
     }
     this.dispatch('presence', { presence: p });
   }

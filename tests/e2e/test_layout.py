@@ -75,3 +75,41 @@ def test_long_urls_and_unbroken_text_never_widen_the_page(
         link = page.locator("#log a").last
         expect(link).to_have_attribute("href", LONG_URL)
         shoot(page, f"layout-long-text-{size}")
+
+
+def assert_not_cut(page: Page, selector: str, when: str) -> None:
+    """The element shows all of its text: nothing hidden behind an ellipsis or the screen's edge."""
+    box = page.locator(selector)
+    sizes = box.evaluate("e => [e.scrollWidth, e.clientWidth, e.getBoundingClientRect().right]")
+    width = page.evaluate("document.documentElement.clientWidth")
+    assert sizes[0] <= sizes[1], f"{when}: {selector} is cut ({sizes[0]} px of text in {sizes[1]})"
+    assert sizes[2] <= width, f"{when}: {selector} reaches {sizes[2]} px of {width}"
+
+
+def test_on_a_phone_the_status_and_the_name_are_not_cut(
+    server: RoomchatServer, open_page: PageOpener, shoot: Shooter
+) -> None:
+    page = open_page(
+        server.link("lobby", server.token("alexandra", ["lobby"], name="Alexandra Wonderland")),
+        width=390, height=844,
+    )
+    expect_live(page)
+    expect(page.locator("#room-sub")).to_have_text("You are Alexandra Wonderland · 1 online")
+    assert_not_cut(page, "#room-sub", "live")
+    assert_not_cut(page, "#status-text", "live")
+
+    server.stop()
+    expect(page.locator("#status-text")).to_contain_text("reconnecting in")
+    assert_not_cut(page, "#status-text", "reconnecting")
+    assert_not_cut(page, "#room-sub", "reconnecting")
+    assert_no_overflow(page, "reconnecting")
+    shoot(page, "phone-topbar-reconnecting")
+
+    server.start()
+    expired = open_page(server.link("lobby", server.token("al", ["lobby"], ttl=-120)),
+                        width=390, height=844)
+    expect(expired.locator("#status-text")).to_have_text("Offline · link expired")
+    assert_not_cut(expired, "#status-text", "expired")
+    assert_no_overflow(expired, "expired")
+    shoot(expired, "phone-topbar-expired")
+
