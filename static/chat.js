@@ -903,6 +903,9 @@ export class ChatClient extends EventTarget {
   }
 
   onError(err) {
+    // Our pacing assumed more than this server allows (it was configured stricter, or jitter): start over
+    // from its empty bucket, one frame at a time.
+    if (err.code === 'rate_limited') this.bucket.empty(monotonic());
     if (typeof err.id === 'string' && this.settleModeration(err.id, null, err)) return;
     const entry = err.id ? this.outbox.find(err.id) : null;
     if (!entry) {
@@ -915,9 +918,6 @@ export class ChatClient extends EventTarget {
       entry.state = 'retrying';
       entry.retryAt = Date.now() + waitMs;
       entry.code = err.code;
-      // Our pacing assumed more than this server allows (it was configured stricter, or jitter): start over
-      // from its empty bucket, one message at a time.
-      if (err.code === 'rate_limited') this.bucket.empty(monotonic());
       this.pauseSending(waitMs);
     } else {
       entry.state = 'failed';

@@ -201,7 +201,7 @@ def test_axe_finds_nothing_serious_in_a_queue_with_shared_names_and_after_the_se
         first.send("one Bob", "b-1")
         second.send("another Bob", "b-2")
         expect_live(page)
-        expect(page.locator("#log .handle")).to_have_count(2)
+        expect(page.locator("#log li.msg .handle")).to_have_count(2)
         box = message_box(page)
         for n in range(15):  # more than the page sends at once: a queue and its line
             box.fill(f"quick {n}")
