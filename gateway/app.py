@@ -132,6 +132,13 @@ def create_app(config: Config) -> Quart:
     @app.get("/rooms/<room>")
     async def room_page(room: str) -> Response:
         if not valid_room_name(room):
+            # A browser opening the address gets the page, which shows its own "not a room"
+            # card (static/ui.js checks the name the same way); a program gets the JSON.
+            wants = request.accept_mimetypes.best_match(["application/json", "text/html"])
+            if wants == "text/html":
+                refused = await page("index.html")
+                refused.status_code = 404
+                return refused
             raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
         return await page("index.html")
 

@@ -13,11 +13,16 @@ function takeToken() {
   return sessionStorage.getItem("roomchat.admin.token");
 }
 
+/**
+ * Draw `values` (at most HISTORY samples, oldest first) across the whole width: until a minute of samples is
+ * in, the line spans what there is (drawn at its true place in a minute's width, the first seconds were a few
+ * pixels at the right edge); one sample is a flat line.
+ */
 function spark(svg, values) {
   const max = Math.max(1, ...values);
-  const step = 120 / Math.max(1, HISTORY - 1);
-  const offset = HISTORY - values.length;
-  const points = values.map((v, i) => `${((offset + i) * step).toFixed(1)},${(29 - (v / max) * 28).toFixed(1)}`);
+  const shown = values.length === 1 ? [values[0], values[0]] : values;
+  const step = 120 / Math.max(1, shown.length - 1);
+  const points = shown.map((v, i) => `${(i * step).toFixed(1)},${(29 - (v / max) * 28).toFixed(1)}`);
   let line = svg.querySelector("polyline");
   if (!line) {
     line = document.createElementNS(SVG, "polyline");

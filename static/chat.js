@@ -23,6 +23,19 @@ const TYPING_EVERY_MS = 3000; // the server relays one `typing` per user per 3 s
 // A moderator's delete or ban not answered by then is reported as failed (the server answers in well under 1 s
 // unless its storage is stuck; the request may still be done: the page sees the delete or the leave if it is).
 const MODERATION_TIMEOUT_MS = 15000;
+// The server's per-connection rate limit at its defaults (docs/protocol.md, `rate_limited`; rooms/config.py
+// `rate_burst`, `rate_per_sec`, `pong_cost`): a bucket of 10 frames refilled at 2 a second, where a pong or a
+// typing frame costs 0.1 and anything else 1. The welcome does not say what a server was configured with: a
+// stricter server is met by its refusals instead (each empties our bucket and pauses the queue for its
+// `retry_after`), so they come one at a time, never the 20 in a row that earn a 4008.
+export const SERVER_RATE_BURST = 10;
+export const SERVER_RATE_PER_SEC = 2;
+const LIGHT_FRAME_COST = 0.1;
+// Our own bucket sits a little inside the server's: the server's refills from when a frame arrives, not from
+// when we sent it, so network jitter can bring two of our frames closer together than we sent them. One
+// token kept in hand and a 10 % slower refill absorb about half a second of that.
+export const PACE_BURST = SERVER_RATE_BURST - 1;
+export const PACE_RATE_PER_SEC = SERVER_RATE_PER_SEC * 0.9;
 
 export const State = Object.freeze({
   CONNECTING: 'connecting', // a socket is being opened, or is open and waiting for `welcome`
@@ -53,7 +66,56 @@ export const WaitReason = Object.freeze({
   BUSY: 'busy', // 503 server_full / room_full, 429: the server is full or we asked too often
   UNAVAILABLE: 'unavailable', // 503 unavailable or close 1013: its storage is down for now
   RESTARTING: 'restarting', // 503 draining or close 1012
+  TOO_FAST: 'too_fast', // close 4008: the server saw too many messages too fast (we pace, so: rare)
 });
+
+/** A monotonic clock in ms, for pacing (Date.now() can jump). */
+const monotonic = () => performance.now();
+
+/**
+ * A token bucket like the server's (rooms/ratelimit.py): `burst` tokens refilled at `ratePerSec`. Pure:
+ * `now` (ms, monotonic) is passed in.
+ */
+export class TokenBucket {
+  constructor(ratePerSec, burst, now) {
+    this.perMs = ratePerSec / 1000;
+    this.burst = burst;
+    this.tokens = burst;
+    this.stamp = now;
+  }
+
+  refill(now) {
+    const elapsed = Math.max(0, now - this.stamp);
+    this.stamp = Math.max(this.stamp, now);
+    this.tokens = Math.min(this.burst, this.tokens + elapsed * this.perMs);
+  }
+
+  /** The ms until `cost` tokens are there (0: now). */
+  wait(now, cost = 1) {
+    this.refill(now);
+    // The epsilon: a timer set for the computed wait must find the token there, not a rounding short of it.
+    return this.tokens + 1e-9 >= cost ? 0 : Math.ceil((cost - this.tokens) / this.perMs);
+  }
+
+  /** Take `cost` tokens if they are there; returns whether it did. */
+  take(now, cost = 1) {
+    if (this.wait(now, cost) > 0) return false;
+    this.tokens -= cost;
+    return true;
+  }
+
+  /** Take `cost` tokens even into debt, for a frame that must go now (a pong, a moderator's action). */
+  charge(now, cost) {
+    this.refill(now);
+    this.tokens -= cost;
+  }
+
+  /** The server refused a frame for its rate: its bucket is empty, so ours is too. */
+  empty(now) {
+    this.refill(now);
+    this.tokens = Math.min(this.tokens, 0);
+  }
+}
 
 /**
  * Decode a JWT's payload without verifying it (the server verifies). Returns the claims object, or null
@@ -168,7 +230,7 @@ export function closeAction(code) {
     case 1000:
       return { action: 'stop', reason: StopReason.CLOSED };
     case 4008: // rate-limit abuse: wait a while before coming back
-      return { action: 'backoff', minAttempt: 3 };
+      return { action: 'backoff', minAttempt: 3, wait: WaitReason.TOO_FAST };
     default: // 1006, 1009, 1011, 4009, 4010 and anything unknown
       return { action: 'backoff' };
   }
@@ -222,6 +284,20 @@ export function ticketRefusalAction(status, body, retryAfterMs = null) {
     return transient(WaitReason.BUSY); // server_full, room_full
   }
   return transient(null); // 5xx from a proxy, or anything unexpected: try again later
+}
+
+/**
+ * The end and reason of a ban, read from the `detail` of a 403 `banned` (gateway/errors.py writes "banned from
+ * this room[ until <Unix seconds> (Unix time)][: <reason>]"; tests/e2e/test_dead_ends.py holds the two to each
+ * other). Returns {until: ms since the epoch or null (until lifted), reason: string}, or null when the detail
+ * has another form (show it as it is then).
+ */
+export function parseBanDetail(detail) {
+  const m = /^banned from this room(?: until (\d+(?:\.\d+)?) \(Unix time\))?(?:: ([\s\S]+))?$/.exec(
+    typeof detail === 'string' ? detail : '',
+  );
+  if (!m) return null;
+  return { until: m[1] ? Number(m[1]) * 1000 : null, reason: m[2] || '' };
 }
 
 /** The server's `Retry-After` header (seconds) in ms, or null. */
@@ -291,9 +367,12 @@ class Outbox {
  *              (initial history), 'missed' (replayed after a reconnect) or 'live'.
  * - `history-end` {}: every message up to the welcome's seq has been delivered.
  * - `presence` {presence}: a member joined or left.
- * - `outbox`   {entries}: the pending messages changed; entries have {id, text, createdAt, state, error?,
- *              retryAt?, code?} with state 'queued' | 'sending' | 'retrying' | 'sent' | 'failed'; a
- *              'retrying' entry's `code` says why (rate_limited, busy, unavailable).
+ * - `outbox`   {entries, waiting, nextAt}: the pending messages changed; entries have {id, text, createdAt,
+ *              state, error?, retryAt?, code?} with state 'queued' | 'sending' | 'retrying' | 'sent' |
+ *              'failed'; a 'retrying' entry's `code` says why (rate_limited, busy, unavailable). `waiting`
+ *              counts the entries not sent yet (queued or retrying); `nextAt` (ms since the epoch) is when
+ *              the next of them goes, or null when none waits or we are not live. Sends are paced within
+ *              the server's rate (PACE_BURST, PACE_RATE_PER_SEC), so a burst of typing waits its turn here.
  * - `problem`  {error}: an `error` frame that did not belong to a pending message.
  * - `typing`   {user, name}: someone else in the room is typing (ephemeral: show it for ~5 s).
  * - `delete`   {seq}: a moderator deleted message `seq`: show it as deleted.
@@ -342,7 +421,11 @@ export class ChatClient extends EventTarget {
     this.refusedInARow = 0;
     this.liveSince = 0;
     this.lastHeard = 0;
-    this.pausedUntil = 0; // sending paused after rate_limited/busy
+    this.pausedUntil = 0; // monotonic ms: sending paused after rate_limited/busy/unavailable until then
+    // Our side of the server's rate limit. Kept across reconnects (a new socket gets a full bucket on the
+    // server, so ours is never the more generous one).
+    this.bucket = new TokenBucket(PACE_RATE_PER_SEC, PACE_BURST, monotonic());
+    this.nextSendAt = null; // ms since the epoch: when the next queued message goes (for the page)
     this.typingSentAt = 0;
     this.socketToken = null; // the token the current (or last) socket's ticket was asked with
     this.timers = { reconnect: null, connect: null, flush: null, watchdog: null };
@@ -446,7 +529,9 @@ export class ChatClient extends EventTarget {
   typing() {
     const now = Date.now();
     if (this.state !== State.LIVE || now - this.typingSentAt < TYPING_EVERY_MS) return;
-    if (this.sendFrame({ type: 'typing' })) this.typingSentAt = now;
+    // Only a hint: skipped rather than spend what a message needs (over the rate it would count as abuse).
+    if (this.bucket.wait(monotonic(), 1 + LIGHT_FRAME_COST) > 0) return;
+    if (this.sendCharged({ type: 'typing' }, LIGHT_FRAME_COST)) this.typingSentAt = now;
   }
 
   /** Moderator only: delete message `seq` for everyone. Resolves with the server's `moderated` answer. */
@@ -476,7 +561,7 @@ export class ChatClient extends EventTarget {
         fail('The server did not answer in time; check whether it was done and try again.', 'timeout');
       }, MODERATION_TIMEOUT_MS);
       this.moderating.set(id, { resolve, reject, timer });
-      if (!this.sendFrame({ ...frame, id })) this.settleModeration(id, null, { message: 'Not connected.' });
+      if (!this.sendCharged({ ...frame, id }, 1)) this.settleModeration(id, null, { message: 'Not connected.' });
       return undefined;
     });
   }
@@ -650,7 +735,8 @@ export class ChatClient extends EventTarget {
     this.clearTimer('connect');
     this.clearTimer('watchdog');
     this.clearTimer('flush');
-    this.pausedUntil = 0;
+    this.pausedUntil = 0; // a pause was for that socket; the next one's bucket starts full on the server
+    this.nextSendAt = null;
     // Moderation in flight has no answer coming on this socket: say so (it may or may not have been done).
     for (const id of [...this.moderating.keys()]) {
       this.settleModeration(id, null, { message: 'The connection dropped before the server answered.' });
@@ -724,7 +810,7 @@ export class ChatClient extends EventTarget {
       case 'presence':
         return this.onPresence(obj);
       case 'ping':
-        return this.sendFrame({ type: 'pong' });
+        return this.sendCharged({ type: 'pong' }, LIGHT_FRAME_COST);
       case 'error':
         return this.onError(obj);
       case 'moderated': // the answer to our delete or ban
@@ -797,16 +883,29 @@ export class ChatClient extends EventTarget {
     this.emitOutbox();
   }
 
+  /**
+   * Presence is per user, not per connection: a join of someone already listed (their other connection, or
+   * two processes telling it) and a leave of someone not listed change nothing, and are not passed on.
+   */
   onPresence(p) {
-    if (p.event === 'join' && !this.members.some((m) => m.user === p.user)) {
+    if (typeof p.user !== 'string') return;
+    const listed = this.members.some((m) => m.user === p.user);
+    if (p.event === 'join') {
+      if (listed) return;
       this.members.push({ user: p.user, name: p.name });
     } else if (p.event === 'leave') {
+      if (!listed) return;
       this.members = this.members.filter((m) => m.user !== p.user);
+    } else {
+      return;
     }
     this.dispatch('presence', { presence: p });
   }
 
   onError(err) {
+    // Our pacing assumed more than this server allows (it was configured stricter, or jitter): start over
+    // from its empty bucket, one frame at a time.
+    if (err.code === 'rate_limited') this.bucket.empty(monotonic());
     if (typeof err.id === 'string' && this.settleModeration(err.id, null, err)) return;
     const entry = err.id ? this.outbox.find(err.id) : null;
     if (!entry) {
@@ -841,33 +940,45 @@ export class ChatClient extends EventTarget {
     }
   }
 
-  pauseSending(ms) {
-    const until = Date.now() + ms;
-    if (until <= this.pausedUntil) return;
-    this.pausedUntil = until;
-    this.clearTimer('flush');
-    this.timers.flush = setTimeout(() => {
-      this.timers.flush = null;
-      this.pausedUntil = 0;
-      for (const e of this.outbox.entries) {
-        if (e.state === 'retrying') {
-          e.state = 'queued';
-          delete e.retryAt;
-          delete e.code;
-        }
-      }
-      this.flush();
-      this.emitOutbox();
-    }, ms);
+  /** Send `obj` and charge `cost` to our bucket (even into debt: it must go now). */
+  sendCharged(obj, cost) {
+    if (!this.sendFrame(obj)) return false;
+    this.bucket.charge(monotonic(), cost);
+    return true;
   }
 
-  /** Send every queued entry, in order, if live and not paused by a rate limit. */
+  /** The server asked us to wait `ms` before sending again (rate_limited, busy, unavailable). */
+  pauseSending(ms) {
+    this.pausedUntil = Math.max(this.pausedUntil, monotonic() + ms);
+    this.flush();
+  }
+
+  /**
+   * Send what waits (retried and queued entries, in order) while live, as fast as the server's rate allows
+   * and no sooner than a pause it asked for; then wake up when the next may go.
+   */
   flush() {
-    if (this.state !== State.LIVE || Date.now() < this.pausedUntil) return;
+    this.clearTimer('flush');
+    this.nextSendAt = null;
+    if (this.state !== State.LIVE || !this.ws || this.ws.readyState !== 1) return;
+    const now = monotonic();
     for (const e of this.outbox.entries) {
-      if (e.state !== 'queued') continue;
+      if (e.state !== 'queued' && e.state !== 'retrying') continue;
+      const wait = Math.max(this.pausedUntil - now, this.bucket.wait(now));
+      if (wait > 0) {
+        this.nextSendAt = Date.now() + wait;
+        this.timers.flush = setTimeout(() => {
+          this.timers.flush = null;
+          this.flush();
+          this.emitOutbox();
+        }, wait);
+        return;
+      }
       if (!this.sendFrame({ type: 'message', text: e.text, id: e.id })) return;
+      this.bucket.take(now);
       e.state = 'sending';
+      delete e.retryAt;
+      delete e.code;
     }
   }
 
@@ -893,7 +1004,9 @@ export class ChatClient extends EventTarget {
   }
 
   emitOutbox() {
-    this.dispatch('outbox', { entries: this.outbox.entries.map((e) => ({ ...e })) });
+    const entries = this.outbox.entries.map((e) => ({ ...e }));
+    const waiting = entries.filter((e) => e.state === 'queued' || e.state === 'retrying').length;
+    this.dispatch('outbox', { entries, waiting, nextAt: waiting ? this.nextSendAt : null });
   }
 
   dispatch(type, detail) {

@@ -12,6 +12,7 @@ import {
   decodeToken,
   tokenExpiresAt,
   codePointLength,
+  parseBanDetail,
   MAX_TEXT_CHARS,
 } from '/static/chat.js';
 
@@ -25,6 +26,12 @@ const HUES = 12;
 const TYPING_SHOWN_MS = 5000; // "Alice is typing…" stays this long after her last typing signal
 const QUOTE_CHARS = 140; // how much of a message the moderation dialog quotes
 const MOD_STEPS = ['mod-choose', 'mod-confirm-delete', 'mod-confirm-ban'];
+// A member's "left" waits this long before it is shown: one whose connection dropped (a server restart, a
+// worker replaced, a network blip) is usually back within it, and then neither line is news.
+const LEAVE_HOLD_MS = 5000;
+// After our own reconnect, those who were here before and are not back yet are most likely reconnecting from
+// the same drop: their join within this long is not news either.
+const REJOIN_QUIET_MS = 10000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -71,6 +78,7 @@ function avatar(user, name, extra = '') {
 const timeFmt = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit' });
 const fullFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'full', timeStyle: 'medium' });
 const dayFmt = new Intl.DateTimeFormat(undefined, { weekday: 'long', month: 'long', day: 'numeric' });
+const untilFmt = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'short' });
 
 function dayKey(ts) {
   const d = new Date(ts);
@@ -83,6 +91,11 @@ function dayLabel(ts) {
   if (dayKey(ts) === dayKey(today.getTime())) return 'Today';
   if (dayKey(ts) === dayKey(yesterday.getTime())) return 'Yesterday';
   return dayFmt.format(new Date(ts));
+}
+
+/** Whole seconds (at least 1) until `at`, ms since the epoch: for countdowns. */
+function secondsUntil(at) {
+  return Math.max(1, Math.ceil((at - Date.now()) / 1000));
 }
 
 function timeElement(ts) {
@@ -100,15 +113,26 @@ function daySeparator(ts) {
     el('span', { text: dayLabel(ts) }));
 }
 
-/** The author line of a bubble: name and time. */
+/** The author line of a bubble: name (`author`, a node or a string) and time. */
 function meta(author, ts) {
-  return el('div', { cls: 'meta' }, el('span', { cls: 'author', text: author, attrs: { dir: 'auto' } }),
-    ' ', timeElement(ts));
+  const name = typeof author === 'string'
+    ? el('span', { cls: 'author', text: author, attrs: { dir: 'auto' } }) : author;
+  return el('div', { cls: 'meta' }, name, ' ', timeElement(ts));
 }
 
-const URL_RE = /\bhttps?:\/\/[^\s<>"'`]+/gi;
+/** A display name's key for telling people apart: names that look the same on screen count as one. */
+function nameKey(name) {
+  return String(name).normalize('NFKC').trim().toLowerCase();
+}
 
-/** Append `text` to `parent` as text nodes, with http(s) URLs as links. Never parses HTML. */
+/** The muted "@id" shown beside a display name that two people use. */
+function handleNode(user) {
+  return el('span', { cls: 'handle', text: `@${user}`, attrs: { dir: 'ltr' } });
+}
+
+// http(s) URLs, and bare `www.` addresses (not inside a word, an e-mail address or a path).
+const URL_RE = /(?:\bhttps?:\/\/|(?<![\w@./-])www\.)[^\s<>"'`]+/gi;
+
 /** A deleted message's text (its tombstone): "message deleted", in the text's place (nothing to moderate). */
 function markDeleted(text) {
   text.replaceChildren('message deleted');
@@ -130,6 +154,7 @@ function dotsIcon() {
   return svg;
 }
 
+/** Append `text` to `parent` as text nodes, with http(s) URLs and `www.` addresses as links. Never parses HTML. */
 function appendRichText(parent, text) {
   let last = 0;
   for (const match of text.matchAll(URL_RE)) {
@@ -137,10 +162,12 @@ function appendRichText(parent, text) {
     // A sentence often ends right after a link: keep the closing punctuation out of it.
     const trail = /[.,;:!?)\]}]+$/.exec(url);
     if (trail) url = url.slice(0, url.length - trail[0].length);
+    const bare = /^www\./i.test(url); // "www.example.org": the web address everyone means, over https
     let href = null;
     try {
-      const parsed = new URL(url);
-      if (parsed.protocol === 'http:' || parsed.protocol === 'https:') href = parsed.href;
+      const parsed = new URL(bare ? `https://${url}` : url);
+      const named = !bare || /^www\.[^.]+\.[^.]/i.test(parsed.hostname); // www.<name>.<tld>, not "www."
+      if ((parsed.protocol === 'http:' || parsed.protocol === 'https:') && named) href = parsed.href;
     } catch {
       href = null;
     }
@@ -151,6 +178,16 @@ function appendRichText(parent, text) {
     last = match.index + url.length;
   }
   parent.append(document.createTextNode(text.slice(last)));
+}
+
+/** What a 403 `banned` said, in the person's words: until when (local time), and why. */
+function banWords(detail) {
+  const ban = parseBanDetail(detail);
+  if (!ban) return `The server said: ${detail}.`;
+  const until = ban.until === null
+    ? 'The ban lasts until a moderator lifts it.'
+    : `The ban ends on ${untilFmt.format(new Date(ban.until))}.`;
+  return ban.reason ? `${until} Reason given: ${ban.reason}` : until;
 }
 
 // ---- page setup: room and token ----------------------------------------------------------------
@@ -298,8 +335,11 @@ class ChatView {
     this.historyTimer = null;
     this.everLive = false;
     this.tokenNote = '';
+    this.stickyNote = false; // the composer note stays until the connection is live again
     this.noteIsCounter = false;
-    this.pendingEntries = [];
+    this.outbox = { entries: [] }; // the client's last `outbox` event
+    this.queue = { waiting: 0, nextAt: null }; // the outbox's messages waiting their turn
+    this.headStatus = null; // {node, entry}: the status text of the next message to go (it counts down)
     this.pendingTick = null;
     this.oldestSeq = null; // the lowest seq in the log
     this.atBeginning = false; // the log starts at the room's first stored message
@@ -308,6 +348,10 @@ class ChatView {
     this.historyReady = false; // the join's history is in: older pages may be loaded
     this.logGeneration = 0; // bumped when the log is cleared, so a late page is dropped
     this.typists = new Map(); // user -> {name, timer}: who is typing now
+    this.namesSeen = new Map(); // nameKey -> Set of users shown under that name (members and messages)
+    this.sharedNames = new Set(); // nameKeys two or more of them use: shown with "@id" everywhere
+    this.heldLeaves = new Map(); // user -> timer: a "left" line held back for LEAVE_HOLD_MS
+    this.rejoinQuiet = new Map(); // user -> ms since the epoch: their join until then is not shown
     this.refreshUrl = null; // the embedding app's renewal path (or window.roomchatRefresh), if any
     this.refreshTimer = null;
     this.moderator = false; // the welcome said this connection moderates the room: messages get a menu
@@ -436,7 +480,7 @@ class ChatView {
     client.addEventListener('message', (ev) => this.onMessage(ev.detail));
     client.addEventListener('history-end', () => this.onHistoryEnd());
     client.addEventListener('presence', (ev) => this.onPresence(ev.detail.presence));
-    client.addEventListener('outbox', (ev) => this.renderPending(ev.detail.entries));
+    client.addEventListener('outbox', (ev) => this.renderPending(ev.detail));
     client.addEventListener('problem', (ev) => this.onProblem(ev.detail.error));
     client.addEventListener('typing', (ev) => this.onTyping(ev.detail));
     client.addEventListener('delete', (ev) => this.onDelete(ev.detail.seq));
@@ -504,10 +548,11 @@ class ChatView {
       invalid: `This link is not valid: it may be incomplete, or made for another server. ${ask}`,
       expired: wasIn
         ? 'Your session ended because your link expired. To get back in, ask whoever sent it to you '
-          + 'for a new link and open it. Messages you type meanwhile are kept.'
+          + 'for a new link and open it. Messages not sent yet are kept until you are back.'
         : `This link has expired. ${ask}`,
       ended: 'Your session ended and could not be renewed. To get back in, reload the page you opened '
-        + 'this chat from (you may have to sign in there again). Messages you type meanwhile are kept.',
+        + 'this chat from (you may have to sign in there again). Messages not sent yet are kept until you '
+        + 'are back.',
       revoked: 'Your access to this room was revoked, so you were disconnected. If you think this is a '
         + 'mistake, ask whoever runs this room for a new link.',
       forbidden: `This link does not allow you into #${this.room}: you are not allowed in this room. `
@@ -516,9 +561,23 @@ class ChatView {
       banned: `A moderator banned you from #${this.room}, so you cannot take part here until the ban ends. `
         + 'If you think this is a mistake, ask whoever runs this room.',
     }[kind];
+    const cannot = {
+      none: 'join the room first',
+      invalid: 'this link is not valid',
+      expired: 'your link expired',
+      ended: 'your session ended',
+      revoked: 'your access was revoked',
+      forbidden: 'you are not allowed in this room',
+      badroom: 'this is not a room',
+      banned: 'you are banned from this room',
+    }[kind];
+    this.setComposer(false, cannot); // nothing typed now could be sent: say so instead of queueing it
     $('auth').dataset.kind = kind;
     $('auth-title').textContent = title;
     $('auth-text').textContent = detail ? `${text} ${detail}` : text;
+    // Over an empty conversation the card sits in the middle; once there was a conversation it docks
+    // below it, so the history stays readable and scrollable.
+    $('auth').classList.toggle('docked', wasIn);
     $('auth').hidden = false;
     $('app').classList.add('needs-auth');
     $('app').classList.toggle('signed-out', !this.client);
@@ -546,6 +605,14 @@ class ChatView {
   hideAuth() {
     $('auth').hidden = true;
     $('app').classList.remove('needs-auth', 'signed-out');
+    this.setComposer(true);
+  }
+
+  /** Let the person type and send, or not, saying why in the box (`reason` completes "Can’t send messages: "). */
+  setComposer(enabled, reason = '') {
+    this.input.disabled = !enabled;
+    $('send').disabled = !enabled;
+    this.input.placeholder = enabled ? `Message #${this.room}` : `Can’t send messages: ${reason}`;
   }
 
   async login() {
@@ -593,6 +660,8 @@ class ChatView {
     if (s.state === State.OFFLINE && s.reason) status.dataset.reason = s.reason;
     else delete status.dataset.reason;
     if (s.state !== State.WAITING) delete status.dataset.wait;
+    this.renderPending(this.outbox); // what a waiting message says depends on the connection
+    this.markMembers(s.state);
 
     if (s.state === State.CONNECTING) {
       status.dataset.state = 'connecting';
@@ -601,6 +670,7 @@ class ChatView {
     } else if (s.state === State.LIVE) {
       status.dataset.state = 'live';
       text.textContent = 'Live';
+      if (this.stickyNote) this.note('', 0);
       this.announce('Connected');
       status.title = this.tokenNote || '';
       this.everLive = true;
@@ -616,6 +686,8 @@ class ChatView {
           text.textContent = `Service temporarily unavailable; retrying in ${secs}s`;
         } else if (s.wait === WaitReason.RESTARTING) {
           text.textContent = `Server restarting · reconnecting in ${secs}s`;
+        } else if (s.wait === WaitReason.TOO_FAST) {
+          text.textContent = `Sent too fast · reconnecting in ${secs}s`;
         } else {
           const lead = s.refused ? 'Can’t connect' : 'Offline';
           text.textContent = `${lead} · reconnecting in ${secs}s`;
@@ -627,13 +699,44 @@ class ChatView {
         [WaitReason.BUSY]: 'Server busy; will retry',
         [WaitReason.UNAVAILABLE]: 'Service temporarily unavailable; will retry',
         [WaitReason.RESTARTING]: 'Server restarting; will reconnect',
+        [WaitReason.TOO_FAST]: 'Disconnected for sending too fast; will reconnect',
       }[s.wait] || (s.refused ? 'Can’t connect; will retry' : 'Offline; will reconnect'));
       status.title = s.refused && !s.wait
         ? 'The server keeps refusing the connection. It may be down, or your link may no longer be valid.'
         : `Disconnected: ${s.detail || 'connection lost'}`;
+      if (s.wait === WaitReason.TOO_FAST) {
+        // The page paces its sends, so this is another tab of ours, or a server set stricter than the
+        // defaults: say what happened and what becomes of the messages.
+        this.note('The server disconnected this page for sending too many messages too fast. Messages not '
+          + 'sent yet are kept and go out, at the pace the room allows, once reconnected.', 0);
+        this.stickyNote = true;
+      }
     } else if (s.state === State.OFFLINE) {
       this.onOffline(s);
     }
+  }
+
+  /**
+   * Who is online is only known while connected: the list is greyed and says so while reconnecting, and
+   * emptied once offline (nobody there would know if we were still listed).
+   */
+  markMembers(state) {
+    const note = $('members-note');
+    if (state === State.LIVE) {
+      note.hidden = true;
+      return;
+    }
+    if (state === State.OFFLINE) {
+      this.members.clear();
+      this.renderMembers();
+      this.setSubtitle(this.me?.name);
+      for (const user of [...this.typists.keys()]) this.stopTyping(user);
+      for (const user of [...this.heldLeaves.keys()]) this.dropHeldLeave(user);
+      note.textContent = 'Not connected';
+    } else {
+      note.textContent = 'Reconnecting: this list may be out of date';
+    }
+    note.hidden = !this.everLive && state !== State.OFFLINE;
   }
 
   onOffline(s) {
@@ -646,7 +749,7 @@ class ChatView {
       status.dataset.state = 'offline';
       text.textContent = 'Offline · banned from this room';
       this.closeModeration();
-      this.needAuth('banned', s.status ? `The server said: ${s.detail}.` : '');
+      this.needAuth('banned', s.status ? banWords(s.detail) : '');
       return;
     }
     if (FINAL_REASONS.has(s.reason)) {
@@ -689,8 +792,18 @@ class ChatView {
     this.me = { user: welcome.user, name: welcome.name };
     if (reset) this.clearLog();
     this.setModerator(welcome.moderator === true);
+    const before = this.members;
     this.members = new Map();
-    for (const m of welcome.members || []) this.members.set(m.user, m.name);
+    for (const m of welcome.members || []) {
+      this.noteName(m.user, m.name);
+      this.members.set(m.user, m.name);
+    }
+    // After our own reconnect: those not back yet are most likely on their way back from the same drop.
+    const quietUntil = Date.now() + REJOIN_QUIET_MS;
+    for (const user of before.keys()) if (!this.members.has(user)) this.rejoinQuiet.set(user, quietUntil);
+    for (const user of [...this.heldLeaves.keys()]) {
+      if (this.members.has(user)) this.dropHeldLeave(user); // back already: the leave was not news
+    }
     this.renderMembers();
     this.setSubtitle(welcome.name);
     $('log-region').setAttribute('aria-busy', 'true');
@@ -725,6 +838,8 @@ class ChatView {
     this.historyReady = false;
     this.logGeneration += 1;
     this.clearNewBelow();
+    this.namesSeen.clear(); // "in view" starts over (the members are noted again from the welcome)
+    this.sharedNames.clear();
   }
 
   /** A moderator deleted message `seq`: its text gives way to "message deleted". */
@@ -736,6 +851,7 @@ class ChatView {
   /** One message line; `continued` when it follows the same person's within GROUP_WINDOW_MS. */
   messageItem(m, own, continued, ts) {
     const name = typeof m.name === 'string' && m.name ? m.name : String(m.user);
+    if (!own) this.noteName(m.user, name);
     // dir=auto: Arabic or Hebrew text lays out right to left, whatever the page's direction.
     const text = el('p', { cls: 'text', attrs: { dir: 'auto' } });
     const deleted = m.deleted === true;
@@ -751,7 +867,7 @@ class ChatView {
       el(
         'div',
         { cls: 'bubble' },
-        meta(own ? 'You' : name, ts),
+        meta(own ? 'You' : this.nameNode('author', m.user, name), ts),
         text,
       ),
     );
@@ -774,15 +890,19 @@ class ChatView {
 
   /** A message's menu button: a real button, named for the message it acts on. */
   modButton(item) {
-    const own = this.me !== null && item.dataset.user === this.me.user;
-    const when = timeFmt.format(new Date(Number(item.dataset.ts)));
-    const whose = own ? 'your message' : `message from ${item.dataset.name}`;
-    const button = el('button', {
-      cls: 'msg-menu',
-      attrs: { type: 'button', 'aria-haspopup': 'dialog', 'aria-label': `Moderate ${whose} at ${when}` },
-    }, dotsIcon());
+    const button = el('button', { cls: 'msg-menu', attrs: { type: 'button', 'aria-haspopup': 'dialog' } },
+      dotsIcon());
+    this.labelModButton(item, button);
     button.addEventListener('click', () => this.openModeration(item, button));
     return button;
+  }
+
+  /** Name a message's menu button for the message it acts on (whose, and when). */
+  labelModButton(item, button) {
+    const own = this.me !== null && item.dataset.user === this.me.user;
+    const when = timeFmt.format(new Date(Number(item.dataset.ts)));
+    const whose = own ? 'your message' : `message from ${this.displayName(item.dataset.user, item.dataset.name)}`;
+    button.setAttribute('aria-label', `Moderate ${whose} at ${when}`);
   }
 
   bindModeration() {
@@ -828,7 +948,8 @@ class ChatView {
     const text = item.querySelector('.text');
     if (!text || text.classList.contains('deleted')) return;
     const own = this.me !== null && item.dataset.user === this.me.user;
-    const name = item.dataset.name || item.dataset.user;
+    // The ban names the account, not only the display name, when two people use that name.
+    const name = this.displayName(item.dataset.user, item.dataset.name || item.dataset.user);
     this.modTarget = { seq: Number(item.dataset.seq), user: item.dataset.user, name };
     this.modOpener = opener;
     $('mod-title').textContent = own ? 'Your message' : `Message from ${name}`;
@@ -866,7 +987,7 @@ class ChatView {
     try {
       await request(target);
       if (this.modTarget === target) this.closeModeration();
-      this.note(done(target));
+      this.note(done(target), 6000, 'success');
     } catch (err) {
       if (this.modTarget === target) $('mod-error').textContent = err.message || 'Refused by the server.';
     } finally {
@@ -914,7 +1035,7 @@ class ChatView {
     const known = this.typists.get(user);
     if (known) clearTimeout(known.timer);
     const timer = setTimeout(() => this.stopTyping(user), TYPING_SHOWN_MS);
-    this.typists.set(user, { name, timer });
+    this.typists.set(user, { user, name, timer });
     this.renderTyping();
   }
 
@@ -927,7 +1048,7 @@ class ChatView {
   }
 
   renderTyping() {
-    const names = [...this.typists.values()].map((t) => t.name);
+    const names = [...this.typists.values()].map((t) => this.displayName(t.user, t.name));
     const line = $('typing');
     if (names.length === 0) line.textContent = '';
     else if (names.length === 1) line.textContent = `${names[0]} is typing…`;
@@ -936,14 +1057,54 @@ class ChatView {
     line.hidden = names.length === 0;
   }
 
+  /**
+   * A member joined or left (the client already dropped a join of someone listed and a leave of someone not).
+   * The list changes at once; the line in the conversation skips what is not news: a leave followed by the
+   * same member's join within LEAVE_HOLD_MS, and, after our own reconnect, the return of someone who was here.
+   */
   onPresence(p) {
-    if (p.event === 'leave') this.stopTyping(p.user);
     const name = typeof p.name === 'string' && p.name ? p.name : String(p.user);
-    if (p.event === 'join') this.members.set(p.user, name);
-    else if (p.event === 'leave') this.members.delete(p.user);
-    else return;
+    if (p.event === 'join') {
+      this.noteName(p.user, name);
+      this.members.set(p.user, name);
+    } else if (p.event === 'leave') {
+      this.stopTyping(p.user);
+      this.members.delete(p.user);
+    } else {
+      return;
+    }
     this.renderMembers();
     this.setSubtitle(this.me?.name);
+    if (p.event === 'leave') {
+      this.holdLeave(p, name, LEAVE_HOLD_MS);
+      return;
+    }
+    const quiet = this.rejoinQuiet.get(p.user);
+    this.rejoinQuiet.delete(p.user);
+    if (this.dropHeldLeave(p.user) || (quiet !== undefined && quiet > Date.now())) return;
+    this.presenceLine(p, name);
+  }
+
+  /** Show "<name> left" in `ms` unless they are back by then (held on while we are not live ourselves). */
+  holdLeave(p, name, ms) {
+    this.dropHeldLeave(p.user);
+    this.heldLeaves.set(p.user, setTimeout(() => {
+      this.heldLeaves.delete(p.user);
+      if (this.client?.state === State.LIVE) this.presenceLine(p, name);
+      else if (this.client?.state !== State.OFFLINE) this.holdLeave(p, name, LEAVE_HOLD_MS);
+    }, ms));
+  }
+
+  /** Forget a held "left" of `user`; returns whether there was one. */
+  dropHeldLeave(user) {
+    const timer = this.heldLeaves.get(user);
+    if (timer === undefined) return false;
+    clearTimeout(timer);
+    this.heldLeaves.delete(user);
+    return true;
+  }
+
+  presenceLine(p, name) {
     const stick = this.isNearBottom();
     const ts = typeof p.ts === 'number' ? p.ts : Date.now();
     this.addDaySeparator(ts);
@@ -951,13 +1112,64 @@ class ChatView {
       el(
         'li',
         { cls: `system presence ${p.event}` },
-        el('span', { cls: 'system-text', text: `${name} ${p.event === 'join' ? 'joined' : 'left'}` }),
+        el(
+          'span',
+          { cls: 'system-text' },
+          this.nameNode('who', p.user, name),
+          p.event === 'join' ? ' joined' : ' left',
+        ),
         ' ',
         timeElement(ts),
       ),
     );
     this.lastEntry = null; // a presence line breaks a group of messages
     if (stick) this.scrollToBottom();
+  }
+
+  // ---- telling people apart: a display name two people use gets each one's "@id" beside it
+
+  /** `user` is shown under `name` (a member, or a message's author): note it, and mark a name now shared. */
+  noteName(user, name) {
+    const key = nameKey(name);
+    let users = this.namesSeen.get(key);
+    if (!users) {
+      users = new Set();
+      this.namesSeen.set(key, users);
+    }
+    users.add(user);
+    if (users.size > 1 && !this.sharedNames.has(key)) {
+      this.sharedNames.add(key);
+      this.refreshHandles();
+    }
+  }
+
+  /** `name` as text, with "(@user)" when two people use it. */
+  displayName(user, name) {
+    return this.sharedNames.has(nameKey(name)) ? `${name} (@${user})` : name;
+  }
+
+  /** A name (class `cls`), followed by its "@id" when two people use it (and later, if they come to). */
+  nameNode(cls, user, name) {
+    const key = nameKey(name);
+    const node = el('span', { cls, text: name, attrs: { dir: 'auto', 'data-name-key': key, 'data-name-user': user } });
+    if (!this.sharedNames.has(key)) return node;
+    const both = document.createDocumentFragment();
+    both.append(node, ' ', handleNode(user));
+    return both;
+  }
+
+  /** A name became shared: give every place that shows it its "@id" (names never stop being shared). */
+  refreshHandles() {
+    for (const node of document.querySelectorAll('[data-name-key]')) {
+      if (!this.sharedNames.has(node.dataset.nameKey)) continue;
+      if (node.nextElementSibling?.classList.contains('handle')) continue;
+      node.after(' ', handleNode(node.dataset.nameUser));
+    }
+    for (const item of this.log.querySelectorAll('li.msg')) {
+      const button = item.querySelector('.msg-menu');
+      if (button) this.labelModButton(item, button);
+    }
+    this.renderTyping();
   }
 
   addDaySeparator(ts) {
@@ -1064,8 +1276,11 @@ class ChatView {
     this.note(text);
   }
 
-  note(text, ms = 6000) {
+  /** A line under the composer: `kind` 'error' (the default) or 'success' (a moderator's action done). */
+  note(text, ms = 6000, kind = 'error') {
     const note = $('composer-note');
+    this.stickyNote = false;
+    note.dataset.kind = kind;
     note.textContent = text;
     clearTimeout(this.noteTimer);
     if (text && ms) this.noteTimer = setTimeout(() => { note.textContent = ''; }, ms);
@@ -1082,7 +1297,8 @@ class ChatView {
 
   renderMembers() {
     const list = $('member-list');
-    const sorted = [...this.members.entries()].sort((a, b) => a[1].localeCompare(b[1]));
+    const sorted = [...this.members.entries()]
+      .sort((a, b) => a[1].localeCompare(b[1]) || a[0].localeCompare(b[0]));
     list.replaceChildren(
       ...sorted.map(([user, name]) => {
         const you = this.me && user === this.me.user;
@@ -1090,7 +1306,7 @@ class ChatView {
           'li',
           { cls: `member${you ? ' you' : ''}`, attrs: { 'data-user': user } },
           avatar(user, name, 'avatar-small'),
-          el('span', { cls: 'member-name', text: name }),
+          this.nameNode('member-name', user, name),
           you ? el('span', { cls: 'member-you', text: '(you)' }) : null,
         );
       }),
@@ -1121,33 +1337,37 @@ class ChatView {
     this.input.focus();
   }
 
-  /** Why a message waits to be resent, in words: too fast (with a countdown), busy room, storage down. */
-  retryingText(e) {
-    if (e.code === 'rate_limited') {
-      const secs = Math.max(1, Math.ceil(((e.retryAt || 0) - Date.now()) / 1000));
-      return `You're sending too fast; sending in ${secs}s`;
-    }
-    if (e.code === 'unavailable') return 'Service temporarily unavailable; will resend';
-    return 'Server busy, retrying…';
+  /**
+   * What a pending bubble says. Only the `head` (the next to go) tells a countdown: the queue goes one at a
+   * time at the server's pace, so nobody else's would be true.
+   */
+  pendingStatus(e, live, head, nextAt) {
+    if (e.state === 'failed') return `Not sent: ${e.error}`;
+    if (e.state === 'sent') return 'Sent';
+    if (e.state === 'sending') return 'Sending…';
+    if (this.client?.state === State.OFFLINE) return 'Not sent yet: kept until you are back in the room';
+    if (!live) return 'Waiting for connection';
+    if (e.state === 'retrying' && e.code === 'unavailable') return 'Service temporarily unavailable; will resend';
+    if (e.state === 'retrying' && e.code === 'busy') return 'Server busy, retrying…';
+    if (!head || nextAt === null) return 'Queued';
+    const secs = secondsUntil(nextAt);
+    return e.state === 'retrying' ? `You're sending too fast; sending in ${secs}s` : `Sending in ${secs}s`;
   }
 
-  renderPending(entries) {
+  /** The outbox changed: draw its bubbles, and the line saying how many wait and when the next goes. */
+  renderPending(outbox) {
+    const { entries, waiting = 0, nextAt = null } = outbox;
     const stick = this.isNearBottom();
     const live = this.client?.state === State.LIVE;
-    this.pendingEntries = entries;
-    clearTimeout(this.pendingTick);
-    // Keep a countdown on screen current (the client re-renders anyway when the wait ends).
-    if (entries.some((e) => e.state === 'retrying' && e.code === 'rate_limited')) {
-      this.pendingTick = setTimeout(() => this.renderPending(this.pendingEntries), 1000);
-    }
+    this.outbox = outbox;
+    this.queue = { waiting, nextAt };
+    const head = live && nextAt !== null
+      ? entries.find((e) => e.state === 'queued' || e.state === 'retrying') : null;
+    this.headStatus = null;
     this.pending.replaceChildren(
       ...entries.map((e) => {
-        let status;
-        if (e.state === 'failed') status = `Not sent: ${e.error}`;
-        else if (e.state === 'sent') status = 'Sent';
-        else if (e.state === 'retrying') status = this.retryingText(e);
-        else if (e.state === 'sending') status = 'Sending…';
-        else status = live ? 'Sending…' : 'Waiting for connection';
+        const status = document.createTextNode(this.pendingStatus(e, live, e === head, nextAt));
+        if (e === head) this.headStatus = { node: status, entry: e };
         const state = e.state === 'queued' && !live ? 'waiting' : e.state;
         const actions = e.state === 'failed'
           ? el(
@@ -1185,8 +1405,27 @@ class ChatView {
         );
       }),
     );
+    this.renderQueue();
     this.updateEmpty();
     if (stick) this.scrollToBottom();
+  }
+
+  /** "N queued, next in Xs" while messages wait their turn; ticks each second (not a live region). */
+  renderQueue() {
+    clearTimeout(this.pendingTick);
+    const line = $('queue-status');
+    const { waiting, nextAt } = this.queue;
+    const show = this.client?.state === State.LIVE && waiting > 0 && nextAt !== null;
+    line.hidden = !show;
+    if (!show) {
+      line.textContent = '';
+      return;
+    }
+    line.textContent = `${waiting} queued, next in ${secondsUntil(nextAt)}s`;
+    if (this.headStatus) {
+      this.headStatus.node.data = this.pendingStatus(this.headStatus.entry, true, true, nextAt);
+    }
+    this.pendingTick = setTimeout(() => this.renderQueue(), 1000);
   }
 
   actionButton(label, onClick) {

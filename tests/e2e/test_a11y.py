@@ -188,3 +188,30 @@ def test_grouped_messages_keep_their_author_and_show_their_time_on_hover(
     rtl = texts(page).last
     expect(rtl).to_have_attribute("dir", "auto")
     assert rtl.evaluate("e => getComputedStyle(e).direction") == "rtl"
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+def test_axe_finds_nothing_serious_in_a_queue_with_shared_names_and_after_the_session_ended(
+    server: RoomchatServer, open_page: PageOpener, axe_source: str, scheme: str
+) -> None:
+    page = open_page(color_scheme=scheme, init_script=axe_source)
+    page.goto(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
+    with ChatPeer(server, "lobby", "bob-smith", name="Bob") as first, \
+            ChatPeer(server, "lobby", "bob-jones", name="Bob") as second:
+        first.send("one Bob", "b-1")
+        second.send("another Bob", "b-2")
+        expect_live(page)
+        expect(page.locator("#log li.msg .handle")).to_have_count(2)
+        box = message_box(page)
+        for n in range(15):  # more than the page sends at once: a queue and its line
+            box.fill(f"quick {n}")
+            box.press("Enter")
+        expect(page.locator("#queue-status")).to_be_visible()
+        problems = axe_problems(page)
+        assert not problems, "\n".join(problems)
+        expect(texts(page)).to_have_count(17, timeout=60_000)
+        server.revoke("alice")
+        expect(page.locator("#auth-title")).to_have_text("Your access was revoked")
+        expect(message_box(page)).to_be_disabled()
+        problems = axe_problems(page)
+        assert not problems, "\n".join(problems)

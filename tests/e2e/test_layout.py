@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.support import make_token
+
 from .conftest import PageOpener, Shooter
 from .harness import ChatPeer, RoomchatServer
 from .pages import expect_live, message_box, send, texts
@@ -75,3 +77,66 @@ def test_long_urls_and_unbroken_text_never_widen_the_page(
         link = page.locator("#log a").last
         expect(link).to_have_attribute("href", LONG_URL)
         shoot(page, f"layout-long-text-{size}")
+
+
+def assert_not_cut(page: Page, selector: str, when: str) -> None:
+    """The element shows all of its text: nothing hidden behind an ellipsis or the screen's edge."""
+    box = page.locator(selector)
+    sizes = box.evaluate("e => [e.scrollWidth, e.clientWidth, e.getBoundingClientRect().right]")
+    width = page.evaluate("document.documentElement.clientWidth")
+    assert sizes[0] <= sizes[1], f"{when}: {selector} is cut ({sizes[0]} px of text in {sizes[1]})"
+    assert sizes[2] <= width, f"{when}: {selector} reaches {sizes[2]} px of {width}"
+
+
+def test_on_a_phone_the_status_and_the_name_are_not_cut(
+    server: RoomchatServer, open_page: PageOpener, shoot: Shooter
+) -> None:
+    page = open_page(
+        server.link("lobby", server.token("alexandra", ["lobby"], name="Alexandra Wonderland")),
+        width=390, height=844,
+    )
+    expect_live(page)
+    expect(page.locator("#room-sub")).to_have_text("You are Alexandra Wonderland · 1 online")
+    assert_not_cut(page, "#room-sub", "live")
+    assert_not_cut(page, "#status-text", "live")
+
+    server.stop()
+    expect(page.locator("#status-text")).to_contain_text("reconnecting in")
+    assert_not_cut(page, "#status-text", "reconnecting")
+    assert_not_cut(page, "#room-sub", "reconnecting")
+    assert_no_overflow(page, "reconnecting")
+    shoot(page, "phone-topbar-reconnecting")
+
+    server.start()
+    expired = open_page(server.link("lobby", server.token("al", ["lobby"], ttl=-120)),
+                        width=390, height=844)
+    expect(expired.locator("#status-text")).to_have_text("Offline · link expired")
+    assert_not_cut(expired, "#status-text", "expired")
+    assert_no_overflow(expired, "expired")
+    shoot(expired, "phone-topbar-expired")
+
+
+def test_the_admin_page_fits_a_phone_and_its_sparklines_are_drawn(
+    server: RoomchatServer, open_page: PageOpener, shoot: Shooter
+) -> None:
+    admin = make_token("root", ["*"], secret=server.secret, admin=True)
+    with ChatPeer(server, "lobby", "bob", name="Bob") as bob:
+        bob.send("hello", "b-1")
+        page = open_page(f"{server.base_url}/admin#token={admin}", width=390, height=844)
+        expect(page.locator("#status")).to_have_text("Live")
+        expect(page.locator("#room-rows tr")).to_have_count(1)
+        widths = page.locator("svg.spark").evaluate_all(
+            "els => els.map(e => Math.round(e.getBoundingClientRect().width))")
+        assert len(widths) == 4 and min(widths) >= 100, widths
+        # Each line spans its box from the first sample on (not a few pixels at its right edge).
+        lines = page.locator("#room-rows svg.spark polyline, .tile svg.spark polyline")
+        expect(lines).to_have_count(4)
+        drawn = lines.evaluate_all(
+            "els => els.map(e => Math.round(e.getBoundingClientRect().width))")
+        assert min(drawn) >= 100, drawn
+        assert_no_overflow(page, "admin page with one room")
+        # The table keeps its columns readable: it scrolls inside its own box if it must.
+        last = page.locator("#room-rows td").last
+        last.scroll_into_view_if_needed()
+        assert_no_overflow(page, "after scrolling the table")
+        shoot(page, "admin-390")
