@@ -44,7 +44,7 @@ from rooms import protocol
 from rooms.batching import BatchPacer
 from rooms.config import RoomConfig
 from rooms.engine import Ban, Engine
-from rooms.errors import Banned, RoomBusy, RoomError, RoomStopped, StoreError
+from rooms.errors import Banned, RoomBusy, RoomError, RoomStopped, StoreError, Unstorable
 from rooms.observer import NullObserver, RoomObserver
 from rooms.protocol import ClientFrame, CloseCode, DeleteMessage, ErrorCode
 from rooms.session import Session
@@ -559,14 +559,28 @@ class RoomActor:
             self._deliver(state, state.feed(()), wall_ms)
             return False
         cfg = self.config
-        try:
-            results = await self._engine.append(self.room, batch, retention=cfg.history_retention,
-                                                dedup_window=cfg.dedup_window)
-        except StoreError as exc:
-            self._deliver(state, state.feed(()), wall_ms)
-            self._retry = batch
-            self._storage_failed(state, now, wall_ms, exc)
-            return False
+        while True:
+            try:
+                results = await self._engine.append(self.room, batch,
+                                                    retention=cfg.history_retention,
+                                                    dedup_window=cfg.dedup_window)
+                break
+            except Unstorable as exc:
+                # Some drafts can never be stored (and nothing was): their senders are told,
+                # the rest go again at once. Each round drops one draft at least.
+                batch, refused = state.reject(batch, exc)
+                log.warning("room %s: %d message(s) refused by the store: %s", self.room,
+                            len(exc.indexes), exc.reason)
+                self._deliver(state, refused, wall_ms)
+                if not batch:
+                    self._retry = None
+                    self._deliver(state, state.feed(()), wall_ms)
+                    return False
+            except StoreError as exc:
+                self._deliver(state, state.feed(()), wall_ms)
+                self._retry = batch
+                self._storage_failed(state, now, wall_ms, exc)
+                return False
         self._retry = None
         self._storage_back(now)
         started = time.perf_counter()
@@ -728,7 +742,10 @@ class RoomActor:
         for ticket, result in state.published:
             reply = self._publishing.pop(ticket, None)
             if reply is not None and not reply.done():
-                reply.set_result(result)
+                if isinstance(result, Unstorable):
+                    reply.set_exception(result)
+                else:
+                    reply.set_result(result)
         state.published.clear()
 
     def _deliver(self, state: RoomState, effects: list[Effect], wall_ms: int) -> None:

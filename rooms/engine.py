@@ -122,7 +122,12 @@ class Engine(Protocol):
         whose ``(user, id)`` is among the room's last ``dedup_window`` ids gets that message's
         seq and ``duplicate`` (engines that leave dedup to the room's actor ignore it). Keeps
         ``retention`` messages per room (0: all). Other processes serving the room receive the
-        new messages through their listeners."""
+        new messages through their listeners.
+
+        Raises ``Unstorable`` when some drafts can never be stored (nothing of the batch was:
+        append the others again, and tell the senders of those), ``StoreError`` when storing
+        failed (retry the same batch). One room's faulty draft never fails another room's
+        append, whatever the engine batches together underneath."""
         ...
 
     async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:

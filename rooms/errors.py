@@ -8,12 +8,16 @@ The tree::
     ├── TooManyRooms      starting the room would exceed the process's cap on live rooms
     ├── RoomBusy          the room has too many server-API messages waiting to be stored
     ├── Banned            the user is banned from the room (until ``until``, or for good)
+    ├── Unstorable        drafts of an append that can never be stored (the others can)
+    ├── LogReset          the room's log went backwards (the store lost data): a new epoch
     └── StoreError        the message store failed or is closed
 
 Only the gateway turns these into HTTP statuses and WebSocket close codes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class RoomError(Exception):
@@ -50,3 +54,29 @@ class Banned(RoomError):
         self.user = user
         self.until = until
         self.reason = reason
+
+
+class Unstorable(RoomError):
+    """Drafts of one ``Engine.append`` that no attempt could ever store (a text, name or id the
+    store cannot encode, such as a lone surrogate that slipped past ``rooms.text``). Nothing of
+    that append was stored; ``indexes`` are the positions of the faulty drafts in it (ascending,
+    never empty): append the others again without them, and tell the senders of these. Never a
+    reason to retry, unlike ``StoreError``."""
+
+    def __init__(self, indexes: Sequence[int], reason: str) -> None:
+        super().__init__(reason)
+        self.indexes = tuple(indexes)
+        self.reason = reason
+
+
+class LogReset(RoomError):
+    """The room's log in the store is behind what the caller has seen stored (the store lost
+    data: a Redis restart without its AOF, a flush, a failover to a replica that lagged).
+    Nothing was stored; the engine has moved the log past the caller's ``floor`` under the new
+    ``epoch``, so appending again continues the seqs. Whoever holds the old epoch must treat
+    its view of the room as stale (``rooms.state.RoomState.reset``)."""
+
+    def __init__(self, epoch: str, floor: int) -> None:
+        super().__init__(f"the room's log went backwards (below seq {floor}): new epoch {epoch}")
+        self.epoch = epoch
+        self.floor = floor

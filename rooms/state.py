@@ -34,7 +34,7 @@ from typing import Any
 
 from rooms import protocol
 from rooms.config import RoomConfig
-from rooms.errors import RoomFull
+from rooms.errors import RoomFull, Unstorable
 from rooms.protocol import (
     BanUser,
     ClientFrame,
@@ -239,9 +239,9 @@ class RoomState:
     """Accepted, not yet stored; the actor takes them with ``take_pending``."""
     presence_changed: bool = False
     """This process's member list changed since the actor last published it (``synced``)."""
-    published: list[tuple[int, Appended]] = field(default_factory=list)
-    """Answers to ``publish``: ``(ticket, result)`` once the message was delivered here; the
-    actor takes them."""
+    published: list[tuple[int, Appended | Unstorable]] = field(default_factory=list)
+    """Answers to ``publish``: ``(ticket, result)`` once the message was delivered here, or the
+    error refusing it for good (``reject``); the actor takes them."""
     moderation: list[Moderation] = field(default_factory=list)
     """Moderators' requests accepted by ``receive``, for the actor to carry out (it takes them
     with ``take_moderation`` every wake-up, so they are bounded by ``max_batch``)."""
@@ -600,6 +600,38 @@ class RoomState:
                 fresh.append(draft.stored(self.room, result.seq))
         self._inflight = []
         return self.feed(fresh)
+
+    def reject(self, batch: list[Draft], error: Unstorable) -> tuple[list[Draft], list[Effect]]:
+        """The engine refused the drafts of ``batch`` (the batch in flight) at
+        ``error.indexes`` for good, storing nothing. Their senders are told (an
+        ``invalid_message`` error with their id; a server-API caller gets ``error`` through
+        ``published``); returns the rest of the batch, still in flight, for the actor to append
+        again (``committed`` then takes it), and the errors to deliver.
+
+        Raises ``ValueError`` when the indexes do not name drafts of the batch (nothing
+        changes)."""
+        bad = set(error.indexes)
+        if not bad or not bad <= set(range(len(batch))) or len(batch) != len(self._inflight):
+            raise ValueError("the refused drafts are not in the batch in flight")
+        effects: list[Effect] = []
+        kept: list[Draft] = []
+        waiting_kept: list[_Waiting] = []
+        for index, (draft, waiting) in enumerate(zip(batch, self._inflight, strict=True)):
+            if index not in bad:
+                kept.append(draft)
+                waiting_kept.append(waiting)
+                continue
+            if draft.id is not None:
+                self._inflight_ids.pop((draft.user, draft.id), None)
+            for session in (waiting.session, *waiting.retries):
+                if session < 0:
+                    self.published.append((-session, error))
+                elif session in self._sessions:
+                    effects.append(Send(session, protocol.error(
+                        ErrorCode.INVALID_MESSAGE, "this message cannot be stored (its text is "
+                        "not valid Unicode); it was not sent", client_id=waiting.client_id)))
+        self._inflight = waiting_kept
+        return kept, effects
 
     def abandon(self) -> None:
         """The batch in flight will never be acked (storage gave up): its senders resend after

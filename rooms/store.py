@@ -22,7 +22,7 @@ from typing import Any, Protocol, TypeVar
 
 from rooms import engine as contract
 from rooms.engine import CommitObserver, ErasedObserver
-from rooms.errors import StoreError
+from rooms.errors import StoreError, Unstorable
 from rooms.state import RoomSnapshot, StoredMessage
 
 _T = TypeVar("_T")
@@ -38,7 +38,8 @@ class MessageStore(Protocol):
     async def append(self, messages: Sequence[StoredMessage], retention: int) -> None:
         """Store ``messages`` durably (all or none); keep at most ``retention`` per room (0: all).
 
-        Returns only once they survive a crash of this process.
+        Returns only once they survive a crash of this process. Raises ``Unstorable`` (naming
+        the messages that can never be stored; nothing was) or ``StoreError``.
         """
         ...
 
@@ -81,6 +82,15 @@ CREATE TABLE IF NOT EXISTS bans (
 ) WITHOUT ROWID;
 """
 _INSERT = "INSERT INTO messages (room, seq, user, name, client_id, text, ts) VALUES (?,?,?,?,?,?,?)"
+_DATA_ERRORS = (ValueError, OverflowError, TypeError, sqlite3.InterfaceError,
+                sqlite3.ProgrammingError, sqlite3.DataError)
+"""What binding a message's values raises when one cannot be stored: a lone surrogate in a text
+(``UnicodeEncodeError``, a ``ValueError``), an integer beyond 64 bits, a value of no SQL type.
+The message's own fault: retrying never helps."""
+
+
+def _row(m: StoredMessage) -> tuple[str, int, str, str, str | None, str, int]:
+    return (m.room, m.seq, m.user, m.name, m.id, m.text, m.ts)
 
 
 @dataclass(slots=True)
@@ -198,7 +208,9 @@ class SqliteStore:
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Append | _Erase]) -> None:
         """One transaction for every write in ``batch``; each in its own savepoint, so a failing
-        one (say, a seq written by another process) fails alone, not its neighbours' rooms."""
+        one fails alone, not its neighbours' rooms: ``Unstorable`` when some of its messages
+        cannot be encoded (found row by row), ``StoreError`` for anything else (say, a seq
+        written by another process)."""
         started = time.perf_counter()
         count = 0
         errors: list[BaseException | None] = [None] * len(batch)
@@ -212,10 +224,11 @@ class SqliteStore:
                         if isinstance(item, _Erase):
                             results[index] = self._tombstone(conn, item)
                         else:
-                            conn.executemany(_INSERT, [
-                                (m.room, m.seq, m.user, m.name, m.id, m.text, m.ts)
-                                for m in item.messages])
+                            conn.executemany(_INSERT, [_row(m) for m in item.messages])
                             self._prune(conn, item)
+                    except _DATA_ERRORS as exc:
+                        conn.execute("ROLLBACK TO item")
+                        errors[index] = self._unstorable(conn, item, exc)
                     except sqlite3.Error as exc:
                         conn.execute("ROLLBACK TO item")
                         errors[index] = StoreError(f"write failed: {exc}")
@@ -235,6 +248,29 @@ class SqliteStore:
             self._on_commit(time.perf_counter() - started, count)
         for item, result, error in zip(batch, results, errors, strict=True):
             item.loop.call_soon_threadsafe(_resolve, item.future, result, error)
+
+    @staticmethod
+    def _unstorable(conn: sqlite3.Connection, item: _Append | _Erase,
+                    exc: Exception) -> StoreError | Unstorable:
+        """Which of ``item``'s messages cannot be written (``exc`` came from one of them): each
+        is tried alone in a savepoint that is rolled back. Runs only after a failure, inside the
+        item's savepoint (already rolled back)."""
+        bad: list[int] = []
+        if isinstance(item, _Append):
+            for position, message in enumerate(item.messages):
+                conn.execute("SAVEPOINT probe")
+                try:
+                    conn.execute(_INSERT, _row(message))
+                except _DATA_ERRORS:
+                    bad.append(position)
+                except sqlite3.Error:
+                    pass  # not a data error (a conflict): not this message's fault
+                finally:
+                    conn.execute("ROLLBACK TO probe")
+                    conn.execute("RELEASE probe")
+        if not bad:  # not one message's fault after all: an ordinary failure of the write
+            return StoreError(f"write failed: {exc!r}")
+        return Unstorable(bad, f"cannot be stored: {exc}")
 
     @staticmethod
     def _tombstone(conn: sqlite3.Connection, item: _Erase) -> list[tuple[str, int]]:

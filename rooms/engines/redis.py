@@ -58,7 +58,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rooms import engine as contract
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
-from rooms.errors import StoreError
+from rooms.errors import StoreError, Unstorable
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
 log = logging.getLogger("roomchat.redis")
@@ -116,7 +116,7 @@ def _where(url: str) -> str:
     return url.rsplit("@", maxsplit=1)[-1]  # never log a password in the URL
 
 
-_Pending = tuple[list[str], list[str | int], "asyncio.Future[list[int]]"]
+_Pending = tuple[list[str], list[str | bytes | int], "asyncio.Future[list[int]]"]
 
 
 class _Appends:
@@ -144,7 +144,8 @@ class _Appends:
         self._flushes: set[asyncio.Task[None]] = set()
         self.round_trips = 0  # pipelines sent (a statistic; tests read it)
 
-    def submit(self, keys: list[str], args: list[str | int]) -> asyncio.Future[list[int]]:
+    def submit(self, keys: list[str],
+               args: list[str | bytes | int]) -> asyncio.Future[list[int]]:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[int]] = loop.create_future()
         if not self._queued:
@@ -283,9 +284,19 @@ class RedisEngine:
             return []
         started = time.perf_counter()
         log_key, seq_key, ids_key, idq_key, _, channel = _keys(room)
-        args: list[str | int] = [retention, dedup_window, channel, self.node, room]
-        for d in drafts:
-            args += [d.user, d.name, d.id or "", d.text, d.ts]
+        args: list[str | bytes | int] = [retention, dedup_window, channel, self.node, room]
+        # Encoded here, draft by draft: redis-py would encode them while packing the pipeline
+        # that carries other rooms' appends too, and one text it cannot encode (a lone
+        # surrogate) failed all of them with an error no room expected (1011 everywhere).
+        unstorable: list[int] = []
+        for index, d in enumerate(drafts):
+            try:
+                args += [d.user.encode(), d.name.encode(), (d.id or "").encode(),
+                         d.text.encode(), d.ts]
+            except UnicodeEncodeError:
+                unstorable.append(index)
+        if unstorable:
+            raise Unstorable(unstorable, "not valid Unicode (a lone surrogate)")
         try:
             raw = await self._appends.submit([log_key, seq_key, ids_key, idq_key], args)
         except FAILURES as exc:

@@ -14,7 +14,7 @@ from redis import asyncio as aioredis
 
 from rooms.engine import Ban, Engine, open_engine
 from rooms.engines.redis import RedisEngine, _Appends
-from rooms.errors import StoreError
+from rooms.errors import StoreError, Unstorable
 from rooms.state import Appended, Draft, StoredMessage, WireMessage
 from tests.redis_server import redis_server
 
@@ -743,3 +743,78 @@ async def test_joins_arriving_together_read_a_rooms_bans_once(tmp_path: Path) ->
         assert reads.count("s") == 2
     finally:
         await engine.close()
+
+
+# -- one faulty draft (issue 20, high): behind the front door's validation -----------------
+
+
+async def test_an_unstorable_draft_fails_its_append_alone(engine: Engine) -> None:
+    """Drafts no store can encode (lone surrogates, which ``rooms.text`` refuses at the front
+    door) fail their own append with ``Unstorable`` naming them, store nothing, and leave the
+    appends of other rooms sent at the same moment (one SQLite group commit, one Redis
+    pipeline) stored."""
+    rooms = [f"r{i}" for i in range(10)]
+    for room in [*rooms, "bad"]:
+        await engine.load(room, 10)
+    batch = [*drafts(1), Draft("u", "U", "x1", "poison \ud800", 1),
+             Draft("u", "Eve \udfff", "x2", "fine", 2), *drafts(1, start=1)]
+    results = await asyncio.gather(
+        *(engine.append(room, drafts(2), retention=0, dedup_window=10) for room in rooms[:5]),
+        engine.append("bad", batch, retention=0, dedup_window=10),
+        *(engine.append(room, drafts(2), retention=0, dedup_window=10) for room in rooms[5:]),
+        return_exceptions=True)
+    error = results.pop(5)
+    assert isinstance(error, Unstorable), error
+    assert error.indexes == (1, 2)
+    assert results == [[Appended(1), Appended(2)]] * 10
+    assert await engine.top("bad") == 0 and await engine.read("bad", 0, 10, 10) == []
+    # The rest of the batch, again: stored with the first seqs, as if the others never were.
+    assert await engine.append("bad", [batch[0], batch[3]], retention=0, dedup_window=10) == [
+        Appended(1), Appended(2)]
+
+
+async def test_a_room_refuses_an_unstorable_message_and_stores_the_rest(
+        engine: Engine) -> None:
+    """Bypassing the front door's validation (frames and publishes handed to the actor
+    directly): the sender of the faulty message gets an ``invalid_message`` error with its
+    id, the messages batched with it are stored and acked in order, a server-API publish gets
+    ``Unstorable``, and the room keeps running (no retry loop, no ``unavailable``, no 1011)."""
+    import time
+
+    from rooms.actor import RoomActor, RoomLifecycle
+    from rooms.config import RoomConfig
+    from rooms.protocol import SendMessage
+    from rooms.session import Session
+
+    actor = RoomActor("poison", RoomConfig(rate_burst=100), engine)
+    running = asyncio.create_task(actor.run())
+    socket = _Socket()
+    ann = Session(1, "ann", "Ann", socket, outbox_limit=100, max_frame_messages=100,
+                  send_timeout=10, close_timeout=1)
+    plan = await actor.join(ann, after=None, expires_at=time.time() + 3600)
+    writer = asyncio.create_task(ann.run_writer(plan, "poison", engine, 10))
+
+    def objects() -> list[dict[str, object]]:
+        return [o for f in socket.frames for o in f]
+
+    try:
+        async with asyncio.timeout(10):
+            await wait_for(socket.wrote, lambda: bool(socket.frames))  # the welcome
+            for frame in (SendMessage("one", "m1"), SendMessage("poison \ud800", "bad"),
+                          SendMessage("two", "m2")):
+                assert actor.frame_nowait(1, frame)  # one wake-up: one batch
+            await wait_for(socket.wrote, lambda: sum(o["type"] == "ack" for o in objects()) == 2)
+            with pytest.raises(Unstorable):
+                await actor.publish("api", "API", "p1", "also \udc00 bad")
+            assert await actor.publish("api", "API", "p2", "three") == Appended(3)
+            assert actor.lifecycle is RoomLifecycle.RUNNING
+    finally:
+        running.cancel()
+        writer.cancel()
+        await asyncio.gather(running, writer, return_exceptions=True)
+    seen = [(o["type"], o.get("id"), o.get("seq"), o.get("code")) for o in objects()[1:]]
+    assert ("error", "bad", None, "invalid_message") in seen
+    assert [s for s in seen if s[0] != "error"] == [
+        ("message", "m1", 1, None), ("message", "m2", 2, None), ("ack", "m1", 1, None),
+        ("ack", "m2", 2, None), ("message", "p2", 3, None)]
+    assert [m.text for m in await engine.read("poison", 0, 10, 10)] == ["one", "two", "three"]

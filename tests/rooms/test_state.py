@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from rooms.config import RoomConfig
-from rooms.errors import RoomFull
+from rooms.errors import RoomFull, Unstorable
 from rooms.protocol import (
     BanUser,
     CloseCode,
@@ -23,6 +23,7 @@ from rooms.state import (
     Appended,
     Broadcast,
     Close,
+    Draft,
     Effect,
     ModerationOutcome,
     RoomSnapshot,
@@ -325,6 +326,37 @@ def test_abandoned_batch_is_not_acked_and_its_ids_are_accepted_again() -> None:
     state.abandon()
     send(state, 1, "a", "id1")
     assert len(state.pending) == 1
+
+
+def test_rejected_drafts_are_refused_to_their_senders_and_the_rest_stays_in_flight() -> None:
+    """An ``Unstorable`` from the engine: each sender of a refused draft (and a resend of the
+    same id meanwhile, and a server-API caller) is told; the others are stored next."""
+    state = RoomState("r", replace(CFG, rate_burst=100))
+    joined(state, 1, "alice")
+    joined(state, 2, "alice")
+    joined(state, 3, "bob")
+    send(state, 1, "ok", "a1")
+    send(state, 1, "bad", "a2")
+    send(state, 3, "fine", "b1")
+    assert state.publish(7, Draft("api", "API", "p", "bad too", 1)) is None
+    batch = state.take_pending()
+    assert send(state, 2, "bad", "a2") == []  # the same id, resent while in flight
+    with pytest.raises(ValueError):
+        state.reject(batch, Unstorable([9], "no such draft"))
+    error = Unstorable([1, 3], "cannot be stored")
+    rest, effects = state.reject(batch, error)
+    assert rest == [batch[0], batch[2]]
+    assert [(k, s, o["type"], o["code"], o["id"]) for k, s, o in objs(effects)] == [
+        ("send", 1, "error", "invalid_message", "a2"),
+        ("send", 2, "error", "invalid_message", "a2")]
+    assert state.published == [(7, error)]
+    state.published.clear()
+    acks = [(s, o["id"], o["seq"]) for k, s, o in objs(state.committed(rest, [Appended(1),
+                                                                              Appended(2)]))
+            if o["type"] == "ack"]
+    assert acks == [(1, "a1", 1), (3, "b1", 2)]
+    send(state, 1, "now fine", "a2")  # the refused id is not remembered: it may come again
+    assert [d.id for d in state.pending] == ["a2"]
 
 
 def test_unavailable_storage_refuses_messages_without_accepting_them() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from rooms.errors import StoreError
+from rooms.errors import StoreError, Unstorable
 from rooms.state import StoredMessage
 from rooms.store import MessageStore, SqliteStore
 
@@ -125,5 +126,37 @@ async def test_database_files_are_private_from_the_start(tmp_path: Path) -> None
         modes = {p.name: p.stat().st_mode & 0o777 for p in path.parent.iterdir()}
         assert path.parent.stat().st_mode & 0o777 == 0o700
         assert modes and all(mode == 0o600 for mode in modes.values()), modes
+    finally:
+        await store.close()
+
+
+async def test_an_unstorable_message_fails_its_own_append_alone(tmp_path: Path) -> None:
+    """Issue 20 (high): a message SQLite cannot encode (a lone surrogate, a 70-bit integer)
+    used to fail the whole group commit, every room batched with it included. Now its own
+    append fails with ``Unstorable`` naming the faulty messages, stores nothing, and the
+    appends committed in the same transaction are stored."""
+    commits: list[int] = []
+    store = await SqliteStore.open(tmp_path / "db", synchronous="NORMAL",
+                                   on_commit=lambda s, n: commits.append(n))
+    try:
+        good, lone, huge = msgs("bad", 1, 3)
+        poisoned = [good, replace(lone, text="poison \ud800"), replace(huge, ts=2**70)]
+        # A big first append keeps the writer busy: everything else queues up behind it and is
+        # committed together, the poisoned append among them.
+        results = await asyncio.gather(
+            store.append(msgs("big", 1, 20_000), retention=0),
+            *(store.append(msgs(f"r{i}", 1, 3), retention=0) for i in range(20)),
+            store.append(poisoned, retention=0),
+            *(store.append(msgs(f"s{i}", 1, 3), retention=0) for i in range(20)),
+            return_exceptions=True)
+        error = results.pop(21)
+        assert isinstance(error, Unstorable), error
+        assert error.indexes == (1, 2)
+        assert results == [None] * 41
+        assert len(commits) < 10 and sum(commits) == 20_000 + 40 * 3  # shared transactions
+        assert await store.read("bad", 0, 10, 10) == []  # all or none: nothing of it
+        await store.append([good, replace(lone, seq=2)], retention=0)  # the rest goes again
+        assert [m.seq for m in await store.read("bad", 0, 10, 10)] == [1, 2]
+        assert (await store.load("s19", 0)).last_seq == 3
     finally:
         await store.close()
