@@ -5,17 +5,26 @@
 --       then 5 per draft: user, name, id ('' for none), text, ts
 -- Publishes "m<node>\n<first seq>\n<message object>\n<message object>..." with each new
 -- message already in its wire form (docs/protocol.md), so receivers pass it on as it is.
--- Returns one integer per draft: its new seq, or minus the original's seq for a duplicate.
-local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
+-- Returns {repaired, then one integer per draft: its new seq, or minus the original's seq for
+-- a duplicate}; repaired is how many malformed records (a counter or a dedup entry that is not
+-- a number, written by something else than roomchat) it mended: the engine logs a warning.
+local repaired = 0
+local counter = redis.call('GET', KEYS[2])
+local seq = 0
+if counter and string.match(counter, '^%d+$') then
+  seq = tonumber(counter)
+elseif counter then
+  repaired = repaired + 1  -- not a number: continue after the log's last entry (SET below)
+end
 if seq == 0 then
   -- A stream written before the counter existed: continue after its last entry.
   local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
   if #last > 0 then
-    seq = tonumber(string.match(last[1][1], '-(%d+)$'))
+    seq = tonumber(string.match(last[1][1], '^0%-(%d+)$')) or 0
   end
 end
 local window = tonumber(ARGV[2])
-local results = {}
+local results = {repaired}
 local fresh = {}
 local first = nil
 for i = 6, #ARGV, 5 do
@@ -25,6 +34,10 @@ for i = 6, #ARGV, 5 do
   if id ~= '' and window > 0 then
     field = user .. '\0' .. id
     original = redis.call('HGET', KEYS[3], field)
+    if original and not string.match(original, '^%d+$') then
+      original = nil  -- not a seq: forget it (the HSET below replaces it)
+      repaired = repaired + 1
+    end
   end
   if original then
     results[#results + 1] = -tonumber(original)

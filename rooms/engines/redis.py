@@ -58,6 +58,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rooms import engine as contract
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
+from rooms.engines import redis_records as records
 from rooms.errors import StoreError, Unstorable
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
@@ -80,6 +81,9 @@ POLL = 0.1
 """Seconds the listen task waits for a message before applying subscription changes."""
 RECONNECT_MAX = 5.0
 """Longest wait between two attempts to re-establish the subscription."""
+WARNED_KEYS = 10_000
+"""Malformed records the engine remembers having warned about (one warning line each, however
+often they are read); past this many it forgets them all and may warn again."""
 ERASE_PAGE = 1000
 """Log entries one step of ``erase`` examines (one script call: Redis serves other clients
 between steps), and the ``COUNT`` hint of its ``SCAN`` for room logs."""
@@ -96,16 +100,12 @@ def _room_of(channel: bytes) -> str:
     return text[text.index("{") + 1:text.rindex("}")]
 
 
-def _seq(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[1])
-
-
-def _message(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredMessage:
-    client_id = fields.get(b"id", b"").decode()
-    return StoredMessage(room=room, seq=_seq(entry_id), user=fields[b"user"].decode(),
-                         name=fields[b"name"].decode(), id=client_id or None,
-                         text=fields[b"text"].decode(), ts=int(fields[b"ts"]))
+def _top(counter: object, last: list[Any]) -> int | None:
+    """The room's top seq from its counter, else (missing: a log written before counters
+    existed) its last log entry; None when the counter is not a number (malformed)."""
+    if counter is not None:
+        return records.count(counter)
+    return (records.entry_seq(last[0][0]) or 0) if last else 0
 
 
 def _script(name: str) -> str:
@@ -219,12 +219,14 @@ class RedisEngine:
         self._erase = client.register_script(_script("erase.lua"))
         self._on_commit = on_commit
         self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._node_bytes = self.node.encode()
         self._listeners: dict[str, RoomListener] = {}
         self._healthy = True
         self._closed = False
         self._listen_task: asyncio.Task[None] | None = None
         self._changes: set[str] = set()  # rooms whose subscription the listen task must fix
         self.reconnects = 0
+        self._warned: set[str] = set()  # malformed records already warned about (bounded)
 
     @classmethod
     async def open(cls, url: str, *, on_commit: CommitObserver | None = None,
@@ -253,6 +255,18 @@ class RedisEngine:
         if self._closed:
             raise StoreError("store is closed")
 
+    def _malformed(self, key: str, what: str, done: str) -> None:
+        """One warning line about a malformed record in Redis (roomchat never writes it so):
+        ``what`` is wrong with it and ``done`` says what the engine did instead of failing.
+        Once per ``key`` (up to ``WARNED_KEYS`` of them): read again and again, it would flood
+        the log."""
+        if key in self._warned:
+            return
+        if len(self._warned) >= WARNED_KEYS:
+            self._warned.clear()
+        self._warned.add(key)
+        log.warning("malformed data in Redis at %s: %s; %s", key, what, done)
+
     def _failed(self, what: str, exc: Exception) -> StoreError:
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError)):
             self._healthy = False
@@ -273,8 +287,12 @@ class RedisEngine:
         except FAILURES as exc:
             raise self._failed("load", exc) from exc
         self._healthy = True
-        last_seq = int(counter or 0) or (_seq(last[0][0]) if last else 0)
-        oldest = _seq(first[0][0]) if first else last_seq + 1
+        last_seq = _top(counter, last)
+        if last_seq is None:  # the next append repairs it; meanwhile its log's top is the truth
+            self._malformed(seq_key, "the seq counter is not a number",
+                            "read the log's top instead (the next append repairs it)")
+            last_seq = (records.entry_seq(last[0][0]) or 0) if last else 0
+        oldest = (records.entry_seq(first[0][0]) or 1) if first else last_seq + 1
         return RoomSnapshot(last_seq=last_seq, oldest_seq=oldest)
 
     async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
@@ -302,41 +320,63 @@ class RedisEngine:
         except FAILURES as exc:
             raise self._failed("append", exc) from exc
         self._healthy = True
-        results = [Appended(-r, True) if r < 0 else Appended(r) for r in raw]
+        repaired, *seqs = raw
+        if repaired:
+            self._malformed(f"{seq_key} or {ids_key}", "a seq counter or a dedup entry that "
+                            "is not a number", "repaired")
+        results = [Appended(-r, True) if r < 0 else Appended(r) for r in seqs]
         fresh = sum(not r.duplicate for r in results)
         if fresh and self._on_commit is not None:
             self._on_commit(time.perf_counter() - started, fresh)
         return results
 
     async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+        """Entries that are not messages roomchat wrote are left out (one warning each): a
+        page that holds only such entries is followed by the next, so an empty answer still
+        means that nothing more is stored up to ``upto``."""
         self._check()
-        if after >= upto:
-            return []
+        log_key = _keys(room)[0]
         deleted_key = f"roomchat:{{{room}}}:deleted"
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xrange(_keys(room)[0], min=f"0-{after + 1}", max=f"0-{upto}", count=limit)
-                pipe.exists(deleted_key)
-                entries, any_deleted = await pipe.execute()
-            tombstones: dict[bytes, bytes] = {}
-            if any_deleted:
-                tombstones = await self._redis.hgetall(deleted_key)
-        except FAILURES as exc:
-            raise self._failed("read", exc) from exc
-        messages = [_message(room, eid, fields) for eid, fields in entries]
-        if tombstones:
+        while after < upto:
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.xrange(log_key, min=f"0-{after + 1}", max=f"0-{upto}", count=limit)
+                    pipe.exists(deleted_key)
+                    entries, any_deleted = await pipe.execute()
+                tombstones: dict[bytes, bytes] = {}
+                if any_deleted:
+                    tombstones = await self._redis.hgetall(deleted_key)
+            except FAILURES as exc:
+                raise self._failed("read", exc) from exc
+            messages: list[StoredMessage] = []
+            for entry_id, fields in entries:
+                parsed = records.message(room, entry_id, fields)
+                if parsed is None:
+                    self._malformed(f"{log_key} entry {entry_id!r}", "not a message (a field "
+                                    "missing or unreadable)", "left out of history")
+                    continue
+                if parsed.repaired:
+                    self._malformed(f"{log_key} entry {entry_id!r}", "its name or client id is "
+                                    "unreadable", "read with the user id as name and no id")
+                messages.append(parsed.value)
             # Deleted messages are not in the stream: merge theirs in, within what this page
             # covers (up to its last entry when the stream filled the page).
-            end = messages[-1].seq if len(messages) == limit else upto
+            full = len(entries) == limit
+            end = (records.entry_seq(entries[-1][0]) or upto) if full else upto
             for raw_seq, value in tombstones.items():
-                seq = int(raw_seq)
-                if after < seq <= end:
-                    user, name, client_id, ts = value.decode().split("\0")
-                    messages.append(StoredMessage(room, seq, user, name, client_id or None,
-                                                  "", int(ts)))
-            messages.sort(key=lambda m: m.seq)
-            del messages[limit:]
-        return messages
+                tombstone = records.tombstone(room, raw_seq, value)
+                if tombstone is None:
+                    self._malformed(f"{deleted_key} field {raw_seq!r}", "not a tombstone",
+                                    "left out of history")
+                elif after < tombstone.seq <= end:
+                    messages.append(tombstone)
+            if tombstones:
+                messages.sort(key=lambda m: m.seq)
+                del messages[limit:]
+            if messages or not full:
+                return messages
+            after = end  # a full page of entries that are not messages: read on
+        return []
 
     # -- moderation ---------------------------------------------------------------------------
 
@@ -414,8 +454,11 @@ class RedisEngine:
             raise self._failed("banned", exc) from exc
         if value is None:
             return None
-        until, _, reason = bytes(value).decode().partition("\0")
-        return Ban(user, float(until) if until else None, reason)
+        parsed = records.ban(user, value)
+        if parsed.repaired:
+            self._malformed(f"roomchat:{{{room}}}:ban:{user}", "not a ban roomchat wrote",
+                            f"read as a ban until {parsed.value.until or 'lifted'}")
+        return parsed.value
 
     async def top(self, room: str) -> int:
         self._check()
@@ -427,7 +470,12 @@ class RedisEngine:
                 counter, last = await pipe.execute()
         except FAILURES as exc:
             raise self._failed("top", exc) from exc
-        return int(counter or 0) or (_seq(last[0][0]) if last else 0)
+        top = _top(counter, last)
+        if top is None:
+            self._malformed(seq_key, "the seq counter is not a number",
+                            "read the log's top instead (the next append repairs it)")
+            return (records.entry_seq(last[0][0]) or 0) if last else 0
+        return top
 
     async def presence(self, room: str) -> dict[str, str]:
         self._check()
@@ -438,10 +486,10 @@ class RedisEngine:
         now_ms = time.time() * 1000
         members: dict[str, str] = {}
         for field, value in entries.items():
-            user = bytes(field).split(b"\0", 1)[1].decode()
-            expires, _, name = bytes(value).partition(b"\0")
-            if float(expires) > now_ms:
-                members[user] = name.decode()
+            # (Entries that are not presence are removed by the room's next sync.)
+            member = records.presence(field, value, now_ms)
+            if member is not None:
+                members[member[0]] = member[1]
         return members
 
     async def sync(self, room: str, members: dict[str, str], ttl: float) -> RoomSync:
@@ -455,14 +503,25 @@ class RedisEngine:
             args += [user, name]
             keys.append(f"roomchat:{{{room}}}:ban:{user}")
         try:
-            top, flat, tombstones, bans = await self._sync(keys=keys, args=args)
+            top, flat, tombstones, bans, repaired = await self._sync(keys=keys, args=args)
         except FAILURES as exc:
             raise self._failed("sync", exc) from exc
         self._healthy = True
-        others = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
-        banned = tuple((bans[i].decode(), bytes(bans[i + 1]).partition(b"\0")[2].decode())
-                       for i in range(0, len(bans), 2))
-        return RoomSync(top=int(top), others=others, tombstones=int(tombstones), banned=banned)
+        if repaired:
+            self._malformed(f"{presence_key} or {seq_key}", f"{repaired} record(s) roomchat "
+                            "did not write (presence entries, a seq counter)", "repaired")
+        others: dict[str, str] = {}
+        for i in range(0, len(flat) - 1, 2):
+            other, other_name = records.identifier(flat[i]), records.identifier(flat[i + 1])
+            if other and other_name is not None:
+                others[other] = other_name
+        banned = []
+        for i in range(0, len(bans) - 1, 2):
+            member = records.identifier(bans[i])
+            if member:  # one of the members given: it came from here
+                banned.append((member, records.ban(member, bans[i + 1]).value.reason))
+        return RoomSync(top=int(top), others=others, tombstones=int(tombstones),
+                        banned=tuple(banned))
 
     async def tombstones(self, room: str) -> list[int]:
         self._check()
@@ -470,7 +529,8 @@ class RedisEngine:
             seqs = await self._redis.hkeys(f"roomchat:{{{room}}}:deleted")
         except FAILURES as exc:
             raise self._failed("tombstones", exc) from exc
-        return sorted(int(seq) for seq in seqs)
+        # (A field that is not a seq is reported by ``read``, which leaves it out too.)
+        return sorted(seq for seq in map(records.count, seqs) if seq is not None)
 
     # -- small keyed records: single-use tickets, revocations -------------------------------
 
@@ -503,7 +563,14 @@ class RedisEngine:
                                                    withscores=True)
         except FAILURES as exc:
             raise self._failed("revocations", exc) from exc
-        return [(user.decode(), float(at)) for user, at in rows]
+        revoked = []
+        for raw, at in rows:
+            user = records.identifier(raw)
+            if user is None:  # no token can name it: it revokes nobody
+                self._malformed(f"{REVOCATIONS} member {raw!r}", "not a user id", "ignored")
+            else:
+                revoked.append((user, float(at)))
+        return revoked
 
     # -- the live feed ----------------------------------------------------------------------
 
@@ -595,7 +662,10 @@ class RedisEngine:
             last_rx, probe_sent = now, None
             kind = message["type"]
             if kind == "smessage":
-                self._dispatch(message["channel"], message["data"])
+                try:
+                    self._dispatch(message["channel"], message["data"])
+                except Exception:  # anyone may publish on a room's channel: not our feed's end
+                    log.exception("undecodable pub/sub message on %r", message["channel"])
             elif kind == "ssubscribe":
                 listener = self._listeners.get(_room_of(message["channel"]))
                 if listener is not None:
@@ -608,7 +678,7 @@ class RedisEngine:
         kind = data[:1]
         if kind == b"m":
             node, _, rest = data[1:].partition(b"\n")
-            if node.decode() == self.node:
+            if node == self._node_bytes:
                 return  # our own batch: the room delivered it when append returned
             first, _, body = rest.partition(b"\n")
             try:
@@ -623,7 +693,7 @@ class RedisEngine:
                 listener.resync()
                 return
             listener.remote_messages(messages)
-        elif kind == b"p" and data[1:].decode() != self.node:
+        elif kind == b"p" and data[1:] != self._node_bytes:
             listener.remote_presence()
         elif kind in (b"d", b"b"):
             origin, _, tail = data[1:].decode(errors="replace").partition("\n")
@@ -631,8 +701,9 @@ class RedisEngine:
                 return  # ours: this process's rooms were told directly
             if kind == b"d":  # one seq (delete.lua) or several (erase.lua), one a line
                 for line in tail.split("\n"):
-                    if line.isdigit():
-                        listener.remote_deleted(int(line))
+                    deleted = records.count(line.encode())
+                    if deleted is not None:
+                        listener.remote_deleted(deleted)
             elif kind == b"b":
                 user, _, reason = tail.partition("\n")
                 listener.remote_banned(user, reason)

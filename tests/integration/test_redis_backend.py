@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 from dataclasses import replace
 from pathlib import Path
+
+import pytest
+from redis import asyncio as aioredis
+from websockets.exceptions import InvalidStatus
 
 from tests.redis_server import redis_server
 from tests.support import (
@@ -56,3 +61,46 @@ async def test_room_moves_to_another_process_and_kill_9_loses_nothing(tmp_path: 
             _, replay = await collect_messages(second.url("moving", make_token("r"), after="0"),
                                                52)
             assert [m["text"] for m in replay] == [f"a{i}" for i in range(50)] + ["b0", "b1"]
+
+
+async def test_malformed_data_in_redis_neither_fails_joins_nor_crashes_the_room(
+        tmp_path: Path) -> None:
+    """Issue 20, item 9: what roomchat never writes, written into Redis by hand while a room is
+    live (a ban value, a log entry missing its fields, a seq counter and a presence entry that
+    are not numbers) gave 500 on join or crashed the room with 1011. Each is read as untrusted
+    input: skipped or repaired, and the room carries on."""
+    with redis_server(tmp_path / "redis") as url:
+        config = replace(make_config(tmp_path / "d", rate_burst=100, sync_interval=0.2,
+                                     presence_ttl=2.0), store_url=url)
+        raw = aioredis.from_url(url)
+        try:
+            async with running_server(config) as srv:
+                alice = await srv.connect(user="alice")
+                assert (await alice.recv())["type"] == "welcome"
+                for i in range(3):
+                    await alice.say(f"m{i}", id=f"m{i}")
+                assert [(await alice.recv_type("ack"))["seq"] for _ in range(3)] == [1, 2, 3]
+                await raw.set("roomchat:{lobby}:ban:eve", b"garbage")
+                await raw.xadd("roomchat:{lobby}:log", {"user": "x"}, id="0-4")
+                await raw.set("roomchat:{lobby}:seq", "four")
+                await raw.hset("roomchat:{lobby}:presence", "junk", "junk")
+                await asyncio.sleep(0.5)  # a few syncs of the live room meet all of it
+                # A ban key is a ban, whatever its value: 403, not 500.
+                with pytest.raises(InvalidStatus) as refused:
+                    await srv.connect(user="eve")
+                assert refused.value.response.status_code == 403
+                bob = await srv.connect(user="bob", after="0")
+                welcome = await bob.recv()
+                assert (welcome["type"], welcome["seq"], welcome["recovered"]) == (
+                    "welcome", 4, True)
+                replay = [(await bob.recv_type("message"))["text"] for _ in range(3)]
+                assert replay == ["m0", "m1", "m2"]  # the entry that is not a message: left out
+                await alice.say("after", id="after")
+                for client in (alice, bob):
+                    live = await client.recv_type("message")
+                    assert (live["seq"], live["text"]) == (5, "after")
+                assert (await alice.recv_type("ack"))["seq"] == 5
+                assert await raw.hget("roomchat:{lobby}:presence", "junk") is None  # repaired
+                assert [a.lifecycle.value for a in srv.gateway.registry.rooms()] == ["running"]
+        finally:
+            await raw.aclose()

@@ -365,8 +365,8 @@ async def test_a_failing_append_fails_alone_and_a_lost_script_is_reloaded(
         try:
             for room in ("good1", "bad", "good2"):
                 await engine.load(room, 10)
-            # A seq counter that is not a number: append.lua fails for this room only.
-            await raw.set("roomchat:{bad}:seq", "not a number")
+            # A log that is not a stream (WRONGTYPE): append.lua fails for this room only.
+            await raw.set("roomchat:{bad}:log", "not a stream")
             results = await asyncio.gather(
                 *(engine.append(room, drafts(1), retention=0, dedup_window=10)
                   for room in ("good1", "bad", "good2")), return_exceptions=True)
@@ -818,3 +818,112 @@ async def test_a_room_refuses_an_unstorable_message_and_stores_the_rest(
         ("message", "m1", 1, None), ("message", "m2", 2, None), ("ack", "m1", 1, None),
         ("ack", "m2", 2, None), ("message", "p2", 3, None)]
     assert [m.text for m in await engine.read("poison", 0, 10, 10)] == ["one", "two", "three"]
+
+
+# -- malformed data already in Redis (issue 20, item 9) -------------------------------------
+
+
+@pytest.fixture
+async def redis_and_raw(tmp_path: Path) -> AsyncIterator[tuple[RedisEngine, Any]]:
+    """The engine, and a plain client to write what roomchat never would."""
+    with redis_server(tmp_path / "redis") as url:
+        engine = await RedisEngine.open(url)
+        raw = aioredis.from_url(url)
+        try:
+            yield engine, raw
+        finally:
+            await engine.close()
+            await raw.aclose()
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, key: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.name == "roomchat.redis" and key in r.getMessage()]
+
+
+async def test_a_malformed_ban_is_read_as_a_ban_with_one_warning(
+        redis_and_raw: tuple[RedisEngine, Any], caplog: pytest.LogCaptureFixture) -> None:
+    engine, raw = redis_and_raw
+    await raw.set("roomchat:{b}:ban:eve", b"garbage")
+    await raw.set("roomchat:{b}:ban:mal", b"nan\0\xff\xfe")
+    await raw.set("roomchat:{b}:ban:bob", b"1e999\0spam")
+    for _ in range(3):
+        assert await engine.banned("b", "eve") == Ban("eve", None, "")
+        assert await engine.banned("b", "mal") == Ban("mal", None, "")
+        assert await engine.banned("b", "bob") == Ban("bob", None, "spam")
+    assert len(warnings_about(caplog, "roomchat:{b}:ban:eve")) == 1  # once, however often read
+    synced = await engine.sync("b", {"eve": "Eve", "mal": "Mal", "ann": "Ann"}, 10)
+    assert synced.banned == (("eve", ""), ("mal", ""))
+
+
+async def test_log_entries_that_are_not_messages_are_left_out_with_one_warning(
+        redis_and_raw: tuple[RedisEngine, Any], caplog: pytest.LogCaptureFixture) -> None:
+    engine, raw = redis_and_raw
+    await engine.load("s", 10)
+    await engine.append("s", drafts(2), retention=0, dedup_window=10)
+    await raw.xadd("roomchat:{s}:log", {"user": "u", "name": "U"}, id="0-3")  # no text, no ts
+    await raw.xadd("roomchat:{s}:log", {"user": "u", "text": b"\xff", "ts": "1"}, id="0-4")
+    await raw.xadd("roomchat:{s}:log", {"user": "u", "name": "\x1b[2J", "id": "x\ny",
+                                         "text": "mended", "ts": "5"}, id="0-5")
+    await raw.set("roomchat:{s}:seq", 5)
+    await raw.hset("roomchat:{s}:deleted", mapping={"9": "u\0U\0\0" + "1", "seven": "x"})
+    for _ in range(2):
+        page = await engine.read("s", 0, 10, 10)
+        assert [(m.seq, m.name, m.id, m.text) for m in page] == [
+            (1, "U", "id0", "t0"), (2, "U", "id1", "t1"), (5, "u", None, "mended"),
+            (9, "U", None, "")]
+    assert len(warnings_about(caplog, "0-3")) == 1 and len(warnings_about(caplog, "0-4")) == 1
+    assert len(warnings_about(caplog, "seven")) == 1
+    # A full page of such entries: the read goes on to the next page.
+    assert [m.seq for m in await engine.read("s", 2, 8, 2)] == [5]
+    assert await engine.tombstones("s") == [9]
+    assert await engine.delete("s", 3)  # a moderator's delete of one: no script error
+    # Seqs go on after the log's top, bad entries included.
+    assert await engine.append("s", drafts(1, start=5), retention=0, dedup_window=10) == [
+        Appended(6)]
+
+
+async def test_a_seq_counter_that_is_not_a_number_is_repaired(
+        redis_and_raw: tuple[RedisEngine, Any], caplog: pytest.LogCaptureFixture) -> None:
+    engine, raw = redis_and_raw
+    await engine.load("c", 10)
+    await engine.append("c", drafts(3), retention=0, dedup_window=10)
+    await raw.set("roomchat:{c}:seq", "three")
+    assert (await engine.load("c", 10)).last_seq == 3  # from the log
+    assert await engine.top("c") == 3
+    assert warnings_about(caplog, "roomchat:{c}:seq")
+    assert (await engine.sync("c", {}, 10)).top == 3  # and sync repairs it
+    assert await raw.get("roomchat:{c}:seq") == b"3"
+    await raw.set("roomchat:{c}:seq", "-1")
+    await raw.hset("roomchat:{c}:ids", "u\0id0", "one")  # a dedup entry that is not a seq
+    assert await engine.append("c", drafts(1), retention=0, dedup_window=10) == [Appended(4)]
+    assert await raw.get("roomchat:{c}:seq") == b"4"
+
+
+async def test_presence_entries_roomchat_did_not_write_are_removed(
+        redis_and_raw: tuple[RedisEngine, Any], caplog: pytest.LogCaptureFixture) -> None:
+    engine, raw = redis_and_raw
+    key = "roomchat:{p}:presence"
+    await raw.hset(key, mapping={"no separator": "1\0x", "other\0bob": "soon\0Bob",
+                                 "other\0eve": "99999999999999\0Eve",
+                                 b"other\0\xff": "99999999999999\0X"})
+    assert await engine.presence("p") == {"eve": "Eve"}
+    synced = await engine.sync("p", {"ann": "Ann"}, 10)
+    assert synced.others == {"eve": "Eve"}
+    assert sorted(await raw.hkeys(key)) == sorted([b"other\0\xff", b"other\0eve",
+                                                   f"{engine.node}\0ann".encode()])
+    assert warnings_about(caplog, key)
+
+
+async def test_foreign_pub_sub_messages_do_not_stop_the_feed(
+        redis_and_raw: tuple[RedisEngine, Any]) -> None:
+    engine, raw = redis_and_raw
+    heard = Listener()
+    engine.subscribe("f", heard)
+    await asyncio.sleep(0.2)
+    channel = "roomchat:{f}:ch"
+    for junk in (b"m\xff\xfe\nnope", b"p\xff", b"d\xff\n\xc2\xb2\n7", b"b\xff", b"\xff"):
+        await raw.spublish(channel, junk)
+    await raw.spublish(channel, b"dsomeone-else\n8")
+    await wait_for(heard.arrived, lambda: 8 in heard.deleted)
+    assert heard.deleted == [7, 8]
