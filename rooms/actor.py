@@ -20,9 +20,11 @@ processes hear of both from the engine. A storage failure there answers the mode
 ``unavailable``; nothing else changes.
 
 Storage outages: a failed append is retried with backoff; meanwhile members get an
-``unavailable`` error and their new messages are refused (not acked: they resend). After
-``store_outage_timeout`` the room closes its sessions with 1013 and stops; clients reconnect
-and resume once storage is back.
+``unavailable`` error and their new messages are refused (not acked: they resend). An append
+(or the first load) that takes longer than ``store_timeout`` counts as failed: a store that
+hangs instead of failing holds the room that long at most. After ``store_outage_timeout`` the
+room closes its sessions with 1013 and stops; clients reconnect and resume once storage is
+back.
 
 Supervision: an exception inside the actor is logged, the room's sessions are closed with 1011,
 pending asks fail with ``RoomStopped``, and the registry forgets the room; the next join starts a
@@ -350,10 +352,12 @@ class RoomActor:
             # anything published in between shows up as a gap, repaired from the log.
             engine.subscribe(self.room, self)
             try:
-                snapshot = await engine.load(self.room, self.config.dedup_window)
-            except StoreError as exc:
-                log.warning("room %s: cannot load: %s", self.room, exc)
-                self._failure = exc
+                async with asyncio.timeout(self.config.store_timeout):
+                    snapshot = await engine.load(self.room, self.config.dedup_window)
+            except (StoreError, TimeoutError) as exc:
+                failure = self._store_error("load", exc)
+                log.warning("room %s: cannot load: %s", self.room, failure)
+                self._failure = failure
                 return
             self._state = self._state_factory(self.room, self.config, snapshot)
             if self.lifecycle is RoomLifecycle.STARTING:
@@ -561,9 +565,12 @@ class RoomActor:
         cfg = self.config
         while True:
             try:
-                results = await self._engine.append(self.room, batch,
-                                                    retention=cfg.history_retention,
-                                                    dedup_window=cfg.dedup_window)
+                # The append's own deadline: a store that hangs (a stopped or partitioned Redis)
+                # must not hold the room (and every frame and join behind it) for longer.
+                async with asyncio.timeout(cfg.store_timeout):
+                    results = await self._engine.append(self.room, batch,
+                                                        retention=cfg.history_retention,
+                                                        dedup_window=cfg.dedup_window)
                 break
             except Unstorable as exc:
                 # Some drafts can never be stored (and nothing was): their senders are told,
@@ -576,10 +583,10 @@ class RoomActor:
                     self._retry = None
                     self._deliver(state, state.feed(()), wall_ms)
                     return False
-            except StoreError as exc:
+            except (StoreError, TimeoutError) as exc:
                 self._deliver(state, state.feed(()), wall_ms)
                 self._retry = batch
-                self._storage_failed(state, now, wall_ms, exc)
+                self._storage_failed(state, now, wall_ms, self._store_error("append", exc))
                 return False
         self._retry = None
         self._storage_back(now)
@@ -665,6 +672,13 @@ class RoomActor:
             self._deliver(state, state.feed(page), wall_ms)
             after = page[-1].seq
         log.debug("room %s: repaired up to seq %d from the log", self.room, upto)
+
+    def _store_error(self, what: str, exc: StoreError | TimeoutError) -> StoreError:
+        """``exc`` as the ``StoreError`` it stands for (a ``TimeoutError`` is the actor's own
+        deadline, ``store_timeout``, passing)."""
+        if isinstance(exc, StoreError):
+            return exc
+        return StoreError(f"{what}: no answer from storage within {self.config.store_timeout}s")
 
     def _storage_failed(self, state: RoomState, now: float, wall_ms: int,
                         exc: StoreError) -> None:

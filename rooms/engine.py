@@ -225,16 +225,21 @@ def is_shared_url(url: str) -> bool:
 
 
 async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
-                      sqlite_synchronous: str = "FULL", max_connections: int = 32) -> Engine:
+                      sqlite_synchronous: str = "FULL", max_connections: int = 32,
+                      timeout: float | None = None) -> Engine:
     """The engine a URL names: ``sqlite:///path/to/db`` or ``redis://host:port/db``.
 
     Raises ``ValueError`` for an unknown scheme and ``StoreError`` when the engine cannot be
-    reached or opened. ``max_connections`` bounds the connections to a networked engine.
+    reached or opened. ``max_connections`` bounds the connections to a networked engine, and
+    ``timeout`` (seconds; default: ``RoomConfig.store_timeout``'s) each of its calls: one that
+    takes longer fails with ``StoreError``. (The embedded engine's calls are local; the rooms
+    bound their own appends, ``RoomConfig.store_timeout``.)
     """
     if is_shared_url(url):
-        from rooms.engines.redis import RedisEngine
+        from rooms.engines.redis import DEFAULT_TIMEOUT, RedisEngine
 
-        return await RedisEngine.open(url, on_commit=on_commit, max_connections=max_connections)
+        return await RedisEngine.open(url, on_commit=on_commit, max_connections=max_connections,
+                                      timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
     if url.startswith("sqlite://"):
         from rooms.engines.embedded import EmbeddedEngine
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
-from rooms.errors import StoreError
+from rooms.errors import RoomError, StoreError
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
 from rooms.store import SqliteStore
 
@@ -43,6 +43,11 @@ class EmbeddedEngine:
         # together (a reconnect storm, the handshake bench: 10 at once), and each used to miss
         # the cache and read for itself. At most one entry per room, removed when it ends.
         self._ban_loads: dict[str, tuple[int, asyncio.Future[dict[str, Ban]]]] = {}
+        # room -> (the drafts, the task writing them) of an append whose outcome its caller
+        # has not received (it is running, or its caller stopped waiting: a deadline). Owned
+        # here (``close`` awaits them); at most one per room, taken by the room's next append
+        # or load.
+        self._writes: dict[str, tuple[list[Draft], asyncio.Task[list[Appended]]]] = {}
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
@@ -55,20 +60,66 @@ class EmbeddedEngine:
         return True
 
     async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
+        await self._settle(room)  # a write still landing would move the room's last seq
         snapshot = await self.store.load(room, dedup_window)
         self._last[room] = snapshot.last_seq
         return snapshot
 
     async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
                      dedup_window: int = 0) -> list[Appended]:
+        """As ``Engine.append``. Safe to cancel (a caller's deadline) and then call again
+        with the same drafts: the write goes on, and the next call waits for it and answers
+        with its seqs instead of storing the drafts twice (the room's dedup map learns of
+        them only from the answer)."""
         if room not in self._last:
             raise StoreError(f"room {room} was not loaded")
+        batch = list(drafts)
+        earlier = await self._settle(room)
+        if earlier is not None and earlier[0] == batch:
+            return earlier[1]
         first = self._last[room] + 1
-        messages = [d.stored(room, first + i) for i, d in enumerate(drafts)]
+        messages = [d.stored(room, first + i) for i, d in enumerate(batch)]
+        task = asyncio.create_task(self._write(room, messages, retention),
+                                   name=f"store-append:{room}")
+        task.add_done_callback(_retrieve)
+        self._writes[room] = (batch, task)
+        # Forgotten only once the caller has its outcome: if it is cancelled instead (even
+        # with the write just done) the write stays for the room's next append or load.
+        try:
+            results = await asyncio.shield(task)
+        except RoomError:
+            self._taken(room, task)
+            raise
+        self._taken(room, task)
+        return results
+
+    def _taken(self, room: str, task: asyncio.Task[list[Appended]]) -> None:
+        pending = self._writes.get(room)
+        if pending is not None and pending[1] is task:
+            del self._writes[room]
+
+    async def _write(self, room: str, messages: list[StoredMessage],
+                     retention: int) -> list[Appended]:
         await self.store.append(messages, retention)
         # Only after the commit: a failed append leaves the counter where the log is.
-        self._last[room] = first + len(drafts) - 1
+        self._last[room] = messages[-1].seq
         return [Appended(m.seq) for m in messages]
+
+    async def _settle(self, room: str) -> tuple[list[Draft], list[Appended]] | None:
+        """Wait for the room's write whose caller stopped waiting, if any, and take it: its
+        drafts and seqs if it was stored, None if it failed (nothing stored) or there was
+        none. Cancelling this wait leaves the write in place for the next call."""
+        pending = self._writes.get(room)
+        if pending is None:
+            return None
+        drafts, task = pending
+        try:
+            results = await asyncio.shield(task)
+        except RoomError:  # it failed: nothing of it was stored
+            self._taken(room, task)
+            return None
+        self._taken(room, task)
+        return drafts, results
 
     async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
         return await self.store.read(room, after, upto, limit)
@@ -173,4 +224,15 @@ class EmbeddedEngine:
         return {}
 
     async def close(self) -> None:
-        await self.store.close()
+        await self.store.close()  # finishes the writes queued: every task below ends
+        writing = [task for _, task in self._writes.values()]
+        self._writes.clear()
+        if writing:
+            await asyncio.wait(writing)
+
+
+def _retrieve(task: asyncio.Task[list[Appended]]) -> None:
+    """Mark a write's failure as seen: the caller that would have seen it may have stopped
+    waiting, and whoever takes the write next reads it again."""
+    if not task.cancelled():
+        task.exception()

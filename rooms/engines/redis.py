@@ -40,12 +40,13 @@ survives a crash of Redis too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
 
@@ -57,6 +58,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rooms import engine as contract
+from rooms.config import RoomConfig
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.engines import redis_records as records
 from rooms.errors import StoreError, Unstorable
@@ -74,9 +76,12 @@ HEALTH_PROBE = 1.0
 """Seconds between checks that Redis is back, while the engine is marked unhealthy."""
 FAILURES = (RedisError, OSError, RuntimeError)
 """What a call to Redis raises when it fails (the engine turns each into ``StoreError``):
-redis-py's errors, the socket's, and uvloop's ``RuntimeError`` for a write on a transport that
-closed under it ("the handler is closed": Redis crashing while redis-py connects), which
-redis-py passes on."""
+redis-py's errors, the socket's (``TimeoutError``, the engine's own deadline, is one), and
+uvloop's ``RuntimeError`` for a write on a transport that closed under it ("the handler is
+closed": Redis crashing while redis-py connects), which redis-py passes on."""
+DEFAULT_TIMEOUT = RoomConfig().store_timeout
+"""Seconds each call may take when the opener gives no ``timeout`` (the CLI's commands);
+the server passes its ``store_timeout`` setting."""
 POLL = 0.1
 """Seconds the listen task waits for a message before applying subscription changes."""
 RECONNECT_MAX = 5.0
@@ -210,9 +215,11 @@ class RedisEngine:
 
     shared = True
 
-    def __init__(self, url: str, client: Any, on_commit: CommitObserver | None) -> None:
+    def __init__(self, url: str, client: Any, on_commit: CommitObserver | None, *,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
         self._url = url
         self._redis = client
+        self._timeout = timeout
         self._appends = _Appends(client, client.register_script(_script("append.lua")))
         self._sync = client.register_script(_script("sync.lua"))
         self._delete = client.register_script(_script("delete.lua"))
@@ -230,20 +237,24 @@ class RedisEngine:
 
     @classmethod
     async def open(cls, url: str, *, on_commit: CommitObserver | None = None,
-                   max_connections: int = 32) -> RedisEngine:
+                   max_connections: int = 32, timeout: float = DEFAULT_TIMEOUT) -> RedisEngine:
         """Connect with a pool of at most ``max_connections`` shared by all rooms (rooms wait
-        for a free one), plus one subscription connection. Raises ``StoreError`` if Redis
-        cannot be reached."""
+        for a free one), plus one subscription connection. Each call fails with
+        ``StoreError`` when Redis has not answered it within ``timeout`` seconds (a hung or
+        partitioned Redis: redis-py's own socket timeout is 5 s). Raises ``StoreError`` if
+        Redis cannot be reached."""
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=None, decode_responses=False,
-            health_check_interval=30)
+            health_check_interval=30, socket_timeout=timeout, socket_connect_timeout=timeout)
         client = aioredis.Redis(connection_pool=pool)
         try:
-            await client.ping()
+            async with asyncio.timeout(timeout):
+                await client.ping()
         except FAILURES as exc:
             await client.aclose()
-            raise StoreError(f"cannot reach Redis at {_where(url)}: {exc}") from exc
-        engine = cls(url, client, on_commit)
+            raise StoreError(f"cannot reach Redis at {_where(url)}: "
+                             f"{exc or f'no answer within {timeout}s'}") from exc
+        engine = cls(url, client, on_commit, timeout=timeout)
         engine._listen_task = asyncio.create_task(engine._listen(), name="redis-subscriber")
         return engine
 
@@ -270,7 +281,20 @@ class RedisEngine:
     def _failed(self, what: str, exc: Exception) -> StoreError:
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError)):
             self._healthy = False
+        if isinstance(exc, TimeoutError) and not str(exc):  # our own deadline
+            return StoreError(f"{what} failed: no answer from Redis within {self._timeout}s")
         return StoreError(f"{what} failed: {exc}")
+
+    @contextlib.asynccontextmanager
+    async def _calling(self, what: str) -> AsyncIterator[None]:
+        """Around the Redis calls of one operation: they must end within the timeout, and
+        what they raise on failure (``FAILURES``, the deadline included) becomes
+        ``StoreError``; a failure of the connection marks the engine unhealthy."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                yield
+        except FAILURES as exc:
+            raise self._failed(what, exc) from exc
 
     # -- the log ----------------------------------------------------------------------------
 
@@ -278,14 +302,11 @@ class RedisEngine:
         # Redis deduplicates in append.lua: the room's own map is only a cache, left empty.
         self._check()
         log_key, seq_key, *_ = _keys(room)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(seq_key)
-                pipe.xrevrange(log_key, count=1)
-                pipe.xrange(log_key, count=1)
-                counter, last, first = await pipe.execute()
-        except FAILURES as exc:
-            raise self._failed("load", exc) from exc
+        async with self._calling("load"), self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(seq_key)
+            pipe.xrevrange(log_key, count=1)
+            pipe.xrange(log_key, count=1)
+            counter, last, first = await pipe.execute()
         self._healthy = True
         last_seq = _top(counter, last)
         if last_seq is None:  # the next append repairs it; meanwhile its log's top is the truth
@@ -315,10 +336,8 @@ class RedisEngine:
                 unstorable.append(index)
         if unstorable:
             raise Unstorable(unstorable, "not valid Unicode (a lone surrogate)")
-        try:
+        async with self._calling("append"):
             raw = await self._appends.submit([log_key, seq_key, ids_key, idq_key], args)
-        except FAILURES as exc:
-            raise self._failed("append", exc) from exc
         self._healthy = True
         repaired, *seqs = raw
         if repaired:
@@ -338,7 +357,7 @@ class RedisEngine:
         log_key = _keys(room)[0]
         deleted_key = f"roomchat:{{{room}}}:deleted"
         while after < upto:
-            try:
+            async with self._calling("read"):
                 async with self._redis.pipeline(transaction=False) as pipe:
                     pipe.xrange(log_key, min=f"0-{after + 1}", max=f"0-{upto}", count=limit)
                     pipe.exists(deleted_key)
@@ -346,8 +365,6 @@ class RedisEngine:
                 tombstones: dict[bytes, bytes] = {}
                 if any_deleted:
                     tombstones = await self._redis.hgetall(deleted_key)
-            except FAILURES as exc:
-                raise self._failed("read", exc) from exc
             messages: list[StoredMessage] = []
             for entry_id, fields in entries:
                 parsed = records.message(room, entry_id, fields)
@@ -383,75 +400,73 @@ class RedisEngine:
     async def delete(self, room: str, seq: int) -> bool:
         self._check()
         log_key, *_, channel = _keys(room)
-        try:
+        async with self._calling("delete"):
             done = await self._delete(keys=[log_key, f"roomchat:{{{room}}}:deleted"],
                                       args=[seq, channel, self.node])
-        except FAILURES as exc:
-            raise self._failed("delete", exc) from exc
         return bool(done)
 
     async def erase(self, user: str,
                     erased: ErasedObserver | None = None) -> dict[str, list[int]]:
         self._check()
         done: dict[str, list[int]] = {}
-        try:
-            rooms = {_room_of(key) async for key in self._redis.scan_iter(
-                match="roomchat:{*}:log", count=ERASE_PAGE, _type="stream")}
-            # Round robin: one step in each room per round, one pause per round (it is for each
-            # room's members; rooms need not wait for each other). room -> next seq to examine.
-            cursors = dict.fromkeys(sorted(rooms), 1)
-            while cursors:
-                told = False
-                for room, first in list(cursors.items()):
-                    log_key, *_, channel = _keys(room)
+        # Each step within the timeout (the whole erasure may take long): the SCAN for room
+        # logs, then one script call per step.
+        rooms: set[str] = set()
+        cursor = 0
+        while True:
+            async with self._calling("erase"):
+                cursor, keys = await self._redis.scan(
+                    cursor, match="roomchat:{*}:log", count=ERASE_PAGE, _type="stream")
+            rooms.update(_room_of(key) for key in keys)
+            if not cursor:
+                break
+        # Round robin: one step in each room per round, one pause per round (it is for each
+        # room's members; rooms need not wait for each other). room -> next seq to examine.
+        cursors = dict.fromkeys(sorted(rooms), 1)
+        while cursors:
+            told = False
+            for room, first in list(cursors.items()):
+                log_key, *_, channel = _keys(room)
+                async with self._calling("erase"):
                     examined, last, *raw = await self._erase(
                         keys=[log_key, f"roomchat:{{{room}}}:deleted"],
                         args=[user, first, ERASE_PAGE, channel, self.node, contract.ERASE_STEP])
-                    if raw:
-                        seqs = [int(seq) for seq in raw]
-                        done.setdefault(room, []).extend(seqs)
-                        if erased is not None:
-                            erased(room, seqs)
-                    if int(examined) < ERASE_PAGE and len(raw) < contract.ERASE_STEP:
-                        del cursors[room]  # the end of its log
-                    else:
-                        cursors[room] = int(last) + 1
-                        told = told or bool(raw)
-                if told:
-                    await asyncio.sleep(contract.ERASE_PAUSE)
-        except FAILURES as exc:
-            raise self._failed("erase", exc) from exc
+                if raw:
+                    seqs = [int(seq) for seq in raw]
+                    done.setdefault(room, []).extend(seqs)
+                    if erased is not None:
+                        erased(room, seqs)
+                if int(examined) < ERASE_PAGE and len(raw) < contract.ERASE_STEP:
+                    del cursors[room]  # the end of its log
+                else:
+                    cursors[room] = int(last) + 1
+                    told = told or bool(raw)
+            if told:
+                await asyncio.sleep(contract.ERASE_PAUSE)
         return done
 
     async def ban(self, room: str, ban: Ban) -> None:
         self._check()
         key = f"roomchat:{{{room}}}:ban:{ban.user}"
         value = f"{'' if ban.until is None else repr(ban.until)}\0{ban.reason}"
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if ban.until is None:
-                    pipe.set(key, value)
-                else:
-                    pipe.set(key, value, pxat=max(1, int(ban.until * 1000)))
-                pipe.spublish(_keys(room)[5],
-                              f"b{self.node}\n{ban.user}\n{ban.reason}".encode())
-                await pipe.execute()
-        except FAILURES as exc:
-            raise self._failed("ban", exc) from exc
+        async with self._calling("ban"), self._redis.pipeline(transaction=True) as pipe:
+            if ban.until is None:
+                pipe.set(key, value)
+            else:
+                pipe.set(key, value, pxat=max(1, int(ban.until * 1000)))
+            pipe.spublish(_keys(room)[5],
+                          f"b{self.node}\n{ban.user}\n{ban.reason}".encode())
+            await pipe.execute()
 
     async def unban(self, room: str, user: str) -> bool:
         self._check()
-        try:
+        async with self._calling("unban"):
             return bool(await self._redis.delete(f"roomchat:{{{room}}}:ban:{user}"))
-        except FAILURES as exc:
-            raise self._failed("unban", exc) from exc
 
     async def banned(self, room: str, user: str) -> Ban | None:
         self._check()
-        try:
+        async with self._calling("banned"):
             value = await self._redis.get(f"roomchat:{{{room}}}:ban:{user}")
-        except FAILURES as exc:
-            raise self._failed("banned", exc) from exc
         if value is None:
             return None
         parsed = records.ban(user, value)
@@ -463,13 +478,10 @@ class RedisEngine:
     async def top(self, room: str) -> int:
         self._check()
         log_key, seq_key, *_ = _keys(room)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(seq_key)
-                pipe.xrevrange(log_key, count=1)
-                counter, last = await pipe.execute()
-        except FAILURES as exc:
-            raise self._failed("top", exc) from exc
+        async with self._calling("top"), self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(seq_key)
+            pipe.xrevrange(log_key, count=1)
+            counter, last = await pipe.execute()
         top = _top(counter, last)
         if top is None:
             self._malformed(seq_key, "the seq counter is not a number",
@@ -479,10 +491,8 @@ class RedisEngine:
 
     async def presence(self, room: str) -> dict[str, str]:
         self._check()
-        try:
+        async with self._calling("presence"):
             entries = await self._redis.hgetall(_keys(room)[4])
-        except FAILURES as exc:
-            raise self._failed("presence", exc) from exc
         now_ms = time.time() * 1000
         members: dict[str, str] = {}
         for field, value in entries.items():
@@ -502,10 +512,8 @@ class RedisEngine:
         for user, name in members.items():
             args += [user, name]
             keys.append(f"roomchat:{{{room}}}:ban:{user}")
-        try:
+        async with self._calling("sync"):
             top, flat, tombstones, bans, repaired = await self._sync(keys=keys, args=args)
-        except FAILURES as exc:
-            raise self._failed("sync", exc) from exc
         self._healthy = True
         if repaired:
             self._malformed(f"{presence_key} or {seq_key}", f"{repaired} record(s) roomchat "
@@ -525,10 +533,8 @@ class RedisEngine:
 
     async def tombstones(self, room: str) -> list[int]:
         self._check()
-        try:
+        async with self._calling("tombstones"):
             seqs = await self._redis.hkeys(f"roomchat:{{{room}}}:deleted")
-        except FAILURES as exc:
-            raise self._failed("tombstones", exc) from exc
         # (A field that is not a seq is reported by ``read``, which leaves it out too.)
         return sorted(seq for seq in map(records.count, seqs) if seq is not None)
 
@@ -536,33 +542,25 @@ class RedisEngine:
 
     async def stash(self, key: str, value: bytes, ttl: float) -> None:
         self._check()
-        try:
+        async with self._calling("stash"):
             await self._redis.set(f"roomchat:stash:{key}", value, px=max(1, int(ttl * 1000)))
-        except FAILURES as exc:
-            raise self._failed("stash", exc) from exc
 
     async def take(self, key: str) -> bytes | None:
         self._check()
-        try:
+        async with self._calling("take"):
             value = await self._redis.getdel(f"roomchat:stash:{key}")
-        except FAILURES as exc:
-            raise self._failed("take", exc) from exc
         return bytes(value) if value is not None else None
 
     async def revoke(self, user: str, at: float) -> None:
         self._check()
-        try:
+        async with self._calling("revoke"):
             await self._redis.zadd(REVOCATIONS, {user: at}, gt=True)
-        except FAILURES as exc:
-            raise self._failed("revoke", exc) from exc
 
     async def revocations(self, since: float) -> list[tuple[str, float]]:
         self._check()
-        try:
+        async with self._calling("revocations"):
             rows = await self._redis.zrangebyscore(REVOCATIONS, f"({since!r}", "+inf",
                                                    withscores=True)
-        except FAILURES as exc:
-            raise self._failed("revocations", exc) from exc
         revoked = []
         for raw, at in rows:
             user = records.identifier(raw)
@@ -595,7 +593,9 @@ class RedisEngine:
             try:
                 # No retries inside redis-py: a silent reconnect would hide lost messages.
                 client = aioredis.Redis.from_url(self._url, decode_responses=False,
-                                                 retry=Retry(NoBackoff(), 0))
+                                                 retry=Retry(NoBackoff(), 0),
+                                                 socket_connect_timeout=self._timeout,
+                                                 socket_timeout=self._timeout)
                 pubsub = client.pubsub()
                 await pubsub.connect()  # type: ignore[no-untyped-call]
                 self._changes = set(self._listeners)  # (re)subscribe every room we serve
@@ -637,7 +637,8 @@ class RedisEngine:
                 # rooms are refused meanwhile): find out ourselves when Redis is back.
                 last_health_probe = time.monotonic()
                 try:
-                    await self._redis.ping()
+                    async with asyncio.timeout(self._timeout):
+                        await self._redis.ping()
                     self._healthy = True
                     log.info("Redis at %s is reachable again", _where(self._url))
                 except FAILURES:

@@ -17,6 +17,7 @@ from rooms.engines.redis import RedisEngine, _Appends
 from rooms.errors import StoreError, Unstorable
 from rooms.state import Appended, Draft, StoredMessage, WireMessage
 from tests.redis_server import redis_server
+from tests.support import SLOW, until
 
 
 def drafts(count: int, user: str = "u", ids: bool = True, start: int = 0) -> list[Draft]:
@@ -927,3 +928,59 @@ async def test_foreign_pub_sub_messages_do_not_stop_the_feed(
     await raw.spublish(channel, b"dsomeone-else\n8")
     await wait_for(heard.arrived, lambda: 8 in heard.deleted)
     assert heard.deleted == [7, 8]
+
+
+# -- a store that hangs (issue 20, item 5) --------------------------------------------------
+
+
+async def test_an_append_cancelled_in_flight_is_stored_once(engine: Engine) -> None:
+    """A room's deadline may cancel its append while the write goes on; appending the same
+    batch again answers with the seqs it got (as duplicates where the engine deduplicates),
+    storing nothing twice, and the next batch follows them."""
+    await engine.load("c", 10)
+    await engine.load("big", 10)
+    # Keep the store busy (SQLite's writer, Redis's pipeline) so the append is in flight.
+    busy = asyncio.ensure_future(engine.append(
+        "big", drafts(20_000, ids=False), retention=0, dedup_window=0))
+    await asyncio.sleep(0)
+    cancelled = asyncio.ensure_future(engine.append("c", drafts(2), retention=0,
+                                                    dedup_window=10))
+    await asyncio.sleep(0.001)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    again = await engine.append("c", drafts(2), retention=0, dedup_window=10)
+    assert [r.seq for r in again] == [1, 2]
+    assert await engine.append("c", drafts(1, start=2), retention=0, dedup_window=10) == [
+        Appended(3)]
+    assert [m.id for m in await engine.read("c", 0, 10, 10)] == ["id0", "id1", "id2"]
+    await busy
+
+
+async def test_a_hung_redis_fails_every_call_within_the_timeout(tmp_path: Path) -> None:
+    """A Redis that stops answering (SIGSTOP: connections open, nothing answered) made every
+    call wait redis-py's own socket timeout, 5 s. Each call now fails with ``StoreError``
+    within the engine's timeout, and works again once Redis does."""
+    from tests.redis_server import RedisServer
+
+    with RedisServer(tmp_path / "redis", aof=False) as redis:
+        engine = await RedisEngine.open(redis.url, timeout=0.25)
+        try:
+            await engine.load("r", 10)
+            redis.pause()
+            loop = asyncio.get_running_loop()
+            slow = {}
+            for name, call in _calls(engine).items():
+                started = loop.time()
+                with pytest.raises(StoreError, match=r"within 0\.25s|Timeout"):
+                    await call()
+                slow[name] = loop.time() - started
+            assert max(slow.values()) < 0.75 * SLOW, slow
+            assert not engine.healthy
+            redis.resume()
+            # The subscriber's health probe notices.
+            await until(lambda: engine.healthy, 5, "the engine to see Redis again")
+            assert await engine.append("r", drafts(1), retention=0, dedup_window=10) == [
+                Appended(1)]
+        finally:
+            redis.resume()
+            await engine.close()
