@@ -48,7 +48,7 @@ from rooms.config import RoomConfig
 from rooms.engine import Ban, Engine
 from rooms.errors import Banned, RoomBusy, RoomError, RoomStopped, StoreError, Unstorable
 from rooms.observer import NullObserver, RoomObserver
-from rooms.protocol import ClientFrame, CloseCode, DeleteMessage, ErrorCode
+from rooms.protocol import BanUser, ClientFrame, CloseCode, DeleteMessage, ErrorCode
 from rooms.session import Session
 from rooms.state import (
     Appended,
@@ -73,6 +73,12 @@ class _Join:
     after: int | None
     expires_at: float  # Unix time (seconds)
     reply: asyncio.Future[JoinPlan]
+    checked: int  # RoomActor._bans_applied when the user's ban check began
+
+
+class _BanRaced(Exception):
+    """The answer to a join whose ban check began before the room carried out a ban of its
+    user: ``join`` checks again (the ban is stored by then) instead of admitting it."""
 
 
 @dataclass(slots=True)
@@ -232,6 +238,16 @@ class RoomActor:
         # Server-API publishes waiting for their seq, by ticket (bounded by ``inbox_limit``).
         self._publishing: dict[int, asyncio.Future[Appended]] = {}
         self._tickets = itertools.count(1)
+        # Bans against joins racing them: a join's ban check happens before it reaches the
+        # inbox (in the caller, so the room never waits for it), and a ban can be decided in
+        # between. Each ban the room carries out bumps ``_bans_applied``; ``_banned_at`` keeps,
+        # per user, that count at their latest ban; ``_checking`` counts the joins by the count
+        # at which their check began. A join admitted later than a ban of its user that came
+        # after its check began is sent back to check again. Entries older than every join in
+        # flight are dropped, so both stay as small as the bans of the last moment.
+        self._bans_applied = 0
+        self._banned_at: dict[str, int] = {}
+        self._checking: dict[int, int] = {}
 
     # -- the handle callers use -------------------------------------------------------------
 
@@ -245,10 +261,20 @@ class RoomActor:
         """
         if self.lifecycle in (RoomLifecycle.DRAINING, RoomLifecycle.STOPPED):
             raise RoomStopped(f"room {self.room} is stopping")
-        await self.check_ban(session.user)
-        reply: asyncio.Future[JoinPlan] = asyncio.get_running_loop().create_future()
-        self._inbox.put_control(_Join(session, after, expires_at, reply))
-        return await reply
+        while True:
+            checked = self._bans_applied
+            self._checking[checked] = self._checking.get(checked, 0) + 1
+            try:
+                await self.check_ban(session.user)
+                reply: asyncio.Future[JoinPlan] = asyncio.get_running_loop().create_future()
+                self._inbox.put_control(_Join(session, after, expires_at, reply, checked))
+                return await reply
+            except _BanRaced:
+                continue  # banned while being checked: the stored ban answers this time
+            finally:
+                left = self._checking.pop(checked) - 1
+                if left:
+                    self._checking[checked] = left
 
     async def publish(self, user: str, name: str, client_id: str | None,
                       text: str) -> Appended:
@@ -445,6 +471,7 @@ class RoomActor:
                     effects += self._moderate(state, cmd, wall_ms)
                 else:
                     drain = cmd
+            self._forget_old_bans()
             frames = inbox.frames
             count = min(len(frames), cfg.max_batch)
             oldest = frames[0].received_at if count else 0.0
@@ -607,6 +634,8 @@ class RoomActor:
             except StoreError as exc:
                 log.warning("room %s: moderation failed: %s", self.room, exc)
                 outcome = ModerationOutcome.UNAVAILABLE
+            if isinstance(request.frame, BanUser) and outcome is ModerationOutcome.DONE:
+                self._ban_applied(request.frame.user)
             self._deliver(state, state.moderated(request, outcome, wall_ms), wall_ms)
 
     async def _perform(self, request: Moderation) -> ModerationOutcome:
@@ -719,6 +748,9 @@ class RoomActor:
             cmd.reply.set_exception(RoomStopped(f"room {self.room} is stopping"))
             return []
         session = cmd.session
+        if self._banned_at.get(session.user, -1) > cmd.checked:
+            cmd.reply.set_exception(_BanRaced())  # checked before that ban: check again
+            return []
         try:
             plan, effects = state.join(
                 session.id, session.user, session.name, after=cmd.after,
@@ -732,10 +764,23 @@ class RoomActor:
         cmd.reply.set_result(plan)
         return effects
 
+    def _ban_applied(self, user: str) -> None:
+        """``user`` is banned (stored) and their sessions here are closing: no join of theirs
+        checked before now gets in (``_admit``)."""
+        self._bans_applied += 1
+        self._banned_at[user] = self._bans_applied
+
+    def _forget_old_bans(self) -> None:
+        """Drop what no join in flight can race any more (see ``__init__``)."""
+        if self._banned_at:
+            oldest = min(self._checking, default=self._bans_applied)
+            self._banned_at = {u: n for u, n in self._banned_at.items() if n > oldest}
+
     def _moderate(self, state: RoomState, cmd: _Moderation, wall_ms: int) -> list[Effect]:
         """The server API's commands: a publish joins the pending batch; a ban closes the
         user's sessions; a delete is announced to every member."""
         if isinstance(cmd, _Ban):
+            self._ban_applied(cmd.user)
             return state.evict_user(cmd.user, CloseCode.BANNED, "banned", wall_ms)
         if isinstance(cmd, _Deleted):
             return state.deleted(cmd.seq)

@@ -153,12 +153,17 @@ class EmbeddedEngine:
         return await self.store.erase(user, erased)
 
     async def ban(self, room: str, ban: Ban) -> None:
+        # Forgotten before the write as well as after it: a join checked while the write is
+        # under way must not be answered from the bans cached before it (it reads them, and
+        # a read that began before the write ends is not cached).
+        self._forget_bans(room)
         try:
             await self.store.ban(room, ban.user, ban.until, ban.reason)
         finally:
             self._forget_bans(room)
 
     async def unban(self, room: str, user: str) -> bool:
+        self._forget_bans(room)
         try:
             return await self.store.unban(room, user)
         finally:

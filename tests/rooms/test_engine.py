@@ -984,3 +984,46 @@ async def test_a_hung_redis_fails_every_call_within_the_timeout(tmp_path: Path) 
         finally:
             redis.resume()
             await engine.close()
+
+
+async def test_a_join_checked_before_a_ban_is_not_admitted_after_it(engine: Engine) -> None:
+    """Issue 20, item 2, step by step: a join's ban check said "not banned", then the ban was
+    stored and carried out (the user's sessions closed) before the room reached the join. The
+    join is checked again and refused, instead of admitted after the eviction."""
+    import time
+
+    from rooms.actor import RoomActor
+    from rooms.config import RoomConfig
+    from rooms.errors import Banned
+    from rooms.session import Session
+
+    actor = RoomActor("race", RoomConfig(), engine)
+    running = asyncio.create_task(actor.run())
+    checked, go_on = asyncio.Event(), asyncio.Event()
+    real_banned = engine.banned
+
+    async def slow_banned(room: str, user: str) -> Ban | None:
+        answer = await real_banned(room, user)
+        if not checked.is_set():  # the first check: answered, then held before the inbox
+            checked.set()
+            await go_on.wait()
+        return answer
+
+    engine.banned = slow_banned  # type: ignore[method-assign]
+    eve = Session(1, "eve", "Eve", _Socket(), outbox_limit=10, max_frame_messages=10,
+                  send_timeout=10, close_timeout=1)
+    try:
+        async with asyncio.timeout(10):
+            joining = asyncio.ensure_future(actor.join(eve, after=None,
+                                                       expires_at=time.time() + 60))
+            await checked.wait()
+            await engine.ban("race", Ban("eve", None, "spam"))
+            actor.ban_nowait("eve", "spam")  # as the server API does once it is stored
+            await asyncio.sleep(0.05)  # the room carries it out
+            go_on.set()
+            with pytest.raises(Banned, match="spam"):
+                await joining
+            assert actor.presence() == []
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
