@@ -62,6 +62,7 @@ ASGIApp = Callable[..., Awaitable[None]]  # Quart's asgi_app, typed with hyperco
 ROUTE = re.compile(r"/rooms/([^/]*)/ws")
 # ASCII digits only: str.isdigit() accepts "²" or "٣", which int() then rejects or reads.
 AFTER = re.compile(r"[0-9]{1,18}")
+EPOCH = re.compile(r"[0-9A-Za-z_-]{1,64}")  # a welcome's epoch (16 hex digits) sent back
 _session_ids = itertools.count(1)
 
 
@@ -212,7 +213,8 @@ class RoomSockets:
         addresses = self.gw.addresses
         return addresses.client_ip(peer, _headers(scope, addresses.header.encode()))
 
-    async def _admit(self, room: str, scope: Scope, ip: str) -> tuple[Any, int | None]:
+    async def _admit(self, room: str, scope: Scope,
+                     ip: str) -> tuple[Any, int | None, str | None]:
         """Every check before the upgrade: the handshake rate of ``ip``, the origin, draining,
         the credentials (a ticket or a token), ``after``, then the connection caps. Raises
         Rejection.
@@ -254,13 +256,17 @@ class RoomSockets:
             if AFTER.fullmatch(raw_after) is None:
                 raise Rejection(400, "bad_request", "after must be a non-negative integer")
             after = int(raw_after)
+        epochs = query.get("epoch")
+        epoch = epochs[-1] if epochs else None
+        if epoch is not None and EPOCH.fullmatch(epoch) is None:
+            raise Rejection(400, "bad_request", "epoch must be the epoch of a welcome")
         if gw.connections >= gw.config.max_connections:
             raise Rejection(503, "server_full", "too many connections; try again later")
         try:
             gw.limits.admit(claims.user, ip, time.monotonic())
         except LimitExceeded as exc:
             raise rejection_for(exc) from None
-        return claims, after
+        return claims, after, epoch
 
     async def _refuse(self, rejection: Rejection, send: Send) -> None:
         self.gw.observer.handshake_rejected(rejection.error)
@@ -278,7 +284,7 @@ class RoomSockets:
             return
         ip = self.client_ip(scope)
         try:
-            claims, after = await self._admit(room, scope, ip)
+            claims, after, epoch = await self._admit(room, scope, ip)
         except Rejection as refused:
             await self._refuse(refused, send)
             return
@@ -302,7 +308,8 @@ class RoomSockets:
                 for attempt in range(2):
                     actor = gw.registry.get(room)
                     try:
-                        plan = await actor.join(session, after=after, expires_at=expires_at)
+                        plan = await actor.join(session, after=after, expires_at=expires_at,
+                                                epoch=epoch)
                         break
                     except RoomStopped:
                         # The room just went idle or crashed: the next get() starts a fresh one.

@@ -46,7 +46,15 @@ from rooms import protocol
 from rooms.batching import BatchPacer
 from rooms.config import RoomConfig
 from rooms.engine import Ban, Engine
-from rooms.errors import Banned, RoomBusy, RoomError, RoomStopped, StoreError, Unstorable
+from rooms.errors import (
+    Banned,
+    LogReset,
+    RoomBusy,
+    RoomError,
+    RoomStopped,
+    StoreError,
+    Unstorable,
+)
 from rooms.observer import NullObserver, RoomObserver
 from rooms.protocol import BanUser, ClientFrame, CloseCode, DeleteMessage, ErrorCode
 from rooms.session import Session
@@ -66,6 +74,10 @@ from rooms.state import (
 
 log = logging.getLogger("roomchat.room")
 
+MAX_RESETS = 2
+"""``LogReset``s one append may meet in a row before it counts as a storage failure (each
+reset takes the log's new epoch and top, so a second is another process moving it too)."""
+
 
 @dataclass(slots=True)
 class _Join:
@@ -74,6 +86,7 @@ class _Join:
     expires_at: float  # Unix time (seconds)
     reply: asyncio.Future[JoinPlan]
     checked: int  # RoomActor._bans_applied when the user's ban check began
+    epoch: str | None  # of the welcome the client resumes from, if it said
 
 
 class _BanRaced(Exception):
@@ -251,8 +264,10 @@ class RoomActor:
 
     # -- the handle callers use -------------------------------------------------------------
 
-    async def join(self, session: Session, *, after: int | None, expires_at: float) -> JoinPlan:
-        """Admit ``session``; returns what it must send first (welcome, replay).
+    async def join(self, session: Session, *, after: int | None, expires_at: float,
+                   epoch: str | None = None) -> JoinPlan:
+        """Admit ``session``; returns what it must send first (welcome, replay). ``after`` and
+        ``epoch``: what the client saw last (``RoomState.join``).
 
         Raises ``RoomFull``, ``RoomStopped``, ``Banned`` or ``StoreError`` (storage
         unavailable). Whatever
@@ -267,7 +282,8 @@ class RoomActor:
             try:
                 await self.check_ban(session.user)
                 reply: asyncio.Future[JoinPlan] = asyncio.get_running_loop().create_future()
-                self._inbox.put_control(_Join(session, after, expires_at, reply, checked))
+                self._inbox.put_control(_Join(session, after, expires_at, reply, checked,
+                                              epoch))
                 return await reply
             except _BanRaced:
                 continue  # banned while being checked: the stored ban answers this time
@@ -590,15 +606,29 @@ class RoomActor:
             self._deliver(state, state.feed(()), wall_ms)
             return False
         cfg = self.config
+        resets = 0
         while True:
             try:
                 # The append's own deadline: a store that hangs (a stopped or partitioned Redis)
                 # must not hold the room (and every frame and join behind it) for longer.
                 async with asyncio.timeout(cfg.store_timeout):
-                    results = await self._engine.append(self.room, batch,
-                                                        retention=cfg.history_retention,
-                                                        dedup_window=cfg.dedup_window)
+                    results = await self._engine.append(
+                        self.room, batch, retention=cfg.history_retention,
+                        dedup_window=cfg.dedup_window, epoch=state.epoch,
+                        floor=state.delivered_seq)
                 break
+            except LogReset as exc:
+                # The log went backwards (the store lost data) and now goes on after what
+                # this room delivered, under a new epoch: members come back for a fresh
+                # history, and the batch is stored after it. (Twice in a row: another process
+                # moves it too; more is no reset but a fault, retried like one.)
+                resets += 1
+                self._log_reset(state, exc.epoch, exc.top, wall_ms)
+                if resets > MAX_RESETS:
+                    self._deliver(state, state.feed(()), wall_ms)
+                    self._retry = batch
+                    self._storage_failed(state, now, wall_ms, StoreError(str(exc)))
+                    return False
             except Unstorable as exc:
                 # Some drafts can never be stored (and nothing was): their senders are told,
                 # the rest go again at once. Each round drops one draft at least.
@@ -666,7 +696,9 @@ class RoomActor:
                 inbox.presence = False
                 state.presence_changed = False
                 result = await self._engine.sync(self.room, state.local_members(),
-                                                 cfg.presence_ttl)
+                                                 cfg.presence_ttl, floor=state.delivered_seq)
+                if result.epoch is not None and result.epoch != state.epoch:
+                    self._log_reset(state, result.epoch, result.top, wall_ms)
                 self._deliver(state, state.synced(result.others, wall_ms), wall_ms)
                 # Deletes and bans whose announcement pub/sub lost: caught up here.
                 for user, reason in result.banned:
@@ -701,6 +733,15 @@ class RoomActor:
             self._deliver(state, state.feed(page), wall_ms)
             after = page[-1].seq
         log.debug("room %s: repaired up to seq %d from the log", self.room, upto)
+
+    def _log_reset(self, state: RoomState, epoch: str, top: int, wall_ms: int) -> None:
+        """The room's log is not the one ``state`` knew: close every session for a fresh
+        history (``RoomState.reset``)."""
+        log.warning("room %s: its stored history went backwards or was replaced (epoch %s -> "
+                    "%s, delivered %d, log top %d); closing its %d sessions with 1012 for a "
+                    "fresh history", self.room, state.epoch, epoch, state.delivered_seq, top,
+                    len(self._sessions))
+        self._deliver(state, state.reset(epoch, top, wall_ms), wall_ms)
 
     def _store_error(self, what: str, exc: StoreError | TimeoutError) -> StoreError:
         """``exc`` as the ``StoreError`` it stands for (a ``TimeoutError`` is the actor's own
@@ -737,7 +778,8 @@ class RoomActor:
             return
         try:
             async with asyncio.timeout(self.config.close_timeout):
-                await self._engine.sync(self.room, {}, self.config.presence_ttl)
+                await self._engine.sync(self.room, {}, self.config.presence_ttl,
+                                        floor=state.delivered_seq)
         except (StoreError, TimeoutError):
             pass
 
@@ -755,7 +797,7 @@ class RoomActor:
             plan, effects = state.join(
                 session.id, session.user, session.name, after=cmd.after,
                 expires_at=now + (cmd.expires_at - wall_ms / 1000), now=now, wall_ms=wall_ms,
-                moderator=session.moderator,
+                moderator=session.moderator, epoch=cmd.epoch,
             )
         except Exception as exc:  # RoomFull, or a join that cannot be served: the caller's
             cmd.reply.set_exception(exc)  # problem, not the room's (the join left no state)

@@ -70,13 +70,15 @@ class Unstorable(RoomError):
 
 
 class LogReset(RoomError):
-    """The room's log in the store is behind what the caller has seen stored (the store lost
-    data: a Redis restart without its AOF, a flush, a failover to a replica that lagged).
-    Nothing was stored; the engine has moved the log past the caller's ``floor`` under the new
-    ``epoch``, so appending again continues the seqs. Whoever holds the old epoch must treat
-    its view of the room as stale (``rooms.state.RoomState.reset``)."""
+    """The room's log in the store is not the one the caller knows: its epoch changed, or it
+    was behind what the caller has seen stored (the store lost data: a Redis restart without
+    its AOF, a flush, a failover to a replica that lagged; the engine then moved the log past
+    the caller's floor, under a new epoch). Nothing was stored. ``epoch`` is the log's epoch
+    now and ``top`` its top seq (at least the caller's floor): appending again, with this
+    epoch, continues after it. Whoever holds the old epoch must treat its view of the room's
+    history as stale (``rooms.state.RoomState.reset``)."""
 
-    def __init__(self, epoch: str, floor: int) -> None:
-        super().__init__(f"the room's log went backwards (below seq {floor}): new epoch {epoch}")
+    def __init__(self, epoch: str, top: int) -> None:
+        super().__init__(f"the room's log changed under it (new epoch {epoch}, top seq {top})")
         self.epoch = epoch
-        self.floor = floor
+        self.top = top

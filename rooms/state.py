@@ -120,6 +120,11 @@ class RoomSnapshot:
     oldest_seq: int = 1  # lowest seq still stored; last_seq + 1 when nothing is stored
     recent_ids: tuple[tuple[str, str, int], ...] = ()  # (user, client id, seq), oldest first
     """Empty when the engine deduplicates itself (Redis): the room's map is then only a cache."""
+    epoch: str = ""
+    """The log's epoch (docs/protocol.md, "Epochs"): one unbroken life of the room's log."""
+    resume_floor: int = 0
+    """Seqs up to this one may be missing from the log (it went backwards and was moved past
+    them: ``rooms.errors.LogReset``): a resume from before it is not recovered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +240,10 @@ class RoomState:
     """Highest seq broadcast to this process's sessions; every lower stored seq was too, in
     order. What ``welcome.seq`` says and where a joining session's replay ends."""
     oldest_seq: int = 1
+    epoch: str = ""
+    """The room's log's epoch, as the engine last said (``welcome.epoch``)."""
+    resume_floor: int = 0
+    """A resume from before this seq is not recovered: the log went backwards under it."""
     pending: list[Draft] = field(default_factory=list)
     """Accepted, not yet stored; the actor takes them with ``take_pending``."""
     presence_changed: bool = False
@@ -263,6 +272,8 @@ class RoomState:
     def __post_init__(self) -> None:
         self.delivered_seq = self.snapshot.last_seq
         self.oldest_seq = self.snapshot.oldest_seq
+        self.epoch = self.snapshot.epoch
+        self.resume_floor = self.snapshot.resume_floor
         for user, client_id, seq in self.snapshot.recent_ids:
             self._remember(user, client_id, seq)
 
@@ -303,10 +314,12 @@ class RoomState:
 
     def join(
         self, session: int, user: str, name: str, *, after: int | None, expires_at: float,
-        now: float, wall_ms: int, moderator: bool = False,
+        now: float, wall_ms: int, moderator: bool = False, epoch: str | None = None,
     ) -> tuple[JoinPlan, list[Effect]]:
         """Admit a session (``moderator``: it may delete messages and ban users here; its
-        welcome says so). Raises ``RoomFull`` at ``max_room_connections``.
+        welcome says so). A resume (``after``, and the ``epoch`` of the welcome it saw, when
+        it says) is recovered when every message after it is stored, in this epoch; else the
+        replay is a fresh history. Raises ``RoomFull`` at ``max_room_connections``.
 
         All or nothing: everything that can fail (serialising the welcome and the presence
         event) happens before the state changes, so a failed join leaves nothing behind.
@@ -323,14 +336,15 @@ class RoomState:
             members.append({"user": user, "name": name})
         upto = self.delivered_seq
         fresh_after = max(0, upto - cfg.history_on_join)
-        if after is None or after > upto:
-            replay_after, recovered = fresh_after, False
+        if after is None or after > upto or after < self.resume_floor or (
+                epoch is not None and epoch != self.epoch):
+            replay_after, recovered = fresh_after, False  # the client's view is stale
         elif after >= self.oldest_seq - 1:
             replay_after, recovered = after, True
         else:
             replay_after, recovered = self.oldest_seq - 1, False
         welcome = protocol.welcome(self.room, user, name, upto, members, recovered,
-                                   moderator=moderator)
+                                   moderator=moderator, epoch=self.epoch)
         effects: list[Effect] = []
         if announce:
             effects.append(Broadcast(protocol.presence("join", user, name, wall_ms), session))
@@ -632,6 +646,29 @@ class RoomState:
                         "not valid Unicode); it was not sent", client_id=waiting.client_id)))
         self._inflight = waiting_kept
         return kept, effects
+
+    def reset(self, epoch: str, top: int, wall_ms: int) -> list[Effect]:
+        """The room's log is not the one this state knew (``rooms.errors.LogReset``, or a
+        sync that names another epoch): it went backwards (the store lost data) and goes on
+        after ``top`` under ``epoch``. What members were sent may be missing from it, so each
+        session is closed with 1012 to come back for a fresh history (its resume names the
+        old epoch: not recovered), and a resume from before ``top`` is not recovered either.
+        The room's ids are forgotten (the store's were lost: a resent message is stored
+        again, not acked as a duplicate of one that is gone). The batch in flight stays in
+        flight: the actor appends it again, under ``epoch``."""
+        effects: list[Effect] = []
+        for session in list(self._sessions):
+            effects += self.evict(session, CloseCode.SERVICE_RESTART, "room history reset",
+                                  wall_ms)
+        self.epoch = epoch
+        if top > self.delivered_seq:
+            self.delivered_seq = top
+            for seq in [s for s in self._buffer if s <= top]:
+                del self._buffer[seq]
+        self.resume_floor = max(self.resume_floor, self.delivered_seq)
+        self._dedup.clear()
+        self._tombstoned = self._tombstone_count = None
+        return effects + self._advance()
 
     def abandon(self) -> None:
         """The batch in flight will never be acked (storage gave up): its senders resend after

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -73,6 +74,10 @@ CREATE TABLE IF NOT EXISTS revocations (
     at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS revocations_at ON revocations (at);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bans (
     room TEXT NOT NULL,
     user TEXT NOT NULL,
@@ -144,6 +149,9 @@ class SqliteStore:
         self._closed = False
         self._conn: sqlite3.Connection | None = None
         self._pruned: dict[str, int] = {}  # writer thread only: room -> seq pruned up to
+        self.epoch = ""
+        """The epoch of every room's log in this database (docs/protocol.md, "Epochs"): made
+        when the database is, replaced by ``new_epoch`` when a backup is restored."""
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "FULL",
@@ -169,6 +177,9 @@ class SqliteStore:
         conn = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
         conn.executescript(_SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                     (secrets.token_hex(8),))
+        (self.epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
         self._conn = conn
 
     # -- writes -----------------------------------------------------------------------------
@@ -332,7 +343,8 @@ class SqliteStore:
                     "SELECT user, client_id, seq FROM messages WHERE room = ? AND seq > ? "
                     "AND client_id IS NOT NULL ORDER BY seq", (room, last - dedup_window),
                 ).fetchall()
-            return RoomSnapshot(last_seq=last, oldest_seq=oldest, recent_ids=tuple(ids))
+            return RoomSnapshot(last_seq=last, oldest_seq=oldest, recent_ids=tuple(ids),
+                                epoch=self.epoch)
 
         return await self._run(query)
 
@@ -473,3 +485,18 @@ class SqliteStore:
             for conn in self._read_conns:
                 conn.close()
             self._read_conns.clear()
+
+
+def new_epoch(path: Path) -> str:
+    """Give the (closed) database at ``path`` a new epoch and return it. For a restored backup:
+    its logs are behind what clients of the server it replaces have seen, so their resumes
+    must not be taken as recovered (docs/protocol.md, "Epochs"). Raises ``sqlite3.Error``."""
+    epoch = secrets.token_hex(8)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.executescript(_SCHEMA)  # a backup of a version before epochs has no meta table
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+    finally:
+        conn.close()
+    return epoch
+

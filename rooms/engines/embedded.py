@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
-from rooms.errors import RoomError, StoreError
+from rooms.errors import LogReset, RoomError, StoreError
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
 from rooms.store import SqliteStore
 
@@ -66,13 +66,17 @@ class EmbeddedEngine:
         return snapshot
 
     async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
-                     dedup_window: int = 0) -> list[Appended]:
+                     dedup_window: int = 0, epoch: str | None = None,
+                     floor: int = 0) -> list[Appended]:
         """As ``Engine.append``. Safe to cancel (a caller's deadline) and then call again
         with the same drafts: the write goes on, and the next call waits for it and answers
         with its seqs instead of storing the drafts twice (the room's dedup map learns of
-        them only from the answer)."""
+        them only from the answer). The log cannot go backwards under this one process:
+        ``floor`` is never above the room's seq counter."""
         if room not in self._last:
             raise StoreError(f"room {room} was not loaded")
+        if epoch is not None and epoch != self.store.epoch:
+            raise LogReset(self.store.epoch, self._last[room])
         batch = list(drafts)
         earlier = await self._settle(room)
         if earlier is not None and earlier[0] == batch:
@@ -124,8 +128,9 @@ class EmbeddedEngine:
     async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
         return await self.store.read(room, after, upto, limit)
 
-    async def sync(self, room: str, members: dict[str, str], ttl: float) -> RoomSync:
-        return RoomSync(top=self._last.get(room, 0), others={})
+    async def sync(self, room: str, members: dict[str, str], ttl: float, *,
+                   floor: int = 0) -> RoomSync:
+        return RoomSync(top=self._last.get(room, 0), others={}, epoch=self.store.epoch)
 
     def subscribe(self, room: str, listener: RoomListener) -> None:
         pass

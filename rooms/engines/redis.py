@@ -1,7 +1,8 @@
 """``RedisEngine``: rooms shared by any number of processes, on Redis's own primitives.
 
 Per room, keys sharing one hash tag (one Redis Cluster slot): ``roomchat:{<room>}:log`` (a
-stream, entry ids ``0-<seq>``), ``:seq`` (the last allocated seq), ``:ids`` and ``:idq`` (the
+stream, entry ids ``0-<seq>``), ``:seq`` (the last allocated seq), ``:epoch`` (the log's epoch:
+room_top.lua, docs/protocol.md "Epochs"), ``:ids`` and ``:idq`` (the
 dedup window: ``user\\0id -> seq`` and its insertion order), ``:presence`` (``node\\0user ->
 expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0id\\0ts``),
 ``:ban:<user>`` (``until\\0reason``, expiring at ``until``), and the shard channel
@@ -33,6 +34,13 @@ expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0
   announces them in one ``d`` message per step. Its cost is one pass over every stored
   message, in short steps (Redis serves others between them).
 
+- A log that lost data (a restart without the AOF, a flush, a failover to a replica behind):
+  every load, append and sync passes the highest seq this process saw stored in the room
+  (``floor``: the room's, or remembered for ``TOPS_REMEMBERED`` rooms); room_top.lua finds the
+  log behind it, or without its epoch, and moves it past the floor under a new epoch, so no seq
+  is allocated twice; an append is then refused with ``LogReset`` and the room starts over with
+  its members (``RoomState.reset``).
+
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an acked message
 survives a crash of Redis too.
 """
@@ -46,6 +54,7 @@ import os
 import secrets
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
@@ -61,7 +70,7 @@ from rooms import engine as contract
 from rooms.config import RoomConfig
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.engines import redis_records as records
-from rooms.errors import StoreError, Unstorable
+from rooms.errors import LogReset, StoreError, Unstorable
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
 log = logging.getLogger("roomchat.redis")
@@ -86,6 +95,10 @@ POLL = 0.1
 """Seconds the listen task waits for a message before applying subscription changes."""
 RECONNECT_MAX = 5.0
 """Longest wait between two attempts to re-establish the subscription."""
+TOPS_REMEMBERED = 100_000
+"""Rooms whose top seq the engine remembers (least recently seen forgotten first): a room's
+log found behind it lost data (``rooms.errors.LogReset``), and goes on after it. ~100 bytes
+each."""
 WARNED_KEYS = 10_000
 """Malformed records the engine remembers having warned about (one warning line each, however
 often they are read); past this many it forgets them all and may warn again."""
@@ -105,6 +118,15 @@ def _room_of(channel: bytes) -> str:
     return text[text.index("{") + 1:text.rindex("}")]
 
 
+def _epoch_key(room: str) -> str:
+    return f"roomchat:{{{room}}}:epoch"
+
+
+def _new_epoch() -> str:
+    """An epoch for a log that needs one (room_top.lua): random, 16 hex digits."""
+    return secrets.token_hex(8)
+
+
 def _top(counter: object, last: list[Any]) -> int | None:
     """The room's top seq from its counter, else (missing: a log written before counters
     existed) its last log entry; None when the counter is not a number (malformed)."""
@@ -113,15 +135,20 @@ def _top(counter: object, last: list[Any]) -> int | None:
     return (records.entry_seq(last[0][0]) or 0) if last else 0
 
 
-def _script(name: str) -> str:
-    return (resources.files("rooms.engines") / name).read_text(encoding="utf-8")
+def _script(name: str, *, room_top: bool = False) -> str:
+    """A Lua script of this package; ``room_top``: with room_top.lua's function in front."""
+    scripts = resources.files("rooms.engines")
+    text = (scripts / name).read_text(encoding="utf-8")
+    if room_top:
+        text = (scripts / "room_top.lua").read_text(encoding="utf-8") + "\n" + text
+    return text
 
 
 def _where(url: str) -> str:
     return url.rsplit("@", maxsplit=1)[-1]  # never log a password in the URL
 
 
-_Pending = tuple[list[str], list[str | bytes | int], "asyncio.Future[list[int]]"]
+_Pending = tuple[list[str], list[str | bytes | int], "asyncio.Future[list[Any]]"]
 
 
 class _Appends:
@@ -150,9 +177,9 @@ class _Appends:
         self.round_trips = 0  # pipelines sent (a statistic; tests read it)
 
     def submit(self, keys: list[str],
-               args: list[str | bytes | int]) -> asyncio.Future[list[int]]:
+               args: list[str | bytes | int]) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int]] = loop.create_future()
+        future: asyncio.Future[list[Any]] = loop.create_future()
         if not self._queued:
             loop.call_soon(self._flush)
         self._queued.append((keys, args, future))
@@ -220,8 +247,10 @@ class RedisEngine:
         self._url = url
         self._redis = client
         self._timeout = timeout
-        self._appends = _Appends(client, client.register_script(_script("append.lua")))
-        self._sync = client.register_script(_script("sync.lua"))
+        self._appends = _Appends(client, client.register_script(_script("append.lua",
+                                                                        room_top=True)))
+        self._load = client.register_script(_script("load.lua", room_top=True))
+        self._sync = client.register_script(_script("sync.lua", room_top=True))
         self._delete = client.register_script(_script("delete.lua"))
         self._erase = client.register_script(_script("erase.lua"))
         self._on_commit = on_commit
@@ -234,6 +263,9 @@ class RedisEngine:
         self._changes: set[str] = set()  # rooms whose subscription the listen task must fix
         self.reconnects = 0
         self._warned: set[str] = set()  # malformed records already warned about (bounded)
+        # room -> the highest seq this process saw stored in it, the most recently seen rooms
+        # (TOPS_REMEMBERED): a floor for the room's log even after its actor here stopped.
+        self._tops: OrderedDict[str, int] = OrderedDict()
 
     @classmethod
     async def open(cls, url: str, *, on_commit: CommitObserver | None = None,
@@ -278,6 +310,21 @@ class RedisEngine:
         self._warned.add(key)
         log.warning("malformed data in Redis at %s: %s; %s", key, what, done)
 
+    def _saw(self, room: str, top: int) -> None:
+        """The room's log reached ``top`` (an answer of Redis's): remember it."""
+        tops = self._tops
+        if top > tops.get(room, 0):
+            tops[room] = top
+        if room in tops:
+            tops.move_to_end(room)
+            if len(tops) > TOPS_REMEMBERED:
+                tops.popitem(last=False)
+
+    def _floor(self, room: str, floor: int) -> int:
+        """The highest seq known stored in ``room``: the caller's ``floor`` or what this
+        process saw, if higher."""
+        return max(floor, self._tops.get(room, 0))
+
     def _failed(self, what: str, exc: Exception) -> StoreError:
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError)):
             self._healthy = False
@@ -302,28 +349,31 @@ class RedisEngine:
         # Redis deduplicates in append.lua: the room's own map is only a cache, left empty.
         self._check()
         log_key, seq_key, *_ = _keys(room)
-        async with self._calling("load"), self._redis.pipeline(transaction=False) as pipe:
-            pipe.get(seq_key)
-            pipe.xrevrange(log_key, count=1)
-            pipe.xrange(log_key, count=1)
-            counter, last, first = await pipe.execute()
+        epoch_key = _epoch_key(room)
+        async with self._calling("load"):
+            top, oldest, epoch, reset, repaired = await self._load(
+                keys=[log_key, seq_key, epoch_key], args=[_new_epoch(), self._floor(room, 0)])
         self._healthy = True
-        last_seq = _top(counter, last)
-        if last_seq is None:  # the next append repairs it; meanwhile its log's top is the truth
-            self._malformed(seq_key, "the seq counter is not a number",
-                            "read the log's top instead (the next append repairs it)")
-            last_seq = (records.entry_seq(last[0][0]) or 0) if last else 0
-        oldest = (records.entry_seq(first[0][0]) or 1) if first else last_seq + 1
-        return RoomSnapshot(last_seq=last_seq, oldest_seq=oldest)
+        if repaired:
+            self._malformed(seq_key, "the seq counter is not a number", "repaired")
+        top = int(top)
+        self._saw(room, top)
+        if reset:
+            log.warning("room %s: its log in Redis was behind seq %d (Redis lost data); it "
+                        "goes on after it, epoch %s", room, top, epoch.decode())
+        return RoomSnapshot(last_seq=top, oldest_seq=int(oldest) or top + 1,
+                            epoch=epoch.decode(), resume_floor=top if reset else 0)
 
     async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
-                     dedup_window: int) -> list[Appended]:
+                     dedup_window: int, epoch: str | None = None,
+                     floor: int = 0) -> list[Appended]:
         self._check()
         if not drafts:
             return []
         started = time.perf_counter()
         log_key, seq_key, ids_key, idq_key, _, channel = _keys(room)
-        args: list[str | bytes | int] = [retention, dedup_window, channel, self.node, room]
+        args: list[str | bytes | int] = [retention, dedup_window, channel, self.node, room,
+                                         _new_epoch(), self._floor(room, floor), epoch or ""]
         # Encoded here, draft by draft: redis-py would encode them while packing the pipeline
         # that carries other rooms' appends too, and one text it cannot encode (a lone
         # surrogate) failed all of them with an error no room expected (1011 everywhere).
@@ -337,12 +387,16 @@ class RedisEngine:
         if unstorable:
             raise Unstorable(unstorable, "not valid Unicode (a lone surrogate)")
         async with self._calling("append"):
-            raw = await self._appends.submit([log_key, seq_key, ids_key, idq_key], args)
+            raw = await self._appends.submit(
+                [log_key, seq_key, ids_key, idq_key, _epoch_key(room)], args)
         self._healthy = True
-        repaired, *seqs = raw
+        stored, log_epoch, top, repaired, *seqs = raw
         if repaired:
             self._malformed(f"{seq_key} or {ids_key}", "a seq counter or a dedup entry that "
                             "is not a number", "repaired")
+        self._saw(room, int(top))
+        if not stored:
+            raise LogReset(log_epoch.decode(), int(top))
         results = [Appended(-r, True) if r < 0 else Appended(r) for r in seqs]
         fresh = sum(not r.duplicate for r in results)
         if fresh and self._on_commit is not None:
@@ -502,19 +556,23 @@ class RedisEngine:
                 members[member[0]] = member[1]
         return members
 
-    async def sync(self, room: str, members: dict[str, str], ttl: float) -> RoomSync:
+    async def sync(self, room: str, members: dict[str, str], ttl: float, *,
+                   floor: int = 0) -> RoomSync:
         self._check()
         log_key, seq_key, _, _, presence_key, channel = _keys(room)
         now_ms = int(time.time() * 1000)
         args: list[str | int] = [self.node, now_ms, now_ms + int(ttl * 1000), channel,
-                                 int(ttl * 2000)]
-        keys = [presence_key, seq_key, log_key, f"roomchat:{{{room}}}:deleted"]
+                                 int(ttl * 2000), _new_epoch(), self._floor(room, floor)]
+        keys = [presence_key, seq_key, log_key, f"roomchat:{{{room}}}:deleted",
+                _epoch_key(room)]
         for user, name in members.items():
             args += [user, name]
             keys.append(f"roomchat:{{{room}}}:ban:{user}")
         async with self._calling("sync"):
-            top, flat, tombstones, bans, repaired = await self._sync(keys=keys, args=args)
+            top, flat, tombstones, bans, repaired, epoch = await self._sync(keys=keys,
+                                                                            args=args)
         self._healthy = True
+        self._saw(room, int(top))
         if repaired:
             self._malformed(f"{presence_key} or {seq_key}", f"{repaired} record(s) roomchat "
                             "did not write (presence entries, a seq counter)", "repaired")
@@ -529,7 +587,7 @@ class RedisEngine:
             if member:  # one of the members given: it came from here
                 banned.append((member, records.ban(member, bans[i + 1]).value.reason))
         return RoomSync(top=int(top), others=others, tombstones=int(tombstones),
-                        banned=tuple(banned))
+                        banned=tuple(banned), epoch=epoch.decode())
 
     async def tombstones(self, room: str) -> list[int]:
         self._check()

@@ -14,7 +14,7 @@ from redis import asyncio as aioredis
 
 from rooms.engine import Ban, Engine, open_engine
 from rooms.engines.redis import RedisEngine, _Appends
-from rooms.errors import StoreError, Unstorable
+from rooms.errors import LogReset, StoreError, Unstorable
 from rooms.state import Appended, Draft, StoredMessage, WireMessage
 from tests.redis_server import redis_server
 from tests.support import SLOW, until
@@ -1027,3 +1027,93 @@ async def test_a_join_checked_before_a_ban_is_not_admitted_after_it(engine: Engi
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+# -- epochs: a log that went backwards (issue 20, item 3) -----------------------------------
+
+
+async def test_the_epoch_is_stable_durable_and_checked(engine_url: str) -> None:
+    """Every engine names its logs' epoch (load, sync), keeps it across restarts, and refuses
+    an append from a caller that knows another one (``LogReset``: nothing stored)."""
+    first = await open_engine(engine_url)
+    try:
+        epoch = (await first.load("e", 10)).epoch
+        assert len(epoch) == 16 and int(epoch, 16) >= 0
+        assert (await first.sync("e", {}, 10)).epoch == epoch
+        assert await first.append("e", drafts(2), retention=0, dedup_window=10,
+                                  epoch=epoch, floor=0) == [Appended(1), Appended(2)]
+        with pytest.raises(LogReset) as reset:
+            await first.append("e", drafts(1, start=2), retention=0, dedup_window=10,
+                               epoch="0123456789abcdef", floor=2)
+        assert (reset.value.epoch, reset.value.top) == (epoch, 2)
+        assert await first.top("e") == 2
+    finally:
+        await first.close()
+    again = await open_engine(engine_url)
+    try:
+        assert (await again.load("e", 10)).epoch == epoch
+    finally:
+        await again.close()
+
+
+async def test_a_log_that_lost_its_data_goes_on_after_the_floor_under_a_new_epoch(
+        redis_and_raw: tuple[RedisEngine, Any]) -> None:
+    """FLUSHALL (or a restart without the AOF) while a room is live: its next append, which
+    says what the room has seen stored (``floor``), is refused with a new epoch, and the log
+    goes on after the floor: seq 1 is never allocated twice."""
+    engine, raw = redis_and_raw
+    snapshot = await engine.load("f", 10)
+    assert await engine.append("f", drafts(5), retention=0, dedup_window=10,
+                               epoch=snapshot.epoch, floor=0) == [Appended(i) for i in range(1, 6)]
+    await raw.flushall()
+    with pytest.raises(LogReset) as reset:
+        await engine.append("f", drafts(1, user="v"), retention=0, dedup_window=10,
+                            epoch=snapshot.epoch, floor=5)
+    assert reset.value.epoch != snapshot.epoch and reset.value.top == 5
+    assert await engine.read("f", 0, 10, 10) == []  # nothing stored by the refused call
+    assert await engine.append("f", drafts(1, user="v"), retention=0, dedup_window=10,
+                               epoch=reset.value.epoch, floor=5) == [Appended(6)]
+    assert [m.seq for m in await engine.read("f", 0, 10, 10)] == [6]
+    assert (await engine.sync("f", {}, 10, floor=6)).epoch == reset.value.epoch  # settled
+
+
+async def test_a_sync_or_a_load_finds_the_lost_log_too(
+        redis_and_raw: tuple[RedisEngine, Any], tmp_path: Path) -> None:
+    """A room with nothing to append learns of it at its next sync; a room started again on a
+    process that served it before goes on after what that process saw; a process that never
+    saw the room can only start it again at seq 1, under a new epoch (clients compare it)."""
+    engine, raw = redis_and_raw
+    before = (await engine.load("s", 10)).epoch
+    await engine.append("s", drafts(3), retention=0, dedup_window=10)
+    await raw.flushall()
+    synced = await engine.sync("s", {"ann": "Ann"}, 10, floor=3)
+    assert (synced.top, synced.epoch != before) == (3, True)
+    await raw.flushall()
+    snapshot = await engine.load("s", 10)  # no floor given: this process remembers seq 3
+    assert (snapshot.last_seq, snapshot.resume_floor) == (3, 3)
+    assert snapshot.epoch not in (before, synced.epoch)
+    await raw.flushall()
+    stranger = await RedisEngine.open(engine._url)
+    try:
+        fresh = await stranger.load("s", 10)
+        assert (fresh.last_seq, fresh.resume_floor) == (0, 0)
+        assert fresh.epoch not in (before, synced.epoch, snapshot.epoch)
+    finally:
+        await stranger.close()
+
+
+async def test_a_log_behind_the_floor_with_its_epoch_kept_gets_a_new_one(
+        redis_and_raw: tuple[RedisEngine, Any]) -> None:
+    """A failover to a replica that lagged: the epoch key is there, the log is not as far as
+    the room has seen. The log goes on after the floor under a new epoch."""
+    engine, raw = redis_and_raw
+    epoch = (await engine.load("l", 10)).epoch
+    await engine.append("l", drafts(5), retention=0, dedup_window=10, epoch=epoch)
+    await raw.set("roomchat:{l}:seq", 3)
+    await raw.xdel("roomchat:{l}:log", "0-4", "0-5")
+    with pytest.raises(LogReset) as reset:
+        await engine.append("l", drafts(1, start=5), retention=0, dedup_window=10,
+                            epoch=epoch, floor=5)
+    assert reset.value.epoch != epoch and reset.value.top == 5
+    assert await engine.append("l", drafts(1, start=5), retention=0, dedup_window=10,
+                               epoch=reset.value.epoch, floor=5) == [Appended(6)]

@@ -180,6 +180,46 @@ def test_join_plan(after: int | None, replay_after: int, recovered: bool) -> Non
     assert orjson.loads(plan.welcome)["recovered"] is recovered
 
 
+@pytest.mark.parametrize(
+    ("after", "epoch", "replay_after", "recovered"),
+    [(8, "e1", 8, True), (8, None, 8, True), (8, "e0", 7, False), (10, "e0", 7, False),
+     (5, "e1", 5, True), (4, "e1", 7, False), (4, None, 7, False)],
+)
+def test_a_resume_is_recovered_only_in_the_same_epoch_and_after_a_reset_floor(
+        after: int, epoch: str | None, replay_after: int, recovered: bool) -> None:
+    """The client sends back the epoch of the welcome it saw: another one means its seqs may
+    name other messages (the log went backwards): a fresh history. Seqs up to the room's
+    ``resume_floor`` may be missing: a resume from before it is not recovered either."""
+    state = RoomState("r", CFG, RoomSnapshot(last_seq=10, oldest_seq=1, epoch="e1",
+                                             resume_floor=5))
+    plan, _ = state.join(1, "alice", "Alice", after=after, epoch=epoch, expires_at=1e9,
+                         now=0, wall_ms=1)
+    assert (plan.replay_after, plan.recovered) == (replay_after, recovered)
+    welcome = orjson.loads(plan.welcome)
+    assert (welcome["epoch"], welcome["recovered"]) == ("e1", recovered)
+
+
+def test_a_reset_closes_every_session_for_a_fresh_history_and_forgets_ids() -> None:
+    state = RoomState("r", replace(CFG, rate_burst=100), RoomSnapshot(epoch="e1"))
+    joined(state, 1, "alice")
+    joined(state, 2, "bob")
+    send(state, 1, "x", "a1")
+    commit(state)  # seq 1
+    send(state, 1, "y", "a2")
+    batch = state.take_pending()  # in flight when the log turns out to have gone backwards
+    effects = objs(state.reset("e2", 4, 1))
+    assert [(k, s, o["code"]) for k, s, o in effects if k == "close"] == [
+        ("close", 1, CloseCode.SERVICE_RESTART), ("close", 2, CloseCode.SERVICE_RESTART)]
+    assert (state.epoch, state.delivered_seq, state.resume_floor) == ("e2", 4, 4)
+    assert state.session_count == 0
+    # The batch goes on, stored after the log's top; a resent id is not a duplicate any more.
+    state.committed(batch, [Appended(5)])
+    plan, _ = joined(state, 3, "alice", after=1)
+    assert (plan.recovered, orjson.loads(plan.welcome)["epoch"]) == (False, "e2")
+    send(state, 3, "x", "a1")
+    assert [d.id for d in state.pending] == ["a1"]
+
+
 def test_retention_moves_oldest_seq() -> None:
     state = RoomState("r", replace(CFG, history_retention=2, rate_burst=100))
     joined(state, 1, "alice")

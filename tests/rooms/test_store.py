@@ -160,3 +160,35 @@ async def test_an_unstorable_message_fails_its_own_append_alone(tmp_path: Path) 
         assert (await store.load("s19", 0)).last_seq == 3
     finally:
         await store.close()
+
+
+async def test_a_database_has_one_epoch_until_a_restore_gives_it_another(
+        tmp_path: Path) -> None:
+    """The epoch of every log in one database (docs/protocol.md, "Epochs"): made with it,
+    kept across restarts, replaced by ``new_epoch`` (what ``roomchat restore`` calls), also in
+    a backup taken before databases had one."""
+    import sqlite3
+
+    from rooms.store import new_epoch
+
+    path = tmp_path / "db.sqlite3"
+    store = await SqliteStore.open(path)
+    epoch = store.epoch
+    assert len(epoch) == 16
+    await store.append(msgs("a", 1, 2), retention=0)
+    assert (await store.load("a", 0)).epoch == epoch
+    await store.close()
+    again = await SqliteStore.open(path)
+    assert again.epoch == epoch
+    await again.close()
+    assert new_epoch(path) not in ("", epoch)
+    renewed = await SqliteStore.open(path)
+    try:
+        assert renewed.epoch != epoch and (await renewed.load("a", 0)).last_seq == 2
+    finally:
+        await renewed.close()
+    old = tmp_path / "old.sqlite3"  # no meta table
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE messages (room TEXT, seq INTEGER)")
+    conn.close()
+    assert len(new_epoch(old)) == 16
