@@ -664,6 +664,9 @@ class RoomActor:
             except StoreError as exc:
                 log.warning("room %s: moderation failed: %s", self.room, exc)
                 outcome = ModerationOutcome.UNAVAILABLE
+            except Unstorable as exc:
+                log.warning("room %s: moderation refused by the store: %s", self.room, exc)
+                outcome = ModerationOutcome.UNSTORABLE
             if isinstance(request.frame, BanUser) and outcome is ModerationOutcome.DONE:
                 self._ban_applied(request.frame.user)
             self._deliver(state, state.moderated(request, outcome, wall_ms), wall_ms)

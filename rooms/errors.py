@@ -57,11 +57,12 @@ class Banned(RoomError):
 
 
 class Unstorable(RoomError):
-    """Drafts of one ``Engine.append`` that no attempt could ever store (a text, name or id the
-    store cannot encode, such as a lone surrogate that slipped past ``rooms.text``). Nothing of
-    that append was stored; ``indexes`` are the positions of the faulty drafts in it (ascending,
-    never empty): append the others again without them, and tell the senders of these. Never a
-    reason to retry, unlike ``StoreError``."""
+    """What no attempt could ever store (a text, name or id the store cannot encode, such as a
+    lone surrogate that slipped past ``rooms.text``): nothing of the call was stored. For an
+    ``Engine.append``, ``indexes`` are the positions of the faulty drafts (ascending, never
+    empty): append the others again without them, and tell the senders of these; for any other
+    call (a ban's reason, a user id) it is empty. Never a reason to retry, unlike
+    ``StoreError``."""
 
     def __init__(self, indexes: Sequence[int], reason: str) -> None:
         super().__init__(reason)

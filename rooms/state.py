@@ -191,6 +191,7 @@ class ModerationOutcome(enum.Enum):
     NOT_FOUND = "not_found"  # delete: no message with that seq is stored
     ALREADY_DELETED = "already_deleted"  # delete: it is a tombstone already
     UNAVAILABLE = "unavailable"  # the engine failed (StoreError): nothing is known to be done
+    UNSTORABLE = "unstorable"  # the engine cannot store what the frame holds: nothing done
 
 
 @dataclass(slots=True)
@@ -518,6 +519,9 @@ class RoomState:
         if outcome is ModerationOutcome.UNAVAILABLE:
             return error(ErrorCode.UNAVAILABLE, "storage is unavailable; nothing was changed: "
                          "try again after retry_after seconds", 1.0)
+        if outcome is ModerationOutcome.UNSTORABLE:
+            return error(ErrorCode.INVALID_MESSAGE, "this cannot be stored (a text that is not "
+                         "valid Unicode); nothing was changed")
         if isinstance(frame, DeleteMessage):
             if outcome is ModerationOutcome.NOT_FOUND:
                 return error(ErrorCode.NOT_FOUND, f"no message {frame.seq} is stored in this room")

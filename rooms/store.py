@@ -330,6 +330,8 @@ class SqliteStore:
             return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
         except sqlite3.Error as exc:
             raise StoreError(f"read failed: {exc}") from exc
+        except (ValueError, OverflowError) as exc:  # a value SQLite cannot take: the caller's
+            raise Unstorable((), f"cannot be stored: {exc}") from exc
 
     async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
         def query(conn: sqlite3.Connection) -> RoomSnapshot:

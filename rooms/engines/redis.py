@@ -340,6 +340,8 @@ class RedisEngine:
         try:
             async with asyncio.timeout(self._timeout):
                 yield
+        except UnicodeEncodeError as exc:  # a text redis-py cannot send: the caller's fault
+            raise Unstorable((), f"cannot be stored: {exc}") from exc
         except FAILURES as exc:
             raise self._failed(what, exc) from exc
 

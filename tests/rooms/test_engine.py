@@ -1117,3 +1117,46 @@ async def test_a_log_behind_the_floor_with_its_epoch_kept_gets_a_new_one(
     assert reset.value.epoch != epoch and reset.value.top == 5
     assert await engine.append("l", drafts(1, start=5), retention=0, dedup_window=10,
                                epoch=reset.value.epoch, floor=5) == [Appended(6)]
+
+
+async def test_a_ban_the_store_cannot_hold_is_refused_and_the_room_carries_on(
+        engine: Engine) -> None:
+    """Issue 20 (high), beyond messages: a moderator's ban frame with a lone surrogate in its
+    reason or user id, handed to the room past the front door, reached the engine raw and
+    crashed the room (UnicodeEncodeError is no StoreError: 1011). The moderator now gets
+    ``invalid_message``, nothing is stored, and the room goes on."""
+    import time
+
+    from rooms.actor import RoomActor, RoomLifecycle
+    from rooms.config import RoomConfig
+    from rooms.protocol import BanUser, SendMessage
+    from rooms.session import Session
+
+    actor = RoomActor("mods", RoomConfig(rate_burst=100), engine)
+    running = asyncio.create_task(actor.run())
+    socket = _Socket()
+    mod = Session(1, "mod", "Mod", socket, outbox_limit=100, max_frame_messages=100,
+                  send_timeout=10, close_timeout=1, moderator=True)
+    plan = await actor.join(mod, after=None, expires_at=time.time() + 3600)
+    writer = asyncio.create_task(mod.run_writer(plan, "mods", engine, 10))
+
+    def objects() -> list[dict[str, object]]:
+        return [o for f in socket.frames for o in f]
+
+    try:
+        async with asyncio.timeout(10):
+            await wait_for(socket.wrote, lambda: bool(socket.frames))
+            actor.frame_nowait(1, BanUser("eve", "spam \ud800", id="b1"))
+            actor.frame_nowait(1, BanUser("ev\udfffe", "spam", id="b2"))
+            await wait_for(socket.wrote,
+                           lambda: sum(o["type"] == "error" for o in objects()) == 2)
+            actor.frame_nowait(1, SendMessage("still here", "m1"))
+            await wait_for(socket.wrote, lambda: any(o["type"] == "ack" for o in objects()))
+            assert actor.lifecycle is RoomLifecycle.RUNNING
+    finally:
+        running.cancel()
+        writer.cancel()
+        await asyncio.gather(running, writer, return_exceptions=True)
+    errors = [(o["id"], o["code"]) for o in objects() if o["type"] == "error"]
+    assert errors == [("b1", "invalid_message"), ("b2", "invalid_message")]
+    assert await engine.banned("mods", "eve") is None
