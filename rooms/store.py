@@ -104,6 +104,7 @@ class _Append:
     retention: int
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
+    landed: Landed | None = None
 
 
 @dataclass(slots=True)
@@ -117,7 +118,15 @@ class _Erase:
     future: asyncio.Future[list[tuple[str, int]]]
 
 
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+Landed = Callable[[BaseException | None], None]
+"""Called on the event loop with an append's outcome (None: stored), even when nobody awaits it
+any more."""
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None,
+             landed: Landed | None = None) -> None:
+    if landed is not None:
+        landed(error)
     if future.done():  # the awaiting room was cancelled; the write happened anyway
         return
     if error is None:
@@ -185,14 +194,21 @@ class SqliteStore:
     # -- writes -----------------------------------------------------------------------------
 
     async def append(self, messages: Sequence[StoredMessage], retention: int) -> None:
+        if messages:
+            await self.submit(messages, retention)
+
+    def submit(self, messages: Sequence[StoredMessage], retention: int,
+               landed: Landed | None = None) -> asyncio.Future[None]:
+        """``append`` without the wait: queue ``messages`` for the writer thread and return the
+        future it resolves once they are durable (or with the error ``append`` would raise).
+        Cancelling the future does not stop the write; ``landed`` is told its outcome all the
+        same, just before the future. Raises ``StoreError`` when closed."""
         if self._closed:
             raise StoreError("store is closed")
-        if not messages:
-            return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._writes.put(_Append(messages, retention, loop, future))
-        await future
+        self._writes.put(_Append(messages, retention, loop, future, landed))
+        return future
 
     def _write_loop(self) -> None:
         conn = self._conn
@@ -258,7 +274,8 @@ class SqliteStore:
         if count and self._on_commit is not None:
             self._on_commit(time.perf_counter() - started, count)
         for item, result, error in zip(batch, results, errors, strict=True):
-            item.loop.call_soon_threadsafe(_resolve, item.future, result, error)
+            item.loop.call_soon_threadsafe(_resolve, item.future, result, error,
+                                           item.landed if isinstance(item, _Append) else None)
 
     @staticmethod
     def _unstorable(conn: sqlite3.Connection, item: _Append | _Erase,

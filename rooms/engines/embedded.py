@@ -9,14 +9,16 @@ the same database is refused by the CLI (``--workers`` needs a shared engine).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
-from rooms.errors import LogReset, RoomError, StoreError
+from rooms.errors import LogReset, StoreError
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
 from rooms.store import SqliteStore
 
@@ -43,11 +45,10 @@ class EmbeddedEngine:
         # together (a reconnect storm, the handshake bench: 10 at once), and each used to miss
         # the cache and read for itself. At most one entry per room, removed when it ends.
         self._ban_loads: dict[str, tuple[int, asyncio.Future[dict[str, Ban]]]] = {}
-        # room -> (the drafts, the task writing them) of an append whose outcome its caller
-        # has not received (it is running, or its caller stopped waiting: a deadline). Owned
-        # here (``close`` awaits them); at most one per room, taken by the room's next append
-        # or load.
-        self._writes: dict[str, tuple[list[Draft], asyncio.Task[list[Appended]]]] = {}
+        # room -> the append whose outcome its caller has not received (being written, or its
+        # caller stopped waiting: a deadline); ``close`` waits for them. At most one per room,
+        # taken by the room's next append or load.
+        self._writes: dict[str, _Write] = {}
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
@@ -78,52 +79,48 @@ class EmbeddedEngine:
         if epoch is not None and epoch != self.store.epoch:
             raise LogReset(self.store.epoch, self._last[room])
         batch = list(drafts)
-        earlier = await self._settle(room)
-        if earlier is not None and earlier[0] == batch:
-            return earlier[1]
+        if not batch:
+            return []
+        if room in self._writes:  # its caller stopped waiting: it decides what comes next
+            earlier = await self._settle(room)
+            if earlier is not None and earlier.drafts == batch:
+                return earlier.results
         first = self._last[room] + 1
-        messages = [d.stored(room, first + i) for i, d in enumerate(batch)]
-        task = asyncio.create_task(self._write(room, messages, retention),
-                                   name=f"store-append:{room}")
-        task.add_done_callback(_retrieve)
-        self._writes[room] = (batch, task)
-        # Forgotten only once the caller has its outcome: if it is cancelled instead (even
-        # with the write just done) the write stays for the room's next append or load.
-        try:
-            results = await asyncio.shield(task)
-        except RoomError:
-            self._taken(room, task)
-            raise
-        self._taken(room, task)
-        return results
+        pending = _Write(batch, [Appended(first + i) for i in range(len(batch))])
+        written = self.store.submit([d.stored(room, first + i) for i, d in enumerate(batch)],
+                                    retention, functools.partial(self._landed, room, pending))
+        # Kept until its caller has the outcome: if it is cancelled instead (even with the
+        # write just done) the room's next append or load takes it.
+        self._writes[room] = pending
+        await written
+        self._writes.pop(room, None)  # (a failure raised above: ``_landed`` took it then)
+        return pending.results
 
-    def _taken(self, room: str, task: asyncio.Task[list[Appended]]) -> None:
-        pending = self._writes.get(room)
-        if pending is not None and pending[1] is task:
-            del self._writes[room]
+    def _landed(self, room: str, pending: _Write, error: BaseException | None) -> None:
+        """The store's answer for ``pending``, awaited or not: the counter moves only after a
+        commit, so a failed append leaves it where the log is."""
+        pending.landed = True
+        pending.failed = error is not None
+        if error is None:
+            self._last[room] = max(self._last.get(room, 0), pending.results[-1].seq)
+        elif self._writes.get(room) is pending:
+            del self._writes[room]  # nothing stored: nothing for a next call to take
+        if pending.waiter is not None and not pending.waiter.done():
+            pending.waiter.set_result(None)
 
-    async def _write(self, room: str, messages: list[StoredMessage],
-                     retention: int) -> list[Appended]:
-        await self.store.append(messages, retention)
-        # Only after the commit: a failed append leaves the counter where the log is.
-        self._last[room] = messages[-1].seq
-        return [Appended(m.seq) for m in messages]
-
-    async def _settle(self, room: str) -> tuple[list[Draft], list[Appended]] | None:
-        """Wait for the room's write whose caller stopped waiting, if any, and take it: its
-        drafts and seqs if it was stored, None if it failed (nothing stored) or there was
-        none. Cancelling this wait leaves the write in place for the next call."""
+    async def _settle(self, room: str) -> _Write | None:
+        """Wait for the room's write whose caller stopped waiting, if any, and take it: the
+        write if it was stored, None if it failed (nothing stored) or there was none.
+        Cancelling this wait leaves the write in place for the next call."""
         pending = self._writes.get(room)
         if pending is None:
             return None
-        drafts, task = pending
-        try:
-            results = await asyncio.shield(task)
-        except RoomError:  # it failed: nothing of it was stored
-            self._taken(room, task)
-            return None
-        self._taken(room, task)
-        return drafts, results
+        if not pending.landed:
+            pending.waiter = asyncio.get_running_loop().create_future()
+            await pending.waiter
+        if self._writes.get(room) is pending:
+            del self._writes[room]
+        return None if pending.failed else pending
 
     async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
         return await self.store.read(room, after, upto, limit)
@@ -234,15 +231,18 @@ class EmbeddedEngine:
         return {}
 
     async def close(self) -> None:
-        await self.store.close()  # finishes the writes queued: every task below ends
-        writing = [task for _, task in self._writes.values()]
-        self._writes.clear()
-        if writing:
-            await asyncio.wait(writing)
+        await self.store.close()  # finishes the writes queued: each is told it landed soon
+        for room in list(self._writes):
+            await self._settle(room)
 
 
-def _retrieve(task: asyncio.Task[list[Appended]]) -> None:
-    """Mark a write's failure as seen: the caller that would have seen it may have stopped
-    waiting, and whoever takes the write next reads it again."""
-    if not task.cancelled():
-        task.exception()
+@dataclass(slots=True)
+class _Write:
+    """An append handed to the store: its drafts, the seqs it gives them, and its outcome
+    once the store has answered (``landed``)."""
+
+    drafts: list[Draft]
+    results: list[Appended]
+    landed: bool = False
+    failed: bool = False
+    waiter: asyncio.Future[None] | None = None  # a ``_settle`` waiting for it to land

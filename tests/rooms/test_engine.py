@@ -1160,3 +1160,28 @@ async def test_a_ban_the_store_cannot_hold_is_refused_and_the_room_carries_on(
     errors = [(o["id"], o["code"]) for o in objects() if o["type"] == "error"]
     assert errors == [("b1", "invalid_message"), ("b2", "invalid_message")]
     assert await engine.banned("mods", "eve") is None
+
+
+async def test_a_room_loaded_again_counts_a_write_that_landed_after_its_caller_left(
+        tmp_path: Path) -> None:
+    """The embedded engine allocates seqs itself: a room whose append was cancelled and which
+    then stopped (its outage timeout) is loaded again after that write, not before it, so the
+    new actor does not allocate its seqs a second time."""
+    from rooms.engines.embedded import EmbeddedEngine
+
+    engine = await EmbeddedEngine.open(tmp_path / "db.sqlite3")
+    try:
+        await engine.load("gone", 10)
+        await engine.load("big", 0)
+        busy = asyncio.ensure_future(engine.append("big", drafts(20_000, ids=False),
+                                                   retention=0, dedup_window=0))
+        await asyncio.sleep(0)
+        cancelled = asyncio.ensure_future(engine.append("gone", drafts(2), retention=0))
+        await asyncio.sleep(0.001)
+        cancelled.cancel()
+        await asyncio.gather(cancelled, return_exceptions=True)
+        assert (await engine.load("gone", 10)).last_seq == 2  # waited for the write
+        assert await engine.append("gone", drafts(1, start=2), retention=0) == [Appended(3)]
+        await busy
+    finally:
+        await engine.close()
