@@ -263,6 +263,13 @@ def _secret(config: Config) -> str:
     return secret
 
 
+def server_secret(config: Config) -> str:
+    """The HMAC secret every instance shares (``ROOMCHAT_JWT_SECRET``, or the one generated into
+    DATA_DIR), whatever the JWT algorithm: ``gateway.files`` derives its URL-signing key from
+    it. Raises ``ValueError`` for a short one."""
+    return _secret(config)
+
+
 def _read(path: Path | None, what: str, setting: str) -> bytes:
     if path is None:
         raise ValueError(f"{what} requires {setting}")
