@@ -27,9 +27,10 @@ from typing import Protocol
 
 from files.errors import BlobStoreError
 
-__all__ = ["BlobStore", "Entry", "check_key", "open_blobstore", "sweep_folder"]
+__all__ = ["BlobStore", "Entry", "check_key", "check_prefix", "open_blobstore", "sweep_folder"]
 
 _KEY = re.compile(r"[a-z]+(/[A-Za-z0-9_-]{1,64})+(\.json)?")
+_PREFIX = re.compile(r"[a-z]+(/[A-Za-z0-9_-]{1,64})*/")
 CHUNK_BYTES = 256 * 1024
 """Bytes per read when serving a blob (one worker-thread hop each)."""
 
@@ -39,6 +40,14 @@ def check_key(key: str) -> str:
     if _KEY.fullmatch(key) is None:
         raise ValueError(f"not a blob key: {key!r}")
     return key
+
+
+def check_prefix(prefix: str) -> str:
+    """``prefix`` if it is a folder of keys (``"pending/"``, ``"blob/<owner>/"``); raises
+    ``ValueError`` otherwise (a bug)."""
+    if _PREFIX.fullmatch(prefix) is None:
+        raise ValueError(f"not a blob folder: {prefix!r}")
+    return prefix
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +93,8 @@ class BlobStore(Protocol):
         ...
 
     async def list(self, prefix: str) -> list[Entry]:
-        """Every blob whose key starts with ``prefix`` (a folder: ``"pending/"``)."""
+        """Every blob whose key starts with ``prefix`` (a folder: ``"pending/"``), in its
+        sub-folders too."""
         ...
 
     async def delete(self, key: str) -> None:

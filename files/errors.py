@@ -46,8 +46,11 @@ class BadName(FileError):
 
 
 class ImageTooLarge(FileError):
-    def __init__(self, pixels: int, limit: int) -> None:
-        super().__init__(f"the image has {pixels} pixels, more than the limit of {limit}")
+    """``pixels``: how many the image has (None: more than Pillow itself opens)."""
+
+    def __init__(self, pixels: int | None, limit: int) -> None:
+        counted = f"{pixels} pixels" if pixels is not None else "too many pixels to count"
+        super().__init__(f"the image has {counted}, more than the limit of {limit}")
         self.pixels = pixels
         self.limit = limit
 

@@ -68,7 +68,7 @@ def process_image(source: Path, output: Path, thumb: Path, kind: str,
             width, height = first.size
             _write_thumb(first, thumb)
     except Image.DecompressionBombError:
-        raise ImageTooLarge(PILLOW_PIXEL_GUARD, min(max_pixels, PILLOW_PIXEL_GUARD)) from None
+        raise ImageTooLarge(None, min(max_pixels, PILLOW_PIXEL_GUARD)) from None
     except (OSError, SyntaxError, ValueError, EOFError, UnidentifiedImageError) as exc:
         raise BadImage(f"the file is not a whole {fmt} image ({exc})") from None
     return Processed(kind, width, height, frames)
@@ -99,7 +99,9 @@ def _write_animation(image: Image.Image, output: Path, fmt: str,
     for frame in ImageSequence.Iterator(image):
         frame.load()
         durations.append(int(frame.info.get("duration", 100)))
-        frames.append(frame.convert("RGBA"))
+        converted = frame.convert("RGBA")
+        converted.info = {}  # a GIF's save copies comments and extensions from here
+        frames.append(converted)
     options: dict[str, object] = {"save_all": True, "append_images": frames[1:],
                                   "duration": durations, "loop": int(image.info.get("loop", 0))}
     if fmt == "GIF":

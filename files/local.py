@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from files.blobstore import CHUNK_BYTES, Entry, check_key, sweep_folder
+from files.blobstore import CHUNK_BYTES, Entry, check_key, check_prefix, sweep_folder
 from files.errors import BlobStoreError
 
 TMP = "tmp"
@@ -140,20 +140,19 @@ class LocalBlobStore:
             await asyncio.to_thread(handle.close)
 
     async def list(self, prefix: str) -> list[Entry]:
-        folder = self._path(prefix.rstrip("/"))
+        if self._closed:
+            raise BlobStoreError("the blob store is closed")
+        folder = self.root / check_prefix(prefix)
 
         def scan() -> list[Entry]:
             found: list[Entry] = []
-            try:
-                entries = list(os.scandir(folder))
-            except FileNotFoundError:
-                return found
-            for entry in entries:
-                with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
-                    if entry.is_file(follow_symlinks=False):
-                        info = entry.stat(follow_symlinks=False)
-                        found.append(Entry(f"{prefix.rstrip('/')}/{entry.name}", info.st_size,
-                                           info.st_mtime))
+            for parent, _, names in os.walk(folder):  # a missing folder walks nothing
+                for name in names:
+                    path = Path(parent, name)
+                    with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                        info = path.lstat()
+                        key = path.relative_to(self.root).as_posix()
+                        found.append(Entry(key, info.st_size, info.st_mtime))
             return found
 
         try:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
-from files.blobstore import CHUNK_BYTES, Entry, check_key, sweep_folder
+from files.blobstore import CHUNK_BYTES, Entry, check_key, check_prefix, sweep_folder
 from files.errors import BlobStoreError
 
 THREADS = 8
@@ -168,7 +168,10 @@ class S3BlobStore:
             body.close()
 
     async def list(self, prefix: str) -> list[Entry]:
-        full = self._key(prefix.rstrip("/")) + "/"
+        if self._closed:
+            raise BlobStoreError("the blob store is closed")
+        check_prefix(prefix)
+        full = f"{self._prefix}/{prefix}" if self._prefix else prefix
         strip = len(self._prefix) + 1 if self._prefix else 0
 
         def scan() -> list[Entry]:
