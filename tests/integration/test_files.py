@@ -18,7 +18,8 @@ from urllib.parse import quote
 import pytest
 
 from files.meta import new_file_id
-from tests.apicall import API_KEY
+from gateway.client import ClientError, RoomClient
+from tests.apicall import API_KEY, call
 from tests.imagefiles import (
     GPS_IFD,
     HTML,
@@ -402,3 +403,40 @@ async def test_two_processes_on_redis_share_a_files_volume(tmp_path: Path) -> No
             assert status == 200 and same == got
         assert not (tmp_path / "a" / "files").exists()  # nothing in either data directory
         assert len([p for p in (shared / "blob").rglob("*") if p.is_file()]) == 1
+
+
+async def test_erasure_deletes_the_users_files(tmp_path: Path) -> None:
+    """``POST /api/v1/users/<user>/erase`` (what ``roomchat erase`` calls) deletes every file
+    the user uploaded, in every room; others' files stay."""
+    async with file_server(tmp_path) as srv:
+        alice, bob = Files(srv), Files(srv, user="bob")
+        mine = [await alice.uploaded(image("PNG"), room=room) for room in ("lobby", "team")]
+        theirs = await bob.uploaded(b"bob's")
+        status, obj = await call(srv.port, "POST", "/users/alice/erase")
+        assert (status, obj["files"]) == (200, 2)
+        for gone in mine:
+            assert (await alice.get(gone["url"]))[0] == 404
+            assert (await alice.get(gone["thumb_url"]))[0] == 404
+        assert (await bob.get(theirs["url"]))[0] == 200
+        assert len([p for p in stored(tmp_path) if "/blob/" in p]) == 1
+        status, obj = await call(srv.port, "POST", "/users/alice/erase")
+        assert (status, obj["files"]) == (200, 0)  # a retry is harmless
+
+
+async def test_the_bot_client_uploads_a_file(tmp_path: Path) -> None:
+    """``RoomClient.upload`` (gateway/client.py): bytes or a path streamed from disk; a
+    refusal is a ``ClientError`` with the server's code."""
+    async with file_server(tmp_path, max_file_bytes=MiB) as srv:
+        base = f"http://127.0.0.1:{srv.port}"
+        async with RoomClient(base, "lobby", token=make_token("bot", ["lobby"])) as bot:
+            photo = tmp_path / "photo.jpg"
+            photo.write_bytes(jpeg_with_gps((64, 48)))
+            obj = await bot.upload(photo)
+            assert (obj["name"], obj["type"], obj["width"]) == ("photo.jpg", "image/jpeg", 48)
+            status, _, body = await asyncio.to_thread(http, srv.port, "GET", obj["url"])
+            assert status == 200 and GPS_IFD not in opened(body).getexif()
+            obj = await bot.upload(b"notes", name="notes.txt")
+            assert (obj["name"], obj["size"]) == ("notes.txt", 5)
+            with pytest.raises(ClientError) as refused:
+                await bot.upload(b"x" * (MiB + 1), name="big.bin")
+            assert refused.value.code == "file_too_large"
