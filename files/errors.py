@@ -29,12 +29,18 @@ class FileTooLarge(FileError):
         super().__init__(f"the file is larger than the limit of {limit} bytes")
         self.limit = limit
 
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        return type(self), (self.limit,)
+
 
 class QuotaExceeded(FileError):
     def __init__(self, limit: int) -> None:
         super().__init__(f"storing this file would pass your storage quota of {limit} bytes; "
                          "delete messages with files first")
         self.limit = limit
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:
+        return type(self), (self.limit,)
 
 
 class EmptyFile(FileError):
@@ -53,6 +59,11 @@ class ImageTooLarge(FileError):
         super().__init__(f"the image has {counted}, more than the limit of {limit}")
         self.pixels = pixels
         self.limit = limit
+
+    def __reduce__(self) -> tuple[type, tuple[int | None, int]]:
+        # It comes back from an image worker process pickled: unpickling calls the class
+        # with these (the default would pass the message alone, and the pool would break).
+        return type(self), (self.pixels, self.limit)
 
 
 class BadImage(FileError):

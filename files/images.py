@@ -3,9 +3,8 @@ pixels survives (no EXIF, GPS, XMP or comments; no bytes appended after the imag
 JPEG/HTML polyglot), turned upright (EXIF orientation applied), and a thumbnail made.
 
 Synchronous and CPU-bound: ``files.service`` runs ``process_image`` in a bounded pool of worker
-threads, never on the event loop (Pillow releases the GIL while it decodes, resizes and
-encodes). The ICC colour profile is kept: it changes how the pixels look, and holds nothing
-about the picture's author or place.
+processes, never on the event loop. The ICC colour profile is kept: it changes how the pixels
+look, and holds nothing about the picture's author or place.
 """
 
 from __future__ import annotations
@@ -61,12 +60,13 @@ def process_image(source: Path, output: Path, thumb: Path, kind: str,
                 first = _write_animation(image, output, fmt, icc)
             else:
                 image.load()  # raises for a truncated image (LOAD_TRUNCATED_IMAGES is off)
-                upright = ImageOps.exif_transpose(image)
-                upright.info = {}  # what a save could copy from: EXIF, XMP, comments
-                _write_still(upright, output, fmt, icc)
-                first = upright
+                # In place: a copy of a 50-megapixel image is 150-200 MB more.
+                ImageOps.exif_transpose(image, in_place=True)
+                image.info = {}  # what a save could copy from: EXIF, XMP, comments
+                _write_still(image, output, fmt, icc)
+                first = image
             width, height = first.size
-            _write_thumb(first, thumb)
+            _write_thumb(first, thumb)  # last: it shrinks the image
     except Image.DecompressionBombError:
         raise ImageTooLarge(None, min(max_pixels, PILLOW_PIXEL_GUARD)) from None
     except (OSError, SyntaxError, ValueError, EOFError, UnidentifiedImageError) as exc:
@@ -117,9 +117,10 @@ def _write_animation(image: Image.Image, output: Path, fmt: str,
 
 
 def _write_thumb(image: Image.Image, thumb: Path) -> None:
-    small = image.copy()
+    """Shrinks ``image`` itself (it is written already): no full-size copy."""
+    image.thumbnail((THUMB_PIXELS, THUMB_PIXELS), Image.Resampling.LANCZOS)
+    small = image
     if small.mode not in ("RGB", "RGBA"):
         small = small.convert("RGBA" if small.has_transparency_data else "RGB")
     small.info = {}
-    small.thumbnail((THUMB_PIXELS, THUMB_PIXELS), Image.Resampling.LANCZOS)
     small.save(thumb, format=THUMB_FORMAT, quality=THUMB_QUALITY, exif=b"")

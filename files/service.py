@@ -5,8 +5,14 @@ the gateway hands it the request body as chunks and maps its errors (``files.err
 An upload is spooled to a local file as it arrives (never held in memory: at most
 ``SPOOL_BUFFER`` bytes wait for the disk), refused as soon as it passes ``max_file_bytes``
 (the partial file is removed at once), typed from its bytes (``files.sniff``), and, for an
-image, decoded and re-encoded in a bounded pool of worker threads (``files.images``) before
+image, decoded and re-encoded in a bounded pool of worker processes (``files.images``) before
 it is stored (``files.catalog``): the original an image came as is never stored.
+
+Worker processes, not threads: Pillow releases the GIL while it decodes and encodes, but not
+while it copies or frees a large image; with threads the event loop waited up to 36 ms now and
+then during a 42-megapixel image, with processes at most ~4 ms (``bench/fileslag.py``). A
+process also keeps a decoder's crash or its memory away from the server. They are forked from
+a ``forkserver`` (never from this threaded process), started on the first image.
 """
 
 from __future__ import annotations
@@ -14,17 +20,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
 import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
 from files.blobstore import BlobStore
 from files.catalog import Catalog
 from files.errors import (
+    BadImage,
     BlobStoreError,
     EmptyFile,
     FileNotFound,
@@ -68,11 +77,11 @@ class FileService:
         self.catalog = Catalog(blobs)
         self.limits = limits
         self._clock = clock
-        self._images = ThreadPoolExecutor(limits.image_workers,
-                                          thread_name_prefix="roomchat-images")
+        self._images: ProcessPoolExecutor | None = None  # started on the first image
         # At most one image per worker is handed to the pool; the others wait here, on the
         # loop, holding only their spooled file (the pool's own queue is unbounded).
         self._image_slots = asyncio.Semaphore(limits.image_workers)
+        self._pool_lock = asyncio.Lock()
 
     # -- uploads -------------------------------------------------------------------------------
 
@@ -100,8 +109,7 @@ class FileService:
             size = await self._spool(chunks, upload)
             if size == 0:
                 raise EmptyFile("the file is empty")
-            head = await asyncio.to_thread(_read_head, upload)
-            kind = sniff(head)
+            kind = await asyncio.to_thread(_sniff, upload)
             stored, thumb = upload, None
             processed: Processed | None = None
             if kind in IMAGE_TYPES:
@@ -155,12 +163,23 @@ class FileService:
             await asyncio.to_thread(handle.close)
         return size
 
+    async def _pool(self) -> ProcessPoolExecutor:
+        """The image workers, started in a thread the first time: starting the forkserver
+        (a Python process that imports Pillow) took 0.2-0.6 s, which on the loop stalled
+        everything else that long (measured)."""
+        async with self._pool_lock:
+            if self._images is None:
+                self._images = await asyncio.to_thread(_start_pool, self.limits.image_workers)
+            return self._images
+
     async def _process(self, source: Path, output: Path, thumb: Path, kind: str) -> Processed:
-        """``process_image`` in the image pool, one per worker at a time."""
+        """``process_image`` in the image pool, one per worker at a time. A worker that dies
+        (a decoder's crash, killed for its memory) refuses that image as ``BadImage``; the
+        next image gets a new pool."""
         async with self._image_slots:
+            pool = await self._pool()
             future = asyncio.get_running_loop().run_in_executor(
-                self._images, process_image, source, output, thumb, kind,
-                self.limits.max_image_pixels)
+                pool, process_image, source, output, thumb, kind, self.limits.max_image_pixels)
             try:
                 return await asyncio.shield(future)
             except asyncio.CancelledError:
@@ -168,6 +187,12 @@ class FileService:
                 # caller's cleanup may run before it writes).
                 future.add_done_callback(lambda _: _remove([output, thumb]))
                 raise
+            except BrokenProcessPool:
+                log.warning("files: an image worker died; starting new ones")
+                if self._images is pool:
+                    self._images = None
+                    pool.shutdown(wait=False, cancel_futures=True)
+                raise BadImage("the image could not be processed") from None
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -232,14 +257,29 @@ class FileService:
                          len(collected))
 
     async def close(self) -> None:
-        """Close the blob store; images being processed finish in their threads."""
-        self._images.shutdown(wait=False, cancel_futures=True)
+        """Close the blob store; images being processed finish in their workers, which then
+        exit."""
+        if self._images is not None:
+            self._images.shutdown(wait=False, cancel_futures=True)
+            self._images = None
         await self.blobs.close()
 
 
-def _read_head(path: Path) -> bytes:
+def _start_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` image processes forked from a forkserver that has imported
+    Pillow; blocks until the forkserver and one worker run (call it in a thread)."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["files.images"])
+    pool = ProcessPoolExecutor(workers, mp_context=context)
+    pool.submit(int).result()
+    return pool
+
+
+def _sniff(path: Path) -> str:
+    """The type of the file at ``path`` (in a worker thread: puremagic scans its table of
+    signatures in Python, ~0.2 ms a file)."""
     with path.open("rb") as handle:
-        return handle.read(SNIFF_BYTES)
+        return sniff(handle.read(SNIFF_BYTES))
 
 
 def _remove(paths: list[Path]) -> None:

@@ -166,8 +166,9 @@ class Config:
                     "one gets HTTP 413 `image_too_large` before it is decoded (decompression "
                     f"bombs). At most {MAX_PILLOW_PIXELS} (Pillow's own guard).")
     image_workers: int = _setting(
-        2, "Threads that decode and re-encode uploaded images, each holding one image's "
-           "pixels in memory (4 bytes a pixel); other uploads wait their turn.")
+        2, "Worker processes that decode and re-encode uploaded images (started on the first "
+           "image), each holding one image's pixels in memory (4 bytes a pixel); other "
+           "uploads wait their turn.")
     upload_idle_timeout: float = _setting(
         30.0, "Seconds an upload may send nothing before it is dropped (HTTP 408 "
               "`upload_stalled`).")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import pytest
@@ -112,3 +113,12 @@ def test_a_truncated_image_is_refused(tmp_path: Path, fmt: str, kind: str) -> No
 def test_bytes_of_another_type_are_refused(tmp_path: Path) -> None:
     with pytest.raises(BadImage):
         run(tmp_path, image("PNG"), "image/jpeg")
+
+
+@pytest.mark.parametrize("error", [ImageTooLarge(10, 5), ImageTooLarge(None, 5),
+                                   BadImage("not a whole JPEG image")])
+def test_what_a_worker_raises_survives_the_way_back(error: Exception) -> None:
+    """Images are processed in worker processes: their errors come back pickled (one that
+    could not be unpickled broke the pool, and a bomb was answered 422 instead of 413)."""
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is type(error) and str(back) == str(error)
