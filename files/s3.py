@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -61,6 +62,8 @@ class S3BlobStore:
             from botocore.exceptions import ClientError
         except ImportError:
             raise ValueError("s3:// files need boto3: pip install 'roomchat[s3]'") from None
+        # botocore logs where it found credentials at INFO, on every start: not news.
+        logging.getLogger("botocore.credentials").setLevel(logging.WARNING)
         endpoint = query.get("endpoint", [None])[-1]
         region = query.get("region", [None])[-1]
         executor = ThreadPoolExecutor(THREADS, thread_name_prefix="roomchat-s3")

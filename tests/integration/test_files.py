@@ -31,9 +31,18 @@ from tests.imagefiles import (
     polyglot_jpeg,
     truncated,
 )
+from tests.integration.test_startup_errors import assert_one_line, serve
 from tests.redis_server import redis_server
 from tests.s3_server import S3_ENV, make_bucket, s3_server
-from tests.support import SLOW, Server, make_config, make_token, running_server, server_process
+from tests.support import (
+    SLOW,
+    Server,
+    free_port,
+    make_config,
+    make_token,
+    running_server,
+    server_process,
+)
 
 MiB = 1024 * 1024
 
@@ -440,3 +449,20 @@ async def test_the_bot_client_uploads_a_file(tmp_path: Path) -> None:
             with pytest.raises(ClientError) as refused:
                 await bot.upload(b"x" * (MiB + 1), name="big.bin")
             assert refused.value.code == "file_too_large"
+
+
+def test_a_files_store_that_cannot_work_is_one_line_at_start(tmp_path: Path) -> None:
+    """``roomchat serve`` refuses to start, in one line and exit 2 (gateway.preflight), for a
+    directory it cannot write, a bucket it cannot read, or a URL of no known form."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, err = serve(tmp_path, "--bind", f"127.0.0.1:{free_port()}",
+                      env={"ROOMCHAT_FILES_URL": (blocker / "files").as_uri()})
+    assert_one_line(code, err, "ROOMCHAT_FILES_URL", "cannot write files under")
+    with s3_server() as endpoint:
+        code, err = serve(tmp_path, "--bind", f"127.0.0.1:{free_port()}", env={
+            **S3_ENV, "ROOMCHAT_FILES_URL": f"s3://missing-bucket?endpoint={endpoint}"})
+        assert_one_line(code, err, "ROOMCHAT_FILES_URL", "'missing-bucket' cannot be read")
+    code, err = serve(tmp_path, "--bind", f"127.0.0.1:{free_port()}",
+                      env={"ROOMCHAT_FILES_URL": "ftp://files.example/x"})
+    assert_one_line(code, err, "ROOMCHAT_FILES_URL must be file:///path/to/dir or s3://")
