@@ -55,21 +55,19 @@ from rooms.errors import (
     StoreError,
     Unstorable,
 )
+from rooms.messages import Appended, Draft, WireMessage
 from rooms.observer import NullObserver, RoomObserver
 from rooms.protocol import BanUser, ClientFrame, CloseCode, DeleteMessage, ErrorCode
 from rooms.session import Session
 from rooms.state import (
-    Appended,
     Broadcast,
     Close,
-    Draft,
     Effect,
     JoinPlan,
     Moderation,
     ModerationOutcome,
     RoomState,
     Send,
-    WireMessage,
 )
 
 log = logging.getLogger("roomchat.room")

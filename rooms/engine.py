@@ -5,7 +5,7 @@ owns what every process serving the room must agree on: the message log (seq all
 deduplication by ``(user, id)``, durable append, history reads), the live feed of messages
 appended by other processes, and the presence of members connected to other processes.
 
-Two engines, chosen by URL with ``open_engine`` (each imported only when used):
+Two engines, chosen by URL with ``rooms.engines.open_engine`` (each imported when used):
 
 - ``sqlite:///path`` — ``rooms.engines.embedded.EmbeddedEngine``: SQLite, one process, nothing
   to share (the default).
@@ -20,10 +20,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
+from rooms.messages import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
 __all__ = ["ERASE_PAUSE", "ERASE_STEP", "Appended", "Ban", "Engine", "ErasedObserver",
-           "HistoryReader", "RoomListener", "RoomSync", "open_engine"]
+           "HistoryReader", "RoomListener", "RoomSync", "is_shared_url"]
 
 CommitObserver = Callable[[float, int], None]
 """Called after each durable append with (seconds, messages); must not block."""
@@ -235,27 +235,3 @@ SHARED_SCHEMES = ("redis://", "rediss://", "unix://")
 def is_shared_url(url: str) -> bool:
     """Whether ``url`` names an engine several processes can share."""
     return url.startswith(SHARED_SCHEMES)
-
-
-async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
-                      sqlite_synchronous: str = "FULL", max_connections: int = 32,
-                      timeout: float | None = None) -> Engine:
-    """The engine a URL names: ``sqlite:///path/to/db`` or ``redis://host:port/db``.
-
-    Raises ``ValueError`` for an unknown scheme and ``StoreError`` when the engine cannot be
-    reached or opened. ``max_connections`` bounds the connections to a networked engine, and
-    ``timeout`` (seconds; default: ``RoomConfig.store_timeout``'s) each of its calls: one that
-    takes longer fails with ``StoreError``. (The embedded engine's calls are local; the rooms
-    bound their own appends, ``RoomConfig.store_timeout``.)
-    """
-    if is_shared_url(url):
-        from rooms.engines.redis import DEFAULT_TIMEOUT, RedisEngine
-
-        return await RedisEngine.open(url, on_commit=on_commit, max_connections=max_connections,
-                                      timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
-    if url.startswith("sqlite://"):
-        from rooms.engines.embedded import EmbeddedEngine
-
-        return await EmbeddedEngine.open(url.removeprefix("sqlite://"),
-                                         synchronous=sqlite_synchronous, on_commit=on_commit)
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path or redis://host:port")

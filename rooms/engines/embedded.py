@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
+from rooms.engines.sqlite import SqliteStore
 from rooms.errors import LogReset, StoreError
-from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
-from rooms.store import SqliteStore
+from rooms.messages import Appended, Draft, RoomSnapshot, StoredMessage
 
 # Rooms whose bans are kept in memory (least recently asked for are dropped first): one join
 # asks once per connection, and a SQLite read handed to a thread was ~8% of a handshake's CPU.

@@ -71,7 +71,7 @@ from rooms.config import RoomConfig
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.engines import redis_records as records
 from rooms.errors import LogReset, StoreError, Unstorable
-from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
+from rooms.messages import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
 log = logging.getLogger("roomchat.redis")
 

@@ -12,10 +12,11 @@ import orjson
 import pytest
 from redis import asyncio as aioredis
 
-from rooms.engine import Ban, Engine, open_engine
+from rooms.engine import Ban, Engine
+from rooms.engines import open_engine
 from rooms.engines.redis import RedisEngine, _Appends
 from rooms.errors import LogReset, StoreError, Unstorable
-from rooms.state import Appended, Draft, StoredMessage, WireMessage
+from rooms.messages import Appended, Draft, StoredMessage, WireMessage
 from tests.redis_server import redis_server
 from tests.support import SLOW, until
 

@@ -9,9 +9,10 @@ import orjson
 import pytest
 
 from rooms.config import RoomConfig
+from rooms.messages import Appended, StoredMessage
 from rooms.protocol import CloseCode, SendMessage
 from rooms.session import Session, SessionState
-from rooms.state import Appended, Broadcast, JoinPlan, RoomState, Send, StoredMessage
+from rooms.state import Broadcast, JoinPlan, RoomState, Send
 
 
 class MemoryTransport:
