@@ -753,9 +753,9 @@ def store_section(results: dict[str, Any]) -> list[str]:
         lines += [f"Not measured: {st.get('error', 'unknown')}", ""]
         return lines
     lines += [
-        "`rooms.store.SqliteStore` (synchronous=FULL, as the server runs it) driven directly, "
-        "pinned to the server core. Simulated rooms each await their append before the next, as "
-        "room actors do; a busy room appends everything that piled up in one call.",
+        "`rooms.engines.sqlite.SqliteStore` (synchronous=FULL, as the server runs it) driven "
+        "directly, pinned to the server core. Simulated rooms each await their append before the "
+        "next, as room actors do; a busy room appends everything that piled up in one call.",
         "",
         "| rooms | messages per append | messages/s | append p50 | append p99 |",
         "|---|---|---|---|---|",

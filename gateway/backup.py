@@ -10,8 +10,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gateway.config import Config
-from rooms.engine import is_shared_url, open_engine
-from rooms.store import new_epoch
+from rooms.engine import is_shared_url
+from rooms.engines import open_engine
+from rooms.engines.sqlite import new_epoch
 
 EXPORT_PAGE = 1000
 MAX_SEQ = 2**53

@@ -322,7 +322,7 @@ def _revoke(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from rooms.engine import open_engine
+    from rooms.engines import open_engine
     from rooms.errors import StoreError
 
     user = _user_id(args.user)
@@ -372,7 +372,8 @@ def _erase(args: argparse.Namespace) -> int:
 def _erase_offline(config: Config, user: str) -> dict[str, list[int]]:
     import asyncio
 
-    from rooms.engine import is_shared_url, open_engine
+    from rooms.engine import is_shared_url
+    from rooms.engines import open_engine
     from rooms.errors import StoreError
 
     url = _existing_store(config)

@@ -34,6 +34,7 @@ fresh actor from storage. Nothing escapes to other rooms.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import itertools
 import logging
@@ -55,21 +56,19 @@ from rooms.errors import (
     StoreError,
     Unstorable,
 )
+from rooms.messages import AnyDraft, Appended, Draft, StoredMessage, WireMessage
 from rooms.observer import NullObserver, RoomObserver
 from rooms.protocol import BanUser, ClientFrame, CloseCode, DeleteMessage, ErrorCode
 from rooms.session import Session
 from rooms.state import (
-    Appended,
     Broadcast,
     Close,
-    Draft,
     Effect,
     JoinPlan,
     Moderation,
     ModerationOutcome,
     RoomState,
     Send,
-    WireMessage,
 )
 
 log = logging.getLogger("roomchat.room")
@@ -106,12 +105,10 @@ class _Revoke:
 
 @dataclass(slots=True)
 class _Publish:
-    """A message from the server API (``RoomActor.publish``)."""
+    """A message or a change from the server API (``RoomActor.submit``); its ``ts`` is set
+    when the room accepts it."""
 
-    user: str
-    name: str
-    id: str | None
-    text: str
+    draft: AnyDraft
     reply: asyncio.Future[Appended]
 
 
@@ -253,7 +250,7 @@ class RoomActor:
         self._state: RoomState | None = None
         self._failure: RoomError = RoomStopped(f"room {room} stopped")
         # Storage outage: the batch being retried, since when, and the next attempt.
-        self._retry: list[Draft] | None = None
+        self._retry: list[AnyDraft] | None = None
         # Adaptive on the embedded engine; a fixed wait on a shared one (see BatchPacer).
         self._pacer = BatchPacer(config.batch_cost_factor, config.batch_delay,
                                  floor=config.batch_delay if engine.shared else 0.0)
@@ -306,12 +303,20 @@ class RoomActor:
 
     async def publish(self, user: str, name: str, client_id: str | None,
                       text: str) -> Appended:
-        """Store a message from the server API (not from a member) and deliver it like a
-        socket message: same seq allocation, dedup by ``(user, client_id)`` and durability.
-        Returns once it is stored (and delivered to this process's members).
+        """``submit`` a plain message (no reply, no mentions)."""
+        return await self.submit(Draft(user, name, client_id, text, 0))
 
-        Raises ``RoomStopped``, ``RoomBusy`` (too many publishes waiting: retry shortly) or
-        ``StoreError`` (storage unavailable: not stored; retry with the same id).
+    async def submit(self, draft: AnyDraft) -> Appended:
+        """Store a message or a change from the server API (not from a member's socket) and
+        deliver it like a member's: same seq allocation, the log's rules for changes and
+        replies, dedup by ``(user, id)``, durability. ``draft.ts`` is ignored: the room
+        stamps it when it takes it. Returns once it is stored and delivered to this
+        process's members, or refused by the log's rules (``Appended.refused``), or found a
+        no-op (``Appended.noop``: a reaction that changes nothing).
+
+        Raises ``RoomStopped``, ``RoomBusy`` (too many submissions waiting: retry shortly),
+        ``Unstorable`` (a text the store cannot hold) or ``StoreError`` (storage
+        unavailable: not stored; retry with the same id).
         """
         if self.lifecycle in (RoomLifecycle.DRAINING, RoomLifecycle.STOPPED):
             raise RoomStopped(f"room {self.room} is stopping")
@@ -320,7 +325,7 @@ class RoomActor:
         if waiting >= self.config.inbox_limit:
             raise RoomBusy(f"room {self.room} is busy; retry shortly")
         reply: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._inbox.put_control(_Publish(user, name, client_id, text, reply))
+        self._inbox.put_control(_Publish(draft, reply))
         return await reply
 
     async def check_ban(self, user: str) -> None:
@@ -401,6 +406,9 @@ class RoomActor:
 
     def remote_banned(self, user: str, reason: str) -> None:
         self.ban_nowait(user, reason)
+
+    def remote_read(self, user: str, seq: int) -> None:
+        pass  # read markers: built in the next commits of this branch
 
     # -- the task ---------------------------------------------------------------------------
 
@@ -700,7 +708,7 @@ class RoomActor:
             found = await self._engine.read(self.room, frame.seq - 1, frame.seq, 1)
             if not found or found[0].seq != frame.seq:
                 return ModerationOutcome.NOT_FOUND
-            if found[0].deleted:
+            if not isinstance(found[0], StoredMessage) or found[0].deleted:
                 return ModerationOutcome.ALREADY_DELETED
             if not await self._engine.delete(self.room, frame.seq):
                 return ModerationOutcome.NOT_FOUND
@@ -855,7 +863,7 @@ class RoomActor:
             cmd.reply.set_exception(StoreError("storage is unavailable"))
             return []
         ticket = next(self._tickets)
-        answer = state.publish(ticket, Draft(cmd.user, cmd.name, cmd.id, cmd.text, wall_ms))
+        answer = state.publish(ticket, dataclasses.replace(cmd.draft, ts=wall_ms))
         if answer is not None:
             cmd.reply.set_result(answer)
         else:

@@ -35,6 +35,7 @@ from typing import Any
 from rooms import protocol
 from rooms.config import RoomConfig
 from rooms.errors import RoomFull, Unstorable
+from rooms.messages import AnyDraft, Appended, Delivered, Draft, RoomSnapshot, StoredMessage
 from rooms.protocol import (
     BanUser,
     ClientFrame,
@@ -46,85 +47,6 @@ from rooms.protocol import (
     Typing,
 )
 from rooms.ratelimit import TokenBucket
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """One chat message as stored and broadcast. A deleted one (tombstone) keeps its seq,
-    user, name, id and ts, with ``text`` empty; its wire form adds ``"deleted": true``."""
-
-    room: str
-    seq: int
-    user: str
-    name: str
-    id: str | None
-    text: str
-    ts: int
-
-    @property
-    def deleted(self) -> bool:
-        """A moderator's tombstone: a message's text is never empty otherwise."""
-        return not self.text
-
-    def to_wire(self) -> str:
-        obj = {"type": "message", "room": self.room, "seq": self.seq, "id": self.id,
-               "user": self.user, "name": self.name, "text": self.text, "ts": self.ts}
-        if not self.text:
-            obj["deleted"] = True
-        return protocol.dumps(obj)
-
-
-@dataclass(frozen=True, slots=True)
-class WireMessage:
-    """A stored message known by its seq and its wire form only: another process's, as the
-    engine's live feed carries it (serialised once, where it was stored)."""
-
-    seq: int
-    wire: str
-
-    def to_wire(self) -> str:
-        return self.wire
-
-
-Delivered = StoredMessage | WireMessage
-
-
-@dataclass(frozen=True, slots=True)
-class Draft:
-    """An accepted message not yet stored: the engine gives it its seq."""
-
-    user: str
-    name: str
-    id: str | None
-    text: str
-    ts: int
-
-    def stored(self, room: str, seq: int) -> StoredMessage:
-        return StoredMessage(room, seq, self.user, self.name, self.id, self.text, self.ts)
-
-
-@dataclass(frozen=True, slots=True)
-class Appended:
-    """What the engine did with one draft: its seq, and whether it was stored before (a retried
-    ``(user, id)``; then ``seq`` is the original's)."""
-
-    seq: int
-    duplicate: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RoomSnapshot:
-    """What the store knows of a room when its actor starts."""
-
-    last_seq: int = 0
-    oldest_seq: int = 1  # lowest seq still stored; last_seq + 1 when nothing is stored
-    recent_ids: tuple[tuple[str, str, int], ...] = ()  # (user, client id, seq), oldest first
-    """Empty when the engine deduplicates itself (Redis): the room's map is then only a cache."""
-    epoch: str = ""
-    """The log's epoch (docs/protocol.md, "Epochs"): one unbroken life of the room's log."""
-    resume_floor: int = 0
-    """Seqs up to this one may be missing from the log (it went backwards and was moved past
-    them: ``rooms.errors.LogReset``): a resume from before it is not recovered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,7 +167,7 @@ class RoomState:
     """The room's log's epoch, as the engine last said (``welcome.epoch``)."""
     resume_floor: int = 0
     """A resume from before this seq is not recovered: the log went backwards under it."""
-    pending: list[Draft] = field(default_factory=list)
+    pending: list[AnyDraft] = field(default_factory=list)
     """Accepted, not yet stored; the actor takes them with ``take_pending``."""
     presence_changed: bool = False
     """This process's member list changed since the actor last published it (``synced``)."""
@@ -569,7 +491,7 @@ class RoomState:
         self._typing_at[user] = now
         return [Broadcast(protocol.typing(user, name), exclude=session)]
 
-    def publish(self, ticket: int, draft: Draft) -> Appended | None:
+    def publish(self, ticket: int, draft: AnyDraft) -> Appended | None:
         """Accept a message from outside any session (the server API; ``ticket`` > 0 names the
         caller): the same dedup by ``(user, id)`` and the same pending/commit path as a socket
         message, so members get it in seq order. Returns the answer at once for a duplicate
@@ -591,7 +513,7 @@ class RoomState:
             self._inflight_ids[(draft.user, draft.id)] = waiting
         return None
 
-    def take_pending(self) -> list[Draft]:
+    def take_pending(self) -> list[AnyDraft]:
         """Hand the accepted drafts to the actor for storing; then call ``committed`` with the
         engine's answer (or ``abandon`` if it never comes). One batch at a time."""
         if self._inflight:
@@ -600,12 +522,12 @@ class RoomState:
         self._inflight, self._waiting = self._waiting, []
         return batch
 
-    def committed(self, batch: list[Draft], results: list[Appended]) -> list[Effect]:
+    def committed(self, batch: list[AnyDraft], results: list[Appended]) -> list[Effect]:
         """``batch`` (from ``take_pending``) is durably stored with these seqs: deliver what is
         now contiguous, ack the senders once their message has been delivered here."""
         if len(results) != len(batch) or len(batch) != len(self._inflight):
             raise ValueError("results do not match the batch in flight")
-        fresh: list[StoredMessage] = []
+        fresh: list[Delivered] = []
         for draft, result, waiting in zip(batch, results, self._inflight, strict=True):
             if draft.id is not None:
                 self._inflight_ids.pop((draft.user, draft.id), None)
@@ -619,7 +541,8 @@ class RoomState:
         self._inflight = []
         return self.feed(fresh)
 
-    def reject(self, batch: list[Draft], error: Unstorable) -> tuple[list[Draft], list[Effect]]:
+    def reject(self, batch: list[AnyDraft],
+               error: Unstorable) -> tuple[list[AnyDraft], list[Effect]]:
         """The engine refused the drafts of ``batch`` (the batch in flight) at
         ``error.indexes`` for good, storing nothing. Their senders are told (an
         ``invalid_message`` error with their id; a server-API caller gets ``error`` through
@@ -632,7 +555,7 @@ class RoomState:
         if not bad or not bad <= set(range(len(batch))) or len(batch) != len(self._inflight):
             raise ValueError("the refused drafts are not in the batch in flight")
         effects: list[Effect] = []
-        kept: list[Draft] = []
+        kept: list[AnyDraft] = []
         waiting_kept: list[_Waiting] = []
         for index, (draft, waiting) in enumerate(zip(batch, self._inflight, strict=True)):
             if index not in bad:

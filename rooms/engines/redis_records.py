@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from rooms.engine import Ban
-from rooms.state import StoredMessage
+from rooms.messages import StoredMessage
 from rooms.text import unsafe_text
 
 _T = TypeVar("_T")

@@ -16,8 +16,8 @@ from typing import Any
 
 import websockets
 
-from rooms.engine import open_engine
-from rooms.state import Draft
+from rooms.engines import open_engine
+from rooms.messages import Draft
 from tests.apicall import API_KEY, api_token, call
 from tests.redis_server import redis_server
 from tests.support import (

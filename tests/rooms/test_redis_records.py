@@ -8,7 +8,7 @@ import pytest
 
 from rooms.engine import Ban
 from rooms.engines import redis_records as records
-from rooms.state import StoredMessage
+from rooms.messages import StoredMessage
 
 GOOD = {b"user": b"ann", b"name": b"Ann \xf0\x9f\x98\x80", b"id": b"c1", b"text": b"hi",
         b"ts": b"1700000000000"}

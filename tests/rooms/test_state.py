@@ -10,6 +10,7 @@ import pytest
 
 from rooms.config import RoomConfig
 from rooms.errors import RoomFull, Unstorable
+from rooms.messages import Appended, Draft, RoomSnapshot, StoredMessage
 from rooms.protocol import (
     BanUser,
     CloseCode,
@@ -19,18 +20,7 @@ from rooms.protocol import (
     Pong,
     SendMessage,
 )
-from rooms.state import (
-    Appended,
-    Broadcast,
-    Close,
-    Draft,
-    Effect,
-    ModerationOutcome,
-    RoomSnapshot,
-    RoomState,
-    Send,
-    StoredMessage,
-)
+from rooms.state import Broadcast, Close, Effect, ModerationOutcome, RoomState, Send
 
 CFG = RoomConfig(rate_burst=2, rate_per_sec=1.0, rate_abuse_strikes=3, max_invalid_frames=2,
                  history_on_join=3, ping_interval=10, ping_timeout=5, dedup_window=4,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from rooms.engines.sqlite import MessageStore, SqliteStore
 from rooms.errors import StoreError, Unstorable
-from rooms.state import StoredMessage
-from rooms.store import MessageStore, SqliteStore
+from rooms.messages import StoredMessage
 
 
 def msgs(room: str, first: int, count: int, user: str = "u") -> list[StoredMessage]:
@@ -169,7 +169,7 @@ async def test_a_database_has_one_epoch_until_a_restore_gives_it_another(
     a backup taken before databases had one."""
     import sqlite3
 
-    from rooms.store import new_epoch
+    from rooms.engines.sqlite import new_epoch
 
     path = tmp_path / "db.sqlite3"
     store = await SqliteStore.open(path)

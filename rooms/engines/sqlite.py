@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 from rooms import engine as contract
 from rooms.engine import CommitObserver, ErasedObserver
 from rooms.errors import StoreError, Unstorable
-from rooms.state import RoomSnapshot, StoredMessage
+from rooms.messages import RoomSnapshot, StoredMessage
 
 _T = TypeVar("_T")
 
