@@ -12,7 +12,7 @@ import orjson
 import pytest
 from redis import asyncio as aioredis
 
-from rooms.changes import fold
+from rooms.changes import excerpt, fold
 from rooms.engine import Ban, Engine
 from rooms.engines import open_engine
 from rooms.engines.redis import RedisEngine, _Appends
@@ -1468,3 +1468,20 @@ async def test_history_pages_skip_changes_and_find_tombstones(engine: Engine) ->
         seen += [e.seq for e in page]
         after = page[-1].seq
     assert seen == sorted(set(seen)) and set(model) <= set(seen)
+
+
+@pytest.mark.parametrize("text", ["h\u00e9llo w\u00f6rld", "\U0001f600" * 9, "a\U0001f468\u200d"
+                                  "\U0001f469\u200d\U0001f467b" * 3, "short", "\u674e" * 8])
+async def test_an_excerpt_is_cut_at_the_same_character_by_every_engine(
+        engine: Engine, text: str) -> None:
+    """Redis cuts in Lua, counting UTF-8 lead bytes; SQLite's writer in Python: the same
+    excerpt, never half a character."""
+    await engine.load("q", 10)
+    await engine.append("q", [Draft("ann", "Ann", None, text, 1)], retention=0,
+                        dedup_window=10)
+    (answer,) = await engine.append("q", [Draft("bob", "Bob", None, "re", 2, reply_to=1)],
+                                    retention=0, dedup_window=10,
+                                    rules=LogRules(reply_excerpt_chars=6))
+    assert wire(answer.entry)["reply_to"]["excerpt"] == excerpt(text, 6)
+    (stored,) = await engine.history("q", after=1, before=3, limit=1)
+    assert stored.reply_to == Reply(1, "ann", "Ann", excerpt(text, 6))
