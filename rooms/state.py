@@ -595,7 +595,9 @@ class RoomState:
                 fresh.append(result.entry if result.entry is not None
                              else draft.stored(self.room, result.seq))
         self._inflight = []
-        return self.feed(fresh) + refusals
+        # The refusals first: a sender learns of them in the order it sent its frames, before
+        # the acks of what it sent after them in the same batch.
+        return refusals + self.feed(fresh)
 
     def _refuse(self, draft: AnyDraft, refusal: Refusal, waiting: _Waiting) -> list[Effect]:
         """The log refused ``draft``: its senders get the ``error`` (a server-API caller the

@@ -627,13 +627,13 @@ def test_changes_are_drafts_of_the_batch_and_acked_once_delivered() -> None:
     effects = objs(state.committed(batch, results))
     assert [(k, s, o["type"], o.get("seq"), o.get("code"), o.get("id")) for k, s, o in effects
             ] == [
+        ("send", 2, "error", None, "forbidden", "d1"),  # refusals first: in the frames' order
         ("all", None, "change", 3, None, "r1"), ("all", None, "change", 4, None, "e1"),
         ("all", None, "change", 5, None, None), ("all", None, "message", 6, None, "m3"),
         ("send", 2, "ack", 3, None, "r1"), ("send", 1, "ack", 4, None, "e1"),
-        ("send", 1, "ack", 5, None, "d2"), ("send", 1, "ack", 6, None, "m3"),
-        ("send", 2, "error", None, "forbidden", "d1")]
-    assert effects[0][2] == orjson.loads(react.to_wire())
-    assert "author or a moderator" in effects[-1][2]["message"]
+        ("send", 1, "ack", 5, None, "d2"), ("send", 1, "ack", 6, None, "m3")]
+    assert effects[1][2] == orjson.loads(react.to_wire())
+    assert "author or a moderator" in effects[0][2]["message"]
     # Retried ids: the stored ones are duplicates; the refused one is tried again.
     assert objs(state.receive(1, EditMessage(2, "two!", "e1"), 0, 6000)) == [
         ("send", 1, {"type": "ack", "id": "e1", "seq": 4, "duplicate": True})]
