@@ -1,12 +1,13 @@
 """``RedisEngine``: rooms shared by any number of processes, on Redis's own primitives.
 
 Per room, keys sharing one hash tag (one Redis Cluster slot): ``roomchat:{<room>}:log`` (a
-stream, entry ids ``0-<seq>``), ``:seq`` (the last allocated seq), ``:epoch`` (the log's epoch:
-room_top.lua, docs/protocol.md "Epochs"), ``:ids`` and ``:idq`` (the
-dedup window: ``user\\0id -> seq`` and its insertion order), ``:presence`` (``node\\0user ->
-expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0id\\0ts``),
+stream, entry ids ``0-<seq>``: messages and changes), ``:seq`` (the last allocated seq),
+``:epoch`` (the log's epoch: room_top.lua, docs/protocol.md "Epochs"), ``:ids`` and ``:idq`` (the
+dedup window: ``user\\0id -> seq`` and its insertion order), ``:state`` and ``:changed`` (the
+current state of each changed message, ``seq -> JSON``, and their seqs: log.lua), ``:read``
+(read markers, ``user -> seq``), ``:presence`` (``node\\0user -> expires\\0name``),
 ``:ban:<user>`` (``until\\0reason``, expiring at ``until``), and the shard channel
-``roomchat:{<room>}:ch``.
+``roomchat:{<room>}:ch``; per user, ``roomchat:user:{<user>}:read`` (``room -> seq``).
 
 - Append (``append.lua``): dedup, seq allocation, ``XADD``, trim and ``SPUBLISH`` in one script,
   so a batch is stored and announced atomically, whichever process sends it. The appends that
@@ -22,16 +23,19 @@ expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0
 - Presence (``sync.lua``): each process's members of a room, with an expiry it refreshes; a
   killed process's entries expire and are removed by the next sync of any other process.
 
-- Moderation: a deleted message leaves the stream (``delete.lua``: its text is gone from Redis)
-  and its tombstone goes to ``:deleted``, which ``read`` merges in (stream ids only grow, so an
-  entry can neither be rewritten nor re-added). Deletes and bans are announced on the room's
-  channel like batches (``d`` and ``b`` messages): at-most-once, like every pub/sub message; a
-  lost ban announcement leaves a banned user's open socket until it reconnects (and is refused).
+- Changes (edits, deletes, reactions) are entries of the log like messages: append.lua checks
+  each against its target's current state and updates that state atomically (log.lua), so a
+  page overlays the ``:state`` of the changed messages it holds and merges in deleted ones
+  (which leave the stream: their text, and their edits', is gone from Redis). Tombstones of
+  versions before change entries (``:deleted``) are moved into ``:state`` once.
+- Bans are announced on the room's channel (``b`` messages), read markers too (``r``):
+  at-most-once, like every pub/sub message; a lost ban announcement is caught up at the next
+  sync, a lost marker at the user's next join.
 - Erasure requests (``erase``): there is no index from users to rooms (it would cost every
   append, and a key outside the room's hash tag), so ``erase`` finds the room logs with ``SCAN``
-  and walks each in pages of ``ERASE_PAGE`` entries with ``erase.lua``, which tombstones the
-  user's entries like ``delete.lua`` (at most ``rooms.engine.ERASE_STEP`` per step) and
-  announces them in one ``d`` message per step. Its cost is one pass over every stored
+  and walks each in pages of ``ERASE_PAGE`` entries with ``erase.lua``, which appends a delete
+  entry for each of the user's messages (at most ``rooms.engine.ERASE_STEP`` per step) and
+  publishes them to every process, this one included. Its cost is one pass over every stored
   message, in short steps (Redis serves others between them).
 
 - A log that lost data (a restart without the AOF, a flush, a failover to a replica behind):
