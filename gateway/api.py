@@ -32,7 +32,8 @@ from gateway.openapi import document
 from rooms.actor import RoomActor
 from rooms.engine import Ban
 from rooms.errors import RoomStopped
-from rooms.protocol import MAX_BAN_UNTIL, dumps, positive_number
+from rooms.messages import Action, ChangeDraft, Refusal
+from rooms.protocol import MAX_BAN_UNTIL, MAX_SEQ, dumps, positive_number
 from rooms.text import TextProblem, message_text, unsafe_text
 
 if TYPE_CHECKING:
@@ -137,13 +138,10 @@ async def messages(room: str) -> Response:
     before = int_param(request.args.get("before"), "before", minimum=1)
     limit = min(int_param(request.args.get("limit"), "limit", minimum=1) or DEFAULT_LIMIT,
                 MAX_LIMIT)
-    upto = MAX_INT if before is None else before - 1
-    if after is None and before is not None:  # backward: the newest `limit` below before
-        upto = min(upto, await gw.store.top(room))
-        start = max(0, upto - limit)
-    else:
-        start = after or 0
-    found = await gw.store.read(room, start, upto, limit) if upto > start else []
+    # Messages only, each in its current state (change entries are not history items).
+    found = await gw.store.history(room, after=after or 0,
+                                   before=MAX_INT if before is None else before, limit=limit,
+                                   newest=after is None and before is not None)
     return Response('{"messages":[' + ",".join(m.to_wire() for m in found) + "]}",
                     content_type="application/json", headers={"Cache-Control": "no-store"})
 
@@ -188,23 +186,16 @@ async def disconnect(user: str) -> Response:
 @blueprint.post("/users/<user>/erase")
 async def erase(user: str) -> Response:
     """An erasure request: every stored message of ``user``, in every room, becomes a tombstone
-    (``Engine.erase``), and members online get ``{"type":"delete"}`` for each (this process's
-    rooms at once, other processes' through the engine); then every file they uploaded is
-    deleted (``gateway.files.erase_files``). Answers ``{"user", "erased", "rooms": {room:
-    [seq, ...]}, "files"}`` with what this call erased (``0``/``{}`` when nothing was left: a
-    retry is harmless)."""
+    through a delete entry of its room's log (``Engine.erase``), which members online get
+    (``{"type":"change","action":"delete"}``) and a resume replays; then every file they
+    uploaded is deleted (``gateway.files.erase_files``). Answers ``{"user", "erased", "rooms":
+    {room: [seq, ...]}, "files"}`` with what this call erased (``0``/``{}`` when nothing was
+    left: a retry is harmless)."""
     gw, _ = await _authorize(purpose=Purpose.API_USERS)
     user = user_id(user)
-
-    def tell(room: str, seqs: list[int]) -> None:
-        # Step by step, as the engine paces them: thousands at once would overflow members'
-        # outboxes (4009). Looked up each time: a room may start or stop meanwhile.
-        actor = _live(gw, room)
-        if actor is not None:
-            for seq in seqs:
-                actor.deleted_nowait(seq)
-
-    erased = await gw.store.erase(user, tell)
+    # Each erased message gets a delete entry in its room's log: the engine feeds them to the
+    # live rooms (this process's and others'), like any entry appended elsewhere.
+    erased = await gw.store.erase(user)
     files = await erase_files(current_app, user)
     return _json({"user": user, "erased": sum(map(len, erased.values())), "rooms": erased,
                   "files": len(files)})
@@ -214,18 +205,27 @@ async def erase(user: str) -> Response:
 
 @blueprint.delete("/rooms/<room>/messages/<seq>")
 async def delete_message(room: str, seq: str) -> Response:
-    """Replace message ``seq`` by its tombstone; every member gets ``{"type":"delete"}``."""
-    gw, _ = await _authorize(room)
+    """Replace message ``seq`` by its tombstone: a delete entry ``"by": "moderator"`` in the
+    room's log, which every member gets (``{"type":"change","action":"delete"}``); one already
+    deleted answers the same."""
+    gw, caller = await _authorize(room)
     # Parsed here, not by an ``int:`` converter: that one passes any length of digits to the
     # store (an OverflowError in SQLite, a 500) and answers a malformed seq with a bare 404.
     number = int_param(seq, "seq", minimum=1)
     assert number is not None  # a path segment is never empty
-    found = await gw.store.delete(room, number)
-    if not found:
+    # A moderator's delete entry in the room's log, through the room's actor like a member's
+    # (so a member offline now learns of it when they resume).
+    draft = ChangeDraft(caller.user, caller.claims.name, None, 0, Action.DELETE,
+                        min(number, MAX_SEQ), moderator=True)
+    for attempt in range(2):
+        try:
+            result = await gw.registry.get(room).submit(draft)
+            break
+        except RoomStopped:
+            if attempt or gw.draining:
+                raise
+    if result.refused is Refusal.NOT_FOUND:
         raise Rejection(404, "not_found", f"no message {number} is stored in room {room}")
-    actor = _live(gw, room)
-    if actor is not None:
-        actor.deleted_nowait(number)  # other processes hear it from the engine
     return _json({"room": room, "seq": number, "deleted": True})
 
 

@@ -63,9 +63,6 @@ class RoomSync:
     others: dict[str, str]
     """Members connected to *other* processes (user -> name); the room's members are the union
     of these and this process's own."""
-    tombstones: int | None = None
-    """Goes away in this branch (deletes are log entries now, caught up like messages): how
-    many tombstones the room has."""
     banned: tuple[tuple[str, str], ...] = ()
     """This process's members (of those ``sync`` was given) banned from the room now, with the
     ban's reason: the room closes them even when the ban's announcement was lost."""
@@ -114,9 +111,6 @@ class RoomListener(Protocol):
 
     def resync(self) -> None:
         """The live feed was interrupted (reconnect to the engine): compare with the log."""
-
-    def remote_deleted(self, seq: int) -> None:
-        """Goes away in this branch (a delete is a log entry, fed like messages)."""
 
     def remote_banned(self, user: str, reason: str) -> None:
         """Another process banned ``user`` from the room: close their sessions here."""
@@ -252,11 +246,6 @@ class Engine(Protocol):
         polls this to close the user's sockets and refuse their older tokens."""
         ...
 
-    async def delete(self, room: str, seq: int) -> bool:
-        """Goes away in this branch: a delete is a change entry (``append`` a ``ChangeDraft``
-        through the room's actor, ``RoomActor.submit``)."""
-        ...
-
     async def erase(self, user: str,
                     erased: ErasedObserver | None = None) -> dict[str, list[int]]:
         """Delete every stored message of ``user``, in every room: each gets a delete entry
@@ -288,10 +277,6 @@ class Engine(Protocol):
 
     async def top(self, room: str) -> int:
         """The highest seq stored for ``room`` (0 for none); read-only."""
-        ...
-
-    async def tombstones(self, room: str) -> list[int]:
-        """Goes away in this branch (deletes are log entries)."""
         ...
 
     async def presence(self, room: str) -> dict[str, str]:

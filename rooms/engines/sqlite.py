@@ -1,9 +1,16 @@
-"""The embedded engine's durable log: ``SqliteStore``, and the interface it implements.
+"""The embedded engine's durable log: ``SqliteStore``.
 
 ``SqliteStore`` keeps one database (WAL) for all rooms. Writes go through one writer thread that
 commits every append pending at that moment in one transaction (group commit): under load, many
 rooms' batches share one fsync, so storing does not cap throughput. Reads run on a small pool of
 reader threads with their own connections (WAL readers never block the writer).
+
+A room's log is its rows of ``messages`` (``kind``: a message, or a change to one; seqs are
+allocated here, by the writer thread, so any caller may append). A message row also holds the
+message's **current state** (text after the last edit, ``edited``, ``reactions``, or its
+tombstone), updated in the transaction that appends each change (``rooms.changes``): a page of
+history reads message rows only and costs what a page of plain messages does. Read markers live
+in ``reads``.
 """
 
 from __future__ import annotations
@@ -17,41 +24,36 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
+import orjson
+
+from rooms import changes
 from rooms import engine as contract
-from rooms.engine import CommitObserver, ErasedObserver
+from rooms.engine import CommitObserver
 from rooms.errors import StoreError, Unstorable
-from rooms.messages import RoomSnapshot, StoredMessage
+from rooms.messages import (
+    DEFAULT_RULES,
+    Action,
+    AnyDraft,
+    Appended,
+    ChangeDraft,
+    DeletedBy,
+    Draft,
+    Entry,
+    LogRules,
+    Reaction,
+    Refusal,
+    Reply,
+    RoomSnapshot,
+    StoredChange,
+    StoredMessage,
+    Unread,
+)
 
 _T = TypeVar("_T")
-
-class MessageStore(Protocol):
-    """A durable log of already-sequenced messages (``rooms.engines.embedded`` allocates the
-    seqs). Every method may raise ``StoreError``."""
-
-    async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
-        """The room's latest seq, lowest stored seq and its last ``dedup_window`` client ids."""
-        ...
-
-    async def append(self, messages: Sequence[StoredMessage], retention: int) -> None:
-        """Store ``messages`` durably (all or none); keep at most ``retention`` per room (0: all).
-
-        Returns only once they survive a crash of this process. Raises ``Unstorable`` (naming
-        the messages that can never be stored; nothing was) or ``StoreError``.
-        """
-        ...
-
-    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
-        """Stored messages with ``after < seq <= upto``, oldest first, at most ``limit``."""
-        ...
-
-    async def close(self) -> None:
-        """Finish pending writes and release resources. Further calls raise ``StoreError``."""
-        ...
-
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -85,48 +87,171 @@ CREATE TABLE IF NOT EXISTS bans (
     reason TEXT NOT NULL,
     PRIMARY KEY (room, user)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reads (
+    user TEXT NOT NULL,
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (user, room)
+) WITHOUT ROWID;
 """
-_INSERT = "INSERT INTO messages (room, seq, user, name, client_id, text, ts) VALUES (?,?,?,?,?,?,?)"
+_COLUMNS = (
+    ("kind", "INTEGER NOT NULL DEFAULT 0"),  # MESSAGE, or the change's kind
+    ("target", "INTEGER"),  # changes: the message they change; replies: the one they answer
+    ("reply", "TEXT"),  # messages: [seq, user, name, excerpt] of the message answered
+    ("mentions", "TEXT"),  # messages: ["user", ...]
+    ("edited", "INTEGER"),  # messages: ts of the last edit
+    ("reactions", "TEXT"),  # messages: [["emoji", ["user", ...]], ...]
+    ("changed", "INTEGER"),  # messages: seq of the last change
+    ("detail", "TEXT"),  # delete: who (author, moderator); react: the emoji
+)
+"""Columns added after the first version: a database made before them gets them on open
+(``ALTER TABLE ... ADD COLUMN`` rewrites nothing: old rows read the defaults)."""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS changes_by_target ON messages (room, target) WHERE target IS NOT NULL;
+"""
+"""Changes and replies by the message they change or answer: retention prunes a pruned
+message's changes, and a delete empties its edits' texts and its replies' excerpts. Partial:
+other messages are not in it."""
+
+MESSAGE, EDIT, DELETE, REACT_ON, REACT_OFF = range(5)
+"""``kind`` of a row."""
+_KINDS = {Action.EDIT: EDIT, Action.DELETE: DELETE}
+
+_INSERT = ("INSERT INTO messages (room, seq, user, name, client_id, text, ts, kind, target, "
+           "reply, mentions, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+_MESSAGE_COLUMNS = "seq, user, name, client_id, text, ts, reply, mentions, edited, reactions"
+_ENTRY_COLUMNS = f"{_MESSAGE_COLUMNS}, kind, target, detail"
+_UPDATE = ("UPDATE messages SET text = ?, edited = ?, reactions = ?, reply = ?, mentions = ?, "
+           "changed = ? WHERE room = ? AND seq = ?")
 _DATA_ERRORS = (ValueError, OverflowError, TypeError, sqlite3.InterfaceError,
                 sqlite3.ProgrammingError, sqlite3.DataError)
-"""What binding a message's values raises when one cannot be stored: a lone surrogate in a text
+"""What binding a row's values raises when one cannot be stored: a lone surrogate in a text
 (``UnicodeEncodeError``, a ``ValueError``), an integer beyond 64 bits, a value of no SQL type.
-The message's own fault: retrying never helps."""
+The draft's own fault: retrying never helps."""
+_MAX_INT = 2**63 - 1
+
+Row = tuple[Any, ...]
+Erased = Callable[[str, list[StoredChange]], None]
+"""Called on the event loop by ``SqliteStore.erase`` after each step with (room, the delete
+entries it appended)."""
 
 
-def _row(m: StoredMessage) -> tuple[str, int, str, str, str | None, str, int]:
-    return (m.room, m.seq, m.user, m.name, m.id, m.text, m.ts)
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _message_row(m: StoredMessage) -> Row:
+    reply = None if m.reply_to is None else _json(
+        [m.reply_to.seq, m.reply_to.user, m.reply_to.name, m.reply_to.excerpt])
+    return (m.room, m.seq, m.user, m.name, m.id, m.text, m.ts, MESSAGE,
+            None if m.reply_to is None else m.reply_to.seq, reply,
+            _json(m.mentions) if m.mentions else None, None)
+
+
+def _change_row(c: StoredChange) -> Row:
+    detail: str | None
+    if c.action is Action.REACT:
+        kind, detail = (REACT_ON if c.on else REACT_OFF), c.emoji
+    else:
+        kind, detail = _KINDS[c.action], (c.by.value if c.by is not None else None)
+    return (c.room, c.seq, c.user, c.name, c.id, c.text, c.ts, kind, c.target, None, None,
+            detail)
+
+
+def _state(m: StoredMessage) -> tuple[str | None, ...]:
+    """The current-state columns of ``m``: reactions, reply, mentions (text and edited are
+    plain)."""
+    reactions = _json([[r.emoji, list(r.users)] for r in m.reactions]) if m.reactions else None
+    reply = None if m.reply_to is None else _json(
+        [m.reply_to.seq, m.reply_to.user, m.reply_to.name, m.reply_to.excerpt])
+    return reactions, reply, _json(m.mentions) if m.mentions else None
+
+
+def _message(room: str, row: Row) -> StoredMessage:
+    """A message from the ``_MESSAGE_COLUMNS`` of its row."""
+    seq, user, name, client_id, text, ts, reply, mentions, edited, reactions = row[:10]
+    return StoredMessage(
+        room, seq, user, name, client_id, text, ts,
+        None if reply is None else Reply(*orjson.loads(reply)),
+        () if mentions is None else tuple(orjson.loads(mentions)),
+        edited,
+        () if reactions is None else tuple(Reaction(emoji, tuple(users))
+                                          for emoji, users in orjson.loads(reactions)))
+
+
+def _entry(room: str, row: Row) -> Entry:
+    """A log entry from the ``_ENTRY_COLUMNS`` of its row."""
+    kind = row[10]
+    if kind == MESSAGE:
+        return _message(room, row)
+    seq, user, name, client_id, text, ts = row[:6]
+    target, detail = row[11], row[12]
+    if kind == EDIT:
+        return StoredChange(room, seq, user, name, client_id, ts, Action.EDIT, target, text)
+    if kind == DELETE:
+        return StoredChange(room, seq, user, name, client_id, ts, Action.DELETE, target,
+                            by=DeletedBy(detail or DeletedBy.MODERATOR))
+    return StoredChange(room, seq, user, name, client_id, ts, Action.REACT, target,
+                        emoji=detail or "", on=kind == REACT_ON)
+
+
+def _unencodable(draft: AnyDraft) -> bool:
+    """Whether some value of ``draft`` can never be bound (the probe after a data error)."""
+    texts: list[str | None] = [draft.user, draft.name, draft.id]
+    numbers = [draft.ts]
+    if isinstance(draft, Draft):
+        texts += [draft.text, *draft.mentions]
+        numbers.append(draft.reply_to or 0)
+    else:
+        texts += [draft.text, draft.emoji]
+        numbers.append(draft.target)
+    try:
+        for text in texts:
+            if text is not None:
+                text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return not all(isinstance(n, int) and -_MAX_INT <= n <= _MAX_INT for n in numbers)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """The schema, with the columns and indexes added since the first version."""
+    conn.executescript(_SCHEMA)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    for name, declaration in _COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE messages ADD COLUMN {name} {declaration}")
+    conn.executescript(_INDEXES)
 
 
 @dataclass(slots=True)
 class _Append:
-    messages: Sequence[StoredMessage]
+    """Append ``drafts`` to ``room``'s log (``erase``: an erasure's deletes)."""
+
+    room: str
+    drafts: Sequence[AnyDraft]
     retention: int
+    rules: LogRules
     loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[None]
+    future: asyncio.Future[list[Appended]]
     landed: Landed | None = None
+    erase: bool = False
+    deletes: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.deletes = any(isinstance(d, ChangeDraft) and d.action is Action.DELETE
+                           for d in self.drafts)
 
 
-@dataclass(slots=True)
-class _Erase:
-    """Tombstone ``rows`` (room, seq) if they are ``user``'s and not tombstones yet; the future
-    gets those it changed."""
-
-    user: str
-    rows: list[tuple[str, int]]
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[list[tuple[str, int]]]
-
-
-Landed = Callable[[BaseException | None], None]
-"""Called on the event loop with an append's outcome (None: stored), even when nobody awaits it
-any more."""
+Landed = Callable[[list[Appended] | None, BaseException | None], None]
+"""Called on the event loop with an append's outcome (its results, or the error), even when
+nobody awaits it any more."""
 
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None,
              landed: Landed | None = None) -> None:
     if landed is not None:
-        landed(error)
+        landed(result, error)
     if future.done():  # the awaiting room was cancelled; the write happened anyway
         return
     if error is None:
@@ -148,7 +273,7 @@ class SqliteStore:
         # Unbounded by type, bounded by use: each room actor awaits its append before the next,
         # and each erasure its step, so at most one item per loaded room or running erasure is
         # ever queued.
-        self._writes: queue.SimpleQueue[_Append | _Erase | None] = queue.SimpleQueue()
+        self._writes: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="roomchat-store-writer",
                                         daemon=True)
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="roomchat-store-read")
@@ -185,7 +310,7 @@ class SqliteStore:
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         conn = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
-        conn.executescript(_SCHEMA)
+        _migrate(conn)
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
                      (secrets.token_hex(8),))
         (self.epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
@@ -193,21 +318,28 @@ class SqliteStore:
 
     # -- writes -----------------------------------------------------------------------------
 
-    async def append(self, messages: Sequence[StoredMessage], retention: int) -> None:
-        if messages:
-            await self.submit(messages, retention)
+    async def append(self, room: str, drafts: Sequence[AnyDraft], retention: int,
+                     rules: LogRules = DEFAULT_RULES) -> list[Appended]:
+        """Append ``drafts`` to ``room``'s log (``rooms.engine.Engine.append``, without the
+        dedup: the embedded engine's room deduplicates). Returns once they survive a crash
+        of this process. Raises ``Unstorable`` (naming the drafts that can never be stored;
+        nothing was) or ``StoreError``."""
+        if not drafts:
+            return []
+        return await self.submit(room, drafts, retention, rules)
 
-    def submit(self, messages: Sequence[StoredMessage], retention: int,
-               landed: Landed | None = None) -> asyncio.Future[None]:
-        """``append`` without the wait: queue ``messages`` for the writer thread and return the
+    def submit(self, room: str, drafts: Sequence[AnyDraft], retention: int,
+               rules: LogRules = DEFAULT_RULES,
+               landed: Landed | None = None) -> asyncio.Future[list[Appended]]:
+        """``append`` without the wait: queue ``drafts`` for the writer thread and return the
         future it resolves once they are durable (or with the error ``append`` would raise).
         Cancelling the future does not stop the write; ``landed`` is told its outcome all the
         same, just before the future. Raises ``StoreError`` when closed."""
         if self._closed:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        self._writes.put(_Append(messages, retention, loop, future, landed))
+        future: asyncio.Future[list[Appended]] = loop.create_future()
+        self._writes.put(_Append(room, drafts, retention, rules, loop, future, landed))
         return future
 
     def _write_loop(self) -> None:
@@ -233,35 +365,29 @@ class SqliteStore:
                 break
         conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Append | _Erase]) -> None:
-        """One transaction for every write in ``batch``; each in its own savepoint, so a failing
-        one fails alone, not its neighbours' rooms: ``Unstorable`` when some of its messages
-        cannot be encoded (found row by row), ``StoreError`` for anything else (say, a seq
-        written by another process)."""
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Append]) -> None:
+        """One transaction for every append in ``batch``; each in its own savepoint, so a failing
+        one fails alone, not its neighbours' rooms: ``Unstorable`` when some of its drafts
+        cannot be encoded, ``StoreError`` for anything else."""
         started = time.perf_counter()
         count = 0
         errors: list[BaseException | None] = [None] * len(batch)
-        results: list[Any] = [None] * len(batch)
+        results: list[list[Appended] | None] = [None] * len(batch)
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for index, item in enumerate(batch):
                     conn.execute("SAVEPOINT item")
                     try:
-                        if isinstance(item, _Erase):
-                            results[index] = self._tombstone(conn, item)
-                        else:
-                            conn.executemany(_INSERT, [_row(m) for m in item.messages])
-                            self._prune(conn, item)
+                        results[index] = self._append(conn, item)
                     except _DATA_ERRORS as exc:
                         conn.execute("ROLLBACK TO item")
-                        errors[index] = self._unstorable(conn, item, exc)
+                        errors[index] = self._unstorable(item, exc)
                     except sqlite3.Error as exc:
                         conn.execute("ROLLBACK TO item")
                         errors[index] = StoreError(f"write failed: {exc}")
                     else:
-                        if isinstance(item, _Append):
-                            count += len(item.messages)
+                        count += sum(r.entry is not None for r in results[index] or ())
                     conn.execute("RELEASE item")
                 conn.execute("COMMIT")
             except Exception:
@@ -269,64 +395,125 @@ class SqliteStore:
                 raise
         except Exception as exc:
             errors = [StoreError(f"commit failed: {exc}")] * len(batch)
+            results = [None] * len(batch)
             count = 0
         # Report before resolving: whoever awaited the append may look at the numbers at once.
         if count and self._on_commit is not None:
             self._on_commit(time.perf_counter() - started, count)
         for item, result, error in zip(batch, results, errors, strict=True):
-            item.loop.call_soon_threadsafe(_resolve, item.future, result, error,
-                                           item.landed if isinstance(item, _Append) else None)
+            item.loop.call_soon_threadsafe(_resolve, item.future, result, error, item.landed)
 
     @staticmethod
-    def _unstorable(conn: sqlite3.Connection, item: _Append | _Erase,
-                    exc: Exception) -> StoreError | Unstorable:
-        """Which of ``item``'s messages cannot be written (``exc`` came from one of them): each
-        is tried alone in a savepoint that is rolled back. Runs only after a failure, inside the
-        item's savepoint (already rolled back)."""
-        bad: list[int] = []
-        if isinstance(item, _Append):
-            for position, message in enumerate(item.messages):
-                conn.execute("SAVEPOINT probe")
-                try:
-                    conn.execute(_INSERT, _row(message))
-                except _DATA_ERRORS:
-                    bad.append(position)
-                except sqlite3.Error:
-                    pass  # not a data error (a conflict): not this message's fault
-                finally:
-                    conn.execute("ROLLBACK TO probe")
-                    conn.execute("RELEASE probe")
-        if not bad:  # not one message's fault after all: an ordinary failure of the write
+    def _unstorable(item: _Append, exc: Exception) -> StoreError | Unstorable:
+        """Which of ``item``'s drafts cannot be written (``exc`` came from one of them)."""
+        bad = [position for position, draft in enumerate(item.drafts) if _unencodable(draft)]
+        if not bad:  # not one draft's fault after all: an ordinary failure of the write
             return StoreError(f"write failed: {exc!r}")
         return Unstorable(bad, f"cannot be stored: {exc}")
 
-    @staticmethod
-    def _tombstone(conn: sqlite3.Connection, item: _Erase) -> list[tuple[str, int]]:
-        """Re-checked row by row: a row a moderator's delete got first is not counted twice."""
-        changed = []
-        # secure_delete zeroes the freed bytes of each rewritten row (and its overflow pages):
-        # the text leaves the database's pages, not only its rows.
-        conn.execute("PRAGMA secure_delete = ON")
+    def _append(self, conn: sqlite3.Connection, item: _Append) -> list[Appended]:
+        """``item``'s drafts as entries of its room's log, seqs allocated after its top; each
+        change checked against its target's current state and applied to it
+        (``rooms.changes``). Plain messages are inserted together, as before changes
+        existed: a batch of them costs one ``executemany``."""
+        room = item.room
+        (top,) = conn.execute("SELECT max(seq) FROM messages WHERE room = ?",
+                              (room,)).fetchone()
+        seq = top or 0
+        results: list[Appended] = []
+        rows: list[Row] = []  # messages not inserted yet (a change or a reply reads them)
+        if item.deletes:
+            # The texts a delete removes (the message's and its edits') leave the database's
+            # pages, not only its rows: secure_delete zeroes the freed bytes.
+            conn.execute("PRAGMA secure_delete = ON")
         try:
-            for room, seq in item.rows:
-                if conn.execute("UPDATE messages SET text = '' WHERE room = ? AND seq = ? AND "
-                                "user = ? AND text != ''", (room, seq, item.user)).rowcount:
-                    changed.append((room, seq))
+            for draft in item.drafts:
+                if isinstance(draft, Draft):
+                    reply = None
+                    if draft.reply_to is not None:
+                        if rows:
+                            conn.executemany(_INSERT, rows)
+                            rows = []
+                        found = self._current(conn, room, draft.reply_to)
+                        answered = changes.reply(None if found is None else found[0],
+                                                 item.rules)
+                        if isinstance(answered, Refusal):
+                            results.append(Appended(0, refused=answered))
+                            continue
+                        reply = answered
+                    seq += 1
+                    message = draft.stored(room, seq, reply)
+                    rows.append(_message_row(message))
+                    results.append(Appended(seq, entry=message))
+                    continue
+                if rows:
+                    conn.executemany(_INSERT, rows)
+                    rows = []
+                results.append(self._change(conn, item, draft, seq + 1))
+                if results[-1].entry is not None:
+                    seq += 1
+            if rows:
+                conn.executemany(_INSERT, rows)
         finally:
-            conn.execute("PRAGMA secure_delete = OFF")
-        return changed
+            if item.deletes:
+                conn.execute("PRAGMA secure_delete = OFF")
+        if item.retention and seq > (top or 0):
+            self._prune(conn, room, seq, item.retention)
+        return results
 
-    def _prune(self, conn: sqlite3.Connection, item: _Append) -> None:
-        """Keep ``retention`` messages per room, deleting in steps of ~1% of it: a DELETE per
-        commit was a visible part of small commits."""
-        if not item.retention:
-            return
-        last = item.messages[-1]
-        cutoff = last.seq - item.retention
-        step = max(1, item.retention // 100)
-        if cutoff >= self._pruned.get(last.room, 0) + step:
-            conn.execute("DELETE FROM messages WHERE room = ? AND seq <= ?", (last.room, cutoff))
-            self._pruned[last.room] = cutoff
+    def _change(self, conn: sqlite3.Connection, item: _Append, draft: ChangeDraft,
+                seq: int) -> Appended:
+        """One change: refused, a no-op, or stored with ``seq`` and applied to its target."""
+        room = item.room
+        found = self._current(conn, room, draft.target)
+        if item.erase and found is not None and found[0].user != draft.user:
+            return Appended(0, refused=Refusal.FORBIDDEN)  # (an erasure deletes one user's)
+        outcome = changes.apply(None if found is None else found[0], draft, item.rules)
+        if outcome.refused is not None:
+            return Appended(0, refused=outcome.refused)
+        if outcome.noop or outcome.message is None or found is None:
+            return Appended(found[1] if found else draft.target, noop=True)
+        by = DeletedBy.MODERATOR if item.erase else outcome.by
+        change = draft.stored(room, seq, by)
+        conn.execute(_INSERT, _change_row(change))
+        after = outcome.message
+        conn.execute(_UPDATE, (after.text, after.edited, *_state(after), seq, room,
+                               draft.target))
+        if draft.action is Action.DELETE:
+            # Its text leaves storage everywhere it was: its edits, and the excerpts of the
+            # messages that answer it.
+            if found[0].edited is not None:
+                conn.execute("UPDATE messages SET text = '' WHERE room = ? AND target = ? AND "
+                             "kind = ?", (room, draft.target, EDIT))
+            conn.execute("UPDATE messages SET reply = json_set(reply, '$[3]', '') "
+                         "WHERE room = ? AND target = ? AND kind = ? AND reply IS NOT NULL",
+                         (room, draft.target, MESSAGE))
+        return Appended(seq, entry=change)
+
+    @staticmethod
+    def _current(conn: sqlite3.Connection, room: str,
+                 seq: int) -> tuple[StoredMessage, int] | None:
+        """Message ``seq``'s current state and the seq of its last change (its own when it
+        never changed); None when no message ``seq`` is stored."""
+        if not 0 < seq <= _MAX_INT:
+            return None
+        row = conn.execute(f"SELECT {_MESSAGE_COLUMNS}, changed FROM messages "
+                           "WHERE room = ? AND seq = ? AND kind = ?",
+                           (room, seq, MESSAGE)).fetchone()
+        if row is None:
+            return None
+        return _message(room, row), row[10] or seq
+
+    def _prune(self, conn: sqlite3.Connection, room: str, last: int, retention: int) -> None:
+        """Keep ``retention`` entries per room, and no change of a message pruned, deleting in
+        steps of ~1% of it: a DELETE per commit was a visible part of small commits."""
+        cutoff = last - retention
+        step = max(1, retention // 100)
+        if cutoff >= self._pruned.get(room, 0) + step:
+            conn.execute("DELETE FROM messages WHERE room = ? AND seq <= ?", (room, cutoff))
+            conn.execute("DELETE FROM messages WHERE room = ? AND target IS NOT NULL AND "
+                         "target <= ? AND kind != ?", (room, cutoff, MESSAGE))
+            self._pruned[room] = cutoff
 
     # -- reads ------------------------------------------------------------------------------
 
@@ -367,16 +554,69 @@ class SqliteStore:
 
         return await self._run(query)
 
-    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
-        def query(conn: sqlite3.Connection) -> list[StoredMessage]:
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]:
+        """As ``rooms.engine.Engine.read``: messages are read in their current state (that is
+        how they are stored), changes as stored (an edit of a deleted message has lost its
+        text); a pruned message's changes are pruned with it."""
+        def query(conn: sqlite3.Connection) -> list[Entry]:
             rows = conn.execute(
-                "SELECT seq, user, name, client_id, text, ts FROM messages "
+                f"SELECT {_ENTRY_COLUMNS} FROM messages "
                 "WHERE room = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                (room, after, upto, limit),
+                (room, after, min(upto, _MAX_INT), limit),
             ).fetchall()
-            return [StoredMessage(room, *row) for row in rows]
+            return [_entry(room, row) for row in rows]
 
         return await self._run(query)
+
+    async def history(self, room: str, *, after: int = 0, before: int, limit: int,
+                      newest: bool = False) -> list[StoredMessage]:
+        """As ``rooms.engine.Engine.history``: message rows only, current state as stored."""
+        order = "DESC" if newest else "ASC"
+
+        def query(conn: sqlite3.Connection) -> list[StoredMessage]:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ? AND kind = ? "
+                f"AND seq > ? AND seq < ? ORDER BY seq {order} LIMIT ?",
+                (room, MESSAGE, after, min(before, _MAX_INT), limit)).fetchall()
+            if newest:
+                rows.reverse()
+            return [_message(room, row) for row in rows]
+
+        return await self._run(query)
+
+    async def unread(self, room: str, user: str, *, scan: int) -> Unread:
+        def query(conn: sqlite3.Connection) -> Unread:
+            found = conn.execute("SELECT seq FROM reads WHERE user = ? AND room = ?",
+                                 (user, room)).fetchone()
+            read = found[0] if found else 0
+            if scan <= 0:
+                return Unread(read)
+            # Deleted messages are not looked at (Redis's stream no longer holds them).
+            scanned, unread, mentions = conn.execute(
+                "SELECT count(*), coalesce(sum(user != ?1), 0), "
+                "coalesce(sum(user != ?1 AND mentions IS NOT NULL AND "
+                "EXISTS (SELECT 1 FROM json_each(mentions) WHERE value = ?1)), 0) "
+                "FROM (SELECT user, mentions FROM messages WHERE room = ?2 AND kind = ?3 "
+                "AND seq > ?4 AND text != '' ORDER BY seq DESC LIMIT ?5)",
+                (user, room, MESSAGE, read, scan)).fetchone()
+            return Unread(read, unread, mentions, capped=scanned >= scan)
+
+        return await self._run(query)
+
+    async def mark_read(self, room: str, user: str, seq: int) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            (marker,) = conn.execute(
+                "INSERT INTO reads (user, room, seq) VALUES (?, ?, ?) ON CONFLICT (user, room) "
+                "DO UPDATE SET seq = max(seq, excluded.seq) RETURNING seq",
+                (user, room, seq)).fetchone()
+            return int(marker)
+
+        return await self._run(query)
+
+    async def markers(self, user: str) -> dict[str, int]:
+        return dict(await self._run(lambda conn: [
+            (str(room), int(seq)) for room, seq in conn.execute(
+                "SELECT room, seq FROM reads WHERE user = ? ORDER BY room", (user,))]))
 
     # -- small keyed records: single-use tickets, revocations -------------------------------
     # Rare and tiny next to messages: written from the reader pool in autocommit (WAL lets them
@@ -410,34 +650,27 @@ class SqliteStore:
             (str(user), float(at)) for user, at in conn.execute(
                 "SELECT user, at FROM revocations WHERE at > ? ORDER BY at", (since,))])
 
-    # -- moderation: tombstones and bans (rare; written like the records above) ---------------
+    # -- erasure requests ---------------------------------------------------------------------
 
-    async def delete(self, room: str, seq: int) -> bool:
-        """Make message ``seq`` a tombstone: its text becomes empty (a message's text never is
-        otherwise), everything else stays. False when it is not stored."""
-        def query(conn: sqlite3.Connection) -> bool:
-            return conn.execute("UPDATE messages SET text = '' WHERE room = ? AND seq = ?",
-                                (room, seq)).rowcount > 0
-
-        return await self._run(query)
-
-    async def erase(self, user: str,
-                    erased: ErasedObserver | None = None) -> dict[str, list[int]]:
-        """Make every stored message of ``user`` a tombstone (``rooms.engine.Engine.erase``):
-        each step is one of the writer thread's transactions, so the rooms' appends, which
-        share that thread, wait for one step at most (~20 ms here; 1.4 s for 142,000 messages
-        in one transaction)."""
+    async def erase(self, user: str, erased: Erased | None = None,
+                    rules: LogRules = DEFAULT_RULES) -> dict[str, list[int]]:
+        """Delete every stored message of ``user`` (``rooms.engine.Engine.erase``): each step
+        is one of the writer thread's transactions, appending up to ``ERASE_STEP`` delete
+        entries to one room's log, so the rooms' appends, which share that thread, wait for
+        one step at most; ``erased(room, entries)`` follows each step that deleted
+        something."""
         if self._closed:
             raise StoreError("store is closed")
         # Found by a scan of a read snapshot (WAL: the writer is not held up by it; an index on
-        # user would cost every append for a rare request), tombstoned by the writer thread.
-        found: list[tuple[str, int]] = await self._run(lambda conn: [
-            (str(room), int(seq)) for room, seq in conn.execute(
-                "SELECT room, seq FROM messages WHERE user = ? AND text != '' "
-                "ORDER BY room, seq", (user,))])
-        rooms: dict[str, list[int]] = {}
-        for room, seq in found:
-            rooms.setdefault(room, []).append(seq)
+        # user would cost every append for a rare request), deleted by the writer thread, which
+        # checks each again (a message deleted meanwhile is skipped).
+        found: list[tuple[str, int, str]] = await self._run(lambda conn: [
+            (str(room), int(seq), str(name)) for room, seq, name in conn.execute(
+                "SELECT room, seq, name FROM messages WHERE user = ? AND kind = ? AND "
+                "text != '' ORDER BY room, seq", (user, MESSAGE))])
+        rooms: dict[str, list[tuple[int, str]]] = {}
+        for room, seq, name in found:
+            rooms.setdefault(room, []).append((seq, name))
         done: dict[str, list[int]] = {}
         loop = asyncio.get_running_loop()
         step = contract.ERASE_STEP
@@ -445,20 +678,23 @@ class SqliteStore:
         # room's members; rooms need not wait for each other).
         for start in range(0, max(map(len, rooms.values()), default=0), step):
             told = False
-            for room, seqs in rooms.items():
-                if start >= len(seqs):
+            for room, targets in rooms.items():
+                if start >= len(targets):
                     continue
                 if self._closed:  # the writer thread is gone: nothing would answer
                     raise StoreError("store is closed")
-                future: asyncio.Future[list[tuple[str, int]]] = loop.create_future()
-                self._writes.put(_Erase(user, [(room, seq) for seq in seqs[start:start + step]],
-                                        loop, future))
-                changed = [seq for _, seq in await future]
-                if changed:
-                    done.setdefault(room, []).extend(changed)
+                now = int(time.time() * 1000)
+                drafts = [ChangeDraft(user, name, None, now, Action.DELETE, seq, moderator=True)
+                          for seq, name in targets[start:start + step]]
+                future: asyncio.Future[list[Appended]] = loop.create_future()
+                self._writes.put(_Append(room, drafts, 0, rules, loop, future, erase=True))
+                entries = [r.entry for r in await future
+                           if isinstance(r.entry, StoredChange)]
+                if entries:
+                    done.setdefault(room, []).extend(e.target for e in entries)
                     if erased is not None:
-                        erased(room, changed)
-                    told = told or start + step < len(seqs)
+                        erased(room, entries)
+                    told = told or start + step < len(targets)
             if told:
                 await asyncio.sleep(contract.ERASE_PAUSE)
         if done:
@@ -468,6 +704,8 @@ class SqliteStore:
             await self._run(lambda conn: conn.execute(
                 "PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
         return done
+
+    # -- bans (rare; written like the records above) -----------------------------------------
 
     async def ban(self, room: str, user: str, until: float | None, reason: str) -> None:
         await self._run(lambda conn: conn.execute(
@@ -479,11 +717,6 @@ class SqliteStore:
         return await self._run(lambda conn: conn.execute(
             "DELETE FROM bans WHERE room = ? AND user = ? AND (until IS NULL OR until > ?)",
             (room, user, now)).rowcount > 0)
-
-    async def tombstones(self, room: str) -> list[int]:
-        """The seqs of ``room``'s tombstones (messages whose text is empty), ascending."""
-        return await self._run(lambda conn: [int(seq) for (seq,) in conn.execute(
-            "SELECT seq FROM messages WHERE room = ? AND text = '' ORDER BY seq", (room,))])
 
     async def bans(self, room: str) -> dict[str, tuple[float | None, str]]:
         """Every ban from ``room`` in force now: ``user -> (until, reason)``."""
@@ -513,7 +746,7 @@ def new_epoch(path: Path) -> str:
     epoch = secrets.token_hex(8)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        conn.executescript(_SCHEMA)  # a backup of a version before epochs has no meta table
+        _migrate(conn)  # a backup of an older version lacks tables and columns
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
     finally:
         conn.close()

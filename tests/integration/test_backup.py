@@ -36,7 +36,10 @@ async def test_export_backup_restore_while_serving(tmp_path: Path) -> None:
 
         out = roomchat("export", "--room", "lobby", "--data-dir", str(data)).stdout
         lines = [json.loads(line) for line in out.splitlines()]
-        assert [m["seq"] for m in lines] == list(range(1, 1201))
+        # Every entry of the log: the messages (in their current state), then the delete.
+        assert [m["seq"] for m in lines] == list(range(1, 1202))
+        assert (lines[-1]["type"], lines[-1]["action"], lines[-1]["target"]) == (
+            "change", "delete", 2)
         assert lines[0] == {**lines[0], "type": "message", "room": "lobby", "text": "m1",
                             "id": "m1", "user": "api"}
         assert (lines[1]["text"], lines[1]["deleted"]) == ("", True)
@@ -44,22 +47,22 @@ async def test_export_backup_restore_while_serving(tmp_path: Path) -> None:
         assert lines[:3] == page["messages"]  # the same objects as the API and the socket
         tail = roomchat("export", "--room", "lobby", "--after", "1198", "--data-dir",
                         str(data)).stdout
-        assert [json.loads(x)["seq"] for x in tail.splitlines()] == [1199, 1200]
+        assert [json.loads(x)["seq"] for x in tail.splitlines()] == [1199, 1200, 1201]
 
         # A backup while the server runs and keeps writing.
         target = tmp_path / "backup.sqlite3"
         result = roomchat("backup", "--to", str(target), "--data-dir", str(data))
-        assert "backed up 1201 messages" in result.stdout
+        assert "backed up 1202 messages" in result.stdout  # log entries, other's included
         assert target.stat().st_mode & 0o777 == 0o600
         assert (await call(proc.port, "POST", "/rooms/lobby/messages", {"text": "after"}))[1][
-            "seq"] == 1201
-        live, _ = await collect_messages(proc.url("lobby", make_token("r"), after="1201"), 0)
+            "seq"] == 1202
+        live, _ = await collect_messages(proc.url("lobby", make_token("r"), after="1202"), 0)
         again = roomchat("backup", "--to", str(target), "--data-dir", str(data), check=False)
         assert again.returncode == 2 and "exists" in again.stderr
 
     # Restore into a fresh data dir and serve it: the history is the backup's.
     fresh = tmp_path / "restored"
-    assert "restored 1201 messages" in roomchat("restore", "--from", str(target), "--data-dir",
+    assert "restored 1202 messages" in roomchat("restore", "--from", str(target), "--data-dir",
                                                 str(fresh)).stdout
     refused = roomchat("restore", "--from", str(target), "--data-dir", str(fresh), check=False)
     assert refused.returncode == 2 and "--force" in refused.stderr
@@ -71,11 +74,11 @@ async def test_export_backup_restore_while_serving(tmp_path: Path) -> None:
                                   {"text": "next", "id": "m5"})
         assert body == {"seq": 5, "duplicate": True}  # dedup came back with the data
         status, body = await call(proc.port, "POST", "/rooms/lobby/messages", {"text": "new"})
-        assert body == {"seq": 1201, "duplicate": False}
-        # Seq 1201 is another message than the live server's: a client that saw that one is
+        assert body == {"seq": 1202, "duplicate": False}
+        # Seq 1202 is another message than the live server's: a client that saw that one is
         # told by the epoch (a restore gives the database a new one), not taken as recovered.
         welcome, _ = await collect_messages(
-            proc.url("lobby", make_token("r"), after="1201", epoch=live["epoch"]), 0)
+            proc.url("lobby", make_token("r"), after="1202", epoch=live["epoch"]), 0)
         assert welcome["epoch"] != live["epoch"] and welcome["recovered"] is False
 
 
@@ -97,8 +100,8 @@ async def test_export_reads_redis_and_backup_points_to_its_own_tools(tmp_path: P
             await call(proc.port, "POST", "/rooms/r/messages", {"text": text})
         await call(proc.port, "DELETE", "/rooms/r/messages/1")
         out = roomchat("export", "--room", "r", "--store-url", url).stdout
-        assert [(json.loads(x)["text"], json.loads(x).get("deleted")) for x in
-                out.splitlines()] == [("", True), ("two", None)]
+        assert [(json.loads(x).get("text"), json.loads(x).get("deleted")) for x in
+                out.splitlines()] == [("", True), ("two", None), (None, None)]  # + the delete
         result = roomchat("backup", "--to", str(tmp_path / "b"), check=False,
                           env={"ROOMCHAT_STORE_URL": url})
         assert result.returncode == 2 and "AOF/RDB" in result.stderr

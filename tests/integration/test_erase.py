@@ -1,7 +1,8 @@
 """Erasure requests against live servers: ``POST /api/v1/users/<user>/erase`` and ``roomchat
-erase --user U`` (run as a process) turn every message of the user into a tombstone, members
-online see exactly those deletes, history shows the tombstones, other users' messages stay, and
-a second run erases nothing; on Redis across processes too."""
+erase --user U`` (run as a process) turn every message of the user into a tombstone through a
+delete entry of its room's log, members online see exactly those deletes, history shows the
+tombstones, other users' messages stay, and a second run erases nothing; on Redis across
+processes too."""
 
 from __future__ import annotations
 
@@ -45,20 +46,30 @@ def roomchat(*args: str, env: dict[str, str] | None = None) -> subprocess.Comple
     return done
 
 
+def is_delete(obj: dict[str, Any]) -> bool:
+    return bool(obj["type"] == "change" and obj["action"] == "delete")
+
+
 async def deletes(client: Client, count: int) -> list[int]:
-    """The seqs of the next ``count`` ``delete`` events ``client`` gets (other objects
+    """The targets of the next ``count`` delete entries ``client`` gets (other objects
     skipped)."""
-    return [(await client.recv_type("delete", timeout=10))["seq"] for _ in range(count)]
+    found: list[int] = []
+    while len(found) < count:
+        obj = await client.recv_type("change", timeout=10)
+        if is_delete(obj):
+            assert (obj["by"], obj["user"]) == ("moderator", "alice") or obj["user"] != "alice"
+            found.append(obj["target"])
+    return found
 
 
 async def deletes_until(client: Client, marker: str) -> list[int]:
-    """The seqs of the ``delete`` events ``client`` gets before the message ``marker`` (sent
+    """The targets of the delete entries ``client`` gets before the message ``marker`` (sent
     after the erasure: with ``deletes`` first, it shows that nothing more was announced)."""
     seqs: list[int] = []
     while True:
         obj = await client.recv(timeout=10)
-        if obj["type"] == "delete":
-            seqs.append(obj["seq"])
+        if is_delete(obj):
+            seqs.append(obj["target"])
         elif obj["type"] == "message" and obj["text"] == marker:
             return seqs
 
@@ -120,20 +131,25 @@ async def test_erase_reaches_online_members_and_history(srv: Server) -> None:
     for member in (bob, alice):
         assert await deletes_until(member["lobby"], "marker") == []
         assert await deletes_until(member["side"], "marker") == []
+    # The delete entries took seqs 4-5 in lobby, 3 in side.
     assert await history(srv.port, "lobby") == [
         (1, "alice", "", True), (2, "bob", "b1", False), (3, "alice", "", True),
-        (4, "api", "marker", False)]
+        (6, "api", "marker", False)]
     assert await history(srv.port, "side") == [
-        (1, "bob", "b2", False), (2, "alice", "", True), (3, "api", "marker", False)]
+        (1, "bob", "b2", False), (2, "alice", "", True), (4, "api", "marker", False)]
     # The page's history endpoint returns the tombstones too.
     page = await asyncio.to_thread(_page_history, srv.port, "lobby", make_token("bob"))
     assert [(m["seq"], m["text"], m.get("deleted")) for m in page["messages"]] == [
-        (1, "", True), (2, "b1", None), (3, "", True), (4, "marker", None)]
+        (1, "", True), (2, "b1", None), (3, "", True), (6, "marker", None)]
     # A late joiner's replay too.
     carol = await welcomed(await srv.connect("lobby", "carol"))
     replay = [await carol.recv_type("message") for _ in range(4)]
     assert [(m["seq"], m["text"], m.get("deleted")) for m in replay] == [
-        (1, "", True), (2, "b1", None), (3, "", True), (4, "marker", None)]
+        (1, "", True), (2, "b1", None), (3, "", True), (6, "marker", None)]
+    # A member who was away resumes: the deletes are in the log.
+    dave = await welcomed(await srv.connect("lobby", "dave", after="3"))
+    assert [o["type"] for o in [await dave.recv() for _ in range(3)]] == [
+        "change", "change", "message"]
 
     # Again: nothing left to erase, nobody told anything.
     status, body = await call(srv.port, "POST", "/users/alice/erase")
@@ -171,7 +187,7 @@ async def test_erasing_thousands_in_one_room_keeps_its_members(tmp_path: Path) -
         # Announced in steps (rooms.engine.ERASE_STEP): every one arrives, none closes bob as
         # a slow consumer (all at once, 5,000 did).
         assert await deletes(bob, BIG) == list(range(1, BIG + 1))
-        assert await say(bob, "still here") == BIG + 1
+        assert await say(bob, "still here") == 2 * BIG + 1
 
 
 def _page_history(port: int, room: str, token: str) -> dict[str, Any]:
@@ -334,20 +350,20 @@ async def test_redis_erase_reaches_members_on_every_process(tmp_path: Path) -> N
                 for proc in (a, b):
                     assert await history(proc.port, "r1") == [
                         (1, "alice", "", True), (2, "bob", "b1", False),
-                        (3, "alice", "", True), (4, "bob", "m1", False)]
+                        (3, "alice", "", True), (6, "bob", "m1", False)]
                 status, body = await call(b.port, "POST", "/users/alice/erase")
                 assert (status, body["erased"]) == (200, 0)
 
                 # The CLI with --offline on Redis: it is one more process on the engine, so
                 # the members on both servers are told.
-                assert await say(alice, "a4") == 5
-                await seen(bob["r1"], 5)
+                assert await say(alice, "a4") == 7
+                await seen(bob["r1"], 7)
                 done = await asyncio.to_thread(roomchat, "erase", "--user", "alice",
                                                "--offline", "--store-url", url)
                 assert (done.returncode, done.stdout, done.stderr) == (
                     0, "erased 1 message of alice in 1 room\n", "")
-                assert await deletes(bob["r1"], 1) == [5]
-                assert await deletes(carol, 1) == [5]
+                assert await deletes(bob["r1"], 1) == [7]
+                assert await deletes(carol, 1) == [7]
             finally:
                 for client in sockets:
                     await client.ws.close()
@@ -370,7 +386,7 @@ async def test_redis_erasing_thousands_keeps_members_on_every_process(tmp_path: 
                 assert (status, body["erased"]) == (200, BIG)
                 for member in (carol, bob):
                     assert await deletes(member, BIG) == list(range(1, BIG + 1))
-                assert await say(bob, "still here") == BIG + 2
+                assert await say(bob, "still here") == 2 * BIG + 2
             finally:
                 for client in sockets:
                     await client.ws.close()
