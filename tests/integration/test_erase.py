@@ -2,11 +2,14 @@
 erase --user U`` (run as a process) turn every message of the user into a tombstone through a
 delete entry of its room's log, members online see exactly those deletes, history shows the
 tombstones, other users' messages stay, and a second run erases nothing; on Redis across
-processes too."""
+processes too. What the user wrote elsewhere goes too: their edits' texts, their reactions, the
+excerpts of their messages quoted in replies, from history, resumes, exports and the raw
+store."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -14,7 +17,9 @@ import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+import pytest
 import websockets
 
 from rooms.engines import open_engine
@@ -347,7 +352,7 @@ async def test_redis_erase_reaches_members_on_every_process(tmp_path: Path) -> N
                 await say(bob["r1"], "m1")
                 assert await deletes_until(bob["r1"], "m1") == []
                 assert await deletes_until(carol, "m1") == []
-                for proc in (a, b):
+                for proc in (a, b):  # (4 and 5: the delete entries)
                     assert await history(proc.port, "r1") == [
                         (1, "alice", "", True), (2, "bob", "b1", False),
                         (3, "alice", "", True), (6, "bob", "m1", False)]
@@ -390,3 +395,107 @@ async def test_redis_erasing_thousands_keeps_members_on_every_process(tmp_path: 
             finally:
                 for client in sockets:
                     await client.ws.close()
+
+
+SECRET_TEXT = "alice's secret"
+
+
+async def _raw_store(engine: str, srv: Server, redis_dir: Path) -> bytes:
+    """Every byte the store holds now: the SQLite database and its WAL, or a fresh
+    uncompressed RDB snapshot of the Redis server."""
+    if engine == "embedded":
+        db = srv.config.db_path
+        return b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists())
+    import redis.asyncio as aioredis
+
+    client = aioredis.from_url(srv.config.store_url)
+    try:
+        await client.config_set("rdbcompression", "no")  # else a long string is LZF-packed
+        await client.save()
+    finally:
+        await client.aclose()
+    return (redis_dir / "dump.rdb").read_bytes()
+
+
+@pytest.mark.parametrize("engine", ["embedded", "redis"])
+async def test_erase_takes_edits_reactions_and_quotes_out_of_everything(
+        engine: str, tmp_path: Path) -> None:
+    """Issue 21: an erasure also erases the user's edits' old texts, their reactions, and the
+    excerpts of their messages quoted in others' replies: from history, from a resume's replay
+    (folded, it is exactly history), from an export and from the raw store."""
+    from gateway.client import apply_change
+
+    thumbs, heart = "\N{THUMBS UP SIGN}", "\N{HEAVY BLACK HEART}\N{VARIATION SELECTOR-16}"
+    config = replace(make_config(tmp_path / "data"), api_key=API_KEY)
+    with contextlib.ExitStack() as stack:
+        if engine == "redis":
+            config = replace(config, store_url=stack.enter_context(
+                redis_server(tmp_path / "redis")))
+        async with running_server(config) as srv:
+            carol = await welcomed(await srv.connect("lobby", "carol"))
+
+            async def post(path: str, body: Any = None, method: str = "POST") -> Any:
+                status, answer = await call(srv.port, method, f"/rooms/lobby{path}", body)
+                assert status == 200, answer
+                return answer
+
+            first = (await post("/messages", {"text": f"{SECRET_TEXT}, first draft",
+                                              "user": "alice"}))["seq"]
+            await post(f"/messages/{first}", {"text": f"{SECRET_TEXT}, as edited",
+                                               "user": "alice"}, "PATCH")
+            theirs = (await post("/messages", {"text": "bob here", "user": "bob"}))["seq"]
+            for user, glyph in (("alice", thumbs), ("alice", heart), ("carol", thumbs),
+                                ("erin", thumbs)):
+                await post(f"/messages/{theirs}/reactions/{quote(glyph)}?user={user}",
+                           method="PUT")
+            reply = (await post("/messages", {"text": "answering", "user": "bob",
+                                              "reply_to": first}))["seq"]
+            before = await history(srv.port, "lobby")
+            assert len(before) == 3
+            _, page = await call(srv.port, "GET", "/rooms/lobby/messages")
+            assert page["messages"][2]["reply_to"]["excerpt"] == f"{SECRET_TEXT}, as edited"
+
+            status, body = await call(srv.port, "POST", "/users/alice/erase")
+            assert (status, body["rooms"]) == (200, {"lobby": [first]})
+            assert await deletes(carol, 1) == [first]
+            # Someone who only reacted has no message to erase; their reactions go all the same.
+            status, body = await call(srv.port, "POST", "/users/erin/erase")
+            assert (status, body["erased"], body["rooms"]) == (200, 0, {})
+
+            _, page = await call(srv.port, "GET", "/rooms/lobby/messages")
+            now = {m["seq"]: m for m in page["messages"]}
+            assert (now[first]["text"], now[first]["deleted"]) == ("", True)
+            assert now[theirs]["reactions"] == [{"emoji": thumbs, "users": ["carol"]}]
+            assert now[reply]["reply_to"] == {"seq": first, "user": "alice", "name": "alice",
+                                              "excerpt": ""}
+            assert SECRET_TEXT not in str(page)
+
+            # A member who resumes from the start replays the log: folded, it is history.
+            dave = await srv.connect("lobby", "dave", after="0")
+            welcome = await dave.recv()
+            assert welcome["recovered"] is True
+            top = welcome["seq"]
+            state: dict[int, dict[str, Any]] = {}
+            seq = 0
+            while seq < top:
+                obj = await dave.recv(timeout=10)
+                if obj["type"] not in ("message", "change"):
+                    continue
+                seq = obj["seq"]
+                assert SECRET_TEXT not in str(obj), obj
+                if obj["type"] == "message":
+                    state[seq] = obj
+                elif obj["target"] in state:
+                    state[obj["target"]] = apply_change(state[obj["target"]], obj)
+            assert state == now
+
+            # The export, and every byte of the store.
+            store = (["--store-url", config.store_url] if engine == "redis"
+                     else ["--data-dir", str(config.data_dir)])
+            done = await asyncio.to_thread(roomchat, "export", "--room", "lobby", *store,
+                                           env={"ROOMCHAT_JWT_SECRET": SECRET})
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.count("\n") >= 3 and SECRET_TEXT not in done.stdout
+            raw = await _raw_store(engine, srv, tmp_path / "redis")
+            assert SECRET_TEXT.encode() not in raw
+            assert b"bob here" in raw  # (what is not erased is there to be found)
