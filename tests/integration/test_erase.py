@@ -417,12 +417,14 @@ async def _raw_store(engine: str, srv: Server, redis_dir: Path) -> bytes:
     return (redis_dir / "dump.rdb").read_bytes()
 
 
+@pytest.mark.parametrize("how", ["api", "offline"])
 @pytest.mark.parametrize("engine", ["embedded", "redis"])
 async def test_erase_takes_edits_reactions_and_quotes_out_of_everything(
-        engine: str, tmp_path: Path) -> None:
+        engine: str, how: str, tmp_path: Path) -> None:
     """Issue 21: an erasure also erases the user's edits' old texts, their reactions, and the
     excerpts of their messages quoted in others' replies: from history, from a resume's replay
-    (folded, it is exactly history), from an export and from the raw store."""
+    (folded, it is exactly history), from an export and from the raw store; through the server
+    API (what ``roomchat erase`` calls) and with ``roomchat erase --offline`` beside it."""
     from gateway.client import apply_change
 
     thumbs, heart = "\N{THUMBS UP SIGN}", "\N{HEAVY BLACK HEART}\N{VARIATION SELECTOR-16}"
@@ -455,12 +457,23 @@ async def test_erase_takes_edits_reactions_and_quotes_out_of_everything(
             _, page = await call(srv.port, "GET", "/rooms/lobby/messages")
             assert page["messages"][2]["reply_to"]["excerpt"] == f"{SECRET_TEXT}, as edited"
 
-            status, body = await call(srv.port, "POST", "/users/alice/erase")
-            assert (status, body["rooms"]) == (200, {"lobby": [first]})
-            assert await deletes(carol, 1) == [first]
-            # Someone who only reacted has no message to erase; their reactions go all the same.
-            status, body = await call(srv.port, "POST", "/users/erin/erase")
-            assert (status, body["erased"], body["rooms"]) == (200, 0, {})
+            store = (["--store-url", config.store_url] if engine == "redis"
+                     else ["--data-dir", str(config.data_dir)])
+            if how == "api":
+                status, body = await call(srv.port, "POST", "/users/alice/erase")
+                assert (status, body["rooms"]) == (200, {"lobby": [first]})
+                # Someone who only reacted has no message to erase; their reactions go all
+                # the same.
+                status, body = await call(srv.port, "POST", "/users/erin/erase")
+                assert (status, body["erased"], body["rooms"]) == (200, 0, {})
+            else:
+                for user, said in (("alice", "erased 1 message of alice in 1 room\n"),
+                                   ("erin", "erased 0 messages of erin in 0 rooms\n")):
+                    done = await asyncio.to_thread(roomchat, "erase", "--user", user,
+                                                   "--offline", *store)
+                    assert (done.returncode, done.stdout) == (0, said), done.stderr
+            if engine == "redis" or how == "api":  # (on SQLite --offline tells nobody online)
+                assert await deletes(carol, 1) == [first]
 
             _, page = await call(srv.port, "GET", "/rooms/lobby/messages")
             now = {m["seq"]: m for m in page["messages"]}
@@ -490,8 +503,6 @@ async def test_erase_takes_edits_reactions_and_quotes_out_of_everything(
             assert state == now
 
             # The export, and every byte of the store.
-            store = (["--store-url", config.store_url] if engine == "redis"
-                     else ["--data-dir", str(config.data_dir)])
             done = await asyncio.to_thread(roomchat, "export", "--room", "lobby", *store,
                                            env={"ROOMCHAT_JWT_SECRET": SECRET})
             assert done.returncode == 0, done.stderr
