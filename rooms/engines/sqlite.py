@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -236,11 +236,6 @@ class _Append:
     future: asyncio.Future[list[Appended]]
     landed: Landed | None = None
     erase: bool = False
-    deletes: bool = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.deletes = any(isinstance(d, ChangeDraft) and d.action is Action.DELETE
-                           for d in self.drafts)
 
 
 Landed = Callable[[list[Appended] | None, BaseException | None], None]
@@ -413,96 +408,107 @@ class SqliteStore:
 
     def _append(self, conn: sqlite3.Connection, item: _Append) -> list[Appended]:
         """``item``'s drafts as entries of its room's log, seqs allocated after its top; each
-        change checked against its target's current state and applied to it
-        (``rooms.changes``). Plain messages are inserted together, as before changes
-        existed: a batch of them costs one ``executemany``."""
+        change (and reply) checked against its target's current state as the drafts before it
+        left it, and applied to it (``rooms.changes``).
+
+        The statements are per batch, not per draft: one read of the targets' current state,
+        one ``executemany`` of every new row, one ``UPDATE`` per changed target (a change cost
+        three statements of its own, twice what a message costs here)."""
         room = item.room
         (top,) = conn.execute("SELECT max(seq) FROM messages WHERE room = ?",
                               (room,)).fetchone()
-        seq = top or 0
+        top = top or 0
+        seq = top
         results: list[Appended] = []
-        rows: list[Row] = []  # messages not inserted yet (a change or a reply reads them)
-        if item.deletes:
-            # The texts a delete removes (the message's and its edits') leave the database's
-            # pages, not only its rows: secure_delete zeroes the freed bytes.
+        rows: list[Row] = []
+        # Targets' current state and their last change's seq, as this batch leaves them.
+        states = self._targets(conn, item)
+        changed: dict[int, int] = {}  # target -> the seq of this batch's last change to it
+        deleted: list[tuple[int, bool]] = []  # (target, had edits) deleted in this batch
+        for draft in item.drafts:
+            if isinstance(draft, Draft):
+                reply = None
+                if draft.reply_to is not None:
+                    found = states.get(draft.reply_to)
+                    answered = changes.reply(None if found is None else found[0], item.rules)
+                    if isinstance(answered, Refusal):
+                        results.append(Appended(0, refused=answered))
+                        continue
+                    reply = answered
+                seq += 1
+                message = draft.stored(room, seq, reply)
+                rows.append(_message_row(message))
+                states[seq] = (message, seq)  # a later draft of the batch may change it
+                results.append(Appended(seq, entry=message))
+                continue
+            found = states.get(draft.target)
+            if item.erase and found is not None and found[0].user != draft.user:
+                results.append(Appended(0, refused=Refusal.FORBIDDEN))  # one user's only
+                continue
+            outcome = changes.apply(None if found is None else found[0], draft, item.rules)
+            if outcome.refused is not None:
+                results.append(Appended(0, refused=outcome.refused))
+                continue
+            if outcome.noop or outcome.message is None or found is None:
+                results.append(Appended(found[1] if found else draft.target, noop=True))
+                continue
+            seq += 1
+            change = draft.stored(room, seq, DeletedBy.MODERATOR if item.erase else outcome.by)
+            rows.append(_change_row(change))
+            states[draft.target] = (outcome.message, seq)
+            changed[draft.target] = seq
+            if draft.action is Action.DELETE:
+                deleted.append((draft.target, found[0].edited is not None))
+            results.append(Appended(seq, entry=change))
+        if rows:
+            conn.executemany(_INSERT, rows)
+        if deleted:
+            # The texts a delete removes (the message's, its edits', the excerpts quoting it)
+            # leave the database's pages, not only its rows: secure_delete zeroes the bytes
+            # that rewriting those rows frees.
             conn.execute("PRAGMA secure_delete = ON")
         try:
-            for draft in item.drafts:
-                if isinstance(draft, Draft):
-                    reply = None
-                    if draft.reply_to is not None:
-                        if rows:
-                            conn.executemany(_INSERT, rows)
-                            rows = []
-                        found = self._current(conn, room, draft.reply_to)
-                        answered = changes.reply(None if found is None else found[0],
-                                                 item.rules)
-                        if isinstance(answered, Refusal):
-                            results.append(Appended(0, refused=answered))
-                            continue
-                        reply = answered
-                    seq += 1
-                    message = draft.stored(room, seq, reply)
-                    rows.append(_message_row(message))
-                    results.append(Appended(seq, entry=message))
-                    continue
-                if rows:
-                    conn.executemany(_INSERT, rows)
-                    rows = []
-                results.append(self._change(conn, item, draft, seq + 1))
-                if results[-1].entry is not None:
-                    seq += 1
-            if rows:
-                conn.executemany(_INSERT, rows)
+            if changed:
+                conn.executemany(_UPDATE, [
+                    (after.text, after.edited, *_state(after), last, room, target)
+                    for target, last in changed.items() for after in (states[target][0],)])
+            if deleted:
+                self._deleted(conn, room, deleted)
         finally:
-            if item.deletes:
+            if deleted:
                 conn.execute("PRAGMA secure_delete = OFF")
-        if item.retention and seq > (top or 0):
+        if item.retention and seq > top:
             self._prune(conn, room, seq, item.retention)
         return results
 
-    def _change(self, conn: sqlite3.Connection, item: _Append, draft: ChangeDraft,
-                seq: int) -> Appended:
-        """One change: refused, a no-op, or stored with ``seq`` and applied to its target."""
-        room = item.room
-        found = self._current(conn, room, draft.target)
-        if item.erase and found is not None and found[0].user != draft.user:
-            return Appended(0, refused=Refusal.FORBIDDEN)  # (an erasure deletes one user's)
-        outcome = changes.apply(None if found is None else found[0], draft, item.rules)
-        if outcome.refused is not None:
-            return Appended(0, refused=outcome.refused)
-        if outcome.noop or outcome.message is None or found is None:
-            return Appended(found[1] if found else draft.target, noop=True)
-        by = DeletedBy.MODERATOR if item.erase else outcome.by
-        change = draft.stored(room, seq, by)
-        conn.execute(_INSERT, _change_row(change))
-        after = outcome.message
-        conn.execute(_UPDATE, (after.text, after.edited, *_state(after), seq, room,
-                               draft.target))
-        if draft.action is Action.DELETE:
-            # Its text leaves storage everywhere it was: its edits, and the excerpts of the
-            # messages that answer it.
-            if found[0].edited is not None:
-                conn.execute("UPDATE messages SET text = '' WHERE room = ? AND target = ? AND "
-                             "kind = ?", (room, draft.target, EDIT))
-            conn.execute("UPDATE messages SET reply = json_set(reply, '$[3]', '') "
-                         "WHERE room = ? AND target = ? AND kind = ? AND reply IS NOT NULL",
-                         (room, draft.target, MESSAGE))
-        return Appended(seq, entry=change)
+    @staticmethod
+    def _targets(conn: sqlite3.Connection, item: _Append) -> dict[int, tuple[StoredMessage, int]]:
+        """The current state of the stored messages ``item``'s changes and replies name, and
+        the seq of each one's last change (its own when it never changed), in one read."""
+        wanted = {d.target if isinstance(d, ChangeDraft) else d.reply_to for d in item.drafts
+                  if isinstance(d, ChangeDraft) or d.reply_to is not None}
+        seqs = [s for s in wanted if s is not None and 0 < s <= _MAX_INT]
+        states: dict[int, tuple[StoredMessage, int]] = {}
+        for start in range(0, len(seqs), 500):  # (SQLite's bound on variables is 32,766)
+            chunk = seqs[start:start + 500]
+            for row in conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS}, changed FROM messages WHERE room = ? AND "
+                    f"kind = ? AND seq IN ({','.join('?' * len(chunk))})",
+                    (item.room, MESSAGE, *chunk)):
+                states[row[0]] = (_message(item.room, row), row[10] or row[0])
+        return states
 
     @staticmethod
-    def _current(conn: sqlite3.Connection, room: str,
-                 seq: int) -> tuple[StoredMessage, int] | None:
-        """Message ``seq``'s current state and the seq of its last change (its own when it
-        never changed); None when no message ``seq`` is stored."""
-        if not 0 < seq <= _MAX_INT:
-            return None
-        row = conn.execute(f"SELECT {_MESSAGE_COLUMNS}, changed FROM messages "
-                           "WHERE room = ? AND seq = ? AND kind = ?",
-                           (room, seq, MESSAGE)).fetchone()
-        if row is None:
-            return None
-        return _message(room, row), row[10] or seq
+    def _deleted(conn: sqlite3.Connection, room: str, targets: list[tuple[int, bool]]) -> None:
+        """The texts the deletes of ``targets`` remove, everywhere else they are: their edits'
+        (when they had any) and the excerpts of the replies quoting them."""
+        for target, edited in targets:
+            if edited:
+                conn.execute("UPDATE messages SET text = '' WHERE room = ? AND target = ? "
+                             "AND kind = ?", (room, target, EDIT))
+            conn.execute("UPDATE messages SET reply = json_set(reply, '$[3]', '') "
+                         "WHERE room = ? AND target = ? AND kind = ? AND reply IS NOT NULL",
+                         (room, target, MESSAGE))
 
     def _prune(self, conn: sqlite3.Connection, room: str, last: int, retention: int) -> None:
         """Keep ``retention`` entries per room, and no change of a message pruned, deleting in
