@@ -246,8 +246,9 @@ async def unreact(room: str, seq: str, emoji: str) -> Response:
 
 @blueprint.get("/rooms/<room>/messages")
 async def messages(room: str) -> Response:
-    """Stored messages, oldest first, as on the socket: ``after`` (default 0) < seq <
-    ``before``; with ``before`` alone, the newest ``limit`` before it."""
+    """Stored messages, oldest first, each in its current state as on the socket (edits,
+    reactions, tombstones folded in; change entries are no history items): ``after`` (default
+    0) < seq < ``before``; with ``before`` alone, the newest ``limit`` before it."""
     gw, _ = await _authorize(room)
     after = int_param(request.args.get("after"), "after", minimum=0)
     before = int_param(request.args.get("before"), "before", minimum=1)

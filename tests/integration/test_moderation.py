@@ -44,7 +44,7 @@ async def test_delete_reaches_members_history_and_resume(srv: Server) -> None:
     for client in (alice, bob):
         assert [(await client.recv_type("message"))["seq"] for _ in range(3)] == [1, 2, 3]
     status, body = await call(srv.port, "DELETE", "/rooms/lobby/messages/2")
-    assert (status, body) == (200, {"room": "lobby", "seq": 2, "deleted": True})
+    assert (status, body) == (200, {"room": "lobby", "seq": 2, "deleted": True, "change": 4})
     for client in (alice, bob):
         change = await client.recv_type("change")
         assert (change["seq"], change["action"], change["target"], change["by"],
@@ -60,9 +60,9 @@ async def test_delete_reaches_members_history_and_resume(srv: Server) -> None:
     replay = [await carol.recv() for _ in range(3)]
     assert [(m["seq"], m["type"], m.get("text"), m.get("deleted")) for m in replay] == [
         (2, "message", "", True), (3, "message", "m2", None), (4, "change", None, None)]
-    # Again: already a tombstone, answered the same.
+    # Again: already a tombstone, answered the same, with no new entry.
     status, body = await call(srv.port, "DELETE", "/rooms/lobby/messages/2")
-    assert (status, body) == (200, {"room": "lobby", "seq": 2, "deleted": True})
+    assert (status, body) == (200, {"room": "lobby", "seq": 2, "deleted": True, "change": None})
     # The page's history endpoint returns it too.
     status, answer = await call(srv.port, "GET", "/rooms/lobby/messages?after=1&limit=1")
     assert answer["messages"][0]["deleted"] is True
