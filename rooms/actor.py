@@ -494,6 +494,9 @@ class RoomActor:
             wall_ms = int(time.time() * 1000)
             effects: list[Effect] = []
             drain: _Drain | None = None
+            # Sessions whose socket is gone: they leave after the frames below, which they sent
+            # before it went (a read marker, a message sent just before the page closed).
+            leaving: list[int] = []
             if shared and any(isinstance(c, _Join) and c.after is not None
                               and c.after > state.delivered_seq for c in inbox.control):
                 # A client resuming here after seeing a seq on another process that this one
@@ -517,8 +520,7 @@ class RoomActor:
                         continue
                     effects += self._admit(state, cmd, now, wall_ms)
                 elif isinstance(cmd, _Leave):
-                    if self._sessions.pop(cmd.session_id, None) is not None:
-                        effects += state.leave(cmd.session_id, wall_ms)
+                    leaving.append(cmd.session_id)
                 elif isinstance(cmd, _Revoke):
                     effects += state.evict_user(cmd.user, CloseCode.REVOKED, "access revoked",
                                                 wall_ms)
@@ -538,6 +540,9 @@ class RoomActor:
                                          refuse=refuse)
             if count:
                 self._observer.frames_received(count)
+            for session_id in leaving:
+                if self._sessions.pop(session_id, None) is not None:
+                    effects += state.leave(session_id, wall_ms)
             self._deliver(state, effects, wall_ms)
             # Other processes' messages after the joins (a session admitted above replays up
             # to the `delivered_seq` it was admitted at, and gets these live) and after the

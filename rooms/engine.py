@@ -198,7 +198,10 @@ class Engine(Protocol):
     async def unread(self, room: str, user: str, *, scan: int) -> Unread:
         """``user``'s read marker in ``room`` and what came after it: messages with a higher
         seq that are not ``user``'s and not deleted, and those of them that mention ``user``,
-        counted over at most the room's last ``scan`` messages. Read-only."""
+        counted over at most the room's last ``scan`` non-deleted messages. A user with no
+        marker (they never said they read the room) has nothing unread: ``Unread()``, and
+        nothing is scanned (every join asks; a scan of a busy room's last 1,000 messages cost
+        ~400 us of CPU, most of a handshake). Read-only."""
         ...
 
     async def mark_read(self, room: str, user: str, seq: int) -> int:

@@ -269,10 +269,10 @@ class Appended:
 
 @dataclass(frozen=True, slots=True)
 class Unread:
-    """A user's place in a room (``Engine.unread``): their read marker (0: never set), the
-    messages after it that are not theirs and not deleted, and those of them that mention
-    them, counted over at most the room's last ``scan`` messages (``capped``: the count hit
-    that bound, so there may be more)."""
+    """A user's place in a room (``Engine.unread``): their read marker (0: never set, and then
+    nothing is unread), the messages after it that are not theirs and not deleted, and those
+    of them that mention them, counted over at most the room's last ``scan`` messages
+    (``capped``: the count hit that bound, so there may be more)."""
 
     read: int = 0
     unread: int = 0

@@ -620,7 +620,7 @@ class RedisEngine:
 
     async def unread(self, room: str, user: str, *, scan: int) -> Unread:
         self._check()
-        if scan <= 0:
+        if scan <= 0:  # (unread.lua counts nothing either for a user with no marker)
             async with self._calling("unread"):
                 marker = await self._redis.hget(_read_key(room), user)
             return Unread(records.count(marker) or 0)

@@ -595,7 +595,7 @@ class SqliteStore:
             found = conn.execute("SELECT seq FROM reads WHERE user = ? AND room = ?",
                                  (user, room)).fetchone()
             read = found[0] if found else 0
-            if scan <= 0:
+            if scan <= 0 or not read:  # no marker: nothing counts as unread (Engine.unread)
                 return Unread(read)
             # Deleted messages are not looked at (Redis's stream no longer holds them).
             scanned, unread, mentions = conn.execute(

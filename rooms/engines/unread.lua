@@ -1,12 +1,16 @@
 -- A user's read marker in a room and the messages after it (rooms.engine.Engine.unread): not
 -- theirs and not deleted (deleted messages are not in the stream), and those that mention
--- them, over at most the room's last ARGV[2] messages; changes are skipped. Read-only.
+-- them, over at most the room's last ARGV[2] messages; changes are skipped. A user with no
+-- marker has nothing unread (nothing is scanned). Read-only.
 -- KEYS: 1 stream (log), 2 read markers hash (user -> seq)
 -- ARGV: 1 user, 2 most messages to look at, 3 entries read per XREVRANGE
 -- Returns {read, unread, mentions, capped (0/1)}.
 local user = ARGV[1]
 local read = tonumber(redis.call('HGET', KEYS[2], user) or '0') or 0
 local scan, chunk = tonumber(ARGV[2]), tonumber(ARGV[3])
+if read == 0 then
+  return {0, 0, 0, 0}
+end
 local looked, unread, mentions = 0, 0, 0
 local upper = '+'
 while looked < scan do

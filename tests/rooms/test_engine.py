@@ -1421,13 +1421,15 @@ async def test_read_markers_and_unread_counts(engine: Engine) -> None:
         Draft("bob", "Bob", None, "five", 5),  # 6, deleted below
         change("bob", Action.DELETE, 6),  # 7
     ], retention=0, dedup_window=10)
-    assert await engine.unread("m", "ann", scan=100) == Unread(0, 3, 2)
+    # No marker: nothing unread (never read, never here), and nothing scanned.
+    assert await engine.unread("m", "ann", scan=100) == Unread()
     assert await engine.mark_read("m", "ann", 2) == 2
     assert await engine.mark_read("m", "ann", 1) == 2  # never back
     assert await engine.unread("m", "ann", scan=100) == Unread(2, 2, 1)
     assert await engine.unread("m", "ann", scan=2) == Unread(2, 2, 1, capped=True)
     assert await engine.unread("m", "ann", scan=1) == Unread(2, 1, 1, capped=True)
-    assert await engine.unread("m", "bob", scan=100) == Unread(0, 2, 0)
+    await engine.mark_read("m", "bob", 1)
+    assert await engine.unread("m", "bob", scan=100) == Unread(1, 1, 0)  # 5 (3, 6: his)
     assert await engine.unread("m", "ann", scan=0) == Unread(2)
     await engine.mark_read("other", "ann", 9)
     assert await engine.markers("ann") == {"m": 2, "other": 9}
