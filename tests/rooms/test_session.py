@@ -9,9 +9,10 @@ import orjson
 import pytest
 
 from rooms.config import RoomConfig
+from rooms.messages import Appended, Entry, StoredMessage
 from rooms.protocol import CloseCode, SendMessage
 from rooms.session import Session, SessionState
-from rooms.state import Appended, Broadcast, JoinPlan, RoomState, Send, StoredMessage
+from rooms.state import Broadcast, JoinPlan, RoomState, Send
 
 
 class MemoryTransport:
@@ -61,9 +62,16 @@ class History:
         self.messages = [StoredMessage("r", seq, "w", "W", None, f"m{seq}", 0)
                          for seq in range(1, count + 1)]
 
-    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]:
         await asyncio.sleep(0)
-        return [m for m in self.messages if after < m.seq <= upto][:limit]
+        found: list[Entry] = [m for m in self.messages if after < m.seq <= upto]
+        return found[:limit]
+
+    async def history(self, room: str, *, after: int = 0, before: int, limit: int,
+                      newest: bool = False) -> list[StoredMessage]:
+        await asyncio.sleep(0)
+        found = [m for m in self.messages if after < m.seq < before]
+        return found[-limit:] if newest else found[:limit]
 
 
 def seqs(frames: list[str]) -> list[int]:
