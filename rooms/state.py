@@ -800,6 +800,8 @@ def refusal_text(refusal: Refusal, draft: AnyDraft, config: RoomConfig) -> str:
         return f"no message {seq} is stored in this room (never, or no longer): it cannot be " \
                f"{what}"
     if refusal is Refusal.ALREADY_DELETED:
+        if isinstance(draft, ChangeDraft) and draft.action is Action.DELETE:
+            return f"message {seq} is already deleted"
         return f"message {seq} is deleted: it cannot be {what}"
     if refusal is Refusal.FORBIDDEN:
         if isinstance(draft, ChangeDraft) and draft.action is Action.DELETE:
