@@ -781,9 +781,18 @@ def changes_section(results: dict[str, Any]) -> list[str]:
     churn, pages = changes.get("churn") or {}, changes.get("pages") or {}
     if churn.get("status") == "ok":
         plain, mixed = churn["plain"], churn["changes"]
-        lines.append(f"| server CPU per delivery, {churn['rate']:,} frames/s | "
-                     f"{plain['cpu_us_per_delivery']:.2f} µs | "
+        lines.append(f"| server CPU per delivery, {churn['rate']:,} frames/s (median of "
+                     f"{churn.get('rounds', 1)}) | {plain['cpu_us_per_delivery']:.2f} µs | "
                      f"{mixed['cpu_us_per_delivery']:.2f} µs | {_ratio_s(churn['ratio'])} |")
+
+        def runs_s(part: dict[str, Any]) -> str:
+            return ", ".join(
+                f"{r['cpu_us_per_delivery']:.2f} µs "
+                f"(p99 {_num((r.get('latency') or {}).get('p99'), '{:.0f}')} ms)"
+                for r in part.get("runs", []) if r.get("cpu_us_per_delivery"))
+
+        lines.append(f"| each run (a run starved of its core shows a long p99 and cheaper, "
+                     f"bigger batches) | {runs_s(plain)} | {runs_s(mixed)} | |")
     if pages.get("status") == "ok":
         lines.append(f"| history pages of {pages['page']} per server CPU second | "
                      f"{pages['plain']['pages_per_cpu_s']:,.0f} | "

@@ -110,8 +110,9 @@ Effect = Send | Broadcast | Close
 class JoinPlan:
     """What a new session receives before live traffic: ``welcome``, then history read from
     the store, oldest first: a resume's log entries with ``replay_after < seq <=
-    replay_upto`` (``Engine.read``), or, when ``fresh`` > 0, the newest ``fresh`` messages up
-    to ``replay_upto`` in their current state (``Engine.history``)."""
+    replay_upto`` (``Engine.read``), and for a join that is not a recovered resume (then
+    ``replay_after`` is ``replay_upto``: nothing of the raw log) the newest ``fresh``
+    messages up to ``replay_upto`` in their current state (``Engine.history``)."""
 
     welcome: str
     replay_after: int
@@ -314,7 +315,8 @@ class RoomState:
         if recovered:
             assert after is not None
             return JoinPlan(welcome, after, upto, True), effects
-        return JoinPlan(welcome, 0, upto, False, fresh=cfg.history_on_join), effects
+        # Nothing of the raw log (replay_after = upto): only the newest messages, if any.
+        return JoinPlan(welcome, upto, upto, False, fresh=cfg.history_on_join), effects
 
     def leave(self, session: int, wall_ms: int) -> list[Effect]:
         """Forget a session (its socket is gone or being closed). Unknown sessions are ignored."""
@@ -800,6 +802,8 @@ def refusal_text(refusal: Refusal, draft: AnyDraft, config: RoomConfig) -> str:
         return f"no message {seq} is stored in this room (never, or no longer): it cannot be " \
                f"{what}"
     if refusal is Refusal.ALREADY_DELETED:
+        if isinstance(draft, ChangeDraft) and draft.action is Action.DELETE:
+            return f"message {seq} is already deleted"
         return f"message {seq} is deleted: it cannot be {what}"
     if refusal is Refusal.FORBIDDEN:
         if isinstance(draft, ChangeDraft) and draft.action is Action.DELETE:

@@ -37,6 +37,8 @@ from rooms.messages import (
 # Rooms whose bans are kept in memory (least recently asked for are dropped first): one join
 # asks once per connection, and a SQLite read handed to a thread was ~8% of a handshake's CPU.
 BAN_CACHE_ROOMS = 10_000
+# Rooms whose read markers are kept in memory, likewise (least recently asked for dropped first).
+MARKER_CACHE_ROOMS = 10_000
 
 
 class EmbeddedEngine:
@@ -62,6 +64,8 @@ class EmbeddedEngine:
         # taken by the room's next append or load.
         self._writes: dict[str, _Write] = {}
         self._listeners: dict[str, RoomListener] = {}  # room -> its actor here
+        self._markers: OrderedDict[str, dict[str, int]] = OrderedDict()  # room -> user -> seq
+        self._marker_writes = 0  # bumped by every mark_read: a load that raced one is not kept
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
@@ -149,11 +153,36 @@ class EmbeddedEngine:
                                         newest=newest)
 
     async def unread(self, room: str, user: str, *, scan: int) -> Unread:
-        return await self.store.unread(room, user, scan=scan)
+        # Every join asks: the room's markers are kept in memory (this one process writes
+        # them all), so a user without one costs no read at all.
+        read = (await self._room_markers(room)).get(user, 0)
+        if not read or scan <= 0:
+            return Unread(read)
+        return await self.store.unread_after(room, user, read, scan)
 
     async def mark_read(self, room: str, user: str, seq: int) -> int:
         # One process: the room tells its own sessions; nobody else to tell.
-        return await self.store.mark_read(room, user, seq)
+        self._marker_writes += 1
+        marker = await self.store.mark_read(room, user, seq)
+        cached = self._markers.get(room)
+        if cached is not None and marker > cached.get(user, 0):
+            cached[user] = marker
+        return marker
+
+    async def _room_markers(self, room: str) -> dict[str, int]:
+        """The room's read markers, from memory or read once (and kept unless a marker was
+        written meanwhile: then the next join reads again)."""
+        markers = self._markers.get(room)
+        if markers is not None:
+            self._markers.move_to_end(room)
+            return markers
+        writes = self._marker_writes
+        markers = await self.store.room_markers(room)
+        if writes == self._marker_writes:
+            self._markers[room] = markers
+            if len(self._markers) > MARKER_CACHE_ROOMS:
+                self._markers.popitem(last=False)
+        return markers
 
     async def markers(self, user: str) -> dict[str, int]:
         return await self.store.markers(user)

@@ -88,11 +88,12 @@ CREATE TABLE IF NOT EXISTS bans (
     PRIMARY KEY (room, user)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS reads (
-    user TEXT NOT NULL,
     room TEXT NOT NULL,
+    user TEXT NOT NULL,
     seq INTEGER NOT NULL,
-    PRIMARY KEY (user, room)
+    PRIMARY KEY (room, user)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reads_by_user ON reads (user);
 """
 _COLUMNS = (
     ("kind", "INTEGER NOT NULL DEFAULT 0"),  # MESSAGE, or the change's kind
@@ -590,13 +591,15 @@ class SqliteStore:
 
         return await self._run(query)
 
-    async def unread(self, room: str, user: str, *, scan: int) -> Unread:
+    async def room_markers(self, room: str) -> dict[str, int]:
+        """Every read marker in ``room``: user -> seq."""
+        return dict(await self._run(lambda conn: [
+            (str(user), int(seq)) for user, seq in conn.execute(
+                "SELECT user, seq FROM reads WHERE room = ?", (room,))]))
+
+    async def unread_after(self, room: str, user: str, read: int, scan: int) -> Unread:
+        """``Engine.unread`` for a user whose marker is ``read`` (> 0)."""
         def query(conn: sqlite3.Connection) -> Unread:
-            found = conn.execute("SELECT seq FROM reads WHERE user = ? AND room = ?",
-                                 (user, room)).fetchone()
-            read = found[0] if found else 0
-            if scan <= 0 or not read:  # no marker: nothing counts as unread (Engine.unread)
-                return Unread(read)
             # Deleted messages are not looked at (Redis's stream no longer holds them).
             scanned, unread, mentions = conn.execute(
                 "SELECT count(*), coalesce(sum(user != ?1), 0), "
@@ -612,9 +615,9 @@ class SqliteStore:
     async def mark_read(self, room: str, user: str, seq: int) -> int:
         def query(conn: sqlite3.Connection) -> int:
             (marker,) = conn.execute(
-                "INSERT INTO reads (user, room, seq) VALUES (?, ?, ?) ON CONFLICT (user, room) "
+                "INSERT INTO reads (room, user, seq) VALUES (?, ?, ?) ON CONFLICT (room, user) "
                 "DO UPDATE SET seq = max(seq, excluded.seq) RETURNING seq",
-                (user, room, seq)).fetchone()
+                (room, user, seq)).fetchone()
             return int(marker)
 
         return await self._run(query)

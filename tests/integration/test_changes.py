@@ -266,3 +266,29 @@ async def test_a_read_marker_reaches_the_users_other_sockets_and_nobody_else(
     welcome = await (await srv.connect(user="ann")).recv()
     assert (welcome["read"], welcome["unread"], welcome["mentions"]) == (2, 2, 0)
 
+
+
+async def test_a_read_marker_reaches_the_users_sockets_on_another_process(
+        tmp_path: Path) -> None:
+    with redis_server(tmp_path / "redis") as url:
+        env = {"ROOMCHAT_STORE_URL": url, "PYTHONPATH": str(REPO)}
+        with server_process(tmp_path / "a", env=env) as a, \
+                server_process(tmp_path / "b", env=env) as b:
+            sockets: list[Client] = []
+            try:
+                for proc, user in ((a, "ann"), (b, "ann"), (b, "bob")):
+                    ws = await websockets.connect(proc.url("lobby", make_token(user)),
+                                                  compression=None, open_timeout=10 * SLOW)
+                    sockets.append(await welcomed(Client(ws)))
+                ann_a, ann_b, bob_b = sockets
+                for i in range(2):
+                    await answered(bob_b, {"type": "message", "text": f"m{i}", "id": f"m{i}"})
+                await ann_a.recv_type("message", timeout=10)
+                await ann_a.recv_type("message", timeout=10)  # a has delivered seq 2
+                await ann_a.send({"type": "read", "seq": 2})
+                assert await ann_b.recv_type("read", timeout=10) == {"type": "read", "seq": 2}
+                await answered(bob_b, {"type": "message", "text": "after", "id": "m2"})
+                assert "read" not in [o["type"] for o in bob_b.pending]
+            finally:
+                for client in sockets:
+                    await client.ws.close()

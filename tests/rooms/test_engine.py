@@ -1489,3 +1489,34 @@ async def test_an_excerpt_is_cut_at_the_same_character_by_every_engine(
     assert wire(answer.entry)["reply_to"]["excerpt"] == excerpt(text, 6)
     (stored,) = await engine.history("q", after=1, before=3, limit=1)
     assert stored.reply_to == Reply(1, "ann", "Ann", excerpt(text, 6))
+
+
+async def test_the_embedded_engine_reads_a_rooms_markers_once(tmp_path: Path) -> None:
+    """Every join asks for the user's unread counts: the embedded engine keeps each room's
+    markers in memory (it writes them all), so only a user with a marker costs a read (the
+    count after it); a marker written is seen at once."""
+    from rooms.engines.embedded import EmbeddedEngine
+
+    engine = await EmbeddedEngine.open(tmp_path / "db.sqlite3")
+    try:
+        await engine.load("m", 0)
+        await engine.append("m", [Draft("bob", "Bob", None, f"t{i}", i) for i in range(5)],
+                            retention=0, dedup_window=0)
+        loads: list[str] = []
+        real = engine.store.room_markers
+
+        async def counted(room: str) -> dict[str, int]:
+            loads.append(room)
+            return await real(room)
+
+        engine.store.room_markers = counted  # type: ignore[method-assign]
+        for user in ("ann", "carl", "ann"):
+            assert await engine.unread("m", user, scan=100) == Unread()
+        assert loads == ["m"]
+        assert await engine.mark_read("m", "ann", 2) == 2
+        assert await engine.unread("m", "ann", scan=100) == Unread(2, 3, 0)
+        assert await engine.mark_read("m", "ann", 1) == 2
+        assert await engine.unread("m", "ann", scan=100) == Unread(2, 3, 0)
+        assert loads == ["m"]
+    finally:
+        await engine.close()

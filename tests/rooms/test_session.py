@@ -267,3 +267,20 @@ async def test_an_idle_session_keeps_neither_its_welcome_nor_an_outbox() -> None
     session.close_nowait(CloseCode.NORMAL, "bye")
     await writer
     assert transport.frames[2:] == ["b\nc"]
+
+
+async def test_a_fresh_join_sends_the_newest_messages_then_live_ones() -> None:
+    """Not a recovered resume: the newest ``fresh`` messages up to the welcome's seq (in their
+    current state, from ``history``), in frames of at most ``max_frame_messages``, then live
+    objects; nothing of the raw log before."""
+    transport = MemoryTransport()
+    session = make(transport, frame=4)
+    writer = asyncio.create_task(session.run_writer(
+        JoinPlan("W", 30, 30, False, fresh=10), "r", History(40), 500))
+    while len(transport.frames) < 4:  # noqa: ASYNC110 (the welcome, then 3 frames)
+        await asyncio.sleep(0)
+    session.offer(live(31))
+    session.close_nowait(CloseCode.SERVICE_RESTART, "bye")
+    await asyncio.wait_for(writer, 2)
+    assert [len(f.split("\n")) for f in transport.frames[1:4]] == [4, 4, 2]
+    assert seqs(transport.frames) == [*range(21, 31), 31]

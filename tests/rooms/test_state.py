@@ -174,8 +174,8 @@ def test_dedup_window_is_loaded_from_snapshot() -> None:
 
 @pytest.mark.parametrize(
     ("after", "replay_after", "recovered"),
-    [(None, 0, False), (8, 8, True), (10, 10, True), (4, 4, True), (3, 3, True),
-     (2, 0, False), (11, 0, False)],
+    [(None, 10, False), (8, 8, True), (10, 10, True), (4, 4, True), (3, 3, True),
+     (2, 10, False), (11, 10, False)],
 )
 def test_join_plan(after: int | None, replay_after: int, recovered: bool) -> None:
     """A recovered resume replays the log after ``after``; anything else gets a fresh history:
@@ -187,10 +187,18 @@ def test_join_plan(after: int | None, replay_after: int, recovered: bool) -> Non
     assert orjson.loads(plan.welcome)["recovered"] is recovered
 
 
+def test_a_fresh_join_with_no_history_on_join_replays_nothing() -> None:
+    """history_on_join 0 (the bench's): a fresh join gets no history at all, never the whole
+    raw log (a fresh plan once said "after 0")."""
+    state = RoomState("r", replace(CFG, history_on_join=0), RoomSnapshot(last_seq=10))
+    plan, _ = joined(state, 1, "alice")
+    assert (plan.replay_after, plan.replay_upto, plan.fresh) == (10, 10, 0)
+
+
 @pytest.mark.parametrize(
     ("after", "epoch", "replay_after", "recovered"),
-    [(8, "e1", 8, True), (8, None, 8, True), (8, "e0", 0, False), (10, "e0", 0, False),
-     (5, "e1", 5, True), (4, "e1", 0, False), (4, None, 0, False)],
+    [(8, "e1", 8, True), (8, None, 8, True), (8, "e0", 10, False), (10, "e0", 10, False),
+     (5, "e1", 5, True), (4, "e1", 10, False), (4, None, 10, False)],
 )
 def test_a_resume_is_recovered_only_in_the_same_epoch_and_after_a_reset_floor(
         after: int, epoch: str | None, replay_after: int, recovered: bool) -> None:
