@@ -10,6 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
+from gateway.access import FrontDoor
 from gateway.auth import make_verifier
+from gateway.gateway import Gateway
 from tests.redis_server import redis_server
 from tests.support import (
     REPO,
@@ -144,8 +147,11 @@ async def test_revoke_closes_every_socket_of_the_user_and_refuses_older_tokens(
         assert await upgrade_status(a.port, "r1", f"token={old}") == 401
         status, body = await asyncio.to_thread(post_ticket, b.port, "r1", old)
         assert (status, body["error"]) == (401, "token_revoked")
-        await asyncio.sleep(1.1)  # iat has whole seconds
-        assert await upgrade_status(b.port, "r1", f"token={make_token('mallory')}") == 101
+        # A token issued after the revocation is admitted. ``iat`` has whole seconds, so the
+        # first such token says the next second (within jwt_leeway of now): no need to wait
+        # for the clock to get there.
+        after = make_token("mallory", iat=int(time.time()) + 1)
+        assert await upgrade_status(b.port, "r1", f"token={after}") == 101
         await bystander.send('{"type":"pong"}')  # bob was never disturbed
         assert bystander.close_code is None
         await bystander.close()
@@ -218,6 +224,16 @@ async def refusal(port: int, room: str, query: str) -> tuple[int, dict[str, Any]
     return response.status_code, json.loads(response.body or b"")
 
 
+def with_wall_clock(gw: Gateway, wall: Callable[[], float]) -> None:
+    """Give ``gw`` a front door whose wall clock (Unix seconds: a ticket's token expiry) is
+    ``wall``, otherwise as the gateway built it."""
+    config = gw.config
+    gw.door = FrontDoor(gw, verifier=gw.verifier, revocations=gw.revocations, limits=gw.limits,
+                        addresses=gw.addresses, allowed_origins=config.allowed_origins,
+                        max_connections=config.max_connections, api_key=config.api_key,
+                        wall=wall)
+
+
 async def test_a_ticket_is_refused_once_its_token_has_expired(tmp_path: Path) -> None:
     """Round-3 finding: ``redeem`` never looked at ``exp``, so a ticket outlived its token (the
     socket got its welcome and history before the room's next tick closed it with 4001)."""
@@ -232,13 +248,18 @@ async def test_a_ticket_is_refused_once_its_token_has_expired(tmp_path: Path) ->
         assert await upgrade_status(srv.port, "lobby", f"ticket={ticket}") == 401  # spent
 
         # Valid when the ticket was issued, expired by the upgrade (within ticket_ttl): the
-        # token's exp is the next whole second at least half a second away.
-        clock = time.time()
-        exp = int(clock) + (1 if clock % 1 < 0.5 else 2)
-        ticket = await ticket_for(srv.port, "lobby", make_token("alice", exp=exp))
-        await asyncio.sleep(exp - time.time() + 0.05)
-        status, body = await refusal(srv.port, "lobby", f"ticket={ticket}")
+        # front door's wall clock (injected) is moved to the token's exp, the first instant
+        # it has expired; a moment before, a ticket of the same token still opens a socket.
+        exp = int(time.time()) + 600
+        token = make_token("alice", exp=exp)
+        early = await ticket_for(srv.port, "lobby", token)
+        late = await ticket_for(srv.port, "lobby", token)
+        with_wall_clock(srv.gateway, lambda: exp - 0.001)
+        assert await upgrade_status(srv.port, "lobby", f"ticket={early}") == 101
+        with_wall_clock(srv.gateway, lambda: float(exp))
+        status, body = await refusal(srv.port, "lobby", f"ticket={late}")
         assert (status, body["error"]) == (401, "token_expired")
+        with_wall_clock(srv.gateway, time.time)
         # A ticket of a token still valid opens its socket, as before.
         fresh = await ticket_for(srv.port, "lobby", make_token("alice"))
         assert await upgrade_status(srv.port, "lobby", f"ticket={fresh}") == 101
