@@ -186,6 +186,14 @@ def metric(port: int, name: str) -> float:
     raise AssertionError(f"{name} not in /metrics")
 
 
+def session_closes(server: Server, code: int) -> float:
+    """How many sessions ``server``'s rooms have closed with ``code`` so far (its
+    ``roomchat_session_closes`` counter, read in-process: it also answers during a drain)."""
+    value = server.gateway.observer.registry.get_sample_value(
+        "roomchat_session_closes_total", {"code": str(code)})
+    return value or 0.0
+
+
 async def wait_connections(server: Server, count: int, seconds: float = 3.0) -> None:
     """Wait (up to ``seconds``) until ``server`` counts ``count`` open sockets; assert it does."""
     for _ in range(int(seconds * 100)):

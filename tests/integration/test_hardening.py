@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import signal
 import socket
+import sys
+import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +23,16 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
 from tests.conftest import ServerFactory
-from tests.support import SLOW, Server, collect_messages, make_token, metric, server_process
+from tests.support import (
+    SLOW,
+    Server,
+    collect_messages,
+    make_token,
+    metric,
+    server_process,
+    session_closes,
+    until,
+)
 
 TCP_ESTABLISHED = 1
 BIG = 16_000  # characters per stored message: 600 of them (~10 MB) outgrow any socket buffer
@@ -68,6 +80,16 @@ class RawClient:
             elif isinstance(event, CloseConnection):
                 self.close_code = event.code
         return events
+
+    def queued(self) -> int:
+        """Bytes the kernel holds for us, not read yet (FIONREAD)."""
+        data = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        return int.from_bytes(data, sys.byteorder, signed=True)
+
+    async def stalled(self) -> None:
+        """Wait until the server's sends to us are blocked: more queued than any frame before
+        a replay's first (a welcome), on a receive buffer that small."""
+        await until(lambda: self.queued() > 2048, 10, "the replay to fill our receive buffer")
 
     def tcp_state(self) -> int:
         """The kernel's state of our end (TCP_INFO), read without reading any data."""
@@ -130,20 +152,21 @@ async def test_a_close_during_a_replay_leaves_no_gap(
         slow = await RawClient.connect(srv.port, room_path(
             "lobby", make_token("slow", ttl=ttl), after="0"))
         try:
-            await asyncio.sleep(0.5 * SLOW)  # its replay is now blocked on a full socket
+            await slow.stalled()  # its replay is now blocked on a full socket
             await store_messages(srv.url("lobby", make_token("writer")), 20, first=600, size=10)
+            code = 1012 if close_by == "drain" else 4001
             if close_by == "drain":
                 srv.shutdown.set()  # SIGTERM's path: 1012 to everyone
-                await asyncio.sleep(0.2 * SLOW)
-            else:
-                await asyncio.sleep(ttl + 1)  # exp is whole seconds; the tick closes with 4001
+            # else: the first tick at or after the token's exp (whole seconds) closes it.
+            await until(lambda: session_closes(srv, code) == 1, ttl + 5,
+                        f"the room to close the stalled socket with {code}")
             await slow.read_to_end()  # the client reads again, as a slow one eventually does
         finally:
             slow.close()
         got = slow.seqs
         assert got == list(range(1, len(got) + 1)), "a gap: the resume would skip messages"
         assert 0 < len(got) < 600
-        assert slow.close_code == (1012 if close_by == "drain" else 4001)
+        assert slow.close_code == code
         config = srv.config
     # A careful client resumes after the last seq it got, on the restarted server: no gap.
     from tests.support import running_server
@@ -207,7 +230,7 @@ async def test_sigterm_exits_in_time_with_a_client_that_stopped_reading(
         try:
             async with websockets.connect(srv.url("lobby", make_token("ok")),
                                           compression=None, max_size=None) as ok:
-                await asyncio.sleep(0.5 * SLOW)  # the stuck client's replay fills its socket
+                await stuck.stalled()  # the stuck client's replay fills its socket
                 started = time.monotonic()
                 srv.proc.send_signal(signal.SIGTERM)
                 with contextlib.suppress(websockets.ConnectionClosed):

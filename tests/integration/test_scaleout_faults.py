@@ -30,7 +30,15 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from rooms.engines.redis import RedisEngine
 from tests.integration.test_scaleout import FAST, Member
 from tests.redis_server import RedisServer
-from tests.support import SLOW, Process, make_config, make_token, running_server, server_process
+from tests.support import (
+    SLOW,
+    Process,
+    make_config,
+    make_token,
+    running_server,
+    server_process,
+    until,
+)
 
 ENV = {**FAST, "ROOMCHAT_STORE_OUTAGE_TIMEOUT": "10"}
 Stored = tuple[str, str | None, str]
@@ -327,6 +335,13 @@ async def chat(c: Chatter, target: Target, stop: asyncio.Event, pause: float) ->
             await asyncio.wait_for(stop.wait(), pause)
 
 
+async def traffic(chatters: list[Chatter], acks: int) -> None:
+    """Wait until each of ``chatters`` (chatting meanwhile) has ``acks`` more messages acked."""
+    goal = [len(c.acked) + acks for c in chatters]
+    await until(lambda: all(len(c.acked) >= n for c, n in zip(chatters, goal, strict=True)),
+                15, f"{acks} more acks for each of {chatters}")
+
+
 async def test_redis_restarted_mid_traffic_loses_nothing_and_resumes_live(
         tmp_path: Path) -> None:
     # a's rooms give up on the outage quickly (1013, clients reconnect with after=last); b's
@@ -344,13 +359,20 @@ async def test_redis_restarted_mid_traffic_loses_nothing_and_resumes_live(
         async with asyncio.TaskGroup() as tg:
             for c, t in zip(chatters, targets, strict=True):
                 tg.create_task(chat(c, t, stop, 0.05))
-            await asyncio.sleep(1.5)
+            await until(lambda: all(len(c.acked) >= 5 for c in chatters), 15,
+                        "traffic before the restart")
             before = {c.user: dict(c.acked) for c in chatters}
-            assert all(before.values()), "no traffic before the restart"
             redis.stop(crash=True)  # SIGKILL: only what was fsynced (appendfsync always) stays
-            await asyncio.sleep(3)
+            # Away until every client has met the outage: `unavailable` for all, and a's
+            # rooms given up (1013, after its 1.5 s outage timeout).
+            await until(lambda: all(c.errors["unavailable"] for c in chatters)
+                        and all(1013 in c.server_closes for c in chatters[0::2]), 15,
+                        "every client to meet the outage")
             redis.start()
-            await asyncio.sleep(2)
+            during = [len(c.acked) for c in chatters]
+            await until(lambda: all(len(c.acked) > n for c, n in zip(chatters, during,
+                                                                      strict=True)),
+                        30, "every client's messages to be acked again after the restart")
             stop.set()
         await settle(chatters, targets)
 
@@ -496,7 +518,7 @@ async def test_killed_subscriber_connections_resync_without_gaps(tmp_path: Path)
                 for c, t in zip(chatters[:3], targets, strict=False):  # u3 only listens
                     tg.create_task(chat(c, t, stop, 0.03))
                 for _ in range(3):
-                    await asyncio.sleep(1)
+                    await traffic(chatters[:3], 10)
                     subscribers = {c["id"] for c in await admin.client_list("pubsub")}
                     assert len(subscribers) == 2, subscribers
                     killed = await admin.execute_command(  # type: ignore[no-untyped-call]
@@ -509,7 +531,7 @@ async def test_killed_subscriber_connections_resync_without_gaps(tmp_path: Path)
                             if len(now) == 2 and not now & subscribers:
                                 break
                             await asyncio.sleep(0.05)
-                await asyncio.sleep(1)
+                await traffic(chatters[:3], 10)  # after the last kill too: its gaps show
                 stop.set()
         finally:
             await admin.aclose()
@@ -524,12 +546,13 @@ async def test_killed_subscriber_connections_resync_without_gaps(tmp_path: Path)
 SOAK_SECONDS = float(os.environ.get("ROOMCHAT_SOAK_SECONDS", "20"))
 
 
-async def wander(c: Chatter, procs: list[Target], rng: random.Random, until: float) -> None:
-    """Connect to a random process, chat a while, leave; again and again until ``until``."""
+async def wander(c: Chatter, procs: list[Target], rng: random.Random, end: float) -> None:
+    """Connect to a random process, chat a while, leave; again and again until ``end`` (the
+    loop's time)."""
     loop = asyncio.get_running_loop()
-    while loop.time() < until:
+    while loop.time() < end:
         await c.connect(rng.choice(procs))
-        leave_at = min(until, loop.time() + rng.expovariate(1 / 1.5))
+        leave_at = min(end, loop.time() + rng.expovariate(1 / 1.5))
         while loop.time() < leave_at and c.open:
             await c.say()
             await c.resend()
@@ -556,10 +579,10 @@ async def test_soak_random_reconnects_across_three_processes(tmp_path: Path) -> 
         procs: list[Target] = [a, b, c3]
         rooms = [f"soak{r}" for r in range(5)]
         chatters = [Chatter(f"s{i}", rooms[i % 5]) for i in range(30)]
-        until = asyncio.get_running_loop().time() + SOAK_SECONDS
+        end = asyncio.get_running_loop().time() + SOAK_SECONDS
         async with asyncio.TaskGroup() as tg:
             for i, ch in enumerate(chatters):
-                tg.create_task(wander(ch, procs, random.Random(seed * 100 + i), until))
+                tg.create_task(wander(ch, procs, random.Random(seed * 100 + i), end))
         await settle(chatters, procs, timeout=30)
         print(f"soak: {sum(len(ch.sent) for ch in chatters)} messages, "
               f"{sum(ch.connects for ch in chatters)} connects, "
