@@ -10,7 +10,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,14 +19,13 @@ import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
 
-from gateway.access import FrontDoor
 from gateway.auth import make_verifier
-from gateway.gateway import Gateway
 from tests.redis_server import redis_server
 from tests.support import (
     REPO,
     SECRET,
     SLOW,
+    door_with_clocks,
     make_config,
     make_token,
     running_server,
@@ -224,16 +222,6 @@ async def refusal(port: int, room: str, query: str) -> tuple[int, dict[str, Any]
     return response.status_code, json.loads(response.body or b"")
 
 
-def with_wall_clock(gw: Gateway, wall: Callable[[], float]) -> None:
-    """Give ``gw`` a front door whose wall clock (Unix seconds: a ticket's token expiry) is
-    ``wall``, otherwise as the gateway built it."""
-    config = gw.config
-    gw.door = FrontDoor(gw, verifier=gw.verifier, revocations=gw.revocations, limits=gw.limits,
-                        addresses=gw.addresses, allowed_origins=config.allowed_origins,
-                        max_connections=config.max_connections, api_key=config.api_key,
-                        wall=wall)
-
-
 async def test_a_ticket_is_refused_once_its_token_has_expired(tmp_path: Path) -> None:
     """Round-3 finding: ``redeem`` never looked at ``exp``, so a ticket outlived its token (the
     socket got its welcome and history before the room's next tick closed it with 4001)."""
@@ -254,12 +242,12 @@ async def test_a_ticket_is_refused_once_its_token_has_expired(tmp_path: Path) ->
         token = make_token("alice", exp=exp)
         early = await ticket_for(srv.port, "lobby", token)
         late = await ticket_for(srv.port, "lobby", token)
-        with_wall_clock(srv.gateway, lambda: exp - 0.001)
+        door_with_clocks(srv.gateway, wall=lambda: exp - 0.001)
         assert await upgrade_status(srv.port, "lobby", f"ticket={early}") == 101
-        with_wall_clock(srv.gateway, lambda: float(exp))
+        door_with_clocks(srv.gateway, wall=lambda: float(exp))
         status, body = await refusal(srv.port, "lobby", f"ticket={late}")
         assert (status, body["error"]) == (401, "token_expired")
-        with_wall_clock(srv.gateway, time.time)
+        door_with_clocks(srv.gateway)
         # A ticket of a token still valid opens its socket, as before.
         fresh = await ticket_for(srv.port, "lobby", make_token("alice"))
         assert await upgrade_status(srv.port, "lobby", f"ticket={fresh}") == 101
