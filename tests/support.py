@@ -30,6 +30,11 @@ from rooms.config import RoomConfig
 # One factor for slow machines (python-websockets does the same): scale every wait by it.
 SLOW = float(os.environ.get("ROOMCHAT_TEST_SLOW", "1"))
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+SCALEOUT_ENV = {"ROOMCHAT_RATE_BURST": "1000", "ROOMCHAT_RATE_PER_SEC": "1000",
+                "ROOMCHAT_SYNC_INTERVAL": "0.5", "ROOMCHAT_PRESENCE_TTL": "2",
+                "ROOMCHAT_PING_INTERVAL": "2", "ROOMCHAT_PING_TIMEOUT": "2"}
+"""Settings of ``roomchat serve`` processes that share a room on Redis in tests: rate limits out
+of the way (the traffic is the test's), syncs, presence and heartbeats quick."""
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -330,6 +335,15 @@ def start_process(data_dir: Path, port: int | None = None, env: dict[str, str] |
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
+
+
+def wait_ready(*procs: Process) -> None:
+    """Wait until each process has finished starting (opened its engine): a bound port is not
+    enough (the socket listens before the app's startup has reached Redis)."""
+    for proc in procs:
+        url = f"http://127.0.0.1:{proc.port}/readyz"
+        with urllib.request.urlopen(url, timeout=20 * SLOW) as response:
+            assert response.status == 200
 
 
 @contextlib.contextmanager

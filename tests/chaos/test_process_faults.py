@@ -17,7 +17,7 @@ from tests.chaos.harness import (
     restart,
     stop,
 )
-from tests.integration.test_scaleout_faults import Chatter, Target, chat, settle
+from tests.clients import Chatter, Target, chat, settle
 from tests.support import SLOW, server_process
 
 CLIENTS = 20

@@ -15,9 +15,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.chaos.harness import ENV, percentile, record
-from tests.integration.test_hardening import RawClient, room_path
-from tests.integration.test_scaleout import Member
-from tests.integration.test_scaleout_faults import connect
+from tests.clients import Member, RawClient, connect, room_path
 from tests.support import REPO, SLOW, make_token, server_process
 
 PING_INTERVAL, PING_TIMEOUT, TICK = 1.0, 1.0, 0.1

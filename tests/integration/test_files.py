@@ -31,9 +31,9 @@ from tests.imagefiles import (
     polyglot_jpeg,
     truncated,
 )
-from tests.integration.test_startup_errors import assert_one_line, serve
 from tests.redis_server import redis_server
 from tests.s3_server import S3_ENV, make_bucket, s3_server
+from tests.startup import assert_one_line, serve
 from tests.support import (
     SLOW,
     Server,

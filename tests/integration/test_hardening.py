@@ -5,23 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import signal
-import socket
-import sys
-import termios
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
+from tests.clients import BIG, FLOOD, TCP_ESTABLISHED, RawClient, room_path, store_messages
 from tests.conftest import ServerFactory
 from tests.support import (
     SLOW,
@@ -33,112 +25,6 @@ from tests.support import (
     session_closes,
     until,
 )
-
-TCP_ESTABLISHED = 1
-BIG = 16_000  # characters per stored message: 600 of them (~10 MB) outgrow any socket buffer
-
-
-@dataclass
-class RawClient:
-    """A WebSocket client on a bare socket with a small receive buffer: it reads only when
-    told to, so the server's sends to it block as they would for a stalled phone."""
-
-    sock: socket.socket
-    ws: WSConnection
-    seqs: list[int] = field(default_factory=list)
-    close_code: int | None = None
-    reset: bool = False
-    _text: list[str] = field(default_factory=list)
-
-    @classmethod
-    async def connect(cls, port: int, path: str, rcvbuf: int = 4096) -> RawClient:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # Before connect, so the window stays small (no autotuning).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-        ws = WSConnection(ConnectionType.CLIENT)
-        await loop.sock_sendall(sock, ws.send(Request(host=f"127.0.0.1:{port}", target=path)))
-        client = cls(sock, ws)
-        async with asyncio.timeout(10 * SLOW):
-            while not any(isinstance(e, AcceptConnection) for e in client._feed(
-                    await loop.sock_recv(sock, 1024))):
-                pass
-        return client
-
-    def _feed(self, data: bytes | None) -> list[Any]:
-        self.ws.receive_data(data)
-        events = list(self.ws.events())
-        for event in events:
-            if isinstance(event, TextMessage):
-                self._text.append(event.data)
-                if event.message_finished:
-                    frame, self._text = "".join(self._text), []
-                    objects = [orjson.loads(line) for line in frame.split("\n")]
-                    self.seqs += [o["seq"] for o in objects if o["type"] == "message"]
-            elif isinstance(event, CloseConnection):
-                self.close_code = event.code
-        return events
-
-    def queued(self) -> int:
-        """Bytes the kernel holds for us, not read yet (FIONREAD)."""
-        data = fcntl.ioctl(self.sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-        return int.from_bytes(data, sys.byteorder, signed=True)
-
-    async def stalled(self) -> None:
-        """Wait until the server's sends to us are blocked: more queued than any frame before
-        a replay's first (a welcome), on a receive buffer that small."""
-        await until(lambda: self.queued() > 2048, 10, "the replay to fill our receive buffer")
-
-    def tcp_state(self) -> int:
-        """The kernel's state of our end (TCP_INFO), read without reading any data."""
-        return self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
-
-    async def read_to_end(self, timeout: float = 30) -> None:
-        """Read everything the server sends until it closes or resets the connection."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout * SLOW):
-            while True:
-                try:
-                    data = await loop.sock_recv(self.sock, 1 << 16)
-                except ConnectionResetError:
-                    self.reset = True
-                    return
-                if not data:
-                    return
-                for event in self._feed(data):
-                    if isinstance(event, CloseConnection):  # complete the close handshake
-                        await loop.sock_sendall(self.sock, self.ws.send(event.response()))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def room_path(room: str, token: str, **query: Any) -> str:
-    extra = "".join(f"&{k}={v}" for k, v in query.items())
-    return f"/rooms/{room}/ws?token={token}{extra}"
-
-
-async def store_messages(url: str, count: int, first: int = 0, size: int = BIG) -> None:
-    """Send ``count`` messages of ``size`` characters and wait until all are acked."""
-    async with websockets.connect(url, compression=None, max_size=None) as ws:
-        await ws.recv()
-        for i in range(first, first + count):
-            await ws.send(orjson.dumps({"type": "message", "id": f"m{i}",
-                                        "text": f"{i}:" + "x" * size}).decode())
-        acked = 0
-        async with asyncio.timeout(60 * SLOW):
-            while acked < count:
-                for line in str(await ws.recv()).split("\n"):
-                    acked += orjson.loads(line)["type"] == "ack"
-
-
-# Replay frames of 32 x 16 KB: big enough to block on a stalled socket, small enough for a
-# default websockets client (1 MiB max_size) to resume with.
-FLOOD = {"rate_burst": 100_000, "rate_per_sec": 100_000, "max_text_chars": BIG + 100,
-         "outbox_limit": 100_000, "max_frame_messages": 32}
-
 
 # -- bug 1: a close during a replay must not leave a gap --------------------------------------
 
