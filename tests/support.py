@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ import orjson
 import websockets
 from websockets.asyncio.client import ClientConnection
 
+from gateway.access import FrontDoor
 from gateway.app import Gateway, create_app
 from gateway.config import Config, load_config
 from gateway.hypercorn_ext import FrameWriter
@@ -29,6 +30,11 @@ from rooms.config import RoomConfig
 # One factor for slow machines (python-websockets does the same): scale every wait by it.
 SLOW = float(os.environ.get("ROOMCHAT_TEST_SLOW", "1"))
 SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
+SCALEOUT_ENV = {"ROOMCHAT_RATE_BURST": "1000", "ROOMCHAT_RATE_PER_SEC": "1000",
+                "ROOMCHAT_SYNC_INTERVAL": "0.5", "ROOMCHAT_PRESENCE_TTL": "2",
+                "ROOMCHAT_PING_INTERVAL": "2", "ROOMCHAT_PING_TIMEOUT": "2"}
+"""Settings of ``roomchat serve`` processes that share a room on Redis in tests: rate limits out
+of the way (the traffic is the test's), syncs, presence and heartbeats quick."""
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -167,13 +173,35 @@ def frame_writers(server: Server) -> list[FrameWriter]:
     return writers  # type: ignore[return-value]
 
 
-async def until(condition: Callable[[], bool], timeout: float = 5.0,
+async def until(condition: Callable[[], bool | Awaitable[bool]], timeout: float = 5.0,
                 what: str = "the condition") -> None:
-    """Poll ``condition`` (a server seen from outside) until it holds; fail after ``timeout``
-    seconds (times SLOW) naming ``what``."""
+    """Poll ``condition`` (a server seen from outside; a coroutine function too) until it
+    holds; fail after ``timeout`` seconds (times SLOW) naming ``what``."""
     deadline = time.monotonic() + timeout * SLOW
-    while not condition():
+    while True:
+        held = condition()
+        if not isinstance(held, bool):
+            held = await held
+        if held:
+            return
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def until_refused(port: int, timeout: float = 5.0) -> None:
+    """Wait until nothing listens on ``port``: a TCP connect is refused. A connect that still
+    succeeds (completed by the kernel's backlog) is closed at once, without a request."""
+    deadline = time.monotonic() + timeout * SLOW
+    while True:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionRefusedError:
+            return
+        except ConnectionResetError:
+            pass  # the listener closed during this handshake: the next one tells
+        else:
+            writer.close()
+        assert time.monotonic() < deadline, f"port {port} still accepts connections"
         await asyncio.sleep(0.01)
 
 
@@ -184,6 +212,40 @@ def metric(port: int, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+class ManualClock:
+    """A clock that stands still until the test moves it (``step``): time that passes only
+    when a test says so, for the parts that take their clock injected."""
+
+    def __init__(self, start: float) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def door_with_clocks(gw: Gateway, *, monotonic: Callable[[], float] = time.monotonic,
+                     wall: Callable[[], float] = time.time) -> None:
+    """Give ``gw`` a front door on these clocks (``FrontDoor``'s ``monotonic``: its rate
+    buckets; ``wall``: a ticket's token expiry), otherwise as the gateway built it. The
+    buckets' state (``gw.limits``) carries over; every route reads ``gw.door`` per request."""
+    config = gw.config
+    gw.door = FrontDoor(gw, verifier=gw.verifier, revocations=gw.revocations, limits=gw.limits,
+                        addresses=gw.addresses, allowed_origins=config.allowed_origins,
+                        max_connections=config.max_connections, api_key=config.api_key,
+                        monotonic=monotonic, wall=wall)
+
+
+def session_closes(server: Server, code: int) -> float:
+    """How many sessions ``server``'s rooms have closed with ``code`` so far (its
+    ``roomchat_session_closes`` counter, read in-process: it also answers during a drain)."""
+    value = server.gateway.observer.registry.get_sample_value(
+        "roomchat_session_closes_total", {"code": str(code)})
+    return value or 0.0
 
 
 async def wait_connections(server: Server, count: int, seconds: float = 3.0) -> None:
@@ -273,6 +335,15 @@ def start_process(data_dir: Path, port: int | None = None, env: dict[str, str] |
         time.sleep(0.05)
     proc.kill()
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
+
+
+def wait_ready(*procs: Process) -> None:
+    """Wait until each process has finished starting (opened its engine): a bound port is not
+    enough (the socket listens before the app's startup has reached Redis)."""
+    for proc in procs:
+        url = f"http://127.0.0.1:{proc.port}/readyz"
+        with urllib.request.urlopen(url, timeout=20 * SLOW) as response:
+            assert response.status == 200
 
 
 @contextlib.contextmanager

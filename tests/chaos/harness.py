@@ -1,8 +1,9 @@
 """What the chaos scenarios share: durations and the seed, process stop/restart, a chatter that
 can stall, the audit of a room on the embedded (SQLite) store, RSS, and the results file.
 
-The clients and the Redis audit come from the integration tests (``Chatter``, ``settle``,
-``audit`` in ``tests/integration/test_scaleout_faults.py``; ``Member`` in ``test_scaleout.py``).
+The clients and the audit are the integration tests' too: ``tests.clients`` (``Chatter``,
+``settle``, ``Member``, ``RawClient``) and ``tests.audit``; ``audit_embedded`` here is the
+audit against the SQLite file.
 """
 
 from __future__ import annotations
@@ -21,14 +22,8 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed, InvalidMessage
 
-from tests.integration.test_scaleout import Member
-from tests.integration.test_scaleout_faults import (
-    Chatter,
-    Stored,
-    Target,
-    check_room,
-    read_back,
-)
+from tests.audit import check_room, read_back
+from tests.clients import Chatter, Member, Stored, Target
 from tests.support import REPO, SLOW, Process, start_process
 
 FULL = os.environ.get("ROOMCHAT_CHAOS_FULL", "") == "1"
@@ -163,7 +158,7 @@ def stored(data_dir: Path, room: str) -> list[tuple[int, Stored]]:
 
 async def audit_embedded(target: Target, data_dir: Path, room: str, chatters: list[Chatter],
                          *, context: str = "") -> int:
-    """``test_scaleout_faults.audit`` for the embedded store: every chatter's seqs are exactly
+    """``tests.audit.audit`` for the embedded store: every chatter's seqs are exactly
     1..top (no gap, no duplicate across its reconnects), what it saw is what is stored,
     everything it sent was acked and is stored exactly once at its acked seq; the read-back
     (``after=0``) equals the SQLite file. Returns the room's top seq."""

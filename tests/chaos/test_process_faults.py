@@ -17,7 +17,7 @@ from tests.chaos.harness import (
     restart,
     stop,
 )
-from tests.integration.test_scaleout_faults import Chatter, Target, chat, settle
+from tests.clients import Chatter, Target, chat, settle
 from tests.support import SLOW, server_process
 
 CLIENTS = 20
@@ -35,6 +35,8 @@ async def _traffic_then(tmp_path: Path, sig: signal.Signals) -> None:
             target: Target = proc
             for c in chatters:
                 await c.connect(target)
+            # Seconds of steady traffic on each side of the fault: the scenario's load (recorded
+            # as traffic_seconds), not a wait for something to happen.
             before = pick(3, 15)
             after_restart = pick(3, 15)
             stop_event = asyncio.Event()

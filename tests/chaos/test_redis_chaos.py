@@ -1,5 +1,6 @@
 """Scenario 6, on Redis: randomized and longer than the integration tests it reuses
-(``tests/integration/test_scaleout_faults.py``, ``test_scaleout.py``). Clients wander between
+(``tests/integration/test_scaleout_faults.py``, ``test_scaleout.py``) and their clients and
+audit (``tests.clients``, ``tests.audit``). Clients wander between
 two ``roomchat serve`` processes sharing Redis (AOF, ``appendfsync always``) while, at random,
 Redis is crashed (SIGKILL) and restarted and one of the processes is killed -9 and restarted;
 then the same audit: gapless seqs per client, every acked message stored exactly once."""
@@ -11,6 +12,7 @@ import random
 import signal
 from pathlib import Path
 
+from tests.audit import audit
 from tests.chaos.harness import (
     LIFT_CAPS,
     StallingChatter,
@@ -20,20 +22,16 @@ from tests.chaos.harness import (
     seed,
     stop,
 )
-from tests.integration.test_scaleout_faults import (
-    ENV,
-    Chatter,
-    Target,
-    args,
-    audit,
-    settle,
-    wait_ready,
-    wander,
-)
+from tests.clients import Chatter, Target, settle, wander
 from tests.redis_server import RedisServer
-from tests.support import server_process
+from tests.support import SCALEOUT_ENV, server_process, wait_ready
 
-REDIS_ENV = {**ENV, **LIFT_CAPS}
+# As tests/integration/test_scaleout_faults.py: rooms ride out a Redis restart (up to 10 s).
+REDIS_ENV = {**SCALEOUT_ENV, "ROOMCHAT_STORE_OUTAGE_TIMEOUT": "10", **LIFT_CAPS}
+
+
+def store(redis: RedisServer) -> list[str]:
+    return ["--store-url", redis.url]
 
 
 async def test_redis_crashes_and_process_kills_at_random(tmp_path: Path) -> None:
@@ -41,8 +39,8 @@ async def test_redis_crashes_and_process_kills_at_random(tmp_path: Path) -> None
     rng = random.Random(value)
     seconds = pick(15, 90)
     with RedisServer(tmp_path / "redis", aof=True) as redis, \
-            server_process(tmp_path / "a", env=REDIS_ENV, args=args(redis)) as a, \
-            server_process(tmp_path / "b", env=REDIS_ENV, args=args(redis)) as b:
+            server_process(tmp_path / "a", env=REDIS_ENV, args=store(redis)) as a, \
+            server_process(tmp_path / "b", env=REDIS_ENV, args=store(redis)) as b:
         await asyncio.to_thread(wait_ready, a, b)
         procs = {"a": a, "b": b}
         targets: list[Target] = [a, b]
@@ -66,7 +64,7 @@ async def test_redis_crashes_and_process_kills_at_random(tmp_path: Path) -> None
                     await asyncio.to_thread(stop, procs[name], signal.SIGKILL)
                     faults.append(f"kill-9-{name}")
                     procs[name] = await asyncio.to_thread(
-                        restart, procs[name], tmp_path / name, REDIS_ENV, args(redis))
+                        restart, procs[name], tmp_path / name, REDIS_ENV, store(redis))
 
         try:
             async with asyncio.TaskGroup() as tg:

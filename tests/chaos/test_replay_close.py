@@ -11,8 +11,8 @@ import logging
 import pytest
 
 from tests.chaos.harness import record
+from tests.clients import FLOOD, RawClient, room_path, store_messages
 from tests.conftest import ServerFactory
-from tests.integration.test_hardening import FLOOD, RawClient, room_path, store_messages
 from tests.support import SLOW, collect_messages, make_token
 
 STORED, LIVE = 600, 20

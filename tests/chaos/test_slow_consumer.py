@@ -12,10 +12,9 @@ from pathlib import Path
 
 from websockets.exceptions import ConnectionClosed
 
+from tests.audit import anomalies
 from tests.chaos.harness import ENV, percentile, pick, record, rss_mb
-from tests.integration.test_hardening import TCP_ESTABLISHED, RawClient, room_path
-from tests.integration.test_scaleout import Member
-from tests.integration.test_scaleout_faults import anomalies, connect
+from tests.clients import TCP_ESTABLISHED, Member, RawClient, connect, room_path
 from tests.support import SLOW, make_token, metric, server_process
 
 LISTENERS, WRITERS = 6, 2

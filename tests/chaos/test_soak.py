@@ -25,7 +25,7 @@ from tests.chaos.harness import (
     seed,
     stop,
 )
-from tests.integration.test_scaleout_faults import Chatter, Target, settle
+from tests.clients import Chatter, Target, settle
 from tests.support import Process, start_process
 
 ALLOWED_CLOSES = {1006, 1012, 4009, 4010}

@@ -15,10 +15,8 @@ import pytest
 from websockets.exceptions import ConnectionClosed
 
 from tests.chaos.harness import ENV, percentile, record
-from tests.integration.test_hardening import RawClient, room_path
-from tests.integration.test_scaleout import Member
-from tests.integration.test_scaleout_faults import connect
-from tests.support import REPO, SLOW, make_token, server_process
+from tests.clients import Member, RawClient, connect, room_path
+from tests.support import REPO, SLOW, make_token, server_process, until
 
 PING_INTERVAL, PING_TIMEOUT, TICK = 1.0, 1.0, 0.1
 ZOMBIE_ENV = {**ENV, "ROOMCHAT_PING_INTERVAL": str(PING_INTERVAL),
@@ -105,7 +103,7 @@ async def test_a_zombie_is_evicted_in_time_and_delays_nobody(
                 stop.set()
                 if proc is not None:
                     proc.send_signal(signal.SIGCONT)
-            await asyncio.sleep(0.3)  # the last acks
+            await until(lambda: not any(o.sent_at for o in others), 5, "the last acks")
             closed_by_server = [o.closed for o in others]
             for o in others:  # ends the readers
                 await o.client.ws.close()

@@ -18,6 +18,7 @@ from files.errors import EmptyFile, FileTooLarge, QuotaExceeded, UploadStalled
 from files.meta import FileMeta
 from files.service import FileLimits, FileService
 from tests.imagefiles import GPS_IFD, image, jpeg_with_gps, opened
+from tests.support import until
 
 MiB = 1024 * 1024
 LIMITS = FileLimits(max_file_bytes=3 * MiB, max_user_storage_bytes=8 * MiB,
@@ -115,7 +116,7 @@ async def test_a_stalled_upload_is_dropped(tmp_path: Path) -> None:
 
     async def stalls() -> AsyncIterator[bytes]:
         yield b"first"
-        await asyncio.sleep(10)
+        await asyncio.sleep(10)  # the stall itself: far past upload_idle_timeout
         yield b"never"
 
     try:
@@ -147,14 +148,23 @@ async def test_an_image_is_stored_re_encoded(service: FileService, tmp_path: Pat
 
 
 async def test_a_cancelled_upload_leaves_nothing(service: FileService, tmp_path: Path) -> None:
+    """An upload cancelled while its image is in the worker (which cannot be stopped) leaves
+    nothing: what the worker writes after the caller's clean-up is removed once it is done."""
+    small = image("PNG", (16, 16))
+    await receive(service, Body(small), user="bob")  # the worker is up before the big one
     big = image("PNG", (3000, 3000))  # long enough to be cancelled while in the worker
     task = asyncio.create_task(service.receive(aiter(Body(big)), room="lobby", user="alice",
                                                name="big.png"))
-    await asyncio.sleep(0.05)
+    # The one image slot (image_workers=1) is taken once the image is handed to the worker.
+    await until(service._image_slots.locked, 10, "the image to reach the worker")
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await asyncio.sleep(1.0)  # the worker finishes what it started, then its files go
+    # One worker, in order: when an image sent now comes back, the cancelled one is done and
+    # its clean-up (a callback of its result) has run.
+    await receive(service, Body(small), user="bob")
+    assert left_behind(tmp_path / "spool") == []
+    await service.erase("bob")
     assert left_behind(tmp_path / "files") == []
 
 

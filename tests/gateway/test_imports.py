@@ -145,3 +145,23 @@ def test_the_graph_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
     assert edges == {"pkg": set(), "pkg.a": {"pkg.b"}, "pkg.b": {"pkg.c"}, "pkg.c": {"pkg.a"},
                      "pkg.d": {"pkg.a"}}
     assert circles(edges) == [frozenset({"pkg.a", "pkg.b", "pkg.c"})]
+
+
+
+# Test modules that still share helpers with others, to move into a support module once the
+# work in progress on them has landed (issue 25, item 3): the page's scripted-room helpers
+# (tests/e2e/test_protocol_mock.py, test_refusals.py; the page work adds more), and the room
+# state's test helpers (tests/rooms/test_state.py, being reworked). Entries only ever go.
+SHARING_TEST_MODULES = ("tests.e2e.", "tests.rooms.test_typing")
+
+
+def test_no_test_module_imports_another() -> None:
+    """What tests share lives in support modules (``tests/support.py``, ``clients.py``,
+    ``audit.py``, ``startup.py``, a tier's ``harness.py``), not in a test module: importing one
+    ties its tier to the importer's and hides the helper where nobody looks for it."""
+    known = {".".join(path.relative_to(REPO).with_suffix("").parts): path
+             for path in sorted((REPO / "tests").rglob("test_*.py"))}
+    offenders = sorted({f"{module} imports {target}" for module, path in known.items()
+                        if not module.startswith(SHARING_TEST_MODULES)
+                        for target in imported(module, path, known) if target != module})
+    assert offenders == [], "move the shared names into a support module"

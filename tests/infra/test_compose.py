@@ -24,6 +24,7 @@ from typing import Any
 
 import websockets
 
+from tests.clients import Member
 from tests.infra.harness import INFRA, client_context, get, wait_for_status
 from tests.infra.podman import (
     CADDY_IMAGE,
@@ -37,7 +38,6 @@ from tests.infra.podman import (
     podman,
     wait_healthy,
 )
-from tests.integration.test_scaleout import Member
 from tests.support import SECRET, SLOW, free_port, make_token
 
 pytestmark = only_with_engine

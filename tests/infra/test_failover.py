@@ -19,8 +19,8 @@ from typing import Any
 import orjson
 import websockets
 
+from tests.clients import Member, members_seen, messages
 from tests.infra.harness import Caddy, caddy_running, get, stop, wait_healthy
-from tests.integration.test_scaleout import Member, members_seen, messages
 from tests.redis_server import redis_server
 from tests.support import SLOW, Process, make_token, start_process
 

@@ -8,6 +8,7 @@ the process-wide connection rate (503 `busy`, issue 11).
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.error
 import urllib.request
 from dataclasses import replace
@@ -20,7 +21,17 @@ import websockets
 from websockets.exceptions import InvalidStatus
 
 from gateway.config import Config
-from tests.support import SLOW, Client, Server, make_config, make_token, running_server, until
+from tests.support import (
+    SLOW,
+    Client,
+    ManualClock,
+    Server,
+    door_with_clocks,
+    make_config,
+    make_token,
+    running_server,
+    until,
+)
 
 
 def config(tmp: Path, room: dict[str, Any] | None = None, **gateway: Any) -> Config:
@@ -125,6 +136,8 @@ async def test_handshakes_per_ip_burst_then_429_with_retry_after_then_refill(
     cfg = config(tmp_path, handshake_burst=3, handshake_rate=5.0,
                  trusted_proxies=("127.0.0.1",))
     async with running_server(cfg) as srv:
+        clock = ManualClock(time.monotonic())  # the buckets refill only when stepped
+        door_with_clocks(srv.gateway, monotonic=clock)
         # Refused handshakes cost a token too (the check comes before any other).
         status, body, _ = await refused(srv, "bad.room")
         assert (status, body["error"]) == (404, "bad_room")
@@ -136,7 +149,10 @@ async def test_handshakes_per_ip_burst_then_429_with_retry_after_then_refill(
         # Per IP: another forwarded client is not affected.
         await joined(srv, headers=forwarded("203.0.113.1"))
 
-        await asyncio.sleep(0.25)  # one token back after 1/rate = 0.2 s
+        clock.step(0.19)  # one token back after 1/rate = 0.2 s: not yet
+        status, body, _ = await refused(srv)
+        assert body["error"] == "too_many_handshakes"
+        clock.step(0.02)
         await joined(srv)
         status, body, _ = await refused(srv)
         assert body["error"] == "too_many_handshakes"
@@ -156,9 +172,10 @@ def post_ticket(port: int, user: str) -> tuple[int, dict[str, Any], str | None]:
 
 async def test_connection_rate_burst_then_503_busy_with_retry_after_then_admitted(
         tmp_path: Path) -> None:
-    # Slow refill (one per second) so that nothing comes back while the test looks.
     cfg = config(tmp_path, connection_burst=3, connection_rate=1.0)
     async with running_server(cfg) as srv:
+        clock = ManualClock(time.monotonic())  # nothing comes back until the test steps it
+        door_with_clocks(srv.gateway, monotonic=clock)
         await joined(srv)
         await joined(srv, user="bob")
         status, body, _ = await asyncio.to_thread(post_ticket, srv.port, "carol")  # the third
@@ -179,7 +196,7 @@ async def test_connection_rate_burst_then_503_busy_with_retry_after_then_admitte
             first = await ws.recv()
             assert orjson.loads(str(first).split("\n")[0])["user"] == "carol"
 
-        await asyncio.sleep(retry_after)
+        clock.step(retry_after)
         await joined(srv, user="dave")
 
 

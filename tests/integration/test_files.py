@@ -31,9 +31,9 @@ from tests.imagefiles import (
     polyglot_jpeg,
     truncated,
 )
-from tests.integration.test_startup_errors import assert_one_line, serve
 from tests.redis_server import redis_server
 from tests.s3_server import S3_ENV, make_bucket, s3_server
+from tests.startup import assert_one_line, serve
 from tests.support import (
     SLOW,
     Server,
@@ -42,6 +42,7 @@ from tests.support import (
     make_token,
     running_server,
     server_process,
+    until,
 )
 
 MiB = 1024 * 1024
@@ -231,8 +232,8 @@ async def test_an_upload_past_the_limit_is_refused_mid_stream(tmp_path: Path) ->
         status, obj, _ = await send_chunked(srv.port, "/rooms/lobby/files?name=big", token,
                                             26 * MiB, declared=26 * MiB)
         assert (status, obj["error"]) == (413, "file_too_large")
-        await asyncio.sleep(0.2)  # the refused request's cleanup runs as it unwinds
-        assert stored(tmp_path) == []
+        # The refused request's cleanup runs as it unwinds.
+        await until(lambda: stored(tmp_path) == [], 5, "the refused uploads to be removed")
 
 
 async def test_the_size_limit_at_its_edge(tmp_path: Path) -> None:
@@ -303,8 +304,12 @@ async def test_an_expired_url_is_refused(tmp_path: Path) -> None:
         files = Files(srv)
         obj = await files.uploaded(b"short-lived")
         assert (await files.get(obj["url"]))[0] == 200
-        await asyncio.sleep(max(0.0, obj["expires"] - time.time()) + 0.1)
-        status, _, body = await files.get(obj["url"])
+        # Served until its expiry (whole seconds), refused from then on.
+        while (answer := await files.get(obj["url"]))[0] == 200:
+            assert time.time() < obj["expires"] + 2 * SLOW, "served long after its expiry"
+            await asyncio.sleep(0.05)
+        assert time.time() >= obj["expires"], "refused before its expiry"
+        status, _, body = answer
         assert (status, json.loads(body)["error"]) == (403, "url_expired")
 
 

@@ -6,117 +6,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import socket
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import orjson
 import pytest
 import websockets
 from websockets.exceptions import InvalidStatus
-from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
+from tests.clients import BIG, FLOOD, TCP_ESTABLISHED, RawClient, room_path, store_messages
 from tests.conftest import ServerFactory
-from tests.support import SLOW, Server, collect_messages, make_token, metric, server_process
-
-TCP_ESTABLISHED = 1
-BIG = 16_000  # characters per stored message: 600 of them (~10 MB) outgrow any socket buffer
-
-
-@dataclass
-class RawClient:
-    """A WebSocket client on a bare socket with a small receive buffer: it reads only when
-    told to, so the server's sends to it block as they would for a stalled phone."""
-
-    sock: socket.socket
-    ws: WSConnection
-    seqs: list[int] = field(default_factory=list)
-    close_code: int | None = None
-    reset: bool = False
-    _text: list[str] = field(default_factory=list)
-
-    @classmethod
-    async def connect(cls, port: int, path: str, rcvbuf: int = 4096) -> RawClient:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        # Before connect, so the window stays small (no autotuning).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        sock.setblocking(False)
-        loop = asyncio.get_running_loop()
-        await loop.sock_connect(sock, ("127.0.0.1", port))
-        ws = WSConnection(ConnectionType.CLIENT)
-        await loop.sock_sendall(sock, ws.send(Request(host=f"127.0.0.1:{port}", target=path)))
-        client = cls(sock, ws)
-        async with asyncio.timeout(10 * SLOW):
-            while not any(isinstance(e, AcceptConnection) for e in client._feed(
-                    await loop.sock_recv(sock, 1024))):
-                pass
-        return client
-
-    def _feed(self, data: bytes | None) -> list[Any]:
-        self.ws.receive_data(data)
-        events = list(self.ws.events())
-        for event in events:
-            if isinstance(event, TextMessage):
-                self._text.append(event.data)
-                if event.message_finished:
-                    frame, self._text = "".join(self._text), []
-                    objects = [orjson.loads(line) for line in frame.split("\n")]
-                    self.seqs += [o["seq"] for o in objects if o["type"] == "message"]
-            elif isinstance(event, CloseConnection):
-                self.close_code = event.code
-        return events
-
-    def tcp_state(self) -> int:
-        """The kernel's state of our end (TCP_INFO), read without reading any data."""
-        return self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
-
-    async def read_to_end(self, timeout: float = 30) -> None:
-        """Read everything the server sends until it closes or resets the connection."""
-        loop = asyncio.get_running_loop()
-        async with asyncio.timeout(timeout * SLOW):
-            while True:
-                try:
-                    data = await loop.sock_recv(self.sock, 1 << 16)
-                except ConnectionResetError:
-                    self.reset = True
-                    return
-                if not data:
-                    return
-                for event in self._feed(data):
-                    if isinstance(event, CloseConnection):  # complete the close handshake
-                        await loop.sock_sendall(self.sock, self.ws.send(event.response()))
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def room_path(room: str, token: str, **query: Any) -> str:
-    extra = "".join(f"&{k}={v}" for k, v in query.items())
-    return f"/rooms/{room}/ws?token={token}{extra}"
-
-
-async def store_messages(url: str, count: int, first: int = 0, size: int = BIG) -> None:
-    """Send ``count`` messages of ``size`` characters and wait until all are acked."""
-    async with websockets.connect(url, compression=None, max_size=None) as ws:
-        await ws.recv()
-        for i in range(first, first + count):
-            await ws.send(orjson.dumps({"type": "message", "id": f"m{i}",
-                                        "text": f"{i}:" + "x" * size}).decode())
-        acked = 0
-        async with asyncio.timeout(60 * SLOW):
-            while acked < count:
-                for line in str(await ws.recv()).split("\n"):
-                    acked += orjson.loads(line)["type"] == "ack"
-
-
-# Replay frames of 32 x 16 KB: big enough to block on a stalled socket, small enough for a
-# default websockets client (1 MiB max_size) to resume with.
-FLOOD = {"rate_burst": 100_000, "rate_per_sec": 100_000, "max_text_chars": BIG + 100,
-         "outbox_limit": 100_000, "max_frame_messages": 32}
-
+from tests.support import (
+    SLOW,
+    Server,
+    collect_messages,
+    make_token,
+    metric,
+    server_process,
+    session_closes,
+    until,
+)
 
 # -- bug 1: a close during a replay must not leave a gap --------------------------------------
 
@@ -130,20 +38,21 @@ async def test_a_close_during_a_replay_leaves_no_gap(
         slow = await RawClient.connect(srv.port, room_path(
             "lobby", make_token("slow", ttl=ttl), after="0"))
         try:
-            await asyncio.sleep(0.5 * SLOW)  # its replay is now blocked on a full socket
+            await slow.stalled()  # its replay is now blocked on a full socket
             await store_messages(srv.url("lobby", make_token("writer")), 20, first=600, size=10)
+            code = 1012 if close_by == "drain" else 4001
             if close_by == "drain":
                 srv.shutdown.set()  # SIGTERM's path: 1012 to everyone
-                await asyncio.sleep(0.2 * SLOW)
-            else:
-                await asyncio.sleep(ttl + 1)  # exp is whole seconds; the tick closes with 4001
+            # else: the first tick at or after the token's exp (whole seconds) closes it.
+            await until(lambda: session_closes(srv, code) == 1, ttl + 5,
+                        f"the room to close the stalled socket with {code}")
             await slow.read_to_end()  # the client reads again, as a slow one eventually does
         finally:
             slow.close()
         got = slow.seqs
         assert got == list(range(1, len(got) + 1)), "a gap: the resume would skip messages"
         assert 0 < len(got) < 600
-        assert slow.close_code == (1012 if close_by == "drain" else 4001)
+        assert slow.close_code == code
         config = srv.config
     # A careful client resumes after the last seq it got, on the restarted server: no gap.
     from tests.support import running_server
@@ -207,7 +116,7 @@ async def test_sigterm_exits_in_time_with_a_client_that_stopped_reading(
         try:
             async with websockets.connect(srv.url("lobby", make_token("ok")),
                                           compression=None, max_size=None) as ok:
-                await asyncio.sleep(0.5 * SLOW)  # the stuck client's replay fills its socket
+                await stuck.stalled()  # the stuck client's replay fills its socket
                 started = time.monotonic()
                 srv.proc.send_signal(signal.SIGTERM)
                 with contextlib.suppress(websockets.ConnectionClosed):

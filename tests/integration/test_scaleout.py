@@ -10,46 +10,15 @@ from typing import Any
 
 import websockets
 
+from tests.clients import Member, members_seen, messages
 from tests.redis_server import redis_server
-from tests.support import SLOW, Client, Process, make_token, server_process
-
-FAST = {"ROOMCHAT_RATE_BURST": "1000", "ROOMCHAT_RATE_PER_SEC": "1000",
-        "ROOMCHAT_SYNC_INTERVAL": "0.5", "ROOMCHAT_PRESENCE_TTL": "2",
-        "ROOMCHAT_PING_INTERVAL": "2", "ROOMCHAT_PING_TIMEOUT": "2"}
-
-
-class Member(Client):
-    """A client that answers heartbeat pings, as the page does, and follows the member list."""
-
-    members: set[str]
-
-    async def recv(self, timeout: float = 5.0) -> dict[str, Any]:
-        obj = await super().recv(timeout)
-        if obj["type"] == "ping":
-            await self.send({"type": "pong"})
-        elif obj["type"] == "presence":
-            (self.members.add if obj["event"] == "join" else self.members.discard)(obj["user"])
-        return obj
+from tests.support import SCALEOUT_ENV, SLOW, Process, make_token, server_process
 
 
 async def member(proc: Process, user: str, room: str = "split", **query: Any) -> Member:
     ws = await websockets.connect(proc.url(room, make_token(user), **query), compression=None,
                                   open_timeout=10 * SLOW, max_size=2**24)
     return Member(ws)
-
-
-async def messages(client: Client, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-    got: list[dict[str, Any]] = []
-    while len(got) < count:
-        got.append(await client.recv_type("message", timeout))
-    return got
-
-
-async def members_seen(client: Member, want: set[str], timeout: float = 10.0) -> None:
-    """Follow presence events until the member set is ``want``."""
-    async with asyncio.timeout(timeout * SLOW):
-        while client.members != want:
-            await client.recv_type("presence", timeout)
 
 
 async def joined(proc: Process, user: str, **query: Any) -> Member:
@@ -63,8 +32,8 @@ async def joined(proc: Process, user: str, **query: Any) -> Member:
 
 async def test_two_processes_one_room_live_order_and_presence(tmp_path: Path) -> None:
     with redis_server(tmp_path / "redis") as url, \
-            server_process(tmp_path / "a", env=FAST, args=["--store-url", url]) as a, \
-            server_process(tmp_path / "b", env=FAST, args=["--store-url", url]) as b:
+            server_process(tmp_path / "a", env=SCALEOUT_ENV, args=["--store-url", url]) as a, \
+            server_process(tmp_path / "b", env=SCALEOUT_ENV, args=["--store-url", url]) as b:
         alice = await joined(a, "alice")
         dave = await joined(a, "dave")  # only listens, on alice's process
         bob = await joined(b, "bob")
@@ -100,8 +69,8 @@ async def test_two_processes_one_room_live_order_and_presence(tmp_path: Path) ->
 async def test_kill_9_one_process_others_keep_chatting_and_its_members_leave(
         tmp_path: Path) -> None:
     with redis_server(tmp_path / "redis") as url, \
-            server_process(tmp_path / "a", env=FAST, args=["--store-url", url]) as a, \
-            server_process(tmp_path / "b", env=FAST, args=["--store-url", url]) as b:
+            server_process(tmp_path / "a", env=SCALEOUT_ENV, args=["--store-url", url]) as a, \
+            server_process(tmp_path / "b", env=SCALEOUT_ENV, args=["--store-url", url]) as b:
         alice = await joined(a, "alice")
         bob = await joined(b, "bob")
         await members_seen(alice, {"alice", "bob"})

@@ -2,329 +2,46 @@
 messages lost (dropped batches, killed subscriber connections), a soak of random reconnects
 across three processes, and handshakes while Redis is away.
 
-Real ``roomchat serve`` processes, a real redis-server and real WebSocket clients. Every test
-ends with the same audit (``audit``): each client's seqs are exactly 1..top, with no gap and no
-duplicate across its reconnects (it resumes with ``after=<last seq seen>``); everything it sent
-was acked; and the room read back with ``after=0`` (and straight from the Redis stream) holds
-every acked message exactly once, at its acked seq, with no ``(user, id)`` stored twice.
+Real ``roomchat serve`` processes, a real redis-server and real WebSocket clients
+(``tests.clients.Chatter``). Every test ends with the same audit (``tests.audit.audit``): each
+client's seqs are exactly 1..top, with no gap and no duplicate across its reconnects; everything
+it sent was acked; and the room read back with ``after=0`` (and straight from the Redis stream)
+holds every acked message exactly once, at its acked seq.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import random
-import time
-import urllib.request
-from collections import Counter
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
 
 import pytest
 import websockets
 from redis import asyncio as aioredis
-from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.exceptions import InvalidStatus
 
 from rooms.engines.redis import RedisEngine
-from tests.integration.test_scaleout import FAST, Member
+from tests.audit import audit
+from tests.clients import Chatter, Target, chat, connect, settle, traffic, wander
 from tests.redis_server import RedisServer
-from tests.support import SLOW, Process, make_config, make_token, running_server, server_process
+from tests.support import (
+    SCALEOUT_ENV,
+    SLOW,
+    make_config,
+    make_token,
+    running_server,
+    server_process,
+    until,
+    wait_ready,
+)
 
-ENV = {**FAST, "ROOMCHAT_STORE_OUTAGE_TIMEOUT": "10"}
-Stored = tuple[str, str | None, str]
-"""What a message is: (user, client id, text)."""
-
-
-class Target(Protocol):
-    """A server to connect to: a ``Process`` (``roomchat serve``) or an in-process ``Server``."""
-
-    def url(self, room: str, token: str, **query: Any) -> str: ...
+ENV = {**SCALEOUT_ENV, "ROOMCHAT_STORE_OUTAGE_TIMEOUT": "10"}
 
 
 def args(redis: RedisServer) -> list[str]:
     return ["--store-url", redis.url]
-
-
-def wait_ready(*procs: Process) -> None:
-    """Wait until each process has finished starting (opened its engine): a bound port is not
-    enough (the socket listens before the app's startup has reached Redis)."""
-    for proc in procs:
-        url = f"http://127.0.0.1:{proc.port}/readyz"
-        with urllib.request.urlopen(url, timeout=20 * SLOW) as response:
-            assert response.status == 200
-
-
-async def connect(target: Target, user: str, room: str, *, after: int | None,
-                  patience: float = 30.0) -> tuple[Member, dict[str, Any]]:
-    """Connect and read the welcome, retrying while the server refuses with 503 (Redis away) or
-    closes the socket at once (a room closing with 1013), for up to ``patience`` seconds."""
-    query = {} if after is None else {"after": str(after)}
-    loop = asyncio.get_running_loop()
-    give_up = loop.time() + patience * SLOW
-    while True:
-        try:
-            ws = await websockets.connect(target.url(room, make_token(user), **query),
-                                          compression=None, open_timeout=10 * SLOW,
-                                          max_size=2**24)
-        except InvalidStatus as exc:
-            if exc.response.status_code != 503 or loop.time() > give_up:
-                raise
-        except (OSError, TimeoutError):
-            if loop.time() > give_up:
-                raise
-        else:
-            client = Member(ws)
-            client.members = set()
-            try:
-                welcome = await client.recv(10)
-            except ConnectionClosed:
-                if loop.time() > give_up:
-                    raise
-            else:
-                assert welcome["type"] == "welcome", welcome
-                client.members = {m["user"] for m in welcome["members"]}
-                return client, welcome
-        await asyncio.sleep(0.2)
-
-
-def anomalies(seqs: list[int], first: int = 1) -> list[str]:
-    """The gaps and repeats in ``seqs`` (which should be ``first, first + 1, ...``)."""
-    out: list[str] = []
-    expected = first
-    for i, seq in enumerate(seqs):
-        if seq != expected:
-            out.append(f"at #{i}: got {seq}, expected {expected}")
-        expected = seq + 1
-    return out[:10]
-
-
-class Chatter:
-    """A client that keeps one room's stream across reconnects, as the page does: it resumes
-    with ``after=<last seq seen>``, resends every unacked message with its id after a reconnect
-    and any refused one (``unavailable``, ``busy``) a little later, and records everything it
-    saw for the audit. It never drops a seq it already has: every one received is recorded."""
-
-    def __init__(self, user: str, room: str) -> None:
-        self.user = user
-        self.room = room
-        self.seqs: list[int] = []
-        self.seen: dict[int, Stored] = {}
-        self.sent: dict[str, str] = {}  # id -> text, every message ever sent
-        self.unacked: dict[str, str] = {}
-        self.acked: dict[str, int] = {}
-        self.refused: set[str] = set()
-        self.duplicate_acks = 0
-        self.errors: Counter[str] = Counter()
-        self.server_closes: list[int | None] = []  # close codes of closes we did not start
-        self.problems: list[str] = []
-        self.connects = 0
-        self.client: Member | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._closing = False
-        self._count = 0
-        self._next_resend = 0.0
-
-    def __repr__(self) -> str:
-        return f"<{self.user}@{self.room} last={self.last} connects={self.connects}>"
-
-    @property
-    def last(self) -> int:
-        return self.seqs[-1] if self.seqs else 0
-
-    @property
-    def open(self) -> bool:
-        return self._reader is not None and not self._reader.done()
-
-    async def connect(self, target: Target) -> None:
-        """(Re)connect, resuming after the last seq seen, and resend what is unacked."""
-        await self.disconnect()
-        after = self.last
-        client, welcome = await connect(target, self.user, self.room, after=after)
-        self.connects += 1
-        if welcome["recovered"] is not True or welcome["seq"] < after:
-            self.problems.append(f"connect #{self.connects} with after={after}: welcome seq "
-                                 f"{welcome['seq']}, recovered {welcome['recovered']}")
-        self.client = client
-        self._closing = False
-        self._reader = asyncio.create_task(self._read(client), name=f"read:{self.user}")
-        for cid in list(self.unacked):
-            await self._send(cid)
-
-    async def disconnect(self) -> None:
-        """Close our side (if open) and wait for the reader to finish."""
-        client, reader = self.client, self._reader
-        self.client = self._reader = None
-        if client is not None:
-            self._closing = True
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.ws.close(), 5 * SLOW)
-        if reader is not None:
-            await reader
-
-    async def _read(self, client: Member) -> None:
-        try:
-            while True:
-                self._handle(await client.recv(timeout=3600))
-        except ConnectionClosed:
-            if not self._closing:
-                self.server_closes.append(client.ws.close_code)
-
-    def _handle(self, obj: dict[str, Any]) -> None:
-        kind = obj["type"]
-        if kind == "message":
-            seq = obj["seq"]
-            if seq != self.last + 1:
-                self.problems.append(f"message seq {seq} after {self.last}")
-            self.seqs.append(seq)
-            self.seen.setdefault(seq, (obj["user"], obj["id"], obj["text"]))
-        elif kind == "ack":
-            cid, seq = obj["id"], obj["seq"]
-            if self.acked.setdefault(cid, seq) != seq:
-                self.problems.append(f"{cid} acked as {seq}, earlier as {self.acked[cid]}")
-            self.duplicate_acks += bool(obj.get("duplicate"))
-            self.unacked.pop(cid, None)
-            self.refused.discard(cid)
-        elif kind == "error":
-            self.errors[obj["code"]] += 1
-            cid = obj.get("id")
-            if cid is not None and cid in self.unacked:
-                self.refused.add(cid)
-
-    async def _send(self, cid: str) -> None:
-        client = self.client
-        if client is None or not self.open:
-            return  # sent again after the next connect
-        with contextlib.suppress(ConnectionClosed):
-            await client.send({"type": "message", "text": self.sent[cid], "id": cid})
-
-    async def say(self) -> None:
-        self._count += 1
-        cid = f"{self.user}-{self._count}"
-        self.sent[cid] = self.unacked[cid] = f"{self.room}:{cid}"
-        await self._send(cid)
-
-    async def resend(self, *, everything: bool = False) -> None:
-        """Resend refused messages (at most every half second), or ``everything`` unacked."""
-        now = time.monotonic()
-        if not everything and (not self.refused or now < self._next_resend):
-            return
-        self._next_resend = now + 0.5
-        ids = list(self.unacked) if everything else [c for c in self.refused
-                                                     if c in self.unacked]
-        self.refused.clear()
-        for cid in ids:
-            await self._send(cid)
-
-
-async def read_back(target: Target, room: str) -> list[dict[str, Any]]:
-    """Every message of ``room``, read with ``after=0`` (resuming after the last one read, as
-    any client would, if the server closes the connection meanwhile)."""
-    got: list[dict[str, Any]] = []
-    for _ in range(5):
-        after = got[-1]["seq"] if got else 0
-        client, welcome = await connect(target, "auditor", room, after=after)
-        try:
-            while welcome["seq"] > (got[-1]["seq"] if got else 0):
-                got.append(await client.recv_type("message", 10))
-            return got
-        except websockets.ConnectionClosed:
-            continue
-        finally:
-            await client.ws.close()
-    raise AssertionError(f"could not read room {room} back")
-
-
-async def stream_of(url: str, room: str) -> list[tuple[int, Stored]]:
-    """The room's Redis stream, read directly (the key layout is in rooms/engines/redis.py)."""
-    redis = aioredis.Redis.from_url(url, decode_responses=True)
-    try:
-        entries: Any = await redis.xrange(f"roomchat:{{{room}}}:log")
-    finally:
-        await redis.aclose()
-    return [(int(eid.split("-")[1]), (f["user"], f["id"] or None, f["text"]))
-            for eid, f in entries]
-
-
-async def settle(chatters: list[Chatter], targets: list[Target], timeout: float = 30) -> None:
-    """Make sure every chatter is connected, get every message acked (resending), then wait
-    until every chatter has seen its room's top."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout * SLOW
-    for i, c in enumerate(chatters):
-        if not c.open:
-            await c.connect(targets[i % len(targets)])
-    next_resend = loop.time() + 1
-    while any(c.unacked for c in chatters):
-        assert loop.time() < deadline, [(c, sorted(c.unacked)) for c in chatters if c.unacked]
-        await asyncio.sleep(0.02)
-        for i, c in enumerate(chatters):
-            if not c.open:
-                await c.connect(targets[i % len(targets)])
-        if loop.time() >= next_resend:
-            next_resend = loop.time() + 1
-            for c in chatters:
-                await c.resend(everything=True)
-    tops = {c.room: max(seq for x in chatters if x.room == c.room for seq in x.acked.values())
-            for c in chatters if c.acked}
-    while any(c.last < tops.get(c.room, 0) for c in chatters):
-        behind = [(c, tops[c.room]) for c in chatters if c.last < tops.get(c.room, 0)]
-        assert loop.time() < deadline, f"never caught up: {behind}"
-        await asyncio.sleep(0.02)
-        for i, c in enumerate(chatters):
-            # Closed meanwhile (a stall that outlasted the heartbeat ends in 4010): resume.
-            if not c.open:
-                await c.connect(targets[i % len(targets)])
-
-
-def check_room(room: str, wire: list[dict[str, Any]], backing: list[tuple[int, Stored]],
-               backing_name: str, chatters: list[Chatter], *, context: str = "") -> int:
-    """The checks every test ends with (see the module docstring), given the room's read-back
-    (``after=0``) and what its engine holds (``backing``, named ``backing_name`` in messages).
-    Returns the room's top seq."""
-    mine = [c for c in chatters if c.room == room]
-    stored = {m["seq"]: (m["user"], m["id"], m["text"]) for m in wire}
-    seqs = [m["seq"] for m in wire]
-    assert seqs == list(range(1, len(seqs) + 1)), f"{context}{room} read back: {anomalies(seqs)}"
-    assert backing == sorted(stored.items()), \
-        f"{context}{room}: {backing_name} differs from read back"
-    twice = [k for k, n in Counter((u, i) for u, i, _ in stored.values()).items() if n > 1]
-    assert not twice, f"{context}{room}: stored more than once: {twice[:10]}"
-    top = len(seqs)
-    for c in mine:
-        assert not c.problems, f"{context}{c}: {c.problems[:10]}"
-        assert c.seqs == list(range(1, top + 1)), f"{context}{c}: {anomalies(c.seqs)}"
-        wrong = [s for s in c.seqs if c.seen[s] != stored[s]]
-        assert not wrong, f"{context}{c}: saw other messages than stored at {wrong[:10]}"
-        assert not c.unacked, f"{context}{c}: never acked: {sorted(c.unacked)[:10]}"
-        assert set(c.acked) == set(c.sent)
-        misplaced = [cid for cid, seq in c.acked.items()
-                     if stored.get(seq) != (c.user, cid, c.sent[cid])]
-        assert not misplaced, f"{context}{c}: acked but not stored at their seq: {misplaced[:10]}"
-        assert 1011 not in c.server_closes, f"{context}{c}: closed with 1011"
-    stored_ids = {(u, i) for u, i, _ in stored.values()}
-    sent = {(c.user, cid) for c in mine for cid in c.sent}
-    assert stored_ids == sent, f"{context}{room}: stored messages nobody sent"
-    return top
-
-
-async def audit(url: str, target: Target, room: str, chatters: list[Chatter],
-                *, context: str = "") -> None:
-    """``check_room`` against the room's Redis stream."""
-    wire = await read_back(target, room)
-    check_room(room, wire, await stream_of(url, room), "stream", chatters, context=context)
-
-
-async def chat(c: Chatter, target: Target, stop: asyncio.Event, pause: float) -> None:
-    """Send a message every ``pause`` seconds until ``stop``; reconnect whenever closed."""
-    while not stop.is_set():
-        if not c.open:
-            await c.connect(target)
-        await c.say()
-        await c.resend()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), pause)
 
 
 async def test_redis_restarted_mid_traffic_loses_nothing_and_resumes_live(
@@ -344,13 +61,20 @@ async def test_redis_restarted_mid_traffic_loses_nothing_and_resumes_live(
         async with asyncio.TaskGroup() as tg:
             for c, t in zip(chatters, targets, strict=True):
                 tg.create_task(chat(c, t, stop, 0.05))
-            await asyncio.sleep(1.5)
+            await until(lambda: all(len(c.acked) >= 5 for c in chatters), 15,
+                        "traffic before the restart")
             before = {c.user: dict(c.acked) for c in chatters}
-            assert all(before.values()), "no traffic before the restart"
             redis.stop(crash=True)  # SIGKILL: only what was fsynced (appendfsync always) stays
-            await asyncio.sleep(3)
+            # Away until every client has met the outage: `unavailable` for all, and a's
+            # rooms given up (1013, after its 1.5 s outage timeout).
+            await until(lambda: all(c.errors["unavailable"] for c in chatters)
+                        and all(1013 in c.server_closes for c in chatters[0::2]), 15,
+                        "every client to meet the outage")
             redis.start()
-            await asyncio.sleep(2)
+            during = [len(c.acked) for c in chatters]
+            await until(lambda: all(len(c.acked) > n for c, n in zip(chatters, during,
+                                                                      strict=True)),
+                        30, "every client's messages to be acked again after the restart")
             stop.set()
         await settle(chatters, targets)
 
@@ -496,7 +220,7 @@ async def test_killed_subscriber_connections_resync_without_gaps(tmp_path: Path)
                 for c, t in zip(chatters[:3], targets, strict=False):  # u3 only listens
                     tg.create_task(chat(c, t, stop, 0.03))
                 for _ in range(3):
-                    await asyncio.sleep(1)
+                    await traffic(chatters[:3], 10)
                     subscribers = {c["id"] for c in await admin.client_list("pubsub")}
                     assert len(subscribers) == 2, subscribers
                     killed = await admin.execute_command(  # type: ignore[no-untyped-call]
@@ -509,7 +233,7 @@ async def test_killed_subscriber_connections_resync_without_gaps(tmp_path: Path)
                             if len(now) == 2 and not now & subscribers:
                                 break
                             await asyncio.sleep(0.05)
-                await asyncio.sleep(1)
+                await traffic(chatters[:3], 10)  # after the last kill too: its gaps show
                 stop.set()
         finally:
             await admin.aclose()
@@ -524,26 +248,6 @@ async def test_killed_subscriber_connections_resync_without_gaps(tmp_path: Path)
 SOAK_SECONDS = float(os.environ.get("ROOMCHAT_SOAK_SECONDS", "20"))
 
 
-async def wander(c: Chatter, procs: list[Target], rng: random.Random, until: float) -> None:
-    """Connect to a random process, chat a while, leave; again and again until ``until``."""
-    loop = asyncio.get_running_loop()
-    while loop.time() < until:
-        await c.connect(rng.choice(procs))
-        leave_at = min(until, loop.time() + rng.expovariate(1 / 1.5))
-        while loop.time() < leave_at and c.open:
-            await c.say()
-            await c.resend()
-            await asyncio.sleep(rng.uniform(0.2, 0.8))
-        if c.open and rng.random() < 0.5:
-            # Leave right after sending: unacked, resent (same id) after the next connect,
-            # maybe through another process while the first copy is being stored.
-            await c.say()
-            await c.disconnect()
-        else:
-            await c.disconnect()
-            await asyncio.sleep(rng.uniform(0, 0.5))  # away a while: misses some live ones
-
-
 async def test_soak_random_reconnects_across_three_processes(tmp_path: Path) -> None:
     seed = int(os.environ.get("ROOMCHAT_SOAK_SEED") or random.SystemRandom().randrange(10**9))
     print(f"soak seed {seed}: replay with ROOMCHAT_SOAK_SEED={seed} "
@@ -556,10 +260,10 @@ async def test_soak_random_reconnects_across_three_processes(tmp_path: Path) -> 
         procs: list[Target] = [a, b, c3]
         rooms = [f"soak{r}" for r in range(5)]
         chatters = [Chatter(f"s{i}", rooms[i % 5]) for i in range(30)]
-        until = asyncio.get_running_loop().time() + SOAK_SECONDS
+        end = asyncio.get_running_loop().time() + SOAK_SECONDS
         async with asyncio.TaskGroup() as tg:
             for i, ch in enumerate(chatters):
-                tg.create_task(wander(ch, procs, random.Random(seed * 100 + i), until))
+                tg.create_task(wander(ch, procs, random.Random(seed * 100 + i), end))
         await settle(chatters, procs, timeout=30)
         print(f"soak: {sum(len(ch.sent) for ch in chatters)} messages, "
               f"{sum(ch.connects for ch in chatters)} connects, "

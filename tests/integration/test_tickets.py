@@ -25,6 +25,7 @@ from tests.support import (
     REPO,
     SECRET,
     SLOW,
+    door_with_clocks,
     make_config,
     make_token,
     running_server,
@@ -144,8 +145,11 @@ async def test_revoke_closes_every_socket_of_the_user_and_refuses_older_tokens(
         assert await upgrade_status(a.port, "r1", f"token={old}") == 401
         status, body = await asyncio.to_thread(post_ticket, b.port, "r1", old)
         assert (status, body["error"]) == (401, "token_revoked")
-        await asyncio.sleep(1.1)  # iat has whole seconds
-        assert await upgrade_status(b.port, "r1", f"token={make_token('mallory')}") == 101
+        # A token issued after the revocation is admitted. ``iat`` has whole seconds, so the
+        # first such token says the next second (within jwt_leeway of now): no need to wait
+        # for the clock to get there.
+        after = make_token("mallory", iat=int(time.time()) + 1)
+        assert await upgrade_status(b.port, "r1", f"token={after}") == 101
         await bystander.send('{"type":"pong"}')  # bob was never disturbed
         assert bystander.close_code is None
         await bystander.close()
@@ -232,13 +236,18 @@ async def test_a_ticket_is_refused_once_its_token_has_expired(tmp_path: Path) ->
         assert await upgrade_status(srv.port, "lobby", f"ticket={ticket}") == 401  # spent
 
         # Valid when the ticket was issued, expired by the upgrade (within ticket_ttl): the
-        # token's exp is the next whole second at least half a second away.
-        clock = time.time()
-        exp = int(clock) + (1 if clock % 1 < 0.5 else 2)
-        ticket = await ticket_for(srv.port, "lobby", make_token("alice", exp=exp))
-        await asyncio.sleep(exp - time.time() + 0.05)
-        status, body = await refusal(srv.port, "lobby", f"ticket={ticket}")
+        # front door's wall clock (injected) is moved to the token's exp, the first instant
+        # it has expired; a moment before, a ticket of the same token still opens a socket.
+        exp = int(time.time()) + 600
+        token = make_token("alice", exp=exp)
+        early = await ticket_for(srv.port, "lobby", token)
+        late = await ticket_for(srv.port, "lobby", token)
+        door_with_clocks(srv.gateway, wall=lambda: exp - 0.001)
+        assert await upgrade_status(srv.port, "lobby", f"ticket={early}") == 101
+        door_with_clocks(srv.gateway, wall=lambda: float(exp))
+        status, body = await refusal(srv.port, "lobby", f"ticket={late}")
         assert (status, body["error"]) == (401, "token_expired")
+        door_with_clocks(srv.gateway)
         # A ticket of a token still valid opens its socket, as before.
         fresh = await ticket_for(srv.port, "lobby", make_token("alice"))
         assert await upgrade_status(srv.port, "lobby", f"ticket={fresh}") == 101

@@ -26,7 +26,16 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidHandshake
 
 from tests.redis_server import redis_server
-from tests.support import SECRET, SLOW, Client, Process, make_token, start_process, until
+from tests.support import (
+    SECRET,
+    SLOW,
+    Client,
+    Process,
+    make_token,
+    start_process,
+    until,
+    until_refused,
+)
 
 DRAIN_TIMEOUT = 5.0
 KILL_MARGIN = 5.0  # gateway.supervisor.KILL_MARGIN
@@ -459,7 +468,7 @@ async def test_a_stopping_supervisor_refuses_new_connections_while_workers_drain
         assert stalled.recv(4096).startswith(b"HTTP/1.1 101")
         srv.proc.send_signal(signal.SIGTERM)
         await until(lambda: "stopping 2 workers" in srv.output(), 10, "the stop")
-        await asyncio.sleep(0.5)  # past the workers' ACCEPT_GRACE
+        await until_refused(srv.port, 10)  # each copy of the socket closes (ACCEPT_GRACE)
         assert srv.proc.poll() is None, "the drain should still be waiting for the client"
         started = time.monotonic()
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import orjson
 import pytest
@@ -13,6 +14,7 @@ from rooms.messages import Appended, Entry, StoredMessage
 from rooms.protocol import CloseCode, SendMessage
 from rooms.session import Session, SessionState
 from rooms.state import Broadcast, JoinPlan, RoomState, Send
+from tests.support import until
 
 
 class MemoryTransport:
@@ -74,6 +76,11 @@ class History:
         return found[-limit:] if newest else found[:limit]
 
 
+def blocked(session: Session) -> Callable[[], bool]:
+    """For ``until``: whether the session's writer is in a send that has not returned."""
+    return lambda: session.sending_since is not None
+
+
 def seqs(frames: list[str]) -> list[int]:
     objects = [orjson.loads(line) for frame in frames[1:] for line in frame.split("\n")]
     return [o["seq"] for o in objects if o["type"] == "message"]
@@ -123,11 +130,14 @@ async def test_an_empty_outbox_takes_one_batch_larger_than_the_limit() -> None:
 
 async def test_abort_interrupts_a_stalled_send() -> None:
     transport = MemoryTransport()
-    session = make(transport, send_timeout=0.05)
+    session = make(transport, send_timeout=10.0)
     transport.gate.clear()
     writer = asyncio.create_task(start(session))
-    await asyncio.sleep(0.1)
-    assert session.stalled(time.monotonic())
+    await until(blocked(session), what="the writer to block in a send")
+    since = session.sending_since
+    assert since is not None
+    assert not session.stalled(since + 10.0)  # stalled only past send_timeout (now injected)
+    assert session.stalled(since + 10.001)
     session.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
     await asyncio.wait_for(writer, 1)  # returned normally: the cancellation was ours
     assert transport.closed == (4009, "slow consumer")
@@ -139,7 +149,7 @@ async def test_outside_cancellation_is_not_swallowed() -> None:
     session = make(transport)
     transport.gate.clear()
     writer = asyncio.create_task(start(session))
-    await asyncio.sleep(0.01)
+    await until(blocked(session), what="the writer to block in a send")
     writer.cancel()
     try:
         await writer
@@ -162,7 +172,7 @@ async def test_a_close_during_the_replay_sends_nothing_past_the_gap(
     while not transport.frames:  # noqa: ASYNC110 (stepping the writer)
         await asyncio.sleep(0)
     transport.gate.clear()  # the client stops reading during the first replay page
-    await asyncio.sleep(0.01)
+    await until(blocked(session), what="the first replay page to block")
     assert session.replaying
     for seq in range(601, 621):
         assert session.offer(live(seq))
@@ -197,7 +207,7 @@ async def test_progress_at_moves_with_each_replay_page() -> None:
         JoinPlan("W", 0, 30, True), "r", History(30), 10))
     marks: list[float] = []
     for _ in range(4):  # the welcome, then 3 pages of 10
-        await asyncio.sleep(0.01)
+        await until(blocked(session), what="the next page to block")
         transport.gate.set()
         while len(transport.frames) == len(marks):  # noqa: ASYNC110
             await asyncio.sleep(0)
@@ -226,7 +236,7 @@ async def test_the_closing_phase_is_bounded_then_aborts(flush: bool) -> None:
     transport.gate.clear()
     transport.close_gate.clear()
     session.offer("stuck")
-    await asyncio.sleep(0.01)
+    await until(blocked(session), what="the send of 'stuck' to block")
     session.offer("queued")
     started = time.monotonic()
     session.close_nowait(CloseCode.SERVICE_RESTART, "restart", flush=flush)
@@ -242,7 +252,7 @@ async def test_an_unsent_close_frame_is_bounded_after_an_abort() -> None:
     transport.gate.clear()
     transport.close_gate.clear()
     writer = asyncio.create_task(start(session))
-    await asyncio.sleep(0.1)
+    await until(blocked(session), what="the writer to block in a send")
     session.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
     await asyncio.wait_for(writer, 1)
     assert transport.aborted and not writer.cancelled()
