@@ -56,7 +56,7 @@ def wait_until(page: Page, predicate: Callable[[], bool], what: str, timeout_s: 
         page.wait_for_timeout(50)  # lets Playwright deliver events to our handlers
 
 
-# -- moderation (a moderator's menu on each message) ---------------------------------------------
+# -- each message's menu (react, reply, edit, copy link, delete; a moderator's delete, ban) -----
 
 def message_item(page: Page, text: str) -> Locator:
     """The message line whose text is ``text``."""
@@ -65,13 +65,18 @@ def message_item(page: Page, text: str) -> Locator:
 
 
 def menu_buttons(page: Page) -> Locator:
-    """Every message's moderation menu button (moderators only)."""
+    """Every message's menu button (every message but a deleted one has one)."""
     return page.locator("#log li.msg button.msg-menu")
 
 
+def menu_button(page: Page, text: str) -> Locator:
+    """The menu button of the message ``text``."""
+    return message_item(page, text).get_by_role("button", name=re.compile("^Actions for "))
+
+
 def open_menu(page: Page, text: str) -> Locator:
-    """Open the moderation menu of the message ``text``; the dialog it opened."""
-    message_item(page, text).get_by_role("button", name=re.compile("^Moderate ")).click()
+    """Open the menu of the message ``text``; the dialog it opened."""
+    menu_button(page, text).click()
     dialog = moderation_dialog(page)
     expect(dialog).to_be_visible()
     return dialog
