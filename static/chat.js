@@ -579,6 +579,7 @@ export class ChatClient extends EventTarget {
     this.members = [];
     this.lastSeq = 0; // the highest seq delivered to the page (a message's or a change's)
     this.welcomeSeq = 0;
+    this.replayUpto = 0; // the seq of the replay's last entry (see onWelcome)
     this.historyDone = false; // every entry up to welcomeSeq was delivered (history-end was sent)
     this.messages = new Map(); // seq -> messageState: every message the page holds, in its current state
     this.fetchesInFlight = 0; // history pages on their way
@@ -1153,13 +1154,17 @@ export class ChatClient extends EventTarget {
     this.welcomeSeq = typeof w.seq === 'number' ? w.seq : 0;
     this.historyKind = resumed && !reset ? 'missed' : 'history';
     this.historyDone = false;
+    // Where the replay ends (docs/design/rich-messages.md): a fresh join's is messages only, so its last
+    // entry may sit below the welcome's seq (a change after it); a server that does not say: at that seq.
+    const upto = w.replay_upto;
+    this.replayUpto = Number.isSafeInteger(upto) && upto >= 0 && upto <= this.welcomeSeq ? upto : this.welcomeSeq;
     this.liveSince = Date.now();
     this.clearTimer('connect');
     // Acked messages shown as "sent" were waiting for their echo; a fresh history re-delivers them.
     this.outbox.entries = this.outbox.entries.filter((e) => e.state !== 'sent');
     this.setState(State.LIVE);
     this.dispatch('welcome', { welcome: w, resumed, reset });
-    if (this.lastSeq >= this.welcomeSeq) this.endHistory();
+    if (this.lastSeq >= this.replayUpto) this.endHistory();
     this.flush();
     this.sendRead();
     this.emitOutbox();
@@ -1195,7 +1200,7 @@ export class ChatClient extends EventTarget {
     let outboxChanged = false;
     if (own && state.id) outboxChanged = this.outbox.remove(state.id);
     this.dispatch('message', { message: state, own, kind });
-    if (m.seq === this.welcomeSeq) this.endHistory();
+    if (m.seq >= this.replayUpto) this.endHistory();
     if (outboxChanged) {
       this.outbox.save();
       this.emitOutbox();
@@ -1205,7 +1210,7 @@ export class ChatClient extends EventTarget {
   onChange(c) {
     if (!isChange(c)) {
       // Still an entry of the log (an action this page does not know): its seq counts as delivered.
-      if (isSeq(c.seq)) this.takeEntry(c.seq);
+      if (isSeq(c.seq) && this.takeEntry(c.seq) !== null && c.seq >= this.replayUpto) this.endHistory();
       return;
     }
     const kind = this.takeEntry(c.seq);
@@ -1231,7 +1236,7 @@ export class ChatClient extends EventTarget {
       }
     }
     this.dispatch('change', { change: c, message, replies, kind });
-    if (c.seq === this.welcomeSeq) this.endHistory();
+    if (c.seq >= this.replayUpto) this.endHistory();
   }
 
   onRead(r) {

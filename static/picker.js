@@ -97,7 +97,8 @@ function emojiButton(emoji, name) {
 
 /**
  * The picker, in the `<dialog>` of index.html (#emoji-dialog). open() shows it for one message; the choice
- * goes to `onPick(emoji)`; Escape or Cancel closes it with nothing picked; focus returns to `opener`.
+ * goes to `onPick(emoji)`; Escape or Cancel closes it with nothing picked; focus returns to `opener` (an
+ * element, or a function returning the one to focus then: the message may have been redrawn meanwhile).
  */
 export class EmojiPicker {
   constructor() {
@@ -130,7 +131,7 @@ export class EmojiPicker {
     }
     document.getElementById('emoji-cancel').addEventListener('click', () => this.dialog.close());
     this.dialog.addEventListener('close', () => {
-      const opener = this.opener;
+      const opener = typeof this.opener === 'function' ? this.opener() : this.opener;
       this.onPick = null;
       this.opener = null;
       if (opener && opener.isConnected) opener.focus();

@@ -960,6 +960,27 @@ class ChatView {
    * deleted". The text of a message being edited here stays the editor until the edit ends.
    */
   fillMessage(item, m) {
+    // A redraw (anyone's reaction, an edit) must not take the keyboard focus away: note what had it.
+    const active = document.activeElement;
+    let refocus = null;
+    if (active && active !== item && item.contains(active)) {
+      if (active.classList.contains('msg-menu')) refocus = '.msg-menu';
+      else if (active.classList.contains('reply-quote')) refocus = '.reply-quote';
+      else if (active.classList.contains('chip')) refocus = active.dataset.emoji || '';
+    }
+    this.drawMessage(item, m);
+    if (refocus !== null) {
+      let target;
+      if (refocus.startsWith('.')) target = item.querySelector(refocus);
+      else {
+        target = [...item.querySelectorAll('.chip[data-emoji]')].find((c) => c.dataset.emoji === refocus)
+          || item.querySelector('.chip-add') || item.querySelector('.msg-menu');
+      }
+      (target || item).focus({ preventScroll: true });
+    }
+  }
+
+  drawMessage(item, m) {
     const body = item.querySelector('.msg-body');
     const bubble = body.querySelector('.bubble');
     if (m.deleted && this.editing?.item === item) {
@@ -1106,14 +1127,22 @@ class ChatView {
       .finally(() => this.reacting.delete(key));
   }
 
-  /** The picker, for message `seq`; focus goes back to `opener` when it closes. */
+  /**
+   * The picker, for message `seq`; focus goes back to `opener` (a chip's "Add reaction", or the menu
+   * button) when it closes, or to its successor if the message was redrawn meanwhile.
+   */
   openPicker(seq, opener) {
     const m = this.client?.messages.get(seq);
     if (!m || m.deleted) return;
     const whose = this.me !== null && m.user === this.me.user ? 'your message' : this.displayName(m.user, m.name);
+    const addChip = opener.classList.contains('chip-add');
     this.picker.open({
       title: `React to ${whose === 'your message' ? whose : `${whose}’s message`}`,
-      opener,
+      opener: () => {
+        if (opener.isConnected) return opener;
+        const item = this.itemFor(seq);
+        return (addChip && item?.querySelector('.chip-add')) || item?.querySelector('.msg-menu') || this.input;
+      },
       onPick: (emoji) => {
         const held = this.client?.messages.get(seq);
         const mine = held?.reactions?.some((r) => r.emoji === emoji && r.users.includes(this.me?.user));
@@ -1281,14 +1310,16 @@ class ChatView {
     // what was chosen takes it elsewhere (an editor, the message box, the picker).
     dialog.addEventListener('close', () => {
       const opener = this.modOpener;
+      const target = this.modTarget;
       this.modTarget = null;
       this.modOpener = null;
       if (this.modKeepFocus) {
         this.modKeepFocus = false;
         return;
       }
-      if (opener && opener.isConnected) opener.focus();
-      else this.input.focus();
+      // The message may have been redrawn while the dialog was open (a reaction): its new menu button.
+      const current = opener?.isConnected ? opener : target && this.itemFor(target.seq)?.querySelector('.msg-menu');
+      (current || this.input).focus();
     });
     // Up and Down move between the first step's choices, as in a menu.
     $('mod-choose').addEventListener('keydown', (ev) => {
@@ -1605,13 +1636,13 @@ class ChatView {
     });
     $('notify-enable').addEventListener('click', async () => {
       if (typeof Notification === 'undefined') return;
-      let permission = Notification.permission;
-      if (permission === 'default') {
-        try {
-          permission = await Notification.requestPermission();
-        } catch {
-          permission = Notification.permission;
-        }
+      // The one place the page asks (a click on this button): the browser answers at once when it
+      // was decided before.
+      let permission;
+      try {
+        permission = await Notification.requestPermission();
+      } catch {
+        permission = Notification.permission;
       }
       if (permission === 'granted' && this.notifyMode === 'off') this.setNotifyMode('mentions');
       this.renderNotify();

@@ -8,7 +8,7 @@ from playwright.sync_api import Page, expect
 
 from .conftest import PageOpener, ServerFactory, Shooter
 from .harness import ChatPeer, RoomchatServer
-from .pages import expect_live, message_box, pending, send, seqs, status, texts
+from .pages import HIDDEN_TAB, expect_live, message_box, pending, send, seqs, status, texts
 
 
 def test_two_people_see_the_same_messages_in_the_same_order(
@@ -227,14 +227,6 @@ def test_new_messages_do_not_yank_a_reader_who_scrolled_up(
             "() => { const s = document.getElementById('scroller');"
             " return s.scrollHeight - s.scrollTop - s.clientHeight < 80 }"
         )
-
-
-HIDDEN_TAB = """
-Object.defineProperty(Document.prototype, 'hidden', {
-  configurable: true, get: () => window.__hidden === true });
-Object.defineProperty(Document.prototype, 'visibilityState', {
-  configurable: true, get: () => (window.__hidden === true ? 'hidden' : 'visible') });
-"""
 
 
 def test_unread_count_shows_in_the_title_while_the_tab_is_hidden(
