@@ -37,7 +37,7 @@ $(VENV)/.dev-installed: requirements/dev.lock pyproject.toml | $(BIN)/python
 LOCK = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -q
 lock: | $(BIN)/python
 	$(BIN)/python -m pip install -q 'uv==$(UV_VERSION)'
-	$(LOCK) --extra fast --extra redis --extra client --group dev -o requirements/dev.lock
+	$(LOCK) --extra fast --extra redis --extra client --extra s3 --group dev -o requirements/dev.lock
 	$(LOCK) --extra fast --group build -o requirements/run.lock
 
 # `make run BIND=127.0.0.1:9000 ROOM=team`: another address or first room. The check comes first,
@@ -66,11 +66,14 @@ typecheck: $(VENV)/.dev-installed
 check: lint typecheck $(VENV)/.dev-installed system-deps
 	$(BIN)/pytest -q -m unit
 
-# Every tier of the suite (the chaos suite's short form included).
+# Every tier of the suite (the chaos suite's short form included), on TEST_WORKERS processes
+# (pytest-xdist): most tests wait on sockets and browsers rather than compute, so 3 workers on
+# 2 cores take about half the time of one. TEST_WORKERS=0 runs them in this process.
+TEST_WORKERS ?= 3
 suite: $(VENV)/.dev-installed system-deps
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(TEST_WORKERS)
 
-test: lint typecheck suite
+test: lint typecheck suite test-plain-asgi
 
 # The fault suite (tests/chaos, docs/reliability.md). `make test` already runs its short form
 # (plain pytest collects it: ~2 minutes, a 30 s soak); `make chaos` runs the long one (more
@@ -87,7 +90,7 @@ chaos-short: $(VENV)/.dev-installed system-deps
 # changes what they reach into. Tests of what the fast paths themselves do (marked fast_paths)
 # are left out; `make test` runs everything with them on.
 test-plain-asgi: $(VENV)/.dev-installed system-deps
-	ROOMCHAT_FAST_PATHS=0 $(BIN)/pytest -m "not fast_paths" tests/integration \
+	ROOMCHAT_FAST_PATHS=0 $(BIN)/pytest -n $(TEST_WORKERS) -m "not fast_paths" tests/integration \
 		tests/gateway/hypercorn_ext
 
 # Containers for real (podman, no image registry needed): installs podman/runc/debootstrap

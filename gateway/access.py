@@ -25,8 +25,8 @@ The door maps nothing to HTTP: it raises ``AuthError``, ``LimitExceeded``, ``Acc
 ``RoomError`` (``Banned``, ``StoreError``, ``RoomStopped`` while draining): the typed errors of
 ``gateway.errors.REFUSALS``, which ``rejection_for`` turns into a status and a JSON body.
 
-A new way in (uploading a file, editing, searching) is one ``Purpose`` and one ``Policy`` row;
-its route reads the request into a ``Knock`` (``QuartKnock``) and calls ``admit``.
+A new way in (as uploading and reading files did: ``gateway.files``) is one ``Purpose`` and one
+``Policy`` row; its route reads the request into a ``Knock`` (``QuartKnock``) and calls ``admit``.
 """
 
 from __future__ import annotations
@@ -71,6 +71,10 @@ class Purpose(enum.Enum):
     API = "api"  # /api/v1 on one room, or the list of rooms (gateway.api)
     API_USERS = "api users"  # /api/v1/users/<user>/...: every room's business (gateway.api)
     ADMIN_STREAM = "admin stream"  # GET /admin/ws (gateway.admin)
+    UPLOAD = "upload"  # POST /rooms/<room>/files (gateway.files)
+    # GET /rooms/<room>/files/<id> with a bearer token (gateway.files); a signed URL is checked
+    # by the route instead: it was handed only to someone who may read the room.
+    FILE = "file"
 
 
 class Source(enum.Enum):
@@ -174,6 +178,17 @@ POLICIES: Mapping[Purpose, Policy] = MappingProxyType({
         charge=Charge.CLIENT, rooms=Rooms.ONE, bans=Bans.DOOR),
     Purpose.API: _API,
     Purpose.API_USERS: replace(_API, rooms=Rooms.ALL),
+    # A member of the room, like a history page: an upload costs a ticket's worth of the
+    # client's budget (the per-user upload rate and quota are the files route's), from a page
+    # of an allowed origin, not while the process drains.
+    Purpose.UPLOAD: Policy(
+        sources=(Source.BEARER,), missing=_BEARER,
+        scope=Scope.USER, wrong_scope="use POST /api/v1/rooms/<room>/files",
+        charge=Charge.CLIENT, rooms=Rooms.ONE, origin=True, draining=True, bans=Bans.DOOR),
+    Purpose.FILE: Policy(
+        sources=(Source.BEARER,), missing=_BEARER + " or use the file's signed URL",
+        scope=Scope.USER, wrong_scope="use GET /api/v1/rooms/<room>/files/<id>",
+        charge=Charge.CLIENT, rooms=Rooms.ONE, bans=Bans.DOOR),
     Purpose.ADMIN_STREAM: Policy(
         sources=(Source.TOKEN,), missing="a token is required (?token=...)",
         scope=Scope.USER, wrong_scope=_NO_SOCKET, charge=Charge.CLIENT, rooms=Rooms.NONE,

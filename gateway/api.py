@@ -26,6 +26,7 @@ from quart import Blueprint, Response, current_app, request
 from gateway.access import Caller, Purpose, QuartKnock
 from gateway.auth import MAX_NAME_CHARS
 from gateway.errors import Rejection
+from gateway.files import erase_files
 from gateway.inputs import MAX_INT, int_param, json_object, user_id
 from gateway.openapi import document
 from rooms.actor import RoomActor
@@ -188,9 +189,10 @@ async def disconnect(user: str) -> Response:
 async def erase(user: str) -> Response:
     """An erasure request: every stored message of ``user``, in every room, becomes a tombstone
     (``Engine.erase``), and members online get ``{"type":"delete"}`` for each (this process's
-    rooms at once, other processes' through the engine). Answers ``{"user", "erased",
-    "rooms": {room: [seq, ...]}}`` with what this call erased (``0``/``{}`` when nothing was
-    left: a retry is harmless)."""
+    rooms at once, other processes' through the engine); then every file they uploaded is
+    deleted (``gateway.files.erase_files``). Answers ``{"user", "erased", "rooms": {room:
+    [seq, ...]}, "files"}`` with what this call erased (``0``/``{}`` when nothing was left: a
+    retry is harmless)."""
     gw, _ = await _authorize(purpose=Purpose.API_USERS)
     user = user_id(user)
 
@@ -203,7 +205,9 @@ async def erase(user: str) -> Response:
                 actor.deleted_nowait(seq)
 
     erased = await gw.store.erase(user, tell)
-    return _json({"user": user, "erased": sum(map(len, erased.values())), "rooms": erased})
+    files = await erase_files(current_app, user)
+    return _json({"user": user, "erased": sum(map(len, erased.values())), "rooms": erased,
+                  "files": len(files)})
 
 
 # -- moderation ----------------------------------------------------------------------------------

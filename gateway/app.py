@@ -14,7 +14,7 @@ from pathlib import Path
 
 from quart import Quart, Response, request, send_file
 
-from gateway import admin, api, history, tickets, ws
+from gateway import admin, api, files, history, tickets, ws
 from gateway.access import Purpose, QuartKnock
 from gateway.auth import valid_room_name
 from gateway.config import Config
@@ -69,14 +69,17 @@ def create_app(config: Config) -> Quart:
     app.extensions["roomchat"] = gw
     app.register_blueprint(history.blueprint)
     app.register_blueprint(api.blueprint)
+    uploads = files.install(app, config)
 
     @app.before_serving
     async def _start() -> None:
         await gw.start()
+        await uploads.start()
 
     @app.after_serving
     async def _stop() -> None:
         await gw.drain(config.drain_timeout)
+        await uploads.stop()
         await gw.stop()
 
     @app.after_request

@@ -238,11 +238,11 @@ class TokenIssuer:
         return jwt.encode(payload, self._key, algorithm=self.algorithm, headers=headers)
 
 
-def _secret(config: Config) -> str:
+def _secret(config: Config, filename: str = "jwt-secret") -> str:
     if config.jwt_secret:
         secret = config.jwt_secret
     else:
-        path = config.data_dir / "jwt-secret"
+        path = config.data_dir / filename
         if not path.exists():
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             generated = secrets.token_urlsafe(48)
@@ -252,15 +252,27 @@ def _secret(config: Config) -> str:
                 fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
                 with os.fdopen(fd, "w", encoding="utf-8") as out:
                     out.write(generated)
-                log.info(
-                    "generated a new JWT secret in %s (tokens issued with another secret "
-                    "are now refused)", path)
+                log.info("generated a new %s secret in %s (what was signed with another one is "
+                         "now refused)", "JWT" if filename == "jwt-secret" else "URL-signing",
+                         path)
             except FileExistsError:
                 pass
         secret = path.read_text(encoding="utf-8").strip()
     if len(secret) < MIN_SECRET_CHARS:
         raise ValueError(f"ROOMCHAT_JWT_SECRET must be at least {MIN_SECRET_CHARS} characters")
     return secret
+
+
+def server_secret(config: Config) -> str:
+    """The HMAC secret every instance shares, whatever the JWT algorithm: ``gateway.files``
+    derives its URL-signing key from it. ``ROOMCHAT_JWT_SECRET`` when set; else, with an HMAC
+    JWT algorithm, the one generated into DATA_DIR/jwt-secret; with a key pair (RS256, ES256,
+    EdDSA) one generated into DATA_DIR/url-secret, so no jwt-secret file appears beside a key
+    pair (several instances then share it, or set ROOMCHAT_JWT_SECRET). Raises ``ValueError``
+    for a short one."""
+    if config.jwt_secret or config.jwt_algorithm in HMAC_ALGORITHMS:
+        return _secret(config)
+    return _secret(config, "url-secret")
 
 
 def _read(path: Path | None, what: str, setting: str) -> bytes:

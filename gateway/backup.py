@@ -11,6 +11,7 @@ from pathlib import Path
 
 from gateway.config import Config
 from rooms.engine import is_shared_url, open_engine
+from rooms.store import new_epoch
 
 EXPORT_PAGE = 1000
 MAX_SEQ = 2**53
@@ -107,6 +108,13 @@ def restore(config: Config, source: Path, *, force: bool = False) -> int:
             out.write(chunk)
         out.flush()
         os.fsync(out.fileno())
+    # Its rooms' logs are behind what clients of the replaced database have seen: a new
+    # epoch tells their resumes so (docs/protocol.md, "Epochs").
+    try:
+        new_epoch(partial)
+    except sqlite3.Error as exc:
+        partial.unlink(missing_ok=True)
+        raise ValueError(f"{source} cannot be restored: {exc}") from None
     # The old database's WAL belongs to the old file: it must not be replayed into this one.
     for suffix in ("-wal", "-shm"):
         Path(f"{target}{suffix}").unlink(missing_ok=True)

@@ -20,6 +20,10 @@ from rooms.config import RoomConfig
 
 _T = TypeVar("_T")
 
+MAX_PILLOW_PIXELS = 178_956_970
+"""Pillow refuses an image of more pixels at ``open`` (twice its ``Image.MAX_IMAGE_PIXELS``),
+whatever ``max_image_pixels`` says (``files.images.PILLOW_PIXEL_GUARD``; a test checks both)."""
+
 
 def _setting(default: _T, help: str) -> _T:
     return field(default=default, metadata={"help": help})
@@ -141,6 +145,42 @@ class Config:
         32, "Connections to a networked store (Redis), shared by all rooms; rooms wait for one.")
     store_synchronous: str = _setting(
         "FULL", "SQLite `synchronous`: FULL survives power loss, NORMAL only a process crash.")
+    files_url: str = _setting(
+        "", "Where uploaded files live: empty for `file://DATA_DIR/files`, `file:///path` (a "
+            "directory every instance may share: writes are renamed into place) or "
+            "`s3://bucket[/prefix][?endpoint=URL&region=NAME]` (the `s3` extra; credentials "
+            "from boto3's usual chain: `AWS_ACCESS_KEY_ID`, a profile, a role).")
+    max_file_bytes: int = _setting(
+        26_214_400, "Largest upload in bytes (25 MiB); a larger one gets HTTP 413 "
+                    "`file_too_large` as soon as it passes this, and nothing of it is kept.")
+    max_user_storage_bytes: int = _setting(
+        1_073_741_824, "Bytes of files one user may have stored, all rooms together (1 GiB); an "
+                       "upload past it gets HTTP 413 `quota_exceeded`. At least "
+                       "`max_file_bytes`.")
+    upload_rate: float = _setting(
+        0.2, "Uploads per second per user (refill of their token bucket); over it: HTTP 429 "
+             "`too_many_uploads` with `Retry-After`.")
+    upload_burst: int = _setting(10, "Uploads one user may make at once (their bucket's size).")
+    max_image_pixels: int = _setting(
+        50_000_000, "Largest image in pixels, all frames of an animation together; a larger "
+                    "one gets HTTP 413 `image_too_large` before it is decoded (decompression "
+                    f"bombs). At most {MAX_PILLOW_PIXELS} (Pillow's own guard).")
+    image_workers: int = _setting(
+        2, "Worker processes that decode and re-encode uploaded images (started on the first "
+           "image), each holding one image's pixels in memory (4 bytes a pixel); other "
+           "uploads wait their turn.")
+    upload_idle_timeout: float = _setting(
+        30.0, "Seconds an upload may send nothing before it is dropped (HTTP 408 "
+              "`upload_stalled`).")
+    file_url_ttl: float = _setting(
+        3600.0, "Seconds a signed file URL stays valid, at least (from 600 s on, expiries are "
+                "rounded up to the minute so a browser's cache serves repeated views); then "
+                "HTTP 403 `url_expired`. Signed with a key derived from the JWT secret: with "
+                "RS256/ES256/EdDSA set `ROOMCHAT_JWT_SECRET` too, the same on every instance.")
+    file_orphan_ttl: float = _setting(
+        86_400.0, "Seconds an upload may wait to be attached to a message before it is deleted "
+                  "(checked every quarter of this, 1 s to 1 h; a file can no longer be "
+                  "attached in its last minute).")
     compression: bool = _setting(
         False, "Accept permessage-deflate when clients offer it (costs CPU per recipient).")
     fast_paths: bool = _setting(
@@ -176,6 +216,28 @@ class Config:
         if not 1 <= self.client_ipv6_prefix <= 128:
             raise ValueError(f"{env_name('client_ipv6_prefix')} must be a prefix length from 1 "
                              f"to 128, got {self.client_ipv6_prefix}")
+        self._check_files()
+
+    def _check_files(self) -> None:
+        def positive(name: str) -> None:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{env_name(name)} must be more than 0, "
+                                 f"got {getattr(self, name)}")
+
+        for name in ("max_file_bytes", "upload_rate", "upload_burst", "max_image_pixels",
+                     "image_workers", "upload_idle_timeout", "file_url_ttl", "file_orphan_ttl"):
+            positive(name)
+        if self.max_user_storage_bytes < self.max_file_bytes:
+            raise ValueError(f"{env_name('max_user_storage_bytes')} must be at least "
+                             f"{env_name('max_file_bytes')} ({self.max_file_bytes}), got "
+                             f"{self.max_user_storage_bytes}")
+        if self.max_image_pixels > MAX_PILLOW_PIXELS:
+            raise ValueError(f"{env_name('max_image_pixels')} must be at most "
+                             f"{MAX_PILLOW_PIXELS} (Pillow refuses larger images itself), got "
+                             f"{self.max_image_pixels}")
+        if self.files_url and not self.files_url.startswith(("file:///", "s3://")):
+            raise ValueError(f"{env_name('files_url')} must be file:///path/to/dir or "
+                             f"s3://bucket[/prefix], got {self.files_url!r}")
 
     @property
     def db_path(self) -> Path:
@@ -184,6 +246,10 @@ class Config:
     @property
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite://{self.db_path.absolute()}"
+
+    @property
+    def resolved_files_url(self) -> str:
+        return self.files_url or (self.data_dir / "files").absolute().as_uri()
 
 
 def env_name(name: str) -> str:

@@ -19,6 +19,7 @@ from rooms.errors import (
     RoomStopped,
     StoreError,
     TooManyRooms,
+    Unstorable,
 )
 from rooms.protocol import dumps
 
@@ -84,6 +85,8 @@ def rejection_for(exc: Refusal) -> Rejection:
         return Rejection(503, "too_many_rooms", str(exc))
     if isinstance(exc, StoreError):
         return Rejection(503, "unavailable", "storage is unavailable; try again shortly")
+    if isinstance(exc, Unstorable):  # a text rooms.text should have refused: the caller's
+        return Rejection(400, "bad_request", f"the message {exc.reason}")
     if isinstance(exc, RoomStopped):
         return Rejection(503, "draining", "the server is restarting; try again shortly")
     return Rejection(500, "internal", "internal error")

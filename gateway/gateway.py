@@ -99,7 +99,8 @@ class Gateway:
         self._store = await open_engine(
             self.config.resolved_store_url, on_commit=self._committed,
             sqlite_synchronous=self.config.store_synchronous,
-            max_connections=self.config.store_connections)
+            max_connections=self.config.store_connections,
+            timeout=self.config.room.store_timeout)
         self._registry = RoomRegistry(self.config.room, self._store, observer=self.observer,
                                       max_rooms=self.config.max_live_rooms)
         await self.revocations.load(self._store)

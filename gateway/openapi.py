@@ -39,6 +39,18 @@ _USER = {"name": "user", "in": "path", "required": True,
          "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
 
 
+_FILE_ID = {"name": "file_id", "in": "path", "required": True,
+            "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"}}
+_BYTES = {"description": "The bytes (or the range asked for)",
+          "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                              "format": "binary"}}}}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/json": {"schema": _ref("Error")}}}
+
+
 def _query(name: str, minimum: int, description: str) -> dict[str, Any]:
     return {"name": name, "in": "query", "required": False, "description": description,
             "schema": {"type": "integer", "minimum": minimum, "maximum": MAX_INT}}
@@ -78,10 +90,12 @@ _SCHEMAS: dict[str, Any] = {
             "connections": {"type": "integer"}, "seq": {"type": "integer"}}}}}},
     "Disconnected": {"type": "object", "required": ["user", "revoked_at"], "properties": {
         "user": {"type": "string"}, "revoked_at": {"type": "number"}}},
-    "Erased": {"type": "object", "required": ["user", "erased", "rooms"], "properties": {
+    "Erased": {"type": "object", "required": ["user", "erased", "rooms", "files"], "properties": {
         "user": {"type": "string"},
         "erased": {"type": "integer", "minimum": 0,
                    "description": "Messages this call made tombstones (0 when none was left)"},
+        "files": {"type": "integer", "minimum": 0,
+                  "description": "Files of the user this call deleted, every room"},
         "rooms": {"type": "object", "description": "Room -> the seqs erased there, ascending",
                   "additionalProperties": {"type": "array", "items": {
                       "type": "integer", "minimum": 1}}}}},
@@ -96,6 +110,21 @@ _SCHEMAS: dict[str, Any] = {
     "Ban": {"type": "object", "required": ["room", "user", "until", "reason"], "properties": {
         "room": {"type": "string"}, "user": {"type": "string"},
         "until": {"type": ["number", "null"]}, "reason": {"type": "string"}}},
+    "File": {
+        "type": "object", "description": "An uploaded file (docs/api.md, \"Files\").",
+        "required": ["id", "name", "size", "type", "url", "expires"], "properties": {
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
+            "name": {"type": "string", "minLength": 1, "maxLength": 255},
+            "size": {"type": "integer", "minimum": 1,
+                     "description": "Bytes stored (an image's re-encoded size)"},
+            "type": {"type": "string", "description": "MIME type sniffed from the bytes"},
+            "width": {"type": "integer", "description": "Images: pixels, upright"},
+            "height": {"type": "integer"},
+            "thumb": {"const": True, "description": "Images: a WebP thumbnail exists"},
+            "url": {"type": "string", "description": "Signed path of the file, valid until "
+                                                     "`expires`, for anyone who holds it"},
+            "thumb_url": {"type": "string"},
+            "expires": {"type": "integer", "description": "Unix seconds"}}},
     "Unbanned": {"type": "object", "required": ["room", "user", "banned"], "properties": {
         "room": {"type": "string"}, "user": {"type": "string"}, "banned": {"const": False}}},
 }
@@ -153,6 +182,46 @@ def document() -> dict[str, Any]:
                        "parameters": [_ROOM, _USER],
                        "responses": {"200": _ok("Unbanned", "Lifted"),
                                      **_refusals("400", "404", "503")}}},
+        "/rooms/{room}/files": {"post": {
+            "operationId": "upload", "summary": "Upload a file into a room",
+            "description": "The raw bytes as the body (no multipart), at most "
+                           "ROOMCHAT_MAX_FILE_BYTES. The type is sniffed from the bytes; "
+                           "JPEG, PNG, WebP and GIF are re-encoded (metadata stripped, "
+                           "orientation applied) with a thumbnail; anything else is kept as "
+                           "sent and served as a download. Not attached to a message, it is "
+                           "deleted after ROOMCHAT_FILE_ORPHAN_TTL.",
+            "parameters": [_ROOM,
+                           {"name": "name", "in": "query", "required": False,
+                            "description": "The file's name (a label: only what follows the "
+                                           "last / or \\ is kept; default `file`)",
+                            "schema": {"type": "string", "maxLength": 255}},
+                           {"name": "user", "in": "query", "required": False,
+                            "description": "Whose file it is (quota, erasure); default the "
+                                           "credential's sub, or `api`",
+                            "schema": {"type": "string", "minLength": 1, "maxLength": 64}}],
+            "requestBody": {"required": True, "content": {
+                "application/octet-stream": {"schema": {"type": "string",
+                                                        "format": "binary"}}}},
+            "responses": {"201": _ok("File", "Stored"),
+                          "408": _error("Nothing sent for ROOMCHAT_UPLOAD_IDLE_TIMEOUT "
+                                        "(`upload_stalled`)"),
+                          "413": _error("Larger than ROOMCHAT_MAX_FILE_BYTES "
+                                        "(`file_too_large`), past the user's quota "
+                                        "(`quota_exceeded`) or an image of too many pixels "
+                                        "(`image_too_large`)"),
+                          "422": _error("An image that does not decode (`bad_image`)"),
+                          **_refusals("400", "404", "503")}}},
+        "/rooms/{room}/files/{file_id}": {"get": {
+            "operationId": "download", "summary": "A file's bytes",
+            "description": "Images inline as their type, anything else as "
+                           "application/octet-stream with Content-Disposition: attachment. "
+                           "ETag, If-None-Match (304) and one Range (206) are supported.",
+            "parameters": [_ROOM, _FILE_ID],
+            "responses": {"200": _BYTES, "206": _BYTES, **_refusals("404", "503")}}},
+        "/rooms/{room}/files/{file_id}/thumb": {"get": {
+            "operationId": "downloadThumb", "summary": "An image's thumbnail (WebP)",
+            "parameters": [_ROOM, _FILE_ID],
+            "responses": {"200": _BYTES, "206": _BYTES, **_refusals("404", "503")}}},
         "/users/{user}/disconnect": {"post": {
             "operationId": "disconnect", "summary": "Close all of a user's sockets everywhere",
             "description": "A revocation: sockets close with 4003 on every process and the "
@@ -163,8 +232,8 @@ def document() -> dict[str, Any]:
             "operationId": "erase", "summary": "Erase every message of a user (erasure request)",
             "description": "Every stored message of the user, in every room, becomes a "
                            "tombstone; members online get {\"type\":\"delete\",\"seq\":n} "
-                           "for each, on every process. Idempotent. Needs an all-rooms "
-                           "credential.",
+                           "for each, on every process; every file they uploaded is deleted. "
+                           "Idempotent. Needs an all-rooms credential.",
             "parameters": [_USER],
             "responses": {"200": _ok("Erased", "Erased"), **_refusals("400", "503")}}},
         "/openapi.json": {"get": {

@@ -1,6 +1,7 @@
 """Start-up checks run by ``roomchat serve`` before Hypercorn starts: each mistake (bad bind, port
-in use, unusable data directory, unknown or unusable store URL, Redis unreachable, TLS files that
-are missing, unreadable, not PEM, encrypted or not a pair) becomes one ``StartupError`` whose
+in use, unusable data directory, unknown or unusable store URL, Redis unreachable, files store
+not writable or its bucket unreachable, TLS files that are missing, unreadable, not PEM,
+encrypted or not a pair) becomes one ``StartupError`` whose
 message is the single line the CLI prints, instead of a traceback.
 
 ``preflight()`` also binds the listening socket: that is where bind mistakes show up, and the
@@ -60,7 +61,24 @@ def preflight(config: Config) -> socket.socket:
         check_dir(path, purpose)
     if scheme in SHARED_SCHEMES:
         asyncio.run(ping_redis(config.resolved_store_url))
+    asyncio.run(check_files(config))
     return bind_socket(config.bind, config.listen_backlog)
+
+
+async def check_files(config: Config) -> None:
+    """Open and close the files' blob store as the server will (``ROOMCHAT_FILES_URL``): a
+    directory that cannot be written, a bucket that cannot be read or a missing boto3 is one
+    line here, not a traceback from Hypercorn's start-up."""
+    from files.blobstore import open_blobstore
+    from files.errors import BlobStoreError
+
+    shown = redact(config.resolved_files_url)
+    try:
+        store = await open_blobstore(config.resolved_files_url,
+                                     spool=config.data_dir / "files-spool")
+    except (ValueError, BlobStoreError) as exc:
+        raise StartupError(f"files store {shown} (ROOMCHAT_FILES_URL): {exc}") from None
+    await store.close()
 
 
 def redact(url: str) -> str:

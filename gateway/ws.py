@@ -57,6 +57,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[..., Awaitable[None]]  # Quart's asgi_app, typed with hypercorn's scopes
 
 ROUTE = re.compile(r"/rooms/([^/]*)/ws")
+EPOCH = re.compile(r"[0-9A-Za-z_-]{1,64}")  # a welcome's epoch (16 hex digits) sent back
 _session_ids = itertools.count(1)
 
 
@@ -173,8 +174,10 @@ class RoomSockets:
         with self.gw.abortable(FrameWriter(send)):
             await self.app(scope, receive, send)
 
-    async def _admit(self, room: str, scope: Scope) -> tuple[Admission, int | None]:
-        """The front door's checks (``Purpose.ROOM_SOCKET``) and ``after``. Raises Rejection.
+    async def _admit(self, room: str,
+                     scope: Scope) -> tuple[Admission, int | None, str | None]:
+        """The front door's checks (``Purpose.ROOM_SOCKET``), ``after`` and ``epoch``. Raises
+        Rejection.
 
         When it returns, the caller must count the connection (``connection_opened`` with its
         owner) before its next ``await``: the caps were checked, not reserved.
@@ -186,7 +189,11 @@ class RoomSockets:
             raise rejection_for(exc) from None
         # After the door: its handshake charge answers first, even a malformed request (a
         # malformed ``after`` then costs the join the door took, and nothing else).
-        return admission, int_param(knock.param("after"), "after", minimum=0)
+        after = int_param(knock.param("after"), "after", minimum=0)
+        epoch = knock.param("epoch")
+        if epoch is not None and EPOCH.fullmatch(epoch) is None:
+            raise Rejection(400, "bad_request", "epoch must be the epoch of a welcome")
+        return admission, after, epoch
 
     async def _refuse(self, rejection: Rejection, send: Send) -> None:
         self.gw.observer.handshake_rejected(rejection.error)
@@ -203,7 +210,7 @@ class RoomSockets:
         if (await receive())["type"] != "websocket.connect":
             return
         try:
-            admission, after = await self._admit(room, scope)
+            admission, after, epoch = await self._admit(room, scope)
         except Rejection as refused:
             await self._refuse(refused, send)
             return
@@ -229,7 +236,8 @@ class RoomSockets:
                 for attempt in range(2):
                     actor = gw.registry.get(room)
                     try:
-                        plan = await actor.join(session, after=after, expires_at=expires_at)
+                        plan = await actor.join(session, after=after, expires_at=expires_at,
+                                                epoch=epoch)
                         break
                     except RoomStopped:
                         # The room just went idle or crashed: the next get() starts a fresh one.

@@ -20,9 +20,11 @@ processes hear of both from the engine. A storage failure there answers the mode
 ``unavailable``; nothing else changes.
 
 Storage outages: a failed append is retried with backoff; meanwhile members get an
-``unavailable`` error and their new messages are refused (not acked: they resend). After
-``store_outage_timeout`` the room closes its sessions with 1013 and stops; clients reconnect
-and resume once storage is back.
+``unavailable`` error and their new messages are refused (not acked: they resend). An append
+(or the first load) that takes longer than ``store_timeout`` counts as failed: a store that
+hangs instead of failing holds the room that long at most. After ``store_outage_timeout`` the
+room closes its sessions with 1013 and stops; clients reconnect and resume once storage is
+back.
 
 Supervision: an exception inside the actor is logged, the room's sessions are closed with 1011,
 pending asks fail with ``RoomStopped``, and the registry forgets the room; the next join starts a
@@ -44,9 +46,17 @@ from rooms import protocol
 from rooms.batching import BatchPacer
 from rooms.config import RoomConfig
 from rooms.engine import Ban, Engine
-from rooms.errors import Banned, RoomBusy, RoomError, RoomStopped, StoreError
+from rooms.errors import (
+    Banned,
+    LogReset,
+    RoomBusy,
+    RoomError,
+    RoomStopped,
+    StoreError,
+    Unstorable,
+)
 from rooms.observer import NullObserver, RoomObserver
-from rooms.protocol import ClientFrame, CloseCode, DeleteMessage, ErrorCode
+from rooms.protocol import BanUser, ClientFrame, CloseCode, DeleteMessage, ErrorCode
 from rooms.session import Session
 from rooms.state import (
     Appended,
@@ -64,6 +74,10 @@ from rooms.state import (
 
 log = logging.getLogger("roomchat.room")
 
+MAX_RESETS = 2
+"""``LogReset``s one append may meet in a row before it counts as a storage failure (each
+reset takes the log's new epoch and top, so a second is another process moving it too)."""
+
 
 @dataclass(slots=True)
 class _Join:
@@ -71,6 +85,13 @@ class _Join:
     after: int | None
     expires_at: float  # Unix time (seconds)
     reply: asyncio.Future[JoinPlan]
+    checked: int  # RoomActor._bans_applied when the user's ban check began
+    epoch: str | None  # of the welcome the client resumes from, if it said
+
+
+class _BanRaced(Exception):
+    """The answer to a join whose ban check began before the room carried out a ban of its
+    user: ``join`` checks again (the ban is stored by then) instead of admitting it."""
 
 
 @dataclass(slots=True)
@@ -242,11 +263,23 @@ class RoomActor:
         # Server-API publishes waiting for their seq, by ticket (bounded by ``inbox_limit``).
         self._publishing: dict[int, asyncio.Future[Appended]] = {}
         self._tickets = itertools.count(1)
+        # Bans against joins racing them: a join's ban check happens before it reaches the
+        # inbox (in the caller, so the room never waits for it), and a ban can be decided in
+        # between. Each ban the room carries out bumps ``_bans_applied``; ``_banned_at`` keeps,
+        # per user, that count at their latest ban; ``_checking`` counts the joins by the count
+        # at which their check began. A join admitted later than a ban of its user that came
+        # after its check began is sent back to check again. Entries older than every join in
+        # flight are dropped, so both stay as small as the bans of the last moment.
+        self._bans_applied = 0
+        self._banned_at: dict[str, int] = {}
+        self._checking: dict[int, int] = {}
 
     # -- the handle callers use -------------------------------------------------------------
 
-    async def join(self, session: Session, *, after: int | None, expires_at: float) -> JoinPlan:
-        """Admit ``session``; returns what it must send first (welcome, replay).
+    async def join(self, session: Session, *, after: int | None, expires_at: float,
+                   epoch: str | None = None) -> JoinPlan:
+        """Admit ``session``; returns what it must send first (welcome, replay). ``after`` and
+        ``epoch``: what the client saw last (``RoomState.join``).
 
         Raises ``RoomFull``, ``RoomStopped``, ``Banned`` or ``StoreError`` (storage
         unavailable). Whatever
@@ -255,10 +288,21 @@ class RoomActor:
         """
         if self.lifecycle in (RoomLifecycle.DRAINING, RoomLifecycle.STOPPED):
             raise RoomStopped(f"room {self.room} is stopping")
-        await self.check_ban(session.user)
-        reply: asyncio.Future[JoinPlan] = asyncio.get_running_loop().create_future()
-        self._inbox.put_control(_Join(session, after, expires_at, reply))
-        return await reply
+        while True:
+            checked = self._bans_applied
+            self._checking[checked] = self._checking.get(checked, 0) + 1
+            try:
+                await self.check_ban(session.user)
+                reply: asyncio.Future[JoinPlan] = asyncio.get_running_loop().create_future()
+                self._inbox.put_control(_Join(session, after, expires_at, reply, checked,
+                                              epoch))
+                return await reply
+            except _BanRaced:
+                continue  # banned while being checked: the stored ban answers this time
+            finally:
+                left = self._checking.pop(checked) - 1
+                if left:
+                    self._checking[checked] = left
 
     async def publish(self, user: str, name: str, client_id: str | None,
                       text: str) -> Appended:
@@ -370,10 +414,12 @@ class RoomActor:
             # anything published in between shows up as a gap, repaired from the log.
             engine.subscribe(self.room, self)
             try:
-                snapshot = await engine.load(self.room, self.config.dedup_window)
-            except StoreError as exc:
-                log.warning("room %s: cannot load: %s", self.room, exc)
-                self._failure = exc
+                async with asyncio.timeout(self.config.store_timeout):
+                    snapshot = await engine.load(self.room, self.config.dedup_window)
+            except (StoreError, TimeoutError) as exc:
+                failure = self._store_error("load", exc)
+                log.warning("room %s: cannot load: %s", self.room, failure)
+                self._failure = failure
                 return
             self._state = self._state_factory(self.room, self.config, snapshot)
             if self.lifecycle is RoomLifecycle.STARTING:
@@ -461,6 +507,7 @@ class RoomActor:
                     effects += self._moderate(state, cmd, wall_ms)
                 else:
                     drain = cmd
+            self._forget_old_bans()
             frames = inbox.frames
             count = min(len(frames), cfg.max_batch)
             oldest = frames[0].received_at if count else 0.0
@@ -579,14 +626,45 @@ class RoomActor:
             self._deliver(state, state.feed(()), wall_ms)
             return False
         cfg = self.config
-        try:
-            results = await self._engine.append(self.room, batch, retention=cfg.history_retention,
-                                                dedup_window=cfg.dedup_window)
-        except StoreError as exc:
-            self._deliver(state, state.feed(()), wall_ms)
-            self._retry = batch
-            self._storage_failed(state, now, wall_ms, exc)
-            return False
+        resets = 0
+        while True:
+            try:
+                # The append's own deadline: a store that hangs (a stopped or partitioned Redis)
+                # must not hold the room (and every frame and join behind it) for longer.
+                async with asyncio.timeout(cfg.store_timeout):
+                    results = await self._engine.append(
+                        self.room, batch, retention=cfg.history_retention,
+                        dedup_window=cfg.dedup_window, epoch=state.epoch,
+                        floor=state.delivered_seq)
+                break
+            except LogReset as exc:
+                # The log went backwards (the store lost data) and now goes on after what
+                # this room delivered, under a new epoch: members come back for a fresh
+                # history, and the batch is stored after it. (Twice in a row: another process
+                # moves it too; more is no reset but a fault, retried like one.)
+                resets += 1
+                self._log_reset(state, exc.epoch, exc.top, wall_ms)
+                if resets > MAX_RESETS:
+                    self._deliver(state, state.feed(()), wall_ms)
+                    self._retry = batch
+                    self._storage_failed(state, now, wall_ms, StoreError(str(exc)))
+                    return False
+            except Unstorable as exc:
+                # Some drafts can never be stored (and nothing was): their senders are told,
+                # the rest go again at once. Each round drops one draft at least.
+                batch, refused = state.reject(batch, exc)
+                log.warning("room %s: %d message(s) refused by the store: %s", self.room,
+                            len(exc.indexes), exc.reason)
+                self._deliver(state, refused, wall_ms)
+                if not batch:
+                    self._retry = None
+                    self._deliver(state, state.feed(()), wall_ms)
+                    return False
+            except (StoreError, TimeoutError) as exc:
+                self._deliver(state, state.feed(()), wall_ms)
+                self._retry = batch
+                self._storage_failed(state, now, wall_ms, self._store_error("append", exc))
+                return False
         self._retry = None
         self._storage_back(now)
         started = time.perf_counter()
@@ -606,6 +684,11 @@ class RoomActor:
             except StoreError as exc:
                 log.warning("room %s: moderation failed: %s", self.room, exc)
                 outcome = ModerationOutcome.UNAVAILABLE
+            except Unstorable as exc:
+                log.warning("room %s: moderation refused by the store: %s", self.room, exc)
+                outcome = ModerationOutcome.UNSTORABLE
+            if isinstance(request.frame, BanUser) and outcome is ModerationOutcome.DONE:
+                self._ban_applied(request.frame.user)
             self._deliver(state, state.moderated(request, outcome, wall_ms), wall_ms)
 
     async def _perform(self, request: Moderation) -> ModerationOutcome:
@@ -636,7 +719,9 @@ class RoomActor:
                 inbox.presence = False
                 state.presence_changed = False
                 result = await self._engine.sync(self.room, state.local_members(),
-                                                 cfg.presence_ttl)
+                                                 cfg.presence_ttl, floor=state.delivered_seq)
+                if result.epoch is not None and result.epoch != state.epoch:
+                    self._log_reset(state, result.epoch, result.top, wall_ms)
                 self._deliver(state, state.synced(result.others, wall_ms), wall_ms)
                 # Deletes and bans whose announcement pub/sub lost: caught up here.
                 for user, reason in result.banned:
@@ -672,6 +757,22 @@ class RoomActor:
             after = page[-1].seq
         log.debug("room %s: repaired up to seq %d from the log", self.room, upto)
 
+    def _log_reset(self, state: RoomState, epoch: str, top: int, wall_ms: int) -> None:
+        """The room's log is not the one ``state`` knew: close every session for a fresh
+        history (``RoomState.reset``)."""
+        log.warning("room %s: its stored history went backwards or was replaced (epoch %s -> "
+                    "%s, delivered %d, log top %d); closing its %d sessions with 1012 for a "
+                    "fresh history", self.room, state.epoch, epoch, state.delivered_seq, top,
+                    len(self._sessions))
+        self._deliver(state, state.reset(epoch, top, wall_ms), wall_ms)
+
+    def _store_error(self, what: str, exc: StoreError | TimeoutError) -> StoreError:
+        """``exc`` as the ``StoreError`` it stands for (a ``TimeoutError`` is the actor's own
+        deadline, ``store_timeout``, passing)."""
+        if isinstance(exc, StoreError):
+            return exc
+        return StoreError(f"{what}: no answer from storage within {self.config.store_timeout}s")
+
     def _storage_failed(self, state: RoomState, now: float, wall_ms: int,
                         exc: StoreError) -> None:
         self._backoff = min(max(self._backoff * 2, 0.1), 2.0)
@@ -700,7 +801,8 @@ class RoomActor:
             return
         try:
             async with asyncio.timeout(self.config.close_timeout):
-                await self._engine.sync(self.room, {}, self.config.presence_ttl)
+                await self._engine.sync(self.room, {}, self.config.presence_ttl,
+                                        floor=state.delivered_seq)
         except (StoreError, TimeoutError):
             pass
 
@@ -711,11 +813,14 @@ class RoomActor:
             cmd.reply.set_exception(RoomStopped(f"room {self.room} is stopping"))
             return []
         session = cmd.session
+        if self._banned_at.get(session.user, -1) > cmd.checked:
+            cmd.reply.set_exception(_BanRaced())  # checked before that ban: check again
+            return []
         try:
             plan, effects = state.join(
                 session.id, session.user, session.name, after=cmd.after,
                 expires_at=now + (cmd.expires_at - wall_ms / 1000), now=now, wall_ms=wall_ms,
-                moderator=session.moderator,
+                moderator=session.moderator, epoch=cmd.epoch,
             )
         except Exception as exc:  # RoomFull, or a join that cannot be served: the caller's
             cmd.reply.set_exception(exc)  # problem, not the room's (the join left no state)
@@ -724,10 +829,23 @@ class RoomActor:
         cmd.reply.set_result(plan)
         return effects
 
+    def _ban_applied(self, user: str) -> None:
+        """``user`` is banned (stored) and their sessions here are closing: no join of theirs
+        checked before now gets in (``_admit``)."""
+        self._bans_applied += 1
+        self._banned_at[user] = self._bans_applied
+
+    def _forget_old_bans(self) -> None:
+        """Drop what no join in flight can race any more (see ``__init__``)."""
+        if self._banned_at:
+            oldest = min(self._checking, default=self._bans_applied)
+            self._banned_at = {u: n for u, n in self._banned_at.items() if n > oldest}
+
     def _moderate(self, state: RoomState, cmd: _Moderation, wall_ms: int) -> list[Effect]:
         """The server API's commands: a publish joins the pending batch; a ban closes the
         user's sessions; a delete is announced to every member."""
         if isinstance(cmd, _Ban):
+            self._ban_applied(cmd.user)
             return state.evict_user(cmd.user, CloseCode.BANNED, "banned", wall_ms)
         if isinstance(cmd, _Deleted):
             return state.deleted(cmd.seq)
@@ -748,7 +866,10 @@ class RoomActor:
         for ticket, result in state.published:
             reply = self._publishing.pop(ticket, None)
             if reply is not None and not reply.done():
-                reply.set_result(result)
+                if isinstance(result, Unstorable):
+                    reply.set_exception(result)
+                else:
+                    reply.set_result(result)
         state.published.clear()
 
     def _deliver(self, state: RoomState, effects: list[Effect], wall_ms: int) -> None:

@@ -6,7 +6,8 @@ reads ``ROOMCHAT_<FIELD NAME>`` environment variables for each field (see ``gate
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
 _T = TypeVar("_T")
@@ -92,8 +93,19 @@ class RoomConfig:
     store_outage_timeout: float = _setting(
         15.0, "Seconds a room keeps its sockets open while storage is unreachable (clients get "
               "`unavailable` errors) before closing them with 1013.")
+    store_timeout: float = _setting(
+        2.0, "Seconds one storage call may take before it counts as failed: a room's append "
+             "or load (then members get `unavailable`, and the batch is retried), and on Redis "
+             "every command (then handshakes get 503 `unavailable`). Bounds how long a hung "
+             "Redis (stopped, partitioned) stalls a room; keep it well below "
+             "store_outage_timeout.")
 
     def __post_init__(self) -> None:
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                # NaN passes every comparison below; infinity makes no timer fire.
+                raise ValueError(f"{item.name} must be a finite number")
         for name in ("rate_burst", "max_text_chars", "max_id_chars", "max_invalid_frames",
                      "history_page", "outbox_limit", "inbox_limit", "max_batch",
                      "max_frame_messages", "max_room_connections", "rate_abuse_strikes"):
@@ -101,7 +113,7 @@ class RoomConfig:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("rate_per_sec", "ping_interval", "ping_timeout", "tick_interval",
                      "send_timeout", "close_timeout", "sync_interval", "presence_ttl",
-                     "store_outage_timeout"):
+                     "store_outage_timeout", "store_timeout"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive")
         if not 0 < self.pong_cost <= 1:

@@ -56,6 +56,9 @@ class RoomSync:
     banned: tuple[tuple[str, str], ...] = ()
     """This process's members (of those ``sync`` was given) banned from the room now, with the
     ban's reason: the room closes them even when the ban's announcement was lost."""
+    epoch: str | None = None
+    """The log's epoch now (None: the engine does not say). Another than the room's: the log
+    went backwards or was replaced (``rooms.errors.LogReset``); ``top`` is where it goes on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,26 +115,41 @@ class Engine(Protocol):
         ...
 
     async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
-        """The room's latest seq, lowest stored seq, and (where the engine needs the room's
-        actor to deduplicate) its last ``dedup_window`` client ids."""
+        """The room's latest seq, lowest stored seq, its log's epoch, and (where the engine
+        needs the room's actor to deduplicate) its last ``dedup_window`` client ids. A log
+        found behind what this engine saw stored in the room moves on past it under a new
+        epoch (``RoomSnapshot.resume_floor``)."""
         ...
 
     async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
-                     dedup_window: int) -> list[Appended]:
+                     dedup_window: int, epoch: str | None = None,
+                     floor: int = 0) -> list[Appended]:
         """Store ``drafts`` durably, in order, all or none, allocating consecutive seqs; a draft
         whose ``(user, id)`` is among the room's last ``dedup_window`` ids gets that message's
         seq and ``duplicate`` (engines that leave dedup to the room's actor ignore it). Keeps
         ``retention`` messages per room (0: all). Other processes serving the room receive the
-        new messages through their listeners."""
+        new messages through their listeners.
+
+        ``epoch`` is the log's epoch as the caller knows it (None: any) and ``floor`` the
+        highest seq the caller has seen stored in the room. Raises ``LogReset`` when the log's
+        epoch is another, or its top is below ``floor`` (the store lost data; the engine then
+        moves the log past ``floor`` under a new epoch, so no seq is allocated twice): nothing
+        was stored; take the new epoch and append again. Raises ``Unstorable`` when some
+        drafts can never be stored (nothing of the batch was: append the others again, and
+        tell the senders of those), ``StoreError`` when storing failed (retry the same batch).
+        One room's faulty draft never fails another room's append, whatever the engine
+        batches together underneath."""
         ...
 
     async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
         """Stored messages with ``after < seq <= upto``, oldest first, at most ``limit``."""
         ...
 
-    async def sync(self, room: str, members: dict[str, str], ttl: float) -> RoomSync:
+    async def sync(self, room: str, members: dict[str, str], ttl: float, *,
+                   floor: int = 0) -> RoomSync:
         """Publish this process's ``members`` of ``room`` (valid ``ttl`` seconds unless synced
-        again; an empty dict withdraws them) and return the room's shared state."""
+        again; an empty dict withdraws them) and return the room's shared state. A log found
+        behind ``floor`` (as for ``append``) moves on past it under a new epoch."""
         ...
 
     def subscribe(self, room: str, listener: RoomListener) -> None:
@@ -220,16 +238,21 @@ def is_shared_url(url: str) -> bool:
 
 
 async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
-                      sqlite_synchronous: str = "FULL", max_connections: int = 32) -> Engine:
+                      sqlite_synchronous: str = "FULL", max_connections: int = 32,
+                      timeout: float | None = None) -> Engine:
     """The engine a URL names: ``sqlite:///path/to/db`` or ``redis://host:port/db``.
 
     Raises ``ValueError`` for an unknown scheme and ``StoreError`` when the engine cannot be
-    reached or opened. ``max_connections`` bounds the connections to a networked engine.
+    reached or opened. ``max_connections`` bounds the connections to a networked engine, and
+    ``timeout`` (seconds; default: ``RoomConfig.store_timeout``'s) each of its calls: one that
+    takes longer fails with ``StoreError``. (The embedded engine's calls are local; the rooms
+    bound their own appends, ``RoomConfig.store_timeout``.)
     """
     if is_shared_url(url):
-        from rooms.engines.redis import RedisEngine
+        from rooms.engines.redis import DEFAULT_TIMEOUT, RedisEngine
 
-        return await RedisEngine.open(url, on_commit=on_commit, max_connections=max_connections)
+        return await RedisEngine.open(url, on_commit=on_commit, max_connections=max_connections,
+                                      timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
     if url.startswith("sqlite://"):
         from rooms.engines.embedded import EmbeddedEngine
 

@@ -8,12 +8,16 @@ The tree::
     ├── TooManyRooms      starting the room would exceed the process's cap on live rooms
     ├── RoomBusy          the room has too many server-API messages waiting to be stored
     ├── Banned            the user is banned from the room (until ``until``, or for good)
+    ├── Unstorable        drafts of an append that can never be stored (the others can)
+    ├── LogReset          the room's log went backwards (the store lost data): a new epoch
     └── StoreError        the message store failed or is closed
 
 Only the gateway turns these into HTTP statuses and WebSocket close codes.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class RoomError(Exception):
@@ -50,3 +54,32 @@ class Banned(RoomError):
         self.user = user
         self.until = until
         self.reason = reason
+
+
+class Unstorable(RoomError):
+    """What no attempt could ever store (a text, name or id the store cannot encode, such as a
+    lone surrogate that slipped past ``rooms.text``): nothing of the call was stored. For an
+    ``Engine.append``, ``indexes`` are the positions of the faulty drafts (ascending, never
+    empty): append the others again without them, and tell the senders of these; for any other
+    call (a ban's reason, a user id) it is empty. Never a reason to retry, unlike
+    ``StoreError``."""
+
+    def __init__(self, indexes: Sequence[int], reason: str) -> None:
+        super().__init__(reason)
+        self.indexes = tuple(indexes)
+        self.reason = reason
+
+
+class LogReset(RoomError):
+    """The room's log in the store is not the one the caller knows: its epoch changed, or it
+    was behind what the caller has seen stored (the store lost data: a Redis restart without
+    its AOF, a flush, a failover to a replica that lagged; the engine then moved the log past
+    the caller's floor, under a new epoch). Nothing was stored. ``epoch`` is the log's epoch
+    now and ``top`` its top seq (at least the caller's floor): appending again, with this
+    epoch, continues after it. Whoever holds the old epoch must treat its view of the room's
+    history as stale (``rooms.state.RoomState.reset``)."""
+
+    def __init__(self, epoch: str, top: int) -> None:
+        super().__init__(f"the room's log changed under it (new epoch {epoch}, top seq {top})")
+        self.epoch = epoch
+        self.top = top

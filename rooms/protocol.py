@@ -215,11 +215,13 @@ def join_frame(objects: list[str]) -> str:
 
 def welcome(
     room: str, user: str, name: str, seq: int, members: list[dict[str, str]], recovered: bool,
-    *, moderator: bool = False,
+    *, moderator: bool = False, epoch: str = "",
 ) -> str:
-    """``moderator`` (only present when true): this connection may send ``delete`` and ``ban``."""
+    """``moderator`` (only present when true): this connection may send ``delete`` and ``ban``.
+    ``epoch``: the room's log's (docs/protocol.md, "Epochs"); a resume sends it back."""
     obj: dict[str, Any] = {"type": "welcome", "room": room, "user": user, "name": name,
-                           "seq": seq, "members": members, "recovered": recovered}
+                           "seq": seq, "members": members, "recovered": recovered,
+                           "epoch": epoch}
     if moderator:
         obj["moderator"] = True
     return dumps(obj)

@@ -34,7 +34,7 @@ from typing import Any
 
 from rooms import protocol
 from rooms.config import RoomConfig
-from rooms.errors import RoomFull
+from rooms.errors import RoomFull, Unstorable
 from rooms.protocol import (
     BanUser,
     ClientFrame,
@@ -120,6 +120,11 @@ class RoomSnapshot:
     oldest_seq: int = 1  # lowest seq still stored; last_seq + 1 when nothing is stored
     recent_ids: tuple[tuple[str, str, int], ...] = ()  # (user, client id, seq), oldest first
     """Empty when the engine deduplicates itself (Redis): the room's map is then only a cache."""
+    epoch: str = ""
+    """The log's epoch (docs/protocol.md, "Epochs"): one unbroken life of the room's log."""
+    resume_floor: int = 0
+    """Seqs up to this one may be missing from the log (it went backwards and was moved past
+    them: ``rooms.errors.LogReset``): a resume from before it is not recovered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +191,7 @@ class ModerationOutcome(enum.Enum):
     NOT_FOUND = "not_found"  # delete: no message with that seq is stored
     ALREADY_DELETED = "already_deleted"  # delete: it is a tombstone already
     UNAVAILABLE = "unavailable"  # the engine failed (StoreError): nothing is known to be done
+    UNSTORABLE = "unstorable"  # the engine cannot store what the frame holds: nothing done
 
 
 @dataclass(slots=True)
@@ -235,13 +241,17 @@ class RoomState:
     """Highest seq broadcast to this process's sessions; every lower stored seq was too, in
     order. What ``welcome.seq`` says and where a joining session's replay ends."""
     oldest_seq: int = 1
+    epoch: str = ""
+    """The room's log's epoch, as the engine last said (``welcome.epoch``)."""
+    resume_floor: int = 0
+    """A resume from before this seq is not recovered: the log went backwards under it."""
     pending: list[Draft] = field(default_factory=list)
     """Accepted, not yet stored; the actor takes them with ``take_pending``."""
     presence_changed: bool = False
     """This process's member list changed since the actor last published it (``synced``)."""
-    published: list[tuple[int, Appended]] = field(default_factory=list)
-    """Answers to ``publish``: ``(ticket, result)`` once the message was delivered here; the
-    actor takes them."""
+    published: list[tuple[int, Appended | Unstorable]] = field(default_factory=list)
+    """Answers to ``publish``: ``(ticket, result)`` once the message was delivered here, or the
+    error refusing it for good (``reject``); the actor takes them."""
     moderation: list[Moderation] = field(default_factory=list)
     """Moderators' requests accepted by ``receive``, for the actor to carry out (it takes them
     with ``take_moderation`` every wake-up, so they are bounded by ``max_batch``)."""
@@ -263,6 +273,8 @@ class RoomState:
     def __post_init__(self) -> None:
         self.delivered_seq = self.snapshot.last_seq
         self.oldest_seq = self.snapshot.oldest_seq
+        self.epoch = self.snapshot.epoch
+        self.resume_floor = self.snapshot.resume_floor
         for user, client_id, seq in self.snapshot.recent_ids:
             self._remember(user, client_id, seq)
 
@@ -303,10 +315,12 @@ class RoomState:
 
     def join(
         self, session: int, user: str, name: str, *, after: int | None, expires_at: float,
-        now: float, wall_ms: int, moderator: bool = False,
+        now: float, wall_ms: int, moderator: bool = False, epoch: str | None = None,
     ) -> tuple[JoinPlan, list[Effect]]:
         """Admit a session (``moderator``: it may delete messages and ban users here; its
-        welcome says so). Raises ``RoomFull`` at ``max_room_connections``.
+        welcome says so). A resume (``after``, and the ``epoch`` of the welcome it saw, when
+        it says) is recovered when every message after it is stored, in this epoch; else the
+        replay is a fresh history. Raises ``RoomFull`` at ``max_room_connections``.
 
         All or nothing: everything that can fail (serialising the welcome and the presence
         event) happens before the state changes, so a failed join leaves nothing behind.
@@ -323,14 +337,15 @@ class RoomState:
             members.append({"user": user, "name": name})
         upto = self.delivered_seq
         fresh_after = max(0, upto - cfg.history_on_join)
-        if after is None or after > upto:
-            replay_after, recovered = fresh_after, False
+        if after is None or after > upto or after < self.resume_floor or (
+                epoch is not None and epoch != self.epoch):
+            replay_after, recovered = fresh_after, False  # the client's view is stale
         elif after >= self.oldest_seq - 1:
             replay_after, recovered = after, True
         else:
             replay_after, recovered = self.oldest_seq - 1, False
         welcome = protocol.welcome(self.room, user, name, upto, members, recovered,
-                                   moderator=moderator)
+                                   moderator=moderator, epoch=self.epoch)
         effects: list[Effect] = []
         if announce:
             effects.append(Broadcast(protocol.presence("join", user, name, wall_ms), session))
@@ -504,6 +519,9 @@ class RoomState:
         if outcome is ModerationOutcome.UNAVAILABLE:
             return error(ErrorCode.UNAVAILABLE, "storage is unavailable; nothing was changed: "
                          "try again after retry_after seconds", 1.0)
+        if outcome is ModerationOutcome.UNSTORABLE:
+            return error(ErrorCode.INVALID_MESSAGE, "this cannot be stored (a text that is not "
+                         "valid Unicode); nothing was changed")
         if isinstance(frame, DeleteMessage):
             if outcome is ModerationOutcome.NOT_FOUND:
                 return error(ErrorCode.NOT_FOUND, f"no message {frame.seq} is stored in this room")
@@ -600,6 +618,61 @@ class RoomState:
                 fresh.append(draft.stored(self.room, result.seq))
         self._inflight = []
         return self.feed(fresh)
+
+    def reject(self, batch: list[Draft], error: Unstorable) -> tuple[list[Draft], list[Effect]]:
+        """The engine refused the drafts of ``batch`` (the batch in flight) at
+        ``error.indexes`` for good, storing nothing. Their senders are told (an
+        ``invalid_message`` error with their id; a server-API caller gets ``error`` through
+        ``published``); returns the rest of the batch, still in flight, for the actor to append
+        again (``committed`` then takes it), and the errors to deliver.
+
+        Raises ``ValueError`` when the indexes do not name drafts of the batch (nothing
+        changes)."""
+        bad = set(error.indexes)
+        if not bad or not bad <= set(range(len(batch))) or len(batch) != len(self._inflight):
+            raise ValueError("the refused drafts are not in the batch in flight")
+        effects: list[Effect] = []
+        kept: list[Draft] = []
+        waiting_kept: list[_Waiting] = []
+        for index, (draft, waiting) in enumerate(zip(batch, self._inflight, strict=True)):
+            if index not in bad:
+                kept.append(draft)
+                waiting_kept.append(waiting)
+                continue
+            if draft.id is not None:
+                self._inflight_ids.pop((draft.user, draft.id), None)
+            for session in (waiting.session, *waiting.retries):
+                if session < 0:
+                    self.published.append((-session, error))
+                elif session in self._sessions:
+                    effects.append(Send(session, protocol.error(
+                        ErrorCode.INVALID_MESSAGE, "this message cannot be stored (its text is "
+                        "not valid Unicode); it was not sent", client_id=waiting.client_id)))
+        self._inflight = waiting_kept
+        return kept, effects
+
+    def reset(self, epoch: str, top: int, wall_ms: int) -> list[Effect]:
+        """The room's log is not the one this state knew (``rooms.errors.LogReset``, or a
+        sync that names another epoch): it went backwards (the store lost data) and goes on
+        after ``top`` under ``epoch``. What members were sent may be missing from it, so each
+        session is closed with 1012 to come back for a fresh history (its resume names the
+        old epoch: not recovered), and a resume from before ``top`` is not recovered either.
+        The room's ids are forgotten (the store's were lost: a resent message is stored
+        again, not acked as a duplicate of one that is gone). The batch in flight stays in
+        flight: the actor appends it again, under ``epoch``."""
+        effects: list[Effect] = []
+        for session in list(self._sessions):
+            effects += self.evict(session, CloseCode.SERVICE_RESTART, "room history reset",
+                                  wall_ms)
+        self.epoch = epoch
+        if top > self.delivered_seq:
+            self.delivered_seq = top
+            for seq in [s for s in self._buffer if s <= top]:
+                del self._buffer[seq]
+        self.resume_floor = max(self.resume_floor, self.delivered_seq)
+        self._dedup.clear()
+        self._tombstoned = self._tombstone_count = None
+        return effects + self._advance()
 
     def abandon(self) -> None:
         """The batch in flight will never be acked (storage gave up): its senders resend after

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import queue
+import secrets
 import sqlite3
 import threading
 import time
@@ -22,7 +23,7 @@ from typing import Any, Protocol, TypeVar
 
 from rooms import engine as contract
 from rooms.engine import CommitObserver, ErasedObserver
-from rooms.errors import StoreError
+from rooms.errors import StoreError, Unstorable
 from rooms.state import RoomSnapshot, StoredMessage
 
 _T = TypeVar("_T")
@@ -38,7 +39,8 @@ class MessageStore(Protocol):
     async def append(self, messages: Sequence[StoredMessage], retention: int) -> None:
         """Store ``messages`` durably (all or none); keep at most ``retention`` per room (0: all).
 
-        Returns only once they survive a crash of this process.
+        Returns only once they survive a crash of this process. Raises ``Unstorable`` (naming
+        the messages that can never be stored; nothing was) or ``StoreError``.
         """
         ...
 
@@ -72,6 +74,10 @@ CREATE TABLE IF NOT EXISTS revocations (
     at REAL NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS revocations_at ON revocations (at);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS bans (
     room TEXT NOT NULL,
     user TEXT NOT NULL,
@@ -81,6 +87,15 @@ CREATE TABLE IF NOT EXISTS bans (
 ) WITHOUT ROWID;
 """
 _INSERT = "INSERT INTO messages (room, seq, user, name, client_id, text, ts) VALUES (?,?,?,?,?,?,?)"
+_DATA_ERRORS = (ValueError, OverflowError, TypeError, sqlite3.InterfaceError,
+                sqlite3.ProgrammingError, sqlite3.DataError)
+"""What binding a message's values raises when one cannot be stored: a lone surrogate in a text
+(``UnicodeEncodeError``, a ``ValueError``), an integer beyond 64 bits, a value of no SQL type.
+The message's own fault: retrying never helps."""
+
+
+def _row(m: StoredMessage) -> tuple[str, int, str, str, str | None, str, int]:
+    return (m.room, m.seq, m.user, m.name, m.id, m.text, m.ts)
 
 
 @dataclass(slots=True)
@@ -89,6 +104,7 @@ class _Append:
     retention: int
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[None]
+    landed: Landed | None = None
 
 
 @dataclass(slots=True)
@@ -102,7 +118,15 @@ class _Erase:
     future: asyncio.Future[list[tuple[str, int]]]
 
 
-def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+Landed = Callable[[BaseException | None], None]
+"""Called on the event loop with an append's outcome (None: stored), even when nobody awaits it
+any more."""
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None,
+             landed: Landed | None = None) -> None:
+    if landed is not None:
+        landed(error)
     if future.done():  # the awaiting room was cancelled; the write happened anyway
         return
     if error is None:
@@ -134,6 +158,9 @@ class SqliteStore:
         self._closed = False
         self._conn: sqlite3.Connection | None = None
         self._pruned: dict[str, int] = {}  # writer thread only: room -> seq pruned up to
+        self.epoch = ""
+        """The epoch of every room's log in this database (docs/protocol.md, "Epochs"): made
+        when the database is, replaced by ``new_epoch`` when a backup is restored."""
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "FULL",
@@ -159,19 +186,29 @@ class SqliteStore:
         conn = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
         conn.executescript(_SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                     (secrets.token_hex(8),))
+        (self.epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
         self._conn = conn
 
     # -- writes -----------------------------------------------------------------------------
 
     async def append(self, messages: Sequence[StoredMessage], retention: int) -> None:
+        if messages:
+            await self.submit(messages, retention)
+
+    def submit(self, messages: Sequence[StoredMessage], retention: int,
+               landed: Landed | None = None) -> asyncio.Future[None]:
+        """``append`` without the wait: queue ``messages`` for the writer thread and return the
+        future it resolves once they are durable (or with the error ``append`` would raise).
+        Cancelling the future does not stop the write; ``landed`` is told its outcome all the
+        same, just before the future. Raises ``StoreError`` when closed."""
         if self._closed:
             raise StoreError("store is closed")
-        if not messages:
-            return
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._writes.put(_Append(messages, retention, loop, future))
-        await future
+        self._writes.put(_Append(messages, retention, loop, future, landed))
+        return future
 
     def _write_loop(self) -> None:
         conn = self._conn
@@ -198,7 +235,9 @@ class SqliteStore:
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Append | _Erase]) -> None:
         """One transaction for every write in ``batch``; each in its own savepoint, so a failing
-        one (say, a seq written by another process) fails alone, not its neighbours' rooms."""
+        one fails alone, not its neighbours' rooms: ``Unstorable`` when some of its messages
+        cannot be encoded (found row by row), ``StoreError`` for anything else (say, a seq
+        written by another process)."""
         started = time.perf_counter()
         count = 0
         errors: list[BaseException | None] = [None] * len(batch)
@@ -212,10 +251,11 @@ class SqliteStore:
                         if isinstance(item, _Erase):
                             results[index] = self._tombstone(conn, item)
                         else:
-                            conn.executemany(_INSERT, [
-                                (m.room, m.seq, m.user, m.name, m.id, m.text, m.ts)
-                                for m in item.messages])
+                            conn.executemany(_INSERT, [_row(m) for m in item.messages])
                             self._prune(conn, item)
+                    except _DATA_ERRORS as exc:
+                        conn.execute("ROLLBACK TO item")
+                        errors[index] = self._unstorable(conn, item, exc)
                     except sqlite3.Error as exc:
                         conn.execute("ROLLBACK TO item")
                         errors[index] = StoreError(f"write failed: {exc}")
@@ -234,7 +274,31 @@ class SqliteStore:
         if count and self._on_commit is not None:
             self._on_commit(time.perf_counter() - started, count)
         for item, result, error in zip(batch, results, errors, strict=True):
-            item.loop.call_soon_threadsafe(_resolve, item.future, result, error)
+            item.loop.call_soon_threadsafe(_resolve, item.future, result, error,
+                                           item.landed if isinstance(item, _Append) else None)
+
+    @staticmethod
+    def _unstorable(conn: sqlite3.Connection, item: _Append | _Erase,
+                    exc: Exception) -> StoreError | Unstorable:
+        """Which of ``item``'s messages cannot be written (``exc`` came from one of them): each
+        is tried alone in a savepoint that is rolled back. Runs only after a failure, inside the
+        item's savepoint (already rolled back)."""
+        bad: list[int] = []
+        if isinstance(item, _Append):
+            for position, message in enumerate(item.messages):
+                conn.execute("SAVEPOINT probe")
+                try:
+                    conn.execute(_INSERT, _row(message))
+                except _DATA_ERRORS:
+                    bad.append(position)
+                except sqlite3.Error:
+                    pass  # not a data error (a conflict): not this message's fault
+                finally:
+                    conn.execute("ROLLBACK TO probe")
+                    conn.execute("RELEASE probe")
+        if not bad:  # not one message's fault after all: an ordinary failure of the write
+            return StoreError(f"write failed: {exc!r}")
+        return Unstorable(bad, f"cannot be stored: {exc}")
 
     @staticmethod
     def _tombstone(conn: sqlite3.Connection, item: _Erase) -> list[tuple[str, int]]:
@@ -283,6 +347,8 @@ class SqliteStore:
             return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
         except sqlite3.Error as exc:
             raise StoreError(f"read failed: {exc}") from exc
+        except (ValueError, OverflowError) as exc:  # a value SQLite cannot take: the caller's
+            raise Unstorable((), f"cannot be stored: {exc}") from exc
 
     async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
         def query(conn: sqlite3.Connection) -> RoomSnapshot:
@@ -296,7 +362,8 @@ class SqliteStore:
                     "SELECT user, client_id, seq FROM messages WHERE room = ? AND seq > ? "
                     "AND client_id IS NOT NULL ORDER BY seq", (room, last - dedup_window),
                 ).fetchall()
-            return RoomSnapshot(last_seq=last, oldest_seq=oldest, recent_ids=tuple(ids))
+            return RoomSnapshot(last_seq=last, oldest_seq=oldest, recent_ids=tuple(ids),
+                                epoch=self.epoch)
 
         return await self._run(query)
 
@@ -437,3 +504,18 @@ class SqliteStore:
             for conn in self._read_conns:
                 conn.close()
             self._read_conns.clear()
+
+
+def new_epoch(path: Path) -> str:
+    """Give the (closed) database at ``path`` a new epoch and return it. For a restored backup:
+    its logs are behind what clients of the server it replaces have seen, so their resumes
+    must not be taken as recovered (docs/protocol.md, "Epochs"). Raises ``sqlite3.Error``."""
+    epoch = secrets.token_hex(8)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.executescript(_SCHEMA)  # a backup of a version before epochs has no meta table
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+    finally:
+        conn.close()
+    return epoch
+

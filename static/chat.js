@@ -589,6 +589,7 @@ export class ChatClient extends EventTarget {
     this.readSent = 0; // the marker the server holds, as far as we know
     this.readSentAt = -Infinity; // monotonic ms of our last `read` frame
     this.resumable = false; // true once a welcome was seen: later connects send after=lastSeq
+    this.epoch = null; // from welcome: the epoch our seqs belong to, sent back with after
     this.historyKind = 'history';
 
     this.ws = null;
@@ -895,6 +896,7 @@ export class ChatClient extends EventTarget {
     const scheme = this.location.protocol === 'https:' ? 'wss' : 'ws';
     const params = new URLSearchParams({ ticket });
     if (this.resumable) params.set('after', String(this.lastSeq));
+    if (this.resumable && this.epoch) params.set('epoch', this.epoch);
     return `${scheme}://${this.location.host}/rooms/${encodeURIComponent(this.room)}/ws?${params}`;
   }
 
@@ -1135,7 +1137,11 @@ export class ChatClient extends EventTarget {
 
   onWelcome(w) {
     const resumed = this.resumable;
-    const reset = resumed && w.recovered !== true;
+    // Another epoch: the room's history was reset under us, our seqs may name other messages
+    // (docs/protocol.md, "Epochs").
+    const epoch = typeof w.epoch === 'string' ? w.epoch : null;
+    const reset = resumed && (w.recovered !== true || epoch !== this.epoch);
+    this.epoch = epoch;
     if (reset || !resumed) {
       // A fresh history follows: forget seqs from before, they may not exist any more (data reset).
       this.lastSeq = 0;

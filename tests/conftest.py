@@ -42,8 +42,8 @@ def server_with(tmp_path: Path) -> ServerFactory:
     return make
 
 
-TIERS = {"rooms": "unit", "gateway": "unit", "integration": "integration", "e2e": "e2e",
-         "chaos": "chaos", "infra": "infra", "bench": "bench"}
+TIERS = {"rooms": "unit", "gateway": "unit", "files": "unit", "integration": "integration",
+         "e2e": "e2e", "chaos": "chaos", "infra": "infra", "bench": "bench"}
 """Each test's tier, by the folder under tests/ it lives in (pyproject.toml lists the markers)."""
 
 

@@ -1,30 +1,39 @@
 -- Append a batch of drafts to a room, atomically: deduplicate by (user, id), allocate seqs,
--- add to the room's stream, remember the ids, trim, and publish the new messages.
--- KEYS: 1 stream (log), 2 seq counter, 3 ids hash ("user\0id" -> seq), 4 ids order (list)
+-- add to the room's stream, remember the ids, trim, and publish the new messages; unless the
+-- log's epoch is not the caller's, or its top is behind what the caller has seen (room_top,
+-- in front of this): then nothing is stored, and the caller learns the epoch to go on with.
+-- KEYS: 1 stream (log), 2 seq counter, 3 ids hash ("user\0id" -> seq), 4 ids order (list),
+--       5 epoch
 -- ARGV: 1 retention (0: keep all), 2 dedup window, 3 shard channel, 4 node id, 5 room,
+--       6 a new epoch, used if the log needs one, 7 floor (the highest seq the caller has
+--       seen stored), 8 the epoch the caller knows ('': any),
 --       then 5 per draft: user, name, id ('' for none), text, ts
 -- Publishes "m<node>\n<first seq>\n<message object>\n<message object>..." with each new
 -- message already in its wire form (docs/protocol.md), so receivers pass it on as it is.
--- Returns one integer per draft: its new seq, or minus the original's seq for a duplicate.
-local seq = tonumber(redis.call('GET', KEYS[2]) or '0')
-if seq == 0 then
-  -- A stream written before the counter existed: continue after its last entry.
-  local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-  if #last > 0 then
-    seq = tonumber(string.match(last[1][1], '-(%d+)$'))
-  end
+-- Returns {stored (1, or 0 when refused), epoch, top (after the batch), repaired, then (when stored) one integer
+-- per draft: its new seq, or minus the original's seq for a duplicate}; repaired is how many
+-- malformed records (a counter or a dedup entry that is not a number, written by something
+-- else than roomchat) it mended: the engine logs a warning.
+local seq, epoch, reset, repaired = room_top(KEYS[1], KEYS[2], KEYS[5], ARGV[6],
+                                             tonumber(ARGV[7]))
+if reset or (ARGV[8] ~= '' and ARGV[8] ~= epoch) then
+  return {0, epoch, seq, repaired}
 end
 local window = tonumber(ARGV[2])
-local results = {}
+local results = {1, epoch, seq, repaired}
 local fresh = {}
 local first = nil
-for i = 6, #ARGV, 5 do
+for i = 9, #ARGV, 5 do
   local user, id = ARGV[i], ARGV[i + 2]
   local field = nil
   local original = nil
   if id ~= '' and window > 0 then
     field = user .. '\0' .. id
     original = redis.call('HGET', KEYS[3], field)
+    if original and not string.match(original, '^%d+$') then
+      original = nil  -- not a seq: forget it (the HSET below replaces it)
+      repaired = repaired + 1
+    end
   end
   if original then
     results[#results + 1] = -tonumber(original)
@@ -60,4 +69,5 @@ if #fresh > 0 then
   redis.call('SPUBLISH', ARGV[3], 'm' .. ARGV[4] .. '\n' .. first .. '\n' ..
              table.concat(fresh, '\n'))
 end
+results[3], results[4] = seq, repaired
 return results

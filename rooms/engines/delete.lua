@@ -16,7 +16,8 @@ for i = 1, #kv, 2 do
   f[kv[i]] = kv[i + 1]
 end
 redis.call('HSET', KEYS[2], ARGV[1],
-           f['user'] .. '\0' .. f['name'] .. '\0' .. (f['id'] or '') .. '\0' .. f['ts'])
+           (f['user'] or '') .. '\0' .. (f['name'] or '') .. '\0' .. (f['id'] or '') .. '\0' ..
+           (f['ts'] or ''))
 redis.call('XDEL', KEYS[1], id)
 redis.call('SPUBLISH', ARGV[2], 'd' .. ARGV[3] .. '\n' .. ARGV[1])
 return 1

@@ -9,14 +9,16 @@ the same database is refused by the CLI (``--workers`` needs a shared engine).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
-from rooms.errors import StoreError
+from rooms.errors import LogReset, StoreError
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
 from rooms.store import SqliteStore
 
@@ -43,6 +45,10 @@ class EmbeddedEngine:
         # together (a reconnect storm, the handshake bench: 10 at once), and each used to miss
         # the cache and read for itself. At most one entry per room, removed when it ends.
         self._ban_loads: dict[str, tuple[int, asyncio.Future[dict[str, Ban]]]] = {}
+        # room -> the append whose outcome its caller has not received (being written, or its
+        # caller stopped waiting: a deadline); ``close`` waits for them. At most one per room,
+        # taken by the room's next append or load.
+        self._writes: dict[str, _Write] = {}
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
@@ -55,26 +61,73 @@ class EmbeddedEngine:
         return True
 
     async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
+        await self._settle(room)  # a write still landing would move the room's last seq
         snapshot = await self.store.load(room, dedup_window)
         self._last[room] = snapshot.last_seq
         return snapshot
 
     async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
-                     dedup_window: int = 0) -> list[Appended]:
+                     dedup_window: int = 0, epoch: str | None = None,
+                     floor: int = 0) -> list[Appended]:
+        """As ``Engine.append``. Safe to cancel (a caller's deadline) and then call again
+        with the same drafts: the write goes on, and the next call waits for it and answers
+        with its seqs instead of storing the drafts twice (the room's dedup map learns of
+        them only from the answer). The log cannot go backwards under this one process:
+        ``floor`` is never above the room's seq counter."""
         if room not in self._last:
             raise StoreError(f"room {room} was not loaded")
+        if epoch is not None and epoch != self.store.epoch:
+            raise LogReset(self.store.epoch, self._last[room])
+        batch = list(drafts)
+        if not batch:
+            return []
+        if room in self._writes:  # its caller stopped waiting: it decides what comes next
+            earlier = await self._settle(room)
+            if earlier is not None and earlier.drafts == batch:
+                return earlier.results
         first = self._last[room] + 1
-        messages = [d.stored(room, first + i) for i, d in enumerate(drafts)]
-        await self.store.append(messages, retention)
-        # Only after the commit: a failed append leaves the counter where the log is.
-        self._last[room] = first + len(drafts) - 1
-        return [Appended(m.seq) for m in messages]
+        pending = _Write(batch, [Appended(first + i) for i in range(len(batch))])
+        written = self.store.submit([d.stored(room, first + i) for i, d in enumerate(batch)],
+                                    retention, functools.partial(self._landed, room, pending))
+        # Kept until its caller has the outcome: if it is cancelled instead (even with the
+        # write just done) the room's next append or load takes it.
+        self._writes[room] = pending
+        await written
+        self._writes.pop(room, None)  # (a failure raised above: ``_landed`` took it then)
+        return pending.results
+
+    def _landed(self, room: str, pending: _Write, error: BaseException | None) -> None:
+        """The store's answer for ``pending``, awaited or not: the counter moves only after a
+        commit, so a failed append leaves it where the log is."""
+        pending.landed = True
+        pending.failed = error is not None
+        if error is None:
+            self._last[room] = max(self._last.get(room, 0), pending.results[-1].seq)
+        elif self._writes.get(room) is pending:
+            del self._writes[room]  # nothing stored: nothing for a next call to take
+        if pending.waiter is not None and not pending.waiter.done():
+            pending.waiter.set_result(None)
+
+    async def _settle(self, room: str) -> _Write | None:
+        """Wait for the room's write whose caller stopped waiting, if any, and take it: the
+        write if it was stored, None if it failed (nothing stored) or there was none.
+        Cancelling this wait leaves the write in place for the next call."""
+        pending = self._writes.get(room)
+        if pending is None:
+            return None
+        if not pending.landed:
+            pending.waiter = asyncio.get_running_loop().create_future()
+            await pending.waiter
+        if self._writes.get(room) is pending:
+            del self._writes[room]
+        return None if pending.failed else pending
 
     async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
         return await self.store.read(room, after, upto, limit)
 
-    async def sync(self, room: str, members: dict[str, str], ttl: float) -> RoomSync:
-        return RoomSync(top=self._last.get(room, 0), others={})
+    async def sync(self, room: str, members: dict[str, str], ttl: float, *,
+                   floor: int = 0) -> RoomSync:
+        return RoomSync(top=self._last.get(room, 0), others={}, epoch=self.store.epoch)
 
     def subscribe(self, room: str, listener: RoomListener) -> None:
         pass
@@ -102,12 +155,17 @@ class EmbeddedEngine:
         return await self.store.erase(user, erased)
 
     async def ban(self, room: str, ban: Ban) -> None:
+        # Forgotten before the write as well as after it: a join checked while the write is
+        # under way must not be answered from the bans cached before it (it reads them, and
+        # a read that began before the write ends is not cached).
+        self._forget_bans(room)
         try:
             await self.store.ban(room, ban.user, ban.until, ban.reason)
         finally:
             self._forget_bans(room)
 
     async def unban(self, room: str, user: str) -> bool:
+        self._forget_bans(room)
         try:
             return await self.store.unban(room, user)
         finally:
@@ -173,4 +231,18 @@ class EmbeddedEngine:
         return {}
 
     async def close(self) -> None:
-        await self.store.close()
+        await self.store.close()  # finishes the writes queued: each is told it landed soon
+        for room in list(self._writes):
+            await self._settle(room)
+
+
+@dataclass(slots=True)
+class _Write:
+    """An append handed to the store: its drafts, the seqs it gives them, and its outcome
+    once the store has answered (``landed``)."""
+
+    drafts: list[Draft]
+    results: list[Appended]
+    landed: bool = False
+    failed: bool = False
+    waiter: asyncio.Future[None] | None = None  # a ``_settle`` waiting for it to land

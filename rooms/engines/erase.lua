@@ -26,7 +26,8 @@ for _, entry in ipairs(entries) do
   if f['user'] == ARGV[1] then
     local seq = string.match(entry[1], '-(%d+)$')
     redis.call('HSET', KEYS[2], seq,
-               f['user'] .. '\0' .. f['name'] .. '\0' .. (f['id'] or '') .. '\0' .. f['ts'])
+               (f['user'] or '') .. '\0' .. (f['name'] or '') .. '\0' .. (f['id'] or '') .. '\0' ..
+               (f['ts'] or ''))
     redis.call('XDEL', KEYS[1], entry[1])
     erased[#erased + 1] = seq
     if #erased >= most then

@@ -1,7 +1,8 @@
 """``RedisEngine``: rooms shared by any number of processes, on Redis's own primitives.
 
 Per room, keys sharing one hash tag (one Redis Cluster slot): ``roomchat:{<room>}:log`` (a
-stream, entry ids ``0-<seq>``), ``:seq`` (the last allocated seq), ``:ids`` and ``:idq`` (the
+stream, entry ids ``0-<seq>``), ``:seq`` (the last allocated seq), ``:epoch`` (the log's epoch:
+room_top.lua, docs/protocol.md "Epochs"), ``:ids`` and ``:idq`` (the
 dedup window: ``user\\0id -> seq`` and its insertion order), ``:presence`` (``node\\0user ->
 expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0id\\0ts``),
 ``:ban:<user>`` (``until\\0reason``, expiring at ``until``), and the shard channel
@@ -33,6 +34,13 @@ expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0
   announces them in one ``d`` message per step. Its cost is one pass over every stored
   message, in short steps (Redis serves others between them).
 
+- A log that lost data (a restart without the AOF, a flush, a failover to a replica behind):
+  every load, append and sync passes the highest seq this process saw stored in the room
+  (``floor``: the room's, or remembered for ``TOPS_REMEMBERED`` rooms); room_top.lua finds the
+  log behind it, or without its epoch, and moves it past the floor under a new epoch, so no seq
+  is allocated twice; an append is then refused with ``LogReset`` and the room starts over with
+  its members (``RoomState.reset``).
+
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an acked message
 survives a crash of Redis too.
 """
@@ -40,12 +48,14 @@ survives a crash of Redis too.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
 
@@ -57,8 +67,10 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rooms import engine as contract
+from rooms.config import RoomConfig
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
-from rooms.errors import StoreError
+from rooms.engines import redis_records as records
+from rooms.errors import LogReset, StoreError, Unstorable
 from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
 
 log = logging.getLogger("roomchat.redis")
@@ -73,13 +85,23 @@ HEALTH_PROBE = 1.0
 """Seconds between checks that Redis is back, while the engine is marked unhealthy."""
 FAILURES = (RedisError, OSError, RuntimeError)
 """What a call to Redis raises when it fails (the engine turns each into ``StoreError``):
-redis-py's errors, the socket's, and uvloop's ``RuntimeError`` for a write on a transport that
-closed under it ("the handler is closed": Redis crashing while redis-py connects), which
-redis-py passes on."""
+redis-py's errors, the socket's (``TimeoutError``, the engine's own deadline, is one), and
+uvloop's ``RuntimeError`` for a write on a transport that closed under it ("the handler is
+closed": Redis crashing while redis-py connects), which redis-py passes on."""
+DEFAULT_TIMEOUT = RoomConfig().store_timeout
+"""Seconds each call may take when the opener gives no ``timeout`` (the CLI's commands);
+the server passes its ``store_timeout`` setting."""
 POLL = 0.1
 """Seconds the listen task waits for a message before applying subscription changes."""
 RECONNECT_MAX = 5.0
 """Longest wait between two attempts to re-establish the subscription."""
+TOPS_REMEMBERED = 20_000
+"""Rooms whose top seq the engine remembers (least recently seen forgotten first; four times
+the default cap on live rooms): a room's log found behind it lost data
+(``rooms.errors.LogReset``), and goes on after it. ~200 bytes each (measured: 194), ~4 MB."""
+WARNED_KEYS = 10_000
+"""Malformed records the engine remembers having warned about (one warning line each, however
+often they are read); past this many it forgets them all and may warn again."""
 ERASE_PAGE = 1000
 """Log entries one step of ``erase`` examines (one script call: Redis serves other clients
 between steps), and the ``COUNT`` hint of its ``SCAN`` for room logs."""
@@ -96,27 +118,37 @@ def _room_of(channel: bytes) -> str:
     return text[text.index("{") + 1:text.rindex("}")]
 
 
-def _seq(entry_id: bytes | str) -> int:
-    text = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-    return int(text.split("-", 1)[1])
+def _epoch_key(room: str) -> str:
+    return f"roomchat:{{{room}}}:epoch"
 
 
-def _message(room: str, entry_id: bytes, fields: dict[bytes, bytes]) -> StoredMessage:
-    client_id = fields.get(b"id", b"").decode()
-    return StoredMessage(room=room, seq=_seq(entry_id), user=fields[b"user"].decode(),
-                         name=fields[b"name"].decode(), id=client_id or None,
-                         text=fields[b"text"].decode(), ts=int(fields[b"ts"]))
+def _new_epoch() -> str:
+    """An epoch for a log that needs one (room_top.lua): random, 16 hex digits."""
+    return secrets.token_hex(8)
 
 
-def _script(name: str) -> str:
-    return (resources.files("rooms.engines") / name).read_text(encoding="utf-8")
+def _top(counter: object, last: list[Any]) -> int | None:
+    """The room's top seq from its counter, else (missing: a log written before counters
+    existed) its last log entry; None when the counter is not a number (malformed)."""
+    if counter is not None:
+        return records.count(counter)
+    return (records.entry_seq(last[0][0]) or 0) if last else 0
+
+
+def _script(name: str, *, room_top: bool = False) -> str:
+    """A Lua script of this package; ``room_top``: with room_top.lua's function in front."""
+    scripts = resources.files("rooms.engines")
+    text = (scripts / name).read_text(encoding="utf-8")
+    if room_top:
+        text = (scripts / "room_top.lua").read_text(encoding="utf-8") + "\n" + text
+    return text
 
 
 def _where(url: str) -> str:
     return url.rsplit("@", maxsplit=1)[-1]  # never log a password in the URL
 
 
-_Pending = tuple[list[str], list[str | int], "asyncio.Future[list[int]]"]
+_Pending = tuple[list[str], list[str | bytes | int], "asyncio.Future[list[Any]]"]
 
 
 class _Appends:
@@ -144,9 +176,10 @@ class _Appends:
         self._flushes: set[asyncio.Task[None]] = set()
         self.round_trips = 0  # pipelines sent (a statistic; tests read it)
 
-    def submit(self, keys: list[str], args: list[str | int]) -> asyncio.Future[list[int]]:
+    def submit(self, keys: list[str],
+               args: list[str | bytes | int]) -> asyncio.Future[list[Any]]:
         loop = asyncio.get_running_loop()
-        future: asyncio.Future[list[int]] = loop.create_future()
+        future: asyncio.Future[list[Any]] = loop.create_future()
         if not self._queued:
             loop.call_soon(self._flush)
         self._queued.append((keys, args, future))
@@ -209,38 +242,51 @@ class RedisEngine:
 
     shared = True
 
-    def __init__(self, url: str, client: Any, on_commit: CommitObserver | None) -> None:
+    def __init__(self, url: str, client: Any, on_commit: CommitObserver | None, *,
+                 timeout: float = DEFAULT_TIMEOUT) -> None:
         self._url = url
         self._redis = client
-        self._appends = _Appends(client, client.register_script(_script("append.lua")))
-        self._sync = client.register_script(_script("sync.lua"))
+        self._timeout = timeout
+        self._appends = _Appends(client, client.register_script(_script("append.lua",
+                                                                        room_top=True)))
+        self._load = client.register_script(_script("load.lua", room_top=True))
+        self._sync = client.register_script(_script("sync.lua", room_top=True))
         self._delete = client.register_script(_script("delete.lua"))
         self._erase = client.register_script(_script("erase.lua"))
         self._on_commit = on_commit
         self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._node_bytes = self.node.encode()
         self._listeners: dict[str, RoomListener] = {}
         self._healthy = True
         self._closed = False
         self._listen_task: asyncio.Task[None] | None = None
         self._changes: set[str] = set()  # rooms whose subscription the listen task must fix
         self.reconnects = 0
+        self._warned: set[str] = set()  # malformed records already warned about (bounded)
+        # room -> the highest seq this process saw stored in it, the most recently seen rooms
+        # (TOPS_REMEMBERED): a floor for the room's log even after its actor here stopped.
+        self._tops: OrderedDict[str, int] = OrderedDict()
 
     @classmethod
     async def open(cls, url: str, *, on_commit: CommitObserver | None = None,
-                   max_connections: int = 32) -> RedisEngine:
+                   max_connections: int = 32, timeout: float = DEFAULT_TIMEOUT) -> RedisEngine:
         """Connect with a pool of at most ``max_connections`` shared by all rooms (rooms wait
-        for a free one), plus one subscription connection. Raises ``StoreError`` if Redis
-        cannot be reached."""
+        for a free one), plus one subscription connection. Each call fails with
+        ``StoreError`` when Redis has not answered it within ``timeout`` seconds (a hung or
+        partitioned Redis: redis-py's own socket timeout is 5 s). Raises ``StoreError`` if
+        Redis cannot be reached."""
         pool = aioredis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=None, decode_responses=False,
-            health_check_interval=30)
+            health_check_interval=30, socket_timeout=timeout, socket_connect_timeout=timeout)
         client = aioredis.Redis(connection_pool=pool)
         try:
-            await client.ping()
+            async with asyncio.timeout(timeout):
+                await client.ping()
         except FAILURES as exc:
             await client.aclose()
-            raise StoreError(f"cannot reach Redis at {_where(url)}: {exc}") from exc
-        engine = cls(url, client, on_commit)
+            raise StoreError(f"cannot reach Redis at {_where(url)}: "
+                             f"{exc or f'no answer within {timeout}s'}") from exc
+        engine = cls(url, client, on_commit, timeout=timeout)
         engine._listen_task = asyncio.create_task(engine._listen(), name="redis-subscriber")
         return engine
 
@@ -252,10 +298,52 @@ class RedisEngine:
         if self._closed:
             raise StoreError("store is closed")
 
+    def _malformed(self, key: str, what: str, done: str) -> None:
+        """One warning line about a malformed record in Redis (roomchat never writes it so):
+        ``what`` is wrong with it and ``done`` says what the engine did instead of failing.
+        Once per ``key`` (up to ``WARNED_KEYS`` of them): read again and again, it would flood
+        the log."""
+        if key in self._warned:
+            return
+        if len(self._warned) >= WARNED_KEYS:
+            self._warned.clear()
+        self._warned.add(key)
+        log.warning("malformed data in Redis at %s: %s; %s", key, what, done)
+
+    def _saw(self, room: str, top: int) -> None:
+        """The room's log reached ``top`` (an answer of Redis's): remember it."""
+        tops = self._tops
+        if top > tops.get(room, 0):
+            tops[room] = top
+        if room in tops:
+            tops.move_to_end(room)
+            if len(tops) > TOPS_REMEMBERED:
+                tops.popitem(last=False)
+
+    def _floor(self, room: str, floor: int) -> int:
+        """The highest seq known stored in ``room``: the caller's ``floor`` or what this
+        process saw, if higher."""
+        return max(floor, self._tops.get(room, 0))
+
     def _failed(self, what: str, exc: Exception) -> StoreError:
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError)):
             self._healthy = False
+        if isinstance(exc, TimeoutError) and not str(exc):  # our own deadline
+            return StoreError(f"{what} failed: no answer from Redis within {self._timeout}s")
         return StoreError(f"{what} failed: {exc}")
+
+    @contextlib.asynccontextmanager
+    async def _calling(self, what: str) -> AsyncIterator[None]:
+        """Around the Redis calls of one operation: they must end within the timeout, and
+        what they raise on failure (``FAILURES``, the deadline included) becomes
+        ``StoreError``; a failure of the connection marks the engine unhealthy."""
+        try:
+            async with asyncio.timeout(self._timeout):
+                yield
+        except UnicodeEncodeError as exc:  # a text redis-py cannot send: the caller's fault
+            raise Unstorable((), f"cannot be stored: {exc}") from exc
+        except FAILURES as exc:
+            raise self._failed(what, exc) from exc
 
     # -- the log ----------------------------------------------------------------------------
 
@@ -263,236 +351,284 @@ class RedisEngine:
         # Redis deduplicates in append.lua: the room's own map is only a cache, left empty.
         self._check()
         log_key, seq_key, *_ = _keys(room)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(seq_key)
-                pipe.xrevrange(log_key, count=1)
-                pipe.xrange(log_key, count=1)
-                counter, last, first = await pipe.execute()
-        except FAILURES as exc:
-            raise self._failed("load", exc) from exc
+        epoch_key = _epoch_key(room)
+        async with self._calling("load"):
+            top, oldest, epoch, reset, repaired = await self._load(
+                keys=[log_key, seq_key, epoch_key], args=[_new_epoch(), self._floor(room, 0)])
         self._healthy = True
-        last_seq = int(counter or 0) or (_seq(last[0][0]) if last else 0)
-        oldest = _seq(first[0][0]) if first else last_seq + 1
-        return RoomSnapshot(last_seq=last_seq, oldest_seq=oldest)
+        if repaired:
+            self._malformed(seq_key, "the seq counter is not a number", "repaired")
+        top = int(top)
+        self._saw(room, top)
+        if reset:
+            log.warning("room %s: its log in Redis was behind seq %d (Redis lost data); it "
+                        "goes on after it, epoch %s", room, top, epoch.decode())
+        return RoomSnapshot(last_seq=top, oldest_seq=int(oldest) or top + 1,
+                            epoch=epoch.decode(), resume_floor=top if reset else 0)
 
     async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
-                     dedup_window: int) -> list[Appended]:
+                     dedup_window: int, epoch: str | None = None,
+                     floor: int = 0) -> list[Appended]:
         self._check()
         if not drafts:
             return []
         started = time.perf_counter()
         log_key, seq_key, ids_key, idq_key, _, channel = _keys(room)
-        args: list[str | int] = [retention, dedup_window, channel, self.node, room]
-        for d in drafts:
-            args += [d.user, d.name, d.id or "", d.text, d.ts]
-        try:
-            raw = await self._appends.submit([log_key, seq_key, ids_key, idq_key], args)
-        except FAILURES as exc:
-            raise self._failed("append", exc) from exc
+        args: list[str | bytes | int] = [retention, dedup_window, channel, self.node, room,
+                                         _new_epoch(), self._floor(room, floor), epoch or ""]
+        # Encoded here, draft by draft: redis-py would encode them while packing the pipeline
+        # that carries other rooms' appends too, and one text it cannot encode (a lone
+        # surrogate) failed all of them with an error no room expected (1011 everywhere).
+        unstorable: list[int] = []
+        for index, d in enumerate(drafts):
+            try:
+                args += [d.user.encode(), d.name.encode(), (d.id or "").encode(),
+                         d.text.encode(), d.ts]
+            except UnicodeEncodeError:
+                unstorable.append(index)
+        if unstorable:
+            raise Unstorable(unstorable, "not valid Unicode (a lone surrogate)")
+        async with self._calling("append"):
+            raw = await self._appends.submit(
+                [log_key, seq_key, ids_key, idq_key, _epoch_key(room)], args)
         self._healthy = True
-        results = [Appended(-r, True) if r < 0 else Appended(r) for r in raw]
+        stored, log_epoch, top, repaired, *seqs = raw
+        if repaired:
+            self._malformed(f"{seq_key} or {ids_key}", "a seq counter or a dedup entry that "
+                            "is not a number", "repaired")
+        self._saw(room, int(top))
+        if not stored:
+            raise LogReset(log_epoch.decode(), int(top))
+        results = [Appended(-r, True) if r < 0 else Appended(r) for r in seqs]
         fresh = sum(not r.duplicate for r in results)
         if fresh and self._on_commit is not None:
             self._on_commit(time.perf_counter() - started, fresh)
         return results
 
     async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+        """Entries that are not messages roomchat wrote are left out (one warning each): a
+        page that holds only such entries is followed by the next, so an empty answer still
+        means that nothing more is stored up to ``upto``."""
         self._check()
-        if after >= upto:
-            return []
+        log_key = _keys(room)[0]
         deleted_key = f"roomchat:{{{room}}}:deleted"
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xrange(_keys(room)[0], min=f"0-{after + 1}", max=f"0-{upto}", count=limit)
-                pipe.exists(deleted_key)
-                entries, any_deleted = await pipe.execute()
-            tombstones: dict[bytes, bytes] = {}
-            if any_deleted:
-                tombstones = await self._redis.hgetall(deleted_key)
-        except FAILURES as exc:
-            raise self._failed("read", exc) from exc
-        messages = [_message(room, eid, fields) for eid, fields in entries]
-        if tombstones:
+        while after < upto:
+            async with self._calling("read"):
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    pipe.xrange(log_key, min=f"0-{after + 1}", max=f"0-{upto}", count=limit)
+                    pipe.exists(deleted_key)
+                    entries, any_deleted = await pipe.execute()
+                tombstones: dict[bytes, bytes] = {}
+                if any_deleted:
+                    tombstones = await self._redis.hgetall(deleted_key)
+            messages: list[StoredMessage] = []
+            for entry_id, fields in entries:
+                parsed = records.message(room, entry_id, fields)
+                if parsed is None:
+                    self._malformed(f"{log_key} entry {entry_id!r}", "not a message (a field "
+                                    "missing or unreadable)", "left out of history")
+                    continue
+                if parsed.repaired:
+                    self._malformed(f"{log_key} entry {entry_id!r}", "its name or client id is "
+                                    "unreadable", "read with the user id as name and no id")
+                messages.append(parsed.value)
             # Deleted messages are not in the stream: merge theirs in, within what this page
             # covers (up to its last entry when the stream filled the page).
-            end = messages[-1].seq if len(messages) == limit else upto
+            full = len(entries) == limit
+            end = (records.entry_seq(entries[-1][0]) or upto) if full else upto
             for raw_seq, value in tombstones.items():
-                seq = int(raw_seq)
-                if after < seq <= end:
-                    user, name, client_id, ts = value.decode().split("\0")
-                    messages.append(StoredMessage(room, seq, user, name, client_id or None,
-                                                  "", int(ts)))
-            messages.sort(key=lambda m: m.seq)
-            del messages[limit:]
-        return messages
+                tombstone = records.tombstone(room, raw_seq, value)
+                if tombstone is None:
+                    self._malformed(f"{deleted_key} field {raw_seq!r}", "not a tombstone",
+                                    "left out of history")
+                elif after < tombstone.seq <= end:
+                    messages.append(tombstone)
+            if tombstones:
+                messages.sort(key=lambda m: m.seq)
+                del messages[limit:]
+            if messages or not full:
+                return messages
+            after = end  # a full page of entries that are not messages: read on
+        return []
 
     # -- moderation ---------------------------------------------------------------------------
 
     async def delete(self, room: str, seq: int) -> bool:
         self._check()
         log_key, *_, channel = _keys(room)
-        try:
+        async with self._calling("delete"):
             done = await self._delete(keys=[log_key, f"roomchat:{{{room}}}:deleted"],
                                       args=[seq, channel, self.node])
-        except FAILURES as exc:
-            raise self._failed("delete", exc) from exc
         return bool(done)
 
     async def erase(self, user: str,
                     erased: ErasedObserver | None = None) -> dict[str, list[int]]:
         self._check()
         done: dict[str, list[int]] = {}
-        try:
-            rooms = {_room_of(key) async for key in self._redis.scan_iter(
-                match="roomchat:{*}:log", count=ERASE_PAGE, _type="stream")}
-            # Round robin: one step in each room per round, one pause per round (it is for each
-            # room's members; rooms need not wait for each other). room -> next seq to examine.
-            cursors = dict.fromkeys(sorted(rooms), 1)
-            while cursors:
-                told = False
-                for room, first in list(cursors.items()):
-                    log_key, *_, channel = _keys(room)
+        # Each step within the timeout (the whole erasure may take long): the SCAN for room
+        # logs, then one script call per step.
+        rooms: set[str] = set()
+        cursor = 0
+        while True:
+            async with self._calling("erase"):
+                cursor, keys = await self._redis.scan(
+                    cursor, match="roomchat:{*}:log", count=ERASE_PAGE, _type="stream")
+            rooms.update(_room_of(key) for key in keys)
+            if not cursor:
+                break
+        # Round robin: one step in each room per round, one pause per round (it is for each
+        # room's members; rooms need not wait for each other). room -> next seq to examine.
+        cursors = dict.fromkeys(sorted(rooms), 1)
+        while cursors:
+            told = False
+            for room, first in list(cursors.items()):
+                log_key, *_, channel = _keys(room)
+                async with self._calling("erase"):
                     examined, last, *raw = await self._erase(
                         keys=[log_key, f"roomchat:{{{room}}}:deleted"],
                         args=[user, first, ERASE_PAGE, channel, self.node, contract.ERASE_STEP])
-                    if raw:
-                        seqs = [int(seq) for seq in raw]
-                        done.setdefault(room, []).extend(seqs)
-                        if erased is not None:
-                            erased(room, seqs)
-                    if int(examined) < ERASE_PAGE and len(raw) < contract.ERASE_STEP:
-                        del cursors[room]  # the end of its log
-                    else:
-                        cursors[room] = int(last) + 1
-                        told = told or bool(raw)
-                if told:
-                    await asyncio.sleep(contract.ERASE_PAUSE)
-        except FAILURES as exc:
-            raise self._failed("erase", exc) from exc
+                if raw:
+                    seqs = [int(seq) for seq in raw]
+                    done.setdefault(room, []).extend(seqs)
+                    if erased is not None:
+                        erased(room, seqs)
+                if int(examined) < ERASE_PAGE and len(raw) < contract.ERASE_STEP:
+                    del cursors[room]  # the end of its log
+                else:
+                    cursors[room] = int(last) + 1
+                    told = told or bool(raw)
+            if told:
+                await asyncio.sleep(contract.ERASE_PAUSE)
         return done
 
     async def ban(self, room: str, ban: Ban) -> None:
         self._check()
         key = f"roomchat:{{{room}}}:ban:{ban.user}"
         value = f"{'' if ban.until is None else repr(ban.until)}\0{ban.reason}"
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if ban.until is None:
-                    pipe.set(key, value)
-                else:
-                    pipe.set(key, value, pxat=max(1, int(ban.until * 1000)))
-                pipe.spublish(_keys(room)[5],
-                              f"b{self.node}\n{ban.user}\n{ban.reason}".encode())
-                await pipe.execute()
-        except FAILURES as exc:
-            raise self._failed("ban", exc) from exc
+        async with self._calling("ban"), self._redis.pipeline(transaction=True) as pipe:
+            if ban.until is None:
+                pipe.set(key, value)
+            else:
+                pipe.set(key, value, pxat=max(1, int(ban.until * 1000)))
+            pipe.spublish(_keys(room)[5],
+                          f"b{self.node}\n{ban.user}\n{ban.reason}".encode())
+            await pipe.execute()
 
     async def unban(self, room: str, user: str) -> bool:
         self._check()
-        try:
+        async with self._calling("unban"):
             return bool(await self._redis.delete(f"roomchat:{{{room}}}:ban:{user}"))
-        except FAILURES as exc:
-            raise self._failed("unban", exc) from exc
 
     async def banned(self, room: str, user: str) -> Ban | None:
         self._check()
-        try:
+        async with self._calling("banned"):
             value = await self._redis.get(f"roomchat:{{{room}}}:ban:{user}")
-        except FAILURES as exc:
-            raise self._failed("banned", exc) from exc
         if value is None:
             return None
-        until, _, reason = bytes(value).decode().partition("\0")
-        return Ban(user, float(until) if until else None, reason)
+        parsed = records.ban(user, value)
+        if parsed.repaired:
+            self._malformed(f"roomchat:{{{room}}}:ban:{user}", "not a ban roomchat wrote",
+                            f"read as a ban until {parsed.value.until or 'lifted'}")
+        return parsed.value
 
     async def top(self, room: str) -> int:
         self._check()
         log_key, seq_key, *_ = _keys(room)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(seq_key)
-                pipe.xrevrange(log_key, count=1)
-                counter, last = await pipe.execute()
-        except FAILURES as exc:
-            raise self._failed("top", exc) from exc
-        return int(counter or 0) or (_seq(last[0][0]) if last else 0)
+        async with self._calling("top"), self._redis.pipeline(transaction=False) as pipe:
+            pipe.get(seq_key)
+            pipe.xrevrange(log_key, count=1)
+            counter, last = await pipe.execute()
+        top = _top(counter, last)
+        if top is None:
+            self._malformed(seq_key, "the seq counter is not a number",
+                            "read the log's top instead (the next append repairs it)")
+            return (records.entry_seq(last[0][0]) or 0) if last else 0
+        return top
 
     async def presence(self, room: str) -> dict[str, str]:
         self._check()
-        try:
+        async with self._calling("presence"):
             entries = await self._redis.hgetall(_keys(room)[4])
-        except FAILURES as exc:
-            raise self._failed("presence", exc) from exc
         now_ms = time.time() * 1000
         members: dict[str, str] = {}
         for field, value in entries.items():
-            user = bytes(field).split(b"\0", 1)[1].decode()
-            expires, _, name = bytes(value).partition(b"\0")
-            if float(expires) > now_ms:
-                members[user] = name.decode()
+            # (Entries that are not presence are removed by the room's next sync.)
+            member = records.presence(field, value, now_ms)
+            if member is not None:
+                members[member[0]] = member[1]
         return members
 
-    async def sync(self, room: str, members: dict[str, str], ttl: float) -> RoomSync:
+    async def sync(self, room: str, members: dict[str, str], ttl: float, *,
+                   floor: int = 0) -> RoomSync:
         self._check()
         log_key, seq_key, _, _, presence_key, channel = _keys(room)
         now_ms = int(time.time() * 1000)
         args: list[str | int] = [self.node, now_ms, now_ms + int(ttl * 1000), channel,
-                                 int(ttl * 2000)]
-        keys = [presence_key, seq_key, log_key, f"roomchat:{{{room}}}:deleted"]
+                                 int(ttl * 2000), _new_epoch(), self._floor(room, floor)]
+        keys = [presence_key, seq_key, log_key, f"roomchat:{{{room}}}:deleted",
+                _epoch_key(room)]
         for user, name in members.items():
             args += [user, name]
             keys.append(f"roomchat:{{{room}}}:ban:{user}")
-        try:
-            top, flat, tombstones, bans = await self._sync(keys=keys, args=args)
-        except FAILURES as exc:
-            raise self._failed("sync", exc) from exc
+        async with self._calling("sync"):
+            top, flat, tombstones, bans, repaired, epoch = await self._sync(keys=keys,
+                                                                            args=args)
         self._healthy = True
-        others = {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
-        banned = tuple((bans[i].decode(), bytes(bans[i + 1]).partition(b"\0")[2].decode())
-                       for i in range(0, len(bans), 2))
-        return RoomSync(top=int(top), others=others, tombstones=int(tombstones), banned=banned)
+        self._saw(room, int(top))
+        if repaired:
+            self._malformed(f"{presence_key} or {seq_key}", f"{repaired} record(s) roomchat "
+                            "did not write (presence entries, a seq counter)", "repaired")
+        others: dict[str, str] = {}
+        for i in range(0, len(flat) - 1, 2):
+            other, other_name = records.identifier(flat[i]), records.identifier(flat[i + 1])
+            if other and other_name is not None:
+                others[other] = other_name
+        banned = []
+        for i in range(0, len(bans) - 1, 2):
+            member = records.identifier(bans[i])
+            if member:  # one of the members given: it came from here
+                banned.append((member, records.ban(member, bans[i + 1]).value.reason))
+        return RoomSync(top=int(top), others=others, tombstones=int(tombstones),
+                        banned=tuple(banned), epoch=epoch.decode())
 
     async def tombstones(self, room: str) -> list[int]:
         self._check()
-        try:
+        async with self._calling("tombstones"):
             seqs = await self._redis.hkeys(f"roomchat:{{{room}}}:deleted")
-        except FAILURES as exc:
-            raise self._failed("tombstones", exc) from exc
-        return sorted(int(seq) for seq in seqs)
+        # (A field that is not a seq is reported by ``read``, which leaves it out too.)
+        return sorted(seq for seq in map(records.count, seqs) if seq is not None)
 
     # -- small keyed records: single-use tickets, revocations -------------------------------
 
     async def stash(self, key: str, value: bytes, ttl: float) -> None:
         self._check()
-        try:
+        async with self._calling("stash"):
             await self._redis.set(f"roomchat:stash:{key}", value, px=max(1, int(ttl * 1000)))
-        except FAILURES as exc:
-            raise self._failed("stash", exc) from exc
 
     async def take(self, key: str) -> bytes | None:
         self._check()
-        try:
+        async with self._calling("take"):
             value = await self._redis.getdel(f"roomchat:stash:{key}")
-        except FAILURES as exc:
-            raise self._failed("take", exc) from exc
         return bytes(value) if value is not None else None
 
     async def revoke(self, user: str, at: float) -> None:
         self._check()
-        try:
+        async with self._calling("revoke"):
             await self._redis.zadd(REVOCATIONS, {user: at}, gt=True)
-        except FAILURES as exc:
-            raise self._failed("revoke", exc) from exc
 
     async def revocations(self, since: float) -> list[tuple[str, float]]:
         self._check()
-        try:
+        async with self._calling("revocations"):
             rows = await self._redis.zrangebyscore(REVOCATIONS, f"({since!r}", "+inf",
                                                    withscores=True)
-        except FAILURES as exc:
-            raise self._failed("revocations", exc) from exc
-        return [(user.decode(), float(at)) for user, at in rows]
+        revoked = []
+        for raw, at in rows:
+            user = records.identifier(raw)
+            if user is None:  # no token can name it: it revokes nobody
+                self._malformed(f"{REVOCATIONS} member {raw!r}", "not a user id", "ignored")
+            else:
+                revoked.append((user, float(at)))
+        return revoked
 
     # -- the live feed ----------------------------------------------------------------------
 
@@ -517,7 +653,9 @@ class RedisEngine:
             try:
                 # No retries inside redis-py: a silent reconnect would hide lost messages.
                 client = aioredis.Redis.from_url(self._url, decode_responses=False,
-                                                 retry=Retry(NoBackoff(), 0))
+                                                 retry=Retry(NoBackoff(), 0),
+                                                 socket_connect_timeout=self._timeout,
+                                                 socket_timeout=self._timeout)
                 pubsub = client.pubsub()
                 await pubsub.connect()  # type: ignore[no-untyped-call]
                 self._changes = set(self._listeners)  # (re)subscribe every room we serve
@@ -559,7 +697,8 @@ class RedisEngine:
                 # rooms are refused meanwhile): find out ourselves when Redis is back.
                 last_health_probe = time.monotonic()
                 try:
-                    await self._redis.ping()
+                    async with asyncio.timeout(self._timeout):
+                        await self._redis.ping()
                     self._healthy = True
                     log.info("Redis at %s is reachable again", _where(self._url))
                 except FAILURES:
@@ -584,7 +723,10 @@ class RedisEngine:
             last_rx, probe_sent = now, None
             kind = message["type"]
             if kind == "smessage":
-                self._dispatch(message["channel"], message["data"])
+                try:
+                    self._dispatch(message["channel"], message["data"])
+                except Exception:  # anyone may publish on a room's channel: not our feed's end
+                    log.exception("undecodable pub/sub message on %r", message["channel"])
             elif kind == "ssubscribe":
                 listener = self._listeners.get(_room_of(message["channel"]))
                 if listener is not None:
@@ -597,7 +739,7 @@ class RedisEngine:
         kind = data[:1]
         if kind == b"m":
             node, _, rest = data[1:].partition(b"\n")
-            if node.decode() == self.node:
+            if node == self._node_bytes:
                 return  # our own batch: the room delivered it when append returned
             first, _, body = rest.partition(b"\n")
             try:
@@ -612,7 +754,7 @@ class RedisEngine:
                 listener.resync()
                 return
             listener.remote_messages(messages)
-        elif kind == b"p" and data[1:].decode() != self.node:
+        elif kind == b"p" and data[1:] != self._node_bytes:
             listener.remote_presence()
         elif kind in (b"d", b"b"):
             origin, _, tail = data[1:].decode(errors="replace").partition("\n")
@@ -620,8 +762,9 @@ class RedisEngine:
                 return  # ours: this process's rooms were told directly
             if kind == b"d":  # one seq (delete.lua) or several (erase.lua), one a line
                 for line in tail.split("\n"):
-                    if line.isdigit():
-                        listener.remote_deleted(int(line))
+                    deleted = records.count(line.encode())
+                    if deleted is not None:
+                        listener.remote_deleted(deleted)
             elif kind == b"b":
                 user, _, reason = tail.partition("\n")
                 listener.remote_banned(user, reason)

@@ -46,10 +46,12 @@ from tests.support import SLOW, make_config, make_token, running_server
 
 PEER = "192.0.2.7"
 HOST = "chat.example:8000"
-USER_PURPOSES = (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.HISTORY, Purpose.ADMIN_STREAM)
+USER_PURPOSES = (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.HISTORY, Purpose.ADMIN_STREAM,
+                 Purpose.UPLOAD, Purpose.FILE)
 API_PURPOSES = (Purpose.API, Purpose.API_USERS)
 ROOM_OF = {Purpose.ROOM_SOCKET: "lobby", Purpose.TICKET: "lobby", Purpose.HISTORY: "lobby",
-           Purpose.API: "lobby", Purpose.API_USERS: None, Purpose.ADMIN_STREAM: None}
+           Purpose.API: "lobby", Purpose.API_USERS: None, Purpose.ADMIN_STREAM: None,
+           Purpose.UPLOAD: "lobby", Purpose.FILE: "lobby"}
 
 
 @dataclass
@@ -255,7 +257,7 @@ async def api_rate(d: Door, purpose: Purpose) -> tuple[int, str] | str:
 
 
 ADMITTED = "admitted"
-USER_ROOMS = (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.HISTORY)
+USER_ROOMS = (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.HISTORY, Purpose.UPLOAD, Purpose.FILE)
 
 # What each purpose answers to each case: the spec, in one table.
 EXPECTED: dict[str, dict[Purpose, tuple[int, str] | str]] = {
@@ -270,15 +272,18 @@ EXPECTED: dict[str, dict[Purpose, tuple[int, str] | str]] = {
     # A socket's ban is the room's to refuse (at its join); the server API acts on rooms for
     # the application, bans included.
     "banned": {Purpose.TICKET: (403, "banned"), Purpose.HISTORY: (403, "banned"),
+               Purpose.UPLOAD: (403, "banned"), Purpose.FILE: (403, "banned"),
                Purpose.ROOM_SOCKET: ADMITTED, Purpose.API: ADMITTED},
     "not_admin": {**{p: ADMITTED for p in Purpose},
                   Purpose.ADMIN_STREAM: (403, "admin_required")},
     "foreign_origin": {**{p: ADMITTED for p in Purpose},
                        **{p: (403, "origin_forbidden") for p in
-                          (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.ADMIN_STREAM)}},
+                          (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.ADMIN_STREAM,
+                           Purpose.UPLOAD)}},
     "draining": {**{p: ADMITTED for p in Purpose},
                  **{p: (503, "draining") for p in
-                    (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.ADMIN_STREAM)}},
+                    (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.ADMIN_STREAM,
+                     Purpose.UPLOAD)}},
     "server_full": {**{p: ADMITTED for p in Purpose},
                     Purpose.ROOM_SOCKET: (503, "server_full"),
                     Purpose.TICKET: (503, "server_full")},

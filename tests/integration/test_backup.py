@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.apicall import API_KEY, call
 from tests.redis_server import redis_server
-from tests.support import REPO, SECRET, server_process
+from tests.support import REPO, SECRET, collect_messages, make_token, server_process
 
 ENV = {"ROOMCHAT_API_KEY": API_KEY, "PYTHONPATH": str(REPO), "ROOMCHAT_API_RATE": "100000",
        "ROOMCHAT_API_BURST": "100000"}
@@ -53,6 +53,7 @@ async def test_export_backup_restore_while_serving(tmp_path: Path) -> None:
         assert target.stat().st_mode & 0o777 == 0o600
         assert (await call(proc.port, "POST", "/rooms/lobby/messages", {"text": "after"}))[1][
             "seq"] == 1201
+        live, _ = await collect_messages(proc.url("lobby", make_token("r"), after="1201"), 0)
         again = roomchat("backup", "--to", str(target), "--data-dir", str(data), check=False)
         assert again.returncode == 2 and "exists" in again.stderr
 
@@ -71,6 +72,11 @@ async def test_export_backup_restore_while_serving(tmp_path: Path) -> None:
         assert body == {"seq": 5, "duplicate": True}  # dedup came back with the data
         status, body = await call(proc.port, "POST", "/rooms/lobby/messages", {"text": "new"})
         assert body == {"seq": 1201, "duplicate": False}
+        # Seq 1201 is another message than the live server's: a client that saw that one is
+        # told by the epoch (a restore gives the database a new one), not taken as recovered.
+        welcome, _ = await collect_messages(
+            proc.url("lobby", make_token("r"), after="1201", epoch=live["epoch"]), 0)
+        assert welcome["epoch"] != live["epoch"] and welcome["recovered"] is False
 
 
 def test_restore_refuses_what_is_not_a_roomchat_database(tmp_path: Path) -> None:

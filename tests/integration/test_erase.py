@@ -110,7 +110,7 @@ async def test_erase_reaches_online_members_and_history(srv: Server) -> None:
 
     status, body = await call(srv.port, "POST", "/users/alice/erase")
     assert (status, body) == (200, {"user": "alice", "erased": 3,
-                                    "rooms": {"lobby": [1, 3], "side": [2]}})
+                                    "rooms": {"lobby": [1, 3], "side": [2]}, "files": 0})
     # Online members (the author's own sockets too) get exactly the erased seqs.
     for member in (bob, alice):
         assert await deletes(member["lobby"], 2) == [1, 3]
@@ -137,7 +137,8 @@ async def test_erase_reaches_online_members_and_history(srv: Server) -> None:
 
     # Again: nothing left to erase, nobody told anything.
     status, body = await call(srv.port, "POST", "/users/alice/erase")
-    assert (status, body) == (200, {"user": "alice", "erased": 0, "rooms": {}})
+    assert (status, body) == (200, {"user": "alice", "erased": 0, "rooms": {},
+                                    "files": 0})
     await call(srv.port, "POST", "/rooms/lobby/messages", {"text": "marker2"})
     assert await deletes_until(bob["lobby"], "marker2") == []
 
@@ -322,7 +323,8 @@ async def test_redis_erase_reaches_members_on_every_process(tmp_path: Path) -> N
                 # from a itself.
                 status, body = await call(a.port, "POST", "/users/alice/erase")
                 assert (status, body) == (200, {"user": "alice", "erased": 3,
-                                                "rooms": {"r1": [1, 3], "r2": [1]}})
+                                                "rooms": {"r1": [1, 3], "r2": [1]},
+                                                "files": 0})
                 assert await deletes(bob["r1"], 2) == [1, 3]
                 assert await deletes(bob["r2"], 1) == [1]
                 assert await deletes(carol, 2) == [1, 3]

@@ -89,7 +89,7 @@ async def close_code_after(port: int, frame: bytes) -> int:
     (masked(0x1, b"\xff\xfe"), 1007),  # invalid UTF-8 in a text frame
     (masked(0x3, b""), 1002),  # a reserved opcode
     (bytes((0x81, 0x02)) + b"hi", 1002),  # an unmasked client frame
-])
+], ids=["invalid-utf8", "reserved-opcode", "unmasked"])  # masks are random: stable ids for xdist
 @pytest.mark.fast_paths
 async def test_protocol_errors_get_their_close_frame(tmp_path: Path, frame: bytes,
                                                      code: int) -> None:

@@ -456,3 +456,61 @@ async def test_redis_deletes_and_bans_whose_announcement_was_lost_still_arrive(
                 assert seen[-1]["seq"] == 3
                 assert [o for o in seen if o["type"] == "delete"] == []
                 await bob.ws.close()
+
+
+async def test_no_join_racing_a_ban_gets_in(tmp_path: Path) -> None:
+    """Issue 20, item 2: a join whose ban check ran before a moderator's ban was decided could
+    be admitted after the ban had closed the user's sockets (the embedded engine's cached bans
+    were dropped only after the write, and the room admitted a queued join after evicting),
+    and kept its socket, acked and in presence. Here joins of the user storm the room while
+    the ban is carried out, round after round: every socket that got in closes with 4004, and
+    once the ban is answered every join is refused 403."""
+    import random
+
+    rounds = 20
+    config = replace(make_config(tmp_path, rate_burst=1000, rate_per_sec=1000.0),
+                     handshake_rate=100_000.0, handshake_burst=100_000,
+                     user_joins_per_minute=100_000, max_connections_per_user=10_000)
+    rng = random.Random(20)
+    async with running_server(config) as srv:
+        mod = await srv.connect(user="mod", token=make_token("mod", moderator=True))
+        assert (await mod.recv())["moderator"] is True
+        survivors: list[str] = []
+        admitted = 0
+        for round_ in range(rounds):
+            user = f"eve{round_}"
+            opened: list[Client] = []
+
+            async def storm(user: str = user, opened: list[Client] = opened) -> None:
+                while True:  # as fast as one client can, until refused as banned
+                    try:
+                        opened.append(await srv.connect(user=user))
+                    except InvalidStatus as exc:
+                        assert exc.response.status_code == 403, exc
+                        return
+
+            async def ban(user: str = user, round_: int = round_) -> None:
+                await asyncio.sleep(rng.uniform(0.005, 0.03))
+                await mod.send({"type": "ban", "user": user, "id": f"b{round_}"})
+                answer = await mod.recv_type("moderated", timeout=10)
+                assert (answer["user"], answer["id"]) == (user, f"b{round_}")
+
+            async with asyncio.timeout(30 * SLOW):
+                await asyncio.gather(storm(), storm(), storm(), ban())
+            admitted += len(opened)
+            for client in opened:
+                try:
+                    code = await client.closed(timeout=3)
+                except TimeoutError:  # still open: does the room still take its messages?
+                    await client.say("still here", id="late")
+                    ack = await client.recv_type("ack")
+                    survivors.append(f"{user}: still open 3 s after the ban, acked {ack}")
+                    continue
+                if code != 4004:
+                    survivors.append(f"{user}: closed with {code}")
+            status, _ = await _refused(srv.url("lobby", make_token(user)))
+            assert status == 403
+        assert admitted > rounds, "the joins never overlapped the bans: nothing was tested"
+        assert not survivors, survivors
+        members = {m["user"] for m in srv.gateway.registry.rooms()[0].presence()}
+        assert members == {"mod"}, members

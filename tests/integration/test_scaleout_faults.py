@@ -623,3 +623,51 @@ async def test_handshakes_get_503_while_redis_is_down_and_succeed_after(
         await audit(redis.url, idle, "hs", [alice, bob])
         for c in (alice, bob):
             await c.disconnect()
+
+
+async def test_a_hung_redis_is_unavailable_within_the_store_timeout(tmp_path: Path) -> None:
+    """Issue 20, item 5: a Redis that stops answering (SIGSTOP; a partition looks the same)
+    stalled rooms silently for redis-py's 5 s socket timeout: no ack, no ``unavailable``,
+    handshakes hanging instead of 503. With ``store_timeout`` (1 s here) a handshake gets 503
+    and the room's members ``unavailable`` within it, and once Redis answers again the message
+    sent meanwhile is stored and delivered."""
+    timeout = 1.0
+    margin = 0.8 * SLOW  # this machine's scheduling, on top of the timeout itself
+    with RedisServer(tmp_path / "redis", aof=False) as redis:
+        config = replace(make_config(tmp_path / "d", store_timeout=timeout,
+                                     store_outage_timeout=20.0), store_url=redis.url)
+        try:
+            async with running_server(config) as srv:
+                alice = await srv.connect(user="alice")
+                bob = await srv.connect(user="bob")
+                for client in (alice, bob):
+                    assert (await client.recv())["type"] == "welcome"
+                await alice.say("before", id="m0")
+                assert (await bob.recv_type("message"))["text"] == "before"
+                assert (await alice.recv_type("ack"))["seq"] == 1
+
+                redis.pause()
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                with pytest.raises(InvalidStatus) as refused:
+                    await srv.connect(user="carol")
+                assert refused.value.response.status_code == 503
+                assert b"unavailable" in refused.value.response.body
+                assert loop.time() - started < timeout + margin
+
+                started = loop.time()
+                await alice.say("during", id="m1")
+                for client in (alice, bob):
+                    error = await client.recv_type("error", timeout=timeout + margin)
+                    assert error["code"] == "unavailable"
+                assert loop.time() - started < timeout + margin
+
+                redis.resume()
+                # Stored on the room's retry (deduplicated by id if the hung call got through).
+                live = await bob.recv_type("message", timeout=15)
+                assert (live["seq"], live["text"]) == (2, "during")
+                assert (await alice.recv_type("ack", timeout=5))["seq"] == 2
+                late = await srv.connect(user="carol", after="0")
+                assert (await late.recv())["seq"] == 2
+        finally:
+            redis.resume()

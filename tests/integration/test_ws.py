@@ -68,6 +68,7 @@ async def test_two_clients_see_the_same_seq_order(server: Server) -> None:
     alice = await server.connect(user="alice", name="Alice")
     bob = await server.connect(user="bob")
     welcome = await alice.recv()
+    assert len(welcome.pop("epoch")) == 16  # the room's log's epoch: docs/protocol.md
     assert welcome == {"type": "welcome", "room": "lobby", "user": "alice", "name": "Alice",
                        "seq": 0, "members": [{"user": "alice", "name": "Alice"}],
                        "recovered": False}

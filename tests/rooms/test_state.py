@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from rooms.config import RoomConfig
-from rooms.errors import RoomFull
+from rooms.errors import RoomFull, Unstorable
 from rooms.protocol import (
     BanUser,
     CloseCode,
@@ -23,6 +23,7 @@ from rooms.state import (
     Appended,
     Broadcast,
     Close,
+    Draft,
     Effect,
     ModerationOutcome,
     RoomSnapshot,
@@ -179,6 +180,46 @@ def test_join_plan(after: int | None, replay_after: int, recovered: bool) -> Non
     assert orjson.loads(plan.welcome)["recovered"] is recovered
 
 
+@pytest.mark.parametrize(
+    ("after", "epoch", "replay_after", "recovered"),
+    [(8, "e1", 8, True), (8, None, 8, True), (8, "e0", 7, False), (10, "e0", 7, False),
+     (5, "e1", 5, True), (4, "e1", 7, False), (4, None, 7, False)],
+)
+def test_a_resume_is_recovered_only_in_the_same_epoch_and_after_a_reset_floor(
+        after: int, epoch: str | None, replay_after: int, recovered: bool) -> None:
+    """The client sends back the epoch of the welcome it saw: another one means its seqs may
+    name other messages (the log went backwards): a fresh history. Seqs up to the room's
+    ``resume_floor`` may be missing: a resume from before it is not recovered either."""
+    state = RoomState("r", CFG, RoomSnapshot(last_seq=10, oldest_seq=1, epoch="e1",
+                                             resume_floor=5))
+    plan, _ = state.join(1, "alice", "Alice", after=after, epoch=epoch, expires_at=1e9,
+                         now=0, wall_ms=1)
+    assert (plan.replay_after, plan.recovered) == (replay_after, recovered)
+    welcome = orjson.loads(plan.welcome)
+    assert (welcome["epoch"], welcome["recovered"]) == ("e1", recovered)
+
+
+def test_a_reset_closes_every_session_for_a_fresh_history_and_forgets_ids() -> None:
+    state = RoomState("r", replace(CFG, rate_burst=100), RoomSnapshot(epoch="e1"))
+    joined(state, 1, "alice")
+    joined(state, 2, "bob")
+    send(state, 1, "x", "a1")
+    commit(state)  # seq 1
+    send(state, 1, "y", "a2")
+    batch = state.take_pending()  # in flight when the log turns out to have gone backwards
+    effects = objs(state.reset("e2", 4, 1))
+    assert [(k, s, o["code"]) for k, s, o in effects if k == "close"] == [
+        ("close", 1, CloseCode.SERVICE_RESTART), ("close", 2, CloseCode.SERVICE_RESTART)]
+    assert (state.epoch, state.delivered_seq, state.resume_floor) == ("e2", 4, 4)
+    assert state.session_count == 0
+    # The batch goes on, stored after the log's top; a resent id is not a duplicate any more.
+    state.committed(batch, [Appended(5)])
+    plan, _ = joined(state, 3, "alice", after=1)
+    assert (plan.recovered, orjson.loads(plan.welcome)["epoch"]) == (False, "e2")
+    send(state, 3, "x", "a1")
+    assert [d.id for d in state.pending] == ["a1"]
+
+
 def test_retention_moves_oldest_seq() -> None:
     state = RoomState("r", replace(CFG, history_retention=2, rate_burst=100))
     joined(state, 1, "alice")
@@ -325,6 +366,37 @@ def test_abandoned_batch_is_not_acked_and_its_ids_are_accepted_again() -> None:
     state.abandon()
     send(state, 1, "a", "id1")
     assert len(state.pending) == 1
+
+
+def test_rejected_drafts_are_refused_to_their_senders_and_the_rest_stays_in_flight() -> None:
+    """An ``Unstorable`` from the engine: each sender of a refused draft (and a resend of the
+    same id meanwhile, and a server-API caller) is told; the others are stored next."""
+    state = RoomState("r", replace(CFG, rate_burst=100))
+    joined(state, 1, "alice")
+    joined(state, 2, "alice")
+    joined(state, 3, "bob")
+    send(state, 1, "ok", "a1")
+    send(state, 1, "bad", "a2")
+    send(state, 3, "fine", "b1")
+    assert state.publish(7, Draft("api", "API", "p", "bad too", 1)) is None
+    batch = state.take_pending()
+    assert send(state, 2, "bad", "a2") == []  # the same id, resent while in flight
+    with pytest.raises(ValueError):
+        state.reject(batch, Unstorable([9], "no such draft"))
+    error = Unstorable([1, 3], "cannot be stored")
+    rest, effects = state.reject(batch, error)
+    assert rest == [batch[0], batch[2]]
+    assert [(k, s, o["type"], o["code"], o["id"]) for k, s, o in objs(effects)] == [
+        ("send", 1, "error", "invalid_message", "a2"),
+        ("send", 2, "error", "invalid_message", "a2")]
+    assert state.published == [(7, error)]
+    state.published.clear()
+    acks = [(s, o["id"], o["seq"]) for k, s, o in objs(state.committed(rest, [Appended(1),
+                                                                              Appended(2)]))
+            if o["type"] == "ack"]
+    assert acks == [(1, "a1", 1), (3, "b1", 2)]
+    send(state, 1, "now fine", "a2")  # the refused id is not remembered: it may come again
+    assert [d.id for d in state.pending] == ["a2"]
 
 
 def test_unavailable_storage_refuses_messages_without_accepting_them() -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from rooms.errors import StoreError
+from rooms.errors import StoreError, Unstorable
 from rooms.state import StoredMessage
 from rooms.store import MessageStore, SqliteStore
 
@@ -127,3 +128,67 @@ async def test_database_files_are_private_from_the_start(tmp_path: Path) -> None
         assert modes and all(mode == 0o600 for mode in modes.values()), modes
     finally:
         await store.close()
+
+
+async def test_an_unstorable_message_fails_its_own_append_alone(tmp_path: Path) -> None:
+    """Issue 20 (high): a message SQLite cannot encode (a lone surrogate, a 70-bit integer)
+    used to fail the whole group commit, every room batched with it included. Now its own
+    append fails with ``Unstorable`` naming the faulty messages, stores nothing, and the
+    appends committed in the same transaction are stored."""
+    commits: list[int] = []
+    store = await SqliteStore.open(tmp_path / "db", synchronous="NORMAL",
+                                   on_commit=lambda s, n: commits.append(n))
+    try:
+        good, lone, huge = msgs("bad", 1, 3)
+        poisoned = [good, replace(lone, text="poison \ud800"), replace(huge, ts=2**70)]
+        # A big first append keeps the writer busy: everything else queues up behind it and is
+        # committed together, the poisoned append among them.
+        results = await asyncio.gather(
+            store.append(msgs("big", 1, 20_000), retention=0),
+            *(store.append(msgs(f"r{i}", 1, 3), retention=0) for i in range(20)),
+            store.append(poisoned, retention=0),
+            *(store.append(msgs(f"s{i}", 1, 3), retention=0) for i in range(20)),
+            return_exceptions=True)
+        error = results.pop(21)
+        assert isinstance(error, Unstorable), error
+        assert error.indexes == (1, 2)
+        assert results == [None] * 41
+        assert len(commits) < 10 and sum(commits) == 20_000 + 40 * 3  # shared transactions
+        assert await store.read("bad", 0, 10, 10) == []  # all or none: nothing of it
+        await store.append([good, replace(lone, seq=2)], retention=0)  # the rest goes again
+        assert [m.seq for m in await store.read("bad", 0, 10, 10)] == [1, 2]
+        assert (await store.load("s19", 0)).last_seq == 3
+    finally:
+        await store.close()
+
+
+async def test_a_database_has_one_epoch_until_a_restore_gives_it_another(
+        tmp_path: Path) -> None:
+    """The epoch of every log in one database (docs/protocol.md, "Epochs"): made with it,
+    kept across restarts, replaced by ``new_epoch`` (what ``roomchat restore`` calls), also in
+    a backup taken before databases had one."""
+    import sqlite3
+
+    from rooms.store import new_epoch
+
+    path = tmp_path / "db.sqlite3"
+    store = await SqliteStore.open(path)
+    epoch = store.epoch
+    assert len(epoch) == 16
+    await store.append(msgs("a", 1, 2), retention=0)
+    assert (await store.load("a", 0)).epoch == epoch
+    await store.close()
+    again = await SqliteStore.open(path)
+    assert again.epoch == epoch
+    await again.close()
+    assert new_epoch(path) not in ("", epoch)
+    renewed = await SqliteStore.open(path)
+    try:
+        assert renewed.epoch != epoch and (await renewed.load("a", 0)).last_seq == 2
+    finally:
+        await renewed.close()
+    old = tmp_path / "old.sqlite3"  # no meta table
+    conn = sqlite3.connect(old)
+    conn.execute("CREATE TABLE messages (room TEXT, seq INTEGER)")
+    conn.close()
+    assert len(new_epoch(old)) == 16

@@ -1,0 +1,84 @@
+"""rooms.engines.redis_records: what the Redis engine reads back, parsed as untrusted input
+(pure). The engine's own tests, with data written into a real Redis by hand, are in
+test_engine.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from rooms.engine import Ban
+from rooms.engines import redis_records as records
+from rooms.state import StoredMessage
+
+GOOD = {b"user": b"ann", b"name": b"Ann \xf0\x9f\x98\x80", b"id": b"c1", b"text": b"hi",
+        b"ts": b"1700000000000"}
+
+
+def test_a_message_roomchat_wrote_reads_back_exactly() -> None:
+    parsed = records.message("r", b"0-7", GOOD)
+    assert parsed == records.Parsed(StoredMessage("r", 7, "ann", "Ann \U0001f600", "c1", "hi",
+                                                  1700000000000))
+    no_id = records.message("r", b"0-8", {**GOOD, b"id": b""})
+    assert no_id is not None and no_id.value.id is None and not no_id.repaired
+
+
+@pytest.mark.parametrize("entry_id, fields", [
+    (b"0-1", {k: v for k, v in GOOD.items() if k != b"text"}),
+    (b"0-1", {k: v for k, v in GOOD.items() if k != b"user"}),
+    (b"0-1", {k: v for k, v in GOOD.items() if k != b"ts"}),
+    (b"0-1", {**GOOD, b"ts": b"soon"}),
+    (b"0-1", {**GOOD, b"ts": b"-5"}),
+    (b"0-1", {**GOOD, b"text": b"\xff\xfe"}),  # not UTF-8
+    (b"0-1", {**GOOD, b"text": b"\xed\xa0\x80"}),  # an encoded lone surrogate
+    (b"0-1", {**GOOD, b"user": b"a\nb"}),  # a user id no token can have
+    (b"0-1", {**GOOD, b"user": b""}),
+    (b"1700000000000-0", GOOD),  # an id roomchat never writes
+    (b"0-x", GOOD),
+    (b"0-1", [b"user", b"ann"]),
+])
+def test_entries_that_cannot_be_messages_are_none(entry_id: bytes, fields: object) -> None:
+    assert records.message("r", entry_id, fields) is None
+
+
+def test_an_unusable_name_or_id_is_mended() -> None:
+    parsed = records.message("r", b"0-3", {**GOOD, b"name": b"\x1b[31m", b"id": b"\xff"})
+    assert parsed is not None and parsed.repaired
+    assert (parsed.value.name, parsed.value.id) == ("ann", None)
+    missing = records.message("r", b"0-3", {k: v for k, v in GOOD.items() if k != b"name"})
+    assert missing is not None and missing.repaired and missing.value.name == "ann"
+
+
+def test_tombstones() -> None:
+    assert records.tombstone("r", b"4", b"ann\0Ann\0c1\0" + b"17") == StoredMessage(
+        "r", 4, "ann", "Ann", "c1", "", 17)
+    assert records.tombstone("r", b"4", b"ann\0Ann\0\0" + b"17") == StoredMessage(
+        "r", 4, "ann", "Ann", None, "", 17)
+    for raw_seq, value in [(b"x", b"ann\0Ann\0c1\017"), (b"4", b"ann\0Ann\017"),
+                           (b"4", b"\0Ann\0c1\017"), (b"4", b"ann\0Ann\0c1\0ts"), (b"4", 5)]:
+        assert records.tombstone("r", raw_seq, value) is None
+
+
+def test_a_ban_is_a_ban_whatever_its_value_says() -> None:
+    assert records.ban("eve", b"\0spam") == records.Parsed(Ban("eve", None, "spam"))
+    assert records.ban("eve", b"1796641154.5\0") == records.Parsed(Ban("eve", 1796641154.5, ""))
+    for value in (b"garbage", b"soon\0spam", b"nan\0spam", b"inf\0spam", b"1e999\0spam",
+                  b"\0\xff", b"\0a\x07b"):
+        parsed = records.ban("eve", value)
+        assert parsed.repaired and parsed.value.user == "eve", value
+        assert parsed.value.until is None  # read as "until lifted": Redis ends the key anyway
+    assert records.ban("eve", b"soon\0spam").value.reason == "spam"
+    assert records.ban("eve", b"\0\xff").value.reason == ""
+
+
+def test_presence_entries() -> None:
+    assert records.presence(b"node\0ann", b"2000\0Ann", 1000) == ("ann", "Ann")
+    assert records.presence(b"node\0ann", b"999\0Ann", 1000) is None  # expired
+    for field, value in [(b"nonul", b"2000\0Ann"), (b"node\0ann", b"2000"),
+                         (b"node\0ann", b"later\0Ann"), (b"node\0\xff", b"2000\0Ann")]:
+        assert records.presence(field, value, 1000) is None
+
+
+def test_counts() -> None:
+    assert [records.count(x) for x in (b"0", b"42", 42, b"", b"4.2", b"-1", b"1e3", b"\xd9\xa3",
+                                       "42", True, 10**15)] == [
+        0, 42, 42, None, None, None, None, None, None, None, None]
