@@ -113,6 +113,12 @@ export class EmojiPicker {
     this.search.maxLength = MAX_QUERY;
     this.search.addEventListener('input', () => this.filter());
     this.search.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Escape') {
+        // A search box would take the first Escape to clear itself: here it closes the picker.
+        ev.preventDefault();
+        this.dialog.close();
+        return;
+      }
       if (ev.key === 'ArrowDown' || (ev.key === 'Enter' && !ev.isComposing)) {
         const first = this.visible(this.search.value.trim() ? this.all : this.frequent)[0];
         if (first) {

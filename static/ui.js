@@ -1224,6 +1224,7 @@ class ChatView {
     });
     input.focus();
     input.setSelectionRange(input.value.length, input.value.length);
+    form.scrollIntoView({ block: 'nearest' }); // its buttons too, not only the text
   }
 
   async saveEdit() {
