@@ -448,10 +448,6 @@ function retryAfterHeader(response) {
   return Number.isFinite(secs) && secs > 0 ? Math.min(BACKOFF_MAX_MS, secs * 1000) : null;
 }
 
-/**
- * The outbox: messages the person typed that the server has not acknowledged yet. Persisted in `storage`
- * (sessionStorage) so a reload does not lose them; each keeps its client id forever so resends are deduped.
- */
 /** An outbox entry's reply (`reply`: the quoted message's {seq, user, name, excerpt}) and `mentions`, if valid. */
 function outboxExtras(e) {
   const out = {};
@@ -469,6 +465,10 @@ function outboxExtras(e) {
   return out;
 }
 
+/**
+ * The outbox: messages the person typed that the server has not acknowledged yet. Persisted in `storage`
+ * (sessionStorage) so a reload does not lose them; each keeps its client id forever so resends are deduped.
+ */
 class Outbox {
   constructor(storage, key) {
     this.storage = storage;

@@ -201,6 +201,10 @@ function roomFromPath(pathname) {
 }
 
 const tokenKey = (room) => `roomchat:token:${room}`;
+const refreshKey = (room) => `roomchat:refresh:${room}`;
+const REFRESH_LEAD_MAX_MS = 60_000; // renew this long before `exp` (a third of the lifetime if shorter)
+const REFRESH_RETRY_MS = 5_000;
+
 const notifyKey = (room) => `roomchat:notify:${room}`;
 
 /** This browser's notification choice for `room` (localStorage): 'mentions', 'all' or 'off' (the default). */
@@ -220,9 +224,6 @@ function messageFromFragment() {
   const seq = raw !== null && /^[1-9]\d{0,15}$/.test(raw) ? Number(raw) : null;
   return seq !== null && Number.isSafeInteger(seq) ? seq : null;
 }
-const refreshKey = (room) => `roomchat:refresh:${room}`;
-const REFRESH_LEAD_MAX_MS = 60_000; // renew this long before `exp` (a third of the lifetime if shorter)
-const REFRESH_RETRY_MS = 5_000;
 
 /** A refresh URL as given in the fragment, if it is a path on this page's own origin; else null. */
 function sameOriginPath(raw) {
@@ -984,7 +985,7 @@ class ChatView {
     const body = item.querySelector('.msg-body');
     const bubble = body.querySelector('.bubble');
     if (m.deleted && this.editing?.item === item) {
-      this.endEdit(false);
+      this.endEdit(true);
       this.note('The message you were editing was deleted.');
     }
     const editingThis = this.editing?.item === item;
@@ -1711,7 +1712,7 @@ class ChatView {
 
   /** A new message while the tab is hidden: notify, if it mentions us (or the choice is every message). */
   maybeNotify(m, own, kind) {
-    if (kind !== 'live' || own || !document.hidden) return;
+    if (kind === 'history' || own || !document.hidden) return; // (missed while reconnecting: news too)
     const mode = this.effectiveNotify();
     const mentioned = this.me !== null && (m.mentions || []).includes(this.me.user);
     if (mode === 'off' || (mode === 'mentions' && !mentioned)) return;
