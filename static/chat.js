@@ -588,6 +588,7 @@ export class ChatClient extends EventTarget {
     this.readSeq = 0; // the read marker: the highest seq the person has seen here
     this.readSent = 0; // the marker the server holds, as far as we know
     this.readSentAt = -Infinity; // monotonic ms of our last `read` frame
+    this.readKept = false; // the welcome says the server keeps read markers (it has `read`)
     this.resumable = false; // true once a welcome was seen: later connects send after=lastSeq
     this.epoch = null; // from welcome: the epoch our seqs belong to, sent back with after
     this.historyKind = 'history';
@@ -710,7 +711,7 @@ export class ChatClient extends EventTarget {
   /** Send the read marker now if it moved, we are live, and the last one went long enough ago. */
   sendRead() {
     this.clearTimer('read');
-    if (this.readSeq <= this.readSent || this.state !== State.LIVE) return;
+    if (this.readSeq <= this.readSent || this.state !== State.LIVE || !this.readKept) return;
     const now = monotonic();
     const wait = Math.max(this.readSentAt + READ_EVERY_MS - now, this.pausedUntil - now, this.bucket.wait(now));
     if (wait > 0) {
@@ -729,7 +730,7 @@ export class ChatClient extends EventTarget {
 
   /** Send the read marker now, whatever the pace: the page is being left or hidden. Only while live. */
   flushRead() {
-    if (this.readSeq <= this.readSent || this.state !== State.LIVE) return;
+    if (this.readSeq <= this.readSent || this.state !== State.LIVE || !this.readKept) return;
     this.clearTimer('read');
     if (this.sendCharged({ type: 'read', seq: this.readSeq }, 1)) {
       this.readSent = this.readSeq;
@@ -1148,6 +1149,9 @@ export class ChatClient extends EventTarget {
       this.messages.clear();
       this.orphans = [];
     }
+    // A server that keeps read markers says so with `read` in its welcome; to one that does not (an older
+    // process during a rolling upgrade), a `read` frame would be an invalid frame, and five close the socket.
+    this.readKept = Number.isSafeInteger(w.read) && w.read >= 0;
     const read = isSeq(w.read) ? w.read : 0;
     // The server's marker; ours may be ahead of it (a frame lost with the last connection): send it again.
     this.readSent = read;

@@ -161,6 +161,8 @@ function pathIcon(d, size = 18) {
 const SMILE_PLUS = 'M11 3a8 8 0 1 0 8 8h-2a6 6 0 1 1-6-6Zm-3 6.5A1.5 1.5 0 1 0 8 12.5a1.5 1.5 0 0 0 0-3Zm6 0a1.5 1.5 0 1 0 0 3 '
   + '1.5 1.5 0 0 0 0-3ZM7.5 14a3.8 3.8 0 0 0 7 0ZM18 2v3h-3v2h3v3h2V7h3V5h-3V2Z';
 const REPLY_ARROW = 'M10 9V5l-7 7 7 7v-4.1c5 0 8.5 1.6 11 5.1-1-5-4-10-11-11Z';
+const PENCIL = 'M3 17.25V21h3.75L17.81 9.94l-3.75-3.75Zm17.71-10.21a1 1 0 0 0 0-1.41l-2.34-2.34a1 1 0 0 0-1.41 0'
+  + 'l-1.83 1.83 3.75 3.75Z';
 
 /** Three dots, drawn without parsing markup. */
 function dotsIcon() {
@@ -1093,7 +1095,10 @@ class ChatView {
     return row;
   }
 
-  /** Beside the bubble: react and reply for the mouse (the menu has both for the keyboard), and the menu. */
+  /**
+   * Beside the bubble: react, reply (and edit one's own) for the mouse (the menu has them all for the
+   * keyboard), and the menu.
+   */
   toolsNode(item) {
     const seq = Number(item.dataset.seq);
     const menu = el('button', { cls: 'msg-menu', attrs: { type: 'button', 'aria-haspopup': 'dialog' } }, dotsIcon());
@@ -1105,7 +1110,13 @@ class ChatView {
     const reply = el('button', { cls: 'msg-tool', attrs: { type: 'button', tabindex: '-1', 'aria-label': 'Reply',
       title: 'Reply' } }, pathIcon(REPLY_ARROW));
     reply.addEventListener('click', () => this.startReply(seq));
-    return el('div', { cls: 'msg-tools' }, react, reply, menu);
+    let edit = null;
+    if (this.me !== null && item.dataset.user === this.me.user) {
+      edit = el('button', { cls: 'msg-tool', attrs: { type: 'button', tabindex: '-1', 'aria-label': 'Edit',
+        title: 'Edit' } }, pathIcon(PENCIL));
+      edit.addEventListener('click', () => this.startEdit(item));
+    }
+    return el('div', { cls: 'msg-tools' }, react, reply, edit, menu);
   }
 
   // ---- reactions

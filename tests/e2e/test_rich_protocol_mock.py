@@ -202,3 +202,19 @@ def test_read_frames_are_paced_and_a_marker_from_another_tab_clears_the_count(
     expect(page).to_have_title("(2) #lobby · roomchat")
     room.send({"type": "read", "seq": 9})
     expect(page).to_have_title("#lobby · roomchat")
+
+
+def test_no_read_frames_to_a_server_that_keeps_no_read_markers(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    """A welcome without `read` (a process of an older version during a rolling upgrade) gets
+    no `read` frames: it would count each as an invalid frame and close the socket at five."""
+    page, room = open_scripted(server, open_page)
+    room.send(welcome(1, [ME, BOB]), message(1, BOB, "seen"))
+    for n in range(2, 5):
+        room.send(message(n, BOB, f"live {n}"))
+        expect(texts(page)).to_have_count(n)
+    page.evaluate("window.roomchat.client.flushRead()")
+    page.wait_for_timeout(2500)  # longer than the read pace: a frame would have gone by now
+    assert frames(room, "read") == []
+    assert page.evaluate("window.roomchat.client.readSeq") == 4  # kept, for a server that keeps it
