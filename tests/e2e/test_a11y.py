@@ -304,9 +304,12 @@ def test_axe_finds_nothing_serious_with_rich_messages(
         assert not problems, "\n".join(problems)
         page.keyboard.press("Escape")
 
-        # The unread line, jumped to.
+        # The unread line, jumped to; scrolled up there, a new message brings the "1 new message"
+        # pill (white on the dark theme's light accent was 3:1 before --accent-fill).
         page.get_by_role("button", name="Jump to first unread").click()
         expect(page.locator("#log li.unread-line")).to_be_visible()
+        bob.send("one more", "b-last")
+        expect(page.get_by_role("button", name="1 new message")).to_be_visible()
         problems = axe_problems(page)
         assert not problems, "\n".join(problems)
         assert page.evaluate("document.documentElement.scrollWidth") <= width
