@@ -31,6 +31,10 @@ const READ_EVERY_MS = 2000;
 // While a history page is on its way, changes to messages not held yet are kept (at most this many) and folded
 // into the page when it comes: the page may have been read before they were made.
 const MAX_ORPHAN_CHANGES = 1000;
+// A fresh join's replay is messages only (docs/protocol.md), so when the room's last entry is a change it ends
+// below the welcome's seq, and a server that does not say where (`replay_upto`) leaves the page guessing: the
+// replay is taken as complete once its messages stop coming for this long (they are sent back to back).
+const HISTORY_QUIET_MS = 400;
 // The server's per-connection rate limit at its defaults (docs/protocol.md, `rate_limited`; rooms/config.py
 // `rate_burst`, `rate_per_sec`, `pong_cost`): a bucket of 10 frames refilled at 2 a second, where a pong or a
 // typing frame costs 0.1 and anything else 1. The welcome does not say what a server was configured with: a
@@ -297,6 +301,8 @@ export function applyChange(message, change) {
     return { seq, id, user, name, ts, text: '', deleted: true };
   }
   if (change.action === 'edit') {
+    // An edit whose text left storage with the message's later delete (which follows it): nothing to set.
+    if (!change.text) return message;
     const edited = typeof change.ts === 'number' ? change.ts : message.edited ?? Date.now();
     if (message.text === change.text && message.edited === edited) return message;
     return { ...message, text: change.text, edited };
@@ -581,6 +587,7 @@ export class ChatClient extends EventTarget {
     this.welcomeSeq = 0;
     this.replayUpto = 0; // the seq of the replay's last entry (see onWelcome)
     this.historyDone = false; // every entry up to welcomeSeq was delivered (history-end was sent)
+    this.guessHistoryEnd = false; // a fresh replay from a server that does not send `replay_upto`
     this.messages = new Map(); // seq -> messageState: every message the page holds, in its current state
     this.fetchesInFlight = 0; // history pages on their way
     this.orphans = []; // while any is: changes to messages not held yet, oldest first
@@ -607,7 +614,7 @@ export class ChatClient extends EventTarget {
     this.nextSendAt = null; // ms since the epoch: when the next queued message goes (for the page)
     this.typingSentAt = 0;
     this.socketToken = null; // the token the current (or last) socket's ticket was asked with
-    this.timers = { reconnect: null, connect: null, flush: null, watchdog: null, read: null };
+    this.timers = { reconnect: null, connect: null, flush: null, watchdog: null, read: null, history: null };
     this.stopped = false;
   }
 
@@ -713,7 +720,10 @@ export class ChatClient extends EventTarget {
     this.clearTimer('read');
     if (this.readSeq <= this.readSent || this.state !== State.LIVE || !this.readKept) return;
     const now = monotonic();
-    const wait = Math.max(this.readSentAt + READ_EVERY_MS - now, this.pausedUntil - now, this.bucket.wait(now));
+    // (A `read` costs what a pong costs; waiting until a message's token is there too keeps it from ever
+    // taking the one a message needs.)
+    const wait = Math.max(this.readSentAt + READ_EVERY_MS - now, this.pausedUntil - now,
+      this.bucket.wait(now, 1 + LIGHT_FRAME_COST));
     if (wait > 0) {
       this.timers.read = setTimeout(() => {
         this.timers.read = null;
@@ -722,7 +732,7 @@ export class ChatClient extends EventTarget {
       return;
     }
     if (this.sendFrame({ type: 'read', seq: this.readSeq })) {
-      this.bucket.take(now);
+      this.bucket.take(now, LIGHT_FRAME_COST);
       this.readSent = this.readSeq;
       this.readSentAt = now;
     }
@@ -732,7 +742,7 @@ export class ChatClient extends EventTarget {
   flushRead() {
     if (this.readSeq <= this.readSent || this.state !== State.LIVE || !this.readKept) return;
     this.clearTimer('read');
-    if (this.sendCharged({ type: 'read', seq: this.readSeq }, 1)) {
+    if (this.sendCharged({ type: 'read', seq: this.readSeq }, LIGHT_FRAME_COST)) {
       this.readSent = this.readSeq;
       this.readSentAt = monotonic();
     }
@@ -1167,7 +1177,10 @@ export class ChatClient extends EventTarget {
     // Where the replay ends (docs/design/rich-messages.md): a fresh join's is messages only, so its last
     // entry may sit below the welcome's seq (a change after it); a server that does not say: at that seq.
     const upto = w.replay_upto;
-    this.replayUpto = Number.isSafeInteger(upto) && upto >= 0 && upto <= this.welcomeSeq ? upto : this.welcomeSeq;
+    const told = Number.isSafeInteger(upto) && upto >= 0 && upto <= this.welcomeSeq;
+    this.replayUpto = told ? upto : this.welcomeSeq;
+    // Without `replay_upto`, a fresh replay's end is guessed (HISTORY_QUIET_MS after its last message).
+    this.guessHistoryEnd = !told && (reset || !resumed);
     this.liveSince = Date.now();
     this.clearTimer('connect');
     // Acked messages shown as "sent" were waiting for their echo; a fresh history re-delivers them.
@@ -1181,6 +1194,7 @@ export class ChatClient extends EventTarget {
   }
 
   endHistory() {
+    this.clearTimer('history');
     if (this.historyDone) return;
     this.historyDone = true;
     this.dispatch('history-end', {});
@@ -1197,6 +1211,13 @@ export class ChatClient extends EventTarget {
     if (seq > this.welcomeSeq) {
       this.endHistory();
       return 'live';
+    }
+    if (this.guessHistoryEnd && !this.historyDone) {
+      this.clearTimer('history');
+      this.timers.history = setTimeout(() => {
+        this.timers.history = null;
+        this.endHistory();
+      }, HISTORY_QUIET_MS);
     }
     return this.historyKind;
   }

@@ -1771,6 +1771,7 @@ class ChatView {
     if (stick) this.scrollToBottom();
     else if (kind !== 'history') this.bumpNewBelow();
     if (this.historyReady) {
+      if (!this.unreadLine) this.placeUnreadLine(); // (a replay's message after its end was guessed)
       this.updateTitle();
       this.scheduleReadCheck();
     }

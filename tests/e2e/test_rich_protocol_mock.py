@@ -218,3 +218,22 @@ def test_no_read_frames_to_a_server_that_keeps_no_read_markers(
     page.wait_for_timeout(2500)  # longer than the read pace: a frame would have gone by now
     assert frames(room, "read") == []
     assert page.evaluate("window.roomchat.client.readSeq") == 4  # kept, for a server that keeps it
+
+
+def test_without_replay_upto_a_fresh_replay_ends_when_its_messages_stop(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    """A server that does not send `replay_upto`: a fresh replay (messages only) whose last
+    message is below the welcome's seq is complete once its messages stop coming (0.4 s), well
+    before the page's 3 s give-up; one that sends it needs no guess (the first test)."""
+    page, room = open_scripted(server, open_page)
+    page.evaluate("""() => {
+      const client = window.roomchat.client;
+      client.addEventListener('welcome', () => { window.__welcomeAt = performance.now(); });
+      client.addEventListener('history-end', () => { window.__endAt = performance.now(); });
+    }""")
+    room.send(welcome(4, [ME, BOB]), message(1, BOB, "one"), message(2, BOB, "two"))
+    expect(page.locator("#log-region")).to_have_attribute("aria-busy", "false")
+    took = page.evaluate("window.__endAt - window.__welcomeAt")
+    assert 350 <= took < 2500, took
+    expect(texts(page)).to_have_text(["one", "two"])
