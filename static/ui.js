@@ -1042,14 +1042,17 @@ class ChatView {
 
   /** The quote of the message a reply answers: who and what; a click shows the original. */
   replyQuote(r) {
+    const name = r.name || r.user;
+    const said = r.excerpt || 'message deleted';
     const quote = el(
       'button',
-      { cls: 'reply-quote', attrs: { type: 'button', title: 'Show the message this answers' } },
-      el('span', { cls: 'visually-hidden', text: 'In reply to ' }),
-      el('span', { cls: 'reply-name', text: r.name || r.user, attrs: { dir: 'auto' } }),
-      el('span', { cls: 'visually-hidden', text: ': ' }),
-      el('span', { cls: `reply-excerpt${r.excerpt ? '' : ' gone'}`, text: r.excerpt || 'message deleted',
-        attrs: { dir: 'auto' } }),
+      {
+        cls: 'reply-quote',
+        // (Named as a whole: its two lines are blocks, which would put a space before the colon.)
+        attrs: { type: 'button', title: 'Show the message this answers', 'aria-label': `In reply to ${name}: ${said}` },
+      },
+      el('span', { cls: 'reply-name', text: name, attrs: { dir: 'auto' } }),
+      el('span', { cls: `reply-excerpt${r.excerpt ? '' : ' gone'}`, text: said, attrs: { dir: 'auto' } }),
     );
     quote.addEventListener('click', () => this.jumpTo(r.seq));
     return quote;
@@ -1833,6 +1836,7 @@ class ChatView {
     const name = typeof p.name === 'string' && p.name ? p.name : String(p.user);
     if (p.event === 'join') {
       this.noteName(p.user, name);
+      this.knownNames.set(p.user, name);
       this.members.set(p.user, name);
     } else if (p.event === 'leave') {
       this.stopTyping(p.user);

@@ -15,9 +15,6 @@ from typing import Any
 
 from playwright.sync_api import Page, expect
 
-from tests.apicall import call_sync
-from tests.support import make_token
-
 from .conftest import PageOpener, Shooter
 from .harness import ChatPeer, RoomchatServer, fill
 from .pages import (
@@ -35,12 +32,11 @@ TITLE = "#lobby · roomchat"
 
 
 def unread_of(server: RoomchatServer, user: str) -> dict[str, Any]:
-    """The server's read marker and counts for ``user`` in lobby (GET /api/v1/users/<u>/unread)."""
-    api = make_token("backend", ["*"], secret=server.secret, scope="api")
-    status_, body, _ = call_sync(server.port, "GET", f"/users/{user}/unread", token=api)
-    assert status_ == 200, body
-    rooms = {r["room"]: r for r in body["rooms"]}
-    return dict(rooms.get("lobby", {"room": "lobby", "read": 0, "unread": 0, "mentions": 0}))
+    """The server's read marker and counts for ``user`` in lobby, as a new connection of theirs
+    is told in its welcome."""
+    with ChatPeer(server, "lobby", user) as peer:
+        welcome = peer.welcome
+    return {key: welcome[key] for key in ("read", "unread", "mentions")}
 
 
 def wait_for_marker(server: RoomchatServer, user: str, seq: int, timeout_s: float = 20) -> None:

@@ -39,7 +39,7 @@ def test_react_with_the_picker_toggle_and_see_who_reacted(
         message_item(alice, "lunch?").get_by_role("button", name="Add reaction").click()
         dialog = picker(alice)
         expect(dialog).to_be_visible()
-        expect(dialog.get_by_role("heading")).to_have_text("React to Bob\u2019s message")
+        expect(dialog.get_by_role("heading", level=2)).to_have_text("React to Bob\u2019s message")
         expect(dialog.get_by_label("Search emoji")).to_be_focused()
         # The whole set comes from this server (no CDN), ~1900 emoji.
         expect(dialog.locator("#emoji-all button")).to_have_count(1923)

@@ -86,25 +86,26 @@ def test_a_quote_of_a_message_far_back_loads_older_pages_to_show_it(
     server = busy_server
     fill(server, "lobby", 160)  # message n has seq n
     with ChatPeer(server, "lobby", "bob", name="Bob") as bob:
-        # The original was edited since: the page loaded from history shows its current text.
-        bob.change({"type": "edit", "seq": 3, "text": "m003, edited", "id": "e-1"})
-        bob.send("answering the third", "b-r", reply_to=3)
+        # The original (Bob's) was edited since: the page loaded from history shows its current
+        # text.
+        bob.change({"type": "edit", "seq": 2, "text": "m002, edited", "id": "e-1"})
+        bob.send("answering the second", "b-r", reply_to=2)
     alice = open_page(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
     expect_live(alice)
     expect(texts(alice)).to_have_count(50)
-    assert 3 not in seqs(alice)
-    quote = message_item(alice, "answering the third").locator(".reply-quote")
+    assert 2 not in seqs(alice)
+    quote = message_item(alice, "answering the second").locator(".reply-quote")
     # The excerpt is the text that was answered (taken when the reply was accepted).
-    expect(quote.locator(".reply-excerpt")).to_have_text("m003, edited")
+    expect(quote.locator(".reply-excerpt")).to_have_text("m002, edited")
     quote.click()
-    target = item_of(alice, 3)
+    target = item_of(alice, 2)
     expect(target).to_be_focused()
-    expect(target.locator(".text")).to_have_text("m003, edited")
+    expect(target.locator(".text")).to_have_text("m002, edited")
     expect(target.locator(".edited")).to_have_count(1)
-    assert in_view(alice, 3)
+    assert in_view(alice, 2)
     # Every message between is there: the pages were put on top in order, no gap.
     shown = seqs(alice)
-    assert shown == sorted(shown) and shown[0] <= 3 and len(shown) == len(set(shown))
+    assert shown == sorted(shown) and shown[0] <= 2 and len(shown) == len(set(shown))
     messages = [s for s in shown if s <= 160]
     assert messages == list(range(messages[0], 161))
 
