@@ -1618,12 +1618,14 @@ class ChatView {
 
   /**
    * Messages from others not deleted after the read marker: those the page holds, plus, while the marker is
-   * below them, those older than the oldest held that the server counted at the join.
+   * below them, those older than the oldest held that the server counted at the join. Someone who never read
+   * the room (marker 0) has nothing unread from before they came, as the server counts it: only what came
+   * after the join.
    */
   unreadCount() {
     const client = this.client;
     if (!client || !this.me) return 0;
-    const read = client.readSeq;
+    const read = Math.max(client.readSeq, this.joinRead === 0 ? this.joinSeq : 0);
     let count = 0;
     let held = 0;
     for (const m of client.messages.values()) {

@@ -17,6 +17,7 @@ from playwright.sync_api import Page, Route, expect
 from .conftest import PageOpener
 from .harness import RoomchatServer
 from .pages import (
+    HIDDEN_TAB,
     chip,
     expect_live,
     message_box,
@@ -237,3 +238,23 @@ def test_without_replay_upto_a_fresh_replay_ends_when_its_messages_stop(
     took = page.evaluate("window.__endAt - window.__welcomeAt")
     assert 350 <= took < 2500, took
     expect(texts(page)).to_have_text(["one", "two"])
+
+
+def test_a_first_visit_counts_only_what_comes_after_it(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    """No read marker yet (0): the server counts nothing unread, and so does the title, until
+    something new comes while the tab is hidden; no "New since you left" line either."""
+    page = open_page(init_script=HIDDEN_TAB + "window.__hidden = true;")
+    room = ScriptedRoom()
+    page.route_web_socket(re.compile(r"/rooms/lobby/ws"), room.accept)
+    page.goto(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
+    wait_until(page, lambda: len(room.sockets) == 1, "the page to connect")
+    room.send({**welcome(3, [ME, BOB]), "read": 0, "unread": 0, "mentions": 0},
+              *[message(n, BOB, f"before {n}") for n in range(1, 4)])
+    expect(texts(page)).to_have_count(3)
+    expect(page.locator("#log-region")).to_have_attribute("aria-busy", "false")
+    expect(page).to_have_title("#lobby · roomchat")
+    room.send(message(4, BOB, "after"))
+    expect(page).to_have_title("(1) #lobby · roomchat")
+    expect(page.locator("#log li.unread-line")).to_have_count(0)
