@@ -456,3 +456,20 @@ def fill(server: RoomchatServer, room: str, count: int) -> None:
     finally:
         for peer in peers:
             peer.close()
+
+
+def read_marker(server: RoomchatServer, user: str) -> dict[str, Any]:
+    """The server's read marker and counts for ``user`` in lobby, as a new connection of theirs
+    is told in its welcome."""
+    with ChatPeer(server, "lobby", user) as peer:
+        welcome = peer.welcome
+    return {key: welcome[key] for key in ("read", "unread", "mentions")}
+
+
+def wait_for_marker(server: RoomchatServer, user: str, seq: int, timeout_s: float = 20) -> None:
+    """Until the server holds ``user``'s read marker at ``seq`` or beyond (the page sends it at
+    most every 2 s)."""
+    deadline = time.monotonic() + timeout_s
+    while read_marker(server, user)["read"] < seq:
+        assert time.monotonic() < deadline, f"read marker never reached {seq}"
+        time.sleep(0.2)  # polling the server's state, not a timing assumption
