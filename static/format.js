@@ -126,6 +126,9 @@ const isWordChar = (c) => typeof c === 'string' && WORD_RE.test(c);
  */
 function emphasize(parent, units, start, end, open) {
   let text = '';
+  // A marker that found no closer from one place finds none from any later place before `end` either: it
+  // is not looked for again, so a text of 2000 lone openers costs one scan per marker, not one per opener.
+  const unclosed = new Set();
   const flush = () => {
     if (text) parent.append(document.createTextNode(text));
     text = '';
@@ -140,7 +143,7 @@ function emphasize(parent, units, start, end, open) {
     const tag = MARKERS[u];
     const prev = units[i - 1];
     const next = units[i + 1];
-    const canOpen = tag && !open.has(u) && i + 1 < end && !isSpace(next) && next !== u
+    const canOpen = tag && !open.has(u) && !unclosed.has(u) && i + 1 < end && !isSpace(next) && next !== u
       && (i === start || (typeof prev === 'string' && !isWordChar(prev) && prev !== u));
     let close = -1;
     if (canOpen) {
@@ -155,6 +158,7 @@ function emphasize(parent, units, start, end, open) {
       }
     }
     if (close < 0) {
+      if (canOpen) unclosed.add(u);
       text += u;
       continue;
     }

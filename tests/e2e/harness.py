@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -456,3 +457,24 @@ def fill(server: RoomchatServer, room: str, count: int) -> None:
     finally:
         for peer in peers:
             peer.close()
+
+
+def read_marker(server: RoomchatServer, user: str, room: str = "lobby") -> dict[str, Any]:
+    """The server's read marker and counts for ``user`` in ``room``, as a new connection of
+    theirs is told in its welcome."""
+    with ChatPeer(server, room, user) as peer:
+        welcome = peer.welcome
+    return {key: welcome[key] for key in ("read", "unread", "mentions")}
+
+
+def wait_for_marker(server: RoomchatServer, user: str, seq: int, timeout_s: float = 20,
+                    room: str = "lobby", pause: Callable[[float], None] = time.sleep) -> None:
+    """Until the server holds ``user``'s read marker in ``room`` at ``seq`` or beyond (the page
+    sends it at most every 2 s). ``pause(seconds)`` waits between two looks: a test whose page's
+    socket goes through a Playwright route passes one that lets Playwright run (the route's
+    frames move only then). Each look is a connection: two a second stay well inside the
+    server's per-user joins a minute."""
+    deadline = time.monotonic() + timeout_s
+    while read_marker(server, user, room)["read"] < seq:
+        assert time.monotonic() < deadline, f"read marker never reached {seq}"
+        pause(0.5)  # polling the server's state, not a timing assumption

@@ -20,7 +20,7 @@ from playwright.sync_api import Page, expect
 from tests.support import make_token
 
 from .conftest import PageOpener
-from .harness import ChatPeer, RoomchatServer
+from .harness import ChatPeer, RoomchatServer, wait_for_marker
 from .pages import (
     HIDDEN_TAB,
     chip,
@@ -33,7 +33,6 @@ from .pages import (
     status,
     texts,
 )
-from .test_mentions_unread import wait_for_marker
 
 AXE_DIR = Path(__file__).resolve().parent / "axe"
 AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"

@@ -14,7 +14,7 @@ from tests.redis_server import redis_server
 from .conftest import PageOpener, ServerFactory
 from .harness import RoomchatServer
 from .pages import expect_live, pending, send, texts, wait_until
-from .test_protocol_mock import BOB, ME, message, open_scripted, welcome
+from .scripted import BOB, ME, message, open_scripted, welcome
 
 
 def test_a_welcome_of_another_epoch_replaces_what_the_page_shows(

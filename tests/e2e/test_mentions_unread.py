@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any
 
 from playwright.sync_api import Page, expect
 
 from .conftest import PageOpener, Shooter
-from .harness import ChatPeer, RoomchatServer, fill
+from .harness import ChatPeer, RoomchatServer, fill, read_marker, wait_for_marker
 from .pages import (
     HIDDEN_TAB,
     expect_live,
@@ -29,23 +28,6 @@ from .pages import (
 )
 
 TITLE = "#lobby · roomchat"
-
-
-def unread_of(server: RoomchatServer, user: str) -> dict[str, Any]:
-    """The server's read marker and counts for ``user`` in lobby, as a new connection of theirs
-    is told in its welcome."""
-    with ChatPeer(server, "lobby", user) as peer:
-        welcome = peer.welcome
-    return {key: welcome[key] for key in ("read", "unread", "mentions")}
-
-
-def wait_for_marker(server: RoomchatServer, user: str, seq: int, timeout_s: float = 20) -> None:
-    """Until the server holds ``user``'s read marker at ``seq`` or beyond (the page sends it at
-    most every 2 s)."""
-    deadline = time.monotonic() + timeout_s
-    while unread_of(server, user)["read"] < seq:
-        assert time.monotonic() < deadline, f"read marker never reached {seq}"
-        time.sleep(0.2)  # polling the server's state, not a timing assumption
 
 
 def test_at_mentions_offer_members_and_mark_the_mentioned(
@@ -135,8 +117,8 @@ def test_the_unread_line_after_a_reload_and_the_count_in_the_title(
         expect(alice).to_have_title(f"(2) {TITLE}")
         expect(alice.locator("#log li.unread-line")).to_have_count(0)  # no line while here
         alice.close()
-        assert unread_of(server, "alice")["read"] == 3
-        assert unread_of(server, "alice")["unread"] == 2
+        assert read_marker(server, "alice")["read"] == 3
+        assert read_marker(server, "alice")["unread"] == 2
 
         # Back later (a reload, the tab in the background): the line sits above "new 1".
         alice = open_alice(open_page, server, hidden=True)
@@ -190,13 +172,13 @@ def test_jump_to_first_unread_loads_older_pages(
     assert in_view(alice, 11)
     expect(jump).to_be_hidden()
     # Hidden, nothing was marked read by the jump; shown, what is on screen is.
-    assert unread_of(server, "alice")["read"] == 10
+    assert read_marker(server, "alice")["read"] == 10
     set_hidden(alice, False)
     deadline = time.monotonic() + 20
-    while unread_of(server, "alice")["read"] <= 10:
+    while read_marker(server, "alice")["read"] <= 10:
         assert time.monotonic() < deadline, "the marker did not move to what was on screen"
         time.sleep(0.2)
-    assert unread_of(server, "alice")["read"] < 130  # only what was seen, not the bottom
+    assert read_marker(server, "alice")["read"] < 130  # only what was seen, not the bottom
 
 
 def test_the_read_marker_reaches_the_users_other_tab(

@@ -26,7 +26,7 @@ from .pages import (
     status,
     texts,
 )
-from .test_refusals import QUIET_MS, open_watched
+from .scripted import QUIET_MS, open_watched
 
 
 def test_a_deleted_message_shows_as_deleted_live_and_after_reload(

@@ -17,7 +17,7 @@ from playwright.sync_api import Page, WebSocket, WebSocketRoute, expect
 from .conftest import PageOpener
 from .harness import ChatPeer, RoomchatServer
 from .pages import expect_live, message_box, pending, status, texts, wait_until
-from .test_protocol_mock import ME, ScriptedRoom, message, open_scripted, welcome
+from .scripted import ME, ScriptedRoom, message, open_scripted, welcome
 
 # The server's defaults (rooms/config.py: rate_burst, rate_per_sec, pong_cost).
 SERVER_BURST = 10

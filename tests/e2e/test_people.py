@@ -11,7 +11,7 @@ from playwright.sync_api import Page, expect
 from .conftest import PageOpener, Shooter
 from .harness import ChatPeer, RoomchatServer
 from .pages import expect_live, send, status, texts, wait_until
-from .test_protocol_mock import BOB, ME, open_scripted, welcome
+from .scripted import BOB, ME, open_scripted, welcome
 
 CAROL = {"user": "carol", "name": "Carol"}
 # How long the page holds a "left" line in case the member comes straight back (static/ui.js,

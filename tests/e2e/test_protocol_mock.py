@@ -7,11 +7,10 @@ unknown types, rate-limit errors, and each close code.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-from playwright.sync_api import Page, WebSocketRoute, expect
+from playwright.sync_api import expect
 
 from .conftest import PageOpener, Shooter
 from .harness import RoomchatServer
@@ -25,62 +24,7 @@ from .pages import (
     texts,
     wait_until,
 )
-
-ME = {"user": "alice", "name": "Alice"}
-BOB = {"user": "bob", "name": "Bob"}
-
-
-class ScriptedRoom:
-    """Accepts the page's WebSockets and records what the page sends on each."""
-
-    def __init__(self) -> None:
-        self.sockets: list[WebSocketRoute] = []
-        self.received: list[list[dict[str, Any]]] = []
-
-    def accept(self, ws: WebSocketRoute) -> None:
-        frames: list[dict[str, Any]] = []
-        self.sockets.append(ws)
-        self.received.append(frames)
-        ws.on_message(lambda data: frames.append(json.loads(data)))
-
-    def send(self, *objects: dict[str, Any]) -> None:
-        """One frame holding every object, newline-separated, as the server coalesces them."""
-        self.sockets[-1].send("\n".join(json.dumps(o) for o in objects))
-
-    def sent_messages(self, conn: int = -1) -> list[dict[str, Any]]:
-        return [f for f in self.received[conn] if f.get("type") == "message"]
-
-
-def welcome(seq: int, members: list[dict[str, str]], recovered: bool = False) -> dict[str, Any]:
-    return {
-        "type": "welcome",
-        "room": "lobby",
-        **ME,
-        "seq": seq,
-        "members": members,
-        "recovered": recovered,
-    }
-
-
-def message(seq: int, who: dict[str, str], text: str, msg_id: str | None = None) -> dict[str, Any]:
-    return {
-        "type": "message",
-        "room": "lobby",
-        "seq": seq,
-        "id": msg_id,
-        **who,
-        "text": text,
-        "ts": 1764100000000 + seq * 1000,
-    }
-
-
-def open_scripted(server: RoomchatServer, open_page: PageOpener) -> tuple[Page, ScriptedRoom]:
-    room = ScriptedRoom()
-    page = open_page()
-    page.route_web_socket(re.compile(r"/rooms/lobby/ws"), room.accept)
-    page.goto(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
-    wait_until(page, lambda: len(room.sockets) == 1, "the page to connect")
-    return page, room
+from .scripted import BOB, ME, message, open_scripted, welcome
 
 
 def test_coalesced_frames_duplicates_and_unknown_types(

@@ -14,7 +14,7 @@ from playwright.sync_api import Route, expect
 from .conftest import PageOpener
 from .harness import ChatPeer, RoomchatServer
 from .pages import expect_live, seqs, status, texts, wait_until
-from .test_refusals import Traffic
+from .scripted import Traffic
 
 SHORT_TTL = 9.0  # the page renews a third of the lifetime before exp: after about 6 s
 REFRESH_PATH = "/app/refresh"

@@ -5,46 +5,26 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
 import jwt
-from playwright.sync_api import Page, Request, Route, expect
+from playwright.sync_api import Page, Route, expect
 
 from .conftest import PageOpener, ServerFactory, Shooter
 from .harness import RoomchatServer, mint_token
 from .pages import expect_live, pending, send, status, texts, wait_until
-from .test_protocol_mock import ME, ScriptedRoom, message, open_scripted, welcome
+from .scripted import (
+    ME,
+    QUIET_MS,
+    ScriptedRoom,
+    Traffic,
+    message,
+    open_scripted,
+    open_watched,
+    welcome,
+)
 
 OTHER_SECRET = "another-servers-secret-0123456789abcdef"
-# Long enough for a page that wrongly retried to have tried again (its first backoff is <= 1 s).
-QUIET_MS = 4000
-
-
-@dataclass
-class Traffic:
-    """What a page asked the server for: its WebSocket URLs and its ticket requests."""
-
-    sockets: list[str] = field(default_factory=list)
-    tickets: list[Request] = field(default_factory=list)
-
-    def watch(self, page: Page) -> None:
-        page.on("websocket", lambda ws: self.sockets.append(ws.url))
-        page.on("request", self._on_request)
-
-    def _on_request(self, request: Request) -> None:
-        if request.method == "POST" and urlsplit(request.url).path.endswith("/ticket"):
-            self.tickets.append(request)
-
-
-def open_watched(open_page: PageOpener, url: str) -> tuple[Page, Traffic]:
-    page = open_page()
-    traffic = Traffic()
-    traffic.watch(page)
-    page.goto(url)
-    return page, traffic
-
-
 def sent_count_is(room: ScriptedRoom, count: int) -> Callable[[], bool]:
     return lambda: len(room.sent_messages()) == count
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import re
 import time
-from typing import Any
 
 from playwright.sync_api import Page, Route, expect
 
@@ -26,19 +25,7 @@ from .pages import (
     texts,
     wait_until,
 )
-from .test_protocol_mock import BOB, ME, ScriptedRoom, message, open_scripted, welcome
-
-TS = 1764100000000
-
-
-def change(seq: int, action: str, target: int, who: dict[str, str] = BOB,
-           **fields: Any) -> dict[str, Any]:
-    return {"type": "change", "room": "lobby", "seq": seq, "action": action, "target": target,
-            "id": f"x-{seq}", **who, "ts": TS + seq * 1000, **fields}
-
-
-def frames(room: ScriptedRoom, kind: str, conn: int = -1) -> list[dict[str, Any]]:
-    return [f for f in room.received[conn] if f.get("type") == kind]
+from .scripted import BOB, ME, TS, ScriptedRoom, change, frames, message, open_scripted, welcome
 
 
 def busy_when_shown(page: Page, count: int) -> str:

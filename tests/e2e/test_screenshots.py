@@ -26,7 +26,14 @@ import pytest
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 from .conftest import CSP_WATCH
-from .harness import REPO_ROOT, ChatPeer, RoomchatServer, check_screenshot, png_pixels
+from .harness import (
+    REPO_ROOT,
+    ChatPeer,
+    RoomchatServer,
+    check_screenshot,
+    png_pixels,
+    wait_for_marker,
+)
 from .pages import expect_live, message_box, send, seqs, texts
 
 SCREENSHOTS = REPO_ROOT / "docs" / "screenshots"
@@ -147,6 +154,7 @@ def expect_conversation(page: Page) -> None:
     expect(page.locator("#log a")).to_have_attribute("href", "https://example.org/runbook")
     expect(page.locator("#member-list li .member-name")).to_have_text(["Alice", "Bob", "Carol"])
     expect_live(page)
+    expect(page.locator("#log li.unread-line")).to_have_count(0)
 
 
 def shoot(page: Page, scheme: str) -> tuple[Path, bool]:
@@ -188,6 +196,11 @@ def test_readme_screenshots_show_a_live_conversation(
         assert light is not None
         expect_conversation(light)
         written = [shoot(light, "light")]
+        # She has read it all (the page says so at most every 2 s): no "New since you left"
+        # when she comes back.
+        # (Its socket goes through a Playwright route: Playwright must run while we wait.)
+        wait_for_marker(server, "alice", len(CONVERSATION), room=ROOM,
+                        pause=lambda seconds: light.wait_for_timeout(seconds * 1000))
         light.context.close()
 
         # Alice comes back with the dark scheme: the same conversation, all from history.

@@ -149,10 +149,10 @@ def test_the_graph_reader_sees_every_kind_of_import(tmp_path: Path) -> None:
 
 
 # Test modules that still share helpers with others, to move into a support module once the
-# work in progress on them has landed (issue 25, item 3): the page's scripted-room helpers
-# (tests/e2e/test_protocol_mock.py, test_refusals.py; the page work adds more), and the room
-# state's test helpers (tests/rooms/test_state.py, being reworked). Entries only ever go.
-SHARING_TEST_MODULES = ("tests.e2e.", "tests.rooms.test_typing")
+# work in progress on them has landed (issue 25, item 3): the room state's test helpers
+# (tests/rooms/test_state.py, being reworked). (The page's scripted-room helpers moved to
+# tests/e2e/scripted.py.) Entries only ever go.
+SHARING_TEST_MODULES = ("tests.rooms.test_typing",)
 
 
 def test_no_test_module_imports_another() -> None:
