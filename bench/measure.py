@@ -46,8 +46,10 @@ class Target(Protocol):
         ...
 
 
-def _spec(server: Target, tokens: list[str], rooms: list[dict[str, Any]]) -> dict[str, Any]:
+def _spec(server: Target, tokens: list[str], rooms: list[dict[str, Any]],
+          change_mix: float = 0.0) -> dict[str, Any]:
     return {
+        "change_mix": change_mix,
         "url": server.urls[0],
         "urls": server.urls,
         "rooms": rooms,
@@ -276,7 +278,7 @@ def measure_rooms(
         {"name": f"{sc.key}-{i}", "size": sc.size, "senders": sc.senders_per_room}
         for i in range(sc.rooms)
     ]
-    spec = _spec(server, tokens[: sc.members], rooms)
+    spec = _spec(server, tokens[: sc.members], rooms, sc.change_mix)
     cpu = LOADGEN_CPU if pinned else None
     with _loadgen(kids, f"{sc.key}-{label}-loadgen", spec, cpu) as lg:
         connected = lg.command({"cmd": "connect"}, "connected", 300)

@@ -19,6 +19,9 @@ class RoomScenario:
     size: int
     senders_per_room: int
     window: int
+    change_mix: float = 0.0
+    """Fraction of what senders send that is a change (edit or reaction) instead of a
+    message: roomchat only (issue 21)."""
 
     @property
     def members(self) -> int:
@@ -34,6 +37,9 @@ ALL_SCENARIOS = (ROOM10, ROOM100, ROOM1000, ROOMS1000X10)
 # Many small rooms, light enough for the quick run's `--workers` comparison (window 1 with 200
 # senders still keeps far more messages in flight than a 5 ms batch round trip drains).
 ROOMS200X10 = RoomScenario("rooms200x10", "200 rooms of 10", 200, 10, 1, 1)
+# Issue 21: the room of 100 where 30% of what is sent are reactions or edits (bench/changes.py).
+ROOM100_CHANGES = RoomScenario("room100-changes", "1 room of 100, 30% changes", 1, 100, 10, 32,
+                               change_mix=0.3)
 
 
 @dataclass(frozen=True)

@@ -336,6 +336,7 @@ def targets_section(results: dict[str, Any]) -> list[str]:
             )
         )
     rows += split_target_rows(results, verdict)
+    rows += changes_target_rows(results, verdict)
     lines = ["## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
     lines.append("")
@@ -743,6 +744,69 @@ def storm_section(results: dict[str, Any]) -> list[str]:
     return lines
 
 
+def changes_target_rows(results: dict[str, Any],
+                        verdict: Any) -> list[tuple[str, str, str]]:
+    """Issue 21's two targets (bench/changes.py), when the run measured them."""
+    changes = results.get("changes")
+    if not changes:
+        return []
+    churn, pages = changes.get("churn") or {}, changes.get("pages") or {}
+    r, p = churn.get("ratio"), pages.get("ratio")
+    plain, mixed = ((churn.get(k) or {}).get("cpu_us_per_delivery") for k in ("plain", "changes"))
+    return [
+        (f"100-member room with 30% reactions/edits: server CPU per delivery ≤ "
+         f"{churn.get('target', 1.1)}x plain messages (same load)",
+         f"{_num(mixed, '{:.2f}')} vs {_num(plain, '{:.2f}')} µs = {_ratio_s(r)}",
+         verdict(None if r is None else r <= churn.get("target", 1.1))),
+        (f"history pages with changes folded ≥ {pages.get('target', 0.8)}x the rate of plain "
+         "pages (pages per server CPU second)",
+         f"{_num((pages.get('changed') or {}).get('pages_per_cpu_s'))} vs "
+         f"{_num((pages.get('plain') or {}).get('pages_per_cpu_s'))} = {_ratio_s(p)}",
+         verdict(None if p is None else p >= pages.get("target", 0.8))),
+    ]
+
+
+def changes_section(results: dict[str, Any]) -> list[str]:
+    """Issue 21: what changes to messages cost (bench/changes.py)."""
+    changes = results.get("changes")
+    if not changes:
+        return []
+    lines = ["## Changes to messages (issue 21)", "",
+             "Each edit, delete and reaction is an entry of the room's log, delivered to every "
+             "member like a message. A room of 100 where 30% of what the senders send are "
+             "reactions or edits, against the same room sending messages only, at the same "
+             "offered load; and history pages of a room whose messages carry their changes "
+             "folded in, against a room of plain messages (`bench/changes.py`).", "",
+             "| measurement | plain | with changes | ratio |", "|---|---|---|---|"]
+    churn, pages = changes.get("churn") or {}, changes.get("pages") or {}
+    if churn.get("status") == "ok":
+        plain, mixed = churn["plain"], churn["changes"]
+        lines.append(f"| server CPU per delivery, {churn['rate']:,} frames/s (median of "
+                     f"{churn.get('rounds', 1)}) | {plain['cpu_us_per_delivery']:.2f} µs | "
+                     f"{mixed['cpu_us_per_delivery']:.2f} µs | {_ratio_s(churn['ratio'])} |")
+
+        def runs_s(part: dict[str, Any]) -> str:
+            return ", ".join(
+                f"{r['cpu_us_per_delivery']:.2f} µs "
+                f"(p99 {_num((r.get('latency') or {}).get('p99'), '{:.0f}')} ms)"
+                for r in part.get("runs", []) if r.get("cpu_us_per_delivery"))
+
+        lines.append(f"| each run (a run starved of its core shows a long p99 and cheaper, "
+                     f"bigger batches) | {runs_s(plain)} | {runs_s(mixed)} | |")
+    if pages.get("status") == "ok":
+        lines.append(f"| history pages of {pages['page']} per server CPU second | "
+                     f"{pages['plain']['pages_per_cpu_s']:,.0f} | "
+                     f"{pages['changed']['pages_per_cpu_s']:,.0f} | {_ratio_s(pages['ratio'])} |")
+        lines.append(f"| history pages of {pages['page']} per second ({pages['clients']} "
+                     f"clients) | {pages['plain']['pages_per_s']:,.0f} | "
+                     f"{pages['changed']['pages_per_s']:,.0f} | {_ratio_s(pages['wall_ratio'])} |")
+    for part in (churn, pages):
+        if part.get("status") != "ok":
+            lines.append(f"| not measured: {part.get('error')} | | | |")
+    lines.append("")
+    return lines
+
+
 def store_section(results: dict[str, Any]) -> list[str]:
     """Storage throughput paragraph."""
     st = results.get("store")
@@ -753,9 +817,9 @@ def store_section(results: dict[str, Any]) -> list[str]:
         lines += [f"Not measured: {st.get('error', 'unknown')}", ""]
         return lines
     lines += [
-        "`rooms.store.SqliteStore` (synchronous=FULL, as the server runs it) driven directly, "
-        "pinned to the server core. Simulated rooms each await their append before the next, as "
-        "room actors do; a busy room appends everything that piled up in one call.",
+        "`rooms.engines.sqlite.SqliteStore` (synchronous=FULL, as the server runs it) driven "
+        "directly, pinned to the server core. Simulated rooms each await their append before the "
+        "next, as room actors do; a busy room appends everything that piled up in one call.",
         "",
         "| rooms | messages per append | messages/s | append p50 | append p99 |",
         "|---|---|---|---|---|",
@@ -1007,6 +1071,7 @@ def write_report(results: dict[str, Any], path: Path) -> Path:
     lines += memory_section(results)
     lines += handshake_section(results)
     lines += storm_section(results)
+    lines += changes_section(results)
     lines += store_section(results)
     lines += loadgen_section(results)
     plots: list[str] = []

@@ -4,7 +4,7 @@ Usage::
 
     python -m bench.run [--quick] [--servers roomchat,roomchat-redis,node-ws,py-websockets]
                         [--scenarios room10,room100,room1000,rooms1000x10]
-                        [--skip rooms,split,workers,memory,handshakes,storm,store]
+                        [--skip rooms,split,workers,memory,handshakes,storm,store,changes]
                         [--report-dir bench/reports]
 
 Each server runs pinned to core 0, the Node load generator to core 1 (except ``workers``, which
@@ -34,6 +34,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from bench.changes import run_changes
 from bench.measure import (
     SERVER_CPU,
     OpenLoad,
@@ -58,7 +59,7 @@ from bench.storm import run_storms
 from bench.tokens import mint_tokens
 
 SERVER_ORDER = ("roomchat", "roomchat-redis", "node-ws", "py-websockets")
-SKIPPABLE = ("rooms", "split", "workers", "memory", "handshakes", "storm", "store")
+SKIPPABLE = ("rooms", "split", "workers", "memory", "handshakes", "storm", "store", "changes")
 _T0 = time.monotonic()
 
 
@@ -210,7 +211,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="comma-separated: rooms (the room scenarios), split (a room split over 2 "
         "processes on Redis), workers (--workers 1 vs 2), memory, handshakes, storm (the "
-        "reconnect storm), store",
+        "reconnect storm), store, changes (issue 21: reactions and edits, folded pages)",
     )
     p.add_argument("--report-dir", type=Path, default=BENCH / "reports")
     return p.parse_args(argv)
@@ -347,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
                 storm_servers = [k for k in servers if k not in unavailable]
                 results["storm"] = run_storms(kids, KINDS, storm_servers, plan.storm, tokens,
                                               log, min(plan.quiet_wait_s, 30.0))
+            if "changes" not in skip and "roomchat" in servers and "roomchat" not in unavailable:
+                log("changes: a room of 100 with 30% reactions and edits; folded history pages")
+                results["changes"] = run_changes(kids, plan, tokens, log)
             if "store" not in skip and "roomchat" in servers:
                 log("store throughput")
                 results["store"] = run_store(plan, kids)

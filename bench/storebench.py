@@ -1,4 +1,5 @@
-"""Throughput of roomchat's embedded store (``rooms.store.SqliteStore``), apart from the server.
+"""Throughput of roomchat's embedded store (``rooms.engines.sqlite.SqliteStore``), apart from
+the server.
 
 Simulated rooms call ``append()`` in a loop the way room actors do: each awaits its append before
 the next, so concurrency comes from many rooms (the store's writer thread group-commits whatever is
@@ -24,8 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rooms.state import StoredMessage
-from rooms.store import SqliteStore
+from rooms.engines.sqlite import SqliteStore
+from rooms.messages import Draft
 
 TEXT = "1234.567|3|lorem ipsum dolor sit amet, consectetur adipiscing elit"
 
@@ -45,19 +46,10 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str) -> di
                 msgs = []
                 for _ in range(batch):
                     seq += 1
-                    msgs.append(
-                        StoredMessage(
-                            name,
-                            seq,
-                            f"u{r}",
-                            f"User {r}",
-                            f"c-{seq}",
-                            TEXT,
-                            int(time.time() * 1000),
-                        )
-                    )
+                    msgs.append(Draft(f"u{r}", f"User {r}", f"c-{seq}", TEXT,
+                                      int(time.time() * 1000)))
                 t0 = time.perf_counter()
-                await store.append(msgs, 100_000)
+                await store.append(name, msgs, 100_000)
                 commits.append(time.perf_counter() - t0)
                 stored += batch
 

@@ -1,36 +1,60 @@
-"""Operating the stored data from the command line: ``export`` a room's history as NDJSON,
+"""Operating the stored data from the command line: ``export`` a room's log as NDJSON,
 ``backup`` the embedded store while the server runs (SQLite's online backup API), ``restore``
-a backup into a stopped server's data directory. docs/operations.md is the manual."""
+a backup into a stopped server's data directory. docs/operations.md is the manual.
+
+A room's log holds messages and changes to them (edits, deletes, reactions: docs/protocol.md);
+an export carries both, and a backup is the whole database: the log, read markers, bans,
+revocations and dedup ids come back with a restore."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.config import Config
-from rooms.engine import is_shared_url, open_engine
-from rooms.store import new_epoch
+from rooms.engine import is_shared_url
+from rooms.engines import open_engine
+from rooms.engines.sqlite import MESSAGE, new_epoch
+from rooms.messages import StoredMessage
 
 EXPORT_PAGE = 1000
 MAX_SEQ = 2**53
 BACKUP_PAGES = 1024  # pages copied per step: the server's writer waits at most one step
 
 
-async def export(config: Config, room: str, after: int, write: Callable[[str], object]) -> int:
-    """Write every stored message of ``room`` with ``seq > after``, oldest first, one wire
-    object per line (tombstones included). Returns how many. Raises ``StoreError``."""
+@dataclass(frozen=True, slots=True)
+class Exported:
+    """What ``export`` wrote: ``messages`` (in their current state) and ``changes``."""
+
+    messages: int = 0
+    changes: int = 0
+
+
+async def export(config: Config, room: str, after: int,
+                 write: Callable[[str], object]) -> Exported:
+    """Write every stored entry of ``room``'s log with ``seq > after``, oldest first, one wire
+    object per line, as a resume after ``after`` replays them: each message in its current
+    state (tombstones included) and each change entry (edits, deletes, reactions) as stored,
+    so replaying the lines in order, or keeping the messages alone, gives the room as it is.
+    Returns how many of each. Raises ``StoreError``."""
     engine = await open_engine(config.resolved_store_url)
-    count = 0
+    messages = changes = 0
     try:
         while True:
+            # A page can come back short of ``EXPORT_PAGE`` with more after it (the seqs of
+            # changes pruned or removed with their message are gaps): only empty is the end.
             page = await engine.read(room, after, MAX_SEQ, EXPORT_PAGE)
-            for message in page:
-                write(message.to_wire() + "\n")
-            count += len(page)
-            if len(page) < EXPORT_PAGE:
-                return count
+            if not page:
+                return Exported(messages, changes)
+            for entry in page:
+                write(entry.to_wire() + "\n")
+                if isinstance(entry, StoredMessage):
+                    messages += 1
+                else:
+                    changes += 1
             after = page[-1].seq
     finally:
         await engine.close()
@@ -42,9 +66,29 @@ def _refuse_shared(config: Config, what: str) -> None:
                          "back it up with Redis's own AOF/RDB (docs/operations.md)")
 
 
-def check(path: Path) -> int:
-    """Open ``path`` read-only as a roomchat database and verify it; the number of stored
-    messages. Raises ``ValueError`` when it is not a sound roomchat database."""
+@dataclass(frozen=True, slots=True)
+class Contents:
+    """What a roomchat database holds (``check``)."""
+
+    messages: int
+    changes: int
+    """Edits, deletes and reactions: entries of the rooms' logs that are not messages."""
+    markers: int
+    """Read markers, one per (user, room)."""
+
+    def __str__(self) -> str:
+        def count(n: int, noun: str) -> str:
+            return f"{n} {noun}{'' if n == 1 else 's'}"
+
+        return (f"{count(self.messages, 'message')}, {count(self.changes, 'change')} and "
+                f"{count(self.markers, 'read marker')}")
+
+
+def check(path: Path) -> Contents:
+    """Open ``path`` read-only as a roomchat database and verify it; what it holds. A database
+    of a version before changes and read markers has none of them (the engine adds their
+    columns and table when it opens it). Raises ``ValueError`` when it is not a sound roomchat
+    database."""
     if not path.is_file():
         raise ValueError(f"{path} does not exist")
     try:
@@ -53,18 +97,28 @@ def check(path: Path) -> int:
             (result,) = conn.execute("PRAGMA integrity_check").fetchone()
             if result != "ok":
                 raise ValueError(f"{path} is damaged: {result}")
-            (count,) = conn.execute("SELECT count(*) FROM messages").fetchone()
+            (entries,) = conn.execute("SELECT count(*) FROM messages").fetchone()
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+            messages = entries
+            if "kind" in columns:
+                (messages,) = conn.execute("SELECT count(*) FROM messages WHERE kind = ?",
+                                           (MESSAGE,)).fetchone()
+            markers = 0
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                            "name = 'reads'").fetchone():
+                (markers,) = conn.execute("SELECT count(*) FROM reads").fetchone()
         finally:
             conn.close()
     except sqlite3.Error as exc:
         raise ValueError(f"{path} is not a roomchat database: {exc}") from None
-    return int(count)
+    return Contents(int(messages), int(entries) - int(messages), int(markers))
 
 
-def backup(config: Config, target: Path) -> int:
+def backup(config: Config, target: Path) -> Contents:
     """A consistent copy of the embedded store in ``target`` (a new file, mode 0600), taken
-    while the server may be writing (SQLite's online backup API: a snapshot of one moment).
-    Returns the number of messages copied. Raises ``ValueError``."""
+    while the server may be writing (SQLite's online backup API: a snapshot of one moment):
+    every table, so the rooms' logs (messages and changes), read markers, bans, revocations
+    and dedup ids. Returns what it copied. Raises ``ValueError``."""
     _refuse_shared(config, "backup")
     source_path = config.db_path
     if not source_path.is_file():
@@ -90,10 +144,10 @@ def backup(config: Config, target: Path) -> int:
     return count
 
 
-def restore(config: Config, source: Path, *, force: bool = False) -> int:
+def restore(config: Config, source: Path, *, force: bool = False) -> Contents:
     """Put the backup ``source`` in place of the embedded store (the server must be stopped).
-    Checks it first; refuses to replace an existing database without ``force``. Returns the
-    number of messages restored. Raises ``ValueError``."""
+    Checks it first; refuses to replace an existing database without ``force``. Returns what
+    it restored. Raises ``ValueError``."""
     _refuse_shared(config, "restore")
     count = check(source)
     target = config.db_path

@@ -131,7 +131,9 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
 
     erase = sub.add_parser(
         "erase", help="erasure request: every message of a user, in every room, becomes a "
-        "tombstone, and members online see the deletes (asks the running server)")
+        "tombstone (with the texts of their edits, their reactions and the excerpts of their "
+        "messages quoted in replies), and members online see the deletes (asks the running "
+        "server)")
     erase.add_argument("--user", required=True, help="the user id (the tokens' `sub`)")
     erase.add_argument("--url", metavar="BASE_URL",
                        help="the running server's base URL (default: from ROOMCHAT_BIND, "
@@ -143,10 +145,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                        help="erase in the store directly, without a server (on SQLite, members "
                        "online are not told; on Redis, every process is)")
 
-    export = sub.add_parser("export", help="print a room's stored history as NDJSON (one "
-                            "wire object per line, oldest first)")
+    export = sub.add_parser("export", help="print a room's stored log as NDJSON (one wire "
+                            "object per line, oldest first: messages in their current state "
+                            "and the changes to them)")
     export.add_argument("--room", required=True, help="the room")
-    export.add_argument("--after", type=int, default=0, help="only messages with a higher seq")
+    export.add_argument("--after", type=int, default=0, help="only entries with a higher seq")
     export.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
     export.add_argument("--store-url", help="the server's store URL (default: its SQLite)")
 
@@ -322,7 +325,7 @@ def _revoke(args: argparse.Namespace) -> int:
     import asyncio
     import time
 
-    from rooms.engine import open_engine
+    from rooms.engines import open_engine
     from rooms.errors import StoreError
 
     user = _user_id(args.user)
@@ -372,7 +375,8 @@ def _erase(args: argparse.Namespace) -> int:
 def _erase_offline(config: Config, user: str) -> dict[str, list[int]]:
     import asyncio
 
-    from rooms.engine import is_shared_url, open_engine
+    from rooms.engine import is_shared_url
+    from rooms.engines import open_engine
     from rooms.errors import StoreError
 
     url = _existing_store(config)
@@ -475,16 +479,17 @@ def _data(args: argparse.Namespace) -> int:
     setup_logging("warning", False)
     if args.command == "export":
         try:
-            count = asyncio.run(backup.export(config, args.room, args.after, sys.stdout.write))
+            done = asyncio.run(backup.export(config, args.room, args.after, sys.stdout.write))
         except StoreError as exc:
             raise ValueError(f"cannot read the store: {exc}") from None
-        print(f"exported {count} messages of {args.room!r}", file=sys.stderr)
+        print(f"exported {_plural(done.messages, 'message')} and "
+              f"{_plural(done.changes, 'change')} of {args.room!r}", file=sys.stderr)
     elif args.command == "backup":
-        count = backup.backup(config, args.to)
-        print(f"backed up {count} messages to {args.to}")
+        contents = backup.backup(config, args.to)
+        print(f"backed up {contents} to {args.to}")
     else:
-        count = backup.restore(config, args.source, force=args.force)
-        print(f"restored {count} messages into {config.db_path}")
+        contents = backup.restore(config, args.source, force=args.force)
+        print(f"restored {contents} into {config.db_path}")
     return 0
 
 

@@ -1,14 +1,22 @@
 """``RoomClient``: a small async client of one room for bots, scripts and tests (on the
 ``websockets`` library). It connects with a token (through a single-use ticket by default),
-yields what the room sends, sends messages with ids and awaits their acks, and across dropped
-connections reconnects with backoff, resumes with ``after`` and drops what it already saw (by
-seq), resending unacknowledged messages with their ids (the server deduplicates them).
+yields what the room sends, sends messages (replies, mentions) and changes to them (edits,
+deletes, reactions) with ids and awaits their acks, and across dropped connections reconnects
+with backoff, resumes with ``after`` and drops what it already saw (by seq), resending
+unacknowledged frames with their ids (the server deduplicates them).
 
     async with RoomClient("http://127.0.0.1:8000", "lobby", token=jwt) as client:
         seq = await client.send("hello")
+        await client.edit(seq, "hello!")
+        await client.react(seq, "\N{THUMBS UP SIGN}")
+        await client.send("see above", reply_to=seq)
         photo = await client.upload("cat.jpg")  # {"id", "name", "size", "type", "url", ...}
-        async for event in client:          # message, delete, presence, typing objects
+        async for event in client:          # message, change, read, presence, typing objects
             ...
+
+A room's log is one sequence of entries: ``message`` objects and ``change`` objects (an edit,
+a delete or a reaction to an earlier message, docs/protocol.md); ``apply_change`` folds a
+change into the message it targets, as the server does.
 
 It needs nothing of the server's code (only ``websockets``): copy it into a bot's project.
 """
@@ -37,6 +45,44 @@ FINAL_CLOSE_CODES = frozenset({1000, 1003, 1008, 4001, 4003, 4004})
 FINAL_STATUSES = frozenset({400, 401, 403, 404})
 """Refused upgrades (or ticket requests) that a retry would not change."""
 RETRY_ERRORS = frozenset({"rate_limited", "busy", "unavailable"})
+
+
+def apply_change(message: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
+    """``message`` (a ``message`` object in its current state) after ``change`` (a ``change``
+    object whose ``target`` is its seq), as the server folds it (docs/protocol.md): an edit
+    sets ``text`` and ``edited``; a delete makes the tombstone (``text`` ``""``, ``deleted``,
+    nothing else of what the text said); a reaction adds or removes its user from the emoji's
+    ``users``. Idempotent: applying a change the message already holds changes nothing.
+    Returns a new dict; ``message`` is not modified."""
+    if change["target"] != message["seq"]:
+        raise ValueError(f"change {change['seq']} is to message {change['target']}, "
+                         f"not {message['seq']}")
+    if message.get("deleted"):
+        return dict(message)  # a tombstone stays one
+    action = change["action"]
+    if action == "delete":
+        kept = ("type", "room", "seq", "id", "user", "name", "ts")
+        return {**{k: message[k] for k in kept if k in message}, "text": "", "deleted": True}
+    if action == "edit":
+        return {**message, "text": change["text"], "edited": change["ts"]}
+    if action != "react":
+        return dict(message)  # an action this client does not know: ignorable
+    reactions: list[dict[str, Any]] = [{"emoji": r["emoji"], "users": list(r["users"])}
+                                       for r in message.get("reactions", ())]
+    user = change["user"]
+    users = next((r["users"] for r in reactions if r["emoji"] == change["emoji"]), None)
+    if change["on"]:
+        if users is None:
+            reactions.append({"emoji": change["emoji"], "users": [user]})
+        elif user not in users:
+            users.append(user)
+    elif users is not None and user in users:
+        users.remove(user)
+        reactions = [r for r in reactions if r["users"]]  # an emoji nobody has is not listed
+    changed = {k: v for k, v in message.items() if k != "reactions"}
+    if reactions:
+        changed["reactions"] = reactions
+    return changed
 
 
 class ClientError(Exception):
@@ -74,7 +120,8 @@ class RoomClient:
         self._history = history
         self._max_backoff = max_backoff
         self._events: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(queue_size)
-        self._unacked: dict[str, tuple[str, asyncio.Future[int]]] = {}
+        # Frames awaiting their ack, by id (without the id), in the order sent.
+        self._unacked: dict[str, tuple[dict[str, Any], asyncio.Future[int]]] = {}
         self._ids = itertools.count(1)
         self._prefix = secrets.token_hex(4)
         self._ws: ClientConnection | None = None
@@ -116,12 +163,55 @@ class RoomClient:
 
     # -- what a bot calls ---------------------------------------------------------------------
 
-    async def send(self, text: str, id: str | None = None) -> int:
+    async def send(self, text: str, id: str | None = None, *, reply_to: int | None = None,
+                   mentions: list[str] | None = None) -> int:
         """Send a message and return its seq once the server has stored it (resent after a
-        reconnect until then; a retry is deduplicated by ``id``). Raises ``ClientError``."""
+        reconnect until then; a retry is deduplicated by ``id``). ``reply_to``: the seq of the
+        message it answers (the server adds its author and an excerpt); ``mentions``: the user
+        ids it mentions. Raises ``ClientError`` (``not_found``, ``already_deleted`` for a
+        ``reply_to`` that is gone; ``empty_text``, ``rate_limited`` held too long...)."""
+        frame: dict[str, Any] = {"type": "message", "text": text}
+        if reply_to is not None:
+            frame["reply_to"] = reply_to
+        if mentions:
+            frame["mentions"] = list(mentions)
+        return await self._request(frame, id)
+
+    async def edit(self, seq: int, text: str, id: str | None = None) -> int:
+        """Replace the text of message ``seq`` (this user's own) by ``text``; returns the seq of
+        the edit's entry once stored. Raises ``ClientError`` (``forbidden``: not this user's;
+        ``edit_window_passed``; ``already_deleted``; ``not_found``)."""
+        return await self._request({"type": "edit", "seq": seq, "text": text}, id)
+
+    async def delete(self, seq: int, id: str | None = None) -> int:
+        """Delete message ``seq`` (this user's own; any, for a moderator of the room); returns
+        the seq of the delete's entry once stored. Raises ``ClientError`` (``forbidden``,
+        ``already_deleted``, ``not_found``)."""
+        return await self._request({"type": "delete", "seq": seq}, id)
+
+    async def react(self, seq: int, emoji: str, on: bool = True, id: str | None = None) -> int:
+        """Put (``on``) or take back this user's reaction ``emoji`` (one emoji) on message
+        ``seq``; returns the seq of its entry once stored, or when it changed nothing (already
+        so) the seq of the message's last change. Raises ``ClientError``
+        (``too_many_reactions``, ``already_deleted``, ``not_found``, ``invalid_message`` for
+        what is not one emoji)."""
+        return await self._request({"type": "react", "seq": seq, "emoji": emoji, "on": on}, id)
+
+    async def read(self, seq: int) -> None:
+        """Move this user's read marker in the room forward to ``seq`` (never back): their
+        other connections get a ``read`` object, and the next ``welcome``'s ``unread`` counts
+        from it. Not acknowledged; sent only while connected, and dropped by the server when
+        over the connection's rate (a marker is a hint: a lost one is moved by the next)."""
+        ws = self._ws
+        if ws is not None and self._ready.is_set():
+            with contextlib.suppress(ConnectionClosed):
+                await ws.send(json.dumps({"type": "read", "seq": seq}))
+
+    async def _request(self, frame: dict[str, Any], id: str | None) -> int:
+        """Send ``frame`` with an id and await its ack's seq (resent until acked)."""
         client_id = id or f"{self._prefix}-{next(self._ids)}"
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._unacked[client_id] = (text, future)
+        self._unacked[client_id] = (frame, future)
         await self._transmit(client_id)
         return await future
 
@@ -161,8 +251,9 @@ class RoomClient:
         return await asyncio.to_thread(post)
 
     async def recv(self) -> dict[str, Any]:
-        """The next object from the room (``message`` deduplicated by seq, ``delete``,
-        ``presence``, ``typing``). Raises ``ClientError`` once the connection ended for good."""
+        """The next object from the room: the log's entries (``message`` and ``change``),
+        deduplicated by seq, then ``read`` (this user's marker moved on another connection),
+        ``presence``, ``typing``. Raises ``ClientError`` once the connection ended for good."""
         event = await self._events.get()
         if event is None:
             self._events.put_nowait(None)  # every later call ends the same way
@@ -262,7 +353,7 @@ class RoomClient:
             self._ready.set()
             for client_id in list(self._unacked):  # resend what was never acked
                 await self._transmit(client_id)
-        elif kind == "message":
+        elif kind in ("message", "change"):  # the log's entries: one sequence
             if self.last_seq is not None and obj["seq"] <= self.last_seq:
                 return  # seen before this reconnect (or history not wanted)
             self.last_seq = obj["seq"]
@@ -287,7 +378,7 @@ class RoomClient:
             await self._events.put(obj)
 
     async def _transmit(self, client_id: str, delay: float = 0.0) -> None:
-        """Send (or resend) an unacknowledged message if connected; after a reconnect the
+        """Send (or resend) an unacknowledged frame if connected; after a reconnect the
         welcome resends it anyway."""
         if delay:
             await asyncio.sleep(delay)
@@ -296,7 +387,7 @@ class RoomClient:
         if entry is None or ws is None or not self._ready.is_set():
             return
         with contextlib.suppress(ConnectionClosed):
-            await ws.send(json.dumps({"type": "message", "text": entry[0], "id": client_id}))
+            await ws.send(json.dumps({**entry[0], "id": client_id}))
 
 
 class _Refused(Exception):

@@ -1,6 +1,8 @@
 """Where typed errors become wire codes: HTTP statuses for refused requests and upgrades (one
 place). ``REFUSALS``: every typed error the front door (``gateway.access``) and the rooms raise
-for a client; ``rejection_for`` maps each."""
+for a client; ``rejection_for`` maps each. ``FRAME_ERRORS``: every ``error`` code a socket frame
+can get (``rooms.protocol.ErrorCode``, the log's ``rooms.messages.Refusal`` among them), as the
+server API answers the same refusal of the same request (``frame_rejection``)."""
 
 from __future__ import annotations
 
@@ -60,6 +62,40 @@ REFUSALS = (AuthError, AccessDenied, LimitExceeded, RoomError)
 
 # The process's limits: the server's load, not this client's doing.
 _SERVER_LIMITS = frozenset({Limit.CONNECTION_RATE, Limit.SERVER_CONNECTIONS})
+
+
+FRAME_ERRORS: dict[str, tuple[int, str]] = {
+    # What the request holds: the API's one code for a malformed value, but the two text
+    # codes it has always answered.
+    "invalid_json": (400, "bad_request"),
+    "invalid_message": (400, "bad_request"),
+    "empty_text": (400, "empty_text"),
+    "text_too_long": (400, "text_too_long"),
+    "self_ban": (400, "self_ban"),
+    # The log's rules (rooms.messages.Refusal), checked against the message's state now.
+    "forbidden": (403, "forbidden"),  # not the author's to edit (or delete, acting for a user)
+    "not_found": (404, "not_found"),  # no such message: never stored, pruned, a change's seq
+    "already_deleted": (409, "already_deleted"),  # a tombstone cannot be edited or answered
+    # Allowed once, not any more: the same as a permission the author no longer has. Not 409:
+    # no later state of the message makes a retry succeed.
+    "edit_window_passed": (403, "edit_window_passed"),
+    "too_many_reactions": (409, "too_many_reactions"),  # until someone takes one back
+    # The room's load: a retry shortly can succeed.
+    "rate_limited": (429, "rate_limited"),
+    "busy": (503, "busy"),
+    "unavailable": (503, "unavailable"),
+}
+"""Every socket ``error`` code (``rooms.protocol.ErrorCode``) -> the server API's status and
+``error`` for it; a test holds it to ``ErrorCode``, so a new code cannot go unmapped."""
+
+
+def frame_rejection(code: str, detail: str) -> Rejection:
+    """The server API's answer to a request the room refused with a socket frame's ``code``
+    (a ``FrameError``'s, or a ``rooms.messages.Refusal``'s value). An unknown code is a 500:
+    ``FRAME_ERRORS`` must list it."""
+    status, error = FRAME_ERRORS.get(code, (500, "internal"))
+    retry_after = 1.0 if status in (429, 503) else None
+    return Rejection(status, error, detail, retry_after)
 
 
 def rejection_for(exc: Refusal) -> Rejection:

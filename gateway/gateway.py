@@ -24,7 +24,8 @@ from gateway.config import Config
 from gateway.limits import ClientAddresses, Limits, parse_networks
 from gateway.metrics import Metrics
 from gateway.revocation import Revocations
-from rooms.engine import Engine, open_engine
+from rooms.engine import Engine
+from rooms.engines import open_engine
 from rooms.errors import StoreError
 from rooms.registry import RoomRegistry
 

@@ -20,8 +20,10 @@ blueprint = Blueprint("history", __name__)
 
 @blueprint.get("/rooms/<room>/history")
 async def history(room: str) -> Response:
-    """Stored messages with ``seq < before``, the newest ``limit`` of them, oldest first, and the
-    lowest seq still stored (``oldest``: when the page holds it, it has the room's beginning).
+    """Stored messages with ``seq < before``, the newest ``limit`` of them, oldest first, each in
+    its current state (``Engine.history``: change entries are not history items), and the
+    lowest message seq still stored (``oldest``: when the page holds it, it has the room's
+    beginning).
 
     Admitted by the front door (``Purpose.HISTORY``): ``Authorization: Bearer <jwt>`` for this
     room, not revoked, not banned from it; charged to the client IP's handshake bucket (each
@@ -34,15 +36,13 @@ async def history(room: str) -> Response:
     cap = gw.config.history_fetch_limit
     limit = min(int_param(request.args.get("limit"), "limit", minimum=1) or DEFAULT_LIMIT, cap)
     await gw.door.admit(QuartKnock(request), Purpose.HISTORY, room)
-    # Capped at the newest seq: a page above it would come back empty, which says "you have
-    # the beginning" (the API caps the same way).
-    upto = min(before - 1, await gw.store.top(room))
-    after = max(0, upto - limit)
-    messages = await gw.store.read(room, after, upto, limit) if upto > 0 else []
-    if after == 0:
+    # Messages only, each in its current state (edits, reactions, tombstones folded in): a
+    # page needs no replay of changes.
+    messages = await gw.store.history(room, before=before, limit=limit, newest=True)
+    if len(messages) < limit:  # everything below ``before`` is in the page
         oldest = messages[0].seq if messages else before
     else:  # the lowest seq still stored (history retention trims the start)
-        first = await gw.store.read(room, 0, upto, 1)
+        first = await gw.store.history(room, before=before, limit=1)
         oldest = first[0].seq if first else before
     body = '{"messages":[' + ",".join(m.to_wire() for m in messages) + f'],"oldest":{oldest}}}'
     return Response(body, content_type="application/json", headers={"Cache-Control": "no-store"})

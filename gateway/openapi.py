@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.inputs import MAX_INT
-from rooms.protocol import MAX_BAN_UNTIL
+from rooms.config import MAX_MENTIONS
+from rooms.protocol import MAX_BAN_UNTIL, MAX_EMOJI_CHARS, MAX_SEQ
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -23,8 +24,11 @@ def _refusals(*statuses: str) -> dict[str, Any]:
              "401": "Missing or invalid credential (`missing_token`, `invalid_token`, "
                     "`token_expired`, `token_revoked`)",
              "403": "A user token (`api_scope_required`) or a room the credential does not "
-                    "allow (`room_forbidden`)",
+                    "allow (`room_forbidden`); for a change to a message: not the user's "
+                    "(`forbidden`), or an edit after the edit window (`edit_window_passed`)",
              "404": "Not found (`bad_room`, `not_found`, `not_banned`)",
+             "409": "The message's state refuses it: deleted (`already_deleted`), or a new "
+                    "reaction beyond the most a message may carry (`too_many_reactions`)",
              "429": "Over the credential's rate (`rate_limited`; see `Retry-After`)",
              "503": "Storage unavailable, draining, busy or too many rooms (`unavailable`, "
                     "`draining`, `busy`, `too_many_rooms`)"}
@@ -38,6 +42,18 @@ _USER = {"name": "user", "in": "path", "required": True,
          "description": "A user id: 1 to 64 characters, no control character (as a token's sub)",
          "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
 
+
+_SEQ = {"name": "seq", "in": "path", "required": True, "description": "A message's seq",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_INT}}
+_EMOJI = {"name": "emoji", "in": "path", "required": True,
+          "description": "One emoji (a single RGI emoji sequence), percent-encoded",
+          "schema": {"type": "string", "minLength": 1, "maxLength": MAX_EMOJI_CHARS}}
+_ACTING_USER = {"name": "user", "in": "query", "required": False,
+                "description": "Whose reaction it is (default: the credential's sub, or `api`)",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
+_ACTING_NAME = {"name": "name", "in": "query", "required": False,
+                "description": "The user's display name on the change (default: `user`)",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 64}}
 
 _FILE_ID = {"name": "file_id", "in": "path", "required": True,
             "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"}}
@@ -60,21 +76,82 @@ _SCHEMAS: dict[str, Any] = {
     "Error": {"type": "object", "required": ["error", "detail"], "properties": {
         "error": {"type": "string"}, "detail": {"type": "string"}}},
     "Message": {
-        "type": "object", "description": "A message exactly as on the socket "
-        "(docs/protocol.md); a deleted one has empty text and `deleted: true`.",
+        "type": "object", "description": "A message exactly as on the socket, in its current "
+        "state (docs/protocol.md): a deleted one has empty text and `deleted: true` and "
+        "nothing of what it said; an edited one `edited`; reactions in first-reaction order.",
         "required": ["type", "room", "seq", "id", "user", "name", "text", "ts"],
         "properties": {
             "type": {"const": "message"}, "room": {"type": "string"},
             "seq": {"type": "integer", "minimum": 1}, "id": {"type": ["string", "null"]},
             "user": {"type": "string"}, "name": {"type": "string"}, "text": {"type": "string"},
-            "ts": {"type": "integer"}, "deleted": {"type": "boolean"}}},
+            "ts": {"type": "integer"}, "deleted": {"type": "boolean"},
+            "reply_to": _ref("Reply"),
+            "mentions": {"type": "array", "items": {"type": "string"}},
+            "edited": {"type": "integer", "description": "`ts` of its last edit (ms)"},
+            "reactions": {"type": "array", "items": _ref("Reaction")}}},
+    "Reply": {
+        "type": "object", "description": "The message answered, as it was when the reply was "
+        "stored (`excerpt` is `\"\"` once that message is deleted or erased).",
+        "required": ["seq", "user", "name", "excerpt"], "properties": {
+            "seq": {"type": "integer", "minimum": 1}, "user": {"type": "string"},
+            "name": {"type": "string"}, "excerpt": {"type": "string"}}},
+    "Reaction": {"type": "object", "required": ["emoji", "users"], "properties": {
+        "emoji": {"type": "string"},
+        "users": {"type": "array", "items": {"type": "string"}, "minItems": 1,
+                  "description": "Who put it, in the order they did"}}},
     "Publish": {"type": "object", "required": ["text"], "properties": {
         "text": {"type": "string", "minLength": 1},
         "id": {"type": "string", "minLength": 1, "maxLength": 64,
                "description": "Client id: a retry with the same (user, id) is not stored twice"},
         "user": {"type": "string", "minLength": 1, "maxLength": 64,
                  "description": "Author's user id (default: the token's sub, or `api`)"},
+        "name": {"type": "string", "minLength": 1, "maxLength": 64},
+        "reply_to": {"type": "integer", "minimum": 1, "maximum": MAX_SEQ,
+                     "description": "The seq of the message it answers: stored and not "
+                                    "deleted (404 `not_found`, 409 `already_deleted`)"},
+        "mentions": {"type": "array", "maxItems": MAX_MENTIONS,
+                     "items": {"type": "string", "minLength": 1, "maxLength": 64},
+                     "description": "User ids it mentions (at most ROOMCHAT_MAX_MENTIONS; "
+                                    "duplicates are dropped)"}}},
+    "Edit": {"type": "object", "required": ["text"], "properties": {
+        "text": {"type": "string", "minLength": 1, "description": "The new text"},
+        "id": {"type": "string", "minLength": 1, "maxLength": 64,
+               "description": "Client id: a retry with the same (user, id) is not stored twice"},
+        "user": {"type": "string", "minLength": 1, "maxLength": 64,
+                 "description": "Who edits, who must be the author (default: the token's sub, "
+                                "or `api`)"},
         "name": {"type": "string", "minLength": 1, "maxLength": 64}}},
+    "Edited": {"type": "object", "required": ["room", "seq", "change", "duplicate"],
+               "properties": {
+                   "room": {"type": "string"}, "seq": {"type": "integer"},
+                   "change": {"type": "integer", "description": "The edit entry's seq"},
+                   "duplicate": {"type": "boolean"}}},
+    "Reacted": {"type": "object", "required": ["room", "seq", "emoji", "on", "change", "noop"],
+                "properties": {
+                    "room": {"type": "string"}, "seq": {"type": "integer"},
+                    "emoji": {"type": "string"}, "on": {"type": "boolean"},
+                    "change": {"type": "integer", "description": "The reaction entry's seq, or "
+                               "with `noop` the seq of the message's last change"},
+                    "noop": {"type": "boolean", "description": "It already was so: nothing "
+                             "was stored"}}},
+    "ReadRequest": {"type": "object", "required": ["seq"], "properties": {
+        "seq": {"type": "integer", "minimum": 1, "maximum": MAX_SEQ}}},
+    "ReadMarker": {"type": "object", "required": ["room", "user", "read"], "properties": {
+        "room": {"type": "string"}, "user": {"type": "string"},
+        "read": {"type": "integer", "minimum": 0, "description": "The marker now"}}},
+    "Unread": {"type": "object", "required": ["user", "rooms"], "properties": {
+        "user": {"type": "string"},
+        "rooms": {"type": "array", "items": {
+            "type": "object", "required": ["room", "read", "unread", "mentions"],
+            "properties": {
+                "room": {"type": "string"},
+                "read": {"type": "integer", "minimum": 0},
+                "unread": {"type": "integer", "minimum": 0,
+                           "description": "Messages after `read`, not the user's, not deleted"},
+                "mentions": {"type": "integer", "minimum": 0,
+                             "description": "Those of them that mention the user"},
+                "unread_capped": {"const": True, "description": "Counting stopped at "
+                                  "ROOMCHAT_UNREAD_SCAN messages: there may be more"}}}}}},
     "Published": {"type": "object", "required": ["seq", "duplicate"], "properties": {
         "seq": {"type": "integer", "minimum": 1}, "duplicate": {"type": "boolean"}}},
     "Messages": {"type": "object", "required": ["messages"], "properties": {
@@ -99,8 +176,12 @@ _SCHEMAS: dict[str, Any] = {
         "rooms": {"type": "object", "description": "Room -> the seqs erased there, ascending",
                   "additionalProperties": {"type": "array", "items": {
                       "type": "integer", "minimum": 1}}}}},
-    "Deleted": {"type": "object", "required": ["room", "seq", "deleted"], "properties": {
-        "room": {"type": "string"}, "seq": {"type": "integer"}, "deleted": {"const": True}}},
+    "Deleted": {"type": "object", "required": ["room", "seq", "deleted", "change"],
+                "properties": {
+                    "room": {"type": "string"}, "seq": {"type": "integer"},
+                    "deleted": {"const": True},
+                    "change": {"type": ["integer", "null"], "description": "The delete "
+                               "entry's seq; null when it was deleted already"}}},
     "BanRequest": {"type": "object", "required": ["user"], "properties": {
         "user": {"type": "string", "minLength": 1, "maxLength": 64},
         "until": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_BAN_UNTIL,
@@ -152,14 +233,56 @@ def document() -> dict[str, Any]:
     }
     paths: dict[str, Any] = {
         "/rooms/{room}/messages": room_messages,
-        "/rooms/{room}/messages/{seq}": {"delete": {
-            "operationId": "deleteMessage", "summary": "Replace a message by its tombstone",
-            "description": "Every member gets {\"type\":\"delete\",\"seq\":n}; history and "
-                           "resume return the tombstone.",
-            "parameters": [_ROOM, {"name": "seq", "in": "path", "required": True,
-                                   "schema": {"type": "integer", "minimum": 1,
-                                              "maximum": MAX_INT}}],
-            "responses": {"200": _ok("Deleted", "Deleted"), **_refusals("400", "404", "503")}}},
+        "/rooms/{room}/messages/{seq}": {
+            "patch": {
+                "operationId": "editMessage", "summary": "Edit a message, as its author",
+                "description": "Acts for `user`, who must be the message's author, within "
+                               "ROOMCHAT_EDIT_WINDOW of its `ts` (0: forever). The edit is an "
+                               "entry of the room's log: members get a `change` object "
+                               "(`action: edit`), history reads the new text with `edited`.",
+                "parameters": [_ROOM, _SEQ],
+                "requestBody": {"required": True, "content": {
+                    "application/json": {"schema": _ref("Edit")}}},
+                "responses": {"200": _ok("Edited", "Stored (or a duplicate's original)"),
+                              **_refusals("400", "404", "409", "503")}},
+            "delete": {
+                "operationId": "deleteMessage", "summary": "Replace a message by its tombstone",
+                "description": "A delete entry in the room's log: members get a `change` "
+                               "object (`action: delete`), history and resume the tombstone. "
+                               "Without `user` the credential moderates the room (any message, "
+                               "`by: moderator`); with it, it acts for that user, who must be "
+                               "the author (`by: author`). Idempotent: a tombstone answers "
+                               "the same with `change: null`.",
+                "parameters": [_ROOM, _SEQ,
+                               {**_ACTING_USER, "description": "Delete as this user, its "
+                                "author (default: as a moderator)"}, _ACTING_NAME],
+                "responses": {"200": _ok("Deleted", "Deleted"),
+                              **_refusals("400", "404", "503")}}},
+        "/rooms/{room}/messages/{seq}/reactions/{emoji}": {
+            "put": {
+                "operationId": "react", "summary": "Put a user's reaction on a message",
+                "description": "An entry of the room's log (`change`, `action: react`, "
+                               "`on: true`); putting it again stores nothing (`noop`).",
+                "parameters": [_ROOM, _SEQ, _EMOJI, _ACTING_USER, _ACTING_NAME],
+                "responses": {"200": _ok("Reacted", "Stored, or already so"),
+                              **_refusals("400", "404", "409", "503")}},
+            "delete": {
+                "operationId": "unreact", "summary": "Take back a user's reaction",
+                "description": "An entry of the room's log (`change`, `action: react`, "
+                               "`on: false`); taking back one that is not there stores "
+                               "nothing (`noop`).",
+                "parameters": [_ROOM, _SEQ, _EMOJI, _ACTING_USER, _ACTING_NAME],
+                "responses": {"200": _ok("Reacted", "Stored, or already so"),
+                              **_refusals("400", "404", "409", "503")}}},
+        "/rooms/{room}/read/{user}": {"put": {
+            "operationId": "markRead", "summary": "Move a user's read marker forward",
+            "description": "As the user's `read` frame: never back, stops at the room's "
+                           "newest entry; their sockets in the room get `{\"type\":\"read\"}`.",
+            "parameters": [_ROOM, _USER],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("ReadRequest")}}},
+            "responses": {"200": _ok("ReadMarker", "The marker now"),
+                          **_refusals("400", "404", "503")}}},
         "/rooms/{room}/presence": {"get": {
             "operationId": "presence", "summary": "Who is in a room", "parameters": [_ROOM],
             "responses": {"200": _ok("Presence", "Members"), **_refusals("404", "503")}}},
@@ -228,12 +351,22 @@ def document() -> dict[str, Any]:
                            "user's tokens issued before now are refused.",
             "parameters": [_USER],
             "responses": {"200": _ok("Disconnected", "Revoked"), **_refusals("400", "503")}}},
+        "/users/{user}/unread": {"get": {
+            "operationId": "unread", "summary": "A user's read markers and unread counts",
+            "description": "Every room the user has a read marker in (and the credential may "
+                           "act on), by name: the marker, the messages after it that are not "
+                           "theirs and not deleted, and those that mention them, counted over "
+                           "the room's last ROOMCHAT_UNREAD_SCAN messages. For an app's badge.",
+            "parameters": [_USER],
+            "responses": {"200": _ok("Unread", "Per room"), **_refusals("400", "503")}}},
         "/users/{user}/erase": {"post": {
             "operationId": "erase", "summary": "Erase every message of a user (erasure request)",
             "description": "Every stored message of the user, in every room, becomes a "
-                           "tombstone; members online get {\"type\":\"delete\",\"seq\":n} "
-                           "for each, on every process; every file they uploaded is deleted. "
-                           "Idempotent. Needs an all-rooms credential.",
+                           "tombstone through a delete entry of its room's log (members online "
+                           "get a `change` object for each, on every process); the texts of "
+                           "their edits, their reactions and the excerpts of their messages "
+                           "quoted in replies leave storage; every file they uploaded is "
+                           "deleted. Idempotent. Needs an all-rooms credential.",
             "parameters": [_USER],
             "responses": {"200": _ok("Erased", "Erased"), **_refusals("400", "503")}}},
         "/openapi.json": {"get": {

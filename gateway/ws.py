@@ -130,12 +130,15 @@ class _Inbound:
             return
         cfg = self._room_config
         frame = protocol.parse_client_frame(text, max_text_chars=cfg.max_text_chars,
-                                            max_id_chars=cfg.max_id_chars)
+                                            max_id_chars=cfg.max_id_chars,
+                                            max_mentions=cfg.max_mentions)
         client_id = None if isinstance(frame, protocol.Pong) else frame.id
         # Pongs skip the user's bucket: refusing one would break the heartbeat, and the
         # room's per-connection bucket already charges them (connections per user are
-        # capped, so a user's pong rate is bounded too).
-        if not isinstance(frame, protocol.Pong):
+        # capped, so a user's pong rate is bounded too). Read markers too: a page moves its
+        # marker as it is read, in every room the user has open, and the room charges them
+        # what a pong costs.
+        if not isinstance(frame, protocol.Pong | protocol.MarkRead):
             retry_after = self._limits.message(session.user, time.monotonic())
             if retry_after > 0:
                 self._strikes += 1

@@ -1,23 +1,26 @@
 """RoomActor: the one task that owns a room (in this process).
 
-Callers talk to it only through its inbox: ``join`` and ``publish`` (asks: await the actor's
-answer), ``leave_nowait``, ``frame_nowait`` and the moderation tells ``ban_nowait`` and
-``deleted_nowait``. The actor wakes when something arrives or a tick is
-due, handles up to ``max_batch`` frames, stores the messages they produced in one engine append,
-then delivers the results to the sessions' outboxes without awaiting any client.
+Callers talk to it only through its inbox: ``join`` and ``submit`` (asks: await the actor's
+answer), ``leave_nowait``, ``frame_nowait`` and the moderation tell ``ban_nowait``. The actor
+wakes when something arrives or a tick is due, handles up to ``max_batch`` frames, stores the
+messages and changes they produced in one engine append (the log checks the changes against
+their targets' current state), then delivers the results to the sessions' outboxes without
+awaiting any client. Read markers members move are written by a task of the actor's own
+(``_write_reads``), so the room never waits for them.
 
 With a shared engine (Redis) other processes serve members of the same room: the engine hands
-the actor their messages (``remote_messages``, a bounded lane: overflow is repaired from the log)
-and presence changes; the actor delivers strictly in seq order, reads any gap from the log, and
-syncs with the engine every ``sync_interval`` (presence, and the log's top seq as a check that
-nothing published was missed).
+the actor their log entries (``remote_messages``, a bounded lane: overflow is repaired from the
+log), presence changes and read markers; the actor delivers strictly in seq order, reads any gap
+from the log, and syncs with the engine every ``sync_interval`` (presence, and the log's top seq
+as a check that nothing published was missed). Deletes, edits and reactions are entries of the
+log like messages, so they travel, and are repaired, the same way.
 
-Moderators (``Session.moderator``) may send ``delete`` and ``ban`` frames: ``RoomState`` applies
-the rules and queues what passes; after each batch is stored the actor carries those out through
-the engine (the same calls as the server API: a tombstone, a stored ban) and delivers what
-follows (the ``delete`` event, the banned user's 4004 closes, the moderator's answer). Other
-processes hear of both from the engine. A storage failure there answers the moderator
-``unavailable``; nothing else changes.
+Moderators (``Session.moderator``) may delete others' messages (a change entry like the
+author's own delete) and send ``ban`` frames: ``RoomState`` applies the rules and queues what
+passes; after each batch is stored the actor carries the bans out through the engine (the same
+call as the server API) and delivers what follows (the banned user's 4004 closes, the
+moderator's answer). Other processes hear of it from the engine. A storage failure there
+answers the moderator ``unavailable``; nothing else changes.
 
 Storage outages: a failed append is retried with backoff; meanwhile members get an
 ``unavailable`` error and their new messages are refused (not acked: they resend). An append
@@ -34,6 +37,7 @@ fresh actor from storage. Nothing escapes to other rooms.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import itertools
 import logging
@@ -55,25 +59,25 @@ from rooms.errors import (
     StoreError,
     Unstorable,
 )
+from rooms.messages import AnyDraft, Appended, Draft, Unread, WireMessage
 from rooms.observer import NullObserver, RoomObserver
-from rooms.protocol import BanUser, ClientFrame, CloseCode, DeleteMessage, ErrorCode
+from rooms.protocol import ClientFrame, CloseCode, ErrorCode
 from rooms.session import Session
 from rooms.state import (
-    Appended,
     Broadcast,
     Close,
-    Draft,
     Effect,
     JoinPlan,
     Moderation,
     ModerationOutcome,
     RoomState,
     Send,
-    WireMessage,
 )
 
 log = logging.getLogger("roomchat.room")
 
+READ_RETRY = 1.0
+"""Seconds before read markers that storage refused are written again."""
 MAX_RESETS = 2
 """``LogReset``s one append may meet in a row before it counts as a storage failure (each
 reset takes the log's new epoch and top, so a second is another process moving it too)."""
@@ -87,6 +91,7 @@ class _Join:
     reply: asyncio.Future[JoinPlan]
     checked: int  # RoomActor._bans_applied when the user's ban check began
     epoch: str | None  # of the welcome the client resumes from, if it said
+    unread: Unread  # the user's read marker and counts, read before the join
 
 
 class _BanRaced(Exception):
@@ -106,12 +111,10 @@ class _Revoke:
 
 @dataclass(slots=True)
 class _Publish:
-    """A message from the server API (``RoomActor.publish``)."""
+    """A message or a change from the server API (``RoomActor.submit``); its ``ts`` is set
+    when the room accepts it."""
 
-    user: str
-    name: str
-    id: str | None
-    text: str
+    draft: AnyDraft
     reply: asyncio.Future[Appended]
 
 
@@ -124,13 +127,14 @@ class _Ban:
 
 
 @dataclass(slots=True)
-class _Deleted:
-    """Tell every member that message ``seq`` was deleted (its tombstone is stored)."""
+class _Read:
+    """``user``'s read marker moved to ``seq`` on another process: tell their sessions here."""
 
+    user: str
     seq: int
 
 
-_Moderation = _Publish | _Ban | _Deleted
+_Moderation = _Publish | _Ban | _Read
 
 
 @dataclass(slots=True)
@@ -252,8 +256,12 @@ class RoomActor:
         self._sessions: dict[int, Session] = {}
         self._state: RoomState | None = None
         self._failure: RoomError = RoomStopped(f"room {room} stopped")
+        self._rules = config.rules
+        # Read markers members moved, waiting for ``_write_reads`` (at most one per member).
+        self._reads: dict[str, int] = {}
+        self._reads_waiting: asyncio.Future[None] | None = None
         # Storage outage: the batch being retried, since when, and the next attempt.
-        self._retry: list[Draft] | None = None
+        self._retry: list[AnyDraft] | None = None
         # Adaptive on the embedded engine; a fixed wait on a shared one (see BatchPacer).
         self._pacer = BatchPacer(config.batch_cost_factor, config.batch_delay,
                                  floor=config.batch_delay if engine.shared else 0.0)
@@ -293,9 +301,11 @@ class RoomActor:
             self._checking[checked] = self._checking.get(checked, 0) + 1
             try:
                 await self.check_ban(session.user)
+                unread = await self._engine.unread(self.room, session.user,
+                                                   scan=self.config.unread_scan)
                 reply: asyncio.Future[JoinPlan] = asyncio.get_running_loop().create_future()
                 self._inbox.put_control(_Join(session, after, expires_at, reply, checked,
-                                              epoch))
+                                              epoch, unread))
                 return await reply
             except _BanRaced:
                 continue  # banned while being checked: the stored ban answers this time
@@ -306,12 +316,20 @@ class RoomActor:
 
     async def publish(self, user: str, name: str, client_id: str | None,
                       text: str) -> Appended:
-        """Store a message from the server API (not from a member) and deliver it like a
-        socket message: same seq allocation, dedup by ``(user, client_id)`` and durability.
-        Returns once it is stored (and delivered to this process's members).
+        """``submit`` a plain message (no reply, no mentions)."""
+        return await self.submit(Draft(user, name, client_id, text, 0))
 
-        Raises ``RoomStopped``, ``RoomBusy`` (too many publishes waiting: retry shortly) or
-        ``StoreError`` (storage unavailable: not stored; retry with the same id).
+    async def submit(self, draft: AnyDraft) -> Appended:
+        """Store a message or a change from the server API (not from a member's socket) and
+        deliver it like a member's: same seq allocation, the log's rules for changes and
+        replies, dedup by ``(user, id)``, durability. ``draft.ts`` is ignored: the room
+        stamps it when it takes it. Returns once it is stored and delivered to this
+        process's members, or refused by the log's rules (``Appended.refused``), or found a
+        no-op (``Appended.noop``: a reaction that changes nothing).
+
+        Raises ``RoomStopped``, ``RoomBusy`` (too many submissions waiting: retry shortly),
+        ``Unstorable`` (a text the store cannot hold) or ``StoreError`` (storage
+        unavailable: not stored; retry with the same id).
         """
         if self.lifecycle in (RoomLifecycle.DRAINING, RoomLifecycle.STOPPED):
             raise RoomStopped(f"room {self.room} is stopping")
@@ -320,7 +338,7 @@ class RoomActor:
         if waiting >= self.config.inbox_limit:
             raise RoomBusy(f"room {self.room} is busy; retry shortly")
         reply: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._inbox.put_control(_Publish(user, name, client_id, text, reply))
+        self._inbox.put_control(_Publish(draft, reply))
         return await reply
 
     async def check_ban(self, user: str) -> None:
@@ -334,11 +352,6 @@ class RoomActor:
         """Close every session of ``user`` with 4004 (banned); the ban is already stored."""
         if self.lifecycle is not RoomLifecycle.STOPPED:
             self._inbox.put_control(_Ban(user, reason))
-
-    def deleted_nowait(self, seq: int) -> None:
-        """Tell every member that message ``seq`` was deleted (the tombstone is stored)."""
-        if self.lifecycle is not RoomLifecycle.STOPPED:
-            self._inbox.put_control(_Deleted(seq))
 
     def presence(self) -> list[dict[str, str]]:
         """Everyone in the room as this process knows it (its members, then other processes'
@@ -396,11 +409,12 @@ class RoomActor:
         if self.lifecycle is not RoomLifecycle.STOPPED:
             self._inbox.flag(repair=True, presence=True)
 
-    def remote_deleted(self, seq: int) -> None:
-        self.deleted_nowait(seq)
-
     def remote_banned(self, user: str, reason: str) -> None:
         self.ban_nowait(user, reason)
+
+    def remote_read(self, user: str, seq: int) -> None:
+        if self.lifecycle is not RoomLifecycle.STOPPED:
+            self._inbox.put_control(_Read(user, seq))
 
     # -- the task ---------------------------------------------------------------------------
 
@@ -425,7 +439,12 @@ class RoomActor:
             if self.lifecycle is RoomLifecycle.STARTING:
                 self.lifecycle = RoomLifecycle.RUNNING
             self._observer.room_started(self.room)
-            await self._loop(self._state)
+            async with asyncio.TaskGroup() as tasks:
+                writer = tasks.create_task(self._write_reads(), name=f"room-{self.room}-reads")
+                try:
+                    await self._loop(self._state)
+                finally:
+                    writer.cancel()
         except Exception:
             crashed = True
             log.exception("room %s crashed; closing its sessions with 1011", self.room)
@@ -475,6 +494,9 @@ class RoomActor:
             wall_ms = int(time.time() * 1000)
             effects: list[Effect] = []
             drain: _Drain | None = None
+            # Sessions whose socket is gone: they leave after the frames below, which they sent
+            # before it went (a read marker, a message sent just before the page closed).
+            leaving: list[int] = []
             if shared and any(isinstance(c, _Join) and c.after is not None
                               and c.after > state.delivered_seq for c in inbox.control):
                 # A client resuming here after seeing a seq on another process that this one
@@ -498,12 +520,11 @@ class RoomActor:
                         continue
                     effects += self._admit(state, cmd, now, wall_ms)
                 elif isinstance(cmd, _Leave):
-                    if self._sessions.pop(cmd.session_id, None) is not None:
-                        effects += state.leave(cmd.session_id, wall_ms)
+                    leaving.append(cmd.session_id)
                 elif isinstance(cmd, _Revoke):
                     effects += state.evict_user(cmd.user, CloseCode.REVOKED, "access revoked",
                                                 wall_ms)
-                elif isinstance(cmd, _Publish | _Ban | _Deleted):
+                elif isinstance(cmd, _Publish | _Ban | _Read):
                     effects += self._moderate(state, cmd, wall_ms)
                 else:
                     drain = cmd
@@ -519,6 +540,9 @@ class RoomActor:
                                          refuse=refuse)
             if count:
                 self._observer.frames_received(count)
+            for session_id in leaving:
+                if self._sessions.pop(session_id, None) is not None:
+                    effects += state.leave(session_id, wall_ms)
             self._deliver(state, effects, wall_ms)
             # Other processes' messages after the joins (a session admitted above replays up
             # to the `delivered_seq` it was admitted at, and gets these live) and after the
@@ -529,6 +553,8 @@ class RoomActor:
 
             if await self._store(state, now, wall_ms) and count:
                 self._observer.broadcast_latency(time.monotonic() - oldest)
+            if state.reads:
+                self._queue_reads(state.take_reads())
             if state.moderation:
                 # After the batch: the room's messages never wait for a moderator's request.
                 await self._carry_out(state, wall_ms)
@@ -545,6 +571,17 @@ class RoomActor:
             if shared and due and await self._sync(state, wall_ms,
                                                    full=inbox.repair or now >= next_sync):
                 next_sync = now + cfg.sync_interval
+                if state.gap() is None:
+                    gap_since = None
+            elif not shared and gap_due:
+                # One process: entries appended outside this actor (an erasure) come through
+                # the engine's listener, in order; should one be missed, the log has it.
+                gap = state.gap()
+                if gap is not None:
+                    try:
+                        await self._repair(state, *gap, wall_ms)
+                    except StoreError as exc:
+                        self._storage_failed(state, now, wall_ms, exc)
                 if state.gap() is None:
                     gap_since = None
 
@@ -635,7 +672,7 @@ class RoomActor:
                     results = await self._engine.append(
                         self.room, batch, retention=cfg.history_retention,
                         dedup_window=cfg.dedup_window, epoch=state.epoch,
-                        floor=state.delivered_seq)
+                        floor=state.delivered_seq, rules=self._rules)
                 break
             except LogReset as exc:
                 # The log went backwards (the store lost data) and now goes on after what
@@ -674,10 +711,47 @@ class RoomActor:
         self._pacer.observe(time.perf_counter() - started)
         return True
 
+    def _queue_reads(self, reads: dict[str, int]) -> None:
+        """Hand moved read markers to ``_write_reads`` (a newer one replaces one not written
+        yet: at most one per member waits)."""
+        for user, seq in reads.items():
+            if seq > self._reads.get(user, 0):
+                self._reads[user] = seq
+        waiting = self._reads_waiting
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    async def _write_reads(self) -> None:
+        """Store the read markers members move (``Engine.mark_read``, which tells other
+        processes), off the room's loop: a marker is a hint, and a busy room's members move
+        theirs with every few messages. Runs as long as the room; a marker that fails to be
+        written is tried again after ``READ_RETRY`` seconds (a newer one replaces it)."""
+        while True:
+            if not self._reads:
+                self._reads_waiting = asyncio.get_running_loop().create_future()
+                try:
+                    await self._reads_waiting
+                finally:
+                    self._reads_waiting = None
+            reads, self._reads = self._reads, {}
+            failed = False
+            for user, seq in reads.items():
+                try:
+                    async with asyncio.timeout(self.config.store_timeout):
+                        await self._engine.mark_read(self.room, user, seq)
+                except (StoreError, Unstorable, TimeoutError) as exc:
+                    log.debug("room %s: read marker of %s not stored: %s", self.room, user,
+                              exc)
+                    if not isinstance(exc, Unstorable) and seq > self._reads.get(user, 0):
+                        self._reads[user] = seq
+                        failed = True
+            if failed:
+                await asyncio.sleep(READ_RETRY)
+
     async def _carry_out(self, state: RoomState, wall_ms: int) -> None:
-        """Moderators' deletes and bans accepted in this wake-up, one engine call (or two) each,
-        awaited here like ``_store``'s append: what arrives meanwhile forms the next batch. They
-        are rare (each costs its sender a rate-limit token), so doing them in order is enough."""
+        """Moderators' bans accepted in this wake-up, one engine call each, awaited here like
+        ``_store``'s append: what arrives meanwhile forms the next batch. They are rare (each
+        costs its sender a rate-limit token), so doing them in order is enough."""
         for request in state.take_moderation():
             try:
                 outcome = await self._perform(request)
@@ -687,24 +761,13 @@ class RoomActor:
             except Unstorable as exc:
                 log.warning("room %s: moderation refused by the store: %s", self.room, exc)
                 outcome = ModerationOutcome.UNSTORABLE
-            if isinstance(request.frame, BanUser) and outcome is ModerationOutcome.DONE:
+            if outcome is ModerationOutcome.DONE:
                 self._ban_applied(request.frame.user)
             self._deliver(state, state.moderated(request, outcome, wall_ms), wall_ms)
 
     async def _perform(self, request: Moderation) -> ModerationOutcome:
-        """Carry out one moderation request through the engine. Raises ``StoreError``."""
+        """Carry out one ban through the engine. Raises ``StoreError``."""
         frame = request.frame
-        if isinstance(frame, DeleteMessage):
-            # The engine's delete says True for a tombstone too: read first, to tell the
-            # moderator that someone (another moderator, the API) deleted it already.
-            found = await self._engine.read(self.room, frame.seq - 1, frame.seq, 1)
-            if not found or found[0].seq != frame.seq:
-                return ModerationOutcome.NOT_FOUND
-            if found[0].deleted:
-                return ModerationOutcome.ALREADY_DELETED
-            if not await self._engine.delete(self.room, frame.seq):
-                return ModerationOutcome.NOT_FOUND
-            return ModerationOutcome.DONE
         await self._engine.ban(self.room, Ban(frame.user, request.until, frame.reason))
         return ModerationOutcome.DONE
 
@@ -723,12 +786,10 @@ class RoomActor:
                 if result.epoch is not None and result.epoch != state.epoch:
                     self._log_reset(state, result.epoch, result.top, wall_ms)
                 self._deliver(state, state.synced(result.others, wall_ms), wall_ms)
-                # Deletes and bans whose announcement pub/sub lost: caught up here.
+                # Bans whose announcement pub/sub lost: caught up here. (Entries, deletes
+                # among them, are caught up below: the log's top.)
                 for user, reason in result.banned:
                     self.ban_nowait(user, reason)
-                if result.tombstones is not None and state.tombstones_changed(result.tombstones):
-                    seqs = await self._engine.tombstones(self.room)
-                    self._deliver(state, state.reconcile_tombstones(seqs), wall_ms)
                 if state.behind(result.top):
                     await self._repair(state, state.delivered_seq, result.top, wall_ms)
                 inbox.repair = False
@@ -820,7 +881,7 @@ class RoomActor:
             plan, effects = state.join(
                 session.id, session.user, session.name, after=cmd.after,
                 expires_at=now + (cmd.expires_at - wall_ms / 1000), now=now, wall_ms=wall_ms,
-                moderator=session.moderator, epoch=cmd.epoch,
+                moderator=session.moderator, epoch=cmd.epoch, unread=cmd.unread,
             )
         except Exception as exc:  # RoomFull, or a join that cannot be served: the caller's
             cmd.reply.set_exception(exc)  # problem, not the room's (the join left no state)
@@ -842,20 +903,21 @@ class RoomActor:
             self._banned_at = {u: n for u, n in self._banned_at.items() if n > oldest}
 
     def _moderate(self, state: RoomState, cmd: _Moderation, wall_ms: int) -> list[Effect]:
-        """The server API's commands: a publish joins the pending batch; a ban closes the
-        user's sessions; a delete is announced to every member."""
+        """Commands from outside the room's sessions: a submission (server API) joins the
+        pending batch; a ban closes the user's sessions; another process's read marker is
+        told to the user's sessions here."""
         if isinstance(cmd, _Ban):
             self._ban_applied(cmd.user)
             return state.evict_user(cmd.user, CloseCode.BANNED, "banned", wall_ms)
-        if isinstance(cmd, _Deleted):
-            return state.deleted(cmd.seq)
+        if isinstance(cmd, _Read):
+            return state.remote_read(cmd.user, cmd.seq)
         if cmd.reply.done():
             return []
         if self._outage_since is not None:
             cmd.reply.set_exception(StoreError("storage is unavailable"))
             return []
         ticket = next(self._tickets)
-        answer = state.publish(ticket, Draft(cmd.user, cmd.name, cmd.id, cmd.text, wall_ms))
+        answer = state.publish(ticket, dataclasses.replace(cmd.draft, ts=wall_ms))
         if answer is not None:
             cmd.reply.set_result(answer)
         else:

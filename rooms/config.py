@@ -10,7 +10,15 @@ import math
 from dataclasses import dataclass, field, fields
 from typing import TypeVar
 
+from rooms.messages import LogRules
+
 _T = TypeVar("_T")
+
+MAX_REACTIONS = 1000
+"""Highest ``max_reactions``: a message's current state holds them all, and every page that
+shows it carries them."""
+MAX_MENTIONS = 1000
+"""Highest ``max_mentions``: each is a user id of up to 64 characters in the stored message."""
 
 
 def _setting(default: _T, help: str) -> _T:
@@ -36,11 +44,26 @@ class RoomConfig:
     history_on_join: int = _setting(50, "Messages replayed on a join without `after`.")
     history_page: int = _setting(500, "Messages read from storage per replay page.")
     history_retention: int = _setting(
-        100_000, "Messages kept per room; older ones are pruned (0 keeps all)."
+        100_000, "Log entries (messages, and edits, deletes and reactions) kept per room; "
+                 "older ones are pruned, and with a message its changes (0 keeps all)."
     )
     dedup_window: int = _setting(
-        10_000, "Latest messages per room whose (user, id) are deduplicated, across restarts."
+        10_000, "Latest log entries per room (messages and changes) whose (user, id) are "
+                "deduplicated, across restarts."
     )
+    edit_window: float = _setting(
+        0.0, "Seconds after a message was sent during which its author may edit it (0: "
+             "forever). Deleting is allowed at any time.")
+    max_reactions: int = _setting(
+        20, "Distinct emoji one message may carry; a reaction with another gets "
+            "`too_many_reactions`.")
+    max_mentions: int = _setting(
+        20, "Most users one message may mention (`mentions`).")
+    reply_excerpt_chars: int = _setting(
+        100, "Longest excerpt of the answered message a reply carries (characters).")
+    unread_scan: int = _setting(
+        1000, "Most recent messages a join looks at to count a member's unread messages and "
+              "mentions (`welcome.unread`); more are reported as `unread_capped`.")
     ping_interval: float = _setting(25.0, "Seconds between heartbeat pings.")
     ping_timeout: float = _setting(
         10.0, "Extra seconds of silence after a ping interval before closing with 4010."
@@ -108,7 +131,8 @@ class RoomConfig:
                 raise ValueError(f"{item.name} must be a finite number")
         for name in ("rate_burst", "max_text_chars", "max_id_chars", "max_invalid_frames",
                      "history_page", "outbox_limit", "inbox_limit", "max_batch",
-                     "max_frame_messages", "max_room_connections", "rate_abuse_strikes"):
+                     "max_frame_messages", "max_room_connections", "rate_abuse_strikes",
+                     "max_reactions", "reply_excerpt_chars"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         for name in ("rate_per_sec", "ping_interval", "ping_timeout", "tick_interval",
@@ -119,9 +143,18 @@ class RoomConfig:
         if not 0 < self.pong_cost <= 1:
             raise ValueError("pong_cost must be in (0, 1]")
         for name in ("gap_repair_delay", "history_on_join", "history_retention", "dedup_window",
-                     "room_idle_ttl",
-                     "batch_delay", "batch_cost_factor"):
+                     "room_idle_ttl", "batch_delay", "batch_cost_factor", "edit_window",
+                     "max_mentions", "unread_scan"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.presence_ttl <= self.sync_interval:
             raise ValueError("presence_ttl must be longer than sync_interval")
+        if self.max_reactions > MAX_REACTIONS:
+            raise ValueError(f"max_reactions must be at most {MAX_REACTIONS}")
+        if self.max_mentions > MAX_MENTIONS:
+            raise ValueError(f"max_mentions must be at most {MAX_MENTIONS}")
+
+    @property
+    def rules(self) -> LogRules:
+        """The limits the log checks on changes and replies (``rooms.changes``)."""
+        return LogRules(self.edit_window, self.max_reactions, self.reply_excerpt_chars)

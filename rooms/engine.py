@@ -1,11 +1,14 @@
 """The one small interface through which everything shared by a room's processes goes.
 
 A room's actor owns its own process's sockets, heartbeats and rate-limit buckets; an ``Engine``
-owns what every process serving the room must agree on: the message log (seq allocation,
-deduplication by ``(user, id)``, durable append, history reads), the live feed of messages
-appended by other processes, and the presence of members connected to other processes.
+owns what every process serving the room must agree on: the room's log (seq allocation,
+deduplication by ``(user, id)``, the rules of changes checked atomically with their append,
+durable append, replay and history reads, messages' current state), the live feed of entries
+appended by other processes, read markers, and the presence of members connected to other
+processes. The log's entries are messages and changes to them (``rooms.messages``): one
+sequence, so a resume, gap repair, dedup, fan-out and retention work for both alike.
 
-Two engines, chosen by URL with ``open_engine`` (each imported only when used):
+Two engines, chosen by URL with ``rooms.engines.open_engine`` (each imported when used):
 
 - ``sqlite:///path`` — ``rooms.engines.embedded.EmbeddedEngine``: SQLite, one process, nothing
   to share (the default).
@@ -20,23 +23,34 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
+from rooms.messages import (
+    DEFAULT_RULES,
+    AnyDraft,
+    Appended,
+    Entry,
+    LogRules,
+    RoomSnapshot,
+    StoredMessage,
+    Unread,
+    WireMessage,
+)
 
 __all__ = ["ERASE_PAUSE", "ERASE_STEP", "Appended", "Ban", "Engine", "ErasedObserver",
-           "HistoryReader", "RoomListener", "RoomSync", "open_engine"]
+           "HistoryReader", "RoomListener", "RoomSync", "is_shared_url"]
 
 CommitObserver = Callable[[float, int], None]
-"""Called after each durable append with (seconds, messages); must not block."""
+"""Called after each durable append with (seconds, entries stored); must not block."""
 ErasedObserver = Callable[[str, list[int]], None]
-"""Called by ``Engine.erase`` after each step with (room, seqs it tombstoned); must not block."""
+"""Called by ``Engine.erase`` after each step with (room, seqs of the messages it deleted);
+must not block."""
 
 ERASE_STEP = 256
-"""Most tombstones one step of ``Engine.erase`` makes in one room, announced together. Every
-member gets one ``delete`` object per tombstone, and a session's outbox holds
+"""Most messages one step of ``Engine.erase`` deletes in one room (one delete entry each, one
+append). Every member gets one ``change`` object per delete, and a session's outbox holds
 ``outbox_limit`` (1024) objects before it is closed as too slow: an erasure of thousands of
 messages at once would close every member of the room (measured: 5,000 in one go did)."""
 ERASE_PAUSE = 0.05
-"""Seconds ``Engine.erase`` waits between two steps in one room that tombstone something, so
+"""Seconds ``Engine.erase`` waits between two steps in one room that delete something, so
 its members' outboxes drain (at most 5,120 deletes a second per room; other rooms don't wait)."""
 
 
@@ -49,10 +63,6 @@ class RoomSync:
     others: dict[str, str]
     """Members connected to *other* processes (user -> name); the room's members are the union
     of these and this process's own."""
-    tombstones: int | None = None
-    """How many tombstones the room has, from an engine whose delete announcements can be lost
-    (pub/sub is at-most-once): when it changes, the room reads ``Engine.tombstones`` and tells
-    its members of the deletes it missed. None: every delete reaches the room (one process)."""
     banned: tuple[tuple[str, str], ...] = ()
     """This process's members (of those ``sync`` was given) banned from the room now, with the
     ban's reason: the room closes them even when the ban's announcement was lost."""
@@ -72,10 +82,17 @@ class Ban:
 
 
 class HistoryReader(Protocol):
-    """What a session needs to replay history."""
+    """What a session needs to replay history: the raw log after a resume's ``after``
+    (``read``), or the newest messages in their current state for a fresh join
+    (``history``)."""
 
-    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
-        """Stored messages with ``after < seq <= upto``, oldest first, at most ``limit``."""
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]:
+        """As ``Engine.read``."""
+        ...
+
+    async def history(self, room: str, *, after: int = 0, before: int, limit: int,
+                      newest: bool = False) -> list[StoredMessage]:
+        """As ``Engine.history``."""
         ...
 
 
@@ -84,8 +101,10 @@ class RoomListener(Protocol):
     the event loop, must not block and must not raise."""
 
     def remote_messages(self, messages: list[WireMessage]) -> None:
-        """Messages appended by another process (in seq order within one call; calls may arrive
-        out of order or not at all: pub/sub is at-most-once)."""
+        """Log entries (messages and changes) appended by another process, or by this process
+        outside the room's actor (an erasure), in seq order within one call; calls may arrive
+        out of order or not at all (pub/sub is at-most-once): the room repairs gaps from the
+        log."""
 
     def remote_presence(self) -> None:
         """Another process's members of this room changed: sync presence soon."""
@@ -93,11 +112,12 @@ class RoomListener(Protocol):
     def resync(self) -> None:
         """The live feed was interrupted (reconnect to the engine): compare with the log."""
 
-    def remote_deleted(self, seq: int) -> None:
-        """Another process deleted message ``seq`` (its tombstone is stored): tell members."""
-
     def remote_banned(self, user: str, reason: str) -> None:
         """Another process banned ``user`` from the room: close their sessions here."""
+
+    def remote_read(self, user: str, seq: int) -> None:
+        """``user``'s read marker in the room moved to ``seq`` on another process (at most
+        once per move; may be lost, like every pub/sub message): tell their sessions here."""
 
 
 class Engine(Protocol):
@@ -121,14 +141,28 @@ class Engine(Protocol):
         epoch (``RoomSnapshot.resume_floor``)."""
         ...
 
-    async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
-                     dedup_window: int, epoch: str | None = None,
-                     floor: int = 0) -> list[Appended]:
-        """Store ``drafts`` durably, in order, all or none, allocating consecutive seqs; a draft
-        whose ``(user, id)`` is among the room's last ``dedup_window`` ids gets that message's
-        seq and ``duplicate`` (engines that leave dedup to the room's actor ignore it). Keeps
-        ``retention`` messages per room (0: all). Other processes serving the room receive the
-        new messages through their listeners.
+    async def append(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
+                     dedup_window: int, epoch: str | None = None, floor: int = 0,
+                     rules: LogRules = DEFAULT_RULES) -> list[Appended]:
+        """Store ``drafts`` durably as entries of the room's log, in order, all or none,
+        allocating consecutive seqs to those stored. Any process may append to any room, at
+        any time (the seqs, the rules and the dedup are the log's, not a caller's).
+
+        - A draft whose ``(user, id)`` is among the room's last ``dedup_window`` ids (messages'
+          and changes' alike) gets that entry's seq and ``duplicate`` (engines that leave dedup
+          to the room's actor ignore it).
+        - A ``ChangeDraft``, and a ``Draft`` with ``reply_to``, is checked against its target's
+          current state as the drafts before it in the batch left it, atomically with the
+          append (``rooms.changes``, with ``rules``): refused (``Appended.refused``: nothing
+          stored, no seq), a no-op reaction (``noop``), or stored. Storing a change updates
+          the target's current state in the same atomic step, so ``read``, ``history`` and
+          every later check see it.
+        - Each stored entry comes back as ``Appended.entry`` (a delete's ``by``, a reply's
+          excerpt filled in): the caller delivers these, in seq order.
+
+        Keeps the last ``retention`` entries per room (0: all); a change whose target is
+        pruned goes with it. Other processes serving the room receive the stored entries
+        through their listeners (``RoomListener.remote_messages``).
 
         ``epoch`` is the log's epoch as the caller knows it (None: any) and ``floor`` the
         highest seq the caller has seen stored in the room. Raises ``LogReset`` when the log's
@@ -136,13 +170,49 @@ class Engine(Protocol):
         moves the log past ``floor`` under a new epoch, so no seq is allocated twice): nothing
         was stored; take the new epoch and append again. Raises ``Unstorable`` when some
         drafts can never be stored (nothing of the batch was: append the others again, and
-        tell the senders of those), ``StoreError`` when storing failed (retry the same batch).
+        tell the senders of those), ``StoreError`` when storing failed (retry the same batch:
+        if it was stored after all, a retry of drafts with ids is answered as duplicates).
         One room's faulty draft never fails another room's append, whatever the engine
         batches together underneath."""
         ...
 
-    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
-        """Stored messages with ``after < seq <= upto``, oldest first, at most ``limit``."""
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]:
+        """The room's log entries with ``after < seq <= upto``, oldest first, at most ``limit``:
+        what a resume after ``after`` replays, and what repairs a gap in the live feed.
+
+        Messages come in their **current state** (a change that follows one in the log may be
+        folded into it already: applying it again changes nothing), change entries as stored:
+        an edit of a message deleted since has ``text`` ``""``; a change whose target was
+        pruned is left out, as are edits removed with their deleted message (the seqs of the
+        answer may have gaps). An empty answer means nothing more is stored up to ``upto``."""
+        ...
+
+    async def history(self, room: str, *, after: int = 0, before: int, limit: int,
+                      newest: bool = False) -> list[StoredMessage]:
+        """The room's **messages** (no change entries) with ``after < seq < before``, each in
+        its current state, oldest first: the oldest ``limit`` of them, or with ``newest`` the
+        newest ``limit``. What history pages, the server API's reads and a join without
+        ``after`` serve; it costs what reading as many plain messages does."""
+        ...
+
+    async def unread(self, room: str, user: str, *, scan: int) -> Unread:
+        """``user``'s read marker in ``room`` and what came after it: messages with a higher
+        seq that are not ``user``'s and not deleted, and those of them that mention ``user``,
+        counted over at most the room's last ``scan`` non-deleted messages. A user with no
+        marker (they never said they read the room) has nothing unread: ``Unread()``, and
+        nothing is scanned (every join asks; a scan of a busy room's last 1,000 messages cost
+        ~400 us of CPU, most of a handshake). Read-only."""
+        ...
+
+    async def mark_read(self, room: str, user: str, seq: int) -> int:
+        """Move ``user``'s read marker in ``room`` forward to ``seq`` (never back: a lower
+        ``seq`` changes nothing) and return the marker now. When it moved, other processes
+        serving the room are told (``RoomListener.remote_read``); this process's room tells
+        its own sessions."""
+        ...
+
+    async def markers(self, user: str) -> dict[str, int]:
+        """Every read marker ``user`` has: room -> seq. Read-only."""
         ...
 
     async def sync(self, room: str, members: dict[str, str], ttl: float, *,
@@ -179,23 +249,20 @@ class Engine(Protocol):
         polls this to close the user's sockets and refuse their older tokens."""
         ...
 
-    async def delete(self, room: str, seq: int) -> bool:
-        """Replace stored message ``seq`` by its tombstone (same seq, user, name, id and ts;
-        empty text: ``read`` returns it with ``deleted``) and tell the other processes serving
-        the room (``remote_deleted``). False when no message ``seq`` is stored."""
-        ...
-
     async def erase(self, user: str,
                     erased: ErasedObserver | None = None) -> dict[str, list[int]]:
-        """Replace every stored message of ``user``, in every room, by its tombstone (as
-        ``delete`` does). Works in steps of at most ``ERASE_STEP`` tombstones in one room,
-        ``ERASE_PAUSE`` apart; after each, tells the other processes serving the room
-        (``remote_deleted``) and calls ``erased(room, seqs)``, through which the caller tells
-        this process's live room. Returns everything it erased: room -> seqs, ascending;
-        messages that already were tombstones are not in it (a second erase returns ``{}``).
-        Not atomic: if it raises ``StoreError`` half way, the steps before stay done (run it
-        again for the rest). Messages the user stores while it runs may be missed: revoke or
-        ban them first."""
+        """Delete every stored message of ``user``, in every room: each gets a delete entry
+        (``"by": "moderator"``, from ``user`` themself: their erasure request) appended to its
+        room's log like any change, so members online and every later resume learn of it,
+        and its text leaves storage (its edits' texts too). Works in steps of at most
+        ``ERASE_STEP`` messages in one room, ``ERASE_PAUSE`` apart; after each, calls
+        ``erased(room, seqs)`` with the seqs of the messages deleted. The room's members are
+        told as for any append by another process (``RoomListener.remote_messages``, in this
+        process too). Returns everything it erased: room -> message seqs, ascending;
+        messages already deleted are not in it (a second erase returns ``{}``). Not atomic:
+        if it raises ``StoreError`` half way, the steps before stay done (run it again for
+        the rest). Messages the user stores while it runs may be missed: revoke or ban them
+        first."""
         ...
 
     async def ban(self, room: str, ban: Ban) -> None:
@@ -215,10 +282,6 @@ class Engine(Protocol):
         """The highest seq stored for ``room`` (0 for none); read-only."""
         ...
 
-    async def tombstones(self, room: str) -> list[int]:
-        """The seqs of ``room``'s tombstones, ascending; read-only."""
-        ...
-
     async def presence(self, room: str) -> dict[str, str]:
         """Members of ``room`` connected to *other* processes as the engine knows them (user ->
         name); read-only ({} for an engine that is not shared)."""
@@ -235,27 +298,3 @@ SHARED_SCHEMES = ("redis://", "rediss://", "unix://")
 def is_shared_url(url: str) -> bool:
     """Whether ``url`` names an engine several processes can share."""
     return url.startswith(SHARED_SCHEMES)
-
-
-async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
-                      sqlite_synchronous: str = "FULL", max_connections: int = 32,
-                      timeout: float | None = None) -> Engine:
-    """The engine a URL names: ``sqlite:///path/to/db`` or ``redis://host:port/db``.
-
-    Raises ``ValueError`` for an unknown scheme and ``StoreError`` when the engine cannot be
-    reached or opened. ``max_connections`` bounds the connections to a networked engine, and
-    ``timeout`` (seconds; default: ``RoomConfig.store_timeout``'s) each of its calls: one that
-    takes longer fails with ``StoreError``. (The embedded engine's calls are local; the rooms
-    bound their own appends, ``RoomConfig.store_timeout``.)
-    """
-    if is_shared_url(url):
-        from rooms.engines.redis import DEFAULT_TIMEOUT, RedisEngine
-
-        return await RedisEngine.open(url, on_commit=on_commit, max_connections=max_connections,
-                                      timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
-    if url.startswith("sqlite://"):
-        from rooms.engines.embedded import EmbeddedEngine
-
-        return await EmbeddedEngine.open(url.removeprefix("sqlite://"),
-                                         synchronous=sqlite_synchronous, on_commit=on_commit)
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path or redis://host:port")

@@ -1,8 +1,11 @@
 """Wire protocol v1 (docs/protocol.md): parse client frames, serialize server objects. No I/O.
 
 Client frames are parsed into frozen dataclasses or a ``FrameError`` describing why the frame was
-refused. ``DeleteMessage`` and ``BanUser`` are a moderator's (whether the sender is one is the
-room's rule, ``rooms.state``; parsing checks only the frame's shape). Server objects are
+refused: messages (``SendMessage``, with an optional reply and mentions), changes to them
+(``EditMessage``, ``DeleteMessage``, ``React``), read markers (``MarkRead``), a moderator's
+``BanUser``, and the light ``Pong``/``Typing``. Parsing checks the frame's shape only (one RGI
+emoji, user ids, texts through ``rooms.text``); who may do what is the room's rule
+(``rooms.state``) and the log's (``rooms.changes``). Server objects are
 serialized once to ``str`` so a broadcast shares one encoding among all recipients; a server
 frame is several of them joined by ``\\n`` (see ``join_frame``).
 """
@@ -13,6 +16,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+import emoji
 import orjson
 
 from rooms.text import TextProblem, message_text, user_id_problem
@@ -46,18 +50,51 @@ class ErrorCode(enum.StrEnum):
     RATE_LIMITED = "rate_limited"
     BUSY = "busy"
     UNAVAILABLE = "unavailable"  # storage unreachable: the message was not accepted
-    FORBIDDEN = "forbidden"  # a moderation frame from a connection that does not moderate the room
-    NOT_FOUND = "not_found"  # delete: no message with that seq is stored in the room
-    ALREADY_DELETED = "already_deleted"  # delete: that message is a tombstone already
+    FORBIDDEN = "forbidden"  # not the author's (edit, delete) or a moderator's (delete, ban)
+    NOT_FOUND = "not_found"  # a change or a reply to a seq that is no stored message
+    ALREADY_DELETED = "already_deleted"  # a change or a reply to a tombstone
+    EDIT_WINDOW_PASSED = "edit_window_passed"  # edit: later than edit_window after the message
+    TOO_MANY_REACTIONS = "too_many_reactions"  # react: a new emoji beyond max_reactions
     SELF_BAN = "self_ban"  # ban: a moderator cannot ban themself
 
 
 @dataclass(frozen=True, slots=True)
 class SendMessage:
-    """A client's ``message``: ``text`` already trimmed and length-checked."""
+    """A client's ``message``: ``text`` already trimmed and length-checked; ``reply_to`` the seq
+    of the message it answers; ``mentions`` user ids (checked, duplicates removed, in the
+    order given)."""
 
     text: str
     id: str | None
+    reply_to: int | None = None
+    mentions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class EditMessage:
+    """A client's ``edit``: replace the text of message ``seq`` (its author's) by ``text``."""
+
+    seq: int
+    text: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class React:
+    """A client's ``react``: put (``on``) or take back one ``emoji`` on message ``seq``."""
+
+    seq: int
+    emoji: str
+    on: bool
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRead:
+    """A client's ``read``: its person has read the room up to ``seq``. Never answered."""
+
+    seq: int
+    id: None = None  # like every non-pong frame (the gateway reads ``frame.id``); always None
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,10 +125,11 @@ class FrameError:
 
 @dataclass(frozen=True, slots=True)
 class DeleteMessage:
-    """A moderator's ``delete``: replace message ``seq`` by its tombstone, for everyone."""
+    """A ``delete``: replace message ``seq`` by its tombstone, for everyone (its author's, or a
+    moderator's for any message)."""
 
     seq: int
-    id: str | None = None  # echoed in the ``moderated`` answer or the ``error``
+    id: str | None = None  # echoed in the ``ack`` or the ``error``
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +145,13 @@ class BanUser:
     id: str | None = None
 
 
-ModerationFrame = DeleteMessage | BanUser
+ChangeFrame = EditMessage | DeleteMessage | React
+"""The frames that change a stored message: each becomes an entry of the room's log."""
+
+MAX_SEQ = 2**53
+"""Highest seq a frame may name (JavaScript's exact integers: seqs never get near it)."""
+MAX_EMOJI_CHARS = 32
+"""Longest ``emoji`` of a ``react`` (code points): the longest RGI sequences are 10."""
 
 MAX_REASON_CHARS = 200
 """Longest ``reason`` of a ``ban`` (the server API's limit too)."""
@@ -118,10 +162,12 @@ MAX_BAN_UNTIL = 253_402_300_799.0
 ``datetime`` can show); later: leave ``until`` out for a ban until lifted. The server API's
 bans are held to it too."""
 
-ClientFrame = SendMessage | Pong | Typing | DeleteMessage | BanUser | FrameError
+ClientFrame = (SendMessage | Pong | Typing | EditMessage | DeleteMessage | React | MarkRead
+               | BanUser | FrameError)
 
 
-def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int) -> ClientFrame:
+def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int,
+                       max_mentions: int = 20) -> ClientFrame:
     """Parse one client text frame. Never raises: a bad frame becomes a ``FrameError``."""
     try:
         obj = orjson.loads(data)
@@ -134,7 +180,13 @@ def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int) -> 
         return Pong()
     if kind == "typing":
         return Typing()
-    if kind not in ("message", "delete", "ban"):
+    if kind == "read":
+        seq = _seq(obj.get("seq"))
+        if seq is None:
+            return FrameError(ErrorCode.INVALID_MESSAGE, f"seq must be an integer from 1 to "
+                              f"{MAX_SEQ}")
+        return MarkRead(seq)
+    if kind not in ("message", "edit", "delete", "react", "ban"):
         return FrameError(ErrorCode.INVALID_MESSAGE, f"unknown type {str(kind)[:32]!r}")
     client_id = obj.get("id")
     if client_id is not None and (
@@ -143,21 +195,67 @@ def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int) -> 
         return FrameError(
             ErrorCode.INVALID_MESSAGE, f"id must be a string of 1 to {max_id_chars} characters"
         )
-    if kind == "delete":
-        return _parse_delete(obj, client_id)
     if kind == "ban":
         return _parse_ban(obj, client_id)
+    if kind != "message":
+        return _parse_change(kind, obj, client_id, max_text_chars)
     text = message_text(obj.get("text"), max_text_chars)
     if isinstance(text, TextProblem):
         return FrameError(ErrorCode(text.code), text.message, client_id)
-    return SendMessage(text=text, id=client_id)
+    reply_to = None
+    if obj.get("reply_to") is not None:
+        reply_to = _seq(obj.get("reply_to"))
+        if reply_to is None:
+            return FrameError(ErrorCode.INVALID_MESSAGE, "reply_to must be the seq of a message "
+                              f"(an integer from 1 to {MAX_SEQ})", client_id)
+    mentions = _mentions(obj.get("mentions"), max_mentions)
+    if isinstance(mentions, str):
+        return FrameError(ErrorCode.INVALID_MESSAGE, mentions, client_id)
+    return SendMessage(text, client_id, reply_to, mentions)
 
 
-def _parse_delete(obj: dict[str, Any], client_id: str | None) -> DeleteMessage | FrameError:
-    seq = obj.get("seq")
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 1:
-        return FrameError(ErrorCode.INVALID_MESSAGE, "seq must be a positive integer", client_id)
-    return DeleteMessage(seq, client_id)
+def _seq(value: object) -> int | None:
+    """``value`` as the seq of a message, or None when it is not one (1 to ``MAX_SEQ``)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEQ:
+        return None
+    return value
+
+
+def _mentions(value: object, most: int) -> tuple[str, ...] | str:
+    """A message's ``mentions`` (absent: none), duplicates removed; or why they are refused."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or len(value) > most:
+        return f"mentions must be a list of at most {most} user ids"
+    for user in value:
+        problem = user_id_problem(user)
+        if problem is not None:
+            return f"each of mentions {problem}"
+    return tuple(dict.fromkeys(value))
+
+
+def _parse_change(kind: str, obj: dict[str, Any], client_id: str | None,
+                  max_text_chars: int) -> EditMessage | DeleteMessage | React | FrameError:
+    seq = _seq(obj.get("seq"))
+    if seq is None:
+        return FrameError(ErrorCode.INVALID_MESSAGE, f"seq must be the seq of a message (an "
+                          f"integer from 1 to {MAX_SEQ})", client_id)
+    if kind == "delete":
+        return DeleteMessage(seq, client_id)
+    if kind == "edit":
+        text = message_text(obj.get("text"), max_text_chars)
+        if isinstance(text, TextProblem):
+            return FrameError(ErrorCode(text.code), text.message, client_id)
+        return EditMessage(seq, text, client_id)
+    glyph, on = obj.get("emoji"), obj.get("on")
+    if not isinstance(glyph, str) or not 1 <= len(glyph) <= MAX_EMOJI_CHARS or \
+            not emoji.is_emoji(glyph):
+        return FrameError(ErrorCode.INVALID_MESSAGE, "emoji must be one emoji (a single "
+                          "Unicode RGI emoji, such as \U0001f44d)", client_id)
+    if not isinstance(on, bool):
+        return FrameError(ErrorCode.INVALID_MESSAGE, "on must be true (put the reaction) or "
+                          "false (take it back)", client_id)
+    return React(seq, glyph, on, client_id)
 
 
 def _parse_ban(obj: dict[str, Any], client_id: str | None) -> BanUser | FrameError:
@@ -215,23 +313,40 @@ def join_frame(objects: list[str]) -> str:
 
 def welcome(
     room: str, user: str, name: str, seq: int, members: list[dict[str, str]], recovered: bool,
-    *, moderator: bool = False, epoch: str = "",
+    *, moderator: bool = False, epoch: str = "", read: int = 0, unread: int = 0,
+    mentions: int = 0, capped: bool = False,
 ) -> str:
-    """``moderator`` (only present when true): this connection may send ``delete`` and ``ban``.
-    ``epoch``: the room's log's (docs/protocol.md, "Epochs"); a resume sends it back."""
+    """``moderator`` (only present when true): this connection may delete others' messages and
+    ban users. ``epoch``: the room's log's (docs/protocol.md, "Epochs"); a resume sends it
+    back. ``read``, ``unread``, ``mentions``: the user's read marker and what came after it
+    (``unread_capped`` when counting stopped at ``unread_scan``)."""
     obj: dict[str, Any] = {"type": "welcome", "room": room, "user": user, "name": name,
                            "seq": seq, "members": members, "recovered": recovered,
-                           "epoch": epoch}
+                           "epoch": epoch, "read": read, "unread": unread,
+                           "mentions": mentions}
+    if capped:
+        obj["unread_capped"] = True
     if moderator:
         obj["moderator"] = True
     return dumps(obj)
 
 
-def ack(client_id: str | None, seq: int, *, duplicate: bool = False) -> str:
+def ack(client_id: str | None, seq: int, *, duplicate: bool = False,
+        noop: bool = False) -> str:
+    """The answer to a stored message or change (``seq``: its entry's), a duplicate of one
+    (the original's seq), or a reaction that changed nothing (``noop``: the seq of its
+    message's last change)."""
     obj: dict[str, Any] = {"type": "ack", "id": client_id, "seq": seq}
     if duplicate:
         obj["duplicate"] = True
+    if noop:
+        obj["noop"] = True
     return dumps(obj)
+
+
+def read(seq: int) -> str:
+    """The user's read marker in the room moved to ``seq`` (on another of their connections)."""
+    return dumps({"type": "read", "seq": seq})
 
 
 def presence(event: str, user: str, name: str, ts: int) -> str:
@@ -240,16 +355,6 @@ def presence(event: str, user: str, name: str, ts: int) -> str:
 
 def typing(user: str, name: str) -> str:
     return dumps({"type": "typing", "user": user, "name": name})
-
-
-def deleted(seq: int) -> str:
-    """A moderator deleted message ``seq``: clients replace it by a tombstone."""
-    return dumps({"type": "delete", "seq": seq})
-
-
-def moderated_delete(seq: int, client_id: str | None) -> str:
-    """The answer to a moderator's ``delete``: done (every member was told)."""
-    return dumps({"type": "moderated", "action": "delete", "seq": seq, "id": client_id})
 
 
 def moderated_ban(user: str, until: float | None, reason: str, client_id: str | None) -> str:

@@ -356,12 +356,17 @@ class Session:
         or the peer is gone."""
         plan, self._plan = self._plan, None
         assert plan is not None
-        welcome, after, upto = plan.welcome, plan.replay_after, plan.replay_upto
+        welcome, after, upto, fresh = (plan.welcome, plan.replay_after, plan.replay_upto,
+                                       plan.fresh)
         del plan
         if self._expired or not await self._send(welcome):
             return False
         del welcome
-        if after < upto:
+        if fresh and upto:
+            self._replay_progress = time.monotonic()
+            if not await self._fresh(room, store, fresh, upto):
+                return False
+        elif after < upto:
             self._replay_progress = time.monotonic()
             if not await self._replay(room, store, history_page, after, upto):
                 return False
@@ -386,6 +391,21 @@ class Session:
             if not await self._send(join_frame([m.to_wire() for m in page])):
                 return False
             after = page[-1].seq
+            self._replay_progress = time.monotonic()
+        return True
+
+    async def _fresh(self, room: str, store: HistoryReader, count: int, upto: int) -> bool:
+        """Send the newest ``count`` messages up to ``upto``, in their current state (a join
+        without a recovered resume), in frames of at most ``max_frame_messages``. False when
+        the peer is gone."""
+        messages = await store.history(room, before=upto + 1, limit=count, newest=True)
+        step = self._max_frame
+        for start in range(0, len(messages), step):
+            if self.state is not SessionState.ACTIVE:
+                break
+            if not await self._send(join_frame([m.to_wire()
+                                                for m in messages[start:start + step]])):
+                return False
             self._replay_progress = time.monotonic()
         return True
 

@@ -13,11 +13,18 @@ The actor (``rooms.actor``) feeds it events with the current time and carries ou
   missing (pub/sub is at-most-once), ``behind(top)`` when the log is ahead of what was delivered.
 - Presence is the union of this process's members and ``others`` (``synced``), announced to this
   process's sessions as it changes.
-- Moderation from the page (``delete`` and ``ban`` frames): ``receive`` applies the rules (the
-  sender moderates the room, pays rate-limit tokens like any frame, cannot ban themself, names a
-  message the room has delivered) and queues what passes in ``moderation``; the actor carries
-  each out through the engine and hands the outcome to ``moderated``, which says what members
-  and the moderator get.
+- Changes to messages (``edit``, ``delete``, ``react`` frames) are drafts like messages
+  (``ChangeDraft``): the same pending batch, rate limit, dedup by ``(user, id)``, ack once
+  delivered. The log checks them against their target's current state when it appends them
+  (``rooms.changes``): a refused one is answered with an ``error``, a reaction that changes
+  nothing with an ``ack`` saying ``noop``; the others are entries of the log, delivered to
+  every member in seq order with the messages.
+- Read markers (``read`` frames): monotonic per member; the actor stores them (``reads``) and
+  the member's other sessions are told, here and (through the engine) on other processes.
+- Bans from the page (``ban`` frames): ``receive`` applies the rules (the sender moderates the
+  room, pays rate-limit tokens like any frame, cannot ban themself) and queues what passes in
+  ``moderation``; the actor carries each out through the engine and hands the outcome to
+  ``moderated``, which says what members and the moderator get.
 
 Times: ``now`` is a monotonic clock in seconds (rate limits, heartbeats, token expiry deadlines);
 ``wall_ms`` is the Unix time in milliseconds (message and presence timestamps).
@@ -35,96 +42,33 @@ from typing import Any
 from rooms import protocol
 from rooms.config import RoomConfig
 from rooms.errors import RoomFull, Unstorable
+from rooms.messages import (
+    Action,
+    AnyDraft,
+    Appended,
+    ChangeDraft,
+    Delivered,
+    Draft,
+    Refusal,
+    RoomSnapshot,
+    StoredChange,
+    StoredMessage,
+    Unread,
+)
 from rooms.protocol import (
     BanUser,
     ClientFrame,
     CloseCode,
     DeleteMessage,
+    EditMessage,
     ErrorCode,
     FrameError,
+    MarkRead,
     Pong,
+    SendMessage,
     Typing,
 )
 from rooms.ratelimit import TokenBucket
-
-
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    """One chat message as stored and broadcast. A deleted one (tombstone) keeps its seq,
-    user, name, id and ts, with ``text`` empty; its wire form adds ``"deleted": true``."""
-
-    room: str
-    seq: int
-    user: str
-    name: str
-    id: str | None
-    text: str
-    ts: int
-
-    @property
-    def deleted(self) -> bool:
-        """A moderator's tombstone: a message's text is never empty otherwise."""
-        return not self.text
-
-    def to_wire(self) -> str:
-        obj = {"type": "message", "room": self.room, "seq": self.seq, "id": self.id,
-               "user": self.user, "name": self.name, "text": self.text, "ts": self.ts}
-        if not self.text:
-            obj["deleted"] = True
-        return protocol.dumps(obj)
-
-
-@dataclass(frozen=True, slots=True)
-class WireMessage:
-    """A stored message known by its seq and its wire form only: another process's, as the
-    engine's live feed carries it (serialised once, where it was stored)."""
-
-    seq: int
-    wire: str
-
-    def to_wire(self) -> str:
-        return self.wire
-
-
-Delivered = StoredMessage | WireMessage
-
-
-@dataclass(frozen=True, slots=True)
-class Draft:
-    """An accepted message not yet stored: the engine gives it its seq."""
-
-    user: str
-    name: str
-    id: str | None
-    text: str
-    ts: int
-
-    def stored(self, room: str, seq: int) -> StoredMessage:
-        return StoredMessage(room, seq, self.user, self.name, self.id, self.text, self.ts)
-
-
-@dataclass(frozen=True, slots=True)
-class Appended:
-    """What the engine did with one draft: its seq, and whether it was stored before (a retried
-    ``(user, id)``; then ``seq`` is the original's)."""
-
-    seq: int
-    duplicate: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class RoomSnapshot:
-    """What the store knows of a room when its actor starts."""
-
-    last_seq: int = 0
-    oldest_seq: int = 1  # lowest seq still stored; last_seq + 1 when nothing is stored
-    recent_ids: tuple[tuple[str, str, int], ...] = ()  # (user, client id, seq), oldest first
-    """Empty when the engine deduplicates itself (Redis): the room's map is then only a cache."""
-    epoch: str = ""
-    """The log's epoch (docs/protocol.md, "Epochs"): one unbroken life of the room's log."""
-    resume_floor: int = 0
-    """Seqs up to this one may be missing from the log (it went backwards and was moved past
-    them: ``rooms.errors.LogReset``): a resume from before it is not recovered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,22 +108,26 @@ Effect = Send | Broadcast | Close
 
 @dataclass(frozen=True, slots=True)
 class JoinPlan:
-    """What a new session receives before live traffic: ``welcome``, then stored messages with
-    ``replay_after < seq <= replay_upto`` (read from the store, oldest first)."""
+    """What a new session receives before live traffic: ``welcome``, then history read from
+    the store, oldest first: a resume's log entries with ``replay_after < seq <=
+    replay_upto`` (``Engine.read``), and for a join that is not a recovered resume (then
+    ``replay_after`` is ``replay_upto``: nothing of the raw log) the newest ``fresh``
+    messages up to ``replay_upto`` in their current state (``Engine.history``)."""
 
     welcome: str
     replay_after: int
     replay_upto: int
     recovered: bool
+    fresh: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Moderation:
-    """A moderator's ``delete`` or ``ban`` that passed the room's rules: the actor carries it
-    out through the engine, then passes the outcome to ``RoomState.moderated``."""
+    """A moderator's ``ban`` that passed the room's rules: the actor carries it out through the
+    engine, then passes the outcome to ``RoomState.moderated``."""
 
     session: int
-    frame: DeleteMessage | BanUser
+    frame: BanUser
     until: float | None = None
     """A ban's end in Unix seconds (``minutes`` resolved at acceptance); ``None``: until lifted."""
 
@@ -188,8 +136,6 @@ class ModerationOutcome(enum.Enum):
     """What the engine did with a ``Moderation``."""
 
     DONE = "done"
-    NOT_FOUND = "not_found"  # delete: no message with that seq is stored
-    ALREADY_DELETED = "already_deleted"  # delete: it is a tombstone already
     UNAVAILABLE = "unavailable"  # the engine failed (StoreError): nothing is known to be done
     UNSTORABLE = "unstorable"  # the engine cannot store what the frame holds: nothing done
 
@@ -210,7 +156,7 @@ class _Session:
 class _Member:
     name: str
     connections: int = 1
-
+    read: int = 0  # their read marker in the room, as far as this process knows
 
 
 @dataclass(slots=True)
@@ -219,6 +165,7 @@ class _PendingAck:
     client_id: str | None
     seq: int
     duplicate: bool
+    noop: bool = False
 
 
 @dataclass(slots=True)
@@ -245,7 +192,7 @@ class RoomState:
     """The room's log's epoch, as the engine last said (``welcome.epoch``)."""
     resume_floor: int = 0
     """A resume from before this seq is not recovered: the log went backwards under it."""
-    pending: list[Draft] = field(default_factory=list)
+    pending: list[AnyDraft] = field(default_factory=list)
     """Accepted, not yet stored; the actor takes them with ``take_pending``."""
     presence_changed: bool = False
     """This process's member list changed since the actor last published it (``synced``)."""
@@ -253,8 +200,11 @@ class RoomState:
     """Answers to ``publish``: ``(ticket, result)`` once the message was delivered here, or the
     error refusing it for good (``reject``); the actor takes them."""
     moderation: list[Moderation] = field(default_factory=list)
-    """Moderators' requests accepted by ``receive``, for the actor to carry out (it takes them
+    """Moderators' bans accepted by ``receive``, for the actor to carry out (it takes them
     with ``take_moderation`` every wake-up, so they are bounded by ``max_batch``)."""
+    reads: dict[str, int] = field(default_factory=dict)
+    """Read markers moved by this process's members (user -> seq), for the actor to store
+    (``Engine.mark_read``); it takes them every wake-up (at most one per member)."""
     _sessions: dict[int, _Session] = field(default_factory=dict)
     _members: dict[str, _Member] = field(default_factory=dict)
     _others: dict[str, str] = field(default_factory=dict)  # members on other processes
@@ -266,9 +216,6 @@ class RoomState:
     _buffer: dict[int, Delivered] = field(default_factory=dict)  # stored, beyond a gap
     _typing_at: dict[str, float] = field(default_factory=dict)  # member -> last typing relayed
     _next_ping: float | None = None
-    # Tombstones members were told of (None: not tracked yet; see ``tombstones_changed``).
-    _tombstoned: set[int] | None = None
-    _tombstone_count: int | None = None
 
     def __post_init__(self) -> None:
         self.delivered_seq = self.snapshot.last_seq
@@ -316,11 +263,15 @@ class RoomState:
     def join(
         self, session: int, user: str, name: str, *, after: int | None, expires_at: float,
         now: float, wall_ms: int, moderator: bool = False, epoch: str | None = None,
+        unread: Unread | None = None,
     ) -> tuple[JoinPlan, list[Effect]]:
-        """Admit a session (``moderator``: it may delete messages and ban users here; its
-        welcome says so). A resume (``after``, and the ``epoch`` of the welcome it saw, when
-        it says) is recovered when every message after it is stored, in this epoch; else the
-        replay is a fresh history. Raises ``RoomFull`` at ``max_room_connections``.
+        """Admit a session (``moderator``: it may delete others' messages and ban users here;
+        its welcome says so). A resume (``after``, and the ``epoch`` of the welcome it saw,
+        when it says) is recovered when every entry after it is stored, in this epoch: its
+        replay is those entries; else the replay is a fresh history (the newest
+        ``history_on_join`` messages, in their current state). ``unread``: the user's read
+        marker and counts (``Engine.unread``), for the welcome. Raises ``RoomFull`` at
+        ``max_room_connections``.
 
         All or nothing: everything that can fail (serialising the welcome and the presence
         event) happens before the state changes, so a failed join leaves nothing behind.
@@ -336,16 +287,14 @@ class RoomState:
         if announce:
             members.append({"user": user, "name": name})
         upto = self.delivered_seq
-        fresh_after = max(0, upto - cfg.history_on_join)
-        if after is None or after > upto or after < self.resume_floor or (
-                epoch is not None and epoch != self.epoch):
-            replay_after, recovered = fresh_after, False  # the client's view is stale
-        elif after >= self.oldest_seq - 1:
-            replay_after, recovered = after, True
-        else:
-            replay_after, recovered = self.oldest_seq - 1, False
+        recovered = after is not None and self.resume_floor <= after <= upto and (
+            epoch is None or epoch == self.epoch) and after >= self.oldest_seq - 1
+        unread = unread or Unread()
+        read = max(unread.read, member.read if member is not None else 0)
         welcome = protocol.welcome(self.room, user, name, upto, members, recovered,
-                                   moderator=moderator, epoch=self.epoch)
+                                   moderator=moderator, epoch=self.epoch, read=read,
+                                   unread=unread.unread, mentions=unread.mentions,
+                                   capped=unread.capped)
         effects: list[Effect] = []
         if announce:
             effects.append(Broadcast(protocol.presence("join", user, name, wall_ms), session))
@@ -358,11 +307,16 @@ class RoomState:
         if self._next_ping is None:
             self._next_ping = now + cfg.ping_interval
         if member is None:
-            self._members[user] = _Member(name=name)
+            self._members[user] = _Member(name=name, read=read)
             self.presence_changed = True
         else:
             member.connections += 1
-        return JoinPlan(welcome, replay_after, upto, recovered), effects
+            member.read = read
+        if recovered:
+            assert after is not None
+            return JoinPlan(welcome, after, upto, True), effects
+        # Nothing of the raw log (replay_after = upto): only the newest messages, if any.
+        return JoinPlan(welcome, upto, upto, False, fresh=cfg.history_on_join), effects
 
     def leave(self, session: int, wall_ms: int) -> list[Effect]:
         """Forget a session (its socket is gone or being closed). Unknown sessions are ignored."""
@@ -410,8 +364,8 @@ class RoomState:
         self, session: int, frame: ClientFrame, now: float, wall_ms: int,
         *, refuse: str | None = None,
     ) -> list[Effect]:
-        """Handle one client frame. ``refuse``: storage is unavailable; answer a message (or a
-        moderation frame) with an ``unavailable`` error (saying this) instead of accepting it."""
+        """Handle one client frame. ``refuse``: storage is unavailable; answer a message, a
+        change or a ban with an ``unavailable`` error (saying this) instead of accepting it."""
         info = self._sessions.get(session)
         if info is None:
             return []  # already evicted; frames still in flight are dropped
@@ -419,14 +373,14 @@ class RoomState:
         cfg = self.config
         # Every frame costs tokens, whatever it is (a flood of pongs, invalid frames or resent
         # duplicates is still a flood); a pong costs a fraction.
-        # A typing frame costs what a pong does, and is dropped without a word when over the rate
-        # (it is only a hint, and the client did not ask for an answer).
-        light = isinstance(frame, (Pong, Typing))
+        # A typing or read frame costs what a pong does, and is dropped without a word when
+        # over the rate (it is only a hint, and the client did not ask for an answer).
+        light = isinstance(frame, (Pong, Typing, MarkRead))
         retry_after = info.bucket.take(now, cfg.pong_cost if light else 1.0)
         if retry_after > 0:
             info.strikes += 1
             effects: list[Effect] = []
-            if not isinstance(frame, (Pong, Typing)):
+            if not isinstance(frame, (Pong, Typing, MarkRead)):
                 effects.append(Send(session, protocol.error(
                     ErrorCode.RATE_LIMITED, "too many messages; resend after retry_after seconds",
                     client_id=frame.id, retry_after=retry_after)))
@@ -438,6 +392,8 @@ class RoomState:
             return []
         if isinstance(frame, Typing):
             return self._typing(session, info.user, info.name, now)
+        if isinstance(frame, MarkRead):
+            return self._mark_read(session, info.user, frame.seq)
         if isinstance(frame, FrameError):
             info.invalid += 1
             reply = Send(session, protocol.error(frame.code, frame.message, client_id=frame.id))
@@ -445,7 +401,7 @@ class RoomState:
                 return [reply, *self.evict(session, CloseCode.POLICY_VIOLATION,
                                            "too many invalid frames", wall_ms)]
             return [reply]
-        if isinstance(frame, DeleteMessage | BanUser):
+        if isinstance(frame, BanUser):
             return self._moderation_rules(session, info, frame, wall_ms, refuse)
 
         if frame.id is not None:
@@ -465,31 +421,79 @@ class RoomState:
         if refuse is not None:
             return [Send(session, protocol.error(ErrorCode.UNAVAILABLE, refuse,
                                                  client_id=frame.id, retry_after=1.0))]
-
-        self.pending.append(Draft(info.user, info.name, frame.id, frame.text, wall_ms))
+        draft: AnyDraft
+        if isinstance(frame, SendMessage):
+            draft = Draft(info.user, info.name, frame.id, frame.text, wall_ms, frame.reply_to,
+                          frame.mentions)
+            target = frame.reply_to
+        elif isinstance(frame, EditMessage):
+            draft = ChangeDraft(info.user, info.name, frame.id, wall_ms, Action.EDIT,
+                                frame.seq, text=frame.text)
+            target = frame.seq
+        elif isinstance(frame, DeleteMessage):
+            draft = ChangeDraft(info.user, info.name, frame.id, wall_ms, Action.DELETE,
+                                frame.seq, moderator=info.moderator)
+            target = frame.seq
+        else:
+            draft = ChangeDraft(info.user, info.name, frame.id, wall_ms, Action.REACT,
+                                frame.seq, emoji=frame.emoji, on=frame.on)
+            target = frame.seq
+        if target is not None and not self._stored(target):
+            # Never delivered here, or pruned: the log would say the same.
+            return [Send(session, protocol.error(
+                ErrorCode.NOT_FOUND, refusal_text(Refusal.NOT_FOUND, draft, self.config),
+                client_id=frame.id))]
+        self.pending.append(draft)
         waiting = _Waiting(session, frame.id)
         self._waiting.append(waiting)
         if frame.id is not None:
             self._inflight_ids[(info.user, frame.id)] = waiting
         return []
 
-    def _moderation_rules(self, session: int, info: _Session, frame: DeleteMessage | BanUser,
+    def _stored(self, seq: int) -> bool:
+        """Whether ``seq`` may be a stored entry of the room (delivered, not pruned)."""
+        return self.oldest_seq <= seq <= self.delivered_seq
+
+    def _mark_read(self, session: int, user: str, seq: int) -> list[Effect]:
+        """``user`` read the room up to ``seq`` (capped at what was delivered here): a marker
+        that moves forward is stored (``reads``) and told to their other sessions here."""
+        member = self._members.get(user)
+        seq = min(seq, self.delivered_seq)
+        if member is None or seq <= member.read:
+            return []
+        member.read = seq
+        self.reads[user] = seq
+        payload = protocol.read(seq)
+        return [Send(other, payload) for other, info in self._sessions.items()
+                if info.user == user and other != session]
+
+    def remote_read(self, user: str, seq: int) -> list[Effect]:
+        """``user``'s read marker moved to ``seq`` on another process: their sessions here are
+        told (once: a marker never moves back)."""
+        member = self._members.get(user)
+        if member is None or seq <= member.read:
+            return []
+        member.read = seq
+        payload = protocol.read(seq)
+        return [Send(other, payload) for other, info in self._sessions.items()
+                if info.user == user]
+
+    def take_reads(self) -> dict[str, int]:
+        """The read markers moved since the last call, for the actor to store."""
+        taken, self.reads = self.reads, {}
+        return taken
+
+    def _moderation_rules(self, session: int, info: _Session, frame: BanUser,
                           wall_ms: int, refuse: str | None) -> list[Effect]:
-        """Accept a moderation frame into ``moderation``, or refuse it with an ``error``."""
+        """Accept a ban into ``moderation``, or refuse it with an ``error``."""
         def error(code: ErrorCode, message: str, retry_after: float | None = None) -> list[Effect]:
             return [Send(session, protocol.error(code, message, client_id=frame.id,
                                                  retry_after=retry_after))]
 
         if not info.moderator:
-            return error(ErrorCode.FORBIDDEN, "only a moderator of this room may delete messages "
-                         "or ban users")
+            return error(ErrorCode.FORBIDDEN, "only a moderator of this room may ban users")
         if refuse is not None:
             return error(ErrorCode.UNAVAILABLE, refuse, 1.0)
-        if isinstance(frame, DeleteMessage):
-            if not self.oldest_seq <= frame.seq <= self.delivered_seq:
-                return error(ErrorCode.NOT_FOUND, f"no message {frame.seq} is stored in this room")
-            self.moderation.append(Moderation(session, frame))
-            return []
         if frame.user == info.user:
             return error(ErrorCode.SELF_BAN, "you cannot ban yourself")
         now_s = wall_ms / 1000
@@ -500,16 +504,16 @@ class RoomState:
         return []
 
     def take_moderation(self) -> list[Moderation]:
-        """The accepted moderation requests, oldest first, for the actor to carry out; it then
-        calls ``moderated`` with each one's outcome."""
+        """The accepted bans, oldest first, for the actor to carry out; it then calls
+        ``moderated`` with each one's outcome."""
         taken, self.moderation = self.moderation, []
         return taken
 
     def moderated(self, request: Moderation, outcome: ModerationOutcome,
                   wall_ms: int) -> list[Effect]:
-        """What follows the engine's ``outcome`` of ``request``: a delete is announced to every
-        member, a ban closes the user's sessions here with 4004 (other processes hear of both
-        from the engine); the moderator gets ``moderated``, or an ``error`` saying why not."""
+        """What follows the engine's ``outcome`` of ``request``: a ban closes the user's
+        sessions here with 4004 (other processes hear of it from the engine); the moderator
+        gets ``moderated``, or an ``error`` saying why not."""
         frame, session = request.frame, request.session
 
         def error(code: ErrorCode, message: str, retry_after: float | None = None) -> list[Effect]:
@@ -522,42 +526,9 @@ class RoomState:
         if outcome is ModerationOutcome.UNSTORABLE:
             return error(ErrorCode.INVALID_MESSAGE, "this cannot be stored (a text that is not "
                          "valid Unicode); nothing was changed")
-        if isinstance(frame, DeleteMessage):
-            if outcome is ModerationOutcome.NOT_FOUND:
-                return error(ErrorCode.NOT_FOUND, f"no message {frame.seq} is stored in this room")
-            if outcome is ModerationOutcome.ALREADY_DELETED:
-                return error(ErrorCode.ALREADY_DELETED, f"message {frame.seq} is already deleted")
-            return [*self.deleted(frame.seq),
-                    Send(session, protocol.moderated_delete(frame.seq, frame.id))]
         return [*self.evict_user(frame.user, CloseCode.BANNED, "banned", wall_ms),
                 Send(session, protocol.moderated_ban(frame.user, request.until, frame.reason,
                                                      frame.id))]
-
-    def deleted(self, seq: int) -> list[Effect]:
-        """Message ``seq`` became a tombstone: every member is told, once."""
-        if self._tombstoned is not None:
-            if seq in self._tombstoned:
-                return []
-            self._tombstoned.add(seq)
-        return [Broadcast(protocol.deleted(seq))]
-
-    def tombstones_changed(self, count: int) -> bool:
-        """Whether the room's tombstone count (``RoomSync.tombstones``) differs from the one
-        last given to ``reconcile_tombstones``: then the actor reads the tombstones."""
-        return count != self._tombstone_count
-
-    def reconcile_tombstones(self, seqs: list[int]) -> list[Effect]:
-        """The room's tombstones as the engine holds them: tell members of the ones they were
-        not told of (an announcement pub/sub lost). The first call only takes note: members
-        joined since the room started, and their replay carried the tombstones then."""
-        first = self._tombstoned is None
-        known = self._tombstoned or set()
-        self._tombstoned = set(seqs)
-        self._tombstone_count = len(seqs)
-        if first:
-            return []
-        return [Broadcast(protocol.deleted(seq)) for seq in seqs
-                if seq not in known and seq <= self.delivered_seq]
 
     def _typing(self, session: int, user: str, name: str, now: float) -> list[Effect]:
         """Relay "``user`` is typing" to everyone else in the room, at most once per
@@ -569,12 +540,13 @@ class RoomState:
         self._typing_at[user] = now
         return [Broadcast(protocol.typing(user, name), exclude=session)]
 
-    def publish(self, ticket: int, draft: Draft) -> Appended | None:
-        """Accept a message from outside any session (the server API; ``ticket`` > 0 names the
-        caller): the same dedup by ``(user, id)`` and the same pending/commit path as a socket
-        message, so members get it in seq order. Returns the answer at once for a duplicate
-        already stored; otherwise ``None``, and ``(ticket, Appended)`` appears in ``published``
-        once the message is stored and delivered here."""
+    def publish(self, ticket: int, draft: AnyDraft) -> Appended | None:
+        """Accept a message or a change from outside any session (the server API; ``ticket``
+        > 0 names the caller): the same dedup by ``(user, id)`` and the same pending/commit
+        path as a socket frame, so members get it in seq order. Returns the answer at once for
+        a duplicate already stored; otherwise ``None``, and ``(ticket, Appended)`` appears in
+        ``published`` once the entry is stored and delivered here (or refused by the log, or
+        found a no-op)."""
         if draft.id is not None:
             key = (draft.user, draft.id)
             seq = self._dedup.get(key)
@@ -591,7 +563,7 @@ class RoomState:
             self._inflight_ids[(draft.user, draft.id)] = waiting
         return None
 
-    def take_pending(self) -> list[Draft]:
+    def take_pending(self) -> list[AnyDraft]:
         """Hand the accepted drafts to the actor for storing; then call ``committed`` with the
         engine's answer (or ``abandon`` if it never comes). One batch at a time."""
         if self._inflight:
@@ -600,26 +572,51 @@ class RoomState:
         self._inflight, self._waiting = self._waiting, []
         return batch
 
-    def committed(self, batch: list[Draft], results: list[Appended]) -> list[Effect]:
-        """``batch`` (from ``take_pending``) is durably stored with these seqs: deliver what is
-        now contiguous, ack the senders once their message has been delivered here."""
+    def committed(self, batch: list[AnyDraft], results: list[Appended]) -> list[Effect]:
+        """``batch`` (from ``take_pending``) is durably stored with these results: deliver what
+        is now contiguous, ack the senders once their entry has been delivered here; a draft
+        the log refused is answered with its ``error`` at once, a no-op reaction acked once
+        the change it found was delivered."""
         if len(results) != len(batch) or len(batch) != len(self._inflight):
             raise ValueError("results do not match the batch in flight")
-        fresh: list[StoredMessage] = []
+        fresh: list[Delivered] = []
+        refusals: list[Effect] = []
         for draft, result, waiting in zip(batch, results, self._inflight, strict=True):
             if draft.id is not None:
                 self._inflight_ids.pop((draft.user, draft.id), None)
-                self._remember(draft.user, draft.id, result.seq)
+                if result.refused is None and not result.noop:
+                    self._remember(draft.user, draft.id, result.seq)
+            if result.refused is not None:
+                refusals += self._refuse(draft, result.refused, waiting)
+                continue
             self._acks.append(_PendingAck(waiting.session, waiting.client_id, result.seq,
-                                          result.duplicate))
-            self._acks.extend(_PendingAck(s, waiting.client_id, result.seq, True)
+                                          result.duplicate, result.noop))
+            self._acks.extend(_PendingAck(s, waiting.client_id, result.seq, True, result.noop)
                               for s in waiting.retries)
-            if not result.duplicate:
-                fresh.append(draft.stored(self.room, result.seq))
+            if not (result.duplicate or result.noop):
+                fresh.append(result.entry if result.entry is not None
+                             else draft.stored(self.room, result.seq))
         self._inflight = []
-        return self.feed(fresh)
+        # The refusals first: a sender learns of them in the order it sent its frames, before
+        # the acks of what it sent after them in the same batch.
+        return refusals + self.feed(fresh)
 
-    def reject(self, batch: list[Draft], error: Unstorable) -> tuple[list[Draft], list[Effect]]:
+    def _refuse(self, draft: AnyDraft, refusal: Refusal, waiting: _Waiting) -> list[Effect]:
+        """The log refused ``draft``: its senders get the ``error`` (a server-API caller the
+        ``Appended`` saying so, through ``published``)."""
+        effects: list[Effect] = []
+        payload = protocol.error(ErrorCode(refusal.value),
+                                 refusal_text(refusal, draft, self.config),
+                                 client_id=waiting.client_id)
+        for session in (waiting.session, *waiting.retries):
+            if session < 0:
+                self.published.append((-session, Appended(0, refused=refusal)))
+            elif session in self._sessions:
+                effects.append(Send(session, payload))
+        return effects
+
+    def reject(self, batch: list[AnyDraft],
+               error: Unstorable) -> tuple[list[AnyDraft], list[Effect]]:
         """The engine refused the drafts of ``batch`` (the batch in flight) at
         ``error.indexes`` for good, storing nothing. Their senders are told (an
         ``invalid_message`` error with their id; a server-API caller gets ``error`` through
@@ -632,7 +629,7 @@ class RoomState:
         if not bad or not bad <= set(range(len(batch))) or len(batch) != len(self._inflight):
             raise ValueError("the refused drafts are not in the batch in flight")
         effects: list[Effect] = []
-        kept: list[Draft] = []
+        kept: list[AnyDraft] = []
         waiting_kept: list[_Waiting] = []
         for index, (draft, waiting) in enumerate(zip(batch, self._inflight, strict=True)):
             if index not in bad:
@@ -671,7 +668,6 @@ class RoomState:
                 del self._buffer[seq]
         self.resume_floor = max(self.resume_floor, self.delivered_seq)
         self._dedup.clear()
-        self._tombstoned = self._tombstone_count = None
         return effects + self._advance()
 
     def abandon(self) -> None:
@@ -694,7 +690,7 @@ class RoomState:
         for m in messages:
             if m.seq > self.delivered_seq and m.seq not in self._buffer:
                 self._buffer[m.seq] = m
-                if isinstance(m, StoredMessage) and m.id is not None:
+                if isinstance(m, StoredMessage | StoredChange) and m.id is not None:
                     # (Another process's ids are deduplicated by the engine itself.)
                     self._remember(m.user, m.id, m.seq)
 
@@ -779,9 +775,10 @@ class RoomState:
             if ready_acks:
                 self._acks = [a for a in self._acks if a.seq > delivered]
                 effects.extend(
-                    Send(a.session, protocol.ack(a.client_id, a.seq, duplicate=a.duplicate))
+                    Send(a.session, protocol.ack(a.client_id, a.seq, duplicate=a.duplicate,
+                                                 noop=a.noop))
                     for a in ready_acks if a.session in self._sessions)
-                self.published.extend((-a.session, Appended(a.seq, a.duplicate))
+                self.published.extend((-a.session, Appended(a.seq, a.duplicate, noop=a.noop))
                                       for a in ready_acks if a.session < 0)
         return effects
 
@@ -791,3 +788,29 @@ class RoomState:
         self._dedup[(user, client_id)] = seq
         while len(self._dedup) > self.config.dedup_window:
             self._dedup.popitem(last=False)
+
+
+def refusal_text(refusal: Refusal, draft: AnyDraft, config: RoomConfig) -> str:
+    """The sentence for people that goes with ``refusal`` of ``draft`` (an ``error``'s
+    ``message``)."""
+    if isinstance(draft, Draft):
+        seq, what = draft.reply_to or 0, "answered"
+    else:
+        seq, what = draft.target, {Action.EDIT: "edited", Action.DELETE: "deleted",
+                                   Action.REACT: "reacted to"}[draft.action]
+    if refusal is Refusal.NOT_FOUND:
+        return f"no message {seq} is stored in this room (never, or no longer): it cannot be " \
+               f"{what}"
+    if refusal is Refusal.ALREADY_DELETED:
+        if isinstance(draft, ChangeDraft) and draft.action is Action.DELETE:
+            return f"message {seq} is already deleted"
+        return f"message {seq} is deleted: it cannot be {what}"
+    if refusal is Refusal.FORBIDDEN:
+        if isinstance(draft, ChangeDraft) and draft.action is Action.DELETE:
+            return "only its author or a moderator of this room may delete a message"
+        return "only its author may edit a message"
+    if refusal is Refusal.EDIT_WINDOW_PASSED:
+        return f"message {seq} can no longer be edited: edits are allowed for " \
+               f"{config.edit_window:g} s after sending"
+    return f"message {seq} has {config.max_reactions} different reactions already: add to " \
+           "one of them"

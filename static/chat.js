@@ -23,6 +23,18 @@ const TYPING_EVERY_MS = 3000; // the server relays one `typing` per user per 3 s
 // A moderator's delete or ban not answered by then is reported as failed (the server answers in well under 1 s
 // unless its storage is stuck; the request may still be done: the page sees the delete or the leave if it is).
 const MODERATION_TIMEOUT_MS = 15000;
+// An edit, delete or reaction not answered by then is reported as failed, for the same reason.
+const REQUEST_TIMEOUT_MS = 15000;
+// The read marker goes to the server at most this often: it moves with every message scrolled into view, and
+// only its latest value matters.
+const READ_EVERY_MS = 2000;
+// While a history page is on its way, changes to messages not held yet are kept (at most this many) and folded
+// into the page when it comes: the page may have been read before they were made.
+const MAX_ORPHAN_CHANGES = 1000;
+// A fresh join's replay is messages only (docs/protocol.md), so when the room's last entry is a change it ends
+// below the welcome's seq, and a server that does not say where (`replay_upto`) leaves the page guessing: the
+// replay is taken as complete once its messages stop coming for this long (they are sent back to back).
+const HISTORY_QUIET_MS = 400;
 // The server's per-connection rate limit at its defaults (docs/protocol.md, `rate_limited`; rooms/config.py
 // `rate_burst`, `rate_per_sec`, `pong_cost`): a bucket of 10 frames refilled at 2 a second, where a pong or a
 // typing frame costs 0.1 and anything else 1. The welcome does not say what a server was configured with: a
@@ -201,11 +213,147 @@ export function codePointLength(text) {
   return Array.from(text).length;
 }
 
+/** `text` trimmed, as the server takes it: '' when empty; throws RangeError when longer than MAX_TEXT_CHARS. */
+function checkedText(text) {
+  const trimmed = String(text).trim();
+  if (codePointLength(trimmed) > MAX_TEXT_CHARS) {
+    throw new RangeError(`A message can have at most ${MAX_TEXT_CHARS} characters.`);
+  }
+  return trimmed;
+}
+
 /** A random client message id, unique enough for the server's (user, id) dedup. */
 export function newMessageId() {
   const bytes = new Uint8Array(9);
   crypto.getRandomValues(bytes); // works outside secure contexts, unlike crypto.randomUUID
   return 'c-' + Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+}
+
+// ---- messages in their current state (docs/design/rich-messages.md) ------------------------------
+
+/** The most distinct people a reply, mention or reaction list is trusted to name (the server's own caps). */
+const MAX_NAMED_USERS = 1000;
+
+const isSeq = (v) => Number.isSafeInteger(v) && v > 0;
+const userList = (v) => (Array.isArray(v) ? v.filter((u) => typeof u === 'string').slice(0, MAX_NAMED_USERS) : []);
+
+/**
+ * A server `message` object as the page keeps it: its current state (text, `edited`, `deleted`, `reactions`,
+ * `reply_to`, `mentions`), copied so folding a change never touches an object someone else holds. Fields of
+ * the wrong type are dropped rather than trusted.
+ */
+export function messageState(m) {
+  const state = {
+    seq: m.seq,
+    id: typeof m.id === 'string' ? m.id : null,
+    user: String(m.user ?? ''),
+    name: typeof m.name === 'string' && m.name ? m.name : String(m.user ?? ''),
+    text: typeof m.text === 'string' ? m.text : '',
+    ts: typeof m.ts === 'number' ? m.ts : Date.now(),
+  };
+  if (m.deleted === true) {
+    state.deleted = true;
+    state.text = '';
+    return state;
+  }
+  if (typeof m.edited === 'number') state.edited = m.edited;
+  const r = m.reply_to;
+  if (r && typeof r === 'object' && isSeq(r.seq)) {
+    state.reply_to = {
+      seq: r.seq,
+      user: String(r.user ?? ''),
+      name: typeof r.name === 'string' && r.name ? r.name : String(r.user ?? ''),
+      excerpt: typeof r.excerpt === 'string' ? r.excerpt : '',
+    };
+  }
+  const mentions = userList(m.mentions);
+  if (mentions.length) state.mentions = [...new Set(mentions)];
+  if (Array.isArray(m.reactions)) {
+    const reactions = m.reactions
+      .filter((x) => x && typeof x.emoji === 'string' && x.emoji)
+      .map((x) => ({ emoji: x.emoji, users: [...new Set(userList(x.users))] }))
+      .filter((x) => x.users.length);
+    if (reactions.length) state.reactions = reactions;
+  }
+  return state;
+}
+
+/** Whether `c` is a `change` object the page can fold (anything else is ignored, as unknown types are). */
+export function isChange(c) {
+  if (!c || c.type !== 'change' || !isSeq(c.seq) || !isSeq(c.target)) return false;
+  if (c.action === 'edit') return typeof c.text === 'string';
+  if (c.action === 'delete') return true;
+  if (c.action === 'react') return typeof c.emoji === 'string' && !!c.emoji && typeof c.user === 'string';
+  return false;
+}
+
+/**
+ * Fold one `change` entry into `message` (a messageState): returns the new state, or `message` itself when
+ * the change alters nothing. Idempotent, as the contract requires: an edit sets the text (and `edited`), a
+ * delete sets the tombstone, a reaction adds or removes one user from one emoji's set; so a message received
+ * in its current state may then meet a change already folded into it without harm. A tombstone takes no
+ * further edit or reaction.
+ */
+export function applyChange(message, change) {
+  if (message.deleted) return message;
+  if (change.action === 'delete') {
+    const { seq, id, user, name, ts } = message;
+    return { seq, id, user, name, ts, text: '', deleted: true };
+  }
+  if (change.action === 'edit') {
+    // An edit whose text left storage with the message's later delete (which follows it): nothing to set.
+    if (!change.text) return message;
+    const edited = typeof change.ts === 'number' ? change.ts : message.edited ?? Date.now();
+    if (message.text === change.text && message.edited === edited) return message;
+    return { ...message, text: change.text, edited };
+  }
+  // react
+  const reactions = message.reactions || [];
+  const at = reactions.findIndex((r) => r.emoji === change.emoji);
+  const has = at >= 0 && reactions[at].users.includes(change.user);
+  if (change.on === true ? has : !has) return message;
+  let next;
+  if (change.on === true) {
+    next = at >= 0
+      ? reactions.map((r, i) => (i === at ? { emoji: r.emoji, users: [...r.users, change.user] } : r))
+      : [...reactions, { emoji: change.emoji, users: [change.user] }];
+  } else {
+    next = reactions
+      .map((r, i) => (i === at ? { emoji: r.emoji, users: r.users.filter((u) => u !== change.user) } : r))
+      .filter((r) => r.users.length);
+  }
+  const out = { ...message, reactions: next };
+  if (!next.length) delete out.reactions;
+  return out;
+}
+
+/**
+ * What a refused change or message means, in the person's words (the server's own `message` is English for
+ * developers). `action` is 'edit', 'delete', 'react', 'reply' or 'message'.
+ */
+export function refusalText(code, action, said = '') {
+  switch (code) {
+    case 'forbidden':
+      if (action === 'edit') return 'You can only edit your own messages.';
+      if (action === 'delete') return 'You can only delete your own messages.';
+      return 'You are not allowed to do that in this room.';
+    case 'not_found':
+      return action === 'reply'
+        ? 'The message you replied to no longer exists.'
+        : 'That message no longer exists (deleted from the history, or never stored).';
+    case 'already_deleted':
+      return action === 'reply' ? 'The message you replied to was deleted.' : 'That message was already deleted.';
+    case 'edit_window_passed':
+      return 'This message is too old to edit now.';
+    case 'too_many_reactions':
+      return 'This message has as many different reactions as it can take: add yours to one already there.';
+    case 'offline':
+      return 'Not connected; try again once connected.';
+    case 'timeout':
+      return 'The server did not answer in time; check whether it was done and try again.';
+    default:
+      return said || 'The server refused it.';
+  }
 }
 
 /**
@@ -306,6 +454,23 @@ function retryAfterHeader(response) {
   return Number.isFinite(secs) && secs > 0 ? Math.min(BACKOFF_MAX_MS, secs * 1000) : null;
 }
 
+/** An outbox entry's reply (`reply`: the quoted message's {seq, user, name, excerpt}) and `mentions`, if valid. */
+function outboxExtras(e) {
+  const out = {};
+  const r = e.reply;
+  if (r && typeof r === 'object' && isSeq(r.seq)) {
+    out.reply = {
+      seq: r.seq,
+      user: String(r.user ?? ''),
+      name: String(r.name ?? ''),
+      excerpt: typeof r.excerpt === 'string' ? r.excerpt : '',
+    };
+  }
+  const mentions = userList(e.mentions);
+  if (mentions.length) out.mentions = mentions;
+  return out;
+}
+
 /**
  * The outbox: messages the person typed that the server has not acknowledged yet. Persisted in `storage`
  * (sessionStorage) so a reload does not lose them; each keeps its client id forever so resends are deduped.
@@ -321,7 +486,7 @@ class Outbox {
         for (const e of saved) {
           if (e && typeof e.id === 'string' && typeof e.text === 'string') {
             const createdAt = e.createdAt || Date.now();
-            this.entries.push({ id: e.id, text: e.text, createdAt, state: 'queued' });
+            this.entries.push({ ...outboxExtras(e), id: e.id, text: e.text, createdAt, state: 'queued' });
           }
         }
       }
@@ -333,7 +498,7 @@ class Outbox {
   save() {
     const keep = this.entries
       .filter((e) => e.state !== 'sent' && e.state !== 'failed')
-      .map(({ id, text, createdAt }) => ({ id, text, createdAt }));
+      .map((e) => ({ ...outboxExtras(e), id: e.id, text: e.text, createdAt: e.createdAt }));
     try {
       if (keep.length) this.storage?.setItem(this.key, JSON.stringify(keep));
       else this.storage?.removeItem(this.key);
@@ -363,9 +528,15 @@ class Outbox {
  *              `refused` is true when several connects in a row never opened.
  * - `welcome`  {welcome, resumed, reset}: a connection went live. `reset` means the server could not
  *              replay gaplessly: the page must drop what it shows and treat what follows as fresh history.
- * - `message`  {message, own, kind}: a new message, in seq order, never twice. `kind` is 'history'
- *              (initial history), 'missed' (replayed after a reconnect) or 'live'.
- * - `history-end` {}: every message up to the welcome's seq has been delivered.
+ *              `welcome.read` / `unread` / `mentions`: the user's read marker here and what is newer.
+ * - `message`  {message, own, kind}: a new message (a messageState), in seq order, never twice. `kind` is
+ *              'history' (initial history), 'missed' (replayed after a reconnect) or 'live'.
+ * - `change`   {change, message, replies, kind}: a `change` entry (edit, delete, react) was folded into the
+ *              message it targets; `message` is that message's new state, or null when the page does not hold
+ *              it (nothing to show then: a history page loaded later has it in its current state). `replies`
+ *              are the held replies to a deleted message, their quote emptied as the server empties it.
+ * - `history-end` {}: every entry up to the welcome's seq has been delivered.
+ * - `read`     {seq}: the user's read marker moved on another of their connections (another tab, a phone).
  * - `presence` {presence}: a member joined or left.
  * - `outbox`   {entries, waiting, nextAt}: the pending messages changed; entries have {id, text, createdAt,
  *              state, error?, retryAt?, code?} with state 'queued' | 'sending' | 'retrying' | 'sent' |
@@ -375,11 +546,14 @@ class Outbox {
  *              the server's rate (PACE_BURST, PACE_RATE_PER_SEC), so a burst of typing waits its turn here.
  * - `problem`  {error}: an `error` frame that did not belong to a pending message.
  * - `typing`   {user, name}: someone else in the room is typing (ephemeral: show it for ~5 s).
- * - `delete`   {seq}: a moderator deleted message `seq`: show it as deleted.
  *
- * `moderator` is true while the server says (in `welcome`) that this connection moderates the room; then
- * deleteMessage() and ban() send the moderation frames and resolve with the server's `moderated` answer (or
- * reject with an Error carrying the server's `code`).
+ * `messages` holds the current state of every message delivered or loaded (seq -> messageState): the page's
+ * copy of the server's, kept exact by folding each change (replays after `after=K` included).
+ *
+ * edit(), deleteMessage() and react() send their frame at the pace the server allows and resolve with its
+ * `ack` (or reject with an Error carrying the server's `code`); markRead() moves the read marker.
+ * `moderator` is true while the server says (in `welcome`) that this connection moderates the room: then
+ * deleteMessage() works on anyone's message and ban() sends the ban frame, resolving with `moderated`.
  */
 export class ChatClient extends EventTarget {
   /**
@@ -409,8 +583,19 @@ export class ChatClient extends EventTarget {
     this.moderating = new Map(); // frame id -> {resolve, reject, timer}: moderation awaiting its answer
     this.name = null;
     this.members = [];
-    this.lastSeq = 0; // the highest seq delivered to the page
+    this.lastSeq = 0; // the highest seq delivered to the page (a message's or a change's)
     this.welcomeSeq = 0;
+    this.replayUpto = 0; // the seq of the replay's last entry (see onWelcome)
+    this.historyDone = false; // every entry up to welcomeSeq was delivered (history-end was sent)
+    this.guessHistoryEnd = false; // a fresh replay from a server that does not send `replay_upto`
+    this.messages = new Map(); // seq -> messageState: every message the page holds, in its current state
+    this.fetchesInFlight = 0; // history pages on their way
+    this.orphans = []; // while any is: changes to messages not held yet, oldest first
+    this.requests = new Map(); // frame id -> an edit, delete or react waiting to go or for its answer
+    this.readSeq = 0; // the read marker: the highest seq the person has seen here
+    this.readSent = 0; // the marker the server holds, as far as we know
+    this.readSentAt = -Infinity; // monotonic ms of our last `read` frame
+    this.readKept = false; // the welcome says the server keeps read markers (it has `read`)
     this.resumable = false; // true once a welcome was seen: later connects send after=lastSeq
     this.epoch = null; // from welcome: the epoch our seqs belong to, sent back with after
     this.historyKind = 'history';
@@ -429,7 +614,7 @@ export class ChatClient extends EventTarget {
     this.nextSendAt = null; // ms since the epoch: when the next queued message goes (for the page)
     this.typingSentAt = 0;
     this.socketToken = null; // the token the current (or last) socket's ticket was asked with
-    this.timers = { reconnect: null, connect: null, flush: null, watchdog: null };
+    this.timers = { reconnect: null, connect: null, flush: null, watchdog: null, read: null, history: null };
     this.stopped = false;
   }
 
@@ -475,16 +660,20 @@ export class ChatClient extends EventTarget {
   }
 
   /**
-   * Queue `text` for sending; it is sent now if we are live, else when we are. Returns the outbox entry,
-   * or null when the text is empty after trimming. Throws RangeError when it is too long.
+   * Queue `text` for sending; it is sent now if we are live, else when we are. `reply`: the message it
+   * answers ({seq, user, name, excerpt}, shown while it waits); `mentions`: the user ids it mentions. Returns
+   * the outbox entry, or null when the text is empty after trimming. Throws RangeError when it is too long.
    */
-  send(text) {
-    const trimmed = String(text).trim();
+  send(text, { reply = null, mentions = [] } = {}) {
+    const trimmed = checkedText(text);
     if (!trimmed) return null;
-    if (codePointLength(trimmed) > MAX_TEXT_CHARS) {
-      throw new RangeError(`A message can have at most ${MAX_TEXT_CHARS} characters.`);
-    }
-    const entry = { id: newMessageId(), text: trimmed, createdAt: Date.now(), state: 'queued' };
+    const entry = {
+      ...outboxExtras({ reply, mentions: [...new Set(mentions)] }),
+      id: newMessageId(),
+      text: trimmed,
+      createdAt: Date.now(),
+      state: 'queued',
+    };
     this.outbox.entries.push(entry);
     this.outbox.save();
     this.flush();
@@ -493,12 +682,139 @@ export class ChatClient extends EventTarget {
   }
 
   /**
+   * Replace the text of our message `seq`. Resolves with the server's `ack`; rejects with an Error whose
+   * `code` is the server's (forbidden, not_found, already_deleted, edit_window_passed, ...) or 'offline' /
+   * 'timeout'. Throws RangeError (synchronously) when the text is empty or too long.
+   */
+  edit(seq, text) {
+    const trimmed = checkedText(text);
+    if (!trimmed) throw new RangeError('A message cannot be empty: delete it instead.');
+    return this.request({ type: 'edit', seq, text: trimmed });
+  }
+
+  /**
+   * Delete message `seq`: our own, or anyone's when we moderate the room. Resolves with the server's answer
+   * (`ack`, or `moderated` from a server that answers moderators so); rejects like edit().
+   */
+  deleteMessage(seq) {
+    return this.request({ type: 'delete', seq });
+  }
+
+  /** Add (`on`) or take back our reaction `emoji` to message `seq`. Resolves and rejects like edit(). */
+  react(seq, emoji, on) {
+    return this.request({ type: 'react', seq, emoji, on: on === true });
+  }
+
+  /**
+   * The person has seen everything up to `seq`: move the read marker (never back) and tell the server, at
+   * most every READ_EVERY_MS (the latest value wins; our other connections get it from the server).
+   */
+  markRead(seq) {
+    if (!isSeq(seq) || seq <= this.readSeq) return;
+    this.readSeq = seq;
+    this.sendRead();
+  }
+
+  /** Send the read marker now if it moved, we are live, and the last one went long enough ago. */
+  sendRead() {
+    this.clearTimer('read');
+    if (this.readSeq <= this.readSent || this.state !== State.LIVE || !this.readKept) return;
+    const now = monotonic();
+    // (A `read` costs what a pong costs; waiting until a message's token is there too keeps it from ever
+    // taking the one a message needs.)
+    const wait = Math.max(this.readSentAt + READ_EVERY_MS - now, this.pausedUntil - now,
+      this.bucket.wait(now, 1 + LIGHT_FRAME_COST));
+    if (wait > 0) {
+      this.timers.read = setTimeout(() => {
+        this.timers.read = null;
+        this.sendRead();
+      }, wait);
+      return;
+    }
+    if (this.sendFrame({ type: 'read', seq: this.readSeq })) {
+      this.bucket.take(now, LIGHT_FRAME_COST);
+      this.readSent = this.readSeq;
+      this.readSentAt = now;
+    }
+  }
+
+  /** Send the read marker now, whatever the pace: the page is being left or hidden. Only while live. */
+  flushRead() {
+    if (this.readSeq <= this.readSent || this.state !== State.LIVE || !this.readKept) return;
+    this.clearTimer('read');
+    if (this.sendCharged({ type: 'read', seq: this.readSeq }, LIGHT_FRAME_COST)) {
+      this.readSent = this.readSeq;
+      this.readSentAt = monotonic();
+    }
+  }
+
+  /**
+   * Send an edit, delete or react frame (with a new id) at the pace the server allows; resolve with its
+   * answer. A frame refused for the rate (or busy, unavailable) goes again with the same id after the
+   * server's wait, and so does one in flight when the connection drops: the server's dedup by (user, id)
+   * makes that safe. Gives up after REQUEST_TIMEOUT_MS.
+   */
+  request(frame) {
+    return new Promise((resolve, reject) => {
+      const fail = (code, message = '') => reject(Object.assign(new Error(refusalText(code, frame.type, message)),
+        { code }));
+      if (this.state !== State.LIVE) {
+        fail('offline');
+        return;
+      }
+      const id = newMessageId();
+      const timer = setTimeout(() => {
+        if (this.requests.delete(id)) fail('timeout');
+      }, REQUEST_TIMEOUT_MS);
+      this.requests.set(id, { frame: { ...frame, id }, state: 'queued', resolve, fail, timer });
+      this.flush();
+    });
+  }
+
+  /** Settle request `id` with the server's answer, or its `error` object. Returns whether it was ours. */
+  settleRequest(id, answer, error = null) {
+    const req = this.requests.get(id);
+    if (!req) return false;
+    if (error && (error.code === 'rate_limited' || error.code === 'busy' || error.code === 'unavailable')) {
+      // Not done: again, same id, once the server says we may.
+      req.state = 'queued';
+      this.pauseSending(Math.max(100, (Number(error.retry_after) || 1) * 1000));
+      return true;
+    }
+    this.requests.delete(id);
+    clearTimeout(req.timer);
+    if (error) req.fail(error.code || 'refused', typeof error.message === 'string' ? error.message : '');
+    else req.resolve(answer);
+    return true;
+  }
+
+  /**
    * Older stored messages: those with seq < `before`, the newest `limit` of them, oldest first
-   * (`GET /rooms/<room>/history`, with the token we hold). Resolves to {messages, oldest}: `oldest` is
-   * the lowest seq the server still stores (when we hold it, we have the room's beginning). Rejects
-   * with an Error whose `status` is the HTTP status (0 when the server could not be reached).
+   * (`GET /rooms/<room>/history`, with the token we hold), in their current state: changes made while the
+   * page was on its way are folded in, and each is added to `messages`. Resolves to {messages, oldest}:
+   * `oldest` is the lowest seq the server still stores (when we hold it, we have the room's beginning).
+   * Rejects with an Error whose `status` is the HTTP status (0 when the server could not be reached).
    */
   async fetchOlder(before, limit = 50) {
+    this.fetchesInFlight += 1;
+    try {
+      const got = await this.fetchPage(before, limit);
+      const messages = got.messages.map((m) => {
+        const held = this.messages.get(m.seq);
+        if (held) return held; // kept current by the stream since
+        let state = messageState(m);
+        for (const c of this.orphans) if (c.target === m.seq) state = applyChange(state, c);
+        this.messages.set(state.seq, state);
+        return state;
+      });
+      return { messages, oldest: got.oldest };
+    } finally {
+      this.fetchesInFlight -= 1;
+      if (this.fetchesInFlight === 0) this.orphans = [];
+    }
+  }
+
+  async fetchPage(before, limit) {
     const scheme = this.location.protocol === 'https:' ? 'https' : 'http';
     const params = new URLSearchParams({ before: String(before), limit: String(limit) });
     const url = `${scheme}://${this.location.host}/rooms/${encodeURIComponent(this.room)}/history?${params}`;
@@ -533,11 +849,6 @@ export class ChatClient extends EventTarget {
     // Only a hint: skipped rather than spend what a message needs (over the rate it would count as abuse).
     if (this.bucket.wait(monotonic(), 1 + LIGHT_FRAME_COST) > 0) return;
     if (this.sendCharged({ type: 'typing' }, LIGHT_FRAME_COST)) this.typingSentAt = now;
-  }
-
-  /** Moderator only: delete message `seq` for everyone. Resolves with the server's `moderated` answer. */
-  deleteMessage(seq) {
-    return this.moderate({ type: 'delete', seq });
   }
 
   /**
@@ -743,6 +1054,8 @@ export class ChatClient extends EventTarget {
     for (const id of [...this.moderating.keys()]) {
       this.settleModeration(id, null, { message: 'The connection dropped before the server answered.' });
     }
+    // An edit, delete or reaction in flight goes again (same id) on the next connection, until its timeout.
+    for (const req of this.requests.values()) req.state = 'queued';
     if (!this.opened) this.refusedInARow += 1;
     if (this.liveSince && Date.now() - this.liveSince >= STABLE_AFTER_MS) this.attempt = 0;
     this.liveSince = 0;
@@ -815,10 +1128,13 @@ export class ChatClient extends EventTarget {
         return this.sendCharged({ type: 'pong' }, LIGHT_FRAME_COST);
       case 'error':
         return this.onError(obj);
-      case 'moderated': // the answer to our delete or ban
-        return typeof obj.id === 'string' ? this.settleModeration(obj.id, obj) : undefined;
-      case 'delete': // a moderator deleted message `seq` (docs/protocol.md): show its tombstone
-        return Number.isInteger(obj.seq) ? this.dispatch('delete', { seq: obj.seq }) : undefined;
+      case 'change':
+        return this.onChange(obj);
+      case 'read': // our marker, moved on another of our connections
+        return this.onRead(obj);
+      case 'moderated': // the answer to our ban (or, from some servers, to a moderator's delete)
+        if (typeof obj.id !== 'string') return undefined;
+        return this.settleModeration(obj.id, obj) || this.settleRequest(obj.id, obj);
       case 'typing':
         if (typeof obj.user !== 'string' || obj.user === this.user) return undefined; // our other tab
         return this.dispatch('typing', {
@@ -840,7 +1156,16 @@ export class ChatClient extends EventTarget {
     if (reset || !resumed) {
       // A fresh history follows: forget seqs from before, they may not exist any more (data reset).
       this.lastSeq = 0;
+      this.messages.clear();
+      this.orphans = [];
     }
+    // A server that keeps read markers says so with `read` in its welcome; to one that does not (an older
+    // process during a rolling upgrade), a `read` frame would be an invalid frame, and five close the socket.
+    this.readKept = Number.isSafeInteger(w.read) && w.read >= 0;
+    const read = isSeq(w.read) ? w.read : 0;
+    // The server's marker; ours may be ahead of it (a frame lost with the last connection): send it again.
+    this.readSent = read;
+    this.readSeq = reset ? read : Math.max(this.readSeq, read);
     this.resumable = true;
     this.user = w.user;
     this.name = w.name;
@@ -848,33 +1173,113 @@ export class ChatClient extends EventTarget {
     this.members = Array.isArray(w.members) ? w.members.slice() : [];
     this.welcomeSeq = typeof w.seq === 'number' ? w.seq : 0;
     this.historyKind = resumed && !reset ? 'missed' : 'history';
+    this.historyDone = false;
+    // Where the replay ends (docs/design/rich-messages.md): a fresh join's is messages only, so its last
+    // entry may sit below the welcome's seq (a change after it); a server that does not say: at that seq.
+    const upto = w.replay_upto;
+    const told = Number.isSafeInteger(upto) && upto >= 0 && upto <= this.welcomeSeq;
+    this.replayUpto = told ? upto : this.welcomeSeq;
+    // Without `replay_upto`, a fresh replay's end is guessed (HISTORY_QUIET_MS after its last message).
+    this.guessHistoryEnd = !told && (reset || !resumed);
     this.liveSince = Date.now();
     this.clearTimer('connect');
     // Acked messages shown as "sent" were waiting for their echo; a fresh history re-delivers them.
     this.outbox.entries = this.outbox.entries.filter((e) => e.state !== 'sent');
     this.setState(State.LIVE);
     this.dispatch('welcome', { welcome: w, resumed, reset });
-    if (this.lastSeq >= this.welcomeSeq) this.dispatch('history-end', {});
+    if (this.lastSeq >= this.replayUpto) this.endHistory();
     this.flush();
+    this.sendRead();
     this.emitOutbox();
   }
 
+  endHistory() {
+    this.clearTimer('history');
+    if (this.historyDone) return;
+    this.historyDone = true;
+    this.dispatch('history-end', {});
+  }
+
+  /**
+   * Take entry `seq` (a message's or a change's) if it is new; returns its kind ('history', 'missed' or
+   * 'live'), or null for one already delivered. An entry past the welcome's seq ends the history even when
+   * the replay's last entry was not the welcome's seq itself.
+   */
+  takeEntry(seq) {
+    if (!isSeq(seq) || seq <= this.lastSeq) return null; // already shown: drop
+    this.lastSeq = seq;
+    if (seq > this.welcomeSeq) {
+      this.endHistory();
+      return 'live';
+    }
+    if (this.guessHistoryEnd && !this.historyDone) {
+      this.clearTimer('history');
+      this.timers.history = setTimeout(() => {
+        this.timers.history = null;
+        this.endHistory();
+      }, HISTORY_QUIET_MS);
+    }
+    return this.historyKind;
+  }
+
   onMessage(m) {
-    if (typeof m.seq !== 'number' || m.seq <= this.lastSeq) return; // already shown: drop
-    this.lastSeq = m.seq;
-    const own = this.user !== null && m.user === this.user;
+    const kind = this.takeEntry(m.seq);
+    if (kind === null) return;
+    const state = messageState(m);
+    this.messages.set(state.seq, state);
+    const own = this.user !== null && state.user === this.user;
     let outboxChanged = false;
-    if (own && m.id) outboxChanged = this.outbox.remove(m.id);
-    const kind = m.seq <= this.welcomeSeq ? this.historyKind : 'live';
-    this.dispatch('message', { message: m, own, kind });
-    if (kind !== 'live' && m.seq === this.welcomeSeq) this.dispatch('history-end', {});
+    if (own && state.id) outboxChanged = this.outbox.remove(state.id);
+    this.dispatch('message', { message: state, own, kind });
+    if (m.seq >= this.replayUpto) this.endHistory();
     if (outboxChanged) {
       this.outbox.save();
       this.emitOutbox();
     }
   }
 
+  onChange(c) {
+    if (!isChange(c)) {
+      // Still an entry of the log (an action this page does not know): its seq counts as delivered.
+      if (isSeq(c.seq) && this.takeEntry(c.seq) !== null && c.seq >= this.replayUpto) this.endHistory();
+      return;
+    }
+    const kind = this.takeEntry(c.seq);
+    if (kind === null) return;
+    const held = this.messages.get(c.target);
+    let message = null;
+    if (held) {
+      message = applyChange(held, c);
+      this.messages.set(c.target, message);
+    } else if (this.fetchesInFlight > 0) {
+      this.orphans.push(c);
+      if (this.orphans.length > MAX_ORPHAN_CHANGES) this.orphans.shift();
+    }
+    const replies = [];
+    if (c.action === 'delete') {
+      // The server empties the quote of every reply to a deleted message: so does our copy.
+      for (const [seq, m] of this.messages) {
+        if (m.reply_to?.seq === c.target && m.reply_to.excerpt) {
+          const quiet = { ...m, reply_to: { ...m.reply_to, excerpt: '' } };
+          this.messages.set(seq, quiet);
+          replies.push(quiet);
+        }
+      }
+    }
+    this.dispatch('change', { change: c, message, replies, kind });
+    if (c.seq >= this.replayUpto) this.endHistory();
+  }
+
+  onRead(r) {
+    if (!isSeq(r.seq)) return;
+    this.readSent = Math.max(this.readSent, r.seq); // the server has it already
+    if (r.seq <= this.readSeq) return;
+    this.readSeq = r.seq;
+    this.dispatch('read', { seq: r.seq });
+  }
+
   onAck(a) {
+    if (typeof a.id === 'string' && this.settleRequest(a.id, a)) return;
     const entry = a.id ? this.outbox.find(a.id) : null;
     if (!entry) return;
     if (typeof a.seq === 'number' && a.seq <= this.lastSeq) {
@@ -913,6 +1318,7 @@ export class ChatClient extends EventTarget {
     // from its empty bucket, one frame at a time.
     if (err.code === 'rate_limited') this.bucket.empty(monotonic());
     if (typeof err.id === 'string' && this.settleModeration(err.id, null, err)) return;
+    if (typeof err.id === 'string' && this.settleRequest(err.id, null, err)) return;
     const entry = err.id ? this.outbox.find(err.id) : null;
     if (!entry) {
       this.dispatch('problem', { error: err });
@@ -968,19 +1374,37 @@ export class ChatClient extends EventTarget {
     this.nextSendAt = null;
     if (this.state !== State.LIVE || !this.ws || this.ws.readyState !== 1) return;
     const now = monotonic();
+    const later = (wait) => {
+      this.timers.flush = setTimeout(() => {
+        this.timers.flush = null;
+        this.flush();
+        this.emitOutbox();
+      }, wait);
+    };
+    // Edits, deletes and reactions first: the person is watching for them, and they are few.
+    for (const req of this.requests.values()) {
+      if (req.state !== 'queued') continue;
+      const wait = Math.max(this.pausedUntil - now, this.bucket.wait(now));
+      if (wait > 0) {
+        later(wait);
+        return;
+      }
+      if (!this.sendFrame(req.frame)) return;
+      this.bucket.take(now);
+      req.state = 'sent';
+    }
     for (const e of this.outbox.entries) {
       if (e.state !== 'queued' && e.state !== 'retrying') continue;
       const wait = Math.max(this.pausedUntil - now, this.bucket.wait(now));
       if (wait > 0) {
         this.nextSendAt = Date.now() + wait;
-        this.timers.flush = setTimeout(() => {
-          this.timers.flush = null;
-          this.flush();
-          this.emitOutbox();
-        }, wait);
+        later(wait);
         return;
       }
-      if (!this.sendFrame({ type: 'message', text: e.text, id: e.id })) return;
+      const frame = { type: 'message', text: e.text, id: e.id };
+      if (e.reply) frame.reply_to = e.reply.seq;
+      if (e.mentions?.length) frame.mentions = e.mentions;
+      if (!this.sendFrame(frame)) return;
       this.bucket.take(now);
       e.state = 'sending';
       delete e.retryAt;

@@ -13,8 +13,12 @@ import {
   tokenExpiresAt,
   codePointLength,
   parseBanDetail,
+  refusalText,
   MAX_TEXT_CHARS,
 } from '/static/chat.js';
+import { renderText } from '/static/format.js';
+import { EmojiPicker, emojiName, quickEmoji, notePicked, loadEmoji } from '/static/picker.js';
+import { MentionAutocomplete } from '/static/mentions.js';
 
 const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages of one person within this are grouped
@@ -24,7 +28,11 @@ const OLDER_PAGE = 50;
 const OLDER_RETRY_MS = 5000; // after a failed load, scrolling up tries again no sooner than this
 const HUES = 12;
 const TYPING_SHOWN_MS = 5000; // "Alice is typing…" stays this long after her last typing signal
-const QUOTE_CHARS = 140; // how much of a message the moderation dialog quotes
+const QUOTE_CHARS = 140; // how much of a message the actions dialog and the reply bar quote
+const HIGHLIGHT_MS = 2500; // a message jumped to (a link, a reply's quote) stays highlighted this long
+const JUMP_PAGE = 200; // older pages are this long while looking for a message far back (the server's cap)
+const NOTIFY_CHARS = 200; // how much of a message a notification shows
+const NOTIFY_MODES = ['mentions', 'all', 'off'];
 const MOD_STEPS = ['mod-choose', 'mod-confirm-delete', 'mod-confirm-ban'];
 // A member's "left" waits this long before it is shown: one whose connection dropped (a server restart, a
 // worker replaced, a network blip) is usually back within it, and then neither line is news.
@@ -130,15 +138,31 @@ function handleNode(user) {
   return el('span', { cls: 'handle', text: `@${user}`, attrs: { dir: 'ltr' } });
 }
 
-// http(s) URLs, and bare `www.` addresses (not inside a word, an e-mail address or a path).
-const URL_RE = /(?:\bhttps?:\/\/|(?<![\w@./-])www\.)[^\s<>"'`]+/gi;
-
-/** A deleted message's text (its tombstone): "message deleted", in the text's place (nothing to moderate). */
-function markDeleted(text) {
-  text.replaceChildren('message deleted');
-  text.classList.add('deleted');
-  text.closest('li.msg')?.querySelector('.msg-menu')?.remove();
+/** The start of `text`, at most `chars` code points (with "…" when cut), on one line. */
+function excerpt(text, chars) {
+  const flat = String(text).replace(/\s+/g, ' ').trim();
+  const points = Array.from(flat);
+  return points.length > chars ? `${points.slice(0, chars).join('')}…` : flat;
 }
+
+/** A 24x24 icon from one SVG path, drawn without parsing markup. */
+function pathIcon(d, size = 18) {
+  const NS = 'http://www.w3.org/2000/svg';
+  const svg = document.createElementNS(NS, 'svg');
+  for (const [k, v] of [['viewBox', '0 0 24 24'], ['width', size], ['height', size], ['aria-hidden', 'true'],
+    ['focusable', 'false']]) svg.setAttribute(k, String(v));
+  const path = document.createElementNS(NS, 'path');
+  path.setAttribute('fill', 'currentColor');
+  path.setAttribute('d', d);
+  svg.append(path);
+  return svg;
+}
+
+const SMILE_PLUS = 'M11 3a8 8 0 1 0 8 8h-2a6 6 0 1 1-6-6Zm-3 6.5A1.5 1.5 0 1 0 8 12.5a1.5 1.5 0 0 0 0-3Zm6 0a1.5 1.5 0 1 0 0 3 '
+  + '1.5 1.5 0 0 0 0-3ZM7.5 14a3.8 3.8 0 0 0 7 0ZM18 2v3h-3v2h3v3h2V7h3V5h-3V2Z';
+const REPLY_ARROW = 'M10 9V5l-7 7 7 7v-4.1c5 0 8.5 1.6 11 5.1-1-5-4-10-11-11Z';
+const PENCIL = 'M3 17.25V21h3.75L17.81 9.94l-3.75-3.75Zm17.71-10.21a1 1 0 0 0 0-1.41l-2.34-2.34a1 1 0 0 0-1.41 0'
+  + 'l-1.83 1.83 3.75 3.75Z';
 
 /** Three dots, drawn without parsing markup. */
 function dotsIcon() {
@@ -152,32 +176,6 @@ function dotsIcon() {
     svg.append(dot);
   }
   return svg;
-}
-
-/** Append `text` to `parent` as text nodes, with http(s) URLs and `www.` addresses as links. Never parses HTML. */
-function appendRichText(parent, text) {
-  let last = 0;
-  for (const match of text.matchAll(URL_RE)) {
-    let url = match[0];
-    // A sentence often ends right after a link: keep the closing punctuation out of it.
-    const trail = /[.,;:!?)\]}]+$/.exec(url);
-    if (trail) url = url.slice(0, url.length - trail[0].length);
-    const bare = /^www\./i.test(url); // "www.example.org": the web address everyone means, over https
-    let href = null;
-    try {
-      const parsed = new URL(bare ? `https://${url}` : url);
-      const named = !bare || /^www\.[^.]+\.[^.]/i.test(parsed.hostname); // www.<name>.<tld>, not "www."
-      if ((parsed.protocol === 'http:' || parsed.protocol === 'https:') && named) href = parsed.href;
-    } catch {
-      href = null;
-    }
-    if (!href) continue;
-    parent.append(document.createTextNode(text.slice(last, match.index)));
-    const rel = 'noopener noreferrer nofollow';
-    parent.append(el('a', { text: url, attrs: { href, target: '_blank', rel } }));
-    last = match.index + url.length;
-  }
-  parent.append(document.createTextNode(text.slice(last)));
 }
 
 /** What a 403 `banned` said, in the person's words: until when (local time), and why. */
@@ -208,6 +206,26 @@ const tokenKey = (room) => `roomchat:token:${room}`;
 const refreshKey = (room) => `roomchat:refresh:${room}`;
 const REFRESH_LEAD_MAX_MS = 60_000; // renew this long before `exp` (a third of the lifetime if shorter)
 const REFRESH_RETRY_MS = 5_000;
+
+const notifyKey = (room) => `roomchat:notify:${room}`;
+
+/** This browser's notification choice for `room` (localStorage): 'mentions', 'all' or 'off' (the default). */
+function notifyModeFor(room) {
+  try {
+    const mode = localStorage.getItem(notifyKey(room));
+    return NOTIFY_MODES.includes(mode) ? mode : 'off';
+  } catch {
+    return 'off';
+  }
+}
+
+/** The message a link points at: `#msg=<seq>` among the fragment's key=value pairs (or null). */
+function messageFromFragment() {
+  const hash = location.hash.startsWith('#') ? location.hash.slice(1) : '';
+  const raw = new URLSearchParams(hash).get('msg');
+  const seq = raw !== null && /^[1-9]\d{0,15}$/.test(raw) ? Number(raw) : null;
+  return seq !== null && Number.isSafeInteger(seq) ? seq : null;
+}
 
 /** A refresh URL as given in the fragment, if it is a path on this page's own origin; else null. */
 function sameOriginPath(raw) {
@@ -328,7 +346,6 @@ class ChatView {
     this.members = new Map();
     this.lastEntry = null; // {user, ts} of the last message line, for grouping
     this.lastDay = null;
-    this.unread = 0;
     this.newBelow = 0;
     this.countdown = null;
     this.noteTimer = null;
@@ -343,7 +360,7 @@ class ChatView {
     this.pendingTick = null;
     this.oldestSeq = null; // the lowest seq in the log
     this.atBeginning = false; // the log starts at the room's first stored message
-    this.loadingOlder = false;
+    this.olderLoad = null; // the older page being loaded (a promise), if any
     this.olderRetryAt = 0;
     this.historyReady = false; // the join's history is in: older pages may be loaded
     this.logGeneration = 0; // bumped when the log is cleared, so a late page is dropped
@@ -355,8 +372,25 @@ class ChatView {
     this.refreshUrl = null; // the embedding app's renewal path (or window.roomchatRefresh), if any
     this.refreshTimer = null;
     this.moderator = false; // the welcome said this connection moderates the room: messages get a menu
-    this.modTarget = null; // {seq, user, name} of the message the moderation dialog is open for
+    this.modTarget = null; // {seq, user, name, own} of the message the actions dialog is open for
     this.modOpener = null; // the menu button that opened it (focus returns there)
+    this.knownNames = new Map(); // user -> the name last seen for them (members, authors, quotes)
+    this.recentAuthors = new Map(); // user -> name, the most recent author last
+    this.editing = null; // {seq, form, input, error, item}: the message being edited in place
+    this.replyTo = null; // {seq, user, name, excerpt}: the message the next one answers
+    this.reacting = new Set(); // "seq emoji" of reactions sent and not answered yet
+    this.pendingJump = null; // a message to show once the history is in (#msg=<seq>)
+    this.highlightTimer = null;
+    // Unread: the read marker as the welcome gave it, and where the "New since you left" line goes.
+    this.joinRead = 0; // the marker when this page joined (0: never read here)
+    this.joinSeq = 0; // the welcome's seq then
+    this.joinUnread = 0; // the server's count of unread messages then
+    this.unreadCapped = false;
+    this.unreadLine = null; // the line's <li>, once placed
+    this.unreadSeen = false; // the line was on screen (the jump button is no longer needed)
+    this.readCheck = 0; // a requestAnimationFrame pending for checkRead
+
+    this.picker = new EmojiPicker();
 
     this.log = $('log');
     this.pending = $('pending');
@@ -368,8 +402,10 @@ class ChatView {
     $('room-name').textContent = room;
     this.input.placeholder = `Message #${room}`;
     this.log.setAttribute('aria-label', `Messages in #${room}`);
+    this.mentions = new MentionAutocomplete(this.input, $('mention-list'), () => this.mentionCandidates());
     this.bindControls();
     this.bindModeration();
+    this.bindNotifications();
   }
 
   // ---- wiring
@@ -384,11 +420,38 @@ class ChatView {
       this.submit();
     });
     this.input.addEventListener('keydown', (ev) => {
+      if (this.mentions.key(ev)) {
+        ev.preventDefault();
+        return;
+      }
       if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
         ev.preventDefault();
         this.submit();
+      } else if (ev.key === 'ArrowUp' && !this.input.value && !ev.shiftKey && !ev.altKey && !ev.ctrlKey
+          && !ev.metaKey) {
+        // As in Slack and Discord: Up in an empty box edits your last message.
+        const last = [...this.log.querySelectorAll('li.msg.own:not(.deleted)')].pop();
+        if (last) {
+          ev.preventDefault();
+          this.startEdit(last);
+        }
+      } else if (ev.key === 'Escape' && this.replyTo) {
+        ev.preventDefault();
+        this.setReply(null);
       }
     });
+    $('reply-cancel').addEventListener('click', () => {
+      this.setReply(null);
+      this.input.focus();
+    });
+    $('unread-jump').addEventListener('click', () => this.jumpToFirstUnread());
+    window.addEventListener('hashchange', () => {
+      const seq = messageFromFragment();
+      if (seq !== null) this.jumpTo(seq);
+    });
+    window.addEventListener('focus', () => this.scheduleReadCheck());
+    // Leaving: the marker goes now, not at the next READ_EVERY_MS (the next visit's unread line starts there).
+    window.addEventListener('pagehide', () => this.client?.flushRead());
     this.input.addEventListener('input', () => {
       if (this.input.value.trim()) this.client?.typing();
       const n = codePointLength(this.input.value);
@@ -399,6 +462,7 @@ class ChatView {
     this.scroller.addEventListener('scroll', () => {
       if (this.isNearBottom()) this.clearNewBelow();
       if (this.scroller.scrollTop < LOAD_OLDER_PX) this.loadOlder();
+      this.scheduleReadCheck();
     }, { passive: true });
     $('jump').addEventListener('click', () => {
       this.scrollToBottom(true);
@@ -407,9 +471,10 @@ class ChatView {
     $('reconnect-now').addEventListener('click', () => this.client?.reconnectNow());
     document.addEventListener('visibilitychange', () => {
       if (!document.hidden) {
-        this.unread = 0;
-        this.updateTitle();
+        this.scheduleReadCheck();
         if (this.client?.state === State.WAITING) this.client.reconnectNow();
+      } else {
+        this.client?.flushRead();
       }
     });
     window.addEventListener('online', () => this.client?.reconnectNow());
@@ -421,8 +486,8 @@ class ChatView {
     applyDefault();
     toggle.addEventListener('click', () => this.showMembers($('members').hidden));
     document.addEventListener('keydown', (ev) => {
-      // (An open moderation dialog takes its own Escape.)
-      if (ev.key === 'Escape' && !wide.matches && !$('members').hidden && !$('mod-dialog').open) {
+      // (An open dialog takes its own Escape.)
+      if (ev.key === 'Escape' && !wide.matches && !$('members').hidden && !document.querySelector('dialog[open]')) {
         this.showMembers(false);
         toggle.focus();
       }
@@ -483,7 +548,8 @@ class ChatView {
     client.addEventListener('outbox', (ev) => this.renderPending(ev.detail));
     client.addEventListener('problem', (ev) => this.onProblem(ev.detail.error));
     client.addEventListener('typing', (ev) => this.onTyping(ev.detail));
-    client.addEventListener('delete', (ev) => this.onDelete(ev.detail.seq));
+    client.addEventListener('change', (ev) => this.onChange(ev.detail));
+    client.addEventListener('read', () => this.onReadMoved());
     client.start();
   }
 
@@ -788,15 +854,28 @@ class ChatView {
 
   // ---- conversation
 
-  onWelcome({ welcome, reset }) {
+  onWelcome({ welcome, resumed, reset }) {
     this.me = { user: welcome.user, name: welcome.name };
+    this.knownNames.set(welcome.user, welcome.name);
     if (reset) this.clearLog();
+    if (!resumed || reset) {
+      // A fresh history: the "New since you left" line goes where the read marker was.
+      const count = (v) => (Number.isSafeInteger(v) && v > 0 ? v : 0);
+      this.joinRead = count(welcome.read);
+      this.joinSeq = count(welcome.seq);
+      this.joinUnread = count(welcome.unread);
+      this.unreadCapped = welcome.unread_capped === true;
+      this.unreadLine?.remove();
+      this.unreadLine = null;
+      this.unreadSeen = false;
+    }
     this.setModerator(welcome.moderator === true);
     const before = this.members;
     this.members = new Map();
     for (const m of welcome.members || []) {
       this.noteName(m.user, m.name);
       this.members.set(m.user, m.name);
+      this.knownNames.set(m.user, m.name);
     }
     // After our own reconnect: those not back yet are most likely on their way back from the same drop.
     const quietUntil = Date.now() + REJOIN_QUIET_MS;
@@ -818,7 +897,16 @@ class ChatView {
     $('log-region').setAttribute('aria-busy', 'false');
     this.historyReady = true;
     this.updateEmpty();
-    this.loadOlderIfShort();
+    this.placeUnreadLine();
+    this.updateTitle();
+    if (this.pendingJump !== null) {
+      const seq = this.pendingJump;
+      this.pendingJump = null;
+      this.jumpTo(seq);
+    } else {
+      this.loadOlderIfShort();
+    }
+    this.scheduleReadCheck();
   }
 
   setSubtitle(name) {
@@ -830,6 +918,7 @@ class ChatView {
   }
 
   clearLog() {
+    if (this.editing) this.endEdit(false);
     this.log.replaceChildren();
     this.lastEntry = null;
     this.lastDay = null;
@@ -837,64 +926,369 @@ class ChatView {
     this.atBeginning = false;
     this.historyReady = false;
     this.logGeneration += 1;
+    this.unreadLine = null;
     this.clearNewBelow();
     this.namesSeen.clear(); // "in view" starts over (the members are noted again from the welcome)
     this.sharedNames.clear();
   }
 
-  /** A moderator deleted message `seq`: its text gives way to "message deleted". */
-  onDelete(seq) {
-    const item = this.log.querySelector(`li[data-seq="${Number(seq)}"] .text`);
-    if (item) markDeleted(item);
+  itemFor(seq) {
+    return this.log.querySelector(`li.msg[data-seq="${Number(seq)}"]`);
   }
 
   /** One message line; `continued` when it follows the same person's within GROUP_WINDOW_MS. */
   messageItem(m, own, continued, ts) {
-    const name = typeof m.name === 'string' && m.name ? m.name : String(m.user);
+    const name = m.name;
     if (!own) this.noteName(m.user, name);
-    // dir=auto: Arabic or Hebrew text lays out right to left, whatever the page's direction.
-    const text = el('p', { cls: 'text', attrs: { dir: 'auto' } });
-    const deleted = m.deleted === true;
-    if (deleted) markDeleted(text);
-    else appendRichText(text, String(m.text ?? ''));
+    this.knownNames.set(m.user, name);
+    if (m.reply_to && !this.knownNames.has(m.reply_to.user)) this.knownNames.set(m.reply_to.user, m.reply_to.name);
+    const bubble = el('div', { cls: 'bubble' }, meta(own ? 'You' : this.nameNode('author', m.user, name), ts));
     const item = el(
       'li',
       {
         cls: `msg ${own ? 'own' : 'other'}${continued ? ' continued' : ''}`,
-        attrs: { 'data-seq': m.seq, 'data-user': m.user, 'data-name': name, 'data-ts': ts },
+        // tabindex -1: a message jumped to (a link, a quote) takes the focus, so it is read out.
+        attrs: { 'data-seq': m.seq, 'data-user': m.user, 'data-name': name, 'data-ts': ts, tabindex: '-1' },
       },
       own ? null : avatar(m.user, name),
-      el(
-        'div',
-        { cls: 'bubble' },
-        meta(own ? 'You' : this.nameNode('author', m.user, name), ts),
-        text,
-      ),
+      el('div', { cls: 'msg-body' }, bubble),
     );
-    if (this.moderator && !deleted) item.append(this.modButton(item));
+    this.fillMessage(item, m);
     return item;
   }
 
-  // ---- moderation (docs/protocol.md, "Moderators"): a menu on each message, for moderators only
+  /**
+   * Draw what a change can alter in message `item` from its current state `m`: the quote it answers, its text
+   * and "(edited)", its reactions, its actions; the "mentions you" mark. A tombstone keeps only "message
+   * deleted". The text of a message being edited here stays the editor until the edit ends.
+   */
+  fillMessage(item, m) {
+    // A redraw (anyone's reaction, an edit) must not take the keyboard focus away: note what had it.
+    const active = document.activeElement;
+    let refocus = null;
+    if (active && active !== item && item.contains(active)) {
+      if (active.classList.contains('msg-menu')) refocus = '.msg-menu';
+      else if (active.classList.contains('reply-quote')) refocus = '.reply-quote';
+      else if (active.classList.contains('chip')) refocus = active.dataset.emoji || '';
+    }
+    this.drawMessage(item, m);
+    if (refocus !== null) {
+      let target;
+      if (refocus.startsWith('.')) target = item.querySelector(refocus);
+      else {
+        target = [...item.querySelectorAll('.chip[data-emoji]')].find((c) => c.dataset.emoji === refocus)
+          || item.querySelector('.chip-add') || item.querySelector('.msg-menu');
+      }
+      (target || item).focus({ preventScroll: true });
+    }
+  }
 
-  /** The welcome says whether we moderate this room: add or take away every message's menu. */
+  drawMessage(item, m) {
+    const body = item.querySelector('.msg-body');
+    const bubble = body.querySelector('.bubble');
+    if (m.deleted && this.editing?.item === item) {
+      this.endEdit(true);
+      this.note('The message you were editing was deleted.');
+    }
+    const editingThis = this.editing?.item === item;
+    for (const old of bubble.querySelectorAll(':scope > .reply-quote, :scope > .content, :scope > .edit-form')) {
+      if (!(editingThis && old.classList.contains('edit-form'))) old.remove();
+    }
+    body.querySelector(':scope > .reactions')?.remove();
+    item.querySelector(':scope > .msg-tools')?.remove();
+    item.classList.toggle('deleted', m.deleted === true);
+    const me = this.me?.user;
+    item.classList.toggle('mentions-me', !m.deleted && !!me && (m.mentions || []).includes(me));
+    if (m.deleted) {
+      bubble.append(el('div', { cls: 'content' }, el('div', { cls: 'text deleted', text: 'message deleted' })));
+      return;
+    }
+    if (m.reply_to) bubble.querySelector('.meta').after(this.replyQuote(m.reply_to));
+    if (!editingThis) bubble.append(this.contentNode(m));
+    if (m.reactions?.length) body.append(this.reactionsNode(m));
+    item.append(this.toolsNode(item));
+  }
+
+  /** The text, formatted, then "(edited)" with the time of the edit on hover, focus and for screen readers. */
+  contentNode(m) {
+    // dir=auto: Arabic or Hebrew text lays out right to left, whatever the page's direction.
+    const text = el('div', { cls: 'text', attrs: { dir: 'auto' } });
+    renderText(text, m.text, { mentions: this.mentionPatterns(m) });
+    const content = el('div', { cls: 'content', attrs: { dir: 'auto' } }, text);
+    if (typeof m.edited === 'number') {
+      const d = new Date(m.edited);
+      content.append(' ', el(
+        'span',
+        { cls: 'edited', attrs: { title: `Edited ${fullFmt.format(d)}` } },
+        el('span', { text: '(edited)', attrs: { 'aria-hidden': 'true' } }),
+        el('span', { cls: 'edited-when', text: ` ${timeFmt.format(d)}`, attrs: { 'aria-hidden': 'true' } }),
+        el('span', { cls: 'visually-hidden', text: `(edited at ${timeFmt.format(d)})` }),
+      ));
+    }
+    return content;
+  }
+
+  /** What "@name" the text of `m` mentions, for highlighting: the names known for its `mentions`, and their ids. */
+  mentionPatterns(m) {
+    const out = [];
+    for (const user of m.mentions || []) {
+      const me = this.me !== null && user === this.me.user;
+      const name = this.knownNames.get(user);
+      if (name) out.push({ pattern: `@${name}`, me });
+      out.push({ pattern: `@${user}`, me });
+    }
+    return out;
+  }
+
+  /** The quote of the message a reply answers: who and what; a click shows the original. */
+  replyQuote(r) {
+    const name = r.name || r.user;
+    const said = r.excerpt || 'message deleted';
+    const quote = el(
+      'button',
+      {
+        cls: 'reply-quote',
+        // (Named as a whole: its two lines are blocks, which would put a space before the colon.)
+        attrs: { type: 'button', title: 'Show the message this answers', 'aria-label': `In reply to ${name}: ${said}` },
+      },
+      el('span', { cls: 'reply-name', text: name, attrs: { dir: 'auto' } }),
+      el('span', { cls: `reply-excerpt${r.excerpt ? '' : ' gone'}`, text: said, attrs: { dir: 'auto' } }),
+    );
+    quote.addEventListener('click', () => this.jumpTo(r.seq));
+    return quote;
+  }
+
+  /** Who reacted, in words: "Bob, Carol and you". */
+  reactorsText(users) {
+    const me = this.me?.user;
+    const named = users.filter((u) => u !== me).map((u) => this.displayName(u, this.knownNames.get(u) || u));
+    if (me && users.includes(me)) named.push('you');
+    if (named.length <= 1) return named.join('');
+    return `${named.slice(0, -1).join(', ')} and ${named[named.length - 1]}`;
+  }
+
+  /** The chips under a message: one per emoji, with its count; pressed when we reacted; click toggles. */
+  reactionsNode(m) {
+    const row = el('div', { cls: 'reactions', attrs: { role: 'group', 'aria-label': 'Reactions' } });
+    for (const r of m.reactions) {
+      const mine = this.me !== null && r.users.includes(this.me.user);
+      const who = `${this.reactorsText(r.users)} reacted with ${emojiName(r.emoji)}`;
+      const chip = el(
+        'button',
+        {
+          cls: `chip${mine ? ' mine' : ''}`,
+          attrs: {
+            type: 'button',
+            'aria-pressed': String(mine),
+            'aria-label': `${r.emoji} ${r.users.length}: ${who}`,
+            'data-emoji': r.emoji,
+          },
+        },
+        el('span', { cls: 'chip-emoji', text: r.emoji, attrs: { 'aria-hidden': 'true' } }),
+        el('span', { cls: 'chip-count', text: String(r.users.length), attrs: { 'aria-hidden': 'true' } }),
+        el('span', { cls: 'chip-who', text: who, attrs: { 'aria-hidden': 'true' } }),
+      );
+      chip.addEventListener('click', () => this.toggleReaction(m.seq, r.emoji));
+      row.append(chip);
+    }
+    const add = el('button', { cls: 'chip chip-add', attrs: { type: 'button', 'aria-label': 'Add reaction',
+      title: 'Add reaction' } }, pathIcon(SMILE_PLUS, 16));
+    add.addEventListener('click', () => this.openPicker(m.seq, add));
+    row.append(add);
+    return row;
+  }
+
+  /**
+   * Beside the bubble: react, reply (and edit one's own) for the mouse (the menu has them all for the
+   * keyboard), and the menu.
+   */
+  toolsNode(item) {
+    const seq = Number(item.dataset.seq);
+    const menu = el('button', { cls: 'msg-menu', attrs: { type: 'button', 'aria-haspopup': 'dialog' } }, dotsIcon());
+    this.labelModButton(item, menu);
+    menu.addEventListener('click', () => this.openModeration(item, menu));
+    const react = el('button', { cls: 'msg-tool', attrs: { type: 'button', tabindex: '-1', 'aria-label': 'Add reaction',
+      title: 'Add reaction' } }, pathIcon(SMILE_PLUS));
+    react.addEventListener('click', () => this.openPicker(seq, menu));
+    const reply = el('button', { cls: 'msg-tool', attrs: { type: 'button', tabindex: '-1', 'aria-label': 'Reply',
+      title: 'Reply' } }, pathIcon(REPLY_ARROW));
+    reply.addEventListener('click', () => this.startReply(seq));
+    let edit = null;
+    if (this.me !== null && item.dataset.user === this.me.user) {
+      edit = el('button', { cls: 'msg-tool', attrs: { type: 'button', tabindex: '-1', 'aria-label': 'Edit',
+        title: 'Edit' } }, pathIcon(PENCIL));
+      edit.addEventListener('click', () => this.startEdit(item));
+    }
+    return el('div', { cls: 'msg-tools' }, react, reply, edit, menu);
+  }
+
+  // ---- reactions
+
+  toggleReaction(seq, emoji) {
+    const m = this.client?.messages.get(seq);
+    if (!m || m.deleted || !this.me) return;
+    const on = !(m.reactions || []).some((r) => r.emoji === emoji && r.users.includes(this.me.user));
+    this.react(seq, emoji, on);
+  }
+
+  /** Send one reaction (or its removal); a second click while the first is unanswered does nothing. */
+  react(seq, emoji, on) {
+    const key = `${seq} ${emoji}`;
+    if (!this.client || this.reacting.has(key)) return;
+    this.reacting.add(key);
+    if (on) notePicked(emoji);
+    this.client.react(seq, emoji, on)
+      .catch((err) => this.note(err.message))
+      .finally(() => this.reacting.delete(key));
+  }
+
+  /**
+   * The picker, for message `seq`; focus goes back to `opener` (a chip's "Add reaction", or the menu
+   * button) when it closes, or to its successor if the message was redrawn meanwhile.
+   */
+  openPicker(seq, opener) {
+    const m = this.client?.messages.get(seq);
+    if (!m || m.deleted) return;
+    const whose = this.me !== null && m.user === this.me.user ? 'your message' : this.displayName(m.user, m.name);
+    const addChip = opener.classList.contains('chip-add');
+    this.picker.open({
+      title: `React to ${whose === 'your message' ? whose : `${whose}’s message`}`,
+      opener: () => {
+        if (opener.isConnected) return opener;
+        const item = this.itemFor(seq);
+        return (addChip && item?.querySelector('.chip-add')) || item?.querySelector('.msg-menu') || this.input;
+      },
+      onPick: (emoji) => {
+        const held = this.client?.messages.get(seq);
+        const mine = held?.reactions?.some((r) => r.emoji === emoji && r.users.includes(this.me?.user));
+        if (!mine) this.react(seq, emoji, true);
+      },
+    });
+  }
+
+  // ---- replies
+
+  startReply(seq) {
+    const m = this.client?.messages.get(seq);
+    if (!m || m.deleted) return;
+    this.setReply({ seq, user: m.user, name: m.name, excerpt: excerpt(m.text, QUOTE_CHARS) });
+    this.input.focus();
+  }
+
+  /** The message the next one answers (null: none), shown above the message box. */
+  setReply(reply) {
+    this.replyTo = reply;
+    const bar = $('reply-bar');
+    bar.hidden = !reply;
+    if (!reply) {
+      $('reply-bar-text').replaceChildren();
+      return;
+    }
+    $('reply-bar-text').replaceChildren(
+      'Replying to ',
+      el('strong', { text: this.displayName(reply.user, reply.name), attrs: { dir: 'auto' } }),
+      ': ',
+      el('span', { cls: 'reply-bar-excerpt', text: reply.excerpt, attrs: { dir: 'auto' } }),
+    );
+  }
+
+  // ---- editing one's own message, in place
+
+  /** Turn our message `item`'s text into an editor: Enter saves, Shift+Enter adds a line, Escape cancels. */
+  startEdit(item) {
+    const seq = Number(item.dataset.seq);
+    const m = this.client?.messages.get(seq);
+    if (!m || m.deleted || !this.me || m.user !== this.me.user) return;
+    if (this.editing) this.endEdit(false);
+    const content = item.querySelector('.bubble > .content');
+    if (!content) return;
+    const id = `edit-${seq}`;
+    const input = el('textarea', { cls: 'edit-input', attrs: { id, rows: '2', maxlength: MAX_TEXT_CHARS,
+      'aria-describedby': `${id}-hint` } });
+    input.value = m.text;
+    const error = el('p', { cls: 'form-error', attrs: { role: 'alert' } });
+    const save = el('button', { cls: 'btn btn-small btn-primary', text: 'Save', attrs: { type: 'submit' } });
+    const cancel = el('button', { cls: 'btn btn-small', text: 'Cancel', attrs: { type: 'button' } });
+    const form = el(
+      'form',
+      { cls: 'edit-form' },
+      el('label', { cls: 'visually-hidden', text: 'Edit message', attrs: { for: id } }),
+      input,
+      el('div', { cls: 'edit-row' },
+        el('p', { cls: 'edit-hint', text: 'Enter saves · Escape cancels', attrs: { id: `${id}-hint` } }),
+        cancel, save),
+      error,
+    );
+    content.replaceWith(form);
+    this.editing = { seq, item, form, input, error, save };
+    item.classList.add('editing');
+    form.addEventListener('submit', (ev) => {
+      ev.preventDefault();
+      this.saveEdit();
+    });
+    cancel.addEventListener('click', () => this.endEdit(true));
+    input.addEventListener('keydown', (ev) => {
+      if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+        ev.preventDefault();
+        this.saveEdit();
+      } else if (ev.key === 'Escape') {
+        ev.preventDefault();
+        ev.stopPropagation();
+        this.endEdit(true);
+      }
+    });
+    input.focus();
+    input.setSelectionRange(input.value.length, input.value.length);
+    form.scrollIntoView({ block: 'nearest' }); // its buttons too, not only the text
+  }
+
+  async saveEdit() {
+    const e = this.editing;
+    if (!e || e.save.disabled) return;
+    const m = this.client?.messages.get(e.seq);
+    if (m && e.input.value.trim() === m.text) {
+      this.endEdit(true); // nothing changed: nothing to send
+      return;
+    }
+    let pending;
+    try {
+      pending = this.client.edit(e.seq, e.input.value);
+    } catch (err) {
+      e.error.textContent = err.message;
+      return;
+    }
+    e.save.disabled = true;
+    e.error.textContent = '';
+    try {
+      await pending;
+      if (this.editing === e) this.endEdit(true);
+    } catch (err) {
+      if (this.editing === e) {
+        e.error.textContent = err.message;
+        e.save.disabled = false;
+      }
+    }
+  }
+
+  /** Close the editor; the message shows its current text again. */
+  endEdit(focusComposer) {
+    const e = this.editing;
+    if (!e) return;
+    this.editing = null;
+    e.item.classList.remove('editing');
+    const m = this.client?.messages.get(e.seq);
+    if (m && e.item.isConnected) this.fillMessage(e.item, m);
+    else e.form.remove();
+    if (focusComposer) this.input.focus();
+  }
+
+  // ---- the message's menu: react, reply, edit, copy its link, delete; for moderators, ban (docs/protocol.md)
+
+  /** The welcome says whether we moderate this room (deleting anyone's message, banning). */
   setModerator(on) {
     if (on === this.moderator) return;
     this.moderator = on;
     if (!on) this.closeModeration();
-    for (const item of this.log.querySelectorAll('li.msg')) {
-      item.querySelector('.msg-menu')?.remove();
-      if (on && !item.querySelector('.text.deleted')) item.append(this.modButton(item));
-    }
-  }
-
-  /** A message's menu button: a real button, named for the message it acts on. */
-  modButton(item) {
-    const button = el('button', { cls: 'msg-menu', attrs: { type: 'button', 'aria-haspopup': 'dialog' } },
-      dotsIcon());
-    this.labelModButton(item, button);
-    button.addEventListener('click', () => this.openModeration(item, button));
-    return button;
   }
 
   /** Name a message's menu button for the message it acts on (whose, and when). */
@@ -902,7 +1296,7 @@ class ChatView {
     const own = this.me !== null && item.dataset.user === this.me.user;
     const when = timeFmt.format(new Date(Number(item.dataset.ts)));
     const whose = own ? 'your message' : `message from ${this.displayName(item.dataset.user, item.dataset.name)}`;
-    button.setAttribute('aria-label', `Moderate ${whose} at ${when}`);
+    button.setAttribute('aria-label', `Actions for ${whose} at ${when}`);
   }
 
   bindModeration() {
@@ -915,19 +1309,33 @@ class ChatView {
     $('mod-cancel').addEventListener('click', () => dialog.close());
     $('mod-delete-confirm').addEventListener('click', () => this.confirmDelete());
     $('mod-ban-confirm').addEventListener('click', () => this.confirmBan());
+    $('act-reply').addEventListener('click', () => this.fromMenu((t) => this.startReply(t.seq)));
+    $('act-edit').addEventListener('click', () => this.fromMenu((t) => this.startEdit(t.item)));
+    $('act-link').addEventListener('click', () => {
+      const target = this.modTarget;
+      dialog.close(); // the focus goes back to the menu button
+      if (target) this.copyLink(target.seq);
+    });
     $('mod-reason').addEventListener('keydown', (ev) => {
       if (ev.key === 'Enter' && !ev.isComposing) {
         ev.preventDefault();
         this.confirmBan();
       }
     });
-    // Escape closes a modal dialog by itself; focus then goes back to the menu button it came from.
+    // Escape closes a modal dialog by itself; focus then goes back to the menu button it came from, unless
+    // what was chosen takes it elsewhere (an editor, the message box, the picker).
     dialog.addEventListener('close', () => {
       const opener = this.modOpener;
+      const target = this.modTarget;
       this.modTarget = null;
       this.modOpener = null;
-      if (opener && opener.isConnected) opener.focus();
-      else this.input.focus();
+      if (this.modKeepFocus) {
+        this.modKeepFocus = false;
+        return;
+      }
+      // The message may have been redrawn while the dialog was open (a reaction): its new menu button.
+      const current = opener?.isConnected ? opener : target && this.itemFor(target.seq)?.querySelector('.msg-menu');
+      (current || this.input).focus();
     });
     // Up and Down move between the first step's choices, as in a menu.
     $('mod-choose').addEventListener('keydown', (ev) => {
@@ -942,34 +1350,80 @@ class ChatView {
     });
   }
 
+  /** Close the menu and do what was chosen, which takes the focus (the menu must not give it back). */
+  fromMenu(action) {
+    const target = this.modTarget;
+    if (!target) return;
+    this.modKeepFocus = true;
+    $('mod-dialog').close();
+    action(target);
+  }
+
   openModeration(item, opener) {
     const dialog = $('mod-dialog');
-    if (dialog.open || !this.moderator) return;
-    const text = item.querySelector('.text');
-    if (!text || text.classList.contains('deleted')) return;
-    const own = this.me !== null && item.dataset.user === this.me.user;
+    if (dialog.open) return;
+    const seq = Number(item.dataset.seq);
+    const m = this.client?.messages.get(seq);
+    if (!m || m.deleted) return;
+    const own = this.me !== null && m.user === this.me.user;
     // The ban names the account, not only the display name, when two people use that name.
-    const name = this.displayName(item.dataset.user, item.dataset.name || item.dataset.user);
-    this.modTarget = { seq: Number(item.dataset.seq), user: item.dataset.user, name };
+    const name = this.displayName(m.user, m.name);
+    this.modTarget = { seq, user: m.user, name, own, item };
     this.modOpener = opener;
+    this.modKeepFocus = false;
     $('mod-title').textContent = own ? 'Your message' : `Message from ${name}`;
-    const said = text.textContent || '';
-    $('mod-quote').textContent = said.length > QUOTE_CHARS ? `${said.slice(0, QUOTE_CHARS)}…` : said;
+    $('mod-quote').textContent = excerpt(m.text, QUOTE_CHARS);
+    this.fillQuickReactions(m);
+    $('act-edit').hidden = !own;
+    $('mod-delete').hidden = !own && !this.moderator;
+    $('mod-ban').hidden = own || !this.moderator; // a moderator cannot ban themself
     $('mod-ban').textContent = `Ban ${name} from this room`;
-    $('mod-ban').hidden = own; // a moderator cannot ban themself
+    $('mod-delete-question').textContent = own
+      ? 'Delete your message for everyone? This cannot be undone.'
+      : 'Delete this message for everyone? This cannot be undone.';
     $('mod-ban-question').textContent = `Ban ${name} from #${this.room}? Their connections to this room `
       + 'close, and they cannot come back until the ban ends.';
     $('mod-reason').value = '';
     $('mod-duration').value = '1440';
     this.modStep('mod-choose');
     dialog.showModal();
-    $('mod-delete').focus();
+    $('act-reply').focus();
+  }
+
+  /** The menu's row of reactions: the most used here, pressed when ours, and a way to the whole set. */
+  fillQuickReactions(m) {
+    const row = $('quick-reactions');
+    const mine = new Set((m.reactions || []).filter((r) => r.users.includes(this.me?.user)).map((r) => r.emoji));
+    const buttons = quickEmoji().map((emoji) => {
+      const b = el('button', { cls: 'quick-reaction', text: emoji, attrs: { type: 'button',
+        'aria-label': `React with ${emojiName(emoji)}`, 'aria-pressed': String(mine.has(emoji)),
+        title: emojiName(emoji) } });
+      b.addEventListener('click', () => this.fromMenu((t) => {
+        this.react(t.seq, emoji, !mine.has(emoji));
+        if (t.item.isConnected) t.item.querySelector('.msg-menu')?.focus();
+        else this.input.focus();
+      }));
+      return b;
+    });
+    const more = el('button', { cls: 'quick-reaction quick-more', attrs: { type: 'button',
+      'aria-label': 'More reactions…', title: 'More reactions…' } }, pathIcon(SMILE_PLUS));
+    more.addEventListener('click', () => this.fromMenu((t) => {
+      this.openPicker(t.seq, t.item.querySelector('.msg-menu'));
+    }));
+    row.replaceChildren(...buttons, more);
+    loadEmoji().then(() => {
+      // The names came: say them (the picker's data has every emoji's name).
+      for (const b of row.querySelectorAll('.quick-reaction:not(.quick-more)')) {
+        b.setAttribute('aria-label', `React with ${emojiName(b.textContent)}`);
+        b.title = emojiName(b.textContent);
+      }
+    }, () => {});
   }
 
   modStep(step) {
     for (const id of MOD_STEPS) $(id).hidden = id !== step;
     $('mod-error').textContent = '';
-    if (step === 'mod-choose') $('mod-delete').focus();
+    if (step === 'mod-choose') $('act-reply').focus();
     else if (step === 'mod-confirm-delete') $('mod-delete-confirm').focus();
     else $('mod-reason').focus();
   }
@@ -979,7 +1433,7 @@ class ChatView {
     if (dialog.open) dialog.close();
   }
 
-  /** Send one moderation request from the dialog; close it when done, show the server's refusal if not. */
+  /** Send one request from the dialog; close it when done, show the server's refusal if not. */
   async moderate(button, request, done) {
     const target = this.modTarget;
     if (!target || !this.client) return;
@@ -1009,24 +1463,342 @@ class ChatView {
     );
   }
 
+  // ---- message links: /rooms/<room>#msg=<seq>
+
+  async copyLink(seq) {
+    const link = `${location.origin}/rooms/${encodeURIComponent(this.room)}#msg=${seq}`;
+    try {
+      await navigator.clipboard.writeText(link);
+      this.note('Link copied', 4000, 'success');
+    } catch {
+      // No clipboard here (not a secure context, or refused): show it to copy by hand.
+      this.note(`Link to the message: ${link}`, 0, 'success');
+    }
+  }
+
+  /**
+   * Scroll to message `seq` and highlight it, loading older pages until it is there (or the history ends).
+   * Says so when the room no longer holds it. Resolves to whether it was shown.
+   */
+  async jumpTo(seq) {
+    if (!this.historyReady) {
+      this.pendingJump = seq; // once the history is in
+      return false;
+    }
+    let item = this.itemFor(seq);
+    while (!item && this.canLoadOlder() && seq < this.oldestSeq) {
+      if (!(await this.loadOlder(JUMP_PAGE))) break;
+      item = this.itemFor(seq);
+    }
+    if (!item) {
+      this.note(this.canLoadOlder() && seq < this.oldestSeq
+        ? 'Could not load the history to show that message; try again in a moment.'
+        : 'That message is not in this room’s history (deleted from it, or never stored).');
+      return false;
+    }
+    this.showItem(item);
+    return true;
+  }
+
+  /** Scroll `item` into the middle of the view, highlight it for a moment, and give it the focus. */
+  showItem(item) {
+    item.scrollIntoView({ block: 'center' });
+    for (const old of this.log.querySelectorAll('li.msg.highlight')) old.classList.remove('highlight');
+    item.classList.add('highlight');
+    clearTimeout(this.highlightTimer);
+    // The highlight stays while the message has the focus, and at least HIGHLIGHT_MS.
+    const fade = () => {
+      if (item.contains(document.activeElement)) item.addEventListener('focusout', fade, { once: true });
+      else item.classList.remove('highlight');
+    };
+    this.highlightTimer = setTimeout(fade, HIGHLIGHT_MS);
+    item.focus({ preventScroll: true });
+    this.scheduleReadCheck();
+  }
+
+  // ---- unread: the read marker, the "New since you left" line, the count in the title
+
+  /**
+   * Put "New since you left" above the first message from someone else after the marker this page joined
+   * with: once every message since then is loaded (else the jump button loads them). Nothing when the
+   * person never read this room (marker 0: everything would be "new") or nothing is unread.
+   */
+  placeUnreadLine() {
+    if (!this.unreadLine && this.joinRead && this.joinUnread && this.historyReady && this.unreadLoaded()) {
+      const first = [...this.log.querySelectorAll('li.msg.other:not(.deleted)')]
+        .find((li) => Number(li.dataset.seq) > this.joinRead);
+      if (first) {
+        first.classList.remove('continued');
+        this.unreadLine = el('li', { cls: 'unread-line', attrs: { id: 'unread-line' } },
+          el('span', { text: 'New since you left' }));
+        first.before(this.unreadLine);
+      }
+    }
+    this.updateUnreadJump();
+  }
+
+  /** Every message after the join's marker is in the log (the oldest shown is not after it). */
+  unreadLoaded() {
+    return this.atBeginning || (this.oldestSeq !== null && this.oldestSeq <= this.joinRead);
+  }
+
+  /** "Jump to first unread" shows until the line has been on screen. */
+  updateUnreadJump() {
+    const button = $('unread-jump');
+    const waiting = this.joinRead > 0 && this.joinUnread > 0 && this.historyReady && !this.unreadSeen;
+    if (waiting && this.unreadLine && this.inView(this.unreadLine)) this.unreadSeen = true;
+    const pending = !this.unreadLine && !this.unreadLoaded();
+    button.hidden = !(waiting && !this.unreadSeen && (this.unreadLine || pending));
+  }
+
+  inView(node) {
+    const r = node.getBoundingClientRect();
+    const s = this.scroller.getBoundingClientRect();
+    return r.bottom > s.top && r.top < s.bottom;
+  }
+
+  async jumpToFirstUnread() {
+    while (!this.unreadLine && this.canLoadOlder() && !this.unreadLoaded()) {
+      if (!(await this.loadOlder(JUMP_PAGE))) break;
+    }
+    this.placeUnreadLine();
+    this.unreadSeen = true;
+    this.updateUnreadJump();
+    if (!this.unreadLine) {
+      this.note('Could not load the history back to your first unread message; try again in a moment.');
+      return;
+    }
+    this.unreadLine.scrollIntoView({ block: 'start' });
+    const first = this.unreadLine.nextElementSibling;
+    if (first) first.focus({ preventScroll: true });
+    this.scheduleReadCheck();
+  }
+
+  scheduleReadCheck() {
+    if (this.readCheck) return;
+    this.readCheck = requestAnimationFrame(() => {
+      this.readCheck = 0;
+      this.checkRead();
+    });
+  }
+
+  /**
+   * Move the read marker to the last message on screen while the person can see it (the tab shown and
+   * focused): at the bottom, to the last entry of the room.
+   */
+  checkRead() {
+    this.updateUnreadJump();
+    const client = this.client;
+    if (!client || !this.historyReady || document.hidden || !document.hasFocus()) return;
+    if (!$('auth').hidden && !$('auth').classList.contains('docked')) return; // the card covers the log
+    let seq = 0;
+    if (this.isNearBottom()) {
+      seq = client.lastSeq;
+    } else {
+      const bottom = this.scroller.getBoundingClientRect().bottom;
+      const items = this.log.querySelectorAll('li.msg');
+      for (let i = items.length - 1; i >= 0; i -= 1) {
+        const r = items[i].getBoundingClientRect();
+        if (r.top >= bottom) continue; // below the view
+        if (r.bottom <= bottom + 1 || r.height >= this.scroller.clientHeight) {
+          seq = Number(items[i].dataset.seq);
+          break;
+        }
+      }
+    }
+    if (seq > client.readSeq) {
+      client.markRead(seq);
+      this.updateTitle();
+    }
+  }
+
+  onReadMoved() {
+    this.updateTitle();
+  }
+
+  /**
+   * Messages from others not deleted after the read marker: those the page holds, plus, while the marker is
+   * below them, those older than the oldest held that the server counted at the join. Someone who never read
+   * the room (marker 0) has nothing unread from before they came, as the server counts it: only what came
+   * after the join.
+   */
+  unreadCount() {
+    const client = this.client;
+    if (!client || !this.me) return 0;
+    const read = Math.max(client.readSeq, this.joinRead === 0 ? this.joinSeq : 0);
+    let count = 0;
+    let held = 0;
+    for (const m of client.messages.values()) {
+      if (m.user === this.me.user || m.deleted) continue;
+      if (m.seq > read) count += 1;
+      if (m.seq > this.joinRead && m.seq <= this.joinSeq) held += 1;
+    }
+    if (!this.atBeginning && this.oldestSeq !== null && read < this.oldestSeq - 1) {
+      count += Math.max(0, this.joinUnread - held);
+    }
+    return count;
+  }
+
+  // ---- notifications (a mention, or every message, while the tab is hidden)
+
+  bindNotifications() {
+    const dialog = $('notify-dialog');
+    this.notifyMode = notifyModeFor(this.room);
+    this.labelNotify();
+    $('notify-toggle').addEventListener('click', () => {
+      this.renderNotify();
+      dialog.showModal();
+      const first = [$('notify-enable'), ...dialog.querySelectorAll('input:checked'), $('notify-close')]
+        .find((n) => !n.hidden && !n.disabled && !n.closest('[hidden], :disabled'));
+      first?.focus();
+    });
+    $('notify-enable').addEventListener('click', async () => {
+      if (typeof Notification === 'undefined') return;
+      // The one place the page asks (a click on this button): the browser answers at once when it
+      // was decided before.
+      let permission;
+      try {
+        permission = await Notification.requestPermission();
+      } catch {
+        permission = Notification.permission;
+      }
+      if (permission === 'granted' && this.notifyMode === 'off') this.setNotifyMode('mentions');
+      this.renderNotify();
+      dialog.querySelector('input:checked')?.focus();
+    });
+    for (const radio of dialog.querySelectorAll('input[name="notify"]')) {
+      radio.addEventListener('change', () => {
+        if (radio.checked) this.setNotifyMode(radio.value);
+      });
+    }
+    $('notify-close').addEventListener('click', () => dialog.close());
+    dialog.addEventListener('close', () => $('notify-toggle').focus());
+  }
+
+  setNotifyMode(mode) {
+    this.notifyMode = mode;
+    try {
+      localStorage.setItem(notifyKey(this.room), mode);
+    } catch {
+      // storage disabled: the choice lasts as long as the page
+    }
+    this.labelNotify();
+  }
+
+  /** What notifications do now: the choice, if the browser lets us show them. */
+  effectiveNotify() {
+    if (typeof Notification === 'undefined' || Notification.permission !== 'granted') return 'off';
+    return this.notifyMode;
+  }
+
+  labelNotify() {
+    const mode = this.effectiveNotify();
+    const words = { mentions: 'mentions of you', all: 'all messages', off: 'off' }[mode];
+    const toggle = $('notify-toggle');
+    toggle.setAttribute('aria-label', `Notifications: ${words}`);
+    toggle.title = `Notifications: ${words}`;
+    toggle.dataset.mode = mode;
+  }
+
+  renderNotify() {
+    const text = $('notify-text');
+    const enable = $('notify-enable');
+    const choice = $('notify-choice');
+    $('notify-title').textContent = `Notifications for #${this.room}`;
+    const supported = typeof Notification !== 'undefined';
+    const permission = supported ? Notification.permission : 'unsupported';
+    enable.hidden = permission !== 'default';
+    choice.hidden = !supported;
+    choice.disabled = permission !== 'granted';
+    if (!supported) {
+      text.textContent = 'This browser cannot show notifications for this page.';
+    } else if (permission === 'denied') {
+      text.textContent = 'Notifications are blocked for this site in your browser’s settings. Allow them there, '
+        + 'then come back here.';
+    } else if (permission === 'default') {
+      text.textContent = 'Get a notification when someone mentions you while this tab is in the background. '
+        + 'Your browser will ask you first.';
+    } else {
+      text.textContent = 'Shown while this tab is in the background. This choice is kept for this room on this '
+        + 'browser.';
+    }
+    for (const radio of choice.querySelectorAll('input')) radio.checked = radio.value === this.notifyMode;
+    this.labelNotify();
+  }
+
+  /** A new message while the tab is hidden: notify, if it mentions us (or the choice is every message). */
+  maybeNotify(m, own, kind) {
+    if (kind === 'history' || own || !document.hidden) return; // (missed while reconnecting: news too)
+    const mode = this.effectiveNotify();
+    const mentioned = this.me !== null && (m.mentions || []).includes(this.me.user);
+    if (mode === 'off' || (mode === 'mentions' && !mentioned)) return;
+    const who = this.displayName(m.user, m.name);
+    const title = mentioned ? `${who} mentioned you in #${this.room}` : `${who} in #${this.room}`;
+    try {
+      const n = new Notification(title, { body: excerpt(m.text, NOTIFY_CHARS), tag: `roomchat:${this.room}:${m.seq}` });
+      n.addEventListener('click', () => {
+        window.focus();
+        n.close();
+        this.jumpTo(m.seq);
+      });
+    } catch {
+      // Some browsers show notifications only from a service worker: nothing to do here then.
+    }
+  }
+
+  // ---- mentions
+
+  /** Who "@" offers: the members online (by name), then the most recent authors; never ourselves. */
+  mentionCandidates() {
+    const me = this.me?.user;
+    const out = new Map();
+    const online = [...this.members].sort((a, b) => a[1].localeCompare(b[1]));
+    for (const [user, name] of online) if (user !== me) out.set(user, name);
+    for (const [user, name] of [...this.recentAuthors].reverse()) if (user !== me && !out.has(user)) out.set(user, name);
+    return [...out].map(([user, name]) => ({ user, name }));
+  }
+
   onMessage({ message: m, own, kind }) {
     const stick = own || kind === 'history' || this.isNearBottom();
-    const ts = typeof m.ts === 'number' ? m.ts : Date.now();
+    const ts = m.ts;
     this.addDaySeparator(ts);
     const prev = this.lastEntry;
     const continued = prev !== null && prev.user === m.user && ts - prev.ts < GROUP_WINDOW_MS;
     this.log.append(this.messageItem(m, own, continued, ts));
     this.lastEntry = { user: m.user, ts };
+    this.recentAuthors.delete(m.user);
+    this.recentAuthors.set(m.user, m.name);
     if (kind === 'live') this.stopTyping(m.user); // their message is here: no longer typing
     if (this.oldestSeq === null || m.seq < this.oldestSeq) this.oldestSeq = m.seq;
     if (m.seq === 1) this.showBeginning();
     this.updateEmpty();
-    if (kind !== 'history' && !own && document.hidden) {
-      this.unread += 1;
-      this.updateTitle();
-    }
+    this.maybeNotify(m, own, kind);
     if (stick) this.scrollToBottom();
     else if (kind !== 'history') this.bumpNewBelow();
+    if (this.historyReady) {
+      if (!this.unreadLine) this.placeUnreadLine(); // (a replay's message after its end was guessed)
+      this.updateTitle();
+      this.scheduleReadCheck();
+    }
+  }
+
+  /** A change was folded into a message: draw it again (and the replies whose quote it emptied). */
+  onChange({ change, message, replies }) {
+    const stick = this.isNearBottom();
+    if (message) {
+      const item = this.itemFor(change.target);
+      if (item) this.fillMessage(item, message);
+      if (change.action === 'delete' && this.replyTo?.seq === change.target) {
+        this.setReply(null);
+        this.note('The message you were replying to was deleted.');
+      }
+    }
+    for (const r of replies) {
+      const item = this.itemFor(r.seq);
+      if (item) this.fillMessage(item, r);
+    }
+    if (stick) this.scrollToBottom();
+    if (this.historyReady) this.updateTitle();
   }
 
   // ---- typing indicators
@@ -1066,6 +1838,7 @@ class ChatView {
     const name = typeof p.name === 'string' && p.name ? p.name : String(p.user);
     if (p.event === 'join') {
       this.noteName(p.user, name);
+      this.knownNames.set(p.user, name);
       this.members.set(p.user, name);
     } else if (p.event === 'leave') {
       this.stopTyping(p.user);
@@ -1202,28 +1975,45 @@ class ChatView {
     if (s.scrollHeight <= s.clientHeight + LOAD_OLDER_PX) this.loadOlder();
   }
 
-  /** Load the page of messages before the oldest shown and put it on top, the view kept still. */
-  async loadOlder() {
-    if (this.loadingOlder || this.atBeginning || !this.historyReady || !this.client) return;
-    if (this.oldestSeq === null || Date.now() < this.olderRetryAt) return;
-    this.loadingOlder = true;
+  /** Older pages may be loaded: the join's history is in, and the log does not start at the room's beginning. */
+  canLoadOlder() {
+    return !this.atBeginning && this.historyReady && this.client !== null && this.oldestSeq !== null;
+  }
+
+  /**
+   * Load the page of messages before the oldest shown and put it on top, the view kept still; one load at a
+   * time (a caller during one gets that one). Resolves to whether a page was put on top.
+   */
+  loadOlder(limit = OLDER_PAGE) {
+    if (this.olderLoad) return this.olderLoad;
+    if (!this.canLoadOlder() || Date.now() < this.olderRetryAt) return Promise.resolve(false);
+    this.olderLoad = this.loadOlderPage(limit).then((loaded) => {
+      this.olderLoad = null;
+      if (loaded && !this.atBeginning) this.loadOlderIfShort();
+      return loaded;
+    });
+    return this.olderLoad;
+  }
+
+  async loadOlderPage(limit) {
     const generation = this.logGeneration;
     const before = this.oldestSeq;
     let got = null;
     try {
-      got = await this.client.fetchOlder(before, OLDER_PAGE);
+      got = await this.client.fetchOlder(before, limit);
     } catch {
       this.olderRetryAt = Date.now() + OLDER_RETRY_MS;
-    } finally {
-      this.loadingOlder = false;
+      return false;
     }
-    if (!got || generation !== this.logGeneration || before !== this.oldestSeq) return;
+    if (generation !== this.logGeneration || before !== this.oldestSeq) return false;
     const older = got.messages.filter((m) => m.seq < before);
     const start = older.length ? older[0].seq : before;
-    if (got.oldest >= start) this.atBeginning = true;
+    // (History pages hold messages only: their seqs have gaps where changes sit, so no `seq === 1` test.)
+    if (!older.length || got.oldest >= start) this.atBeginning = true;
     this.prependMessages(older, this.atBeginning);
     if (this.atBeginning) this.showBeginning();
-    else this.loadOlderIfShort();
+    this.placeUnreadLine();
+    return true;
   }
 
   /**
@@ -1291,8 +2081,11 @@ class ChatView {
     $('empty').hidden = hasMessages || !this.me;
   }
 
+  /** "(3) #room · roomchat" while 3 messages are unread ("+" when the server stopped counting). */
   updateTitle() {
-    document.title = this.unread > 0 ? `(${this.unread}) ${this.baseTitle}` : this.baseTitle;
+    const n = this.unreadCount();
+    const more = this.unreadCapped && n >= this.joinUnread ? '+' : '';
+    document.title = n > 0 ? `(${n}${more}) ${this.baseTitle}` : this.baseTitle;
   }
 
   renderMembers() {
@@ -1323,14 +2116,17 @@ class ChatView {
       return;
     }
     let entry;
+    const text = this.input.value;
     try {
-      entry = this.client.send(this.input.value);
+      entry = this.client.send(text, { reply: this.replyTo, mentions: this.mentions.mentionsIn(text) });
     } catch (err) {
       this.note(err.message);
       return;
     }
     if (entry) {
       this.input.value = '';
+      this.mentions.reset();
+      this.setReply(null);
       this.note('', 0);
       this.scrollToBottom(true);
     }
@@ -1342,7 +2138,10 @@ class ChatView {
    * time at the server's pace, so nobody else's would be true.
    */
   pendingStatus(e, live, head, nextAt) {
-    if (e.state === 'failed') return `Not sent: ${e.error}`;
+    if (e.state === 'failed') {
+      const words = refusalText(e.code, e.reply ? 'reply' : 'message', e.error);
+      return `Not sent: ${['not_found', 'already_deleted', 'forbidden'].includes(e.code) ? words : e.error}`;
+    }
     if (e.state === 'sent') return 'Sent';
     if (e.state === 'sending') return 'Sending…';
     if (this.client?.state === State.OFFLINE) return 'Not sent yet: kept until you are back in the room';
@@ -1375,14 +2174,23 @@ class ChatView {
             { cls: 'pending-actions' },
             this.actionButton('Edit', () => {
               this.input.value = e.text;
+              for (const user of e.mentions || []) {
+                const name = this.knownNames.get(user);
+                if (name) this.mentions.chosen.set(user, name);
+              }
+              // A reply to a message since deleted goes as a plain message.
+              const original = e.reply ? this.client.messages.get(e.reply.seq) : null;
+              if (e.reply && e.code !== 'not_found' && e.code !== 'already_deleted' && !original?.deleted) {
+                this.setReply(e.reply);
+              }
               this.client.discard(e.id);
               this.input.focus();
             }),
             this.actionButton('Dismiss', () => this.client.discard(e.id)),
           )
           : null;
-        const text = el('p', { cls: 'text', attrs: { dir: 'auto' } });
-        appendRichText(text, e.text);
+        const text = el('div', { cls: 'text', attrs: { dir: 'auto' } });
+        renderText(text, e.text, { mentions: this.mentionPatterns(e) });
         return el(
           'li',
           {
@@ -1393,7 +2201,8 @@ class ChatView {
             'div',
             { cls: 'bubble' },
             meta('You', e.createdAt),
-            text,
+            e.reply ? this.replyQuote(e.reply) : null,
+            el('div', { cls: 'content', attrs: { dir: 'auto' } }, text),
           ),
           el(
             'p',
@@ -1474,6 +2283,7 @@ function boot() {
   }
   const view = new ChatView(room);
   window.roomchat = view; // handy in the console; the page works without it
+  view.pendingJump = messageFromFragment(); // a message link: shown once the history is in
   if (fragment.token) storageSet(refreshKey(room), fragment.refresh);
   view.refreshUrl = fragment.token ? fragment.refresh : storageGet(refreshKey(room));
   const token = fragment.token || storageGet(tokenKey(room));

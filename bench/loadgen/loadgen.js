@@ -32,7 +32,12 @@ const { WebSocket } = require('ws');
 const spec = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 // spec: {url, rooms: [{name, size, senders}], tokens: [..], cpu_pids: [..], clk_tck,
 //        text_pad, connect_concurrency, settle_quiet_ms, settle_max_ms, drain_max_ms,
-//        urls?: [..], cpu_groups?: {name: [pids]}}
+//        urls?: [..], cpu_groups?: {name: [pids]}, change_mix?: 0..1}
+// With `change_mix` (roomchat only), that fraction of what a sender sends is a change instead of
+// a message (issue 21): half edits of its own last message, half reactions to the last message
+// it saw, each emoji toggled on and off in turn (never a no-op). A change is an entry of the
+// room's log, delivered to every member like a message: deliveries count both, and a sender's
+// own change (recognised by its id) completes one outstanding send.
 // With `urls` (several server processes), member k of every room connects to urls[k % n], so a
 // room's members and its senders are spread evenly; latency is also recorded apart for
 // deliveries that crossed from the sender's process to another one. `cpu_groups` are reported
@@ -186,6 +191,10 @@ let handshakeSeq = 0; // extra clients opened by `handshakes`, for distinct user
 
 const TEXT_PAD = spec.text_pad || 'lorem ipsum dolor sit amet, consectetur adipiscing elit';
 const MSG_RE = /"type"\s*:\s*"message"/;
+const CHANGE_RE = /"type"\s*:\s*"change"/;
+const CHANGE_MIX = spec.change_mix || 0;
+// JSON escapes: every frame the load generator sends stays ASCII.
+const EMOJI = ['\\ud83d\\udc4d', '\\ud83c\\udf89', '\\u2764\\ufe0f'];
 
 function countError(code) {
   stats.errors[code] = (stats.errors[code] || 0) + 1;
@@ -198,8 +207,34 @@ function sendMessage(c, schedMs) {
   stats.sentTotal += 1;
   stats.expectedTotal += room.size;
   if (stats.measuring) stats.winSent += 1;
+  const id = `${c.senderIdx}-${c.counter}`;
+  if (CHANGE_MIX > 0 && c.ownSeq > 0 && Math.random() < CHANGE_MIX) {
+    if (Math.random() < 0.5) {
+      const text = `${schedMs.toFixed(3)}|${c.senderIdx}|edited ${TEXT_PAD}`;
+      c.ws.send(`{"type":"edit","seq":${c.ownSeq},"text":"${text}","id":"${id}"}`);
+    } else {
+      const target = c.seenSeq;
+      const emoji = EMOJI[c.counter % EMOJI.length];
+      let mine = c.reacted.get(target);
+      if (mine === undefined) {
+        mine = new Set();
+        c.reacted.set(target, mine);
+        if (c.reacted.size > 64) c.reacted.delete(c.reacted.keys().next().value);
+      }
+      const on = !mine.has(emoji);
+      if (on) mine.add(emoji);
+      else mine.delete(emoji);
+      c.ws.send(`{"type":"react","seq":${target},"emoji":"${emoji}","on":${on},"id":"${id}"}`);
+    }
+    return;
+  }
   const text = `${schedMs.toFixed(3)}|${c.senderIdx}|${TEXT_PAD}`;
-  c.ws.send(`{"type":"message","text":"${text}","id":"${c.senderIdx}-${c.counter}"}`);
+  c.ws.send(`{"type":"message","text":"${text}","id":"${id}"}`);
+}
+
+function seqOf(line) {
+  const i = line.indexOf('"seq":');
+  return i < 0 ? 0 : parseInt(line.slice(i + 6), 10);
 }
 
 function completeOne(c) {
@@ -222,6 +257,12 @@ function handleMessageLine(c, line, now) {
   const t0 = Number(line.slice(ti, bar));
   const bar2 = line.indexOf('|', bar + 1);
   const from = bar2 > 0 ? Number(line.slice(bar + 1, bar2)) : -1;
+  if (CHANGE_MIX > 0 && c.senderIdx >= 0 && !CHANGE_RE.test(line)) {
+    // Only a message may be edited or reacted to (an edit's line comes through here too).
+    const seq = seqOf(line);
+    c.seenSeq = seq;
+    if (from === c.senderIdx) c.ownSeq = seq;
+  }
   if (stats.measuring) {
     stats.winDeliveries += 1;
     hist.record(now - t0);
@@ -230,6 +271,20 @@ function handleMessageLine(c, line, now) {
     }
   }
   if (c.senderIdx >= 0 && from === c.senderIdx) completeOne(c);
+}
+
+function handleChangeLine(c, line, now) {
+  // An edit carries the sender's timestamp like a message; a reaction is known by its id.
+  if (line.indexOf('"action":"edit"') >= 0) {
+    handleMessageLine(c, line, now);
+    return;
+  }
+  stats.deliveriesTotal += 1;
+  stats.lastRecv = now;
+  if (stats.measuring) stats.winDeliveries += 1;
+  if (c.senderIdx < 0) return;
+  const i = line.indexOf('"id":"');
+  if (i >= 0 && line.startsWith(`${c.senderIdx}-`, i + 6)) completeOne(c);
 }
 
 function handleOtherLine(c, line, now) {
@@ -271,6 +326,7 @@ function onData(c, data) {
     const line = nl < 0 ? (start === 0 ? s : s.slice(start)) : s.slice(start, nl);
     if (line.length > 0) {
       if (line.startsWith('{"type":"message"') || MSG_RE.test(line)) handleMessageLine(c, line, now);
+      else if (CHANGE_MIX > 0 && CHANGE_RE.test(line)) handleChangeLine(c, line, now);
       else handleOtherLine(c, line, now);
     }
     if (nl < 0) break;
@@ -346,6 +402,7 @@ async function cmdConnect() {
       const c = {
         room: room.idx, token: spec.tokens[tokenIdx % spec.tokens.length], ws: null,
         urlIdx: k % URLS.length, senderIdx: -1, counter: 0, outstanding: 0, welcomed: false,
+        ownSeq: 0, seenSeq: 0, reacted: new Map(),
       };
       tokenIdx += 1;
       if (k < room.senders) {

@@ -1,1 +1,33 @@
-"""The engines behind ``rooms.engine.Engine``: embedded (SQLite) and Redis."""
+"""The engines behind ``rooms.engine.Engine``: embedded (SQLite, ``rooms.engines.embedded`` over
+``rooms.engines.sqlite``) and Redis (``rooms.engines.redis``), and ``open_engine``, which picks
+one by URL. The interface itself (``rooms.engine``) knows none of them."""
+
+from __future__ import annotations
+
+from rooms.engine import CommitObserver, Engine, is_shared_url
+
+__all__ = ["open_engine"]
+
+
+async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
+                      sqlite_synchronous: str = "FULL", max_connections: int = 32,
+                      timeout: float | None = None) -> Engine:
+    """The engine a URL names: ``sqlite:///path/to/db`` or ``redis://host:port/db``.
+
+    Raises ``ValueError`` for an unknown scheme and ``StoreError`` when the engine cannot be
+    reached or opened. ``max_connections`` bounds the connections to a networked engine, and
+    ``timeout`` (seconds; default: ``RoomConfig.store_timeout``'s) each of its calls: one that
+    takes longer fails with ``StoreError``. (The embedded engine's calls are local; the rooms
+    bound their own appends, ``RoomConfig.store_timeout``.)
+    """
+    if is_shared_url(url):
+        from rooms.engines.redis import DEFAULT_TIMEOUT, RedisEngine
+
+        return await RedisEngine.open(url, on_commit=on_commit, max_connections=max_connections,
+                                      timeout=DEFAULT_TIMEOUT if timeout is None else timeout)
+    if url.startswith("sqlite://"):
+        from rooms.engines.embedded import EmbeddedEngine
+
+        return await EmbeddedEngine.open(url.removeprefix("sqlite://"),
+                                         synchronous=sqlite_synchronous, on_commit=on_commit)
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path or redis://host:port")

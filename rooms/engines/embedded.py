@@ -1,9 +1,10 @@
 """``EmbeddedEngine``: the default engine, for one process: SQLite, and nothing to share.
 
-Seqs are allocated here from each room's last stored seq (loaded when its actor starts): with
-one process and one actor per room there is one writer per room, so a counter is enough, and
-the room's own dedup map (loaded from the log) is authoritative. Running a second process on
-the same database is refused by the CLI (``--workers`` needs a shared engine).
+Seqs are allocated by the store's one writer thread, which also checks each change against its
+target's current state in the same transaction (``rooms.engines.sqlite``): a room's actor and
+an erasure may append to the same room. With one process and one actor per room, the room's
+own dedup map (loaded from the log) is authoritative. Running a second process on the same
+database is refused by the CLI (``--workers`` needs a shared engine).
 """
 
 from __future__ import annotations
@@ -14,17 +15,30 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
-from rooms.errors import LogReset, StoreError
-from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage
-from rooms.store import SqliteStore
+from rooms.engines.sqlite import SqliteStore
+from rooms.errors import LogReset
+from rooms.messages import (
+    DEFAULT_RULES,
+    AnyDraft,
+    Appended,
+    Entry,
+    LogRules,
+    RoomSnapshot,
+    StoredChange,
+    StoredMessage,
+    Unread,
+    WireMessage,
+)
 
 # Rooms whose bans are kept in memory (least recently asked for are dropped first): one join
 # asks once per connection, and a SQLite read handed to a thread was ~8% of a handshake's CPU.
 BAN_CACHE_ROOMS = 10_000
+# Rooms whose read markers are kept in memory, likewise (least recently asked for dropped first).
+MARKER_CACHE_ROOMS = 10_000
 
 
 class EmbeddedEngine:
@@ -49,6 +63,9 @@ class EmbeddedEngine:
         # caller stopped waiting: a deadline); ``close`` waits for them. At most one per room,
         # taken by the room's next append or load.
         self._writes: dict[str, _Write] = {}
+        self._listeners: dict[str, RoomListener] = {}  # room -> its actor here
+        self._markers: OrderedDict[str, dict[str, int]] = OrderedDict()  # room -> user -> seq
+        self._marker_writes = 0  # bumped by every mark_read: a load that raced one is not kept
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
@@ -66,18 +83,17 @@ class EmbeddedEngine:
         self._last[room] = snapshot.last_seq
         return snapshot
 
-    async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
-                     dedup_window: int = 0, epoch: str | None = None,
-                     floor: int = 0) -> list[Appended]:
-        """As ``Engine.append``. Safe to cancel (a caller's deadline) and then call again
-        with the same drafts: the write goes on, and the next call waits for it and answers
-        with its seqs instead of storing the drafts twice (the room's dedup map learns of
-        them only from the answer). The log cannot go backwards under this one process:
-        ``floor`` is never above the room's seq counter."""
-        if room not in self._last:
-            raise StoreError(f"room {room} was not loaded")
+    async def append(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
+                     dedup_window: int = 0, epoch: str | None = None, floor: int = 0,
+                     rules: LogRules = DEFAULT_RULES) -> list[Appended]:
+        """As ``Engine.append`` (the seqs are allocated, and changes checked, by the store's
+        writer thread: any caller may append). Safe to cancel (a caller's deadline) and then
+        call again with the same drafts: the write goes on, and the next call waits for it
+        and answers with its results instead of storing the drafts twice (the room's dedup
+        map learns of them only from the answer). The log cannot go backwards under this
+        one process: ``floor`` is never above what it stored."""
         if epoch is not None and epoch != self.store.epoch:
-            raise LogReset(self.store.epoch, self._last[room])
+            raise LogReset(self.store.epoch, self._last.get(room, 0))
         batch = list(drafts)
         if not batch:
             return []
@@ -85,10 +101,9 @@ class EmbeddedEngine:
             earlier = await self._settle(room)
             if earlier is not None and earlier.drafts == batch:
                 return earlier.results
-        first = self._last[room] + 1
-        pending = _Write(batch, [Appended(first + i) for i in range(len(batch))])
-        written = self.store.submit([d.stored(room, first + i) for i, d in enumerate(batch)],
-                                    retention, functools.partial(self._landed, room, pending))
+        pending = _Write(batch)
+        written = self.store.submit(room, batch, retention, rules,
+                                    functools.partial(self._landed, room, pending))
         # Kept until its caller has the outcome: if it is cancelled instead (even with the
         # write just done) the room's next append or load takes it.
         self._writes[room] = pending
@@ -96,17 +111,24 @@ class EmbeddedEngine:
         self._writes.pop(room, None)  # (a failure raised above: ``_landed`` took it then)
         return pending.results
 
-    def _landed(self, room: str, pending: _Write, error: BaseException | None) -> None:
-        """The store's answer for ``pending``, awaited or not: the counter moves only after a
-        commit, so a failed append leaves it where the log is."""
+    def _landed(self, room: str, pending: _Write, results: list[Appended] | None,
+                error: BaseException | None) -> None:
+        """The store's answer for ``pending``, awaited or not."""
         pending.landed = True
         pending.failed = error is not None
-        if error is None:
-            self._last[room] = max(self._last.get(room, 0), pending.results[-1].seq)
+        if results is not None:
+            pending.results = results
+            self._stored(room, results)
         elif self._writes.get(room) is pending:
             del self._writes[room]  # nothing stored: nothing for a next call to take
         if pending.waiter is not None and not pending.waiter.done():
             pending.waiter.set_result(None)
+
+    def _stored(self, room: str, results: list[Appended]) -> None:
+        """The room's log grew: its top moves to the highest seq stored."""
+        top = max((r.seq for r in results if r.entry is not None), default=0)
+        if top > self._last.get(room, 0):
+            self._last[room] = top
 
     async def _settle(self, room: str) -> _Write | None:
         """Wait for the room's write whose caller stopped waiting, if any, and take it: the
@@ -122,18 +144,61 @@ class EmbeddedEngine:
             del self._writes[room]
         return None if pending.failed else pending
 
-    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]:
         return await self.store.read(room, after, upto, limit)
+
+    async def history(self, room: str, *, after: int = 0, before: int, limit: int,
+                      newest: bool = False) -> list[StoredMessage]:
+        return await self.store.history(room, after=after, before=before, limit=limit,
+                                        newest=newest)
+
+    async def unread(self, room: str, user: str, *, scan: int) -> Unread:
+        # Every join asks: the room's markers are kept in memory (this one process writes
+        # them all), so a user without one costs no read at all.
+        read = (await self._room_markers(room)).get(user, 0)
+        if not read or scan <= 0:
+            return Unread(read)
+        return await self.store.unread_after(room, user, read, scan)
+
+    async def mark_read(self, room: str, user: str, seq: int) -> int:
+        # One process: the room tells its own sessions; nobody else to tell.
+        self._marker_writes += 1
+        marker = await self.store.mark_read(room, user, seq)
+        cached = self._markers.get(room)
+        if cached is not None and marker > cached.get(user, 0):
+            cached[user] = marker
+        return marker
+
+    async def _room_markers(self, room: str) -> dict[str, int]:
+        """The room's read markers, from memory or read once (and kept unless a marker was
+        written meanwhile: then the next join reads again)."""
+        markers = self._markers.get(room)
+        if markers is not None:
+            self._markers.move_to_end(room)
+            return markers
+        writes = self._marker_writes
+        markers = await self.store.room_markers(room)
+        if writes == self._marker_writes:
+            self._markers[room] = markers
+            if len(self._markers) > MARKER_CACHE_ROOMS:
+                self._markers.popitem(last=False)
+        return markers
+
+    async def markers(self, user: str) -> dict[str, int]:
+        return await self.store.markers(user)
 
     async def sync(self, room: str, members: dict[str, str], ttl: float, *,
                    floor: int = 0) -> RoomSync:
         return RoomSync(top=self._last.get(room, 0), others={}, epoch=self.store.epoch)
 
     def subscribe(self, room: str, listener: RoomListener) -> None:
-        pass
+        # Nothing else serves the room, but an erasure appends outside its actor: it hears of
+        # those entries through here.
+        self._listeners[room] = listener
 
     def unsubscribe(self, room: str, listener: RoomListener) -> None:
-        pass
+        if self._listeners.get(room) is listener:
+            del self._listeners[room]
 
     async def stash(self, key: str, value: bytes, ttl: float) -> None:
         await self.store.stash(key, value, ttl)
@@ -147,12 +212,17 @@ class EmbeddedEngine:
     async def revocations(self, since: float) -> list[tuple[str, float]]:
         return await self.store.revocations(since)
 
-    async def delete(self, room: str, seq: int) -> bool:
-        return await self.store.delete(room, seq)
-
     async def erase(self, user: str,
                     erased: ErasedObserver | None = None) -> dict[str, list[int]]:
-        return await self.store.erase(user, erased)
+        def step(room: str, entries: list[StoredChange]) -> None:
+            self._last[room] = max(self._last.get(room, 0), entries[-1].seq)
+            listener = self._listeners.get(room)
+            if listener is not None:
+                listener.remote_messages([WireMessage(e.seq, e.to_wire()) for e in entries])
+            if erased is not None:
+                erased(room, [e.target for e in entries])
+
+        return await self.store.erase(user, step)
 
     async def ban(self, room: str, ban: Ban) -> None:
         # Forgotten before the write as well as after it: a join checked while the write is
@@ -220,9 +290,6 @@ class EmbeddedEngine:
         self._ban_writes += 1
         self._bans.pop(room, None)
 
-    async def tombstones(self, room: str) -> list[int]:
-        return await self.store.tombstones(room)
-
     async def top(self, room: str) -> int:
         # The store's, not ``load``: that one resets the room's seq counter.
         return max(self._last.get(room, 0), (await self.store.load(room, 0)).last_seq)
@@ -238,11 +305,11 @@ class EmbeddedEngine:
 
 @dataclass(slots=True)
 class _Write:
-    """An append handed to the store: its drafts, the seqs it gives them, and its outcome
-    once the store has answered (``landed``)."""
+    """An append handed to the store: its drafts, and their results once the store has answered
+    (``landed``)."""
 
-    drafts: list[Draft]
-    results: list[Appended]
+    drafts: list[AnyDraft]
+    results: list[Appended] = field(default_factory=list)
     landed: bool = False
     failed: bool = False
     waiter: asyncio.Future[None] | None = None  # a ``_settle`` waiting for it to land

@@ -1,12 +1,13 @@
 """``RedisEngine``: rooms shared by any number of processes, on Redis's own primitives.
 
 Per room, keys sharing one hash tag (one Redis Cluster slot): ``roomchat:{<room>}:log`` (a
-stream, entry ids ``0-<seq>``), ``:seq`` (the last allocated seq), ``:epoch`` (the log's epoch:
-room_top.lua, docs/protocol.md "Epochs"), ``:ids`` and ``:idq`` (the
-dedup window: ``user\\0id -> seq`` and its insertion order), ``:presence`` (``node\\0user ->
-expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0id\\0ts``),
+stream, entry ids ``0-<seq>``: messages and changes), ``:seq`` (the last allocated seq),
+``:epoch`` (the log's epoch: room_top.lua, docs/protocol.md "Epochs"), ``:ids`` and ``:idq`` (the
+dedup window: ``user\\0id -> seq`` and its insertion order), ``:state`` and ``:changed`` (the
+current state of each changed message, ``seq -> JSON``, and their seqs: log.lua), ``:read``
+(read markers, ``user -> seq``), ``:presence`` (``node\\0user -> expires\\0name``),
 ``:ban:<user>`` (``until\\0reason``, expiring at ``until``), and the shard channel
-``roomchat:{<room>}:ch``.
+``roomchat:{<room>}:ch``; per user, ``roomchat:user:{<user>}:read`` (``room -> seq``).
 
 - Append (``append.lua``): dedup, seq allocation, ``XADD``, trim and ``SPUBLISH`` in one script,
   so a batch is stored and announced atomically, whichever process sends it. The appends that
@@ -22,16 +23,19 @@ expires\\0name``), ``:deleted`` (moderators' tombstones: ``seq -> user\\0name\\0
 - Presence (``sync.lua``): each process's members of a room, with an expiry it refreshes; a
   killed process's entries expire and are removed by the next sync of any other process.
 
-- Moderation: a deleted message leaves the stream (``delete.lua``: its text is gone from Redis)
-  and its tombstone goes to ``:deleted``, which ``read`` merges in (stream ids only grow, so an
-  entry can neither be rewritten nor re-added). Deletes and bans are announced on the room's
-  channel like batches (``d`` and ``b`` messages): at-most-once, like every pub/sub message; a
-  lost ban announcement leaves a banned user's open socket until it reconnects (and is refused).
+- Changes (edits, deletes, reactions) are entries of the log like messages: append.lua checks
+  each against its target's current state and updates that state atomically (log.lua), so a
+  page overlays the ``:state`` of the changed messages it holds and merges in deleted ones
+  (which leave the stream: their text, and their edits', is gone from Redis). Tombstones of
+  versions before change entries (``:deleted``) are moved into ``:state`` once.
+- Bans are announced on the room's channel (``b`` messages), read markers too (``r``):
+  at-most-once, like every pub/sub message; a lost ban announcement is caught up at the next
+  sync, a lost marker at the user's next join.
 - Erasure requests (``erase``): there is no index from users to rooms (it would cost every
   append, and a key outside the room's hash tag), so ``erase`` finds the room logs with ``SCAN``
-  and walks each in pages of ``ERASE_PAGE`` entries with ``erase.lua``, which tombstones the
-  user's entries like ``delete.lua`` (at most ``rooms.engine.ERASE_STEP`` per step) and
-  announces them in one ``d`` message per step. Its cost is one pass over every stored
+  and walks each in pages of ``ERASE_PAGE`` entries with ``erase.lua``, which appends a delete
+  entry for each of the user's messages (at most ``rooms.engine.ERASE_STEP`` per step) and
+  publishes them to every process, this one included. Its cost is one pass over every stored
   message, in short steps (Redis serves others between them).
 
 - A log that lost data (a restart without the AOF, a flush, a failover to a replica behind):
@@ -59,6 +63,7 @@ from collections.abc import AsyncIterator, Sequence
 from importlib import resources
 from typing import Any
 
+import orjson
 from redis import asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -71,7 +76,21 @@ from rooms.config import RoomConfig
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.engines import redis_records as records
 from rooms.errors import LogReset, StoreError, Unstorable
-from rooms.state import Appended, Draft, RoomSnapshot, StoredMessage, WireMessage
+from rooms.messages import (
+    DEFAULT_RULES,
+    Action,
+    AnyDraft,
+    Appended,
+    Draft,
+    Entry,
+    LogRules,
+    Refusal,
+    RoomSnapshot,
+    StoredChange,
+    StoredMessage,
+    Unread,
+    WireMessage,
+)
 
 log = logging.getLogger("roomchat.redis")
 
@@ -122,6 +141,23 @@ def _epoch_key(room: str) -> str:
     return f"roomchat:{{{room}}}:epoch"
 
 
+def _state_keys(room: str) -> tuple[str, str, str]:
+    """The room's current-state hash, its sorted set of changed seqs, and the tombstones hash
+    of versions before change entries (migrated: log.lua)."""
+    base = f"roomchat:{{{room}}}"
+    return f"{base}:state", f"{base}:changed", f"{base}:deleted"
+
+
+def _read_key(room: str) -> str:
+    """The room's read markers: user -> seq."""
+    return f"roomchat:{{{room}}}:read"
+
+
+def _markers_key(user: str) -> str:
+    """A user's read markers, every room: room -> seq (its own hash slot)."""
+    return f"roomchat:user:{{{user}}}:read"
+
+
 def _new_epoch() -> str:
     """An epoch for a log that needs one (room_top.lua): random, 16 hex digits."""
     return secrets.token_hex(8)
@@ -135,13 +171,24 @@ def _top(counter: object, last: list[Any]) -> int | None:
     return (records.entry_seq(last[0][0]) or 0) if last else 0
 
 
-def _script(name: str, *, room_top: bool = False) -> str:
-    """A Lua script of this package; ``room_top``: with room_top.lua's function in front."""
+def _script(name: str, *, room_top: bool = False, log: bool = False) -> str:
+    """A Lua script of this package; ``room_top``: with room_top.lua's function in front;
+    ``log``: with log.lua's (the log's rules for changes) after it."""
     scripts = resources.files("rooms.engines")
     text = (scripts / name).read_text(encoding="utf-8")
+    if log:
+        text = (scripts / "log.lua").read_text(encoding="utf-8") + "\n" + text
     if room_top:
         text = (scripts / "room_top.lua").read_text(encoding="utf-8") + "\n" + text
     return text
+
+
+_MIGRATE = "migrate(KEYS[1], KEYS[2], KEYS[3])\nreturn 1\n"
+"""After log.lua: move the tombstones of an older version into the state hash (KEYS: the
+tombstones hash, the state hash, the changed set)."""
+_CHUNK = 2
+"""A page of ``history`` reads this many times its ``limit`` log entries per round trip
+(change entries sit between messages: a busy room's page of 50 messages spans ~70)."""
 
 
 def _where(url: str) -> str:
@@ -247,12 +294,17 @@ class RedisEngine:
         self._url = url
         self._redis = client
         self._timeout = timeout
-        self._appends = _Appends(client, client.register_script(_script("append.lua",
-                                                                        room_top=True)))
-        self._load = client.register_script(_script("load.lua", room_top=True))
+        self._appends = _Appends(client, client.register_script(
+            _script("append.lua", room_top=True, log=True)))
+        self._load = client.register_script(_script("load.lua", room_top=True, log=True))
         self._sync = client.register_script(_script("sync.lua", room_top=True))
-        self._delete = client.register_script(_script("delete.lua"))
-        self._erase = client.register_script(_script("erase.lua"))
+        self._erase = client.register_script(_script("erase.lua", room_top=True, log=True))
+        self._migrate = client.register_script(
+            (resources.files("rooms.engines") / "log.lua").read_text(encoding="utf-8")
+            + "\n" + _MIGRATE)
+        self._unread = client.register_script(_script("unread.lua"))
+        self._mark_read = client.register_script(_script("mark_read.lua"))
+        self._user_read = client.register_script(_script("user_read.lua"))
         self._on_commit = on_commit
         self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._node_bytes = self.node.encode()
@@ -354,7 +406,8 @@ class RedisEngine:
         epoch_key = _epoch_key(room)
         async with self._calling("load"):
             top, oldest, epoch, reset, repaired = await self._load(
-                keys=[log_key, seq_key, epoch_key], args=[_new_epoch(), self._floor(room, 0)])
+                keys=[log_key, seq_key, epoch_key, *_state_keys(room)],
+                args=[_new_epoch(), self._floor(room, 0)])
         self._healthy = True
         if repaired:
             self._malformed(seq_key, "the seq counter is not a number", "repaired")
@@ -366,100 +419,237 @@ class RedisEngine:
         return RoomSnapshot(last_seq=top, oldest_seq=int(oldest) or top + 1,
                             epoch=epoch.decode(), resume_floor=top if reset else 0)
 
-    async def append(self, room: str, drafts: Sequence[Draft], *, retention: int,
-                     dedup_window: int, epoch: str | None = None,
-                     floor: int = 0) -> list[Appended]:
+    async def append(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
+                     dedup_window: int = 0, epoch: str | None = None, floor: int = 0,
+                     rules: LogRules = DEFAULT_RULES) -> list[Appended]:
         self._check()
         if not drafts:
             return []
         started = time.perf_counter()
         log_key, seq_key, ids_key, idq_key, _, channel = _keys(room)
-        args: list[str | bytes | int] = [retention, dedup_window, channel, self.node, room,
-                                         _new_epoch(), self._floor(room, floor), epoch or ""]
+        args: list[str | bytes | int] = [
+            retention, dedup_window, channel, self.node, room, _new_epoch(),
+            self._floor(room, floor), epoch or "", round(rules.edit_window * 1000),
+            rules.max_reactions, rules.reply_excerpt_chars]
         # Encoded here, draft by draft: redis-py would encode them while packing the pipeline
         # that carries other rooms' appends too, and one text it cannot encode (a lone
         # surrogate) failed all of them with an error no room expected (1011 everywhere).
         unstorable: list[int] = []
         for index, d in enumerate(drafts):
             try:
-                args += [d.user.encode(), d.name.encode(), (d.id or "").encode(),
-                         d.text.encode(), d.ts]
+                args += _draft_args(d)
             except UnicodeEncodeError:
                 unstorable.append(index)
         if unstorable:
             raise Unstorable(unstorable, "not valid Unicode (a lone surrogate)")
         async with self._calling("append"):
             raw = await self._appends.submit(
-                [log_key, seq_key, ids_key, idq_key, _epoch_key(room)], args)
+                [log_key, seq_key, ids_key, idq_key, _epoch_key(room), *_state_keys(room)],
+                args)
         self._healthy = True
-        stored, log_epoch, top, repaired, *seqs = raw
+        stored, log_epoch, top, repaired, *flat = raw
         if repaired:
             self._malformed(f"{seq_key} or {ids_key}", "a seq counter or a dedup entry that "
                             "is not a number", "repaired")
         self._saw(room, int(top))
         if not stored:
             raise LogReset(log_epoch.decode(), int(top))
-        results = [Appended(-r, True) if r < 0 else Appended(r) for r in seqs]
-        fresh = sum(not r.duplicate for r in results)
+        results: list[Appended] = []
+        fresh = 0
+        for i in range(0, len(flat), 3):
+            seq, status, wire = int(flat[i]), flat[i + 1], flat[i + 2]
+            if not status:
+                fresh += 1
+                results.append(Appended(seq, entry=WireMessage(seq, wire.decode())))
+            elif status == b"dup":
+                results.append(Appended(seq, duplicate=True))
+            elif status == b"noop":
+                results.append(Appended(seq, noop=True))
+            else:
+                results.append(Appended(0, refused=Refusal(status.decode())))
         if fresh and self._on_commit is not None:
             self._on_commit(time.perf_counter() - started, fresh)
         return results
 
-    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
-        """Entries that are not messages roomchat wrote are left out (one warning each): a
+    async def _migrated(self, room: str) -> None:
+        """Move the room's tombstones of an older version into its state hash (log.lua)."""
+        state_key, changed_key, deleted_key = _state_keys(room)
+        async with self._calling("read"):
+            await self._migrate(keys=[deleted_key, state_key, changed_key], args=[])
+
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]:
+        """Entries that are not entries roomchat wrote are left out (one warning each): a
         page that holds only such entries is followed by the next, so an empty answer still
         means that nothing more is stored up to ``upto``."""
         self._check()
         log_key = _keys(room)[0]
-        deleted_key = f"roomchat:{{{room}}}:deleted"
+        _, changed_key, deleted_key = _state_keys(room)
         while after < upto:
-            async with self._calling("read"):
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.xrange(log_key, min=f"0-{after + 1}", max=f"0-{upto}", count=limit)
-                    pipe.exists(deleted_key)
-                    entries, any_deleted = await pipe.execute()
-                tombstones: dict[bytes, bytes] = {}
-                if any_deleted:
-                    tombstones = await self._redis.hgetall(deleted_key)
-            messages: list[StoredMessage] = []
-            for entry_id, fields in entries:
-                parsed = records.message(room, entry_id, fields)
-                if parsed is None:
-                    self._malformed(f"{log_key} entry {entry_id!r}", "not a message (a field "
-                                    "missing or unreadable)", "left out of history")
-                    continue
-                if parsed.repaired:
-                    self._malformed(f"{log_key} entry {entry_id!r}", "its name or client id is "
-                                    "unreadable", "read with the user id as name and no id")
-                messages.append(parsed.value)
-            # Deleted messages are not in the stream: merge theirs in, within what this page
-            # covers (up to its last entry when the stream filled the page).
+            async with self._calling("read"), self._redis.pipeline(transaction=False) as pipe:
+                pipe.xrange(log_key, min=f"0-{after + 1}", max=f"0-{upto}", count=limit)
+                pipe.zrangebyscore(changed_key, f"({after}", upto, start=0, num=limit)
+                pipe.xrange(log_key, count=1)
+                pipe.zrange(changed_key, 0, 0)
+                pipe.exists(deleted_key)
+                entries, changed, first, lowest, legacy = await pipe.execute()
+            if legacy:
+                await self._migrated(room)
+                continue
             full = len(entries) == limit
             end = (records.entry_seq(entries[-1][0]) or upto) if full else upto
-            for raw_seq, value in tombstones.items():
-                tombstone = records.tombstone(room, raw_seq, value)
-                if tombstone is None:
-                    self._malformed(f"{deleted_key} field {raw_seq!r}", "not a tombstone",
+            states = await self._states(room, [seq for seq in map(records.count, changed)
+                                               if seq is not None and seq <= end])
+            oldest = min([seq for seq in (records.entry_seq(first[0][0]) if first else None,
+                                          records.count(lowest[0]) if lowest else None)
+                          if seq is not None], default=0)
+            found: dict[int, Entry] = {}
+            for entry_id, fields in entries:
+                parsed = records.entry(room, entry_id, fields)
+                if parsed is None:
+                    self._malformed(f"{log_key} entry {entry_id!r}", "not an entry roomchat "
+                                    "wrote (a field missing or unreadable)",
                                     "left out of history")
-                elif after < tombstone.seq <= end:
-                    messages.append(tombstone)
-            if tombstones:
-                messages.sort(key=lambda m: m.seq)
-                del messages[limit:]
-            if messages or not full:
-                return messages
-            after = end  # a full page of entries that are not messages: read on
+                    continue
+                if parsed.repaired:
+                    self._malformed(f"{log_key} entry {entry_id!r}", "some of its fields are "
+                                    "unreadable", "read without them")
+                value = parsed.value
+                if isinstance(value, StoredChange):
+                    if value.target < oldest:
+                        continue  # its message was pruned: it goes with it
+                    found[value.seq] = value
+                else:
+                    found[value.seq] = states.pop(value.seq, value)
+            found.update(states)  # deleted messages: not in the stream, their state is
+            entries_read = sorted(found.values(), key=lambda e: e.seq)[:limit]
+            if entries_read or not full:
+                return entries_read
+            after = end  # a full page of entries that are not roomchat's: read on
         return []
 
-    # -- moderation ---------------------------------------------------------------------------
-
-    async def delete(self, room: str, seq: int) -> bool:
+    async def history(self, room: str, *, after: int = 0, before: int, limit: int,
+                      newest: bool = False) -> list[StoredMessage]:
+        """Messages in their current state: the stream's message entries (change entries
+        skipped), each overlaid with its state when it changed, and deleted messages'
+        tombstones (their state) merged in."""
         self._check()
-        log_key, *_, channel = _keys(room)
-        async with self._calling("delete"):
-            done = await self._delete(keys=[log_key, f"roomchat:{{{room}}}:deleted"],
-                                      args=[seq, channel, self.node])
-        return bool(done)
+        log_key = _keys(room)[0]
+        _, changed_key, deleted_key = _state_keys(room)
+        last = min(before - 1, 2**53)
+        if last <= after or limit <= 0:
+            return []
+        chunk = _CHUNK * limit
+        messages: dict[int, StoredMessage] = {}
+        cursor = last if newest else after + 1  # next seq to read, inclusive
+        changed: list[bytes] = []
+        first_round = True
+        while True:
+            async with self._calling("history"), \
+                    self._redis.pipeline(transaction=False) as pipe:
+                if newest:
+                    pipe.xrevrange(log_key, max=f"0-{cursor}", min=f"0-{after + 1}",
+                                   count=chunk)
+                else:
+                    pipe.xrange(log_key, min=f"0-{cursor}", max=f"0-{last}", count=chunk)
+                if first_round:
+                    # The first ``limit`` changed messages from the page's side: every
+                    # one the page can hold (each is a message of it).
+                    if newest:
+                        pipe.zrevrangebyscore(changed_key, last, f"({after}", start=0,
+                                              num=limit)
+                    else:
+                        pipe.zrangebyscore(changed_key, f"({after}", last, start=0,
+                                           num=limit)
+                    pipe.exists(deleted_key)
+                answer = await pipe.execute()
+            entries = answer[0]
+            if first_round:
+                if answer[2]:
+                    await self._migrated(room)
+                    continue
+                changed = answer[1]
+                first_round = False
+            for entry_id, fields in entries:
+                parsed = records.message(room, entry_id, fields)
+                if parsed is not None:
+                    messages[parsed.value.seq] = parsed.value
+                elif b"c" not in fields:
+                    self._malformed(f"{log_key} entry {entry_id!r}", "not a message (a field "
+                                    "missing or unreadable)", "left out of history")
+            if len(messages) >= limit or len(entries) < chunk:
+                break
+            scanned = records.entry_seq(entries[-1][0])
+            if scanned is None:
+                break
+            cursor = scanned - 1 if newest else scanned + 1
+        # The page's reach: up to its limit-th message, or the whole range when it has fewer.
+        ordered = sorted(messages, reverse=newest)
+        low, high = after + 1, last
+        if len(ordered) >= limit:
+            if newest:
+                low = ordered[limit - 1]
+            else:
+                high = ordered[limit - 1]
+        states = await self._states(room, [seq for seq in map(records.count, changed)
+                                           if seq is not None and low <= seq <= high])
+        messages.update(states)
+        page = sorted(messages.values(), key=lambda m: m.seq)
+        return page[-limit:] if newest else page[:limit]
+
+    async def _states(self, room: str, seqs: list[int]) -> dict[int, StoredMessage]:
+        """The current state of the changed messages ``seqs``, from the room's state hash."""
+        if not seqs:
+            return {}
+        state_key = _state_keys(room)[0]
+        async with self._calling("read"):
+            values = await self._redis.hmget(state_key, seqs)
+        states: dict[int, StoredMessage] = {}
+        for seq, value in zip(seqs, values, strict=True):
+            if value is None:
+                continue  # pruned meanwhile
+            parsed = records.state(room, seq, value)
+            if parsed is None:
+                self._malformed(f"{state_key} field {seq}", "not a message's state",
+                                "left out of history")
+                continue
+            if parsed.repaired:
+                self._malformed(f"{state_key} field {seq}", "some of its fields are "
+                                "unreadable", "read without them")
+            states[seq] = parsed.value
+        return states
+
+    async def unread(self, room: str, user: str, *, scan: int) -> Unread:
+        self._check()
+        if scan <= 0:  # (unread.lua counts nothing either for a user with no marker)
+            async with self._calling("unread"):
+                marker = await self._redis.hget(_read_key(room), user)
+            return Unread(records.count(marker) or 0)
+        async with self._calling("unread"):
+            read, unread, mentions, capped = await self._unread(
+                keys=[_keys(room)[0], _read_key(room)], args=[user, scan, min(scan, 1000)])
+        return Unread(int(read), int(unread), int(mentions), bool(capped))
+
+    async def mark_read(self, room: str, user: str, seq: int) -> int:
+        self._check()
+        async with self._calling("mark_read"):
+            marker = await self._mark_read(keys=[_read_key(room)],
+                                           args=[user, seq, _keys(room)[5], self.node])
+            # The user's own index (another hash slot: a call of its own).
+            await self._user_read(keys=[_markers_key(user)], args=[room, int(marker)])
+        return int(marker)
+
+    async def markers(self, user: str) -> dict[str, int]:
+        self._check()
+        async with self._calling("markers"):
+            raw = await self._redis.hgetall(_markers_key(user))
+        found: dict[str, int] = {}
+        for room, seq in raw.items():
+            name, number = records.text(room), records.count(seq)
+            if name and number is not None:
+                found[name] = number
+        return dict(sorted(found.items()))
+
+    # -- moderation ---------------------------------------------------------------------------
 
     async def erase(self, user: str,
                     erased: ErasedObserver | None = None) -> dict[str, list[int]]:
@@ -482,11 +672,12 @@ class RedisEngine:
         while cursors:
             told = False
             for room, first in list(cursors.items()):
-                log_key, *_, channel = _keys(room)
+                log_key, seq_key, *_, channel = _keys(room)
                 async with self._calling("erase"):
                     examined, last, *raw = await self._erase(
-                        keys=[log_key, f"roomchat:{{{room}}}:deleted"],
-                        args=[user, first, ERASE_PAGE, channel, self.node, contract.ERASE_STEP])
+                        keys=[log_key, seq_key, _epoch_key(room), *_state_keys(room)],
+                        args=[user, first, ERASE_PAGE, channel, room, contract.ERASE_STEP,
+                              _new_epoch(), int(time.time() * 1000)])
                 if raw:
                     seqs = [int(seq) for seq in raw]
                     done.setdefault(room, []).extend(seqs)
@@ -565,14 +756,12 @@ class RedisEngine:
         now_ms = int(time.time() * 1000)
         args: list[str | int] = [self.node, now_ms, now_ms + int(ttl * 1000), channel,
                                  int(ttl * 2000), _new_epoch(), self._floor(room, floor)]
-        keys = [presence_key, seq_key, log_key, f"roomchat:{{{room}}}:deleted",
-                _epoch_key(room)]
+        keys = [presence_key, seq_key, log_key, _epoch_key(room)]
         for user, name in members.items():
             args += [user, name]
             keys.append(f"roomchat:{{{room}}}:ban:{user}")
         async with self._calling("sync"):
-            top, flat, tombstones, bans, repaired, epoch = await self._sync(keys=keys,
-                                                                            args=args)
+            top, flat, bans, repaired, epoch = await self._sync(keys=keys, args=args)
         self._healthy = True
         self._saw(room, int(top))
         if repaired:
@@ -588,15 +777,8 @@ class RedisEngine:
             member = records.identifier(bans[i])
             if member:  # one of the members given: it came from here
                 banned.append((member, records.ban(member, bans[i + 1]).value.reason))
-        return RoomSync(top=int(top), others=others, tombstones=int(tombstones),
-                        banned=tuple(banned), epoch=epoch.decode())
-
-    async def tombstones(self, room: str) -> list[int]:
-        self._check()
-        async with self._calling("tombstones"):
-            seqs = await self._redis.hkeys(f"roomchat:{{{room}}}:deleted")
-        # (A field that is not a seq is reported by ``read``, which leaves it out too.)
-        return sorted(seq for seq in map(records.count, seqs) if seq is not None)
+        return RoomSync(top=int(top), others=others, banned=tuple(banned),
+                        epoch=epoch.decode())
 
     # -- small keyed records: single-use tickets, revocations -------------------------------
 
@@ -756,16 +938,16 @@ class RedisEngine:
             listener.remote_messages(messages)
         elif kind == b"p" and data[1:] != self._node_bytes:
             listener.remote_presence()
-        elif kind in (b"d", b"b"):
+        elif kind in (b"r", b"b"):
             origin, _, tail = data[1:].decode(errors="replace").partition("\n")
             if origin == self.node:
                 return  # ours: this process's rooms were told directly
-            if kind == b"d":  # one seq (delete.lua) or several (erase.lua), one a line
-                for line in tail.split("\n"):
-                    deleted = records.count(line.encode())
-                    if deleted is not None:
-                        listener.remote_deleted(deleted)
-            elif kind == b"b":
+            if kind == b"r":  # a read marker moved (mark_read.lua)
+                user, _, raw_seq = tail.partition("\n")
+                marker = records.count(raw_seq.encode())
+                if user and marker is not None:
+                    listener.remote_read(user, marker)
+            else:
                 user, _, reason = tail.partition("\n")
                 listener.remote_banned(user, reason)
 
@@ -789,3 +971,23 @@ async def _quietly_close(pubsub: Any) -> None:
         await pubsub.connection_pool.disconnect()
     except FAILURES:
         pass
+
+
+_KIND = {Action.EDIT: b"e", Action.DELETE: b"d", Action.REACT: b"r"}
+
+
+def _draft_args(d: AnyDraft) -> list[bytes | int]:
+    """append.lua's eight arguments for one draft. Raises ``UnicodeEncodeError`` for a text
+    that cannot be encoded."""
+    if isinstance(d, Draft):
+        mentions = orjson.dumps(list(d.mentions)) if d.mentions else b""
+        return [b"m", d.user.encode(), d.name.encode(), (d.id or "").encode(), d.ts,
+                d.reply_to or 0, d.text.encode(), mentions]
+    if d.action is Action.EDIT:
+        a, b = d.text.encode(), b""
+    elif d.action is Action.DELETE:
+        a, b = (b"1" if d.moderator else b"0"), b""
+    else:
+        a, b = d.emoji.encode(), (b"1" if d.on else b"0")
+    return [_KIND[d.action], d.user.encode(), d.name.encode(), (d.id or "").encode(), d.ts,
+            d.target, a, b]

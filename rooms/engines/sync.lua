@@ -1,13 +1,13 @@
 -- Publish this process's members of a room and read the room's shared state, atomically.
 -- KEYS: 1 presence hash ("node\0user" -> "expires_ms\0name"), 2 seq counter, 3 stream (log),
---       4 tombstones hash, 5 epoch, then one ban key per member pair of ARGV, in the same order
+--       4 epoch, then one ban key per member pair of ARGV, in the same order
 -- ARGV: 1 node id, 2 now (ms), 3 expiry of this node's entries (ms), 4 shard channel,
 --       5 key lifetime (ms), 6 a new epoch, used if the log needs one (room_top, in front of
 --       this), 7 floor (the highest seq this node has seen stored), then user, name pairs
 --       (this node's members; none withdraws them)
--- Returns {top seq, {user, name, ...} of the live members of other nodes, tombstone count,
--- {user, ban value, ...} of this node's members banned now, repaired, epoch}: the tombstone
--- count and the bans let a room catch up with delete and ban announcements that pub/sub
+-- Returns {top seq, {user, name, ...} of the live members of other nodes, {user, ban value,
+-- ...} of this node's members banned now, repaired, epoch}: the top lets a room catch up with
+-- entries (messages and changes) and the bans with ban announcements that pub/sub
 -- (at-most-once) lost; repaired counts the malformed records it mended (presence entries it
 -- could not read are removed, a seq counter that is not a number is set again from the log):
 -- the engine logs a warning.
@@ -58,15 +58,15 @@ end
 if changed then
   redis.call('SPUBLISH', ARGV[4], 'p' .. node)
 end
-local top, epoch, _, counter_repaired = room_top(KEYS[3], KEYS[2], KEYS[5], ARGV[6],
+local top, epoch, _, counter_repaired = room_top(KEYS[3], KEYS[2], KEYS[4], ARGV[6],
                                                 tonumber(ARGV[7]))
 repaired = repaired + counter_repaired
 local banned = {}
 for i = 8, #ARGV, 2 do
-  local ban = redis.call('GET', KEYS[6 + (i - 8) / 2])
+  local ban = redis.call('GET', KEYS[5 + (i - 8) / 2])
   if ban then
     banned[#banned + 1] = ARGV[i]
     banned[#banned + 1] = ban
   end
 end
-return {top, others, redis.call('HLEN', KEYS[4]), banned, repaired, epoch}
+return {top, others, banned, repaired, epoch}

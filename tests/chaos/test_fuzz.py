@@ -4,9 +4,13 @@ Pure level: ``rooms.protocol.parse_client_frame`` and ``gateway.auth.TokenVerifi
 sign) never raise, give every input its documented answer (docs/protocol.md), and whatever they
 accept can be serialised onto the wire. Real server: hypothesis-generated frames and tokens over
 real sockets to a ``roomchat serve``; each gets its documented answer (an ``error`` with the
-documented code, an ``ack``, nothing for a ``pong``, close 1003/1007/1008/1009, HTTP 401), a
-bystander in the same room keeps chatting with a gapless seq list, and the server logs no
-traceback."""
+documented code, an ``ack``, nothing for a ``pong`` or a ``read``, close 1003/1007/1008/1009,
+HTTP 401), a bystander in the same room keeps chatting with a gapless seq list, and the server
+logs no traceback. The frames include every kind issue 21 added (``edit``, ``delete``,
+``react``, ``read``, a message's ``reply_to`` and ``mentions``); what the log answers to a
+well-formed change (an ``ack``, or ``not_found``, ``forbidden``, ``already_deleted``,
+``too_many_reactions``) depends on the room's state, so any of those is its documented
+answer."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import unicodedata
 from collections.abc import Iterator
 from typing import Any
 
+import emoji
 import jwt
 import orjson
 import pytest
@@ -26,11 +31,21 @@ from websockets.sync.client import ClientConnection, connect
 
 from gateway.auth import AuthError, TokenVerifier, valid_room_name
 from rooms import protocol
-from rooms.protocol import FrameError, Pong, SendMessage
+from rooms.protocol import (
+    DeleteMessage,
+    EditMessage,
+    FrameError,
+    MarkRead,
+    Pong,
+    React,
+    SendMessage,
+)
 from tests.chaos.harness import ENV, pick, record
 from tests.support import SECRET, Process, make_token, server_process
 
-MAX_TEXT, MAX_ID, MAX_NAME = 2000, 64, 64
+MAX_TEXT, MAX_ID, MAX_NAME, MAX_MENTIONS, MAX_SEQ = 2000, 64, 64, 20, 2**53
+CHANGE_CODES = frozenset({"not_found", "forbidden", "already_deleted", "too_many_reactions"})
+"""What the log may answer a well-formed change (or reply) instead of an ack."""
 EXAMPLES = int(pick(150, 2000))
 WIRE_EXAMPLES = int(pick(100, 1000))
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
@@ -64,16 +79,31 @@ def deep(n: int) -> str:
     return "[" * n + "]" * n
 
 
+seqs = st.one_of(st.integers(min_value=-2, max_value=12), st.sampled_from([MAX_SEQ, MAX_SEQ + 1]),
+                 json_values)
+EMOJI = ["\U0001f44d", "\U0001f44d\U0001f3fd", "\u2764\ufe0f", "\u2764", "\U0001f1eb\U0001f1f7",
+         "\U0001f468\u200d\U0001f469\u200d\U0001f467", "1\ufe0f\u20e3",
+         "\U0001f44d\U0001f44d", ":+1:", "\u200d", "a"]  # the last four are not one emoji
+emojis = st.one_of(st.sampled_from(EMOJI), edge_text, json_values)
+users = st.one_of(st.sampled_from(["bystander", "fuzzer", "nobody", "u" * 64, "u" * 65]),
+                  edge_text, json_values)
 message_objects = st.fixed_dictionaries(
-    {"type": st.sampled_from(["message", "pong", "Message", "", "ping"])},
+    {"type": st.sampled_from(["message", "pong", "Message", "", "ping", "edit", "delete",
+                              "react", "read"])},
     optional={"text": st.one_of(edge_text, json_values), "id": st.one_of(edge_text, json_values),
-              "extra": json_values})
+              "extra": json_values, "seq": seqs, "emoji": emojis,
+              "on": st.one_of(st.booleans(), json_values),
+              "reply_to": st.one_of(st.none(), seqs),
+              "mentions": st.one_of(st.none(), st.lists(users, max_size=22), json_values)})
 
 
 @st.composite
 def frames(draw: st.DrawFn) -> str:
     """A client text frame: JSON written several ways, or not JSON at all."""
-    kind = draw(st.sampled_from(["object", "object", "object", "value", "raw", "deep", "plain"]))
+    kind = draw(st.sampled_from(["object", "object", "object", "value", "raw", "deep", "plain",
+                                 "change"]))
+    if kind == "change":
+        return draw(change_frames())
     if kind == "plain":  # a well-formed message, maybe with odd text or id
         return json.dumps({"type": "message", "text": draw(st.one_of(st.text(), edge_text)),
                            "id": draw(st.one_of(st.none(), st.text(max_size=70)))})
@@ -88,22 +118,61 @@ def frames(draw: st.DrawFn) -> str:
         return str(value)
 
 
+@st.composite
+def change_frames(draw: st.DrawFn) -> str:
+    """A frame of one of the kinds issue 21 added, mostly well formed: ``edit``, ``delete``,
+    ``react``, ``read``, a ``message`` answering one or mentioning people; seqs mostly of
+    entries the fuzzed room holds (its bystander's and the fuzzer's messages, and changes)."""
+    kind = draw(st.sampled_from(["edit", "delete", "react", "react", "read", "reply"]))
+    seq = draw(st.one_of(st.integers(min_value=1, max_value=30), seqs))
+    obj: dict[str, Any] = {"type": "message" if kind == "reply" else kind, "seq": seq}
+    if draw(st.booleans()):
+        obj["id"] = draw(st.one_of(st.text(min_size=1, max_size=8), edge_text))
+    if kind in ("edit", "reply"):
+        obj["text"] = draw(st.one_of(st.text(min_size=1, max_size=20), edge_text))
+    if kind == "react":
+        obj["emoji"] = draw(st.one_of(st.sampled_from(EMOJI), emojis))
+        obj["on"] = draw(st.one_of(st.booleans(), json_values))
+    if kind == "reply":
+        obj["reply_to"] = obj.pop("seq")
+        if draw(st.booleans()):
+            obj["mentions"] = draw(st.lists(users, max_size=3))
+    try:
+        return json.dumps(obj, ensure_ascii=draw(st.booleans()))
+    except (ValueError, TypeError):
+        return str(obj)
+
+
 def documented(data: str) -> str:
-    """What docs/protocol.md says the server answers to ``data``: ``pong``, ``message`` (stored
-    and acked) or an error code."""
+    """What docs/protocol.md says the server answers to ``data``: ``pong`` and ``read``
+    (nothing), ``message`` (stored and acked), ``change`` (an ack or one of
+    ``CHANGE_CODES``: an edit, delete, reaction, or a message with ``reply_to``) or an error
+    code."""
     try:
         obj = orjson.loads(data)  # the strict JSON the server speaks (no NaN, no lone surrogates)
     except orjson.JSONDecodeError:
         return "invalid_json"
     if not isinstance(obj, dict):
         return "invalid_json"
-    if obj.get("type") == "pong":
+    kind = obj.get("type")
+    if kind == "pong":
         return "pong"
-    if obj.get("type") != "message":
+    if kind == "read":
+        return "read" if is_seq(obj.get("seq")) else "invalid_message"
+    if kind not in ("message", "edit", "delete", "react"):
         return "invalid_message"
     cid = obj.get("id")
     if cid is not None and not (isinstance(cid, str) and 1 <= len(cid) <= MAX_ID):
         return "invalid_message"
+    if kind != "message" and not is_seq(obj.get("seq")):
+        return "invalid_message"
+    if kind == "delete":
+        return "change"
+    if kind == "react":
+        glyph = obj.get("emoji")
+        if not (isinstance(glyph, str) and 1 <= len(glyph) <= 32 and emoji.is_emoji(glyph)):
+            return "invalid_message"
+        return "change" if isinstance(obj.get("on"), bool) else "invalid_message"
     text = obj.get("text")
     if not isinstance(text, str):
         return "invalid_message"
@@ -111,7 +180,20 @@ def documented(data: str) -> str:
         return "empty_text"
     if len(text.strip()) > MAX_TEXT:
         return "text_too_long"
-    return "message"
+    if kind == "edit":
+        return "change"
+    reply_to, mentions = obj.get("reply_to"), obj.get("mentions")
+    if reply_to is not None and not is_seq(reply_to):
+        return "invalid_message"
+    if mentions is not None and not (
+            isinstance(mentions, list) and len(mentions) <= MAX_MENTIONS and all(
+                isinstance(u, str) and 1 <= len(u) <= MAX_NAME and safe(u) for u in mentions)):
+        return "invalid_message"
+    return "message" if reply_to is None else "change"
+
+
+def is_seq(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_SEQ
 
 
 # -- pure: frames -----------------------------------------------------------------------------
@@ -119,18 +201,32 @@ def documented(data: str) -> str:
 @SETTINGS
 @given(frames())
 def test_every_frame_gets_its_documented_answer(data: str) -> None:
-    parsed = protocol.parse_client_frame(data, max_text_chars=MAX_TEXT, max_id_chars=MAX_ID)
+    parsed = protocol.parse_client_frame(data, max_text_chars=MAX_TEXT, max_id_chars=MAX_ID,
+                                         max_mentions=MAX_MENTIONS)
     want = documented(data)
     if isinstance(parsed, Pong):
         assert want == "pong"
+    elif isinstance(parsed, MarkRead):
+        assert want == "read" and 1 <= parsed.seq <= MAX_SEQ
+        assert "\n" not in protocol.read(parsed.seq)
     elif isinstance(parsed, SendMessage):
-        assert want == "message"
+        assert want == ("message" if parsed.reply_to is None else "change")
         assert 1 <= len(parsed.text) <= MAX_TEXT and parsed.text == parsed.text.strip()
+        assert len(set(parsed.mentions)) == len(parsed.mentions) <= MAX_MENTIONS
         # What is accepted can be stored and broadcast: it serialises, on one line.
         line = protocol.dumps({"type": "message", "seq": 1, "id": parsed.id,
-                               "text": parsed.text})
+                               "text": parsed.text, "mentions": list(parsed.mentions)})
         assert "\n" not in line
         protocol.ack(parsed.id, 1)
+    elif isinstance(parsed, EditMessage | DeleteMessage | React):
+        assert want == "change"
+        assert 1 <= parsed.seq <= MAX_SEQ
+        line = protocol.dumps({"type": "change", "seq": 2, "target": parsed.seq,
+                               "id": parsed.id, **({"text": parsed.text}
+                                                   if isinstance(parsed, EditMessage) else {}),
+                               **({"emoji": parsed.emoji, "on": parsed.on}
+                                  if isinstance(parsed, React) else {})})
+        assert "\n" not in line
     else:
         assert isinstance(parsed, FrameError)
         assert parsed.code.value == want, (parsed, want)
@@ -246,7 +342,7 @@ class Bystander:
                 obj = orjson.loads(line)
                 if obj["type"] == "ping":
                     self.ws.send('{"type":"pong"}')
-                elif obj["type"] == "message":
+                elif obj["type"] in ("message", "change"):  # both are entries of the log
                     assert obj["seq"] == self.last + 1, (obj["seq"], self.last)
                     self.last = obj["seq"]
                 elif obj["type"] == "ack" and obj["id"] == cid:
@@ -255,7 +351,7 @@ class Bystander:
 
 def wire_frames() -> st.SearchStrategy[str | bytes]:
     return st.one_of(
-        frames(), frames(), frames(),
+        frames(), frames(), frames(), change_frames(), change_frames(),
         st.binary(max_size=16),  # binary frames, empty included: 1003
         st.just(b"\xff\xfe"), st.just(b'{"type":"message","text":"\xed\xa0\x80"}'),
         st.just("x" * 70_000),  # over max_message_bytes: 1009
@@ -310,16 +406,21 @@ def expect_replies(ws: ClientConnection, want: list[str], sentinel: str) -> None
             break
     except ConnectionClosed:
         got.append(f"close {ws.close_code}")
-    # An ack is sent once the message is stored (after the room's batch delay and a commit);
-    # errors are immediate. So acks may come after the errors to later frames: compare errors
-    # and the close in order, and acks by count.
+    # An ack is sent once the message is stored (after the room's batch delay and a commit),
+    # and so is the log's refusal of a change; errors of a frame's shape are immediate. So
+    # acks may come after the errors to later frames: compare those errors and the close in
+    # order, and the answers of the log (acks, and refusals of changes) by count.
     def split(answers: list[str]) -> tuple[list[str], int, list[str]]:
-        return ([x for x in answers if x != "message" and not x.startswith("close")],
-                answers.count("message"), [x for x in answers if x.startswith("close")])
+        return ([x for x in answers if x not in ("message", "change") and x not in CHANGE_CODES
+                 and not x.startswith("close")],
+                sum(x in ("message", "change") or x in CHANGE_CODES for x in answers),
+                [x for x in answers if x.startswith("close")])
 
     got_errors, got_acks, got_close = split(got)
     want_errors, want_acks, want_close = split(want)
     assert got_close == want_close, (got, want)
+    # A refusal by the log answers a change (or a reply) only: never more than were sent.
+    assert sum(x in CHANGE_CODES for x in got) <= want.count("change"), (got, want)
     if want_close and (got_errors, got_acks) != (want_errors, want_acks):
         # The answers to the frames before a close may not have been written yet when the
         # close comes, and are dropped (finding C in docs/reliability.md; safe, since a client
@@ -347,11 +448,11 @@ def test_fuzzed_frames_over_a_real_socket(fuzz_server: Process,
             send(ws, frame, as_text)
             STATS["frames"] += 1
             STATS["answers"][answer] = STATS["answers"].get(answer, 0) + 1
-            if answer != "pong":
+            if answer not in ("pong", "read"):
                 want.append(answer)
             if answer.startswith("close"):
                 break
-            if answer not in ("message", "pong"):
+            if answer not in ("message", "pong", "read", "change"):
                 invalid += 1
                 if invalid == 5:  # max_invalid_frames
                     want.append("close 1008")

@@ -98,6 +98,14 @@ def server(make_server: ServerFactory) -> RoomchatServer:
     return make_server()
 
 
+@pytest.fixture
+def busy_server(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> RoomchatServer:
+    """A server whose rate limits let a test fill a room with hundreds of messages in a moment."""
+    monkeypatch.setenv("ROOMCHAT_RATE_BURST", "1000")
+    monkeypatch.setenv("ROOMCHAT_RATE_PER_SEC", "1000")
+    return make_server()
+
+
 @dataclass
 class _OpenedPage:
     page: Page

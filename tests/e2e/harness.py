@@ -403,19 +403,36 @@ class ChatPeer:
             self.next_object()
         return [m for m in self.messages if int(m["seq"]) <= target]
 
-    def send(self, text: str, msg_id: str) -> dict[str, Any]:
-        """Send one message and return its ack, resending (same id) after rate_limited/busy."""
+    def send(self, text: str, msg_id: str, **fields: Any) -> dict[str, Any]:
+        """Send one message (``fields``: ``reply_to``, ``mentions``) and return its ack, resending
+        (same id) after rate_limited/busy."""
+        answer = self.request({"type": "message", "text": text, "id": msg_id, **fields})
+        if answer.get("type") != "ack":
+            raise AssertionError(f"message refused: {answer}")
+        return answer
+
+    def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Send ``frame`` (it has an ``id``: a message, edit, delete or react) and return the
+        server's answer to it: its ``ack``, or its ``error`` (after resending, same id, as long
+        as the error is rate_limited or busy)."""
+        frame_id = frame["id"]
         while True:
-            self.ws.send(json.dumps({"type": "message", "text": text, "id": msg_id}))
+            self.ws.send(json.dumps(frame))
             while True:
                 obj = self.next_object()
-                if obj.get("type") == "ack" and obj.get("id") == msg_id:
-                    return obj
-                if obj.get("type") == "error" and obj.get("id") == msg_id:
-                    if obj.get("code") in ("rate_limited", "busy"):
-                        time.sleep(float(obj.get("retry_after", 1)))  # the protocol's own wait
-                        break
-                    raise AssertionError(f"message refused: {obj}")
+                if obj.get("id") != frame_id or obj.get("type") not in ("ack", "error"):
+                    continue
+                if obj["type"] == "error" and obj.get("code") in ("rate_limited", "busy"):
+                    time.sleep(float(obj.get("retry_after", 1)))  # the protocol's own wait
+                    break
+                return obj
+
+    def change(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """An edit, delete or react (``frame`` with its ``id``): its ack (fails on a refusal)."""
+        answer = self.request(frame)
+        if answer.get("type") != "ack":
+            raise AssertionError(f"{frame['type']} refused: {answer}")
+        return answer
 
     def close(self) -> None:
         self.ws.close()
@@ -425,3 +442,17 @@ class ChatPeer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def fill(server: RoomchatServer, room: str, count: int) -> None:
+    """`count` messages "m001".. from two people (so grouping is exercised), all acknowledged.
+    (Rooms this test filled alone: message n has seq n.)"""
+    peers = [ChatPeer(server, room, "bob", name="Bob"), ChatPeer(server, room, "carol")]
+    try:
+        for n in range(1, count + 1):
+            peer = peers[(n // 3) % 2]  # three in a row from each: groups of messages
+            ack = peer.send(f"m{n:03d}", f"id-{n}")
+            assert ack["seq"] == n
+    finally:
+        for peer in peers:
+            peer.close()

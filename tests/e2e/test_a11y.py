@@ -21,7 +21,19 @@ from tests.support import make_token
 
 from .conftest import PageOpener
 from .harness import ChatPeer, RoomchatServer
-from .pages import expect_live, menu_buttons, message_box, open_menu, send, status, texts
+from .pages import (
+    HIDDEN_TAB,
+    chip,
+    expect_live,
+    menu_buttons,
+    message_box,
+    moderation_dialog,
+    open_menu,
+    send,
+    status,
+    texts,
+)
+from .test_mentions_unread import wait_for_marker
 
 AXE_DIR = Path(__file__).resolve().parent / "axe"
 AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
@@ -215,3 +227,89 @@ def test_axe_finds_nothing_serious_in_a_queue_with_shared_names_and_after_the_se
         expect(message_box(page)).to_be_disabled()
         problems = axe_problems(page)
         assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width", [390, 1280])
+def test_axe_finds_nothing_serious_with_rich_messages(
+    busy_server: RoomchatServer, open_page: PageOpener, axe_source: str, scheme: str, width: int
+) -> None:
+    """Reactions, a reply's quote, "(edited)", a mention of you, formatting, the unread line and
+    its jump button, and each dialog and popup of issue 21, at a phone's width and a desktop's."""
+    server = busy_server
+    link = server.link("lobby", server.token("alice", ["lobby"], name="Alice"))
+    with ChatPeer(server, "lobby", "bob", name="Bob") as bob:
+        bob.send("before you came", "b-0")
+        visit = open_page(link)  # Alice reads it, and leaves
+        expect(texts(visit)).to_have_count(1)
+        wait_for_marker(server, "alice", 1)
+        visit.close()
+        for n in range(1, 56):
+            bob.send(f"while you were away {n}", f"b-{n}")
+        rich = "Formatting: *bold* _it_ ~st~ `code` www.example.org\n> quoted\n```\nblock\n```"
+        original = bob.send(rich, "b-f")["seq"]
+        bob.send("@Alice see this", "b-m", mentions=["alice"])
+        bob.send("answering the formatting", "b-r", reply_to=original)
+        bob.change({"type": "react", "seq": original, "emoji": "👍", "on": True, "id": "r-1"})
+        bob.change({"type": "react", "seq": original, "emoji": "🎉", "on": True, "id": "r-2"})
+        typo = bob.send("a typo hree", "b-t")["seq"]
+        bob.change({"type": "edit", "seq": typo, "text": "a typo here", "id": "e-1"})
+
+        page = open_page(width=width, height=844 if width < 500 else 800, color_scheme=scheme,
+                         init_script=axe_source + HIDDEN_TAB + "window.__hidden = true;")
+        page.goto(link)
+        expect_live(page)
+        send(page, "mine, with a reaction")
+        page.locator("#log li.msg.own").last.locator(".msg-menu").click()
+        moderation_dialog(page).get_by_role("button", name="React with thumbs up").click()
+        expect(chip(page, "mine, with a reaction", "👍")).to_have_attribute("aria-pressed", "true")
+        expect(page.get_by_role("button", name="Jump to first unread")).to_be_visible()
+        problems = axe_problems(page)
+        assert not problems, "\n".join(problems)
+
+        # Hovered: the tools beside a bubble, a chip's "who reacted".
+        item = page.locator("#log li.msg", has_text="answering the formatting")
+        item.hover()
+        page.locator("#log li.msg .chip[data-emoji]").first.hover()
+        problems = axe_problems(page)
+        assert not problems, "\n".join(problems)
+
+        # The picker, searched.
+        page.locator("#log li.msg .chip-add").first.click()
+        page.keyboard.type("party")
+        problems = axe_problems(page)
+        assert not problems, "\n".join(problems)
+        page.keyboard.press("Escape")
+
+        # Replying, with the mention list open.
+        page.locator("#log li.msg .msg-menu").last.click()
+        moderation_dialog(page).get_by_role("button", name="Reply").click()
+        message_box(page).type("@b")
+        expect(page.get_by_role("listbox", name="People to mention")).to_be_visible()
+        problems = axe_problems(page)
+        assert not problems, "\n".join(problems)
+        message_box(page).press("Escape")
+        message_box(page).fill("")
+
+        # Editing in place.
+        message_box(page).press("ArrowUp")
+        expect(page.get_by_label("Edit message", exact=True)).to_be_focused()
+        problems = axe_problems(page)
+        assert not problems, "\n".join(problems)
+        page.keyboard.press("Escape")
+
+        # The notifications dialog.
+        page.get_by_role("button", name="Notifications: off").click()
+        problems = axe_problems(page)
+        assert not problems, "\n".join(problems)
+        page.keyboard.press("Escape")
+
+        # The unread line, jumped to; scrolled up there, a new message brings the "1 new message"
+        # pill (white on the dark theme's light accent was 3:1 before --accent-fill).
+        page.get_by_role("button", name="Jump to first unread").click()
+        expect(page.locator("#log li.unread-line")).to_be_visible()
+        bob.send("one more", "b-last")
+        expect(page.get_by_role("button", name="1 new message")).to_be_visible()
+        problems = axe_problems(page)
+        assert not problems, "\n".join(problems)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width

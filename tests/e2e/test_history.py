@@ -11,32 +11,11 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from .conftest import PageOpener, ServerFactory, Shooter
-from .harness import ChatPeer, RoomchatServer
+from .conftest import PageOpener, Shooter
+from .harness import ChatPeer, RoomchatServer, fill
 from .pages import expect_live, seqs, texts
 
 ROOM_SIZE = 300
-
-
-@pytest.fixture
-def busy_server(make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> RoomchatServer:
-    """A server whose rate limits let a test fill a room with 300 messages in a moment."""
-    monkeypatch.setenv("ROOMCHAT_RATE_BURST", "1000")
-    monkeypatch.setenv("ROOMCHAT_RATE_PER_SEC", "1000")
-    return make_server()
-
-
-def fill(server: RoomchatServer, room: str, count: int) -> None:
-    """`count` messages "m001".. from two people (so grouping is exercised), all acknowledged."""
-    peers = [ChatPeer(server, room, "bob", name="Bob"), ChatPeer(server, room, "carol")]
-    try:
-        for n in range(1, count + 1):
-            peer = peers[(n // 3) % 2]  # three in a row from each: groups of messages
-            ack = peer.send(f"m{n:03d}", f"id-{n}")
-            assert ack["seq"] == n
-    finally:
-        for peer in peers:
-            peer.close()
 
 
 def get_history(server: RoomchatServer, room: str, query: str, token: str | None) -> Any:

@@ -16,6 +16,7 @@ from .conftest import PageOpener, Shooter
 from .harness import ChatPeer, RoomchatServer
 from .pages import (
     expect_live,
+    menu_button,
     menu_buttons,
     message_box,
     message_item,
@@ -63,9 +64,15 @@ def test_a_moderator_deletes_from_the_menu_and_another_members_page_shows_it(
     for page in (mod, member):
         expect_live(page)
         expect(texts(page)).to_have_text(["remove me", "keep me"])
-    # Only the moderator's page has menus; a member's has none.
+    # Every message has a menu; only the moderator's offers to delete someone else's message.
     expect(menu_buttons(mod)).to_have_count(2)
-    expect(menu_buttons(member)).to_have_count(0)
+    expect(menu_buttons(member)).to_have_count(2)
+    theirs = open_menu(member, "remove me")
+    expect(theirs.get_by_role("button", name="Copy link to message")).to_be_visible()
+    expect(theirs.get_by_role("button", name="Delete message")).to_be_hidden()
+    expect(theirs.get_by_role("button", name=re.compile("^Ban "))).to_be_hidden()
+    member.keyboard.press("Escape")
+    expect(theirs).to_be_hidden()
 
     dialog = open_menu(mod, "remove me")
     expect(dialog.get_by_role("heading")).to_have_text("Message from Bob")
@@ -95,14 +102,17 @@ def test_the_menu_works_from_the_keyboard_and_escape_closes_it(
         bob.send("hello", "b-1")
     page = open_page(server.link("lobby", mod_token(server, "alice", mod=["lobby"])))
     expect_live(page)
-    button = message_item(page, "hello").get_by_role("button", name=re.compile("^Moderate "))
-    expect(button).to_have_attribute("aria-label", re.compile("^Moderate message from Bob at "))
+    button = menu_button(page, "hello")
+    expect(button).to_have_attribute("aria-label", re.compile("^Actions for message from Bob at "))
     button.focus()
     page.keyboard.press("Enter")
     dialog = moderation_dialog(page)
     expect(dialog).to_be_visible()
-    delete = dialog.get_by_role("button", name="Delete message")
-    expect(delete).to_be_focused()
+    expect(dialog.get_by_role("button", name="Reply")).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    expect(dialog.get_by_role("button", name="Copy link to message")).to_be_focused()
+    page.keyboard.press("ArrowDown")
+    expect(dialog.get_by_role("button", name="Delete message")).to_be_focused()
     page.keyboard.press("ArrowDown")
     expect(dialog.get_by_role("button", name="Ban Bob from this room")).to_be_focused()
     page.keyboard.press("Enter")
@@ -169,7 +179,7 @@ def test_the_servers_refusal_shows_in_the_dialog(
     assert status_ == 200
     expect(texts(page)).to_have_text(["message deleted"])
     dialog.get_by_role("button", name="Delete", exact=True).click()
-    expect(dialog.get_by_role("alert")).to_have_text("message 1 is already deleted")
+    expect(dialog.get_by_role("alert")).to_have_text("That message was already deleted.")
     expect(dialog).to_be_visible()
 
 

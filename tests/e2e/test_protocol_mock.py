@@ -248,7 +248,8 @@ def test_moderation_frames_their_answers_and_a_lost_moderator_flag(
     # The refusal shows in the dialog (not as a composer note), which stays open.
     room.send({"type": "error", "code": "not_found", "message": "no message 1 is stored",
                "id": frame["id"]})
-    expect(dialog.get_by_role("alert")).to_have_text("no message 1 is stored")
+    expect(dialog.get_by_role("alert")).to_have_text(
+        "That message no longer exists (deleted from the history, or never stored).")
     expect(page.locator("#composer-note")).to_have_text("")
 
     dialog.get_by_role("button", name="Back").click()
@@ -263,12 +264,16 @@ def test_moderation_frames_their_answers_and_a_lost_moderator_flag(
     expect(dialog).to_be_hidden()
     expect(page.locator("#composer-note")).to_have_text("Bob was banned from #lobby")
 
-    # The next connection's welcome does not say moderator (a new token): the menus go.
+    # The next connection's welcome does not say moderator (a new token): the menus no longer
+    # offer to delete someone else's message, or to ban.
     room.sockets[0].close(code=1012, reason="server restart")
     wait_until(page, lambda: len(room.sockets) == 2, "a reconnect after 1012", timeout_s=10)
     room.send(welcome(2, [ME, BOB], recovered=True))
     expect_live(page)
-    expect(menu_buttons(page)).to_have_count(0)
+    expect(menu_buttons(page)).to_have_count(2)
+    dialog = open_menu(page, "two")
+    expect(dialog.get_by_role("button", name="Delete message")).to_be_hidden()
+    expect(dialog.get_by_role("button", name=re.compile("^Ban "))).to_be_hidden()
 
 
 def test_a_ban_close_stops_the_page_and_says_why(

@@ -9,7 +9,10 @@ import pytest
 from .harness import REPO_ROOT
 
 STATIC = REPO_ROOT / "static"
-CLIENT_FILES = ["index.html", "chat.js", "ui.js", "style.css"]
+CLIENT_FILES = [
+    "index.html", "chat.js", "ui.js", "format.js", "picker.js", "mentions.js", "style.css",
+    "emoji.json",
+]
 
 
 def test_client_files_exist() -> None:

@@ -97,6 +97,11 @@ async def test_storage_errors_get_the_upgrades_answer_on_every_endpoint(srv: Ser
         ("POST", "/rooms/lobby/messages", {"text": "hi"}),
         ("GET", "/rooms/lobby/messages", None),
         ("DELETE", "/rooms/lobby/messages/1", None),
+        ("PATCH", "/rooms/lobby/messages/1", {"text": "x"}),
+        ("PUT", "/rooms/lobby/messages/1/reactions/%F0%9F%91%8D", None),
+        ("DELETE", "/rooms/lobby/messages/1/reactions/%F0%9F%91%8D", None),
+        ("PUT", "/rooms/lobby/read/eve", {"seq": 1}),
+        ("GET", "/users/eve/unread", None),
         ("POST", "/rooms/lobby/bans", {"user": "eve"}),
         ("GET", "/rooms/lobby/bans/eve", None),
         ("DELETE", "/rooms/lobby/bans/eve", None),
@@ -189,7 +194,26 @@ async def _integer_edges(srv: Server) -> None:
     status, answer = await call(srv.port, "DELETE", f"/rooms/lobby/messages/{top}")
     assert (status, answer["error"]) == (404, "not_found")
     status, answer = await call(srv.port, "DELETE", "/rooms/lobby/messages/03")
-    assert (status, answer) == (200, {"room": "lobby", "seq": 3, "deleted": True})
+    assert (status, answer) == (200, {"room": "lobby", "seq": 3, "deleted": True, "change": 4})
+    # The same edges on every route that names a message.
+    for seq in (f"{top + 1}", "0", "x"):
+        for method, path, body in (
+                ("PATCH", f"/rooms/lobby/messages/{seq}", {"text": "x"}),
+                ("PUT", f"/rooms/lobby/messages/{seq}/reactions/%F0%9F%91%8D", None),
+                ("DELETE", f"/rooms/lobby/messages/{seq}/reactions/%F0%9F%91%8D", None)):
+            status, answer = await call(srv.port, method, path, body)
+            assert (status, answer["error"]) == (400, "bad_request"), (method, path)
+    for method, path, body in (
+            ("PATCH", f"/rooms/lobby/messages/{top}", {"text": "x"}),
+            ("PUT", f"/rooms/lobby/messages/{top}/reactions/%F0%9F%91%8D", None)):
+        status, answer = await call(srv.port, method, path, body)
+        assert (status, answer["error"]) == (404, "not_found"), (method, path)
+    for number in (top + 1, 2**53 + 1, 1.5, -1):
+        status, answer = await call(srv.port, "PUT", "/rooms/lobby/read/bob", {"seq": number})
+        assert (status, answer["error"]) == (400, "bad_request"), number
+        status, answer = await call(srv.port, "POST", "/rooms/lobby/messages",
+                                    {"text": "x", "reply_to": number})
+        assert (status, answer["error"]) == (400, "bad_request"), number
 
 
 async def test_bodies_that_are_not_json_objects_are_400s(srv: Server) -> None:
@@ -261,18 +285,26 @@ async def test_user_ids_in_paths_and_bodies_are_held_to_the_sub_rule(srv: Server
     """Round-3 finding: ``POST /users/<5,000 characters with control characters>/disconnect``
     was stored as a revocation every process loads. Every user id an API route takes follows
     a token's ``sub``: 1 to 64 characters, no control character (400 ``bad_request``)."""
+    await call(srv.port, "POST", "/rooms/lobby/messages", {"text": "x"})
     routes = [("POST", "/users/{}/disconnect"), ("POST", "/users/{}/erase"),
-              ("GET", "/rooms/lobby/bans/{}"), ("DELETE", "/rooms/lobby/bans/{}")]
+              ("GET", "/rooms/lobby/bans/{}"), ("DELETE", "/rooms/lobby/bans/{}"),
+              ("GET", "/users/{}/unread"), ("PUT", "/rooms/lobby/read/{}"),
+              ("DELETE", "/rooms/lobby/messages/1?user={}"),
+              ("PUT", "/rooms/lobby/messages/1/reactions/%F0%9F%91%8D?user={}"),
+              ("DELETE", "/rooms/lobby/messages/1/reactions/%F0%9F%91%8D?user={}")]
     for method, route in routes:
         for user in BAD_USERS:
             path = route.format(urllib.parse.quote(user, safe=""))
-            status, answer = await call(srv.port, method, path)
+            status, answer = await call(srv.port, method, path,
+                                        {"seq": 1} if "/read/" in route else None)
             assert (status, answer["error"]) == (400, "bad_request"), (method, route, user[:9])
             assert answer["detail"].startswith("user must"), answer
     for user in BAD_USERS:
-        for path, body in (("/rooms/lobby/bans", {"user": user}),
-                           ("/rooms/lobby/messages", {"text": "x", "user": user})):
-            status, answer = await call(srv.port, "POST", path, body)
+        for method, path, body in (
+                ("POST", "/rooms/lobby/bans", {"user": user}),
+                ("POST", "/rooms/lobby/messages", {"text": "x", "user": user}),
+                ("PATCH", "/rooms/lobby/messages/1", {"text": "x", "user": user})):
+            status, answer = await call(srv.port, method, path, body)
             assert (status, answer["error"]) == (400, "bad_request"), (path, user[:9])
     assert await srv.gateway.store.revocations(0) == []  # nothing was stored
     # At the edge: 64 characters, and what a sub may hold (Cf format characters, emoji).

@@ -15,7 +15,7 @@ from tests.apicall import api_token
 from tests.support import REPO, make_config, running_server
 
 DOC = REPO / "docs" / "api.md"
-VARYING = {"ts", "revoked_at", "url", "thumb_url", "expires"}
+VARYING = {"ts", "edited", "revoked_at", "url", "thumb_url", "expires"}
 FILE_VARYING = {"id"}
 """A file's id is random: varying in objects that have a ``url`` (not in messages)."""
 

@@ -1,6 +1,6 @@
-"""Moderation through the server API against real servers: deletes become tombstones that
-members see live and in history and resume; bans close and refuse, on one process and across
-processes on Redis."""
+"""Moderation through the server API against real servers: deletes are entries of the room's
+log (``{"type":"change","action":"delete"}``) that members see live and in history and resume;
+bans close and refuse, on one process and across processes on Redis."""
 
 from __future__ import annotations
 
@@ -44,20 +44,25 @@ async def test_delete_reaches_members_history_and_resume(srv: Server) -> None:
     for client in (alice, bob):
         assert [(await client.recv_type("message"))["seq"] for _ in range(3)] == [1, 2, 3]
     status, body = await call(srv.port, "DELETE", "/rooms/lobby/messages/2")
-    assert (status, body) == (200, {"room": "lobby", "seq": 2, "deleted": True})
+    assert (status, body) == (200, {"room": "lobby", "seq": 2, "deleted": True, "change": 4})
     for client in (alice, bob):
-        assert await client.recv_type("delete") == {"type": "delete", "seq": 2}
+        change = await client.recv_type("change")
+        assert (change["seq"], change["action"], change["target"], change["by"],
+                change["user"]) == (4, "delete", 2, "moderator", "api")
     _, page = await call(srv.port, "GET", "/rooms/lobby/messages")
     tomb = page["messages"][1]
     assert (tomb["seq"], tomb["text"], tomb["deleted"], tomb["user"], tomb["id"]) == (
         2, "", True, "alice", "m1")
     assert "deleted" not in page["messages"][0]
-    # Resume and a fresh join replay the tombstone.
+    # A resume replays the tombstone and the delete entry.
     carol = await srv.connect(user="carol", after="1")
     assert (await carol.recv())["type"] == "welcome"
-    replay = [await carol.recv_type("message") for _ in range(2)]
-    assert [(m["seq"], m["text"], m.get("deleted")) for m in replay] == [
-        (2, "", True), (3, "m2", None)]
+    replay = [await carol.recv() for _ in range(3)]
+    assert [(m["seq"], m["type"], m.get("text"), m.get("deleted")) for m in replay] == [
+        (2, "message", "", True), (3, "message", "m2", None), (4, "change", None, None)]
+    # Again: already a tombstone, answered the same, with no new entry.
+    status, body = await call(srv.port, "DELETE", "/rooms/lobby/messages/2")
+    assert (status, body) == (200, {"room": "lobby", "seq": 2, "deleted": True, "change": None})
     # The page's history endpoint returns it too.
     status, answer = await call(srv.port, "GET", "/rooms/lobby/messages?after=1&limit=1")
     assert answer["messages"][0]["deleted"] is True
@@ -69,6 +74,8 @@ async def test_delete_reaches_members_history_and_resume(srv: Server) -> None:
 
 async def test_delete_refusals(srv: Server) -> None:
     status, body = await call(srv.port, "DELETE", "/rooms/lobby/messages/7")
+    assert (status, body["error"]) == (404, "not_found")
+    status, body = await call(srv.port, "DELETE", f"/rooms/lobby/messages/{2**63 - 1}")
     assert (status, body["error"]) == (404, "not_found")
     status, body = await call(srv.port, "DELETE", "/rooms/lobby/messages/1",
                               token=make_token("mod"))
@@ -179,7 +186,8 @@ async def test_redis_delete_and_ban_reach_other_processes(tmp_path: Path) -> Non
                 assert (await bob.recv_type("message", timeout=10))["seq"] == 1
                 status, _ = await call(a.port, "DELETE", "/rooms/split/messages/1")
                 assert status == 200
-                assert await bob.recv_type("delete", timeout=10) == {"type": "delete", "seq": 1}
+                change = await bob.recv_type("change", timeout=10)
+                assert (change["seq"], change["action"], change["target"]) == (2, "delete", 1)
                 for proc in (a, b):
                     _, page = await call(proc.port, "GET", "/rooms/split/messages")
                     assert [(m["text"], m.get("deleted")) for m in page["messages"]] == [
@@ -252,13 +260,15 @@ async def test_a_moderator_deletes_from_a_socket_members_and_history_see_it(srv:
         assert [(await client.recv_type("message"))["seq"] for _ in range(2)] == [1, 2]
     await mod.send({"type": "delete", "seq": 1, "id": "d1"})
     for client in (mod, bob):
-        assert await client.recv_type("delete") == {"type": "delete", "seq": 1}
-    assert await mod.recv_type("moderated") == {"type": "moderated", "action": "delete",
-                                                "seq": 1, "id": "d1"}
+        change = await client.recv_type("change")
+        assert (change["seq"], change["action"], change["target"], change["by"],
+                change["id"]) == (3, "delete", 1, "moderator", "d1")
+    assert await mod.recv_type("ack") == {"type": "ack", "id": "d1", "seq": 3}
     _, page = await call(srv.port, "GET", "/rooms/lobby/messages")
     assert [(m["seq"], m["text"], m.get("deleted")) for m in page["messages"]] == [
         (1, "", True), (2, "m1", None)]
-    # Again: already a tombstone. Beyond the room's last seq: not found. Neither is announced.
+    # Again (another id): already a tombstone. Beyond the room's last seq: not found. Neither
+    # is announced.
     await mod.send({"type": "delete", "seq": 1, "id": "d2"})
     error = await mod.recv_type("error")
     assert (error["code"], error["id"]) == ("already_deleted", "d2")
@@ -266,7 +276,7 @@ async def test_a_moderator_deletes_from_a_socket_members_and_history_see_it(srv:
     error = await mod.recv_type("error")
     assert (error["code"], error["id"]) == ("not_found", "d3")
     await bob.say("after", id="m2")
-    assert (await bob.recv())["type"] == "message"  # no second delete event came before it
+    assert (await bob.recv())["type"] == "message"  # no second delete came before it
 
 
 async def test_a_member_who_is_no_moderator_cannot_delete_or_ban(srv: Server) -> None:
@@ -278,9 +288,9 @@ async def test_a_member_who_is_no_moderator_cannot_delete_or_ban(srv: Server) ->
     assert (await eve.recv_type("ack"))["seq"] == 1
     await bob.send({"type": "delete", "seq": 1, "id": "d"})
     await bob.send({"type": "ban", "user": "eve", "id": "b"})
-    for want in ("d", "b"):
-        error = await bob.recv_type("error")
-        assert (error["code"], error["id"]) == ("forbidden", want)
+    errors = [await bob.recv_type("error") for _ in range(2)]
+    assert sorted((e["code"], e["id"]) for e in errors) == [("forbidden", "b"),
+                                                             ("forbidden", "d")]
     _, page = await call(srv.port, "GET", "/rooms/lobby/messages")
     assert page["messages"][0]["text"] == "hello"
     await eve.say("still here", id="e2")
@@ -360,8 +370,9 @@ async def test_redis_a_moderators_delete_and_ban_reach_other_processes(tmp_path:
                 assert (await bob.recv_type("ack", timeout=10))["seq"] == 1
                 assert (await mod.recv_type("message", timeout=10))["seq"] == 1
                 await mod.send({"type": "delete", "seq": 1, "id": "d"})
-                assert (await mod.recv_type("moderated", timeout=10))["seq"] == 1
-                assert await bob.recv_type("delete", timeout=10) == {"type": "delete", "seq": 1}
+                assert (await mod.recv_type("ack", timeout=10))["seq"] == 2
+                change = await bob.recv_type("change", timeout=10)
+                assert (change["seq"], change["action"], change["target"]) == (2, "delete", 1)
                 _, page = await call(b.port, "GET", "/rooms/split/messages")
                 assert [m.get("deleted") for m in page["messages"]] == [True]
                 await mod.send({"type": "ban", "user": "eve", "id": "b"})
@@ -378,7 +389,7 @@ async def test_storage_down_answers_the_moderator_unavailable_and_the_room_carri
         tmp_path: Path) -> None:
     with RedisServer(tmp_path / "redis", aof=True) as redis:
         env = {"ROOMCHAT_STORE_URL": redis.url, "ROOMCHAT_STORE_OUTAGE_TIMEOUT": "30",
-               "PYTHONPATH": str(REPO)}
+               "ROOMCHAT_API_KEY": API_KEY, "PYTHONPATH": str(REPO)}
         with server_process(tmp_path / "a", env=env) as a:
             ws = await websockets.connect(a.url("down", make_token("alice", moderator=True)),
                                           compression=None, open_timeout=10 * SLOW)
@@ -390,42 +401,51 @@ async def test_storage_down_answers_the_moderator_unavailable_and_the_room_carri
                 redis.stop(crash=True)
 
                 async def answer(frame_id: str) -> dict[str, object]:
-                    """The ``moderated`` or ``error`` that answers ``frame_id``."""
+                    """The ``ack`` or ``error`` that answers ``frame_id``."""
                     while True:
                         obj = await mod.recv(timeout=10)
-                        if obj.get("id") == frame_id and obj["type"] in ("moderated", "error"):
+                        if obj.get("id") == frame_id and obj["type"] in ("ack", "error"):
                             return obj
 
+                # The room learns of the outage from its next storage call: a delete sent
+                # before that is kept and stored once storage is back (like a message); one
+                # sent after is refused, and nothing is changed.
+                await mod.send({"type": "delete", "seq": 1, "id": "d0"})
+                await mod.recv_type("error", timeout=10)  # every member is told of the outage
                 await mod.send({"type": "delete", "seq": 1, "id": "d1"})
                 refused = await answer("d1")
                 assert (refused["type"], refused["code"]) == ("error", "unavailable")
                 redis.start()
-                # The socket stayed open: once storage is back, the same request goes through.
+                # The socket stayed open: once storage is back, the delete goes through (d0,
+                # retried by the room, or one sent again).
                 deadline = asyncio.get_running_loop().time() + 15 * SLOW
                 for attempt in range(1000):
                     await mod.send({"type": "delete", "seq": 1, "id": f"r{attempt}"})
                     got = await answer(f"r{attempt}")
-                    if got["type"] == "moderated":
+                    if got["type"] == "ack" or got["code"] == "already_deleted":
                         break
                     assert got["code"] == "unavailable", got
                     assert asyncio.get_running_loop().time() < deadline, "storage never back"
                     await asyncio.sleep(0.5)
+                _, page = await call(a.port, "GET", "/rooms/down/messages")
+                assert [m.get("deleted") for m in page["messages"]] == [True]
             finally:
                 await ws.close()
 
 
 async def test_redis_deletes_and_bans_whose_announcement_was_lost_still_arrive(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Pub/sub is at-most-once: a process that misses a delete or ban announcement catches up
-    at its next sync (tombstone count, and its own members' bans) instead of never."""
+    """Pub/sub is at-most-once: a process that misses a delete (an entry of the log, like a
+    message) or a ban announcement catches up at its next sync (the log's top, and its own
+    members' bans) instead of never."""
     from rooms.engines.redis import RedisEngine
 
     lost: list[bytes] = []
     original = RedisEngine._dispatch
 
     def deaf(self: RedisEngine, channel: bytes, data: bytes) -> None:
-        if data[:1] in (b"d", b"b"):
-            lost.append(data[:1])  # every delete and ban announcement, lost
+        if data[:1] == b"b" or (data[:1] == b"m" and b'"type":"change"' in data):
+            lost.append(data[:1])  # every delete entry and ban announcement, lost
             return
         original(self, channel, data)
 
@@ -449,13 +469,14 @@ async def test_redis_deletes_and_bans_whose_announcement_was_lost_still_arrive(
                 status, _ = await call(a.port, "DELETE", "/rooms/deaf/messages/2")
                 assert status == 200
                 started = time.monotonic()
-                assert await bob.recv_type("delete", timeout=10) == {"type": "delete", "seq": 2}
+                change = await bob.recv_type("change", timeout=10)
+                assert (change["seq"], change["action"], change["target"]) == (3, "delete", 2)
                 assert time.monotonic() - started < 5  # a sync or two, not a reconnect
                 status, _ = await call(a.port, "POST", "/rooms/deaf/bans",
                                        {"user": "eve", "reason": "spam"})
                 assert status == 200
                 assert await eve.closed(timeout=10) == 4004
-                assert sorted(set(lost)) == [b"b", b"d"]  # they really were lost
+                assert sorted(set(lost)) == [b"b", b"m"]  # they really were lost
                 # Told once: the next syncs don't repeat the delete. (Waiting is the test here:
                 # three sync_intervals, in which a repeated delete would reach bob.)
                 await asyncio.sleep(1.5)
@@ -463,8 +484,8 @@ async def test_redis_deletes_and_bans_whose_announcement_was_lost_still_arrive(
                 seen: list[dict[str, Any]] = []
                 while not seen or seen[-1]["type"] != "message":
                     seen.append(await bob.recv(timeout=10))
-                assert seen[-1]["seq"] == 3
-                assert [o for o in seen if o["type"] == "delete"] == []
+                assert seen[-1]["seq"] == 4
+                assert [o for o in seen if o["type"] == "change"] == []
                 await bob.ws.close()
 
 

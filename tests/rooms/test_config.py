@@ -31,3 +31,28 @@ def test_the_environment_names_the_setting() -> None:
     assert load_config({"ROOMCHAT_STORE_TIMEOUT": "0.5"}).room.store_timeout == 0.5
     with pytest.raises(ValueError, match="store_timeout"):
         load_config({"ROOMCHAT_STORE_TIMEOUT": "nan"})
+
+
+@pytest.mark.parametrize(("name", "lowest", "highest"), [
+    ("edit_window", 0.0, None),  # 0: forever
+    ("max_reactions", 1, 1000),
+    ("max_mentions", 0, 1000),  # 0: no mentions
+    ("reply_excerpt_chars", 1, None),
+    ("unread_scan", 0, None),  # 0: no counting
+])
+def test_the_settings_of_changes_at_their_edges(name: str, lowest: float,
+                                                highest: float | None) -> None:
+    assert getattr(RoomConfig(**cast(dict[str, Any], {name: lowest})), name) == lowest
+    below = lowest - (0.001 if isinstance(lowest, float) else 1)
+    with pytest.raises(ValueError, match=name):
+        RoomConfig(**cast(dict[str, Any], {name: below}))
+    if highest is not None:
+        assert getattr(RoomConfig(**cast(dict[str, Any], {name: highest})), name) == highest
+        with pytest.raises(ValueError, match=f"{name} must be at most"):
+            RoomConfig(**cast(dict[str, Any], {name: highest + 1}))
+
+
+def test_the_log_rules_come_from_the_settings() -> None:
+    rules = load_config({"ROOMCHAT_EDIT_WINDOW": "900", "ROOMCHAT_MAX_REACTIONS": "5",
+                         "ROOMCHAT_REPLY_EXCERPT_CHARS": "40"}).room.rules
+    assert (rules.edit_window, rules.max_reactions, rules.reply_excerpt_chars) == (900.0, 5, 40)

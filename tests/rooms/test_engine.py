@@ -12,10 +12,27 @@ import orjson
 import pytest
 from redis import asyncio as aioredis
 
-from rooms.engine import Ban, Engine, open_engine
+from rooms.changes import excerpt, fold
+from rooms.engine import Ban, Engine
+from rooms.engines import open_engine
 from rooms.engines.redis import RedisEngine, _Appends
 from rooms.errors import LogReset, StoreError, Unstorable
-from rooms.state import Appended, Draft, StoredMessage, WireMessage
+from rooms.messages import (
+    Action,
+    Appended,
+    ChangeDraft,
+    DeletedBy,
+    Draft,
+    Entry,
+    LogRules,
+    Reaction,
+    Refusal,
+    Reply,
+    StoredChange,
+    StoredMessage,
+    Unread,
+    WireMessage,
+)
 from tests.redis_server import redis_server
 from tests.support import SLOW, until
 
@@ -23,6 +40,18 @@ from tests.support import SLOW, until
 def drafts(count: int, user: str = "u", ids: bool = True, start: int = 0) -> list[Draft]:
     return [Draft(user, user.upper(), f"id{i}" if ids else None, f"t{i}", 1000 + i)
             for i in range(start, start + count)]
+
+
+def change(user: str, action: Action, target: int, *, text: str = "", emoji: str = "",
+           on: bool = False, moderator: bool = False, id: str | None = None,
+           ts: int = 2000) -> ChangeDraft:
+    return ChangeDraft(user, user.upper(), id, ts, action, target, text, emoji, on, moderator)
+
+
+def wire(entry: Entry | WireMessage | None) -> dict[str, Any]:
+    assert entry is not None
+    parsed: dict[str, Any] = orjson.loads(entry.to_wire())
+    return parsed
 
 
 @pytest.fixture(params=["embedded", "redis"])
@@ -102,24 +131,41 @@ async def test_bad_urls(tmp_path: Path) -> None:
 async def test_delete_leaves_a_tombstone_in_reads(engine: Engine) -> None:
     await engine.load("d", 10)
     await engine.append("d", drafts(5), retention=0, dedup_window=10)
-    assert await engine.delete("d", 2)
-    assert await engine.delete("d", 2)  # again: still a tombstone
-    assert await engine.delete("d", 5)
-    assert not await engine.delete("d", 9)
-    page = await engine.read("d", 0, 5, 10)
+    results = await engine.append("d", [
+        change("u", Action.DELETE, 2),  # the author's
+        change("u", Action.DELETE, 2),  # again, in the same batch: it is a tombstone now
+        change("mod", Action.DELETE, 5, moderator=True),
+        change("mod", Action.DELETE, 9, moderator=True),  # nothing there
+        change("eve", Action.DELETE, 4),  # neither the author nor a moderator
+        change("u", Action.DELETE, 6),  # the seq of a change entry, not of a message
+    ], retention=0, dedup_window=10)
+    assert results == [Appended(6), Appended(0, refused=Refusal.ALREADY_DELETED), Appended(7),
+                       Appended(0, refused=Refusal.NOT_FOUND),
+                       Appended(0, refused=Refusal.FORBIDDEN),
+                       Appended(0, refused=Refusal.NOT_FOUND)]
+    assert [wire(r.entry) for r in results if r.entry is not None] == [
+        {"type": "change", "room": "d", "seq": 6, "action": "delete", "target": 2, "id": None,
+         "user": "u", "name": "U", "ts": 2000, "by": "author"},
+        {"type": "change", "room": "d", "seq": 7, "action": "delete", "target": 5, "id": None,
+         "user": "mod", "name": "MOD", "ts": 2000, "by": "moderator"}]
+    page = await engine.history("d", before=10, limit=10)
     assert [(m.seq, m.text, m.deleted) for m in page] == [
         (1, "t0", False), (2, "", True), (3, "t2", False), (4, "t3", False), (5, "", True)]
     assert page[1] == StoredMessage("d", 2, "u", "U", "id1", "", 1001)
-    assert orjson.loads(page[1].to_wire())["deleted"] is True
-    assert "deleted" not in orjson.loads(page[0].to_wire())
+    assert wire(page[1])["deleted"] is True
+    assert "deleted" not in wire(page[0])
+    # The raw log: messages (in their current state) and the delete entries, in seq order.
+    assert [(type(e).__name__, e.seq) for e in await engine.read("d", 0, 7, 10)] == [
+        ("StoredMessage", 1), ("StoredMessage", 2), ("StoredMessage", 3),
+        ("StoredMessage", 4), ("StoredMessage", 5), ("StoredChange", 6), ("StoredChange", 7)]
     # Pages that end at or before a tombstone, or start after one.
     assert [m.seq for m in await engine.read("d", 0, 5, 2)] == [1, 2]
     assert [m.seq for m in await engine.read("d", 2, 5, 2)] == [3, 4]
-    assert [m.seq for m in await engine.read("d", 3, 5, 5)] == [4, 5]
+    assert [m.seq for m in await engine.read("d", 3, 7, 2)] == [4, 5]
     # The deleted message's id is still known (embedded: to the room's snapshot), and seqs go on.
     assert ("u", "id1", 2) in (await engine.load("d", 10)).recent_ids or engine.shared
     assert await engine.append("d", drafts(1, start=7), retention=0,
-                               dedup_window=10) == [Appended(6)]
+                               dedup_window=10) == [Appended(8)]
 
 
 async def test_erase_tombstones_every_message_of_a_user_in_every_room(
@@ -139,7 +185,9 @@ async def test_erase_tombstones_every_message_of_a_user_in_every_room(
     await engine.append("e2", drafts(2, user="v") + drafts(2, user="u"), retention=0,
                         dedup_window=10)  # v: 1-2, u: 3-4
     await engine.append("e3", drafts(2, user="v"), retention=0, dedup_window=10)
-    assert await engine.delete("e1", 2)  # a moderator got one first: not erased twice
+    # A moderator got one first (seq 7): not erased twice.
+    assert await engine.append("e1", [change("mod", Action.DELETE, 2, moderator=True)],
+                               retention=0, dedup_window=10) == [Appended(7)]
     steps: list[tuple[str, list[int]]] = []
     assert await engine.erase("u", lambda room, seqs: steps.append((room, seqs))) == {
         "e1": [1, 3, 6], "e2": [3, 4]}
@@ -147,19 +195,25 @@ async def test_erase_tombstones_every_message_of_a_user_in_every_room(
     assert sorted(seq for room, seqs in steps if room == "e1" for seq in seqs) == [1, 3, 6]
     assert sorted(seq for room, seqs in steps if room == "e2" for seq in seqs) == [3, 4]
     assert all(1 <= len(seqs) <= 2 for _, seqs in steps) and len(steps) >= 3
-    e1 = await engine.read("e1", 0, 6, 10)
+    e1 = await engine.history("e1", before=100, limit=10)
     assert [(m.seq, m.user, m.text, m.deleted) for m in e1] == [
         (1, "u", "", True), (2, "u", "", True), (3, "u", "", True), (4, "v", "t0", False),
         (5, "v", "t1", False), (6, "u", "", True)]
     assert e1[5] == StoredMessage("e1", 6, "u", "U", "id3", "", 1003)  # all but the text kept
-    assert [(m.seq, m.text) for m in await engine.read("e2", 0, 4, 10)] == [
+    # Each erased message got a delete entry of its own (seqs 8-10), from the erased user,
+    # by "moderator": a resume replays them.
+    deletes = [e for e in await engine.read("e1", 6, 100, 10) if isinstance(e, StoredChange)]
+    assert [(e.seq, e.target, e.user, e.by) for e in deletes] == [
+        (7, 2, "mod", DeletedBy.MODERATOR), (8, 1, "u", DeletedBy.MODERATOR),
+        (9, 3, "u", DeletedBy.MODERATOR), (10, 6, "u", DeletedBy.MODERATOR)]
+    assert [(m.seq, m.text) for m in await engine.history("e2", before=100, limit=10)] == [
         (1, "t0"), (2, "t1"), (3, ""), (4, "")]
-    assert [m.text for m in await engine.read("e3", 0, 2, 10)] == ["t0", "t1"]
+    assert [m.text for m in await engine.history("e3", before=100, limit=10)] == ["t0", "t1"]
     assert await engine.erase("u") == {}  # idempotent
     assert await engine.erase("nobody") == {}
-    assert await engine.top("e1") == 6  # seqs go on after the erased ones
+    assert await engine.top("e1") == 10  # seqs go on after the erasure's entries
     assert await engine.append("e1", drafts(1, user="u", start=9), retention=0,
-                               dedup_window=10) == [Appended(7)]
+                               dedup_window=10) == [Appended(11)]
 
 
 async def test_erased_text_leaves_the_sqlite_files(tmp_path: Path) -> None:
@@ -209,8 +263,8 @@ class Listener:
         self.messages: list[WireMessage] = []
         self.presence = 0
         self.resyncs = 0
-        self.deleted: list[int] = []
         self.banned: list[tuple[str, str]] = []
+        self.reads: list[tuple[str, int]] = []
         self.arrived = asyncio.Event()
 
     def remote_messages(self, messages: list[WireMessage]) -> None:
@@ -224,8 +278,8 @@ class Listener:
     def resync(self) -> None:
         self.resyncs += 1
 
-    def remote_deleted(self, seq: int) -> None:
-        self.deleted.append(seq)
+    def remote_read(self, user: str, seq: int) -> None:
+        self.reads.append((user, seq))
         self.arrived.set()
 
     def remote_banned(self, user: str, reason: str) -> None:
@@ -296,9 +350,14 @@ async def test_erase_is_announced_to_other_nodes_in_pages(
     erased = await a.erase("u")
     want = [i + 1 for i in range(11) if i % 3]  # seqs 2, 3, 5, 6, 8, 9, 11
     assert erased == {room: want for room in ("x", *(f"y{i}" for i in range(10)))}
-    await wait_for(heard.arrived, lambda: len(heard.deleted) == len(want))
-    assert heard.deleted == want  # only x's: b serves x alone
-    assert [m.seq for m in await b.read("x", 0, 11, 20) if not m.deleted] == [1, 4, 7, 10]
+    await wait_for(heard.arrived, lambda: len(heard.messages) == 11 + len(want))
+    # Only x's (b serves x alone): its 11 messages, then a delete entry each (seqs 12-18).
+    deletes = [orjson.loads(m.wire) for m in heard.messages[11:]]
+    assert [(m.seq, d["seq"], d["action"], d["target"]) for m, d in
+            zip(heard.messages[11:], deletes, strict=True)] == [
+        (12 + i, 12 + i, "delete", seq) for i, seq in enumerate(want)]
+    assert [m.seq for m in await b.history("x", before=100, limit=20)
+            if not m.deleted] == [1, 4, 7, 10]
 
 
 async def test_dedup_window_forgets_old_ids(two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
@@ -433,7 +492,10 @@ def _calls(engine: RedisEngine) -> dict[str, Callable[[], Awaitable[object]]]:
         "load": lambda: engine.load("r", 10),
         "append": lambda: engine.append("r", drafts(1), retention=0, dedup_window=10),
         "read": lambda: engine.read("r", 0, 10, 10),
-        "delete": lambda: engine.delete("r", 1),
+        "history": lambda: engine.history("r", before=10, limit=10, newest=True),
+        "unread": lambda: engine.unread("r", "u", scan=100),
+        "mark_read": lambda: engine.mark_read("r", "u", 1),
+        "markers": lambda: engine.markers("u"),
         "erase": lambda: engine.erase("nobody"),
         "ban": lambda: engine.ban("r", Ban("eve", None, "spam")),
         "unban": lambda: engine.unban("r", "eve"),
@@ -441,7 +503,6 @@ def _calls(engine: RedisEngine) -> dict[str, Callable[[], Awaitable[object]]]:
         "top": lambda: engine.top("r"),
         "presence": lambda: engine.presence("r"),
         "sync": lambda: engine.sync("r", {"u": "U"}, 20),
-        "tombstones": lambda: engine.tombstones("r"),
         "stash": lambda: engine.stash("k", b"v", 10),
         "take": lambda: engine.take("k"),
         "revoke": lambda: engine.revoke("mallory", 1.0),
@@ -591,23 +652,18 @@ async def test_a_ban_written_while_bans_load_is_not_lost(engine: Engine) -> None
     assert await engine.banned("race2", "eve") is None  # over, without any write
 
 
-async def test_tombstones_and_the_syncs_catch_up_data(engine: Engine) -> None:
-    """``tombstones`` lists a room's deletes; a shared engine's ``sync`` counts them and names
-    the given members who are banned (so lost announcements are caught up)."""
+async def test_a_sync_names_the_given_members_who_are_banned(engine: Engine) -> None:
+    """A shared engine's ``sync`` names the given members who are banned (so a lost ban
+    announcement is caught up); deletes need no catching up: they are log entries."""
     from rooms.engine import Ban
 
     await engine.load("t", 10)
-    await engine.append("t", drafts(4), retention=0, dedup_window=10)
-    assert await engine.tombstones("t") == []
-    for seq in (3, 1):
-        assert await engine.delete("t", seq)
-    assert await engine.tombstones("t") == [1, 3]
     await engine.ban("t", Ban("eve", None, "spam"))
     synced = await engine.sync("t", {"eve": "Eve", "bob": "Bob"}, 10)
     if engine.shared:
-        assert (synced.tombstones, synced.banned) == (2, (("eve", "spam"),))
-    else:  # one process: every delete and ban reaches the room directly
-        assert (synced.tombstones, synced.banned) == (None, ())
+        assert synced.banned == (("eve", "spam"),)
+    else:  # one process: every ban reaches the room directly
+        assert synced.banned == ()
 
 
 class _Socket:
@@ -868,18 +924,26 @@ async def test_log_entries_that_are_not_messages_are_left_out_with_one_warning(
     await raw.xadd("roomchat:{s}:log", {"user": "u", "name": "\x1b[2J", "id": "x\ny",
                                          "text": "mended", "ts": "5"}, id="0-5")
     await raw.set("roomchat:{s}:seq", 5)
+    # A tombstone as versions before change entries kept them (moved into the state hash when
+    # first read; a field that is no seq is dropped then), and a state that is no JSON.
     await raw.hset("roomchat:{s}:deleted", mapping={"9": "u\0U\0\0" + "1", "seven": "x"})
+    await raw.hset("roomchat:{s}:state", "2", "{not json")
+    await raw.zadd("roomchat:{s}:changed", {"2": 2})
     for _ in range(2):
         page = await engine.read("s", 0, 10, 10)
-        assert [(m.seq, m.name, m.id, m.text) for m in page] == [
+        assert [(m.seq, m.name, m.id, getattr(m, "text", None)) for m in page] == [
             (1, "U", "id0", "t0"), (2, "U", "id1", "t1"), (5, "u", None, "mended"),
             (9, "U", None, "")]
     assert len(warnings_about(caplog, "0-3")) == 1 and len(warnings_about(caplog, "0-4")) == 1
-    assert len(warnings_about(caplog, "seven")) == 1
+    assert len(warnings_about(caplog, "roomchat:{s}:state field 2")) == 1
+    assert await raw.exists("roomchat:{s}:deleted") == 0
     # A full page of such entries: the read goes on to the next page.
     assert [m.seq for m in await engine.read("s", 2, 8, 2)] == [5]
-    assert await engine.tombstones("s") == [9]
-    assert await engine.delete("s", 3)  # a moderator's delete of one: no script error
+    assert [m.seq for m in await engine.history("s", before=10, limit=10)] == [1, 2, 5, 9]
+    # A delete of one: not a message (no script error), nothing stored.
+    assert await engine.append("s", [change("mod", Action.DELETE, 3, moderator=True)],
+                               retention=0, dedup_window=10) == [
+        Appended(0, refused=Refusal.NOT_FOUND)]
     # Seqs go on after the log's top, bad entries included.
     assert await engine.append("s", drafts(1, start=5), retention=0, dedup_window=10) == [
         Appended(6)]
@@ -924,11 +988,12 @@ async def test_foreign_pub_sub_messages_do_not_stop_the_feed(
     engine.subscribe("f", heard)
     await asyncio.sleep(0.2)
     channel = "roomchat:{f}:ch"
-    for junk in (b"m\xff\xfe\nnope", b"p\xff", b"d\xff\n\xc2\xb2\n7", b"b\xff", b"\xff"):
+    for junk in (b"m\xff\xfe\nnope", b"p\xff", b"r\xff\nbob\n\xc2\xb2", b"rx\nbob\nseven",
+                 b"b\xff", b"\xff"):
         await raw.spublish(channel, junk)
-    await raw.spublish(channel, b"dsomeone-else\n8")
-    await wait_for(heard.arrived, lambda: 8 in heard.deleted)
-    assert heard.deleted == [7, 8]
+    await raw.spublish(channel, b"rsomeone-else\nbob\n8")
+    await wait_for(heard.arrived, lambda: bool(heard.reads))
+    assert heard.reads == [("bob", 8)]
 
 
 # -- a store that hangs (issue 20, item 5) --------------------------------------------------
@@ -1186,5 +1251,272 @@ async def test_a_room_loaded_again_counts_a_write_that_landed_after_its_caller_l
         assert (await engine.load("gone", 10)).last_seq == 2  # waited for the write
         assert await engine.append("gone", drafts(1, start=2), retention=0) == [Appended(3)]
         await busy
+    finally:
+        await engine.close()
+
+
+# -- changes: edits, deletes, reactions, replies (issue 21) ----------------------------------
+
+RULES = LogRules(edit_window=0, max_reactions=2, reply_excerpt_chars=5)
+
+
+async def test_changes_are_entries_that_fold_into_the_current_state(engine: Engine) -> None:
+    await engine.load("c", 10)
+    assert await engine.append("c", [
+        Draft("ann", "Ann", "m1", "hello there", 1000),
+        Draft("bob", "Bob", "m2", "hi ann", 1001, mentions=("ann", "carol")),
+    ], retention=0, dedup_window=10, rules=RULES) == [Appended(1), Appended(2)]
+    results = await engine.append("c", [
+        change("ann", Action.EDIT, 1, text="hello world", id="e1", ts=3000),  # 3
+        change("bob", Action.REACT, 1, emoji="\U0001f44d", on=True, ts=3001),  # 4
+        change("ann", Action.REACT, 1, emoji="\U0001f44d", on=True, ts=3002),  # 5
+        change("bob", Action.REACT, 1, emoji="\U0001f44d", on=True),  # again: nothing to do
+        change("bob", Action.REACT, 1, emoji="\U0001f389", on=True, ts=3003),  # 6
+        change("bob", Action.REACT, 1, emoji="\U0001f525", on=True),  # a third emoji: too many
+        change("bob", Action.EDIT, 1, text="mine now"),  # not his
+        change("bob", Action.REACT, 1, emoji="\U0001f44d", on=False, ts=3004),  # 7
+        change("carol", Action.REACT, 1, emoji="\U0001f525", on=False),  # not there: nothing
+        Draft("carol", "Carol", "m3", "agreed", 3005, reply_to=1),  # 8
+        Draft("carol", "Carol", None, "to a change", 3006, reply_to=3),  # not a message
+        change("ann", Action.REACT, 3, emoji="\U0001f44d", on=True),  # not a message either
+        change("ann", Action.REACT, 99, emoji="\U0001f44d", on=True),  # nothing there
+    ], retention=0, dedup_window=10, rules=RULES)
+    assert results == [
+        Appended(3), Appended(4), Appended(5), Appended(5, noop=True), Appended(6),
+        Appended(0, refused=Refusal.TOO_MANY_REACTIONS), Appended(0, refused=Refusal.FORBIDDEN),
+        Appended(7), Appended(7, noop=True), Appended(8), Appended(0, refused=Refusal.NOT_FOUND),
+        Appended(0, refused=Refusal.NOT_FOUND), Appended(0, refused=Refusal.NOT_FOUND)]
+    # Each stored entry comes back as stored, in the protocol's shape.
+    assert [wire(r.entry) for r in results if r.entry is not None] == [
+        {"type": "change", "room": "c", "seq": 3, "action": "edit", "target": 1, "id": "e1",
+         "user": "ann", "name": "ANN", "ts": 3000, "text": "hello world"},
+        {"type": "change", "room": "c", "seq": 4, "action": "react", "target": 1, "id": None,
+         "user": "bob", "name": "BOB", "ts": 3001, "emoji": "\U0001f44d", "on": True},
+        {"type": "change", "room": "c", "seq": 5, "action": "react", "target": 1, "id": None,
+         "user": "ann", "name": "ANN", "ts": 3002, "emoji": "\U0001f44d", "on": True},
+        {"type": "change", "room": "c", "seq": 6, "action": "react", "target": 1, "id": None,
+         "user": "bob", "name": "BOB", "ts": 3003, "emoji": "\U0001f389", "on": True},
+        {"type": "change", "room": "c", "seq": 7, "action": "react", "target": 1, "id": None,
+         "user": "bob", "name": "BOB", "ts": 3004, "emoji": "\U0001f44d", "on": False},
+        {"type": "message", "room": "c", "seq": 8, "id": "m3", "user": "carol",
+         "name": "Carol", "text": "agreed", "ts": 3005,
+         "reply_to": {"seq": 1, "user": "ann", "name": "Ann", "excerpt": "hell\u2026"}}]
+    first = StoredMessage("c", 1, "ann", "Ann", "m1", "hello world", 1000, edited=3000,
+                          reactions=(Reaction("\U0001f44d", ("ann",)),
+                                     Reaction("\U0001f389", ("bob",))))
+    second = StoredMessage("c", 2, "bob", "Bob", "m2", "hi ann", 1001,
+                           mentions=("ann", "carol"))
+    reply = StoredMessage("c", 8, "carol", "Carol", "m3", "agreed", 3005,
+                          Reply(1, "ann", "Ann", "hell\u2026"))
+    # Pages: messages only, in their current state.
+    assert await engine.history("c", before=100, limit=10) == [first, second, reply]
+    assert await engine.history("c", before=100, limit=2, newest=True) == [second, reply]
+    assert await engine.history("c", after=1, before=8, limit=10) == [second]
+    assert wire(first) == {
+        "type": "message", "room": "c", "seq": 1, "id": "m1", "user": "ann", "name": "Ann",
+        "text": "hello world", "ts": 1000, "edited": 3000,
+        "reactions": [{"emoji": "\U0001f44d", "users": ["ann"]},
+                      {"emoji": "\U0001f389", "users": ["bob"]}]}
+    assert wire(second)["mentions"] == ["ann", "carol"]
+    # The raw log: every entry, messages in their current state.
+    log = await engine.read("c", 0, 100, 100)
+    assert [e.seq for e in log] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert log[0] == first and log[1] == second and log[7] == reply
+    assert [wire(e) for e in log[2:7]] == [wire(r.entry) for r in results[:8]
+                                          if r.entry is not None]
+    # A client that folds the raw entries over the messages as first stored ends with the
+    # current state; so does one that folds them over the current state (idempotent).
+    as_stored = {1: StoredMessage("c", 1, "ann", "Ann", "m1", "hello there", 1000)}
+    for e in log:
+        if isinstance(e, StoredChange):
+            as_stored[1] = fold(as_stored[1], e)
+            assert fold(fold(first, e), e) == fold(first, e)
+    assert as_stored[1] == first
+
+
+async def test_a_delete_takes_the_text_everywhere_and_refuses_what_follows(
+        engine: Engine) -> None:
+    await engine.load("x", 10)
+    await engine.append("x", [Draft("ann", "Ann", None, "secret one", 1000)], retention=0,
+                        dedup_window=10)
+    await engine.append("x", [
+        change("ann", Action.EDIT, 1, text="secret two"),  # 2
+        Draft("bob", "Bob", None, "what secret?", 1001, reply_to=1),  # 3
+        change("bob", Action.REACT, 1, emoji="\u2764\ufe0f", on=True),  # 4
+        change("ann", Action.DELETE, 1),  # 5
+        change("ann", Action.EDIT, 1, text="back"),
+        change("bob", Action.REACT, 1, emoji="\u2764\ufe0f", on=False),
+        Draft("bob", "Bob", None, "to a tombstone", 1002, reply_to=1),
+        change("mod", Action.DELETE, 1, moderator=True),
+    ], retention=0, dedup_window=10, rules=RULES)
+    assert [(r.seq, r.refused) for r in await engine.append("x", [
+        change("ann", Action.EDIT, 1, text="back")], retention=0, dedup_window=10)] == [
+        (0, Refusal.ALREADY_DELETED)]
+    page = await engine.history("x", before=100, limit=10)
+    assert page == [StoredMessage("x", 1, "ann", "Ann", None, "", 1000),
+                    StoredMessage("x", 3, "bob", "Bob", None, "what secret?", 1001,
+                                  Reply(1, "ann", "Ann", ""))]  # the excerpt went with it
+    assert wire(page[0]) == {"type": "message", "room": "x", "seq": 1, "id": None,
+                             "user": "ann", "name": "Ann", "text": "", "ts": 1000,
+                             "deleted": True}
+    # The edit's text left the log too (removed, or kept with an empty text).
+    log = await engine.read("x", 0, 100, 100)
+    assert [e.text for e in log if isinstance(e, StoredChange) and e.action is Action.EDIT] \
+        in ([], [""])
+    assert not any("secret" in e.to_wire() for e in log if e.seq != 3)
+    assert [e.seq for e in log if isinstance(e, StoredChange)
+            and e.action is not Action.EDIT] == [4, 5]
+
+
+async def test_the_edit_window(engine: Engine) -> None:
+    await engine.load("w", 10)
+    await engine.append("w", [Draft("ann", "Ann", None, "typo", 1000)], retention=0,
+                        dedup_window=10)
+    rules = LogRules(edit_window=1.5)
+    assert await engine.append("w", [
+        change("ann", Action.EDIT, 1, text="fixed", ts=2500),  # 1.5 s after: still in time
+        change("ann", Action.EDIT, 1, text="late", ts=2501),
+    ], retention=0, dedup_window=10, rules=rules) == [
+        Appended(2), Appended(0, refused=Refusal.EDIT_WINDOW_PASSED)]
+    assert (await engine.history("w", before=9, limit=1))[0].text == "fixed"
+
+
+async def test_retention_prunes_changes_with_their_messages(engine: Engine) -> None:
+    await engine.load("r", 0)
+    await engine.append("r", [Draft("ann", "Ann", None, f"m{i}", i) for i in range(1, 5)],
+                        retention=0, dedup_window=0)
+    await engine.append("r", [change("bob", Action.REACT, 1, emoji="\U0001f44d", on=True),
+                              change("ann", Action.EDIT, 4, text="m4!")], retention=0,
+                        dedup_window=0)  # 5, 6
+    for _ in range(4):  # 200 more entries, pruned to 100
+        await engine.append("r", drafts(50, ids=False), retention=100, dedup_window=0)
+    oldest = (await engine.load("r", 0)).oldest_seq
+    assert 106 - 100 < oldest <= 206 - 100 + 3  # SQLite prunes in ~1% steps
+    assert [e.seq for e in await engine.read("r", 0, 8, 10)] == list(range(oldest, 9))
+    assert await engine.append("r", [change("bob", Action.REACT, 1, emoji="\U0001f44d",
+                                            on=False)], retention=100, dedup_window=0) == [
+        Appended(0, refused=Refusal.NOT_FOUND)]
+
+
+async def test_changes_are_deduplicated_by_user_and_id(engine: Engine) -> None:
+    await engine.load("u", 10)
+    await engine.append("u", [Draft("ann", "Ann", "m1", "hi", 1)], retention=0,
+                        dedup_window=10)
+    edit = change("ann", Action.EDIT, 1, text="hi!", id="e1")
+    assert await engine.append("u", [edit], retention=0, dedup_window=10) == [Appended(2)]
+    again = await engine.append("u", [edit], retention=0, dedup_window=10)
+    if engine.shared:  # Redis deduplicates itself; the embedded engine leaves it to the room
+        assert again == [Appended(2, duplicate=True)]
+    assert ("ann", "e1", 2) in (await engine.load("u", 10)).recent_ids or engine.shared
+
+
+async def test_read_markers_and_unread_counts(engine: Engine) -> None:
+    await engine.load("m", 10)
+    await engine.append("m", [
+        Draft("ann", "Ann", None, "one", 1),  # 1
+        Draft("bob", "Bob", None, "two", 2, mentions=("ann",)),  # 2
+        Draft("bob", "Bob", None, "three", 3),  # 3
+        change("bob", Action.REACT, 1, emoji="\U0001f44d", on=True),  # 4: not a message
+        Draft("carol", "Carol", None, "@ann four", 4, mentions=("carol", "ann")),  # 5
+        Draft("bob", "Bob", None, "five", 5),  # 6, deleted below
+        change("bob", Action.DELETE, 6),  # 7
+    ], retention=0, dedup_window=10)
+    # No marker: nothing unread (never read, never here), and nothing scanned.
+    assert await engine.unread("m", "ann", scan=100) == Unread()
+    assert await engine.mark_read("m", "ann", 2) == 2
+    assert await engine.mark_read("m", "ann", 1) == 2  # never back
+    assert await engine.unread("m", "ann", scan=100) == Unread(2, 2, 1)
+    assert await engine.unread("m", "ann", scan=2) == Unread(2, 2, 1, capped=True)
+    assert await engine.unread("m", "ann", scan=1) == Unread(2, 1, 1, capped=True)
+    await engine.mark_read("m", "bob", 1)
+    assert await engine.unread("m", "bob", scan=100) == Unread(1, 1, 0)  # 5 (3, 6: his)
+    assert await engine.unread("m", "ann", scan=0) == Unread(2)
+    await engine.mark_read("other", "ann", 9)
+    assert await engine.markers("ann") == {"m": 2, "other": 9}
+    assert await engine.markers("nobody") == {}
+
+
+async def test_history_pages_skip_changes_and_find_tombstones(engine: Engine) -> None:
+    """Pages of messages over a log where changes sit between them and deleted messages left
+    the stream (Redis): every page holds exactly the messages it should."""
+    await engine.load("h", 0)
+    model: dict[int, str] = {}
+    seq = 0
+    for i in range(60):
+        seq += 1
+        await engine.append("h", [Draft("ann", "Ann", None, f"m{seq}", seq)], retention=0,
+                            dedup_window=0)
+        model[seq] = f"m{seq}"
+        target = seq
+        for j in range(i % 3):  # 0, 1 or 2 changes after each message
+            seq += 1
+            action = change("ann", Action.DELETE, target) if (i + j) % 7 == 0 else change(
+                "bob", Action.REACT, target, emoji="\U0001f44d", on=j == 0)
+            (result,) = await engine.append("h", [action], retention=0, dedup_window=0)
+            if result.entry is None:
+                seq -= 1
+            elif action.action is Action.DELETE:
+                model[target] = ""
+    everything = [(m.seq, m.text) for m in await engine.history("h", before=10**6, limit=999)]
+    assert everything == sorted(model.items())
+    for limit in (1, 7, 25):
+        for before in (1, 2, 17, 50, seq, seq + 5):
+            want = [s for s in sorted(model) if s < before]
+            newest = await engine.history("h", before=before, limit=limit, newest=True)
+            assert [m.seq for m in newest] == want[-limit:], (before, limit)
+            oldest = await engine.history("h", after=before // 3, before=before, limit=limit)
+            assert [m.seq for m in oldest] == [s for s in want if s > before // 3][:limit]
+    # The raw log, page by page, holds every entry once.
+    after, seen = 0, []
+    while page := await engine.read("h", after, seq, 9):
+        seen += [e.seq for e in page]
+        after = page[-1].seq
+    assert seen == sorted(set(seen)) and set(model) <= set(seen)
+
+
+@pytest.mark.parametrize("text", ["h\u00e9llo w\u00f6rld", "\U0001f600" * 9, "a\U0001f468\u200d"
+                                  "\U0001f469\u200d\U0001f467b" * 3, "short", "\u674e" * 8])
+async def test_an_excerpt_is_cut_at_the_same_character_by_every_engine(
+        engine: Engine, text: str) -> None:
+    """Redis cuts in Lua, counting UTF-8 lead bytes; SQLite's writer in Python: the same
+    excerpt, never half a character."""
+    await engine.load("q", 10)
+    await engine.append("q", [Draft("ann", "Ann", None, text, 1)], retention=0,
+                        dedup_window=10)
+    (answer,) = await engine.append("q", [Draft("bob", "Bob", None, "re", 2, reply_to=1)],
+                                    retention=0, dedup_window=10,
+                                    rules=LogRules(reply_excerpt_chars=6))
+    assert wire(answer.entry)["reply_to"]["excerpt"] == excerpt(text, 6)
+    (stored,) = await engine.history("q", after=1, before=3, limit=1)
+    assert stored.reply_to == Reply(1, "ann", "Ann", excerpt(text, 6))
+
+
+async def test_the_embedded_engine_reads_a_rooms_markers_once(tmp_path: Path) -> None:
+    """Every join asks for the user's unread counts: the embedded engine keeps each room's
+    markers in memory (it writes them all), so only a user with a marker costs a read (the
+    count after it); a marker written is seen at once."""
+    from rooms.engines.embedded import EmbeddedEngine
+
+    engine = await EmbeddedEngine.open(tmp_path / "db.sqlite3")
+    try:
+        await engine.load("m", 0)
+        await engine.append("m", [Draft("bob", "Bob", None, f"t{i}", i) for i in range(5)],
+                            retention=0, dedup_window=0)
+        loads: list[str] = []
+        real = engine.store.room_markers
+
+        async def counted(room: str) -> dict[str, int]:
+            loads.append(room)
+            return await real(room)
+
+        engine.store.room_markers = counted  # type: ignore[method-assign]
+        for user in ("ann", "carl", "ann"):
+            assert await engine.unread("m", user, scan=100) == Unread()
+        assert loads == ["m"]
+        assert await engine.mark_read("m", "ann", 2) == 2
+        assert await engine.unread("m", "ann", scan=100) == Unread(2, 3, 0)
+        assert await engine.mark_read("m", "ann", 1) == 2
+        assert await engine.unread("m", "ann", scan=100) == Unread(2, 3, 0)
+        assert loads == ["m"]
     finally:
         await engine.close()

@@ -4,7 +4,17 @@ import orjson
 import pytest
 
 from rooms import protocol, text
-from rooms.protocol import BanUser, DeleteMessage, ErrorCode, FrameError, Pong, SendMessage
+from rooms.protocol import (
+    BanUser,
+    DeleteMessage,
+    EditMessage,
+    ErrorCode,
+    FrameError,
+    MarkRead,
+    Pong,
+    React,
+    SendMessage,
+)
 
 
 def parse(data: str) -> object:
@@ -147,8 +157,107 @@ def test_welcome_says_moderator_only_when_true() -> None:
 
 
 def test_moderated_answers() -> None:
-    assert orjson.loads(protocol.moderated_delete(4, "d")) == {
-        "type": "moderated", "action": "delete", "seq": 4, "id": "d"}
     assert orjson.loads(protocol.moderated_ban("eve", None, "spam", None)) == {
         "type": "moderated", "action": "ban", "user": "eve", "until": None, "reason": "spam",
         "id": None}
+
+
+
+# -- changes, replies, mentions, read markers (issue 21) -------------------------------------
+
+def parse_mentions(data: str, most: int = 3) -> object:
+    return protocol.parse_client_frame(data, max_text_chars=5, max_id_chars=3,
+                                       max_mentions=most)
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ('{"type":"message","text":"re","reply_to":4,"id":"m"}',
+         SendMessage("re", "m", reply_to=4)),
+        ('{"type":"message","text":"hi","mentions":["bob","ann","bob"]}',
+         SendMessage("hi", None, mentions=("bob", "ann"))),  # duplicates removed, order kept
+        ('{"type":"message","text":"hi","mentions":[],"reply_to":null}', SendMessage("hi", None)),
+        ('{"type":"edit","seq":3,"text":"  fixed ","id":"e"}', EditMessage(3, "fixed", "e")),
+        ('{"type":"delete","seq":7}', DeleteMessage(7)),
+        (r'{"type":"react","seq":3,"emoji":"\ud83d\udc4d","on":true,"id":"r"}',
+         React(3, "\U0001f44d", True, "r")),
+        (r'{"type":"react","seq":3,"emoji":"\ud83d\udc4d\ud83c\udffd","on":false}',
+         React(3, "\U0001f44d\U0001f3fd", False)),  # a skin tone: one emoji
+        (r'{"type":"react","seq":3,"emoji":"\ud83d\udc68\u200d\ud83d\udc69\u200d\ud83d'
+         r'\udc67","on":true}', React(3, "\U0001f468\u200d\U0001f469\u200d\U0001f467", True)),
+        (r'{"type":"react","seq":3,"emoji":"\ud83c\uddeb\ud83c\uddf7","on":true}',
+         React(3, "\U0001f1eb\U0001f1f7", True)),  # a flag
+        (r'{"type":"react","seq":3,"emoji":"\u2764\ufe0f","on":true}',
+         React(3, "\u2764\ufe0f", True)),
+        ('{"type":"read","seq":12}', MarkRead(12)),
+        (f'{{"type":"read","seq":{protocol.MAX_SEQ}}}', MarkRead(protocol.MAX_SEQ)),
+    ],
+)
+def test_valid_change_frames(data: str, expected: object) -> None:
+    assert parse_mentions(data) == expected
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        '{"type":"message","text":"a","reply_to":0}',
+        '{"type":"message","text":"a","reply_to":"4"}',
+        '{"type":"message","text":"a","reply_to":true}',
+        f'{{"type":"message","text":"a","reply_to":{protocol.MAX_SEQ + 1}}}',
+        '{"type":"message","text":"a","mentions":"bob"}',
+        '{"type":"message","text":"a","mentions":["a","b","c","d"]}',  # over max_mentions
+        '{"type":"message","text":"a","mentions":[""]}',
+        '{"type":"message","text":"a","mentions":[7]}',
+        r'{"type":"message","text":"a","mentions":["e\nve"]}',
+        f'{{"type":"message","text":"a","mentions":["{"u" * (text.MAX_USER_CHARS + 1)}"]}}',
+        '{"type":"edit","text":"x"}',
+        '{"type":"edit","seq":1}',
+        '{"type":"edit","seq":1,"text":5}',
+        '{"type":"edit","seq":"1","text":"x"}',
+        '{"type":"react","seq":1,"on":true}',
+        r'{"type":"react","seq":1,"emoji":"\ud83d\udc4d"}',
+        r'{"type":"react","seq":1,"emoji":"\ud83d\udc4d","on":1}',
+        '{"type":"react","seq":1,"emoji":"a","on":true}',
+        '{"type":"react","seq":1,"emoji":"","on":true}',
+        r'{"type":"react","seq":1,"emoji":"\ud83d\udc4d\ud83d\udc4d","on":true}',  # two
+        r'{"type":"react","seq":1,"emoji":"\ud83d\udc4d ","on":true}',
+        '{"type":"react","seq":1,"emoji":":thumbs_up:","on":true}',
+        r'{"type":"react","seq":1,"emoji":["\ud83d\udc4d"],"on":true}',
+        r'{"type":"react","seq":1,"emoji":"\u00e9","on":true}',  # a letter
+        r'{"type":"react","seq":1,"emoji":"\u200d","on":true}',  # a joiner alone
+        r'{"type":"react","seq":0,"emoji":"\ud83d\udc4d","on":true}',
+        '{"type":"read"}',
+        '{"type":"read","seq":0}',
+        '{"type":"read","seq":1.5}',
+        f'{{"type":"read","seq":{protocol.MAX_SEQ + 1}}}',
+    ],
+)
+def test_invalid_change_frames(data: str) -> None:
+    result = parse_mentions(data)
+    assert isinstance(result, FrameError) and result.code is ErrorCode.INVALID_MESSAGE, result
+
+
+def test_an_edit_is_held_to_the_rules_of_message_text() -> None:
+    for data, code in (('{"type":"edit","seq":1,"text":"  "}', ErrorCode.EMPTY_TEXT),
+                       ('{"type":"edit","seq":1,"text":"123456","id":"e"}',
+                        ErrorCode.TEXT_TOO_LONG)):
+        result = parse_mentions(data)
+        assert isinstance(result, FrameError) and result.code is code
+    assert parse_mentions('{"type":"edit","seq":1,"text":"123456","id":"e"}').id == "e"  # type: ignore[attr-defined]
+
+
+def test_max_mentions_zero_refuses_any() -> None:
+    assert parse_mentions('{"type":"message","text":"a","mentions":[]}', most=0) == \
+        SendMessage("a", None)
+    assert isinstance(parse_mentions('{"type":"message","text":"a","mentions":["b"]}', most=0),
+                      FrameError)
+
+
+def test_acks_and_read_objects() -> None:
+    assert orjson.loads(protocol.ack("r", 9, noop=True)) == {"type": "ack", "id": "r", "seq": 9,
+                                                            "noop": True}
+    assert orjson.loads(protocol.read(5)) == {"type": "read", "seq": 5}
+    welcome = orjson.loads(protocol.welcome("r", "u", "U", 0, [], False, read=3, unread=2,
+                                            mentions=1))
+    assert (welcome["read"], welcome["unread"], welcome["mentions"]) == (3, 2, 1)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from rooms.config import RoomConfig
-from rooms.state import Appended, Broadcast, Draft, RoomState
+from rooms.messages import Appended, Draft
+from rooms.state import Broadcast, RoomState
 
 
 def _state() -> RoomState:

@@ -8,7 +8,14 @@ import pytest
 
 from rooms.engine import Ban
 from rooms.engines import redis_records as records
-from rooms.state import StoredMessage
+from rooms.messages import (
+    Action,
+    DeletedBy,
+    Reaction,
+    Reply,
+    StoredChange,
+    StoredMessage,
+)
 
 GOOD = {b"user": b"ann", b"name": b"Ann \xf0\x9f\x98\x80", b"id": b"c1", b"text": b"hi",
         b"ts": b"1700000000000"}
@@ -48,14 +55,56 @@ def test_an_unusable_name_or_id_is_mended() -> None:
     assert missing is not None and missing.repaired and missing.value.name == "ann"
 
 
-def test_tombstones() -> None:
-    assert records.tombstone("r", b"4", b"ann\0Ann\0c1\0" + b"17") == StoredMessage(
-        "r", 4, "ann", "Ann", "c1", "", 17)
-    assert records.tombstone("r", b"4", b"ann\0Ann\0\0" + b"17") == StoredMessage(
-        "r", 4, "ann", "Ann", None, "", 17)
-    for raw_seq, value in [(b"x", b"ann\0Ann\0c1\017"), (b"4", b"ann\0Ann\017"),
-                           (b"4", b"\0Ann\0c1\017"), (b"4", b"ann\0Ann\0c1\0ts"), (b"4", 5)]:
-        assert records.tombstone("r", raw_seq, value) is None
+def test_a_message_with_a_reply_and_mentions() -> None:
+    parsed = records.message("r", b"0-9", {**GOOD, b"reply": b'[4,"bob","Bob","hi \xe2\x80\xa6"]',
+                                          b"mentions": b'["bob","eve"]'})
+    assert parsed == records.Parsed(StoredMessage(
+        "r", 9, "ann", "Ann \U0001f600", "c1", "hi", 1700000000000,
+        Reply(4, "bob", "Bob", "hi \u2026"), ("bob", "eve")))
+    mended = records.message("r", b"0-9", {**GOOD, b"reply": b"[4]", b"mentions": b'["a\\n"]'})
+    assert mended is not None and mended.repaired
+    assert (mended.value.reply_to, mended.value.mentions) == (None, ())
+    assert records.message("r", b"0-9", {**GOOD, b"c": b"e"}) is None  # a change's entry
+
+
+CHANGE = {b"c": b"r", b"target": b"3", b"user": b"bob", b"name": b"Bob", b"id": b"",
+          b"ts": b"5", b"emoji": "\U0001f44d".encode(), b"on": b"1"}
+
+
+def test_changes() -> None:
+    assert records.change("r", b"0-8", CHANGE) == records.Parsed(StoredChange(
+        "r", 8, "bob", "Bob", None, 5, Action.REACT, 3, emoji="\U0001f44d", on=True))
+    edit = {**CHANGE, b"c": b"e", b"text": b"new"}
+    assert records.change("r", b"0-8", edit) == records.Parsed(StoredChange(
+        "r", 8, "bob", "Bob", None, 5, Action.EDIT, 3, "new"))
+    delete = {**CHANGE, b"c": b"d", b"by": b"author"}
+    assert records.change("r", b"0-8", delete) == records.Parsed(StoredChange(
+        "r", 8, "bob", "Bob", None, 5, Action.DELETE, 3, by=DeletedBy.AUTHOR))
+    odd = records.change("r", b"0-8", {**delete, b"by": b"who"})
+    assert odd is not None and odd.repaired and odd.value.by is DeletedBy.MODERATOR
+    for fields in ({**CHANGE, b"c": b"x"}, {**CHANGE, b"target": b"0"},
+                   {**CHANGE, b"emoji": b""}, {k: v for k, v in CHANGE.items() if k != b"ts"}):
+        assert records.change("r", b"0-8", fields) is None
+    assert isinstance(records.entry("r", b"0-8", CHANGE).value, StoredChange)  # type: ignore[union-attr]
+    assert isinstance(records.entry("r", b"0-8", GOOD).value, StoredMessage)  # type: ignore[union-attr]
+
+
+def test_states() -> None:
+    state = (b'{"user":"ann","name":"Ann","id":"","text":"edited","ts":5,"edited":9,'
+             b'"reactions":[["\xf0\x9f\x91\x8d",["bob"]]],"c":12,"e":[12],"a":[14]}')
+    assert records.state("r", b"4", state) == records.Parsed(StoredMessage(
+        "r", 4, "ann", "Ann", None, "edited", 5, edited=9,
+        reactions=(Reaction("\U0001f44d", ("bob",)),)))
+    tomb = b'{"user":"ann","name":"Ann","id":"c1","ts":5,"text":"","d":1}'
+    assert records.state("r", 4, tomb) == records.Parsed(StoredMessage(
+        "r", 4, "ann", "Ann", "c1", "", 5))
+    bad_reactions = records.state("r", 4, state.replace(b'["bob"]', b"[]"))
+    assert bad_reactions is not None and bad_reactions.repaired
+    assert bad_reactions.value.reactions == ()
+    for raw_seq, value in [(b"x", state), (b"4", b"{no"), (b"4", b'{"user":"ann","ts":5}'),
+                           (b"4", b'{"user":"","text":"t","ts":5}'), (b"4", b"[]"),
+                           (b"4", b'{"user":"ann","text":"t","ts":-5}')]:
+        assert records.state("r", raw_seq, value) is None
 
 
 def test_a_ban_is_a_ban_whatever_its_value_says() -> None:

@@ -10,9 +10,10 @@ import orjson
 import pytest
 
 from rooms.config import RoomConfig
+from rooms.messages import Appended, Entry, StoredMessage
 from rooms.protocol import CloseCode, SendMessage
 from rooms.session import Session, SessionState
-from rooms.state import Appended, Broadcast, JoinPlan, RoomState, Send, StoredMessage
+from rooms.state import Broadcast, JoinPlan, RoomState, Send
 from tests.support import until
 
 
@@ -63,9 +64,16 @@ class History:
         self.messages = [StoredMessage("r", seq, "w", "W", None, f"m{seq}", 0)
                          for seq in range(1, count + 1)]
 
-    async def read(self, room: str, after: int, upto: int, limit: int) -> list[StoredMessage]:
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]:
         await asyncio.sleep(0)
-        return [m for m in self.messages if after < m.seq <= upto][:limit]
+        found: list[Entry] = [m for m in self.messages if after < m.seq <= upto]
+        return found[:limit]
+
+    async def history(self, room: str, *, after: int = 0, before: int, limit: int,
+                      newest: bool = False) -> list[StoredMessage]:
+        await asyncio.sleep(0)
+        found = [m for m in self.messages if after < m.seq < before]
+        return found[-limit:] if newest else found[:limit]
 
 
 def blocked(session: Session) -> Callable[[], bool]:
@@ -269,3 +277,20 @@ async def test_an_idle_session_keeps_neither_its_welcome_nor_an_outbox() -> None
     session.close_nowait(CloseCode.NORMAL, "bye")
     await writer
     assert transport.frames[2:] == ["b\nc"]
+
+
+async def test_a_fresh_join_sends_the_newest_messages_then_live_ones() -> None:
+    """Not a recovered resume: the newest ``fresh`` messages up to the welcome's seq (in their
+    current state, from ``history``), in frames of at most ``max_frame_messages``, then live
+    objects; nothing of the raw log before."""
+    transport = MemoryTransport()
+    session = make(transport, frame=4)
+    writer = asyncio.create_task(session.run_writer(
+        JoinPlan("W", 30, 30, False, fresh=10), "r", History(40), 500))
+    while len(transport.frames) < 4:  # noqa: ASYNC110 (the welcome, then 3 frames)
+        await asyncio.sleep(0)
+    session.offer(live(31))
+    session.close_nowait(CloseCode.SERVICE_RESTART, "bye")
+    await asyncio.wait_for(writer, 2)
+    assert [len(f.split("\n")) for f in transport.frames[1:4]] == [4, 4, 2]
+    assert seqs(transport.frames) == [*range(21, 31), 31]

@@ -10,27 +10,31 @@ import pytest
 
 from rooms.config import RoomConfig
 from rooms.errors import RoomFull, Unstorable
+from rooms.messages import (
+    Action,
+    Appended,
+    ChangeDraft,
+    Draft,
+    Refusal,
+    RoomSnapshot,
+    StoredMessage,
+    Unread,
+    WireMessage,
+)
 from rooms.protocol import (
     BanUser,
+    ClientFrame,
     CloseCode,
     DeleteMessage,
+    EditMessage,
     ErrorCode,
     FrameError,
+    MarkRead,
     Pong,
+    React,
     SendMessage,
 )
-from rooms.state import (
-    Appended,
-    Broadcast,
-    Close,
-    Draft,
-    Effect,
-    ModerationOutcome,
-    RoomSnapshot,
-    RoomState,
-    Send,
-    StoredMessage,
-)
+from rooms.state import Broadcast, Close, Effect, ModerationOutcome, RoomState, Send
 
 CFG = RoomConfig(rate_burst=2, rate_per_sec=1.0, rate_abuse_strikes=3, max_invalid_frames=2,
                  history_on_join=3, ping_interval=10, ping_timeout=5, dedup_window=4,
@@ -170,20 +174,31 @@ def test_dedup_window_is_loaded_from_snapshot() -> None:
 
 @pytest.mark.parametrize(
     ("after", "replay_after", "recovered"),
-    [(None, 7, False), (8, 8, True), (10, 10, True), (4, 4, True), (2, 3, False),
-     (11, 7, False)],
+    [(None, 10, False), (8, 8, True), (10, 10, True), (4, 4, True), (3, 3, True),
+     (2, 10, False), (11, 10, False)],
 )
 def test_join_plan(after: int | None, replay_after: int, recovered: bool) -> None:
+    """A recovered resume replays the log after ``after``; anything else gets a fresh history:
+    the newest ``history_on_join`` (3) messages in their current state."""
     state = RoomState("r", CFG, RoomSnapshot(last_seq=10, oldest_seq=4))
     plan, _ = joined(state, 1, "alice", after=after)
-    assert (plan.replay_after, plan.replay_upto, plan.recovered) == (replay_after, 10, recovered)
+    assert (plan.replay_after, plan.replay_upto, plan.recovered, plan.fresh) == (
+        replay_after, 10, recovered, 0 if recovered else 3)
     assert orjson.loads(plan.welcome)["recovered"] is recovered
+
+
+def test_a_fresh_join_with_no_history_on_join_replays_nothing() -> None:
+    """history_on_join 0 (the bench's): a fresh join gets no history at all, never the whole
+    raw log (a fresh plan once said "after 0")."""
+    state = RoomState("r", replace(CFG, history_on_join=0), RoomSnapshot(last_seq=10))
+    plan, _ = joined(state, 1, "alice")
+    assert (plan.replay_after, plan.replay_upto, plan.fresh) == (10, 10, 0)
 
 
 @pytest.mark.parametrize(
     ("after", "epoch", "replay_after", "recovered"),
-    [(8, "e1", 8, True), (8, None, 8, True), (8, "e0", 7, False), (10, "e0", 7, False),
-     (5, "e1", 5, True), (4, "e1", 7, False), (4, None, 7, False)],
+    [(8, "e1", 8, True), (8, None, 8, True), (8, "e0", 10, False), (10, "e0", 10, False),
+     (5, "e1", 5, True), (4, "e1", 10, False), (4, None, 10, False)],
 )
 def test_a_resume_is_recovered_only_in_the_same_epoch_and_after_a_reset_floor(
         after: int, epoch: str | None, replay_after: int, recovered: bool) -> None:
@@ -228,7 +243,7 @@ def test_retention_moves_oldest_seq() -> None:
     commit(state)
     assert state.oldest_seq == 4
     plan, _ = joined(state, 2, "bob", after=1)
-    assert (plan.replay_after, plan.recovered) == (3, False)
+    assert (plan.recovered, plan.fresh) == (False, CFG.history_on_join)
 
 
 def test_room_full() -> None:
@@ -484,51 +499,23 @@ def test_the_welcome_tells_a_moderator_it_is_one() -> None:
     assert "moderator" not in orjson.loads(plan.welcome)
 
 
-@pytest.mark.parametrize("frame", [DeleteMessage(2, "d"), BanUser("eve", id="d")])
-def test_a_non_moderator_is_refused_and_nothing_is_queued(frame: DeleteMessage | BanUser) -> None:
+def test_a_non_moderator_ban_is_refused_and_nothing_is_queued() -> None:
     state = moderated_room()
-    (refusal,) = objs(state.receive(2, frame, 0, 1000))
+    (refusal,) = objs(state.receive(2, BanUser("eve", id="d"), 0, 1000))
     assert refusal[:2] == ("send", 2)
     assert (refusal[2]["code"], refusal[2]["id"]) == ("forbidden", "d")
     assert state.moderation == [] and state.has_session(4)
 
 
-def test_a_moderator_delete_is_queued_then_announced_to_everyone() -> None:
-    state = moderated_room()
-    assert state.receive(1, DeleteMessage(2, "d1"), 0, 1000) == []
-    (request,) = state.take_moderation()
-    assert state.moderation == []
-    assert (request.session, request.frame) == (1, DeleteMessage(2, "d1"))
-    effects = objs(state.moderated(request, ModerationOutcome.DONE, 1000))
-    assert effects == [
-        ("all", None, {"type": "delete", "seq": 2}),
-        ("send", 1, {"type": "moderated", "action": "delete", "seq": 2, "id": "d1"}),
-    ]
-
-
-@pytest.mark.parametrize(("outcome", "code"), [
-    (ModerationOutcome.NOT_FOUND, "not_found"),
-    (ModerationOutcome.ALREADY_DELETED, "already_deleted"),
-    (ModerationOutcome.UNAVAILABLE, "unavailable"),
-])
-def test_a_delete_the_engine_could_not_do_answers_only_the_moderator(
-    outcome: ModerationOutcome, code: str
-) -> None:
-    state = moderated_room()
-    state.receive(1, DeleteMessage(3, "d"), 0, 1000)
-    (request,) = state.take_moderation()
-    (answer,) = objs(state.moderated(request, outcome, 1000))
-    assert answer[:2] == ("send", 1)
-    assert (answer[2]["type"], answer[2]["code"], answer[2]["id"]) == ("error", code, "d")
-    assert ("retry_after" in answer[2]) is (outcome is ModerationOutcome.UNAVAILABLE)
-
-
 @pytest.mark.parametrize("seq", [4, 99])
-def test_deleting_a_seq_the_room_never_delivered_is_not_found_at_once(seq: int) -> None:
+def test_a_change_to_a_seq_the_room_never_delivered_is_not_found_at_once(seq: int) -> None:
     state = moderated_room()
-    (refusal,) = objs(state.receive(1, DeleteMessage(seq), 0, 1000))
-    assert refusal[2]["code"] == "not_found" and str(seq) in refusal[2]["message"]
-    assert state.moderation == []
+    for frame in (DeleteMessage(seq, "d"), EditMessage(seq, "x", "e"),
+                  React(seq, "\U0001f44d", True, "r"), SendMessage("re", "m", reply_to=seq)):
+        (refusal,) = objs(state.receive(1, frame, 0, 1000))
+        assert refusal[2]["code"] == "not_found" and str(seq) in refusal[2]["message"]
+        assert refusal[2]["id"] == frame.id
+    assert state.pending == [] and state.moderation == []
 
 
 def test_a_ban_closes_every_socket_of_the_user_with_4004_and_answers_the_moderator() -> None:
@@ -569,7 +556,7 @@ def test_a_ban_of_someone_not_here_still_answers_the_moderator() -> None:
     assert [(k, s, o["type"]) for k, s, o in effects] == [("send", 1, "moderated")]
 
 
-def test_moderation_frames_pay_rate_limit_tokens_and_are_refused_during_an_outage() -> None:
+def test_changes_and_bans_pay_rate_limit_tokens_and_are_refused_during_an_outage() -> None:
     state = RoomState("r", CFG)  # burst 2
     state.join(1, "alice", "Alice", after=None, expires_at=1e9, now=0, wall_ms=1,
                moderator=True)
@@ -578,28 +565,16 @@ def test_moderation_frames_pay_rate_limit_tokens_and_are_refused_during_an_outag
     commit(state)
     state.receive(1, DeleteMessage(1), 0, 1000)
     state.receive(1, BanUser("bob"), 0, 1000)
-    (limited,) = objs(state.receive(1, DeleteMessage(1, "third"), 0, 1000))
+    (limited,) = objs(state.receive(1, React(1, "\U0001f44d", True, "third"), 0, 1000))
     assert (limited[2]["code"], limited[2]["id"]) == ("rate_limited", "third")
-    assert len(state.take_moderation()) == 2
-    (refused,) = objs(state.receive(1, DeleteMessage(1, "o"), 5.0, 1000, refuse="storage down"))
-    assert (refused[2]["code"], refused[2]["message"]) == ("unavailable", "storage down")
-    assert state.moderation == []
-
-
-def test_tombstones_missed_are_told_once_and_first_sight_only_takes_note() -> None:
-    state = RoomState("r", CFG)
-    state.delivered_seq = 10
-    assert state.tombstones_changed(2)
-    assert state.reconcile_tombstones([3, 4]) == []  # first sight: replays carried them
-    assert not state.tombstones_changed(2)
-    assert state.deleted(5) == [Broadcast('{"type":"delete","seq":5}')]  # an announcement
-    assert state.deleted(5) == []  # the same one again (a page's and the engine's)
-    assert state.tombstones_changed(4)
-    # 5 was told; 7 was lost; 12 is not delivered here yet (it will come as a tombstone).
-    assert state.reconcile_tombstones([3, 4, 5, 7, 12]) == [
-        Broadcast('{"type":"delete","seq":7}')]
-    assert state.reconcile_tombstones([3, 4, 5, 7, 12]) == []
-    assert not state.tombstones_changed(5)
+    assert len(state.take_moderation()) == 1 and len(state.take_pending()) == 1
+    frames: list[ClientFrame] = [DeleteMessage(1, "o"), EditMessage(1, "y", "o"),
+                                 BanUser("bob", id="o")]
+    for when, frame in enumerate(frames):
+        (refused,) = objs(state.receive(1, frame, 5.0 * (when + 1), 1000,
+                                        refuse="storage down"))
+        assert (refused[2]["code"], refused[2]["message"]) == ("unavailable", "storage down")
+    assert state.moderation == [] and state.pending == []
 
 
 def test_next_due_is_the_earliest_expiry_heartbeat_deadline_or_ping() -> None:
@@ -617,3 +592,139 @@ def test_next_due_is_the_earliest_expiry_heartbeat_deadline_or_ping() -> None:
     assert state.next_due() == 25.5  # her heartbeat deadline comes before the ping
     assert [e.code for e in state.tick(25.6, 1) if isinstance(e, Close)] == \
         [CloseCode.HEARTBEAT_TIMEOUT]
+
+
+# -- changes, replies and read markers (issue 21) --------------------------------------------
+
+THUMB = "\U0001f44d"
+
+
+def chat_room() -> RoomState:
+    """alice (session 1, moderator), bob (2); alice's messages 1 and 2 are stored."""
+    state = RoomState("r", replace(CFG, rate_burst=100, max_room_connections=10,
+                                   dedup_window=100))
+    state.join(1, "alice", "Alice", after=None, expires_at=1e9, now=0, wall_ms=1,
+               moderator=True)
+    joined(state, 2, "bob")
+    send(state, 1, "one")
+    send(state, 1, "two")
+    commit(state)
+    return state
+
+
+def test_changes_are_drafts_of_the_batch_and_acked_once_delivered() -> None:
+    state = chat_room()
+    assert state.receive(2, React(1, THUMB, True, "r1"), 0, 5000) == []
+    assert state.receive(1, EditMessage(2, "two!", "e1"), 0, 5001) == []
+    assert state.receive(2, DeleteMessage(1, "d1"), 0, 5002) == []
+    assert state.receive(1, DeleteMessage(1, "d2"), 0, 5003) == []
+    assert state.receive(1, SendMessage("re", "m3", reply_to=2, mentions=("bob",)), 0,
+                         5004) == []
+    batch = state.take_pending()
+    assert batch == [
+        ChangeDraft("bob", "Bob", "r1", 5000, Action.REACT, 1, emoji=THUMB, on=True),
+        ChangeDraft("alice", "Alice", "e1", 5001, Action.EDIT, 2, text="two!"),
+        ChangeDraft("bob", "Bob", "d1", 5002, Action.DELETE, 1),
+        ChangeDraft("alice", "Alice", "d2", 5003, Action.DELETE, 1, moderator=True),
+        Draft("alice", "Alice", "m3", "re", 5004, 2, ("bob",))]
+    # As the log decides: bob may not delete alice's message; the rest is stored.
+    react = batch[0].stored("r", 3)
+    results = [Appended(3, entry=react), Appended(4),
+               Appended(0, refused=Refusal.FORBIDDEN),
+               Appended(5, entry=WireMessage(5, '{"type":"change","seq":5}')), Appended(6)]
+    effects = objs(state.committed(batch, results))
+    assert [(k, s, o["type"], o.get("seq"), o.get("code"), o.get("id")) for k, s, o in effects
+            ] == [
+        ("send", 2, "error", None, "forbidden", "d1"),  # refusals first: in the frames' order
+        ("all", None, "change", 3, None, "r1"), ("all", None, "change", 4, None, "e1"),
+        ("all", None, "change", 5, None, None), ("all", None, "message", 6, None, "m3"),
+        ("send", 2, "ack", 3, None, "r1"), ("send", 1, "ack", 4, None, "e1"),
+        ("send", 1, "ack", 5, None, "d2"), ("send", 1, "ack", 6, None, "m3")]
+    assert effects[1][2] == orjson.loads(react.to_wire())
+    assert "author or a moderator" in effects[0][2]["message"]
+    # Retried ids: the stored ones are duplicates; the refused one is tried again.
+    assert objs(state.receive(1, EditMessage(2, "two!", "e1"), 0, 6000)) == [
+        ("send", 1, {"type": "ack", "id": "e1", "seq": 4, "duplicate": True})]
+    assert state.receive(2, DeleteMessage(1, "d1"), 0, 6000) == []
+    assert [d.id for d in state.pending] == ["d1"]
+
+
+def test_a_noop_reaction_is_acked_once_the_change_it_found_is_delivered() -> None:
+    state = chat_room()
+    state.receive(2, React(1, THUMB, False, "r"), 0, 5000)
+    batch = state.take_pending()
+    # Another process's change (seq 3) made it a no-op; it is not delivered here yet.
+    assert state.committed(batch, [Appended(3, noop=True)]) == []
+    effects = objs(state.feed([WireMessage(3, '{"type":"change","seq":3}')]))
+    assert effects[-1] == ("send", 2, {"type": "ack", "id": "r", "seq": 3, "noop": True})
+
+
+@pytest.mark.parametrize(("refusal", "frame", "words"), [
+    (Refusal.ALREADY_DELETED, EditMessage(1, "x", "i"), "deleted"),
+    (Refusal.EDIT_WINDOW_PASSED, EditMessage(1, "x", "i"), "no longer be edited"),
+    (Refusal.TOO_MANY_REACTIONS, React(1, THUMB, True, "i"), "reactions already"),
+    (Refusal.NOT_FOUND, SendMessage("x", "i", reply_to=1), "cannot be answered"),
+    (Refusal.FORBIDDEN, EditMessage(1, "x", "i"), "only its author"),
+])
+def test_each_refusal_is_an_error_with_its_code_and_words(
+        refusal: Refusal, frame: ClientFrame, words: str) -> None:
+    state = chat_room()
+    state.receive(1, frame, 0, 5000)
+    (error,) = objs(state.committed(state.take_pending(), [Appended(0, refused=refusal)]))
+    assert error[:2] == ("send", 1)
+    assert (error[2]["code"], error[2]["id"]) == (refusal.value, "i")
+    assert words in error[2]["message"]
+
+
+def test_the_server_api_learns_of_refusals_and_noops() -> None:
+    state = chat_room()
+    assert state.publish(7, ChangeDraft("api", "API", None, 1, Action.DELETE, 1,
+                                        moderator=True)) is None
+    assert state.publish(8, ChangeDraft("api", "API", None, 1, Action.REACT, 1,
+                                        emoji=THUMB)) is None
+    state.committed(state.take_pending(), [Appended(0, refused=Refusal.ALREADY_DELETED),
+                                           Appended(2, noop=True)])
+    assert state.published == [(7, Appended(0, refused=Refusal.ALREADY_DELETED)),
+                               (8, Appended(2, noop=True))]
+
+
+def test_the_welcome_carries_the_read_marker_and_counts() -> None:
+    state = chat_room()
+    plan, _ = state.join(3, "carol", "Carol", after=None, expires_at=1e9, now=0, wall_ms=1,
+                         unread=Unread(1, 4, 2, capped=True))
+    welcome = orjson.loads(plan.welcome)
+    assert (welcome["read"], welcome["unread"], welcome["mentions"],
+            welcome["unread_capped"]) == (1, 4, 2, True)
+    plain = orjson.loads(joined(state, 4, "dave")[0].welcome)
+    assert (plain["read"], plain["unread"], plain["mentions"]) == (0, 0, 0)
+    assert "unread_capped" not in plain
+
+
+def test_a_read_marker_moves_forward_and_reaches_the_users_other_sessions_only() -> None:
+    state = chat_room()  # seqs 1-2 delivered
+    state.join(3, "bob", "Bob", after=None, expires_at=1e9, now=0, wall_ms=1,
+               unread=Unread(read=1))
+    assert objs(state.receive(2, MarkRead(2), 0, 1)) == [("send", 3, {"type": "read",
+                                                                      "seq": 2})]
+    assert state.take_reads() == {"bob": 2} and state.take_reads() == {}
+    assert state.receive(3, MarkRead(1), 0, 1) == []  # never back
+    send(state, 1, "three")
+    commit(state)
+    # Beyond what was delivered here: as far as that.
+    assert objs(state.receive(3, MarkRead(99), 0, 1)) == [("send", 2, {"type": "read",
+                                                                       "seq": 3})]
+    assert state.reads == {"bob": 3}
+    # Another process moved it: both of bob's sessions here are told, nobody else.
+    assert [(k, s) for k, s, _ in objs(state.remote_read("bob", 9))] == [("send", 2),
+                                                                         ("send", 3)]
+    assert state.remote_read("bob", 9) == [] and state.remote_read("carol", 5) == []
+
+
+def test_read_frames_cost_what_a_pong_costs_and_are_dropped_silently_over_the_rate() -> None:
+    state = RoomState("r", replace(CFG, rate_burst=1, rate_per_sec=0.001, pong_cost=0.5,
+                                   rate_abuse_strikes=100))
+    joined(state, 1, "alice")
+    joined(state, 2, "alice")
+    assert len(state.receive(1, MarkRead(1), 0, 1)) == 0  # nothing delivered: stays at 0
+    assert state.receive(1, MarkRead(1), 0, 1) == []
+    assert state.receive(1, MarkRead(1), 0, 1) == []  # over the rate: no error either

@@ -177,8 +177,10 @@ def test_the_autobahn_cases_pass_on_the_room_sockets_websocket_layer(
     assert not failed, f"{len(failed)} cases failed (reports in {tmp_path}): {failed}\n" + \
         output[-2000:]
     assert len(cases) == SELECTED_CASES, f"{len(cases)} cases ran, expected {SELECTED_CASES}"
-    # The layer under test: frames read off the transport exactly when the fast paths are on.
-    assert (read_directly > SELECTED_CASES // 2) if fast_paths else read_directly == 0
+    # The layer under test: frames read off the transport exactly when the fast paths are on
+    # (how many depends on how the suite's bytes are split into reads on a loaded machine:
+    # a parallel run once read fewer than half directly, so the test asks only for some).
+    assert (read_directly > 0) if fast_paths else read_directly == 0
     not_ok = sorted(case for case, result in cases.items()
                     if (result["behavior"], result["behaviorClose"]) != ("OK", "OK"))
     print(f"autobahn on {loop} ({'fast paths' if fast_paths else 'plain ASGI'}): "

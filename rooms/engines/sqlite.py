@@ -1,0 +1,763 @@
+"""The embedded engine's durable log: ``SqliteStore``.
+
+``SqliteStore`` keeps one database (WAL) for all rooms. Writes go through one writer thread that
+commits every append pending at that moment in one transaction (group commit): under load, many
+rooms' batches share one fsync, so storing does not cap throughput. Reads run on a small pool of
+reader threads with their own connections (WAL readers never block the writer).
+
+A room's log is its rows of ``messages`` (``kind``: a message, or a change to one; seqs are
+allocated here, by the writer thread, so any caller may append). A message row also holds the
+message's **current state** (text after the last edit, ``edited``, ``reactions``, or its
+tombstone), updated in the transaction that appends each change (``rooms.changes``): a page of
+history reads message rows only and costs what a page of plain messages does. Read markers live
+in ``reads``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from rooms import changes
+from rooms import engine as contract
+from rooms.engine import CommitObserver
+from rooms.errors import StoreError, Unstorable
+from rooms.messages import (
+    DEFAULT_RULES,
+    Action,
+    AnyDraft,
+    Appended,
+    ChangeDraft,
+    DeletedBy,
+    Draft,
+    Entry,
+    LogRules,
+    Reaction,
+    Refusal,
+    Reply,
+    RoomSnapshot,
+    StoredChange,
+    StoredMessage,
+    Unread,
+)
+
+_T = TypeVar("_T")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    room TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    user TEXT NOT NULL,
+    name TEXT NOT NULL,
+    client_id TEXT,
+    text TEXT NOT NULL,
+    ts INTEGER NOT NULL,
+    PRIMARY KEY (room, seq)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS stash (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL,
+    expires REAL NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS revocations (
+    user TEXT PRIMARY KEY,
+    at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS revocations_at ON revocations (at);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS bans (
+    room TEXT NOT NULL,
+    user TEXT NOT NULL,
+    until REAL,
+    reason TEXT NOT NULL,
+    PRIMARY KEY (room, user)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS reads (
+    room TEXT NOT NULL,
+    user TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    PRIMARY KEY (room, user)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS reads_by_user ON reads (user);
+"""
+_COLUMNS = (
+    ("kind", "INTEGER NOT NULL DEFAULT 0"),  # MESSAGE, or the change's kind
+    ("target", "INTEGER"),  # changes: the message they change; replies: the one they answer
+    ("reply", "TEXT"),  # messages: [seq, user, name, excerpt] of the message answered
+    ("mentions", "TEXT"),  # messages: ["user", ...]
+    ("edited", "INTEGER"),  # messages: ts of the last edit
+    ("reactions", "TEXT"),  # messages: [["emoji", ["user", ...]], ...]
+    ("changed", "INTEGER"),  # messages: seq of the last change
+    ("detail", "TEXT"),  # delete: who (author, moderator); react: the emoji
+)
+"""Columns added after the first version: a database made before them gets them on open
+(``ALTER TABLE ... ADD COLUMN`` rewrites nothing: old rows read the defaults)."""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS changes_by_target ON messages (room, target) WHERE target IS NOT NULL;
+"""
+"""Changes and replies by the message they change or answer: retention prunes a pruned
+message's changes, and a delete empties its edits' texts and its replies' excerpts. Partial:
+other messages are not in it."""
+
+MESSAGE, EDIT, DELETE, REACT_ON, REACT_OFF = range(5)
+"""``kind`` of a row."""
+_KINDS = {Action.EDIT: EDIT, Action.DELETE: DELETE}
+
+_INSERT = ("INSERT INTO messages (room, seq, user, name, client_id, text, ts, kind, target, "
+           "reply, mentions, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
+_MESSAGE_COLUMNS = "seq, user, name, client_id, text, ts, reply, mentions, edited, reactions"
+_ENTRY_COLUMNS = f"{_MESSAGE_COLUMNS}, kind, target, detail"
+_UPDATE = ("UPDATE messages SET text = ?, edited = ?, reactions = ?, reply = ?, mentions = ?, "
+           "changed = ? WHERE room = ? AND seq = ?")
+_DATA_ERRORS = (ValueError, OverflowError, TypeError, sqlite3.InterfaceError,
+                sqlite3.ProgrammingError, sqlite3.DataError)
+"""What binding a row's values raises when one cannot be stored: a lone surrogate in a text
+(``UnicodeEncodeError``, a ``ValueError``), an integer beyond 64 bits, a value of no SQL type.
+The draft's own fault: retrying never helps."""
+_MAX_INT = 2**63 - 1
+
+Row = tuple[Any, ...]
+Erased = Callable[[str, list[StoredChange]], None]
+"""Called on the event loop by ``SqliteStore.erase`` after each step with (room, the delete
+entries it appended)."""
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _message_row(m: StoredMessage) -> Row:
+    reply = None if m.reply_to is None else _json(
+        [m.reply_to.seq, m.reply_to.user, m.reply_to.name, m.reply_to.excerpt])
+    return (m.room, m.seq, m.user, m.name, m.id, m.text, m.ts, MESSAGE,
+            None if m.reply_to is None else m.reply_to.seq, reply,
+            _json(m.mentions) if m.mentions else None, None)
+
+
+def _change_row(c: StoredChange) -> Row:
+    detail: str | None
+    if c.action is Action.REACT:
+        kind, detail = (REACT_ON if c.on else REACT_OFF), c.emoji
+    else:
+        kind, detail = _KINDS[c.action], (c.by.value if c.by is not None else None)
+    return (c.room, c.seq, c.user, c.name, c.id, c.text, c.ts, kind, c.target, None, None,
+            detail)
+
+
+def _state(m: StoredMessage) -> tuple[str | None, ...]:
+    """The current-state columns of ``m``: reactions, reply, mentions (text and edited are
+    plain)."""
+    reactions = _json([[r.emoji, list(r.users)] for r in m.reactions]) if m.reactions else None
+    reply = None if m.reply_to is None else _json(
+        [m.reply_to.seq, m.reply_to.user, m.reply_to.name, m.reply_to.excerpt])
+    return reactions, reply, _json(m.mentions) if m.mentions else None
+
+
+def _message(room: str, row: Row) -> StoredMessage:
+    """A message from the ``_MESSAGE_COLUMNS`` of its row."""
+    seq, user, name, client_id, text, ts, reply, mentions, edited, reactions = row[:10]
+    return StoredMessage(
+        room, seq, user, name, client_id, text, ts,
+        None if reply is None else Reply(*orjson.loads(reply)),
+        () if mentions is None else tuple(orjson.loads(mentions)),
+        edited,
+        () if reactions is None else tuple(Reaction(emoji, tuple(users))
+                                          for emoji, users in orjson.loads(reactions)))
+
+
+def _entry(room: str, row: Row) -> Entry:
+    """A log entry from the ``_ENTRY_COLUMNS`` of its row."""
+    kind = row[10]
+    if kind == MESSAGE:
+        return _message(room, row)
+    seq, user, name, client_id, text, ts = row[:6]
+    target, detail = row[11], row[12]
+    if kind == EDIT:
+        return StoredChange(room, seq, user, name, client_id, ts, Action.EDIT, target, text)
+    if kind == DELETE:
+        return StoredChange(room, seq, user, name, client_id, ts, Action.DELETE, target,
+                            by=DeletedBy(detail or DeletedBy.MODERATOR))
+    return StoredChange(room, seq, user, name, client_id, ts, Action.REACT, target,
+                        emoji=detail or "", on=kind == REACT_ON)
+
+
+def _unencodable(draft: AnyDraft) -> bool:
+    """Whether some value of ``draft`` can never be bound (the probe after a data error)."""
+    texts: list[str | None] = [draft.user, draft.name, draft.id]
+    numbers = [draft.ts]
+    if isinstance(draft, Draft):
+        texts += [draft.text, *draft.mentions]
+        numbers.append(draft.reply_to or 0)
+    else:
+        texts += [draft.text, draft.emoji]
+        numbers.append(draft.target)
+    try:
+        for text in texts:
+            if text is not None:
+                text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return not all(isinstance(n, int) and -_MAX_INT <= n <= _MAX_INT for n in numbers)
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """The schema, with the columns and indexes added since the first version."""
+    conn.executescript(_SCHEMA)
+    have = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
+    for name, declaration in _COLUMNS:
+        if name not in have:
+            conn.execute(f"ALTER TABLE messages ADD COLUMN {name} {declaration}")
+    conn.executescript(_INDEXES)
+
+
+@dataclass(slots=True)
+class _Append:
+    """Append ``drafts`` to ``room``'s log (``erase``: an erasure's deletes)."""
+
+    room: str
+    drafts: Sequence[AnyDraft]
+    retention: int
+    rules: LogRules
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[list[Appended]]
+    landed: Landed | None = None
+    erase: bool = False
+
+
+Landed = Callable[[list[Appended] | None, BaseException | None], None]
+"""Called on the event loop with an append's outcome (its results, or the error), even when
+nobody awaits it any more."""
+
+
+def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None,
+             landed: Landed | None = None) -> None:
+    if landed is not None:
+        landed(result, error)
+    if future.done():  # the awaiting room was cancelled; the write happened anyway
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+class SqliteStore:
+    """The embedded engine: ``SqliteStore.open(path)``; ``synchronous`` is SQLite's pragma.
+
+    ``FULL`` (default) survives power loss; ``NORMAL`` survives a crash of the process only.
+    """
+
+    def __init__(self, path: Path, synchronous: str, on_commit: CommitObserver | None) -> None:
+        self.path = path
+        self._synchronous = synchronous
+        self._on_commit = on_commit
+        # Unbounded by type, bounded by use: each room actor awaits its append before the next,
+        # and each erasure its step, so at most one item per loaded room or running erasure is
+        # ever queued.
+        self._writes: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="roomchat-store-writer",
+                                        daemon=True)
+        self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="roomchat-store-read")
+        self._local = threading.local()
+        self._read_conns: list[sqlite3.Connection] = []
+        self._conns_lock = threading.Lock()
+        self._closed = False
+        self._conn: sqlite3.Connection | None = None
+        self._pruned: dict[str, int] = {}  # writer thread only: room -> seq pruned up to
+        self.epoch = ""
+        """The epoch of every room's log in this database (docs/protocol.md, "Epochs"): made
+        when the database is, replaced by ``new_epoch`` when a backup is restored."""
+
+    @classmethod
+    async def open(cls, path: Path, *, synchronous: str = "FULL",
+                   on_commit: CommitObserver | None = None) -> SqliteStore:
+        if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
+            raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
+        store = cls(path, synchronous.upper(), on_commit)
+        await asyncio.to_thread(store._open_writer)
+        store._writer.start()
+        return store
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA synchronous = {self._synchronous}")
+        return conn
+
+    def _open_writer(self) -> None:
+        # Private from the start: the directory 0700, the database 0600 (SQLite gives its -wal
+        # and -shm files the database file's mode), never readable in between.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
+        conn = self._connect()
+        conn.execute("PRAGMA journal_mode = WAL")
+        _migrate(conn)
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
+                     (secrets.token_hex(8),))
+        (self.epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        self._conn = conn
+
+    # -- writes -----------------------------------------------------------------------------
+
+    async def append(self, room: str, drafts: Sequence[AnyDraft], retention: int,
+                     rules: LogRules = DEFAULT_RULES) -> list[Appended]:
+        """Append ``drafts`` to ``room``'s log (``rooms.engine.Engine.append``, without the
+        dedup: the embedded engine's room deduplicates). Returns once they survive a crash
+        of this process. Raises ``Unstorable`` (naming the drafts that can never be stored;
+        nothing was) or ``StoreError``."""
+        if not drafts:
+            return []
+        return await self.submit(room, drafts, retention, rules)
+
+    def submit(self, room: str, drafts: Sequence[AnyDraft], retention: int,
+               rules: LogRules = DEFAULT_RULES,
+               landed: Landed | None = None) -> asyncio.Future[list[Appended]]:
+        """``append`` without the wait: queue ``drafts`` for the writer thread and return the
+        future it resolves once they are durable (or with the error ``append`` would raise).
+        Cancelling the future does not stop the write; ``landed`` is told its outcome all the
+        same, just before the future. Raises ``StoreError`` when closed."""
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Appended]] = loop.create_future()
+        self._writes.put(_Append(room, drafts, retention, rules, loop, future, landed))
+        return future
+
+    def _write_loop(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        while True:
+            first = self._writes.get()
+            if first is None:
+                break
+            batch = [first]
+            stop = False
+            while True:  # take everything already queued: one transaction for all of it
+                try:
+                    item = self._writes.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            self._commit(conn, batch)
+            if stop:
+                break
+        conn.close()
+
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Append]) -> None:
+        """One transaction for every append in ``batch``; each in its own savepoint, so a failing
+        one fails alone, not its neighbours' rooms: ``Unstorable`` when some of its drafts
+        cannot be encoded, ``StoreError`` for anything else."""
+        started = time.perf_counter()
+        count = 0
+        errors: list[BaseException | None] = [None] * len(batch)
+        results: list[list[Appended] | None] = [None] * len(batch)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for index, item in enumerate(batch):
+                    conn.execute("SAVEPOINT item")
+                    try:
+                        results[index] = self._append(conn, item)
+                    except _DATA_ERRORS as exc:
+                        conn.execute("ROLLBACK TO item")
+                        errors[index] = self._unstorable(item, exc)
+                    except sqlite3.Error as exc:
+                        conn.execute("ROLLBACK TO item")
+                        errors[index] = StoreError(f"write failed: {exc}")
+                    else:
+                        count += sum(r.entry is not None for r in results[index] or ())
+                    conn.execute("RELEASE item")
+                conn.execute("COMMIT")
+            except Exception:
+                conn.execute("ROLLBACK")
+                raise
+        except Exception as exc:
+            errors = [StoreError(f"commit failed: {exc}")] * len(batch)
+            results = [None] * len(batch)
+            count = 0
+        # Report before resolving: whoever awaited the append may look at the numbers at once.
+        if count and self._on_commit is not None:
+            self._on_commit(time.perf_counter() - started, count)
+        for item, result, error in zip(batch, results, errors, strict=True):
+            item.loop.call_soon_threadsafe(_resolve, item.future, result, error, item.landed)
+
+    @staticmethod
+    def _unstorable(item: _Append, exc: Exception) -> StoreError | Unstorable:
+        """Which of ``item``'s drafts cannot be written (``exc`` came from one of them)."""
+        bad = [position for position, draft in enumerate(item.drafts) if _unencodable(draft)]
+        if not bad:  # not one draft's fault after all: an ordinary failure of the write
+            return StoreError(f"write failed: {exc!r}")
+        return Unstorable(bad, f"cannot be stored: {exc}")
+
+    def _append(self, conn: sqlite3.Connection, item: _Append) -> list[Appended]:
+        """``item``'s drafts as entries of its room's log, seqs allocated after its top; each
+        change (and reply) checked against its target's current state as the drafts before it
+        left it, and applied to it (``rooms.changes``).
+
+        The statements are per batch, not per draft: one read of the targets' current state,
+        one ``executemany`` of every new row, one ``UPDATE`` per changed target (a change cost
+        three statements of its own, twice what a message costs here)."""
+        room = item.room
+        (top,) = conn.execute("SELECT max(seq) FROM messages WHERE room = ?",
+                              (room,)).fetchone()
+        top = top or 0
+        seq = top
+        results: list[Appended] = []
+        rows: list[Row] = []
+        # Targets' current state and their last change's seq, as this batch leaves them.
+        states = self._targets(conn, item)
+        changed: dict[int, int] = {}  # target -> the seq of this batch's last change to it
+        deleted: list[tuple[int, bool]] = []  # (target, had edits) deleted in this batch
+        for draft in item.drafts:
+            if isinstance(draft, Draft):
+                reply = None
+                if draft.reply_to is not None:
+                    found = states.get(draft.reply_to)
+                    answered = changes.reply(None if found is None else found[0], item.rules)
+                    if isinstance(answered, Refusal):
+                        results.append(Appended(0, refused=answered))
+                        continue
+                    reply = answered
+                seq += 1
+                message = draft.stored(room, seq, reply)
+                rows.append(_message_row(message))
+                states[seq] = (message, seq)  # a later draft of the batch may change it
+                results.append(Appended(seq, entry=message))
+                continue
+            found = states.get(draft.target)
+            if item.erase and found is not None and found[0].user != draft.user:
+                results.append(Appended(0, refused=Refusal.FORBIDDEN))  # one user's only
+                continue
+            outcome = changes.apply(None if found is None else found[0], draft, item.rules)
+            if outcome.refused is not None:
+                results.append(Appended(0, refused=outcome.refused))
+                continue
+            if outcome.noop or outcome.message is None or found is None:
+                results.append(Appended(found[1] if found else draft.target, noop=True))
+                continue
+            seq += 1
+            change = draft.stored(room, seq, DeletedBy.MODERATOR if item.erase else outcome.by)
+            rows.append(_change_row(change))
+            states[draft.target] = (outcome.message, seq)
+            changed[draft.target] = seq
+            if draft.action is Action.DELETE:
+                deleted.append((draft.target, found[0].edited is not None))
+            results.append(Appended(seq, entry=change))
+        if rows:
+            conn.executemany(_INSERT, rows)
+        if deleted:
+            # The texts a delete removes (the message's, its edits', the excerpts quoting it)
+            # leave the database's pages, not only its rows: secure_delete zeroes the bytes
+            # that rewriting those rows frees.
+            conn.execute("PRAGMA secure_delete = ON")
+        try:
+            if changed:
+                conn.executemany(_UPDATE, [
+                    (after.text, after.edited, *_state(after), last, room, target)
+                    for target, last in changed.items() for after in (states[target][0],)])
+            if deleted:
+                self._deleted(conn, room, deleted)
+        finally:
+            if deleted:
+                conn.execute("PRAGMA secure_delete = OFF")
+        if item.retention and seq > top:
+            self._prune(conn, room, seq, item.retention)
+        return results
+
+    @staticmethod
+    def _targets(conn: sqlite3.Connection, item: _Append) -> dict[int, tuple[StoredMessage, int]]:
+        """The current state of the stored messages ``item``'s changes and replies name, and
+        the seq of each one's last change (its own when it never changed), in one read."""
+        wanted = {d.target if isinstance(d, ChangeDraft) else d.reply_to for d in item.drafts
+                  if isinstance(d, ChangeDraft) or d.reply_to is not None}
+        seqs = [s for s in wanted if s is not None and 0 < s <= _MAX_INT]
+        states: dict[int, tuple[StoredMessage, int]] = {}
+        for start in range(0, len(seqs), 500):  # (SQLite's bound on variables is 32,766)
+            chunk = seqs[start:start + 500]
+            for row in conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS}, changed FROM messages WHERE room = ? AND "
+                    f"kind = ? AND seq IN ({','.join('?' * len(chunk))})",
+                    (item.room, MESSAGE, *chunk)):
+                states[row[0]] = (_message(item.room, row), row[10] or row[0])
+        return states
+
+    @staticmethod
+    def _deleted(conn: sqlite3.Connection, room: str, targets: list[tuple[int, bool]]) -> None:
+        """The texts the deletes of ``targets`` remove, everywhere else they are: their edits'
+        (when they had any) and the excerpts of the replies quoting them."""
+        for target, edited in targets:
+            if edited:
+                conn.execute("UPDATE messages SET text = '' WHERE room = ? AND target = ? "
+                             "AND kind = ?", (room, target, EDIT))
+            conn.execute("UPDATE messages SET reply = json_set(reply, '$[3]', '') "
+                         "WHERE room = ? AND target = ? AND kind = ? AND reply IS NOT NULL",
+                         (room, target, MESSAGE))
+
+    def _prune(self, conn: sqlite3.Connection, room: str, last: int, retention: int) -> None:
+        """Keep ``retention`` entries per room, and no change of a message pruned, deleting in
+        steps of ~1% of it: a DELETE per commit was a visible part of small commits."""
+        cutoff = last - retention
+        step = max(1, retention // 100)
+        if cutoff >= self._pruned.get(room, 0) + step:
+            conn.execute("DELETE FROM messages WHERE room = ? AND seq <= ?", (room, cutoff))
+            conn.execute("DELETE FROM messages WHERE room = ? AND target IS NOT NULL AND "
+                         "target <= ? AND kind != ?", (room, cutoff, MESSAGE))
+            self._pruned[room] = cutoff
+
+    # -- reads ------------------------------------------------------------------------------
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            self._local.conn = conn
+            with self._conns_lock:
+                self._read_conns.append(conn)
+        return conn
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        if self._closed:
+            raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+        except sqlite3.Error as exc:
+            raise StoreError(f"read failed: {exc}") from exc
+        except (ValueError, OverflowError) as exc:  # a value SQLite cannot take: the caller's
+            raise Unstorable((), f"cannot be stored: {exc}") from exc
+
+    async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
+        def query(conn: sqlite3.Connection) -> RoomSnapshot:
+            row = conn.execute("SELECT max(seq), min(seq) FROM messages WHERE room = ?",
+                               (room,)).fetchone()
+            last = row[0] or 0
+            oldest = row[1] or last + 1
+            ids: list[tuple[str, str, int]] = []
+            if dedup_window:
+                ids = conn.execute(
+                    "SELECT user, client_id, seq FROM messages WHERE room = ? AND seq > ? "
+                    "AND client_id IS NOT NULL ORDER BY seq", (room, last - dedup_window),
+                ).fetchall()
+            return RoomSnapshot(last_seq=last, oldest_seq=oldest, recent_ids=tuple(ids),
+                                epoch=self.epoch)
+
+        return await self._run(query)
+
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]:
+        """As ``rooms.engine.Engine.read``: messages are read in their current state (that is
+        how they are stored), changes as stored (an edit of a deleted message has lost its
+        text); a pruned message's changes are pruned with it."""
+        def query(conn: sqlite3.Connection) -> list[Entry]:
+            rows = conn.execute(
+                f"SELECT {_ENTRY_COLUMNS} FROM messages "
+                "WHERE room = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                (room, after, min(upto, _MAX_INT), limit),
+            ).fetchall()
+            return [_entry(room, row) for row in rows]
+
+        return await self._run(query)
+
+    async def history(self, room: str, *, after: int = 0, before: int, limit: int,
+                      newest: bool = False) -> list[StoredMessage]:
+        """As ``rooms.engine.Engine.history``: message rows only, current state as stored."""
+        order = "DESC" if newest else "ASC"
+
+        def query(conn: sqlite3.Connection) -> list[StoredMessage]:
+            rows = conn.execute(
+                f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ? AND kind = ? "
+                f"AND seq > ? AND seq < ? ORDER BY seq {order} LIMIT ?",
+                (room, MESSAGE, after, min(before, _MAX_INT), limit)).fetchall()
+            if newest:
+                rows.reverse()
+            return [_message(room, row) for row in rows]
+
+        return await self._run(query)
+
+    async def room_markers(self, room: str) -> dict[str, int]:
+        """Every read marker in ``room``: user -> seq."""
+        return dict(await self._run(lambda conn: [
+            (str(user), int(seq)) for user, seq in conn.execute(
+                "SELECT user, seq FROM reads WHERE room = ?", (room,))]))
+
+    async def unread_after(self, room: str, user: str, read: int, scan: int) -> Unread:
+        """``Engine.unread`` for a user whose marker is ``read`` (> 0)."""
+        def query(conn: sqlite3.Connection) -> Unread:
+            # Deleted messages are not looked at (Redis's stream no longer holds them).
+            scanned, unread, mentions = conn.execute(
+                "SELECT count(*), coalesce(sum(user != ?1), 0), "
+                "coalesce(sum(user != ?1 AND mentions IS NOT NULL AND "
+                "EXISTS (SELECT 1 FROM json_each(mentions) WHERE value = ?1)), 0) "
+                "FROM (SELECT user, mentions FROM messages WHERE room = ?2 AND kind = ?3 "
+                "AND seq > ?4 AND text != '' ORDER BY seq DESC LIMIT ?5)",
+                (user, room, MESSAGE, read, scan)).fetchone()
+            return Unread(read, unread, mentions, capped=scanned >= scan)
+
+        return await self._run(query)
+
+    async def mark_read(self, room: str, user: str, seq: int) -> int:
+        def query(conn: sqlite3.Connection) -> int:
+            (marker,) = conn.execute(
+                "INSERT INTO reads (room, user, seq) VALUES (?, ?, ?) ON CONFLICT (room, user) "
+                "DO UPDATE SET seq = max(seq, excluded.seq) RETURNING seq",
+                (room, user, seq)).fetchone()
+            return int(marker)
+
+        return await self._run(query)
+
+    async def markers(self, user: str) -> dict[str, int]:
+        return dict(await self._run(lambda conn: [
+            (str(room), int(seq)) for room, seq in conn.execute(
+                "SELECT room, seq FROM reads WHERE user = ? ORDER BY room", (user,))]))
+
+    # -- small keyed records: single-use tickets, revocations -------------------------------
+    # Rare and tiny next to messages: written from the reader pool in autocommit (WAL lets them
+    # interleave with the writer thread's transactions; busy_timeout covers the overlap).
+
+    async def stash(self, key: str, value: bytes, ttl: float) -> None:
+        now = time.time()
+
+        def query(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM stash WHERE expires <= ?", (now,))
+            conn.execute("INSERT OR REPLACE INTO stash (key, value, expires) VALUES (?,?,?)",
+                         (key, value, now + ttl))
+
+        await self._run(query)
+
+    async def take(self, key: str) -> bytes | None:
+        def query(conn: sqlite3.Connection) -> bytes | None:
+            row = conn.execute("DELETE FROM stash WHERE key = ? RETURNING value, expires",
+                               (key,)).fetchone()
+            return bytes(row[0]) if row is not None and row[1] > time.time() else None
+
+        return await self._run(query)
+
+    async def revoke(self, user: str, at: float) -> None:
+        await self._run(lambda conn: conn.execute(
+            "INSERT INTO revocations (user, at) VALUES (?, ?) "
+            "ON CONFLICT (user) DO UPDATE SET at = max(at, excluded.at)", (user, at)))
+
+    async def revocations(self, since: float) -> list[tuple[str, float]]:
+        return await self._run(lambda conn: [
+            (str(user), float(at)) for user, at in conn.execute(
+                "SELECT user, at FROM revocations WHERE at > ? ORDER BY at", (since,))])
+
+    # -- erasure requests ---------------------------------------------------------------------
+
+    async def erase(self, user: str, erased: Erased | None = None,
+                    rules: LogRules = DEFAULT_RULES) -> dict[str, list[int]]:
+        """Delete every stored message of ``user`` (``rooms.engine.Engine.erase``): each step
+        is one of the writer thread's transactions, appending up to ``ERASE_STEP`` delete
+        entries to one room's log, so the rooms' appends, which share that thread, wait for
+        one step at most; ``erased(room, entries)`` follows each step that deleted
+        something."""
+        if self._closed:
+            raise StoreError("store is closed")
+        # Found by a scan of a read snapshot (WAL: the writer is not held up by it; an index on
+        # user would cost every append for a rare request), deleted by the writer thread, which
+        # checks each again (a message deleted meanwhile is skipped).
+        found: list[tuple[str, int, str]] = await self._run(lambda conn: [
+            (str(room), int(seq), str(name)) for room, seq, name in conn.execute(
+                "SELECT room, seq, name FROM messages WHERE user = ? AND kind = ? AND "
+                "text != '' ORDER BY room, seq", (user, MESSAGE))])
+        rooms: dict[str, list[tuple[int, str]]] = {}
+        for room, seq, name in found:
+            rooms.setdefault(room, []).append((seq, name))
+        done: dict[str, list[int]] = {}
+        loop = asyncio.get_running_loop()
+        step = contract.ERASE_STEP
+        # Round robin: one step in each room per round, one pause per round (it is for each
+        # room's members; rooms need not wait for each other).
+        for start in range(0, max(map(len, rooms.values()), default=0), step):
+            told = False
+            for room, targets in rooms.items():
+                if start >= len(targets):
+                    continue
+                if self._closed:  # the writer thread is gone: nothing would answer
+                    raise StoreError("store is closed")
+                now = int(time.time() * 1000)
+                drafts = [ChangeDraft(user, name, None, now, Action.DELETE, seq, moderator=True)
+                          for seq, name in targets[start:start + step]]
+                future: asyncio.Future[list[Appended]] = loop.create_future()
+                self._writes.put(_Append(room, drafts, 0, rules, loop, future, erase=True))
+                entries = [r.entry for r in await future
+                           if isinstance(r.entry, StoredChange)]
+                if entries:
+                    done.setdefault(room, []).extend(e.target for e in entries)
+                    if erased is not None:
+                        erased(room, entries)
+                    told = told or start + step < len(targets)
+            if told:
+                await asyncio.sleep(contract.ERASE_PAUSE)
+        if done:
+            # The WAL still holds the pages as they were when the text was written: copy the
+            # new ones into the database and empty it. Best effort: while a read is running it
+            # stops short (SQLITE_BUSY), and later checkpoints overwrite those pages.
+            await self._run(lambda conn: conn.execute(
+                "PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        return done
+
+    # -- bans (rare; written like the records above) -----------------------------------------
+
+    async def ban(self, room: str, user: str, until: float | None, reason: str) -> None:
+        await self._run(lambda conn: conn.execute(
+            "INSERT OR REPLACE INTO bans (room, user, until, reason) VALUES (?,?,?,?)",
+            (room, user, until, reason)))
+
+    async def unban(self, room: str, user: str) -> bool:
+        now = time.time()
+        return await self._run(lambda conn: conn.execute(
+            "DELETE FROM bans WHERE room = ? AND user = ? AND (until IS NULL OR until > ?)",
+            (room, user, now)).rowcount > 0)
+
+    async def bans(self, room: str) -> dict[str, tuple[float | None, str]]:
+        """Every ban from ``room`` in force now: ``user -> (until, reason)``."""
+        now = time.time()
+        return dict(await self._run(lambda conn: [
+            (str(user), (until, str(reason))) for user, until, reason in conn.execute(
+                "SELECT user, until, reason FROM bans WHERE room = ? "
+                "AND (until IS NULL OR until > ?)", (room, now))]))
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._writes.put(None)
+        await asyncio.to_thread(self._writer.join)
+        self._readers.shutdown(wait=True)
+        with self._conns_lock:
+            for conn in self._read_conns:
+                conn.close()
+            self._read_conns.clear()
+
+
+def new_epoch(path: Path) -> str:
+    """Give the (closed) database at ``path`` a new epoch and return it. For a restored backup:
+    its logs are behind what clients of the server it replaces have seen, so their resumes
+    must not be taken as recovered (docs/protocol.md, "Epochs"). Raises ``sqlite3.Error``."""
+    epoch = secrets.token_hex(8)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        _migrate(conn)  # a backup of an older version lacks tables and columns
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
+    finally:
+        conn.close()
+    return epoch
+
