@@ -56,11 +56,9 @@ def supervised(tmp: Path, workers: int = 2, env: dict[str, str] | None = None,
         finally:
             if srv.proc.poll() is None:
                 srv.proc.send_signal(signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     srv.proc.wait(timeout=(DRAIN_TIMEOUT + KILL_MARGIN + 5) * SLOW)
-                except subprocess.TimeoutExpired:
-                    srv.proc.kill()
-                    srv.proc.wait()
+            srv.kill_all()  # what is left of it: workers of a killed supervisor, a hung one
 
 
 def children(pid: int) -> set[int]:
