@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -301,7 +302,8 @@ async def running_server(config: Config, app: Any = None) -> AsyncIterator[Serve
 
 @dataclass
 class Process:
-    """``roomchat serve`` in a child process."""
+    """``roomchat serve`` in a child process, leading a process group of its own (what it
+    starts, such as its image workers or ``--workers`` children, is in that group)."""
 
     proc: subprocess.Popen[bytes]
     port: int
@@ -314,6 +316,14 @@ class Process:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def kill_all(self) -> None:
+        """SIGKILL the server and whatever of its group is left, and reap the server. A
+        ``roomchat serve`` killed alone leaves its image workers running for good (a
+        ProcessPoolExecutor's workers outlive a SIGKILLed parent), one pair per killed run."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
 
 def start_process(data_dir: Path, port: int | None = None, env: dict[str, str] | None = None,
                   args: list[str] | None = None) -> Process:
@@ -325,7 +335,8 @@ def start_process(data_dir: Path, port: int | None = None, env: dict[str, str] |
         proc = subprocess.Popen(
             [sys.executable, "-m", "gateway", "serve", "--bind", f"127.0.0.1:{port}",
              "--data-dir", str(data_dir), *(args or [])],
-            stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=data_dir)
+            stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=data_dir,
+            start_new_session=True)
     deadline = time.monotonic() + 20 * SLOW
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -333,7 +344,7 @@ def start_process(data_dir: Path, port: int | None = None, env: dict[str, str] |
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
             return Process(proc, port, log)
         time.sleep(0.05)
-    proc.kill()
+    Process(proc, port, log).kill_all()
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
 
 
@@ -352,6 +363,4 @@ def server_process(data_dir: Path, **kw: Any) -> Iterator[Process]:
     try:
         yield process
     finally:
-        if process.proc.poll() is None:
-            process.proc.kill()
-            process.proc.wait()
+        process.kill_all()  # also when the test killed the server itself: its group may live

@@ -83,9 +83,8 @@ async def _traffic_then(tmp_path: Path, sig: signal.Signals) -> None:
             for c in chatters:
                 await c.disconnect()
         finally:
-            if proc is not first and proc.proc.poll() is None:  # restarted: ours to stop
-                proc.proc.kill()
-                proc.proc.wait()
+            if proc is not first:  # restarted: ours to stop
+                proc.kill_all()
 
 
 async def test_kill_9_during_traffic_restart_and_resume(tmp_path: Path) -> None:

@@ -87,6 +87,4 @@ async def test_redis_crashes_and_process_kills_at_random(tmp_path: Path) -> None
                 await c.disconnect()
         finally:
             for proc in procs.values():  # restarted ones are ours to stop, even on a failure
-                if proc.proc.poll() is None:
-                    proc.proc.kill()
-                    proc.proc.wait()
+                proc.kill_all()

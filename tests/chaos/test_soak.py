@@ -118,6 +118,4 @@ async def test_randomized_soak(tmp_path: Path) -> None:
         for c in chatters:
             await c.disconnect()
     finally:
-        if proc.proc.poll() is None:
-            proc.proc.kill()
-            proc.proc.wait()
+        proc.kill_all()

@@ -82,7 +82,7 @@ def test_notifications_for_mentions_then_all_messages_while_hidden(
         bob.send("just chatting", "b-2")
         mention = bob.send("@Alice are you there?", "b-3", mentions=["alice"])["seq"]
         expect(texts(alice)).to_have_count(3)
-        alice.wait_for_function("window.__notes.length >= 1")
+        alice.wait_for_function("() => window.__notes.length >= 1")
         assert notes(alice) == [{"title": "Bob mentioned you in #lobby",
                                  "body": "@Alice are you there?",
                                  "tag": f"roomchat:lobby:{mention}"}]
@@ -95,7 +95,7 @@ def test_notifications_for_mentions_then_all_messages_while_hidden(
         assert alice.evaluate("localStorage.getItem('roomchat:notify:lobby')") == "all"
         set_hidden(alice, True)
         plain = bob.send("anyone for tea?", "b-4")["seq"]
-        alice.wait_for_function("window.__notes.length >= 2")
+        alice.wait_for_function("() => window.__notes.length >= 2")
         assert notes(alice)[1] == {"title": "Bob in #lobby", "body": "anyone for tea?",
                                    "tag": f"roomchat:lobby:{plain}"}
         # A click on the notification shows the message.

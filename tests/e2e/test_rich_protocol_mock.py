@@ -87,7 +87,7 @@ def test_a_change_made_while_a_history_page_was_on_its_way_is_folded_into_it(
     older = [{**message(n, BOB, f"m{n:02d}")} for n in range(1, 11)]
     room.send(change(61, "edit", 5, text="m05, edited"),
               change(62, "react", 5, emoji="🎉", on=True))
-    page.wait_for_function("window.roomchat.client.lastSeq === 62")
+    page.wait_for_function("() => window.roomchat.client.lastSeq === 62")
     asked[0].fulfill(status=200, content_type="application/json",
                      body=json.dumps({"messages": older, "oldest": 1}))
     expect(texts(page)).to_have_count(60)

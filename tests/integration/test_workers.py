@@ -56,11 +56,9 @@ def supervised(tmp: Path, workers: int = 2, env: dict[str, str] | None = None,
         finally:
             if srv.proc.poll() is None:
                 srv.proc.send_signal(signal.SIGTERM)
-                try:
+                with contextlib.suppress(subprocess.TimeoutExpired):
                     srv.proc.wait(timeout=(DRAIN_TIMEOUT + KILL_MARGIN + 5) * SLOW)
-                except subprocess.TimeoutExpired:
-                    srv.proc.kill()
-                    srv.proc.wait()
+            srv.kill_all()  # what is left of it: workers of a killed supervisor, a hung one
 
 
 def children(pid: int) -> set[int]:
@@ -446,7 +444,13 @@ async def test_sighup_leaves_no_request_unanswered(tmp_path: Path) -> None:
                         "more answers")
             stop.set()
         assert not children(srv.proc.pid) & old
-        assert set(traffic.answers) <= {b"HTTP/1.1 200", b"HTTP/1.1 101"}, traffic.answers
+        # A request that reaches its connection more than ACCEPT_GRACE (0.1 s) after the accept
+        # is refused 503 "draining" by design; on a loaded machine this test's own client can
+        # be that late between its connect and its write (1 of ~2,000 requests, once, in a
+        # fresh-clone `make test`). Without the listeners closed first: 281-388 in every run.
+        late = {answer for answer in traffic.answers if b'"draining"' in answer}
+        assert sum(traffic.answers[answer] for answer in late) <= 3, traffic.answers
+        assert set(traffic.answers) - late <= {b"HTTP/1.1 200", b"HTTP/1.1 101"}, traffic.answers
         print(f"\nSIGHUP under traffic: {during} requests during the replacement, "
               f"{sum(traffic.answers.values())} in all, all answered: {traffic.answers}")
 
