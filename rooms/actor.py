@@ -92,6 +92,7 @@ class _Join:
     checked: int  # RoomActor._bans_applied when the user's ban check began
     epoch: str | None  # of the welcome the client resumes from, if it said
     unread: Unread  # the user's read marker and counts, read before the join
+    top: int  # the log's top when the join was asked for (shared engines; else 0)
 
 
 class _BanRaced(Exception):
@@ -303,9 +304,12 @@ class RoomActor:
                 await self.check_ban(session.user)
                 unread = await self._engine.unread(self.room, session.user,
                                                    scan=self.config.unread_scan)
+                # Read your writes across processes: whatever was acked anywhere before this
+                # join is in its welcome, though its pub/sub message may still be on the way.
+                top = await self._engine.top(self.room) if self._engine.shared else 0
                 reply: asyncio.Future[JoinPlan] = asyncio.get_running_loop().create_future()
                 self._inbox.put_control(_Join(session, after, expires_at, reply, checked,
-                                              epoch, unread))
+                                              epoch, unread, top))
                 return await reply
             except _BanRaced:
                 continue  # banned while being checked: the stored ban answers this time
@@ -497,14 +501,16 @@ class RoomActor:
             # Sessions whose socket is gone: they leave after the frames below, which they sent
             # before it went (a read marker, a message sent just before the page closed).
             leaving: list[int] = []
-            if shared and any(isinstance(c, _Join) and c.after is not None
-                              and c.after > state.delivered_seq for c in inbox.control):
-                # A client resuming here after seeing a seq on another process that this one
-                # has not delivered yet: catch up first (what arrived, then the log), or its
-                # `after` would look like a reset (a replay from the start: duplicates).
+            if shared and any(isinstance(c, _Join) and max(c.after or 0, c.top)
+                              > state.delivered_seq for c in inbox.control):
+                # A join after a message was stored on another process that this one has not
+                # delivered yet (its pub/sub message is on the way): catch up first (what
+                # arrived, then the log). The welcome then has everything acked before the
+                # join; and a client resuming here with that seq as its `after` is not taken
+                # for a reset (a replay from the start: duplicates).
                 while inbox.remote:
                     self._deliver(state, state.feed(inbox.remote.popleft()), wall_ms)
-                behind_ok = await self._sync(state, wall_ms, full=True)
+                behind_ok = await self._sync(state, wall_ms, full=True, markers=inbox.repair)
             else:
                 behind_ok = True
             while inbox.control:
@@ -569,7 +575,8 @@ class RoomActor:
             due = (inbox.repair or inbox.presence or state.presence_changed
                    or now >= next_sync or gap_due)
             if shared and due and await self._sync(state, wall_ms,
-                                                   full=inbox.repair or now >= next_sync):
+                                                   full=inbox.repair or now >= next_sync,
+                                                   markers=inbox.repair):
                 next_sync = now + cfg.sync_interval
                 if state.gap() is None:
                     gap_since = None
@@ -771,9 +778,12 @@ class RoomActor:
         await self._engine.ban(self.room, Ban(frame.user, request.until, frame.reason))
         return ModerationOutcome.DONE
 
-    async def _sync(self, state: RoomState, wall_ms: int, *, full: bool) -> bool:
+    async def _sync(self, state: RoomState, wall_ms: int, *, full: bool,
+                    markers: bool = False) -> bool:
         """Publish presence, learn others', and make sure nothing stored was missed: fill a gap,
-        or catch up with the log's top. True when it reached the engine."""
+        or catch up with the log's top; ``markers``: also the read markers of the members here
+        (after (re)subscribing, pub/sub may have lost moves of theirs). True when it reached the
+        engine."""
         cfg = self.config
         inbox = self._inbox
         now = asyncio.get_running_loop().time()
@@ -792,6 +802,12 @@ class RoomActor:
                     self.ban_nowait(user, reason)
                 if state.behind(result.top):
                     await self._repair(state, state.delivered_seq, result.top, wall_ms)
+                if markers:
+                    # A marker moved on another process between a join here (which read it)
+                    # and the subscription that would have told us: read them again.
+                    for user in state.local_members():
+                        unread = await self._engine.unread(self.room, user, scan=0)
+                        self._deliver(state, state.remote_read(user, unread.read), wall_ms)
                 inbox.repair = False
                 if self._retry is None:
                     self._storage_back(now)  # reachable again: accept messages again

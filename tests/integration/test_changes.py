@@ -9,7 +9,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import websockets
 
 from tests.apicall import API_KEY, call
@@ -269,10 +268,6 @@ async def test_a_read_marker_reaches_the_users_other_sockets_and_nobody_else(
 
 
 
-# OPEN BUG (closing note of stop 19, docs/reliability.md): passes on the rich-server branch, fails
-# on main after the merges of this stop (the read never reaches the user's socket on process b);
-# cause not found yet. strict: the suite fails as soon as it passes, so this mark must go then.
-@pytest.mark.xfail(strict=True, reason="open bug: a read marker does not cross processes on main")
 async def test_a_read_marker_reaches_the_users_sockets_on_another_process(
         tmp_path: Path) -> None:
     with redis_server(tmp_path / "redis") as url:
