@@ -155,7 +155,13 @@ def test_a_reaction_over_the_rooms_limit_is_refused_in_words(
     expect_live(alice)
     expect(chips(alice, "vote")).to_have_count(2)
     message_item(alice, "vote").locator(".chip-add").click()
+    # Typed only once the search has the focus and the set has loaded (a loaded machine is slow
+    # to get there), and Enter only once the search found it.
+    dialog = picker(alice)
+    expect(dialog.get_by_label("Search emoji")).to_be_focused()
+    expect(dialog.locator("#emoji-all button")).to_have_count(1923)
     alice.keyboard.type("rocket")
+    expect(dialog.get_by_role("status")).to_have_text("1 emoji matches")
     alice.keyboard.press("Enter")
     expect(note(alice)).to_have_text(
         "This message has as many different reactions as it can take: add yours to one already "

@@ -22,6 +22,7 @@ from .pages import (
     message_box,
     message_item,
     note,
+    picker,
     texts,
     wait_until,
 )
@@ -133,6 +134,7 @@ def test_refusals_no_control_can_provoke_are_shown_in_words(
     expect(texts(page)).to_have_count(2)
     # An edit the server says is not ours (another account's message on a shared device...).
     message_box(page).press("ArrowUp")
+    expect(page.get_by_label("Edit message", exact=True)).to_be_focused()
     page.get_by_label("Edit message", exact=True).press("End")
     page.get_by_label("Edit message", exact=True).type("!")
     page.get_by_label("Edit message", exact=True).press("Enter")
@@ -145,7 +147,12 @@ def test_refusals_no_control_can_provoke_are_shown_in_words(
     # A reaction to a message pruned from the history meanwhile.
     message_item(page, "theirs").hover()
     message_item(page, "theirs").get_by_role("button", name="Add reaction").click()
+    # Typed once the search has the focus and the set has loaded, Enter once it found it.
+    dialog = picker(page)
+    expect(dialog.get_by_label("Search emoji")).to_be_focused()
+    expect(dialog.locator("#emoji-all button")).to_have_count(1923)
     page.keyboard.type("rocket")
+    expect(dialog.get_by_role("status")).to_have_text("1 emoji matches")
     page.keyboard.press("Enter")
     wait_until(page, lambda: len(frames(room, "react")) == 1, "the reaction")
     room.send({"type": "error", "code": "not_found", "message": "no message 2",

@@ -160,7 +160,9 @@ def test_no_token_in_default_access_log_format() -> None:
 
 
 async def test_admin_stream_honours_expiry_and_heartbeat(tmp_path: Path) -> None:
-    config = make_config(tmp_path, ping_interval=0.5, ping_timeout=0.5, tick_interval=0.1)
+    # ping_timeout well above ping_interval: on a loaded machine a pong answered late must
+    # not end the first stream (4010) before its token's expiry does (4001).
+    config = make_config(tmp_path, ping_interval=0.5, ping_timeout=3.0, tick_interval=0.1)
     async with running_server(config) as srv:
         url = f"ws://127.0.0.1:{srv.port}/admin/ws?token="
         async with websockets.connect(url + make_token("root", admin=True, ttl=1.5)) as ws:
