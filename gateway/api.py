@@ -105,7 +105,8 @@ def _frame(gw: Gateway, obj: dict[str, Any]) -> protocol.ClientFrame:
     cfg = gw.config.room
     frame = protocol.parse_client_frame(dumps(obj), max_text_chars=cfg.max_text_chars,
                                         max_id_chars=cfg.max_id_chars,
-                                        max_mentions=cfg.max_mentions)
+                                        max_mentions=cfg.max_mentions,
+                                        max_files=cfg.max_files_per_message)
     if isinstance(frame, protocol.FrameError):
         raise frame_rejection(frame.code, frame.message)
     return frame

@@ -131,7 +131,8 @@ class _Inbound:
         cfg = self._room_config
         frame = protocol.parse_client_frame(text, max_text_chars=cfg.max_text_chars,
                                             max_id_chars=cfg.max_id_chars,
-                                            max_mentions=cfg.max_mentions)
+                                            max_mentions=cfg.max_mentions,
+                                            max_files=cfg.max_files_per_message)
         client_id = None if isinstance(frame, protocol.Pong) else frame.id
         # Pongs skip the user's bucket: refusing one would break the heartbeat, and the
         # room's per-connection bucket already charges them (connections per user are
