@@ -14,6 +14,13 @@ one process (``files.service`` does the work; this module reads requests and map
   else as ``application/octet-stream`` with ``Content-Disposition: attachment``; every answer
   has ``X-Content-Type-Options: nosniff``, a CSP of ``default-src 'none'; sandbox`` (an SVG or
   HTML file opened directly runs nothing), an ``ETag``, and ``Range`` support.
+- ``POST /rooms/<room>/files/urls`` (a member's bearer, ``Purpose.FILE``; ``/api/v1``: a service
+  credential) with ``{"ids": [...]}`` (at most ``max_file_urls``): signed URLs of the room's
+  files, ``{"files": {"<id>": {"url", "thumb_url"?, "expires"}}}`` (what a page showing a
+  message's files asks for; messages carry metadata only). Unknown ids are left out.
+
+Messages carry files through ``gateway.attachments`` (resolved before the room, attached,
+deleted and pruned after it).
 
 The uploads' rate buckets, the URL signer and the ``FileService`` (opened with the server,
 with its orphan collector task) live in ``Files``, in ``app.extensions[EXTENSION]``.
