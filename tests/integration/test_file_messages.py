@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import websockets
 
+from gateway.backup import export
 from gateway.client import ClientError, RoomClient
 from tests.apicall import API_KEY, call
 from tests.imagefiles import image
@@ -254,6 +255,21 @@ async def test_the_server_api_publishes_files(srv: Server) -> None:
     assert (status, obj) == (200, {"seq": seq, "duplicate": True})
     status, obj = await call(srv.port, "POST", "/rooms/lobby/files/urls", {"ids": [upload["id"]]})
     assert status == 200 and list(obj["files"]) == [upload["id"]]
+    # roomchat export carries the metadata (never the bytes or a URL).
+    lines: list[str] = []
+    await export(srv.config, "lobby", 0, lines.append)
+    (exported,) = [json.loads(line) for line in lines if json.loads(line)["seq"] == seq]
+    assert exported["files"] == [public(upload)]
+    # A moderator's delete through the API deletes the bytes too.
+    signed = obj["files"][upload["id"]]["url"]
+    assert (await Member(srv.port, "bob").get(signed))[0] == 200
+    status, _ = await call(srv.port, "DELETE", f"/rooms/lobby/messages/{seq}")
+    assert status == 200
+
+    async def gone() -> bool:
+        return (await Member(srv.port, "bob").get(signed))[0] == 404
+
+    await until(gone, 5 * SLOW)
 
 
 async def test_the_bot_client_sends_a_file(srv: Server, tmp_path: Path) -> None:
