@@ -12,6 +12,10 @@ The layout, the same in a directory and a bucket::
     thumb/<id>              an image's thumbnail (WebP)
     pending/<id>            written first, deleted once the file is attached to a message:
                             the orphan collector lists only these (``collect_orphans``)
+    msg/<room>/<seq>/<id>   empty: the file is attached to message <seq> of <room> (a hash of
+                            the room's name), written before the metadata says so, deleted
+                            with the file: what a message's delete, retention and a room's
+                            removal list (``delete_message``, ``prune``)
 
 A crash between two writes leaves a pending marker, so the collector removes whatever part was
 written. Every operation is safe to repeat; none needs a lock across processes.
@@ -22,10 +26,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from files.blobstore import BlobStore
+from files.blobstore import BlobStore, Entry
 from files.errors import BlobStoreError, FileNotFound, NotAttachable
 from files.meta import FileMeta, valid_file_id
 
@@ -56,6 +61,35 @@ def thumb_key(file_id: str) -> str:
 
 def pending_key(file_id: str) -> str:
     return f"pending/{file_id}"
+
+
+def room_key(room: str) -> str:
+    """The folder of ``room``'s attached files: 32 hex digits of SHA-256 (a room's name is
+    never a path)."""
+    return hashlib.sha256(room.encode()).hexdigest()[:32]
+
+
+def message_key(room: str, seq: int, file_id: str) -> str:
+    return f"msg/{room_key(room)}/{seq}/{file_id}"
+
+
+def attach_refusal(meta: FileMeta | None, room: str, user: str, *, now: float,
+                   ttl: float) -> FileNotFound | NotAttachable | None:
+    """Why the upload ``meta`` (None: no such file) cannot be attached to a new message by
+    ``user`` in ``room``, or None when it can: the rules ``Catalog.attach`` enforces, for a
+    caller that checks before the message is stored (``gateway.attachments``). Another
+    user's file is ``FileNotFound`` (nobody learns which ids exist); the user's own file of
+    another room, one attached already (``meta.seq``) or one too old to attach (the
+    collector may be taking it) is ``NotAttachable``."""
+    if meta is None or meta.user != user:
+        return FileNotFound("no such file: upload it first (POST /rooms/<room>/files)")
+    if meta.room != room:
+        return NotAttachable("the file was uploaded to another room: upload it to this one")
+    if meta.seq is not None:
+        return NotAttachable(f"the file is attached to message {meta.seq} already")
+    if now - meta.created > ttl - min(ATTACH_MARGIN, ttl / 2):
+        return NotAttachable("the upload is too old to attach: upload it again")
+    return None
 
 
 class Catalog:
@@ -117,6 +151,9 @@ class Catalog:
         if now - meta.created > ttl - min(ATTACH_MARGIN, ttl / 2):
             raise NotAttachable("the upload is too old to attach: upload it again")
         attached = replace(meta, seq=seq)
+        # The message's index first: a crash before the metadata leaves an entry that
+        # ``delete_message`` and ``prune`` skip (the file does not say it is that message's).
+        await self.blobs.put_bytes(message_key(room, seq, file_id), b"")
         await self.blobs.put_bytes(meta_key(file_id), attached.to_json())
         await self.blobs.delete(pending_key(file_id))
         return attached
@@ -127,6 +164,36 @@ class Catalog:
         await self.blobs.delete(thumb_key(meta.id))
         await self.blobs.delete(blob_key(owner_key(meta.user), meta.id))
         await self.blobs.delete(pending_key(meta.id))
+        if meta.seq is not None:
+            await self.blobs.delete(message_key(meta.room, meta.seq, meta.id))
+
+    async def delete_message(self, room: str, seq: int) -> list[str]:
+        """Delete the files attached to message ``seq`` of ``room`` (it was deleted); the ids
+        deleted. Safe to repeat; a message without files costs one listing."""
+        return await self._delete_attached(
+            room, await self.blobs.list(f"msg/{room_key(room)}/{seq}/"), lambda s: s == seq)
+
+    async def prune(self, room: str, below: int) -> list[str]:
+        """Delete the files attached to messages of ``room`` with a seq below ``below``
+        (retention pruned them from the room's log); the ids deleted."""
+        return await self._delete_attached(
+            room, await self.blobs.list(f"msg/{room_key(room)}/"), lambda s: s < below)
+
+    async def _delete_attached(self, room: str, entries: list[Entry],
+                               wanted: Callable[[int], bool]) -> list[str]:
+        deleted: list[str] = []
+        for entry in entries:
+            parts = entry.key.split("/")  # msg/<room>/<seq>/<id>
+            if len(parts) != 4 or not parts[2].isdigit() or not wanted(int(parts[2])):
+                continue
+            seq, file_id = int(parts[2]), parts[3]
+            meta = await self.get(file_id)
+            if meta is not None and meta.room == room and meta.seq == seq:
+                await self.delete(meta)
+                deleted.append(file_id)
+            else:  # what a crash or an erasure left of the index: the file is not that message's
+                await self.blobs.delete(entry.key)
+        return deleted
 
     async def erase(self, user: str, room: str | None = None) -> list[str]:
         """Delete ``user``'s files in ``room`` (every room: None), attached or not; the ids

@@ -31,13 +31,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from files.blobstore import BlobStore
-from files.catalog import Catalog
+from files.catalog import Catalog, attach_refusal
 from files.errors import (
     BadImage,
     BlobStoreError,
     EmptyFile,
     FileNotFound,
     FileTooLarge,
+    NotAttachable,
     QuotaExceeded,
     UploadStalled,
 )
@@ -225,6 +226,22 @@ class FileService:
         """``Catalog.attach`` with this service's clock and ``file_orphan_ttl``."""
         return await self.catalog.attach(file_id, room, seq, now=self._clock(),
                                          ttl=self.limits.file_orphan_ttl, user=user)
+
+    def attach_refusal(self, meta: FileMeta | None, room: str,
+                       user: str) -> FileNotFound | NotAttachable | None:
+        """``catalog.attach_refusal`` with this service's clock and ``file_orphan_ttl``: why
+        ``meta`` (looked up with ``catalog.get``) cannot go with ``user``'s next message in
+        ``room``, or None."""
+        return attach_refusal(meta, room, user, now=self._clock(),
+                              ttl=self.limits.file_orphan_ttl)
+
+    async def delete_message(self, room: str, seq: int) -> list[str]:
+        """Delete the files of message ``seq`` of ``room`` (it was deleted); the ids."""
+        return await self.catalog.delete_message(room, seq)
+
+    async def prune(self, room: str, below: int) -> list[str]:
+        """Delete the files of ``room``'s messages below seq ``below`` (pruned); the ids."""
+        return await self.catalog.prune(room, below)
 
     async def erase(self, user: str, room: str | None = None) -> list[str]:
         """Delete every file of ``user`` (in ``room`` only, when given); the ids deleted."""

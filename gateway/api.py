@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from quart import Blueprint, Response, current_app, request
 
 from gateway.access import Caller, Purpose, QuartKnock
+from gateway.attachments import Refused
 from gateway.auth import MAX_NAME_CHARS
 from gateway.errors import Rejection, frame_rejection
 from gateway.files import erase_files
@@ -105,7 +106,8 @@ def _frame(gw: Gateway, obj: dict[str, Any]) -> protocol.ClientFrame:
     cfg = gw.config.room
     frame = protocol.parse_client_frame(dumps(obj), max_text_chars=cfg.max_text_chars,
                                         max_id_chars=cfg.max_id_chars,
-                                        max_mentions=cfg.max_mentions)
+                                        max_mentions=cfg.max_mentions,
+                                        max_files=cfg.max_files_per_message)
     if isinstance(frame, protocol.FrameError):
         raise frame_rejection(frame.code, frame.message)
     return frame
@@ -172,18 +174,29 @@ async def openapi() -> Response:
 
 @blueprint.post("/rooms/<room>/messages")
 async def publish(room: str) -> Response:
-    """Publish ``{"text", "id"?, "user"?, "name"?, "reply_to"?, "mentions"?}``; answers
-    ``{"seq", "duplicate"}`` once stored. ``reply_to`` must be a stored message of the room
-    that is not deleted (404 ``not_found``, 409 ``already_deleted``)."""
+    """Publish ``{"text", "id"?, "user"?, "name"?, "reply_to"?, "mentions"?, "files"?}``;
+    answers ``{"seq", "duplicate"}`` once stored. ``reply_to`` must be a stored message of the
+    room that is not deleted (404 ``not_found``, 409 ``already_deleted``). ``files``: ids of
+    uploads of ``user`` to this room (``POST /api/v1/rooms/<room>/files?user=``), not yet
+    attached (404 ``file_not_found``, 409 ``file_not_attachable``, 400 ``too_many_files``);
+    ``text`` may then be empty."""
     gw, caller = await _authorize(room)
     body = await _body()
     client_id = _text_field(body, "id", None, gw.config.room.max_id_chars)
     user, name = _author(caller, body.get("user"), body.get("name"))
     frame = _frame(gw, {"type": "message", "text": body.get("text"), "id": client_id,
-                        "reply_to": body.get("reply_to"), "mentions": body.get("mentions")})
+                        "reply_to": body.get("reply_to"), "mentions": body.get("mentions"),
+                        "files": body.get("files")})
     assert isinstance(frame, protocol.SendMessage)
+    if frame.file_ids:
+        if gw.attachments is None:
+            raise Rejection(503, "unavailable", "files are not available on this server")
+        try:
+            frame = await gw.attachments.resolve(room, user, frame)
+        except Refused as refused:
+            raise frame_rejection(refused.code.value, refused.message) from None
     result = await _submit(gw, room, Draft(user, name, client_id, frame.text, 0,
-                                           frame.reply_to, frame.mentions))
+                                           frame.reply_to, frame.mentions, frame.files))
     if result.refused is not None:
         assert frame.reply_to is not None  # only a reply can be refused
         raise _refused(gw, result.refused, room, frame.reply_to, user)

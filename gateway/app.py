@@ -16,6 +16,7 @@ from quart import Quart, Response, request, send_file
 
 from gateway import admin, api, files, history, tickets, ws
 from gateway.access import Purpose, QuartKnock
+from gateway.attachments import Attachments
 from gateway.auth import valid_room_name
 from gateway.config import Config
 from gateway.errors import REFUSALS, Refusal, Rejection, rejection_for
@@ -71,14 +72,18 @@ def create_app(config: Config) -> Quart:
     app.register_blueprint(api.blueprint)
     uploads = files.install(app, config)
 
+    attachments = gw.attachments = Attachments(gw, lambda: uploads.service)
+
     @app.before_serving
     async def _start() -> None:
         await gw.start()
         await uploads.start()
+        await attachments.start()
 
     @app.after_serving
     async def _stop() -> None:
         await gw.drain(config.drain_timeout)
+        await attachments.stop(config.drain_timeout)
         await uploads.stop()
         await gw.stop()
 

@@ -250,6 +250,24 @@ class RoomClient:
 
         return await asyncio.to_thread(post)
 
+    async def send_file(self, source: bytes | str | os.PathLike[str], text: str = "",
+                        id: str | None = None, *, name: str | None = None) -> int:
+        """Upload ``source`` (``upload``) and send a message carrying it, with ``text``
+        (may be empty); returns the message's seq once stored."""
+        return await self.send_files([(source, name)], text, id)
+
+    async def send_files(self, sources: list[tuple[bytes | str | os.PathLike[str], str | None]],
+                         text: str = "", id: str | None = None) -> int:
+        """Upload each ``(source, name)`` in turn, then send one message carrying them all
+        (at most the server's ``max_files_per_message``); returns its seq once stored. An
+        upload not sent (a refusal on the way) is deleted by the server after
+        ``file_orphan_ttl``. Raises ``ClientError``: an upload's code, or the message's
+        (``too_many_files``, ``file_not_attachable``...); ``bad_request`` for no file."""
+        if not sources:
+            raise ClientError("bad_request", "send_files needs at least one file")
+        ids = [(await self.upload(source, name))["id"] for source, name in sources]
+        return await self._request({"type": "message", "text": text, "files": ids}, id)
+
     async def recv(self) -> dict[str, Any]:
         """The next object from the room: the log's entries (``message`` and ``change``),
         deduplicated by seq, then ``read`` (this user's marker moved on another connection),

@@ -181,6 +181,13 @@ class Config:
         86_400.0, "Seconds an upload may wait to be attached to a message before it is deleted "
                   "(checked every quarter of this, 1 s to 1 h; a file can no longer be "
                   "attached in its last minute).")
+    file_jobs_limit: int = _setting(
+        10_000, "File jobs a process may have waiting after messages were stored (attach a "
+                "message's uploads, remove the files of deleted or pruned messages); beyond "
+                "it a job is dropped with a warning (an unattached upload is then collected "
+                "after `file_orphan_ttl`).")
+    max_file_urls: int = _setting(
+        100, "File ids one `POST /rooms/<room>/files/urls` may ask signed URLs for.")
     compression: bool = _setting(
         False, "Accept permessage-deflate when clients offer it (costs CPU per recipient).")
     fast_paths: bool = _setting(
@@ -225,7 +232,8 @@ class Config:
                                  f"got {getattr(self, name)}")
 
         for name in ("max_file_bytes", "upload_rate", "upload_burst", "max_image_pixels",
-                     "image_workers", "upload_idle_timeout", "file_url_ttl", "file_orphan_ttl"):
+                     "image_workers", "upload_idle_timeout", "file_url_ttl", "file_orphan_ttl",
+                     "file_jobs_limit", "max_file_urls"):
             positive(name)
         if self.max_user_storage_bytes < self.max_file_bytes:
             raise ValueError(f"{env_name('max_user_storage_bytes')} must be at least "

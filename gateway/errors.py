@@ -80,6 +80,10 @@ FRAME_ERRORS: dict[str, tuple[int, str]] = {
     # no later state of the message makes a retry succeed.
     "edit_window_passed": (403, "edit_window_passed"),
     "too_many_reactions": (409, "too_many_reactions"),  # until someone takes one back
+    # A message's files (gateway.attachments): the uploads it names.
+    "too_many_files": (400, "too_many_files"),
+    "file_not_found": (404, "file_not_found"),  # no upload of this user by that id
+    "file_not_attachable": (409, "file_not_attachable"),  # another room, attached, too old
     # The room's load: a retry shortly can succeed.
     "rate_limited": (429, "rate_limited"),
     "busy": (503, "busy"),

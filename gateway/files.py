@@ -14,6 +14,13 @@ one process (``files.service`` does the work; this module reads requests and map
   else as ``application/octet-stream`` with ``Content-Disposition: attachment``; every answer
   has ``X-Content-Type-Options: nosniff``, a CSP of ``default-src 'none'; sandbox`` (an SVG or
   HTML file opened directly runs nothing), an ``ETag``, and ``Range`` support.
+- ``POST /rooms/<room>/files/urls`` (a member's bearer, ``Purpose.FILE``; ``/api/v1``: a service
+  credential) with ``{"ids": [...]}`` (at most ``max_file_urls``): signed URLs of the room's
+  files, ``{"files": {"<id>": {"url", "thumb_url"?, "expires"}}}`` (what a page showing a
+  message's files asks for; messages carry metadata only). Unknown ids are left out.
+
+Messages carry files through ``gateway.attachments`` (resolved before the room, attached,
+deleted and pruned after it).
 
 The uploads' rate buckets, the URL signer and the ``FileService`` (opened with the server,
 with its orphan collector task) live in ``Files``, in ``app.extensions[EXTENSION]``.
@@ -55,7 +62,7 @@ from gateway.access import Purpose, QuartKnock
 from gateway.auth import server_secret, valid_room_name
 from gateway.config import Config
 from gateway.errors import Rejection
-from gateway.inputs import user_id
+from gateway.inputs import json_object, user_id
 from gateway.limits import KeyedBuckets
 from rooms.protocol import dumps
 
@@ -67,6 +74,9 @@ log = logging.getLogger("roomchat.files")
 EXTENSION = "roomchat.files"
 FILE_CSP = "default-src 'none'; sandbox"
 """Whatever a file holds (an SVG's script, an HTML page), opened on its own it runs nothing."""
+
+URL_LOOKUPS = 8
+"""Metadata reads one ``files/urls`` request runs at once (each is one blob-store read)."""
 
 blueprint = Blueprint("files", __name__)
 api_blueprint = Blueprint("files_api", __name__, url_prefix="/api/v1")
@@ -236,6 +246,63 @@ async def _body(limit: int) -> AsyncIterator[bytes]:
             yield chunk
     except RequestEntityTooLarge:
         raise FileTooLarge(limit) from None
+
+
+# -- signed URLs for files a page shows --------------------------------------------------------
+
+@blueprint.post("/rooms/<room>/files/urls")
+async def urls(room: str) -> Response:
+    """Signed URLs for files of the room (what an ``<img>`` needs: it cannot send a bearer
+    header): ``{"ids": [...]}`` (at most ``max_file_urls``) -> ``{"files": {"<id>": {"url",
+    "thumb_url"?, "expires"}}}``. A member's bearer token (``Purpose.FILE``): whoever may
+    read the room may download its files, as with the bearer download itself (an upload's
+    id is 128 random bits, known from the message that carries it, or to its uploader; and a
+    message reaches members before its files are marked attached, so that mark cannot be
+    asked for). Ids of no file of this room, or of no possible file, are left out: one
+    answer for all of them."""
+    gw: Gateway = current_app.extensions["roomchat"]
+    await gw.door.admit(QuartKnock(request), Purpose.FILE, room)
+    return await _urls(room)
+
+
+@api_blueprint.post("/rooms/<room>/files/urls")
+async def api_urls(room: str) -> Response:
+    """``urls`` for a service credential."""
+    gw: Gateway = current_app.extensions["roomchat"]
+    await gw.door.admit(QuartKnock(request), Purpose.API, room)
+    return await _urls(room)
+
+
+async def _urls(room: str) -> Response:
+    files = files_of(current_app)
+    body = json_object(await request.get_data())
+    ids = body.get("ids")
+    most = files.config.max_file_urls
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids) or \
+            len(ids) > most:
+        raise Rejection(400, "bad_request", f"ids must be a list of at most {most} file ids")
+    wanted = [i for i in dict.fromkeys(ids) if valid_file_id(i)]
+    found: dict[str, FileMeta] = {}
+    lookups = asyncio.Semaphore(URL_LOOKUPS)
+
+    async def look(file_id: str) -> None:
+        async with lookups:
+            meta = await files.service.catalog.get(file_id)
+        if meta is not None and meta.room == room:
+            found[file_id] = meta
+
+    async with asyncio.TaskGroup() as group:
+        for file_id in wanted:
+            group.create_task(look(file_id))
+    now = time.time()
+    signed = {}
+    for file_id in wanted:  # in the order asked
+        if file_id in found:
+            described = files.described(found[file_id], now)
+            signed[file_id] = {key: described[key] for key in ("url", "thumb_url", "expires")
+                               if key in described}
+    return Response(dumps({"files": signed}), content_type="application/json",
+                    headers={"Cache-Control": "no-store"})
 
 
 # -- downloads -----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 from gateway.access import FrontDoor
@@ -27,6 +27,8 @@ from gateway.revocation import Revocations
 from rooms.engine import Engine
 from rooms.engines import open_engine
 from rooms.errors import StoreError
+from rooms.messages import AnyDraft, Appended
+from rooms.protocol import SendMessage
 from rooms.registry import RoomRegistry
 
 log = logging.getLogger("roomchat.gateway")
@@ -34,6 +36,20 @@ log = logging.getLogger("roomchat.gateway")
 # After the drain's deadline has aborted the stragglers, how long their handlers get to unwind
 # (an abort completes on the next loop iterations; this only bounds a surprise).
 ABORT_GRACE = 1.0
+
+
+class MessageFiles(Protocol):
+    """Messages' files (``gateway.attachments.Attachments``; a protocol here so that this
+    module, which everyone imports, imports none of them)."""
+
+    async def resolve(self, room: str, user: str, frame: SendMessage) -> SendMessage:
+        """``frame`` with its files' metadata; raises ``gateway.attachments.Refused``."""
+        ...
+
+    def stored(self, room: str, batch: Sequence[AnyDraft],
+               results: Sequence[Appended]) -> None:
+        """The rooms' ``rooms.actor.Stored`` hook."""
+        ...
 
 
 class Abortable(Protocol):
@@ -72,6 +88,9 @@ class Gateway:
         self._idle.set()
         self._store: Engine | None = None
         self._registry: RoomRegistry | None = None
+        self.attachments: MessageFiles | None = None
+        """Messages' files (``gateway.attachments``), set by ``gateway.app`` before ``start``:
+        without it a message naming files is refused (``unavailable``)."""
         # Raises ValueError for a short API key.
         self.door = FrontDoor(self, verifier=self.verifier, revocations=self.revocations,
                               limits=self.limits, addresses=self.addresses,
@@ -102,8 +121,10 @@ class Gateway:
             sqlite_synchronous=self.config.store_synchronous,
             max_connections=self.config.store_connections,
             timeout=self.config.room.store_timeout)
-        self._registry = RoomRegistry(self.config.room, self._store, observer=self.observer,
-                                      max_rooms=self.config.max_live_rooms)
+        self._registry = RoomRegistry(
+            self.config.room, self._store, observer=self.observer,
+            max_rooms=self.config.max_live_rooms,
+            on_stored=None if self.attachments is None else self.attachments.stored)
         await self.revocations.load(self._store)
         # Owned here: cancelled and awaited in stop().
         self._watcher = asyncio.create_task(self.revocations.watch(

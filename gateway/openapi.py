@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.inputs import MAX_INT
-from rooms.config import MAX_MENTIONS
+from rooms.config import MAX_FILES_PER_MESSAGE, MAX_MENTIONS
 from rooms.protocol import MAX_BAN_UNTIL, MAX_EMOJI_CHARS, MAX_SEQ
 
 
@@ -20,15 +20,19 @@ def _ok(schema: str, description: str) -> dict[str, Any]:
 
 
 def _refusals(*statuses: str) -> dict[str, Any]:
-    texts = {"400": "Bad request (`bad_request`, `empty_text`, `text_too_long`)",
+    texts = {"400": "Bad request (`bad_request`, `empty_text`, `text_too_long`, "
+                    "`too_many_files`)",
              "401": "Missing or invalid credential (`missing_token`, `invalid_token`, "
                     "`token_expired`, `token_revoked`)",
              "403": "A user token (`api_scope_required`) or a room the credential does not "
                     "allow (`room_forbidden`); for a change to a message: not the user's "
                     "(`forbidden`), or an edit after the edit window (`edit_window_passed`)",
-             "404": "Not found (`bad_room`, `not_found`, `not_banned`)",
+             "404": "Not found (`bad_room`, `not_found`, `not_banned`; a message's file: "
+                    "`file_not_found`)",
              "409": "The message's state refuses it: deleted (`already_deleted`), or a new "
-                    "reaction beyond the most a message may carry (`too_many_reactions`)",
+                    "reaction beyond the most a message may carry (`too_many_reactions`); "
+                    "a file another room's, attached already or too old "
+                    "(`file_not_attachable`)",
              "429": "Over the credential's rate (`rate_limited`; see `Retry-After`)",
              "503": "Storage unavailable, draining, busy or too many rooms (`unavailable`, "
                     "`draining`, `busy`, `too_many_rooms`)"}
@@ -88,7 +92,31 @@ _SCHEMAS: dict[str, Any] = {
             "reply_to": _ref("Reply"),
             "mentions": {"type": "array", "items": {"type": "string"}},
             "edited": {"type": "integer", "description": "`ts` of its last edit (ms)"},
-            "reactions": {"type": "array", "items": _ref("Reaction")}}},
+            "reactions": {"type": "array", "items": _ref("Reaction")},
+            "files": {"type": "array", "items": _ref("MessageFile"),
+                      "description": "The files it carries (then `text` may be empty); "
+                                     "metadata only: get their URLs with "
+                                     "`POST /rooms/{room}/files/urls`"}}},
+    "MessageFile": {
+        "type": "object", "description": "A file a message carries (never a URL: they expire).",
+        "required": ["id", "name", "size", "type"], "properties": {
+            "id": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
+            "name": {"type": "string", "minLength": 1, "maxLength": 255},
+            "size": {"type": "integer", "minimum": 1},
+            "type": {"type": "string"},
+            "width": {"type": "integer", "description": "Images: pixels, upright"},
+            "height": {"type": "integer"},
+            "thumb": {"const": True, "description": "Images: a thumbnail exists"}}},
+    "FileUrlsRequest": {"type": "object", "required": ["ids"], "properties": {
+        "ids": {"type": "array", "items": {"type": "string"},
+                "description": "File ids (at most ROOMCHAT_MAX_FILE_URLS)"}}},
+    "FileUrls": {"type": "object", "required": ["files"], "properties": {
+        "files": {"type": "object", "description": "File id -> its signed URLs; ids of no "
+                  "file of the room are left out",
+                  "additionalProperties": {
+                      "type": "object", "required": ["url", "expires"], "properties": {
+                          "url": {"type": "string"}, "thumb_url": {"type": "string"},
+                          "expires": {"type": "integer", "description": "Unix seconds"}}}}}},
     "Reply": {
         "type": "object", "description": "The message answered, as it was when the reply was "
         "stored (`excerpt` is `\"\"` once that message is deleted or erased).",
@@ -99,8 +127,16 @@ _SCHEMAS: dict[str, Any] = {
         "emoji": {"type": "string"},
         "users": {"type": "array", "items": {"type": "string"}, "minItems": 1,
                   "description": "Who put it, in the order they did"}}},
-    "Publish": {"type": "object", "required": ["text"], "properties": {
-        "text": {"type": "string", "minLength": 1},
+    "Publish": {"type": "object", "properties": {
+        "text": {"type": "string", "description": "Required, not empty, unless `files` "
+                                                  "names at least one file"},
+        "files": {"type": "array", "maxItems": MAX_FILES_PER_MESSAGE,
+                  "items": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}$"},
+                  "description": "Ids of uploads of `user` to this room, not yet attached to "
+                                 "a message (at most ROOMCHAT_MAX_FILES_PER_MESSAGE: 400 "
+                                 "`too_many_files`; 404 `file_not_found`; 409 "
+                                 "`file_not_attachable`: another room's, attached already, "
+                                 "or uploaded too long ago)"},
         "id": {"type": "string", "minLength": 1, "maxLength": 64,
                "description": "Client id: a retry with the same (user, id) is not stored twice"},
         "user": {"type": "string", "minLength": 1, "maxLength": 64,
@@ -221,7 +257,7 @@ def document() -> dict[str, Any]:
                  "requestBody": {"required": True, "content": {
                      "application/json": {"schema": _ref("Publish")}}},
                  "responses": {"200": _ok("Published", "Stored (or a duplicate's original)"),
-                               **_refusals("400", "404", "503")}},
+                               **_refusals("400", "404", "409", "503")}},
         "get": {"operationId": "history", "summary": "A page of stored messages, oldest first",
                 "parameters": [_ROOM,
                                _query("after", 0, "Only messages with a higher seq (default 0)"),
@@ -333,6 +369,17 @@ def document() -> dict[str, Any]:
                                         "(`quota_exceeded`) or an image of too many pixels "
                                         "(`image_too_large`)"),
                           "422": _error("An image that does not decode (`bad_image`)"),
+                          **_refusals("400", "404", "503")}}},
+        "/rooms/{room}/files/urls": {"post": {
+            "operationId": "fileUrls", "summary": "Signed URLs of files of a room",
+            "description": "For files a message carries (an `<img>` cannot send a bearer "
+                           "header): each URL is valid until `expires`, for anyone who holds "
+                           "it. Pages use `POST /rooms/{room}/files/urls` with a member's "
+                           "token; same body and answer.",
+            "parameters": [_ROOM],
+            "requestBody": {"required": True, "content": {
+                "application/json": {"schema": _ref("FileUrlsRequest")}}},
+            "responses": {"200": _ok("FileUrls", "The URLs"),
                           **_refusals("400", "404", "503")}}},
         "/rooms/{room}/files/{file_id}": {"get": {
             "operationId": "download", "summary": "A file's bytes",

@@ -32,10 +32,12 @@ import itertools
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from gateway.access import Admission, AsgiKnock, Purpose
+from gateway.attachments import Refused, refusal_error
 from gateway.errors import REFUSALS, Rejection, rejection_for
 from gateway.hypercorn_ext import FrameWriter
 from gateway.inputs import int_param
@@ -57,6 +59,9 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[..., Awaitable[None]]  # Quart's asgi_app, typed with hypercorn's scopes
 
 ROUTE = re.compile(r"/rooms/([^/]*)/ws")
+_UNORDERED = (protocol.Pong, protocol.Typing, protocol.MarkRead)
+"""Frames that need not wait behind a message whose files are being looked up: hints whose
+order against messages means nothing (a pong held back could even cost the heartbeat)."""
 EPOCH = re.compile(r"[0-9A-Za-z_-]{1,64}")  # a welcome's epoch (16 hex digits) sent back
 _session_ids = itertools.count(1)
 
@@ -81,16 +86,31 @@ class _Inbound:
     waiting. Fed by ``put``, either from our own reader loop or by Hypercorn directly
     (``FrameWriter.take_inbound``)."""
 
-    __slots__ = ("_actor", "_limits", "_room_config", "_session", "_strikes")
+    __slots__ = ("_actor", "_attachments", "_held", "_limits", "_resolver", "_room_config",
+                 "_session", "_strikes")
 
     def __init__(self, gw: Gateway, actor: RoomActor, session: Session) -> None:
         self._actor = actor
         self._session = session
         self._limits = gw.limits
         self._room_config = gw.config.room
+        self._attachments = gw.attachments
         # Frames refused by the user's bucket in a row, on this connection: they never reach
         # the room, so the room's own strike count cannot see this flood.
         self._strikes = 0
+        # A message naming files waits here while they are looked up (``_resolve_held``), and
+        # the frames sent after it wait behind it, so the room gets them in the order sent.
+        # At most ``inbox_limit`` (then ``busy``, as a full room inbox answers).
+        self._held: deque[protocol.ClientFrame] | None = None
+        self._resolver: asyncio.Task[None] | None = None
+
+    async def aclose(self) -> None:
+        """Stop looking up files (the connection is gone): held frames are dropped, unacked,
+        as frames still in a socket's buffer are; their client resends them."""
+        resolver = self._resolver
+        if resolver is not None:
+            resolver.cancel()
+            await asyncio.wait([resolver])
 
     async def put(self, message: Message) -> None:
         """Handle one ASGI message. Never blocks and never raises: a bug here closes this
@@ -131,7 +151,8 @@ class _Inbound:
         cfg = self._room_config
         frame = protocol.parse_client_frame(text, max_text_chars=cfg.max_text_chars,
                                             max_id_chars=cfg.max_id_chars,
-                                            max_mentions=cfg.max_mentions)
+                                            max_mentions=cfg.max_mentions,
+                                            max_files=cfg.max_files_per_message)
         client_id = None if isinstance(frame, protocol.Pong) else frame.id
         # Pongs skip the user's bucket: refusing one would break the heartbeat, and the
         # room's per-connection bucket already charges them (connections per user are
@@ -149,9 +170,58 @@ class _Inbound:
                     session.close_nowait(CloseCode.RATE_ABUSE, "rate limit abuse")
                 return
             self._strikes = 0
-        if not self._actor.frame_nowait(session.id, frame):
-            session.offer(protocol.error(ErrorCode.BUSY, "the room is busy; resend later",
-                                         client_id=client_id, retry_after=1.0))
+        if (isinstance(frame, protocol.SendMessage) and frame.file_ids) or (
+                self._held and not isinstance(frame, _UNORDERED)):
+            self._hold(frame, client_id)
+            return
+        self._hand(frame, client_id)
+
+    def _hand(self, frame: protocol.ClientFrame, client_id: str | None) -> None:
+        if not self._actor.frame_nowait(self._session.id, frame):
+            self._session.offer(protocol.error(ErrorCode.BUSY, "the room is busy; resend later",
+                                               client_id=client_id, retry_after=1.0))
+
+    def _hold(self, frame: protocol.ClientFrame, client_id: str | None) -> None:
+        held = self._held
+        if held is None:
+            held = self._held = deque()
+        if len(held) >= self._room_config.inbox_limit:
+            self._session.offer(protocol.error(
+                ErrorCode.BUSY, "too many messages waiting for their files to be checked; "
+                "resend later", client_id=client_id, retry_after=1.0))
+            return
+        held.append(frame)
+        if self._resolver is None:
+            # Owned by this connection: ``aclose`` (the handler's ``finally``) cancels and
+            # awaits it; it ends by itself once nothing is held.
+            self._resolver = asyncio.get_running_loop().create_task(
+                self._resolve_held(), name=f"session-{self._session.id}-files")
+
+    async def _resolve_held(self) -> None:
+        """Hand the held frames to the room in order, each message's files resolved first
+        (``gateway.attachments``); a refused one is answered with its ``error`` here."""
+        held = self._held
+        assert held is not None
+        session = self._session
+        try:
+            while held:
+                frame = held[0]
+                if isinstance(frame, protocol.SendMessage) and frame.file_ids:
+                    try:
+                        if self._attachments is None:
+                            raise Refused(ErrorCode.UNAVAILABLE, "files are not available on "
+                                          "this server; the message was not sent")
+                        frame = await self._attachments.resolve(self._actor.room,
+                                                                session.user, frame)
+                    except Refused as refused:
+                        held.popleft()
+                        session.offer(refusal_error(refused, frame.id))
+                        continue
+                held.popleft()
+                if session.open:
+                    self._hand(frame, None if isinstance(frame, protocol.Pong) else frame.id)
+        finally:
+            self._resolver = None
 
 
 class RoomSockets:
@@ -233,6 +303,7 @@ class RoomSockets:
         del claims, admission
         gw.connection_opened(transport, owner)
         actor: RoomActor | None = None
+        inbound: _Inbound | None = None
         accepted = released = False
         try:
             try:
@@ -280,6 +351,8 @@ class RoomSockets:
                     reader.cancel()
         finally:
             try:
+                if inbound is not None:
+                    await inbound.aclose()
                 if actor is not None:
                     actor.leave_nowait(session.id)
                 if accepted and not released:

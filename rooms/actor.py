@@ -43,7 +43,7 @@ import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rooms import protocol
@@ -81,6 +81,13 @@ READ_RETRY = 1.0
 MAX_RESETS = 2
 """``LogReset``s one append may meet in a row before it counts as a storage failure (each
 reset takes the log's new epoch and top, so a second is another process moving it too)."""
+
+
+Stored = Callable[[str, Sequence[AnyDraft], Sequence[Appended]], None]
+"""Told ``(room, batch, results)`` after each append of the room's own drafts (members' and
+the server API's), on the room's loop: it must not block (queue the work, return). What the
+gateway uses to attach a message's files once its seq is known, and to remove the files of
+deleted and pruned messages (``gateway.attachments``): the room never touches files."""
 
 
 @dataclass(slots=True)
@@ -245,8 +252,10 @@ class RoomActor:
         observer: RoomObserver | None = None,
         on_exit: Callable[[RoomActor], None] | None = None,
         state_factory: Callable[..., RoomState] = RoomState,
+        on_stored: Stored | None = None,
     ) -> None:
         self.room = room
+        self._on_stored = on_stored
         self.config = config
         self.lifecycle = RoomLifecycle.STARTING
         self._engine = engine
@@ -713,6 +722,11 @@ class RoomActor:
         self._storage_back(now)
         started = time.perf_counter()
         self._deliver(state, state.committed(batch, results), wall_ms)
+        if self._on_stored is not None:
+            try:
+                self._on_stored(self.room, batch, results)
+            except Exception:  # the gateway's bug must not stop the room: it is logged
+                log.exception("room %s: the stored-entries hook failed", self.room)
         # What this batch cost the room, for the pacer: its fan-out. (The embedded engine's
         # append is mostly a disk flush waited for off the event loop: time, not CPU.)
         self._pacer.observe(time.perf_counter() - started)

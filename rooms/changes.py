@@ -142,9 +142,9 @@ def fold(message: StoredMessage, change: StoredChange) -> StoredMessage:
 
 def _edited(m: StoredMessage, text: str, ts: int) -> StoredMessage:
     return StoredMessage(m.room, m.seq, m.user, m.name, m.id, text, m.ts, m.reply_to,
-                         m.mentions, ts, m.reactions)
+                         m.mentions, ts, m.reactions, m.files)
 
 
 def _reacted(m: StoredMessage, reactions: tuple[Reaction, ...]) -> StoredMessage:
     return StoredMessage(m.room, m.seq, m.user, m.name, m.id, m.text, m.ts, m.reply_to,
-                         m.mentions, m.edited, reactions)
+                         m.mentions, m.edited, reactions, m.files)

@@ -19,6 +19,9 @@ MAX_REACTIONS = 1000
 shows it carries them."""
 MAX_MENTIONS = 1000
 """Highest ``max_mentions``: each is a user id of up to 64 characters in the stored message."""
+MAX_FILES_PER_MESSAGE = 100
+"""Highest ``max_files_per_message``: each file's metadata (~150 bytes) is in the stored
+message and in every page that shows it."""
 
 
 def _setting(default: _T, help: str) -> _T:
@@ -59,6 +62,8 @@ class RoomConfig:
             "`too_many_reactions`.")
     max_mentions: int = _setting(
         20, "Most users one message may mention (`mentions`).")
+    max_files_per_message: int = _setting(
+        10, "Most files one message may carry (`files`); more get `too_many_files`.")
     reply_excerpt_chars: int = _setting(
         100, "Longest excerpt of the answered message a reply carries (characters).")
     unread_scan: int = _setting(
@@ -144,7 +149,7 @@ class RoomConfig:
             raise ValueError("pong_cost must be in (0, 1]")
         for name in ("gap_repair_delay", "history_on_join", "history_retention", "dedup_window",
                      "room_idle_ttl", "batch_delay", "batch_cost_factor", "edit_window",
-                     "max_mentions", "unread_scan"):
+                     "max_mentions", "unread_scan", "max_files_per_message"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.presence_ttl <= self.sync_interval:
@@ -153,6 +158,8 @@ class RoomConfig:
             raise ValueError(f"max_reactions must be at most {MAX_REACTIONS}")
         if self.max_mentions > MAX_MENTIONS:
             raise ValueError(f"max_mentions must be at most {MAX_MENTIONS}")
+        if self.max_files_per_message > MAX_FILES_PER_MESSAGE:
+            raise ValueError(f"max_files_per_message must be at most {MAX_FILES_PER_MESSAGE}")
 
     @property
     def rules(self) -> LogRules:

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rooms import protocol
+from rooms.attachments import FileRef
 
 
 class Action(enum.StrEnum):
@@ -98,8 +99,9 @@ class StoredMessage:
     the change entries that follow it: applying them again changes nothing).
 
     A deleted one (tombstone) keeps its seq, user, name, id and ts, with ``text`` empty and
-    nothing else (no reply, mentions, reactions or edit time); its wire form adds
-    ``"deleted": true``. A message's text is never empty otherwise."""
+    nothing else (no reply, mentions, files, reactions or edit time); its wire form adds
+    ``"deleted": true``. A message's text is never empty otherwise, unless it carries files
+    (``files``: metadata only, ``rooms.attachments``)."""
 
     room: str
     seq: int
@@ -114,20 +116,24 @@ class StoredMessage:
     """The ``ts`` of its last edit (milliseconds), None if never edited."""
     reactions: tuple[Reaction, ...] = ()
     """In first-reaction order; an emoji nobody has any more is not listed."""
+    files: tuple[FileRef, ...] = ()
+    """The files it carries, in the order sent; an edit keeps them, a delete removes them."""
 
     @property
     def deleted(self) -> bool:
-        """A tombstone: a message's text is never empty otherwise."""
-        return not self.text
+        """A tombstone: a message's text is never empty otherwise, unless it has files."""
+        return not self.text and not self.files
 
     def to_obj(self) -> dict[str, Any]:
         """The wire object (docs/protocol.md): optional fields only when set."""
         obj: dict[str, Any] = {"type": "message", "room": self.room, "seq": self.seq,
                                "id": self.id, "user": self.user, "name": self.name,
                                "text": self.text, "ts": self.ts}
-        if not self.text:
+        if self.deleted:
             obj["deleted"] = True
             return obj
+        if self.files:
+            obj["files"] = [f.to_obj() for f in self.files]
         if self.reply_to is not None:
             obj["reply_to"] = self.reply_to.to_obj()
         if self.mentions:
@@ -204,7 +210,8 @@ Delivered = StoredMessage | StoredChange | WireMessage
 class Draft:
     """An accepted message not yet stored: the engine gives it its seq. ``reply_to``: the seq
     of the message it answers (the engine checks it and stores the ``Reply``); ``mentions``:
-    user ids, already checked and without duplicates (``rooms.protocol``)."""
+    user ids, already checked and without duplicates (``rooms.protocol``); ``files``: the
+    files it carries, resolved and checked by the gateway (``text`` may be empty then)."""
 
     user: str
     name: str
@@ -213,11 +220,12 @@ class Draft:
     ts: int
     reply_to: int | None = None
     mentions: tuple[str, ...] = ()
+    files: tuple[FileRef, ...] = ()
 
     def stored(self, room: str, seq: int, reply: Reply | None = None) -> StoredMessage:
         """As stored with ``seq`` (``reply``: what the engine made of ``reply_to``)."""
         return StoredMessage(room, seq, self.user, self.name, self.id, self.text, self.ts,
-                             reply, self.mentions)
+                             reply, self.mentions, files=self.files)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from typing import Any
 import emoji
 import orjson
 
+from rooms.attachments import FILE_ID, FileRef
 from rooms.text import TextProblem, message_text, user_id_problem
 
 
@@ -56,18 +57,29 @@ class ErrorCode(enum.StrEnum):
     EDIT_WINDOW_PASSED = "edit_window_passed"  # edit: later than edit_window after the message
     TOO_MANY_REACTIONS = "too_many_reactions"  # react: a new emoji beyond max_reactions
     SELF_BAN = "self_ban"  # ban: a moderator cannot ban themself
+    FILE_NOT_FOUND = "file_not_found"  # message: a file id that is no upload of the sender here
+    FILE_NOT_ATTACHABLE = "file_not_attachable"  # message: attached already, or too old
+    TOO_MANY_FILES = "too_many_files"  # message: more than max_files_per_message
 
 
 @dataclass(frozen=True, slots=True)
 class SendMessage:
-    """A client's ``message``: ``text`` already trimmed and length-checked; ``reply_to`` the seq
-    of the message it answers; ``mentions`` user ids (checked, duplicates removed, in the
-    order given)."""
+    """A client's ``message``: ``text`` already trimmed and length-checked (empty only when it
+    names files); ``reply_to`` the seq of the message it answers; ``mentions`` user ids
+    (checked, duplicates removed, in the order given).
+
+    ``file_ids``: the uploads it carries, as the client named them (well-formed ids, no
+    duplicates, at most ``max_files_per_message``). The room never looks them up itself: the
+    gateway resolves them before the frame enters the room (``gateway.attachments``) and
+    hands it over with ``files``, their metadata in the same order; a frame whose
+    ``files`` do not match its ``file_ids`` is refused by the room (``RoomState.receive``)."""
 
     text: str
     id: str | None
     reply_to: int | None = None
     mentions: tuple[str, ...] = ()
+    file_ids: tuple[str, ...] = ()
+    files: tuple[FileRef, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,8 +179,9 @@ ClientFrame = (SendMessage | Pong | Typing | EditMessage | DeleteMessage | React
 
 
 def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int,
-                       max_mentions: int = 20) -> ClientFrame:
-    """Parse one client text frame. Never raises: a bad frame becomes a ``FrameError``."""
+                       max_mentions: int = 20, max_files: int = 10) -> ClientFrame:
+    """Parse one client text frame. Never raises: a bad frame becomes a ``FrameError``.
+    ``max_files``: most file ids one ``message`` may carry (``too_many_files`` beyond)."""
     try:
         obj = orjson.loads(data)
     except orjson.JSONDecodeError:
@@ -199,7 +212,17 @@ def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int,
         return _parse_ban(obj, client_id)
     if kind != "message":
         return _parse_change(kind, obj, client_id, max_text_chars)
-    text = message_text(obj.get("text"), max_text_chars)
+    file_ids = _file_ids(obj.get("files"))
+    if isinstance(file_ids, str):
+        return FrameError(ErrorCode.INVALID_MESSAGE, file_ids, client_id)
+    if len(file_ids) > max_files:
+        return FrameError(ErrorCode.TOO_MANY_FILES, f"a message carries at most {max_files} "
+                          "files", client_id)
+    raw_text = obj.get("text")
+    if file_ids and (raw_text is None or (isinstance(raw_text, str) and not raw_text.strip())):
+        text: str | TextProblem = ""  # files alone: the text may be left out or empty
+    else:
+        text = message_text(raw_text, max_text_chars)
     if isinstance(text, TextProblem):
         return FrameError(ErrorCode(text.code), text.message, client_id)
     reply_to = None
@@ -211,7 +234,7 @@ def parse_client_frame(data: str, *, max_text_chars: int, max_id_chars: int,
     mentions = _mentions(obj.get("mentions"), max_mentions)
     if isinstance(mentions, str):
         return FrameError(ErrorCode.INVALID_MESSAGE, mentions, client_id)
-    return SendMessage(text, client_id, reply_to, mentions)
+    return SendMessage(text, client_id, reply_to, mentions, file_ids)
 
 
 def _seq(value: object) -> int | None:
@@ -219,6 +242,17 @@ def _seq(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_SEQ:
         return None
     return value
+
+
+def _file_ids(value: object) -> tuple[str, ...] | str:
+    """A message's ``files`` (absent or null: none), duplicates removed; or why they are
+    refused. The count is checked by the caller (its own error code)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(
+            isinstance(item, str) and FILE_ID.fullmatch(item) for item in value):
+        return "files must be a list of file ids (each the id an upload answered with)"
+    return tuple(dict.fromkeys(value))
 
 
 def _mentions(value: object, most: int) -> tuple[str, ...] | str:

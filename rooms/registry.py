@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from rooms.actor import RoomActor, RoomLifecycle
+from rooms.actor import RoomActor, RoomLifecycle, Stored
 from rooms.config import RoomConfig
 from rooms.engine import Engine
 from rooms.errors import RoomStopped, StoreError, TooManyRooms
@@ -28,7 +28,9 @@ class RoomRegistry:
     def __init__(
         self, config: RoomConfig, engine: Engine, *, observer: RoomObserver | None = None,
         state_factory: Callable[..., RoomState] = RoomState, max_rooms: int = 5_000,
+        on_stored: Stored | None = None,
     ) -> None:
+        """``on_stored``: given to every room (``rooms.actor.Stored``)."""
         if max_rooms < 1:
             raise ValueError("max_rooms must be at least 1")
         self.config = config
@@ -36,6 +38,7 @@ class RoomRegistry:
         self.engine = engine
         self.observer = observer or NullObserver()
         self._state_factory = state_factory
+        self._on_stored = on_stored
         self._rooms: dict[str, RoomActor] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -56,7 +59,8 @@ class RoomRegistry:
             raise TooManyRooms(f"this server already runs {self.max_rooms} rooms; "
                                "try again later")
         actor = RoomActor(room, self.config, self.engine, observer=self.observer,
-                          on_exit=self._forget, state_factory=self._state_factory)
+                          on_exit=self._forget, state_factory=self._state_factory,
+                          on_stored=self._on_stored)
         self._rooms[room] = actor
         task = asyncio.create_task(actor.run(), name=f"room:{room}")
         self._tasks.add(task)

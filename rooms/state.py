@@ -423,8 +423,13 @@ class RoomState:
                                                  client_id=frame.id, retry_after=1.0))]
         draft: AnyDraft
         if isinstance(frame, SendMessage):
+            if len(frame.files) != len(frame.file_ids):
+                # Files the gateway did not resolve: never stored unchecked (a bug upstream).
+                return [Send(session, protocol.error(
+                    ErrorCode.FILE_NOT_FOUND, "the files of this message could not be "
+                    "checked; it was not sent", client_id=frame.id))]
             draft = Draft(info.user, info.name, frame.id, frame.text, wall_ms, frame.reply_to,
-                          frame.mentions)
+                          frame.mentions, frame.files)
             target = frame.reply_to
         elif isinstance(frame, EditMessage):
             draft = ChangeDraft(info.user, info.name, frame.id, wall_ms, Action.EDIT,

@@ -10,11 +10,11 @@
 --       6 a new epoch, used if the log needs one, 7 floor (the highest seq the caller has
 --       seen stored), 8 the epoch the caller knows ('': any), 9 edit window (ms, 0: forever),
 --       10 most reactions per message, 11 reply excerpt length (characters),
---       then 8 per draft: kind ('m' message, 'e' edit, 'd' delete, 'r' react), user, name, id
+--       then 9 per draft: kind ('m' message, 'e' edit, 'd' delete, 'r' react), user, name, id
 --       ('' for none), ts, target (a change's message; a message's reply_to, 0 for none),
 --       a (text; for a delete '1' when the sender moderates the room; for a reaction the
 --       emoji), b (a message's mentions as a JSON array, '' for none; a reaction's '1' on or
---       '0' off)
+--       '0' off), f (a message's files as a JSON array of their wire objects, '' for none)
 -- Publishes "m<node>\n<first seq>\n<object>\n<object>..." with each new entry already in its
 -- wire form (docs/protocol.md), so receivers pass it on as it is.
 -- Returns {stored (1, or 0 when refused), epoch, top (after the batch), repaired, then (when
@@ -36,9 +36,10 @@ local actions = {e = 'edit', d = 'delete', r = 'react'}
 local results = {1, epoch, seq, repaired}
 local fresh = {}
 local first = nil
-for i = 12, #ARGV, 8 do
+for i = 12, #ARGV, 9 do
   local kind, user, name, id = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local ts, target, a, b = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7]
+  local files = ARGV[i + 8]
   local field = nil
   local original = nil
   if id ~= '' and window > 0 then
@@ -81,6 +82,11 @@ for i = 12, #ARGV, 8 do
         fields[#fields + 1] = 'mentions'
         fields[#fields + 1] = b
         obj.mentions = cjson.decode(b)
+      end
+      if files ~= '' then
+        fields[#fields + 1] = 'files'
+        fields[#fields + 1] = files
+        obj.files = cjson.decode(files)
       end
       redis.call('XADD', KEYS[1], '0-' .. sid(seq), unpack(fields))
       wire = cjson.encode(obj)

@@ -4,10 +4,11 @@
 -- state and applied to it atomically with its append, whichever process sends it.
 --
 -- A room's keys (one hash tag): the stream `log` (entries `0-<seq>`: a message has fields
--- user, name, id, text, ts, and reply and mentions (JSON) when set; a change has c (e: edit,
--- d: delete, r: react), target, user, name, id, ts, and text / by / emoji and on), the hash
--- `state` (seq -> the current state of each changed message, JSON: user, name, id, text, ts,
--- reply, mentions, edited, reactions ([[emoji, [user, ...]], ...]), c (the seq of its last
+-- user, name, id, text (empty when it has files alone), ts, and reply, mentions and files
+-- (JSON) when set; a change has c (e: edit, d: delete, r: react), target, user, name, id, ts,
+-- and text / by / emoji and on), the hash `state` (seq -> the current state of each changed
+-- message, JSON: user, name, id, text, ts, reply, mentions, files, edited, reactions
+-- ([[emoji, [user, ...]], ...]), c (the seq of its last
 -- change), e (its edits' seqs), a (the seqs of the messages answering it), d (1: deleted)),
 -- and the sorted set `changed` (its seqs, by
 -- seq: what a page overlays, and what retention prunes). A deleted message leaves the stream
@@ -59,6 +60,10 @@ local function current(log_key, state_key, seq)
   if f['mentions'] then
     local ok, mentions = pcall(cjson.decode, f['mentions'])
     if ok and type(mentions) == 'table' and #mentions > 0 then st.mentions = mentions end
+  end
+  if f['files'] then
+    local ok, files = pcall(cjson.decode, f['files'])
+    if ok and type(files) == 'table' and #files > 0 then st.files = files end
   end
   return st
 end

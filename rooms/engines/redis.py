@@ -72,6 +72,7 @@ from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rooms import engine as contract
+from rooms.attachments import files_to_json
 from rooms.config import RoomConfig
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.engines import redis_records as records
@@ -977,12 +978,13 @@ _KIND = {Action.EDIT: b"e", Action.DELETE: b"d", Action.REACT: b"r"}
 
 
 def _draft_args(d: AnyDraft) -> list[bytes | int]:
-    """append.lua's eight arguments for one draft. Raises ``UnicodeEncodeError`` for a text
+    """append.lua's nine arguments for one draft. Raises ``UnicodeEncodeError`` for a text
     that cannot be encoded."""
     if isinstance(d, Draft):
         mentions = orjson.dumps(list(d.mentions)) if d.mentions else b""
+        files = orjson.dumps(files_to_json(d.files)) if d.files else b""
         return [b"m", d.user.encode(), d.name.encode(), (d.id or "").encode(), d.ts,
-                d.reply_to or 0, d.text.encode(), mentions]
+                d.reply_to or 0, d.text.encode(), mentions, files]
     if d.action is Action.EDIT:
         a, b = d.text.encode(), b""
     elif d.action is Action.DELETE:
@@ -990,4 +992,4 @@ def _draft_args(d: AnyDraft) -> list[bytes | int]:
     else:
         a, b = d.emoji.encode(), (b"1" if d.on else b"0")
     return [_KIND[d.action], d.user.encode(), d.name.encode(), (d.id or "").encode(), d.ts,
-            d.target, a, b]
+            d.target, a, b, b""]

@@ -17,6 +17,7 @@ from typing import Generic, TypeGuard, TypeVar
 
 import orjson
 
+from rooms.attachments import files_from_json
 from rooms.engine import Ban
 from rooms.messages import (
     Action,
@@ -83,9 +84,9 @@ def entry_seq(entry_id: object) -> int | None:
 
 def message(room: str, entry_id: object, fields: object) -> Parsed[StoredMessage] | None:
     """The stored message of a log entry (fields ``user``, ``name``, ``id``, ``text``, ``ts``,
-    and ``reply``, ``mentions`` when set). None when it cannot be one: a change entry, no
-    usable seq, user, text or ts. A missing or unusable name becomes the user id, an unusable
-    client id none, an unusable reply or mentions none (repaired)."""
+    and ``reply``, ``mentions``, ``files`` when set). None when it cannot be one: a change
+    entry, no usable seq, user, text or ts. A missing or unusable name becomes the user id, an
+    unusable client id none, an unusable reply, mentions or files none (repaired)."""
     seq = entry_seq(entry_id)
     if seq is None or not isinstance(fields, dict) or b"c" in fields:
         return None
@@ -95,16 +96,22 @@ def message(room: str, entry_id: object, fields: object) -> Parsed[StoredMessage
     if not user or body is None or ts is None:
         return None
     name, client_id, repaired = _author(user, fields)
-    reply = mentions = None
+    reply = mentions = files = None
     raw_reply, raw_mentions = fields.get(b"reply"), fields.get(b"mentions")
+    raw_files = fields.get(b"files")
     if raw_reply is not None:
         reply = _reply(_loads(raw_reply))
         repaired |= reply is None
     if raw_mentions is not None:
         mentions = _users(_loads(raw_mentions))
         repaired |= mentions is None
+    if raw_files is not None:
+        files = files_from_json(_loads(raw_files))
+        repaired |= files is None
+    if not body and not files:
+        return None  # neither text nor files: no message (a tombstone is never in the stream)
     return Parsed(StoredMessage(room, seq, user, name, client_id, body, ts, reply,
-                                mentions or ()), repaired)
+                                mentions or (), files=files or ()), repaired)
 
 
 _ACTIONS = {b"e": Action.EDIT, b"d": Action.DELETE, b"r": Action.REACT}
@@ -153,7 +160,8 @@ def entry(room: str, entry_id: object, fields: object) -> Parsed[Entry] | None:
 
 def state(room: str, raw_seq: object, value: object) -> Parsed[StoredMessage] | None:
     """A message's current state from the room's state hash (``seq -> JSON``: ``user``,
-    ``name``, ``id``, ``text``, ``ts``, ``reply``, ``mentions``, ``edited``, ``reactions``
+    ``name``, ``id``, ``text``, ``ts``, ``reply``, ``mentions``, ``files``, ``edited``,
+    ``reactions``
     (``[[emoji, [user, ...]], ...]``), ``d`` (deleted); log.lua writes it). None when it
     cannot be one; what can be mended is (repaired)."""
     seq = count(raw_seq)
@@ -174,17 +182,19 @@ def state(room: str, raw_seq: object, value: object) -> Parsed[StoredMessage] | 
         return Parsed(StoredMessage(room, seq, user, name or user, client_id or None, "", ts),
                       repaired)
     body = obj.get("text")
-    if not isinstance(body, str) or not body or unsafe_text(body) == "a lone surrogate":
+    files = () if obj.get("files") is None else files_from_json(obj.get("files"))
+    if not isinstance(body, str) or not (body or files) or \
+            unsafe_text(body) == "a lone surrogate":
         return None
     reply = None if obj.get("reply") is None else _reply(obj.get("reply"))
     mentions = () if obj.get("mentions") is None else _users(obj.get("mentions"))
     edited = obj.get("edited")
     reactions = _reactions(obj.get("reactions"))
     repaired |= (obj.get("reply") is not None and reply is None) or mentions is None or (
-        edited is not None and not _whole(edited)) or reactions is None
+        edited is not None and not _whole(edited)) or reactions is None or files is None
     return Parsed(StoredMessage(room, seq, user, name or user, client_id or None, body, ts,
                                 reply, mentions or (), edited if _whole(edited) else None,
-                                reactions or ()), repaired)
+                                reactions or (), files or ()), repaired)
 
 
 def _author(user: str, fields: dict[object, object]) -> tuple[str, str | None, bool]:

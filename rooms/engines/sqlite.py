@@ -32,6 +32,7 @@ import orjson
 
 from rooms import changes
 from rooms import engine as contract
+from rooms.attachments import files_from_json, files_to_json
 from rooms.engine import CommitObserver
 from rooms.errors import StoreError, Unstorable
 from rooms.messages import (
@@ -104,6 +105,7 @@ _COLUMNS = (
     ("reactions", "TEXT"),  # messages: [["emoji", ["user", ...]], ...]
     ("changed", "INTEGER"),  # messages: seq of the last change
     ("detail", "TEXT"),  # delete: who (author, moderator); react: the emoji
+    ("files", "TEXT"),  # messages: [{"id","name","size","type",...}, ...] (rooms.attachments)
 )
 """Columns added after the first version: a database made before them gets them on open
 (``ALTER TABLE ... ADD COLUMN`` rewrites nothing: old rows read the defaults)."""
@@ -119,11 +121,14 @@ MESSAGE, EDIT, DELETE, REACT_ON, REACT_OFF = range(5)
 _KINDS = {Action.EDIT: EDIT, Action.DELETE: DELETE}
 
 _INSERT = ("INSERT INTO messages (room, seq, user, name, client_id, text, ts, kind, target, "
-           "reply, mentions, detail) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)")
-_MESSAGE_COLUMNS = "seq, user, name, client_id, text, ts, reply, mentions, edited, reactions"
+           "reply, mentions, detail, files) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+_MESSAGE_COLUMNS = ("seq, user, name, client_id, text, ts, reply, mentions, edited, reactions, "
+                    "files")
 _ENTRY_COLUMNS = f"{_MESSAGE_COLUMNS}, kind, target, detail"
 _UPDATE = ("UPDATE messages SET text = ?, edited = ?, reactions = ?, reply = ?, mentions = ?, "
-           "changed = ? WHERE room = ? AND seq = ?")
+           "files = ?, changed = ? WHERE room = ? AND seq = ?")
+_LIVE = "(text != '' OR files IS NOT NULL)"
+"""A message row that is not a tombstone (a message's text is empty only when it has files)."""
 _DATA_ERRORS = (ValueError, OverflowError, TypeError, sqlite3.InterfaceError,
                 sqlite3.ProgrammingError, sqlite3.DataError)
 """What binding a row's values raises when one cannot be stored: a lone surrogate in a text
@@ -146,7 +151,7 @@ def _message_row(m: StoredMessage) -> Row:
         [m.reply_to.seq, m.reply_to.user, m.reply_to.name, m.reply_to.excerpt])
     return (m.room, m.seq, m.user, m.name, m.id, m.text, m.ts, MESSAGE,
             None if m.reply_to is None else m.reply_to.seq, reply,
-            _json(m.mentions) if m.mentions else None, None)
+            _json(m.mentions) if m.mentions else None, None, _files(m))
 
 
 def _change_row(c: StoredChange) -> Row:
@@ -156,37 +161,42 @@ def _change_row(c: StoredChange) -> Row:
     else:
         kind, detail = _KINDS[c.action], (c.by.value if c.by is not None else None)
     return (c.room, c.seq, c.user, c.name, c.id, c.text, c.ts, kind, c.target, None, None,
-            detail)
+            detail, None)
+
+
+def _files(m: StoredMessage) -> str | None:
+    return _json(files_to_json(m.files)) if m.files else None
 
 
 def _state(m: StoredMessage) -> tuple[str | None, ...]:
-    """The current-state columns of ``m``: reactions, reply, mentions (text and edited are
-    plain)."""
+    """The current-state columns of ``m``: reactions, reply, mentions, files (text and edited
+    are plain)."""
     reactions = _json([[r.emoji, list(r.users)] for r in m.reactions]) if m.reactions else None
     reply = None if m.reply_to is None else _json(
         [m.reply_to.seq, m.reply_to.user, m.reply_to.name, m.reply_to.excerpt])
-    return reactions, reply, _json(m.mentions) if m.mentions else None
+    return reactions, reply, _json(m.mentions) if m.mentions else None, _files(m)
 
 
 def _message(room: str, row: Row) -> StoredMessage:
     """A message from the ``_MESSAGE_COLUMNS`` of its row."""
-    seq, user, name, client_id, text, ts, reply, mentions, edited, reactions = row[:10]
+    seq, user, name, client_id, text, ts, reply, mentions, edited, reactions, files = row[:11]
     return StoredMessage(
         room, seq, user, name, client_id, text, ts,
         None if reply is None else Reply(*orjson.loads(reply)),
         () if mentions is None else tuple(orjson.loads(mentions)),
         edited,
         () if reactions is None else tuple(Reaction(emoji, tuple(users))
-                                          for emoji, users in orjson.loads(reactions)))
+                                          for emoji, users in orjson.loads(reactions)),
+        () if files is None else files_from_json(orjson.loads(files)) or ())
 
 
 def _entry(room: str, row: Row) -> Entry:
     """A log entry from the ``_ENTRY_COLUMNS`` of its row."""
-    kind = row[10]
+    kind = row[11]
     if kind == MESSAGE:
         return _message(room, row)
     seq, user, name, client_id, text, ts = row[:6]
-    target, detail = row[11], row[12]
+    target, detail = row[12], row[13]
     if kind == EDIT:
         return StoredChange(room, seq, user, name, client_id, ts, Action.EDIT, target, text)
     if kind == DELETE:
@@ -496,7 +506,7 @@ class SqliteStore:
                     f"SELECT {_MESSAGE_COLUMNS}, changed FROM messages WHERE room = ? AND "
                     f"kind = ? AND seq IN ({','.join('?' * len(chunk))})",
                     (item.room, MESSAGE, *chunk)):
-                states[row[0]] = (_message(item.room, row), row[10] or row[0])
+                states[row[0]] = (_message(item.room, row), row[11] or row[0])
         return states
 
     @staticmethod
@@ -606,7 +616,7 @@ class SqliteStore:
                 "coalesce(sum(user != ?1 AND mentions IS NOT NULL AND "
                 "EXISTS (SELECT 1 FROM json_each(mentions) WHERE value = ?1)), 0) "
                 "FROM (SELECT user, mentions FROM messages WHERE room = ?2 AND kind = ?3 "
-                "AND seq > ?4 AND text != '' ORDER BY seq DESC LIMIT ?5)",
+                f"AND seq > ?4 AND {_LIVE} ORDER BY seq DESC LIMIT ?5)",
                 (user, room, MESSAGE, read, scan)).fetchone()
             return Unread(read, unread, mentions, capped=scanned >= scan)
 
@@ -676,7 +686,7 @@ class SqliteStore:
         found: list[tuple[str, int, str]] = await self._run(lambda conn: [
             (str(room), int(seq), str(name)) for room, seq, name in conn.execute(
                 "SELECT room, seq, name FROM messages WHERE user = ? AND kind = ? AND "
-                "text != '' ORDER BY room, seq", (user, MESSAGE))])
+                f"{_LIVE} ORDER BY room, seq", (user, MESSAGE))])
         rooms: dict[str, list[tuple[int, str]]] = {}
         for room, seq, name in found:
             rooms.setdefault(room, []).append((seq, name))

@@ -9,7 +9,16 @@ from pathlib import Path
 import pytest
 
 from files.blobstore import BlobStore
-from files.catalog import ATTACH_MARGIN, Catalog, blob_key, owner_key, pending_key, thumb_key
+from files.catalog import (
+    ATTACH_MARGIN,
+    Catalog,
+    attach_refusal,
+    blob_key,
+    message_key,
+    owner_key,
+    pending_key,
+    thumb_key,
+)
 from files.errors import FileNotFound, NotAttachable
 from files.meta import FileMeta, new_file_id
 
@@ -128,3 +137,47 @@ async def test_erase_in_a_room_or_everywhere(blobs: BlobStore) -> None:
     assert await catalog.erase("alice") == []  # a retry is harmless
     assert await all_keys(blobs) == {
         f"meta/{bobs.id}.json", pending_key(bobs.id), blob_key(owner_key("bob"), bobs.id)}
+
+
+async def test_a_messages_files_go_with_its_delete_and_with_pruning(blobs: BlobStore) -> None:
+    """``attach`` indexes a file under its message; ``delete_message`` and ``prune`` find
+    them there (and only theirs), leaving nothing of them in the store."""
+    catalog = Catalog(blobs)
+    one, two = await add(catalog, thumb=True), await add(catalog)
+    later, elsewhere = await add(catalog), await add(catalog, room="team")
+    unattached = await add(catalog)
+    for meta, seq in ((one, 3), (two, 3), (later, 9)):
+        await catalog.attach(meta.id, "lobby", seq, now=T0 + 1, ttl=TTL)
+    await catalog.attach(elsewhere.id, "team", 3, now=T0 + 1, ttl=TTL)
+    assert await catalog.delete_message("lobby", 4) == []
+    assert sorted(await catalog.delete_message("lobby", 3)) == sorted([one.id, two.id])
+    assert await catalog.get(one.id) is None and await catalog.get(two.id) is None
+    assert await catalog.delete_message("lobby", 3) == []  # a repeat is harmless
+    assert await catalog.prune("lobby", 9) == []
+    assert await catalog.prune("lobby", 10) == [later.id]
+    assert await catalog.get(elsewhere.id) is not None  # another room's message 3: kept
+    assert await all_keys(blobs) == {
+        f"meta/{m.id}.json" for m in (elsewhere, unattached)} | {
+        blob_key(owner_key("alice"), m.id) for m in (elsewhere, unattached)} | {
+        pending_key(unattached.id)}
+    assert [e.key for e in await blobs.list("msg/")] == [
+        message_key("team", 3, elsewhere.id)]
+    # Erasure takes the index entry with the file.
+    await catalog.erase("alice")
+    assert await blobs.list("msg/") == []
+
+
+async def test_attach_refusal_says_why_before_a_message_is_stored(blobs: BlobStore) -> None:
+    catalog = Catalog(blobs)
+    meta = await add(catalog)
+    assert attach_refusal(meta, "lobby", "alice", now=T0 + 1, ttl=TTL) is None
+    assert isinstance(attach_refusal(None, "lobby", "alice", now=T0, ttl=TTL), FileNotFound)
+    assert isinstance(attach_refusal(meta, "lobby", "bob", now=T0, ttl=TTL), FileNotFound)
+    assert isinstance(attach_refusal(meta, "team", "alice", now=T0, ttl=TTL), NotAttachable)
+    edge = T0 + TTL - ATTACH_MARGIN
+    assert attach_refusal(meta, "lobby", "alice", now=edge, ttl=TTL) is None
+    assert isinstance(attach_refusal(meta, "lobby", "alice", now=edge + 1, ttl=TTL),
+                      NotAttachable)
+    attached = await catalog.attach(meta.id, "lobby", 5, now=T0 + 1, ttl=TTL)
+    refusal = attach_refusal(attached, "lobby", "alice", now=T0 + 2, ttl=TTL)
+    assert isinstance(refusal, NotAttachable) and "message 5" in str(refusal)

@@ -12,6 +12,7 @@ import orjson
 import pytest
 from redis import asyncio as aioredis
 
+from rooms.attachments import FileRef
 from rooms.changes import excerpt, fold
 from rooms.engine import Ban, Engine
 from rooms.engines import open_engine
@@ -1520,3 +1521,56 @@ async def test_the_embedded_engine_reads_a_rooms_markers_once(tmp_path: Path) ->
         assert loads == ["m"]
     finally:
         await engine.close()
+
+
+PHOTO = FileRef("A" * 22, "photo.jpg", 12345, "image/jpeg", 640, 480, True)
+NOTES = FileRef("B" * 22, "notes.pdf", 999, "application/octet-stream")
+
+
+async def test_messages_carry_their_files_through_every_read(engine: Engine) -> None:
+    """A message's files (metadata only) are stored with it and come back in its entry, in
+    ``read`` and in ``history``; a message may be files alone (empty text). An edit keeps
+    them, a delete takes them with the text; a files-only message counts as unread and is
+    erased like any other."""
+    await engine.load("f", 10)
+    results = await engine.append("f", [
+        Draft("ann", "Ann", "m1", "look", 1000, files=(PHOTO, NOTES)),
+        Draft("ann", "Ann", "m2", "", 1001, files=(NOTES,)),
+        Draft("bob", "Bob", "m3", "nice", 1002),
+    ], retention=0, dedup_window=10, rules=RULES)
+    assert [r.seq for r in results] == [1, 2, 3]
+    photo = {"id": "A" * 22, "name": "photo.jpg", "size": 12345, "type": "image/jpeg",
+             "width": 640, "height": 480, "thumb": True}
+    notes = {"id": "B" * 22, "name": "notes.pdf", "size": 999,
+             "type": "application/octet-stream"}
+    expected = [
+        {"type": "message", "room": "f", "seq": 1, "id": "m1", "user": "ann", "name": "Ann",
+         "text": "look", "ts": 1000, "files": [photo, notes]},
+        {"type": "message", "room": "f", "seq": 2, "id": "m2", "user": "ann", "name": "Ann",
+         "text": "", "ts": 1001, "files": [notes]}]
+    assert [wire(r.entry) for r in results[:2]] == expected
+    assert [wire(e) for e in await engine.read("f", 0, 2, 10)] == expected
+    assert [wire(m) for m in await engine.history("f", before=3, limit=10)] == expected
+    await engine.mark_read("f", "bob", 1)
+    assert (await engine.unread("f", "bob", scan=100)).unread == 1  # the files-only one
+
+    edited = await engine.append("f", [change("ann", Action.EDIT, 2, text="the notes",
+                                              ts=3000)],
+                                 retention=0, dedup_window=10, rules=RULES)
+    assert edited[0].seq == 4
+    (after_edit,) = await engine.history("f", after=1, before=3, limit=10)
+    assert wire(after_edit)["files"] == [notes] and after_edit.text == "the notes"
+    deleted = await engine.append("f", [change("ann", Action.DELETE, 1, ts=3001)],
+                                  retention=0, dedup_window=10, rules=RULES)
+    assert deleted[0].seq == 5
+    (tombstone,) = await engine.history("f", before=2, limit=10)
+    assert wire(tombstone) == {"type": "message", "room": "f", "seq": 1, "id": "m1",
+                               "user": "ann", "name": "Ann", "text": "", "ts": 1000,
+                               "deleted": True}
+    # Erasure deletes a files-only message too (its text is empty, it is no tombstone).
+    await engine.append("f", [Draft("ann", "Ann", "m4", "", 1003, files=(PHOTO,))],
+                        retention=0, dedup_window=10, rules=RULES)
+    erased = await engine.erase("ann")
+    assert erased == {"f": [2, 6]}
+    assert all(m.deleted for m in await engine.history("f", before=7, limit=10)
+               if m.user == "ann")

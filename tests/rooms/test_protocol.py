@@ -261,3 +261,49 @@ def test_acks_and_read_objects() -> None:
     welcome = orjson.loads(protocol.welcome("r", "u", "U", 0, [], False, read=3, unread=2,
                                             mentions=1))
     assert (welcome["read"], welcome["unread"], welcome["mentions"]) == (3, 2, 1)
+
+
+A, B, C = "A" * 22, "B" * 22, "C" * 22
+
+
+def parse_files(obj: dict[str, object], most: int = 2) -> object:
+    return protocol.parse_client_frame(orjson.dumps(obj).decode(), max_text_chars=5,
+                                       max_id_chars=3, max_files=most)
+
+
+def test_a_message_names_its_files_by_id() -> None:
+    assert parse_files({"type": "message", "text": "hi", "files": [A, B]}) == SendMessage(
+        "hi", None, file_ids=(A, B))
+    # Files alone: the text may be empty, blank or left out.
+    for text_field in ({"text": ""}, {"text": "  "}, {}):
+        assert parse_files({"type": "message", "files": [A], **text_field}) == SendMessage(
+            "", None, file_ids=(A,))
+    assert parse_files({"type": "message", "text": "hi", "files": [A, A]}) == SendMessage(
+        "hi", None, file_ids=(A,))  # a repeat names the same file once
+    assert parse_files({"type": "message", "text": "hi", "files": []}) == SendMessage("hi", None)
+    assert parse_files({"type": "message", "text": "hi", "files": None}) == SendMessage(
+        "hi", None)
+
+
+def test_max_files_per_message_at_its_edge() -> None:
+    assert parse_files({"type": "message", "files": [A, B]}, most=2) == SendMessage(
+        "", None, file_ids=(A, B))
+    refused = parse_files({"type": "message", "files": [A, B, C], "id": "x"}, most=2)
+    assert isinstance(refused, FrameError)
+    assert (refused.code, refused.id) == (ErrorCode.TOO_MANY_FILES, "x")
+    assert "at most 2 files" in refused.message
+
+
+@pytest.mark.parametrize("files", [
+    "A" * 22, [A[:-1]], [A + "A"], ["../../etc/passwd/xx"], [1], [{"id": A}], {"0": A}])
+def test_files_must_be_a_list_of_file_ids(files: object) -> None:
+    refused = parse_files({"type": "message", "text": "hi", "files": files})
+    assert isinstance(refused, FrameError) and refused.code is ErrorCode.INVALID_MESSAGE
+    assert "file ids" in refused.message
+
+
+def test_empty_text_without_files_is_still_refused() -> None:
+    refused = parse_files({"type": "message", "text": " ", "files": []})
+    assert isinstance(refused, FrameError) and refused.code is ErrorCode.EMPTY_TEXT
+    refused = parse_files({"type": "message", "text": 5, "files": [A]})
+    assert isinstance(refused, FrameError) and refused.code is ErrorCode.INVALID_MESSAGE

@@ -4,6 +4,7 @@ test_engine.py."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from rooms.engine import Ban
@@ -131,3 +132,24 @@ def test_counts() -> None:
     assert [records.count(x) for x in (b"0", b"42", 42, b"", b"4.2", b"-1", b"1e3", b"\xd9\xa3",
                                        "42", True, 10**15)] == [
         0, 42, 42, None, None, None, None, None, None, None, None]
+
+
+def test_a_messages_files_are_read_as_untrusted_input() -> None:
+    good = orjson.dumps([{"id": "A" * 22, "name": "a.png", "size": 3, "type": "image/png",
+                          "width": 2, "height": 1, "thumb": True}])
+    fields = {b"user": b"u", b"name": b"U", b"text": b"", b"ts": b"1", b"files": good}
+    parsed = records.message("r", b"0-5", fields)
+    assert parsed is not None and not parsed.repaired
+    assert [f.name for f in parsed.value.files] == ["a.png"] and not parsed.value.deleted
+    for bad in (b"junk", orjson.dumps([{"id": "../x", "name": "a", "size": 1, "type": "t"}]),
+                orjson.dumps([{"id": "A" * 22, "name": "a\x00", "size": 1, "type": "t"}]),
+                orjson.dumps([{"id": "A" * 22, "name": "a", "size": -1, "type": "t"}]),
+                orjson.dumps([{"id": "A" * 22, "name": "a", "size": 1, "type": "t",
+                               "width": 3}])):
+        # Unusable files: with no text either there is no message left to show.
+        assert records.message("r", b"0-5", {**fields, b"files": bad}) is None
+        mended = records.message("r", b"0-5", {**fields, b"text": b"hi", b"files": bad})
+        assert mended is not None and mended.repaired and mended.value.files == ()
+    state = records.state("r", b"5", orjson.dumps({"user": "u", "name": "U", "id": "", "ts": 1,
+                                                  "text": "", "files": orjson.loads(good)}))
+    assert state is not None and len(state.value.files) == 1

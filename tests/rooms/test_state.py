@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
+from rooms.attachments import FileRef
 from rooms.config import RoomConfig
 from rooms.errors import RoomFull, Unstorable
 from rooms.messages import (
@@ -728,3 +729,25 @@ def test_read_frames_cost_what_a_pong_costs_and_are_dropped_silently_over_the_ra
     assert len(state.receive(1, MarkRead(1), 0, 1)) == 0  # nothing delivered: stays at 0
     assert state.receive(1, MarkRead(1), 0, 1) == []
     assert state.receive(1, MarkRead(1), 0, 1) == []  # over the rate: no error either
+
+
+def test_a_message_carries_the_files_the_gateway_resolved() -> None:
+    """The gateway hands the room a message with its files' metadata (``files``) beside the
+    ids the client named; the room stores them with the message and delivers them. Ids the
+    gateway did not resolve are never stored unchecked."""
+    photo = FileRef("A" * 22, "p.png", 10, "image/png", 4, 3, True)
+    state = RoomState("r", CFG)
+    joined(state, 1, "alice")
+    frame = SendMessage("", "x", file_ids=(photo.id,), files=(photo,))
+    assert state.receive(1, frame, 0.0, 1000) == []
+    (draft,) = state.pending
+    assert isinstance(draft, Draft) and draft.files == (photo,)
+    (message, _ack) = objs(commit(state))
+    assert message[2]["files"] == [{"id": "A" * 22, "name": "p.png", "size": 10,
+                                    "type": "image/png", "width": 4, "height": 3,
+                                    "thumb": True}]
+    assert message[2]["text"] == "" and "deleted" not in message[2]
+    unresolved = SendMessage("hi", "y", file_ids=(photo.id,))
+    ((kind, _, error),) = objs(state.receive(1, unresolved, 1.0, 1000))
+    assert (kind, error["code"], error["id"]) == ("send", "file_not_found", "y")
+    assert state.pending == []

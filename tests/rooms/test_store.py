@@ -220,3 +220,40 @@ async def test_a_database_of_an_older_version_gets_the_new_columns(tmp_path: Pat
         assert [m.text for m in await store.history("a", before=9, limit=9)] == ["new", ""]
     finally:
         await store.close()
+
+
+async def test_a_database_from_before_files_gets_the_files_column(tmp_path: Path) -> None:
+    """A database of the version before files (every column but ``files``) opens; its
+    messages and tombstones read back as they were, and new messages carry files."""
+    import sqlite3
+
+    from rooms.attachments import FileRef
+    from rooms.engines.sqlite import _COLUMNS
+
+    path = tmp_path / "before-files.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE messages (room TEXT NOT NULL, seq INTEGER NOT NULL, user TEXT "
+                 "NOT NULL, name TEXT NOT NULL, client_id TEXT, text TEXT NOT NULL, ts INTEGER "
+                 "NOT NULL, PRIMARY KEY (room, seq)) WITHOUT ROWID")
+    for name, declaration in _COLUMNS:
+        if name != "files":
+            conn.execute(f"ALTER TABLE messages ADD COLUMN {name} {declaration}")
+    conn.executemany("INSERT INTO messages (room, seq, user, name, client_id, text, ts) "
+                     "VALUES (?,?,?,?,?,?,?)",
+                     [("a", 1, "u", "U", "c1", "old one", 5), ("a", 2, "v", "V", None, "", 6)])
+    conn.commit()
+    conn.close()
+    store = await SqliteStore.open(path)
+    try:
+        old = await store.history("a", before=9, limit=9)
+        assert old == [StoredMessage("a", 1, "u", "U", "c1", "old one", 5),
+                       StoredMessage("a", 2, "v", "V", None, "", 6)]
+        assert old[1].deleted
+        ref = FileRef("A" * 22, "a.txt", 3, "text/plain")
+        (done,) = await store.append("a", [Draft("u", "U", "c2", "", 7, files=(ref,))],
+                                     retention=0)
+        assert done.seq == 3
+        (new,) = await store.history("a", after=2, before=9, limit=9)
+        assert new.files == (ref,) and not new.deleted
+    finally:
+        await store.close()
