@@ -24,6 +24,7 @@ from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from gateway.config import CLIENT_IP_HEADERS
+from rooms.backoff import jittered
 from rooms.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -296,7 +297,7 @@ class ConnectionRate:
         self._backlog = max(0.0, self._backlog - elapsed * self.rate) + 1.0
         self._backlog_at = max(self._backlog_at, now)
         spread = max(RETRY_SPREAD_MIN, self._backlog / self.rate)
-        return min(RETRY_HINT_MAX, wait + self.random() * spread)
+        return min(RETRY_HINT_MAX, jittered(wait, spread, self.random))
 
     def backlog(self, now: float) -> float:
         """Refused clients still expected back at ``now`` (what the next hint is spread over)."""
