@@ -343,9 +343,9 @@ class Config:
                              "sqlite:///path/to/db or redis://host:port/db")
         if self.workers > 1 and scheme not in SHARED_SCHEMES:
             raise ValueError(
-                f"--workers {self.workers} ({env_name('workers')}) needs a shared store: each "
-                "worker is its own process, and with SQLite a room's members would be split "
-                "between them (set --store-url redis://host:port/db, or run one worker)")
+                f"--workers {self.workers} needs a shared store: each worker is its own "
+                "process, and with SQLite a room's members would be split between them (set "
+                f"--store-url redis://host:port/db, or run one worker: {env_name('workers')}=1)")
 
     def _check_files(self) -> None:
         def positive(name: str) -> None:

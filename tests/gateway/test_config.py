@@ -111,7 +111,7 @@ PAIRS = [
     (REDIS, {"ROOMCHAT_STORE_URL": "postgres://admin:pw-sekret@db/chat"},
      "unknown store URL 'postgres://db/chat' (--store-url / ROOMCHAT_STORE_URL)"),
     ({**REDIS, "ROOMCHAT_WORKERS": "2"}, {"ROOMCHAT_WORKERS": "2"},
-     "--workers 2 (ROOMCHAT_WORKERS) needs a shared store"),
+     "--workers 2 needs a shared store"),
 ]
 
 
