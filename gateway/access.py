@@ -47,7 +47,6 @@ from gateway import tickets
 from gateway.auth import (
     ALL_ROOMS,
     API_SCOPE,
-    MIN_SECRET_CHARS,
     AuthError,
     Claims,
     TokenVerifier,
@@ -384,9 +383,7 @@ class FrontDoor:
                  api_key: str | None, monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         """``monotonic``: the clock of the rate buckets; ``wall``: Unix seconds (a ticket's
-        token expiry). Raises ``ValueError`` for an API key shorter than MIN_SECRET_CHARS."""
-        if api_key is not None and len(api_key) < MIN_SECRET_CHARS:
-            raise ValueError(f"ROOMCHAT_API_KEY must be at least {MIN_SECRET_CHARS} characters")
+        token expiry). ``api_key``: ``Config.api_key``, checked there."""
         self._premises = premises
         self._verifier = verifier
         self._revocations = revocations

@@ -6,7 +6,6 @@ and drains and stops in ``after_serving``.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 from importlib import resources
@@ -26,8 +25,7 @@ from gateway.metrics import CONTENT_TYPE
 from rooms.protocol import dumps
 
 # Gateway is imported from here too (gateway.server, tests): its home is gateway.gateway.
-__all__ = ["PAGE_CSP", "SECURITY_HEADERS", "Gateway", "create_app", "is_loopback_bind",
-           "static_dir"]
+__all__ = ["PAGE_CSP", "SECURITY_HEADERS", "Gateway", "create_app", "static_dir"]
 
 PAGE_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'; "
@@ -49,21 +47,8 @@ def static_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "static"
 
 
-def is_loopback_bind(bind: str) -> bool:
-    host = bind.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def create_app(config: Config) -> Quart:
     """The roomchat ASGI app. ``app.extensions["roomchat"]`` is its ``Gateway``."""
-    if config.dev_login and not config.dev_login_force and not is_loopback_bind(config.bind):
-        raise ValueError("dev login is refused on a non-loopback bind "
-                         "(set ROOMCHAT_DEV_LOGIN_FORCE=1 if you really mean it)")
     static = static_dir()
     app = Quart(__name__, static_folder=str(static), static_url_path="/static")
     gw = Gateway(config)

@@ -23,7 +23,7 @@ from typing import Any
 import jwt
 from jwt.algorithms import HMACAlgorithm
 
-from gateway.config import Config
+from gateway.config import HMAC_ALGORITHMS, MIN_SECRET_CHARS, Config
 from rooms import text as room_text
 from rooms.text import unsafe_text, user_id_problem
 
@@ -32,9 +32,6 @@ ROOM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 ALL_ROOMS = "*"
 API_SCOPE = "api"
 """The ``scope`` claim of a service credential: it calls ``/api/v1`` and opens no chat socket."""
-HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
-ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"})
-MIN_SECRET_CHARS = 32
 MAX_USER_CHARS = room_text.MAX_USER_CHARS  # the rule for user ids is rooms.text.user_id_problem
 MAX_NAME_CHARS = 64
 _TTL = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
@@ -258,8 +255,9 @@ def _secret(config: Config, filename: str = "jwt-secret") -> str:
             except FileExistsError:
                 pass
         secret = path.read_text(encoding="utf-8").strip()
-    if len(secret) < MIN_SECRET_CHARS:
-        raise ValueError(f"ROOMCHAT_JWT_SECRET must be at least {MIN_SECRET_CHARS} characters")
+        if len(secret) < MIN_SECRET_CHARS:  # ROOMCHAT_JWT_SECRET itself is Config's to check
+            raise ValueError(f"{path} holds a secret shorter than {MIN_SECRET_CHARS} "
+                             "characters: put a longer one there, or set ROOMCHAT_JWT_SECRET")
     return secret
 
 
@@ -276,9 +274,14 @@ def server_secret(config: Config) -> str:
 
 
 def _read(path: Path | None, what: str, setting: str) -> bytes:
+    """The key file ``setting`` names. Raises ``ValueError`` (one line) when it is not set or
+    cannot be read."""
     if path is None:
         raise ValueError(f"{what} requires {setting}")
-    return Path(path).read_bytes()
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ValueError(f"{setting}: cannot read {path}: {exc.strerror}") from None
 
 
 def _public_key(alg: str, pem: bytes, setting: str) -> Any:
@@ -293,19 +296,16 @@ def _public_key(alg: str, pem: bytes, setting: str) -> Any:
 
 
 def _keys(config: Config) -> dict[str, Any]:
-    """``ROOMCHAT_JWT_KEYS``: ``kid=secret`` (HS*) or ``kid=/path/to/key.pem`` entries."""
+    """``ROOMCHAT_JWT_KEYS``: ``kid=secret`` (HS*) or ``kid=/path/to/key.pem`` entries (their
+    form and the secrets' length are ``Config``'s to check). Raises ``ValueError`` for a PEM
+    file that cannot be read."""
     keys: dict[str, Any] = {}
     for entry in config.jwt_keys:
-        kid, sep, value = entry.partition("=")
-        if not sep or not kid or not value:
-            raise ValueError("ROOMCHAT_JWT_KEYS entries must be kid=secret or kid=/path/to/pem")
+        kid, _, value = entry.partition("=")
         if config.jwt_algorithm in HMAC_ALGORITHMS:
-            if len(value) < MIN_SECRET_CHARS:
-                raise ValueError(f"ROOMCHAT_JWT_KEYS: the secret of {kid!r} must be at least "
-                                 f"{MIN_SECRET_CHARS} characters")
             keys[kid] = value
         else:
-            keys[kid] = Path(value).read_bytes()
+            keys[kid] = _read(Path(value), config.jwt_algorithm, f"ROOMCHAT_JWT_KEYS ({kid})")
     return keys
 
 
@@ -322,13 +322,11 @@ def make_verifier(config: Config) -> TokenVerifier:
     if alg in HMAC_ALGORITHMS:
         key = _secret(config)
         keys = _keys(config)
-    elif alg in ASYMMETRIC_ALGORITHMS:
+    else:  # one of ASYMMETRIC_ALGORITHMS (Config refuses any other)
         key = _public_key(alg, _read(config.jwt_public_key_file, alg,
                                      "ROOMCHAT_JWT_PUBLIC_KEY_FILE"),
                           "ROOMCHAT_JWT_PUBLIC_KEY_FILE")
         keys = _public_keys(config)
-    else:
-        raise ValueError(f"unsupported ROOMCHAT_JWT_ALGORITHM {alg!r}")
     return TokenVerifier(alg, key, audience=config.jwt_audience, issuer=config.jwt_issuer,
                          leeway=config.jwt_leeway, keys=keys)
 
@@ -337,19 +335,11 @@ def make_issuer(config: Config) -> TokenIssuer:
     """The issuer for ``config`` (same key resolution as ``make_verifier``)."""
     alg = config.jwt_algorithm
     key: Any
-    if config.jwt_kid is not None:
-        keys = _keys(config)
-        if config.jwt_kid not in keys:
-            raise ValueError(f"ROOMCHAT_JWT_KID {config.jwt_kid!r} is not in ROOMCHAT_JWT_KEYS")
-        if alg in ASYMMETRIC_ALGORITHMS:
-            raise ValueError("with an asymmetric algorithm `roomchat token` signs with "
-                             "ROOMCHAT_JWT_PRIVATE_KEY_FILE; unset ROOMCHAT_JWT_KID")
-        return TokenIssuer(alg, keys[config.jwt_kid], audience=config.jwt_audience,
+    if config.jwt_kid is not None:  # Config: an HS* kid of jwt_keys
+        return TokenIssuer(alg, _keys(config)[config.jwt_kid], audience=config.jwt_audience,
                            issuer=config.jwt_issuer, kid=config.jwt_kid)
     if alg in HMAC_ALGORITHMS:
         key = _secret(config)
-    elif alg in ASYMMETRIC_ALGORITHMS:
+    else:  # one of ASYMMETRIC_ALGORITHMS (Config refuses any other)
         key = _read(config.jwt_private_key_file, alg, "ROOMCHAT_JWT_PRIVATE_KEY_FILE")
-    else:
-        raise ValueError(f"unsupported ROOMCHAT_JWT_ALGORITHM {alg!r}")
     return TokenIssuer(alg, key, audience=config.jwt_audience, issuer=config.jwt_issuer)

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from gateway.auth import API_SCOPE, HMAC_ALGORITHMS, make_issuer, parse_ttl
+from gateway.auth import API_SCOPE, make_issuer, parse_ttl
 from gateway.config import (
+    HMAC_ALGORITHMS,
+    LOG_LEVELS,
     Config,
     RoomConfig,
     env_name,
@@ -37,8 +39,6 @@ _TOOL_PREFIXES = ("ROOMCHAT_TEST_", "ROOMCHAT_SOAK_", "ROOMCHAT_CHAOS_", "ROOMCH
 _TTL_WITHOUT_UNIT = re.compile(r"\s*\d+(?:\.\d+)?\s*")
 # Flags other servers take for what --bind says (`roomchat serve --port 9000`).
 _BIND_LOOKALIKES = frozenset({"--port", "-p", "--host", "-H", "--listen", "--address"})
-LOG_LEVELS = ("debug", "info", "warning", "error")
-"""The values ``--log-level`` / ``ROOMCHAT_LOG_LEVEL`` take (any case)."""
 # The serve flags that are settings (flag name = Config field name); `settings` takes them too.
 _CONFIG_FLAGS = ("bind", "workers", "data_dir", "store_url", "certfile", "keyfile", "dev_login",
                  "compression", "log_json", "log_level")
@@ -244,10 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _serve(args: argparse.Namespace, argv: list[str]) -> int:
-    config = load_config(**_config_flags(args))
-    if config.log_level.lower() not in LOG_LEVELS:
-        raise ValueError(f"--log-level {config.log_level!r} (ROOMCHAT_LOG_LEVEL): use "
-                         f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")
+    config = load_config(**_config_flags(args))  # every setting's value checked here
     setup_logging(config.log_level, config.log_json)
     if args.worker_fds:
         from gateway.supervisor import run_worker
@@ -255,7 +252,8 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
         listen_fd, control_fd = (int(fd) for fd in args.worker_fds.split(","))
         run_worker(config, listen_fd, control_fd)
         return 0
-    from gateway.preflight import preflight, redact
+    from gateway.config import redact
+    from gateway.preflight import preflight
 
     sock = preflight(config)
     if args.check:

@@ -32,7 +32,7 @@ import random
 import secrets
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -45,6 +45,18 @@ FINAL_CLOSE_CODES = frozenset({1000, 1003, 1008, 4001, 4003, 4004})
 FINAL_STATUSES = frozenset({400, 401, 403, 404})
 """Refused upgrades (or ticket requests) that a retry would not change."""
 RETRY_ERRORS = frozenset({"rate_limited", "busy", "unavailable"})
+RECONNECT_BASE = 0.5
+"""Seconds before the first reconnect (then doubling; ``RoomClient``'s ``max_backoff`` caps it)."""
+
+
+def reconnect_delay(attempt: int, max_backoff: float,
+                    random: Callable[[], float] = random.random) -> float:
+    """The wait before reconnect number ``attempt`` (0 first): ``RECONNECT_BASE`` doubling to
+    ``max_backoff``, drawn from half of that to all of it (equal jitter). It is
+    ``rooms.backoff.backoff_delay(attempt, base=0.5, cap=max_backoff, jitter=0.5)``, written out
+    so this file needs nothing of the server's (tests/rooms/test_backoff.py pins the two)."""
+    ceiling = min(max_backoff, RECONNECT_BASE * 2.0 ** min(attempt, 1023))
+    return ceiling * (0.5 + 0.5 * random())
 
 
 def apply_change(message: dict[str, Any], change: dict[str, Any]) -> dict[str, Any]:
@@ -339,9 +351,9 @@ class RoomClient:
                     pass
                 finally:
                     self._ws = None
-                delay = min(self._max_backoff, 0.5 * 2 ** min(attempt, 10))
+                delay = reconnect_delay(attempt, self._max_backoff)
                 attempt += 1
-                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                await asyncio.sleep(delay)
         except ClientError as exc:
             self._failure = exc
             for _, future in self._unacked.values():

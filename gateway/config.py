@@ -10,11 +10,15 @@ docs/configuration.md and ``settings_in_effect()`` beside the values in effect
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import math
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, NoReturn, TypeVar, get_type_hints
+from urllib.parse import urlsplit
 
 from rooms.config import RoomConfig
 
@@ -25,13 +29,45 @@ MAX_PILLOW_PIXELS = 178_956_970
 whatever ``max_image_pixels`` says (``files.images.PILLOW_PIXEL_GUARD``; a test checks both)."""
 
 
+HMAC_ALGORITHMS = frozenset({"HS256", "HS384", "HS512"})
+ASYMMETRIC_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"})
+JWT_ALGORITHMS = HMAC_ALGORITHMS | ASYMMETRIC_ALGORITHMS
+"""The values ``jwt_algorithm`` takes (``gateway.auth`` verifies and signs with each)."""
+MIN_SECRET_CHARS = 32
+"""Shortest HMAC secret or API key accepted (``jwt_secret``, ``jwt_keys``, ``api_key``)."""
+CLIENT_IP_HEADERS = ("x-forwarded-for", "forwarded")
+"""The values ``client_ip_header`` takes (``gateway.limits.forwarded_chain`` reads both)."""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+"""The values ``--log-level`` / ``ROOMCHAT_LOG_LEVEL`` take (any case)."""
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
+"""The values ``store_synchronous`` takes (any case; the SQLite engine's own guard agrees)."""
+SHARED_SCHEMES = ("redis", "rediss", "unix")
+"""Store URL schemes whose engine every process can share (``--workers`` > 1 needs one)."""
+
+# The numeric settings' ranges, checked by ``Config._check_numbers`` (the files' settings are
+# ``_check_files``'s; every float must also be finite).
+_AT_LEAST_ONE = ("workers", "max_connections", "listen_backlog", "max_connections_per_user",
+                 "max_connections_per_ip", "handshake_burst", "connection_burst",
+                 "user_rate_connections", "user_joins_per_minute", "max_live_rooms",
+                 "max_message_bytes", "history_fetch_limit", "drain_batch", "api_burst",
+                 "store_connections", "gc_gen0_threshold")
+_POSITIVE = ("handshake_rate", "connection_rate", "ticket_ttl", "revocation_poll", "api_rate",
+             "dev_login_ttl", "gc_thaw_share")
+_NOT_NEGATIVE = ("jwt_leeway", "drain_step", "drain_timeout", "gc_freeze_after")
+
+
 def _setting(default: _T, help: str) -> _T:
     return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """Gateway settings; ``room`` holds every room limit."""
+    """Gateway settings; ``room`` holds every room limit.
+
+    Ours rather than a settings library's (pydantic-settings, environs): one frozen dataclass
+    per package, no dependency, whose fields' help texts generate docs/configuration.md and
+    ``roomchat settings``, and whose ``__post_init__`` refuses a bad value in one line naming
+    the variable."""
 
     bind: str = _setting("127.0.0.1:8000", "Address to listen on, HOST:PORT.")
     workers: int = _setting(
@@ -219,11 +255,104 @@ class Config:
     room: RoomConfig = field(default_factory=RoomConfig)
 
     def __post_init__(self) -> None:
-        """Raises ``ValueError`` naming the setting (``load_config`` and ``replace`` run it)."""
-        if not 1 <= self.client_ipv6_prefix <= 128:
-            raise ValueError(f"{env_name('client_ipv6_prefix')} must be a prefix length from 1 "
-                             f"to 128, got {self.client_ipv6_prefix}")
+        """Every check of a gateway setting's value, so a mistake is refused where the settings
+        are loaded (every ``roomchat`` command, ``serve --check``), before anything opens.
+        Raises ``ValueError``: one line naming the variable, what it takes and what it got.
+        Checks needing I/O (key files, TLS files, directories, Redis) are ``gateway.preflight``'s
+        and ``gateway.auth``'s. ``load_config`` and ``replace`` run it."""
+        self._check_numbers()
+        self._check_credentials()
+        self._check_network()
+        self._check_serving()
         self._check_files()
+
+    def _check_numbers(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                # NaN passes every comparison below; infinity makes no timer fire.
+                _refuse(f.name, "a finite number", value)
+        for name in _AT_LEAST_ONE:
+            if getattr(self, name) < 1:
+                _refuse(name, "at least 1", getattr(self, name))
+        for name in _POSITIVE:
+            if getattr(self, name) <= 0:
+                _refuse(name, "more than 0", getattr(self, name))
+        for name in _NOT_NEGATIVE:
+            if getattr(self, name) < 0:
+                _refuse(name, "0 or more", getattr(self, name))
+        if not 1 <= self.client_ipv6_prefix <= 128:
+            _refuse("client_ipv6_prefix", "a prefix length from 1 to 128",
+                    self.client_ipv6_prefix)
+
+    def _check_credentials(self) -> None:
+        if self.jwt_algorithm not in JWT_ALGORITHMS:
+            _refuse("jwt_algorithm", f"one of {', '.join(sorted(JWT_ALGORITHMS))}",
+                    self.jwt_algorithm)
+        for name in ("jwt_secret", "api_key"):
+            secret = getattr(self, name)
+            if secret is not None and len(secret) < MIN_SECRET_CHARS:
+                raise ValueError(f"{env_name(name)} must be at least {MIN_SECRET_CHARS} "
+                                 f"characters, got {len(secret)} (make one: "
+                                 "python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+        kids = set()
+        for entry in self.jwt_keys:
+            kid, sep, value = entry.partition("=")
+            if not sep or not kid or not value:
+                raise ValueError(f"{env_name('jwt_keys')} entries must be kid=secret or "
+                                 f"kid=/path/to/public.pem, got {kid!r} without one")
+            if self.jwt_algorithm in HMAC_ALGORITHMS and len(value) < MIN_SECRET_CHARS:
+                raise ValueError(f"{env_name('jwt_keys')}: the secret of {kid!r} must be at "
+                                 f"least {MIN_SECRET_CHARS} characters, got {len(value)}")
+            kids.add(kid)
+        if self.jwt_kid is not None:
+            if self.jwt_algorithm in ASYMMETRIC_ALGORITHMS:
+                raise ValueError(f"{env_name('jwt_kid')} is for HS* keys: with "
+                                 f"{self.jwt_algorithm} `roomchat token` signs with "
+                                 f"{env_name('jwt_private_key_file')}; unset "
+                                 f"{env_name('jwt_kid')}")
+            if self.jwt_kid not in kids:
+                raise ValueError(f"{env_name('jwt_kid')} {self.jwt_kid!r} is not in "
+                                 f"{env_name('jwt_keys')} (kids: "
+                                 f"{', '.join(sorted(kids)) or 'none'})")
+
+    def _check_network(self) -> None:
+        for entry in self.trusted_proxies:
+            try:
+                ipaddress.ip_network(entry.strip(), strict=False)
+            except ValueError:
+                _refuse("trusted_proxies", "comma-separated IP addresses or CIDRs "
+                        "(e.g. 10.0.0.0/8)", entry)
+        if self.client_ip_header.strip().lower() not in CLIENT_IP_HEADERS:
+            _refuse("client_ip_header", " or ".join(CLIENT_IP_HEADERS), self.client_ip_header)
+        if self.dev_login and not self.dev_login_force and not is_loopback_bind(self.bind):
+            raise ValueError(f"dev login is refused on a non-loopback bind ({env_name('dev_login')}"
+                             f" with --bind {self.bind}): anyone reaching it could log in as "
+                             f"anyone (set {env_name('dev_login_force')}=1 if you really mean it)")
+        if (self.certfile is None) != (self.keyfile is None):
+            given, missing = (("--certfile", "--keyfile (ROOMCHAT_KEYFILE)")
+                              if self.keyfile is None
+                              else ("--keyfile", "--certfile (ROOMCHAT_CERTFILE)"))
+            raise ValueError(f"{given} without {missing}: TLS needs the certificate and its "
+                             "private key (`roomchat dev-cert` makes a pair for localhost)")
+
+    def _check_serving(self) -> None:
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"--log-level {self.log_level!r} ({env_name('log_level')}): use "
+                             f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")
+        if self.store_synchronous.upper() not in SQLITE_SYNCHRONOUS:
+            _refuse("store_synchronous", " or ".join(SQLITE_SYNCHRONOUS),
+                    self.store_synchronous)
+        scheme = store_scheme(self.resolved_store_url)
+        if scheme not in ("sqlite", *SHARED_SCHEMES):
+            raise ValueError(f"unknown store URL {redact(self.resolved_store_url)!r} "
+                             f"(--store-url / {env_name('store_url')}): use "
+                             "sqlite:///path/to/db or redis://host:port/db")
+        if self.workers > 1 and scheme not in SHARED_SCHEMES:
+            raise ValueError(
+                f"--workers {self.workers} needs a shared store: each worker is its own "
+                "process, and with SQLite a room's members would be split between them (set "
+                f"--store-url redis://host:port/db, or run one worker: {env_name('workers')}=1)")
 
     def _check_files(self) -> None:
         def positive(name: str) -> None:
@@ -264,6 +393,47 @@ def env_name(name: str) -> str:
     return f"ROOMCHAT_{name.upper()}"
 
 
+def _refuse(name: str, takes: str, got: object) -> NoReturn:
+    raise ValueError(f"{env_name(name)} must be {takes}, got {got!r}")
+
+
+def is_loopback_bind(bind: str) -> bool:
+    host = bind.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def store_scheme(url: str) -> str:
+    """The store URL's scheme (``""`` without one); ``Config`` refuses all but ``sqlite`` and
+    ``SHARED_SCHEMES``."""
+    return urlsplit(url).scheme if "://" in url else ""
+
+
+def redact(url: str) -> str:
+    """``url`` without its user and password (safe to print)."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]).geturl()
+
+
+_ROOM_SETTING = re.compile(r"\b(" + "|".join(f.name for f in fields(RoomConfig)) + r")\b")
+
+
+def _room_config(**values: Any) -> RoomConfig:
+    """``RoomConfig(**values)``, its ``ValueError`` naming the variables: ``rooms`` knows its
+    fields, not the environment."""
+    try:
+        room = RoomConfig(**values)
+    except ValueError as exc:
+        raise ValueError(_ROOM_SETTING.sub(lambda m: env_name(m[0]), str(exc))) from None
+    return room
+
+
 def _parse(kind: Any, raw: str, name: str) -> Any:
     if kind is bool:
         value = raw.strip().lower()
@@ -288,11 +458,11 @@ def _parse(kind: Any, raw: str, name: str) -> Any:
     return raw
 
 
-def _apply(obj: _T, values: Mapping[str, str]) -> _T:
-    hints = get_type_hints(type(obj))
-    changes = {f.name: _parse(hints[f.name], values[f.name], f.name)
-               for f in fields(obj) if f.name in values and f.name != "room"}  # type: ignore[arg-type]
-    return replace(obj, **changes)  # type: ignore[type-var]
+def _parsed(cls: type, values: Mapping[str, str]) -> dict[str, Any]:
+    """The settings of ``cls`` among ``values`` (raw text by field name), parsed."""
+    hints = get_type_hints(cls)
+    return {f.name: _parse(hints[f.name], values[f.name], f.name)
+            for f in fields(cls) if f.name in values and f.name != "room"}
 
 
 def load_config(env: Mapping[str, str] | None = None, **overrides: Any) -> Config:
@@ -301,13 +471,14 @@ def load_config(env: Mapping[str, str] | None = None, **overrides: Any) -> Confi
     env = os.environ if env is None else env
     from_env = {f.name: env[env_name(f.name)]
                 for f in (*fields(Config), *fields(RoomConfig)) if env_name(f.name) in env}
-    room = _apply(RoomConfig(), from_env)
-    config = _apply(Config(), from_env)
-    room_overrides = {k: v for k, v in overrides.items()
-                      if v is not None and k in {f.name for f in fields(RoomConfig)}}
-    gateway_overrides = {k: v for k, v in overrides.items()
-                         if v is not None and k not in room_overrides}
-    return replace(config, room=replace(room, **room_overrides), **gateway_overrides)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    room_names = {f.name for f in fields(RoomConfig)}
+    # One construction each, environment and flags together: a setting checked against another
+    # (--workers against the store URL, a certificate against its key) may come from either.
+    room = _room_config(**{**_parsed(RoomConfig, from_env),
+                                      **{k: v for k, v in given.items() if k in room_names}})
+    return Config(**{**_parsed(Config, from_env),
+                     **{k: v for k, v in given.items() if k not in room_names}}, room=room)
 
 
 def settings_table() -> str:

@@ -89,12 +89,7 @@ class Files:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.signer = UrlSigner(derive_key(server_secret(config)), config.file_url_ttl)
-        try:
-            self.uploads: KeyedBuckets[str] = KeyedBuckets(config.upload_rate,
-                                                           config.upload_burst)
-        except ValueError:
-            raise ValueError("ROOMCHAT_UPLOAD_RATE must be more than 0 and "
-                             "ROOMCHAT_UPLOAD_BURST at least 1") from None
+        self.uploads: KeyedBuckets[str] = KeyedBuckets(config.upload_rate, config.upload_burst)
         self.limits = FileLimits(
             max_file_bytes=config.max_file_bytes,
             max_user_storage_bytes=config.max_user_storage_bytes,

@@ -67,15 +67,11 @@ class Gateway:
         self.verifier = make_verifier(config)
         self.issuer = make_issuer(config) if config.dev_login else None
         self.revocations = Revocations()
-        # Abuse caps (raise ValueError on a bad setting, before anything starts).
+        # Abuse caps (their settings are checked by Config).
         self.limits = Limits.from_config(config)
         self.addresses = ClientAddresses(parse_networks(config.trusted_proxies),
                                          config.client_ip_header,
                                          ipv6_prefix=config.client_ipv6_prefix)
-        if config.gc_freeze_after < 0:
-            raise ValueError("ROOMCHAT_GC_FREEZE_AFTER must be 0 (never freeze) or more")
-        if config.gc_thaw_share <= 0:
-            raise ValueError("ROOMCHAT_GC_THAW_SHARE must be more than 0")
         self._watcher: asyncio.Task[None] | None = None
         self.observer = Metrics()
         self.draining = False
@@ -91,7 +87,6 @@ class Gateway:
         self.attachments: MessageFiles | None = None
         """Messages' files (``gateway.attachments``), set by ``gateway.app`` before ``start``:
         without it a message naming files is refused (``unavailable``)."""
-        # Raises ValueError for a short API key.
         self.door = FrontDoor(self, verifier=self.verifier, revocations=self.revocations,
                               limits=self.limits, addresses=self.addresses,
                               allowed_origins=config.allowed_origins,

@@ -23,6 +23,8 @@ import re
 from collections.abc import Callable, Hashable, Iterable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from gateway.config import CLIENT_IP_HEADERS
+from rooms.backoff import jittered
 from rooms.ratelimit import TokenBucket
 
 if TYPE_CHECKING:
@@ -36,7 +38,6 @@ K = TypeVar("K", bound=Hashable)
 # looks it holds at most the keys seen in that second plus those not yet refilled.
 PRUNE_INTERVAL = 1.0
 UNKNOWN_PEER = "unknown"  # no TCP peer address (not an IP socket)
-CLIENT_IP_HEADERS = ("x-forwarded-for", "forwarded")
 # The longest retry hint the process-wide connection rate gives: the page's longest backoff
 # (static/chat.js BACKOFF_MAX_MS), which also caps what it takes from Retry-After.
 RETRY_HINT_MAX = 30.0
@@ -296,7 +297,7 @@ class ConnectionRate:
         self._backlog = max(0.0, self._backlog - elapsed * self.rate) + 1.0
         self._backlog_at = max(self._backlog_at, now)
         spread = max(RETRY_SPREAD_MIN, self._backlog / self.rate)
-        return min(RETRY_HINT_MAX, wait + self.random() * spread)
+        return min(RETRY_HINT_MAX, jittered(wait, spread, self.random))
 
     def backlog(self, now: float) -> float:
         """Refused clients still expected back at ``now`` (what the next hint is spread over)."""
@@ -324,41 +325,28 @@ class Limits:
         self.ip_connections: ConnectionCounts[str] = ConnectionCounts(connections_per_ip)
         self.handshakes: KeyedBuckets[str] = KeyedBuckets(handshake_rate, handshake_burst)
         self.messages: KeyedBuckets[str] = KeyedBuckets(user_rate, user_burst)
-        if joins_per_minute < 1:
-            raise ValueError("ROOMCHAT_USER_JOINS_PER_MINUTE must be at least 1")
         # "N per minute" as a bucket: N at once, then one every 60/N s.
         self.joins: KeyedBuckets[str] = KeyedBuckets(joins_per_minute / 60.0, joins_per_minute)
         self.connection_rate = ConnectionRate(connection_rate, connection_burst, random)
-        try:
-            self.api_calls: KeyedBuckets[str] = KeyedBuckets(api_rate, api_burst)
-        except ValueError:
-            raise ValueError("ROOMCHAT_API_RATE must be more than 0 and ROOMCHAT_API_BURST at "
-                             "least 1") from None
+        self.api_calls: KeyedBuckets[str] = KeyedBuckets(api_rate, api_burst)
 
     @classmethod
     def from_config(cls, config: Config,
                     random: Callable[[], float] = _random.random) -> Limits:
-        """Raises ``ValueError`` naming the bad setting."""
+        """The caps ``config`` sets (``Config`` has checked every value)."""
         # A user's bucket is a number of connections' worth of the per-connection one, so that
         # raising the per-connection rate raises it too and it can never be the tighter of the
         # two for a user with one connection.
         worth = config.user_rate_connections
-        try:
-            if not worth >= 1:
-                raise ValueError("ROOMCHAT_USER_RATE_CONNECTIONS must be at least 1")
-            return cls(connections_per_user=config.max_connections_per_user,
-                       connections_per_ip=config.max_connections_per_ip,
-                       handshake_rate=config.handshake_rate, handshake_burst=config.handshake_burst,
-                       user_rate=worth * config.room.rate_per_sec,
-                       user_burst=max(1, round(worth * config.room.rate_burst)),
-                       joins_per_minute=config.user_joins_per_minute,
-                       connection_rate=config.connection_rate,
-                       connection_burst=config.connection_burst, api_rate=config.api_rate,
-                       api_burst=config.api_burst, random=random)
-        except ValueError as exc:
-            raise ValueError(f"abuse caps (ROOMCHAT_MAX_CONNECTIONS_PER_*, ROOMCHAT_HANDSHAKE_*, "
-                             f"ROOMCHAT_USER_*, ROOMCHAT_CONNECTION_*, ROOMCHAT_API_*): "
-                             f"{exc}") from None
+        return cls(connections_per_user=config.max_connections_per_user,
+                   connections_per_ip=config.max_connections_per_ip,
+                   handshake_rate=config.handshake_rate, handshake_burst=config.handshake_burst,
+                   user_rate=worth * config.room.rate_per_sec,
+                   user_burst=max(1, round(worth * config.room.rate_burst)),
+                   joins_per_minute=config.user_joins_per_minute,
+                   connection_rate=config.connection_rate,
+                   connection_burst=config.connection_burst, api_rate=config.api_rate,
+                   api_burst=config.api_burst, random=random)
 
     def handshake(self, ip: str, now: float, query: bytes = b"") -> None:
         """Charge one request that verifies a credential (an upgrade, a ticket or a history

@@ -21,10 +21,7 @@ from urllib.parse import urlsplit
 
 from hypercorn.config import Config as HyperConfig
 
-from gateway.config import Config
-
-SHARED_SCHEMES = ("redis", "rediss", "unix")
-"""Store URL schemes whose engine every process can share (``--workers`` > 1 needs one)."""
+from gateway.config import SHARED_SCHEMES, Config, redact, store_scheme
 
 REDIS_PING_TIMEOUT = 3.0
 
@@ -42,14 +39,7 @@ def preflight(config: Config) -> socket.socket:
     The caller owns the socket (hand its fd to Hypercorn, or share it with workers). Raises
     ``StartupError``; nothing is left open when it does.
     """
-    scheme = store_scheme(config.resolved_store_url)
-    if config.workers < 1:
-        raise StartupError(f"--workers must be at least 1, got {config.workers}")
-    if config.workers > 1 and scheme not in SHARED_SCHEMES:
-        raise StartupError(
-            f"--workers {config.workers} needs a shared store: each worker is its own process, "
-            "and with SQLite a room's members would be split between them (set --store-url "
-            "redis://host:port/db, or run one worker)")
+    scheme = store_scheme(config.resolved_store_url)  # Config: known, shared for --workers
     if scheme in SHARED_SCHEMES:
         try:
             import redis  # noqa: F401
@@ -79,25 +69,6 @@ async def check_files(config: Config) -> None:
     except (ValueError, BlobStoreError) as exc:
         raise StartupError(f"files store {shown} (ROOMCHAT_FILES_URL): {exc}") from None
     await store.close()
-
-
-def redact(url: str) -> str:
-    """``url`` without its user and password (safe to print)."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return parts._replace(netloc=host).geturl()
-
-
-def store_scheme(url: str) -> str:
-    """The store URL's scheme, if roomchat has an engine for it; ``StartupError`` otherwise."""
-    scheme = urlsplit(url).scheme if "://" in url else ""
-    if scheme not in ("sqlite", *SHARED_SCHEMES):
-        shown = redact(url)
-        raise StartupError(f"unknown store URL {shown!r} (--store-url / ROOMCHAT_STORE_URL): "
-                           "use sqlite:///path/to/db or redis://host:port/db")
-    return scheme
 
 
 def _needed_dirs(config: Config) -> list[tuple[Path, str]]:
@@ -134,18 +105,13 @@ _DEV_CERT = "`roomchat dev-cert` makes a pair for localhost"
 
 
 def check_tls(certfile: Path | None, keyfile: Path | None) -> None:
-    """With TLS configured (either path given), check what Hypercorn will load: both files,
+    """With TLS configured (both paths given), check what Hypercorn will load: both files,
     readable, a PEM certificate and an unencrypted PEM private key of that certificate; then
     load them as Hypercorn does (``ssl.SSLContext.load_cert_chain``) for anything else OpenSSL
     refuses. ``StartupError`` naming the file and what to give instead; ssl's own errors name
     neither file nor which of the two is wrong."""
-    if certfile is None and keyfile is None:
+    if certfile is None or keyfile is None:  # Config: both or neither
         return
-    if certfile is None or keyfile is None:
-        given, missing = (("--certfile", "--keyfile (ROOMCHAT_KEYFILE)") if keyfile is None
-                          else ("--keyfile", "--certfile (ROOMCHAT_CERTFILE)"))
-        raise StartupError(f"{given} without {missing}: TLS needs the certificate and its "
-                           f"private key ({_DEV_CERT})")
     from cryptography import x509
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization

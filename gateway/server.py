@@ -117,9 +117,7 @@ def hypercorn_config(config: Config, fd: int | None = None) -> HyperConfig:
     hc.access_log_format = ACCESS_LOG_FORMAT
     hc.logger_class = AccessLogger
     hc.errorlog = logging.getLogger("hypercorn.error")
-    if config.certfile is not None or config.keyfile is not None:
-        if config.certfile is None or config.keyfile is None:
-            raise ValueError("TLS needs both ROOMCHAT_CERTFILE and ROOMCHAT_KEYFILE")
+    if config.certfile is not None and config.keyfile is not None:  # Config: both or neither
         hc.certfile = str(config.certfile)
         hc.keyfile = str(config.keyfile)
     return hc

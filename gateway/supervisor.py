@@ -28,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gateway.config import Config
+from rooms.backoff import backoff_delay
 
 log = logging.getLogger("roomchat.supervisor")
 
@@ -205,7 +206,8 @@ class Supervisor:
                 served = time.monotonic() - worker.ready_at if worker.ready_at else 0.0
                 quick_deaths = 0 if served >= STABLE_AFTER else quick_deaths
             quick_deaths += 1
-            delay = min(MAX_BACKOFF, MIN_BACKOFF * 2 ** (quick_deaths - 1))
+            # No jitter: one supervisor restarts its own workers; nothing to spread.
+            delay = backoff_delay(quick_deaths - 1, base=MIN_BACKOFF, cap=MAX_BACKOFF)
             if worker is not None:
                 log.error("worker %d (pid %d) %s after %.1fs; restarting it in %.1fs",
                           slot, worker.pid, worker.describe_exit(), uptime, delay)

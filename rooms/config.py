@@ -30,7 +30,10 @@ def _setting(default: _T, help: str) -> _T:
 
 @dataclass(frozen=True, slots=True)
 class RoomConfig:
-    """Limits and timeouts of every room. Times are seconds; sizes are counts."""
+    """Limits and timeouts of every room. Times are seconds; sizes are counts.
+
+    A plain frozen dataclass (no settings library) so ``rooms`` depends on nothing; the gateway
+    loads it from the environment and names the variable in every error it raises."""
 
     rate_burst: int = _setting(10, "Per-connection token bucket size (messages).")
     rate_per_sec: float = _setting(2.0, "Per-connection refill rate (messages/second).")

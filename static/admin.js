@@ -1,5 +1,7 @@
 // Live admin view: rooms, members and message rates, from /admin/ws (admin tokens only).
 // Renders with DOM APIs and textContent only.
+import { backoffDelay } from "/static/backoff.js";
+
 const SVG = "http://www.w3.org/2000/svg";
 const HISTORY = 60;
 
@@ -165,7 +167,7 @@ function connect(token, attempt = 0, refusedInARow = 0) {
       setStatus("offline", `${NOT_ADMIN} (or the server is down): stopped retrying; reload to try again`);
       return;
     }
-    const delay = Math.min(30000, 1000 * 2 ** attempt) * (0.5 + Math.random() / 2);
+    const delay = backoffDelay(attempt, { baseMs: 1000, maxMs: 30000, jitter: 0.5 });
     const lead = refused ? NOT_ADMIN : "Disconnected";
     setStatus("offline", `${lead}; retrying in ${Math.round(delay / 1000)} s`);
     setTimeout(() => connect(token, attempt + 1, refused), delay);

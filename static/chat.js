@@ -6,6 +6,8 @@
 // typed messages in sessionStorage until the server acknowledges them. It knows nothing about the DOM:
 // the page listens to its events (see ChatClient) and calls send()/reconnectNow()/setToken().
 
+import { backoffDelay as backoff, jittered } from '/static/backoff.js';
+
 export const MAX_TEXT_CHARS = 2000; // the server's default max_text_chars, counted in code points
 const BACKOFF_BASE_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
@@ -178,13 +180,12 @@ export function splitFrame(data) {
  * jitter": clients that failed together spread over the whole window instead of its second half).
  */
 export function backoffDelay(attempt, random = Math.random) {
-  const full = Math.min(BACKOFF_MAX_MS, BACKOFF_BASE_MS * 2 ** Math.max(0, attempt));
-  return Math.round(random() * full);
+  return backoff(attempt, { baseMs: BACKOFF_BASE_MS, maxMs: BACKOFF_MAX_MS, jitter: 1, random });
 }
 
 /** The wait before reconnecting after 1012 (server restart): drawn from [0, RESTART_SPREAD_MS]. */
 export function restartDelay(random = Math.random) {
-  return Math.round(random() * RESTART_SPREAD_MS);
+  return Math.round(jittered(0, RESTART_SPREAD_MS, random));
 }
 
 /**

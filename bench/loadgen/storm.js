@@ -19,6 +19,7 @@
 
 const fs = require('fs');
 const net = require('net');
+const path = require('path');
 const crypto = require('crypto');
 const readline = require('readline');
 const { performance } = require('perf_hooks');
@@ -535,9 +536,12 @@ function onLine(line) {
   });
 }
 
-// static/chat.js is an ES module for the browser; a data: URL loads it as one here.
-const source = fs.readFileSync(spec.chat_js).toString('base64');
-import(`data:text/javascript;base64,${source}`).then((mod) => {
+// static/chat.js is an ES module for the browser; a data: URL loads it as one here, its import of
+// /static/backoff.js (a path only the server resolves) pointed at that file's own data: URL.
+const dataUrl = (text) => `data:text/javascript;base64,${Buffer.from(text).toString('base64')}`;
+const helper = dataUrl(fs.readFileSync(path.join(path.dirname(spec.chat_js), 'backoff.js'), 'utf8'));
+const source = fs.readFileSync(spec.chat_js, 'utf8').replace("'/static/backoff.js'", JSON.stringify(helper));
+import(dataUrl(source)).then((mod) => {
   chat = mod;
   readline.createInterface({ input: process.stdin }).on('line', onLine).on('close', () => process.exit(0));
   emit({ event: 'ready', pid: process.pid });

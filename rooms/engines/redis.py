@@ -73,6 +73,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rooms import engine as contract
 from rooms.attachments import files_to_json
+from rooms.backoff import backoff_delay
 from rooms.config import RoomConfig
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.engines import redis_records as records
@@ -113,6 +114,8 @@ DEFAULT_TIMEOUT = RoomConfig().store_timeout
 the server passes its ``store_timeout`` setting."""
 POLL = 0.1
 """Seconds the listen task waits for a message before applying subscription changes."""
+RECONNECT_MIN = 0.1
+"""Seconds before the pub/sub connection's first reconnect (then doubling to ``RECONNECT_MAX``)."""
 RECONNECT_MAX = 5.0
 """Longest wait between two attempts to re-establish the subscription."""
 TOPS_REMEMBERED = 20_000
@@ -829,7 +832,7 @@ class RedisEngine:
     async def _listen(self) -> None:
         """Keep one subscription connection alive and dispatch what arrives; owned by the
         engine (``close`` cancels and awaits it)."""
-        backoff = 0.1
+        failures = 0
         first = True
         while not self._closed:
             pubsub = None
@@ -847,16 +850,18 @@ class RedisEngine:
                     self.reconnects += 1
                     log.info("pub/sub reconnected; resubscribing %d rooms", len(self._changes))
                 first = False
-                backoff = 0.1
+                failures = 0
                 await self._dispatch_loop(pubsub)
             except asyncio.CancelledError:
                 raise
             except FAILURES as exc:
                 self._healthy = False
+                # No jitter: a few processes per Redis, and each retries on its own failure.
+                backoff = backoff_delay(failures, base=RECONNECT_MIN, cap=RECONNECT_MAX)
+                failures += 1
                 log.warning("pub/sub connection to Redis at %s lost (%s); retrying in %.1fs",
                             _where(self._url), exc, backoff)
                 await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, RECONNECT_MAX)
             finally:
                 if pubsub is not None:
                     await _quietly_close(pubsub)

@@ -1,7 +1,8 @@
 """The page's reconnect policy (static/chat.js ``backoffDelay``, ``restartDelay``,
-``reconnectDelay``), run in Node on the module itself with a fixed ``random()``: full jitter, a
-spread restart, the server's Retry-After as a floor. (bench/storm.py replays storms with these
-same functions.)"""
+``reconnectDelay``, on static/backoff.js), run in Node on the modules themselves with a fixed
+``random()``: full jitter, a spread restart, the server's Retry-After as a floor; and
+static/backoff.js alone (the admin page's equal jitter). (bench/storm.py replays storms with
+these same functions.)"""
 
 from __future__ import annotations
 
@@ -13,16 +14,29 @@ from typing import Any
 
 import pytest
 
-CHAT_JS = Path(__file__).resolve().parents[2] / "static" / "chat.js"
+STATIC = Path(__file__).resolve().parents[2] / "static"
 
 # chat.js is an ES module for the browser; a data: URL loads it as one in Node without a
-# package.json saying so.
+# package.json saying so, and its import of /static/backoff.js (a path only the server
+# resolves) is pointed at that file's own data: URL.
 SCRIPT = """
 const fs = require('fs');
-const src = fs.readFileSync(process.argv[1]).toString('base64');
-import('data:text/javascript;base64,' + src).then((chat) => {
+const dataUrl = (text) => 'data:text/javascript;base64,' + Buffer.from(text).toString('base64');
+const helperUrl = dataUrl(fs.readFileSync(process.argv[2], 'utf8'));
+const chatSource = fs.readFileSync(process.argv[1], 'utf8').replace("'/static/backoff.js'",
+  JSON.stringify(helperUrl));
+Promise.all([import(dataUrl(chatSource)), import(helperUrl)]).then(([chat, helper]) => {
   const fixed = (x) => () => x;
+  const admin = { baseMs: 1000, maxMs: 30000, jitter: 0.5 };
   const out = {
+    helper: {
+      none: [0, 1, 3, 6, -2].map((a) => helper.backoffDelay(a, { baseMs: 500, maxMs: 30000,
+        jitter: 0 })),
+      admin: [0, 2, 5, 2000].map((a) => [helper.backoffDelay(a, { ...admin, random: fixed(0) }),
+        helper.backoffDelay(a, { ...admin, random: fixed(0.999) })]),
+      rounded: helper.backoffDelay(0, { baseMs: 1000, maxMs: 1000, random: fixed(0.12345) }),
+      jittered: [0, 0.5, 1].map((r) => helper.jittered(2, 3, fixed(r))),
+    },
     backoff: [0, 1, 2, 5, 9].map((a) => [chat.backoffDelay(a, fixed(0)),
       chat.backoffDelay(a, fixed(1))]),
     half: chat.backoffDelay(2, fixed(0.5)),
@@ -46,7 +60,8 @@ def policy() -> dict[str, Any]:
     node = shutil.which("node")
     if node is None:
         pytest.fail("these tests need node on PATH (Node 18+)")
-    done = subprocess.run([node, "-e", SCRIPT, str(CHAT_JS)], capture_output=True, text=True,
+    done = subprocess.run([node, "-e", SCRIPT, str(STATIC / "chat.js"),
+                           str(STATIC / "backoff.js")], capture_output=True, text=True,
                           timeout=30, check=True)
     result: dict[str, Any] = json.loads(done.stdout)
     return result
@@ -69,3 +84,13 @@ def test_a_busy_server_s_retry_after_is_a_floor_over_the_backoff(policy: dict[st
     assert policy["busy"] == {"delay": 7000, "attempt": 1}
     assert policy["busyShortHint"] == {"delay": 4000, "attempt": 4}  # backoff above the hint
     assert policy["tooFast"] == {"delay": 4000, "attempt": 3}  # 429: from the third attempt
+
+
+def test_the_backoff_helper_doubles_to_its_cap_with_the_jitter_asked(
+        policy: dict[str, Any]) -> None:
+    helper = policy["helper"]
+    assert helper["none"] == [500, 1000, 4000, 30000, 500]  # a negative attempt counts as 0
+    # The admin page's: 1 s doubling to 30 s, from half of it to all of it (as before the helper).
+    assert helper["admin"] == [[500, 1000], [2000, 3998], [15000, 29985], [15000, 29985]]
+    assert helper["rounded"] == 123
+    assert helper["jittered"] == [2, 3.5, 5]

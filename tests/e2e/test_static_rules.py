@@ -10,8 +10,8 @@ from .harness import REPO_ROOT
 
 STATIC = REPO_ROOT / "static"
 CLIENT_FILES = [
-    "index.html", "chat.js", "ui.js", "format.js", "picker.js", "mentions.js", "style.css",
-    "emoji.json",
+    "index.html", "chat.js", "backoff.js", "ui.js", "format.js", "picker.js", "mentions.js",
+    "style.css", "emoji.json",
 ]
 
 

@@ -152,3 +152,29 @@ def test_tls_files_are_checked_before_start(
         args += ["--keyfile", files.get(keyfile, keyfile)]
     code, err = serve(tmp_path, *args)
     assert_one_line(code, err, *(text.format_map(files) for text in expected))
+
+
+@pytest.mark.parametrize(("env", "expected"), [
+    # `serve --check` said "ready to serve", then the store refused the value as the server
+    # started (a traceback from Hypercorn's lifespan).
+    ({"ROOMCHAT_STORE_SYNCHRONOUS": "OFF"}, ["ROOMCHAT_STORE_SYNCHRONOUS must be FULL or NORMAL"]),
+    # Accepted: the revocation watcher then polled the store without pause.
+    ({"ROOMCHAT_REVOCATION_POLL": "0"}, ["ROOMCHAT_REVOCATION_POLL must be more than 0"]),
+    # A traceback (FileNotFoundError), not one line.
+    ({"ROOMCHAT_JWT_ALGORITHM": "RS256", "ROOMCHAT_JWT_PUBLIC_KEY_FILE": "/nope.pem"},
+     ["ROOMCHAT_JWT_PUBLIC_KEY_FILE: cannot read /nope.pem: No such file or directory"]),
+    ({"ROOMCHAT_JWT_ALGORITHM": "EdDSA", "ROOMCHAT_JWT_PUBLIC_KEY_FILE": "{pub}",
+      "ROOMCHAT_JWT_KEYS": "old=/nope-old.pem"},
+     ["ROOMCHAT_JWT_KEYS (old): cannot read /nope-old.pem"]),
+], ids=["synchronous", "revocation-poll", "public-key-file", "jwt-keys-file"])
+def test_serve_check_refuses_a_bad_setting_in_one_line(
+        tmp_path: Path, env: dict[str, str], expected: list[str]) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    pub = tmp_path / "pub.pem"
+    pub.write_bytes(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    code, err = serve(tmp_path, "--check", "--bind", f"127.0.0.1:{free_port()}",
+                      env={k: v.format(pub=pub) for k, v in env.items()})
+    assert_one_line(code, err, *expected)
