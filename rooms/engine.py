@@ -45,10 +45,11 @@ ErasedObserver = Callable[[str, list[int]], None]
 must not block."""
 
 ERASE_STEP = 256
-"""Most messages one step of ``Engine.erase`` deletes in one room (one delete entry each, one
-append). Every member gets one ``change`` object per delete, and a session's outbox holds
-``outbox_limit`` (1024) objects before it is closed as too slow: an erasure of thousands of
-messages at once would close every member of the room (measured: 5,000 in one go did)."""
+"""Most entries one step of ``Engine.erase`` appends to one room (a delete entry per message, a
+take-back per reaction; one append). Every member gets one ``change`` object per entry, and a
+session's outbox holds ``outbox_limit`` (1024) objects before it is closed as too slow: an
+erasure of thousands of messages at once would close every member of the room (measured:
+5,000 in one go did)."""
 ERASE_PAUSE = 0.05
 """Seconds ``Engine.erase`` waits between two steps in one room that delete something, so
 its members' outboxes drain (at most 5,120 deletes a second per room; other rooms don't wait)."""

@@ -703,13 +703,13 @@ class RedisEngine:
                         erased(room, seqs)
                 if int(examined) < ERASE_PAGE and not int(stopped):
                     del cursors[room]  # the end of its log
+                    if room in dirty:  # at once: a crash before the end would leave its bytes
+                        await self._rewrite(room)
                 else:
                     cursors[room] = int(last) + 1
                     told = told or bool(int(stopped))
             if told:
                 await asyncio.sleep(contract.ERASE_PAUSE)
-        for room in sorted(dirty):
-            await self._rewrite(room)
         if dirty:
             await self._persisted_again()
         return done
