@@ -45,10 +45,11 @@ ErasedObserver = Callable[[str, list[int]], None]
 must not block."""
 
 ERASE_STEP = 256
-"""Most messages one step of ``Engine.erase`` deletes in one room (one delete entry each, one
-append). Every member gets one ``change`` object per delete, and a session's outbox holds
-``outbox_limit`` (1024) objects before it is closed as too slow: an erasure of thousands of
-messages at once would close every member of the room (measured: 5,000 in one go did)."""
+"""Most entries one step of ``Engine.erase`` appends to one room (a delete entry per message, a
+take-back per reaction; one append). Every member gets one ``change`` object per entry, and a
+session's outbox holds ``outbox_limit`` (1024) objects before it is closed as too slow: an
+erasure of thousands of messages at once would close every member of the room (measured:
+5,000 in one go did)."""
 ERASE_PAUSE = 0.05
 """Seconds ``Engine.erase`` waits between two steps in one room that delete something, so
 its members' outboxes drain (at most 5,120 deletes a second per room; other rooms don't wait)."""
@@ -254,9 +255,15 @@ class Engine(Protocol):
         """Delete every stored message of ``user``, in every room: each gets a delete entry
         (``"by": "moderator"``, from ``user`` themself: their erasure request) appended to its
         room's log like any change, so members online and every later resume learn of it,
-        and its text leaves storage (its edits' texts too). Works in steps of at most
-        ``ERASE_STEP`` messages in one room, ``ERASE_PAUSE`` apart; after each, calls
-        ``erased(room, seqs)`` with the seqs of the messages deleted. The room's members are
+        and its text leaves storage (its edits' texts, and the excerpts quoting it, too: on
+        Redis the streams it removed entries from are rewritten, so no byte of them stays).
+        The user's reactions go too: a react-off entry from them (a take-back) for each
+        message not deleted and emoji they ever reacted with on it, appended like the
+        deletes, after which their earlier reaction entries leave the log (not the take-backs
+        of an earlier erasure: clients that resumed past what those replace need them); a
+        resume from any seq then folds to exactly the current state. Works in steps of at most
+        ``ERASE_STEP`` new entries in one room, ``ERASE_PAUSE`` apart; after each step that
+        deleted messages, calls ``erased(room, seqs)`` with their seqs. The room's members are
         told as for any append by another process (``RoomListener.remote_messages``, in this
         process too). Returns everything it erased: room -> message seqs, ascending;
         messages already deleted are not in it (a second erase returns ``{}``). Not atomic:

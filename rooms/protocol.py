@@ -365,6 +365,13 @@ def welcome(
     return dumps(obj)
 
 
+def with_replay_upto(welcome: str, seq: int) -> str:
+    """``welcome`` (as ``welcome`` serialised it) with ``replay_upto``: the seq of the last
+    entry the replay after it carries (0: none). Known only once the session has read the
+    replay's end, after the room built the welcome: added then, without parsing it again."""
+    return f'{welcome[:-1]},"replay_upto":{seq}}}'
+
+
 def ack(client_id: str | None, seq: int, *, duplicate: bool = False,
         noop: bool = False) -> str:
     """The answer to a stored message or change (``seq``: its entry's), a duplicate of one

@@ -25,7 +25,9 @@ import time
 from collections import deque
 from typing import Protocol, cast, runtime_checkable
 
+from rooms import protocol
 from rooms.engine import HistoryReader
+from rooms.messages import Entry, StoredMessage
 from rooms.protocol import CloseCode, join_frame
 from rooms.state import JoinPlan
 
@@ -353,23 +355,50 @@ class Session:
 
     async def _start(self, room: str, store: HistoryReader, history_page: int) -> bool:
         """The welcome and the replay. True when live objects may follow; False when closing
-        or the peer is gone."""
+        or the peer is gone.
+
+        The replay's end is read before the welcome is sent, so that the welcome can say
+        where the replay ends (``replay_upto``: a client cannot tell otherwise when a fresh
+        replay, messages only, stops below the welcome's seq, or a resume's last entries were
+        removed from the log). A fresh replay is read whole (``history_on_join`` messages, as
+        before); a resume's last page is read first (``_tail``) and sent last, so its end is
+        exactly what was said. Costs no read more than before when the replay fits in a page."""
         plan, self._plan = self._plan, None
         assert plan is not None
-        welcome, after, upto, fresh = (plan.welcome, plan.replay_after, plan.replay_upto,
-                                       plan.fresh)
+        welcome, after, upto, fresh, ends = (plan.welcome, plan.replay_after, plan.replay_upto,
+                                             plan.fresh, plan.ends)
         del plan
+        if self._expired:
+            return False
+        messages: list[StoredMessage] = []
+        tail: list[Entry] = []
+        tail_after = after
+        if fresh and upto:
+            self._replay_progress = time.monotonic()
+            messages = await store.history(room, before=upto + 1, limit=fresh, newest=True)
+            last = messages[-1].seq if messages else 0
+        elif after < upto:
+            self._replay_progress = time.monotonic()
+            page = min(history_page, self._max_frame)
+            tail_after, tail = await self._tail(room, store, page, after, upto)
+            last = tail[-1].seq if tail else 0
+        else:
+            last = 0
+        if ends:
+            welcome = protocol.with_replay_upto(welcome, last)
         if self._expired or not await self._send(welcome):
             return False
         del welcome
-        if fresh and upto:
-            self._replay_progress = time.monotonic()
-            if not await self._fresh(room, store, fresh, upto):
+        if messages:
+            if not await self._fresh(messages):
                 return False
-        elif after < upto:
-            self._replay_progress = time.monotonic()
-            if not await self._replay(room, store, history_page, after, upto):
+        elif tail:
+            if not await self._replay(room, store, history_page, after, tail_after):
                 return False
+            if self.state is SessionState.ACTIVE and not await self._send(
+                    join_frame([m.to_wire() for m in tail])):
+                return False
+        del messages, tail
         if not self.open:
             return False  # closed mid-replay: close_nowait dropped the live outbox (no gap)
         self._replay_done = True
@@ -379,6 +408,23 @@ class Session:
                 self._replay_tail = progress[0] + progress[1]
         self._replay_progress = None
         return True
+
+    @staticmethod
+    async def _tail(room: str, store: HistoryReader, page: int, after: int,
+                    upto: int) -> tuple[int, list[Entry]]:
+        """The last page of a resume's replay ``(after, upto]``: ``(lo, entries)`` with the
+        stored entries in ``(lo, upto']`` (``upto'``: the highest stored seq up to ``upto``),
+        at most ``page``; ``(after, [])`` when nothing is stored in the range. Windows of
+        ``page`` seqs hold at most ``page`` entries; empty ones (entries removed by an erasure,
+        pruned) are stepped over downwards."""
+        high = upto
+        while high > after:
+            low = max(after, high - page)
+            entries = await store.read(room, low, high, page)
+            if entries:
+                return low, entries
+            high = low
+        return after, []
 
     async def _replay(self, room: str, store: HistoryReader, history_page: int, after: int,
                       upto: int) -> bool:
@@ -394,11 +440,9 @@ class Session:
             self._replay_progress = time.monotonic()
         return True
 
-    async def _fresh(self, room: str, store: HistoryReader, count: int, upto: int) -> bool:
-        """Send the newest ``count`` messages up to ``upto``, in their current state (a join
-        without a recovered resume), in frames of at most ``max_frame_messages``. False when
-        the peer is gone."""
-        messages = await store.history(room, before=upto + 1, limit=count, newest=True)
+    async def _fresh(self, messages: list[StoredMessage]) -> bool:
+        """Send ``messages`` (a join without a recovered resume: the newest, in their current
+        state), in frames of at most ``max_frame_messages``. False when the peer is gone."""
         step = self._max_frame
         for start in range(0, len(messages), step):
             if self.state is not SessionState.ACTIVE:

@@ -119,6 +119,9 @@ class JoinPlan:
     replay_upto: int
     recovered: bool
     fresh: int = 0
+    ends: bool = False
+    """The welcome is a room's: the session adds where the replay ends (``replay_upto``) to it
+    (``protocol.with_replay_upto``) once it has read that end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,9 +317,10 @@ class RoomState:
             member.read = read
         if recovered:
             assert after is not None
-            return JoinPlan(welcome, after, upto, True), effects
+            return JoinPlan(welcome, after, upto, True, ends=True), effects
         # Nothing of the raw log (replay_after = upto): only the newest messages, if any.
-        return JoinPlan(welcome, upto, upto, False, fresh=cfg.history_on_join), effects
+        return JoinPlan(welcome, upto, upto, False, fresh=cfg.history_on_join,
+                        ends=True), effects
 
     def leave(self, session: int, wall_ms: int) -> list[Effect]:
         """Forget a session (its socket is gone or being closed). Unknown sessions are ignored."""

@@ -34,8 +34,10 @@ const READ_EVERY_MS = 2000;
 // into the page when it comes: the page may have been read before they were made.
 const MAX_ORPHAN_CHANGES = 1000;
 // A fresh join's replay is messages only (docs/protocol.md), so when the room's last entry is a change it ends
-// below the welcome's seq, and a server that does not say where (`replay_upto`) leaves the page guessing: the
-// replay is taken as complete once its messages stop coming for this long (they are sent back to back).
+// below the welcome's seq. The server says where in `welcome.replay_upto`, and the page relies on that; only a
+// server from before that field (met during a rolling upgrade, or a pinned older deployment) leaves the page
+// guessing: the replay is taken as complete once its messages stop coming for this long (they are sent back to
+// back). Without the guess such a replay would stay "loading" until the first live entry or the 3 s give-up.
 const HISTORY_QUIET_MS = 400;
 // The server's per-connection rate limit at its defaults (docs/protocol.md, `rate_limited`; rooms/config.py
 // `rate_burst`, `rate_per_sec`, `pong_cost`): a bucket of 10 frames refilled at 2 a second, where a pong or a
@@ -1180,7 +1182,7 @@ export class ChatClient extends EventTarget {
     const upto = w.replay_upto;
     const told = Number.isSafeInteger(upto) && upto >= 0 && upto <= this.welcomeSeq;
     this.replayUpto = told ? upto : this.welcomeSeq;
-    // Without `replay_upto`, a fresh replay's end is guessed (HISTORY_QUIET_MS after its last message).
+    // Without `replay_upto` (an older server), a fresh replay's end is guessed (HISTORY_QUIET_MS, above).
     this.guessHistoryEnd = !told && (reset || !resumed);
     this.liveSince = Date.now();
     this.clearTimer('connect');

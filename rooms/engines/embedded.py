@@ -23,6 +23,7 @@ from rooms.engines.sqlite import SqliteStore
 from rooms.errors import LogReset
 from rooms.messages import (
     DEFAULT_RULES,
+    Action,
     AnyDraft,
     Appended,
     Entry,
@@ -219,8 +220,9 @@ class EmbeddedEngine:
             listener = self._listeners.get(room)
             if listener is not None:
                 listener.remote_messages([WireMessage(e.seq, e.to_wire()) for e in entries])
-            if erased is not None:
-                erased(room, [e.target for e in entries])
+            deleted = [e.target for e in entries if e.action is Action.DELETE]
+            if erased is not None and deleted:
+                erased(room, deleted)
 
         return await self.store.erase(user, step)
 

@@ -16,6 +16,7 @@ in ``reads``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import queue
 import secrets
@@ -138,8 +139,8 @@ _MAX_INT = 2**63 - 1
 
 Row = tuple[Any, ...]
 Erased = Callable[[str, list[StoredChange]], None]
-"""Called on the event loop by ``SqliteStore.erase`` after each step with (room, the delete
-entries it appended)."""
+"""Called on the event loop by ``SqliteStore.erase`` after each step with (room, the entries it
+appended: delete entries, or the erased user's react-off entries)."""
 
 
 def _json(value: object) -> str:
@@ -233,6 +234,82 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if name not in have:
             conn.execute(f"ALTER TABLE messages ADD COLUMN {name} {declaration}")
     conn.executescript(_INDEXES)
+
+
+TAKEN_BACK = "erasure"
+"""The ``text`` of a react-off row an erasure appended (a reaction row's text is otherwise
+empty): a later erasure of the same user keeps it (clients that resumed past the reaction rows
+it replaced need it), and a replay never shows it (a reaction has no text)."""
+
+_Erasable = tuple[list[tuple[int, str]], dict[tuple[int, str], str], int]
+"""What an erasure has to do in one room: its user's messages to delete (seq, name), the
+reactions to take back (target, emoji) -> their name, and the last seq of their reaction
+rows found (0: none)."""
+
+
+def _erasable(conn: sqlite3.Connection, user: str) -> dict[str, _Erasable]:
+    """Per room, what erasing ``user`` has to do there, from one scan of the log."""
+    found: dict[str, _Erasable] = {}
+    for room, seq, name, kind, target, emoji in conn.execute(
+            "SELECT room, seq, name, kind, target, detail FROM messages WHERE user = ? AND "
+            f"(kind = ? AND {_LIVE} OR kind IN (?, ?) AND text != ?) ORDER BY room, seq",
+            (user, MESSAGE, REACT_ON, REACT_OFF, TAKEN_BACK)):
+        deletes, pairs, _ = found.setdefault(room, ([], {}, 0))
+        if kind == MESSAGE:
+            deletes.append((seq, name))
+        else:
+            pairs[(target, emoji or "")] = name
+            found[room] = (deletes, pairs, seq)
+    return found
+
+
+def _take_back(conn: sqlite3.Connection, room: str, user: str,
+               pairs: list[tuple[int, str, str]], now: int) -> list[StoredChange]:
+    """Append a react-off entry from ``user`` for each ``(target, emoji, name)`` of ``pairs``
+    whose target is a message not deleted, whether or not the reaction is on now (the rows
+    that said so are about to go: a client that saw the reaction put must see it taken back),
+    and take the reaction off the target's current state; in one transaction. Returns the
+    entries appended."""
+    appended: list[StoredChange] = []
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        (seq,) = conn.execute("SELECT max(seq) FROM messages WHERE room = ?",
+                              (room,)).fetchone()
+        seq = seq or 0
+        for target, emoji, name in pairs:
+            row = conn.execute(f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ? AND "
+                               "seq = ? AND kind = ?", (room, target, MESSAGE)).fetchone()
+            message = None if row is None else _message(room, row)
+            if message is None or message.deleted:
+                continue  # a tombstone has no reactions to take back
+            seq += 1
+            change = ChangeDraft(user, name, None, now, Action.REACT, target,
+                                 emoji=emoji).stored(room, seq)
+            conn.execute(_INSERT, (room, seq, user, name, None, TAKEN_BACK, now, REACT_OFF,
+                                   target, None, None, emoji, None))
+            after = changes.fold(message, change)
+            conn.execute(_UPDATE, (after.text, after.edited, *_state(after), seq, room, target))
+            appended.append(change)
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+    return appended
+
+
+def _forget_reactions(conn: sqlite3.Connection, room: str, user: str, upto: int) -> None:
+    """Remove ``user``'s reaction rows up to seq ``upto`` from ``room``'s log (their
+    erasure's take-backs stay), zeroing their bytes: a replay no longer says what they reacted
+    with. The room's top row stays whatever it is (the log's top is its seq counter: removing
+    it would hand its seq out again); an erasure's take-backs come after the rows it removes,
+    so that is one of them unless the user reacted again meanwhile."""
+    conn.execute("PRAGMA secure_delete = ON")
+    try:
+        conn.execute("DELETE FROM messages WHERE room = ?1 AND user = ?2 AND kind IN (?3, ?4) "
+                     "AND text != ?5 AND seq <= ?6 AND seq < (SELECT max(seq) FROM messages "
+                     "WHERE room = ?1)", (room, user, REACT_ON, REACT_OFF, TAKEN_BACK, upto))
+    finally:
+        conn.execute("PRAGMA secure_delete = OFF")
 
 
 @dataclass(slots=True)
@@ -673,50 +750,64 @@ class SqliteStore:
 
     async def erase(self, user: str, erased: Erased | None = None,
                     rules: LogRules = DEFAULT_RULES) -> dict[str, list[int]]:
-        """Delete every stored message of ``user`` (``rooms.engine.Engine.erase``): each step
-        is one of the writer thread's transactions, appending up to ``ERASE_STEP`` delete
-        entries to one room's log, so the rooms' appends, which share that thread, wait for
-        one step at most; ``erased(room, entries)`` follows each step that deleted
-        something."""
+        """Delete every stored message of ``user`` and take back every reaction of theirs
+        (``rooms.engine.Engine.erase``). Each step is one transaction appending up to
+        ``ERASE_STEP`` entries to one room's log (delete entries through the writer thread,
+        then react-off entries, ``_take_back``), so the rooms' appends wait for one step at
+        most; ``erased(room, entries)`` follows each step that appended something. Then the
+        user's reaction rows the take-backs replace leave the log (``_forget_reactions``)."""
         if self._closed:
             raise StoreError("store is closed")
         # Found by a scan of a read snapshot (WAL: the writer is not held up by it; an index on
-        # user would cost every append for a rare request), deleted by the writer thread, which
-        # checks each again (a message deleted meanwhile is skipped).
-        found: list[tuple[str, int, str]] = await self._run(lambda conn: [
-            (str(room), int(seq), str(name)) for room, seq, name in conn.execute(
-                "SELECT room, seq, name FROM messages WHERE user = ? AND kind = ? AND "
-                f"{_LIVE} ORDER BY room, seq", (user, MESSAGE))])
-        rooms: dict[str, list[tuple[int, str]]] = {}
-        for room, seq, name in found:
-            rooms.setdefault(room, []).append((seq, name))
+        # user would cost every append for a rare request), changed by the writer thread, which
+        # checks each again (a message deleted meanwhile is skipped, a reaction taken back
+        # meanwhile is a no-op).
+        found = await self._run(lambda conn: _erasable(conn, user))
+        step = contract.ERASE_STEP
+        # Per room, its steps in order: the erasure's deletes (appended through the writer
+        # thread, checked as any delete), then the take-backs of its reactions.
+        steps: dict[str, list[tuple[list[Any], bool]]] = {}
+        for room, (deletes, pairs, _) in found.items():
+            backs = [(target, emoji, name) for (target, emoji), name in pairs.items()]
+            steps[room] = [(deletes[i:i + step], True) for i in range(0, len(deletes), step)]
+            steps[room] += [(backs[i:i + step], False) for i in range(0, len(backs), step)]
         done: dict[str, list[int]] = {}
         loop = asyncio.get_running_loop()
-        step = contract.ERASE_STEP
         # Round robin: one step in each room per round, one pause per round (it is for each
         # room's members; rooms need not wait for each other).
-        for start in range(0, max(map(len, rooms.values()), default=0), step):
+        for index in range(max(map(len, steps.values()), default=0)):
             told = False
-            for room, targets in rooms.items():
-                if start >= len(targets):
+            for room, room_steps in steps.items():
+                if index >= len(room_steps):
                     continue
                 if self._closed:  # the writer thread is gone: nothing would answer
                     raise StoreError("store is closed")
                 now = int(time.time() * 1000)
-                drafts = [ChangeDraft(user, name, None, now, Action.DELETE, seq, moderator=True)
-                          for seq, name in targets[start:start + step]]
-                future: asyncio.Future[list[Appended]] = loop.create_future()
-                self._writes.put(_Append(room, drafts, 0, rules, loop, future, erase=True))
-                entries = [r.entry for r in await future
-                           if isinstance(r.entry, StoredChange)]
-                if entries:
+                work, deleting = room_steps[index]
+                entries: list[StoredChange]
+                if deleting:
+                    drafts: list[AnyDraft] = [
+                        ChangeDraft(user, name, None, now, Action.DELETE, seq, moderator=True)
+                        for seq, name in work]
+                    future: asyncio.Future[list[Appended]] = loop.create_future()
+                    self._writes.put(_Append(room, drafts, 0, rules, loop, future, erase=True))
+                    entries = [r.entry for r in await future
+                               if isinstance(r.entry, StoredChange)]
                     done.setdefault(room, []).extend(e.target for e in entries)
+                else:
+                    entries = await self._run(functools.partial(
+                        _take_back, room=room, user=user, pairs=work, now=now))
+                if entries:
                     if erased is not None:
                         erased(room, entries)
-                    told = told or start + step < len(targets)
+                    told = told or index + 1 < len(room_steps)
             if told:
                 await asyncio.sleep(contract.ERASE_PAUSE)
-        if done:
+        forget = {room: last for room, (_, _, last) in found.items() if last}
+        for room, last in forget.items():
+            await self._run(functools.partial(_forget_reactions, room=room, user=user,
+                                              upto=last))
+        if done or forget:
             # The WAL still holds the pages as they were when the text was written: copy the
             # new ones into the database and empty it. Best effort: while a read is running it
             # stops short (SQLITE_BUSY), and later checkpoints overwrite those pages.

@@ -113,3 +113,50 @@ def test_a_short_room_shows_its_beginning_at_once(
     expect_live(page)
     expect(texts(page)).to_have_text(["only one"])
     expect(page.locator("#log li.beginning")).to_be_visible()
+
+
+# Timestamps the first frame each socket receives (the welcome) and the moment the log stops
+# being busy (the history's end), for a page opened with it.
+HISTORY_CLOCK = """
+(() => {
+  const Native = window.WebSocket;
+  window.WebSocket = class extends Native {
+    constructor(...args) {
+      super(...args);
+      this.addEventListener('message', () => {
+        if (window.__welcomeAt === undefined) window.__welcomeAt = performance.now();
+      });
+    }
+  };
+  document.addEventListener('DOMContentLoaded', () => {
+    const region = document.getElementById('log-region');
+    new MutationObserver(() => {
+      if (region.getAttribute('aria-busy') === 'false' && window.__endAt === undefined
+          && window.__welcomeAt !== undefined) window.__endAt = performance.now();
+    }).observe(region, { attributes: true, attributeFilter: ['aria-busy'] });
+  });
+})();
+"""
+
+
+def test_a_fresh_history_ending_below_the_welcomes_seq_ends_without_a_wait(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    """The room's last entry is a change, so a fresh history (messages only) ends below the
+    welcome's seq. The server says where (`replay_upto`): the page ends the history at that
+    message at once, not after the 0.4 s of quiet it waits for from a server that does not."""
+    with ChatPeer(server, "quick", "bob", name="Bob") as bob:
+        bob.send("one", "b-1")
+        last = bob.send("two", "b-2")["seq"]
+        bob.change({"type": "react", "seq": last, "emoji": "\U0001f44d", "on": True,
+                    "id": "r-1"})
+        page = open_page(server.link("quick", server.token("alice", ["quick"], name="Alice")),
+                         init_script=HISTORY_CLOCK)
+        expect_live(page)
+        expect(texts(page)).to_have_text(["one", "two"])
+        expect(page.locator("#log-region")).to_have_attribute("aria-busy", "false")
+        client = page.evaluate("""() => { const c = window.roomchat.client;
+            return {upto: c.replayUpto, welcome: c.welcomeSeq, guess: c.guessHistoryEnd}; }""")
+        assert client == {"upto": last, "welcome": last + 1, "guess": False}
+        took = page.evaluate("window.__endAt - window.__welcomeAt")
+        assert 0 <= took < 300, took  # HISTORY_QUIET_MS is 400

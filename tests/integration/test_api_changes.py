@@ -410,8 +410,14 @@ async def test_changes_through_one_process_reach_members_on_another(tmp_path: Pa
             ws = await websockets.connect(b.url("split", make_token("bob")), compression=None,
                                           open_timeout=10 * SLOW)
             bob = Client(ws)
+            # bob on a too: the API's own process tells its sockets itself, the engine the
+            # others'.
+            ws_a = await websockets.connect(a.url("split", make_token("bob")), compression=None,
+                                            open_timeout=10 * SLOW)
+            bob_a = Client(ws_a)
             try:
                 await _welcomed(bob)
+                await _welcomed(bob_a)
                 status, body = await call(a.port, "POST", "/rooms/split/messages",
                                           {"text": "from A", "user": "alice"})
                 seq = body["seq"]
@@ -428,8 +434,9 @@ async def test_changes_through_one_process_reach_members_on_another(tmp_path: Pa
                 status, body = await call(a.port, "PUT", "/rooms/split/read/bob",
                                           {"seq": react["seq"]})
                 assert (status, body["read"]) == (200, react["seq"])
-                assert await bob.recv_type("read", timeout=10) == {"type": "read",
-                                                                   "seq": react["seq"]}
+                for socket in (bob, bob_a):
+                    assert await socket.recv_type("read", timeout=10) == {
+                        "type": "read", "seq": react["seq"]}
                 # Both processes read the same current state and counts.
                 for proc in (a, b):
                     _, page = await call(proc.port, "GET", "/rooms/split/messages")
@@ -441,3 +448,4 @@ async def test_changes_through_one_process_reach_members_on_another(tmp_path: Pa
                                               "unread": 0, "mentions": 0}]
             finally:
                 await ws.close()
+                await ws_a.close()

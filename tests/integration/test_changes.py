@@ -292,3 +292,35 @@ async def test_a_read_marker_reaches_the_users_sockets_on_another_process(
             finally:
                 for client in sockets:
                     await client.ws.close()
+
+
+async def test_the_welcome_says_where_the_replay_ends(srv: Server) -> None:
+    """``replay_upto`` (docs/protocol.md): the seq of the replay's last entry. A fresh join
+    replays messages only, so when the log ends with a change the replay ends below the
+    welcome's seq, and only ``replay_upto`` tells a client it is complete."""
+    alice = await welcomed(await srv.connect(user="alice"))
+    for i in range(2):
+        await answered(alice, {"type": "message", "text": f"m{i}", "id": f"m{i}"})
+    react = await answered(alice, {"type": "react", "seq": 1, "emoji": THUMB, "on": True,
+                                   "id": "r"})
+    assert react["seq"] == 3
+    # Fresh: messages 1 and 2 (2 is the replay's end), then nothing until something new.
+    fresh = await srv.connect(user="bob")
+    welcome = await fresh.recv()
+    assert (welcome["seq"], welcome["recovered"], welcome["replay_upto"]) == (3, False, 2)
+    assert [(await fresh.recv())["seq"] for _ in range(2)] == [1, 2]
+    # A recovered resume: the log's entries after it, up to the welcome's seq.
+    resumed = await srv.connect(user="bob", after="1", epoch=welcome["epoch"])
+    welcome = await resumed.recv()
+    assert (welcome["recovered"], welcome["replay_upto"]) == (True, 3)
+    assert [(await resumed.recv())["seq"] for _ in range(2)] == [2, 3]
+    # Nothing to replay: 0.
+    current = await srv.connect(user="bob", after="3", epoch=welcome["epoch"])
+    welcome = await current.recv()
+    assert (welcome["recovered"], welcome["replay_upto"]) == (True, 0)
+    empty = await srv.connect(room="empty", user="bob")
+    assert (await empty.recv())["replay_upto"] == 0
+    # After each replay's end, the next entry is live (nothing else of the replay follows).
+    await answered(alice, {"type": "message", "text": "live", "id": "live"})
+    for client in (fresh, resumed, current):
+        assert (await client.recv_type("message"))["seq"] == 4

@@ -71,7 +71,8 @@ async def test_two_clients_see_the_same_seq_order(server: Server) -> None:
     assert len(welcome.pop("epoch")) == 16  # the room's log's epoch: docs/protocol.md
     assert welcome == {"type": "welcome", "room": "lobby", "user": "alice", "name": "Alice",
                        "seq": 0, "members": [{"user": "alice", "name": "Alice"}],
-                       "recovered": False, "read": 0, "unread": 0, "mentions": 0}
+                       "recovered": False, "read": 0, "unread": 0, "mentions": 0,
+                       "replay_upto": 0}
     assert (await bob.recv())["type"] == "welcome"
     for i in range(5):
         await alice.say(f"a{i}", id=f"a{i}")

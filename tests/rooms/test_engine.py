@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +218,92 @@ async def test_erase_tombstones_every_message_of_a_user_in_every_room(
                                dedup_window=10) == [Appended(11)]
 
 
+THUMBS, HEART, GRIN = "\U0001f44d", "\u2764\ufe0f", "\U0001f600"
+
+
+async def test_erase_takes_back_the_users_reactions(
+        engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 21: an erasure takes back the user's reactions on others' messages with a
+    react-off entry each (members online and resumes fold them), and their earlier reaction
+    entries leave the log: a replay from the start names no emoji of theirs."""
+    from rooms import engine as contract
+    from rooms.engines import redis as redis_engine
+
+    monkeypatch.setattr(contract, "ERASE_STEP", 2)  # several steps
+    monkeypatch.setattr(contract, "ERASE_PAUSE", 0.0)
+    monkeypatch.setattr(redis_engine, "ERASE_PAGE", 3)
+    for room in ("r", "q", "t"):
+        await engine.load(room, 0)
+    append = engine.append
+    await append("r", [Draft("v", "V", None, "theirs", 1), Draft("u", "U", None, "mine", 2),
+                       change("u", Action.REACT, 1, emoji=THUMBS, on=True),  # 3
+                       change("u", Action.REACT, 1, emoji=HEART, on=True),  # 4
+                       change("w", Action.REACT, 1, emoji=THUMBS, on=True),  # 5
+                       change("u", Action.REACT, 2, emoji=THUMBS, on=True),  # 6: on their own
+                       change("u", Action.REACT, 1, emoji=GRIN, on=True),  # 7
+                       change("u", Action.REACT, 1, emoji=GRIN, on=False),  # 8: taken back
+                       Draft("w", "W", None, "later", 9)],  # 9
+                 retention=0, dedup_window=0)
+    # q: only a reaction of theirs; t: their take-back is the room's last entry.
+    await append("q", [Draft("v", "V", None, "q1", 1),
+                       change("u", Action.REACT, 1, emoji=THUMBS, on=True)],
+                 retention=0, dedup_window=0)
+    await append("t", [Draft("v", "V", None, "t1", 1),
+                       change("u", Action.REACT, 1, emoji=THUMBS, on=True),
+                       change("u", Action.REACT, 1, emoji=THUMBS, on=False)],
+                 retention=0, dedup_window=0)
+    # What a client held having seen the log up to each seq.
+    pre = await engine.read("r", 0, 100, 100)
+    held: list[dict[int, StoredMessage]] = [{}]
+    for entry in pre:
+        copy = dict(held[-1])
+        if isinstance(entry, StoredMessage):
+            copy[entry.seq] = replace(entry, reactions=())  # as it was when it came
+        else:
+            copy[entry.target] = fold(copy[entry.target], entry)
+        held.append(copy)
+    assert held[7][1].reactions == (Reaction(THUMBS, ("u", "w")), Reaction(HEART, ("u",)),
+                                    Reaction(GRIN, ("u",)))
+    steps: list[tuple[str, list[int]]] = []
+    assert await engine.erase("u", lambda room, seqs: steps.append((room, seqs))) == {
+        "r": [2]}
+    assert steps == [("r", [2])]  # only deletes are reported; reactions are not messages
+
+    r = await engine.history("r", before=100, limit=10)
+    assert [(m.seq, m.text, m.reactions) for m in r] == [
+        (1, "theirs", (Reaction(THUMBS, ("w",)),)), (2, "", ()), (9, "later", ())]
+    assert [m.reactions for m in await engine.history("q", before=100, limit=10)] == [()]
+    # The log: the delete (10), then a take-back for each message and emoji they reacted with
+    # (11-13; their message 2 is deleted: nothing to take back there), the grin too: a client
+    # that saw it put (7) must see it taken back, now that their own take-back (8) is gone.
+    log = await engine.read("r", 0, 100, 100)
+    theirs = [(e.seq, e.action, e.target, e.emoji, e.on) for e in log
+              if isinstance(e, StoredChange) and e.user == "u"]
+    assert theirs == [(10, Action.DELETE, 2, "", False), (11, Action.REACT, 1, THUMBS, False),
+                      (12, Action.REACT, 1, HEART, False), (13, Action.REACT, 1, GRIN, False)]
+    assert [e.seq for e in log] == [1, 2, 5, 9, 10, 11, 12, 13]
+    # A resume from anywhere before the erasure folds to history.
+    for after, copy in enumerate(held):
+        state = dict(copy)
+        for entry in await engine.read("r", after, 100, 100):
+            if isinstance(entry, StoredMessage):
+                state[entry.seq] = entry
+            elif entry.target in state:
+                state[entry.target] = fold(state[entry.target], entry)
+        assert list(state.values()) == r, after
+    assert [(e.seq, e.user, getattr(e, "on", None)) for e in await engine.read("q", 0, 10, 10)
+            ] == [(1, "v", None), (3, "u", False)]
+    # t: their take-back was the room's last entry; a take-back of the erasure follows it.
+    assert [(e.seq, e.user) for e in await engine.read("t", 0, 10, 10)] == [(1, "v"), (4, "u")]
+    assert await engine.top("t") == 4
+    assert await append("t", [Draft("v", "V", None, "t2", 1)], retention=0,
+                        dedup_window=0) == [Appended(5, entry=StoredMessage(
+                            "t", 5, "v", "V", None, "t2", 1))]
+    # Again: the take-backs stay (clients that resumed past what they replace need them).
+    assert await engine.erase("u") == {}
+    assert await engine.read("r", 0, 100, 100) == log
+
+
 async def test_erased_text_leaves_the_sqlite_files(tmp_path: Path) -> None:
     path = tmp_path / "db.sqlite3"
     engine = await open_engine(f"sqlite://{path}")
@@ -331,6 +418,114 @@ async def test_two_nodes_share_seqs_dedup_and_the_live_feed(
     assert orjson.loads(heard.messages[0].wire) == {
         "type": "message", "room": "room", "seq": 1, "id": "id0", "user": "u", "name": "U",
         "text": "t0", "ts": 1000}
+
+
+async def test_erasure_rewrites_the_stream_leaving_no_erased_bytes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """XDEL only flags an entry: its bytes stay in the stream's node (a DUMP, an RDB, a
+    rewritten AOF hold them) until every entry of the node is gone. An erasure rewrites the
+    streams it removed entries from, in steps; with AOF on it asks Redis to rewrite the AOF."""
+    from rooms.engines import redis as redis_engine
+
+    monkeypatch.setattr(redis_engine, "REWRITE_STEP", 7)  # many steps
+    with redis_server(tmp_path / "redis", aof=True) as url:
+        engine = await RedisEngine.open(url)
+        raw = aioredis.from_url(url)
+        try:
+            await engine.load("w", 0)
+            await engine.append("w", [
+                Draft("u" if i % 5 == 0 else "v", "N", None, f"{'SECRET' if i % 5 == 0 else 'kept'}"
+                      f"-{i}-" + "z" * 40, 1000 + i) for i in range(60)],
+                retention=0, dedup_window=0)
+            await engine.append("w", [change("u", Action.REACT, 2, emoji=THUMBS, on=True)],
+                                retention=0, dedup_window=0)
+            info = await raw.xinfo_stream("roomchat:{w}:log")
+            await raw.config_set("rdbcompression", "no")  # (the AOF's base is an RDB)
+            erased = await engine.erase("u")
+            assert erased == {"w": [i + 1 for i in range(60) if i % 5 == 0]}
+            dump = await raw.dump("roomchat:{w}:log")
+            assert dump is not None and b"SECRET" not in dump
+            assert await raw.ttl("roomchat:{w}:log") == -1  # the copy's expiry went
+            assert await raw.keys("roomchat:{w}:log:*") == []
+            after = await raw.xinfo_stream("roomchat:{w}:log")
+            # Ids and counters kept: 61 entries, then 12 deletes and a take-back.
+            assert after["last-generated-id"] == b"0-74"
+            assert after["entries-added"] == info["entries-added"] + 13
+            assert [m.text for m in await engine.history("w", before=100, limit=100)
+                    if not m.deleted] == [f"kept-{i}-" + "z" * 40 for i in range(60) if i % 5]
+            assert await engine.append("w", drafts(1), retention=0,
+                                       dedup_window=0) == [Appended(75, entry=StoredMessage(
+                                           "w", 75, "u", "U", "id0", "t0", 1000))]
+            # The AOF was rewritten: what is on disk no longer says it either.
+            async def rewritten() -> bool:
+                p = await raw.info("persistence")
+                return not (p["aof_rewrite_in_progress"] or p["aof_rewrite_scheduled"])
+
+            await until(rewritten, what="the AOF rewrite")
+            files = b"".join(f.read_bytes() for f in (tmp_path / "redis").rglob("*")
+                             if f.is_file())
+            assert b"kept-1-" in files and b"SECRET" not in files
+        finally:
+            await raw.aclose()
+            await engine.close()
+
+
+async def test_stream_rewrite_steps_keep_appends_and_trims_and_restart_on_deletes(
+        tmp_path: Path) -> None:
+    """rewrite.lua under what other clients do between its steps: appends are copied, the
+    oldest entries trimmed (retention) are trimmed from the copy too, a delete anywhere else
+    drops the copy (it could bring the entry back), and so does a copy that expired."""
+    with redis_server(tmp_path / "redis") as url:
+        engine = await RedisEngine.open(url)
+        raw = aioredis.from_url(url)
+        log, copy, state = "roomchat:{s}:log", "roomchat:{s}:log:rewrite:t", "roomchat:{s}:state"
+
+        async def step(after: Any, most: int, began: Any,
+                       ttl: int = 60_000) -> tuple[Any, Any, Any]:
+            status, after, began = await engine._rewrite_step(
+                keys=[log, copy, state], args=[after, most, began, ttl])
+            return status, after, began
+
+        async def entries() -> list[Any]:
+            return list(await raw.xrange(log) or ())
+
+        try:
+            for i in range(1, 11):
+                await raw.xadd(log, {"text": f"t{i}"}, id=f"0-{i}")
+            await raw.xdel(log, "0-5")
+            status, after, began = await step("", 3, "")
+            assert (status, after) == (b"more", b"0-3")
+            await raw.xadd(log, {"text": "t11"}, id="0-11")  # an append
+            await raw.xtrim(log, minid="0-3", approximate=False)  # retention: 1 and 2 go
+            status, after, began = await step(after, 3, began)
+            assert (status, after) == (b"more", b"0-7")
+            want = await entries()
+            status, after, began = await step(after, 3, began)
+            assert status == b"more"
+            assert (await step(after, 3, began))[0] == b"done"
+            assert await entries() == want and want[0][0] == b"0-3" and want[-1][0] == b"0-11"
+            assert len(want) == 8  # 3, 4, 6-11
+
+            # A delete of an entry copied already: begin again.
+            status, after, began = await step("", 2, "")
+            await raw.xdel(log, "0-4")
+            assert await step(after, 2, began) == (b"again", b"", b"")
+            assert await raw.exists(copy) == 0
+            # A copy that expired under a slow caller: never finished.
+            status, after, began = await step("", 2, "", ttl=1)
+            await asyncio.sleep(0.05)
+            assert (await step(after, 2, began))[0] == b"again"
+            assert await raw.xlen(log) == 7
+            # In one call, from the start.
+            assert (await step("", 0, ""))[0] == b"done"
+            assert [i for i, _ in await entries()] == [
+                b"0-3", b"0-6", b"0-7", b"0-8", b"0-9", b"0-10", b"0-11"]
+            assert (await step("", 0, ""))[0] == b"done"
+            await raw.delete(log)
+            assert (await step("", 5, ""))[0] == b"gone"
+        finally:
+            await raw.aclose()
+            await engine.close()
 
 
 async def test_erase_is_announced_to_other_nodes_in_pages(

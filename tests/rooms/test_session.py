@@ -26,9 +26,12 @@ class MemoryTransport:
         self.close_gate = asyncio.Event()  # closed: the close frame can't be written
         self.close_gate.set()
         self.aborted = False
+        self.one_at_a_time = False  # each opening of the gate lets one frame through
 
     async def send(self, data: str) -> None:
         await self.gate.wait()
+        if self.one_at_a_time:
+            self.gate.clear()
         self.frames.append(data)
 
     async def close(self, code: int, reason: str) -> None:
@@ -203,6 +206,7 @@ async def test_progress_at_moves_with_each_replay_page() -> None:
     session = make(transport, frame=10)
     assert session.progress_at is None and not session.replaying
     transport.gate.clear()
+    transport.one_at_a_time = True  # (the last page follows the one before it at once)
     writer = asyncio.create_task(session.run_writer(
         JoinPlan("W", 0, 30, True), "r", History(30), 10))
     marks: list[float] = []
@@ -294,3 +298,38 @@ async def test_a_fresh_join_sends_the_newest_messages_then_live_ones() -> None:
     await asyncio.wait_for(writer, 2)
     assert [len(f.split("\n")) for f in transport.frames[1:4]] == [4, 4, 2]
     assert seqs(transport.frames) == [*range(21, 31), 31]
+
+
+@pytest.mark.parametrize(("plan", "stored", "upto", "seqs"), [
+    # A resume: its replay's last entry is the welcome's seq...
+    (JoinPlan('{"type":"welcome","seq":30}', 4, 30, True, ends=True), range(1, 31), 30,
+     list(range(5, 31))),
+    # ...unless the log's newest entries were removed (an erasure's XDEL, edits of a deleted
+    # message): then the last one stored, found below empty windows of a page each.
+    (JoinPlan('{"type":"welcome","seq":30}', 0, 30, True, ends=True), range(1, 15), 14,
+     list(range(1, 15))),
+    (JoinPlan('{"type":"welcome","seq":30}', 20, 30, True, ends=True), range(1, 15), 0, []),
+    # A fresh join: the newest messages, its last one.
+    (JoinPlan('{"type":"welcome","seq":30}', 30, 30, False, fresh=5, ends=True), range(1, 29),
+     28, [24, 25, 26, 27, 28]),
+    (JoinPlan('{"type":"welcome","seq":0}', 0, 0, False, fresh=5, ends=True), (), 0, []),
+])
+async def test_the_welcome_says_where_the_replay_ends(
+        plan: JoinPlan, stored: range, upto: int, seqs: list[int]) -> None:
+    """``replay_upto``: the seq of the replay's last entry, known before the welcome is sent
+    (its last page is read first and sent last), so a client knows when the replay is done
+    even when it stops below the welcome's seq."""
+    transport = MemoryTransport()
+    session = make(transport, frame=4)
+    history = History(30)
+    history.messages = [m for m in history.messages if m.seq in stored]
+    writer = asyncio.create_task(session.run_writer(plan, "r", history, 4))
+    await until(lambda: session.replaying is False and bool(transport.frames)
+                and session.state is SessionState.ACTIVE and not blocked(session)())
+    session.close_nowait(CloseCode.NORMAL, "bye")
+    await asyncio.wait_for(writer, 2)
+    welcome, *replay = transport.frames
+    assert orjson.loads(welcome)["replay_upto"] == upto
+    got = [orjson.loads(line)["seq"] for frame in replay for line in frame.split("\n")]
+    assert got == seqs
+    assert all(len(frame.split("\n")) <= 4 for frame in replay)
