@@ -6,6 +6,8 @@
 // typed messages in sessionStorage until the server acknowledges them. It knows nothing about the DOM:
 // the page listens to its events (see ChatClient) and calls send()/reconnectNow()/setToken().
 
+import { DEFAULT_MAX_FILES, fileList } from '/static/files.js';
+
 export const MAX_TEXT_CHARS = 2000; // the server's default max_text_chars, counted in code points
 const BACKOFF_BASE_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
@@ -257,6 +259,8 @@ export function messageState(m) {
     return state;
   }
   if (typeof m.edited === 'number') state.edited = m.edited;
+  const files = fileList(m.files);
+  if (files.length) state.files = files;
   const r = m.reply_to;
   if (r && typeof r === 'object' && isSeq(r.seq)) {
     state.reply_to = {
@@ -347,6 +351,12 @@ export function refusalText(code, action, said = '') {
       return 'This message is too old to edit now.';
     case 'too_many_reactions':
       return 'This message has as many different reactions as it can take: add yours to one already there.';
+    case 'file_not_found':
+      return 'A file attached to it is gone (not uploaded, or removed after waiting too long). Attach it again.';
+    case 'file_not_attachable':
+      return 'A file attached to it cannot be attached (it is already in another message, or not yours).';
+    case 'too_many_files':
+      return 'It has more files attached than a message may carry.';
     case 'offline':
       return 'Not connected; try again once connected.';
     case 'timeout':
@@ -468,6 +478,8 @@ function outboxExtras(e) {
   }
   const mentions = userList(e.mentions);
   if (mentions.length) out.mentions = mentions;
+  const files = fileList(e.files);
+  if (files.length) out.files = files;
   return out;
 }
 
@@ -484,7 +496,7 @@ class Outbox {
       const saved = JSON.parse(storage?.getItem(key) || '[]');
       if (Array.isArray(saved)) {
         for (const e of saved) {
-          if (e && typeof e.id === 'string' && typeof e.text === 'string') {
+          if (e && typeof e.id === 'string' && typeof e.text === 'string' && (e.text || fileList(e.files).length)) {
             const createdAt = e.createdAt || Date.now();
             this.entries.push({ ...outboxExtras(e), id: e.id, text: e.text, createdAt, state: 'queued' });
           }
@@ -580,6 +592,7 @@ export class ChatClient extends EventTarget {
     this.reason = null; // a StopReason while OFFLINE
     this.user = null; // from welcome
     this.moderator = false; // from welcome: this connection may delete messages and ban users
+    this.maxFiles = DEFAULT_MAX_FILES; // from welcome (`max_files_per_message`) when the server says
     this.moderating = new Map(); // frame id -> {resolve, reject, timer}: moderation awaiting its answer
     this.name = null;
     this.members = [];
@@ -661,14 +674,20 @@ export class ChatClient extends EventTarget {
 
   /**
    * Queue `text` for sending; it is sent now if we are live, else when we are. `reply`: the message it
-   * answers ({seq, user, name, excerpt}, shown while it waits); `mentions`: the user ids it mentions. Returns
-   * the outbox entry, or null when the text is empty after trimming. Throws RangeError when it is too long.
+   * answers ({seq, user, name, excerpt}, shown while it waits); `mentions`: the user ids it mentions; `files`:
+   * uploaded files it carries (their public metadata: the frame carries their ids; the text may then be
+   * empty). Returns the outbox entry, or null when there is neither text nor a file. Throws RangeError when
+   * the text is too long or there are more files than `maxFiles`.
    */
-  send(text, { reply = null, mentions = [] } = {}) {
+  send(text, { reply = null, mentions = [], files = [] } = {}) {
     const trimmed = checkedText(text);
-    if (!trimmed) return null;
+    const attached = fileList(files);
+    if (!trimmed && !attached.length) return null;
+    if (attached.length > this.maxFiles) {
+      throw new RangeError(`A message can carry at most ${this.maxFiles} files.`);
+    }
     const entry = {
-      ...outboxExtras({ reply, mentions: [...new Set(mentions)] }),
+      ...outboxExtras({ reply, mentions: [...new Set(mentions)], files: attached }),
       id: newMessageId(),
       text: trimmed,
       createdAt: Date.now(),
@@ -1170,6 +1189,8 @@ export class ChatClient extends EventTarget {
     this.user = w.user;
     this.name = w.name;
     this.moderator = w.moderator === true;
+    const maxFiles = w.max_files_per_message;
+    this.maxFiles = Number.isSafeInteger(maxFiles) && maxFiles >= 0 ? maxFiles : DEFAULT_MAX_FILES;
     this.members = Array.isArray(w.members) ? w.members.slice() : [];
     this.welcomeSeq = typeof w.seq === 'number' ? w.seq : 0;
     this.historyKind = resumed && !reset ? 'missed' : 'history';
@@ -1404,6 +1425,7 @@ export class ChatClient extends EventTarget {
       const frame = { type: 'message', text: e.text, id: e.id };
       if (e.reply) frame.reply_to = e.reply.seq;
       if (e.mentions?.length) frame.mentions = e.mentions;
+      if (e.files?.length) frame.files = e.files.map((f) => f.id);
       if (!this.sendFrame(frame)) return;
       this.bucket.take(now);
       e.state = 'sending';

@@ -19,6 +19,8 @@ import {
 import { renderText } from '/static/format.js';
 import { EmojiPicker, emojiName, quickEmoji, notePicked, loadEmoji } from '/static/picker.js';
 import { MentionAutocomplete } from '/static/mentions.js';
+import { FileUrls } from '/static/files.js';
+import { AttachmentTray, Lightbox, filesNode, limitHint } from '/static/attachments.js';
 
 const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages of one person within this are grouped
@@ -403,7 +405,21 @@ class ChatView {
     this.input.placeholder = `Message #${room}`;
     this.log.setAttribute('aria-label', `Messages in #${room}`);
     this.mentions = new MentionAutocomplete(this.input, $('mention-list'), () => this.mentionCandidates());
+    // Files (issue 23): signed URLs for showing them, the composer's tray, the full-size view.
+    this.urls = new FileUrls({ room, token: () => this.client?.token || '' });
+    this.tray = new AttachmentTray({
+      list: $('attachments'),
+      room,
+      token: () => this.client?.token || '',
+      urls: this.urls,
+      maxFiles: () => this.client?.maxFiles ?? 10,
+      maxFileBytes: () => (Number.isSafeInteger(this.info?.max_file_bytes) ? this.info.max_file_bytes : null),
+      note: (text) => this.note(text, 10000),
+      fallbackFocus: () => this.input,
+    });
+    this.lightbox = new Lightbox($('lightbox'), this.urls);
     this.bindControls();
+    this.bindFiles();
     this.bindModeration();
     this.bindNotifications();
   }
@@ -512,6 +528,63 @@ class ChatView {
     }
   }
 
+  /** Attach files by the button (a file picker), by pasting, or by dropping them anywhere on the room. */
+  bindFiles() {
+    const picker = $('file-input');
+    $('attach').addEventListener('click', () => picker.click());
+    picker.addEventListener('change', () => {
+      if (picker.files?.length) this.attach(picker.files);
+      picker.value = ''; // the same file may be picked again
+      this.input.focus();
+    });
+    // A paste in the message box that holds files (a screenshot) attaches them; text pastes as usual.
+    this.input.addEventListener('paste', (ev) => {
+      const files = ev.clipboardData?.files;
+      if (!files?.length) return;
+      ev.preventDefault();
+      this.attach(files);
+    });
+    const zone = $('drop-zone');
+    const app = $('app');
+    let depth = 0; // dragenter/dragleave come for every child crossed: count them
+    const carriesFiles = (ev) => [...(ev.dataTransfer?.types || [])].includes('Files');
+    const show = (on) => {
+      zone.hidden = !on;
+      app.classList.toggle('dropping', on);
+    };
+    app.addEventListener('dragenter', (ev) => {
+      if (!carriesFiles(ev) || this.input.disabled) return;
+      ev.preventDefault();
+      depth += 1;
+      show(true);
+    });
+    app.addEventListener('dragover', (ev) => {
+      if (!carriesFiles(ev) || this.input.disabled) return;
+      ev.preventDefault(); // without it the browser opens the file instead of letting us take it
+      ev.dataTransfer.dropEffect = 'copy';
+    });
+    app.addEventListener('dragleave', () => {
+      depth = Math.max(0, depth - 1);
+      if (depth === 0) show(false);
+    });
+    app.addEventListener('drop', (ev) => {
+      depth = 0;
+      show(false);
+      if (!carriesFiles(ev) || this.input.disabled) return;
+      ev.preventDefault();
+      if (ev.dataTransfer.files.length) this.attach(ev.dataTransfer.files);
+    });
+  }
+
+  /** Attach `files` to the message being written (the tray uploads them). */
+  attach(files) {
+    if (!this.client || this.input.disabled) {
+      this.note('Join the room first.');
+      return;
+    }
+    this.tray.add(files);
+  }
+
   showMembers(show) {
     $('members').hidden = !show;
     const toggle = $('members-toggle');
@@ -529,6 +602,7 @@ class ChatView {
     this.tokenNote = exp ? `Your token is valid until ${fullFmt.format(new Date(exp))}` : '';
     $('status').title = this.tokenNote;
     this.scheduleRefresh(token);
+    if (!this.info) fetchInfo().then((info) => { this.info = this.info || info; this.hintFiles(); });
     if (this.client) {
       this.client.setToken(token);
       return;
@@ -551,6 +625,12 @@ class ChatView {
     client.addEventListener('change', (ev) => this.onChange(ev.detail));
     client.addEventListener('read', () => this.onReadMoved());
     client.start();
+  }
+
+  /** The attach button's description: how many files, and how large, when the server says. */
+  hintFiles() {
+    const bytes = Number.isSafeInteger(this.info?.max_file_bytes) ? this.info.max_file_bytes : null;
+    $('attach-hint').textContent = limitHint(this.client?.maxFiles ?? 10, bytes);
   }
 
   // ---- token renewal (docs/integration.md, "Refreshing tokens")
@@ -678,6 +758,7 @@ class ChatView {
   setComposer(enabled, reason = '') {
     this.input.disabled = !enabled;
     $('send').disabled = !enabled;
+    $('attach').disabled = !enabled;
     this.input.placeholder = enabled ? `Message #${this.room}` : `Can’t send messages: ${reason}`;
   }
 
@@ -870,6 +951,7 @@ class ChatView {
       this.unreadSeen = false;
     }
     this.setModerator(welcome.moderator === true);
+    this.hintFiles();
     const before = this.members;
     this.members = new Map();
     for (const m of welcome.members || []) {
@@ -970,6 +1052,10 @@ class ChatView {
       if (active.classList.contains('msg-menu')) refocus = '.msg-menu';
       else if (active.classList.contains('reply-quote')) refocus = '.reply-quote';
       else if (active.classList.contains('chip')) refocus = active.dataset.emoji || '';
+      else if (active.dataset.fileId) refocus = `.file-thumb[data-file-id="${active.dataset.fileId}"]`;
+      else if (active.classList.contains('file-download')) {
+        refocus = `.file-card[data-file-id="${active.closest('.file-card')?.dataset.fileId}"] a`;
+      }
     }
     this.drawMessage(item, m);
     if (refocus !== null) {
@@ -991,7 +1077,7 @@ class ChatView {
       this.note('The message you were editing was deleted.');
     }
     const editingThis = this.editing?.item === item;
-    for (const old of bubble.querySelectorAll(':scope > .reply-quote, :scope > .content, :scope > .edit-form')) {
+    for (const old of bubble.querySelectorAll(':scope > .reply-quote, :scope > .content, :scope > .files, :scope > .edit-form')) {
       if (!(editingThis && old.classList.contains('edit-form'))) old.remove();
     }
     body.querySelector(':scope > .reactions')?.remove();
@@ -1004,7 +1090,9 @@ class ChatView {
       return;
     }
     if (m.reply_to) bubble.querySelector('.meta').after(this.replyQuote(m.reply_to));
-    if (!editingThis) bubble.append(this.contentNode(m));
+    // A message of files only has no text to show (nor to edit).
+    if (!editingThis && (m.text || !m.files)) bubble.append(this.contentNode(m));
+    if (m.files) bubble.append(filesNode(m, this.urls, this.lightbox));
     if (m.reactions?.length) body.append(this.reactionsNode(m));
     item.append(this.toolsNode(item));
   }
@@ -1171,7 +1259,8 @@ class ChatView {
   startReply(seq) {
     const m = this.client?.messages.get(seq);
     if (!m || m.deleted) return;
-    this.setReply({ seq, user: m.user, name: m.name, excerpt: excerpt(m.text, QUOTE_CHARS) });
+    const said = m.text || (m.files || []).map((f) => f.name).join(', ');
+    this.setReply({ seq, user: m.user, name: m.name, excerpt: excerpt(said, QUOTE_CHARS) });
     this.input.focus();
   }
 
@@ -2117,13 +2206,21 @@ class ChatView {
     }
     let entry;
     const text = this.input.value;
+    const attached = this.tray.ready();
+    if (attached.blocked) {
+      this.note(attached.blocked);
+      return;
+    }
     try {
-      entry = this.client.send(text, { reply: this.replyTo, mentions: this.mentions.mentionsIn(text) });
+      entry = this.client.send(text, {
+        reply: this.replyTo, mentions: this.mentions.mentionsIn(text), files: attached.files,
+      });
     } catch (err) {
       this.note(err.message);
       return;
     }
     if (entry) {
+      this.tray.clear();
       this.input.value = '';
       this.mentions.reset();
       this.setReply(null);
@@ -2202,7 +2299,8 @@ class ChatView {
             { cls: 'bubble' },
             meta('You', e.createdAt),
             e.reply ? this.replyQuote(e.reply) : null,
-            el('div', { cls: 'content', attrs: { dir: 'auto' } }, text),
+            e.text ? el('div', { cls: 'content', attrs: { dir: 'auto' } }, text) : null,
+            e.files ? filesNode(e, this.urls, this.lightbox) : null,
           ),
           el(
             'p',

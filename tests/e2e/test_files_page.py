@@ -1,0 +1,298 @@
+"""Files in the page (issue 23, "What a user sees"), in Chromium against a real server: a real
+paste and a real drag-and-drop attach files, each upload shows its progress and can be cancelled,
+then a preview; the send carries the files' ids; a message's images are thumbnails sized before
+they load and open a lightbox driven from the keyboard; other files are cards with a download link;
+every refusal is said in words.
+
+The uploads go to the real server. What the room's socket says about files (`files` in a message)
+and the signed-URL endpoint (`POST /rooms/<room>/files/urls`) are scripted where the server does
+not have them yet: the URLs the script hands out are the real ones the server signed at upload, so
+the images and downloads themselves come from the real server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import urllib.error
+import urllib.request
+from typing import Any
+
+from PIL import Image
+from playwright.sync_api import Page, Route, expect
+
+from .conftest import PageOpener
+from .harness import RoomchatServer
+from .pages import expect_live, message_box, wait_until
+from .scripted import BOB, ME, message, open_scripted, welcome
+
+
+def png(width: int, height: int, color: tuple[int, int, int] = (200, 60, 60)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, format="PNG")
+    return out.getvalue()
+
+
+def upload(server: RoomchatServer, name: str, body: bytes, user: str = "bob") -> dict[str, Any]:
+    """Upload ``body`` as ``user`` the way the page does (raw body, bearer token); the answer."""
+    token = server.token(user, ["lobby"], name=user.title())
+    request = urllib.request.Request(
+        f"{server.base_url}/rooms/lobby/files?name={urllib.request.quote(name)}", data=body,
+        method="POST", headers={"Authorization": f"Bearer {token}",
+                                "Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 201
+        answer: dict[str, Any] = json.loads(response.read())
+    return answer
+
+
+def public(answer: dict[str, Any]) -> dict[str, Any]:
+    """A file as a message carries it: the upload's answer without its URLs."""
+    return {k: v for k, v in answer.items() if k not in ("url", "thumb_url", "expires")}
+
+
+class UrlEndpoint:
+    """Answers the page's ``POST /rooms/lobby/files/urls`` with the URLs the server signed at
+    upload (``known``), and records each request's ids."""
+
+    def __init__(self, page: Page, known: dict[str, dict[str, Any]]) -> None:
+        self.known = known
+        self.asked: list[list[str]] = []
+        page.route(re.compile(r"/rooms/lobby/files/urls$"), self.answer)
+
+    def answer(self, route: Route) -> None:
+        ids = json.loads(route.request.post_data or "{}")["ids"]
+        self.asked.append(ids)
+        files = {i: {k: v for k, v in self.known[i].items() if k in ("url", "thumb_url", "expires")}
+                 for i in ids if i in self.known}
+        route.fulfill(status=200, content_type="application/json",
+                      body=json.dumps({"files": files}))
+
+
+def chips(page: Page) -> Any:
+    return page.locator("#attachments li.attachment")
+
+
+PASTE = """async ([b64, name, type]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], name, { type }));
+  const box = document.getElementById('message-input');
+  box.focus();
+  box.dispatchEvent(new ClipboardEvent('paste',
+    { clipboardData: data, bubbles: true, cancelable: true }));
+}"""
+
+DATA_TRANSFER = """(files) => {
+  const data = new DataTransfer();
+  for (const [b64, name, type] of files) {
+    const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+    data.items.add(new File([bytes], name, { type }));
+  }
+  return data;
+}"""
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_a_pasted_image_uploads_then_previews_and_the_send_carries_its_id(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    page, room = open_scripted(server, open_page)
+    room.send(welcome(0, [ME, BOB]))
+    expect_live(page)
+    page.evaluate(PASTE, [b64(png(800, 600)), "screenshot.png", "image/png"])
+    chip = chips(page)
+    expect(chip).to_have_count(1)
+    expect(chip).to_have_attribute("data-state", "done")
+    # The preview is the server's thumbnail (same origin), drawn inside 64x64 at 4:3.
+    thumb = chip.locator("img.attachment-thumb")
+    expect(thumb).to_have_attribute("width", "64")
+    expect(thumb).to_have_attribute("height", "48")
+    expect(thumb).to_have_attribute("src", re.compile(r"^/rooms/lobby/files/[\w-]{22}/thumb\?"))
+    page.wait_for_function("() => document.querySelector('img.attachment-thumb').naturalWidth > 0")
+    expect(chip).to_contain_text("screenshot.png")
+    expect(chip).to_contain_text("PNG image")
+    file_id = chip.get_attribute("data-file-id")
+    assert file_id and re.fullmatch(r"[\w-]{22}", file_id)
+    # Enter sends the file alone (no text needed); the tray empties.
+    message_box(page).press("Enter")
+    wait_until(page, lambda: len(room.sent_messages()) == 1, "the message frame")
+    sent = room.sent_messages()[0]
+    assert sent["files"] == [file_id]
+    assert sent["text"] == ""
+    expect(chips(page)).to_have_count(0)
+    # While it waits, the pending bubble shows the image already.
+    pending_img = page.locator("#pending li img.file-thumb-img")
+    expect(pending_img).to_have_attribute("data-file-id", file_id)
+
+
+def test_files_dropped_on_the_room_show_a_drop_zone_then_attach(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    page, room = open_scripted(server, open_page)
+    room.send(welcome(0, [ME, BOB]))
+    expect_live(page)
+    data = page.evaluate_handle(DATA_TRANSFER, [
+        [b64(png(300, 500)), "tall.png", "image/png"],
+        [b64(b"col1,col2\n1,2\n"), "numbers.csv", "text/csv"],
+    ])
+    zone = page.locator("#drop-zone")
+    expect(zone).to_be_hidden()
+    target = page.locator("#scroller")
+    target.dispatch_event("dragenter", {"dataTransfer": data})
+    target.dispatch_event("dragover", {"dataTransfer": data})
+    expect(zone).to_be_visible()
+    expect(zone).to_have_text("Drop files to attach them")
+    target.dispatch_event("drop", {"dataTransfer": data})
+    expect(zone).to_be_hidden()
+    expect(chips(page)).to_have_count(2)
+    expect(chips(page).nth(0)).to_have_attribute("data-state", "done")
+    expect(chips(page).nth(1)).to_have_attribute("data-state", "done")
+    expect(chips(page).nth(1)).to_contain_text("numbers.csv")
+    expect(chips(page).nth(1)).to_contain_text(re.compile(r"\d+ B · "))
+    # Remove takes one off; focus moves to what is left, never lost.
+    chips(page).nth(0).get_by_role("button", name="Remove tall.png").click()
+    expect(chips(page)).to_have_count(1)
+    focused = page.evaluate("document.activeElement.getAttribute('aria-label')")
+    assert focused == "Remove numbers.csv"
+    box = message_box(page)
+    box.fill("the numbers")
+    box.press("Enter")
+    wait_until(page, lambda: len(room.sent_messages()) == 1, "the message frame")
+    sent = room.sent_messages()[0]
+    assert sent["text"] == "the numbers"
+    assert len(sent["files"]) == 1
+
+
+def test_an_upload_shows_its_progress_and_cancel_stops_it(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    page, room = open_scripted(server, open_page)
+    room.send(welcome(0, [ME, BOB]))
+    expect_live(page)
+    # The upload crawls (DevTools' network throttling, ~64 KB/s up): its bar moves, slowly.
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Network.enable")
+    cdp.send("Network.emulateNetworkConditions", {
+        "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 64 * 1024})
+    page.set_input_files("#file-input", files=[{
+        "name": "big.bin", "mimeType": "application/octet-stream", "buffer": b"\x01" * 2_000_000}])
+    chip = chips(page)
+    expect(chip).to_have_attribute("data-state", "uploading")
+    bar = chip.locator("progress")
+    expect(bar).to_have_attribute("aria-label", "Uploading big.bin")
+    page.wait_for_function(
+        "() => { const v = document.querySelector('#attachments progress')?.value;"
+        " return v > 0 && v < 1; }")
+    cancel = chip.get_by_role("button", name="Cancel upload of big.bin")
+    cancel.focus()
+    page.keyboard.press("Enter")
+    expect(chips(page)).to_have_count(0)
+    expect(page.locator("#attachments")).to_be_hidden()
+    # Focus went back to the message box; nothing was sent, and Enter now sends nothing.
+    expect(message_box(page)).to_be_focused()
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(300)
+    assert room.sent_messages() == []
+
+
+def test_a_messages_images_are_sized_before_they_load_and_open_a_keyboard_lightbox(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    wide = upload(server, "wide.png", png(1200, 600))
+    tall = upload(server, "tall.png", png(300, 900, (40, 120, 200)))
+    page, room = open_scripted(server, open_page)
+    urls = UrlEndpoint(page, {wide["id"]: wide, tall["id"]: tall})
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:  # let through below, once the boxes were measured
+        held.append(route)
+
+    page.route(re.compile(r"/rooms/lobby/files/[\w-]{22}/thumb\?"), hold)
+    room.send(welcome(1, [ME, BOB]),
+              {**message(1, BOB, "two pictures"), "files": [public(wide), public(tall)]})
+    thumbs = page.locator("#log li.msg .file-thumb img")
+    expect(thumbs).to_have_count(2)
+    # Width and height come from the message: the boxes have their final size while the
+    # images are still on their way (no layout jump when they arrive).
+    wait_until(page, lambda: len(held) == 2, "both thumbnails requested")
+    assert urls.asked == [[wide["id"], tall["id"]]]  # one request for both
+    expect(thumbs.nth(0)).to_have_attribute("width", "320")
+    expect(thumbs.nth(0)).to_have_attribute("height", "160")
+    expect(thumbs.nth(1)).to_have_attribute("width", "80")
+    expect(thumbs.nth(1)).to_have_attribute("height", "240")
+    boxes = thumbs.evaluate_all(
+        "imgs => imgs.map(i => [i.complete && i.naturalWidth > 0, i.getBoundingClientRect().width,"
+        " i.getBoundingClientRect().height])")
+    assert boxes == [[False, 320, 160], [False, 80, 240]]
+    for route in held:
+        route.continue_()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#log .file-thumb img')]"
+        ".every(i => i.naturalWidth > 0)")
+    assert thumbs.evaluate_all(
+        "imgs => imgs.map(i => [i.getBoundingClientRect().width, i.getBoundingClientRect().height])"
+    ) == [[320, 160], [80, 240]]
+    # The keyboard opens the lightbox on the first image...
+    first = page.get_by_role("button", name="View image wide.png (1 of 2)")
+    first.focus()
+    page.keyboard.press("Enter")
+    box = page.get_by_role("dialog", name="wide.png")
+    expect(box).to_be_visible()
+    expect(page.locator("#lightbox-close")).to_be_focused()
+    expect(page.locator("#lightbox-count")).to_have_text("Image 1 of 2")
+    big = page.locator("#lightbox-img")
+    expect(big).to_have_attribute("src", re.compile(rf"^/rooms/lobby/files/{wide['id']}\?"))
+    expect(big).to_have_attribute("alt", "wide.png")
+    page.wait_for_function("() => document.getElementById('lightbox-img').naturalWidth === 1200")
+    # ...the arrows move between the message's images...
+    page.keyboard.press("ArrowRight")
+    expect(page.get_by_role("dialog", name="tall.png")).to_be_visible()
+    expect(page.locator("#lightbox-count")).to_have_text("Image 2 of 2")
+    expect(big).to_have_attribute("src", re.compile(rf"^/rooms/lobby/files/{tall['id']}\?"))
+    page.keyboard.press("ArrowRight")  # the last: stays
+    expect(page.locator("#lightbox-count")).to_have_text("Image 2 of 2")
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#lightbox-count")).to_have_text("Image 1 of 2")
+    # ...Tab stays inside the dialog...
+    for _ in range(8):
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.getElementById('lightbox').contains(document.activeElement)")
+    for _ in range(3):
+        page.keyboard.press("Shift+Tab")
+        assert page.evaluate("document.getElementById('lightbox').contains(document.activeElement)")
+    # ...and Escape closes it, the focus back on the thumbnail that opened it.
+    page.keyboard.press("Escape")
+    expect(page.locator("#lightbox")).to_be_hidden()
+    expect(first).to_be_focused()
+
+
+def test_other_files_are_cards_with_size_type_and_a_download_link(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    notes = upload(server, "notes.txt", b"hello from bob\n" * 100)
+    page_html = upload(server, "page.html", b"<!doctype html><script>alert(1)</script><p>hi</p>")
+    page, room = open_scripted(server, open_page)
+    UrlEndpoint(page, {notes["id"]: notes, page_html["id"]: page_html})
+    room.send(welcome(1, [ME, BOB]),
+              {**message(1, BOB, ""), "files": [public(notes), public(page_html)]})
+    cards = page.locator("#log li.msg .file-card")
+    expect(cards).to_have_count(2)
+    expect(cards.nth(0).locator(".file-name")).to_have_text("notes.txt")
+    expect(cards.nth(0).locator(".file-info")).to_have_text("1.5 KB · TXT file")
+    # An HTML file is a download like any other, never shown inline.
+    expect(cards.nth(1).locator(".file-info")).to_have_text(re.compile(r"^\d+ B · HTML file$"))
+    expect(page.locator("#log li.msg .text")).to_have_count(0)  # no empty text line
+    link = cards.nth(0).get_by_role("link", name="Download notes.txt")
+    expect(link).to_have_attribute("href", re.compile(rf"^/rooms/lobby/files/{notes['id']}\?exp="))
+    with page.expect_download() as got:
+        link.focus()
+        page.keyboard.press("Enter")
+    download = got.value
+    assert download.suggested_filename == "notes.txt"
+    path = download.path()
+    assert path is not None and path.read_bytes() == b"hello from bob\n" * 100
