@@ -15,12 +15,12 @@ import base64
 import io
 import json
 import re
-import urllib.error
 import urllib.request
 from typing import Any
+from urllib.parse import quote
 
 from PIL import Image
-from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import FilePayload, Page, Route, expect
 
 from .conftest import PageOpener
 from .harness import RoomchatServer
@@ -38,7 +38,7 @@ def upload(server: RoomchatServer, name: str, body: bytes, user: str = "bob") ->
     """Upload ``body`` as ``user`` the way the page does (raw body, bearer token); the answer."""
     token = server.token(user, ["lobby"], name=user.title())
     request = urllib.request.Request(
-        f"{server.base_url}/rooms/lobby/files?name={urllib.request.quote(name)}", data=body,
+        f"{server.base_url}/rooms/lobby/files?name={quote(name)}", data=body,
         method="POST", headers={"Authorization": f"Bearer {token}",
                                 "Content-Type": "application/octet-stream"})
     with urllib.request.urlopen(request, timeout=30) as response:
@@ -92,6 +92,10 @@ DATA_TRANSFER = """(files) => {
   }
   return data;
 }"""
+
+
+def payload(name: str, data: bytes, mime: str = "application/octet-stream") -> FilePayload:
+    return {"name": name, "mimeType": mime, "buffer": data}
 
 
 def b64(data: bytes) -> str:
@@ -179,8 +183,7 @@ def test_an_upload_shows_its_progress_and_cancel_stops_it(
     cdp.send("Network.enable")
     cdp.send("Network.emulateNetworkConditions", {
         "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 64 * 1024})
-    page.set_input_files("#file-input", files=[{
-        "name": "big.bin", "mimeType": "application/octet-stream", "buffer": b"\x01" * 2_000_000}])
+    page.set_input_files("#file-input", files=[payload("big.bin", b"\x01" * 2_000_000)])
     chip = chips(page)
     expect(chip).to_have_attribute("data-state", "uploading")
     bar = chip.locator("progress")
