@@ -107,6 +107,16 @@ export class AttachmentTray {
     this.list.hidden = this.items.length === 0;
   }
 
+  /** Put files already uploaded (a failed message's, taken back to edit) on the tray again, as previews. */
+  restore(metas) {
+    for (const meta of metas.slice(0, Math.max(0, this.maxFiles() - this.items.length))) {
+      const item = { key: nextKey++, file: null, name: meta.name, state: 'done', progress: 1, meta };
+      this.items.push(item);
+      this.list.append(this.chip(item));
+    }
+    this.list.hidden = this.items.length === 0;
+  }
+
   upload(item) {
     const limit = this.maxFileBytes();
     if (limit && item.file.size > limit) {

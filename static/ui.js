@@ -35,6 +35,7 @@ const HIGHLIGHT_MS = 2500; // a message jumped to (a link, a reply's quote) stay
 const JUMP_PAGE = 200; // older pages are this long while looking for a message far back (the server's cap)
 const NOTIFY_CHARS = 200; // how much of a message a notification shows
 const NOTIFY_MODES = ['mentions', 'all', 'off'];
+const TRAY_NOTE_MS = 10000; // a refused file is said under the composer this long (its chip keeps it)
 const MOD_STEPS = ['mod-choose', 'mod-confirm-delete', 'mod-confirm-ban'];
 // A member's "left" waits this long before it is shown: one whose connection dropped (a server restart, a
 // worker replaced, a network blip) is usually back within it, and then neither line is news.
@@ -414,7 +415,7 @@ class ChatView {
       urls: this.urls,
       maxFiles: () => this.client?.maxFiles ?? 10,
       maxFileBytes: () => (Number.isSafeInteger(this.info?.max_file_bytes) ? this.info.max_file_bytes : null),
-      note: (text) => this.note(text, 10000),
+      note: (text) => this.trayNote(text),
       fallbackFocus: () => this.input,
     });
     this.lightbox = new Lightbox($('lightbox'), this.urls);
@@ -574,6 +575,19 @@ class ChatView {
       ev.preventDefault();
       if (ev.dataTransfer.files.length) this.attach(ev.dataTransfer.files);
     });
+  }
+
+  /**
+   * Say a refusal of the tray in the composer's note. Several come together (a drop of files, some refused):
+   * each joins those still shown rather than replacing them (each chip keeps its own words too).
+   */
+  trayNote(text) {
+    const line = $('composer-note');
+    const now = Date.now();
+    const joined = this.trayNoteShown && line.textContent === this.trayNoteShown.text && now < this.trayNoteShown.until
+      ? `${line.textContent} ${text}` : text;
+    this.note(joined, TRAY_NOTE_MS);
+    this.trayNoteShown = { text: joined, until: now + TRAY_NOTE_MS };
   }
 
   /** Attach `files` to the message being written (the tray uploads them). */
@@ -2237,7 +2251,9 @@ class ChatView {
   pendingStatus(e, live, head, nextAt) {
     if (e.state === 'failed') {
       const words = refusalText(e.code, e.reply ? 'reply' : 'message', e.error);
-      return `Not sent: ${['not_found', 'already_deleted', 'forbidden'].includes(e.code) ? words : e.error}`;
+      const ours = ['not_found', 'already_deleted', 'forbidden', 'file_not_found', 'file_not_attachable',
+        'too_many_files'];
+      return `Not sent: ${ours.includes(e.code) ? words : e.error}`;
     }
     if (e.state === 'sent') return 'Sent';
     if (e.state === 'sending') return 'Sending…';
@@ -2279,6 +2295,10 @@ class ChatView {
               const original = e.reply ? this.client.messages.get(e.reply.seq) : null;
               if (e.reply && e.code !== 'not_found' && e.code !== 'already_deleted' && !original?.deleted) {
                 this.setReply(e.reply);
+              }
+              // Its files go back on the tray, but those the server said are gone or taken.
+              if (e.files && e.code !== 'file_not_found' && e.code !== 'file_not_attachable') {
+                this.tray.restore(e.files);
               }
               this.client.discard(e.id);
               this.input.focus();

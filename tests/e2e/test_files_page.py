@@ -19,12 +19,13 @@ import urllib.request
 from typing import Any
 from urllib.parse import quote
 
+import pytest
 from PIL import Image
 from playwright.sync_api import FilePayload, Page, Route, expect
 
-from .conftest import PageOpener
+from .conftest import PageOpener, ServerFactory
 from .harness import RoomchatServer
-from .pages import expect_live, message_box, wait_until
+from .pages import expect_live, message_box, note, wait_until
 from .scripted import BOB, ME, message, open_scripted, welcome
 
 
@@ -299,3 +300,117 @@ def test_other_files_are_cards_with_size_type_and_a_download_link(
     assert download.suggested_filename == "notes.txt"
     path = download.path()
     assert path is not None and path.read_bytes() == b"hello from bob\n" * 100
+
+
+def refusal(page: Page, name: str) -> Any:
+    """The words on the chip of the file ``name`` that was refused."""
+    chip = chips(page).filter(has=page.locator(".attachment-name", has_text=name))
+    expect(chip).to_have_attribute("data-state", "failed")
+    return chip.locator(".attachment-error")
+
+
+def test_each_refusal_of_the_real_server_is_said_in_words(
+    make_server: ServerFactory, open_page: PageOpener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ROOMCHAT_MAX_FILE_BYTES", str(1024 * 1024))
+    monkeypatch.setenv("ROOMCHAT_MAX_USER_STORAGE_BYTES", str(1024 * 1024))
+    monkeypatch.setenv("ROOMCHAT_UPLOAD_BURST", "4")
+    monkeypatch.setenv("ROOMCHAT_UPLOAD_RATE", "0.01")
+    server = make_server()
+    page = open_page(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
+    expect_live(page)
+
+    def pick(name: str, data: bytes) -> None:
+        before = chips(page).count()
+        page.set_input_files("#file-input", files=[payload(name, data)])
+        expect(chips(page)).to_have_count(before + 1)
+        expect(chips(page).nth(before)).not_to_have_attribute("data-state", "uploading")
+
+    # 26 MiB against a 1 MiB limit: refused (before it costs an upload), with the limit.
+    pick("huge.bin", b"\0" * (26 * 1024 * 1024))
+    expect(refusal(page, "huge.bin")).to_have_text(
+        "“huge.bin” is too large: files can be at most 1 MB.")
+    expect(note(page)).to_have_text("“huge.bin” is too large: files can be at most 1 MB.")
+    pick("first.bin", b"\1" * 700_000)
+    expect(chips(page).nth(1)).to_have_attribute("data-state", "done")
+    pick("second.bin", b"\2" * 700_000)
+    expect(refusal(page, "second.bin")).to_have_text(re.compile(
+        r"^“second\.bin” was not uploaded: your storage quota of 1 MB is full\."))
+    pick("empty.txt", b"")
+    expect(refusal(page, "empty.txt")).to_have_text(
+        "“empty.txt” is empty: there is nothing to share.")
+    pick("broken.png", png(400, 300)[:200])
+    expect(refusal(page, "broken.png")).to_have_text(re.compile(
+        r"^“broken\.png” is not allowed: it looks like an image but cannot be read"))
+    # The fifth upload in a moment passes the burst: rate limited, with a wait and a Retry.
+    pick("later.txt", b"later")
+    expect(refusal(page, "later.txt")).to_have_text(re.compile(
+        r"^Too many uploads in a short time: “later\.txt” can be tried again in \d+ s\.$"))
+    later = chips(page).filter(has=page.locator(".attachment-name", has_text="later.txt"))
+    expect(later.get_by_role("button", name="Retry later.txt")).to_be_visible()
+    # Refusals that no retry can fix offer none.
+    expect(page.get_by_role("button", name=re.compile(r"^Retry (huge|second|empty|broken)"))
+           ).to_have_count(0)
+    # A send with a refused file on the tray says what to do instead of sending without it.
+    message_box(page).fill("with files")
+    message_box(page).press("Enter")
+    expect(note(page)).to_have_text(
+        "A file could not be uploaded: retry it or remove it, then send.")
+    expect(message_box(page)).to_have_value("with files")
+
+
+def test_a_failed_upload_retries_and_other_refusals_are_in_words(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    page, room = open_scripted(server, open_page)
+    room.send({**welcome(0, [ME, BOB]), "max_files_per_message": 3})
+    expect_live(page)
+    answers = ["unavailable", "pass"]
+
+    def flaky(route: Route) -> None:
+        name = route.request.url.rsplit("name=", 1)[1]
+        if name == "kind.exe":
+            route.fulfill(status=415, content_type="application/json",
+                          body='{"error":"unsupported_type","detail":"not allowed"}')
+        elif name == "cut.txt":
+            route.abort("connectionreset")
+        elif answers.pop(0) == "unavailable":
+            route.fulfill(status=503, content_type="application/json",
+                          body='{"error":"unavailable","detail":"file storage is unavailable"}')
+        else:
+            route.fallback()  # to the real server
+
+    page.route(re.compile(r"/rooms/lobby/files\?name="), flaky)
+    page.set_input_files("#file-input", files=[payload("report.txt", b"report"),
+                                               payload("kind.exe", b"MZ"),
+                                               payload("cut.txt", b"cut"),
+                                               payload("fourth.txt", b"4")])
+    # The welcome said 3 files a message: the fourth is not attached, and that is said.
+    expect(chips(page)).to_have_count(3)
+    expect(note(page)).to_contain_text(
+        "A message can carry at most 3 files: “fourth.txt” was not attached.")
+    expect(refusal(page, "report.txt")).to_have_text(
+        "Upload of “report.txt” failed (file storage is unavailable).")
+    expect(refusal(page, "kind.exe")).to_have_text(
+        "“kind.exe” is not allowed: files of this type cannot be shared here.")
+    expect(refusal(page, "cut.txt")).to_have_text(
+        "Upload of “cut.txt” failed: the server could not be reached.")
+    retry = page.get_by_role("button", name="Retry report.txt")
+    retry.focus()
+    page.keyboard.press("Enter")
+    report = chips(page).filter(has=page.locator(".attachment-name", has_text="report.txt"))
+    expect(report).to_have_attribute("data-state", "done")
+    expect(report).to_contain_text("6 B · TXT file")
+    # Focus stayed on the chip (its Remove button now), not lost to the page.
+    expect(report.get_by_role("button", name="Remove report.txt")).to_be_focused()
+    for name in ("kind.exe", "cut.txt"):
+        page.get_by_role("button", name=f"Remove {name}").click()
+    message_box(page).press("Enter")
+    wait_until(page, lambda: len(room.sent_messages()) == 1, "the message frame")
+    assert len(room.sent_messages()[0]["files"]) == 1
+    # A message refused for its files says why in words.
+    sent = room.sent_messages()[0]
+    room.send({"type": "error", "code": "file_not_found", "id": sent["id"],
+               "message": "no such file"})
+    expect(page.locator("#pending li.failed")).to_contain_text(
+        "Not sent: A file attached to it is gone")
