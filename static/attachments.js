@@ -331,20 +331,28 @@ function loadUrls(node, ids, urls) {
   });
 }
 
-/** Load `src` into `img`; when it fails (an expired or refused URL: 403) ask for fresh URLs once and try again. */
+/**
+ * Load `src` into `img`. When it fails (a 403: the URL expired or was refused) the URLs are asked for again,
+ * once: an image that fails with fresh ones too is shown as unavailable.
+ */
 function showImage(img, src, urls, pick) {
   const id = img.dataset.fileId;
+  let retried = false;
+  const broken = () => img.closest('.file-thumb')?.classList.add('broken');
   img.addEventListener('error', () => {
-    if (!urls.stale(id)) {
-      img.closest('.file-thumb')?.classList.add('broken');
+    if (!img.getAttribute('src')) return;
+    if (retried) {
+      broken();
       return;
     }
+    retried = true;
+    urls.stale(id);
     urls.want([id]).then((got) => {
       const u = got.get(id);
-      if (u && pick(u) !== img.getAttribute('src')) img.src = pick(u);
-      else img.closest('.file-thumb')?.classList.add('broken');
+      if (u) img.src = pick(u);
+      else broken();
     });
-  }, { once: false });
+  });
   img.src = src;
 }
 
@@ -390,6 +398,7 @@ export class Lightbox {
 
   open(images, index, opener) {
     this.images = images;
+    this.retried = null;
     this.opener = opener;
     if (!this.dialog.open) this.dialog.showModal();
     this.show(index);
@@ -434,12 +443,18 @@ export class Lightbox {
     this.img.height = box.height;
   }
 
+  /** The full image failed to load (an expired or refused URL): ask for its URLs again, once per image shown. */
   retry() {
     const f = this.images[this.index];
-    if (!f || !this.img.getAttribute('src') || !this.urls.stale(f.id)) return;
+    if (!f || !this.img.getAttribute('src') || this.retried === f) return;
+    this.retried = f;
+    this.urls.stale(f.id);
     this.urls.want([f.id]).then((got) => {
       const u = got.get(f.id);
-      if (u && this.images[this.index] === f && u.url !== this.img.getAttribute('src')) this.img.src = u.url;
+      if (u && this.images[this.index] === f) {
+        this.img.src = u.url;
+        this.download.href = u.url;
+      }
     });
   }
 

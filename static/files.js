@@ -226,8 +226,8 @@ export function uploadFile({ base = '', room, token, file, name, onProgress = ()
  * The signed URLs of a room's files, asked for in batches and kept until URL_MARGIN_MS before they expire.
  * `want(ids)` resolves to a Map id -> {url, thumb_url?, expires} holding those the server knows (others are
  * absent: deleted, or never in this room); `seed(id, obj)` keeps URLs already in hand (an upload's answer);
- * `stale(id)` forgets one (its image failed to load: the URL may have expired or been refused) and says
- * whether asking again is worth it now.
+ * `stale(id)` forgets one (its image failed to load: the URL may have expired or been refused). The caller
+ * asks again once per failure it sees, not in a loop: a file that fails with fresh URLs is broken.
  */
 export class FileUrls {
   /**
@@ -267,12 +267,9 @@ export class FileUrls {
     if (urls) this.cache.set(id, urls);
   }
 
-  /** Forget `id`'s URLs; returns false when it was asked for very recently (a broken file: do not loop). */
+  /** Forget `id`'s URLs (an image failed to load with them: expired, or refused); the next want() asks anew. */
   stale(id) {
-    const got = this.cache.get(id);
     this.cache.delete(id);
-    if (got && this.now() - got.fetchedAt < URL_RETRY_MS) return false;
-    return true;
   }
 
   /** {url, thumb_url?, expires (ms)} from the server's object, or null when it has no usable `url`. */
@@ -347,7 +344,6 @@ export class FileUrls {
     for (const id of ids) {
       const urls = files ? FileUrls.parse(files[id]) : null;
       if (urls) {
-        urls.fetchedAt = now;
         this.cache.set(id, urls);
         this.missingUntil.delete(id);
       } else {

@@ -23,10 +23,11 @@ import pytest
 from PIL import Image
 from playwright.sync_api import FilePayload, Page, Route, expect
 
-from .conftest import PageOpener, ServerFactory
+from .conftest import PageOpener, ServerFactory, Shooter
 from .harness import RoomchatServer
 from .pages import expect_live, message_box, note, wait_until
-from .scripted import BOB, ME, message, open_scripted, welcome
+from .scripted import BOB, ME, ScriptedRoom, message, open_scripted, welcome
+from .test_a11y import axe_problems, axe_source  # noqa: F401 (a fixture)
 
 
 def png(width: int, height: int, color: tuple[int, int, int] = (200, 60, 60)) -> bytes:
@@ -414,3 +415,97 @@ def test_a_failed_upload_retries_and_other_refusals_are_in_words(
                "message": "no such file"})
     expect(page.locator("#pending li.failed")).to_contain_text(
         "Not sent: A file attached to it is gone")
+
+
+@pytest.mark.parametrize("scheme", ["light", "dark"])
+@pytest.mark.parametrize("width", [390, 1280])
+def test_axe_finds_nothing_serious_with_files_at_390_and_1280(
+    server: RoomchatServer, open_page: PageOpener, axe_source: str,  # noqa: F811 (the fixture)
+    scheme: str, width: int, shoot: Shooter,
+) -> None:
+    photo = upload(server, "photo.png", png(1600, 1200))
+    other = upload(server, "diagram.png", png(500, 800, (30, 160, 90)))
+    doc = upload(server, "minutes-of-the-meeting-with-a-long-name.txt", b"minutes\n" * 300)
+    room = ScriptedRoom()
+    page = open_page(width=width, height=800, color_scheme=scheme, init_script=axe_source)
+    page.route_web_socket(re.compile(r"/rooms/lobby/ws"), room.accept)
+    UrlEndpoint(page, {f["id"]: f for f in (photo, other, doc)})
+    page.goto(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
+    wait_until(page, lambda: len(room.sockets) == 1, "the page to connect")
+    room.send(welcome(2, [ME, BOB]),
+              {**message(1, BOB, "pictures from today"),
+               "files": [public(photo), public(other)]},
+              {**message(2, ME, "and the minutes"), "files": [public(doc)]})
+    expect_live(page)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#log .file-thumb img')]"
+        ".every(i => i.naturalWidth > 0)")
+
+    # The tray: a preview, a refusal, and an upload in progress (held).
+    def held_or_refused(route: Route) -> None:
+        if "refused.exe" in route.request.url:
+            route.fulfill(status=415, content_type="application/json",
+                          body='{"error":"unsupported_type","detail":"no"}')
+        elif "slow.bin" not in route.request.url:
+            route.fallback()
+        # slow.bin: never answered while the test looks
+
+    page.route(re.compile(r"/rooms/lobby/files\?name="), held_or_refused)
+    page.set_input_files("#file-input", files=[payload("shot.png", png(640, 480), "image/png"),
+                                               payload("refused.exe", b"MZ"),
+                                               payload("slow.bin", b"x" * 1000)])
+    expect(chips(page).nth(0)).to_have_attribute("data-state", "done")
+    expect(chips(page).nth(1)).to_have_attribute("data-state", "failed")
+    expect(chips(page).nth(2)).to_have_attribute("data-state", "uploading")
+    page.wait_for_function(
+        "() => document.querySelector('img.attachment-thumb')?.naturalWidth > 0")
+    # Nothing sticks out sideways on a phone; the thumbnails keep their ratio inside the bubble.
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    for img in page.locator("#log .file-thumb img").all():
+        box = img.bounding_box()
+        assert box is not None
+        ratio = int(img.get_attribute("width") or 0) / int(img.get_attribute("height") or 1)
+        assert abs(box["width"] / box["height"] - ratio) < 0.02
+    problems = axe_problems(page)
+    assert not problems, "\n".join(problems)
+    shoot(page, f"files-{width}-{scheme}")
+    # The drop zone while dragging.
+    data = page.evaluate_handle(DATA_TRANSFER, [[b64(b"x"), "x.txt", "text/plain"]])
+    page.locator("#scroller").dispatch_event("dragenter", {"dataTransfer": data})
+    expect(page.locator("#drop-zone")).to_be_visible()
+    problems = axe_problems(page)
+    assert not problems, "\n".join(problems)
+    page.locator("#scroller").dispatch_event("dragleave", {"dataTransfer": data})
+    expect(page.locator("#drop-zone")).to_be_hidden()
+    # The lightbox, over two images.
+    page.get_by_role("button", name="View image photo.png (1 of 2)").click()
+    expect(page.locator("#lightbox")).to_be_visible()
+    page.wait_for_function("() => document.getElementById('lightbox-img').naturalWidth > 0")
+    img_box = page.locator("#lightbox-img").bounding_box()
+    assert img_box is not None and img_box["width"] <= width
+    problems = axe_problems(page)
+    assert not problems, "\n".join(problems)
+    shoot(page, f"files-lightbox-{width}-{scheme}")
+
+
+def test_an_image_whose_url_is_refused_gets_fresh_urls_once(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    good = upload(server, "pic.png", png(200, 100))
+    broken = upload(server, "gone.png", png(100, 100))
+    page, room = open_scripted(server, open_page)
+    # The first answer's signatures are wrong (as an expired URL would be: the server says 403).
+    spoilt = {f["id"]: {**f, "thumb_url": f["thumb_url"].replace("sig=", "sig=x")}
+              for f in (good, broken)}
+    urls = UrlEndpoint(page, spoilt)
+    room.send(welcome(1, [ME, BOB]),
+              {**message(1, BOB, "look"), "files": [public(good), public(broken)]})
+    wait_until(page, lambda: len(urls.asked) == 1, "the first URL request")
+    urls.known = {good["id"]: good, broken["id"]: spoilt[broken["id"]]}  # one stays refused
+    page.wait_for_function(
+        "() => document.querySelector('#log .file-thumb img').naturalWidth === 200")
+    # Asked again for both, once: the one still refused is shown as unavailable, not retried
+    # in a loop.
+    expect(page.locator("#log .file-thumb.broken")).to_have_count(1)
+    page.wait_for_timeout(500)
+    assert sorted(map(sorted, urls.asked)) == sorted([sorted([good["id"], broken["id"]])] * 2)
