@@ -148,6 +148,13 @@ function excerpt(text, chars) {
   return points.length > chars ? `${points.slice(0, chars).join('')}…` : flat;
 }
 
+/** What a message says, for a quote or a notification: its text, or for files alone, their names. */
+function saidText(m) {
+  if (m.text || !m.files?.length) return m.text;
+  const names = m.files.map((f) => f.name).join(', ');
+  return m.files.length === 1 ? `Shared a file: ${names}` : `Shared ${m.files.length} files: ${names}`;
+}
+
 /** A 24x24 icon from one SVG path, drawn without parsing markup. */
 function pathIcon(d, size = 18) {
   const NS = 'http://www.w3.org/2000/svg';
@@ -1273,8 +1280,7 @@ class ChatView {
   startReply(seq) {
     const m = this.client?.messages.get(seq);
     if (!m || m.deleted) return;
-    const said = m.text || (m.files || []).map((f) => f.name).join(', ');
-    this.setReply({ seq, user: m.user, name: m.name, excerpt: excerpt(said, QUOTE_CHARS) });
+    this.setReply({ seq, user: m.user, name: m.name, excerpt: excerpt(saidText(m), QUOTE_CHARS) });
     this.input.focus();
   }
 
@@ -1475,7 +1481,7 @@ class ChatView {
     this.modOpener = opener;
     this.modKeepFocus = false;
     $('mod-title').textContent = own ? 'Your message' : `Message from ${name}`;
-    $('mod-quote').textContent = excerpt(m.text, QUOTE_CHARS);
+    $('mod-quote').textContent = excerpt(saidText(m), QUOTE_CHARS);
     this.fillQuickReactions(m);
     $('act-edit').hidden = !own;
     $('mod-delete').hidden = !own && !this.moderator;
@@ -1838,7 +1844,7 @@ class ChatView {
     const who = this.displayName(m.user, m.name);
     const title = mentioned ? `${who} mentioned you in #${this.room}` : `${who} in #${this.room}`;
     try {
-      const n = new Notification(title, { body: excerpt(m.text, NOTIFY_CHARS), tag: `roomchat:${this.room}:${m.seq}` });
+      const n = new Notification(title, { body: excerpt(saidText(m), NOTIFY_CHARS), tag: `roomchat:${this.room}:${m.seq}` });
       n.addEventListener('click', () => {
         window.focus();
         n.close();

@@ -509,3 +509,28 @@ def test_an_image_whose_url_is_refused_gets_fresh_urls_once(
     expect(page.locator("#log .file-thumb.broken")).to_have_count(1)
     page.wait_for_timeout(500)
     assert sorted(map(sorted, urls.asked)) == sorted([sorted([good["id"], broken["id"]])] * 2)
+
+
+def test_the_attach_button_opens_a_file_picker_from_the_keyboard(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    page, room = open_scripted(server, open_page)
+    room.send(welcome(0, [ME, BOB]))
+    expect_live(page)
+    attach = page.get_by_role("button", name="Attach files")
+    expect(attach).to_have_accessible_description(re.compile(
+        r"^Attach up to 10 files: pick them, paste an image, or drop files on the room\.$"))
+    # From the message box, Shift+Tab reaches the button (it sits just before the box).
+    expect(message_box(page)).to_be_focused()
+    page.keyboard.press("Shift+Tab")
+    expect(attach).to_be_focused()
+    with page.expect_file_chooser() as chooser:
+        page.keyboard.press("Enter")
+    assert chooser.value.is_multiple()
+    chooser.value.set_files([payload("a.txt", b"aaa"), payload("b.txt", b"bbbb")])
+    expect(chips(page)).to_have_count(2)
+    expect(chips(page).nth(1)).to_have_attribute("data-state", "done")
+    expect(message_box(page)).to_be_focused()  # back to writing
+    page.keyboard.press("Enter")
+    wait_until(page, lambda: len(room.sent_messages()) == 1, "the message frame")
+    assert len(room.sent_messages()[0]["files"]) == 2
