@@ -6,8 +6,6 @@
 // typed messages in sessionStorage until the server acknowledges them. It knows nothing about the DOM:
 // the page listens to its events (see ChatClient) and calls send()/reconnectNow()/setToken().
 
-import { DEFAULT_MAX_FILES, fileList } from '/static/files.js';
-
 export const MAX_TEXT_CHARS = 2000; // the server's default max_text_chars, counted in code points
 const BACKOFF_BASE_MS = 1000;
 const BACKOFF_MAX_MS = 30000;
@@ -232,6 +230,53 @@ export function newMessageId() {
 }
 
 // ---- messages in their current state (docs/design/rich-messages.md) ------------------------------
+
+// A message's files (issue 23): their public metadata only, never URLs (the page asks for those: files.js).
+// (Here rather than in files.js: this module imports nothing, so Node loads it alone, as tests and bench do.)
+
+/** What a message may carry when the server does not say (the server's default `max_files_per_message`). */
+export const DEFAULT_MAX_FILES = 10;
+/** The most files a message is trusted to carry when drawn (a broken or hostile server's list is cut). */
+const MAX_FILES_SHOWN = 50;
+const FILE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
+const positiveInt = (v) => Number.isSafeInteger(v) && v > 0;
+
+/**
+ * One file of a message as the page keeps it, or null when `f` is not one: {id, name, size, type, width?,
+ * height?, thumb?}, width and height only together, only positive integers. Nothing else is copied.
+ */
+export function fileMeta(f) {
+  if (!f || typeof f !== 'object' || typeof f.id !== 'string' || !FILE_ID.test(f.id)) return null;
+  const out = {
+    id: f.id,
+    name: typeof f.name === 'string' && f.name ? f.name : 'file',
+    size: Number.isSafeInteger(f.size) && f.size >= 0 ? f.size : 0,
+    type: typeof f.type === 'string' ? f.type : '',
+  };
+  if (positiveInt(f.width) && positiveInt(f.height)) {
+    out.width = f.width;
+    out.height = f.height;
+  }
+  if (f.thumb === true) out.thumb = true;
+  return out;
+}
+
+/** A message's `files` as the page keeps them: valid entries only, at most MAX_FILES_SHOWN, no id twice. */
+export function fileList(files) {
+  if (!Array.isArray(files)) return [];
+  const seen = new Set();
+  const out = [];
+  for (const f of files) {
+    const meta = fileMeta(f);
+    if (!meta || seen.has(meta.id)) continue;
+    seen.add(meta.id);
+    out.push(meta);
+    if (out.length >= MAX_FILES_SHOWN) break;
+  }
+  return out;
+}
+
 
 /** The most distinct people a reply, mention or reaction list is trusted to name (the server's own caps). */
 const MAX_NAMED_USERS = 1000;

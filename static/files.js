@@ -5,8 +5,12 @@
 // URLs are signed for a short while (gateway/files.py), so the page asks for them (POST /rooms/<room>/files/urls,
 // in batches) and keeps them until shortly before they expire. Like chat.js, this module touches no DOM.
 
-/** What a message may carry when the server does not say (the server's default `max_files_per_message`). */
-export const DEFAULT_MAX_FILES = 10;
+import { fileMeta } from '/static/chat.js';
+
+export { DEFAULT_MAX_FILES, fileMeta, fileList } from '/static/chat.js';
+
+const positiveInt = (v) => Number.isSafeInteger(v) && v > 0;
+
 /** Ids per `POST /files/urls` request. */
 export const URL_BATCH = 100;
 /** A signed URL is asked for again this long before it expires (a view or download must not start on one
@@ -16,9 +20,6 @@ export const URL_MARGIN_MS = 60_000;
 const URL_BATCH_WAIT_MS = 15;
 /** After a failed URL request (or an id the server did not know), the same id is not asked again sooner. */
 const URL_RETRY_MS = 10_000;
-/** The most files a message is trusted to carry when drawn (a broken or hostile server's list is cut). */
-const MAX_FILES_SHOWN = 50;
-const FILE_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
 const MIB = 1024 * 1024;
 
@@ -75,43 +76,6 @@ export function fileKind(type, name = '') {
 
 /** The types a page shows inline (what the server re-encodes as images; anything else is a download). */
 export const IMAGE_TYPES = Object.freeze(new Set(['image/jpeg', 'image/png', 'image/webp', 'image/gif']));
-
-const positiveInt = (v) => Number.isSafeInteger(v) && v > 0;
-
-/**
- * One file of a message as the page keeps it, or null when `f` is not one: {id, name, size, type, width?,
- * height?, thumb?}, width and height only together, only positive integers. Nothing else is copied.
- */
-export function fileMeta(f) {
-  if (!f || typeof f !== 'object' || typeof f.id !== 'string' || !FILE_ID.test(f.id)) return null;
-  const out = {
-    id: f.id,
-    name: typeof f.name === 'string' && f.name ? f.name : 'file',
-    size: Number.isSafeInteger(f.size) && f.size >= 0 ? f.size : 0,
-    type: typeof f.type === 'string' ? f.type : '',
-  };
-  if (positiveInt(f.width) && positiveInt(f.height)) {
-    out.width = f.width;
-    out.height = f.height;
-  }
-  if (f.thumb === true) out.thumb = true;
-  return out;
-}
-
-/** A message's `files` as the page keeps them: valid entries only, at most MAX_FILES_SHOWN, no id twice. */
-export function fileList(files) {
-  if (!Array.isArray(files)) return [];
-  const seen = new Set();
-  const out = [];
-  for (const f of files) {
-    const meta = fileMeta(f);
-    if (!meta || seen.has(meta.id)) continue;
-    seen.add(meta.id);
-    out.push(meta);
-    if (out.length >= MAX_FILES_SHOWN) break;
-  }
-  return out;
-}
 
 /** Whether a file is shown as an image (a known image type with its size known), not as a card. */
 export function isImage(f) {

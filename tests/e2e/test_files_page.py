@@ -534,3 +534,37 @@ def test_the_attach_button_opens_a_file_picker_from_the_keyboard(
     page.keyboard.press("Enter")
     wait_until(page, lambda: len(room.sent_messages()) == 1, "the message frame")
     assert len(room.sent_messages()[0]["files"]) == 2
+
+
+def test_sizes_kinds_and_boxes_in_words(server: RoomchatServer, open_page: PageOpener) -> None:
+    """The pure helpers of static/files.js, at their edges (run in the page: it is a module of
+    the page, importing chat.js by its URL)."""
+    page = open_page(f"{server.base_url}/static/index.html")
+    got = page.evaluate("""async () => {
+      const f = await import('/static/files.js');
+      return {
+        sizes: [0, 1023, 1024, 1536, 10 * 1024 - 1, 25 * 1024 * 1024, 1024 ** 3 * 1.25, -1, NaN]
+          .map(f.humanSize),
+        limits: [26214400, 1048576, 200000, 1073741824].map(f.limitText),
+        kinds: [['image/png', 'x.png'], ['application/octet-stream', 'notes.TXT'],
+                ['application/octet-stream', 'noext'], ['text/x-weird', 'a.b'], ['', '']]
+          .map(([t, n]) => f.fileKind(t, n)),
+        boxes: [[1200, 600], [300, 900], [100, 50], [5000, 1]]
+          .map(([w, h]) => f.fitBox(w, h, 320, 240)),
+        files: f.fileList([{ id: 'a'.repeat(22), name: 'x', size: 3, type: 'text/plain',
+                             width: 5, url: '/evil' },
+                           { id: 'a'.repeat(22), name: 'dup' }, { id: '../x' }, null,
+                           { id: 'b'.repeat(22), size: -4, width: 2, height: 3, thumb: true }]),
+      };
+    }""")
+    assert got["sizes"] == ["0 B", "1023 B", "1 KB", "1.5 KB", "10 KB", "25 MB", "1.3 GB", "", ""]
+    assert got["limits"] == ["25 MB", "1 MB", "0.2 MB", "1 GB"]
+    assert got["kinds"] == ["PNG image", "TXT file", "File", "text/x-weird", "File"]
+    assert got["boxes"] == [{"width": 320, "height": 160}, {"width": 80, "height": 240},
+                            {"width": 100, "height": 50}, {"width": 320, "height": 1}]
+    # Only the public fields, width and height together or not at all, no id twice, no path.
+    assert got["files"] == [
+        {"id": "a" * 22, "name": "x", "size": 3, "type": "text/plain"},
+        {"id": "b" * 22, "name": "file", "size": 0, "type": "", "width": 2, "height": 3,
+         "thumb": True},
+    ]
