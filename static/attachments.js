@@ -99,7 +99,9 @@ export class AttachmentTray {
       this.list.append(this.chip(item));
       this.upload(item);
     }
-    if (left.length) {
+    if (left.length && this.maxFiles() === 0) {
+      this.note('This room does not take files.');
+    } else if (left.length) {
       const names = left.map((f) => `“${f.name || 'pasted file'}”`).join(', ');
       this.note(`A message can carry at most ${this.maxFiles()} files: ${names} ${left.length === 1 ? 'was' : 'were'} `
         + 'not attached.');

@@ -561,13 +561,13 @@ class ChatView {
       app.classList.toggle('dropping', on);
     };
     app.addEventListener('dragenter', (ev) => {
-      if (!carriesFiles(ev) || this.input.disabled) return;
+      if (!carriesFiles(ev) || !this.takesFiles()) return;
       ev.preventDefault();
       depth += 1;
       show(true);
     });
     app.addEventListener('dragover', (ev) => {
-      if (!carriesFiles(ev) || this.input.disabled) return;
+      if (!carriesFiles(ev) || !this.takesFiles()) return;
       ev.preventDefault(); // without it the browser opens the file instead of letting us take it
       ev.dataTransfer.dropEffect = 'copy';
     });
@@ -578,7 +578,7 @@ class ChatView {
     app.addEventListener('drop', (ev) => {
       depth = 0;
       show(false);
-      if (!carriesFiles(ev) || this.input.disabled) return;
+      if (!carriesFiles(ev) || !this.takesFiles()) return;
       ev.preventDefault();
       if (ev.dataTransfer.files.length) this.attach(ev.dataTransfer.files);
     });
@@ -595,6 +595,11 @@ class ChatView {
       ? `${line.textContent} ${text}` : text;
     this.note(joined, TRAY_NOTE_MS);
     this.trayNoteShown = { text: joined, until: now + TRAY_NOTE_MS };
+  }
+
+  /** Whether files can be attached now: in the room, able to write, and the room takes files. */
+  takesFiles() {
+    return this.client !== null && !this.input.disabled && this.client.maxFiles !== 0;
   }
 
   /** Attach `files` to the message being written (the tray uploads them). */
@@ -651,7 +656,9 @@ class ChatView {
   /** The attach button's description: how many files, and how large, when the server says. */
   hintFiles() {
     const bytes = Number.isSafeInteger(this.info?.max_file_bytes) ? this.info.max_file_bytes : null;
-    $('attach-hint').textContent = limitHint(this.client?.maxFiles ?? 10, bytes);
+    const maxFiles = this.client?.maxFiles ?? 10;
+    $('attach-hint').textContent = limitHint(maxFiles, bytes);
+    $('attach').hidden = maxFiles === 0; // a server that takes no files: nothing to pick
   }
 
   // ---- token renewal (docs/integration.md, "Refreshing tokens")

@@ -572,3 +572,20 @@ def test_sizes_kinds_and_boxes_in_words(server: RoomchatServer, open_page: PageO
         {"id": "b" * 22, "name": "file", "size": 0, "type": "", "width": 2, "height": 3,
          "thumb": True},
     ]
+
+
+def test_a_room_that_takes_no_files_offers_no_button_and_says_so_on_a_drop(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    page, room = open_scripted(server, open_page)
+    room.send({**welcome(0, [ME, BOB]), "max_files_per_message": 0})
+    expect_live(page)
+    expect(page.get_by_role("button", name="Attach files")).to_be_hidden()
+    page.evaluate(PASTE, [b64(b"hello"), "hello.txt", "text/plain"])
+    expect(note(page)).to_have_text("This room does not take files.")
+    expect(chips(page)).to_have_count(0)
+    # Nor does a drag show a drop zone.
+    data = page.evaluate_handle(DATA_TRANSFER, [[b64(b"x"), "x.txt", "text/plain"]])
+    page.locator("#scroller").dispatch_event("dragenter", {"dataTransfer": data})
+    page.wait_for_timeout(200)
+    expect(page.locator("#drop-zone")).to_be_hidden()
