@@ -589,3 +589,31 @@ def test_a_room_that_takes_no_files_offers_no_button_and_says_so_on_a_drop(
     page.locator("#scroller").dispatch_event("dragenter", {"dataTransfer": data})
     page.wait_for_timeout(200)
     expect(page.locator("#drop-zone")).to_be_hidden()
+
+
+def test_files_of_an_older_page_are_drawn_with_one_url_request_for_the_page(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    pics = [upload(server, f"p{n}.png", png(100 + n, 100)) for n in range(3)]
+    page, room = open_scripted(server, open_page)
+    urls = UrlEndpoint(page, {p["id"]: p for p in pics})
+    pages: list[Route] = []
+
+    def older(route: Route) -> None:
+        pages.append(route)
+
+    page.route(re.compile(r"/rooms/lobby/history\?"), older)
+    # The room holds 1..4; the join shows 4 only (short log: the page asks for the older ones).
+    room.send(welcome(4, [ME, BOB]), message(4, BOB, "latest"))
+    wait_until(page, lambda: len(pages) == 1, "the older page to be asked for")
+    body = [{**message(n + 1, BOB, f"picture {n}"), "files": [public(pics[n])]}
+            for n in range(3)]
+    pages[0].fulfill(status=200, content_type="application/json",
+                     body=json.dumps({"messages": body, "oldest": 1}))
+    thumbs = page.locator("#log .file-thumb img")
+    expect(thumbs).to_have_count(3)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#log .file-thumb img')]"
+        ".every(i => i.naturalWidth > 0)")
+    assert [sorted(ids) for ids in urls.asked] == [sorted(p["id"] for p in pics)]
+    assert thumbs.evaluate_all("imgs => imgs.map(i => i.naturalWidth)") == [100, 101, 102]
