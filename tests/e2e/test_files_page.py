@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import re
+import time
 import urllib.request
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +27,7 @@ from playwright.sync_api import FilePayload, Page, Route, expect
 from .conftest import PageOpener, ServerFactory, Shooter
 from .harness import RoomchatServer
 from .pages import expect_live, message_box, note, wait_until
-from .scripted import BOB, ME, ScriptedRoom, message, open_scripted, welcome
+from .scripted import BOB, ME, ScriptedRoom, change, message, open_scripted, welcome
 from .test_a11y import axe_problems, axe_source  # noqa: F401 (a fixture)
 
 
@@ -617,3 +618,24 @@ def test_files_of_an_older_page_are_drawn_with_one_url_request_for_the_page(
         ".every(i => i.naturalWidth > 0)")
     assert [sorted(ids) for ids in urls.asked] == [sorted(p["id"] for p in pics)]
     assert thumbs.evaluate_all("imgs => imgs.map(i => i.naturalWidth)") == [100, 101, 102]
+
+
+def test_urls_are_kept_until_shortly_before_they_expire(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    fresh = upload(server, "fresh.png", png(120, 80))
+    lapsing = upload(server, "lapsing.png", png(80, 120))
+    page, room = open_scripted(server, open_page)
+    soon = int(time.time()) + 30  # inside the page's one-minute margin
+    urls = UrlEndpoint(page, {fresh["id"]: fresh, lapsing["id"]: {**lapsing, "expires": soon}})
+    room.send(welcome(2, [ME, BOB]),
+              {**message(1, BOB, "fresh"), "files": [public(fresh)]},
+              {**message(2, BOB, "lapsing"), "files": [public(lapsing)]})
+    expect(page.locator("#log .file-thumb img")).to_have_count(2)
+    wait_until(page, lambda: len(urls.asked) == 1, "the first URL request")
+    # Each message is drawn again (a reaction): the fresh URL is reused, the lapsing one renewed.
+    room.send(change(3, "react", 1, emoji="👍", on=True),
+              change(4, "react", 2, emoji="👍", on=True))
+    wait_until(page, lambda: len(urls.asked) == 2, "the lapsing URL asked for again")
+    page.wait_for_timeout(300)
+    assert urls.asked[1:] == [[lapsing["id"]]]
