@@ -632,7 +632,11 @@ def test_urls_are_kept_until_shortly_before_they_expire(
               {**message(1, BOB, "fresh"), "files": [public(fresh)]},
               {**message(2, BOB, "lapsing"), "files": [public(lapsing)]})
     expect(page.locator("#log .file-thumb img")).to_have_count(2)
-    wait_until(page, lambda: len(urls.asked) == 1, "the first URL request")
+    # (Loaded: the first answer is in. A redraw while it is on its way joins it instead.)
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#log .file-thumb img')]"
+        ".every(i => i.naturalWidth > 0)")
+    assert len(urls.asked) == 1
     # Each message is drawn again (a reaction): the fresh URL is reused, the lapsing one renewed.
     room.send(change(3, "react", 1, emoji="👍", on=True),
               change(4, "react", 2, emoji="👍", on=True))
