@@ -234,6 +234,53 @@ export function newMessageId() {
 
 // ---- messages in their current state (docs/design/rich-messages.md) ------------------------------
 
+// A message's files (issue 23): their public metadata only, never URLs (the page asks for those: files.js).
+// (Here rather than in files.js: this module imports nothing, so Node loads it alone, as tests and bench do.)
+
+/** What a message may carry when the server does not say (the server's default `max_files_per_message`). */
+export const DEFAULT_MAX_FILES = 10;
+/** The most files a message is trusted to carry when drawn (a broken or hostile server's list is cut). */
+const MAX_FILES_SHOWN = 50;
+const FILE_ID = /^[A-Za-z0-9_-]{1,64}$/;
+
+const positiveInt = (v) => Number.isSafeInteger(v) && v > 0;
+
+/**
+ * One file of a message as the page keeps it, or null when `f` is not one: {id, name, size, type, width?,
+ * height?, thumb?}, width and height only together, only positive integers. Nothing else is copied.
+ */
+export function fileMeta(f) {
+  if (!f || typeof f !== 'object' || typeof f.id !== 'string' || !FILE_ID.test(f.id)) return null;
+  const out = {
+    id: f.id,
+    name: typeof f.name === 'string' && f.name ? f.name : 'file',
+    size: Number.isSafeInteger(f.size) && f.size >= 0 ? f.size : 0,
+    type: typeof f.type === 'string' ? f.type : '',
+  };
+  if (positiveInt(f.width) && positiveInt(f.height)) {
+    out.width = f.width;
+    out.height = f.height;
+  }
+  if (f.thumb === true) out.thumb = true;
+  return out;
+}
+
+/** A message's `files` as the page keeps them: valid entries only, at most MAX_FILES_SHOWN, no id twice. */
+export function fileList(files) {
+  if (!Array.isArray(files)) return [];
+  const seen = new Set();
+  const out = [];
+  for (const f of files) {
+    const meta = fileMeta(f);
+    if (!meta || seen.has(meta.id)) continue;
+    seen.add(meta.id);
+    out.push(meta);
+    if (out.length >= MAX_FILES_SHOWN) break;
+  }
+  return out;
+}
+
+
 /** The most distinct people a reply, mention or reaction list is trusted to name (the server's own caps). */
 const MAX_NAMED_USERS = 1000;
 
@@ -260,6 +307,8 @@ export function messageState(m) {
     return state;
   }
   if (typeof m.edited === 'number') state.edited = m.edited;
+  const files = fileList(m.files);
+  if (files.length) state.files = files;
   const r = m.reply_to;
   if (r && typeof r === 'object' && isSeq(r.seq)) {
     state.reply_to = {
@@ -350,6 +399,12 @@ export function refusalText(code, action, said = '') {
       return 'This message is too old to edit now.';
     case 'too_many_reactions':
       return 'This message has as many different reactions as it can take: add yours to one already there.';
+    case 'file_not_found':
+      return 'A file attached to it is gone (not uploaded, or removed after waiting too long). Attach it again.';
+    case 'file_not_attachable':
+      return 'A file attached to it cannot be attached (it is already in another message, or not yours).';
+    case 'too_many_files':
+      return 'It has more files attached than a message may carry.';
     case 'offline':
       return 'Not connected; try again once connected.';
     case 'timeout':
@@ -471,6 +526,8 @@ function outboxExtras(e) {
   }
   const mentions = userList(e.mentions);
   if (mentions.length) out.mentions = mentions;
+  const files = fileList(e.files);
+  if (files.length) out.files = files;
   return out;
 }
 
@@ -487,7 +544,7 @@ class Outbox {
       const saved = JSON.parse(storage?.getItem(key) || '[]');
       if (Array.isArray(saved)) {
         for (const e of saved) {
-          if (e && typeof e.id === 'string' && typeof e.text === 'string') {
+          if (e && typeof e.id === 'string' && typeof e.text === 'string' && (e.text || fileList(e.files).length)) {
             const createdAt = e.createdAt || Date.now();
             this.entries.push({ ...outboxExtras(e), id: e.id, text: e.text, createdAt, state: 'queued' });
           }
@@ -583,6 +640,7 @@ export class ChatClient extends EventTarget {
     this.reason = null; // a StopReason while OFFLINE
     this.user = null; // from welcome
     this.moderator = false; // from welcome: this connection may delete messages and ban users
+    this.maxFiles = DEFAULT_MAX_FILES; // from welcome (`max_files_per_message`) when the server says
     this.moderating = new Map(); // frame id -> {resolve, reject, timer}: moderation awaiting its answer
     this.name = null;
     this.members = [];
@@ -664,14 +722,20 @@ export class ChatClient extends EventTarget {
 
   /**
    * Queue `text` for sending; it is sent now if we are live, else when we are. `reply`: the message it
-   * answers ({seq, user, name, excerpt}, shown while it waits); `mentions`: the user ids it mentions. Returns
-   * the outbox entry, or null when the text is empty after trimming. Throws RangeError when it is too long.
+   * answers ({seq, user, name, excerpt}, shown while it waits); `mentions`: the user ids it mentions; `files`:
+   * uploaded files it carries (their public metadata: the frame carries their ids; the text may then be
+   * empty). Returns the outbox entry, or null when there is neither text nor a file. Throws RangeError when
+   * the text is too long or there are more files than `maxFiles`.
    */
-  send(text, { reply = null, mentions = [] } = {}) {
+  send(text, { reply = null, mentions = [], files = [] } = {}) {
     const trimmed = checkedText(text);
-    if (!trimmed) return null;
+    const attached = fileList(files);
+    if (!trimmed && !attached.length) return null;
+    if (attached.length > this.maxFiles) {
+      throw new RangeError(`A message can carry at most ${this.maxFiles} files.`);
+    }
     const entry = {
-      ...outboxExtras({ reply, mentions: [...new Set(mentions)] }),
+      ...outboxExtras({ reply, mentions: [...new Set(mentions)], files: attached }),
       id: newMessageId(),
       text: trimmed,
       createdAt: Date.now(),
@@ -1173,6 +1237,8 @@ export class ChatClient extends EventTarget {
     this.user = w.user;
     this.name = w.name;
     this.moderator = w.moderator === true;
+    const maxFiles = w.max_files_per_message;
+    this.maxFiles = Number.isSafeInteger(maxFiles) && maxFiles >= 0 ? maxFiles : DEFAULT_MAX_FILES;
     this.members = Array.isArray(w.members) ? w.members.slice() : [];
     this.welcomeSeq = typeof w.seq === 'number' ? w.seq : 0;
     this.historyKind = resumed && !reset ? 'missed' : 'history';
@@ -1407,6 +1473,7 @@ export class ChatClient extends EventTarget {
       const frame = { type: 'message', text: e.text, id: e.id };
       if (e.reply) frame.reply_to = e.reply.seq;
       if (e.mentions?.length) frame.mentions = e.mentions;
+      if (e.files?.length) frame.files = e.files.map((f) => f.id);
       if (!this.sendFrame(frame)) return;
       this.bucket.take(now);
       e.state = 'sending';

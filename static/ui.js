@@ -19,6 +19,8 @@ import {
 import { renderText } from '/static/format.js';
 import { EmojiPicker, emojiName, quickEmoji, notePicked, loadEmoji } from '/static/picker.js';
 import { MentionAutocomplete } from '/static/mentions.js';
+import { FileUrls } from '/static/files.js';
+import { AttachmentTray, Lightbox, filesNode, limitHint } from '/static/attachments.js';
 
 const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages of one person within this are grouped
@@ -33,6 +35,7 @@ const HIGHLIGHT_MS = 2500; // a message jumped to (a link, a reply's quote) stay
 const JUMP_PAGE = 200; // older pages are this long while looking for a message far back (the server's cap)
 const NOTIFY_CHARS = 200; // how much of a message a notification shows
 const NOTIFY_MODES = ['mentions', 'all', 'off'];
+const TRAY_NOTE_MS = 10000; // a refused file is said under the composer this long (its chip keeps it)
 const MOD_STEPS = ['mod-choose', 'mod-confirm-delete', 'mod-confirm-ban'];
 // A member's "left" waits this long before it is shown: one whose connection dropped (a server restart, a
 // worker replaced, a network blip) is usually back within it, and then neither line is news.
@@ -143,6 +146,13 @@ function excerpt(text, chars) {
   const flat = String(text).replace(/\s+/g, ' ').trim();
   const points = Array.from(flat);
   return points.length > chars ? `${points.slice(0, chars).join('')}…` : flat;
+}
+
+/** What a message says, for a quote or a notification: its text, or for files alone, their names. */
+function saidText(m) {
+  if (m.text || !m.files?.length) return m.text;
+  const names = m.files.map((f) => f.name).join(', ');
+  return m.files.length === 1 ? `Shared a file: ${names}` : `Shared ${m.files.length} files: ${names}`;
 }
 
 /** A 24x24 icon from one SVG path, drawn without parsing markup. */
@@ -403,7 +413,21 @@ class ChatView {
     this.input.placeholder = `Message #${room}`;
     this.log.setAttribute('aria-label', `Messages in #${room}`);
     this.mentions = new MentionAutocomplete(this.input, $('mention-list'), () => this.mentionCandidates());
+    // Files (issue 23): signed URLs for showing them, the composer's tray, the full-size view.
+    this.urls = new FileUrls({ room, token: () => this.client?.token || '' });
+    this.tray = new AttachmentTray({
+      list: $('attachments'),
+      room,
+      token: () => this.client?.token || '',
+      urls: this.urls,
+      maxFiles: () => this.client?.maxFiles ?? 10,
+      maxFileBytes: () => (Number.isSafeInteger(this.info?.max_file_bytes) ? this.info.max_file_bytes : null),
+      note: (text) => this.trayNote(text),
+      fallbackFocus: () => this.input,
+    });
+    this.lightbox = new Lightbox($('lightbox'), this.urls);
     this.bindControls();
+    this.bindFiles();
     this.bindModeration();
     this.bindNotifications();
   }
@@ -512,6 +536,81 @@ class ChatView {
     }
   }
 
+  /** Attach files by the button (a file picker), by pasting, or by dropping them anywhere on the room. */
+  bindFiles() {
+    const picker = $('file-input');
+    $('attach').addEventListener('click', () => picker.click());
+    picker.addEventListener('change', () => {
+      if (picker.files?.length) this.attach(picker.files);
+      picker.value = ''; // the same file may be picked again
+      this.input.focus();
+    });
+    // A paste in the message box that holds files (a screenshot) attaches them; text pastes as usual.
+    this.input.addEventListener('paste', (ev) => {
+      const files = ev.clipboardData?.files;
+      if (!files?.length) return;
+      ev.preventDefault();
+      this.attach(files);
+    });
+    const zone = $('drop-zone');
+    const app = $('app');
+    let depth = 0; // dragenter/dragleave come for every child crossed: count them
+    const carriesFiles = (ev) => [...(ev.dataTransfer?.types || [])].includes('Files');
+    const show = (on) => {
+      zone.hidden = !on;
+      app.classList.toggle('dropping', on);
+    };
+    app.addEventListener('dragenter', (ev) => {
+      if (!carriesFiles(ev) || !this.takesFiles()) return;
+      ev.preventDefault();
+      depth += 1;
+      show(true);
+    });
+    app.addEventListener('dragover', (ev) => {
+      if (!carriesFiles(ev) || !this.takesFiles()) return;
+      ev.preventDefault(); // without it the browser opens the file instead of letting us take it
+      ev.dataTransfer.dropEffect = 'copy';
+    });
+    app.addEventListener('dragleave', () => {
+      depth = Math.max(0, depth - 1);
+      if (depth === 0) show(false);
+    });
+    app.addEventListener('drop', (ev) => {
+      depth = 0;
+      show(false);
+      if (!carriesFiles(ev) || !this.takesFiles()) return;
+      ev.preventDefault();
+      if (ev.dataTransfer.files.length) this.attach(ev.dataTransfer.files);
+    });
+  }
+
+  /**
+   * Say a refusal of the tray in the composer's note. Several come together (a drop of files, some refused):
+   * each joins those still shown rather than replacing them (each chip keeps its own words too).
+   */
+  trayNote(text) {
+    const line = $('composer-note');
+    const now = Date.now();
+    const joined = this.trayNoteShown && line.textContent === this.trayNoteShown.text && now < this.trayNoteShown.until
+      ? `${line.textContent} ${text}` : text;
+    this.note(joined, TRAY_NOTE_MS);
+    this.trayNoteShown = { text: joined, until: now + TRAY_NOTE_MS };
+  }
+
+  /** Whether files can be attached now: in the room, able to write, and the room takes files. */
+  takesFiles() {
+    return this.client !== null && !this.input.disabled && this.client.maxFiles !== 0;
+  }
+
+  /** Attach `files` to the message being written (the tray uploads them). */
+  attach(files) {
+    if (!this.client || this.input.disabled) {
+      this.note('Join the room first.');
+      return;
+    }
+    this.tray.add(files);
+  }
+
   showMembers(show) {
     $('members').hidden = !show;
     const toggle = $('members-toggle');
@@ -529,6 +628,7 @@ class ChatView {
     this.tokenNote = exp ? `Your token is valid until ${fullFmt.format(new Date(exp))}` : '';
     $('status').title = this.tokenNote;
     this.scheduleRefresh(token);
+    if (!this.info) fetchInfo().then((info) => { this.info = this.info || info; this.hintFiles(); });
     if (this.client) {
       this.client.setToken(token);
       return;
@@ -551,6 +651,14 @@ class ChatView {
     client.addEventListener('change', (ev) => this.onChange(ev.detail));
     client.addEventListener('read', () => this.onReadMoved());
     client.start();
+  }
+
+  /** The attach button's description: how many files, and how large, when the server says. */
+  hintFiles() {
+    const bytes = Number.isSafeInteger(this.info?.max_file_bytes) ? this.info.max_file_bytes : null;
+    const maxFiles = this.client?.maxFiles ?? 10;
+    $('attach-hint').textContent = limitHint(maxFiles, bytes);
+    $('attach').hidden = maxFiles === 0; // a server that takes no files: nothing to pick
   }
 
   // ---- token renewal (docs/integration.md, "Refreshing tokens")
@@ -678,6 +786,7 @@ class ChatView {
   setComposer(enabled, reason = '') {
     this.input.disabled = !enabled;
     $('send').disabled = !enabled;
+    $('attach').disabled = !enabled;
     this.input.placeholder = enabled ? `Message #${this.room}` : `Can’t send messages: ${reason}`;
   }
 
@@ -870,6 +979,7 @@ class ChatView {
       this.unreadSeen = false;
     }
     this.setModerator(welcome.moderator === true);
+    this.hintFiles();
     const before = this.members;
     this.members = new Map();
     for (const m of welcome.members || []) {
@@ -970,6 +1080,10 @@ class ChatView {
       if (active.classList.contains('msg-menu')) refocus = '.msg-menu';
       else if (active.classList.contains('reply-quote')) refocus = '.reply-quote';
       else if (active.classList.contains('chip')) refocus = active.dataset.emoji || '';
+      else if (active.dataset.fileId) refocus = `.file-thumb[data-file-id="${active.dataset.fileId}"]`;
+      else if (active.classList.contains('file-download')) {
+        refocus = `.file-card[data-file-id="${active.closest('.file-card')?.dataset.fileId}"] a`;
+      }
     }
     this.drawMessage(item, m);
     if (refocus !== null) {
@@ -991,7 +1105,7 @@ class ChatView {
       this.note('The message you were editing was deleted.');
     }
     const editingThis = this.editing?.item === item;
-    for (const old of bubble.querySelectorAll(':scope > .reply-quote, :scope > .content, :scope > .edit-form')) {
+    for (const old of bubble.querySelectorAll(':scope > .reply-quote, :scope > .content, :scope > .files, :scope > .edit-form')) {
       if (!(editingThis && old.classList.contains('edit-form'))) old.remove();
     }
     body.querySelector(':scope > .reactions')?.remove();
@@ -1004,7 +1118,9 @@ class ChatView {
       return;
     }
     if (m.reply_to) bubble.querySelector('.meta').after(this.replyQuote(m.reply_to));
-    if (!editingThis) bubble.append(this.contentNode(m));
+    // A message of files only has no text to show (nor to edit).
+    if (!editingThis && (m.text || !m.files)) bubble.append(this.contentNode(m));
+    if (m.files) bubble.append(filesNode(m, this.urls, this.lightbox));
     if (m.reactions?.length) body.append(this.reactionsNode(m));
     item.append(this.toolsNode(item));
   }
@@ -1171,7 +1287,7 @@ class ChatView {
   startReply(seq) {
     const m = this.client?.messages.get(seq);
     if (!m || m.deleted) return;
-    this.setReply({ seq, user: m.user, name: m.name, excerpt: excerpt(m.text, QUOTE_CHARS) });
+    this.setReply({ seq, user: m.user, name: m.name, excerpt: excerpt(saidText(m), QUOTE_CHARS) });
     this.input.focus();
   }
 
@@ -1372,7 +1488,7 @@ class ChatView {
     this.modOpener = opener;
     this.modKeepFocus = false;
     $('mod-title').textContent = own ? 'Your message' : `Message from ${name}`;
-    $('mod-quote').textContent = excerpt(m.text, QUOTE_CHARS);
+    $('mod-quote').textContent = excerpt(saidText(m), QUOTE_CHARS);
     this.fillQuickReactions(m);
     $('act-edit').hidden = !own;
     $('mod-delete').hidden = !own && !this.moderator;
@@ -1735,7 +1851,7 @@ class ChatView {
     const who = this.displayName(m.user, m.name);
     const title = mentioned ? `${who} mentioned you in #${this.room}` : `${who} in #${this.room}`;
     try {
-      const n = new Notification(title, { body: excerpt(m.text, NOTIFY_CHARS), tag: `roomchat:${this.room}:${m.seq}` });
+      const n = new Notification(title, { body: excerpt(saidText(m), NOTIFY_CHARS), tag: `roomchat:${this.room}:${m.seq}` });
       n.addEventListener('click', () => {
         window.focus();
         n.close();
@@ -2117,13 +2233,21 @@ class ChatView {
     }
     let entry;
     const text = this.input.value;
+    const attached = this.tray.ready();
+    if (attached.blocked) {
+      this.note(attached.blocked);
+      return;
+    }
     try {
-      entry = this.client.send(text, { reply: this.replyTo, mentions: this.mentions.mentionsIn(text) });
+      entry = this.client.send(text, {
+        reply: this.replyTo, mentions: this.mentions.mentionsIn(text), files: attached.files,
+      });
     } catch (err) {
       this.note(err.message);
       return;
     }
     if (entry) {
+      this.tray.clear();
       this.input.value = '';
       this.mentions.reset();
       this.setReply(null);
@@ -2140,7 +2264,9 @@ class ChatView {
   pendingStatus(e, live, head, nextAt) {
     if (e.state === 'failed') {
       const words = refusalText(e.code, e.reply ? 'reply' : 'message', e.error);
-      return `Not sent: ${['not_found', 'already_deleted', 'forbidden'].includes(e.code) ? words : e.error}`;
+      const ours = ['not_found', 'already_deleted', 'forbidden', 'file_not_found', 'file_not_attachable',
+        'too_many_files'];
+      return `Not sent: ${ours.includes(e.code) ? words : e.error}`;
     }
     if (e.state === 'sent') return 'Sent';
     if (e.state === 'sending') return 'Sending…';
@@ -2183,6 +2309,10 @@ class ChatView {
               if (e.reply && e.code !== 'not_found' && e.code !== 'already_deleted' && !original?.deleted) {
                 this.setReply(e.reply);
               }
+              // Its files go back on the tray, but those the server said are gone or taken.
+              if (e.files && e.code !== 'file_not_found' && e.code !== 'file_not_attachable') {
+                this.tray.restore(e.files);
+              }
               this.client.discard(e.id);
               this.input.focus();
             }),
@@ -2202,7 +2332,8 @@ class ChatView {
             { cls: 'bubble' },
             meta('You', e.createdAt),
             e.reply ? this.replyQuote(e.reply) : null,
-            el('div', { cls: 'content', attrs: { dir: 'auto' } }, text),
+            e.text ? el('div', { cls: 'content', attrs: { dir: 'auto' } }, text) : null,
+            e.files ? filesNode(e, this.urls, this.lightbox) : null,
           ),
           el(
             'p',

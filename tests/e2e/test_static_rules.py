@@ -11,7 +11,7 @@ from .harness import REPO_ROOT
 STATIC = REPO_ROOT / "static"
 CLIENT_FILES = [
     "index.html", "chat.js", "backoff.js", "ui.js", "format.js", "picker.js", "mentions.js",
-    "style.css", "emoji.json",
+    "style.css", "emoji.json", "files.js", "attachments.js",
 ]
 
 
