@@ -103,7 +103,10 @@ def test_an_edit_keeps_the_focus_and_a_save_button_works_too(
     alice = open_page(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
     expect_live(alice)
     send(alice, "line one")
+    # Up edits one's last delivered message: pressed only once the echo is in.
+    expect(texts(alice)).to_have_text(["line one"])
     message_box(alice).press("ArrowUp")
+    expect(editor(alice)).to_be_focused()
     # Shift+Enter adds a line; the Save button saves.
     editor(alice).press("End")
     editor(alice).press("Shift+Enter")
@@ -185,6 +188,7 @@ def test_an_edit_after_the_edit_window_is_refused_in_words(
     alice = open_page(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
     expect_live(alice)
     send(alice, "too late")
+    expect(texts(alice)).to_have_text(["too late"])
     alice.wait_for_timeout(1500)  # the server's edit window (1 s) passes: the case under test
     message_box(alice).press("ArrowUp")
     editor(alice).fill("too late to fix")
