@@ -283,7 +283,7 @@ def document() -> dict[str, Any]:
         "/rooms/{room}/search": {"get": {
             "operationId": "search", "summary": "Search a room's messages, newest first",
             "description": "Messages holding every word and \"quoted phrase\" of `q` (case "
-                           "and accents ignored; `word*`: words it begins, from 3 "
+                           "and Latin accents ignored; `word*`: words it begins, from 3 "
                            "characters), each in its current state (an edit's old words, "
                            "deleted and erased messages are never found), with the pieces "
                            "of its text that matched. Nothing of `q` is query syntax. Only "

@@ -199,7 +199,7 @@ class Engine(Protocol):
     async def search(self, room: str, query: str, *, before: int | None,
                      limit: int) -> SearchPage:
         """The room's messages matching ``query`` (``rooms.search``: words and quoted phrases,
-        all required, case and accents ignored, ``word*`` a prefix; nothing of it is the
+        all required, case and Latin accents ignored, ``word*`` a prefix; nothing of it is the
         index's syntax, so no query is an error), **newest first**, those with ``seq < before``
         (None: from the newest), at most ``limit``, each in its current state with the pieces
         of its text that matched (``Found.fragments``). Only what the message says now is found:

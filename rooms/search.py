@@ -2,7 +2,7 @@
 Pure; no I/O (the engines run the query: ``Engine.search``).
 
 A query is words and ``"quoted phrases"``; a message matches when it holds every one of them
-(in any order, case and accents ignored). A word ending in ``*`` matches every word it begins
+(in any order, case and Latin accents ignored). A word ending in ``*`` matches every word it begins
 (``deplo*``: deploy, deployed) once it has ``PREFIX_MIN_CHARS`` characters before the star.
 Nothing else of the person's text is syntax: ``AND``, ``NEAR(``, ``-``, ``:`` or a stray quote
 are words or nothing, never operators of the engine's query language, so no query can fail to

@@ -298,7 +298,7 @@ CREATE VIEW IF NOT EXISTS message_search_content (id, text) AS
     WHERE m.kind = {MESSAGE} AND m.text != '' AND r.{_IN_RANGE}
     AND m.seq BETWEEN 1 AND {SEARCH_SEQ_MAX - 1};
 CREATE VIRTUAL TABLE IF NOT EXISTS message_search USING fts5(
-    text, content='message_search_content', content_rowid='id',
+    text, content='message_search_content', content_rowid='id', columnsize=0,
     tokenize='{SEARCH_TOKENIZER}');
 CREATE TRIGGER IF NOT EXISTS message_search_insert AFTER INSERT ON messages
 WHEN new.kind = {MESSAGE} BEGIN

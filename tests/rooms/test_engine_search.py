@@ -59,6 +59,22 @@ async def test_finds_every_word_newest_first_with_highlights(engine: Engine) -> 
     assert await seqs(engine, "a", "absent") == []
 
 
+async def test_words_of_other_languages(engine: Engine) -> None:
+    """unicode61 with remove_diacritics 2: case folded in every script that separates words,
+    accents of Latin letters too (not Greek's); a run of CJK characters is one token, found
+    whole or by its start."""
+    await say(engine, "a", "Καλημέρα σε όλους", "Привет, мир", "Ça coûte élevé",
+              "日本語のテキスト", "مرحبا بالجميع")
+    assert await seqs(engine, "a", "ΚΑΛΗΜΈΡΑ") == [1]
+    assert await seqs(engine, "a", "καλημερα") == []  # Greek accents are not folded
+    assert await seqs(engine, "a", "мир") == [2]
+    assert await seqs(engine, "a", "cout* eleve") == [3]
+    assert await seqs(engine, "a", "日本語") == []  # not a word of its own: the run is
+    assert await seqs(engine, "a", "日本語*") == [4]
+    assert await seqs(engine, "a", "日本語のテキスト") == [4]
+    assert await seqs(engine, "a", "مرحبا") == [5]
+
+
 async def test_rooms_are_searched_apart(engine: Engine) -> None:
     await say(engine, "a", "word in a")
     await say(engine, "b", "word in b", "word again in b")
