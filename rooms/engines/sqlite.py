@@ -270,6 +270,8 @@ SEARCH_ROOMS_MAX = 1 << (63 - SEARCH_SEQ_BITS)
 SEARCH_SEQ_MAX = 1 << SEARCH_SEQ_BITS
 """Seqs a room can index (below this)."""
 SEARCH_TOKENIZER = "unicode61 remove_diacritics 2"
+SEARCH_THREADS = 2
+"""Threads (each with its own connection) that run searches, apart from the store's readers."""
 SEARCH_MERGE_PAGES = 256
 """Pages one step of ``SqliteStore.compact_search`` writes, about: ~1 MiB, a few ms."""
 _IN_RANGE = f"n < {SEARCH_ROOMS_MAX}"
@@ -401,6 +403,10 @@ class SqliteStore:
         self._writer = threading.Thread(target=self._write_loop, name="roomchat-store-writer",
                                         daemon=True)
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="roomchat-store-read")
+        # Searches run on threads of their own: a slow one (a prefix of a common stem over a
+        # million messages: ~100-300 ms) never holds the readers joins and history pages need.
+        self._searchers = ThreadPoolExecutor(max_workers=SEARCH_THREADS,
+                                             thread_name_prefix="roomchat-store-search")
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -661,12 +667,14 @@ class SqliteStore:
                 self._read_conns.append(conn)
         return conn
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T],
+                   executor: ThreadPoolExecutor | None = None) -> _T:
         if self._closed:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+            return await loop.run_in_executor(executor or self._readers,
+                                              lambda: fn(self._reader()))
         except sqlite3.Error as exc:
             raise StoreError(f"read failed: {exc}") from exc
         except (ValueError, OverflowError) as exc:  # a value SQLite cannot take: the caller's
@@ -754,7 +762,7 @@ class SqliteStore:
             results = tuple(Found(m, marked.get(m.seq) or unmarked(m.text)) for m in messages)
             return SearchPage(results, seqs[-1] if len(seqs) == limit else None)
 
-        return await self._run(query_)
+        return await self._run(query_, self._searchers)
 
     async def room_markers(self, room: str) -> dict[str, int]:
         """Every read marker in ``room``: user -> seq."""
@@ -935,6 +943,7 @@ class SqliteStore:
         self._writes.put(None)
         await asyncio.to_thread(self._writer.join)
         self._readers.shutdown(wait=True)
+        self._searchers.shutdown(wait=True)
         with self._conns_lock:
             for conn in self._read_conns:
                 conn.close()

@@ -3,6 +3,7 @@ FTS5 kept in step by triggers), and the Redis engine's refusal (a real redis-ser
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from rooms.engine import Engine
 from rooms.engines import open_engine
 from rooms.engines.embedded import EmbeddedEngine
+from rooms.engines.sqlite import SEARCH_THREADS
 from rooms.errors import SearchUnsupported
 from rooms.messages import Action, ChangeDraft, Draft
 from rooms.search import MAX_TERMS, SEARCH_UNSUPPORTED, SearchPage
@@ -231,3 +233,34 @@ async def test_redis_engine_refuses_with_the_engines_that_search(tmp_path: Path)
             assert "embedded engine (SQLite)" in SEARCH_UNSUPPORTED
         finally:
             await engine.close()
+
+
+async def test_searches_do_not_take_the_readers_joins_need(tmp_path: Path) -> None:
+    """A slow search (a common prefix over a big room: 100-300 ms) runs on threads of its own:
+    with every reader thread busy, a search still answers, and with every search thread busy,
+    history still does."""
+    import threading
+
+    engine = await EmbeddedEngine.open(tmp_path / "db.sqlite3")
+    store = engine.store
+    release = threading.Event()
+    try:
+        await say(engine, "a", "findable words")
+        for pool, threads in ((store._readers, 4), (store._searchers, SEARCH_THREADS)):
+            held = [pool.submit(release.wait) for _ in range(threads)]
+            try:
+                if pool is store._readers:
+                    page = await asyncio.wait_for(
+                        engine.search("a", "findable", before=None, limit=5), 10)
+                    assert [f.message.seq for f in page.results] == [1]
+                else:
+                    found = await asyncio.wait_for(engine.history("a", before=9, limit=5), 10)
+                    assert [m.seq for m in found] == [1]
+            finally:
+                release.set()
+                for future in held:
+                    future.result()
+                release.clear()
+    finally:
+        release.set()
+        await engine.close()
