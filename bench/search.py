@@ -107,6 +107,7 @@ async def queries(path: Path, words: list[str], rounds: int) -> dict[str, Any]:
     }
     store = await SqliteStore.open(path)
     times: dict[str, list[float]] = {k: [] for k in kinds}
+    cpu: dict[str, list[float]] = {k: [] for k in kinds}
     page2: list[float] = []
     found: dict[str, int] = {}
     try:
@@ -115,9 +116,10 @@ async def queries(path: Path, words: list[str], rounds: int) -> dict[str, Any]:
                 await store.search(ROOM, q, before=None, limit=20)
         for _ in range(rounds):
             for kind, q in kinds.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 page = await store.search(ROOM, q, before=None, limit=20)
                 times[kind].append((time.perf_counter() - t0) * 1000)
+                cpu[kind].append((time.process_time() - c0) * 1000)
                 found[kind] = len(page.results)
                 if kind == "common word (rank 1)" and page.before is not None:
                     t0 = time.perf_counter()
@@ -135,12 +137,15 @@ async def queries(path: Path, words: list[str], rounds: int) -> dict[str, Any]:
         "kinds": {kind: {"query": kinds[kind], "matches": counts[kind],
                          "results": found[kind],
                          "p50_ms": percentile(ts, 0.5), "p95_ms": percentile(ts, 0.95),
-                         "p99_ms": percentile(ts, 0.99), "max_ms": max(ts)}
+                         "p99_ms": percentile(ts, 0.99), "max_ms": max(ts),
+                         "cpu_p50_ms": percentile(cpu[kind], 0.5),
+                         "cpu_p95_ms": percentile(cpu[kind], 0.95)}
                   for kind, ts in times.items()},
         "older page (before = mid-room), common word": {
             "p50_ms": percentile(page2, 0.5), "p95_ms": percentile(page2, 0.95)},
         "all": {"count": len(everything), "p50_ms": percentile(everything, 0.5),
-                "p95_ms": percentile(everything, 0.95), "p99_ms": percentile(everything, 0.99)},
+                "p95_ms": percentile(everything, 0.95), "p99_ms": percentile(everything, 0.99),
+                "cpu_p95_ms": percentile([c for cs in cpu.values() for c in cs], 0.95)},
     }
 
 
@@ -179,8 +184,12 @@ async def appends(seconds: float) -> list[dict[str, Any]]:
     out = []
     for rooms, batch in shapes:
         for index in (False, True):
+            # CPU of this process (the writer thread, the loop) per message: what the index
+            # costs whatever else the machine runs (the rates swing with the load).
+            c0 = time.process_time()
             result = await _shape(rooms, batch, seconds, "FULL", search_index=index)
-            out.append({**result, "search_index": index})
+            cpu_us = (time.process_time() - c0) / max(1, result["messages"]) * 1e6
+            out.append({**result, "search_index": index, "cpu_us_per_message": cpu_us})
     return out
 
 
