@@ -10,10 +10,10 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
+from .accessibility import axe_problems, axe_script
 from .conftest import PageOpener, Shooter
 from .harness import ChatPeer, RoomchatServer
 from .pages import expect_live, in_view, item_of, message_box, seqs
-from .test_a11y import axe_problems, axe_source  # noqa: F401 (a fixture)
 
 
 def dialog(page: Page):  # type: ignore[no-untyped-def]
@@ -130,14 +130,13 @@ def test_older_results_load_on_demand(
 @pytest.mark.parametrize("width", [390, 1280])
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_axe_finds_nothing_serious_in_the_search_dialog(
-    server: RoomchatServer, open_page: PageOpener, axe_source: str,  # noqa: F811
-    scheme: str, width: int, shoot: Shooter,
+    server: RoomchatServer, open_page: PageOpener, scheme: str, width: int, shoot: Shooter,
 ) -> None:
     with ChatPeer(server, "lobby", "bob", name="Bob") as bob:
         bob.send("Release notes for the deploy are up", "b-1")
         bob.send("Who broke the deploy?", "b-2")
     page = open_page(server.link("lobby", server.token("alice", ["lobby"], name="Alice")),
-                     width=width, height=800, color_scheme=scheme, init_script=axe_source)
+                     width=width, height=800, color_scheme=scheme, init_script=axe_script())
     expect_live(page)
     page.keyboard.press("Control+k")
     field(page).fill("deploy")
