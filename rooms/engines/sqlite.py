@@ -258,9 +258,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
 # page's texts (``_marks``), so highlights follow the very tokenizer that matched.
 #
 # Tokenizer: unicode61 with remove_diacritics 2: words of every script that separates words
-# (Latin, Greek, Cyrillic, Arabic, Hebrew, Devanagari...), case and accents folded (cafe finds
-# Café). Not trigram: its index is ~3x larger, it needs 3 characters to match anything, it finds
-# "art" in "start", and on this SQLite (3.40) it cannot fold accents. The cost: scripts written
+# (Latin, Greek, Cyrillic, Arabic, Hebrew, Devanagari...), case folded, and Latin letters'
+# accents (cafe finds Café; Greek's tonos is kept). Not trigram: its index is ~3x larger, it
+# needs 3 characters to match anything, it finds "art" in "start", and on this SQLite (3.40)
+# it cannot fold accents. The cost: scripts written
 # without spaces (Chinese, Japanese, Thai) are indexed as whole runs of characters, found by
 # the run or a prefix of it (docs/operations.md says so).
 
@@ -277,10 +278,9 @@ SEARCH_MERGE_PAGES = 256
 _IN_RANGE = f"n < {SEARCH_ROOMS_MAX}"
 
 
-def _indexed(new: str, text: str | None = None) -> str:
+def _indexed(new: str) -> str:
     """SELECT of the index's (rowid, text) of row ``new`` (``new`` or ``old``) when indexable."""
-    text = text or f"{new}.text"
-    return (f"SELECT (n << {SEARCH_SEQ_BITS}) + {new}.seq, {text} FROM search_rooms "
+    return (f"SELECT (n << {SEARCH_SEQ_BITS}) + {new}.seq, {new}.text FROM search_rooms "
             f"WHERE room = {new}.room AND {_IN_RANGE} AND {new}.text != '' "
             f"AND {new}.seq BETWEEN 1 AND {SEARCH_SEQ_MAX - 1}")
 
