@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
+from .accessibility import axe_script
 from .harness import ARTEFACTS, CHROMIUM, CHROMIUM_ARGS, RoomchatServer, check_screenshot
 
 EXPECT_TIMEOUT_MS = 30_000
@@ -171,16 +171,7 @@ def shoot() -> Shooter:
     return shoot_
 
 
-AXE_DIR = Path(__file__).resolve().parent / "axe"
-AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
-
-
 @pytest.fixture(scope="module")
 def axe_source() -> str:
-    if not AXE_JS.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is missing: the accessibility tests install axe-core with `npm ci`")
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=AXE_DIR, check=True,
-                       timeout=300)
-    return AXE_JS.read_text()
+    """axe-core's source, installed on first use (``accessibility.axe_script``)."""
+    return axe_script()

@@ -15,11 +15,11 @@ from playwright.sync_api import Page, expect
 
 from tests.support import make_token
 
+from .accessibility import axe_problems
 from .conftest import PageOpener
 from .harness import ChatPeer, RoomchatServer, wait_for_marker
 from .pages import (
     HIDDEN_TAB,
-    axe_problems,
     chip,
     expect_live,
     menu_buttons,

@@ -24,9 +24,10 @@ import pytest
 from PIL import Image
 from playwright.sync_api import FilePayload, Page, Route, expect
 
+from .accessibility import axe_problems
 from .conftest import PageOpener, ServerFactory, Shooter
 from .harness import RoomchatServer
-from .pages import axe_problems, expect_live, message_box, note, wait_until
+from .pages import expect_live, message_box, note, wait_until
 from .scripted import BOB, ME, ScriptedRoom, change, message, open_scripted, welcome
 
 
