@@ -520,6 +520,10 @@ def test_the_attach_button_opens_a_file_picker_from_the_keyboard(
     server: RoomchatServer, open_page: PageOpener
 ) -> None:
     page, room = open_scripted(server, open_page)
+    # Playwright subscribes to file choosers when the first listener comes, fire and forget
+    # (channel_owner._update_subscription): listen from the start, or under load a key press
+    # just after `expect_file_chooser` opens the real, headless chooser and no event comes.
+    page.on("filechooser", lambda _: None)
     room.send(welcome(0, [ME, BOB]))
     expect_live(page)
     attach = page.get_by_role("button", name="Attach files")
