@@ -53,12 +53,18 @@ class Schedule:
         self.backoff = 0.0
 
     def wake_at(self, retrying: bool) -> float:
-        """The next deadline: tick, sync, a retry (while ``retrying`` a batch), gap repair."""
+        """The next deadline: tick, sync, a retry (while ``retrying`` a batch), gap repair,
+        the end of a storage outage's patience."""
         wake = min(self.next_tick, self.next_sync)
         if retrying:
             wake = min(wake, self.next_attempt)
         if self.gap_since is not None:
             wake = min(wake, self.gap_since + self.config.gap_repair_delay)
+        if self.outage_since is not None:
+            # Otherwise the 1013 waited for the next wake-up after the timeout: the next retry
+            # (up to RETRY_MAX later), or with no batch to retry the next tick (a quiet room's
+            # comes at its next heartbeat deadline: up to ping_interval later).
+            wake = min(wake, self.outage_since + self.config.store_outage_timeout)
         return wake
 
     # -- batching -----------------------------------------------------------------------------
