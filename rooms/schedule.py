@@ -55,17 +55,23 @@ class Schedule:
     def wake_at(self, retrying: bool) -> float:
         """The next deadline: tick, sync, a retry (while ``retrying`` a batch), gap repair,
         the end of a storage outage's patience."""
-        wake = min(self.next_tick, self.next_sync)
+        wake = min(self.next_tick, self._held(self.next_sync))
         if retrying:
             wake = min(wake, self.next_attempt)
         if self.gap_since is not None:
-            wake = min(wake, self.gap_since + self.config.gap_repair_delay)
+            wake = min(wake, self._held(self.gap_since + self.config.gap_repair_delay))
         if self.outage_since is not None:
             # Otherwise the 1013 waited for the next wake-up after the timeout: the next retry
             # (up to RETRY_MAX later), or with no batch to retry the next tick (a quiet room's
             # comes at its next heartbeat deadline: up to ping_interval later).
             wake = min(wake, self.outage_since + self.config.store_outage_timeout)
         return wake
+
+    def _held(self, deadline: float) -> float:
+        """During an outage a store call (a sync, a gap's read) waits for the next attempt:
+        otherwise a deadline already past, with storage failing at once, was due again at
+        every turn of the loop (a Redis refusing connections spun every room at full CPU)."""
+        return deadline if self.outage_since is None else max(deadline, self.next_attempt)
 
     # -- batching -----------------------------------------------------------------------------
 
@@ -104,8 +110,9 @@ class Schedule:
     # -- sync and gap repair ------------------------------------------------------------------
 
     def sync_due(self, now: float) -> bool:
-        """Whether the periodic sync with a shared engine is due."""
-        return now >= self.next_sync
+        """Whether the periodic sync with a shared engine is due (during an outage: no sooner
+        than the next attempt)."""
+        return now >= self._held(self.next_sync)
 
     def synced(self, now: float) -> None:
         self.next_sync = now + self.config.sync_interval
@@ -118,7 +125,8 @@ class Schedule:
             return False
         if self.gap_since is None:
             self.gap_since = now
-        return now - self.gap_since >= self.config.gap_repair_delay
+        return (now - self.gap_since >= self.config.gap_repair_delay
+                and (self.outage_since is None or now >= self.next_attempt))
 
     def gap_closed(self) -> None:
         self.gap_since = None

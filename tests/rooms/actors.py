@@ -17,6 +17,7 @@ import orjson
 from rooms.actor import RoomActor
 from rooms.clock import SteppedClock
 from rooms.config import RoomConfig
+from rooms.engine import RoomSync
 from rooms.engines.memory import MemoryEngine
 from rooms.errors import StoreError
 from rooms.messages import DEFAULT_RULES, AnyDraft, Appended, LogRules
@@ -103,12 +104,15 @@ async def join(actor: RoomActor, tasks: asyncio.TaskGroup, clock: SteppedClock, 
 
 
 class FlakyMemory(MemoryEngine):
-    """The memory engine, whose appends fail with ``StoreError`` while ``failing``."""
+    """The memory engine, whose appends and syncs fail with ``StoreError`` while ``failing``;
+    ``shared``: it says other processes may serve its rooms (the actor then syncs with it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, shared: bool = False) -> None:
         super().__init__()
+        self.shared = shared
         self.failing = False
         self.appends = 0
+        self.syncs = 0
 
     async def append(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
                      dedup_window: int = 0, epoch: str | None = None, floor: int = 0,
@@ -119,3 +123,10 @@ class FlakyMemory(MemoryEngine):
         return await super().append(room, drafts, retention=retention,
                                     dedup_window=dedup_window, epoch=epoch, floor=floor,
                                     rules=rules)
+
+    async def sync(self, room: str, members: dict[str, str], ttl: float, *,
+                   floor: int = 0) -> RoomSync:
+        self.syncs += 1
+        if self.failing:
+            raise StoreError("connection refused")
+        return await super().sync(room, members, ttl, floor=floor)

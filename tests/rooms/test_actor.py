@@ -19,6 +19,7 @@ from rooms.engines.memory import MemoryEngine
 from rooms.errors import RoomStopped
 from rooms.messages import Draft, WireMessage
 from rooms.protocol import CloseCode
+from rooms.schedule import RETRY_MAX
 from tests.rooms.actors import FlakyMemory, Member, config, join, settle, step
 
 
@@ -174,6 +175,38 @@ async def test_storage_back_before_the_timeout_stores_the_retried_batch() -> Non
         await step(r.clock, 2.5)  # the next retry (backoff at most 2 s) stores it
         assert [(a["id"], a["seq"]) for a in alice.transport.objects("ack")] == [("k1", 1)]
         assert alice.transport.closed is None
+
+
+async def test_a_failing_sync_is_retried_with_backoff_not_on_every_loop_turn() -> None:
+    """A shared engine that fails at once (Redis down: connection refused) while the room's
+    periodic sync is due: the sync is tried again after the outage's backoff, not at once on
+    every turn of the event loop (which spun at 100% CPU in every room for the outage)."""
+    cfg = config(sync_interval=5.0, store_outage_timeout=60.0)
+    engine = FlakyMemory(shared=True)
+    async with room(cfg, engine) as r:
+        await r.join("alice")
+        await step(r.clock, 1.0)
+        engine.failing = True
+        engine.syncs = 0
+        await step(r.clock, cfg.sync_interval)  # the periodic sync comes due, and fails
+        assert engine.syncs >= 1
+        before = engine.syncs
+        await settle(500)  # time stands still: nothing is due
+        assert engine.syncs == before
+        await step(r.clock, 4.0, by=0.05)  # backoff 0.1, 0.2, ... 2 s: a few tries
+        assert before < engine.syncs <= before + 6
+        engine.failing = False
+        tried = engine.syncs
+        waited = 0.0
+        while engine.syncs == tried:  # the next try works (within RETRY_MAX): outage over
+            await step(r.clock, 0.05)
+            waited += 0.05
+        assert waited <= RETRY_MAX + 0.05
+        synced = engine.syncs
+        await step(r.clock, cfg.sync_interval - 0.5, by=0.5)
+        assert engine.syncs == synced  # back to one sync per sync_interval
+        await step(r.clock, 1.0, by=0.5)
+        assert engine.syncs == synced + 1
 
 
 async def test_a_gap_is_repaired_from_the_log_after_the_delay() -> None:

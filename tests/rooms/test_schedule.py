@@ -62,3 +62,19 @@ def test_a_room_stops_after_its_idle_ttl_without_anything_busy() -> None:
     assert not s.idle(101.0, busy=False)  # idle from here
     assert not s.idle(130.9, busy=False) and s.idle(131.0, busy=False)
     assert not s.idle(132.0, busy=True) and not s.idle(133.0, busy=False)  # starts again
+
+
+def test_during_an_outage_a_due_sync_or_gap_waits_for_the_next_attempt() -> None:
+    """A deadline already past stays due while storage fails at once: without the backoff it
+    was due again at every turn of the loop."""
+    s = schedule(shared=True)
+    s.synced(100.0)
+    s.quiet_until(100.0, next_due=1e9)  # no tick before 125
+    assert s.gap_due(100.0, True) is False
+    assert s.sync_due(105.0) and s.gap_due(105.0, True)
+    s.storage_failed(105.0)  # the sync (or the gap's read) failed: retry in RETRY_FIRST
+    assert not s.sync_due(105.0) and not s.gap_due(105.0, True)
+    assert s.wake_at(False) == 105.0 + RETRY_FIRST
+    assert s.sync_due(105.0 + RETRY_FIRST) and s.gap_due(105.0 + RETRY_FIRST, True)
+    s.storage_back(105.2)
+    assert s.sync_due(105.2) and s.wake_at(False) == 100.25  # the gap's own deadline again
