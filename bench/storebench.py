@@ -31,9 +31,14 @@ from rooms.messages import Draft
 TEXT = "1234.567|3|lorem ipsum dolor sit amet, consectetur adipiscing elit"
 
 
-async def _shape(rooms: int, batch: int, seconds: float, synchronous: str) -> dict[str, Any]:
+async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
+                 search_index: bool = True) -> dict[str, Any]:
+    """``search_index=False``: the search index's triggers dropped once the store is open
+    (what appends cost without it: ``bench.search``)."""
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         store = await SqliteStore.open(Path(tmp) / "roomchat.sqlite3", synchronous=synchronous)
+        if not search_index:
+            drop_search_triggers(Path(tmp) / "roomchat.sqlite3")
         stored = 0
         commits: list[float] = []
         deadline = time.perf_counter() + seconds
@@ -72,6 +77,20 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str) -> di
         "append_p50_ms": commits[len(commits) // 2] * 1000 if commits else None,
         "append_p99_ms": commits[int(len(commits) * 0.99)] * 1000 if commits else None,
     }
+
+
+def drop_search_triggers(path: Path) -> None:
+    """Drop the search index's triggers from the database at ``path`` (benchmarks only)."""
+    import sqlite3
+
+    conn = sqlite3.connect(path)
+    try:
+        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' "
+                                    "AND name LIKE 'message_search_%'").fetchall():
+            conn.execute(f"DROP TRIGGER {name}")
+        conn.commit()
+    finally:
+        conn.close()
 
 
 async def run_all(seconds: float, synchronous: str) -> dict[str, Any]:

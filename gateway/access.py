@@ -67,6 +67,7 @@ class Purpose(enum.Enum):
     ROOM_SOCKET = "room socket"  # GET /rooms/<room>/ws (gateway.ws)
     TICKET = "ticket"  # POST /rooms/<room>/ticket (gateway.app, gateway.tickets)
     HISTORY = "history"  # GET /rooms/<room>/history (gateway.history)
+    SEARCH = "search"  # GET /rooms/<room>/search (gateway.search)
     API = "api"  # /api/v1 on one room, or the list of rooms (gateway.api)
     API_USERS = "api users"  # /api/v1/users/<user>/...: every room's business (gateway.api)
     ADMIN_STREAM = "admin stream"  # GET /admin/ws (gateway.admin)
@@ -174,6 +175,12 @@ POLICIES: Mapping[Purpose, Policy] = MappingProxyType({
     Purpose.HISTORY: Policy(
         sources=(Source.BEARER,), missing=_BEARER,
         scope=Scope.USER, wrong_scope="use GET /api/v1/rooms/<room>/messages",
+        charge=Charge.CLIENT, rooms=Rooms.ONE, bans=Bans.DOOR),
+    # A member's search of the room: what a history page is let in by (the API's search is
+    # Purpose.API).
+    Purpose.SEARCH: Policy(
+        sources=(Source.BEARER,), missing=_BEARER,
+        scope=Scope.USER, wrong_scope="use GET /api/v1/rooms/<room>/search",
         charge=Charge.CLIENT, rooms=Rooms.ONE, bans=Bans.DOOR),
     Purpose.API: _API,
     Purpose.API_USERS: replace(_API, rooms=Rooms.ALL),

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from quart import Quart, Response, request, send_file
 
-from gateway import admin, api, files, history, tickets, ws
+from gateway import admin, api, files, history, search, tickets, ws
 from gateway.access import Purpose, QuartKnock
 from gateway.attachments import Attachments
 from gateway.auth import valid_room_name
@@ -55,6 +55,7 @@ def create_app(config: Config) -> Quart:
     app.extensions["roomchat"] = gw
     app.register_blueprint(history.blueprint)
     app.register_blueprint(api.blueprint)
+    app.register_blueprint(search.blueprint)
     uploads = files.install(app, config)
 
     attachments = gw.attachments = Attachments(gw, lambda: uploads.service)

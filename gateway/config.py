@@ -156,6 +156,11 @@ class Config:
     history_fetch_limit: int = _setting(
         200, "Most messages one `GET /rooms/<room>/history` answers (a page's `limit` is capped "
              "to it).")
+    search_query_max_chars: int = _setting(
+        256, "Longest search query (`q` of `GET /rooms/<room>/search` and the API's search), "
+             "in characters; longer: HTTP 400 `query_too_long`.")
+    search_page_limit: int = _setting(
+        50, "Most results one search answers (a page's `limit` is capped to it).")
     revocation_poll: float = _setting(
         1.0, "Seconds between checks for `roomchat revoke` (its sockets close within this).")
     drain_batch: int = _setting(
@@ -266,6 +271,9 @@ class Config:
         self._check_network()
         self._check_serving()
         self._check_files()
+        for name in ("search_query_max_chars", "search_page_limit"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
 
     def _check_numbers(self) -> None:
         for f in fields(self):

@@ -77,6 +77,17 @@ def _query(name: str, minimum: int, description: str) -> dict[str, Any]:
 
 
 _SCHEMAS: dict[str, Any] = {
+    "SearchResults": {"type": "object", "required": ["results", "before"], "properties": {
+        "results": {"type": "array", "items": {
+            "type": "object", "required": ["message", "fragments"], "properties": {
+                "message": _ref("Message"),
+                "fragments": {
+                    "type": "array", "description": "The message's text in pieces, cut "
+                    "around the hits (`hit: true`): plain data, never markup",
+                    "items": {"type": "object", "required": ["text", "hit"], "properties": {
+                        "text": {"type": "string"}, "hit": {"type": "boolean"}}}}}}},
+        "before": {"type": ["integer", "null"],
+                   "description": "Give it as `before` for older results; null: no more"}}},
     "Error": {"type": "object", "required": ["error", "detail"], "properties": {
         "error": {"type": "string"}, "detail": {"type": "string"}}},
     "Message": {
@@ -269,6 +280,28 @@ def document() -> dict[str, Any]:
     }
     paths: dict[str, Any] = {
         "/rooms/{room}/messages": room_messages,
+        "/rooms/{room}/search": {"get": {
+            "operationId": "search", "summary": "Search a room's messages, newest first",
+            "description": "Messages holding every word and \"quoted phrase\" of `q` (case "
+                           "and Latin accents ignored; `word*`: words it begins, from 3 "
+                           "characters), each in its current state (an edit's old words, "
+                           "deleted and erased messages are never found), with the pieces "
+                           "of its text that matched. Nothing of `q` is query syntax. Only "
+                           "the embedded engine (SQLite) searches; on Redis: 501.",
+            "parameters": [
+                _ROOM,
+                {"name": "q", "in": "query", "required": True,
+                 "description": "The words (at most ROOMCHAT_SEARCH_QUERY_MAX_CHARS "
+                                "characters: longer is 400 `query_too_long`)",
+                 "schema": {"type": "string", "minLength": 1}},
+                _query("before", 1, "Only messages with a lower seq: the previous page's "
+                       "`before`"),
+                _query("limit", 1, "At most this many (default 20, capped to "
+                       "ROOMCHAT_SEARCH_PAGE_LIMIT)")],
+            "responses": {"200": _ok("SearchResults", "A page of results"),
+                          "501": _error("The engine keeps no search index "
+                                        "(`search_unsupported`)"),
+                          **_refusals("400", "404", "503")}}},
         "/rooms/{room}/messages/{seq}": {
             "patch": {
                 "operationId": "editMessage", "summary": "Edit a message, as its author",

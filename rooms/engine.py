@@ -36,6 +36,7 @@ from rooms.messages import (
     Unread,
     WireMessage,
 )
+from rooms.search import SearchPage
 
 __all__ = ["ERASE_PAUSE", "ERASE_STEP", "Appended", "Ban", "Engine", "ErasedObserver",
            "HistoryReader", "RoomListener", "RoomSync", "is_shared_url"]
@@ -196,6 +197,21 @@ class Engine(Protocol):
         its current state, oldest first: the oldest ``limit`` of them, or with ``newest`` the
         newest ``limit``. What history pages, the server API's reads and a join without
         ``after`` serve; it costs what reading as many plain messages does."""
+        ...
+
+    async def search(self, room: str, query: str, *, before: int | None,
+                     limit: int) -> SearchPage:
+        """The room's messages matching ``query`` (``rooms.search``: words and quoted phrases,
+        all required, case and Latin accents ignored, ``word*`` a prefix; nothing of it is the
+        index's syntax, so no query is an error), **newest first**, those with ``seq < before``
+        (None: from the newest), at most ``limit``, each in its current state with the pieces
+        of its text that matched (``Found.fragments``). Only what the message says now is found:
+        an edit's old words are not, a deleted or erased message is not, reactions and change
+        entries never are. A query with no letter or digit finds nothing. The page's
+        ``before`` continues it (None: nothing older matches). Read-only.
+
+        Raises ``SearchUnsupported`` when the engine keeps no search index (the Redis engine;
+        the sentence names those that do), ``StoreError`` as any read."""
         ...
 
     async def unread(self, room: str, user: str, *, scan: int) -> Unread:

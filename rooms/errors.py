@@ -10,6 +10,7 @@ The tree::
     ├── Banned            the user is banned from the room (until ``until``, or for good)
     ├── Unstorable        drafts of an append that can never be stored (the others can)
     ├── LogReset          the room's log went backwards (the store lost data): a new epoch
+    ├── SearchUnsupported the engine cannot search messages (Redis)
     └── StoreError        the message store failed or is closed
 
 Only the gateway turns these into HTTP statuses and WebSocket close codes.
@@ -83,3 +84,8 @@ class LogReset(RoomError):
         super().__init__(f"the room's log changed under it (new epoch {epoch}, top seq {top})")
         self.epoch = epoch
         self.top = top
+
+
+class SearchUnsupported(RoomError):
+    """This engine keeps no search index (``Engine.search``): the message names the engines
+    that have one. Never a reason to retry."""

@@ -21,6 +21,7 @@ import { EmojiPicker, emojiName, quickEmoji, notePicked, loadEmoji } from '/stat
 import { MentionAutocomplete } from '/static/mentions.js';
 import { FileUrls } from '/static/files.js';
 import { AttachmentTray, Lightbox, filesNode, limitHint } from '/static/attachments.js';
+import { SearchBox } from '/static/search.js';
 
 const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
 const GROUP_WINDOW_MS = 5 * 60 * 1000; // consecutive messages of one person within this are grouped
@@ -2415,6 +2416,9 @@ function boot() {
   const view = new ChatView(room);
   window.roomchat = view; // handy in the console; the page works without it
   view.pendingJump = messageFromFragment(); // a message link: shown once the history is in
+  // Ctrl/Cmd+K or /: results jump to their message the way a message link does.
+  new SearchBox({ room, token: () => view.client?.token ?? null, jump: (seq) => view.jumpTo(seq),
+    composer: view.input });
   if (fragment.token) storageSet(refreshKey(room), fragment.refresh);
   view.refreshUrl = fragment.token ? fragment.refresh : storageGet(refreshKey(room));
   const token = fragment.token || storageGet(tokenKey(room));

@@ -34,6 +34,7 @@ from rooms.messages import (
     Unread,
     WireMessage,
 )
+from rooms.search import SearchPage
 
 # Rooms whose bans are kept in memory (least recently asked for are dropped first): one join
 # asks once per connection, and a SQLite read handed to a thread was ~8% of a handshake's CPU.
@@ -152,6 +153,10 @@ class EmbeddedEngine:
                       newest: bool = False) -> list[StoredMessage]:
         return await self.store.history(room, after=after, before=before, limit=limit,
                                         newest=newest)
+
+    async def search(self, room: str, query: str, *, before: int | None,
+                     limit: int) -> SearchPage:
+        return await self.store.search(room, query, before=before, limit=limit)
 
     async def unread(self, room: str, user: str, *, scan: int) -> Unread:
         # Every join asks: the room's markers are kept in memory (this one process writes

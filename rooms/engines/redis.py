@@ -79,7 +79,7 @@ from rooms.backoff import backoff_delay
 from rooms.config import RoomConfig
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.engines import redis_records as records
-from rooms.errors import LogReset, StoreError, Unstorable
+from rooms.errors import LogReset, SearchUnsupported, StoreError, Unstorable
 from rooms.messages import (
     DEFAULT_RULES,
     Action,
@@ -95,6 +95,7 @@ from rooms.messages import (
     Unread,
     WireMessage,
 )
+from rooms.search import SEARCH_UNSUPPORTED, SearchPage
 
 log = logging.getLogger("roomchat.redis")
 
@@ -545,6 +546,12 @@ class RedisEngine:
                 return entries_read
             after = end  # a full page of entries that are not roomchat's: read on
         return []
+
+    async def search(self, room: str, query: str, *, before: int | None,
+                     limit: int) -> SearchPage:
+        """Raises ``SearchUnsupported``: a stream keeps no index of words, and building one in
+        Redis would hold every room's words in memory beside their messages."""
+        raise SearchUnsupported(SEARCH_UNSUPPORTED)
 
     async def history(self, room: str, *, after: int = 0, before: int, limit: int,
                       newest: bool = False) -> list[StoredMessage]:

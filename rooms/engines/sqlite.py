@@ -54,6 +54,7 @@ from rooms.messages import (
     StoredMessage,
     Unread,
 )
+from rooms.search import Found, SearchPage, fragments, fts5_query, parse_query, unmarked
 
 _T = TypeVar("_T")
 
@@ -234,6 +235,125 @@ def _migrate(conn: sqlite3.Connection) -> None:
         if name not in have:
             conn.execute(f"ALTER TABLE messages ADD COLUMN {name} {declaration}")
     conn.executescript(_INDEXES)
+    _migrate_search(conn)
+
+
+# -- the search index ---------------------------------------------------------------------------
+# An FTS5 index of every message's current text (``message_search``), kept in step by triggers
+# on ``messages``: whatever writes a message row (an append, an edit's or a delete's update,
+# retention's prune, an erasure, a restore's migration) re-indexes it in the same transaction,
+# and no code path can forget to. Only message rows (kind 0) with text are indexed: change
+# entries (an edit's text, reactions) never are, nor tombstones.
+#
+# ``messages`` is a WITHOUT ROWID table keyed by (room, seq), and an FTS5 row needs an integer
+# rowid: each room gets a number ``n`` (``search_rooms``), and a message's rowid is
+# ``n << 40 | seq``. A room's messages are then one contiguous rowid range, in seq order, so a
+# search of one room is a rowid range of the index read backwards (newest first, paged by seq)
+# without a join or a second index per message. Bounds: 2^40 seqs per room, 2^23 rooms per
+# database (a message beyond either is stored but not indexed).
+#
+# The index is "external content" (``content=``, over the view ``message_search_content``): it
+# keeps tokens only, never a second copy of the text. FTS5 reads the view only to ``rebuild``
+# (the migration below; docs/operations.md) and for ``integrity-check``; a search reads the
+# rowids and the messages' rows, and marks the hits with a small in-memory FTS5 table of the
+# page's texts (``_marks``), so highlights follow the very tokenizer that matched.
+#
+# Tokenizer: unicode61 with remove_diacritics 2: words of every script that separates words
+# (Latin, Greek, Cyrillic, Arabic, Hebrew, Devanagari...), case folded, and Latin letters'
+# accents (cafe finds Café; Greek's tonos is kept). Not trigram: its index is ~3x larger, it
+# needs 3 characters to match anything, it finds "art" in "start", and on this SQLite (3.40)
+# it cannot fold accents. The cost: scripts written
+# without spaces (Chinese, Japanese, Thai) are indexed as whole runs of characters, found by
+# the run or a prefix of it (docs/operations.md says so).
+
+SEARCH_SEQ_BITS = 40
+SEARCH_ROOMS_MAX = 1 << (63 - SEARCH_SEQ_BITS)
+"""Rooms one database can index (their number ``n`` is below this)."""
+SEARCH_SEQ_MAX = 1 << SEARCH_SEQ_BITS
+"""Seqs a room can index (below this)."""
+SEARCH_TOKENIZER = "unicode61 remove_diacritics 2"
+SEARCH_THREADS = 2
+"""Threads (each with its own connection) that run searches, apart from the store's readers."""
+SEARCH_MERGE_PAGES = 256
+"""Pages one step of ``SqliteStore.compact_search`` writes, about: ~1 MiB, a few ms."""
+_IN_RANGE = f"n < {SEARCH_ROOMS_MAX}"
+
+
+def _indexed(new: str) -> str:
+    """SELECT of the index's (rowid, text) of row ``new`` (``new`` or ``old``) when indexable."""
+    return (f"SELECT (n << {SEARCH_SEQ_BITS}) + {new}.seq, {new}.text FROM search_rooms "
+            f"WHERE room = {new}.room AND {_IN_RANGE} AND {new}.text != '' "
+            f"AND {new}.seq BETWEEN 1 AND {SEARCH_SEQ_MAX - 1}")
+
+
+# No conflict clause in the triggers: an outer statement's OR REPLACE would override it, and
+# replacing a room's row would renumber the room under its index.
+_NEW_ROOM = ("INSERT INTO search_rooms (room) SELECT new.room WHERE NOT EXISTS "
+             "(SELECT 1 FROM search_rooms WHERE room = new.room);")
+_SEARCH_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS search_rooms (
+    n INTEGER PRIMARY KEY,
+    room TEXT NOT NULL UNIQUE
+);
+CREATE VIEW IF NOT EXISTS message_search_content (id, text) AS
+    SELECT (r.n << {SEARCH_SEQ_BITS}) + m.seq, m.text FROM messages m
+    JOIN search_rooms r ON r.room = m.room
+    WHERE m.kind = {MESSAGE} AND m.text != '' AND r.{_IN_RANGE}
+    AND m.seq BETWEEN 1 AND {SEARCH_SEQ_MAX - 1};
+CREATE VIRTUAL TABLE IF NOT EXISTS message_search USING fts5(
+    text, content='message_search_content', content_rowid='id', columnsize=0,
+    tokenize='{SEARCH_TOKENIZER}');
+CREATE TRIGGER IF NOT EXISTS message_search_insert AFTER INSERT ON messages
+WHEN new.kind = {MESSAGE} BEGIN
+    {_NEW_ROOM}
+    INSERT INTO message_search (rowid, text) {_indexed("new")};
+END;
+CREATE TRIGGER IF NOT EXISTS message_search_update AFTER UPDATE OF text ON messages
+WHEN old.kind = {MESSAGE} AND old.text IS NOT new.text BEGIN
+    INSERT INTO message_search (message_search, rowid, text)
+        SELECT 'delete', * FROM ({_indexed("old")});
+    {_NEW_ROOM}
+    INSERT INTO message_search (rowid, text) {_indexed("new")};
+END;
+CREATE TRIGGER IF NOT EXISTS message_search_delete AFTER DELETE ON messages
+WHEN old.kind = {MESSAGE} BEGIN
+    INSERT INTO message_search (message_search, rowid, text)
+        SELECT 'delete', * FROM ({_indexed("old")});
+END;
+"""
+
+
+def _migrate_search(conn: sqlite3.Connection) -> None:
+    """The search index, its triggers and, for a database made before them, its contents:
+    every room numbered, then FTS5's ``rebuild`` from the view (one scan of the messages, in
+    the same transaction as the schema, so a crash half way leaves no half-built index)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'message_search'").fetchone():
+        return
+    if "text" not in {row[1] for row in conn.execute("PRAGMA table_info(messages)")}:
+        return  # not a roomchat database (a test's stub table): nothing to index
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for statement in _search_statements():
+            conn.execute(statement)
+        conn.execute("INSERT INTO search_rooms (room) SELECT DISTINCT room FROM messages "
+                     "WHERE kind = ? ORDER BY room", (MESSAGE,))
+        conn.execute("INSERT INTO message_search (message_search) VALUES ('rebuild')")
+        conn.execute("COMMIT")
+    except Exception:
+        conn.execute("ROLLBACK")
+        raise
+
+
+def _search_statements() -> list[str]:
+    """``_SEARCH_SCHEMA`` as single statements (``executescript`` would commit the migration's
+    transaction first)."""
+    statements, current = [], ""
+    for line in _SEARCH_SCHEMA.strip().splitlines(keepends=True):
+        current += line
+        if sqlite3.complete_statement(current):
+            statements.append(current.strip())
+            current = ""
+    return statements
 
 
 TAKEN_BACK = "erasure"
@@ -360,6 +480,10 @@ class SqliteStore:
         self._writer = threading.Thread(target=self._write_loop, name="roomchat-store-writer",
                                         daemon=True)
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="roomchat-store-read")
+        # Searches run on threads of their own: a slow one (a prefix of a common stem over a
+        # million messages: ~100-300 ms) never holds the readers joins and history pages need.
+        self._searchers = ThreadPoolExecutor(max_workers=SEARCH_THREADS,
+                                             thread_name_prefix="roomchat-store-search")
         self._local = threading.local()
         self._read_conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
@@ -620,12 +744,14 @@ class SqliteStore:
                 self._read_conns.append(conn)
         return conn
 
-    async def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    async def _run(self, fn: Callable[[sqlite3.Connection], _T],
+                   executor: ThreadPoolExecutor | None = None) -> _T:
         if self._closed:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+            return await loop.run_in_executor(executor or self._readers,
+                                              lambda: fn(self._reader()))
         except sqlite3.Error as exc:
             raise StoreError(f"read failed: {exc}") from exc
         except (ValueError, OverflowError) as exc:  # a value SQLite cannot take: the caller's
@@ -677,6 +803,43 @@ class SqliteStore:
             return [_message(room, row) for row in rows]
 
         return await self._run(query)
+
+    async def search(self, room: str, query: str, *, before: int | None,
+                     limit: int) -> SearchPage:
+        """As ``rooms.engine.Engine.search``: the room's rowid range of ``message_search``,
+        read backwards from ``before``; the messages' rows and the index are read in one
+        snapshot, so a message deleted meanwhile is either found deleted (and left out) or not
+        at all."""
+        terms = parse_query(query)
+        upper = SEARCH_SEQ_MAX if before is None else min(before, SEARCH_SEQ_MAX)
+        if not terms or limit <= 0 or upper <= 1:
+            return SearchPage((), None)
+        expression = fts5_query(terms)
+
+        def query_(conn: sqlite3.Connection) -> SearchPage:
+            conn.execute("BEGIN")  # one snapshot for the index and the rows
+            try:
+                found = conn.execute("SELECT n FROM search_rooms WHERE room = ?",
+                                     (room,)).fetchone()
+                if found is None or found[0] >= SEARCH_ROOMS_MAX:
+                    return SearchPage((), None)
+                base = found[0] << SEARCH_SEQ_BITS
+                seqs = [rowid - base for (rowid,) in conn.execute(
+                    "SELECT rowid FROM message_search WHERE message_search MATCH ? "
+                    "AND rowid > ? AND rowid < ? ORDER BY rowid DESC LIMIT ?",
+                    (expression, base, base + upper, limit))]
+                rows = {row[0]: _message(room, row) for row in conn.execute(
+                    f"SELECT {_MESSAGE_COLUMNS} FROM messages WHERE room = ? AND kind = ? "
+                    "AND seq IN (SELECT value FROM json_each(?))",
+                    (room, MESSAGE, _json(seqs)))}
+            finally:
+                conn.execute("COMMIT")
+            messages = [rows[seq] for seq in seqs if seq in rows and rows[seq].text]
+            marked = _marks(conn, messages, expression)
+            results = tuple(Found(m, marked.get(m.seq) or unmarked(m.text)) for m in messages)
+            return SearchPage(results, seqs[-1] if len(seqs) == limit else None)
+
+        return await self._run(query_, self._searchers)
 
     async def room_markers(self, room: str) -> dict[str, int]:
         """Every read marker in ``room``: user -> seq."""
@@ -807,6 +970,8 @@ class SqliteStore:
         for room, last in forget.items():
             await self._run(functools.partial(_forget_reactions, room=room, user=user,
                                               upto=last))
+        if done:
+            await self.compact_search()  # the erased words leave the search index's pages
         if done or forget:
             # The WAL still holds the pages as they were when the text was written: copy the
             # new ones into the database and empty it. Best effort: while a read is running it
@@ -814,6 +979,33 @@ class SqliteStore:
             await self._run(lambda conn: conn.execute(
                 "PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
         return done
+
+    async def compact_search(self, pages: int = SEARCH_MERGE_PAGES) -> int:
+        """Merge the search index into one segment, in steps of about ``pages`` pages written
+        (each its own short transaction: the writer thread's commits wait one step at most),
+        with ``secure_delete`` on. Returns the steps taken.
+
+        Why: FTS5 deletes a document by writing a delete marker in a new segment; the older
+        segment keeps its tokens (the words, folded) until a merge reaches it. Queries never
+        see them, but an erasure promises the words leave storage: after this they have. It
+        rewrites the whole index (docs/operations.md has its cost), so erasure is when it runs,
+        not every delete."""
+        def merge(conn: sqlite3.Connection) -> int:
+            conn.execute("PRAGMA secure_delete = ON")
+            try:
+                before = conn.total_changes
+                conn.execute("INSERT INTO message_search (message_search, rank) "
+                             "VALUES ('merge', ?)", (-pages,))
+                return conn.total_changes - before
+            finally:
+                conn.execute("PRAGMA secure_delete = OFF")
+
+        steps = 0
+        # A change count of 2 or more means the step merged something (FTS5's documented
+        # signal); less: the index is one segment, its delete markers applied.
+        while await self._run(merge) >= 2:
+            steps += 1
+        return steps
 
     # -- bans (rare; written like the records above) -----------------------------------------
 
@@ -843,10 +1035,50 @@ class SqliteStore:
         self._writes.put(None)
         await asyncio.to_thread(self._writer.join)
         self._readers.shutdown(wait=True)
+        self._searchers.shutdown(wait=True)
         with self._conns_lock:
             for conn in self._read_conns:
                 conn.close()
             self._read_conns.clear()
+
+
+_MARKERS = tuple((chr(0xFDD0 + i), chr(0xFDD0 + i + 1)) for i in range(0, 32, 2))
+"""Pairs of noncharacters that mark hits in ``highlight()``'s output: the first pair that
+occurs in none of a page's texts is used."""
+
+
+def _marks(conn: sqlite3.Connection,
+           messages: list[StoredMessage],
+           expression: str) -> dict[int, tuple[tuple[str, bool], ...]]:
+    """Each message's text in fragments around the tokens ``expression`` matches: FTS5's own
+    ``highlight()`` run over a temporary in-memory index of just these texts (the main index
+    keeps no text to highlight), so the marks follow exactly the tokenizer that found them.
+    A text holding every marker pair (made on purpose) is left unmarked."""
+    if not messages:
+        return {}
+    conn.execute("CREATE VIRTUAL TABLE IF NOT EXISTS temp.search_marks USING fts5("
+                 f"text, tokenize='{SEARCH_TOKENIZER}')")
+    conn.execute("DELETE FROM temp.search_marks")
+    try:
+        conn.executemany("INSERT INTO temp.search_marks (rowid, text) VALUES (?, ?)",
+                         [(m.seq, m.text) for m in messages])
+        marked: dict[int, tuple[tuple[str, bool], ...]] = {}
+        pending = messages
+        for start, end in _MARKERS:
+            clear = [m.seq for m in pending if start not in m.text and end not in m.text]
+            if clear:
+                for seq, text in conn.execute(
+                        "SELECT rowid, highlight(search_marks, 0, ?, ?) FROM temp.search_marks "
+                        "WHERE search_marks MATCH ? AND rowid IN "
+                        "(SELECT value FROM json_each(?))",
+                        (start, end, expression, _json(clear))):
+                    marked[seq] = fragments(text, start, end)
+                pending = [m for m in pending if m.seq not in set(clear)]
+            if not pending:
+                break
+        return marked
+    finally:
+        conn.execute("DELETE FROM temp.search_marks")
 
 
 def new_epoch(path: Path) -> str:

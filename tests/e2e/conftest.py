@@ -4,6 +4,8 @@
   with SIGTERM after the test); `server` is one with default settings.
 - `open_page(url, ...)` opens the URL in a fresh browser context (its own sessionStorage), and
   after the test fails it if the page threw an uncaught error or violated the CSP.
+- `axe_source`: axe-core's script, installed with `npm ci` into tests/e2e/axe/ on first use
+  (`pages.axe_problems` runs it).
 - `shoot(page, name)` saves test-artefacts/<name>.png and checks that it is a real picture.
 """
 
@@ -18,6 +20,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect, sync_playwright
 
+from .accessibility import axe_script
 from .harness import ARTEFACTS, CHROMIUM, CHROMIUM_ARGS, RoomchatServer, check_screenshot
 
 EXPECT_TIMEOUT_MS = 30_000
@@ -166,3 +169,9 @@ def shoot() -> Shooter:
         return path
 
     return shoot_
+
+
+@pytest.fixture(scope="module")
+def axe_source() -> str:
+    """axe-core's source, installed on first use (``accessibility.axe_script``)."""
+    return axe_script()

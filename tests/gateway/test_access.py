@@ -47,11 +47,11 @@ from tests.support import SLOW, make_config, make_token, running_server
 PEER = "192.0.2.7"
 HOST = "chat.example:8000"
 USER_PURPOSES = (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.HISTORY, Purpose.ADMIN_STREAM,
-                 Purpose.UPLOAD, Purpose.FILE)
+                 Purpose.UPLOAD, Purpose.FILE, Purpose.SEARCH)
 API_PURPOSES = (Purpose.API, Purpose.API_USERS)
 ROOM_OF = {Purpose.ROOM_SOCKET: "lobby", Purpose.TICKET: "lobby", Purpose.HISTORY: "lobby",
            Purpose.API: "lobby", Purpose.API_USERS: None, Purpose.ADMIN_STREAM: None,
-           Purpose.UPLOAD: "lobby", Purpose.FILE: "lobby"}
+           Purpose.UPLOAD: "lobby", Purpose.FILE: "lobby", Purpose.SEARCH: "lobby"}
 
 
 @dataclass
@@ -257,7 +257,8 @@ async def api_rate(d: Door, purpose: Purpose) -> tuple[int, str] | str:
 
 
 ADMITTED = "admitted"
-USER_ROOMS = (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.HISTORY, Purpose.UPLOAD, Purpose.FILE)
+USER_ROOMS = (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.HISTORY, Purpose.UPLOAD, Purpose.FILE,
+              Purpose.SEARCH)
 
 # What each purpose answers to each case: the spec, in one table.
 EXPECTED: dict[str, dict[Purpose, tuple[int, str] | str]] = {
@@ -273,7 +274,8 @@ EXPECTED: dict[str, dict[Purpose, tuple[int, str] | str]] = {
     # the application, bans included.
     "banned": {Purpose.TICKET: (403, "banned"), Purpose.HISTORY: (403, "banned"),
                Purpose.UPLOAD: (403, "banned"), Purpose.FILE: (403, "banned"),
-               Purpose.ROOM_SOCKET: ADMITTED, Purpose.API: ADMITTED},
+               Purpose.SEARCH: (403, "banned"), Purpose.ROOM_SOCKET: ADMITTED,
+               Purpose.API: ADMITTED},
     "not_admin": {**{p: ADMITTED for p in Purpose},
                   Purpose.ADMIN_STREAM: (403, "admin_required")},
     "foreign_origin": {**{p: ADMITTED for p in Purpose},
