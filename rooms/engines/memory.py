@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from rooms import changes
 from rooms import engine as contract
 from rooms.engine import Ban, ErasedObserver, RoomListener, RoomSync
-from rooms.errors import LogReset, StoreError, Unstorable
+from rooms.errors import LogReset, SearchUnsupported, StoreError, Unstorable
 from rooms.messages import (
     DEFAULT_RULES,
     Action,
@@ -54,10 +54,15 @@ from rooms.messages import (
     Unread,
     WireMessage,
 )
+from rooms.search import SearchPage
 
 _MAX_INT = 2**63 - 1
 """The other engines store 64-bit integers: a larger one is refused here too (``Unstorable``),
 so a client sees the same answer whichever engine serves it."""
+SEARCH_UNSUPPORTED = ("searching messages needs an engine with a search index, which only the "
+                      "embedded engine (SQLite) has; this server keeps messages in memory "
+                      "(memory://), which has none")
+"""What ``search`` raises ``SearchUnsupported`` with (the HTTP 501's detail)."""
 COMPACT_AT = 1024
 """Pruned seqs at the head of a room's ordered lists before they are cut off (amortised: a
 cut happens once the dead head is also half the list)."""
@@ -351,6 +356,13 @@ class MemoryEngine:
         if newest:
             found.reverse()
         return found
+
+    async def search(self, room: str, query: str, *, before: int | None,
+                     limit: int) -> SearchPage:
+        """Raises ``SearchUnsupported``, as the Redis engine does: an index of words beside
+        the logs would cost every append and, here, memory the retention does not bound."""
+        self._open()
+        raise SearchUnsupported(SEARCH_UNSUPPORTED)
 
     async def unread(self, room: str, user: str, *, scan: int) -> Unread:
         self._open()
