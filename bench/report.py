@@ -22,9 +22,11 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-LABELS = {"roomchat": "roomchat", "roomchat-redis": "roomchat on Redis", "node-ws": "Node ws",
+LABELS = {"roomchat": "roomchat", "roomchat-redis": "roomchat on Redis",
+          "roomchat-memory": "roomchat, memory store", "node-ws": "Node ws",
           "py-websockets": "Python websockets"}
-COLORS = {"roomchat": "#d62728", "roomchat-redis": "#ff9896", "node-ws": "#2ca02c",
+COLORS = {"roomchat": "#d62728", "roomchat-redis": "#ff9896", "roomchat-memory": "#8c564b",
+          "node-ws": "#2ca02c",
           "py-websockets": "#1f77b4"}
 PEERS = ("node-ws", "py-websockets")
 TITLES = {"room100": "1 room of 100", "room1000": "1 room of 1,000"}

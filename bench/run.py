@@ -58,7 +58,7 @@ from bench.servers import (
 from bench.storm import run_storms
 from bench.tokens import mint_tokens
 
-SERVER_ORDER = ("roomchat", "roomchat-redis", "node-ws", "py-websockets")
+SERVER_ORDER = ("roomchat", "roomchat-redis", "roomchat-memory", "node-ws", "py-websockets")
 SKIPPABLE = ("rooms", "split", "workers", "memory", "handshakes", "storm", "store", "changes")
 _T0 = time.monotonic()
 
@@ -256,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
             npm_ci(NODE_WS_DIR)
         except ChildError as exc:
             unavailable["node-ws"] = str(exc)
-    for key in ("roomchat", "roomchat-redis"):
+    for key in ("roomchat", "roomchat-redis", "roomchat-memory"):
         if key in servers:
             why = roomchat_available()
             if why:

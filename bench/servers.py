@@ -119,6 +119,16 @@ ROOMCHAT_REDIS = ServerKind(
     notes="roomchat with ROOMCHAT_STORE_URL=redis://... (Redis 7, appendfsync always, pinned "
     "to the server core; its CPU counted with roomchat's)",
 )
+ROOMCHAT_MEMORY = ServerKind(
+    key="roomchat-memory",
+    label="roomchat, memory store",
+    argv=lambda port, data_dir: [*_roomchat_argv(port, data_dir), "--store-url", "memory://"],
+    env=ROOMCHAT_ENV,
+    verifies_jwt=True,
+    sends_welcome=True,
+    notes="roomchat with ROOMCHAT_STORE_URL=memory:// (history in memory, bounded by "
+    "retention, lost on restart): the fair twin of peers that store nothing",
+)
 NODE_WS = ServerKind(
     key="node-ws",
     label="Node ws",
@@ -139,7 +149,7 @@ PY_WEBSOCKETS = ServerKind(
     notes="websockets 17 asyncio + broadcast(), compression=None, uvloop, orjson, bytes as text",
 )
 KINDS: dict[str, ServerKind] = {
-    k.key: k for k in (ROOMCHAT, ROOMCHAT_REDIS, NODE_WS, PY_WEBSOCKETS)
+    k.key: k for k in (ROOMCHAT, ROOMCHAT_REDIS, ROOMCHAT_MEMORY, NODE_WS, PY_WEBSOCKETS)
 }
 
 

@@ -39,7 +39,8 @@ async def export(config: Config, room: str, after: int,
     object per line, as a resume after ``after`` replays them: each message in its current
     state (tombstones included) and each change entry (edits, deletes, reactions) as stored,
     so replaying the lines in order, or keeping the messages alone, gives the room as it is.
-    Returns how many of each. Raises ``StoreError``."""
+    Returns how many of each. Raises ``StoreError``, or ``ValueError`` for a memory:// store."""
+    _refuse_memory(config, "export")
     engine = await open_engine(config.resolved_store_url)
     messages = changes = 0
     try:
@@ -61,9 +62,16 @@ async def export(config: Config, room: str, after: int,
 
 
 def _refuse_shared(config: Config, what: str) -> None:
+    _refuse_memory(config, what)
     if is_shared_url(config.resolved_store_url):
         raise ValueError(f"{what} copies the embedded SQLite store; this server uses Redis: "
                          "back it up with Redis's own AOF/RDB (docs/operations.md)")
+
+
+def _refuse_memory(config: Config, what: str) -> None:
+    if config.resolved_store_url.startswith("memory://"):
+        raise ValueError(f"{what}: the store is memory://, whose messages live only inside the "
+                         "running server (nothing to copy, lost when it stops)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -312,6 +312,9 @@ def _existing_store(config: Config) -> str:
     from rooms.engine import is_shared_url
 
     url = config.resolved_store_url
+    if url.startswith("memory://"):
+        raise ValueError("the store is memory://: its messages live only inside the running "
+                         "server, so no other command can reach them")
     if not is_shared_url(url) and url.startswith("sqlite://") and \
             not Path(url.removeprefix("sqlite://")).exists():
         raise ValueError(f"no database at {url.removeprefix('sqlite://')}: give the "

@@ -180,8 +180,9 @@ class Config:
     drain_timeout: float = _setting(
         10.0, "Seconds a shutdown waits for sockets to close and rooms to store.")
     store_url: str = _setting(
-        "", "Message store: empty for SQLite in DATA_DIR, `sqlite:///path`, or "
-            "`redis://host:port/db` (Redis with `appendonly yes`, `appendfsync always`).")
+        "", "Message store: empty for SQLite in DATA_DIR, `sqlite:///path`, "
+            "`redis://host:port/db` (Redis with `appendonly yes`, `appendfsync always`), or "
+            "`memory://` (not durable: every message is lost on restart; one process).")
     store_connections: int = _setting(
         32, "Connections to a networked store (Redis), shared by all rooms; rooms wait for one.")
     store_synchronous: str = _setting(
@@ -352,14 +353,23 @@ class Config:
             _refuse("store_synchronous", " or ".join(SQLITE_SYNCHRONOUS),
                     self.store_synchronous)
         scheme = store_scheme(self.resolved_store_url)
-        if scheme not in ("sqlite", *SHARED_SCHEMES):
+        if scheme not in ("sqlite", "memory", *SHARED_SCHEMES):
             raise ValueError(f"unknown store URL {redact(self.resolved_store_url)!r} "
                              f"(--store-url / {env_name('store_url')}): use "
-                             "sqlite:///path/to/db or redis://host:port/db")
+                             "sqlite:///path/to/db, redis://host:port/db or memory://")
+        if scheme == "memory" and self.resolved_store_url != "memory://":
+            raise ValueError(f"store URL {redact(self.resolved_store_url)!r} "
+                             f"(--store-url / {env_name('store_url')}): memory:// takes "
+                             "nothing after it")
+        if scheme == "memory" and not self.room.history_retention:
+            raise ValueError(
+                f"{env_name('history_retention')}=0 keeps every message, and memory:// keeps "
+                "them in this process's memory: set a number of entries per room (default "
+                "100000)")
         if self.workers > 1 and scheme not in SHARED_SCHEMES:
             raise ValueError(
                 f"--workers {self.workers} needs a shared store: each worker is its own "
-                "process, and with SQLite a room's members would be split between them (set "
+                f"process, and with {scheme} a room's members would be split between them (set "
                 f"--store-url redis://host:port/db, or run one worker: {env_name('workers')}=1)")
 
     def _check_files(self) -> None:
@@ -416,8 +426,8 @@ def is_loopback_bind(bind: str) -> bool:
 
 
 def store_scheme(url: str) -> str:
-    """The store URL's scheme (``""`` without one); ``Config`` refuses all but ``sqlite`` and
-    ``SHARED_SCHEMES``."""
+    """The store URL's scheme (``""`` without one); ``Config`` refuses all but ``sqlite``,
+    ``memory`` and ``SHARED_SCHEMES``."""
     return urlsplit(url).scheme if "://" in url else ""
 
 

@@ -6,7 +6,7 @@ wakes when something arrives or a tick is due, handles up to ``max_batch`` frame
 messages and changes they produced in one engine append (the log checks the changes against
 their targets' current state), then delivers the results to the sessions' outboxes without
 awaiting any client. Read markers members move are written by a task of the actor's own
-(``_write_reads``), so the room never waits for them.
+(``rooms.markers``), so the room never waits for them.
 
 With a shared engine (Redis) other processes serve members of the same room: the engine hands
 the actor their log entries (``remote_messages``, a bounded lane: overflow is repaired from the
@@ -32,6 +32,14 @@ back.
 Supervision: an exception inside the actor is logged, the room's sessions are closed with 1011,
 pending asks fail with ``RoomStopped``, and the registry forgets the room; the next join starts a
 fresh actor from storage. Nothing escapes to other rooms.
+
+The actor is the composition of its parts, each in a module of its own: the ``Inbox``
+(``rooms.inbox``: what arrives, and the one wait), ``RoomState`` (``rooms.state``: the rules,
+pure), the ``Fanout`` (``rooms.fanout``: effects into the sessions' outboxes), the ``Schedule``
+(``rooms.schedule``: batching pauses, ticks, syncs, gap repair, outage retries and timeout,
+idle stop; pure) and the ``MarkerWriter`` (``rooms.markers``: read markers, stored off the
+room's loop). Time comes from an injected ``Clock`` (``rooms.clock``), so a test steps it.
+What is left here is the order of one wake-up (``_loop``) and the calls to the engine.
 """
 
 from __future__ import annotations
@@ -42,12 +50,12 @@ import enum
 import itertools
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from rooms import protocol
 from rooms.batching import BatchPacer
+from rooms.clock import Clock, LoopClock, sleep
 from rooms.config import RoomConfig
 from rooms.engine import Ban, Engine
 from rooms.errors import (
@@ -59,25 +67,38 @@ from rooms.errors import (
     StoreError,
     Unstorable,
 )
-from rooms.messages import AnyDraft, Appended, Draft, Unread, WireMessage
+from rooms.fanout import Fanout
+from rooms.inbox import (
+    BanApplied,
+    Drain,
+    InboundFrame,
+    Inbox,
+    JoinRequest,
+    Leave,
+    Moderation,
+    Publish,
+    RemoteRead,
+    Revoke,
+)
+from rooms.markers import MarkerWriter
+from rooms.messages import AnyDraft, Appended, Draft, WireMessage
 from rooms.observer import NullObserver, RoomObserver
 from rooms.protocol import ClientFrame, CloseCode, ErrorCode
+from rooms.schedule import Schedule
 from rooms.session import Session
 from rooms.state import (
     Broadcast,
-    Close,
     Effect,
     JoinPlan,
-    Moderation,
     ModerationOutcome,
     RoomState,
-    Send,
+)
+from rooms.state import (
+    Moderation as ModerationRequest,
 )
 
 log = logging.getLogger("roomchat.room")
 
-READ_RETRY = 1.0
-"""Seconds before read markers that storage refused are written again."""
 MAX_RESETS = 2
 """``LogReset``s one append may meet in a row before it counts as a storage failure (each
 reset takes the log's new epoch and top, so a second is another process moving it too)."""
@@ -90,72 +111,9 @@ gateway uses to attach a message's files once its seq is known, and to remove th
 deleted and pruned messages (``gateway.attachments``): the room never touches files."""
 
 
-@dataclass(slots=True)
-class _Join:
-    session: Session
-    after: int | None
-    expires_at: float  # Unix time (seconds)
-    reply: asyncio.Future[JoinPlan]
-    checked: int  # RoomActor._bans_applied when the user's ban check began
-    epoch: str | None  # of the welcome the client resumes from, if it said
-    unread: Unread  # the user's read marker and counts, read before the join
-    top: int  # the log's top when the join was asked for (shared engines; else 0)
-
-
 class _BanRaced(Exception):
     """The answer to a join whose ban check began before the room carried out a ban of its
     user: ``join`` checks again (the ban is stored by then) instead of admitting it."""
-
-
-@dataclass(slots=True)
-class _Leave:
-    session_id: int
-
-
-@dataclass(slots=True)
-class _Revoke:
-    user: str
-
-
-@dataclass(slots=True)
-class _Publish:
-    """A message or a change from the server API (``RoomActor.submit``); its ``ts`` is set
-    when the room accepts it."""
-
-    draft: AnyDraft
-    reply: asyncio.Future[Appended]
-
-
-@dataclass(slots=True)
-class _Ban:
-    """Close ``user``'s sessions with 4004 (the ban itself is in the engine)."""
-
-    user: str
-    reason: str
-
-
-@dataclass(slots=True)
-class _Read:
-    """``user``'s read marker moved to ``seq`` on another process: tell their sessions here."""
-
-    user: str
-    seq: int
-
-
-_Moderation = _Publish | _Ban | _Read
-
-
-@dataclass(slots=True)
-class _Drain:
-    code: CloseCode
-    reason: str
-
-
-@dataclass(slots=True)
-class _Frame:
-    session_id: int
-    frame: ClientFrame
-    received_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,73 +135,6 @@ class RoomLifecycle(enum.Enum):
     STOPPED = "stopped"
 
 
-class Inbox:
-    """A room's inbox: bounded client frames, control commands, and what other processes did.
-
-    Frames beyond ``limit`` are refused (``put_frame`` returns False; the sender is told ``busy``).
-    Control commands (join, leave, drain) are never refused: each connection sends at most one
-    join and one leave, so their number is bounded by the connection limit. Remote batches beyond
-    ``limit`` are dropped and ``repair`` is set: the actor then reads the log instead.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.frames: deque[_Frame] = deque()
-        self.control: deque[_Join | _Leave | _Drain | _Revoke | _Moderation] = deque()
-        self.remote: deque[list[WireMessage]] = deque()
-        self.repair = False  # remote batches were dropped, or the feed was interrupted
-        self.presence = False  # another process's members changed
-        self._waiter: asyncio.Future[None] | None = None  # only while the actor waits
-
-    def put_remote(self, messages: list[WireMessage]) -> None:
-        if len(self.remote) >= self.limit:
-            self.repair = True
-        else:
-            self.remote.append(messages)
-        self._wake()
-
-    def flag(self, *, repair: bool = False, presence: bool = False) -> None:
-        self.repair |= repair
-        self.presence |= presence
-        self._wake()
-
-    def put_frame(self, item: _Frame) -> bool:
-        if len(self.frames) >= self.limit:
-            return False
-        self.frames.append(item)
-        self._wake()
-        return True
-
-    def put_control(self, item: _Join | _Leave | _Drain | _Revoke | _Moderation) -> None:
-        self.control.append(item)
-        self._wake()
-
-    def __bool__(self) -> bool:
-        return bool(self.frames or self.control or self.remote or self.repair or self.presence)
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait(self, timeout: float) -> None:
-        """Return when something is queued or after ``timeout`` seconds."""
-        if self:
-            return
-        # One future and one timer handle per wait. ``asyncio.timeout`` around an ``Event``
-        # allocated three more objects per wait and cancelled through the task; with a
-        # thousand rooms each waking for every message and every tick, those short-lived
-        # objects were a visible part of a message's cost and of every GC pass.
-        loop = asyncio.get_running_loop()
-        waiter = self._waiter = loop.create_future()
-        timer = loop.call_later(timeout, self._wake)  # cancelled below before a next wait
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
-
-
 class RoomActor:
     """One room. Create with the registry (``rooms.registry.RoomRegistry``), not directly."""
 
@@ -253,7 +144,9 @@ class RoomActor:
         on_exit: Callable[[RoomActor], None] | None = None,
         state_factory: Callable[..., RoomState] = RoomState,
         on_stored: Stored | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        """``clock``: the time the room runs on (``rooms.clock``; default the event loop's)."""
         self.room = room
         self._on_stored = on_stored
         self.config = config
@@ -262,22 +155,20 @@ class RoomActor:
         self._observer = observer or NullObserver()
         self._on_exit = on_exit
         self._state_factory = state_factory
-        self._inbox = Inbox(config.inbox_limit)
-        self._sessions: dict[int, Session] = {}
+        self._clock: Clock = clock if clock is not None else LoopClock()
+        self._inbox = Inbox(config.inbox_limit, self._clock)
+        self._fanout = Fanout(room, self._observer)
+        self._sessions = self._fanout.sessions  # the fan-out's: admitted and not yet closed
+        self._markers = MarkerWriter(room, engine, self._clock, config.store_timeout)
         self._state: RoomState | None = None
         self._failure: RoomError = RoomStopped(f"room {room} stopped")
         self._rules = config.rules
-        # Read markers members moved, waiting for ``_write_reads`` (at most one per member).
-        self._reads: dict[str, int] = {}
-        self._reads_waiting: asyncio.Future[None] | None = None
-        # Storage outage: the batch being retried, since when, and the next attempt.
+        # Storage outage: the batch being retried (the schedule knows since when, and when next).
         self._retry: list[AnyDraft] | None = None
         # Adaptive on the embedded engine; a fixed wait on a shared one (see BatchPacer).
         self._pacer = BatchPacer(config.batch_cost_factor, config.batch_delay,
                                  floor=config.batch_delay if engine.shared else 0.0)
-        self._outage_since: float | None = None
-        self._next_attempt = 0.0
-        self._backoff = 0.0
+        self._schedule: Schedule | None = None  # made when the room has loaded (``run``)
         # Server-API publishes waiting for their seq, by ticket (bounded by ``inbox_limit``).
         self._publishing: dict[int, asyncio.Future[Appended]] = {}
         self._tickets = itertools.count(1)
@@ -317,7 +208,7 @@ class RoomActor:
                 # join is in its welcome, though its pub/sub message may still be on the way.
                 top = await self._engine.top(self.room) if self._engine.shared else 0
                 reply: asyncio.Future[JoinPlan] = asyncio.get_running_loop().create_future()
-                self._inbox.put_control(_Join(session, after, expires_at, reply, checked,
+                self._inbox.put_control(JoinRequest(session, after, expires_at, reply, checked,
                                               epoch, unread, top))
                 return await reply
             except _BanRaced:
@@ -346,12 +237,12 @@ class RoomActor:
         """
         if self.lifecycle in (RoomLifecycle.DRAINING, RoomLifecycle.STOPPED):
             raise RoomStopped(f"room {self.room} is stopping")
-        waiting = len(self._publishing) + sum(isinstance(c, _Publish)
+        waiting = len(self._publishing) + sum(isinstance(c, Publish)
                                               for c in self._inbox.control)
         if waiting >= self.config.inbox_limit:
             raise RoomBusy(f"room {self.room} is busy; retry shortly")
         reply: asyncio.Future[Appended] = asyncio.get_running_loop().create_future()
-        self._inbox.put_control(_Publish(draft, reply))
+        self._inbox.put_control(Publish(draft, reply))
         return await reply
 
     async def check_ban(self, user: str) -> None:
@@ -364,7 +255,7 @@ class RoomActor:
     def ban_nowait(self, user: str, reason: str) -> None:
         """Close every session of ``user`` with 4004 (banned); the ban is already stored."""
         if self.lifecycle is not RoomLifecycle.STOPPED:
-            self._inbox.put_control(_Ban(user, reason))
+            self._inbox.put_control(BanApplied(user, reason))
 
     def presence(self) -> list[dict[str, str]]:
         """Everyone in the room as this process knows it (its members, then other processes'
@@ -374,24 +265,24 @@ class RoomActor:
     def leave_nowait(self, session_id: int) -> None:
         """The session's socket is gone. Never fails."""
         if self.lifecycle is not RoomLifecycle.STOPPED:
-            self._inbox.put_control(_Leave(session_id))
+            self._inbox.put_control(Leave(session_id))
 
     def frame_nowait(self, session_id: int, frame: ClientFrame) -> bool:
         """Hand a client frame to the room. False when the inbox is full (tell the client busy)."""
         if self.lifecycle is RoomLifecycle.STOPPED:
             return True  # its sessions are being closed; the frame has nowhere to go
-        return self._inbox.put_frame(_Frame(session_id, frame, time.monotonic()))
+        return self._inbox.put_frame(InboundFrame(session_id, frame, time.monotonic()))
 
     def revoke_nowait(self, user: str) -> None:
         """Close every session of ``user`` with 4003 (their access was revoked)."""
         if self.lifecycle is not RoomLifecycle.STOPPED:
-            self._inbox.put_control(_Revoke(user))
+            self._inbox.put_control(Revoke(user))
 
     def drain_nowait(self, code: CloseCode, reason: str) -> None:
         """Close every session with ``code``, refuse joins, store what is pending, then stop."""
         if self.lifecycle is not RoomLifecycle.STOPPED:
             self.lifecycle = RoomLifecycle.DRAINING
-            self._inbox.put_control(_Drain(code, reason))
+            self._inbox.put_control(Drain(code, reason))
 
     def counts(self) -> RoomCounts:
         """The room's counts, typed (``statistics()`` is the free-form view). Changes nothing."""
@@ -427,7 +318,7 @@ class RoomActor:
 
     def remote_read(self, user: str, seq: int) -> None:
         if self.lifecycle is not RoomLifecycle.STOPPED:
-            self._inbox.put_control(_Read(user, seq))
+            self._inbox.put_control(RemoteRead(user, seq))
 
     # -- the task ---------------------------------------------------------------------------
 
@@ -453,7 +344,7 @@ class RoomActor:
                 self.lifecycle = RoomLifecycle.RUNNING
             self._observer.room_started(self.room)
             async with asyncio.TaskGroup() as tasks:
-                writer = tasks.create_task(self._write_reads(), name=f"room-{self.room}-reads")
+                writer = tasks.create_task(self._markers.run(), name=f"room-{self.room}-reads")
                 try:
                     await self._loop(self._state)
                 finally:
@@ -461,10 +352,8 @@ class RoomActor:
         except Exception:
             crashed = True
             log.exception("room %s crashed; closing its sessions with 1011", self.room)
-            for session in self._sessions.values():
-                # abort: no tick will ever check this room's sends again
-                session.abort(CloseCode.INTERNAL_ERROR, "room restarting")
-                self._observer.session_closed(CloseCode.INTERNAL_ERROR)
+            # abort: no tick will ever check this room's sends again
+            self._fanout.abort_all(CloseCode.INTERNAL_ERROR, "room restarting")
         finally:
             self.lifecycle = RoomLifecycle.STOPPED
             engine.unsubscribe(self.room, self)
@@ -475,42 +364,38 @@ class RoomActor:
             self._observer.room_stopped(self.room, crashed)
 
     async def _loop(self, state: RoomState) -> None:
+        """Wake-ups until the room stops: wait for the inbox or the next deadline, then, in
+        this order: joins and commands, members' frames, leaves, the delivery of what they
+        produced, the append (or the retry of an outage's batch) and its delivery with other
+        processes' entries, read markers, moderators' bans, sync and gap repair, the tick,
+        then the outage timeout, a drain and the idle stop. Returns when the room stops."""
         cfg = self.config
         shared = self._engine.shared
-        loop = asyncio.get_running_loop()
-        next_tick = loop.time() + cfg.tick_interval
-        next_sync = loop.time() if shared else float("inf")
-        idle_since: float | None = loop.time()
-        gap_since: float | None = None
-        last_arrival = float("-inf")
+        clock = self._clock
+        schedule = self._schedule = Schedule(cfg, self._pacer, shared=shared, now=clock.now())
         inbox = self._inbox
-        pacer = self._pacer
+        fanout = self._fanout
         while True:
-            wake = min(next_tick, next_sync)
-            if self._retry is not None:
-                wake = min(wake, self._next_attempt)
-            if gap_since is not None:
-                wake = min(wake, gap_since + cfg.gap_repair_delay)
-            await inbox.wait(max(0.0, wake - loop.time()))
+            await inbox.wait_until(schedule.wake_at(self._retry is not None))
             arrived = bool(inbox.frames or inbox.remote)
             if arrived and len(inbox.frames) < cfg.max_batch:
                 # Busy: let a burst gather, since every batch costs one frame per member and
                 # one commit; how long depends on what this room's broadcasts cost (see
                 # BatchPacer). A quiet room does not wait: its message goes out at once (what
                 # arrives while that commit is in flight forms the next batch by itself).
-                pause = pacer.wait(loop.time() - last_arrival)
+                pause = schedule.pause(clock.now())
                 if pause:
-                    await asyncio.sleep(pause)
+                    await sleep(clock, pause)
             if arrived:
-                last_arrival = loop.time()
-            now = loop.time()
-            wall_ms = int(time.time() * 1000)
+                schedule.arrived(clock.now())
+            now = clock.now()
+            wall_ms = clock.wall_ms()
             effects: list[Effect] = []
-            drain: _Drain | None = None
+            drain: Drain | None = None
             # Sessions whose socket is gone: they leave after the frames below, which they sent
             # before it went (a read marker, a message sent just before the page closed).
             leaving: list[int] = []
-            if shared and any(isinstance(c, _Join) and max(c.after or 0, c.top)
+            if shared and any(isinstance(c, JoinRequest) and max(c.after or 0, c.top)
                               > state.delivered_seq for c in inbox.control):
                 # A join after a message was stored on another process that this one has not
                 # delivered yet (its pub/sub message is on the way): catch up first (what
@@ -524,7 +409,7 @@ class RoomActor:
                 behind_ok = True
             while inbox.control:
                 cmd = inbox.control.popleft()
-                if isinstance(cmd, _Join):
+                if isinstance(cmd, JoinRequest):
                     if not behind_ok and cmd.after is not None and \
                             cmd.after > state.delivered_seq:
                         # Could not catch up (storage unreachable): its `after` would look like
@@ -534,12 +419,12 @@ class RoomActor:
                                 "storage unavailable: cannot resume here yet"))
                         continue
                     effects += self._admit(state, cmd, now, wall_ms)
-                elif isinstance(cmd, _Leave):
+                elif isinstance(cmd, Leave):
                     leaving.append(cmd.session_id)
-                elif isinstance(cmd, _Revoke):
+                elif isinstance(cmd, Revoke):
                     effects += state.evict_user(cmd.user, CloseCode.REVOKED, "access revoked",
                                                 wall_ms)
-                elif isinstance(cmd, _Publish | _Ban | _Read):
+                elif isinstance(cmd, Publish | BanApplied | RemoteRead):
                     effects += self._moderate(state, cmd, wall_ms)
                 else:
                     drain = cmd
@@ -547,7 +432,7 @@ class RoomActor:
             frames = inbox.frames
             count = min(len(frames), cfg.max_batch)
             oldest = frames[0].received_at if count else 0.0
-            refuse = None if self._outage_since is None else (
+            refuse = None if not schedule.outage else (
                 "storage is unavailable; resend after retry_after seconds")
             for _ in range(count):
                 item = frames.popleft()
@@ -569,26 +454,22 @@ class RoomActor:
             if await self._store(state, now, wall_ms) and count:
                 self._observer.broadcast_latency(time.monotonic() - oldest)
             if state.reads:
-                self._queue_reads(state.take_reads())
+                self._markers.queue(state.take_reads())
             if state.moderation:
                 # After the batch: the room's messages never wait for a moderator's request.
                 await self._carry_out(state, wall_ms)
             # A gap usually closes by itself: this process's batch was stored just after
             # another's whose pub/sub message is still in flight. Read it from the log only if
             # it is still open after gap_repair_delay (pub/sub lost it).
-            if state.gap() is None:
-                gap_since = None
-            elif gap_since is None:
-                gap_since = now
-            gap_due = gap_since is not None and now - gap_since >= cfg.gap_repair_delay
+            gap_due = schedule.gap_due(now, state.gap() is not None)
             due = (inbox.repair or inbox.presence or state.presence_changed
-                   or now >= next_sync or gap_due)
+                   or schedule.sync_due(now) or gap_due)
             if shared and due and await self._sync(state, wall_ms,
-                                                   full=inbox.repair or now >= next_sync,
+                                                   full=inbox.repair or schedule.sync_due(now),
                                                    markers=inbox.repair):
-                next_sync = now + cfg.sync_interval
+                schedule.synced(now)
                 if state.gap() is None:
-                    gap_since = None
+                    schedule.gap_closed()
             elif not shared and gap_due:
                 # One process: entries appended outside this actor (an erasure) come through
                 # the engine's listener, in order; should one be missed, the log has it.
@@ -599,80 +480,62 @@ class RoomActor:
                     except StoreError as exc:
                         self._storage_failed(state, now, wall_ms, exc)
                 if state.gap() is None:
-                    gap_since = None
+                    schedule.gap_closed()
 
-            ticked = now >= next_tick
-            if ticked:
-                next_tick = now + cfg.tick_interval
-                mono = time.monotonic()
-                for session in self._sessions.values():
-                    progress = session.progress_at
-                    if progress is not None:
-                        # A replay still moving is alive, though its pongs wait behind it.
-                        state.touch(session.id, now - (mono - progress))
-                for session_id in state.overdue(now):
-                    # Silent, but still reading what was sent (its pongs are queued behind
-                    # it): alive. A stopped client acks nothing and is evicted.
-                    overdue = self._sessions.get(session_id)
-                    if overdue is not None and overdue.reading():
-                        state.touch(session_id, now)
-                self._deliver(state, state.tick(now, wall_ms), wall_ms)
-                self._abort_stalled(state, wall_ms)
-                if self._all_quiet():
-                    # Nothing to watch but deadlines (no send, queue or replay in progress):
-                    # sleep until the next one instead of every tick_interval. An idle room of
-                    # 10 wakes a few times per ping interval instead of 25 (with a thousand
-                    # rooms, most of a server's idle CPU).
-                    next_tick = max(next_tick, min(state.next_due(), now + cfg.ping_interval))
-            elif not self._all_quiet():
-                # Woken for anything else (frames, joins, other processes' messages, a sync) and
-                # left a session with something to watch (a join or replay under way, a queued
-                # or stuck send): back to the usual cadence, so it is watched within
-                # tick_interval. While every session stays quiet (each message written straight
-                # to an idle socket) the deadlines set at the last tick still hold, so a room
-                # that gets a message now and then does not tick every second: 1,000 rooms of 10
-                # at 848 msg/s made ~850 ticks/s, now none (CPU: within the bench's noise;
-                # bench/profiles/2026-11-26-small-rooms.md, section 14).
-                next_tick = min(next_tick, now + cfg.tick_interval)
+            if schedule.tick_due(now):
+                self._tick(state, now, wall_ms)
+                if fanout.all_quiet():
+                    # Nothing to watch but deadlines (no send, queue or replay in progress).
+                    schedule.quiet_until(now, state.next_due())
+            elif not fanout.all_quiet():
+                schedule.watch(now)
 
-            if self._outage_since is not None and now - self._outage_since >= \
-                    cfg.store_outage_timeout:
+            if schedule.outage_over(now):
                 log.warning("room %s: storage unavailable for %.0fs; closing its sessions with "
-                            "1013", self.room, now - self._outage_since)
+                            "1013", self.room, cfg.store_outage_timeout)
                 state.abandon()
                 self._retry = None
-                self._close_all(state, CloseCode.TRY_AGAIN_LATER, "storage unavailable",
-                                wall_ms)
+                fanout.close_all(state, CloseCode.TRY_AGAIN_LATER, "storage unavailable",
+                                 wall_ms)
                 self._failure = StoreError("storage unavailable")
                 return
 
             if drain is not None:
-                self._close_all(state, drain.code, drain.reason, wall_ms)
+                fanout.close_all(state, drain.code, drain.reason, wall_ms)
                 # Frames still queued come from sessions just closed: their messages were never
                 # acked, so their clients resend them after reconnecting.
                 await self._withdraw(state)
                 return
-            if self._sessions or inbox or self._retry is not None:
-                idle_since = None
-            elif idle_since is None:
-                idle_since = now
-            elif now - idle_since >= cfg.room_idle_ttl:
+            if schedule.idle(now, bool(self._sessions or inbox or self._retry is not None)):
                 # No await between this check and leaving the registry: no join can slip in.
-                log.debug("room %s idle for %.0fs; stopping", self.room, now - idle_since)
+                log.debug("room %s idle for %.0fs; stopping", self.room, cfg.room_idle_ttl)
                 self.lifecycle = RoomLifecycle.STOPPED
                 return
 
-    def _all_quiet(self) -> bool:
-        """The room has sessions and each is quiet (``Session.quiet``): its tick has nothing
-        to watch but the deadlines in ``RoomState.next_due``."""
-        return bool(self._sessions) and all(s.quiet() for s in self._sessions.values())
+    def _tick(self, state: RoomState, now: float, wall_ms: int) -> None:
+        """Housekeeping: heartbeats (pings, evicting silent sessions) and the send watchdog."""
+        mono = time.monotonic()
+        for session in self._sessions.values():
+            progress = session.progress_at
+            if progress is not None:
+                # A replay still moving is alive, though its pongs wait behind it (the session
+                # measures on the real monotonic clock: carried over to the room's).
+                state.touch(session.id, now - (mono - progress))
+        for session_id in state.overdue(now):
+            # Silent, but still reading what was sent (its pongs are queued behind it): alive.
+            # A stopped client acks nothing and is evicted.
+            overdue = self._sessions.get(session_id)
+            if overdue is not None and overdue.reading():
+                state.touch(session_id, now)
+        self._deliver(state, state.tick(now, wall_ms), wall_ms)
+        self._fanout.abort_stalled(state, wall_ms)
 
     async def _store(self, state: RoomState, now: float, wall_ms: int) -> bool:
         """Append what the room accepted (or retry the batch an outage left); deliver what is
         contiguous: the batch and what ``state`` holds (other processes' messages), in one
         broadcast. True when a batch was stored."""
         if self._retry is not None:
-            batch = self._retry if now >= self._next_attempt else []
+            batch = self._retry if self._scheduled().retry_due(now) else []
         else:
             batch = state.take_pending()
         if not batch:
@@ -732,43 +595,6 @@ class RoomActor:
         self._pacer.observe(time.perf_counter() - started)
         return True
 
-    def _queue_reads(self, reads: dict[str, int]) -> None:
-        """Hand moved read markers to ``_write_reads`` (a newer one replaces one not written
-        yet: at most one per member waits)."""
-        for user, seq in reads.items():
-            if seq > self._reads.get(user, 0):
-                self._reads[user] = seq
-        waiting = self._reads_waiting
-        if waiting is not None and not waiting.done():
-            waiting.set_result(None)
-
-    async def _write_reads(self) -> None:
-        """Store the read markers members move (``Engine.mark_read``, which tells other
-        processes), off the room's loop: a marker is a hint, and a busy room's members move
-        theirs with every few messages. Runs as long as the room; a marker that fails to be
-        written is tried again after ``READ_RETRY`` seconds (a newer one replaces it)."""
-        while True:
-            if not self._reads:
-                self._reads_waiting = asyncio.get_running_loop().create_future()
-                try:
-                    await self._reads_waiting
-                finally:
-                    self._reads_waiting = None
-            reads, self._reads = self._reads, {}
-            failed = False
-            for user, seq in reads.items():
-                try:
-                    async with asyncio.timeout(self.config.store_timeout):
-                        await self._engine.mark_read(self.room, user, seq)
-                except (StoreError, Unstorable, TimeoutError) as exc:
-                    log.debug("room %s: read marker of %s not stored: %s", self.room, user,
-                              exc)
-                    if not isinstance(exc, Unstorable) and seq > self._reads.get(user, 0):
-                        self._reads[user] = seq
-                        failed = True
-            if failed:
-                await asyncio.sleep(READ_RETRY)
-
     async def _carry_out(self, state: RoomState, wall_ms: int) -> None:
         """Moderators' bans accepted in this wake-up, one engine call each, awaited here like
         ``_store``'s append: what arrives meanwhile forms the next batch. They are rare (each
@@ -786,7 +612,7 @@ class RoomActor:
                 self._ban_applied(request.frame.user)
             self._deliver(state, state.moderated(request, outcome, wall_ms), wall_ms)
 
-    async def _perform(self, request: Moderation) -> ModerationOutcome:
+    async def _perform(self, request: ModerationRequest) -> ModerationOutcome:
         """Carry out one ban through the engine. Raises ``StoreError``."""
         frame = request.frame
         await self._engine.ban(self.room, Ban(frame.user, request.until, frame.reason))
@@ -800,7 +626,7 @@ class RoomActor:
         engine."""
         cfg = self.config
         inbox = self._inbox
-        now = asyncio.get_running_loop().time()
+        now = self._clock.now()
         try:
             if inbox.presence or state.presence_changed or full:
                 inbox.presence = False
@@ -866,24 +692,22 @@ class RoomActor:
 
     def _storage_failed(self, state: RoomState, now: float, wall_ms: int,
                         exc: StoreError) -> None:
-        self._backoff = min(max(self._backoff * 2, 0.1), 2.0)
-        self._next_attempt = now + self._backoff
-        if self._outage_since is None:
-            self._outage_since = now
+        if self._scheduled().storage_failed(now):
             log.warning("room %s: storage failed (%s); retrying", self.room, exc)
             self._deliver(state, [Broadcast(protocol.error(
                 ErrorCode.UNAVAILABLE, "storage is unavailable; messages are not accepted "
                 "until it is back", retry_after=1.0))], wall_ms)
 
     def _storage_back(self, now: float) -> None:
-        if self._outage_since is not None:
-            log.info("room %s: storage is back after %.1fs", self.room, now - self._outage_since)
-        self._outage_since = None
-        self._backoff = 0.0
+        lasted = self._scheduled().storage_back(now)
+        if lasted is not None:
+            log.info("room %s: storage is back after %.1fs", self.room, lasted)
 
-    def _close_all(self, state: RoomState, code: CloseCode, reason: str, wall_ms: int) -> None:
-        for session_id in list(self._sessions):
-            self._deliver(state, state.evict(session_id, code, reason, wall_ms), wall_ms)
+    def _scheduled(self) -> Schedule:
+        """The room's schedule (made when ``_loop`` starts, before any store call of it)."""
+        schedule = self._schedule
+        assert schedule is not None
+        return schedule
 
     async def _withdraw(self, state: RoomState) -> None:
         """Take this process's members out of the shared presence (best effort: they expire
@@ -897,7 +721,7 @@ class RoomActor:
         except (StoreError, TimeoutError):
             pass
 
-    def _admit(self, state: RoomState, cmd: _Join, now: float, wall_ms: int) -> list[Effect]:
+    def _admit(self, state: RoomState, cmd: JoinRequest, now: float, wall_ms: int) -> list[Effect]:
         if cmd.reply.done():  # the caller gave up (disconnected) before we got to it
             return []
         if self.lifecycle is not RoomLifecycle.RUNNING:
@@ -932,18 +756,18 @@ class RoomActor:
             oldest = min(self._checking, default=self._bans_applied)
             self._banned_at = {u: n for u, n in self._banned_at.items() if n > oldest}
 
-    def _moderate(self, state: RoomState, cmd: _Moderation, wall_ms: int) -> list[Effect]:
+    def _moderate(self, state: RoomState, cmd: Moderation, wall_ms: int) -> list[Effect]:
         """Commands from outside the room's sessions: a submission (server API) joins the
         pending batch; a ban closes the user's sessions; another process's read marker is
         told to the user's sessions here."""
-        if isinstance(cmd, _Ban):
+        if isinstance(cmd, BanApplied):
             self._ban_applied(cmd.user)
             return state.evict_user(cmd.user, CloseCode.BANNED, "banned", wall_ms)
-        if isinstance(cmd, _Read):
+        if isinstance(cmd, RemoteRead):
             return state.remote_read(cmd.user, cmd.seq)
         if cmd.reply.done():
             return []
-        if self._outage_since is not None:
+        if self._scheduled().outage:
             cmd.reply.set_exception(StoreError("storage is unavailable"))
             return []
         ticket = next(self._tickets)
@@ -965,69 +789,11 @@ class RoomActor:
         state.published.clear()
 
     def _deliver(self, state: RoomState, effects: list[Effect], wall_ms: int) -> None:
-        """Put effects into outboxes. Never awaits; overflowing sessions are closed with 4009."""
+        """Answer the server API's submissions that were stored, then put ``effects`` into
+        outboxes (``Fanout.deliver``). Never awaits."""
         if state.published:
             self._answer_published(state)
-        overflow: list[int] = []
-        delivered = 0
-        index, end = 0, len(effects)
-        while index < end:
-            effect = effects[index]
-            index += 1
-            if isinstance(effect, Broadcast):
-                payload, exclude, count = effect.payload, effect.exclude, effect.count
-                # The sends right after a broadcast (the acks of the messages in it) go in the
-                # same frame as the broadcast to their session: in a room of 10 that is one
-                # socket write in eleven saved per message. Same order per session as before.
-                riders: dict[int, list[str]] | None = None
-                while index < end:
-                    rider = effects[index]
-                    if not isinstance(rider, Send) or rider.session == exclude:
-                        break
-                    if riders is None:
-                        riders = {}
-                    riders.setdefault(rider.session, []).append(rider.payload)
-                    index += 1
-                for session in self._sessions.values():
-                    if session.id == exclude:
-                        continue
-                    extra = riders.get(session.id) if riders else None
-                    if extra is None:
-                        accepted = session.offer(payload, count)
-                    else:
-                        accepted = session.offer("\n".join((payload, *extra)),
-                                                 count + len(extra))
-                    if accepted:
-                        delivered += count
-                    else:
-                        overflow.append(session.id)
-            elif isinstance(effect, Send):
-                target = self._sessions.get(effect.session)
-                if target is not None and not target.offer(effect.payload):
-                    overflow.append(effect.session)
-            elif isinstance(effect, Close):
-                closing = self._sessions.pop(effect.session, None)
-                if closing is not None:
-                    closing.close_nowait(effect.code, effect.reason, flush=effect.flush)
-                    self._observer.session_closed(effect.code)
-        if delivered:
-            self._observer.messages_delivered(delivered)
-        for session_id in overflow:
-            if session_id in self._sessions:
-                log.info("room %s: session %s is too slow; closing with 4009", self.room,
-                         session_id)
-                self._deliver(state, state.evict(session_id, CloseCode.SLOW_CONSUMER,
-                                                 "slow consumer", wall_ms, flush=False), wall_ms)
-
-    def _abort_stalled(self, state: RoomState, wall_ms: int) -> None:
-        """Close sessions whose writer has been stuck in one send for ``send_timeout``."""
-        mono = time.monotonic()
-        for session in [s for s in self._sessions.values() if s.stalled(mono)]:
-            log.info("room %s: session %s stalled in a send; closing with 4009", self.room,
-                     session.id)
-            self._deliver(state, state.evict(session.id, CloseCode.SLOW_CONSUMER,
-                                             "slow consumer", wall_ms, flush=False), wall_ms)
-            session.abort(CloseCode.SLOW_CONSUMER, "slow consumer")
+        self._fanout.deliver(state, effects, wall_ms)
 
     def _fail_pending_joins(self) -> None:
         for reply in self._publishing.values():
@@ -1036,7 +802,7 @@ class RoomActor:
         self._publishing.clear()
         while self._inbox.control:
             cmd = self._inbox.control.popleft()
-            if isinstance(cmd, _Join | _Publish) and not cmd.reply.done():
+            if isinstance(cmd, JoinRequest | Publish) and not cmd.reply.done():
                 cmd.reply.set_exception(self._failure)
         self._inbox.frames.clear()
         self._inbox.remote.clear()

@@ -8,13 +8,15 @@ appended by other processes, read markers, and the presence of members connected
 processes. The log's entries are messages and changes to them (``rooms.messages``): one
 sequence, so a resume, gap repair, dedup, fan-out and retention work for both alike.
 
-Two engines, chosen by URL with ``rooms.engines.open_engine`` (each imported when used):
+Three engines, chosen by URL with ``rooms.engines.open_engine`` (each imported when used):
 
 - ``sqlite:///path`` — ``rooms.engines.embedded.EmbeddedEngine``: SQLite, one process, nothing
   to share (the default).
 - ``redis://host:port/db`` (``rediss://``, ``unix://``) — ``rooms.engines.redis.RedisEngine``:
   a stream per room, Lua scripts for atomic append-and-publish, sharded pub/sub for live fan-out,
   a presence hash per room. Any process can serve any member of any room.
+- ``memory://`` — ``rooms.engines.memory.MemoryEngine``: one process, every log in its memory
+  (bounded by retention), **not durable**: a restart loses everything and starts a new epoch.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from rooms.actor import RoomActor, RoomLifecycle, Stored
+from rooms.clock import Clock, LoopClock, sleep
 from rooms.config import RoomConfig
 from rooms.engine import Engine
 from rooms.errors import RoomStopped, StoreError, TooManyRooms
@@ -28,9 +29,10 @@ class RoomRegistry:
     def __init__(
         self, config: RoomConfig, engine: Engine, *, observer: RoomObserver | None = None,
         state_factory: Callable[..., RoomState] = RoomState, max_rooms: int = 5_000,
-        on_stored: Stored | None = None,
+        on_stored: Stored | None = None, clock: Clock | None = None,
     ) -> None:
-        """``on_stored``: given to every room (``rooms.actor.Stored``)."""
+        """``on_stored``: given to every room (``rooms.actor.Stored``); ``clock``: the time
+        every room runs on (``rooms.clock``; default the event loop's)."""
         if max_rooms < 1:
             raise ValueError("max_rooms must be at least 1")
         self.config = config
@@ -39,6 +41,7 @@ class RoomRegistry:
         self.observer = observer or NullObserver()
         self._state_factory = state_factory
         self._on_stored = on_stored
+        self.clock: Clock = clock if clock is not None else LoopClock()
         self._rooms: dict[str, RoomActor] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
@@ -60,7 +63,7 @@ class RoomRegistry:
                                "try again later")
         actor = RoomActor(room, self.config, self.engine, observer=self.observer,
                           on_exit=self._forget, state_factory=self._state_factory,
-                          on_stored=self._on_stored)
+                          on_stored=self._on_stored, clock=self.clock)
         self._rooms[room] = actor
         task = asyncio.create_task(actor.run(), name=f"room:{room}")
         self._tasks.add(task)
@@ -98,7 +101,7 @@ class RoomRegistry:
                     taken += actor.counts().sessions
                     actor.drain_nowait(code, reason)
                 if pending:
-                    await asyncio.sleep(step)
+                    await sleep(self.clock, step)
         finally:
             self.drain_nowait(code, reason)  # whatever is left, and rooms started meanwhile
 

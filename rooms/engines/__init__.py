@@ -1,6 +1,7 @@
 """The engines behind ``rooms.engine.Engine``: embedded (SQLite, ``rooms.engines.embedded`` over
-``rooms.engines.sqlite``) and Redis (``rooms.engines.redis``), and ``open_engine``, which picks
-one by URL. The interface itself (``rooms.engine``) knows none of them."""
+``rooms.engines.sqlite``), Redis (``rooms.engines.redis``) and memory (``rooms.engines.memory``:
+ephemeral, not durable), and ``open_engine``, which picks one by URL. The interface itself
+(``rooms.engine``) knows none of them."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ __all__ = ["open_engine"]
 async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
                       sqlite_synchronous: str = "FULL", max_connections: int = 32,
                       timeout: float | None = None) -> Engine:
-    """The engine a URL names: ``sqlite:///path/to/db`` or ``redis://host:port/db``.
+    """The engine a URL names: ``sqlite:///path/to/db``, ``redis://host:port/db`` or
+    ``memory://`` (nothing after it: every message in this process's memory, lost on restart).
 
     Raises ``ValueError`` for an unknown scheme and ``StoreError`` when the engine cannot be
     reached or opened. ``max_connections`` bounds the connections to a networked engine, and
@@ -30,4 +32,11 @@ async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
 
         return await EmbeddedEngine.open(url.removeprefix("sqlite://"),
                                          synchronous=sqlite_synchronous, on_commit=on_commit)
-    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path or redis://host:port")
+    if url.startswith("memory://"):
+        if url != "memory://":
+            raise ValueError(f"unsupported store URL {url!r}: memory:// takes nothing after it")
+        from rooms.engines.memory import MemoryEngine
+
+        return MemoryEngine()
+    raise ValueError(f"unsupported store URL {url!r}: use sqlite:///path, redis://host:port "
+                     "or memory://")

@@ -306,3 +306,22 @@ def test_make_run_serves_the_bind_and_room_it_is_given(tmp_path: Path) -> None:
 def test_readme_documents_make_run_variables() -> None:
     readme = (REPO / "README.md").read_text()
     assert "make run BIND=127.0.0.1:9000 ROOM=team" in readme
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["revoke", "--user", "mallory"], "roomchat: the store is memory://: its messages live only "
+     "inside the running server, so no other command can reach them\n"),
+    (["erase", "--user", "mallory", "--offline"], "roomchat: the store is memory://: its "
+     "messages live only inside the running server, so no other command can reach them\n"),
+    (["export", "--room", "lobby"], "roomchat: export: the store is memory://, whose messages "
+     "live only inside the running server (nothing to copy, lost when it stops)\n"),
+    (["backup", "--to", "copy.sqlite3"], "roomchat: backup: the store is memory://, whose "
+     "messages live only inside the running server (nothing to copy, lost when it stops)\n"),
+])
+def test_offline_commands_refuse_a_memory_store_in_one_line(
+        tmp_path: Path, args: list[str], message: str) -> None:
+    """A fresh process's memory:// is empty: an offline command would act on nothing and say
+    it was done (an export of 0 messages, a revocation the server never hears of)."""
+    done = roomchat(tmp_path, *args, env={"ROOMCHAT_JWT_SECRET": SECRET,
+                                          "ROOMCHAT_STORE_URL": "memory://"})
+    assert (done.returncode, done.stderr, done.stdout) == (2, message, "")

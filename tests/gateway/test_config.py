@@ -54,6 +54,7 @@ S32 = "s" * 32  # the shortest secret accepted (MIN_SECRET_CHARS)
 RS = {"ROOMCHAT_JWT_ALGORITHM": "RS256"}
 KEYS = {"ROOMCHAT_JWT_KEYS": f"k1={S32}"}
 REDIS = {"ROOMCHAT_STORE_URL": "redis://127.0.0.1:6379/0"}
+MEMORY = {"ROOMCHAT_STORE_URL": "memory://"}
 
 # Each check of a setting at its edge: (environment just inside, just outside, what the one
 # line says). Every check moved here from where the setting was used (the app, the server, the
@@ -112,6 +113,12 @@ PAIRS = [
      "unknown store URL 'postgres://db/chat' (--store-url / ROOMCHAT_STORE_URL)"),
     ({**REDIS, "ROOMCHAT_WORKERS": "2"}, {"ROOMCHAT_WORKERS": "2"},
      "--workers 2 needs a shared store"),
+    ({**MEMORY, "ROOMCHAT_HISTORY_RETENTION": "1"}, {**MEMORY, "ROOMCHAT_HISTORY_RETENTION": "0"},
+     "ROOMCHAT_HISTORY_RETENTION=0 keeps every message, and memory:// keeps them in this "
+     "process's memory"),
+    (MEMORY, {"ROOMCHAT_STORE_URL": "memory://rooms"}, "memory:// takes nothing after it"),
+    ({**REDIS, "ROOMCHAT_WORKERS": "2"}, {**MEMORY, "ROOMCHAT_WORKERS": "2"},
+     "--workers 2 needs a shared store: each worker is its own process, and with memory"),
 ]
 
 

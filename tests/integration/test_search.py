@@ -166,3 +166,15 @@ async def test_on_redis_search_answers_501_naming_the_engines_that_search(
                 status, body = await search(srv.port, "lobby", "word", api=api)
                 assert (status, body) == (501, {"error": "search_unsupported",
                                                 "detail": SEARCH_UNSUPPORTED})
+
+
+async def test_on_memory_search_answers_501_naming_the_engines_that_search(
+        tmp_path: Path) -> None:
+    from rooms.engines import memory
+
+    config = replace(make_config(tmp_path), api_key=API_KEY, store_url="memory://")
+    async with running_server(config) as srv:
+        for api in (False, True):
+            status, body = await search(srv.port, "lobby", "word", api=api)
+            assert (status, body) == (501, {"error": "search_unsupported",
+                                            "detail": memory.SEARCH_UNSUPPORTED})

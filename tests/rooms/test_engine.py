@@ -1,5 +1,7 @@
-"""The engine contract, run against both engines (embedded SQLite, and Redis on a real
-redis-server started per test), plus what only a shared engine does."""
+"""The engine contract, run against every engine (embedded SQLite, Redis on a real
+redis-server started per test, and memory), plus what only a shared engine does. Durability
+(what survives closing and opening again) is the durable engines' contract only: the memory
+engine promises the opposite, and its own test says so."""
 
 from __future__ import annotations
 
@@ -56,13 +58,25 @@ def wire(entry: Entry | WireMessage | None) -> dict[str, Any]:
     return parsed
 
 
-@pytest.fixture(params=["embedded", "redis"])
-def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "embedded":
+def _url(kind: str, tmp_path: Path) -> Iterator[str]:
+    if kind == "embedded":
         yield f"sqlite://{tmp_path / 'db.sqlite3'}"
+    elif kind == "memory":
+        yield "memory://"
     else:
         with redis_server(tmp_path / "redis") as url:
             yield url
+
+
+@pytest.fixture(params=["embedded", "redis", "memory"])
+def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield from _url(request.param, tmp_path)
+
+
+@pytest.fixture(params=["embedded", "redis"])
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The engines whose data survives closing and opening again (not ``memory://``)."""
+    yield from _url(request.param, tmp_path)
 
 
 @pytest.fixture
@@ -108,14 +122,14 @@ async def test_retention_prunes_oldest(engine: Engine) -> None:
     assert 100 <= 200 - snapshot.oldest_seq + 1 <= 200  # SQLite prunes in ~1% steps
 
 
-async def test_data_survives_reopen(engine_url: str) -> None:
-    first = await open_engine(engine_url)
+async def test_data_survives_reopen(durable_url: str) -> None:
+    first = await open_engine(durable_url)
     await first.load("a", 10)
     await first.append("a", drafts(3), retention=0, dedup_window=10)
     await first.close()
     with pytest.raises(StoreError):
         await first.read("a", 0, 3, 3)
-    again = await open_engine(engine_url)
+    again = await open_engine(durable_url)
     try:
         assert (await again.load("a", 10)).last_seq == 3
         assert [m.seq for m in await again.read("a", 0, 3, 10)] == [1, 2, 3]
@@ -128,6 +142,66 @@ async def test_bad_urls(tmp_path: Path) -> None:
         await open_engine("mongodb://nope")
     with pytest.raises(StoreError, match="cannot reach Redis"):
         await open_engine("redis://127.0.0.1:1/0")
+    with pytest.raises(ValueError, match="memory:// takes nothing after it"):
+        await open_engine("memory:///var/lib/roomchat")
+
+
+async def test_the_memory_engine_keeps_nothing_across_a_restart() -> None:
+    """What ``memory://`` promises instead of durability: a new engine (a restart) has no
+    history, marker, ban, stash or revocation, and a new epoch, so clients resuming from the
+    old one are told their history is gone; a closed one answers ``StoreError``."""
+    first = await open_engine("memory://")
+    old = (await first.load("a", 10)).epoch
+    assert len(old) == 16 and int(old, 16) >= 0
+    assert await first.append("a", drafts(3), retention=0, dedup_window=10, epoch=old) == [
+        Appended(1), Appended(2), Appended(3)]
+    with pytest.raises(LogReset) as reset:  # the epoch is checked like the others'
+        await first.append("a", drafts(1, start=3), retention=0, dedup_window=10,
+                           epoch="0123456789abcdef", floor=3)
+    assert (reset.value.epoch, reset.value.top) == (old, 3)
+    await first.mark_read("a", "u", 2)
+    await first.ban("a", Ban("b", None, "spam"))
+    await first.stash("k", b"v", 60)
+    await first.revoke("r", 1.0)
+    await first.close()
+    with pytest.raises(StoreError):
+        await first.read("a", 0, 3, 3)
+    again = await open_engine("memory://")
+    try:
+        snapshot = await again.load("a", 10)
+        assert (snapshot.last_seq, snapshot.recent_ids) == (0, ())
+        assert snapshot.epoch != old and (await again.sync("a", {}, 10)).epoch == snapshot.epoch
+        assert await again.read("a", 0, 3, 3) == []
+        assert await again.markers("u") == {} and await again.banned("a", "b") is None
+        assert await again.take("k") is None and await again.revocations(0) == []
+        with pytest.raises(LogReset):  # a room that knew the old epoch starts afresh
+            await again.append("a", drafts(1), retention=0, dedup_window=10, epoch=old)
+    finally:
+        await again.close()
+
+
+async def test_the_memory_engine_prunes_to_exactly_the_retention() -> None:
+    """Memory is bounded by ``history_retention``: the log and its indexes keep the last
+    ``retention`` seqs (pruned at every append, not in steps), changes go with their message,
+    and the ordered lists drop their pruned head."""
+    from rooms.engines.memory import COMPACT_AT, MemoryEngine
+
+    engine = MemoryEngine()
+    await engine.load("r", 0)
+    for _ in range(3 * COMPACT_AT // 50):
+        await engine.append("r", drafts(49, ids=False), retention=100, dedup_window=0)
+        await engine.append("r", [change("u", Action.REACT, (await engine.top("r")) - 1,
+                                         emoji=THUMBS, on=True)],
+                            retention=100, dedup_window=0)
+    top = await engine.top("r")
+    assert (await engine.load("r", 0)).oldest_seq == top - 99
+    log = engine._logs["r"]
+    assert len(log.entries) == 100 and set(log.entries) == set(range(top - 99, top + 1))
+    assert len(log.order.seqs) - log.order.head == 100 and len(log.order.seqs) < 2 * COMPACT_AT
+    assert min(log.changes) >= top - 99 and min(log.last_change) >= top - 99
+    assert [m.seq for m in await engine.history("r", before=top + 1, limit=3, newest=True)] == [
+        top - 3, top - 2, top - 1]
+    await engine.close()
 
 
 async def test_delete_leaves_a_tombstone_in_reads(engine: Engine) -> None:
@@ -797,11 +871,11 @@ async def test_revocations_are_listed_since_a_time(engine: Engine) -> None:
     assert await engine.revocations(100.0) == [("bob", 200.0)]
 
 
-async def test_a_stash_survives_reopening(engine_url: str) -> None:
-    first = await open_engine(engine_url)
+async def test_a_stash_survives_reopening(durable_url: str) -> None:
+    first = await open_engine(durable_url)
     await first.stash("t", b"v", 30)
     await first.close()
-    again = await open_engine(engine_url)
+    again = await open_engine(durable_url)
     try:
         assert await again.take("t") == b"v"
         assert await again.take("t") is None
@@ -1296,10 +1370,10 @@ async def test_a_join_checked_before_a_ban_is_not_admitted_after_it(engine: Engi
 # -- epochs: a log that went backwards (issue 20, item 3) -----------------------------------
 
 
-async def test_the_epoch_is_stable_durable_and_checked(engine_url: str) -> None:
+async def test_the_epoch_is_stable_durable_and_checked(durable_url: str) -> None:
     """Every engine names its logs' epoch (load, sync), keeps it across restarts, and refuses
     an append from a caller that knows another one (``LogReset``: nothing stored)."""
-    first = await open_engine(engine_url)
+    first = await open_engine(durable_url)
     try:
         epoch = (await first.load("e", 10)).epoch
         assert len(epoch) == 16 and int(epoch, 16) >= 0
@@ -1313,7 +1387,7 @@ async def test_the_epoch_is_stable_durable_and_checked(engine_url: str) -> None:
         assert await first.top("e") == 2
     finally:
         await first.close()
-    again = await open_engine(engine_url)
+    again = await open_engine(durable_url)
     try:
         assert (await again.load("e", 10)).epoch == epoch
     finally:

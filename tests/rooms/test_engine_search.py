@@ -264,3 +264,17 @@ async def test_searches_do_not_take_the_readers_joins_need(tmp_path: Path) -> No
     finally:
         release.set()
         await engine.close()
+
+
+async def test_memory_engine_refuses_with_the_engines_that_search() -> None:
+    from rooms.engines import memory
+
+    engine = await open_engine("memory://")
+    try:
+        await say(engine, "a", "word")
+        with pytest.raises(SearchUnsupported) as refused:
+            await engine.search("a", "word", before=None, limit=5)
+        assert str(refused.value) == memory.SEARCH_UNSUPPORTED
+        assert "embedded engine (SQLite)" in memory.SEARCH_UNSUPPORTED
+    finally:
+        await engine.close()

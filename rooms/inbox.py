@@ -1,0 +1,170 @@
+"""A room's inbox: what callers, sockets and other processes hand the room's actor, and the one
+place the actor waits for it.
+
+Three lanes, each with its own bound and its own answer when full:
+
+- **frames** from members' sockets (``InboundFrame``), at most ``limit``: beyond it
+  ``put_frame`` returns False and the gateway tells the sender ``busy``;
+- **control** commands (``Control``: a join, a leave, a drain, a revocation, the moderation
+  tells), never refused: each connection sends at most one join and one leave, so their
+  number is bounded by the connection limit, and the server API's submissions are bounded by
+  ``RoomActor.submit`` (``RoomBusy``);
+- **remote** batches of other processes' entries, at most ``limit``: beyond it they are dropped
+  and ``repair`` is set, so the actor reads the log instead (pub/sub is at-most-once anyway).
+
+Plus two flags the engine raises (``repair``: the live feed was interrupted; ``presence``:
+another process's members changed). No I/O; the clock is injected (``rooms.clock``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from dataclasses import dataclass
+
+from rooms.clock import Clock, Timer
+from rooms.messages import AnyDraft, Appended, Unread, WireMessage
+from rooms.protocol import ClientFrame, CloseCode
+from rooms.session import Session
+from rooms.state import JoinPlan
+
+
+@dataclass(slots=True)
+class JoinRequest:
+    """``RoomActor.join``: admit ``session`` and answer ``reply``."""
+
+    session: Session
+    after: int | None
+    expires_at: float  # Unix time (seconds)
+    reply: asyncio.Future[JoinPlan]
+    checked: int  # the room's count of bans carried out when the user's ban check began
+    epoch: str | None  # of the welcome the client resumes from, if it said
+    unread: Unread  # the user's read marker and counts, read before the join
+    top: int  # the log's top when the join was asked for (shared engines; else 0)
+
+
+@dataclass(slots=True)
+class Leave:
+    """The session's socket is gone."""
+
+    session_id: int
+
+
+@dataclass(slots=True)
+class Revoke:
+    """Close ``user``'s sessions with 4003 (their access was revoked)."""
+
+    user: str
+
+
+@dataclass(slots=True)
+class Publish:
+    """A message or a change from the server API (``RoomActor.submit``); its ``ts`` is set
+    when the room accepts it."""
+
+    draft: AnyDraft
+    reply: asyncio.Future[Appended]
+
+
+@dataclass(slots=True)
+class BanApplied:
+    """Close ``user``'s sessions with 4004 (the ban itself is in the engine)."""
+
+    user: str
+    reason: str
+
+
+@dataclass(slots=True)
+class RemoteRead:
+    """``user``'s read marker moved to ``seq`` on another process: tell their sessions here."""
+
+    user: str
+    seq: int
+
+
+Moderation = Publish | BanApplied | RemoteRead
+"""Commands from outside the room's sessions (``RoomActor._moderate``)."""
+
+
+@dataclass(slots=True)
+class Drain:
+    """Close every session with ``code``, store what is pending, stop."""
+
+    code: CloseCode
+    reason: str
+
+
+Control = JoinRequest | Leave | Drain | Revoke | Moderation
+
+
+@dataclass(slots=True)
+class InboundFrame:
+    """A member's frame; ``received_at``: ``time.monotonic()`` when it arrived (for the
+    latency figure, not the schedule)."""
+
+    session_id: int
+    frame: ClientFrame
+    received_at: float
+
+
+class Inbox:
+    """A room's inbox (see the module docstring). ``put_*`` and ``flag`` never block; only
+    the room's actor calls ``wait_until`` and takes from the lanes."""
+
+    def __init__(self, limit: int, clock: Clock) -> None:
+        self.limit = limit
+        self.frames: deque[InboundFrame] = deque()
+        self.control: deque[Control] = deque()
+        self.remote: deque[list[WireMessage]] = deque()
+        self.repair = False  # remote batches were dropped, or the feed was interrupted
+        self.presence = False  # another process's members changed
+        self._clock = clock
+        self._waiter: asyncio.Future[None] | None = None  # only while the actor waits
+
+    def put_remote(self, messages: list[WireMessage]) -> None:
+        if len(self.remote) >= self.limit:
+            self.repair = True
+        else:
+            self.remote.append(messages)
+        self._wake()
+
+    def flag(self, *, repair: bool = False, presence: bool = False) -> None:
+        self.repair |= repair
+        self.presence |= presence
+        self._wake()
+
+    def put_frame(self, item: InboundFrame) -> bool:
+        """Queue a member's frame; False when ``limit`` frames wait already (nothing queued)."""
+        if len(self.frames) >= self.limit:
+            return False
+        self.frames.append(item)
+        self._wake()
+        return True
+
+    def put_control(self, item: Control) -> None:
+        self.control.append(item)
+        self._wake()
+
+    def __bool__(self) -> bool:
+        return bool(self.frames or self.control or self.remote or self.repair or self.presence)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_until(self, deadline: float) -> None:
+        """Return when something is queued or once the clock reaches ``deadline``."""
+        if self:
+            return
+        # One future and one timer handle per wait. ``asyncio.timeout`` around an ``Event``
+        # allocated three more objects per wait and cancelled through the task; with a
+        # thousand rooms each waking for every message and every tick, those short-lived
+        # objects were a visible part of a message's cost and of every GC pass.
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        timer: Timer = self._clock.call_at(deadline, self._wake)  # cancelled before a next wait
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None

@@ -1,0 +1,232 @@
+"""The room actor driven without sockets or sleeps: real sessions whose transport records
+frames, the memory engine, and a clock that moves only when the test steps it
+(tests/rooms/actors.py). Every wait below is a step of that clock, never real time."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from rooms.actor import RoomActor, RoomLifecycle
+from rooms.clock import SteppedClock
+from rooms.config import RoomConfig
+from rooms.engine import Engine
+from rooms.engines.memory import MemoryEngine
+from rooms.errors import RoomStopped
+from rooms.messages import Draft, WireMessage
+from rooms.protocol import CloseCode
+from rooms.schedule import RETRY_MAX
+from tests.rooms.actors import FlakyMemory, Member, config, join, settle, step
+
+
+def lifecycle(actor: RoomActor) -> RoomLifecycle:
+    """(A call, so that a type checker does not narrow it between two steps of the clock.)"""
+    return actor.lifecycle
+
+
+class Room:
+    """One actor under test, its clock and its engine; ``join`` adds members."""
+
+    def __init__(self, actor: RoomActor, clock: SteppedClock, engine: Engine,
+                 tasks: asyncio.TaskGroup, task: asyncio.Task[None]) -> None:
+        self.actor, self.clock, self.engine, self.tasks, self.task = (
+            actor, clock, engine, tasks, task)
+        self.members: list[Member] = []
+
+    async def join(self, user: str, **options: Any) -> Member:
+        member = await join(self.actor, self.tasks, self.clock, user, **options)
+        self.members.append(member)
+        return member
+
+
+@asynccontextmanager
+async def room(cfg: RoomConfig | None = None, engine: Engine | None = None,
+               name: str = "lobby") -> AsyncIterator[Room]:
+    """A running actor on a stepped clock; on exit it is drained and every member's socket
+    is gone, so the task group ends with every task it started."""
+    clock = SteppedClock()
+    engine = engine if engine is not None else MemoryEngine()
+    actor = RoomActor(name, cfg or config(), engine, clock=clock)
+    async with asyncio.TaskGroup() as tasks:
+        task = tasks.create_task(actor.run())
+        await settle()
+        under_test = Room(actor, clock, engine, tasks, task)
+        try:
+            yield under_test
+        finally:
+            actor.drain_nowait(CloseCode.SERVICE_RESTART, "test over")
+            await step(clock, 1.0)  # a room in a batching pause ends it on this clock
+            for member in under_test.members:
+                member.session.transport_lost()
+
+
+async def test_a_burst_is_one_batch_fanned_out_in_order() -> None:
+    async with room() as r:
+        alice, bob = await r.join("alice"), await r.join("bob")
+        bob.transport.frames.clear()
+        alice.transport.frames.clear()
+        for n in range(3):  # three frames in one loop turn: one wake-up handles all of them
+            assert alice.say(f"m{n}", f"a{n}")
+        await settle()
+        # Bob: one frame, the three messages in seq order.
+        assert len(bob.transport.frames) == 1
+        assert [(m["seq"], m["text"]) for m in bob.transport.objects("message")] == [
+            (1, "m0"), (2, "m1"), (3, "m2")]
+        # Alice: the same frame carries her acks, after the broadcast they answer.
+        assert len(alice.transport.frames) == 1
+        assert [(o["type"], o["seq"]) for o in alice.transport.objects()] == [
+            ("message", 1), ("message", 2), ("message", 3), ("ack", 1), ("ack", 2), ("ack", 3)]
+        assert [m.seq for m in await r.engine.read("lobby", 0, 10, 10)] == [1, 2, 3]
+
+
+async def test_a_busy_room_waits_its_pacers_pause_on_the_clock() -> None:
+    """Right after a batch, the next message waits up to ``batch_delay`` for more to join it:
+    measured on the room's clock, so it goes out only when the test steps past the pause."""
+    cfg = config(batch_delay=0.5, batch_cost_factor=1e9)  # the pause is the ceiling: 0.5 s
+    async with room(cfg) as r:
+        alice, bob = await r.join("alice"), await r.join("bob")
+        alice.say("first")
+        await settle()
+        assert [m["text"] for m in bob.transport.objects("message")] == ["first"]
+        alice.say("second")  # less than the pause after the previous arrival: busy
+        await settle()
+        alice.say("third")
+        await settle()
+        assert [m["text"] for m in bob.transport.objects("message")] == ["first"]
+        await step(r.clock, 0.5, by=0.1)
+        assert [m["text"] for m in bob.transport.objects("message")] == [
+            "first", "second", "third"]
+        assert len(bob.transport.frames[-1].split("\n")) == 2  # one batch, one frame
+
+
+async def test_a_silent_session_is_evicted_after_the_ping_timeout() -> None:
+    cfg = config(ping_interval=25.0, ping_timeout=10.0, tick_interval=1.0)
+    async with room(cfg) as r:
+        alice, bob = await r.join("alice"), await r.join("bob")
+        silence = cfg.ping_interval + cfg.ping_timeout
+        elapsed = 0.0
+        while elapsed < silence - 1:
+            await step(r.clock, 1.0)
+            elapsed += 1.0
+            bob.pong()  # bob answers; alice says nothing
+        await settle()
+        assert alice.transport.closed is None
+        assert alice.transport.objects("ping")  # she was pinged
+        while alice.transport.closed is None and elapsed < silence + cfg.ping_interval:
+            await step(r.clock, 1.0)
+            elapsed += 1.0
+            bob.pong()
+        assert alice.transport.closed == (CloseCode.HEARTBEAT_TIMEOUT, "heartbeat timeout")
+        assert silence <= elapsed <= silence + cfg.tick_interval + 1
+        assert bob.transport.closed is None
+        assert [p["user"] for p in bob.transport.objects("presence")
+                if p["event"] == "leave"] == ["alice"]
+
+
+async def test_an_idle_room_stops_after_its_ttl() -> None:
+    cfg = config(room_idle_ttl=30.0, tick_interval=1.0)
+    async with room(cfg) as r:
+        alice = await r.join("alice")
+        r.actor.leave_nowait(alice.session.id)
+        await settle()
+        await step(r.clock, cfg.room_idle_ttl - 1.5, by=1.0)
+        assert lifecycle(r.actor) is RoomLifecycle.RUNNING and not r.task.done()
+        await step(r.clock, 2.5, by=1.0)
+        assert lifecycle(r.actor) is RoomLifecycle.STOPPED and r.task.done()
+        with pytest.raises(RoomStopped):
+            await r.join("late")
+
+
+async def test_a_storage_outage_says_unavailable_then_closes_with_1013() -> None:
+    cfg = config(store_outage_timeout=15.0, tick_interval=1.0)
+    engine = FlakyMemory()
+    async with room(cfg, engine) as r:
+        alice, bob = await r.join("alice"), await r.join("bob")
+        engine.failing = True
+        alice.say("lost?", "x1")
+        await settle()
+        errors = bob.transport.objects("error")
+        assert [e["code"] for e in errors] == ["unavailable"]
+        assert not alice.transport.objects("ack")  # not stored: not acked (she resends)
+        tried = engine.appends
+        await step(r.clock, cfg.store_outage_timeout - 0.25, by=0.25)
+        assert engine.appends > tried + 3  # retried with backoff meanwhile
+        assert alice.transport.closed is None and lifecycle(r.actor) is RoomLifecycle.RUNNING
+        assert len(bob.transport.objects("error")) == 1  # told once, not per retry
+        # At the timeout itself, not at the next retry after it (up to RETRY_MAX later).
+        await step(r.clock, 0.5, by=0.25)
+        assert alice.transport.closed == (CloseCode.TRY_AGAIN_LATER, "storage unavailable")
+        assert bob.transport.closed == (CloseCode.TRY_AGAIN_LATER, "storage unavailable")
+        assert r.task.done() and lifecycle(r.actor) is RoomLifecycle.STOPPED
+
+
+async def test_storage_back_before_the_timeout_stores_the_retried_batch() -> None:
+    engine = FlakyMemory()
+    async with room(config(store_outage_timeout=15.0), engine) as r:
+        alice = await r.join("alice")
+        engine.failing = True
+        alice.say("kept", "k1")
+        await step(r.clock, 3.0)
+        engine.failing = False
+        await step(r.clock, 2.5)  # the next retry (backoff at most 2 s) stores it
+        assert [(a["id"], a["seq"]) for a in alice.transport.objects("ack")] == [("k1", 1)]
+        assert alice.transport.closed is None
+
+
+async def test_a_failing_sync_is_retried_with_backoff_not_on_every_loop_turn() -> None:
+    """A shared engine that fails at once (Redis down: connection refused) while the room's
+    periodic sync is due: the sync is tried again after the outage's backoff, not at once on
+    every turn of the event loop (which spun at 100% CPU in every room for the outage)."""
+    cfg = config(sync_interval=5.0, store_outage_timeout=60.0)
+    engine = FlakyMemory(shared=True)
+    async with room(cfg, engine) as r:
+        await r.join("alice")
+        await step(r.clock, 1.0)
+        engine.failing = True
+        engine.syncs = 0
+        await step(r.clock, cfg.sync_interval)  # the periodic sync comes due, and fails
+        assert engine.syncs >= 1
+        before = engine.syncs
+        await settle(500)  # time stands still: nothing is due
+        assert engine.syncs == before
+        await step(r.clock, 4.0, by=0.05)  # backoff 0.1, 0.2, ... 2 s: a few tries
+        assert before < engine.syncs <= before + 6
+        engine.failing = False
+        tried = engine.syncs
+        waited = 0.0
+        while engine.syncs == tried:  # the next try works (within RETRY_MAX): outage over
+            await step(r.clock, 0.05)
+            waited += 0.05
+        assert waited <= RETRY_MAX + 0.05
+        synced = engine.syncs
+        await step(r.clock, cfg.sync_interval - 0.5, by=0.5)
+        assert engine.syncs == synced  # back to one sync per sync_interval
+        await step(r.clock, 1.0, by=0.5)
+        assert engine.syncs == synced + 1
+
+
+async def test_a_gap_is_repaired_from_the_log_after_the_delay() -> None:
+    """Entries appended outside the actor (an erasure does so) reach it through the engine's
+    listener; one that was missed leaves a gap, read from the log only once it has stayed open
+    ``gap_repair_delay`` (it usually closes by itself)."""
+    cfg = config(gap_repair_delay=2.0, tick_interval=1.0)
+    async with room(cfg) as r:
+        alice = await r.join("alice")
+        alice.transport.frames.clear()
+        stored = await r.engine.append("lobby", [Draft("x", "X", None, f"o{n}", 1)
+                                                 for n in range(2)], retention=0,
+                                         dedup_window=0)
+        second = stored[1].entry
+        assert second is not None
+        r.actor.remote_messages([WireMessage(second.seq, second.to_wire())])  # the first lost
+        await settle()
+        assert alice.transport.objects("message") == []  # held behind the gap
+        await step(r.clock, cfg.gap_repair_delay - 0.5, by=0.5)
+        assert alice.transport.objects("message") == []
+        await step(r.clock, 1.0, by=0.5)
+        assert [(m["seq"], m["text"]) for m in alice.transport.objects("message")] == [
+            (1, "o0"), (2, "o1")]
