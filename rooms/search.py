@@ -28,8 +28,8 @@ SEARCH_UNSUPPORTED = ("searching messages needs an engine with a search index, w
                       "embedded engine (SQLite) has; this server stores messages in Redis, "
                       "which has none")
 """What ``SearchUnsupported`` says on the Redis engine (the HTTP 501's detail)."""
-SEARCH_SWITCHED_OFF = ("searching messages is switched off on this server: it keeps no search "
-                       "index (ROOMCHAT_SEARCH_INDEX=0); its operator can turn it on with "
+SEARCH_SWITCHED_OFF = ("searching messages is switched off (ROOMCHAT_SEARCH_INDEX=0: this server "
+                       "keeps no search index); its operator can turn it on with "
                        "ROOMCHAT_SEARCH_INDEX=1 and a restart, which builds the index")
 """What ``SearchUnsupported`` says on the embedded engine opened with ``search_index`` off
 (the HTTP 501's detail; the setting is ``gateway.config.Config.search_index``)."""
