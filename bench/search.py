@@ -7,7 +7,8 @@
 - **index size** per message (SQLite's ``dbstat``: the FTS5 tables against ``messages``);
 - **building** the index for an existing database (the migration's ``rebuild``) and
   **compacting** it (what an erasure runs: ``SqliteStore.compact_search``);
-- **append cost** with the index's triggers against without (``bench.storebench``'s shapes).
+- **append cost** with the index against without (``bench.storebench``'s shapes, the store
+  opened with ``search_index`` on and off: ``ROOMCHAT_SEARCH_INDEX``).
 
 Texts: words drawn from a Zipf distribution (s = 1.07) over a 50,000-word synthetic
 vocabulary, 4 to 24 words a message: the most common word is in ~3/4 of the messages (a
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.storebench import _shape, drop_search_triggers
+from bench.storebench import _shape
 from rooms.engines.sqlite import SqliteStore
 from rooms.messages import Draft
 
@@ -220,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
         out["maintenance"] = rebuild_and_compact(path)
         out["sizes"]["index_bytes_after_compact"] = sum(
             v for k, v in sizes(path).items() if k.startswith(("message_search", "search_")))
-        drop_search_triggers(path)  # (keeps the import honest: the bench's other half)
     if not args.skip_appends:
         out["appends"] = asyncio.run(appends(args.append_seconds))
     print(json.dumps(out, indent=1), flush=True)

@@ -10,6 +10,11 @@ pending). Three shapes:
 - ``1 room x 32``: one room, batches of 32 (a busy room: the actor stores what piled up);
 - ``100 rooms x 1``: 100 rooms, one message per append, concurrently (group commit).
 
+The store keeps its search index as the server's ``ROOMCHAT_SEARCH_INDEX`` says (from the
+environment, default on; ``--search-index 0|1`` overrides it), and each shape reports the CPU
+this process spent per message stored (the writer thread and the loop): steadier than the rates
+on a shared machine.
+
 Run by :mod:`bench.run` in a child process pinned to the server core:
 ``python -m bench.storebench --seconds S`` prints one JSON object.
 """
@@ -19,12 +24,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.config import env_name, load_config
 from rooms.engines.sqlite import SqliteStore
 from rooms.messages import Draft
 
@@ -33,12 +41,11 @@ TEXT = "1234.567|3|lorem ipsum dolor sit amet, consectetur adipiscing elit"
 
 async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
                  search_index: bool = True) -> dict[str, Any]:
-    """``search_index=False``: the search index's triggers dropped once the store is open
-    (what appends cost without it: ``bench.search``)."""
+    """``search_index``: ``SqliteStore.open``'s (``ROOMCHAT_SEARCH_INDEX``): off, the store
+    keeps no search index (what appends cost without it: ``bench.search``)."""
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
-        store = await SqliteStore.open(Path(tmp) / "roomchat.sqlite3", synchronous=synchronous)
-        if not search_index:
-            drop_search_triggers(Path(tmp) / "roomchat.sqlite3")
+        store = await SqliteStore.open(Path(tmp) / "roomchat.sqlite3", synchronous=synchronous,
+                                       search_index=search_index)
         stored = 0
         commits: list[float] = []
         deadline = time.perf_counter() + seconds
@@ -58,7 +65,7 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
                 commits.append(time.perf_counter() - t0)
                 stored += batch
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         try:
             async with asyncio.TaskGroup() as tg:
                 for r in range(rooms):
@@ -66,39 +73,48 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
         finally:
             await store.close()
         elapsed = time.perf_counter() - t0
+        cpu = time.process_time() - c0
     commits.sort()
     return {
         "rooms": rooms,
         "batch": batch,
         "synchronous": synchronous,
+        "search_index": search_index,
         "seconds": elapsed,
         "messages": stored,
         "messages_per_s": stored / elapsed,
+        "cpu_us_per_message": cpu / max(1, stored) * 1e6,
         "append_p50_ms": commits[len(commits) // 2] * 1000 if commits else None,
         "append_p99_ms": commits[int(len(commits) * 0.99)] * 1000 if commits else None,
     }
 
 
-def drop_search_triggers(path: Path) -> None:
-    """Drop the search index's triggers from the database at ``path`` (benchmarks only)."""
-    import sqlite3
-
-    conn = sqlite3.connect(path)
-    try:
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' "
-                                    "AND name LIKE 'message_search_%'").fetchall():
-            conn.execute(f"DROP TRIGGER {name}")
-        conn.commit()
-    finally:
-        conn.close()
+SHAPES = ((1, 1), (1, 32), (1, 512), (100, 1), (100, 32))
+"""(rooms, batch): (1, 512) is what one saturated room appends per commit (max_batch); (100, 32):
+busy rooms."""
 
 
-async def run_all(seconds: float, synchronous: str) -> dict[str, Any]:
+async def run_all(seconds: float, synchronous: str, search_index: bool = True,
+                  shapes: Sequence[tuple[int, int]] = SHAPES) -> dict[str, Any]:
     """Every shape for ``seconds`` each."""
-    # (1, 512): what one saturated room appends per commit (max_batch); (100, 32): busy rooms.
-    shapes = [(1, 1), (1, 32), (1, 512), (100, 1), (100, 32)]
-    results = [await _shape(r, b, seconds, synchronous) for r, b in shapes]
+    results = [await _shape(r, b, seconds, synchronous, search_index) for r, b in shapes]
     return {"status": "ok", "shapes": results}
+
+
+def _shapes(text: str) -> list[tuple[int, int]]:
+    """``1x1,100x32`` -> [(1, 1), (100, 32)]."""
+    try:
+        pairs = [part.split("x") for part in text.split(",")]
+        return [(int(rooms), int(batch)) for rooms, batch in pairs]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shapes are ROOMSxBATCH,...: {text!r}") from None
+
+
+def _search_index_setting() -> bool:
+    """``ROOMCHAT_SEARCH_INDEX`` as the server reads it (the rest of the environment is not
+    this benchmark's business)."""
+    name = env_name("search_index")
+    return load_config({name: os.environ[name]} if name in os.environ else {}).search_index
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="roomchat SqliteStore throughput")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--synchronous", default="FULL")
+    parser.add_argument("--search-index", choices=("0", "1"), default=None,
+                        help="keep the search index (default: ROOMCHAT_SEARCH_INDEX, on)")
+    parser.add_argument("--shapes", type=_shapes, default=list(SHAPES),
+                        help="ROOMSxBATCH,... (default: %(default)s)")
     args = parser.parse_args(argv)
     try:
-        out = asyncio.run(run_all(args.seconds, args.synchronous))
+        search_index = (_search_index_setting() if args.search_index is None
+                        else args.search_index == "1")
+        out = asyncio.run(run_all(args.seconds, args.synchronous, search_index, args.shapes))
     except Exception as exc:  # reported, not raised: the benchmark goes on without it
         out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(out), flush=True)

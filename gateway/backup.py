@@ -41,7 +41,7 @@ async def export(config: Config, room: str, after: int,
     so replaying the lines in order, or keeping the messages alone, gives the room as it is.
     Returns how many of each. Raises ``StoreError``, or ``ValueError`` for a memory:// store."""
     _refuse_memory(config, "export")
-    engine = await open_engine(config.resolved_store_url)
+    engine = await open_engine(config.resolved_store_url, search_index=config.search_index)
     messages = changes = 0
     try:
         while True:
@@ -173,7 +173,7 @@ def restore(config: Config, source: Path, *, force: bool = False) -> Contents:
     # Its rooms' logs are behind what clients of the replaced database have seen: a new
     # epoch tells their resumes so (docs/protocol.md, "Epochs").
     try:
-        new_epoch(partial)
+        new_epoch(partial, config.search_index)  # the index as the server will keep it
     except sqlite3.Error as exc:
         partial.unlink(missing_ok=True)
         raise ValueError(f"{source} cannot be restored: {exc}") from None

@@ -335,7 +335,8 @@ def _revoke(args: argparse.Namespace) -> int:
     url = _existing_store(config)
 
     async def record() -> None:
-        engine = await open_engine(url)
+        # The server's setting: opening with another would build or drop the index.
+        engine = await open_engine(url, search_index=config.search_index)
         try:
             await engine.revoke(user, time.time())
         finally:
@@ -384,7 +385,8 @@ def _erase_offline(config: Config, user: str) -> dict[str, list[int]]:
     shared = is_shared_url(url)
 
     async def run() -> dict[str, list[int]]:
-        engine = await open_engine(url)
+        # The server's setting: opening with another would build or drop the index.
+        engine = await open_engine(url, search_index=config.search_index)
         try:
             return await engine.erase(user)
         finally:

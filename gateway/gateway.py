@@ -114,6 +114,7 @@ class Gateway:
         self._store = await open_engine(
             self.config.resolved_store_url, on_commit=self._committed,
             sqlite_synchronous=self.config.store_synchronous,
+            search_index=self.config.search_index,
             max_connections=self.config.store_connections,
             timeout=self.config.room.store_timeout)
         self._registry = RoomRegistry(

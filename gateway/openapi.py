@@ -300,7 +300,8 @@ def document() -> dict[str, Any]:
                        "ROOMCHAT_SEARCH_PAGE_LIMIT)")],
             "responses": {"200": _ok("SearchResults", "A page of results"),
                           "501": _error("The engine keeps no search index "
-                                        "(`search_unsupported`)"),
+                                        "(`search_unsupported`: Redis, or "
+                                        "ROOMCHAT_SEARCH_INDEX off)"),
                           **_refusals("400", "404", "503")}}},
         "/rooms/{room}/messages/{seq}": {
             "patch": {

@@ -10,8 +10,9 @@ A query is words and "quoted phrases", all required, ``word*`` a prefix (``rooms
 nothing a person types is the index's syntax, so no query is an error. Bounded: at most
 ``search_query_max_chars`` characters (longer: 400 ``query_too_long``), pages of at most
 ``search_page_limit`` results (a larger ``limit`` is capped to it, as history pages are).
-An engine without a search index (Redis) answers 501 ``search_unsupported`` with a sentence
-naming the engines that search (``gateway.errors.rejection_for``).
+An engine without a search index answers 501 ``search_unsupported`` with a sentence
+(``gateway.errors.rejection_for``): on Redis it names the engines that search, on SQLite with
+``ROOMCHAT_SEARCH_INDEX`` off the setting that turns it on.
 """
 
 from __future__ import annotations

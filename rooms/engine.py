@@ -210,8 +210,9 @@ class Engine(Protocol):
         entries never are. A query with no letter or digit finds nothing. The page's
         ``before`` continues it (None: nothing older matches). Read-only.
 
-        Raises ``SearchUnsupported`` when the engine keeps no search index (the Redis engine;
-        the sentence names those that do), ``StoreError`` as any read."""
+        Raises ``SearchUnsupported`` when the engine keeps no search index (the Redis engine:
+        the sentence names those that do; the embedded engine opened with its index switched
+        off: the sentence names the setting that turns it on), ``StoreError`` as any read."""
         ...
 
     async def unread(self, room: str, user: str, *, scan: int) -> Unread:

@@ -10,7 +10,7 @@ The tree::
     ├── Banned            the user is banned from the room (until ``until``, or for good)
     ├── Unstorable        drafts of an append that can never be stored (the others can)
     ├── LogReset          the room's log went backwards (the store lost data): a new epoch
-    ├── SearchUnsupported the engine cannot search messages (Redis)
+    ├── SearchUnsupported the engine cannot search messages (Redis, or its index switched off)
     └── StoreError        the message store failed or is closed
 
 Only the gateway turns these into HTTP statuses and WebSocket close codes.
@@ -88,4 +88,4 @@ class LogReset(RoomError):
 
 class SearchUnsupported(RoomError):
     """This engine keeps no search index (``Engine.search``): the message names the engines
-    that have one. Never a reason to retry."""
+    that have one, or the setting that switches it on. Never a reason to retry."""

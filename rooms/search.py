@@ -21,13 +21,18 @@ from dataclasses import dataclass
 
 from rooms.messages import StoredMessage
 
-__all__ = ["MAX_TERMS", "PREFIX_MIN_CHARS", "SEARCH_UNSUPPORTED", "Found", "SearchPage", "Term",
-           "fragments", "fts5_query", "parse_query", "unmarked"]
+__all__ = ["MAX_TERMS", "PREFIX_MIN_CHARS", "SEARCH_SWITCHED_OFF", "SEARCH_UNSUPPORTED", "Found",
+           "SearchPage", "Term", "fragments", "fts5_query", "parse_query", "unmarked"]
 
 SEARCH_UNSUPPORTED = ("searching messages needs an engine with a search index, which only the "
                       "embedded engine (SQLite) has; this server stores messages in Redis, "
                       "which has none")
-"""What ``SearchUnsupported`` says (the HTTP 501's detail)."""
+"""What ``SearchUnsupported`` says on the Redis engine (the HTTP 501's detail)."""
+SEARCH_SWITCHED_OFF = ("searching messages is switched off (ROOMCHAT_SEARCH_INDEX=0: this server "
+                       "keeps no search index); its operator can turn it on with "
+                       "ROOMCHAT_SEARCH_INDEX=1 and a restart, which builds the index")
+"""What ``SearchUnsupported`` says on the embedded engine opened with ``search_index`` off
+(the HTTP 501's detail; the setting is ``gateway.config.Config.search_index``)."""
 MAX_TERMS = 16
 """Most terms one query keeps (the rest are ignored): each is one more doclist the index
 merges, and a message holding 16 given words is already found."""

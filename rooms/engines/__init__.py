@@ -11,8 +11,8 @@ __all__ = ["open_engine"]
 
 
 async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
-                      sqlite_synchronous: str = "FULL", max_connections: int = 32,
-                      timeout: float | None = None) -> Engine:
+                      sqlite_synchronous: str = "FULL", search_index: bool = True,
+                      max_connections: int = 32, timeout: float | None = None) -> Engine:
     """The engine a URL names: ``sqlite:///path/to/db``, ``redis://host:port/db`` or
     ``memory://`` (nothing after it: every message in this process's memory, lost on restart).
 
@@ -20,7 +20,9 @@ async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
     reached or opened. ``max_connections`` bounds the connections to a networked engine, and
     ``timeout`` (seconds; default: ``RoomConfig.store_timeout``'s) each of its calls: one that
     takes longer fails with ``StoreError``. (The embedded engine's calls are local; the rooms
-    bound their own appends, ``RoomConfig.store_timeout``.)
+    bound their own appends, ``RoomConfig.store_timeout``.) ``sqlite_synchronous`` and
+    ``search_index`` are the embedded engine's (``SqliteStore.open``: off drops its search index
+    and search is refused, on builds it if missing); the Redis engine ignores them.
     """
     if is_shared_url(url):
         from rooms.engines.redis import DEFAULT_TIMEOUT, RedisEngine
@@ -31,7 +33,8 @@ async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
         from rooms.engines.embedded import EmbeddedEngine
 
         return await EmbeddedEngine.open(url.removeprefix("sqlite://"),
-                                         synchronous=sqlite_synchronous, on_commit=on_commit)
+                                         synchronous=sqlite_synchronous, on_commit=on_commit,
+                                         search_index=search_index)
     if url.startswith("memory://"):
         if url != "memory://":
             raise ValueError(f"unsupported store URL {url!r}: memory:// takes nothing after it")

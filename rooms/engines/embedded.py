@@ -71,9 +71,11 @@ class EmbeddedEngine:
 
     @classmethod
     async def open(cls, path: str | Path, *, synchronous: str = "FULL",
-                   on_commit: CommitObserver | None = None) -> EmbeddedEngine:
+                   on_commit: CommitObserver | None = None,
+                   search_index: bool = True) -> EmbeddedEngine:
+        """As ``SqliteStore.open`` (``search_index``: keep the search index, or drop it)."""
         return cls(await SqliteStore.open(Path(path), synchronous=synchronous,
-                                          on_commit=on_commit))
+                                          on_commit=on_commit, search_index=search_index))
 
     @property
     def healthy(self) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import os
 import queue
 import secrets
@@ -35,7 +36,7 @@ from rooms import changes
 from rooms import engine as contract
 from rooms.attachments import files_from_json, files_to_json
 from rooms.engine import CommitObserver
-from rooms.errors import StoreError, Unstorable
+from rooms.errors import SearchUnsupported, StoreError, Unstorable
 from rooms.messages import (
     DEFAULT_RULES,
     Action,
@@ -54,9 +55,19 @@ from rooms.messages import (
     StoredMessage,
     Unread,
 )
-from rooms.search import Found, SearchPage, fragments, fts5_query, parse_query, unmarked
+from rooms.search import (
+    SEARCH_SWITCHED_OFF,
+    Found,
+    SearchPage,
+    fragments,
+    fts5_query,
+    parse_query,
+    unmarked,
+)
 
 _T = TypeVar("_T")
+
+log = logging.getLogger("roomchat.store")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -227,15 +238,16 @@ def _unencodable(draft: AnyDraft) -> bool:
     return not all(isinstance(n, int) and -_MAX_INT <= n <= _MAX_INT for n in numbers)
 
 
-def _migrate(conn: sqlite3.Connection) -> None:
-    """The schema, with the columns and indexes added since the first version."""
+def _migrate(conn: sqlite3.Connection, search_index: bool = True) -> None:
+    """The schema, with the columns and indexes added since the first version, and the search
+    index built or dropped as ``search_index`` says (``_migrate_search``)."""
     conn.executescript(_SCHEMA)
     have = {row[1] for row in conn.execute("PRAGMA table_info(messages)")}
     for name, declaration in _COLUMNS:
         if name not in have:
             conn.execute(f"ALTER TABLE messages ADD COLUMN {name} {declaration}")
     conn.executescript(_INDEXES)
-    _migrate_search(conn)
+    _migrate_search(conn, search_index)
 
 
 # -- the search index ---------------------------------------------------------------------------
@@ -323,25 +335,68 @@ END;
 """
 
 
-def _migrate_search(conn: sqlite3.Connection) -> None:
-    """The search index, its triggers and, for a database made before them, its contents:
+_SEARCH_DROPS = (("trigger", "message_search_insert"), ("trigger", "message_search_update"),
+                 ("trigger", "message_search_delete"), ("table", "message_search"),
+                 ("view", "message_search_content"), ("table", "search_rooms"))
+"""What ``_SEARCH_SCHEMA`` makes, as (type, name) rows of ``sqlite_master``, in the order to
+drop them (the triggers name the others). FTS5's own ``message_search_*`` tables come and go
+with ``message_search``."""
+SEARCH_OBJECTS = frozenset(_SEARCH_DROPS)
+
+
+def _search_objects(conn: sqlite3.Connection) -> set[tuple[str, str]]:
+    names = ", ".join(f"'{name}'" for _, name in SEARCH_OBJECTS)
+    return {(str(kind), str(name)) for kind, name in conn.execute(
+        f"SELECT type, name FROM sqlite_master WHERE name IN ({names})")}
+
+
+def _migrate_search(conn: sqlite3.Connection, search_index: bool = True) -> None:
+    """Make the search index what ``search_index`` says, all or nothing (one transaction).
+
+    On: a database with the whole index (every object of ``SEARCH_OBJECTS``) is left as it is.
+    Any other (made before search, its index dropped by ``search_index`` off, or only part of
+    it left: a stale index is worse than none) gets it built: whatever was left is dropped,
     every room numbered, then FTS5's ``rebuild`` from the view (one scan of the messages, in
-    the same transaction as the schema, so a crash half way leaves no half-built index)."""
-    if conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'message_search'").fetchone():
-        return
+    the same transaction as the schema, so a crash half way leaves no half-built index).
+    Logged at info with the time it took (6-12 s per million messages: docs/operations.md).
+
+    Off: the triggers, the index (FTS5 drops its own tables with it), its view and
+    ``search_rooms`` are dropped, so appends cost what they did before search. Nothing is lost
+    that the messages do not hold: turning it on again rebuilds it from them."""
     if "text" not in {row[1] for row in conn.execute("PRAGMA table_info(messages)")}:
         return  # not a roomchat database (a test's stub table): nothing to index
+    wanted = SEARCH_OBJECTS if search_index else frozenset()
+    if _search_objects(conn) == wanted:
+        return
+    started = time.perf_counter()
     conn.execute("BEGIN IMMEDIATE")
     try:
-        for statement in _search_statements():
-            conn.execute(statement)
-        conn.execute("INSERT INTO search_rooms (room) SELECT DISTINCT room FROM messages "
-                     "WHERE kind = ? ORDER BY room", (MESSAGE,))
-        conn.execute("INSERT INTO message_search (message_search) VALUES ('rebuild')")
+        found = _search_objects(conn)  # again, under the write lock
+        if found == wanted:
+            conn.execute("COMMIT")
+            return
+        for kind, name in _SEARCH_DROPS:
+            if (kind, name) in found:
+                conn.execute(f"DROP {kind.upper()} {name}")
+        rooms = 0
+        if search_index:
+            for statement in _search_statements():
+                conn.execute(statement)
+            rooms = conn.execute(
+                "INSERT INTO search_rooms (room) SELECT DISTINCT room FROM messages "
+                "WHERE kind = ? ORDER BY room", (MESSAGE,)).rowcount
+            conn.execute("INSERT INTO message_search (message_search) VALUES ('rebuild')")
         conn.execute("COMMIT")
     except Exception:
         conn.execute("ROLLBACK")
         raise
+    if not search_index:
+        log.info("search index dropped (ROOMCHAT_SEARCH_INDEX is off): searches answer 501; "
+                 "turning it on rebuilds it at start")
+    elif rooms:  # (a new database's empty index is no news)
+        log.info("search index built from the stored messages of %d room%s in %.1f s "
+                 "(the database had %s)", rooms, "" if rooms == 1 else "s",
+                 time.perf_counter() - started, "part of one" if found else "none")
 
 
 def _search_statements() -> list[str]:
@@ -469,9 +524,12 @@ class SqliteStore:
     ``FULL`` (default) survives power loss; ``NORMAL`` survives a crash of the process only.
     """
 
-    def __init__(self, path: Path, synchronous: str, on_commit: CommitObserver | None) -> None:
+    def __init__(self, path: Path, synchronous: str, on_commit: CommitObserver | None,
+                 search_index: bool = True) -> None:
         self.path = path
         self._synchronous = synchronous
+        self.search_index = search_index
+        """Whether this store keeps the search index (``open``'s argument)."""
         self._on_commit = on_commit
         # Unbounded by type, bounded by use: each room actor awaits its append before the next,
         # and each erasure its step, so at most one item per loaded room or running erasure is
@@ -496,10 +554,18 @@ class SqliteStore:
 
     @classmethod
     async def open(cls, path: Path, *, synchronous: str = "FULL",
-                   on_commit: CommitObserver | None = None) -> SqliteStore:
+                   on_commit: CommitObserver | None = None,
+                   search_index: bool = True) -> SqliteStore:
+        """Open (or create) the database at ``path`` and start the writer thread.
+
+        ``search_index`` (``ROOMCHAT_SEARCH_INDEX``): on, the search index is kept, and built
+        first if the database lacks it (a database from before search, or from a time it was
+        off: seconds per million messages, before this returns); off, it is dropped here and
+        ``search`` raises ``SearchUnsupported``. Raises ``ValueError`` for a bad
+        ``synchronous`` and ``sqlite3.Error`` when the database cannot be opened."""
         if synchronous.upper() not in {"FULL", "NORMAL", "EXTRA"}:
             raise ValueError("synchronous must be FULL, NORMAL or EXTRA")
-        store = cls(path, synchronous.upper(), on_commit)
+        store = cls(path, synchronous.upper(), on_commit, search_index)
         await asyncio.to_thread(store._open_writer)
         store._writer.start()
         return store
@@ -517,7 +583,7 @@ class SqliteStore:
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
         conn = self._connect()
         conn.execute("PRAGMA journal_mode = WAL")
-        _migrate(conn)
+        _migrate(conn, self.search_index)
         conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)",
                      (secrets.token_hex(8),))
         (self.epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
@@ -809,7 +875,10 @@ class SqliteStore:
         """As ``rooms.engine.Engine.search``: the room's rowid range of ``message_search``,
         read backwards from ``before``; the messages' rows and the index are read in one
         snapshot, so a message deleted meanwhile is either found deleted (and left out) or not
-        at all."""
+        at all. Raises ``SearchUnsupported`` when the store keeps no index (opened with
+        ``search_index`` off)."""
+        if not self.search_index:
+            raise SearchUnsupported(SEARCH_SWITCHED_OFF)
         terms = parse_query(query)
         upper = SEARCH_SEQ_MAX if before is None else min(before, SEARCH_SEQ_MAX)
         if not terms or limit <= 0 or upper <= 1:
@@ -970,7 +1039,7 @@ class SqliteStore:
         for room, last in forget.items():
             await self._run(functools.partial(_forget_reactions, room=room, user=user,
                                               upto=last))
-        if done:
+        if done and self.search_index:
             await self.compact_search()  # the erased words leave the search index's pages
         if done or forget:
             # The WAL still holds the pages as they were when the text was written: copy the
@@ -989,7 +1058,10 @@ class SqliteStore:
         segment keeps its tokens (the words, folded) until a merge reaches it. Queries never
         see them, but an erasure promises the words leave storage: after this they have. It
         rewrites the whole index (docs/operations.md has its cost), so erasure is when it runs,
-        not every delete."""
+        not every delete. Without an index (``search_index`` off) there is nothing to merge: 0."""
+        if not self.search_index:
+            return 0
+
         def merge(conn: sqlite3.Connection) -> int:
             conn.execute("PRAGMA secure_delete = ON")
             try:
@@ -1081,14 +1153,15 @@ def _marks(conn: sqlite3.Connection,
         conn.execute("DELETE FROM temp.search_marks")
 
 
-def new_epoch(path: Path) -> str:
+def new_epoch(path: Path, search_index: bool = True) -> str:
     """Give the (closed) database at ``path`` a new epoch and return it. For a restored backup:
     its logs are behind what clients of the server it replaces have seen, so their resumes
-    must not be taken as recovered (docs/protocol.md, "Epochs"). Raises ``sqlite3.Error``."""
+    must not be taken as recovered (docs/protocol.md, "Epochs"). The search index is built or
+    dropped as ``search_index`` says (``SqliteStore.open``). Raises ``sqlite3.Error``."""
     epoch = secrets.token_hex(8)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
-        _migrate(conn)  # a backup of an older version lacks tables and columns
+        _migrate(conn, search_index)  # a backup of an older version lacks tables and columns
         conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)", (epoch,))
     finally:
         conn.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -13,11 +14,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gateway.config import load_config
-from rooms.search import SEARCH_UNSUPPORTED
+from gateway.config import env_name, load_config
+from rooms.search import SEARCH_SWITCHED_OFF, SEARCH_UNSUPPORTED
 from tests.apicall import API_KEY, api_token, call
 from tests.redis_server import redis_server
-from tests.support import SLOW, Server, make_config, make_token, running_server
+from tests.support import SECRET, SLOW, Server, make_config, make_token, running_server
 
 
 def _get(port: int, path: str, token: str | None) -> tuple[int, dict[str, Any]]:
@@ -178,3 +179,28 @@ async def test_on_memory_search_answers_501_naming_the_engines_that_search(
             status, body = await search(srv.port, "lobby", "word", api=api)
             assert (status, body) == (501, {"error": "search_unsupported",
                                             "detail": memory.SEARCH_UNSUPPORTED})
+
+
+async def test_with_the_index_switched_off_search_answers_501_naming_the_setting(
+        tmp_path: Path) -> None:
+    """``ROOMCHAT_SEARCH_INDEX=0``: the server stores messages as ever, keeps no index in its
+    database, and both search routes answer 501 with the sentence naming the setting."""
+    config = load_config({env_name("search_index"): "0"}, data_dir=tmp_path,
+                         jwt_secret=SECRET, api_key=API_KEY)
+    assert config.search_index is False
+    async with running_server(config) as srv:
+        assert await publish(srv, "lobby", "stored without an index") == [1]
+        for api in (False, True):
+            status, body = await search(srv.port, "lobby", "index", api=api)
+            assert (status, body) == (501, {"error": "search_unsupported",
+                                            "detail": SEARCH_SWITCHED_OFF})
+        status, body = await call(srv.port, "GET", "/rooms/lobby/messages?limit=5")
+        assert status == 200, body
+        assert [m["text"] for m in body["messages"]] == ["stored without an index"]
+    assert f"{env_name('search_index')}=1" in SEARCH_SWITCHED_OFF
+    conn = sqlite3.connect(config.db_path)
+    try:
+        assert conn.execute("SELECT count(*) FROM sqlite_master "
+                            "WHERE name LIKE '%search%'").fetchone() == (0,)
+    finally:
+        conn.close()

@@ -4,6 +4,7 @@ FTS5 kept in step by triggers), and the Redis engine's refusal (a real redis-ser
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,10 +14,10 @@ import pytest
 from rooms.engine import Engine
 from rooms.engines import open_engine
 from rooms.engines.embedded import EmbeddedEngine
-from rooms.engines.sqlite import SEARCH_THREADS
+from rooms.engines.sqlite import SEARCH_OBJECTS, SEARCH_THREADS
 from rooms.errors import SearchUnsupported
 from rooms.messages import Action, ChangeDraft, Draft
-from rooms.search import MAX_TERMS, SEARCH_UNSUPPORTED, SearchPage
+from rooms.search import MAX_TERMS, SEARCH_SWITCHED_OFF, SEARCH_UNSUPPORTED, SearchPage
 from tests.redis_server import redis_server
 
 
@@ -221,6 +222,138 @@ async def test_a_database_from_before_search_is_indexed_on_open(tmp_path: Path) 
         conn.execute("INSERT INTO message_search (message_search) VALUES ('integrity-check')")
     finally:
         conn.close()
+
+
+async def change(engine: Engine, room: str, action: Action, target: int,
+                 text: str = "") -> None:
+    (done,) = await engine.append(room, [ChangeDraft("u", "U", None, 3000, action, target,
+                                                     text=text)], retention=0, dedup_window=0)
+    assert done.refused is None
+
+
+def search_schema(path: Path) -> list[tuple[str, str]]:
+    """Every object of ``sqlite_master`` the search index makes or leaves behind (FTS5's
+    shadow tables included) and every trigger."""
+    conn = sqlite3.connect(path)
+    try:
+        return sorted(conn.execute(
+            "SELECT type, name FROM sqlite_master WHERE name LIKE '%search%' "
+            "OR type = 'trigger'").fetchall())
+    finally:
+        conn.close()
+
+
+async def test_with_the_index_off_appends_work_search_is_refused_and_nothing_is_left(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``search_index`` off (``ROOMCHAT_SEARCH_INDEX=0``) on a database that had the index:
+    dropped on open (triggers, the FTS5 table and its own tables, the view, the rooms'
+    numbers), appends and changes go on, an erasure needs no index to merge, and a search is
+    refused with the sentence naming the setting."""
+    path = tmp_path / "db.sqlite3"
+    engine = await open_engine(f"sqlite://{path}")
+    await say(engine, "a", "indexed while on")
+    await engine.close()
+    assert len(search_schema(path)) > len(SEARCH_OBJECTS)  # (FTS5's own tables as well)
+    with caplog.at_level(logging.INFO, logger="roomchat.store"):
+        engine = await open_engine(f"sqlite://{path}", search_index=False)
+    try:
+        assert search_schema(path) == []
+        assert [r.getMessage() for r in caplog.records
+                if "search index" in r.getMessage()] == [
+            "search index dropped (ROOMCHAT_SEARCH_INDEX is off): searches answer 501; "
+            "turning it on rebuilds it at start"]
+        assert await say(engine, "a", "stored while off", user="gone") == [2]
+        await change(engine, "a", Action.EDIT, 1, "edited while off")
+        assert [m.text for m in await engine.history("a", before=9, limit=5)] == [
+            "edited while off", "stored while off"]
+        assert await engine.erase("gone") == {"a": [2]}
+        for query in ("stored", "", "!!!"):  # refused before the query is looked at
+            with pytest.raises(SearchUnsupported) as refused:
+                await engine.search("a", query, before=None, limit=5)
+            assert str(refused.value) == SEARCH_SWITCHED_OFF
+        assert "ROOMCHAT_SEARCH_INDEX=1" in SEARCH_SWITCHED_OFF
+    finally:
+        await engine.close()
+    assert search_schema(path) == []
+    # Opening it off again finds nothing to drop, and says nothing.
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="roomchat.store"):
+        engine = await open_engine(f"sqlite://{path}", search_index=False)
+    await engine.close()
+    assert not [r for r in caplog.records if "search index" in r.getMessage()]
+
+
+async def test_off_then_on_finds_every_message_again_as_it_is_now(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Switched off, then on again: the index is rebuilt on open from the messages as they
+    are now: those appended while it was off are found, edits made meanwhile by their new
+    words only, and deletes made meanwhile never. Logged in one line with the time taken."""
+    path = tmp_path / "db.sqlite3"
+    engine = await EmbeddedEngine.open(path)
+    await say(engine, "a", "alpha stays", "bravo before", "charlie doomed")  # 1-3
+    await say(engine, "b", "alpha elsewhere")  # b 1
+    await engine.close()
+    engine = await EmbeddedEngine.open(path, search_index=False)
+    await say(engine, "a", "delta while off", "echo first", "foxtrot doomed too")  # 4-6
+    await change(engine, "a", Action.EDIT, 2, "bravo2 rewritten")  # 7
+    await change(engine, "a", Action.EDIT, 5, "echo2 rewritten")  # 8
+    await change(engine, "a", Action.DELETE, 3)  # 9
+    await change(engine, "a", Action.DELETE, 6)  # 10
+    await say(engine, "c", "golf in a room new while off")
+    await engine.close()
+    with caplog.at_level(logging.INFO, logger="roomchat.store"):
+        engine = await EmbeddedEngine.open(path)
+    try:
+        (line,) = [r.getMessage() for r in caplog.records if "search index" in r.getMessage()]
+        assert line.startswith("search index built from the stored messages of 3 rooms in ")
+        assert line.endswith(" s (the database had none)")
+        assert await seqs(engine, "a", "alpha") == [1]
+        assert await seqs(engine, "b", "alpha") == [1]
+        assert await seqs(engine, "a", "delta") == [4]
+        assert await seqs(engine, "c", "golf") == [1]
+        assert await seqs(engine, "a", "rewritten") == [5, 2]
+        assert await seqs(engine, "a", "before") == []  # an edit's old words
+        assert await seqs(engine, "a", "first") == []
+        assert await seqs(engine, "a", "doomed") == []  # deleted on and off
+        assert await seqs(engine, "a", "charlie") == []
+        assert await seqs(engine, "a", "foxtrot") == []
+        # And it is kept in step again.
+        await say(engine, "a", "hotel after")  # 11
+        assert await seqs(engine, "a", "after") == [11]
+    finally:
+        await engine.close()
+    conn = sqlite3.connect(path)
+    try:  # the index agrees with its content
+        conn.execute("INSERT INTO message_search (message_search) VALUES ('integrity-check')")
+    finally:
+        conn.close()
+
+
+async def test_an_index_left_in_part_is_built_again_whole(tmp_path: Path) -> None:
+    """An index whose triggers are gone (dropped by hand, or by an older benchmark) is stale:
+    on open it is dropped and rebuilt, so what came after is found and it stays in step."""
+    path = tmp_path / "db.sqlite3"
+    engine = await EmbeddedEngine.open(path)
+    await say(engine, "a", "indexed words")
+    await engine.close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    for name in ("message_search_insert", "message_search_update", "message_search_delete"):
+        conn.execute(f"DROP TRIGGER {name}")
+    # What an append or an edit would write with the triggers gone: a row the index misses.
+    conn.execute("INSERT INTO messages (room, seq, kind, user, name, text, ts) "
+                 "VALUES ('a', 2, 0, 'u', 'U', 'missed words', 1)")
+    conn.execute("UPDATE messages SET text = 'rewritten words' WHERE room = 'a' AND seq = 1")
+    conn.close()
+    engine = await EmbeddedEngine.open(path)
+    try:
+        assert await seqs(engine, "a", "missed") == [2]
+        assert await seqs(engine, "a", "rewritten") == [1]
+        assert await seqs(engine, "a", "indexed") == []
+        await say(engine, "a", "later words")
+        assert await seqs(engine, "a", "words") == [3, 2, 1]
+    finally:
+        await engine.close()
+    assert {(kind, name) for kind, name in search_schema(path)} >= SEARCH_OBJECTS
 
 
 async def test_redis_engine_refuses_with_the_engines_that_search(tmp_path: Path) -> None:
