@@ -41,7 +41,7 @@ def _verifier(size: int = 8, wall: _Wall | None = None,
         seen.append(token)
         return decode(token, *args, **kwargs)
 
-    verifier._jwt.decode_complete = spy  # type: ignore[method-assign]
+    verifier._jwt.decode_complete = spy  # type: ignore[method-assign,assignment]
     return verifier, seen
 
 
