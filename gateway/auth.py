@@ -11,11 +11,14 @@ closes the HS/RS key-confusion hole.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
 import secrets
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,11 +112,24 @@ class _PreparedHMAC(HMACAlgorithm):
 
 class TokenVerifier:
     """Verifies tokens signed with the pinned algorithm, by ``key`` or, for a token whose
-    header names a ``kid``, by that entry of ``keys`` (several at once: key rotation)."""
+    header names a ``kid``, by that entry of ``keys`` (several at once: key rotation).
+
+    Remembers up to ``cache_size`` verified tokens, keyed by the SHA-256 of the whole token
+    (the token itself is not kept), least recently used dropped first: a token enters only
+    once PyJWT accepted it (signature with the pinned algorithm, ``aud``, ``iss``, ``exp``,
+    ``nbf``, ``iat``, required claims) and ``_claims`` did, and a hit is refused as expired
+    once ``exp`` is past (with ``leeway``, as PyJWT counts it). Any other token, one differing
+    in a single byte included, takes the full verification. Revocations and bans are not
+    this class's: callers check them on every use, cached or not (``gateway.access``).
+    """
 
     def __init__(self, algorithm: str, key: Any, *, audience: str, issuer: str,
-                 leeway: float, keys: dict[str, Any] | None = None) -> None:
+                 leeway: float, keys: dict[str, Any] | None = None, cache_size: int = 0,
+                 wall: Callable[[], float] = time.time) -> None:
         self.algorithm = algorithm
+        self._cache: OrderedDict[bytes, Claims] = OrderedDict()
+        self._cache_size = cache_size
+        self._wall = wall
         self._key = key
         self._keys = keys or {}
         self._audience = audience
@@ -132,6 +148,32 @@ class TokenVerifier:
         """The token's claims. Raises ``AuthError`` (never anything else) when it is refused."""
         if not token:
             raise AuthError("missing_token", "a token is required (?token=...)")
+        if not self._cache_size:
+            return self._verify(token)
+        # A reconnect storm after a network blip shows the same tokens again: their signature
+        # check (PyJWT, ~45 us) was a large part of a handshake's CPU.
+        digest = hashlib.sha256(token.encode()).digest()
+        cache = self._cache
+        claims = cache.get(digest)
+        if claims is not None:
+            if claims.expires_at <= self._wall() - self._leeway:
+                del cache[digest]
+                raise AuthError("token_expired", "the token has expired")
+            cache.move_to_end(digest)
+            return claims
+        claims = self._verify(token)
+        cache[digest] = claims
+        if len(cache) > self._cache_size:
+            cache.popitem(last=False)
+        return claims
+
+    @property
+    def cached(self) -> int:
+        """Tokens remembered now (at most ``cache_size``)."""
+        return len(self._cache)
+
+    def _verify(self, token: str) -> Claims:
+        """``verify`` without the cache."""
         try:
             key = self._key
             if self._keys:  # key rotation: the header's kid picks the key
@@ -328,7 +370,7 @@ def make_verifier(config: Config) -> TokenVerifier:
                           "ROOMCHAT_JWT_PUBLIC_KEY_FILE")
         keys = _public_keys(config)
     return TokenVerifier(alg, key, audience=config.jwt_audience, issuer=config.jwt_issuer,
-                         leeway=config.jwt_leeway, keys=keys)
+                         leeway=config.jwt_leeway, keys=keys, cache_size=config.jwt_cache_size)
 
 
 def make_issuer(config: Config) -> TokenIssuer:

@@ -53,7 +53,7 @@ _AT_LEAST_ONE = ("workers", "max_connections", "listen_backlog", "max_connection
                  "store_connections", "gc_gen0_threshold")
 _POSITIVE = ("handshake_rate", "connection_rate", "ticket_ttl", "revocation_poll", "api_rate",
              "dev_login_ttl", "gc_thaw_share")
-_NOT_NEGATIVE = ("jwt_leeway", "drain_step", "drain_timeout", "gc_freeze_after")
+_NOT_NEGATIVE = ("jwt_leeway", "jwt_cache_size", "drain_step", "drain_timeout", "gc_freeze_after")
 
 
 def _setting(default: _T, help: str) -> _T:
@@ -93,6 +93,10 @@ class Config:
     jwt_audience: str = _setting("roomchat", "Required `aud` claim.")
     jwt_issuer: str = _setting("roomchat", "Required `iss` claim.")
     jwt_leeway: float = _setting(10.0, "Seconds of clock skew allowed on `exp`/`iat`.")
+    jwt_cache_size: int = _setting(
+        4096, "Verified tokens remembered (by their SHA-256) until their `exp`, so a reconnect "
+              "with the same token skips the signature check; least recently used dropped "
+              "first. Revocations and bans are still checked every time. 0: no cache.")
     allowed_origins: tuple[str, ...] = _setting(
         (), "Comma-separated extra origins allowed to open WebSockets (the server's own "
             "origin always is).")

@@ -1,16 +1,73 @@
 """Prometheus metrics: the rooms' observer hooks and the gateway's own counters.
 
 Each app gets its own ``CollectorRegistry`` so several apps (tests) can live in one process.
+
+The hooks rooms call on their message path (frames received, objects delivered, broadcast
+latency, session closes) count in plain integers on the event loop's thread and are turned into
+metric families only when ``/metrics`` is scraped (``_RoomCounts``): a ``prometheus_client``
+``inc``/``observe`` takes a lock and, for a histogram, a bisect, and a room paid two or three of
+them per wake (issue 22, item 4). Commits are reported from the store's thread, so they keep
+``prometheus_client``'s thread-safe objects (one observation per commit, not per wake).
 """
 
 from __future__ import annotations
 
+import bisect
+from collections.abc import Iterator
+
 from prometheus_client import CONTENT_TYPE_LATEST as CONTENT_TYPE
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from gateway.hypercorn_ext.parts import PARTS, Installed
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
+
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+
+
+class _RoomCounts:
+    """The rooms' message-path counts, as plain numbers; a collector that exports them on
+    scrape. Written only from the event loop's thread (the rooms' hooks); a scrape on the same
+    thread reads a consistent set."""
+
+    def __init__(self) -> None:
+        self.received = 0
+        self.delivered = 0
+        self.closes: dict[int, int] = {}
+        # Per bucket (not cumulative; the last one is +Inf), and the sum, of broadcast latency.
+        self.latency = [0] * (len(_LATENCY_BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    def collect(self) -> Iterator[Metric]:
+        received = CounterMetricFamily("roomchat_frames_received",
+                                       "Client frames handled by rooms.")
+        received.add_metric([], self.received)
+        yield received
+        delivered = CounterMetricFamily("roomchat_objects_delivered",
+                                        "Broadcast objects queued to client outboxes.")
+        delivered.add_metric([], self.delivered)
+        yield delivered
+        closes = CounterMetricFamily("roomchat_session_closes",
+                                     "Server-initiated closes by close code.", labels=["code"])
+        for code, count in sorted(self.closes.items()):
+            closes.add_metric([str(code)], count)
+        yield closes
+        buckets: list[tuple[str, float]] = []
+        total = 0
+        for bound, count in zip((*_LATENCY_BUCKETS, float("inf")), self.latency, strict=True):
+            total += count
+            buckets.append(("+Inf" if bound == float("inf") else str(float(bound)), total))
+        latency = HistogramMetricFamily(
+            "roomchat_broadcast_latency_seconds",
+            "From a frame entering a room's inbox to its broadcast being queued (incl. storage).")
+        latency.add_metric([], buckets, self.latency_sum)
+        yield latency
 
 
 class Metrics:
@@ -22,17 +79,11 @@ class Metrics:
         self.connections = Gauge("roomchat_connections", "Open WebSocket connections.",
                                  registry=r)
         self.rooms = Gauge("roomchat_rooms_active", "Rooms with a running actor.", registry=r)
-        self.received = Counter("roomchat_frames_received", "Client frames handled by rooms.",
-                                registry=r)
         self.stored = Counter("roomchat_messages_stored", "Messages durably stored.",
                               registry=r)
-        self.delivered = Counter("roomchat_objects_delivered",
-                                 "Broadcast objects queued to client outboxes.", registry=r)
         self.rejections = Counter("roomchat_handshake_rejections",
                                   "Refused WebSocket upgrades by reason.", ["reason"],
                                   registry=r)
-        self.closes = Counter("roomchat_session_closes",
-                              "Server-initiated closes by close code.", ["code"], registry=r)
         self.gc_frozen = Gauge("roomchat_gc_frozen_objects",
                                "Objects the garbage collector skips (gateway.gcsteward).",
                                registry=r)
@@ -47,15 +98,12 @@ class Metrics:
             "roomchat_fast_paths_active",
             "1 for each part of gateway.hypercorn_ext in place, 0 where Hypercorn's plain "
             "ASGI path serves instead.", ["part"], registry=r)
-        self.broadcast_latency_seconds = Histogram(
-            "roomchat_broadcast_latency_seconds",
-            "From a frame entering a room's inbox to its broadcast being queued (incl. storage).",
-            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
-            registry=r)
         self.commit_seconds = Histogram(
             "roomchat_store_commit_seconds", "Duration of one group commit.",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
             registry=r)
+        self.counts = _RoomCounts()
+        r.register(self.counts)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -71,20 +119,23 @@ class Metrics:
             self.room_crashes.inc()
 
     def frames_received(self, count: int) -> None:
-        self.received.inc(count)
+        self.counts.received += count
 
     def messages_stored(self, count: int, seconds: float) -> None:
         self.stored.inc(count)
         self.commit_seconds.observe(seconds)
 
     def messages_delivered(self, count: int) -> None:
-        self.delivered.inc(count)
+        self.counts.delivered += count
 
     def broadcast_latency(self, seconds: float) -> None:
-        self.broadcast_latency_seconds.observe(seconds)
+        counts = self.counts
+        counts.latency[bisect.bisect_left(_LATENCY_BUCKETS, seconds)] += 1
+        counts.latency_sum += seconds
 
     def session_closed(self, code: int) -> None:
-        self.closes.labels(code=str(code)).inc()
+        closes = self.counts.closes
+        closes[code] = closes.get(code, 0) + 1
 
     # -- gateway ----------------------------------------------------------------------------
 

@@ -356,6 +356,7 @@ class RoomActor:
             self._fanout.abort_all(CloseCode.INTERNAL_ERROR, "room restarting")
         finally:
             self.lifecycle = RoomLifecycle.STOPPED
+            self._inbox.cancel_timer()
             engine.unsubscribe(self.room, self)
             self._fail_pending_joins()
             self._sessions.clear()

@@ -120,6 +120,12 @@ class Inbox:
         self.presence = False  # another process's members changed
         self._clock = clock
         self._waiter: asyncio.Future[None] | None = None  # only while the actor waits
+        # The deadline's timer outlives a wait: a room woken by a frame usually waits again for
+        # the same deadline (its next tick), so the timer armed for it is kept instead of one
+        # being cancelled and allocated per wake (issue 22, item 4). Re-armed only when the
+        # deadline changes; ``_timer_at`` is the deadline it is armed for.
+        self._timer: Timer | None = None
+        self._timer_at = 0.0
 
     def put_remote(self, messages: list[WireMessage]) -> None:
         if len(self.remote) >= self.limit:
@@ -153,18 +159,35 @@ class Inbox:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _deadline(self) -> None:
+        self._timer = None
+        self._wake()
+
+    def cancel_timer(self) -> None:
+        """Drop the deadline's timer (the room stops: nothing will wait again)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
     async def wait_until(self, deadline: float) -> None:
-        """Return when something is queued or once the clock reaches ``deadline``."""
+        """Return when something is queued or once the clock reaches ``deadline``.
+
+        The timer for ``deadline`` stays armed after a wake by a put, for the next wait; a
+        wait for another deadline replaces it. Call ``cancel_timer`` when no wait will follow.
+        """
         if self:
             return
-        # One future and one timer handle per wait. ``asyncio.timeout`` around an ``Event``
-        # allocated three more objects per wait and cancelled through the task; with a
-        # thousand rooms each waking for every message and every tick, those short-lived
-        # objects were a visible part of a message's cost and of every GC pass.
+        # One future per wait, and a timer only when the deadline moved. ``asyncio.timeout``
+        # around an ``Event`` allocated three more objects per wait and cancelled through the
+        # task; with a thousand rooms each waking for every message and every tick, those
+        # short-lived objects were a visible part of a message's cost and of every GC pass.
+        if self._timer is None or self._timer_at != deadline:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._clock.call_at(deadline, self._deadline)
         waiter = self._waiter = asyncio.get_running_loop().create_future()
-        timer: Timer = self._clock.call_at(deadline, self._wake)  # cancelled before a next wait
         try:
             await waiter
         finally:
-            timer.cancel()
             self._waiter = None

@@ -1,13 +1,14 @@
 """Inbox.wait_until: wakes on anything queued, or when the clock reaches the deadline; leaves no
-waiter and no timer behind."""
+waiter behind, and one timer per deadline (kept across wakes, dropped by ``cancel_timer``)."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
-from rooms.clock import LoopClock, SteppedClock
+from rooms.clock import LoopClock, SteppedClock, Timer
 from rooms.inbox import InboundFrame, Inbox
 from rooms.protocol import Pong
 
@@ -41,7 +42,10 @@ async def test_wait_wakes_on_each_kind_of_arrival() -> None:
         assert not waiting.done() and clock.next_deadline() == clock.now() + 60
         put(inbox)
         await asyncio.wait_for(waiting, 5)
-        assert inbox._waiter is None and clock.next_deadline() is None
+        # The deadline's timer stays for the next wait (issue 22, item 4) until cancelled.
+        assert inbox._waiter is None and clock.next_deadline() == clock.now() + 60
+        inbox.cancel_timer()
+        assert clock.next_deadline() is None
 
 
 async def test_wait_ends_when_the_clock_reaches_the_deadline() -> None:
@@ -84,6 +88,57 @@ async def test_a_cancelled_wait_propagates_and_cleans_up() -> None:
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
-    assert inbox._waiter is None and clock.next_deadline() is None
+    assert inbox._waiter is None
+    inbox.cancel_timer()  # what the actor does when it stops
+    assert clock.next_deadline() is None
     inbox.flag(repair=True)  # a later arrival with nobody waiting is harmless
     assert inbox
+
+
+class _CountingClock(SteppedClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = 0
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        self.armed += 1
+        return super().call_at(when, callback)
+
+
+async def test_wakes_for_the_same_deadline_arm_one_timer() -> None:
+    """A room woken by every frame waits again for the same tick: no timer per wake."""
+    clock = _CountingClock()
+    inbox = Inbox(limit=4, clock=clock)
+    deadline = clock.now() + 30
+    for _ in range(5):
+        waiting = asyncio.create_task(inbox.wait_until(deadline))
+        await asyncio.sleep(0)
+        inbox.put_frame(InboundFrame(1, Pong(), 0.0))
+        await asyncio.wait_for(waiting, 5)
+        inbox.frames.clear()
+    assert clock.armed == 1
+    # The kept timer still ends a later wait for that deadline.
+    waiting = asyncio.create_task(inbox.wait_until(deadline))
+    await asyncio.sleep(0)
+    clock.advance(30)
+    await asyncio.wait_for(waiting, 5)
+    assert clock.armed == 1 and clock.next_deadline() is None
+
+
+async def test_a_moved_deadline_replaces_the_timer() -> None:
+    """A wait for a later deadline is not ended by the earlier deadline's timer."""
+    clock = _CountingClock()
+    inbox = Inbox(limit=4, clock=clock)
+    waiting = asyncio.create_task(inbox.wait_until(clock.now() + 10))
+    await asyncio.sleep(0)
+    inbox.flag(presence=True)
+    await asyncio.wait_for(waiting, 5)
+    inbox.presence = False
+    waiting = asyncio.create_task(inbox.wait_until(clock.now() + 20))
+    await asyncio.sleep(0)
+    clock.advance(15)
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert not waiting.done() and clock.armed == 2
+    clock.advance(5)
+    await asyncio.wait_for(waiting, 5)
