@@ -548,7 +548,7 @@ def _import(args: argparse.Namespace, config: Config) -> int:
                     skip_existing=args.skip_existing,
                     dedup_window=config.room.dedup_window,
                     max_text_chars=config.room.max_text_chars,
-                    checking=check.advance, writing=write.advance)
+                    checking=check.advance, writing=write.advance, counted=write.total)
         finally:
             await engine.close()
 
@@ -562,8 +562,8 @@ def _import(args: argparse.Namespace, config: Config) -> int:
     except OSError as exc:
         raise ValueError(f"import: cannot read {args.file}: {exc}") from None
     entries = sum(done.rooms.values())
-    print(f"imported {entries} entr{'y' if entries == 1 else 'ies'} of {_plural(len(done.rooms), 'room')} "
-          f"into {_redacted(url)}, every seq kept"
+    print(f"imported {entries} entr{'y' if entries == 1 else 'ies'} of "
+          f"{_plural(len(done.rooms), 'room')} into {_redacted(url)}, every seq kept"
           + (f"; skipped (they had entries): {', '.join(done.skipped)}" if done.skipped
              else ""))
     if done.new_epoch:

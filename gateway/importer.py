@@ -310,13 +310,15 @@ async def import_export(path: Path, engine: ImportTarget, *, room: str | None = 
                         skip_existing: bool = False, dedup_window: int = 0,
                         max_text_chars: int = 2000,
                         checking: Callable[[int], object] | None = None,
-                        writing: Callable[[int], object] | None = None) -> Imported:
+                        writing: Callable[[int], object] | None = None,
+                        counted: Callable[[int], object] | None = None) -> Imported:
     """Import the export at ``path`` (only ``room`` if given) into ``engine``, every seq kept.
     First the whole file is read and checked (``checking(bytes)``) and every room it would
     write asked whether it is empty: a bad file, or a room with entries (unless
     ``skip_existing``), refuses the import with nothing written. Then each room is written
-    (``writing(entries)``), all or nothing per room (``import_entries``: a rerun after a crash
-    finishes it). Raises ``ExportFileError``, ``RoomNotEmpty``, ``StoreError``, ``OSError``."""
+    (``writing(entries)``, after ``counted(total)``), all or nothing per room
+    (``import_entries``: a rerun after a crash finishes it). Raises ``ExportFileError``,
+    ``RoomNotEmpty``, ``StoreError``, ``OSError``."""
     name = str(path)
     counts: dict[str, int] = {}
     for found in read_rooms(_lines(path), name, max_text_chars, checking):
@@ -328,6 +330,8 @@ async def import_export(path: Path, engine: ImportTarget, *, room: str | None = 
     if skipped and not skip_existing:
         raise RoomNotEmpty(f"room {skipped[0]!r} already has entries in the target store: "
                            "nothing imported (--skip-existing imports the others)")
+    if counted is not None:
+        counted(sum(n for r, n in counts.items() if r not in skipped))
     written: dict[str, int] = {}
     new_epoch: list[str] = []
     for found in read_rooms(_lines(path), name, max_text_chars):

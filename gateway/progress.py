@@ -8,10 +8,14 @@ three), and its bar is exactly the count, rate and time left asked for."""
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
+
+FALLBACK_SIZE = (80, 24)
+"""Columns and lines of a terminal that does not say its own."""
 
 
 class Bar:
@@ -44,6 +48,13 @@ def progress(what: str, *, total: int | None = None, unit: str = "it",
         return
     from tqdm import tqdm
 
+    # The terminal's size when it says one: a fresh pty (ssh -T, docker exec -t, script(1))
+    # says 0x0, and tqdm then draws nothing at all (its bars below row 0 are hidden).
+    try:
+        size = os.get_terminal_size(out.fileno())
+        width, height = size.columns or FALLBACK_SIZE[0], size.lines or FALLBACK_SIZE[1]
+    except (OSError, ValueError):
+        width, height = FALLBACK_SIZE
     with tqdm(total=total, desc=what, unit=unit, unit_scale=scale, file=out, leave=False,
-              dynamic_ncols=True, mininterval=0.2) as bar:
+              ncols=width, nrows=height, mininterval=0.2) as bar:
         yield Bar(bar)

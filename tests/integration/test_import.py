@@ -13,11 +13,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from rooms.attachments import FileRef
 from rooms.engines import open_engine
-from rooms.messages import Action, ChangeDraft, Draft, Entry
+from rooms.messages import Action, ChangeDraft, Draft, Entry, StoredMessage
 from tests.apicall import API_KEY, call
 from tests.redis_server import redis_server
 from tests.support import REPO, SECRET, server_process
@@ -56,7 +54,7 @@ async def fill(url: str) -> list[Entry]:
                   Draft("bob", "Bob", "b2", "last words", 1012))
         await add(Draft("zed", "Zed", "z1", "elsewhere", 1000), room="other")
         log = await engine.read("lobby", 0, 2**53, 1000)
-        assert log[2].files == (FILE,)  # (a file id that is no id would be dropped as bad)
+        assert isinstance(log[2], StoredMessage) and log[2].files == (FILE,)
         return log
     finally:
         await engine.close()
@@ -122,3 +120,73 @@ async def test_redis_to_sqlite(tmp_path: Path) -> None:
         expected = await fill(url)
         target = f"sqlite:///{tmp_path / 'served' / 'roomchat.sqlite3'}"
         await check_moved(url, target, tmp_path, {}, expected)
+
+
+async def test_bad_inputs_are_refused_in_one_line_with_nothing_written(tmp_path: Path) -> None:
+    source = f"sqlite:///{tmp_path / 'src.sqlite3'}"
+    await fill(source)
+    good = roomchat("export", "--room", "lobby", "--store-url", source).stdout
+    target = tmp_path / "target.sqlite3"
+    url = f"sqlite:///{target}"
+    cases = {
+        "truncated.ndjson": (good[:len(good) // 2], "truncated"),
+        "no-end.ndjson": ("".join(good.splitlines(keepends=True)[:-1]), "truncated"),
+        "old.ndjson": ("".join(good.splitlines(keepends=True)[1:-1]), "no export header"),
+        "wrong.ndjson": ("hello\n", "not JSON"),
+        "unordered.ndjson": (good.replace('"seq":5,', '"seq":5000,', 1), "not above"),
+        "a-line-gone.ndjson": ("".join(good.splitlines(keepends=True)[:3]
+                                       + good.splitlines(keepends=True)[4:]), "end line"),
+    }
+    for name, (text, why) in cases.items():
+        path = tmp_path / name
+        path.write_text(text)
+        result = roomchat("import", str(path), "--store-url", url, check=False)
+        assert result.returncode == 2, (name, result.stderr)
+        assert result.stderr.count("\n") == 1 and why in result.stderr, (name, result.stderr)
+        assert result.stdout == ""
+    engine = await open_engine(url)
+    try:
+        assert await engine.top("lobby") == 0  # nothing of any of them was written
+    finally:
+        await engine.close()
+    path = tmp_path / "good.ndjson"
+    path.write_text(good)
+    memory = roomchat("import", str(path), "--store-url", "memory://", check=False)
+    assert memory.returncode == 2 and memory.stderr.count("\n") == 1
+    assert "memory://" in memory.stderr
+
+
+def test_progress_shows_on_a_terminal_only(tmp_path: Path) -> None:
+    """Through a pipe: the summary line alone. On a terminal (a pty): tqdm's bar."""
+    data = tmp_path / "data"
+    export = tmp_path / "e.ndjson"
+    lines = ['{"type":"export","format":1,"room":"r","after":0,"epoch":null,"top":3000}\n']
+    lines += [f'{{"type":"message","room":"r","seq":{i},"id":null,"user":"u","name":"U",'
+              f'"text":"m{i}","ts":{i}}}\n' for i in range(1, 3001)]
+    lines.append('{"type":"end","room":"r","seq":3000,"entries":3000}\n')
+    export.write_text("".join(lines))
+    piped = roomchat("import", str(export), "--data-dir", str(data / "a"))
+    assert piped.stderr == "" and piped.stdout.startswith("imported 3000 entries of 1 room")
+    main, secondary = pty.openpty()
+    env = {**os.environ, "ROOMCHAT_JWT_SECRET": SECRET, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "import", str(export),
+                             "--data-dir", str(data / "b")], stdout=subprocess.PIPE,
+                            stderr=secondary, env=env, cwd=REPO)
+    os.close(secondary)  # (the child holds it: reads end when the child does)
+    seen = b""
+    while True:  # read while it runs: a pty's unread output is gone once its writer closes
+        try:
+            chunk = os.read(main, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.stdout is not None
+    out = proc.stdout.read()
+    assert proc.wait(timeout=120) == 0
+    os.close(main)
+    assert out.startswith(b"imported 3000 entries")
+    # The check's bar (bytes), then the import's: its count of the total, and a rate.
+    assert b"check:" in seen and b"B/s" in seen, seen[-500:]
+    assert b"import:" in seen and b"/3000" in seen and b"entry/s" in seen, seen[-500:]
