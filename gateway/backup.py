@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway import importer
 from gateway.config import Config
 from rooms.engine import is_shared_url
 from rooms.engines import open_engine
@@ -27,36 +28,58 @@ BACKUP_PAGES = 1024  # pages copied per step: the server's writer waits at most 
 
 @dataclass(frozen=True, slots=True)
 class Exported:
-    """What ``export`` wrote: ``messages`` (in their current state) and ``changes``."""
+    """What ``export`` wrote: ``messages`` (in their current state) and ``changes``, of
+    ``rooms`` rooms."""
 
     messages: int = 0
     changes: int = 0
+    rooms: int = 0
 
 
-async def export(config: Config, room: str, after: int,
-                 write: Callable[[str], object]) -> Exported:
-    """Write every stored entry of ``room``'s log with ``seq > after``, oldest first, one wire
-    object per line, as a resume after ``after`` replays them: each message in its current
-    state (tombstones included) and each change entry (edits, deletes, reactions) as stored,
-    so replaying the lines in order, or keeping the messages alone, gives the room as it is.
-    Returns how many of each. Raises ``StoreError``, or ``ValueError`` for a memory:// store."""
+async def export(config: Config, rooms: list[str] | None, after: int,
+                 write: Callable[[str], object],
+                 advance: Callable[[int], object] | None = None,
+                 total: Callable[[int], object] | None = None) -> Exported:
+    """Write a section (gateway/importer.py: a header line, the entries, an end line) for each
+    of ``rooms`` (None: every room with a log), with every stored entry of the room's log with
+    ``seq > after``, oldest first, one wire object per line, as a resume after ``after``
+    replays them: each message in its current state (tombstones included) and each change
+    entry (edits, deletes, reactions) as stored, so replaying the lines in order, or keeping
+    the messages alone, gives the room as it is; ``roomchat import`` writes it into another
+    store at the same seqs. ``total(seqs)`` is told how many seqs the rooms span once their
+    tops are read, ``advance(seqs)`` as they are written. Returns how many of each. Raises
+    ``StoreError``, or ``ValueError`` for a memory:// store."""
     _refuse_memory(config, "export")
     engine = await open_engine(config.resolved_store_url, search_index=config.search_index)
     messages = changes = 0
     try:
-        while True:
-            # A page can come back short of ``EXPORT_PAGE`` with more after it (the seqs of
-            # changes pruned or removed with their message are gaps): only empty is the end.
-            page = await engine.read(room, after, MAX_SEQ, EXPORT_PAGE)
-            if not page:
-                return Exported(messages, changes)
-            for entry in page:
-                write(entry.to_wire() + "\n")
-                if isinstance(entry, StoredMessage):
-                    messages += 1
-                else:
-                    changes += 1
-            after = page[-1].seq
+        if rooms is None:
+            rooms = await engine.rooms()  # type: ignore[attr-defined]
+        tops = {room: await engine.top(room) for room in rooms}
+        if total is not None:
+            total(sum(max(0, top - after) for top in tops.values()))
+        for room in rooms:
+            epoch = await engine.log_epoch(room)  # type: ignore[attr-defined]
+            write(importer.header_line(room, after, epoch, tops[room]))
+            last, count = after, 0
+            while True:
+                # A page can come back short of ``EXPORT_PAGE`` with more after it (the seqs of
+                # changes pruned or removed with their message are gaps): only empty is the end.
+                page = await engine.read(room, last, MAX_SEQ, EXPORT_PAGE)
+                if not page:
+                    break
+                for entry in page:
+                    write(entry.to_wire() + "\n")
+                    if isinstance(entry, StoredMessage):
+                        messages += 1
+                    else:
+                        changes += 1
+                if advance is not None:
+                    advance(max(0, min(page[-1].seq, tops[room]) - max(last, after)))
+                last = page[-1].seq
+                count += len(page)
+            write(importer.end_line(room, last, count))
+        return Exported(messages, changes, len(rooms))
     finally:
         await engine.close()
 
@@ -122,11 +145,14 @@ def check(path: Path) -> Contents:
     return Contents(int(messages), int(entries) - int(messages), int(markers))
 
 
-def backup(config: Config, target: Path) -> Contents:
+def backup(config: Config, target: Path,
+           advance: Callable[[int], object] | None = None,
+           total: Callable[[int], object] | None = None) -> Contents:
     """A consistent copy of the embedded store in ``target`` (a new file, mode 0600), taken
     while the server may be writing (SQLite's online backup API: a snapshot of one moment):
     every table, so the rooms' logs (messages and changes), read markers, bans, revocations
-    and dedup ids. Returns what it copied. Raises ``ValueError``."""
+    and dedup ids. ``total(pages)`` and ``advance(pages)`` follow the copy. Returns what it
+    copied. Raises ``ValueError``."""
     _refuse_shared(config, "backup")
     source_path = config.db_path
     if not source_path.is_file():
@@ -140,7 +166,17 @@ def backup(config: Config, target: Path) -> Contents:
         dest = sqlite3.connect(partial)
         try:
             source.execute("PRAGMA busy_timeout = 5000")
-            source.backup(dest, pages=BACKUP_PAGES)
+            done = 0
+
+            def step(_status: int, remaining: int, pages: int) -> None:
+                nonlocal done
+                if total is not None and not done:
+                    total(pages)
+                if advance is not None:
+                    advance(pages - remaining - done)
+                done = pages - remaining
+
+            source.backup(dest, pages=BACKUP_PAGES, progress=step)
             dest.execute("PRAGMA journal_mode = DELETE")  # one self-contained file
         finally:
             dest.close()
@@ -152,10 +188,11 @@ def backup(config: Config, target: Path) -> Contents:
     return count
 
 
-def restore(config: Config, source: Path, *, force: bool = False) -> Contents:
+def restore(config: Config, source: Path, *, force: bool = False,
+            advance: Callable[[int], object] | None = None) -> Contents:
     """Put the backup ``source`` in place of the embedded store (the server must be stopped).
     Checks it first; refuses to replace an existing database without ``force``. Returns what
-    it restored. Raises ``ValueError``."""
+    it restored; ``advance(bytes)`` follows the copy. Raises ``ValueError``."""
     _refuse_shared(config, "restore")
     count = check(source)
     target = config.db_path
@@ -168,6 +205,8 @@ def restore(config: Config, source: Path, *, force: bool = False) -> Contents:
     with os.fdopen(fd, "wb") as out, source.open("rb") as src:
         while chunk := src.read(1 << 20):
             out.write(chunk)
+            if advance is not None:
+                advance(len(chunk))
         out.flush()
         os.fsync(out.fileno())
     # Its rooms' logs are behind what clients of the replaced database have seen: a new

@@ -1,4 +1,4 @@
-"""``roomchat serve | token | revoke | erase | export | backup | restore | settings``: the
+"""``roomchat serve | token | revoke | erase | export | import | backup | restore | settings``: the
 command line (a stable interface)."""
 
 from __future__ import annotations
@@ -145,13 +145,27 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
                        help="erase in the store directly, without a server (on SQLite, members "
                        "online are not told; on Redis, every process is)")
 
-    export = sub.add_parser("export", help="print a room's stored log as NDJSON (one wire "
-                            "object per line, oldest first: messages in their current state "
-                            "and the changes to them)")
-    export.add_argument("--room", required=True, help="the room")
+    export = sub.add_parser("export", help="print rooms' stored logs as NDJSON (a section "
+                            "per room: a header line, one wire object per entry, oldest first: "
+                            "messages in their current state and the changes to them, an end "
+                            "line); `roomchat import` reads it")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--room", help="the room")
+    which.add_argument("--all-rooms", action="store_true", help="every room with a log")
     export.add_argument("--after", type=int, default=0, help="only entries with a higher seq")
     export.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
     export.add_argument("--store-url", help="the server's store URL (default: its SQLite)")
+
+    imp = sub.add_parser("import", help="write what `roomchat export` wrote into a store (SQLite "
+                         "or Redis), every seq kept (stop the servers on it first)")
+    imp.add_argument("file", type=Path, help="the export (NDJSON)")
+    imp.add_argument("--room", help="only this room of the file")
+    imp.add_argument("--skip-existing", action="store_true",
+                     help="skip rooms that already have entries in the store (without it, "
+                     "one such room refuses the whole import)")
+    imp.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
+    imp.add_argument("--store-url", help="the store to write into (default: the SQLite in the "
+                     "data directory, created if missing)")
 
     backup = sub.add_parser("backup", help="copy the embedded store consistently while the "
                             "server runs (SQLite online backup)")
@@ -230,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _revoke(args)
         if args.command == "erase":
             return _erase(args)
-        if args.command in ("export", "backup", "restore"):
+        if args.command in ("export", "backup", "restore", "import"):
             return _data(args)
         if args.command == "dev-cert":
             from gateway.tls import make_dev_cert
@@ -472,28 +486,97 @@ def _service_credential(config: Config) -> str:
 
 
 def _data(args: argparse.Namespace) -> int:
-    """``export``, ``backup`` and ``restore`` (gateway.backup)."""
+    """``export``, ``import``, ``backup`` and ``restore`` (gateway.backup, gateway.importer);
+    each shows its progress on a terminal (gateway.progress)."""
     import asyncio
 
     from gateway import backup
+    from gateway.progress import progress
     from rooms.errors import StoreError
 
     config = load_config(data_dir=args.data_dir, store_url=getattr(args, "store_url", None))
     setup_logging("warning", False)
+    if args.command == "import":
+        return _import(args, config)
     if args.command == "export":
+        rooms = None if args.all_rooms else [args.room]
         try:
-            done = asyncio.run(backup.export(config, args.room, args.after, sys.stdout.write))
+            with progress("export", unit="seq") as bar:
+                done = asyncio.run(backup.export(config, rooms, args.after, sys.stdout.write,
+                                                 bar.advance, bar.total))
         except StoreError as exc:
             raise ValueError(f"cannot read the store: {exc}") from None
+        where = f"of {args.room!r}" if args.room else f"of {_plural(done.rooms, 'room')}"
         print(f"exported {_plural(done.messages, 'message')} and "
-              f"{_plural(done.changes, 'change')} of {args.room!r}", file=sys.stderr)
+              f"{_plural(done.changes, 'change')} {where}", file=sys.stderr)
     elif args.command == "backup":
-        contents = backup.backup(config, args.to)
+        with progress("backup", unit="page") as bar:
+            contents = backup.backup(config, args.to, bar.advance, bar.total)
         print(f"backed up {contents} to {args.to}")
     else:
-        contents = backup.restore(config, args.source, force=args.force)
+        size = args.source.stat().st_size if args.source.is_file() else None
+        with progress("restore", total=size, unit="B", scale=True) as bar:
+            contents = backup.restore(config, args.source, force=args.force,
+                                      advance=bar.advance)
         print(f"restored {contents} into {config.db_path}")
     return 0
+
+
+def _import(args: argparse.Namespace, config: Config) -> int:
+    """``import FILE``: gateway.importer into the store the flags name (created if SQLite)."""
+    import asyncio
+
+    from gateway.importer import import_export
+    from gateway.progress import progress
+    from rooms.engines import open_engine
+    from rooms.errors import RoomNotEmpty, StoreError
+
+    url = config.resolved_store_url
+    if url.startswith("memory://"):
+        raise ValueError("import: the store is memory://, which keeps nothing after the "
+                         "process ends: give --store-url sqlite:///path or redis://...")
+    if not args.file.is_file():
+        raise ValueError(f"import: {args.file} does not exist")
+
+    async def run() -> Any:
+        engine = await open_engine(url, search_index=config.search_index)
+        try:
+            with progress("check", total=args.file.stat().st_size, unit="B",
+                          scale=True) as check, progress("import", unit="entry") as write:
+                return await import_export(
+                    args.file, engine, room=args.room,  # type: ignore[arg-type]
+                    skip_existing=args.skip_existing,
+                    dedup_window=config.room.dedup_window,
+                    max_text_chars=config.room.max_text_chars,
+                    checking=check.advance, writing=write.advance, counted=write.total)
+        finally:
+            await engine.close()
+
+    try:
+        done = asyncio.run(run())
+    except RoomNotEmpty as exc:
+        raise ValueError(f"import: {exc}") from None
+    except StoreError as exc:
+        raise ValueError(f"import: cannot write the store: {exc}; run the command again (a "
+                         "room half written is redone)") from None
+    except OSError as exc:
+        raise ValueError(f"import: cannot read {args.file}: {exc}") from None
+    entries = sum(done.rooms.values())
+    print(f"imported {entries} entr{'y' if entries == 1 else 'ies'} of "
+          f"{_plural(len(done.rooms), 'room')} into {_redacted(url)}, every seq kept"
+          + (f"; skipped (they had entries): {', '.join(done.skipped)}" if done.skipped
+             else ""))
+    if done.new_epoch:
+        print(f"roomchat: the store's epoch is not the export's for {', '.join(done.new_epoch)}"
+              ": their clients' resumes start with a fresh history (nothing is lost)",
+              file=sys.stderr)
+    return 0
+
+
+def _redacted(url: str) -> str:
+    from gateway.config import redact
+
+    return redact(url)
 
 
 def _token(args: argparse.Namespace) -> int:

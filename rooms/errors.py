@@ -11,6 +11,7 @@ The tree::
     ├── Unstorable        drafts of an append that can never be stored (the others can)
     ├── LogReset          the room's log went backwards (the store lost data): a new epoch
     ├── SearchUnsupported the engine cannot search messages (Redis, or its index switched off)
+    ├── RoomNotEmpty      an import into a room that already has entries
     └── StoreError        the message store failed or is closed
 
 Only the gateway turns these into HTTP statuses and WebSocket close codes.
@@ -89,3 +90,9 @@ class LogReset(RoomError):
 class SearchUnsupported(RoomError):
     """This engine keeps no search index (``Engine.search``): the message names the engines
     that have one, or the setting that switches it on. Never a reason to retry."""
+
+
+class RoomNotEmpty(RoomError):
+    """An import (``import_entries``) into a room whose log already holds entries (or whose seq
+    counter has gone past 0): nothing was written. Entries left by an import that did not finish
+    are not this: the next import of the room removes them and starts again."""

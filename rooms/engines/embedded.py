@@ -14,7 +14,7 @@ import functools
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -305,6 +305,25 @@ class EmbeddedEngine:
 
     async def presence(self, room: str) -> dict[str, str]:
         return {}
+
+    # -- moving between engines (gateway/importer.py): as ``SqliteStore``'s ----------------
+
+    async def rooms(self) -> list[str]:
+        return await self.store.rooms()
+
+    async def log_epoch(self, room: str) -> str | None:
+        """The epoch of ``room``'s log: the database's (one for every room)."""
+        return self.store.epoch
+
+    async def importable(self, room: str) -> bool:
+        return await self.store.importable(room)
+
+    async def import_entries(self, room: str, entries: Sequence[Entry], *, top: int,
+                             epoch: str | None = None, dedup_window: int = 0,
+                             progress: Callable[[int], object] | None = None) -> bool:
+        """``SqliteStore.import_entries`` (``top`` and ``dedup_window`` need nothing here:
+        the top is the highest row's seq, and the room loads its ids from the rows)."""
+        return await self.store.import_entries(room, entries, epoch=epoch, progress=progress)
 
     async def close(self) -> None:
         await self.store.close()  # finishes the writes queued: each is told it landed soon

@@ -61,7 +61,7 @@ import secrets
 import socket
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Any
 
@@ -79,7 +79,7 @@ from rooms.backoff import backoff_delay
 from rooms.config import RoomConfig
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.engines import redis_records as records
-from rooms.errors import LogReset, SearchUnsupported, StoreError, Unstorable
+from rooms.errors import LogReset, RoomNotEmpty, SearchUnsupported, StoreError, Unstorable
 from rooms.messages import (
     DEFAULT_RULES,
     Action,
@@ -815,6 +815,86 @@ class RedisEngine:
             return (records.entry_seq(last[0][0]) or 0) if last else 0
         return top
 
+    # -- moving between engines (gateway/importer.py) ---------------------------------------
+
+    async def rooms(self) -> list[str]:
+        """Every room with a log (``SCAN``, as ``erase`` finds them), sorted."""
+        self._check()
+        rooms: set[str] = set()
+        cursor = 0
+        while True:
+            async with self._calling("rooms"):
+                cursor, keys = await self._redis.scan(
+                    cursor, match="roomchat:{*}:log", count=ERASE_PAGE, _type="stream")
+            rooms.update(_room_of(key) for key in keys)
+            if not cursor:
+                return sorted(rooms)
+
+    async def log_epoch(self, room: str) -> str | None:
+        """The epoch of ``room``'s log (None: it has none yet)."""
+        self._check()
+        async with self._calling("epoch"):
+            raw = await self._redis.get(_epoch_key(room))
+        return records.text(raw)
+
+    async def importable(self, room: str) -> bool:
+        """As ``SqliteStore.importable``: no key of the room's log, or an unfinished import's."""
+        self._check()
+        log_key, seq_key, *_ = _keys(room)
+        async with self._calling("import"):
+            if await self._redis.exists(_importing_key(room)):
+                return True
+            return not await self._redis.exists(log_key, seq_key, *_state_keys(room))
+
+    async def import_entries(self, room: str, entries: Sequence[Entry], *, top: int,
+                             epoch: str | None = None, dedup_window: int = 0,
+                             progress: Callable[[int], object] | None = None) -> bool:
+        """As ``SqliteStore.import_entries``, into the room's keys as append.lua leaves them:
+        messages not deleted as stream entries, changes too, and each message that changed or
+        is answered by a reply its state (its last change ``c``, its edits ``e``, the replies
+        ``a`` that a later delete empties; a tombstone is its state alone); then the seq
+        counter at ``top``, the epoch (``epoch``, else a new one) and the dedup window (the
+        last ``dedup_window`` ids). In steps of ``IMPORT_STEP`` entries (one pipeline each,
+        ``progress(n)`` after each) after a marker key, which the last step removes with the
+        counter: an import that stopped half way is removed and started again. Returns True
+        (the epoch is the room's own). Raises ``RoomNotEmpty``, ``StoreError``."""
+        self._check()
+        log_key, seq_key, ids_key, idq_key, *_ = _keys(room)
+        state_key, changed_key, deleted_key = _state_keys(room)
+        marker = _importing_key(room)
+        begin = self._redis.register_script(_IMPORT_BEGIN)
+        async with self._calling("import"):
+            began = await begin(keys=[marker, log_key, seq_key, _epoch_key(room), ids_key,
+                                      idq_key, state_key, changed_key, deleted_key], args=[])
+        if int(began) < 0:
+            raise RoomNotEmpty(f"room {room!r} already has entries")
+        states = _import_states(entries)
+        for start in range(0, len(entries), IMPORT_STEP):
+            step = entries[start:start + IMPORT_STEP]
+            async with self._calling("import"), \
+                    self._redis.pipeline(transaction=False) as pipe:
+                for entry in step:
+                    state = states.get(entry.seq)
+                    if state is not None:
+                        pipe.hset(state_key, str(entry.seq), orjson.dumps(state))
+                        pipe.zadd(changed_key, {str(entry.seq): entry.seq})
+                    if not (isinstance(entry, StoredMessage) and entry.deleted):
+                        pipe.xadd(log_key, _stream_fields(entry), id=f"0-{entry.seq}")
+                await pipe.execute()
+            if progress is not None:
+                progress(len(step))
+        ids = [(f"{e.user}\0{e.id}", e.seq) for e in entries if e.id][-dedup_window:] \
+            if dedup_window > 0 else []
+        async with self._calling("import"), self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(seq_key, top)
+            pipe.set(_epoch_key(room), epoch or _new_epoch())
+            if ids:
+                pipe.hset(ids_key, mapping=dict(ids))
+                pipe.rpush(idq_key, *(field for field, _ in ids))
+            pipe.delete(marker)
+            await pipe.execute()
+        return True
+
     async def presence(self, room: str) -> dict[str, str]:
         self._check()
         async with self._calling("presence"):
@@ -1073,3 +1153,98 @@ def _draft_args(d: AnyDraft) -> list[bytes | int]:
         a, b = d.emoji.encode(), (b"1" if d.on else b"0")
     return [_KIND[d.action], d.user.encode(), d.name.encode(), (d.id or "").encode(), d.ts,
             d.target, a, b, b""]
+
+
+def _importing_key(room: str) -> str:
+    """The marker of an import of ``room`` under way (``RedisEngine.import_entries``)."""
+    return f"roomchat:{{{room}}}:importing"
+
+
+IMPORT_STEP = 1000
+"""Entries one pipeline of ``RedisEngine.import_entries`` writes."""
+_IMPORT_BEGIN = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9])
+  return 1
+end
+if redis.call('EXISTS', KEYS[2], KEYS[3], KEYS[7], KEYS[9]) > 0 then
+  return -1
+end
+redis.call('SET', KEYS[1], '1')
+return 0
+"""
+"""Start an import of a room, atomically (KEYS: the marker, then the log, seq, epoch, ids,
+idq, state, changed and old tombstones keys): after an unfinished import (its marker is
+there) remove what it wrote (1); refuse a room with a log, a counter or states (-1); else set
+the marker (0)."""
+
+
+def _stream_fields(entry: Entry) -> dict[str, bytes | int]:
+    """``entry``'s fields in the room's stream, as append.lua writes them (a message with its
+    current text: its state, when it changed, says the rest)."""
+    fields: dict[str, bytes | int]
+    if isinstance(entry, StoredMessage):
+        fields = {"user": entry.user.encode(), "name": entry.name.encode(),
+                  "id": (entry.id or "").encode(), "text": entry.text.encode(), "ts": entry.ts}
+        if entry.reply_to is not None:
+            fields["reply"] = orjson.dumps(
+                [entry.reply_to.seq, entry.reply_to.user, entry.reply_to.name,
+                 entry.reply_to.excerpt])
+        if entry.mentions:
+            fields["mentions"] = orjson.dumps(list(entry.mentions))
+        if entry.files:
+            fields["files"] = orjson.dumps(files_to_json(entry.files))
+        return fields
+    fields = {"c": _KIND[entry.action], "target": entry.target, "user": entry.user.encode(),
+              "name": entry.name.encode(), "id": (entry.id or "").encode(), "ts": entry.ts}
+    if entry.action is Action.EDIT:
+        fields["text"] = entry.text.encode()
+    elif entry.action is Action.DELETE:
+        fields["by"] = (entry.by.value if entry.by is not None else "moderator").encode()
+    else:
+        fields["emoji"] = entry.emoji.encode()
+        fields["on"] = b"1" if entry.on else b"0"
+    return fields
+
+
+def _import_states(entries: Sequence[Entry]) -> dict[int, dict[str, Any]]:
+    """The state hash's value (log.lua) of each message of ``entries`` that changed, is
+    answered by a reply, or was deleted: seq -> its JSON object."""
+    changes: dict[int, list[StoredChange]] = {}
+    answers: dict[int, list[int]] = {}
+    for entry in entries:
+        if isinstance(entry, StoredChange):
+            changes.setdefault(entry.target, []).append(entry)
+        elif entry.reply_to is not None:
+            answers.setdefault(entry.reply_to.seq, []).append(entry.seq)
+    states: dict[int, dict[str, Any]] = {}
+    for m in entries:
+        if not isinstance(m, StoredMessage):
+            continue
+        mine = changes.get(m.seq, [])
+        if not (mine or m.seq in answers or m.deleted or m.edited is not None or m.reactions):
+            continue
+        state: dict[str, Any] = {"user": m.user, "name": m.name, "id": m.id or "",
+                                 "text": m.text, "ts": m.ts, "c": mine[-1].seq if mine else m.seq}
+        if m.deleted:
+            state["d"] = 1
+            states[m.seq] = state
+            continue
+        if m.reply_to is not None:
+            state["reply"] = [m.reply_to.seq, m.reply_to.user, m.reply_to.name,
+                              m.reply_to.excerpt]
+        if m.mentions:
+            state["mentions"] = list(m.mentions)
+        if m.files:
+            state["files"] = files_to_json(m.files)
+        if m.edited is not None:
+            state["edited"] = m.edited
+        if m.reactions:
+            state["reactions"] = [[r.emoji, list(r.users)] for r in m.reactions]
+        edits = [c.seq for c in mine if c.action is Action.EDIT]
+        if edits:
+            state["e"] = edits
+        if m.seq in answers:
+            state["a"] = answers[m.seq]
+        states[m.seq] = state
+    return states

@@ -36,7 +36,7 @@ from rooms import changes
 from rooms import engine as contract
 from rooms.attachments import files_from_json, files_to_json
 from rooms.engine import CommitObserver
-from rooms.errors import SearchUnsupported, StoreError, Unstorable
+from rooms.errors import RoomNotEmpty, SearchUnsupported, StoreError, Unstorable
 from rooms.messages import (
     DEFAULT_RULES,
     Action,
@@ -175,6 +175,22 @@ def _change_row(c: StoredChange) -> Row:
         kind, detail = _KINDS[c.action], (c.by.value if c.by is not None else None)
     return (c.room, c.seq, c.user, c.name, c.id, c.text, c.ts, kind, c.target, None, None,
             detail, None)
+
+
+_IMPORT = ("INSERT INTO messages (room, seq, user, name, client_id, text, ts, kind, target, "
+           "reply, mentions, detail, files, edited, reactions, changed) "
+           "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
+IMPORT_STEP = 1000
+"""Entries one transaction of ``SqliteStore.import_entries`` writes."""
+IMPORTING = "importing:"
+"""``meta`` key prefix (then the room) of an import under way (``SqliteStore.import_entries``)."""
+
+
+def _imported_row(m: StoredMessage, changed: int | None) -> Row:
+    """``m``'s row with its current state (``_IMPORT``'s columns); ``changed``: the seq of its
+    last change entry."""
+    reactions = _state(m)[0]
+    return (*_message_row(m), m.edited, reactions, changed)
 
 
 def _files(m: StoredMessage) -> str | None:
@@ -1099,6 +1115,86 @@ class SqliteStore:
             (str(user), (until, str(reason))) for user, until, reason in conn.execute(
                 "SELECT user, until, reason FROM bans WHERE room = ? "
                 "AND (until IS NULL OR until > ?)", (room, now))]))
+
+    # -- moving between engines (gateway/importer.py) ---------------------------------------
+
+    async def rooms(self) -> list[str]:
+        """Every room with entries in its log, sorted (what ``export --all-rooms`` writes)."""
+        return await self._run(lambda conn: [str(room) for (room,) in conn.execute(
+            "SELECT DISTINCT room FROM messages ORDER BY room")])
+
+    async def importable(self, room: str) -> bool:
+        """Whether ``import_entries`` would take ``room``: its log is empty, or holds only what
+        an import that did not finish left (removed when the import starts again)."""
+        def query(conn: sqlite3.Connection) -> bool:
+            return (conn.execute("SELECT 1 FROM meta WHERE key = ?",
+                                 (IMPORTING + room,)).fetchone() is not None
+                    or conn.execute("SELECT 1 FROM messages WHERE room = ? LIMIT 1",
+                                    (room,)).fetchone() is None)
+
+        return await self._run(query)
+
+    async def import_entries(self, room: str, entries: Sequence[Entry], *,
+                             epoch: str | None = None,
+                             progress: Callable[[int], object] | None = None) -> bool:
+        """Write ``entries`` (a room's log as ``read`` gives it, oldest first: messages in their
+        current state, changes as stored) into the empty log of ``room`` **at their seqs**,
+        without checking or applying the changes again: each message is stored as it is, so
+        ``read`` and ``history`` give back exactly these entries. A new database (no entries in
+        any room) takes ``epoch`` as its epoch (one per database: ``new_epoch``).
+
+        In steps of ``IMPORT_STEP`` entries, each its own transaction (``progress(n)`` after
+        each), between a marker set first and removed last: an import that stops half way
+        (a crash) leaves the marker, and the next import of the room removes what it wrote
+        and starts again. Stop the server first: its rooms would not know of the entries.
+        Returns whether the room's epoch is now ``epoch``. Raises ``RoomNotEmpty`` (nothing
+        written), ``StoreError``."""
+        marker = IMPORTING + room
+
+        def begin(conn: sqlite3.Connection) -> bool:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if conn.execute("SELECT 1 FROM meta WHERE key = ?", (marker,)).fetchone():
+                    conn.execute("DELETE FROM messages WHERE room = ?", (room,))
+                elif conn.execute("SELECT 1 FROM messages WHERE room = ? LIMIT 1",
+                                  (room,)).fetchone():
+                    raise RoomNotEmpty(f"room {room!r} already has entries")
+                fresh = conn.execute("SELECT 1 FROM messages LIMIT 1").fetchone() is None
+                if epoch and fresh:
+                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('epoch', ?)",
+                                 (epoch,))
+                    self.epoch = epoch
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, '1')",
+                             (marker,))
+                conn.execute("COMMIT")
+            except Exception:
+                conn.execute("ROLLBACK")
+                raise
+            return self.epoch == epoch
+
+        def write(conn: sqlite3.Connection, rows: list[Row]) -> None:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(_IMPORT, rows)
+                conn.execute("COMMIT")
+            except Exception:
+                conn.execute("ROLLBACK")
+                raise
+
+        kept = await self._run(begin)
+        last_change: dict[int, int] = {}
+        for entry in entries:
+            if isinstance(entry, StoredChange):
+                last_change[entry.target] = entry.seq
+        for start in range(0, len(entries), IMPORT_STEP):
+            step = entries[start:start + IMPORT_STEP]
+            rows = [_imported_row(e, last_change.get(e.seq)) if isinstance(e, StoredMessage)
+                    else (*_change_row(e), None, None, None) for e in step]
+            await self._run(functools.partial(write, rows=rows))
+            if progress is not None:
+                progress(len(step))
+        await self._run(lambda conn: conn.execute("DELETE FROM meta WHERE key = ?", (marker,)))
+        return kept
 
     async def close(self) -> None:
         if self._closed:

@@ -257,8 +257,9 @@ async def test_the_server_api_publishes_files(srv: Server) -> None:
     assert status == 200 and list(obj["files"]) == [upload["id"]]
     # roomchat export carries the metadata (never the bytes or a URL).
     lines: list[str] = []
-    await export(srv.config, "lobby", 0, lines.append)
-    (exported,) = [json.loads(line) for line in lines if json.loads(line)["seq"] == seq]
+    await export(srv.config, ["lobby"], 0, lines.append)
+    (exported,) = [obj for obj in map(json.loads, lines)
+                   if obj["type"] == "message" and obj["seq"] == seq]
     assert exported["files"] == [public(upload)]
     # A moderator's delete through the API deletes the bytes too.
     signed = obj["files"][upload["id"]]["url"]
