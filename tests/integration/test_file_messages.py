@@ -214,6 +214,29 @@ async def test_bad_file_ids_are_refused_and_nothing_is_stored(srv: Server) -> No
     assert (status, answer["error"]) == (400, "bad_request")
 
 
+async def test_the_welcome_says_how_many_files_a_message_may_carry(tmp_path: Path) -> None:
+    """``welcome.max_files_per_message`` is the room's setting, at its edges: 0 (the room
+    takes no files: the page offers no attach button) refuses a message with one file, 1
+    takes one and refuses two."""
+    for most in (0, 1):
+        base = make_config(tmp_path / str(most))
+        config = replace(base, room=replace(base.room, max_files_per_message=most))
+        async with running_server(config) as server:
+            alice = Member(server.port, "alice")
+            client = await server.connect(user="alice", token=make_token("alice", ["lobby"]))
+            assert (await client.recv_type("welcome"))["max_files_per_message"] == most
+            one, two = [(await alice.upload(NOTES, f"{n}.txt"))["id"] for n in range(2)]
+            if most == 0:
+                answer = await error_for(client, {"type": "message", "id": "m0", "files": [one]})
+                assert answer["code"] == "too_many_files"
+            else:
+                answer = await error_for(client, {"type": "message", "id": "m2",
+                                                  "files": [one, two]})
+                assert answer["code"] == "too_many_files"
+                await client.send({"type": "message", "id": "m1", "files": [one]})
+                assert (await client.recv_type("ack"))["id"] == "m1"
+
+
 async def test_frames_after_a_message_with_files_keep_their_order(srv: Server) -> None:
     """The files of a message are looked up before it enters the room; the frames its client
     sent after it wait behind it, so they are stored in the order sent."""
