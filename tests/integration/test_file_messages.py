@@ -24,7 +24,7 @@ from gateway.client import ClientError, RoomClient
 from tests.apicall import API_KEY, call
 from tests.imagefiles import image
 from tests.redis_server import redis_server
-from tests.s3_server import S3_ENV, make_bucket, s3_server
+from tests.s3_server import S3_ENV, bucket_keys, make_bucket, s3_server
 from tests.support import (
     SLOW,
     Client,
@@ -140,16 +140,6 @@ async def test_a_message_carries_files_on_s3(tmp_path: Path,
             # URLs answer 404: the metadata is removed first).
             await until(lambda: bucket_keys(endpoint, "roomchat-files") == [], 5 * SLOW,
                         "an empty bucket")
-
-
-def bucket_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
-    """Every object's key in ``bucket`` (under ``prefix``) on the S3 server at ``endpoint``."""
-    import boto3
-
-    client: Any = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                               aws_access_key_id="testing", aws_secret_access_key="testing")
-    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix)
-    return [obj["Key"] for obj in listed.get("Contents", [])]
 
 
 async def message_flow(srv: Server) -> None:
