@@ -181,6 +181,9 @@ def create_app(config: Config) -> Quart:
         finally:
             gw.connection_closed()
 
+    # Uploads' bodies are paced before Quart reads them (see gateway.files for why).
+    app.asgi_app = files.UploadPace(  # type: ignore[method-assign,assignment]
+        app.asgi_app, config.upload_read_rate)
     # /rooms/<room>/ws is plain ASGI in front of Quart (see gateway.ws for why).
     app.asgi_app = ws.RoomSockets(app.asgi_app, gw)  # type: ignore[method-assign,assignment]
     return app
