@@ -157,9 +157,10 @@ def measure(kids: Children, plan: Plan, tokens: list[str], upload_token: str, lo
     return _on_fresh_server(kids, kind, f"files-{label}", plan, log, body)
 
 
-def p99(result: dict[str, Any]) -> float | None:
+def p99(result: dict[str, Any], which: str = "p99") -> float | None:
+    """The open-loop phase's latency percentile ``which`` (ms), if it ran."""
     phase = (result.get("open") or [{}])[0]
-    value = (phase.get("latency") or {}).get("p99")
+    value = (phase.get("latency") or {}).get(which)
     return float(value) if value is not None else None
 
 
@@ -173,24 +174,29 @@ def run(rounds: int, plan: Plan, log: Any) -> dict[str, Any]:
     with Children(log_dir) as kids:
         for number in range(rounds):
             measured: dict[str, Any] = {}
-            for label in MODES:  # taking turns: the machine's other load hits each
+            labels = list(MODES)
+            # Taking turns, each round starting with the next mode: the machine's other load
+            # hits each, and no mode is always the first after the wait for quiet.
+            for label in labels[number % 3:] + labels[:number % 3]:
                 log(f"round {number + 1}: {label}")
                 measured[label] = measure(kids, plan, tokens, upload_token, log, label)
-            alone = p99(measured["alone"])
+            alone, alone50 = p99(measured["alone"]), p99(measured["alone"], "p50")
             for label in ("unpaced", "paced"):
-                loaded = p99(measured[label])
+                loaded, loaded50 = p99(measured[label]), p99(measured[label], "p50")
                 measured[f"{label}_ratio"] = loaded / alone if alone and loaded else None
+                measured[f"{label}_p50_ratio"] = loaded50 / alone50 \
+                    if alone50 and loaded50 else None
             measured["loadavg"] = os.getloadavg()
             out["rounds"].append(measured)
             log(f"round {number + 1}: p99 alone {alone} ms, unpaced {p99(measured['unpaced'])} "
                 f"ms ({measured['unpaced_ratio'] or float('nan'):.2f}x), paced "
                 f"{p99(measured['paced'])} ms ({measured['paced_ratio'] or float('nan'):.2f}x); "
                 f"load average {measured['loadavg']}")
-    for label in ("unpaced", "paced"):
-        ratios = [r[f"{label}_ratio"] for r in out["rounds"] if r[f"{label}_ratio"]]
+    for key in ("unpaced_ratio", "paced_ratio", "unpaced_p50_ratio", "paced_p50_ratio"):
+        ratios = [r[key] for r in out["rounds"] if r[key]]
         if ratios:
-            out[f"{label}_ratio"] = {"min": min(ratios), "median": statistics.median(ratios),
-                                     "max": max(ratios)}
+            out[key] = {"min": min(ratios), "median": statistics.median(ratios),
+                        "max": max(ratios)}
     return out
 
 
