@@ -26,6 +26,7 @@ import re
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -33,6 +34,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import FilePayload, Page, Request, Route, expect
 
+from tests.redis_server import redis_server
 from tests.support import make_token
 
 from .conftest import PageOpener, ServerFactory, Shooter
@@ -824,3 +826,37 @@ def test_files_go_from_one_page_to_another_through_the_real_server(
         assert time.monotonic() < deadline, "the deleted message's file is still served"
         bob.wait_for_timeout(100)
     assert http_status(server.base_url + image_url) == 404
+
+
+def test_a_file_sent_through_one_process_shows_on_a_page_of_another(
+    make_server: ServerFactory, open_page: PageOpener, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two server processes on one Redis and one shared files directory (as the compose file
+    runs them): alice's page on the first pastes an image and picks a file and sends them;
+    bob's page on the second shows the thumbnail, its URLs signed by the second process, and
+    downloads the file's bytes from it."""
+    monkeypatch.setenv("ROOMCHAT_FILES_URL", (tmp_path / "shared-files").as_uri())
+    with redis_server(tmp_path / "redis") as redis_url:
+        one, two = (make_server("--store-url", redis_url) for _ in range(2))
+        alice = open_page(one.link("lobby", one.token("alice", ["lobby"], name="Alice")))
+        bob = open_page(two.link("lobby", two.token("bob", ["lobby"], name="Bob")))
+        expect_live(alice)
+        expect_live(bob)
+        urls = UrlRequests(bob)
+        alice.evaluate(PASTE, [b64(png(640, 480)), "across.png", "image/png"])
+        alice.set_input_files("#file-input", files=[payload("notes.txt", NOTES, "text/plain")])
+        expect(chips(alice)).to_have_count(2)
+        for n in range(2):
+            expect(chips(alice).nth(n)).to_have_attribute("data-state", "done")
+        send(alice, "from the other process")
+        ours = message_item(bob, "from the other process")
+        expect(ours.locator(".file-thumb img")).to_have_attribute("width", "320")
+        loaded(bob)
+        assert len(urls.ids()) == 2  # asked of bob's process, which signed them
+        with bob.expect_download() as got:
+            ours.get_by_role("link", name="Download notes.txt").click()
+        path = got.value.path()
+        assert path is not None and path.read_bytes() == NOTES
+        for server in (one, two):  # before their Redis goes
+            server.stop()
