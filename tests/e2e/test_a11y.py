@@ -8,11 +8,7 @@ first test run does `npm ci` there; Node's npm must be on PATH."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import time
-from pathlib import Path
-from typing import Any
 
 import pytest
 from playwright.sync_api import Page, expect
@@ -23,6 +19,7 @@ from .conftest import PageOpener
 from .harness import ChatPeer, RoomchatServer, wait_for_marker
 from .pages import (
     HIDDEN_TAB,
+    axe_problems,
     chip,
     expect_live,
     menu_buttons,
@@ -33,38 +30,6 @@ from .pages import (
     status,
     texts,
 )
-
-AXE_DIR = Path(__file__).resolve().parent / "axe"
-AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
-
-
-@pytest.fixture(scope="module")
-def axe_source() -> str:
-    if not AXE_JS.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is missing: the accessibility tests install axe-core with `npm ci`")
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=AXE_DIR, check=True,
-                       timeout=300)
-    return AXE_JS.read_text()
-
-
-def axe_problems(page: Page) -> list[str]:
-    """axe-core's serious and critical violations on the page as it is now."""
-    violations: list[dict[str, Any]] = page.evaluate(
-        """async () => {
-          const result = await axe.run(document, { resultTypes: ['violations'] });
-          return result.violations.map((v) => ({
-            id: v.id, impact: v.impact, help: v.help,
-            nodes: v.nodes.map((n) => n.target.join(' ') + ' :: ' + n.failureSummary),
-          }));
-        }"""
-    )
-    return [
-        f"{v['id']} ({v['impact']}): {v['help']}\n    " + "\n    ".join(v["nodes"][:5])
-        for v in violations
-        if v["impact"] in ("serious", "critical")
-    ]
 
 
 def busy_room(server: RoomchatServer, page: Page) -> None:

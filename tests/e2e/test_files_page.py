@@ -40,6 +40,7 @@ from tests.support import make_token
 from .conftest import PageOpener, ServerFactory, Shooter
 from .harness import ChatPeer, RoomchatServer
 from .pages import (
+    axe_problems,
     expect_live,
     message_box,
     message_item,
@@ -51,7 +52,6 @@ from .pages import (
     wait_until,
 )
 from .scripted import BOB, ME, change, message, open_scripted, welcome
-from .test_a11y import axe_problems, axe_source  # noqa: F401 (a fixture)
 
 
 def png(width: int, height: int, color: tuple[int, int, int] = (200, 60, 60)) -> bytes:
@@ -457,7 +457,7 @@ def test_a_failed_upload_retries_and_other_refusals_are_in_words(
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 @pytest.mark.parametrize("width", [390, 1280])
 def test_axe_finds_nothing_serious_with_files_at_390_and_1280(
-    server: RoomchatServer, open_page: PageOpener, axe_source: str,  # noqa: F811 (the fixture)
+    server: RoomchatServer, open_page: PageOpener, axe_source: str,
     scheme: str, width: int, shoot: Shooter,
 ) -> None:
     photo = upload(server, "photo.png", png(1600, 1200))
