@@ -2,8 +2,10 @@
 gateway asks of files (reads, attach, erasure, the orphan collector). It knows nothing of HTTP:
 the gateway hands it the request body as chunks and maps its errors (``files.errors``).
 
-An upload is spooled to a local file as it arrives (never held in memory: at most
-``SPOOL_BUFFER`` bytes wait for the disk), refused as soon as it passes ``max_file_bytes``
+An upload is spooled to a local file as it arrives (here at most ``SPOOL_BUFFER`` bytes wait
+for the disk; in front of this, Quart's request buffer holds what arrived while a write waited,
+at most ``MAX_CONTENT_LENGTH``, and ``gateway.files.UploadPace`` bounds how fast it arrives),
+refused as soon as it passes ``max_file_bytes``
 (the partial file is removed at once), typed from its bytes (``files.sniff``), and, for an
 image, decoded and re-encoded in a bounded pool of worker processes (``files.images``) before
 it is stored (``files.catalog``): the original an image came as is never stored.

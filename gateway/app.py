@@ -136,10 +136,13 @@ def create_app(config: Config) -> Quart:
             raise Rejection(404, "bad_room", "room names are 1-64 of [A-Za-z0-9_-]")
         return await page("index.html")
 
+    # What the page asks before it needs it (no credential): whether dev login is on, and the
+    # largest upload, so a file too large is refused in words before any byte is sent.
+    info_body = dumps({"dev_login": config.dev_login, "max_file_bytes": config.max_file_bytes})
+
     @app.get("/api/info")
     async def info() -> Response:
-        return Response(f'{{"dev_login":{"true" if config.dev_login else "false"}}}',
-                        content_type="application/json")
+        return Response(info_body, content_type="application/json")
 
     @app.post("/rooms/<room>/ticket")
     async def ticket(room: str) -> Response:
@@ -179,6 +182,9 @@ def create_app(config: Config) -> Quart:
         finally:
             gw.connection_closed()
 
+    # Uploads' bodies are paced before Quart reads them (see gateway.files for why).
+    app.asgi_app = files.UploadPace(  # type: ignore[method-assign,assignment]
+        app.asgi_app, config.upload_read_rate)
     # /rooms/<room>/ws is plain ASGI in front of Quart (see gateway.ws for why).
     app.asgi_app = ws.RoomSockets(app.asgi_app, gw)  # type: ignore[method-assign,assignment]
     return app

@@ -220,6 +220,11 @@ class Config:
         2, "Worker processes that decode and re-encode uploaded images (started on the first "
            "image), each holding one image's pixels in memory (4 bytes a pixel); other "
            "uploads wait their turn.")
+    upload_read_rate: float = _setting(
+        33_554_432.0, "Bytes a second one process reads of all uploads together (32 MiB/s); "
+                      "faster senders wait (TCP backpressure). Bounds the share of the "
+                      "process's core that uploads take from its rooms: a 25 MiB upload at full "
+                      "speed raised a busy room's p99 (bench/filesp99.py). `0`: no bound.")
     upload_idle_timeout: float = _setting(
         30.0, "Seconds an upload may send nothing before it is dropped (HTTP 408 "
               "`upload_stalled`).")
@@ -391,6 +396,9 @@ class Config:
                      "image_workers", "upload_idle_timeout", "file_url_ttl", "file_orphan_ttl",
                      "file_jobs_limit", "max_file_urls"):
             positive(name)
+        if self.upload_read_rate < 0:
+            raise ValueError(f"{env_name('upload_read_rate')} must be 0 (no bound) or more, "
+                             f"got {self.upload_read_rate}")
         if self.max_user_storage_bytes < self.max_file_bytes:
             raise ValueError(f"{env_name('max_user_storage_bytes')} must be at least "
                              f"{env_name('max_file_bytes')} ({self.max_file_bytes}), got "

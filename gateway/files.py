@@ -31,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -65,6 +66,7 @@ from gateway.errors import Rejection
 from gateway.inputs import json_object, user_id
 from gateway.limits import KeyedBuckets
 from rooms.protocol import dumps
+from rooms.ratelimit import BytePace
 
 if TYPE_CHECKING:
     from gateway.gateway import Gateway
@@ -77,6 +79,12 @@ FILE_CSP = "default-src 'none'; sandbox"
 
 URL_LOOKUPS = 8
 """Metadata reads one ``files/urls`` request runs at once (each is one blob-store read)."""
+
+UPLOAD_PATH = re.compile(r"(?:/api/v1)?/rooms/[A-Za-z0-9_-]{1,64}/files")
+"""The upload routes' paths (``upload``, ``api_upload``): the bodies ``UploadPace`` paces."""
+PACE_BURST = 1024 * 1024
+"""Bytes of uploads read at once before ``upload_read_rate`` applies: a small file (a
+screenshot) is read at the network's speed."""
 
 blueprint = Blueprint("files", __name__)
 api_blueprint = Blueprint("files_api", __name__, url_prefix="/api/v1")
@@ -153,6 +161,47 @@ def install(app: Quart, config: Config) -> Files:
 
     app.register_error_handler(FileError, refused)
     return files
+
+
+ASGIApp = Callable[..., Awaitable[None]]
+
+
+class UploadPace:
+    """ASGI middleware in front of Quart: the bodies of uploads (``UPLOAD_PATH``, POST) are
+    read at most ``rate`` bytes a second, all uploads of this process together (``rate`` 0:
+    no bound). Reading a body costs the process's core (socket reads, HTTP parsing, Quart's
+    copies, the spool's writes: ~3 ms of CPU per MiB here); unbounded, one upload at full
+    speed took what the core had and a busy room's p99 rose with it (bench/filesp99.py).
+
+    Why not in the route: Quart's receiver task appends a request's body to the request's
+    buffer as fast as it arrives, whatever the handler's pace (up to ``MAX_CONTENT_LENGTH``),
+    so the route cannot slow the reading. Waiting here, in ``receive``, does: Hypercorn stops
+    reading the socket once its queue to the app is full, and TCP slows the sender; Quart's
+    buffer then holds what arrived while the route waited for the disk."""
+
+    def __init__(self, app: ASGIApp, rate: float) -> None:
+        self.app = app
+        self.pace = BytePace(rate, PACE_BURST) if rate > 0 else None
+
+    def __call__(self, scope: dict[str, Any], receive: Callable[[], Awaitable[Any]],
+                 send: Callable[[Any], Awaitable[None]]) -> Awaitable[None]:
+        if self.pace is None or scope["type"] != "http" or scope["method"] != "POST" or \
+                UPLOAD_PATH.fullmatch(scope["path"]) is None:
+            return self.app(scope, receive, send)
+        return self.app(scope, self._paced(receive, self.pace), send)
+
+    @staticmethod
+    def _paced(receive: Callable[[], Awaitable[Any]],
+               pace: BytePace) -> Callable[[], Awaitable[Any]]:
+        async def paced() -> Any:
+            message = await receive()
+            if message["type"] == "http.request" and message.get("body"):
+                wait = pace.delay(len(message["body"]), time.monotonic())
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            return message
+
+        return paced
 
 
 def files_of(app: Quart) -> Files:

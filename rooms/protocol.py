@@ -347,17 +347,19 @@ def join_frame(objects: list[str]) -> str:
 
 def welcome(
     room: str, user: str, name: str, seq: int, members: list[dict[str, str]], recovered: bool,
-    *, moderator: bool = False, epoch: str = "", read: int = 0, unread: int = 0,
+    *, max_files: int, moderator: bool = False, epoch: str = "", read: int = 0, unread: int = 0,
     mentions: int = 0, capped: bool = False,
 ) -> str:
     """``moderator`` (only present when true): this connection may delete others' messages and
     ban users. ``epoch``: the room's log's (docs/protocol.md, "Epochs"); a resume sends it
     back. ``read``, ``unread``, ``mentions``: the user's read marker and what came after it
-    (``unread_capped`` when counting stopped at ``unread_scan``)."""
+    (``unread_capped`` when counting stopped at ``unread_scan``). ``max_files``: the most files
+    a message may carry here (``max_files_per_message``; 0: the room takes no files), so a
+    client offers no more than that."""
     obj: dict[str, Any] = {"type": "welcome", "room": room, "user": user, "name": name,
                            "seq": seq, "members": members, "recovered": recovered,
                            "epoch": epoch, "read": read, "unread": unread,
-                           "mentions": mentions}
+                           "mentions": mentions, "max_files_per_message": max_files}
     if capped:
         obj["unread_capped"] = True
     if moderator:

@@ -297,7 +297,7 @@ class RoomState:
         welcome = protocol.welcome(self.room, user, name, upto, members, recovered,
                                    moderator=moderator, epoch=self.epoch, read=read,
                                    unread=unread.unread, mentions=unread.mentions,
-                                   capped=unread.capped)
+                                   capped=unread.capped, max_files=cfg.max_files_per_message)
         effects: list[Effect] = []
         if announce:
             effects.append(Broadcast(protocol.presence("join", user, name, wall_ms), session))

@@ -98,13 +98,15 @@ build_cached $CADDY infra/images/caddy.Containerfile "$caddy_context" "$caddy_co
 
 # ---- wheels of roomchat's dependencies (and its build backend), built here
 wheels="$cache/wheels"
-wheels_key="$(sha256sum pyproject.toml | cut -c1-16)"
+extras="fast,redis,s3"  # infra/Dockerfile installs roomchat[$extras]: the same list
+# (in the key: a wheelhouse built for other extras lacks their wheels, and the build is offline)
+wheels_key="$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -c1-16)"
 if [ "$(cat "$wheels/.key" 2>/dev/null)" != "$wheels_key" ]; then
     step "pip wheel roomchat's dependencies into $wheels"
     rm -rf "$wheels"
     # hatchling: the build backend the image's `pip wheel .` needs. async-timeout: redis needs
     # it on Python < 3.11.3 (Debian's is 3.11.2), a marker that this host's Python may skip.
-    "$python" -m pip wheel -q --wheel-dir "$wheels" '.[fast,redis]' hatchling async-timeout \
+    "$python" -m pip wheel -q --wheel-dir "$wheels" ".[$extras]" hatchling async-timeout \
         >"$cache/pip-wheel.log" 2>&1 || { grep -v '^WARNING: Location' "$cache/pip-wheel.log" >&2; exit 1; }
     rm -f "$wheels"/roomchat-*.whl  # the image builds its own from the tree
     echo "$wheels_key" >"$wheels/.key"

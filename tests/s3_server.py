@@ -50,3 +50,13 @@ def make_bucket(endpoint: str, bucket: str) -> str:
                                aws_access_key_id="testing", aws_secret_access_key="testing")
     client.create_bucket(Bucket=bucket)
     return f"s3://{bucket}?endpoint={endpoint}&region=us-east-1"
+
+
+def bucket_keys(endpoint: str, bucket: str, prefix: str = "") -> list[str]:
+    """Every object's key in ``bucket`` (under ``prefix``) on the server at ``endpoint``."""
+    import boto3
+
+    client: Any = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                               aws_access_key_id="testing", aws_secret_access_key="testing")
+    listed = client.list_objects_v2(Bucket=bucket, Prefix=prefix)
+    return [obj["Key"] for obj in listed.get("Contents", [])]

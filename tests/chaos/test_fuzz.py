@@ -288,7 +288,8 @@ def test_every_claim_set_gets_its_documented_answer(claims: dict[str, Any]) -> N
     assert claims_documented(payload), payload
     # Accepted claims can go on the wire (welcome, presence): bug 3 of issue 13.
     member = {"user": accepted.user, "name": accepted.name}
-    protocol.welcome("lobby", accepted.user, accepted.name, 0, [member], recovered=False)
+    protocol.welcome("lobby", accepted.user, accepted.name, 0, [member], recovered=False,
+                     max_files=10)
     protocol.presence("join", accepted.user, accepted.name, 0)
 
 
@@ -307,7 +308,7 @@ def test_any_registered_claims_are_refused_cleanly_or_accepted(
     except AuthError as exc:
         assert exc.reason in ("invalid_token", "token_expired")
         return
-    protocol.welcome("lobby", accepted.user, accepted.name, 0, [], recovered=False)
+    protocol.welcome("lobby", accepted.user, accepted.name, 0, [], recovered=False, max_files=10)
 
 
 # -- the same over real sockets -----------------------------------------------------------------

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,6 +157,23 @@ def open_page(browser: Browser) -> Iterator[PageOpener]:
         problems += entry.errors
         entry.context.close()
     assert not problems, "\n".join(problems)
+
+
+AXE_DIR = Path(__file__).resolve().parent / "axe"
+AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
+
+
+@pytest.fixture(scope="module")
+def axe_source() -> str:
+    """axe-core's script (npm installs it into tests/e2e/axe/ on first use), to inject into a
+    page (``open_page(init_script=...)``) before ``pages.axe_problems``."""
+    if not AXE_JS.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            pytest.fail("npm is missing: the accessibility tests install axe-core with `npm ci`")
+        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=AXE_DIR, check=True,
+                       timeout=300)
+    return AXE_JS.read_text()
 
 
 @pytest.fixture

@@ -4,10 +4,18 @@ then a preview; the send carries the files' ids; a message's images are thumbnai
 they load and open a lightbox driven from the keyboard; other files are cards with a download link;
 every refusal is said in words.
 
-The uploads go to the real server. What the room's socket says about files (`files` in a message)
-and the signed-URL endpoint (`POST /rooms/<room>/files/urls`) are scripted where the server does
-not have them yet: the URLs the script hands out are the real ones the server signed at upload, so
-the images and downloads themselves come from the real server."""
+Against the real server: uploads, messages with files (sent by the page, or by a protocol client
+as another member), history pages, resumes, signed URLs (`POST /rooms/<room>/files/urls`), the
+images and downloads, refusals, a moderator's delete, and a room that takes no files.
+
+Scripted (Playwright routes answer in the server's place) only what a real server cannot be made
+to do on cue: a 503, a dropped connection, and a 415 for an upload (the server refuses no type:
+HTML, SVG and the rest are stored as downloads); a `file_not_found` answer to a message whose
+upload the page holds; a URL refused once and good when asked again (the server signs every URL
+correctly, and an expired one cannot be timed to the page's retry); a URL expiring inside the
+page's one-minute margin beside a fresh one (the server gives every URL one lifetime); and a
+message left waiting for its ack (the pending bubble), where the room's socket is scripted.
+"""
 
 from __future__ import annotations
 
@@ -16,19 +24,34 @@ import io
 import json
 import re
 import time
+import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import pytest
 from PIL import Image
-from playwright.sync_api import FilePayload, Page, Route, expect
+from playwright.sync_api import FilePayload, Page, Request, Route, expect
+
+from tests.redis_server import redis_server
+from tests.support import make_token
 
 from .accessibility import axe_problems
 from .conftest import PageOpener, ServerFactory, Shooter
-from .harness import RoomchatServer
-from .pages import expect_live, message_box, note, wait_until
-from .scripted import BOB, ME, ScriptedRoom, change, message, open_scripted, welcome
+from .harness import ChatPeer, RoomchatServer
+from .pages import (
+    expect_live,
+    message_box,
+    message_item,
+    note,
+    open_menu,
+    pending,
+    send,
+    texts,
+    wait_until,
+)
+from .scripted import BOB, ME, change, message, open_scripted, welcome
 
 
 def png(width: int, height: int, color: tuple[int, int, int] = (200, 60, 60)) -> bytes:
@@ -75,6 +98,21 @@ class UrlEndpoint:
                  for i in ids if i in self.known}
         route.fulfill(status=200, content_type="application/json",
                       body=json.dumps({"files": files}))
+
+
+def open_real(server: RoomchatServer, open_page: PageOpener) -> Page:
+    """alice's page in the lobby of the real server, live."""
+    page = open_page(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
+    expect_live(page)
+    return page
+
+
+def bob_says(server: RoomchatServer, text: str, *uploads: dict[str, Any]) -> int:
+    """bob sends ``text`` with his ``uploads`` (``upload``'s answers) to the real server; the
+    message's seq."""
+    with ChatPeer(server, "lobby", "bob", name="Bob") as bob:
+        ack = bob.send(text, f"b-{time.monotonic_ns()}", files=[u["id"] for u in uploads])
+    return int(ack["seq"])
 
 
 def chips(page: Page) -> Any:
@@ -144,9 +182,7 @@ def test_a_pasted_image_uploads_then_previews_and_the_send_carries_its_id(
 def test_files_dropped_on_the_room_show_a_drop_zone_then_attach(
     server: RoomchatServer, open_page: PageOpener
 ) -> None:
-    page, room = open_scripted(server, open_page)
-    room.send(welcome(0, [ME, BOB]))
-    expect_live(page)
+    page = open_real(server, open_page)
     data = page.evaluate_handle(DATA_TRANSFER, [
         [b64(png(300, 500)), "tall.png", "image/png"],
         [b64(b"col1,col2\n1,2\n"), "numbers.csv", "text/csv"],
@@ -173,18 +209,16 @@ def test_files_dropped_on_the_room_show_a_drop_zone_then_attach(
     box = message_box(page)
     box.fill("the numbers")
     box.press("Enter")
-    wait_until(page, lambda: len(room.sent_messages()) == 1, "the message frame")
-    sent = room.sent_messages()[0]
-    assert sent["text"] == "the numbers"
-    assert len(sent["files"]) == 1
+    # Stored with the one file left, and back from the server.
+    sent = message_item(page, "the numbers")
+    expect(sent.locator(".file-card .file-name")).to_have_text(["numbers.csv"])
+    expect(sent.locator(".file-thumb")).to_have_count(0)
 
 
 def test_an_upload_shows_its_progress_and_cancel_stops_it(
     server: RoomchatServer, open_page: PageOpener
 ) -> None:
-    page, room = open_scripted(server, open_page)
-    room.send(welcome(0, [ME, BOB]))
-    expect_live(page)
+    page = open_real(server, open_page)
     # The upload crawls (DevTools' network throttling, ~64 KB/s up): its bar moves, slowly.
     cdp = page.context.new_cdp_session(page)
     cdp.send("Network.enable")
@@ -207,7 +241,8 @@ def test_an_upload_shows_its_progress_and_cancel_stops_it(
     expect(message_box(page)).to_be_focused()
     page.keyboard.press("Enter")
     page.wait_for_timeout(300)
-    assert room.sent_messages() == []
+    expect(page.locator("#log li.msg")).to_have_count(0)
+    expect(pending(page)).to_have_count(0)
 
 
 def test_a_messages_images_are_sized_before_they_load_and_open_a_keyboard_lightbox(
@@ -215,16 +250,15 @@ def test_a_messages_images_are_sized_before_they_load_and_open_a_keyboard_lightb
 ) -> None:
     wide = upload(server, "wide.png", png(1200, 600))
     tall = upload(server, "tall.png", png(300, 900, (40, 120, 200)))
-    page, room = open_scripted(server, open_page)
-    urls = UrlEndpoint(page, {wide["id"]: wide, tall["id"]: tall})
+    page = open_real(server, open_page)
+    urls = UrlRequests(page)
     held: list[Route] = []
 
     def hold(route: Route) -> None:  # let through below, once the boxes were measured
         held.append(route)
 
     page.route(re.compile(r"/rooms/lobby/files/[\w-]{22}/thumb\?"), hold)
-    room.send(welcome(1, [ME, BOB]),
-              {**message(1, BOB, "two pictures"), "files": [public(wide), public(tall)]})
+    bob_says(server, "two pictures", wide, tall)
     thumbs = page.locator("#log li.msg .file-thumb img")
     expect(thumbs).to_have_count(2)
     # Width and height come from the message: the boxes have their final size while the
@@ -286,10 +320,8 @@ def test_other_files_are_cards_with_size_type_and_a_download_link(
 ) -> None:
     notes = upload(server, "notes.txt", b"hello from bob\n" * 100)
     page_html = upload(server, "page.html", b"<!doctype html><script>alert(1)</script><p>hi</p>")
-    page, room = open_scripted(server, open_page)
-    UrlEndpoint(page, {notes["id"]: notes, page_html["id"]: page_html})
-    room.send(welcome(1, [ME, BOB]),
-              {**message(1, BOB, ""), "files": [public(notes), public(page_html)]})
+    page = open_real(server, open_page)
+    bob_says(server, "", notes, page_html)
     cards = page.locator("#log li.msg .file-card")
     expect(cards).to_have_count(2)
     expect(cards.nth(0).locator(".file-name")).to_have_text("notes.txt")
@@ -430,18 +462,15 @@ def test_axe_finds_nothing_serious_with_files_at_390_and_1280(
 ) -> None:
     photo = upload(server, "photo.png", png(1600, 1200))
     other = upload(server, "diagram.png", png(500, 800, (30, 160, 90)))
-    doc = upload(server, "minutes-of-the-meeting-with-a-long-name.txt", b"minutes\n" * 300)
-    room = ScriptedRoom()
+    doc = upload(server, "minutes-of-the-meeting-with-a-long-name.txt", b"minutes\n" * 300,
+                 user="alice")
+    bob_says(server, "pictures from today", photo, other)
+    with ChatPeer(server, "lobby", "alice", name="Alice") as alice:
+        alice.send("and the minutes", "a-1", files=[doc["id"]])
     page = open_page(width=width, height=800, color_scheme=scheme, init_script=axe_source)
-    page.route_web_socket(re.compile(r"/rooms/lobby/ws"), room.accept)
-    UrlEndpoint(page, {f["id"]: f for f in (photo, other, doc)})
     page.goto(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
-    wait_until(page, lambda: len(room.sockets) == 1, "the page to connect")
-    room.send(welcome(2, [ME, BOB]),
-              {**message(1, BOB, "pictures from today"),
-               "files": [public(photo), public(other)]},
-              {**message(2, ME, "and the minutes"), "files": [public(doc)]})
     expect_live(page)
+    expect(page.locator("#log .file-thumb img")).to_have_count(2)
     page.wait_for_function(
         "() => [...document.querySelectorAll('#log .file-thumb img')]"
         ".every(i => i.naturalWidth > 0)")
@@ -519,16 +548,15 @@ def test_an_image_whose_url_is_refused_gets_fresh_urls_once(
 def test_the_attach_button_opens_a_file_picker_from_the_keyboard(
     server: RoomchatServer, open_page: PageOpener
 ) -> None:
-    page, room = open_scripted(server, open_page)
+    page = open_real(server, open_page)
     # Playwright subscribes to file choosers when the first listener comes, fire and forget
     # (channel_owner._update_subscription): listen from the start, or under load a key press
     # just after `expect_file_chooser` opens the real, headless chooser and no event comes.
     page.on("filechooser", lambda _: None)
-    room.send(welcome(0, [ME, BOB]))
-    expect_live(page)
     attach = page.get_by_role("button", name="Attach files")
     expect(attach).to_have_accessible_description(re.compile(
-        r"^Attach up to 10 files: pick them, paste an image, or drop files on the room\.$"))
+        r"^Attach up to 10 files of up to 25 MB each: pick them, paste an image, or drop files "
+        r"on the room\.$"))  # both limits from the server (welcome, /api/info)
     # From the message box, Shift+Tab reaches the button (it sits just before the box).
     expect(message_box(page)).to_be_focused()
     page.keyboard.press("Shift+Tab")
@@ -538,11 +566,13 @@ def test_the_attach_button_opens_a_file_picker_from_the_keyboard(
     assert chooser.value.is_multiple()
     chooser.value.set_files([payload("a.txt", b"aaa"), payload("b.txt", b"bbbb")])
     expect(chips(page)).to_have_count(2)
-    expect(chips(page).nth(1)).to_have_attribute("data-state", "done")
+    for n in range(2):  # (a send waits for uploads under way, and says so)
+        expect(chips(page).nth(n)).to_have_attribute("data-state", "done")
     expect(message_box(page)).to_be_focused()  # back to writing
     page.keyboard.press("Enter")
-    wait_until(page, lambda: len(room.sent_messages()) == 1, "the message frame")
-    assert len(room.sent_messages()[0]["files"]) == 2
+    # Sent, stored and back: one message of two cards.
+    expect(page.locator("#log li.msg")).to_have_count(1)
+    expect(page.locator("#log li.msg .file-card .file-name")).to_have_text(["a.txt", "b.txt"])
 
 
 def test_sizes_kinds_and_boxes_in_words(server: RoomchatServer, open_page: PageOpener) -> None:
@@ -580,11 +610,10 @@ def test_sizes_kinds_and_boxes_in_words(server: RoomchatServer, open_page: PageO
 
 
 def test_a_room_that_takes_no_files_offers_no_button_and_says_so_on_a_drop(
-    server: RoomchatServer, open_page: PageOpener
+    make_server: ServerFactory, open_page: PageOpener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    page, room = open_scripted(server, open_page)
-    room.send({**welcome(0, [ME, BOB]), "max_files_per_message": 0})
-    expect_live(page)
+    monkeypatch.setenv("ROOMCHAT_MAX_FILES_PER_MESSAGE", "0")
+    page = open_real(make_server(), open_page)  # its welcome says max_files_per_message 0
     expect(page.get_by_role("button", name="Attach files")).to_be_hidden()
     page.evaluate(PASTE, [b64(b"hello"), "hello.txt", "text/plain"])
     expect(note(page)).to_have_text("This room does not take files.")
@@ -597,24 +626,21 @@ def test_a_room_that_takes_no_files_offers_no_button_and_says_so_on_a_drop(
 
 
 def test_files_of_an_older_page_are_drawn_with_one_url_request_for_the_page(
-    server: RoomchatServer, open_page: PageOpener
+    make_server: ServerFactory, open_page: PageOpener, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("ROOMCHAT_HISTORY_ON_JOIN", "1")
+    server = make_server()
     pics = [upload(server, f"p{n}.png", png(100 + n, 100)) for n in range(3)]
-    page, room = open_scripted(server, open_page)
-    urls = UrlEndpoint(page, {p["id"]: p for p in pics})
-    pages: list[Route] = []
-
-    def older(route: Route) -> None:
-        pages.append(route)
-
-    page.route(re.compile(r"/rooms/lobby/history\?"), older)
-    # The room holds 1..4; the join shows 4 only (short log: the page asks for the older ones).
-    room.send(welcome(4, [ME, BOB]), message(4, BOB, "latest"))
-    wait_until(page, lambda: len(pages) == 1, "the older page to be asked for")
-    body = [{**message(n + 1, BOB, f"picture {n}"), "files": [public(pics[n])]}
-            for n in range(3)]
-    pages[0].fulfill(status=200, content_type="application/json",
-                     body=json.dumps({"messages": body, "oldest": 1}))
+    with ChatPeer(server, "lobby", "bob", name="Bob") as bob:
+        for n in range(3):
+            bob.send(f"picture {n}", f"p-{n}", files=[pics[n]["id"]])
+        bob.send("latest", "p-latest")
+    page = open_page()
+    urls = UrlRequests(page)
+    # The room holds 1..4; the join shows 4 only (a short log: the page asks for the older
+    # ones, and the server's page carries their files).
+    page.goto(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
+    expect_live(page)
     thumbs = page.locator("#log .file-thumb img")
     expect(thumbs).to_have_count(3)
     page.wait_for_function(
@@ -647,3 +673,194 @@ def test_urls_are_kept_until_shortly_before_they_expire(
     wait_until(page, lambda: len(urls.asked) == 2, "the lapsing URL asked for again")
     page.wait_for_timeout(300)
     assert urls.asked[1:] == [[lapsing["id"]]]
+
+
+# -- against the real server only: nothing scripted ---------------------------------------------
+
+NOTES = b"minutes of the meeting\n" * 200
+
+
+def http_status(url: str) -> int:
+    """The status of a plain GET of ``url`` (a signed URL needs no credential)."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+class UrlRequests:
+    """The ids of each ``POST /rooms/lobby/files/urls`` a page made (answered by the server)."""
+
+    def __init__(self, page: Page) -> None:
+        self.asked: list[list[str]] = []
+        page.on("request", self.seen)
+
+    def seen(self, request: Request) -> None:
+        if request.method == "POST" and request.url.endswith("/rooms/lobby/files/urls"):
+            self.asked.append(json.loads(request.post_data or "{}")["ids"])
+
+    def ids(self) -> set[str]:
+        return {i for ids in self.asked for i in ids}
+
+
+def loaded(page: Page) -> None:
+    """Until every thumbnail in the conversation has its pixels."""
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('#log .file-thumb img')]"
+        ".every(i => i.complete && i.naturalWidth > 0)")
+
+
+def test_files_go_from_one_page_to_another_through_the_real_server(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    """alice pastes an image and picks a file, sends them with text; bob (a moderator) sees the
+    thumbnail at its size before it loads, opens the lightbox, downloads the file from its card;
+    a reload (history) and a resume show them again, their URLs asked of the server; bob's
+    delete takes the files off both pages and their URLs then answer 404. Nothing is scripted:
+    the test only holds requests back (thumbnails, bob's reconnect) to look at the page
+    meanwhile."""
+    alice = open_page(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
+    bob = open_page(server.link("lobby", make_token("bob", ["lobby"], name="Bob",
+                                                    secret=server.secret, moderator=True)))
+    expect_live(alice)
+    expect_live(bob)
+    urls = UrlRequests(bob)
+    held: list[Route] = []
+    thumb_route = re.compile(r"/rooms/lobby/files/[\w-]{22}/thumb\?")
+
+    def hold(route: Route) -> None:  # let through below, once the box was measured
+        held.append(route)
+
+    bob.route(thumb_route, hold)
+
+    alice.evaluate(PASTE, [b64(png(1200, 600)), "screenshot.png", "image/png"])
+    expect(chips(alice)).to_have_count(1)
+    alice.set_input_files("#file-input", files=[payload("notes.txt", NOTES, "text/plain")])
+    expect(chips(alice)).to_have_count(2)
+    for n in range(2):
+        expect(chips(alice).nth(n)).to_have_attribute("data-state", "done")
+    image_id, notes_id = (chips(alice).nth(n).get_attribute("data-file-id") for n in range(2))
+    assert image_id and notes_id
+    send(alice, "the screenshot and the notes")
+    expect(chips(alice)).to_have_count(0)
+
+    # bob: the thumbnail's box has its final size while its bytes are held back.
+    ours = message_item(bob, "the screenshot and the notes")
+    thumb = ours.locator(".file-thumb img")
+    expect(thumb).to_have_count(1)
+    wait_until(bob, lambda: len(held) == 1, "the thumbnail requested")
+    expect(thumb).to_have_attribute("width", "320")
+    expect(thumb).to_have_attribute("height", "160")
+    assert thumb.evaluate("i => [i.complete && i.naturalWidth > 0, i.getBoundingClientRect()"
+                          ".width, i.getBoundingClientRect().height]") == [False, 320, 160]
+    for route in held:
+        route.continue_()
+    bob.unroute(thumb_route)
+    loaded(bob)
+    assert thumb.evaluate("i => [i.getBoundingClientRect().width, "
+                          "i.getBoundingClientRect().height]") == [320, 160]
+    assert urls.ids() == {image_id, notes_id}  # signed by the server, asked for by bob
+    # The lightbox shows the full image (the server's re-encoded copy, full size).
+    bob.get_by_role("button", name="View image screenshot.png").click()
+    expect(bob.get_by_role("dialog", name="screenshot.png")).to_be_visible()
+    bob.wait_for_function("() => document.getElementById('lightbox-img').naturalWidth === 1200")
+    image_url = bob.locator("#lightbox-img").get_attribute("src")
+    bob.keyboard.press("Escape")
+    expect(bob.locator("#lightbox")).to_be_hidden()
+    # The card's download link gives the file's bytes, under its name.
+    link = ours.get_by_role("link", name="Download notes.txt")
+    notes_url = link.get_attribute("href")
+    assert image_url and notes_url
+    with bob.expect_download() as got:
+        link.click()
+    assert got.value.suggested_filename == "notes.txt"
+    path = got.value.path()
+    assert path is not None and path.read_bytes() == NOTES
+
+    # A reload: the history carries the files; their URLs are asked for again.
+    asked = len(urls.asked)
+    bob.reload()
+    expect_live(bob)
+    expect(message_item(bob, "the screenshot and the notes").locator(".file-card")).to_have_count(1)
+    loaded(bob)
+    assert {i for ids in urls.asked[asked:] for i in ids} == {image_id, notes_id}
+
+    # A resume: bob's page is away (its reconnect held) while alice sends another image.
+    tickets: list[Route] = []
+    ticket_route = re.compile(r"/rooms/lobby/ticket$")
+
+    def hold_ticket(route: Route) -> None:  # let through once alice has sent
+        tickets.append(route)
+
+    bob.route(ticket_route, hold_ticket)
+    sockets: list[str] = []
+    bob.on("websocket", lambda ws: sockets.append(ws.url))
+    server.stop()
+    server.start()
+    wait_until(bob, lambda: len(tickets) >= 1, "bob's reconnect")
+    expect_live(alice)
+    alice.evaluate(PASTE, [b64(png(300, 900, (40, 120, 200))), "tall.png", "image/png"])
+    expect(chips(alice)).to_have_attribute("data-state", "done")
+    later_id = chips(alice).get_attribute("data-file-id")
+    send(alice, "one more")
+    expect(message_item(alice, "one more").locator(".file-thumb img")).to_have_count(1)
+    for route in tickets:
+        route.fallback()
+    bob.unroute(ticket_route)
+    expect_live(bob)
+    assert "after=" in sockets[-1]  # a resume, not a fresh history
+    later = message_item(bob, "one more").locator(".file-thumb img")
+    expect(later).to_have_attribute("width", "80")
+    expect(later).to_have_attribute("height", "240")
+    loaded(bob)
+    assert later_id in urls.ids()
+
+    # bob, a moderator, deletes alice's first message: its files leave both pages...
+    dialog = open_menu(bob, "the screenshot and the notes")
+    dialog.get_by_role("button", name="Delete message").click()
+    dialog.get_by_role("button", name="Delete", exact=True).click()
+    for page in (alice, bob):
+        expect(texts(page)).to_have_text(["message deleted", "one more"])
+        expect(page.locator("#log .file-card")).to_have_count(0)
+        expect(page.locator("#log .file-thumb img")).to_have_count(1)  # "one more"'s
+    # ...and their bytes leave the server (after the delete is stored: a job of its own).
+    deadline = time.monotonic() + 30
+    while http_status(server.base_url + notes_url) != 404:
+        assert time.monotonic() < deadline, "the deleted message's file is still served"
+        bob.wait_for_timeout(100)
+    assert http_status(server.base_url + image_url) == 404
+
+
+def test_a_file_sent_through_one_process_shows_on_a_page_of_another(
+    make_server: ServerFactory, open_page: PageOpener, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two server processes on one Redis and one shared files directory (as the compose file
+    runs them): alice's page on the first pastes an image and picks a file and sends them;
+    bob's page on the second shows the thumbnail, its URLs signed by the second process, and
+    downloads the file's bytes from it."""
+    monkeypatch.setenv("ROOMCHAT_FILES_URL", (tmp_path / "shared-files").as_uri())
+    with redis_server(tmp_path / "redis") as redis_url:
+        one, two = (make_server("--store-url", redis_url) for _ in range(2))
+        alice = open_page(one.link("lobby", one.token("alice", ["lobby"], name="Alice")))
+        bob = open_page(two.link("lobby", two.token("bob", ["lobby"], name="Bob")))
+        expect_live(alice)
+        expect_live(bob)
+        urls = UrlRequests(bob)
+        alice.evaluate(PASTE, [b64(png(640, 480)), "across.png", "image/png"])
+        alice.set_input_files("#file-input", files=[payload("notes.txt", NOTES, "text/plain")])
+        expect(chips(alice)).to_have_count(2)
+        for n in range(2):
+            expect(chips(alice).nth(n)).to_have_attribute("data-state", "done")
+        send(alice, "from the other process")
+        ours = message_item(bob, "from the other process")
+        expect(ours.locator(".file-thumb img")).to_have_attribute("width", "320")
+        loaded(bob)
+        assert len(urls.ids()) == 2  # asked of bob's process, which signed them
+        with bob.expect_download() as got:
+            ours.get_by_role("link", name="Download notes.txt").click()
+        path = got.value.path()
+        assert path is not None and path.read_bytes() == NOTES
+        for server in (one, two):  # before their Redis goes
+            server.stop()

@@ -74,6 +74,7 @@ EDGES = [
     ("ROOMCHAT_GC_FREEZE_AFTER", "0", "-1", "0 or more"),
     ("ROOMCHAT_DRAIN_TIMEOUT", "1e308", "inf", "a finite number"),
     ("ROOMCHAT_JWT_LEEWAY", "0", "nan", "a finite number"),
+    ("ROOMCHAT_UPLOAD_READ_RATE", "0", "-1", "0 (no bound) or more"),
 ]
 PAIRS = [
     ({"ROOMCHAT_JWT_ALGORITHM": "EdDSA"}, {"ROOMCHAT_JWT_ALGORITHM": "none"},

@@ -25,7 +25,7 @@ from typing import Any
 import websockets
 
 from tests.clients import Member
-from tests.infra.harness import INFRA, client_context, get, wait_for_status
+from tests.infra.harness import INFRA, client_context, get, request, wait_for_status
 from tests.infra.podman import (
     CADDY_IMAGE,
     IMAGE,
@@ -224,6 +224,13 @@ async def test_compose_kill_and_restart_an_instance_keeps_one_room(tmp_path: Pat
                 acked[text] = await client.say_acked(text)
         for client in first:
             await client.until(6)
+        # A file uploaded through the room's instance (to the shared files volume)...
+        notes = b"minutes of the meeting\n" * 500
+        status, _, body = await asyncio.to_thread(
+            request, "POST", deployment.url(f"/rooms/{ROOM}/files?name=notes.txt"),
+            deployment.context(), 10.0, {"Authorization": f"Bearer {make_token('u0')}"}, notes)
+        assert status == 201, body
+        uploaded = json.loads(body)
 
         # 2. Kill the room's container: Caddy drops its sockets (1006); the clients reconnect
         # with `after` and land on the other one. u1 had two messages in flight: it resends
@@ -243,6 +250,10 @@ async def test_compose_kill_and_restart_an_instance_keeps_one_room(tmp_path: Pat
         resumed = time.monotonic() - killed_at
         assert all(c.welcome["recovered"] is True for c in second)
         assert deployment.sockets(other) == 4
+        # ...is served by the other instance once the room moved there.
+        status, _, body = await asyncio.to_thread(
+            get, deployment.url(uploaded["url"]), deployment.context())
+        assert (status, body) == (200, notes)
         for text in ("p2-u1-0", "p2-u1-1"):
             acked[text] = await second[1].say_acked(text)
         for client in (second[0], second[2]):

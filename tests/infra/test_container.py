@@ -14,6 +14,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+import tomllib
 from dataclasses import fields
 from functools import cache
 from pathlib import Path
@@ -96,6 +97,29 @@ def test_dockerfile_is_multi_stage_non_root_and_holds_no_secret() -> None:
             for source in sources:
                 assert (REPO / source).exists(), f"COPY {source}: not in the repository"
                 assert not source.startswith(("var", ".env", ".venv")), source
+
+
+def test_dockerfile_builds_every_package_with_the_extras_deployments_use() -> None:
+    """The build stage copies every package the wheel holds (pyproject's list: an image built
+    without ``files/`` did not start), and installs the extras docs/production.md's
+    deployments need: redis (ROOMCHAT_STORE_URL=redis://), s3 (ROOMCHAT_FILES_URL=s3://),
+    fast; the offline build's wheelhouse (scripts/build-container-images.sh) holds them too."""
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
+    steps = dockerfile()
+    build = steps[:max(i for i, (k, _) in enumerate(steps) if k == "FROM")]
+    copied = {shlex.split(args)[0].rstrip("/") for k, args in build if k == "COPY"}
+    assert set(packages) <= copied, set(packages) - copied
+    wanted = {"fast", "redis", "s3"}
+    assert wanted <= set(pyproject["project"]["optional-dependencies"])
+    runs = " ".join(args for k, args in build if k == "RUN")
+    for target in (r"'\.\[([a-z0-9,]+)\]'", r"'roomchat\[([a-z0-9,]+)\]'"):
+        (extras,) = re.findall(target, runs)
+        assert set(extras.split(",")) == wanted, (target, extras)
+    script = (REPO / "scripts" / "build-container-images.sh").read_text()
+    (extras,) = re.findall(r'^extras="([a-z0-9,]+)"', script, re.M)
+    assert "pip wheel -q --wheel-dir \"$wheels\" \".[$extras]\"" in script
+    assert set(extras.split(",")) == wanted
 
 
 def test_dockerfile_entrypoint_flags_are_real() -> None:
@@ -182,6 +206,7 @@ def test_compose_services_flags_files_and_volumes_are_real() -> None:
     assert set(services) == {"roomchat-a", "roomchat-b", "caddy", "redis"}
     declared_volumes = set(spec["volumes"])
     data_volumes = []
+    files_volumes: set[str] = set()
     entry_bind = exec_form("ENTRYPOINT")[exec_form("ENTRYPOINT").index("--bind") + 1]
     for name in ("roomchat-a", "roomchat-b"):
         service = services[name]
@@ -194,10 +219,15 @@ def test_compose_services_flags_files_and_volumes_are_real() -> None:
         assert env["ROOMCHAT_JWT_SECRET"] == "${ROOMCHAT_JWT_SECRET:?set it}"
         assert set(env) <= SETTINGS, set(env) - SETTINGS
         assert [e["path"] for e in service["env_file"]] == ["./roomchat.env"]
-        (volume,) = service["volumes"]
-        source, target = volume.split(":")
-        assert target == "/data" and source in declared_volumes
-        data_volumes.append(source)
+        mounts = {target: source for source, target in
+                  (volume.split(":") for volume in service["volumes"])}
+        assert set(mounts) == {"/data", "/files"}
+        assert set(mounts.values()) <= declared_volumes
+        data_volumes.append(mounts["/data"])
+        # Files are shared like messages: one volume mounted by both, named by the files URL
+        # unless the operator gives another (an s3:// bucket).
+        files_volumes.add(mounts["/files"])
+        assert default(env["ROOMCHAT_FILES_URL"], "ROOMCHAT_FILES_URL") == "file:///files"
         assert service["expose"] == [entry_bind.rsplit(":", 1)[1]]
         # History is shared through Redis, so a room that fails over keeps it.
         assert env["ROOMCHAT_STORE_URL"] == "redis://redis:6379/0"
@@ -205,6 +235,8 @@ def test_compose_services_flags_files_and_volumes_are_real() -> None:
         # The image's HEALTHCHECK, repeated for engines and image formats that drop it.
         assert service["healthcheck"]["test"] == ["CMD", *exec_form("HEALTHCHECK")]
     assert len(set(data_volumes)) == 2, "each instance needs its own data directory"
+    assert len(files_volumes) == 1 and not files_volumes & set(data_volumes), \
+        "both instances need one files location"
 
     caddy = services["caddy"]
     assert default(caddy["image"], "ROOMCHAT_CADDY_IMAGE").startswith("caddy:2.11")

@@ -14,6 +14,7 @@ import subprocess
 import tarfile
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from tests.infra.podman import (
     podman,
     remove,
 )
+from tests.s3_server import S3_ENV, bucket_keys, make_bucket, s3_server
 from tests.support import REPO, SECRET, SLOW, free_port, make_token
 
 pytestmark = only_with_engine
@@ -148,6 +150,36 @@ def test_image_runs_read_only_as_10001_without_capabilities_and_chats(image: str
           f"{running.started_in:.2f}s")
 
 
+def test_the_image_keeps_files_in_an_s3_bucket(image: str) -> None:
+    """The image has the ``s3`` extra: with ``ROOMCHAT_FILES_URL=s3://...`` (a bucket of the
+    moto S3 server the tests start on this host; the container on the host's network to reach
+    it) an upload lands in the bucket and downloads back."""
+    with s3_server() as endpoint, cleanup("s3") as (name, volume):
+        files_url = make_bucket(endpoint, "image-files")
+        port = free_port()
+        env = [f"--env={key}={value}" for key, value in
+               {**S3_ENV, "ROOMCHAT_JWT_SECRET": SECRET, "ROOMCHAT_FILES_URL": files_url}.items()]
+        podman("run", "-d", "--name", name, *HARDENED, "--network", "host",
+               "-v", f"{volume}:/data", *env, image, "--bind", f"127.0.0.1:{port}")
+        try:
+            wait_for_status(f"http://127.0.0.1:{port}/healthz", timeout=30)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{logs(name)}") from None
+        data = b"minutes of the meeting\n" * 1000
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/rooms/box/files?name=notes.txt", data=data,
+            method="POST", headers={"Authorization": f"Bearer {make_token('alice')}"})
+        with urllib.request.urlopen(request, timeout=30 * SLOW) as answer:
+            assert answer.status == 201
+            uploaded = orjson.loads(answer.read())
+        keys = bucket_keys(endpoint, "image-files")
+        assert f"meta/{uploaded['id']}.json" in keys
+        assert any(k.startswith("blob/") and k.endswith(uploaded["id"]) for k in keys), keys
+        status, _, body = get(f"http://127.0.0.1:{port}{uploaded['url']}")
+        assert (status, body) == (200, data)
+        assert "Traceback" not in logs(name)
+
+
 async def _stop_while_connected(running: Running) -> tuple[list[int | None], float, int]:
     """Two clients in a room, one with three acked messages; ``podman stop`` meanwhile:
     (the clients' close codes, the seconds stop took, the container's exit code)."""
@@ -257,7 +289,7 @@ def test_no_secret_in_the_image_and_the_environment_secret_is_used(
     for part in ("pyproject.toml", "README.md", ".dockerignore", "infra/Dockerfile"):
         (tree / part).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / part, tree / part)
-    for part in ("rooms", "gateway", "static"):
+    for part in ("rooms", "gateway", "files", "static"):
         shutil.copytree(REPO / part, tree / part, ignore=ignore)
     tags = [f"localhost/roomchat-test:build-{n}" for n in (1, 2)]
     try:
@@ -286,8 +318,9 @@ def test_no_secret_in_the_image_and_the_environment_secret_is_used(
             assert refused.value.response.status_code == 401
 
         asyncio.run(tokens())
+        # The database and the default files location (ROOMCHAT_FILES_URL unset): no secret.
         assert running.exec("ls", "-A", "/data").stdout.split() == [
-            "roomchat.sqlite3", "roomchat.sqlite3-shm", "roomchat.sqlite3-wal"]
+            "files", "roomchat.sqlite3", "roomchat.sqlite3-shm", "roomchat.sqlite3-wal"]
         remove(name)
 
         # Without ROOMCHAT_JWT_SECRET the secret is generated on the volume, never the image.

@@ -6,11 +6,12 @@ processes on Redis sharing one ``file://`` directory."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from gateway.client import ClientError, RoomClient
 from tests.apicall import API_KEY, call
 from tests.imagefiles import image
 from tests.redis_server import redis_server
+from tests.s3_server import S3_ENV, bucket_keys, make_bucket, s3_server
 from tests.support import (
     SLOW,
     Client,
@@ -120,6 +122,28 @@ async def test_a_message_carries_files_to_another_member(srv: Server) -> None:
     """Upload -> message naming the upload -> another member gets the files' metadata ->
     asks for signed URLs -> downloads the same bytes. The message is stored with them:
     history pages, a resume with ``after`` and the server API's reads carry them too."""
+    await message_flow(srv)
+
+
+async def test_a_message_carries_files_on_s3(tmp_path: Path,
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same flow with the files in a bucket of a real S3 server (moto's, a process):
+    the delete removes the objects."""
+    for name, value in S3_ENV.items():
+        monkeypatch.setenv(name, value)
+    with s3_server() as endpoint:
+        config = replace(make_config(tmp_path), api_key=API_KEY,
+                         files_url=make_bucket(endpoint, "roomchat-files"))
+        async with running_server(config) as server:
+            await message_flow(server)
+            # Deleted, not just hidden: every object goes (the delete's job runs after the
+            # URLs answer 404: the metadata is removed first).
+            await until(lambda: bucket_keys(endpoint, "roomchat-files") == [], 5 * SLOW,
+                        "an empty bucket")
+
+
+async def message_flow(srv: Server) -> None:
+    """``test_a_message_carries_files_to_another_member``'s steps, on any file store."""
     alice, bob = Member(srv.port, "alice"), Member(srv.port, "bob")
     photo = await alice.upload(image("PNG", (640, 480)), "photo.png")
     notes = await alice.upload(NOTES, "notes.txt")
@@ -165,13 +189,15 @@ async def test_a_message_carries_files_to_another_member(srv: Server) -> None:
     await a.send({"type": "delete", "seq": ack["seq"], "id": "d1"})
     await a.recv_type("ack")
 
+    # The files are deleted one after the other by a job after the delete is stored: wait
+    # for both (asserting the second at once after the first raced, on S3).
     async def gone() -> bool:
-        # Both files: the delete's job removes them one after the other.
         return (await bob.urls([photo["id"], notes["id"]]))[1] == {"files": {}}
 
     await until(gone, 5 * SLOW)
     assert (await bob.get(signed["url"]))[0] == 404
     assert (await bob.get(signed["thumb_url"]))[0] == 404
+    assert (await bob.get(answer["files"][notes["id"]]["url"]))[0] == 404
 
 
 async def test_bad_file_ids_are_refused_and_nothing_is_stored(srv: Server) -> None:
@@ -213,6 +239,29 @@ async def test_bad_file_ids_are_refused_and_nothing_is_stored(srv: Server) -> No
         elsewhere["id"]]
     status, answer = await bob.urls(["x"] * (srv.config.max_file_urls + 1))
     assert (status, answer["error"]) == (400, "bad_request")
+
+
+async def test_the_welcome_says_how_many_files_a_message_may_carry(tmp_path: Path) -> None:
+    """``welcome.max_files_per_message`` is the room's setting, at its edges: 0 (the room
+    takes no files: the page offers no attach button) refuses a message with one file, 1
+    takes one and refuses two."""
+    for most in (0, 1):
+        base = make_config(tmp_path / str(most))
+        config = replace(base, room=replace(base.room, max_files_per_message=most))
+        async with running_server(config) as server:
+            alice = Member(server.port, "alice")
+            client = await server.connect(user="alice", token=make_token("alice", ["lobby"]))
+            assert (await client.recv_type("welcome"))["max_files_per_message"] == most
+            one, two = [(await alice.upload(NOTES, f"{n}.txt"))["id"] for n in range(2)]
+            if most == 0:
+                answer = await error_for(client, {"type": "message", "id": "m0", "files": [one]})
+                assert answer["code"] == "too_many_files"
+            else:
+                answer = await error_for(client, {"type": "message", "id": "m2",
+                                                  "files": [one, two]})
+                assert answer["code"] == "too_many_files"
+                await client.send({"type": "message", "id": "m1", "files": [one]})
+                assert (await client.recv_type("ack"))["id"] == "m1"
 
 
 async def test_frames_after_a_message_with_files_keep_their_order(srv: Server) -> None:
@@ -308,13 +357,35 @@ async def test_retention_removes_the_files_of_pruned_messages(tmp_path: Path) ->
         await until(gone, 5 * SLOW)
 
 
-async def test_two_processes_on_redis_share_files_of_messages(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["file", "s3"])
+async def test_two_processes_on_redis_share_files_of_messages(tmp_path: Path,
+                                                             store: str) -> None:
     """alice uploads and sends through one process, bob reads through another: one Redis,
-    one shared ``file://`` directory. The upload is attached (its pending marker gone: the
-    orphan collector never takes it) and bob's process signs URLs for its bytes."""
-    shared = tmp_path / "shared-files"
+    one shared file store (a ``file://`` directory, or a bucket of a real S3 server). The
+    upload is attached (its pending marker gone: the orphan collector never takes it), bob's
+    process signs URLs for its bytes, and alice's delete on her process removes the bytes
+    bob's process served."""
+    with contextlib.ExitStack() as stack:
+        if store == "s3":
+            endpoint = stack.enter_context(s3_server())
+            files_url = make_bucket(endpoint, "shared")
+            env = {**S3_ENV, "ROOMCHAT_FILES_URL": files_url}
+
+            def pending() -> list[str]:
+                return bucket_keys(endpoint, "shared", "pending/")
+        else:
+            shared = tmp_path / "shared-files"
+            env = {"ROOMCHAT_FILES_URL": shared.as_uri()}
+
+            def pending() -> list[str]:
+                return [entry.name for entry in (shared / "pending").iterdir()]
+        await two_processes_share_files(tmp_path, env, pending)
+
+
+async def two_processes_share_files(tmp_path: Path, env: dict[str, str],
+                                    pending: Callable[[], list[str]]) -> None:
     with redis_server(tmp_path / "redis") as redis_url:
-        env = {"ROOMCHAT_STORE_URL": redis_url, "ROOMCHAT_FILES_URL": shared.as_uri()}
+        env = {**env, "ROOMCHAT_STORE_URL": redis_url}
         with server_process(tmp_path / "a", env=env) as one, \
                 server_process(tmp_path / "b", env=env) as two:
             alice, bob = Member(one.port, "alice"), Member(two.port, "bob")
@@ -329,8 +400,17 @@ async def test_two_processes_on_redis_share_files_of_messages(tmp_path: Path) ->
             assert status == 200
             assert await bob.get(answer["files"][photo["id"]]["url"]) == \
                 await alice.get(photo["url"])
-            await until(lambda: not any((shared / "pending").iterdir()), 5 * SLOW)
+            await until(lambda: not pending(), 5 * SLOW)
             resumed = await connected(two.port, "bob", after=seq - 1)
             assert (await resumed.recv_type("message"))["files"] == [public(photo)]
+            # alice deletes it on her process; bob's process then has no bytes to serve.
+            await ca.send({"type": "delete", "seq": seq, "id": "d1"})
+            await ca.recv_type("ack")
+            url = answer["files"][photo["id"]]["url"]
+
+            async def gone() -> bool:
+                return (await bob.get(url))[0] == 404
+
+            await until(gone, 5 * SLOW)
             for client in (ca, cb, resumed):
                 await client.ws.close()

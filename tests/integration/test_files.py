@@ -176,6 +176,30 @@ def stored(tmp_path: Path) -> list[str]:
                   for p in (tmp_path / folder).rglob("*") if p.is_file())
 
 
+@pytest.mark.parametrize("api", [False, True])
+async def test_uploads_are_read_at_upload_read_rate(tmp_path: Path, api: bool) -> None:
+    """``upload_read_rate``: a process reads uploads' bodies at most that fast (after a first
+    ``PACE_BURST``): 1 MiB at once, then 1 MiB/s, so 3 MiB take two seconds at least, whether
+    the member's route or the server API's. (Unpaced, 3 MiB over loopback take well under.)
+    Other requests are not paced: a history page meanwhile answers at once."""
+    async with file_server(tmp_path, upload_read_rate=float(MiB)) as srv:
+        files = Files(srv)
+        data = b"\x01" * (3 * MiB)
+        started = time.monotonic()
+        path, auth = ("/api/v1/rooms/lobby/files?name=paced.bin&user=alice",
+                      {"Authorization": f"Bearer {API_KEY}"}) if api else \
+            ("/rooms/lobby/files?name=paced.bin", files.auth())
+        task = asyncio.ensure_future(asyncio.to_thread(http, srv.port, "POST", path, data, auth))
+        await asyncio.sleep(0.5)
+        page = await asyncio.to_thread(http, srv.port, "GET", "/rooms/lobby/history?before=1",
+                                       None, files.auth())
+        assert page[0] == 200 and time.monotonic() - started < 1.5
+        status, _, body = await task
+        assert status == 201, body
+        assert time.monotonic() - started >= 1.9
+        assert json.loads(body)["size"] == 3 * MiB
+
+
 async def test_html_and_svg_are_downloads_never_pages(tmp_path: Path) -> None:
     async with file_server(tmp_path) as srv:
         files = Files(srv)

@@ -75,15 +75,19 @@ async def test_health_ready_and_metrics(server: Server) -> None:
 
 async def test_dev_login_is_off_by_default(server: Server) -> None:
     base = f"http://127.0.0.1:{server.port}"
-    assert json.loads((await aget(f"{base}/api/info"))[2]) == {"dev_login": False}
+    assert json.loads((await aget(f"{base}/api/info"))[2]) == {
+        "dev_login": False, "max_file_bytes": 25 * 1024 * 1024}
     status, _, _ = await aget(f"{base}/api/dev-login", b'{"name":"x","room":"lobby"}')
     assert status == 404
 
 
 async def test_dev_login_issues_short_lived_room_token(server_with: ServerFactory) -> None:
-    async with server_with({"dev_login": True, "dev_login_ttl": 600.0}) as srv:
+    async with server_with({"dev_login": True, "dev_login_ttl": 600.0,
+                            "max_file_bytes": 1000}) as srv:
         base = f"http://127.0.0.1:{srv.port}"
-        assert json.loads((await aget(f"{base}/api/info"))[2]) == {"dev_login": True}
+        # /api/info also says the largest upload (the page refuses a larger file in words).
+        assert json.loads((await aget(f"{base}/api/info"))[2]) == {"dev_login": True,
+                                                                  "max_file_bytes": 1000}
         status, _, body = await aget(f"{base}/api/dev-login", b'{"name":" Zoe ","room":"lobby"}')
         assert status == 200
         answer = json.loads(body)

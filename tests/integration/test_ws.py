@@ -72,7 +72,7 @@ async def test_two_clients_see_the_same_seq_order(server: Server) -> None:
     assert welcome == {"type": "welcome", "room": "lobby", "user": "alice", "name": "Alice",
                        "seq": 0, "members": [{"user": "alice", "name": "Alice"}],
                        "recovered": False, "read": 0, "unread": 0, "mentions": 0,
-                       "replay_upto": 0}
+                       "max_files_per_message": 10, "replay_upto": 0}
     assert (await bob.recv())["type"] == "welcome"
     for i in range(5):
         await alice.say(f"a{i}", id=f"a{i}")

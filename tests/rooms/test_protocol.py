@@ -150,10 +150,18 @@ def test_a_refused_moderation_frame_echoes_its_id() -> None:
 
 
 def test_welcome_says_moderator_only_when_true() -> None:
-    plain = orjson.loads(protocol.welcome("r", "u", "U", 0, [], False))
+    plain = orjson.loads(protocol.welcome("r", "u", "U", 0, [], False, max_files=10))
     assert "moderator" not in plain
-    assert orjson.loads(protocol.welcome("r", "u", "U", 0, [], False,
+    assert orjson.loads(protocol.welcome("r", "u", "U", 0, [], False, max_files=10,
                                          moderator=True))["moderator"] is True
+
+
+@pytest.mark.parametrize("most", [0, 1, 10])
+def test_welcome_says_how_many_files_a_message_may_carry(most: int) -> None:
+    """``max_files_per_message``, 0 included (the room takes no files): the page offers no
+    more than it (no attach button at 0)."""
+    welcome = orjson.loads(protocol.welcome("r", "u", "U", 0, [], False, max_files=most))
+    assert welcome["max_files_per_message"] == most
 
 
 def test_moderated_answers() -> None:
@@ -258,8 +266,8 @@ def test_acks_and_read_objects() -> None:
     assert orjson.loads(protocol.ack("r", 9, noop=True)) == {"type": "ack", "id": "r", "seq": 9,
                                                             "noop": True}
     assert orjson.loads(protocol.read(5)) == {"type": "read", "seq": 5}
-    welcome = orjson.loads(protocol.welcome("r", "u", "U", 0, [], False, read=3, unread=2,
-                                            mentions=1))
+    welcome = orjson.loads(protocol.welcome("r", "u", "U", 0, [], False, max_files=10, read=3,
+                                            unread=2, mentions=1))
     assert (welcome["read"], welcome["unread"], welcome["mentions"]) == (3, 2, 1)
 
 
