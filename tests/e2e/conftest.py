@@ -5,7 +5,7 @@
 - `open_page(url, ...)` opens the URL in a fresh browser context (its own sessionStorage), and
   after the test fails it if the page threw an uncaught error or violated the CSP.
 - `axe_source`: axe-core's script, installed with `npm ci` into tests/e2e/axe/ on first use
-  (`pages.axe_problems` runs it).
+  (`accessibility.axe_problems` runs it).
 - `shoot(page, name)` saves test-artefacts/<name>.png and checks that it is a real picture.
 """
 
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,23 +156,6 @@ def open_page(browser: Browser) -> Iterator[PageOpener]:
         problems += entry.errors
         entry.context.close()
     assert not problems, "\n".join(problems)
-
-
-AXE_DIR = Path(__file__).resolve().parent / "axe"
-AXE_JS = AXE_DIR / "node_modules" / "axe-core" / "axe.min.js"
-
-
-@pytest.fixture(scope="module")
-def axe_source() -> str:
-    """axe-core's script (npm installs it into tests/e2e/axe/ on first use), to inject into a
-    page (``open_page(init_script=...)``) before ``pages.axe_problems``."""
-    if not AXE_JS.exists():
-        npm = shutil.which("npm")
-        if npm is None:
-            pytest.fail("npm is missing: the accessibility tests install axe-core with `npm ci`")
-        subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=AXE_DIR, check=True,
-                       timeout=300)
-    return AXE_JS.read_text()
 
 
 @pytest.fixture

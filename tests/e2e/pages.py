@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 from playwright.sync_api import Locator, Page, expect
 
@@ -141,21 +140,3 @@ def in_view(page: Page, seq: int) -> bool:
           const s = document.getElementById('scroller').getBoundingClientRect();
           return r.bottom > s.top && r.top < s.bottom;
         }""", seq))
-
-
-def axe_problems(page: Page) -> list[str]:
-    """axe-core's serious and critical violations on the page as it is now."""
-    violations: list[dict[str, Any]] = page.evaluate(
-        """async () => {
-          const result = await axe.run(document, { resultTypes: ['violations'] });
-          return result.violations.map((v) => ({
-            id: v.id, impact: v.impact, help: v.help,
-            nodes: v.nodes.map((n) => n.target.join(' ') + ' :: ' + n.failureSummary),
-          }));
-        }"""
-    )
-    return [
-        f"{v['id']} ({v['impact']}): {v['help']}\n    " + "\n    ".join(v["nodes"][:5])
-        for v in violations
-        if v["impact"] in ("serious", "critical")
-    ]

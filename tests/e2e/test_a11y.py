@@ -20,7 +20,6 @@ from .conftest import PageOpener
 from .harness import ChatPeer, RoomchatServer, wait_for_marker
 from .pages import (
     HIDDEN_TAB,
-    axe_problems,
     chip,
     expect_live,
     menu_buttons,
