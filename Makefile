@@ -61,10 +61,10 @@ lint: $(VENV)/.dev-installed
 typecheck: $(VENV)/.dev-installed
 	$(BIN)/mypy
 
-# The developer's loop after each edit: lint, types and the unit tier (tests/rooms,
+# The developer's loop after each edit: lint, types and the unit tier on two workers (tests/rooms,
 # tests/gateway), well under a minute.
 check: lint typecheck $(VENV)/.dev-installed system-deps
-	$(BIN)/pytest -q -m unit
+	$(BIN)/pytest -q -n 2 -m unit
 
 # Every tier of the suite (the chaos suite's short form included), on TEST_WORKERS processes
 # (pytest-xdist): most tests wait on sockets and browsers rather than compute, so 3 workers on
