@@ -327,7 +327,29 @@ class Process:
 
 def start_process(data_dir: Path, port: int | None = None, env: dict[str, str] | None = None,
                   args: list[str] | None = None) -> Process:
-    port = port or free_port()
+    """``roomchat serve`` on ``port`` (a free one when None), once it listens there itself.
+    A free port is only free when it was looked at: another test's server (an xdist worker)
+    may take it first. So "listening" is this process's own log line saying where it runs (a
+    connection could reach the other server), and a free port taken meanwhile is picked again
+    (up to ``PORT_ATTEMPTS`` times)."""
+    for attempt in range(PORT_ATTEMPTS):
+        try:
+            return _start_process(data_dir, port or free_port(), env, args)
+        except _PortTaken:
+            if port is not None or attempt == PORT_ATTEMPTS - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+PORT_ATTEMPTS = 3
+
+
+class _PortTaken(RuntimeError):
+    """The server could not bind its port: another process had taken it."""
+
+
+def _start_process(data_dir: Path, port: int, env: dict[str, str] | None,
+                   args: list[str] | None) -> Process:
     log = data_dir / f"server-{port}-{time.monotonic_ns()}.log"
     data_dir.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, "ROOMCHAT_JWT_SECRET": SECRET, **(env or {})}
@@ -338,11 +360,19 @@ def start_process(data_dir: Path, port: int | None = None, env: dict[str, str] |
             stdout=out, stderr=subprocess.STDOUT, env=full_env, cwd=data_dir,
             start_new_session=True)
     deadline = time.monotonic() + 20 * SLOW
+    running = f"Running on http://127.0.0.1:{port} "
+    running_tls = f"Running on https://127.0.0.1:{port} "
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited early:\n{log.read_text()}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return Process(proc, port, log)
+            output = log.read_text(errors="replace")
+            if "already in use" in output.lower():  # (preflight: "the address is already in use")
+                raise _PortTaken(f"port {port} taken:\n{output}")
+            raise RuntimeError(f"server exited early:\n{output}")
+        output = log.read_text(errors="replace")
+        if running in output or running_tls in output:
+            with contextlib.suppress(OSError), \
+                    socket.create_connection(("127.0.0.1", port), 0.2):
+                return Process(proc, port, log)
         time.sleep(0.05)
     Process(proc, port, log).kill_all()
     raise RuntimeError(f"server did not start:\n{log.read_text()}")
