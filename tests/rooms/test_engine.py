@@ -1822,6 +1822,7 @@ async def test_messages_carry_their_files_through_every_read(engine: Engine) -> 
     assert [wire(m) for m in await engine.history("f", before=3, limit=10)] == expected
     await engine.mark_read("f", "bob", 1)
     assert (await engine.unread("f", "bob", scan=100)).unread == 1  # the files-only one
+    seen = await engine.read("f", 0, 3, 10)  # what a client held before going away
 
     edited = await engine.append("f", [change("ann", Action.EDIT, 2, text="the notes",
                                               ts=3000)],
@@ -1843,3 +1844,13 @@ async def test_messages_carry_their_files_through_every_read(engine: Engine) -> 
     assert erased == {"f": [2, 6]}
     assert all(m.deleted for m in await engine.history("f", before=7, limit=10)
                if m.user == "ann")
+    # That client, away for the edit, the delete and the erasure, resumes with after=3 and
+    # ends with the server's copy of every message, files (and their absence) included.
+    held = {m.seq: m for m in seen if isinstance(m, StoredMessage)}
+    for entry in await engine.read("f", 3, 100, 100):
+        if isinstance(entry, StoredMessage):
+            held[entry.seq] = entry
+        else:
+            held[entry.target] = fold(held[entry.target], entry)
+    assert [wire(held[seq]) for seq in sorted(held)] == [
+        wire(m) for m in await engine.history("f", before=100, limit=100)]
