@@ -255,6 +255,33 @@ class ChangeDraft:
 AnyDraft = Draft | ChangeDraft
 
 
+MAX_STORED_INT = 2**63 - 1
+"""The largest integer a store keeps (SQLite's and Redis's 64-bit signed integers; the memory
+engine refuses larger ones too, so a client gets the same answer from every engine)."""
+
+
+def unencodable(draft: AnyDraft) -> bool:
+    """Whether ``draft`` holds what no engine could store or send: a text with a lone surrogate
+    (its wire form could not be encoded either) or an integer beyond 64 bits. The engines ask
+    it to find which drafts of a batch fail alone (``Unstorable``)."""
+    texts: list[str | None] = [draft.user, draft.name, draft.id]
+    numbers = [draft.ts]
+    if isinstance(draft, Draft):
+        texts += [draft.text, *draft.mentions]
+        numbers.append(draft.reply_to or 0)
+    else:
+        texts += [draft.text, draft.emoji]
+        numbers.append(draft.target)
+    try:
+        for text in texts:
+            if text is not None:
+                text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return not all(isinstance(n, int) and -MAX_STORED_INT <= n <= MAX_STORED_INT
+                   for n in numbers)
+
+
 @dataclass(frozen=True, slots=True)
 class Appended:
     """What the engine did with one draft.

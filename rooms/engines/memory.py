@@ -53,12 +53,10 @@ from rooms.messages import (
     StoredMessage,
     Unread,
     WireMessage,
+    unencodable,
 )
 from rooms.search import SearchPage
 
-_MAX_INT = 2**63 - 1
-"""The other engines store 64-bit integers: a larger one is refused here too (``Unstorable``),
-so a client sees the same answer whichever engine serves it."""
 SEARCH_UNSUPPORTED = ("searching messages needs an engine with a search index, which only the "
                       "embedded engine (SQLite) has; this server keeps messages in memory "
                       "(memory://), which has none")
@@ -66,26 +64,6 @@ SEARCH_UNSUPPORTED = ("searching messages needs an engine with a search index, w
 COMPACT_AT = 1024
 """Pruned seqs at the head of a room's ordered lists before they are cut off (amortised: a
 cut happens once the dead head is also half the list)."""
-
-
-def _unencodable(draft: AnyDraft) -> bool:
-    """Whether ``draft`` holds what no engine could store or send: a text with a lone surrogate
-    (its wire form could not be encoded either) or an integer beyond 64 bits."""
-    texts: list[str | None] = [draft.user, draft.name, draft.id]
-    numbers = [draft.ts]
-    if isinstance(draft, Draft):
-        texts += [draft.text, *draft.mentions]
-        numbers.append(draft.reply_to or 0)
-    else:
-        texts += [draft.text, draft.emoji]
-        numbers.append(draft.target)
-    try:
-        for text in texts:
-            if text is not None:
-                text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return not all(isinstance(n, int) and -_MAX_INT <= n <= _MAX_INT for n in numbers)
 
 
 def _storable(*texts: str) -> None:
@@ -262,7 +240,7 @@ class MemoryEngine:
         self._open()
         if epoch is not None and epoch != self.epoch:
             raise LogReset(self.epoch, self._logs[room].top if room in self._logs else 0)
-        bad = [index for index, draft in enumerate(drafts) if _unencodable(draft)]
+        bad = [index for index, draft in enumerate(drafts) if unencodable(draft)]
         if bad:
             raise Unstorable(bad, "cannot be stored: a lone surrogate or an integer beyond "
                              "64 bits")
@@ -272,7 +250,7 @@ class MemoryEngine:
 
     def _append(self, log: _Log, room: str, drafts: Sequence[AnyDraft], retention: int,
                 dedup_window: int, rules: LogRules, *, erase: bool = False) -> list[Appended]:
-        # Nothing below can fail: the drafts were checked (``_unencodable``).
+        # Nothing below can fail: the drafts were checked (``unencodable``).
         results: list[Appended] = []
         top = log.top
         for draft in drafts:

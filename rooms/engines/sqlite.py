@@ -54,6 +54,7 @@ from rooms.messages import (
     StoredChange,
     StoredMessage,
     Unread,
+    unencodable,
 )
 from rooms.search import (
     SEARCH_SWITCHED_OFF,
@@ -233,25 +234,6 @@ def _entry(room: str, row: Row) -> Entry:
                             by=DeletedBy(detail or DeletedBy.MODERATOR))
     return StoredChange(room, seq, user, name, client_id, ts, Action.REACT, target,
                         emoji=detail or "", on=kind == REACT_ON)
-
-
-def _unencodable(draft: AnyDraft) -> bool:
-    """Whether some value of ``draft`` can never be bound (the probe after a data error)."""
-    texts: list[str | None] = [draft.user, draft.name, draft.id]
-    numbers = [draft.ts]
-    if isinstance(draft, Draft):
-        texts += [draft.text, *draft.mentions]
-        numbers.append(draft.reply_to or 0)
-    else:
-        texts += [draft.text, draft.emoji]
-        numbers.append(draft.target)
-    try:
-        for text in texts:
-            if text is not None:
-                text.encode("utf-8")
-    except UnicodeEncodeError:
-        return True
-    return not all(isinstance(n, int) and -_MAX_INT <= n <= _MAX_INT for n in numbers)
 
 
 def _migrate(conn: sqlite3.Connection, search_index: bool = True) -> None:
@@ -695,7 +677,7 @@ class SqliteStore:
     @staticmethod
     def _unstorable(item: _Append, exc: Exception) -> StoreError | Unstorable:
         """Which of ``item``'s drafts cannot be written (``exc`` came from one of them)."""
-        bad = [position for position, draft in enumerate(item.drafts) if _unencodable(draft)]
+        bad = [position for position, draft in enumerate(item.drafts) if unencodable(draft)]
         if not bad:  # not one draft's fault after all: an ordinary failure of the write
             return StoreError(f"write failed: {exc!r}")
         return Unstorable(bad, f"cannot be stored: {exc}")
