@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from files.errors import BadName
+from rooms.attachments import FileRef
 from rooms.text import unsafe_text
 
 FILE_ID = re.compile(r"[A-Za-z0-9_-]{22}")
@@ -80,17 +81,16 @@ class FileMeta:
     def image(self) -> bool:
         return self.type in IMAGE_TYPES
 
+    def ref(self) -> FileRef:
+        """The metadata a message carries of this file (width and height both or neither)."""
+        both = self.width is not None and self.height is not None
+        return FileRef(self.id, self.name, self.size, self.type,
+                       self.width if both else None, self.height if both else None, self.thumb)
+
     def public(self) -> dict[str, Any]:
         """The object clients see: ``{"id","name","size","type","width"?,"height"?,
         "thumb"?}`` (a message's ``files`` entries; URLs are added by the gateway)."""
-        obj: dict[str, Any] = {"id": self.id, "name": self.name, "size": self.size,
-                               "type": self.type}
-        if self.width is not None and self.height is not None:
-            obj["width"] = self.width
-            obj["height"] = self.height
-        if self.thumb:
-            obj["thumb"] = True
-        return obj
+        return self.ref().to_obj()
 
     def to_json(self) -> bytes:
         return orjson.dumps({"v": 1, "id": self.id, "room": self.room, "user": self.user,

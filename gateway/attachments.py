@@ -40,7 +40,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from files.errors import BlobStoreError, FileNotFound, NotAttachable
-from files.meta import FileMeta
 from files.service import FileService
 from rooms import protocol
 from rooms.attachments import FileRef
@@ -58,13 +57,6 @@ CLAIM_TTL = 60.0
 enough for any message to be stored or refused (``store_outage_timeout`` is 15 s)."""
 ATTACH_ATTEMPTS = 3
 """Tries of one job against a failing store (1 s, then 2 s apart) before it is given up."""
-
-
-def file_ref(meta: FileMeta) -> FileRef:
-    """The metadata a message carries of ``meta`` (``FileMeta.public``'s fields)."""
-    both = meta.width is not None and meta.height is not None
-    return FileRef(meta.id, meta.name, meta.size, meta.type,
-                   meta.width if both else None, meta.height if both else None, meta.thumb)
 
 
 class Refused(Exception):
@@ -163,11 +155,11 @@ class Attachments:
         refusal = service.attach_refusal(meta, room, user)
         if refusal is None:
             assert meta is not None
-            return file_ref(meta)
+            return meta.ref()
         if isinstance(refusal, NotAttachable) and meta is not None and meta.room == room \
                 and meta.seq is not None and client_id is not None \
                 and await self._resent(room, meta.seq, user, client_id):
-            return file_ref(meta)  # a resend of the message it went with: a duplicate
+            return meta.ref()  # a resend of the message it went with: a duplicate
         if isinstance(refusal, FileNotFound):
             raise Refused(ErrorCode.FILE_NOT_FOUND, f"no file {file_id} of yours: upload it "
                           "to this room first (POST /rooms/<room>/files)")
