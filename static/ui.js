@@ -20,7 +20,7 @@ import { renderText } from '/static/format.js';
 import { EmojiPicker, emojiName, quickEmoji, notePicked, loadEmoji } from '/static/picker.js';
 import { MentionAutocomplete } from '/static/mentions.js';
 import { FileUrls } from '/static/files.js';
-import { AttachmentTray, Lightbox, filesNode, limitHint } from '/static/attachments.js';
+import { AttachmentTray, Lightbox, el, filesNode, limitHint } from '/static/attachments.js';
 import { SearchBox } from '/static/search.js';
 
 const ROOM_RE = /^[A-Za-z0-9_-]{1,64}$/;
@@ -48,22 +48,6 @@ const REJOIN_QUIET_MS = 10000;
 const $ = (id) => document.getElementById(id);
 
 // ---- small DOM helpers -------------------------------------------------------------------------
-
-/** Create an element with classes, text and attributes; children are nodes or strings (as text nodes). */
-function el(tag, { cls = '', text = null, attrs = {} } = {}, ...children) {
-  const node = document.createElement(tag);
-  if (cls) node.className = cls;
-  if (text !== null) node.textContent = text;
-  for (const [k, v] of Object.entries(attrs)) {
-    if (v === false || v === null || v === undefined) continue;
-    node.setAttribute(k, v === true ? '' : String(v));
-  }
-  for (const child of children) {
-    if (child === null || child === undefined) continue;
-    node.append(typeof child === 'string' ? document.createTextNode(child) : child);
-  }
-  return node;
-}
 
 function hueClass(user) {
   let h = 0;
