@@ -50,7 +50,7 @@ _AT_LEAST_ONE = ("workers", "max_connections", "listen_backlog", "max_connection
                  "max_connections_per_ip", "handshake_burst", "connection_burst",
                  "user_rate_connections", "user_joins_per_minute", "max_live_rooms",
                  "max_message_bytes", "history_fetch_limit", "drain_batch", "api_burst",
-                 "store_connections", "gc_gen0_threshold")
+                 "store_connections", "gc_gen0_threshold", "search_concurrency")
 _POSITIVE = ("handshake_rate", "connection_rate", "ticket_ttl", "revocation_poll", "api_rate",
              "dev_login_ttl", "gc_thaw_share")
 _NOT_NEGATIVE = ("jwt_leeway", "jwt_cache_size", "drain_step", "drain_timeout", "gc_freeze_after")
@@ -165,6 +165,9 @@ class Config:
              "in characters; longer: HTTP 400 `query_too_long`.")
     search_page_limit: int = _setting(
         50, "Most results one search answers (a page's `limit` is capped to it).")
+    search_concurrency: int = _setting(
+        8, "Searches one process runs or has waiting for a search thread at once; one more: "
+           "HTTP 503 `search_busy` with `Retry-After: 1`.")
     revocation_poll: float = _setting(
         1.0, "Seconds between checks for `roomchat revoke` (its sockets close within this).")
     drain_batch: int = _setting(

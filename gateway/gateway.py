@@ -24,6 +24,7 @@ from gateway.config import Config
 from gateway.limits import ClientAddresses, Limits, parse_networks
 from gateway.metrics import Metrics
 from gateway.revocation import Revocations
+from gateway.slots import SearchSlots
 from rooms.engine import Engine
 from rooms.engines import open_engine
 from rooms.errors import StoreError
@@ -78,6 +79,7 @@ class Gateway:
         self.connections = 0
         self.opened_total = 0  # since start: what gateway.gcsteward reads
         self.closed_total = 0
+        self.searches = SearchSlots(config.search_concurrency)
         # Every open WebSocket the drain can drop; bounded by the sockets Hypercorn accepted.
         self._abortable: set[Abortable] = set()
         self._idle = asyncio.Event()

@@ -12,7 +12,8 @@ nothing a person types is the index's syntax, so no query is an error. Bounded: 
 ``search_page_limit`` results (a larger ``limit`` is capped to it, as history pages are).
 An engine without a search index answers 501 ``search_unsupported`` with a sentence
 (``gateway.errors.rejection_for``): on Redis it names the engines that search, on SQLite with
-``ROOMCHAT_SEARCH_INDEX`` off the setting that turns it on.
+``ROOMCHAT_SEARCH_INDEX`` off the setting that turns it on. At most ``search_concurrency``
+searches run or wait at once per process (``Gateway.searches``); one more: 503 ``search_busy``.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ async def _search(room: str, purpose: Purpose) -> Response:
     cap = gw.config.search_page_limit
     limit = min(int_param(request.args.get("limit"), "limit", minimum=1) or DEFAULT_LIMIT, cap)
     await gw.door.admit(QuartKnock(request), purpose, room)
-    page = await gw.store.search(room, query, before=before, limit=limit)
+    with gw.searches.take():
+        page = await gw.store.search(room, query, before=before, limit=limit)
     return Response(page_body(page), content_type="application/json",
                     headers={"Cache-Control": "no-store"})
 

@@ -124,7 +124,7 @@ async def test_the_query_length_and_page_size_limits_at_their_edges(tmp_path: Pa
 
 
 def test_the_limits_must_be_positive() -> None:
-    for name in ("search_query_max_chars", "search_page_limit"):
+    for name in ("search_query_max_chars", "search_page_limit", "search_concurrency"):
         assert getattr(load_config({f"ROOMCHAT_{name.upper()}": "1"}), name) == 1
         try:
             load_config({f"ROOMCHAT_{name.upper()}": "0"})
