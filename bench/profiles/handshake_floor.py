@@ -25,7 +25,7 @@ from typing import Any
 from bench.measure import run_handshakes
 from bench.plan import QUICK
 from bench.procs import Children
-from bench.servers import KINDS, VENV_BIN, ServerKind
+from bench.servers import KINDS, LOADGEN_DIR, NODE_WS_DIR, VENV_BIN, ServerKind, npm_ci
 from bench.tokens import mint_tokens
 
 
@@ -53,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure roomchat with this setting (repeatable)")
     args = p.parse_args(argv)
     plan = dataclasses.replace(QUICK, handshakes=args.handshakes)
+    npm_ci(LOADGEN_DIR)  # the load generator and the Node ws peer: a fresh clone has neither
+    npm_ci(NODE_WS_DIR)
     tokens = mint_tokens(plan.handshakes * 3 + 100)
     kinds = [KINDS["roomchat"], KINDS["node-ws"], FLOOR]
     if args.env:
