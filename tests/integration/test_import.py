@@ -190,3 +190,12 @@ def test_progress_shows_on_a_terminal_only(tmp_path: Path) -> None:
     # The check's bar (bytes), then the import's: its count of the total, and a rate.
     assert b"check:" in seen and b"B/s" in seen, seen[-500:]
     assert b"import:" in seen and b"/3000" in seen and b"entry/s" in seen, seen[-500:]
+
+
+async def test_sqlite_to_postgres(tmp_path: Path, postgres_url: str) -> None:
+    """Into the PostgreSQL log (docs/design/log-and-bus.md, "Import"): every seq and the
+    room's epoch kept (epochs are per room there, as on Redis), and a server on it goes on."""
+    source = f"sqlite:///{tmp_path / 'src.sqlite3'}"
+    expected = await fill(source)
+    await check_moved(source, postgres_url, tmp_path, {"ROOMCHAT_STORE_URL": postgres_url},
+                      expected)
