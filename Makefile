@@ -37,7 +37,8 @@ $(VENV)/.dev-installed: requirements/dev.lock pyproject.toml | $(BIN)/python
 LOCK = $(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -q
 lock: | $(BIN)/python
 	$(BIN)/python -m pip install -q 'uv==$(UV_VERSION)'
-	$(LOCK) --extra fast --extra redis --extra client --extra s3 --group dev -o requirements/dev.lock
+	$(LOCK) --extra fast --extra redis --extra client --extra s3 --extra postgres --group dev \
+		-o requirements/dev.lock
 	$(LOCK) --extra fast --group build -o requirements/run.lock
 
 # `make run BIND=127.0.0.1:9000 ROOM=team`: another address or first room. The check comes first,

@@ -43,6 +43,9 @@ SQLITE_SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 """The values ``store_synchronous`` takes (any case; the SQLite engine's own guard agrees)."""
 SHARED_SCHEMES = ("redis", "rediss", "unix")
 """Store URL schemes whose engine every process can share (``--workers`` > 1 needs one)."""
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+"""Store URL schemes of the PostgreSQL log (one process in this version: no bus between
+processes yet, docs/design/log-and-bus.md)."""
 
 # The numeric settings' ranges, checked by ``Config._check_numbers`` (the files' settings are
 # ``_check_files``'s; every float must also be finite).
@@ -188,7 +191,9 @@ class Config:
         10.0, "Seconds a shutdown waits for sockets to close and rooms to store.")
     store_url: str = _setting(
         "", "Message store: empty for SQLite in DATA_DIR, `sqlite:///path`, "
-            "`redis://host:port/db` (Redis with `appendonly yes`, `appendfsync always`), or "
+            "`redis://host:port/db` (Redis with `appendonly yes`, `appendfsync always`), "
+            "`postgresql://user@host/db` (the PostgreSQL log, `pip install 'roomchat[postgres]'`;"
+            " one process in this version), or "
             "`memory://` (not durable: every message is lost on restart; one process).")
     store_connections: int = _setting(
         32, "Connections to a networked store (Redis), shared by all rooms; rooms wait for one.")
@@ -370,10 +375,11 @@ class Config:
             _refuse("store_synchronous", " or ".join(SQLITE_SYNCHRONOUS),
                     self.store_synchronous)
         scheme = store_scheme(self.resolved_store_url)
-        if scheme not in ("sqlite", "memory", *SHARED_SCHEMES):
+        if scheme not in ("sqlite", "memory", *SHARED_SCHEMES, *POSTGRES_SCHEMES):
             raise ValueError(f"unknown store URL {redact(self.resolved_store_url)!r} "
                              f"(--store-url / {env_name('store_url')}): use "
-                             "sqlite:///path/to/db, redis://host:port/db or memory://")
+                             "sqlite:///path/to/db, redis://host:port/db, "
+                             "postgresql://user@host/db or memory://")
         if scheme == "memory" and self.resolved_store_url != "memory://":
             raise ValueError(f"store URL {redact(self.resolved_store_url)!r} "
                              f"(--store-url / {env_name('store_url')}): memory:// takes "
@@ -383,6 +389,11 @@ class Config:
                 f"{env_name('history_retention')}=0 keeps every message, and memory:// keeps "
                 "them in this process's memory: set a number of entries per room (default "
                 "100000)")
+        if self.workers > 1 and scheme in POSTGRES_SCHEMES:
+            raise ValueError(
+                f"--workers {self.workers} with PostgreSQL: the PostgreSQL log runs one process "
+                "in this version (the bus between processes, ROOMCHAT_BUS_URL, is not built "
+                f"yet): run one worker ({env_name('workers')}=1), or use redis://host:port/db")
         if self.workers > 1 and scheme not in SHARED_SCHEMES:
             raise ValueError(
                 f"--workers {self.workers} needs a shared store: each worker is its own "

@@ -107,11 +107,22 @@ def _user(obj: dict[str, Any], key: str = "user") -> str:
     return str(obj[key])
 
 
+NUL_REPLACEMENT = "\ufffd"
+"""What U+0000 in an export's texts becomes: ``rooms.text`` refuses it now (PostgreSQL cannot
+hold it), but a SQLite or Redis store may have kept it before, and its export must still move."""
+
+
+def _no_nul(value: object) -> object:
+    return value.replace("\0", NUL_REPLACEMENT) if isinstance(value, str) else value
+
+
 def _text(value: object, max_chars: int, *, empty: bool) -> str:
     """A stored text: as ``rooms.text.message_text`` keeps it (trimmed, within the limit), or
-    ``""`` where ``empty`` allows (a tombstone, a files-only message, an erased edit)."""
+    ``""`` where ``empty`` allows (a tombstone, a files-only message, an erased edit). U+0000
+    becomes ``NUL_REPLACEMENT``."""
     if value == "" and empty:
         return ""
+    value = _no_nul(value)
     checked = message_text(value, max_chars)
     if not isinstance(checked, str):
         raise _Bad(checked.message + ("" if checked.code != "text_too_long"
@@ -163,6 +174,7 @@ def parse_entry(obj: dict[str, Any], room: str, max_text_chars: int) -> Entry:
         if not isinstance(raw, dict) or not isinstance(raw.get("excerpt"), str) \
                 or has_lone_surrogate(raw["excerpt"]):
             raise _Bad("reply_to must be {seq, user, name, excerpt}")
+        raw = {**raw, "excerpt": _no_nul(raw["excerpt"])}
         reply = Reply(_int(raw, "seq", low=1), _user(raw), _ident(raw, "name"), raw["excerpt"])
     mentions = obj.get("mentions", [])
     if not isinstance(mentions, list) or any(user_id_problem(m) for m in mentions):

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from hypercorn.config import Config as HyperConfig
 
-from gateway.config import SHARED_SCHEMES, Config, redact, store_scheme
+from gateway.config import POSTGRES_SCHEMES, SHARED_SCHEMES, Config, redact, store_scheme
 
 REDIS_PING_TIMEOUT = 3.0
 
@@ -46,11 +46,20 @@ def preflight(config: Config) -> socket.socket:
         except ImportError:
             raise StartupError("the Redis store needs the redis package: "
                                "pip install 'roomchat[redis]'") from None
+    if scheme in POSTGRES_SCHEMES:
+        try:
+            import psycopg  # noqa: F401
+            import psycopg_pool  # noqa: F401
+        except ImportError:
+            raise StartupError("the PostgreSQL log needs psycopg: "
+                               "pip install 'roomchat[postgres]'") from None
     check_tls(config.certfile, config.keyfile)
     for path, purpose in _needed_dirs(config):
         check_dir(path, purpose)
     if scheme in SHARED_SCHEMES:
         asyncio.run(ping_redis(config.resolved_store_url))
+    if scheme in POSTGRES_SCHEMES:
+        asyncio.run(check_postgres(config.resolved_store_url, config.room.store_timeout))
     asyncio.run(check_files(config))
     return bind_socket(config.bind, config.listen_backlog)
 
@@ -211,6 +220,24 @@ def _bind(sock: socket.socket, address: str | tuple[object, ...], bind: str) -> 
             raise StartupError(f"cannot listen on {bind}: the address is already in use "
                                "(is another server running?)") from None
         raise StartupError(f"cannot listen on {bind}: {exc.strerror}") from None
+
+
+async def check_postgres(url: str, timeout: float) -> None:
+    """Open the PostgreSQL log as the server will (its schema migrated, or refused when newer
+    than this code) and close it; ``StartupError`` with the one line if that fails."""
+    from rooms.engines.postgres import PostgresLog
+    from rooms.errors import StoreError
+
+    try:
+        log = await PostgresLog.open(url, max_connections=1, timeout=timeout)
+    except StoreError as exc:
+        reason = " ".join(str(exc).split())
+        password = urlsplit(url).password
+        if password:
+            reason = reason.replace(password, "***")
+        raise StartupError(f"store {redact(url)} (--store-url / ROOMCHAT_STORE_URL): "
+                           f"{reason}") from None
+    await log.close()
 
 
 async def ping_redis(url: str, timeout: float = REDIS_PING_TIMEOUT) -> None:

@@ -17,11 +17,20 @@ Three engines, chosen by URL with ``rooms.engines.open_engine`` (each imported w
   a presence hash per room. Any process can serve any member of any room.
 - ``memory://`` — ``rooms.engines.memory.MemoryEngine``: one process, every log in its memory
   (bounded by retention), **not durable**: a restart loses everything and starts a new epoch.
+- ``postgresql://user@host/db`` — ``rooms.engines.split.SplitEngine`` over a PostgreSQL ``Log``
+  (``rooms.engines.postgres.PostgresLog``) and a ``Bus``: the in-process one
+  (``rooms.engines.split.LocalBus``: one process) in this version.
+
+An ``Engine`` is, underneath, a **log** (``Log``: what is stored, and everything every process
+must agree on) and a **bus** (``Bus``: how processes tell each other that something happened,
+and who is connected where). The embedded and Redis engines keep the two fused (their
+atomicity rests on it: docs/design/log-and-bus.md); ``SplitEngine`` combines any log with any
+bus and implements ``Engine`` over them, so rooms see nothing new.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -32,14 +41,15 @@ from rooms.messages import (
     Entry,
     LogRules,
     RoomSnapshot,
+    StoredChange,
     StoredMessage,
     Unread,
     WireMessage,
 )
 from rooms.search import SearchPage
 
-__all__ = ["ERASE_PAUSE", "ERASE_STEP", "Appended", "Ban", "Engine", "ErasedObserver",
-           "HistoryReader", "RoomListener", "RoomSync", "is_shared_url"]
+__all__ = ["ERASE_PAUSE", "ERASE_STEP", "Appended", "Ban", "Bus", "Engine", "ErasedObserver",
+           "HistoryReader", "Log", "LogState", "RoomListener", "RoomSync", "is_shared_url"]
 
 CommitObserver = Callable[[float, int], None]
 """Called after each durable append with (seconds, entries stored); must not block."""
@@ -316,6 +326,149 @@ class Engine(Protocol):
     async def close(self) -> None:
         """Finish pending writes and release resources. Further calls raise ``StoreError``."""
         ...
+
+
+ErasedStep = Callable[[str, list[StoredChange]], None]
+"""Called by ``Log.erase`` on the event loop after each step with (room, the entries it
+appended: delete entries, or the erased user's react-off entries); must not block."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogState:
+    """What ``Log.state`` says of a room (the log's half of ``Engine.sync``)."""
+
+    top: int
+    """The highest seq stored (at least the ``floor`` asked with: see ``Log.state``)."""
+    epoch: str
+    """The room's log's epoch now."""
+    banned: tuple[tuple[str, str], ...] = ()
+    """Of the members asked about, those banned now, with the ban's reason."""
+
+
+class Log(Protocol):
+    """The durable half of an ``Engine`` (docs/design/log-and-bus.md, section 1): seqs, dedup,
+    the rules of changes, current state, epochs, markers, bans, tickets, revocations, erasure
+    and imports. Each method keeps the contract of the ``Engine`` method of the same name,
+    except that a log tells nobody: announcing is the ``Bus``'s (``SplitEngine`` does it after
+    the log answers). Async methods may raise ``StoreError``; ``append`` also ``LogReset`` and
+    ``Unstorable``, as ``Engine.append``."""
+
+    shared: bool
+    """Whether other processes may append to the same rooms (then the log deduplicates)."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while the log is known to be unreachable."""
+        ...
+
+    async def load(self, room: str, dedup_window: int) -> RoomSnapshot: ...
+
+    async def append(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
+                     dedup_window: int, epoch: str | None = None, floor: int = 0,
+                     rules: LogRules = DEFAULT_RULES) -> list[Appended]: ...
+
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]: ...
+
+    async def history(self, room: str, *, after: int = 0, before: int, limit: int,
+                      newest: bool = False) -> list[StoredMessage]: ...
+
+    async def search(self, room: str, query: str, *, before: int | None,
+                     limit: int) -> SearchPage: ...
+
+    async def top(self, room: str) -> int: ...
+
+    async def state(self, room: str, floor: int, members: Iterable[str]) -> LogState:
+        """The room's top and epoch, moved past ``floor`` under a new epoch when the log is
+        behind it (as ``Engine.sync``), and which of ``members`` are banned now."""
+        ...
+
+    async def unread(self, room: str, user: str, *, scan: int) -> Unread: ...
+
+    async def mark_read(self, room: str, user: str, seq: int) -> tuple[int, bool]:
+        """As ``Engine.mark_read``, and whether the marker moved (then the bus tells)."""
+        ...
+
+    async def markers(self, user: str) -> dict[str, int]: ...
+
+    async def ban(self, room: str, ban: Ban) -> None: ...
+
+    async def unban(self, room: str, user: str) -> bool: ...
+
+    async def banned(self, room: str, user: str) -> Ban | None: ...
+
+    async def stash(self, key: str, value: bytes, ttl: float) -> None: ...
+
+    async def take(self, key: str) -> bytes | None: ...
+
+    async def revoke(self, user: str, at: float) -> None: ...
+
+    async def revocations(self, since: float) -> list[tuple[str, float]]: ...
+
+    async def erase(self, user: str, step: ErasedStep) -> dict[str, list[int]]:
+        """As ``Engine.erase``, calling ``step(room, entries)`` after each step that appended
+        something (the caller tells the room's listeners and calls its ``ErasedObserver``)."""
+        ...
+
+    async def rooms(self) -> list[str]: ...
+
+    async def log_epoch(self, room: str) -> str | None: ...
+
+    async def importable(self, room: str) -> bool: ...
+
+    async def import_entries(self, room: str, entries: Sequence[Entry], *, top: int,
+                             epoch: str | None = None, dedup_window: int = 0,
+                             progress: Callable[[int], object] | None = None) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class Bus(Protocol):
+    """The live half of an ``Engine``: how this process's rooms hear what others did, and
+    presence. At most once, like any pub/sub: rooms repair from the log (gap reads, ``sync``).
+    The publishing methods never block and never raise (a notice that cannot go is dropped)."""
+
+    shared: bool
+    """Whether other processes are on this bus (then ``Engine.shared``)."""
+    node: str
+    """This process's identity on the bus."""
+
+    @property
+    def healthy(self) -> bool: ...
+
+    def subscribe(self, room: str, listener: RoomListener) -> None:
+        """As ``Engine.subscribe``: ``listener`` is the room's actor in this process."""
+        ...
+
+    def unsubscribe(self, room: str, listener: RoomListener) -> None: ...
+
+    def feed(self, room: str, messages: list[WireMessage]) -> None:
+        """Hand entries appended in this process outside the room's actor (an erasure) to the
+        room's listener here, if it has one."""
+        ...
+
+    def entries(self, room: str, messages: list[WireMessage]) -> None:
+        """Tell the other processes serving ``room`` of entries this process stored (in seq
+        order; after the log's commit)."""
+        ...
+
+    def read_moved(self, room: str, user: str, seq: int) -> None:
+        """Tell the other processes that ``user``'s read marker in ``room`` moved to ``seq``."""
+        ...
+
+    def banned(self, room: str, user: str, reason: str) -> None:
+        """Tell the other processes that ``user`` was banned from ``room``."""
+        ...
+
+    async def presence(self, room: str, members: dict[str, str], ttl: float) -> dict[str, str]:
+        """Publish this process's ``members`` of ``room`` (as ``Engine.sync``) and return the
+        members connected to other processes."""
+        ...
+
+    async def others(self, room: str) -> dict[str, str]:
+        """As ``Engine.presence``: the members of ``room`` connected to other processes."""
+        ...
+
+    async def close(self) -> None: ...
 
 
 SHARED_SCHEMES = ("redis://", "rediss://", "unix://")

@@ -5,8 +5,10 @@ through these functions before a room sees them, so the rules live in one place:
 
 - ``message_text``: a chat message's text (also an edit's). Trimmed; 1 to ``max_chars``
   characters; no lone surrogate (JSON's ``"\\ud800"`` decodes to one and it cannot be encoded as
-  UTF-8, so storing or sending it fails: one such text once took a whole group commit down).
-  Control characters stay allowed in messages (rendered as text, never as markup).
+  UTF-8, so storing or sending it fails: one such text once took a whole group commit down);
+  no U+0000 (PostgreSQL's ``text`` cannot hold it: refused here for every engine, so no engine
+  keeps what another would refuse). Other control characters stay allowed in messages
+  (rendered as text, never as markup).
 - ``unsafe_text``: the stricter rule for identifiers and names (user ids, display names,
   reasons, client message ids): no lone surrogate and no control character.
 - ``user_id_problem``: a user id (a token's ``sub``), wherever one enters (tokens, API paths
@@ -86,4 +88,6 @@ def message_text(value: object, max_chars: int) -> str | TextProblem:
     if has_lone_surrogate(text):
         return TextProblem("invalid_message", "text must not contain a lone surrogate "
                            "(an unpaired \\ud800-\\udfff escape)")
+    if "\0" in text:
+        return TextProblem("invalid_message", "text must not contain U+0000")
     return text

@@ -6,6 +6,9 @@ set -euo pipefail
 need=()
 [ -x /usr/bin/chromium ] || need+=(chromium)
 command -v redis-server >/dev/null || need+=(redis-server)
+# PostgreSQL 15's server binaries (tests/postgres_server.py runs its own cluster per session;
+# the system service the package also installs is never used).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 
 if [ ${#need[@]} -eq 0 ]; then
     exit 0

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.postgres_server import PostgresServer
 from tests.support import Server, make_config, running_server
 
 
@@ -14,6 +15,22 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "fast_paths: asserts what gateway.hypercorn_ext's fast paths do (direct "
         "frames, the transport handle, close frames, deflate declined, lean state); "
         "`make test-plain-asgi` (ROOMCHAT_FAST_PATHS=0) leaves these out")
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresServer]:
+    """One real PostgreSQL per test session (per xdist worker), started when a test first asks;
+    each test takes a fresh database of it (``postgres_url``)."""
+    with PostgresServer() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: PostgresServer) -> Iterator[str]:
+    """A new database with roomchat's schema on the session's PostgreSQL, dropped after the
+    test (``postgres_cluster.fresh()`` gives an empty one)."""
+    with postgres_cluster.fresh(migrated=True) as url:
+        yield url
 
 
 @pytest.fixture

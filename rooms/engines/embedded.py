@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
+from rooms.engines.split import LocalBus
 from rooms.engines.sqlite import SqliteStore
 from rooms.errors import LogReset
 from rooms.messages import (
@@ -65,7 +66,7 @@ class EmbeddedEngine:
         # caller stopped waiting: a deadline); ``close`` waits for them. At most one per room,
         # taken by the room's next append or load.
         self._writes: dict[str, _Write] = {}
-        self._listeners: dict[str, RoomListener] = {}  # room -> its actor here
+        self._bus = LocalBus(self.node)  # room -> its actor here (erasures feed it)
         self._markers: OrderedDict[str, dict[str, int]] = OrderedDict()  # room -> user -> seq
         self._marker_writes = 0  # bumped by every mark_read: a load that raced one is not kept
 
@@ -202,11 +203,10 @@ class EmbeddedEngine:
     def subscribe(self, room: str, listener: RoomListener) -> None:
         # Nothing else serves the room, but an erasure appends outside its actor: it hears of
         # those entries through here.
-        self._listeners[room] = listener
+        self._bus.subscribe(room, listener)
 
     def unsubscribe(self, room: str, listener: RoomListener) -> None:
-        if self._listeners.get(room) is listener:
-            del self._listeners[room]
+        self._bus.unsubscribe(room, listener)
 
     async def stash(self, key: str, value: bytes, ttl: float) -> None:
         await self.store.stash(key, value, ttl)
@@ -224,9 +224,7 @@ class EmbeddedEngine:
                     erased: ErasedObserver | None = None) -> dict[str, list[int]]:
         def step(room: str, entries: list[StoredChange]) -> None:
             self._last[room] = max(self._last.get(room, 0), entries[-1].seq)
-            listener = self._listeners.get(room)
-            if listener is not None:
-                listener.remote_messages([WireMessage(e.seq, e.to_wire()) for e in entries])
+            self._bus.feed(room, [WireMessage(e.seq, e.to_wire()) for e in entries])
             deleted = [e.target for e in entries if e.action is Action.DELETE]
             if erased is not None and deleted:
                 erased(room, deleted)

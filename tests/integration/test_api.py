@@ -89,6 +89,21 @@ async def test_a_lone_surrogate_is_refused_and_the_room_keeps_working(srv: Serve
     assert (live["seq"], live["text"]) == (1, "fine \U0001f600")
 
 
+async def test_u0000_is_refused_at_the_edge_for_every_engine(srv: Server) -> None:
+    """PostgreSQL's ``text`` cannot hold U+0000, so ``rooms.text`` refuses it for every engine
+    (issue 24): a 400 naming it, on a publish and on an edit, and nothing stored."""
+    for text in ["a\x00b", "\x00"]:
+        status, answer = await call(srv.port, "POST", "/rooms/lobby/messages", {"text": text})
+        assert (status, answer["error"]) == (400, "bad_request"), text
+        assert "U+0000" in answer["detail"], answer
+    status, body = await call(srv.port, "POST", "/rooms/lobby/messages", {"text": "kept"})
+    assert (status, body) == (200, {"seq": 1, "duplicate": False})
+    status, answer = await call(srv.port, "PATCH", "/rooms/lobby/messages/1", {"text": "x\x00"})
+    assert (status, answer["error"]) == (400, "bad_request") and "U+0000" in answer["detail"]
+    status, page = await call(srv.port, "GET", "/rooms/lobby/messages?limit=10")
+    assert [m["text"] for m in page["messages"]] == ["kept"]
+
+
 async def test_storage_errors_get_the_upgrades_answer_on_every_endpoint(srv: Server) -> None:
     """An engine error in any endpoint is 503 ``unavailable`` with its JSON reason, as a
     socket upgrade would get, never a 500."""

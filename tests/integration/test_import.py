@@ -190,3 +190,37 @@ def test_progress_shows_on_a_terminal_only(tmp_path: Path) -> None:
     # The check's bar (bytes), then the import's: its count of the total, and a rate.
     assert b"check:" in seen and b"B/s" in seen, seen[-500:]
     assert b"import:" in seen and b"/3000" in seen and b"entry/s" in seen, seen[-500:]
+
+
+async def test_sqlite_to_postgres(tmp_path: Path, postgres_url: str) -> None:
+    """Into the PostgreSQL log (docs/design/log-and-bus.md, "Import"): every seq and the
+    room's epoch kept (epochs are per room there, as on Redis), and a server on it goes on."""
+    source = f"sqlite:///{tmp_path / 'src.sqlite3'}"
+    expected = await fill(source)
+    await check_moved(source, postgres_url, tmp_path, {"ROOMCHAT_STORE_URL": postgres_url},
+                      expected)
+
+
+async def test_u0000_kept_by_an_older_store_is_imported_as_u_fffd(tmp_path: Path,
+                                                                   postgres_url: str) -> None:
+    """``rooms.text`` refuses U+0000 now (PostgreSQL cannot hold it); a SQLite store may have
+    kept it before. Its export still moves: U+0000 becomes U+FFFD, in texts and excerpts."""
+    source = f"sqlite:///{tmp_path / 'src.sqlite3'}"
+    engine = await open_engine(source)
+    try:
+        await engine.append("lobby", [Draft("ann", "Ann", "a1", "nul\x00here", 1),
+                                      Draft("bob", "Bob", "b1", "re", 2, reply_to=1)],
+                            retention=0, dedup_window=10)
+    finally:
+        await engine.close()
+    export = tmp_path / "nul.ndjson"
+    export.write_text(roomchat("export", "--all-rooms", "--store-url", source).stdout)
+    done = roomchat("import", str(export), "--store-url", postgres_url)
+    assert "every seq kept" in done.stdout
+    target = await open_engine(postgres_url)
+    try:
+        first, second = await target.history("lobby", before=10, limit=10)
+        assert first.text == "nul\ufffdhere"
+        assert second.reply_to is not None and second.reply_to.excerpt == "nul\ufffdhere"
+    finally:
+        await target.close()

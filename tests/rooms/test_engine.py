@@ -1,5 +1,6 @@
 """The engine contract, run against every engine (embedded SQLite, Redis on a real
-redis-server started per test, and memory), plus what only a shared engine does. Durability
+redis-server started per test, PostgreSQL on a real server started per test session with a
+fresh database per test, and memory), plus what only a shared engine does. Durability
 (what survives closing and opening again) is the durable engines' contract only: the memory
 engine promises the opposite, and its own test says so."""
 
@@ -58,25 +59,27 @@ def wire(entry: Entry | WireMessage | None) -> dict[str, Any]:
     return parsed
 
 
-def _url(kind: str, tmp_path: Path) -> Iterator[str]:
+def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
     if kind == "embedded":
         yield f"sqlite://{tmp_path / 'db.sqlite3'}"
     elif kind == "memory":
         yield "memory://"
+    elif kind == "postgres":
+        yield request.getfixturevalue("postgres_url")
     else:
         with redis_server(tmp_path / "redis") as url:
             yield url
 
 
-@pytest.fixture(params=["embedded", "redis", "memory"])
+@pytest.fixture(params=["embedded", "redis", "memory", "postgres"])
 def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield from _url(request.param, tmp_path)
+    yield from _url(request.param, tmp_path, request)
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "redis", "postgres"])
 def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The engines whose data survives closing and opening again (not ``memory://``)."""
-    yield from _url(request.param, tmp_path)
+    yield from _url(request.param, tmp_path, request)
 
 
 @pytest.fixture

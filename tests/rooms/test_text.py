@@ -26,6 +26,14 @@ def test_message_text_trims_and_checks_length_at_the_edge() -> None:
     assert message_text("line\nbreak\ttab \x01", 100) == "line\nbreak\ttab \x01"
 
 
+def test_u0000_is_refused_in_messages_for_every_engine() -> None:
+    """PostgreSQL's ``text`` cannot hold U+0000: refused here, the one door, for all engines."""
+    for text in ["a\x00b", "\x00", " \x00 "]:
+        assert message_text(text, 100) == TextProblem("invalid_message",
+                                                      "text must not contain U+0000")
+    assert unsafe_text("a\x00b") == "a control character"
+
+
 def test_names_refuse_control_characters_and_keep_joiners() -> None:
     assert unsafe_text("a\nb") == "a control character"
     assert unsafe_text("\x7f") == "a control character"

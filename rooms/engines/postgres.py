@@ -1,0 +1,842 @@
+"""``PostgresLog``: a room's log, and everything durable around it, in PostgreSQL
+(docs/design/log-and-bus.md, section 2). A ``rooms.engine.Log``: ``SplitEngine`` puts a bus
+beside it.
+
+Every append is one transaction that locks the room's row in ``rooms`` (``FOR UPDATE``), reads
+the seq counter (``rooms.top``), the ids already stored and the targets' current state, applies
+the log's rules in Python (``rooms.changes``: the same code as the embedded engine), and writes
+the new rows, the targets' new state and the counter. Under READ COMMITTED every statement
+after the lock sees what every earlier holder committed, so any number of processes may append
+to one room: seqs stay consecutive and unique, and a retried ``(user, id)`` is answered as a
+duplicate whichever process stored it (dedup is over the whole retained log: a unique index on
+``(room, user_id, client_id)`` backs it).
+
+Epochs are per room (``rooms.epoch``), as on Redis: a restore of an older backup leaves a room's
+counter below what clients saw, and the first append or sync that says so (``floor``) moves the
+room past it under a new epoch (``LogReset``).
+
+Errors: what PostgreSQL or the network fails with becomes ``StoreError`` (the connection is
+rolled back before it returns to the pool); a value PostgreSQL cannot hold (U+0000, a lone
+surrogate, an integer beyond 64 bits) is ``Unstorable``, found before any SQL for appends.
+Every call is bounded by ``timeout`` seconds (``RoomConfig.store_timeout``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+
+from rooms import changes
+from rooms import engine as contract
+from rooms.attachments import files_from_json, files_to_json
+from rooms.engine import Ban, CommitObserver, ErasedStep, LogState
+from rooms.engines.postgres_schema import SEARCH_CONFIG, migrate
+from rooms.errors import LogReset, RoomNotEmpty, SearchUnsupported, StoreError, Unstorable
+from rooms.messages import (
+    DEFAULT_RULES,
+    MAX_STORED_INT,
+    Action,
+    AnyDraft,
+    Appended,
+    ChangeDraft,
+    DeletedBy,
+    Draft,
+    Entry,
+    LogRules,
+    Reaction,
+    Refusal,
+    Reply,
+    RoomSnapshot,
+    StoredChange,
+    StoredMessage,
+    Unread,
+    unencodable,
+)
+from rooms.search import SearchPage
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
+    from psycopg_pool import AsyncConnectionPool
+
+_T = TypeVar("_T")
+log = logging.getLogger("roomchat.store")
+
+MESSAGE, EDIT, DELETE, REACT_ON, REACT_OFF = range(5)
+"""``entries.kind`` (the embedded engine's numbers)."""
+_KINDS = {Action.EDIT: EDIT, Action.DELETE: DELETE}
+TAKEN_BACK = "erasure"
+"""The ``text`` of a react-off row an erasure appended (as in the SQLite store): a later
+erasure of the same user keeps it."""
+IMPORT_STEP = 1000
+"""Entries one transaction of ``import_entries`` writes."""
+MIN_CONNECTIONS = 1
+"""Connections the pool keeps open when idle."""
+SEARCH_NOT_YET = ("searching messages is not built for the PostgreSQL log in this version of "
+                  "roomchat; the embedded engine (SQLite) searches")
+"""What ``search`` raises ``SearchUnsupported`` with (the HTTP 501's detail)."""
+
+_MESSAGE_COLUMNS = ("seq, user_id, name, client_id, text, ts, reply, mentions, edited, "
+                    "reactions, files")
+_ENTRY_COLUMNS = f"{_MESSAGE_COLUMNS}, kind, target, detail"
+_LIVE = "(text <> '' OR files IS NOT NULL)"
+_SEARCHABLE = f"CASE WHEN %(kind)s = {MESSAGE} AND %(text)s <> '' " \
+              f"THEN to_tsvector('{SEARCH_CONFIG}', %(text)s) END"
+_INSERT = ("INSERT INTO entries (room, seq, kind, user_id, name, client_id, text, ts, target, "
+           "detail, reply, mentions, files, edited, reactions, changed, search) VALUES "
+           "(%(room)s, %(seq)s, %(kind)s, %(user)s, %(name)s, %(client_id)s, %(text)s, %(ts)s, "
+           "%(target)s, %(detail)s, %(reply)s::jsonb, %(mentions)s, %(files)s::jsonb, "
+           f"%(edited)s, %(reactions)s::jsonb, %(changed)s, {_SEARCHABLE})")
+_UPDATE = ("UPDATE entries SET text = %(text)s, edited = %(edited)s, "
+           "reactions = %(reactions)s::jsonb, reply = %(reply)s::jsonb, "
+           "mentions = %(mentions)s, files = %(files)s::jsonb, changed = %(changed)s, "
+           f"search = CASE WHEN %(text)s <> '' THEN to_tsvector('{SEARCH_CONFIG}', %(text)s) "
+           "END WHERE room = %(room)s AND seq = %(seq)s")
+
+Row = dict[str, Any]
+
+
+def _new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+def _json(value: object) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _has_nul(draft: AnyDraft) -> bool:
+    texts: list[str | None] = [draft.user, draft.name, draft.id, draft.text]
+    texts += [*draft.mentions] if isinstance(draft, Draft) else [draft.emoji]
+    return any(t is not None and "\0" in t for t in texts)
+
+
+def _unstorable(draft: AnyDraft) -> bool:
+    """What PostgreSQL cannot store: what no engine can (``unencodable``), and U+0000, which a
+    ``text`` column refuses (``rooms.text`` refuses it at the front door for every engine)."""
+    return unencodable(draft) or _has_nul(draft)
+
+
+def _state_columns(m: StoredMessage) -> Row:
+    """``m``'s current-state columns (what an update of a message row writes)."""
+    return {
+        "text": m.text, "edited": m.edited,
+        "reactions": _json([[r.emoji, list(r.users)] for r in m.reactions])
+        if m.reactions else None,
+        "reply": None if m.reply_to is None else _json(
+            [m.reply_to.seq, m.reply_to.user, m.reply_to.name, m.reply_to.excerpt]),
+        "mentions": list(m.mentions) if m.mentions else None,
+        "files": _json(files_to_json(m.files)) if m.files else None,
+    }
+
+
+def _message_row(m: StoredMessage, changed: int | None = None) -> Row:
+    return {"room": m.room, "seq": m.seq, "kind": MESSAGE, "user": m.user, "name": m.name,
+            "client_id": m.id, "ts": m.ts, "target": None if m.reply_to is None else
+            m.reply_to.seq, "detail": None, "changed": changed, **_state_columns(m)}
+
+
+def _change_row(c: StoredChange, text: str | None = None) -> Row:
+    detail: str | None
+    if c.action is Action.REACT:
+        kind, detail = (REACT_ON if c.on else REACT_OFF), c.emoji
+    else:
+        kind, detail = _KINDS[c.action], (c.by.value if c.by is not None else None)
+    return {"room": c.room, "seq": c.seq, "kind": kind, "user": c.user, "name": c.name,
+            "client_id": c.id, "text": c.text if text is None else text, "ts": c.ts,
+            "target": c.target, "detail": detail, "reply": None, "mentions": None,
+            "files": None, "edited": None, "reactions": None, "changed": None}
+
+
+def _message(room: str, row: Sequence[Any]) -> StoredMessage:
+    """A message from the ``_MESSAGE_COLUMNS`` of its row (jsonb comes back parsed)."""
+    seq, user, name, client_id, text, ts, reply, mentions, edited, reactions, files = row[:11]
+    return StoredMessage(
+        room, seq, user, name, client_id, text, ts,
+        None if reply is None else Reply(*reply),
+        () if mentions is None else tuple(mentions),
+        edited,
+        () if reactions is None else tuple(Reaction(emoji, tuple(users))
+                                          for emoji, users in reactions),
+        () if files is None else files_from_json(files) or ())
+
+
+def _entry(room: str, row: Sequence[Any]) -> Entry:
+    """A log entry from the ``_ENTRY_COLUMNS`` of its row."""
+    kind = row[11]
+    if kind == MESSAGE:
+        return _message(room, row)
+    seq, user, name, client_id, text, ts = row[:6]
+    target, detail = row[12], row[13]
+    if kind == EDIT:
+        return StoredChange(room, seq, user, name, client_id, ts, Action.EDIT, target, text)
+    if kind == DELETE:
+        return StoredChange(room, seq, user, name, client_id, ts, Action.DELETE, target,
+                            by=DeletedBy(detail or DeletedBy.MODERATOR))
+    return StoredChange(room, seq, user, name, client_id, ts, Action.REACT, target,
+                        emoji=detail or "", on=kind == REACT_ON)
+
+
+@dataclass(frozen=True, slots=True)
+class _Room:
+    """A room's row, locked (``_lock``)."""
+
+    top: int
+    low: int
+    epoch: str
+
+
+class PostgresLog:
+    """``await PostgresLog.open(url)``; implements ``rooms.engine.Log``. One pool of at most
+    ``max_connections`` connections; the schema is migrated on open (``postgres_schema``)."""
+
+    shared = True  # any process may append to any room: the log deduplicates and allocates
+
+    def __init__(self, pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]],
+                 timeout: float, on_commit: CommitObserver | None) -> None:
+        self._pool = pool
+        self._timeout = timeout
+        self._on_commit = on_commit
+        self._healthy = True
+        self._closed = False
+        self._seen: dict[str, int] = {}  # room -> highest seq this process saw stored
+
+    @classmethod
+    async def open(cls, url: str, *, max_connections: int = 8, timeout: float = 5.0,
+                   on_commit: CommitObserver | None = None) -> PostgresLog:
+        """Connect, migrate the schema, and return the log. Raises ``StoreError`` (one line)
+        when PostgreSQL cannot be reached, or its schema is newer than this code
+        (``SchemaTooNew``)."""
+        try:
+            import psycopg
+            from psycopg_pool import AsyncConnectionPool, PoolTimeout
+        except ImportError:
+            raise StoreError("the PostgreSQL log needs psycopg: "
+                             "pip install 'roomchat[postgres]'") from None
+        ms = max(1, int(timeout * 1000))
+        settings = {"connect_timeout": max(1, int(timeout) + 1),
+                    "options": f"-c statement_timeout={ms} "
+                               f"-c idle_in_transaction_session_timeout={ms * 2}"}
+        pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
+            url, min_size=min(MIN_CONNECTIONS, max_connections), max_size=max_connections,
+            open=False, timeout=timeout, kwargs={"autocommit": False, **settings})
+        try:
+            async with asyncio.timeout(max(timeout, 1) * 3):
+                # One connection of its own first: an unreachable server is one line with
+                # libpq's reason (the pool would retry in the background and time out).
+                async with await psycopg.AsyncConnection.connect(
+                        url, autocommit=True, **settings) as conn:  # type: ignore[arg-type]
+                    await migrate(conn)
+                await pool.open(wait=True, timeout=max(timeout, 1) * 3)
+        except StoreError:
+            await pool.close()
+            raise
+        except (psycopg.Error, PoolTimeout, OSError, TimeoutError) as exc:
+            await pool.close()
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise StoreError(f"cannot reach PostgreSQL: {detail}") from None
+        return cls(pool, timeout, on_commit)
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy and not self._closed
+
+    # -- the one way in ---------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _conn(self) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:
+        """A pooled connection in a transaction, committed when the block ends (rolled back
+        if it raises), within ``timeout``; PostgreSQL's failures as ``StoreError``."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        if self._closed:
+            raise StoreError("store is closed")
+        try:
+            async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
+                yield conn
+        except (psycopg.DataError, ValueError, OverflowError) as exc:
+            raise Unstorable((), f"cannot be stored: {exc}") from exc
+        except psycopg.errors.QueryCanceled as exc:
+            raise StoreError(f"PostgreSQL call took too long: {exc}") from exc
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError) as exc:
+            self._healthy = False
+            raise StoreError(f"PostgreSQL failed: {exc}") from exc
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL failed: {exc}") from exc
+        except TimeoutError as exc:
+            raise StoreError(f"PostgreSQL did not answer within {self._timeout} s") from exc
+        self._healthy = True
+
+    async def _run(self, fn: Callable[[AsyncConnection[tuple[Any, ...]]], Awaitable[_T]]) -> _T:
+        async with self._conn() as conn:
+            return await fn(conn)
+
+    async def _rows(self, sql: str,
+                    params: Sequence[Any] | dict[str, Any]) -> list[tuple[Any, ...]]:
+        async with self._conn() as conn:
+            cursor = await conn.execute(sql, params)
+            return await cursor.fetchall()
+
+    # -- rooms' rows: the seq counter, the epoch --------------------------------------------
+
+    async def _lock(self, conn: AsyncConnection[tuple[Any, ...]], room: str) -> _Room:
+        """The room's row, created if missing, locked until the transaction ends."""
+        await conn.execute("INSERT INTO rooms (room, epoch) VALUES (%s, %s) "
+                           "ON CONFLICT (room) DO NOTHING", (room, _new_epoch()))
+        cursor = await conn.execute("SELECT top, low, epoch FROM rooms WHERE room = %s "
+                                    "FOR UPDATE", (room,))
+        row = await cursor.fetchone()
+        assert row is not None
+        return _Room(int(row[0]), int(row[1]), str(row[2]))
+
+    async def _behind(self, conn: AsyncConnection[tuple[Any, ...]], room: str,
+                      found: _Room, floor: int) -> _Room:
+        """``found`` moved past ``floor`` under a new epoch if its counter is below it (the
+        log lost data: a restored backup), else ``found``; the caller commits."""
+        if found.top >= floor:
+            return found
+        moved = _Room(floor, found.low, _new_epoch())
+        await conn.execute("UPDATE rooms SET top = %s, epoch = %s WHERE room = %s",
+                           (moved.top, moved.epoch, room))
+        log.warning("room %r: its log in PostgreSQL ends at %d, below the %d seen stored: "
+                    "it goes on after %d under a new epoch", room, found.top, floor, floor)
+        return moved
+
+    def _saw(self, room: str, top: int) -> None:
+        if top > self._seen.get(room, 0):
+            self._seen[room] = top
+
+    # -- appends ----------------------------------------------------------------------------
+
+    async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
+        floor = self._seen.get(room, 0)
+
+        async def query(conn: AsyncConnection[tuple[Any, ...]]) -> RoomSnapshot:
+            found = await self._lock(conn, room)
+            now = await self._behind(conn, room, found, floor)
+            cursor = await conn.execute("SELECT min(seq) FROM entries WHERE room = %s", (room,))
+            row = await cursor.fetchone()
+            oldest = row[0] if row is not None and row[0] is not None else now.top + 1
+            ids: list[tuple[str, str, int]] = []
+            if dedup_window > 0:
+                cursor = await conn.execute(
+                    "SELECT user_id, client_id, seq FROM entries WHERE room = %s AND seq > %s "
+                    "AND client_id IS NOT NULL ORDER BY seq", (room, now.top - dedup_window))
+                ids = [(str(u), str(c), int(s)) for u, c, s in await cursor.fetchall()]
+            return RoomSnapshot(last_seq=now.top, oldest_seq=int(oldest), recent_ids=tuple(ids),
+                                epoch=now.epoch,
+                                resume_floor=floor if now is not found else 0)
+
+        snapshot = await self._run(query)
+        self._saw(room, snapshot.last_seq)
+        return snapshot
+
+    async def append(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
+                     dedup_window: int = 0, epoch: str | None = None, floor: int = 0,
+                     rules: LogRules = DEFAULT_RULES) -> list[Appended]:
+        """As ``Engine.append``: one transaction, under the room's row lock. Dedup covers the
+        whole retained log (at least the ``dedup_window`` the contract asks). Cancelling the
+        call before it returns may or may not have stored the batch: appending it again is
+        answered with duplicates if it was (drafts with ids)."""
+        batch = list(drafts)
+        if not batch:
+            return []
+        bad = [index for index, draft in enumerate(batch) if _unstorable(draft)]
+        if bad:
+            raise Unstorable(bad, "cannot be stored: U+0000, a lone surrogate or an integer "
+                             "beyond 64 bits")
+        started = time.perf_counter()
+        outcome = await self._run(lambda conn: self._append(
+            conn, room, batch, retention, rules, epoch=epoch, floor=floor))
+        if isinstance(outcome, LogReset):
+            self._saw(room, outcome.top)
+            raise outcome
+        stored = [r for r in outcome if r.entry is not None]
+        if stored:
+            self._saw(room, max(r.seq for r in stored))
+            if self._on_commit is not None:
+                self._on_commit(time.perf_counter() - started, len(stored))
+        return outcome
+
+    async def _append(self, conn: AsyncConnection[tuple[Any, ...]], room: str,
+                      drafts: list[AnyDraft], retention: int, rules: LogRules, *,
+                      epoch: str | None = None, floor: int = 0,
+                      erase: bool = False) -> list[Appended] | LogReset:
+        """The append's transaction (the caller commits). A ``LogReset`` is returned, not
+        raised, so that the move past ``floor`` is committed before the caller raises it."""
+        found = await self._lock(conn, room)
+        now = await self._behind(conn, room, found, floor)
+        if now is not found:
+            return LogReset(now.epoch, now.top)
+        if epoch is not None and epoch != now.epoch:
+            return LogReset(now.epoch, now.top)
+        # The ids already stored, and the targets' current state, read under the lock.
+        keyed = [(d.user, d.id) for d in drafts if d.id is not None]
+        known: dict[tuple[str, str], int] = {}
+        if keyed:
+            cursor = await conn.execute(
+                "SELECT e.user_id, e.client_id, e.seq FROM entries e JOIN "
+                "unnest(%s::text[], %s::text[]) AS k(u, c) ON e.user_id = k.u AND "
+                "e.client_id = k.c WHERE e.room = %s",
+                ([u for u, _ in keyed], [c for _, c in keyed], room))
+            known = {(u, c): int(s) for u, c, s in await cursor.fetchall()}
+        states = await self._targets(conn, room, drafts)
+        seq = now.top
+        results: list[Appended] = []
+        rows: list[Row] = []
+        changed: dict[int, int] = {}
+        deleted: list[int] = []
+        for draft in drafts:
+            if draft.id is not None:
+                seen = known.get((draft.user, draft.id))
+                if seen is not None:
+                    results.append(Appended(seen, duplicate=True))
+                    continue
+            if isinstance(draft, Draft):
+                reply = None
+                if draft.reply_to is not None:
+                    target = states.get(draft.reply_to)
+                    answered = changes.reply(None if target is None else target[0], rules)
+                    if isinstance(answered, Refusal):
+                        results.append(Appended(0, refused=answered))
+                        continue
+                    reply = answered
+                seq += 1
+                message = draft.stored(room, seq, reply)
+                rows.append(_message_row(message))
+                states[seq] = (message, seq)
+                results.append(Appended(seq, entry=message))
+            else:
+                target = states.get(draft.target)
+                if erase and target is not None and target[0].user != draft.user:
+                    results.append(Appended(0, refused=Refusal.FORBIDDEN))
+                    continue
+                outcome = changes.apply(None if target is None else target[0], draft, rules)
+                if outcome.refused is not None:
+                    results.append(Appended(0, refused=outcome.refused))
+                    continue
+                if outcome.noop or outcome.message is None or target is None:
+                    results.append(Appended(target[1] if target else draft.target, noop=True))
+                    continue
+                seq += 1
+                change = draft.stored(room, seq, DeletedBy.MODERATOR if erase else outcome.by)
+                rows.append(_change_row(change))
+                states[draft.target] = (outcome.message, seq)
+                changed[draft.target] = seq
+                if draft.action is Action.DELETE:
+                    deleted.append(draft.target)
+                results.append(Appended(seq, entry=change))
+            if draft.id is not None:
+                known[(draft.user, draft.id)] = seq  # a second one in the batch: a duplicate
+        if not rows:
+            return results
+        async with conn.cursor() as cursor:
+            await cursor.executemany(_INSERT, rows)
+            # A message stored in this batch and changed by a later draft of it is written
+            # by the INSERT above with its first state: the UPDATE brings it up to date.
+            if changed:
+                await cursor.executemany(_UPDATE, [
+                    {**_state_columns(states[target][0]), "changed": last, "room": room,
+                     "seq": target} for target, last in changed.items()])
+            if deleted:
+                await cursor.execute(
+                    f"UPDATE entries SET text = '' WHERE room = %s AND kind = {EDIT} "
+                    "AND target = ANY(%s) AND text <> ''", (room, deleted))
+                await cursor.execute(
+                    "UPDATE entries SET reply = jsonb_set(reply, '{3}', '\"\"') WHERE room = %s "
+                    f"AND kind = {MESSAGE} AND target = ANY(%s) AND reply IS NOT NULL",
+                    (room, deleted))
+            low = now.low
+            cutoff = seq - retention
+            if retention and cutoff >= now.low + max(1, retention // 100):
+                # Pruned in steps of ~1% of the retention, as on SQLite: not a DELETE a batch.
+                await cursor.execute("DELETE FROM entries WHERE room = %s AND seq <= %s",
+                                     (room, cutoff))
+                await cursor.execute(f"DELETE FROM entries WHERE room = %s AND kind <> {MESSAGE}"
+                                     " AND target <= %s", (room, cutoff))
+                low = cutoff
+            await cursor.execute("UPDATE rooms SET top = %s, low = %s WHERE room = %s",
+                                 (seq, low, room))
+        return results
+
+    async def _targets(self, conn: AsyncConnection[tuple[Any, ...]], room: str,
+                       drafts: Iterable[AnyDraft]) -> dict[int, tuple[StoredMessage, int]]:
+        """The current state of the stored messages the drafts' changes and replies name, and
+        the seq of each one's last change (its own when it never changed)."""
+        wanted = {d.target if isinstance(d, ChangeDraft) else d.reply_to for d in drafts
+                  if isinstance(d, ChangeDraft) or d.reply_to is not None}
+        seqs = [s for s in wanted if s is not None and 0 < s <= MAX_STORED_INT]
+        if not seqs:
+            return {}
+        cursor = await conn.execute(
+            f"SELECT {_MESSAGE_COLUMNS}, changed FROM entries WHERE room = %s "
+            f"AND kind = {MESSAGE} AND seq = ANY(%s)", (room, seqs))
+        return {row[0]: (_message(room, row), row[11] or row[0])
+                for row in await cursor.fetchall()}
+
+    # -- reads ------------------------------------------------------------------------------
+
+    async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]:
+        if limit <= 0:
+            return []
+        rows = await self._rows(
+            f"SELECT {_ENTRY_COLUMNS} FROM entries WHERE room = %s AND seq > %s AND seq <= %s "
+            "ORDER BY seq LIMIT %s", (room, after, min(upto, MAX_STORED_INT), limit))
+        return [_entry(room, row) for row in rows]
+
+    async def history(self, room: str, *, after: int = 0, before: int, limit: int,
+                      newest: bool = False) -> list[StoredMessage]:
+        if limit <= 0:
+            return []
+        order = "DESC" if newest else "ASC"
+        rows = await self._rows(
+            f"SELECT {_MESSAGE_COLUMNS} FROM entries WHERE room = %s AND kind = {MESSAGE} "
+            f"AND seq > %s AND seq < %s ORDER BY seq {order} LIMIT %s",
+            (room, after, min(before, MAX_STORED_INT), limit))
+        if newest:
+            rows.reverse()
+        return [_message(room, row) for row in rows]
+
+    async def search(self, room: str, query: str, *, before: int | None,
+                     limit: int) -> SearchPage:
+        """Raises ``SearchUnsupported``: not built on this log yet (the index column is kept
+        up to date already, so turning it on needs no rebuild)."""
+        raise SearchUnsupported(SEARCH_NOT_YET)
+
+    async def top(self, room: str) -> int:
+        rows = await self._rows("SELECT top FROM rooms WHERE room = %s", (room,))
+        top = int(rows[0][0]) if rows else 0
+        self._saw(room, top)
+        return top
+
+    async def state(self, room: str, floor: int, members: Iterable[str]) -> LogState:
+        users = list(members)
+        now = time.time()
+
+        async def query(conn: AsyncConnection[tuple[Any, ...]]) -> LogState:
+            cursor = await conn.execute("SELECT top, low, epoch FROM rooms WHERE room = %s",
+                                        (room,))
+            row = await cursor.fetchone()
+            if row is None or int(row[0]) < floor:  # absent, or behind: under the lock
+                found = await self._lock(conn, room)
+                current = await self._behind(conn, room, found, floor)
+            else:
+                current = _Room(int(row[0]), int(row[1]), str(row[2]))
+            banned: tuple[tuple[str, str], ...] = ()
+            if users:
+                cursor = await conn.execute(
+                    "SELECT user_id, reason FROM bans WHERE room = %s AND user_id = ANY(%s) "
+                    "AND (until IS NULL OR until > %s) ORDER BY user_id", (room, users, now))
+                banned = tuple((str(u), str(r)) for u, r in await cursor.fetchall())
+            return LogState(current.top, current.epoch, banned)
+
+        state = await self._run(query)
+        self._saw(room, state.top)
+        return state
+
+    async def unread(self, room: str, user: str, *, scan: int) -> Unread:
+        async def query(conn: AsyncConnection[tuple[Any, ...]]) -> Unread:
+            cursor = await conn.execute("SELECT seq FROM reads WHERE room = %s AND user_id = %s",
+                                        (room, user))
+            row = await cursor.fetchone()
+            read = int(row[0]) if row is not None else 0
+            if not read or scan <= 0:
+                return Unread(read)
+            cursor = await conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE user_id <> %(u)s), "
+                "count(*) FILTER (WHERE user_id <> %(u)s AND %(u)s = ANY(mentions)) "
+                "FROM (SELECT user_id, mentions FROM entries WHERE room = %(r)s "
+                f"AND kind = {MESSAGE} AND seq > %(read)s AND {_LIVE} "
+                "ORDER BY seq DESC LIMIT %(scan)s) AS recent",
+                {"u": user, "r": room, "read": read, "scan": scan})
+            counted = await cursor.fetchone()
+            assert counted is not None
+            scanned, unread, mentions = (int(n) for n in counted)
+            return Unread(read, unread, mentions, capped=scanned >= scan)
+
+        return await self._run(query)
+
+    # -- markers, bans, tickets, revocations ------------------------------------------------
+
+    async def mark_read(self, room: str, user: str, seq: int) -> tuple[int, bool]:
+        async def query(conn: AsyncConnection[tuple[Any, ...]]) -> tuple[int, bool]:
+            cursor = await conn.execute(
+                "INSERT INTO reads (room, user_id, seq) VALUES (%s, %s, %s) "
+                "ON CONFLICT (room, user_id) DO UPDATE SET seq = EXCLUDED.seq "
+                "WHERE reads.seq < EXCLUDED.seq RETURNING seq", (room, user, seq))
+            row = await cursor.fetchone()
+            if row is not None:
+                return int(row[0]), True
+            cursor = await conn.execute("SELECT seq FROM reads WHERE room = %s AND user_id = %s",
+                                        (room, user))
+            row = await cursor.fetchone()
+            return (int(row[0]) if row is not None else seq), False
+
+        return await self._run(query)
+
+    async def markers(self, user: str) -> dict[str, int]:
+        rows = await self._rows("SELECT room, seq FROM reads WHERE user_id = %s ORDER BY room",
+                                (user,))
+        return {str(room): int(seq) for room, seq in rows}
+
+    async def ban(self, room: str, ban: Ban) -> None:
+        await self._rows(
+            "INSERT INTO bans (room, user_id, until, reason) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (room, user_id) DO UPDATE SET until = EXCLUDED.until, "
+            "reason = EXCLUDED.reason RETURNING 1", (room, ban.user, ban.until, ban.reason))
+
+    async def unban(self, room: str, user: str) -> bool:
+        return bool(await self._rows(
+            "DELETE FROM bans WHERE room = %s AND user_id = %s AND (until IS NULL OR until > %s)"
+            " RETURNING 1", (room, user, time.time())))
+
+    async def banned(self, room: str, user: str) -> Ban | None:
+        # No cache: other processes write bans.
+        rows = await self._rows(
+            "SELECT until, reason FROM bans WHERE room = %s AND user_id = %s "
+            "AND (until IS NULL OR until > %s)", (room, user, time.time()))
+        return Ban(user, rows[0][0], str(rows[0][1])) if rows else None
+
+    async def stash(self, key: str, value: bytes, ttl: float) -> None:
+        now = time.time()
+
+        async def query(conn: AsyncConnection[tuple[Any, ...]]) -> None:
+            # Expired tickets go a bounded handful at a time: the table stays small by use.
+            await conn.execute("DELETE FROM stash WHERE ctid = ANY(ARRAY(SELECT ctid FROM stash "
+                               "WHERE expires <= %s LIMIT 100))", (now,))
+            await conn.execute("INSERT INTO stash (key, value, expires) VALUES (%s, %s, %s) "
+                               "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value, "
+                               "expires = EXCLUDED.expires", (key, value, now + ttl))
+
+        await self._run(query)
+
+    async def take(self, key: str) -> bytes | None:
+        # The row lock makes exactly one of concurrent takers get it, in any process.
+        rows = await self._rows("DELETE FROM stash WHERE key = %s RETURNING value, expires",
+                                (key,))
+        return bytes(rows[0][0]) if rows and rows[0][1] > time.time() else None
+
+    async def revoke(self, user: str, at: float) -> None:
+        await self._rows(
+            "INSERT INTO revocations (user_id, at) VALUES (%s, %s) ON CONFLICT (user_id) "
+            "DO UPDATE SET at = GREATEST(revocations.at, EXCLUDED.at) RETURNING 1", (user, at))
+
+    async def revocations(self, since: float) -> list[tuple[str, float]]:
+        rows = await self._rows("SELECT user_id, at FROM revocations WHERE at > %s ORDER BY at",
+                                (since,))
+        return [(str(user), float(at)) for user, at in rows]
+
+    # -- erasure ------------------------------------------------------------------------------
+
+    async def erase(self, user: str, step: ErasedStep) -> dict[str, list[int]]:
+        """As ``Engine.erase`` (the SQLite store's steps: ``rooms.engines.sqlite``): the user's
+        rooms found through ``entries_by_user``; per room, its deletes appended through the
+        append's own transaction (rules, lock, seqs), then the take-backs of their reactions,
+        in steps of ``ERASE_STEP`` entries, round robin with ``ERASE_PAUSE`` between rounds;
+        then their earlier reaction rows leave the log. Last, ``VACUUM`` of the partitions
+        touched: the old row versions holding the texts leave the heap and the indexes
+        (their bytes may stay in free space until reused: docs/design/log-and-bus.md,
+        section 4)."""
+        rows = await self._rows(
+            "SELECT room, seq, name, kind, target, detail FROM entries WHERE user_id = %s AND "
+            f"(kind = {MESSAGE} AND {_LIVE} OR kind IN ({REACT_ON}, {REACT_OFF}) "
+            "AND text <> %s) ORDER BY room, seq", (user, TAKEN_BACK))
+        found: dict[str, tuple[list[tuple[int, str]], dict[tuple[int, str], str], int]] = {}
+        for room, seq, name, kind, target, emoji in rows:
+            deletes, pairs, _ = found.setdefault(room, ([], {}, 0))
+            if kind == MESSAGE:
+                deletes.append((seq, name))
+            else:
+                pairs[(target, emoji or "")] = name
+                found[room] = (deletes, pairs, seq)
+        size = contract.ERASE_STEP
+        steps: dict[str, list[tuple[list[Any], bool]]] = {}
+        for room, (deletes, pairs, _) in found.items():
+            backs = [(target, emoji, name) for (target, emoji), name in pairs.items()]
+            steps[room] = [(deletes[i:i + size], True) for i in range(0, len(deletes), size)]
+            steps[room] += [(backs[i:i + size], False) for i in range(0, len(backs), size)]
+        done: dict[str, list[int]] = {}
+        for index in range(max(map(len, steps.values()), default=0)):
+            told = False
+            for room, room_steps in steps.items():
+                if index >= len(room_steps):
+                    continue
+                now = int(time.time() * 1000)
+                work, deleting = room_steps[index]
+                entries: list[StoredChange]
+                if deleting:
+                    drafts: list[AnyDraft] = [
+                        ChangeDraft(user, name, None, now, Action.DELETE, seq, moderator=True)
+                        for seq, name in work]
+                    results = await self._run(functools.partial(
+                        self._append, room=room, drafts=drafts, retention=0,
+                        rules=DEFAULT_RULES, erase=True))
+                    assert not isinstance(results, LogReset)  # no epoch nor floor given
+                    entries = [r.entry for r in results if isinstance(r.entry, StoredChange)]
+                    done.setdefault(room, []).extend(e.target for e in entries)
+                else:
+                    entries = await self._run(functools.partial(
+                        self._take_back, room=room, user=user, pairs=work, now=now))
+                if entries:
+                    self._saw(room, entries[-1].seq)
+                    step(room, entries)
+                    told = told or index + 1 < len(room_steps)
+            if told:
+                await asyncio.sleep(contract.ERASE_PAUSE)
+        for room, (_, _, last) in found.items():
+            if last:
+                await self._rows(
+                    f"DELETE FROM entries WHERE room = %(r)s AND user_id = %(u)s AND kind IN "
+                    f"({REACT_ON}, {REACT_OFF}) AND text <> %(t)s AND seq <= %(last)s AND "
+                    "seq < (SELECT top FROM rooms WHERE room = %(r)s) RETURNING 1",
+                    {"r": room, "u": user, "t": TAKEN_BACK, "last": last})
+        if found:
+            await self._vacuum(list(found))
+        return done
+
+    async def _take_back(self, conn: AsyncConnection[tuple[Any, ...]], room: str, user: str,
+                         pairs: list[tuple[int, str, str]], now: int) -> list[StoredChange]:
+        """A react-off entry from ``user`` for each ``(target, emoji, name)`` whose target is
+        a message not deleted (whether or not the reaction is on now: the rows that said so
+        are about to go), the reaction taken off the target; in the caller's transaction,
+        under the room's lock."""
+        found = await self._lock(conn, room)
+        states = await self._targets(conn, room, [
+            ChangeDraft(user, name, None, now, Action.REACT, target, emoji=emoji)
+            for target, emoji, name in pairs])
+        seq = found.top
+        appended: list[StoredChange] = []
+        rows: list[Row] = []
+        updates: dict[int, tuple[StoredMessage, int]] = {}
+        for target, emoji, name in pairs:
+            state = states.get(target)
+            if state is None or state[0].deleted:
+                continue  # a tombstone has no reactions to take back
+            seq += 1
+            change = ChangeDraft(user, name, None, now, Action.REACT, target,
+                                 emoji=emoji).stored(room, seq)
+            rows.append(_change_row(change, TAKEN_BACK))
+            states[target] = updates[target] = (changes.fold(state[0], change), seq)
+            appended.append(change)
+        if rows:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(_INSERT, rows)
+                await cursor.executemany(_UPDATE, [
+                    {**_state_columns(message), "changed": last, "room": room, "seq": target}
+                    for target, (message, last) in updates.items()])
+                await cursor.execute("UPDATE rooms SET top = %s WHERE room = %s", (seq, room))
+        return appended
+
+    async def _vacuum(self, rooms: list[str]) -> None:
+        """``VACUUM`` the partitions holding ``rooms`` (outside a transaction: its own
+        connection in autocommit). Best effort: a failure is logged, the erasure stands."""
+        import psycopg
+
+        try:
+            async with self._conn() as conn:
+                cursor = await conn.execute(
+                    "SELECT DISTINCT tableoid::regclass::text FROM entries WHERE room = ANY(%s)",
+                    (rooms,))
+                partitions = [str(name) for (name,) in await cursor.fetchall()]
+                await conn.commit()
+                await conn.set_autocommit(True)
+                try:
+                    for name in partitions:
+                        await conn.execute(psycopg.sql.SQL(
+                            "VACUUM (INDEX_CLEANUP ON) {}").format(psycopg.sql.Identifier(name)))
+                finally:
+                    await conn.set_autocommit(False)
+        except StoreError as exc:
+            log.warning("erasure: VACUUM of the rooms' partitions failed (%s); the erased "
+                        "texts are unreachable, their old row versions go at the next "
+                        "autovacuum", exc)
+
+    # -- moving between engines ---------------------------------------------------------------
+
+    async def rooms(self) -> list[str]:
+        rows = await self._rows("SELECT room FROM rooms WHERE EXISTS (SELECT 1 FROM entries e "
+                                "WHERE e.room = rooms.room) ORDER BY room", ())
+        return [str(room) for (room,) in rows]
+
+    async def log_epoch(self, room: str) -> str | None:
+        rows = await self._rows("SELECT epoch FROM rooms WHERE room = %s", (room,))
+        return str(rows[0][0]) if rows else None
+
+    async def importable(self, room: str) -> bool:
+        """Whether ``import_entries`` would take ``room``: nothing stored and its counter at 0,
+        or only what an import that did not finish left."""
+        rows = await self._rows(
+            "SELECT EXISTS (SELECT 1 FROM imports WHERE room = %(r)s) OR ("
+            "NOT EXISTS (SELECT 1 FROM entries WHERE room = %(r)s) AND "
+            "coalesce((SELECT top FROM rooms WHERE room = %(r)s), 0) = 0)", {"r": room})
+        return bool(rows[0][0])
+
+    async def import_entries(self, room: str, entries: Sequence[Entry], *, top: int,
+                             epoch: str | None = None, dedup_window: int = 0,
+                             progress: Callable[[int], object] | None = None) -> bool:
+        """Write ``entries`` (a room's log as ``read`` gives it, oldest first) into the empty
+        log of ``room`` at their seqs, as they are (no rule checked again), in steps of
+        ``IMPORT_STEP`` entries a transaction (``progress(n)`` after each), between an
+        ``imports`` row written first and removed last with the room's counter (``top``)
+        and epoch (``epoch``, or a new one): an import that stops half way is found by
+        ``importable`` and redone. Epochs are per room here, so the room always keeps its
+        export's: returns True when ``epoch`` was given. Stop the server first. Raises
+        ``RoomNotEmpty`` (nothing written), ``Unstorable`` (U+0000 in a text: nothing more
+        written; the room stays importable), ``StoreError``."""
+        last_change: dict[int, int] = {}
+        for entry in entries:
+            if isinstance(entry, StoredChange):
+                last_change[entry.target] = entry.seq
+
+        async def begin(conn: AsyncConnection[tuple[Any, ...]]) -> None:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (room,))
+            cursor = await conn.execute("SELECT 1 FROM imports WHERE room = %s", (room,))
+            if await cursor.fetchone() is not None:
+                await conn.execute("DELETE FROM entries WHERE room = %s", (room,))
+            else:
+                cursor = await conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM entries WHERE room = %(r)s) OR "
+                    "coalesce((SELECT top FROM rooms WHERE room = %(r)s), 0) > 0", {"r": room})
+                row = await cursor.fetchone()
+                if row is not None and row[0]:
+                    raise RoomNotEmpty(f"room {room!r} already has entries")
+                await conn.execute("INSERT INTO imports (room) VALUES (%s)", (room,))
+
+        async def write(conn: AsyncConnection[tuple[Any, ...]], rows: list[Row]) -> None:
+            async with conn.cursor() as cursor:
+                await cursor.executemany(_INSERT, rows)
+
+        async def end(conn: AsyncConnection[tuple[Any, ...]]) -> None:
+            kept = epoch or _new_epoch()
+            await conn.execute("INSERT INTO rooms (room, top, epoch) VALUES (%s, %s, %s) "
+                               "ON CONFLICT (room) DO UPDATE SET top = EXCLUDED.top, low = 0, "
+                               "epoch = EXCLUDED.epoch", (room, top, kept))
+            await conn.execute("DELETE FROM imports WHERE room = %s", (room,))
+
+        await self._run(begin)
+        for start in range(0, len(entries), IMPORT_STEP):
+            chunk = entries[start:start + IMPORT_STEP]
+            rows = [_message_row(e, last_change.get(e.seq)) if isinstance(e, StoredMessage)
+                    else _change_row(e) for e in chunk]
+            await self._run(functools.partial(write, rows=rows))
+            if progress is not None:
+                progress(len(chunk))
+        top = max(top, *(e.seq for e in entries[-1:]), 0)
+        await self._run(end)
+        self._saw(room, top)
+        return epoch is not None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._pool.close()
+
