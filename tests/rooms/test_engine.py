@@ -1278,9 +1278,11 @@ async def test_an_append_cancelled_in_flight_is_stored_once(engine: Engine) -> N
     storing nothing twice, and the next batch follows them."""
     await engine.load("c", 10)
     await engine.load("big", 10)
-    # Keep the store busy (SQLite's writer, Redis's pipeline) so the append is in flight.
+    # Keep the store busy (SQLite's writer, Redis's pipeline) so the append is in flight: for
+    # well over the 1 ms below, and well within the engine's timeout on a loaded machine
+    # (20,000 took PostgreSQL 2.3 s at load 7 and passed its 5 s timeout once).
     busy = asyncio.ensure_future(engine.append(
-        "big", drafts(20_000, ids=False), retention=0, dedup_window=0))
+        "big", drafts(5_000, ids=False), retention=0, dedup_window=0))
     await asyncio.sleep(0)
     cancelled = asyncio.ensure_future(engine.append("c", drafts(2), retention=0,
                                                     dedup_window=10))
