@@ -1,7 +1,8 @@
 """The engines behind ``rooms.engine.Engine``: embedded (SQLite, ``rooms.engines.embedded`` over
 ``rooms.engines.sqlite``), Redis (``rooms.engines.redis``), memory (``rooms.engines.memory``:
 ephemeral, not durable) and split (``rooms.engines.split``: a ``Log``, such as PostgreSQL's in
-``rooms.engines.postgres``, beside a ``Bus``), and ``open_engine``, which picks one by URL. The
+``rooms.engines.postgres``, beside a ``Bus``: this process's, or Redis's in
+``rooms.engines.redis_bus``), and ``open_engine``, which picks one by URL. The
 interface itself (``rooms.engine``) knows none of them."""
 
 from __future__ import annotations

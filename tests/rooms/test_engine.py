@@ -1,6 +1,7 @@
 """The engine contract, run against every engine (embedded SQLite, Redis on a real
 redis-server started per test, PostgreSQL on a real server started per test session with a
-fresh database per test, and memory), plus what only a shared engine does. Durability
+fresh database per test, the PostgreSQL log with a Redis bus, and memory), plus what only a
+shared engine does (on Redis and on PostgreSQL with the Redis bus). Durability
 (what survives closing and opening again) is the durable engines' contract only: the memory
 engine promises the opposite, and its own test says so."""
 
