@@ -40,8 +40,8 @@ _TTL_WITHOUT_UNIT = re.compile(r"\s*\d+(?:\.\d+)?\s*")
 # Flags other servers take for what --bind says (`roomchat serve --port 9000`).
 _BIND_LOOKALIKES = frozenset({"--port", "-p", "--host", "-H", "--listen", "--address"})
 # The serve flags that are settings (flag name = Config field name); `settings` takes them too.
-_CONFIG_FLAGS = ("bind", "workers", "data_dir", "store_url", "certfile", "keyfile", "dev_login",
-                 "compression", "log_json", "log_level")
+_CONFIG_FLAGS = ("bind", "workers", "data_dir", "store_url", "bus_url", "certfile", "keyfile",
+                 "dev_login", "compression", "log_json", "log_level")
 ERASE_TIMEOUT = 300.0
 """Seconds `erase` waits for the server's answer (it walks every stored message once)."""
 ERASE_TOKEN_TTL = 600.0
@@ -60,10 +60,13 @@ def _version() -> str:
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", help="HOST:PORT to listen on (default 127.0.0.1:8000)")
     parser.add_argument("--workers", type=int, help="processes serving the port (default 1; "
-                        "more than 1 needs a Redis store); SIGHUP replaces them one at a time")
+                        "more than 1 needs a Redis store or bus); SIGHUP replaces them one at a "
+                        "time")
     parser.add_argument("--data-dir", type=Path, help="data directory (default ./var)")
-    parser.add_argument("--store-url", help="sqlite:///path or redis://host:port/db "
-                        "(default: SQLite in the data directory)")
+    parser.add_argument("--store-url", help="sqlite:///path, redis://host:port/db or "
+                        "postgresql://user@host/db (default: SQLite in the data directory)")
+    parser.add_argument("--bus-url", help="redis://host:port/db beside a postgresql:// store: "
+                        "many processes share its rooms (default: this process only)")
     parser.add_argument("--certfile", type=Path, help="TLS certificate (PEM): serve HTTPS + h2")
     parser.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
     parser.add_argument("--dev-login", action="store_true", default=None,
@@ -275,8 +278,9 @@ def _serve(args: argparse.Namespace, argv: list[str]) -> int:
         from gateway.app import create_app
 
         create_app(config)  # what the app checks as it is built: keys, dev login, limits
+        bus = f", bus {redact(config.bus_url)}" if config.bus_url else ""
         print(f"roomchat: ready to serve on {config.bind} (store "
-              f"{redact(config.resolved_store_url)})")
+              f"{redact(config.resolved_store_url)}{bus})")
         return 0
     if config.workers > 1:
         from gateway.supervisor import Supervisor

@@ -21,6 +21,7 @@ from typing import Any, NoReturn, TypeVar, get_type_hints
 from urllib.parse import urlsplit
 
 from rooms.config import RoomConfig
+from rooms.engines import bus_refusal
 
 _T = TypeVar("_T")
 
@@ -44,8 +45,8 @@ SQLITE_SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 SHARED_SCHEMES = ("redis", "rediss", "unix")
 """Store URL schemes whose engine every process can share (``--workers`` > 1 needs one)."""
 POSTGRES_SCHEMES = ("postgresql", "postgres")
-"""Store URL schemes of the PostgreSQL log (one process in this version: no bus between
-processes yet, docs/design/log-and-bus.md)."""
+"""Store URL schemes of the PostgreSQL log (one process; many with a Redis ``bus_url``,
+docs/design/log-and-bus.md)."""
 
 # The numeric settings' ranges, checked by ``Config._check_numbers`` (the files' settings are
 # ``_check_files``'s; every float must also be finite).
@@ -75,7 +76,8 @@ class Config:
     bind: str = _setting("127.0.0.1:8000", "Address to listen on, HOST:PORT.")
     workers: int = _setting(
         1, "Processes serving the one port (`serve --workers`), restarted if they die; SIGHUP "
-           "replaces them one at a time. More than 1 needs a shared store (Redis).")
+           "replaces them one at a time. More than 1 needs a shared store (Redis, or "
+           "PostgreSQL with a Redis `bus_url`).")
     data_dir: Path = _setting(Path("./var"),
                               "Where the database and the generated JWT secret live.")
     jwt_secret: str | None = _setting(
@@ -193,8 +195,14 @@ class Config:
         "", "Message store: empty for SQLite in DATA_DIR, `sqlite:///path`, "
             "`redis://host:port/db` (Redis with `appendonly yes`, `appendfsync always`), "
             "`postgresql://user@host/db` (the PostgreSQL log, `pip install 'roomchat[postgres]'`;"
-            " one process in this version), or "
+            " one process, or many with `bus_url`), or "
             "`memory://` (not durable: every message is lost on restart; one process).")
+    bus_url: str = _setting(
+        "", "How processes tell each other about new messages, presence, markers and bans, "
+            "beside a PostgreSQL `store_url`: `redis://host:port/db` (any number of processes "
+            "serve any room: `--workers` > 1, several hosts; Redis keeps only presence and the "
+            "feed, no history) or empty (`local:`: this process only). The Redis store is its "
+            "own bus (leave this empty); SQLite and memory serve one process and refuse one.")
     store_connections: int = _setting(
         32, "Connections to a networked store (Redis), shared by all rooms; rooms wait for one.")
     store_synchronous: str = _setting(
@@ -389,12 +397,16 @@ class Config:
                 f"{env_name('history_retention')}=0 keeps every message, and memory:// keeps "
                 "them in this process's memory: set a number of entries per room (default "
                 "100000)")
-        if self.workers > 1 and scheme in POSTGRES_SCHEMES:
+        refusal = bus_refusal(self.resolved_store_url, self.bus_url)
+        if refusal is not None:
+            raise ValueError(f"bus URL {redact(self.bus_url)!r} (--bus-url / "
+                             f"{env_name('bus_url')}) with store {scheme}://: {refusal}")
+        if self.workers > 1 and scheme in POSTGRES_SCHEMES and not self.shared_bus:
             raise ValueError(
-                f"--workers {self.workers} with PostgreSQL: the PostgreSQL log runs one process "
-                "in this version (the bus between processes, ROOMCHAT_BUS_URL, is not built "
-                f"yet): run one worker ({env_name('workers')}=1), or use redis://host:port/db")
-        if self.workers > 1 and scheme not in SHARED_SCHEMES:
+                f"--workers {self.workers} with PostgreSQL and no bus between the processes: "
+                f"set {env_name('bus_url')}=redis://host:port/db (--bus-url), or run one "
+                f"worker ({env_name('workers')}=1)")
+        if self.workers > 1 and scheme not in SHARED_SCHEMES and not self.shared_bus:
             raise ValueError(
                 f"--workers {self.workers} needs a shared store: each worker is its own "
                 f"process, and with {scheme} a room's members would be split between them (set "
@@ -432,6 +444,11 @@ class Config:
     @property
     def resolved_store_url(self) -> str:
         return self.store_url or f"sqlite://{self.db_path.absolute()}"
+
+    @property
+    def shared_bus(self) -> bool:
+        """A bus between processes is set (``bus_url``: Redis; checked against the store)."""
+        return store_scheme(self.bus_url) in SHARED_SCHEMES
 
     @property
     def resolved_files_url(self) -> str:

@@ -114,7 +114,8 @@ class Gateway:
 
     async def start(self) -> None:
         self._store = await open_engine(
-            self.config.resolved_store_url, on_commit=self._committed,
+            self.config.resolved_store_url, bus_url=self.config.bus_url or None,
+            on_commit=self._committed,
             sqlite_synchronous=self.config.store_synchronous,
             search_index=self.config.search_index,
             max_connections=self.config.store_connections,

@@ -40,12 +40,12 @@ def preflight(config: Config) -> socket.socket:
     ``StartupError``; nothing is left open when it does.
     """
     scheme = store_scheme(config.resolved_store_url)  # Config: known, shared for --workers
-    if scheme in SHARED_SCHEMES:
+    if scheme in SHARED_SCHEMES or config.shared_bus:
         try:
             import redis  # noqa: F401
         except ImportError:
-            raise StartupError("the Redis store needs the redis package: "
-                               "pip install 'roomchat[redis]'") from None
+            raise StartupError(f"the Redis {'store' if scheme in SHARED_SCHEMES else 'bus'} "
+                               "needs the redis package: pip install 'roomchat[redis]'") from None
     if scheme in POSTGRES_SCHEMES:
         try:
             import psycopg  # noqa: F401
@@ -60,6 +60,8 @@ def preflight(config: Config) -> socket.socket:
         asyncio.run(ping_redis(config.resolved_store_url))
     if scheme in POSTGRES_SCHEMES:
         asyncio.run(check_postgres(config.resolved_store_url, config.room.store_timeout))
+    if config.shared_bus:
+        asyncio.run(ping_redis(config.bus_url, setting="--bus-url / ROOMCHAT_BUS_URL"))
     asyncio.run(check_files(config))
     return bind_socket(config.bind, config.listen_backlog)
 
@@ -240,8 +242,10 @@ async def check_postgres(url: str, timeout: float) -> None:
     await log.close()
 
 
-async def ping_redis(url: str, timeout: float = REDIS_PING_TIMEOUT) -> None:
-    """Connect to the Redis ``url`` names and PING it once; ``StartupError`` if that fails.
+async def ping_redis(url: str, timeout: float = REDIS_PING_TIMEOUT, *,
+                     setting: str = "--store-url / ROOMCHAT_STORE_URL") -> None:
+    """Connect to the Redis ``url`` names and PING it once; ``StartupError`` if that fails,
+    naming ``setting`` (where the URL came from).
 
     Messages name the host and port (or socket path), never the password in the URL.
     """
@@ -256,17 +260,16 @@ async def ping_redis(url: str, timeout: float = REDIS_PING_TIMEOUT) -> None:
         client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout,
                                          socket_timeout=timeout)
     except ValueError as exc:
-        raise StartupError(f"bad store URL {redact(url)!r}: {exc}") from None
+        raise StartupError(f"bad Redis URL {redact(url)!r} ({setting}): {exc}") from None
     try:
         await client.ping()
     except AuthenticationError:
-        raise StartupError(f"Redis at {where} refused the credentials in the store URL "
-                           "(--store-url / ROOMCHAT_STORE_URL)") from None
+        raise StartupError(f"Redis at {where} refused the credentials in the URL "
+                           f"({setting})") from None
     except FAILURES as exc:
         reason = " ".join(str(exc).split())  # one line, whatever the driver says
         if parts.password:
             reason = reason.replace(parts.password, "***")
-        raise StartupError(f"cannot reach Redis at {where} (--store-url / ROOMCHAT_STORE_URL):"
-                           f" {reason}") from None
+        raise StartupError(f"cannot reach Redis at {where} ({setting}): {reason}") from None
     finally:
         await client.aclose()

@@ -55,6 +55,7 @@ RS = {"ROOMCHAT_JWT_ALGORITHM": "RS256"}
 KEYS = {"ROOMCHAT_JWT_KEYS": f"k1={S32}"}
 REDIS = {"ROOMCHAT_STORE_URL": "redis://127.0.0.1:6379/0"}
 MEMORY = {"ROOMCHAT_STORE_URL": "memory://"}
+POSTGRES = {"ROOMCHAT_STORE_URL": "postgresql://db/chat"}
 
 # Each check of a setting at its edge: (environment just inside, just outside, what the one
 # line says). Every check moved here from where the setting was used (the app, the server, the
@@ -112,9 +113,27 @@ PAIRS = [
      "ROOMCHAT_STORE_SYNCHRONOUS must be FULL or NORMAL or EXTRA"),
     (REDIS, {"ROOMCHAT_STORE_URL": "mysql://admin:pw-sekret@db/chat"},
      "unknown store URL 'mysql://db/chat' (--store-url / ROOMCHAT_STORE_URL)"),
-    ({"ROOMCHAT_STORE_URL": "postgresql://db/chat"},
-     {"ROOMCHAT_STORE_URL": "postgresql://db/chat", "ROOMCHAT_WORKERS": "2"},
-     "--workers 2 with PostgreSQL: the PostgreSQL log runs one process in this version"),
+    ({**POSTGRES, "ROOMCHAT_WORKERS": "2", "ROOMCHAT_BUS_URL": "redis://bus:6379/0"},
+     {**POSTGRES, "ROOMCHAT_WORKERS": "2"},
+     "--workers 2 with PostgreSQL and no bus between the processes: set "
+     "ROOMCHAT_BUS_URL=redis://host:port/db (--bus-url), or run one worker"),
+    # The bus beside the store: docs/design/log-and-bus.md's table, one line each.
+    ({**POSTGRES, "ROOMCHAT_BUS_URL": "local:"}, {"ROOMCHAT_BUS_URL": "redis://:pw-sekret@b/0"},
+     "bus URL 'redis://b/0' (--bus-url / ROOMCHAT_BUS_URL) with store sqlite://: the SQLite "
+     "log serves one process; a bus cannot share it: use postgresql:// or redis:// as "
+     "ROOMCHAT_STORE_URL"),
+    (MEMORY, {**MEMORY, "ROOMCHAT_BUS_URL": "redis://b/0", "ROOMCHAT_WORKERS": "2"},
+     "the memory log serves one process; a bus cannot share it"),
+    ({**REDIS, "ROOMCHAT_BUS_URL": REDIS["ROOMCHAT_STORE_URL"]},
+     {**REDIS, "ROOMCHAT_BUS_URL": "redis://other:6379/0"},
+     "the Redis store announces messages itself, on its own server (in the script that stores "
+     "them): leave ROOMCHAT_BUS_URL unset"),
+    ({**POSTGRES, "ROOMCHAT_BUS_URL": "rediss://b:6380/0"},
+     {**POSTGRES, "ROOMCHAT_BUS_URL": "postgresql://db/chat"},
+     "the PostgreSQL LISTEN/NOTIFY bus is not built in this version"),
+    ({**POSTGRES, "ROOMCHAT_BUS_URL": "unix:///run/redis.sock"},
+     {**POSTGRES, "ROOMCHAT_BUS_URL": "kafka://k:9092"},
+     "unknown bus URL: use redis://host:port/db (a bus between processes) or local:"),
     ({**REDIS, "ROOMCHAT_WORKERS": "2"}, {"ROOMCHAT_WORKERS": "2"},
      "--workers 2 needs a shared store"),
     ({**MEMORY, "ROOMCHAT_HISTORY_RETENTION": "1"}, {**MEMORY, "ROOMCHAT_HISTORY_RETENTION": "0"},

@@ -1,14 +1,16 @@
 """The engine contract, run against every engine (embedded SQLite, Redis on a real
 redis-server started per test, PostgreSQL on a real server started per test session with a
-fresh database per test, and memory), plus what only a shared engine does. Durability
+fresh database per test, the PostgreSQL log with a Redis bus, and memory), plus what only a
+shared engine does (on Redis and on PostgreSQL with the Redis bus). Durability
 (what survives closing and opening again) is the durable engines' contract only: the memory
 engine promises the opposite, and its own test says so."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -59,32 +61,46 @@ def wire(entry: Entry | WireMessage | None) -> dict[str, Any]:
     return parsed
 
 
-def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+@dataclass(frozen=True)
+class Urls:
+    """What an engine of the suite is opened with: a store URL, and a bus URL beside it."""
+
+    store: str
+    bus: str | None = None
+
+    async def open(self) -> Engine:
+        return await open_engine(self.store, bus_url=self.bus)
+
+
+def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Urls]:
     if kind == "embedded":
-        yield f"sqlite://{tmp_path / 'db.sqlite3'}"
+        yield Urls(f"sqlite://{tmp_path / 'db.sqlite3'}")
     elif kind == "memory":
-        yield "memory://"
+        yield Urls("memory://")
     elif kind == "postgres":
-        yield request.getfixturevalue("postgres_url")
+        yield Urls(request.getfixturevalue("postgres_url"))
+    elif kind == "postgres+redis":  # the PostgreSQL log, the Redis bus beside it
+        with redis_server(tmp_path / "redis") as bus:
+            yield Urls(request.getfixturevalue("postgres_url"), bus)
     else:
         with redis_server(tmp_path / "redis") as url:
-            yield url
+            yield Urls(url)
 
 
-@pytest.fixture(params=["embedded", "redis", "memory", "postgres"])
-def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+@pytest.fixture(params=["embedded", "redis", "memory", "postgres", "postgres+redis"])
+def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Urls]:
     yield from _url(request.param, tmp_path, request)
 
 
 @pytest.fixture(params=["embedded", "redis", "postgres"])
-def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Urls]:
     """The engines whose data survives closing and opening again (not ``memory://``)."""
     yield from _url(request.param, tmp_path, request)
 
 
 @pytest.fixture
-async def engine(engine_url: str) -> AsyncIterator[Engine]:
-    opened = await open_engine(engine_url)
+async def engine(engine_url: Urls) -> AsyncIterator[Engine]:
+    opened = await engine_url.open()
     try:
         yield opened
     finally:
@@ -125,14 +141,14 @@ async def test_retention_prunes_oldest(engine: Engine) -> None:
     assert 100 <= 200 - snapshot.oldest_seq + 1 <= 200  # SQLite prunes in ~1% steps
 
 
-async def test_data_survives_reopen(durable_url: str) -> None:
-    first = await open_engine(durable_url)
+async def test_data_survives_reopen(durable_url: Urls) -> None:
+    first = await durable_url.open()
     await first.load("a", 10)
     await first.append("a", drafts(3), retention=0, dedup_window=10)
     await first.close()
     with pytest.raises(StoreError):
         await first.read("a", 0, 3, 3)
-    again = await open_engine(durable_url)
+    again = await durable_url.open()
     try:
         assert (await again.load("a", 10)).last_seq == 3
         assert [m.seq for m in await again.read("a", 0, 3, 10)] == [1, 2, 3]
@@ -462,20 +478,26 @@ async def wait_for(arrived: asyncio.Event, predicate: Callable[[], bool],
             await arrived.wait()
 
 
+@pytest.fixture(params=["redis", "postgres+redis"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Urls]:
+    """The shared engines: Redis, and the PostgreSQL log with the Redis bus."""
+    yield from _url(request.param, tmp_path, request)
+
+
 @pytest.fixture
-async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[RedisEngine, RedisEngine]]:
-    with redis_server(tmp_path / "redis") as url:
-        a = await RedisEngine.open(url)
-        b = await RedisEngine.open(url)
-        try:
-            yield a, b
-        finally:
-            await a.close()
-            await b.close()
+async def two_nodes(shared_url: Urls) -> AsyncIterator[tuple[Engine, Engine]]:
+    """Two processes' engines on one shared store (as two gateway processes have them)."""
+    a = await shared_url.open()
+    b = await shared_url.open()
+    try:
+        yield a, b
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_two_nodes_share_seqs_dedup_and_the_live_feed(
-        two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
+        two_nodes: tuple[Engine, Engine]) -> None:
     a, b = two_nodes
     heard = Listener()
     b.subscribe("room", heard)
@@ -606,7 +628,7 @@ async def test_stream_rewrite_steps_keep_appends_and_trims_and_restart_on_delete
 
 
 async def test_erase_is_announced_to_other_nodes_in_pages(
-        two_nodes: tuple[RedisEngine, RedisEngine], monkeypatch: pytest.MonkeyPatch) -> None:
+        two_nodes: tuple[Engine, Engine], monkeypatch: pytest.MonkeyPatch) -> None:
     from rooms import engine as contract
     from rooms.engines import redis as redis_engine
 
@@ -633,15 +655,17 @@ async def test_erase_is_announced_to_other_nodes_in_pages(
             if not m.deleted] == [1, 4, 7, 10]
 
 
-async def test_dedup_window_forgets_old_ids(two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
-    a, _ = two_nodes
+async def test_dedup_window_forgets_old_ids(redis_and_raw: tuple[RedisEngine, Any]) -> None:
+    """The Redis log deduplicates over the window only (PostgreSQL over the whole log: the
+    contract's "among the last ``dedup_window``" is a least)."""
+    a, _ = redis_and_raw
     await a.load("w", 3)
     await a.append("w", drafts(5), retention=0, dedup_window=3)
     again = await a.append("w", drafts(1) + drafts(1, start=4), retention=0, dedup_window=3)
     assert again == [Appended(6), Appended(5, duplicate=True)]
 
 
-async def test_presence_is_shared_and_expires(two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
+async def test_presence_is_shared_and_expires(two_nodes: tuple[Engine, Engine]) -> None:
     a, b = two_nodes
     heard = Listener()
     b.subscribe("p", heard)
@@ -874,11 +898,11 @@ async def test_revocations_are_listed_since_a_time(engine: Engine) -> None:
     assert await engine.revocations(100.0) == [("bob", 200.0)]
 
 
-async def test_a_stash_survives_reopening(durable_url: str) -> None:
-    first = await open_engine(durable_url)
+async def test_a_stash_survives_reopening(durable_url: Urls) -> None:
+    first = await durable_url.open()
     await first.stash("t", b"v", 30)
     await first.close()
-    again = await open_engine(durable_url)
+    again = await durable_url.open()
     try:
         assert await again.take("t") == b"v"
         assert await again.take("t") is None
@@ -887,7 +911,7 @@ async def test_a_stash_survives_reopening(durable_url: str) -> None:
 
 
 async def test_the_feed_carries_exact_wire_objects(
-        two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
+        two_nodes: tuple[Engine, Engine]) -> None:
     a, b = two_nodes
     heard = Listener()
     b.subscribe("w", heard)
@@ -961,7 +985,7 @@ class _Socket:
 
 
 async def test_other_processes_messages_share_the_frame_of_this_process_batch(
-        two_nodes: tuple[RedisEngine, RedisEngine]) -> None:
+        two_nodes: tuple[Engine, Engine]) -> None:
     """A member gets the messages another process stored and its own process's next batch in
     one frame, not one frame each (in a room split across two processes that halves the
     frames: one per member per batch)."""
@@ -1375,10 +1399,10 @@ async def test_a_join_checked_before_a_ban_is_not_admitted_after_it(engine: Engi
 # -- epochs: a log that went backwards (issue 20, item 3) -----------------------------------
 
 
-async def test_the_epoch_is_stable_durable_and_checked(durable_url: str) -> None:
+async def test_the_epoch_is_stable_durable_and_checked(durable_url: Urls) -> None:
     """Every engine names its logs' epoch (load, sync), keeps it across restarts, and refuses
     an append from a caller that knows another one (``LogReset``: nothing stored)."""
-    first = await open_engine(durable_url)
+    first = await durable_url.open()
     try:
         epoch = (await first.load("e", 10)).epoch
         assert len(epoch) == 16 and int(epoch, 16) >= 0
@@ -1392,23 +1416,50 @@ async def test_the_epoch_is_stable_durable_and_checked(durable_url: str) -> None
         assert await first.top("e") == 2
     finally:
         await first.close()
-    again = await open_engine(durable_url)
+    again = await durable_url.open()
     try:
         assert (await again.load("e", 10)).epoch == epoch
     finally:
         await again.close()
 
 
+@pytest.fixture
+async def lossy(shared_url: Urls) -> AsyncIterator[tuple[Engine, Callable[[], Awaitable[None]]]]:
+    """A shared engine, and what makes its store lose every room's log: Redis's FLUSHALL (a
+    restart without the AOF), PostgreSQL's rooms and entries emptied (a restore of a backup
+    older than what clients saw)."""
+    engine = await shared_url.open()
+
+    async def wipe() -> None:
+        if shared_url.bus is None:
+            raw = aioredis.from_url(shared_url.store)
+            try:
+                await raw.flushall()
+            finally:
+                await raw.aclose()
+        else:
+            import psycopg
+
+            async with await psycopg.AsyncConnection.connect(shared_url.store,
+                                                             autocommit=True) as conn:
+                await conn.execute("TRUNCATE entries, rooms")
+
+    try:
+        yield engine, wipe
+    finally:
+        await engine.close()
+
+
 async def test_a_log_that_lost_its_data_goes_on_after_the_floor_under_a_new_epoch(
-        redis_and_raw: tuple[RedisEngine, Any]) -> None:
-    """FLUSHALL (or a restart without the AOF) while a room is live: its next append, which
-    says what the room has seen stored (``floor``), is refused with a new epoch, and the log
-    goes on after the floor: seq 1 is never allocated twice."""
-    engine, raw = redis_and_raw
+        lossy: tuple[Engine, Callable[[], Awaitable[None]]]) -> None:
+    """The store lost its data while a room is live: its next append, which says what the
+    room has seen stored (``floor``), is refused with a new epoch, and the log goes on after
+    the floor: seq 1 is never allocated twice."""
+    engine, wipe = lossy
     snapshot = await engine.load("f", 10)
     assert await engine.append("f", drafts(5), retention=0, dedup_window=10,
                                epoch=snapshot.epoch, floor=0) == [Appended(i) for i in range(1, 6)]
-    await raw.flushall()
+    await wipe()
     with pytest.raises(LogReset) as reset:
         await engine.append("f", drafts(1, user="v"), retention=0, dedup_window=10,
                             epoch=snapshot.epoch, floor=5)
@@ -1421,28 +1472,154 @@ async def test_a_log_that_lost_its_data_goes_on_after_the_floor_under_a_new_epoc
 
 
 async def test_a_sync_or_a_load_finds_the_lost_log_too(
-        redis_and_raw: tuple[RedisEngine, Any], tmp_path: Path) -> None:
+        lossy: tuple[Engine, Callable[[], Awaitable[None]]], shared_url: Urls) -> None:
     """A room with nothing to append learns of it at its next sync; a room started again on a
     process that served it before goes on after what that process saw; a process that never
     saw the room can only start it again at seq 1, under a new epoch (clients compare it)."""
-    engine, raw = redis_and_raw
+    engine, wipe = lossy
     before = (await engine.load("s", 10)).epoch
     await engine.append("s", drafts(3), retention=0, dedup_window=10)
-    await raw.flushall()
+    await wipe()
     synced = await engine.sync("s", {"ann": "Ann"}, 10, floor=3)
     assert (synced.top, synced.epoch != before) == (3, True)
-    await raw.flushall()
+    await wipe()
     snapshot = await engine.load("s", 10)  # no floor given: this process remembers seq 3
     assert (snapshot.last_seq, snapshot.resume_floor) == (3, 3)
     assert snapshot.epoch not in (before, synced.epoch)
-    await raw.flushall()
-    stranger = await RedisEngine.open(engine._url)
+    await wipe()
+    stranger = await shared_url.open()
     try:
         fresh = await stranger.load("s", 10)
         assert (fresh.last_seq, fresh.resume_floor) == (0, 0)
         assert fresh.epoch not in (before, synced.epoch, snapshot.epoch)
     finally:
         await stranger.close()
+
+
+async def test_a_lost_publish_is_repaired_from_the_log(
+        two_nodes: tuple[Engine, Engine]) -> None:
+    """A batch stored and never announced (on the split engine: a process killed between the
+    log's commit and the publish; on any: a pub/sub message lost) reaches the members on the
+    other process through the next one's seq jump: the room reads the gap from the log after
+    ``gap_repair_delay``, long before its next sync (``sync_interval``, 5 s)."""
+    import time
+
+    from rooms.actor import RoomActor
+    from rooms.config import RoomConfig
+    from rooms.session import Session
+
+    a, b = two_nodes
+    actor = RoomActor("lost", RoomConfig(rate_burst=100), b)
+    running = asyncio.create_task(actor.run())
+    socket = _Socket()
+    ann = Session(1, "ann", "Ann", socket, outbox_limit=100, max_frame_messages=100,
+                  send_timeout=10, close_timeout=1)
+    plan = await actor.join(ann, after=None, expires_at=time.time() + 3600)
+    writer = asyncio.create_task(ann.run_writer(plan, "lost", b, 10))
+
+    def seqs() -> list[object]:
+        return [o.get("seq") for f in socket.frames for o in f if o["type"] == "message"]
+
+    try:
+        async with asyncio.timeout(2):  # less than a sync: the gap repair did it
+            await wait_for(socket.wrote, lambda: bool(socket.frames))  # the welcome
+            await asyncio.sleep(0.3)  # b's subscription confirmed, its resync done
+            await a.load("lost", 10)
+            with _unannounced(a):
+                await a.append("lost", [Draft("bob", "Bob", "b1", "lost", 1)], retention=0,
+                               dedup_window=10)
+            await a.append("lost", [Draft("bob", "Bob", "b2", "after", 2)], retention=0,
+                           dedup_window=10)
+            await wait_for(socket.wrote, lambda: len(seqs()) >= 2)
+    finally:
+        running.cancel()
+        writer.cancel()
+        await asyncio.gather(running, writer, return_exceptions=True)
+    assert seqs() == [1, 2]
+
+
+@contextlib.contextmanager
+def _unannounced(engine: Engine) -> Iterator[None]:
+    """Appends of ``engine`` inside are stored and never published (as if its process died
+    right after the commit; Redis: as if the pub/sub message was lost on the way)."""
+    from rooms.engines.split import SplitEngine
+
+    if isinstance(engine, SplitEngine):
+        bus: Any = engine.bus
+        real = bus.entries
+        bus.entries = lambda room, messages: None
+        try:
+            yield
+        finally:
+            bus.entries = real
+    else:  # append.lua publishes: the channel is renamed for the call instead
+        import rooms.engines.redis as redis_engine
+
+        real_keys = redis_engine._keys
+
+        def keys(room: str) -> tuple[str, str, str, str, str, str]:
+            *rest, _ = real_keys(room)
+            return (*rest, f"roomchat:{{{room}}}:nowhere")  # type: ignore[return-value]
+
+        redis_engine._keys = keys
+        try:
+            yield
+        finally:
+            redis_engine._keys = real_keys
+
+
+async def test_a_bus_whose_queue_is_full_drops_and_counts_and_never_blocks(
+        tmp_path: Path) -> None:
+    """Publishing goes through a bounded queue onto the bus's own task: past its bound a
+    notice is dropped and counted (the receivers repair from the log), and the caller neither
+    waits nor gets an error, also with Redis gone."""
+    from rooms.engines.redis_bus import RedisBus
+
+    with redis_server(tmp_path / "redis") as url:
+        sender = await RedisBus.open(url, queue_limit=2)
+        receiver = await RedisBus.open(url)
+        heard = Listener()
+        receiver.subscribe("q", heard)
+        await asyncio.sleep(0.3)
+        try:
+            for seq in range(1, 6):  # one turn of the loop: the task sends nothing meanwhile
+                sender.entries("q", [WireMessage(seq, f'{{"seq":{seq}}}')])
+            assert (sender.dropped, sender.published) == (3, 0)
+            await wait_for(heard.arrived, lambda: len(heard.messages) == 2)
+            assert [m.seq for m in heard.messages] == [1, 2]
+            assert (sender.dropped, sender.published) == (3, 2)
+        finally:
+            await receiver.close()
+    # Redis is gone: publishing still returns at once; what cannot go is dropped and counted.
+    sender.read_moved("q", "u", 3)
+    sender.banned("q", "u", "spam")
+    await until(lambda: sender.dropped == 5, what="the failed notices counted")
+    await until(lambda: not sender.healthy, what="the bus marked unhealthy")
+    await sender.close()
+    sender.entries("q", [WireMessage(9, "{}")])  # after close: ignored, no error
+
+
+async def test_a_lost_subscription_reconnects_and_every_room_resyncs(
+        two_nodes: tuple[Engine, Engine], shared_url: Urls) -> None:
+    """The subscriber connection killed (as by a network cut): the engine connects again with
+    backoff, subscribes its rooms again, and each room resyncs (what was published meanwhile
+    is in the log); the feed then carries on."""
+    a, b = two_nodes
+    heard = {room: Listener() for room in ("k1", "k2")}
+    for room, listener in heard.items():
+        b.subscribe(room, listener)
+    await until(lambda: all(h.resyncs == 1 for h in heard.values()), what="subscribed")
+    raw = aioredis.from_url(shared_url.bus or shared_url.store)
+    try:
+        await raw.client_kill_filter(_type="pubsub")
+    finally:
+        await raw.aclose()
+    await until(lambda: all(h.resyncs == 2 for h in heard.values()), what="resubscribed")
+    feed: Any = getattr(b, "bus", b)
+    assert feed.reconnects == 1
+    await a.load("k1", 10)
+    await a.append("k1", drafts(1), retention=0, dedup_window=10)
+    await wait_for(heard["k1"].arrived, lambda: len(heard["k1"].messages) == 1)
 
 
 async def test_a_log_behind_the_floor_with_its_epoch_kept_gets_a_new_one(
