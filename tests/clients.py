@@ -28,7 +28,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Request, TextMessage
 
-from tests.support import SLOW, Client, make_token, until
+from tests.support import SLOW, Client, Process, make_token, until
 
 Stored = tuple[str, str | None, str]
 """What a message is: (user, client id, text)."""
@@ -395,3 +395,20 @@ async def store_messages(url: str, count: int, first: int = 0, size: int = BIG) 
             while acked < count:
                 for line in str(await ws.recv()).split("\n"):
                     acked += orjson.loads(line)["type"] == "ack"
+
+
+async def member(proc: Process, user: str, room: str = "split", **query: Any) -> Member:
+    """A socket of ``user`` to ``room`` on a server process (scale-out tests)."""
+    ws = await websockets.connect(proc.url(room, make_token(user), **query), compression=None,
+                                  open_timeout=10 * SLOW, max_size=2**24)
+    return Member(ws)
+
+
+async def joined(proc: Process, user: str, **query: Any) -> Member:
+    """``member`` after its welcome: ``welcome`` and ``members`` set from it."""
+    client = await member(proc, user, **query)
+    welcome = await client.recv()
+    assert welcome["type"] == "welcome"
+    client.welcome = welcome  # type: ignore[attr-defined]
+    client.members = {m["user"] for m in welcome["members"]}
+    return client

@@ -6,28 +6,10 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import Any
 
-import websockets
-
-from tests.clients import Member, members_seen, messages
+from tests.clients import joined, members_seen, messages
 from tests.redis_server import redis_server
-from tests.support import SCALEOUT_ENV, SLOW, Process, make_token, server_process
-
-
-async def member(proc: Process, user: str, room: str = "split", **query: Any) -> Member:
-    ws = await websockets.connect(proc.url(room, make_token(user), **query), compression=None,
-                                  open_timeout=10 * SLOW, max_size=2**24)
-    return Member(ws)
-
-
-async def joined(proc: Process, user: str, **query: Any) -> Member:
-    client = await member(proc, user, **query)
-    welcome = await client.recv()
-    assert welcome["type"] == "welcome"
-    client.welcome = welcome  # type: ignore[attr-defined]
-    client.members = {m["user"] for m in welcome["members"]}
-    return client
+from tests.support import SCALEOUT_ENV, server_process
 
 
 async def test_two_processes_one_room_live_order_and_presence(tmp_path: Path) -> None:

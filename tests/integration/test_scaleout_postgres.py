@@ -18,8 +18,17 @@ from typing import Any
 import psycopg
 
 from tests.audit import check_room, read_back
-from tests.clients import Chatter, Stored, Target, chat, members_seen, messages, settle, traffic
-from tests.integration.test_scaleout import joined
+from tests.clients import (
+    Chatter,
+    Stored,
+    Target,
+    chat,
+    joined,
+    members_seen,
+    messages,
+    settle,
+    traffic,
+)
 from tests.redis_server import redis_server
 from tests.support import REPO, SCALEOUT_ENV, Process, free_port, server_process
 

@@ -1010,7 +1010,14 @@ async def test_other_processes_messages_share_the_frame_of_this_process_batch(
         return await real_append(*args, **kw)  # type: ignore[arg-type]
 
     a.append = append  # type: ignore[method-assign]
-    actor = RoomActor("mix", RoomConfig(rate_burst=100), a)
+    subscribed = asyncio.Event()
+
+    class Actor(RoomActor):
+        def resync(self) -> None:
+            super().resync()
+            subscribed.set()
+
+    actor = Actor("mix", RoomConfig(rate_burst=100), a)
     running = asyncio.create_task(actor.run())
     socket = _Socket()
     ann = Session(1, "ann", "Ann", socket, outbox_limit=100, max_frame_messages=100,
@@ -1020,6 +1027,10 @@ async def test_other_processes_messages_share_the_frame_of_this_process_batch(
     try:
         async with asyncio.timeout(10):
             await wait_for(socket.wrote, lambda: bool(socket.frames))  # the welcome
+            # The subscription's confirmation makes the room repair from the log: landing
+            # while mine-0 is in flight (it comes up to the engine's POLL later; seen under
+            # load), that repair would deliver 1 and 2 in a frame of their own.
+            await subscribed.wait()
             actor.frame_nowait(1, SendMessage("mine-0", "m0"))
             await in_flight.wait()
             # Meanwhile another process stores a message (seq 1, before ours) and its pub/sub
