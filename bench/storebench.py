@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -66,6 +67,7 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
                 stored += batch
 
         t0, c0 = time.perf_counter(), time.process_time()
+        u0 = resource.getrusage(resource.RUSAGE_SELF)  # every thread's, the writer's included
         try:
             async with asyncio.TaskGroup() as tg:
                 for r in range(rooms):
@@ -74,6 +76,7 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
             await store.close()
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - c0
+        u1 = resource.getrusage(resource.RUSAGE_SELF)
     commits.sort()
     return {
         "rooms": rooms,
@@ -84,6 +87,10 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
         "messages": stored,
         "messages_per_s": stored / elapsed,
         "cpu_us_per_message": cpu / max(1, stored) * 1e6,
+        # Context switches of the whole process (loop and writer thread) per message stored:
+        # voluntary ones are waits (a thread hand-off, an fsync), involuntary ones preemption.
+        "voluntary_switches_per_message": (u1.ru_nvcsw - u0.ru_nvcsw) / max(1, stored),
+        "involuntary_switches_per_message": (u1.ru_nivcsw - u0.ru_nivcsw) / max(1, stored),
         "append_p50_ms": commits[len(commits) // 2] * 1000 if commits else None,
         "append_p99_ms": commits[int(len(commits) * 0.99)] * 1000 if commits else None,
     }

@@ -21,6 +21,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -50,6 +51,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="print roomchat's broadcast-latency and commit histograms at the end")
     p.add_argument("--skip-idle", action="store_true",
                    help="no 1 message/s reading before the load (as bench.run)")
+    p.add_argument("--strace", metavar="OUT",
+                   help="count the server's syscalls in the window (strace -c -f; slows it)")
     return p.parse_args(argv)
 
 
@@ -72,6 +75,54 @@ def _lag_summary(path: Path, start: float, end: float) -> str:
         lines.append(f"gc generation {gen}: {len(pauses)} collections, mean "
                      f"{sum(pauses) / len(pauses):.1f} ms, max {max(pauses):.1f} ms")
     return "\n".join(lines)
+
+
+def _switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every thread of ``pid`` so far
+    (``/proc/PID/task/*/status``: ``/proc/PID/status`` counts the main thread only)."""
+    voluntary = involuntary = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
+class _Window:
+    """The server's context switches (and, with ``strace_out``, its syscalls) over the
+    measured window: from ``warmup`` seconds after ``start()`` for ``seconds``."""
+
+    def __init__(self, pid: int, warmup: float, seconds: float, strace_out: str | None) -> None:
+        self.pid, self.warmup, self.seconds, self.strace_out = pid, warmup, seconds, strace_out
+        self.samples: list[tuple[int, int]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        time.sleep(self.warmup)
+        self.samples.append(_switches(self.pid))
+        if self.strace_out:
+            subprocess.run(["timeout", "-s", "INT", str(self.seconds), "strace", "-c", "-f",
+                            "-p", str(self.pid), "-o", self.strace_out],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        else:
+            time.sleep(self.seconds)
+        self.samples.append(_switches(self.pid))
+
+    def result(self) -> tuple[int, int] | None:
+        self._thread.join()
+        if len(self.samples) < 2:
+            return None
+        (v0, i0), (v1, i1) = self.samples
+        return v1 - v0, i1 - i0
 
 
 def _histograms(port: int) -> str:
@@ -125,9 +176,12 @@ def main(argv: list[str] | None = None) -> int:
                  "-p", str(server.child.pid)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         start = time.time() + 1  # after the warm-up
+        window = _Window(server.child.pid, 1.0, args.seconds, args.strace)
+        window.start()
         res = enrich(lg.command({"cmd": "open", "rate": args.rate, "warmup_s": 1,
                                  "measure_s": args.seconds}, "result", args.seconds + 120))
         end = time.time()
+        switches = window.result()
         lat = res["latency"]
         own = res.get("loadgen_loop_delay") or {}
         print(f"at {args.rate:,.0f} messages/s: {res['cpu_us_per_delivery']:.2f} us/delivery, "
@@ -137,6 +191,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"other load: server core {res.get('foreign_util_server_core', 0):.1%}, "
               f"load generator core {res.get('foreign_util_loadgen_core', 0):.1%}; "
               f"load generator core {res['loadgen_util']:.1%} busy")
+        if switches is not None and res.get("sent"):
+            sent = res["sent"]
+            print(f"server context switches per inbound message: voluntary "
+                  f"{switches[0] / sent:.3f}, involuntary {switches[1] / sent:.3f} "
+                  f"({sent} messages, {res['deliveries']} deliveries)")
+        if args.strace:
+            print(f"syscalls counted in {args.strace}: divide by the messages above")
         gc = own.get("gc") or {}
         if gc:
             print(f"load generator's garbage collections: {gc['count']}, "

@@ -503,6 +503,8 @@ Landed = Callable[[list[Appended] | None, BaseException | None], None]
 """Called on the event loop with an append's outcome (its results, or the error), even when
 nobody awaits it any more."""
 
+_Outcome = tuple[_Append, list[Appended] | None, BaseException | None]
+
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None,
              landed: Landed | None = None) -> None:
@@ -514,6 +516,20 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_result(result)
     else:
         future.set_exception(error)
+
+
+def _resolve_all(outcomes: list[_Outcome]) -> None:
+    """Every append of one commit resolved, on their loop, in the order they were queued: one
+    callback per commit, not one per room (each ``call_soon_threadsafe`` wakes the loop from
+    the writer thread). A ``landed`` hook that raises is logged and fails only its own room's
+    append: the others' outcomes still arrive."""
+    for item, result, error in outcomes:
+        try:
+            _resolve(item.future, result, error, item.landed)
+        except Exception as exc:  # (a room's own hook: contained to that room)
+            log.exception("room %s: the store's answer could not be delivered", item.room)
+            if not item.future.done():
+                item.future.set_exception(StoreError(f"answer not delivered: {exc!r}"))
 
 
 class SqliteStore:
@@ -531,8 +547,12 @@ class SqliteStore:
         self._on_commit = on_commit
         # Unbounded by type, bounded by use: each room actor awaits its append before the next,
         # and each erasure its step, so at most one item per loaded room or running erasure is
-        # ever queued.
-        self._writes: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
+        # ever queued. Each queue item is a group: the appends submitted in one loop turn.
+        self._writes: queue.SimpleQueue[list[_Append] | None] = queue.SimpleQueue()
+        # The appends submitted in this loop turn, handed to the writer thread together at the
+        # end of it (``_hand_off``): one wake of the writer per turn, not one per room (each
+        # was a futex call and a GIL hand-over: bench/reports/2026-12-07-message-path-2.md).
+        self._gathered: list[_Append] = []
         self._writer = threading.Thread(target=self._write_loop, name="roomchat-store-writer",
                                         daemon=True)
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="roomchat-store-read")
@@ -610,8 +630,19 @@ class SqliteStore:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Appended]] = loop.create_future()
-        self._writes.put(_Append(room, drafts, retention, rules, loop, future, landed))
+        if not self._gathered:
+            # Runs after every callback already ready in this turn: the rooms woken by this
+            # turn's frames submit first, and all go to the writer in one group.
+            loop.call_soon(self._hand_off)
+        self._gathered.append(_Append(room, drafts, retention, rules, loop, future, landed))
         return future
+
+    def _hand_off(self) -> None:
+        """Queue the appends gathered in this loop turn for the writer thread, as one group
+        (on the event loop; also from ``close``, before the writer's stop marker)."""
+        if self._gathered:
+            group, self._gathered = self._gathered, []
+            self._writes.put(group)
 
     def _write_loop(self) -> None:
         conn = self._conn
@@ -620,17 +651,17 @@ class SqliteStore:
             first = self._writes.get()
             if first is None:
                 break
-            batch = [first]
+            batch = list(first)
             stop = False
-            while True:  # take everything already queued: one transaction for all of it
+            while True:  # take every group already queued: one transaction for all of it
                 try:
-                    item = self._writes.get_nowait()
+                    group = self._writes.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if group is None:
                     stop = True
                     break
-                batch.append(item)
+                batch.extend(group)
             self._commit(conn, batch)
             if stop:
                 break
@@ -671,8 +702,16 @@ class SqliteStore:
         # Report before resolving: whoever awaited the append may look at the numbers at once.
         if count and self._on_commit is not None:
             self._on_commit(time.perf_counter() - started, count)
+        # One callback per loop (there is one in a server), resolving every room's append.
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
         for item, result, error in zip(batch, results, errors, strict=True):
-            item.loop.call_soon_threadsafe(_resolve, item.future, result, error, item.landed)
+            by_loop.setdefault(item.loop, []).append((item, result, error))
+        for loop, outcomes in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_resolve_all, outcomes)
+            except RuntimeError:  # that loop is closed: nobody is left to tell
+                log.warning("%d store answers dropped: their event loop is closed",
+                            len(outcomes))
 
     @staticmethod
     def _unstorable(item: _Append, exc: Exception) -> StoreError | Unstorable:
@@ -1020,7 +1059,8 @@ class SqliteStore:
                         ChangeDraft(user, name, None, now, Action.DELETE, seq, moderator=True)
                         for seq, name in work]
                     future: asyncio.Future[list[Appended]] = loop.create_future()
-                    self._writes.put(_Append(room, drafts, 0, rules, loop, future, erase=True))
+                    self._writes.put([_Append(room, drafts, 0, rules, loop, future,
+                                              erase=True)])
                     entries = [r.entry for r in await future
                                if isinstance(r.entry, StoredChange)]
                     done.setdefault(room, []).extend(e.target for e in entries)
@@ -1182,6 +1222,7 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
+        self._hand_off()  # this turn's appends are written before the writer stops
         self._writes.put(None)
         await asyncio.to_thread(self._writer.join)
         self._readers.shutdown(wait=True)
