@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -149,8 +150,7 @@ async def test_a_failing_answer_hook_fails_its_own_append_alone(tmp_path: Path) 
             raise RuntimeError("a room's own bug")
 
     try:
-        futures = [store.submit(f"r{i}", msgs(1, 2), 0,
-                                landed=lambda r, e, room=f"r{i}": hook(room, r, e))
+        futures = [store.submit(f"r{i}", msgs(1, 2), 0, landed=functools.partial(hook, f"r{i}"))
                    for i in range(3)]
         outcomes = await asyncio.wait_for(
             asyncio.gather(*futures, return_exceptions=True), timeout=10)
