@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -77,6 +78,23 @@ def _lag_summary(path: Path, start: float, end: float) -> str:
     return "\n".join(lines)
 
 
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of ``pid``'s main thread (the event loop: "loop")
+    and of its other threads together ("threads": the store's writer and readers; Python
+    does not give them names the kernel sees)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = defaultdict(float)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = "loop" if task.name == str(pid) else "threads"
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu[name] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return dict(cpu)
+
+
 def _switches(pid: int) -> tuple[int, int]:
     """(voluntary, involuntary) context switches of every thread of ``pid`` so far
     (``/proc/PID/task/*/status``: ``/proc/PID/status`` counts the main thread only)."""
@@ -101,6 +119,7 @@ class _Window:
     def __init__(self, pid: int, warmup: float, seconds: float, strace_out: str | None) -> None:
         self.pid, self.warmup, self.seconds, self.strace_out = pid, warmup, seconds, strace_out
         self.samples: list[tuple[int, int]] = []
+        self.cpu: list[dict[str, float]] = []
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def start(self) -> None:
@@ -109,6 +128,7 @@ class _Window:
     def _run(self) -> None:
         time.sleep(self.warmup)
         self.samples.append(_switches(self.pid))
+        self.cpu.append(_thread_cpu(self.pid))
         if self.strace_out:
             subprocess.run(["timeout", "-s", "INT", str(self.seconds), "strace", "-c", "-f",
                             "-p", str(self.pid), "-o", self.strace_out],
@@ -116,6 +136,7 @@ class _Window:
         else:
             time.sleep(self.seconds)
         self.samples.append(_switches(self.pid))
+        self.cpu.append(_thread_cpu(self.pid))
 
     def result(self) -> tuple[int, int] | None:
         self._thread.join()
@@ -123,6 +144,13 @@ class _Window:
             return None
         (v0, i0), (v1, i1) = self.samples
         return v1 - v0, i1 - i0
+
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds per thread name over the window."""
+        if len(self.cpu) < 2:
+            return {}
+        first, last = self.cpu
+        return {name: last[name] - first.get(name, 0.0) for name in last}
 
 
 def _histograms(port: int) -> str:
@@ -196,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"server context switches per inbound message: voluntary "
                   f"{switches[0] / sent:.3f}, involuntary {switches[1] / sent:.3f} "
                   f"({sent} messages, {res['deliveries']} deliveries)")
+            threads = window.thread_cpu()
+            print("server CPU per inbound message by thread (us, clock ticks): " + ", ".join(
+                f"{name} {seconds * 1e6 / sent:.1f}" for name, seconds in
+                sorted(threads.items(), key=lambda kv: -kv[1]) if seconds))
         if args.strace:
             print(f"syscalls counted in {args.strace}: divide by the messages above")
         gc = own.get("gc") or {}

@@ -114,10 +114,11 @@ async def test_sqlite_group_commit_spans_rooms(tmp_path: Path) -> None:
 
 
 async def test_the_appends_of_one_loop_turn_are_one_commit(tmp_path: Path) -> None:
-    """Issue 22, item 2: every room's append submitted in one loop turn goes to the writer
-    thread as one group, so an idle writer commits them together (it used to be woken by the
-    first and often committed that one alone, then the rest: a wake, a transaction and a
-    completion callback per room)."""
+    """Issue 22, item 2: the appends submitted in one loop turn go to the writer thread in
+    at most two hand-offs (the first at once, the rest at the end of the turn), so they take
+    at most two commits (the writer used to be woken per room, and took them in as many
+    commits as it happened to wake up for: a wake, a transaction and a completion callback
+    per few rooms)."""
     commits: list[int] = []
     store = await SqliteStore.open(tmp_path / "db", synchronous="NORMAL",
                                    on_commit=lambda s, n: commits.append(n))
@@ -127,11 +128,15 @@ async def test_the_appends_of_one_loop_turn_are_one_commit(tmp_path: Path) -> No
     sys.setswitchinterval(1e-5)
     try:
         for turn in range(5):  # an idle writer each time: the previous turn's commit is done
+            before = len(commits)
             results = await asyncio.gather(*(store.append(f"r{i}", msgs(3 * turn + 1, 3),
                                                           retention=0) for i in range(200)))
             assert all([r.seq for r in result] == [3 * turn + 1, 3 * turn + 2, 3 * turn + 3]
                        for result in results)
-        assert commits == [600] * 5
+            # The first goes at once (a lone message waits for nothing), the rest together at
+            # the end of the turn: in its own commit, or in the first's if the writer had not
+            # started it yet.
+            assert commits[before:] in ([3, 597], [600]), commits[before:]
     finally:
         sys.setswitchinterval(interval)
         await store.close()
