@@ -543,7 +543,9 @@ def _resolve_each(outcomes: list[_Outcome]) -> None:
 class SqliteStore:
     """The embedded engine: ``SqliteStore.open(path)``; ``synchronous`` is SQLite's pragma.
 
-    ``FULL`` (default) survives power loss; ``NORMAL`` survives a crash of the process only.
+    ``FULL`` (default) survives power loss; ``NORMAL`` survives a crash of the process only
+    (docs/production.md, "Durability", has what each costs). Used from one event loop: the
+    group commit's bookkeeping (``_gathered``, ``_in_flight``) lives on it.
     """
 
     def __init__(self, path: Path, synchronous: str, on_commit: CommitObserver | None,
