@@ -168,10 +168,10 @@ class Session:
         abortable, progress, immediate, shares = _capabilities(transport)
         self._abortable = cast(AbortableTransport, transport) if abortable else None
         self._progress = cast(ProgressTransport, transport) if progress else None
-        # Bound once: ``offer`` runs per member per broadcast.
-        self._send_now = cast(ImmediateTransport, transport).send_now if immediate else None
-        self._send_shared_now = (cast(SharedTransport, transport).send_shared_now if shares
-                                 else None)
+        # The transport again, typed by what it can do (no cast per offer, which runs per member
+        # per broadcast; references, not bound methods: nothing more kept per connection).
+        self._immediate = cast(ImmediateTransport, transport) if immediate else None
+        self._sharing = cast(SharedTransport, transport) if shares else None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -196,11 +196,11 @@ class Session:
         if self._queued and self._queued + count > self._outbox_limit:
             return False
         waiter = self._waiter
-        send_now = self._send_now
-        if (send_now is not None and waiter is not None and not waiter.done()
+        immediate = self._immediate
+        if (immediate is not None and waiter is not None and not waiter.done()
                 and self.state is SessionState.ACTIVE and count <= self._max_frame
-                and (send_now(payload) if shared is None or self._send_shared_now is None
-                     else self._send_shared_now(shared))):
+                and (immediate.send_now(payload) if shared is None or self._sharing is None
+                     else self._sharing.send_shared_now(shared))):
             # The writer is idle in its live loop (so nothing is queued before this) and the
             # socket took the frame without buffering: written here, without waking the writer
             # task. In small rooms that wake-up, one per member per message, was a large part

@@ -150,7 +150,7 @@ class FrameWriter:
         # The TCP transport while the stream is known open and plain without looking: from
         # ``read_directly`` until Hypercorn could change the stream's state. It changes only
         # on what Hypercorn reads (peer's close, ping, a bad frame: only once ``DirectReader``
-        # gave reading back, which calls ``_not_live``), on what we send through it (``close``)
+        # gave reading back, which calls ``reading_given_back``), on what we send (``close``)
         # or once the handler is done (``detach``); a lost connection shows in the
         # transport's own ``is_closing()``, still checked per write. None: check in full.
         self._live: asyncio.WriteTransport | None = None
@@ -213,8 +213,9 @@ class FrameWriter:
         stream, writer = target
         return writer.transport if _open(stream) else None
 
-    def _not_live(self) -> None:
-        """Hypercorn reads (or we close) the stream from now on: look its state up per send."""
+    def reading_given_back(self) -> None:
+        """Hypercorn reads the stream from now on (``DirectReader``): look its state up per
+        send."""
         self._live = None
 
     def take_inbound(self, handler: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> bool:
@@ -261,7 +262,7 @@ class FrameWriter:
         # (uvloop's transports have the interface without subclassing asyncio.Transport.)
         transport.set_protocol(DirectReader(cast(asyncio.Transport, transport), inner, on_text,
                                             stream.config.websocket_max_message_size,
-                                            self._not_live))
+                                            self))
         self._live = transport
         return True
 
