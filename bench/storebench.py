@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -39,10 +40,22 @@ from rooms.messages import Draft
 TEXT = "1234.567|3|lorem ipsum dolor sit amet, consectetur adipiscing elit"
 
 
+async def _busy(until: float) -> None:
+    """Keep the event loop busy in Python, as a loaded server's is (fan-out, parsing), giving
+    it up only for a zero-timeout poll per iteration: the writer thread then competes with the
+    loop for the GIL as it does in a server."""
+    while time.perf_counter() < until:
+        for _ in range(2000):
+            pass
+        await asyncio.sleep(0)
+
+
 async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
-                 search_index: bool = True) -> dict[str, Any]:
+                 search_index: bool = True, busy_loop: bool = False) -> dict[str, Any]:
     """``search_index``: ``SqliteStore.open``'s (``ROOMCHAT_SEARCH_INDEX``): off, the store
-    keeps no search index (what appends cost without it: ``bench.search``)."""
+    keeps no search index (what appends cost without it: ``bench.search``). ``busy_loop``:
+    run ``_busy`` beside the rooms (the CPU per message then includes it: compare context
+    switches and syscalls, not CPU)."""
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
         store = await SqliteStore.open(Path(tmp) / "roomchat.sqlite3", synchronous=synchronous,
                                        search_index=search_index)
@@ -66,14 +79,18 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
                 stored += batch
 
         t0, c0 = time.perf_counter(), time.process_time()
+        u0 = resource.getrusage(resource.RUSAGE_SELF)  # every thread's, the writer's included
         try:
             async with asyncio.TaskGroup() as tg:
                 for r in range(rooms):
                     tg.create_task(room(r))
+                if busy_loop:
+                    tg.create_task(_busy(deadline))
         finally:
             await store.close()
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - c0
+        u1 = resource.getrusage(resource.RUSAGE_SELF)
     commits.sort()
     return {
         "rooms": rooms,
@@ -84,6 +101,10 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
         "messages": stored,
         "messages_per_s": stored / elapsed,
         "cpu_us_per_message": cpu / max(1, stored) * 1e6,
+        # Context switches of the whole process (loop and writer thread) per message stored:
+        # voluntary ones are waits (a thread hand-off, an fsync), involuntary ones preemption.
+        "voluntary_switches_per_message": (u1.ru_nvcsw - u0.ru_nvcsw) / max(1, stored),
+        "involuntary_switches_per_message": (u1.ru_nivcsw - u0.ru_nivcsw) / max(1, stored),
         "append_p50_ms": commits[len(commits) // 2] * 1000 if commits else None,
         "append_p99_ms": commits[int(len(commits) * 0.99)] * 1000 if commits else None,
     }
@@ -95,9 +116,11 @@ busy rooms."""
 
 
 async def run_all(seconds: float, synchronous: str, search_index: bool = True,
-                  shapes: Sequence[tuple[int, int]] = SHAPES) -> dict[str, Any]:
+                  shapes: Sequence[tuple[int, int]] = SHAPES,
+                  busy_loop: bool = False) -> dict[str, Any]:
     """Every shape for ``seconds`` each."""
-    results = [await _shape(r, b, seconds, synchronous, search_index) for r, b in shapes]
+    results = [await _shape(r, b, seconds, synchronous, search_index, busy_loop)
+               for r, b in shapes]
     return {"status": "ok", "shapes": results}
 
 
@@ -126,11 +149,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep the search index (default: ROOMCHAT_SEARCH_INDEX, on)")
     parser.add_argument("--shapes", type=_shapes, default=list(SHAPES),
                         help="ROOMSxBATCH,... (default: %(default)s)")
+    parser.add_argument("--busy-loop", action="store_true",
+                        help="keep the event loop busy beside the rooms, as a server's is")
     args = parser.parse_args(argv)
     try:
         search_index = (_search_index_setting() if args.search_index is None
                         else args.search_index == "1")
-        out = asyncio.run(run_all(args.seconds, args.synchronous, search_index, args.shapes))
+        out = asyncio.run(run_all(args.seconds, args.synchronous, search_index, args.shapes,
+                                  args.busy_loop))
     except Exception as exc:  # reported, not raised: the benchmark goes on without it
         out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(out), flush=True)

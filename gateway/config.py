@@ -206,7 +206,9 @@ class Config:
     store_connections: int = _setting(
         32, "Connections to a networked store (Redis), shared by all rooms; rooms wait for one.")
     store_synchronous: str = _setting(
-        "FULL", "SQLite `synchronous`: FULL survives power loss, NORMAL only a process crash.")
+        "FULL", "SQLite `synchronous`: FULL flushes every commit (an acked message survives "
+                "power loss), NORMAL only at checkpoints (it survives a crash of the process, "
+                "not of the machine); EXTRA is FULL here. Costs: docs/production.md.")
     search_index: bool = _setting(
         True, "Keep the SQLite store's search index (search needs it). Off: it is dropped at "
               "start, appends take ~1.7x less CPU one message a commit and ~3x less in "

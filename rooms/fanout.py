@@ -6,8 +6,9 @@ client never stalls the room. A session whose outbox is full is closed with 4009
 consumer; it resumes from history), as is one whose writer has been stuck in one send for
 ``send_timeout`` (``abort_stalled``, from the room's tick).
 
-This is where a later redesign builds each broadcast's bytes once and writes them per member
-(issue 22, item 3): one method, ``deliver``, sees every broadcast and every recipient.
+A broadcast's payload is encoded and framed once for all its members (``SharedFrame``): each
+member then costs one socket write (issue 22, item 3), the shape of
+``websockets.broadcast()``; a member with riders (its acks) gets a frame of its own.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import time
 
 from rooms.observer import RoomObserver
 from rooms.protocol import CloseCode
-from rooms.session import Session
+from rooms.session import Session, SharedFrame
 from rooms.state import Broadcast, Close, Effect, RoomState, Send
 
 log = logging.getLogger("roomchat.room")
@@ -55,12 +56,15 @@ class Fanout:
                         riders = {}
                     riders.setdefault(rider.session, []).append(rider.payload)
                     index += 1
+                # One per broadcast: the members' transports encode and frame the payload once
+                # between them, and each costs one socket write.
+                shared = SharedFrame(payload)
                 for session in sessions.values():
                     if session.id == exclude:
                         continue
                     extra = riders.get(session.id) if riders else None
                     if extra is None:
-                        accepted = session.offer(payload, count)
+                        accepted = session.offer(payload, count, shared)
                     else:
                         accepted = session.offer("\n".join((payload, *extra)),
                                                  count + len(extra))

@@ -63,6 +63,31 @@ class ImmediateTransport(Transport, Protocol):
     def send_now(self, data: str) -> bool: ...
 
 
+class SharedFrame:
+    """One payload a broadcast offers to many sessions, with the wire bytes of it that a
+    transport built for the first member it wrote to, for the others to reuse.
+
+    ``ws_frame``: the payload as one final, unmasked WebSocket text frame without extensions
+    (RFC 6455 section 5.2): the same bytes for every connection that negotiated no extension,
+    so the payload is encoded and framed once per broadcast, not once per member (issue 22,
+    item 3). Only transports that write exactly that frame may read or fill it."""
+
+    __slots__ = ("text", "ws_frame")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.ws_frame: bytes | None = None
+
+
+@runtime_checkable
+class SharedTransport(ImmediateTransport, Protocol):
+    """An ``ImmediateTransport`` that can write a broadcast's shared frame at once
+    (``gateway.hypercorn_ext.fastsend``): as ``send_now(shared.text)``, building
+    ``shared.ws_frame`` if no member's transport has yet."""
+
+    def send_shared_now(self, shared: SharedFrame) -> bool: ...
+
+
 @runtime_checkable
 class ProgressTransport(Transport, Protocol):
     """A transport that can tell how far the peer has read (``gateway.hypercorn_ext.fastsend``):
@@ -74,17 +99,19 @@ class ProgressTransport(Transport, Protocol):
 # What each transport class can do: isinstance() against a runtime-checkable Protocol inspects
 # every member each time (~2 µs each, 2% of a handshake's CPU in a py-spy profile). Keyed by
 # class, so it holds one entry per transport class in the program.
-_CAPABILITIES: dict[type, tuple[bool, bool, bool]] = {}
+_CAPABILITIES: dict[type, tuple[bool, bool, bool, bool]] = {}
 
 
-def _capabilities(transport: Transport) -> tuple[bool, bool, bool]:
-    """``(abortable, reports progress, writes at once)`` of ``transport``'s class."""
+def _capabilities(transport: Transport) -> tuple[bool, bool, bool, bool]:
+    """``(abortable, reports progress, writes at once, writes shared frames)`` of
+    ``transport``'s class."""
     kind = type(transport)
     known = _CAPABILITIES.get(kind)
     if known is None:
         known = _CAPABILITIES[kind] = (isinstance(transport, AbortableTransport),
                                        isinstance(transport, ProgressTransport),
-                                       isinstance(transport, ImmediateTransport))
+                                       isinstance(transport, ImmediateTransport),
+                                       isinstance(transport, SharedTransport))
     return known
 
 
@@ -138,9 +165,13 @@ class Session:
         self._replay_tail: int | None = None  # acked bytes at which the whole replay is read
         self._close_timer: asyncio.TimerHandle | None = None
         self._expired = False  # the closing phase ran out of time; the transport was aborted
-        abortable, progress, self._immediate = _capabilities(transport)
+        abortable, progress, immediate, shares = _capabilities(transport)
         self._abortable = cast(AbortableTransport, transport) if abortable else None
         self._progress = cast(ProgressTransport, transport) if progress else None
+        # The transport again, typed by what it can do (no cast per offer, which runs per member
+        # per broadcast; references, not bound methods: nothing more kept per connection).
+        self._immediate = cast(ImmediateTransport, transport) if immediate else None
+        self._sharing = cast(SharedTransport, transport) if shares else None
 
     def _wake(self) -> None:
         waiter = self._waiter
@@ -152,8 +183,10 @@ class Session:
         """Neither closing nor closed."""
         return self.state in (SessionState.JOINING, SessionState.ACTIVE)
 
-    def offer(self, payload: str, count: int = 1) -> bool:
+    def offer(self, payload: str, count: int = 1, shared: SharedFrame | None = None) -> bool:
         """Queue ``count`` server objects (``payload``: their texts joined by ``\n``).
+        ``shared``: the broadcast's ``SharedFrame`` of ``payload`` when other sessions are
+        offered the same payload (its bytes are then built once for all of them).
 
         False if that would take the outbox past ``outbox_limit`` objects (the caller closes
         with 4009). An empty outbox always takes one batch, however large.
@@ -163,9 +196,11 @@ class Session:
         if self._queued and self._queued + count > self._outbox_limit:
             return False
         waiter = self._waiter
-        if (self._immediate and waiter is not None and not waiter.done()
+        immediate = self._immediate
+        if (immediate is not None and waiter is not None and not waiter.done()
                 and self.state is SessionState.ACTIVE and count <= self._max_frame
-                and cast(ImmediateTransport, self._transport).send_now(payload)):
+                and (immediate.send_now(payload) if shared is None or self._sharing is None
+                     else self._sharing.send_shared_now(shared))):
             # The writer is idle in its live loop (so nothing is queued before this) and the
             # socket took the frame without buffering: written here, without waking the writer
             # task. In small rooms that wake-up, one per member per message, was a large part

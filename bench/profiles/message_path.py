@@ -8,6 +8,12 @@ run in-process on uvloop, CPU per operation (``time.process_time``).
   (``frames_received``, ``messages_delivered``, ``broadcast_latency``) on ``gateway.metrics``.
 - ``verify``: ``TokenVerifier.verify`` of one token (per verification; a cache, when the tree
   has one, is hit after the first).
+- ``fanout``: ``Fanout.deliver`` of one broadcast (a ~150-byte message) to ``--members``
+  sessions whose transports are ``FrameWriter``s on the direct path, per delivery (issue 22,
+  item 3). The TCP transport under them is a stub whose ``write`` keeps nothing: this is the
+  Python work per member, not the kernel's ``write``. Each writer is set up as an accepted,
+  plain, directly read connection leaves it (Hypercorn's stream open, ``_plain``, and
+  ``_live`` where the tree has it).
 
 Run it against two trees (``git archive`` of the commit before) in alternation to compare.
 """
@@ -64,13 +70,75 @@ def _verify(n: int) -> float:
     return (time.process_time() - start) / n
 
 
+class _StubTransport:
+    """The calls ``FrameWriter`` makes on a TCP transport, doing nothing."""
+
+    def is_closing(self) -> bool:
+        return False
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        pass
+
+
+async def _fanout(n: int, members: int) -> float:
+    from types import SimpleNamespace
+
+    from hypercorn.protocol.ws_stream import ASGIWebsocketState
+    from wsproto.connection import ConnectionState
+
+    from gateway.hypercorn_ext.fastsend import FrameWriter
+    from rooms.fanout import Fanout
+    from rooms.observer import NullObserver
+    from rooms.session import Session, SessionState
+    from rooms.state import Broadcast
+
+    async def send(message: Any) -> None:
+        pass
+
+    loop = asyncio.get_running_loop()
+    fanout = Fanout("bench", NullObserver())
+    for i in range(members):
+        writer = FrameWriter(send)
+        transport = _StubTransport()
+        stream = SimpleNamespace(state=ASGIWebsocketState.CONNECTED, closed=False,
+                                 connection=SimpleNamespace(state=ConnectionState.OPEN))
+        writer._target = (stream, SimpleNamespace(transport=transport))  # type: ignore[assignment]
+        writer._plain = True
+        if "_live" in FrameWriter.__slots__:
+            writer._live = transport  # type: ignore[assignment]  # as read_directly sets it
+        session = Session(i + 1, f"u{i}", f"U{i}", writer, outbox_limit=1000,
+                          max_frame_messages=64, send_timeout=10, close_timeout=1)
+        session.state = SessionState.ACTIVE
+        session._waiter = loop.create_future()  # an idle writer: live frames go at once
+        fanout.sessions[session.id] = session
+    payload = ('{"type":"message","room":"bench","seq":123456,"id":"c-123456","user":"u1",'
+               '"name":"U1","text":"lorem ipsum dolor sit amet, consectetur","ts":1796666478372}')
+    effects: list[Any] = [Broadcast(payload)]
+    state: Any = None  # (deliver reads it only to evict a session that overflowed)
+    fanout.deliver(state, effects, 0)
+    start = time.process_time()
+    for _ in range(n):
+        fanout.deliver(state, effects, 0)
+    return (time.process_time() - start) / (n * members)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=["wake", "verify"])
+    p.add_argument("what", choices=["wake", "verify", "fanout"])
     p.add_argument("--n", type=int, default=200_000)
+    p.add_argument("--members", type=int, default=10, help="fanout: sessions in the room")
     args = p.parse_args()
     import uvloop
-    per: Any = uvloop.run(_wake(args.n)) if args.what == "wake" else _verify(args.n)
+    per: Any
+    if args.what == "wake":
+        per = uvloop.run(_wake(args.n))
+    elif args.what == "fanout":
+        per = uvloop.run(_fanout(args.n, args.members))
+    else:
+        per = _verify(args.n)
     print(f"{per * 1e6:.3f}")
 
 

@@ -18,9 +18,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from collections import defaultdict
@@ -50,6 +52,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="print roomchat's broadcast-latency and commit histograms at the end")
     p.add_argument("--skip-idle", action="store_true",
                    help="no 1 message/s reading before the load (as bench.run)")
+    p.add_argument("--strace", metavar="OUT",
+                   help="count the server's syscalls in the window (strace -c -f; slows it)")
     return p.parse_args(argv)
 
 
@@ -72,6 +76,81 @@ def _lag_summary(path: Path, start: float, end: float) -> str:
         lines.append(f"gc generation {gen}: {len(pauses)} collections, mean "
                      f"{sum(pauses) / len(pauses):.1f} ms, max {max(pauses):.1f} ms")
     return "\n".join(lines)
+
+
+def _thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds (user + system) so far of ``pid``'s main thread (the event loop: "loop")
+    and of its other threads together ("threads": the store's writer and readers; Python
+    does not give them names the kernel sees)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    cpu: dict[str, float] = defaultdict(float)
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = "loop" if task.name == str(pid) else "threads"
+        fields = stat[stat.rindex(")") + 2:].split()
+        cpu[name] += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return dict(cpu)
+
+
+def _switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every thread of ``pid`` so far
+    (``/proc/PID/task/*/status``: ``/proc/PID/status`` counts the main thread only)."""
+    voluntary = involuntary = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            text = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
+class _Window:
+    """The server's context switches (and, with ``strace_out``, its syscalls) over the
+    measured window: from ``warmup`` seconds after ``start()`` for ``seconds``."""
+
+    def __init__(self, pid: int, warmup: float, seconds: float, strace_out: str | None) -> None:
+        self.pid, self.warmup, self.seconds, self.strace_out = pid, warmup, seconds, strace_out
+        self.samples: list[tuple[int, int]] = []
+        self.cpu: list[dict[str, float]] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        time.sleep(self.warmup)
+        self.samples.append(_switches(self.pid))
+        self.cpu.append(_thread_cpu(self.pid))
+        if self.strace_out:
+            subprocess.run(["timeout", "-s", "INT", str(self.seconds), "strace", "-c", "-f",
+                            "-p", str(self.pid), "-o", self.strace_out],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        else:
+            time.sleep(self.seconds)
+        self.samples.append(_switches(self.pid))
+        self.cpu.append(_thread_cpu(self.pid))
+
+    def result(self) -> tuple[int, int] | None:
+        self._thread.join()
+        if len(self.samples) < 2:
+            return None
+        (v0, i0), (v1, i1) = self.samples
+        return v1 - v0, i1 - i0
+
+    def thread_cpu(self) -> dict[str, float]:
+        """CPU seconds per thread name over the window."""
+        if len(self.cpu) < 2:
+            return {}
+        first, last = self.cpu
+        return {name: last[name] - first.get(name, 0.0) for name in last}
 
 
 def _histograms(port: int) -> str:
@@ -125,9 +204,12 @@ def main(argv: list[str] | None = None) -> int:
                  "-p", str(server.child.pid)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         start = time.time() + 1  # after the warm-up
+        window = _Window(server.child.pid, 1.0, args.seconds, args.strace)
+        window.start()
         res = enrich(lg.command({"cmd": "open", "rate": args.rate, "warmup_s": 1,
                                  "measure_s": args.seconds}, "result", args.seconds + 120))
         end = time.time()
+        switches = window.result()
         lat = res["latency"]
         own = res.get("loadgen_loop_delay") or {}
         print(f"at {args.rate:,.0f} messages/s: {res['cpu_us_per_delivery']:.2f} us/delivery, "
@@ -137,6 +219,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"other load: server core {res.get('foreign_util_server_core', 0):.1%}, "
               f"load generator core {res.get('foreign_util_loadgen_core', 0):.1%}; "
               f"load generator core {res['loadgen_util']:.1%} busy")
+        if switches is not None and res.get("sent"):
+            sent = res["sent"]
+            print(f"server context switches per inbound message: voluntary "
+                  f"{switches[0] / sent:.3f}, involuntary {switches[1] / sent:.3f} "
+                  f"({sent} messages, {res['deliveries']} deliveries)")
+            threads = window.thread_cpu()
+            print("server CPU per inbound message by thread (us, clock ticks): " + ", ".join(
+                f"{name} {seconds * 1e6 / sent:.1f}" for name, seconds in
+                sorted(threads.items(), key=lambda kv: -kv[1]) if seconds))
+        if args.strace:
+            print(f"syscalls counted in {args.strace}: divide by the messages above")
         gc = own.get("gc") or {}
         if gc:
             print(f"load generator's garbage collections: {gc['count']}, "

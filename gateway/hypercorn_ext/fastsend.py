@@ -58,6 +58,7 @@ from hypercorn.protocol.ws_stream import ASGIWebsocketState, WSStream
 from wsproto.connection import ConnectionState
 
 from gateway.hypercorn_ext.fastread import DirectReader
+from rooms.session import SharedFrame
 
 Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
@@ -140,12 +141,19 @@ async def _discard(message: MutableMapping[str, Any]) -> None:
 class FrameWriter:
     """``rooms.session.Transport`` for a Hypercorn WebSocket: direct frames when possible."""
 
-    __slots__ = ("_plain", "_send", "_target")
+    __slots__ = ("_live", "_plain", "_send", "_target")
 
     def __init__(self, send: Send) -> None:
         self._send = send
         self._target = _locate(send) if _sending else None
         self._plain: bool | None = None  # no extension negotiated; known once accepted
+        # The TCP transport while the stream is known open and plain without looking: from
+        # ``read_directly`` until Hypercorn could change the stream's state. It changes only
+        # on what Hypercorn reads (peer's close, ping, a bad frame: only once ``DirectReader``
+        # gave reading back, which calls ``reading_given_back``), on what we send (``close``)
+        # or once the handler is done (``detach``); a lost connection shows in the
+        # transport's own ``is_closing()``, still checked per write. None: check in full.
+        self._live: asyncio.WriteTransport | None = None
 
     @property
     def direct(self) -> bool:
@@ -177,17 +185,38 @@ class FrameWriter:
         """Write one text frame at once if that cannot block: the direct path's shape, open,
         and nothing already buffered for the peer. False when nothing was written (the caller
         then queues it for ``send``, which waits for the buffer to drain)."""
-        target = self._target
-        if target is None or not self._plain:
-            return False
-        stream, writer = target
-        transport = writer.transport
-        if transport.is_closing() or transport.get_write_buffer_size():
-            return False
-        if not _open(stream):
+        transport = self._live or self._writable()
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
             return False
         transport.write(text_frame(data.encode()))
         return True
+
+    def send_shared_now(self, shared: SharedFrame) -> bool:
+        """``send_now(shared.text)`` with the frame built once per broadcast: the first writer
+        to need it stores it in ``shared.ws_frame`` (every connection this writes to directly
+        negotiated no extension, so the bytes are the same for all)."""
+        transport = self._live or self._writable()
+        if transport is None or transport.is_closing() or transport.get_write_buffer_size():
+            return False
+        frame = shared.ws_frame
+        if frame is None:
+            frame = shared.ws_frame = text_frame(shared.text.encode())
+        transport.write(frame)
+        return True
+
+    def _writable(self) -> asyncio.WriteTransport | None:
+        """The TCP transport if the direct path's shape holds and the stream is open on both
+        sides, looked up in full (while ``_live`` is not set)."""
+        target = self._target
+        if target is None or not self._plain:
+            return None
+        stream, writer = target
+        return writer.transport if _open(stream) else None
+
+    def reading_given_back(self) -> None:
+        """Hypercorn reads the stream from now on (``DirectReader``): look its state up per
+        send."""
+        self._live = None
 
     def take_inbound(self, handler: Callable[[MutableMapping[str, Any]], Awaitable[None]]) -> bool:
         """Have Hypercorn pass each inbound ASGI message (``websocket.receive``,
@@ -232,7 +261,9 @@ class FrameWriter:
             return False  # bytes that came with the handshake, not yet parsed
         # (uvloop's transports have the interface without subclassing asyncio.Transport.)
         transport.set_protocol(DirectReader(cast(asyncio.Transport, transport), inner, on_text,
-                                            stream.config.websocket_max_message_size))
+                                            stream.config.websocket_max_message_size,
+                                            self))
+        self._live = transport
         return True
 
     def forget_handshake(self) -> None:
@@ -272,9 +303,11 @@ class FrameWriter:
         this, a closed connection is a reference cycle that only the garbage collector frees.
         Sends after this do nothing."""
         self._target = None
+        self._live = None
         self._send = _discard
 
     async def close(self, code: int, reason: str) -> None:
+        self._live = None  # no frame may follow the close frame
         await self._send({"type": "websocket.close", "code": code, "reason": reason})
 
     def abort(self) -> None:

@@ -503,6 +503,8 @@ Landed = Callable[[list[Appended] | None, BaseException | None], None]
 """Called on the event loop with an append's outcome (its results, or the error), even when
 nobody awaits it any more."""
 
+_Outcome = tuple[_Append, list[Appended] | None, BaseException | None]
+
 
 def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | None,
              landed: Landed | None = None) -> None:
@@ -516,10 +518,34 @@ def _resolve(future: asyncio.Future[Any], result: Any, error: BaseException | No
         future.set_exception(error)
 
 
+def _resolve_all(outcomes: list[_Outcome], done: Callable[[int], None], groups: int) -> None:
+    """Every append of one commit resolved, on their loop, in the order they were queued: one
+    callback per commit, not one per room (each ``call_soon_threadsafe`` wakes the loop from
+    the writer thread); then ``done(groups)``, the groups that commit wrote. A ``landed`` hook
+    that raises is logged and fails only its own room's append: the others' outcomes still
+    arrive."""
+    try:
+        _resolve_each(outcomes)
+    finally:
+        done(groups)
+
+
+def _resolve_each(outcomes: list[_Outcome]) -> None:
+    for item, result, error in outcomes:
+        try:
+            _resolve(item.future, result, error, item.landed)
+        except Exception as exc:  # (a room's own hook: contained to that room)
+            log.exception("room %s: the store's answer could not be delivered", item.room)
+            if not item.future.done():
+                item.future.set_exception(StoreError(f"answer not delivered: {exc!r}"))
+
+
 class SqliteStore:
     """The embedded engine: ``SqliteStore.open(path)``; ``synchronous`` is SQLite's pragma.
 
-    ``FULL`` (default) survives power loss; ``NORMAL`` survives a crash of the process only.
+    ``FULL`` (default) survives power loss; ``NORMAL`` survives a crash of the process only
+    (docs/production.md, "Durability", has what each costs). Used from one event loop: the
+    group commit's bookkeeping (``_gathered``, ``_in_flight``) lives on it.
     """
 
     def __init__(self, path: Path, synchronous: str, on_commit: CommitObserver | None,
@@ -531,8 +557,16 @@ class SqliteStore:
         self._on_commit = on_commit
         # Unbounded by type, bounded by use: each room actor awaits its append before the next,
         # and each erasure its step, so at most one item per loaded room or running erasure is
-        # ever queued.
-        self._writes: queue.SimpleQueue[_Append | None] = queue.SimpleQueue()
+        # ever queued. Each queue item is a group of appends handed over together.
+        self._writes: queue.SimpleQueue[list[_Append] | None] = queue.SimpleQueue()
+        # Group commit, loop side: an append submitted while the writer is idle goes to it at
+        # once (a lone message waits for nothing); the others submitted in the same loop turn
+        # gather here and go together at the end of it (``_hand_off``). One wake of the writer
+        # per turn and one answer per commit, not one of each per room (each was a futex call
+        # and a GIL hand-over: bench/reports/2026-12-07-message-path-2.md). The writer drains
+        # every group queued when it finishes a commit, without waiting for the loop.
+        self._gathered: list[_Append] = []
+        self._in_flight = 0  # groups handed to the writer, not yet answered (loop thread)
         self._writer = threading.Thread(target=self._write_loop, name="roomchat-store-writer",
                                         daemon=True)
         self._readers = ThreadPoolExecutor(max_workers=4, thread_name_prefix="roomchat-store-read")
@@ -610,8 +644,31 @@ class SqliteStore:
             raise StoreError("store is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[list[Appended]] = loop.create_future()
-        self._writes.put(_Append(room, drafts, retention, rules, loop, future, landed))
+        self._gather(_Append(room, drafts, retention, rules, loop, future, landed))
         return future
+
+    def _gather(self, item: _Append) -> None:
+        if not self._in_flight and not self._gathered:
+            self._in_flight += 1
+            self._writes.put([item])
+            return
+        if not self._gathered:
+            # Runs after every callback already ready in this turn: the rooms woken by this
+            # turn's frames submit first, and all go to the writer in one group.
+            item.loop.call_soon(self._hand_off)
+        self._gathered.append(item)
+
+    def _hand_off(self) -> None:
+        """Queue the appends gathered for the writer thread, as one group (on the event loop;
+        also from ``close``, before the writer's stop marker)."""
+        if self._gathered:
+            group, self._gathered = self._gathered, []
+            self._in_flight += 1
+            self._writes.put(group)
+
+    def _written(self, groups: int) -> None:
+        """``groups`` groups were answered (on the loop): with none left, the writer is idle."""
+        self._in_flight -= groups
 
     def _write_loop(self) -> None:
         conn = self._conn
@@ -620,23 +677,25 @@ class SqliteStore:
             first = self._writes.get()
             if first is None:
                 break
-            batch = [first]
+            batch = list(first)
+            groups = 1
             stop = False
-            while True:  # take everything already queued: one transaction for all of it
+            while True:  # take every group already queued: one transaction for all of it
                 try:
-                    item = self._writes.get_nowait()
+                    group = self._writes.get_nowait()
                 except queue.Empty:
                     break
-                if item is None:
+                if group is None:
                     stop = True
                     break
-                batch.append(item)
-            self._commit(conn, batch)
+                batch.extend(group)
+                groups += 1
+            self._commit(conn, batch, groups)
             if stop:
                 break
         conn.close()
 
-    def _commit(self, conn: sqlite3.Connection, batch: list[_Append]) -> None:
+    def _commit(self, conn: sqlite3.Connection, batch: list[_Append], groups: int) -> None:
         """One transaction for every append in ``batch``; each in its own savepoint, so a failing
         one fails alone, not its neighbours' rooms: ``Unstorable`` when some of its drafts
         cannot be encoded, ``StoreError`` for anything else."""
@@ -671,8 +730,13 @@ class SqliteStore:
         # Report before resolving: whoever awaited the append may look at the numbers at once.
         if count and self._on_commit is not None:
             self._on_commit(time.perf_counter() - started, count)
-        for item, result, error in zip(batch, results, errors, strict=True):
-            item.loop.call_soon_threadsafe(_resolve, item.future, result, error, item.landed)
+        # One callback, resolving every room's append (all submitted on one loop: the one
+        # ``_in_flight`` counts on).
+        outcomes = list(zip(batch, results, errors, strict=True))
+        try:
+            batch[0].loop.call_soon_threadsafe(_resolve_all, outcomes, self._written, groups)
+        except RuntimeError:  # the loop is closed: nobody is left to tell
+            log.warning("%d store answers dropped: their event loop is closed", len(outcomes))
 
     @staticmethod
     def _unstorable(item: _Append, exc: Exception) -> StoreError | Unstorable:
@@ -1020,7 +1084,7 @@ class SqliteStore:
                         ChangeDraft(user, name, None, now, Action.DELETE, seq, moderator=True)
                         for seq, name in work]
                     future: asyncio.Future[list[Appended]] = loop.create_future()
-                    self._writes.put(_Append(room, drafts, 0, rules, loop, future, erase=True))
+                    self._gather(_Append(room, drafts, 0, rules, loop, future, erase=True))
                     entries = [r.entry for r in await future
                                if isinstance(r.entry, StoredChange)]
                     done.setdefault(room, []).extend(e.target for e in entries)
@@ -1182,6 +1246,7 @@ class SqliteStore:
         if self._closed:
             return
         self._closed = True
+        self._hand_off()  # this turn's appends are written before the writer stops
         self._writes.put(None)
         await asyncio.to_thread(self._writer.join)
         self._readers.shutdown(wait=True)

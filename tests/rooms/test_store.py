@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -107,6 +109,61 @@ async def test_sqlite_group_commit_spans_rooms(tmp_path: Path) -> None:
                                for i in range(50)))
         assert sum(commits) == 20_150
         assert len(commits) < 10  # the queued rooms share transactions
+    finally:
+        await store.close()
+
+
+async def test_the_appends_of_one_loop_turn_are_one_commit(tmp_path: Path) -> None:
+    """Issue 22, item 2: the appends submitted in one loop turn go to the writer thread in
+    at most two hand-offs (the first at once, the rest at the end of the turn), so they take
+    at most two commits (the writer used to be woken per room, and took them in as many
+    commits as it happened to wake up for: a wake, a transaction and a completion callback
+    per few rooms)."""
+    commits: list[int] = []
+    store = await SqliteStore.open(tmp_path / "db", synchronous="NORMAL",
+                                   on_commit=lambda s, n: commits.append(n))
+    # A turn of a loaded server's loop outlasts the GIL's switch interval (5 ms), and the
+    # writer thread then runs in the middle of it: a short interval makes that happen here.
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        for turn in range(5):  # an idle writer each time: the previous turn's commit is done
+            before = len(commits)
+            results = await asyncio.gather(*(store.append(f"r{i}", msgs(3 * turn + 1, 3),
+                                                          retention=0) for i in range(200)))
+            assert all([r.seq for r in result] == [3 * turn + 1, 3 * turn + 2, 3 * turn + 3]
+                       for result in results)
+            # The first goes at once (a lone message waits for nothing), the rest together at
+            # the end of the turn: in its own commit, or in the first's if the writer had not
+            # started it yet.
+            assert commits[before:] in ([3, 597], [600]), commits[before:]
+    finally:
+        sys.setswitchinterval(interval)
+        await store.close()
+
+
+async def test_a_failing_answer_hook_fails_its_own_append_alone(tmp_path: Path) -> None:
+    """The appends of one commit are answered by one callback on the loop: a ``landed`` hook
+    that raises fails its own append (``StoreError``), and every other room still gets its
+    answer (it used to leave its own future unresolved forever)."""
+    store = await SqliteStore.open(tmp_path / "db", synchronous="NORMAL")
+    told: list[str] = []
+
+    def hook(room: str, results: list[Appended] | None, error: BaseException | None) -> None:
+        told.append(room)
+        if room == "r1":
+            raise RuntimeError("a room's own bug")
+
+    try:
+        futures = [store.submit(f"r{i}", msgs(1, 2), 0, landed=functools.partial(hook, f"r{i}"))
+                   for i in range(3)]
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*futures, return_exceptions=True), timeout=10)
+        assert told == ["r0", "r1", "r2"]
+        assert isinstance(outcomes[1], StoreError), outcomes[1]
+        assert [r.seq for r in outcomes[0]] == [1, 2]  # type: ignore[union-attr]
+        assert [r.seq for r in outcomes[2]] == [1, 2]  # type: ignore[union-attr]
+        assert (await store.load("r1", 0)).last_seq == 2  # stored: only the answer failed
     finally:
         await store.close()
 

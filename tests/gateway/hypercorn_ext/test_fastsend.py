@@ -3,15 +3,17 @@ may be."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import TextMessage
 
+from gateway.hypercorn_ext import fastsend
 from gateway.hypercorn_ext.fastsend import text_frame
 from tests.conftest import ServerFactory
-from tests.support import frame_writers, wait_connections
+from tests.support import frame_writers, make_token, wait_connections
 
 
 # Payload sizes (bytes) around the 7-bit, 16-bit and 64-bit length encodings.
@@ -128,3 +130,64 @@ async def test_a_senders_ack_rides_in_the_frame_of_its_message(
             assert (ack["type"], ack["id"], ack["seq"]) == ("ack", f"m{i}", message["seq"])
             assert alice.frames == frames_before + 1
             assert (await bob.recv_type("message"))["text"] == f"m{i}"
+
+
+@pytest.mark.fast_paths
+async def test_a_broadcast_is_framed_once_for_all_its_members(
+        server_with: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 22, item 3: a broadcast's payload is encoded and framed once, and each member
+    costs one write of those bytes; only the sender, whose ack rides with the message, gets a
+    frame of its own. It used to be framed once per member (6 frames per message here)."""
+    async with server_with(rate_burst=1000) as srv:
+        clients = [await srv.connect(user=f"u{i}") for i in range(6)]
+        for client in clients:
+            await client.recv_type("welcome")
+        for i, client in enumerate(clients):  # each one's presence of the joins after it
+            for _ in range(5 - i):
+                await client.recv_type("presence")
+        built: list[bytes] = []
+
+        def counted(payload: bytes) -> bytes:
+            frame = text_frame(payload)
+            built.append(frame)
+            return frame
+
+        monkeypatch.setattr(fastsend, "text_frame", counted)
+        sender, *others = clients
+        for i in range(5):
+            frames = [c.frames for c in others]
+            await sender.say(f"m{i}", id=f"m{i}")
+            await sender.recv_type("ack")
+            for client, before in zip(others, frames, strict=True):
+                assert (await client.recv_type("message"))["text"] == f"m{i}"
+                assert client.frames == before + 1
+        assert len(built) == 5 * 2, len(built)  # per message: the shared frame, the sender's
+
+
+@pytest.mark.fast_paths
+async def test_open_is_cached_only_while_the_socket_is_read_directly(
+        server_with: ServerFactory) -> None:
+    """The writer skips re-checking the stream's state per write only while nobody but us can
+    change it: once Hypercorn reads the socket again (a ping here) or a close is sent, it looks
+    again per write, so no frame can follow a close frame."""
+    import websockets
+
+    async with (server_with(rate_burst=1000) as srv,
+                websockets.connect(srv.url(), compression=None) as ws,
+                websockets.connect(srv.url(token=make_token("bob")), compression=None) as bob):
+        for client in (ws, bob):
+            assert '"welcome"' in str(await client.recv())
+        first, second = frame_writers(srv)
+        assert first._live is not None and second._live is not None
+        await asyncio.wait_for(await ws.ping(b"x"), 5)  # Hypercorn reads ws's socket now
+        assert sorted([first._live is None, second._live is None]) == [False, True]
+        for client, text in ((ws, "after the ping"), (bob, "from bob")):
+            await client.send(f'{{"type":"message","text":"{text}","id":"{text[:4]}"}}')
+        for client in (ws, bob):
+            seen = ""
+            while "from bob" not in seen:
+                seen += str(await asyncio.wait_for(client.recv(), 5))
+        live = first if first._live is not None else second
+        await live.close(1000, "bye")
+        assert live._live is None
+        assert live.send_now("x") is False  # the stream is closing: nothing after the close
