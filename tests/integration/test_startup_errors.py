@@ -35,8 +35,16 @@ def test_redis_unreachable_names_where_but_never_the_password(tmp_path: Path) ->
 
 def test_unknown_store_url_scheme(tmp_path: Path) -> None:
     code, err = serve(tmp_path, "--bind", f"127.0.0.1:{free_port()}",
-                      "--store-url", "postgres://admin:pw-sekret@db/chat")
-    line = assert_one_line(code, err, "unknown store URL", "sqlite:///", "redis://")
+                      "--store-url", "mysql://admin:pw-sekret@db/chat")
+    line = assert_one_line(code, err, "unknown store URL", "sqlite:///", "redis://",
+                           "postgresql://")
+    assert "pw-sekret" not in line
+
+
+def test_unreachable_postgres_store(tmp_path: Path) -> None:
+    code, err = serve(tmp_path, "--bind", f"127.0.0.1:{free_port()}",
+                      "--store-url", "postgres://admin:pw-sekret@db.invalid/chat")
+    line = assert_one_line(code, err, "cannot reach PostgreSQL", "ROOMCHAT_STORE_URL")
     assert "pw-sekret" not in line
 
 
