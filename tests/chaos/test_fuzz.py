@@ -180,6 +180,8 @@ def documented(data: str) -> str:
         return "empty_text"
     if len(text.strip()) > MAX_TEXT:
         return "text_too_long"
+    if "\0" in text:  # no engine can keep it: PostgreSQL's text refuses it
+        return "invalid_message"
     if kind == "edit":
         return "change"
     reply_to, mentions = obj.get("reply_to"), obj.get("mentions")
