@@ -25,15 +25,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import itertools
 import json
 import os
 import random
 import secrets
+import select
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from http.client import HTTPConnection, HTTPSConnection
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 import websockets
@@ -245,20 +248,16 @@ class RoomClient:
                        "Content-Type": "application/octet-stream"}
             with contextlib.ExitStack() as stack:
                 if isinstance(source, bytes):
-                    body: Any = source
-                else:  # urllib streams a file object given its length
+                    body: BinaryIO = io.BytesIO(source)
+                    length = len(source)
+                else:  # streamed from disk
                     body = stack.enter_context(open(source, "rb"))
-                    headers["Content-Length"] = str(os.fstat(body.fileno()).st_size)
-                request = urllib.request.Request(url, data=body, method="POST",
-                                                 headers=headers)
-                try:
-                    with urllib.request.urlopen(request, timeout=60) as response:
-                        answer: dict[str, Any] = json.loads(response.read())
-                        return answer
-                except urllib.error.HTTPError as exc:
-                    refusal = json.loads(exc.read() or b"{}")
-                    raise ClientError(refusal.get("error", str(exc.code)),
-                                      refusal.get("detail", "")) from None
+                    length = os.fstat(body.fileno()).st_size
+                status, answer = post_watching(url, headers, body, length, timeout=60)
+            obj: dict[str, Any] = json.loads(answer or b"{}")
+            if status >= 400:
+                raise ClientError(obj.get("error", str(status)), obj.get("detail", ""))
+            return obj
 
         return await asyncio.to_thread(post)
 
@@ -428,3 +427,36 @@ class _Refused(Exception):
         self.status = status
         self.error = error
         self.detail = detail
+
+
+UPLOAD_CHUNK = 65_536
+"""Bytes of a request body sent between two looks for an early answer."""
+
+
+def post_watching(url: str, headers: dict[str, str], body: BinaryIO, length: int, *,
+                  timeout: float) -> tuple[int, bytes]:
+    """POST ``length`` bytes of ``body`` to ``url``; ``(status, response body)``.
+
+    Watches for the answer while sending (RFC 9112, 9.5: a client sending a body should stop
+    when an error answer arrives). The server refuses a declared size over its limit before
+    reading the body, answers and closes: a client that sends everything before reading (as
+    urllib does) meets a broken pipe there and never sees ``file_too_large``. Raises
+    ``OSError`` when the server closed without answering."""
+    parts = urlsplit(url)
+    conn_type = HTTPSConnection if parts.scheme == "https" else HTTPConnection
+    conn = conn_type(parts.hostname or "", parts.port, timeout=timeout)
+    try:
+        conn.putrequest("POST", parts.path + (f"?{parts.query}" if parts.query else ""))
+        for name, value in {**headers, "Content-Length": str(length)}.items():
+            conn.putheader(name, value)
+        conn.endheaders()
+        sock = conn.sock
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            while chunk := body.read(UPLOAD_CHUNK):
+                if select.select([sock], [], [], 0)[0]:
+                    break  # answered before the whole body went: read the answer
+                sock.sendall(chunk)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()

@@ -71,7 +71,7 @@ CORPUS = [
     "${alert(1)} {{constructor.constructor('window.__xss=1')()}}",
     f"'\"><svg/onload={XSS}>",
     f'<a href="https://example.org" onclick="{XSS}">x</a>',
-    f"\u0000<script>{XSS}</script>",
+    f"\u0001<script>{XSS}</script>",  # (U+0000 is refused: no engine may keep it)
     f"https://example.org/*{XSS}*_a_~b~",
     "https://user:pass@example.org:8080/path?q=<x>#frag",
 ]

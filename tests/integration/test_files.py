@@ -515,6 +515,14 @@ async def test_the_bot_client_uploads_a_file(tmp_path: Path) -> None:
             with pytest.raises(ClientError) as refused:
                 await bot.upload(b"x" * (MiB + 1), name="big.bin")
             assert refused.value.code == "file_too_large"
+            # Far over: the server answers the declared size and closes while most of the
+            # body is unsent. The client watches for that answer (urllib met a broken pipe).
+            huge = tmp_path / "huge.bin"
+            huge.write_bytes(b"x" * (32 * MiB))
+            for source in (huge, huge.read_bytes()):
+                with pytest.raises(ClientError) as refused:
+                    await bot.upload(source, name="huge.bin")
+                assert refused.value.code == "file_too_large"
 
 
 def test_a_files_store_that_cannot_work_is_one_line_at_start(tmp_path: Path) -> None:
