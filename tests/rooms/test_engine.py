@@ -6,6 +6,7 @@ engine promises the opposite, and its own test says so."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -58,25 +59,30 @@ def wire(entry: Entry | WireMessage | None) -> dict[str, Any]:
     return parsed
 
 
-def _url(kind: str, tmp_path: Path) -> Iterator[str]:
+def _url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    kind = request.param
     if kind == "embedded":
         yield f"sqlite://{tmp_path / 'db.sqlite3'}"
     elif kind == "memory":
         yield "memory://"
+    elif kind == "redis-cluster":
+        # The session's cluster (tests/redis_cluster.py), flushed: 3 masters, so a test's
+        # rooms and users land on different nodes.
+        yield request.getfixturevalue("redis_cluster").url
     else:
         with redis_server(tmp_path / "redis") as url:
             yield url
 
 
-@pytest.fixture(params=["embedded", "redis", "memory"])
+@pytest.fixture(params=["embedded", "redis", "redis-cluster", "memory"])
 def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    yield from _url(request.param, tmp_path)
+    yield from _url(request, tmp_path)
 
 
-@pytest.fixture(params=["embedded", "redis"])
+@pytest.fixture(params=["embedded", "redis", "redis-cluster"])
 def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The engines whose data survives closing and opening again (not ``memory://``)."""
-    yield from _url(request.param, tmp_path)
+    yield from _url(request, tmp_path)
 
 
 @pytest.fixture
@@ -459,9 +465,16 @@ async def wait_for(arrived: asyncio.Event, predicate: Callable[[], bool],
             await arrived.wait()
 
 
+@pytest.fixture(params=["redis", "redis-cluster"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The engines several processes share: one Redis, and a Redis Cluster."""
+    yield from _url(request, tmp_path)
+
+
 @pytest.fixture
-async def two_nodes(tmp_path: Path) -> AsyncIterator[tuple[RedisEngine, RedisEngine]]:
-    with redis_server(tmp_path / "redis") as url:
+async def two_nodes(shared_url: str) -> AsyncIterator[tuple[RedisEngine, RedisEngine]]:
+    """Two processes' engines on one shared store (each test of them runs on both kinds)."""
+    with contextlib.nullcontext(shared_url) as url:
         a = await RedisEngine.open(url)
         b = await RedisEngine.open(url)
         try:
