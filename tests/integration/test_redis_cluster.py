@@ -22,7 +22,7 @@ from tests.audit import check_room, read_back
 from tests.clients import Chatter, Stored, Target, chat, settle, traffic
 from tests.redis_cluster import RedisCluster
 from tests.redis_server import redis_server
-from tests.support import SCALEOUT_ENV, server_process
+from tests.support import SCALEOUT_ENV, server_process, until
 
 
 async def cluster_stream(url: str, room: str) -> list[tuple[int, Stored]]:
@@ -67,6 +67,8 @@ async def test_a_room_split_across_processes_keeps_every_acked_message_through_a
         assert redis_cluster.slot_owner(slot) == target
         assert moved >= 5, f"only {moved} keys moved: the room's keys were not in its slot"
         assert during > 0, "no message was acked while the slot moved"
+        # Refused calls were sent again until they ran: no client was told to resend.
+        assert [dict(c.errors) for c in chatters] == [{}] * 4
 
         wire = await read_back(a, room)
         check_room(room, wire, await cluster_stream(redis_cluster.url, room), "stream",
@@ -117,3 +119,36 @@ async def test_rooms_and_erasure_find_the_rooms_on_every_master(
         assert sorted(erased) == sorted(names)
     finally:
         await engine.close()
+
+
+async def test_the_live_feed_follows_a_room_whose_slot_moved(
+        redis_cluster: RedisCluster) -> None:
+    """Redis drops the shard-channel subscriptions of a slot that leaves its node (it sends
+    ``sunsubscribe``): the engine subscribes the room again on the slot's new node, and the
+    other process's messages arrive live again, not only by a room's sync."""
+    from tests.rooms.test_engine import Listener, drafts, wait_for
+
+    room = "follow"
+    slot = redis_cluster.keyslot(f"roomchat:{{{room}}}:log")
+    a = await RedisEngine.open(redis_cluster.url)
+    b = await RedisEngine.open(redis_cluster.url)
+    try:
+        heard = Listener()
+        b.subscribe(room, heard)
+        await a.load(room, 10)
+        await until(lambda: heard.resyncs > 0, 5, "the subscription's confirmation")
+        await a.append(room, drafts(1), retention=0, dedup_window=10)
+        await wait_for(heard.arrived, lambda: len(heard.messages) == 1)
+        source = redis_cluster.slot_owner(slot)
+        target = next(port for port in redis_cluster.masters().values() if port != source)
+        await asyncio.to_thread(redis_cluster.migrate_slot, slot, target)
+        resyncs = heard.resyncs
+        # Subscribed again on the new node: confirmed (a resync) ...
+        await until(lambda: heard.resyncs > resyncs, 5, "the subscription on the new node")
+        # ... and live: a's next append reaches b through pub/sub.
+        await a.append(room, drafts(1, start=1), retention=0, dedup_window=10)
+        await wait_for(heard.arrived, lambda: len(heard.messages) == 2)
+        assert [m.seq for m in heard.messages] == [1, 2]
+    finally:
+        await a.close()
+        await b.close()
