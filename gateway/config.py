@@ -185,7 +185,9 @@ class Config:
         10.0, "Seconds a shutdown waits for sockets to close and rooms to store.")
     store_url: str = _setting(
         "", "Message store: empty for SQLite in DATA_DIR, `sqlite:///path`, "
-            "`redis://host:port/db` (Redis with `appendonly yes`, `appendfsync always`), or "
+            "`redis://host:port/db` (Redis with `appendonly yes`, `appendfsync always`; "
+            "`redis://node:port/0?cluster=1` for a Redis Cluster, one node as seed: "
+            "docs/scaling.md), or "
             "`memory://` (not durable: every message is lost on restart; one process).")
     store_connections: int = _setting(
         32, "Connections to a networked store (Redis), shared by all rooms; rooms wait for one.")

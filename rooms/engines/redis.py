@@ -47,8 +47,15 @@ current state of each changed message, ``seq -> JSON``, and their seqs: log.lua)
   is allocated twice; an append is then refused with ``LogReset`` and the room starts over with
   its members (``RoomState.reset``).
 
+- On a Redis Cluster (``?cluster=1`` in the URL, ``split_cluster_url``): each room is one slot
+  (its hash tag), so every script touches one slot; the per-user markers, revocations and
+  stash are single-key calls; the room list is a ``SCAN`` of each master. Scripts refused while
+  their slot moves (``TRYAGAIN``) are sent again (``_Retrying``), and a room whose slot left
+  its node is subscribed again on the new one. docs/scaling.md, "On a Redis Cluster".
+
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an acked message
-survives a crash of Redis too.
+survives a crash of Redis too (not a failover to a replica that lagged: replication is
+asynchronous).
 """
 
 from __future__ import annotations
