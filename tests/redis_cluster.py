@@ -75,7 +75,8 @@ class RedisCluster:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.ports[0]}/0?cluster=1"
+        """The store URL, naming a node that is alive now as the seed."""
+        return f"redis://127.0.0.1:{self.alive()[0]}/0?cluster=1"
 
     def __enter__(self) -> RedisCluster:
         try:
@@ -105,7 +106,9 @@ class RedisCluster:
                 "--dir", str(workdir), "--save", "", "--daemonize", "no",
                 "--protected-mode", "yes", "--cluster-enabled", "yes",
                 "--cluster-config-file", str(workdir / "nodes.conf"),
-                "--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
+                "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
+                # A replica's first sync at once, not after Redis 7's 5 s wait for others.
+                "--repl-diskless-sync-delay", "0"]
         args += (["--appendonly", "yes", "--appendfsync", "always"] if self._aof
                  else ["--appendonly", "no"])
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -124,22 +127,31 @@ class RedisCluster:
     def alive(self) -> list[int]:
         return [port for port, proc in self._procs.items() if proc.poll() is None]
 
-    def wait_ok(self, timeout: float = 20.0) -> None:
-        """Return once every live node says ``cluster_state:ok`` and all agree on who serves
-        every slot (after a create, a failover or a slot's move)."""
+    def wait_ok(self, timeout: float = 20.0, *, gone: int | None = None) -> None:
+        """Return once every live node says ``cluster_state:ok``, all agree on who serves
+        every slot (after a create, a failover or a slot's move) and every replica has synced
+        with its master (a replica of a killed one: the failover is over); with ``gone`` (a killed
+        node's port), once none of them names it as serving a slot any more (its replica was
+        promoted)."""
         deadline = time.monotonic() + timeout * SLOW
         while True:
             try:
                 states, views = set(), set()
                 for port in self.alive():
                     with _node(port) as node:
+                        replication = node.info("replication")
+                        if replication["role"] == "slave":
+                            # A replica that has not synced cannot take over its master.
+                            states.add(f"replica link {replication['master_link_status']}")
                         info = node.execute_command("CLUSTER", "INFO")
                         states.add(info.split("\r\n", 1)[0])
                         views.add(repr(sorted(
                             (low, high, owner[1])
                             for low, high, owner, *_ in node.execute_command("CLUSTER", "SLOTS")
                         )))
-                if states == {"cluster_state:ok"} and len(views) == 1:
+                settled = {"cluster_state:ok", "replica link up"}
+                if "cluster_state:ok" in states <= settled and len(views) == 1 and (
+                        gone is None or f", {gone})" not in next(iter(views))):
                     return
             except redis.RedisError:
                 pass

@@ -461,10 +461,13 @@ class RedisEngine:
         plain, cluster = split_cluster_url(url)
         client: Any
         if cluster:
-            client = RedisCluster.from_url(
-                plain, max_connections=max_connections + 1, decode_responses=False,
-                health_check_interval=30, socket_timeout=timeout,
-                socket_connect_timeout=timeout)
+            try:
+                client = RedisCluster.from_url(
+                    plain, max_connections=max_connections + 1, decode_responses=False,
+                    health_check_interval=30, socket_timeout=timeout,
+                    socket_connect_timeout=timeout)
+            except RedisClusterException as exc:  # a database other than 0, a unix socket
+                raise StoreError(f"bad Redis Cluster URL {_where(url)!r}: {exc}") from exc
         else:
             pool = aioredis.BlockingConnectionPool.from_url(
                 plain, max_connections=max_connections, timeout=None, decode_responses=False,

@@ -92,6 +92,8 @@ async def test_the_url_must_say_whether_redis_is_a_cluster(
     with redis_server(tmp_path / "single") as single, \
             pytest.raises(StoreError, match=r"not a node of a Redis Cluster: remove \?cl"):
         await open_engine(single + "?cluster=1")
+    with pytest.raises(StoreError, match=r"bad Redis Cluster URL .*db.* must be 0"):
+        await open_engine(redis_cluster.url.replace("/0?", "/1?"))
     with pytest.raises(ValueError, match="cluster=1"):
         await open_engine(redis_cluster.url.replace("cluster=1", "cluster=maybe"))
     engine = await open_engine(redis_cluster.url)
@@ -152,3 +154,51 @@ async def test_the_live_feed_follows_a_room_whose_slot_moved(
     finally:
         await a.close()
         await b.close()
+
+
+async def test_a_master_killed_mid_traffic_its_replica_takes_over_and_nothing_acked_is_lost(
+        tmp_path: Path) -> None:
+    """The room's master is SIGKILLed while four clients on two processes send; its replica
+    is promoted after ``NODE_TIMEOUT_MS`` (1 s) and an election. Meanwhile appends fail
+    (``unavailable``: not acked, the clients resend), then the rooms go on on the new master
+    with every acked message there: on this machine the replica receives each write when the
+    client receives its ack (Redis sends both in the same turn of its loop); replication is
+    asynchronous, so docs/scaling.md says what a lagging replica would lose. Afterwards both
+    processes hear each other live again, without reconnecting anyone."""
+    room = "failover"
+    env = {**SCALEOUT_ENV, "ROOMCHAT_STORE_OUTAGE_TIMEOUT": "20"}
+    with RedisCluster(tmp_path / "cluster", replicas=1) as cluster:
+        slot = cluster.keyslot(f"roomchat:{{{room}}}:log")
+        master = cluster.slot_owner(slot)
+        # The processes' seed node is the master that dies: they must find the cluster
+        # through the nodes they learnt of (the subscription reconnects after the kill).
+        args = ["--store-url", f"redis://127.0.0.1:{master}/0?cluster=1"]
+        with server_process(tmp_path / "a", env=env, args=args) as a, \
+                server_process(tmp_path / "b", env=env, args=args) as b:
+            targets: list[Target] = [a, b, a, b]
+            chatters = [Chatter(f"u{i}", room) for i in range(4)]
+            for c, t in zip(chatters, targets, strict=True):
+                await c.connect(t)
+            stop = asyncio.Event()
+            async with asyncio.TaskGroup() as tg:
+                for c, t in zip(chatters, targets, strict=True):
+                    tg.create_task(chat(c, t, stop, 0.02))
+                await traffic(chatters, 5)
+                before = {c.user: dict(c.acked) for c in chatters}
+                cluster.kill(master)
+                await asyncio.to_thread(cluster.wait_ok, gone=master)
+                assert cluster.slot_owner(slot) != master  # the replica serves it now
+                await traffic(chatters, 10)
+                stop.set()
+            await settle(chatters, targets, timeout=30)
+            for c in chatters:
+                for cid, seq in before[c.user].items():
+                    assert c.acked[cid] == seq
+            wire = await read_back(a, room)
+            check_room(room, wire, await cluster_stream(cluster.url, room), "stream",
+                       chatters)
+            connects = [c.connects for c in chatters]
+            for c in chatters[:2]:
+                await c.say()
+            await settle(chatters, targets, timeout=10)
+            assert [c.connects for c in chatters] == connects
