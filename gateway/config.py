@@ -193,7 +193,9 @@ class Config:
         10.0, "Seconds a shutdown waits for sockets to close and rooms to store.")
     store_url: str = _setting(
         "", "Message store: empty for SQLite in DATA_DIR, `sqlite:///path`, "
-            "`redis://host:port/db` (Redis with `appendonly yes`, `appendfsync always`), "
+            "`redis://host:port/db` (Redis with `appendonly yes`, `appendfsync always`; "
+            "`redis://node:port/0?cluster=1` for a Redis Cluster, one node as seed: "
+            "docs/scaling.md), "
             "`postgresql://user@host/db` (the PostgreSQL log, `pip install 'roomchat[postgres]'`;"
             " one process, or many with `bus_url`), or "
             "`memory://` (not durable: every message is lost on restart; one process).")

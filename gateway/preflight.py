@@ -252,11 +252,13 @@ async def ping_redis(url: str, timeout: float = REDIS_PING_TIMEOUT, *,
     from redis import asyncio as aioredis
     from redis.exceptions import AuthenticationError
 
-    from rooms.engines.redis import FAILURES
+    from rooms.engines.redis import FAILURES, split_cluster_url
 
     parts = urlsplit(url)
     where = parts.path if parts.scheme == "unix" else parts.netloc.rsplit("@", 1)[-1]
     try:
+        # A cluster's URL names one of its nodes (a seed): reaching it is the check here.
+        url, _ = split_cluster_url(url)
         client = aioredis.Redis.from_url(url, socket_connect_timeout=timeout,
                                          socket_timeout=timeout)
     except ValueError as exc:

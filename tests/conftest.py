@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from tests.postgres_server import PostgresServer
+from tests.redis_cluster import RedisCluster
 from tests.support import Server, make_config, running_server
 
 
@@ -38,6 +39,22 @@ async def server(tmp_path: Path) -> AsyncIterator[Server]:
     """A real server with default limits, in this event loop."""
     async with running_server(make_config(tmp_path)) as srv:
         yield srv
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """One 3-master Redis Cluster per test session (per xdist worker): creating one takes
+    ~2 s. Tests that use it take ``redis_cluster`` (flushed first), and leave its shape as
+    they found it."""
+    with RedisCluster(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def redis_cluster(redis_cluster_session: RedisCluster) -> RedisCluster:
+    """The session's Redis Cluster, every key removed."""
+    redis_cluster_session.flush()
+    return redis_cluster_session
 
 
 ServerFactory = Callable[..., Any]

