@@ -350,7 +350,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
     async def record() -> None:
         # The server's setting: opening with another would build or drop the index.
-        engine = await open_engine(url, search_index=config.search_index)
+        engine = await open_engine(url, **config.engine_options())
         try:
             await engine.revoke(user, time.time())
         finally:
@@ -400,7 +400,7 @@ def _erase_offline(config: Config, user: str) -> dict[str, list[int]]:
 
     async def run() -> dict[str, list[int]]:
         # The server's setting: opening with another would build or drop the index.
-        engine = await open_engine(url, search_index=config.search_index)
+        engine = await open_engine(url, **config.engine_options())
         try:
             return await engine.erase(user)
         finally:
@@ -539,7 +539,7 @@ def _import(args: argparse.Namespace, config: Config) -> int:
         raise ValueError(f"import: {args.file} does not exist")
 
     async def run() -> Any:
-        engine = await open_engine(url, search_index=config.search_index)
+        engine = await open_engine(url, **config.engine_options())
         try:
             with progress("check", total=args.file.stat().st_size, unit="B",
                           scale=True) as check, progress("import", unit="entry") as write:

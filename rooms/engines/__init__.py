@@ -19,7 +19,8 @@ POSTGRES_MAX_CONNECTIONS = 8
 async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
                       sqlite_synchronous: str = "FULL", search_index: bool = True,
                       max_connections: int | None = None,
-                      timeout: float | None = None) -> Engine:
+                      timeout: float | None = None, search_language: str = "simple",
+                      allow_async_commit: bool = False) -> Engine:
     """The engine a URL names: ``sqlite:///path/to/db``, ``redis://host:port/db``,
     ``postgresql://user@host:port/db`` (the PostgreSQL log with this process's bus: one
     process) or ``memory://`` (nothing after it: every message in this process's memory, lost
@@ -31,7 +32,9 @@ async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
     takes longer fails with ``StoreError``. (The embedded engine's calls are local; the rooms
     bound their own appends, ``RoomConfig.store_timeout``.) ``sqlite_synchronous`` and
     ``search_index`` are the embedded engine's (``SqliteStore.open``: off drops its search index
-    and search is refused, on builds it if missing); the others ignore them.
+    and search is refused, on builds it if missing); ``search_language`` and
+    ``allow_async_commit`` are the PostgreSQL log's (``PostgresLog.open``); the others ignore
+    them.
     """
     from rooms.config import RoomConfig
 
@@ -49,7 +52,8 @@ async def open_engine(url: str, *, on_commit: CommitObserver | None = None,
 
         log = await PostgresLog.open(url, max_connections=max_connections
                                      or POSTGRES_MAX_CONNECTIONS, timeout=timeout,
-                                     on_commit=on_commit)
+                                     on_commit=on_commit, search_language=search_language,
+                                     allow_async_commit=allow_async_commit)
         return SplitEngine(log, LocalBus(f"postgres-{os.getpid()}"))
     if url.startswith("sqlite://"):
         from rooms.engines.embedded import EmbeddedEngine
