@@ -911,6 +911,42 @@ class PostgresLog:
                         "texts are unreachable, their old row versions go at the next "
                         "autovacuum", exc)
 
+    async def compact(self, rooms: Iterable[str]) -> list[str]:
+        """After an erasure: ``VACUUM FULL`` of the partitions of ``entries`` holding ``rooms``
+        (each rewritten: the old row versions' bytes, in the heap, its TOAST table and its
+        indexes, leave the files), then ``CHECKPOINT`` (the old files are unlinked) and
+        ``pg_switch_wal()`` (the WAL segment being written, which holds the erased texts, is
+        closed so that later checkpoints recycle it). Returns the partitions rewritten.
+
+        A maintenance step (docs/design/log-and-bus.md, section 4): each partition is locked
+        while it is rewritten (~1/16 of the data), so appends to its rooms wait, and it is not
+        bounded by the store timeout (its own connection, no ``statement_timeout``). Needs a
+        role that may run ``CHECKPOINT`` (PostgreSQL 15: superuser or ``pg_checkpoint``).
+        Raises ``StoreError``."""
+        import psycopg
+        from psycopg import sql
+
+        wanted = sorted(set(rooms))
+        if not wanted:
+            return []
+        url = self._pool.conninfo
+        assert isinstance(url, str)  # open() gives the pool the URL itself
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                    url, autocommit=True, application_name="roomchat",
+                    options="-c statement_timeout=0") as conn:
+                cursor = await conn.execute(
+                    "SELECT DISTINCT tableoid::regclass::text FROM entries WHERE room = ANY(%s) "
+                    "ORDER BY 1", (wanted,))
+                partitions = [str(name) for (name,) in await cursor.fetchall()]
+                for name in partitions:
+                    await conn.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(name)))
+                await conn.execute("CHECKPOINT")
+                await conn.execute("SELECT pg_switch_wal()")
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL failed to compact: {exc}") from exc
+        return partitions
+
     # -- moving between engines ---------------------------------------------------------------
 
     async def rooms(self) -> list[str]:

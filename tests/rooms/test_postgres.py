@@ -27,6 +27,7 @@ from rooms.engines.postgres_schema import (
     migrate,
     version,
 )
+from rooms.engines.split import SplitEngine
 from rooms.errors import StoreError, Unstorable
 from rooms.messages import Appended, Draft
 from tests.postgres_server import PostgresServer
@@ -452,7 +453,6 @@ async def test_connections_default_to_8_for_postgres(postgres_url: str) -> None:
     """``ROOMCHAT_STORE_CONNECTIONS`` 0 (its default): each engine's own; PostgreSQL's is 8,
     each a server process (Redis keeps 32 sockets)."""
     from gateway.config import Config
-    from rooms.engines.split import SplitEngine
 
     assert Config().store_connections == 0
     engine = await open_engine(postgres_url, max_connections=Config().store_connections)
@@ -461,3 +461,91 @@ async def test_connections_default_to_8_for_postgres(postgres_url: str) -> None:
         assert engine.log._pool.max_size == POSTGRES_MAX_CONNECTIONS == 8
     finally:
         await engine.close()
+
+
+# -- erasure's compaction ---------------------------------------------------------------------
+
+def stored_bytes(cluster: PostgresServer, url: str, relations: list[str]) -> bytes:
+    """The bytes of ``relations``' files (every segment) in ``cluster``'s data directory."""
+    import glob
+
+    data = b""
+    with psycopg.connect(url) as conn:
+        for name in relations:
+            row = conn.execute("SELECT pg_relation_filepath(%s)", (name,)).fetchone()
+            assert row is not None and row[0] is not None
+            for path in glob.glob(f"{cluster.data / str(row[0])}*"):
+                with open(path, "rb") as f:
+                    data += f.read()
+    return data
+
+
+async def test_an_erased_word_leaves_the_partition_files_after_compact(
+        postgres_cluster: PostgresServer, postgres_url: str) -> None:
+    """Erasure overwrites and VACUUMs, which leaves the old row versions' bytes in free space
+    (found here); ``compact`` rewrites the partition (heap, TOAST, indexes) and checkpoints:
+    the erased words, a short one and one inside a TOASTed text, are in none of its files."""
+    import random
+
+    engine = await open_engine(postgres_url)
+    noise = "".join(random.Random(24).choices("abcdefghijklmnopqrstuvwxyz ", k=6000))
+    long = f"{noise[:3000]} toastedzanzibar {noise[3000:]}"  # incompressible: TOASTed out of line
+    try:
+        await engine.append("a", [Draft("gone", "G", None, "shortzanzibar words", 1),
+                                  Draft("gone", "G", None, long, 2),
+                                  Draft("stays", "S", None, "kept words", 3)],
+                            retention=0, dedup_window=0)
+        assert await engine.erase("gone") == {"a": [1, 2]}
+        assert isinstance(engine, SplitEngine) and isinstance(engine.log, PostgresLog)
+        log = engine.log
+        ((partition, toast),) = await log._rows(
+            "SELECT c.oid::regclass::text, c.reltoastrelid::regclass::text FROM pg_class c "
+            "WHERE c.oid = (SELECT DISTINCT tableoid FROM entries WHERE room = 'a')", ())
+        indexes = [str(name) for (name,) in await log._rows(
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass",
+            (partition,))]
+        relations = [str(partition), str(toast), *indexes]
+        await admin(postgres_url, "CHECKPOINT")
+        before = stored_bytes(postgres_cluster, postgres_url, relations)
+        assert b"shortzanzibar" in before or b"toastedzanzibar" in before  # what VACUUM leaves
+        assert await log.compact(["a"]) == [partition]
+        after = stored_bytes(postgres_cluster, postgres_url, relations)
+        assert b"kept words" in after  # the files read are the partition's
+        for word in (b"shortzanzibar", b"toastedzanzibar"):
+            assert word not in after
+        page = await engine.search("a", "kept", before=None, limit=5)
+        assert [f.message.seq for f in page.results] == [3]
+    finally:
+        await engine.close()
+
+
+def roomchat(tmp: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}
+    environ.update(PYTHONPATH=str(REPO), ROOMCHAT_JWT_SECRET=SECRET, ROOMCHAT_STORE_URL=url)
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=tmp,
+                          capture_output=True, text=True, timeout=60, env=environ, check=False)
+
+
+async def test_roomchat_erase_compact_rewrites_the_rooms_partitions(postgres_url: str,
+                                                                    tmp_path: Path) -> None:
+    """``roomchat erase --offline --compact`` on the PostgreSQL log: erased, then the partition
+    of the room compacted (each said in one line); on SQLite ``--compact`` is refused in one
+    line, exit 2, before anything is erased."""
+    engine = await open_engine(postgres_url)
+    try:
+        await engine.append("a", [Draft("gone", "G", None, "bye", 1)], retention=0,
+                            dedup_window=0)
+        ((partition,),) = await engine.log._rows(  # type: ignore[attr-defined]
+            "SELECT DISTINCT tableoid::regclass::text FROM entries", ())
+    finally:
+        await engine.close()
+    done = roomchat(tmp_path, postgres_url, "erase", "--user", "gone", "--offline", "--compact")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "erased 1 message of gone in 1 room",
+        f"compacted 1 partition of the PostgreSQL log: {partition}"]
+    sqlite = f"sqlite://{tmp_path / 'db.sqlite3'}"
+    done = roomchat(tmp_path, sqlite, "erase", "--user", "gone", "--offline", "--compact")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.count("\n") == 1
+    assert "--compact is for the PostgreSQL log" in done.stderr
