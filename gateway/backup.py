@@ -50,7 +50,7 @@ async def export(config: Config, rooms: list[str] | None, after: int,
     tops are read, ``advance(seqs)`` as they are written. Returns how many of each. Raises
     ``StoreError``, or ``ValueError`` for a memory:// store."""
     _refuse_memory(config, "export")
-    engine = await open_engine(config.resolved_store_url, search_index=config.search_index)
+    engine = await open_engine(config.resolved_store_url, **config.engine_options())
     messages = changes = 0
     try:
         if rooms is None:

@@ -144,6 +144,11 @@ def _parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParse
     erase.add_argument("--data-dir", type=Path,
                        help="data directory (default ./var): the keys to sign the request")
     erase.add_argument("--store-url", help="the server's store URL (with --offline)")
+    erase.add_argument("--compact", action="store_true",
+                       help="PostgreSQL log only: then rewrite the partitions of the rooms "
+                       "erased in (VACUUM FULL), CHECKPOINT and switch the WAL, so no byte of "
+                       "the texts stays in their files (a maintenance step: appends to those "
+                       "rooms wait while their partition is rewritten)")
     erase.add_argument("--offline", action="store_true",
                        help="erase in the store directly, without a server (on SQLite, members "
                        "online are not told; on Redis, every process is)")
@@ -354,7 +359,7 @@ def _revoke(args: argparse.Namespace) -> int:
 
     async def record() -> None:
         # The server's setting: opening with another would build or drop the index.
-        engine = await open_engine(url, search_index=config.search_index)
+        engine = await open_engine(url, **config.engine_options())
         try:
             await engine.revoke(user, time.time())
         finally:
@@ -382,6 +387,12 @@ def _erase(args: argparse.Namespace) -> int:
     setup_logging("warning", False)
     if args.offline and args.url:
         raise ValueError("give --url or --offline, not both")
+    from rooms.engines import POSTGRES_SCHEMES
+
+    if args.compact and not config.resolved_store_url.startswith(POSTGRES_SCHEMES):
+        raise ValueError("--compact is for the PostgreSQL log (ROOMCHAT_STORE_URL="
+                         "postgresql://...): SQLite's erasure overwrites in place "
+                         "(secure_delete) and Redis's rewrites its streams")
     erased = (_erase_offline(config, args.user) if args.offline
               else _erase_online(config, args.user, args.url))
     if erased is None:
@@ -389,7 +400,35 @@ def _erase(args: argparse.Namespace) -> int:
     count = sum(map(len, erased.values()))
     print(f"erased {_plural(count, 'message')} of {args.user} in "
           f"{_plural(len(erased), 'room')}")
+    if args.compact:
+        partitions = _compact(config, list(erased))
+        print(f"compacted {_plural(len(partitions), 'partition')} of the PostgreSQL log"
+              f"{': ' + ', '.join(partitions) if partitions else ''}")
     return 0
+
+
+def _compact(config: Config, rooms: list[str]) -> list[str]:
+    """``PostgresLog.compact`` of ``rooms`` on the configured store: the partitions
+    rewritten. Raises ``ValueError`` with PostgreSQL's one line."""
+    import asyncio
+
+    from rooms.engines.postgres import PostgresLog
+    from rooms.errors import StoreError
+
+    async def run() -> list[str]:
+        log = await PostgresLog.open(config.resolved_store_url, max_connections=1,
+                                     timeout=config.room.store_timeout,
+                                     search_language=config.search_language,
+                                     allow_async_commit=config.store_allow_async_commit)
+        try:
+            return await log.compact(rooms)
+        finally:
+            await log.close()
+
+    try:
+        return asyncio.run(run())
+    except StoreError as exc:
+        raise ValueError(f"cannot compact the PostgreSQL log: {exc}") from None
 
 
 def _erase_offline(config: Config, user: str) -> dict[str, list[int]]:
@@ -404,7 +443,7 @@ def _erase_offline(config: Config, user: str) -> dict[str, list[int]]:
 
     async def run() -> dict[str, list[int]]:
         # The server's setting: opening with another would build or drop the index.
-        engine = await open_engine(url, search_index=config.search_index)
+        engine = await open_engine(url, **config.engine_options())
         try:
             return await engine.erase(user)
         finally:
@@ -543,7 +582,7 @@ def _import(args: argparse.Namespace, config: Config) -> int:
         raise ValueError(f"import: {args.file} does not exist")
 
     async def run() -> Any:
-        engine = await open_engine(url, search_index=config.search_index)
+        engine = await open_engine(url, **config.engine_options())
         try:
             with progress("check", total=args.file.stat().st_size, unit="B",
                           scale=True) as check, progress("import", unit="entry") as write:

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 from rooms.config import RoomConfig
 from rooms.engines import bus_refusal
+from rooms.engines.postgres_schema import LANGUAGE_NAME
 
 _T = TypeVar("_T")
 
@@ -54,10 +55,11 @@ _AT_LEAST_ONE = ("workers", "max_connections", "listen_backlog", "max_connection
                  "max_connections_per_ip", "handshake_burst", "connection_burst",
                  "user_rate_connections", "user_joins_per_minute", "max_live_rooms",
                  "max_message_bytes", "history_fetch_limit", "drain_batch", "api_burst",
-                 "store_connections", "gc_gen0_threshold", "search_concurrency")
+                 "gc_gen0_threshold", "search_concurrency")
 _POSITIVE = ("handshake_rate", "connection_rate", "ticket_ttl", "revocation_poll", "api_rate",
              "dev_login_ttl", "gc_thaw_share")
-_NOT_NEGATIVE = ("jwt_leeway", "jwt_cache_size", "drain_step", "drain_timeout", "gc_freeze_after")
+_NOT_NEGATIVE = ("jwt_leeway", "jwt_cache_size", "drain_step", "drain_timeout", "gc_freeze_after",
+                 "store_connections")
 
 
 def _setting(default: _T, help: str) -> _T:
@@ -206,11 +208,24 @@ class Config:
             "feed, no history) or empty (`local:`: this process only). The Redis store is its "
             "own bus (leave this empty); SQLite and memory serve one process and refuse one.")
     store_connections: int = _setting(
-        32, "Connections to a networked store (Redis), shared by all rooms; rooms wait for one.")
+        0, "Connections to a networked store, shared by all rooms; rooms wait for one. 0: the "
+           "engine's own, 32 for Redis (a connection is a socket) and 8 for PostgreSQL (a "
+           "connection is a server process: with many roomchat processes, their sum must stay "
+           "under PostgreSQL's `max_connections`).")
     store_synchronous: str = _setting(
         "FULL", "SQLite `synchronous`: FULL flushes every commit (an acked message survives "
                 "power loss), NORMAL only at checkpoints (it survives a crash of the process, "
                 "not of the machine); EXTRA is FULL here. Costs: docs/production.md.")
+    search_language: str = _setting(
+        "simple", "The PostgreSQL log's search language: `simple` (every word as written, as "
+                  "on SQLite) or a text search configuration PostgreSQL has (`english`, "
+                  "`german`, ...: stemming and stop words); case and Latin accents are ignored "
+                  "in every one. Fixed by the first start on a database: another one later is "
+                  "refused.")
+    store_allow_async_commit: bool = _setting(
+        False, "Let the PostgreSQL log start when its sessions' `synchronous_commit` is `off` "
+               "or `local`: a message is then acknowledged before it is safe (a PostgreSQL "
+               "crash or a failover can lose it). Off: such a start is refused.")
     search_index: bool = _setting(
         True, "Keep the SQLite store's search index (search needs it). Off: it is dropped at "
               "start, appends take ~1.7x less CPU one message a commit and ~3x less in "
@@ -309,6 +324,13 @@ class Config:
             if getattr(self, name) < 1:
                 raise ValueError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
 
+    def engine_options(self) -> dict[str, Any]:
+        """What every command opening the store passes to ``rooms.engines.open_engine`` besides
+        the URL: the settings that decide what the store's own schema holds (the SQLite search
+        index, the PostgreSQL search language) or whether it may open at all."""
+        return {"search_index": self.search_index, "search_language": self.search_language,
+                "allow_async_commit": self.store_allow_async_commit}
+
     def _check_numbers(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
@@ -383,6 +405,9 @@ class Config:
         if self.log_level.lower() not in LOG_LEVELS:
             raise ValueError(f"--log-level {self.log_level!r} ({env_name('log_level')}): use "
                              f"{', '.join(LOG_LEVELS[:-1])} or {LOG_LEVELS[-1]}")
+        if not LANGUAGE_NAME.fullmatch(self.search_language):
+            _refuse("search_language", "a text search configuration's name (lower-case letters, "
+                    "digits, _)", self.search_language)
         if self.store_synchronous.upper() not in SQLITE_SYNCHRONOUS:
             _refuse("store_synchronous", " or ".join(SQLITE_SYNCHRONOUS),
                     self.store_synchronous)

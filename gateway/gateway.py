@@ -119,7 +119,9 @@ class Gateway:
             sqlite_synchronous=self.config.store_synchronous,
             search_index=self.config.search_index,
             max_connections=self.config.store_connections,
-            timeout=self.config.room.store_timeout)
+            timeout=self.config.room.store_timeout,
+            search_language=self.config.search_language,
+            allow_async_commit=self.config.store_allow_async_commit)
         self._registry = RoomRegistry(
             self.config.room, self._store, observer=self.observer,
             max_rooms=self.config.max_live_rooms,

@@ -59,7 +59,9 @@ def preflight(config: Config) -> socket.socket:
     if scheme in SHARED_SCHEMES:
         asyncio.run(ping_redis(config.resolved_store_url))
     if scheme in POSTGRES_SCHEMES:
-        asyncio.run(check_postgres(config.resolved_store_url, config.room.store_timeout))
+        asyncio.run(check_postgres(config.resolved_store_url, config.room.store_timeout,
+                                   search_language=config.search_language,
+                                   allow_async_commit=config.store_allow_async_commit))
     if config.shared_bus:
         asyncio.run(ping_redis(config.bus_url, setting="--bus-url / ROOMCHAT_BUS_URL"))
     asyncio.run(check_files(config))
@@ -224,14 +226,18 @@ def _bind(sock: socket.socket, address: str | tuple[object, ...], bind: str) -> 
         raise StartupError(f"cannot listen on {bind}: {exc.strerror}") from None
 
 
-async def check_postgres(url: str, timeout: float) -> None:
+async def check_postgres(url: str, timeout: float, *, search_language: str = "simple",
+                         allow_async_commit: bool = False) -> None:
     """Open the PostgreSQL log as the server will (its schema migrated, or refused when newer
-    than this code) and close it; ``StartupError`` with the one line if that fails."""
+    than this code, its search language or its ``synchronous_commit`` refused) and close it;
+    ``StartupError`` with the one line if that fails."""
     from rooms.engines.postgres import PostgresLog
     from rooms.errors import StoreError
 
     try:
-        log = await PostgresLog.open(url, max_connections=1, timeout=timeout)
+        log = await PostgresLog.open(url, max_connections=1, timeout=timeout,
+                                     search_language=search_language,
+                                     allow_async_commit=allow_async_commit)
     except StoreError as exc:
         reason = " ".join(str(exc).split())
         password = urlsplit(url).password

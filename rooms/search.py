@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from rooms.messages import StoredMessage
 
 __all__ = ["MAX_TERMS", "PREFIX_MIN_CHARS", "SEARCH_SWITCHED_OFF", "SEARCH_UNSUPPORTED", "Found",
-           "SearchPage", "Term", "fragments", "fts5_query", "parse_query", "unmarked"]
+           "SearchPage", "Term", "fragments", "fts5_query", "parse_query", "tsquery_sql",
+           "unmarked"]
 
-SEARCH_UNSUPPORTED = ("searching messages needs an engine with a search index, which only the "
-                      "embedded engine (SQLite) has; this server stores messages in Redis, "
-                      "which has none")
+SEARCH_UNSUPPORTED = ("searching messages needs an engine with a search index: the embedded "
+                      "engine (SQLite) and the PostgreSQL log have one; this server stores "
+                      "messages in Redis, which has none")
 """What ``SearchUnsupported`` says on the Redis engine (the HTTP 501's detail)."""
 SEARCH_SWITCHED_OFF = ("searching messages is switched off (ROOMCHAT_SEARCH_INDEX=0: this server "
                        "keeps no search index); its operator can turn it on with "
@@ -97,6 +98,33 @@ def fts5_query(terms: list[Term]) -> str:
     quoted = ('"' + term.text.replace('"', '""') + '"' + (" *" if term.prefix else "")
               for term in terms)
     return " AND ".join(quoted)
+
+
+def tsquery_sql(terms: list[Term]) -> tuple[str, dict[str, str]]:
+    """A PostgreSQL ``tsquery`` expression requiring every term, and its parameters: each
+    term's text is a bound parameter (``%(t0)s``, ...), never ``tsquery`` syntax. A word is
+    ``plainto_tsquery``, a phrase ``phraseto_tsquery`` (its words adjacent, in order), a prefix
+    ``to_tsquery`` of the word quoted (``quote_literal``, in SQL) followed by ``:*`` (a word
+    the parser splits, ``it's*``, is its parts in order, each a prefix); all joined with
+    ``&&``. Every function takes the configuration as ``%(config)s``, a parameter the caller
+    adds (a ``regconfig`` name). ``terms`` must not be empty."""
+    if not terms:
+        raise ValueError("no terms to search for")
+    parts: list[str] = []
+    params: dict[str, str] = {}
+    for index, term in enumerate(terms):
+        name = f"t{index}"
+        params[name] = term.text
+        if term.prefix:
+            # A backslash is no word character, but quote_literal would write E'..' for it
+            # (and to_tsquery would read the E as a word): a space splits the words the same.
+            parts.append(f"to_tsquery(%(config)s::regconfig, "
+                         f"quote_literal(replace(%({name})s, '\\', ' ')) || ':*')")
+        elif " " in term.text:
+            parts.append(f"phraseto_tsquery(%(config)s::regconfig, %({name})s)")
+        else:
+            parts.append(f"plainto_tsquery(%(config)s::regconfig, %({name})s)")
+    return " && ".join(parts), params
 
 
 def fragments(marked: str, start: str, end: str,

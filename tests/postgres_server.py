@@ -45,7 +45,9 @@ class PostgresServer:
     """``with PostgresServer() as pg: url = pg.database()``: a cluster of its own, stopped
     (fast shutdown) and removed on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, *settings: str) -> None:
+        """``settings``: more ``name=value`` server settings (``-c``), for a benchmark."""
+        self.settings = settings
         self.bin = bin_dir()
         self.port = free_port()
         self._root = Path(tempfile.mkdtemp(prefix="roomchat-pg-"))
@@ -78,7 +80,8 @@ class PostgresServer:
             self._proc = subprocess.Popen(
                 [str(self.bin / "postgres"), "-D", str(self.data),
                  "-p", str(self.port), "-k", str(self._root), "-h", "127.0.0.1",
-                 "-c", "fsync=on", "-c", "max_connections=200", "-c", "shared_buffers=32MB"],
+                 "-c", "fsync=on", "-c", "max_connections=200", "-c", "shared_buffers=32MB",
+                 *(arg for setting in self.settings for arg in ("-c", setting))],
                 cwd=self._root, stdout=subprocess.DEVNULL, stderr=log, user=self._user,
                 group=self._user and "nogroup", extra_groups=[] if self._user else None)
         deadline = time.monotonic() + 20 * SLOW

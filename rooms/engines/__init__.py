@@ -53,7 +53,8 @@ async def open_engine(url: str, *, bus_url: str | None = None,
                       on_commit: CommitObserver | None = None,
                       sqlite_synchronous: str = "FULL", search_index: bool = True,
                       max_connections: int | None = None,
-                      timeout: float | None = None) -> Engine:
+                      timeout: float | None = None, search_language: str = "simple",
+                      allow_async_commit: bool = False) -> Engine:
     """The engine a URL names: ``sqlite:///path/to/db``, ``redis://host:port/db``,
     ``postgresql://user@host:port/db`` (the PostgreSQL log; with ``bus_url`` ``redis://...``
     beside it any number of processes share it, without one it serves this process only) or
@@ -69,7 +70,8 @@ async def open_engine(url: str, *, bus_url: str | None = None,
     ``StoreError``. (The embedded engine's calls are local; the rooms bound their own
     appends, ``RoomConfig.store_timeout``.) ``sqlite_synchronous`` and ``search_index`` are
     the embedded engine's (``SqliteStore.open``: off drops its search index and search is
-    refused, on builds it if missing); the others ignore them.
+    refused, on builds it if missing); ``search_language`` and ``allow_async_commit``
+    are the PostgreSQL log's (``PostgresLog.open``); the others ignore them.
     """
     from rooms.config import RoomConfig
 
@@ -90,7 +92,8 @@ async def open_engine(url: str, *, bus_url: str | None = None,
 
         log = await PostgresLog.open(url, max_connections=max_connections
                                      or POSTGRES_MAX_CONNECTIONS, timeout=timeout,
-                                     on_commit=on_commit)
+                                     on_commit=on_commit, search_language=search_language,
+                                     allow_async_commit=allow_async_commit)
         if not bus_url or bus_url == LOCAL_BUS:
             return SplitEngine(log, LocalBus(f"postgres-{os.getpid()}"))
         from rooms.engines.redis_bus import RedisBus

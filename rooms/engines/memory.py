@@ -57,9 +57,9 @@ from rooms.messages import (
 )
 from rooms.search import SearchPage
 
-SEARCH_UNSUPPORTED = ("searching messages needs an engine with a search index, which only the "
-                      "embedded engine (SQLite) has; this server keeps messages in memory "
-                      "(memory://), which has none")
+SEARCH_UNSUPPORTED = ("searching messages needs an engine with a search index: the embedded "
+                      "engine (SQLite) and the PostgreSQL log have one; this server keeps "
+                      "messages in memory (memory://), which has none")
 """What ``search`` raises ``SearchUnsupported`` with (the HTTP 501's detail)."""
 COMPACT_AT = 1024
 """Pruned seqs at the head of a room's ordered lists before they are cut off (amortised: a

@@ -24,9 +24,12 @@ Every call is bounded by ``timeout`` seconds (``RoomConfig.store_timeout``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import os
 import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -39,8 +42,8 @@ from rooms import changes
 from rooms import engine as contract
 from rooms.attachments import files_from_json, files_to_json
 from rooms.engine import Ban, CommitObserver, ErasedStep, LogState
-from rooms.engines.postgres_schema import SEARCH_CONFIG, migrate
-from rooms.errors import LogReset, RoomNotEmpty, SearchUnsupported, StoreError, Unstorable
+from rooms.engines.postgres_schema import DEFAULT_LANGUAGE, migrate, use_language
+from rooms.errors import LogReset, RoomNotEmpty, StoreError, Unstorable
 from rooms.messages import (
     DEFAULT_RULES,
     MAX_STORED_INT,
@@ -61,7 +64,15 @@ from rooms.messages import (
     Unread,
     unencodable,
 )
-from rooms.search import SearchPage
+from rooms.search import (
+    Found,
+    SearchPage,
+    Term,
+    fragments,
+    parse_query,
+    tsquery_sql,
+    unmarked,
+)
 
 if TYPE_CHECKING:
     from psycopg import AsyncConnection
@@ -80,26 +91,50 @@ IMPORT_STEP = 1000
 """Entries one transaction of ``import_entries`` writes."""
 MIN_CONNECTIONS = 1
 """Connections the pool keeps open when idle."""
-SEARCH_NOT_YET = ("searching messages is not built for the PostgreSQL log in this version of "
-                  "roomchat; the embedded engine (SQLite) searches")
-"""What ``search`` raises ``SearchUnsupported`` with (the HTTP 501's detail)."""
+PROBE_IDLE = 5.0
+"""Seconds without a call that reached PostgreSQL before the health probe (``SELECT 1``) runs:
+``healthy`` turns false when PostgreSQL goes away even while no room writes."""
+PROBE_UNHEALTHY = 1.0
+"""Seconds between probes while the log is unhealthy: it turns healthy again by itself when
+PostgreSQL is back (new rooms are refused meanwhile, so no call of theirs would find out)."""
+STATEMENT_SHARE = 0.9
+"""``statement_timeout`` is this share of the call's timeout: PostgreSQL gives up on a slow
+statement first, and the connection comes back in a clean state (a call cancelled by the client
+instead leaves its connection to be thrown away)."""
+ASYNC_COMMIT = ("off", "local")
+"""``synchronous_commit`` values that acknowledge a commit before it is on disk (``off``) or
+before a synchronous standby has it (``local``): refused unless ``allow_async_commit``."""
+HIGHLIGHT = "\ue000", "\ue001"
+"""Private-use characters ``ts_headline`` marks hits with (a text holding one of them is given
+``unmarked`` fragments: the marks would be ambiguous)."""
+_HEADLINE_OPTIONS = (f'HighlightAll=true, StartSel="{HIGHLIGHT[0]}", '
+                     f'StopSel="{HIGHLIGHT[1]}"')
 
 _MESSAGE_COLUMNS = ("seq, user_id, name, client_id, text, ts, reply, mentions, edited, "
                     "reactions, files")
 _ENTRY_COLUMNS = f"{_MESSAGE_COLUMNS}, kind, target, detail"
 _LIVE = "(text <> '' OR files IS NOT NULL)"
-_SEARCHABLE = f"CASE WHEN %(kind)s = {MESSAGE} AND %(text)s <> '' " \
-              f"THEN to_tsvector('{SEARCH_CONFIG}', %(text)s) END"
-_INSERT = ("INSERT INTO entries (room, seq, kind, user_id, name, client_id, text, ts, target, "
-           "detail, reply, mentions, files, edited, reactions, changed, search) VALUES "
-           "(%(room)s, %(seq)s, %(kind)s, %(user)s, %(name)s, %(client_id)s, %(text)s, %(ts)s, "
-           "%(target)s, %(detail)s, %(reply)s::jsonb, %(mentions)s, %(files)s::jsonb, "
-           f"%(edited)s, %(reactions)s::jsonb, %(changed)s, {_SEARCHABLE})")
-_UPDATE = ("UPDATE entries SET text = %(text)s, edited = %(edited)s, "
-           "reactions = %(reactions)s::jsonb, reply = %(reply)s::jsonb, "
-           "mentions = %(mentions)s, files = %(files)s::jsonb, changed = %(changed)s, "
-           f"search = CASE WHEN %(text)s <> '' THEN to_tsvector('{SEARCH_CONFIG}', %(text)s) "
-           "END WHERE room = %(room)s AND seq = %(seq)s")
+
+
+def _insert_sql(config: str) -> str:
+    """The INSERT of one entry row, its ``search`` column built with the text search
+    configuration ``config`` (a ``postgres_schema.search_config`` name: an identifier)."""
+    return ("INSERT INTO entries (room, seq, kind, user_id, name, client_id, text, ts, target, "
+            "detail, reply, mentions, files, edited, reactions, changed, search) VALUES "
+            "(%(room)s, %(seq)s, %(kind)s, %(user)s, %(name)s, %(client_id)s, %(text)s, "
+            "%(ts)s, %(target)s, %(detail)s, %(reply)s::jsonb, %(mentions)s, %(files)s::jsonb, "
+            f"%(edited)s, %(reactions)s::jsonb, %(changed)s, CASE WHEN %(kind)s = {MESSAGE} "
+            f"AND %(text)s <> '' THEN to_tsvector('{config}', %(text)s) END)")
+
+
+def _update_sql(config: str) -> str:
+    """The UPDATE of a message row's current state, re-indexed with ``config``."""
+    return ("UPDATE entries SET text = %(text)s, edited = %(edited)s, "
+            "reactions = %(reactions)s::jsonb, reply = %(reply)s::jsonb, "
+            "mentions = %(mentions)s, files = %(files)s::jsonb, changed = %(changed)s, "
+            f"search = CASE WHEN %(text)s <> '' THEN to_tsvector('{config}', %(text)s) "
+            "END WHERE room = %(room)s AND seq = %(seq)s")
+
 
 Row = dict[str, Any]
 
@@ -193,6 +228,25 @@ class _Room:
     epoch: str
 
 
+def _shut_down(conn: AsyncConnection[Any], expired: list[bool]) -> None:
+    """Shut ``conn``'s socket down (both ways), so that whatever waits on it fails at once;
+    note it in ``expired``. A connection already closed is left alone."""
+    expired.append(True)
+    try:
+        fd = conn.pgconn.socket
+    except Exception:  # closed meanwhile (psycopg.OperationalError): nothing waits on it
+        return
+    # A duplicate of the descriptor: shutdown() acts on the socket all its descriptors share,
+    # and closing the duplicate leaves psycopg's own descriptor to psycopg.
+    with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fd)) as sock:
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+class AsyncCommitRefused(StoreError):
+    """The sessions' ``synchronous_commit`` acknowledges commits PostgreSQL could still lose,
+    and ``ROOMCHAT_STORE_ALLOW_ASYNC_COMMIT`` is not set. ``str()`` is one line."""
+
+
 class PostgresLog:
     """``await PostgresLog.open(url)``; implements ``rooms.engine.Log``. One pool of at most
     ``max_connections`` connections; the schema is migrated on open (``postgres_schema``)."""
@@ -200,20 +254,38 @@ class PostgresLog:
     shared = True  # any process may append to any room: the log deduplicates and allocates
 
     def __init__(self, pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]],
-                 timeout: float, on_commit: CommitObserver | None) -> None:
+                 timeout: float, on_commit: CommitObserver | None, search_config: str, *,
+                 probe_idle: float = PROBE_IDLE,
+                 probe_unhealthy: float = PROBE_UNHEALTHY) -> None:
         self._pool = pool
         self._timeout = timeout
         self._on_commit = on_commit
+        self._config = search_config
+        self._insert = _insert_sql(search_config)
+        self._update = _update_sql(search_config)
         self._healthy = True
         self._closed = False
         self._seen: dict[str, int] = {}  # room -> highest seq this process saw stored
+        self._answered = time.monotonic()  # when PostgreSQL last answered a call
+        # Owned here: cancelled and awaited in close().
+        self._prober = asyncio.create_task(self._probe(probe_idle, probe_unhealthy),
+                                           name="postgres-probe")
 
     @classmethod
     async def open(cls, url: str, *, max_connections: int = 8, timeout: float = 5.0,
-                   on_commit: CommitObserver | None = None) -> PostgresLog:
+                   on_commit: CommitObserver | None = None,
+                   search_language: str = DEFAULT_LANGUAGE, allow_async_commit: bool = False,
+                   probe_idle: float = PROBE_IDLE,
+                   probe_unhealthy: float = PROBE_UNHEALTHY) -> PostgresLog:
         """Connect, migrate the schema, and return the log. Raises ``StoreError`` (one line)
-        when PostgreSQL cannot be reached, or its schema is newer than this code
-        (``SchemaTooNew``)."""
+        when PostgreSQL cannot be reached, its schema is newer than this code
+        (``SchemaTooNew``), ``search_language`` is not the language the database's search
+        index was built in or not one PostgreSQL has (``SearchLanguageRefused``), or the
+        sessions' ``synchronous_commit`` is ``off`` or ``local`` and ``allow_async_commit``
+        is false (``AsyncCommitRefused``: an acknowledged message could be lost).
+
+        ``probe_idle`` and ``probe_unhealthy``: seconds between health probes when no call
+        answered lately and while unhealthy (``PROBE_IDLE``, ``PROBE_UNHEALTHY``)."""
         try:
             import psycopg
             from psycopg_pool import AsyncConnectionPool, PoolTimeout
@@ -221,8 +293,8 @@ class PostgresLog:
             raise StoreError("the PostgreSQL log needs psycopg: "
                              "pip install 'roomchat[postgres]'") from None
         ms = max(1, int(timeout * 1000))
-        settings = {"connect_timeout": max(1, int(timeout) + 1),
-                    "options": f"-c statement_timeout={ms} "
+        settings = {"connect_timeout": max(1, int(timeout) + 1), "application_name": "roomchat",
+                    "options": f"-c statement_timeout={max(1, int(ms * STATEMENT_SHARE))} "
                                f"-c idle_in_transaction_session_timeout={ms * 2}"}
         pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]] = AsyncConnectionPool(
             url, min_size=min(MIN_CONNECTIONS, max_connections), max_size=max_connections,
@@ -234,6 +306,16 @@ class PostgresLog:
                 async with await psycopg.AsyncConnection.connect(
                         url, autocommit=True, **settings) as conn:  # type: ignore[arg-type]
                     await migrate(conn)
+                    config = await use_language(conn, search_language)
+                    cursor = await conn.execute("SHOW synchronous_commit")
+                    row = await cursor.fetchone()
+                    commit = str(row[0]) if row is not None else "on"
+                    if commit in ASYNC_COMMIT and not allow_async_commit:
+                        raise AsyncCommitRefused(
+                            f"PostgreSQL's synchronous_commit is {commit} for roomchat's "
+                            "sessions: a message could be acknowledged and then lost; set it to "
+                            "on (ALTER ROLE ... SET synchronous_commit = on), or "
+                            "ROOMCHAT_STORE_ALLOW_ASYNC_COMMIT=1 to accept that")
                 await pool.open(wait=True, timeout=max(timeout, 1) * 3)
         except StoreError:
             await pool.close()
@@ -242,25 +324,61 @@ class PostgresLog:
             await pool.close()
             detail = " ".join(str(exc).split()) or type(exc).__name__
             raise StoreError(f"cannot reach PostgreSQL: {detail}") from None
-        return cls(pool, timeout, on_commit)
+        return cls(pool, timeout, on_commit, config, probe_idle=probe_idle,
+                   probe_unhealthy=probe_unhealthy)
 
     @property
     def healthy(self) -> bool:
         return self._healthy and not self._closed
+
+    async def _probe(self, idle: float, unhealthy: float) -> None:
+        """Forever (until ``close``): ``SELECT 1`` every ``unhealthy`` seconds while the log is
+        marked unhealthy, and after ``idle`` seconds in which no call reached PostgreSQL while
+        healthy; the answer sets ``healthy`` (the readiness probe and new rooms read it)."""
+        probed = 0.0
+        while not self._closed:
+            due = self._answered + idle if self._healthy else probed + unhealthy
+            wait = due - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+                continue
+            probed = time.monotonic()
+            was = self._healthy
+            try:
+                await self._rows("SELECT 1", ())
+            except StoreError as exc:
+                self._healthy = False  # a refusal (too long, pool exhausted) counts too
+                if was:
+                    log.warning("PostgreSQL does not answer the health probe: %s", exc)
+            else:
+                if not was:
+                    log.info("PostgreSQL answers again")
 
     # -- the one way in ---------------------------------------------------------------------
 
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:
         """A pooled connection in a transaction, committed when the block ends (rolled back
-        if it raises), within ``timeout``; PostgreSQL's failures as ``StoreError``."""
+        if it raises), within ``timeout``; PostgreSQL's failures as ``StoreError``.
+
+        The timeout is a timer that shuts the connection's socket down, not a cancellation:
+        psycopg answers a cancelled query by asking the server to cancel it and waiting up to
+        5 + 5 s for that, which a hung server or a lost network never grants; a socket shut
+        down ends the wait at once (the pool then replaces the connection). A statement that
+        is merely slow meets ``statement_timeout`` first (``STATEMENT_SHARE``), and its
+        connection comes back clean."""
         import psycopg
         from psycopg_pool import PoolTimeout
 
         if self._closed:
             raise StoreError("store is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._timeout
+        expired: list[bool] = []
+        timer: asyncio.TimerHandle | None = None
         try:
-            async with asyncio.timeout(self._timeout), self._pool.connection() as conn:
+            async with self._pool.connection(timeout=self._timeout) as conn:
+                timer = loop.call_at(deadline, _shut_down, conn, expired)
                 yield conn
         except (psycopg.DataError, ValueError, OverflowError) as exc:
             raise Unstorable((), f"cannot be stored: {exc}") from exc
@@ -268,12 +386,16 @@ class PostgresLog:
             raise StoreError(f"PostgreSQL call took too long: {exc}") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError) as exc:
             self._healthy = False
+            if expired:
+                raise StoreError(f"PostgreSQL did not answer within {self._timeout} s") from exc
             raise StoreError(f"PostgreSQL failed: {exc}") from exc
         except psycopg.Error as exc:
             raise StoreError(f"PostgreSQL failed: {exc}") from exc
-        except TimeoutError as exc:
-            raise StoreError(f"PostgreSQL did not answer within {self._timeout} s") from exc
+        finally:
+            if timer is not None:
+                timer.cancel()
         self._healthy = True
+        self._answered = time.monotonic()
 
     async def _run(self, fn: Callable[[AsyncConnection[tuple[Any, ...]]], Awaitable[_T]]) -> _T:
         async with self._conn() as conn:
@@ -439,11 +561,11 @@ class PostgresLog:
         if not rows:
             return results
         async with conn.cursor() as cursor:
-            await cursor.executemany(_INSERT, rows)
+            await cursor.executemany(self._insert, rows)
             # A message stored in this batch and changed by a later draft of it is written
             # by the INSERT above with its first state: the UPDATE brings it up to date.
             if changed:
-                await cursor.executemany(_UPDATE, [
+                await cursor.executemany(self._update, [
                     {**_state_columns(states[target][0]), "changed": last, "room": room,
                      "seq": target} for target, last in changed.items()])
             if deleted:
@@ -507,9 +629,39 @@ class PostgresLog:
 
     async def search(self, room: str, query: str, *, before: int | None,
                      limit: int) -> SearchPage:
-        """Raises ``SearchUnsupported``: not built on this log yet (the index column is kept
-        up to date already, so turning it on needs no rebuild)."""
-        raise SearchUnsupported(SEARCH_NOT_YET)
+        """As ``rooms.engine.Engine.search``: the room's messages whose ``search`` column
+        matches every term (``rooms.search.tsquery_sql``: nothing of ``query`` is ``tsquery``
+        syntax), newest first, below ``before``; ``limit + 1`` rows are read, the last only to
+        know whether an older page exists. The hits are marked by ``ts_headline`` with the same
+        configuration, in the same statement (one snapshot: a message deleted meanwhile is
+        found deleted, or not at all)."""
+        terms = parse_query(query)
+        upper = MAX_STORED_INT if before is None else min(before, MAX_STORED_INT)
+        if not terms or limit <= 0 or upper <= 1:
+            return SearchPage((), None)
+        rows = await self._rows(*self.search_statement(room, terms, upper, limit + 1))
+        more = len(rows) > limit
+        results = []
+        for row in rows[:limit]:
+            message = _message(room, row)
+            clear = HIGHLIGHT[0] not in message.text and HIGHLIGHT[1] not in message.text
+            results.append(Found(message, fragments(row[11], *HIGHLIGHT) if clear
+                                 else unmarked(message.text)))
+        return SearchPage(tuple(results), results[-1].message.seq if more else None)
+
+    def search_statement(self, room: str, terms: list[Term], before: int,
+                         rows: int) -> tuple[str, dict[str, Any]]:
+        """``search``'s SQL and parameters: at most ``rows`` messages of ``room`` below
+        ``before`` matching every one of ``terms``, newest first, with their texts marked."""
+        expression, params = tsquery_sql(terms)
+        # The page's rows first (CTE), then ts_headline on those only: it re-parses each text.
+        return (f"WITH hits AS MATERIALIZED (SELECT {_MESSAGE_COLUMNS} FROM entries "
+                f"WHERE room = %(room)s AND kind = {MESSAGE} AND search @@ ({expression}) "
+                "AND seq < %(before)s ORDER BY seq DESC LIMIT %(rows)s) "
+                f"SELECT hits.*, ts_headline(%(config)s::regconfig, text, ({expression}), "
+                "%(options)s) FROM hits ORDER BY seq DESC",
+                {**params, "room": room, "before": before, "rows": rows,
+                 "config": self._config, "options": _HEADLINE_OPTIONS})
 
     async def top(self, room: str) -> int:
         rows = await self._rows("SELECT top FROM rooms WHERE room = %s", (room,))
@@ -728,8 +880,8 @@ class PostgresLog:
             appended.append(change)
         if rows:
             async with conn.cursor() as cursor:
-                await cursor.executemany(_INSERT, rows)
-                await cursor.executemany(_UPDATE, [
+                await cursor.executemany(self._insert, rows)
+                await cursor.executemany(self._update, [
                     {**_state_columns(message), "changed": last, "room": room, "seq": target}
                     for target, (message, last) in updates.items()])
                 await cursor.execute("UPDATE rooms SET top = %s WHERE room = %s", (seq, room))
@@ -758,6 +910,42 @@ class PostgresLog:
             log.warning("erasure: VACUUM of the rooms' partitions failed (%s); the erased "
                         "texts are unreachable, their old row versions go at the next "
                         "autovacuum", exc)
+
+    async def compact(self, rooms: Iterable[str]) -> list[str]:
+        """After an erasure: ``VACUUM FULL`` of the partitions of ``entries`` holding ``rooms``
+        (each rewritten: the old row versions' bytes, in the heap, its TOAST table and its
+        indexes, leave the files), then ``CHECKPOINT`` (the old files are unlinked) and
+        ``pg_switch_wal()`` (the WAL segment being written, which holds the erased texts, is
+        closed so that later checkpoints recycle it). Returns the partitions rewritten.
+
+        A maintenance step (docs/design/log-and-bus.md, section 4): each partition is locked
+        while it is rewritten (~1/16 of the data), so appends to its rooms wait, and it is not
+        bounded by the store timeout (its own connection, no ``statement_timeout``). Needs a
+        role that may run ``CHECKPOINT`` (PostgreSQL 15: superuser or ``pg_checkpoint``).
+        Raises ``StoreError``."""
+        import psycopg
+        from psycopg import sql
+
+        wanted = sorted(set(rooms))
+        if not wanted:
+            return []
+        url = self._pool.conninfo
+        assert isinstance(url, str)  # open() gives the pool the URL itself
+        try:
+            async with await psycopg.AsyncConnection.connect(
+                    url, autocommit=True, application_name="roomchat",
+                    options="-c statement_timeout=0") as conn:
+                cursor = await conn.execute(
+                    "SELECT DISTINCT tableoid::regclass::text FROM entries WHERE room = ANY(%s) "
+                    "ORDER BY 1", (wanted,))
+                partitions = [str(name) for (name,) in await cursor.fetchall()]
+                for name in partitions:
+                    await conn.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(name)))
+                await conn.execute("CHECKPOINT")
+                await conn.execute("SELECT pg_switch_wal()")
+        except psycopg.Error as exc:
+            raise StoreError(f"PostgreSQL failed to compact: {exc}") from exc
+        return partitions
 
     # -- moving between engines ---------------------------------------------------------------
 
@@ -812,7 +1000,7 @@ class PostgresLog:
 
         async def write(conn: AsyncConnection[tuple[Any, ...]], rows: list[Row]) -> None:
             async with conn.cursor() as cursor:
-                await cursor.executemany(_INSERT, rows)
+                await cursor.executemany(self._insert, rows)
 
         async def end(conn: AsyncConnection[tuple[Any, ...]]) -> None:
             kept = epoch or _new_epoch()
@@ -838,5 +1026,9 @@ class PostgresLog:
         if self._closed:
             return
         self._closed = True
-        await self._pool.close()
+        self._prober.cancel()
+        try:
+            await asyncio.wait([self._prober])  # its end; a cancellation of close() goes on up
+        finally:
+            await self._pool.close()
 

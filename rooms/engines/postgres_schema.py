@@ -16,6 +16,7 @@ revocations in tables of their own.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 from rooms.errors import StoreError
@@ -28,8 +29,16 @@ PARTITIONS = 16
 """Hash partitions of ``entries``, fixed by version 1 (vacuum, reindex and erasure's compaction
 work on one at a time)."""
 SEARCH_CONFIG = "roomchat_simple"
-"""The text search configuration ``entries.search`` is built with: ``simple`` (no stemming, no
-stop words, as SQLite's FTS5 index) with ``unaccent`` in front, so Latin accents are ignored."""
+"""The text search configuration version 1 made, for the default language: ``simple`` (no
+stemming, no stop words, as SQLite's FTS5 index) with ``unaccent`` in front, so Latin accents
+are ignored (``use_language`` makes ``roomchat_<language>`` likewise for another)."""
+DEFAULT_LANGUAGE = "simple"
+LANGUAGE_NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")
+"""What a ``ROOMCHAT_SEARCH_LANGUAGE`` may be (a PostgreSQL text search configuration's name,
+lower case): it becomes part of an identifier, ``roomchat_<language>``."""
+UNACCENTED = ("word", "hword", "hword_part")
+"""The parser's token types that may hold non-ASCII letters: ``unaccent`` goes in front of their
+dictionaries (the ASCII ones have no accents to remove)."""
 
 
 def _partitions() -> str:
@@ -90,13 +99,83 @@ CREATE INDEX revocations_at ON revocations (at);
 CREATE TABLE imports (room text PRIMARY KEY);
 """
 
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _VERSION_1),)
+_VERSION_2 = """
+-- Version 1 indexed every message with roomchat_simple and did not say so: a database that
+-- holds messages records it; an empty one takes the language of the first roomchat to open it.
+INSERT INTO meta (key, value) SELECT 'search_language', 'simple'
+    WHERE EXISTS (SELECT 1 FROM entries) ON CONFLICT (key) DO NOTHING;
+"""
+
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _VERSION_1), (2, _VERSION_2))
 """Every step, oldest first; a new one is appended, never edited once released."""
 LATEST = MIGRATIONS[-1][0]
 
 
 class SchemaTooNew(StoreError):
     """The database was migrated by a newer roomchat than this one. ``str()`` is one line."""
+
+
+class SearchLanguageRefused(StoreError):
+    """``ROOMCHAT_SEARCH_LANGUAGE`` names no configuration PostgreSQL has, or another language
+    than the database's search index was built with. ``str()`` is one line saying what to
+    set."""
+
+
+def search_config(language: str) -> str:
+    """The text search configuration roomchat builds ``entries.search`` with for
+    ``language`` (a ``LANGUAGE_NAME``): ``roomchat_<language>``."""
+    if not LANGUAGE_NAME.fullmatch(language):
+        raise ValueError(f"not a text search language: {language!r}")
+    return f"roomchat_{language}"
+
+
+async def use_language(conn: AsyncConnection[Any], language: str) -> str:
+    """Make sure the database searches in ``language`` and return the configuration's name
+    (``search_config``): ``roomchat_<language>`` is made if missing, a copy of PostgreSQL's
+    ``language`` configuration with ``unaccent`` in front of the dictionaries of
+    ``UNACCENTED`` tokens, so case and Latin accents are ignored in every language; the
+    language is recorded in ``meta`` (``search_language``) by the first roomchat to open an
+    empty database. ``conn`` must not be in a transaction (this is one, under the migration's
+    lock). Raises ``SearchLanguageRefused`` (nothing changed) when PostgreSQL has no such
+    configuration, or the database's index was built in another language: its entries'
+    ``search`` columns would not match this language's queries."""
+    config = search_config(language)
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK,))
+        cursor = await conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('search_language', %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = meta.value RETURNING value", (language,))
+        row = await cursor.fetchone()
+        recorded = str(row[0]) if row is not None else language
+        if recorded != language:
+            raise SearchLanguageRefused(
+                f"ROOMCHAT_SEARCH_LANGUAGE is {language}, but this database's search index was "
+                f"built with {recorded}: set ROOMCHAT_SEARCH_LANGUAGE={recorded} (this version "
+                "cannot rebuild the index in another language)")
+        cursor = await conn.execute("SELECT 1 FROM pg_ts_config WHERE cfgname = %s", (config,))
+        if await cursor.fetchone() is not None:
+            return config
+        cursor = await conn.execute(
+            "SELECT t.alias, string_agg(quote_ident(d.dictname), ', ' ORDER BY m.mapseqno) "
+            "FROM pg_ts_config c JOIN pg_ts_config_map m ON m.mapcfg = c.oid "
+            "JOIN ts_token_type(c.cfgparser) t ON t.tokid = m.maptokentype "
+            "JOIN pg_ts_dict d ON d.oid = m.mapdict "
+            "WHERE c.cfgname = %s AND t.alias = ANY(%s) GROUP BY t.alias",
+            (language, list(UNACCENTED)))
+        mappings = await cursor.fetchall()
+        if not mappings:
+            cursor = await conn.execute("SELECT string_agg(cfgname, ', ' ORDER BY cfgname) FROM "
+                                        "pg_ts_config WHERE cfgname NOT LIKE 'roomchat\\_%%'")
+            known = await cursor.fetchone()
+            raise SearchLanguageRefused(
+                f"ROOMCHAT_SEARCH_LANGUAGE is {language}, a text search configuration this "
+                f"PostgreSQL does not have: use one of {known[0] if known else 'simple'}")
+        # ``language`` and ``config`` are LANGUAGE_NAMEs (checked above): safe as identifiers.
+        await conn.execute(f"CREATE TEXT SEARCH CONFIGURATION {config} (COPY = {language})")
+        for alias, dictionaries in mappings:
+            await conn.execute(f"ALTER TEXT SEARCH CONFIGURATION {config} ALTER MAPPING FOR "
+                               f"{alias} WITH unaccent, {dictionaries}")
+    return config
 
 
 async def version(conn: AsyncConnection[Any]) -> int:

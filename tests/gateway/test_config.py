@@ -65,7 +65,7 @@ EDGES = [
         "WORKERS", "MAX_CONNECTIONS", "LISTEN_BACKLOG", "MAX_CONNECTIONS_PER_USER",
         "MAX_CONNECTIONS_PER_IP", "HANDSHAKE_BURST", "CONNECTION_BURST",
         "USER_JOINS_PER_MINUTE", "MAX_LIVE_ROOMS", "MAX_MESSAGE_BYTES", "HISTORY_FETCH_LIMIT",
-        "DRAIN_BATCH", "API_BURST", "STORE_CONNECTIONS", "GC_GEN0_THRESHOLD")),
+        "DRAIN_BATCH", "API_BURST", "GC_GEN0_THRESHOLD")),
     ("ROOMCHAT_USER_RATE_CONNECTIONS", "1", "0.999", "at least 1"),
     *((f"ROOMCHAT_{name}", "1e-9", "0", "more than 0") for name in (
         "HANDSHAKE_RATE", "CONNECTION_RATE", "TICKET_TTL", "REVOCATION_POLL", "API_RATE",
@@ -73,11 +73,17 @@ EDGES = [
     *((f"ROOMCHAT_{name}", "0", "-1e-9", "0 or more") for name in (
         "JWT_LEEWAY", "DRAIN_STEP", "DRAIN_TIMEOUT")),
     ("ROOMCHAT_GC_FREEZE_AFTER", "0", "-1", "0 or more"),
+    ("ROOMCHAT_STORE_CONNECTIONS", "0", "-1", "0 or more"),  # 0: the engine's own
     ("ROOMCHAT_DRAIN_TIMEOUT", "1e308", "inf", "a finite number"),
     ("ROOMCHAT_JWT_LEEWAY", "0", "nan", "a finite number"),
     ("ROOMCHAT_UPLOAD_READ_RATE", "0", "-1", "0 (no bound) or more"),
 ]
 PAIRS = [
+    ({"ROOMCHAT_SEARCH_LANGUAGE": "english"}, {"ROOMCHAT_SEARCH_LANGUAGE": "English"},
+     "ROOMCHAT_SEARCH_LANGUAGE must be a text search configuration's name"),
+    ({"ROOMCHAT_SEARCH_LANGUAGE": "pg_catalog_x1"},
+     {"ROOMCHAT_SEARCH_LANGUAGE": "english; DROP TABLE entries"},
+     "ROOMCHAT_SEARCH_LANGUAGE must be a text search configuration's name"),
     ({"ROOMCHAT_JWT_ALGORITHM": "EdDSA"}, {"ROOMCHAT_JWT_ALGORITHM": "none"},
      "ROOMCHAT_JWT_ALGORITHM must be one of"),
     ({"ROOMCHAT_JWT_ALGORITHM": "HS512"}, {"ROOMCHAT_JWT_ALGORITHM": "hs512"},

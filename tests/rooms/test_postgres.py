@@ -6,22 +6,32 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 
 from rooms.engine import Engine
-from rooms.engines import open_engine
-from rooms.engines.postgres import PostgresLog
-from rooms.engines.postgres_schema import LATEST, MIGRATIONS, SchemaTooNew, migrate, version
-from rooms.errors import Unstorable
+from rooms.engines import POSTGRES_MAX_CONNECTIONS, open_engine
+from rooms.engines.postgres import AsyncCommitRefused, PostgresLog
+from rooms.engines.postgres_schema import (
+    LATEST,
+    MIGRATIONS,
+    SchemaTooNew,
+    SearchLanguageRefused,
+    migrate,
+    version,
+)
+from rooms.engines.split import SplitEngine
+from rooms.errors import StoreError, Unstorable
 from rooms.messages import Appended, Draft
 from tests.postgres_server import PostgresServer
-from tests.support import REPO, SECRET, free_port
+from tests.support import REPO, SECRET, SLOW, free_port, until
 
 TABLES = {"schema_version", "meta", "rooms", "entries", "reads", "bans", "stash", "revocations",
           "imports"}
@@ -98,12 +108,14 @@ async def test_a_newer_schema_is_refused_in_one_line(postgres_url: str, tmp_path
         assert await version(conn) == LATEST + 1
 
 
-def serve_check(tmp: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}
-    env.update(PYTHONPATH=str(REPO), ROOMCHAT_JWT_SECRET=SECRET, ROOMCHAT_STORE_URL=url)
+def serve_check(tmp: Path, url: str, *args: str,
+                env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}
+    environ.update(PYTHONPATH=str(REPO), ROOMCHAT_JWT_SECRET=SECRET, ROOMCHAT_STORE_URL=url,
+                   **(env or {}))
     return subprocess.run([sys.executable, "-m", "gateway", "serve", "--check", "--bind",
                            f"127.0.0.1:{free_port()}", *args], cwd=tmp, capture_output=True,
-                          text=True, timeout=60, env=env, check=False)
+                          text=True, timeout=60, env=environ, check=False)
 
 
 def test_serve_checks_postgres_and_refuses_workers_without_a_bus(postgres_url: str,
@@ -173,3 +185,367 @@ async def test_u0000_is_unstorable_and_fails_its_append_alone(postgres_url: str)
         assert await engine.banned("r", "eve") is None
     finally:
         await engine.close()
+
+
+# -- the search language ----------------------------------------------------------------------
+
+async def test_the_search_language_is_fixed_by_the_first_start(postgres_url: str,
+                                                               tmp_path: Path) -> None:
+    """An empty database takes the language of the first start (``english``: stems and stop
+    words, accents still ignored); starting later with another is refused in one line naming
+    the one to set, by ``open`` and by ``serve`` (exit 2), and nothing changes."""
+    engine = await open_engine(postgres_url, search_language="english")
+    try:
+        await engine.append("r", [Draft("u", "U", None, "The deployments were deployed at the "
+                                        "Café", 1)], retention=0, dedup_window=0)
+        for query in ("deploying", "DEPLOY*", "cafe", '"deployed at the café"'):
+            page = await engine.search("r", query, before=None, limit=5)
+            assert [f.message.seq for f in page.results] == [1], query
+        assert (await engine.search("r", "the", before=None, limit=5)).results == ()
+    finally:
+        await engine.close()
+    line = ("ROOMCHAT_SEARCH_LANGUAGE is simple, but this database's search index was built "
+            "with english: set ROOMCHAT_SEARCH_LANGUAGE=english (this version cannot rebuild "
+            "the index in another language)")
+    with pytest.raises(SearchLanguageRefused) as refused:
+        await open_engine(postgres_url)
+    assert str(refused.value) == line
+    done = serve_check(tmp_path, postgres_url)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.count("\n") == 1 and line in done.stderr
+    async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+        cursor = await conn.execute("SELECT value FROM meta WHERE key = 'search_language'")
+        assert await cursor.fetchone() == ("english",)
+
+
+async def test_a_language_postgres_lacks_is_refused_naming_those_it_has(
+        postgres_url: str) -> None:
+    with pytest.raises(SearchLanguageRefused) as refused:
+        await PostgresLog.open(postgres_url, search_language="klingon")
+    assert str(refused.value).startswith(
+        "ROOMCHAT_SEARCH_LANGUAGE is klingon, a text search configuration this PostgreSQL does "
+        "not have: use one of arabic, ")
+    assert ", english, " in str(refused.value) and "roomchat_" not in str(refused.value)
+    async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
+        cursor = await conn.execute("SELECT count(*) FROM meta")
+        assert await cursor.fetchone() == (0,)  # nothing recorded: the next start chooses
+    log = await PostgresLog.open(postgres_url, search_language="german")
+    await log.close()
+
+
+async def test_a_version_1_database_holding_messages_keeps_simple(postgres_url: str) -> None:
+    """Version 1 indexed with ``simple`` and recorded nothing: the step to version 2 records it
+    when messages are there, so a start with another language is refused, not silently
+    searching a ``simple`` index with ``english`` queries."""
+    engine = await open_engine(postgres_url)
+    await engine.append("r", [Draft("u", "U", None, "running", 1)], retention=0, dedup_window=0)
+    await engine.close()
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute("DELETE FROM meta")  # as version 1 left it
+        await conn.execute("UPDATE schema_version SET version = 1")
+    with pytest.raises(SearchLanguageRefused) as refused:
+        await open_engine(postgres_url, search_language="english")
+    assert "built with simple: set ROOMCHAT_SEARCH_LANGUAGE=simple" in str(refused.value)
+    engine = await open_engine(postgres_url)
+    try:
+        page = await engine.search("r", "running", before=None, limit=5)
+        assert [f.message.seq for f in page.results] == [1]
+    finally:
+        await engine.close()
+
+
+# -- durability, health, timeouts, failures ---------------------------------------------------
+
+async def set_database(url: str, setting: str, value: str | None) -> None:
+    """``ALTER DATABASE <url's> SET setting = value`` (``RESET`` when None): the sessions
+    opened after it take it."""
+    name = url.rsplit("/", 1)[1]
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        if value is None:
+            await conn.execute(f"ALTER DATABASE {name} RESET {setting}")
+        else:
+            await conn.execute(f"ALTER DATABASE {name} SET {setting} = {value}")
+
+
+@pytest.mark.parametrize("commit", ["off", "local"])
+async def test_an_asynchronous_commit_is_refused_unless_allowed(postgres_url: str,
+                                                                tmp_path: Path,
+                                                                commit: str) -> None:
+    """``synchronous_commit`` ``off`` (an acknowledged commit may be lost in a crash) or
+    ``local`` (in a failover) for roomchat's sessions: refused in one line naming the
+    setting that accepts it, by ``open`` and ``serve`` (exit 2); accepted with it."""
+    await set_database(postgres_url, "synchronous_commit", commit)
+    with pytest.raises(AsyncCommitRefused) as refused:
+        await PostgresLog.open(postgres_url)
+    assert str(refused.value) == (
+        f"PostgreSQL's synchronous_commit is {commit} for roomchat's sessions: a message could "
+        "be acknowledged and then lost; set it to on (ALTER ROLE ... SET synchronous_commit = "
+        "on), or ROOMCHAT_STORE_ALLOW_ASYNC_COMMIT=1 to accept that")
+    done = serve_check(tmp_path, postgres_url)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.count("\n") == 1 and "ROOMCHAT_STORE_ALLOW_ASYNC_COMMIT=1" in done.stderr
+    done = serve_check(tmp_path, postgres_url, env={"ROOMCHAT_STORE_ALLOW_ASYNC_COMMIT": "1"})
+    assert (done.returncode, done.stderr) == (0, "")
+    engine = await open_engine(postgres_url, allow_async_commit=True)
+    try:
+        assert await engine.append("r", [Draft("u", "U", "a", "hi", 1)], retention=0,
+                                   dedup_window=10) == [Appended(1)]
+    finally:
+        await engine.close()
+    await set_database(postgres_url, "synchronous_commit", "remote_write")  # on, without a standby
+    log = await PostgresLog.open(postgres_url)
+    await log.close()
+
+
+async def admin(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """``sql`` run from the ``postgres`` database of ``url``'s server (not ``url``'s own: it
+    may refuse connections, or be the one to alter)."""
+    server = url.rsplit("/", 1)[0]
+    async with await psycopg.AsyncConnection.connect(f"{server}/postgres",
+                                                     autocommit=True) as conn:
+        cursor = await conn.execute(sql, params)
+        return await cursor.fetchall() if cursor.description else []
+
+
+async def terminate_roomchat(url: str, wait_event: str | None = None) -> int:
+    """Terminate the log's backends on ``url``'s database (those waiting on ``wait_event``
+    only, when given); how many."""
+    name = url.rsplit("/", 1)[1]
+    rows = await admin(url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                            "datname = %s AND application_name = 'roomchat' AND "
+                            "(%s::text IS NULL OR wait_event = %s)", (name, wait_event, wait_event))
+    return len(rows)
+
+
+async def test_the_probe_finds_postgres_gone_and_back_while_idle(postgres_url: str) -> None:
+    """With no call made, ``healthy`` turns false when PostgreSQL stops taking the log's
+    connections and true again when it takes them: the ``SELECT 1`` probe's doing."""
+    name = postgres_url.rsplit("/", 1)[1]
+    log = await PostgresLog.open(postgres_url, max_connections=1, timeout=1.0,
+                                 probe_idle=0.1, probe_unhealthy=0.1)
+    try:
+        assert log.healthy
+        await admin(postgres_url, f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")
+        await terminate_roomchat(postgres_url)
+        await until(lambda: not log.healthy, timeout=10)
+        await admin(postgres_url, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        await until(lambda: log.healthy, timeout=10)
+        assert await log.top("r") == 0
+    finally:
+        await admin(postgres_url, f"ALTER DATABASE {name} ALLOW_CONNECTIONS true")
+        await log.close()
+
+
+async def held_room(url: str, room: str) -> psycopg.AsyncConnection[tuple[object, ...]]:
+    """A connection holding ``room``'s row locked (``FOR UPDATE``) until it is closed."""
+    conn = await psycopg.AsyncConnection.connect(url)
+    await conn.execute("INSERT INTO rooms (room, epoch) VALUES (%s, 'e') ON CONFLICT DO NOTHING",
+                       (room,))
+    await conn.commit()
+    await conn.execute("SELECT 1 FROM rooms WHERE room = %s FOR UPDATE", (room,))
+    return conn
+
+
+async def test_a_statement_past_its_timeout_is_a_store_error_and_leaves_nothing(
+        postgres_url: str) -> None:
+    """An append waiting for a room's lock past ``statement_timeout`` (0.9 of the call's
+    timeout): ``StoreError`` within the call's timeout, nothing stored, no transaction left
+    open, and the next append goes through."""
+    engine = await open_engine(postgres_url, timeout=1.0)
+    holder = await held_room(postgres_url, "r")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=r"took too long.*statement timeout"):
+            await engine.append("r", [Draft("u", "U", "a", "hi", 1)], retention=0,
+                                dedup_window=10)
+        assert time.monotonic() - started < 1.0 * SLOW + 0.5
+    finally:
+        await holder.close()
+    assert await admin(postgres_url, "SELECT count(*) FROM pg_stat_activity WHERE "
+                                     "application_name = 'roomchat' AND state LIKE 'idle in "
+                                     "transaction%%'") == [(0,)]
+    try:
+        assert await engine.append("r", [Draft("u", "U", "a", "hi", 1)], retention=0,
+                                   dedup_window=10) == [Appended(1)]
+    finally:
+        await engine.close()
+
+
+async def test_a_server_that_stops_answering_is_a_store_error_within_the_timeout(
+        postgres_url: str) -> None:
+    """The backend frozen (SIGSTOP: a hung server, a lost network): the call's own timeout
+    ends it with ``StoreError``; once it answers again the log works, on a fresh connection."""
+    log = await PostgresLog.open(postgres_url, max_connections=1, timeout=0.5)
+    ((pid,),) = await log._rows("SELECT pg_backend_pid()", ())
+    os.kill(int(pid), signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=r"did not answer within 0\.5 s"):
+            await log.top("r")
+        assert time.monotonic() - started < 0.5 * SLOW + 0.5
+    finally:
+        os.kill(int(pid), signal.SIGCONT)
+    try:
+        assert await log.append("r", [Draft("u", "U", "a", "hi", 1)], retention=0,
+                                dedup_window=10) == [Appended(1)]
+        assert log.healthy
+    finally:
+        await log.close()
+
+
+async def test_a_backend_killed_before_commit_stores_nothing_and_the_retry_stores_once(
+        postgres_url: str) -> None:
+    engine = await open_engine(postgres_url)
+    batch = [Draft("u", "U", f"id{i}", f"text {i}", i) for i in range(3)]
+    holder = await held_room(postgres_url, "r")
+    try:
+        append = asyncio.create_task(engine.append("r", batch, retention=0, dedup_window=10))
+        await until_async(lambda: terminate_roomchat(postgres_url, "transactionid"))
+        with pytest.raises(StoreError, match="PostgreSQL failed"):
+            await append
+    finally:
+        await holder.close()
+    try:
+        assert await engine.append("r", batch, retention=0, dedup_window=10) == [
+            Appended(1), Appended(2), Appended(3)]
+        assert [e.seq for e in await engine.read("r", 0, 99, 99)] == [1, 2, 3]
+    finally:
+        await engine.close()
+
+
+async def test_a_backend_killed_in_its_commit_is_answered_as_duplicates_on_retry(
+        postgres_cluster: PostgresServer, postgres_url: str) -> None:
+    """The reply lost after the commit: the backend is terminated while its COMMIT waits for
+    a synchronous standby that never comes (the commit is already on disk). The append fails
+    with ``StoreError``; the retry is answered as duplicates at the seqs stored, and nothing
+    is stored twice."""
+    engine = await open_engine(postgres_url)
+    batch = [Draft("u", "U", f"id{i}", f"text {i}", i) for i in range(3)]
+    await admin(postgres_url, "ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+    await admin(postgres_url, "SELECT pg_reload_conf()")
+    try:
+        append = asyncio.create_task(engine.append("r", batch, retention=0, dedup_window=10))
+        await until_async(lambda: terminate_roomchat(postgres_url, "SyncRep"))
+        with pytest.raises(StoreError, match="PostgreSQL failed"):
+            await append
+    finally:
+        await admin(postgres_url, "ALTER SYSTEM RESET synchronous_standby_names")
+        await admin(postgres_url, "SELECT pg_reload_conf()")
+    try:
+        assert await engine.append("r", batch, retention=0, dedup_window=10) == [
+            Appended(1, duplicate=True), Appended(2, duplicate=True),
+            Appended(3, duplicate=True)]
+        assert [e.seq for e in await engine.read("r", 0, 99, 99)] == [1, 2, 3]
+        assert await engine.top("r") == 3
+    finally:
+        await engine.close()
+
+
+async def until_async(found: Callable[[], Awaitable[int]], timeout: float = 10) -> None:
+    """Call ``found`` until it answers more than 0 (a backend to act on was there)."""
+    deadline = time.monotonic() + timeout * SLOW
+    while not await found():
+        assert time.monotonic() < deadline, "never happened"
+        await asyncio.sleep(0.01)
+
+
+async def test_connections_default_to_8_for_postgres(postgres_url: str) -> None:
+    """``ROOMCHAT_STORE_CONNECTIONS`` 0 (its default): each engine's own; PostgreSQL's is 8,
+    each a server process (Redis keeps 32 sockets)."""
+    from gateway.config import Config
+
+    assert Config().store_connections == 0
+    engine = await open_engine(postgres_url, max_connections=Config().store_connections)
+    try:
+        assert isinstance(engine, SplitEngine) and isinstance(engine.log, PostgresLog)
+        assert engine.log._pool.max_size == POSTGRES_MAX_CONNECTIONS == 8
+    finally:
+        await engine.close()
+
+
+# -- erasure's compaction ---------------------------------------------------------------------
+
+def stored_bytes(cluster: PostgresServer, url: str, relations: list[str]) -> bytes:
+    """The bytes of ``relations``' files (every segment) in ``cluster``'s data directory."""
+    import glob
+
+    data = b""
+    with psycopg.connect(url) as conn:
+        for name in relations:
+            row = conn.execute("SELECT pg_relation_filepath(%s)", (name,)).fetchone()
+            assert row is not None and row[0] is not None
+            for path in glob.glob(f"{cluster.data / str(row[0])}*"):
+                with open(path, "rb") as f:
+                    data += f.read()
+    return data
+
+
+async def test_an_erased_word_leaves_the_partition_files_after_compact(
+        postgres_cluster: PostgresServer, postgres_url: str) -> None:
+    """Erasure overwrites and VACUUMs, which leaves the old row versions' bytes in free space
+    (found here); ``compact`` rewrites the partition (heap, TOAST, indexes) and checkpoints:
+    the erased words, a short one and one inside a TOASTed text, are in none of its files."""
+    import random
+
+    engine = await open_engine(postgres_url)
+    noise = "".join(random.Random(24).choices("abcdefghijklmnopqrstuvwxyz ", k=6000))
+    long = f"{noise[:3000]} toastedzanzibar {noise[3000:]}"  # incompressible: TOASTed out of line
+    try:
+        await engine.append("a", [Draft("gone", "G", None, "shortzanzibar words", 1),
+                                  Draft("gone", "G", None, long, 2),
+                                  Draft("stays", "S", None, "kept words", 3)],
+                            retention=0, dedup_window=0)
+        assert await engine.erase("gone") == {"a": [1, 2]}
+        assert isinstance(engine, SplitEngine) and isinstance(engine.log, PostgresLog)
+        log = engine.log
+        ((partition, toast),) = await log._rows(
+            "SELECT c.oid::regclass::text, c.reltoastrelid::regclass::text FROM pg_class c "
+            "WHERE c.oid = (SELECT DISTINCT tableoid FROM entries WHERE room = 'a')", ())
+        indexes = [str(name) for (name,) in await log._rows(
+            "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = %s::regclass",
+            (partition,))]
+        relations = [str(partition), str(toast), *indexes]
+        await admin(postgres_url, "CHECKPOINT")
+        before = stored_bytes(postgres_cluster, postgres_url, relations)
+        assert b"shortzanzibar" in before or b"toastedzanzibar" in before  # what VACUUM leaves
+        assert await log.compact(["a"]) == [partition]
+        after = stored_bytes(postgres_cluster, postgres_url, relations)
+        assert b"kept words" in after  # the files read are the partition's
+        for word in (b"shortzanzibar", b"toastedzanzibar"):
+            assert word not in after
+        page = await engine.search("a", "kept", before=None, limit=5)
+        assert [f.message.seq for f in page.results] == [3]
+    finally:
+        await engine.close()
+
+
+def roomchat(tmp: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCHAT_")}
+    environ.update(PYTHONPATH=str(REPO), ROOMCHAT_JWT_SECRET=SECRET, ROOMCHAT_STORE_URL=url)
+    return subprocess.run([sys.executable, "-m", "gateway", *args], cwd=tmp,
+                          capture_output=True, text=True, timeout=60, env=environ, check=False)
+
+
+async def test_roomchat_erase_compact_rewrites_the_rooms_partitions(postgres_url: str,
+                                                                    tmp_path: Path) -> None:
+    """``roomchat erase --offline --compact`` on the PostgreSQL log: erased, then the partition
+    of the room compacted (each said in one line); on SQLite ``--compact`` is refused in one
+    line, exit 2, before anything is erased."""
+    engine = await open_engine(postgres_url)
+    try:
+        await engine.append("a", [Draft("gone", "G", None, "bye", 1)], retention=0,
+                            dedup_window=0)
+        ((partition,),) = await engine.log._rows(  # type: ignore[attr-defined]
+            "SELECT DISTINCT tableoid::regclass::text FROM entries", ())
+    finally:
+        await engine.close()
+    done = roomchat(tmp_path, postgres_url, "erase", "--user", "gone", "--offline", "--compact")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "erased 1 message of gone in 1 room",
+        f"compacted 1 partition of the PostgreSQL log: {partition}"]
+    sqlite = f"sqlite://{tmp_path / 'db.sqlite3'}"
+    done = roomchat(tmp_path, sqlite, "erase", "--user", "gone", "--offline", "--compact")
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.count("\n") == 1
+    assert "--compact is for the PostgreSQL log" in done.stderr
