@@ -128,7 +128,7 @@ async def test_the_live_feed_follows_a_room_whose_slot_moved(
     """Redis drops the shard-channel subscriptions of a slot that leaves its node (it sends
     ``sunsubscribe``): the engine subscribes the room again on the slot's new node, and the
     other process's messages arrive live again, not only by a room's sync."""
-    from tests.rooms.test_engine import Listener, drafts, wait_for
+    from tests.engines import Listener, drafts, wait_for
 
     room = "follow"
     slot = redis_cluster.keyslot(f"roomchat:{{{room}}}:log")
