@@ -146,8 +146,9 @@ async def test_the_live_feed_follows_a_room_whose_slot_moved(
         await wait_for(heard.arrived, lambda: len(heard.messages) == 1)
         source = redis_cluster.slot_owner(slot)
         target = next(port for port in redis_cluster.masters().values() if port != source)
-        await asyncio.to_thread(redis_cluster.migrate_slot, slot, target)
+        # Counted before the move: the new node's confirmation can come before it returns.
         resyncs = heard.resyncs
+        await asyncio.to_thread(redis_cluster.migrate_slot, slot, target)
         # Subscribed again on the new node: confirmed (a resync) ...
         await until(lambda: heard.resyncs > resyncs, 5, "the subscription on the new node")
         # ... and live: a's next append reaches b through pub/sub.
