@@ -81,6 +81,23 @@ TIERS = {"rooms": "unit", "gateway": "unit", "files": "unit", "integration": "in
 """Each test's tier, by the folder under tests/ it lives in (pyproject.toml lists the markers)."""
 
 
+_SERVERS = {"postgres_url", "postgres_cluster", "redis_cluster", "redis_cluster_session"}
+"""Fixtures that start a database server: a test using one is in the integration tier, wherever
+it lives (the engine contract suite's PostgreSQL and cluster cases)."""
+
+
+_SERVER_PARAMS = {"postgres", "postgres+redis", "redis-cluster"}
+"""The engine suite's parameters that ask for one of those fixtures by name at run time."""
+
+
+def _starts_a_server(item: pytest.Item) -> bool:
+    if _SERVERS.intersection(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and any(
+        isinstance(value, str) and value in _SERVER_PARAMS for value in callspec.params.values())
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
     for item in items:
@@ -89,4 +106,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if tier is None:
             raise pytest.UsageError(f"{item.nodeid}: tests/{folder} has no tier in TIERS "
                                     "(tests/conftest.py)")
+        if tier == "unit" and _starts_a_server(item):
+            tier = "integration"  # a PostgreSQL or a Redis Cluster per worker: not make check's
         item.add_marker(getattr(pytest.mark, tier))
