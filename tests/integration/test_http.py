@@ -169,7 +169,9 @@ async def test_admin_stream_honours_expiry_and_heartbeat(tmp_path: Path) -> None
     config = make_config(tmp_path, ping_interval=0.5, ping_timeout=3.0, tick_interval=0.1)
     async with running_server(config) as srv:
         url = f"ws://127.0.0.1:{srv.port}/admin/ws?token="
-        async with websockets.connect(url + make_token("root", admin=True, ttl=1.5)) as ws:
+        # A token living 6 pings: fresh-clone run 31 (load 7) saw its 1.5 s expire after
+        # five stats and before the first ping.
+        async with websockets.connect(url + make_token("root", admin=True, ttl=3.0)) as ws:
             kinds: list[str] = []
             with contextlib.suppress(websockets.ConnectionClosed):
                 while True:  # answer pings: only the token's expiry ends the stream
