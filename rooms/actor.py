@@ -628,6 +628,10 @@ class RoomActor:
         cfg = self.config
         inbox = self._inbox
         now = self._clock.now()
+        top = 0
+        # Taken before the awaits below: a resync asked for while they run (a subscription
+        # confirmed meanwhile) must lead to another sync, not be cleared by this one.
+        repair, inbox.repair = inbox.repair, False
         try:
             if inbox.presence or state.presence_changed or full:
                 inbox.presence = False
@@ -641,22 +645,25 @@ class RoomActor:
                 # among them, are caught up below: the log's top.)
                 for user, reason in result.banned:
                     self.ban_nowait(user, reason)
-                if state.behind(result.top):
-                    await self._repair(state, state.delivered_seq, result.top, wall_ms)
+                top = result.top
                 if markers:
                     # A marker moved on another process between a join here (which read it)
                     # and the subscription that would have told us: read them again.
                     for user in state.local_members():
                         unread = await self._engine.unread(self.room, user, scan=0)
                         self._deliver(state, state.remote_read(user, unread.read), wall_ms)
-                inbox.repair = False
                 if self._retry is None:
                     self._storage_back(now)  # reachable again: accept messages again
-            gap = state.gap()
-            if gap is not None:
+            # Every gap, then the rest up to the log's top: a message held behind a gap is no
+            # sign that pub/sub carried what came after it (before a subscription is live it
+            # carries nothing, and the resync that follows is this sync).
+            while (gap := state.gap()) is not None:
                 await self._repair(state, *gap, wall_ms)
+            if state.behind(top):
+                await self._repair(state, state.delivered_seq, top, wall_ms)
         except StoreError as exc:
             state.presence_changed = True  # publish again once it works
+            inbox.repair |= repair
             self._storage_failed(state, now, wall_ms, exc)
             return False
         return True

@@ -230,3 +230,26 @@ async def test_a_gap_is_repaired_from_the_log_after_the_delay() -> None:
         await step(r.clock, 1.0, by=0.5)
         assert [(m["seq"], m["text"]) for m in alice.transport.objects("message")] == [
             (1, "o0"), (2, "o1")]
+
+
+async def test_a_resync_reads_past_a_held_message_up_to_the_logs_top() -> None:
+    """A resync (the engine's subscription confirmed, after the room started) catches up with
+    the log's top even while a message is held behind a gap: pub/sub carried one of three
+    entries stored elsewhere before the subscription was live, and lost the others. Before the
+    fix the sync filled the gap only up to the held message, and the entry after it waited
+    for the next ``sync_interval`` (seen as a 5 s stall of a worker's tail in
+    test_clients_on_different_workers_share_one_room)."""
+    cfg = config(gap_repair_delay=2.0, sync_interval=30.0, presence_ttl=60.0)
+    async with room(cfg, FlakyMemory(shared=True)) as r:
+        alice = await r.join("alice")
+        alice.transport.frames.clear()
+        stored = await r.engine.append("lobby", [Draft("x", "X", None, f"o{n}", 1)
+                                                 for n in range(3)], retention=0,
+                                       dedup_window=0)
+        middle = stored[1].entry
+        assert middle is not None
+        r.actor.remote_messages([WireMessage(middle.seq, middle.to_wire())])
+        r.actor.resync()
+        await settle()
+        assert [(m["seq"], m["text"]) for m in alice.transport.objects("message")] == [
+            (1, "o0"), (2, "o1"), (3, "o2")]
