@@ -258,7 +258,8 @@ async def ping_redis(url: str, timeout: float = REDIS_PING_TIMEOUT, *,
     from redis import asyncio as aioredis
     from redis.exceptions import AuthenticationError
 
-    from rooms.engines.redis import FAILURES, split_cluster_url
+    from rooms.engines.redis import split_cluster_url
+    from rooms.engines.redis_feed import FAILURES
 
     parts = urlsplit(url)
     where = parts.path if parts.scheme == "unix" else parts.netloc.rsplit("@", 1)[-1]

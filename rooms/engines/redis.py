@@ -76,8 +76,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import orjson
 from redis import asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import (
     ClusterError,
     NoScriptError,
@@ -94,6 +92,7 @@ from rooms.backoff import backoff_delay
 from rooms.config import RoomConfig
 from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.engines import redis_records as records
+from rooms.engines.redis_feed import FAILURES, RedisFeed, room_of, where
 from rooms.errors import LogReset, RoomNotEmpty, SearchUnsupported, StoreError, Unstorable
 from rooms.messages import (
     DEFAULT_RULES,
@@ -114,29 +113,11 @@ from rooms.search import SEARCH_UNSUPPORTED, SearchPage
 
 log = logging.getLogger("roomchat.redis")
 
-PROBE_IDLE = 5.0
-"""Seconds without any pub/sub traffic before the subscription is probed with PING."""
-PROBE_TIMEOUT = 3.0
-"""Seconds a probe may go unanswered before the subscription connection is replaced."""
 REVOCATIONS = "roomchat:revocations"
 """Sorted set: user -> Unix time of their latest revocation (shared by every room)."""
-HEALTH_PROBE = 1.0
-"""Seconds between checks that Redis is back, while the engine is marked unhealthy."""
-FAILURES = (RedisError, RedisClusterException, OSError, RuntimeError)
-"""What a call to Redis raises when it fails (the engine turns each into ``StoreError``):
-redis-py's errors (its cluster client's are not all ``RedisError``s: no node reachable, a
-slot no node serves), the socket's (``TimeoutError``, the engine's own deadline, is one), and
-uvloop's ``RuntimeError`` for a write on a transport that closed under it ("the handler is
-closed": Redis crashing while redis-py connects), which redis-py passes on."""
 DEFAULT_TIMEOUT = RoomConfig().store_timeout
 """Seconds each call may take when the opener gives no ``timeout`` (the CLI's commands);
 the server passes its ``store_timeout`` setting."""
-POLL = 0.1
-"""Seconds the listen task waits for a message before applying subscription changes."""
-RECONNECT_MIN = 0.1
-"""Seconds before the pub/sub connection's first reconnect (then doubling to ``RECONNECT_MAX``)."""
-RECONNECT_MAX = 5.0
-"""Longest wait between two attempts to re-establish the subscription."""
 TOPS_REMEMBERED = 20_000
 """Rooms whose top seq the engine remembers (least recently seen forgotten first; four times
 the default cap on live rooms): a room's log found behind it lost data
@@ -170,11 +151,6 @@ def _keys(room: str) -> tuple[str, str, str, str, str, str]:
     base = f"roomchat:{{{room}}}"
     return (f"{base}:log", f"{base}:seq", f"{base}:ids", f"{base}:idq", f"{base}:presence",
             f"{base}:ch")
-
-
-def _room_of(channel: bytes) -> str:
-    text = channel.decode()
-    return text[text.index("{") + 1:text.rindex("}")]
 
 
 def _epoch_key(room: str) -> str:
@@ -252,10 +228,6 @@ def split_cluster_url(url: str) -> tuple[str, bool]:
 
 _CLUSTER_FLAGS = {"1": True, "yes": True, "true": True, "0": False, "no": False,
                   "false": False}
-
-
-def _where(url: str) -> str:
-    return url.rsplit("@", maxsplit=1)[-1]  # never log a password in the URL
 
 
 def _refused(exc: object) -> bool:
@@ -432,13 +404,8 @@ class RedisEngine:
         self._user_read = script(_script("user_read.lua"))
         self._on_commit = on_commit
         self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._node_bytes = self.node.encode()
-        self._listeners: dict[str, RoomListener] = {}
-        self._healthy = True
+        self._feed = RedisFeed(url, self.node, client, timeout=timeout, cluster=cluster)
         self._closed = False
-        self._listen_task: asyncio.Task[None] | None = None
-        self._changes: set[str] = set()  # rooms whose subscription the listen task must fix
-        self.reconnects = 0
         self._warned: set[str] = set()  # malformed records already warned about (bounded)
         # room -> the highest seq this process saw stored in it, the most recently seen rooms
         # (TOPS_REMEMBERED): a floor for the room's log even after its actor here stopped.
@@ -467,7 +434,7 @@ class RedisEngine:
                     health_check_interval=30, socket_timeout=timeout,
                     socket_connect_timeout=timeout)
             except RedisClusterException as exc:  # a database other than 0, a unix socket
-                raise StoreError(f"bad Redis Cluster URL {_where(url)!r}: {exc}") from exc
+                raise StoreError(f"bad Redis Cluster URL {where(url)!r}: {exc}") from exc
         else:
             pool = aioredis.BlockingConnectionPool.from_url(
                 plain, max_connections=max_connections, timeout=None, decode_responses=False,
@@ -486,22 +453,27 @@ class RedisEngine:
         except FAILURES as exc:
             await client.aclose()
             if cluster and "not enabled" in str(exc):  # redis-py: "Cluster mode is not ..."
-                raise StoreError(f"Redis at {_where(url)} is not a node of a Redis Cluster: "
+                raise StoreError(f"Redis at {where(url)} is not a node of a Redis Cluster: "
                                  "remove ?cluster=1 from the store URL") from exc
-            raise StoreError(f"cannot reach Redis at {_where(url)}: "
+            raise StoreError(f"cannot reach Redis at {where(url)}: "
                              f"{exc or f'no answer within {timeout}s'}") from exc
         if enabled and not cluster:
             await client.aclose()
-            raise StoreError(f"Redis at {_where(url)} is a node of a Redis Cluster: add "
+            raise StoreError(f"Redis at {where(url)} is a node of a Redis Cluster: add "
                              "?cluster=1 to the store URL")
         engine = cls(plain, client, on_commit, timeout=timeout, cluster=cluster,
                      max_connections=max_connections)
-        engine._listen_task = asyncio.create_task(engine._listen(), name="redis-subscriber")
+        engine._feed.start("redis-subscriber")
         return engine
 
     @property
     def healthy(self) -> bool:
-        return self._healthy and not self._closed
+        return self._feed.healthy and not self._closed
+
+    @property
+    def reconnects(self) -> int:
+        """Times the feed's connection was established again (a statistic)."""
+        return self._feed.reconnects
 
     def _check(self) -> None:
         if self._closed:
@@ -537,7 +509,7 @@ class RedisEngine:
     def _failed(self, what: str, exc: Exception) -> StoreError:
         if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError,
                             RedisClusterException)):
-            self._healthy = False
+            self._feed.unhealthy()
         if isinstance(exc, TimeoutError) and not str(exc):  # our own deadline
             return StoreError(f"{what} failed: no answer from Redis within {self._timeout}s")
         return StoreError(f"{what} failed: {exc}")
@@ -569,7 +541,7 @@ class RedisEngine:
             top, oldest, epoch, reset, repaired = await self._load(
                 keys=[log_key, seq_key, epoch_key, *_state_keys(room)],
                 args=[_new_epoch(), self._floor(room, 0)])
-        self._healthy = True
+        self._feed.reachable()
         if repaired:
             self._malformed(seq_key, "the seq counter is not a number", "repaired")
         top = int(top)
@@ -607,7 +579,7 @@ class RedisEngine:
             raw = await self._appends.submit(
                 [log_key, seq_key, ids_key, idq_key, _epoch_key(room), *_state_keys(room)],
                 args)
-        self._healthy = True
+        self._feed.reachable()
         stored, log_epoch, top, repaired, *flat = raw
         if repaired:
             self._malformed(f"{seq_key} or {ids_key}", "a seq counter or a dedup entry that "
@@ -890,7 +862,7 @@ class RedisEngine:
         Redis that refuses (a renamed command, a managed service) is logged, and
         docs/operations.md says what to run."""
         for node in self._nodes():
-            where = _where(self._url) if node is None else node.name
+            at = where(self._url) if node is None else node.name
             target = {} if node is None else {"target_nodes": node}
             try:
                 async with self._calling("erase"):
@@ -900,12 +872,12 @@ class RedisEngine:
             except StoreError as exc:  # e.g. a rewrite already under way (it started early)
                 log.warning("after an erasure, Redis at %s did not start rewriting its AOF "
                             "(%s): run BGREWRITEAOF there once it is idle "
-                            "(docs/operations.md)", where, exc)
+                            "(docs/operations.md)", at, exc)
             try:
                 async with self._calling("erase"):
                     await self._redis.execute_command("MEMORY", "PURGE", **target)
             except StoreError as exc:
-                log.info("after an erasure, Redis at %s did not purge memory: %s", where, exc)
+                log.info("after an erasure, Redis at %s did not purge memory: %s", at, exc)
 
     async def ban(self, room: str, ban: Ban) -> None:
         self._check()
@@ -981,7 +953,7 @@ class RedisEngine:
                             cursor, match="roomchat:{*}:log", count=ERASE_PAGE,
                             _type="stream", target_nodes=node)
                         cursor = cursors[node.name]
-                rooms.update(_room_of(key) for key in keys)
+                rooms.update(room_of(key) for key in keys)
                 if not cursor:
                     break
         return rooms
@@ -1077,7 +1049,7 @@ class RedisEngine:
             keys.append(f"roomchat:{{{room}}}:ban:{user}")
         async with self._calling("sync"):
             top, flat, bans, repaired, epoch = await self._sync(keys=keys, args=args)
-        self._healthy = True
+        self._feed.reachable()
         self._saw(room, int(top))
         if repaired:
             self._malformed(f"{presence_key} or {seq_key}", f"{repaired} record(s) roomchat "
@@ -1130,190 +1102,18 @@ class RedisEngine:
     # -- the live feed ----------------------------------------------------------------------
 
     def subscribe(self, room: str, listener: RoomListener) -> None:
-        # The listen task sends the SSUBSCRIBE (one task owns the connection); once Redis
-        # confirms it the listener is told to resync, which covers anything published before.
-        self._listeners[room] = listener
-        self._changes.add(room)
+        self._feed.subscribe(room, listener)
 
     def unsubscribe(self, room: str, listener: RoomListener) -> None:
-        if self._listeners.get(room) is listener:
-            del self._listeners[room]
-            self._changes.add(room)
-
-    async def _listen(self) -> None:
-        """Keep one subscription connection alive and dispatch what arrives; owned by the
-        engine (``close`` cancels and awaits it)."""
-        failures = 0
-        first = True
-        while not self._closed:
-            pubsub: Any = None
-            client: Any = None
-            try:
-                # No retries inside redis-py: a silent reconnect would hide lost messages.
-                # (On a cluster redis-py moves subscriptions between nodes as slots move and
-                # subscribes again after a node's reconnect: each confirmation resyncs the
-                # room, see _dispatch_loop.)
-                options: dict[str, Any] = {
-                    "decode_responses": False, "retry": Retry(NoBackoff(), 0),
-                    "socket_connect_timeout": self._timeout, "socket_timeout": self._timeout}
-                if self._cluster:
-                    client = RedisCluster.from_url(self._url, **options)
-                    await client.initialize()
-                    pubsub = client.pubsub()
-                else:
-                    client = aioredis.Redis.from_url(self._url, **options)
-                    pubsub = client.pubsub()
-                    await pubsub.connect()
-                self._changes = set(self._listeners)  # (re)subscribe every room we serve
-                self._healthy = True
-                if not first:
-                    self.reconnects += 1
-                    log.info("pub/sub reconnected; resubscribing %d rooms", len(self._changes))
-                first = False
-                failures = 0
-                await self._dispatch_loop(pubsub)
-            except asyncio.CancelledError:
-                raise
-            except FAILURES as exc:
-                self._healthy = False
-                # No jitter: a few processes per Redis, and each retries on its own failure.
-                backoff = backoff_delay(failures, base=RECONNECT_MIN, cap=RECONNECT_MAX)
-                failures += 1
-                log.warning("pub/sub connection to Redis at %s lost (%s); retrying in %.1fs",
-                            _where(self._url), exc, backoff)
-                await asyncio.sleep(backoff)
-            finally:
-                if pubsub is not None:
-                    await _quietly_close(pubsub)
-                if self._cluster and client is not None:
-                    with contextlib.suppress(*FAILURES):
-                        await client.aclose()
-
-    async def _apply_changes(self, pubsub: Any) -> None:
-        changes, self._changes = self._changes, set()
-        add = [_keys(room)[5] for room in changes if room in self._listeners]
-        drop = [_keys(room)[5] for room in changes if room not in self._listeners]
-        if add:
-            await pubsub.ssubscribe(*add)
-        if drop:
-            await pubsub.sunsubscribe(*drop)
-
-    async def _dispatch_loop(self, pubsub: Any) -> None:
-        last_rx = time.monotonic()
-        probe_sent: float | None = None
-        last_health_probe = 0.0
-        while not self._closed:
-            if not self._healthy and time.monotonic() - last_health_probe >= HEALTH_PROBE:
-                # Marked unhealthy by a failed command, and nothing may run another one (new
-                # rooms are refused meanwhile): find out ourselves when Redis is back.
-                last_health_probe = time.monotonic()
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        await self._redis.ping()
-                    self._healthy = True
-                    log.info("Redis at %s is reachable again", _where(self._url))
-                except FAILURES:
-                    pass
-            if self._changes:
-                await self._apply_changes(pubsub)
-            if not pubsub.subscribed:
-                # Nothing to read until a room subscribes; get_message needs a subscription.
-                await asyncio.sleep(POLL)
-                last_rx = time.monotonic()
-                continue
-            if self._cluster:
-                message = await pubsub.get_sharded_message(timeout=POLL)
-            else:
-                message = await pubsub.get_message(timeout=POLL)
-            now = time.monotonic()
-            if message is None:
-                if probe_sent is not None:
-                    if now - probe_sent > PROBE_TIMEOUT:
-                        raise RedisConnectionError("pub/sub probe unanswered: stale connection")
-                elif now - last_rx > PROBE_IDLE:
-                    # On a cluster, each node's connection (the answers come back one by
-                    # one: the first resets the clock; a node that stays silent is
-                    # redis-py's to reconnect, and its rooms resync when it has).
-                    for node_pubsub in (pubsub.node_pubsub_mapping.values() if self._cluster
-                                        else [pubsub]):
-                        await node_pubsub.ping()
-                    probe_sent = now
-                continue
-            last_rx, probe_sent = now, None
-            kind = message["type"]
-            if kind == "smessage":
-                try:
-                    self._dispatch(message["channel"], message["data"])
-                except Exception:  # anyone may publish on a room's channel: not our feed's end
-                    log.exception("undecodable pub/sub message on %r", message["channel"])
-            elif kind == "ssubscribe":
-                listener = self._listeners.get(_room_of(message["channel"]))
-                if listener is not None:
-                    listener.resync()  # anything published before this is in the log
-            elif kind == "sunsubscribe" and _room_of(message["channel"]) in self._listeners:
-                # Not asked for (the room is still served here): its slot moved to another
-                # node of the cluster, whose Redis dropped the subscription. Subscribed
-                # again (on the slot's new node); the confirmation resyncs the room.
-                self._changes.add(_room_of(message["channel"]))
-
-    def _dispatch(self, channel: bytes, data: bytes) -> None:
-        listener = self._listeners.get(_room_of(channel))
-        if listener is None or not data:
-            return
-        kind = data[:1]
-        if kind == b"m":
-            node, _, rest = data[1:].partition(b"\n")
-            if node == self._node_bytes:
-                return  # our own batch: the room delivered it when append returned
-            first, _, body = rest.partition(b"\n")
-            try:
-                seq = int(first)
-                # Each line is a message object as clients get it, built by append.lua: passed
-                # on without parsing or serialising it again.
-                messages = [WireMessage(seq + i, line.decode())
-                            for i, line in enumerate(body.split(b"\n"))]
-            except (ValueError, UnicodeDecodeError) as exc:
-                log.warning("room %s: undecodable batch from %s: %r", _room_of(channel), node,
-                            exc)
-                listener.resync()
-                return
-            listener.remote_messages(messages)
-        elif kind == b"p" and data[1:] != self._node_bytes:
-            listener.remote_presence()
-        elif kind in (b"r", b"b"):
-            origin, _, tail = data[1:].decode(errors="replace").partition("\n")
-            if origin == self.node:
-                return  # ours: this process's rooms were told directly
-            if kind == b"r":  # a read marker moved (mark_read.lua)
-                user, _, raw_seq = tail.partition("\n")
-                marker = records.count(raw_seq.encode())
-                if user and marker is not None:
-                    listener.remote_read(user, marker)
-            else:
-                user, _, reason = tail.partition("\n")
-                listener.remote_banned(user, reason)
+        self._feed.unsubscribe(room, listener)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._listen_task is not None:
-            # Repeated: redis-py can turn a cancellation that lands while it connects into an
-            # error of its own, which the listen loop treats as a lost connection.
-            while not self._listen_task.done():
-                self._listen_task.cancel()
-                await asyncio.wait([self._listen_task], timeout=0.5)
+        await self._feed.close()
         await self._appends.close()
         await self._redis.aclose()
-
-
-async def _quietly_close(pubsub: Any) -> None:
-    try:
-        await pubsub.aclose()
-        if pubsub.connection_pool is not None:  # (a cluster's has none: its client's)
-            await pubsub.connection_pool.disconnect()
-    except FAILURES:
-        pass
 
 
 _KIND = {Action.EDIT: b"e", Action.DELETE: b"d", Action.REACT: b"r"}

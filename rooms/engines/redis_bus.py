@@ -41,26 +41,17 @@ from importlib import resources
 from typing import Any
 
 from redis import asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from rooms.backoff import backoff_delay
 from rooms.engine import RoomListener
 from rooms.engines import redis_records as records
-
-# What the Redis engine's feed already defines, shared rather than copied (the feed's code
-# itself is ``RedisFeed`` below; the Redis engine keeps its own copy until both use this one).
-from rooms.engines.redis import (
+from rooms.engines.redis_feed import (
     FAILURES,
-    HEALTH_PROBE,
-    POLL,
-    PROBE_IDLE,
-    PROBE_TIMEOUT,
     RECONNECT_MAX,
     RECONNECT_MIN,
-    _quietly_close,
-    _where,
+    RedisFeed,
+    channel,
+    where,
 )
 from rooms.errors import StoreError
 from rooms.messages import WireMessage
@@ -78,19 +69,9 @@ DROP_WARNING = 10.0
 """Seconds between two warnings about dropped notices (one line per burst, not per notice)."""
 
 
-def channel(room: str) -> str:
-    """The room's shard channel (the Redis engine's ``_keys(room)[5]``)."""
-    return f"roomchat:{{{room}}}:ch"
-
-
 def presence_key(room: str) -> str:
     """The room's presence hash (the Redis engine's ``_keys(room)[4]``)."""
     return f"roomchat:{{{room}}}:presence"
-
-
-def room_of(channel_name: bytes) -> str:
-    text = channel_name.decode()
-    return text[text.index("{") + 1:text.rindex("}")]
 
 
 def runs(messages: Sequence[WireMessage]) -> Iterator[list[WireMessage]]:
@@ -112,190 +93,6 @@ def batch_notice(node: str, run: Sequence[WireMessage]) -> bytes:
     return f"m{node}\n{run[0].seq}\n".encode() + "\n".join(m.wire for m in run).encode()
 
 
-class RedisFeed:
-    """One ``SSUBSCRIBE`` connection carrying the channels of the rooms with a listener here,
-    and the dispatch of what arrives to them. Owns its task (``start``, ``close``).
-
-    The connection is probed with ``PING`` after ``PROBE_IDLE`` seconds without traffic and
-    replaced when the probe goes unanswered for ``PROBE_TIMEOUT`` (a silently stale connection:
-    centrifugo#1189); on any failure it reconnects with backoff (``RECONNECT_MIN`` doubling to
-    ``RECONNECT_MAX``), subscribes every room again, and each room resyncs once Redis confirms
-    its subscription (anything published meanwhile is in the log). ``healthy`` is false while
-    the connection is down, or after ``unhealthy()`` until a ``PING`` on ``client`` answers.
-    """
-
-    def __init__(self, url: str, node: str, client: Any, *, timeout: float) -> None:
-        self._url = url
-        self.node = node
-        self._node_bytes = node.encode()
-        self._client = client  # the owner's pool: the health probe
-        self._timeout = timeout
-        self._listeners: dict[str, RoomListener] = {}
-        self._changes: set[str] = set()  # rooms whose subscription the task must fix
-        self._healthy = True
-        self._closed = False
-        self._task: asyncio.Task[None] | None = None
-        self.reconnects = 0
-
-    @property
-    def healthy(self) -> bool:
-        return self._healthy and not self._closed
-
-    def unhealthy(self) -> None:
-        """A call on Redis failed: unhealthy until the feed's probe finds Redis back."""
-        self._healthy = False
-
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._listen(), name="redis-bus-subscriber")
-
-    def subscribe(self, room: str, listener: RoomListener) -> None:
-        # The task sends the SSUBSCRIBE (one task owns the connection); once Redis confirms
-        # it the listener is told to resync, which covers anything published before.
-        self._listeners[room] = listener
-        self._changes.add(room)
-
-    def unsubscribe(self, room: str, listener: RoomListener) -> None:
-        if self._listeners.get(room) is listener:
-            del self._listeners[room]
-            self._changes.add(room)
-
-    def listener(self, room: str) -> RoomListener | None:
-        return self._listeners.get(room)
-
-    async def _listen(self) -> None:
-        failures = 0
-        first = True
-        while not self._closed:
-            pubsub = None
-            try:
-                # No retries inside redis-py: a silent reconnect would hide lost messages.
-                client = aioredis.Redis.from_url(self._url, decode_responses=False,
-                                                 retry=Retry(NoBackoff(), 0),
-                                                 socket_connect_timeout=self._timeout,
-                                                 socket_timeout=self._timeout)
-                pubsub = client.pubsub()
-                await pubsub.connect()  # type: ignore[no-untyped-call]
-                self._changes = set(self._listeners)  # (re)subscribe every room we serve
-                self._healthy = True
-                if not first:
-                    self.reconnects += 1
-                    log.info("bus: pub/sub reconnected; resubscribing %d rooms",
-                             len(self._changes))
-                first = False
-                failures = 0
-                await self._dispatch_loop(pubsub)
-            except asyncio.CancelledError:
-                raise
-            except FAILURES as exc:
-                self._healthy = False
-                backoff = backoff_delay(failures, base=RECONNECT_MIN, cap=RECONNECT_MAX)
-                failures += 1
-                log.warning("bus: pub/sub connection to Redis at %s lost (%s); retrying in "
-                            "%.1fs", _where(self._url), exc, backoff)
-                await asyncio.sleep(backoff)
-            finally:
-                if pubsub is not None:
-                    await _quietly_close(pubsub)
-
-    async def _apply_changes(self, pubsub: Any) -> None:
-        changes, self._changes = self._changes, set()
-        add = [channel(room) for room in changes if room in self._listeners]
-        drop = [channel(room) for room in changes if room not in self._listeners]
-        if add:
-            await pubsub.ssubscribe(*add)
-        if drop:
-            await pubsub.sunsubscribe(*drop)
-
-    async def _dispatch_loop(self, pubsub: Any) -> None:
-        last_rx = time.monotonic()
-        probe_sent: float | None = None
-        last_health_probe = 0.0
-        while not self._closed:
-            if not self._healthy and time.monotonic() - last_health_probe >= HEALTH_PROBE:
-                last_health_probe = time.monotonic()
-                try:
-                    async with asyncio.timeout(self._timeout):
-                        await self._client.ping()
-                    self._healthy = True
-                    log.info("bus: Redis at %s is reachable again", _where(self._url))
-                except FAILURES:
-                    pass
-            if self._changes:
-                await self._apply_changes(pubsub)
-            if not pubsub.subscribed:
-                await asyncio.sleep(POLL)  # get_message needs a subscription
-                last_rx = time.monotonic()
-                continue
-            message = await pubsub.get_message(timeout=POLL)
-            now = time.monotonic()
-            if message is None:
-                if probe_sent is not None:
-                    if now - probe_sent > PROBE_TIMEOUT:
-                        raise RedisConnectionError("pub/sub probe unanswered: stale connection")
-                elif now - last_rx > PROBE_IDLE:
-                    await pubsub.ping()
-                    probe_sent = now
-                continue
-            last_rx, probe_sent = now, None
-            kind = message["type"]
-            if kind == "smessage":
-                try:
-                    self.dispatch(message["channel"], message["data"])
-                except Exception:  # anyone may publish on a room's channel: not our feed's end
-                    log.exception("bus: undecodable pub/sub message on %r", message["channel"])
-            elif kind == "ssubscribe":
-                listener = self._listeners.get(room_of(message["channel"]))
-                if listener is not None:
-                    listener.resync()  # anything published before this is in the log
-
-    def dispatch(self, channel_name: bytes, data: bytes) -> None:
-        """Hand one notice to its room's listener here (none: ignored); notices from this
-        process are skipped (its rooms were told directly)."""
-        listener = self._listeners.get(room_of(channel_name))
-        if listener is None or not data:
-            return
-        kind = data[:1]
-        if kind == b"m":
-            node, _, rest = data[1:].partition(b"\n")
-            if node == self._node_bytes:
-                return
-            first, _, body = rest.partition(b"\n")
-            try:
-                seq = int(first)
-                messages = [WireMessage(seq + i, line.decode())
-                            for i, line in enumerate(body.split(b"\n"))]
-            except (ValueError, UnicodeDecodeError) as exc:
-                log.warning("room %s: undecodable batch from %s: %r", room_of(channel_name),
-                            node, exc)
-                listener.resync()
-                return
-            listener.remote_messages(messages)
-        elif kind == b"p" and data[1:] != self._node_bytes:
-            listener.remote_presence()
-        elif kind in (b"r", b"b"):
-            origin, _, tail = data[1:].decode(errors="replace").partition("\n")
-            if origin == self.node:
-                return
-            if kind == b"r":
-                user, _, raw_seq = tail.partition("\n")
-                marker = records.count(raw_seq.encode())
-                if user and marker is not None:
-                    listener.remote_read(user, marker)
-            else:
-                user, _, reason = tail.partition("\n")
-                listener.remote_banned(user, reason)
-
-    async def close(self) -> None:
-        self._closed = True
-        self._listeners.clear()
-        if self._task is not None:
-            # Repeated: redis-py can turn a cancellation that lands while it connects into an
-            # error of its own, which the listen loop treats as a lost connection.
-            while not self._task.done():
-                self._task.cancel()
-                await asyncio.wait([self._task], timeout=0.5)
-
-
 class RedisBus:
     """``await RedisBus.open("redis://host:port/db")``; implements ``rooms.engine.Bus``.
 
@@ -312,7 +109,7 @@ class RedisBus:
         self._redis = client
         self._timeout = timeout
         self.node = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self._feed = RedisFeed(url, self.node, client, timeout=timeout)
+        self._feed = RedisFeed(url, self.node, client, timeout=timeout, name="bus: pub/sub")
         self._presence = client.register_script(
             (resources.files("rooms.engines") / "presence.lua").read_text(encoding="utf-8"))
         self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(queue_limit)
@@ -338,10 +135,10 @@ class RedisBus:
                 await client.ping()
         except FAILURES as exc:
             await client.aclose()
-            raise StoreError(f"cannot reach Redis at {_where(url)} (the bus): "
+            raise StoreError(f"cannot reach Redis at {where(url)} (the bus): "
                              f"{exc or f'no answer within {timeout}s'}") from exc
         bus = cls(url, client, timeout=timeout, queue_limit=queue_limit)
-        bus._feed.start()
+        bus._feed.start("redis-bus-subscriber")
         bus._publisher = asyncio.create_task(bus._publish(), name="redis-bus-publisher")
         return bus
 
@@ -416,7 +213,7 @@ class RedisBus:
                 failures = 0
             except FAILURES as exc:
                 self._feed.unhealthy()
-                self._drop(len(batch), f"Redis at {_where(self._url)} failed: "
+                self._drop(len(batch), f"Redis at {where(self._url)} failed: "
                                        f"{exc or 'no answer'}")
                 await asyncio.sleep(backoff_delay(failures, base=RECONNECT_MIN,
                                                   cap=RECONNECT_MAX))

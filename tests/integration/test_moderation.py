@@ -438,18 +438,18 @@ async def test_redis_deletes_and_bans_whose_announcement_was_lost_still_arrive(
     """Pub/sub is at-most-once: a process that misses a delete (an entry of the log, like a
     message) or a ban announcement catches up at its next sync (the log's top, and its own
     members' bans) instead of never."""
-    from rooms.engines.redis import RedisEngine
+    from rooms.engines.redis_feed import RedisFeed
 
     lost: list[bytes] = []
-    original = RedisEngine._dispatch
+    original = RedisFeed.dispatch
 
-    def deaf(self: RedisEngine, channel: bytes, data: bytes) -> None:
+    def deaf(self: RedisFeed, channel: bytes, data: bytes) -> None:
         if data[:1] == b"b" or (data[:1] == b"m" and b'"type":"change"' in data):
             lost.append(data[:1])  # every delete entry and ban announcement, lost
             return
         original(self, channel, data)
 
-    monkeypatch.setattr(RedisEngine, "_dispatch", deaf)
+    monkeypatch.setattr(RedisFeed, "dispatch", deaf)
     with redis_server(tmp_path / "redis") as url:
         env = {"ROOMCHAT_STORE_URL": url, "ROOMCHAT_API_KEY": API_KEY, "PYTHONPATH": str(REPO)}
         config = replace(make_config(tmp_path / "victim", sync_interval=0.5), store_url=url,

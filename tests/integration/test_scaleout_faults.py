@@ -22,7 +22,7 @@ import websockets
 from redis import asyncio as aioredis
 from websockets.exceptions import InvalidStatus
 
-from rooms.engines.redis import RedisEngine
+from rooms.engines.redis_feed import RedisFeed
 from tests.audit import audit
 from tests.clients import Chatter, Target, chat, connect, settle, traffic, wander
 from tests.redis_server import RedisServer
@@ -114,13 +114,13 @@ async def test_redis_restarted_mid_traffic_loses_nothing_and_resumes_live(
 
 
 def lossy_dispatch(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
-    """Make every in-process ``RedisEngine`` drop message batches from other processes: every
-    third one while ``mode`` is 1, all of them while it is 2, none while 0. Returns the knobs and
-    the count of batches dropped."""
+    """Make every in-process Redis feed (``RedisFeed``) drop message batches from other
+    processes: every third one while ``mode`` is 1, all of them while it is 2, none while 0.
+    Returns the knobs and the count of batches dropped."""
     knobs = {"mode": 1, "seen": 0, "dropped": 0}
-    original = RedisEngine._dispatch
+    original = RedisFeed.dispatch
 
-    def dispatch(self: RedisEngine, channel: bytes, data: bytes) -> None:
+    def dispatch(self: RedisFeed, channel: bytes, data: bytes) -> None:
         if data[:1] == b"m" and data[1:].partition(b"\n")[0].decode() != self.node:
             knobs["seen"] += 1
             if knobs["mode"] == 2 or (knobs["mode"] == 1 and knobs["seen"] % 3 == 0):
@@ -128,7 +128,7 @@ def lossy_dispatch(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
                 return
         original(self, channel, data)
 
-    monkeypatch.setattr(RedisEngine, "_dispatch", dispatch)
+    monkeypatch.setattr(RedisFeed, "dispatch", dispatch)
     return knobs
 
 
@@ -176,12 +176,12 @@ async def test_resume_on_a_process_whose_feed_lags_sees_no_duplicate(
     """A client that saw seq N on one process and resumes with ``after=N`` on another whose
     pub/sub feed has not delivered N yet (a slow link, a busy loop) must get a gapless resume:
     ``recovered`` true, nothing at or below N again."""
-    original = RedisEngine._dispatch
+    original = RedisFeed.dispatch
 
-    def late(self: RedisEngine, channel: bytes, data: bytes) -> None:
+    def late(self: RedisFeed, channel: bytes, data: bytes) -> None:
         asyncio.get_running_loop().call_later(0.5, original, self, channel, data)
 
-    monkeypatch.setattr(RedisEngine, "_dispatch", late)
+    monkeypatch.setattr(RedisFeed, "dispatch", late)
     with RedisServer(tmp_path / "redis", aof=False) as redis, \
             server_process(tmp_path / "remote", env=ENV, args=args(redis)) as remote:
         config = replace(make_config(tmp_path / "lagging", sync_interval=0.5, presence_ttl=2,

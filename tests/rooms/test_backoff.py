@@ -9,7 +9,7 @@ import pytest
 from gateway import client, supervisor
 from gateway.limits import RETRY_HINT_MAX, ConnectionRate
 from rooms.backoff import backoff_delay, jittered
-from rooms.engines import redis as redis_engine
+from rooms.engines import redis_feed
 
 
 def fixed(x: float) -> Callable[[], float]:
@@ -60,7 +60,7 @@ def test_the_bot_client_s_own_copy_is_the_same_backoff(r: float, max_backoff: fl
 
 def test_the_call_sites_keep_their_schedules() -> None:
     # Redis pub/sub reconnect: 0.1 s doubling to 5 s, no jitter (as before the helper).
-    assert [backoff_delay(a, base=redis_engine.RECONNECT_MIN, cap=redis_engine.RECONNECT_MAX)
+    assert [backoff_delay(a, base=redis_feed.RECONNECT_MIN, cap=redis_feed.RECONNECT_MAX)
             for a in range(8)] == [0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
     # Worker restarts: 0.5 s doubling to 30 s.
     assert [backoff_delay(a, base=supervisor.MIN_BACKOFF, cap=supervisor.MAX_BACKOFF)
