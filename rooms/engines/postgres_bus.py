@@ -230,6 +230,7 @@ class NotifyBus:
         self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(queue_limit)
         self._listen_ok = True
         self._calls_ok = True
+        self._failed_at = 0.0  # when a call on the pool last failed (monotonic)
         self._closed = False
         self._warned = 0.0
         self._tasks: list[asyncio.Task[None]] = []
@@ -319,6 +320,8 @@ class NotifyBus:
                     conn = await psycopg.AsyncConnection.connect(
                         self._url, autocommit=True, **self._settings(self._timeout))
                 self.listener_pid = conn.info.backend_pid
+                self._listen_ok = True
+                failures = 0
                 self._listening = {}
                 self._changes = set(self._listeners)  # LISTEN again to every room we serve
                 if not first:
@@ -336,6 +339,12 @@ class NotifyBus:
                 log.warning("bus: LISTEN connection to PostgreSQL lost (%s); retrying in %.1fs",
                             " ".join(str(exc).split()) or type(exc).__name__, delay)
                 await asyncio.sleep(delay)
+            except Exception:  # a bug, not PostgreSQL's failure: logged, and the feed goes on
+                self._listen_ok = False
+                log.exception("bus: the LISTEN task failed; connecting again")
+                await asyncio.sleep(backoff_delay(failures, base=RECONNECT_MIN,
+                                                  cap=RECONNECT_MAX))
+                failures += 1
             finally:
                 if conn is not None:
                     with contextlib.suppress(Exception):
@@ -343,7 +352,16 @@ class NotifyBus:
 
     async def _dispatch_loop(self, conn: AsyncConnection[tuple[Any, ...]]) -> None:
         last_rx = time.monotonic()
+        last_health_probe = 0.0
         while not self._closed:
+            since = time.monotonic() - max(last_health_probe, self._failed_at)
+            if not self._calls_ok and since >= HEALTH_PROBE:
+                # A call on the pool failed: healthy again once one works (nothing else may
+                # call while new rooms are refused).
+                last_health_probe = time.monotonic()
+                with contextlib.suppress(StoreError):
+                    async with self._call() as pooled:
+                        await pooled.execute("SELECT 1")
             if self._changes:
                 await self._apply_changes(conn)
                 self._listen_ok = True
@@ -516,6 +534,7 @@ class NotifyBus:
                 yield conn
         except (psycopg.Error, PoolTimeout, OSError) as exc:
             self._calls_ok = False
+            self._failed_at = time.monotonic()
             if expired:
                 raise StoreError(f"PostgreSQL (the bus) did not answer within "
                                  f"{self._timeout} s") from exc
