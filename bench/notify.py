@@ -100,14 +100,18 @@ async def listen(url: str, rooms: int) -> None:
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     print("ready", flush=True)
+    cpu0 = t0 = 0.0
     try:
         while line := (await reader.readline()).decode().strip():
             if line == "go":
                 heard.latencies = []
+                cpu0, t0 = _own_cpu(), time.monotonic()
             elif line == "report":
                 got = sorted(heard.latencies)
                 print(json.dumps({"received": len(got), **_percentiles(got),
-                                  "pointers": bus.pointers}), flush=True)
+                                  "pointers": bus.pointers,
+                                  "cpu": (_own_cpu() - cpu0) / (time.monotonic() - t0)}),
+                      flush=True)
             elif line == "stop":
                 break
     finally:
@@ -243,6 +247,7 @@ async def step(engine: Any, bus: Any, mode: str, rate: float, seconds: float, ro
         "p50_ms": max(a["p50_ms"] for a in answers), "p99_ms": max(a["p99_ms"] for a in answers),
         "max_ms": max(a["max_ms"] for a in answers),
         "pg_cpu": round(cpu / elapsed, 2), "writer_cpu": round(own / elapsed, 2),
+        "listener_cpu": round(max(a.get("cpu", 0.0) for a in answers), 2),
         "commits_per_s": round((commits - commits0) / elapsed),
         "dropped": bus.dropped - dropped0, "queue_usage": usage, "appends_waited": late,
         "complete": received >= sent,
@@ -291,12 +296,14 @@ async def run(args: argparse.Namespace) -> None:
             await engine.close()
     print()
     print("| mode | listeners | offered/s | delivered/s per listener | p50 ms | p99 ms | "
-          "PostgreSQL CPU | writer CPU | commits/s | dropped | queue usage |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          "PostgreSQL CPU | writer CPU | busiest listener CPU | commits/s | dropped | "
+          "queue usage |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         print(f"| {r['mode']} | {r['listeners']} | {r['offered']:.0f} | {r['delivered_per_s']}"
               f" | {r['p50_ms']} | {r['p99_ms']} | {r['pg_cpu']:.2f} | {r['writer_cpu']:.2f} | "
-              f"{r['commits_per_s']} | {r['dropped']} | {r['queue_usage']:.4f} |")
+              f"{r['listener_cpu']:.2f} | {r['commits_per_s']} | {r['dropped']} | "
+              f"{r['queue_usage']:.4f} |")
 
 
 def main(argv: list[str] | None = None) -> None:
