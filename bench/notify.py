@@ -21,10 +21,11 @@ For each L, the writer offers rising rates of one-message batches to random room
 Each message carries its scheduled time; listeners report latency (schedule to arrival, so
 queueing in the writer counts) p50/p99/max and the count received. Reported per step: offered
 and delivered rate per listener, latency, PostgreSQL's CPU (the postmaster and its children,
-from /proc, as a share of one core), the writer's CPU, commits/s (``pg_stat_database``), the
-notices dropped, and ``pg_notification_queue_usage()``. A series stops at the first step whose
-p99 passes ``--p99-limit`` or that delivers under 90% of what was offered. Prints JSON lines,
-then a Markdown table.
+from /proc, as a share of one core), the writer's and the busiest listener's CPU, commits/s
+(``pg_stat_database``), the notices dropped, ``pg_notification_queue_usage()``, and the
+commonest waits of active backends (``pg_stat_activity``, sampled every 0.1 s; JSON only).
+A series stops at the first step whose p99 passes ``--p99-limit`` or that delivers under 90%
+of what was offered. Prints JSON lines, then a Markdown table.
 """
 
 from __future__ import annotations
@@ -210,8 +211,23 @@ async def step(engine: Any, bus: Any, mode: str, rate: float, seconds: float, ro
             await engine.append(room_name(room), [Draft("w", "W", None, stamp, 0)],
                                 retention=0, dedup_window=0)
 
+    waits: dict[str, int] = {}
+
+    async def sample_waits() -> None:
+        """What PostgreSQL's backends wait on, sampled every 0.1 s (``pg_stat_activity``)."""
+        while True:
+            cursor = await conn.execute(
+                "SELECT coalesce(application_name, ''), wait_event_type, wait_event "
+                "FROM pg_stat_activity WHERE wait_event IS NOT NULL AND pid <> pg_backend_pid()"
+                " AND backend_type = 'client backend' AND state = 'active'")
+            for app, kind, event in await cursor.fetchall():
+                key = f"{app or '?'}:{kind}:{event}"
+                waits[key] = waits.get(key, 0) + 1
+            await asyncio.sleep(0.1)
+
     await listeners.say("go")
     dropped0, commits0 = bus.dropped, (await _stats(conn))[0]
+    sampler = asyncio.create_task(sample_waits())
     cpu0, own0, t0 = _cpu_of_tree(postmaster), _own_cpu(), time.monotonic()
     sent = 0
     end = t0 + seconds
@@ -232,6 +248,8 @@ async def step(engine: Any, bus: Any, mode: str, rate: float, seconds: float, ro
                 task.add_done_callback(pending.discard)
             sent += 1
         await asyncio.sleep(max(0.0, now + TICK - time.monotonic()))
+    sampler.cancel()
+    await asyncio.gather(sampler, return_exceptions=True)
     if pending:
         await asyncio.wait(pending, timeout=30)
     # Let the last notices arrive (a bounded wait: a series that broke is reported as such).
@@ -251,6 +269,7 @@ async def step(engine: Any, bus: Any, mode: str, rate: float, seconds: float, ro
         "commits_per_s": round((commits - commits0) / elapsed),
         "dropped": bus.dropped - dropped0, "queue_usage": usage, "appends_waited": late,
         "complete": received >= sent,
+        "waits": dict(sorted(waits.items(), key=lambda kv: -kv[1])[:4]),
     }
 
 
