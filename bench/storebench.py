@@ -1,5 +1,6 @@
 """Throughput of roomchat's embedded store (``rooms.engines.sqlite.SqliteStore``), apart from
-the server.
+the server; with ``--postgres``, of the PostgreSQL log (``rooms.engines.postgres.PostgresLog``)
+on a PostgreSQL of its own.
 
 Simulated rooms call ``append()`` in a loop the way room actors do: each awaits its append before
 the next, so concurrency comes from many rooms (the store's writer thread group-commits whatever is
@@ -50,15 +51,48 @@ async def _busy(until: float) -> None:
         await asyncio.sleep(0)
 
 
+class _PostgresTarget:
+    """The PostgreSQL log (``rooms.engines.postgres.PostgresLog``) on a server of the
+    benchmark's own (tests/postgres_server.py: fsync on, ``synchronous_commit`` on), a fresh
+    database per shape; ``append`` as ``SqliteStore.append`` is called."""
+
+    def __init__(self, url: str, postmaster: int) -> None:
+        self.url = url
+        self.postmaster = postmaster
+
+    async def open(self) -> Any:
+        from rooms.engines.postgres import PostgresLog
+
+        log = await PostgresLog.open(self.url, max_connections=8, timeout=10)
+
+        class Store:
+            async def append(self, room: str, drafts: list[Draft], retention: int) -> None:
+                await log.append(room, drafts, retention=retention, dedup_window=0)
+
+            async def close(self) -> None:
+                await log.close()
+
+        return Store()
+
+
 async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
-                 search_index: bool = True, busy_loop: bool = False) -> dict[str, Any]:
+                 search_index: bool = True, busy_loop: bool = False,
+                 postgres: _PostgresTarget | None = None) -> dict[str, Any]:
     """``search_index``: ``SqliteStore.open``'s (``ROOMCHAT_SEARCH_INDEX``): off, the store
     keeps no search index (what appends cost without it: ``bench.search``). ``busy_loop``:
     run ``_busy`` beside the rooms (the CPU per message then includes it: compare context
-    switches and syscalls, not CPU)."""
+    switches and syscalls, not CPU). ``postgres``: the PostgreSQL log instead (its server's
+    CPU per message reported beside this process's)."""
+    from bench.notify import _cpu_of_tree
+
     with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
-        store = await SqliteStore.open(Path(tmp) / "roomchat.sqlite3", synchronous=synchronous,
-                                       search_index=search_index)
+        store: Any
+        if postgres is None:
+            store = await SqliteStore.open(Path(tmp) / "roomchat.sqlite3",
+                                           synchronous=synchronous, search_index=search_index)
+        else:
+            store = await postgres.open()
+        pg0 = _cpu_of_tree(postgres.postmaster) if postgres is not None else 0.0
         stored = 0
         commits: list[float] = []
         deadline = time.perf_counter() + seconds
@@ -91,8 +125,11 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
         elapsed = time.perf_counter() - t0
         cpu = time.process_time() - c0
         u1 = resource.getrusage(resource.RUSAGE_SELF)
+        pg_cpu = _cpu_of_tree(postgres.postmaster) - pg0 if postgres is not None else 0.0
     commits.sort()
     return {
+        "engine": "sqlite" if postgres is None else "postgres",
+        "server_cpu_us_per_message": pg_cpu / max(1, stored) * 1e6,
         "rooms": rooms,
         "batch": batch,
         "synchronous": synchronous,
@@ -117,10 +154,20 @@ busy rooms."""
 
 async def run_all(seconds: float, synchronous: str, search_index: bool = True,
                   shapes: Sequence[tuple[int, int]] = SHAPES,
-                  busy_loop: bool = False) -> dict[str, Any]:
-    """Every shape for ``seconds`` each."""
-    results = [await _shape(r, b, seconds, synchronous, search_index, busy_loop)
-               for r, b in shapes]
+                  busy_loop: bool = False, postgres: bool = False) -> dict[str, Any]:
+    """Every shape for ``seconds`` each (``postgres``: on the PostgreSQL log, a server of its
+    own started for the run)."""
+    if not postgres:
+        results = [await _shape(r, b, seconds, synchronous, search_index, busy_loop)
+                   for r, b in shapes]
+        return {"status": "ok", "shapes": results}
+    from tests.postgres_server import PostgresServer
+
+    with PostgresServer() as pg:
+        assert pg._proc is not None
+        results = [await _shape(r, b, seconds, synchronous, search_index, busy_loop,
+                                _PostgresTarget(pg.database(migrated=True), pg._proc.pid))
+                   for r, b in shapes]
     return {"status": "ok", "shapes": results}
 
 
@@ -151,12 +198,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="ROOMSxBATCH,... (default: %(default)s)")
     parser.add_argument("--busy-loop", action="store_true",
                         help="keep the event loop busy beside the rooms, as a server's is")
+    parser.add_argument("--postgres", action="store_true",
+                        help="the PostgreSQL log (a server of its own) instead of SQLite")
     args = parser.parse_args(argv)
     try:
         search_index = (_search_index_setting() if args.search_index is None
                         else args.search_index == "1")
         out = asyncio.run(run_all(args.seconds, args.synchronous, search_index, args.shapes,
-                                  args.busy_loop))
+                                  args.busy_loop, args.postgres))
     except Exception as exc:  # reported, not raised: the benchmark goes on without it
         out = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}
     print(json.dumps(out), flush=True)

@@ -46,7 +46,7 @@ SQLITE_SYNCHRONOUS = ("FULL", "NORMAL", "EXTRA")
 SHARED_SCHEMES = ("redis", "rediss", "unix")
 """Store URL schemes whose engine every process can share (``--workers`` > 1 needs one)."""
 POSTGRES_SCHEMES = ("postgresql", "postgres")
-"""Store URL schemes of the PostgreSQL log (one process; many with a Redis ``bus_url``,
+"""Store URL schemes of the PostgreSQL log (one process; many with a ``bus_url``,
 docs/design/log-and-bus.md)."""
 
 # The numeric settings' ranges, checked by ``Config._check_numbers`` (the files' settings are
@@ -79,7 +79,7 @@ class Config:
     workers: int = _setting(
         1, "Processes serving the one port (`serve --workers`), restarted if they die; SIGHUP "
            "replaces them one at a time. More than 1 needs a shared store (Redis, or "
-           "PostgreSQL with a Redis `bus_url`).")
+           "PostgreSQL with a `bus_url`).")
     data_dir: Path = _setting(Path("./var"),
                               "Where the database and the generated JWT secret live.")
     jwt_secret: str | None = _setting(
@@ -205,7 +205,9 @@ class Config:
         "", "How processes tell each other about new messages, presence, markers and bans, "
             "beside a PostgreSQL `store_url`: `redis://host:port/db` (any number of processes "
             "serve any room: `--workers` > 1, several hosts; Redis keeps only presence and the "
-            "feed, no history) or empty (`local:`: this process only). The Redis store is its "
+            "feed, no history), `postgresql://user@host/db` (PostgreSQL's LISTEN/NOTIFY, the "
+            "store's server or another: one server to run, for small deployments, "
+            "docs/scaling.md) or empty (`local:`: this process only). The Redis store is its "
             "own bus (leave this empty); SQLite and memory serve one process and refuse one.")
     store_connections: int = _setting(
         0, "Connections to a networked store, shared by all rooms; rooms wait for one. 0: the "
@@ -433,7 +435,8 @@ class Config:
         if self.workers > 1 and scheme in POSTGRES_SCHEMES and not self.shared_bus:
             raise ValueError(
                 f"--workers {self.workers} with PostgreSQL and no bus between the processes: "
-                f"set {env_name('bus_url')}=redis://host:port/db (--bus-url), or run one "
+                f"set {env_name('bus_url')}=redis://host:port/db or postgresql://... "
+                f"(--bus-url), or run one "
                 f"worker ({env_name('workers')}=1)")
         if self.workers > 1 and scheme not in SHARED_SCHEMES and not self.shared_bus:
             raise ValueError(
@@ -476,8 +479,9 @@ class Config:
 
     @property
     def shared_bus(self) -> bool:
-        """A bus between processes is set (``bus_url``: Redis; checked against the store)."""
-        return store_scheme(self.bus_url) in SHARED_SCHEMES
+        """A bus between processes is set (``bus_url``: Redis, or PostgreSQL's
+        ``LISTEN/NOTIFY``; checked against the store)."""
+        return store_scheme(self.bus_url) in (*SHARED_SCHEMES, *POSTGRES_SCHEMES)
 
     @property
     def resolved_files_url(self) -> str:

@@ -40,7 +40,8 @@ def preflight(config: Config) -> socket.socket:
     ``StartupError``; nothing is left open when it does.
     """
     scheme = store_scheme(config.resolved_store_url)  # Config: known, shared for --workers
-    if scheme in SHARED_SCHEMES or config.shared_bus:
+    redis_bus = config.shared_bus and store_scheme(config.bus_url) in SHARED_SCHEMES
+    if scheme in SHARED_SCHEMES or redis_bus:
         try:
             import redis  # noqa: F401
         except ImportError:
@@ -62,8 +63,10 @@ def preflight(config: Config) -> socket.socket:
         asyncio.run(check_postgres(config.resolved_store_url, config.room.store_timeout,
                                    search_language=config.search_language,
                                    allow_async_commit=config.store_allow_async_commit))
-    if config.shared_bus:
+    if redis_bus:
         asyncio.run(ping_redis(config.bus_url, setting="--bus-url / ROOMCHAT_BUS_URL"))
+    elif config.shared_bus:
+        asyncio.run(check_notify_bus(config.bus_url, config.room.store_timeout))
     asyncio.run(check_files(config))
     return bind_socket(config.bind, config.listen_backlog)
 
@@ -246,6 +249,24 @@ async def check_postgres(url: str, timeout: float, *, search_language: str = "si
         raise StartupError(f"store {redact(url)} (--store-url / ROOMCHAT_STORE_URL): "
                            f"{reason}") from None
     await log.close()
+
+
+async def check_notify_bus(url: str, timeout: float) -> None:
+    """Open PostgreSQL's ``LISTEN/NOTIFY`` bus as the server will (its presence table created
+    if missing) and close it; ``StartupError`` with the one line if that fails."""
+    from rooms.engines.postgres_bus import NotifyBus
+    from rooms.errors import StoreError
+
+    try:
+        bus = await NotifyBus.open(url, max_connections=1, timeout=timeout)
+    except StoreError as exc:
+        reason = " ".join(str(exc).split())
+        password = urlsplit(url).password
+        if password:
+            reason = reason.replace(password, "***")
+        raise StartupError(f"bus {redact(url)} (--bus-url / ROOMCHAT_BUS_URL): "
+                           f"{reason}") from None
+    await bus.close()
 
 
 async def ping_redis(url: str, timeout: float = REDIS_PING_TIMEOUT, *,

@@ -19,8 +19,10 @@ Three engines, chosen by URL with ``rooms.engines.open_engine`` (each imported w
   (bounded by retention), **not durable**: a restart loses everything and starts a new epoch.
 - ``postgresql://user@host/db`` — ``rooms.engines.split.SplitEngine`` over a PostgreSQL ``Log``
   (``rooms.engines.postgres.PostgresLog``) and a ``Bus``: with a ``redis://`` bus URL the Redis
-  one (``rooms.engines.redis_bus.RedisBus``: any process serves any room), else the in-process
-  one (``rooms.engines.split.LocalBus``: one process).
+  one (``rooms.engines.redis_bus.RedisBus``: any process serves any room), with a
+  ``postgresql://`` one PostgreSQL's ``LISTEN/NOTIFY`` (``rooms.engines.postgres_bus.NotifyBus``:
+  the same, with one server to run), else the in-process one (``rooms.engines.split.LocalBus``:
+  one process).
 
 An ``Engine`` is, underneath, a **log** (``Log``: what is stored, and everything every process
 must agree on) and a **bus** (``Bus``: how processes tell each other that something happened,

@@ -86,7 +86,7 @@ _SERVERS = {"postgres_url", "postgres_cluster", "redis_cluster", "redis_cluster_
 it lives (the engine contract suite's PostgreSQL and cluster cases)."""
 
 
-_SERVER_PARAMS = {"postgres", "postgres+redis", "redis-cluster"}
+_SERVER_PARAMS = {"postgres", "postgres+redis", "postgres+postgres", "redis-cluster"}
 """The engine suite's parameters that ask for one of those fixtures by name at run time."""
 
 

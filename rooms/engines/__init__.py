@@ -1,13 +1,14 @@
 """The engines behind ``rooms.engine.Engine``: embedded (SQLite, ``rooms.engines.embedded`` over
 ``rooms.engines.sqlite``), Redis (``rooms.engines.redis``), memory (``rooms.engines.memory``:
 ephemeral, not durable) and split (``rooms.engines.split``: a ``Log``, such as PostgreSQL's in
-``rooms.engines.postgres``, beside a ``Bus``: this process's, or Redis's in
-``rooms.engines.redis_bus``), and ``open_engine``, which picks one by URL. The
+``rooms.engines.postgres``, beside a ``Bus``: this process's, Redis's in
+``rooms.engines.redis_bus`` or PostgreSQL's ``LISTEN/NOTIFY`` in
+``rooms.engines.postgres_bus``), and ``open_engine``, which picks one by URL. The
 interface itself (``rooms.engine``) knows none of them."""
 
 from __future__ import annotations
 
-from rooms.engine import SHARED_SCHEMES, CommitObserver, Engine, is_shared_url
+from rooms.engine import SHARED_SCHEMES, Bus, CommitObserver, Engine, is_shared_url
 
 __all__ = ["LOCAL_BUS", "POSTGRES_SCHEMES", "bus_refusal", "open_engine"]
 
@@ -24,18 +25,21 @@ LOCAL_BUS = "local:"
 def bus_refusal(store_url: str, bus_url: str | None) -> str | None:
     """Why the bus ``bus_url`` cannot go with the store ``store_url`` (one sentence saying what
     to set instead), or None when they go together (docs/design/log-and-bus.md, section 1):
-    a Redis bus (``redis://``, ``rediss://``, ``unix://``) beside the PostgreSQL log; the
+    a Redis bus (``redis://``, ``rediss://``, ``unix://``) or a PostgreSQL ``LISTEN/NOTIFY``
+    one (``postgresql://``: the log's server or another) beside the PostgreSQL log; the
     Redis engine with no bus or its own URL (it announces in its append script, on its own
     server); SQLite and memory with none (their log serves one process: no bus can share it).
     Pure: nothing is connected."""
     if not bus_url or bus_url == LOCAL_BUS:
         return None
     if bus_url.startswith(POSTGRES_SCHEMES):
-        return ("the PostgreSQL LISTEN/NOTIFY bus is not built in this version: set "
-                "ROOMCHAT_BUS_URL to redis://host:port/db, or leave it unset for one process")
+        if store_url.startswith(POSTGRES_SCHEMES):
+            return None
+        return ("the PostgreSQL LISTEN/NOTIFY bus goes with the PostgreSQL log only: use "
+                "postgresql:// as ROOMCHAT_STORE_URL too, or leave ROOMCHAT_BUS_URL unset")
     if not bus_url.startswith(SHARED_SCHEMES):
-        return ("unknown bus URL: use redis://host:port/db (a bus between processes) or "
-                f"{LOCAL_BUS} (this process only)")
+        return ("unknown bus URL: use redis://host:port/db or postgresql://user@host/db (a "
+                f"bus between processes) or {LOCAL_BUS} (this process only)")
     if is_shared_url(store_url):
         if bus_url == store_url:
             return None
@@ -56,8 +60,9 @@ async def open_engine(url: str, *, bus_url: str | None = None,
                       timeout: float | None = None, search_language: str = "simple",
                       allow_async_commit: bool = False) -> Engine:
     """The engine a URL names: ``sqlite:///path/to/db``, ``redis://host:port/db``,
-    ``postgresql://user@host:port/db`` (the PostgreSQL log; with ``bus_url`` ``redis://...``
-    beside it any number of processes share it, without one it serves this process only) or
+    ``postgresql://user@host:port/db`` (the PostgreSQL log; with ``bus_url`` ``redis://...``,
+    or ``postgresql://...`` for PostgreSQL's ``LISTEN/NOTIFY``, beside it any number of
+    processes share it, without one it serves this process only) or
     ``memory://`` (nothing after it: every message in this process's memory, lost on restart).
     ``bus_url`` (None, ``""`` or ``local:``: this process's own) must go with ``url``
     (``bus_refusal``).
@@ -96,12 +101,18 @@ async def open_engine(url: str, *, bus_url: str | None = None,
                                      allow_async_commit=allow_async_commit)
         if not bus_url or bus_url == LOCAL_BUS:
             return SplitEngine(log, LocalBus(f"postgres-{os.getpid()}"))
-        from rooms.engines.redis_bus import RedisBus
-
-        bus = None
+        bus: Bus | None = None
         try:
-            bus = await RedisBus.open(bus_url, max_connections=max_connections or 32,
-                                      timeout=timeout)
+            if bus_url.startswith(POSTGRES_SCHEMES):
+                from rooms.engines.postgres_bus import NotifyBus
+
+                bus = await NotifyBus.open(bus_url, max_connections=max_connections
+                                           or POSTGRES_MAX_CONNECTIONS, timeout=timeout)
+            else:
+                from rooms.engines.redis_bus import RedisBus
+
+                bus = await RedisBus.open(bus_url, max_connections=max_connections or 32,
+                                          timeout=timeout)
         finally:
             if bus is None:  # the bus failed (or we were cancelled): the log is not left open
                 await log.close()

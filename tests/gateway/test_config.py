@@ -122,7 +122,8 @@ PAIRS = [
     ({**POSTGRES, "ROOMCHAT_WORKERS": "2", "ROOMCHAT_BUS_URL": "redis://bus:6379/0"},
      {**POSTGRES, "ROOMCHAT_WORKERS": "2"},
      "--workers 2 with PostgreSQL and no bus between the processes: set "
-     "ROOMCHAT_BUS_URL=redis://host:port/db (--bus-url), or run one worker"),
+     "ROOMCHAT_BUS_URL=redis://host:port/db or postgresql://... (--bus-url), or run one "
+     "worker"),
     # The bus beside the store: docs/design/log-and-bus.md's table, one line each.
     ({**POSTGRES, "ROOMCHAT_BUS_URL": "local:"}, {"ROOMCHAT_BUS_URL": "redis://:pw-sekret@b/0"},
      "bus URL 'redis://b/0' (--bus-url / ROOMCHAT_BUS_URL) with store sqlite://: the SQLite "
@@ -134,12 +135,19 @@ PAIRS = [
      {**REDIS, "ROOMCHAT_BUS_URL": "redis://other:6379/0"},
      "the Redis store announces messages itself, on its own server (in the script that stores "
      "them): leave ROOMCHAT_BUS_URL unset"),
-    ({**POSTGRES, "ROOMCHAT_BUS_URL": "rediss://b:6380/0"},
-     {**POSTGRES, "ROOMCHAT_BUS_URL": "postgresql://db/chat"},
-     "the PostgreSQL LISTEN/NOTIFY bus is not built in this version"),
+    # PostgreSQL's LISTEN/NOTIFY bus goes with the PostgreSQL log (several processes: it
+    # counts as a bus between them), and with nothing else.
+    ({**POSTGRES, "ROOMCHAT_WORKERS": "2", "ROOMCHAT_BUS_URL": "postgresql://db/chat"},
+     {**REDIS, "ROOMCHAT_BUS_URL": "postgresql://db/chat"},
+     "the PostgreSQL LISTEN/NOTIFY bus goes with the PostgreSQL log only: use postgresql:// "
+     "as ROOMCHAT_STORE_URL too, or leave ROOMCHAT_BUS_URL unset"),
+    ({**POSTGRES, "ROOMCHAT_BUS_URL": "postgres://other/chat"},
+     {"ROOMCHAT_BUS_URL": "postgresql://db/chat"},
+     "the PostgreSQL LISTEN/NOTIFY bus goes with the PostgreSQL log only"),
     ({**POSTGRES, "ROOMCHAT_BUS_URL": "unix:///run/redis.sock"},
      {**POSTGRES, "ROOMCHAT_BUS_URL": "kafka://k:9092"},
-     "unknown bus URL: use redis://host:port/db (a bus between processes) or local:"),
+     "unknown bus URL: use redis://host:port/db or postgresql://user@host/db (a bus between "
+     "processes) or local:"),
     ({**REDIS, "ROOMCHAT_WORKERS": "2"}, {"ROOMCHAT_WORKERS": "2"},
      "--workers 2 needs a shared store"),
     ({**MEMORY, "ROOMCHAT_HISTORY_RETENTION": "1"}, {**MEMORY, "ROOMCHAT_HISTORY_RETENTION": "0"},

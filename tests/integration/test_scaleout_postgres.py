@@ -1,5 +1,7 @@
 """One room across processes on the PostgreSQL log with the Redis bus (``--store-url
-postgresql://... --bus-url redis://...``): test_scaleout.py's flows on the split engine, where
+postgresql://... --bus-url redis://...``) and with PostgreSQL's LISTEN/NOTIFY as the bus
+(``--bus-url postgresql://...``, the log's own server): test_scaleout.py's flows on the split
+engine, where
 the publish follows the commit instead of being part of it. Every member sees every message
 live in one order, presence agrees, a retry through the other process is deduplicated, and a
 process killed with SIGKILL mid-traffic loses nothing acked: each client's seqs are 1..top and
@@ -12,10 +14,12 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.audit import check_room, read_back
 from tests.clients import (
@@ -37,6 +41,16 @@ def split(postgres_url: str, bus_url: str) -> list[str]:
     return ["--store-url", postgres_url, "--bus-url", bus_url]
 
 
+@pytest.fixture(params=["redis", "postgres"])
+def bus(request: pytest.FixtureRequest, tmp_path: Path, postgres_url: str) -> Iterator[str]:
+    """The bus beside the log: a Redis, or the log's PostgreSQL itself (LISTEN/NOTIFY)."""
+    if request.param == "postgres":
+        yield postgres_url
+    else:
+        with redis_server(tmp_path / "redis") as url:
+            yield url
+
+
 async def entries_of(postgres_url: str, room: str) -> list[tuple[int, Stored]]:
     """The room's messages as PostgreSQL holds them (rooms/engines/postgres_schema.py)."""
     async with await psycopg.AsyncConnection.connect(postgres_url) as conn:
@@ -47,9 +61,8 @@ async def entries_of(postgres_url: str, room: str) -> list[tuple[int, Stored]]:
 
 
 async def test_two_processes_one_room_on_postgres_live_order_and_presence(
-        tmp_path: Path, postgres_url: str) -> None:
-    with redis_server(tmp_path / "redis") as bus, \
-            server_process(tmp_path / "a", env=SCALEOUT_ENV, args=split(postgres_url, bus)) as a, \
+        tmp_path: Path, postgres_url: str, bus: str) -> None:
+    with server_process(tmp_path / "a", env=SCALEOUT_ENV, args=split(postgres_url, bus)) as a, \
             server_process(tmp_path / "b", env=SCALEOUT_ENV, args=split(postgres_url, bus)) as b:
         alice = await joined(a, "alice")
         bob = await joined(b, "bob")
@@ -94,13 +107,13 @@ class Failover:
         return self.current.url(room, token, **query)
 
 
-async def test_kill_9_mid_traffic_loses_nothing_acked(tmp_path: Path, postgres_url: str) -> None:
+async def test_kill_9_mid_traffic_loses_nothing_acked(tmp_path: Path, postgres_url: str,
+                                                     bus: str) -> None:
     """Four members, two on each process, writing all along; one process is killed with
     SIGKILL (between a commit and its publish, perhaps: the survivors repair from the log).
     Its members resume on the survivor with ``after=<last seen>`` and resend what was never
     acked; the room ends exactly as PostgreSQL holds it, in every client."""
-    with redis_server(tmp_path / "redis") as bus, \
-            server_process(tmp_path / "a", env=SCALEOUT_ENV, args=split(postgres_url, bus)) as a, \
+    with server_process(tmp_path / "a", env=SCALEOUT_ENV, args=split(postgres_url, bus)) as a, \
             server_process(tmp_path / "b", env=SCALEOUT_ENV, args=split(postgres_url, bus)) as b:
         room = "kill9"
         to_b = Failover(b, a)
@@ -151,3 +164,16 @@ def test_serve_checks_the_bus_and_refuses_what_cannot_share_it(tmp_path: Path,
     done = serve_check(tmp_path, "--bus-url", "redis://127.0.0.1:1/0")  # SQLite's log
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr.count("\n") == 1 and "the SQLite log serves one process" in done.stderr
+
+
+def test_serve_checks_the_notify_bus(tmp_path: Path, postgres_url: str) -> None:
+    """``--bus-url postgresql://`` beside the PostgreSQL log: ``--workers 2`` accepted, the bus
+    opened by the check; one unreachable is one line naming the setting, with no password."""
+    done = serve_check(tmp_path, *split(postgres_url, postgres_url), "--workers", "2")
+    assert (done.returncode, done.stderr) == (0, "")
+    gone = f"postgresql://postgres:pw-sekret@127.0.0.1:{free_port()}/nothing"
+    done = serve_check(tmp_path, *split(postgres_url, gone))
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.count("\n") == 1 and "sekret" not in done.stderr
+    assert "cannot reach PostgreSQL (the bus)" in done.stderr
+    assert "(--bus-url / ROOMCHAT_BUS_URL)" in done.stderr

@@ -80,6 +80,9 @@ def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
     elif kind == "postgres+redis":  # the PostgreSQL log, the Redis bus beside it
         with redis_server(tmp_path / "redis") as bus:
             yield Urls(request.getfixturevalue("postgres_url"), bus)
+    elif kind == "postgres+postgres":  # the PostgreSQL log, its LISTEN/NOTIFY as the bus
+        url = request.getfixturevalue("postgres_url")
+        yield Urls(url, url)
     elif kind == "redis-cluster":
         # The session's cluster (tests/redis_cluster.py), flushed: 3 masters, so a test's
         # rooms and users land on different nodes.
@@ -91,7 +94,7 @@ def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[
 
 
 @pytest.fixture(params=["embedded", "redis", "redis-cluster", "memory", "postgres",
-                        "postgres+redis"])
+                        "postgres+redis", "postgres+postgres"])
 def engine_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Urls]:
     yield from _url(request.param, tmp_path, request)
 
@@ -443,10 +446,10 @@ async def test_bans_are_kept_until_lifted_or_over(engine: Engine) -> None:
 # -- only a shared engine ------------------------------------------------------------------
 
 
-@pytest.fixture(params=["redis", "redis-cluster", "postgres+redis"])
+@pytest.fixture(params=["redis", "redis-cluster", "postgres+redis", "postgres+postgres"])
 def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Urls]:
     """The engines several processes share: one Redis, a Redis Cluster, and the PostgreSQL
-    log with the Redis bus."""
+    log with the Redis bus and with its own LISTEN/NOTIFY."""
     yield from _url(request.param, tmp_path, request)
 
 
@@ -1112,7 +1115,8 @@ async def test_an_unstorable_draft_fails_its_append_alone(engine: Engine) -> Non
 # CancelledError seen in its frames). Until that is understood they run on every engine but
 # the cluster, whose contract and two-process tests run in full.
 NOT_ON_CLUSTER = pytest.mark.parametrize(
-    "engine_url", ["embedded", "redis", "memory", "postgres", "postgres+redis"], indirect=True)
+    "engine_url", ["embedded", "redis", "memory", "postgres", "postgres+redis",
+                   "postgres+postgres"], indirect=True)
 
 
 @NOT_ON_CLUSTER
@@ -1601,6 +1605,14 @@ async def test_a_lost_subscription_reconnects_and_every_room_resyncs(
     await until(lambda: all(h.resyncs == 1 for h in heard.values()), what="subscribed")
     if shared_url.cluster is not None:
         assert await asyncio.to_thread(shared_url.cluster.kill_pubsub) >= 1
+    elif shared_url.bus is not None and shared_url.bus.startswith("postgresql://"):
+        import psycopg
+
+        split: Any = b
+        pid = split.bus.listener_pid
+        async with await psycopg.AsyncConnection.connect(shared_url.bus,
+                                                         autocommit=True) as conn:
+            await conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
     else:
         raw = aioredis.from_url(shared_url.bus or shared_url.store)
         try:
