@@ -103,6 +103,7 @@ def test_dockerfile_builds_every_package_with_the_extras_deployments_use() -> No
     """The build stage copies every package the wheel holds (pyproject's list: an image built
     without ``files/`` did not start), and installs the extras docs/production.md's
     deployments need: redis (ROOMCHAT_STORE_URL=redis://), s3 (ROOMCHAT_FILES_URL=s3://),
+    postgres (ROOMCHAT_STORE_URL=postgresql://, infra/compose.postgres.yaml),
     fast; the offline build's wheelhouse (scripts/build-container-images.sh) holds them too."""
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     packages = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
@@ -110,7 +111,7 @@ def test_dockerfile_builds_every_package_with_the_extras_deployments_use() -> No
     build = steps[:max(i for i, (k, _) in enumerate(steps) if k == "FROM")]
     copied = {shlex.split(args)[0].rstrip("/") for k, args in build if k == "COPY"}
     assert set(packages) <= copied, set(packages) - copied
-    wanted = {"fast", "redis", "s3"}
+    wanted = {"fast", "redis", "s3", "postgres"}
     assert wanted <= set(pyproject["project"]["optional-dependencies"])
     runs = " ".join(args for k, args in build if k == "RUN")
     for target in (r"'\.\[([a-z0-9,]+)\]'", r"'roomchat\[([a-z0-9,]+)\]'"):
