@@ -92,10 +92,14 @@ class Deployment:
 
 @contextlib.contextmanager
 def deployed(project: str, state: Path, files: tuple[Path, ...] = (COMPOSE,),
-             **extra_env: str) -> Iterator[Deployment]:
+             first: tuple[str, ...] = (), **extra_env: str) -> Iterator[Deployment]:
     """``podman-compose up -d`` of ``files`` with the local images, published on free
     loopback ports; yields once both instances pass their health check and Caddy answers on
-    HTTPS. Logs of every container go to ``state`` on the way out, then ``down -v``."""
+    HTTPS. ``first``: services started and found healthy before the others, as their
+    ``depends_on: service_healthy`` says (podman-compose ignores it with podman < 4.6: an
+    instance started before PostgreSQL accepts connections exits in one line and is
+    restarted, and may be caught between the two). Logs of every container go to ``state``
+    on the way out, then ``down -v``."""
     state.mkdir(parents=True, exist_ok=True)
     https = free_port()
     env = engine_env()
@@ -106,6 +110,10 @@ def deployed(project: str, state: Path, files: tuple[Path, ...] = (COMPOSE,),
     deployment = Deployment(project, env, https, state / "root.crt", files)
     deployment.compose("down", "-v", "-t", "0")  # leftovers of an interrupted run
     try:
+        if first:
+            deployment.compose("up", "-d", "--no-build", *first)
+            for service in first:
+                wait_healthy(deployment.container(service))
         deployment.compose("up", "-d", "--no-build")
         for service in INSTANCES:
             wait_healthy(deployment.container(service))
@@ -335,7 +343,7 @@ async def test_compose_on_the_postgres_log_and_the_redis_bus(tmp_path: Path) -> 
     build_seconds = images_built()
     started = time.monotonic()
     project = f"roomchat-pg-test-{os.getpid()}"
-    with deployed(project, tmp_path, (COMPOSE, ON_POSTGRES),
+    with deployed(project, tmp_path, (COMPOSE, ON_POSTGRES), first=("redis", "postgres"),
                   ROOMCHAT_POSTGRES_IMAGE=POSTGRES_IMAGE,
                   ROOMCHAT_POSTGRES_PASSWORD=secrets.token_hex(16)) as deployment:
         up_seconds = time.monotonic() - started
