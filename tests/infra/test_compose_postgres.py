@@ -26,8 +26,7 @@ import yaml
 
 from gateway.config import load_config
 from rooms.engines import open_engine
-from tests.infra.harness import INFRA
-from tests.infra.test_container import SETTINGS, compose, default
+from tests.infra.harness import INFRA, SETTINGS, compose, default
 from tests.postgres_server import RUN_AS, bin_dir
 from tests.support import REPO, SLOW, free_port
 

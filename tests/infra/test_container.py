@@ -15,22 +15,15 @@ import sys
 import sysconfig
 import time
 import tomllib
-from dataclasses import fields
 from functools import cache
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from gateway.config import Config, env_name, load_config
-from rooms.config import RoomConfig
-from tests.infra.harness import CADDYFILE, INFRA, get, stop
+from gateway.config import load_config
+from tests.infra.harness import CADDYFILE, COMPOSE, INFRA, SETTINGS, compose, default, get, stop
 from tests.support import REPO, SECRET, SLOW, free_port
 
 DOCKERFILE = INFRA / "Dockerfile"
-COMPOSE = INFRA / "compose.yaml"
 ENV_EXAMPLE = INFRA / "roomchat.env.example"
-SETTINGS = {env_name(f.name) for f in (*fields(Config), *fields(RoomConfig)) if f.name != "room"}
 
 
 @cache
@@ -60,18 +53,6 @@ def exec_form(keyword: str) -> list[str]:
         args = args[args.index("CMD ") + 4:]
     argv: list[str] = json.loads(args)
     return argv
-
-
-def default(value: str, variable: str) -> str:
-    """The default of ``${VARIABLE:-default}``: compose's value when VARIABLE is unset."""
-    match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", value)
-    assert match and match.group(1) == variable, (value, variable)
-    return match.group(2)
-
-
-def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
-    return loaded
 
 
 # ---- Dockerfile ------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ only), the match bound at its edge, and the 501 of the engines that keep no inde
 
 from __future__ import annotations
 
-import asyncio
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
@@ -20,7 +19,6 @@ from gateway.search import ALL_ROOMS_ONLY
 from rooms.engines import memory
 from rooms.search import SEARCH_UNSUPPORTED
 from tests.apicall import API_KEY, api_token, call
-from tests.integration.test_search import _get
 from tests.redis_server import redis_server
 from tests.support import Server, make_config, make_token, running_server
 
@@ -44,8 +42,9 @@ async def srv(tmp_path: Path, store_url: str | None) -> AsyncIterator[Server]:
 
 async def search_all(port: int, query: str, extra: str = "",
                      token: str | None = API_KEY) -> tuple[int, dict[str, Any]]:
-    path = f"/api/v1/search?q={urllib.parse.quote(query)}{extra}"
-    return await asyncio.to_thread(_get, port, path, token)
+    status, body = await call(port, "GET", f"/search?q={urllib.parse.quote(query)}{extra}",
+                              token=token)
+    return status, body
 
 
 async def say(srv: Server, room: str, text: str, user: str = "api") -> int:
