@@ -70,6 +70,7 @@ class Purpose(enum.Enum):
     SEARCH = "search"  # GET /rooms/<room>/search (gateway.search)
     API = "api"  # /api/v1 on one room, or the list of rooms (gateway.api)
     API_USERS = "api users"  # /api/v1/users/<user>/...: every room's business (gateway.api)
+    API_SEARCH_ALL = "api search all"  # GET /api/v1/search: every room's messages (gateway.search)
     ADMIN_STREAM = "admin stream"  # GET /admin/ws (gateway.admin)
     UPLOAD = "upload"  # POST /rooms/<room>/files (gateway.files)
     # GET /rooms/<room>/files/<id> with a bearer token (gateway.files); a signed URL is checked
@@ -184,6 +185,7 @@ POLICIES: Mapping[Purpose, Policy] = MappingProxyType({
         charge=Charge.CLIENT, rooms=Rooms.ONE, bans=Bans.DOOR),
     Purpose.API: _API,
     Purpose.API_USERS: replace(_API, rooms=Rooms.ALL),
+    Purpose.API_SEARCH_ALL: replace(_API, rooms=Rooms.ALL),
     # A member of the room, like a history page: an upload costs a ticket's worth of the
     # client's budget (the per-user upload rate and quota are the files route's), from a page
     # of an allowed origin, not while the process drains.

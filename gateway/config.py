@@ -172,6 +172,10 @@ class Config:
              "in characters; longer: HTTP 400 `query_too_long`.")
     search_page_limit: int = _setting(
         50, "Most results one search answers (a page's `limit` is capped to it).")
+    search_all_max_matches: int = _setting(
+        10_000, "Most messages a search across rooms (`GET /api/v1/search`) may match: each "
+                "is read to order them by time (the index's order is not time); a query "
+                "matching more: HTTP 400 `query_too_broad` (add words, or search one room).")
     search_concurrency: int = _setting(
         8, "Searches one process runs or has waiting for a search thread at once; one more: "
            "HTTP 503 `search_busy` with `Retry-After: 1`.")
@@ -322,7 +326,7 @@ class Config:
         self._check_network()
         self._check_serving()
         self._check_files()
-        for name in ("search_query_max_chars", "search_page_limit"):
+        for name in ("search_query_max_chars", "search_page_limit", "search_all_max_matches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{env_name(name)} must be at least 1, got {getattr(self, name)}")
 

@@ -19,6 +19,7 @@ from rooms.errors import (
     RoomError,
     RoomFull,
     RoomStopped,
+    SearchTooBroad,
     SearchUnsupported,
     StoreError,
     TooManyRooms,
@@ -126,6 +127,8 @@ def rejection_for(exc: Refusal) -> Rejection:
         return Rejection(503, "too_many_rooms", str(exc))
     if isinstance(exc, SearchUnsupported):  # the engine's choice: no retry helps
         return Rejection(501, "search_unsupported", str(exc))
+    if isinstance(exc, SearchTooBroad):  # the query's: the same one is refused again
+        return Rejection(400, "query_too_broad", str(exc))
     if isinstance(exc, StoreError):
         return Rejection(503, "unavailable", "storage is unavailable; try again shortly")
     if isinstance(exc, Unstorable):  # a text rooms.text should have refused: the caller's

@@ -78,16 +78,26 @@ def _query(name: str, minimum: int, description: str) -> dict[str, Any]:
 
 _SCHEMAS: dict[str, Any] = {
     "SearchResults": {"type": "object", "required": ["results", "before"], "properties": {
-        "results": {"type": "array", "items": {
-            "type": "object", "required": ["message", "fragments"], "properties": {
-                "message": _ref("Message"),
-                "fragments": {
-                    "type": "array", "description": "The message's text in pieces, cut "
-                    "around the hits (`hit: true`): plain data, never markup",
-                    "items": {"type": "object", "required": ["text", "hit"], "properties": {
-                        "text": {"type": "string"}, "hit": {"type": "boolean"}}}}}}},
+        "results": {"type": "array", "items": _ref("SearchResult")},
         "before": {"type": ["integer", "null"],
                    "description": "Give it as `before` for older results; null: no more"}}},
+    "SearchResult": {
+        "type": "object", "required": ["message", "fragments"], "properties": {
+            "message": _ref("Message"),
+            "fragments": {
+                "type": "array", "description": "The message's text in pieces, cut "
+                "around the hits (`hit: true`): plain data, never markup",
+                "items": {"type": "object", "required": ["text", "hit"], "properties": {
+                    "text": {"type": "string"}, "hit": {"type": "boolean"}}}}}},
+    "SearchResultsAcrossRooms": {
+        "type": "object", "required": ["results", "before"], "properties": {
+            "results": {"type": "array", "description": "As `SearchResults`' results; each "
+                        "message names its room (`message.room`). Newest first: by `ts`, "
+                        "then room, then seq, all descending",
+                        "items": _ref("SearchResult")},
+            "before": {"type": ["string", "null"], "pattern": r"^\d+\.\d+\.[A-Za-z0-9_-]+$",
+                       "description": "Give it as `before` for older results (the last "
+                                      "result's place, `<ts>.<seq>.<room>`); null: no more"}}},
     "Error": {"type": "object", "required": ["error", "detail"], "properties": {
         "error": {"type": "string"}, "detail": {"type": "string"}}},
     "Message": {
@@ -286,8 +296,9 @@ def document() -> dict[str, Any]:
                            "and Latin accents ignored; `word*`: words it begins, from 3 "
                            "characters), each in its current state (an edit's old words, "
                            "deleted and erased messages are never found), with the pieces "
-                           "of its text that matched. Nothing of `q` is query syntax. Only "
-                           "the embedded engine (SQLite) searches; on Redis: 501.",
+                           "of its text that matched. Nothing of `q` is query syntax. The "
+                           "embedded engine (SQLite) and the PostgreSQL log search; on Redis: "
+                           "501.",
             "parameters": [
                 _ROOM,
                 {"name": "q", "in": "query", "required": True,
@@ -303,6 +314,32 @@ def document() -> dict[str, Any]:
                                         "(`search_unsupported`: Redis, or "
                                         "ROOMCHAT_SEARCH_INDEX off)"),
                           **_refusals("400", "404", "503")}}},
+        "/search": {"get": {
+            "operationId": "searchAllRooms",
+            "summary": "Search every room's messages, newest first",
+            "description": "As `search`, over every room at once, for an all-rooms service "
+                           "credential only (the API key, or a token whose `rooms` is "
+                           "`[\"*\"]`; one limited to some rooms: 403 `room_forbidden`). "
+                           "Results are ordered by time across rooms and paged by a cursor "
+                           "of (ts, seq, room): every hit once, whatever is stored "
+                           "meanwhile. Every match is read to order them: a query matching "
+                           "more than ROOMCHAT_SEARCH_ALL_MAX_MATCHES messages in all is "
+                           "400 `query_too_broad` (add words, or search one room).",
+            "parameters": [
+                {"name": "q", "in": "query", "required": True,
+                 "description": "The words (at most ROOMCHAT_SEARCH_QUERY_MAX_CHARS "
+                                "characters: longer is 400 `query_too_long`)",
+                 "schema": {"type": "string", "minLength": 1}},
+                {"name": "before", "in": "query", "required": False,
+                 "description": "The previous page's `before` (`<ts>.<seq>.<room>`)",
+                 "schema": {"type": "string", "pattern": r"^\d+\.\d+\.[A-Za-z0-9_-]+$"}},
+                _query("limit", 1, "At most this many (default 20, capped to "
+                       "ROOMCHAT_SEARCH_PAGE_LIMIT)")],
+            "responses": {"200": _ok("SearchResultsAcrossRooms", "A page of results"),
+                          "501": _error("The engine keeps no search index "
+                                        "(`search_unsupported`: Redis, memory://, or "
+                                        "ROOMCHAT_SEARCH_INDEX off)"),
+                          **_refusals("400", "503")}}},
         "/rooms/{room}/messages/{seq}": {
             "patch": {
                 "operationId": "editMessage", "summary": "Edit a message, as its author",

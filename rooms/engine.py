@@ -49,7 +49,7 @@ from rooms.messages import (
     Unread,
     WireMessage,
 )
-from rooms.search import SearchPage
+from rooms.search import Place, RoomsPage, SearchPage
 
 __all__ = ["ERASE_PAUSE", "ERASE_STEP", "Appended", "Ban", "Bus", "Engine", "ErasedObserver",
            "HistoryReader", "Log", "LogState", "RoomListener", "RoomSync", "is_shared_url"]
@@ -228,6 +228,19 @@ class Engine(Protocol):
         off: the sentence names the setting that turns it on), ``StoreError`` as any read."""
         ...
 
+    async def search_all(self, query: str, *, before: Place | None, limit: int,
+                         most: int) -> RoomsPage:
+        """Every room's messages matching ``query`` (as ``search``: current state, fragments),
+        **newest first** in ``Place`` order (``ts``, then room, then seq, all descending), those
+        below ``before`` (None: from the newest), at most ``limit``. The page's ``before``
+        continues it (None: nothing older matches). Time is not the index's order, so every
+        match is read to order them: at most ``most`` + 1 are, and a query matching more than
+        ``most`` messages in all raises ``SearchTooBroad`` (whatever ``before`` is, so that
+        every page of one query is answered or none). Read-only.
+
+        Raises ``SearchUnsupported`` as ``search`` does, ``StoreError`` as any read."""
+        ...
+
     async def unread(self, room: str, user: str, *, scan: int) -> Unread:
         """``user``'s read marker in ``room`` and what came after it: messages with a higher
         seq that are not ``user``'s and not deleted, and those of them that mention ``user``,
@@ -377,6 +390,9 @@ class Log(Protocol):
 
     async def search(self, room: str, query: str, *, before: int | None,
                      limit: int) -> SearchPage: ...
+
+    async def search_all(self, query: str, *, before: Place | None, limit: int,
+                         most: int) -> RoomsPage: ...
 
     async def top(self, room: str) -> int: ...
 

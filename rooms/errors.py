@@ -11,6 +11,7 @@ The tree::
     ├── Unstorable        drafts of an append that can never be stored (the others can)
     ├── LogReset          the room's log went backwards (the store lost data): a new epoch
     ├── SearchUnsupported the engine cannot search messages (Redis, or its index switched off)
+    ├── SearchTooBroad    a search across rooms matches more messages than it may order
     ├── RoomNotEmpty      an import into a room that already has entries
     └── StoreError        the message store failed or is closed
 
@@ -90,6 +91,18 @@ class LogReset(RoomError):
 class SearchUnsupported(RoomError):
     """This engine keeps no search index (``Engine.search``): the message names the engines
     that have one, or the setting that switches it on. Never a reason to retry."""
+
+
+class SearchTooBroad(RoomError):
+    """A search across rooms (``Engine.search_all``) matches more than ``most`` messages:
+    ordering them by time means reading every one, so it is refused before that. The caller
+    narrows the query (more words) or searches one room (an index read in seq order, any size).
+    Not a reason to retry the same query."""
+
+    def __init__(self, most: int) -> None:
+        super().__init__(f"q matches more than {most} messages across rooms: add words, or "
+                         "search one room (/api/v1/rooms/<room>/search)")
+        self.most = most
 
 
 class RoomNotEmpty(RoomError):

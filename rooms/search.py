@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from rooms.messages import StoredMessage
 
 __all__ = ["MAX_TERMS", "PREFIX_MIN_CHARS", "SEARCH_SWITCHED_OFF", "SEARCH_UNSUPPORTED", "Found",
-           "SearchPage", "Term", "fragments", "fts5_query", "parse_query", "tsquery_sql",
-           "unmarked"]
+           "Place", "RoomsPage", "SearchPage", "Term", "fragments", "fts5_query", "parse_query",
+           "tsquery_sql", "unmarked"]
 
 SEARCH_UNSUPPORTED = ("searching messages needs an engine with a search index: the embedded "
                       "engine (SQLite) and the PostgreSQL log have one; this server stores "
@@ -188,3 +188,35 @@ class SearchPage:
 
     results: tuple[Found, ...]
     before: int | None
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Place:
+    """Where a message stands in a search across rooms (``Engine.search_all``): results come
+    newest first, in descending ``(ts, room, seq)``, ``room`` compared by code point (SQL's
+    binary / ``"C"`` collation). Unique per message and fixed while the message lives, so a
+    cursor of it pages every room at once without a hit found twice or skipped, whatever is
+    appended meanwhile (a new message comes after the cursor: the next search finds it)."""
+
+    ts: int
+    room: str
+    seq: int
+
+    def token(self) -> str:
+        """The cursor as the wire carries it: ``<ts>.<seq>.<room>`` (a room name holds no
+        ``.``; ``gateway.search`` parses it back)."""
+        return f"{self.ts}.{self.seq}.{self.room}"
+
+    @classmethod
+    def of(cls, message: StoredMessage) -> Place:
+        return cls(message.ts, message.room, message.seq)
+
+
+@dataclass(frozen=True, slots=True)
+class RoomsPage:
+    """A page of results of a search across rooms, newest first (``Place`` order); each
+    ``Found.message`` names its room. ``before``: give it as the next call's ``before`` for
+    the older results; None when this page holds the last of them."""
+
+    results: tuple[Found, ...]
+    before: Place | None

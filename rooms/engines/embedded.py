@@ -35,7 +35,7 @@ from rooms.messages import (
     Unread,
     WireMessage,
 )
-from rooms.search import SearchPage
+from rooms.search import Place, RoomsPage, SearchPage
 
 # Rooms whose bans are kept in memory (least recently asked for are dropped first): one join
 # asks once per connection, and a SQLite read handed to a thread was ~8% of a handshake's CPU.
@@ -160,6 +160,10 @@ class EmbeddedEngine:
     async def search(self, room: str, query: str, *, before: int | None,
                      limit: int) -> SearchPage:
         return await self.store.search(room, query, before=before, limit=limit)
+
+    async def search_all(self, query: str, *, before: Place | None, limit: int,
+                         most: int) -> RoomsPage:
+        return await self.store.search_all(query, before=before, limit=limit, most=most)
 
     async def unread(self, room: str, user: str, *, scan: int) -> Unread:
         # Every join asks: the room's markers are kept in memory (this one process writes

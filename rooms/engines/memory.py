@@ -55,7 +55,7 @@ from rooms.messages import (
     WireMessage,
     unencodable,
 )
-from rooms.search import SearchPage
+from rooms.search import Place, RoomsPage, SearchPage
 
 SEARCH_UNSUPPORTED = ("searching messages needs an engine with a search index: the embedded "
                       "engine (SQLite) and the PostgreSQL log have one; this server keeps "
@@ -339,6 +339,12 @@ class MemoryEngine:
                      limit: int) -> SearchPage:
         """Raises ``SearchUnsupported``, as the Redis engine does: an index of words beside
         the logs would cost every append and, here, memory the retention does not bound."""
+        self._open()
+        raise SearchUnsupported(SEARCH_UNSUPPORTED)
+
+    async def search_all(self, query: str, *, before: Place | None, limit: int,
+                         most: int) -> RoomsPage:
+        """Raises ``SearchUnsupported``, as ``search`` does."""
         self._open()
         raise SearchUnsupported(SEARCH_UNSUPPORTED)
 

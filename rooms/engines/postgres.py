@@ -43,7 +43,7 @@ from rooms import engine as contract
 from rooms.attachments import files_from_json, files_to_json
 from rooms.engine import Ban, CommitObserver, ErasedStep, LogState
 from rooms.engines.postgres_schema import DEFAULT_LANGUAGE, migrate, use_language
-from rooms.errors import LogReset, RoomNotEmpty, StoreError, Unstorable
+from rooms.errors import LogReset, RoomNotEmpty, SearchTooBroad, StoreError, Unstorable
 from rooms.messages import (
     DEFAULT_RULES,
     MAX_STORED_INT,
@@ -66,6 +66,8 @@ from rooms.messages import (
 )
 from rooms.search import (
     Found,
+    Place,
+    RoomsPage,
     SearchPage,
     Term,
     fragments,
@@ -662,6 +664,52 @@ class PostgresLog:
                 "%(options)s) FROM hits ORDER BY seq DESC",
                 {**params, "room": room, "before": before, "rows": rows,
                  "config": self._config, "options": _HEADLINE_OPTIONS})
+
+    async def search_all(self, query: str, *, before: Place | None, limit: int,
+                         most: int) -> RoomsPage:
+        """As ``rooms.engine.Engine.search_all``, in one statement (one snapshot): the GIN
+        index's matches among every partition's messages, at most ``most`` + 1 (their room,
+        seq and ts only), counted; the page of them in ``Place`` order (rooms compared in the
+        "C" collation, the cursor's, whatever the database's is); then those rows, marked by
+        ``ts_headline`` as ``search`` marks them."""
+        terms = parse_query(query)
+        if not terms or limit <= 0:
+            return RoomsPage((), None)
+        rows = await self._rows(*self.search_all_statement(terms, before, limit + 1, most))
+        if rows and rows[0][0] > most:
+            raise SearchTooBroad(most)
+        found = [row[1:] for row in rows if row[1] is not None]
+        results = []
+        for row in found[:limit]:
+            message = _message(row[0], row[1:])
+            clear = HIGHLIGHT[0] not in message.text and HIGHLIGHT[1] not in message.text
+            results.append(Found(message, fragments(row[12], *HIGHLIGHT) if clear
+                                 else unmarked(message.text)))
+        more = len(found) > limit
+        return RoomsPage(tuple(results), Place.of(results[-1].message) if more else None)
+
+    def search_all_statement(self, terms: list[Term], before: Place | None, rows: int,
+                             most: int) -> tuple[str, dict[str, Any]]:
+        """``search_all``'s SQL and parameters. Its rows: the number of matches read (at most
+        ``most`` + 1), then room, the ``_MESSAGE_COLUMNS`` and the marked text of at most
+        ``rows`` results; one row of NULLs after the count when none is below ``before``."""
+        expression, params = tsquery_sql(terms)
+        below = ("" if before is None else
+                 'WHERE (ts, room COLLATE "C", seq) < (%(ts)s, %(room)s, %(seq)s)')
+        columns = ", ".join(f"e.{name.strip()}" for name in _MESSAGE_COLUMNS.split(","))
+        return (f"WITH matched AS MATERIALIZED (SELECT room, seq, ts FROM entries "
+                f"WHERE kind = {MESSAGE} AND search @@ ({expression}) LIMIT %(most)s), "
+                f"page AS MATERIALIZED (SELECT room, seq, ts FROM matched {below} "
+                'ORDER BY ts DESC, room COLLATE "C" DESC, seq DESC LIMIT %(rows)s) '
+                f"SELECT (SELECT count(*) FROM matched), e.room, {columns}, "
+                f"ts_headline(%(config)s::regconfig, e.text, ({expression}), %(options)s) "
+                "FROM (SELECT 1) AS one LEFT JOIN page p ON true "
+                "LEFT JOIN entries e ON e.room = p.room AND e.seq = p.seq "
+                'ORDER BY p.ts DESC, p.room COLLATE "C" DESC, p.seq DESC',
+                {**params, "most": most + 1, "rows": rows, "config": self._config,
+                 "options": _HEADLINE_OPTIONS,
+                 **({} if before is None else
+                    {"ts": before.ts, "room": before.room, "seq": before.seq})})
 
     async def top(self, room: str) -> int:
         rows = await self._rows("SELECT top FROM rooms WHERE room = %s", (room,))

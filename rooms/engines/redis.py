@@ -109,7 +109,7 @@ from rooms.messages import (
     Unread,
     WireMessage,
 )
-from rooms.search import SEARCH_UNSUPPORTED, SearchPage
+from rooms.search import SEARCH_UNSUPPORTED, Place, RoomsPage, SearchPage
 
 log = logging.getLogger("roomchat.redis")
 
@@ -664,6 +664,11 @@ class RedisEngine:
                      limit: int) -> SearchPage:
         """Raises ``SearchUnsupported``: a stream keeps no index of words, and building one in
         Redis would hold every room's words in memory beside their messages."""
+        raise SearchUnsupported(SEARCH_UNSUPPORTED)
+
+    async def search_all(self, query: str, *, before: Place | None, limit: int,
+                         most: int) -> RoomsPage:
+        """Raises ``SearchUnsupported``, as ``search`` does."""
         raise SearchUnsupported(SEARCH_UNSUPPORTED)
 
     async def history(self, room: str, *, after: int = 0, before: int, limit: int,

@@ -27,7 +27,7 @@ from rooms.messages import (
     Unread,
     WireMessage,
 )
-from rooms.search import SearchPage
+from rooms.search import Place, RoomsPage, SearchPage
 
 
 class LocalBus:
@@ -121,6 +121,10 @@ class SplitEngine:
     async def search(self, room: str, query: str, *, before: int | None,
                      limit: int) -> SearchPage:
         return await self.log.search(room, query, before=before, limit=limit)
+
+    async def search_all(self, query: str, *, before: Place | None, limit: int,
+                         most: int) -> RoomsPage:
+        return await self.log.search_all(query, before=before, limit=limit, most=most)
 
     async def unread(self, room: str, user: str, *, scan: int) -> Unread:
         return await self.log.unread(room, user, scan=scan)

@@ -36,7 +36,13 @@ from rooms import changes
 from rooms import engine as contract
 from rooms.attachments import files_from_json, files_to_json
 from rooms.engine import CommitObserver
-from rooms.errors import RoomNotEmpty, SearchUnsupported, StoreError, Unstorable
+from rooms.errors import (
+    RoomNotEmpty,
+    SearchTooBroad,
+    SearchUnsupported,
+    StoreError,
+    Unstorable,
+)
 from rooms.messages import (
     DEFAULT_RULES,
     Action,
@@ -59,6 +65,8 @@ from rooms.messages import (
 from rooms.search import (
     SEARCH_SWITCHED_OFF,
     Found,
+    Place,
+    RoomsPage,
     SearchPage,
     fragments,
     fts5_query,
@@ -969,6 +977,51 @@ class SqliteStore:
             marked = _marks(conn, messages, expression)
             results = tuple(Found(m, marked.get(m.seq) or unmarked(m.text)) for m in messages)
             return SearchPage(results, seqs[-1] if len(seqs) == limit else None)
+
+        return await self._run(query_, self._searchers)
+
+    async def search_all(self, query: str, *, before: Place | None, limit: int,
+                         most: int) -> RoomsPage:
+        """As ``rooms.engine.Engine.search_all``: the index's matches in every room's range
+        (at most ``most`` + 1 rowids: the doclist, no row read), then those matches' rows,
+        ordered by ``Place`` (the rowid gives each its room's number and its seq), all in one
+        snapshot. Raises ``SearchUnsupported`` when the store keeps no index."""
+        if not self.search_index:
+            raise SearchUnsupported(SEARCH_SWITCHED_OFF)
+        terms = parse_query(query)
+        if not terms or limit <= 0:
+            return RoomsPage((), None)
+        expression = fts5_query(terms)
+        below = "" if before is None else "AND (m.ts, m.room, m.seq) < (?, ?, ?)"
+        place = () if before is None else (before.ts, before.room, before.seq)
+
+        def query_(conn: sqlite3.Connection) -> RoomsPage:
+            conn.execute("BEGIN")  # one snapshot for the index and the rows
+            try:
+                ids = [rowid for (rowid,) in conn.execute(
+                    "SELECT rowid FROM message_search WHERE message_search MATCH ? LIMIT ?",
+                    (expression, most + 1))]
+                if len(ids) > most:
+                    raise SearchTooBroad(most)
+                rows = conn.execute(
+                    f"SELECT m.room, {_MESSAGE_COLUMNS} FROM json_each(?) j "
+                    f"JOIN search_rooms r ON r.n = (j.value >> {SEARCH_SEQ_BITS}) "
+                    "JOIN messages m ON m.room = r.room "
+                    f"AND m.seq = (j.value & {SEARCH_SEQ_MAX - 1}) "
+                    f"WHERE m.kind = {MESSAGE} AND m.text != '' {below} "
+                    "ORDER BY m.ts DESC, m.room DESC, m.seq DESC LIMIT ?",
+                    (_json(ids), *place, limit + 1)).fetchall()
+            finally:
+                conn.execute("COMMIT")
+            messages = [_message(row[0], row[1:]) for row in rows[:limit]]
+            marked: dict[tuple[str, int], tuple[tuple[str, bool], ...]] = {}
+            for room in {m.room for m in messages}:  # _marks numbers a room's texts by seq
+                found = _marks(conn, [m for m in messages if m.room == room], expression)
+                marked.update(((room, seq), pieces) for seq, pieces in found.items())
+            results = tuple(Found(m, marked.get((m.room, m.seq)) or unmarked(m.text))
+                            for m in messages)
+            more = len(rows) > limit
+            return RoomsPage(results, Place.of(messages[-1]) if more else None)
 
         return await self._run(query_, self._searchers)
 

@@ -48,9 +48,11 @@ PEER = "192.0.2.7"
 HOST = "chat.example:8000"
 USER_PURPOSES = (Purpose.ROOM_SOCKET, Purpose.TICKET, Purpose.HISTORY, Purpose.ADMIN_STREAM,
                  Purpose.UPLOAD, Purpose.FILE, Purpose.SEARCH)
-API_PURPOSES = (Purpose.API, Purpose.API_USERS)
+API_PURPOSES = (Purpose.API, Purpose.API_USERS, Purpose.API_SEARCH_ALL)
+ALL_ROOMS_PURPOSES = (Purpose.API_USERS, Purpose.API_SEARCH_ALL)
 ROOM_OF = {Purpose.ROOM_SOCKET: "lobby", Purpose.TICKET: "lobby", Purpose.HISTORY: "lobby",
-           Purpose.API: "lobby", Purpose.API_USERS: None, Purpose.ADMIN_STREAM: None,
+           Purpose.API: "lobby", Purpose.API_USERS: None, Purpose.API_SEARCH_ALL: None,
+           Purpose.ADMIN_STREAM: None,
            Purpose.UPLOAD: "lobby", Purpose.FILE: "lobby", Purpose.SEARCH: "lobby"}
 
 
@@ -191,7 +193,7 @@ async def other_scope(d: Door, purpose: Purpose) -> tuple[int, str] | str:
 
 @case
 async def room_not_in_token(d: Door, purpose: Purpose) -> tuple[int, str] | str:
-    rooms = ["lobby"] if purpose is Purpose.API_USERS else ["other"]
+    rooms = ["lobby"] if purpose in ALL_ROOMS_PURPOSES else ["other"]
     return await d.answer(purpose, credential=valid(purpose, rooms=rooms))
 
 
@@ -454,7 +456,7 @@ async def test_the_door_raises_typed_errors_never_http(door: Door) -> None:
 async def test_a_room_that_does_not_fit_the_purpose_is_a_bug_of_the_caller(door: Door) -> None:
     with pytest.raises(ValueError, match="a room is required"):
         await door.door.admit(asgi_knock(), Purpose.ROOM_SOCKET, None)
-    for purpose in (Purpose.ADMIN_STREAM, Purpose.API_USERS):
+    for purpose in (Purpose.ADMIN_STREAM, *ALL_ROOMS_PURPOSES):
         with pytest.raises(ValueError, match="names no room"):
             await door.door.admit(asgi_knock(), purpose, "lobby")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -14,19 +15,39 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import orjson
 import websockets
+import yaml
 from websockets.asyncio.client import ClientConnection
 from websockets.typing import Origin
 
+from gateway.config import Config, env_name
+from rooms.config import RoomConfig
 from tests.support import REPO, SLOW, Process, free_port
 
 CADDY = Path(sys.executable).parent / "caddy"
 CADDYFILE = REPO / "infra" / "Caddyfile"
 INFRA = REPO / "infra"
+COMPOSE = INFRA / "compose.yaml"
+SETTINGS = {env_name(f.name) for f in (*fields(Config), *fields(RoomConfig)) if f.name != "room"}
+"""Every roomchat setting's environment variable."""
+
+
+def default(value: str, variable: str) -> str:
+    """The default of ``${VARIABLE:-default}``: compose's value when VARIABLE is unset."""
+    match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", value)
+    assert match and match.group(1) == variable, (value, variable)
+    return match.group(2)
+
+
+def compose() -> dict[str, Any]:
+    """infra/compose.yaml, parsed."""
+    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return loaded
 
 
 def caddy_env(state: Path, **settings: str) -> dict[str, str]:

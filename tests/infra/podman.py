@@ -21,6 +21,7 @@ BUILD_SCRIPT = REPO / "scripts" / "build-container-images.sh"
 IMAGE = "localhost/roomchat:latest"
 PYTHON_IMAGE = "localhost/roomchat-python:3.11"
 REDIS_IMAGE = "localhost/roomchat-redis:7"
+POSTGRES_IMAGE = "localhost/roomchat-postgres:15"
 CADDY_IMAGE = "localhost/roomchat-caddy:2.11"
 WHEELS = REPO / "var" / "containers" / "wheels"
 

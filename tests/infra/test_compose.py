@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import ssl
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from tests.infra.harness import INFRA, client_context, get, request, wait_for_st
 from tests.infra.podman import (
     CADDY_IMAGE,
     IMAGE,
+    POSTGRES_IMAGE,
     REDIS_IMAGE,
     engine_env,
     images_built,
@@ -43,6 +45,7 @@ from tests.support import SECRET, SLOW, free_port, make_token
 pytestmark = only_with_engine
 
 COMPOSE = INFRA / "compose.yaml"
+ON_POSTGRES = INFRA / "compose.postgres.yaml"
 PODMAN_COMPOSE = Path(sys.executable).parent / "podman-compose"
 ROOM = "compose"
 INSTANCES = ("roomchat-a", "roomchat-b")
@@ -54,13 +57,15 @@ class Deployment:
     env: dict[str, str]
     https: int
     ca: Path
+    files: tuple[Path, ...] = (COMPOSE,)
 
     def container(self, service: str) -> str:
         return f"{self.project}_{service}_1"
 
     def compose(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([str(PODMAN_COMPOSE), "-p", self.project, "-f", str(COMPOSE),
-                                 *args], capture_output=True, text=True, env=self.env,
+        files = [arg for path in self.files for arg in ("-f", str(path))]
+        result = subprocess.run([str(PODMAN_COMPOSE), "-p", self.project, *files, *args],
+                                capture_output=True, text=True, env=self.env,
                                 timeout=timeout * SLOW, check=False)
         assert result.returncode == 0, f"podman-compose {args}:\n{result.stdout}\n{result.stderr}"
         return result
@@ -86,20 +91,29 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deployed(project: str, state: Path) -> Iterator[Deployment]:
-    """``podman-compose up -d`` with the local images, published on free loopback ports;
-    yields once both instances pass their health check and Caddy answers on HTTPS. Logs of
-    every container go to ``state`` on the way out, then ``down -v``."""
+def deployed(project: str, state: Path, files: tuple[Path, ...] = (COMPOSE,),
+             first: tuple[str, ...] = (), **extra_env: str) -> Iterator[Deployment]:
+    """``podman-compose up -d`` of ``files`` with the local images, published on free
+    loopback ports; yields once both instances pass their health check and Caddy answers on
+    HTTPS. ``first``: services started and found healthy before the others, as their
+    ``depends_on: service_healthy`` says (podman-compose ignores it with podman < 4.6: an
+    instance started before PostgreSQL accepts connections exits in one line and is
+    restarted, and may be caught between the two). Logs of every container go to ``state``
+    on the way out, then ``down -v``."""
     state.mkdir(parents=True, exist_ok=True)
     https = free_port()
     env = engine_env()
     env.update(ROOMCHAT_JWT_SECRET=SECRET, ROOMCHAT_DOMAIN="localhost", ROOMCHAT_TLS="internal",
                ROOMCHAT_REDIS_IMAGE=REDIS_IMAGE, ROOMCHAT_CADDY_IMAGE=CADDY_IMAGE,
                ROOMCHAT_PUBLISH_HTTP=f"127.0.0.1:{free_port()}",
-               ROOMCHAT_PUBLISH_HTTPS=f"127.0.0.1:{https}")
-    deployment = Deployment(project, env, https, state / "root.crt")
+               ROOMCHAT_PUBLISH_HTTPS=f"127.0.0.1:{https}", **extra_env)
+    deployment = Deployment(project, env, https, state / "root.crt", files)
     deployment.compose("down", "-v", "-t", "0")  # leftovers of an interrupted run
     try:
+        if first:
+            deployment.compose("up", "-d", "--no-build", *first)
+            for service in first:
+                wait_healthy(deployment.container(service))
         deployment.compose("up", "-d", "--no-build")
         for service in INSTANCES:
             wait_healthy(deployment.container(service))
@@ -113,7 +127,8 @@ def deployed(project: str, state: Path) -> Iterator[Deployment]:
         wait_for_status(deployment.url("/readyz"), context=deployment.context(), timeout=30)
         yield deployment
     finally:
-        for service in (*INSTANCES, "caddy", "redis"):
+        services = (*INSTANCES, "caddy", "redis", *(["postgres"] if ON_POSTGRES in files else []))
+        for service in services:
             (state / f"{service}.log").write_text(logs(deployment.container(service)))
         deployment.compose("down", "-v", "-t", "15")
 
@@ -317,3 +332,78 @@ async def test_compose_kill_and_restart_an_instance_keeps_one_room(tmp_path: Pat
     print(f"\ncompose: images {build_seconds:.1f}s; up -> healthy through Caddy "
           f"{up_seconds:.1f}s; kill -> all resumed {resumed:.2f}s; restart -> new joins "
           f"back {rehomed:.1f}s; total {time.monotonic() - started:.1f}s")
+
+
+async def test_compose_on_the_postgres_log_and_the_redis_bus(tmp_path: Path) -> None:
+    """compose.yaml with compose.postgres.yaml: both instances store in PostgreSQL and tell
+    each other through Redis. Members chat through Caddy, the room's container is killed,
+    they resume on the other with ``after`` and go on; every acked message is in PostgreSQL
+    at the seq its ack named (none in Redis, which holds no stream), and a member's search
+    (PostgreSQL's full-text index) finds one through Caddy."""
+    build_seconds = images_built()
+    started = time.monotonic()
+    project = f"roomchat-pg-test-{os.getpid()}"
+    with deployed(project, tmp_path, (COMPOSE, ON_POSTGRES), first=("redis", "postgres"),
+                  ROOMCHAT_POSTGRES_IMAGE=POSTGRES_IMAGE,
+                  ROOMCHAT_POSTGRES_PASSWORD=secrets.token_hex(16)) as deployment:
+        up_seconds = time.monotonic() - started
+        postgres = deployment.container("postgres")
+        assert inspect(postgres)["Image"] == inspect(POSTGRES_IMAGE, "image")["Id"]
+
+        def stored() -> dict[str, int]:
+            """The room's messages in PostgreSQL: text -> seq."""
+            out = podman("exec", postgres, "psql", "-U", "roomchat", "-d", "roomchat", "-tA",
+                         "-F", "\t", "-c", f"SELECT seq, text FROM entries WHERE room = "
+                         f"'{ROOM}' AND kind = 0 ORDER BY seq").stdout
+            return {text: int(seq) for seq, text in
+                    (line.split("\t", 1) for line in out.splitlines() if line)}
+
+        deadline = time.monotonic() + 20 * SLOW
+        first = [await join(deployment, user, deadline) for user in ("u0", "u1", "u2")]
+        counts = {s: deployment.sockets(s) for s in INSTANCES}
+        home = max(counts, key=lambda s: counts[s])
+        other = next(s for s in INSTANCES if s != home)
+        assert counts == {home: 3, other: 0}, counts
+        acked: dict[str, int] = {}
+        for client in first[:2]:
+            for i in range(3):
+                text = f"pg1-{client.user}-{i}"
+                acked[text] = await client.say_acked(text)
+        for client in first:
+            await client.until(6)
+
+        podman("kill", deployment.container(home))
+        codes = await asyncio.gather(*(closed(c) for c in first))
+        assert set(codes) == {1006}, codes
+        deadline = time.monotonic() + 45 * SLOW  # aardvark-dns: see the test above
+        second = [await join(deployment, c.user, deadline, after=c.last_seq) for c in first]
+        assert all(c.welcome["recovered"] is True for c in second)
+        assert deployment.sockets(other) == 3
+        for client in second:
+            for i in range(2):
+                text = f"pg2-{client.user}-{i}"
+                acked[text] = await client.say_acked(text)
+        total = max(acked.values())
+        assert total == len(acked) == 12, acked
+        for before, after in zip(first, second, strict=True):
+            await after.until(total)
+            assert before.seqs + after.seqs == list(range(1, total + 1)), after.user
+        for client in second:
+            await client.ws.close()
+
+        assert stored() == acked  # every acked message, at its seq, in the log
+        redis = deployment.container("redis")
+        keys = podman("exec", redis, "redis-cli", "--scan").stdout.split()
+        types = {key: podman("exec", redis, "redis-cli", "TYPE", key).stdout.strip()
+                 for key in keys}
+        assert "stream" not in types.values(), types  # the bus only: no history in Redis
+        status, _, body = await asyncio.to_thread(
+            request, "GET", deployment.url(f"/rooms/{ROOM}/search?q=pg2-u2-1"),
+            deployment.context(), 10.0, {"Authorization": f"Bearer {make_token('u0')}"})
+        assert status == 200, body
+        found = json.loads(body)["results"]
+        assert [r["message"]["seq"] for r in found] == [acked["pg2-u2-1"]], found
+        for service in (*INSTANCES, "postgres"):
+            assert "Traceback" not in logs(deployment.container(service)), service
+    print(f"\ncompose on PostgreSQL + Redis: images {build_seconds:.1f}s; up -> healthy "
+          f"through Caddy {up_seconds:.1f}s; total {time.monotonic() - started:.1f}s")

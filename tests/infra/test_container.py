@@ -15,22 +15,15 @@ import sys
 import sysconfig
 import time
 import tomllib
-from dataclasses import fields
 from functools import cache
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from gateway.config import Config, env_name, load_config
-from rooms.config import RoomConfig
-from tests.infra.harness import CADDYFILE, INFRA, get, stop
+from gateway.config import load_config
+from tests.infra.harness import CADDYFILE, COMPOSE, INFRA, SETTINGS, compose, default, get, stop
 from tests.support import REPO, SECRET, SLOW, free_port
 
 DOCKERFILE = INFRA / "Dockerfile"
-COMPOSE = INFRA / "compose.yaml"
 ENV_EXAMPLE = INFRA / "roomchat.env.example"
-SETTINGS = {env_name(f.name) for f in (*fields(Config), *fields(RoomConfig)) if f.name != "room"}
 
 
 @cache
@@ -62,18 +55,6 @@ def exec_form(keyword: str) -> list[str]:
     return argv
 
 
-def default(value: str, variable: str) -> str:
-    """The default of ``${VARIABLE:-default}``: compose's value when VARIABLE is unset."""
-    match = re.fullmatch(r"\$\{(\w+):-([^}]+)\}", value)
-    assert match and match.group(1) == variable, (value, variable)
-    return match.group(2)
-
-
-def compose() -> dict[str, Any]:
-    loaded: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
-    return loaded
-
-
 # ---- Dockerfile ------------------------------------------------------------------------------
 
 def test_dockerfile_is_multi_stage_non_root_and_holds_no_secret() -> None:
@@ -103,6 +84,7 @@ def test_dockerfile_builds_every_package_with_the_extras_deployments_use() -> No
     """The build stage copies every package the wheel holds (pyproject's list: an image built
     without ``files/`` did not start), and installs the extras docs/production.md's
     deployments need: redis (ROOMCHAT_STORE_URL=redis://), s3 (ROOMCHAT_FILES_URL=s3://),
+    postgres (ROOMCHAT_STORE_URL=postgresql://, infra/compose.postgres.yaml),
     fast; the offline build's wheelhouse (scripts/build-container-images.sh) holds them too."""
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     packages = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"]
@@ -110,7 +92,7 @@ def test_dockerfile_builds_every_package_with_the_extras_deployments_use() -> No
     build = steps[:max(i for i, (k, _) in enumerate(steps) if k == "FROM")]
     copied = {shlex.split(args)[0].rstrip("/") for k, args in build if k == "COPY"}
     assert set(packages) <= copied, set(packages) - copied
-    wanted = {"fast", "redis", "s3"}
+    wanted = {"fast", "redis", "s3", "postgres"}
     assert wanted <= set(pyproject["project"]["optional-dependencies"])
     runs = " ".join(args for k, args in build if k == "RUN")
     for target in (r"'\.\[([a-z0-9,]+)\]'", r"'roomchat\[([a-z0-9,]+)\]'"):

@@ -18,9 +18,15 @@ from rooms.engine import Engine
 from rooms.engines import open_engine
 from rooms.engines.embedded import EmbeddedEngine
 from rooms.engines.sqlite import SEARCH_OBJECTS, SEARCH_THREADS
-from rooms.errors import SearchUnsupported
+from rooms.errors import SearchTooBroad, SearchUnsupported
 from rooms.messages import Action, ChangeDraft, Draft
-from rooms.search import MAX_TERMS, SEARCH_SWITCHED_OFF, SEARCH_UNSUPPORTED, SearchPage
+from rooms.search import (
+    MAX_TERMS,
+    SEARCH_SWITCHED_OFF,
+    SEARCH_UNSUPPORTED,
+    Place,
+    SearchPage,
+)
 from tests.redis_server import redis_server
 
 
@@ -453,3 +459,33 @@ async def test_memory_engine_refuses_with_the_engines_that_search() -> None:
         assert "embedded engine (SQLite)" in memory.SEARCH_UNSUPPORTED
     finally:
         await engine.close()
+
+
+async def test_search_all_orders_by_time_then_room_then_seq_and_pages_by_place(
+        engine: Engine) -> None:
+    """Ties of ``ts`` across rooms and within one are broken by room, then seq (all
+    descending), and a cursor at any of them continues exactly after it."""
+    for room, ts in (("b", 5000), ("b", 5000), ("a", 5000), ("c", 4000), ("a", 6000),
+                     ("c", 5000)):
+        await engine.append(room, [Draft("u", "U", None, "tie word", ts)], retention=0,
+                            dedup_window=0)
+    await engine.append("a", [Draft("u", "U", None, "other", 7000)], retention=0,
+                        dedup_window=0)
+    expected = [Place(6000, "a", 2), Place(5000, "c", 2), Place(5000, "b", 2),
+                Place(5000, "b", 1), Place(5000, "a", 1), Place(4000, "c", 1)]
+    page = await engine.search_all("tie", before=None, limit=10, most=6)
+    assert ([Place.of(f.message) for f in page.results], page.before) == (expected, None)
+    seen: list[Place] = []
+    before: Place | None = None
+    while True:
+        page = await engine.search_all("word", before=before, limit=1, most=6)
+        seen += [Place.of(f.message) for f in page.results]
+        if page.before is None:
+            break
+        before = page.before
+    assert seen == expected
+    assert ("word", True) in page.results[0].fragments
+    with pytest.raises(SearchTooBroad):
+        await engine.search_all("tie", before=None, limit=10, most=5)
+    with pytest.raises(SearchTooBroad):  # whatever the cursor
+        await engine.search_all("tie", before=Place(4000, "c", 1), limit=10, most=5)
