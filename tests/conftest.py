@@ -21,8 +21,9 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def postgres_cluster() -> Iterator[PostgresServer]:
     """One real PostgreSQL per test session (per xdist worker), started when a test first asks;
-    each test takes a fresh database of it (``postgres_url``)."""
-    with PostgresServer() as cluster:
+    each test takes a fresh database of it (``postgres_url``). Not ``durable``: no test crashes
+    the machine, and each database costs half as much."""
+    with PostgresServer(durable=False) as cluster:
         yield cluster
 
 
@@ -81,13 +82,16 @@ TIERS = {"rooms": "unit", "gateway": "unit", "files": "unit", "integration": "in
 """Each test's tier, by the folder under tests/ it lives in (pyproject.toml lists the markers)."""
 
 
-_SERVERS = {"postgres_url", "postgres_cluster", "redis_cluster", "redis_cluster_session"}
-"""Fixtures that start a database server: a test using one is in the integration tier, wherever
-it lives (the engine contract suite's PostgreSQL and cluster cases)."""
+_SERVERS = {"postgres_url", "postgres_cluster", "redis_cluster", "redis_cluster_session",
+            "s3_endpoint"}
+"""Fixtures that start a server process (a database, an S3 server): a test using one is in the
+integration tier, wherever it lives (the engine contract suite's PostgreSQL and cluster cases,
+the files suite's S3 cases)."""
 
 
-_SERVER_PARAMS = {"postgres", "postgres+redis", "postgres+postgres", "redis-cluster"}
-"""The engine suite's parameters that ask for one of those fixtures by name at run time."""
+_SERVER_PARAMS = {"postgres", "postgres+redis", "postgres+postgres", "redis-cluster", "s3"}
+"""The engine and files suites' parameters that ask for one of those fixtures by name at run
+time."""
 
 
 def _starts_a_server(item: pytest.Item) -> bool:
@@ -100,7 +104,10 @@ def _starts_a_server(item: pytest.Item) -> bool:
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
+    tiers = set(TIERS.values())
     for item in items:
+        if any(mark.name in tiers for mark in item.iter_markers()):
+            continue  # its module says (``pytestmark``): e.g. test_cli's processes, integration
         folder = item.path.relative_to(here).parts[0]
         tier = TIERS.get(folder)
         if tier is None:

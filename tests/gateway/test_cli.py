@@ -19,6 +19,10 @@ import pytest
 from gateway.config import settings_table
 from tests.support import REPO, SECRET, SLOW, free_port
 
+# Each test starts `roomchat` as a Python process (~0.5 s of CPU: the interpreter and the
+# gateway's imports): the integration tier, out of `make check`'s in-process unit tier.
+pytestmark = pytest.mark.integration
+
 
 def roomchat(tmp: Path, *args: str, env: dict[str, str] | None = None,
              ) -> subprocess.CompletedProcess[str]:

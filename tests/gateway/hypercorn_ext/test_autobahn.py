@@ -34,6 +34,10 @@ from gateway.app import create_app
 from gateway.hypercorn_ext import FrameWriter
 from tests.support import SLOW, make_config, running_server
 
+# kosoku runs as a process of its own, 247 cases a run, 3-6 s each under load: the integration
+# tier, out of `make check`'s unit tier (make test and make test-plain-asgi run it).
+pytestmark = pytest.mark.integration
+
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
