@@ -8,7 +8,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.support import make_token
+from tests.support import SLOW, make_token
 
 API_KEY = "test-api-key-that-is-long-enough-0123456789"
 
@@ -28,7 +28,9 @@ def call_sync(port: int, method: str, path: str, body: Any = None,
     if data is not None:
         request.add_header("Content-Type", "application/json")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        # A bound for a hang, not a latency check: an erasure of thousands of messages took
+        # over 10 s at load 15 (fresh-clone run 35).
+        with urllib.request.urlopen(request, timeout=30 * SLOW) as response:
             raw, status, headers = response.read(), response.status, dict(response.headers)
     except urllib.error.HTTPError as exc:
         raw, status, headers = exc.read(), exc.code, dict(exc.headers)
