@@ -157,7 +157,7 @@ class RoomActor:
         self._state_factory = state_factory
         self._clock: Clock = clock if clock is not None else LoopClock()
         self._inbox = Inbox(config.inbox_limit, self._clock)
-        self._fanout = Fanout(room, self._observer)
+        self._fanout = Fanout(room, self._observer, config.presence_delay)
         self._sessions = self._fanout.sessions  # the fan-out's: admitted and not yet closed
         self._markers = MarkerWriter(room, engine, self._clock, config.store_timeout)
         self._state: RoomState | None = None
@@ -377,7 +377,9 @@ class RoomActor:
         inbox = self._inbox
         fanout = self._fanout
         while True:
-            await inbox.wait_until(schedule.wake_at(self._retry is not None))
+            # (Joins' presence events wait for company until fanout.flush_at: Fanout.)
+            await inbox.wait_until(min(schedule.wake_at(self._retry is not None),
+                                       fanout.flush_at))
             arrived = bool(inbox.frames or inbox.remote)
             if arrived and len(inbox.frames) < cfg.max_batch:
                 # Busy: let a burst gather, since every batch costs one frame per member and
@@ -391,6 +393,8 @@ class RoomActor:
                 schedule.arrived(clock.now())
             now = clock.now()
             wall_ms = clock.wall_ms()
+            if fanout.flush_at <= now:
+                fanout.flush()
             effects: list[Effect] = []
             drain: Drain | None = None
             # Sessions whose socket is gone: they leave after the frames below, which they sent
@@ -445,6 +449,7 @@ class RoomActor:
                 if self._sessions.pop(session_id, None) is not None:
                     effects += state.leave(session_id, wall_ms)
             self._deliver(state, effects, wall_ms)
+            fanout.hold_lazy(now)  # the joins' presence events above, if any
             # Other processes' messages after the joins (a session admitted above replays up
             # to the `delivered_seq` it was admitted at, and gets these live) and after the
             # frames (a duplicate is acked only once its original was delivered). Held until
