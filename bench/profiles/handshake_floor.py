@@ -2,7 +2,7 @@
 handshake rate roomchat can reach while Hypercorn parses its HTTP/1.1 (issue 22, item 7).
 
     python -m bench.profiles.handshake_floor [--rounds 5] [--handshakes 2000] [--node]
-        [--reconnect] [--no-deflate] [--env K=V ...] [--json FILE]
+        [--reconnect] [--no-deflate] [--env K=V ...] [--tree NAME=DIR ...] [--json FILE]
 
 Runs the bench's handshake measurement (``bench.measure.run_handshakes``: raw clients, 64 in
 flight, rooms of 10, each server fresh and pinned to the server core, the load generator to the
@@ -19,6 +19,7 @@ cache of verified tokens answers them). Each ``--env K=V[,K=V]`` adds a roomchat
 settings (say ``ROOMCHAT_LOG_LEVEL=warning``: what the access log line costs).
 ``--no-deflate``: the clients offer no permessage-deflate (by default they do, as browsers
 do; roomchat refuses it, bare Hypercorn accepts it and compresses its frame).
+``--tree NAME=DIR`` adds roomchat from another checkout (before and after in one run).
 Summaries: ``2026-11-26-handshake-py-spy.md``, ``bench/reports/2026-12-07-handshakes.md``.
 """
 
@@ -56,6 +57,24 @@ FLOOR = ServerKind(
 )
 
 
+def _tree_kind(name: str, tree: Path) -> ServerKind:
+    """roomchat from another checkout (say ``git archive <commit> | tar -x -C DIR``), run by
+    this venv's Python with DIR first on ``sys.path``: before and after in one run."""
+    roomchat = KINDS["roomchat"]
+
+    # The server starts in this checkout (its working directory, first on sys.path): the
+    # other tree goes before it.
+    start = (f"import sys; sys.path.insert(0, {str(tree)!r}); from gateway.cli import main; "
+             "sys.exit(main())")
+
+    def argv(port: int, data_dir: Path) -> list[str]:
+        return [str(VENV_BIN / "python"), "-c", start, "serve", "--bind",
+                f"127.0.0.1:{port}", "--data-dir", str(data_dir)]
+
+    return dataclasses.replace(roomchat, key=f"roomchat@{name}", label=f"roomchat ({name})",
+                               argv=argv)
+
+
 def _spread(values: list[float]) -> str:
     if not values:
         return "n/a"
@@ -75,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--env", action="append", default=[], metavar="K=V[,K=V]",
                    help="also measure roomchat with these settings (repeatable: one roomchat "
                         "each)")
+    p.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                   help="also measure roomchat from the checkout in DIR (repeatable)")
+    p.add_argument("--no-worktree", action="store_true",
+                   help="leave out the roomchat of this checkout (with --tree)")
     p.add_argument("--json", type=Path, help="write every round's results here")
     args = p.parse_args(argv)
     plan = dataclasses.replace(QUICK, handshakes=args.handshakes)
@@ -84,6 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         npm_ci(NODE_WS_DIR)
         kinds.append(KINDS["node-ws"])
     tokens = mint_tokens(plan.handshakes * (2 if args.reconnect else 1) * 2 + 200)
+    for item in args.tree:
+        name, _, tree = item.partition("=")
+        kinds.insert(len(kinds) - 1, _tree_kind(name, Path(tree).resolve()))
+    if args.no_worktree:
+        kinds.remove(KINDS["roomchat"])
     for number, settings in enumerate(args.env, 1):
         extra = dict(item.split("=", 1) for item in settings.split(","))
         roomchat = KINDS["roomchat"]
