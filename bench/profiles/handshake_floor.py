@@ -14,8 +14,9 @@ after the 101 (roomchat's welcome, the floor's frame). Prints the server's CPU p
 then min / median / max over the rounds.
 
 ``--node`` adds Node ws (no welcome: its handshakes end at the 101). ``--reconnect`` measures
-on the same servers as many handshakes again with the same tokens (a reconnect: roomchat's
-cache of verified tokens answers them). Each ``--env K=V[,K=V]`` adds a roomchat with those
+on the same servers, each set after the one before closed, as many handshakes with new tokens
+(``fresh``) and then with the first set's tokens (``reconnect``: roomchat's cache of verified
+tokens answers them). Each ``--env K=V[,K=V]`` adds a roomchat with those
 settings (say ``ROOMCHAT_LOG_LEVEL=warning``: what the access log line costs).
 ``--no-deflate``: the clients offer no permessage-deflate (by default they do, as browsers
 do; roomchat refuses it, bare Hypercorn accepts it and compresses its frame).
@@ -106,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.node:
         npm_ci(NODE_WS_DIR)
         kinds.append(KINDS["node-ws"])
-    tokens = mint_tokens(plan.handshakes * (2 if args.reconnect else 1) * 2 + 200)
+    tokens = mint_tokens(plan.handshakes * (3 if args.reconnect else 1) + 200)
     for item in args.tree:
         name, _, tree = item.partition("=")
         kinds.insert(len(kinds) - 1, _tree_kind(name, Path(tree).resolve()))
@@ -140,29 +141,30 @@ def main(argv: list[str] | None = None) -> int:
                         f"({cpu / floor:.2f}x the floor), "
                         f"{res.get('handshakes_per_s') or float('nan'):,.0f}/s, server "
                         f"{res.get('server_util', float('nan')):.0%} busy")
-                again = res.get("reconnect")
-                if again:
-                    cpu2 = again.get("server_cpu_us_per_handshake") or float("nan")
-                    line += f"; reconnect {cpu2:.0f} us ({cpu2 / floor:.2f}x)"
+                for part in ("fresh", "reconnect"):
+                    again = res.get(part)
+                    if again:
+                        cpu2 = again.get("server_cpu_us_per_handshake") or float("nan")
+                        line += f"; {part} {cpu2:.0f} us ({cpu2 / floor:.2f}x)"
                 print(line, flush=True)
 
-    def series(key: str, reconnect: bool = False) -> list[float]:
+    def series(key: str, part: str | None = None) -> list[float]:
         out = []
         for got in rounds:
             res = got.get(key, {})
-            if reconnect:
-                res = res.get("reconnect") or {}
+            if part:
+                res = res.get(part) or {}
             value = res.get("server_cpu_us_per_handshake")
             if value:
                 out.append(float(value))
         return out
 
-    def ratios(key: str, reconnect: bool = False) -> list[float]:
+    def ratios(key: str, part: str | None = None) -> list[float]:
         out = []
         for got in rounds:
             res = got.get(key, {})
-            if reconnect:
-                res = res.get("reconnect") or {}
+            if part:
+                res = res.get(part) or {}
             value = res.get("server_cpu_us_per_handshake")
             floor = got.get(FLOOR.key, {}).get("server_cpu_us_per_handshake")
             if value and floor:
@@ -173,9 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     for kind in kinds:
         print(f"  {kind.key}: {_spread(series(kind.key))} us, "
               f"{_spread(ratios(kind.key))}x the floor")
-        if args.reconnect:
-            print(f"  {kind.key} reconnect: {_spread(series(kind.key, True))} us, "
-                  f"{_spread(ratios(kind.key, True))}x the floor")
+        for part in ("fresh", "reconnect") if args.reconnect else ():
+            print(f"  {kind.key} {part}: {_spread(series(kind.key, part))} us, "
+                  f"{_spread(ratios(kind.key, part))}x the floor")
     if args.json:
         args.json.write_text(json.dumps(rounds, indent=1, default=str))
     return 0
