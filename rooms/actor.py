@@ -162,6 +162,10 @@ class RoomActor:
         self._markers = MarkerWriter(room, engine, self._clock, config.store_timeout)
         self._state: RoomState | None = None
         self._failure: RoomError = RoomStopped(f"room {room} stopped")
+        # Set once the room's load is over (or never happened): joins that arrive while it
+        # runs wait for it, and then find the room's bans and read markers in the engine's
+        # memory (the embedded engine reads them with the snapshot) instead of reading them.
+        self._loaded = asyncio.Event()
         self._rules = config.rules
         # Storage outage: the batch being retried (the schedule knows since when, and when next).
         self._retry: list[AnyDraft] | None = None
@@ -195,6 +199,10 @@ class RoomActor:
         happens, the caller must later call ``leave_nowait(session.id)`` (it is a no-op for a
         session that never joined).
         """
+        if not self._loaded.is_set():
+            await self._loaded.wait()
+            if self._state is None:  # the load failed: what the pending joins get
+                raise self._failure
         if self.lifecycle in (RoomLifecycle.DRAINING, RoomLifecycle.STOPPED):
             raise RoomStopped(f"room {self.room} is stopping")
         while True:
@@ -342,6 +350,7 @@ class RoomActor:
             self._state = self._state_factory(self.room, self.config, snapshot)
             if self.lifecycle is RoomLifecycle.STARTING:
                 self.lifecycle = RoomLifecycle.RUNNING
+            self._loaded.set()
             self._observer.room_started(self.room)
             async with asyncio.TaskGroup() as tasks:
                 writer = tasks.create_task(self._markers.run(), name=f"room-{self.room}-reads")
@@ -356,6 +365,7 @@ class RoomActor:
             self._fanout.abort_all(CloseCode.INTERNAL_ERROR, "room restarting")
         finally:
             self.lifecycle = RoomLifecycle.STOPPED
+            self._loaded.set()  # joins waiting for a load that failed: they raise _failure
             self._inbox.cancel_timer()
             engine.unsubscribe(self.room, self)
             self._fail_pending_joins()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +15,10 @@ import pytest
 from rooms.actor import RoomActor, RoomLifecycle
 from rooms.clock import SteppedClock
 from rooms.config import RoomConfig
-from rooms.engine import Engine
+from rooms.engine import Ban, Engine
+from rooms.engines.embedded import EmbeddedEngine
 from rooms.engines.memory import MemoryEngine
-from rooms.errors import RoomStopped
+from rooms.errors import Banned, RoomStopped
 from rooms.messages import Draft, WireMessage
 from rooms.protocol import CloseCode
 from rooms.schedule import RETRY_MAX
@@ -146,6 +148,56 @@ async def test_presence_delay_zero_sends_each_join_at_once() -> None:
         await settle()
         assert [p["user"] for p in alice.transport.objects("presence")] == ["bob", "carol"]
         assert len(alice.transport.frames) == 2
+
+
+async def test_joins_arriving_while_the_room_loads_read_no_bans_or_markers(
+        tmp_path: Path) -> None:
+    """A room's members come back together (a restart, a blip): the joins that arrive while
+    the room loads wait for the load, which brought the room's bans and read markers on the
+    embedded engine, and read neither themselves: one hand-off to a reader thread per room
+    instead of three (issue 22, item 7). A banned member is still refused."""
+    engine = await EmbeddedEngine.open(tmp_path / "db.sqlite3")
+    try:
+        await engine.ban("lobby", Ban("eve", None, "spam"))
+        engine._bans.clear()
+        reads: list[str] = []
+        gate = asyncio.Event()
+        for name in ("bans", "room_markers", "load_room"):
+            real = getattr(engine.store, name)
+
+            async def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+                reads.append(_name)
+                await gate.wait()
+                return await _real(*args)
+
+            setattr(engine.store, name, counted)
+        clock = SteppedClock()
+        actor = RoomActor("lobby", config(), engine, clock=clock)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(actor.run())
+            joining = [tasks.create_task(join(actor, tasks, clock, user))
+                       for user in ("ann", "bob")]
+
+            async def refusal() -> Banned | None:
+                try:
+                    await join(actor, tasks, clock, "eve")
+                except Banned as banned:
+                    return banned
+                return None
+
+            refused = tasks.create_task(refusal())
+            await settle()
+            assert reads == ["load_room"]  # the load is held: the joins wait for it
+            gate.set()
+            members = await asyncio.gather(*joining)
+            assert isinstance(await refused, Banned)
+            assert reads == ["load_room"]
+            actor.drain_nowait(CloseCode.SERVICE_RESTART, "test over")
+            await step(clock, 1.0)
+            for member in members:
+                member.session.transport_lost()
+    finally:
+        await engine.close()
 
 
 async def test_a_busy_room_waits_its_pacers_pause_on_the_clock() -> None:
