@@ -414,33 +414,50 @@ def run_idle_memory(
     return _on_fresh_server(kids, kind, "memory", plan, log, body)
 
 
+def _per_handshake(res: dict[str, Any]) -> dict[str, Any]:
+    res["server_cpu_us_per_handshake"] = (
+        res["server_cpu_s"] * 1e6 / res["ok"] if res["ok"] else None
+    )
+    res["loadgen_cpu_us_per_handshake"] = (
+        res["loadgen_cpu_s"] * 1e6 / res["ok"] if res["ok"] else None
+    )
+    return res
+
+
 def run_handshakes(
-    kids: Children, kind: ServerKind, *, plan: Plan, tokens: list[str], log: Any
+    kids: Children, kind: ServerKind, *, plan: Plan, tokens: list[str], log: Any,
+    deflate: bool = True, reconnect: bool = False,
 ) -> dict[str, Any]:
-    """WebSocket handshakes per second (kept open, ``plan.handshake_concurrency`` in flight)."""
+    """WebSocket handshakes per second (kept open, ``plan.handshake_concurrency`` in flight).
+
+    A handshake ends at the server's first frame when ``kind.sends_welcome`` (the welcome is
+    part of what a join costs), else at the 101. ``deflate``: the clients offer
+    permessage-deflate (as browsers do). ``reconnect``: then, on the same server, each after
+    the set before it closed, as many handshakes with new tokens (``fresh`` in the result)
+    and as many with the first set's tokens again (``reconnect``: what a reconnect shows).
+    """
 
     def body(server: RunningServer, out: dict[str, Any]) -> None:
         with _loadgen(kids, f"handshakes-{kind.key}-loadgen", _spec(server, tokens, [])) as lg:
-            lg.command({"cmd": "handshakes", "count": 20, "concurrency": 4}, "result", 60)
+            shape = {"concurrency": plan.handshake_concurrency,
+                     "room_size": plan.handshake_room_size,
+                     "first_frame": kind.sends_welcome, "deflate": deflate}
+            warm = 20
+            lg.command({"cmd": "handshakes", "count": warm, **shape, "concurrency": 4},
+                       "result", 60)
             # A repeat (when disturbed) opens another set; the earlier ones stay open.
-            res = measure_phase(
-                lg,
-                {
-                    "cmd": "handshakes",
-                    "count": plan.handshakes,
-                    "concurrency": plan.handshake_concurrency,
-                    "room_size": plan.handshake_room_size,
-                },
-                600,
-                plan,
-                log,
-            )
-            res["server_cpu_us_per_handshake"] = (
-                res["server_cpu_s"] * 1e6 / res["ok"] if res["ok"] else None
-            )
-            res["loadgen_cpu_us_per_handshake"] = (
-                res["loadgen_cpu_s"] * 1e6 / res["ok"] if res["ok"] else None
-            )
+            res = _per_handshake(measure_phase(
+                lg, {"cmd": "handshakes", "count": plan.handshakes, **shape}, 600, plan, log))
+            if reconnect:
+                # Each further set starts after the previous one closed (a handshake costs more
+                # with more sockets open, and closes can make the GC steward thaw): first new
+                # tokens (``fresh``, the control), then the first set's tokens again.
+                for key, seq in (("fresh", None), ("reconnect", warm)):
+                    lg.command({"cmd": "close"}, "closed", 120)
+                    cmd = {"cmd": "handshakes", "count": plan.handshakes, **shape}
+                    if seq is not None:
+                        cmd["token_seq"] = seq
+                    res[key] = _per_handshake(measure_phase(lg, cmd, 600, plan, log))
             out.update(res)
             out["verifies_jwt"] = kind.verifies_jwt
             if res["failed"]:

@@ -4,6 +4,7 @@ access log format uses the path without its query string."""
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import time
 from collections.abc import MutableMapping
@@ -21,9 +22,16 @@ ACCESS_LOGGER = "roomchat.access"
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 
 
+# A path of these characters only is logged as it is (what ``quote`` would return, without
+# its cost: every upgrade's path is logged).
+_LOGGABLE = re.compile(r"[A-Za-z0-9" + re.escape(_PATH_SAFE) + "]*")
+
+
 def escape_path(path: str) -> str:
     """The request path as it can be safely logged: a decoded ``%0a`` or ``%1b`` must not forge
     a log line or inject terminal escapes, so they are percent-encoded again."""
+    if _LOGGABLE.fullmatch(path):
+        return path
     return quote(path, safe=_PATH_SAFE, errors="backslashreplace")
 
 
@@ -80,12 +88,41 @@ class AccessAtoms(dict[str, str]):
         return "-"
 
 
+def access_line(request: WWWScope, response: ResponseSummary | None,
+                request_time: float) -> str:
+    """``ACCESS_LOG_FORMAT``'s line for one request, its path escaped (``escape_path``): what
+    ``AccessAtoms`` and ``EscapedPathFilter`` make of it, built directly."""
+    atoms = AccessAtoms(request, response, request_time)
+    return (f'{atoms["h"]} "{atoms["m"]} {escape_path(atoms["U"])} {atoms["H"]}" '
+            f'{atoms["s"]} {atoms["b"]} {atoms["D"]}us')
+
+
 class AccessLogger(HypercornLogger):
-    """Hypercorn's logger, with ``AccessAtoms`` for the access log (``Config.logger_class``)."""
+    """Hypercorn's logger, with ``AccessAtoms`` for the access log (``Config.logger_class``).
+
+    Each WebSocket upgrade is logged, so a line is on every handshake's path: with our own
+    format the line is built directly (no atoms dict formatted by ``logging``) and handed to
+    the logger as a finished record, which skips ``logging``'s search of the stack for the
+    caller's file and line (``findCaller``: the access log names none). Nothing at all is
+    built when the access logger does not log INFO. Lines and records are as before, except
+    that the record's ``args`` are empty (its message is the finished line).
+    """
 
     def atoms(self, request: WWWScope, response: ResponseSummary | None,
               request_time: float) -> AccessAtoms:
         return AccessAtoms(request, response, request_time)
+
+    async def access(self, request: WWWScope, response: ResponseSummary,
+                     request_time: float) -> None:
+        logger = self.access_logger
+        if logger is None or not logger.isEnabledFor(logging.INFO):
+            return
+        if self.access_log_format != ACCESS_LOG_FORMAT:  # someone else's format: Hypercorn's
+            await super().access(request, response, request_time)
+            return
+        line = access_line(request, response, request_time)
+        logger.handle(logger.makeRecord(logger.name, logging.INFO, "(access)", 0, line, (),
+                                        None))
 
 
 class JsonFormatter(logging.Formatter):

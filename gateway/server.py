@@ -155,8 +155,8 @@ async def serve(
     if manage_gc and config.gc_freeze_after:
         steward = GcSteward(
             FreezePolicy(config.gc_freeze_after, config.gc_thaw_share),
-            lambda: Counts(gw.opened_total, gw.closed_total, gw.connections),
-            on_change=gw.observer.gc_frozen.set)
+            lambda: Counts(gw.opened_total, gw.closed_total, gw.connections))
+        gw.observer.gc_frozen.set_function(steward.frozen)
         stewarding = asyncio.create_task(steward.run(), name="gc-steward")
 
     listeners = Listeners()

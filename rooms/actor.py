@@ -157,11 +157,15 @@ class RoomActor:
         self._state_factory = state_factory
         self._clock: Clock = clock if clock is not None else LoopClock()
         self._inbox = Inbox(config.inbox_limit, self._clock)
-        self._fanout = Fanout(room, self._observer)
+        self._fanout = Fanout(room, self._observer, config.presence_delay)
         self._sessions = self._fanout.sessions  # the fan-out's: admitted and not yet closed
         self._markers = MarkerWriter(room, engine, self._clock, config.store_timeout)
         self._state: RoomState | None = None
         self._failure: RoomError = RoomStopped(f"room {room} stopped")
+        # Set once the room's load is over (or never happened): joins that arrive while it
+        # runs wait for it, and then find the room's bans and read markers in the engine's
+        # memory (the embedded engine reads them with the snapshot) instead of reading them.
+        self._loaded = asyncio.Event()
         self._rules = config.rules
         # Storage outage: the batch being retried (the schedule knows since when, and when next).
         self._retry: list[AnyDraft] | None = None
@@ -195,6 +199,10 @@ class RoomActor:
         happens, the caller must later call ``leave_nowait(session.id)`` (it is a no-op for a
         session that never joined).
         """
+        if not self._loaded.is_set():
+            await self._loaded.wait()
+            if self._state is None:  # the load failed: what the pending joins get
+                raise self._failure
         if self.lifecycle in (RoomLifecycle.DRAINING, RoomLifecycle.STOPPED):
             raise RoomStopped(f"room {self.room} is stopping")
         while True:
@@ -342,6 +350,7 @@ class RoomActor:
             self._state = self._state_factory(self.room, self.config, snapshot)
             if self.lifecycle is RoomLifecycle.STARTING:
                 self.lifecycle = RoomLifecycle.RUNNING
+            self._loaded.set()
             self._observer.room_started(self.room)
             async with asyncio.TaskGroup() as tasks:
                 writer = tasks.create_task(self._markers.run(), name=f"room-{self.room}-reads")
@@ -356,6 +365,7 @@ class RoomActor:
             self._fanout.abort_all(CloseCode.INTERNAL_ERROR, "room restarting")
         finally:
             self.lifecycle = RoomLifecycle.STOPPED
+            self._loaded.set()  # joins waiting for a load that failed: they raise _failure
             self._inbox.cancel_timer()
             engine.unsubscribe(self.room, self)
             self._fail_pending_joins()
@@ -377,7 +387,9 @@ class RoomActor:
         inbox = self._inbox
         fanout = self._fanout
         while True:
-            await inbox.wait_until(schedule.wake_at(self._retry is not None))
+            # (Joins' presence events wait for company until fanout.flush_at: Fanout.)
+            await inbox.wait_until(min(schedule.wake_at(self._retry is not None),
+                                       fanout.flush_at))
             arrived = bool(inbox.frames or inbox.remote)
             if arrived and len(inbox.frames) < cfg.max_batch:
                 # Busy: let a burst gather, since every batch costs one frame per member and
@@ -391,6 +403,8 @@ class RoomActor:
                 schedule.arrived(clock.now())
             now = clock.now()
             wall_ms = clock.wall_ms()
+            if fanout.flush_at <= now:
+                fanout.flush()
             effects: list[Effect] = []
             drain: Drain | None = None
             # Sessions whose socket is gone: they leave after the frames below, which they sent
@@ -445,6 +459,7 @@ class RoomActor:
                 if self._sessions.pop(session_id, None) is not None:
                     effects += state.leave(session_id, wall_ms)
             self._deliver(state, effects, wall_ms)
+            fanout.hold_lazy(now)  # the joins' presence events above, if any
             # Other processes' messages after the joins (a session admitted above replays up
             # to the `delivered_seq` it was admitted at, and gets these live) and after the
             # frames (a duplicate is acked only once its original was delivered). Held until

@@ -72,6 +72,11 @@ class RoomConfig:
     unread_scan: int = _setting(
         1000, "Most recent messages a join looks at to count a member's unread messages and "
               "mentions (`welcome.unread`); more are reported as `unread_capped`.")
+    presence_delay: float = _setting(
+        0.05, "Seconds a member's `presence` join may wait to go out with other joins: a "
+              "burst of joins (a page of members reconnecting) costs each member one frame "
+              "instead of one per join. Anything else the room sends goes out at once, with "
+              "what waited before it. 0: each join's at once.")
     ping_interval: float = _setting(25.0, "Seconds between heartbeat pings.")
     ping_timeout: float = _setting(
         10.0, "Extra seconds of silence after a ping interval before closing with 4010."
@@ -152,7 +157,8 @@ class RoomConfig:
             raise ValueError("pong_cost must be in (0, 1]")
         for name in ("gap_repair_delay", "history_on_join", "history_retention", "dedup_window",
                      "room_idle_ttl", "batch_delay", "batch_cost_factor", "edit_window",
-                     "max_mentions", "unread_scan", "max_files_per_message"):
+                     "max_mentions", "unread_scan", "max_files_per_message",
+                     "presence_delay"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.presence_ttl <= self.sync_interval:

@@ -9,11 +9,17 @@ consumer; it resumes from history), as is one whose writer has been stuck in one
 A broadcast's payload is encoded and framed once for all its members (``SharedFrame``): each
 member then costs one socket write (issue 22, item 3), the shape of
 ``websockets.broadcast()``; a member with riders (its acks) gets a frame of its own.
+
+A lazy broadcast (a join's presence event) is queued without waking the members' writers:
+``flush`` sends what waited, due ``presence_delay`` after the first of them
+(``flush_at``), or sooner with the next broadcast or send that is not lazy. A burst of joins
+then costs each member one frame instead of one per join, and nothing is reordered.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 from rooms.observer import RoomObserver
@@ -27,10 +33,31 @@ log = logging.getLogger("roomchat.room")
 class Fanout:
     """The sessions of one room on this process, and the delivery of its effects to them."""
 
-    def __init__(self, room: str, observer: RoomObserver) -> None:
+    def __init__(self, room: str, observer: RoomObserver, presence_delay: float = 0.0) -> None:
+        """``presence_delay``: how long a lazy broadcast may wait (0: it does not)."""
         self.room = room
         self.sessions: dict[int, Session] = {}
         self._observer = observer
+        self._delay = presence_delay
+        # Sessions holding lazily queued objects, and when they are due (inf: none waits).
+        self._waiting: set[int] = set()
+        self.flush_at = math.inf
+
+    def flush(self) -> None:
+        """Send what lazy broadcasts queued (due at ``flush_at``)."""
+        sessions = self.sessions
+        for session_id in self._waiting:
+            session = sessions.get(session_id)
+            if session is not None:
+                session.flush()
+        self._waiting.clear()
+        self.flush_at = math.inf
+
+    def hold_lazy(self, now: float) -> None:
+        """Start the wait of what ``deliver`` just queued lazily: due ``presence_delay`` after
+        ``now`` unless an earlier one is pending (the caller flushes at ``flush_at``)."""
+        if self._waiting and self.flush_at == math.inf:
+            self.flush_at = now + self._delay
 
     def deliver(self, state: RoomState, effects: list[Effect], wall_ms: int) -> None:
         """Put ``effects`` into outboxes, in order. Never awaits; overflowing sessions are
@@ -44,6 +71,9 @@ class Fanout:
             index += 1
             if isinstance(effect, Broadcast):
                 payload, exclude, count = effect.payload, effect.exclude, effect.count
+                if effect.lazy and self._delay > 0:
+                    delivered += count * self._offer_lazy(payload, exclude, count, overflow)
+                    continue
                 # The sends right after a broadcast (the acks of the messages in it) go in the
                 # same frame as the broadcast to their session: in a room of 10 that is one
                 # socket write in eleven saved per message. Same order per session as before.
@@ -89,6 +119,23 @@ class Fanout:
                          session_id)
                 self.deliver(state, state.evict(session_id, CloseCode.SLOW_CONSUMER,
                                                 "slow consumer", wall_ms, flush=False), wall_ms)
+
+    def _offer_lazy(self, payload: str, exclude: int | None, count: int,
+                    overflow: list[int]) -> int:
+        """Queue a lazy broadcast for every session but ``exclude``; how many took it.
+        (A session that gets something else meanwhile sends this ahead of it: its flush then
+        finds nothing left.)"""
+        waiting = self._waiting
+        took = 0
+        for session in self.sessions.values():
+            if session.id == exclude:
+                continue
+            if session.offer(payload, count, lazy=True):
+                waiting.add(session.id)
+                took += 1
+            else:
+                overflow.append(session.id)
+        return took
 
     def close_all(self, state: RoomState, code: CloseCode, reason: str, wall_ms: int) -> None:
         """Close every session with ``code`` (after what is queued for it)."""

@@ -183,10 +183,13 @@ class Session:
         """Neither closing nor closed."""
         return self.state in (SessionState.JOINING, SessionState.ACTIVE)
 
-    def offer(self, payload: str, count: int = 1, shared: SharedFrame | None = None) -> bool:
+    def offer(self, payload: str, count: int = 1, shared: SharedFrame | None = None, *,
+              lazy: bool = False) -> bool:
         """Queue ``count`` server objects (``payload``: their texts joined by ``\n``).
         ``shared``: the broadcast's ``SharedFrame`` of ``payload`` when other sessions are
-        offered the same payload (its bytes are then built once for all of them).
+        offered the same payload (its bytes are then built once for all of them). ``lazy``:
+        queue without waking the writer; the caller must ``flush`` later (the next offer that
+        is not lazy sends it too, ahead of itself).
 
         False if that would take the outbox past ``outbox_limit`` objects (the caller closes
         with 4009). An empty outbox always takes one batch, however large.
@@ -197,7 +200,8 @@ class Session:
             return False
         waiter = self._waiter
         immediate = self._immediate
-        if (immediate is not None and waiter is not None and not waiter.done()
+        if (not lazy and self._outbox is None and immediate is not None and waiter is not None
+                and not waiter.done()
                 and self.state is SessionState.ACTIVE and count <= self._max_frame
                 and (immediate.send_now(payload) if shared is None or self._sharing is None
                      else self._sharing.send_shared_now(shared))):
@@ -211,8 +215,14 @@ class Session:
             outbox = self._outbox = deque()
         outbox.append((payload, count))
         self._queued += count
-        self._wake()
+        if not lazy:
+            self._wake()
         return True
+
+    def flush(self) -> None:
+        """Send what ``offer(lazy=True)`` queued (the writer wakes for it)."""
+        if self._outbox:
+            self._wake()
 
     @property
     def progress_at(self) -> float | None:

@@ -82,11 +82,13 @@ class Send:
 @dataclass(frozen=True, slots=True)
 class Broadcast:
     """Deliver ``payload`` (``count`` objects joined by ``\n``) to every session of the room
-    except ``exclude``."""
+    except ``exclude``. ``lazy``: it may wait (up to ``presence_delay``) to go out in one frame
+    with what follows it, never after anything that follows it."""
 
     payload: str
     exclude: int | None = None
     count: int = 1
+    lazy: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +302,8 @@ class RoomState:
                                    capped=unread.capped, max_files=cfg.max_files_per_message)
         effects: list[Effect] = []
         if announce:
-            effects.append(Broadcast(protocol.presence("join", user, name, wall_ms), session))
+            effects.append(Broadcast(protocol.presence("join", user, name, wall_ms), session,
+                                     lazy=True))
 
         # Nothing below can fail.
         self._sessions[session] = _Session(

@@ -17,8 +17,13 @@
 //                                              messages outstanding (its own echo completes one)
 //   {"cmd":"open","rate":R,"warmup_s":..,"measure_s":..}       open loop: R messages/s in total,
 //                                              round-robin over senders, on a fixed schedule
-//   {"cmd":"handshakes","count":N,"concurrency":C,"room_size":S}  open N extra raw-socket clients
-//                                              as fast as C in flight allow (kept open), time them
+//   {"cmd":"handshakes","count":N,"concurrency":C,"room_size":S,"first_frame":F,"deflate":D}
+//                                              open N extra raw-socket clients as fast as C in
+//                                              flight allow (kept open), time them; F: a handshake
+//                                              ends at the first frame after the 101 (the welcome),
+//                                              not at the 101; D (default true): offer
+//                                              permessage-deflate; "token_seq":K reuses the
+//                                              tokens of the handshakes after the K-th
 //   {"cmd":"close"}                            close every client
 //   {"cmd":"quit"}
 
@@ -560,16 +565,20 @@ function rawHandshake(c) {
       sock.write(
         `GET ${path} HTTP/1.1\r\nHost: ${serverUrl.host}\r\nUpgrade: websocket\r\n` +
         `Connection: Upgrade\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n` +
-        'Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n',
+        (c.deflate === false ? '\r\n'
+          : 'Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n'),
       );
     });
     sock.on('data', (chunk) => {
-      // After the 101 the socket stays open and whatever the server sends is read and dropped.
+      // After the 101 (and, with first_frame, the first byte of a frame after it) the socket
+      // stays open and whatever the server sends is read and dropped.
       if (done) return;
       head += chunk.toString('latin1');
-      if (head.indexOf('\r\n\r\n') < 0) return;
-      if (head.startsWith('HTTP/1.1 101')) finish(true);
-      else {
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      if (head.startsWith('HTTP/1.1 101')) {
+        if (!c.firstFrame || head.length > end + 4) finish(true);
+      } else {
         countError(`http_${head.slice(9, 12)}`);
         finish(false);
       }
@@ -586,13 +595,18 @@ async function cmdHandshakes(cmd) {
   // Open `count` raw clients, `concurrency` in flight, in rooms of `room_size`; keep them open.
   const size = cmd.room_size || 10;
   const base = rooms.length;
+  // token_seq: start again from that token (a reconnect with tokens the server has seen).
+  if (Number.isInteger(cmd.token_seq)) handshakeSeq = cmd.token_seq;
   const todo = [];
   for (let i = 0; i < cmd.count; i++) {
     const r = base + Math.floor(i / size);
     if (rooms.length <= r) rooms.push({ idx: r, name: `hs-${r}`, size: 0, senders: 0 });
     rooms[r].size += 1;
     handshakeSeq += 1;
-    todo.push({ room: r, token: spec.tokens[tokenFromEnd(handshakeSeq)] });
+    todo.push({
+      room: r, token: spec.tokens[tokenFromEnd(handshakeSeq)],
+      firstFrame: Boolean(cmd.first_frame), deflate: cmd.deflate !== false,
+    });
   }
   const a = cpuSnapshot();
   const ok = await runPool(todo, cmd.concurrency, rawHandshake);

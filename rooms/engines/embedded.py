@@ -84,8 +84,20 @@ class EmbeddedEngine:
 
     async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
         await self._settle(room)  # a write still landing would move the room's last seq
-        snapshot = await self.store.load(room, dedup_window)
+        bans_at, markers_at = self._ban_writes, self._marker_writes
+        snapshot, bans, markers = await self.store.load_room(room, dedup_window)
         self._last[room] = snapshot.last_seq
+        # The room's first joins ask for these next: read in the same hand-off and kept by
+        # ``_load_bans``' and ``_room_markers``' rule (not when a write raced the read), they
+        # cost those joins no read of their own.
+        if bans_at == self._ban_writes and room not in self._bans:
+            self._bans[room] = {u: Ban(u, until, reason) for u, (until, reason) in bans.items()}
+            if len(self._bans) > BAN_CACHE_ROOMS:
+                self._bans.popitem(last=False)
+        if markers_at == self._marker_writes and room not in self._markers:
+            self._markers[room] = markers
+            if len(self._markers) > MARKER_CACHE_ROOMS:
+                self._markers.popitem(last=False)
         return snapshot
 
     async def append(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,

@@ -894,21 +894,35 @@ class SqliteStore:
             raise Unstorable((), f"cannot be stored: {exc}") from exc
 
     async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
-        def query(conn: sqlite3.Connection) -> RoomSnapshot:
-            row = conn.execute("SELECT max(seq), min(seq) FROM messages WHERE room = ?",
-                               (room,)).fetchone()
-            last = row[0] or 0
-            oldest = row[1] or last + 1
-            ids: list[tuple[str, str, int]] = []
-            if dedup_window:
-                ids = conn.execute(
-                    "SELECT user, client_id, seq FROM messages WHERE room = ? AND seq > ? "
-                    "AND client_id IS NOT NULL ORDER BY seq", (room, last - dedup_window),
-                ).fetchall()
-            return RoomSnapshot(last_seq=last, oldest_seq=oldest, recent_ids=tuple(ids),
-                                epoch=self.epoch)
+        return await self._run(lambda conn: self._snapshot(conn, room, dedup_window))
+
+    async def load_room(self, room: str, dedup_window: int) -> tuple[
+            RoomSnapshot, dict[str, tuple[float | None, str]], dict[str, int]]:
+        """``load``, ``bans`` and ``room_markers`` of ``room`` in one hand-off to a reader
+        thread: what a room's first joins would otherwise read in two more (each hand-off
+        costs the event loop's thread a context switch or more on a busy core)."""
+        now = time.time()
+
+        def query(conn: sqlite3.Connection) -> tuple[
+                RoomSnapshot, dict[str, tuple[float | None, str]], dict[str, int]]:
+            return (self._snapshot(conn, room, dedup_window), _bans(conn, room, now),
+                    _room_markers(conn, room))
 
         return await self._run(query)
+
+    def _snapshot(self, conn: sqlite3.Connection, room: str, dedup_window: int) -> RoomSnapshot:
+        row = conn.execute("SELECT max(seq), min(seq) FROM messages WHERE room = ?",
+                           (room,)).fetchone()
+        last = row[0] or 0
+        oldest = row[1] or last + 1
+        ids: list[tuple[str, str, int]] = []
+        if dedup_window:
+            ids = conn.execute(
+                "SELECT user, client_id, seq FROM messages WHERE room = ? AND seq > ? "
+                "AND client_id IS NOT NULL ORDER BY seq", (room, last - dedup_window),
+            ).fetchall()
+        return RoomSnapshot(last_seq=last, oldest_seq=oldest, recent_ids=tuple(ids),
+                            epoch=self.epoch)
 
     async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]:
         """As ``rooms.engine.Engine.read``: messages are read in their current state (that is
@@ -1027,9 +1041,7 @@ class SqliteStore:
 
     async def room_markers(self, room: str) -> dict[str, int]:
         """Every read marker in ``room``: user -> seq."""
-        return dict(await self._run(lambda conn: [
-            (str(user), int(seq)) for user, seq in conn.execute(
-                "SELECT user, seq FROM reads WHERE room = ?", (room,))]))
+        return await self._run(lambda conn: _room_markers(conn, room))
 
     async def unread_after(self, room: str, user: str, read: int, scan: int) -> Unread:
         """``Engine.unread`` for a user whose marker is ``read`` (> 0)."""
@@ -1210,10 +1222,7 @@ class SqliteStore:
     async def bans(self, room: str) -> dict[str, tuple[float | None, str]]:
         """Every ban from ``room`` in force now: ``user -> (until, reason)``."""
         now = time.time()
-        return dict(await self._run(lambda conn: [
-            (str(user), (until, str(reason))) for user, until, reason in conn.execute(
-                "SELECT user, until, reason FROM bans WHERE room = ? "
-                "AND (until IS NULL OR until > ?)", (room, now))]))
+        return await self._run(lambda conn: _bans(conn, room, now))
 
     # -- moving between engines (gateway/importer.py) ---------------------------------------
 
@@ -1363,3 +1372,16 @@ def new_epoch(path: Path, search_index: bool = True) -> str:
         conn.close()
     return epoch
 
+
+
+def _bans(conn: sqlite3.Connection, room: str, now: float) -> dict[str, tuple[float | None, str]]:
+    """``room``'s bans in force at ``now``: ``user -> (until, reason)``."""
+    return {str(user): (until, str(reason)) for user, until, reason in conn.execute(
+        "SELECT user, until, reason FROM bans WHERE room = ? AND (until IS NULL OR until > ?)",
+        (room, now))}
+
+
+def _room_markers(conn: sqlite3.Connection, room: str) -> dict[str, int]:
+    """``room``'s read markers: user -> seq."""
+    return {str(user): int(seq) for user, seq in conn.execute(
+        "SELECT user, seq FROM reads WHERE room = ?", (room,))}

@@ -562,3 +562,52 @@ async def test_the_admin_stream_refuses_what_every_door_refuses(tmp_path: Path) 
         assert await _admin_refusal(srv.port, make_token("ops", admin=True)) == ADMITTED
         assert await _admin_refusal(srv.port, make_token("ops", admin=True)) == (
             429, "too_many_handshakes")
+
+
+# -- the cache of verified tokens (gateway.auth.TokenVerifier) behind the door ----------------
+
+async def test_a_cached_token_is_still_checked_for_revocation_room_expiry_and_bans(
+        door: Door) -> None:
+    """Each purpose's credential is verified once and then answered from the cache (issue 22,
+    item 7); everything the door checks besides the signature and the registered claims is
+    still checked on every use: a revocation recorded after the token was cached, another room
+    than the token's, a ban, and the token's expiry."""
+    verifier = door.gw.verifier
+    assert door.gw.config.jwt_cache_size > 0  # the default: the cache is on
+    now = int(time.time())
+    tokens = {purpose: valid(purpose, iat=now - 5, rooms=["lobby"]) for purpose in USER_ROOMS}
+    for purpose, token in tokens.items():
+        assert await door.answer(purpose, credential=token) == ADMITTED
+    cached = verifier.cached
+    assert cached == len(set(tokens.values()))
+    # Another room than the token's: refused though the token is cached.
+    door.clock.now += 60  # the IP's handshake bucket (burst 20) refills between the rounds
+    for purpose, token in tokens.items():
+        assert await door.answer(purpose, credential=token, room="other") == (
+            403, "room_forbidden")
+    # A ban (the door's purposes; a socket's ban is its room's join: test_ws).
+    await door.gw.store.ban("lobby", Ban("alice", None, "spam"))
+    door.clock.now += 60
+    for purpose in (Purpose.TICKET, Purpose.HISTORY, Purpose.UPLOAD, Purpose.FILE,
+                    Purpose.SEARCH):
+        assert await door.answer(purpose, credential=tokens[purpose]) == (403, "banned")
+    await door.gw.store.unban("lobby", "alice")
+    # A revocation recorded after the tokens were cached.
+    door.gw.revocations.apply([("alice", now)])
+    door.clock.now += 60
+    for purpose, token in tokens.items():
+        assert await door.answer(purpose, credential=token) == (401, "token_revoked")
+    assert verifier.cached == cached  # every answer above came from the cache
+
+
+async def test_a_cached_token_is_refused_once_it_expires(door: Door) -> None:
+    """A token verified (and cached) while valid is refused as expired once its ``exp`` (plus
+    the leeway) is past, without asking PyJWT again."""
+    verifier = door.gw.verifier
+    token = valid(Purpose.ROOM_SOCKET, ttl=60)
+    assert await door.answer(Purpose.ROOM_SOCKET, credential=token) == ADMITTED
+    assert verifier.cached == 1
+    wall = time.time() + 60 + door.gw.config.jwt_leeway + 1
+    verifier._wall = lambda: wall
+    assert await door.answer(Purpose.ROOM_SOCKET, credential=token) == (401, "token_expired")
+    assert verifier.cached == 0

@@ -4,6 +4,7 @@ freezes after connects and thaws after closes."""
 from __future__ import annotations
 
 import gc
+import logging
 import weakref
 from collections.abc import Iterator
 from dataclasses import replace
@@ -83,8 +84,8 @@ def thawed_afterwards() -> Iterator[None]:
 
 @pytest.mark.usefixtures("thawed_afterwards")
 def test_a_frozen_cycle_survives_collections_until_the_thaw_frees_it() -> None:
-    seen: list[int] = []
-    steward = GcSteward(FreezePolicy(1, 0.5), lambda: Counts(0, 0, 0), on_change=seen.append)
+    steward = GcSteward(FreezePolicy(1, 0.5), lambda: Counts(0, 0, 0))
+    assert steward.frozen() == 0, "nothing frozen by this steward yet"
     cycle = _Cycle()
     alive = weakref.ref(cycle)
     steward.apply("freeze")
@@ -94,7 +95,30 @@ def test_a_frozen_cycle_survives_collections_until_the_thaw_frees_it() -> None:
     steward.apply("thaw")
     assert alive() is None, "the thaw's full collection frees it"
     assert gc.get_freeze_count() > 0, "and what survived is frozen again"
-    assert len(seen) == 2 and seen[-1] == gc.get_freeze_count()
+    assert steward.frozen() == gc.get_freeze_count()
+
+
+@pytest.mark.usefixtures("thawed_afterwards")
+def test_a_freeze_does_not_count_the_frozen_objects(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Counting walks every frozen object (milliseconds with many connections open): a freeze,
+    once per ``gc_freeze_after`` connects, must not, whatever the log level; the metric counts
+    when it is read."""
+    counted: list[int] = []
+    count = gc.get_freeze_count
+
+    def counting() -> int:
+        counted.append(1)
+        return count()
+
+    monkeypatch.setattr(gc, "get_freeze_count", counting)
+    logging.getLogger("roomchat.gc").setLevel(logging.DEBUG)
+    try:
+        steward = GcSteward(FreezePolicy(1, 0.5), lambda: Counts(0, 0, 0))
+        steward.apply("freeze")
+        assert counted == []
+        assert steward.frozen() > 0 and counted == [1]
+    finally:
+        logging.getLogger("roomchat.gc").setLevel(logging.NOTSET)
 
 
 async def test_a_server_freezes_after_a_burst_of_connects_and_thaws_after_closes(

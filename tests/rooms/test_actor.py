@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +15,10 @@ import pytest
 from rooms.actor import RoomActor, RoomLifecycle
 from rooms.clock import SteppedClock
 from rooms.config import RoomConfig
-from rooms.engine import Engine
+from rooms.engine import Ban, Engine
+from rooms.engines.embedded import EmbeddedEngine
 from rooms.engines.memory import MemoryEngine
-from rooms.errors import RoomStopped
+from rooms.errors import Banned, RoomStopped
 from rooms.messages import Draft, WireMessage
 from rooms.protocol import CloseCode
 from rooms.schedule import RETRY_MAX
@@ -67,6 +69,7 @@ async def room(cfg: RoomConfig | None = None, engine: Engine | None = None,
 async def test_a_burst_is_one_batch_fanned_out_in_order() -> None:
     async with room() as r:
         alice, bob = await r.join("alice"), await r.join("bob")
+        await step(r.clock, r.actor.config.presence_delay)  # bob's join goes out to alice
         bob.transport.frames.clear()
         alice.transport.frames.clear()
         for n in range(3):  # three frames in one loop turn: one wake-up handles all of them
@@ -81,6 +84,120 @@ async def test_a_burst_is_one_batch_fanned_out_in_order() -> None:
         assert [(o["type"], o["seq"]) for o in alice.transport.objects()] == [
             ("message", 1), ("message", 2), ("message", 3), ("ack", 1), ("ack", 2), ("ack", 3)]
         assert [m.seq for m in await r.engine.read("lobby", 0, 10, 10)] == [1, 2, 3]
+
+
+async def test_a_burst_of_joins_is_one_presence_frame_per_member() -> None:
+    """Joins within ``presence_delay`` of the first reach each member in one frame, when the
+    delay has passed on the room's clock (issue 22, item 7); each member hears of each later
+    joiner once and never of itself, in the order they joined."""
+    async with room(config(presence_delay=0.5)) as r:
+        alice = await r.join("alice")
+        before = len(alice.transport.frames)
+        bob = await r.join("bob")
+        await step(r.clock, 0.1, by=0.1)
+        carol = await r.join("carol")
+        await step(r.clock, 0.1, by=0.1)
+        dave = await r.join("dave")
+        assert len(alice.transport.frames) == before, "held while more may come"
+        await step(r.clock, 0.3, by=0.1)  # 0.5 s after bob's join
+        assert len(alice.transport.frames) == before + 1
+        joins = {m.session.user: [(p["event"], p["user"])
+                                  for p in m.transport.objects("presence")]
+                 for m in (alice, bob, carol, dave)}
+        assert joins == {"alice": [("join", "bob"), ("join", "carol"), ("join", "dave")],
+                         "bob": [("join", "carol"), ("join", "dave")],
+                         "carol": [("join", "dave")], "dave": []}
+        # The next burst waits on its own clock.
+        await r.join("erin")
+        await step(r.clock, 0.25, by=0.25)
+        assert len(alice.transport.frames) == before + 1
+        await step(r.clock, 0.25, by=0.25)
+        assert [p["user"] for p in alice.transport.objects("presence")][-1] == "erin"
+
+
+async def test_a_held_join_goes_out_before_whatever_follows_it() -> None:
+    """What a join's presence waits for never overtakes it: a message from the new member goes
+    out at once, in one frame after the join it follows; a leave likewise."""
+    async with room(config(presence_delay=10.0)) as r:
+        alice = await r.join("alice")
+        alice.transport.frames.clear()
+        bob = await r.join("bob")
+        assert alice.transport.frames == []
+        assert bob.say("hello")
+        await settle()
+        assert [(o["type"], o.get("user")) for o in alice.transport.objects()] == [
+            ("presence", "bob"), ("message", "bob")]
+        assert len(alice.transport.frames) == 1
+        carol = await r.join("carol")
+        r.actor.leave_nowait(carol.session.id)
+        await settle()
+        assert [(o["type"], o.get("event"), o.get("user"))
+                for o in alice.transport.objects("presence")][-2:] == [
+            ("presence", "join", "carol"), ("presence", "leave", "carol")]
+        await step(r.clock, 10.0, by=5.0)  # the flush then finds nothing left
+        assert [o.get("user") for o in alice.transport.objects("presence")] == [
+            "bob", "carol", "carol"]
+
+
+async def test_presence_delay_zero_sends_each_join_at_once() -> None:
+    async with room(config(presence_delay=0.0)) as r:
+        alice = await r.join("alice")
+        alice.transport.frames.clear()
+        await r.join("bob")
+        await r.join("carol")
+        await settle()
+        assert [p["user"] for p in alice.transport.objects("presence")] == ["bob", "carol"]
+        assert len(alice.transport.frames) == 2
+
+
+async def test_joins_arriving_while_the_room_loads_read_no_bans_or_markers(
+        tmp_path: Path) -> None:
+    """A room's members come back together (a restart, a blip): the joins that arrive while
+    the room loads wait for the load, which brought the room's bans and read markers on the
+    embedded engine, and read neither themselves: one hand-off to a reader thread per room
+    instead of three (issue 22, item 7). A banned member is still refused."""
+    engine = await EmbeddedEngine.open(tmp_path / "db.sqlite3")
+    try:
+        await engine.ban("lobby", Ban("eve", None, "spam"))
+        engine._bans.clear()
+        reads: list[str] = []
+        gate = asyncio.Event()
+        for name in ("bans", "room_markers", "load_room"):
+            real = getattr(engine.store, name)
+
+            async def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+                reads.append(_name)
+                await gate.wait()
+                return await _real(*args)
+
+            setattr(engine.store, name, counted)
+        clock = SteppedClock()
+        actor = RoomActor("lobby", config(), engine, clock=clock)
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(actor.run())
+            joining = [tasks.create_task(join(actor, tasks, clock, user))
+                       for user in ("ann", "bob")]
+
+            async def refusal() -> Banned | None:
+                try:
+                    await join(actor, tasks, clock, "eve")
+                except Banned as banned:
+                    return banned
+                return None
+
+            refused = tasks.create_task(refusal())
+            await settle()
+            assert reads == ["load_room"]  # the load is held: the joins wait for it
+            gate.set()
+            members = await asyncio.gather(*joining)
+            assert isinstance(await refused, Banned)
+            assert reads == ["load_room"]
+            actor.drain_nowait(CloseCode.SERVICE_RESTART, "test over")
+            await step(clock, 1.0)
+            for member in members:
+                member.session.transport_lost()
+    finally:
+        await engine.close()
 
 
 async def test_a_busy_room_waits_its_pacers_pause_on_the_clock() -> None:

@@ -1084,6 +1084,56 @@ async def test_joins_arriving_together_read_a_rooms_bans_once(tmp_path: Path) ->
 # -- one faulty draft (issue 20, high): behind the front door's validation -----------------
 
 
+async def test_a_rooms_load_brings_its_bans_and_markers_for_its_first_joins(
+        tmp_path: Path) -> None:
+    """A room's start reads its bans and read markers with its snapshot, in one hand-off to
+    a reader thread: its first joins then read nothing (issue 22, item 7). A ban or a marker
+    written while that read is in flight is not hidden by it: the next join reads again."""
+    from rooms.engine import Ban
+    from rooms.engines.embedded import EmbeddedEngine
+
+    engine = await EmbeddedEngine.open(tmp_path / "db.sqlite3")
+    try:
+        await engine.ban("r", Ban("eve", None, "spam"))
+        await engine.mark_read("r", "ann", 0)
+        engine._bans.clear()
+        engine._markers.clear()
+        calls: list[str] = []
+        gate, called = asyncio.Event(), asyncio.Event()
+        gate.set()
+        for name in ("bans", "room_markers", "load_room"):
+            real = getattr(engine.store, name)
+
+            async def counted(*args: Any, _real: Any = real, _name: str = name) -> Any:
+                calls.append(_name)
+                called.set()
+                await gate.wait()
+                return await _real(*args)
+
+            setattr(engine.store, name, counted)
+        await engine.load("r", 0)
+        assert calls == ["load_room"]
+        assert await engine.banned("r", "eve") == Ban("eve", None, "spam")
+        assert await engine.banned("r", "bob") is None
+        assert (await engine.unread("r", "bob", scan=0)).read == 0
+        assert calls == ["load_room"], "the first joins read nothing more"
+
+        # A ban written while the load's read is in flight: the load keeps nothing of it.
+        calls.clear()
+        gate.clear()
+        called.clear()
+        loading = asyncio.ensure_future(engine.load("r2", 0))
+        async with asyncio.timeout(10):
+            await called.wait()  # the load's read is under way (held at the gate)
+        await engine.ban("r2", Ban("mallory", None, "flood"))
+        gate.set()
+        await loading
+        assert await engine.banned("r2", "mallory") == Ban("mallory", None, "flood")
+        assert calls == ["load_room", "bans"]
+    finally:
+        await engine.close()
+
+
 async def test_an_unstorable_draft_fails_its_append_alone(engine: Engine) -> None:
     """Drafts no store can encode (lone surrogates, which ``rooms.text`` refuses at the front
     door) fail their own append with ``Unstorable`` naming them, store nothing, and leave the
@@ -1970,11 +2020,15 @@ async def test_the_embedded_engine_reads_a_rooms_markers_once(tmp_path: Path) ->
         engine.store.room_markers = counted  # type: ignore[method-assign]
         for user in ("ann", "carl", "ann"):
             assert await engine.unread("m", user, scan=100) == Unread()
-        assert loads == ["m"]
+        assert loads == [], "the room's load read them (with its snapshot)"
         assert await engine.mark_read("m", "ann", 2) == 2
         assert await engine.unread("m", "ann", scan=100) == Unread(2, 3, 0)
         assert await engine.mark_read("m", "ann", 1) == 2
         assert await engine.unread("m", "ann", scan=100) == Unread(2, 3, 0)
+        assert loads == []
+        engine._markers.clear()  # forgotten (more rooms than the cache holds): read once
+        for user in ("ann", "carl"):
+            await engine.unread("m", user, scan=100)
         assert loads == ["m"]
     finally:
         await engine.close()

@@ -90,6 +90,8 @@ async def test_live_frames_to_an_idle_reader_are_written_without_the_writer_task
         bob = await srv.connect(user="bob")
         for client in (alice, bob):
             await client.recv_type("welcome")
+        # Bob's join, held up to presence_delay for other joins: out before the count starts.
+        await alice.recv_type("presence")
         (actor,) = srv.gateway.registry.rooms()
         sessions = list(actor._sessions.values())
         wakes = 0
