@@ -298,7 +298,8 @@ class _Appends:
         self._most = most
         self._queued: list[_Pending] = []
         self._flushes: set[asyncio.Task[None]] = set()
-        self.groups = 0  # transactions begun (a statistic; tests read it)
+        self.groups = 0  # transactions begun (statistics: tests and bench.storebench read them)
+        self.appends = 0  # appends those transactions ran
 
     def submit(self, room: str, work: _Work) -> asyncio.Future[list[Appended] | LogReset]:
         loop = asyncio.get_running_loop()
@@ -321,17 +322,16 @@ class _Appends:
     async def _run(self, batch: list[_Pending]) -> None:
         """One transaction for ``batch``; every future of it is answered on every path."""
         self.groups += 1
+        self.appends += len(batch)
         batch.sort(key=lambda p: p.room)
         outcomes: list[tuple[_Pending, list[Appended] | LogReset | Exception]] = []
         try:
             async with self._log._conn() as conn:
                 if len(batch) == 1:
-                    outcomes.append((batch[0], await batch[0].work(conn)))
+                    async with conn.pipeline():
+                        outcomes.append((batch[0], await batch[0].work(conn)))
                 else:
-                    for pending in batch:
-                        if pending.future.done():
-                            continue  # its caller stopped waiting before its turn
-                        outcomes.append((pending, await self._contained(conn, pending)))
+                    await self._contained(conn, batch, outcomes)
         except asyncio.CancelledError:
             _fail(batch, StoreError("store is closed"))
             raise
@@ -346,24 +346,41 @@ class _Appends:
             else:
                 pending.future.set_result(outcome)
 
-    async def _contained(self, conn: AsyncConnection[tuple[Any, ...]],
-                         pending: _Pending) -> list[Appended] | LogReset | Exception:
-        """``pending``'s work in a savepoint; a statement's error rolls back to it and is
-        returned as its room's ``StoreError`` (or ``Unstorable``). An error that leaves the
-        connection unusable (lost, or the rollback itself failing) is raised: the group's."""
+    async def _contained(
+            self, conn: AsyncConnection[tuple[Any, ...]], batch: list[_Pending],
+            outcomes: list[tuple[_Pending, list[Appended] | LogReset | Exception]]) -> None:
+        """Each append of ``batch`` in a savepoint of its own, its outcome added to
+        ``outcomes``; a statement's error rolls back to the savepoint and is that append's
+        outcome (``StoreError`` or ``Unstorable``). An error that leaves the connection
+        unusable (lost, or the rollback itself failing) is raised: the group's.
+
+        In pipeline mode statements go without waiting for their results until one is read:
+        the pipeline is synced at the end of each room's work, so that an error is found in
+        the room that caused it. After an error the pipeline is left (its exit drains what the
+        server skipped) and the rollback and the next rooms go in a new one."""
         import psycopg
 
-        await conn.execute("SAVEPOINT room")
-        try:
-            outcome = await pending.work(conn)
-        except (psycopg.Error, ValueError, OverflowError) as exc:
-            if conn.closed or conn.info.transaction_status not in (
-                    psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR):
-                raise
-            await conn.execute("ROLLBACK TO SAVEPOINT room")
-            return self._log._failure(exc)
-        await conn.execute("RELEASE SAVEPOINT room")
-        return outcome
+        done = 0
+        while done < len(batch):
+            pending = batch[done]
+            try:
+                async with conn.pipeline() as pipe:
+                    for pending in batch[done:]:
+                        if not pending.future.done():  # else: its caller stopped waiting
+                            await conn.execute("SAVEPOINT room")
+                            outcome = await pending.work(conn)
+                            await conn.execute("RELEASE SAVEPOINT room")
+                            await pipe.sync()
+                            outcomes.append((pending, outcome))
+                        done += 1
+            except (psycopg.Error, ValueError, OverflowError) as exc:
+                if conn.closed or conn.info.transaction_status not in (
+                        psycopg.pq.TransactionStatus.INTRANS,
+                        psycopg.pq.TransactionStatus.INERROR):
+                    raise
+                await conn.execute("ROLLBACK TO SAVEPOINT room")
+                outcomes.append((pending, self._log._failure(exc)))
+                done += 1
 
     async def close(self) -> None:
         """Cancel the groups in flight and wait for them; their callers get ``StoreError``."""
