@@ -18,7 +18,7 @@ import pytest
 
 from rooms.engine import Engine
 from rooms.engines import POSTGRES_MAX_CONNECTIONS, open_engine
-from rooms.engines.postgres import AsyncCommitRefused, PostgresLog
+from rooms.engines.postgres import GROUP_MOST, AsyncCommitRefused, PostgresLog
 from rooms.engines.postgres_schema import (
     LATEST,
     MIGRATIONS,
@@ -482,6 +482,22 @@ async def test_one_rooms_failing_append_in_a_group_fails_alone(postgres_url: str
         assert [got[i] for i in (0, 1, 3, 5)] == [[Appended(1)]] * 4
         assert [await log.top(room) for room in rooms] == [1, 1, 0, 1, 1, 1]
         assert [e.text for e in await log.read("d", 0, 9, 9)] == ["hello d"]
+    finally:
+        await log.close()
+
+
+async def test_a_group_holds_at_most_group_most_appends(postgres_url: str) -> None:
+    """``GROUP_MOST`` appends issued in one turn are one transaction; one more goes in the
+    next turn's group. Every one of them is stored."""
+    log = await PostgresLog.open(postgres_url, timeout=10 * SLOW)
+    try:
+        for count, groups in ((GROUP_MOST, 1), (GROUP_MOST + 1, 2)):
+            before = log._appends.groups
+            rooms = [f"r{count}-{i}" for i in range(count)]
+            got = await asyncio.gather(*(log.append(room, hello(room), retention=0)
+                                         for room in rooms))
+            assert got == [[Appended(1)]] * count
+            assert log._appends.groups - before == groups
     finally:
         await log.close()
 
