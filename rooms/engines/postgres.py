@@ -2,7 +2,9 @@
 (docs/design/log-and-bus.md, section 2). A ``rooms.engine.Log``: ``SplitEngine`` puts a bus
 beside it.
 
-Every append is one transaction that locks the room's row in ``rooms`` (``FOR UPDATE``), reads
+Every append runs under a lock of the room's row in ``rooms`` (``FOR UPDATE``), in the one
+transaction of the appends issued in the same loop turn (``_Appends``: group commit, each room's
+work in a savepoint of its own), reads
 the seq counter (``rooms.top``), the ids already stored and the targets' current state, applies
 the log's rules in Python (``rooms.changes``: the same code as the embedded engine), and writes
 the new rows, the targets' new state and the counter. Under READ COMMITTED every statement
