@@ -69,6 +69,11 @@ class _PostgresTarget:
             async def append(self, room: str, drafts: list[Draft], retention: int) -> None:
                 await log.append(room, drafts, retention=retention, dedup_window=0)
 
+            def appends_per_group(self) -> float | None:
+                """Appends per transaction (the log's group commit), if it groups them."""
+                appends = getattr(log, "_appends", None)
+                return appends.appends / max(1, appends.groups) if appends else None
+
             async def close(self) -> None:
                 await log.close()
 
@@ -126,6 +131,7 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
         cpu = time.process_time() - c0
         u1 = resource.getrusage(resource.RUSAGE_SELF)
         pg_cpu = _cpu_of_tree(postgres.postmaster) - pg0 if postgres is not None else 0.0
+        grouped = store.appends_per_group() if postgres is not None else None
     commits.sort()
     return {
         "engine": "sqlite" if postgres is None else "postgres",
@@ -144,6 +150,8 @@ async def _shape(rooms: int, batch: int, seconds: float, synchronous: str,
         "involuntary_switches_per_message": (u1.ru_nivcsw - u0.ru_nivcsw) / max(1, stored),
         "append_p50_ms": commits[len(commits) // 2] * 1000 if commits else None,
         "append_p99_ms": commits[int(len(commits) * 0.99)] * 1000 if commits else None,
+        # PostgreSQL: appends per transaction (its group commit), None without one.
+        "appends_per_group": grouped,
     }
 
 

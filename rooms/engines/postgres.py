@@ -2,7 +2,9 @@
 (docs/design/log-and-bus.md, section 2). A ``rooms.engine.Log``: ``SplitEngine`` puts a bus
 beside it.
 
-Every append is one transaction that locks the room's row in ``rooms`` (``FOR UPDATE``), reads
+Every append runs under a lock of the room's row in ``rooms`` (``FOR UPDATE``), in the one
+transaction of the appends issued in the same loop turn (``_Appends``: group commit, each room's
+work in a savepoint of its own), reads
 the seq counter (``rooms.top``), the ids already stored and the targets' current state, applies
 the log's rules in Python (``rooms.changes``: the same code as the embedded engine), and writes
 the new rows, the targets' new state and the counter. Under READ COMMITTED every statement
@@ -89,6 +91,13 @@ _KINDS = {Action.EDIT: EDIT, Action.DELETE: DELETE}
 TAKEN_BACK = "erasure"
 """The ``text`` of a react-off row an erasure appended (as in the SQLite store): a later
 erasure of the same user keeps it."""
+GROUP_MOST = 64
+"""Appends one group transaction holds (``_Appends``); more issued in one loop turn wait for
+the next turn's group. Each append of a group is a subtransaction (its SAVEPOINT) that takes an
+xid (it locks and writes its room's row), and PostgreSQL caches at most 64 subxids per backend
+(``PGPROC_MAX_CACHED_SUBXIDS``): past that every other session's snapshot is "suboverflowed" and
+looks transactions up in ``pg_subtrans``, a known slow path. The group also holds its rooms'
+row locks until it commits, so a bound keeps one slow room from holding back many others."""
 IMPORT_STEP = 1000
 """Entries one transaction of ``import_entries`` writes."""
 MIN_CONNECTIONS = 1
@@ -244,6 +253,153 @@ def _shut_down(conn: AsyncConnection[Any], expired: list[bool]) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+_Work = Callable[["AsyncConnection[tuple[Any, ...]]"], Awaitable["list[Appended] | LogReset"]]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """One append waiting for its group: its room, its work (``PostgresLog._append`` with its
+    arguments bound) and its caller's future."""
+
+    room: str
+    work: _Work
+    future: asyncio.Future[list[Appended] | LogReset]
+
+
+class _Appends:
+    """Runs the appends issued in one turn of the event loop, across rooms, as one transaction
+    on one pooled connection: one commit (one fsync of PostgreSQL's WAL) for them all.
+
+    ``submit`` queues an append and returns the future of its outcome; the first of a turn
+    schedules the flush for the end of that turn (``call_soon``: the rooms woken in this turn
+    submit first). A flush takes at most ``most`` appends (``GROUP_MOST``); the rest wait for
+    the next turn's flush. Each flush is a task of its own, owned here (``close`` cancels and
+    awaits them), so groups overlap on different connections of the pool, like the single
+    appends they replace.
+
+    In a group, the rooms go in order of their names (stable: one room's appends keep the
+    order they were issued in), so two groups, of this process or another, lock rooms' rows in
+    the same order and never deadlock each other. Each room's work runs in a ``SAVEPOINT``
+    (not in a group of one: the transaction is the room's alone): an error of a statement
+    (a constraint, ``statement_timeout`` on a lock held elsewhere, a value PostgreSQL refuses)
+    rolls back that room's work only and answers its caller alone (``Unstorable`` or
+    ``StoreError``); a ``LogReset`` is an outcome like any other (its move past the floor is
+    committed). Outcomes are handed out only once the commit returned; a failed commit, a lost
+    connection or the group's deadline (``PostgresLog._conn``) answers every caller of the
+    group with ``StoreError``. A caller cancelled before its room's turn in the group is left
+    out (nothing of it stored); once its work started, it is committed or not with the group.
+
+    Assumed, as on Redis: a room has at most one append in flight (the actor awaits each
+    before the next), so the queue holds at most one entry per room with an actor here and
+    needs no bound of its own, and no two groups in flight hold appends of one room (they
+    would still be correct, serialized by the room's row lock, but in no set order).
+    """
+
+    def __init__(self, log: PostgresLog, most: int) -> None:
+        self._log = log
+        self._most = most
+        self._queued: list[_Pending] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+        self.groups = 0  # transactions begun (statistics: tests and bench.storebench read them)
+        self.appends = 0  # appends those transactions ran
+
+    def submit(self, room: str, work: _Work) -> asyncio.Future[list[Appended] | LogReset]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[list[Appended] | LogReset] = loop.create_future()
+        if not self._queued:
+            loop.call_soon(self._flush)
+        self._queued.append(_Pending(room, work, future))
+        return future
+
+    def _flush(self) -> None:
+        batch, self._queued = self._queued[:self._most], self._queued[self._most:]
+        if self._queued:
+            asyncio.get_running_loop().call_soon(self._flush)  # the next turn's group
+        batch = [p for p in batch if not p.future.done()]
+        if batch:
+            task = asyncio.create_task(self._run(batch), name="postgres-appends")
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _run(self, batch: list[_Pending]) -> None:
+        """One transaction for ``batch``; every future of it is answered on every path."""
+        self.groups += 1
+        self.appends += len(batch)
+        batch.sort(key=lambda p: p.room)
+        outcomes: list[tuple[_Pending, list[Appended] | LogReset | Exception]] = []
+        try:
+            async with self._log._conn() as conn:
+                if len(batch) == 1:
+                    async with conn.pipeline():
+                        outcomes.append((batch[0], await batch[0].work(conn)))
+                else:
+                    await self._contained(conn, batch, outcomes)
+        except asyncio.CancelledError:
+            _fail(batch, StoreError("store is closed"))
+            raise
+        except (StoreError, Unstorable) as exc:  # the commit or the connection: every caller's
+            _fail(batch, exc)
+            return
+        for pending, outcome in outcomes:
+            if pending.future.done():
+                continue
+            if isinstance(outcome, Exception):
+                pending.future.set_exception(outcome)
+            else:
+                pending.future.set_result(outcome)
+
+    async def _contained(
+            self, conn: AsyncConnection[tuple[Any, ...]], batch: list[_Pending],
+            outcomes: list[tuple[_Pending, list[Appended] | LogReset | Exception]]) -> None:
+        """Each append of ``batch`` in a savepoint of its own, its outcome added to
+        ``outcomes``; a statement's error rolls back to the savepoint and is that append's
+        outcome (``StoreError`` or ``Unstorable``). An error that leaves the connection
+        unusable (lost, or the rollback itself failing) is raised: the group's.
+
+        In pipeline mode statements go without waiting for their results until one is read:
+        the pipeline is synced at the end of each room's work, so that an error is found in
+        the room that caused it. After an error the pipeline is left (its exit drains what the
+        server skipped) and the rollback and the next rooms go in a new one."""
+        import psycopg
+
+        done = 0
+        while done < len(batch):
+            pending = batch[done]
+            try:
+                async with conn.pipeline() as pipe:
+                    for pending in batch[done:]:
+                        if not pending.future.done():  # else: its caller stopped waiting
+                            await conn.execute("SAVEPOINT room")
+                            outcome = await pending.work(conn)
+                            await conn.execute("RELEASE SAVEPOINT room")
+                            await pipe.sync()
+                            outcomes.append((pending, outcome))
+                        done += 1
+            except (psycopg.Error, ValueError, OverflowError) as exc:
+                if conn.closed or conn.info.transaction_status not in (
+                        psycopg.pq.TransactionStatus.INTRANS,
+                        psycopg.pq.TransactionStatus.INERROR):
+                    raise
+                await conn.execute("ROLLBACK TO SAVEPOINT room")
+                outcomes.append((pending, self._log._failure(exc)))
+                done += 1
+
+    async def close(self) -> None:
+        """Cancel the groups in flight and wait for them; their callers get ``StoreError``."""
+        _fail(self._queued, StoreError("store is closed"))
+        self._queued = []
+        for task in list(self._flushes):
+            task.cancel()
+        if self._flushes:
+            await asyncio.wait(list(self._flushes))
+
+
+def _fail(batch: list[_Pending], error: Exception) -> None:
+    for pending in batch:
+        if not pending.future.done():
+            pending.future.set_exception(error)
+
+
 class AsyncCommitRefused(StoreError):
     """The sessions' ``synchronous_commit`` acknowledges commits PostgreSQL could still lose,
     and ``ROOMCHAT_STORE_ALLOW_ASYNC_COMMIT`` is not set. ``str()`` is one line."""
@@ -268,6 +424,7 @@ class PostgresLog:
         self._healthy = True
         self._closed = False
         self._seen: dict[str, int] = {}  # room -> highest seq this process saw stored
+        self._appends = _Appends(self, GROUP_MOST)
         self._answered = time.monotonic()  # when PostgreSQL last answered a call
         # Owned here: cancelled and awaited in close().
         self._prober = asyncio.create_task(self._probe(probe_idle, probe_unhealthy),
@@ -382,22 +539,31 @@ class PostgresLog:
             async with self._pool.connection(timeout=self._timeout) as conn:
                 timer = loop.call_at(deadline, _shut_down, conn, expired)
                 yield conn
-        except (psycopg.DataError, ValueError, OverflowError) as exc:
-            raise Unstorable((), f"cannot be stored: {exc}") from exc
-        except psycopg.errors.QueryCanceled as exc:
-            raise StoreError(f"PostgreSQL call took too long: {exc}") from exc
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout, OSError) as exc:
-            self._healthy = False
-            if expired:
-                raise StoreError(f"PostgreSQL did not answer within {self._timeout} s") from exc
-            raise StoreError(f"PostgreSQL failed: {exc}") from exc
-        except psycopg.Error as exc:
-            raise StoreError(f"PostgreSQL failed: {exc}") from exc
+        except (psycopg.Error, ValueError, OverflowError, PoolTimeout, OSError) as exc:
+            raise self._failure(exc, bool(expired)) from exc
         finally:
             if timer is not None:
                 timer.cancel()
         self._healthy = True
         self._answered = time.monotonic()
+
+    def _failure(self, exc: Exception, expired: bool = False) -> StoreError | Unstorable:
+        """What a call that failed with ``exc`` (psycopg's, the pool's, the socket's, or a value
+        psycopg could not adapt) raises: ``Unstorable`` or ``StoreError``, one line. A lost
+        connection marks the log unhealthy (the probe finds when it is back)."""
+        import psycopg
+        from psycopg_pool import PoolTimeout
+
+        if isinstance(exc, (psycopg.DataError, ValueError, OverflowError)):
+            return Unstorable((), f"cannot be stored: {exc}")
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            return StoreError(f"PostgreSQL call took too long: {exc}")
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout,
+                            OSError)):
+            self._healthy = False
+            if expired:
+                return StoreError(f"PostgreSQL did not answer within {self._timeout} s")
+        return StoreError(f"PostgreSQL failed: {exc}")
 
     async def _run(self, fn: Callable[[AsyncConnection[tuple[Any, ...]]], Awaitable[_T]]) -> _T:
         async with self._conn() as conn:
@@ -466,10 +632,13 @@ class PostgresLog:
     async def append(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
                      dedup_window: int = 0, epoch: str | None = None, floor: int = 0,
                      rules: LogRules = DEFAULT_RULES) -> list[Appended]:
-        """As ``Engine.append``: one transaction, under the room's row lock. Dedup covers the
+        """As ``Engine.append``: under the room's row lock, in the transaction of the appends
+        issued in the same loop turn (``_Appends``: one commit for them all, each room's work
+        in a savepoint of its own, so that a failure is its room's alone). Dedup covers the
         whole retained log (at least the ``dedup_window`` the contract asks). Cancelling the
         call before it returns may or may not have stored the batch: appending it again is
-        answered with duplicates if it was (drafts with ids)."""
+        answered with duplicates if it was (drafts with ids). A room appends again only once
+        this returned (the room actor awaits each append)."""
         batch = list(drafts)
         if not batch:
             return []
@@ -478,8 +647,9 @@ class PostgresLog:
             raise Unstorable(bad, "cannot be stored: U+0000, a lone surrogate or an integer "
                              "beyond 64 bits")
         started = time.perf_counter()
-        outcome = await self._run(lambda conn: self._append(
-            conn, room, batch, retention, rules, epoch=epoch, floor=floor))
+        outcome = await self._appends.submit(room, functools.partial(
+            self._append, room=room, drafts=batch, retention=retention, rules=rules,
+            epoch=epoch, floor=floor))
         if isinstance(outcome, LogReset):
             self._saw(room, outcome.top)
             raise outcome
@@ -1076,6 +1246,7 @@ class PostgresLog:
         self._closed = True
         self._prober.cancel()
         try:
+            await self._appends.close()
             await asyncio.wait([self._prober])  # its end; a cancellation of close() goes on up
         finally:
             await self._pool.close()

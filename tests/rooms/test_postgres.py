@@ -18,7 +18,7 @@ import pytest
 
 from rooms.engine import Engine
 from rooms.engines import POSTGRES_MAX_CONNECTIONS, open_engine
-from rooms.engines.postgres import AsyncCommitRefused, PostgresLog
+from rooms.engines.postgres import GROUP_MOST, AsyncCommitRefused, PostgresLog
 from rooms.engines.postgres_schema import (
     LATEST,
     MIGRATIONS,
@@ -28,7 +28,7 @@ from rooms.engines.postgres_schema import (
     version,
 )
 from rooms.engines.split import SplitEngine
-from rooms.errors import StoreError, Unstorable
+from rooms.errors import LogReset, StoreError, Unstorable
 from rooms.messages import Appended, Draft
 from tests.postgres_server import PostgresServer
 from tests.support import REPO, SECRET, SLOW, free_port, until
@@ -447,6 +447,118 @@ async def until_async(found: Callable[[], Awaitable[int]], timeout: float = 10) 
     while not await found():
         assert time.monotonic() < deadline, "never happened"
         await asyncio.sleep(0.01)
+
+
+# -- group commit: the appends of one loop turn in one transaction ---------------------------
+
+def hello(room: str) -> list[Draft]:
+    return [Draft("u", "U", f"{room}-1", f"hello {room}", 1)]
+
+
+async def in_database(url: str, sql: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        await conn.execute(sql)
+
+
+async def test_one_rooms_failing_append_in_a_group_fails_alone(postgres_url: str) -> None:
+    """Appends of several rooms issued in one loop turn go in one transaction (one group), each
+    room's work in its own savepoint: a room whose statement fails (a CHECK constraint here)
+    gets ``StoreError`` and stores nothing, a room whose epoch is stale gets ``LogReset``, and
+    every other room of the group is stored, before and after them in the group's order."""
+    await in_database(postgres_url,
+                      "ALTER TABLE entries ADD CONSTRAINT no_c CHECK (room <> 'c')")
+    log = await PostgresLog.open(postgres_url, timeout=10 * SLOW)
+    try:
+        assert await log.append("e", hello("e"), retention=0) == [Appended(1)]
+        groups = log._appends.groups
+        rooms = ["a", "f", "c", "d", "e", "b"]
+        got = await asyncio.gather(*(
+            log.append(room, hello(room), retention=0, dedup_window=10,
+                       epoch="stale" if room == "e" else None) for room in rooms),
+            return_exceptions=True)
+        assert log._appends.groups == groups + 1  # one transaction, one commit
+        assert isinstance(got[2], StoreError) and "no_c" in str(got[2])
+        assert isinstance(got[4], LogReset) and got[4].top == 1
+        assert [got[i] for i in (0, 1, 3, 5)] == [[Appended(1)]] * 4
+        assert [await log.top(room) for room in rooms] == [1, 1, 0, 1, 1, 1]
+        assert [e.text for e in await log.read("d", 0, 9, 9)] == ["hello d"]
+    finally:
+        await log.close()
+
+
+async def test_a_group_holds_at_most_group_most_appends(postgres_url: str) -> None:
+    """``GROUP_MOST`` appends issued in one turn are one transaction; one more goes in the
+    next turn's group. Every one of them is stored."""
+    log = await PostgresLog.open(postgres_url, timeout=10 * SLOW)
+    try:
+        for count, groups in ((GROUP_MOST, 1), (GROUP_MOST + 1, 2)):
+            before = log._appends.groups
+            rooms = [f"r{count}-{i}" for i in range(count)]
+            got = await asyncio.gather(*(log.append(room, hello(room), retention=0)
+                                         for room in rooms))
+            assert got == [[Appended(1)]] * count
+            assert log._appends.groups - before == groups
+    finally:
+        await log.close()
+
+
+async def test_a_failed_group_commit_answers_every_caller_with_store_error(
+        postgres_url: str) -> None:
+    """The group's COMMIT fails (a deferred constraint trigger on one room's counter row
+    refuses it): every caller of the group gets ``StoreError`` and nothing of any is stored;
+    the next appends go through."""
+    await in_database(postgres_url, """
+        CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+            $$ BEGIN RAISE EXCEPTION 'refused at commit'; END $$;
+        CREATE CONSTRAINT TRIGGER at_commit AFTER UPDATE ON rooms DEFERRABLE INITIALLY
+            DEFERRED FOR EACH ROW WHEN (NEW.room = 'doomed') EXECUTE FUNCTION refuse();""")
+    log = await PostgresLog.open(postgres_url, timeout=10 * SLOW)
+    try:
+        rooms = ["a", "doomed", "z"]
+        got = await asyncio.gather(*(log.append(room, hello(room), retention=0)
+                                     for room in rooms), return_exceptions=True)
+        assert all(isinstance(g, StoreError) and "refused at commit" in str(g) for g in got)
+        assert [await log.top(room) for room in rooms] == [0, 0, 0]
+        got = await asyncio.gather(*(log.append(room, hello(room), retention=0)
+                                     for room in ("a", "z")))
+        assert got == [[Appended(1)], [Appended(1)]]
+    finally:
+        await log.close()
+
+
+async def test_cancelled_callers_do_not_hold_back_their_group(postgres_url: str) -> None:
+    """A group waits on a room's lock held elsewhere; that room's caller and the caller of a
+    room after it in the group are cancelled meanwhile. Once the lock is released the group
+    commits: the rooms before and after are answered, the room whose work had started is
+    stored with the group, the one whose turn had not come is left out."""
+    log = await PostgresLog.open(postgres_url, timeout=30 * SLOW)
+    holder = await held_room(postgres_url, "held")
+    try:
+        calls = {room: asyncio.create_task(log.append(room, hello(room), retention=0))
+                 for room in ("a", "held", "m", "z")}
+        await until_async(lambda: waiting_on_a_lock(postgres_url))
+        calls["held"].cancel()
+        calls["m"].cancel()
+        await asyncio.wait([calls["held"], calls["m"]])
+    finally:
+        await holder.close()
+    try:
+        async with asyncio.timeout(10 * SLOW):
+            assert await calls["a"] == [Appended(1)]
+            assert await calls["z"] == [Appended(1)]
+        assert calls["held"].cancelled() and calls["m"].cancelled()
+        assert [await log.top(room) for room in ("a", "held", "m", "z")] == [1, 1, 0, 1]
+        assert await log.append("held", hello("held"), retention=0, dedup_window=10) == [
+            Appended(1, duplicate=True)]
+    finally:
+        await log.close()
+
+
+async def waiting_on_a_lock(url: str) -> int:
+    name = url.rsplit("/", 1)[1]
+    rows = await admin(url, "SELECT 1 FROM pg_stat_activity WHERE datname = %s AND "
+                            "application_name = 'roomchat' AND wait_event_type = 'Lock'", (name,))
+    return len(rows)
 
 
 async def test_connections_default_to_8_for_postgres(postgres_url: str) -> None:
