@@ -240,6 +240,18 @@ async def test_a_failed_publish_marks_the_bus_unhealthy_until_postgres_answers(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
                 "application_name = %s AND pid <> %s AND datname = current_database()",
                 ("roomchat-bus", bus.listener_pid))
+
+            async def pool_backends_gone() -> bool:
+                # pg_terminate_backend only signals: a backend still alive at the next
+                # publish would answer it (fresh-clone run 36, at load 11).
+                cursor = await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND "
+                    "pid <> %s AND datname = current_database()",
+                    ("roomchat-bus", bus.listener_pid))
+                row = await cursor.fetchone()
+                return row is not None and row[0] == 0
+
+            await until(pool_backends_gone, timeout=10, what="the pool's backends ended")
         bus.entries("h", [WireMessage(2, "{}")])
         await until(lambda: bus.dropped == 1, timeout=10, what="the failed notice counted")
         assert not bus.healthy
