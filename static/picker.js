@@ -163,7 +163,7 @@ export class EmojiPicker {
       this.status.textContent = 'Loading emoji…';
       loadEmoji().then((list) => {
         this.build(list);
-        this.fillFrequent();
+        this.nameFrequent();
         this.filter();
       }, () => {
         this.status.textContent = 'Could not load the full set of emoji; the frequently used ones still work.';
@@ -181,6 +181,19 @@ export class EmojiPicker {
   fillFrequent() {
     this.frequent.replaceChildren(...frequentEmoji().map((e) => emojiButton(e, emojiName(e))));
     this.resetRoving(this.frequent);
+  }
+
+  /**
+   * Give the frequent emoji the names the whole set brought, on the buttons already shown: someone who
+   * arrowed into the grid while it loaded keeps their focus (replacing the buttons dropped it).
+   */
+  nameFrequent() {
+    for (const b of this.frequent.children) {
+      const name = emojiName(b.dataset.emoji);
+      b.dataset.search = name;
+      b.setAttribute('aria-label', name);
+      b.title = name;
+    }
   }
 
   build(list) {

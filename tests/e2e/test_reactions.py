@@ -9,7 +9,7 @@ import json
 import re
 
 import pytest
-from playwright.sync_api import expect
+from playwright.sync_api import Route, expect
 
 from .conftest import PageOpener, ServerFactory, Shooter
 from .harness import REPO_ROOT, ChatPeer, RoomchatServer
@@ -23,6 +23,7 @@ from .pages import (
     note,
     picker,
     texts,
+    wait_until,
 )
 
 
@@ -140,6 +141,41 @@ def test_reactions_from_the_keyboard(server: RoomchatServer, open_page: PageOpen
     expect(picker(alice)).to_be_hidden()
     expect(menu).to_be_focused()
     expect(chips(alice, "hi all")).to_have_count(0)
+
+
+def test_the_focus_stays_on_a_frequent_emoji_when_the_whole_set_arrives(
+    server: RoomchatServer, open_page: PageOpener
+) -> None:
+    """Someone who arrows into the frequently used emoji before static/emoji.json has loaded
+    keeps their place when it arrives: the set names the buttons shown, it does not replace
+    them (replacing them once dropped the focus to the page)."""
+    with ChatPeer(server, "lobby", "bob", name="Bob") as bob:
+        bob.send("hi all", "b-1")
+    alice = open_page(server.link("lobby", server.token("alice", ["lobby"], name="Alice")))
+    held: list[Route] = []
+
+    def hold(route: Route) -> None:  # let through below, once the focus is in the grid
+        held.append(route)
+
+    alice.route(re.compile(r"/static/emoji\.json$"), hold)
+    expect_live(alice)
+    menu_button(alice, "hi all").focus()
+    alice.keyboard.press("Enter")
+    alice.keyboard.press("ArrowUp")
+    alice.keyboard.press("Enter")
+    dialog = picker(alice)
+    expect(dialog.get_by_label("Search emoji")).to_be_focused()
+    wait_until(alice, lambda: len(held) == 1, "the emoji set requested")
+    alice.keyboard.press("ArrowDown")
+    alice.keyboard.press("ArrowRight")
+    second = dialog.locator("#emoji-frequent button").nth(1)
+    expect(second).to_be_focused()
+    held[0].continue_()
+    expect(dialog.locator("#emoji-all button")).not_to_have_count(0)
+    expect(second).to_be_focused()
+    expect(second).to_have_attribute("aria-label", "red heart")
+    alice.keyboard.press("Enter")
+    expect(chip(alice, "hi all", "❤️")).to_have_attribute("aria-pressed", "true")
 
 
 def test_a_reaction_over_the_rooms_limit_is_refused_in_words(

@@ -421,24 +421,55 @@ async def test_a_backend_killed_in_its_commit_is_answered_as_duplicates_on_retry
     is stored twice."""
     engine = await open_engine(postgres_url)
     batch = [Draft("u", "U", f"id{i}", f"text {i}", i) for i in range(3)]
-    await admin(postgres_url, "ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
-    await admin(postgres_url, "SELECT pg_reload_conf()")
+    await standby_names(postgres_url, "nobody")
     try:
-        append = asyncio.create_task(engine.append("r", batch, retention=0, dedup_window=10))
-        await until_async(lambda: terminate_roomchat(postgres_url, "SyncRep"))
+        # pg_reload_conf only signals: a backend applies the setting before its next command,
+        # and an append that commits before that is stored at once. Such an append is left
+        # behind and the next one goes to another room, until one waits in its COMMIT.
+        for attempt in range(20):
+            room = f"r{attempt}"
+            append = asyncio.create_task(
+                engine.append(room, batch, retention=0, dedup_window=10))
+            if await terminated_in_sync_rep(postgres_url, append):
+                break
+        else:
+            raise AssertionError("no append ever waited for the standby")
         with pytest.raises(StoreError, match="PostgreSQL failed"):
             await append
     finally:
-        await admin(postgres_url, "ALTER SYSTEM RESET synchronous_standby_names")
-        await admin(postgres_url, "SELECT pg_reload_conf()")
+        await standby_names(postgres_url, "")
     try:
-        assert await engine.append("r", batch, retention=0, dedup_window=10) == [
+        assert await engine.append(room, batch, retention=0, dedup_window=10) == [
             Appended(1, duplicate=True), Appended(2, duplicate=True),
             Appended(3, duplicate=True)]
-        assert [e.seq for e in await engine.read("r", 0, 99, 99)] == [1, 2, 3]
-        assert await engine.top("r") == 3
+        assert [e.seq for e in await engine.read(room, 0, 99, 99)] == [1, 2, 3]
+        assert await engine.top(room) == 3
     finally:
         await engine.close()
+
+
+async def standby_names(url: str, names: str) -> None:
+    """Set ``synchronous_standby_names`` and return once the postmaster has it (a new
+    connection sees it), that is once it has signalled every backend to reload."""
+    await admin(url, f"ALTER SYSTEM SET synchronous_standby_names = '{names}'")
+    await admin(url, "SELECT pg_reload_conf()")
+    deadline = time.monotonic() + 10 * SLOW
+    while (await admin(url, "SHOW synchronous_standby_names"))[0][0] != names:
+        assert time.monotonic() < deadline, "the reload never came"
+        await asyncio.sleep(0.01)
+
+
+async def terminated_in_sync_rep(url: str, append: asyncio.Task[list[Appended]]) -> bool:
+    """Terminate ``append``'s backend once it waits for a synchronous standby (True), or
+    answer False if ``append`` finishes first."""
+    deadline = time.monotonic() + 10 * SLOW
+    while not append.done():
+        if await terminate_roomchat(url, "SyncRep"):
+            return True
+        assert time.monotonic() < deadline, "the append neither waited nor finished"
+        await asyncio.sleep(0.01)
+    await append
+    return False
 
 
 async def until_async(found: Callable[[], Awaitable[int]], timeout: float = 10) -> None:
