@@ -76,16 +76,21 @@ check: lint typecheck $(VENV)/.dev-installed system-deps
 
 # Every tier of the suite on TEST_WORKERS processes (pytest-xdist): most tests wait on sockets
 # and browsers rather than compute, so 3 workers on 2 cores take about half the time of one.
-# TEST_WORKERS=0 runs them in this process. The chaos suite's short form runs after, alone: its
-# scenarios compare latencies between phases of one run, and a browser test starting on another
-# worker during one phase only would decide the comparison (the slow-consumer p99 failed 3 runs
-# in a row that way, with baselines of 3-7 ms).
+# TEST_WORKERS=0 runs them in this process. `--dist worksteal`: an idle worker takes half of
+# the busiest one's queue (xdist's default hands out long runs of consecutive tests, and the
+# e2e folder fitted in one worker's first share: it ran alone for the last 3 minutes).
+# `--plain-asgi-too` runs the protocol and integration suites a second time in the same
+# session on Hypercorn's plain ASGI path (what `make test-plain-asgi` runs alone).
+# The chaos suite's short form runs after, alone: its scenarios compare latencies between
+# phases of one run, and a browser test starting on another worker during one phase only
+# would decide the comparison (the slow-consumer p99 failed 3 runs in a row that way, with
+# baselines of 3-7 ms).
 TEST_WORKERS ?= 3
 suite: $(VENV)/.dev-installed system-deps
-	$(BIN)/pytest -n $(TEST_WORKERS) --ignore=tests/chaos
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist worksteal --plain-asgi-too --ignore=tests/chaos
 	$(BIN)/pytest tests/chaos
 
-test: lint typecheck suite test-plain-asgi
+test: lint typecheck suite
 
 # The fault suite (tests/chaos, docs/reliability.md). `make test` already runs its short form
 # (plain pytest collects it: ~2 minutes, a 30 s soak); `make chaos` runs the long one (more
@@ -100,7 +105,7 @@ chaos-short: $(VENV)/.dev-installed system-deps
 # The WebSocket protocol and integration suites on Hypercorn's plain ASGI path: no part of
 # gateway/hypercorn_ext installed (ROOMCHAT_FAST_PATHS=0), as after a library upgrade that
 # changes what they reach into. Tests of what the fast paths themselves do (marked fast_paths)
-# are left out; `make test` runs everything with them on.
+# are left out. `make test` runs these in its main session too (--plain-asgi-too).
 test-plain-asgi: $(VENV)/.dev-installed system-deps
 	ROOMCHAT_FAST_PATHS=0 $(BIN)/pytest -n $(TEST_WORKERS) -m "not fast_paths" tests/integration \
 		tests/gateway/hypercorn_ext

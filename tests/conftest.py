@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,41 @@ import pytest
 from tests.postgres_server import PostgresServer
 from tests.redis_cluster import RedisCluster
 from tests.support import Server, make_config, running_server
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--plain-asgi-too", action="store_true",
+        help="run every test of PLAIN_ASGI_SUITES (but those marked fast_paths) twice: with "
+             "the fast paths and on Hypercorn's plain ASGI path (ROOMCHAT_FAST_PATHS=0), in "
+             "one session (`make test`); ignored when ROOMCHAT_FAST_PATHS is set")
+
+
+PLAIN_ASGI_SUITES = ("integration", "gateway/hypercorn_ext")
+"""The WebSocket protocol and integration suites, which ``--plain-asgi-too`` runs both ways."""
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if not metafunc.config.getoption("plain_asgi_too") or "ROOMCHAT_FAST_PATHS" in os.environ:
+        return
+    if "fast_paths" in metafunc.fixturenames:  # the test runs both ways itself (autobahn)
+        return
+    if metafunc.definition.get_closest_marker("fast_paths") is not None:
+        return
+    folder = metafunc.definition.path.relative_to(Path(__file__).parent).as_posix()
+    if folder.startswith(tuple(f"{suite}/" for suite in PLAIN_ASGI_SUITES)):
+        metafunc.parametrize("asgi_path", ["fast-paths", "plain-asgi"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def asgi_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """The WebSocket path this test's servers take when ``--plain-asgi-too`` runs it both
+    ways: ``plain-asgi`` sets ``ROOMCHAT_FAST_PATHS=0`` for the servers it starts, in this
+    process (``tests.support.running_server``) and in child processes alike."""
+    path: str | None = getattr(request, "param", None)
+    if path == "plain-asgi":
+        monkeypatch.setenv("ROOMCHAT_FAST_PATHS", "0")
+    return path
 
 
 def pytest_configure(config: pytest.Config) -> None:
