@@ -118,7 +118,8 @@ class Plan:
 
 FULL = Plan(
     name="full",
-    servers=("roomchat", "roomchat-redis", "node-ws", "py-websockets"),
+    servers=("roomchat", "roomchat-redis", "roomchat-postgres", "roomchat-memory", "node-ws",
+             "py-websockets"),
     scenarios=ALL_SCENARIOS,
     fractions=(0.25, 0.5, 0.75),
     common_fraction=0.5,

@@ -23,9 +23,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 LABELS = {"roomchat": "roomchat", "roomchat-redis": "roomchat on Redis",
+          "roomchat-postgres": "roomchat on PostgreSQL + Redis",
           "roomchat-memory": "roomchat, memory store", "node-ws": "Node ws",
           "py-websockets": "Python websockets"}
-COLORS = {"roomchat": "#d62728", "roomchat-redis": "#ff9896", "roomchat-memory": "#8c564b",
+COLORS = {"roomchat": "#d62728", "roomchat-redis": "#ff9896", "roomchat-postgres": "#9467bd",
+          "roomchat-memory": "#8c564b",
           "node-ws": "#2ca02c",
           "py-websockets": "#1f77b4"}
 PEERS = ("node-ws", "py-websockets")

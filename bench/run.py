@@ -2,7 +2,9 @@
 
 Usage::
 
-    python -m bench.run [--quick] [--servers roomchat,roomchat-redis,node-ws,py-websockets]
+    python -m bench.run [--quick]
+                        [--servers roomchat,roomchat-redis,roomchat-postgres,
+                                   roomchat-memory,node-ws,py-websockets]
                         [--scenarios room10,room100,room1000,rooms1000x10]
                         [--skip rooms,split,workers,memory,handshakes,storm,store,changes]
                         [--report-dir bench/reports]
@@ -19,6 +21,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import glob
 import json
 import os
 import platform
@@ -58,7 +61,8 @@ from bench.servers import (
 from bench.storm import run_storms
 from bench.tokens import mint_tokens
 
-SERVER_ORDER = ("roomchat", "roomchat-redis", "roomchat-memory", "node-ws", "py-websockets")
+SERVER_ORDER = ("roomchat", "roomchat-redis", "roomchat-postgres", "roomchat-memory", "node-ws",
+                "py-websockets")
 SKIPPABLE = ("rooms", "split", "workers", "memory", "handshakes", "storm", "store", "changes")
 _T0 = time.monotonic()
 
@@ -256,13 +260,16 @@ def main(argv: list[str] | None = None) -> int:
             npm_ci(NODE_WS_DIR)
         except ChildError as exc:
             unavailable["node-ws"] = str(exc)
-    for key in ("roomchat", "roomchat-redis", "roomchat-memory"):
+    for key in ("roomchat", "roomchat-redis", "roomchat-postgres", "roomchat-memory"):
         if key in servers:
             why = roomchat_available()
             if why:
                 unavailable[key] = why
-    if "roomchat-redis" in servers and not shutil.which("redis-server"):
-        unavailable["roomchat-redis"] = "redis-server is not installed (make system-deps)"
+    for key in ("roomchat-redis", "roomchat-postgres"):
+        if key in servers and not shutil.which("redis-server"):
+            unavailable[key] = "redis-server is not installed (make system-deps)"
+    if "roomchat-postgres" in servers and not glob.glob("/usr/lib/postgresql/*/bin/initdb"):
+        unavailable["roomchat-postgres"] = "PostgreSQL is not installed (make system-deps)"
     scaleout = [s for s in ("split", "workers") if s not in skip]
     if scaleout:
         why = roomchat_available() or (

@@ -6,6 +6,8 @@ temporary data directory; :func:`start_server` waits until its port accepts conn
 
 from __future__ import annotations
 
+import glob
+import os
 import shutil
 import subprocess
 import sys
@@ -92,6 +94,43 @@ def _roomchat_redis_argv(port: int, data_dir: Path) -> list[str]:
     return ["/bin/sh", "-c", script]
 
 
+def _postgres_bin() -> Path:
+    for found in ("/usr/lib/postgresql/15/bin", *sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                                                        reverse=True)):
+        if (Path(found) / "initdb").exists():
+            return Path(found)
+    raise ChildError("PostgreSQL is missing: run scripts/install-system-deps.sh")
+
+
+def _roomchat_postgres_argv(port: int, data_dir: Path) -> list[str]:
+    """roomchat on the PostgreSQL log with the Redis bus (issue 24's split engine). A shell
+    starts redis-server (as for ``roomchat-redis``) and a PostgreSQL of its own (``initdb`` in
+    the data directory; fsync and ``synchronous_commit`` on: the same promise as SQLite FULL
+    and AOF always), then becomes roomchat: both servers' CPU counts in roomchat's. As root,
+    PostgreSQL runs as ``nobody`` (it refuses root)."""
+    redis_port, pg_port = free_port(), free_port()
+    pg_bin = _postgres_bin()
+    pg_dir = data_dir / "pg"
+    as_user = "runuser -u nobody -- " if os.geteuid() == 0 else ""
+    roomchat = " ".join(_roomchat_argv(port, data_dir))
+    script = (
+        f"chmod 755 {data_dir} && mkdir -p {pg_dir} && "
+        f"{'chown nobody ' + str(pg_dir) + ' && ' if as_user else ''}"
+        f"{as_user}{pg_bin}/initdb -D {pg_dir}/data -U postgres --auth=trust -E UTF8 "
+        f"--locale=C.UTF-8 >/dev/null 2>&1 || exit 1\n"
+        f"{as_user}{pg_bin}/postgres -D {pg_dir}/data -p {pg_port} -k {pg_dir} -h 127.0.0.1 "
+        f"-c max_connections=100 >{pg_dir}/server.log 2>&1 &\n"
+        f"redis-server --port {redis_port} --bind 127.0.0.1 --dir {data_dir} --save '' "
+        f"--appendonly yes --appendfsync always --daemonize no >/dev/null 2>&1 &\n"
+        f"until redis-cli -p {redis_port} ping >/dev/null 2>&1; do sleep 0.05; done\n"
+        f"until {pg_bin}/pg_isready -q -h 127.0.0.1 -p {pg_port} -U postgres; do sleep 0.05; "
+        f"done\n"
+        f"exec {roomchat} --store-url postgresql://postgres@127.0.0.1:{pg_port}/postgres "
+        f"--bus-url redis://127.0.0.1:{redis_port}/0\n"
+    )
+    return ["/bin/sh", "-c", script]
+
+
 def _node_ws_argv(port: int, data_dir: Path) -> list[str]:
     return ["/usr/bin/node", str(NODE_WS_DIR / "server.js"), "--port", str(port)]
 
@@ -118,6 +157,17 @@ ROOMCHAT_REDIS = ServerKind(
     sends_welcome=True,
     notes="roomchat with ROOMCHAT_STORE_URL=redis://... (Redis 7, appendfsync always, pinned "
     "to the server core; its CPU counted with roomchat's)",
+)
+ROOMCHAT_POSTGRES = ServerKind(
+    key="roomchat-postgres",
+    label="roomchat on PostgreSQL + Redis",
+    argv=_roomchat_postgres_argv,
+    env=ROOMCHAT_ENV,
+    verifies_jwt=True,
+    sends_welcome=True,
+    notes="roomchat with ROOMCHAT_STORE_URL=postgresql://... and ROOMCHAT_BUS_URL=redis://... "
+    "(PostgreSQL 15 with fsync and synchronous_commit on, Redis 7 with appendfsync always, "
+    "both pinned to the server core; their CPU counted with roomchat's)",
 )
 ROOMCHAT_MEMORY = ServerKind(
     key="roomchat-memory",
@@ -149,7 +199,8 @@ PY_WEBSOCKETS = ServerKind(
     notes="websockets 17 asyncio + broadcast(), compression=None, uvloop, orjson, bytes as text",
 )
 KINDS: dict[str, ServerKind] = {
-    k.key: k for k in (ROOMCHAT, ROOMCHAT_REDIS, ROOMCHAT_MEMORY, NODE_WS, PY_WEBSOCKETS)
+    k.key: k for k in (ROOMCHAT, ROOMCHAT_REDIS, ROOMCHAT_POSTGRES, ROOMCHAT_MEMORY, NODE_WS,
+                        PY_WEBSOCKETS)
 }
 
 
