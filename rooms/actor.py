@@ -55,6 +55,7 @@ from dataclasses import dataclass
 
 from rooms import protocol
 from rooms.batching import BatchPacer
+from rooms.cancelled import raise_if_cancelled
 from rooms.clock import Clock, LoopClock, sleep
 from rooms.config import RoomConfig
 from rooms.engine import Ban, Engine
@@ -387,6 +388,7 @@ class RoomActor:
         inbox = self._inbox
         fanout = self._fanout
         while True:
+            raise_if_cancelled()  # a stop that a call above lost (rooms.cancelled)
             # (Joins' presence events wait for company until fanout.flush_at: Fanout.)
             await inbox.wait_until(min(schedule.wake_at(self._retry is not None),
                                        fanout.flush_at))

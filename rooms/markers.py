@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from rooms.cancelled import raise_if_cancelled
 from rooms.clock import Clock, sleep
 from rooms.engine import Engine
 from rooms.errors import StoreError, Unstorable
@@ -51,6 +52,7 @@ class MarkerWriter:
     async def run(self) -> None:
         """Write markers as they come, for as long as the room runs (cancel it to stop)."""
         while True:
+            raise_if_cancelled()  # a stop that mark_read lost (rooms.cancelled)
             if not self._reads:
                 self._waiting = asyncio.get_running_loop().create_future()
                 try:

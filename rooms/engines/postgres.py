@@ -43,6 +43,7 @@ import orjson
 from rooms import changes
 from rooms import engine as contract
 from rooms.attachments import files_from_json, files_to_json
+from rooms.cancelled import raise_if_cancelled
 from rooms.engine import Ban, CommitObserver, ErasedStep, LogState
 from rooms.engines.postgres_schema import DEFAULT_LANGUAGE, migrate, use_language
 from rooms.errors import LogReset, RoomNotEmpty, SearchTooBroad, StoreError, Unstorable
@@ -496,6 +497,7 @@ class PostgresLog:
         healthy; the answer sets ``healthy`` (the readiness probe and new rooms read it)."""
         probed = 0.0
         while not self._closed:
+            raise_if_cancelled()  # a stop that a call lost (rooms.cancelled)
             due = self._answered + idle if self._healthy else probed + unhealthy
             wait = due - time.monotonic()
             if wait > 0:

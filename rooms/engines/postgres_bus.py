@@ -66,6 +66,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from rooms.backoff import backoff_delay
+from rooms.cancelled import raise_if_cancelled
 from rooms.engine import RoomListener
 from rooms.engines.postgres import _shut_down
 from rooms.errors import StoreError
@@ -354,6 +355,7 @@ class NotifyBus:
         last_rx = time.monotonic()
         last_health_probe = 0.0
         while not self._closed:
+            raise_if_cancelled()  # a stop that a call lost (rooms.cancelled)
             since = time.monotonic() - max(last_health_probe, self._failed_at)
             if not self._calls_ok and since >= HEALTH_PROBE:
                 # A call on the pool failed: healthy again once one works (nothing else may
@@ -490,6 +492,7 @@ class NotifyBus:
         notices counted) and the next waits a backoff."""
         failures = 0
         while True:
+            raise_if_cancelled()  # a stop that a call lost (rooms.cancelled)
             batch = [await self._queue.get()]
             while len(batch) < PUBLISH_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())

@@ -43,6 +43,7 @@ from typing import Any
 from redis import asyncio as aioredis
 
 from rooms.backoff import backoff_delay
+from rooms.cancelled import raise_if_cancelled
 from rooms.engine import RoomListener
 from rooms.engines import redis_records as records
 from rooms.engines.redis_feed import (
@@ -200,6 +201,7 @@ class RedisBus:
         drops, rather than this spinning."""
         failures = 0
         while True:
+            raise_if_cancelled()  # a stop that redis-py lost (rooms.cancelled)
             batch = [await self._queue.get()]
             while len(batch) < PUBLISH_BATCH and not self._queue.empty():
                 batch.append(self._queue.get_nowait())

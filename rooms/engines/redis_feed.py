@@ -33,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 from rooms.backoff import backoff_delay
+from rooms.cancelled import raise_if_cancelled
 from rooms.engine import RoomListener
 from rooms.engines import redis_records as records
 from rooms.messages import WireMessage
@@ -212,6 +213,7 @@ class RedisFeed:
         probe_sent: float | None = None
         last_health_probe = 0.0
         while not self._closed:
+            raise_if_cancelled()  # a stop that redis-py lost (rooms.cancelled)
             if not self._healthy and time.monotonic() - last_health_probe >= HEALTH_PROBE:
                 # Marked unhealthy by a failed call, and nothing may run another one (new
                 # rooms are refused meanwhile): find out ourselves when Redis is back.

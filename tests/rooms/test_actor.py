@@ -370,3 +370,43 @@ async def test_a_resync_reads_past_a_held_message_up_to_the_logs_top() -> None:
         await settle()
         assert [(m["seq"], m["text"]) for m in alice.transport.objects("message")] == [
             (1, "o0"), (2, "o1"), (3, "o2")]
+
+
+class CancelledAsItAnswers(MemoryEngine):
+    """The memory engine whose append answers through ``asyncio.wait_for`` with an inner call
+    that cancels ``victim`` as it completes: on Python 3.11 ``wait_for`` then returns the
+    answer and the cancellation is lost (python/cpython#86296), which is what redis-py's send
+    path did to a room at shutdown (``socket_timeout`` set: rooms/cancelled.py)."""
+
+    victim: asyncio.Task[None] | None = None
+
+    async def append(self, room: str, drafts: Any, **options: Any) -> Any:
+        answer = await super().append(room, drafts, **options)
+
+        async def completes_as_the_room_is_cancelled() -> Any:
+            if self.victim is not None:
+                self.victim.cancel()
+            return answer
+
+        return await asyncio.wait_for(completes_as_the_room_is_cancelled(), 5)
+
+
+async def test_a_cancellation_a_call_lost_stops_the_room_at_its_next_wait() -> None:
+    """The room's task is cancelled as an append of its returns through ``wait_for``: the batch
+    is delivered and acked (it was stored), and the room stops before it waits again instead of
+    running on until its idle stop (30 s on Redis Cluster, before rooms.cancelled)."""
+    clock = SteppedClock()
+    engine = CancelledAsItAnswers()
+    actor = RoomActor("lobby", config(), engine, clock=clock)
+    async with asyncio.TaskGroup() as tasks:
+        task = tasks.create_task(actor.run())
+        await settle()
+        alice = await join(actor, tasks, clock, "alice")
+        engine.victim = task
+        assert alice.say("stored anyway", "a1")
+        await settle()
+        assert task.cancelled()
+        assert [(o["type"], o.get("seq")) for o in alice.transport.objects()
+                if o["type"] in ("message", "ack")] == [("message", 1), ("ack", 1)]
+        alice.session.transport_lost()
+    assert [e.text for e in await engine.read("lobby", 0, 9, 9)] == ["stored anyway"]

@@ -1171,17 +1171,6 @@ async def test_an_unstorable_draft_fails_its_append_alone(engine: Engine) -> Non
         Appended(1), Appended(2)]
 
 
-# A room actor on the Redis Cluster engine, cancelled at the end of these two tests, kept
-# running until its 30 s idle stop (65 s per test, only with output capture on; open in the
-# closing note of 2026-12-07: the cancel is counted, the actor's waiter cancelled, no
-# CancelledError seen in its frames). Until that is understood they run on every engine but
-# the cluster, whose contract and two-process tests run in full.
-NOT_ON_CLUSTER = pytest.mark.parametrize(
-    "engine_url", ["embedded", "redis", "memory", "postgres", "postgres+redis",
-                   "postgres+postgres"], indirect=True)
-
-
-@NOT_ON_CLUSTER
 async def test_a_room_refuses_an_unstorable_message_and_stores_the_rest(
         engine: Engine) -> None:
     """Bypassing the front door's validation (frames and publishes handed to the actor
@@ -1706,7 +1695,6 @@ async def test_a_log_behind_the_floor_with_its_epoch_kept_gets_a_new_one(
                                epoch=reset.value.epoch, floor=5) == [Appended(6)]
 
 
-@NOT_ON_CLUSTER
 async def test_a_ban_the_store_cannot_hold_is_refused_and_the_room_carries_on(
         engine: Engine) -> None:
     """Issue 20 (high), beyond messages: a moderator's ban frame with a lone surrogate in its
