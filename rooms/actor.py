@@ -387,8 +387,9 @@ class RoomActor:
         schedule = self._schedule = Schedule(cfg, self._pacer, shared=shared, now=clock.now())
         inbox = self._inbox
         fanout = self._fanout
+        me = asyncio.current_task()
         while True:
-            raise_if_cancelled()  # a stop that a call above lost (rooms.cancelled)
+            raise_if_cancelled(me)  # a stop that a call above lost (rooms.cancelled)
             # (Joins' presence events wait for company until fanout.flush_at: Fanout.)
             await inbox.wait_until(min(schedule.wake_at(self._retry is not None),
                                        fanout.flush_at))
