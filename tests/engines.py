@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 
 from rooms.messages import Draft, WireMessage
+from tests.support import SLOW
 
 
 def drafts(count: int, user: str = "u", ids: bool = True, start: int = 0) -> list[Draft]:
@@ -23,6 +24,7 @@ class Listener:
         self.banned: list[tuple[str, str]] = []
         self.reads: list[tuple[str, int]] = []
         self.arrived = asyncio.Event()
+        self.confirmed = asyncio.Event()
 
     def remote_messages(self, messages: list[WireMessage]) -> None:
         self.messages += messages
@@ -34,6 +36,14 @@ class Listener:
 
     def resync(self) -> None:
         self.resyncs += 1
+        self.confirmed.set()
+
+    async def subscribed(self, timeout: float = 5.0) -> None:
+        """Until the feed confirmed the subscription: its first resync, after which whatever
+        is published reaches this listener (a fixed sleep of 0.2 s was not enough at load 5:
+        fresh-clone run 50)."""
+        async with asyncio.timeout(timeout * SLOW):
+            await self.confirmed.wait()
 
     def remote_read(self, user: str, seq: int) -> None:
         self.reads.append((user, seq))

@@ -470,7 +470,7 @@ async def test_two_nodes_share_seqs_dedup_and_the_live_feed(
     a, b = two_nodes
     heard = Listener()
     b.subscribe("room", heard)
-    await asyncio.sleep(0.2)  # the SSUBSCRIBE is sent asynchronously
+    await heard.subscribed()  # the SSUBSCRIBE is sent asynchronously
     await a.load("room", 10)
     await b.load("room", 10)
     assert await a.append("room", drafts(2), retention=0, dedup_window=10) == [
@@ -606,7 +606,7 @@ async def test_erase_is_announced_to_other_nodes_in_pages(
     a, b = two_nodes
     heard = Listener()
     b.subscribe("x", heard)
-    await asyncio.sleep(0.2)
+    await heard.subscribed()
     for room in ("x", *(f"y{i}" for i in range(10))):
         await a.load(room, 0)
         await a.append(room, [Draft("u" if i % 3 else "v", "N", None, f"t{i}", i)
@@ -638,7 +638,7 @@ async def test_presence_is_shared_and_expires(two_nodes: tuple[Engine, Engine]) 
     a, b = two_nodes
     heard = Listener()
     b.subscribe("p", heard)
-    await asyncio.sleep(0.2)
+    await heard.subscribed()
     # alice's entry lives 2 s: 0.5 s ran out between two syncs at load 7 (fresh-clone run 33).
     assert (await a.sync("p", {"alice": "Alice"}, 2.0)).others == {}
     await wait_for(heard.arrived, lambda: heard.presence >= 1)
@@ -885,7 +885,7 @@ async def test_the_feed_carries_exact_wire_objects(
     a, b = two_nodes
     heard = Listener()
     b.subscribe("w", heard)
-    await asyncio.sleep(0.2)
+    await heard.subscribed()
     await a.load("w", 10)
     texts = ['quotes " \\ and / slash', "line\nbreak\ttab \x01", "emoji \U0001f600 ü 李",
              "\u202e bidi", "<b>not html</b>"]
@@ -1326,7 +1326,7 @@ async def test_foreign_pub_sub_messages_do_not_stop_the_feed(
     engine, raw = redis_and_raw
     heard = Listener()
     engine.subscribe("f", heard)
-    await asyncio.sleep(0.2)
+    await heard.subscribed()
     channel = "roomchat:{f}:ch"
     for junk in (b"m\xff\xfe\nnope", b"p\xff", b"r\xff\nbob\n\xc2\xb2", b"rx\nbob\nseven",
                  b"b\xff", b"\xff"):
@@ -1625,7 +1625,7 @@ async def test_a_bus_whose_queue_is_full_drops_and_counts_and_never_blocks(
         receiver = await RedisBus.open(url)
         heard = Listener()
         receiver.subscribe("q", heard)
-        await asyncio.sleep(0.3)
+        await heard.subscribed()
         try:
             for seq in range(1, 6):  # one turn of the loop: the task sends nothing meanwhile
                 sender.entries("q", [WireMessage(seq, f'{{"seq":{seq}}}')])
