@@ -107,8 +107,7 @@ chaos-short: $(VENV)/.dev-installed system-deps
 # changes what they reach into. Tests of what the fast paths themselves do (marked fast_paths)
 # are left out. `make test` runs these in its main session too (--plain-asgi-too).
 test-plain-asgi: $(VENV)/.dev-installed system-deps
-	ROOMCHAT_FAST_PATHS=0 $(BIN)/pytest -n $(TEST_WORKERS) -m "not fast_paths" tests/integration \
-		tests/gateway/hypercorn_ext
+	$(BIN)/pytest -n $(TEST_WORKERS) --plain-asgi-only tests
 
 # Containers for real (podman, no image registry needed): installs podman/runc/debootstrap
 # with apt if missing, builds the images (base images cached in podman's store), then tests

@@ -88,11 +88,16 @@ function emojiButton(emoji, name) {
   b.className = 'emoji-choice';
   b.textContent = emoji;
   b.dataset.emoji = emoji;
+  b.tabIndex = -1;
+  nameButton(b, name);
+  return b;
+}
+
+/** Name an emoji button for search, screen readers and the hover tip. */
+function nameButton(b, name) {
   b.dataset.search = name;
   b.setAttribute('aria-label', name);
   b.title = name;
-  b.tabIndex = -1;
-  return b;
 }
 
 /**
@@ -188,12 +193,7 @@ export class EmojiPicker {
    * arrowed into the grid while it loaded keeps their focus (replacing the buttons dropped it).
    */
   nameFrequent() {
-    for (const b of this.frequent.children) {
-      const name = emojiName(b.dataset.emoji);
-      b.dataset.search = name;
-      b.setAttribute('aria-label', name);
-      b.title = name;
-    }
+    for (const b of this.frequent.children) nameButton(b, emojiName(b.dataset.emoji));
   }
 
   build(list) {

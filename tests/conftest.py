@@ -18,6 +18,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run every test of PLAIN_ASGI_SUITES (but those marked fast_paths) twice: with "
              "the fast paths and on Hypercorn's plain ASGI path (ROOMCHAT_FAST_PATHS=0), in "
              "one session (`make test`); ignored when ROOMCHAT_FAST_PATHS is set")
+    parser.addoption(
+        "--plain-asgi-only", action="store_true",
+        help="run only the tests of PLAIN_ASGI_SUITES (but those marked fast_paths), on "
+             "Hypercorn's plain ASGI path (ROOMCHAT_FAST_PATHS=0): `make test-plain-asgi`")
 
 
 PLAIN_ASGI_SUITES = ("integration", "gateway/hypercorn_ext")
@@ -31,8 +35,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     if metafunc.definition.get_closest_marker("fast_paths") is not None:
         return
-    folder = metafunc.definition.path.relative_to(Path(__file__).parent).as_posix()
-    if folder.startswith(tuple(f"{suite}/" for suite in PLAIN_ASGI_SUITES)):
+    if _in_plain_asgi_suites(metafunc.definition.path):
         metafunc.parametrize("asgi_path", ["fast-paths", "plain-asgi"], indirect=True)
 
 
@@ -47,7 +50,21 @@ def asgi_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -
     return path
 
 
+def _in_plain_asgi_suites(path: Path) -> bool:
+    folder = path.relative_to(Path(__file__).parent).as_posix()
+    return folder.startswith(tuple(f"{suite}/" for suite in PLAIN_ASGI_SUITES))
+
+
+def _plain_asgi_only(config: pytest.Config, items: list[pytest.Item]) -> None:
+    keep = [item for item in items
+            if _in_plain_asgi_suites(item.path) and item.get_closest_marker("fast_paths") is None]
+    config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+    items[:] = keep
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("plain_asgi_only"):
+        os.environ["ROOMCHAT_FAST_PATHS"] = "0"  # before any server, here and in xdist workers
     config.addinivalue_line(
         "markers", "fast_paths: asserts what gateway.hypercorn_ext's fast paths do (direct "
         "frames, the transport handle, close frames, deflate declined, lean state); "
@@ -138,7 +155,9 @@ def _starts_a_server(item: pytest.Item) -> bool:
         isinstance(value, str) and value in _SERVER_PARAMS for value in callspec.params.values())
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("plain_asgi_only"):
+        _plain_asgi_only(config, items)
     here = Path(__file__).parent
     tiers = set(TIERS.values())
     for item in items:
