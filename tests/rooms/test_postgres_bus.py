@@ -6,8 +6,6 @@ publishes) is the engine suite's, case ``postgres+postgres`` (tests/rooms/test_e
 
 from __future__ import annotations
 
-import asyncio
-import io
 import time
 from collections.abc import AsyncIterator
 
@@ -230,13 +228,6 @@ async def test_an_unreachable_bus_is_one_line_and_leaves_the_log_closed(
         await until(log_disconnected, timeout=10, what="the log's connections closed")
 
 
-def task_stacks(tasks: list[asyncio.Task[None]]) -> str:
-    out = io.StringIO()
-    for task in tasks:
-        task.print_stack(file=out)
-    return out.getvalue()
-
-
 async def test_a_failed_publish_marks_the_bus_unhealthy_until_postgres_answers(
         postgres_url: str) -> None:
     """The pool's connections killed under the bus (a restart of PostgreSQL, a proxy dropping
@@ -247,6 +238,10 @@ async def test_a_failed_publish_marks_the_bus_unhealthy_until_postgres_answers(
     try:
         bus.entries("h", [WireMessage(1, "{}")])
         await until(lambda: bus.published == 1, timeout=10, what="the first notice sent")
+        # The LISTEN connection connects on a task of its own: before it has, its pid is None,
+        # `pid <> NULL` matches no backend, nothing was killed and the next publish went
+        # through (2 runs in ~80 at load 5+).
+        await until(lambda: bus.listener_pid is not None, timeout=10, what="the bus listening")
         async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
             await conn.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
@@ -265,12 +260,7 @@ async def test_a_failed_publish_marks_the_bus_unhealthy_until_postgres_answers(
 
             await until(pool_backends_gone, timeout=10, what="the pool's backends ended")
         bus.entries("h", [WireMessage(2, "{}")])
-        try:
-            await until(lambda: bus.dropped == 1, timeout=10, what="the failed notice counted")
-        except AssertionError as exc:
-            # Seen once in ~50 runs at load 5+, not understood yet: where the publisher waits.
-            raise AssertionError(f"{exc}; published {bus.published}, pool {bus._pool.get_stats()}"
-                                 f", tasks:\n{task_stacks(bus._tasks)}") from None
+        await until(lambda: bus.dropped == 1, timeout=10, what="the failed notice counted")
         assert not bus.healthy
         await until(lambda: bus.healthy, timeout=10, what="the bus healthy again")
         bus.entries("h", [WireMessage(3, "{}")])
