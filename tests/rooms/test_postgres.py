@@ -12,6 +12,8 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
+from unittest.mock import ANY
 
 import psycopg
 import pytest
@@ -29,7 +31,7 @@ from rooms.engines.postgres_schema import (
 )
 from rooms.engines.split import SplitEngine
 from rooms.errors import LogReset, StoreError, Unstorable
-from rooms.messages import Appended, Draft
+from rooms.messages import Action, Appended, ChangeDraft, Draft, Refusal
 from tests.postgres_server import PostgresServer
 from tests.support import REPO, SECRET, SLOW, free_port, until
 
@@ -491,6 +493,82 @@ async def in_database(url: str, sql: str) -> None:
         await conn.execute(sql)
 
 
+def change(action: Action, target: int, id: str, text: str = "", emoji: str = "",
+           on: bool = False) -> ChangeDraft:
+    return ChangeDraft("u", "U", id, 5, action, target, text, emoji, on)
+
+
+GROUP_CASES: dict[str, tuple[list[Draft | ChangeDraft], int, str | None, int]] = {
+    "dup": ([Draft("u", "U", "m1", "again", 5), Draft("u", "U", "n1", "new", 5)], 0, None, 0),
+    "changes": ([Draft("u", "U", "n1", "reply", 5, reply_to=2, mentions=("v",)),
+                 change(Action.EDIT, 1, "e1", text="edited"),
+                 change(Action.DELETE, 3, "d1"),
+                 change(Action.REACT, 2, "r1", emoji="\U0001f44d", on=True),
+                 change(Action.EDIT, 99, "e2", text="no such message")], 0, None, 0),
+    "stale": ([Draft("u", "U", "n1", "x", 5)], 0, "stale", 0),
+    "behind": ([Draft("u", "U", "n1", "x", 5)], 0, None, 10),
+    "pruned": ([Draft("u", "U", f"n{i}", f"p{i}", 5) for i in range(4)], 2, None, 0),
+    "twice": ([Draft("u", "U", "n1", "x", 5), Draft("u", "U", "n1", "x", 5)], 0, None, 0),
+    "same-batch": ([Draft("u", "U", "n1", "first", 5), change(Action.EDIT, 4, "e1", text="then"),
+                    change(Action.DELETE, 2, "d1")], 0, None, 0),
+    "fresh": ([Draft("u", "U", "n1", "a new room", 5)], 0, None, 0),
+}
+"""A group's rooms: ``(drafts, retention, epoch, floor)``, what the bulk path must answer and
+store exactly as room by room does. Every room but ``fresh`` holds messages 1-3 first."""
+
+
+async def test_a_group_in_bulk_answers_and_stores_what_room_by_room_does(
+        postgres_cluster: PostgresServer) -> None:
+    """The same appends (duplicates, replies, edits, deletes, reactions, a refusal, a stale
+    epoch, a log behind its floor, a retention cut, an id twice in a batch, a change of a
+    message of the same batch, a room never seen) issued in one loop turn (one group, in bulk:
+    no fallback) and one at a time (each its own transaction, room by room): the same
+    outcomes, and the same entries, tops and search hits after."""
+    seen: list[tuple[list[object], list[object]]] = []
+    for together in (True, False):
+        with postgres_cluster.fresh(migrated=True) as url:
+            log = await PostgresLog.open(url, timeout=10 * SLOW)
+            try:
+                for room in GROUP_CASES:
+                    if room != "fresh":
+                        await log.append(room, [Draft("u", "U", f"m{i}", f"hello {i}", 1)
+                                                for i in (1, 2, 3)], retention=0)
+                calls = [log.append(room, drafts, retention=retention, dedup_window=10,
+                                    epoch=epoch, floor=floor)
+                         for room, (drafts, retention, epoch, floor) in GROUP_CASES.items()]
+                fallbacks, groups = log._appends.fallbacks, log._appends.groups
+                got: list[object] = []
+                if together:
+                    got += await asyncio.gather(*calls, return_exceptions=True)
+                    assert (log._appends.fallbacks, log._appends.groups) == (fallbacks,
+                                                                             groups + 1)
+                else:
+                    for call in calls:
+                        try:
+                            got.append(await call)
+                        except LogReset as exc:
+                            got.append(exc)
+                outcomes: list[object] = [
+                    ("LogReset", g.top) if isinstance(g, LogReset) else g for g in got]
+                after: list[object] = [
+                    (room, await log.top(room), await log.read(room, 0, 99, 99),
+                     [f.message.seq for f in (await log.search(room, "hello", before=None,
+                                                               limit=9)).results])
+                    for room in GROUP_CASES]
+                async with await psycopg.AsyncConnection.connect(url) as conn:
+                    cursor = await conn.execute("SELECT room, top, low FROM rooms ORDER BY room")
+                    after.append(await cursor.fetchall())  # the counters, retention's too
+                seen.append((outcomes, after))
+            finally:
+                await log.close()
+    assert seen[0] == seen[1]
+    by_room: dict[str, Any] = dict(zip(GROUP_CASES, seen[0][0], strict=True))
+    assert by_room["stale"] == ("LogReset", 3) and by_room["behind"] == ("LogReset", 10)
+    assert by_room["dup"] == [Appended(1, duplicate=True), Appended(4, entry=ANY)]
+    assert [(a.seq, a.refused) for a in by_room["changes"]] == [
+        (4, None), (5, None), (6, None), (7, None), (0, Refusal.NOT_FOUND)]
+
+
 async def test_one_rooms_failing_append_in_a_group_fails_alone(postgres_url: str) -> None:
     """Appends of several rooms issued in one loop turn go in one transaction (one group), each
     room's work in its own savepoint: a room whose statement fails (a CHECK constraint here)
@@ -561,7 +639,8 @@ async def test_cancelled_callers_do_not_hold_back_their_group(postgres_url: str)
     """A group waits on a room's lock held elsewhere; that room's caller and the caller of a
     room after it in the group are cancelled meanwhile. Once the lock is released the group
     commits: the rooms before and after are answered, the room whose work had started is
-    stored with the group, the one whose turn had not come is left out."""
+    stored with the group, the one whose turn had not come is left out. (Room by room: the
+    group's bulk statements found "held" locked, ``NOWAIT``.)"""
     log = await PostgresLog.open(postgres_url, timeout=30 * SLOW)
     holder = await held_room(postgres_url, "held")
     try:
@@ -578,6 +657,7 @@ async def test_cancelled_callers_do_not_hold_back_their_group(postgres_url: str)
             assert await calls["a"] == [Appended(1)]
             assert await calls["z"] == [Appended(1)]
         assert calls["held"].cancelled() and calls["m"].cancelled()
+        assert log._appends.fallbacks == 1  # "held" was locked: the group went room by room
         assert [await log.top(room) for room in ("a", "held", "m", "z")] == [1, 1, 0, 1]
         assert await log.append("held", hello("held"), retention=0, dedup_window=10) == [
             Appended(1, duplicate=True)]
