@@ -5,8 +5,20 @@ answer), ``leave_nowait``, ``frame_nowait`` and the moderation tell ``ban_nowait
 wakes when something arrives or a tick is due, handles up to ``max_batch`` frames, stores the
 messages and changes they produced in one engine append (the log checks the changes against
 their targets' current state), then delivers the results to the sessions' outboxes without
-awaiting any client. Read markers members move are written by a task of the actor's own
-(``rooms.markers``), so the room never waits for them.
+awaiting any client.
+
+A quiet room on an engine of one process (embedded, memory) does the same for a member's
+frame without waking its task (``direct_frames``): while the task is parked in its wait with
+nothing queued, ``frame_nowait`` applies the frame to the room's state at once, the frames of
+that loop turn are stored as one batch with ``Engine.append_soon`` (the embedded engine's
+writer commits it with other rooms' of the same turn), and the completion callback delivers
+it. The room stays the only owner of its state: the task, woken meanwhile, first waits for
+that batch to land; a frame arriving while it is in flight, or in a burst, goes through the
+task (which batches). A failure goes to the task (it appends the batch again, awaited, with
+every outcome handled), and so does a crash (1011, as below).
+
+Read markers members move are written by a task of the actor's own (``rooms.markers``), so the
+room never waits for them.
 
 With a shared engine (Redis) other processes serve members of the same room: the engine hands
 the actor their log entries (``remote_messages``, a bounded lane: overflow is repaired from the
@@ -47,6 +59,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import enum
+import functools
 import itertools
 import logging
 import time
@@ -56,7 +69,7 @@ from dataclasses import dataclass
 from rooms import protocol
 from rooms.batching import BatchPacer
 from rooms.cancelled import raise_if_cancelled
-from rooms.clock import Clock, LoopClock, sleep
+from rooms.clock import Clock, LoopClock, Timer, sleep
 from rooms.config import RoomConfig
 from rooms.engine import Ban, Engine
 from rooms.errors import (
@@ -110,6 +123,18 @@ Stored = Callable[[str, Sequence[AnyDraft], Sequence[Appended]], None]
 the server API's), on the room's loop: it must not block (queue the work, return). What the
 gateway uses to attach a message's files once its seq is known, and to remove the files of
 deleted and pruned messages (``gateway.attachments``): the room never touches files."""
+
+
+@dataclass(slots=True, eq=False)
+class _Direct:
+    """The batch of the frames handled where they arrived in one loop turn
+    (``RoomActor.frame_nowait``): when the first arrived (``time.monotonic()``); once
+    ``submitted`` at the end of the turn, its drafts and the timer of its ``store_timeout``."""
+
+    received: float
+    submitted: bool = False
+    batch: list[AnyDraft] = dataclasses.field(default_factory=list)
+    timer: Timer | None = None
 
 
 class _BanRaced(Exception):
@@ -187,6 +212,17 @@ class RoomActor:
         self._bans_applied = 0
         self._banned_at: dict[str, int] = {}
         self._checking: dict[int, int] = {}
+        # Frames handled where they arrive (``frame_nowait``): only while the task is parked
+        # in its inbox's wait with nothing to do (``_parked``), and one batch of theirs in
+        # flight at most (``_direct``): the task waits for it to land before anything else,
+        # so the room's state is never changed under an await of the task's. A crash of that
+        # path is raised by the task (``_crash``): the room's usual supervision.
+        self._direct_on = config.direct_frames and not engine.shared
+        self._parked = False
+        self._direct: _Direct | None = None
+        self._direct_waiter: asyncio.Future[None] | None = None
+        self._crash: Exception | None = None
+        self._direct_frames = 0  # frames handled where they arrived (a statistic)
 
     # -- the handle callers use -------------------------------------------------------------
 
@@ -277,9 +313,25 @@ class RoomActor:
             self._inbox.put_control(Leave(session_id))
 
     def frame_nowait(self, session_id: int, frame: ClientFrame) -> bool:
-        """Hand a client frame to the room. False when the inbox is full (tell the client busy)."""
+        """Hand a client frame to the room. False when the inbox is full (tell the client busy).
+
+        A quiet room (its task parked with nothing queued, no batch in flight, storage
+        working, no burst gathering) handles the frame here and now (``_handle_now``) instead
+        of waking its task, and so do the frames after it in the same loop turn: one batch,
+        stored at the end of the turn. Otherwise the frame waits in the inbox for the task."""
         if self.lifecycle is RoomLifecycle.STOPPED:
             return True  # its sessions are being closed; the frame has nowhere to go
+        direct = self._direct
+        if (self._parked and self._direct_on and not self._inbox
+                and (direct is None or not direct.submitted)):
+            state, schedule = self._state, self._schedule
+            if (state is not None and schedule is not None and self._retry is None
+                    and not schedule.outage and self._crash is None
+                    and self.lifecycle is RoomLifecycle.RUNNING):
+                now = self._clock.now()
+                if direct is not None or not schedule.pause(now):
+                    self._handle_now(state, schedule, session_id, frame, now)
+                    return True
         return self._inbox.put_frame(InboundFrame(session_id, frame, time.monotonic()))
 
     def revoke_nowait(self, user: str) -> None:
@@ -303,7 +355,8 @@ class RoomActor:
 
     def statistics(self) -> dict[str, object]:
         stats: dict[str, object] = {"room": self.room, "lifecycle": self.lifecycle.value,
-                                    "inbox": len(self._inbox.frames)}
+                                    "inbox": len(self._inbox.frames),
+                                    "direct_frames": self._direct_frames}
         if self._state is not None:
             stats.update(self._state.statistics())
         return stats
@@ -368,6 +421,8 @@ class RoomActor:
             self.lifecycle = RoomLifecycle.STOPPED
             self._loaded.set()  # joins waiting for a load that failed: they raise _failure
             self._inbox.cancel_timer()
+            if self._direct is not None and self._direct.timer is not None:
+                self._direct.timer.cancel()
             engine.unsubscribe(self.room, self)
             self._fail_pending_joins()
             self._sessions.clear()
@@ -391,8 +446,16 @@ class RoomActor:
         while True:
             raise_if_cancelled(me)  # a stop that a call above lost (rooms.cancelled)
             # (Joins' presence events wait for company until fanout.flush_at: Fanout.)
-            await inbox.wait_until(min(schedule.wake_at(self._retry is not None),
-                                       fanout.flush_at))
+            self._parked = True  # frames may be handled where they arrive (frame_nowait)
+            try:
+                await inbox.wait_until(min(schedule.wake_at(self._retry is not None),
+                                           fanout.flush_at))
+            finally:
+                self._parked = False
+            if self._direct is not None:
+                await self._direct_landed()
+            if self._crash is not None:
+                raise self._crash
             arrived = bool(inbox.frames or inbox.remote)
             if arrived and len(inbox.frames) < cfg.max_batch:
                 # Busy: let a burst gather, since every batch costs one frame per member and
@@ -553,6 +616,7 @@ class RoomActor:
         """Append what the room accepted (or retry the batch an outage left); deliver what is
         contiguous: the batch and what ``state`` holds (other processes' messages), in one
         broadcast. True when a batch was stored."""
+        retrying = self._retry is not None
         if self._retry is not None:
             batch = self._retry if self._scheduled().retry_due(now) else []
         else:
@@ -612,7 +676,138 @@ class RoomActor:
         # What this batch cost the room, for the pacer: its fan-out. (The embedded engine's
         # append is mostly a disk flush waited for off the event loop: time, not CPU.)
         self._pacer.observe(time.perf_counter() - started)
+        if retrying and state.pending:
+            # Accepted while the batch handed back (``_landed``) was stored again: no wake
+            # would come for them before the next deadline.
+            await self._store(state, now, wall_ms)
         return True
+
+    # -- frames handled where they arrive (``frame_nowait``) ----------------------------------
+
+    def _handle_now(self, state: RoomState, schedule: Schedule, session_id: int,
+                    frame: ClientFrame, now: float) -> None:
+        """The task's handling of one frame (``_loop``), done in the caller while the task is
+        parked: the frame applied to the room's state, its effects delivered, read markers
+        queued, and what it added to the log stored at the end of the loop turn with the
+        turn's other frames (``_submit``; ``_landed`` delivers it). A ban to carry out needs
+        awaits: the task is poked for it. An exception crashes the room as one of the task's
+        does."""
+        try:
+            wall_ms = self._clock.wall_ms()
+            schedule.arrived(now)
+            self._direct_frames += 1
+            effects = state.receive(session_id, frame, now, wall_ms)
+            self._observer.frames_received(1)
+            self._deliver(state, effects, wall_ms)
+            if state.reads:
+                self._markers.queue(state.take_reads())
+            if state.pending and self._direct is None:
+                direct = self._direct = _Direct(time.monotonic())
+                asyncio.get_running_loop().call_soon(self._submit, direct)
+            if state.moderation:
+                self._inbox.poke()
+            self._watch(schedule, now)
+        except Exception as exc:
+            self._crashed(exc)
+
+    def _submit(self, direct: _Direct) -> None:
+        """At the end of the loop turn: store what the turn's frames added to the log (one
+        batch; the embedded engine's writer groups it with other rooms' of the same turn)."""
+        if self._direct is not direct:
+            return
+        state = self._state
+        if self.lifecycle is RoomLifecycle.STOPPED or state is None:
+            self._release(direct)
+            return
+        cfg = self.config
+        try:
+            direct.batch = state.take_pending()
+            direct.submitted = True
+            started = self._engine.append_soon(
+                self.room, direct.batch, retention=cfg.history_retention,
+                dedup_window=cfg.dedup_window, epoch=state.epoch, floor=state.delivered_seq,
+                rules=self._rules, done=functools.partial(self._landed, direct))
+        except Exception as exc:
+            self._release(direct)
+            self._crashed(exc)
+            return
+        if not started:
+            self._hand_back(direct)
+        elif self._direct is direct:  # in flight (the memory engine answered at once)
+            direct.timer = self._clock.call_at(self._clock.now() + cfg.store_timeout,
+                                               functools.partial(self._hand_back, direct))
+
+    def _landed(self, direct: _Direct, results: list[Appended] | None,
+                error: BaseException | None) -> bool:
+        """``direct``'s outcome (``rooms.engine.AppendDone``): stored, it is delivered here
+        as ``_store`` delivers a batch; failed, it is handed back to the task, whose
+        ``_store`` appends it again with every failure handled. False when the batch was
+        handed back already (its deadline passed): the task's append takes this outcome."""
+        if self._direct is not direct:
+            return False
+        self._release(direct)
+        if self.lifecycle is RoomLifecycle.STOPPED:
+            return True  # nobody is acked: clients resend after reconnecting (dedup by id)
+        if results is None or error is not None:
+            self._retry = direct.batch
+            self._inbox.poke()
+            return True
+        state = self._state
+        assert state is not None
+        try:
+            now, wall_ms = self._clock.now(), self._clock.wall_ms()
+            started = time.perf_counter()
+            self._deliver(state, state.committed(direct.batch, results), wall_ms)
+            if self._on_stored is not None:
+                try:
+                    self._on_stored(self.room, direct.batch, results)
+                except Exception:  # the gateway's bug must not stop the room: it is logged
+                    log.exception("room %s: the stored-entries hook failed", self.room)
+            self._pacer.observe(time.perf_counter() - started)
+            self._observer.broadcast_latency(time.monotonic() - direct.received)
+            self._watch(self._scheduled(), now)
+        except Exception as exc:
+            self._crashed(exc)
+        return True
+
+    def _hand_back(self, direct: _Direct) -> None:
+        """``direct`` was not started, or its ``store_timeout`` passed: the task appends it
+        again (``_retry``; an engine's write still landing answers that append)."""
+        if self._direct is direct:
+            self._release(direct)
+            self._retry = direct.batch
+            self._inbox.poke()
+
+    def _release(self, direct: _Direct) -> None:
+        self._direct = None
+        if direct.timer is not None:
+            direct.timer.cancel()
+        waiter = self._direct_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _direct_landed(self) -> None:
+        """Wait for the batch in flight from a frame handled where it arrived."""
+        waiter = self._direct_waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._direct_waiter = None
+
+    def _watch(self, schedule: Schedule, now: float) -> None:
+        """As the task does after a wake: a session left with something to watch (a send
+        under way) is watched within ``tick_interval`` (the deadline the task waits for moves
+        sooner)."""
+        if not self._fanout.all_quiet():
+            schedule.watch(now)
+            self._inbox.sooner(min(schedule.wake_at(False), self._fanout.flush_at))
+
+    def _crashed(self, exc: Exception) -> None:
+        """A crash of a frame's handling here: the task raises it (``run``: 1011 for every
+        session, the room forgotten); meanwhile frames go to the inbox."""
+        if self._crash is None:
+            self._crash = exc
+        self._inbox.poke()
 
     async def _carry_out(self, state: RoomState, wall_ms: int) -> None:
         """Moderators' bans accepted in this wake-up, one engine call each, awaited here like

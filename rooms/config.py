@@ -98,6 +98,10 @@ class RoomConfig:
              "many times what one broadcast to its members recently cost, up to batch_delay "
              "(on Redis: batch_delay); a quiet room sends at once (rooms/batching.py). Lower "
              "trades CPU for latency: smaller batches, sent sooner.")
+    direct_frames: bool = _setting(
+        True, "A quiet room handles a member's frame where it arrives and stores its message "
+              "with a callback, instead of waking the room's task (rooms/actor.py); busy rooms "
+              "batch in their task either way. 0: every frame goes through the task.")
     max_frame_messages: int = _setting(
         256, "Most protocol objects coalesced into one WebSocket frame (a batch is not split)."
     )

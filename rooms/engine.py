@@ -56,6 +56,11 @@ __all__ = ["ERASE_PAUSE", "ERASE_STEP", "Appended", "Ban", "Bus", "Engine", "Era
 
 CommitObserver = Callable[[float, int], None]
 """Called after each durable append with (seconds, entries stored); must not block."""
+AppendDone = Callable[[list[Appended] | None, BaseException | None], bool]
+"""Told an ``Engine.append_soon``'s outcome: its results, or the error ``append`` would raise.
+Returns whether the caller took it; False: it had stopped waiting (its deadline passed) and
+appends the same drafts again, which the engine then answers with this outcome instead of
+storing them twice."""
 ErasedObserver = Callable[[str, list[int]], None]
 """Called by ``Engine.erase`` after each step with (room, seqs of the messages it deleted);
 must not block."""
@@ -191,6 +196,17 @@ class Engine(Protocol):
         if it was stored after all, a retry of drafts with ids is answered as duplicates).
         One room's faulty draft never fails another room's append, whatever the engine
         batches together underneath."""
+        ...
+
+    def append_soon(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
+                    dedup_window: int, epoch: str | None, floor: int, rules: LogRules,
+                    done: AppendDone) -> bool:
+        """``append`` without awaiting it, for a room handling a frame where it arrives
+        (``rooms.actor``): start the append and return True; ``done(results, None)``, or
+        ``done(None, error)`` with what ``append`` would raise, is then called on the event
+        loop, once (possibly before this returns). False when this engine does not (nothing
+        was started: await ``append``); a ``shared`` engine does not. The caller appends the
+        room's next batch only once ``done`` was called."""
         ...
 
     async def read(self, room: str, after: int, upto: int, limit: int) -> list[Entry]:

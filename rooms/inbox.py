@@ -151,6 +151,19 @@ class Inbox:
         self.control.append(item)
         self._wake()
 
+    def poke(self) -> None:
+        """Wake the actor with nothing queued (the room has work of its own: a batch handed
+        back, a moderation request, a crash to raise)."""
+        self._wake()
+
+    def sooner(self, deadline: float) -> None:
+        """Move the armed deadline to ``deadline`` if that is earlier (the room changed while
+        its actor waits: a send to watch sooner than the tick it waits for)."""
+        if self._timer is not None and deadline < self._timer_at:
+            self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = self._clock.call_at(deadline, self._deadline)
+
     def __bool__(self) -> bool:
         return bool(self.frames or self.control or self.remote or self.repair or self.presence)
 

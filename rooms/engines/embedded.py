@@ -18,10 +18,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
+from rooms.engine import (
+    AppendDone,
+    Ban,
+    CommitObserver,
+    ErasedObserver,
+    RoomListener,
+    RoomSync,
+)
 from rooms.engines.split import LocalBus
 from rooms.engines.sqlite import SqliteStore
-from rooms.errors import LogReset
+from rooms.errors import LogReset, StoreError
 from rooms.messages import (
     DEFAULT_RULES,
     Action,
@@ -127,6 +134,39 @@ class EmbeddedEngine:
         await written
         self._writes.pop(room, None)  # (a failure raised above: ``_landed`` took it then)
         return pending.results
+
+    def append_soon(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
+                    dedup_window: int, epoch: str | None, floor: int, rules: LogRules,
+                    done: AppendDone) -> bool:
+        """As ``Engine.append_soon``: the store's writer thread groups it with the appends of
+        the same turn, as ``append``. A caller that stopped waiting (``done`` answers False)
+        leaves the write for its next ``append`` of the same drafts to take, as a cancelled
+        ``append`` does. False while an earlier write of the room is still to be taken."""
+        if room in self._writes:
+            return False
+        if epoch is not None and epoch != self.store.epoch:
+            done(None, LogReset(self.store.epoch, self._last.get(room, 0)))
+            return True
+        batch = list(drafts)
+        if not batch:
+            done([], None)
+            return True
+        pending = _Write(batch)
+
+        def landed(results: list[Appended] | None, error: BaseException | None) -> None:
+            self._landed(room, pending, results, error)
+            if done(results, error) and self._writes.get(room) is pending:
+                del self._writes[room]
+
+        try:
+            # Nobody awaits the future: cancelled, it keeps an error from being reported as
+            # never retrieved (the write goes on, and ``landed`` is told all the same).
+            self.store.submit(room, batch, retention, rules, landed).cancel()
+        except StoreError as exc:
+            done(None, exc)
+            return True
+        self._writes[room] = pending
+        return True
 
     def _landed(self, room: str, pending: _Write, results: list[Appended] | None,
                 error: BaseException | None) -> None:

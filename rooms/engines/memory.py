@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from rooms import changes
 from rooms import engine as contract
-from rooms.engine import Ban, ErasedObserver, RoomListener, RoomSync
+from rooms.engine import AppendDone, Ban, ErasedObserver, RoomListener, RoomSync
 from rooms.errors import LogReset, SearchUnsupported, StoreError, Unstorable
 from rooms.messages import (
     DEFAULT_RULES,
@@ -237,6 +237,22 @@ class MemoryEngine:
         id)`` itself (a room that stopped waiting for an append gets its results again as
         duplicates). The log cannot go backwards under this one process: ``floor`` is never
         above what it stored."""
+        return self._append_now(room, drafts, retention, dedup_window, epoch, rules)
+
+    def append_soon(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
+                    dedup_window: int, epoch: str | None, floor: int, rules: LogRules,
+                    done: AppendDone) -> bool:
+        """As ``Engine.append_soon``: stored, and ``done`` told, before it returns."""
+        try:
+            results = self._append_now(room, drafts, retention, dedup_window, epoch, rules)
+        except (LogReset, Unstorable, StoreError) as exc:
+            done(None, exc)
+        else:
+            done(results, None)
+        return True
+
+    def _append_now(self, room: str, drafts: Sequence[AnyDraft], retention: int,
+                    dedup_window: int, epoch: str | None, rules: LogRules) -> list[Appended]:
         self._open()
         if epoch is not None and epoch != self.epoch:
             raise LogReset(self.epoch, self._logs[room].top if room in self._logs else 0)

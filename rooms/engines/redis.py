@@ -90,7 +90,7 @@ from rooms import engine as contract
 from rooms.attachments import files_to_json
 from rooms.backoff import backoff_delay
 from rooms.config import RoomConfig
-from rooms.engine import Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
+from rooms.engine import AppendDone, Ban, CommitObserver, ErasedObserver, RoomListener, RoomSync
 from rooms.engines import redis_records as records
 from rooms.engines.redis_feed import FAILURES, RedisFeed, room_of, where
 from rooms.errors import LogReset, RoomNotEmpty, SearchUnsupported, StoreError, Unstorable
@@ -551,6 +551,13 @@ class RedisEngine:
                         "goes on after it, epoch %s", room, top, epoch.decode())
         return RoomSnapshot(last_seq=top, oldest_seq=int(oldest) or top + 1,
                             epoch=epoch.decode(), resume_floor=top if reset else 0)
+
+    def append_soon(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
+                    dedup_window: int, epoch: str | None, floor: int, rules: LogRules,
+                    done: AppendDone) -> bool:
+        """As ``Engine.append_soon``: not on a shared engine (its rooms' appends are awaited,
+        between syncs with other processes)."""
+        return False
 
     async def append(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
                      dedup_window: int = 0, epoch: str | None = None, floor: int = 0,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
-from rooms.engine import Ban, Bus, ErasedObserver, Log, RoomListener, RoomSync
+from rooms.engine import AppendDone, Ban, Bus, ErasedObserver, Log, RoomListener, RoomSync
 from rooms.messages import (
     DEFAULT_RULES,
     Action,
@@ -98,6 +98,13 @@ class SplitEngine:
 
     async def load(self, room: str, dedup_window: int) -> RoomSnapshot:
         return await self.log.load(room, dedup_window)
+
+    def append_soon(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
+                    dedup_window: int, epoch: str | None, floor: int, rules: LogRules,
+                    done: AppendDone) -> bool:
+        """As ``Engine.append_soon``: not on a shared engine (its rooms' appends are awaited,
+        between syncs with other processes)."""
+        return False
 
     async def append(self, room: str, drafts: Sequence[AnyDraft], *, retention: int,
                      dedup_window: int = 0, epoch: str | None = None, floor: int = 0,

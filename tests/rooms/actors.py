@@ -17,7 +17,7 @@ import orjson
 from rooms.actor import RoomActor
 from rooms.clock import SteppedClock
 from rooms.config import RoomConfig
-from rooms.engine import RoomSync
+from rooms.engine import AppendDone, RoomSync
 from rooms.engines.memory import MemoryEngine
 from rooms.errors import StoreError
 from rooms.messages import DEFAULT_RULES, AnyDraft, Appended, LogRules
@@ -123,6 +123,14 @@ class FlakyMemory(MemoryEngine):
         return await super().append(room, drafts, retention=retention,
                                     dedup_window=dedup_window, epoch=epoch, floor=floor,
                                     rules=rules)
+
+    def append_soon(self, room: str, drafts: Sequence[AnyDraft], *, done: AppendDone,
+                    **options: Any) -> bool:
+        self.appends += 1
+        if self.failing:
+            done(None, StoreError("disk unplugged"))
+            return True
+        return super().append_soon(room, drafts, done=done, **options)
 
     async def sync(self, room: str, members: dict[str, str], ttl: float, *,
                    floor: int = 0) -> RoomSync:

@@ -5,7 +5,8 @@ frames, the memory engine, and a clock that moves only when the test steps it
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import functools
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,11 @@ import pytest
 from rooms.actor import RoomActor, RoomLifecycle
 from rooms.clock import SteppedClock
 from rooms.config import RoomConfig
-from rooms.engine import Ban, Engine
+from rooms.engine import AppendDone, Ban, Engine
 from rooms.engines.embedded import EmbeddedEngine
 from rooms.engines.memory import MemoryEngine
 from rooms.errors import Banned, RoomStopped
-from rooms.messages import Draft, WireMessage
+from rooms.messages import Appended, Draft, WireMessage
 from rooms.protocol import CloseCode
 from rooms.schedule import RETRY_MAX
 from tests.rooms.actors import FlakyMemory, Member, config, join, settle, step
@@ -84,6 +85,119 @@ async def test_a_burst_is_one_batch_fanned_out_in_order() -> None:
         assert [(o["type"], o["seq"]) for o in alice.transport.objects()] == [
             ("message", 1), ("message", 2), ("message", 3), ("ack", 1), ("ack", 2), ("ack", 3)]
         assert [m.seq for m in await r.engine.read("lobby", 0, 10, 10)] == [1, 2, 3]
+
+
+class Deferred(MemoryEngine):
+    """The memory engine whose appends begun with ``append_soon`` are stored at once but
+    answered only by ``answer()`` (a disk that takes its time); ``hung``: never answered, and
+    nothing stored (the awaited ``append`` still works)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Callable[[], bool]] = []
+        self.hung = False
+
+    def append_soon(self, room: str, drafts: Any, *, done: AppendDone, **options: Any) -> bool:
+        if self.hung:
+            return True
+
+        def hold(results: list[Appended] | None, error: BaseException | None) -> bool:
+            self.held.append(functools.partial(done, results, error))
+            return True
+
+        return super().append_soon(room, drafts, done=hold, **options)
+
+    def answer(self) -> None:
+        held, self.held = self.held, []
+        for answer in held:
+            answer()
+
+
+def texts(member: Member) -> list[tuple[int, str]]:
+    return [(m["seq"], m["text"]) for m in member.transport.objects("message")]
+
+
+async def test_a_quiet_rooms_frames_are_handled_where_they_arrive_in_order() -> None:
+    """A quiet room handles a frame in ``frame_nowait`` (its task stays parked) and stores the
+    frames of one loop turn as one batch. A frame arriving while that batch is in flight
+    waits in the inbox for the task, which first waits for the batch: members get both in
+    seq order, and each sender its ack."""
+    engine = Deferred()
+    async with room(engine=engine) as r:
+        alice, bob = await r.join("alice"), await r.join("bob")
+        await step(r.clock, r.actor.config.presence_delay)
+        assert alice.say("m0", "a0") and alice.say("m1", "a1")  # one loop turn
+        await settle()
+        assert r.actor.statistics()["direct_frames"] == 2
+        assert len(engine.held) == 1 and texts(bob) == []  # one batch, not answered yet
+        assert alice.say("m2", "a2")  # in flight: through the task
+        await settle()
+        assert r.actor.statistics()["direct_frames"] == 2 and texts(bob) == []
+        engine.answer()
+        await settle()
+        assert texts(bob) == [(1, "m0"), (2, "m1")]
+        # The task's append is awaited (not held); it paces first: a burst is under way.
+        await step(r.clock, r.actor.config.batch_delay, by=0.001)
+        assert texts(bob) == [(1, "m0"), (2, "m1"), (3, "m2")]
+        assert [(a["id"], a["seq"]) for a in alice.transport.objects("ack")] == [
+            ("a0", 1), ("a1", 2), ("a2", 3)]
+
+
+async def test_a_direct_batch_that_never_lands_is_stored_by_the_task_after_store_timeout(
+) -> None:
+    """The batch of a frame handled where it arrived gets no answer (a hung store): after
+    ``store_timeout`` the task appends it again, awaited, and delivers it once."""
+    engine = Deferred()
+    engine.hung = True
+    async with room(engine=engine) as r:
+        alice, bob = await r.join("alice"), await r.join("bob")
+        await step(r.clock, r.actor.config.presence_delay)
+        engine.hung = True
+        assert alice.say("lost in the disk", "a0")
+        await step(r.clock, r.actor.config.store_timeout - 0.1, by=0.1)
+        assert texts(bob) == []
+        await step(r.clock, 0.2, by=0.1)
+        assert texts(bob) == [(1, "lost in the disk")]
+        assert [(a["id"], a["seq"]) for a in alice.transport.objects("ack")] == [("a0", 1)]
+        assert [m.seq for m in await r.engine.read("lobby", 0, 10, 10)] == [1]
+
+
+async def test_an_embedded_write_whose_caller_gave_up_answers_the_same_append(
+        tmp_path: Path) -> None:
+    """``EmbeddedEngine.append_soon``: a caller that stopped waiting (its ``done`` answers
+    False, as a room's whose ``store_timeout`` passed) leaves the write to its next
+    ``append`` of the same drafts, which gets that write's results: stored once. A caller
+    that took its answer leaves nothing behind."""
+    engine = await EmbeddedEngine.open(tmp_path / "db.sqlite3")
+    try:
+        told: list[list[Appended] | None] = []
+
+        def gave_up(results: list[Appended] | None, error: BaseException | None) -> bool:
+            told.append(results)
+            return False
+
+        batch = [Draft("u", "U", "c1", "once", 1)]
+        options: dict[str, Any] = {"retention": 0, "dedup_window": 0, "epoch": None,
+                                   "floor": 0, "rules": config().rules}
+        assert engine.append_soon("r", batch, done=gave_up, **options)
+        assert not engine.append_soon("r", batch, done=gave_up, **options)  # still to be taken
+        again = await engine.append("r", batch, retention=0)
+        assert told and told[0] == again and [a.seq for a in again] == [1]
+        assert [m.seq for m in await engine.read("r", 0, 9, 9)] == [1]
+
+        landed = asyncio.get_running_loop().create_future()
+
+        def took(results: list[Appended] | None, error: BaseException | None) -> bool:
+            landed.set_result(results)
+            return True
+
+        assert engine.append_soon("r", [Draft("u", "U", "c2", "twice?", 2)], done=took,
+                                  **options)
+        assert [a.seq for a in await landed] == [2]
+        assert [a.seq for a in await engine.append(
+            "r", [Draft("u", "U", "c3", "next", 3)], retention=0)] == [3]
+    finally:
+        await engine.close()
 
 
 async def test_a_burst_of_joins_is_one_presence_frame_per_member() -> None:
@@ -379,6 +493,9 @@ class CancelledAsItAnswers(MemoryEngine):
     path did to a room at shutdown (``socket_timeout`` set: rooms/cancelled.py)."""
 
     victim: asyncio.Task[None] | None = None
+
+    def append_soon(self, room: str, drafts: Any, **options: Any) -> bool:
+        return False  # the room awaits ``append``: what this engine is about
 
     async def append(self, room: str, drafts: Any, **options: Any) -> Any:
         answer = await super().append(room, drafts, **options)

@@ -65,9 +65,13 @@ def lifecycle(actor: RoomActor) -> RoomLifecycle:
     return actor.lifecycle
 
 
+@pytest.mark.parametrize("direct", [True, False], ids=["frames-where-they-arrive",
+                                                       "frames-through-the-task"])
 async def test_a_crash_in_one_room_leaves_the_others_running(
-        caplog: pytest.LogCaptureFixture) -> None:
-    async with rooms(state_factory=Brittle) as r:
+        caplog: pytest.LogCaptureFixture, direct: bool) -> None:
+    """``boom`` raises in room a's handling, on either path a frame takes: handled where it
+    arrives (``RoomActor.frame_nowait``, a quiet room) or by the room's task."""
+    async with rooms(config(direct_frames=direct), state_factory=Brittle) as r:
         a1, a2 = await r.join("a", "ann"), await r.join("a", "al")
         b1, b2 = await r.join("b", "bea"), await r.join("b", "bo")
         crashed, other = r.registry.get("a"), r.registry.get("b")
@@ -85,6 +89,8 @@ async def test_a_crash_in_one_room_leaves_the_others_running(
             await crashed.publish("svc", "Service", None, "too late")
         # Room b: untouched, and its message went out.
         assert lifecycle(other) is RoomLifecycle.RUNNING
+        assert other.statistics()["direct_frames"] == (1 if direct else 0)
+        assert crashed.statistics()["direct_frames"] == (1 if direct else 0)
         assert [m["text"] for m in b2.transport.objects("message")] == ["still here"]
         assert b1.transport.closed is None and b2.transport.closed is None
         b2.say("and on", "s2")  # right after a batch: the room's pacing pause, then out
