@@ -22,11 +22,13 @@ import matplotlib.ticker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-LABELS = {"roomchat": "roomchat", "roomchat-redis": "roomchat on Redis",
+LABELS = {"roomchat": "roomchat", "roomchat-task": "roomchat, frames through the task",
+          "roomchat-redis": "roomchat on Redis",
           "roomchat-postgres": "roomchat on PostgreSQL + Redis",
           "roomchat-memory": "roomchat, memory store", "node-ws": "Node ws",
           "py-websockets": "Python websockets"}
-COLORS = {"roomchat": "#d62728", "roomchat-redis": "#ff9896", "roomchat-postgres": "#9467bd",
+COLORS = {"roomchat": "#d62728", "roomchat-task": "#e377c2", "roomchat-redis": "#ff9896",
+          "roomchat-postgres": "#9467bd",
           "roomchat-memory": "#8c564b",
           "node-ws": "#2ca02c",
           "py-websockets": "#1f77b4"}

@@ -3,7 +3,7 @@
 Usage::
 
     python -m bench.run [--quick]
-                        [--servers roomchat,roomchat-redis,roomchat-postgres,
+                        [--servers roomchat,roomchat-task,roomchat-redis,roomchat-postgres,
                                    roomchat-memory,node-ws,py-websockets]
                         [--scenarios room10,room100,room1000,rooms1000x10]
                         [--skip rooms,split,workers,memory,handshakes,storm,store,changes]
@@ -64,8 +64,8 @@ from bench.tokens import mint_tokens
 COMMON_LOAD_EXCLUDED = frozenset({"roomchat-postgres"})
 """Servers whose saturation does not set a room scenario's common load."""
 
-SERVER_ORDER = ("roomchat", "roomchat-redis", "roomchat-postgres", "roomchat-memory", "node-ws",
-                "py-websockets")
+SERVER_ORDER = ("roomchat", "roomchat-task", "roomchat-redis", "roomchat-postgres",
+                "roomchat-memory", "node-ws", "py-websockets")
 SKIPPABLE = ("rooms", "split", "workers", "memory", "handshakes", "storm", "store", "changes")
 _T0 = time.monotonic()
 
@@ -270,7 +270,8 @@ def main(argv: list[str] | None = None) -> int:
             npm_ci(NODE_WS_DIR)
         except ChildError as exc:
             unavailable["node-ws"] = str(exc)
-    for key in ("roomchat", "roomchat-redis", "roomchat-postgres", "roomchat-memory"):
+    for key in ("roomchat", "roomchat-task", "roomchat-redis", "roomchat-postgres",
+                "roomchat-memory"):
         if key in servers:
             why = roomchat_available()
             if why:

@@ -148,6 +148,17 @@ ROOMCHAT = ServerKind(
     sends_welcome=True,
     notes="Quart + Hypercorn, room actors, SQLite store; JWT checked on upgrade",
 )
+ROOMCHAT_TASK = ServerKind(
+    key="roomchat-task",
+    label="roomchat, frames through the task",
+    argv=_roomchat_argv,
+    env={**ROOMCHAT_ENV, "ROOMCHAT_DIRECT_FRAMES": "0"},
+    verifies_jwt=True,
+    sends_welcome=True,
+    notes="roomchat with ROOMCHAT_DIRECT_FRAMES=0: every frame wakes its room's task (the "
+    "message path before issue 22 item 1), for a before/after in one run; not in a plan, "
+    "ask for it with --servers",
+)
 ROOMCHAT_REDIS = ServerKind(
     key="roomchat-redis",
     label="roomchat on Redis",
@@ -199,8 +210,8 @@ PY_WEBSOCKETS = ServerKind(
     notes="websockets 17 asyncio + broadcast(), compression=None, uvloop, orjson, bytes as text",
 )
 KINDS: dict[str, ServerKind] = {
-    k.key: k for k in (ROOMCHAT, ROOMCHAT_REDIS, ROOMCHAT_POSTGRES, ROOMCHAT_MEMORY, NODE_WS,
-                        PY_WEBSOCKETS)
+    k.key: k for k in (ROOMCHAT, ROOMCHAT_TASK, ROOMCHAT_REDIS, ROOMCHAT_POSTGRES,
+                        ROOMCHAT_MEMORY, NODE_WS, PY_WEBSOCKETS)
 }
 
 
