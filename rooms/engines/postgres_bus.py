@@ -68,6 +68,7 @@ import orjson
 from rooms.backoff import backoff_delay
 from rooms.cancelled import raise_if_cancelled
 from rooms.engine import RoomListener
+from rooms.engines.notices import Batch, Notices
 from rooms.engines.postgres import _shut_down
 from rooms.errors import StoreError
 from rooms.messages import WireMessage
@@ -100,8 +101,6 @@ RECONNECT_MAX = 5.0
 """Backoff of the listening connection's reconnects (doubling from the first to the second)."""
 HEALTH_PROBE = 1.0
 """Seconds between probes of the pool while a call failed (``healthy`` false until one works)."""
-DROP_WARNING = 10.0
-"""Seconds between two warnings about dropped notices (one line per burst, not per notice)."""
 APPLICATION = "roomchat-bus"
 """``application_name`` of the bus's connections (``pg_stat_activity`` tells them apart)."""
 
@@ -228,16 +227,13 @@ class NotifyBus:
         self._listeners: dict[str, RoomListener] = {}
         self._listening: dict[str, str] = {}  # channel -> room, LISTENed on the connection
         self._changes: set[str] = set()  # rooms whose LISTEN the task must fix
-        self._queue: asyncio.Queue[tuple[str, str]] = asyncio.Queue(queue_limit)
+        self._notices: Notices[str] = Notices(queue_limit, PUBLISH_BATCH, log)
         self._listen_ok = True
         self._calls_ok = True
         self._failed_at = 0.0  # when a call on the pool last failed (monotonic)
         self._closed = False
-        self._warned = 0.0
         self._tasks: list[asyncio.Task[None]] = []
-        self.dropped = 0
         """Notices never sent (queue full, or PostgreSQL failed them): a statistic."""
-        self.published = 0
         """Notices sent (a statistic)."""
         self.pointers = 0
         """``M`` notices received: entries read from the log instead (a statistic)."""
@@ -470,50 +466,30 @@ class NotifyBus:
         self._put(room, head + _cut(reason, PAYLOAD_MAX - len(head.encode())))
 
     def _put(self, room: str, notice: str) -> None:
-        if self._closed:
-            return
-        try:
-            self._queue.put_nowait((channel(room), notice))
-        except asyncio.QueueFull:
-            self._drop(1, "the queue is full")
+        if not self._closed:
+            self._notices.put(channel(room), notice)
 
-    def _drop(self, count: int, why: str) -> None:
-        self.dropped += count
-        now = time.monotonic()
-        if now - self._warned >= DROP_WARNING:
-            self._warned = now
-            log.warning("bus: %d notice(s) to other processes dropped (%s; %d in all); their "
-                        "rooms repair from the log at their next sync", count, why,
-                        self.dropped)
+    @property
+    def published(self) -> int:
+        """Notices sent (a statistic)."""
+        return self._notices.published
+
+    @property
+    def dropped(self) -> int:
+        """Notices dropped: the queue full, or their transaction failed (a statistic)."""
+        return self._notices.dropped
 
     async def _publish(self) -> None:
-        """Send what is queued, up to ``PUBLISH_BATCH`` notices a transaction, in order; owned
-        by the bus (``close`` cancels and awaits it). A transaction that fails is dropped (its
-        notices counted) and the next waits a backoff."""
-        failures = 0
-        while True:
-            raise_if_cancelled()  # a stop that a call lost (rooms.cancelled)
-            batch = [await self._queue.get()]
-            while len(batch) < PUBLISH_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                async with self._call() as conn:
-                    await conn.execute(
-                        "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS x(c, p)",
-                        ([c for c, _ in batch], [p for _, p in batch]))
-                self.published += len(batch)
-                failures = 0
-            except StoreError as exc:
-                self._drop(len(batch), str(exc))
-                await asyncio.sleep(backoff_delay(failures, base=RECONNECT_MIN,
-                                                  cap=RECONNECT_MAX))
-                failures += 1
-            except Exception:  # not PostgreSQL's failure: a bug, logged; the task goes on
-                log.exception("bus: publishing %d notice(s) failed", len(batch))
-                self._drop(len(batch), "an unexpected error")
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+        """The publishing task (``rooms.engines.notices``), owned by the bus (``close``
+        cancels and awaits it): up to ``PUBLISH_BATCH`` notices a transaction."""
+        await self._notices.publish(self._send, _send_failed, base=RECONNECT_MIN,
+                                    cap=RECONNECT_MAX)
+
+    async def _send(self, batch: Batch[str]) -> None:
+        async with self._call() as conn:
+            await conn.execute(
+                "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS x(c, p)",
+                ([c for c, _ in batch], [p for _, p in batch]))
 
     # -- calls on the pool ------------------------------------------------------------------
 
@@ -583,9 +559,7 @@ class NotifyBus:
         try:
             publisher = self._tasks[1] if self._tasks else None
             if publisher is not None and not publisher.done():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._timeout):
-                        await self._queue.join()
+                await self._notices.flush(self._timeout)
         finally:
             self._closed = True
             self._listeners.clear()
@@ -593,3 +567,8 @@ class NotifyBus:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
             await self._pool.close()
+
+
+def _send_failed(exc: Exception) -> str | None:
+    """Why a batch failed, when PostgreSQL failed (``NotifyBus._call``'s ``StoreError``)."""
+    return str(exc) if isinstance(exc, StoreError) else None

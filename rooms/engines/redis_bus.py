@@ -30,7 +30,6 @@ next sync.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import secrets
@@ -42,10 +41,9 @@ from typing import Any
 
 from redis import asyncio as aioredis
 
-from rooms.backoff import backoff_delay
-from rooms.cancelled import raise_if_cancelled
 from rooms.engine import RoomListener
 from rooms.engines import redis_records as records
+from rooms.engines.notices import Batch, Notices
 from rooms.engines.redis_feed import (
     FAILURES,
     RECONNECT_MAX,
@@ -66,8 +64,6 @@ of Redis being slow or away: longer than that, the rooms' syncs (every 5 s) repa
 a backlog would."""
 PUBLISH_BATCH = 256
 """Most notices one pipeline to Redis carries (one round trip)."""
-DROP_WARNING = 10.0
-"""Seconds between two warnings about dropped notices (one line per burst, not per notice)."""
 
 
 def presence_key(room: str) -> str:
@@ -113,14 +109,11 @@ class RedisBus:
         self._feed = RedisFeed(url, self.node, client, timeout=timeout, name="bus: pub/sub")
         self._presence = client.register_script(
             (resources.files("rooms.engines") / "presence.lua").read_text(encoding="utf-8"))
-        self._queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(queue_limit)
+        self._notices: Notices[bytes] = Notices(queue_limit, PUBLISH_BATCH, log)
         self._publisher: asyncio.Task[None] | None = None
         self._closed = False
-        self._warned = 0.0
-        self.dropped = 0
         """Notices never sent (queue full, or Redis failed them): receivers repair from the
         log. A statistic: tests and /metrics read it."""
-        self.published = 0
 
     @classmethod
     async def open(cls, url: str, *, max_connections: int = 32, timeout: float = 5.0,
@@ -178,54 +171,37 @@ class RedisBus:
         self._put(room, f"b{self.node}\n{user}\n{reason}".encode())
 
     def _put(self, room: str, notice: bytes) -> None:
-        if self._closed:
-            return
-        try:
-            self._queue.put_nowait((channel(room), notice))
-        except asyncio.QueueFull:
-            self._drop(1, "the queue is full")
+        if not self._closed:
+            self._notices.put(channel(room), notice)
 
-    def _drop(self, count: int, why: str) -> None:
-        self.dropped += count
-        now = time.monotonic()
-        if now - self._warned >= DROP_WARNING:
-            self._warned = now
-            log.warning("bus: %d notice(s) to other processes dropped (%s; %d in all); their "
-                        "rooms repair from the log at their next sync", count, why,
-                        self.dropped)
+    @property
+    def published(self) -> int:
+        """Notices sent (a statistic)."""
+        return self._notices.published
+
+    @property
+    def dropped(self) -> int:
+        """Notices dropped: the queue full, or their pipeline failed (a statistic)."""
+        return self._notices.dropped
 
     async def _publish(self) -> None:
-        """Send what is queued, up to ``PUBLISH_BATCH`` notices a pipeline, in order; owned
-        by the bus (``close`` cancels and awaits it). A pipeline that fails is dropped (its
-        notices counted) and the next waits a backoff: Redis away fills the queue, which then
-        drops, rather than this spinning."""
-        failures = 0
-        while True:
-            raise_if_cancelled()  # a stop that redis-py lost (rooms.cancelled)
-            batch = [await self._queue.get()]
-            while len(batch) < PUBLISH_BATCH and not self._queue.empty():
-                batch.append(self._queue.get_nowait())
-            try:
-                async with asyncio.timeout(self._timeout), \
-                        self._redis.pipeline(transaction=False) as pipe:
-                    for name, notice in batch:
-                        pipe.spublish(name, notice)
-                    await pipe.execute()
-                self.published += len(batch)
-                failures = 0
-            except FAILURES as exc:
-                self._feed.unhealthy()
-                self._drop(len(batch), f"Redis at {where(self._url)} failed: "
-                                       f"{exc or 'no answer'}")
-                await asyncio.sleep(backoff_delay(failures, base=RECONNECT_MIN,
-                                                  cap=RECONNECT_MAX))
-                failures += 1
-            except Exception:  # not Redis's failure: a bug, logged; the task goes on
-                log.exception("bus: publishing %d notice(s) failed", len(batch))
-                self._drop(len(batch), "an unexpected error")
-            finally:
-                for _ in batch:
-                    self._queue.task_done()
+        """The publishing task (``rooms.engines.notices``), owned by the bus (``close``
+        cancels and awaits it): up to ``PUBLISH_BATCH`` notices a pipeline."""
+        await self._notices.publish(self._send, self._send_failed, base=RECONNECT_MIN,
+                                    cap=RECONNECT_MAX)
+
+    async def _send(self, batch: Batch[bytes]) -> None:
+        async with asyncio.timeout(self._timeout), \
+                self._redis.pipeline(transaction=False) as pipe:
+            for name, notice in batch:
+                pipe.spublish(name, notice)
+            await pipe.execute()
+
+    def _send_failed(self, exc: Exception) -> str | None:
+        if not isinstance(exc, FAILURES):
+            return None
+        self._feed.unhealthy()
+        return f"Redis at {where(self._url)} failed: {exc or 'no answer'}"
 
     # -- presence ---------------------------------------------------------------------------
 
@@ -289,9 +265,7 @@ class RedisBus:
         self._closed = True
         try:
             if self._publisher is not None and not self._publisher.done():
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self._timeout):
-                        await self._queue.join()
+                await self._notices.flush(self._timeout)
             await self._feed.close()
         finally:
             if self._publisher is not None:
