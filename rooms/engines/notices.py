@@ -90,3 +90,19 @@ class Notices(Generic[N]):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._queue.join()
+
+
+class Publishing(Generic[N]):
+    """What a bus publishing through ``Notices`` (its ``_notices``) shows of it."""
+
+    _notices: Notices[N]
+
+    @property
+    def published(self) -> int:
+        """Notices sent (a statistic)."""
+        return self._notices.published
+
+    @property
+    def dropped(self) -> int:
+        """Notices dropped: the queue full, or their batch failed (a statistic)."""
+        return self._notices.dropped

@@ -68,7 +68,7 @@ import orjson
 from rooms.backoff import backoff_delay
 from rooms.cancelled import raise_if_cancelled
 from rooms.engine import RoomListener
-from rooms.engines.notices import Batch, Notices
+from rooms.engines.notices import Batch, Notices, Publishing
 from rooms.engines.postgres import _shut_down
 from rooms.errors import StoreError
 from rooms.messages import WireMessage
@@ -210,7 +210,7 @@ def _cut(text: str, limit: int) -> str:
     return text.encode()[:max(0, limit)].decode(errors="ignore")
 
 
-class NotifyBus:
+class NotifyBus(Publishing[str]):
     """``await NotifyBus.open("postgresql://...")``; implements ``rooms.engine.Bus``.
 
     ``presence`` and ``others`` raise ``StoreError`` when PostgreSQL fails them (or takes longer
@@ -468,16 +468,6 @@ class NotifyBus:
     def _put(self, room: str, notice: str) -> None:
         if not self._closed:
             self._notices.put(channel(room), notice)
-
-    @property
-    def published(self) -> int:
-        """Notices sent (a statistic)."""
-        return self._notices.published
-
-    @property
-    def dropped(self) -> int:
-        """Notices dropped: the queue full, or their transaction failed (a statistic)."""
-        return self._notices.dropped
 
     async def _publish(self) -> None:
         """The publishing task (``rooms.engines.notices``), owned by the bus (``close``

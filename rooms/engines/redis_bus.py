@@ -43,7 +43,7 @@ from redis import asyncio as aioredis
 
 from rooms.engine import RoomListener
 from rooms.engines import redis_records as records
-from rooms.engines.notices import Batch, Notices
+from rooms.engines.notices import Batch, Notices, Publishing
 from rooms.engines.redis_feed import (
     FAILURES,
     RECONNECT_MAX,
@@ -90,7 +90,7 @@ def batch_notice(node: str, run: Sequence[WireMessage]) -> bytes:
     return f"m{node}\n{run[0].seq}\n".encode() + "\n".join(m.wire for m in run).encode()
 
 
-class RedisBus:
+class RedisBus(Publishing[bytes]):
     """``await RedisBus.open("redis://host:port/db")``; implements ``rooms.engine.Bus``.
 
     One pool of at most ``max_connections`` connections (presence calls and the publishing
@@ -173,16 +173,6 @@ class RedisBus:
     def _put(self, room: str, notice: bytes) -> None:
         if not self._closed:
             self._notices.put(channel(room), notice)
-
-    @property
-    def published(self) -> int:
-        """Notices sent (a statistic)."""
-        return self._notices.published
-
-    @property
-    def dropped(self) -> int:
-        """Notices dropped: the queue full, or their pipeline failed (a statistic)."""
-        return self._notices.dropped
 
     async def _publish(self) -> None:
         """The publishing task (``rooms.engines.notices``), owned by the bus (``close``
