@@ -254,6 +254,28 @@ def _shut_down(conn: AsyncConnection[Any], expired: list[bool]) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+@asynccontextmanager
+async def connection_within(
+        pool: AsyncConnectionPool[AsyncConnection[tuple[Any, ...]]], timeout: float,
+        expired: list[bool]) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:
+    """A connection of ``pool`` (waited for up to ``timeout``), whose socket is shut down once
+    ``timeout`` seconds have passed since the call (``_shut_down``, noted in ``expired``):
+    the deadline of the log's and the bus's calls. A timer rather than a cancellation:
+    psycopg answers a cancelled query by asking the server to cancel it and waiting up to
+    5 + 5 s for that, which a hung server or a lost network never grants; a socket shut down
+    ends the wait at once (the pool then replaces the connection)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    timer: asyncio.TimerHandle | None = None
+    try:
+        async with pool.connection(timeout=timeout) as conn:
+            timer = loop.call_at(deadline, _shut_down, conn, expired)
+            yield conn
+    finally:
+        if timer is not None:
+            timer.cancel()
+
+
 @dataclass(frozen=True, slots=True)
 class _Append:
     """One append's arguments (``PostgresLog.append``'s)."""
@@ -577,32 +599,20 @@ class PostgresLog:
     @asynccontextmanager
     async def _conn(self) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:
         """A pooled connection in a transaction, committed when the block ends (rolled back
-        if it raises), within ``timeout``; PostgreSQL's failures as ``StoreError``.
-
-        The timeout is a timer that shuts the connection's socket down, not a cancellation:
-        psycopg answers a cancelled query by asking the server to cancel it and waiting up to
-        5 + 5 s for that, which a hung server or a lost network never grants; a socket shut
-        down ends the wait at once (the pool then replaces the connection). A statement that
-        is merely slow meets ``statement_timeout`` first (``STATEMENT_SHARE``), and its
-        connection comes back clean."""
+        if it raises), within ``timeout`` (``connection_within``); PostgreSQL's failures as
+        ``StoreError``. A statement that is merely slow meets ``statement_timeout`` first
+        (``STATEMENT_SHARE``), and its connection comes back clean."""
         import psycopg
         from psycopg_pool import PoolTimeout
 
         if self._closed:
             raise StoreError("store is closed")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
         expired: list[bool] = []
-        timer: asyncio.TimerHandle | None = None
         try:
-            async with self._pool.connection(timeout=self._timeout) as conn:
-                timer = loop.call_at(deadline, _shut_down, conn, expired)
+            async with connection_within(self._pool, self._timeout, expired) as conn:
                 yield conn
         except (psycopg.Error, ValueError, OverflowError, PoolTimeout, OSError) as exc:
             raise self._failure(exc, bool(expired)) from exc
-        finally:
-            if timer is not None:
-                timer.cancel()
         self._healthy = True
         self._answered = time.monotonic()
 

@@ -69,7 +69,7 @@ from rooms.backoff import backoff_delay
 from rooms.cancelled import raise_if_cancelled
 from rooms.engine import RoomListener
 from rooms.engines.notices import Batch, Notices, Publishing
-from rooms.engines.postgres import _shut_down
+from rooms.engines.postgres import _shut_down, connection_within
 from rooms.errors import StoreError
 from rooms.messages import WireMessage
 
@@ -486,20 +486,16 @@ class NotifyBus(Publishing[str]):
     @asynccontextmanager
     async def _call(self) -> AsyncIterator[AsyncConnection[tuple[Any, ...]]]:
         """A pooled connection (autocommit) within ``timeout``; PostgreSQL's failures as
-        ``StoreError``, and ``healthy`` false until a call works again. The timeout shuts the
-        socket down rather than cancel (as ``PostgresLog._conn``, for the same reason)."""
+        ``StoreError``, and ``healthy`` false until a call works again; the deadline is
+        ``postgres.connection_within``'s."""
         import psycopg
         from psycopg_pool import PoolTimeout
 
         if self._closed:
             raise StoreError("the bus is closed")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout
         expired: list[bool] = []
-        timer: asyncio.TimerHandle | None = None
         try:
-            async with self._pool.connection(timeout=self._timeout) as conn:
-                timer = loop.call_at(deadline, _shut_down, conn, expired)
+            async with connection_within(self._pool, self._timeout, expired) as conn:
                 yield conn
         except (psycopg.Error, PoolTimeout, OSError) as exc:
             self._calls_ok = False
@@ -509,9 +505,6 @@ class NotifyBus(Publishing[str]):
                                  f"{self._timeout} s") from exc
             raise StoreError(f"PostgreSQL (the bus) failed: "
                              f"{' '.join(str(exc).split())}") from exc
-        finally:
-            if timer is not None:
-                timer.cancel()
         self._calls_ok = True
 
     # -- presence ---------------------------------------------------------------------------
