@@ -46,7 +46,8 @@ const spec = JSON.parse(fs.readFileSync(process.argv[2], 'utf8'));
 // With `urls` (several server processes), member k of every room connects to urls[k % n], so a
 // room's members and its senders are spread evenly; latency is also recorded apart for
 // deliveries that crossed from the sender's process to another one. `cpu_groups` are reported
-// as group_cpu_s beside server_cpu_s (which stays the sum over cpu_pids).
+// as group_cpu_s beside server_cpu_s. Both count the process trees below their pids as they
+// are at each edge of a window, and the CPU of the processes those trees reaped (treeCpuTicks).
 const URLS = spec.urls && spec.urls.length ? spec.urls : [spec.url];
 
 const CLIENT_OPTS = {
@@ -94,13 +95,53 @@ function cpuBusyTicks() {
   return out;
 }
 
+function processTable() {
+  // Every live process: its parent, and its CPU ticks (utime + stime) plus those of its
+  // children it has reaped (cutime + cstime, fields 16-17).
+  const table = new Map();
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const s = fs.readFileSync(`/proc/${entry}/stat`, 'latin1');
+      const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
+      table.set(Number(entry), {
+        parent: Number(f[1]), ticks: Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]),
+      });
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return table;
+}
+
+function treeCpuTicks(table, roots) {
+  // CPU of `roots` and of every live descendant, and of the descendants that exited and were
+  // reaped within the trees: a PostgreSQL backend started after the spec was written counts,
+  // and one that exits mid-window leaves its CPU in the postmaster's cutime, not nowhere.
+  const children = new Map();
+  for (const [pid, p] of table) {
+    if (!children.has(p.parent)) children.set(p.parent, []);
+    children.get(p.parent).push(pid);
+  }
+  const seen = new Set();
+  const stack = roots.filter((pid) => table.has(pid));
+  let total = 0;
+  while (stack.length) {
+    const pid = stack.pop();
+    if (seen.has(pid)) continue;
+    seen.add(pid);
+    total += table.get(pid).ticks;
+    for (const child of children.get(pid) || []) stack.push(child);
+  }
+  return total;
+}
+
 function cpuSnapshot() {
-  let server = 0;
-  for (const pid of spec.cpu_pids) server += pidCpuTicks(pid);
+  const table = processTable();
+  const server = treeCpuTicks(table, spec.cpu_pids);
   const groups = {};
   for (const [name, pids] of Object.entries(spec.cpu_groups || {})) {
-    groups[name] = 0;
-    for (const pid of pids) groups[name] += pidCpuTicks(pid);
+    groups[name] = treeCpuTicks(table, pids);
   }
   return {
     t: performance.now(), server, groups, self: pidCpuTicks(process.pid), cores: cpuBusyTicks(),
