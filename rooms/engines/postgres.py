@@ -798,20 +798,15 @@ class PostgresLog:
                  if d.id is not None]
         if not keyed:
             return {}
-        if len(batches) == 1:  # one partition, known at planning
-            cursor = await conn.execute(
-                "SELECT e.room, e.user_id, e.client_id, e.seq FROM entries e JOIN "
-                "unnest(%s::text[], %s::text[]) AS k(u, c) ON e.user_id = k.u AND "
-                "e.client_id = k.c WHERE e.room = %s",
-                ([u for _, u, _ in keyed], [c for _, _, c in keyed], batches[0][0]))
-        else:
-            # LATERAL ... LIMIT 1: one index probe per id, in its room's partition only (a
-            # plain join is planned as a hash join over every partition, in full).
-            cursor = await conn.execute(
-                "SELECT k.r, k.u, k.c, e.seq FROM unnest(%s::text[], %s::text[], %s::text[]) "
-                "AS k(r, u, c) CROSS JOIN LATERAL (SELECT seq FROM entries WHERE room = k.r "
-                "AND user_id = k.u AND client_id = k.c LIMIT 1) e",
-                ([r for r, _, _ in keyed], [u for _, u, _ in keyed], [c for _, _, c in keyed]))
+        # LATERAL ... LIMIT 1: one index probe per id, in its room's partition only. A plain
+        # join is planned as a hash join over the room's partition (and over every partition
+        # for several rooms), in full: an append of 8 messages to a room of 8,000 took 1.1 ms
+        # of PostgreSQL's CPU for it, growing with the room's history.
+        cursor = await conn.execute(
+            "SELECT k.r, k.u, k.c, e.seq FROM unnest(%s::text[], %s::text[], %s::text[]) "
+            "AS k(r, u, c) CROSS JOIN LATERAL (SELECT seq FROM entries WHERE room = k.r "
+            "AND user_id = k.u AND client_id = k.c LIMIT 1) e",
+            ([r for r, _, _ in keyed], [u for _, u, _ in keyed], [c for _, _, c in keyed]))
         return {(r, u, c): int(seq) for r, u, c, seq in await cursor.fetchall()}
 
     async def _targets(self, conn: AsyncConnection[tuple[Any, ...]],
