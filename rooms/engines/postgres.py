@@ -799,9 +799,10 @@ class PostgresLog:
         if not keyed:
             return {}
         # LATERAL ... LIMIT 1: one index probe per id, in its room's partition only. A plain
-        # join is planned as a hash join over the room's partition (and over every partition
-        # for several rooms), in full: an append of 8 messages to a room of 8,000 took 1.1 ms
-        # of PostgreSQL's CPU for it, growing with the room's history.
+        # join was planned as a hash join over every partition for several rooms, and for one
+        # room (a partition not analyzed yet) as a scan of the user's whole history in the
+        # room through entries_by_user: 2.9 ms a call over 32,000 entries, growing with it
+        # (bench/reports/2026-12-08-postgres-bulk-group.md).
         cursor = await conn.execute(
             "SELECT k.r, k.u, k.c, e.seq FROM unnest(%s::text[], %s::text[], %s::text[]) "
             "AS k(r, u, c) CROSS JOIN LATERAL (SELECT seq FROM entries WHERE room = k.r "
