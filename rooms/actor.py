@@ -666,6 +666,17 @@ class RoomActor:
                 return False
         self._retry = None
         self._storage_back(now)
+        self._deliver_stored(state, batch, results, wall_ms)
+        if retrying and state.pending:
+            # Accepted while the batch handed back (``_landed``) was stored again: no wake
+            # would come for them before the next deadline.
+            await self._store(state, now, wall_ms)
+        return True
+
+    def _deliver_stored(self, state: RoomState, batch: list[AnyDraft],
+                        results: list[Appended], wall_ms: int) -> None:
+        """``batch`` is stored with ``results``: deliver it (``RoomState.committed``), tell the
+        stored-entries hook, and give the pacer what the fan-out cost."""
         started = time.perf_counter()
         self._deliver(state, state.committed(batch, results), wall_ms)
         if self._on_stored is not None:
@@ -676,11 +687,6 @@ class RoomActor:
         # What this batch cost the room, for the pacer: its fan-out. (The embedded engine's
         # append is mostly a disk flush waited for off the event loop: time, not CPU.)
         self._pacer.observe(time.perf_counter() - started)
-        if retrying and state.pending:
-            # Accepted while the batch handed back (``_landed``) was stored again: no wake
-            # would come for them before the next deadline.
-            await self._store(state, now, wall_ms)
-        return True
 
     # -- frames handled where they arrive (``frame_nowait``) ----------------------------------
 
@@ -756,14 +762,7 @@ class RoomActor:
         assert state is not None
         try:
             now, wall_ms = self._clock.now(), self._clock.wall_ms()
-            started = time.perf_counter()
-            self._deliver(state, state.committed(direct.batch, results), wall_ms)
-            if self._on_stored is not None:
-                try:
-                    self._on_stored(self.room, direct.batch, results)
-                except Exception:  # the gateway's bug must not stop the room: it is logged
-                    log.exception("room %s: the stored-entries hook failed", self.room)
-            self._pacer.observe(time.perf_counter() - started)
+            self._deliver_stored(state, direct.batch, results, wall_ms)
             self._observer.broadcast_latency(time.monotonic() - direct.received)
             self._watch(self._scheduled(), now)
         except Exception as exc:
