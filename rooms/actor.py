@@ -712,7 +712,8 @@ class RoomActor:
                 asyncio.get_running_loop().call_soon(self._submit, direct)
             if state.moderation:
                 self._inbox.poke()
-            self._watch(schedule, now)
+            if effects:  # else no outbox changed: the last delivery's watch still holds
+                self._watch(schedule, now)
         except Exception as exc:
             self._crashed(exc)
 
