@@ -669,6 +669,15 @@ class PostgresLog:
                     "it goes on after %d under a new epoch", room, found.top, floor, floor)
         return moved
 
+    async def _current(self, conn: AsyncConnection[tuple[Any, ...]], room: str, found: _Room,
+                       floor: int, epoch: str | None) -> _Room | LogReset:
+        """The locked room an append goes on from, or the ``LogReset`` its caller gets: the
+        log was behind ``floor`` (moved past it, ``_behind``) or its epoch is not ``epoch``."""
+        now = await self._behind(conn, room, found, floor)
+        if now is not found or (epoch is not None and epoch != now.epoch):
+            return LogReset(now.epoch, now.top)
+        return now
+
     def _saw(self, room: str, top: int) -> None:
         if top > self._seen.get(room, 0):
             self._seen[room] = top
@@ -738,10 +747,9 @@ class PostgresLog:
                       erase: bool = False) -> list[Appended] | LogReset:
         """The append's transaction (the caller commits). A ``LogReset`` is returned, not
         raised, so that the move past ``floor`` is committed before the caller raises it."""
-        found = await self._lock(conn, room)
-        now = await self._behind(conn, room, found, floor)
-        if now is not found or (epoch is not None and epoch != now.epoch):
-            return LogReset(now.epoch, now.top)
+        now = await self._current(conn, room, await self._lock(conn, room), floor, epoch)
+        if isinstance(now, LogReset):
+            return now
         # The ids already stored, and the targets' current state, read under the lock.
         known = await self._known(conn, [(room, drafts)])
         states = await self._targets(conn, [(room, drafts)])
@@ -770,10 +778,9 @@ class PostgresLog:
         outcomes: list[list[Appended] | LogReset] = []
         live: list[tuple[int, _Append, _Room]] = []
         for a in appends:
-            found = rows[a.room]
-            now = await self._behind(conn, a.room, found, a.floor)
-            if now is not found or (a.epoch is not None and a.epoch != now.epoch):
-                outcomes.append(LogReset(now.epoch, now.top))
+            now = await self._current(conn, a.room, rows[a.room], a.floor, a.epoch)
+            if isinstance(now, LogReset):
+                outcomes.append(now)
                 continue
             live.append((len(outcomes), a, now))
             outcomes.append([])
@@ -821,17 +828,11 @@ class PostgresLog:
             if s is not None and 0 < s <= MAX_STORED_INT]
         if not wanted:
             return {}
-        if len(batches) == 1:  # one partition, known at planning
-            cursor = await conn.execute(
-                f"SELECT {_MESSAGE_COLUMNS}, changed, room FROM entries WHERE room = %s "
-                f"AND kind = {MESSAGE} AND seq = ANY(%s)",
-                (batches[0][0], [s for _, s in wanted]))
-        else:
-            cursor = await conn.execute(  # LATERAL ... LIMIT 1: as in _known
-                "SELECT e.*, k.r FROM unnest(%s::text[], %s::bigint[]) AS k(r, s) CROSS JOIN "
-                f"LATERAL (SELECT {_MESSAGE_COLUMNS}, changed FROM entries WHERE room = k.r "
-                f"AND seq = k.s AND kind = {MESSAGE} LIMIT 1) e",
-                ([r for r, _ in wanted], [s for _, s in wanted]))
+        cursor = await conn.execute(  # LATERAL ... LIMIT 1: as in _known (a primary key probe)
+            "SELECT e.*, k.r FROM unnest(%s::text[], %s::bigint[]) AS k(r, s) CROSS JOIN "
+            f"LATERAL (SELECT {_MESSAGE_COLUMNS}, changed FROM entries WHERE room = k.r "
+            f"AND seq = k.s AND kind = {MESSAGE} LIMIT 1) e",
+            ([r for r, _ in wanted], [s for _, s in wanted]))
         found: dict[str, dict[int, tuple[StoredMessage, int]]] = {}
         for row in await cursor.fetchall():
             found.setdefault(row[12], {})[row[0]] = (_message(row[12], row), row[11] or row[0])
